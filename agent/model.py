@@ -1,0 +1,91 @@
+"""Values shared by every part of the scan path: tickets, verdicts, reasons and decisions."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.StrEnum):
+    ADMIT = "admit"
+    DENY = "deny"
+
+
+class Reason(enum.StrEnum):
+    """Stable reason codes: they go upstream, into metrics and into operators' scripts."""
+
+    OK = "ok"
+    INVALID_FORMAT = "invalid_format"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_NOT_VALID = "key_not_valid"
+    REVOKED = "revoked"
+    BLOCKED = "blocked"
+    ALREADY_USED = "already_used"
+    WRONG_EVENT = "wrong_event"
+    WRONG_ZONE = "wrong_zone"
+    WRONG_PRODUCT = "wrong_product"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    CLOCK_UNTRUSTED = "clock_untrusted"
+    LIST_STALE = "list_stale"
+    ERROR = "error"
+
+
+class Flag(enum.StrEnum):
+    """Marks on an admission that went through despite a degraded condition."""
+
+    LIST_STALE = "list_stale"
+    CLOCK_UNTRUSTED = "clock_untrusted"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one presentation. ``detail`` is for people; ``reason`` is for machines."""
+
+    verdict: Verdict
+    reason: Reason
+    detail: str = ""
+    flags: frozenset[Flag] = field(default_factory=frozenset)
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict is Verdict.ADMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A parsed (not yet verified) ticket of any registered format.
+
+    ``revocation_key`` is the 16-byte key looked up in the revocation index (TK1: the token_id;
+    formats whose revocation key is a longer secret use a 16-byte BLAKE2b of it).
+    ``ticket_ref`` is the admission right: the anti-passback key that history is kept under.
+    ``signed_data`` is exactly the bytes the signature covers (domain tag included).
+    ``zones`` is a bitmask, bit ``n-1`` for zone ``n``; ``None`` means the format has no zones.
+    Times are Unix seconds; ``None`` means open-ended.
+    """
+
+    fmt: str
+    kid: str
+    revocation_key: bytes
+    ticket_ref: str
+    event: str
+    signed_data: bytes
+    signature: bytes
+    zones: int | None = None
+    product: str | None = None
+    not_before: int | None = None
+    not_after: int | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def short_id(self) -> str:
+        """A short, non-secret identifier for staff screens and logs."""
+        return hashlib.blake2b(self.ticket_ref.encode(), digest_size=4).hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """A short hash of a scanned text, safe to log or journal in place of the raw payload."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
