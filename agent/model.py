@@ -72,8 +72,8 @@ class Ticket:
     revocation_key: bytes
     ticket_ref: str
     event: str
-    signed_data: bytes
-    signature: bytes
+    signed_data: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
     zones: int | None = None
     product: str | None = None
     not_before: int | None = None

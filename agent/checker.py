@@ -1,0 +1,71 @@
+"""Turns a scanned text into a Decision: parse, verify, look up lists and history, apply the rules.
+
+Shared by the lane (scan path) and `gate-agent check` (which wants every rule's outcome). Nothing here
+touches the network; the revocation lookup is an in-memory index; history is one indexed query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from agent import rules, tickets, trust
+from agent.clock import ClockReading
+from agent.errors import TicketFormatError
+from agent.journal import HistoryEntry
+from agent.model import Decision, Reason, Ticket
+from agent.revocation import ListMeta, RevocationIndex
+
+HistoryLookup = Callable[[str], Awaitable[Sequence[HistoryEntry]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    ticket: Ticket | None
+    decision: Decision
+    results: tuple[rules.RuleResult, ...] = ()
+
+
+class Checker:
+    """Everything a decision needs besides the scanned text and the history of that ticket."""
+
+    def __init__(self, trust_store: trust.TrustStore, index: Callable[[], RevocationIndex],
+                 list_meta: Callable[[], ListMeta], policy: rules.GatePolicy) -> None:
+        self.trust = trust_store
+        self._index = index
+        self._meta = list_meta
+        self.policy = policy
+
+    def signature(self, ticket: Ticket, now: float) -> trust.SignatureCheck:
+        bundle = self.trust.bundle
+        if bundle is None:
+            return trust.SignatureCheck(Reason.UNKNOWN_KEY, "no trust bundle installed")
+        return trust.verify(ticket, bundle, now)
+
+    def facts(self, ticket: Ticket, history: Sequence[HistoryEntry],
+              clock: ClockReading) -> rules.Facts:
+        return rules.Facts(
+            ticket=ticket,
+            signature=self.signature(ticket, clock.now),
+            list_state=self._index().status(ticket.revocation_key),
+            list_meta=self._meta(),
+            history=history,
+            clock=clock,
+            policy=self.policy,
+        )
+
+    def list_version(self) -> int:
+        return self._meta().version
+
+    async def evaluate(self, text: str, history: HistoryLookup, clock: ClockReading,
+                       *, explain: bool = False) -> Evaluation:
+        """Decide on ``text``. Bad input is a deny decision, never an exception."""
+        try:
+            ticket = tickets.parse(text)
+        except TicketFormatError as exc:
+            return Evaluation(None, rules.invalid_format(str(exc)))
+        facts = self.facts(ticket, await history(ticket.ticket_ref), clock)
+        if not explain:
+            return Evaluation(ticket, rules.decide(facts))
+        results = tuple(rules.explain(facts))
+        return Evaluation(ticket, rules.from_results(results, self.policy.direction), results)

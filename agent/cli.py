@@ -1,0 +1,178 @@
+"""The `gate-agent` command line. Logging is configured here and nowhere else.
+
+Exit status: 0 success (for `check`: would admit), 1 denied, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.errors import AgentError, ConfigError
+
+log = logging.getLogger("agent.cli")
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {value!r}")
+    
+
+def _iso(value: str) -> int:
+    from agent.issuer import parse_iso
+
+    try:
+        return parse_iso(value)
+    except AgentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gate-agent", description="Offline ticket validation "
+                                "agent for turnstiles.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="issuer key management").add_subparsers(
+        dest="keys_command", required=True)
+    init = keys.add_parser("init", help="make root, issuer and list-signing keys and a bundle")
+    init.add_argument("dir", type=Path)
+    init.add_argument("--alg", choices=("ed25519", "p256"), default="ed25519")
+    init.add_argument("--kid", type=int)
+    init.add_argument("--events", type=_int_list, help="events the issuer key may sign for")
+    init.add_argument("--force", action="store_true", help="overwrite an existing keys dir")
+
+    issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
+    issue.add_argument("--keys", type=Path, required=True)
+    issue.add_argument("--event", type=int, required=True)
+    issue.add_argument("--zones", type=_int_list)
+    issue.add_argument("--not-before", type=_iso)
+    issue.add_argument("--not-after", type=_iso)
+    issue.add_argument("--count", type=int, default=1)
+    issue.add_argument("--out", type=Path, required=True)
+
+    revoke = sub.add_parser("revoke", help="write a signed revocation delta")
+    revoke.add_argument("--keys", type=Path, required=True)
+    revoke.add_argument("--out", type=Path, required=True)
+    revoke.add_argument("--op", choices=("revoke", "unrevoke", "block", "unblock"),
+                        default="revoke")
+    revoke.add_argument("items", nargs="+", metavar="TICKET_TEXT_OR_TOKEN_ID")
+
+    check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
+    src = check.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", type=Path)
+    src.add_argument("--keys", type=Path)
+    check.add_argument("--revocations", type=Path, action="append", default=[])
+    check.add_argument("--zone", type=int)
+    check.add_argument("--at", type=_iso, help="decide as of this time (ISO-8601)")
+    check.add_argument("--json", action="store_true")
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("text", nargs="?")
+    what.add_argument("--image", type=Path)
+
+    run = sub.add_parser("run", help="run the gate daemon")
+    run.add_argument("--config", type=Path, required=True)
+
+    demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
+    demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.Formatter.converter = time.gmtime
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from agent import issuer
+
+    info = issuer.keys_init(args.dir, alg=args.alg, kid=args.kid, events=args.events,
+                            force=args.force)
+    print(f"keys written to {info.dir} (issuer kid {info.kid}, {info.alg}); "
+          f"give gates {info.dir / 'root.pub'} and {info.dir / 'trust.json'}")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from agent import issuer
+
+    if args.count < 1 or args.count > 100_000:
+        raise ConfigError("--count must be 1-100000")
+    paths = issuer.issue_files(issuer.Issuer.load(args.keys), args.out, event=args.event,
+                               zones=args.zones, not_before=args.not_before,
+                               not_after=args.not_after, count=args.count)
+    print(f"{len(paths)} tickets written to {args.out}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from agent import issuer, revocation, tickets
+    from agent.errors import TicketFormatError
+
+    keys_ = []
+    for item in args.items:
+        if len(item) == 32 and all(c in "0123456789abcdefABCDEF" for c in item):
+            keys_.append(bytes.fromhex(item))
+            continue
+        try:
+            keys_.append(tickets.parse(item).revocation_key)
+        except TicketFormatError as exc:
+            raise ConfigError(f"not a ticket text or a 32-hex token id: {exc}") from None
+    loaded = issuer.Issuer.load(args.keys)
+    data = revocation.issue_delta(loaded.list_key, args.keys / "revocations.state.json",
+                                  **{args.op: keys_})
+    args.out.write_bytes(data)
+    print(f"{args.op}: {len(keys_)} entries written to {args.out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.inspect import CheckRequest, check
+
+    req = CheckRequest(text=args.text, image=args.image, config=args.config, keys=args.keys,
+                       revocations=args.revocations, zone=args.zone, at=args.at,
+                       as_json=args.json)
+    return asyncio.run(check(req))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent import config, daemon
+
+    conf = config.load(args.config)
+    logging.getLogger().setLevel(conf.log.level)
+    return asyncio.run(daemon.run(conf))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agent import demo
+
+    return asyncio.run(demo.main(args.dir))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gate-agent` console script."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet=args.command in ("check", "demo", "keys", "issue",
+                                                        "revoke"))
+    handlers = {"keys": _keys_init, "issue": _issue, "revoke": _revoke, "check": _check,
+                "run": _run, "demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except AgentError as exc:
+        print(f"gate-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

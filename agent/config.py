@@ -1,0 +1,225 @@
+"""Configuration: one TOML file, validated once at start-up into one typed, frozen object.
+
+Unknown sections and keys are errors, as are wrong types and out-of-range values; every message names
+the file, the section and the key, and says what was expected. Relative paths are taken relative to
+the config file's folder. Drivers are given their URL strings, never this object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    id: str
+    state_dir: Path
+    name: str = ""
+    venue: str = "default"
+    events: list[int] = field(default_factory=list)
+    zone: int | None = None
+    direction: Literal["entry", "exit"] = "entry"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    entry: Literal["single", "reentry", "per_day", "unlimited"] = "single"
+    entries_per_day: int = 1
+    validity_skew_s: int = 300
+    untrusted_clock: Literal["accept", "deny", "ignore_window"] = "accept"
+    stale_list: Literal["admit", "deny"] = "admit"
+    max_list_age_s: int = 86400
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    name: str = "lane-1"
+    repeat_window_ms: int = 2000
+    passage_timeout_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    root_key: str
+    bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class RevocationConfig:
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    assume: Literal["auto", "synced", "unsynced"] = "auto"
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    scanner: str
+    gate: str
+    indicator: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gate: GateConfig
+    trust: TrustConfig
+    devices: DevicesConfig
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    lane: LaneConfig = field(default_factory=LaneConfig)
+    revocation: RevocationConfig = field(default_factory=RevocationConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Range checks beyond the type: (section, key) -> (predicate, what is expected).
+_RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
+    ("gate", "id"): (lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
+    ("gate", "zone"): (lambda v: v is None or 1 <= v <= 16, "a zone number 1-16"),
+    ("gate", "events"): (lambda v: len(v) > 0 and all(0 <= e < 2**32 for e in v),
+                         "a non-empty list of event numbers"),
+    ("policy", "entries_per_day"): (lambda v: v >= 1, "an integer >= 1"),
+    ("policy", "validity_skew_s"): (lambda v: 0 <= v <= 86400, "0-86400 seconds"),
+    ("policy", "max_list_age_s"): (lambda v: v >= 60, "at least 60 seconds"),
+    ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
+    ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
+}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join("nothing" if a is type(None) else _describe(a)
+                           for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             Path: "a path (string)"}
+    return names.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, base: Path) -> Any:
+    """``value`` as type ``tp``; raises TypeError when it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, base)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [_convert(v, typing.get_args(tp)[0], base) for v in value]
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise TypeError
+        return base / Path(value).expanduser()
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, tp):
+        return value
+    raise TypeError
+
+
+def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{src}: [{name}] unknown key {key!r} "
+                              f"(valid keys: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{src}: [{name}] missing required key {key!r} "
+                                  f"({_describe(hints[key])})")
+            continue
+        try:
+            values[key] = _convert(raw[key], hints[key], src.parent)
+        except TypeError:
+            raise ConfigError(f"{src}: [{name}] {key}: expected {_describe(hints[key])}, "
+                              f"got {raw[key]!r}") from None
+        check = _RANGES.get((name, key))
+        if check is not None and not check[0](values[key]):
+            raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {raw[key]!r}")
+    return cls(**values)
+
+
+def parse(text: str, src: Path) -> Config:
+    """Validate TOML ``text`` read from ``src``; raises ConfigError naming section and key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
+    hints = typing.get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    for name in raw:
+        if name not in sections:
+            raise ConfigError(f"{src}: unknown section [{name}] "
+                              f"(valid sections: {', '.join(sorted(sections))})")
+    values: dict[str, Any] = {}
+    for name in sections:
+        if name in raw:
+            values[name] = _section(hints[name], raw[name], name, src)
+        elif name in ("gate", "trust", "devices"):
+            raise ConfigError(f"{src}: missing required section [{name}]")
+    config = Config(path=src, **values)
+    if not config.gate.name:
+        config = dataclasses.replace(
+            config, gate=dataclasses.replace(config.gate, name=config.gate.id))
+    _check_timezone(config, src)
+    return config
+
+
+def _check_timezone(config: Config, src: Path) -> None:
+    if config.policy.timezone is None:
+        return
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(config.policy.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{src}: [policy] timezone: unknown time zone "
+                          f"{config.policy.timezone!r}") from None
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at ``path``; raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    return parse(text, path.resolve())

@@ -1,0 +1,159 @@
+"""Wiring: builds a running gate from a Config (clock, trust, revocations, journal, drivers, lane).
+
+This is the one place that knows both the core and the drivers. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from agent import config as cfg
+from agent.checker import Checker
+from agent.clock import Clock
+from agent.errors import ConfigError, RevocationError, RollbackError, TrustError
+from agent.journal import Journal
+from agent.lane import Lane, LaneSettings, OutcomeHook
+from agent.revocation import RevocationStore
+from agent.rules import GatePolicy
+from agent.trust import TrustStore, load_root_key
+from drivers import registry
+from drivers.base import GateIO, Scanner
+
+log = logging.getLogger(__name__)
+
+
+def gate_policy(config: cfg.Config) -> GatePolicy:
+    """The rules' view of the config."""
+    p, g = config.policy, config.gate
+    return GatePolicy(
+        gate_name=g.name,
+        events=frozenset(str(e) for e in g.events),
+        zone=g.zone,
+        direction=g.direction,
+        entry_policy=p.entry,
+        entries_per_day=p.entries_per_day,
+        validity_skew_s=p.validity_skew_s,
+        untrusted_clock=p.untrusted_clock,
+        stale_list=p.stale_list,
+        max_list_age_s=p.max_list_age_s,
+        timezone=ZoneInfo(p.timezone) if p.timezone else None,
+    )
+
+
+def open_trust(config: cfg.Config, state_path: Path | None) -> TrustStore:
+    """The installed trust, updated from the configured bundle file when that one is newer."""
+    try:
+        root = load_root_key(config.trust.root_key, config.path.parent)
+        store = TrustStore(root, state_path)
+    except TrustError as exc:
+        raise ConfigError(f"{config.path}: [trust] {exc}") from exc
+    bundle = config.trust.bundle
+    if bundle is not None:
+        try:
+            store.offer(bundle.read_bytes(), str(bundle))
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: [trust] bundle: {bundle}: "
+                              f"{exc.strerror or exc}") from exc
+        except TrustError as exc:
+            if store.bundle is None:
+                raise ConfigError(f"{config.path}: [trust] bundle refused: {exc}") from exc
+            log.error("trust bundle refused, keeping version %d: %s", store.version, exc)
+    if store.bundle is None:
+        raise ConfigError(f"{config.path}: [trust] no trust bundle installed and none configured")
+    return store
+
+
+async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStore) -> None:
+    """Apply revocation files in order; already-installed ones are skipped, bad ones reported."""
+    for path in files:
+        try:
+            meta = await store.apply_file(path, trust.signers())
+        except RollbackError:
+            log.debug("revocation file %s already installed", path)
+        except RevocationError as exc:
+            log.error("revocation file refused, keeping version %d: %s", store.meta.version, exc)
+        else:
+            log.info("revocation list version %d installed from %s", meta.version, path)
+
+
+@dataclass
+class Gate:
+    config: cfg.Config
+    clock: Clock
+    trust: TrustStore
+    revocations: RevocationStore
+    journal: Journal
+    checker: Checker
+    lane: Lane
+
+
+@contextlib.asynccontextmanager
+async def open_gate(config: cfg.Config, on_outcome: OutcomeHook | None = None, *,
+                    scanner: Scanner | None = None, gate_io: GateIO | None = None
+                    ) -> AsyncIterator[Gate]:
+    """Open every part of the gate described by ``config``; closes all of them on exit.
+
+    ``scanner`` and ``gate_io`` replace the configured devices (the demo drives its own).
+    """
+    state = config.gate.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise ConfigError(f"{config.path}: [gate] state_dir: {state}: "
+                          f"{exc.strerror or exc}") from exc
+    clock = Clock(state / "clock.floor", assume=config.clock.assume)
+    trust = open_trust(config, state / "trust.json")
+    base = config.path.parent
+    async with contextlib.AsyncExitStack() as stack:
+        revocations = await RevocationStore.open(state / "revocations.db")
+        stack.push_async_callback(revocations.close)
+        await load_lists(revocations, config.revocation.files, trust)
+        journal = await Journal.open(state / "journal.db", gate_id=config.gate.id,
+                                     gate_name=config.gate.name, clock=clock)
+        stack.push_async_callback(journal.close)
+        stack.callback(clock.persist)
+        devices = config.devices
+        scanner = scanner or registry.create("scanner", devices.scanner, base)
+        gate_io = gate_io or registry.create("gate", devices.gate, base)
+        indicator = (registry.create("indicator", devices.indicator, base)
+                     if devices.indicator else None)
+        for driver in (gate_io, indicator, scanner):
+            if driver is not None:
+                await driver.open()
+                stack.push_async_callback(driver.close)
+        checker = Checker(trust, lambda: revocations.index, lambda: revocations.meta,
+                          gate_policy(config))
+        lane_cfg = config.lane
+        lane = Lane(LaneSettings(lane_cfg.name, lane_cfg.repeat_window_ms,
+                                 lane_cfg.passage_timeout_s),
+                    checker, journal, clock, scanner, gate_io, indicator, on_outcome)
+        yield Gate(config, clock, trust, revocations, journal, checker, lane)
+
+
+async def run(config: cfg.Config) -> int:
+    """Run the gate until its scanner ends or SIGTERM/SIGINT arrives; returns an exit code."""
+    async with open_gate(config) as gate:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(gate.lane.run())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        log.info("gate %s ready: lane %s, %s, trust v%d, revocations v%d (%d entries), pid %d",
+                 config.gate.id, gate.lane.settings.name, config.gate.direction,
+                 gate.trust.version, gate.revocations.meta.version,
+                 len(gate.revocations.index), os.getpid())
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("gate %s stopping", config.gate.id)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,155 @@
+"""One lane: scan -> debounce -> decide -> record -> grant -> passage or timeout -> annul.
+
+The lane talks only to the Protocols of :mod:`drivers.base`. The decision is committed to the journal
+before the gate is told to open; an admission nobody used is annulled so the ticket works again. The
+lane never raises for a bad scan: every presentation ends in a recorded decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from agent import rules
+from agent.checker import Checker, Evaluation
+from agent.clock import Clock
+from agent.errors import JournalError
+from agent.journal import EntryRecord, Journal, Kind
+from agent.model import Decision, Reason, Ticket, Verdict, text_digest
+from drivers.base import GateIO, Indicator, Scan, Scanner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    name: str = "lane-1"
+    repeat_window_ms: int = 2000
+    passage_timeout_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one presentation, for displays, the demo and tests."""
+
+    scan: Scan
+    ticket: Ticket | None
+    decision: Decision
+    record: EntryRecord | None
+    latency_ns: int
+    passed: bool | None = None
+    annul: EntryRecord | None = None
+
+    @property
+    def message(self) -> str:
+        return rules.staff_message(self.decision)
+
+
+OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
+
+
+class Lane:
+    def __init__(self, settings: LaneSettings, checker: Checker, journal: Journal, clock: Clock,
+                 scanner: Scanner, gate: GateIO, indicator: Indicator | None = None,
+                 on_outcome: OutcomeHook | None = None) -> None:
+        self.settings = settings
+        self.checker = checker
+        self.journal = journal
+        self.clock = clock
+        self.scanner = scanner
+        self.gate = gate
+        self.indicator = indicator
+        self.on_outcome = on_outcome
+        self._last: dict[str, tuple[str, int]] = {}
+
+    async def run(self) -> None:
+        """Handle scans until the scanner's stream ends."""
+        async for scan in self.scanner.scans():
+            await self.present(scan)
+
+    def _repeat(self, scan: Scan) -> bool:
+        """Same text from the same reader within the window (sliding) is one presentation."""
+        window_ns = self.settings.repeat_window_ms * 1_000_000
+        last = self._last.get(scan.source)
+        self._last[scan.source] = (scan.text, scan.mono_ns)
+        return last is not None and last[0] == scan.text and scan.mono_ns - last[1] < window_ns
+
+    async def present(self, scan: Scan) -> Outcome | None:
+        """Decide on one scan and carry the decision out; None when it was a repeat."""
+        if self._repeat(scan):
+            log.debug("lane %s: repeat of %s ignored", self.settings.name, text_digest(scan.text))
+            return None
+        evaluation = await self._evaluate(scan)
+        decision, ticket = evaluation.decision, evaluation.ticket
+        ref = ticket.ticket_ref if ticket is not None else "raw:" + text_digest(scan.text)
+        direction = self.checker.policy.direction
+        kind: Kind = direction if decision.admitted else "attempt"
+        try:
+            record = await self._record(ref, kind, decision)
+        except JournalError as exc:
+            log.error("lane %s: decision not recorded, gate stays shut: %s", self.settings.name,
+                      exc)
+            decision, record = Decision(Verdict.DENY, Reason.ERROR, "journal write failed"), None
+        latency = time.monotonic_ns() - scan.mono_ns
+        self._log(ticket, scan, decision, latency)
+        outcome = Outcome(scan, ticket, decision, record, latency)
+        await self._show(decision)
+        if decision.admitted and record is not None:
+            outcome = await self._carry_out(outcome, record, ref)
+        await self._notify(outcome)
+        return outcome
+
+    async def _evaluate(self, scan: Scan) -> Evaluation:
+        try:
+            return await self.checker.evaluate(scan.text, self.journal.history,
+                                               self.clock.reading())
+        except Exception:  # a bug must deny one scan, not stop the lane
+            log.exception("lane %s: internal error deciding %s", self.settings.name,
+                          text_digest(scan.text))
+            return Evaluation(None, Decision(Verdict.DENY, Reason.ERROR, "internal error"))
+
+    async def _record(self, ref: str, kind: Kind, decision: Decision,
+                      annuls: str | None = None) -> EntryRecord:
+        return await self.journal.record(
+            ticket_ref=ref, kind=kind, decision=decision, lane=self.settings.name,
+            rev_version=self.checker.list_version(), zone=self.checker.policy.zone,
+            annuls=annuls)
+
+    async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
+        direction = self.checker.policy.direction
+        await self.gate.grant(direction, record.entry_id)
+        passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
+        if passed or direction == "exit":
+            return replace(outcome, passed=passed)
+        annul_decision = Decision(Verdict.DENY, Reason.OK, "nobody passed")
+        try:
+            annul = await self._record(ref, "annul", annul_decision, annuls=record.entry_id)
+        except JournalError as exc:
+            log.error("lane %s: annulment not recorded (entry stands): %s", self.settings.name,
+                      exc)
+            return replace(outcome, passed=False)
+        log.info("lane %s: nobody passed, entry %d annulled", self.settings.name,
+                 record.gate_seq)
+        return replace(outcome, passed=False, annul=annul)
+
+    async def _show(self, decision: Decision) -> None:
+        if self.indicator is not None:
+            try:
+                await self.indicator.show(decision, rules.staff_message(decision))
+            except Exception:
+                log.exception("lane %s: indicator failed", self.settings.name)
+
+    async def _notify(self, outcome: Outcome) -> None:
+        if self.on_outcome is None:
+            return
+        result = self.on_outcome(outcome)
+        if result is not None:
+            await result
+
+    def _log(self, ticket: Ticket | None, scan: Scan, decision: Decision, latency: int) -> None:
+        ident = ticket.short_id if ticket is not None else text_digest(scan.text)
+        log.info("decision lane=%s verdict=%s reason=%s ticket=%s flags=%s latency_ms=%.2f",
+                 self.settings.name, decision.verdict, decision.reason, ident,
+                 ",".join(sorted(decision.flags)) or "-", latency / 1e6)

@@ -1,0 +1,236 @@
+"""Trust: the root-signed bundle of issuer keys, and signature verification of tickets.
+
+The gate knows one root public key. A bundle signed by the root lists the issuer keys (kid, algorithm,
+public key, formats, events, validity, status) and the keys that may sign revocation lists. The
+algorithm used to verify a ticket always comes from the bundle entry, never from the ticket. A bundle
+whose version is not above the installed one is refused, so a relay cannot roll trust back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from agent import keys, signed
+from agent.errors import RollbackError, TrustError
+from agent.model import Reason, Ticket
+
+log = logging.getLogger(__name__)
+
+KIND = "trust"
+Status = Literal["active", "retired", "compromised"]
+STATUSES: tuple[Status, ...] = ("active", "retired", "compromised")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKey:
+    kid: str
+    alg: keys.Alg
+    public_key: keys.PublicKey
+    formats: frozenset[str]
+    events: frozenset[str] | None
+    valid_from: int | None
+    valid_until: int | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    version: int
+    issued_at: int
+    issuers: tuple[IssuerKey, ...]
+    list_signers: tuple[keys.PublicKey, ...]
+    raw: bytes
+
+    def candidates(self, ticket: Ticket) -> list[IssuerKey]:
+        """Keys that may have signed ``ticket``: same format, and same kid when the format has one."""
+        return [
+            k
+            for k in self.issuers
+            if ticket.fmt in k.formats and (not ticket.kid or k.kid == ticket.kid)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    """Outcome of verifying one ticket: ``reason`` is OK or the failure's reason code."""
+
+    reason: Reason
+    detail: str
+    key: IssuerKey | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+
+def _fmt_time(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def verify(ticket: Ticket, bundle: TrustBundle, now: float) -> SignatureCheck:
+    """Check ``ticket``'s signature and the signing key's status, validity and event scope."""
+    candidates = bundle.candidates(ticket)
+    if not candidates:
+        label = f"kid {ticket.kid}" if ticket.kid else f"any {ticket.fmt} key"
+        return SignatureCheck(Reason.UNKNOWN_KEY, f"no trusted key for {label}")
+    key = next(
+        (k for k in candidates if keys.verify(k.public_key, ticket.signature, ticket.signed_data)),
+        None,
+    )
+    if key is None:
+        return SignatureCheck(Reason.BAD_SIGNATURE, "signature does not verify")
+    if key.status == "compromised":
+        return SignatureCheck(Reason.KEY_NOT_VALID, f"key {key.kid} is marked compromised", key)
+    if key.valid_from is not None and now < key.valid_from:
+        detail = f"key {key.kid} not valid before {_fmt_time(key.valid_from)}"
+        return SignatureCheck(Reason.KEY_NOT_VALID, detail, key)
+    if key.valid_until is not None and now > key.valid_until:
+        detail = f"key {key.kid} expired {_fmt_time(key.valid_until)}"
+        return SignatureCheck(Reason.KEY_NOT_VALID, detail, key)
+    if key.events is not None and ticket.event not in key.events:
+        detail = f"key {key.kid} may not sign for event {ticket.event}"
+        return SignatureCheck(Reason.KEY_NOT_VALID, detail, key)
+    return SignatureCheck(Reason.OK, f"signed by {key.alg} key {key.kid} ({key.status})", key)
+
+
+def _opt_int(entry: dict[str, Any], name: str, where: str) -> int | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TrustError(f"trust bundle: {where}: {name} must be a non-negative integer or null")
+    return value
+
+
+def _str_list(value: Any, name: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TrustError(f"trust bundle: {where}: {name} must be a list of strings")
+    return list(value)
+
+
+def _parse_issuer(entry: Any, index: int) -> IssuerKey:
+    where = f"issuers[{index}]"
+    if not isinstance(entry, dict):
+        raise TrustError(f"trust bundle: {where} is not an object")
+    kid, alg, status = entry.get("kid"), entry.get("alg"), entry.get("status")
+    if not isinstance(kid, str):
+        raise TrustError(f"trust bundle: {where}: kid must be a string")
+    if alg not in keys.ALGORITHMS:
+        raise TrustError(f"trust bundle: {where}: alg must be one of {', '.join(keys.ALGORITHMS)}")
+    if status not in STATUSES:
+        raise TrustError(f"trust bundle: {where}: status must be one of {', '.join(STATUSES)}")
+    try:
+        public_key = keys.public_from_b64(str(alg), str(entry.get("public_key", "")))
+    except ValueError as exc:
+        raise TrustError(f"trust bundle: {where}: {exc}") from exc
+    events = entry.get("events")
+    return IssuerKey(
+        kid=kid,
+        alg=alg,
+        public_key=public_key,
+        formats=frozenset(_str_list(entry.get("formats"), "formats", where)),
+        events=None if events is None else frozenset(_str_list(events, "events", where)),
+        valid_from=_opt_int(entry, "valid_from", where),
+        valid_until=_opt_int(entry, "valid_until", where),
+        status=status,
+    )
+
+
+def parse_bundle(data: bytes, root: keys.PublicKey) -> TrustBundle:
+    """Verify ``data`` against the root key and parse it; raises TrustError when refused."""
+    content = signed.open_document(KIND, data, [root], error=TrustError)
+    version, issued_at = content.get("version"), content.get("issued_at")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TrustError("trust bundle: version must be an integer >= 1")
+    if not isinstance(issued_at, int) or isinstance(issued_at, bool):
+        raise TrustError("trust bundle: issued_at must be an integer")
+    issuers = content.get("issuers")
+    if not isinstance(issuers, list):
+        raise TrustError("trust bundle: issuers must be a list")
+    signers = []
+    for i, value in enumerate(_str_list(content.get("list_signers", []), "list_signers", "root")):
+        try:
+            signers.append(keys.public_from_b64("ed25519", value))
+        except ValueError as exc:
+            raise TrustError(f"trust bundle: list_signers[{i}]: {exc}") from exc
+    return TrustBundle(
+        version=version,
+        issued_at=issued_at,
+        issuers=tuple(_parse_issuer(e, i) for i, e in enumerate(issuers)),
+        list_signers=tuple(signers),
+        raw=data,
+    )
+
+
+def load_root_key(value: str, base: Path | None = None) -> keys.PublicKey:
+    """The root public key from base64 text or from a file holding it (``root.pub``)."""
+    text = value.strip()
+    path = Path(text) if base is None else base / text
+    if "/" in text or text.endswith(".pub") or path.exists():
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise TrustError(f"root key file {path}: {exc.strerror or exc}") from exc
+    try:
+        return keys.public_from_b64("ed25519", text)
+    except ValueError as exc:
+        raise TrustError(f"root key: {exc}") from exc
+
+
+class TrustStore:
+    """The installed bundle of one gate, persisted in its state directory."""
+
+    def __init__(self, root: keys.PublicKey, state_path: Path | None) -> None:
+        self._root = root
+        self._path = state_path
+        self._bundle: TrustBundle | None = None
+        if state_path is not None and state_path.exists():
+            self._bundle = parse_bundle(state_path.read_bytes(), root)
+
+    @property
+    def bundle(self) -> TrustBundle | None:
+        return self._bundle
+
+    @property
+    def version(self) -> int:
+        return 0 if self._bundle is None else self._bundle.version
+
+    def install(self, data: bytes) -> TrustBundle:
+        """Verify and install a bundle; raises TrustError or RollbackError, keeping the old one."""
+        bundle = parse_bundle(data, self._root)
+        if bundle.version <= self.version:
+            raise RollbackError(
+                f"trust bundle version {bundle.version} is not newer than installed {self.version}"
+            )
+        if self._path is not None:
+            tmp = self._path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        self._bundle = bundle
+        log.info("trust bundle version %d installed (%d issuer keys)", bundle.version,
+                 len(bundle.issuers))
+        return bundle
+
+    def offer(self, data: bytes, source: str) -> bool:
+        """Install ``data`` if newer; an equal or older one is ignored quietly. True if installed."""
+        try:
+            self.install(data)
+        except RollbackError as exc:
+            if parse_bundle(data, self._root).version == self.version:
+                return False
+            raise TrustError(f"{source}: {exc}") from exc
+        except TrustError as exc:
+            raise TrustError(f"{source}: {exc}") from exc
+        return True
+
+    def signers(self) -> Sequence[keys.PublicKey]:
+        return () if self._bundle is None else self._bundle.list_signers

@@ -1,0 +1,55 @@
+"""The capabilities the lane talks to. No hardware imports here, ever.
+
+Each driver is an async context manager (``open``/``close``, idempotent) built from a URL by
+:mod:`drivers.registry`; the lane depends only on these Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from agent.model import Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One read from a scanner: the decoded text, where it came from and when (monotonic ns)."""
+
+    text: str = field(repr=False)  # a bearer credential: never in a repr or a log
+    source: str
+    mono_ns: int
+    symbology: str | None = None
+
+
+@runtime_checkable
+class Driver(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Scanner(Driver, Protocol):
+    """Yields scans until the device is closed or its source ends."""
+
+    def scans(self) -> AsyncIterator[Scan]: ...
+
+
+@runtime_checkable
+class GateIO(Driver, Protocol):
+    async def grant(self, direction: str, ref: str) -> None:
+        """Release the gate once (exactly one relay pulse) for an admission ``ref``."""
+        ...
+
+    async def wait_passage(self, timeout_s: float) -> bool:
+        """True when a person passed within ``timeout_s``; False on timeout."""
+        ...
+
+
+@runtime_checkable
+class Indicator(Driver, Protocol):
+    async def show(self, decision: Decision, message: str) -> None:
+        """Show a decision to staff and the visitor (LEDs, buzzer, display, scanner beep)."""
+        ...

@@ -1,0 +1,37 @@
+"""Drivers chosen by URL scheme. Entries are ``"module:Class"`` strings imported only when chosen,
+so importing gate-agent never pulls in a hardware library. Simulators are never chosen implicitly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from agent.errors import DriverNotFound
+
+Kind = Literal["scanner", "gate", "indicator"]
+
+DRIVERS: dict[Kind, dict[str, str]] = {
+    "scanner": {"sim": "drivers.sim:SimScanner"},
+    "gate": {"sim": "drivers.sim:SimGate"},
+    "indicator": {"sim": "drivers.sim:SimIndicator"},
+}
+
+
+def driver_class(kind: Kind, url: str) -> Any:
+    """The class registered for ``url``'s scheme; raises DriverNotFound listing valid schemes."""
+    scheme = urlsplit(url).scheme
+    table = DRIVERS[kind]
+    target = table.get(scheme)
+    if target is None:
+        valid = ", ".join(f"{s}://" for s in sorted(table))
+        raise DriverNotFound(f"no {kind} driver for {url!r} (valid schemes: {valid})")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create(kind: Kind, url: str, base: Path | None = None) -> Any:
+    """Build the driver for ``url`` (not yet opened)."""
+    return driver_class(kind, url).from_url(url, base)

@@ -1,0 +1,259 @@
+"""Simulated twins of the scanner, the gate and the indicator, scriptable for tests and demos.
+
+URLs (relative paths are taken from ``base``, normally the config file's folder)::
+
+    sim://file?path=scans.txt&interval_ms=0&end=stop   one scan per line of a file
+    sim://stdin?end=stop                               one scan per line of standard input
+    sim://socket?path=/run/gate/scan.sock              a Unix socket; each line sent is a scan
+    sim://queue                                        scans pushed with SimScanner.feed()
+
+    sim://gate?passage_ms=300&log=pulses.log           passage after N ms; every pulse appended
+                                                       and fsync'd to the log
+    sim://gate?passage=never | passage=command         never / only when passage() is called
+    sim://gate?plan=pass,none,pass                     outcome per grant, then the default
+
+    sim://indicator                                    keeps what was shown (for tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from agent.errors import DriverError
+from agent.model import Decision, text_digest
+from drivers.base import Scan
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 4096
+_END = object()
+
+
+def _query(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    if parts.scheme != "sim":
+        raise DriverError(f"not a sim:// URL: {url!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    return parts.netloc or parts.path.strip("/"), query
+
+
+def _path(value: str | None, base: Path | None, url: str) -> Path:
+    if not value:
+        raise DriverError(f"{url}: missing path=")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or base is None else base / p
+
+
+class SimScanner:
+    """A scanner whose scans come from a file, stdin, a Unix socket or :meth:`feed`."""
+
+    def __init__(self, mode: str = "queue", *, path: Path | None = None, interval_ms: int = 0,
+                 end: str = "stop", source: str = "sim") -> None:
+        if mode not in ("file", "stdin", "socket", "queue"):
+            raise DriverError(f"sim scanner: unknown mode {mode!r} (file, stdin, socket, queue)")
+        self.mode, self.path, self.interval_ms, self.end = mode, path, interval_ms, end
+        self.source = source
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    @classmethod
+    def from_url(cls, url: str, base: Path | None = None) -> SimScanner:
+        mode, q = _query(url)
+        path = _path(q.get("path"), base, url) if mode in ("file", "socket") else None
+        try:
+            interval = int(q.get("interval_ms", "0"))
+        except ValueError:
+            raise DriverError(f"{url}: interval_ms must be an integer") from None
+        return cls(mode, path=path, interval_ms=interval, end=q.get("end", "stop"),
+                   source=q.get("source", f"sim-{mode}"))
+
+    def feed(self, text: str) -> None:
+        """Present ``text`` as if it had just been scanned."""
+        self._queue.put_nowait(Scan(text, self.source, time.monotonic_ns()))
+
+    def finish(self) -> None:
+        """End the scan stream (the lane's loop then returns)."""
+        self._queue.put_nowait(_END)
+
+    async def open(self) -> None:
+        if self.mode == "file":
+            assert self.path is not None
+            try:
+                lines = self.path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DriverError(f"sim scanner: cannot read {self.path}: {exc}") from exc
+            self._tasks.append(asyncio.create_task(self._play(lines)))
+        elif self.mode == "stdin":
+            self._tasks.append(asyncio.create_task(self._read_stdin()))
+        elif self.mode == "socket":
+            assert self.path is not None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
+                                                           limit=MAX_LINE + 2)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._queue.put_nowait(_END)
+
+    def _accept(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if not line:
+            return
+        if len(line) > MAX_LINE:
+            log.warning("sim scanner: dropped over-long line (%d chars)", len(line))
+            return
+        log.debug("sim scanner: line %s (%d chars)", text_digest(line), len(line))
+        self.feed(line)
+
+    async def _play(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            if self.interval_ms:
+                await asyncio.sleep(self.interval_ms / 1000)
+            self._accept(line)
+        if self.end == "stop":
+            self.finish()
+
+    async def _read_stdin(self) -> None:
+        reader = asyncio.StreamReader(limit=MAX_LINE + 2)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        await self._read_stream(reader)
+        if self.end == "stop":
+            self.finish()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._read_stream(reader)
+        finally:
+            writer.close()
+
+    async def _read_stream(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                raw = await reader.readline()
+            except ValueError:  # line over the limit: drop the stream's rest of that line
+                log.warning("sim scanner: dropped over-long line")
+                continue
+            if not raw:
+                return
+            self._accept(raw.decode("utf-8", "replace"))
+
+    async def scans(self) -> AsyncIterator[Scan]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, Scan)
+            yield item
+
+
+class SimGate:
+    """A turnstile: counts and logs relay pulses, reports passage per a script."""
+
+    def __init__(self, *, passage_ms: int | None = 300, plan: Sequence[bool] = (),
+                 log_path: Path | None = None) -> None:
+        self.passage_ms = passage_ms
+        self.plan = list(plan)
+        self.log_path = log_path
+        self.pulses: list[str] = []
+        self._passed = asyncio.Event()
+        self._current: bool | None = None
+        self._fd: int | None = None
+
+    @classmethod
+    def from_url(cls, url: str, base: Path | None = None) -> SimGate:
+        _, q = _query(url)
+        passage = q.get("passage", "auto")
+        if passage not in ("auto", "never", "command"):
+            raise DriverError(f"{url}: passage must be auto, never or command")
+        try:
+            ms = None if passage != "auto" else int(q.get("passage_ms", "300"))
+        except ValueError:
+            raise DriverError(f"{url}: passage_ms must be an integer") from None
+        plan_words = [w for w in q.get("plan", "").split(",") if w]
+        if any(w not in ("pass", "none") for w in plan_words):
+            raise DriverError(f"{url}: plan is a comma list of pass/none")
+        log_path = _path(q["log"], base, url) if q.get("log") else None
+        return cls(passage_ms=ms, plan=[w == "pass" for w in plan_words], log_path=log_path)
+
+    async def open(self) -> None:
+        if self.log_path is not None and self._fd is None:
+            self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    async def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def grant(self, direction: str, ref: str) -> None:
+        self.pulses.append(ref)
+        if self._fd is not None:
+            os.write(self._fd, f"pulse {len(self.pulses)} {direction} {ref}\n".encode())
+            os.fsync(self._fd)
+        self._current = self.plan.pop(0) if self.plan else None
+        self._passed.clear()
+        log.info("sim gate: relay pulse %d (%s)", len(self.pulses), direction)
+
+    def passage(self) -> None:
+        """Signal that a person passed (for passage=command)."""
+        self._passed.set()
+
+    async def wait_passage(self, timeout_s: float) -> bool:
+        if self._current is False:
+            await asyncio.sleep(timeout_s)
+            return False
+        if self._current is True:  # scripted to pass: within the timeout, whatever passage_ms
+            await asyncio.sleep(min((self.passage_ms or 0) / 1000, timeout_s / 2))
+            return True
+        if self.passage_ms is not None:
+            delay = self.passage_ms / 1000
+            if delay <= timeout_s:
+                await asyncio.sleep(delay)
+                return True
+            await asyncio.sleep(timeout_s)
+            return False
+        try:
+            await asyncio.wait_for(self._passed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+class SimIndicator:
+    """Keeps every shown decision, for tests and the demo."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[Decision, str]] = []
+
+    @classmethod
+    def from_url(cls, url: str, base: Path | None = None) -> SimIndicator:
+        _query(url)
+        return cls()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def show(self, decision: Decision, message: str) -> None:
+        self.shown.append((decision, message))

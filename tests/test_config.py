@@ -1,0 +1,107 @@
+"""Config validation: every error names the file, the section and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.errors import ConfigError
+from tests.conftest import WriteConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_valid_config_loads_typed_values(write_config: WriteConfig) -> None:
+    path = write_config(entry="reentry", passage_timeout_s=3)
+    conf = config.load(path)
+    assert conf.gate.id == "gate-3" and conf.gate.events == [1] and conf.gate.zone == 1
+    assert conf.policy.entry == "reentry"
+    assert conf.lane.passage_timeout_s == 3.0 and isinstance(conf.lane.passage_timeout_s, float)
+    assert conf.gate.state_dir == path.parent / "state"  # relative to the config file
+    assert conf.trust.bundle == path.parent / "keys/trust.json"
+
+
+BASE: dict[str, dict[str, object]] = {
+    "gate": {"id": "g", "events": [1], "state_dir": "s"},
+    "trust": {"root_key": "k"},
+    "devices": {"scanner": "sim://queue", "gate": "sim://gate"},
+}
+
+
+def _render(sections: dict[str, dict[str, object]]) -> str:
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v) if isinstance(v, str) else str(v)
+
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+        for name, keys in sections.items()
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("gate", "colour", "red", ["[gate]", "unknown key 'colour'", "valid keys"]),
+        ("gates", "id", "x", ["unknown section [gates]"]),
+        ("gate", "zone", "one", ["[gate] zone", "expected", "'one'"]),
+        ("gate", "zone", 17, ["[gate] zone", "1-16"]),
+        ("policy", "entry", "twice", ["[policy] entry", "one of", "'single'"]),
+        ("lane", "passage_timeout_s", True, ["[lane] passage_timeout_s", "a number"]),
+        ("gate", "events", [1, "x"], ["[gate] events", "a list of an integer"]),
+        ("policy", "timezone", "Mars/Olympus", ["[policy] timezone", "Mars/Olympus"]),
+        ("lane", "repeat_window_ms", 1.5, ["[lane] repeat_window_ms", "an integer"]),
+    ],
+)
+def test_bad_key_names_file_section_and_key(
+    tmp_path: Path, section: str, key: str, value: object, expected: list[str]
+) -> None:
+    sections = {name: dict(keys) for name, keys in BASE.items()}
+    sections.setdefault(section, {})[key] = value
+    path = tmp_path / "gate.toml"
+    path.write_text(_render(sections))
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    message = str(err.value)
+    assert message.startswith(str(path))
+    for part in expected:
+        assert part in message
+
+
+def test_minimal_config_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    path.write_text(_render(BASE))
+    conf = config.load(path)
+    assert conf.gate.name == "g"  # defaults to the id
+    assert conf.policy.entry == "single" and conf.lane.repeat_window_ms == 2000
+
+
+def test_missing_required_key_and_section(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text("[gate]\nid = 'x'\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n")
+    with pytest.raises(ConfigError, match=r"missing required section \[devices\]"):
+        config.load(path)
+    path.write_text("[gate]\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n"
+                    "[devices]\nscanner = 'sim://queue'\ngate = 'sim://gate'\n")
+    with pytest.raises(ConfigError, match=r"\[gate\] missing required key 'id'"):
+        config.load(path)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gate\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad)
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "gate.example.toml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    conf = config.load(REPO / "config" / name)
+    assert conf.gate.events
