@@ -188,11 +188,9 @@ def parse(text: str, src: Path) -> Config:
         if name not in sections:
             raise ConfigError(f"{src}: unknown section [{name}] "
                               f"(valid sections: {', '.join(sorted(sections))})")
-    values: dict[str, Any] = {}
-    for name in sections:
-        if name in raw:
-            values[name] = _section(hints[name], raw[name], name, src)
-        elif name in ("gate", "trust", "devices"):
+    values = {name: _section(hints[name], raw[name], name, src) for name in raw}
+    for name in ("gate", "trust", "devices"):
+        if name not in raw:
             raise ConfigError(f"{src}: missing required section [{name}]")
     config = Config(path=src, **values)
     if not config.gate.name:

@@ -119,7 +119,9 @@ def _painter(tty: bool) -> Callable[[str, str], str]:
 def _line(o: Outcome, paint: Callable[[str, str], str]) -> str:
     d = o.decision
     word = paint(" ADMIT ", "green") if d.admitted else paint(" DENY  ", "red")
-    extra = f"  ({d.reason}: {d.detail})" if not d.admitted else ""
+    message = o.message
+    extra = "" if d.admitted else f"  ({d.reason}" + (
+        ")" if d.detail in message else f": {d.detail})")
     seq = f"#{o.record.gate_seq}" if o.record else "-"
     tail = ""
     if o.annul is not None:
@@ -127,7 +129,7 @@ def _line(o: Outcome, paint: Callable[[str, str], str]) -> str:
                      f"(#{o.annul.gate_seq})", "dim")
     elif o.passed:
         tail = paint("  passed", "dim")
-    return (f"  {word} {o.message}{extra}  "
+    return (f"  {word} {message}{extra}  "
             f"{paint(f'[{o.scan.source} {seq} {o.latency_ns / 1e6:.1f} ms]', 'dim')}{tail}")
 
 

@@ -48,6 +48,8 @@ def read_image(path: Path) -> list[str]:
 
 
 def _keys_trust(keys_dir: Path) -> TrustStore:
+    if not (keys_dir / "root.pub").is_file():
+        raise IssuerError(f"{keys_dir}: not a keys directory (no root.pub)")
     try:
         store = TrustStore(load_root_key(str(keys_dir / "root.pub")), None)
         store.install((keys_dir / "trust.json").read_bytes())

@@ -248,6 +248,8 @@ STAFF_TEXT: dict[Reason, str] = {
 def staff_message(decision: Decision) -> str:
     """Words a steward can act on, e.g. ``Already used at Gate 3, 19:02:11``."""
     text = STAFF_TEXT[decision.reason]
+    if decision.admitted and decision.detail == "exit":
+        return "Exit - goodbye"
     if decision.reason is Reason.ALREADY_USED and decision.detail:
         return f"{text} at {decision.detail}"
     return text

@@ -1,0 +1,338 @@
+"""Issuer tooling for TK1: key generation, trust bundles, tickets and their QR codes.
+
+Production issuing normally happens upstream; this module serves the demo, the tests and
+integrators who issue their own tickets. A keys directory made by :func:`keys_init` holds::
+
+    root.key issuer.key list.key  PEM private keys, mode 0600
+    root.pub                      base64 raw Ed25519 root public key + "\\n" (give it to gates)
+    trust.json                    trust bundle version 1, signed by the root key
+    issuer.json                   {"kid": "<decimal>", "alg": ..., "events": [...] or null}
+
+Root and list keys are always Ed25519; the issuer (ticket signing) key uses the chosen algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from agent import keys, signed
+from agent.errors import IssuerError
+from agent.tickets import tk1
+
+log = logging.getLogger(__name__)
+
+ROOT_KEY = "root.key"
+ISSUER_KEY = "issuer.key"
+LIST_KEY = "list.key"
+ROOT_PUB = "root.pub"
+TRUST_BUNDLE = "trust.json"
+ISSUER_INFO = "issuer.json"
+_MANAGED = (ROOT_KEY, ISSUER_KEY, LIST_KEY, ROOT_PUB, TRUST_BUNDLE, ISSUER_INFO)
+
+ALL_ZONES = 0xFFFF
+_U32 = 0xFFFF_FFFF
+
+# QR parameters for issued tickets: TK1 text is 166 QR-alphanumeric characters, version 7 at M.
+QR_ERROR = "m"
+QR_SCALE = 6
+QR_BORDER = 4
+
+
+@dataclass(frozen=True)
+class IssuerInfo:
+    """What :func:`keys_init` created."""
+
+    dir: Path
+    kid: int
+    alg: str
+
+
+def keys_init(
+    dir: Path,
+    *,
+    alg: keys.Alg = "ed25519",
+    kid: int | None = None,
+    events: list[int] | None = None,
+    force: bool = False,
+) -> IssuerInfo:
+    """Create a keys directory: root, issuer and list keys, root.pub, issuer.json, trust.json.
+
+    ``kid`` defaults to a random non-zero u32; ``events`` (None = any) limits the issuer key in the
+    trust bundle. Raises IssuerError when the directory already holds keys and ``force`` is false,
+    on a bad ``alg``, ``kid`` or event, or when the files cannot be written.
+    """
+    if alg not in keys.ALGORITHMS:
+        raise IssuerError(
+            f"unknown algorithm {alg!r} (expected one of {', '.join(keys.ALGORITHMS)})"
+        )
+    kid = secrets.randbelow(_U32) + 1 if kid is None else kid
+    _check_u32("kid", kid, minimum=1)
+    for event in events or ():
+        _check_u32("event", event)
+    existing = [name for name in _MANAGED if (dir / name).exists()]
+    if existing and not force:
+        raise IssuerError(
+            f"{dir}: already holds keys ({', '.join(existing)}); use force to replace"
+        )
+    info = {
+        "kid": str(kid),
+        "alg": alg,
+        "events": None if events is None else [str(e) for e in events],
+    }
+    try:
+        _write_keys(dir, alg, info)
+    except OSError as exc:
+        raise IssuerError(f"{dir}: cannot write keys: {exc}") from exc
+    issuer = Issuer.load(dir)
+    try:
+        _write_atomic(dir / TRUST_BUNDLE, issuer.trust_bundle(version=1))
+    except OSError as exc:
+        raise IssuerError(f"{dir / TRUST_BUNDLE}: cannot write: {exc}") from exc
+    log.info("created keys dir %s (kid %d, alg %s)", dir, kid, alg)
+    return IssuerInfo(dir=dir, kid=kid, alg=alg)
+
+
+@dataclass
+class Issuer:
+    """A loaded keys directory; makes tickets and trust bundles."""
+
+    dir: Path
+    kid: int
+    alg: keys.Alg
+    events: list[str] | None
+    issuer_key: keys.PrivateKey
+    root_key: keys.PrivateKey
+    list_key: keys.PrivateKey
+    root_pub_b64: str
+
+    @classmethod
+    def load(cls, dir: Path) -> Issuer:
+        """Load a keys directory written by :func:`keys_init`.
+
+        Raises IssuerError naming the file when one is missing, unreadable or inconsistent (an
+        issuer key of another algorithm than issuer.json says, root.pub not matching root.key).
+        """
+        kid, alg, events = _read_info(dir / ISSUER_INFO)
+        issuer_key = _read_key(dir / ISSUER_KEY, alg)
+        root_key = _read_key(dir / ROOT_KEY, "ed25519")
+        list_key = _read_key(dir / LIST_KEY, "ed25519")
+        root_pub = keys.public_raw_b64(root_key)
+        try:
+            published = (dir / ROOT_PUB).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IssuerError(f"{dir / ROOT_PUB}: cannot read: {exc}") from exc
+        if published != root_pub:
+            raise IssuerError(f"{dir / ROOT_PUB}: does not match {dir / ROOT_KEY}")
+        return cls(dir, kid, alg, events, issuer_key, root_key, list_key, root_pub)
+
+    def ticket(
+        self,
+        *,
+        event: int,
+        zones: Iterable[int] | None = None,
+        not_before: int | None = None,
+        not_after: int | None = None,
+        ticket_id: bytes | None = None,
+        token_id: bytes | None = None,
+        kid: int | None = None,
+        key: keys.PrivateKey | None = None,
+    ) -> str:
+        """Issue one TK1 ticket text.
+
+        ``zones`` lists zone numbers 1..16 (None = all 16, empty = none); times are Unix seconds
+        (None = open); ids are random when None. ``kid`` and ``key`` override this issuer's, so
+        tests can forge or mis-sign. Raises IssuerError when a value does not fit TK1 or the
+        validity window ends before it starts.
+        """
+        if not_before and not_after and not_after < not_before:
+            raise IssuerError(f"not_after {not_after} is before not_before {not_before}")
+        try:
+            fields = tk1.TK1Fields(
+                kid=self.kid if kid is None else kid,
+                token_id=secrets.token_bytes(16) if token_id is None else token_id,
+                ticket_id=secrets.token_bytes(8) if ticket_id is None else ticket_id,
+                event_id=event,
+                zones=ALL_ZONES if zones is None else zone_mask(zones),
+                not_before=0 if not_before is None else not_before,
+                not_after=0 if not_after is None else not_after,
+            )
+        except ValueError as exc:
+            raise IssuerError(f"cannot issue ticket: {exc}") from exc
+        if fields.kid == self.kid and self.events is not None and str(event) not in self.events:
+            # Not refused: tests mint such tickets on purpose; a gate will deny it.
+            log.warning("event %d is outside the events of issuer kid %d", event, self.kid)
+        return tk1.sign(fields, self.issuer_key if key is None else key)
+
+    def trust_entry(self) -> dict[str, Any]:
+        """This issuer's entry for a trust bundle: active, TK1, its events, no validity limits."""
+        return {
+            "kid": str(self.kid),
+            "alg": self.alg,
+            "public_key": keys.public_raw_b64(self.issuer_key),
+            "formats": ["tk1"],
+            "events": None if self.events is None else list(self.events),
+            "valid_from": None,
+            "valid_until": None,
+            "status": "active",
+        }
+
+    def trust_bundle(
+        self,
+        *,
+        version: int,
+        issuers: list[dict[str, Any]] | None = None,
+        list_signers: list[str] | None = None,
+    ) -> bytes:
+        """A trust bundle envelope signed by the root key.
+
+        Defaults: ``issuers`` = [:meth:`trust_entry`], ``list_signers`` = [this list key]. The
+        given entries are not validated, so tests can build malformed bundles. Raises IssuerError
+        when ``version`` is not an int >= 1.
+        """
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise IssuerError(f"trust bundle version must be an int >= 1, got {version!r}")
+        content = {
+            "version": version,
+            "issued_at": int(time.time()),
+            "issuers": [self.trust_entry()] if issuers is None else issuers,
+            "list_signers": (
+                [keys.public_raw_b64(self.list_key)] if list_signers is None else list_signers
+            ),
+        }
+        return signed.sign_document("trust", content, self.root_key)
+
+
+def issue_files(
+    issuer: Issuer,
+    out: Path,
+    *,
+    event: int,
+    zones: Iterable[int] | None = None,
+    not_before: int | None = None,
+    not_after: int | None = None,
+    count: int = 1,
+) -> list[Path]:
+    """Issue ``count`` tickets into ``out`` as ticket-0001.txt (text + newline) and .png (QR).
+
+    ``out`` is created when missing; numbering continues after the tickets already there, so
+    issued tickets are never replaced. Returns the .txt paths. Raises IssuerError when ``count`` is below 1, a
+    ticket value is invalid (before any file is written), or the files cannot be written.
+    """
+    import segno  # only the issuing path needs it
+
+    if count < 1:
+        raise IssuerError(f"count must be >= 1, got {count}")
+    zone_list = None if zones is None else list(zones)
+    texts = [
+        issuer.ticket(event=event, zones=zone_list, not_before=not_before, not_after=not_after)
+        for _ in range(count)
+    ]
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Numbering continues after tickets already in ``out``: issued tickets are never replaced.
+        first = 1 + max((int(p.stem[7:]) for p in out.glob("ticket-*.txt")
+                         if p.stem[7:].isdigit()), default=0)
+        for n, text in enumerate(texts, start=first):
+            name = f"ticket-{n:04d}"
+            qr = segno.make(
+                text, error=QR_ERROR, mode="alphanumeric", micro=False, boost_error=False
+            )
+            qr.save(str(out / f"{name}.png"), kind="png", scale=QR_SCALE, border=QR_BORDER)
+            (out / f"{name}.txt").write_text(text + "\n", encoding="ascii")
+            written.append(out / f"{name}.txt")
+    except OSError as exc:
+        raise IssuerError(f"{out}: cannot write tickets: {exc}") from exc
+    log.info("issued %d tickets for event %d into %s", len(written), event, out)
+    return written
+
+
+def zone_mask(zones: Iterable[int]) -> int:
+    """Zone numbers 1..16 as a TK1 bitmask (bit n-1 for zone n); IssuerError otherwise."""
+    mask = 0
+    for zone in zones:
+        if not isinstance(zone, int) or isinstance(zone, bool) or not 1 <= zone <= 16:
+            raise IssuerError(f"zone must be an int in 1..16, got {zone!r}")
+        mask |= 1 << (zone - 1)
+    return mask
+
+
+def parse_iso(value: str) -> int:
+    """ISO-8601 date or date-time to Unix seconds (floored); naive means UTC.
+
+    Raises IssuerError when ``value`` is not ISO-8601.
+    """
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise IssuerError(f"not an ISO-8601 date/time: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return math.floor(moment.timestamp())
+
+
+def _check_u32(name: str, value: object, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _U32:
+        raise IssuerError(f"{name} must be an int in {minimum}..{_U32}, got {value!r}")
+
+
+def _write_keys(dir: Path, alg: keys.Alg, info: dict[str, Any]) -> None:
+    # Root and list keys sign documents, not tickets, so they are always Ed25519.
+    root = keys.generate("ed25519")
+    dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys.write_private(dir / ROOT_KEY, root)
+    keys.write_private(dir / ISSUER_KEY, keys.generate(alg))
+    keys.write_private(dir / LIST_KEY, keys.generate("ed25519"))
+    _write_atomic(dir / ROOT_PUB, (keys.public_raw_b64(root) + "\n").encode())
+    _write_atomic(dir / ISSUER_INFO, (json.dumps(info, indent=1) + "\n").encode())
+
+
+def _is_decimal(value: object) -> TypeGuard[str]:
+    # str.isdigit alone accepts non-ASCII digits such as "²" that int() refuses.
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
+def _read_info(path: Path) -> tuple[int, keys.Alg, list[str] | None]:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IssuerError(f"{path}: cannot read issuer info: {exc}") from exc
+    if not isinstance(info, dict):
+        raise IssuerError(f"{path}: expected a JSON object")
+    kid_text, alg, events = info.get("kid"), info.get("alg"), info.get("events")
+    if not _is_decimal(kid_text) or not 1 <= int(kid_text) <= _U32:
+        raise IssuerError(f"{path}: 'kid' must be a decimal string of a non-zero u32")
+    if alg not in keys.ALGORITHMS:
+        raise IssuerError(f"{path}: 'alg' must be one of {', '.join(keys.ALGORITHMS)}")
+    if events is not None and not (
+        isinstance(events, list) and all(_is_decimal(e) and int(e) <= _U32 for e in events)
+    ):
+        raise IssuerError(f"{path}: 'events' must be null or a list of decimal strings")
+    return int(kid_text), alg, events
+
+
+def _read_key(path: Path, alg: keys.Alg) -> keys.PrivateKey:
+    key = keys.read_private(path)
+    if keys.alg_of(key) != alg:
+        raise IssuerError(f"{path}: expected a {alg} key, found {keys.alg_of(key)}")
+    return key
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Write-then-rename so a crash never leaves a half-written bundle or root.pub behind.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""The CLI contract, as operators' scripts call it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = [sys.executable, "-m", "agent.cli"]
+
+
+def ga(*args: str | Path, stdin: str | None = None, timeout: float = 60
+       ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True,
+                          input=stdin, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def issued(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    assert ga("keys", "init", d / "keys").returncode == 0
+    r = ga("issue", "--keys", d / "keys", "--event", "5", "--zones", "1,2", "--count", "3",
+           "--not-before", "2026-01-01T00:00:00Z", "--not-after", "2030-01-01T00:00:00Z",
+           "--out", d / "tickets")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def _text(d: Path, n: int = 1) -> str:
+    return (d / "tickets" / f"ticket-{n:04d}.txt").read_text().strip()
+
+
+def test_keys_init_writes_private_keys_0600_and_refuses_overwrite(issued: Path) -> None:
+    for name in ("root.key", "issuer.key", "list.key"):
+        assert stat.S_IMODE(os.stat(issued / "keys" / name).st_mode) == 0o600
+    again = ga("keys", "init", issued / "keys")
+    assert again.returncode == 2 and "already holds keys" in again.stderr
+
+
+def test_issue_writes_text_and_qr(issued: Path) -> None:
+    files = sorted(p.name for p in (issued / "tickets").iterdir())
+    assert files == [f"ticket-000{n}.{ext}" for n in (1, 2, 3) for ext in ("png", "txt")]
+    assert _text(issued).startswith("TK1:") and len(_text(issued)) == 166
+
+
+def test_check_admits_and_explains(issued: Path) -> None:
+    r = ga("check", "--keys", issued / "keys", "--zone", "2", _text(issued))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for part in ("tk1", "signature", "validity", "ADMIT", "zone 2"):
+        assert part in r.stdout
+    assert _text(issued) not in r.stdout + r.stderr
+
+
+def test_check_json_at_and_zone(issued: Path) -> None:
+    def verdict(*extra: str) -> tuple[int, dict[str, object]]:
+        r = ga("check", "--keys", issued / "keys", "--json", *extra, _text(issued))
+        return r.returncode, json.loads(r.stdout)
+
+    code, out = verdict("--at", "2027-06-01T12:00:00Z")
+    assert code == 0 and out["verdict"] == "admit" and out["reason"] == "ok"
+    code, out = verdict("--at", "2031-01-01T00:00:00Z")
+    assert code == 1 and (out["verdict"], out["reason"]) == ("deny", "expired")
+    code, out = verdict("--at", "2025-06-01")
+    assert code == 1 and out["reason"] == "not_yet_valid"
+    code, out = verdict("--zone", "3")
+    assert code == 1 and out["reason"] == "wrong_zone"
+
+
+def test_revoke_then_check_denies(issued: Path, tmp_path: Path) -> None:
+    delta = tmp_path / "delta.json"
+    r = ga("revoke", "--keys", issued / "keys", "--out", delta, _text(issued, 2))
+    assert r.returncode == 0, r.stderr
+    r = ga("check", "--keys", issued / "keys", "--revocations", delta, "--json",
+           _text(issued, 2))
+    assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
+    other = ga("check", "--keys", issued / "keys", "--revocations", delta, _text(issued, 3))
+    assert other.returncode == 0
+
+
+def test_check_image_reads_the_qr(issued: Path) -> None:
+    r = ga("check", "--keys", issued / "keys", "--json", "--image",
+           issued / "tickets" / "ticket-0001.png")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "tk1"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["check", "--keys", "/nonexistent", "TK1:AAA"], 2, "not a keys directory"),
+        (["check", "--config", "/nonexistent.toml", "TK1:AAA"], 2, "config file not found"),
+        (["check", "--keys", "KEYS", "--image", "/nonexistent.png"], 2, "no such image"),
+        (["check", "--keys", "KEYS", "--at", "yesterday", "x"], 2, "--at"),
+        (["check", "--keys", "KEYS", "--json", "hello"], 1, "invalid_format"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["revoke", "--keys", "KEYS", "--out", "OUT", "not-a-ticket"], 2, "32-hex token id"),
+    ],
+)
+def test_bad_input_gives_clear_errors(issued: Path, tmp_path: Path, args: list[str],
+                                      code: int, words: str) -> None:
+    args = [str(issued / "keys") if a == "KEYS" else str(tmp_path / "o") if a == "OUT" else a
+            for a in args]
+    r = ga(*args)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert words in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_decides_a_scan_file_and_exits(issued: Path, tmp_path: Path) -> None:
+    scans = tmp_path / "scans.txt"
+    scans.write_text(f"{_text(issued)}\n{_text(issued)}\nnonsense\n")
+    conf = tmp_path / "gate.toml"
+    conf.write_text(f"""
+[gate]
+id = "g1"
+events = [5]
+zone = 1
+state_dir = "state"
+[lane]
+repeat_window_ms = 0
+[trust]
+root_key = "{issued / 'keys' / 'root.pub'}"
+bundle = "{issued / 'keys' / 'trust.json'}"
+[clock]
+assume = "synced"
+[devices]
+scanner = "sim://file?path=scans.txt"
+gate = "sim://gate?passage_ms=1&log=pulses.log"
+""")
+    r = ga("run", "--config", conf)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("verdict=admit") == 1 and r.stderr.count("verdict=deny") == 2
+    assert "reason=already_used" in r.stderr and "reason=invalid_format" in r.stderr
+    assert len((tmp_path / "pulses.log").read_text().splitlines()) == 1
+    assert _text(issued) not in r.stderr and _text(issued)[4:40] not in r.stderr
+
+
+def test_run_with_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    conf = tmp_path / "gate.toml"
+    conf.write_text("[gate]\nid = 'g'\nevents = [1]\nstate_dir = 's'\nspeed = 3\n")
+    r = ga("run", "--config", conf)
+    assert r.returncode == 2 and f"{conf}: [gate] unknown key 'speed'" in r.stderr
+
+
+def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
+    r = ga("demo", "--dir", tmp_path / "demo", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for reason in ("already_used", "revoked", "bad_signature", "expired", "wrong_zone",
+                   "invalid_format"):
+        assert f"({reason}" in out
+    assert "nobody passed: entry" in out and "Exit - goodbye" in out
+    assert "admitted: 5 (annulled 1)   denied: 6" in out
+    assert "\x1b[" not in out  # no colour codes when not on a terminal
