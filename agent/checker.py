@@ -29,8 +29,13 @@ class Evaluation:
 class Checker:
     """Everything a decision needs besides the scanned text and the history of that ticket."""
 
-    def __init__(self, trust_store: trust.TrustStore, index: Callable[[], RevocationIndex],
-                 list_meta: Callable[[], ListMeta], policy: rules.GatePolicy) -> None:
+    def __init__(
+        self,
+        trust_store: trust.TrustStore,
+        index: Callable[[], RevocationIndex],
+        list_meta: Callable[[], ListMeta],
+        policy: rules.GatePolicy,
+    ) -> None:
         self.trust = trust_store
         self._index = index
         self._meta = list_meta
@@ -42,8 +47,9 @@ class Checker:
             return trust.SignatureCheck(Reason.UNKNOWN_KEY, "no trust bundle installed")
         return trust.verify(ticket, bundle, now)
 
-    def facts(self, ticket: Ticket, history: Sequence[HistoryEntry],
-              clock: ClockReading) -> rules.Facts:
+    def facts(
+        self, ticket: Ticket, history: Sequence[HistoryEntry], clock: ClockReading
+    ) -> rules.Facts:
         return rules.Facts(
             ticket=ticket,
             signature=self.signature(ticket, clock.now),
@@ -57,8 +63,9 @@ class Checker:
     def list_version(self) -> int:
         return self._meta().version
 
-    async def evaluate(self, text: str, history: HistoryLookup, clock: ClockReading,
-                       *, explain: bool = False) -> Evaluation:
+    async def evaluate(
+        self, text: str, history: HistoryLookup, clock: ClockReading, *, explain: bool = False
+    ) -> Evaluation:
         """Decide on ``text``. Bad input is a deny decision, never an exception."""
         try:
             ticket = tickets.parse(text)

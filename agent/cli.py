@@ -22,8 +22,10 @@ def _int_list(value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {value!r}")
-    
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {value!r}"
+        ) from None
+
 
 def _iso(value: str) -> int:
     from agent.issuer import parse_iso
@@ -35,13 +37,15 @@ def _iso(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gate-agent", description="Offline ticket validation "
-                                "agent for turnstiles.")
+    p = argparse.ArgumentParser(
+        prog="gate-agent", description="Offline ticket validation agent for turnstiles."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
     keys = sub.add_parser("keys", help="issuer key management").add_subparsers(
-        dest="keys_command", required=True)
+        dest="keys_command", required=True
+    )
     init = keys.add_parser("init", help="make root, issuer and list-signing keys and a bundle")
     init.add_argument("dir", type=Path)
     init.add_argument("--alg", choices=("ed25519", "p256"), default="ed25519")
@@ -61,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke", help="write a signed revocation delta")
     revoke.add_argument("--keys", type=Path, required=True)
     revoke.add_argument("--out", type=Path, required=True)
-    revoke.add_argument("--op", choices=("revoke", "unrevoke", "block", "unblock"),
-                        default="revoke")
+    revoke.add_argument(
+        "--op", choices=("revoke", "unrevoke", "block", "unblock"), default="revoke"
+    )
     revoke.add_argument("items", nargs="+", metavar="TICKET_TEXT_OR_TOKEN_ID")
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
@@ -87,18 +92,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.Formatter.converter = time.gmtime
 
 
 def _keys_init(args: argparse.Namespace) -> int:
     from agent import issuer
 
-    info = issuer.keys_init(args.dir, alg=args.alg, kid=args.kid, events=args.events,
-                            force=args.force)
-    print(f"keys written to {info.dir} (issuer kid {info.kid}, {info.alg}); "
-          f"give gates {info.dir / 'root.pub'} and {info.dir / 'trust.json'}")
+    info = issuer.keys_init(
+        args.dir, alg=args.alg, kid=args.kid, events=args.events, force=args.force
+    )
+    print(
+        f"keys written to {info.dir} (issuer kid {info.kid}, {info.alg}); "
+        f"give gates {info.dir / 'root.pub'} and {info.dir / 'trust.json'}"
+    )
     return 0
 
 
@@ -107,9 +116,15 @@ def _issue(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.count > 100_000:
         raise ConfigError("--count must be 1-100000")
-    paths = issuer.issue_files(issuer.Issuer.load(args.keys), args.out, event=args.event,
-                               zones=args.zones, not_before=args.not_before,
-                               not_after=args.not_after, count=args.count)
+    paths = issuer.issue_files(
+        issuer.Issuer.load(args.keys),
+        args.out,
+        event=args.event,
+        zones=args.zones,
+        not_before=args.not_before,
+        not_after=args.not_after,
+        count=args.count,
+    )
     print(f"{len(paths)} tickets written to {args.out}")
     return 0
 
@@ -128,8 +143,15 @@ def _revoke(args: argparse.Namespace) -> int:
         except TicketFormatError as exc:
             raise ConfigError(f"not a ticket text or a 32-hex token id: {exc}") from None
     loaded = issuer.Issuer.load(args.keys)
-    data = revocation.issue_delta(loaded.list_key, args.keys / "revocations.state.json",
-                                  **{args.op: keys_})
+    ops: dict[str, list[bytes]] = {args.op: keys_}
+    data = revocation.issue_delta(
+        loaded.list_key,
+        args.keys / "revocations.state.json",
+        revoke=ops.get("revoke", ()),
+        unrevoke=ops.get("unrevoke", ()),
+        block=ops.get("block", ()),
+        unblock=ops.get("unblock", ()),
+    )
     args.out.write_bytes(data)
     print(f"{args.op}: {len(keys_)} entries written to {args.out}")
     return 0
@@ -138,9 +160,16 @@ def _revoke(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from agent.inspect import CheckRequest, check
 
-    req = CheckRequest(text=args.text, image=args.image, config=args.config, keys=args.keys,
-                       revocations=args.revocations, zone=args.zone, at=args.at,
-                       as_json=args.json)
+    req = CheckRequest(
+        text=args.text,
+        image=args.image,
+        config=args.config,
+        keys=args.keys,
+        revocations=args.revocations,
+        zone=args.zone,
+        at=args.at,
+        as_json=args.json,
+    )
     return asyncio.run(check(req))
 
 
@@ -161,10 +190,15 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose, quiet=args.command in ("check", "demo", "keys", "issue",
-                                                        "revoke"))
-    handlers = {"keys": _keys_init, "issue": _issue, "revoke": _revoke, "check": _check,
-                "run": _run, "demo": _demo}
+    _setup_logging(args.verbose, quiet=args.command in ("check", "demo", "keys", "issue", "revoke"))
+    handlers = {
+        "keys": _keys_init,
+        "issue": _issue,
+        "revoke": _revoke,
+        "check": _check,
+        "run": _run,
+        "demo": _demo,
+    }
     try:
         return handlers[args.command](args)
     except AgentError as exc:

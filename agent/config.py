@@ -92,8 +92,10 @@ class Config:
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("gate", "id"): (lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
     ("gate", "zone"): (lambda v: v is None or 1 <= v <= 16, "a zone number 1-16"),
-    ("gate", "events"): (lambda v: len(v) > 0 and all(0 <= e < 2**32 for e in v),
-                         "a non-empty list of event numbers"),
+    ("gate", "events"): (
+        lambda v: len(v) > 0 and all(0 <= e < 2**32 for e in v),
+        "a non-empty list of event numbers",
+    ),
     ("policy", "entries_per_day"): (lambda v: v >= 1, "an integer >= 1"),
     ("policy", "validity_skew_s"): (lambda v: 0 <= v <= 86400, "0-86400 seconds"),
     ("policy", "max_list_age_s"): (lambda v: v >= 60, "at least 60 seconds"),
@@ -107,12 +109,18 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (types.UnionType, typing.Union):
-        return " or ".join("nothing" if a is type(None) else _describe(a)
-                           for a in typing.get_args(tp))
+        return " or ".join(
+            "nothing" if a is type(None) else _describe(a) for a in typing.get_args(tp)
+        )
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             Path: "a path (string)"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        Path: "a path (string)",
+    }
     return names.get(tp, str(tp))
 
 
@@ -156,20 +164,23 @@ def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{src}: [{name}] unknown key {key!r} "
-                              f"(valid keys: {', '.join(fields)})")
+            raise ConfigError(
+                f"{src}: [{name}] unknown key {key!r} (valid keys: {', '.join(fields)})"
+            )
     values: dict[str, Any] = {}
     for key, f in fields.items():
         if key not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{src}: [{name}] missing required key {key!r} "
-                                  f"({_describe(hints[key])})")
+                raise ConfigError(
+                    f"{src}: [{name}] missing required key {key!r} ({_describe(hints[key])})"
+                )
             continue
         try:
             values[key] = _convert(raw[key], hints[key], src.parent)
         except TypeError:
-            raise ConfigError(f"{src}: [{name}] {key}: expected {_describe(hints[key])}, "
-                              f"got {raw[key]!r}") from None
+            raise ConfigError(
+                f"{src}: [{name}] {key}: expected {_describe(hints[key])}, got {raw[key]!r}"
+            ) from None
         check = _RANGES.get((name, key))
         if check is not None and not check[0](values[key]):
             raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {raw[key]!r}")
@@ -186,8 +197,9 @@ def parse(text: str, src: Path) -> Config:
     sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
     for name in raw:
         if name not in sections:
-            raise ConfigError(f"{src}: unknown section [{name}] "
-                              f"(valid sections: {', '.join(sorted(sections))})")
+            raise ConfigError(
+                f"{src}: unknown section [{name}] (valid sections: {', '.join(sorted(sections))})"
+            )
     values = {name: _section(hints[name], raw[name], name, src) for name in raw}
     for name in ("gate", "trust", "devices"):
         if name not in raw:
@@ -195,7 +207,8 @@ def parse(text: str, src: Path) -> Config:
     config = Config(path=src, **values)
     if not config.gate.name:
         config = dataclasses.replace(
-            config, gate=dataclasses.replace(config.gate, name=config.gate.id))
+            config, gate=dataclasses.replace(config.gate, name=config.gate.id)
+        )
     _check_timezone(config, src)
     return config
 
@@ -208,8 +221,9 @@ def _check_timezone(config: Config, src: Path) -> None:
     try:
         ZoneInfo(config.policy.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{src}: [policy] timezone: unknown time zone "
-                          f"{config.policy.timezone!r}") from None
+        raise ConfigError(
+            f"{src}: [policy] timezone: unknown time zone {config.policy.timezone!r}"
+        ) from None
 
 
 def load(path: Path) -> Config:

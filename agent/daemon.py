@@ -60,8 +60,9 @@ def open_trust(config: cfg.Config, state_path: Path | None) -> TrustStore:
         try:
             store.offer(bundle.read_bytes(), str(bundle))
         except OSError as exc:
-            raise ConfigError(f"{config.path}: [trust] bundle: {bundle}: "
-                              f"{exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"{config.path}: [trust] bundle: {bundle}: {exc.strerror or exc}"
+            ) from exc
         except TrustError as exc:
             if store.bundle is None:
                 raise ConfigError(f"{config.path}: [trust] bundle refused: {exc}") from exc
@@ -96,9 +97,13 @@ class Gate:
 
 
 @contextlib.asynccontextmanager
-async def open_gate(config: cfg.Config, on_outcome: OutcomeHook | None = None, *,
-                    scanner: Scanner | None = None, gate_io: GateIO | None = None
-                    ) -> AsyncIterator[Gate]:
+async def open_gate(
+    config: cfg.Config,
+    on_outcome: OutcomeHook | None = None,
+    *,
+    scanner: Scanner | None = None,
+    gate_io: GateIO | None = None,
+) -> AsyncIterator[Gate]:
     """Open every part of the gate described by ``config``; closes all of them on exit.
 
     ``scanner`` and ``gate_io`` replace the configured devices (the demo drives its own).
@@ -107,8 +112,9 @@ async def open_gate(config: cfg.Config, on_outcome: OutcomeHook | None = None, *
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o750)
     except OSError as exc:
-        raise ConfigError(f"{config.path}: [gate] state_dir: {state}: "
-                          f"{exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"{config.path}: [gate] state_dir: {state}: {exc.strerror or exc}"
+        ) from exc
     clock = Clock(state / "clock.floor", assume=config.clock.assume)
     trust = open_trust(config, state / "trust.json")
     base = config.path.parent
@@ -116,25 +122,35 @@ async def open_gate(config: cfg.Config, on_outcome: OutcomeHook | None = None, *
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)
         await load_lists(revocations, config.revocation.files, trust)
-        journal = await Journal.open(state / "journal.db", gate_id=config.gate.id,
-                                     gate_name=config.gate.name, clock=clock)
+        journal = await Journal.open(
+            state / "journal.db", gate_id=config.gate.id, gate_name=config.gate.name, clock=clock
+        )
         stack.push_async_callback(journal.close)
         stack.callback(clock.persist)
         devices = config.devices
         scanner = scanner or registry.create("scanner", devices.scanner, base)
         gate_io = gate_io or registry.create("gate", devices.gate, base)
-        indicator = (registry.create("indicator", devices.indicator, base)
-                     if devices.indicator else None)
+        indicator = (
+            registry.create("indicator", devices.indicator, base) if devices.indicator else None
+        )
         for driver in (gate_io, indicator, scanner):
             if driver is not None:
                 await driver.open()
                 stack.push_async_callback(driver.close)
-        checker = Checker(trust, lambda: revocations.index, lambda: revocations.meta,
-                          gate_policy(config))
+        checker = Checker(
+            trust, lambda: revocations.index, lambda: revocations.meta, gate_policy(config)
+        )
         lane_cfg = config.lane
-        lane = Lane(LaneSettings(lane_cfg.name, lane_cfg.repeat_window_ms,
-                                 lane_cfg.passage_timeout_s),
-                    checker, journal, clock, scanner, gate_io, indicator, on_outcome)
+        lane = Lane(
+            LaneSettings(lane_cfg.name, lane_cfg.repeat_window_ms, lane_cfg.passage_timeout_s),
+            checker,
+            journal,
+            clock,
+            scanner,
+            gate_io,
+            indicator,
+            on_outcome,
+        )
         yield Gate(config, clock, trust, revocations, journal, checker, lane)
 
 
@@ -145,10 +161,16 @@ async def run(config: cfg.Config) -> int:
         task = asyncio.create_task(gate.lane.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        log.info("gate %s ready: lane %s, %s, trust v%d, revocations v%d (%d entries), pid %d",
-                 config.gate.id, gate.lane.settings.name, config.gate.direction,
-                 gate.trust.version, gate.revocations.meta.version,
-                 len(gate.revocations.index), os.getpid())
+        log.info(
+            "gate %s ready: lane %s, %s, trust v%d, revocations v%d (%d entries), pid %d",
+            config.gate.id,
+            gate.lane.settings.name,
+            config.gate.direction,
+            gate.trust.version,
+            gate.revocations.meta.version,
+            len(gate.revocations.index),
+            os.getpid(),
+        )
         try:
             await task
         except asyncio.CancelledError:

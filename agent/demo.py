@@ -16,11 +16,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from agent import config as cfg
 from agent import issuer, keys, revocation
+from agent.checker import Checker
 from agent.daemon import open_gate
 from agent.lane import Lane, LaneSettings, Outcome
+from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 
 DEMO_TOML = """\
@@ -77,18 +80,23 @@ def _tickets(dir: Path) -> dict[str, str]:
     t = {
         "valid": iss.ticket(event=1, zones=[1]),
         "revoked": iss.ticket(event=1, zones=[1]),
-        "expired": iss.ticket(event=1, zones=[1], not_before=now - 86400 * 2,
-                              not_after=now - 86400),
+        "expired": iss.ticket(
+            event=1, zones=[1], not_before=now - 86400 * 2, not_after=now - 86400
+        ),
         "zone2": iss.ticket(event=1, zones=[2]),
         "noshow": iss.ticket(event=1, zones=[1]),
         "forged": iss.ticket(event=1, zones=[1], key=keys.generate()),
     }
-    issuer.issue_files(iss, dir / "tickets", event=1, zones=[1], not_before=None,
-                       not_after=None, count=3)
+    issuer.issue_files(
+        iss, dir / "tickets", event=1, zones=[1], not_before=None, not_after=None, count=3
+    )
     from agent import tickets
 
-    delta = revocation.issue_delta(iss.list_key, keys_dir / "revocations.state.json",
-                                   revoke=[tickets.parse(t["revoked"]).revocation_key])
+    delta = revocation.issue_delta(
+        iss.list_key,
+        keys_dir / "revocations.state.json",
+        revoke=[tickets.parse(t["revoked"]).revocation_key],
+    )
     (dir / "revocations-1.json").write_bytes(delta)
     (dir / "gate.toml").write_text(DEMO_TOML.format(dir=dir))
     return t
@@ -96,8 +104,7 @@ def _tickets(dir: Path) -> dict[str, str]:
 
 def _scenario(t: dict[str, str]) -> list[Step]:
     return [
-        Step("Valid ticket (the scanner reads it 3 times: one presentation)", t["valid"],
-             repeat=3),
+        Step("Valid ticket (the scanner reads it 3 times: one presentation)", t["valid"], repeat=3),
         Step("The same ticket again", t["valid"]),
         Step("Revoked ticket", t["revoked"]),
         Step("Forged ticket (right key id, wrong signature)", t["forged"]),
@@ -120,24 +127,27 @@ def _line(o: Outcome, paint: Callable[[str, str], str]) -> str:
     d = o.decision
     word = paint(" ADMIT ", "green") if d.admitted else paint(" DENY  ", "red")
     message = o.message
-    extra = "" if d.admitted else f"  ({d.reason}" + (
-        ")" if d.detail in message else f": {d.detail})")
+    extra = (
+        "" if d.admitted else f"  ({d.reason}" + (")" if d.detail in message else f": {d.detail})")
+    )
     seq = f"#{o.record.gate_seq}" if o.record else "-"
     tail = ""
     if o.annul is not None:
-        tail = paint(f"\n           nobody passed: entry {seq} annulled "
-                     f"(#{o.annul.gate_seq})", "dim")
+        tail = paint(
+            f"\n           nobody passed: entry {seq} annulled (#{o.annul.gate_seq})", "dim"
+        )
     elif o.passed:
         tail = paint("  passed", "dim")
-    return (f"  {word} {message}{extra}  "
-            f"{paint(f'[{o.scan.source} {seq} {o.latency_ns / 1e6:.1f} ms]', 'dim')}{tail}")
+    return (
+        f"  {word} {message}{extra}  "
+        f"{paint(f'[{o.scan.source} {seq} {o.latency_ns / 1e6:.1f} ms]', 'dim')}{tail}"
+    )
 
 
-async def main(keep: Path | None = None, out: object = None) -> int:
+async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
     """Run the demo; files go to ``keep`` (kept) or a temporary folder (removed)."""
-    stream = sys.stdout if out is None else out
-    assert hasattr(stream, "write")
-    paint = _painter(getattr(stream, "isatty", lambda: False)())
+    stream = stream or sys.stdout
+    paint = _painter(stream.isatty())
     with tempfile.TemporaryDirectory(prefix="gate-agent-demo-") as tmp:
         dir = (keep or Path(tmp)).resolve()
         dir.mkdir(parents=True, exist_ok=True)
@@ -146,61 +156,72 @@ async def main(keep: Path | None = None, out: object = None) -> int:
         return await _play(conf, _scenario(t), paint, stream)
 
 
-async def _play(conf: cfg.Config, steps: list[Step], paint: Callable[[str, str], str],
-                stream: object) -> int:
-    def say(s: str) -> None:
-        print(s, file=stream)  # type: ignore[call-overload]
-
-    scanners = {"in": SimScanner(source="scanner-in"), "out": SimScanner(source="scanner-out")}
+async def _play(
+    conf: cfg.Config, steps: list[Step], paint: Callable[[str, str], str], stream: TextIO
+) -> int:
     outcomes: list[Outcome] = []
-    async with open_gate(conf, on_outcome=outcomes.append, scanner=scanners["in"],
-                         gate_io=SimGate(passage_ms=250)) as gate:
-        entry_lane = gate.lane
-        exit_checker = dataclasses.replace(gate.checker.policy, direction="exit")
-        from agent.checker import Checker
-
-        exit_lane = Lane(LaneSettings("out", 300, 1.0),
-                         Checker(gate.trust, lambda: gate.revocations.index,
-                                 lambda: gate.revocations.meta, exit_checker),
-                         gate.journal, gate.clock, scanners["out"], SimGate(passage_ms=250),
-                         on_outcome=outcomes.append)
-        lanes = {"in": entry_lane, "out": exit_lane}
-        assert isinstance(entry_lane.gate, SimGate)
-        tasks = [asyncio.create_task(lane.run()) for lane in lanes.values()]
-        say(paint(f"gate-agent demo: {conf.gate.name}, event 1, zone 1, policy "
-                  f"'{conf.policy.entry}'  (files in {conf.path.parent})", "bold"))
+    async with open_gate(
+        conf, scanner=SimScanner(source="scanner-in"), gate_io=SimGate(passage_ms=250)
+    ) as gate:
+        exit_policy = dataclasses.replace(gate.checker.policy, direction="exit")
+        exit_checker = Checker(
+            gate.trust, lambda: gate.revocations.index, lambda: gate.revocations.meta, exit_policy
+        )
+        exit_gate = SimGate(passage_ms=250)
+        exit_lane = Lane(
+            LaneSettings("out", conf.lane.repeat_window_ms, conf.lane.passage_timeout_s),
+            exit_checker,
+            gate.journal,
+            gate.clock,
+            SimScanner(source="scanner-out"),
+            exit_gate,
+        )
+        lanes = {"in": gate.lane, "out": exit_lane}
+        print(
+            paint(
+                f"gate-agent demo: {conf.gate.name}, event 1, zone 1, policy "
+                f"'{conf.policy.entry}'  (files in {conf.path.parent})",
+                "bold",
+            ),
+            file=stream,
+        )
         for n, step in enumerate(steps, 1):
-            say(f"\n{n:>2}. {step.title}")
-            lane_gate = lanes[step.lane].gate
-            assert isinstance(lane_gate, SimGate)
-            lane_gate.plan = [step.passes]
-            before = len(outcomes)
-            for _ in range(step.repeat):
-                scanners[step.lane].feed(step.text)
-            while len(outcomes) == before or any(
-                    not s._queue.empty() for s in scanners.values()):
-                await asyncio.sleep(0.02)
-            for o in outcomes[before:]:
-                say(_line(o, paint))
+            print(f"\n{n:>2}. {step.title}", file=stream)
+            lane = lanes[step.lane]
+            assert isinstance(lane.gate, SimGate)
+            lane.gate.plan = [step.passes]
+            source = f"scanner-{step.lane}"
+            for _ in range(step.repeat):  # a scanner re-reading a code in view
+                outcome = await lane.present(Scan(step.text, source, time.monotonic_ns()))
+                if outcome is not None:
+                    outcomes.append(outcome)
+                    print(_line(outcome, paint), file=stream)
             await asyncio.sleep(0.35)
-        for s in scanners.values():
-            s.finish()
-        await asyncio.gather(*tasks)
-        pulses = len(entry_lane.gate.pulses) + len(exit_lane.gate.pulses)  # type: ignore[attr-defined]
+        assert isinstance(gate.lane.gate, SimGate)
+        pulses = len(gate.lane.gate.pulses) + len(exit_gate.pulses)
         rows = await gate.journal.count()
-    _summary(outcomes, pulses, rows, paint, say)
+    _summary(outcomes, pulses, rows, paint, lambda line: print(line, file=stream))
     return 0
 
 
-def _summary(outcomes: list[Outcome], pulses: int, rows: int,
-             paint: Callable[[str, str], str], say: Callable[[str], None]) -> None:
+def _summary(
+    outcomes: list[Outcome],
+    pulses: int,
+    rows: int,
+    paint: Callable[[str, str], str],
+    say: Callable[[str], None],
+) -> None:
     admitted = [o for o in outcomes if o.decision.admitted]
     denied = Counter(str(o.decision.reason) for o in outcomes if not o.decision.admitted)
     annulled = sum(1 for o in outcomes if o.annul is not None)
     latencies = sorted(o.latency_ns / 1e6 for o in outcomes)
     say(paint("\nSummary", "bold"))
-    say(f"  presentations: {len(outcomes)}   admitted: {len(admitted)} "
-        f"(annulled {annulled})   denied: {sum(denied.values())}")
+    say(
+        f"  presentations: {len(outcomes)}   admitted: {len(admitted)} "
+        f"(annulled {annulled})   denied: {sum(denied.values())}"
+    )
     say("  denied by reason: " + ", ".join(f"{r} {n}" for r, n in sorted(denied.items())))
-    say(f"  relay pulses: {pulses}   journal rows: {rows}   "
-        f"decision latency median {latencies[len(latencies) // 2]:.1f} ms")
+    say(
+        f"  relay pulses: {pulses}   journal rows: {rows}   "
+        f"decision latency median {latencies[len(latencies) // 2]:.1f} ms"
+    )

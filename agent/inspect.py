@@ -103,14 +103,23 @@ async def _evaluate(req: CheckRequest, text: str) -> Evaluation:
 def as_dict(ev: Evaluation) -> dict[str, Any]:
     d = ev.decision
     out: dict[str, Any] = {
-        "verdict": str(d.verdict), "reason": str(d.reason), "detail": d.detail,
-        "flags": sorted(d.flags), "message": rules.staff_message(d),
+        "verdict": str(d.verdict),
+        "reason": str(d.reason),
+        "detail": d.detail,
+        "flags": sorted(d.flags),
+        "message": rules.staff_message(d),
     }
     if ev.ticket is not None:
-        out.update(format=ev.ticket.fmt, kid=ev.ticket.kid, ticket=ev.ticket.short_id,
-                   fields=dict(ev.ticket.fields))
-    out["rules"] = [{"rule": r.rule, "reason": str(r.reason), "detail": r.detail,
-                     "flags": sorted(r.flags)} for r in ev.results]
+        out.update(
+            format=ev.ticket.fmt,
+            kid=ev.ticket.kid,
+            ticket=ev.ticket.short_id,
+            fields=dict(ev.ticket.fields),
+        )
+    out["rules"] = [
+        {"rule": r.rule, "reason": str(r.reason), "detail": r.detail, "flags": sorted(r.flags)}
+        for r in ev.results
+    ]
     return out
 
 

@@ -69,7 +69,11 @@ def verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
 
 def public_raw_b64(key: PrivateKey | PublicKey) -> str:
     """The public half as base64 of its raw encoding."""
-    pub = key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) else key
+    pub = (
+        key.public_key()
+        if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
+        else key
+    )
     if isinstance(pub, ed25519.Ed25519PublicKey):
         raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     else:

@@ -51,9 +51,17 @@ OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
 
 
 class Lane:
-    def __init__(self, settings: LaneSettings, checker: Checker, journal: Journal, clock: Clock,
-                 scanner: Scanner, gate: GateIO, indicator: Indicator | None = None,
-                 on_outcome: OutcomeHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: LaneSettings,
+        checker: Checker,
+        journal: Journal,
+        clock: Clock,
+        scanner: Scanner,
+        gate: GateIO,
+        indicator: Indicator | None = None,
+        on_outcome: OutcomeHook | None = None,
+    ) -> None:
         self.settings = settings
         self.checker = checker
         self.journal = journal
@@ -89,8 +97,9 @@ class Lane:
         try:
             record = await self._record(ref, kind, decision)
         except JournalError as exc:
-            log.error("lane %s: decision not recorded, gate stays shut: %s", self.settings.name,
-                      exc)
+            log.error(
+                "lane %s: decision not recorded, gate stays shut: %s", self.settings.name, exc
+            )
             decision, record = Decision(Verdict.DENY, Reason.ERROR, "journal write failed"), None
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)
@@ -103,19 +112,27 @@ class Lane:
 
     async def _evaluate(self, scan: Scan) -> Evaluation:
         try:
-            return await self.checker.evaluate(scan.text, self.journal.history,
-                                               self.clock.reading())
+            return await self.checker.evaluate(
+                scan.text, self.journal.history, self.clock.reading()
+            )
         except Exception:  # a bug must deny one scan, not stop the lane
-            log.exception("lane %s: internal error deciding %s", self.settings.name,
-                          text_digest(scan.text))
+            log.exception(
+                "lane %s: internal error deciding %s", self.settings.name, text_digest(scan.text)
+            )
             return Evaluation(None, Decision(Verdict.DENY, Reason.ERROR, "internal error"))
 
-    async def _record(self, ref: str, kind: Kind, decision: Decision,
-                      annuls: str | None = None) -> EntryRecord:
+    async def _record(
+        self, ref: str, kind: Kind, decision: Decision, annuls: str | None = None
+    ) -> EntryRecord:
         return await self.journal.record(
-            ticket_ref=ref, kind=kind, decision=decision, lane=self.settings.name,
-            rev_version=self.checker.list_version(), zone=self.checker.policy.zone,
-            annuls=annuls)
+            ticket_ref=ref,
+            kind=kind,
+            decision=decision,
+            lane=self.settings.name,
+            rev_version=self.checker.list_version(),
+            zone=self.checker.policy.zone,
+            annuls=annuls,
+        )
 
     async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
         direction = self.checker.policy.direction
@@ -127,11 +144,9 @@ class Lane:
         try:
             annul = await self._record(ref, "annul", annul_decision, annuls=record.entry_id)
         except JournalError as exc:
-            log.error("lane %s: annulment not recorded (entry stands): %s", self.settings.name,
-                      exc)
+            log.error("lane %s: annulment not recorded (entry stands): %s", self.settings.name, exc)
             return replace(outcome, passed=False)
-        log.info("lane %s: nobody passed, entry %d annulled", self.settings.name,
-                 record.gate_seq)
+        log.info("lane %s: nobody passed, entry %d annulled", self.settings.name, record.gate_seq)
         return replace(outcome, passed=False, annul=annul)
 
     async def _show(self, decision: Decision) -> None:
@@ -150,6 +165,12 @@ class Lane:
 
     def _log(self, ticket: Ticket | None, scan: Scan, decision: Decision, latency: int) -> None:
         ident = ticket.short_id if ticket is not None else text_digest(scan.text)
-        log.info("decision lane=%s verdict=%s reason=%s ticket=%s flags=%s latency_ms=%.2f",
-                 self.settings.name, decision.verdict, decision.reason, ident,
-                 ",".join(sorted(decision.flags)) or "-", latency / 1e6)
+        log.info(
+            "decision lane=%s verdict=%s reason=%s ticket=%s flags=%s latency_ms=%.2f",
+            self.settings.name,
+            decision.verdict,
+            decision.reason,
+            ident,
+            ",".join(sorted(decision.flags)) or "-",
+            latency / 1e6,
+        )

@@ -89,8 +89,11 @@ def _event(f: Facts) -> RuleResult:
     if f.policy.events is None or f.ticket.event in f.policy.events:
         return RuleResult("event", Reason.OK, f"event {f.ticket.event}")
     allowed = ", ".join(sorted(f.policy.events)) or "none"
-    return RuleResult("event", Reason.WRONG_EVENT, f"ticket for event {f.ticket.event}, "
-                      f"this gate admits {allowed}")
+    return RuleResult(
+        "event",
+        Reason.WRONG_EVENT,
+        f"ticket for event {f.ticket.event}, this gate admits {allowed}",
+    )
 
 
 def _zone(f: Facts) -> RuleResult:
@@ -106,8 +109,11 @@ def _zone(f: Facts) -> RuleResult:
 def _product(f: Facts) -> RuleResult:
     allowed = f.policy.products
     if allowed is None or f.ticket.product is None or f.ticket.product in allowed:
-        return RuleResult("product", Reason.OK, "no product restriction" if allowed is None
-                          else f"product {f.ticket.product}")
+        return RuleResult(
+            "product",
+            Reason.OK,
+            "no product restriction" if allowed is None else f"product {f.ticket.product}",
+        )
     return RuleResult("product", Reason.WRONG_PRODUCT, f"product {f.ticket.product} not admitted")
 
 
@@ -124,8 +130,11 @@ def _freshness(f: Facts) -> RuleResult:
     if not meta.is_stale(f.clock.now, policy.max_list_age_s):
         return RuleResult("list_freshness", Reason.OK, "revocation list is fresh")
     age = meta.age(f.clock.now)
-    detail = ("no revocation list installed" if age is None
-              else f"revocation list is {int(age // 60)} min old")
+    detail = (
+        "no revocation list installed"
+        if age is None
+        else f"revocation list is {int(age // 60)} min old"
+    )
     if policy.stale_list == "deny":
         return RuleResult("list_freshness", Reason.LIST_STALE, detail)
     return RuleResult("list_freshness", Reason.OK, detail, frozenset({Flag.LIST_STALE}))
@@ -136,8 +145,12 @@ def _clock(f: Facts) -> RuleResult:
         return RuleResult("clock", Reason.OK, "clock synchronised")
     if f.policy.untrusted_clock == "deny":
         return RuleResult("clock", Reason.CLOCK_UNTRUSTED, "clock not synchronised")
-    return RuleResult("clock", Reason.OK, f"clock not synchronised ({f.policy.untrusted_clock})",
-                      frozenset({Flag.CLOCK_UNTRUSTED}))
+    return RuleResult(
+        "clock",
+        Reason.OK,
+        f"clock not synchronised ({f.policy.untrusted_clock})",
+        frozenset({Flag.CLOCK_UNTRUSTED}),
+    )
 
 
 def _window(f: Facts) -> RuleResult:
@@ -145,11 +158,15 @@ def _window(f: Facts) -> RuleResult:
     if not f.clock.synced and p.untrusted_clock == "ignore_window":
         return RuleResult("validity", Reason.OK, "window not checked: clock untrusted")
     if t.not_before is not None and now < t.not_before - p.validity_skew_s:
-        return RuleResult("validity", Reason.NOT_YET_VALID,
-                          f"valid from {_local(t.not_before, p.timezone):%Y-%m-%d %H:%M}")
+        return RuleResult(
+            "validity",
+            Reason.NOT_YET_VALID,
+            f"valid from {_local(t.not_before, p.timezone):%Y-%m-%d %H:%M}",
+        )
     if t.not_after is not None and now > t.not_after + p.validity_skew_s:
-        return RuleResult("validity", Reason.EXPIRED,
-                          f"expired {_local(t.not_after, p.timezone):%Y-%m-%d %H:%M}")
+        return RuleResult(
+            "validity", Reason.EXPIRED, f"expired {_local(t.not_after, p.timezone):%Y-%m-%d %H:%M}"
+        )
     return RuleResult("validity", Reason.OK, "within validity window")
 
 
@@ -180,13 +197,22 @@ def _entry_policy(f: Facts) -> RuleResult:
     today = _local(f.clock.now, f.policy.timezone).date()
     todays = [h for h in entries if _local(h.wall_time, f.policy.timezone).date() == today]
     if len(todays) < f.policy.entries_per_day:
-        return RuleResult("entry_policy", Reason.OK,
-                          f"{len(todays)} of {f.policy.entries_per_day} entries today")
+        return RuleResult(
+            "entry_policy", Reason.OK, f"{len(todays)} of {f.policy.entries_per_day} entries today"
+        )
     return _used(f, todays[-1])
 
 
 ENTRY_RULES: tuple[Rule, ...] = (
-    _signature, _event, _zone, _product, _revocation, _freshness, _clock, _window, _entry_policy,
+    _signature,
+    _event,
+    _zone,
+    _product,
+    _revocation,
+    _freshness,
+    _clock,
+    _window,
+    _entry_policy,
 )
 EXIT_RULES: tuple[Rule, ...] = (_signature, _event)
 
@@ -217,8 +243,9 @@ def from_results(results: Sequence[RuleResult], direction: Direction) -> Decisio
         if not result.passed:
             return Decision(Verdict.DENY, result.reason, result.detail)
         flags |= result.flags
-    return Decision(Verdict.ADMIT, Reason.OK, "exit" if direction == "exit" else "welcome",
-                    frozenset(flags))
+    return Decision(
+        Verdict.ADMIT, Reason.OK, "exit" if direction == "exit" else "welcome", frozenset(flags)
+    )
 
 
 def invalid_format(detail: str) -> Decision:

@@ -216,8 +216,11 @@ class TrustStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self._path)
         self._bundle = bundle
-        log.info("trust bundle version %d installed (%d issuer keys)", bundle.version,
-                 len(bundle.issuers))
+        log.info(
+            "trust bundle version %d installed (%d issuer keys)",
+            bundle.version,
+            len(bundle.issuers),
+        )
         return bundle
 
     def offer(self, data: bytes, source: str) -> bool:

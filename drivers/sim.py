@@ -55,8 +55,15 @@ def _path(value: str | None, base: Path | None, url: str) -> Path:
 class SimScanner:
     """A scanner whose scans come from a file, stdin, a Unix socket or :meth:`feed`."""
 
-    def __init__(self, mode: str = "queue", *, path: Path | None = None, interval_ms: int = 0,
-                 end: str = "stop", source: str = "sim") -> None:
+    def __init__(
+        self,
+        mode: str = "queue",
+        *,
+        path: Path | None = None,
+        interval_ms: int = 0,
+        end: str = "stop",
+        source: str = "sim",
+    ) -> None:
         if mode not in ("file", "stdin", "socket", "queue"):
             raise DriverError(f"sim scanner: unknown mode {mode!r} (file, stdin, socket, queue)")
         self.mode, self.path, self.interval_ms, self.end = mode, path, interval_ms, end
@@ -73,8 +80,13 @@ class SimScanner:
             interval = int(q.get("interval_ms", "0"))
         except ValueError:
             raise DriverError(f"{url}: interval_ms must be an integer") from None
-        return cls(mode, path=path, interval_ms=interval, end=q.get("end", "stop"),
-                   source=q.get("source", f"sim-{mode}"))
+        return cls(
+            mode,
+            path=path,
+            interval_ms=interval,
+            end=q.get("end", "stop"),
+            source=q.get("source", f"sim-{mode}"),
+        )
 
     def feed(self, text: str) -> None:
         """Present ``text`` as if it had just been scanned."""
@@ -98,8 +110,9 @@ class SimScanner:
             assert self.path is not None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
-                                                           limit=MAX_LINE + 2)
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_LINE + 2
+            )
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -169,8 +182,13 @@ class SimScanner:
 class SimGate:
     """A turnstile: counts and logs relay pulses, reports passage per a script."""
 
-    def __init__(self, *, passage_ms: int | None = 300, plan: Sequence[bool] = (),
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        passage_ms: int | None = 300,
+        plan: Sequence[bool] = (),
+        log_path: Path | None = None,
+    ) -> None:
         self.passage_ms = passage_ms
         self.plan = list(plan)
         self.log_path = log_path

@@ -70,14 +70,26 @@ WriteConfig = Callable[..., Path]
 def write_config(keys_dir: Path) -> WriteConfig:
     """Write a gate config beside ``keys_dir`` and return its path."""
 
-    def write(*, entry: str = "single", stale_list: str = "admit", repeat_window_ms: int = 2000,
-              passage_timeout_s: float = 1.0, revocations: list[str] | None = None,
-              scanner: str = "sim://queue", gate: str = "sim://gate?passage_ms=10",
-              extra: str = "") -> Path:
+    def write(
+        *,
+        entry: str = "single",
+        stale_list: str = "admit",
+        repeat_window_ms: int = 2000,
+        passage_timeout_s: float = 1.0,
+        revocations: list[str] | None = None,
+        scanner: str = "sim://queue",
+        gate: str = "sim://gate?passage_ms=10",
+        extra: str = "",
+    ) -> Path:
         text = GATE_TOML.format(
-            entry=entry, stale_list=stale_list, repeat_window_ms=repeat_window_ms,
-            passage_timeout_s=passage_timeout_s, scanner=scanner, gate=gate,
-            revocations=", ".join(f'"{r}"' for r in revocations or []))
+            entry=entry,
+            stale_list=stale_list,
+            repeat_window_ms=repeat_window_ms,
+            passage_timeout_s=passage_timeout_s,
+            scanner=scanner,
+            gate=gate,
+            revocations=", ".join(f'"{r}"' for r in revocations or []),
+        )
         path = keys_dir.parent / "gate.toml"
         path.write_text(text + extra)
         return path

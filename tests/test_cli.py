@@ -14,19 +14,40 @@ import pytest
 EXE = [sys.executable, "-m", "agent.cli"]
 
 
-def ga(*args: str | Path, stdin: str | None = None, timeout: float = 60
-       ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True,
-                          input=stdin, timeout=timeout, check=False)
+def ga(
+    *args: str | Path, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def issued(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     assert ga("keys", "init", d / "keys").returncode == 0
-    r = ga("issue", "--keys", d / "keys", "--event", "5", "--zones", "1,2", "--count", "3",
-           "--not-before", "2026-01-01T00:00:00Z", "--not-after", "2030-01-01T00:00:00Z",
-           "--out", d / "tickets")
+    r = ga(
+        "issue",
+        "--keys",
+        d / "keys",
+        "--event",
+        "5",
+        "--zones",
+        "1,2",
+        "--count",
+        "3",
+        "--not-before",
+        "2026-01-01T00:00:00Z",
+        "--not-after",
+        "2030-01-01T00:00:00Z",
+        "--out",
+        d / "tickets",
+    )
     assert r.returncode == 0, r.stderr
     return d
 
@@ -75,16 +96,21 @@ def test_revoke_then_check_denies(issued: Path, tmp_path: Path) -> None:
     delta = tmp_path / "delta.json"
     r = ga("revoke", "--keys", issued / "keys", "--out", delta, _text(issued, 2))
     assert r.returncode == 0, r.stderr
-    r = ga("check", "--keys", issued / "keys", "--revocations", delta, "--json",
-           _text(issued, 2))
+    r = ga("check", "--keys", issued / "keys", "--revocations", delta, "--json", _text(issued, 2))
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
     other = ga("check", "--keys", issued / "keys", "--revocations", delta, _text(issued, 3))
     assert other.returncode == 0
 
 
 def test_check_image_reads_the_qr(issued: Path) -> None:
-    r = ga("check", "--keys", issued / "keys", "--json", "--image",
-           issued / "tickets" / "ticket-0001.png")
+    r = ga(
+        "check",
+        "--keys",
+        issued / "keys",
+        "--json",
+        "--image",
+        issued / "tickets" / "ticket-0001.png",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["format"] == "tk1"
 
@@ -101,10 +127,13 @@ def test_check_image_reads_the_qr(issued: Path) -> None:
         (["revoke", "--keys", "KEYS", "--out", "OUT", "not-a-ticket"], 2, "32-hex token id"),
     ],
 )
-def test_bad_input_gives_clear_errors(issued: Path, tmp_path: Path, args: list[str],
-                                      code: int, words: str) -> None:
-    args = [str(issued / "keys") if a == "KEYS" else str(tmp_path / "o") if a == "OUT" else a
-            for a in args]
+def test_bad_input_gives_clear_errors(
+    issued: Path, tmp_path: Path, args: list[str], code: int, words: str
+) -> None:
+    args = [
+        str(issued / "keys") if a == "KEYS" else str(tmp_path / "o") if a == "OUT" else a
+        for a in args
+    ]
     r = ga(*args)
     assert r.returncode == code, r.stdout + r.stderr
     assert words in r.stdout + r.stderr
@@ -124,8 +153,8 @@ state_dir = "state"
 [lane]
 repeat_window_ms = 0
 [trust]
-root_key = "{issued / 'keys' / 'root.pub'}"
-bundle = "{issued / 'keys' / 'trust.json'}"
+root_key = "{issued / "keys" / "root.pub"}"
+bundle = "{issued / "keys" / "trust.json"}"
 [clock]
 assume = "synced"
 [devices]
@@ -151,8 +180,14 @@ def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
     r = ga("demo", "--dir", tmp_path / "demo", timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    for reason in ("already_used", "revoked", "bad_signature", "expired", "wrong_zone",
-                   "invalid_format"):
+    for reason in (
+        "already_used",
+        "revoked",
+        "bad_signature",
+        "expired",
+        "wrong_zone",
+        "invalid_format",
+    ):
         assert f"({reason}" in out
     assert "nobody passed: entry" in out and "Exit - goodbye" in out
     assert "admitted: 5 (annulled 1)   denied: 6" in out

@@ -86,8 +86,10 @@ def test_missing_required_key_and_section(tmp_path: Path) -> None:
     path.write_text("[gate]\nid = 'x'\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n")
     with pytest.raises(ConfigError, match=r"missing required section \[devices\]"):
         config.load(path)
-    path.write_text("[gate]\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n"
-                    "[devices]\nscanner = 'sim://queue'\ngate = 'sim://gate'\n")
+    path.write_text(
+        "[gate]\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n"
+        "[devices]\nscanner = 'sim://queue'\ngate = 'sim://gate'\n"
+    )
     with pytest.raises(ConfigError, match=r"\[gate\] missing required key 'id'"):
         config.load(path)
 

@@ -19,8 +19,7 @@ def _scan(text: str, at_ms: int, source: str = "s1") -> Scan:
     return Scan(text, source, at_ms * 1_000_000)
 
 
-async def test_admit_then_duplicate_with_one_pulse(write_config: WriteConfig,
-                                                   iss: Issuer) -> None:
+async def test_admit_then_duplicate_with_one_pulse(write_config: WriteConfig, iss: Issuer) -> None:
     text = iss.ticket(event=1, zones=[1])
     async with open_gate(config.load(write_config())) as gate:
         first = await gate.lane.present(_scan(text, 0))
@@ -35,8 +34,7 @@ async def test_admit_then_duplicate_with_one_pulse(write_config: WriteConfig,
     assert [(r.kind, r.reason) for r in rows] == [("entry", "ok"), ("attempt", "already_used")]
 
 
-async def test_repeat_window_makes_one_presentation(write_config: WriteConfig,
-                                                    iss: Issuer) -> None:
+async def test_repeat_window_makes_one_presentation(write_config: WriteConfig, iss: Issuer) -> None:
     text = iss.ticket(event=1, zones=[1])
     async with open_gate(config.load(write_config(repeat_window_ms=2000))) as gate:
         outcomes = [await gate.lane.present(_scan(text, t)) for t in (0, 500, 1900, 3800)]
@@ -48,8 +46,9 @@ async def test_repeat_window_makes_one_presentation(write_config: WriteConfig,
         assert await gate.journal.count() == 3
 
 
-async def test_nobody_passed_annuls_and_ticket_works_again(write_config: WriteConfig,
-                                                           iss: Issuer) -> None:
+async def test_nobody_passed_annuls_and_ticket_works_again(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
     text = iss.ticket(event=1, zones=[1])
     conf = config.load(write_config(gate="sim://gate?plan=none,pass", passage_timeout_s=0.2))
     async with open_gate(conf) as gate:
@@ -63,8 +62,9 @@ async def test_nobody_passed_annuls_and_ticket_works_again(write_config: WriteCo
     assert kinds == ["entry", "annul", "entry"]
 
 
-async def test_decision_is_durable_before_the_relay_moves(write_config: WriteConfig,
-                                                         iss: Issuer) -> None:
+async def test_decision_is_durable_before_the_relay_moves(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
     conf = config.load(write_config())
     seen: list[int] = []
 
@@ -72,8 +72,9 @@ async def test_decision_is_durable_before_the_relay_moves(write_config: WriteCon
         async def grant(self, direction: str, ref: str) -> None:
             # A separate connection sees the committed row at the moment the relay is told.
             with sqlite3.connect(conf.gate.state_dir / "journal.db") as db:
-                row = db.execute("SELECT gate_seq FROM entries WHERE entry_id = ?",
-                                 (ref,)).fetchone()
+                row = db.execute(
+                    "SELECT gate_seq FROM entries WHERE entry_id = ?", (ref,)
+                ).fetchone()
             seen.append(row[0] if row else -1)
             await super().grant(direction, ref)
 
@@ -84,24 +85,36 @@ async def test_decision_is_durable_before_the_relay_moves(write_config: WriteCon
 
 
 async def test_revoked_forged_and_garbage_are_recorded_not_raised(
-        write_config: WriteConfig, iss: Issuer, keys_dir: Path) -> None:
+    write_config: WriteConfig, iss: Issuer, keys_dir: Path
+) -> None:
     revoked = iss.ticket(event=1, zones=[1])
-    delta = revocation.issue_delta(iss.list_key, keys_dir / "rev.state",
-                                   revoke=[tickets.parse(revoked).revocation_key])
+    delta = revocation.issue_delta(
+        iss.list_key, keys_dir / "rev.state", revoke=[tickets.parse(revoked).revocation_key]
+    )
     (keys_dir.parent / "rev-1.json").write_bytes(delta)
     conf = config.load(write_config(revocations=["rev-1.json"]))
     garbage = "TK1:" + "\x00\x07" * 50
     async with open_gate(conf) as gate:
         results: list[Outcome] = []
-        for n, text in enumerate([revoked, garbage, "x" * 5000,
-                                  iss.ticket(event=1, zones=[2]),
-                                  iss.ticket(event=2, zones=[1])]):
+        for n, text in enumerate(
+            [
+                revoked,
+                garbage,
+                "x" * 5000,
+                iss.ticket(event=1, zones=[2]),
+                iss.ticket(event=2, zones=[1]),
+            ]
+        ):
             outcome = await gate.lane.present(_scan(text, n * 10_000))
             assert outcome is not None
             results.append(outcome)
         assert [o.decision.reason for o in results] == [
-            Reason.REVOKED, Reason.INVALID_FORMAT, Reason.INVALID_FORMAT, Reason.WRONG_ZONE,
-            Reason.WRONG_EVENT]
+            Reason.REVOKED,
+            Reason.INVALID_FORMAT,
+            Reason.INVALID_FORMAT,
+            Reason.WRONG_ZONE,
+            Reason.WRONG_EVENT,
+        ]
         rows = await gate.journal.tail(10)
         assert all(r.kind == "attempt" and r.verdict == "deny" for r in rows)
         assert rows[1].ticket_ref == "raw:" + text_digest(garbage)

@@ -36,8 +36,8 @@ entry = "unlimited"
 repeat_window_ms = 0
 passage_timeout_s = 0.5
 [trust]
-root_key = "{keys / 'root.pub'}"
-bundle = "{keys / 'trust.json'}"
+root_key = "{keys / "root.pub"}"
+bundle = "{keys / "trust.json"}"
 [clock]
 assume = "synced"
 [devices]
@@ -50,14 +50,16 @@ gate = "sim://gate?passage_ms=0&log=pulses.log"
 def test_kill_9_twenty_times_loses_nothing(iss: Issuer, keys_dir: Path, tmp_path: Path) -> None:
     rng = random.Random(20261123)
     texts = [iss.ticket(event=1) for _ in range(50)]
-    lines = [rng.choice(texts) if rng.random() < 0.9 else "garbage-" + str(i)
-             for i in range(SCANS)]
+    lines = [rng.choice(texts) if rng.random() < 0.9 else "garbage-" + str(i) for i in range(SCANS)]
     (tmp_path / "scans.txt").write_text("\n".join(lines) + "\n")
     conf = _config(tmp_path, keys_dir)
     killed = 0
     for _ in range(ROUNDS):
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(0.4, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -78,8 +80,12 @@ def test_kill_9_twenty_times_loses_nothing(iss: Issuer, keys_dir: Path, tmp_path
     assert missing == [], f"{len(missing)} pulses without a journalled admission"
 
     async def reopen() -> list[str]:
-        journal = await Journal.open(tmp_path / "state" / "journal.db", gate_id="pc-gate",
-                                     gate_name="pc-gate", clock=Clock(None, assume="synced"))
+        journal = await Journal.open(
+            tmp_path / "state" / "journal.db",
+            gate_id="pc-gate",
+            gate_name="pc-gate",
+            clock=Clock(None, assume="synced"),
+        )
         try:
             return await journal.check()
         finally:

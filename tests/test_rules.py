@@ -21,19 +21,42 @@ POLICY = rules.GatePolicy(gate_name="Gate 7", events=frozenset({"1"}), zone=1, t
 OK_SIG = SignatureCheck(Reason.OK, "signed")
 
 
-def _entry(kind: str, at: float, *, gate: str = "Gate 3", entry_id: str = "e1",
-           annuls: str | None = None, hlc: int = 0) -> HistoryEntry:
-    return HistoryEntry(kind=kind, gate_id="g3", gate_name=gate, lane="in", wall_time=at,
-                        entry_id=entry_id, annuls=annuls, hlc=hlc or int(at * 1000) << 16,
-                        peer=False)
+def _entry(
+    kind: str,
+    at: float,
+    *,
+    gate: str = "Gate 3",
+    entry_id: str = "e1",
+    annuls: str | None = None,
+    hlc: int = 0,
+) -> HistoryEntry:
+    return HistoryEntry(
+        kind=kind,
+        gate_id="g3",
+        gate_name=gate,
+        lane="in",
+        wall_time=at,
+        entry_id=entry_id,
+        annuls=annuls,
+        hlc=hlc or int(at * 1000) << 16,
+        peer=False,
+    )
 
 
 @pytest.fixture
 def facts(iss: Issuer) -> rules.Facts:
-    ticket = tickets.parse(iss.ticket(event=1, zones=[1, 2], not_before=int(NOW) - 3600,
-                                      not_after=int(NOW) + 3600))
-    return rules.Facts(ticket=ticket, signature=OK_SIG, list_state=ListState.NONE,
-                       list_meta=FRESH, history=(), clock=ClockReading(NOW, True), policy=POLICY)
+    ticket = tickets.parse(
+        iss.ticket(event=1, zones=[1, 2], not_before=int(NOW) - 3600, not_after=int(NOW) + 3600)
+    )
+    return rules.Facts(
+        ticket=ticket,
+        signature=OK_SIG,
+        list_state=ListState.NONE,
+        list_meta=FRESH,
+        history=(),
+        clock=ClockReading(NOW, True),
+        policy=POLICY,
+    )
 
 
 def _with(f: rules.Facts, **changes: object) -> rules.Facts:
@@ -50,8 +73,7 @@ def test_valid_ticket_is_admitted(facts: rules.Facts) -> None:
     assert rules.staff_message(d) == "Welcome"
 
 
-@pytest.mark.parametrize("reason", [Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY,
-                                    Reason.KEY_NOT_VALID])
+@pytest.mark.parametrize("reason", [Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY, Reason.KEY_NOT_VALID])
 def test_signature_failures_deny_with_their_reason(facts: rules.Facts, reason: Reason) -> None:
     d = rules.decide(_with(facts, signature=SignatureCheck(reason, "x")))
     assert (d.verdict, d.reason) == (Verdict.DENY, reason)
@@ -77,8 +99,10 @@ def test_stale_list_policy(facts: rules.Facts) -> None:
     denied = rules.decide(_policy(_with(facts, list_meta=old), stale_list="deny"))
     assert (denied.verdict, denied.reason) == (Verdict.DENY, Reason.LIST_STALE)
     expired = ListMeta(version=3, issued_at=int(NOW) - 60, expires=int(NOW) - 1)
-    assert rules.decide(_policy(_with(facts, list_meta=expired), stale_list="deny")).reason \
+    assert (
+        rules.decide(_policy(_with(facts, list_meta=expired), stale_list="deny")).reason
         is Reason.LIST_STALE
+    )
 
 
 def test_validity_window_with_skew(facts: rules.Facts) -> None:
@@ -94,8 +118,7 @@ def test_untrusted_clock_policies(facts: rules.Facts) -> None:
     unsynced = _with(facts, clock=ClockReading(NOW, False))
     accepted = rules.decide(unsynced)
     assert accepted.admitted and Flag.CLOCK_UNTRUSTED in accepted.flags
-    assert rules.decide(_policy(unsynced, untrusted_clock="deny")).reason \
-        is Reason.CLOCK_UNTRUSTED
+    assert rules.decide(_policy(unsynced, untrusted_clock="deny")).reason is Reason.CLOCK_UNTRUSTED
     late_unsynced = _with(facts, clock=ClockReading(NOW + 86400, False))
     assert rules.decide(late_unsynced).reason is Reason.EXPIRED
     ignored = rules.decide(_policy(late_unsynced, untrusted_clock="ignore_window"))
@@ -105,16 +128,21 @@ def test_untrusted_clock_policies(facts: rules.Facts) -> None:
 def test_single_entry_says_where_and_when(facts: rules.Facts) -> None:
     used_at = datetime(2026, 11, 23, 19, 2, 11, tzinfo=UTC).timestamp()
     d = rules.decide(_with(facts, history=[_entry("entry", used_at)]))
-    assert (d.verdict, d.reason, d.detail) == (Verdict.DENY, Reason.ALREADY_USED,
-                                               "Gate 3, 19:02:11")
+    assert (d.verdict, d.reason, d.detail) == (
+        Verdict.DENY,
+        Reason.ALREADY_USED,
+        "Gate 3, 19:02:11",
+    )
     assert rules.staff_message(d) == "Already used at Gate 3, 19:02:11"
     yesterday = rules.decide(_with(facts, history=[_entry("entry", used_at - 86400)]))
     assert yesterday.detail == "Gate 3, 2026-11-22 19:02:11"
 
 
 def test_annulled_entry_does_not_count(facts: rules.Facts) -> None:
-    history = [_entry("entry", NOW - 60, entry_id="a"),
-               _entry("annul", NOW - 50, entry_id="b", annuls="a")]
+    history = [
+        _entry("entry", NOW - 60, entry_id="a"),
+        _entry("annul", NOW - 50, entry_id="b", annuls="a"),
+    ]
     assert rules.decide(_with(facts, history=history)).admitted
 
 
@@ -131,8 +159,10 @@ def test_reentry_policy(facts: rules.Facts) -> None:
 
 def test_per_day_and_unlimited(facts: rules.Facts) -> None:
     f = _policy(facts, entry_policy="per_day", entries_per_day=2)
-    one = [_entry("entry", NOW - 600, entry_id="a"),
-           _entry("entry", NOW - 86400, entry_id="y")]  # yesterday's does not count
+    one = [
+        _entry("entry", NOW - 600, entry_id="a"),
+        _entry("entry", NOW - 86400, entry_id="y"),
+    ]  # yesterday's does not count
     assert rules.decide(_with(f, history=one)).admitted
     two = [*one, _entry("entry", NOW - 300, entry_id="b")]
     assert rules.decide(_with(f, history=two)).reason is Reason.ALREADY_USED
@@ -141,17 +171,30 @@ def test_per_day_and_unlimited(facts: rules.Facts) -> None:
 
 
 def test_exit_lane_lets_people_out(facts: rules.Facts) -> None:
-    f = _policy(_with(facts, list_state=ListState.REVOKED, history=[_entry("entry", NOW - 60)],
-                      clock=ClockReading(NOW + 86400, True)), direction="exit")
+    f = _policy(
+        _with(
+            facts,
+            list_state=ListState.REVOKED,
+            history=[_entry("entry", NOW - 60)],
+            clock=ClockReading(NOW + 86400, True),
+        ),
+        direction="exit",
+    )
     d = rules.decide(f)
     assert d.admitted and d.detail == "exit"
-    assert rules.decide(_with(f, signature=SignatureCheck(Reason.BAD_SIGNATURE, ""))).reason \
+    assert (
+        rules.decide(_with(f, signature=SignatureCheck(Reason.BAD_SIGNATURE, ""))).reason
         is Reason.BAD_SIGNATURE
+    )
 
 
 def test_explain_agrees_with_decide(facts: rules.Facts) -> None:
-    variants = [facts, _with(facts, list_state=ListState.REVOKED), _policy(facts, zone=5),
-                _with(facts, history=[_entry("entry", NOW - 5)])]
+    variants = [
+        facts,
+        _with(facts, list_state=ListState.REVOKED),
+        _policy(facts, zone=5),
+        _with(facts, history=[_entry("entry", NOW - 5)]),
+    ]
     for f in variants:
         results = rules.explain(f)
         assert [r.rule for r in results][:2] == ["signature", "event"]

@@ -44,8 +44,9 @@ def test_keys_dir_bundle_verifies_a_ticket(iss: Issuer, keys_dir: Path) -> None:
         ({"status": "retired"}, Reason.OK, "retired"),
     ],
 )
-def test_key_status_validity_and_scope(iss: Issuer, entry: dict[str, object], reason: Reason,
-                                       words: str) -> None:
+def test_key_status_validity_and_scope(
+    iss: Issuer, entry: dict[str, object], reason: Reason, words: str
+) -> None:
     check = trust.verify(tickets.parse(iss.ticket(event=1)), _bundle(iss, **entry), NOW)
     assert check.reason is reason
     assert words in check.detail
@@ -76,15 +77,21 @@ def test_forged_truncated_and_wrong_root_bundles_are_refused(iss: Issuer) -> Non
         trust.parse_bundle(tampered, root)
     with pytest.raises(TrustError, match="signature does not verify"):
         trust.parse_bundle(data, keys.generate().public_key())
-    revocation_signed = iss.trust_bundle(version=2).replace(b'"kind": "trust"',
-                                                           b'"kind": "revocations"')
+    revocation_signed = iss.trust_bundle(version=2).replace(
+        b'"kind": "trust"', b'"kind": "revocations"'
+    )
     with pytest.raises(TrustError):
         trust.parse_bundle(revocation_signed, root)
 
 
 def test_malformed_entries_are_refused(iss: Issuer) -> None:
-    for bad in ({"alg": "rsa"}, {"status": "maybe"}, {"public_key": "AAAA"},
-                {"valid_until": "soon"}, {"events": [1]}):
+    for bad in (
+        {"alg": "rsa"},
+        {"status": "maybe"},
+        {"public_key": "AAAA"},
+        {"valid_until": "soon"},
+        {"events": [1]},
+    ):
         with pytest.raises(TrustError, match=r"issuers\[0\]"):
             _bundle(iss, **bad)
 

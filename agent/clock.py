@@ -1,0 +1,295 @@
+"""Wall time the gate can defend: sync detection, a persisted floor, and a hybrid logical clock.
+
+Boards without a battery-backed clock boot with a wrong time. :class:`Clock` therefore never reports
+a time below a *floor* (the latest trusted time it has seen, kept in a small file across restarts)
+and says whether the system clock is synchronised, so the rules can decide what an untrusted clock
+means for validity windows. Events are never ordered by wall time: within a gate by ``gate_seq``,
+across gates by the :class:`HLC` (hybrid logical clock) stamped on every journal row.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import math
+import os
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+# adjtimex(2) returns the clock state; TIME_ERROR means "not synchronised" (STA_UNSYNC set).
+_TIME_ERROR = 5
+# struct timex is about 208 bytes on 64-bit Linux; a larger zeroed buffer leaves room for padding
+# and future fields. ``modes`` is its first member, and modes=0 makes the call read-only.
+_TIMEX_BUFFER_SIZE = 512
+_SYNC_CACHE_S = 5.0
+_HLC_LOGICAL_BITS = 16
+# SQLite stores INTEGER as signed 64-bit; an HLC must fit in a journal column.
+_HLC_MAX = (1 << 63) - 1
+_UUID7_MAX_MS = (1 << 48) - 1
+
+Assume = Literal["auto", "synced", "unsynced"]
+
+
+@functools.cache
+def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
+    """The libc ``adjtimex`` function, loaded on first use (never at import time)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func: Callable[[ctypes.Array[ctypes.c_char]], int] = libc.adjtimex
+    except (OSError, AttributeError):
+        return None
+    return func
+
+
+def system_clock_synced() -> bool | None:
+    """Whether the kernel considers the system clock synchronised (NTP/chrony/timesyncd).
+
+    Uses a read-only ``adjtimex(2)`` call. Returns ``None`` when it cannot tell (not Linux, the call
+    is blocked, e.g. by a container's seccomp profile). Never raises.
+    """
+    try:
+        func = _adjtimex()
+        if func is None:
+            return None
+        buf = ctypes.create_string_buffer(_TIMEX_BUFFER_SIZE)
+        state = int(func(buf))
+    except Exception:  # any ctypes fault means "cannot tell", never a crash of the scan path
+        log.debug("adjtimex failed", exc_info=True)
+        return None
+    if state == -1:
+        return None
+    return state != _TIME_ERROR
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id from the kernel, or a random id fixed for this process if unavailable.
+
+    Stamped on journal rows so that ``mono_ns`` values can be compared only within one boot.
+    """
+    try:
+        text = _BOOT_ID_PATH.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return text or str(uuid.uuid4())
+
+
+def uuid7(unix_ms: int) -> uuid.UUID:
+    """An RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, variant ``10``, 74 random bits.
+
+    Raises ValueError when ``unix_ms`` does not fit in 48 unsigned bits.
+    """
+    if not 0 <= unix_ms <= _UUID7_MAX_MS:
+        raise ValueError(f"unix_ms out of range for UUIDv7: {unix_ms}")
+    rand_a = secrets.randbits(12)
+    rand_b = secrets.randbits(62)
+    value = (unix_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """One consistent observation: the (floored) time and whether it can be trusted."""
+
+    now: float
+    synced: bool
+
+
+class Clock:
+    """Wall time that never goes below a persisted floor, plus a trust verdict for it.
+
+    ``assume`` lets the config override detection ("synced" for boards with a GPS/PTP source the
+    kernel does not know about, "unsynced" to never trust the clock). ``probe`` is the sync
+    detector (injectable for tests). ``tolerance_s`` is how far the wall clock may sit behind the
+    floor and still count as synced: NTP steps back by milliseconds and the floor is raised from
+    other sources (the hub), so an exact comparison would flap.
+    """
+
+    def __init__(
+        self,
+        floor_path: Path | None = None,
+        *,
+        assume: Assume = "auto",
+        wall: Callable[[], float] = time.time,
+        persist_interval_s: float = 60.0,
+        probe: Callable[[], bool | None] = system_clock_synced,
+        tolerance_s: float = 1.0,
+    ) -> None:
+        if assume not in ("auto", "synced", "unsynced"):
+            raise ValueError(f"assume must be auto, synced or unsynced, not {assume!r}")
+        self._path = floor_path
+        self._assume: Assume = assume
+        self._wall = wall
+        self._interval = persist_interval_s
+        self._probe = probe
+        self._tolerance = tolerance_s
+        self._floor = _load_floor(floor_path) if floor_path is not None else 0.0
+        self._persisted = self._floor
+        self._last_persist = -math.inf
+        self._probe_value: bool | None = None
+        self._probe_at = -math.inf
+        self._probe_warned = False
+
+    @property
+    def floor(self) -> float:
+        """The lowest time :meth:`now` will ever return (Unix seconds)."""
+        return self._floor
+
+    def now(self) -> float:
+        """The wall time, never below the floor."""
+        return max(self._wall(), self._floor)
+
+    def synced(self) -> bool:
+        """Whether the time from :meth:`now` can be trusted for validity windows."""
+        return self._synced_at(self._wall())
+
+    def reading(self) -> ClockReading:
+        """The time and its trust verdict from a single wall-clock sample."""
+        wall = self._wall()
+        return ClockReading(now=max(wall, self._floor), synced=self._synced_at(wall))
+
+    def raise_floor(self, t: float) -> None:
+        """Raise the floor to ``t`` (never lowers it; non-finite values are ignored).
+
+        Persists at most every ``persist_interval_s``; a failed write is logged and retried at the
+        next raise, since the in-memory floor still protects this process.
+        """
+        if not math.isfinite(t) or t <= self._floor:
+            return
+        self._floor = t
+        if self._path is not None and time.monotonic() - self._last_persist >= self._interval:
+            self._persist_logged()
+
+    def persist(self) -> None:
+        """Write the floor to its file now (at shutdown). Failures are logged, never raised:
+        losing the floor file only weakens the check after the next cold boot."""
+        if self._path is not None:
+            self._persist_logged()
+
+    def _synced_at(self, wall: float) -> bool:
+        if self._assume != "auto":
+            return self._assume == "synced"
+        return self._probe_cached() is True and wall >= self._floor - self._tolerance
+
+    def _probe_cached(self) -> bool | None:
+        # adjtimex is a syscall on the scan path; the kernel's sync state changes slowly.
+        mono = time.monotonic()
+        if mono - self._probe_at >= _SYNC_CACHE_S:
+            self._probe_value = self._probe()
+            self._probe_at = mono
+            if self._probe_value is None and not self._probe_warned:
+                self._probe_warned = True
+                log.warning(
+                    "cannot tell whether the system clock is synchronised; treating it "
+                    "as unsynchronised (set the clock assumption in config to override)"
+                )
+        return self._probe_value
+
+    def _persist_logged(self) -> None:
+        assert self._path is not None
+        self._last_persist = time.monotonic()
+        if self._floor <= self._persisted:
+            return
+        try:
+            _write_floor(self._path, self._floor)
+        except OSError as exc:
+            log.warning("cannot persist the clock floor to %s: %s", self._path, exc)
+            return
+        self._persisted = self._floor
+
+
+def _load_floor(path: Path) -> float:
+    """The floor stored in ``path``, or 0.0 when the file is missing or unreadable (logged)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return 0.0
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read the clock floor from %s: %s", path, exc)
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        log.warning("ignoring a malformed clock floor in %s", path)
+        return 0.0
+    return value
+
+
+def _write_floor(path: Path, value: float) -> None:
+    """Atomically replace ``path`` with ``value``: temp file, fsync, rename, fsync the directory.
+
+    Raises OSError.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{value:.6f}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class HLC:
+    """A hybrid logical clock packed in one int: ``(physical_ms << 16) | logical``.
+
+    Packed values compare like (physical, logical) pairs, so ``+ 1`` is the logical increment and a
+    logical overflow carries into the physical part (a 1 ms bump), as intended.
+    """
+
+    def __init__(self, last: int = 0) -> None:
+        _check_hlc(last)
+        self._last = last
+
+    @property
+    def last(self) -> int:
+        """The most recent value issued or observed."""
+        return self._last
+
+    def tick(self, wall_ms: int) -> int:
+        """A new value for a local or send event; strictly greater than every earlier one."""
+        physical = wall_ms << _HLC_LOGICAL_BITS
+        self._last = physical if physical > self._last else self._last + 1
+        _check_hlc(self._last)
+        return self._last
+
+    def observe(self, remote: int, wall_ms: int) -> int:
+        """A new value for a receive event; greater than both ``remote`` and every earlier value.
+
+        Raises ValueError when ``remote`` is not a valid packed HLC.
+        """
+        _check_hlc(remote)
+        physical = wall_ms << _HLC_LOGICAL_BITS
+        top = max(self._last, remote)
+        self._last = physical if physical > top else top + 1
+        _check_hlc(self._last)
+        return self._last
+
+    @staticmethod
+    def physical_ms(h: int) -> int:
+        """The physical (Unix milliseconds) part of a packed HLC value."""
+        return h >> _HLC_LOGICAL_BITS
+
+
+def _check_hlc(value: int) -> None:
+    if not 0 <= value <= _HLC_MAX:
+        raise ValueError(f"HLC value out of range: {value}")

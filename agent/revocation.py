@@ -1,0 +1,739 @@
+"""Revocation: signed snapshots and deltas, a SQLite store, and the scan path's in-memory index.
+
+Entries are 16-byte keys (TK1: the ticket's ``token_id``; formats whose revocation key is a secret
+string: :func:`secret_key`) on two lists, *revoked* and *blocked*. A list document is signed
+(:mod:`agent.signed`, kind ``"revocations"``) and carries a monotonic ``version``::
+
+    {"type": "snapshot" | "delta", "version": int >= 1, "from_version": int (delta only),
+     "issued_at": int, "expires": int,            # unix seconds: the list's signed freshness
+     "revoke": B64, "unrevoke": B64, "block": B64, "unblock": B64}   # concatenated 16-byte keys
+
+A snapshot replaces everything and carries only ``revoke`` and ``block``. A delta from version F to
+V applies on an installed version I when ``F <= I < V``; its operations set or clear a key, so an
+overlap is re-applied harmlessly. Older or equal versions are refused as a rollback or replay, and a
+delta from a later version than the installed one as a gap. A refused document changes nothing.
+
+The SQLite table is the durable copy; :class:`RevocationIndex` answers the scan path from memory
+(two sorted NumPy ``S16`` arrays, exactly 16 bytes an entry, plus a small overlay of keys changed by
+deltas since the last rebuild). Exact membership only: nothing probabilistic ever decides a denial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiosqlite
+import numpy as np
+import numpy.typing as npt
+
+from agent import keys
+from agent.errors import IssuerError, RevocationError, RollbackError, SignedDocumentError
+from agent.signed import open_document, sign_document
+
+log = logging.getLogger(__name__)
+
+KIND = "revocations"
+KEY_LEN = 16
+_DTYPE = np.dtype("S16")
+_REVOKED, _BLOCKED = 1, 2  # list ids in SQLite and bits in the overlay
+_LOAD_CHUNK = 4096  # rows per fetchmany: small, so loading leaves little heap behind
+_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=FULL",
+    "journal_size_limit=67108864",  # a big snapshot must not leave a huge WAL on the SD card
+    "cache_size=-512",  # KiB; the scan path never reads SQLite, so keep its cache out of RSS
+)
+_MAX_INT = 2**63 - 1  # SQLite INTEGER
+
+KeyArray = npt.NDArray[np.bytes_]
+BitArray = npt.NDArray[np.uint8]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS revocation(list INTEGER NOT NULL, key BLOB NOT NULL,"
+    " PRIMARY KEY(list, key)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS revocation_meta(id INTEGER PRIMARY KEY CHECK(id=1),"
+    " version INTEGER NOT NULL, issued_at INTEGER, expires INTEGER)",
+)
+
+
+class ListState(enum.IntEnum):
+    """What the list says about a key; a key on both lists reads as REVOKED."""
+
+    NONE = 0
+    REVOKED = 1
+    BLOCKED = 2
+
+
+_STATE_OF_BITS = (ListState.NONE, ListState.REVOKED, ListState.BLOCKED, ListState.REVOKED)
+
+
+@dataclass(frozen=True, slots=True)
+class ListMeta:
+    """The installed list's version and signed freshness (version 0: nothing installed)."""
+
+    version: int
+    issued_at: int | None
+    expires: int | None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the list was issued, or None when nothing is installed."""
+        return None if self.issued_at is None else now - self.issued_at
+
+    def is_stale(self, now: float, max_age_s: float) -> bool:
+        """True when nothing is installed, the list has expired, or it is older than max_age_s."""
+        if self.version == 0 or self.issued_at is None:
+            return True
+        if self.expires is not None and now > self.expires:
+            return True
+        return now - self.issued_at > max_age_s
+
+
+_NOTHING = ListMeta(version=0, issued_at=None, expires=None)
+
+
+def _empty() -> KeyArray:
+    return np.empty(0, dtype=_DTYPE)
+
+
+def _sorted_unique(arr: KeyArray) -> KeyArray:
+    if len(arr) < 2:
+        return arr.copy()
+    ordered = np.sort(arr)  # np.unique is several times slower on S16
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _is_strictly_sorted(arr: KeyArray) -> bool:
+    # In blocks, so the check never needs a temporary as large as the list.
+    step, last = 1 << 16, len(arr) - 1
+    for start in range(0, last, step):
+        end = min(start + step, last)
+        if not np.all(arr[start:end] < arr[start + 1 : end + 1]):
+            return False
+    return True
+
+
+def _found(arr: KeyArray, queries: KeyArray) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+    """Positions of ``queries`` in the sorted ``arr`` and a mask of those present."""
+    pos = np.searchsorted(arr, queries)
+    present = np.zeros(len(queries), dtype=bool)
+    inside = pos < len(arr)
+    # Equal-length S16 values compare exactly, trailing NULs included, in memcmp order.
+    present[inside] = arr[pos[inside]] == queries[inside]
+    return pos, present
+
+
+def _py_keys(arr: KeyArray) -> list[bytes]:
+    # Not arr.tolist(): NumPy strips trailing NUL bytes from S16 elements it hands out.
+    raw = arr.tobytes()
+    return [raw[i : i + KEY_LEN] for i in range(0, len(raw), KEY_LEN)]
+
+
+def _contains(arr: KeyArray, key: bytes) -> bool:
+    n = len(arr)
+    if n == 0:  # an empty list (often the blocked one) costs no search
+        return False
+    i = int(arr.searchsorted(key))
+    # The element comes back with trailing NULs stripped; both sides are 16 bytes, so comparing
+    # the stripped forms is exact.
+    return i < n and bool(arr[i] == key.rstrip(b"\0"))
+
+
+def _replace_members(arr: KeyArray, keys_: KeyArray, member: npt.NDArray[np.bool_]) -> KeyArray:
+    """``arr`` with each of the sorted ``keys_`` present exactly when its ``member`` flag is set."""
+    pos, present = _found(arr, keys_)
+    base = np.delete(arr, pos[present])
+    add = keys_[member]
+    return np.insert(base, np.searchsorted(base, add), add)
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaPlan:
+    """A delta's effect on one index state, computed off the event loop, applied after COMMIT."""
+
+    generation: int
+    keys: KeyArray
+    old: BitArray
+    new: BitArray
+
+
+class RevocationIndex:
+    """The in-memory revocation index: sync, no I/O; the scan path calls :meth:`status`.
+
+    Two sorted ``S16`` arrays (revoked, blocked) answer by binary search. Keys changed by deltas
+    since the last rebuild live in ``_overlay`` (key -> bits: 1 revoked, 2 blocked), which is
+    checked first and merged into the arrays once it holds more than ``rebuild_at`` keys.
+    """
+
+    DEFAULT_REBUILD_AT = 50_000
+
+    def __init__(
+        self,
+        revoked: KeyArray | None = None,
+        blocked: KeyArray | None = None,
+        *,
+        rebuild_at: int = DEFAULT_REBUILD_AT,
+    ) -> None:
+        """Build from sorted, duplicate-free S16 arrays; raises ValueError otherwise."""
+        if rebuild_at < 1:
+            raise ValueError(f"rebuild_at must be >= 1, got {rebuild_at}")
+        self._rebuild_at = rebuild_at
+        self._revoked = _empty()
+        self._blocked = _empty()
+        self._overlay: dict[bytes, int] = {}
+        self._count = 0
+        self._generation = 0
+        self.replace(
+            _empty() if revoked is None else revoked, _empty() if blocked is None else blocked
+        )
+
+    def status(self, key: bytes) -> ListState:
+        """The list state of a 16-byte key; raises ValueError for a key of another length."""
+        if len(key) != KEY_LEN:
+            raise ValueError(f"revocation key must be {KEY_LEN} bytes, got {len(key)}")
+        bits = self._overlay.get(key)
+        if bits is None:
+            if _contains(self._revoked, key):
+                return ListState.REVOKED
+            return ListState.BLOCKED if _contains(self._blocked, key) else ListState.NONE
+        return _STATE_OF_BITS[bits]
+
+    def __len__(self) -> int:
+        """Revoked plus blocked entries (a key on both lists counts twice, as in SQLite)."""
+        return self._count
+
+    def nbytes(self) -> int:
+        """Bytes held by the index's sorted arrays (16 per entry)."""
+        return int(self._revoked.nbytes + self._blocked.nbytes)
+
+    @property
+    def overlay_size(self) -> int:
+        """Keys changed by deltas and not yet merged into the arrays."""
+        return len(self._overlay)
+
+    def replace(self, revoked: KeyArray, blocked: KeyArray) -> None:
+        """Install whole lists (a snapshot); raises ValueError unless sorted, unique S16 arrays."""
+        for name, arr in (("revoked", revoked), ("blocked", blocked)):
+            if arr.dtype != _DTYPE or arr.ndim != 1 or not _is_strictly_sorted(arr):
+                raise ValueError(f"{name} must be a sorted, duplicate-free 1-D S16 array")
+        self._revoked, self._blocked = revoked, blocked
+        self._overlay = {}
+        self._count = len(revoked) + len(blocked)
+        self._generation += 1
+
+    def plan_delta(
+        self, revoke: KeyArray, unrevoke: KeyArray, block: KeyArray, unblock: KeyArray
+    ) -> DeltaPlan:
+        """Compute the new bits of every key a delta touches, without changing the index.
+
+        Each argument is a sorted, duplicate-free S16 array. Pure reads, so it may run on a worker
+        thread while the loop keeps answering :meth:`status`.
+        """
+        touched = _sorted_unique(np.concatenate([revoke, unrevoke, block, unblock]))
+        old = self._bits_of(touched)
+        new = old.copy()
+        for ops, bit, setting in (
+            (revoke, _REVOKED, True),
+            (unrevoke, _REVOKED, False),
+            (block, _BLOCKED, True),
+            (unblock, _BLOCKED, False),
+        ):
+            pos = np.searchsorted(touched, ops)
+            new[pos] = (new[pos] | bit) if setting else (new[pos] & ~np.uint8(bit))
+        return DeltaPlan(self._generation, touched, old, new)
+
+    def apply_plan(self, plan: DeltaPlan) -> None:
+        """Install a plan made by :meth:`plan_delta` on the current state; ValueError if stale."""
+        if plan.generation != self._generation:
+            raise ValueError("delta plan was made against an older index state")
+        self._count += _popcount(plan.new) - _popcount(plan.old)
+        if len(plan.keys) > self._rebuild_at:
+            self.rebuild()
+            self._merge(plan.keys, plan.new)
+        else:
+            self._overlay.update(zip(_py_keys(plan.keys), plan.new.tolist(), strict=True))
+            if len(self._overlay) > self._rebuild_at:
+                self.rebuild()
+        self._generation += 1
+
+    def rebuild(self) -> None:
+        """Merge the overlay into the sorted arrays (O(n) copies, no full sort)."""
+        if not self._overlay:
+            return
+        keys_ = np.array(list(self._overlay), dtype=_DTYPE)
+        bits = np.fromiter(self._overlay.values(), dtype=np.uint8, count=len(self._overlay))
+        order = np.argsort(keys_)
+        self._merge(keys_[order], bits[order])
+        self._overlay = {}
+        self._generation += 1
+
+    def _merge(self, keys_: KeyArray, bits: BitArray) -> None:
+        self._revoked = _replace_members(self._revoked, keys_, (bits & _REVOKED) != 0)
+        self._blocked = _replace_members(self._blocked, keys_, (bits & _BLOCKED) != 0)
+
+    def _bits_of(self, keys_: KeyArray) -> BitArray:
+        bits = np.zeros(len(keys_), dtype=np.uint8)
+        bits[_found(self._revoked, keys_)[1]] |= _REVOKED
+        bits[_found(self._blocked, keys_)[1]] |= _BLOCKED
+        if self._overlay:
+            for i, key in enumerate(_py_keys(keys_)):
+                known = self._overlay.get(key)
+                if known is not None:
+                    bits[i] = known
+        return bits
+
+
+def _popcount(bits: BitArray) -> int:
+    return int(np.count_nonzero(bits & _REVOKED) + np.count_nonzero(bits & _BLOCKED))
+
+
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """A verified, well-formed list document; key arrays sorted and duplicate-free."""
+
+    type: Literal["snapshot", "delta"]
+    version: int
+    from_version: int
+    issued_at: int
+    expires: int
+    revoke: KeyArray
+    unrevoke: KeyArray
+    block: KeyArray
+    unblock: KeyArray
+
+    def describe(self) -> str:
+        counts = f"revoke {len(self.revoke)}, block {len(self.block)}"
+        if self.type == "snapshot":
+            return f"snapshot v{self.version} ({counts})"
+        return (
+            f"delta v{self.from_version}->v{self.version} ({counts},"
+            f" unrevoke {len(self.unrevoke)}, unblock {len(self.unblock)})"
+        )
+
+
+_OPS = ("revoke", "unrevoke", "block", "unblock")
+_FIELDS = {
+    "snapshot": frozenset({"type", "version", "issued_at", "expires", *_OPS}),
+    "delta": frozenset({"type", "version", "from_version", "issued_at", "expires", *_OPS}),
+}
+
+
+def _int_field(content: dict[str, Any], name: str, minimum: int = 0) -> int:
+    value = content.get(name)
+    if type(value) is not int or not minimum <= value <= _MAX_INT:
+        raise RevocationError(f"{KIND}: {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _keys_field(content: dict[str, Any], name: str) -> KeyArray:
+    value = content.get(name, "")
+    if not isinstance(value, str):
+        raise RevocationError(f"{KIND}: {name!r} must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RevocationError(f"{KIND}: {name!r} is not valid base64") from exc
+    if len(raw) % KEY_LEN:
+        raise RevocationError(f"{KIND}: {name!r} holds {len(raw)} bytes, not a multiple of 16")
+    return _sorted_unique(np.frombuffer(raw, dtype=_DTYPE))
+
+
+def _parse(content: dict[str, Any]) -> _Document:
+    """Check a list document's content strictly; raises RevocationError when malformed."""
+    kind = content.get("type")
+    if kind not in ("snapshot", "delta"):
+        raise RevocationError(f"{KIND}: 'type' must be 'snapshot' or 'delta', got {kind!r}")
+    unknown = sorted(set(content) - _FIELDS[kind])
+    if unknown:
+        raise RevocationError(f"{KIND}: unknown field(s) in {kind}: {', '.join(unknown)}")
+    version = _int_field(content, "version", minimum=1)
+    from_version = _int_field(content, "from_version") if kind == "delta" else 0
+    if kind == "delta" and from_version >= version:
+        raise RevocationError(f"{KIND}: delta from v{from_version} must be older than v{version}")
+    issued_at, expires = _int_field(content, "issued_at"), _int_field(content, "expires")
+    if expires < issued_at:
+        raise RevocationError(f"{KIND}: expires ({expires}) is before issued_at ({issued_at})")
+    ops = {name: _keys_field(content, name) for name in _OPS}
+    if kind == "snapshot" and (len(ops["unrevoke"]) or len(ops["unblock"])):
+        raise RevocationError(f"{KIND}: a snapshot carries only 'revoke' and 'block'")
+    for setting, clearing in (("revoke", "unrevoke"), ("block", "unblock")):
+        if _found(ops[setting], ops[clearing])[1].any():
+            raise RevocationError(f"{KIND}: a key is in both {setting!r} and {clearing!r}")
+    return _Document(kind, version, from_version, issued_at, expires, **ops)
+
+
+def _check_version(doc: _Document, installed: int) -> None:
+    if doc.version <= installed:
+        raise RollbackError(
+            f"{KIND}: rollback/replay: list version {doc.version} <= installed {installed}"
+        )
+    if doc.type == "delta" and doc.from_version > installed:
+        raise RevocationError(
+            f"{KIND}: gap: delta from {doc.from_version} but installed {installed};"
+            " fetch a snapshot"
+        )
+
+
+def _verify(data: bytes, signers: Sequence[keys.PublicKey]) -> _Document:
+    return _parse(open_document(KIND, data, list(signers), error=RevocationError))
+
+
+def _rows(list_id: int, arr: KeyArray) -> Iterator[tuple[int, bytes]]:
+    raw = arr.tobytes()
+    for i in range(0, len(raw), KEY_LEN):
+        yield list_id, raw[i : i + KEY_LEN]
+
+
+async def _read_meta(db: aiosqlite.Connection) -> ListMeta:
+    async with db.execute(
+        "SELECT version, issued_at, expires FROM revocation_meta WHERE id = 1"
+    ) as cur:
+        row = await cur.fetchone()
+    return _NOTHING if row is None else ListMeta(row[0], row[1], row[2])
+
+
+async def _load_list(db: aiosqlite.Connection, list_id: int, count: int) -> KeyArray:
+    # Rows arrive in primary-key order (memcmp, the order NumPy sorts S16 in): no sort, no set,
+    # and one preallocated array, so the peak stays near the final 16 bytes an entry.
+    arr = np.empty(count, dtype=_DTYPE)
+    pos = 0
+    sql = "SELECT key FROM revocation WHERE list = ? ORDER BY key"
+    async with db.execute(sql, (list_id,)) as cur:
+        while chunk := [row[0] for row in await cur.fetchmany(_LOAD_CHUNK)]:
+            end = pos + len(chunk)
+            if end > count:
+                raise RevocationError(f"revocation store: list {list_id} grew while loading")
+            arr[pos:end] = np.frombuffer(b"".join(chunk), dtype=_DTYPE)
+            pos = end
+    if pos != count or not _is_strictly_sorted(arr):
+        raise RevocationError(f"revocation store: list {list_id} did not load in key order")
+    return arr
+
+
+async def _load_index(
+    db: aiosqlite.Connection, rebuild_at: int
+) -> tuple[RevocationIndex, ListMeta]:
+    await db.execute("BEGIN")  # one read snapshot for the counts, the keys and the meta
+    try:
+        sql = (
+            "SELECT list, count(*), sum(typeof(key) <> 'blob' OR length(key) <> 16)"
+            " FROM revocation GROUP BY list"
+        )
+        async with db.execute(sql) as cur:
+            counts = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+        if set(counts) - {_REVOKED, _BLOCKED} or any(bad for _, bad in counts.values()):
+            raise RevocationError("revocation store is corrupt: unknown list id or malformed key")
+        revoked = await _load_list(db, _REVOKED, counts.get(_REVOKED, (0, 0))[0])
+        blocked = await _load_list(db, _BLOCKED, counts.get(_BLOCKED, (0, 0))[0])
+        meta = await _read_meta(db)
+    finally:
+        await db.execute("COMMIT")
+    return RevocationIndex(revoked, blocked, rebuild_at=rebuild_at), meta
+
+
+class RevocationStore:
+    """The durable revocation list (SQLite) and its in-memory index; open with :meth:`open`."""
+
+    def __init__(
+        self, db: aiosqlite.Connection, index: RevocationIndex, meta: ListMeta, name: str
+    ) -> None:
+        self._db: aiosqlite.Connection | None = db
+        self._index = index
+        self._meta = meta
+        self._name = name
+        self._lock = asyncio.Lock()
+        self._installs: set[asyncio.Task[ListMeta]] = set()
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, rebuild_at: int = RevocationIndex.DEFAULT_REBUILD_AT
+    ) -> Self:
+        """Open (creating if needed) the store at ``path`` (or ":memory:") and load the index.
+
+        Raises RevocationError when the database cannot be opened or its content is corrupt.
+        """
+        try:
+            db = await aiosqlite.connect(str(path), isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise RevocationError(f"{path}: cannot open revocation store: {exc}") from exc
+        try:
+            for pragma in _PRAGMAS:
+                await db.execute(f"PRAGMA {pragma}")
+            for statement in _SCHEMA:
+                await db.execute(statement)
+            index, meta = await _load_index(db, rebuild_at)
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise RevocationError(f"{path}: cannot read revocation store: {exc}") from exc
+            raise
+        log.info("revocation store %s: v%d, %d entries", path, meta.version, len(index))
+        return cls(db, index, meta, str(path))
+
+    @property
+    def index(self) -> RevocationIndex:
+        return self._index
+
+    @property
+    def meta(self) -> ListMeta:
+        return self._meta
+
+    def status(self, key: bytes) -> ListState:
+        """The list state of a 16-byte key, from memory; raises ValueError for a wrong length."""
+        return self._index.status(key)
+
+    async def apply(self, data: bytes, signers: Sequence[keys.PublicKey]) -> ListMeta:
+        """Verify a signed snapshot or delta and install it atomically; returns the new meta.
+
+        Raises RevocationError (forged, truncated, malformed, gap, store fault) or RollbackError
+        (version not newer than installed); either way nothing changes.
+        """
+        if self._db is None:
+            raise RevocationError(f"{self._name}: revocation store is closed")
+        try:
+            doc = await asyncio.to_thread(_verify, data, signers)
+            install = asyncio.ensure_future(self._install(doc))
+            self._installs.add(install)
+            install.add_done_callback(self._installs.discard)
+            # Shielded: once the transaction has started, SQLite and the index finish together
+            # even if the caller is cancelled.
+            return await asyncio.shield(install)
+        except SignedDocumentError as exc:
+            log.warning("%s: revocation list refused: %s", self._name, exc)
+            raise
+
+    async def apply_file(self, path: Path, signers: Sequence[keys.PublicKey]) -> ListMeta:
+        """:meth:`apply` to a file's content; an unreadable file raises RevocationError."""
+        try:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+        except OSError as exc:
+            raise RevocationError(f"{path}: cannot read revocation list: {exc}") from exc
+        return await self.apply(data, signers)
+
+    async def close(self) -> None:
+        """Finish any install in progress and close the database; safe to call twice."""
+        db, self._db = self._db, None
+        if db is None:
+            return
+        await asyncio.gather(*self._installs, return_exceptions=True)
+        await db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _install(self, doc: _Document) -> ListMeta:
+        async with self._lock:
+            _check_version(doc, self._meta.version)
+            plan = None
+            if doc.type == "delta":
+                plan = await asyncio.to_thread(
+                    self._index.plan_delta, doc.revoke, doc.unrevoke, doc.block, doc.unblock
+                )
+            await self._write(doc)
+            # After COMMIT nothing here can fail short of MemoryError: the plan is ready.
+            if plan is None:
+                self._index.replace(doc.revoke, doc.block)
+            else:
+                self._index.apply_plan(plan)
+            self._meta = ListMeta(doc.version, doc.issued_at, doc.expires)
+        log.info(
+            "%s: revocation %s installed, %d entries", self._name, doc.describe(), len(self._index)
+        )
+        return self._meta
+
+    async def _write(self, doc: _Document) -> None:
+        db = self._db
+        if db is None:
+            raise RevocationError(f"{self._name}: revocation store is closed")
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._write_rows(db, doc)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    # A failing ROLLBACK must not hide the error that made us roll back.
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise RevocationError(f"{self._name}: cannot store revocation list: {exc}") from exc
+
+    async def _write_rows(self, db: aiosqlite.Connection, doc: _Document) -> None:
+        if await _read_meta(db) != self._meta:
+            raise RevocationError(f"{self._name}: store was changed by another process; reopen it")
+        insert = "INSERT OR IGNORE INTO revocation(list, key) VALUES (?, ?)"
+        delete = "DELETE FROM revocation WHERE list = ? AND key = ?"
+        if doc.type == "snapshot":
+            await db.execute("DELETE FROM revocation")
+        await db.executemany(insert, _rows(_REVOKED, doc.revoke))
+        await db.executemany(insert, _rows(_BLOCKED, doc.block))
+        await db.executemany(delete, _rows(_REVOKED, doc.unrevoke))
+        await db.executemany(delete, _rows(_BLOCKED, doc.unblock))
+        await db.execute(
+            "INSERT OR REPLACE INTO revocation_meta(id, version, issued_at, expires)"
+            " VALUES (1, ?, ?, ?)",
+            (doc.version, doc.issued_at, doc.expires),
+        )
+
+
+def secret_key(secret: str) -> bytes:
+    """The 16-byte revocation key of a format whose key is a secret string (pretix)."""
+    return hashlib.blake2b(secret.encode(), digest_size=KEY_LEN).digest()
+
+
+def _encode_keys(name: str, values: Iterable[bytes]) -> tuple[str, set[bytes]]:
+    found: set[bytes] = set()
+    for value in values:
+        if not isinstance(value, bytes | bytearray) or len(value) != KEY_LEN:
+            raise IssuerError(f"{name}: every key must be {KEY_LEN} bytes")
+        found.add(bytes(value))
+    return base64.b64encode(b"".join(sorted(found))).decode("ascii"), found
+
+
+def _check_times(version: int, issued_at: int, expires: int) -> None:
+    if version < 1 or issued_at < 0 or expires < issued_at:
+        raise IssuerError(
+            "need version >= 1 and 0 <= issued_at <= expires,"
+            f" got {version}, {issued_at}, {expires}"
+        )
+
+
+def make_snapshot(
+    *,
+    version: int,
+    issued_at: int,
+    expires: int,
+    revoke: Iterable[bytes] = (),
+    block: Iterable[bytes] = (),
+) -> dict[str, Any]:
+    """Content of a snapshot document; raises IssuerError for bad versions, times or keys."""
+    _check_times(version, issued_at, expires)
+    return {
+        "type": "snapshot",
+        "version": version,
+        "issued_at": issued_at,
+        "expires": expires,
+        "revoke": _encode_keys("revoke", revoke)[0],
+        "block": _encode_keys("block", block)[0],
+    }
+
+
+def make_delta(
+    *,
+    from_version: int,
+    version: int,
+    issued_at: int,
+    expires: int,
+    revoke: Iterable[bytes] = (),
+    unrevoke: Iterable[bytes] = (),
+    block: Iterable[bytes] = (),
+    unblock: Iterable[bytes] = (),
+) -> dict[str, Any]:
+    """Content of a delta document; raises IssuerError for bad versions, times or keys.
+
+    A key may not be both set and cleared on one list in the same delta.
+    """
+    _check_times(version, issued_at, expires)
+    if not 0 <= from_version < version:
+        raise IssuerError(f"delta needs 0 <= from_version < version, got {from_version}, {version}")
+    lists = (revoke, unrevoke, block, unblock)
+    encoded = {name: _encode_keys(name, ops) for name, ops in zip(_OPS, lists, strict=True)}
+    for setting, clearing in (("revoke", "unrevoke"), ("block", "unblock")):
+        if encoded[setting][1] & encoded[clearing][1]:
+            raise IssuerError(f"a key is in both {setting!r} and {clearing!r}")
+    content: dict[str, Any] = {"type": "delta", "version": version, "from_version": from_version}
+    content |= {"issued_at": issued_at, "expires": expires}
+    return content | {name: value[0] for name, value in encoded.items()}
+
+
+def _read_issuer_version(state_path: Path) -> int:
+    try:
+        state = json.loads(state_path.read_bytes())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise IssuerError(f"{state_path}: cannot read issuer state: {exc}") from exc
+    version = state.get("version") if isinstance(state, dict) else None
+    if type(version) is not int or version < 0:
+        raise IssuerError(f"{state_path}: issuer state needs a 'version' integer >= 0")
+    return version
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def issue_delta(
+    list_key: keys.PrivateKey,
+    state_path: Path,
+    *,
+    revoke: Iterable[bytes] = (),
+    unrevoke: Iterable[bytes] = (),
+    block: Iterable[bytes] = (),
+    unblock: Iterable[bytes] = (),
+    validity_s: int = 7 * 86400,
+    now: int | None = None,
+) -> bytes:
+    """Sign the next delta after the version in ``state_path`` (missing: 0) and return it.
+
+    Records the new version in ``state_path`` atomically before returning, so a version is never
+    issued twice. Raises IssuerError for bad arguments or an unreadable or unwritable state file.
+    """
+    if validity_s <= 0:
+        raise IssuerError(f"validity_s must be positive, got {validity_s}")
+    current = _read_issuer_version(state_path)
+    issued_at = int(time.time()) if now is None else now
+    content = make_delta(
+        from_version=current,
+        version=current + 1,
+        issued_at=issued_at,
+        expires=issued_at + validity_s,
+        revoke=revoke,
+        unrevoke=unrevoke,
+        block=block,
+        unblock=unblock,
+    )
+    envelope = sign_document(KIND, content, list_key)
+    try:
+        _write_atomically(state_path, json.dumps({"version": current + 1}).encode() + b"\n")
+    except OSError as exc:
+        raise IssuerError(f"{state_path}: cannot write issuer state: {exc}") from exc
+    return envelope
