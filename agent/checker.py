@@ -6,6 +6,7 @@ touches the network; the revocation lookup is an in-memory index; history is one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,11 +49,15 @@ class Checker:
         return trust.verify(ticket, bundle, now)
 
     def facts(
-        self, ticket: Ticket, history: Sequence[HistoryEntry], clock: ClockReading
+        self,
+        ticket: Ticket,
+        history: Sequence[HistoryEntry],
+        clock: ClockReading,
+        signature: trust.SignatureCheck | None = None,
     ) -> rules.Facts:
         return rules.Facts(
             ticket=ticket,
-            signature=self.signature(ticket, clock.now),
+            signature=signature or self.signature(ticket, clock.now),
             list_state=self._index().status(ticket.revocation_key),
             list_meta=self._meta(),
             history=history,
@@ -71,7 +76,13 @@ class Checker:
             ticket = tickets.parse(text)
         except TicketFormatError as exc:
             return Evaluation(None, rules.invalid_format(str(exc)))
-        facts = self.facts(ticket, await history(ticket.ticket_ref), clock)
+        # The history query runs on the journal's thread while this thread verifies the signature.
+        pending = asyncio.ensure_future(history(ticket.ticket_ref))
+        try:
+            signature = self.signature(ticket, clock.now)
+        finally:
+            past = await pending
+        facts = self.facts(ticket, past, clock, signature)
         if not explain:
             return Evaluation(ticket, rules.decide(facts))
         results = tuple(rules.explain(facts))

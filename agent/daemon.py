@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -85,6 +86,15 @@ async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStor
             log.info("revocation list version %d installed from %s", meta.version, path)
 
 
+FLOOR_PERSIST_S = 60.0
+
+
+async def _persist_floor(clock: Clock, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(clock.persist)
+
+
 @dataclass
 class Gate:
     config: cfg.Config
@@ -115,7 +125,8 @@ async def open_gate(
         raise ConfigError(
             f"{config.path}: [gate] state_dir: {state}: {exc.strerror or exc}"
         ) from exc
-    clock = Clock(state / "clock.floor", assume=config.clock.assume)
+    # The floor file is written by a background task, never by a decision on the scan path.
+    clock = Clock(state / "clock.floor", assume=config.clock.assume, persist_interval_s=math.inf)
     trust = open_trust(config, state / "trust.json")
     base = config.path.parent
     async with contextlib.AsyncExitStack() as stack:
@@ -127,6 +138,8 @@ async def open_gate(
         )
         stack.push_async_callback(journal.close)
         stack.callback(clock.persist)
+        floor_task = asyncio.create_task(_persist_floor(clock, FLOOR_PERSIST_S))
+        stack.callback(floor_task.cancel)
         devices = config.devices
         scanner = scanner or registry.create("scanner", devices.scanner, base)
         gate_io = gate_io or registry.create("gate", devices.gate, base)
