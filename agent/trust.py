@@ -171,16 +171,19 @@ def parse_bundle(data: bytes, root: keys.PublicKey) -> TrustBundle:
 def load_root_key(value: str, base: Path | None = None) -> keys.PublicKey:
     """The root public key from base64 text or from a file holding it (``root.pub``)."""
     text = value.strip()
-    path = Path(text) if base is None else base / text
-    if "/" in text or text.endswith(".pub") or path.exists():
-        try:
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise TrustError(f"root key file {path}: {exc.strerror or exc}") from exc
     try:
         return keys.public_from_b64("ed25519", text)
+    except ValueError:
+        pass  # not a key itself: a path to a file holding one
+    path = Path(text) if base is None else base / text
+    try:
+        content = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrustError(f"root key file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    try:
+        return keys.public_from_b64("ed25519", content)
     except ValueError as exc:
-        raise TrustError(f"root key: {exc}") from exc
+        raise TrustError(f"root key file {path}: {exc}") from exc
 
 
 class TrustStore:
