@@ -1,0 +1,128 @@
+"""The simulated drivers as a test or an integrator drives them: files, stdin, a Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import DriverError, DriverNotFound
+from agent.issuer import Issuer
+from drivers import registry
+from drivers.sim import SimGate, SimScanner
+
+
+async def _collect(scanner: SimScanner) -> list[str]:
+    return [scan.text async for scan in scanner.scans()]
+
+
+async def test_file_scanner_yields_lines_then_ends(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("one\r\n\ntwo\n" + "x" * 5000 + "\nthree")
+    scanner = registry.create("scanner", "sim://file?path=s.txt", tmp_path)
+    await scanner.open()
+    assert await asyncio.wait_for(_collect(scanner), 5) == ["one", "two", "three"]
+    await scanner.close()
+
+
+async def test_socket_scanner_takes_lines_from_clients(tmp_path: Path) -> None:
+    path = tmp_path / "scan.sock"
+    scanner = SimScanner.from_url(f"sim://socket?path={path}")
+    await scanner.open()
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(b"alpha\nbeta\n")
+    await writer.drain()
+    writer.close()
+    got = [await anext(aiter(scanner.scans())) for _ in range(2)]
+    assert [s.text for s in got] == ["alpha", "beta"]
+    await scanner.close()
+
+
+async def test_gate_modes_and_pulse_log(tmp_path: Path) -> None:
+    gate = registry.create("gate", "sim://gate?plan=pass,none&log=p.log&passage_ms=5", tmp_path)
+    assert isinstance(gate, SimGate)
+    await gate.open()
+    await gate.grant("entry", "e1")
+    assert await gate.wait_passage(1.0) is True
+    await gate.grant("entry", "e2")
+    assert await gate.wait_passage(0.05) is False
+    await gate.grant("entry", "e3")  # plan used up: passage_ms applies
+    assert await gate.wait_passage(1.0) is True
+    await gate.close()
+    assert [line.split()[3] for line in (tmp_path / "p.log").read_text().splitlines()] == [
+        "e1",
+        "e2",
+        "e3",
+    ]
+    commanded = SimGate.from_url("sim://gate?passage=command")
+    await commanded.grant("entry", "x")
+    asyncio.get_running_loop().call_later(0.05, commanded.passage)
+    assert await commanded.wait_passage(2.0) is True
+    await commanded.grant("entry", "y")
+    assert await commanded.wait_passage(0.05) is False
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "error", "words"),
+    [
+        ("scanner", "serial:///dev/ttyUSB0", DriverNotFound, "valid schemes: sim://"),
+        ("gate", "sim://gate?passage=sometimes", DriverError, "auto, never or command"),
+        ("gate", "sim://gate?plan=pass,maybe", DriverError, "pass/none"),
+        ("scanner", "sim://file", DriverError, "missing path="),
+        ("scanner", "sim://carrier-pigeon", DriverError, "unknown mode"),
+    ],
+)
+def test_bad_urls_fail_clearly(
+    kind: registry.Kind, url: str, error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        registry.create(kind, url)
+
+
+def test_daemon_reads_a_socket_and_stops_on_sigterm(
+    iss: Issuer, keys_dir: Path, tmp_path: Path
+) -> None:
+    sock = tmp_path / "scan.sock"
+    conf = tmp_path / "gate.toml"
+    conf.write_text(f"""
+[gate]
+id = "sock-gate"
+events = [1]
+state_dir = "state"
+[trust]
+root_key = "{keys_dir / "root.pub"}"
+bundle = "{keys_dir / "trust.json"}"
+[clock]
+assume = "synced"
+[devices]
+scanner = "sim://socket?path={sock}"
+gate = "sim://gate?passage_ms=1&log=pulses.log"
+""")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall((iss.ticket(event=1) + "\n").encode())
+        deadline = time.monotonic() + 20
+        pulses = tmp_path / "pulses.log"
+        while not (pulses.exists() and pulses.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "verdict=admit" in err and "stopping" in err
+    assert len((tmp_path / "pulses.log").read_text().splitlines()) == 1
