@@ -130,7 +130,7 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from agent import issuer, revocation, tickets
+    from agent import issuer, revocation_issuer, tickets
     from agent.errors import TicketFormatError
 
     keys_ = []
@@ -144,7 +144,7 @@ def _revoke(args: argparse.Namespace) -> int:
             raise ConfigError(f"not a ticket text or a 32-hex token id: {exc}") from None
     loaded = issuer.Issuer.load(args.keys)
     ops: dict[str, list[bytes]] = {args.op: keys_}
-    data = revocation.issue_delta(
+    data = revocation_issuer.issue_delta(
         loaded.list_key,
         args.keys / "revocations.state.json",
         revoke=ops.get("revoke", ()),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import config as cfg
-from agent import issuer, keys, revocation
+from agent import issuer, keys, revocation_issuer
 from agent.checker import Checker
 from agent.daemon import open_gate
 from agent.lane import Lane, LaneSettings, Outcome
@@ -92,7 +92,7 @@ def _tickets(dir: Path) -> dict[str, str]:
     )
     from agent import tickets
 
-    delta = revocation.issue_delta(
+    delta = revocation_issuer.issue_delta(
         iss.list_key,
         keys_dir / "revocations.state.json",
         revoke=[tickets.parse(t["revoked"]).revocation_key],

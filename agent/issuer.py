@@ -241,8 +241,9 @@ def issue_files(
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Numbering continues after tickets already in ``out``: issued tickets are never replaced.
-        first = 1 + max((int(p.stem[7:]) for p in out.glob("ticket-*.txt")
-                         if p.stem[7:].isdigit()), default=0)
+        first = 1 + max(
+            (int(p.stem[7:]) for p in out.glob("ticket-*.txt") if p.stem[7:].isdigit()), default=0
+        )
         for n, text in enumerate(texts, start=first):
             name = f"ticket-{n:04d}"
             qr = segno.make(

@@ -26,12 +26,9 @@ import binascii
 import contextlib
 import enum
 import hashlib
-import json
 import logging
-import os
 import sqlite3
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,8 +39,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent import keys
-from agent.errors import IssuerError, RevocationError, RollbackError
-from agent.signed import open_document, sign_document
+from agent.errors import RevocationError, RollbackError
+from agent.signed import open_document
 
 log = logging.getLogger(__name__)
 
@@ -621,135 +618,3 @@ class RevocationStore:
 def secret_key(secret: str) -> bytes:
     """The 16-byte revocation key of a format whose key is a secret string (pretix)."""
     return hashlib.blake2b(secret.encode(), digest_size=KEY_LEN).digest()
-
-
-def _encode_keys(name: str, values: Iterable[bytes]) -> tuple[str, set[bytes]]:
-    found: set[bytes] = set()
-    for value in values:
-        if not isinstance(value, bytes | bytearray) or len(value) != KEY_LEN:
-            raise IssuerError(f"{name}: every key must be {KEY_LEN} bytes")
-        found.add(bytes(value))
-    return base64.b64encode(b"".join(sorted(found))).decode("ascii"), found
-
-
-def _check_times(version: int, issued_at: int, expires: int) -> None:
-    if version < 1 or issued_at < 0 or expires < issued_at:
-        raise IssuerError(
-            "need version >= 1 and 0 <= issued_at <= expires,"
-            f" got {version}, {issued_at}, {expires}"
-        )
-
-
-def make_snapshot(
-    *,
-    version: int,
-    issued_at: int,
-    expires: int,
-    revoke: Iterable[bytes] = (),
-    block: Iterable[bytes] = (),
-) -> dict[str, Any]:
-    """Content of a snapshot document; raises IssuerError for bad versions, times or keys."""
-    _check_times(version, issued_at, expires)
-    return {
-        "type": "snapshot",
-        "version": version,
-        "issued_at": issued_at,
-        "expires": expires,
-        "revoke": _encode_keys("revoke", revoke)[0],
-        "block": _encode_keys("block", block)[0],
-    }
-
-
-def make_delta(
-    *,
-    from_version: int,
-    version: int,
-    issued_at: int,
-    expires: int,
-    revoke: Iterable[bytes] = (),
-    unrevoke: Iterable[bytes] = (),
-    block: Iterable[bytes] = (),
-    unblock: Iterable[bytes] = (),
-) -> dict[str, Any]:
-    """Content of a delta document; raises IssuerError for bad versions, times or keys.
-
-    A key may not be both set and cleared on one list in the same delta.
-    """
-    _check_times(version, issued_at, expires)
-    if not 0 <= from_version < version:
-        raise IssuerError(f"delta needs 0 <= from_version < version, got {from_version}, {version}")
-    lists = (revoke, unrevoke, block, unblock)
-    encoded = {name: _encode_keys(name, ops) for name, ops in zip(_OPS, lists, strict=True)}
-    for setting, clearing in (("revoke", "unrevoke"), ("block", "unblock")):
-        if encoded[setting][1] & encoded[clearing][1]:
-            raise IssuerError(f"a key is in both {setting!r} and {clearing!r}")
-    content: dict[str, Any] = {"type": "delta", "version": version, "from_version": from_version}
-    content |= {"issued_at": issued_at, "expires": expires}
-    return content | {name: value[0] for name, value in encoded.items()}
-
-
-def _read_issuer_version(state_path: Path) -> int:
-    try:
-        state = json.loads(state_path.read_bytes())
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as exc:
-        raise IssuerError(f"{state_path}: cannot read issuer state: {exc}") from exc
-    version = state.get("version") if isinstance(state, dict) else None
-    if type(version) is not int or version < 0:
-        raise IssuerError(f"{state_path}: issuer state needs a 'version' integer >= 0")
-    return version
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
-
-
-def issue_delta(
-    list_key: keys.PrivateKey,
-    state_path: Path,
-    *,
-    revoke: Iterable[bytes] = (),
-    unrevoke: Iterable[bytes] = (),
-    block: Iterable[bytes] = (),
-    unblock: Iterable[bytes] = (),
-    validity_s: int = 7 * 86400,
-    now: int | None = None,
-) -> bytes:
-    """Sign the next delta after the version in ``state_path`` (missing: 0) and return it.
-
-    Records the new version in ``state_path`` atomically before returning, so a version is never
-    issued twice. Raises IssuerError for bad arguments or an unreadable or unwritable state file.
-    """
-    if validity_s <= 0:
-        raise IssuerError(f"validity_s must be positive, got {validity_s}")
-    current = _read_issuer_version(state_path)
-    issued_at = int(time.time()) if now is None else now
-    content = make_delta(
-        from_version=current,
-        version=current + 1,
-        issued_at=issued_at,
-        expires=issued_at + validity_s,
-        revoke=revoke,
-        unrevoke=unrevoke,
-        block=block,
-        unblock=unblock,
-    )
-    envelope = sign_document(KIND, content, list_key)
-    try:
-        _write_atomically(state_path, json.dumps({"version": current + 1}).encode() + b"\n")
-    except OSError as exc:
-        raise IssuerError(f"{state_path}: cannot write issuer state: {exc}") from exc
-    return envelope

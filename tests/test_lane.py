@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from agent import config, revocation, tickets
+from agent import config, revocation_issuer, tickets
 from agent.daemon import open_gate
 from agent.issuer import Issuer
 from agent.lane import Outcome
@@ -88,7 +88,7 @@ async def test_revoked_forged_and_garbage_are_recorded_not_raised(
     write_config: WriteConfig, iss: Issuer, keys_dir: Path
 ) -> None:
     revoked = iss.ticket(event=1, zones=[1])
-    delta = revocation.issue_delta(
+    delta = revocation_issuer.issue_delta(
         iss.list_key, keys_dir / "rev.state", revoke=[tickets.parse(revoked).revocation_key]
     )
     (keys_dir.parent / "rev-1.json").write_bytes(delta)

@@ -25,11 +25,9 @@ from agent.revocation import (
     ListState,
     RevocationIndex,
     RevocationStore,
-    issue_delta,
-    make_delta,
-    make_snapshot,
     secret_key,
 )
+from agent.revocation_issuer import issue_delta, make_delta, make_snapshot
 from agent.signed import sign_document
 
 NOW = 1_750_000_000

@@ -34,7 +34,7 @@ async def test_socket_scanner_takes_lines_from_clients(tmp_path: Path) -> None:
     path = tmp_path / "scan.sock"
     scanner = SimScanner.from_url(f"sim://socket?path={path}")
     await scanner.open()
-    reader, writer = await asyncio.open_unix_connection(str(path))
+    _reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(b"alpha\nbeta\n")
     await writer.drain()
     writer.close()

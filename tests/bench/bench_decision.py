@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import config, issuer, keys, revocation, signed, tickets  # noqa: E402
-from agent.clock import Clock  # noqa: E402
-from agent.daemon import open_gate  # noqa: E402
-from agent.journal import Journal  # noqa: E402
-from drivers.base import Scan  # noqa: E402
-from drivers.sim import SimGate, SimScanner  # noqa: E402
+from agent import config, issuer, keys, revocation, revocation_issuer, signed, tickets
+from agent.clock import Clock
+from agent.daemon import open_gate
+from agent.journal import Journal
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
 
 CONFIG = """
 [gate]
@@ -64,15 +64,20 @@ async def prepare(dir: Path, n_revoked: int, n_rows: int) -> issuer.Issuer:
     state = dir / "state"
     state.mkdir()
     now = int(time.time())
-    snapshot = revocation.make_snapshot(
-        version=1, issued_at=now, expires=now + 86400,
-        revoke=[os.urandom(16) for _ in range(n_revoked)])
+    snapshot = revocation_issuer.make_snapshot(
+        version=1,
+        issued_at=now,
+        expires=now + 86400,
+        revoke=[os.urandom(16) for _ in range(n_revoked)],
+    )
     store = await revocation.RevocationStore.open(state / "revocations.db")
-    await store.apply(signed.sign_document("revocations", snapshot, iss.list_key),
-                      [iss.list_key.public_key()])  # type: ignore[list-item]
+    await store.apply(
+        signed.sign_document("revocations", snapshot, iss.list_key), [iss.list_key.public_key()]
+    )  # type: ignore[list-item]
     await store.close()
-    journal = await Journal.open(state / "journal.db", gate_id="bench", gate_name="bench",
-                                 clock=Clock(None, assume="synced"))
+    journal = await Journal.open(
+        state / "journal.db", gate_id="bench", gate_name="bench", clock=Clock(None, assume="synced")
+    )
     await journal.close()
     db = sqlite3.connect(state / "journal.db")
     t0 = time.time() - n_rows
@@ -80,8 +85,11 @@ async def prepare(dir: Path, n_revoked: int, n_rows: int) -> issuer.Issuer:
         "INSERT INTO entries (gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason,"
         " wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version) VALUES"
         " (?, ?, 'bench', 'in', ?, 'entry', 'admit', 'ok', ?, 1, 0, 'b', ?, 1)",
-        ((i, str(uuid.uuid4()), f"tk1:{os.urandom(8).hex()}", t0 + i, int((t0 + i) * 1000) << 16)
-         for i in range(1, n_rows + 1)))
+        (
+            (i, str(uuid.uuid4()), f"tk1:{os.urandom(8).hex()}", t0 + i, int((t0 + i) * 1000) << 16)
+            for i in range(1, n_rows + 1)
+        ),
+    )
     db.commit()
     db.close()
     return iss
@@ -138,17 +146,28 @@ def main() -> None:
     for name, values in lat.items():
         rows.append((name, len(values), statistics.median(values), pct(values, 0.99)))
     rows.append(("floor (verify + fsync'd commit)", len(fl), fl50, pct(fl, 0.99)))
-    print(f"decision path: {args.revocations:,} revocations, {args.rows:,} journal rows "
-          f"(set-up {setup_s:.1f} s)")
+    print(
+        f"decision path: {args.revocations:,} revocations, {args.rows:,} journal rows "
+        f"(set-up {setup_s:.1f} s)"
+    )
     print(f"{'case':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}")
     for name, n, p50, p99 in rows:
         print(f"{name:<34}{n:>6}{p50:>10.3f}{p99:>10.3f}")
     admit50 = statistics.median(lat["admit"])
     print(f"ratio admit p50 / floor p50: {admit50 / fl50:.2f}")
-    print(json.dumps({"bench": "decision", "revocations": args.revocations, "rows": args.rows,
-                      "admit_p50_ms": round(admit50, 3),
-                      "admit_p99_ms": round(pct(lat["admit"], 0.99), 3),
-                      "floor_p50_ms": round(fl50, 3), "ratio": round(admit50 / fl50, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "decision",
+                "revocations": args.revocations,
+                "rows": args.rows,
+                "admit_p50_ms": round(admit50, 3),
+                "admit_p99_ms": round(pct(lat["admit"], 0.99), 3),
+                "floor_p50_ms": round(fl50, 3),
+                "ratio": round(admit50 / fl50, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
