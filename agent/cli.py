@@ -27,6 +27,12 @@ def _int_list(value: str) -> list[int]:
         ) from None
 
 
+def _zone(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"a zone is a number 1-16, got {value!r}")
+    return int(value)
+
+
 def _iso(value: str) -> int:
     from agent.issuer import parse_iso
 
@@ -75,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--config", type=Path)
     src.add_argument("--keys", type=Path)
     check.add_argument("--revocations", type=Path, action="append", default=[])
-    check.add_argument("--zone", type=int)
+    check.add_argument("--zone", type=_zone, help="zone 1-16 (default: the config's)")
     check.add_argument("--at", type=_iso, help="decide as of this time (ISO-8601)")
     check.add_argument("--json", action="store_true")
     what = check.add_mutually_exclusive_group(required=True)
@@ -206,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: never exit 1, which scripts read as "denied"
+        log.exception("internal error")
+        return 2
 
 
 if __name__ == "__main__":

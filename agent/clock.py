@@ -13,7 +13,6 @@ import ctypes
 import functools
 import logging
 import math
-import os
 import secrets
 import sys
 import time
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from agent.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class Clock:
         if self._floor <= self._persisted:
             return
         try:
-            _write_floor(self._path, self._floor)
+            write_atomic(self._path, f"{self._floor:.6f}\n".encode("ascii"))
         except OSError as exc:
             log.warning("cannot persist the clock floor to %s: %s", self._path, exc)
             return
@@ -227,26 +228,6 @@ def _load_floor(path: Path) -> float:
         log.warning("ignoring a malformed clock floor in %s", path)
         return 0.0
     return value
-
-
-def _write_floor(path: Path, value: float) -> None:
-    """Atomically replace ``path`` with ``value``: temp file, fsync, rename, fsync the directory.
-
-    Raises OSError.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, f"{value:.6f}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class HLC:

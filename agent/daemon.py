@@ -24,7 +24,7 @@ from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, OutcomeHook
 from agent.revocation import RevocationStore
 from agent.rules import GatePolicy
-from agent.trust import TrustStore, load_root_key
+from agent.trust import TrustStore, load_root_key, read_capped
 from drivers import registry
 from drivers.base import GateIO, Scanner
 
@@ -49,17 +49,20 @@ def gate_policy(config: cfg.Config) -> GatePolicy:
     )
 
 
-def open_trust(config: cfg.Config, state_path: Path | None) -> TrustStore:
-    """The installed trust, updated from the configured bundle file when that one is newer."""
+def open_trust(config: cfg.Config, state_path: Path | None, *, persist: bool = True) -> TrustStore:
+    """The installed trust, updated from the configured bundle file when that one is newer.
+
+    ``persist=False`` (for `check`) reads the installed bundle but never writes it.
+    """
     try:
         root = load_root_key(config.trust.root_key, config.path.parent)
-        store = TrustStore(root, state_path)
     except TrustError as exc:
         raise ConfigError(f"{config.path}: [trust] {exc}") from exc
+    store = TrustStore(root, state_path, persist=persist)
     bundle = config.trust.bundle
     if bundle is not None:
         try:
-            store.offer(bundle.read_bytes(), str(bundle))
+            store.offer(read_capped(bundle), str(bundle))
         except OSError as exc:
             raise ConfigError(
                 f"{config.path}: [trust] bundle: {bundle}: {exc.strerror or exc}"

@@ -6,8 +6,11 @@ Exit status: 0 would admit, 1 denied, 2 usage or config error.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,44 +63,63 @@ def _keys_trust(keys_dir: Path) -> TrustStore:
     return store
 
 
-async def _evaluate(req: CheckRequest, text: str) -> Evaluation:
-    history: list[journal.HistoryEntry] = []
-    store = await RevocationStore.open(":memory:")
+def _copy_store(src: Path, dst: Path) -> None:
+    """Copy the gate's revocation store without writing to it (SQLite online backup)."""
     try:
-        if req.config is not None:
-            conf = cfg.load(req.config)
-            trust = open_trust(conf, None)
-            state_trust = conf.gate.state_dir / "trust.json"
-            if state_trust.exists():
-                trust.offer(state_trust.read_bytes(), str(state_trust))
-            policy = gate_policy(conf)
-            clock = Clock(None, assume=conf.clock.assume)
-            lists = [p for p in [conf.gate.state_dir / "revocations.db"] if p.exists()]
-            if lists:
-                await store.close()
-                store = await RevocationStore.open(lists[0])
-            await load_lists(store, [*conf.revocation.files, *req.revocations], trust)
-            journal_path = conf.gate.state_dir / "journal.db"
-        else:
-            assert req.keys is not None
-            trust = _keys_trust(req.keys)
-            policy = rules.GatePolicy(gate_name="check", events=None)
-            clock = Clock(None)
-            await load_lists(store, list(req.revocations), trust)
-            journal_path = None
-        reading = clock.reading() if req.at is None else ClockReading(now=req.at, synced=True)
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(dst)) as target,
+        ):
+            source.backup(target)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{src}: cannot read the revocation store: {exc}") from exc
+
+
+@dataclass
+class _Setup:
+    trust: TrustStore
+    policy: rules.GatePolicy
+    clock: Clock
+    lists: list[Path]
+    journal: Path | None = None
+
+
+def _setup(req: CheckRequest, scratch: Path) -> _Setup:
+    """What to check against; never writes the gate's own state (a what-if stays a what-if)."""
+    if req.config is None:
+        assert req.keys is not None
+        policy = rules.GatePolicy(gate_name="check", events=None)
+        return _Setup(_keys_trust(req.keys), policy, Clock(None), list(req.revocations))
+    conf = cfg.load(req.config)
+    state = conf.gate.state_dir
+    trust = open_trust(conf, state / "trust.json", persist=False)
+    if (state / "revocations.db").exists():
+        _copy_store(state / "revocations.db", scratch / "revocations.db")
+    return _Setup(
+        trust,
+        gate_policy(conf),
+        Clock(None, assume=conf.clock.assume),
+        [*conf.revocation.files, *req.revocations],
+        state / "journal.db",
+    )
+
+
+async def _evaluate(req: CheckRequest, text: str) -> Evaluation:
+    with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
+        setup = _setup(req, Path(tmp))
+        policy = setup.policy if req.zone is None else replace(setup.policy, zone=req.zone)
+        reading = setup.clock.reading() if req.at is None else ClockReading(req.at, True)
+        journal_path = setup.journal
 
         async def lookup(ref: str) -> list[journal.HistoryEntry]:
             if journal_path is None:
-                return history
+                return []
             return journal.read_history(journal_path, ref, policy.gate_name)
 
-        checker = Checker(trust, lambda: store.index, lambda: store.meta, policy)
-        if req.zone is not None:
-            checker.policy = replace(checker.policy, zone=req.zone)
-        return await checker.evaluate(text, lookup, reading, explain=True)
-    finally:
-        await store.close()
+        async with await RevocationStore.open(Path(tmp) / "revocations.db") as store:
+            await load_lists(store, setup.lists, setup.trust)
+            checker = Checker(setup.trust, lambda: store.index, lambda: store.meta, policy)
+            return await checker.evaluate(text, lookup, reading, explain=True)
 
 
 def as_dict(ev: Evaluation) -> dict[str, Any]:

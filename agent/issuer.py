@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from typing import Any, TypeGuard
 
 from agent import keys, signed
 from agent.errors import IssuerError
+from agent.fsutil import write_atomic
 from agent.tickets import tk1
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def keys_init(
         raise IssuerError(f"{dir}: cannot write keys: {exc}") from exc
     issuer = Issuer.load(dir)
     try:
-        _write_atomic(dir / TRUST_BUNDLE, issuer.trust_bundle(version=1))
+        write_atomic(dir / TRUST_BUNDLE, issuer.trust_bundle(version=1))
     except OSError as exc:
         raise IssuerError(f"{dir / TRUST_BUNDLE}: cannot write: {exc}") from exc
     log.info("created keys dir %s (kid %d, alg %s)", dir, kid, alg)
@@ -294,8 +294,8 @@ def _write_keys(dir: Path, alg: keys.Alg, info: dict[str, Any]) -> None:
     keys.write_private(dir / ROOT_KEY, root)
     keys.write_private(dir / ISSUER_KEY, keys.generate(alg))
     keys.write_private(dir / LIST_KEY, keys.generate("ed25519"))
-    _write_atomic(dir / ROOT_PUB, (keys.public_raw_b64(root) + "\n").encode())
-    _write_atomic(dir / ISSUER_INFO, (json.dumps(info, indent=1) + "\n").encode())
+    write_atomic(dir / ROOT_PUB, (keys.public_raw_b64(root) + "\n").encode())
+    write_atomic(dir / ISSUER_INFO, (json.dumps(info, indent=1) + "\n").encode())
 
 
 def _is_decimal(value: object) -> TypeGuard[str]:
@@ -327,13 +327,3 @@ def _read_key(path: Path, alg: keys.Alg) -> keys.PrivateKey:
     if keys.alg_of(key) != alg:
         raise IssuerError(f"{path}: expected a {alg} key, found {keys.alg_of(key)}")
     return key
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Write-then-rename so a crash never leaves a half-written bundle or root.pub behind.
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -92,6 +93,7 @@ _MAX_HOLES_REPORTED = 10
 # Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
 # so a bogus peer value cannot push our own HLC to overflow and stop recording.
 _PEER_HLC_MAX = (1 << 62) - 1
+_PEER_WALL_MAX = (_PEER_HLC_MAX >> 16) / 1000  # seconds: the HLC's physical range
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +465,10 @@ class Journal:
     def _acceptable_peer(self, entry: PeerEntry) -> bool:
         if entry.gate_id == self._gate_id:
             return False
-        if entry.kind not in KINDS or not 0 <= entry.hlc <= _PEER_HLC_MAX:
+        # A wall time outside the HLC's range (or NaN) would break every later decision that
+        # shows it to staff ("Gate 3, 19:02:11"), so such an entry is refused here.
+        wall_ok = math.isfinite(entry.wall_time) and 0 <= entry.wall_time <= _PEER_WALL_MAX
+        if entry.kind not in KINDS or not 0 <= entry.hlc <= _PEER_HLC_MAX or not wall_ok:
             log.warning(
                 "skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id
             )

@@ -135,18 +135,25 @@ class Lane:
         )
 
     async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
-        direction = self.checker.policy.direction
-        await self.gate.grant(direction, record.entry_id)
-        passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
-        if passed or direction == "exit":
-            return replace(outcome, passed=passed)
-        annul_decision = Decision(Verdict.DENY, Reason.OK, "nobody passed")
+        """Open the gate once and wait; an admission (entry or exit) nobody used is annulled."""
+        name, direction = self.settings.name, self.checker.policy.direction
         try:
-            annul = await self._record(ref, "annul", annul_decision, annuls=record.entry_id)
+            await self.gate.grant(direction, record.entry_id)
+            passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
+            why = "nobody passed"
+        except Exception:  # a failing turnstile must not stop the lane or burn the ticket
+            log.exception("lane %s: gate fault during admission %d", name, record.gate_seq)
+            passed, why = False, "gate fault"
+        if passed:
+            return replace(outcome, passed=True)
+        try:
+            annul = await self._record(
+                ref, "annul", Decision(Verdict.DENY, Reason.OK, why), annuls=record.entry_id
+            )
         except JournalError as exc:
-            log.error("lane %s: annulment not recorded (entry stands): %s", self.settings.name, exc)
+            log.error("lane %s: annulment not recorded (entry stands): %s", name, exc)
             return replace(outcome, passed=False)
-        log.info("lane %s: nobody passed, entry %d annulled", self.settings.name, record.gate_seq)
+        log.info("lane %s: %s, %s %d annulled", name, why, direction, record.gate_seq)
         return replace(outcome, passed=False, annul=annul)
 
     async def _show(self, decision: Decision) -> None:
@@ -159,9 +166,12 @@ class Lane:
     async def _notify(self, outcome: Outcome) -> None:
         if self.on_outcome is None:
             return
-        result = self.on_outcome(outcome)
-        if result is not None:
-            await result
+        try:
+            result = self.on_outcome(outcome)
+            if result is not None:
+                await result
+        except Exception:  # a display or hook fault must not stop the lane
+            log.exception("lane %s: outcome hook failed", self.settings.name)
 
     def _log(self, ticket: Ticket | None, scan: Scan, decision: Decision, latency: int) -> None:
         ident = ticket.short_id if ticket is not None else text_digest(scan.text)

@@ -89,3 +89,9 @@ class Ticket:
 def text_digest(text: str) -> str:
     """A short hash of a scanned text, safe to log or journal in place of the raw payload."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def zones_text(zones: int) -> str:
+    """A zone bitmask as a comma-separated list of zone numbers ("1,2"); "none" for 0."""
+    listed = [str(n + 1) for n in range(16) if zones >> n & 1]
+    return ",".join(listed) if listed else "none"

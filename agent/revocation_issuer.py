@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from agent import keys
 from agent.errors import IssuerError
+from agent.fsutil import write_atomic
 from agent.revocation import _OPS, KEY_LEN, KIND
 from agent.signed import sign_document
 
@@ -98,22 +98,6 @@ def _read_issuer_version(state_path: Path) -> int:
     return version
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
-
-
 def issue_delta(
     list_key: keys.PrivateKey,
     state_path: Path,
@@ -146,7 +130,7 @@ def issue_delta(
     )
     envelope = sign_document(KIND, content, list_key)
     try:
-        _write_atomically(state_path, json.dumps({"version": current + 1}).encode() + b"\n")
+        write_atomic(state_path, json.dumps({"version": current + 1}).encode() + b"\n")
     except OSError as exc:
         raise IssuerError(f"{state_path}: cannot write issuer state: {exc}") from exc
     return envelope

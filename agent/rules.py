@@ -8,14 +8,14 @@ outcome for people (`gate-agent check`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
 from agent.clock import ClockReading
 from agent.journal import HistoryEntry
-from agent.model import Decision, Flag, Reason, Ticket, Verdict
+from agent.model import Decision, Flag, Reason, Ticket, Verdict, zones_text
 from agent.revocation import ListMeta, ListState
 from agent.trust import SignatureCheck
 
@@ -102,7 +102,7 @@ def _zone(f: Facts) -> RuleResult:
         return RuleResult("zone", Reason.OK, "no zone restriction")
     if zones >> (zone - 1) & 1:
         return RuleResult("zone", Reason.OK, f"zone {zone}")
-    held = ",".join(str(z) for z in range(1, 17) if zones >> (z - 1) & 1) or "none"
+    held = zones_text(zones)
     return RuleResult("zone", Reason.WRONG_ZONE, f"ticket for zone {held}, this is zone {zone}")
 
 
@@ -226,26 +226,18 @@ def explain(facts: Facts) -> list[RuleResult]:
 def decide(facts: Facts) -> Decision:
     """The decision for ``facts``: the first failing rule denies; flags of passed rules carry."""
     rules = EXIT_RULES if facts.policy.direction == "exit" else ENTRY_RULES
-    flags: set[Flag] = set()
-    for rule in rules:
-        result = rule(facts)
-        if not result.passed:
-            return Decision(Verdict.DENY, result.reason, result.detail)
-        flags |= result.flags
-    detail = "exit" if facts.policy.direction == "exit" else "welcome"
-    return Decision(Verdict.ADMIT, Reason.OK, detail, frozenset(flags))
+    return from_results((rule(facts) for rule in rules), facts.policy.direction)
 
 
-def from_results(results: Sequence[RuleResult], direction: Direction) -> Decision:
-    """The decision :func:`decide` gives, computed from :func:`explain`'s results."""
+def from_results(results: Iterable[RuleResult], direction: Direction) -> Decision:
+    """The decision for rule outcomes in order; stops reading at the first failure."""
     flags: set[Flag] = set()
     for result in results:
         if not result.passed:
             return Decision(Verdict.DENY, result.reason, result.detail)
         flags |= result.flags
-    return Decision(
-        Verdict.ADMIT, Reason.OK, "exit" if direction == "exit" else "welcome", frozenset(flags)
-    )
+    detail = "exit" if direction == "exit" else "welcome"
+    return Decision(Verdict.ADMIT, Reason.OK, detail, frozenset(flags))
 
 
 def invalid_format(detail: str) -> Decision:

@@ -9,7 +9,6 @@ whose version is not above the installed one is refused, so a relay cannot roll 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,11 +17,13 @@ from typing import Any, Literal
 
 from agent import keys, signed
 from agent.errors import RollbackError, TrustError
+from agent.fsutil import write_atomic
 from agent.model import Reason, Ticket
 
 log = logging.getLogger(__name__)
 
 KIND = "trust"
+MAX_BUNDLE_BYTES = 1 << 20  # thousands of issuer keys; anything bigger is not a bundle
 Status = Literal["active", "retired", "compromised"]
 STATUSES: tuple[Status, ...] = ("active", "retired", "compromised")
 
@@ -144,6 +145,8 @@ def _parse_issuer(entry: Any, index: int) -> IssuerKey:
 
 def parse_bundle(data: bytes, root: keys.PublicKey) -> TrustBundle:
     """Verify ``data`` against the root key and parse it; raises TrustError when refused."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise TrustError(f"trust bundle of {len(data)} bytes exceeds the {MAX_BUNDLE_BYTES} cap")
     content = signed.open_document(KIND, data, [root], error=TrustError)
     version, issued_at = content.get("version"), content.get("issued_at")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -186,15 +189,30 @@ def load_root_key(value: str, base: Path | None = None) -> keys.PublicKey:
         raise TrustError(f"root key file {path}: {exc}") from exc
 
 
+def read_capped(path: Path) -> bytes:
+    """A bundle file's bytes, refusing one over the cap before reading it; raises OSError or
+    TrustError."""
+    size = path.stat().st_size
+    if size > MAX_BUNDLE_BYTES:
+        raise TrustError(f"{path}: {size} bytes exceeds the trust bundle cap")
+    return path.read_bytes()
+
+
 class TrustStore:
     """The installed bundle of one gate, persisted in its state directory."""
 
-    def __init__(self, root: keys.PublicKey, state_path: Path | None) -> None:
+    def __init__(
+        self, root: keys.PublicKey, state_path: Path | None, *, persist: bool = True
+    ) -> None:
+        """Load the installed bundle from ``state_path``; ``persist=False`` never writes it."""
         self._root = root
-        self._path = state_path
+        self._path = state_path if persist else None
         self._bundle: TrustBundle | None = None
         if state_path is not None and state_path.exists():
-            self._bundle = parse_bundle(state_path.read_bytes(), root)
+            try:
+                self._bundle = parse_bundle(read_capped(state_path), root)
+            except (OSError, TrustError) as exc:
+                log.error("installed trust bundle %s is unusable, ignoring it: %s", state_path, exc)
 
     @property
     def bundle(self) -> TrustBundle | None:
@@ -212,12 +230,7 @@ class TrustStore:
                 f"trust bundle version {bundle.version} is not newer than installed {self.version}"
             )
         if self._path is not None:
-            tmp = self._path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
+            write_atomic(self._path, data)
         self._bundle = bundle
         log.info(
             "trust bundle version %d installed (%d issuer keys)",

@@ -160,14 +160,23 @@ class SimScanner:
             writer.close()
 
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
+        discarding = False  # inside an over-long line: drop everything up to its newline
         while True:
             try:
-                raw = await reader.readline()
-            except ValueError:  # line over the limit: drop the stream's rest of that line
-                log.warning("sim scanner: dropped over-long line")
-                continue
-            if not raw:
+                raw = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # end of stream
+                if exc.partial and not discarding:
+                    self._accept(exc.partial.decode("utf-8", "replace"))
                 return
+            except asyncio.LimitOverrunError as exc:
+                await reader.readexactly(exc.consumed)
+                if not discarding:
+                    log.warning("sim scanner: dropped over-long line")
+                discarding = True
+                continue
+            if discarding:
+                discarding = False
+                continue
             self._accept(raw.decode("utf-8", "replace"))
 
     async def scans(self) -> AsyncIterator[Scan]:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from agent import keys
 from agent.errors import TicketFormatError
-from agent.model import Ticket
+from agent.model import Ticket, zones_text
 from agent.tickets import base45
 
 PREFIX = "TK1:"
@@ -157,12 +157,6 @@ def parse(text: str) -> Ticket:
             ("not_after", _time_text(na)),
         ),
     )
-
-
-def zones_text(zones: int) -> str:
-    """A zone bitmask as a comma-separated list of zone numbers ("1,2"); "none" for 0."""
-    listed = [str(n + 1) for n in range(16) if zones >> n & 1]
-    return ",".join(listed) if listed else "none"
 
 
 def _time_text(value: int) -> str:
