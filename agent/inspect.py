@@ -65,9 +65,12 @@ def _keys_trust(keys_dir: Path) -> TrustStore:
 
 def _copy_store(src: Path, dst: Path) -> None:
     """Copy the gate's revocation store without writing to it (SQLite online backup)."""
+    # With no -wal file (gate stopped), open immutable: even a read-only WAL open would create
+    # -wal/-shm files, possibly owned by the wrong user.
+    mode = "mode=ro" if src.with_name(src.name + "-wal").exists() else "immutable=1"
     try:
         with (
-            contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(f"file:{src}?{mode}", uri=True)) as source,
             contextlib.closing(sqlite3.connect(dst)) as target,
         ):
             source.backup(target)

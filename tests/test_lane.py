@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from agent import config, revocation_issuer, tickets
+from agent.checker import Checker
 from agent.daemon import open_gate
+from agent.errors import DriverError
 from agent.issuer import Issuer
-from agent.lane import Outcome
-from agent.model import Reason, text_digest
+from agent.lane import Lane, LaneSettings, Outcome
+from agent.model import Reason, Verdict, text_digest
 from drivers.base import Scan
-from drivers.sim import SimGate
+from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 
 
@@ -121,3 +127,84 @@ async def test_revoked_forged_and_garbage_are_recorded_not_raised(
         assert gate.lane.gate.pulses == []  # type: ignore[attr-defined]
     raw = (conf.gate.state_dir / "journal.db").read_bytes()
     assert revoked.encode() not in raw and b"x" * 100 not in raw
+
+
+async def test_exit_nobody_used_is_annulled_so_no_second_entry(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    text = iss.ticket(event=1, zones=[1])
+    conf = config.load(write_config(entry="reentry", passage_timeout_s=0.1))
+    async with open_gate(conf, gate_io=SimGate(plan=[True, False])) as gate:
+        entered = await gate.lane.present(_scan(text, 0))
+        exit_policy = dataclasses.replace(gate.checker.policy, direction="exit")
+        exit_lane = Lane(
+            LaneSettings("out", 0, 0.1),
+            Checker(
+                gate.trust,
+                lambda: gate.revocations.index,
+                lambda: gate.revocations.meta,
+                exit_policy,
+            ),
+            gate.journal,
+            gate.clock,
+            SimScanner(),
+            SimGate(plan=[False]),
+        )
+        fake_exit = await exit_lane.present(_scan(text, 10_000))  # scans out, stays inside
+        second = await gate.lane.present(_scan(text, 20_000))  # hands the ticket to a friend
+    assert entered is not None and entered.decision.admitted
+    assert fake_exit is not None and fake_exit.decision.admitted and fake_exit.annul is not None
+    assert second is not None and second.decision.reason is Reason.ALREADY_USED
+
+
+async def test_gate_fault_annuls_and_lane_goes_on(write_config: WriteConfig, iss: Issuer) -> None:
+    class BrokenGate(SimGate):
+        async def grant(self, direction: str, ref: str) -> None:
+            raise DriverError("relay board unplugged")
+
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(config.load(write_config()), gate_io=BrokenGate()) as gate:
+        first = await gate.lane.present(_scan(text, 0))
+        gate.lane.gate = SimGate(passage_ms=1)
+        again = await gate.lane.present(_scan(text, 10_000))
+    assert first is not None and first.annul is not None and first.annul.detail == "gate fault"
+    assert again is not None and again.decision.admitted and again.passed
+
+
+async def test_journal_failure_keeps_the_gate_shut(write_config: WriteConfig, iss: Issuer) -> None:
+    async with open_gate(config.load(write_config())) as gate:
+        await gate.journal.close()  # the journal can no longer be written
+        outcome = await gate.lane.present(_scan(iss.ticket(event=1, zones=[1]), 0))
+        assert outcome is not None
+        assert (outcome.decision.verdict, outcome.decision.reason) == (Verdict.DENY, Reason.ERROR)
+        assert gate.lane.gate.pulses == []  # type: ignore[attr-defined]
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+async def test_mutated_tickets_are_never_admitted(
+    write_config: WriteConfig, iss: Issuer, data: st.DataObject
+) -> None:
+    """Bit flips, truncations and garbage through the whole checker: deny, never raise."""
+    text = iss.ticket(event=1, zones=[1])
+    conf = config.load(write_config())
+    async with open_gate(conf) as gate:
+        for _ in range(5):
+            choice = data.draw(st.integers(0, 3))
+            if choice == 0:
+                i = data.draw(st.integers(0, len(text) - 1))
+                mutated = (
+                    text[:i] + data.draw(st.characters(max_codepoint=0x10FFFF)) + text[i + 1 :]
+                )
+            elif choice == 1:
+                mutated = text[: data.draw(st.integers(0, len(text) - 1))]
+            elif choice == 2:
+                mutated = data.draw(st.text(max_size=400))
+            else:
+                mutated = text + data.draw(st.text(min_size=1, max_size=20))
+            if mutated == text:
+                continue
+            ev = await gate.checker.evaluate(mutated, gate.journal.history, gate.clock.reading())
+            assert not ev.decision.admitted, ev.decision

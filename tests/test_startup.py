@@ -1,0 +1,100 @@
+"""Start-up with refused trust bundles and revocation files, and `check --config` against a gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agent import config, revocation_issuer, tickets
+from agent.daemon import open_gate
+from agent.errors import ConfigError
+from agent.issuer import Issuer
+from agent.model import Reason
+from drivers.base import Scan
+from tests.conftest import WriteConfig
+
+
+def _check(*args: str | Path) -> tuple[int, dict[str, object]]:
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "--json", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+async def test_forged_bundle_and_list_at_start_keep_previous_state(
+    write_config: WriteConfig, iss: Issuer, keys_dir: Path
+) -> None:
+    revoked = iss.ticket(event=1, zones=[1])
+    key = tickets.parse(revoked).revocation_key
+    (keys_dir.parent / "rev-1.json").write_bytes(
+        revocation_issuer.issue_delta(iss.list_key, keys_dir / "st", revoke=[key])
+    )
+    conf = config.load(write_config(revocations=["rev-1.json"]))
+    async with open_gate(conf) as gate:
+        assert (gate.trust.version, gate.revocations.meta.version) == (1, 1)
+
+    # Now the configured files are replaced by a forged bundle (v2) and a forged list (v2).
+    bundle = json.loads((keys_dir / "trust.json").read_bytes())
+    bundle["signature"] = bundle["signature"][::-1]
+    (keys_dir / "trust.json").write_text(json.dumps(bundle))
+    delta = json.loads(revocation_issuer.issue_delta(iss.list_key, keys_dir / "st", unrevoke=[key]))
+    delta["signature"] = delta["signature"][::-1]
+    (keys_dir.parent / "rev-1.json").write_text(json.dumps(delta))
+    async with open_gate(conf) as gate:
+        assert (gate.trust.version, gate.revocations.meta.version) == (1, 1)
+        outcome = await gate.lane.present(Scan(revoked, "s", 0))
+        assert outcome is not None and outcome.decision.reason is Reason.REVOKED
+
+
+async def test_forged_bundle_with_nothing_installed_stops_start(
+    write_config: WriteConfig, keys_dir: Path
+) -> None:
+    (keys_dir / "trust.json").write_bytes((keys_dir / "trust.json").read_bytes()[:100])
+    conf = config.load(write_config())
+    try:
+        async with open_gate(conf):
+            raise AssertionError("the gate must not start without trust")
+    except ConfigError as exc:
+        assert "[trust] bundle refused" in str(exc) and "truncated" in str(exc)
+
+
+async def test_check_config_uses_gate_state_and_never_writes_it(
+    write_config: WriteConfig, iss: Issuer, keys_dir: Path, tmp_path: Path
+) -> None:
+    used, revoked = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    conf_path = write_config()
+    conf = config.load(conf_path)
+    async with open_gate(conf) as gate:
+        await gate.lane.present(Scan(used, "s", 0))
+    state = conf.gate.state_dir
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in state.iterdir()}
+
+    code, out = _check("--config", conf_path, used)
+    assert code == 1 and out["reason"] == "already_used"
+    assert str(out["detail"]).startswith("Gate 3, ")
+    what_if = tmp_path / "what-if.json"
+    what_if.write_bytes(
+        revocation_issuer.issue_delta(
+            iss.list_key, keys_dir / "st", revoke=[tickets.parse(revoked).revocation_key]
+        )
+    )
+    code, out = _check("--config", conf_path, "--revocations", what_if, revoked)
+    assert code == 1 and out["reason"] == "revoked"
+    code, out = _check("--config", conf_path, revoked)  # the what-if list was not installed
+    assert code == 0 and out["verdict"] == "admit"
+
+    # The trust bundle may live only in the state folder (installed earlier, e.g. by sync).
+    text = conf_path.read_text().replace('bundle = "keys/trust.json"\n', "")
+    conf_path.write_text(text)
+    code, out = _check("--config", conf_path, "--zone", "2", revoked)
+    assert code == 1 and out["reason"] == "wrong_zone"
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in state.iterdir()}
+    assert after == before
