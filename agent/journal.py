@@ -88,6 +88,11 @@ SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1
     FROM peer_entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 ORDER BY hlc, entry_id
 """
+_HISTORY_KINDS = frozenset({"entry", "exit", "annul"})
+_REFS_WITH_HISTORY = (
+    "SELECT ticket_ref FROM entries WHERE kind IN ('entry', 'exit', 'annul')"
+    " UNION SELECT ticket_ref FROM peer_entries"
+)
 _GATE_ID = "SELECT value FROM meta WHERE key = 'gate_id'"
 _MAX_HOLES_REPORTED = 10
 # Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
@@ -177,6 +182,9 @@ class Journal:
         self._gate_name = gate_name
         self._clock = clock
         self._hlc = HLC()
+        # hash() of every ticket_ref that has history here: a scan of a ticket never seen (the
+        # usual case) skips the database. Over-inclusion only costs a query, never a decision.
+        self._refs: set[int] = set()
         self._boot_id = boot_id()
         # None means "unknown, reload from the database before the next insert".
         self._next_seq: int | None = None
@@ -232,6 +240,9 @@ class Journal:
 
         Raises JournalError.
         """
+        if hash(ticket_ref) not in self._refs:
+            self._require_open()
+            return []
         params = (self._gate_id, self._gate_name, ticket_ref, ticket_ref)
         rows = await self._fetchall(_HISTORY, params)
         return [_history_entry(row) for row in rows]
@@ -287,6 +298,7 @@ class Journal:
         the hub) are skipped, malformed ones too, with a warning. Raises JournalError.
         """
         batch = [e for e in entries if self._acceptable_peer(e)]
+        self._refs.update(hash(e.ticket_ref) for e in batch)
         db = self._require_open()
         received_at = self._clock.now()
         inserted = 0
@@ -442,6 +454,8 @@ class Journal:
         )
         self._next_seq = int(last_seq) + 1
         self._hlc = HLC(max(int(own_hlc), int(peer_hlc)))
+        refs = await self._fetchall(_REFS_WITH_HISTORY, ())
+        self._refs = {hash(ref) for (ref,) in refs}
         if last_synced_wall is not None:
             self._clock.raise_floor(float(last_synced_wall))
         log.info("journal %s: gate %s, next gate_seq %d", self._path, self._gate_id, last_seq + 1)
@@ -451,6 +465,8 @@ class Journal:
         # Any failure, cancellation included, may leave the insert's fate unknown to us: forget
         # the counter and re-read it, so the next insert neither repeats nor skips a gate_seq.
         self._next_seq = None
+        if rec.kind in _HISTORY_KINDS:
+            self._refs.add(hash(rec.ticket_ref))  # before the insert: its fate may be unknown
         try:
             await db.execute(_INSERT, rec._params())
         except sqlite3.Error as exc:

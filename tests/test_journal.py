@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import sqlite3
@@ -445,8 +446,26 @@ async def test_history_lookup_uses_the_ticket_indexes_at_100k_rows(
     assert "USING INDEX peer_entries_ticket_ref" in plan
     assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", "")
     assert "entries_unsynced" in unsynced_plan
-    history = await journal.history("tk1:00000042")
+    # The rows were written behind the open journal's back; a journal (re)opened sees them.
+    reopened = await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=journal._clock)
+    try:
+        history = await reopened.history("tk1:00000042")
+        assert await reopened.history("tk1:never-seen") == []
+    finally:
+        await reopened.close()
     assert [(h.entry_id, h.peer) for h in history] == [("e66", False), ("p66", True)]
+
+
+async def test_history_of_a_cancelled_record_is_never_lost(journal: Journal) -> None:
+    """The in-memory set of tickets with history learns a ref before its insert is attempted."""
+    task = asyncio.create_task(admit(journal, "tk1:cancelled"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    rows = await journal.tail(5)
+    history = await journal.history("tk1:cancelled")
+    assert len(history) == sum(1 for r in rows if r.ticket_ref == "tk1:cancelled")
 
 
 # --- crash safety -------------------------------------------------------------------------------
