@@ -175,6 +175,11 @@ async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
         if not req.image.is_file():
             raise ConfigError(f"{req.image}: no such image file")
         texts = read_image(req.image)
+        if len(texts) > 1:
+            print(
+                f"gate-agent: {len(texts)} barcodes in the image; checking the first",
+                file=sys.stderr,
+            )
     if not texts:
         ev = Evaluation(None, rules.invalid_format("no barcode found in the image"))
     else:

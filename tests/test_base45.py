@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import TicketFormatError
@@ -89,3 +91,18 @@ def test_arbitrary_text_only_raises_ticket_format_error(text: str) -> None:
     except TicketFormatError:
         return
     assert base45.encode(data) == text
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_decoder_survives_100_kb_inputs(data: st.DataObject) -> None:
+    """Straight into the decoder (the registry's cap would stop these first): error or bytes."""
+    size = 100_000 + data.draw(st.integers(0, 2))
+    alphabet = data.draw(st.sampled_from([base45.ALPHABET, base45.ALPHABET + "\x00\n\x7f~a"]))
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    text = "".join(rng.choice(alphabet) for _ in range(size))
+    try:
+        out = base45.decode(text)
+    except TicketFormatError:
+        return
+    assert base45.encode(out) == text
