@@ -12,7 +12,7 @@ import math
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,10 +23,10 @@ from agent.errors import ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, OutcomeHook
 from agent.revocation import RevocationStore
-from agent.rules import GatePolicy
+from agent.rules import Direction, GatePolicy
 from agent.trust import TrustStore, load_root_key, read_capped
 from drivers import registry
-from drivers.base import GateIO, Scanner
+from drivers.base import GateIO, Indicator, Scanner
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,27 @@ class Gate:
     revocations: RevocationStore
     journal: Journal
     checker: Checker
-    lane: Lane
+    lane: Lane = field(init=False)
+
+    def add_lane(
+        self,
+        name: str,
+        direction: Direction,
+        scanner: Scanner,
+        gate_io: GateIO,
+        indicator: Indicator | None = None,
+        on_outcome: OutcomeHook | None = None,
+    ) -> Lane:
+        """A lane of this gate (same journal, trust and lists) in ``direction``."""
+        policy = replace(self.checker.policy, direction=direction)
+        checker = Checker(
+            self.trust, lambda: self.revocations.index, lambda: self.revocations.meta, policy
+        )
+        lane = self.config.lane
+        settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s)
+        return Lane(
+            settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome
+        )
 
 
 @contextlib.asynccontextmanager
@@ -156,18 +176,11 @@ async def open_gate(
         checker = Checker(
             trust, lambda: revocations.index, lambda: revocations.meta, gate_policy(config)
         )
-        lane_cfg = config.lane
-        lane = Lane(
-            LaneSettings(lane_cfg.name, lane_cfg.repeat_window_ms, lane_cfg.passage_timeout_s),
-            checker,
-            journal,
-            clock,
-            scanner,
-            gate_io,
-            indicator,
-            on_outcome,
+        gate = Gate(config, clock, trust, revocations, journal, checker)
+        gate.lane = gate.add_lane(
+            config.lane.name, config.gate.direction, scanner, gate_io, indicator, on_outcome
         )
-        yield Gate(config, clock, trust, revocations, journal, checker, lane)
+        yield gate
 
 
 async def run(config: cfg.Config) -> int:

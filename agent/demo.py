@@ -8,7 +8,6 @@ decision as it happens and a summary at the end.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import tempfile
 import time
@@ -20,9 +19,8 @@ from typing import TextIO
 
 from agent import config as cfg
 from agent import issuer, keys, revocation_issuer
-from agent.checker import Checker
 from agent.daemon import open_gate
-from agent.lane import Lane, LaneSettings, Outcome
+from agent.lane import Outcome
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 
@@ -163,19 +161,8 @@ async def _play(
     async with open_gate(
         conf, scanner=SimScanner(source="scanner-in"), gate_io=SimGate(passage_ms=250)
     ) as gate:
-        exit_policy = dataclasses.replace(gate.checker.policy, direction="exit")
-        exit_checker = Checker(
-            gate.trust, lambda: gate.revocations.index, lambda: gate.revocations.meta, exit_policy
-        )
         exit_gate = SimGate(passage_ms=250)
-        exit_lane = Lane(
-            LaneSettings("out", conf.lane.repeat_window_ms, conf.lane.passage_timeout_s),
-            exit_checker,
-            gate.journal,
-            gate.clock,
-            SimScanner(source="scanner-out"),
-            exit_gate,
-        )
+        exit_lane = gate.add_lane("out", "exit", SimScanner(source="scanner-out"), exit_gate)
         lanes = {"in": gate.lane, "out": exit_lane}
         print(
             paint(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -10,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import config, revocation_issuer, tickets
-from agent.checker import Checker
 from agent.daemon import open_gate
 from agent.errors import DriverError
 from agent.issuer import Issuer
-from agent.lane import Lane, LaneSettings, Outcome
+from agent.lane import Outcome
 from agent.model import Reason, Verdict, text_digest
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
@@ -136,20 +134,7 @@ async def test_exit_nobody_used_is_annulled_so_no_second_entry(
     conf = config.load(write_config(entry="reentry", passage_timeout_s=0.1))
     async with open_gate(conf, gate_io=SimGate(plan=[True, False])) as gate:
         entered = await gate.lane.present(_scan(text, 0))
-        exit_policy = dataclasses.replace(gate.checker.policy, direction="exit")
-        exit_lane = Lane(
-            LaneSettings("out", 0, 0.1),
-            Checker(
-                gate.trust,
-                lambda: gate.revocations.index,
-                lambda: gate.revocations.meta,
-                exit_policy,
-            ),
-            gate.journal,
-            gate.clock,
-            SimScanner(),
-            SimGate(plan=[False]),
-        )
+        exit_lane = gate.add_lane("out", "exit", SimScanner(), SimGate(plan=[False]))
         fake_exit = await exit_lane.present(_scan(text, 10_000))  # scans out, stays inside
         second = await gate.lane.present(_scan(text, 20_000))  # hands the ticket to a friend
     assert entered is not None and entered.decision.admitted
