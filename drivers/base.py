@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from agent.model import Decision
 
@@ -37,14 +37,39 @@ class Scanner(Driver, Protocol):
     def scans(self) -> AsyncIterator[Scan]: ...
 
 
+InputName = Literal["passage_entry", "passage_exit", "alarm", "emergency"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """An input line changed state (after debounce): which one, to what, and when (monotonic)."""
+
+    name: InputName
+    active: bool
+    mono_ns: int
+
+
 @runtime_checkable
 class GateIO(Driver, Protocol):
     async def grant(self, direction: str, ref: str) -> None:
-        """Release the gate once (exactly one relay pulse) for an admission ``ref``."""
+        """Release the gate once (exactly one relay pulse, or hold until passage) for ``ref``.
+
+        Raises DriverError when the relay cannot be driven; the output is left inactive.
+        """
         ...
 
     async def wait_passage(self, timeout_s: float) -> bool:
-        """True when a person passed within ``timeout_s``; False on timeout."""
+        """True when a person passed within ``timeout_s``; False on timeout. A held relay is
+        released either way."""
+        ...
+
+    @property
+    def emergency(self) -> bool:
+        """True while the emergency/fire release input is active (free passage)."""
+        ...
+
+    def events(self) -> AsyncIterator[InputEvent]:
+        """Alarm and emergency input changes, for the lane and health; ends when closed."""
         ...
 
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import DriverError
 from agent.model import Decision, text_digest
-from drivers.base import Scan
+from drivers.base import InputEvent, InputName, Scan
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ class SimGate:
         self.plan = list(plan)
         self.log_path = log_path
         self.pulses: list[str] = []
+        self._emergency = False
+        self._events: asyncio.Queue[InputEvent | None] = asyncio.Queue()
         self._passed = asyncio.Event()
         self._current: bool | None = None
         self._fd: int | None = None
@@ -227,6 +229,7 @@ class SimGate:
             self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     async def close(self) -> None:
+        self._events.put_nowait(None)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -243,6 +246,20 @@ class SimGate:
     def passage(self) -> None:
         """Signal that a person passed (for passage=command)."""
         self._passed.set()
+
+    @property
+    def emergency(self) -> bool:
+        return self._emergency
+
+    def set_input(self, name: InputName, active: bool) -> None:
+        """Drive an input as the wiring would (emergency release, alarm)."""
+        if name == "emergency":
+            self._emergency = active
+        self._events.put_nowait(InputEvent(name, active, time.monotonic_ns()))
+
+    async def events(self) -> AsyncIterator[InputEvent]:
+        while (event := await self._events.get()) is not None:
+            yield event
 
     async def wait_passage(self, timeout_s: float) -> bool:
         if self._current is False:
