@@ -45,6 +45,7 @@ class LaneConfig:
     name: str = "lane-1"
     repeat_window_ms: int = 2000
     passage_timeout_s: float = 8.0
+    busy: Literal["wait", "refuse"] = "wait"
 
 
 @dataclass(frozen=True)

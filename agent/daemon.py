@@ -123,7 +123,7 @@ class Gate:
             self.trust, lambda: self.revocations.index, lambda: self.revocations.meta, policy
         )
         lane = self.config.lane
-        settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s)
+        settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy)
         return Lane(
             settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome
         )

@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS peer_entries (
 );
 CREATE INDEX IF NOT EXISTS peer_entries_ticket_ref ON peer_entries (ticket_ref);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- Mode changes of the gate (emergency free passage on/off): facts for security, not admissions.
+CREATE TABLE IF NOT EXISTS gate_events (
+    event_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL, lane TEXT NOT NULL,
+    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL
+);
 """
 
 _INSERT_PEER = (
@@ -290,6 +296,40 @@ class Journal:
             self._clock.raise_floor(reading.now)
         return rec
 
+    async def record_event(self, kind: str, value: str, lane: str) -> None:
+        """Append a gate mode change (e.g. ``emergency``/``on``), durable on return.
+
+        Raises JournalError.
+        """
+        db = self._require_open()
+        reading = self._clock.reading()
+        wall_ms = int(reading.now * 1000)
+        params = (
+            kind,
+            value,
+            lane,
+            reading.now,
+            int(reading.synced),
+            time.monotonic_ns(),
+            self._boot_id,
+            self._hlc.tick(wall_ms),
+        )
+        try:
+            await db.execute(
+                "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns,"
+                " boot_id, hlc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot record gate event", exc) from exc
+
+    async def events(self) -> list[tuple[str, str, str, float]]:
+        """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
+        rows = await self._fetchall(
+            "SELECT kind, value, lane, wall_time FROM gate_events ORDER BY event_id", ()
+        )
+        return [(str(k), str(v), str(ln), float(t)) for k, v, ln, t in rows]
+
     async def add_peer_entries(self, entries: Iterable[PeerEntry]) -> int:
         """Store entries learnt from other gates; returns how many were new.
 
@@ -449,7 +489,8 @@ class Journal:
         last_seq, own_hlc, peer_hlc, last_synced_wall = await self._one(
             "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
             " (SELECT IFNULL(MAX(hlc), 0) FROM entries),"
-            " (SELECT IFNULL(MAX(hlc), 0) FROM peer_entries),"
+            " (SELECT MAX(IFNULL((SELECT MAX(hlc) FROM peer_entries), 0),"
+            "  IFNULL((SELECT MAX(hlc) FROM gate_events), 0))),"
             " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
         )
         self._next_seq = int(last_seq) + 1

@@ -7,10 +7,12 @@ lane never raises for a bad scan: every presentation ends in a recorded decision
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from agent import rules
 from agent.checker import Checker, Evaluation
@@ -28,6 +30,7 @@ class LaneSettings:
     name: str = "lane-1"
     repeat_window_ms: int = 2000
     passage_timeout_s: float = 8.0
+    busy: Literal["wait", "refuse"] = "wait"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +74,63 @@ class Lane:
         self.indicator = indicator
         self.on_outcome = on_outcome
         self._last: dict[str, tuple[str, int]] = {}
+        self._busy_with: str | None = None  # the admitted text while the gate is open
 
     async def run(self) -> None:
-        """Handle scans until the scanner's stream ends."""
-        async for scan in self.scanner.scans():
-            await self.present(scan)
+        """Handle scans until the scanner's stream ends; watch the gate's inputs meanwhile."""
+        queue: asyncio.Queue[Scan | None] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self._read(queue)),
+            asyncio.create_task(self._watch_inputs()),
+        ]
+        try:
+            while (scan := await queue.get()) is not None:
+                await self.present(scan)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, queue: asyncio.Queue[Scan | None]) -> None:
+        """Scans arriving while the gate is open wait their turn, or are refused (config)."""
+        try:
+            async for scan in self.scanner.scans():
+                if self._busy_with is not None and self.settings.busy == "refuse":
+                    await self._refuse(scan)
+                else:
+                    queue.put_nowait(scan)
+        finally:
+            queue.put_nowait(None)
+
+    async def _refuse(self, scan: Scan) -> None:
+        if scan.text == self._busy_with:
+            return  # the person passing, read again: not a new presentation
+        log.info(
+            "lane %s: scan %s refused, gate still open", self.settings.name, text_digest(scan.text)
+        )
+        await self._show(Decision(Verdict.DENY, Reason.OK, "gate busy"), "Wait - gate still open")
+
+    async def _watch_inputs(self) -> None:
+        """Record emergency mode changes in the journal; report alarms."""
+        async for event in self.gate.events():
+            if event.name == "emergency":
+                mode = "on" if event.active else "off"
+                log.warning(
+                    "lane %s: emergency release %s: free passage %s",
+                    self.settings.name,
+                    mode,
+                    "begins" if event.active else "ends",
+                )
+                try:
+                    await self.journal.record_event("emergency", mode, self.settings.name)
+                except JournalError as exc:
+                    log.error("lane %s: mode change not recorded: %s", self.settings.name, exc)
+            elif event.name == "alarm":
+                log.warning(
+                    "lane %s: alarm input %s",
+                    self.settings.name,
+                    "active" if event.active else "cleared",
+                )
 
     def _repeat(self, scan: Scan) -> bool:
         """Same text from the same reader within the window (sliding) is one presentation."""
@@ -88,6 +143,11 @@ class Lane:
         """Decide on one scan and carry the decision out; None when it was a repeat."""
         if self._repeat(scan):
             log.debug("lane %s: repeat of %s ignored", self.settings.name, text_digest(scan.text))
+            return None
+        if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
+            await self._show(
+                Decision(Verdict.ADMIT, Reason.OK, "emergency"), "Emergency - free passage"
+            )
             return None
         evaluation = await self._evaluate(scan)
         decision, ticket = evaluation.decision, evaluation.ticket
@@ -137,6 +197,7 @@ class Lane:
     async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
         """Open the gate once and wait; an admission (entry or exit) nobody used is annulled."""
         name, direction = self.settings.name, self.checker.policy.direction
+        self._busy_with = outcome.scan.text
         try:
             await self.gate.grant(direction, record.entry_id)
             passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
@@ -144,6 +205,8 @@ class Lane:
         except Exception:  # a failing turnstile must not stop the lane or burn the ticket
             log.exception("lane %s: gate fault during admission %d", name, record.gate_seq)
             passed, why = False, "gate fault"
+        finally:
+            self._busy_with = None
         if passed:
             return replace(outcome, passed=True)
         try:
@@ -156,10 +219,10 @@ class Lane:
         log.info("lane %s: %s, %s %d annulled", name, why, direction, record.gate_seq)
         return replace(outcome, passed=False, annul=annul)
 
-    async def _show(self, decision: Decision) -> None:
+    async def _show(self, decision: Decision, message: str | None = None) -> None:
         if self.indicator is not None:
             try:
-                await self.indicator.show(decision, rules.staff_message(decision))
+                await self.indicator.show(decision, message or rules.staff_message(decision))
             except Exception:
                 log.exception("lane %s: indicator failed", self.settings.name)
 

@@ -1,0 +1,89 @@
+"""The gate transaction on the lane's run loop: busy policy and emergency free passage."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+from agent import config
+from agent.daemon import open_gate
+from agent.issuer import Issuer
+from agent.lane import Outcome
+from drivers.sim import SimGate, SimIndicator, SimScanner
+from tests.conftest import WriteConfig
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def _run_lane(
+    write_config: WriteConfig, busy: str, iss: Issuer
+) -> tuple[list[Outcome], SimIndicator, SimGate, int]:
+    conf = config.load(write_config(passage_timeout_s=5))
+    conf = dataclasses.replace(conf, lane=dataclasses.replace(conf.lane, busy=busy))
+    outcomes: list[Outcome] = []
+    scanner, gate_io, indicator = SimScanner(), SimGate(passage_ms=None), SimIndicator()
+    a, b = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    async with open_gate(conf, outcomes.append, scanner=scanner, gate_io=gate_io) as gate:
+        gate.lane.indicator = indicator
+        task = asyncio.create_task(gate.lane.run())
+        scanner.feed(a)
+        await _until(lambda: len(gate_io.pulses) == 1)
+        scanner.feed(a)  # the visitor's code read again while walking through
+        scanner.feed(b)  # the next visitor is too quick
+        await asyncio.sleep(0.2)
+        gate_io.passage()
+        if busy == "wait":
+            await _until(lambda: len(gate_io.pulses) == 2)
+            gate_io.passage()
+        await _until(lambda: len(outcomes) == (2 if busy == "wait" else 1))
+        scanner.finish()
+        await task
+        rows = await gate.journal.count()
+    return outcomes, indicator, gate_io, rows
+
+
+async def test_scan_while_open_waits(write_config: WriteConfig, iss: Issuer) -> None:
+    outcomes, _, gate_io, rows = await _run_lane(write_config, "wait", iss)
+    assert [o.decision.admitted for o in outcomes] == [True, True]
+    assert [o.passed for o in outcomes] == [True, True]
+    assert len(gate_io.pulses) == 2 and rows == 2
+
+
+async def test_scan_while_open_is_refused(write_config: WriteConfig, iss: Issuer) -> None:
+    outcomes, indicator, gate_io, rows = await _run_lane(write_config, "refuse", iss)
+    assert len(outcomes) == 1 and outcomes[0].passed
+    assert len(gate_io.pulses) == 1 and rows == 1  # the refused ticket is not consumed
+    assert [m for _, m in indicator.shown].count("Wait - gate still open") == 1
+
+
+async def test_emergency_free_passage_consumes_nothing(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    conf = config.load(write_config())
+    scanner, gate_io, indicator = SimScanner(), SimGate(passage_ms=1), SimIndicator()
+    outcomes: list[Outcome] = []
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(conf, outcomes.append, scanner=scanner, gate_io=gate_io) as gate:
+        gate.lane.indicator = indicator
+        task = asyncio.create_task(gate.lane.run())
+        gate_io.set_input("emergency", True)
+        await _until(lambda: gate_io.emergency)
+        scanner.feed(text)
+        await _until(lambda: len(indicator.shown) == 1)
+        assert indicator.shown[0][1] == "Emergency - free passage"
+        gate_io.set_input("emergency", False)
+        await asyncio.sleep(0.1)
+        scanner.feed(iss.ticket(event=1, zones=[1]))
+        await _until(lambda: len(outcomes) == 1)
+        scanner.finish()
+        await task
+        events = await gate.journal.events()
+        rows = await gate.journal.count()
+    assert [(k, v) for k, v, _, _ in events] == [("emergency", "on"), ("emergency", "off")]
+    assert rows == 1 and len(gate_io.pulses) == 1  # only the scan after the emergency
