@@ -14,11 +14,10 @@ from drivers.sim import SimGate, SimIndicator, SimScanner
 from tests.conftest import WriteConfig
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
+async def _until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not cond():
+            await asyncio.sleep(0.01)
 
 
 async def _run_lane(
