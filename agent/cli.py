@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gate daemon")
     run.add_argument("--config", type=Path, required=True)
 
+    selftest = sub.add_parser("selftest", help="open each configured device and report")
+    selftest.add_argument("--config", type=Path, required=True)
+    selftest.add_argument("--relay", action="store_true", help="pulse the relay once")
+    selftest.add_argument("--scan", action="store_true", help="wait for one scan, show verdict")
+
     demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
     demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
     return p
@@ -187,6 +192,12 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run(conf))
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from agent import selftest
+
+    return asyncio.run(selftest.run(args.config, relay=args.relay, scan=args.scan, out=sys.stdout))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agent import demo
 
@@ -196,13 +207,16 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose, quiet=args.command in ("check", "demo", "keys", "issue", "revoke"))
+    _setup_logging(
+        args.verbose, quiet=args.command in ("check", "demo", "keys", "issue", "selftest", "revoke")
+    )
     handlers = {
         "keys": _keys_init,
         "issue": _issue,
         "revoke": _revoke,
         "check": _check,
         "run": _run,
+        "selftest": _selftest,
         "demo": _demo,
     }
     try:

@@ -1,0 +1,188 @@
+"""`gate-agent selftest --config FILE`: open each configured device and say what a person must fix.
+
+For integrators at the turnstile: one line per device, OK or FAIL, and for a failure the likely fix
+(missing group, wrong path, device busy, ModemManager grabbing the port). ``--relay`` pulses the
+relay once; ``--scan`` waits for one scan and shows what was read and the verdict it would get.
+Exit status: 0 all OK, 1 a device failed, 2 config error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from agent import config as cfg
+from agent import rules
+from agent.errors import AgentError
+from agent.model import text_digest
+from drivers import registry
+
+# The group that usually owns each kind of device node on Debian / Raspberry Pi OS.
+_GROUPS = {
+    "serial": "dialout",
+    "lcus": "dialout",
+    "gpio": "gpio",
+    "camera": "video",
+    "hid": "input",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def device_path(url: str) -> Path | None:
+    """The device node a driver URL refers to, if any."""
+    parts = urlsplit(url)
+    if parts.scheme in ("serial", "lcus", "hid", "camera"):
+        return Path(parts.path) if parts.path else None
+    if parts.scheme == "gpio":
+        chip = parts.netloc or "gpiochip0"
+        return Path(chip if chip.startswith("/") else f"/dev/{chip}")
+    return None
+
+
+def modemmanager_running() -> bool:
+    """True when ModemManager is active (it probes new serial ports and garbles scanners)."""
+    try:
+        out = subprocess.run(
+            ["systemctl", "is-active", "ModemManager"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.stdout.strip() == "active"
+
+
+def diagnose_path(path: Path, scheme: str) -> str:
+    """The most likely fix for a device node that cannot be used, or "" when it looks usable."""
+    if not path.exists():
+        hint = " (is it plugged in? does the udev rule create this name?)"
+        return f"{path} does not exist{hint}"
+    mode = os.R_OK | (os.W_OK if scheme != "camera" else 0)
+    if not os.access(path, mode):
+        st = path.stat()
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = _GROUPS.get(scheme, str(st.st_gid))
+        return (
+            f"no permission on {path} (group {group}): "
+            f"sudo usermod -aG {group} $USER, then log in again"
+        )
+    if (
+        scheme in ("serial", "lcus")
+        and stat.S_ISCHR(path.stat().st_mode)
+        and modemmanager_running()
+    ):
+        return (
+            "ModemManager is running and may grab the port: install the udev rule with "
+            "ID_MM_DEVICE_IGNORE=1 or `sudo systemctl disable --now ModemManager`"
+        )
+    return ""
+
+
+async def _try_open(kind: registry.Kind, url: str, base: Path) -> tuple[Check, Any]:
+    scheme = urlsplit(url).scheme
+    try:
+        driver = registry.create(kind, url, base)
+        await driver.open()
+    except (AgentError, OSError) as exc:
+        path = device_path(url)
+        fix = diagnose_path(path, scheme) if path is not None else ""
+        if not fix and isinstance(exc, OSError) and exc.errno == 16:
+            fix = "device busy: another program holds it (is gate-agent already running?)"
+        return Check(kind, False, f"{url}: {exc}", fix or "check the URL in [devices]"), None
+    return Check(kind, True, url), driver
+
+
+async def run(
+    path: Path, *, relay: bool, scan: bool, out: TextIO, scan_timeout_s: float = 30.0
+) -> int:
+    """Check every configured device; returns the exit status."""
+    conf = cfg.load(path)
+    base = conf.path.parent
+    devices: list[tuple[registry.Kind, str]] = [
+        ("scanner", conf.devices.scanner),
+        ("gate", conf.devices.gate),
+    ]
+    if conf.devices.indicator:
+        devices.append(("indicator", conf.devices.indicator))
+    opened: dict[str, Any] = {}
+    checks: list[Check] = []
+    try:
+        for kind, url in devices:
+            check, driver = await _try_open(kind, url, base)
+            checks.append(check)
+            if driver is not None:
+                opened[kind] = driver
+        if relay and "gate" in opened:
+            checks.append(await _pulse(opened["gate"]))
+        if scan and "scanner" in opened:
+            checks.append(await _scan(conf, opened["scanner"], scan_timeout_s))
+    finally:
+        for driver in opened.values():
+            await driver.close()
+    for c in checks:
+        print(f"{'OK  ' if c.ok else 'FAIL'} {c.name:<9} {c.detail}", file=out)
+        if c.fix:
+            print(f"     fix: {c.fix}", file=out)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+async def _pulse(gate: Any) -> Check:
+    try:
+        await gate.grant("entry", "selftest")
+    except AgentError as exc:
+        return Check("relay", False, f"pulse failed: {exc}", "check the relay wiring and URL")
+    return Check("relay", True, "one pulse sent: did the turnstile unlock?")
+
+
+async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
+    from agent.checker import Checker
+    from agent.clock import Clock
+    from agent.daemon import gate_policy, open_trust
+    from agent.revocation import RevocationStore
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            first = await anext(aiter(scanner.scans()))
+    except (TimeoutError, StopAsyncIteration):
+        return Check(
+            "scan",
+            False,
+            f"nothing read in {timeout_s:.0f} s",
+            "present a ticket; check the scanner's interface mode and terminator",
+        )
+    trust = open_trust(conf, conf.gate.state_dir / "trust.json", persist=False)
+    async with await RevocationStore.open(":memory:") as store:
+        checker = Checker(trust, lambda: store.index, lambda: store.meta, gate_policy(conf))
+        clock = Clock(None, assume=conf.clock.assume)
+
+        async def no_history(_: str) -> list[Any]:
+            return []
+
+        ev = await checker.evaluate(first.text, no_history, clock.reading())
+    what = (
+        f"{ev.ticket.fmt} ticket {ev.ticket.short_id}"
+        if ev.ticket is not None
+        else f"{len(first.text)} characters ({text_digest(first.text)})"
+    )
+    sym = f", symbology {first.symbology}" if first.symbology else ""
+    d = ev.decision
+    verdict = f"{d.verdict} ({d.reason}): {rules.staff_message(d)}"
+    return Check("scan", True, f"read {what}{sym}; would {verdict}")

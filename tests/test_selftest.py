@@ -1,0 +1,81 @@
+"""`gate-agent selftest`: what an integrator sees at the turnstile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.issuer import Issuer
+from agent.selftest import device_path, diagnose_path
+
+
+def _config(tmp_path: Path, keys: Path, scanner: str, gate: str) -> Path:
+    conf = tmp_path / "gate.toml"
+    conf.write_text(f"""
+[gate]
+id = "st"
+events = [1]
+zone = 1
+state_dir = "state"
+[trust]
+root_key = "{keys / "root.pub"}"
+bundle = "{keys / "trust.json"}"
+[clock]
+assume = "synced"
+[devices]
+scanner = "{scanner}"
+gate = "{gate}"
+""")
+    return conf
+
+
+def _selftest(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "selftest", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_sim_devices_pass_relay_pulses_and_scan_shows_verdict(
+    tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    text = iss.ticket(event=1, zones=[2])
+    (tmp_path / "scans.txt").write_text(text + "\n")
+    conf = _config(
+        tmp_path, keys_dir, "sim://file?path=scans.txt", "sim://gate?passage_ms=1&log=pulses.log"
+    )
+    r = _selftest("--config", conf, "--relay", "--scan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK   scanner" in r.stdout and "OK   gate" in r.stdout and "OK   relay" in r.stdout
+    assert "would deny (wrong_zone)" in r.stdout and "tk1 ticket" in r.stdout
+    assert text not in r.stdout + r.stderr
+    assert (tmp_path / "pulses.log").read_text().count("pulse") == 1
+
+
+def test_missing_device_fails_with_a_fix(tmp_path: Path, keys_dir: Path) -> None:
+    conf = _config(tmp_path, keys_dir, "sim://file?path=absent.txt", "nfc://reader")
+    r = _selftest("--config", conf)
+    assert r.returncode == 1
+    assert "FAIL scanner" in r.stdout and "absent.txt" in r.stdout
+    assert "FAIL gate" in r.stdout and "valid schemes" in r.stdout
+    assert "fix:" in r.stdout
+
+
+def test_config_error_exits_2(tmp_path: Path) -> None:
+    conf = tmp_path / "gate.toml"
+    conf.write_text("[gate]\nid = 1\n")
+    r = _selftest("--config", conf)
+    assert r.returncode == 2 and "[gate] id" in r.stderr
+
+
+def test_path_diagnosis() -> None:
+    assert device_path("serial:///dev/serial/by-id/usb-X") == Path("/dev/serial/by-id/usb-X")
+    assert device_path("gpio://gpiochip0?relay=GPIO17") == Path("/dev/gpiochip0")
+    assert device_path("sim://gate") is None
+    fix = diagnose_path(Path("/dev/serial/by-id/no-such-scanner"), "serial")
+    assert "does not exist" in fix and "udev" in fix
+    assert diagnose_path(Path("/dev/null"), "camera") == ""  # exists and is readable
