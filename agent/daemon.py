@@ -22,6 +22,7 @@ from agent.clock import Clock
 from agent.errors import ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, OutcomeHook
+from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
 from agent.trust import TrustStore, load_root_key, read_capped
@@ -90,6 +91,26 @@ async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStor
 
 
 FLOOR_PERSIST_S = 60.0
+
+
+class Indicators:
+    """Several indicators shown together (GPIO lamps and the scanner's own beep, say)."""
+
+    def __init__(self, parts: list[Indicator]) -> None:
+        self.parts = parts
+
+    async def open(self) -> None:
+        return None  # the parts are opened and closed as devices of their own
+
+    async def close(self) -> None:
+        return None
+
+    async def show(self, decision: Decision, message: str) -> None:
+        for part in self.parts:
+            try:
+                await part.show(decision, message)
+            except Exception:  # one broken lamp must not hide the others
+                log.exception("indicator %s failed", type(part).__name__)
 
 
 async def _persist_floor(clock: Clock, every_s: float) -> None:
@@ -173,6 +194,9 @@ async def open_gate(
             if driver is not None:
                 await driver.open()
                 stack.push_async_callback(driver.close)
+        # A scanner that can beep/flash (vendor feedback) is an indicator too.
+        shown = [d for d in (indicator, scanner) if isinstance(d, Indicator)]
+        indicator = shown[0] if len(shown) == 1 else Indicators(shown) if shown else None
         checker = Checker(
             trust, lambda: revocations.index, lambda: revocations.meta, gate_policy(config)
         )
