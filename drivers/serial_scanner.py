@@ -1,0 +1,388 @@
+"""Serial barcode scanners (RS-232, USB CDC-ACM "virtual COM"): ``serial://``.
+
+URL (one line; ``&`` separates parameters)::
+
+    serial:///dev/serial/by-id/usb-XYZ?baud=9600&aim=Q1,z,L,d&require_aim=0&max_frame=1024
+          &idle_ms=300&noread=NR,%25%25NoRead&feedback=none&exclusive=1&retry_max_s=1
+
+The path is absolute; use a stable name (``/dev/serial/by-id/...`` or a udev symlink), never
+``/dev/ttyACM0``, which changes with the plug order. Parameters (all optional):
+
+``baud``         line speed: 1200 .. 921600 (standard rates only); default 9600. USB CDC-ACM
+                 scanners ignore it.
+``aim``          AIM symbology identifiers allowed, comma separated: ``Q1`` (that exact id) or
+                 ``z`` (any modifier of that code); default: any. A frame whose AIM id is not
+                 listed is dropped with a warning. The id is always stripped from the text and
+                 mapped to ``Scan.symbology`` (``Q`` qr, ``z`` aztec, ``L`` pdf417, ``d``
+                 datamatrix).
+``require_aim``  1 drops frames that carry no AIM id; default 0.
+``max_frame``    longest frame in bytes between its delimiters (AIM id included), 1 .. 65536;
+                 default 1024. A longer frame is dropped whole, up to its terminator.
+``idle_ms``      a half frame that sees no byte for this long is dropped; 0 disables;
+                 default 300.
+``noread``       comma-separated no-read strings to drop (percent-encode ``%`` as ``%25``);
+                 default ``NR,%%NoRead``; ``noread=`` drops none.
+``feedback``     ``none`` (default), ``honeywell`` (Host ACK escape strings), ``zebra`` (SSI
+                 BEEP packets) or ``newland`` (command frames): how :meth:`SerialScanner.show`
+                 shows a decision on the scanner itself (see :mod:`drivers.feedback`).
+``exclusive``    1 (default) locks the port (``flock``) so no second reader (a getty, a modem
+                 manager, a second agent) steals bytes; 0 only for diagnosis.
+``retry_max_s``  cap of the reconnect backoff in seconds (0.1 .. 300); default 1. Retries start at
+                 0.1 s and double up to this cap, so a scanner plugged back in is read again
+                 within about this time; a failed attempt costs one failed open().
+
+Frames end with CR, LF or CRLF, or are wrapped STX..ETX; bytes outside 0x20-0x7E refuse a frame.
+Framing lives in :mod:`drivers.framing`.
+
+Unplug: when reads fail, hit end of file or the device cannot be opened, the driver logs once,
+discards the half frame, yields nothing and retries with capped exponential backoff; when the
+device is back it reads again without a restart. :attr:`SerialScanner.connected`,
+:attr:`SerialScanner.reconnects` and :attr:`SerialScanner.last_error` are for health and selftest.
+
+The scanner is also an :class:`drivers.base.Indicator`: :meth:`SerialScanner.show` writes the
+configured vendor feedback, or does nothing with ``feedback=none``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import DriverError
+from agent.model import Decision, text_digest
+from drivers.base import Scan
+from drivers.feedback import Feedback, feedback_for
+from drivers.framing import Frame, Framer
+from drivers.serial_url import SerialSettings, parse_serial_url
+
+log = logging.getLogger(__name__)
+
+RETRY_START_S = 0.1
+READ_SIZE = 4096
+QUEUE_MAX = 16  # scans waiting for the lane; more means a flood, not people
+WRITE_BUFFER_MAX = 4096  # feedback bytes the device has not taken yet
+ACK_TIMEOUT_S = 1.0  # host-ACK scanners get an answer within this, decision or not
+CLOSE_TIMEOUT_S = 1.0
+_END = object()
+
+Opener = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+def describe_open_error(path: str, exc: BaseException) -> str:
+    """A one-line reason and the fix a person needs, for logs, health and selftest."""
+    err = getattr(exc, "errno", None)
+    text = str(exc)
+    if err == errno.ENOENT or (err is None and "No such file" in text):
+        return f"{path}: no such device (unplugged, or wrong path; see ls /dev/serial/by-id/)"
+    if err == errno.EACCES or "Permission denied" in text:
+        return f"{path}: permission denied (is the service user in group dialout?)"
+    if "exclusively lock" in text or err in (errno.EAGAIN, errno.EBUSY):
+        return (
+            f"{path}: busy, another process holds it (ModemManager? set ID_MM_DEVICE_IGNORE=1 "
+            f"in the udev rule; a second gate-agent?)"
+        )
+    return f"{path}: {text or type(exc).__name__}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    digest: str
+    handle: asyncio.TimerHandle | None = None
+    answered: bool = False
+
+
+@dataclass(slots=True)
+class _HostAck:
+    """Answers every read of a scanner that waits for one (Honeywell Host ACK).
+
+    Such a scanner stops reading until the host answers, so a frame the framer drops gets a bad
+    answer at once, and a scan the lane has not shown within ``timeout_s`` (a repeat the lane
+    ignores, or a lane busy with the previous person) gets the last answer again when it is the
+    same text, else a bad one; the lane's own answer still follows.
+    """
+
+    feedback: Feedback
+    send: Callable[[bytes], None]
+    timeout_s: float = ACK_TIMEOUT_S
+    pending: deque[_Pending] = field(default_factory=deque)
+    last: tuple[str, bytes] | None = None
+
+    def read(self, digest: str) -> None:
+        entry = _Pending(digest)
+        loop = asyncio.get_running_loop()
+        entry.handle = loop.call_later(self.timeout_s, self._overdue, entry)
+        self.pending.append(entry)
+
+    def dropped(self) -> None:
+        self.send(self.feedback.bad())
+
+    def shown(self, payload: bytes) -> None:
+        if not self.pending:
+            return
+        entry = self.pending.popleft()
+        if entry.handle is not None:
+            entry.handle.cancel()
+        self.last = (entry.digest, payload)
+
+    def _overdue(self, entry: _Pending) -> None:
+        entry.handle = None
+        if self.last is not None and self.last[0] == entry.digest and not entry.answered:
+            with contextlib.suppress(ValueError):
+                self.pending.remove(entry)  # a repeat: the lane will not show it
+            self.send(self.last[1])
+        elif not entry.answered:
+            entry.answered = True
+            self.send(self.feedback.bad())
+
+    def clear(self) -> None:
+        for entry in self.pending:
+            if entry.handle is not None:
+                entry.handle.cancel()
+        self.pending.clear()
+
+
+class SerialScanner:
+    """A serial barcode scanner: a Scanner, and an Indicator through vendor feedback."""
+
+    def __init__(self, settings: SerialSettings) -> None:
+        self.settings = settings
+        self.source = f"serial:{settings.path}"
+        self.feedback: Feedback | None = feedback_for(settings.feedback)
+        framing = settings.framing
+        if self.feedback is not None and self.feedback.replies():
+            framing = replace(framing, discard=self.feedback.replies())
+        self.framer = Framer(framing, name=f"serial scanner {settings.path}")
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._opener: Opener | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ever_connected = False
+        self._closed = False
+        self._down_since: float | None = None
+        self._ack: _HostAck | None = None
+        if self.feedback is not None and self.feedback.host_ack:
+            self._ack = _HostAck(self.feedback, self._write)
+
+    @classmethod
+    def from_url(cls, url: str, base: Path | None = None) -> SerialScanner:
+        """Build from a ``serial://`` URL (``base`` is unused: the path is absolute)."""
+        return cls(parse_serial_url(url))
+
+    @property
+    def connected(self) -> bool:
+        """True while the device is open and being read."""
+        return self._writer is not None
+
+    async def open(self) -> None:
+        """Start reading; makes the first connection attempt before it returns.
+
+        A device that is absent or busy is not an error here: it is retried in the background
+        (see :attr:`last_error`). Raises DriverError when pyserial-asyncio-fast is missing.
+        """
+        if self._task is not None:
+            return
+        if self._opener is None:
+            try:
+                import serial_asyncio_fast
+            except ImportError as exc:
+                raise DriverError(
+                    "serial scanner needs pyserial-asyncio-fast (pip install pyserial-asyncio-fast)"
+                ) from exc
+            self._opener = serial_asyncio_fast.open_serial_connection
+        if self._closed:  # reopened: a fresh stream (the old one was ended)
+            self._queue, self._closed = asyncio.Queue(), False
+        link = await self._connect()
+        self._task = asyncio.create_task(self._run(link), name=f"serial {self.settings.path}")
+
+    async def close(self) -> None:
+        """Stop reading and release the port; the scan stream ends. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._queue.put_nowait(_END)
+            self._closed = True
+        await self._release()
+        if self._ack is not None:
+            self._ack.clear()
+
+    async def scans(self) -> AsyncIterator[Scan]:
+        """Scans until :meth:`close`; nothing is yielded while the device is away."""
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, Scan)
+            yield item
+
+    async def show(self, decision: Decision, message: str) -> None:
+        """Send the vendor's good/bad feedback; nothing with ``feedback=none``.
+
+        Never waits for the device. Raises DriverError when the scanner is disconnected or not
+        taking the bytes.
+        """
+        if self.feedback is None:
+            return
+        payload = self.feedback.good() if decision.admitted else self.feedback.bad()
+        if self._ack is not None:
+            self._ack.shown(payload)
+        if self._writer is None:
+            raise DriverError(f"serial scanner {self.settings.path}: not connected, feedback lost")
+        self._write(payload, strict=True)
+
+    def _write(self, payload: bytes, strict: bool = False) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            if strict:
+                raise DriverError(f"serial scanner {self.settings.path}: not connected")
+            return
+        if writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+            msg = f"serial scanner {self.settings.path}: device is not taking feedback bytes"
+            if strict:
+                raise DriverError(msg)
+            log.warning("%s", msg)
+            return
+        log.debug("serial scanner %s: wrote %d feedback bytes", self.settings.path, len(payload))
+        writer.write(payload)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """One open attempt; None (logged, once per outage) when the device is not usable."""
+        assert self._opener is not None
+        s = self.settings
+        try:
+            reader, writer = await self._opener(
+                url=s.path, baudrate=s.baud, exclusive=s.exclusive, limit=READ_SIZE * 4
+            )
+        except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+            self._note_failure(describe_open_error(s.path, exc))
+            return None
+        self._writer = writer
+        if self._ever_connected:
+            self.reconnects += 1
+            away = time.monotonic() - (self._down_since or time.monotonic())
+            log.info(
+                "serial scanner %s: reconnected after %.1f s (reconnect %d)",
+                s.path,
+                away,
+                self.reconnects,
+            )
+        else:
+            log.info("serial scanner %s: open (%d baud)", s.path, s.baud)
+        self._ever_connected = True
+        self._down_since = None
+        self.last_error = None
+        if self.feedback is not None and (setup := self.feedback.setup()):
+            self._write(setup)
+        return reader, writer
+
+    def _note_failure(self, reason: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning(
+                "serial scanner %s; retrying every <= %.1f s",
+                reason,
+                self.settings.retry_max_s,
+            )
+        elif reason != self.last_error and "no such device" not in reason:
+            log.warning("serial scanner %s", reason)  # e.g. back, but now permission denied
+        else:
+            log.debug("serial scanner %s", reason)
+        self.last_error = reason
+
+    async def _run(self, link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
+        delay = RETRY_START_S
+        loop = asyncio.get_running_loop()
+        while True:
+            if link is not None:
+                started = loop.time()
+                try:
+                    reason = await self._pump(link[0])
+                except Exception:  # a bug must cost one connection, never the reader
+                    log.exception("serial scanner %s: reader failed", self.settings.path)
+                    reason = "internal error"
+                await self._release()
+                self.framer.reset(time.monotonic_ns())
+                if self._ack is not None:
+                    self._ack.clear()
+                self._note_failure(f"{self.settings.path}: lost ({reason})")
+                if loop.time() - started >= self.settings.retry_max_s:
+                    delay = RETRY_START_S
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.retry_max_s)
+            link = await self._connect()
+
+    async def _pump(self, reader: asyncio.StreamReader) -> str:
+        """Read and frame until the link fails; returns why it ended."""
+        framer = self.framer
+        try:
+            while True:
+                deadline = framer.deadline_ns()
+                if deadline is None:
+                    data = await reader.read(READ_SIZE)
+                else:
+                    wait = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+                    try:
+                        async with asyncio.timeout(wait):
+                            data = await reader.read(READ_SIZE)
+                    except TimeoutError:
+                        framer.expire(time.monotonic_ns())
+                        continue
+                if not data:
+                    return "end of file"
+                self._handle(data, time.monotonic_ns())
+        except OSError as exc:
+            return str(exc) or type(exc).__name__
+
+    def _handle(self, data: bytes, now_ns: int) -> None:
+        log.debug("serial scanner %s: %d bytes", self.settings.path, len(data))
+        rejected = self.framer.rejected
+        for frame in self.framer.feed(data, now_ns):
+            self._emit(frame)
+        if self._ack is not None and self.framer.rejected > rejected:
+            self._ack.dropped()
+
+    def _emit(self, frame: Frame) -> None:
+        digest = text_digest(frame.text)
+        if self._queue.qsize() >= QUEUE_MAX:
+            log.warning(
+                "serial scanner %s: %d scans waiting, dropped %s (%d chars)",
+                self.settings.path,
+                self._queue.qsize(),
+                digest,
+                len(frame.text),
+            )
+            if self._ack is not None:
+                self._ack.dropped()
+            return
+        log.debug(
+            "serial scanner %s: frame %s (%d chars, %s)",
+            self.settings.path,
+            digest,
+            len(frame.text),
+            frame.symbology or "no AIM id",
+        )
+        self._queue.put_nowait(Scan(frame.text, self.source, frame.mono_ns, frame.symbology))
+        if self._ack is not None:
+            self._ack.read(digest)
+
+    async def _release(self) -> None:
+        """Close the transport (if still open) and wait until the port is released."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        transport: Any = writer.transport
+        if not transport.is_closing():
+            transport.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)

@@ -1,0 +1,120 @@
+"""Scanner feedback plug-ins over a pty: the bytes that arrive are exactly the documented ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import DriverError
+from agent.model import Decision, Reason, Verdict
+from drivers.feedback import HoneywellHostAck, NewlandCommand, ZebraSsi, ssi_packet
+from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened, until
+
+pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is needed for pty tests")
+
+ADMIT = Decision(Verdict.ADMIT, Reason.OK)
+DENY = Decision(Verdict.DENY, Reason.ALREADY_USED, "Gate 3, 19:02:11")
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[PtyPair]:
+    pair = PtyPair(tmp_path)
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.kill()
+
+
+# The documented byte sequences, written out here independently of drivers.feedback.
+EXPECTED_FEEDBACK = {
+    "honeywell": (b"0\x1b7,", b"0\x1b8,"),
+    "zebra": (bytes.fromhex("05e6040001ff10"), bytes.fromhex("05e6040012feff")),
+    "newland": (
+        b"\x7e\x010000#LEDONS2C500D;\x03",
+        b"\x7e\x010000#LEDONS0C1000D;\x03",
+    ),
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(EXPECTED_FEEDBACK))
+async def test_feedback_bytes_arrive_exactly(pty: PtyPair, vendor: str) -> None:
+    good, bad = EXPECTED_FEEDBACK[vendor]
+    async with opened(pty.url(f"feedback={vendor}")) as scanner:
+        await scanner.show(ADMIT, "OK")
+        assert pty.read_for(0.2) == good
+        await scanner.show(DENY, "Already used")
+        assert pty.read_for(0.2) == bad
+
+
+async def test_no_feedback_sends_nothing(pty: PtyPair) -> None:
+    async with opened(pty.url()) as scanner:
+        await scanner.show(ADMIT, "OK")
+        await scanner.show(DENY, "no")
+        assert pty.read_for(0.2) == b""
+
+
+async def test_feedback_while_unplugged_raises(pty: PtyPair) -> None:
+    async with opened(pty.url("feedback=zebra")) as scanner:
+        pty.kill()
+        await until(lambda: not scanner.connected, 2)
+        with pytest.raises(DriverError, match="not connected"):
+            await scanner.show(ADMIT, "OK")
+
+
+def test_plugin_packets_are_well_formed() -> None:
+    assert ssi_packet(0xD0, source=0x00) == bytes.fromhex("04d00000ff2c")  # CMD_ACK
+    example = ssi_packet(0x80, bytes.fromhex("0006200000ff"))  # from a vendor guide's example
+    assert example == bytes.fromhex("0a80040000062000 00fffe4d".replace(" ", ""))
+    for plugin in (ZebraSsi(), NewlandCommand()):
+        assert plugin.setup() == b"" and plugin.replies()
+    assert HoneywellHostAck(group=3).good() == b"3\x1b7,"
+    with pytest.raises(ValueError, match="work group"):
+        HoneywellHostAck(group=9)
+
+
+async def test_zebra_ack_from_the_scanner_does_not_spoil_the_next_frame(pty: PtyPair) -> None:
+    async with opened(pty.url("feedback=zebra")) as scanner:
+        got = Collector(scanner)
+        await scanner.show(ADMIT, "OK")
+        pty.write(bytes.fromhex("04d00000ff2c") + f"{TICKET}\r".encode())
+        assert await got.wait(1) == [TICKET]
+        assert not scanner.framer.drops
+        await got.stop()
+
+
+async def test_newland_reply_is_skipped(pty: PtyPair) -> None:
+    async with opened(pty.url("feedback=newland")) as scanner:
+        got = Collector(scanner)
+        pty.write(b"\x02\x010000#LEDONS2C500D\x06;\x03" + b"NEXT\r")
+        assert await got.wait(1) == ["NEXT"]
+        assert not scanner.framer.drops
+        await got.stop()
+
+
+async def test_honeywell_host_ack_answers_every_read(pty: PtyPair) -> None:
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    async with opened(pty.url("feedback=honeywell")) as scanner:
+        assert scanner._ack is not None
+        scanner._ack.timeout_s = 0.2
+        got = Collector(scanner)
+        pty.write(b"NR\r")  # a no-read never reaches the lane, but the scanner waits for us
+        assert await asyncio.to_thread(pty.read_for, 0.15) == bad
+        pty.write(b"SAME\r")
+        await got.wait(1)
+        await scanner.show(ADMIT, "OK")  # the lane decided in time
+        assert await asyncio.to_thread(pty.read_for, 0.3) == good  # ... and the timer stayed quiet
+        pty.write(b"SAME\r")  # read again while walking through: the lane ignores repeats
+        await got.wait(2)
+        assert (
+            await asyncio.to_thread(pty.read_for, 0.4) == good
+        )  # the same answer, from the driver
+        pty.write(b"OTHER\r")  # the lane is busy and does not answer in time
+        await got.wait(3)
+        assert await asyncio.to_thread(pty.read_for, 0.4) == bad
+        await scanner.show(DENY, "no")  # its real answer still follows
+        assert await asyncio.to_thread(pty.read_for, 0.2) == bad
+        await got.stop()
