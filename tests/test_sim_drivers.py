@@ -70,7 +70,7 @@ async def test_gate_modes_and_pulse_log(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "url", "error", "words"),
     [
-        ("scanner", "serial:///dev/ttyUSB0", DriverNotFound, "valid schemes: sim://"),
+        ("scanner", "nfc://reader-1", DriverNotFound, "valid schemes: camera://"),
         ("gate", "sim://gate?passage=sometimes", DriverError, "auto, never or command"),
         ("gate", "sim://gate?plan=pass,maybe", DriverError, "pass/none"),
         ("scanner", "sim://file", DriverError, "missing path="),
