@@ -75,6 +75,7 @@ class Lane:
         self.on_outcome = on_outcome
         self._last: dict[str, tuple[str, int]] = {}
         self._busy_with: str | None = None  # the admitted text while the gate is open
+        self.fault: str | None = None  # the last gate fault, until a grant works again
 
     async def run(self) -> None:
         """Handle scans until the scanner's stream ends; watch the gate's inputs meanwhile."""
@@ -200,10 +201,12 @@ class Lane:
         self._busy_with = outcome.scan.text
         try:
             await self.gate.grant(direction, record.entry_id)
+            self.fault = None
             passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
             why = "nobody passed"
-        except Exception:  # a failing turnstile must not stop the lane or burn the ticket
+        except Exception as exc:  # a failing turnstile must not stop the lane or burn the ticket
             log.exception("lane %s: gate fault during admission %d", name, record.gate_seq)
+            self.fault = f"gate fault: {exc}"
             passed, why = False, "gate fault"
         finally:
             self._busy_with = None

@@ -10,6 +10,7 @@ from agent import config
 from agent.daemon import open_gate
 from agent.issuer import Issuer
 from agent.lane import Outcome
+from drivers.base import Scan
 from drivers.sim import SimGate, SimIndicator, SimScanner
 from tests.conftest import WriteConfig
 
@@ -86,3 +87,23 @@ async def test_emergency_free_passage_consumes_nothing(
         rows = await gate.journal.count()
     assert [(k, v) for k, v, _, _ in events] == [("emergency", "on"), ("emergency", "off")]
     assert rows == 1 and len(gate_io.pulses) == 1  # only the scan after the emergency
+
+
+async def test_relay_error_leaves_output_inactive_and_lane_reports_it(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    import errno
+
+    from tests.test_gpio import make_gate
+
+    gpio, chip = make_gate()
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(config.load(write_config()), scanner=SimScanner(), gate_io=gpio) as gate:
+        chip.requests[0].fail_set = [OSError(errno.EIO, "Input/output error")]
+        outcome = await gate.lane.present(Scan(text, "s", 0))
+        assert outcome is not None and outcome.annul is not None  # the ticket is not burnt
+        assert gate.lane.fault is not None and "relay" in gate.lane.fault
+        assert chip.pulses("GPIO17") == [] and not gpio.relay_active
+        again = await gate.lane.present(Scan(text, "s", 10**10))
+        assert again is not None and again.decision.admitted
+        assert gate.lane.fault is None and len(chip.pulses("GPIO17")) == 1
