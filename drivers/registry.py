@@ -14,9 +14,22 @@ from agent.errors import DriverNotFound
 Kind = Literal["scanner", "gate", "indicator"]
 
 DRIVERS: dict[Kind, dict[str, str]] = {
-    "scanner": {"sim": "drivers.sim:SimScanner"},
-    "gate": {"sim": "drivers.sim:SimGate"},
-    "indicator": {"sim": "drivers.sim:SimIndicator"},
+    "scanner": {
+        "serial": "drivers.serial_scanner:SerialScanner",
+        "hid": "drivers.hid:HidScanner",
+        "camera": "drivers.camera:CameraScanner",
+        "file": "drivers.camera:CameraScanner",
+        "sim": "drivers.sim:SimScanner",
+    },
+    "gate": {
+        "gpio": "drivers.gpio:GpioGate",
+        "lcus": "drivers.lcus:LcusRelay",
+        "sim": "drivers.sim:SimGate",
+    },
+    "indicator": {
+        "gpio": "drivers.indicators:GpioIndicator",
+        "sim": "drivers.sim:SimIndicator",
+    },
 }
 
 
