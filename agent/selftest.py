@@ -107,7 +107,17 @@ async def _try_open(kind: registry.Kind, url: str, base: Path) -> tuple[Check, A
         if not fix and isinstance(exc, OSError) and exc.errno == 16:
             fix = "device busy: another program holds it (is gate-agent already running?)"
         return Check(kind, False, f"{url}: {exc}", fix or "check the URL in [devices]"), None
-    return Check(kind, True, url), driver
+    # Drivers that reconnect in the background (serial, hid) open "successfully" without their
+    # device: give them a moment, then report what they saw.
+    for _ in range(20):
+        if getattr(driver, "connected", True):
+            return Check(kind, True, url), driver
+        await asyncio.sleep(0.05)
+    path = device_path(url)
+    fix = diagnose_path(path, scheme) if path is not None else ""
+    detail = getattr(driver, "last_error", None) or "device not connected"
+    await driver.close()
+    return Check(kind, False, f"{url}: {detail}", fix or "check the device and the URL"), None
 
 
 async def run(

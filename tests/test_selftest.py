@@ -79,3 +79,12 @@ def test_path_diagnosis() -> None:
     fix = diagnose_path(Path("/dev/serial/by-id/no-such-scanner"), "serial")
     assert "does not exist" in fix and "udev" in fix
     assert diagnose_path(Path("/dev/null"), "camera") == ""  # exists and is readable
+
+
+def test_absent_serial_scanner_fails_with_the_fix(tmp_path: Path, keys_dir: Path) -> None:
+    conf = _config(tmp_path, keys_dir, "serial:///dev/serial/by-id/usb-no-such-scanner",
+                   "sim://gate")
+    r = _selftest("--config", conf)
+    assert r.returncode == 1, r.stdout
+    assert "FAIL scanner" in r.stdout and "does not exist" in r.stdout and "udev" in r.stdout
+    assert "OK   gate" in r.stdout
