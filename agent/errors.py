@@ -17,7 +17,9 @@ most resembles, so callers may catch either.
     ├── IssuerError (ValueError)            issuer tooling misuse (bad keys dir, bad arguments)
     └── DriverError (RuntimeError)          a device failed
         ├── DriverNotFound (DriverError, LookupError)  unknown URL scheme
-        └── DriverTimeout (DriverError, TimeoutError)
+        ├── DriverTimeout (DriverError, TimeoutError)
+        └── RelayReleaseError                  the relay moved but may not have been released:
+                                               the gate may have opened, so the entry stands
 """
 
 from __future__ import annotations
@@ -69,3 +71,7 @@ class DriverNotFound(DriverError, LookupError):
 
 class DriverTimeout(DriverError, TimeoutError):
     """A device did not answer in time."""
+
+
+class RelayReleaseError(DriverError):
+    """The relay was energised and switching it off failed: the gate may still be open."""

@@ -17,7 +17,7 @@ from typing import Literal
 from agent import rules
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock
-from agent.errors import JournalError
+from agent.errors import JournalError, RelayReleaseError
 from agent.journal import EntryRecord, Journal, Kind
 from agent.model import Decision, Reason, Ticket, Verdict, text_digest
 from drivers.base import GateIO, Indicator, Scan, Scanner
@@ -204,9 +204,15 @@ class Lane:
             self.fault = None
             passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
             why = "nobody passed"
+        except RelayReleaseError as exc:  # the gate moved: somebody may have passed
+            log.exception("lane %s: relay not released after admission %d", name, record.gate_seq)
+            self.fault = f"relay fault: {exc}"
+            await self._show(Decision(Verdict.DENY, Reason.ERROR, "relay fault"))
+            return replace(outcome, passed=None)  # the entry stands: never annul what may be used
         except Exception as exc:  # a failing turnstile must not stop the lane or burn the ticket
             log.exception("lane %s: gate fault during admission %d", name, record.gate_seq)
             self.fault = f"gate fault: {exc}"
+            await self._show(Decision(Verdict.DENY, Reason.ERROR, "gate fault"))
             passed, why = False, "gate fault"
         finally:
             self._busy_with = None

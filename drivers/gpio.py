@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
-from agent.errors import DriverError
+from agent.errors import DriverError, RelayReleaseError
 from drivers.base import InputEvent, InputName
 from drivers.gpio_lines import (
     BIASES,
@@ -264,6 +264,11 @@ class GpioGate:
         try:
             if passage is None:
                 return granted
+            if self.fault is not None:
+                # Inputs no longer read: whether anybody passed is unknown, so the entry stands
+                # (never annul what may have been used).
+                log.error("gpio gate: passage unknown (%s): entry stands", self.fault)
+                return granted
             try:
                 return await asyncio.wait_for(passage, timeout_s)
             except TimeoutError:
@@ -284,7 +289,11 @@ class GpioGate:
         self.pulses += 1
 
     def _deenergise(self, lines: Lines) -> None:
-        """Switch the relay off; on failure retry once, then raise DriverError either way."""
+        """Switch the relay off, retrying once; raises RelayReleaseError when it stays on.
+
+        A release that works on the retry is logged, not raised: the gate did its job, and an
+        exception here would make the lane annul an entry somebody may have used.
+        """
         try:
             lines.set("relay", False)
             return
@@ -292,11 +301,10 @@ class GpioGate:
             first = exc
         try:
             lines.set("relay", False)
-            outcome = "released on retry"
         except DriverError:
-            outcome = "MAY STILL BE ENERGISED"
-        log.error("gpio gate: %s; relay %s", first, outcome)
-        raise DriverError(f"{first}; relay {outcome}") from first
+            log.error("gpio gate: %s; relay MAY STILL BE ENERGISED", first)
+            raise RelayReleaseError(f"{first}; relay MAY STILL BE ENERGISED") from first
+        log.error("gpio gate: %s; relay released on retry", first)
 
     def _release_hold(self) -> None:
         self._held = False

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from agent.errors import DriverError
+from agent.errors import DriverError, RelayReleaseError
 from drivers.base import InputEvent
 from drivers.gpio_params import UrlParams
 
@@ -284,7 +284,10 @@ class LcusRelay:
         try:
             await asyncio.sleep(self.pulse_ms / 1000)
         finally:
-            await board.send(self._off)
+            try:
+                await board.send(self._off)
+            except DriverError as exc:  # the relay moved: the gate may be open
+                raise RelayReleaseError(f"{exc}; relay MAY STILL BE ENERGISED") from exc
 
     async def wait_passage(self, timeout_s: float) -> bool:
         """True once a grant's passage is assumed (at once, or auto_ms after the grant); False

@@ -107,3 +107,24 @@ async def test_relay_error_leaves_output_inactive_and_lane_reports_it(
         again = await gate.lane.present(Scan(text, "s", 10**10))
         assert again is not None and again.decision.admitted
         assert gate.lane.fault is None and len(chip.pulses("GPIO17")) == 1
+
+
+async def test_relay_stuck_after_pulse_keeps_the_entry(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    import errno
+
+    from tests.test_gpio import make_gate
+
+    gpio, chip = make_gate()
+    indicator = SimIndicator()
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(config.load(write_config()), scanner=SimScanner(), gate_io=gpio) as gate:
+        gate.lane.indicator = indicator
+        chip.requests[0].fail_set = [None, OSError(errno.EIO, "I/O"), OSError(errno.EIO, "I/O")]
+        outcome = await gate.lane.present(Scan(text, "s", 0))
+        assert outcome is not None and outcome.annul is None  # the gate opened: entry stands
+        assert gate.lane.fault is not None and "MAY STILL BE ENERGISED" in gate.lane.fault
+        assert [d.reason for d, _ in indicator.shown][-1] == "error"
+        again = await gate.lane.present(Scan(text, "s", 10**10))
+        assert again is not None and again.decision.reason == "already_used"

@@ -24,7 +24,7 @@ from gpiod.line import Bias, Clock, Direction, Edge, Value
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import DriverError
+from agent.errors import DriverError, RelayReleaseError
 from agent.model import Decision, Reason, Verdict
 from drivers import registry
 from drivers.base import GateIO, Indicator, InputEvent
@@ -403,11 +403,11 @@ async def test_relay_failing_to_switch_off_is_retried_once_and_reported() -> Non
     await gate.open()
     request = chip.requests[0]
     request.fail_set = [None, OSError(errno.EIO, "Input/output error")]
-    with pytest.raises(DriverError, match="released on retry"):
-        await gate.grant("entry", "e1")
+    await gate.grant("entry", "e1")  # released on the retry: the pulse happened, no error
     assert chip.level("GPIO17") is False and not gate.relay_active
+    assert len(chip.pulses("GPIO17")) == 1
     request.fail_set = [None, OSError(errno.EIO, "I/O"), OSError(errno.EIO, "I/O")]
-    with pytest.raises(DriverError, match="MAY STILL BE ENERGISED"):
+    with pytest.raises(RelayReleaseError, match="MAY STILL BE ENERGISED"):
         await gate.grant("entry", "e2")
     assert chip.level("GPIO17") is True  # reported honestly
     await gate.close()  # the stop path switches it off
@@ -623,6 +623,8 @@ async def test_input_read_error_is_reported_as_fault() -> None:
     await asyncio.sleep(0.05)
     assert gate.fault is not None and "reading edge events" in gate.fault
     await gate.grant("entry", "e1")  # the relay still works
+    # Nobody can tell whether a person passed: the entry stands instead of being annulled.
+    assert await gate.wait_passage(0.05) is True
     await gate.close()
 
 
