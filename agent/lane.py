@@ -50,6 +50,8 @@ class Outcome:
         return rules.staff_message(self.decision)
 
 
+MAX_WAITING = 8  # scans queued behind an open gate; older ones are dropped beyond this
+
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
 
 
@@ -90,7 +92,9 @@ class Lane:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.error("lane %s: background task failed: %r", self.settings.name, result)
 
     async def _read(self, queue: asyncio.Queue[Scan | None]) -> None:
         """Scans arriving while the gate is open wait their turn, or are refused (config)."""
@@ -98,6 +102,15 @@ class Lane:
             async for scan in self.scanner.scans():
                 if self._busy_with is not None and self.settings.busy == "refuse":
                     await self._refuse(scan)
+                elif queue.qsize() >= MAX_WAITING:  # a burst must not delay real tickets
+                    stale = queue.get_nowait()
+                    queue.put_nowait(scan)
+                    if isinstance(stale, Scan):
+                        log.warning(
+                            "lane %s: %d scans waiting, oldest dropped",
+                            self.settings.name,
+                            MAX_WAITING,
+                        )
                 else:
                     queue.put_nowait(scan)
         finally:
@@ -116,6 +129,10 @@ class Lane:
         async for event in self.gate.events():
             if event.name == "emergency":
                 mode = "on" if event.active else "off"
+                if event.active:
+                    await self._show(
+                        Decision(Verdict.ADMIT, Reason.OK, "emergency"), "Emergency - free passage"
+                    )
                 log.warning(
                     "lane %s: emergency release %s: free passage %s",
                     self.settings.name,

@@ -183,8 +183,8 @@ class HidScanner:
             finally:
                 self._disconnect(device)
             self.reconnects += 1
-            if failed:
-                await asyncio.sleep(self.retry_max_s)
+            # Never spin: a device that opens and vanishes at once is retried at a gentle pace.
+            await asyncio.sleep(self.retry_max_s if failed else 0.1)
 
     def _connect(self) -> HidDevice:
         device = self._factory(self.path)

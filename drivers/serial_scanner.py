@@ -164,6 +164,8 @@ class SerialScanner:
         self.last_error: str | None = None
         self._opener: Opener | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._overflow = 0  # scans dropped since the last overflow warning
+        self._overflow_warned = -1e9
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ever_connected = False
@@ -355,13 +357,18 @@ class SerialScanner:
     def _emit(self, frame: Frame) -> None:
         digest = text_digest(frame.text)
         if self._queue.qsize() >= QUEUE_MAX:
-            log.warning(
-                "serial scanner %s: %d scans waiting, dropped %s (%d chars)",
-                self.settings.path,
-                self._queue.qsize(),
-                digest,
-                len(frame.text),
-            )
+            self._overflow += 1
+            now = time.monotonic()
+            if now - self._overflow_warned >= 1.0:  # a noise burst must not flood the log
+                log.warning(
+                    "serial scanner %s: %d scans waiting, dropped %d (last %s, %d chars)",
+                    self.settings.path,
+                    self._queue.qsize(),
+                    self._overflow,
+                    digest,
+                    len(frame.text),
+                )
+                self._overflow_warned, self._overflow = now, 0
             if self._ack is not None:
                 self._ack.dropped()
             return

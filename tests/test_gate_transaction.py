@@ -74,9 +74,10 @@ async def test_emergency_free_passage_consumes_nothing(
         task = asyncio.create_task(gate.lane.run())
         gate_io.set_input("emergency", True)
         await _until(lambda: gate_io.emergency)
+        await _until(lambda: len(indicator.shown) == 1)  # the mode change is shown at once
         scanner.feed(text)
-        await _until(lambda: len(indicator.shown) == 1)
-        assert indicator.shown[0][1] == "Emergency - free passage"
+        await _until(lambda: len(indicator.shown) == 2)  # and again to whoever scans
+        assert [m for _, m in indicator.shown] == ["Emergency - free passage"] * 2
         gate_io.set_input("emergency", False)
         await asyncio.sleep(0.1)
         scanner.feed(iss.ticket(event=1, zones=[1]))
