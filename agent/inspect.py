@@ -107,7 +107,8 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
     )
 
 
-async def _evaluate(req: CheckRequest, text: str) -> Evaluation:
+async def evaluate(req: CheckRequest, text: str) -> Evaluation:
+    """Decide on ``text`` as the request describes, without writing any gate state."""
     with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
         setup = _setup(req, Path(tmp))
         policy = setup.policy if req.zone is None else replace(setup.policy, zone=req.zone)
@@ -183,7 +184,7 @@ async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
     if not texts:
         ev = Evaluation(None, rules.invalid_format("no barcode found in the image"))
     else:
-        ev = await _evaluate(req, texts[0])
+        ev = await evaluate(req, texts[0])
     if req.as_json:
         print(json.dumps(as_dict(ev)), file=out)
     else:

@@ -101,7 +101,7 @@ async def _try_open(kind: registry.Kind, url: str, base: Path) -> tuple[Check, A
     try:
         driver = registry.create(kind, url, base)
         await driver.open()
-    except (AgentError, OSError) as exc:
+    except Exception as exc:  # whatever a device does, report it and check the next one
         path = device_path(url)
         fix = diagnose_path(path, scheme) if path is not None else ""
         if not fix and isinstance(exc, OSError) and exc.errno == 16:
@@ -141,7 +141,7 @@ async def run(
             if driver is not None:
                 opened[kind] = driver
         if relay and "gate" in opened:
-            checks.append(await _pulse(opened["gate"]))
+            checks.append(await _pulse(opened["gate"], conf.gate.direction))
         if scan and "scanner" in opened:
             checks.append(await _scan(conf, opened["scanner"], scan_timeout_s))
     finally:
@@ -154,19 +154,19 @@ async def run(
     return 0 if all(c.ok for c in checks) else 1
 
 
-async def _pulse(gate: Any) -> Check:
+async def _pulse(gate: Any, direction: str) -> Check:
     try:
-        await gate.grant("entry", "selftest")
+        await gate.grant(direction, "selftest")
+        # A hold-mode relay stays on until passage or timeout: give a person time to try it.
+        passed = await gate.wait_passage(5.0)
     except AgentError as exc:
         return Check("relay", False, f"pulse failed: {exc}", "check the relay wiring and URL")
-    return Check("relay", True, "one pulse sent: did the turnstile unlock?")
+    seen = "passage seen" if passed else "no passage signal in 5 s"
+    return Check("relay", True, f"one {direction} release sent ({seen}): did the turnstile unlock?")
 
 
 async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
-    from agent.checker import Checker
-    from agent.clock import Clock
-    from agent.daemon import gate_policy, open_trust
-    from agent.revocation import RevocationStore
+    from agent.inspect import CheckRequest, evaluate
 
     try:
         async with asyncio.timeout(timeout_s):
@@ -178,15 +178,18 @@ async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
             f"nothing read in {timeout_s:.0f} s",
             "present a ticket; check the scanner's interface mode and terminator",
         )
-    trust = open_trust(conf, conf.gate.state_dir / "trust.json", persist=False)
-    async with await RevocationStore.open(":memory:") as store:
-        checker = Checker(trust, lambda: store.index, lambda: store.meta, gate_policy(conf))
-        clock = Clock(None, assume=conf.clock.assume)
-
-        async def no_history(_: str) -> list[Any]:
-            return []
-
-        ev = await checker.evaluate(first.text, no_history, clock.reading())
+    # The verdict this gate would give: its trust, installed lists and journal, nothing written.
+    req = CheckRequest(
+        text=first.text,
+        image=None,
+        config=conf.path,
+        keys=None,
+        revocations=(),
+        zone=None,
+        at=None,
+        as_json=False,
+    )
+    ev = await evaluate(req, first.text)
     what = (
         f"{ev.ticket.fmt} ticket {ev.ticket.short_id}"
         if ev.ticket is not None

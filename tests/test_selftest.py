@@ -82,9 +82,29 @@ def test_path_diagnosis() -> None:
 
 
 def test_absent_serial_scanner_fails_with_the_fix(tmp_path: Path, keys_dir: Path) -> None:
-    conf = _config(tmp_path, keys_dir, "serial:///dev/serial/by-id/usb-no-such-scanner",
-                   "sim://gate")
+    conf = _config(
+        tmp_path, keys_dir, "serial:///dev/serial/by-id/usb-no-such-scanner", "sim://gate"
+    )
     r = _selftest("--config", conf)
     assert r.returncode == 1, r.stdout
     assert "FAIL scanner" in r.stdout and "does not exist" in r.stdout and "udev" in r.stdout
     assert "OK   gate" in r.stdout
+
+
+def test_scan_verdict_uses_the_gates_lists(tmp_path: Path, keys_dir: Path, iss: Issuer) -> None:
+    from agent import revocation_issuer, tickets
+
+    text = iss.ticket(event=1, zones=[1])
+    (tmp_path / "rev.json").write_bytes(
+        revocation_issuer.issue_delta(
+            iss.list_key, keys_dir / "st", revoke=[tickets.parse(text).revocation_key]
+        )
+    )
+    (tmp_path / "scans.txt").write_text(text + "\n")
+    conf = _config(tmp_path, keys_dir, "sim://file?path=scans.txt", "sim://gate")
+    conf.write_text(
+        conf.read_text().replace("[clock]", '[revocation]\nfiles = ["rev.json"]\n[clock]')
+    )
+    r = _selftest("--config", conf, "--scan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "would deny (revoked)" in r.stdout
