@@ -62,6 +62,7 @@ class Ticket:
     ``revocation_key`` is the 16-byte key looked up in the revocation index (TK1: the token_id;
     formats whose revocation key is a longer secret use a 16-byte BLAKE2b of it).
     ``ticket_ref`` is the admission right: the anti-passback key that history is kept under.
+    ``event`` is empty for formats whose event is fixed by the signing key alone (pretix_sig1).
     ``signed_data`` is exactly the bytes the signature covers (domain tag included).
     ``zones`` is a bitmask, bit ``n-1`` for zone ``n``; ``None`` means the format has no zones.
     Times are Unix seconds; ``None`` means open-ended.
@@ -76,6 +77,7 @@ class Ticket:
     signature: bytes = field(repr=False)
     zones: int | None = None
     product: str | None = None
+    subevent: str | None = None  # a date of an event series (pretix), where the format has one
     not_before: int | None = None
     not_after: int | None = None
     fields: tuple[tuple[str, str], ...] = ()

@@ -39,7 +39,8 @@ class GatePolicy:
     untrusted_clock: ClockPolicy = "accept"
     stale_list: StalePolicy = "admit"
     max_list_age_s: int = 86400
-    products: frozenset[str] | None = None
+    products: frozenset[str] | None = None  # None: every product
+    subevent: str | None = None  # a list bound to one date of a series admits only that date
     timezone: tzinfo | None = None
 
 
@@ -86,6 +87,8 @@ def _signature(f: Facts) -> RuleResult:
 
 
 def _event(f: Facts) -> RuleResult:
+    if not f.ticket.event:
+        return RuleResult("event", Reason.OK, "event fixed by the signing key")
     if f.policy.events is None or f.ticket.event in f.policy.events:
         return RuleResult("event", Reason.OK, f"event {f.ticket.event}")
     allowed = ", ".join(sorted(f.policy.events)) or "none"
@@ -107,14 +110,18 @@ def _zone(f: Facts) -> RuleResult:
 
 
 def _product(f: Facts) -> RuleResult:
-    allowed = f.policy.products
-    if allowed is None or f.ticket.product is None or f.ticket.product in allowed:
+    allowed, subevent, t = f.policy.products, f.policy.subevent, f.ticket
+    if allowed is not None and t.product is not None and t.product not in allowed:
+        return RuleResult("product", Reason.WRONG_PRODUCT, f"product {t.product} not admitted")
+    if subevent is not None and t.subevent is not None and t.subevent != subevent:
         return RuleResult(
             "product",
-            Reason.OK,
-            "no product restriction" if allowed is None else f"product {f.ticket.product}",
+            Reason.WRONG_PRODUCT,
+            f"ticket for date {t.subevent}, this list admits date {subevent}",
         )
-    return RuleResult("product", Reason.WRONG_PRODUCT, f"product {f.ticket.product} not admitted")
+    if allowed is None and subevent is None:
+        return RuleResult("product", Reason.OK, "no product restriction")
+    return RuleResult("product", Reason.OK, f"product {t.product or '-'} admitted")
 
 
 def _revocation(f: Facts) -> RuleResult:
