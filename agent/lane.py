@@ -50,7 +50,7 @@ class Outcome:
         return rules.staff_message(self.decision)
 
 
-MAX_WAITING = 8  # scans queued behind an open gate; older ones are dropped beyond this
+MAX_WAITING = 8  # scans queued behind an open gate; beyond this the scanner is not read
 
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
 
@@ -81,7 +81,7 @@ class Lane:
 
     async def run(self) -> None:
         """Handle scans until the scanner's stream ends; watch the gate's inputs meanwhile."""
-        queue: asyncio.Queue[Scan | None] = asyncio.Queue()
+        queue: asyncio.Queue[Scan | None] = asyncio.Queue(MAX_WAITING)
         tasks = [
             asyncio.create_task(self._read(queue)),
             asyncio.create_task(self._watch_inputs()),
@@ -97,24 +97,20 @@ class Lane:
                     log.error("lane %s: background task failed: %r", self.settings.name, result)
 
     async def _read(self, queue: asyncio.Queue[Scan | None]) -> None:
-        """Scans arriving while the gate is open wait their turn, or are refused (config)."""
+        """Scans arriving while the gate is open wait their turn, or are refused (config).
+
+        At most MAX_WAITING scans wait: beyond that the scanner is not read (backpressure), and a
+        device that keeps sending drops in its own bounded buffer, never here.
+        """
         try:
             async for scan in self.scanner.scans():
                 if self._busy_with is not None and self.settings.busy == "refuse":
                     await self._refuse(scan)
-                elif queue.qsize() >= MAX_WAITING:  # a burst must not delay real tickets
-                    stale = queue.get_nowait()
-                    queue.put_nowait(scan)
-                    if isinstance(stale, Scan):
-                        log.warning(
-                            "lane %s: %d scans waiting, oldest dropped",
-                            self.settings.name,
-                            MAX_WAITING,
-                        )
                 else:
-                    queue.put_nowait(scan)
-        finally:
-            queue.put_nowait(None)
+                    await queue.put(scan)
+        except Exception:  # a scanner bug ends this lane's input, loudly
+            log.exception("lane %s: scanner failed", self.settings.name)
+        await queue.put(None)  # end of the stream (not reached when the lane is stopped)
 
     async def _refuse(self, scan: Scan) -> None:
         if scan.text == self._busy_with:
