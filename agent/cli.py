@@ -80,7 +80,29 @@ def _parser() -> argparse.ArgumentParser:
     src = check.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path)
     src.add_argument("--keys", type=Path)
+    src.add_argument(
+        "--pretix-event", type=Path, metavar="FILE", help="pretix event body (with valid_keys)"
+    )
     check.add_argument("--revocations", type=Path, action="append", default=[])
+    check.add_argument(
+        "--pretix-list", type=Path, metavar="FILE", help="one pretix check-in list object"
+    )
+    check.add_argument(
+        "--pretix-revoked",
+        type=Path,
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a pretix revokedsecrets/ page (repeat for more pages)",
+    )
+    check.add_argument(
+        "--pretix-blocked",
+        type=Path,
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a pretix blockedsecrets/ page (repeat for more pages)",
+    )
     check.add_argument("--zone", type=_zone, help="zone 1-16 (default: the config's)")
     check.add_argument("--at", type=_iso, help="decide as of this time (ISO-8601)")
     check.add_argument("--json", action="store_true")
@@ -168,9 +190,31 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sources(args: argparse.Namespace) -> None:
+    """Options that belong to another trust source are usage errors, not silently ignored."""
+    pretix = {
+        "--pretix-list": args.pretix_list is not None,
+        "--pretix-revoked": bool(args.pretix_revoked),
+        "--pretix-blocked": bool(args.pretix_blocked),
+    }
+    if args.pretix_event is None:
+        given = [name for name, present in pretix.items() if present]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --pretix-event")
+        return
+    other = {"--revocations": bool(args.revocations), "--zone": args.zone is not None}
+    given = [name for name, present in other.items() if present]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} cannot be used with --pretix-event"
+            " (pretix lists: --pretix-revoked, --pretix-blocked; pretix has no zones)"
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
     from agent.inspect import CheckRequest, check
 
+    _check_sources(args)
     req = CheckRequest(
         text=args.text,
         image=args.image,
@@ -180,8 +224,12 @@ def _check(args: argparse.Namespace) -> int:
         zone=args.zone,
         at=args.at,
         as_json=args.json,
+        pretix_event=args.pretix_event,
+        pretix_list=args.pretix_list,
+        pretix_revoked=args.pretix_revoked,
+        pretix_blocked=args.pretix_blocked,
     )
-    return asyncio.run(check(req))
+    return asyncio.run(check(req, sys.stdout))
 
 
 def _run(args: argparse.Namespace) -> int:

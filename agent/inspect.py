@@ -2,6 +2,10 @@
 
 Shows the format, the key id, the fields, the signature check and every rule, then the verdict.
 Exit status: 0 would admit, 1 denied, 2 usage or config error.
+
+Three sources of trust: a gate config (its installed state, never written), a keys directory (TK1
+issuing), or pretix's own API bodies (``--pretix-event``: the event with its ``valid_keys``, and
+optionally one check-in list, ``revokedsecrets/`` pages and ``blockedsecrets/`` pages).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import json
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent import config as cfg
 from agent import journal, rules
@@ -23,8 +28,12 @@ from agent.clock import Clock, ClockReading
 from agent.daemon import gate_policy, load_lists, open_trust
 from agent.errors import ConfigError, IssuerError, TrustError
 from agent.model import Reason, Verdict
-from agent.revocation import RevocationStore
-from agent.trust import TrustStore, load_root_key
+from agent.revocation import ListMeta, RevocationStore
+from agent.trust import TrustBundle, TrustStore, load_root_key
+
+T = TypeVar("T")
+
+MAX_PRETIX_FILE_BYTES = 256 << 20  # a revoked-secrets page of a huge event is tens of MB
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,10 @@ class CheckRequest:
     zone: int | None
     at: float | None
     as_json: bool
+    pretix_event: Path | None = None
+    pretix_list: Path | None = None
+    pretix_revoked: Sequence[Path] = ()
+    pretix_blocked: Sequence[Path] = ()
 
 
 def read_image(path: Path) -> list[str]:
@@ -107,8 +120,130 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
     )
 
 
+class _EventTrust(TrustStore):
+    """A trust store holding pretix's event keys: an unsigned bundle from files the operator chose.
+
+    Nothing is ever installed into it, so the "root" (the first event key) is never used.
+    """
+
+    def __init__(self, bundle: TrustBundle) -> None:
+        super().__init__(bundle.issuers[0].public_key, None, persist=False)
+        self._bundle = bundle
+
+
+def _read_json(path: Path, option: str) -> Any:
+    try:
+        size = path.stat().st_size
+        if size > MAX_PRETIX_FILE_BYTES:
+            raise ConfigError(
+                f"{option} {path}: {size} bytes exceeds the {MAX_PRETIX_FILE_BYTES} cap"
+            )
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise ConfigError(f"{option} {path}: not a JSON document: {exc}") from exc
+
+
+def _pretix_page(path: Path, option: str) -> dict[str, Any]:
+    page = _read_json(path, option)
+    if not isinstance(page, dict):
+        raise ConfigError(f"{option} {path}: expected a pretix list page (an object with results)")
+    if page.get("next"):
+        # A partial list would admit what the missing pages revoke: say so instead of guessing.
+        print(
+            f"gate-agent: warning: {path} is one page of several ('next' is set);"
+            f" pass every page with {option}",
+            file=sys.stderr,
+        )
+    return page
+
+
+def _pretix_list(path: Path) -> dict[str, Any]:
+    """One check-in list object; a ``checkinlists/`` page is accepted if it holds exactly one."""
+    body = _read_json(path, "--pretix-list")
+    if isinstance(body, dict) and "results" in body and "all_products" not in body:
+        results = body["results"]
+        if not isinstance(results, list) or len(results) != 1:
+            found = results if isinstance(results, list) else []
+            ids = ", ".join(str(r.get("id")) for r in found if isinstance(r, dict))
+            raise ConfigError(
+                f"--pretix-list {path}: a page of {len(found)} check-in lists ({ids or 'none'});"
+                " pass one check-in list object"
+            )
+        body = results[0]
+    if not isinstance(body, dict):
+        raise ConfigError(f"--pretix-list {path}: expected a check-in list object")
+    return body
+
+
+def _pretix_event_policy(event: dict[str, Any]) -> rules.GatePolicy:
+    # pretix's validity bounds are exact (inclusive), so no skew; dates shown in the event's zone.
+    zone = event.get("timezone")
+    tz = None
+    if isinstance(zone, str) and zone:
+        try:
+            tz = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"pretix event: unknown timezone {zone!r}") from exc
+    return rules.GatePolicy(gate_name="check", events=None, validity_skew_s=0, timezone=tz)
+
+
+def _from_file(path: Path, option: str, convert: Callable[[Any], T], body: Any) -> T:
+    """``convert(body)``, its ConfigError prefixed with the option and file it came from."""
+    try:
+        return convert(body)
+    except ConfigError as exc:
+        raise ConfigError(f"{option} {path}: {exc}") from exc
+
+
+def _pretix_checker(req: CheckRequest, now: float) -> Checker:
+    """A checker from pretix API bodies; raises ConfigError naming the option and file."""
+    from agent import pretix_event as pe
+
+    path = req.pretix_event
+    assert path is not None
+    event = _read_json(path, "--pretix-event")
+    bundle = _from_file(path, "--pretix-event", pe.trust_bundle, event)
+    policy = _from_file(path, "--pretix-event", _pretix_event_policy, event)
+    if req.pretix_list is not None:
+        checkin_list, base = _pretix_list(req.pretix_list), policy
+        policy = _from_file(
+            req.pretix_list, "--pretix-list", lambda body: pe.list_policy(body, base), checkin_list
+        )
+    revoked: list[str] = []
+    for p in req.pretix_revoked:
+        page = _pretix_page(p, "--pretix-revoked")
+        revoked += _from_file(p, "--pretix-revoked", pe.revoked_secrets, page)
+    blocked: list[tuple[str, bool]] = []
+    for p in req.pretix_blocked:
+        page = _pretix_page(p, "--pretix-blocked")
+        blocked += _from_file(p, "--pretix-blocked", pe.blocked_secrets, page)
+    index = pe.index_from(revoked, blocked)
+    # The operator vouches the files are current as of the check; without both lists the
+    # freshness rule says so (a flag on an admission, as on a gate that never synced).
+    both = bool(req.pretix_revoked) and bool(req.pretix_blocked)
+    meta = ListMeta(1, int(now), None) if both else ListMeta(0, None, None)
+    return Checker(_EventTrust(bundle), lambda: index, lambda: meta, policy)
+
+
+async def _evaluate_pretix(req: CheckRequest, text: str) -> Evaluation:
+    reading = Clock(None).reading() if req.at is None else ClockReading(req.at, True)
+    checker = _pretix_checker(req, reading.now)
+
+    async def no_history(ref: str) -> list[journal.HistoryEntry]:
+        return []
+
+    return await checker.evaluate(text, no_history, reading, explain=True)
+
+
 async def evaluate(req: CheckRequest, text: str) -> Evaluation:
-    """Decide on ``text`` as the request describes, without writing any gate state."""
+    """Decide on ``text`` as the request describes, without writing any gate state.
+
+    Raises ConfigError (or another AgentError) when the config, keys or pretix files are unusable.
+    """
+    if req.pretix_event is not None:
+        return await _evaluate_pretix(req, text)
     with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
         setup = _setup(req, Path(tmp))
         policy = setup.policy if req.zone is None else replace(setup.policy, zone=req.zone)

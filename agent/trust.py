@@ -97,7 +97,8 @@ def verify(ticket: Ticket, bundle: TrustBundle, now: float) -> SignatureCheck:
     if key.events is not None and ticket.event not in key.events:
         detail = f"key {key.kid} may not sign for event {ticket.event}"
         return SignatureCheck(Reason.KEY_NOT_VALID, detail, key)
-    return SignatureCheck(Reason.OK, f"signed by {key.alg} key {key.kid} ({key.status})", key)
+    name = f"key {key.kid}" if key.kid else f"a {ticket.fmt} key of the event"
+    return SignatureCheck(Reason.OK, f"signed by {key.alg} {name} ({key.status})", key)
 
 
 def _opt_int(entry: dict[str, Any], name: str, where: str) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -138,4 +139,21 @@ def _parser(fmt: Format) -> Parser:
     return parser
 
 
+# pretix_sig1 has no prefix: reversed base64 of at least a header and a signature (92 characters),
+# capped where its parser caps it. Kept here so the shape test does not import the parser.
+_PRETIX_SIG1_SHAPE = re.compile(r"[A-Za-z0-9+/=]{92,1024}")
+
+
+def _pretix_sig1_shape(text: str) -> bool:
+    return _PRETIX_SIG1_SHAPE.fullmatch(text) is not None
+
+
 register(Format(name="tk1", prefix="TK1:", matches=None, parser="agent.tickets.tk1:parse"))
+register(
+    Format(
+        name="pretix_sig1",
+        prefix=None,
+        matches=_pretix_sig1_shape,
+        parser="agent.tickets.pretix_sig1:parse",
+    )
+)
