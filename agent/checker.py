@@ -31,7 +31,7 @@ class Checker:
 
     def __init__(
         self,
-        trust_store: trust.TrustStore,
+        trust_store: trust.BundleSource,
         index: Callable[[], RevocationIndex],
         list_meta: Callable[[], ListMeta],
         policy: rules.GatePolicy,

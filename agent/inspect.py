@@ -29,7 +29,7 @@ from agent.daemon import gate_policy, load_lists, open_trust
 from agent.errors import ConfigError, IssuerError, TrustError
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
-from agent.trust import TrustBundle, TrustStore, load_root_key
+from agent.trust import TrustStore, UpstreamTrust, load_root_key
 
 T = TypeVar("T")
 
@@ -118,17 +118,6 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
         [*conf.revocation.files, *req.revocations],
         state / "journal.db",
     )
-
-
-class _EventTrust(TrustStore):
-    """A trust store holding pretix's event keys: an unsigned bundle from files the operator chose.
-
-    Nothing is ever installed into it, so the "root" (the first event key) is never used.
-    """
-
-    def __init__(self, bundle: TrustBundle) -> None:
-        super().__init__(bundle.issuers[0].public_key, None, persist=False)
-        self._bundle = bundle
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -224,7 +213,7 @@ def _pretix_checker(req: CheckRequest, now: float) -> Checker:
     # freshness rule says so (a flag on an admission, as on a gate that never synced).
     both = bool(req.pretix_revoked) and bool(req.pretix_blocked)
     meta = ListMeta(1, int(now), None) if both else ListMeta(0, None, None)
-    return Checker(_EventTrust(bundle), lambda: index, lambda: meta, policy)
+    return Checker(UpstreamTrust(bundle), lambda: index, lambda: meta, policy)
 
 
 async def _evaluate_pretix(req: CheckRequest, text: str) -> Evaluation:

@@ -28,7 +28,8 @@ import enum
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +66,9 @@ _SCHEMA = (
     " PRIMARY KEY(list, key)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS revocation_meta(id INTEGER PRIMARY KEY CHECK(id=1),"
     " version INTEGER NOT NULL, issued_at INTEGER, expires INTEGER)",
+    # Download positions of an authenticated upstream (pretix's created_since/updated_since),
+    # written in the same transaction as the keys they led to.
+    "CREATE TABLE IF NOT EXISTS revocation_cursor(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
 
@@ -468,12 +472,18 @@ class RevocationStore:
     """The durable revocation list (SQLite) and its in-memory index; open with :meth:`open`."""
 
     def __init__(
-        self, db: aiosqlite.Connection, index: RevocationIndex, meta: ListMeta, name: str
+        self,
+        db: aiosqlite.Connection,
+        index: RevocationIndex,
+        meta: ListMeta,
+        name: str,
+        cursor: Mapping[str, str] | None = None,
     ) -> None:
         self._db: aiosqlite.Connection | None = db
         self._index = index
         self._meta = meta
         self._name = name
+        self._cursor: dict[str, str] = dict(cursor or {})
         self._lock = asyncio.Lock()
         self._installs: set[asyncio.Task[ListMeta]] = set()
 
@@ -495,13 +505,14 @@ class RevocationStore:
             for statement in _SCHEMA:
                 await db.execute(statement)
             index, meta = await _load_index(db, rebuild_at)
+            cursor = await _read_cursor(db)
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.Error):
                 raise RevocationError(f"{path}: cannot read revocation store: {exc}") from exc
             raise
         log.info("revocation store %s: v%d, %d entries", path, meta.version, len(index))
-        return cls(db, index, meta, str(path))
+        return cls(db, index, meta, str(path), cursor)
 
     @property
     def index(self) -> RevocationIndex:
@@ -510,6 +521,11 @@ class RevocationStore:
     @property
     def meta(self) -> ListMeta:
         return self._meta
+
+    @property
+    def upstream_cursor(self) -> dict[str, str]:
+        """The cursor stored by the last :meth:`apply_secrets` (a copy; empty when none)."""
+        return dict(self._cursor)
 
     def status(self, key: bytes) -> ListState:
         """The list state of a 16-byte key, from memory; raises ValueError for a wrong length."""
@@ -539,6 +555,38 @@ class RevocationStore:
         except OSError as exc:
             raise RevocationError(f"{path}: cannot read revocation list: {exc}") from exc
         return await self.apply(data, signers)
+
+    async def apply_secrets(
+        self,
+        *,
+        revoke: Iterable[str] = (),
+        unrevoke: Iterable[str] = (),
+        block: Iterable[str] = (),
+        unblock: Iterable[str] = (),
+        cursor: Mapping[str, str],
+        issued_at: int | None = None,
+    ) -> ListMeta:
+        """Apply secrets from an authenticated upstream (pretix), no signature, one transaction.
+
+        Each secret becomes its key (:func:`secret_key`); the operations set or clear it as a
+        delta does, so applying the same download twice changes nothing. ``cursor`` entries are
+        stored (merged) in the same transaction and read back by :attr:`upstream_cursor`.
+        ``issued_at`` (default: now) refreshes the list's freshness even when nothing changed;
+        the version goes up by one when a key changed (or nothing was installed yet).
+        Raises RevocationError when a secret is both set and cleared on one list or the store
+        fails; then nothing changes.
+        """
+        if self._db is None:
+            raise RevocationError(f"{self._name}: revocation store is closed")
+        ops = [_secret_keys(values) for values in (revoke, unrevoke, block, unblock)]
+        for (setting, clearing), name in (((0, 1), "revoke"), ((2, 3), "block")):
+            if _found(ops[setting], ops[clearing])[1].any():
+                raise RevocationError(f"{self._name}: a secret is both {name}d and un{name}d")
+        stamp = int(time.time()) if issued_at is None else issued_at
+        install = asyncio.ensure_future(self._install_secrets(ops, dict(cursor), stamp))
+        self._installs.add(install)
+        install.add_done_callback(self._installs.discard)
+        return await asyncio.shield(install)
 
     async def close(self) -> None:
         """Finish any install in progress and close the database; safe to call twice."""
@@ -574,19 +622,62 @@ class RevocationStore:
             else:
                 self._index.apply_plan(plan)
             self._meta = ListMeta(doc.version, doc.issued_at, doc.expires)
+            if doc.type == "snapshot":
+                self._cursor = {}
         log.info(
             "%s: revocation %s installed, %d entries", self._name, doc.describe(), len(self._index)
         )
         return self._meta
 
+    async def _install_secrets(
+        self, ops: list[KeyArray], cursor: dict[str, str], issued_at: int
+    ) -> ListMeta:
+        revoke, unrevoke, block, unblock = ops
+        async with self._lock:
+            changed = any(len(op) for op in ops)
+            plan = None
+            if changed:
+                plan = await asyncio.to_thread(
+                    self._index.plan_delta, revoke, unrevoke, block, unblock
+                )
+            version = self._meta.version + 1 if changed or not self._meta.version else None
+            meta = ListMeta(version or self._meta.version, issued_at, None)
+
+            async def rows(db: aiosqlite.Connection) -> None:
+                await self._check_unchanged(db)
+                await _write_ops(db, revoke, unrevoke, block, unblock)
+                await _write_meta(db, meta)
+                await db.executemany(
+                    "INSERT OR REPLACE INTO revocation_cursor(name, value) VALUES (?, ?)",
+                    sorted(cursor.items()),
+                )
+
+            await self._transaction(rows)
+            if plan is not None:
+                self._index.apply_plan(plan)
+            self._meta = meta
+            self._cursor.update(cursor)
+        if changed:
+            log.info(
+                "%s: upstream secrets v%d installed (revoke %d, unrevoke %d, block %d,"
+                " unblock %d), %d entries",
+                self._name, meta.version, len(revoke), len(unrevoke), len(block), len(unblock),
+                len(self._index),
+            )  # fmt: skip
+        return meta
+
     async def _write(self, doc: _Document) -> None:
+        await self._transaction(lambda db: self._write_rows(db, doc))
+
+    async def _transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[None]]) -> None:
+        """Run ``body`` in one IMMEDIATE transaction; raises RevocationError on a store fault."""
         db = self._db
         if db is None:
             raise RevocationError(f"{self._name}: revocation store is closed")
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await self._write_rows(db, doc)
+                await body(db)
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -597,22 +688,51 @@ class RevocationStore:
         except sqlite3.Error as exc:
             raise RevocationError(f"{self._name}: cannot store revocation list: {exc}") from exc
 
-    async def _write_rows(self, db: aiosqlite.Connection, doc: _Document) -> None:
+    async def _check_unchanged(self, db: aiosqlite.Connection) -> None:
         if await _read_meta(db) != self._meta:
             raise RevocationError(f"{self._name}: store was changed by another process; reopen it")
-        insert = "INSERT OR IGNORE INTO revocation(list, key) VALUES (?, ?)"
-        delete = "DELETE FROM revocation WHERE list = ? AND key = ?"
+
+    async def _write_rows(self, db: aiosqlite.Connection, doc: _Document) -> None:
+        await self._check_unchanged(db)
         if doc.type == "snapshot":
+            # A snapshot replaces everything, so an upstream's download positions no longer hold.
             await db.execute("DELETE FROM revocation")
-        await db.executemany(insert, _rows(_REVOKED, doc.revoke))
-        await db.executemany(insert, _rows(_BLOCKED, doc.block))
-        await db.executemany(delete, _rows(_REVOKED, doc.unrevoke))
-        await db.executemany(delete, _rows(_BLOCKED, doc.unblock))
-        await db.execute(
-            "INSERT OR REPLACE INTO revocation_meta(id, version, issued_at, expires)"
-            " VALUES (1, ?, ?, ?)",
-            (doc.version, doc.issued_at, doc.expires),
-        )
+            await db.execute("DELETE FROM revocation_cursor")
+        await _write_ops(db, doc.revoke, doc.unrevoke, doc.block, doc.unblock)
+        await _write_meta(db, ListMeta(doc.version, doc.issued_at, doc.expires))
+
+
+async def _write_ops(
+    db: aiosqlite.Connection,
+    revoke: KeyArray,
+    unrevoke: KeyArray,
+    block: KeyArray,
+    unblock: KeyArray,
+) -> None:
+    insert = "INSERT OR IGNORE INTO revocation(list, key) VALUES (?, ?)"
+    delete = "DELETE FROM revocation WHERE list = ? AND key = ?"
+    await db.executemany(insert, _rows(_REVOKED, revoke))
+    await db.executemany(insert, _rows(_BLOCKED, block))
+    await db.executemany(delete, _rows(_REVOKED, unrevoke))
+    await db.executemany(delete, _rows(_BLOCKED, unblock))
+
+
+async def _write_meta(db: aiosqlite.Connection, meta: ListMeta) -> None:
+    await db.execute(
+        "INSERT OR REPLACE INTO revocation_meta(id, version, issued_at, expires)"
+        " VALUES (1, ?, ?, ?)",
+        (meta.version, meta.issued_at, meta.expires),
+    )
+
+
+async def _read_cursor(db: aiosqlite.Connection) -> dict[str, str]:
+    async with db.execute("SELECT name, value FROM revocation_cursor") as cur:
+        return {str(name): str(value) for name, value in await cur.fetchall()}
+
+
+def _secret_keys(secrets: Iterable[str]) -> KeyArray:
+    raw = b"".join(secret_key(s) for s in secrets)
+    return _sorted_unique(np.frombuffer(raw, dtype=_DTYPE))
 
 
 def secret_key(secret: str) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent import keys, signed
 from agent.errors import RollbackError, TrustError
@@ -188,6 +188,21 @@ def load_root_key(value: str, base: Path | None = None) -> keys.PublicKey:
         return keys.public_from_b64("ed25519", content)
     except ValueError as exc:
         raise TrustError(f"root key file {path}: {exc}") from exc
+
+
+class BundleSource(Protocol):
+    """Where the scan path reads the trusted keys from."""
+
+    @property
+    def bundle(self) -> TrustBundle | None: ...
+
+
+@dataclass
+class UpstreamTrust:
+    """Keys that arrive authenticated by other means than the root signature: pretix's device
+    API, or event files an operator chose for `check`. Replaced whole when they change."""
+
+    bundle: TrustBundle | None = None
 
 
 def read_capped(path: Path) -> bytes:

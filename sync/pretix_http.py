@@ -1,0 +1,257 @@
+"""HTTP for the pretix adapter: one aiohttp session, a timeout on every request, faults classified.
+
+Every request either returns a :class:`Reply` (2xx, or a 4xx the caller interprets) or raises one
+of these, so the adapter decides from the class alone whether to keep its queue and back off::
+
+    PretixError (AgentError, RuntimeError)
+    ├── PretixUnavailable       unreachable, timed out, 408/429/5xx, malformed JSON, bad paging:
+    │                           transient; ``retry_after`` carries the server's Retry-After
+    ├── PretixAuthError         401: the device token is revoked or wrong; retrying cannot help
+    └── PretixInitError         device initialisation refused (token used or unknown)
+
+Tokens never appear in logs or messages: the Authorization header is built here and only a short
+hash of the token is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import yarl
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 << 20  # a page of 50 positions is ~100 kB; anything this big is not pretix
+MAX_PAGES = 100_000
+_TRANSIENT_STATUS = frozenset({408, 425, 429})
+
+
+class PretixError(AgentError, RuntimeError):
+    """The pretix server could not be used for this request."""
+
+
+class PretixUnavailable(PretixError):
+    """Transient: unreachable, slow, overloaded (408/429/5xx) or a malformed answer."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PretixAuthError(PretixError):
+    """401: the device token was revoked at the server (or is wrong)."""
+
+
+class PretixInitError(PretixError):
+    """Device initialisation was refused (the one-time token is used up or unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A parsed answer: ``body`` is the decoded JSON (None for an empty body)."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def token_hash(token: str) -> str:
+    """A short, non-secret label for a token, safe to log."""
+    return hashlib.blake2b(token.encode(), digest_size=4).hexdigest()
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """A ``Date`` header as Unix seconds, or None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter; a server's Retry-After is a lower bound."""
+
+    def __init__(
+        self,
+        base_s: float = 1.0,
+        cap_s: float = 300.0,
+        rng: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        """``rng(a, b)`` draws the jitter (tests pass a fixed one)."""
+        if base_s <= 0 or cap_s < base_s:
+            raise ValueError("backoff needs 0 < base_s <= cap_s")
+        self._base, self._cap, self._rng = base_s, cap_s, rng
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """Count one failure and return how long to wait before the next attempt."""
+        ceiling = min(self._cap, self._base * 2.0 ** min(self.failures, 62))
+        self.failures += 1
+        delay = self._rng(0.0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._cap))
+        return delay
+
+
+class PretixHTTP:
+    """A session against one pretix base URL; every request has ``timeout_s`` as its total bound."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, user_agent: str) -> None:
+        """Raises ValueError for a base URL that is not http(s)://host[:port][/prefix]."""
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(f"pretix URL must be http(s)://host[/prefix], got {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self.token: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def url(self, path: str) -> yarl.URL:
+        """The absolute URL of an API path whose variable parts are already percent-encoded."""
+        return yarl.URL(self._base + path, encoded=True)
+
+    async def request(
+        self,
+        method: str,
+        target: str | yarl.URL,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+    ) -> Reply:
+        """One request; returns 2xx and 4xx (not 401/408/429) answers, raises otherwise.
+
+        Raises PretixUnavailable (transient), PretixAuthError (401).
+        """
+        url = self.url(target) if isinstance(target, str) else target
+        if params:
+            url = url.update_query(params)
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if auth:
+            if self.token is None:
+                raise PretixAuthError("no device token: initialise the device first")
+            headers["Authorization"] = f"Device {self.token}"
+        what = f"{method} {url.path}"
+        try:
+            async with self._open().request(
+                method, url, json=json_body, headers=headers, allow_redirects=False
+            ) as resp:
+                raw = await resp.content.read(MAX_BODY + 1)
+                status, resp_headers = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PretixUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if len(raw) > MAX_BODY:
+            raise PretixUnavailable(f"{what}: answer larger than {MAX_BODY} bytes")
+        return _classify(what, status, raw, resp_headers)
+
+    async def pages(
+        self, path: str, params: Mapping[str, str]
+    ) -> AsyncIterator[tuple[Reply, list[Any]]]:
+        """Follow a paginated list (``results`` and ``next``); yields each page and its rows.
+
+        ``next`` must stay on the server's origin (the token is never sent elsewhere). Raises as
+        :meth:`request`, and PretixUnavailable for a malformed page or a 4xx answer.
+        """
+        target: str | yarl.URL = path
+        query: Mapping[str, str] | None = params
+        for _ in range(MAX_PAGES):
+            reply = await self.request("GET", target, params=query)
+            body = reply.body
+            if not reply.ok:
+                raise PretixUnavailable(f"GET {path}: HTTP {reply.status}")
+            if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+                raise PretixUnavailable(f"GET {path}: not a paginated list")
+            yield reply, body["results"]
+            nxt = body.get("next")
+            if nxt is None:
+                return
+            if not isinstance(nxt, str) or not nxt.startswith(self._origin + "/"):
+                raise PretixUnavailable(f"GET {path}: 'next' leaves the server: refused")
+            target, query = yarl.URL(nxt, encoded=True), None
+        raise PretixUnavailable(f"GET {path}: more than {MAX_PAGES} pages")
+
+    async def close(self) -> None:
+        """Close the session; idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+
+def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) -> Reply:
+    if status == 401:
+        raise PretixAuthError(f"{what}: HTTP 401: device token refused (revoked?)")
+    if status in _TRANSIENT_STATUS or status >= 500:
+        now = datetime.now(UTC).timestamp()
+        raise PretixUnavailable(
+            f"{what}: HTTP {status}", parse_retry_after(headers.get("Retry-After"), now)
+        )
+    if not 200 <= status < 500:
+        raise PretixUnavailable(f"{what}: unexpected HTTP {status}")
+    body: Any = None
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            if 200 <= status < 300:
+                raise PretixUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
+            body = None  # an HTML error page on a 4xx: the status alone decides
+    return Reply(status, body, headers)
+
+
+async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
+    """Wait ``delay`` seconds or until ``stop`` is set; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+    except TimeoutError:
+        return False
+    return True

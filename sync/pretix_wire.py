@@ -1,0 +1,299 @@
+"""pretix wire formats for the upstream adapter: pure functions, no I/O.
+
+Journal rows become request bodies (redeem, failed check-in, annul); check-ins in downloaded
+positions become peer entries; a redeem answer or a ticket's history is read for a conflict with
+another device. Secrets travel only inside bodies and URLs, never into logs: callers log
+:func:`short` hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from agent.errors import ConfigError
+from agent.journal import EntryRecord, HistoryEntry, PeerEntry
+from agent.model import Reason, text_digest
+from sync.pretix_http import Reply
+
+PRETIX_REF = "pretix:"
+ANNUL_WINDOW_S = 15 * 60  # pretix refuses an annulment more than 15 min after the check-in
+_PEER_PREFIX = "pretix-device-"
+
+# Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
+FAILED_REASON: dict[Reason, str] = {
+    Reason.INVALID_FORMAT: "invalid",
+    Reason.BAD_SIGNATURE: "invalid",
+    Reason.UNKNOWN_KEY: "invalid",
+    Reason.KEY_NOT_VALID: "invalid",
+    Reason.WRONG_EVENT: "invalid",
+    Reason.REVOKED: "revoked",
+    Reason.BLOCKED: "blocked",
+    Reason.ALREADY_USED: "already_redeemed",
+    Reason.WRONG_PRODUCT: "product",
+    Reason.WRONG_ZONE: "product",
+    Reason.NOT_YET_VALID: "invalid_time",
+    Reason.EXPIRED: "invalid_time",
+}
+
+
+def short(text: str) -> str:
+    """A short hash of a secret or ticket ref, safe to log (the lane logs the same for texts)."""
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def secret_of(ticket_ref: str) -> str | None:
+    """The pretix secret inside a journal ``ticket_ref``, or None for other formats."""
+    if ticket_ref.startswith(PRETIX_REF) and len(ticket_ref) > len(PRETIX_REF):
+        return ticket_ref[len(PRETIX_REF) :]
+    return None
+
+
+def iso(t: float) -> str:
+    """Unix seconds as pretix's ISO 8601 UTC form, millisecond precision."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(value: Any) -> float:
+    """An ISO 8601 datetime from pretix as Unix seconds; raises ValueError if malformed."""
+    if not isinstance(value, str):
+        raise ValueError(f"datetime must be a string, got {type(value).__name__}")
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"datetime without a time zone: {value!r}")
+    return when.timestamp()
+
+
+def uuid7_time(entry_id: str) -> float:
+    """The creation time (Unix seconds) inside a UUIDv7 ``entry_id``; ValueError otherwise."""
+    value = uuid.UUID(entry_id)
+    if value.version != 7:
+        raise ValueError("entry_id is not a UUIDv7")
+    return (value.int >> 80) / 1000
+
+
+def redeem_path(organizer: str, event: str, list_id: int, secret: str) -> str:
+    """The per-list redeem path with the secret percent-encoded (``/`` and ``+`` included)."""
+    return (
+        f"/api/v1/organizers/{quote(organizer, safe='')}/events/{quote(event, safe='')}"
+        f"/checkinlists/{list_id}/positions/{quote(secret, safe='')}/redeem/"
+    )
+
+
+def redeem_body(rec: EntryRecord) -> dict[str, Any]:
+    """The redeem request for an entry/exit row: nonce = entry_id, scan time, force if offline.
+
+    ``questions_supported`` is false: a turnstile cannot ask questions, and pretix then ignores
+    them instead of answering "incomplete".
+    """
+    return {
+        "questions_supported": False,
+        "canceled_supported": True,
+        "type": rec.kind,
+        "force": rec.offline,
+        "ignore_unpaid": False,
+        "answers": {},
+        "source_type": "barcode",
+        "nonce": rec.entry_id,
+        "datetime": iso(rec.wall_time),
+    }
+
+
+def failed_checkin_body(rec: EntryRecord, direction: str) -> dict[str, Any]:
+    """The failed check-in report for a denied attempt.
+
+    ``raw_barcode`` is the secret for a pretix ticket; for any other text the journal holds only
+    a digest (scanned texts are never stored), so that digest is reported.
+    """
+    secret = secret_of(rec.ticket_ref)
+    if secret is not None:
+        raw = secret
+    elif rec.ticket_ref.startswith("raw:"):
+        raw = rec.ticket_ref
+    else:
+        raw = "digest:" + text_digest(rec.ticket_ref)
+    return {
+        "raw_barcode": raw,
+        "error_reason": FAILED_REASON.get(rec.reason, "error"),
+        "datetime": iso(rec.wall_time),
+        "type": direction,
+        "nonce": rec.entry_id,
+    }
+
+
+def annul_body(rec: EntryRecord, list_id: int) -> dict[str, Any]:
+    """The annulment of the check-in whose nonce is the annulled entry's id."""
+    return {
+        "lists": [list_id],
+        "nonce": rec.annuls,
+        "datetime": iso(rec.wall_time),
+        "error_explanation": rec.detail or "turnstile not passed",
+    }
+
+
+def peer_gate(device: Any) -> str:
+    return f"{_PEER_PREFIX}{device}" if isinstance(device, int) else "pretix-backend"
+
+
+def peer_entries(rows: Iterable[Any], own_device: int, list_id: int) -> tuple[list[PeerEntry], int]:
+    """Check-ins of other devices in positions rows, as peer entries; also the count skipped.
+
+    A row or check-in that is not well-formed is skipped (counted), never fatal: one odd
+    position must not stop learning the others. Our own device's check-ins are already in the
+    journal and are left out. ``entry_id`` is derived from pretix's check-in id when present,
+    so a re-download inserts nothing twice.
+    """
+    out: list[PeerEntry] = []
+    skipped = 0
+    for row in rows:
+        secret = row.get("secret") if isinstance(row, dict) else None
+        checkins = row.get("checkins") if isinstance(row, dict) else None
+        if not isinstance(secret, str) or not secret or not isinstance(checkins, list):
+            skipped += 1
+            continue
+        for ci in checkins:
+            entry = _peer_entry(secret, ci, own_device, list_id)
+            if entry is None:
+                skipped += isinstance(ci, dict) and ci.get("device") != own_device
+            else:
+                out.append(entry)
+    return out, skipped
+
+
+def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntry | None:
+    if not isinstance(ci, dict) or ci.get("device") == own_device:
+        return None
+    kind, cid, device = ci.get("type", "entry"), ci.get("id"), ci.get("device")
+    if kind not in ("entry", "exit") or ci.get("list", list_id) != list_id:
+        return None
+    try:
+        wall = parse_iso(ci.get("datetime"))
+    except ValueError:
+        return None
+    if not math.isfinite(wall) or wall < 0:
+        return None
+    if isinstance(cid, int) and not isinstance(cid, bool):
+        entry_id = f"pretix-checkin-{cid}"
+    else:
+        basis = f"{secret}\0{list_id}\0{device}\0{ci.get('datetime')}\0{kind}"
+        entry_id = "pretix-" + hashlib.blake2b(basis.encode(), digest_size=12).hexdigest()
+    return PeerEntry(
+        entry_id=entry_id,
+        gate_id=peer_gate(device),
+        gate_name=f"pretix device {device}" if device is not None else "pretix backend",
+        gate_seq=cid if isinstance(cid, int) and not isinstance(cid, bool) else 0,
+        ticket_ref=PRETIX_REF + secret,
+        kind=kind,
+        annuls=None,
+        wall_time=wall,
+        hlc=int(wall * 1000) << 16,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Another device's entry that was still standing when ours happened."""
+
+    device: str
+    at: float
+
+
+def prior_entry_in_answer(body: Any, own_device: int | None, at: float) -> Conflict | None:
+    """A redeem answer's position shows the check-ins before ours: is the last one an entry of
+    another device? (pretix accepts forced duplicates silently; this is how we notice.)"""
+    position = body.get("position") if isinstance(body, dict) else None
+    checkins = position.get("checkins") if isinstance(position, dict) else None
+    if not isinstance(checkins, list):
+        return None
+    timed: list[tuple[float, dict[str, Any]]] = []
+    for ci in checkins:
+        if not isinstance(ci, dict):
+            continue
+        try:
+            when = parse_iso(ci.get("datetime"))
+        except ValueError:
+            continue
+        if when <= at:
+            timed.append((when, ci))
+    if not timed:
+        return None
+    when, last = max(timed, key=lambda pair: pair[0])
+    device = last.get("device")
+    if last.get("type", "entry") != "entry" or (own_device is not None and device == own_device):
+        return None
+    return Conflict(peer_gate(device), when)
+
+
+def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Conflict | None:
+    """In a ticket's merged history, is the event just before our entry a peer's entry?
+
+    Annulled entries do not count; an exit in between ends the earlier visit.
+    """
+    annulled = {h.annuls for h in history if h.kind == "annul"}
+    standing = [h for h in history if h.kind != "annul" and h.entry_id not in annulled]
+    for i, h in enumerate(standing):
+        if h.entry_id != entry_id:
+            continue
+        if i == 0:
+            return None
+        before = standing[i - 1]
+        if before.peer and before.kind == "entry":
+            return Conflict(before.gate_id, before.wall_time)
+        return None
+    return None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A small JSON state file of the adapter; raises ConfigError when unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read pretix state: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: pretix state must be a JSON object")
+    return value
+
+
+def latest(current: str | None, rows: list[Any], field: str) -> str | None:
+    """The newest ``field`` timestamp among ``current`` and the rows (kept as pretix wrote it)."""
+    best, best_t = current, None
+    if current:
+        try:
+            best_t = parse_iso(current)
+        except ValueError:
+            best, best_t = None, None
+    for row in rows:
+        value = row.get(field) if isinstance(row, dict) else None
+        try:
+            t = parse_iso(value)
+        except ValueError:
+            continue
+        if best_t is None or t > best_t:
+            best, best_t = value, t
+    return best
+
+
+def reply_keys(reply: Reply) -> str:
+    """What a refusal was about, without echoing values (they may contain the secret)."""
+    if isinstance(reply.body, dict):
+        return "(" + ", ".join(sorted(str(k) for k in reply.body)) + ")"
+    return ""
+
+
+def init_messages(answer: dict[str, Any]) -> str:
+    """The server's messages in a refused initialisation answer (never the token itself)."""
+    texts = [
+        m
+        for v in answer.values()
+        for m in (v if isinstance(v, list) else [v])
+        if isinstance(m, str)
+    ]
+    return "; ".join(texts)[:200] or "no detail"
