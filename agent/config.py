@@ -72,6 +72,20 @@ class DevicesConfig:
 
 
 @dataclass(frozen=True)
+class PretixConfig:
+    """pretix as the upstream: keys, check-in list, revoked/blocked secrets, check-in upload."""
+
+    url: str
+    organizer: str
+    event: str
+    checkin_list: int
+    init_token: str | None = None  # one-time device initialisation token (then stored 0600)
+    device_id: int | None = None
+    interval_s: float = 30.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -87,6 +101,7 @@ class Config:
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    pretix: PretixConfig | None = None
 
 
 # Range checks beyond the type: (section, key) -> (predicate, what is expected).
@@ -102,6 +117,10 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("policy", "max_list_age_s"): (lambda v: v >= 60, "at least 60 seconds"),
     ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
     ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
+    ("pretix", "url"): (lambda v: v.startswith(("https://", "http://")), "an http(s) URL"),
+    ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
+    ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
+    ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
 }
 
 
@@ -188,6 +207,12 @@ def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
     return cls(**values)
 
 
+def _section_class(tp: Any) -> type[Any]:
+    """The dataclass of a section, also for optional ones (``PretixConfig | None``)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp  # type: ignore[no-any-return]
+
+
 def parse(text: str, src: Path) -> Config:
     """Validate TOML ``text`` read from ``src``; raises ConfigError naming section and key."""
     try:
@@ -201,7 +226,7 @@ def parse(text: str, src: Path) -> Config:
             raise ConfigError(
                 f"{src}: unknown section [{name}] (valid sections: {', '.join(sorted(sections))})"
             )
-    values = {name: _section(hints[name], raw[name], name, src) for name in raw}
+    values = {name: _section(_section_class(hints[name]), raw[name], name, src) for name in raw}
     for name in ("gate", "trust", "devices"):
         if name not in raw:
             raise ConfigError(f"{src}: missing required section [{name}]")

@@ -14,19 +14,30 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent import config as cfg
 from agent.checker import Checker
 from agent.clock import Clock
-from agent.errors import ConfigError, RevocationError, RollbackError, TrustError
+from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, OutcomeHook
 from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
-from agent.trust import TrustStore, load_root_key, read_capped
+from agent.trust import (
+    MergedTrust,
+    TrustBundle,
+    TrustStore,
+    UpstreamTrust,
+    load_root_key,
+    read_capped,
+)
 from drivers import registry
+
+if TYPE_CHECKING:
+    from sync.pretix import PretixUpstream
 from drivers.base import GateIO, Indicator, Scanner
 
 log = logging.getLogger(__name__)
@@ -128,6 +139,7 @@ class Gate:
     journal: Journal
     checker: Checker
     lane: Lane = field(init=False)
+    upstream: PretixUpstream | None = None
 
     def add_lane(
         self,
@@ -141,7 +153,7 @@ class Gate:
         """A lane of this gate (same journal, trust and lists) in ``direction``."""
         policy = replace(self.checker.policy, direction=direction)
         checker = Checker(
-            self.trust, lambda: self.revocations.index, lambda: self.revocations.meta, policy
+            self.checker.trust, lambda: self.revocations.index, lambda: self.revocations.meta, policy
         )
         lane = self.config.lane
         settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy)
@@ -197,14 +209,50 @@ async def open_gate(
         # A scanner that can beep/flash (vendor feedback) is an indicator too.
         shown = [d for d in (indicator, scanner) if isinstance(d, Indicator)]
         indicator = shown[0] if len(shown) == 1 else Indicators(shown) if shown else None
+        upstream_trust = UpstreamTrust()
         checker = Checker(
-            trust, lambda: revocations.index, lambda: revocations.meta, gate_policy(config)
+            MergedTrust([trust, upstream_trust]),
+            lambda: revocations.index,
+            lambda: revocations.meta,
+            gate_policy(config),
         )
         gate = Gate(config, clock, trust, revocations, journal, checker)
         gate.lane = gate.add_lane(
             config.lane.name, config.gate.direction, scanner, gate_io, indicator, on_outcome
         )
+        if config.pretix is not None:
+            gate.upstream = await _start_pretix(config, gate, upstream_trust)
+            stack.push_async_callback(gate.upstream.close)
         yield gate
+
+
+async def _start_pretix(config: cfg.Config, gate: Gate, keys: UpstreamTrust) -> PretixUpstream:
+    """pretix as the upstream: its keys join the trust, its list settings become the policy."""
+    from sync.pretix import PretixUpstream
+
+    pc = config.pretix
+    assert pc is not None
+
+    def set_trust(bundle: TrustBundle) -> None:
+        keys.bundle = bundle
+
+    def set_policy(policy: GatePolicy) -> None:
+        gate.lane.checker.policy = policy
+
+    upstream = PretixUpstream(
+        base_url=pc.url, organizer=pc.organizer, event=pc.event, checkin_list=pc.checkin_list,
+        state_dir=config.gate.state_dir, journal=gate.journal, revocations=gate.revocations,
+        set_trust=set_trust, clock=gate.clock, base_policy=gate.lane.checker.policy,
+        on_policy=set_policy, device_id=pc.device_id, interval_s=pc.interval_s,
+        timeout_s=pc.timeout_s,
+    )  # fmt: skip
+    if not upstream.initialized and pc.init_token:
+        try:
+            await upstream.initialize(pc.init_token)
+        except AgentError as exc:  # offline at first start: the gate still runs on what it has
+            log.error("pretix device initialisation failed, will run offline: %s", exc)
+    upstream.start()
+    return upstream
 
 
 async def run(config: cfg.Config) -> int:

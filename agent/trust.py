@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -203,6 +203,21 @@ class UpstreamTrust:
     API, or event files an operator chose for `check`. Replaced whole when they change."""
 
     bundle: TrustBundle | None = None
+
+
+@dataclass
+class MergedTrust:
+    """Several sources read as one: the root-signed bundle and keys from an upstream (pretix)."""
+
+    parts: list[BundleSource]
+
+    @property
+    def bundle(self) -> TrustBundle | None:
+        bundles = [b for b in (p.bundle for p in self.parts) if b is not None]
+        if len(bundles) <= 1:
+            return bundles[0] if bundles else None
+        issuers = tuple(i for b in bundles for i in b.issuers)
+        return replace(bundles[0], issuers=issuers)
 
 
 def read_capped(path: Path) -> bytes:
