@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import issuer
+from tests.serial_pty import PtyPair
 
 GATE_TOML = """\
 [gate]
@@ -107,3 +108,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "hardware" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def pty(tmp_path: Path) -> Iterator[PtyPair]:
+    """A socat pty pair (scanner side and host side), killed after the test."""
+    pair = PtyPair(tmp_path)
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.kill()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +15,6 @@ pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is needed for pty t
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 DENY = Decision(Verdict.DENY, Reason.ALREADY_USED, "Gate 3, 19:02:11")
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[PtyPair]:
-    pair = PtyPair(tmp_path)
-    pair.start()
-    try:
-        yield pair
-    finally:
-        pair.kill()
 
 
 # The documented byte sequences, written out here independently of drivers.feedback.

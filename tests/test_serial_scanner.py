@@ -8,7 +8,6 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,6 @@ from tests.conftest import WriteConfig
 from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened, until
 
 pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is needed for pty tests")
-
-
-@pytest.fixture
-def pty(tmp_path: Path) -> Iterator[PtyPair]:
-    pair = PtyPair(tmp_path)
-    pair.start()
-    try:
-        yield pair
-    finally:
-        pair.kill()
 
 
 # --- URL ---------------------------------------------------------------------------------------

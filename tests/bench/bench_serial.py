@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench_decision import CONFIG, pct  # same gate as the decision bench (tests/bench on sys.path)
+
 from agent import config, issuer
 from agent.daemon import open_gate
 from agent.lane import Outcome
@@ -30,31 +32,7 @@ from drivers.serial_scanner import SerialScanner
 from drivers.sim import SimGate
 from tests.serial_pty import PtyPair
 
-CONFIG = """
-[gate]
-id = "bench"
-events = [1]
-state_dir = "state"
-[policy]
-entry = "single"
-[lane]
-repeat_window_ms = 0
-passage_timeout_s = 1.0
-[trust]
-root_key = "keys/root.pub"
-bundle = "keys/trust.json"
-[clock]
-assume = "synced"
-[devices]
-scanner = "sim://queue"
-gate = "sim://gate?passage_ms=0"
-"""
 WARM_UP = 20
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class TimedGate(SimGate):
