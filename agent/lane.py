@@ -50,6 +50,7 @@ class Outcome:
         return rules.staff_message(self.decision)
 
 
+FREE_PASSAGE = Decision(Verdict.ADMIT, Reason.OK, "emergency")
 MAX_WAITING = 8  # scans queued behind an open gate; beyond this the scanner is not read
 
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
@@ -126,9 +127,7 @@ class Lane:
             if event.name == "emergency":
                 mode = "on" if event.active else "off"
                 if event.active:
-                    await self._show(
-                        Decision(Verdict.ADMIT, Reason.OK, "emergency"), "Emergency - free passage"
-                    )
+                    await self._show(FREE_PASSAGE, "Emergency - free passage")
                 log.warning(
                     "lane %s: emergency release %s: free passage %s",
                     self.settings.name,
@@ -159,9 +158,7 @@ class Lane:
             log.debug("lane %s: repeat of %s ignored", self.settings.name, text_digest(scan.text))
             return None
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
-            await self._show(
-                Decision(Verdict.ADMIT, Reason.OK, "emergency"), "Emergency - free passage"
-            )
+            await self._show(FREE_PASSAGE, "Emergency - free passage")
             return None
         evaluation = await self._evaluate(scan)
         decision, ticket = evaluation.decision, evaluation.ticket
