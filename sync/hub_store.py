@@ -1,0 +1,161 @@
+"""The hub's storage: one Protocol, two backends (SQLite by default, PostgreSQL at scale).
+
+Both backends run the same ingest plan (:mod:`sync.hub_logic`) inside one transaction per batch,
+serialised per venue (SQLite: one writer; PostgreSQL: a transaction-scoped advisory lock), so
+duplicates, conflicts, double admissions and integrity faults are decided on a consistent view and
+every alert is raised exactly once, however many hub processes share the database. The feed cursor
+is the hub's insertion order; because batches commit in lock order, a reader never sees a cursor
+value before all smaller ones are visible.
+
+Errors::
+
+    HubStoreError (AgentError, RuntimeError)   the database failed or is not a hub database
+    ConflictError (HubStoreError)              entry_ids (or gate_seqs) reused with another body;
+                                               nothing of the batch is stored, an integrity alert is
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from agent.errors import AgentError
+from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
+
+Role = Literal["gate", "console"]
+
+
+class HubStoreError(AgentError, RuntimeError):
+    """The hub database failed, or the file/database is not a hub store."""
+
+
+class ConflictError(HubStoreError):
+    """Entries reuse an ``entry_id`` (or a gate's ``gate_seq``) with another body.
+
+    Nothing of the batch was stored; one integrity alert per conflicting entry was raised.
+    """
+
+    def __init__(self, message: str, entry_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.entry_ids = tuple(entry_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class HubPolicy:
+    """What the hub treats as suspicious (from the hub config)."""
+
+    venue: str
+    entry_policy: Literal["single", "reentry", "unlimited"] = "single"
+    denied_alert_threshold: int = 3  # denied attempts of one ticket ...
+    denied_alert_window_s: float = 600.0  # ... within this window raise one alert
+    gate_offline_after_s: float = 30.0  # no heartbeat for this long: shown offline
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """Who a bearer token belongs to. Tokens are stored as SHA-256 hex digests only."""
+
+    token_hash: str
+    role: Role
+    gate_id: str | None  # the one gate a gate token may speak for; None for console tokens
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationState:
+    """The venue's current revocation list version and the keys on it (16-byte keys)."""
+
+    version: int
+    revoked: frozenset[bytes]
+    blocked: frozenset[bytes]
+
+
+class HubStore(Protocol):
+    """What the hub server needs from its database. All methods raise HubStoreError."""
+
+    @property
+    def policy(self) -> HubPolicy: ...
+
+    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+        """Store a batch idempotently by ``entry_id`` in one transaction; raise its alerts.
+
+        Returns per-entry inserted|duplicate and ``acked_through_seq`` (the batch's highest
+        ``gate_seq``). Raises ConflictError (nothing stored) when an entry_id is reused with
+        another body or a gate_seq of this gate is reused by another entry_id.
+        """
+        ...
+
+    async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor."""
+        ...
+
+    async def wait_feed(self, after: int, wait_s: float) -> None:
+        """Return when the feed has an entry after ``after`` or ``wait_s`` seconds passed."""
+        ...
+
+    async def alerts(self, after: int, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` > ``after``, oldest first."""
+        ...
+
+    async def heartbeat(self, hb: Heartbeat, now: float) -> None:
+        """Record a gate's heartbeat (its health as the console shows it)."""
+        ...
+
+    async def gates(self, now: float) -> list[GateHealth]:
+        """Every gate that has a token or has been heard from, with its last known health."""
+        ...
+
+    async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
+        """Store a token's hash (gate tokens bind one gate; a gate may have several tokens)."""
+        ...
+
+    async def token(self, token_hash: str) -> TokenInfo | None:
+        """The token with this SHA-256 hex digest, or None."""
+        ...
+
+    async def revoke_tokens(self, gate_id: str) -> int:
+        """Delete every token of a gate; returns how many."""
+        ...
+
+    async def revocation_state(self) -> RevocationState:
+        """The current list version and keys (version 0, empty, before any delta)."""
+        ...
+
+    async def add_revocation_delta(
+        self, version: int, document: bytes, state: RevocationState
+    ) -> None:
+        """Store signed delta ``version`` (from ``version - 1``) and the state it leads to.
+
+        Raises HubStoreError when ``version`` is not the current version + 1 (another admin
+        issued it first): nothing is stored.
+        """
+        ...
+
+    async def revocation_deltas(self, after: int) -> list[bytes] | None:
+        """Signed deltas with version > ``after``, oldest first; None when some are missing."""
+        ...
+
+    async def close(self) -> None:
+        """Close the database. Idempotent."""
+        ...
+
+
+async def open_store(url: str, policy: HubPolicy) -> HubStore:
+    """Open the store named by ``url``: ``sqlite:///path/hub.db`` or ``postgresql://...``.
+
+    Creates the schema when missing. Raises HubStoreError (unreachable, not a hub database) and
+    ValueError for an unknown scheme.
+    """
+    if url.startswith("sqlite://"):
+        from sync.hub_sqlite import SQLiteHubStore
+
+        return await SQLiteHubStore.open(url.removeprefix("sqlite://"), policy)
+    if url.startswith(("postgresql://", "postgres://")):
+        from sync.hub_postgres import PostgresHubStore
+
+        return await PostgresHubStore.open(url, policy)
+    raise ValueError(
+        f"unknown hub store {url.split(':', 1)[0]!r} (valid: sqlite://, postgresql://)"
+    )
