@@ -1,0 +1,334 @@
+"""The gate's local status server: ``/healthz``, ``/metrics``, ``/status`` and the staff display.
+
+aiohttp on the daemon's own loop, bound to 127.0.0.1 by default (config ``[status]``). It only
+reads the gate's state; the lane feeds it through the outcome hook (:meth:`StatusServer.observe`),
+which does constant work and never awaits, so a crowd of status requests cannot slow a decision.
+
+* ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
+  offline, relay fault, list stale, clock untrusted, outbox backlog, disk space low, hub offline).
+* ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
+* ``/status``: the same facts as JSON, for `gate-agent status`.
+* ``/display``: a full-screen page for a small screen in kiosk mode: big green/red, the reason in
+  a steward's words, the ticket's short id and counts for the last hour, live over server-sent
+  events (``/display/events``). Never a ticket's text or reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib.resources
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent.errors import JournalError
+
+if TYPE_CHECKING:
+    from agent.daemon import Gate
+    from agent.lane import Lane, Outcome
+
+log = logging.getLogger(__name__)
+
+_HOUR_S = 3600.0
+_SSE_QUEUE = 64  # a display that stops reading loses old outcomes, never blocks the lane
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_ASSETS = ("display.html", "display.js", "display.css")
+_CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+
+
+@dataclass(frozen=True)
+class StatusLimits:
+    """When health turns degraded."""
+
+    outbox_backlog: int = 1000
+    disk_free_min_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass
+class _Shown:
+    """What the display shows: the last outcome per lane, and the last hour's counts."""
+
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hour: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+
+    def add(self, at: float, admitted: bool) -> None:
+        self.hour.append((at, admitted))
+        self.trim(at)
+
+    def trim(self, now: float) -> None:
+        while self.hour and self.hour[0][0] < now - _HOUR_S:
+            self.hour.popleft()
+
+    def counts(self, now: float) -> dict[str, int]:
+        self.trim(now)
+        admitted = sum(1 for _, ok in self.hour if ok)
+        return {"admitted": admitted, "denied": len(self.hour) - admitted}
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.scans = Counter(
+            "gate_scans", "Decisions by verdict and reason", ["lane", "verdict", "reason"], registry=r
+        )
+        self.latency = Histogram(
+            "gate_decision_latency_seconds", "Scan to recorded decision", ["lane"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.outbox = Gauge("gate_outbox_depth", "Entries not yet acknowledged upstream", registry=r)
+        self.rev_age = Gauge(
+            "gate_revocation_age_seconds", "Age of the installed revocation list", registry=r
+        )
+        self.rev_version = Gauge("gate_revocation_version", "Installed list version", registry=r)
+        self.device_up = Gauge("gate_device_up", "1 when the device works", ["device"], registry=r)
+        self.feed_lag = Gauge(
+            "gate_peer_feed_lag_seconds", "Time since the peer feed last answered", registry=r
+        )
+        self.clock_synced = Gauge("gate_clock_synced", "1 when the clock is trusted", registry=r)
+        self.disk_free = Gauge("gate_state_disk_free_bytes", "Free space for the state", registry=r)
+        self.ready = Gauge("gate_ready", "1 when /healthz says ready", registry=r)
+
+
+class StatusServer:
+    """Serves the gate's health, metrics, status and staff display; see the module docstring."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8471,
+        limits: StatusLimits | None = None,
+        lanes: Callable[[], list[Lane]] | None = None,
+    ) -> None:
+        """``lanes`` lists the lanes to report (default: the gate's main lane)."""
+        self._gate = gate
+        self._host, self._port = host, port
+        self._limits = limits or StatusLimits()
+        self._lanes = lanes or (lambda: [gate.lane])
+        self._metrics = _Metrics()
+        self._shown = _Shown()
+        self._listeners: set[asyncio.Queue[str]] = set()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def observe(self, outcome: Outcome) -> None:
+        """The lane's outcome hook: count, time and show one decision. Never blocks."""
+        d, lane = outcome.decision, outcome.record.lane if outcome.record else "?"
+        self._metrics.scans.labels(lane, d.verdict.value, d.reason.value).inc()
+        self._metrics.latency.labels(lane).observe(outcome.latency_ns / 1e9)
+        now = time.time()
+        self._shown.add(now, d.admitted)
+        shown = {
+            "lane": lane,
+            "admitted": d.admitted,
+            "reason": d.reason.value,
+            "message": outcome.message,
+            "ticket": outcome.ticket.short_id if outcome.ticket is not None else "",
+            "at": now,
+        }
+        self._shown.last[lane] = shown
+        event = json.dumps({"outcome": shown, "counts": self._shown.counts(now)})
+        for queue in list(self._listeners):
+            if queue.full():
+                queue.get_nowait()  # drop the oldest: the display wants the newest
+            queue.put_nowait(event)
+
+    async def start(self) -> None:
+        """Listen; raises OSError when the address is taken."""
+        app = web.Application(middlewares=[_headers])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/display", self._asset("display.html"))
+        app.router.add_get("/display.js", self._asset("display.js"))
+        app.router.add_get("/display.css", self._asset("display.css"))
+        app.router.add_get("/display/events", self._events)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = runner.addresses
+        self.port = int(bound[0][1]) if bound else self._port
+        log.info("status server on http://%s:%d/ (display: /display)", self._host, self.port)
+
+    async def close(self) -> None:
+        """Stop serving; open event streams end. Idempotent."""
+        for queue in list(self._listeners):
+            queue.put_nowait("")
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def health(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): reasons are short phrases for technicians; empty when ready."""
+        return _reasons(await self.snapshot(), self._limits)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything ``/status`` shows, as plain JSON values."""
+        gate, now = self._gate, time.time()
+        meta = gate.revocations.meta
+        policy = gate.checker.policy
+        try:
+            depth, oldest = await gate.journal.outbox()
+            rows: int | None = await gate.journal.count()
+        except JournalError as exc:
+            log.error("status: journal unreadable: %s", exc)
+            depth, oldest, rows = -1, None, None
+        disk = _disk_free(gate.config.gate.state_dir)
+        upstream = gate.upstream.status if gate.upstream is not None else None
+        return {
+            "gate": {"id": gate.config.gate.id, "name": gate.config.gate.name},
+            "lanes": [_lane_status(lane) for lane in self._lanes()],
+            "clock": {"synced": gate.clock.synced(), "now": gate.clock.now()},
+            "revocations": {
+                "version": meta.version,
+                "age_s": meta.age(now),
+                "stale": meta.is_stale(now, policy.max_list_age_s),
+                "entries": len(gate.revocations.index),
+            },
+            "trust_version": gate.trust.version,
+            "journal": {"rows": rows, "outbox_depth": depth, "oldest_unsynced": oldest},
+            "disk_free_bytes": disk,
+            "upstream": upstream,
+            "last_hour": self._shown.counts(now),
+            "last": list(self._shown.last.values()),
+        }
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ready, reasons = await self.health()
+        body = {"status": "ready" if ready else "degraded", "reasons": reasons}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        snap = await self.snapshot()
+        ready, reasons = _reasons(snap, self._limits)
+        snap["health"] = {"status": "ready" if ready else "degraded", "reasons": reasons}
+        return web.json_response(snap)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        snap = await self.snapshot()
+        self._update_gauges(snap)
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _update_gauges(self, snap: dict[str, Any]) -> None:
+        m = self._metrics
+        m.outbox.set(max(0, snap["journal"]["outbox_depth"]))
+        rev = snap["revocations"]
+        m.rev_version.set(rev["version"])
+        m.rev_age.set(rev["age_s"] if rev["age_s"] is not None else float("nan"))
+        m.clock_synced.set(1 if snap["clock"]["synced"] else 0)
+        m.disk_free.set(snap["disk_free_bytes"] if snap["disk_free_bytes"] is not None else -1)
+        for lane in snap["lanes"]:
+            m.device_up.labels(f"{lane['name']}/scanner").set(1 if lane["scanner_online"] else 0)
+            m.device_up.labels(f"{lane['name']}/relay").set(0 if lane["fault"] else 1)
+        up = snap["upstream"] or {}
+        lag = up.get("feed_lag_s")
+        m.feed_lag.set(lag if isinstance(lag, int | float) else float("nan"))
+        m.ready.set(1 if _reasons(snap, self._limits)[0] else 0)
+
+    def _asset(self, name: str) -> Callable[[web.Request], Any]:
+        data = importlib.resources.files("agent").joinpath(name).read_bytes()
+        kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[
+            name.rsplit(".", 1)[1]
+        ]
+
+        async def serve(request: web.Request) -> web.Response:
+            return web.Response(body=data, content_type=kind, charset="utf-8")
+
+        return serve
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=_SSE_QUEUE)
+        now = time.time()
+        hello = {"last": list(self._shown.last.values()), "counts": self._shown.counts(now)}
+        await response.write(f"data: {json.dumps(hello)}\n\n".encode())
+        self._listeners.add(queue)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=15.0)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if not event:
+                    break
+                await response.write(f"data: {event}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._listeners.discard(queue)
+        return response
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _lane_status(lane: Lane) -> dict[str, Any]:
+    connected = getattr(lane.scanner, "connected", True)
+    online = bool(connected() if callable(connected) else connected)
+    return {
+        "name": lane.settings.name,
+        "direction": lane.checker.policy.direction,
+        "scanner_online": online,
+        "fault": lane.fault,
+        "emergency": lane.gate.emergency,
+    }
+
+
+def _disk_free(path: Any) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str]]:
+    reasons = []
+    for lane in snap["lanes"]:
+        if not lane["scanner_online"]:
+            reasons.append(f"scanner offline ({lane['name']})")
+        if lane["fault"]:
+            reasons.append(f"relay fault ({lane['name']})")
+    if snap["revocations"]["stale"]:
+        reasons.append("revocation list stale")
+    if not snap["clock"]["synced"]:
+        reasons.append("clock untrusted")
+    depth = snap["journal"]["outbox_depth"]
+    if depth < 0:
+        reasons.append("journal unreadable")
+    elif depth > limits.outbox_backlog:
+        reasons.append(f"outbox backlog ({depth} entries)")
+    free = snap["disk_free_bytes"]
+    if free is not None and free < limits.disk_free_min_bytes:
+        reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
+    up = snap["upstream"]
+    if up is not None and up.get("online") is False:
+        reasons.append("hub offline")
+    return not reasons, reasons

@@ -1,0 +1,186 @@
+"""The gate's status server: health with reasons, Prometheus metrics, status JSON, staff display.
+
+A real gate (open_gate with sim devices, real journal and lists) and a real server on 127.0.0.1;
+the display is checked in headless Chromium, and its screenshot is kept as a test artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent import config as cfg
+from agent import revocation_issuer
+from agent.daemon import Gate, open_gate
+from agent.issuer import Issuer
+from agent.lane import Outcome
+from agent.model import Decision, Reason, Verdict
+from agent.status import StatusLimits, StatusServer
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
+from tests.browser import Browser
+from tests.conftest import WriteConfig
+
+ARTIFACTS = Path(os.environ.get("GATE_AGENT_ARTIFACTS", "test-artifacts"))
+
+
+async def _started(gate: Gate, **kwargs: object) -> StatusServer:
+    server = StatusServer(gate, port=0, **kwargs)  # type: ignore[arg-type]
+    await server.start()
+    return server
+
+
+def _listed_config(write_config: WriteConfig, iss: Issuer) -> cfg.Config:
+    """A gate config with a fresh signed revocation list (no list at all is "stale")."""
+    path = write_config()
+    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
+    (path.parent / "revocations-1.json").write_bytes(delta)
+    return cfg.load(write_config(revocations=["revocations-1.json"]))
+
+
+@pytest.fixture
+async def served(
+    write_config: WriteConfig, iss: Issuer
+) -> AsyncIterator[tuple[Gate, StatusServer, str]]:
+    conf = _listed_config(write_config, iss)
+    hooks: list[StatusServer] = []
+
+    def on_outcome(outcome: Outcome) -> None:
+        for server in hooks:
+            server.observe(outcome)
+
+    async with open_gate(
+        conf, on_outcome, scanner=SimScanner(source="s"), gate_io=SimGate(passage_ms=10)
+    ) as gate:
+        server = await _started(gate)
+        hooks.append(server)
+        try:
+            yield gate, server, f"http://127.0.0.1:{server.port}"
+        finally:
+            await server.close()
+
+
+async def _present(gate: Gate, text: str, source: str = "s") -> Outcome:
+    outcome = await gate.lane.present(Scan(text, source, time.monotonic_ns()))
+    assert outcome is not None
+    return outcome
+
+
+async def test_healthz_ready_then_degraded_with_reasons(
+    served: tuple[Gate, StatusServer, str],
+) -> None:
+    gate, _, url = served
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/healthz") as r:
+            assert (r.status, await r.json()) == (200, {"status": "ready", "reasons": []})
+        gate.lane.fault = "relay fault: lcus:// port gone"
+        async with http.get(url + "/healthz") as r:
+            body = await r.json()
+        assert r.status == 503
+        assert body == {"status": "degraded", "reasons": ["relay fault (in)"]}
+
+
+async def test_health_reports_disk_space_and_backlog(write_config: WriteConfig) -> None:
+    conf = cfg.load(write_config())
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate()) as gate:
+        free = shutil.disk_usage(conf.gate.state_dir).free
+        limits = StatusLimits(outbox_backlog=0, disk_free_min_bytes=free * 2)
+        server = StatusServer(gate, port=0, limits=limits)
+        denied = Decision(Verdict.DENY, Reason.INVALID_FORMAT)
+        await gate.journal.record(
+            ticket_ref="raw:x", kind="attempt", decision=denied, lane="in", rev_version=0
+        )
+        ready, reasons = await server.health()
+        assert not ready
+        assert "outbox backlog (1 entries)" in reasons
+        assert any(r.startswith("disk space low") for r in reasons)
+
+
+async def test_metrics_count_decisions_by_verdict_and_reason(
+    served: tuple[Gate, StatusServer, str], iss: Issuer
+) -> None:
+    gate, _, url = served
+    ticket = iss.ticket(event=1, zones=[1])
+    await _present(gate, ticket)
+    await _present(gate, ticket, "s2")  # already used (another reader: not a repeat)
+    await _present(gate, "NOT-A-TICKET")
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        text = await r.text()
+    assert r.headers["Content-Type"].startswith("text/plain")
+    assert 'gate_scans_total{lane="in",reason="ok",verdict="admit"} 1.0' in text
+    assert 'gate_scans_total{lane="in",reason="already_used",verdict="deny"} 1.0' in text
+    assert 'gate_scans_total{lane="in",reason="invalid_format",verdict="deny"} 1.0' in text
+    assert 'gate_decision_latency_seconds_count{lane="in"} 3.0' in text
+    assert "gate_outbox_depth 3.0" in text
+    assert 'gate_device_up{device="in/scanner"} 1.0' in text
+    assert ticket not in text
+
+
+async def test_status_json_has_what_a_technician_needs(
+    served: tuple[Gate, StatusServer, str], iss: Issuer
+) -> None:
+    gate, _, url = served
+    ticket = iss.ticket(event=1, zones=[1])
+    outcome = await _present(gate, ticket)
+    async with aiohttp.ClientSession() as http, http.get(url + "/status") as r:
+        body = await r.json()
+    assert body["gate"] == {"id": "gate-3", "name": "Gate 3"}
+    assert body["health"]["status"] == "ready"
+    assert body["journal"]["rows"] == 1
+    assert body["last_hour"] == {"admitted": 1, "denied": 0}
+    assert body["last"][0]["ticket"] == outcome.ticket.short_id  # type: ignore[union-attr]
+    assert ticket not in str(body)
+
+
+async def test_status_answers_200_concurrent_requests_while_scans_are_decided(
+    served: tuple[Gate, StatusServer, str], iss: Issuer
+) -> None:
+    gate, _, url = served
+    tickets = [iss.ticket(event=1, zones=[1]) for _ in range(20)]
+
+    async def scans() -> list[Outcome]:
+        return [await _present(gate, t) for t in tickets]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(path: str) -> int:
+            async with http.get(url + path) as r:
+                await r.read()
+                return r.status
+
+        paths = ["/healthz", "/metrics", "/status"] * 67
+        results, outcomes = await asyncio.gather(
+            asyncio.gather(*(one(p) for p in paths[:200])), scans()
+        )
+    assert sorted(set(results)) == [200]
+    assert [o.decision.admitted for o in outcomes] == [True] * 20
+
+
+async def test_staff_display_turns_green_and_red_with_the_reason(
+    served: tuple[Gate, StatusServer, str], iss: Issuer, tmp_path: Path
+) -> None:
+    gate, _, url = served
+    ticket = iss.ticket(event=1, zones=[1])
+    async with Browser(tmp_path) as page:
+        await page.goto(url + "/display")
+        await page.wait_for("document.getElementById('link').className === 'up'")
+        await _present(gate, ticket)
+        await page.wait_for("document.getElementById('panel').dataset.state === 'admit'")
+        assert await page.text("#message") == "Welcome"
+        await _present(gate, ticket, "s2")
+        await page.wait_for("document.getElementById('panel').dataset.reason === 'already_used'")
+        assert await page.text("#verdict") == "STOP"
+        assert (await page.text("#message")).startswith("Already used at Gate 3, ")
+        assert await page.text("#denied") == "1"
+        assert await page.text("#admitted") == "1"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, test only
+        shot = await page.screenshot(ARTIFACTS / "staff-display.png")
+        assert shot.stat().st_size > 1000
+        assert page.console_errors == []
