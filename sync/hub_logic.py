@@ -1,0 +1,458 @@
+"""The hub's ingest rules as one pure function, so the SQLite and PostgreSQL stores cannot drift.
+
+A backend, inside its per-batch transaction (serialised per venue), reads what it already holds
+about the batch into a :class:`KnownState`, calls :func:`plan_ingest`, writes the plan's rows and
+alerts, commits, and answers with :func:`ack`. The rules (all of them decided on that consistent
+view, so each alert is raised exactly once; an alert's ``dedupe_key`` keeps a retried batch from
+raising it again):
+
+* idempotent by ``entry_id``: the same id with an identical body (:class:`EntryWire` equality) is a
+  duplicate; with another body, or a gate's ``gate_seq`` held by another ``entry_id``, it is a
+  conflict: nothing of the batch is stored, one integrity alert per conflicting entry.
+* a hole in a gate's ``gate_seq`` (before the batch or inside it): stored anyway, one alert.
+* double admission: ``single`` - an admitted entry of a ticket that already has an admitted,
+  un-annulled entry; ``reentry`` - the ticket's last un-annulled entry/exit before it (by HLC) is an
+  entry; ``unlimited`` - never. Both rows are kept.
+* repeated denials: the ticket's denied attempts within ``denied_alert_window_s`` (by wall time)
+  reach exactly ``denied_alert_threshold``.
+
+Alerts name a ticket by :func:`ticket_digest` only, never by its reference. The module also holds
+the small pieces both backends share: column lists, row conversions, the long-poll signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from agent.model import Reason, Verdict, text_digest
+from sync.hub_store import ConflictError, HubPolicy
+from sync.protocol import (
+    MAX_DETAIL,
+    AlertKind,
+    BatchAck,
+    EntryResult,
+    EntryStatus,
+    EntryWire,
+    GateHealth,
+    Heartbeat,
+)
+
+KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
+MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
+FEED_KINDS = ("entry", "exit", "annul")
+
+# The ``entries`` table's columns: EntryWire's fields in order, then the hub's own two.
+ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
+ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
+# Columns of a ticket's history rows, as :meth:`TicketRow.from_row` reads them.
+TICKET_COLUMNS = (
+    "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
+)  # fmt: skip
+
+
+def ticket_digest(ticket_ref: str) -> str:
+    """The short hash an alert shows instead of a ticket reference."""
+    return text_digest(ticket_ref)[:12]
+
+
+def in_feed(entry: EntryWire) -> bool:
+    """True for rows the peer feed carries: admitted entries and exits, and every annulment."""
+    return entry.kind == "annul" or (entry.kind in FEED_KINDS and entry.admitted)
+
+
+def check_batch(gate_id: str, entries: Sequence[EntryWire]) -> None:
+    """Refuse a batch that is empty, has another gate's entries or does not ascend by gate_seq.
+
+    Raises ValueError (the wire parser refuses such bodies already; this guards direct callers).
+    """
+    if not entries:
+        raise ValueError("empty batch")
+    for i, entry in enumerate(entries):
+        if entry.gate_id != gate_id:
+            raise ValueError(f"entries[{i}] is of gate {entry.gate_id!r}, not {gate_id!r}")
+        if i and entry.gate_seq <= entries[i - 1].gate_seq:
+            raise ValueError(f"entries[{i}]: entries must ascend by gate_seq")
+
+
+def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
+    """An entry's column values in ``ENTRY_COLUMNS`` order (flags comma-joined, enums as text)."""
+    values: list[Any] = [getattr(entry, name) for name in ENTRY_FIELDS]
+    values[ENTRY_FIELDS.index("verdict")] = entry.verdict.value
+    values[ENTRY_FIELDS.index("reason")] = entry.reason.value
+    values[ENTRY_FIELDS.index("flags")] = ",".join(entry.flags)
+    return (*values, in_feed(entry), received_at)
+
+
+def entry_from_row(row: Iterable[Any]) -> EntryWire:
+    """The EntryWire of a stored row (the columns ``ENTRY_FIELDS``, in order)."""
+    values = dict(zip(ENTRY_FIELDS, row, strict=True))
+    values["verdict"] = Verdict(values["verdict"])
+    values["reason"] = Reason(values["reason"])
+    values["flags"] = tuple(f for f in values["flags"].split(",") if f)
+    values["clock_synced"] = bool(values["clock_synced"])
+    values["offline"] = bool(values["offline"])
+    return EntryWire(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRow:
+    """What the rules need of one stored (or earlier in the batch) row of a ticket."""
+
+    entry_id: str
+    gate_id: str
+    kind: str
+    admitted: bool
+    annuls: str | None
+    wall_time: float
+    hlc: int
+
+    @classmethod
+    def of(cls, e: EntryWire) -> TicketRow:
+        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, e.wall_time, e.hlc)
+
+    @classmethod
+    def from_row(cls, row: Iterable[Any]) -> tuple[str, TicketRow]:
+        """(ticket_ref, row) from the columns ``TICKET_COLUMNS`` in order."""
+        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc = row
+        admitted = verdict == Verdict.ADMIT.value
+        return ref, cls(entry_id, gate_id, kind, admitted, annuls, float(wall_time), int(hlc))
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Position in a ticket's history: by HLC, ties broken by entry_id (as the journal)."""
+        return self.hlc, self.entry_id
+
+
+@dataclass(frozen=True, slots=True)
+class KnownState:
+    """What the store holds about one batch, read inside the batch's transaction."""
+
+    stored: Mapping[str, EntryWire] = field(default_factory=dict)  # batch entry_ids already stored
+    seq_owners: Mapping[int, str] = field(default_factory=dict)  # this gate: gate_seq -> entry_id
+    max_seq: int = 0  # this gate's highest stored gate_seq (0: none)
+    # ticket_ref -> its entry/exit/annul rows and its attempts since ``attempts_since``, for the
+    # refs of :func:`history_refs`
+    history: Mapping[str, Sequence[TicketRow]] = field(default_factory=dict)
+    gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> last heartbeat's name
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """An alert to store (once: ``dedupe_key`` is unique in the store)."""
+
+    kind: AlertKind
+    ticket: str  # ticket_digest(ref), or "" when no single ticket is involved
+    gates: tuple[str, ...]
+    times: tuple[float, ...]
+    entries: tuple[str, ...]
+    detail: str
+    dedupe_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPlan:
+    """What to write for a batch. With conflicts, only the alerts are written."""
+
+    rows: tuple[EntryWire, ...]
+    results: tuple[EntryResult, ...]
+    conflicts: tuple[str, ...]
+    alerts: tuple[NewAlert, ...]
+    acked_through_seq: int
+
+    @property
+    def feed_rows(self) -> bool:
+        """True when the plan inserts a row the peer feed carries (long-polls must wake)."""
+        return any(in_feed(row) for row in self.rows)
+
+
+def history_refs(
+    entries: Sequence[EntryWire], stored: Mapping[str, Any], policy: HubPolicy
+) -> list[str]:
+    """Ticket refs whose history the rules need: new admitted entries (unless unlimited), attempts."""
+    refs: set[str] = set()
+    for e in entries:
+        if e.entry_id in stored:
+            continue
+        if e.kind == "attempt" or (_admission(e) and policy.entry_policy != "unlimited"):
+            refs.add(e.ticket_ref)
+    return sorted(refs)
+
+
+def attempts_since(entries: Sequence[EntryWire], policy: HubPolicy) -> float:
+    """The earliest wall time of stored attempts the batch's attempts may count with (inf: none)."""
+    times = [e.wall_time for e in entries if e.kind == "attempt"]
+    return min(times) - policy.denied_alert_window_s if times else float("inf")
+
+
+def gates_to_name(gate_id: str, history: Mapping[str, Sequence[TicketRow]]) -> list[str]:
+    """The gate ids an alert of this batch may name."""
+    gates = {gate_id}
+    for rows in history.values():
+        gates.update(r.gate_id for r in rows)
+    return sorted(gates)
+
+
+def plan_ingest(
+    gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy
+) -> IngestPlan:
+    """Decide a batch: per-entry inserted/duplicate, conflicts, rows to insert and new alerts.
+
+    Raises ValueError for a malformed batch (see :func:`check_batch`).
+    """
+    check_batch(gate_id, entries)
+    names = _Names(known.gate_names)
+    acked = max(e.gate_seq for e in entries)
+    results: list[EntryResult] = []
+    conflicts: list[NewAlert] = []
+    seen: set[str] = set()
+    for e in entries:
+        conflict = _conflict(e, known, seen, names)
+        seen.add(e.entry_id)
+        if conflict is not None:
+            conflicts.append(conflict)
+        else:
+            status: EntryStatus = "duplicate" if e.entry_id in known.stored else "inserted"
+            results.append(EntryResult(e.entry_id, status))
+    if conflicts:
+        ids = tuple(a.entries[0] for a in conflicts)
+        return IngestPlan((), (), ids, tuple(conflicts), acked)
+    rows = tuple(e for e in entries if e.entry_id not in known.stored)
+    alerts = _holes(gate_id, entries, known.max_seq, names)
+    alerts += _ticket_alerts(rows, known.history, policy, names)
+    return IngestPlan(rows, tuple(results), (), tuple(alerts), acked)
+
+
+def ack(plan: IngestPlan, now: float) -> BatchAck:
+    """The batch's acknowledgement; raises ConflictError when the plan stored nothing."""
+    if plan.conflicts:
+        raise ConflictError(
+            f"{len(plan.conflicts)} entries reuse an entry_id or gate_seq with another body"
+            f" (first: {plan.conflicts[0]}); nothing of the batch was stored",
+            plan.conflicts,
+        )
+    return BatchAck(plan.results, plan.acked_through_seq, now)
+
+
+def deltas_gone(after: int, version: int, oldest_kept: int | None) -> bool:
+    """True when the deltas from ``after`` to ``version`` are no longer all kept (answer 410)."""
+    if after >= version:
+        return False
+    return oldest_kept is None or after < oldest_kept - 1
+
+
+class _Names:
+    def __init__(self, names: Mapping[str, str]) -> None:
+        self._names = names
+
+    def __call__(self, gate_id: str) -> str:
+        return self._names.get(gate_id) or gate_id
+
+
+def _admission(e: EntryWire | TicketRow) -> bool:
+    return e.kind == "entry" and e.admitted
+
+
+def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: _Names) -> NewAlert | None:
+    """The integrity alert when ``e`` conflicts with the store or the batch, else None."""
+    stored = known.stored.get(e.entry_id)
+    gates: tuple[str, ...] = (e.gate_id,)
+    times: tuple[float, ...] = (e.wall_time,)
+    if e.entry_id in seen:
+        detail = "entry_id repeated within one batch"
+    elif stored is not None:
+        if stored == e:
+            return None
+        detail = f"entry_id reused with another body (gate_seq {e.gate_seq})"
+        gates, times = (stored.gate_id, e.gate_id), (stored.wall_time, e.wall_time)
+    elif e.gate_seq in known.seq_owners:
+        detail = f"gate_seq {e.gate_seq} reused by another entry_id"
+    else:
+        return None
+    return NewAlert(
+        "integrity", ticket_digest(e.ticket_ref), tuple(names(g) for g in gates), times,
+        (e.entry_id,), detail, f"conflict:{e.entry_id}",
+    )  # fmt: skip
+
+
+def _holes(
+    gate_id: str, entries: Sequence[EntryWire], max_seq: int, names: _Names
+) -> list[NewAlert]:
+    alerts = []
+    prev = max_seq
+    for e in entries:
+        if e.gate_seq > prev + 1:
+            first, last = prev + 1, e.gate_seq - 1
+            alert = NewAlert(
+                "integrity", "", (names(gate_id),), (e.wall_time,), (e.entry_id,),
+                f"gate_seq hole {first}..{last}", f"hole:{gate_id}:{first}..{last}",
+            )  # fmt: skip
+            alerts.append(alert)
+        prev = max(prev, e.gate_seq)
+    return alerts
+
+
+def _ticket_alerts(
+    rows: Iterable[EntryWire],
+    known: Mapping[str, Sequence[TicketRow]],
+    policy: HubPolicy,
+    names: _Names,
+) -> list[NewAlert]:
+    """Double admissions and repeated denials, row by row, each row seeing the ones before it."""
+    history = {ref: list(past) for ref, past in known.items()}
+    alerts = []
+    for e in rows:
+        past = history.setdefault(e.ticket_ref, [])
+        alert = _double_admission(e, past, policy, names) or _repeated_denials(
+            e, past, policy, names
+        )
+        if alert is not None:
+            alerts.append(alert)
+        past.append(TicketRow.of(e))
+    return alerts
+
+
+def _double_admission(
+    e: EntryWire, past: Sequence[TicketRow], policy: HubPolicy, names: _Names
+) -> NewAlert | None:
+    if not _admission(e) or policy.entry_policy == "unlimited":
+        return None
+    annulled = {r.annuls for r in past if r.kind == "annul"}
+    live = [
+        r for r in past if r.admitted and r.kind in ("entry", "exit") and r.entry_id not in annulled
+    ]
+    row = TicketRow.of(e)
+    other: TicketRow | None
+    if policy.entry_policy == "single":
+        # Any admitted, un-annulled entry, whenever it happened: the ticket is good for one.
+        other = min((r for r in live if r.kind == "entry"), key=lambda r: r.order, default=None)
+        how = "single-entry ticket admitted at {} and at {}"
+    else:
+        # The ticket's state just before this entry: inside (an entry) or outside (an exit).
+        other = max((r for r in live if r.order < row.order), key=lambda r: r.order, default=None)
+        how = "entered at {} and again at {} without an exit"
+    if other is None or other.kind != "entry":
+        return None
+    first, second = sorted((other, row), key=lambda r: r.order)
+    gates = (names(first.gate_id), names(second.gate_id))
+    return NewAlert(
+        "double_admission", ticket_digest(e.ticket_ref), gates,
+        (first.wall_time, second.wall_time), (first.entry_id, second.entry_id),
+        how.format(*gates)[:MAX_DETAIL], f"double:{e.entry_id}",
+    )  # fmt: skip
+
+
+def _repeated_denials(
+    e: EntryWire, past: Sequence[TicketRow], policy: HubPolicy, names: _Names
+) -> NewAlert | None:
+    if e.kind != "attempt":
+        return None
+    window = policy.denied_alert_window_s
+    recent = [r for r in past if r.kind == "attempt" and 0 <= e.wall_time - r.wall_time <= window]
+    recent.append(TicketRow.of(e))
+    if len(recent) != policy.denied_alert_threshold:
+        return None
+    shown = sorted(recent, key=lambda r: (r.wall_time, r.order))[-MAX_ALERT_ITEMS:]
+    return NewAlert(
+        "repeated_denials", ticket_digest(e.ticket_ref), tuple(names(r.gate_id) for r in shown),
+        tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
+        f"{len(recent)} denied attempts within {window:g} s", f"denied:{e.entry_id}",
+    )  # fmt: skip
+
+
+# --- shared by both backends: heartbeats, tokens, paging, gate health, long-polls ---------------
+
+
+HEARTBEAT_COLUMNS = (
+    "gate_id", "gate_name", "version", "outbox_depth", "oldest_unsynced_age_s",
+    "revocation_version", "revocation_age_s", "trust_version", "clock_synced", "feed_cursor",
+    "faults", "last_seen",
+)  # fmt: skip
+
+
+def heartbeat_sql(*, numbered: bool) -> str:
+    """The upsert of a gate's row from a heartbeat, with ``$n`` (numbered) or ``?`` parameters."""
+    marks = ", ".join(f"${i}" if numbered else "?" for i in range(1, len(HEARTBEAT_COLUMNS) + 1))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in HEARTBEAT_COLUMNS[1:])
+    return (
+        f"INSERT INTO gates ({', '.join(HEARTBEAT_COLUMNS)}) VALUES ({marks})"
+        f" ON CONFLICT (gate_id) DO UPDATE SET {updates}"
+    )
+
+
+def heartbeat_params(hb: Heartbeat, faults: Any, now: float) -> tuple[Any, ...]:
+    """A heartbeat's values in ``HEARTBEAT_COLUMNS`` order (``faults`` as the backend stores it)."""
+    return (
+        hb.gate_id, hb.gate_name, hb.version, hb.outbox_depth, hb.oldest_unsynced_age_s,
+        hb.revocation_version, hb.revocation_age_s, hb.trust_version, hb.clock_synced,
+        hb.feed_cursor, faults, now,
+    )  # fmt: skip
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a page size below 1 (SQLite would read a negative LIMIT as none). Raises ValueError."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def check_token(role: str, gate_id: str | None) -> None:
+    """Refuse an unknown role, a gate token without its gate or a console token with one.
+
+    Raises ValueError.
+    """
+    if role not in ("gate", "console"):
+        raise ValueError(f"unknown token role {role!r}")
+    if (role == "gate") != (gate_id is not None):
+        raise ValueError("a gate token needs its gate_id, a console token has none")
+
+
+def gate_health(
+    row: Iterable[Any], faults: Iterable[str], now: float, policy: HubPolicy
+) -> GateHealth:
+    """A gate's health from its stored columns: gate_id, gate_name, last_seen, outbox_depth,
+    revocation_version, revocation_age_s, clock_synced, version (then anything, e.g. faults).
+    """
+    gate_id, name, last_seen, depth, rev_version, rev_age, synced, version = tuple(row)[:8]
+    online = last_seen is not None and now - last_seen <= policy.gate_offline_after_s
+    return GateHealth(
+        gate_id, name or gate_id, online, last_seen, depth, rev_version, rev_age, bool(synced),
+        version, tuple(faults),
+    )  # fmt: skip
+
+
+class FeedSignal:
+    """Wakes long-polls when a batch with feed rows commits (both backends' ``wait_feed``)."""
+
+    def __init__(self) -> None:
+        # Replaced on every wake: a waiter holds the event of its own generation, so a commit
+        # between its check and its wait still wakes it.
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(
+        self,
+        has_entry: Callable[[], Awaitable[bool]],
+        wait_s: float,
+        poll_s: Callable[[], float] = lambda: math.inf,
+    ) -> None:
+        """Return once ``has_entry()`` is true or ``wait_s`` passed; it is checked at the start,
+        on every wake, every ``poll_s()`` seconds and at the end. Raises what it raises.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            event = self._event
+            if await has_entry():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, poll_s()))

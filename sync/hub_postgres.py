@@ -1,0 +1,524 @@
+"""The hub store on PostgreSQL (asyncpg): several hub processes may serve one venue at once.
+
+Every ingest transaction first takes ``pg_advisory_xact_lock`` on a stable hash of the venue, so
+the batches of a venue are decided one after another on a consistent view, whichever process
+receives them: each alert is raised exactly once, and because cursors are drawn under the lock,
+commit order is cursor order and a feed reader never skips a cursor. The ingest rules are
+:mod:`sync.hub_logic`'s. A transaction that inserted feed rows sends a NOTIFY, which every store
+instance receives on its own listening connection, so a long-poll in another process wakes at
+once; should that connection drop, long-polls fall back to polling until it is back.
+
+One database per venue: the database is bound to its venue on creation and refused for another.
+asyncpg and connection errors become HubStoreError; credentials never appear in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from sync import hub_logic
+from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
+from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "gate-agent-hub/1"
+CHANNEL = "gate_agent_hub_feed"
+_POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
+_RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
+_CONNECT_TIMEOUT_S = 10.0
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    cursor BIGSERIAL PRIMARY KEY,
+    gate_seq BIGINT NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
+    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
+    wall_time DOUBLE PRECISION NOT NULL, clock_synced BOOLEAN NOT NULL, mono_ns BIGINT NOT NULL,
+    boot_id TEXT NOT NULL, hlc BIGINT NOT NULL, rev_version BIGINT NOT NULL,
+    offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (gate_id, gate_seq)
+);
+CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
+    entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gates (
+    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+    outbox_depth BIGINT NOT NULL DEFAULT 0, oldest_unsynced_age_s DOUBLE PRECISION,
+    revocation_version BIGINT NOT NULL DEFAULT 0, revocation_age_s DOUBLE PRECISION,
+    trust_version BIGINT NOT NULL DEFAULT 0, clock_synced BOOLEAN NOT NULL DEFAULT FALSE,
+    feed_cursor BIGINT NOT NULL DEFAULT 0, faults TEXT[] NOT NULL DEFAULT '{}',
+    last_seen DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
+CREATE TABLE IF NOT EXISTS revocation_deltas (version BIGINT PRIMARY KEY, document BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS revocation_keys (
+    key BYTEA NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
+);
+"""
+
+_PG_TYPES = {
+    "gate_seq": "bigint", "zone": "integer", "wall_time": "float8", "clock_synced": "boolean",
+    "mono_ns": "bigint", "hlc": "bigint", "rev_version": "bigint", "offline": "boolean",
+    "in_feed": "boolean", "received_at": "float8",
+}  # fmt: skip
+# One statement per batch: a column array each, unnested into rows (faster than executemany).
+_INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
+    ", ".join(ENTRY_COLUMNS),
+    ", ".join(f"${i}::{_PG_TYPES.get(c, 'text')}[]" for i, c in enumerate(ENTRY_COLUMNS, 1)),
+)
+# The venue's lock, and index lookups only: the ingest reads are point lookups by indexed keys,
+# which the planner would turn into sequential scans on a table that grew faster than autovacuum
+# re-analyses it (a new event's first minutes), costing more per batch as the table grows.
+_BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
+_INSERT_ALERT = (
+    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING"
+)
+_FEED = (
+    "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
+    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
+    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.cursor > $1 AND e.in_feed ORDER BY e.cursor LIMIT $2"
+)
+_HEARTBEAT = hub_logic.heartbeat_sql(numbered=True)
+_GATES = (
+    "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
+    " clock_synced, version, faults FROM gates"
+    " UNION ALL SELECT DISTINCT gate_id, '', NULL::float8, 0, 0, NULL::float8, FALSE, '',"
+    " '{}'::text[]"
+    " FROM tokens WHERE gate_id IS NOT NULL AND gate_id NOT IN (SELECT gate_id FROM gates)"
+    " ORDER BY gate_id"
+)
+
+_T = TypeVar("_T")
+if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
+    _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for ``name`` (the same in every process)."""
+    digest = hashlib.blake2b(f"gate-agent-hub:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _where(url: str) -> str:
+    """host:port/database of a URL, without user or password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+
+
+class PostgresHubStore:
+    """The hub store in a PostgreSQL database. Open with :meth:`open`."""
+
+    def __init__(self, url: str, policy: HubPolicy, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """Use :meth:`open`; this only wires a prepared pool."""
+        self._url = url
+        self._where = _where(url)
+        self._policy = policy
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = pool
+        self._lock_key = lock_key(f"venue:{policy.venue}")
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._listen_lock = asyncio.Lock()
+        self._listen_after = 0.0  # monotonic time of the next attempt to reopen the listener
+        self._feed_signal = hub_logic.FeedSignal()
+        self._revocations: RevocationState | None = None  # cache of the last state seen
+
+    @classmethod
+    async def open(cls, url: str, policy: HubPolicy) -> PostgresHubStore:
+        """Connect (a pool of 1-4 connections plus one listening), create or check the schema.
+
+        Raises HubStoreError when the server is unreachable, the database is not a hub store
+        (or another version of it) or belongs to another venue.
+        """
+        where = _where(url)
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT_S
+            )
+        except _ERRORS as exc:
+            raise HubStoreError(f"cannot connect to the hub database {where}: {exc}") from exc
+        store = cls(url, policy, pool)
+        try:
+            await store._run(store._prepare)
+            await store._listen()
+        except BaseException:
+            await store.close()
+            raise
+        log.info("hub store %s (venue %s) open", where, policy.venue)
+        return store
+
+    @property
+    def policy(self) -> HubPolicy:
+        return self._policy
+
+    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+        """Store a batch in one venue-locked transaction and raise its alerts.
+
+        Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
+        ValueError for a batch that is empty, of another gate or not ascending.
+        """
+        hub_logic.check_batch(gate_id, entries)
+
+        async def job(conn: _Conn) -> hub_logic.IngestPlan:
+            async with conn.transaction():
+                await conn.execute(_BEGIN_INGEST, self._lock_key)
+                known = await _known(conn, gate_id, entries, self._policy)
+                plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy)
+                await _write(conn, gate_id, plan, now)
+                return plan
+
+        plan = await self._run(job)
+        if plan.feed_rows:
+            self._feed_signal.wake()
+        return hub_logic.ack(plan, now)
+
+    async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor.
+
+        Raises HubStoreError.
+        """
+        hub_logic.check_limit(limit)
+        rows = await self._run(lambda conn: conn.fetch(_FEED, after, limit))
+        entries = [FeedEntry(*row) for row in rows]
+        return entries, entries[-1].cursor if entries else after
+
+    async def wait_feed(self, after: int, wait_s: float) -> None:
+        """Return once the feed has an entry after ``after`` (from any hub process), or after
+        ``wait_s`` seconds. Raises HubStoreError.
+        """
+        # ORDER BY .. LIMIT keeps this a short walk of the primary key, whatever the statistics.
+        sql = "SELECT cursor FROM entries WHERE cursor > $1 AND in_feed ORDER BY cursor LIMIT 1"
+
+        async def has_entry() -> bool:
+            if not self._listening():
+                await self._listen()
+            return await self._run(lambda conn: conn.fetchval(sql, after)) is not None
+
+        await self._feed_signal.wait(
+            has_entry, wait_s, lambda: math.inf if self._listening() else _POLL_S
+        )
+
+    async def alerts(self, after: int, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
+        hub_logic.check_limit(limit)
+        sql = (
+            "SELECT alert_id, kind, ticket, gates, times, entries, detail, raised_at FROM alerts"
+            " WHERE alert_id > $1 ORDER BY alert_id LIMIT $2"
+        )
+        rows = await self._run(lambda conn: conn.fetch(sql, after, limit))
+        venue = self._policy.venue
+        return [
+            Alert(a, k, venue, t, tuple(g), tuple(ts), tuple(e), d, r)
+            for a, k, t, g, ts, e, d, r in rows
+        ]
+
+    async def heartbeat(self, hb: Heartbeat, now: float) -> None:
+        """Record a gate's health as of ``now``. Raises HubStoreError."""
+        args = hub_logic.heartbeat_params(hb, list(hb.faults), now)
+        await self._run(lambda conn: conn.execute(_HEARTBEAT, *args))
+
+    async def gates(self, now: float) -> list[GateHealth]:
+        """Every gate with a token or heard from, with its last known health.
+
+        Raises HubStoreError.
+        """
+        rows = await self._run(lambda conn: conn.fetch(_GATES))
+        return [hub_logic.gate_health(row, row[-1], now, self._policy) for row in rows]
+
+    async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
+        """Store a token's hash. Raises ValueError for a gate token without a gate (or a console
+        token with one) and HubStoreError when the hash is already stored.
+        """
+        hub_logic.check_token(role, gate_id)
+        sql = (
+            "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING"
+        )
+        status = await self._run(
+            lambda conn: conn.execute(sql, token_hash, role, gate_id, name, time.time())
+        )
+        if status != "INSERT 0 1":
+            raise HubStoreError("a token with this hash is already stored")
+
+    async def token(self, token_hash: str) -> TokenInfo | None:
+        """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
+        sql = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = $1"
+        row = await self._run(lambda conn: conn.fetchrow(sql, token_hash))
+        return None if row is None else TokenInfo(*row)
+
+    async def revoke_tokens(self, gate_id: str) -> int:
+        """Delete every token of a gate; returns how many. Raises HubStoreError."""
+        sql = "DELETE FROM tokens WHERE gate_id = $1"
+        status = await self._run(lambda conn: conn.execute(sql, gate_id))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def revocation_state(self) -> RevocationState:
+        """The current list version and keys. Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> RevocationState:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await _read_revocations(conn)
+
+        state = await self._run(job)
+        self._revocations = state
+        return state
+
+    async def add_revocation_delta(
+        self, version: int, document: bytes, state: RevocationState
+    ) -> None:
+        """Store signed delta ``version`` and the state it leads to; prune old deltas.
+
+        Raises HubStoreError when ``version`` is not the current version + 1 (nothing stored)
+        and ValueError when ``state.version`` is not ``version``.
+        """
+        if state.version != version:
+            raise ValueError(f"state version {state.version} is not the delta's {version}")
+        cached = self._revocations
+
+        async def job(conn: _Conn) -> None:
+            async with conn.transaction():
+                await _add_delta(conn, version, bytes(document), state, cached)
+
+        await self._run(job)
+        self._revocations = state
+        log.info("hub store %s: revocation list version %d", self._where, version)
+
+    async def revocation_deltas(self, after: int) -> list[bytes] | None:
+        """Signed deltas with version > ``after``, oldest first; None when some were pruned.
+
+        Raises HubStoreError.
+        """
+
+        async def job(conn: _Conn) -> list[bytes] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                version = await _revocation_version(conn)
+                oldest = await conn.fetchval("SELECT min(version) FROM revocation_deltas")
+                if hub_logic.deltas_gone(after, version, oldest):
+                    return None
+                sql = "SELECT document FROM revocation_deltas WHERE version > $1 ORDER BY version"
+                return [bytes(row[0]) for row in await conn.fetch(sql, after)]
+
+        return await self._run(job)
+
+    async def close(self) -> None:
+        """Close the listening connection and the pool. Idempotent."""
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        try:
+            if listener is not None:
+                await listener.close()
+            if pool is not None:
+                await pool.close()
+        except _ERRORS as exc:
+            log.warning("hub store %s: unclean close: %s", self._where, exc)
+
+    async def _prepare(self, conn: _Conn) -> None:
+        """Create the schema (once, under a lock, however many processes start) or check it."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("schema"))
+            if await conn.fetchval("SELECT to_regclass('hub_meta') IS NULL"):
+                tables = await conn.fetchval(
+                    "SELECT count(*) FROM information_schema.tables"
+                    " WHERE table_schema = current_schema()"
+                )
+                if tables:
+                    raise HubStoreError(f"database {self._where} is not a hub store")
+                await conn.execute(_SCHEMA_SQL)
+                await conn.execute(
+                    "INSERT INTO hub_meta (key, value) VALUES ('schema', $1), ('venue', $2),"
+                    " ('revocation_version', '0')",
+                    SCHEMA,
+                    self._policy.venue,
+                )
+                log.info("created hub store %s", self._where)
+            meta = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM hub_meta")}
+        if meta.get("schema") != SCHEMA:
+            raise HubStoreError(
+                f"database {self._where} has hub schema {meta.get('schema')!r}; "
+                f"this hub supports {SCHEMA!r}"
+            )
+        if meta.get("venue") != self._policy.venue:
+            raise HubStoreError(
+                f"hub store {self._where} belongs to venue {meta.get('venue')!r},"
+                f" not {self._policy.venue!r}"
+            )
+
+    async def _run(self, job: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        """Run ``job`` on a pooled connection; database errors become HubStoreError."""
+        pool = self._pool
+        if pool is None:
+            raise HubStoreError(f"hub store {self._where} is closed")
+        try:
+            async with pool.acquire() as conn:
+                return await job(conn)
+        except _ERRORS as exc:
+            raise HubStoreError(f"hub store {self._where}: {exc}") from exc
+
+    def _listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    async def _listen(self) -> None:
+        """(Re)open the connection that LISTENs for other processes' feed inserts.
+
+        Failure is logged, not raised: long-polls then poll until a later attempt succeeds.
+        """
+        async with self._listen_lock:
+            now = time.monotonic()
+            if self._listening() or self._pool is None or now < self._listen_after:
+                return
+            self._listen_after = now + _RELISTEN_S
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=_CONNECT_TIMEOUT_S)
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except _ERRORS as exc:
+                log.warning("hub store %s: cannot listen for feed inserts: %s", self._where, exc)
+                if conn is not None:
+                    conn.terminate()
+                return
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._feed_signal.wake()
+
+    def _on_listener_lost(self, conn: object) -> None:
+        if conn is not self._listener:
+            return  # closed by close()
+        log.warning("hub store %s: feed listener connection lost", self._where)
+        self._feed_signal.wake()  # long-polls re-check now and poll until it is back
+
+
+async def _known(
+    conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy
+) -> KnownState:
+    """What the database holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
+    ids = [e.entry_id for e in entries]
+    sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id = ANY($1::text[])"
+    stored = {e.entry_id: e for e in map(hub_logic.entry_from_row, await conn.fetch(sql, ids))}
+    # The range bounds the index scan (= ANY on the index's second column alone would not).
+    sql = (
+        "SELECT gate_seq, entry_id FROM entries WHERE gate_id = $1 AND gate_seq BETWEEN $2 AND $3"
+        " AND gate_seq = ANY($4::bigint[])"
+    )
+    seqs = [e.gate_seq for e in entries]
+    owners = {r[0]: r[1] for r in await conn.fetch(sql, gate_id, seqs[0], seqs[-1], seqs)}
+    sql = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = $1"
+    max_seq = await conn.fetchval(sql, gate_id)
+    history: dict[str, list[TicketRow]] = {}
+    refs = hub_logic.history_refs(entries, stored, policy)
+    if refs:
+        sql = (
+            f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref = ANY($1::text[])"
+            " AND (kind <> 'attempt' OR wall_time >= $2)"
+        )
+        since = hub_logic.attempts_since(entries, policy)
+        for row in await conn.fetch(sql, refs, since):
+            ref, ticket_row = TicketRow.from_row(row)
+            history.setdefault(ref, []).append(ticket_row)
+    sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
+    names = {r[0]: r[1] for r in await conn.fetch(sql, hub_logic.gates_to_name(gate_id, history))}
+    return KnownState(stored, owners, int(max_seq), history, names)
+
+
+async def _write(conn: _Conn, gate_id: str, plan: hub_logic.IngestPlan, now: float) -> None:
+    """Insert the plan's rows and alerts; NOTIFY the other processes when the feed grew."""
+    if plan.rows:
+        rows = [hub_logic.entry_params(e, now) for e in plan.rows]
+        await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
+    if plan.alerts:
+        await conn.executemany(
+            _INSERT_ALERT,
+            [_alert_args(a, now) for a in plan.alerts],
+        )
+    await conn.execute(
+        "INSERT INTO gates (gate_id) VALUES ($1) ON CONFLICT (gate_id) DO NOTHING", gate_id
+    )
+    if plan.feed_rows:
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+
+def _alert_args(a: hub_logic.NewAlert, now: float) -> tuple[Any, ...]:
+    return (
+        a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
+        now,
+    )  # fmt: skip
+
+
+async def _revocation_version(conn: _Conn) -> int:
+    sql = "SELECT value FROM hub_meta WHERE key = 'revocation_version'"
+    return int(await conn.fetchval(sql))
+
+
+async def _read_revocations(conn: _Conn) -> RevocationState:
+    version = await _revocation_version(conn)
+    rows = await conn.fetch("SELECT key, list FROM revocation_keys")
+    return RevocationState(
+        version,
+        frozenset(bytes(k) for k, lst in rows if lst == "revoke"),
+        frozenset(bytes(k) for k, lst in rows if lst == "block"),
+    )
+
+
+async def _add_delta(
+    conn: _Conn,
+    version: int,
+    document: bytes,
+    state: RevocationState,
+    cached: RevocationState | None,
+) -> None:
+    # The row lock serialises concurrent admins: the second one sees the new version and fails.
+    sql = "SELECT value FROM hub_meta WHERE key = 'revocation_version' FOR UPDATE"
+    current = int(await conn.fetchval(sql))
+    if version != current + 1:
+        raise HubStoreError(
+            f"revocation delta version {version} does not follow the current version {current}"
+        )
+    if cached is not None and cached.version == current:
+        old = cached
+    else:
+        old = await _read_revocations(conn)
+    for name, before, after in (
+        ("revoke", old.revoked, state.revoked),
+        ("block", old.blocked, state.blocked),
+    ):
+        await conn.execute(
+            "DELETE FROM revocation_keys WHERE list = $1 AND key = ANY($2::bytea[])",
+            name,
+            list(before - after),
+        )
+        await conn.execute(
+            "INSERT INTO revocation_keys (key, list) SELECT k, $1 FROM unnest($2::bytea[]) AS k",
+            name,
+            list(after - before),
+        )
+    await conn.execute(
+        "INSERT INTO revocation_deltas (version, document) VALUES ($1, $2)", version, document
+    )
+    await conn.execute(
+        "UPDATE hub_meta SET value = $1 WHERE key = 'revocation_version'", str(version)
+    )
+    await conn.execute(
+        "DELETE FROM revocation_deltas WHERE version <= $1", version - hub_logic.KEEP_DELTAS
+    )

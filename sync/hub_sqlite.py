@@ -1,0 +1,471 @@
+"""The hub store on one SQLite file: the default, no other service to run.
+
+One dedicated thread owns the connection (the aiosqlite pattern): every public method is one job
+on it, so a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
+acknowledgement means durable) never interleaves with another job, and no reader ever sees rows of
+an uncommitted batch. The ingest rules are :mod:`sync.hub_logic`'s. Long-polls wait on an in-process
+event that each committed batch with feed rows sets.
+
+The file is marked with an ``application_id`` and ``user_version`` and bound to its venue, so a
+stray SQLite file or another venue's store is refused. SQLite errors become HubStoreError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sync import hub_logic
+from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
+from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
+SCHEMA_VERSION = 1
+_CHUNK = 500  # values per IN (...) list
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    cursor INTEGER PRIMARY KEY,
+    gate_seq INTEGER NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
+    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
+    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
+    offline INTEGER NOT NULL, in_feed INTEGER NOT NULL, received_at REAL NOT NULL,
+    UNIQUE (gate_id, gate_seq)
+);
+CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
+    detail TEXT NOT NULL, raised_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gates (
+    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+    outbox_depth INTEGER NOT NULL DEFAULT 0, oldest_unsynced_age_s REAL,
+    revocation_version INTEGER NOT NULL DEFAULT 0, revocation_age_s REAL,
+    trust_version INTEGER NOT NULL DEFAULT 0, clock_synced INTEGER NOT NULL DEFAULT 0,
+    feed_cursor INTEGER NOT NULL DEFAULT 0, faults TEXT NOT NULL DEFAULT '[]', last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
+CREATE TABLE IF NOT EXISTS revocation_deltas (version INTEGER PRIMARY KEY, document BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS revocation_keys (
+    key BLOB NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
+    ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
+)
+_INSERT_ALERT = (
+    "INSERT OR IGNORE INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail,"
+    " raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FEED = (
+    "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
+    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
+    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.cursor > ? AND e.in_feed = 1 ORDER BY e.cursor LIMIT ?"
+)
+_ALERTS = (
+    "SELECT alert_id, kind, ticket, gates, times, entries, detail, raised_at FROM alerts"
+    " WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
+)
+_HEARTBEAT = hub_logic.heartbeat_sql(numbered=False)
+_GATES = (
+    "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
+    " clock_synced, version, faults FROM gates"
+    " UNION ALL SELECT DISTINCT gate_id, '', NULL, 0, 0, NULL, 0, '', '[]' FROM tokens"
+    " WHERE gate_id IS NOT NULL AND gate_id NOT IN (SELECT gate_id FROM gates)"
+    " ORDER BY gate_id"
+)
+
+_T = TypeVar("_T")
+
+
+class SQLiteHubStore:
+    """The hub store in one SQLite file. Open with :meth:`open`; one instance per file."""
+
+    def __init__(
+        self, path: Path, policy: HubPolicy, executor: ThreadPoolExecutor, db: sqlite3.Connection
+    ) -> None:
+        """Use :meth:`open`; this only wires a prepared connection and its thread."""
+        self._path = path
+        self._policy = policy
+        self._executor = executor
+        self._db: sqlite3.Connection | None = db
+        self._feed_signal = hub_logic.FeedSignal()
+        self._revocations: RevocationState | None = None  # cache of the last state read/written
+
+    @classmethod
+    async def open(cls, path: str | Path, policy: HubPolicy) -> SQLiteHubStore:
+        """Open (creating when missing) the store at ``path`` for ``policy.venue``.
+
+        Raises HubStoreError when the file cannot be opened, is not a hub store (or another
+        version of it), or belongs to another venue.
+        """
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-sqlite")
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(
+                executor, _connect, path, policy.venue
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        log.info("hub store %s (venue %s) open", path, policy.venue)
+        return cls(path, policy, executor, db)
+
+    @property
+    def policy(self) -> HubPolicy:
+        return self._policy
+
+    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+        """Store a batch in one transaction and raise its alerts (see :class:`HubStore`).
+
+        Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
+        ValueError for a batch that is empty, of another gate or not ascending.
+        """
+        hub_logic.check_batch(gate_id, entries)
+        plan = await self._run(lambda db: _transaction(db, self._ingest_job, gate_id, entries, now))
+        if plan.feed_rows:
+            self._feed_signal.wake()
+        return hub_logic.ack(plan, now)
+
+    async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor.
+
+        Raises HubStoreError.
+        """
+        hub_logic.check_limit(limit)
+        rows = await self._run(lambda db: db.execute(_FEED, (after, limit)).fetchall())
+        entries = [FeedEntry(*row) for row in rows]
+        return entries, entries[-1].cursor if entries else after
+
+    async def wait_feed(self, after: int, wait_s: float) -> None:
+        """Return once the feed has an entry after ``after``, or after ``wait_s`` seconds.
+
+        Raises HubStoreError.
+        """
+        await self._feed_signal.wait(
+            lambda: self._run(lambda db: _has_feed_after(db, after)), wait_s
+        )
+
+    async def alerts(self, after: int, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
+        hub_logic.check_limit(limit)
+        rows = await self._run(lambda db: db.execute(_ALERTS, (after, limit)).fetchall())
+        return [_alert(row, self._policy.venue) for row in rows]
+
+    async def heartbeat(self, hb: Heartbeat, now: float) -> None:
+        """Record a gate's health as of ``now``. Raises HubStoreError."""
+        params = hub_logic.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
+        await self._run(lambda db: db.execute(_HEARTBEAT, params))
+
+    async def gates(self, now: float) -> list[GateHealth]:
+        """Every gate with a token or heard from, with its last known health.
+
+        Raises HubStoreError.
+        """
+        rows = await self._run(lambda db: db.execute(_GATES).fetchall())
+        return [hub_logic.gate_health(row, json.loads(row[-1]), now, self._policy) for row in rows]
+
+    async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
+        """Store a token's hash. Raises ValueError for a gate token without a gate (or a console
+        token with one) and HubStoreError when the hash is already stored.
+        """
+        hub_logic.check_token(role, gate_id)
+        params = (token_hash, role, gate_id, name, time.time())
+        try:
+            await self._run(
+                lambda db: db.execute(
+                    "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    params,
+                )
+            )
+        except HubStoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise HubStoreError("a token with this hash is already stored") from exc
+            raise
+
+    async def token(self, token_hash: str) -> TokenInfo | None:
+        """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
+        sql = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = ?"
+        row = await self._run(lambda db: db.execute(sql, (token_hash,)).fetchone())
+        return None if row is None else TokenInfo(*row)
+
+    async def revoke_tokens(self, gate_id: str) -> int:
+        """Delete every token of a gate; returns how many. Raises HubStoreError."""
+        sql = "DELETE FROM tokens WHERE gate_id = ?"
+        return await self._run(lambda db: db.execute(sql, (gate_id,)).rowcount)
+
+    async def revocation_state(self) -> RevocationState:
+        """The current list version and keys. Raises HubStoreError."""
+        state = await self._run(lambda db: _transaction(db, _read_revocations))
+        self._revocations = state
+        return state
+
+    async def add_revocation_delta(
+        self, version: int, document: bytes, state: RevocationState
+    ) -> None:
+        """Store signed delta ``version`` and the state it leads to; prune old deltas.
+
+        Raises HubStoreError when ``version`` is not the current version + 1 (nothing stored)
+        and ValueError when ``state.version`` is not ``version``.
+        """
+        if state.version != version:
+            raise ValueError(f"state version {state.version} is not the delta's {version}")
+        cached = self._revocations
+        await self._run(
+            lambda db: _transaction(db, _add_delta, version, bytes(document), state, cached)
+        )
+        self._revocations = state
+        log.info("hub store %s: revocation list version %d", self._path, version)
+
+    async def revocation_deltas(self, after: int) -> list[bytes] | None:
+        """Signed deltas with version > ``after``, oldest first; None when some were pruned.
+
+        Raises HubStoreError.
+        """
+        return await self._run(lambda db: _transaction(db, _deltas, after))
+
+    async def close(self) -> None:
+        """Close the database and stop its thread. Idempotent."""
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _ingest_job(
+        self, db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], now: float
+    ) -> hub_logic.IngestPlan:
+        """Read, plan and write one batch (on the thread, inside its transaction)."""
+        known = _known(db, gate_id, entries, self._policy)
+        plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy)
+        db.executemany(_INSERT_ENTRY, (hub_logic.entry_params(e, now) for e in plan.rows))
+        db.executemany(_INSERT_ALERT, (_alert_params(a, now) for a in plan.alerts))
+        db.execute("INSERT OR IGNORE INTO gates (gate_id) VALUES (?)", (gate_id,))
+        return plan
+
+    async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``job`` on the store's thread; SQLite errors become HubStoreError."""
+        db = self._db
+        if db is None:
+            raise HubStoreError(f"hub store {self._path} is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, job, db)
+        except sqlite3.Error as exc:
+            raise HubStoreError(f"hub store {self._path}: {exc}") from exc
+
+
+# --- jobs: run on the store's thread -------------------------------------------------------------
+
+
+def _connect(path: Path, venue: str) -> sqlite3.Connection:
+    """Open, check or create the schema, bind the venue. Raises HubStoreError."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
+    try:
+        _prepare(db, path, venue)
+    except sqlite3.Error as exc:
+        db.close()
+        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
+    db.execute("PRAGMA busy_timeout = 5000")
+    # Read the header before anything writes: a foreign file must be left exactly as it was.
+    (app_id,) = db.execute("PRAGMA application_id").fetchone()
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if app_id == 0 and version == 0:
+        if db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is not None:
+            raise HubStoreError(f"{path} is an SQLite database but not a hub store")
+    elif app_id != APPLICATION_ID:
+        raise HubStoreError(f"{path} is not a hub store")
+    elif version != SCHEMA_VERSION:
+        raise HubStoreError(
+            f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
+        )
+    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    db.execute("PRAGMA synchronous = FULL")
+    if app_id == 0:
+        # One transaction: a crash leaves no schema or all of it (header pragmas included), and
+        # IF NOT EXISTS makes a second process creating it at the same moment harmless.
+        db.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
+            f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+        )
+        log.info("created hub store %s", path)
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
+    (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
+    if bound != venue:
+        raise HubStoreError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
+    if mode != "wal":
+        log.warning("hub store %s is not in WAL mode (%s)", path, mode)
+
+
+def _transaction(db: sqlite3.Connection, job: Callable[..., _T], *args: Any) -> _T:
+    """Run ``job(db, *args)`` inside BEGIN IMMEDIATE .. COMMIT (rolled back on any failure)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(db, *args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _select_in(
+    db: sqlite3.Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> list[Any]:
+    """Rows of ``sql`` (with one ``IN ({})``) over ``values`` in chunks; ``params`` go first."""
+    rows: list[Any] = []
+    for chunk in _chunks(values):
+        query = sql.format(", ".join("?" * len(chunk)))
+        rows.extend(db.execute(query, (*params, *chunk)).fetchall())
+    return rows
+
+
+def _known(
+    db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy
+) -> KnownState:
+    """What the store holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
+    ids = [e.entry_id for e in entries]
+    sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id IN ({{}})"
+    stored = {e.entry_id: e for e in map(hub_logic.entry_from_row, _select_in(db, sql, ids))}
+    sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
+    seqs = [e.gate_seq for e in entries]
+    owners = dict(_select_in(db, sql, seqs, (gate_id,)))
+    sql = "SELECT IFNULL(MAX(gate_seq), 0) FROM entries WHERE gate_id = ?"
+    (max_seq,) = db.execute(sql, (gate_id,)).fetchone()
+    refs = hub_logic.history_refs(entries, stored, policy)
+    sql = (
+        f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
+        " AND (kind <> 'attempt' OR wall_time >= ?)"
+    )
+    since = hub_logic.attempts_since(entries, policy)
+    history: dict[str, list[TicketRow]] = {}
+    for chunk in _chunks(refs):
+        query = sql.format(", ".join("?" * len(chunk)))
+        for row in db.execute(query, (*chunk, since)):
+            ref, ticket_row = TicketRow.from_row(row)
+            history.setdefault(ref, []).append(ticket_row)
+    gate_ids = hub_logic.gates_to_name(gate_id, history)
+    sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
+    names = dict(_select_in(db, sql, gate_ids))
+    return KnownState(stored, owners, int(max_seq), history, names)
+
+
+def _alert_params(alert: hub_logic.NewAlert, now: float) -> tuple[Any, ...]:
+    return (
+        alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
+        json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now,
+    )  # fmt: skip
+
+
+def _alert(row: Sequence[Any], venue: str) -> Alert:
+    alert_id, kind, ticket, gates, times, entries, detail, raised_at = row
+    return Alert(
+        alert_id, kind, venue, ticket, tuple(json.loads(gates)), tuple(json.loads(times)),
+        tuple(json.loads(entries)), detail, raised_at,
+    )  # fmt: skip
+
+
+def _has_feed_after(db: sqlite3.Connection, after: int) -> bool:
+    sql = "SELECT cursor FROM entries WHERE cursor > ? AND in_feed = 1 ORDER BY cursor LIMIT 1"
+    return db.execute(sql, (after,)).fetchone() is not None
+
+
+def _revocation_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'revocation_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _add_delta(
+    db: sqlite3.Connection,
+    version: int,
+    document: bytes,
+    state: RevocationState,
+    cached: RevocationState | None,
+) -> None:
+    current = _revocation_version(db)
+    if version != current + 1:
+        raise HubStoreError(
+            f"revocation delta version {version} does not follow the current version {current}"
+        )
+    old = cached if cached is not None and cached.version == current else _read_revocations(db)
+    for name, before, after in (
+        ("revoke", old.revoked, state.revoked),
+        ("block", old.blocked, state.blocked),
+    ):
+        db.executemany(
+            "DELETE FROM revocation_keys WHERE key = ? AND list = ?",
+            ((k, name) for k in before - after),
+        )
+        db.executemany(
+            "INSERT INTO revocation_keys (key, list) VALUES (?, ?)",
+            ((k, name) for k in after - before),
+        )
+    db.execute(
+        "INSERT INTO revocation_deltas (version, document) VALUES (?, ?)", (version, document)
+    )
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('revocation_version', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(version),),
+    )
+    db.execute(
+        "DELETE FROM revocation_deltas WHERE version <= ?", (version - hub_logic.KEEP_DELTAS,)
+    )
+
+
+def _read_revocations(db: sqlite3.Connection) -> RevocationState:
+    keys = db.execute("SELECT key, list FROM revocation_keys").fetchall()
+    return RevocationState(
+        _revocation_version(db),
+        frozenset(bytes(k) for k, lst in keys if lst == "revoke"),
+        frozenset(bytes(k) for k, lst in keys if lst == "block"),
+    )
+
+
+def _deltas(db: sqlite3.Connection, after: int) -> list[bytes] | None:
+    version = _revocation_version(db)
+    (oldest,) = db.execute("SELECT MIN(version) FROM revocation_deltas").fetchone()
+    if hub_logic.deltas_gone(after, version, oldest):
+        return None
+    rows = db.execute(
+        "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version", (after,)
+    ).fetchall()
+    return [bytes(doc) for (doc,) in rows]

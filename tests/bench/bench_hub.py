@@ -1,0 +1,267 @@
+"""Hub store ingest: entries/s through store.ingest, and the ratio to raw inserts of the same rows.
+
+N realistic entries (4 gates; ~10% of tickets presented again at another gate, admitted offline,
+so the hub raises double-admission alerts; a few denied attempts, exits and annulments) are
+uploaded in batches of 500, the gates interleaved, into a fresh store: the full path with the
+ingest rules, the durable commit and the alerts. In the same run, the floor: the same rows
+inserted into a plain table with the same columns and indexes (SQLite: executemany, one
+transaction per 500, WAL, synchronous=FULL; PostgreSQL: asyncpg executemany, one transaction per
+500). Each figure is the median of ``--runs`` runs, each on a fresh database.
+
+    .venv/bin/python tests/bench/bench_hub.py [--entries 50000] [--runs 5] [--pg URL | --pg auto]
+
+``--pg auto`` starts a temporary PostgreSQL cluster (tests/pg.py); with a URL, the benchmark
+creates and drops databases ``bench_hub_*`` on that server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import asyncpg
+
+from agent.clock import uuid7
+from agent.model import Reason, Verdict
+from sync import hub_logic
+from sync.hub_logic import ENTRY_COLUMNS
+from sync.hub_store import HubPolicy, open_store
+from sync.protocol import EntryWire
+
+BATCH = 500
+GATES = 4
+T0 = 1_750_000_000.0
+POLICY = HubPolicy("bench")
+_PLAIN_SCHEMA = """
+CREATE TABLE entries (
+    cursor {pk}, gate_seq BIGINT NOT NULL, entry_id TEXT NOT NULL UNIQUE,
+    gate_id TEXT NOT NULL, lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL,
+    verdict TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL,
+    annuls TEXT, zone INTEGER, wall_time {real} NOT NULL, clock_synced BOOLEAN NOT NULL,
+    mono_ns BIGINT NOT NULL, boot_id TEXT NOT NULL, hlc BIGINT NOT NULL,
+    rev_version BIGINT NOT NULL, offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL,
+    received_at {real} NOT NULL, UNIQUE (gate_id, gate_seq)
+);
+CREATE INDEX entries_ticket_ref ON entries (ticket_ref);
+"""
+
+
+class _Journal:
+    def __init__(self, gate_id: str) -> None:
+        self.gate_id = gate_id
+        self.seq = 0
+        self.rows: list[EntryWire] = []
+
+    def add(self, ref: str, kind: str, at: float, annuls: str | None = None) -> EntryWire:
+        self.seq += 1
+        admitted = kind in ("entry", "exit")
+        row = EntryWire(
+            gate_seq=self.seq, entry_id=str(uuid7(int(at * 1000))), gate_id=self.gate_id,
+            lane="in", ticket_ref=ref, kind=kind,  # type: ignore[arg-type]
+            verdict=Verdict.ADMIT if admitted else Verdict.DENY,
+            reason=Reason.OK if admitted or kind == "annul" else Reason.ALREADY_USED,
+            detail="" if admitted else "Already used at Gate 1", flags=("offline",),
+            annuls=annuls, zone=1, wall_time=at, clock_synced=True, mono_ns=int(at * 1e9),
+            boot_id="7f3c2a9e-boot", hlc=int(at * 1000) << 16, rev_version=12, offline=True,
+        )  # fmt: skip
+        self.rows.append(row)
+        return row
+
+
+def workload(n: int, seed: int = 7) -> list[tuple[str, list[EntryWire]]]:
+    """About ``n`` entries of 4 gates as (gate_id, batch) uploads, the gates interleaved."""
+    rng = random.Random(seed)
+    gates = [_Journal(f"gate-{i + 1}") for i in range(GATES)]
+    at = T0
+    while sum(len(g.rows) for g in gates) < n:
+        at += 0.05
+        gate = rng.choice(gates)
+        ref = f"tk1:{rng.getrandbits(96):024x}"
+        entry = gate.add(ref, "entry", at)
+        roll = rng.random()
+        if roll < 0.10:  # presented again at another gate while offline: admitted twice
+            rng.choice([g for g in gates if g is not gate]).add(ref, "entry", at + 30)
+        elif roll < 0.14:
+            gate.add(ref, "attempt", at + 5)
+        elif roll < 0.16:
+            gate.add(ref, "annul", at + 3, annuls=entry.entry_id)
+        elif roll < 0.20:
+            gate.add(ref, "exit", at + 3600)
+    batches = [
+        (g.gate_id, g.rows[i : i + BATCH]) for g in gates for i in range(0, len(g.rows), BATCH)
+    ]
+    # Interleave: the k-th batch of every gate before the (k+1)-th of any.
+    return sorted(batches, key=lambda b: b[1][0].gate_seq)
+
+
+async def store_run(url: str, batches: list[tuple[str, list[EntryWire]]]) -> tuple[float, int]:
+    """Seconds to ingest every batch through the store, and the number of alerts raised."""
+    store = await open_store(url, POLICY)
+    try:
+        start = time.perf_counter()
+        for gate_id, batch in batches:
+            await store.ingest(gate_id, batch, time.time())
+        elapsed = time.perf_counter() - start
+        alerts = len(await store.alerts(0, 1_000_000))
+    finally:
+        await store.close()
+    return elapsed, alerts
+
+
+def sqlite_raw_run(path: Path, batches: list[tuple[str, list[EntryWire]]]) -> float:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.executescript(_PLAIN_SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL"))
+    sql = "INSERT INTO entries ({}) VALUES ({})".format(
+        ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
+    )
+    start = time.perf_counter()
+    for _, batch in batches:
+        db.execute("BEGIN")
+        db.executemany(sql, [hub_logic.entry_params(e, time.time()) for e in batch])
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed
+
+
+async def pg_raw_run(url: str, batches: list[tuple[str, list[EntryWire]]]) -> float:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(_PLAIN_SCHEMA.format(pk="BIGSERIAL PRIMARY KEY", real="FLOAT8"))
+        sql = "INSERT INTO entries ({}) VALUES ({})".format(
+            ", ".join(ENTRY_COLUMNS), ", ".join(f"${i + 1}" for i in range(len(ENTRY_COLUMNS)))
+        )
+        start = time.perf_counter()
+        for _, batch in batches:
+            async with conn.transaction():
+                await conn.executemany(sql, [hub_logic.entry_params(e, time.time()) for e in batch])
+        return time.perf_counter() - start
+    finally:
+        await conn.close()
+
+
+class PgDatabases:
+    """Fresh databases on a server: ``bench_hub_<n>``, dropped afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+        self.made: list[str] = []
+
+    def _url(self, name: str) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+    async def fresh(self) -> str:
+        self.count += 1
+        name = f"bench_hub_{self.count}_{int(time.time())}"
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+        self.made.append(name)
+        return self._url(name)
+
+    async def drop_all(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            for name in self.made:
+                await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        finally:
+            await conn.close()
+
+
+@contextmanager
+def pg_server(spec: str | None) -> Iterator[str | None]:
+    """The server URL to benchmark on: none, the given one, or a temporary cluster's."""
+    if spec is None:
+        yield None
+    elif spec == "auto":
+        from tests.pg import temp_cluster
+
+        with temp_cluster() as server:
+            yield server.url()
+    else:
+        yield spec
+
+
+def median_of(
+    runs: int, once: Callable[[], Awaitable[tuple[float, float, int]]]
+) -> dict[str, float]:
+    results = [asyncio.run(once()) for _ in range(runs)]
+    return {
+        "store_s": statistics.median(r[0] for r in results),
+        "raw_s": statistics.median(r[1] for r in results),
+        "alerts": results[0][2],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entries", type=int, default=50_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--pg", help="PostgreSQL server URL, or 'auto' for a temporary cluster")
+    args = ap.parse_args()
+    batches = workload(args.entries)
+    n = sum(len(b) for _, b in batches)
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:
+        runs = iter(range(1_000_000))
+
+        async def sqlite_once() -> tuple[float, float, int]:
+            k = next(runs)
+            store_s, alerts = await store_run(f"sqlite://{tmp}/hub{k}.db", batches)
+            return store_s, sqlite_raw_run(Path(tmp) / f"raw{k}.db", batches), alerts
+
+        figures["sqlite"] = median_of(args.runs, sqlite_once)
+    with pg_server(args.pg) as url:
+        if url is not None:
+            dbs = PgDatabases(url)
+
+            async def pg_once() -> tuple[float, float, int]:
+                store_s, alerts = await store_run(await dbs.fresh(), batches)
+                raw_s = await pg_raw_run(await dbs.fresh(), batches)
+                return store_s, raw_s, alerts
+
+            try:
+                figures["postgresql"] = median_of(args.runs, pg_once)
+            finally:
+                asyncio.run(dbs.drop_all())
+    report(n, len(batches), args.runs, figures)
+
+
+def report(n: int, n_batches: int, runs: int, figures: dict[str, dict[str, float]]) -> None:
+    print(f"hub ingest: {n:,} entries from {GATES} gates in {n_batches} batches, median of {runs}")
+    print(f"{'backend':<12}{'store e/s':>12}{'raw e/s':>12}{'ratio':>8}{'alerts':>8}")
+    out: dict[str, object] = {"bench": "hub_ingest", "entries": n, "runs": runs}
+    for backend, f in figures.items():
+        store_eps, raw_eps = n / f["store_s"], n / f["raw_s"]
+        ratio = store_eps / raw_eps
+        print(f"{backend:<12}{store_eps:>12,.0f}{raw_eps:>12,.0f}{ratio:>8.2f}{f['alerts']:>8.0f}")
+        out[backend] = {
+            "store_eps": round(store_eps),
+            "raw_eps": round(raw_eps),
+            "ratio": round(ratio, 3),
+            "alerts": int(f["alerts"]),
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

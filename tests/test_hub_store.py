@@ -1,0 +1,736 @@
+"""The hub store, one suite over both backends (a real SQLite file and a real PostgreSQL).
+
+Gates are simulated as their journals would upload: gap-free ``gate_seq``, UUIDv7 entry ids,
+rising hybrid logical clocks. The pure planner is also checked directly, table-driven.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from agent.clock import uuid7
+from agent.model import Flag, Reason, Verdict, text_digest
+from sync import hub_logic
+from sync.hub_logic import KnownState, TicketRow
+from sync.hub_store import (
+    ConflictError,
+    HubPolicy,
+    HubStore,
+    HubStoreError,
+    RevocationState,
+    open_store,
+)
+from sync.protocol import Alert, EntryWire, Heartbeat
+from tests.pg import pg_server, pg_url  # noqa: F401
+
+T0 = 1_750_000_000.0
+VENUE = "arena"
+POLICY = HubPolicy(VENUE)
+
+
+class Gate:
+    """A gate's journal as it uploads: gap-free gate_seq, UUIDv7 ids, rising HLC."""
+
+    def __init__(self, gate_id: str, clock: list[float] | None = None) -> None:
+        self.gate_id = gate_id
+        self.seq = 0
+        self.clock = clock if clock is not None else [T0]  # shared between gates of a test
+        self.hlc = 0
+
+    def row(
+        self,
+        ref: str,
+        kind: str = "entry",
+        *,
+        admit: bool | None = None,
+        annuls: str | None = None,
+        at: float | None = None,
+    ) -> EntryWire:
+        """The next journal row; ``at`` sets the wall time, else the shared clock ticks 1 s."""
+        if at is None:
+            self.clock[0] += 1.0
+            at = self.clock[0]
+        admitted = kind in ("entry", "exit") if admit is None else admit
+        self.seq += 1
+        self.hlc = max(self.hlc + 1, int(at * 1000) << 16)
+        return EntryWire(
+            gate_seq=self.seq, entry_id=str(uuid7(int(at * 1000))), gate_id=self.gate_id,
+            lane="in", ticket_ref=ref, kind=kind,  # type: ignore[arg-type]
+            verdict=Verdict.ADMIT if admitted else Verdict.DENY,
+            reason=Reason.OK if admitted or kind == "annul" else Reason.ALREADY_USED,
+            detail="" if admitted else "Already used", flags=(Flag.OFFLINE.value,),
+            annuls=annuls, zone=1, wall_time=at, clock_synced=True, mono_ns=123_456_789,
+            boot_id="boot-1", hlc=self.hlc, rev_version=4, offline=True,
+        )  # fmt: skip
+
+
+def heartbeat(gate_id: str, name: str, **kw: object) -> Heartbeat:
+    values: dict[str, object] = dict(
+        gate_id=gate_id, gate_name=name, version="0.1.0", outbox_depth=3,
+        oldest_unsynced_age_s=2.5, revocation_version=7, revocation_age_s=40.0,
+        trust_version=2, clock_synced=True, feed_cursor=0, faults=("scanner offline",),
+    )  # fmt: skip
+    values.update(kw)
+    return Heartbeat(**values)  # type: ignore[arg-type]
+
+
+OpenStore = Callable[..., Awaitable[HubStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'hub.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def open_hub(store_url: str) -> AsyncIterator[OpenStore]:
+    """Open stores on the test's database (closed at the end); ``open_hub(entry_policy=...)``."""
+    opened: list[HubStore] = []
+
+    async def open_(**policy: object) -> HubStore:
+        store = await open_store(store_url, dataclasses.replace(POLICY, **policy))  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_hub: OpenStore) -> HubStore:
+    return await open_hub()
+
+
+async def all_alerts(store: HubStore) -> list[Alert]:
+    return await store.alerts(0, 1000)
+
+
+# --- ingest: idempotency and conflicts -----------------------------------------------------------
+
+
+async def test_ingest_reports_inserted_then_duplicate_and_acks_the_highest_seq(
+    store: HubStore,
+) -> None:
+    g = Gate("g1")
+    rows = [g.row(f"t{i}") for i in range(5)]
+    ack = await store.ingest("g1", rows[:3], T0 + 100)
+    assert [r.status for r in ack.results] == ["inserted"] * 3
+    assert ack.acked_through_seq == 3 and ack.hub_time == T0 + 100
+    ack = await store.ingest("g1", rows, T0 + 101)
+    assert [r.status for r in ack.results] == ["duplicate"] * 3 + ["inserted"] * 2
+    assert [r.entry_id for r in ack.results] == [r.entry_id for r in rows]
+    assert ack.acked_through_seq == 5
+    entries, _ = await store.feed(0, 100)
+    assert [e.entry_id for e in entries] == [r.entry_id for r in rows]
+
+
+async def test_replaying_a_whole_history_stores_nothing_new_and_raises_nothing(
+    store: HubStore,
+) -> None:
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    history = [g1.row("a"), g1.row("b"), g1.row("a", "attempt"), g1.row("c")]
+    history += [g1.row("zz", "entry")] + [g1.row("zz", "attempt") for _ in range(3)]
+    await store.ingest("g1", history[:4], T0)
+    await store.ingest("g1", history[4:], T0)
+    await store.ingest("g2", [g2.row("a")], T0)  # a double admission: one alert
+    feed_before, cursor = await store.feed(0, 500)
+    alerts_before = await all_alerts(store)
+    assert [a.kind for a in alerts_before] == ["repeated_denials", "double_admission"]
+    ack = await store.ingest("g1", history, T0 + 50)
+    assert ack.inserted == 0 and len(ack.results) == len(history)
+    assert await all_alerts(store) == alerts_before
+    assert await store.feed(0, 500) == (feed_before, cursor)
+
+
+async def test_entry_id_reused_with_another_body_is_a_conflict_with_one_alert(
+    store: HubStore,
+) -> None:
+    g = Gate("g1")
+    first = [g.row("a"), g.row("b")]
+    await store.ingest("g1", first, T0)
+    forged = dataclasses.replace(first[1], ticket_ref="forged-ref-77")
+    batch = [forged, g.row("c")]
+    for _ in range(3):  # the gate retries: still refused, still one alert
+        with pytest.raises(ConflictError) as caught:
+            await store.ingest("g1", batch, T0 + 1)
+        assert caught.value.entry_ids == (forged.entry_id,)
+    entries, _ = await store.feed(0, 100)
+    assert [e.entry_id for e in entries] == [r.entry_id for r in first]  # "c" was not stored
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "integrity" and alert.entries == (forged.entry_id,)
+    assert alert.ticket == text_digest("forged-ref-77")[:12]
+    assert alert.gates == ("g1", "g1") and alert.times == (first[1].wall_time, forged.wall_time)
+    assert "forged-ref-77" not in alert.detail
+
+
+async def test_gate_seq_reused_by_another_entry_id_is_a_conflict(store: HubStore) -> None:
+    g = Gate("g1")
+    await store.ingest("g1", [g.row("a"), g.row("b")], T0)
+    g.seq = 1  # a gate that lost its journal and starts counting again
+    again = g.row("x")
+    with pytest.raises(ConflictError) as caught:
+        await store.ingest("g1", [again], T0)
+    assert caught.value.entry_ids == (again.entry_id,)
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", [again], T0)
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "integrity" and "gate_seq 2" in alert.detail
+    assert len((await store.feed(0, 100))[0]) == 2
+
+
+async def test_the_same_entry_id_from_another_gate_is_a_conflict(store: HubStore) -> None:
+    g1, g2 = Gate("g1"), Gate("g2")
+    row = g1.row("a")
+    await store.ingest("g1", [row], T0)
+    copy = dataclasses.replace(row, gate_id="g2", gate_seq=1)
+    with pytest.raises(ConflictError):
+        await store.ingest("g2", [copy, dataclasses.replace(g2.row("b"), gate_seq=2)], T0)
+    (alert,) = await all_alerts(store)
+    assert alert.gates == ("g1", "g2")
+
+
+async def test_a_gate_seq_hole_is_stored_with_one_integrity_alert(store: HubStore) -> None:
+    g = Gate("g1")
+    rows = [g.row(f"t{i}") for i in range(10)]
+    await store.ingest("g1", rows[:2], T0)
+    batch = [rows[4], rows[5], rows[8]]  # 3..4 missing before the batch, 7..8 inside it
+    ack = await store.ingest("g1", batch, T0)
+    assert ack.inserted == 3 and ack.acked_through_seq == 9
+    await store.ingest("g1", batch, T0)  # a retry raises nothing new
+    alerts = await all_alerts(store)
+    assert [(a.kind, a.detail) for a in alerts] == [
+        ("integrity", "gate_seq hole 3..4"),
+        ("integrity", "gate_seq hole 7..8"),
+    ]
+    assert alerts[0].entries == (rows[4].entry_id,) and alerts[0].gates == ("g1",)
+    assert alerts[0].ticket == ""
+    # The late rows fill the hole without a new alert.
+    await store.ingest("g1", [rows[2], rows[3]], T0)
+    assert len(await all_alerts(store)) == 2
+    assert len((await store.feed(0, 100))[0]) == 7
+
+
+async def test_a_batch_of_another_gate_or_unordered_is_refused(store: HubStore) -> None:
+    g = Gate("g1")
+    a, b = g.row("a"), g.row("b")
+    with pytest.raises(ValueError):
+        await store.ingest("g2", [a], T0)
+    with pytest.raises(ValueError):
+        await store.ingest("g1", [b, a], T0)
+    with pytest.raises(ValueError):
+        await store.ingest("g1", [], T0)
+    assert (await store.feed(0, 10))[0] == []
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+async def test_double_admission_across_two_gates_keeps_both_rows_and_raises_one_alert(
+    store: HubStore,
+) -> None:
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    await store.heartbeat(heartbeat("g1", "North 1"), T0)
+    first = g1.row("season-42")
+    await store.ingest("g1", [first, g1.row("other")], T0)
+    second = g2.row("season-42")
+    await store.ingest("g2", [second], T0 + 5)
+    await store.ingest("g2", [second], T0 + 6)  # retried: nothing new
+    entries, _ = await store.feed(0, 100)
+    assert [e.entry_id for e in entries] == [first.entry_id, entries[1].entry_id, second.entry_id]
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "double_admission" and alert.venue == VENUE
+    assert alert.ticket == text_digest("season-42")[:12]
+    assert alert.gates == ("North 1", "g2")
+    assert alert.times == (first.wall_time, second.wall_time)
+    assert alert.entries == (first.entry_id, second.entry_id)
+    assert alert.raised_at == T0 + 5
+    assert "season-42" not in alert.detail and "North 1" in alert.detail
+
+
+async def test_double_admission_inside_one_batch(store: HubStore) -> None:
+    g = Gate("g1")
+    rows = [g.row("t1"), g.row("t2"), g.row("t1"), g.row("t1")]
+    await store.ingest("g1", rows, T0)
+    alerts = await all_alerts(store)
+    assert [a.entries for a in alerts] == [
+        (rows[0].entry_id, rows[2].entry_id),
+        (rows[0].entry_id, rows[3].entry_id),
+    ]
+
+
+async def test_an_annulled_earlier_entry_is_no_double_admission(store: HubStore) -> None:
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    entry = g1.row("t1")
+    await store.ingest("g1", [entry, g1.row("t1", "annul", annuls=entry.entry_id)], T0)
+    await store.ingest("g2", [g2.row("t1")], T0)
+    assert await all_alerts(store) == []
+    # A later annulment does not withdraw an alert already raised.
+    third = g1.row("t1")
+    await store.ingest("g1", [third], T0)
+    (alert,) = await all_alerts(store)
+    await store.ingest("g1", [g1.row("t1", "annul", annuls=third.entry_id)], T0)
+    assert await all_alerts(store) == [alert]
+
+
+async def test_reentry_policy_alerts_only_on_an_entry_without_an_exit(
+    open_hub: OpenStore,
+) -> None:
+    store = await open_hub(entry_policy="reentry")
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    await store.ingest("g1", [g1.row("t1"), g1.row("t1", "exit"), g1.row("t1")], T0)
+    assert await all_alerts(store) == []
+    second = g2.row("t1")
+    await store.ingest("g2", [second], T0)
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "double_admission" and alert.entries[1] == second.entry_id
+    assert alert.gates == ("g1", "g2")
+
+
+async def test_unlimited_policy_never_alerts(open_hub: OpenStore) -> None:
+    store = await open_hub(entry_policy="unlimited")
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    await store.ingest("g1", [g1.row("t1"), g1.row("t1")], T0)
+    await store.ingest("g2", [g2.row("t1")], T0)
+    assert await all_alerts(store) == []
+    assert len((await store.feed(0, 10))[0]) == 3
+
+
+async def test_repeated_denials_alert_once_at_the_threshold_within_the_window(
+    open_hub: OpenStore,
+) -> None:
+    store = await open_hub(denied_alert_threshold=3, denied_alert_window_s=60.0)
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    await store.ingest("g1", [g1.row("t1", "attempt", at=T0)], T0)
+    await store.ingest("g1", [g1.row("t1", "attempt", at=T0 + 100)], T0)  # window restarts
+    await store.ingest("g2", [g2.row("t1", "attempt", at=T0 + 120)], T0)
+    assert await all_alerts(store) == []
+    third = g1.row("t1", "attempt", at=T0 + 150)
+    await store.ingest("g1", [third, g1.row("t1", "attempt", at=T0 + 151)], T0)
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "repeated_denials" and alert.ticket == text_digest("t1")[:12]
+    assert alert.gates == ("g1", "g2", "g1")
+    assert alert.times == (T0 + 100, T0 + 120, T0 + 150)
+    assert alert.entries[-1] == third.entry_id
+    # Other tickets' attempts do not count.
+    await store.ingest("g2", [g2.row("t2", "attempt", at=T0 + 152)], T0)
+    assert len(await all_alerts(store)) == 1
+
+
+async def test_alerts_page_by_id(store: HubStore) -> None:
+    g = Gate("g1")
+    await store.ingest("g1", [g.row(f"t{i % 5}") for i in range(10)], T0)
+    alerts = await all_alerts(store)
+    assert len(alerts) == 5
+    ids = [a.alert_id for a in alerts]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    page = await store.alerts(ids[1], 2)
+    assert [a.alert_id for a in page] == ids[2:4]
+    assert await store.alerts(ids[-1], 10) == []
+
+
+# --- feed ----------------------------------------------------------------------------------------
+
+
+async def test_feed_carries_admissions_exits_and_annulments_in_cursor_order(
+    store: HubStore,
+) -> None:
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    await store.heartbeat(heartbeat("g2", "South"), T0)
+    entry = g1.row("t1")
+    await store.ingest("g1", [entry, g1.row("t9", "attempt"), g1.row("t2", "exit")], T0)
+    await store.ingest("g2", [g2.row("t3"), g2.row("t3", "attempt")], T0)
+    await store.ingest("g1", [g1.row("t1", "annul", annuls=entry.entry_id)], T0)
+    entries, cursor = await store.feed(0, 100)
+    assert [(e.gate_id, e.kind, e.ticket_ref) for e in entries] == [
+        ("g1", "entry", "t1"), ("g1", "exit", "t2"), ("g2", "entry", "t3"),
+        ("g1", "annul", "t1"),
+    ]  # fmt: skip
+    cursors = [e.cursor for e in entries]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 4 and cursor == cursors[-1]
+    assert [e.gate_name for e in entries] == ["g1", "g1", "South", "g1"]
+    assert entries[3].annuls == entry.entry_id
+    assert entries[0].wall_time == entry.wall_time and entries[0].hlc == entry.hlc
+    assert entries[0].gate_seq == 1
+    page, nxt = await store.feed(0, 2)
+    assert page == entries[:2] and nxt == cursors[1]
+    page, nxt = await store.feed(nxt, 2)
+    assert page == entries[2:] and nxt == cursor
+    assert await store.feed(cursor, 10) == ([], cursor)
+
+
+async def test_wait_feed_wakes_on_a_feed_insert_and_times_out_otherwise(
+    store: HubStore,
+) -> None:
+    g = Gate("g1")
+    await store.ingest("g1", [g.row("t1")], T0)
+    _, cursor = await store.feed(0, 10)
+    await asyncio.wait_for(store.wait_feed(0, 30), 5)  # already there: returns at once
+    await asyncio.wait_for(store.wait_feed(cursor, 0.2), 5)  # nothing: returns after the wait
+    waiter = asyncio.create_task(store.wait_feed(cursor, 30))
+    await store.ingest("g1", [g.row("t2", "attempt")], T0)  # not a feed row
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    await store.ingest("g1", [g.row("t3")], T0)
+    await asyncio.wait_for(waiter, 5)
+    entries, _ = await store.feed(cursor, 10)
+    assert [e.ticket_ref for e in entries] == ["t3"]
+
+
+# --- gates, tokens -------------------------------------------------------------------------------
+
+
+async def test_heartbeats_give_gate_health_and_online_state(store: HubStore) -> None:
+    await store.heartbeat(heartbeat("g1", "North 1"), T0)
+    await store.heartbeat(heartbeat("g2", "South", outbox_depth=0, faults=()), T0 - 60)
+    await store.heartbeat(heartbeat("g2", "South 2", outbox_depth=9, faults=()), T0 - 40)
+    await store.add_token("f" * 64, "gate", "g3", "Gate 3 token")
+    await store.ingest("g4", [Gate("g4").row("t1")], T0)
+    gates = {g.gate_id: g for g in await store.gates(T0 + 10)}
+    assert sorted(gates) == ["g1", "g2", "g3", "g4"]
+    g1 = gates["g1"]
+    assert (g1.gate_name, g1.online, g1.last_seen, g1.outbox_depth) == ("North 1", True, T0, 3)
+    assert (g1.revocation_version, g1.revocation_age_s, g1.clock_synced) == (7, 40.0, True)
+    assert g1.version == "0.1.0" and g1.faults == ("scanner offline",)
+    assert (gates["g2"].gate_name, gates["g2"].online, gates["g2"].outbox_depth) == (
+        "South 2", False, 9,
+    )  # fmt: skip
+    for never in ("g3", "g4"):
+        assert (gates[never].gate_name, gates[never].online) == (never, False)
+        assert gates[never].last_seen is None
+    assert not any(g.online for g in await store.gates(T0 + 31))
+
+
+async def test_tokens_are_stored_looked_up_and_revoked_by_gate(store: HubStore) -> None:
+    await store.add_token("a" * 64, "gate", "g1", "g1 main")
+    await store.add_token("b" * 64, "gate", "g1", "g1 spare")
+    await store.add_token("c" * 64, "console", None, "security desk")
+    info = await store.token("a" * 64)
+    assert info is not None
+    assert (info.token_hash, info.role, info.gate_id, info.name) == (
+        "a" * 64,
+        "gate",
+        "g1",
+        "g1 main",
+    )
+    console = await store.token("c" * 64)
+    assert console is not None and console.role == "console" and console.gate_id is None
+    assert await store.token("d" * 64) is None
+    with pytest.raises(HubStoreError):
+        await store.add_token("a" * 64, "gate", "g2", "again")
+    with pytest.raises(ValueError):
+        await store.add_token("e" * 64, "gate", None, "no gate")
+    assert await store.revoke_tokens("g1") == 2
+    assert await store.token("a" * 64) is None and await store.token("b" * 64) is None
+    assert await store.token("c" * 64) is not None
+    assert await store.revoke_tokens("g1") == 0
+
+
+# --- revocations ---------------------------------------------------------------------------------
+
+
+def _key(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+async def test_revocation_deltas_follow_versions_and_lead_to_the_state(store: HubStore) -> None:
+    assert await store.revocation_state() == RevocationState(0, frozenset(), frozenset())
+    assert await store.revocation_deltas(0) == []
+    s1 = RevocationState(1, frozenset({_key(1), _key(2)}), frozenset({_key(3)}))
+    await store.add_revocation_delta(1, b"delta-1", s1)
+    s2 = RevocationState(2, frozenset({_key(2), _key(4)}), frozenset())
+    await store.add_revocation_delta(2, b"delta-2", s2)
+    assert await store.revocation_state() == s2
+    with pytest.raises(HubStoreError):  # another admin issued version 2 first
+        await store.add_revocation_delta(2, b"other-2", s2)
+    with pytest.raises(HubStoreError):
+        s4 = dataclasses.replace(s2, version=4)
+        await store.add_revocation_delta(4, b"delta-4", s4)
+    assert await store.revocation_state() == s2
+    assert await store.revocation_deltas(0) == [b"delta-1", b"delta-2"]
+    assert await store.revocation_deltas(1) == [b"delta-2"]
+    assert await store.revocation_deltas(2) == []
+    assert await store.revocation_deltas(9) == []
+
+
+async def test_revocation_deltas_beyond_the_kept_ones_are_gone(store: HubStore) -> None:
+    state = RevocationState(0, frozenset(), frozenset())
+    total = hub_logic.KEEP_DELTAS + 2
+    for version in range(1, total + 1):
+        state = RevocationState(version, state.revoked | {_key(version)}, frozenset())
+        await store.add_revocation_delta(version, b"d%d" % version, state)
+    assert await store.revocation_deltas(0) is None
+    assert await store.revocation_deltas(1) is None
+    kept = await store.revocation_deltas(2)
+    assert kept is not None and len(kept) == hub_logic.KEEP_DELTAS
+    assert kept[0] == b"d3" and kept[-1] == b"d%d" % total
+    assert await store.revocation_deltas(total - 1) == [b"d%d" % total]
+    assert len((await store.revocation_state()).revoked) == total
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+
+
+async def test_reopening_keeps_everything(store_url: str) -> None:
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    rows = [g1.row("t1"), g1.row("t2")]
+    state = RevocationState(1, frozenset({_key(1)}), frozenset({_key(2)}))
+    store = await open_store(store_url, POLICY)
+    try:
+        await store.ingest("g1", rows, T0)
+        await store.ingest("g2", [g2.row("t1")], T0)
+        await store.heartbeat(heartbeat("g1", "North 1"), T0)
+        await store.add_token("a" * 64, "gate", "g1", "main")
+        await store.add_revocation_delta(1, b"delta-1", state)
+        feed = await store.feed(0, 100)
+        alerts = await all_alerts(store)
+        gates = await store.gates(T0)
+    finally:
+        await store.close()
+        await store.close()  # idempotent
+    with pytest.raises(HubStoreError):
+        await store.feed(0, 10)
+    store = await open_store(store_url, POLICY)
+    try:
+        assert await store.feed(0, 100) == feed and await all_alerts(store) == alerts
+        assert await store.gates(T0) == gates
+        assert await store.token("a" * 64) is not None
+        assert await store.revocation_state() == state
+        assert await store.revocation_deltas(0) == [b"delta-1"]
+        ack = await store.ingest("g1", [*rows, g1.row("t3")], T0)
+        assert [r.status for r in ack.results] == ["duplicate", "duplicate", "inserted"]
+        entries, _ = await store.feed(feed[1], 10)
+        assert [e.ticket_ref for e in entries] == ["t3"] and entries[0].cursor > feed[1]
+    finally:
+        await store.close()
+
+
+async def test_a_store_of_another_venue_is_refused(store_url: str) -> None:
+    store = await open_store(store_url, POLICY)
+    await store.close()
+    with pytest.raises(HubStoreError, match="venue"):
+        await open_store(store_url, HubPolicy("other-venue"))
+
+
+@pytest.mark.parametrize("content", ["table", "garbage"])
+async def test_a_non_hub_sqlite_file_is_refused_and_left_alone(
+    tmp_path: Path, content: str
+) -> None:
+    path = tmp_path / "other.db"
+    if content == "table":
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.commit()
+        db.close()
+    else:
+        path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(HubStoreError):
+        await open_store(f"sqlite://{path}", POLICY)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "other.db-wal").exists()
+
+
+async def test_a_non_hub_postgres_database_is_refused(pg_url: str) -> None:  # noqa: F811
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("CREATE TABLE notes (body TEXT)")
+    await conn.close()
+    with pytest.raises(HubStoreError, match="not a hub store"):
+        await open_store(pg_url, POLICY)
+
+
+async def test_an_unreachable_postgres_is_a_hub_store_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(HubStoreError) as caught:
+        await open_store(f"postgresql://user:secret@127.0.0.1:{port}/hub", POLICY)
+    assert "secret" not in str(caught.value)
+
+
+# --- PostgreSQL: several hub processes -----------------------------------------------------------
+
+
+async def test_two_postgres_stores_raise_each_double_admission_exactly_once(
+    pg_url: str,  # noqa: F811
+) -> None:
+    a = await open_store(pg_url, POLICY)
+    b = await open_store(pg_url, POLICY)
+    try:
+        g1 = Gate("g1")
+        g2 = Gate("g2", g1.clock)
+        rounds, per_batch = 8, 40
+        for r in range(rounds):
+            refs = [f"r{r}-t{i}" for i in range(per_batch)]
+            batch1 = [g1.row(ref) for ref in refs]
+            batch2 = [g2.row(ref) for ref in reversed(refs)]
+            await asyncio.gather(a.ingest("g1", batch1, T0), b.ingest("g2", batch2, T0))
+        alerts = await a.alerts(0, 1000)
+        assert len(alerts) == rounds * per_batch
+        assert {x.kind for x in alerts} == {"double_admission"}
+        assert len({x.ticket for x in alerts}) == rounds * per_batch
+        assert len((await b.feed(0, 1000))[0]) == 2 * rounds * per_batch
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_long_poll_wakes_on_an_insert_through_another_postgres_store(
+    pg_url: str,  # noqa: F811
+) -> None:
+    a = await open_store(pg_url, POLICY)
+    b = await open_store(pg_url, POLICY)
+    try:
+        g = Gate("g1")
+        waiter = asyncio.create_task(b.wait_feed(0, 30))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await a.ingest("g1", [g.row("t1")], T0)
+        await asyncio.wait_for(waiter, 5)
+        entries, _ = await b.feed(0, 10)
+        assert [e.ticket_ref for e in entries] == ["t1"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_long_poll_still_wakes_when_the_listening_connection_is_lost(
+    pg_url: str,  # noqa: F811
+) -> None:
+    import asyncpg
+
+    a = await open_store(pg_url, POLICY)
+    b = await open_store(pg_url, POLICY)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+        assert killed == 2  # a's and b's listeners
+        waiter = asyncio.create_task(b.wait_feed(0, 30))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await a.ingest("g1", [Gate("g1").row("t1")], T0)
+        await asyncio.wait_for(waiter, 5)
+    finally:
+        await admin.close()
+        await a.close()
+        await b.close()
+
+
+async def test_two_postgres_stores_may_create_the_schema_at_once(pg_url: str) -> None:  # noqa: F811
+    stores = await asyncio.gather(*(open_store(pg_url, POLICY) for _ in range(4)))
+    try:
+        await stores[0].ingest("g1", [Gate("g1").row("t1")], T0)
+        assert len((await stores[3].feed(0, 10))[0]) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# --- the planner itself --------------------------------------------------------------------------
+
+_P = Gate("g1")
+_Q = Gate("g2", _P.clock)
+_E1 = _P.row("t")
+_E2 = _Q.row("t")
+_X1 = _P.row("t", "exit")
+_E3 = _Q.row("t")
+
+
+def _rows(*entries: EntryWire) -> dict[str, list[TicketRow]]:
+    return {"t": [TicketRow.of(e) for e in entries]}
+
+
+@pytest.mark.parametrize(
+    ("policy", "stored", "new", "alerts"),
+    [
+        ("single", [], _E1, 0),
+        ("single", [_E1], _E2, 1),
+        ("single", [_E1, _X1], _E3, 1),
+        ("single", [_E1, _P.row("t", "annul", annuls=_E1.entry_id)], _E2, 0),
+        ("single", [_E1], _Q.row("t", "attempt"), 0),
+        ("single", [_E1], _Q.row("t", "exit"), 0),
+        ("reentry", [_E1], _E2, 1),
+        ("reentry", [_E1, _X1], _E3, 0),
+        ("reentry", [_X1], _E3, 0),
+        ("unlimited", [_E1, _E2], _E3, 0),
+    ],
+)
+def test_planner_double_admission_rules(
+    policy: str, stored: list[EntryWire], new: EntryWire, alerts: int
+) -> None:
+    known = KnownState(max_seq=new.gate_seq - 1, history=_rows(*stored))
+    pol = HubPolicy(VENUE, entry_policy=policy)  # type: ignore[arg-type]
+    plan = hub_logic.plan_ingest(new.gate_id, [new], known, pol)
+    assert plan.rows == (new,) and plan.conflicts == ()
+    assert [a.kind for a in plan.alerts] == ["double_admission"] * alerts
+
+
+@pytest.mark.parametrize(
+    ("max_seq", "seqs", "holes"),
+    [
+        (0, [1, 2, 3], []),
+        (0, [2, 3], ["1..1"]),
+        (5, [6, 9, 10, 14], ["7..8", "11..13"]),
+        (10, [3, 4, 11], []),  # late rows below the highest stored one
+        (10, [3, 12], ["11..11"]),
+    ],
+)
+def test_planner_gate_seq_holes(max_seq: int, seqs: list[int], holes: list[str]) -> None:
+    g = Gate("g1")
+    batch = [dataclasses.replace(g.row(f"t{s}", "attempt"), gate_seq=s) for s in seqs]
+    plan = hub_logic.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY)
+    assert [a.detail.removeprefix("gate_seq hole ") for a in plan.alerts] == holes
+    assert all(a.dedupe_key.startswith("hole:g1:") for a in plan.alerts)
+
+
+def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
+    g = Gate("g1")
+    a, b, c = g.row("a"), g.row("b"), g.row("c")
+    known = KnownState(
+        stored={a.entry_id: dataclasses.replace(a, detail="changed")},
+        seq_owners={2: "0190d1e4-0000-7000-8000-000000000000"},
+        max_seq=2,
+    )
+    plan = hub_logic.plan_ingest("g1", [a, b, c], known, POLICY)
+    assert plan.rows == () and plan.results == ()
+    assert plan.conflicts == (a.entry_id, b.entry_id)
+    assert [x.dedupe_key for x in plan.alerts] == [
+        f"conflict:{a.entry_id}",
+        f"conflict:{b.entry_id}",
+    ]
+    with pytest.raises(ConflictError) as caught:
+        hub_logic.ack(plan, T0)
+    assert caught.value.entry_ids == (a.entry_id, b.entry_id)
+
+
+def test_planner_repeated_denials_count_exactly_to_the_threshold() -> None:
+    g = Gate("g1")
+    attempts = [g.row("t", "attempt", at=T0 + i) for i in range(5)]
+    pol = HubPolicy(VENUE, denied_alert_threshold=3, denied_alert_window_s=10)
+    plan = hub_logic.plan_ingest("g1", attempts, KnownState(), pol)
+    assert [a.dedupe_key for a in plan.alerts] == [f"denied:{attempts[2].entry_id}"]
+    assert hub_logic.history_refs(attempts, {}, pol) == ["t"]
+    assert hub_logic.attempts_since(attempts, pol) == T0 - 10
