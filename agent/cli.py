@@ -12,8 +12,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    from sync.hub_config import HubConfig
 
 log = logging.getLogger("agent.cli")
 
@@ -120,7 +124,29 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
     demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
+    _hub_parser(sub)
     return p
+
+
+def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hub = sub.add_parser("hub", help="run the hub, or administer its tokens and revocations")
+    hub.add_argument("--config", type=Path, help="the hub's TOML config")
+    admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke}")
+    token = admin.add_parser("token", help="make a gate or console token (printed once)")
+    revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
+    for p in (token, revoke):  # SUPPRESS: `hub --config F token` and `hub token --config F`
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the hub's config")
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
+    who.add_argument("--console", metavar="NAME", help="a security console token")
+    who.add_argument("--revoke-gate", metavar="ID", help="delete every token of this gate")
+    revoke.add_argument(
+        "--op", choices=("revoke", "unrevoke", "block", "unblock"), default="revoke"
+    )
+    revoke.add_argument(
+        "--file", type=Path, help="import: one ticket text or 32-hex token id per line"
+    )
+    revoke.add_argument("items", nargs="*", metavar="TICKET_TEXT_OR_TOKEN_ID")
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
@@ -163,18 +189,9 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from agent import issuer, revocation_issuer, tickets
-    from agent.errors import TicketFormatError
+    from agent import issuer, revocation_issuer
 
-    keys_ = []
-    for item in args.items:
-        if len(item) == 32 and all(c in "0123456789abcdefABCDEF" for c in item):
-            keys_.append(bytes.fromhex(item))
-            continue
-        try:
-            keys_.append(tickets.parse(item).revocation_key)
-        except TicketFormatError as exc:
-            raise ConfigError(f"not a ticket text or a 32-hex token id: {exc}") from None
+    keys_ = [revocation_issuer.revocation_key(item) for item in args.items]
     loaded = issuer.Issuer.load(args.keys)
     ops: dict[str, list[bytes]] = {args.op: keys_}
     data = revocation_issuer.issue_delta(
@@ -252,12 +269,60 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(args.dir))
 
 
+def _hub(args: argparse.Namespace) -> int:
+    from sync import hub_config
+
+    if args.config is None:
+        raise ConfigError("hub: --config FILE is required")
+    conf = hub_config.load(args.config)
+    if args.hub_command is None:
+        from sync import hub
+
+        logging.getLogger().setLevel(conf.log.level)
+        return asyncio.run(hub.run(conf))
+    if args.hub_command == "token":
+        return asyncio.run(_hub_token(args, conf))
+    return asyncio.run(_hub_revoke(args, conf))
+
+
+async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
+    from sync import hub_admin
+
+    if args.revoke_gate is not None:
+        count = await hub_admin.revoke_gate(conf, args.revoke_gate)
+        print(f"{count} tokens of gate {args.revoke_gate} deleted")
+        return 0
+    if args.gate is not None:
+        token = await hub_admin.add_gate_token(conf, args.gate)
+    else:
+        token = await hub_admin.add_console_token(conf, args.console)
+    print(token)
+    print("store this token now: the hub keeps only its hash", file=sys.stderr)
+    return 0
+
+
+async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
+    from sync import hub_admin
+
+    items = hub_admin.parse_items(args.items)
+    if args.file is not None:
+        items += hub_admin.read_items(args.file)
+    done = await hub_admin.issue(conf, args.op, items)
+    print(
+        f"revocation list version {done.version}: {done.changed} keys {_PAST[args.op]}"
+        f" (list: {len(done.state.revoked)} revoked, {len(done.state.blocked)} blocked)"
+    )
+    return 0
+
+
+_PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unblock": "unblocked"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
-    _setup_logging(
-        args.verbose, quiet=args.command in ("check", "demo", "keys", "issue", "selftest", "revoke")
-    )
+    quiet = args.command in ("check", "demo", "keys", "issue", "selftest", "revoke")
+    _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
         "keys": _keys_init,
         "issue": _issue,
@@ -266,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "selftest": _selftest,
         "demo": _demo,
+        "hub": _hub,
     }
     try:
         return handlers[args.command](args)

@@ -13,11 +13,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent import keys
-from agent.errors import IssuerError
+from agent import keys, tickets
+from agent.errors import IssuerError, TicketFormatError
 from agent.fsutil import write_atomic
 from agent.revocation import _OPS, KEY_LEN, KIND
 from agent.signed import sign_document
+
+
+def revocation_key(item: str) -> bytes:
+    """The 16-byte list key of ``item``: a ticket's text, or a token id as 32 hex digits.
+
+    Raises IssuerError when it is neither; the message never repeats the text (it may be a ticket).
+    """
+    if len(item) == 2 * KEY_LEN and all(c in "0123456789abcdefABCDEF" for c in item):
+        return bytes.fromhex(item)
+    try:
+        return tickets.parse(item).revocation_key
+    except TicketFormatError as exc:
+        raise IssuerError(f"not a ticket text or a 32-hex token id: {exc}") from None
 
 
 def _encode_keys(name: str, values: Iterable[bytes]) -> tuple[str, set[bytes]]:

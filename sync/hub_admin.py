@@ -1,0 +1,363 @@
+"""Hub administration: bearer tokens, signed revocation deltas and snapshots, the served documents.
+
+Used by `gate-agent hub token|revoke` (against the store while the hub runs: every hub process
+reads the revocation state from the store, so a new delta is served at once) and by the server
+for the snapshot and the trust bundle.
+
+Tokens are 32 random bytes (urlsafe base64); only their SHA-256 hex digest is stored, and a
+token is printed once. The list key (``<keys>/list.key``) must be one of the trust bundle's
+``list_signers``, or every gate would refuse what the hub issues: checked when it is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from agent import keys, trust
+from agent.errors import AgentError, ConfigError, IssuerError, TrustError
+from agent.issuer import LIST_KEY, ROOT_PUB
+from agent.revocation import KIND
+from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
+from agent.signed import sign_document
+from sync.hub_config import HubConfig
+from sync.hub_store import HubStore, HubStoreError, RevocationState, open_store
+from sync.protocol import MAX_DOCUMENT_CHARS, is_id
+
+log = logging.getLogger(__name__)
+
+Op = Literal["revoke", "unrevoke", "block", "unblock"]
+OPS: tuple[Op, ...] = ("revoke", "unrevoke", "block", "unblock")
+# A delta travels inside a revocation page whose documents are capped (protocol
+# MAX_DOCUMENT_CHARS): ~28 characters per key in the envelope, so an import is split into deltas
+# of at most this many keys.
+MAX_KEYS_PER_DELTA = 30_000
+MAX_IMPORT_BYTES = 256 << 20
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest a token is stored under."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh bearer token: 32 random bytes, urlsafe base64."""
+    return secrets.token_urlsafe(32)
+
+
+@asynccontextmanager
+async def opened_store(config: HubConfig) -> AsyncIterator[HubStore]:
+    """The configured store, closed on exit; raises HubStoreError or ConfigError.
+
+    A SQLite store's folder is created when missing (the first `hub token` may run before the hub).
+    """
+    if config.store_url.startswith("sqlite://"):
+        folder = Path(config.store_url.removeprefix("sqlite://")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: [hub] cannot create {folder}: {exc}") from exc
+    try:
+        store = await open_store(config.store_url, config.policy())
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: [hub] store: {exc}") from exc
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def add_gate_token(config: HubConfig, gate_id: str) -> str:
+    """Make and store a token bound to ``gate_id``; returns it (it is not stored anywhere else)."""
+    if not is_id(gate_id):
+        raise ConfigError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
+    token = new_token()
+    async with opened_store(config) as store:
+        await store.add_token(hash_token(token), "gate", gate_id, gate_id)
+    return token
+
+
+async def add_console_token(config: HubConfig, name: str) -> str:
+    """Make and store a console token (reads alerts and gate health); returns it."""
+    if not is_id(name):
+        raise ConfigError(f"console name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
+    token = new_token()
+    async with opened_store(config) as store:
+        await store.add_token(hash_token(token), "console", None, name)
+    return token
+
+
+async def revoke_gate(config: HubConfig, gate_id: str) -> int:
+    """Delete every token of ``gate_id``; returns how many there were."""
+    async with opened_store(config) as store:
+        return await store.revoke_tokens(gate_id)
+
+
+# --- signed documents ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustDocument:
+    """The trust bundle the hub serves, as bytes, with its ETag and the file's mtime."""
+
+    data: bytes
+    etag: str
+    mtime_ns: int
+    version: int
+
+
+def read_trust(config: HubConfig) -> TrustDocument:
+    """Read the trust bundle, verified against ``<keys>/root.pub`` when that file exists.
+
+    Raises TrustError (unreadable, forged, or the list key is not among its list signers).
+    """
+    path = config.trust_path
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+        data = trust.read_capped(path)
+    except OSError as exc:
+        raise TrustError(f"{path}: cannot read the trust bundle: {exc.strerror or exc}") from exc
+    version = 0
+    root_pub = config.hub.keys / ROOT_PUB
+    if root_pub.exists():
+        bundle = trust.parse_bundle(data, trust.load_root_key(str(root_pub)))
+        version = bundle.version
+        list_pub = keys.public_raw_b64(load_list_key(config))
+        if list_pub not in (keys.public_raw_b64(k) for k in bundle.list_signers):
+            raise TrustError(
+                f"{path}: the hub's list key {config.hub.keys / LIST_KEY} is not one of the"
+                " bundle's list signers; gates would refuse every revocation list it signs"
+            )
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    return TrustDocument(data, etag, mtime_ns, version)
+
+
+def load_list_key(config: HubConfig) -> keys.PrivateKey:
+    """The list-signing private key of the keys directory; raises IssuerError."""
+    return keys.read_private(config.hub.keys / LIST_KEY)
+
+
+def build_snapshot(
+    state: RevocationState, list_key: keys.PrivateKey, validity_s: int, now: float
+) -> bytes:
+    """A signed snapshot of ``state`` (version >= 1), valid for ``validity_s`` from ``now``."""
+    issued_at = int(now)
+    content = make_snapshot(
+        version=state.version,
+        issued_at=issued_at,
+        expires=issued_at + validity_s,
+        revoke=state.revoked,
+        block=state.blocked,
+    )
+    return sign_document(KIND, content, list_key)
+
+
+@dataclass
+class Snapshot:
+    version: int
+    built_at: float
+    data: bytes
+
+
+class SnapshotCache:
+    """The signed snapshot of the store's current list, built on request and cached by version.
+
+    A cached snapshot is re-signed after ``refresh_s`` so its ``issued_at`` stays fresh.
+    """
+
+    def __init__(
+        self,
+        store: HubStore,
+        list_key: keys.PrivateKey,
+        validity_s: int,
+        *,
+        refresh_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._key = list_key
+        self._validity = validity_s
+        self._refresh = refresh_s
+        self._clock = clock
+        self._cached: Snapshot | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Snapshot | None:
+        """The current snapshot, or None before any delta was issued; raises HubStoreError."""
+        async with self._lock:
+            cached = self._cached
+            # No delta after the cached version (cheap to ask): it is still current.
+            if (
+                cached is not None
+                and self._clock() - cached.built_at < self._refresh
+                and await self._store.revocation_deltas(cached.version) == []
+            ):
+                return cached
+            state = await self._store.revocation_state()
+            if state.version == 0:
+                return None
+            now = self._clock()
+            data = await asyncio.to_thread(build_snapshot, state, self._key, self._validity, now)
+            self._cached = Snapshot(state.version, now, data)
+            return self._cached
+
+
+class TrustFile:
+    """The served trust bundle, re-read when its file changes; a bad new file keeps the old one."""
+
+    def __init__(self, config: HubConfig) -> None:
+        """Read the bundle; raises TrustError or IssuerError as :func:`read_trust` does."""
+        self._config = config
+        self._doc = read_trust(config)
+
+    def current(self) -> TrustDocument:
+        try:
+            changed = self._config.trust_path.stat().st_mtime_ns != self._doc.mtime_ns
+        except OSError:
+            changed = False
+        if changed:
+            try:
+                self._doc = read_trust(self._config)
+                log.info("trust bundle version %d now served", self._doc.version)
+            except AgentError as exc:
+                log.error("new trust bundle refused, still serving the old one: %s", exc)
+                self._doc = dataclasses.replace(self._doc, mtime_ns=self._mtime())
+        return self._doc
+
+    def _mtime(self) -> int:
+        try:
+            return self._config.trust_path.stat().st_mtime_ns
+        except OSError:
+            return self._doc.mtime_ns
+
+
+def document_version(data: bytes) -> int:
+    """The ``version`` inside a signed list document the hub itself stored (not verified)."""
+    try:
+        payload = json.loads(base64.b64decode(json.loads(data)["payload"], validate=True))
+        version = payload["version"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise HubStoreError("a stored revocation delta is not a signed list document") from exc
+    if type(version) is not int:
+        raise HubStoreError("a stored revocation delta has no version")
+    return version
+
+
+# --- revocation administration -----------------------------------------------------------------
+
+
+def read_items(path: Path) -> list[bytes]:
+    """The list keys of an import file: one ticket text or 32-hex token id per line.
+
+    Blank lines and lines starting with ``#`` are skipped. Raises ConfigError naming the first
+    bad line's number (never its text: it may be a ticket).
+    """
+    try:
+        if path.stat().st_size > MAX_IMPORT_BYTES:
+            raise ConfigError(f"{path}: import file is over {MAX_IMPORT_BYTES >> 20} MiB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the import file: {exc}") from exc
+    found: list[bytes] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(revocation_key(line))
+        except IssuerError as exc:
+            raise ConfigError(f"{path}: line {number}: {exc}") from None
+    return found
+
+
+def parse_items(items: Iterable[str]) -> list[bytes]:
+    """The list keys of command-line items (ticket texts or 32-hex ids); raises ConfigError."""
+    try:
+        return [revocation_key(item) for item in items]
+    except IssuerError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def next_state(state: RevocationState, op: Op, changed: frozenset[bytes]) -> RevocationState:
+    """The list after applying ``op`` to ``changed`` keys, one version later."""
+    revoked, blocked = state.revoked, state.blocked
+    if op == "revoke":
+        revoked = revoked | changed
+    elif op == "unrevoke":
+        revoked = revoked - changed
+    elif op == "block":
+        blocked = blocked | changed
+    else:
+        blocked = blocked - changed
+    return RevocationState(state.version + 1, revoked, blocked)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What `hub revoke` did: the last version issued and the keys it changed."""
+
+    version: int
+    changed: int
+    state: RevocationState
+
+
+async def issue(
+    config: HubConfig, op: Op, items: Sequence[bytes], *, now: float | None = None
+) -> Issued:
+    """Sign delta(s) applying ``op`` to ``items`` and store them; the running hub serves them.
+
+    Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. Raises ConfigError (no keys),
+    IssuerError (list key) and HubStoreError (another admin issued the same version first: then
+    nothing of that delta was stored).
+    """
+    unique = sorted(set(items))
+    if not unique:
+        raise ConfigError("nothing to issue: no tickets or token ids given")
+    list_key = load_list_key(config)
+    when = time.time() if now is None else now
+    async with opened_store(config) as store:
+        state = await store.revocation_state()
+        for start in range(0, len(unique), MAX_KEYS_PER_DELTA):
+            chunk = frozenset(unique[start : start + MAX_KEYS_PER_DELTA])
+            document = _sign_delta(state.version, op, chunk, list_key, config, when)
+            state = next_state(state, op, chunk)
+            await store.add_revocation_delta(state.version, document, state)
+    return Issued(state.version, len(unique), state)
+
+
+def _sign_delta(
+    from_version: int,
+    op: Op,
+    chunk: frozenset[bytes],
+    list_key: keys.PrivateKey,
+    config: HubConfig,
+    now: float,
+) -> bytes:
+    issued_at = int(now)
+    ops: dict[str, frozenset[bytes]] = {op: chunk}
+    content = make_delta(
+        from_version=from_version,
+        version=from_version + 1,
+        issued_at=issued_at,
+        expires=issued_at + config.hub.list_validity_s,
+        revoke=ops.get("revoke", ()),
+        unrevoke=ops.get("unrevoke", ()),
+        block=ops.get("block", ()),
+        unblock=ops.get("unblock", ()),
+    )
+    document = sign_document(KIND, content, list_key)
+    if len(document) > MAX_DOCUMENT_CHARS:  # a bug in MAX_KEYS_PER_DELTA, not bad input
+        raise IssuerError(f"delta of {len(document)} bytes is over the page's document cap")
+    return document

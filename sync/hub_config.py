@@ -1,0 +1,179 @@
+"""The hub's configuration: one TOML file, validated once at start-up like the gate's.
+
+Sections (unknown sections and keys are errors naming the file, section and key)::
+
+    [hub]  venue, listen = "127.0.0.1:8470", state_dir, store (default sqlite:///<state_dir>/hub.db),
+           keys (a `gate-agent keys init` dir), trust_bundle (default <keys>/trust.json),
+           entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
+           max_wait_s, list_validity_s
+    [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
+    [log]  level
+
+Relative paths are taken relative to the config file's folder, also in a ``sqlite://`` store URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.config import LogConfig, _section
+from agent.errors import ConfigError
+from sync.hub_store import HubPolicy
+from sync.protocol import MAX_WAIT_S, is_id
+
+DEFAULT_PORT = 8470
+STORE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class HubSection:
+    venue: str
+    state_dir: Path
+    keys: Path
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    store: str = ""  # empty: sqlite:///<state_dir>/hub.db
+    trust_bundle: Path | None = None
+    entry_policy: Literal["single", "reentry", "unlimited"] = "single"
+    denied_alert_threshold: int = 3
+    denied_alert_window_s: float = 600.0
+    gate_offline_after_s: float = 30.0
+    max_wait_s: float = 25.0
+    list_validity_s: int = 7 * 86400
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """The validated hub config; ``host``/``port`` come from ``[hub] listen``."""
+
+    path: Path
+    hub: HubSection
+    host: str
+    port: int
+    tls: TlsSection | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def store_url(self) -> str:
+        return self.hub.store
+
+    @property
+    def trust_path(self) -> Path:
+        return self.hub.trust_bundle or self.hub.keys / "trust.json"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    def policy(self) -> HubPolicy:
+        """The alert rules the store applies."""
+        h = self.hub
+        return HubPolicy(
+            venue=h.venue,
+            entry_policy=h.entry_policy,
+            denied_alert_threshold=h.denied_alert_threshold,
+            denied_alert_window_s=h.denied_alert_window_s,
+            gate_offline_after_s=h.gate_offline_after_s,
+        )
+
+
+_Check = tuple[Callable[[Any], bool], str]
+_HUB_RANGES: dict[str, _Check] = {
+    "venue": (is_id, "an id of 1-64 letters, digits or ._:-"),
+    "store": (lambda v: v == "" or v.startswith(STORE_SCHEMES), "sqlite:///PATH or postgresql://"),
+    "denied_alert_threshold": (lambda v: 2 <= v <= 1000, "an integer 2-1000"),
+    "denied_alert_window_s": (lambda v: 1 <= v <= 7 * 86400, "1-604800 seconds"),
+    "gate_offline_after_s": (lambda v: 1 <= v <= 86400, "1-86400 seconds"),
+    "max_wait_s": (lambda v: 0 <= v <= MAX_WAIT_S, f"0-{MAX_WAIT_S:g} seconds"),
+    "list_validity_s": (lambda v: 60 <= v <= 366 * 86400, "60 seconds to 366 days"),
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a pair; raises ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(value)
+    return host, int(port)
+
+
+def _check_hub(hub: HubSection, src: Path) -> HubSection:
+    for key, (ok, expected) in _HUB_RANGES.items():
+        value = getattr(hub, key)
+        if not ok(value):
+            raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {value!r}")
+    store = hub.store or f"sqlite://{hub.state_dir / 'hub.db'}"
+    if store.startswith("sqlite://"):
+        path = Path(store.removeprefix("sqlite://"))
+        if not str(path) or str(path) == ".":
+            raise ConfigError(f"{src}: [hub] store: expected sqlite:///PATH, got {store!r}")
+        store = f"sqlite://{src.parent / path}"
+    return dataclasses.replace(hub, store=store)
+
+
+def parse(text: str, src: Path) -> HubConfig:
+    """Validate TOML ``text`` read from ``src``; raises ConfigError naming section and key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
+    classes: dict[str, type[Any]] = {"hub": HubSection, "tls": TlsSection, "log": LogConfig}
+    for name in raw:
+        if name not in classes:
+            raise ConfigError(
+                f"{src}: unknown section [{name}] (valid sections: {', '.join(classes)})"
+            )
+    if "hub" not in raw:
+        raise ConfigError(f"{src}: missing required section [hub]")
+    values = {name: _section(classes[name], raw[name], name, src) for name in raw}
+    hub = _check_hub(values.pop("hub"), src)
+    try:
+        host, port = parse_listen(hub.listen)
+    except ValueError:
+        raise ConfigError(
+            f"{src}: [hub] listen: expected HOST:PORT (port 0-65535), got {hub.listen!r}"
+        ) from None
+    return HubConfig(path=src, hub=hub, host=host, port=port, **values)
+
+
+def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (None without [tls]); with ``client_ca`` it asks for and checks
+    client certificates. Raises ConfigError when a certificate or key cannot be loaded."""
+    tls = config.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca is not None:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(tls.client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.path}: [tls] cannot load the certificates: {exc}") from exc
+    return ctx
+
+
+def load(path: Path) -> HubConfig:
+    """Read and validate the hub config file at ``path``; raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    return parse(text, path.resolve())

@@ -1,0 +1,131 @@
+"""The security console in headless Chromium, against a real hub process.
+
+Two gates admit the same ticket (rows from their real journals, uploaded over HTTP, with
+heartbeats): the page shows the double admission with both gate names and times, both gates
+online, a gate never heard from as offline, and stays free of console errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.clock import Clock
+from agent.journal import Journal
+from agent.model import Decision, Reason, Verdict, text_digest
+from tests.browser import Browser
+from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
+
+DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
+
+
+@dataclass
+class Console:
+    setup: HubSetup
+    token: str
+    api: Api
+    gates: dict[str, Gate]
+
+
+@pytest.fixture
+async def console(tmp_path: Path, keys_dir: Path) -> AsyncIterator[Console]:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra="gate_offline_after_s = 30\n")
+    token = add_token(setup, console="security")
+    names = {"gate-a": "North A", "gate-b": "<b>South B</b>"}  # a name is text, never markup
+    gates: dict[str, Gate] = {}
+    for gate_id, name in names.items():
+        journal = await Journal.open(
+            tmp_path / f"{gate_id}.db",
+            gate_id=gate_id,
+            gate_name=name,
+            clock=Clock(assume="synced"),
+        )
+        gates[gate_id] = Gate(gate_id, name, add_token(setup, gate_id=gate_id), journal)
+    add_token(setup, gate_id="gate-c")  # has a token, never heard from
+    try:
+        with HubProcess(setup):
+            async with aiohttp.ClientSession() as session:
+                yield Console(setup, token, Api(session, setup.url), gates)
+    finally:
+        for gate in gates.values():
+            await gate.journal.close()
+
+
+async def test_console_shows_a_double_admission_and_gate_health(
+    console: Console, tmp_path: Path
+) -> None:
+    a, b = console.gates["gate-a"], console.gates["gate-b"]
+    page_headers = (await console.api.get("/console")).headers
+    assert "default-src 'self'" in page_headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in page_headers["Content-Security-Policy"]
+    assert page_headers["X-Content-Type-Options"] == "nosniff"
+
+    async with Browser(tmp_path / "browser", width=1280, height=800) as page:
+        await page.goto(f"{console.setup.url}/console#token={console.token}")
+        await page.wait_for("document.querySelector('#status').textContent.startsWith('live')")
+        assert await page.evaluate("location.hash") == ""  # not kept in the address bar
+        assert await page.text("#no-alerts") == "No alerts."
+
+        for gate in (a, b):
+            beat = await console.api.post(
+                f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat(), gate.token
+            )
+            assert beat.status == 200
+        first, second = await a.row("T-console"), await b.row("T-console")
+        assert (await a.upload(console.api, first)).status == 200
+        assert (await b.upload(console.api, second)).status == 200
+
+        alert = "#alerts .alert[data-kind='double_admission']"
+        await page.wait_for(f'document.querySelector("{alert}") !== null')
+        text = await page.text(alert)
+        assert "Double admission" in text and text_digest("T-console")[:12] in text
+        assert "T-console" not in await page.text("body")
+        names = await page.evaluate(
+            f'[...document.querySelectorAll("{alert} .gate-name")].map(n => n.textContent)'
+        )
+        assert names == ["North A", "<b>South B</b>"]
+        assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
+
+        await page.wait_for("document.querySelectorAll('#gates tbody tr').length === 3")
+        for gate_id, state in (("gate-a", "online"), ("gate-b", "online"), ("gate-c", "offline")):
+            assert await page.text(f"#gates tr[data-gate='{gate_id}'] td.online") == state
+        assert await page.text("#gates tr[data-gate='gate-a'] td.clock") == "yes"
+        assert await page.text("#gates tr[data-gate='gate-c'] td.last-seen") == "never"
+        assert await page.text("#gates tr[data-gate='gate-c'] td.clock") == "\u2014"
+        assert await page.evaluate("document.querySelector('#gates b, #alerts b')") is None
+
+        for _ in range(3):  # the threshold's third denial raises the next alert
+            denied = await a.row("T-denied", kind="attempt", decision=DENIED)
+            assert (await a.upload(console.api, denied)).status == 200
+        await page.wait_for(
+            "document.querySelector(\"#alerts .alert[data-kind='repeated_denials']\") !== null"
+        )
+        kinds = await page.evaluate(
+            "[...document.querySelectorAll('#alerts .alert .kind')].map(n => n.textContent)"
+        )
+        assert kinds == ["Repeated denied attempts", "Double admission"]  # newest first
+
+        shot = await page.screenshot(tmp_path / "console.png")
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+        assert page.console_errors == []
+
+
+async def test_console_without_a_token_says_how_to_open_it(
+    console: Console, tmp_path: Path
+) -> None:
+    async with Browser(tmp_path / "browser") as page:
+        await page.goto(f"{console.setup.url}/console")
+        await page.wait_for("!document.querySelector('#token-help').hidden")
+        assert await page.text("#status") == "no console token"
+        assert "venue venue-1" in await page.text("#venue")
+
+        await page.goto("about:blank")  # a new document: a changed fragment alone would not load
+        await page.goto(f"{console.setup.url}/console#token=not-a-token")
+        await page.wait_for("document.querySelector('#status').textContent.startsWith('token')")
+        assert "unknown token" in await page.text("#status")
+        # the 401s of the refused token show up as failed loads, not as script errors
+        assert not any("Uncaught" in e for e in page.console_errors)

@@ -1,0 +1,750 @@
+"""The hub as a real process (`python -m agent.cli hub`) over HTTP, on SQLite and PostgreSQL.
+
+Auth refusals store nothing; bad bodies are 400s naming the field and the hub keeps serving;
+uploads are idempotent and a conflict is a 409 with one integrity alert; the peer feed long-polls;
+revocations issued with `gate-agent hub revoke` while the hub runs reach a gate's store; mTLS;
+two hub processes on one PostgreSQL database raise every alert exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent import tickets, trust
+from agent.clock import Clock
+from agent.errors import ConfigError
+from agent.issuer import Issuer
+from agent.journal import Journal
+from agent.model import Decision, Reason, Verdict, text_digest
+from agent.revocation import ListState, RevocationStore
+from sync import hub_admin, hub_config
+from sync.protocol import (
+    MAX_BODY_BYTES,
+    AlertPage,
+    BatchAck,
+    FeedPage,
+    GatesPage,
+    HeartbeatAck,
+    RevocationPage,
+)
+from tests.hubproc import (
+    EXE,
+    Api,
+    Gate,
+    HubProcess,
+    HubSetup,
+    TlsFiles,
+    add_token,
+    heartbeat,
+    hub_cli,
+    make_tls,
+    write_hub_config,
+)
+from tests.pg import PgServer, pg_server  # noqa: F401
+
+DENY = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
+_gate_numbers = itertools.count(1)
+_db_numbers = itertools.count(1)
+
+
+MakeGate = Callable[..., Awaitable[Gate]]
+
+
+async def feed_after(api: Api, token: str, after: int, wait: float = 0) -> FeedPage:
+    reply = await api.get(f"/v1/venues/venue-1/entries?after={after}&wait={wait}", token)
+    assert reply.status == 200, reply.body
+    return FeedPage.from_json(reply.json)
+
+
+async def feed_end(api: Api, token: str) -> int:
+    """The cursor after everything the feed holds now."""
+    cursor = 0
+    while True:
+        page = await feed_after(api, token, cursor)
+        cursor = page.next
+        if len(page.entries) < 500:
+            return cursor
+
+
+async def alerts_after(api: Api, token: str, after: int) -> AlertPage:
+    reply = await api.get(f"/v1/alerts?after={after}", token)
+    assert reply.status == 200, reply.body
+    return AlertPage.from_json(reply.json)
+
+
+# --- fixtures ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningHub:
+    setup: HubSetup
+    proc: HubProcess
+    console: str
+
+    @property
+    def config(self) -> hub_config.HubConfig:
+        return hub_config.load(self.setup.config)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hub(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _session_keys: Path
+) -> Iterator[RunningHub]:
+    """One hub process per backend for the module's HTTP tests (each test uses its own gates)."""
+    root = tmp_path_factory.mktemp(f"hub-{request.param}")
+    keys = Path(shutil.copytree(_session_keys, root / "keys"))
+    store = None
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        store = server.create_database(f"hub_http_{next(_db_numbers)}")
+    extra = "max_wait_s = 3\ngate_offline_after_s = 60\n"
+    setup = write_hub_config(root, keys=keys, store=store, extra=extra)
+    console = add_token(setup, console="security")
+    with HubProcess(setup) as proc:
+        yield RunningHub(setup, proc, console)
+
+
+@pytest.fixture
+async def api(hub: RunningHub) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield Api(session, hub.setup.url)
+
+
+@pytest.fixture
+async def make_gate(hub: RunningHub, tmp_path: Path) -> AsyncIterator[MakeGate]:
+    """Gates with fresh ids, a token each (stored while the hub runs) and their own journal."""
+    journals: list[Journal] = []
+    config = hub.config
+
+    async def make(name: str | None = None) -> Gate:
+        gate_id = f"gate-{next(_gate_numbers)}"
+        token = await hub_admin.add_gate_token(config, gate_id)
+        journal = await Journal.open(
+            tmp_path / f"{gate_id}.db", gate_id=gate_id, gate_name=name or gate_id,
+            clock=Clock(assume="synced"),
+        )  # fmt: skip
+        journals.append(journal)
+        return Gate(gate_id, name or gate_id, token, journal)
+
+    yield make
+    for journal in journals:
+        await journal.close()
+
+
+# --- auth ------------------------------------------------------------------------------------------
+
+
+async def test_refused_requests_store_nothing(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    a, b = await make_gate(), await make_gate()
+    start = await feed_end(api, a.token)
+    alerts_start = (await alerts_after(api, hub.console, 0)).next
+    row = await a.row("T-auth")
+    path = f"/v1/gates/{a.gate_id}/entries:batch"
+
+    missing = await api.post(path, a.batch(row))
+    assert missing.status == 401 and missing.error().error == "unauthorized"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    unknown = await api.post(path, a.batch(row), token=a.token[:-2] + "xx")
+    assert unknown.status == 401 and "invalid_token" in unknown.headers["WWW-Authenticate"]
+    basic = await api.post(path, a.batch(row), headers={"Authorization": f"Basic {a.token}"})
+    assert basic.status == 401
+
+    refused = {
+        "another gate's token": await api.post(path, a.batch(row), b.token),
+        "console token uploading": await api.post(path, a.batch(row), hub.console),
+        "body for another gate than the path": await api.post(
+            f"/v1/gates/{b.gate_id}/entries:batch", a.batch(row), b.token
+        ),
+        "heartbeat with another gate's token": await api.post(
+            f"/v1/gates/{a.gate_id}/heartbeat", a.heartbeat(), b.token
+        ),
+        "heartbeat body for another gate": await api.post(
+            f"/v1/gates/{b.gate_id}/heartbeat", a.heartbeat(), b.token
+        ),
+        "console token on the feed": await api.get("/v1/venues/venue-1/entries", hub.console),
+        "gate token on the gate table": await api.get("/v1/gates", a.token),
+    }
+    for case, reply in refused.items():
+        assert reply.status == 403, case
+        assert reply.error().error == "forbidden" and reply.error().message, case
+
+    assert (await feed_after(api, a.token, start)).entries == ()
+    assert (await alerts_after(api, hub.console, alerts_start)).alerts == ()
+    gates = GatesPage.from_json((await api.get("/v1/gates", hub.console)).json).gates
+    assert {g.gate_id: g.last_seen for g in gates}[a.gate_id] is None
+
+    ok = await a.upload(api, row)
+    assert ok.status == 200 and BatchAck.from_json(ok.json).inserted == 1
+    assert [e.entry_id for e in (await feed_after(api, b.token, start)).entries] == [row.entry_id]
+
+
+async def test_revoked_gate_token_is_refused_at_once(hub: RunningHub, api: Api) -> None:
+    token = add_token(hub.setup, gate_id="gate-revoked")  # the CLI, while the hub runs
+    assert len(token) >= 43
+    assert (await api.get("/v1/trust", token)).status == 200
+    done = hub_cli(hub.setup, "token", "--revoke-gate", "gate-revoked")
+    assert done.returncode == 0 and "1 tokens" in done.stdout
+    assert (await api.get("/v1/trust", token)).status == 401
+    assert token not in hub.proc.log_tail(100_000)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+async def test_bad_bodies_are_400_with_a_message(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    gate = await make_gate()
+    row = (await gate.row("T-bad")).to_json()
+    path = f"/v1/gates/{gate.gate_id}/entries:batch"
+
+    def body(**changes: Any) -> bytes:
+        entry = {**row, **changes.pop("entry", {})}
+        for key in changes.pop("drop", ()):
+            entry.pop(key)
+        return json.dumps({"v": 1, "gate_id": gate.gate_id, "entries": [entry], **changes}).encode()
+
+    cases: dict[str, tuple[bytes, str, str]] = {
+        "malformed JSON": (b'{"v": 1, "entries": [', "bad_request", "not valid JSON"),
+        "not UTF-8": (b'{"v": 1, "gate_id": "\xff"}', "bad_request", "not valid JSON"),
+        "not an object": (b"[1, 2]", "bad_request", "expected a JSON object"),
+        "no version": (body(v=None), "bad_request", "v: missing"),
+        "version 2": (body(v=2), "bad_request", "unsupported protocol version 2"),
+        "wrong type": (body(entry={"gate_seq": "1"}), "bad_request", "entries[0].gate_seq"),
+        "wrong type of list": (body(entries={"a": 1}), "bad_request", "entries: expected a list"),
+        "missing field": (
+            body(drop=["ticket_ref"]),
+            "bad_request",
+            "entries[0].ticket_ref: missing",
+        ),
+        "unknown reason": (body(entry={"reason": "because"}), "bad_request", "entries[0].reason"),
+        "no entries": (body(entries=[]), "bad_request", "entries"),
+        "oversize": (b" " * (MAX_BODY_BYTES + 1), "too_large", "byte limit"),
+        "far oversize": (b"[" * (3 * MAX_BODY_BYTES), "too_large", "byte limit"),
+    }
+    for case, (data, error, words) in cases.items():
+        reply = await api.post(path, data, gate.token)
+        assert reply.status == 400, (case, reply.status, reply.body[:200])
+        assert reply.error().error == error and words in reply.error().message, case
+        health = await api.get("/v1/health")
+        assert health.status == 200 and health.json["ok"] is True, case
+
+    unknown_fields = json.loads(body(entry={"new_field": [1]}, extension={"x": 1}))
+    accepted = await api.post(path, json.dumps(unknown_fields).encode(), gate.token)
+    assert accepted.status == 200 and BatchAck.from_json(accepted.json).inserted == 1
+
+
+async def test_bad_query_parameters(hub: RunningHub, api: Api, make_gate: MakeGate) -> None:
+    gate = await make_gate()
+    for query, words in [
+        ("after=-1", "after"),
+        ("after=x", "after"),
+        ("after=%C2%B2", "after"),  # a superscript two is a digit to str.isdigit, not to us
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("wait=31", "wait"),
+        ("wait=nan", "wait"),
+    ]:
+        reply = await api.get(f"/v1/venues/venue-1/entries?{query}", gate.token)
+        assert reply.status == 400 and words in reply.error().message, query
+    other = await api.get("/v1/venues/another-venue/entries", gate.token)
+    assert other.status == 404 and other.error().error == "not_found"
+    unknown = await api.get("/v1/nothing-here", gate.token)
+    assert unknown.status == 404 and unknown.error().error == "not_found"
+    wrong_method = await api.call("DELETE", "/v1/alerts", token=gate.token)
+    assert wrong_method.status == 405 and wrong_method.error().error == "method_not_allowed"
+
+
+# --- ingest ------------------------------------------------------------------------------------------
+
+
+async def test_uploads_are_idempotent_and_a_replay_inserts_nothing(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    gate, peer = await make_gate(), await make_gate()
+    start = await feed_end(api, peer.token)
+    alerts_start = (await alerts_after(api, hub.console, 0)).next
+    rows = [await gate.row(f"T-idem-{i}") for i in range(12)]
+    rows += [await gate.row("T-idem-0", kind="exit"), await gate.row("T-x", "attempt", DENY)]
+    for first in range(0, len(rows), 5):
+        reply = await gate.upload(api, *rows[first : first + 5])
+        ack = BatchAck.from_json(reply.json)
+        assert reply.status == 200 and ack.inserted == len(rows[first : first + 5])
+        assert ack.acked_through_seq == rows[min(first + 4, len(rows) - 1)].gate_seq
+        again = BatchAck.from_json((await gate.upload(api, *rows[first : first + 5])).json)
+        assert again.inserted == 0 and {r.status for r in again.results} == {"duplicate"}
+    end = await feed_end(api, peer.token)
+    # entries and exits, not the denied attempt
+    feed = [e.entry_id for e in (await feed_after(api, peer.token, start)).entries]
+    assert feed == [r.entry_id for r in rows[:13]]
+
+    replay = BatchAck.from_json((await gate.upload(api, *rows)).json)
+    assert replay.inserted == 0 and replay.acked_through_seq == rows[-1].gate_seq
+    assert await feed_end(api, peer.token) == end
+    assert (await alerts_after(api, hub.console, alerts_start)).alerts == ()
+
+
+async def test_conflict_is_409_and_raises_one_integrity_alert(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    gate = await make_gate()
+    start = await feed_end(api, gate.token)
+    alerts_start = (await alerts_after(api, hub.console, 0)).next
+    stored = await gate.row("T-conflict")
+    assert (await gate.upload(api, stored)).status == 200
+    forged = dataclasses.replace(stored, detail="rewritten")
+    new = await gate.row("T-conflict-new")
+    for _ in range(2):  # a retried batch conflicts again but raises no second alert
+        reply = await gate.upload(api, forged, new)
+        assert reply.status == 409
+        assert reply.error().error == "conflict" and reply.error().conflicts == (stored.entry_id,)
+    assert [e.entry_id for e in (await feed_after(api, gate.token, start)).entries] == [
+        stored.entry_id
+    ]
+    raised = (await alerts_after(api, hub.console, alerts_start)).alerts
+    assert [(a.kind, a.entries.count(stored.entry_id)) for a in raised] == [("integrity", 1)]
+    assert "T-conflict" not in json.dumps([a.to_json() for a in raised])
+    assert (await gate.upload(api, new)).status == 200  # the gate's next row still goes in
+
+
+async def test_double_admission_alert_names_both_gates(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    a, b = await make_gate("North 1"), await make_gate("South 2")
+    for gate in (a, b):
+        reply = await api.post(f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat(), gate.token)
+        assert reply.status == 200 and HeartbeatAck.from_json(reply.json).hub_time > 0
+    alerts_start = (await alerts_after(api, hub.console, 0)).next
+    first, second = await a.row("T-double"), await b.row("T-double")
+    assert (await a.upload(api, first)).status == 200
+    assert (await b.upload(api, second)).status == 200
+    raised = (await alerts_after(api, a.token, alerts_start)).alerts
+    assert [(x.kind, x.gates, x.times) for x in raised] == [
+        ("double_admission", ("North 1", "South 2"), (first.wall_time, second.wall_time))
+    ]
+    gates = {
+        g.gate_id: g
+        for g in GatesPage.from_json((await api.get("/v1/gates", hub.console)).json).gates
+    }
+    assert gates[a.gate_id].online and gates[a.gate_id].gate_name == "North 1"
+
+
+async def test_feed_long_poll_wakes_on_an_upload_and_times_out_empty(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    reader, writer = await make_gate(), await make_gate()
+    start = await feed_end(api, reader.token)
+    poll = asyncio.ensure_future(feed_after(api, reader.token, start, wait=30))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    row = await writer.row("T-poll")
+    t0 = time.monotonic()
+    assert (await writer.upload(api, row)).status == 200
+    page = await poll
+    assert time.monotonic() - t0 < 2.5  # woken by the upload, not by max_wait_s = 3
+    assert [e.entry_id for e in page.entries] == [row.entry_id] and page.next > start
+
+    t0 = time.monotonic()
+    empty = await feed_after(api, reader.token, page.next, wait=0.5)
+    assert empty.entries == () and empty.next == page.next
+    assert time.monotonic() - t0 >= 0.45
+    t0 = time.monotonic()
+    capped = await feed_after(api, reader.token, page.next, wait=30)  # hub's max_wait_s is 3
+    assert capped.entries == () and 2.5 <= time.monotonic() - t0 < 20
+
+
+# --- revocations and trust (SQLite hub of their own) -------------------------------------------------
+
+
+@dataclass
+class OwnHub:
+    setup: HubSetup
+    proc: HubProcess
+    token: str  # of gate-1
+    api: Api
+
+
+@pytest.fixture
+async def own_hub(tmp_path: Path, keys_dir: Path) -> AsyncIterator[OwnHub]:
+    """A SQLite hub of the test's own, with a token for gate-1 made by the CLI."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    token = add_token(setup, gate_id="gate-1")
+    with HubProcess(setup) as proc:
+        # no kept-alive connections: a test may restart the hub between requests
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield OwnHub(setup, proc, token, Api(session, setup.url))
+
+
+async def _gate_trust(keys_dir: Path, api: Api, token: str) -> trust.TrustStore:
+    reply = await api.get("/v1/trust", token)
+    assert reply.status == 200
+    store = trust.TrustStore(trust.load_root_key(str(keys_dir / "root.pub")), None, persist=False)
+    store.install(reply.body)
+    return store
+
+
+async def test_revocations_issued_while_running_reach_a_gate(
+    own_hub: OwnHub, tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    setup, token, api = own_hub.setup, own_hub.token, own_hub.api
+    assert RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json) == (
+        RevocationPage(0, ())
+    )
+    assert (await api.get("/v1/revocations/snapshot", token)).status == 404
+    text = iss.ticket(event=1)
+    key = tickets.parse(text).revocation_key
+
+    done = hub_cli(setup, "revoke", text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("revocation list version 1: 1 keys revoked")
+    page = RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json)
+    assert page.version == 1 and len(page.deltas) == 1
+    signers = (await _gate_trust(keys_dir, api, token)).signers()
+    async with await RevocationStore.open(tmp_path / "gate-rev.db") as gate_list:
+        for delta in page.deltas:
+            await gate_list.apply(delta.encode(), signers)
+        assert gate_list.meta.version == 1 and gate_list.status(key) is ListState.REVOKED
+
+        listing = tmp_path / "import.txt"
+        blocked = [iss.ticket(event=1) for _ in range(2)]
+        listing.write_text(f"# blocked at the gate\n\n{blocked[0]}\n  not a ticket  \n")
+        bad = hub_cli(setup, "revoke", "--op", "block", "--file", listing)
+        assert bad.returncode == 2 and "line 4" in bad.stderr and len(bad.stderr.splitlines()) == 1
+        assert blocked[0] not in bad.stderr
+        assert (
+            RevocationPage.from_json((await api.get("/v1/revocations?after=1", token)).json).deltas
+            == ()
+        )
+
+        token_id = tickets.parse(blocked[1]).revocation_key.hex()
+        listing.write_text(f"# blocked at the gate\n\n{blocked[0]}\n{token_id}\n")
+        good = hub_cli(setup, "revoke", "--op", "block", "--file", listing)
+        assert good.returncode == 0 and "version 2: 2 keys blocked" in good.stdout
+        page = RevocationPage.from_json((await api.get("/v1/revocations?after=1", token)).json)
+        assert page.version == 2
+        await gate_list.apply(page.deltas[0].encode(), signers)
+        assert [gate_list.status(tickets.parse(t).revocation_key) for t in blocked] == [
+            ListState.BLOCKED
+        ] * 2
+
+    snap = await api.get("/v1/revocations/snapshot", token)
+    assert snap.status == 200, snap.body
+    assert snap.headers["ETag"] == '"rev-2"'
+    async with await RevocationStore.open(tmp_path / "fresh.db") as fresh:
+        await fresh.apply(snap.body, signers)
+        assert fresh.meta.version == 2 and fresh.status(key) is ListState.REVOKED
+    same = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-2"'})
+    assert same.status == 304
+    older = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-1"'})
+    assert older.status == 200
+
+    bundle = await api.get("/v1/trust", token)
+    assert bundle.body == (keys_dir / "trust.json").read_bytes()
+    cached = await api.get("/v1/trust", token, headers={"If-None-Match": bundle.headers["ETag"]})
+    assert cached.status == 304 and cached.body == b""
+
+
+async def test_trust_bundle_file_is_served_when_replaced_and_a_bad_one_is_refused(
+    own_hub: OwnHub, keys_dir: Path, iss: Issuer
+) -> None:
+    api, token = own_hub.api, own_hub.token
+    first = await api.get("/v1/trust", token)
+    newer = iss.trust_bundle(version=2)
+    (keys_dir / "trust.json").write_bytes(newer)
+    second = await api.get("/v1/trust", token)
+    assert second.body == newer and second.headers["ETag"] != first.headers["ETag"]
+    forged = newer.replace(b'"signature": "', b'"signature": "AAAA')
+    (keys_dir / "trust.json").write_bytes(forged)
+    kept = await api.get("/v1/trust", token)
+    assert kept.status == 200 and kept.body == newer
+    assert "new trust bundle refused" in own_hub.proc.log_tail()
+
+
+async def test_acknowledged_rows_survive_kill_9(own_hub: OwnHub, tmp_path: Path) -> None:
+    async with await Journal.open(
+        tmp_path / "gate-1.db", gate_id="gate-1", gate_name="Gate 1", clock=Clock(assume="synced")
+    ) as journal:
+        gate = Gate("gate-1", "Gate 1", own_hub.token, journal)
+        rows = [await gate.row(f"T-kill-{i}") for i in range(20)]
+        assert BatchAck.from_json((await gate.upload(own_hub.api, *rows)).json).inserted == 20
+        own_hub.proc.kill9()
+        own_hub.proc.start()
+        replay = BatchAck.from_json((await gate.upload(own_hub.api, *rows)).json)
+        assert replay.inserted == 0 and replay.acked_through_seq == 20
+        page = await feed_after(own_hub.api, own_hub.token, 0)
+        assert [e.entry_id for e in page.entries] == [r.entry_id for r in rows]
+        own_hub.proc.restart()  # SIGTERM + start
+        assert (await feed_after(own_hub.api, own_hub.token, 0)).entries == page.entries
+
+
+async def test_old_revocation_cursor_is_410_after_pruning(
+    own_hub: OwnHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup, token, api = own_hub.setup, own_hub.token, own_hub.api
+    monkeypatch.setattr(hub_admin, "MAX_KEYS_PER_DELTA", 1)  # one delta per key
+    keys = [i.to_bytes(16, "big") for i in range(1, 1006)]
+    done = await hub_admin.issue(hub_config.load(setup.config), "revoke", keys)
+    assert done.version == 1005 and len(done.state.revoked) == 1005
+
+    gone = await api.get("/v1/revocations?after=0", token)
+    assert gone.status == 410 and gone.error().error == "gone"
+    recent = RevocationPage.from_json((await api.get("/v1/revocations?after=1000", token)).json)
+    assert recent.version == 1005 and len(recent.deltas) == 5
+    capped = RevocationPage.from_json((await api.get("/v1/revocations?after=10", token)).json)
+    assert len(capped.deltas) == 500 and capped.version == 510  # a page holds at most 500
+    snap = await api.get("/v1/revocations/snapshot", token)
+    assert snap.status == 200, snap.body
+    assert snap.headers["ETag"] == '"rev-1005"'
+
+
+# --- mTLS -----------------------------------------------------------------------------------------
+
+
+async def test_mtls_needs_the_gates_own_client_certificate(tmp_path: Path, keys_dir: Path) -> None:
+    tls = make_tls(tmp_path / "tls", client_cns=("gate-1", "gate-2"))
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, tls=tls)
+    token = add_token(setup, gate_id="gate-1")
+    console = add_token(setup, console="security")
+    certs = {
+        cn: setup.client_ssl(tls_file(tls, cn, "crt"), tls_file(tls, cn, "key"))
+        for cn in ("gate-1", "gate-2")
+    }
+    with HubProcess(setup):
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, setup.url, setup.client_ssl())
+            beat = heartbeat("gate-1", "Gate 1")
+            path = "/v1/gates/gate-1/heartbeat"
+            no_cert = await api.post(path, beat, token)
+            other = await api.post(path, beat, token, ssl_ctx=certs["gate-2"])
+            for reply in (no_cert, other):
+                assert reply.status == 403 and "client certificate" in reply.error().message
+            health = GatesPage.from_json((await api.get("/v1/gates", console)).json)
+            assert [g.last_seen for g in health.gates if g.gate_id == "gate-1"] == [None]
+            assert (await api.get("/v1/trust", token)).status == 403
+
+            own = await api.post(path, beat, token, ssl_ctx=certs["gate-1"])
+            assert own.status == 200
+            assert (await api.get("/v1/trust", token, ssl_ctx=certs["gate-1"])).status == 200
+            health = GatesPage.from_json((await api.get("/v1/gates", console)).json)
+            assert [g.online for g in health.gates if g.gate_id == "gate-1"] == [True]
+
+
+def tls_file(tls: TlsFiles, cn: str, suffix: str) -> Path:
+    return tls.ca.parent / f"{cn}.{suffix}"
+
+
+# --- the process ------------------------------------------------------------------------------------
+
+
+async def test_sigterm_stops_the_hub_during_a_long_poll(own_hub: OwnHub) -> None:
+    poll = asyncio.ensure_future(
+        own_hub.api.get("/v1/venues/venue-1/entries?wait=25", own_hub.token)
+    )
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(own_hub.proc.stop)
+    assert code == 0 and time.monotonic() - t0 < 10
+    reply = await poll  # answered (empty) before the hub went away, not cut off
+    assert reply.status == 200 and FeedPage.from_json(reply.json).entries == ()
+    log = own_hub.proc.log_tail()
+    assert "hub venue-1 listening on 127.0.0.1:" in log and "hub venue-1 stopped" in log
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path: Path, keys_dir: Path) -> None:
+    setup = write_hub_config(tmp_path, keys=keys_dir, extra="surprise = 1\n")
+    for args in (("token", "--gate", "g1"), ("revoke", "00" * 16)):
+        done = hub_cli(setup, *args)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"gate-agent: error: {setup.config}: [hub] unknown key 'surprise'"
+            " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"
+            " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
+            " list_validity_s)"
+        ]
+
+
+def test_cli_config_option_before_or_after_the_admin_command(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    setup = write_hub_config(tmp_path, keys=keys_dir)
+    before = subprocess.run(
+        [*EXE, "hub", "--config", str(setup.config), "token", "--console", "desk"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert before.returncode == 0 and len(before.stdout.strip()) == 43
+    assert hub_cli(setup, "token", "--gate", "bad/gate").returncode == 2
+    missing = subprocess.run(
+        [*EXE, "hub", "token", "--gate", "g1"], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2 and "--config FILE is required" in missing.stderr
+    nothing = hub_cli(setup, "revoke")
+    assert nothing.returncode == 2 and "nothing to issue" in nothing.stderr
+
+
+def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
+    tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    (keys_dir / "trust.json").write_bytes(iss.trust_bundle(version=2, list_signers=[]))
+    setup = write_hub_config(tmp_path, keys=keys_dir)
+    done = subprocess.run(
+        [*EXE, "hub", "--config", str(setup.config)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "is not one of the bundle's list signers" in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('venue = "a/b"', "[hub] venue: expected an id"),
+        ('listen = "localhost"', "[hub] listen: expected HOST:PORT"),
+        ("denied_alert_threshold = 1", "[hub] denied_alert_threshold: expected an integer 2-1000"),
+        ("max_wait_s = 31", "[hub] max_wait_s: expected 0-30 seconds"),
+        ('store = "mysql://x"', "[hub] store: expected sqlite:///PATH or postgresql://"),
+        ('entry_policy = "twice"', "[hub] entry_policy: expected one of 'single'"),
+        ("[tls]\ncert = 1", "[tls] cert: expected a path"),
+    ],
+)
+def test_config_validation(tmp_path: Path, text: str, words: str) -> None:
+    given = text.split(" = ")[0]
+    base = "".join(
+        f"{line}\n"
+        for line in ("[hub]", 'venue = "v"', 'state_dir = "s"', 'keys = "k"')
+        if not line.startswith(given + " ")
+    )
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        hub_config.parse(base + text + "\n", tmp_path / "hub.toml")
+
+
+def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
+    src = tmp_path / "etc" / "hub.toml"
+    conf = hub_config.parse(
+        '[hub]\nvenue = "v"\nstate_dir = "state"\nkeys = "keys"\nlisten = "[::1]:9000"\n', src
+    )
+    assert conf.store_url == f"sqlite://{tmp_path / 'etc' / 'state' / 'hub.db'}"
+    assert (conf.host, conf.port, conf.scheme) == ("::1", 9000, "http")
+    assert conf.trust_path == tmp_path / "etc" / "keys" / "trust.json"
+    assert conf.policy().entry_policy == "single" and conf.policy().venue == "v"
+    rel = hub_config.parse(
+        '[hub]\nvenue = "v"\nstate_dir = "/s"\nkeys = "k"\nstore = "sqlite://db/h.db"\n', src
+    )
+    assert rel.store_url == f"sqlite://{tmp_path / 'etc' / 'db' / 'h.db'}"
+
+
+# --- two hub processes on one PostgreSQL database ------------------------------------------------
+
+
+@dataclass
+class TwoHubs:
+    hubs: tuple[HubProcess, HubProcess]
+    gates: tuple[Gate, Gate]  # gate i talks to hub i
+    apis: tuple[Api, Api]
+    console: str
+
+
+@pytest.fixture
+async def two_hubs(
+    tmp_path: Path,
+    keys_dir: Path,
+    pg_server: PgServer,  # noqa: F811
+) -> AsyncIterator[TwoHubs]:
+    store = pg_server.create_database(f"hub_two_{next(_db_numbers)}")
+    setups = [write_hub_config(tmp_path / f"hub{i}", keys=keys_dir, store=store) for i in (1, 2)]
+    procs = (HubProcess(setups[0]), HubProcess(setups[1]))
+    try:
+        # started together: both create the schema at once
+        await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
+        gates = []
+        for i, setup in enumerate(setups, start=1):
+            journal = await Journal.open(
+                tmp_path / f"gate{i}.db", gate_id=f"gate-{i}", gate_name=f"Gate {i}",
+                clock=Clock(assume="synced"),
+            )  # fmt: skip
+            gates.append(
+                Gate(f"gate-{i}", f"Gate {i}", add_token(setup, gate_id=f"gate-{i}"), journal)
+            )
+        console = add_token(setups[1], console="security")
+        async with aiohttp.ClientSession() as session:
+            yield TwoHubs(
+                procs, (gates[0], gates[1]), (Api(session, setups[0].url), Api(session, setups[1].url)),
+                console,
+            )  # fmt: skip
+        for gate in gates:
+            await gate.journal.close()
+    finally:
+        for proc in procs:
+            proc.stop()
+            proc.kill9()
+
+
+async def test_two_hub_processes_raise_each_double_admission_once(two_hubs: TwoHubs) -> None:
+    refs = [f"T-shared-{i}" for i in range(40)]
+    rows = {
+        gate.gate_id: [await gate.row(ref) for ref in (refs if n == 0 else refs[::-1])]
+        for n, gate in enumerate(two_hubs.gates)
+    }
+
+    async def upload_all(gate: Gate, api: Api) -> None:
+        mine = rows[gate.gate_id]
+        for first in range(0, len(mine), 2):
+            reply = await gate.upload(api, *mine[first : first + 2])
+            assert reply.status == 200, reply.body
+
+    await asyncio.gather(
+        *(upload_all(g, a) for g, a in zip(two_hubs.gates, two_hubs.apis, strict=True))
+    )
+    raised = (await alerts_after(two_hubs.apis[0], two_hubs.console, 0)).alerts
+    assert {a.kind for a in raised} == {"double_admission"}
+    assert sorted(a.ticket for a in raised) == sorted(text_digest(ref)[:12] for ref in refs)
+    assert all(sorted(a.gates) == ["gate-1", "gate-2"] for a in raised)
+
+    # every row again, through the other process: all duplicates, no new alert
+    crossed = zip(two_hubs.gates, two_hubs.apis[::-1], strict=True)
+    replay = await asyncio.gather(*(g.upload(a, *rows[g.gate_id]) for g, a in crossed))
+    assert all(BatchAck.from_json(r.json).inserted == 0 for r in replay)
+    assert len((await alerts_after(two_hubs.apis[1], two_hubs.console, 0)).alerts) == len(refs)
+
+
+async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(
+    two_hubs: TwoHubs,
+) -> None:
+    (writer, reader), (api_1, api_2) = two_hubs.gates, two_hubs.apis
+    start = await feed_end(api_2, reader.token)
+    poll = asyncio.ensure_future(feed_after(api_2, reader.token, start, wait=20))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    row = await writer.row("T-across")
+    t0 = time.monotonic()
+    assert (await writer.upload(api_1, row)).status == 200
+    page = await poll
+    assert [e.entry_id for e in page.entries] == [row.entry_id]
+    assert time.monotonic() - t0 < 5  # woken through PostgreSQL, not at the 20 s timeout
+
+
+def test_example_config_is_valid_and_lists_every_key() -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "hub.example.toml"
+    conf = hub_config.load(example)
+    assert conf.hub.venue == "stadium-north" and conf.tls is None
+    text = example.read_text()
+    for section in (hub_config.HubSection, hub_config.TlsSection):
+        for field in dataclasses.fields(section):
+            assert re.search(rf"^#? ?{field.name} = ", text, re.MULTILINE), field.name
