@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -26,13 +27,14 @@ import math
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import web
 
-from agent.errors import ConfigError
+from agent import keys
+from agent.errors import AgentError, ConfigError
 from sync import protocol
 from sync.hub_admin import (
     SnapshotCache,
@@ -41,6 +43,7 @@ from sync.hub_admin import (
     hash_token,
     load_list_key,
     opened_store,
+    refresh_list,
 )
 from sync.hub_config import HubConfig, ssl_context
 from sync.hub_store import ConflictError, HubStore, HubStoreError, TokenInfo
@@ -457,6 +460,7 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     app[HUB] = hub
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_stop)
+    app.cleanup_ctx.append(functools.partial(_list_refresher, list_key=list_key))
     app.router.add_post("/v1/gates/{gate}/entries:batch", upload)
     app.router.add_post("/v1/gates/{gate}/heartbeat", heartbeat)
     app.router.add_get("/v1/venues/{venue}/entries", feed)
@@ -469,6 +473,33 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     for path in _CONSOLE_FILES:
         app.router.add_get(path, console)
     return app
+
+
+async def _list_refresher(app: web.Application, list_key: keys.PrivateKey) -> AsyncIterator[None]:
+    """Keep the gates' lists fresh: an empty delta when no revocation came for a while."""
+    hub = app[HUB]
+    task = asyncio.create_task(_refresh_lists(hub, list_key))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _refresh_lists(hub: Hub, list_key: keys.PrivateKey) -> None:
+    every = min(60.0, hub.config.hub.list_refresh_s / 4)
+    while True:
+        try:
+            version = await refresh_list(hub.store, hub.config, list_key, hub.clock())
+        except HubStoreError as exc:  # another hub process refreshed first, or the store failed
+            log.warning("revocation list refresh skipped: %s", exc)
+        except AgentError as exc:
+            log.error("revocation list refresh failed: %s", exc)
+        else:
+            if version is not None:
+                log.info(
+                    "revocation list version %d issued (no changes: keeps gates fresh)", version
+                )
+        await asyncio.sleep(every)
 
 
 async def _stop(app: web.Application) -> None:

@@ -243,16 +243,24 @@ class TrustFile:
             return self._doc.mtime_ns
 
 
-def document_version(data: bytes) -> int:
-    """The ``version`` inside a signed list document the hub itself stored (not verified)."""
+def document_field(data: bytes, name: str) -> int:
+    """An integer field (``version``, ``issued_at``) of a list document the hub itself stored.
+
+    Not verified: the hub signed it. Raises HubStoreError when the document is malformed.
+    """
     try:
         payload = json.loads(base64.b64decode(json.loads(data)["payload"], validate=True))
-        version = payload["version"]
+        value = payload[name]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise HubStoreError("a stored revocation delta is not a signed list document") from exc
-    if type(version) is not int:
-        raise HubStoreError("a stored revocation delta has no version")
-    return version
+    if type(value) is not int:
+        raise HubStoreError(f"a stored revocation delta has no {name}")
+    return value
+
+
+def document_version(data: bytes) -> int:
+    """The ``version`` inside a signed list document the hub itself stored (not verified)."""
+    return document_field(data, "version")
 
 
 # --- revocation administration -----------------------------------------------------------------
@@ -335,6 +343,29 @@ async def issue(
             state = next_state(state, op, chunk)
             await store.add_revocation_delta(state.version, document, state)
     return Issued(state.version, len(unique), state)
+
+
+async def refresh_list(
+    store: HubStore, config: HubConfig, list_key: keys.PrivateKey, now: float
+) -> int | None:
+    """Issue an empty delta when the newest one is ``list_refresh_s`` old (or there is none).
+
+    Gates judge a list's freshness by its ``issued_at``; without revocations for a day they would
+    call it stale. Returns the new version, or None when the list is fresh. When another hub
+    process issued the same version first, HubStoreError is raised and nothing is stored.
+    """
+    state = await store.revocation_state()
+    if state.version:
+        newest = await store.revocation_deltas(state.version - 1)
+        if newest and now - document_field(newest[-1], "issued_at") < config.hub.list_refresh_s:
+            return None
+    document = _sign_delta(state.version, "revoke", frozenset(), list_key, config, now)
+    await store.add_revocation_delta(
+        state.version + 1,
+        document,
+        RevocationState(state.version + 1, state.revoked, state.blocked),
+    )
+    return state.version + 1
 
 
 def _sign_delta(

@@ -5,7 +5,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
     [hub]  venue, listen = "127.0.0.1:8470", state_dir, store (default sqlite:///<state_dir>/hub.db),
            keys (a `gate-agent keys init` dir), trust_bundle (default <keys>/trust.json),
            entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
-           max_wait_s, list_validity_s
+           max_wait_s, list_validity_s,
+           list_refresh_s
     [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
     [log]  level
 
@@ -45,6 +46,7 @@ class HubSection:
     gate_offline_after_s: float = 30.0
     max_wait_s: float = 25.0
     list_validity_s: int = 7 * 86400
+    list_refresh_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ _HUB_RANGES: dict[str, _Check] = {
     "gate_offline_after_s": (lambda v: 1 <= v <= 86400, "1-86400 seconds"),
     "max_wait_s": (lambda v: 0 <= v <= MAX_WAIT_S, f"0-{MAX_WAIT_S:g} seconds"),
     "list_validity_s": (lambda v: 60 <= v <= 366 * 86400, "60 seconds to 366 days"),
+    "list_refresh_s": (lambda v: 10 <= v <= 86400, "10-86400 seconds"),
 }
 
 

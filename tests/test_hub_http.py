@@ -404,23 +404,23 @@ async def test_revocations_issued_while_running_reach_a_gate(
     own_hub: OwnHub, tmp_path: Path, keys_dir: Path, iss: Issuer
 ) -> None:
     setup, token, api = own_hub.setup, own_hub.token, own_hub.api
-    assert RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json) == (
-        RevocationPage(0, ())
-    )
-    assert (await api.get("/v1/revocations/snapshot", token)).status == 404
+    # At start the hub issues an empty version 1, so gates have a fresh list from the outset.
+    first = RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json)
+    assert first.version == 1 and len(first.deltas) == 1
+    assert (await api.get("/v1/revocations/snapshot", token)).status == 200
     text = iss.ticket(event=1)
     key = tickets.parse(text).revocation_key
 
     done = hub_cli(setup, "revoke", text)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("revocation list version 1: 1 keys revoked")
+    assert done.stdout.startswith("revocation list version 2: 1 keys revoked")
     page = RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json)
-    assert page.version == 1 and len(page.deltas) == 1
+    assert page.version == 2 and len(page.deltas) == 2
     signers = (await _gate_trust(keys_dir, api, token)).signers()
     async with await RevocationStore.open(tmp_path / "gate-rev.db") as gate_list:
         for delta in page.deltas:
             await gate_list.apply(delta.encode(), signers)
-        assert gate_list.meta.version == 1 and gate_list.status(key) is ListState.REVOKED
+        assert gate_list.meta.version == 2 and gate_list.status(key) is ListState.REVOKED
 
         listing = tmp_path / "import.txt"
         blocked = [iss.ticket(event=1) for _ in range(2)]
@@ -429,16 +429,16 @@ async def test_revocations_issued_while_running_reach_a_gate(
         assert bad.returncode == 2 and "line 4" in bad.stderr and len(bad.stderr.splitlines()) == 1
         assert blocked[0] not in bad.stderr
         assert (
-            RevocationPage.from_json((await api.get("/v1/revocations?after=1", token)).json).deltas
+            RevocationPage.from_json((await api.get("/v1/revocations?after=2", token)).json).deltas
             == ()
         )
 
         token_id = tickets.parse(blocked[1]).revocation_key.hex()
         listing.write_text(f"# blocked at the gate\n\n{blocked[0]}\n{token_id}\n")
         good = hub_cli(setup, "revoke", "--op", "block", "--file", listing)
-        assert good.returncode == 0 and "version 2: 2 keys blocked" in good.stdout
-        page = RevocationPage.from_json((await api.get("/v1/revocations?after=1", token)).json)
-        assert page.version == 2
+        assert good.returncode == 0 and "version 3: 2 keys blocked" in good.stdout
+        page = RevocationPage.from_json((await api.get("/v1/revocations?after=2", token)).json)
+        assert page.version == 3
         await gate_list.apply(page.deltas[0].encode(), signers)
         assert [gate_list.status(tickets.parse(t).revocation_key) for t in blocked] == [
             ListState.BLOCKED
@@ -446,13 +446,13 @@ async def test_revocations_issued_while_running_reach_a_gate(
 
     snap = await api.get("/v1/revocations/snapshot", token)
     assert snap.status == 200, snap.body
-    assert snap.headers["ETag"] == '"rev-2"'
+    assert snap.headers["ETag"] == '"rev-3"'
     async with await RevocationStore.open(tmp_path / "fresh.db") as fresh:
         await fresh.apply(snap.body, signers)
-        assert fresh.meta.version == 2 and fresh.status(key) is ListState.REVOKED
-    same = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-2"'})
+        assert fresh.meta.version == 3 and fresh.status(key) is ListState.REVOKED
+    same = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-3"'})
     assert same.status == 304
-    older = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-1"'})
+    older = await api.get("/v1/revocations/snapshot", token, headers={"If-None-Match": '"rev-2"'})
     assert older.status == 200
 
     bundle = await api.get("/v1/trust", token)
@@ -501,17 +501,18 @@ async def test_old_revocation_cursor_is_410_after_pruning(
     monkeypatch.setattr(hub_admin, "MAX_KEYS_PER_DELTA", 1)  # one delta per key
     keys = [i.to_bytes(16, "big") for i in range(1, 1006)]
     done = await hub_admin.issue(hub_config.load(setup.config), "revoke", keys)
-    assert done.version == 1005 and len(done.state.revoked) == 1005
+    # version 1 is the empty list the hub issued at start
+    assert done.version == 1006 and len(done.state.revoked) == 1005
 
     gone = await api.get("/v1/revocations?after=0", token)
     assert gone.status == 410 and gone.error().error == "gone"
     recent = RevocationPage.from_json((await api.get("/v1/revocations?after=1000", token)).json)
-    assert recent.version == 1005 and len(recent.deltas) == 5
+    assert recent.version == 1006 and len(recent.deltas) == 6
     capped = RevocationPage.from_json((await api.get("/v1/revocations?after=10", token)).json)
     assert len(capped.deltas) == 500 and capped.version == 510  # a page holds at most 500
     snap = await api.get("/v1/revocations/snapshot", token)
     assert snap.status == 200, snap.body
-    assert snap.headers["ETag"] == '"rev-1005"'
+    assert snap.headers["ETag"] == '"rev-1006"'
 
 
 # --- mTLS -----------------------------------------------------------------------------------------
@@ -577,7 +578,7 @@ def test_config_errors_exit_2_with_one_line(tmp_path: Path, keys_dir: Path) -> N
             f"gate-agent: error: {setup.config}: [hub] unknown key 'surprise'"
             " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"
             " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
-            " list_validity_s)"
+            " list_validity_s, list_refresh_s)"
         ]
 
 
@@ -748,3 +749,25 @@ def test_example_config_is_valid_and_lists_every_key() -> None:
     for section in (hub_config.HubSection, hub_config.TlsSection):
         for field in dataclasses.fields(section):
             assert re.search(rf"^#? ?{field.name} = ", text, re.MULTILINE), field.name
+
+
+async def test_an_idle_list_is_refreshed_with_an_empty_delta(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Gates call a list stale by its issued_at: with no revocations the hub still re-issues."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra="list_refresh_s = 600\n")
+    config = hub_config.load(setup.config)
+    list_key = hub_admin.load_list_key(config)
+    async with hub_admin.opened_store(config) as store:
+        assert await hub_admin.refresh_list(store, config, list_key, 1_000_000.0) == 1
+        assert await hub_admin.refresh_list(store, config, list_key, 1_000_599.0) is None
+        assert await hub_admin.refresh_list(store, config, list_key, 1_000_600.0) == 2
+        signers = trust.parse_bundle(
+            (keys_dir / "trust.json").read_bytes(), trust.load_root_key(str(keys_dir / "root.pub"))
+        ).list_signers
+        async with await RevocationStore.open(tmp_path / "gate.db") as gate_list:
+            for delta in await store.revocation_deltas(0) or []:
+                await gate_list.apply(delta, signers)
+            assert gate_list.meta.version == 2
+            assert gate_list.meta.issued_at == 1_000_600
+            assert len(gate_list.index) == 0
