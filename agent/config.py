@@ -8,12 +8,14 @@ the config file's folder. Drivers are given their URL strings, never this object
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 
@@ -86,6 +88,30 @@ class PretixConfig:
 
 
 @dataclass(frozen=True)
+class HubLinkConfig:
+    """The gate-agent hub as the upstream (:mod:`sync.client`); the venue is [gate] venue.
+
+    After :func:`parse`, ``token`` holds the bearer token (read from ``token_file`` if that was
+    given); it is never shown in a repr or an error message.
+    """
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    ca: Path | None = None  # CA bundle that verifies the hub's certificate (https only)
+    cert: Path | None = None  # client certificate for mTLS, with ``key``
+    key: Path | None = None
+    heartbeat_s: float = 10.0
+    wait_s: float = 25.0  # long-poll of the peer feed
+    timeout_s: float = 10.0
+    batch_size: int = 500
+    revocation_interval_s: float = 60.0
+    trust_interval_s: float = 300.0
+    offline_after_s: float = 30.0
+    retry_max_s: float = 60.0  # the longest wait between retries after a fault
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -102,6 +128,7 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
     pretix: PretixConfig | None = None
+    hub: HubLinkConfig | None = None
 
 
 # Range checks beyond the type: (section, key) -> (predicate, what is expected).
@@ -121,7 +148,21 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
+    ("hub", "url"): (
+        lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),
+        "an http:// or https:// URL with a host",
+    ),
+    ("hub", "heartbeat_s"): (lambda v: 0.1 <= v <= 3600, "0.1-3600 seconds"),
+    ("hub", "wait_s"): (lambda v: 0 <= v <= 30, "0-30 seconds"),
+    ("hub", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
+    ("hub", "batch_size"): (lambda v: 1 <= v <= 500, "1-500 entries"),
+    ("hub", "revocation_interval_s"): (lambda v: 0.1 <= v <= 86400, "0.1-86400 seconds"),
+    ("hub", "trust_interval_s"): (lambda v: 0.1 <= v <= 86400, "0.1-86400 seconds"),
+    ("hub", "offline_after_s"): (lambda v: 0.5 <= v <= 3600, "0.5-3600 seconds"),
+    ("hub", "retry_max_s"): (lambda v: 0.5 <= v <= 3600, "0.5-3600 seconds"),
 }
+# Values never echoed in an error message.
+_SECRETS = frozenset({("hub", "token"), ("pretix", "init_token")})
 
 
 def _describe(tp: Any) -> str:
@@ -195,15 +236,17 @@ def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
                     f"{src}: [{name}] missing required key {key!r} ({_describe(hints[key])})"
                 )
             continue
+        secret = (name, key) in _SECRETS
+        got = f"a value of type {type(raw[key]).__name__}" if secret else repr(raw[key])
         try:
             values[key] = _convert(raw[key], hints[key], src.parent)
         except TypeError:
             raise ConfigError(
-                f"{src}: [{name}] {key}: expected {_describe(hints[key])}, got {raw[key]!r}"
+                f"{src}: [{name}] {key}: expected {_describe(hints[key])}, got {got}"
             ) from None
         check = _RANGES.get((name, key))
         if check is not None and not check[0](values[key]):
-            raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {raw[key]!r}")
+            raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {got}")
     return cls(**values)
 
 
@@ -236,6 +279,8 @@ def parse(text: str, src: Path) -> Config:
             config, gate=dataclasses.replace(config.gate, name=config.gate.id)
         )
     _check_timezone(config, src)
+    if config.hub is not None:
+        config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
 
 
@@ -250,6 +295,61 @@ def _check_timezone(config: Config, src: Path) -> None:
         raise ConfigError(
             f"{src}: [policy] timezone: unknown time zone {config.policy.timezone!r}"
         ) from None
+
+
+def _check_hub(config: Config, hub: HubLinkConfig, src: Path) -> HubLinkConfig:
+    """Cross-checks of [hub]; returns it with ``token`` read from ``token_file``."""
+    from sync.protocol import is_id
+
+    if config.pretix is not None:
+        raise ConfigError(f"{src}: [hub] and [pretix] are both set; a gate has one upstream")
+    for name, value in (("id", config.gate.id), ("venue", config.gate.venue)):
+        if not is_id(value):
+            raise ConfigError(
+                f"{src}: [gate] {name}: the hub needs 1-64 letters, digits or ._:- "
+                f"(starting with a letter or digit), got {value!r}"
+            )
+    parts = urlsplit(hub.url)
+    if parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"{src}: [hub] url: expected http(s)://host[:port][/prefix] only")
+    if parts.scheme != "https" and (hub.ca or hub.cert or hub.key):
+        raise ConfigError(f"{src}: [hub] ca, cert and key need an https:// url")
+    if (hub.cert is None) != (hub.key is None):
+        raise ConfigError(f"{src}: [hub] cert and key: give both (mTLS) or neither")
+    for name in ("ca", "cert", "key"):
+        path = getattr(hub, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{src}: [hub] {name}: {path}: no such file")
+    if (hub.token is None) == (hub.token_file is None):
+        raise ConfigError(f"{src}: [hub] give exactly one of token and token_file")
+    token = hub.token if hub.token is not None else _read_token(hub.token_file, src)
+    if not (0 < len(token) <= 512 and token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(f"{src}: [hub] token: expected 1-512 printable ASCII characters")
+    if hub.offline_after_s <= hub.heartbeat_s:
+        raise ConfigError(
+            f"{src}: [hub] offline_after_s: expected more than heartbeat_s "
+            f"({hub.heartbeat_s:g}), got {hub.offline_after_s:g}"
+        )
+    return dataclasses.replace(hub, token=token)
+
+
+def _read_token(path: Path | None, src: Path) -> str:
+    assert path is not None
+    try:
+        with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"{src}: [hub] token_file: {path}: {exc.strerror or exc}") from exc
+    if mode & 0o077:
+        raise ConfigError(
+            f"{src}: [hub] token_file: {path} is readable by group or others "
+            f"(mode {mode & 0o777:o}): chmod 600 {path}"
+        )
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{src}: [hub] token_file: {path}: not an ASCII token") from None
 
 
 def load(path: Path) -> Config:

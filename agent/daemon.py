@@ -22,7 +22,7 @@ from agent.checker import Checker
 from agent.clock import Clock
 from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
-from agent.lane import Lane, LaneSettings, OutcomeHook
+from agent.lane import Lane, LaneSettings, OutcomeHook, Uplink
 from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
@@ -37,6 +37,7 @@ from agent.trust import (
 from drivers import registry
 
 if TYPE_CHECKING:
+    from sync.client import HubClient
     from sync.pretix import PretixUpstream
 from drivers.base import GateIO, Indicator, Scanner
 
@@ -140,6 +141,7 @@ class Gate:
     checker: Checker
     lane: Lane = field(init=False)
     upstream: PretixUpstream | None = None
+    hub: HubClient | None = None
 
     def add_lane(
         self,
@@ -153,13 +155,18 @@ class Gate:
         """A lane of this gate (same journal, trust and lists) in ``direction``."""
         policy = replace(self.checker.policy, direction=direction)
         checker = Checker(
-            self.checker.trust, lambda: self.revocations.index, lambda: self.revocations.meta, policy
+            self.checker.trust,
+            lambda: self.revocations.index,
+            lambda: self.revocations.meta,
+            policy,
         )
         lane = self.config.lane
         settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy)
+        uplink: Uplink | None = self.hub
         return Lane(
-            settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome
-        )
+            settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome,
+            uplink,
+        )  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -217,13 +224,49 @@ async def open_gate(
             gate_policy(config),
         )
         gate = Gate(config, clock, trust, revocations, journal, checker)
+        if config.hub is not None:
+            gate.hub = _hub_client(config, gate)
         gate.lane = gate.add_lane(
             config.lane.name, config.gate.direction, scanner, gate_io, indicator, on_outcome
         )
+        if gate.hub is not None:
+            gate.hub.start()
+            stack.push_async_callback(gate.hub.close)
         if config.pretix is not None:
             gate.upstream = await _start_pretix(config, gate, upstream_trust)
             stack.push_async_callback(gate.upstream.close)
         yield gate
+
+
+def _hub_client(config: cfg.Config, gate: Gate) -> HubClient:
+    """The hub link (not started): lanes ask it whether they are online and nudge its uploader."""
+    import ssl
+
+    from sync.client import HubClient, LinkSettings
+    from sync.client_http import tls_context
+
+    hc = config.hub
+    assert hc is not None and hc.token is not None
+    try:
+        tls = tls_context(hc.ca, hc.cert, hc.key) if hc.url.startswith("https:") else None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.path}: [hub] ca/cert/key unusable: {exc}") from exc
+    settings = LinkSettings(
+        url=hc.url, token=hc.token, venue=config.gate.venue, gate_id=config.gate.id,
+        gate_name=config.gate.name, heartbeat_s=hc.heartbeat_s, wait_s=hc.wait_s,
+        timeout_s=hc.timeout_s, batch_size=hc.batch_size,
+        revocation_interval_s=hc.revocation_interval_s, trust_interval_s=hc.trust_interval_s,
+        offline_after_s=hc.offline_after_s, backoff_cap_s=hc.retry_max_s,
+    )  # fmt: skip
+
+    def faults() -> list[str]:
+        lane_fault = gate.lane.fault
+        return [lane_fault.split(":")[0]] if lane_fault else []
+
+    return HubClient(
+        settings, journal=gate.journal, revocations=gate.revocations, trust=gate.trust,
+        clock=gate.clock, state_dir=config.gate.state_dir, tls=tls, faults=faults,
+    )  # fmt: skip
 
 
 async def _start_pretix(config: cfg.Config, gate: Gate, keys: UpstreamTrust) -> PretixUpstream:

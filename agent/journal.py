@@ -366,6 +366,17 @@ class Journal:
         sql = f"SELECT {_COLUMNS} FROM entries WHERE synced_at IS NULL ORDER BY gate_seq LIMIT ?"
         return [_entry_record(row) for row in await self._fetchall(sql, (limit,))]
 
+    async def outbox(self) -> tuple[int, float | None]:
+        """How many entries await acknowledgement upstream, and the oldest one's wall time.
+
+        Raises JournalError.
+        """
+        count, oldest = await self._one(
+            "SELECT COUNT(*), (SELECT wall_time FROM entries WHERE synced_at IS NULL"
+            " ORDER BY gate_seq LIMIT 1) FROM entries WHERE synced_at IS NULL"
+        )
+        return int(count), None if oldest is None else float(oldest)
+
     async def mark_synced(self, through_seq: int, at: float) -> None:
         """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``.
 

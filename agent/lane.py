@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from agent import rules
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
 from agent.journal import EntryRecord, Journal, Kind
-from agent.model import Decision, Reason, Ticket, Verdict, text_digest
+from agent.model import Decision, Flag, Reason, Ticket, Verdict, text_digest
 from drivers.base import GateIO, Indicator, Scan, Scanner
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,22 @@ MAX_WAITING = 8  # scans queued behind an open gate; beyond this the scanner is 
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
 
 
+class Uplink(Protocol):
+    """The gate's link to its upstream (:class:`sync.client.HubClient`), as a lane sees it.
+
+    Both members must answer at once: they are called on the scan path.
+    """
+
+    @property
+    def online(self) -> bool:
+        """True while the upstream answers: decisions are then not made offline."""
+        ...
+
+    def nudge(self) -> None:
+        """A row was just written to the journal: upload soon."""
+        ...
+
+
 class Lane:
     def __init__(
         self,
@@ -67,7 +83,11 @@ class Lane:
         gate: GateIO,
         indicator: Indicator | None = None,
         on_outcome: OutcomeHook | None = None,
+        uplink: Uplink | None = None,
     ) -> None:
+        """Without an ``uplink`` every row is stored offline and no decision carries the
+        OFFLINE flag (nothing upstream to be offline from); with one, admissions made while it is
+        not online carry Flag.OFFLINE."""
         self.settings = settings
         self.checker = checker
         self.journal = journal
@@ -76,6 +96,7 @@ class Lane:
         self.gate = gate
         self.indicator = indicator
         self.on_outcome = on_outcome
+        self.uplink = uplink
         self._last: dict[str, tuple[str, int]] = {}
         self._busy_with: str | None = None  # the admitted text while the gate is open
         self.fault: str | None = None  # the last gate fault, until a grant works again
@@ -162,11 +183,14 @@ class Lane:
             return None
         evaluation = await self._evaluate(scan)
         decision, ticket = evaluation.decision, evaluation.ticket
+        offline = self._offline()
+        if offline and decision.admitted and self.uplink is not None:
+            decision = replace(decision, flags=decision.flags | {Flag.OFFLINE})
         ref = ticket.ticket_ref if ticket is not None else "raw:" + text_digest(scan.text)
         direction = self.checker.policy.direction
         kind: Kind = direction if decision.admitted else "attempt"
         try:
-            record = await self._record(ref, kind, decision)
+            record = await self._record(ref, kind, decision, offline=offline)
         except JournalError as exc:
             log.error(
                 "lane %s: decision not recorded, gate stays shut: %s", self.settings.name, exc
@@ -192,10 +216,19 @@ class Lane:
             )
             return Evaluation(None, Decision(Verdict.DENY, Reason.ERROR, "internal error"))
 
+    def _offline(self) -> bool:
+        return self.uplink is None or not self.uplink.online
+
     async def _record(
-        self, ref: str, kind: Kind, decision: Decision, annuls: str | None = None
+        self,
+        ref: str,
+        kind: Kind,
+        decision: Decision,
+        annuls: str | None = None,
+        *,
+        offline: bool | None = None,
     ) -> EntryRecord:
-        return await self.journal.record(
+        record = await self.journal.record(
             ticket_ref=ref,
             kind=kind,
             decision=decision,
@@ -203,7 +236,11 @@ class Lane:
             rev_version=self.checker.list_version(),
             zone=self.checker.policy.zone,
             annuls=annuls,
+            offline=self._offline() if offline is None else offline,
         )
+        if self.uplink is not None:
+            self.uplink.nudge()
+        return record
 
     async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
         """Open the gate once and wait; an admission (entry or exit) nobody used is annulled."""

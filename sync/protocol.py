@@ -169,10 +169,13 @@ def _items(
     return out
 
 
-def decode(body: bytes) -> Mapping[str, Any]:
-    """Parse a JSON body of this protocol (size cap, object, ``v`` == 1); raises ProtocolError."""
-    if len(body) > MAX_BODY_BYTES:
-        raise ProtocolError(f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
+def decode(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> Mapping[str, Any]:
+    """Parse a JSON body of this protocol (size cap, object, ``v`` == 1); raises ProtocolError.
+
+    ``max_bytes`` is raised only for answers that carry signed documents (revocation pages).
+    """
+    if len(body) > max_bytes:
+        raise ProtocolError(f"body of {len(body)} bytes is over the {max_bytes} byte limit")
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -650,6 +653,6 @@ Message = (
 _M = TypeVar("_M", bound=Message)
 
 
-def parse(body: bytes, cls: type[_M]) -> _M:
+def parse(body: bytes, cls: type[_M], max_bytes: int = MAX_BODY_BYTES) -> _M:
     """Decode and validate ``body`` as ``cls``; raises ProtocolError."""
-    return cast(_M, cast(Any, cls).from_json(decode(body)))
+    return cast(_M, cast(Any, cls).from_json(decode(body, max_bytes)))

@@ -1,0 +1,452 @@
+"""The gate's link to the gate-agent hub: independent background tasks that never block a lane.
+
+One :class:`HubClient` per gate runs on the daemon's event loop. Lanes decide from what is on the
+gate (trust, revocation index, journal); this client only feeds those and drains the journal's
+outbox, each job in its own task so a slow one never holds up another:
+
+* uploader: unsynced rows in ``gate_seq`` order, one batch in flight, marked synced only when the
+  hub acknowledges them; woken by :meth:`HubClient.nudge` (a lane wrote a row) or every 5 s;
+* peer feed: long-polls the venue's entries and stores other gates' ones in the journal, then
+  persists the cursor (``state_dir/hub_sync.json``), so a restart re-reads at most one page;
+* revocations: signed deltas after the installed version (410: the signed snapshot), verified
+  with the trust's list signers; a refused document changes nothing;
+* trust: the root-signed bundle (ETag), installed when newer;
+* heartbeat: outbox depth, list and trust versions, clock state and faults; the hub's time in
+  its answers gives the clock offset.
+
+Faults back off (capped exponential, full jitter, Retry-After as a lower bound); a refusal that
+retrying cannot fix (401/403, 409, other 4xx) waits the full cap. The request layer and its
+errors are :mod:`sync.client_http`.
+
+The bearer token is never logged, only its short hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from agent.clock import Clock
+from agent.errors import JournalError, RollbackError, SignedDocumentError
+from agent.fsutil import write_atomic
+from agent.journal import Journal
+from agent.revocation import RevocationStore
+from agent.trust import MAX_BUNDLE_BYTES, TrustStore
+from sync import protocol
+from sync.client_http import (
+    HubAuthError,
+    HubConflict,
+    HubGone,
+    HubHTTP,
+    HubRefused,
+    HubUnavailable,
+    Reply,
+)
+from sync.pretix_http import Backoff, sleep_or_stop, token_hash
+from sync.protocol import (
+    BatchAck,
+    BatchUpload,
+    EntryWire,
+    FeedPage,
+    Heartbeat,
+    HeartbeatAck,
+    RevocationPage,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "hub_sync.json"
+UPLOAD_TICK_S = 5.0  # an unnudged uploader still looks every 5 s
+FEED_MIN_ROUND_S = 1.0  # a hub answering an empty page at once is not polled faster than this
+_STUCK = frozenset({"conflict", "unauthorized", "refused"})  # uploads wait for an operator
+CLOCK_WARN_S = 5.0
+MAX_PAGE_BYTES = 64 << 20  # a revocation page carries signed deltas
+MAX_SNAPSHOT_BYTES = 256 << 20  # ~8M keys
+
+_M = TypeVar("_M", BatchAck, FeedPage, HeartbeatAck, RevocationPage)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Who this gate is at the hub and how often it talks to it (from the [hub] section)."""
+
+    url: str
+    token: str = field(repr=False)
+    venue: str
+    gate_id: str
+    gate_name: str
+    heartbeat_s: float = 10.0
+    wait_s: float = 25.0
+    timeout_s: float = 10.0
+    batch_size: int = 500
+    revocation_interval_s: float = 60.0
+    trust_interval_s: float = 300.0
+    offline_after_s: float = 30.0
+    backoff_cap_s: float = 60.0
+
+
+def _agent_version() -> str:
+    try:
+        return importlib.metadata.version("gate-agent")[: protocol.MAX_ID]
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class HubClient:
+    """Sync one gate with one hub. :meth:`start` the tasks, :meth:`close` them (idempotent)."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        *,
+        journal: Journal,
+        revocations: RevocationStore,
+        trust: TrustStore,
+        clock: Clock,
+        state_dir: Path,
+        tls: ssl.SSLContext | None = None,
+        faults: Callable[[], Sequence[str]] = tuple,
+    ) -> None:
+        """Plain values only; nothing touches the network until :meth:`start`.
+
+        ``faults`` names the gate's current faults for the heartbeat (short words).
+        """
+        self._s = settings
+        self._version = _agent_version()
+        self._http = HubHTTP(
+            settings.url, settings.token, timeout_s=settings.timeout_s, tls=tls,
+            user_agent=f"gate-agent/{self._version}",
+        )  # fmt: skip
+        self._base = self._http.base_url
+        self._journal, self._revocations, self._trust = journal, revocations, trust
+        self._clock, self._faults = clock, faults
+        self._state_path = state_dir / STATE_FILE
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._nudged = asyncio.Event()
+        self._introduced = asyncio.Event()  # the first heartbeat was tried: the hub knows our name
+        self._cursor = self._load_cursor()
+        self._trust_etag: str | None = None
+        self._snapshot_etag: str | None = None
+        self._feed_current: float | None = None  # monotonic: the feed was caught up
+        self._offset: float | None = None
+        self._outbox: int | None = None
+        self._upload_state = "idle"
+        self._conflicts: tuple[str, ...] = ()
+        self._last_error: str | None = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """True when a hub request succeeded within ``offline_after_s``, the hub has not been
+        unreachable since, and it takes this gate's uploads (no refused token, no conflict)."""
+        ok, down = self._http.last_ok, self._http.last_down
+        if ok is None or (down is not None and down > ok) or self._upload_state in _STUCK:
+            return False
+        return time.monotonic() - ok <= self._s.offline_after_s
+
+    def nudge(self) -> None:
+        """A row was written to the journal: wake the uploader (never blocks)."""
+        self._nudged.set()
+
+    def start(self) -> None:
+        """Start the background tasks on the running loop; idempotent."""
+        if self._tasks:
+            return
+        log.info(
+            "hub %s: gate %s of venue %s (token %s)",
+            self._base, self._s.gate_id, self._s.venue, token_hash(self._s.token),
+        )  # fmt: skip
+        self._stop.clear()
+        jobs: dict[str, Callable[[], Awaitable[float]]] = {
+            "heartbeat": self._heartbeat_step,
+            "upload": self._upload_step,
+            "feed": self._feed_step,
+            "revocations": self._revocation_step,
+            "trust": self._trust_step,
+        }
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(name, step), name=f"hub-{name}")
+            for name, step in jobs.items()
+        ]
+
+    async def close(self) -> None:
+        """Stop the tasks and close the HTTP session; idempotent. Rows in flight stay unsynced."""
+        tasks, self._tasks = self._tasks, []
+        self._stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.close()
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for status pages: online, last_success (wall time), upload ("idle", "ok",
+        "conflict", "unauthorized", "refused", "unavailable"), outbox_depth (as last counted),
+        feed_cursor, feed_lag_s (seconds since the feed was last caught up), revocation_version,
+        trust_version, hub_clock_offset_s, last_error and conflicts (entry ids)."""
+        now, ok = time.monotonic(), self._http.last_ok
+        return {
+            "online": self.online,
+            "last_success": None if ok is None else self._clock.now() - (now - ok),
+            "upload": self._upload_state, "outbox_depth": self._outbox,
+            "feed_cursor": self._cursor,
+            "feed_lag_s": None if self._feed_current is None else now - self._feed_current,
+            "revocation_version": self._revocations.meta.version,
+            "trust_version": self._trust.version, "hub_clock_offset_s": self._offset,
+            "last_error": self._last_error, "conflicts": list(self._conflicts),
+        }  # fmt: skip
+
+    async def upload_once(self) -> int:
+        """Send the oldest unsynced rows as one batch; returns how many the hub acknowledged.
+
+        Rows are marked synced only up to the acknowledged ``gate_seq`` (never beyond what was
+        sent). Raises HubError (nothing marked) or JournalError.
+        """
+        rows = await self._journal.unsynced(self._s.batch_size)
+        if not rows:
+            self._outbox = 0
+            return 0
+        upload = BatchUpload(self._s.gate_id, tuple(EntryWire.from_record(r) for r in rows))
+        sent = self._clock.now()
+        reply = await self._http.request(
+            "POST", f"/v1/gates/{self._s.gate_id}/entries:batch", body=protocol.encode(upload)
+        )
+        ack = self._parse(reply, BatchAck)
+        self._note_hub_time(ack.hub_time, sent)
+        through = min(ack.acked_through_seq, rows[-1].gate_seq)
+        if through < rows[0].gate_seq:
+            raise HubUnavailable(f"hub acknowledged none of gate_seq {rows[0].gate_seq}..")
+        await self._journal.mark_synced(through, self._clock.now())
+        self._upload_state, self._conflicts = "ok", ()
+        log.debug("hub: %d entries acknowledged through %d (%d new)", len(rows), through,
+                  ack.inserted)  # fmt: skip
+        return through - rows[0].gate_seq + 1
+
+    async def follow_once(self, wait_s: float) -> int:
+        """Fetch one page of the venue feed (long-poll up to ``wait_s``), store other gates'
+        entries, then persist the cursor; returns the page's size. Raises HubError or
+        JournalError (the cursor then stays)."""
+        params = {
+            "after": str(self._cursor),
+            "wait": f"{wait_s:g}",
+            "limit": str(protocol.MAX_PAGE),
+        }
+        reply = await self._http.request(
+            "GET", f"/v1/venues/{self._s.venue}/entries", params=params,
+            client_timeout=aiohttp.ClientTimeout(total=wait_s + self._s.timeout_s),
+        )  # fmt: skip
+        page = self._parse(reply, FeedPage)  # its hub_time is late by the wait: not a clock
+        if page.entries:
+            learnt = await self._journal.add_peer_entries(e.to_peer() for e in page.entries)
+            log.debug("hub feed: %d entries, %d new from other gates", len(page.entries), learnt)
+        if page.next > self._cursor:
+            self._cursor = page.next
+            await asyncio.to_thread(self._save_cursor)
+        if len(page.entries) < protocol.MAX_PAGE:
+            self._feed_current = time.monotonic()
+        return len(page.entries)
+
+    async def fetch_revocations(self) -> int:
+        """Apply the hub's signed deltas after the installed version (410: its snapshot);
+        returns the installed version. Raises HubError, or RevocationError for a refused
+        document (it and the rest of the page change nothing)."""
+        installed = self._revocations.meta.version
+        try:
+            reply = await self._http.request(
+                "GET", "/v1/revocations", params={"after": str(installed)}, cap=MAX_PAGE_BYTES
+            )
+        except HubGone:
+            log.info("hub: deltas after revocation list v%d are gone, fetching the snapshot",
+                     installed)  # fmt: skip
+            return await self._fetch_snapshot()
+        page = self._parse(reply, RevocationPage, MAX_PAGE_BYTES)
+        for text in page.deltas:
+            await self._apply(text.encode(), "delta")
+        return self._revocations.meta.version
+
+    async def fetch_trust(self) -> bool:
+        """Fetch the hub's trust bundle (ETag) and install it when newer; True if installed.
+
+        Raises HubError, or TrustError for a refused bundle (the installed one stays).
+        """
+        headers = {"If-None-Match": self._trust_etag} if self._trust_etag else {}
+        reply = await self._http.request("GET", "/v1/trust", headers=headers, cap=MAX_BUNDLE_BYTES)
+        if reply.status == 304:
+            return False
+        # Remembered even when refused: the same bad bundle is then reported once.
+        self._trust_etag = reply.headers.get("ETag")
+        return self._trust.offer(reply.body, "trust bundle from the hub")
+
+    async def heartbeat_once(self) -> None:
+        """Tell the hub how this gate is. Raises HubError or JournalError."""
+        depth, oldest = await self._journal.outbox()
+        self._outbox = depth
+        now = self._clock.now()
+        meta = self._revocations.meta
+        age = meta.age(now)
+        faults = [f[: protocol.MAX_ID] for f in self._faults() if f and f.isprintable()]
+        beat = Heartbeat(
+            gate_id=self._s.gate_id, gate_name=self._s.gate_name[: protocol.MAX_ID],
+            version=self._version, outbox_depth=depth,
+            oldest_unsynced_age_s=None if oldest is None else max(0.0, now - oldest),
+            revocation_version=meta.version,
+            revocation_age_s=None if age is None else max(0.0, age),
+            trust_version=self._trust.version, clock_synced=self._clock.reading().synced,
+            feed_cursor=self._cursor, faults=tuple(faults[:16]),
+        )  # fmt: skip
+        reply = await self._http.request(
+            "POST", f"/v1/gates/{self._s.gate_id}/heartbeat", body=protocol.encode(beat)
+        )
+        self._note_hub_time(self._parse(reply, HeartbeatAck).hub_time, now)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def _run(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        """Run ``step`` until closed; it returns the delay to its next run. Faults back off."""
+        backoff = Backoff(base_s=0.5, cap_s=self._s.backoff_cap_s)
+        failing = False
+        while not self._stop.is_set():
+            try:
+                delay = await step()
+            except Exception as exc:  # every fault is logged and retried; the task never ends
+                delay = self._fault(name, exc, backoff, quiet=failing)
+                failing = True
+            else:
+                if failing:
+                    log.info("hub %s: working again", name)
+                failing = False
+                backoff.reset()
+            if delay > 0 and await sleep_or_stop(delay, self._stop):
+                return
+
+    def _fault(self, name: str, exc: Exception, backoff: Backoff, *, quiet: bool) -> float:
+        """Log a task's fault (a repeated transient one at DEBUG) and return the delay."""
+        self._last_error = f"{name}: {exc}"
+        if isinstance(exc, HubUnavailable):
+            if name == "upload":
+                self._upload_state = "unavailable"
+            log.log(logging.DEBUG if quiet else logging.WARNING, "hub %s: %s", name, exc)
+            return backoff.next_delay(exc.retry_after)
+        if isinstance(exc, HubConflict):
+            self._upload_state = "conflict"
+            if set(exc.entry_ids) != set(self._conflicts):
+                self._conflicts = exc.entry_ids
+                log.error("hub refuses entries %s: another body under the same id; rows kept,"
+                          " operator action needed", ", ".join(exc.entry_ids))  # fmt: skip
+            return self._s.backoff_cap_s
+        if isinstance(exc, HubAuthError | HubRefused):
+            if name == "upload":
+                self._upload_state = "unauthorized" if isinstance(exc, HubAuthError) else "refused"
+            log.log(logging.DEBUG if quiet else logging.ERROR, "hub %s: %s", name, exc)
+            return self._s.backoff_cap_s
+        if isinstance(exc, SignedDocumentError):  # a refused revocation list or trust bundle
+            log.error("hub %s refused, keeping the installed one: %s", name, exc)
+        elif isinstance(exc, JournalError):
+            log.error("hub %s: %s", name, exc)
+        else:
+            log.exception("hub %s: internal error", name)
+        return backoff.next_delay()
+
+    async def _heartbeat_step(self) -> float:
+        try:
+            await self.heartbeat_once()
+        finally:
+            self._introduced.set()
+        return self._s.heartbeat_s
+
+    async def _upload_step(self) -> float:
+        await self._introduced.wait()
+        self._nudged.clear()  # before reading: a row written meanwhile sets it again
+        if not await self.upload_once():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), UPLOAD_TICK_S)
+        return 0.0
+
+    async def _feed_step(self) -> float:
+        started = time.monotonic()
+        if await self.follow_once(self._s.wait_s):
+            return 0.0
+        return FEED_MIN_ROUND_S - (time.monotonic() - started)
+
+    async def _revocation_step(self) -> float:
+        await self.fetch_revocations()
+        return self._s.revocation_interval_s
+
+    async def _trust_step(self) -> float:
+        await self.fetch_trust()
+        return self._s.trust_interval_s
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def _fetch_snapshot(self) -> int:
+        headers = {"If-None-Match": self._snapshot_etag} if self._snapshot_etag else {}
+        reply = await self._http.request(
+            "GET", "/v1/revocations/snapshot", headers=headers, cap=MAX_SNAPSHOT_BYTES,
+            client_timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._s.timeout_s, sock_read=self._s.timeout_s
+            ),
+        )  # fmt: skip
+        if reply.status != 304:
+            await self._apply(reply.body, "snapshot")
+            self._snapshot_etag = reply.headers.get("ETag")
+        return self._revocations.meta.version
+
+    async def _apply(self, data: bytes, what: str) -> None:
+        """Install one signed list document; an already installed one is skipped."""
+        try:
+            meta = await self._revocations.apply(data, self._trust.signers())
+        except RollbackError as exc:
+            level = logging.WARNING if what == "snapshot" else logging.DEBUG
+            log.log(level, "hub revocation %s not installed: %s", what, exc)
+            return
+        log.info("revocation list version %d installed from the hub's %s", meta.version, what)
+
+    def _parse(self, reply: Reply, cls: type[_M], cap: int = protocol.MAX_BODY_BYTES) -> _M:
+        try:
+            return protocol.parse(reply.body, cls, cap)
+        except protocol.ProtocolError as exc:
+            raise HubUnavailable(f"malformed {cls.__name__} from the hub: {exc}") from exc
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _note_hub_time(self, hub_time: float, sent: float) -> None:
+        """Record the hub's clock offset from an answer (the midpoint of the request)."""
+        offset = hub_time - (sent + self._clock.now()) / 2
+        was_off = self._offset is not None and abs(self._offset) > CLOCK_WARN_S
+        self._offset = offset
+        if abs(offset) > CLOCK_WARN_S and not was_off:
+            log.warning("hub clock differs from this gate's by %.1f s", offset)
+
+    def _load_cursor(self) -> int:
+        try:
+            state = json.loads(self._state_path.read_bytes())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("%s unreadable, reading the hub feed from the start: %s",
+                        self._state_path, exc)  # fmt: skip
+            return 0
+        if not isinstance(state, dict):
+            state = {}
+        cursor = state.get("feed_cursor")
+        if state.get("hub") != self._base or type(cursor) is not int or cursor < 0:
+            log.info("hub feed: no cursor for %s, reading from the start", self._base)
+            return 0
+        return cursor
+
+    def _save_cursor(self) -> None:
+        data = json.dumps({"hub": self._base, "feed_cursor": self._cursor}).encode()
+        write_atomic(self._state_path, data, mode=0o600)
