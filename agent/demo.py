@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import config as cfg
-from agent import issuer, keys, revocation_issuer
+from agent import demo_hub, issuer, keys, revocation_issuer
 from agent.daemon import open_gate
 from agent.lane import Outcome
+from agent.model import Flag
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 
@@ -84,6 +85,8 @@ def _tickets(dir: Path) -> dict[str, str]:
         "zone2": iss.ticket(event=1, zones=[2]),
         "noshow": iss.ticket(event=1, zones=[1]),
         "forged": iss.ticket(event=1, zones=[1], key=keys.generate()),
+        "hub-1": iss.ticket(event=1, zones=[1]),
+        "hub-2": iss.ticket(event=1, zones=[1]),
     }
     issuer.issue_files(
         iss, dir / "tickets", event=1, zones=[1], not_before=None, not_after=None, count=3
@@ -128,6 +131,8 @@ def _line(o: Outcome, paint: Callable[[str, str], str]) -> str:
     extra = (
         "" if d.admitted else f"  ({d.reason}" + (")" if d.detail in message else f": {d.detail})")
     )
+    if Flag.OFFLINE in d.flags:
+        extra += "  (decided offline)"
     seq = f"#{o.record.gate_seq}" if o.record else "-"
     tail = ""
     if o.annul is not None:
@@ -151,7 +156,13 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
         dir.mkdir(parents=True, exist_ok=True)
         t = _tickets(dir)
         conf = cfg.load(dir / "gate.toml")
-        return await _play(conf, _scenario(t), paint, stream)
+        code = await _play(conf, _scenario(t), paint, stream)
+        print(paint("\nPart 2: a hub and two gates of one venue", "bold"), file=stream)
+        fresh = [t["hub-1"], t["hub-2"]]
+        hub_code = await demo_hub.play(
+            dir, fresh, lambda o: _line(o, paint), lambda s: print(s, file=stream)
+        )
+        return code or hub_code
 
 
 async def _play(

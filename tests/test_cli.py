@@ -192,3 +192,15 @@ def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
     assert "nobody passed: entry" in out and "Exit - goodbye" in out
     assert "admitted: 5 (annulled 1)   denied: 6" in out
     assert "\x1b[" not in out  # no colour codes when not on a terminal
+    # Part 2: hub and two gates, online then partitioned.
+    part2 = out[out.index("Part 2: a hub and two gates") :]
+    lines = part2.splitlines()
+    refused = next(i for i, line in enumerate(lines) if "is refused at Gate B" in line)
+    assert "DENY   Already used at Gate A, " in lines[refused + 1]
+    assert "Gate B learnt it from the hub within" in part2
+    partition = part2[part2.index("2. Partition") : part2.index("3. The partition heals")]
+    assert partition.count("ADMIT  Welcome  (decided offline)") == 2
+    assert "[gate-a #2" in partition and "[gate-b #2" in partition
+    alerts = [line for line in lines if "ALERT double admission: ticket " in line]
+    assert len(alerts) == 1 and "Gate A" in alerts[0] and "Gate B" in alerts[0]
+    assert "WARNING" not in out and "Traceback" not in r.stderr
