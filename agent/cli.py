@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -125,6 +127,17 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
     demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
     _hub_parser(sub)
+    status = sub.add_parser("status", help="the running gate's health in a few lines")
+    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="the whole /status answer as JSON")
+    events = sub.add_parser("events", help="the journal's decisions, for security staff")
+    events.add_argument("--config", type=Path, required=True)
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
+    events.add_argument("--denied", action="store_true", help="denied attempts only")
+    events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
+    events.add_argument("--ticket", metavar="ID", help="one ticket: its short id or its text")
+    events.add_argument("--last", "-n", type=int, default=20, help="how many to show first")
+    events.add_argument("--json", action="store_true", help="JSON lines")
     return p
 
 
@@ -149,11 +162,29 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     revoke.add_argument("items", nargs="*", metavar="TICKET_TEXT_OR_TOKEN_ID")
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per record, for journald (``JOURNAL_STREAM`` set by systemd)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM") and os.environ.get("GATE_AGENT_LOG_FORMAT") != "text":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.Formatter.converter = time.gmtime
 
 
@@ -263,6 +294,29 @@ def _selftest(args: argparse.Namespace) -> int:
     return asyncio.run(selftest.run(args.config, relay=args.relay, scan=args.scan, out=sys.stdout))
 
 
+def _status(args: argparse.Namespace) -> int:
+    from agent import config, ops
+
+    return ops.status(config.load(args.config), sys.stdout, as_json=args.json)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from agent import config, ops
+
+    if args.last < 1:
+        raise ConfigError("--last must be >= 1")
+    flt = ops.EventFilter(denied=args.denied, duplicates=args.duplicates, ticket=args.ticket)
+    try:
+        return asyncio.run(
+            ops.events(
+                config.load(args.config), flt, sys.stdout,
+                follow=args.follow, as_json=args.json, last=args.last,
+            )
+        )  # fmt: skip
+    except BrokenPipeError:  # `gate-agent events | head`
+        return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agent import demo
 
@@ -321,7 +375,9 @@ _PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unbl
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
-    quiet = args.command in ("check", "demo", "keys", "issue", "selftest", "revoke")
+    quiet = args.command in (
+        "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events"
+    )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
         "keys": _keys_init,
@@ -332,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "selftest": _selftest,
         "demo": _demo,
         "hub": _hub,
+        "status": _status,
+        "events": _events,
     }
     try:
         return handlers[args.command](args)

@@ -112,6 +112,15 @@ class HubLinkConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    """The local status server (agent/status.py): health, metrics, status, staff display."""
+
+    listen: str = "127.0.0.1:8471"  # "" turns it off
+    outbox_backlog: int = 1000  # more unsynced rows than this: health degraded
+    disk_free_min_mb: int = 200  # less free space for the state than this: health degraded
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -127,6 +136,7 @@ class Config:
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     pretix: PretixConfig | None = None
     hub: HubLinkConfig | None = None
 
@@ -148,6 +158,12 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
+    ("status", "listen"): (
+        lambda v: v == "" or _host_port(v) is not None,
+        'HOST:PORT (e.g. "127.0.0.1:8471"), or "" for no status server',
+    ),
+    ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
+    ("status", "disk_free_min_mb"): (lambda v: v >= 0, "an integer >= 0"),
     ("hub", "url"): (
         lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),
         "an http:// or https:// URL with a host",
@@ -163,6 +179,15 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
 }
 # Values never echoed in an error message.
 _SECRETS = frozenset({("hub", "token"), ("pretix", "init_token")})
+
+
+def _host_port(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT``) as a pair, or None when malformed."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host, int(port)
 
 
 def _describe(tp: Any) -> str:

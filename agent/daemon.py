@@ -22,7 +22,7 @@ from agent.checker import Checker
 from agent.clock import Clock
 from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
-from agent.lane import Lane, LaneSettings, OutcomeHook, Uplink
+from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
 from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
@@ -37,6 +37,8 @@ from agent.trust import (
 from drivers import registry
 
 if TYPE_CHECKING:
+    from agent.sdnotify import Notifier
+    from agent.status import StatusServer
     from sync.client import HubClient
     from sync.pretix import PretixUpstream
 from drivers.base import GateIO, Indicator, Scanner
@@ -299,10 +301,28 @@ async def _start_pretix(config: cfg.Config, gate: Gate, keys: UpstreamTrust) -> 
 
 
 async def run(config: cfg.Config) -> int:
-    """Run the gate until its scanner ends or SIGTERM/SIGINT arrives; returns an exit code."""
-    async with open_gate(config) as gate:
+    """Run the gate until its scanner ends or SIGTERM/SIGINT arrives; returns an exit code.
+
+    Under systemd (``Type=notify``) READY=1 is sent once the gate is open and its journal
+    answers; WATCHDOG=1 follows from the same loop while the journal keeps answering, with the
+    health in STATUS=.
+    """
+    from agent.sdnotify import Notifier
+
+    observers: list[StatusServer] = []
+
+    def observe(outcome: Outcome) -> None:
+        for observer in observers:
+            observer.observe(outcome)
+
+    notifier = Notifier()
+    async with open_gate(config, observe) as gate:
+        status = _status_server(config, gate)
+        observers.append(status)
+        await _serve_status(config, status)
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(gate.lane.run())
+        supervisor = asyncio.create_task(_supervise(gate, status, notifier))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         log.info(
@@ -320,6 +340,64 @@ async def run(config: cfg.Config) -> int:
         except asyncio.CancelledError:
             log.info("gate %s stopping", config.gate.id)
         finally:
+            notifier.stopping()
+            supervisor.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            await status.close()
+    notifier.close()
     return 0
+
+
+def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
+    from agent.status import StatusLimits, StatusServer
+
+    sc = config.status
+    limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
+    host, _, port = sc.listen.rpartition(":")
+    return StatusServer(
+        gate, host=host.strip("[]") or "127.0.0.1", port=int(port or 0), limits=limits
+    )
+
+
+async def _serve_status(config: cfg.Config, status: StatusServer) -> None:
+    """Start the status server; a taken port is logged, never a reason to stop gating."""
+    if not config.status.listen:
+        return
+    try:
+        await status.start()
+    except OSError as exc:
+        log.error(
+            "%s: [status] listen: cannot listen on %s: %s (the gate runs without it)",
+            config.path, config.status.listen, exc.strerror or exc,
+        )  # fmt: skip
+
+
+SUPERVISE_S = 10.0
+
+
+async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> None:
+    """READY once, then WATCHDOG while the loop and the journal answer; STATUS = health."""
+    from agent.sdnotify import watchdog_interval_s
+
+    every = min(SUPERVISE_S, watchdog_interval_s() or SUPERVISE_S)
+    ready_sent, shown = False, ""
+    while True:
+        try:
+            async with asyncio.timeout(every):
+                await gate.journal.count()
+            ok, reasons = await status.health()
+        except (TimeoutError, AgentError) as exc:
+            log.error("health check failed, no watchdog ping: %s", exc)
+        else:
+            text = "ready" if ok else "degraded: " + ", ".join(reasons)
+            if not ready_sent:
+                notifier.ready(text)
+                ready_sent = True
+            elif text != shown:
+                notifier.status(text)
+            if text != shown:
+                (log.info if ok else log.warning)("health: %s", text)
+            shown = text
+            notifier.watchdog()
+        await asyncio.sleep(every)

@@ -79,13 +79,18 @@ class _Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.scans = Counter(
-            "gate_scans", "Decisions by verdict and reason", ["lane", "verdict", "reason"], registry=r
+            "gate_scans",
+            "Decisions by verdict and reason",
+            ["lane", "verdict", "reason"],
+            registry=r,
         )
         self.latency = Histogram(
             "gate_decision_latency_seconds", "Scan to recorded decision", ["lane"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.outbox = Gauge("gate_outbox_depth", "Entries not yet acknowledged upstream", registry=r)
+        self.outbox = Gauge(
+            "gate_outbox_depth", "Entries not yet acknowledged upstream", registry=r
+        )
         self.rev_age = Gauge(
             "gate_revocation_age_seconds", "Age of the installed revocation list", registry=r
         )
@@ -191,7 +196,13 @@ class StatusServer:
             log.error("status: journal unreadable: %s", exc)
             depth, oldest, rows = -1, None, None
         disk = _disk_free(gate.config.gate.state_dir)
-        upstream = gate.upstream.status if gate.upstream is not None else None
+        upstream = (
+            gate.upstream.status
+            if gate.upstream is not None
+            else gate.hub.status()
+            if gate.hub is not None
+            else None
+        )
         return {
             "gate": {"id": gate.config.gate.id, "name": gate.config.gate.name},
             "lanes": [_lane_status(lane) for lane in self._lanes()],

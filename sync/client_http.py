@@ -29,6 +29,7 @@ import yarl
 
 from agent.errors import AgentError
 from sync import protocol
+from sync.http_body import BodyTooLarge, read_capped
 from sync.pretix_http import parse_retry_after
 
 _TRANSIENT = frozenset({408, 425, 429})
@@ -189,11 +190,7 @@ class HubHTTP:
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
     """The whole body, refusing more than ``cap`` bytes; raises HubUnavailable."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > cap:
-            raise HubUnavailable(f"{what}: answer larger than {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_capped(resp, cap)
+    except BodyTooLarge as exc:
+        raise HubUnavailable(f"{what}: {exc}") from None

@@ -31,6 +31,7 @@ import aiohttp
 import yarl
 
 from agent.errors import AgentError
+from sync.http_body import BodyTooLarge, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +182,12 @@ class PretixHTTP:
             async with self._open().request(
                 method, url, json=json_body, headers=headers, allow_redirects=False
             ) as resp:
-                raw = await resp.content.read(MAX_BODY + 1)
+                raw = await read_capped(resp, MAX_BODY)
                 status, resp_headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PretixUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        if len(raw) > MAX_BODY:
-            raise PretixUnavailable(f"{what}: answer larger than {MAX_BODY} bytes")
+        except BodyTooLarge as exc:
+            raise PretixUnavailable(f"{what}: {exc}") from None
         return _classify(what, status, raw, resp_headers)
 
     async def pages(

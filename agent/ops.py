@@ -1,0 +1,187 @@
+"""Commands for people at a running gate: `gate-agent status` and `gate-agent events`.
+
+`status` asks the gate's own status server (``[status] listen``) and prints its health in a few
+lines. `events` reads the journal file directly, read-only (the daemon keeps writing it), and
+prints decisions for security staff: on a terminal one line each, or JSON lines with ``--json``.
+Ticket references never appear: a ticket is shown by its short id, and ``--ticket`` accepts that
+id or the ticket's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent import config as cfg
+from agent.errors import ConfigError, JournalError, TicketFormatError
+
+_COLUMNS = "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
+FOLLOW_POLL_S = 0.5
+
+
+def short_id(ticket_ref: str) -> str:
+    """The id staff see for a ticket (same as :attr:`agent.model.Ticket.short_id`)."""
+    return hashlib.blake2b(ticket_ref.encode(), digest_size=4).hexdigest()
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    denied: bool = False
+    duplicates: bool = False
+    ticket: str | None = None  # a short id or a ticket text
+
+    def refs_match(self) -> tuple[str | None, str | None]:
+        """(exact ticket_ref, short id) to match, from ``ticket``."""
+        if self.ticket is None:
+            return None, None
+        value = self.ticket.strip()
+        if len(value) == 8 and all(c in "0123456789abcdef" for c in value):
+            return None, value
+        from agent import tickets
+
+        try:
+            return tickets.parse(value).ticket_ref, None
+        except TicketFormatError:
+            raise ConfigError("--ticket: not a ticket text or an 8-hex short id") from None
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db.execute("SELECT 1 FROM entries LIMIT 1")
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
+    return db
+
+
+def _rows(
+    db: sqlite3.Connection, after: int, flt: EventFilter, last: int | None
+) -> list[tuple[Any, ...]]:
+    where: list[str] = ["gate_seq > ?"]
+    params: list[object] = [after]
+    if flt.denied:
+        where.append("verdict = 'deny' AND kind = 'attempt'")
+    if flt.duplicates:
+        where.append("reason = 'already_used'")
+    exact, _ = flt.refs_match()
+    if exact is not None:
+        where.append("ticket_ref = ?")
+        params.append(exact)
+    sql = f"SELECT {_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY gate_seq"
+    if last is not None:
+        sql = f"SELECT * FROM ({sql} DESC LIMIT {int(last)}) ORDER BY gate_seq"
+    try:
+        rows = db.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal: {exc}") from exc
+    _, short = flt.refs_match()
+    return [r for r in rows if short is None or short_id(r[8]) == short]
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, wall, lane, kind, verdict, reason, detail, flags, ref, offline = row
+    return {
+        "gate_seq": seq, "time": wall, "lane": lane, "kind": kind, "verdict": verdict,
+        "reason": reason, "detail": detail, "flags": [f for f in flags.split(",") if f],
+        "ticket": short_id(ref), "offline": bool(offline),
+    }  # fmt: skip
+
+
+def _line(event: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(event["time"]).strftime("%Y-%m-%d %H:%M:%S")
+    word = "ADMIT" if event["verdict"] == "admit" else "deny "
+    detail = f"  {event['detail']}" if event["detail"] else ""
+    flags = f"  [{','.join(event['flags'])}]" if event["flags"] else ""
+    return (
+        f"{when}  #{event['gate_seq']:<6} {event['lane']:<8} {event['kind']:<7} {word} "
+        f"{event['reason']:<15} ticket {event['ticket']}{detail}{flags}"
+    )
+
+
+async def events(
+    config: cfg.Config,
+    flt: EventFilter,
+    out: TextIO,
+    *,
+    follow: bool,
+    as_json: bool,
+    last: int | None,
+) -> int:
+    """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``)."""
+    db = _open(config.gate.state_dir / "journal.db")
+    try:
+        after, limit = 0, last
+        while True:
+            for row in _rows(db, after, flt, limit):
+                event = _record(row)
+                out.write((json.dumps(event) if as_json else _line(event)) + "\n")
+                after = max(after, row[0])
+            out.flush()
+            if not follow:
+                return 0
+            if limit is not None:  # from now on, everything new
+                (top,) = db.execute("SELECT IFNULL(MAX(gate_seq), 0) FROM entries").fetchone()
+                after, limit = max(after, int(top)), None
+            await asyncio.sleep(FOLLOW_POLL_S)
+    finally:
+        db.close()
+
+
+def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
+    """Print the running gate's health; exit 0 ready, 1 degraded, 2 not reachable."""
+    listen = config.status.listen
+    if not listen:
+        raise ConfigError(f"{config.path}: [status] listen is off: nothing to ask")
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host  # noqa: S104 - a client address
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            snap = json.loads(reply.read())
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise ConfigError(f"gate not answering on {url}: {exc} (is gate-agent running?)") from None
+    if as_json:
+        out.write(json.dumps(snap, indent=2) + "\n")
+    else:
+        out.write(_summary(snap))
+    return 0 if snap["health"]["status"] == "ready" else 1
+
+
+def _summary(snap: dict[str, Any]) -> str:
+    health, rev, journal = snap["health"], snap["revocations"], snap["journal"]
+    age = rev["age_s"]
+    lines = [
+        f"{snap['gate']['name']} ({snap['gate']['id']}): {health['status'].upper()}"
+        + (f" - {', '.join(health['reasons'])}" if health["reasons"] else ""),
+        *(
+            f"  lane {ln['name']} ({ln['direction']}): scanner "
+            f"{'online' if ln['scanner_online'] else 'OFFLINE'}"
+            + (f", {ln['fault']}" if ln["fault"] else "")
+            + (", EMERGENCY free passage" if ln["emergency"] else "")
+            for ln in snap["lanes"]
+        ),
+        f"  revocations v{rev['version']} ({rev['entries']} entries"
+        + (f", {age / 3600:.1f} h old" if age is not None else "")
+        + (", STALE" if rev["stale"] else "")
+        + f"), trust v{snap['trust_version']}",
+        f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}",
+        f"  journal {journal['rows']} rows, {journal['outbox_depth']} waiting for upload",
+        f"  last hour: {snap['last_hour']['admitted']} admitted, {snap['last_hour']['denied']} denied",
+    ]
+    up = snap.get("upstream")
+    if up is not None:
+        lines.append(
+            f"  upstream {'online' if up.get('online') else 'OFFLINE'}"
+            + (f" (last error: {up['last_error']})" if up.get("last_error") else "")
+        )
+    return "\n".join(lines) + "\n"

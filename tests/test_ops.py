@@ -1,0 +1,171 @@
+"""Commands for people: `gate-agent events` (journal for security), `gate-agent status`, JSON logs.
+
+The commands run as real processes against a real journal and a real running gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent import config as cfg
+from agent import revocation_issuer
+from agent.daemon import open_gate
+from agent.issuer import Issuer
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
+from tests.conftest import WriteConfig
+from tests.hubproc import free_port
+
+EXE = (sys.executable, "-m", "agent.cli")
+
+
+def ga(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+async def _decide(conf: cfg.Config, texts: list[tuple[str, str]]) -> None:
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=5)) as gate:
+        for text, source in texts:
+            await gate.lane.present(Scan(text, source, time.monotonic_ns()))
+
+
+async def test_events_filters_and_never_shows_a_ticket(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    path = write_config()
+    conf = cfg.load(path)
+    ticket, other = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    await _decide(conf, [(ticket, "a"), (ticket, "b"), ("NOT-A-TICKET", "a"), (other, "a")])
+
+    everything = ga("events", "--config", path)
+    assert everything.returncode == 0, everything.stderr
+    lines = everything.stdout.splitlines()
+    assert len(lines) == 4
+    assert "ADMIT ok" in lines[0] and "deny  already_used" in lines[1]
+    assert "Gate 3, " in lines[1]
+    assert "invalid_format" in lines[2]
+    assert ticket not in everything.stdout and other not in everything.stdout
+
+    denied = ga("events", "--config", path, "--denied").stdout.splitlines()
+    assert [("already_used" in ln, "invalid_format" in ln) for ln in denied] == [
+        (True, False),
+        (False, True),
+    ]
+    dupes = ga("events", "--config", path, "--duplicates", "--json").stdout.splitlines()
+    assert [json.loads(ln)["reason"] for ln in dupes] == ["already_used"]
+    by_text = ga("events", "--config", path, "--ticket", ticket, "--json").stdout.splitlines()
+    rows = [json.loads(ln) for ln in by_text]
+    assert [r["gate_seq"] for r in rows] == [1, 2]
+    sid = rows[0]["ticket"]
+    by_id = ga("events", "--config", path, "--ticket", sid, "--json").stdout.splitlines()
+    assert by_id == by_text
+    last = ga("events", "--config", path, "-n", "1", "--json").stdout.splitlines()
+    assert [json.loads(ln)["gate_seq"] for ln in last] == [4]
+
+    bad = ga("events", "--config", path, "--ticket", "nonsense")
+    assert bad.returncode == 2 and "--ticket" in bad.stderr
+
+
+async def test_events_follow_prints_new_decisions_as_they_are_made(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    path = write_config()
+    conf = cfg.load(path)
+    await _decide(conf, [("FIRST", "a")])
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "events", "--config", str(path), "--follow", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert first["gate_seq"] == 1
+        ticket = iss.ticket(event=1, zones=[1])
+        await _decide(conf, [(ticket, "a")])
+        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert (second["gate_seq"], second["verdict"]) == (2, "admit")
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+def test_events_on_a_missing_journal_is_one_clear_error(write_config: WriteConfig) -> None:
+    done = ga("events", "--config", write_config())
+    assert done.returncode == 2 and "no journal here" in done.stderr
+
+
+def _running_gate(
+    write_config: WriteConfig, iss: Issuer, port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], Path]:
+    path = write_config()
+    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
+    (path.parent / "revocations-1.json").write_bytes(delta)
+    path = write_config(
+        revocations=["revocations-1.json"],
+        scanner="sim://socket?path=scan.sock",
+        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    proc = subprocess.Popen(
+        [*EXE, "run", "--config", str(path)],
+        env=os.environ | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while (
+        not (path.parent / "scan.sock").exists() or ga("status", "--config", path).returncode == 2
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, "gate did not start"
+        time.sleep(0.1)
+    return proc, path
+
+
+def test_status_prints_the_running_gates_health(write_config: WriteConfig, iss: Issuer) -> None:
+    proc, path = _running_gate(write_config, iss, free_port(), {})
+    try:
+        done = ga("status", "--config", path)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "Gate 3 (gate-3): READY"
+        assert "lane in (entry): scanner online" in done.stdout
+        assert "journal 0 rows, 0 waiting for upload" in done.stdout
+        assert json.loads(ga("status", "--config", path, "--json").stdout)["gate"]["id"] == "gate-3"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    gone = ga("status", "--config", path)
+    assert gone.returncode == 2 and "not answering" in gone.stderr
+
+
+def test_logs_are_json_lines_under_systemd_with_one_line_per_decision(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    proc, path = _running_gate(write_config, iss, free_port(), {"JOURNAL_STREAM": "8:1234"})
+    ticket = iss.ticket(event=1, zones=[1])
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path.parent / "scan.sock"))
+            s.sendall(f"{ticket}\nGARBAGE-{ticket[:20]}\n".encode())
+        deadline = time.monotonic() + 10
+        while ga("events", "--config", path).stdout.count("\n") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    records = [json.loads(line) for line in err.splitlines()]
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    decisions = [r["msg"] for r in records if r["logger"] == "agent.lane" and "ok" in r["msg"]]
+    assert decisions, records
+    for r in records:
+        assert ticket not in r["msg"] and ticket[:20] not in r["msg"]
