@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -374,6 +375,7 @@ async def _serve_status(config: cfg.Config, status: StatusServer) -> None:
 
 
 SUPERVISE_S = 10.0
+CHECKPOINT_S = 3600.0  # WAL truncated hourly: the journal file stays bounded
 
 
 async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> None:
@@ -382,7 +384,14 @@ async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> No
 
     every = min(SUPERVISE_S, watchdog_interval_s() or SUPERVISE_S)
     ready_sent, shown = False, ""
+    checkpoint_due = time.monotonic() + CHECKPOINT_S
     while True:
+        if time.monotonic() >= checkpoint_due:
+            checkpoint_due = time.monotonic() + CHECKPOINT_S
+            try:
+                await gate.journal.checkpoint()
+            except AgentError as exc:
+                log.warning("journal checkpoint failed: %s", exc)
         try:
             async with asyncio.timeout(every):
                 await gate.journal.count()

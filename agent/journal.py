@@ -389,6 +389,16 @@ class Journal:
         except sqlite3.Error as exc:
             raise self._error("cannot mark entries synced", exc) from exc
 
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it; False when a reader blocked it.
+
+        SQLite checkpoints on its own every 1,000 pages, but a reader holding a snapshot can
+        keep the WAL growing; the daemon calls this periodically so the file stays bounded.
+        Raises JournalError.
+        """
+        busy, _pages, _done = await self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(busy) == 0
+
     async def count(self) -> int:
         """The number of own entries (equal to the last ``gate_seq``). Raises JournalError."""
         (count,) = await self._one("SELECT COUNT(*) FROM entries")

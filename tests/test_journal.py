@@ -510,3 +510,21 @@ async def test_kill_9_never_loses_an_acknowledged_entry_or_leaves_a_hole(
         async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
             assert await j.check() == []
             assert await j.count() >= acknowledged > 0
+
+
+async def test_checkpoint_truncates_the_wal_while_a_reader_held_it(
+    journal: Journal, path: Path
+) -> None:
+    """A reader's snapshot keeps SQLite from resetting the WAL; the daemon's checkpoint does."""
+    reader = raw(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM entries").fetchone()  # holds a snapshot
+    for i in range(300):
+        await admit(journal, f"tk1:wal{i}")
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size > 100_000
+    reader.execute("COMMIT")
+    reader.close()
+    assert await journal.checkpoint() is True
+    assert wal.stat().st_size == 0
+    assert await journal.count() == 300
