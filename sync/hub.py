@@ -9,7 +9,9 @@ Rules every handler follows:
   (so ``hub token --revoke-gate`` takes effect at once). Missing or unknown: 401 with
   ``WWW-Authenticate: Bearer``. A gate token bound to another gate, a body for another gate than
   the path, a console token on a gate endpoint: 403. With ``[tls] client_ca``, a gate token must
-  also come with a client certificate whose subject CN is its gate. Nothing is stored on 401/403.
+  also come with a client certificate of its gate (``hub_config.client_cert_gate``: exactly one
+  subject CN, the gate id; an extended key usage that names clientAuth and not serverAuth; not a
+  CA), so a server certificate of the same CA is never a gate's. Nothing is stored on 401/403.
 - Every error answer is an :class:`sync.protocol.ErrorBody`; bad bodies and parameters are 400
   naming the field (oversize too: ``too_large``); unexpected faults are 500 without internals,
   logged; a failing database is 503 with Retry-After. Tokens are only ever logged as a short hash.
@@ -45,7 +47,7 @@ from sync.hub_admin import (
     opened_store,
     refresh_list,
 )
-from sync.hub_config import HubConfig, ssl_context
+from sync.hub_config import HubConfig, client_cert_gate, ssl_context
 from sync.hub_store import ConflictError, HubStore, HubStoreError, TokenInfo
 from sync.pretix_http import token_hash
 from sync.protocol import (
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 _INT63 = (1 << 63) - 1
 _MAX_TOKEN_CHARS = 256
 _RETRY_AFTER_S = 5
+_DELTA_CHUNK = 32  # revocation deltas read per store call (each up to MAX_DOCUMENT_CHARS)
 _REALM = 'Bearer realm="gate-agent hub"'
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -211,16 +214,12 @@ def _etag_matches(request: web.Request, etag: str) -> bool:
     return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
-def _peer_cn(request: web.Request) -> str | None:
+def _peer_gate(request: web.Request) -> tuple[str | None, str]:
+    """:func:`client_cert_gate` of the connection's client certificate."""
     transport = request.transport
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+    tls = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = tls.getpeercert(binary_form=True) if isinstance(tls, ssl.SSLObject) else None
+    return client_cert_gate(der)
 
 
 # --- auth ----------------------------------------------------------------------------------------
@@ -253,9 +252,10 @@ async def _gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Toke
         log.warning("token of gate %s refused for gate %s", info.gate_id, gate)
         raise HttpError(403, "this token belongs to another gate")
     if hub.mtls:
-        cn = _peer_cn(request)
+        cn, why = _peer_gate(request)
         if cn != info.gate_id:
-            log.warning("gate %s: client certificate CN %r refused", info.gate_id, cn)
+            why = why if cn is None else f"client certificate of {cn!r}"
+            log.warning("gate %s: %s refused", info.gate_id, why)
             raise HttpError(403, "a client certificate for this gate is required")
     return info
 
@@ -303,7 +303,8 @@ async def feed(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
     wait = _query_wait(request, hub.config.hub.max_wait_s)
     entries, next_cursor = await hub.store.feed(after, limit)
-    if not entries and wait > 0:
+    # next < after: the store is newer than the reader's cursor; it learns that at once.
+    if not entries and wait > 0 and next_cursor >= after:
         await hub.wait_feed(after, wait)
         entries, next_cursor = await hub.store.feed(after, limit)
     return _json(FeedPage(tuple(entries), next_cursor, hub.clock()))
@@ -313,28 +314,40 @@ async def revocations(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await _gate_caller(request, hub, None)
     after = _query_int(request, "after", 0, 0, _INT63)
-    deltas = await hub.store.revocation_deltas(after)
-    if deltas is None:
+    page = await _revocation_page(hub.store, after)
+    if page is None:
         raise HttpError(
             410,
             f"deltas after version {after} are no longer kept: fetch /v1/revocations/snapshot",
             error="gone",
         )
-    return _json(_revocation_page(after, deltas))
+    return _json(page)
 
 
-def _revocation_page(after: int, deltas: list[bytes]) -> RevocationPage:
-    """The first deltas that fit one page (count and body size); the gate asks again for more."""
+async def _revocation_page(store: HubStore, after: int) -> RevocationPage | None:
+    """The first deltas after ``after`` that fit one page (count and body size), read
+    ``_DELTA_CHUNK`` at a time so large deltas are never all in memory at once; the gate asks
+    again for more. None when the first ones are no longer kept (410)."""
     texts: list[str] = []
+    version = after
     budget = MAX_BODY_BYTES - 1024
-    for data in deltas[:MAX_PAGE]:
-        text = data.decode("ascii")
-        size = len(json.dumps(text))
-        if len(text) > MAX_DOCUMENT_CHARS or (texts and size > budget):
+    while len(texts) < MAX_PAGE:
+        chunk = await store.revocation_deltas(version, min(_DELTA_CHUNK, MAX_PAGE - len(texts)))
+        if chunk is None:  # pruned meanwhile: what was read is still a valid page
+            return RevocationPage(version, tuple(texts)) if texts else None
+        taken = 0
+        for data in chunk:
+            text = data.decode("ascii")
+            size = len(json.dumps(text))
+            if len(text) > MAX_DOCUMENT_CHARS or (texts and size > budget):
+                break
+            texts.append(text)
+            budget -= size + 1
+            taken += 1
+        if taken:
+            version = document_version(chunk[taken - 1])
+        if taken < len(chunk) or len(chunk) < _DELTA_CHUNK:
             break
-        texts.append(text)
-        budget -= size + 1
-    version = document_version(deltas[len(texts) - 1]) if texts else after
     return RevocationPage(version, tuple(texts))
 
 

@@ -21,7 +21,10 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import LogConfig, _section
 from agent.errors import ConfigError
@@ -29,6 +32,7 @@ from sync.hub_store import HubPolicy
 from sync.protocol import MAX_WAIT_S, is_id
 
 DEFAULT_PORT = 8470
+_X = TypeVar("_X", bound=x509.ExtensionType)
 STORE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 
 
@@ -155,7 +159,13 @@ def parse(text: str, src: Path) -> HubConfig:
 
 def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
     """The server's TLS context (None without [tls]); with ``client_ca`` it asks for and checks
-    client certificates. Raises ConfigError when a certificate or key cannot be loaded."""
+    client certificates. Raises ConfigError when a certificate or key cannot be loaded.
+
+    OpenSSL verifies a client certificate's chain (strict X.509 checks) and its purpose (an
+    extended key usage without clientAuth fails the handshake); that the certificate is a gate's
+    own (one CN, clientAuth present, no serverAuth, no CA) is checked per request by
+    :func:`client_cert_gate`, as a certificate without the extension passes OpenSSL.
+    """
     tls = config.tls
     if tls is None:
         return None
@@ -165,10 +175,43 @@ def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
         ctx.load_cert_chain(tls.cert, tls.key)
         if tls.client_ca is not None:
             ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.verify_flags |= ssl.VERIFY_X509_STRICT
             ctx.load_verify_locations(tls.client_ca)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{config.path}: [tls] cannot load the certificates: {exc}") from exc
     return ctx
+
+
+def client_cert_gate(der: bytes | None) -> tuple[str | None, str]:
+    """The gate id a verified client certificate (DER) speaks for, or None and why not.
+
+    Only a certificate made for a client counts: exactly one subject CN (the gate id), an
+    extended key usage extension that names clientAuth and not serverAuth (a certificate without
+    one is good for any purpose, a server's included), and no CA basic constraint.
+    """
+    if not der:
+        return None, "no client certificate"
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        usage = _extension(cert, x509.ExtendedKeyUsage)
+        basic = _extension(cert, x509.BasicConstraints)
+    except ValueError:
+        return None, "unreadable client certificate"
+    if len(cns) != 1:
+        return None, f"client certificate with {len(cns)} subject CNs"
+    if usage is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        return None, "client certificate without the clientAuth extended key usage"
+    if ExtendedKeyUsageOID.SERVER_AUTH in usage or (basic is not None and basic.ca):
+        return None, "a server or CA certificate used as a client certificate"
+    return str(cns[0].value), "ok"
+
+
+def _extension(cert: x509.Certificate, kind: type[_X]) -> _X | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def load(path: Path) -> HubConfig:

@@ -10,11 +10,21 @@ raising it again):
   duplicate; with another body, or a gate's ``gate_seq`` held by another ``entry_id``, it is a
   conflict: nothing of the batch is stored, one integrity alert per conflicting entry.
 * a hole in a gate's ``gate_seq`` (before the batch or inside it): stored anyway, one alert.
-* double admission: ``single`` - an admitted entry of a ticket that already has an admitted,
-  un-annulled entry; ``reentry`` - the ticket's last un-annulled entry/exit before it (by HLC) is an
-  entry; ``unlimited`` - never. Both rows are kept.
-* repeated denials: the ticket's denied attempts within ``denied_alert_window_s`` (by wall time)
-  reach exactly ``denied_alert_threshold``.
+* double admission, decided on the ticket's whole history ordered by HLC (ties by entry_id)
+  including the batch, so the order in which entries reach the hub does not change which alerts
+  exist (alerts are never withdrawn, so only an exit or annulment arriving late can):
+  ``single`` - every live (admitted, not annulled) entry after the ticket's first one;
+  ``reentry`` - every live entry whose neighbour before it among the live entries and exits is an
+  entry; ``unlimited`` - never. One alert per later entry (``double:<entry_id>``), raised when
+  the batch creates it (a late row can make an entry "later"; an annulled exit can make two
+  entries neighbours). Both rows are kept; a later annulment does not withdraw an alert.
+* repeated denials: a denied attempt *starts a burst* when at least ``denied_alert_threshold``
+  attempts of its ticket (itself included) lie in ``[its wall time, + denied_alert_window_s]``.
+  One alert per window-long bucket of the wall clock in which bursts start
+  (``denied:<ticket digest>:<floor(start / window)>``). That set depends only on which attempts
+  exist, not on their arrival order; a burst that starts on both sides of a bucket boundary
+  raises two, and a steady stream (one attempt every 25 s, window 60 s, threshold 3) one per
+  window of its duration - 6 such attempts raise 2.
 
 Alerts name a ticket by :func:`ticket_digest` only, never by its reference. The module also holds
 the small pieces both backends share: column lists, row conversions, the long-poll signal.
@@ -135,8 +145,8 @@ class KnownState:
     stored: Mapping[str, EntryWire] = field(default_factory=dict)  # batch entry_ids already stored
     seq_owners: Mapping[int, str] = field(default_factory=dict)  # this gate: gate_seq -> entry_id
     max_seq: int = 0  # this gate's highest stored gate_seq (0: none)
-    # ticket_ref -> its entry/exit/annul rows and its attempts since ``attempts_since``, for the
-    # refs of :func:`history_refs`
+    # ticket_ref -> all its entry/exit/annul rows and its attempts within :func:`attempt_span`,
+    # for the refs of :func:`history_refs`
     history: Mapping[str, Sequence[TicketRow]] = field(default_factory=dict)
     gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> last heartbeat's name
 
@@ -173,20 +183,26 @@ class IngestPlan:
 def history_refs(
     entries: Sequence[EntryWire], stored: Mapping[str, Any], policy: HubPolicy
 ) -> list[str]:
-    """Ticket refs whose history the rules need: new admitted entries (unless unlimited), attempts."""
+    """Ticket refs whose history the rules need: those of new attempts and, unless the policy
+    is unlimited, of new admitted entries and annulments (an annulled exit joins two entries)."""
     refs: set[str] = set()
     for e in entries:
         if e.entry_id in stored:
             continue
-        if e.kind == "attempt" or (_admission(e) and policy.entry_policy != "unlimited"):
+        admission = _admission(e) or e.kind == "annul"
+        if e.kind == "attempt" or (admission and policy.entry_policy != "unlimited"):
             refs.add(e.ticket_ref)
     return sorted(refs)
 
 
-def attempts_since(entries: Sequence[EntryWire], policy: HubPolicy) -> float:
-    """The earliest wall time of stored attempts the batch's attempts may count with (inf: none)."""
+def attempt_span(entries: Sequence[EntryWire], policy: HubPolicy) -> tuple[float, float]:
+    """The wall times of stored attempts the batch's attempts may count with, as (lo, hi)
+    inclusive: a window either side of them ((inf, -inf), an empty span, without attempts)."""
     times = [e.wall_time for e in entries if e.kind == "attempt"]
-    return min(times) - policy.denied_alert_window_s if times else float("inf")
+    if not times:
+        return math.inf, -math.inf
+    window = policy.denied_alert_window_s
+    return min(times) - window, max(times) + window
 
 
 def gates_to_name(gate_id: str, history: Mapping[str, Sequence[TicketRow]]) -> list[str]:
@@ -302,66 +318,115 @@ def _ticket_alerts(
     policy: HubPolicy,
     names: _Names,
 ) -> list[NewAlert]:
-    """Double admissions and repeated denials, row by row, each row seeing the ones before it."""
-    history = {ref: list(past) for ref, past in known.items()}
-    alerts = []
+    """Double admissions and repeated denials the batch's rows create, ticket by ticket."""
+    new: dict[str, list[TicketRow]] = {}
     for e in rows:
-        past = history.setdefault(e.ticket_ref, [])
-        alert = _double_admission(e, past, policy, names) or _repeated_denials(
-            e, past, policy, names
-        )
-        if alert is not None:
-            alerts.append(alert)
-        past.append(TicketRow.of(e))
+        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
+    alerts: list[NewAlert] = []
+    for ref, added in new.items():
+        past = known.get(ref, ())
+        alerts += _double_admissions(ref, past, added, policy, names)
+        alerts += _repeated_denials(ref, past, added, policy, names)
     return alerts
 
 
-def _double_admission(
-    e: EntryWire, past: Sequence[TicketRow], policy: HubPolicy, names: _Names
-) -> NewAlert | None:
-    if not _admission(e) or policy.entry_policy == "unlimited":
-        return None
-    annulled = {r.annuls for r in past if r.kind == "annul"}
-    live = [
-        r for r in past if r.admitted and r.kind in ("entry", "exit") and r.entry_id not in annulled
-    ]
-    row = TicketRow.of(e)
-    other: TicketRow | None
+def _double_admissions(
+    ref: str,
+    past: Sequence[TicketRow],
+    added: Sequence[TicketRow],
+    policy: HubPolicy,
+    names: _Names,
+) -> list[NewAlert]:
+    """An alert for each (earlier, later) entry pair the batch creates (see the module doc)."""
+    if policy.entry_policy == "unlimited":
+        return []
+    before = _doubles(past, policy)
     if policy.entry_policy == "single":
-        # Any admitted, un-annulled entry, whenever it happened: the ticket is good for one.
-        other = min((r for r in live if r.kind == "entry"), key=lambda r: r.order, default=None)
         how = "single-entry ticket admitted at {} and at {}"
     else:
-        # The ticket's state just before this entry: inside (an entry) or outside (an exit).
-        other = max((r for r in live if r.order < row.order), key=lambda r: r.order, default=None)
         how = "entered at {} and again at {} without an exit"
-    if other is None or other.kind != "entry":
-        return None
-    first, second = sorted((other, row), key=lambda r: r.order)
-    gates = (names(first.gate_id), names(second.gate_id))
-    return NewAlert(
-        "double_admission", ticket_digest(e.ticket_ref), gates,
-        (first.wall_time, second.wall_time), (first.entry_id, second.entry_id),
-        how.format(*gates)[:MAX_DETAIL], f"double:{e.entry_id}",
-    )  # fmt: skip
+    alerts = []
+    for key, (first, second) in _doubles([*past, *added], policy).items():
+        if key in before:
+            continue
+        gates = (names(first.gate_id), names(second.gate_id))
+        alert = NewAlert(
+            "double_admission", ticket_digest(ref), gates, (first.wall_time, second.wall_time),
+            (first.entry_id, second.entry_id), how.format(*gates)[:MAX_DETAIL], key,
+        )  # fmt: skip
+        alerts.append(alert)
+    return alerts
+
+
+def _doubles(
+    rows: Iterable[TicketRow], policy: HubPolicy
+) -> dict[str, tuple[TicketRow, TicketRow]]:
+    """Dedupe key -> (earlier, later) entry for each entry of a ticket's history that is a double
+    admission: with ``single`` any live entry after the first, with ``reentry`` a live entry
+    right after another one among the live entries and exits (by HLC)."""
+    history = list(rows)
+    annulled = {r.annuls for r in history if r.kind == "annul"}
+    kinds = ("entry",) if policy.entry_policy == "single" else ("entry", "exit")
+    live = sorted(
+        (r for r in history if r.admitted and r.kind in kinds and r.entry_id not in annulled),
+        key=lambda r: r.order,
+    )
+    doubles = {}
+    for i in range(1, len(live)):
+        other, row = live[0 if policy.entry_policy == "single" else i - 1], live[i]
+        if other.kind == "entry" and row.kind == "entry":
+            doubles[f"double:{row.entry_id}"] = (other, row)
+    return doubles
 
 
 def _repeated_denials(
-    e: EntryWire, past: Sequence[TicketRow], policy: HubPolicy, names: _Names
-) -> NewAlert | None:
-    if e.kind != "attempt":
-        return None
+    ref: str,
+    past: Sequence[TicketRow],
+    added: Sequence[TicketRow],
+    policy: HubPolicy,
+    names: _Names,
+) -> list[NewAlert]:
+    """An alert for each burst bucket the batch's attempts create (see the module doc).
+
+    ``past`` holds the ticket's attempts within :func:`attempt_span`: enough to decide every
+    burst start the batch can change. A bucket whose earlier start lies before that span may be
+    planned again; the store's unique ``dedupe_key`` keeps it to one alert.
+    """
+    if not any(r.kind == "attempt" for r in added):
+        return []
     window = policy.denied_alert_window_s
-    recent = [r for r in past if r.kind == "attempt" and 0 <= e.wall_time - r.wall_time <= window]
-    recent.append(TicketRow.of(e))
-    if len(recent) != policy.denied_alert_threshold:
-        return None
-    shown = sorted(recent, key=lambda r: (r.wall_time, r.order))[-MAX_ALERT_ITEMS:]
-    return NewAlert(
-        "repeated_denials", ticket_digest(e.ticket_ref), tuple(names(r.gate_id) for r in shown),
-        tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
-        f"{len(recent)} denied attempts within {window:g} s", f"denied:{e.entry_id}",
-    )  # fmt: skip
+    before = _bursts(past, policy)
+    alerts = []
+    for bucket, burst in _bursts([*past, *added], policy).items():
+        if bucket in before:
+            continue
+        shown = burst[:MAX_ALERT_ITEMS]
+        alert = NewAlert(
+            "repeated_denials", ticket_digest(ref), tuple(names(r.gate_id) for r in shown),
+            tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
+            f"{len(burst)} denied attempts within {window:g} s",
+            f"denied:{ticket_digest(ref)}:{bucket}",
+        )  # fmt: skip
+        alerts.append(alert)
+    return alerts
+
+
+def _bursts(rows: Iterable[TicketRow], policy: HubPolicy) -> dict[int, list[TicketRow]]:
+    """Bucket -> the burst of its earliest start: ``threshold`` or more attempts within
+    ``[start, start + window]``, bucket ``floor(start / window)``."""
+    window = policy.denied_alert_window_s
+    attempts = sorted(
+        (r for r in rows if r.kind == "attempt"), key=lambda r: (r.wall_time, r.order)
+    )
+    bursts: dict[int, list[TicketRow]] = {}
+    end = 0
+    for i, start in enumerate(attempts):
+        end = max(end, i)
+        while end < len(attempts) and attempts[end].wall_time <= start.wall_time + window:
+            end += 1
+        if end - i >= policy.denied_alert_threshold:
+            bursts.setdefault(math.floor(start.wall_time / window), attempts[i:end])
+    return bursts
 
 
 # --- shared by both backends: heartbeats, tokens, paging, gate health, long-polls ---------------

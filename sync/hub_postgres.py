@@ -194,14 +194,20 @@ class PostgresHubStore:
         return hub_logic.ack(plan, now)
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
-        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor.
+        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:
+        the last one returned; without entries ``after``, or the store's highest cursor when
+        ``after`` is beyond it (a new store: the reader sees ``next < after`` and starts over).
 
         Raises HubStoreError.
         """
         hub_logic.check_limit(limit)
         rows = await self._run(lambda conn: conn.fetch(_FEED, after, limit))
         entries = [FeedEntry(*row) for row in rows]
-        return entries, entries[-1].cursor if entries else after
+        if entries:
+            return entries, entries[-1].cursor
+        sql = "SELECT coalesce(max(cursor), 0) FROM entries"
+        highest = await self._run(lambda conn: conn.fetchval(sql))
+        return entries, min(after, int(highest))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return once the feed has an entry after ``after`` (from any hub process), or after
@@ -304,11 +310,11 @@ class PostgresHubStore:
         self._revocations = state
         log.info("hub store %s: revocation list version %d", self._where, version)
 
-    async def revocation_deltas(self, after: int) -> list[bytes] | None:
-        """Signed deltas with version > ``after``, oldest first; None when some were pruned.
-
-        Raises HubStoreError.
+    async def revocation_deltas(self, after: int, limit: int = 500) -> list[bytes] | None:
+        """The first ``limit`` signed deltas with version > ``after``, oldest first; None when
+        some were pruned. Raises HubStoreError, and ValueError for a limit below 1.
         """
+        hub_logic.check_limit(limit)
 
         async def job(conn: _Conn) -> list[bytes] | None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -316,8 +322,11 @@ class PostgresHubStore:
                 oldest = await conn.fetchval("SELECT min(version) FROM revocation_deltas")
                 if hub_logic.deltas_gone(after, version, oldest):
                     return None
-                sql = "SELECT document FROM revocation_deltas WHERE version > $1 ORDER BY version"
-                return [bytes(row[0]) for row in await conn.fetch(sql, after)]
+                sql = (
+                    "SELECT document FROM revocation_deltas WHERE version > $1"
+                    " ORDER BY version LIMIT $2"
+                )
+                return [bytes(row[0]) for row in await conn.fetch(sql, after, limit)]
 
         return await self._run(job)
 
@@ -431,10 +440,10 @@ async def _known(
     if refs:
         sql = (
             f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref = ANY($1::text[])"
-            " AND (kind <> 'attempt' OR wall_time >= $2)"
+            " AND (kind <> 'attempt' OR wall_time BETWEEN $2 AND $3)"
         )
-        since = hub_logic.attempts_since(entries, policy)
-        for row in await conn.fetch(sql, refs, since):
+        lo, hi = hub_logic.attempt_span(entries, policy)
+        for row in await conn.fetch(sql, refs, lo, hi):
             ref, ticket_row = TicketRow.from_row(row)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"

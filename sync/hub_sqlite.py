@@ -148,14 +148,14 @@ class SQLiteHubStore:
         return hub_logic.ack(plan, now)
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
-        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor.
+        """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:
+        the last one returned; without entries ``after``, or the store's highest cursor when
+        ``after`` is beyond it (a new store: the reader sees ``next < after`` and starts over).
 
         Raises HubStoreError.
         """
         hub_logic.check_limit(limit)
-        rows = await self._run(lambda db: db.execute(_FEED, (after, limit)).fetchall())
-        entries = [FeedEntry(*row) for row in rows]
-        return entries, entries[-1].cursor if entries else after
+        return await self._run(lambda db: _feed(db, after, limit))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return once the feed has an entry after ``after``, or after ``wait_s`` seconds.
@@ -238,12 +238,12 @@ class SQLiteHubStore:
         self._revocations = state
         log.info("hub store %s: revocation list version %d", self._path, version)
 
-    async def revocation_deltas(self, after: int) -> list[bytes] | None:
-        """Signed deltas with version > ``after``, oldest first; None when some were pruned.
-
-        Raises HubStoreError.
+    async def revocation_deltas(self, after: int, limit: int = 500) -> list[bytes] | None:
+        """The first ``limit`` signed deltas with version > ``after``, oldest first; None when
+        some were pruned. Raises HubStoreError, and ValueError for a limit below 1.
         """
-        return await self._run(lambda db: _transaction(db, _deltas, after))
+        hub_logic.check_limit(limit)
+        return await self._run(lambda db: _transaction(db, _deltas, after, limit))
 
     async def close(self) -> None:
         """Close the database and stop its thread. Idempotent."""
@@ -373,13 +373,13 @@ def _known(
     refs = hub_logic.history_refs(entries, stored, policy)
     sql = (
         f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
-        " AND (kind <> 'attempt' OR wall_time >= ?)"
+        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ?)"
     )
-    since = hub_logic.attempts_since(entries, policy)
+    lo, hi = hub_logic.attempt_span(entries, policy)
     history: dict[str, list[TicketRow]] = {}
     for chunk in _chunks(refs):
         query = sql.format(", ".join("?" * len(chunk)))
-        for row in db.execute(query, (*chunk, since)):
+        for row in db.execute(query, (*chunk, lo, hi)):
             ref, ticket_row = TicketRow.from_row(row)
             history.setdefault(ref, []).append(ticket_row)
     gate_ids = hub_logic.gates_to_name(gate_id, history)
@@ -401,6 +401,14 @@ def _alert(row: Sequence[Any], venue: str) -> Alert:
         alert_id, kind, venue, ticket, tuple(json.loads(gates)), tuple(json.loads(times)),
         tuple(json.loads(entries)), detail, raised_at,
     )  # fmt: skip
+
+
+def _feed(db: sqlite3.Connection, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+    entries = [FeedEntry(*row) for row in db.execute(_FEED, (after, limit))]
+    if entries:
+        return entries, entries[-1].cursor
+    (highest,) = db.execute("SELECT IFNULL(MAX(cursor), 0) FROM entries").fetchone()
+    return entries, min(after, int(highest))
 
 
 def _has_feed_after(db: sqlite3.Connection, after: int) -> bool:
@@ -460,12 +468,13 @@ def _read_revocations(db: sqlite3.Connection) -> RevocationState:
     )
 
 
-def _deltas(db: sqlite3.Connection, after: int) -> list[bytes] | None:
+def _deltas(db: sqlite3.Connection, after: int, limit: int) -> list[bytes] | None:
     version = _revocation_version(db)
     (oldest,) = db.execute("SELECT MIN(version) FROM revocation_deltas").fetchone()
     if hub_logic.deltas_gone(after, version, oldest):
         return None
     rows = db.execute(
-        "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version", (after,)
+        "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version LIMIT ?",
+        (after, limit),
     ).fetchall()
     return [bytes(doc) for (doc,) in rows]

@@ -133,8 +133,9 @@ class HubStore(Protocol):
         """
         ...
 
-    async def revocation_deltas(self, after: int) -> list[bytes] | None:
-        """Signed deltas with version > ``after``, oldest first; None when some are missing."""
+    async def revocation_deltas(self, after: int, limit: int = 500) -> list[bytes] | None:
+        """The first ``limit`` signed deltas with version > ``after``, oldest first; None when
+        some are missing."""
         ...
 
     async def close(self) -> None:

@@ -85,13 +85,14 @@ def make_tls(dir: Path, *, client_cns: tuple[str, ...] = (), mtls: bool = True) 
     """A test CA, a server certificate for 127.0.0.1/localhost and client certificates.
 
     Client certificate ``cn`` is ``dir/<cn>.crt`` + ``dir/<cn>.key``, signed by the same CA, which
-    is also the hub's ``client_ca`` when ``mtls``.
+    is also the hub's ``client_ca`` when ``mtls``. The CA's key is ``dir/ca.key`` (for
+    :func:`issue_cert`).
     """
     dir.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gate-agent test CA")])
     ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
-    _write_pem(dir / "ca.crt", ca_cert, None)
+    _write_pem(dir / "ca.crt", ca_cert, ca_key)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _certificate(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), server_key,
@@ -112,6 +113,28 @@ def make_tls(dir: Path, *, client_cns: tuple[str, ...] = (), mtls: bool = True) 
     )
 
 
+def issue_cert(
+    tls: TlsFiles,
+    name: str,
+    cns: tuple[str, ...],
+    usages: tuple[x509.ObjectIdentifier, ...] = (),
+) -> tuple[Path, Path]:
+    """Another certificate from :func:`make_tls`'s CA: subject CNs ``cns`` (one RDN each),
+    extended key usages ``usages`` (none: no extension). Returns (cert, key) paths
+    ``<dir>/<name>.crt`` and ``.key``."""
+    if name in ("ca", "server"):
+        raise ValueError(f"{name!r} would replace one of make_tls's files")
+    ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(tls.ca.with_suffix(".key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in cns])
+    cert = _certificate(subject, key, ca_cert.subject, ca_key, ca=False, usages=usages)
+    path = tls.ca.parent / f"{name}.crt"
+    _write_pem(path, cert, key)
+    return path, path.with_suffix(".key")
+
+
 def _certificate(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
@@ -121,6 +144,7 @@ def _certificate(
     ca: bool,
     san: list[x509.GeneralName] | None = None,
     usage: x509.ObjectIdentifier | None = None,
+    usages: tuple[x509.ObjectIdentifier, ...] = (),
 ) -> x509.Certificate:
     now = datetime.now(UTC)
     builder = (
@@ -149,8 +173,9 @@ def _certificate(
         )  # fmt: skip
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    usages = (usage, *usages) if usage is not None else usages
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import tickets, trust
 from agent.clock import Clock
@@ -51,6 +52,7 @@ from tests.hubproc import (
     add_token,
     heartbeat,
     hub_cli,
+    issue_cert,
     make_tls,
     write_hub_config,
 )
@@ -366,7 +368,21 @@ async def test_feed_long_poll_wakes_on_an_upload_and_times_out_empty(
     assert time.monotonic() - t0 >= 0.45
     t0 = time.monotonic()
     capped = await feed_after(api, reader.token, page.next, wait=30)  # hub's max_wait_s is 3
-    assert capped.entries == () and 2.5 <= time.monotonic() - t0 < 20
+    assert capped.entries == () and 2.5 <= time.monotonic() - t0 < 5
+
+
+async def test_feed_after_a_cursor_beyond_the_store_answers_its_highest_cursor_at_once(
+    api: Api, make_gate: MakeGate
+) -> None:
+    gate = await make_gate()
+    assert (await gate.upload(api, await gate.row("T-reset"))).status == 200
+    highest = await feed_end(api, gate.token)
+    # A gate that read another (since reset) store holds a cursor this one never reached.
+    t0 = time.monotonic()
+    page = await feed_after(api, gate.token, highest + 1_000_000, wait=30)
+    assert page.entries == () and page.next == highest  # next < after: start over from 0
+    assert time.monotonic() - t0 < 2.5  # not long-polled up to max_wait_s = 3
+    assert (await feed_after(api, gate.token, highest)).next == highest
 
 
 # --- revocations and trust (SQLite hub of their own) -------------------------------------------------
@@ -545,6 +561,36 @@ async def test_mtls_needs_the_gates_own_client_certificate(tmp_path: Path, keys_
             assert (await api.get("/v1/trust", token, ssl_ctx=certs["gate-1"])).status == 200
             health = GatesPage.from_json((await api.get("/v1/gates", console)).json)
             assert [g.online for g in health.gates if g.gate_id == "gate-1"] == [True]
+
+
+async def test_mtls_refuses_certificates_not_made_for_a_gate_client(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    tls = make_tls(tmp_path / "tls", client_cns=("gate-1",))
+    client, server = ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH
+    refused = {  # all from the hub's client CA, all naming gate-1
+        "no extended key usage (good for a server too)": issue_cert(tls, "any", ("gate-1",)),
+        "server and client usage": issue_cert(tls, "both", ("gate-1",), (server, client)),
+        "two CNs": issue_cert(tls, "two", ("gate-1", "gate-2"), (client,)),
+    }
+    server_only = issue_cert(tls, "server-only", ("gate-1",), (server,))
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, tls=tls)
+    token = add_token(setup, gate_id="gate-1")
+    path, beat = "/v1/gates/gate-1/heartbeat", heartbeat("gate-1", "Gate 1")
+    with HubProcess(setup) as proc:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, setup.url, setup.client_ssl())
+            for what, (cert, key) in refused.items():
+                reply = await api.post(path, beat, token, ssl_ctx=setup.client_ssl(cert, key))
+                assert reply.status == 403, what
+                assert "client certificate" in reply.error().message
+            with pytest.raises(aiohttp.ClientError):  # OpenSSL refuses it in the handshake
+                await api.post(path, beat, token, ssl_ctx=setup.client_ssl(*server_only))
+            own = setup.client_ssl(tls_file(tls, "gate-1", "crt"), tls_file(tls, "gate-1", "key"))
+            assert (await api.post(path, beat, token, ssl_ctx=own)).status == 200
+    log = proc.log_tail(20_000)
+    assert "client certificate with 2 subject CNs refused" in log
+    assert "without the clientAuth extended key usage refused" in log
 
 
 def tls_file(tls: TlsFiles, cn: str, suffix: str) -> Path:

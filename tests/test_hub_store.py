@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import math
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -321,14 +323,38 @@ async def test_repeated_denials_alert_once_at_the_threshold_within_the_window(
     assert await all_alerts(store) == []
     third = g1.row("t1", "attempt", at=T0 + 150)
     await store.ingest("g1", [third, g1.row("t1", "attempt", at=T0 + 151)], T0)
-    (alert,) = await all_alerts(store)
+    (alert,) = await all_alerts(store)  # one per burst, not one per attempt over the threshold
     assert alert.kind == "repeated_denials" and alert.ticket == text_digest("t1")[:12]
-    assert alert.gates == ("g1", "g2", "g1")
-    assert alert.times == (T0 + 100, T0 + 120, T0 + 150)
-    assert alert.entries[-1] == third.entry_id
+    assert alert.gates == ("g1", "g2", "g1", "g1")
+    assert alert.times == (T0 + 100, T0 + 120, T0 + 150, T0 + 151)
+    assert alert.entries[-2] == third.entry_id
+    assert alert.detail == "4 denied attempts within 60 s"
     # Other tickets' attempts do not count.
     await store.ingest("g2", [g2.row("t2", "attempt", at=T0 + 152)], T0)
     assert len(await all_alerts(store)) == 1
+
+
+async def test_alerts_do_not_depend_on_the_order_gates_upload_in(open_hub: OpenStore) -> None:
+    store = await open_hub(
+        entry_policy="reentry", denied_alert_threshold=3, denied_alert_window_s=60.0
+    )
+    g1 = Gate("g1")
+    g2 = Gate("g2", g1.clock)
+    base = T0 - T0 % 60  # a window bucket starts here
+    first, later = g1.row("t1", at=base + 1), g2.row("t1", at=base + 5)
+    await store.ingest("g2", [later], T0)  # the later entry (by HLC) reaches the hub first
+    assert await all_alerts(store) == []
+    await store.ingest("g1", [first], T0)
+    (double,) = await all_alerts(store)
+    assert double.kind == "double_admission" and double.entries == (first.entry_id, later.entry_id)
+
+    attempts = [g1.row("t2", "attempt", at=base + t) for t in (10, 30)]
+    await store.ingest("g1", attempts, T0)
+    await store.ingest("g2", [g2.row("t2", "attempt", at=base + 20)], T0)
+    denied = (await all_alerts(store))[1:]
+    assert [a.times for a in denied] == [(base + 10, base + 20, base + 30)]
+    await store.ingest("g2", [g2.row("t2", "attempt", at=base + 40)], T0)  # the same burst
+    assert len(await all_alerts(store)) == 2
 
 
 async def test_alerts_page_by_id(store: HubStore) -> None:
@@ -476,9 +502,14 @@ async def test_revocation_deltas_beyond_the_kept_ones_are_gone(store: HubStore) 
         await store.add_revocation_delta(version, b"d%d" % version, state)
     assert await store.revocation_deltas(0) is None
     assert await store.revocation_deltas(1) is None
-    kept = await store.revocation_deltas(2)
+    kept = await store.revocation_deltas(2, limit=hub_logic.KEEP_DELTAS)
     assert kept is not None and len(kept) == hub_logic.KEEP_DELTAS
     assert kept[0] == b"d3" and kept[-1] == b"d%d" % total
+    page = await store.revocation_deltas(2)  # 500 by default: a page never holds more
+    assert page == kept[:500]
+    assert await store.revocation_deltas(10, limit=2) == [b"d11", b"d12"]
+    with pytest.raises(ValueError):
+        await store.revocation_deltas(10, limit=0)
     assert await store.revocation_deltas(total - 1) == [b"d%d" % total]
     assert len((await store.revocation_state()).revoked) == total
 
@@ -726,11 +757,108 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
     assert caught.value.entry_ids == (a.entry_id, b.entry_id)
 
 
-def test_planner_repeated_denials_count_exactly_to_the_threshold() -> None:
-    g = Gate("g1")
-    attempts = [g.row("t", "attempt", at=T0 + i) for i in range(5)]
-    pol = HubPolicy(VENUE, denied_alert_threshold=3, denied_alert_window_s=10)
-    plan = hub_logic.plan_ingest("g1", attempts, KnownState(), pol)
-    assert [a.dedupe_key for a in plan.alerts] == [f"denied:{attempts[2].entry_id}"]
-    assert hub_logic.history_refs(attempts, {}, pol) == ["t"]
-    assert hub_logic.attempts_since(attempts, pol) == T0 - 10
+def _plan_one_by_one(
+    policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]]
+) -> list[hub_logic.NewAlert]:
+    """Plan each batch on the history of the ones before it, as the store would."""
+    stored: list[EntryWire] = []
+    alerts: list[hub_logic.NewAlert] = []
+    for batch in arrivals:
+        history: dict[str, list[TicketRow]] = {}
+        for e in stored:
+            history.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
+        known = KnownState(max_seq=batch[0].gate_seq - 1, history=history)
+        plan = hub_logic.plan_ingest(batch[0].gate_id, batch, known, policy)
+        alerts += [a for a in plan.alerts if a.kind != "integrity"]
+        stored += plan.rows
+    return alerts
+
+
+def _ticket_rows(*spec: tuple[str, str, float]) -> list[EntryWire]:
+    """(gate, kind, seconds after T0) rows of ticket "t", each gate's rows in HLC order."""
+    gates: dict[str, Gate] = {}
+    return [gates.setdefault(g, Gate(g)).row("t", kind, at=T0 + at) for g, kind, at in spec]
+
+
+_A_THEN_B = (("g1", "entry", 1), ("g2", "entry", 5))
+
+
+@pytest.mark.parametrize(
+    ("policy", "spec", "doubles"),
+    [
+        ("single", _A_THEN_B, [1]),
+        ("reentry", _A_THEN_B, [1]),
+        ("single", (("g1", "entry", 1), ("g2", "entry", 5), ("g3", "entry", 3)), [2, 1]),
+        ("reentry", (("g1", "entry", 1), ("g2", "entry", 5), ("g3", "entry", 3)), [2, 1]),
+        ("single", (("g1", "entry", 1), ("g1", "exit", 3), ("g2", "entry", 5)), [2]),
+        # An exit after both entries does not separate them, whatever arrives first.
+        ("reentry", (("g1", "entry", 1), ("g2", "entry", 5), ("g1", "exit", 7)), [1]),
+        ("unlimited", _A_THEN_B, []),
+    ],
+)
+def test_planner_double_admissions_whatever_the_arrival_order(
+    policy: str, spec: tuple[tuple[str, str, float], ...], doubles: list[int]
+) -> None:
+    rows = _ticket_rows(*spec)
+    pol = HubPolicy(VENUE, entry_policy=policy)  # type: ignore[arg-type]
+    for order in itertools.permutations(rows):
+        alerts = _plan_one_by_one(pol, [[row] for row in order])
+        assert sorted(a.dedupe_key for a in alerts) == sorted(
+            f"double:{rows[i].entry_id}" for i in doubles
+        ), [rows.index(r) for r in order]
+        for alert in alerts:  # (earlier, later) by HLC, whichever came first
+            (earlier,) = [r for r in rows if r.entry_id == alert.entries[0]]
+            (later,) = [r for r in rows if r.entry_id == alert.entries[1]]
+            assert earlier.hlc < later.hlc
+
+
+def test_planner_reentry_an_exit_between_two_entries_counts_when_it_comes_first() -> None:
+    pol = HubPolicy(VENUE, entry_policy="reentry")
+    entry, exit_, later = _ticket_rows(("g1", "entry", 1), ("g1", "exit", 3), ("g2", "entry", 5))
+    assert _plan_one_by_one(pol, [[later], [exit_], [entry]]) == []
+    assert _plan_one_by_one(pol, [[entry, exit_], [later]]) == []
+    # Alerts are never withdrawn: both entries in before the exit between them is one alert.
+    assert len(_plan_one_by_one(pol, [[later], [entry], [exit_]])) == 1
+    # An annulled exit joins the entries around it.
+    annul = Gate("g9").row("t", "annul", annuls=exit_.entry_id, at=T0 + 9)
+    (alert,) = _plan_one_by_one(pol, [[entry, exit_], [later], [annul]])
+    assert alert.entries == (entry.entry_id, later.entry_id)
+
+
+def _attempts(gate: str, *seconds: float) -> list[EntryWire]:
+    g = Gate(gate)
+    return [g.row("t", "attempt", at=T0 + s) for s in seconds]
+
+
+_DENIALS = HubPolicy(VENUE, denied_alert_threshold=3, denied_alert_window_s=60)
+
+
+def test_planner_repeated_denials_one_alert_whatever_the_arrival_order() -> None:
+    a, b = _attempts("g1", 10, 30), _attempts("g2", 20)
+    for arrivals in ([a, b], [b, a], [a[:1], b, a[1:]], [a[1:], b, a[:1]]):
+        (alert,) = _plan_one_by_one(_DENIALS, arrivals)
+        assert alert.times == (T0 + 10, T0 + 20, T0 + 30)
+        assert alert.gates == ("g1", "g2", "g1")
+        bucket = math.floor((T0 + 10) / 60)
+        assert alert.dedupe_key == f"denied:{text_digest('t')[:12]}:{bucket}"
+    assert _plan_one_by_one(_DENIALS, [a]) == []  # two are not a burst
+
+
+def test_planner_repeated_denials_of_a_steady_stream_alert_once_per_window() -> None:
+    stream = _attempts("g1", *(25.0 * i for i in range(6)))  # one attempt every 25 s
+    # Bursts start at 0, 25, 50 and 75 s: 75 s, more than one window, so two buckets.
+    in_order = _plan_one_by_one(_DENIALS, [[row] for row in stream])
+    assert len(in_order) == 2
+    backwards = _plan_one_by_one(_DENIALS, [[row] for row in reversed(stream)])
+    shuffled = _plan_one_by_one(_DENIALS, [[stream[i]] for i in (3, 0, 5, 1, 4, 2)])
+    at_once = _plan_one_by_one(_DENIALS, [stream])
+    keys = sorted(a.dedupe_key for a in in_order)
+    for other in (backwards, shuffled, at_once):
+        assert sorted(a.dedupe_key for a in other) == keys
+
+
+def test_planner_history_covers_a_window_either_side_of_the_attempts() -> None:
+    attempts = _attempts("g1", 0, 4)
+    assert hub_logic.history_refs(attempts, {}, _DENIALS) == ["t"]
+    assert hub_logic.attempt_span(attempts, _DENIALS) == (T0 - 60, T0 + 64)
+    assert hub_logic.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS) == (math.inf, -math.inf)
