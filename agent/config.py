@@ -141,9 +141,16 @@ class Config:
     hub: HubLinkConfig | None = None
 
 
+# A name the hub and the journal carry: never empty, cut or with control characters.
+_NAME: tuple[typing.Callable[[Any], bool], str] = (
+    lambda v: 0 < len(v) <= 64 and v.isprintable(),
+    "1-64 printable characters",
+)
+
 # Range checks beyond the type: (section, key) -> (predicate, what is expected).
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
-    ("gate", "id"): (lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
+    ("gate", "id"): _NAME,
+    ("gate", "name"): _NAME,
     ("gate", "zone"): (lambda v: v is None or 1 <= v <= 16, "a zone number 1-16"),
     ("gate", "events"): (
         lambda v: len(v) > 0 and all(0 <= e < 2**32 for e in v),
@@ -152,6 +159,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("policy", "entries_per_day"): (lambda v: v >= 1, "an integer >= 1"),
     ("policy", "validity_skew_s"): (lambda v: 0 <= v <= 86400, "0-86400 seconds"),
     ("policy", "max_list_age_s"): (lambda v: v >= 60, "at least 60 seconds"),
+    ("lane", "name"): _NAME,
     ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
     ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
     ("pretix", "url"): (lambda v: v.startswith(("https://", "http://")), "an http(s) URL"),

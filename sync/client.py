@@ -7,10 +7,13 @@ outbox, each job in its own task so a slow one never holds up another:
 * uploader: unsynced rows in ``gate_seq`` order, one batch in flight, marked synced only when the
   hub acknowledges them; woken by :meth:`HubClient.nudge` (a lane wrote a row) or every 5 s;
 * peer feed: long-polls the venue's entries and stores other gates' ones in the journal, then
-  persists the cursor (``state_dir/hub_sync.json``), so a restart re-reads at most one page;
+  persists the cursor (``state_dir/hub_sync.json``), so a restart re-reads at most one page; a
+  hub answering a cursor behind ours (a new store) is read again from the start;
 * revocations: signed deltas after the installed version (410: the signed snapshot), verified
-  with the trust's list signers; a refused document changes nothing;
-* trust: the root-signed bundle (ETag), installed when newer;
+  with the trust's list signers, asked again at once while pages bring newer versions; a refused
+  document changes nothing;
+* trust: the root-signed bundle (ETag, remembered only once the bundle was taken), installed
+  when newer;
 * heartbeat: outbox depth, list and trust versions, clock state and faults; the hub's time in
   its answers gives the clock offset.
 
@@ -237,8 +240,9 @@ class HubClient:
 
     async def follow_once(self, wait_s: float) -> int:
         """Fetch one page of the venue feed (long-poll up to ``wait_s``), store other gates'
-        entries, then persist the cursor; returns the page's size. Raises HubError or
-        JournalError (the cursor then stays)."""
+        entries, then persist the cursor; returns the page's size. A hub whose cursor is behind
+        ours (its store was reset) is read again from the start: peer inserts are idempotent.
+        Raises HubError or JournalError (the cursor then stays)."""
         params = {
             "after": str(self._cursor),
             "wait": f"{wait_s:g}",
@@ -252,6 +256,12 @@ class HubClient:
         if page.entries:
             learnt = await self._journal.add_peer_entries(e.to_peer() for e in page.entries)
             log.debug("hub feed: %d entries, %d new from other gates", len(page.entries), learnt)
+        if page.next < self._cursor:  # a hub with a new store: its cursors start again
+            log.warning("hub feed restarted (the hub's cursor %d is behind ours, %d): reading it"
+                        " from the start", page.next, self._cursor)  # fmt: skip
+            self._cursor = 0
+            await asyncio.to_thread(self._save_cursor)
+            return len(page.entries)
         if page.next > self._cursor:
             self._cursor = page.next
             await asyncio.to_thread(self._save_cursor)
@@ -286,9 +296,10 @@ class HubClient:
         reply = await self._http.request("GET", "/v1/trust", headers=headers, cap=MAX_BUNDLE_BYTES)
         if reply.status == 304:
             return False
-        # Remembered even when refused: the same bad bundle is then reported once.
+        installed = self._trust.offer(reply.body, "trust bundle from the hub")
+        # Only once taken (or the same version): a refused bundle is fetched and checked again.
         self._trust_etag = reply.headers.get("ETag")
-        return self._trust.offer(reply.body, "trust bundle from the hub")
+        return installed
 
     async def heartbeat_once(self) -> None:
         """Tell the hub how this gate is. Raises HubError or JournalError."""
@@ -353,7 +364,8 @@ class HubClient:
             log.log(logging.DEBUG if quiet else logging.ERROR, "hub %s: %s", name, exc)
             return self._s.backoff_cap_s
         if isinstance(exc, SignedDocumentError):  # a refused revocation list or trust bundle
-            log.error("hub %s refused, keeping the installed one: %s", name, exc)
+            log.log(logging.DEBUG if quiet else logging.ERROR,
+                    "hub %s refused, keeping the installed one: %s", name, exc)  # fmt: skip
         elif isinstance(exc, JournalError):
             log.error("hub %s: %s", name, exc)
         else:
@@ -376,13 +388,15 @@ class HubClient:
         return 0.0
 
     async def _feed_step(self) -> float:
-        started = time.monotonic()
-        if await self.follow_once(self._s.wait_s):
+        started, cursor = time.monotonic(), self._cursor
+        if await self.follow_once(self._s.wait_s) or self._cursor < cursor:
             return 0.0
         return FEED_MIN_ROUND_S - (time.monotonic() - started)
 
     async def _revocation_step(self) -> float:
-        await self.fetch_revocations()
+        installed = self._revocations.meta.version
+        if await self.fetch_revocations() > installed:
+            return 0.0  # a page of deltas (or a snapshot) came: there may be more at once
         return self._s.revocation_interval_s
 
     async def _trust_step(self) -> float:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
+from multidict import CIMultiDict
 
 from agent.errors import AgentError
 from sync import protocol
@@ -69,6 +70,8 @@ class HubRefused(HubError):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """A 2xx or 304 answer; ``headers`` are looked up in any case (aiohttp sends "Etag")."""
+
     status: int
     body: bytes
     headers: Mapping[str, str]
@@ -130,7 +133,7 @@ class HubHTTP:
                 allow_redirects=False, timeout=client_timeout,
             ) as resp:  # fmt: skip
                 raw = await _read_capped(resp, cap, what)
-                status, resp_headers = resp.status, dict(resp.headers)
+                status, resp_headers = resp.status, CIMultiDict(resp.headers)  # any case
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.last_down = time.monotonic()
             raise HubUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc

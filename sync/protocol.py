@@ -223,10 +223,14 @@ class EntryWire:
 
     @classmethod
     def from_record(cls, rec: EntryRecord) -> EntryWire:
+        """The row as uploaded. ``detail`` is for people only: cut to MAX_DETAIL characters, and
+        control characters become "?", so one long or odd text never blocks the outbox (the same
+        row always gives the same body)."""
+        detail = "".join(c if c.isprintable() else "?" for c in rec.detail[:MAX_DETAIL])
         return cls(
             gate_seq=rec.gate_seq, entry_id=rec.entry_id, gate_id=rec.gate_id, lane=rec.lane,
             ticket_ref=rec.ticket_ref, kind=rec.kind, verdict=rec.verdict, reason=rec.reason,
-            detail=rec.detail, flags=tuple(sorted(f.value for f in rec.flags)),
+            detail=detail, flags=tuple(sorted(f.value for f in rec.flags)),
             annuls=rec.annuls, zone=rec.zone, wall_time=rec.wall_time,
             clock_synced=rec.clock_synced, mono_ns=rec.mono_ns, boot_id=rec.boot_id,
             hlc=rec.hlc, rev_version=rec.rev_version, offline=rec.offline,

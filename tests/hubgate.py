@@ -67,14 +67,23 @@ def write_gate(
     hub_extra: str = "",
     extra: str = "",
 ) -> Path:
-    """Write ``dir/gate.toml`` (state in ``dir/state``); a [hub] section when ``url`` is given."""
+    """Write ``dir/gate.toml`` (state in ``dir/state``); a [hub] section when ``url`` is given.
+
+    A key in ``hub_extra`` replaces the same key of :data:`HUB_TIMING`.
+    """
     dir.mkdir(parents=True, exist_ok=True)
     text = GATE_TOML.format(
         gate_id=gate_id, name=name, venue=venue, entry=entry, keys=keys, scanner=scanner,
         bundle=bundle or keys / "trust.json",
     )  # fmt: skip
     if url is not None:
-        text += f'\n[hub]\nurl = "{url}"\ntoken = "{token}"\n{HUB_TIMING}{hub_extra}'
+        given = {line.split("=")[0].strip() for line in hub_extra.splitlines()}
+        timing = "".join(
+            f"{line}\n"
+            for line in HUB_TIMING.splitlines()
+            if line.split("=")[0].strip() not in given
+        )
+        text += f'\n[hub]\nurl = "{url}"\ntoken = "{token}"\n{timing}{hub_extra}'
     path = dir / "gate.toml"
     path.write_text(text + extra)
     return path

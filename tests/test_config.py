@@ -56,6 +56,10 @@ def _render(sections: dict[str, dict[str, object]]) -> str:
         ("gate", "events", [1, "x"], ["[gate] events", "a list of an integer"]),
         ("policy", "timezone", "Mars/Olympus", ["[policy] timezone", "Mars/Olympus"]),
         ("lane", "repeat_window_ms", 1.5, ["[lane] repeat_window_ms", "an integer"]),
+        ("gate", "name", "G" * 65, ["[gate] name", "1-64 printable characters"]),
+        ("gate", "name", "", ["[gate] name", "1-64 printable characters"]),
+        ("lane", "name", "L" * 65, ["[lane] name", "1-64 printable characters"]),
+        ("lane", "name", "", ["[lane] name", "1-64 printable characters"]),
     ],
 )
 def test_bad_key_names_file_section_and_key(
@@ -71,6 +75,15 @@ def test_bad_key_names_file_section_and_key(
     assert message.startswith(str(path))
     for part in expected:
         assert part in message
+
+
+@pytest.mark.parametrize("section", ["gate", "lane"])
+def test_names_with_control_characters_are_refused(tmp_path: Path, section: str) -> None:
+    text = _render({**BASE, "lane": {}})  # a TOML tab escape: a control character in the name
+    path = tmp_path / "gate.toml"
+    path.write_text(text.replace(f"[{section}]\n", f'[{section}]\nname = "A\\tB"\n'))
+    with pytest.raises(ConfigError, match=rf"\[{section}\] name: expected 1-64 printable"):
+        config.load(path)
 
 
 def test_minimal_config_is_valid(tmp_path: Path) -> None:

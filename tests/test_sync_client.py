@@ -6,6 +6,7 @@ Each gate has its own state directory and config; the hub is `gate-agent hub` on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import time
@@ -18,14 +19,15 @@ from agent.daemon import Gate, open_gate
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.lane import Outcome
-from agent.model import Flag, Reason
+from agent.model import Decision, Flag, Reason, Verdict
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta
 from agent.signed import sign_document
-from sync import hub_admin, hub_config
+from sync import hub_admin, hub_config, protocol
 from sync.client import HubClient
 from sync.hub_logic import KEEP_DELTAS
-from tests.hubgate import scan, until, write_gate
+from sync.protocol import EntryWire
+from tests.hubgate import get_json, post_json, scan, until, write_gate
 from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, make_tls, write_hub_config
 
 
@@ -40,9 +42,12 @@ async def _present(gate: Gate, text: str) -> Outcome:
     return outcome
 
 
-def _gate_conf(tmp: Path, keys: Path, setup: HubSetup, gate_id: str, name: str) -> config.Config:
+def _gate_conf(
+    tmp: Path, keys: Path, setup: HubSetup, gate_id: str, name: str, *, hub: str = ""
+) -> config.Config:
     token = add_token(setup, gate_id=gate_id)
-    path = write_gate(tmp / gate_id, keys, gate_id=gate_id, name=name, url=setup.url, token=token)
+    path = write_gate(tmp / gate_id, keys, gate_id=gate_id, name=name, url=setup.url, token=token,
+                      hub_extra=hub)  # fmt: skip
     return config.load(path)
 
 
@@ -110,6 +115,103 @@ async def test_offline_flag_follows_the_hub(keys_dir: Path, iss: Issuer, tmp_pat
         assert [Flag.OFFLINE in r.flags for r in rows] == [True, False, True]
     finally:
         hub.kill9()
+
+
+async def test_the_feed_is_read_again_after_the_hub_lost_its_store(
+    keys_dir: Path, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    conf_a = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A")
+    with HubProcess(setup):
+        async with open_gate(conf_a) as gate_a, open_gate(_reconf(tmp_path, setup)) as gate_b:
+            for _ in range(3):
+                await _present(gate_a, iss.ticket(event=1, zones=[1]))
+            await until(lambda: _client(gate_b).status()["feed_cursor"] == 3, what="B reads 3")
+    assert '"feed_cursor": 3' in (tmp_path / "gate-b/state/hub_sync.json").read_text()
+    for db in (setup.dir / "state").glob("hub.db*"):  # a new, empty store
+        db.unlink()
+    text = iss.ticket(event=1, zones=[1])
+    with HubProcess(setup):
+        conf_c = _gate_conf(tmp_path, keys_dir, setup, "gate-c", "Gate C")
+        async with open_gate(_reconf(tmp_path, setup)) as gate_b, open_gate(conf_c) as gate_c:
+            admitted = (await _present(gate_c, text)).record
+            assert admitted is not None
+            ref = admitted.ticket_ref
+
+            async def learnt() -> bool:
+                return any(h.peer for h in await gate_b.journal.history(ref))
+
+            await until(learnt, what="gate B learns gate C's admission at the new hub")
+            assert (await _present(gate_b, text)).decision.reason is Reason.ALREADY_USED
+    assert any("hub feed restarted" in r.getMessage() for r in caplog.records)
+
+
+def _reconf(tmp: Path, setup: HubSetup) -> config.Config:
+    """Gate B with a new token, its state (and feed cursor) kept."""
+    path = write_gate(tmp / "gate-b", setup.keys, gate_id="gate-b", name="Gate B", url=setup.url,
+                      token=add_token(setup, gate_id="gate-b"))  # fmt: skip
+    return config.load(path)
+
+
+async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    console = add_token(setup, console="ops")
+    conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub="retry_max_s = 0.5\n")
+    async with open_gate(conf) as gate:  # the hub is down: three rows stay in the outbox
+        for _ in range(3):
+            await _present(gate, iss.ticket(event=1, zones=[1]))
+        first = (await gate.journal.unsynced())[0]
+    # The hub already holds another body under the first row's id: it refuses the batch (409),
+    # so the outbox stays at 3 for as long as the test looks.
+    forged = dataclasses.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+    with HubProcess(setup):
+        token = conf.hub.token if conf.hub is not None else ""
+        status, _ = await asyncio.to_thread(
+            post_json, f"{setup.url}/v1/gates/gate-a/entries:batch", str(token),
+            protocol.encode(protocol.BatchUpload("gate-a", (forged,))),
+        )  # fmt: skip
+        assert status == 200
+        async with open_gate(conf) as gate:
+            link = _client(gate)
+            await until(lambda: link.status()["upload"] == "conflict", what="409")
+            await until(lambda: gate.revocations.meta.version >= 1, what="the hub's list")
+
+            async def reported() -> bool:
+                view = await asyncio.to_thread(get_json, f"{setup.url}/v1/gates", console)
+                rows = [g for g in view["gates"] if g["gate_id"] == "gate-a"]  # type: ignore[attr-defined]
+                return bool(rows) and rows[0]["revocation_version"] == gate.revocations.meta.version
+
+            await until(reported, what="a heartbeat with the installed list")
+            view = await asyncio.to_thread(get_json, f"{setup.url}/v1/gates", console)
+    (row,) = view["gates"]  # type: ignore[misc]
+    assert row["gate_name"] == "Gate A" and row["online"] is True
+    assert row["outbox_depth"] == 3 and row["clock_synced"] is True
+    assert row["revocation_version"] >= 1
+
+
+async def test_a_long_or_odd_detail_does_not_block_the_outbox(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A")
+    with HubProcess(setup):
+        async with open_gate(conf) as gate:
+            await until(lambda: _client(gate).online, what="online")
+            odd = Decision(Verdict.DENY, Reason.INVALID_FORMAT, "x" * 300 + "\tend\n")
+            rec = await gate.journal.record(ticket_ref="raw:0123", kind="attempt", decision=odd,
+                                            lane=conf.lane.name, rev_version=0, offline=False)  # fmt: skip
+            await _present(gate, iss.ticket(event=1, zones=[1]))
+
+            async def drained() -> bool:
+                return not await gate.journal.unsynced()
+
+            await until(drained, what="both rows acknowledged")
+            assert _client(gate).status()["upload"] == "ok"
+    wire = EntryWire.from_record(rec)
+    assert len(wire.detail) == protocol.MAX_DETAIL and wire.detail.isprintable()
+    assert wire == EntryWire.from_record(rec)  # a retried batch carries the same body
 
 
 async def test_gate_without_hub_keeps_offline_rows_without_the_flag(

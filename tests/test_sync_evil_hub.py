@@ -1,0 +1,270 @@
+"""A malicious or struggling hub (an aiohttp server on 127.0.0.1 serving what each test puts
+in it): forged, truncated or rolled-back signed documents are refused, a refused bundle is
+checked again, revocation backlogs arrive at once, and the hub's Retry-After is honoured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent import config, issuer, keys, revocation_issuer
+from agent.daemon import open_gate
+from agent.issuer import Issuer
+from agent.model import Reason
+from agent.revocation import KIND
+from agent.signed import sign_document
+from sync import protocol
+from tests.hubgate import scan, until, write_gate
+
+FAST_RETRY = "retry_max_s = 0.5\n"
+
+
+@dataclass
+class EvilHub:
+    """Serves whatever the test puts in ``revocations``/``snapshot``/``trust``; counts requests.
+
+    ``chain`` (deltas v0->v1, v1->v2, ...) instead answers each revocation request with the one
+    delta after the asked version; ``trust_etag`` is sent with the bundle and honoured in
+    If-None-Match; ``upload`` is the status and headers of a refused upload (None: accepted),
+    ``uploads`` the monotonic times of the upload requests.
+    """
+
+    revocations: tuple[int, bytes] = (200, b"")
+    chain: list[bytes] = field(default_factory=list)
+    snapshot: bytes = b""
+    trust: bytes = b""
+    trust_etag: str | None = None
+    upload: tuple[int, dict[str, str]] | None = None
+    uploads: list[float] = field(default_factory=list)
+    hits: Counter[str] = field(default_factory=Counter)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/gates/{gate}/heartbeat", self._heartbeat)
+        app.router.add_post("/v1/gates/{gate}/entries:batch", self._upload)
+        app.router.add_get("/v1/venues/{venue}/entries", self._feed)
+        app.router.add_get("/v1/revocations", self._revocations)
+        app.router.add_get("/v1/revocations/snapshot", self._snapshot)
+        app.router.add_get("/v1/trust", self._trust)
+        return app
+
+    def _json(self, body: dict[str, object], status: int = 200) -> web.Response:
+        return web.json_response({"v": 1, "hub_time": time.time(), **body}, status=status)
+
+    async def _heartbeat(self, request: web.Request) -> web.Response:
+        return self._json({})
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.uploads.append(time.monotonic())
+        batch = protocol.parse(await request.read(), protocol.BatchUpload)
+        if self.upload is not None:
+            status, headers = self.upload
+            error = {"v": 1, "error": "unavailable", "message": "try later"}
+            return web.json_response(error, status=status, headers=headers)
+        results = [{"entry_id": e.entry_id, "status": "inserted"} for e in batch.entries]
+        return self._json({"results": results, "acked_through_seq": batch.entries[-1].gate_seq})
+
+    async def _feed(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return self._json({"entries": [], "next": int(request.query["after"])})
+
+    async def _revocations(self, request: web.Request) -> web.Response:
+        self.hits["revocations"] += 1
+        status, body = self.revocations
+        if self.chain:
+            after = int(request.query["after"])
+            more = after < len(self.chain)
+            status, body = _page(after + 1, self.chain[after]) if more else _page(after)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        self.hits["snapshot"] += 1
+        return web.Response(body=self.snapshot, content_type="application/json")
+
+    async def _trust(self, request: web.Request) -> web.Response:
+        self.hits["trust"] += 1
+        headers = {} if self.trust_etag is None else {"ETag": self.trust_etag}
+        if self.trust_etag is not None and request.headers.get("If-None-Match") == self.trust_etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=self.trust, content_type="application/json", headers=headers)
+
+
+@pytest.fixture
+async def evil() -> AsyncIterator[tuple[EvilHub, str]]:
+    hub = EvilHub()
+    runner = web.AppRunner(hub.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield hub, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def _page(version: int, *deltas: bytes) -> tuple[int, bytes]:
+    body = {"v": 1, "version": version, "deltas": [d.decode() for d in deltas]}
+    return 200, json.dumps(body).encode()
+
+
+async def _served(hub: EvilHub, what: str) -> None:
+    """Wait until the gate asked twice more: it has then handled the first answer."""
+    target = hub.hits[what] + 2
+    await until(lambda: hub.hits[what] >= target, what=f"two more {what} requests")
+
+
+def _evil_gate(
+    tmp: Path, keys: Path, url: str, *, extra: str = "", bundle: Path | None = None,
+    hub: str = FAST_RETRY,
+) -> config.Config:  # fmt: skip
+    path = write_gate(tmp / "gate", keys, gate_id="gate-a", name="Gate A", url=url, token="t",
+                      hub_extra=hub, extra=extra, bundle=bundle)  # fmt: skip
+    return config.load(path)
+
+
+async def test_forged_truncated_and_rolled_back_revocations_are_refused(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    hub, url = evil
+    revoked = iss.ticket(event=1, zones=[1])
+    key = await asyncio.to_thread(_revocation_key, revoked)
+    state = tmp_path / "issuer-state.json"
+    v1 = revocation_issuer.issue_delta(iss.list_key, state, revoke=[key])
+    (tmp_path / "v1.json").write_bytes(v1)
+    unrevoke_v2 = revocation_issuer.issue_delta(iss.list_key, state, unrevoke=[key])
+    attacker = keys.generate("ed25519")
+    now = int(time.time())
+    forged = sign_document(
+        KIND,
+        revocation_issuer.make_delta(
+            from_version=1, version=2, issued_at=now, expires=now + 3600, unrevoke=[key]
+        ),
+        attacker,
+    )
+    older = revocation_issuer.make_delta(
+        from_version=0, version=1, issued_at=now, expires=now + 3600, unrevoke=[key]
+    )
+    rolled_back = sign_document(KIND, older, iss.list_key)
+    empty_v1 = sign_document(KIND, revocation_issuer.make_snapshot(
+        version=1, issued_at=now, expires=now + 3600), iss.list_key)  # fmt: skip
+    forged_snapshot = sign_document(KIND, revocation_issuer.make_snapshot(
+        version=9, issued_at=now, expires=now + 3600), attacker)  # fmt: skip
+    bad_pages = {  # name: (answer to /v1/revocations, snapshot)
+        "forged": (_page(2, forged), b""),
+        "truncated": (_page(2, unrevoke_v2[: len(unrevoke_v2) // 2]), b""),
+        "rolled back": (_page(1, rolled_back), b""),
+        "not JSON": ((200, b'{"v": 1, "version": 2, "deltas": [tr'), b""),
+        "gone, older snapshot": ((410, b"{}"), empty_v1),
+        "gone, forged snapshot": ((410, b"{}"), forged_snapshot),
+    }
+    conf = _evil_gate(
+        tmp_path, keys_dir, url, extra=f'\n[revocation]\nfiles = ["{tmp_path / "v1.json"}"]\n'
+    )
+    async with open_gate(conf) as gate:
+        assert gate.revocations.meta.version == 1
+        for name, (answer, snapshot) in bad_pages.items():
+            hub.revocations, hub.snapshot = answer, snapshot
+            await _served(hub, "revocations")
+            assert gate.revocations.meta.version == 1, name
+            denied = await gate.lane.present(scan(revoked))
+            assert denied is not None and denied.decision.reason is Reason.REVOKED, name
+            fine = await gate.lane.present(scan(iss.ticket(event=1, zones=[1])))
+            assert fine is not None and fine.decision.admitted, name
+        assert hub.hits["snapshot"] >= 2
+        hub.revocations = _page(2, unrevoke_v2)  # the genuine delta does get through
+        await until(lambda: gate.revocations.meta.version == 2, what="genuine delta")
+        admitted = await gate.lane.present(scan(revoked))
+    assert admitted is not None and admitted.decision.admitted
+
+
+def _revocation_key(text: str) -> bytes:
+    from agent import tickets
+
+    return tickets.parse(text).revocation_key
+
+
+async def test_forged_truncated_and_rolled_back_trust_bundles_are_refused(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    hub, url = evil
+    issuer.keys_init(tmp_path / "attacker", kid=66, events=[1])
+    attacker = Issuer.load(tmp_path / "attacker")
+    v2 = tmp_path / "trust-v2.json"
+    v2.write_bytes(iss.trust_bundle(version=2))
+    genuine_v3 = iss.trust_bundle(version=3, issuers=[iss.trust_entry(), attacker.trust_entry()])
+    bad = {  # the attacker's key in a bundle signed by the attacker's root, cut, or an older one
+        "forged": attacker.trust_bundle(
+            version=3, issuers=[iss.trust_entry(), attacker.trust_entry()]
+        ),
+        "truncated": genuine_v3[:-40],
+        "rolled back": (keys_dir / "trust.json").read_bytes(),
+    }
+    hub.trust = bad["rolled back"]
+    conf = _evil_gate(tmp_path, keys_dir, url, bundle=v2)
+    installed = conf.gate.state_dir / "trust.json"
+    forged_ticket = attacker.ticket(event=1, zones=[1])
+    async with open_gate(conf) as gate:
+        assert gate.trust.version == 2
+        for name, bundle in bad.items():
+            hub.trust = bundle
+            await _served(hub, "trust")
+            assert gate.trust.version == 2 and installed.read_bytes() == v2.read_bytes(), name
+            refused = await gate.lane.present(scan(forged_ticket))
+            assert refused is not None and refused.decision.reason is Reason.UNKNOWN_KEY, name
+            fine = await gate.lane.present(scan(iss.ticket(event=1, zones=[1])))
+            assert fine is not None and fine.decision.admitted, name
+        hub.trust = genuine_v3  # the root-signed one is installed
+        await until(lambda: gate.trust.version == 3, what="genuine bundle")
+
+
+async def test_a_refused_bundle_is_checked_again_under_the_same_etag(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    hub, url = evil
+    genuine_v3 = iss.trust_bundle(version=3)
+    hub.trust, hub.trust_etag = genuine_v3[:-40], '"trust-3"'  # cut in transit, say
+    async with open_gate(_evil_gate(tmp_path, keys_dir, url)) as gate:
+        await _served(hub, "trust")
+        assert gate.trust.version == 1
+        hub.trust = genuine_v3  # the same ETag: only a gate that did not take the cut one asks
+        await until(lambda: gate.trust.version == 3, within_s=5, what="the bundle under its ETag")
+
+
+async def test_a_backlog_of_revocation_pages_is_fetched_at_once(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    hub, url = evil
+    state = tmp_path / "issuer-state.json"
+    hub.chain = [
+        revocation_issuer.issue_delta(iss.list_key, state, revoke=[bytes([n]) * 16])
+        for n in range(6)
+    ]
+    slow = FAST_RETRY + "revocation_interval_s = 60\n"  # one page per minute would take 6
+    async with open_gate(_evil_gate(tmp_path, keys_dir, url, hub=slow)) as gate:
+        await until(lambda: gate.revocations.meta.version == 6, within_s=5, what="six pages")
+        await until(lambda: hub.hits["revocations"] >= 7, what="the empty page")
+        await asyncio.sleep(0.5)
+    assert hub.hits["revocations"] == 7  # six pages, the empty one, then the interval
+
+
+async def test_the_hubs_retry_after_is_honoured(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    hub, url = evil
+    hub.upload = (503, {"Retry-After": "2"})
+    conf = _evil_gate(tmp_path, keys_dir, url, hub="retry_max_s = 10\n")
+    async with open_gate(conf) as gate:
+        outcome = await gate.lane.present(scan(iss.ticket(event=1, zones=[1])))
+        assert outcome is not None and outcome.decision.admitted
+        await until(lambda: len(hub.uploads) >= 2, within_s=5, what="a second upload attempt")
+        assert gate.hub is not None and gate.hub.status()["upload"] == "unavailable"
+    assert hub.uploads[1] - hub.uploads[0] >= 2.0
