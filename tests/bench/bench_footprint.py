@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def main() -> None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                         break
+                except urllib.error.HTTPError:  # 503 degraded (the outbox backlog): it answers
+                    break
                 except OSError:
                     if proc.poll() is not None or time.monotonic() - start > 600:
                         raise SystemExit(
