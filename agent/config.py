@@ -167,7 +167,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
     ("status", "listen"): (
-        lambda v: v == "" or _host_port(v) is not None,
+        lambda v: v == "" or _is_listen(v),
         'HOST:PORT (e.g. "127.0.0.1:8471"), or "" for no status server',
     ),
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
@@ -189,13 +189,21 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
 _SECRETS = frozenset({("hub", "token"), ("pretix", "init_token")})
 
 
-def _host_port(value: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (``[v6]:PORT``) as a pair, or None when malformed."""
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair; raises ValueError when malformed."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        return None
+        raise ValueError(value)
     return host, int(port)
+
+
+def _is_listen(value: str) -> bool:
+    try:
+        parse_listen(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(tp: Any) -> str:

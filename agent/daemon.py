@@ -355,10 +355,8 @@ def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
 
     sc = config.status
     limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
-    host, _, port = sc.listen.rpartition(":")
-    return StatusServer(
-        gate, host=host.strip("[]") or "127.0.0.1", port=int(port or 0), limits=limits
-    )
+    host, port = cfg.parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
+    return StatusServer(gate, host=host, port=port, limits=limits)
 
 
 async def _serve_status(config: cfg.Config, status: StatusServer) -> None:

@@ -142,9 +142,9 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
     listen = config.status.listen
     if not listen:
         raise ConfigError(f"{config.path}: [status] listen is off: nothing to ask")
-    host, _, port = listen.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host  # noqa: S104 - a client address
-    url = f"http://{host}:{port}/status"
+    host, port = cfg.parse_listen(listen)
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a client address
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             snap = json.loads(reply.read())

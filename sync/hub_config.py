@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.config import LogConfig, _section
+from agent.config import LogConfig, _section, parse_listen
 from agent.errors import ConfigError
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_WAIT_S, is_id
@@ -106,16 +106,6 @@ _HUB_RANGES: dict[str, _Check] = {
     "list_validity_s": (lambda v: 60 <= v <= 366 * 86400, "60 seconds to 366 days"),
     "list_refresh_s": (lambda v: 10 <= v <= 86400, "10-86400 seconds"),
 }
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) as a pair; raises ValueError when malformed."""
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(value)
-    return host, int(port)
 
 
 def _check_hub(hub: HubSection, src: Path) -> HubSection:
