@@ -68,7 +68,6 @@ from sync.protocol import (
 
 log = logging.getLogger(__name__)
 
-_INT63 = (1 << 63) - 1
 _MAX_TOKEN_CHARS = 256
 _RETRY_AFTER_S = 5
 _DELTA_CHUNK = 32  # revocation deltas read per store call (each up to MAX_DOCUMENT_CHARS)
@@ -299,7 +298,7 @@ async def feed(request: web.Request) -> web.Response:
     await _gate_caller(request, hub, None)
     if request.match_info["venue"] != hub.config.hub.venue:
         raise HttpError(404, "this hub does not serve that venue")
-    after = _query_int(request, "after", 0, 0, _INT63)
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
     wait = _query_wait(request, hub.config.hub.max_wait_s)
     entries, next_cursor = await hub.store.feed(after, limit)
@@ -313,7 +312,7 @@ async def feed(request: web.Request) -> web.Response:
 async def revocations(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await _gate_caller(request, hub, None)
-    after = _query_int(request, "after", 0, 0, _INT63)
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
     page = await _revocation_page(hub.store, after)
     if page is None:
         raise HttpError(
@@ -387,7 +386,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def alerts(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await _reader(request, hub, gates_too=True)
-    after = _query_int(request, "after", 0, 0, _INT63)
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
     found = await hub.store.alerts(after, limit)
     return _json(AlertPage(tuple(found), found[-1].alert_id if found else after))

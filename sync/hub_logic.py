@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.model import Reason, Verdict, text_digest
+from sync import protocol
 from sync.hub_store import ConflictError, HubPolicy
 from sync.protocol import (
     MAX_DETAIL,
@@ -73,20 +74,6 @@ def ticket_digest(ticket_ref: str) -> str:
 def in_feed(entry: EntryWire) -> bool:
     """True for rows the peer feed carries: admitted entries and exits, and every annulment."""
     return entry.kind == "annul" or (entry.kind in FEED_KINDS and entry.admitted)
-
-
-def check_batch(gate_id: str, entries: Sequence[EntryWire]) -> None:
-    """Refuse a batch that is empty, has another gate's entries or does not ascend by gate_seq.
-
-    Raises ValueError (the wire parser refuses such bodies already; this guards direct callers).
-    """
-    if not entries:
-        raise ValueError("empty batch")
-    for i, entry in enumerate(entries):
-        if entry.gate_id != gate_id:
-            raise ValueError(f"entries[{i}] is of gate {entry.gate_id!r}, not {gate_id!r}")
-        if i and entry.gate_seq <= entries[i - 1].gate_seq:
-            raise ValueError(f"entries[{i}]: entries must ascend by gate_seq")
 
 
 def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
@@ -218,9 +205,9 @@ def plan_ingest(
 ) -> IngestPlan:
     """Decide a batch: per-entry inserted/duplicate, conflicts, rows to insert and new alerts.
 
-    Raises ValueError for a malformed batch (see :func:`check_batch`).
+    Raises ValueError for a malformed batch (see :func:`sync.protocol.check_batch`).
     """
-    check_batch(gate_id, entries)
+    protocol.check_batch(gate_id, entries)
     names = _Names(known.gate_names)
     acked = max(e.gate_seq for e in entries)
     results: list[EntryResult] = []

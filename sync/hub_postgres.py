@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from sync import hub_logic
+from sync import hub_logic, protocol
 from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
@@ -178,7 +178,7 @@ class PostgresHubStore:
         Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
         ValueError for a batch that is empty, of another gate or not ascending.
         """
-        hub_logic.check_batch(gate_id, entries)
+        protocol.check_batch(gate_id, entries)
 
         async def job(conn: _Conn) -> hub_logic.IngestPlan:
             async with conn.transaction():

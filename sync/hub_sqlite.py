@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync import hub_logic
+from sync import hub_logic, protocol
 from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
@@ -141,7 +141,7 @@ class SQLiteHubStore:
         Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
         ValueError for a batch that is empty, of another gate or not ascending.
         """
-        hub_logic.check_batch(gate_id, entries)
+        protocol.check_batch(gate_id, entries)
         plan = await self._run(lambda db: _transaction(db, self._ingest_job, gate_id, entries, now))
         if plan.feed_rows:
             self._feed_signal.wake()

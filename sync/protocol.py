@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -45,7 +45,7 @@ MAX_DOCUMENT_CHARS = 1 << 20  # one signed delta inside a page
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_INT63 = (1 << 63) - 1
+INT63 = (1 << 63) - 1
 _WALL_MAX = 1e11  # seconds since 1970: year ~5138; anything larger is garbage
 
 AlertKind = Literal["double_admission", "repeated_denials", "integrity"]
@@ -71,7 +71,7 @@ def _get(obj: Mapping[str, Any], key: str, where: str) -> Any:
     return obj[key]
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str, lo: int = 0, hi: int = _INT63) -> int:
+def _int(obj: Mapping[str, Any], key: str, where: str, lo: int = 0, hi: int = INT63) -> int:
     value = _get(obj, key, where)
     if type(value) is not int or not lo <= value <= hi:
         raise ProtocolError(f"{where}{key}: expected an integer {lo}..{hi}")
@@ -286,6 +286,18 @@ class EntryWire:
         return self.verdict is Verdict.ADMIT
 
 
+def check_batch(gate_id: str, entries: Sequence[EntryWire]) -> None:
+    """Refuse a batch that is empty or over 500, has another gate's entries or does not ascend
+    by gate_seq; raises ProtocolError (a ValueError) naming the entry."""
+    if not 0 < len(entries) <= MAX_BATCH:
+        raise ProtocolError(f"entries: expected 1..{MAX_BATCH} entries")
+    for i, entry in enumerate(entries):
+        if entry.gate_id != gate_id:
+            raise ProtocolError(f"entries[{i}].gate_id: {entry.gate_id!r} is not the batch's gate")
+        if i and entry.gate_seq <= entries[i - 1].gate_seq:
+            raise ProtocolError(f"entries[{i}].gate_seq: entries must ascend by gate_seq")
+
+
 @dataclass(frozen=True, slots=True)
 class BatchUpload:
     """``POST /v1/gates/{gate}/entries:batch``: 1-500 entries of one gate, ascending ``gate_seq``."""
@@ -299,15 +311,7 @@ class BatchUpload:
         entries = tuple(
             EntryWire.from_json(o, at) for at, o in _items(obj, "entries", "", MAX_BATCH)
         )
-        if not entries:
-            raise ProtocolError("entries: expected 1..500 entries")
-        for i, entry in enumerate(entries):
-            if entry.gate_id != gate_id:
-                raise ProtocolError(
-                    f"entries[{i}].gate_id: {entry.gate_id!r} is not the batch's gate"
-                )
-            if i and entry.gate_seq <= entries[i - 1].gate_seq:
-                raise ProtocolError(f"entries[{i}].gate_seq: entries must ascend by gate_seq")
+        check_batch(gate_id, entries)
         return cls(gate_id, entries)
 
     def to_json(self) -> dict[str, Any]:
