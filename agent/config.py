@@ -259,7 +259,18 @@ def _convert(value: Any, tp: Any, base: Path) -> Any:
     raise TypeError
 
 
-def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
+def section(
+    cls: type[Any],
+    raw: Any,
+    name: str,
+    src: Path,
+    ranges: typing.Mapping[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = _RANGES,
+) -> Any:
+    """One TOML table as the dataclass ``cls``; raises ConfigError naming file, section, key.
+
+    ``ranges`` holds the checks beyond the type, by (section, key): the gate's by default; another
+    file (the hub's) passes its own, so a section name they share never mixes their rules.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: [{name}] must be a table")
     hints = typing.get_type_hints(cls)
@@ -285,7 +296,7 @@ def _section(cls: type[Any], raw: Any, name: str, src: Path) -> Any:
             raise ConfigError(
                 f"{src}: [{name}] {key}: expected {_describe(hints[key])}, got {got}"
             ) from None
-        check = _RANGES.get((name, key))
+        check = ranges.get((name, key))
         if check is not None and not check[0](values[key]):
             raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {got}")
     return cls(**values)
@@ -310,7 +321,7 @@ def parse(text: str, src: Path) -> Config:
             raise ConfigError(
                 f"{src}: unknown section [{name}] (valid sections: {', '.join(sorted(sections))})"
             )
-    values = {name: _section(_section_class(hints[name]), raw[name], name, src) for name in raw}
+    values = {name: section(_section_class(hints[name]), raw[name], name, src) for name in raw}
     for name in ("gate", "trust", "devices"):
         if name not in raw:
             raise ConfigError(f"{src}: missing required section [{name}]")
