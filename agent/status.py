@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HOUR_S = 3600.0
+_JOURNAL_TTL_S = 1.0  # journal figures (outbox, rows) are re-read at most this often
 _SSE_QUEUE = 64  # a display that stops reading loses old outcomes, never blocks the lane
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _ASSETS = ("display.html", "display.js", "display.css")
@@ -125,6 +126,8 @@ class StatusServer:
         self._shown = _Shown()
         self._listeners: set[asyncio.Queue[str]] = set()
         self._runner: web.AppRunner | None = None
+        self._figures: tuple[float, tuple[int, float | None, int | None]] | None = None
+        self._reading: asyncio.Future[tuple[int, float | None, int | None]] | None = None
         self.port: int | None = None
 
     def observe(self, outcome: Outcome) -> None:
@@ -189,12 +192,7 @@ class StatusServer:
         gate, now = self._gate, time.time()
         meta = gate.revocations.meta
         policy = gate.checker.policy
-        try:
-            depth, oldest = await gate.journal.outbox()
-            rows: int | None = await gate.journal.count()
-        except JournalError as exc:
-            log.error("status: journal unreadable: %s", exc)
-            depth, oldest, rows = -1, None, None
+        depth, oldest, rows = await self._journal_figures()
         disk = _disk_free(gate.config.gate.state_dir)
         upstream = (
             gate.upstream.status
@@ -220,6 +218,28 @@ class StatusServer:
             "last_hour": self._shown.counts(now),
             "last": list(self._shown.last.values()),
         }
+
+    async def _journal_figures(self) -> tuple[int, float | None, int | None]:
+        """(outbox depth, oldest unsynced time, rows), at most one read per _JOURNAL_TTL_S.
+
+        The journal's connection is the lane's: a crowd of status requests must queue one read
+        there, not one each ahead of the next decision's insert. Concurrent callers share it.
+        """
+        if self._figures is not None and time.monotonic() - self._figures[0] < _JOURNAL_TTL_S:
+            return self._figures[1]
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_journal())
+        figures = await asyncio.shield(self._reading)
+        self._figures = (time.monotonic(), figures)
+        return figures
+
+    async def _read_journal(self) -> tuple[int, float | None, int | None]:
+        try:
+            depth, oldest = await self._gate.journal.outbox()
+            return depth, oldest, await self._gate.journal.count()
+        except JournalError as exc:
+            log.error("status: journal unreadable: %s", exc)
+            return -1, None, None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ready, reasons = await self.health()
