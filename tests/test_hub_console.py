@@ -87,7 +87,11 @@ async def test_console_shows_a_double_admission_and_gate_health(
         names = await page.evaluate(
             f'[...document.querySelectorAll("{alert} .gate-name")].map(n => n.textContent)'
         )
-        assert names == ["North A", "<b>South B</b>"]
+        # Earlier entry first, by HLC then entry_id: both rows can share a millisecond.
+        by_order = sorted(
+            ((first.hlc, first.entry_id, "North A"), (second.hlc, second.entry_id, "<b>South B</b>"))
+        )
+        assert names == [name for _, _, name in by_order]
         assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
 
         await page.wait_for("document.querySelectorAll('#gates tbody tr').length === 3")
