@@ -28,6 +28,7 @@ import aiosqlite
 from agent.clock import HLC, Clock, boot_id, uuid7
 from agent.errors import JournalError
 from agent.model import Decision, Flag, Reason, Verdict
+from agent.seen import SeenRefs
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ ORDER BY hlc, entry_id
 _HISTORY_KINDS = frozenset({"entry", "exit", "annul"})
 _REFS_WITH_HISTORY = (
     "SELECT ticket_ref FROM entries WHERE kind IN ('entry', 'exit', 'annul')"
-    " UNION SELECT ticket_ref FROM peer_entries"
+    " UNION ALL SELECT ticket_ref FROM peer_entries"
 )
+_REFS_CHUNK = 4096
 _GATE_ID = "SELECT value FROM meta WHERE key = 'gate_id'"
 _MAX_HOLES_REPORTED = 10
 # Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
@@ -188,9 +190,9 @@ class Journal:
         self._gate_name = gate_name
         self._clock = clock
         self._hlc = HLC()
-        # hash() of every ticket_ref that has history here: a scan of a ticket never seen (the
-        # usual case) skips the database. Over-inclusion only costs a query, never a decision.
-        self._refs: set[int] = set()
+        # Every ticket_ref that has history here: a scan of a ticket never seen (the usual case)
+        # skips the database. Over-inclusion only costs a query, never a decision.
+        self._refs = SeenRefs()
         self._boot_id = boot_id()
         # None means "unknown, reload from the database before the next insert".
         self._next_seq: int | None = None
@@ -246,7 +248,7 @@ class Journal:
 
         Raises JournalError.
         """
-        if hash(ticket_ref) not in self._refs:
+        if ticket_ref not in self._refs:
             self._require_open()
             return []
         params = (self._gate_id, self._gate_name, ticket_ref, ticket_ref)
@@ -338,7 +340,7 @@ class Journal:
         the hub) are skipped, malformed ones too, with a warning. Raises JournalError.
         """
         batch = [e for e in entries if self._acceptable_peer(e)]
-        self._refs.update(hash(e.ticket_ref) for e in batch)
+        self._refs.update(e.ticket_ref for e in batch)
         db = self._require_open()
         received_at = self._clock.now()
         inserted = 0
@@ -516,8 +518,7 @@ class Journal:
         )
         self._next_seq = int(last_seq) + 1
         self._hlc = HLC(max(int(own_hlc), int(peer_hlc)))
-        refs = await self._fetchall(_REFS_WITH_HISTORY, ())
-        self._refs = {hash(ref) for (ref,) in refs}
+        await self._load_refs()
         if last_synced_wall is not None:
             self._clock.raise_floor(float(last_synced_wall))
         log.info("journal %s: gate %s, next gate_seq %d", self._path, self._gate_id, last_seq + 1)
@@ -528,12 +529,24 @@ class Journal:
         # the counter and re-read it, so the next insert neither repeats nor skips a gate_seq.
         self._next_seq = None
         if rec.kind in _HISTORY_KINDS:
-            self._refs.add(hash(rec.ticket_ref))  # before the insert: its fate may be unknown
+            self._refs.add(rec.ticket_ref)  # before the insert: its fate may be unknown
         try:
             await db.execute(_INSERT, rec._params())
         except sqlite3.Error as exc:
             raise self._error("cannot record entry", exc) from exc
         self._next_seq = rec.gate_seq + 1
+
+    async def _load_refs(self) -> None:
+        """Fill the ref filter a chunk at a time: 100,000 refs never sit in memory as strings."""
+        db = self._require_open()
+        parts = []
+        try:
+            async with db.execute(_REFS_WITH_HISTORY) as cur:
+                while rows := await cur.fetchmany(_REFS_CHUNK):
+                    parts.append(SeenRefs.hashes(ref for (ref,) in rows))
+        except sqlite3.Error as exc:
+            raise self._error("cannot read journal", exc) from exc
+        self._refs.load(parts)
 
     async def _load_next_seq(self) -> int:
         (last,) = await self._one("SELECT IFNULL(MAX(gate_seq), 0) FROM entries")
