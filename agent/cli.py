@@ -372,6 +372,11 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
 _PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unblock": "unblocked"}
 
 
+# sysexits' EX_CONFIG: what `run` and the hub exit with on a bad config. The units name it in
+# RestartPreventExitStatus=, so systemd does not restart into the same error again and again.
+EX_CONFIG = 78
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
@@ -395,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except AgentError as exc:
         print(f"gate-agent: error: {exc}", file=sys.stderr)
-        return 2
+        daemon = args.command == "run" or getattr(args, "hub_command", "") is None
+        return EX_CONFIG if daemon and isinstance(exc, ConfigError) else 2
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug: never exit 1, which scripts read as "denied"

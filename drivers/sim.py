@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +35,7 @@ from drivers.base import InputEvent, InputName, Scan
 log = logging.getLogger(__name__)
 
 MAX_LINE = 4096
+_MAX_STDIN_FILE = 16 * 1024 * 1024  # a redirected file is read whole; more is a mistake
 _END = object()
 
 
@@ -146,10 +148,16 @@ class SimScanner:
             self.finish()
 
     async def _read_stdin(self) -> None:
-        reader = asyncio.StreamReader(limit=MAX_LINE + 2)
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        await self._read_stream(reader)
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty():
+            reader = asyncio.StreamReader(limit=MAX_LINE + 2)
+            loop = asyncio.get_running_loop()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            await self._read_stream(reader)
+        else:  # /dev/null (a service's stdin) or a redirected file: epoll cannot watch those
+            data = await asyncio.to_thread(sys.stdin.buffer.read, _MAX_STDIN_FILE)
+            await self._play(data.decode("utf-8", "replace").splitlines())
+            return
         if self.end == "stop":
             self.finish()
 

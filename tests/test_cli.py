@@ -169,11 +169,11 @@ gate = "sim://gate?passage_ms=1&log=pulses.log"
     assert _text(issued) not in r.stderr and _text(issued)[4:40] not in r.stderr
 
 
-def test_run_with_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+def test_run_with_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
     conf = tmp_path / "gate.toml"
     conf.write_text("[gate]\nid = 'g'\nevents = [1]\nstate_dir = 's'\nspeed = 3\n")
     r = ga("run", "--config", conf)
-    assert r.returncode == 2 and f"{conf}: [gate] unknown key 'speed'" in r.stderr
+    assert r.returncode == 78 and f"{conf}: [gate] unknown key 'speed'" in r.stderr
 
 
 def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:

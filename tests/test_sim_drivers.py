@@ -126,3 +126,49 @@ gate = "sim://gate?passage_ms=1&log=pulses.log"
     assert proc.returncode == 0, err
     assert "verdict=admit" in err and "stopping" in err
     assert len((tmp_path / "pulses.log").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("tickets", [0, 1], ids=["dev-null", "file"])
+def test_stdin_scanner_reads_a_file_or_dev_null_as_a_service_gives_it(
+    iss: Issuer, keys_dir: Path, tmp_path: Path, tickets: int
+) -> None:
+    # systemd gives a service /dev/null as stdin, which epoll cannot watch: no traceback, and a
+    # redirected file is read like a stream.
+    feed = tmp_path / "in.txt"
+    feed.write_text("".join(iss.ticket(event=1) + "\n" for _ in range(tickets)))
+    conf = tmp_path / "gate.toml"
+    conf.write_text(f"""
+[gate]
+id = "stdin-gate"
+events = [1]
+state_dir = "state"
+[trust]
+root_key = "{keys_dir / "root.pub"}"
+bundle = "{keys_dir / "trust.json"}"
+[clock]
+assume = "synced"
+[devices]
+scanner = "sim://stdin"
+gate = "sim://gate?passage_ms=1&log=pulses.log"
+""")
+    with open(feed if tickets else "/dev/null", "rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            stdin=stdin, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        pulses = tmp_path / "pulses.log"
+        while time.monotonic() < deadline and not (
+            (tickets and pulses.exists() and pulses.read_text())
+            or (not tickets and (tmp_path / "state" / "journal.db").exists())
+        ):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert err.count("verdict=admit") == tickets

@@ -16,7 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from agent import revocation_issuer
+from agent.cli import EX_CONFIG
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
@@ -73,3 +76,47 @@ def test_run_notifies_ready_then_pings_the_watchdog(
     assert sum(m.get("WATCHDOG") == "1" for m in messages) >= 3
     assert health == {"status": "ready", "reasons": []}
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("zone = 1", "zone = 99"), "[gate] zone: expected a zone number 1-16, got 99"),
+        (("[trust]", "[trust"), "not valid TOML"),
+        (("[clock]", "[clock]\nbogus = 1"), "bogus"),
+        (("root.pub", "missing.pub"), "missing.pub"),
+    ],
+    ids=["out-of-range", "toml-syntax", "unknown-key", "missing-key-file"],
+)
+def test_a_config_error_is_one_journal_line_and_a_no_restart_exit(
+    write_config: WriteConfig, change: tuple[str, str], says: str
+) -> None:
+    path = write_config()
+    text = path.read_text()
+    assert change[0] in text
+    path.write_text(text.replace(change[0], change[1], 1))
+    env = os.environ | {"JOURNAL_STREAM": "8:1234"}  # as systemd starts the unit
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"gate-agent: error: {path}") and says in lines[0]
+    assert proc.returncode == EX_CONFIG
+    # ... which both units name, so systemd does not restart into the same error.
+    for unit in ("gate-agent.service", "gate-hub.service"):
+        text = (Path(__file__).parents[1] / "systemd" / unit).read_text()
+        assert f"\nRestartPreventExitStatus={EX_CONFIG}\n" in text
+        assert "\nStartLimitBurst=" in text
+
+
+def test_a_hub_config_error_exits_the_same_way(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('[hub]\nlisten = "127.0.0.1:notaport"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "hub", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == EX_CONFIG, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and str(path) in proc.stderr
