@@ -48,6 +48,10 @@ def _iso(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+INSTALLED_CONFIG = Path("/etc/gate-agent/gate.toml")  # where systemd/install puts it
+_WHERE = f"the gate's config (default {INSTALLED_CONFIG})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gate-agent", description="Offline ticket validation agent for turnstiles."
@@ -128,10 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
     _hub_parser(sub)
     status = sub.add_parser("status", help="the running gate's health in a few lines")
-    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
     status.add_argument("--json", action="store_true", help="the whole /status answer as JSON")
     events = sub.add_parser("events", help="the journal's decisions, for security staff")
-    events.add_argument("--config", type=Path, required=True)
+    events.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     events.add_argument("--denied", action="store_true", help="denied attempts only")
     events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
@@ -142,6 +146,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    journal = sub.add_parser("journal", help="journal upkeep").add_subparsers(
+        dest="journal_command", required=True
+    )
+    prune = journal.add_parser("prune", help="delete entries synced upstream and older than AGE")
+    prune.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
+    prune.add_argument(
+        "--synced-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
+    )
+
     hub = sub.add_parser("hub", help="run the hub, or administer its tokens and revocations")
     hub.add_argument("--config", type=Path, help="the hub's TOML config")
     admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke}")
@@ -288,6 +301,33 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run(conf))
 
 
+def _journal(args: argparse.Namespace) -> int:
+    from agent import config, retention
+
+    try:
+        age = retention.parse_age(args.synced_older_than)
+    except ConfigError as exc:
+        raise ConfigError(f"--synced-older-than: {exc}") from None
+    conf = config.load(args.config)
+    path = conf.gate.state_dir / "journal.db"
+    if os.geteuid() == 0 and path.exists() and path.stat().st_uid != 0:
+        # Root would leave root-owned -wal/-shm files the gate's own user cannot open.
+        raise ConfigError(f"{path} belongs to another user: run this as that user (sudo -u ...)")
+    done = retention.prune(path, age)
+    if done.entries or done.peer_entries:
+        print(
+            f"pruned {done.entries:,} entries (gate_seq up to {done.pruned_through:,}) and"
+            f" {done.peer_entries:,} peer entries synced and older than {args.synced_older_than}"
+        )
+    else:
+        print(f"nothing to prune: no synced entries older than {args.synced_older_than}")
+    print(
+        f"kept {done.kept:,} entries ({done.kept_unsynced:,} not yet synced upstream: never"
+        f" pruned); {done.free_pages * done.page_size / 1e6:.1f} MB free in the file for new rows"
+    )
+    return 0
+
+
 def _selftest(args: argparse.Namespace) -> int:
     from agent import selftest
 
@@ -381,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
     args = _parser().parse_args(argv)
     quiet = args.command in (
-        "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events"
+        "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events", "journal"
     )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
@@ -395,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hub": _hub,
         "status": _status,
         "events": _events,
+        "journal": _journal,
     }
     try:
         return handlers[args.command](args)

@@ -121,6 +121,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    """Retention (agent/retention.py): synced entries older than this many days are pruned once
+    an hour by the running gate. 0 keeps everything (the default: nothing is dropped unasked)."""
+
+    retain_synced_days: int = 0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -137,6 +145,7 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     pretix: PretixConfig | None = None
     hub: HubLinkConfig | None = None
 
@@ -172,6 +181,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ),
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
     ("status", "disk_free_min_mb"): (lambda v: v >= 0, "an integer >= 0"),
+    ("journal", "retain_synced_days"): (lambda v: 0 <= v <= 3650, "0 (keep all) to 3650 days"),
     ("hub", "url"): (
         lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),
         "an http:// or https:// URL with a host",

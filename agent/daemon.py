@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import signal
-import time
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -324,6 +324,8 @@ async def run(config: cfg.Config) -> int:
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(gate.lane.run())
         supervisor = asyncio.create_task(_supervise(gate, status, notifier))
+        stop_pruning = threading.Event()
+        upkeep = asyncio.create_task(_upkeep(gate, config.journal.retain_synced_days, stop_pruning))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         log.info(
@@ -342,7 +344,9 @@ async def run(config: cfg.Config) -> int:
             log.info("gate %s stopping", config.gate.id)
         finally:
             notifier.stopping()
+            stop_pruning.set()
             supervisor.cancel()
+            upkeep.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await status.close()
@@ -373,7 +377,35 @@ async def _serve_status(config: cfg.Config, status: StatusServer) -> None:
 
 
 SUPERVISE_S = 10.0
-CHECKPOINT_S = 3600.0  # WAL truncated hourly: the journal file stays bounded
+UPKEEP_S = 3600.0  # retention and WAL truncation hourly: the journal file stays bounded
+
+
+async def _upkeep(gate: Gate, retain_days: int, stop: threading.Event) -> None:
+    """Hourly, from start: prune synced rows past retention (on a worker thread with its own
+    connection, in short transactions), then truncate the WAL. Off the supervisor's loop, so a
+    long first prune never delays a watchdog ping."""
+    from agent import retention
+
+    while True:
+        if retain_days:
+            try:
+                done = await asyncio.to_thread(
+                    retention.prune, gate.journal.path, retain_days * 86400.0, stop=stop
+                )
+            except AgentError as exc:
+                log.warning("journal retention failed: %s", exc)
+            else:
+                if done.entries or done.peer_entries:
+                    log.info(
+                        "journal retention: pruned %d entries (through gate_seq %d) and %d peer"
+                        " entries synced and older than %d days",
+                        done.entries, done.pruned_through, done.peer_entries, retain_days,
+                    )  # fmt: skip
+        try:
+            await gate.journal.checkpoint()
+        except AgentError as exc:
+            log.warning("journal checkpoint failed: %s", exc)
+        await asyncio.sleep(UPKEEP_S)
 
 
 async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> None:
@@ -382,14 +414,7 @@ async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> No
 
     every = min(SUPERVISE_S, watchdog_interval_s() or SUPERVISE_S)
     ready_sent, shown = False, ""
-    checkpoint_due = time.monotonic() + CHECKPOINT_S
     while True:
-        if time.monotonic() >= checkpoint_due:
-            checkpoint_due = time.monotonic() + CHECKPOINT_S
-            try:
-                await gate.journal.checkpoint()
-            except AgentError as exc:
-                log.warning("journal checkpoint failed: %s", exc)
         try:
             async with asyncio.timeout(every):
                 await gate.journal.count()

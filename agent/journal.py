@@ -39,7 +39,11 @@ SCHEMA_VERSION = 1
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
 
-_SCHEMA = """
+# Lifted only by agent.retention, inside the transaction that prunes synced rows and puts it back.
+NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
     gate_id TEXT NOT NULL, lane TEXT NOT NULL, ticket_ref TEXT NOT NULL,
@@ -52,8 +56,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;
-CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
-BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END;
+{NO_DELETE_TRIGGER};
 CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
     gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
     zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline
@@ -424,18 +427,22 @@ class Journal:
             for row in await self._fetchall("PRAGMA integrity_check", ())
             if row[0] != "ok"
         ]
-        count, low, high = await self._one(
-            "SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq) FROM entries"
+        count, low, high, pruned = await self._one(
+            "SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq),"
+            " IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)"
+            " FROM entries"
         )
-        if count and (low != 1 or high != count):
+        first = pruned + 1  # rows up to pruned_through went to retention (agent.retention)
+        if count and (low != first or high - pruned != count):
             holes = await self._fetchall(
-                "SELECT gate_seq - 1 FROM entries AS e WHERE gate_seq > 1 AND NOT EXISTS "
+                "SELECT gate_seq - 1 FROM entries AS e WHERE gate_seq > ? AND NOT EXISTS "
                 "(SELECT 1 FROM entries WHERE gate_seq = e.gate_seq - 1) ORDER BY gate_seq LIMIT ?",
-                (_MAX_HOLES_REPORTED,),
+                (first, _MAX_HOLES_REPORTED),
             )
             ends = ", ".join(str(row[0]) for row in holes)
+            mark = f" (pruned through {pruned})" if pruned else ""
             problems.append(
-                f"gate_seq has holes: {count} rows span {low}..{high}; gaps end at {ends}"
+                f"gate_seq has holes: {count} rows span {low}..{high}{mark}; gaps end at {ends}"
             )
         return problems
 
