@@ -48,6 +48,7 @@ class LaneConfig:
     repeat_window_ms: int = 2000
     passage_timeout_s: float = 8.0
     busy: Literal["wait", "refuse"] = "wait"
+    on_journal_failure: Literal["deny", "admit"] = "deny"
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,9 @@ class Gate:
             policy,
         )
         lane = self.config.lane
-        settings = LaneSettings(name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy)
+        settings = LaneSettings(
+            name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy, lane.on_journal_failure
+        )
         uplink: Uplink | None = self.hub
         return Lane(
             settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome,

@@ -31,6 +31,10 @@ class LaneSettings:
     repeat_window_ms: int = 2000
     passage_timeout_s: float = 8.0
     busy: Literal["wait", "refuse"] = "wait"
+    # A decision the journal cannot record (disk full, a failing card): "deny" keeps the gate
+    # shut; "admit" lets a valid ticket through unrecorded (flagged, and logged), for venues
+    # where a stopped queue is the greater risk.
+    on_journal_failure: Literal["deny", "admit"] = "deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class Outcome:
     decision: Decision
     record: EntryRecord | None
     latency_ns: int
+    lane: str = ""
     passed: bool | None = None
     annul: EntryRecord | None = None
 
@@ -100,6 +105,7 @@ class Lane:
         self._last: dict[str, tuple[str, int]] = {}
         self._busy_with: str | None = None  # the admitted text while the gate is open
         self.fault: str | None = None  # the last gate fault, until a grant works again
+        self.journal_fault: str | None = None  # the last failed write, until one succeeds
 
     async def run(self) -> None:
         """Handle scans until the scanner's stream ends; watch the gate's inputs meanwhile."""
@@ -189,21 +195,31 @@ class Lane:
         ref = ticket.ticket_ref if ticket is not None else "raw:" + text_digest(scan.text)
         direction = self.checker.policy.direction
         kind: Kind = direction if decision.admitted else "attempt"
+        record: EntryRecord | None = None
         try:
             record = await self._record(ref, kind, decision, offline=offline)
         except JournalError as exc:
-            log.error(
-                "lane %s: decision not recorded, gate stays shut: %s", self.settings.name, exc
-            )
-            decision, record = Decision(Verdict.DENY, Reason.ERROR, "journal write failed"), None
+            decision = self._unrecorded(decision, exc)
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)
-        outcome = Outcome(scan, ticket, decision, record, latency)
+        outcome = Outcome(scan, ticket, decision, record, latency, self.settings.name)
         await self._show(decision)
-        if decision.admitted and record is not None:
+        if decision.admitted:
             outcome = await self._carry_out(outcome, record, ref)
         await self._notify(outcome)
         return outcome
+
+    def _unrecorded(self, decision: Decision, exc: JournalError) -> Decision:
+        """The decision to carry out when the journal refused to record ``decision``."""
+        name = self.settings.name
+        if not decision.admitted:  # a refusal stands as it is, reason and all
+            log.error("lane %s: denial not recorded: %s", name, exc)
+            return decision
+        if self.settings.on_journal_failure == "admit":
+            log.error("lane %s: admission NOT recorded, admitted by policy: %s", name, exc)
+            return replace(decision, flags=decision.flags | {Flag.UNRECORDED})
+        log.error("lane %s: decision not recorded, gate stays shut: %s", name, exc)
+        return Decision(Verdict.DENY, Reason.ERROR, "journal write failed")
 
     async def _evaluate(self, scan: Scan) -> Evaluation:
         try:
@@ -228,43 +244,55 @@ class Lane:
         *,
         offline: bool | None = None,
     ) -> EntryRecord:
-        record = await self.journal.record(
-            ticket_ref=ref,
-            kind=kind,
-            decision=decision,
-            lane=self.settings.name,
-            rev_version=self.checker.list_version(),
-            zone=self.checker.policy.zone,
-            annuls=annuls,
-            offline=self._offline() if offline is None else offline,
-        )
+        try:
+            record = await self.journal.record(
+                ticket_ref=ref,
+                kind=kind,
+                decision=decision,
+                lane=self.settings.name,
+                rev_version=self.checker.list_version(),
+                zone=self.checker.policy.zone,
+                annuls=annuls,
+                offline=self._offline() if offline is None else offline,
+            )
+        except JournalError as exc:
+            self.journal_fault = f"journal write failed: {exc}"
+            raise
+        self.journal_fault = None
         if self.uplink is not None:
             self.uplink.nudge()
         return record
 
-    async def _carry_out(self, outcome: Outcome, record: EntryRecord, ref: str) -> Outcome:
-        """Open the gate once and wait; an admission (entry or exit) nobody used is annulled."""
+    async def _carry_out(self, outcome: Outcome, record: EntryRecord | None, ref: str) -> Outcome:
+        """Open the gate once and wait; an admission (entry or exit) nobody used is annulled.
+
+        ``record`` is None for an admission the journal could not record (on_journal_failure =
+        "admit"): there is nothing to annul then.
+        """
         name, direction = self.settings.name, self.checker.policy.direction
+        seq = record.gate_seq if record is not None else 0
         self._busy_with = outcome.scan.text
         try:
-            await self.gate.grant(direction, record.entry_id)
+            await self.gate.grant(
+                direction, record.entry_id if record is not None else "unrecorded"
+            )
             self.fault = None
             passed = await self.gate.wait_passage(self.settings.passage_timeout_s)
             why = "nobody passed"
         except RelayReleaseError as exc:  # the gate moved: somebody may have passed
-            log.exception("lane %s: relay not released after admission %d", name, record.gate_seq)
+            log.exception("lane %s: relay not released after admission %d", name, seq)
             self.fault = f"relay fault: {exc}"
             await self._show(Decision(Verdict.DENY, Reason.ERROR, "relay fault"))
             return replace(outcome, passed=None)  # the entry stands: never annul what may be used
         except Exception as exc:  # a failing turnstile must not stop the lane or burn the ticket
-            log.exception("lane %s: gate fault during admission %d", name, record.gate_seq)
+            log.exception("lane %s: gate fault during admission %d", name, seq)
             self.fault = f"gate fault: {exc}"
             await self._show(Decision(Verdict.DENY, Reason.ERROR, "gate fault"))
             passed, why = False, "gate fault"
         finally:
             self._busy_with = None
-        if passed:
-            return replace(outcome, passed=True)
+        if passed or record is None:
+            return replace(outcome, passed=passed)
         try:
             annul = await self._record(
                 ref, "annul", Decision(Verdict.DENY, Reason.OK, why), annuls=record.entry_id

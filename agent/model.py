@@ -39,6 +39,7 @@ class Flag(enum.StrEnum):
     LIST_STALE = "list_stale"
     CLOCK_UNTRUSTED = "clock_untrusted"
     OFFLINE = "offline"
+    UNRECORDED = "unrecorded"  # the journal could not record it (policy on_journal_failure)
 
 
 @dataclass(frozen=True, slots=True)

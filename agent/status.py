@@ -132,7 +132,7 @@ class StatusServer:
 
     def observe(self, outcome: Outcome) -> None:
         """The lane's outcome hook: count, time and show one decision. Never blocks."""
-        d, lane = outcome.decision, outcome.record.lane if outcome.record else "?"
+        d, lane = outcome.decision, outcome.lane
         self._metrics.scans.labels(lane, d.verdict.value, d.reason.value).inc()
         self._metrics.latency.labels(lane).observe(outcome.latency_ns / 1e9)
         now = time.time()
@@ -329,6 +329,7 @@ def _lane_status(lane: Lane) -> dict[str, Any]:
         "direction": lane.checker.policy.direction,
         "scanner_online": online,
         "fault": lane.fault,
+        "journal_fault": lane.journal_fault,
         "emergency": lane.gate.emergency,
     }
 
@@ -347,6 +348,8 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
             reasons.append(f"scanner offline ({lane['name']})")
         if lane["fault"]:
             reasons.append(f"relay fault ({lane['name']})")
+        if lane["journal_fault"]:
+            reasons.append(f"journal write failed ({lane['name']})")
     if snap["revocations"]["stale"]:
         reasons.append("revocation list stale")
     if not snap["clock"]["synced"]:
