@@ -349,6 +349,7 @@ async def run(config: cfg.Config) -> int:
             stop_pruning.set()
             supervisor.cancel()
             upkeep.cancel()
+            await asyncio.gather(supervisor, upkeep, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await status.close()

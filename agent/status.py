@@ -182,6 +182,9 @@ class StatusServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._reading is not None:  # a shared journal read must not outlive the journal
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
 
     async def health(self) -> tuple[bool, list[str]]:
         """(ready, reasons): reasons are short phrases for technicians; empty when ready."""

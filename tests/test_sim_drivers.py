@@ -84,14 +84,12 @@ def test_bad_urls_fail_clearly(
         registry.create(kind, url)
 
 
-def test_daemon_reads_a_socket_and_stops_on_sigterm(
-    iss: Issuer, keys_dir: Path, tmp_path: Path
-) -> None:
-    sock = tmp_path / "scan.sock"
+def _gate_config(tmp_path: Path, keys_dir: Path, scanner: str) -> Path:
+    """A minimal gate config: the given scanner, a sim turnstile logging its pulses."""
     conf = tmp_path / "gate.toml"
     conf.write_text(f"""
 [gate]
-id = "sock-gate"
+id = "sim-gate"
 events = [1]
 state_dir = "state"
 [trust]
@@ -100,9 +98,17 @@ bundle = "{keys_dir / "trust.json"}"
 [clock]
 assume = "synced"
 [devices]
-scanner = "sim://socket?path={sock}"
+scanner = "{scanner}"
 gate = "sim://gate?passage_ms=1&log=pulses.log"
 """)
+    return conf
+
+
+def test_daemon_reads_a_socket_and_stops_on_sigterm(
+    iss: Issuer, keys_dir: Path, tmp_path: Path
+) -> None:
+    sock = tmp_path / "scan.sock"
+    conf = _gate_config(tmp_path, keys_dir, f"sim://socket?path={sock}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
         stderr=subprocess.PIPE,
@@ -136,21 +142,7 @@ def test_stdin_scanner_reads_a_file_or_dev_null_as_a_service_gives_it(
     # redirected file is read like a stream.
     feed = tmp_path / "in.txt"
     feed.write_text("".join(iss.ticket(event=1) + "\n" for _ in range(tickets)))
-    conf = tmp_path / "gate.toml"
-    conf.write_text(f"""
-[gate]
-id = "stdin-gate"
-events = [1]
-state_dir = "state"
-[trust]
-root_key = "{keys_dir / "root.pub"}"
-bundle = "{keys_dir / "trust.json"}"
-[clock]
-assume = "synced"
-[devices]
-scanner = "sim://stdin"
-gate = "sim://gate?passage_ms=1&log=pulses.log"
-""")
+    conf = _gate_config(tmp_path, keys_dir, "sim://stdin")
     with open(feed if tickets else "/dev/null", "rb") as stdin:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
