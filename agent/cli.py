@@ -198,6 +198,9 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # aiosqlite's DEBUG trace logs every SQL call with its parameters, and a pretix ticket_ref
+    # is "pretix:" + the secret. Set on its own logger, so [log] level = "DEBUG" leaves it off.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logging.Formatter.converter = time.gmtime
 
 

@@ -1,15 +1,22 @@
-"""Shared fixtures: a real keys directory, tickets, and gate configs written as TOML files."""
+"""Shared fixtures: a real keys directory, tickets, and gate configs written as TOML files.
+
+Also the session-wide log scan (tests/logscan.py): every log line of the run is collected, and the
+run fails when one holds a raw ticket, a token or a secret.
+"""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import issuer
+from tests import logscan
 from tests.serial_pty import PtyPair
+
+pytest_plugins = ["pytester"]
 
 GATE_TOML = """\
 [gate]
@@ -119,3 +126,63 @@ def pty(tmp_path: Path) -> Iterator[PtyPair]:
         yield pair
     finally:
         pair.kill()
+
+
+_LOG_SCAN = pytest.StashKey[logscan.Run]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    run = logscan.Run()
+    run.start()
+    config.stash[_LOG_SCAN] = run
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_LOG_SCAN, None)
+    if run is not None:
+        run.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_scan_basetemp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tell the log scan where this run's temp files are."""
+    request.config.stash[_LOG_SCAN].basetemp = tmp_path_factory.getbasetemp()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    run = item.config.stash[_LOG_SCAN]
+    run.test_started(item.nodeid, uses_caplog="caplog" in getattr(item, "fixturenames", ()))
+    try:
+        return (yield)
+    finally:
+        run.test_finished()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Scan every log line of the run; leaks (or a scan that failed) fail the run."""
+    run = session.config.stash.get(_LOG_SCAN, None)
+    if run is None:
+        return
+    try:
+        run.findings, run.summary = run.scan()
+    except Exception as exc:  # the scan must not take the session down with it
+        run.findings, run.summary = [f"the scan itself failed: {exc!r}"], "log scan: FAILED"
+    if run.findings and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Print the log scan's summary line and its first findings."""
+    run = config.stash.get(_LOG_SCAN, None)
+    if run is None or not run.summary:
+        return
+    leaks = bool(run.findings)
+    terminalreporter.write_line(run.summary, red=leaks, bold=leaks)
+    for line in logscan.report(run.findings):
+        terminalreporter.write_line(line, red=True)

@@ -229,7 +229,8 @@ class PretixServer:
         self.url = ""
 
     async def __aenter__(self) -> PretixServer:
-        self._runner = web.AppRunner(make_app(self.state), handle_signals=False)
+        # No access log: pretix's redeem URLs carry ticket secrets (pretix's own log, not ours).
+        self._runner = web.AppRunner(make_app(self.state), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -89,7 +89,10 @@ async def test_console_shows_a_double_admission_and_gate_health(
         )
         # Earlier entry first, by HLC then entry_id: both rows can share a millisecond.
         by_order = sorted(
-            ((first.hlc, first.entry_id, "North A"), (second.hlc, second.entry_id, "<b>South B</b>"))
+            (
+                (first.hlc, first.entry_id, "North A"),
+                (second.hlc, second.entry_id, "<b>South B</b>"),
+            )
         )
         assert names == [name for _, _, name in by_order]
         assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
