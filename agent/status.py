@@ -56,7 +56,7 @@ class Pacer:
 
     def __init__(self, rate: float, burst: int) -> None:
         self._interval = 1.0 / rate
-        self._burst_s = burst * self._interval
+        self._burst_s = (burst - 1) * self._interval  # how far behind "now" a turn may start
         self._next = 0.0
 
     async def turn(self) -> None:

@@ -22,7 +22,7 @@ from agent.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.status import StatusLimits, StatusServer
+from agent.status import Pacer, StatusLimits, StatusServer
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.browser import Browser
@@ -184,3 +184,20 @@ async def test_staff_display_turns_green_and_red_with_the_reason(
         shot = await page.screenshot(ARTIFACTS / "staff-display.png")
         assert shot.stat().st_size > 1000
         assert page.console_errors == []
+
+
+async def test_pacer_lets_a_burst_through_then_spaces_the_rest() -> None:
+    # What keeps a crowd of status clients from taking the lane's loop: 40 callers at once
+    # against 100/s with a burst of 20 -> 20 start at once, the next 20 one every 10 ms.
+    pacer = Pacer(rate=100.0, burst=20)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def start() -> float:
+        await pacer.turn()
+        return loop.time() - t0
+
+    starts = sorted(await asyncio.gather(*(start() for _ in range(40))))
+    assert starts[19] < 0.01  # the burst does not wait
+    for i in range(20, 40):
+        assert starts[i] >= (i - 19) * 0.01 - 0.001  # never earlier than its slot
