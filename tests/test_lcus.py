@@ -109,10 +109,11 @@ async def test_open_pulse_close_send_exactly_these_bytes(ptys: PtyPair) -> None:
     assert await host.wait_for(4) == OFF1  # switched off at start, once
     started = time.monotonic()
     await relay.grant("entry", "e1")
-    assert time.monotonic() - started >= 0.1
+    assert time.monotonic() - started >= 0.1  # the pulse's length, where the relay times it
     assert await host.wait_for(12) == OFF1 + ON1 + OFF1
-    pulse = host.times[8] - host.times[4]
-    assert 0.09 <= pulse < 0.3
+    # Seen from the host the gap also carries this test's own read latency (the reader shares
+    # the relay's loop), so it bounds only the far side: no stuck relay.
+    assert host.times[4] < host.times[8] < host.times[4] + 0.3
     assert relay.pulses == 1
     await relay.close()
     await relay.close()
