@@ -9,7 +9,8 @@ most ``REQUESTS_PER_S`` start each second after a short burst; the others wait p
 which costs the loop nothing, and are answered in turn.
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
-  offline, relay fault, list stale, clock untrusted, outbox backlog, disk space low, hub offline).
+  offline, relay fault, journal write failed, list stale, clock untrusted, outbox backlog, disk
+  space low, hub offline).
 * ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
 * ``/status``: the same facts as JSON, for `gate-agent status`.
 * ``/display``: a full-screen page for a small screen in kiosk mode: big green/red, the reason in
