@@ -189,8 +189,8 @@ async def open_gate(
     state = config.gate.state_dir
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o750)
-    except OSError as exc:
-        raise ConfigError(
+    except OSError as exc:  # a mount not ready yet: not a config error, so systemd retries
+        raise AgentError(
             f"{config.path}: [gate] state_dir: {state}: {exc.strerror or exc}"
         ) from exc
     # The floor file is written by a background task, never by a decision on the scan path.
@@ -390,13 +390,16 @@ async def _upkeep(gate: Gate, retain_days: int, stop: threading.Event) -> None:
     from agent import retention
 
     while True:
-        if retain_days:
+        if retain_days and not gate.clock.synced():
+            log.warning("journal retention skipped: the clock is not trusted")
+        elif retain_days:
             try:
                 done = await asyncio.to_thread(
-                    retention.prune, gate.journal.path, retain_days * 86400.0, stop=stop
-                )
-            except AgentError as exc:
-                log.warning("journal retention failed: %s", exc)
+                    retention.prune, gate.journal.path, retain_days * 86400.0,
+                    now=gate.clock.now(), stop=stop,
+                )  # fmt: skip
+            except Exception:  # never the end of upkeep: the WAL checkpoint lives here too
+                log.exception("journal retention failed")
             else:
                 if done.entries or done.peer_entries:
                     log.info(
@@ -406,8 +409,8 @@ async def _upkeep(gate: Gate, retain_days: int, stop: threading.Event) -> None:
                     )  # fmt: skip
         try:
             await gate.journal.checkpoint()
-        except AgentError as exc:
-            log.warning("journal checkpoint failed: %s", exc)
+        except Exception:
+            log.exception("journal checkpoint failed")
         await asyncio.sleep(UPKEEP_S)
 
 

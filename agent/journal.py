@@ -405,7 +405,7 @@ class Journal:
         return int(busy) == 0
 
     async def count(self) -> int:
-        """The number of own entries (equal to the last ``gate_seq``). Raises JournalError."""
+        """The number of own entries on file (pruned ones not counted). Raises JournalError."""
         (count,) = await self._one("SELECT COUNT(*) FROM entries")
         return int(count)
 

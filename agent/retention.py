@@ -106,17 +106,19 @@ def _prune_batch(db: sqlite3.Connection, cutoff: float, batch: int) -> int:
         if low is None:
             db.execute("ROLLBACK")
             return 0
-        # The first row that must stay bounds the prefix; the newest row always stays.
+        # The first row that must stay bounds the prefix (looked for in this batch's range only,
+        # so each batch costs O(batch) under the write lock); the newest row always stays.
+        end = low + batch - 1
         (stop,) = db.execute(
-            "SELECT IFNULL(MIN(gate_seq), ?) FROM entries WHERE synced_at IS NULL"
-            " OR synced_at >= ? OR wall_time >= ? OR wall_time IS NULL",
-            (high, cutoff, cutoff),
+            "SELECT IFNULL(MIN(gate_seq), ?) FROM entries WHERE gate_seq BETWEEN ? AND ?"
+            " AND (synced_at IS NULL OR synced_at >= ? OR wall_time >= ? OR wall_time IS NULL)",
+            (end + 1, low, end, cutoff, cutoff),
         ).fetchone()
-        upto = min(stop - 1, high - 1, low + batch - 1)
+        upto = min(stop - 1, high - 1, end)
         if upto < low:
             db.execute("ROLLBACK")
             return 0
-        db.execute("DROP TRIGGER entries_no_delete")
+        db.execute("DROP TRIGGER IF EXISTS entries_no_delete")
         deleted = db.execute("DELETE FROM entries WHERE gate_seq <= ?", (upto,)).rowcount
         db.execute(NO_DELETE_TRIGGER)
         db.execute(

@@ -25,6 +25,7 @@ import collections
 import importlib.resources
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 _ASSETS = ("display.html", "display.js", "display.css")
 REQUESTS_PER_S = 100.0  # a Prometheus scrape, a few displays and curls need a handful
 REQUEST_BURST = 20
+MAX_WAIT_S = 5.0  # a request that would wait longer gets 503 and Retry-After instead
 
 
 class Pacer:
@@ -60,13 +62,17 @@ class Pacer:
         self._burst_s = (burst - 1) * self._interval  # how far behind "now" a turn may start
         self._next = 0.0
 
-    async def turn(self) -> None:
-        """Return when it is this caller's turn (at once while the burst lasts)."""
+    async def turn(self, max_wait_s: float = math.inf) -> bool:
+        """Wait for this caller's turn (none while the burst lasts) and return True; False at
+        once, taking no turn, when that would mean waiting longer than ``max_wait_s``."""
         now = asyncio.get_running_loop().time()
         start = max(self._next, now - self._burst_s)
+        if start - now > max_wait_s:
+            return False
         self._next = start + self._interval
         if start > now:
             await asyncio.sleep(start - now)
+        return True
 
 
 _CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
@@ -184,7 +190,10 @@ class StatusServer:
 
         @web.middleware
         async def paced(request: web.Request, handler: Any) -> web.StreamResponse:
-            await pacer.turn()
+            if not await pacer.turn(MAX_WAIT_S):  # a flood: answer at once, queue nothing more
+                return web.json_response(
+                    {"error": "busy"}, status=503, headers={"Retry-After": str(int(MAX_WAIT_S))}
+                )
             response: web.StreamResponse = await handler(request)
             return response
 

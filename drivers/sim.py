@@ -155,8 +155,11 @@ class SimScanner:
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             await self._read_stream(reader)
         else:  # /dev/null (a service's stdin) or a redirected file: epoll cannot watch those
-            data = await asyncio.to_thread(sys.stdin.buffer.read, _MAX_STDIN_FILE)
-            await self._play(data.decode("utf-8", "replace").splitlines())
+            data = await asyncio.to_thread(sys.stdin.buffer.read, _MAX_STDIN_FILE + 1)
+            if len(data) > _MAX_STDIN_FILE:
+                log.warning("sim scanner: stdin beyond %d bytes ignored", _MAX_STDIN_FILE)
+                data = data[: data.rfind(b"\n", 0, _MAX_STDIN_FILE) + 1]
+            await self._play([line.decode("utf-8", "replace") for line in data.split(b"\n")])
             return
         if self.end == "stop":
             self.finish()

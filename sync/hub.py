@@ -36,7 +36,7 @@ from importlib import resources
 from aiohttp import web
 
 from agent import keys
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError
 from sync import protocol
 from sync.hub_admin import (
     SnapshotCache,
@@ -538,8 +538,8 @@ async def _serve(config: HubConfig, runner: web.AppRunner, tls: ssl.SSLContext |
     site = web.TCPSite(runner, config.host, config.port, ssl_context=tls, shutdown_timeout=5.0)
     try:
         await site.start()
-    except OSError as exc:
-        raise ConfigError(
+    except OSError as exc:  # the address may appear later: not a config error, systemd retries
+        raise AgentError(
             f"{config.path}: [hub] listen: cannot listen on {config.hub.listen}: {exc.strerror or exc}"
         ) from exc
     host, port = runner.addresses[0][:2]

@@ -112,6 +112,23 @@ async def test_unsynced_rows_are_never_pruned_and_the_newest_row_always_stays(
         assert rec.gate_seq == 21
 
 
+async def test_only_a_prefix_goes_when_the_clock_stepped_back(tmp_path: Path) -> None:
+    # Row 4 was recorded "today", rows 5-8 after the clock stepped back 40 days: all synced, and
+    # 5-8 look old, but they follow a row that must stay, so pruning stops at 3 (no holes).
+    path = tmp_path / "journal.db"
+    async with await _journal(path, days_ago=40) as journal:
+        await _fill(journal, 3, "a")
+    async with await _journal(path, days_ago=0) as journal:
+        await _fill(journal, 1, "b")
+    async with await _journal(path, days_ago=40) as journal:
+        await _fill(journal, 4, "c")
+        await journal.mark_synced(8, at=time.time() - 39 * DAY)
+    done = prune(path, 30 * DAY, batch=2)
+    assert (done.entries, done.pruned_through, done.kept) == (3, 3, 5)
+    async with await _journal(path, days_ago=0) as journal:
+        assert await journal.check() == []
+
+
 async def test_check_still_finds_a_hole_after_pruning(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     async with await _journal(path, days_ago=40) as journal:

@@ -194,10 +194,15 @@ async def test_pacer_lets_a_burst_through_then_spaces_the_rest() -> None:
     t0 = loop.time()
 
     async def start() -> float:
-        await pacer.turn()
+        assert await pacer.turn()
         return loop.time() - t0
 
     starts = sorted(await asyncio.gather(*(start() for _ in range(40))))
-    assert starts[19] < 0.01  # the burst does not wait
+    assert starts[19] < 0.05  # the burst does not wait (0.01 would be the next slot)
     for i in range(20, 40):
         assert starts[i] >= (i - 19) * 0.01 - 0.001  # never earlier than its slot
+    # A turn further off than max_wait_s is refused at once and takes no slot.
+    slow = Pacer(rate=10.0, burst=1)
+    assert await slow.turn() is True  # the burst
+    assert await slow.turn(max_wait_s=0.05) is False  # the next slot is 0.1 s away
+    assert await slow.turn(max_wait_s=0.15) is True  # still 0.1 s: the refusal took no slot
