@@ -43,6 +43,11 @@ APPLICATION_ID = 0x47414A31
 NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
+# The highest gate_seq retention has pruned (0: none), written by agent.retention.
+PRUNED_THROUGH = (
+    "SELECT IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)"
+)
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
@@ -428,9 +433,7 @@ class Journal:
             if row[0] != "ok"
         ]
         count, low, high, pruned = await self._one(
-            "SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq),"
-            " IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)"
-            " FROM entries"
+            f"SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq), ({PRUNED_THROUGH}) FROM entries"
         )
         first = pruned + 1  # rows up to pruned_through went to retention (agent.retention)
         if count and (low != first or high - pruned != count):

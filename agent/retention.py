@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ConfigError, JournalError
-from agent.journal import APPLICATION_ID, NO_DELETE_TRIGGER
+from agent.journal import APPLICATION_ID, NO_DELETE_TRIGGER, PRUNED_THROUGH
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _AGE = re.compile(r"([0-9]{1,6})([smhd])")
@@ -94,8 +94,7 @@ def prune(
 
 def pruned_through(db: sqlite3.Connection) -> int:
     """The highest ``gate_seq`` pruned so far (0 when nothing was)."""
-    row = db.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()
-    return 0 if row is None else int(row[0])
+    return int(db.execute(PRUNED_THROUGH).fetchone()[0])
 
 
 def _prune_batch(db: sqlite3.Connection, cutoff: float, batch: int) -> int:

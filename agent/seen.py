@@ -44,9 +44,10 @@ class SeenRefs:
         self._recent = set()
 
     def add(self, ref: str) -> None:
-        if ref in self:
+        key = hash(ref)
+        if self._has(key):
             return
-        self._recent.add(hash(ref))
+        self._recent.add(key)
         if len(self._recent) >= self._fold_at:
             self._fold()
 
@@ -55,7 +56,9 @@ class SeenRefs:
             self.add(ref)
 
     def __contains__(self, ref: object) -> bool:
-        key = hash(ref)
+        return self._has(hash(ref))
+
+    def _has(self, key: int) -> bool:
         if key in self._recent:
             return True
         i = int(np.searchsorted(self._sorted, key))
