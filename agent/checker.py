@@ -13,7 +13,7 @@ from agent import rules, tickets, trust
 from agent.clock import ClockReading
 from agent.errors import TicketFormatError
 from agent.journal import HistoryEntry
-from agent.model import Decision, Reason, Ticket
+from agent.model import Decision, Reason, Ticket, text_digest
 from agent.revocation import ListMeta, RevocationIndex
 
 HistoryLookup = Callable[[str], Awaitable[Sequence[HistoryEntry]]]
@@ -21,9 +21,26 @@ HistoryLookup = Callable[[str], Awaitable[Sequence[HistoryEntry]]]
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
+    """``authenticated``: the ticket's signature verified against a key the gate trusts."""
+
     ticket: Ticket | None
     decision: Decision
     results: tuple[rules.RuleResult, ...] = ()
+    authenticated: bool = False
+
+
+def journal_ref(text: str, evaluation: Evaluation) -> str:
+    """The reference a presentation of ``text`` is journalled (and uploaded) under.
+
+    A ticket's own ``ticket_ref`` only once its signature verified against a trusted key. Any
+    other text, forged copies of a real ticket included, goes under ``"raw:"`` and a digest of
+    the text: a forger presenting many copies of a real ticket's id then neither adds to that
+    ticket's history nor raises repeated-denial alerts against its holder, and two different
+    texts never share a reference.
+    """
+    if evaluation.ticket is not None and evaluation.authenticated:
+        return evaluation.ticket.ticket_ref
+    return "raw:" + text_digest(text)
 
 
 class Checker:
@@ -78,9 +95,12 @@ class Checker:
         # Verify first, then history: for a ticket never seen here (the usual case) the journal
         # answers from memory without a thread hop, and a task to overlap the two costs more.
         signature = self.signature(ticket, clock.now)
-        past = await history(ticket.ticket_ref)
+        # An unauthenticated text is denied by the first rule whatever its claimed history says,
+        # so the lane does not look that history up (only `check` shows every rule).
+        past = await history(ticket.ticket_ref) if signature.ok or explain else ()
         facts = self.facts(ticket, past, clock, signature)
         if not explain:
-            return Evaluation(ticket, rules.decide(facts))
+            return Evaluation(ticket, rules.decide(facts), authenticated=signature.ok)
         results = tuple(rules.explain(facts))
-        return Evaluation(ticket, rules.from_results(results, self.policy.direction), results)
+        decision = rules.from_results(results, self.policy.direction)
+        return Evaluation(ticket, decision, results, authenticated=signature.ok)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from agent import rules
-from agent.checker import Checker, Evaluation
+from agent.checker import Checker, Evaluation, journal_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
 from agent.journal import EntryRecord, Journal, Kind
@@ -39,7 +39,11 @@ class LaneSettings:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one presentation, for displays, the demo and tests."""
+    """What happened to one presentation, for displays, the demo and tests.
+
+    ``ticket`` is the authenticated ticket; None when the text did not parse or its signature
+    did not verify against a trusted key (what such a text claims to be is not shown).
+    """
 
     scan: Scan
     ticket: Ticket | None
@@ -188,11 +192,12 @@ class Lane:
             await self._show(FREE_PASSAGE, "Emergency - free passage")
             return None
         evaluation = await self._evaluate(scan)
-        decision, ticket = evaluation.decision, evaluation.ticket
+        decision = evaluation.decision
+        ticket = evaluation.ticket if evaluation.authenticated else None
         offline = self._offline()
         if offline and decision.admitted and self.uplink is not None:
             decision = replace(decision, flags=decision.flags | {Flag.OFFLINE})
-        ref = ticket.ticket_ref if ticket is not None else "raw:" + text_digest(scan.text)
+        ref = journal_ref(scan.text, evaluation)
         direction = self.checker.policy.direction
         kind: Kind = direction if decision.admitted else "attempt"
         record: EntryRecord | None = None
