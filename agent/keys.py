@@ -3,6 +3,10 @@
 Public keys travel inside signed documents as base64 of their raw form (Ed25519: 32 bytes;
 P-256: the 65-byte uncompressed point). Signatures are always 64 bytes: Ed25519 as is, P-256 as
 ``r || s`` (32 bytes each, big-endian), so formats with a fixed signature field can carry both.
+
+One valid text per signed message: plain ECDSA also accepts ``(r, n - s)`` for a valid ``(r, s)``,
+so P-256 signatures are made and accepted only in low-S form (``s <= n/2``); Ed25519 verification
+(OpenSSL) already refuses a non-canonical ``s``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ ALGORITHMS: tuple[Alg, ...] = ("ed25519", "p256")
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
+# The order of the P-256 group; a signature's s above half of it is the "high-S" twin.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_HALF_ORDER = P256_ORDER // 2
+
 
 def generate(alg: Alg = "ed25519") -> PrivateKey:
     """Make a new private key of the given algorithm."""
@@ -47,21 +55,26 @@ def sign(key: PrivateKey, message: bytes) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(message)
     r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    if s > P256_HALF_ORDER:  # OpenSSL returns either form; only the low one is accepted
+        s = P256_ORDER - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 def verify(key: PublicKey, signature: bytes, message: bytes) -> bool:
-    """True when ``signature`` (64 bytes) is valid for ``message``; never raises for bad input."""
+    """True when ``signature`` (64 bytes) is valid for ``message``; never raises for bad input.
+
+    A P-256 signature must be low-S (``s <= n/2``): its high-S twin is refused.
+    """
     if len(signature) != 64:
         return False
     try:
         if isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, message)
         else:
-            der = encode_dss_signature(
-                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            )
-            key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            if not (0 < r < P256_ORDER and 0 < s <= P256_HALF_ORDER):
+                return False
+            key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True
