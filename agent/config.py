@@ -119,6 +119,7 @@ class StatusConfig:
     listen: str = "127.0.0.1:8471"  # "" turns it off
     outbox_backlog: int = 1000  # more unsynced rows than this: health degraded
     disk_free_min_mb: int = 200  # less free space for the state than this: health degraded
+    max_streams: int = 16  # staff displays following /display/events at once; more get 503
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ),
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
     ("status", "disk_free_min_mb"): (lambda v: v >= 0, "an integer >= 0"),
+    ("status", "max_streams"): (lambda v: 1 <= v <= 256, "1-256 streams"),
     ("journal", "retain_synced_days"): (lambda v: 0 <= v <= 3650, "0 (keep all) to 3650 days"),
     ("hub", "url"): (
         lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),

@@ -363,7 +363,7 @@ def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
     sc = config.status
     limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
     host, port = cfg.parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
-    return StatusServer(gate, host=host, port=port, limits=limits)
+    return StatusServer(gate, host=host, port=port, limits=limits, max_streams=sc.max_streams)
 
 
 async def _serve_status(config: cfg.Config, status: StatusServer) -> None:

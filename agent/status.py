@@ -6,7 +6,12 @@ which does constant work and never awaits. The loop is the lane's, and asyncio h
 200 clients asking as fast as they can took a whole core from it and the lane's p99 went from
 5 ms to seconds (tests/bench/bench_status.py). So request handling is paced (:class:`Pacer`): at
 most ``REQUESTS_PER_S`` start each second after a short burst; the others wait parked on a timer,
-which costs the loop nothing, and are answered in turn.
+which costs the loop nothing, and are answered in turn. Everything else is bounded too, and refused
+at once with 503 and Retry-After beyond its bound, before it costs the loop more than the refusal:
+no more than ``REQUESTS_PARKED`` requests wait for a turn; no more than ``max_streams`` event
+streams are open or waiting (1,500 streams made each decision wake 1,500 writers, and decisions
+took seconds: tests/bench/bench_status_flood.py); ``/status`` and ``/metrics`` are rendered at most
+once per ``RENDER_TTL_S`` and a crowd shares that render.
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
   offline, relay fault, journal write failed, list stale, clock untrusted, outbox backlog, disk
@@ -15,7 +20,10 @@ which costs the loop nothing, and are answered in turn.
 * ``/status``: the same facts as JSON, for `gate-agent status`.
 * ``/display``: a full-screen page for a small screen in kiosk mode: big green/red, the reason in
   a steward's words, the ticket's short id and counts for the last hour, live over server-sent
-  events (``/display/events``). Never a ticket's text or reference.
+  events (``/display/events``). Never a ticket's text or reference. Each decision is encoded
+  once and handed to every stream (:class:`Streams`); a stream that falls ``SSE_BACKLOG`` events
+  behind is closed (its display reconnects and is greeted with the current state), and one timer
+  sends every stream's keep-alive.
 """
 
 from __future__ import annotations
@@ -25,10 +33,9 @@ import collections
 import importlib.resources
 import json
 import logging
-import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.errors import JournalError
+from agent.status_bounds import Pacer, Streams, busy
 
 if TYPE_CHECKING:
     from agent.daemon import Gate
@@ -46,33 +54,17 @@ log = logging.getLogger(__name__)
 
 _HOUR_S = 3600.0
 _JOURNAL_TTL_S = 1.0  # journal figures (outbox, rows) are re-read at most this often
-_SSE_QUEUE = 64  # a display that stops reading loses old outcomes, never blocks the lane
+_KEEPALIVE_S = 15.0
+_KEEPALIVE = b": keep-alive\n\n"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _ASSETS = ("display.html", "display.js", "display.css")
 REQUESTS_PER_S = 100.0  # a Prometheus scrape, a few displays and curls need a handful
 REQUEST_BURST = 20
 MAX_WAIT_S = 5.0  # a request that would wait longer gets 503 and Retry-After instead
-
-
-class Pacer:
-    """Spaces out starts: at most ``rate`` a second once a burst of ``burst`` is spent."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._interval = 1.0 / rate
-        self._burst_s = (burst - 1) * self._interval  # how far behind "now" a turn may start
-        self._next = 0.0
-
-    async def turn(self, max_wait_s: float = math.inf) -> bool:
-        """Wait for this caller's turn (none while the burst lasts) and return True; False at
-        once, taking no turn, when that would mean waiting longer than ``max_wait_s``."""
-        now = asyncio.get_running_loop().time()
-        start = max(self._next, now - self._burst_s)
-        if start - now > max_wait_s:
-            return False
-        self._next = start + self._interval
-        if start > now:
-            await asyncio.sleep(start - now)
-        return True
+REQUESTS_PARKED = 256  # requests waiting for a turn at most; the next gets 503 at once
+MAX_STREAMS = 16  # default cap of /display/events streams (config [status] max_streams)
+RENDER_TTL_S = 0.25  # /status and /metrics answer from a render at most this old
+_STREAMS_PATH = "/display/events"
 
 
 _CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
@@ -92,19 +84,20 @@ class _Shown:
 
     last: dict[str, dict[str, Any]] = field(default_factory=dict)
     hour: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    admitted: int = 0  # among ``hour``, kept as it changes: counts() must not walk the hour
 
     def add(self, at: float, admitted: bool) -> None:
         self.hour.append((at, admitted))
+        self.admitted += admitted
         self.trim(at)
 
     def trim(self, now: float) -> None:
         while self.hour and self.hour[0][0] < now - _HOUR_S:
-            self.hour.popleft()
+            self.admitted -= self.hour.popleft()[1]
 
     def counts(self, now: float) -> dict[str, int]:
         self.trim(now)
-        admitted = sum(1 for _, ok in self.hour if ok)
-        return {"admitted": admitted, "denied": len(self.hour) - admitted}
+        return {"admitted": self.admitted, "denied": len(self.hour) - self.admitted}
 
 
 class _Metrics:
@@ -148,15 +141,20 @@ class StatusServer:
         port: int = 8471,
         limits: StatusLimits | None = None,
         lanes: Callable[[], list[Lane]] | None = None,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
-        """``lanes`` lists the lanes to report (default: the gate's main lane)."""
+        """``lanes`` lists the lanes to report (default: the gate's main lane); at most
+        ``max_streams`` clients follow ``/display/events`` at once."""
         self._gate = gate
         self._host, self._port = host, port
         self._limits = limits or StatusLimits()
         self._lanes = lanes or (lambda: [gate.lane])
         self._metrics = _Metrics()
         self._shown = _Shown()
-        self._listeners: set[asyncio.Queue[str]] = set()
+        self._streams = Streams(max_streams)
+        self._keepalive: asyncio.Task[None] | None = None
+        self._rendered: dict[str, tuple[float, web.Response]] = {}
+        self._rendering: dict[str, asyncio.Future[web.Response]] = {}
         self._runner: web.AppRunner | None = None
         self._figures: tuple[float, tuple[int, float | None, int | None]] | None = None
         self._reading: asyncio.Future[tuple[int, float | None, int | None]] | None = None
@@ -178,24 +176,30 @@ class StatusServer:
             "at": now,
         }
         self._shown.last[lane] = shown
-        event = json.dumps({"outcome": shown, "counts": self._shown.counts(now)})
-        for queue in list(self._listeners):
-            if queue.full():
-                queue.get_nowait()  # drop the oldest: the display wants the newest
-            queue.put_nowait(event)
+        if self._streams:  # one encoding, shared by every stream
+            event = json.dumps({"outcome": shown, "counts": self._shown.counts(now)})
+            self._streams.publish(f"data: {event}\n\n".encode())
 
     async def start(self) -> None:
         """Listen; raises OSError when the address is taken."""
-        pacer = Pacer(REQUESTS_PER_S, REQUEST_BURST)
+        pacer = Pacer(REQUESTS_PER_S, REQUEST_BURST, REQUESTS_PARKED)
+        streams = self._streams
 
         @web.middleware
         async def paced(request: web.Request, handler: Any) -> web.StreamResponse:
-            if not await pacer.turn(MAX_WAIT_S):  # a flood: answer at once, queue nothing more
-                return web.json_response(
-                    {"error": "busy"}, status=503, headers={"Retry-After": str(int(MAX_WAIT_S))}
-                )
-            response: web.StreamResponse = await handler(request)
-            return response
+            # A stream holds its slot from before its turn, so a crowd of attempts parks no more
+            # than ``max_streams`` of them; the rest are refused here, at the cost of the refusal.
+            slot = request.path == _STREAMS_PATH
+            if slot and not streams.reserve():
+                return busy("too many display streams", _KEEPALIVE_S)
+            try:
+                if not await pacer.turn(MAX_WAIT_S):  # a flood: answer at once, park no more
+                    return busy("busy", MAX_WAIT_S)
+                response: web.StreamResponse = await handler(request)
+                return response
+            finally:
+                if slot:
+                    streams.release()
 
         app = web.Application(middlewares=[paced, _headers])
         app.router.add_get("/healthz", self._healthz)
@@ -204,8 +208,12 @@ class StatusServer:
         app.router.add_get("/display", self._asset("display.html"))
         app.router.add_get("/display.js", self._asset("display.js"))
         app.router.add_get("/display.css", self._asset("display.css"))
-        app.router.add_get("/display/events", self._events)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        app.router.add_get(_STREAMS_PATH, self._events)
+        # Cancel a handler whose client went away: a stream must give back its slot at once.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+            handler_cancellation=True,
+        )  # fmt: skip
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:
@@ -214,20 +222,23 @@ class StatusServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._keepalive = asyncio.ensure_future(self._keep_alive())
         bound = runner.addresses
         self.port = int(bound[0][1]) if bound else self._port
         log.info("status server on http://%s:%d/ (display: /display)", self._host, self.port)
 
     async def close(self) -> None:
         """Stop serving; open event streams end. Idempotent."""
-        for queue in list(self._listeners):
-            queue.put_nowait("")
+        self._streams.end_all()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-        if self._reading is not None:  # a shared journal read must not outlive the journal
-            self._reading.cancel()
-            await asyncio.gather(self._reading, return_exceptions=True)
+        # Shared work (a journal read above all) must not outlive the journal.
+        pending: list[asyncio.Future[Any]] = [*self._rendering.values()]
+        pending += [f for f in (self._reading, self._keepalive) if f is not None]
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def health(self) -> tuple[bool, list[str]]:
         """(ready, reasons): reasons are short phrases for technicians; empty when ready."""
@@ -293,12 +304,34 @@ class StatusServer:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
+        return await self._shared("/status", self._render_status)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return await self._shared("/metrics", self._render_metrics)
+
+    async def _shared(
+        self, key: str, render: Callable[[], Awaitable[web.Response]]
+    ) -> web.Response:
+        """A copy of the last render of ``key`` if under RENDER_TTL_S old, else of a new one
+        that every caller meanwhile waits for (a crowd costs one render, not one each)."""
+        done = self._rendered.get(key)
+        if done is None or time.monotonic() - done[0] >= RENDER_TTL_S:
+            if key not in self._rendering:
+                self._rendering[key] = asyncio.ensure_future(render())
+                self._rendering[key].add_done_callback(lambda _: self._rendering.pop(key, None))
+            response = await asyncio.shield(self._rendering[key])
+            done = self._rendered[key] = (time.monotonic(), response)
+        body = done[1].body
+        assert isinstance(body, bytes)  # both renders set bytes
+        return web.Response(body=body, headers={"Content-Type": done[1].headers["Content-Type"]})
+
+    async def _render_status(self) -> web.Response:
         snap = await self.snapshot()
         ready, reasons = _reasons(snap, self._limits)
         snap["health"] = {"status": "ready" if ready else "degraded", "reasons": reasons}
         return web.json_response(snap)
 
-    async def _metrics_page(self, request: web.Request) -> web.Response:
+    async def _render_metrics(self) -> web.Response:
         snap = await self.snapshot()
         self._update_gauges(snap)
         body = generate_latest(self._metrics.registry)
@@ -331,30 +364,35 @@ class StatusServer:
 
         return serve
 
+    async def _keep_alive(self) -> None:
+        """One timer for every stream's keep-alive: no timer per stream, no work per decision."""
+        while True:
+            await asyncio.sleep(_KEEPALIVE_S)
+            self._streams.publish(_KEEPALIVE)
+
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Follow the decisions: a greeting with the current state, then one event each."""
+        transport = request.transport
+        if transport is None or self._runner is None:  # gone already, or the server closes
+            return busy("closing", _KEEPALIVE_S)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=_SSE_QUEUE)
         now = time.time()
         hello = {"last": list(self._shown.last.values()), "counts": self._shown.counts(now)}
-        await response.write(f"data: {json.dumps(hello)}\n\n".encode())
-        self._listeners.add(queue)
+        stream = self._streams.open(transport.abort)
         try:
+            await response.write(f"data: {json.dumps(hello)}\n\n".encode())
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15.0)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                if not event:
+                await stream.wake.wait()
+                if stream.ended:
                     break
-                await response.write(f"data: {event}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
+                await response.write(stream.take())
+        except ConnectionError:  # the display went away (or was dropped for reading too slowly)
             pass
         finally:
-            self._listeners.discard(queue)
+            self._streams.close(stream)
         return response
 
 

@@ -22,7 +22,8 @@ from agent.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.status import Pacer, StatusLimits, StatusServer
+from agent.status import StatusLimits, StatusServer
+from agent.status_bounds import Pacer
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.browser import Browser

@@ -1,0 +1,252 @@
+"""The status server is bounded (issue 10, part 6): a crowd of status clients cannot stop the lane.
+
+The real daemon (`gate-agent run` as its own process, a socket scanner, a real journal and list)
+with ``max_streams = 4``: stream attempts over the cap are refused with 503 at once, the streams
+within it still get every decision, and the gate decides every scan meanwhile. In-process: a
+display that stops reading is closed rather than buffered for, and the pacer parks a bounded number
+of requests. The lane's latency under 1,500 stream attempts is measured by
+tests/bench/bench_status_flood.py, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent import config as cfg
+from agent import revocation_issuer, tickets
+from agent.daemon import open_gate
+from agent.errors import ConfigError
+from agent.issuer import Issuer
+from agent.lane import Outcome
+from agent.model import Decision, Reason, Verdict
+from agent.status import StatusServer
+from agent.status_bounds import Pacer
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
+from tests.conftest import WriteConfig
+from tests.hubproc import free_port
+
+CAP = 4
+OVER = 500  # attempts over the cap; through the pacer (100/s after 20) they would take 4.8 s
+SCANS = 30
+UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _daemon(write_config: WriteConfig, iss: Issuer, tmp_path: Path) -> AsyncIterator[str]:
+    """`gate-agent run` with a fresh list and the status server on a free port; its base URL."""
+    path = write_config()
+    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
+    (path.parent / "revocations-1.json").write_bytes(delta)
+    port = free_port()
+    path = write_config(
+        revocations=["revocations-1.json"],
+        scanner="sim://socket?path=scan.sock",
+        gate="sim://gate?passage_ms=0",
+        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\nmax_streams = {CAP}\n',
+    )
+    with open(tmp_path / "gate.log", "wb") as log:  # noqa: ASYNC230 - opened once, test only
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def _status_of(http: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with http.get(url) as r:
+            await r.read()
+            return r.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def _follow(http: aiohttp.ClientSession, url: str, seen: list[str]) -> None:
+    """A staff display: the ticket short id of every decision it is sent, in ``seen``."""
+    async with http.get(url + "/display/events") as r:
+        assert r.status == 200
+        async for line in r.content:
+            if line.startswith(b"data:"):
+                outcome = json.loads(line[5:]).get("outcome")
+                if outcome is not None:
+                    seen.append(outcome["ticket"])
+                else:
+                    seen.append("")  # the greeting
+
+
+async def _refused(http: aiohttp.ClientSession, url: str) -> tuple[int, str | None, object]:
+    """A stream attempt: (status, Retry-After, the error); a stream that opens is left at once."""
+    async with http.get(url + "/display/events") as r:
+        if r.status != 503:
+            return r.status, None, None
+        return r.status, r.headers.get("Retry-After"), (await r.json())["error"]
+
+
+async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path
+) -> None:
+    texts = [iss.ticket(event=1, zones=[1]) for _ in range(SCANS)]
+    ids = [tickets.parse(t).short_id for t in texts]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with (
+        _daemon(write_config, iss, tmp_path) as url,
+        aiohttp.ClientSession(connector=connector, timeout=UNBOUNDED) as http,
+    ):
+        await _until(lambda: _ok(http, url + "/healthz"), "the daemon answers ready", 60.0)
+        seen: list[list[str]] = [[] for _ in range(CAP)]
+        displays = [asyncio.create_task(_follow(http, url, s)) for s in seen]
+        await _until(_all_greeted(seen), "every display greeted")
+
+        t0 = time.monotonic()
+        answers = await asyncio.gather(*(_refused(http, url) for _ in range(OVER)))
+        took = time.monotonic() - t0
+        assert set(answers) == {(503, "15", "too many display streams")}
+        assert took < 3.0, f"{OVER} refusals took {took:.1f} s: they waited for the pacer"
+
+        stop = asyncio.Event()
+        flood = asyncio.create_task(_keep_refused(http, url, stop))
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(tmp_path / "scan.sock"))
+            for text in texts:
+                sock.sendall(text.encode() + b"\n")
+        await _until(_all_got(seen, ids), "every decision on every display within the cap")
+        assert await _status_of(http, url + "/healthz") == 200
+        stop.set()
+        assert set(await flood) == {503}
+        await _until(lambda: _admitted(http, url, SCANS), f"{SCANS} admissions in /status")
+        for display in displays:
+            display.cancel()
+        await asyncio.gather(*displays, return_exceptions=True)
+        # The displays that left give their slots back: a new one is let in.
+        await _until(lambda: _opens(http, url), "a stream opens once the others closed")
+
+
+async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
+    return await _status_of(http, url) == 200
+
+
+def _all_greeted(seen: list[list[str]]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return all(s[:1] == [""] for s in seen)
+
+    return check
+
+
+def _all_got(seen: list[list[str]], ids: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        for s in seen:
+            assert len(s) <= len(ids) + 1, "a decision was sent twice"
+        return all(s == ["", *ids] for s in seen)
+
+    return check
+
+
+async def _keep_refused(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> list[int]:
+    """50 clients asking for a stream again and again; every answer's status."""
+    statuses: list[int] = []
+
+    async def one() -> None:
+        while not stop.is_set():
+            statuses.append((await _refused(http, url))[0])
+
+    await asyncio.gather(*(one() for _ in range(50)))
+    return statuses
+
+
+async def _admitted(http: aiohttp.ClientSession, url: str, n: int) -> bool:
+    async with http.get(url + "/status") as r:
+        return bool((await r.json())["last_hour"] == {"admitted": n, "denied": 0})
+
+
+async def _stream_status(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as r:
+        return r.status
+
+
+async def _opens(http: aiohttp.ClientSession, url: str) -> bool:
+    async with http.get(url + "/display/events") as r:
+        if r.status != 200:
+            return False
+        assert (await r.content.readline()).startswith(b"data:")  # the greeting
+        return True
+
+
+async def test_a_display_that_stops_reading_is_dropped_not_buffered(
+    write_config: WriteConfig,
+) -> None:
+    conf = cfg.load(write_config())
+    denied = Outcome(
+        Scan("NOT-A-TICKET", "s", 0), None, Decision(Verdict.DENY, Reason.INVALID_FORMAT), None,
+        1000, lane="in",
+    )  # fmt: skip
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate()) as gate:
+        server = StatusServer(gate, port=0, max_streams=1)
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/display/events"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /display/events HTTP/1.1\r\nHost: gate\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            async with aiohttp.ClientSession(timeout=UNBOUNDED) as http:
+                assert await _stream_status(http, url) == 503  # the one slot is taken
+                sent, deadline = 0, time.monotonic() + 60
+                # Decisions keep coming while this display reads nothing: once what the kernel
+                # and the transport hold is full, it falls behind and is closed.
+                while await _stream_status(http, url) == 503:
+                    assert time.monotonic() < deadline, f"still open after {sent} events"
+                    for _ in range(200):
+                        server.observe(denied)
+                        sent += 1
+                        await asyncio.sleep(0)  # the stream's writer runs between decisions
+            got = (await asyncio.wait_for(reader.read(), 30)).count(b"data:")
+            assert 0 < got < sent  # what it had been sent, then the end of the stream
+            writer.close()
+        finally:
+            await server.close()
+
+
+async def test_pacer_parks_at_most_max_parked() -> None:
+    pacer = Pacer(rate=10.0, burst=1, max_parked=2)
+    assert await pacer.turn() is True  # the burst
+    parked = [asyncio.create_task(pacer.turn()) for _ in range(2)]
+    for _ in range(100):
+        if pacer.parked == 2:
+            break
+        await asyncio.sleep(0)  # let both reach their wait
+    assert pacer.parked == 2
+    assert await pacer.turn() is False  # a third would park: refused at once, taking no slot
+    assert await asyncio.gather(*parked) == [True, True]
+    assert await pacer.turn() is True
+
+
+@pytest.mark.parametrize("value", [0, 257, '"16"'])
+def test_max_streams_out_of_range_names_the_key(write_config: WriteConfig, value: object) -> None:
+    path = write_config(extra=f"\n[status]\nmax_streams = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        cfg.load(path)
+    assert str(err.value).startswith(str(path))
+    assert "[status] max_streams" in str(err.value)
+    assert cfg.load(write_config(extra="\n[status]\nmax_streams = 256\n")).status.max_streams == 256
