@@ -420,8 +420,20 @@ _PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unbl
 EX_CONFIG = 78
 
 
+# Bits every file and folder this process creates leaves out: group and others get nothing.
+PRIVATE_UMASK = 0o077
+
+
+def _private_files() -> None:
+    """Narrow the process umask so whatever gate-agent creates (journal, hub database and their
+    -wal/-shm, state files, tickets, keys) is 0600 and its folders 0700, also when started from a
+    shell with a permissive umask. Bits the inherited umask already sets stay set."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gate-agent` console script."""
+    _private_files()
     args = _parser().parse_args(argv)
     quiet = args.command in (
         "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events", "journal"
