@@ -7,8 +7,10 @@ folders, the SQLite -wal/-shm files included, gives group and others nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -66,7 +68,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(15)
 
 
+@contextlib.contextmanager
 def _started(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process running ``command`` (stderr to ``log``), stopped with SIGTERM on exit."""
     with log.open("ab") as err:
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT
@@ -99,11 +103,13 @@ def test_gate_and_hub_state_is_private_under_umask_000(
         scanner="sim://socket?path=scan.sock",
     )  # fmt: skip
     hub_state, gate_state = setup.dir / "state", gate_dir / "state"
-    hub = _started(_cli("hub", "--config", setup.config), setup.dir / "hub.log")
-    gate = _started(_cli("run", "--config", config), gate_dir / "gate.log")
-    hub_proc = next(hub)
-    gate_proc = next(gate)
-    try:
+    with contextlib.ExitStack() as running_procs:
+        hub_proc = running_procs.enter_context(
+            _started(_cli("hub", "--config", setup.config), setup.dir / "hub.log")
+        )
+        gate_proc = running_procs.enter_context(
+            _started(_cli("run", "--config", config), gate_dir / "gate.log")
+        )
         _wait_for({"scan.sock"}, gate_dir, proc=gate_proc)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(gate_dir / "scan.sock"))
@@ -115,14 +121,13 @@ def test_gate_and_hub_state_is_private_under_umask_000(
         }  # fmt: skip
         _wait_for(gate_files, gate_state, proc=gate_proc)
         running = {**_modes(hub_state), **{f"gate/{k}": v for k, v in _modes(gate_state).items()}}
-    finally:
-        for started in (gate, hub):
-            started.close()
     stopped = {**_modes(hub_state), **{f"gate/{k}": v for k, v in _modes(gate_state).items()}}
     assert _open_to_others(running) == {}, running
     assert _open_to_others(stopped) == {}, stopped
     assert gate_proc.returncode == 0 and hub_proc.returncode == 0
     assert "gate/clock.floor" in stopped  # written at shutdown
+    with contextlib.closing(sqlite3.connect(gate_state / "journal.db")) as db:
+        assert db.execute("SELECT kind, reason FROM entries").fetchall() == [("entry", "ok")]
 
 
 def test_write_atomic_never_keeps_a_wider_mode(tmp_path: Path) -> None:
