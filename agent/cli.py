@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--kid", type=int)
     init.add_argument("--events", type=_int_list, help="events the issuer key may sign for")
     init.add_argument("--force", action="store_true", help="overwrite an existing keys dir")
+    export = keys.add_parser(
+        "export", help="copy what the hub needs (list.key, trust.json, root.pub) into DIR"
+    )
+    export.add_argument("--hub", type=Path, required=True, metavar="DIR", help="the hub's keys")
+    export.add_argument("--keys", type=Path, required=True, help="a `keys init` dir")
+    export.add_argument("--force", action="store_true", help="replace differing files in DIR")
 
     issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
     issue.add_argument("--keys", type=Path, required=True)
@@ -202,6 +208,20 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     # is "pretix:" + the secret. Set on its own logger, so [log] level = "DEBUG" leaves it off.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logging.Formatter.converter = time.gmtime
+
+
+def _keys(args: argparse.Namespace) -> int:
+    return _keys_export(args) if args.keys_command == "export" else _keys_init(args)
+
+
+def _keys_export(args: argparse.Namespace) -> int:
+    from agent import issuer
+
+    for done in issuer.export_hub(args.keys, args.hub, force=args.force):
+        what = "wrote" if done.written else "unchanged"
+        print(f"{what} {done.path} ({done.mode:04o})")
+    print(f'set the hub\'s [hub] keys = "{args.hub}"; root.key and issuer.key stay off the hub')
+    return 0
 
 
 def _keys_init(args: argparse.Namespace) -> int:
@@ -440,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
-        "keys": _keys_init,
+        "keys": _keys,
         "issue": _issue,
         "revoke": _revoke,
         "check": _check,

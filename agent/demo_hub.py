@@ -24,6 +24,7 @@ from aiohttp import web
 from agent import config as cfg
 from agent.daemon import Gate, open_gate
 from agent.demo_net import Relay
+from agent.issuer import export_hub
 from agent.lane import Outcome
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
@@ -37,7 +38,7 @@ HUB_TOML = """\
 [hub]
 venue = "demo"
 state_dir = "hub"
-keys = "keys"
+keys = "hub-keys"
 listen = "127.0.0.1:0"
 entry_policy = "single"
 gate_offline_after_s = 5
@@ -97,6 +98,8 @@ async def _until(what: Callable[[], Awaitable[bool]], timeout_s: float) -> float
 
 @contextlib.asynccontextmanager
 async def _hub(dir: Path) -> AsyncIterator[tuple[HubStore, int]]:
+    # The hub gets only list.key, trust.json and root.pub; the demo's keys are new each run.
+    export_hub(dir / "keys", dir / "hub-keys", force=True)
     path = dir / "hub.toml"
     path.write_text(HUB_TOML)
     conf = hub_config.load(path)

@@ -9,6 +9,8 @@ integrators who issue their own tickets. A keys directory made by :func:`keys_in
     issuer.json                   {"kid": "<decimal>", "alg": ..., "events": [...] or null}
 
 Root and list keys are always Ed25519; the issuer (ticket signing) key uses the chosen algorithm.
+:func:`export_hub` copies what a hub needs (list.key, trust.json, root.pub) into a folder of its
+own: root.key and issuer.key mint bundles and tickets and never sit on the hub.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -24,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from agent import keys, signed
-from agent.errors import IssuerError
+from agent import keys, signed, trust
+from agent.errors import AgentError, IssuerError
 from agent.fsutil import write_atomic
 from agent.tickets import tk1
 
@@ -38,6 +41,11 @@ ROOT_PUB = "root.pub"
 TRUST_BUNDLE = "trust.json"
 ISSUER_INFO = "issuer.json"
 _MANAGED = (ROOT_KEY, ISSUER_KEY, LIST_KEY, ROOT_PUB, TRUST_BUNDLE, ISSUER_INFO)
+# What `keys export --hub` writes; list.key is the only private key a hub may hold.
+HUB_FILES = (LIST_KEY, TRUST_BUNDLE, ROOT_PUB)
+MINTING_KEYS = (ROOT_KEY, ISSUER_KEY)
+_PEM_PRIVATE = b"PRIVATE KEY-----"  # any PEM private key block: PKCS#8, EC, RSA, OPENSSH
+_SNIFF_BYTES = 64 << 10
 
 ALL_ZONES = 0xFFFF
 _U32 = 0xFFFF_FFFF
@@ -210,6 +218,115 @@ class Issuer:
             ),
         }
         return signed.sign_document("trust", content, self.root_key)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One file :func:`export_hub` placed; ``written`` is False when an identical one was there."""
+
+    path: Path
+    written: bool
+    mode: int
+
+
+def export_hub(keys_dir: Path, dest: Path, *, force: bool = False) -> list[Exported]:
+    """Copy what a hub needs from a keys dir into ``dest``: list.key (0600), trust.json, root.pub.
+
+    The set is checked first: list.key an Ed25519 key, trust.json signed by root.pub with list.key
+    among its list signers (what the hub checks at start). ``dest`` is created mode 0700 when
+    missing. Raises IssuerError naming the file, before anything is written, when a source file
+    is missing or inconsistent, ``dest`` holds another private key (root.key, issuer.key ...), or
+    a file in ``dest`` differs and ``force`` is false; also when a write fails.
+    """
+    contents = _hub_set(keys_dir)
+    foreign = extra_private_keys(dest)
+    if foreign:
+        raise IssuerError(
+            f"{', '.join(map(str, foreign))}: a hub keys folder holds no private key but"
+            f" {LIST_KEY}; export into a folder of its own"
+        )
+    unchanged = set()
+    for name, data in contents.items():
+        try:
+            old = (dest / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise IssuerError(f"{dest / name}: cannot read: {exc.strerror or exc}") from exc
+        if old == data:
+            unchanged.add(name)
+        elif not force:
+            raise IssuerError(f"{dest / name}: already there and different; use force to replace")
+    done = []
+    try:
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, data in contents.items():
+            mode = 0o600 if name == LIST_KEY else 0o644
+            if name not in unchanged:
+                write_atomic(dest / name, data, mode=mode)
+            os.chmod(dest / name, mode)  # a replaced file keeps no wider mode than its kind
+            done.append(Exported(dest / name, name not in unchanged, mode))
+    except OSError as exc:
+        raise IssuerError(f"{dest}: cannot write the hub's keys: {exc}") from exc
+    log.info("exported the hub's keys from %s to %s", keys_dir, dest)
+    return done
+
+
+def _hub_set(keys_dir: Path) -> dict[str, bytes]:
+    """The bytes of the hub's three files in ``keys_dir``, checked to belong together."""
+    list_path, bundle_path, root_path = (keys_dir / name for name in HUB_FILES)
+    list_key = _read_key(list_path, "ed25519")
+    try:
+        contents = {
+            LIST_KEY: list_path.read_bytes(),
+            TRUST_BUNDLE: trust.read_capped(bundle_path),
+            ROOT_PUB: root_path.read_bytes(),
+        }
+    except OSError as exc:
+        raise IssuerError(f"{exc.filename}: cannot read: {exc.strerror or exc}") from exc
+    except AgentError as exc:
+        raise IssuerError(str(exc)) from exc
+    try:
+        root = trust.load_root_key(str(root_path))
+        bundle = trust.parse_bundle(contents[TRUST_BUNDLE], root)
+    except AgentError as exc:
+        raise IssuerError(f"{bundle_path}: {exc}") from exc
+    if keys.public_raw_b64(list_key) not in (keys.public_raw_b64(k) for k in bundle.list_signers):
+        raise IssuerError(
+            f"{bundle_path}: {list_path} is not one of its list signers; gates would refuse"
+            " every revocation list the hub signs"
+        )
+    return contents
+
+
+def extra_private_keys(dir: Path, *, allowed: Iterable[Path] = ()) -> list[Path]:
+    """Private keys in ``dir`` besides list.key and ``allowed`` (e.g. the hub's TLS key).
+
+    root.key and issuer.key count by name; any other file by a PEM private-key block near its
+    start. Subfolders and files that cannot be read are passed over; a missing ``dir`` has none.
+    """
+    skip = {LIST_KEY} | {p.name for p in allowed if p.parent.resolve() == dir.resolve()}
+    try:
+        entries = sorted(dir.iterdir())
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        if path.name in skip:
+            continue
+        if path.name in MINTING_KEYS:
+            found.append(path)
+            continue
+        try:
+            if not path.is_file():
+                continue
+            with path.open("rb") as file:
+                start = file.read(_SNIFF_BYTES)
+        except OSError:
+            continue
+        if _PEM_PRIVATE in start:
+            found.append(path)
+    return found
 
 
 def issue_files(

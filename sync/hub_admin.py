@@ -6,7 +6,9 @@ for the snapshot and the trust bundle.
 
 Tokens are 32 random bytes (urlsafe base64); only their SHA-256 hex digest is stored, and a
 token is printed once. The list key (``<keys>/list.key``) must be one of the trust bundle's
-``list_signers``, or every gate would refuse what the hub issues: checked when it is loaded.
+``list_signers``, or every gate would refuse what the hub issues: checked when it is loaded. The
+keys folder is what `gate-agent keys export --hub` writes; :func:`sync.hub_config.load` refuses one
+holding another private key (root.key, issuer.key), so no admin command runs with it either.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def read_trust(config: HubConfig) -> TrustDocument:
 
 
 def load_list_key(config: HubConfig) -> keys.PrivateKey:
-    """The list-signing private key of the keys directory; raises IssuerError."""
+    """The list-signing private key of the hub's keys folder; raises IssuerError."""
     return keys.read_private(config.hub.keys / LIST_KEY)
 
 

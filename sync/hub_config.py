@@ -3,7 +3,8 @@
 Sections (unknown sections and keys are errors naming the file, section and key)::
 
     [hub]  venue, listen = "127.0.0.1:8470", state_dir, store (default sqlite:///<state_dir>/hub.db),
-           keys (a `gate-agent keys init` dir), trust_bundle (default <keys>/trust.json),
+           keys (a `gate-agent keys export --hub` dir: list.key, trust.json, root.pub and no other
+           private key), trust_bundle (default <keys>/trust.json),
            entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
            max_wait_s, list_validity_s,
            list_refresh_s
@@ -28,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import LogConfig, parse_listen, section
 from agent.errors import ConfigError
+from agent.issuer import extra_private_keys
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_WAIT_S, is_id
 
@@ -213,4 +215,23 @@ def load(path: Path) -> HubConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-    return parse(text, path.resolve())
+    config = parse(text, path.resolve())
+    check_keys_folder(config)
+    return config
+
+
+def check_keys_folder(config: HubConfig) -> None:
+    """Refuse a keys folder holding a private key besides list.key (root.key, issuer.key ...).
+
+    Those keys mint trust bundles and tickets; a stolen hub must not carry them. The [tls] key
+    (or a cert file that holds it) may sit there. Raises ConfigError naming the file and the
+    command that makes a hub's folder.
+    """
+    allowed = () if config.tls is None else (config.tls.cert, config.tls.key)
+    found = extra_private_keys(config.hub.keys, allowed=allowed)
+    if found:
+        raise ConfigError(
+            f"{config.path}: [hub] keys: {', '.join(map(str, found))} must not be on the hub"
+            " (it needs list.key, trust.json and root.pub only); give it a folder of its own"
+            " made by `gate-agent keys export --hub DIR --keys KEYSDIR`"
+        )

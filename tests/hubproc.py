@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDict
 
+from agent.issuer import export_hub
 from agent.journal import Journal, Kind
 from agent.model import Decision, Reason, Verdict
 from sync.protocol import BatchUpload, EntryWire, ErrorBody, Heartbeat, Message, encode
@@ -210,10 +211,14 @@ def write_hub_config(
 ) -> HubSetup:
     """Write ``dir/hub.toml`` (state in ``dir/state``) and return the setup.
 
+    ``keys`` is a `keys init` folder; the hub gets what `keys export --hub` makes of it, in
+    ``dir/hub-keys`` (``setup.keys``), as a hub must never hold root.key or issuer.key.
     ``extra`` is appended inside ``[hub]`` (e.g. ``"gate_offline_after_s = 2\\n"``) unless it
     starts a section of its own.
     """
     dir.mkdir(parents=True, exist_ok=True)
+    export_hub(keys, dir / "hub-keys")
+    keys = dir / "hub-keys"  # from here on: the hub's folder, in the config and setup.keys
     port = free_port() if port is None else port
     lines = ["[log]", 'level = "INFO"', ""]
     if tls is not None:

@@ -483,11 +483,11 @@ async def test_trust_bundle_file_is_served_when_replaced_and_a_bad_one_is_refuse
     api, token = own_hub.api, own_hub.token
     first = await api.get("/v1/trust", token)
     newer = iss.trust_bundle(version=2)
-    (keys_dir / "trust.json").write_bytes(newer)
+    (own_hub.setup.keys / "trust.json").write_bytes(newer)
     second = await api.get("/v1/trust", token)
     assert second.body == newer and second.headers["ETag"] != first.headers["ETag"]
     forged = newer.replace(b'"signature": "', b'"signature": "AAAA')
-    (keys_dir / "trust.json").write_bytes(forged)
+    (own_hub.setup.keys / "trust.json").write_bytes(forged)
     kept = await api.get("/v1/trust", token)
     assert kept.status == 200 and kept.body == newer
     assert "new trust bundle refused" in own_hub.proc.log_tail()
@@ -649,8 +649,8 @@ def test_cli_config_option_before_or_after_the_admin_command(
 def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
     tmp_path: Path, keys_dir: Path, iss: Issuer
 ) -> None:
-    (keys_dir / "trust.json").write_bytes(iss.trust_bundle(version=2, list_signers=[]))
     setup = write_hub_config(tmp_path, keys=keys_dir)
+    (setup.keys / "trust.json").write_bytes(iss.trust_bundle(version=2, list_signers=[]))
     done = subprocess.run(
         [*EXE, "hub", "--config", str(setup.config)],
         capture_output=True, text=True, check=False, timeout=60,
