@@ -37,7 +37,7 @@ from aiohttp import web
 
 from agent import keys
 from agent.errors import AgentError
-from sync import protocol
+from sync import hub_limits, protocol
 from sync.hub_admin import (
     SnapshotCache,
     TrustFile,
@@ -199,10 +199,19 @@ async def _body(request: web.Request) -> bytes:
     too_large = f"body is over the {MAX_BODY_BYTES} byte limit"
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise HttpError(400, too_large, error="too_large")
+    timeout_s = request.app[HUB].config.hub.body_timeout_s
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise HttpError(400, too_large, error="too_large") from None
+    except TimeoutError:  # a trickling body holds a connection: cut it (aiohttp then closes it)
+        raise HttpError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s",
+            error="body_timeout",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def _etag_matches(request: web.Request, etag: str) -> bool:
@@ -524,7 +533,9 @@ async def run(config: HubConfig) -> int:
     async with opened_store(config) as store:
         app = make_app(config, store)
         access_log = logging.getLogger("sync.hub.access") if config.log.level == "DEBUG" else None
-        runner = web.AppRunner(app, access_log=access_log)
+        runner = web.AppRunner(
+            app, access_log=access_log, shutdown_timeout=5.0, lingering_time=hub_limits.LINGER_S
+        )
         await runner.setup()
         try:
             await _serve(config, runner, tls)
@@ -535,7 +546,11 @@ async def run(config: HubConfig) -> int:
 
 
 async def _serve(config: HubConfig, runner: web.AppRunner, tls: ssl.SSLContext | None) -> None:
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls, shutdown_timeout=5.0)
+    h = config.hub
+    limits = hub_limits.fit_nofile(
+        hub_limits.Limits(h.max_connections, h.max_connections_per_client, h.header_timeout_s)
+    )
+    site = hub_limits.GuardedSite(runner, config.host, config.port, limits, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:  # the address may appear later: not a config error, systemd retries

@@ -7,7 +7,10 @@ Sections (unknown sections and keys are errors naming the file, section and key)
            private key), trust_bundle (default <keys>/trust.json),
            entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
            max_wait_s, list_validity_s,
-           list_refresh_s
+           list_refresh_s,
+           max_connections, max_connections_per_client (open connections per process and per
+           client address; over either: 503), header_timeout_s (a request head must arrive within
+           it of connecting or of the previous answer), body_timeout_s (a body within it)
     [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
     [log]  level
 
@@ -53,6 +56,10 @@ class HubSection:
     max_wait_s: float = 25.0
     list_validity_s: int = 7 * 86400
     list_refresh_s: int = 3600
+    max_connections: int = 1000
+    max_connections_per_client: int = 128
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,10 @@ _HUB_RANGES: dict[str, _Check] = {
     "max_wait_s": (lambda v: 0 <= v <= MAX_WAIT_S, f"0-{MAX_WAIT_S:g} seconds"),
     "list_validity_s": (lambda v: 60 <= v <= 366 * 86400, "60 seconds to 366 days"),
     "list_refresh_s": (lambda v: 10 <= v <= 86400, "10-86400 seconds"),
+    "max_connections": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
+    "max_connections_per_client": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
+    "header_timeout_s": (lambda v: 1 <= v <= 300, "1-300 seconds"),
+    "body_timeout_s": (lambda v: 1 <= v <= 600, "1-600 seconds"),
 }
 
 
@@ -115,6 +126,11 @@ def _check_hub(hub: HubSection, src: Path) -> HubSection:
         value = getattr(hub, key)
         if not ok(value):
             raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {value!r}")
+    if hub.max_connections_per_client > hub.max_connections:
+        raise ConfigError(
+            f"{src}: [hub] max_connections_per_client: expected at most max_connections"
+            f" ({hub.max_connections}), got {hub.max_connections_per_client}"
+        )
     store = hub.store or f"sqlite://{hub.state_dir / 'hub.db'}"
     if store.startswith("sqlite://"):
         path = Path(store.removeprefix("sqlite://"))

@@ -1,0 +1,331 @@
+"""The hub's connection limits: caps per process and per client address, and a header deadline.
+
+aiohttp accepts every connection and waits for a request head as long as its keep-alive timeout
+allows, so a crowd of clients that send half a request holds the hub's file descriptors until it
+cannot accept anyone. :class:`GuardedSite` listens like ``web.TCPSite`` but puts a guard protocol
+in front of each of aiohttp's connection handlers:
+
+- A connection over ``max_connections`` open connections, or over ``max_connections_per_client``
+  from its address, is answered ``503`` (an ``ErrorBody`` with ``Retry-After`` and
+  ``Connection: close``) and closed, without an aiohttp handler: while at most
+  :data:`MAX_LINGERING` refusals are pending the hub ends its side and waits up to
+  :data:`REFUSAL_LINGER_S` for the client's end (so the client reads the 503, not a reset),
+  beyond that it closes at once. Refusals are logged as one WARNING when they start and then
+  at most one line per :data:`WARN_EVERY_S` with counts.
+- A connection must send a complete request head within ``header_timeout_s`` of connecting or of
+  its previous response being written, or it is closed. The deadline stops when a request
+  reaches the application (so a long-polled feed request is never cut) and starts again when
+  the request's task (handler and writing the response) is done. With TLS the handshake has the
+  same bound (``ssl_handshake_timeout``); a connection counts once its handshake is done.
+
+Request bodies are bounded separately (``body_timeout_s`` in ``sync.hub._body``); after such a
+timeout aiohttp discards what is left of a body for at most :data:`LINGER_S` and then closes.
+:func:`fit_nofile` raises the soft RLIMIT_NOFILE and keeps ``max_connections`` under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from sync import protocol
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 128  # descriptors kept for the database, logs, TLS handshakes, lingering refusals
+WARN_EVERY_S = 60.0
+LINGER_S = 2.0  # web.AppRunner(lingering_time=): an unread body is dropped this long, then closed
+RETRY_AFTER_S = 5
+MAX_LINGERING = 64  # refused connections closed gracefully at a time; beyond: closed at once
+REFUSAL_LINGER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one hub process allows; see the module docstring."""
+
+    max_connections: int = 1000
+    max_connections_per_client: int = 128
+    header_timeout_s: float = 10.0
+
+
+def _busy_answer(message: str) -> bytes:
+    body = protocol.encode(protocol.ErrorBody("unavailable", message))
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Retry-After: {RETRY_AFTER_S}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+_BUSY = {
+    "total": _busy_answer("the hub has too many open connections; try again later"),
+    "client": _busy_answer("too many open connections from this address; try again later"),
+}
+
+
+def fit_nofile(limits: Limits) -> Limits:
+    """Raise the soft RLIMIT_NOFILE to the hard limit and return ``limits`` with
+    ``max_connections`` lowered (one WARNING line) when it does not fit under the soft limit
+    with :data:`FD_RESERVE` to spare. Never raises: a limit that cannot be raised is kept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections + FD_RESERVE
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return limits
+    cap = max(1, soft - FD_RESERVE)
+    log.warning(
+        "max_connections lowered from %d to %d: the open file limit is %d (LimitNOFILE=)",
+        limits.max_connections, cap, soft,
+    )  # fmt: skip
+    return replace(
+        limits,
+        max_connections=cap,
+        max_connections_per_client=min(cap, limits.max_connections_per_client),
+    )
+
+
+class _Refusals:
+    """Counts refused connections; logs when refusing starts and then once per WARN_EVERY_S."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._clients: Counter[str] = Counter()
+        self._last = -WARN_EVERY_S
+        self._flush: asyncio.TimerHandle | None = None
+
+    def add(self, reason: str, host: str) -> None:
+        self._counts[reason] += 1
+        self._clients[host] += 1
+        wait = self._last + WARN_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        self._flush = None
+        if not self._counts:
+            return
+        host, most = self._clients.most_common(1)[0]
+        log.warning(
+            "refused %d connections with 503 (%d over max_connections, %d over "
+            "max_connections_per_client; %d from %s) since the last such line",
+            sum(self._counts.values()), self._counts["total"], self._counts["client"], most, host,
+        )  # fmt: skip
+        self._last = time.monotonic()
+        self._counts.clear()
+        self._clients.clear()
+
+    def cancel(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self.flush()
+
+
+class _Connections:
+    """The open connections of one site, by client address, and the guards' factory."""
+
+    def __init__(self, limits: Limits, server: web.Server) -> None:
+        self.limits = limits
+        self.server = server
+        self.total = 0
+        self.per_client: Counter[str] = Counter()
+        self.by_handler: dict[RequestHandler, _Guard] = {}
+        self.lingering = 0  # refused connections waiting for the client to close
+        self.refusals = _Refusals()
+        self._handle = server.request_handler
+        server.request_handler = self._handle_request
+
+    def protocol(self) -> _Guard:
+        return _Guard(self)
+
+    def admit(self, host: str) -> str | None:
+        """None when a connection from ``host`` may open (and counts it), else why not."""
+        if self.total >= self.limits.max_connections:
+            return "total"
+        if self.per_client[host] >= self.limits.max_connections_per_client:
+            return "client"
+        self.total += 1
+        self.per_client[host] += 1
+        return None
+
+    def release(self, host: str) -> None:
+        self.total -= 1
+        self.per_client[host] -= 1
+        if self.per_client[host] <= 0:
+            del self.per_client[host]
+
+    async def _handle_request(self, request: BaseRequest) -> web.StreamResponse:
+        """The application's handler, with the connection's header deadline stopped until the
+        request's task (this handler, then writing the response) is done."""
+        guard = self.by_handler.get(request.protocol)
+        task = asyncio.current_task()
+        if guard is not None and task is not None:
+            guard.request_started()
+            task.add_done_callback(guard.request_done)
+        return await self._handle(request)
+
+
+class _Guard(asyncio.Protocol):
+    """In front of one aiohttp RequestHandler: counts it, refuses it or times out its head."""
+
+    def __init__(self, conns: _Connections) -> None:
+        self._conns = conns
+        self._inner: RequestHandler | None = None
+        self._transport: asyncio.Transport | None = None
+        self._host = ""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._lingering = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refused = self._conns.admit(self._host)
+        if refused is not None:
+            self._refuse(transport, refused)
+            return
+        self._transport = transport
+        self._inner = inner = self._conns.server()
+        self._conns.by_handler[inner] = self
+        self._arm()
+        inner.connection_made(transport)
+
+    def _refuse(self, transport: asyncio.Transport, why: str) -> None:
+        """Answer 503. Closing with the client's request unread would send a reset, which can
+        destroy the answer before the client reads it: so, while few refusals are pending, send
+        the end of the stream and wait briefly for the client's (a lingering close)."""
+        conns = self._conns
+        conns.refusals.add(why, self._host)
+        transport.write(_BUSY[why])
+        if conns.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        conns.lingering += 1
+        self._lingering = True
+        transport.write_eof()
+        self._deadline = asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> None:
+        if self._inner is not None:
+            self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._lingering:
+            self._lingering = False
+            self._conns.lingering -= 1
+        inner, self._inner, self._transport = self._inner, None, None
+        if inner is None:
+            return
+        self._conns.by_handler.pop(inner, None)
+        self._conns.release(self._host)
+        inner.connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._busy = True
+        self._disarm()
+
+    def request_done(self, _task: object) -> None:
+        self._busy = False
+        if self._transport is not None:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._conns.limits.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        transport = self._transport
+        if self._busy or transport is None:
+            return
+        log.debug("closed a connection from %s: no request head in time", self._host)
+        # A client that does not read what it was sent would hold close() open: abort then.
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+
+class GuardedSite(web.BaseSite):
+    """``web.TCPSite`` with :class:`Limits` on the connections it accepts."""
+
+    __slots__ = ("_conns", "_host", "_limits", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: Limits,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host, self._port, self._limits = host, port, limits
+        self._conns: _Connections | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        """Listen; raises OSError when the address cannot be bound."""
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._conns = conns = _Connections(self._limits, server)
+        self._server = await asyncio.get_running_loop().create_server(
+            conns.protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._limits.header_timeout_s if self._ssl_context else None,
+        )
+
+    async def stop(self) -> None:
+        if self._conns is not None:
+            self._conns.refusals.cancel()
+        await super().stop()

@@ -1,0 +1,351 @@
+"""The hub against slow and greedy clients (issue 10, part 5), as a real process on loopback.
+
+1,100 connections from 127.0.0.2 that send half a request head: a good client on 127.0.0.1 keeps
+getting /v1/health within 1 s, those over the per-client cap get a 503 at once, the others are
+closed within the header timeout, and the hub's log has no traceback and at most a line or two
+about refusals. The total cap, a trickling body (408, then closed), a long-poll longer than the
+header timeout (answered normally), and a low open-file limit (max_connections lowered, said once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from sync import hub_config
+from sync.hub_limits import FD_RESERVE
+from tests.hubproc import (
+    EXE,
+    ROOT,
+    HubProcess,
+    HubSetup,
+    add_token,
+    write_hub_config,
+)
+
+FLOOD = 1100
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
+LINGER_S = 2.0  # sync.hub_limits.LINGER_S
+HALF_HEAD = b"GET /v1/health HTTP/1.1\r\nHost: hub\r\nUser-Agent: slo"
+HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _nofile() -> None:
+    """1,100 sockets need more than the usual soft limit of 1,024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < FLOOD + 200:
+        pytest.skip("the hard RLIMIT_NOFILE is too low for 1,100 client sockets")
+
+
+def _hub(tmp_path: Path, keys: Path, **keys_values: float) -> HubSetup:
+    extra = "".join(f"{k} = {v}\n" for k, v in keys_values.items())
+    return write_hub_config(tmp_path / "hub", keys=keys, extra=extra)
+
+
+@dataclass
+class Answer:
+    head: bytes  # status line and headers ("" when closed without an answer)
+    body: bytes
+    took_s: float  # from connected to closed by the hub
+    reset: bool = False
+
+    @property
+    def status(self) -> int:
+        return int(self.head.split(b" ", 2)[1]) if self.head else 0
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.decode("latin-1").split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+
+def _split(data: bytes, took_s: float, reset: bool = False) -> Answer:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return Answer(head, body, took_s, reset)
+
+
+def health(port: int, timeout_s: float = 5.0, source: str = "127.0.0.1") -> Answer:
+    """GET /v1/health on a new connection from ``source``; read until the hub closes."""
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout_s, (source, 0)) as sock:
+        sock.sendall(HEALTH)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return _split(got, time.monotonic() - t)
+
+
+async def _half_request(port: int, source: str, deadline_s: float) -> Answer:
+    """Connect from ``source``, send half a head, read until the hub closes (or the deadline)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    t = time.monotonic()
+    got, reset = b"", False
+    try:
+        writer.write(HALF_HEAD)
+        async with asyncio.timeout(deadline_s):
+            while chunk := await reader.read(65536):
+                got += chunk
+    except ConnectionResetError:
+        reset = True
+    finally:
+        writer.close()
+    return _split(got, time.monotonic() - t, reset)
+
+
+def _assert_busy(answer: Answer, words: str) -> None:
+    assert answer.status == 503, answer
+    assert answer.header("Retry-After") == "5" and answer.header("Connection") == "close"
+    body = json.loads(answer.body)
+    assert body["error"] == "unavailable" and words in body["message"], body
+
+
+def _assert_quiet_log(proc: HubProcess) -> None:
+    log = proc.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    refusals = [line for line in log.splitlines() if "refused" in line and "503" in line]
+    assert 1 <= len(refusals) <= 2, refusals
+
+
+async def test_a_half_request_flood_leaves_health_answering_a_good_client(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    per_client = 400
+    setup = _hub(
+        tmp_path, _session_keys, max_connections=500, max_connections_per_client=per_client,
+        header_timeout_s=HEADER_TIMEOUT_S,
+    )  # fmt: skip
+    with HubProcess(setup) as proc:
+        flood = [
+            asyncio.ensure_future(_half_request(setup.port, "127.0.0.2", 30)) for _ in range(FLOOD)
+        ]
+        probes = []
+        for _ in range(8):  # while the flood connects and is held
+            probes.append(await asyncio.to_thread(health, setup.port))
+            await asyncio.sleep(0.2)
+        answers = await asyncio.gather(*flood)
+        assert proc.healthy()
+    for probe in probes:
+        assert probe.status == 200 and probe.took_s < 1.0, probe
+    refused = [a for a in answers if a.status == 503]
+    held = [a for a in answers if a.status == 0]
+    assert len(refused) + len(held) == FLOOD, [a for a in answers if a.status not in (0, 503)]
+    for answer in refused:
+        _assert_busy(answer, "from this address")
+    # Only the per-client cap was reached (a second wave may be let in as the first times out).
+    assert len(refused) >= FLOOD - 2 * per_client and len(held) >= per_client
+    for answer in held:  # closed by the hub at its header timeout, not before and not never
+        assert HEADER_TIMEOUT_S - 0.5 <= answer.took_s <= HEADER_TIMEOUT_S + 3, answer
+    _assert_quiet_log(proc)
+
+
+async def test_the_total_cap_refuses_everyone_until_connections_close(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    setup = _hub(
+        tmp_path, _session_keys, max_connections=20, max_connections_per_client=10,
+        header_timeout_s=60,
+    )  # fmt: skip
+    with HubProcess(setup) as proc:
+        loop = asyncio.get_running_loop()
+        conns = {}
+        for source in ("127.0.0.2", "127.0.0.3"):
+            conns[source] = []
+            for _ in range(10):
+                conns[source].append(
+                    await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
+                )
+            if source == "127.0.0.2":  # 10 of 20: this address is full, the hub is not
+                over = await _half_request(setup.port, source, 10)
+                _assert_busy(over, "too many open connections from this address")
+        deadline = loop.time() + 10
+        while True:  # the hub counts a connection once it has accepted it
+            answer = await asyncio.to_thread(health, setup.port)
+            if answer.status == 503 or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        _assert_busy(answer, "the hub has too many open connections")
+        for _, writer in conns.pop("127.0.0.3"):
+            writer.close()
+        deadline = loop.time() + 10
+        while (answer := await asyncio.to_thread(health, setup.port)).status != 200:
+            assert loop.time() < deadline, answer
+            await asyncio.sleep(0.05)
+        assert answer.took_s < 1.0
+        for _, writer in conns.pop("127.0.0.2"):
+            writer.close()
+    _assert_quiet_log(proc)
+
+
+def _trickle_body(port: int, token: str, deadline_s: float) -> tuple[Answer, float]:
+    """POST a heartbeat whose body comes one byte per 0.2 s; (the answer, when the hub closed)."""
+    head = (
+        f"POST /v1/gates/gate-a/heartbeat HTTP/1.1\r\nHost: hub\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 5000\r\n\r\n"
+    ).encode()
+    t = time.monotonic()
+    got, answered_s = b"", 0.0
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(head + b"{")
+        sock.settimeout(0.2)
+        while time.monotonic() - t < deadline_s:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    break
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+            answered_s = answered_s or time.monotonic() - t
+    return _split(got, answered_s), time.monotonic() - t
+
+
+async def test_a_trickling_body_is_cut_with_408_and_the_connection_closed(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    setup = _hub(
+        tmp_path, _session_keys, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S
+    )
+    token = add_token(setup, gate_id="gate-a")
+    with HubProcess(setup) as proc:
+        answer, closed_s = await asyncio.to_thread(_trickle_body, setup.port, token, 30)
+        assert proc.healthy()
+    assert answer.status == 408, answer
+    assert json.loads(answer.body)["error"] == "body_timeout"
+    assert BODY_TIMEOUT_S - 0.5 <= answer.took_s <= BODY_TIMEOUT_S + 2, answer
+    assert closed_s <= BODY_TIMEOUT_S + LINGER_S + 3, closed_s
+    assert "Traceback" not in proc.log_path.read_text(errors="replace")
+
+
+async def test_a_long_poll_longer_than_the_header_timeout_is_answered(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    setup = _hub(tmp_path, _session_keys, header_timeout_s=HEADER_TIMEOUT_S, max_wait_s=5)
+    token = add_token(setup, gate_id="gate-a")
+    request = (
+        f"GET /v1/venues/{setup.venue}/entries?after=0&wait=4 HTTP/1.1\r\nHost: hub\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    with HubProcess(setup):
+        reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+        t = time.monotonic()
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+        waited = time.monotonic() - t
+        answer = _split(head, waited)
+        body = await reader.readexactly(int(answer.header("Content-Length") or 0))
+        # The connection is kept for another request; idle, it is closed at the header timeout.
+        writer.write(HEALTH)
+        again = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.status == 200 and waited >= 3.5, (answer, waited)
+    assert json.loads(body)["entries"] == []
+    assert again.startswith(b"HTTP/1.1 200")
+
+
+def test_a_low_open_file_limit_lowers_max_connections_once(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=_session_keys)
+    limit = 300
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    log_path = tmp_path / "hub" / "hub.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*EXE, "hub", "--config", str(setup.config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            cwd=ROOT, preexec_fn=low_limit,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while health_or_none(setup.port) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    text = log_path.read_text()
+    line = f"max_connections lowered from 1000 to {limit - FD_RESERVE}: the open file limit is"
+    assert text.count(line) == 1, text
+    assert "Traceback" not in text
+
+
+def health_or_none(port: int) -> Answer | None:
+    try:
+        return health(port, 1.0)
+    except OSError:
+        return None
+
+
+def test_raised_soft_limit_keeps_max_connections(tmp_path: Path) -> None:
+    """A soft limit under the hard one is raised, so the configured cap stands."""
+    code = (
+        "import resource; from sync import hub_limits;"
+        "l = hub_limits.fit_nofile(hub_limits.Limits());"
+        "print(l.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1000 + FD_RESERVE:
+        pytest.skip("the hard RLIMIT_NOFILE is too low")
+
+    def low_soft() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+        preexec_fn=low_soft, timeout=60,
+    )  # fmt: skip
+    cap, soft = map(int, done.stdout.split())
+    assert cap == 1000 and soft >= 1000 + FD_RESERVE, done
+    assert "lowered" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("max_connections = 0", "[hub] max_connections: expected an integer 1-1000000"),
+        ("header_timeout_s = 0.5", "[hub] header_timeout_s: expected 1-300 seconds"),
+        ("body_timeout_s = 601", "[hub] body_timeout_s: expected 1-600 seconds"),
+        (
+            "max_connections = 10\nmax_connections_per_client = 11",
+            "[hub] max_connections_per_client: expected at most max_connections (10), got 11",
+        ),
+    ],
+)
+def test_limit_keys_are_validated(tmp_path: Path, text: str, words: str) -> None:
+    base = '[hub]\nvenue = "v"\nstate_dir = "s"\nkeys = "k"\n'
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        hub_config.parse(base + text + "\n", tmp_path / "hub.toml")
+
+
+def test_limit_defaults() -> None:
+    conf = hub_config.parse('[hub]\nvenue = "v"\nstate_dir = "s"\nkeys = "k"\n', Path("/x.toml"))
+    h = conf.hub
+    assert (h.max_connections, h.max_connections_per_client) == (1000, 128)
+    assert (h.header_timeout_s, h.body_timeout_s) == (10.0, 30.0)
