@@ -3,10 +3,12 @@
 Same daemon and scans as bench_status (its helpers; the real ``gate-agent run`` as its own process,
 100,000 revocations, 10,000 journal rows, a socket scanner, the sim turnstile passing at once).
 The flood: a separate process runs ``--streams`` clients, each opening /display/events and
-reading it for as long as the daemon keeps it open; a client that is refused (503) or whose stream
-ends opens it again after ``--retry-s`` (a browser's EventSource retries after a few seconds; an
-attacker at once). The flood starts ``--settle-s`` before the scans so that it has reached its
-steady state (before streams were capped, the pacer let 100 a second in until all were open).
+reading it for as long as the daemon keeps it open. A client that is refused (503) or whose stream
+ends opens it again after the answer's Retry-After (1 s without one): 1,500 attempts at once, and
+again when told; or, with ``--retry-s``, after that long whatever it was told (``--retry-s 1``:
+about a thousand attempts a second, as a careless or hostile client makes). The flood starts
+``--settle-s`` before the scans so that it has reached its steady state (before streams were
+capped, the pacer let 100 a second in until all were open).
 
 Per run: lane latency (the daemon's ``latency_ms``) and send -> logged, quiet and flooded; how
 many stream attempts were answered 200 or 503 and how fast the 503 came; the fewest decisions
@@ -15,7 +17,7 @@ Medians over ``--runs`` daemons. No assertions on time. The daemon is ``python -
 from the current directory, so running this from another checkout measures that checkout.
 
     .venv/bin/python tests/bench/bench_status_flood.py [--revoked 100000] [--rows 10000]
-        [--scans 500] [--interval-ms 20] [--streams 1500] [--retry-s 1] [--settle-s 15] [--runs 3]
+        [--scans 500] [--interval-ms 20] [--streams 1500] [--retry-s S] [--settle-s 15] [--runs 3]
 """
 
 from __future__ import annotations
@@ -49,21 +51,31 @@ Attempt = tuple[float, float, int, float, int]
 
 
 async def _follow(
-    http: aiohttp.ClientSession, url: str, stop: asyncio.Event, retry_s: float, out: list[Attempt]
+    http: aiohttp.ClientSession,
+    url: str,
+    stop: asyncio.Event,
+    retry_s: float | None,
+    out: list[Attempt],
 ) -> None:
-    """One client: follow the stream, open it again after ``retry_s`` when refused or ended."""
+    """One client: follow the stream; open it again when refused or ended, after ``retry_s``
+    (None: after what the answer's Retry-After says, else 1 s)."""
     while not stop.is_set():
         asked, t, status, events, took = time.time(), time.perf_counter(), 0, 0, 0.0
+        wait_s = retry_s if retry_s is not None else 1.0
         try:
             async with http.get(url) as r:
                 status, took = r.status, (time.perf_counter() - t) * 1000
+                if retry_s is None and r.headers.get("Retry-After", "").isdigit():
+                    wait_s = float(r.headers["Retry-After"])
                 if status != 200:
                     await r.read()
                 else:
-                    while not stop.is_set():
-                        try:  # wake up now and then to see whether the run is over
+                    while True:  # once the run is over, until what was sent is read
+                        try:
                             line = await asyncio.wait_for(r.content.readline(), 0.5)
                         except TimeoutError:
+                            if stop.is_set():
+                                break
                             continue
                         if not line:
                             break
@@ -72,10 +84,10 @@ async def _follow(
             took = took or (time.perf_counter() - t) * 1000
         out.append((asked, took, status, time.time(), max(0, events - 1)))  # less the greeting
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), retry_s)
+            await asyncio.wait_for(stop.wait(), wait_s)
 
 
-async def _flood(url: str, streams: int, retry_s: float, conn: Connection) -> None:
+async def _flood(url: str, streams: int, retry_s: float | None, conn: Connection) -> None:
     stop = asyncio.Event()
     out: list[Attempt] = []
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -92,7 +104,7 @@ async def _flood(url: str, streams: int, retry_s: float, conn: Connection) -> No
     conn.send(out)
 
 
-def _flood_process(url: str, streams: int, retry_s: float, conn: Connection) -> None:
+def _flood_process(url: str, streams: int, retry_s: float | None, conn: Connection) -> None:
     asyncio.run(_flood(url, streams, retry_s, conn))
 
 
@@ -155,11 +167,11 @@ def _median(runs: list[dict[str, Any]], phase: str, key: str) -> float:
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     def row(name: str, key: str, fmt: str, ratio: bool = False) -> None:
         q, fl = _median(runs, "quiet", key), _median(runs, "flooded", key)
-        tail = f"{fl / q:>8.2f}x" if ratio and q else ""
+        tail = f"{fl / q:>9.2f}x" if ratio and q else ""
         print(f"  {name:<32}{q:>12{fmt}}{fl:>12{fmt}}{tail}")
 
     print(
-        f"  {'(median of ' + str(len(runs)) + ' runs)':<32}{'quiet':>12}{'flooded':>12}{'ratio':>9}"
+        f"  {'(median of ' + str(len(runs)) + ' runs)':<32}{'quiet':>12}{'flooded':>12}{'ratio':>10}"
     )
     row("decisions logged", "n", ".0f")
     row("daemon CPU, % of a core", "cpu", ".0%")
@@ -196,7 +208,9 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=500)
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--streams", type=int, default=1500, help="clients following events")
-    parser.add_argument("--retry-s", type=float, default=1.0, help="a refused client retries")
+    parser.add_argument(
+        "--retry-s", type=float, default=None, help="retry after this, not after Retry-After"
+    )
     parser.add_argument("--settle-s", type=float, default=15.0, help="flood before the scans")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -216,10 +230,11 @@ def main() -> None:
                 f" {fl['open_throughout']} (>= {fl['min_events']} events)",
                 flush=True,
             )
+    retry = "after Retry-After" if args.retry_s is None else f"{args.retry_s:g} s"
     print(
         f"gate-agent run, {args.revoked:,} revocations, {args.rows:,} journal rows, {args.scans}"
         f" scans one per {args.interval_ms:g} ms, {args.streams} clients following"
-        f" /display/events (retry {args.retry_s:g} s), {os.cpu_count()} CPUs, load average"
+        f" /display/events (retry {retry}), {os.cpu_count()} CPUs, load average"
         f" {load_before:.2f} before:"
     )
     report(runs, args)
