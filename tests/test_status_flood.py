@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from agent import config as cfg
-from agent import revocation_issuer, tickets
+from agent import revocation_issuer, status, tickets
 from agent.daemon import open_gate
 from agent.errors import ConfigError
 from agent.issuer import Issuer
@@ -250,3 +250,25 @@ def test_max_streams_out_of_range_names_the_key(write_config: WriteConfig, value
     assert str(err.value).startswith(str(path))
     assert "[status] max_streams" in str(err.value)
     assert cfg.load(write_config(extra="\n[status]\nmax_streams = 256\n")).status.max_streams == 256
+
+
+async def test_every_stream_gets_keep_alives_while_no_decision_comes(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status, "_KEEPALIVE_S", 0.05)
+    conf = cfg.load(write_config())
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate()) as gate:
+        server = StatusServer(gate, port=0, max_streams=2)
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/display/events"
+        try:
+            async with aiohttp.ClientSession(timeout=UNBOUNDED) as http:
+                a, b = [await http.get(url) for _ in range(2)]
+                for r in (a, b):
+                    assert (await r.content.readline()).startswith(b"data:")  # the greeting
+                    assert await r.content.readline() == b"\n"
+                    comment = await asyncio.wait_for(r.content.readline(), 10)
+                    assert comment == b": keep-alive\n"
+                    r.close()
+        finally:
+            await server.close()
