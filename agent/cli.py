@@ -172,6 +172,9 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
     who.add_argument("--console", metavar="NAME", help="a security console token")
     who.add_argument("--revoke-gate", metavar="ID", help="delete every token of this gate")
+    token.add_argument(
+        "--name", help="with --gate: the gate's name in the venue, unique (e.g. 'Gate 3')"
+    )
     revoke.add_argument(
         "--op", choices=("revoke", "unrevoke", "block", "unblock"), default="revoke"
     )
@@ -405,12 +408,15 @@ def _hub(args: argparse.Namespace) -> int:
 async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
     from sync import hub_admin
 
+    if args.name is not None and args.gate is None:
+        print("gate-agent: hub token: --name goes with --gate", file=sys.stderr)
+        return 2
     if args.revoke_gate is not None:
         count = await hub_admin.revoke_gate(conf, args.revoke_gate)
         print(f"{count} tokens of gate {args.revoke_gate} deleted")
         return 0
     if args.gate is not None:
-        token = await hub_admin.add_gate_token(conf, args.gate)
+        token = await hub_admin.add_gate_token(conf, args.gate, args.name)
     else:
         token = await hub_admin.add_console_token(conf, args.console)
     print(token)

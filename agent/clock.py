@@ -230,6 +230,18 @@ def _load_floor(path: Path) -> float:
     return value
 
 
+HLC_MAX_AHEAD_S = 300.0  # default bound of a peer's HLC (and a row's time) past the best time known
+
+
+def bounded_hlc(hlc: int, wall_time: float, max_ahead_s: float = HLC_MAX_AHEAD_S) -> int:
+    """``hlc``, or when its physical part lies more than ``max_ahead_s`` past ``wall_time`` (an HLC
+    that a bogus peer row pushed far ahead), the HLC of ``wall_time`` itself."""
+    wall_ms = int(wall_time * 1000)
+    if HLC.physical_ms(hlc) > wall_ms + int(max_ahead_s * 1000):
+        return max(0, wall_ms) << _HLC_LOGICAL_BITS
+    return hlc
+
+
 class HLC:
     """A hybrid logical clock packed in one int: ``(physical_ms << 16) | logical``.
 

@@ -110,6 +110,7 @@ class HubLinkConfig:
     trust_interval_s: float = 300.0
     offline_after_s: float = 30.0
     retry_max_s: float = 60.0  # the longest wait between retries after a fault
+    max_clock_ahead_s: float = 300.0  # a peer's HLC may not move ours further past the best time
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("hub", "trust_interval_s"): (lambda v: 0.1 <= v <= 86400, "0.1-86400 seconds"),
     ("hub", "offline_after_s"): (lambda v: 0.5 <= v <= 3600, "0.5-3600 seconds"),
     ("hub", "retry_max_s"): (lambda v: 0.5 <= v <= 3600, "0.5-3600 seconds"),
+    ("hub", "max_clock_ahead_s"): (lambda v: 5 <= v <= 86400, "5-86400 seconds"),
 }
 # Values never echoed in an error message.
 _SECRETS = frozenset({("hub", "token"), ("pretix", "init_token")})

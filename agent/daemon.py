@@ -262,6 +262,7 @@ def _hub_client(config: cfg.Config, gate: Gate) -> HubClient:
         timeout_s=hc.timeout_s, batch_size=hc.batch_size,
         revocation_interval_s=hc.revocation_interval_s, trust_interval_s=hc.trust_interval_s,
         offline_after_s=hc.offline_after_s, backoff_cap_s=hc.retry_max_s,
+        max_clock_ahead_s=hc.max_clock_ahead_s,
     )  # fmt: skip
 
     def faults() -> list[str]:

@@ -115,6 +115,7 @@ async def _hub(dir: Path) -> AsyncIterator[tuple[HubStore, int]]:
 
 async def _gate_config(dir: Path, store: HubStore, gate_id: str, name: str, port: int) -> Path:
     token = new_token()
+    await store.set_gate_name(gate_id, name)  # the venue's name for it, not the gate's own word
     await store.add_token(hash_token(token), "gate", gate_id, name)
     token_file = dir / f"{gate_id}.token"
     token_file.touch(mode=0o600)

@@ -13,6 +13,7 @@ Errors from SQLite become :class:`agent.errors.JournalError` naming the file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import sqlite3
@@ -25,9 +26,9 @@ from typing import Any, Literal, cast, get_args
 
 import aiosqlite
 
-from agent.clock import HLC, Clock, boot_id, uuid7
+from agent.clock import HLC, HLC_MAX_AHEAD_S, Clock, boot_id, uuid7
 from agent.errors import JournalError
-from agent.model import Decision, Flag, Reason, Verdict
+from agent.model import Decision, Flag, Reason, Verdict, shared_ref
 from agent.seen import SeenRefs
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,15 @@ _INSERT_PEER = (
     "kind, annuls, wall_time, hlc, received_at) VALUES "
 )
 _PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
-# Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref. Attempts are not admissions and
-# never count against a ticket, so they stay out of history.
+# Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
+# rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
+# admissions and never count against a ticket, so they stay out of history.
 _HISTORY = """
 SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer
     FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
 SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer
-    FROM peer_entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+    FROM peer_entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
 ORDER BY hlc, entry_id
 """
 _HISTORY_KINDS = frozenset({"entry", "exit", "annul"})
@@ -256,10 +258,10 @@ class Journal:
 
         Raises JournalError.
         """
-        if ticket_ref not in self._refs:
+        if shared_ref(ticket_ref) not in self._refs:
             self._require_open()
             return []
-        params = (self._gate_id, self._gate_name, ticket_ref, ticket_ref)
+        params = (self._gate_id, self._gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
         rows = await self._fetchall(_HISTORY, params)
         return [_history_entry(row) for row in rows]
 
@@ -340,14 +342,24 @@ class Journal:
         )
         return [(str(k), str(v), str(ln), float(t)) for k, v, ln, t in rows]
 
-    async def add_peer_entries(self, entries: Iterable[PeerEntry]) -> int:
+    async def add_peer_entries(
+        self, entries: Iterable[PeerEntry], *, hlc_ceiling_ms: int | None = None
+    ) -> int:
         """Store entries learnt from other gates; returns how many were new.
 
         Idempotent by ``entry_id``. Each chunk of up to 1,000 entries (a hub batch is at most
         500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
-        the hub) are skipped, malformed ones too, with a warning. Raises JournalError.
+        the hub) are skipped, malformed ones too, with a warning. A pretix secret is stored as its
+        digest (:func:`agent.model.shared_ref`). A row whose HLC lies past ``hlc_ceiling_ms`` (the
+        best time this gate knows plus the allowed lead, Unix ms) is stored, but does not move
+        this gate's HLC: one bogus row cannot push every later row of the venue out of range.
+        Raises JournalError.
         """
-        batch = [e for e in entries if self._acceptable_peer(e)]
+        batch = [
+            dataclasses.replace(e, ticket_ref=shared_ref(e.ticket_ref))
+            for e in entries
+            if self._acceptable_peer(e)
+        ]
         self._refs.update(e.ticket_ref for e in batch)
         db = self._require_open()
         received_at = self._clock.now()
@@ -364,8 +376,15 @@ class Journal:
                 raise self._error("cannot store peer entries", exc) from exc
             inserted += cursor.rowcount
         wall_ms = int(received_at * 1000)
+        ahead = 0
         for entry in batch:
+            if hlc_ceiling_ms is not None and HLC.physical_ms(entry.hlc) > hlc_ceiling_ms:
+                ahead += 1
+                continue
             self._hlc.observe(entry.hlc, wall_ms)
+        if ahead:
+            log.warning("%d peer entries carry an HLC too far ahead of the best known time;"
+                        " stored, not followed", ahead)  # fmt: skip
         return inserted
 
     async def unsynced(self, limit: int = 500) -> list[EntryRecord]:
@@ -518,16 +537,28 @@ class Journal:
             raise self._error("cannot write journal meta", exc) from exc
 
     async def _recover(self) -> None:
-        """Restore the counter, the HLC and the clock floor from the stored rows."""
-        last_seq, own_hlc, peer_hlc, last_synced_wall = await self._one(
+        """Restore the counter, the HLC and the clock floor from the stored rows.
+
+        HLC values further than HLC_MAX_AHEAD_S past the latest time the journal or the clock
+        knows (a bogus peer row followed before HLCs were bounded) are not restored: the gate's
+        HLC starts from the honest rows, so its rows are accepted by peers again.
+        """
+        last_seq, last_wall, last_synced_wall = await self._one(
             "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
-            " (SELECT IFNULL(MAX(hlc), 0) FROM entries),"
-            " (SELECT MAX(IFNULL((SELECT MAX(hlc) FROM peer_entries), 0),"
-            "  IFNULL((SELECT MAX(hlc) FROM gate_events), 0))),"
+            " (SELECT MAX(IFNULL((SELECT MAX(wall_time) FROM entries), 0),"
+            "  IFNULL((SELECT MAX(received_at) FROM peer_entries), 0))),"
             " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
         )
+        best = max(self._clock.now(), float(last_wall))
+        ceiling = int((best + HLC_MAX_AHEAD_S) * 1000 + 1) << 16
+        (hlc,) = await self._one(
+            "SELECT MAX(IFNULL((SELECT MAX(hlc) FROM entries WHERE hlc < ?1), 0),"
+            " IFNULL((SELECT MAX(hlc) FROM peer_entries WHERE hlc < ?1), 0),"
+            " IFNULL((SELECT MAX(hlc) FROM gate_events WHERE hlc < ?1), 0))",
+            (ceiling,),
+        )
         self._next_seq = int(last_seq) + 1
-        self._hlc = HLC(max(int(own_hlc), int(peer_hlc)))
+        self._hlc = HLC(int(hlc))
         await self._load_refs()
         if last_synced_wall is not None:
             self._clock.raise_floor(float(last_synced_wall))
@@ -539,7 +570,7 @@ class Journal:
         # the counter and re-read it, so the next insert neither repeats nor skips a gate_seq.
         self._next_seq = None
         if rec.kind in _HISTORY_KINDS:
-            self._refs.add(rec.ticket_ref)  # before the insert: its fate may be unknown
+            self._refs.add(shared_ref(rec.ticket_ref))  # before the insert: its fate may be unknown
         try:
             await db.execute(_INSERT, rec._params())
         except sqlite3.Error as exc:
@@ -553,7 +584,7 @@ class Journal:
         try:
             async with db.execute(_REFS_WITH_HISTORY) as cur:
                 while rows := await cur.fetchmany(_REFS_CHUNK):
-                    parts.append(SeenRefs.hashes(ref for (ref,) in rows))
+                    parts.append(SeenRefs.hashes(shared_ref(ref) for (ref,) in rows))
         except sqlite3.Error as exc:
             raise self._error("cannot read journal", exc) from exc
         self._refs.load(parts)
@@ -613,7 +644,8 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
         try:
             gate = conn.execute(_GATE_ID).fetchone()
             gate_id = "" if gate is None else str(gate[0])
-            rows = conn.execute(_HISTORY, (gate_id, gate_name, ticket_ref, ticket_ref)).fetchall()
+            params = (gate_id, gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
+            rows = conn.execute(_HISTORY, params).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:

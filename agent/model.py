@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Verdict(enum.StrEnum):
@@ -92,6 +94,45 @@ class Ticket:
 def text_digest(text: str) -> str:
     """A short hash of a scanned text, safe to log or journal in place of the raw payload."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+class HistoryRow(Protocol):
+    """What :func:`annulled_ids` reads of a row of a ticket's history (gate or hub)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def entry_id(self) -> str: ...
+    @property
+    def gate_id(self) -> str: ...
+    @property
+    def annuls(self) -> str | None: ...
+
+
+def annulled_ids(history: Iterable[HistoryRow]) -> set[str]:
+    """The entry ids of a ticket's history that an annulment cancels. Only the gate that recorded
+    an entry can annul it: an annulment from any other gate (a stolen one) cancels nothing."""
+    rows = list(history)
+    owner = {r.entry_id: r.gate_id for r in rows}
+    return {
+        r.annuls
+        for r in rows
+        if r.kind == "annul" and r.annuls is not None and owner.get(r.annuls) == r.gate_id
+    }
+
+
+SECRET_REF_PREFIX = "pretix:"  # noqa: S105 (a prefix): the ref is a pretix ticket secret
+SHARED_SECRET_PREFIX = "pretix-sha256:"  # noqa: S105 (a prefix): its digest, safe to share
+
+
+def shared_ref(ticket_ref: str) -> str:
+    """The form of a ticket ref that may leave the gate: a pretix secret becomes its SHA-256
+    (``pretix-sha256:<hex>``), every other ref stays as it is. Idempotent. Other gates learn a
+    pretix ticket's entries under this digest, so the hub and its feed never hold the secret.
+    """
+    if ticket_ref.startswith(SECRET_REF_PREFIX):
+        return SHARED_SECRET_PREFIX + hashlib.sha256(ticket_ref.encode()).hexdigest()
+    return ticket_ref
 
 
 def zones_text(zones: int) -> str:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from agent.clock import ClockReading
 from agent.journal import HistoryEntry
-from agent.model import Decision, Flag, Reason, Ticket, Verdict, zones_text
+from agent.model import Decision, Flag, Reason, Ticket, Verdict, annulled_ids, zones_text
 from agent.revocation import ListMeta, ListState
 from agent.trust import SignatureCheck
 
@@ -179,7 +179,7 @@ def _window(f: Facts) -> RuleResult:
 
 def effective(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
     """Entries and exits in HLC order, without those an annulment cancelled."""
-    annulled = {h.annuls for h in history if h.kind == "annul"}
+    annulled = annulled_ids(history)
     rows = [h for h in history if h.kind in ("entry", "exit") and h.entry_id not in annulled]
     return sorted(rows, key=lambda h: h.hlc)
 

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from agent.clock import Clock
+from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import JournalError, RollbackError, SignedDocumentError
 from agent.fsutil import write_atomic
 from agent.journal import Journal
@@ -97,6 +97,9 @@ class LinkSettings:
     trust_interval_s: float = 300.0
     offline_after_s: float = 30.0
     backoff_cap_s: float = 60.0
+    max_clock_ahead_s: float = (
+        HLC_MAX_AHEAD_S  # a peer's HLC past the best time + this: not followed
+    )
 
 
 def _agent_version() -> str:
@@ -254,7 +257,9 @@ class HubClient:
         )  # fmt: skip
         page = self._parse(reply, FeedPage)  # its hub_time is late by the wait: not a clock
         if page.entries:
-            learnt = await self._journal.add_peer_entries(e.to_peer() for e in page.entries)
+            learnt = await self._journal.add_peer_entries(
+                (e.to_peer() for e in page.entries), hlc_ceiling_ms=self._hlc_ceiling_ms(page)
+            )
             log.debug("hub feed: %d entries, %d new from other gates", len(page.entries), learnt)
         if page.next < self._cursor:  # a hub with a new store: its cursors start again
             log.warning("hub feed restarted (the hub's cursor %d is behind ours, %d): reading it"
@@ -435,6 +440,13 @@ class HubClient:
             raise HubUnavailable(f"malformed {cls.__name__} from the hub: {exc}") from exc
 
     # -- state -----------------------------------------------------------------------------
+
+    def _hlc_ceiling_ms(self, page: FeedPage) -> int:
+        """How far a peer's HLC may move ours: the best time known (this gate's clock when it is
+        synchronised, else the hub's as of this answer) plus ``max_clock_ahead_s``, in Unix ms."""
+        reading = self._clock.reading()
+        best = reading.now if reading.synced else page.hub_time
+        return int((best + self._s.max_clock_ahead_s) * 1000)
 
     def _note_hub_time(self, hub_time: float, sent: float) -> None:
         """Record the hub's clock offset from an answer (the midpoint of the request)."""

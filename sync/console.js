@@ -1,4 +1,6 @@
 // The hub's security console: live alerts and gate health, polled every second.
+// Alerts: the newest page first, then each poll follows the ones raised since; older alerts are
+// fetched a page at a time on request, so a flood never has to be loaded (or shown) whole.
 // The console token comes from the page's fragment (#token=...), which browsers never send to
 // a server; it is then removed from the address bar and history and kept in this tab's memory
 // only. Everything shown is set as text (never as HTML): gate names come from the gates.
@@ -6,17 +8,20 @@
 
 (() => {
   const POLL_MS = 1000;
-  const PAGE = 500;
+  const PAGE = 100;
   const MAX_SHOWN = 1000;
   const KIND_WORDS = {
     double_admission: "Double admission",
     repeated_denials: "Repeated denied attempts",
     integrity: "Integrity",
+    alert_storm: "Alert storm",
   };
 
   const token = takeToken();
   const alerts = new Map(); // alert_id -> alert
-  let alertCursor = 0;
+  let alertCursor = null; // newest alert_id seen: follow from here; null until the first page
+  let olderCursor = null; // oldest alert_id loaded: "older" pages come from below it
+  let moreOlder = false;
   let alertsChanged = false;
 
   function takeToken() {
@@ -88,16 +93,38 @@
     return seconds === null || seconds === undefined ? "never fetched" : ago(seconds).replace(" ago", " old");
   }
 
+  function keep(list) {
+    for (const alert of list) {
+      alerts.set(alert.alert_id, alert);
+      alertsChanged = true;
+    }
+  }
+
   async function pollAlerts() {
-    for (;;) {
+    if (alertCursor === null) {
+      const page = await api("/v1/alerts?limit=" + PAGE); // newest first
+      keep(page.alerts);
+      alertCursor = page.alerts.length ? page.alerts[0].alert_id : 0;
+      olderCursor = page.alerts.length ? page.next : null;
+      moreOlder = page.alerts.length === PAGE;
+      return;
+    }
+    for (let round = 0; round < 10; round++) {
       const page = await api("/v1/alerts?after=" + alertCursor + "&limit=" + PAGE);
-      for (const alert of page.alerts) {
-        alerts.set(alert.alert_id, alert);
-        alertsChanged = true;
-      }
+      keep(page.alerts);
       alertCursor = page.next;
       if (page.alerts.length < PAGE) return;
     }
+  }
+
+  async function loadOlder() {
+    if (olderCursor === null) return;
+    const page = await api("/v1/alerts?before=" + olderCursor + "&limit=" + PAGE);
+    keep(page.alerts);
+    olderCursor = page.next;
+    moreOlder = page.alerts.length === PAGE;
+    alertsChanged = true;
+    renderAlerts();
   }
 
   function alertItem(alert) {
@@ -126,8 +153,16 @@
   function renderAlerts() {
     if (!alertsChanged) return;
     alertsChanged = false;
-    const newest = [...alerts.values()].sort((a, b) => b.alert_id - a.alert_id).slice(0, MAX_SHOWN);
+    const sorted = [...alerts.values()].sort((a, b) => b.alert_id - a.alert_id);
+    const newest = sorted.slice(0, MAX_SHOWN);
+    if (sorted.length > MAX_SHOWN) {
+      // keep memory bounded: drop what is not shown; "older" pages bring it back
+      for (const alert of sorted.slice(MAX_SHOWN)) alerts.delete(alert.alert_id);
+      olderCursor = newest[newest.length - 1].alert_id;
+      moreOlder = true;
+    }
     document.getElementById("alerts").replaceChildren(...newest.map(alertItem));
+    document.getElementById("older").hidden = !moreOlder;
     document.getElementById("alert-count").textContent = alerts.size ? "(" + alerts.size + ")" : "";
     document.getElementById("no-alerts").hidden = alerts.size > 0;
   }
@@ -192,6 +227,9 @@
     } catch (_) {
       // shown by the status line once polling fails too
     }
+    document.getElementById("older").addEventListener("click", () => {
+      loadOlder().catch(() => setStatus("hub unreachable, retrying", "bad"));
+    });
     if (!token) {
       setStatus("no console token", "bad");
       document.getElementById("token-help").hidden = false;

@@ -48,7 +48,7 @@ from sync.hub_admin import (
     refresh_list,
 )
 from sync.hub_config import HubConfig, client_cert_gate, ssl_context
-from sync.hub_store import ConflictError, HubStore, HubStoreError, TokenInfo
+from sync.hub_store import ConflictError, HubStore, HubStoreError, RefusedError, TokenInfo
 from sync.pretix_http import token_hash
 from sync.protocol import (
     MAX_BODY_BYTES,
@@ -290,6 +290,9 @@ async def upload(request: web.Request) -> web.Response:
         raise HttpError(403, "gate_id: the batch is for another gate than the path")
     try:
         ack = await hub.store.ingest(gate, batch.entries, hub.clock())
+    except RefusedError as exc:
+        log.error("gate %s: batch refused: %s", gate, exc)
+        raise HttpError(422, str(exc), error="refused") from None
     except ConflictError as exc:
         log.error("gate %s: %d entries conflict with stored ones", gate, len(exc.entry_ids))
         raise HttpError(
@@ -395,10 +398,15 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def alerts(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await _reader(request, hub, gates_too=True)
-    after = _query_int(request, "after", 0, 0, protocol.INT63)
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
-    found = await hub.store.alerts(after, limit)
-    return _json(AlertPage(tuple(found), found[-1].alert_id if found else after))
+    if "after" in request.query:  # following: oldest first after the cursor
+        after = _query_int(request, "after", 0, 0, protocol.INT63)
+        found = await hub.store.alerts(after, limit)
+        return _json(AlertPage(tuple(found), found[-1].alert_id if found else after))
+    # paging back: newest first below ``before``; next is the cursor for the page before it
+    before = _query_int(request, "before", protocol.INT63, 1, protocol.INT63)
+    found = await hub.store.recent_alerts(before, limit)
+    return _json(AlertPage(tuple(found), found[-1].alert_id if found else before))
 
 
 async def gates(request: web.Request) -> web.Response:

@@ -81,12 +81,22 @@ async def opened_store(config: HubConfig) -> AsyncIterator[HubStore]:
         await store.close()
 
 
-async def add_gate_token(config: HubConfig, gate_id: str) -> str:
-    """Make and store a token bound to ``gate_id``; returns it (it is not stored anywhere else)."""
+async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = None) -> str:
+    """Make and store a token bound to ``gate_id``; returns it (it is not stored anywhere else).
+
+    ``name`` sets the gate's display name in the venue (alerts, the console, "Already used at
+    ..." on other gates); a gate never names itself. Raises ConfigError for a bad id, a bad name
+    or a name another gate has.
+    """
     if not is_id(gate_id):
         raise ConfigError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = new_token()
     async with opened_store(config) as store:
+        if name is not None:
+            try:
+                await store.set_gate_name(gate_id, name)
+            except ValueError as exc:  # NameTakenError too
+                raise ConfigError(f"--name: {exc}") from None
         await store.add_token(hash_token(token), "gate", gate_id, gate_id)
     return token
 

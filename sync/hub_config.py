@@ -7,7 +7,7 @@ Sections (unknown sections and keys are errors naming the file, section and key)
            private key), trust_bundle (default <keys>/trust.json),
            entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
            max_wait_s, list_validity_s,
-           list_refresh_s,
+           list_refresh_s, max_clock_ahead_s, alert_budget, alert_budget_window_s,
            max_connections, max_connections_per_client (open connections per process and per
            client address; over either: 503), header_timeout_s (a request head must arrive within
            it of connecting or of the previous answer), body_timeout_s (a body within it)
@@ -56,6 +56,9 @@ class HubSection:
     max_wait_s: float = 25.0
     list_validity_s: int = 7 * 86400
     list_refresh_s: int = 3600
+    max_clock_ahead_s: float = 300.0
+    alert_budget: int = 50
+    alert_budget_window_s: float = 60.0
     max_connections: int = 1000
     max_connections_per_client: int = 128
     header_timeout_s: float = 10.0
@@ -101,6 +104,9 @@ class HubConfig:
             denied_alert_threshold=h.denied_alert_threshold,
             denied_alert_window_s=h.denied_alert_window_s,
             gate_offline_after_s=h.gate_offline_after_s,
+            max_clock_ahead_s=h.max_clock_ahead_s,
+            alert_budget=h.alert_budget,
+            alert_budget_window_s=h.alert_budget_window_s,
         )
 
 
@@ -114,6 +120,9 @@ _HUB_RANGES: dict[str, _Check] = {
     "max_wait_s": (lambda v: 0 <= v <= MAX_WAIT_S, f"0-{MAX_WAIT_S:g} seconds"),
     "list_validity_s": (lambda v: 60 <= v <= 366 * 86400, "60 seconds to 366 days"),
     "list_refresh_s": (lambda v: 10 <= v <= 86400, "10-86400 seconds"),
+    "max_clock_ahead_s": (lambda v: 5 <= v <= 86400, "5-86400 seconds"),
+    "alert_budget": (lambda v: 1 <= v <= 100_000, "an integer 1-100000"),
+    "alert_budget_window_s": (lambda v: 1 <= v <= 86400, "1-86400 seconds"),
     "max_connections": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
     "max_connections_per_client": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
     "header_timeout_s": (lambda v: 1 <= v <= 300, "1-300 seconds"),

@@ -26,6 +26,17 @@ raising it again):
   raises two, and a steady stream (one attempt every 25 s, window 60 s, threshold 3) one per
   window of its duration - 6 such attempts raise 2.
 
+* who owns the data: an annulment must name an entry of the uploading gate with the same ticket
+  (stored, or earlier in the batch), and no row's wall time or HLC may be more than
+  ``max_clock_ahead_s`` ahead of the hub's clock. Such a batch is refused whole (nothing stored)
+  with one integrity alert naming the gate per refused row. In a ticket's history an annulment
+  cancels an entry only when both come from the same gate, so rows stored before these checks
+  existed cannot reopen a ticket either.
+* alert budget: the alerts one gate's uploads raise within a window (``alert_budget_window_s``,
+  buckets of the hub's clock) beyond ``alert_budget`` are not stored one by one; they collapse into
+  one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
+  one stolen gate cannot bury the other gates' alerts.
+
 Alerts name a ticket by :func:`ticket_digest` only, never by its reference. The module also holds
 the small pieces both backends share: column lists, row conversions, the long-poll signal.
 """
@@ -39,11 +50,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from agent.model import Reason, Verdict, text_digest
+from agent.clock import HLC
+from agent.model import Reason, Verdict, annulled_ids, text_digest
 from sync import protocol
-from sync.hub_store import ConflictError, HubPolicy
+from sync.hub_store import ConflictError, HubPolicy, RefusedError
 from sync.protocol import (
     MAX_DETAIL,
+    Alert,
     AlertKind,
     BatchAck,
     EntryResult,
@@ -135,7 +148,10 @@ class KnownState:
     # ticket_ref -> all its entry/exit/annul rows and its attempts within :func:`attempt_span`,
     # for the refs of :func:`history_refs`
     history: Mapping[str, Sequence[TicketRow]] = field(default_factory=dict)
-    gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> last heartbeat's name
+    gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> the operator's name
+    # entry ids the batch's annulments name (:func:`annul_targets`) -> (gate_id, ticket_ref)
+    targets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,17 +165,19 @@ class NewAlert:
     entries: tuple[str, ...]
     detail: str
     dedupe_key: str
+    held: int = 0  # alert_storm: how many alerts it stands for (added up on conflict)
 
 
 @dataclass(frozen=True, slots=True)
 class IngestPlan:
-    """What to write for a batch. With conflicts, only the alerts are written."""
+    """What to write for a batch. With conflicts or refusals, only the alerts are written."""
 
     rows: tuple[EntryWire, ...]
     results: tuple[EntryResult, ...]
     conflicts: tuple[str, ...]
     alerts: tuple[NewAlert, ...]
     acked_through_seq: int
+    refused: tuple[tuple[str, str], ...] = ()  # (field, why) of rows the gate may not write
 
     @property
     def feed_rows(self) -> bool:
@@ -192,6 +210,17 @@ def attempt_span(entries: Sequence[EntryWire], policy: HubPolicy) -> tuple[float
     return min(times) - window, max(times) + window
 
 
+def annul_targets(entries: Sequence[EntryWire], stored: Mapping[str, Any]) -> list[str]:
+    """The entry ids the batch's new annulments name, for :attr:`KnownState.targets`."""
+    return sorted({e.annuls for e in entries if e.annuls and e.entry_id not in stored})
+
+
+def budget_since(now: float, policy: HubPolicy) -> float:
+    """The start of the alert-budget bucket ``now`` falls in."""
+    window = policy.alert_budget_window_s
+    return math.floor(now / window) * window
+
+
 def gates_to_name(gate_id: str, history: Mapping[str, Sequence[TicketRow]]) -> list[str]:
     """The gate ids an alert of this batch may name."""
     gates = {gate_id}
@@ -201,9 +230,10 @@ def gates_to_name(gate_id: str, history: Mapping[str, Sequence[TicketRow]]) -> l
 
 
 def plan_ingest(
-    gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy
+    gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
 ) -> IngestPlan:
-    """Decide a batch: per-entry inserted/duplicate, conflicts, rows to insert and new alerts.
+    """Decide a batch received at hub time ``now``: per-entry inserted/duplicate, conflicts,
+    refusals, rows to insert and new alerts (within the gate's alert budget).
 
     Raises ValueError for a malformed batch (see :func:`sync.protocol.check_batch`).
     """
@@ -223,15 +253,83 @@ def plan_ingest(
             results.append(EntryResult(e.entry_id, status))
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
-        return IngestPlan((), (), ids, tuple(conflicts), acked)
+        return IngestPlan((), (), ids, _budget(gate_id, conflicts, known, policy, now), acked)
     rows = tuple(e for e in entries if e.entry_id not in known.stored)
+    refused = _refusals(gate_id, entries, known, policy, now)
+    if refused:
+        alerts = [alert for _, _, alert in refused]
+        why = tuple((where, text) for where, text, _ in refused)
+        return IngestPlan((), (), (), _budget(gate_id, alerts, known, policy, now), acked, why)
     alerts = _holes(gate_id, entries, known.max_seq, names)
     alerts += _ticket_alerts(rows, known.history, policy, names)
-    return IngestPlan(rows, tuple(results), (), tuple(alerts), acked)
+    return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
+
+
+def _refusals(
+    gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
+) -> list[tuple[str, str, NewAlert]]:
+    """(field, why, integrity alert) for each new row the gate has no right to write."""
+    own = {e.entry_id: (e.gate_id, e.ticket_ref) for e in entries}
+    limit = now + policy.max_clock_ahead_s
+    name = known.gate_names.get(gate_id) or gate_id
+    out = []
+    for i, e in enumerate(entries):
+        if e.entry_id in known.stored:
+            continue
+        where, why = f"entries[{i}].", ""
+        if e.annuls is not None:
+            target = known.targets.get(e.annuls) or own.get(e.annuls)
+            if target is None:
+                where, why = where + "annuls", f"annuls an unknown entry {e.annuls}"
+            elif target[0] != gate_id:
+                where, why = where + "annuls", f"annuls entry {e.annuls} of another gate"
+            elif target[1] != e.ticket_ref:
+                where, why = where + "annuls", f"annuls entry {e.annuls} of another ticket"
+        if not why and e.wall_time > limit:
+            ahead = e.wall_time - now
+            where, why = where + "wall_time", f"wall time {ahead:.0f} s ahead of the hub's clock"
+        if not why and HLC.physical_ms(e.hlc) / 1000 > limit:
+            ahead = HLC.physical_ms(e.hlc) / 1000 - now
+            where, why = where + "hlc", f"HLC {ahead:.0f} s ahead of the hub's clock"
+        if why:
+            detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
+            alert = NewAlert(
+                "integrity", ticket_digest(e.ticket_ref), (name,), (e.wall_time,),
+                (e.entry_id,), detail, f"refused:{e.entry_id}",
+            )  # fmt: skip
+            out.append((where, why, alert))
+    return out
+
+
+def _budget(
+    gate_id: str, alerts: Sequence[NewAlert], known: KnownState, policy: HubPolicy, now: float
+) -> tuple[NewAlert, ...]:
+    """The alerts within the gate's budget, the rest as one storm alert that counts them."""
+    room = max(0, policy.alert_budget - known.alert_count)
+    if len(alerts) <= room:
+        return tuple(alerts)
+    held = alerts[room:]
+    name = known.gate_names.get(gate_id) or gate_id
+    since = budget_since(now, policy)
+    storm = NewAlert(
+        "alert_storm", "", (name,), (now,), (),
+        f"alert storm from gate {name}: more than {policy.alert_budget} alerts within"
+        f" {policy.alert_budget_window_s:g} s"[:MAX_DETAIL],
+        f"storm:{gate_id}:{since:.0f}", held=len(held),
+    )  # fmt: skip
+    return (*alerts[:room], storm)
 
 
 def ack(plan: IngestPlan, now: float) -> BatchAck:
-    """The batch's acknowledgement; raises ConflictError when the plan stored nothing."""
+    """The batch's acknowledgement; raises ConflictError or RefusedError when the plan stored
+    nothing."""
+    if plan.refused:
+        where, why = plan.refused[0]
+        raise RefusedError(
+            f"{where}: {why}; nothing of the batch was stored"
+            + (f" ({len(plan.refused)} rows refused)" if len(plan.refused) > 1 else ""),
+            where,
+        )
     if plan.conflicts:
         raise ConflictError(
             f"{len(plan.conflicts)} entries reuse an entry_id or gate_seq with another body"
@@ -352,7 +450,7 @@ def _doubles(
     admission: with ``single`` any live entry after the first, with ``reentry`` a live entry
     right after another one among the live entries and exits (by HLC)."""
     history = list(rows)
-    annulled = {r.annuls for r in history if r.kind == "annul"}
+    annulled = annulled_ids(history)
     kinds = ("entry",) if policy.entry_policy == "single" else ("entry", "exit")
     live = sorted(
         (r for r in history if r.admitted and r.kind in kinds and r.entry_id not in annulled),
@@ -419,8 +517,9 @@ def _bursts(rows: Iterable[TicketRow], policy: HubPolicy) -> dict[int, list[Tick
 # --- shared by both backends: heartbeats, tokens, paging, gate health, long-polls ---------------
 
 
+# No gate_name: a gate's name is its operator's (set_gate_name), never what the gate says.
 HEARTBEAT_COLUMNS = (
-    "gate_id", "gate_name", "version", "outbox_depth", "oldest_unsynced_age_s",
+    "gate_id", "version", "outbox_depth", "oldest_unsynced_age_s",
     "revocation_version", "revocation_age_s", "trust_version", "clock_synced", "feed_cursor",
     "faults", "last_seen",
 )  # fmt: skip
@@ -439,10 +538,36 @@ def heartbeat_sql(*, numbered: bool) -> str:
 def heartbeat_params(hb: Heartbeat, faults: Any, now: float) -> tuple[Any, ...]:
     """A heartbeat's values in ``HEARTBEAT_COLUMNS`` order (``faults`` as the backend stores it)."""
     return (
-        hb.gate_id, hb.gate_name, hb.version, hb.outbox_depth, hb.oldest_unsynced_age_s,
+        hb.gate_id, hb.version, hb.outbox_depth, hb.oldest_unsynced_age_s,
         hb.revocation_version, hb.revocation_age_s, hb.trust_version, hb.clock_synced,
         hb.feed_cursor, faults, now,
     )  # fmt: skip
+
+
+ALERT_COLUMNS = "alert_id, kind, ticket, gates, times, entries, detail, raised_at, held"
+
+
+def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tuple) -> Alert:
+    """An Alert from its ``ALERT_COLUMNS`` (``decode`` turns a stored list into a sequence); a
+    storm alert's detail gains its count."""
+    alert_id, kind, ticket, gates, times, entries, detail, raised_at, held = tuple(row)
+    if held:
+        detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
+    return Alert(
+        alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
+        tuple(decode(entries)), detail, raised_at,
+    )  # fmt: skip
+
+
+def check_gate_name(name: str) -> None:
+    """Refuse a gate display name that is empty, over 64 characters or not printable.
+
+    Raises ValueError.
+    """
+    if not 0 < len(name) <= protocol.MAX_ID or not name.isprintable() or name != name.strip():
+        raise ValueError(
+            f"gate name {name[:80]!r}: expected 1-64 printable characters, no outer spaces"
+        )
 
 
 def check_limit(limit: int) -> None:

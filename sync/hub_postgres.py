@@ -27,12 +27,20 @@ import asyncpg
 
 from sync import hub_logic, protocol
 from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
-from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
+from sync.hub_store import (
+    HubPolicy,
+    HubStoreError,
+    NameTakenError,
+    RevocationState,
+    Role,
+    TokenInfo,
+)
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "gate-agent-hub/1"
+SCHEMA = "gate-agent-hub/2"  # 2: alerts.source_gate and alerts.held (alert budget)
+_OLD_SCHEMA = "gate-agent-hub/1"
 CHANNEL = "gate_agent_hub_feed"
 _POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
 _RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
@@ -55,8 +63,10 @@ CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
-    entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL
+    entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
+    source_gate TEXT NOT NULL DEFAULT '', held BIGINT NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
 CREATE TABLE IF NOT EXISTS gates (
     gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
     outbox_depth BIGINT NOT NULL DEFAULT 0, oldest_unsynced_age_s DOUBLE PRECISION,
@@ -90,10 +100,19 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # which the planner would turn into sequential scans on a table that grew faster than autovacuum
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
+# A storm alert met again adds to its count; any other alert is stored once.
 _INSERT_ALERT = (
-    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING"
+    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
+    " source_gate, held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
+    " WHERE excluded.held > 0"
 )
+_MIGRATE_1_TO_2 = """
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS source_gate TEXT NOT NULL DEFAULT '';
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
+UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
+"""
 _FEED = (
     "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
     " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
@@ -183,8 +202,8 @@ class PostgresHubStore:
         async def job(conn: _Conn) -> hub_logic.IngestPlan:
             async with conn.transaction():
                 await conn.execute(_BEGIN_INGEST, self._lock_key)
-                known = await _known(conn, gate_id, entries, self._policy)
-                plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy)
+                known = await _known(conn, gate_id, entries, self._policy, now)
+                plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy, now)
                 await _write(conn, gate_id, plan, now)
                 return plan
 
@@ -229,15 +248,45 @@ class PostgresHubStore:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
         hub_logic.check_limit(limit)
         sql = (
-            "SELECT alert_id, kind, ticket, gates, times, entries, detail, raised_at FROM alerts"
-            " WHERE alert_id > $1 ORDER BY alert_id LIMIT $2"
+            f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id > $1"
+            " ORDER BY alert_id LIMIT $2"
         )
         rows = await self._run(lambda conn: conn.fetch(sql, after, limit))
-        venue = self._policy.venue
-        return [
-            Alert(a, k, venue, t, tuple(g), tuple(ts), tuple(e), d, r)
-            for a, k, t, g, ts, e, d, r in rows
-        ]
+        return [hub_logic.alert_of(row, self._policy.venue) for row in rows]
+
+    async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` < ``before`` (None: all), newest first. Raises HubStoreError."""
+        hub_logic.check_limit(limit)
+        sql = (
+            f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id < $1"
+            " ORDER BY alert_id DESC LIMIT $2"
+        )
+        below = protocol.INT63 if before is None else before
+        rows = await self._run(lambda conn: conn.fetch(sql, below, limit))
+        return [hub_logic.alert_of(row, self._policy.venue) for row in rows]
+
+    async def set_gate_name(self, gate_id: str, name: str) -> None:
+        """Set a gate's display name. Raises NameTakenError (another gate has it), ValueError
+        (not a valid name) and HubStoreError."""
+        hub_logic.check_gate_name(name)
+
+        async def job(conn: _Conn) -> None:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("gate-names"))
+                sql = (
+                    "SELECT gate_id FROM gates WHERE lower(gate_name) = lower($1) AND gate_id <> $2"
+                )
+                taken = await conn.fetchval(sql, name, gate_id)
+                if taken is not None:
+                    raise NameTakenError(f"gate {taken} is already called {name!r}")
+                await conn.execute(
+                    "INSERT INTO gates (gate_id, gate_name) VALUES ($1, $2)"
+                    " ON CONFLICT (gate_id) DO UPDATE SET gate_name = excluded.gate_name",
+                    gate_id,
+                    name,
+                )
+
+        await self._run(job)
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's health as of ``now``. Raises HubStoreError."""
@@ -362,6 +411,10 @@ class PostgresHubStore:
                 )
                 log.info("created hub store %s", self._where)
             meta = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM hub_meta")}
+            if meta.get("schema") == _OLD_SCHEMA:
+                await conn.execute(_MIGRATE_1_TO_2)
+                meta["schema"] = SCHEMA
+                log.info("hub store %s: schema upgraded to %s", self._where, SCHEMA)
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "
@@ -420,7 +473,7 @@ class PostgresHubStore:
 
 
 async def _known(
-    conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy
+    conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy, now: float
 ) -> KnownState:
     """What the database holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
     ids = [e.entry_id for e in entries]
@@ -447,8 +500,18 @@ async def _known(
             ref, ticket_row = TicketRow.from_row(row)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
-    names = {r[0]: r[1] for r in await conn.fetch(sql, hub_logic.gates_to_name(gate_id, history))}
-    return KnownState(stored, owners, int(max_seq), history, names)
+    gate_ids = hub_logic.gates_to_name(gate_id, history)
+    names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
+    targets: dict[str, tuple[str, str]] = {}
+    if wanted := hub_logic.annul_targets(entries, stored):
+        sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id = ANY($1::text[])"
+        targets = {r[0]: (r[1], r[2]) for r in await conn.fetch(sql, wanted)}
+    sql = (
+        "SELECT count(*) FROM alerts WHERE source_gate = $1 AND raised_at >= $2"
+        " AND kind <> 'alert_storm'"
+    )
+    count = await conn.fetchval(sql, gate_id, hub_logic.budget_since(now, policy))
+    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
 
 
 async def _write(conn: _Conn, gate_id: str, plan: hub_logic.IngestPlan, now: float) -> None:
@@ -457,10 +520,7 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_logic.IngestPlan, now: flo
         rows = [hub_logic.entry_params(e, now) for e in plan.rows]
         await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
     if plan.alerts:
-        await conn.executemany(
-            _INSERT_ALERT,
-            [_alert_args(a, now) for a in plan.alerts],
-        )
+        await conn.executemany(_INSERT_ALERT, [_alert_args(a, gate_id, now) for a in plan.alerts])
     await conn.execute(
         "INSERT INTO gates (gate_id) VALUES ($1) ON CONFLICT (gate_id) DO NOTHING", gate_id
     )
@@ -468,10 +528,10 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_logic.IngestPlan, now: flo
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
-def _alert_args(a: hub_logic.NewAlert, now: float) -> tuple[Any, ...]:
+def _alert_args(a: hub_logic.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
-        now,
+        now, gate_id, a.held,
     )  # fmt: skip
 
 

@@ -24,13 +24,20 @@ from typing import Any, TypeVar
 
 from sync import hub_logic, protocol
 from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
-from sync.hub_store import HubPolicy, HubStoreError, RevocationState, Role, TokenInfo
+from sync.hub_store import (
+    HubPolicy,
+    HubStoreError,
+    NameTakenError,
+    RevocationState,
+    Role,
+    TokenInfo,
+)
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: alerts.source_gate and alerts.held (alert budget)
 _CHUNK = 500  # values per IN (...) list
 
 _SCHEMA = """
@@ -48,8 +55,10 @@ CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
-    detail TEXT NOT NULL, raised_at REAL NOT NULL
+    detail TEXT NOT NULL, raised_at REAL NOT NULL, source_gate TEXT NOT NULL DEFAULT '',
+    held INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
 CREATE TABLE IF NOT EXISTS gates (
     gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
     outbox_depth INTEGER NOT NULL DEFAULT 0, oldest_unsynced_age_s REAL,
@@ -72,9 +81,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
     ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
 )
+# A storm alert met again adds to its count; any other alert is stored once.
 _INSERT_ALERT = (
-    "INSERT OR IGNORE INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail,"
-    " raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
+    " source_gate, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET held = held + excluded.held WHERE excluded.held > 0"
+)
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE alerts ADD COLUMN source_gate TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE alerts ADD COLUMN held INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);"
 )
 _FEED = (
     "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
@@ -83,8 +99,11 @@ _FEED = (
     " WHERE e.cursor > ? AND e.in_feed = 1 ORDER BY e.cursor LIMIT ?"
 )
 _ALERTS = (
-    "SELECT alert_id, kind, ticket, gates, times, entries, detail, raised_at FROM alerts"
-    " WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
+    f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
+)
+_RECENT_ALERTS = (
+    f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id < ?"
+    " ORDER BY alert_id DESC LIMIT ?"
 )
 _HEARTBEAT = hub_logic.heartbeat_sql(numbered=False)
 _GATES = (
@@ -170,7 +189,20 @@ class SQLiteHubStore:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
         hub_logic.check_limit(limit)
         rows = await self._run(lambda db: db.execute(_ALERTS, (after, limit)).fetchall())
-        return [_alert(row, self._policy.venue) for row in rows]
+        return [hub_logic.alert_of(row, self._policy.venue, json.loads) for row in rows]
+
+    async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` < ``before`` (None: all), newest first. Raises HubStoreError."""
+        hub_logic.check_limit(limit)
+        params = (protocol.INT63 if before is None else before, limit)
+        rows = await self._run(lambda db: db.execute(_RECENT_ALERTS, params).fetchall())
+        return [hub_logic.alert_of(row, self._policy.venue, json.loads) for row in rows]
+
+    async def set_gate_name(self, gate_id: str, name: str) -> None:
+        """Set a gate's display name. Raises NameTakenError (another gate has it), ValueError
+        (not a valid name) and HubStoreError."""
+        hub_logic.check_gate_name(name)
+        await self._run(lambda db: _transaction(db, _set_gate_name, gate_id, name))
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's health as of ``now``. Raises HubStoreError."""
@@ -259,10 +291,10 @@ class SQLiteHubStore:
         self, db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], now: float
     ) -> hub_logic.IngestPlan:
         """Read, plan and write one batch (on the thread, inside its transaction)."""
-        known = _known(db, gate_id, entries, self._policy)
-        plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy)
+        known = _known(db, gate_id, entries, self._policy, now)
+        plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy, now)
         db.executemany(_INSERT_ENTRY, (hub_logic.entry_params(e, now) for e in plan.rows))
-        db.executemany(_INSERT_ALERT, (_alert_params(a, now) for a in plan.alerts))
+        db.executemany(_INSERT_ALERT, (_alert_params(a, gate_id, now) for a in plan.alerts))
         db.execute("INSERT OR IGNORE INTO gates (gate_id) VALUES (?)", (gate_id,))
         return plan
 
@@ -307,6 +339,9 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
             raise HubStoreError(f"{path} is an SQLite database but not a hub store")
     elif app_id != APPLICATION_ID:
         raise HubStoreError(f"{path} is not a hub store")
+    elif version == 1:
+        db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}PRAGMA user_version = 2;COMMIT;")
+        log.info("hub store %s: schema upgraded to version 2", path)
     elif version != SCHEMA_VERSION:
         raise HubStoreError(
             f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
@@ -359,7 +394,11 @@ def _select_in(
 
 
 def _known(
-    db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy
+    db: sqlite3.Connection,
+    gate_id: str,
+    entries: Sequence[EntryWire],
+    policy: HubPolicy,
+    now: float,
 ) -> KnownState:
     """What the store holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
     ids = [e.entry_id for e in entries]
@@ -384,23 +423,37 @@ def _known(
             history.setdefault(ref, []).append(ticket_row)
     gate_ids = hub_logic.gates_to_name(gate_id, history)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
-    names = dict(_select_in(db, sql, gate_ids))
-    return KnownState(stored, owners, int(max_seq), history, names)
+    names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
+    sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"
+    targets = {
+        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_logic.annul_targets(entries, stored))
+    }
+    sql = (
+        "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ?"
+        " AND kind <> 'alert_storm'"
+    )
+    (count,) = db.execute(sql, (gate_id, hub_logic.budget_since(now, policy))).fetchone()
+    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
 
 
-def _alert_params(alert: hub_logic.NewAlert, now: float) -> tuple[Any, ...]:
+def _alert_params(alert: hub_logic.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
-        json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now,
+        json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,
+        alert.held,
     )  # fmt: skip
 
 
-def _alert(row: Sequence[Any], venue: str) -> Alert:
-    alert_id, kind, ticket, gates, times, entries, detail, raised_at = row
-    return Alert(
-        alert_id, kind, venue, ticket, tuple(json.loads(gates)), tuple(json.loads(times)),
-        tuple(json.loads(entries)), detail, raised_at,
-    )  # fmt: skip
+def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:
+    sql = "SELECT gate_id FROM gates WHERE lower(gate_name) = lower(?) AND gate_id <> ?"
+    taken = db.execute(sql, (name, gate_id)).fetchone()
+    if taken is not None:
+        raise NameTakenError(f"gate {taken[0]} is already called {name!r}")
+    db.execute(
+        "INSERT INTO gates (gate_id, gate_name) VALUES (?, ?)"
+        " ON CONFLICT (gate_id) DO UPDATE SET gate_name = excluded.gate_name",
+        (gate_id, name),
+    )
 
 
 def _feed(db: sqlite3.Connection, after: int, limit: int) -> tuple[list[FeedEntry], int]:

@@ -12,6 +12,12 @@ Errors::
     HubStoreError (AgentError, RuntimeError)   the database failed or is not a hub database
     ConflictError (HubStoreError)              entry_ids (or gate_seqs) reused with another body;
                                                nothing of the batch is stored, an integrity alert is
+                                               raised per entry
+    RefusedError (HubStoreError)               a row the uploading gate may not write (another
+                                               gate's annulment, a time ahead of the hub's);
+                                               nothing of the batch is stored, an integrity alert
+                                               names the gate
+    NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
 
 """
 
@@ -42,6 +48,21 @@ class ConflictError(HubStoreError):
         self.entry_ids = tuple(entry_ids)
 
 
+class RefusedError(HubStoreError):
+    """A row the uploading gate has no right to write; ``field`` names it (``entries[3].annuls``).
+
+    Nothing of the batch was stored; an integrity alert naming the gate was raised.
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NameTakenError(HubStoreError, ValueError):
+    """Another gate of the venue already has this display name."""
+
+
 @dataclass(frozen=True, slots=True)
 class HubPolicy:
     """What the hub treats as suspicious (from the hub config)."""
@@ -51,6 +72,9 @@ class HubPolicy:
     denied_alert_threshold: int = 3  # denied attempts of one ticket ...
     denied_alert_window_s: float = 600.0  # ... within this window raise one alert
     gate_offline_after_s: float = 30.0  # no heartbeat for this long: shown offline
+    max_clock_ahead_s: float = 300.0  # rows whose wall time or HLC is further ahead are refused
+    alert_budget: int = 50  # alerts one gate's uploads may raise per window; more: one storm alert
+    alert_budget_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +121,17 @@ class HubStore(Protocol):
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` > ``after``, oldest first."""
+        ...
+
+    async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
+        """Alerts with ``alert_id`` < ``before`` (None: all), newest first."""
+        ...
+
+    async def set_gate_name(self, gate_id: str, name: str) -> None:
+        """Set the display name the venue knows a gate by (heartbeats never change it).
+
+        Raises NameTakenError when another gate of the venue has it (case-insensitive).
+        """
         ...
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:

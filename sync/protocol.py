@@ -16,7 +16,9 @@ Endpoints (the hub is :mod:`sync.hub`, the gate side :mod:`sync.client`)::
     GET  /v1/revocations/snapshot           -> signed snapshot bytes (ETag, If-None-Match)
     GET  /v1/trust                          -> root-signed trust bundle bytes (ETag)
     POST /v1/gates/{gate}/heartbeat         Heartbeat -> HeartbeatAck
-    GET  /v1/alerts?after=&limit=           -> AlertPage
+    GET  /v1/alerts?after=&limit=           -> AlertPage, oldest first after the cursor (follow)
+    GET  /v1/alerts?before=&limit=          -> AlertPage, newest first below ``before`` (page back;
+                                               without either: the newest); ``next`` = last id
     GET  /v1/gates                          -> GatesPage (per-gate health, for the console)
 """
 
@@ -29,9 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, get_args
 
+from agent.clock import bounded_hlc
 from agent.errors import AgentError
 from agent.journal import KINDS, EntryRecord, Kind, PeerEntry
-from agent.model import Flag, Reason, Verdict
+from agent.model import SECRET_REF_PREFIX, Flag, Reason, Verdict, shared_ref
 
 PROTOCOL_VERSION = 1
 MAX_BATCH = 500
@@ -48,7 +51,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 INT63 = (1 << 63) - 1
 _WALL_MAX = 1e11  # seconds since 1970: year ~5138; anything larger is garbage
 
-AlertKind = Literal["double_admission", "repeated_denials", "integrity"]
+AlertKind = Literal["double_admission", "repeated_denials", "integrity", "alert_storm"]
 ALERT_KINDS: frozenset[str] = frozenset(get_args(AlertKind))
 EntryStatus = Literal["inserted", "duplicate"]
 
@@ -225,15 +228,20 @@ class EntryWire:
     def from_record(cls, rec: EntryRecord) -> EntryWire:
         """The row as uploaded. ``detail`` is for people only: cut to MAX_DETAIL characters, and
         control characters become "?", so one long or odd text never blocks the outbox (the same
-        row always gives the same body)."""
+        row always gives the same body). A pretix secret travels as its digest
+        (:func:`agent.model.shared_ref`), and an HLC that a bogus peer pushed far past the row's
+        wall time (a journal from before HLCs were bounded) as that wall time's, so the hub takes
+        the row."""
         detail = "".join(c if c.isprintable() else "?" for c in rec.detail[:MAX_DETAIL])
         return cls(
             gate_seq=rec.gate_seq, entry_id=rec.entry_id, gate_id=rec.gate_id, lane=rec.lane,
-            ticket_ref=rec.ticket_ref, kind=rec.kind, verdict=rec.verdict, reason=rec.reason,
+            ticket_ref=shared_ref(rec.ticket_ref), kind=rec.kind, verdict=rec.verdict,
+            reason=rec.reason,
             detail=detail, flags=tuple(sorted(f.value for f in rec.flags)),
             annuls=rec.annuls, zone=rec.zone, wall_time=rec.wall_time,
             clock_synced=rec.clock_synced, mono_ns=rec.mono_ns, boot_id=rec.boot_id,
-            hlc=rec.hlc, rev_version=rec.rev_version, offline=rec.offline,
+            hlc=bounded_hlc(rec.hlc, rec.wall_time), rev_version=rec.rev_version,
+            offline=rec.offline,
         )  # fmt: skip
 
     @classmethod
@@ -248,12 +256,15 @@ class EntryWire:
         zone = obj.get("zone")
         if zone is not None and (type(zone) is not int or not 0 <= zone <= 0xFFFF):
             raise ProtocolError(f"{where}zone: expected null or an integer 0..65535")
+        ticket_ref = _str(obj, "ticket_ref", where, MAX_TICKET_REF, empty=False)
+        if ticket_ref.startswith(SECRET_REF_PREFIX):
+            raise ProtocolError(f"{where}ticket_ref: a pretix secret must travel as its digest")
         return cls(
             gate_seq=_int(obj, "gate_seq", where, lo=1),
             entry_id=cast(str, _uuid(obj, "entry_id", where)),
             gate_id=_ident(obj, "gate_id", where),
             lane=_str(obj, "lane", where, MAX_ID, empty=False),
-            ticket_ref=_str(obj, "ticket_ref", where, MAX_TICKET_REF, empty=False),
+            ticket_ref=ticket_ref,
             kind=kind,
             verdict=_choice(obj, "verdict", where, Verdict),
             reason=_choice(obj, "reason", where, Reason),

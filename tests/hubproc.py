@@ -256,11 +256,20 @@ def hub_cli(
     )
 
 
-def add_token(setup: HubSetup, gate_id: str | None = None, console: str | None = None) -> str:
-    """A new gate token (``gate_id``) or console token (``console``) made by the CLI."""
+def add_token(
+    setup: HubSetup,
+    gate_id: str | None = None,
+    console: str | None = None,
+    *,
+    name: str | None = None,
+) -> str:
+    """A new gate token (``gate_id``, named ``name`` in the venue) or console token
+    (``console``) made by the CLI."""
     if (gate_id is None) == (console is None):
         raise ValueError("give exactly one of gate_id and console")
     option = ["--gate", gate_id] if gate_id is not None else ["--console", str(console)]
+    if name is not None:
+        option += ["--name", name]
     done = hub_cli(setup, "token", *option)
     if done.returncode != 0:
         raise AssertionError(f"hub token failed ({done.returncode}): {done.stderr.strip()}")

@@ -7,6 +7,8 @@ online, a gate never heard from as offline, and stays free of console errors.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.clock import Clock
+from agent.clock import Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict, text_digest
 from tests.browser import Browser
@@ -44,7 +46,7 @@ async def console(tmp_path: Path, keys_dir: Path) -> AsyncIterator[Console]:
             gate_name=name,
             clock=Clock(assume="synced"),
         )
-        gates[gate_id] = Gate(gate_id, name, add_token(setup, gate_id=gate_id), journal)
+        gates[gate_id] = Gate(gate_id, name, add_token(setup, gate_id=gate_id, name=name), journal)
     add_token(setup, gate_id="gate-c")  # has a token, never heard from
     try:
         with HubProcess(setup):
@@ -136,3 +138,48 @@ async def test_console_without_a_token_says_how_to_open_it(
         assert "unknown token" in await page.text("#status")
         # the 401s of the refused token show up as failed loads, not as script errors
         assert not any("Uncaught" in e for e in page.console_errors)
+
+
+async def test_console_pages_an_alert_flood_and_shows_the_storm(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra="alert_budget = 120\n")
+    token = add_token(setup, console="security")
+    journal = await Journal.open(
+        tmp_path / "x.db", gate_id="gate-x", gate_name="x", clock=Clock(assume="synced")
+    )
+    gate = Gate("gate-x", "Gate X", add_token(setup, gate_id="gate-x", name="Gate X"), journal)
+    try:
+        with HubProcess(setup):
+            async with aiohttp.ClientSession() as session:
+                api = Api(session, setup.url)
+                template = await gate.row("T-flood", kind="attempt", decision=DENIED)
+                rows = [  # every row skips a gate_seq: one integrity alert each
+                    dataclasses.replace(
+                        template,
+                        gate_seq=2 * i + 2,
+                        ticket_ref=f"T-flood-{i}",
+                        entry_id=str(uuid7(int(time.time() * 1000))),
+                    )
+                    for i in range(200)
+                ]
+                assert (await gate.upload(api, *rows)).status == 200
+                async with Browser(tmp_path / "browser", width=1280, height=800) as page:
+                    await page.goto(f"{setup.url}/console#token={token}")
+                    count = "document.querySelectorAll('#alerts .alert').length"
+                    await page.wait_for(f"{count} === 100")  # the newest page only
+                    top = await page.text("#alerts .alert")
+                    assert "Alert storm" in top and "Gate X" in top
+                    assert "80 alerts held back" in top
+                    assert await page.evaluate("document.querySelector('#older').hidden") is False
+                    await page.evaluate("document.querySelector('#older').click()")
+                    await page.wait_for(f"{count} === 121")  # 120 within the budget + the storm
+                    await page.wait_for("document.querySelector('#older').hidden")
+                    ids = await page.evaluate(
+                        "[...document.querySelectorAll('#alerts .alert')]"
+                        ".map(n => Number(n.dataset.alertId))"
+                    )
+                    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 121
+                    assert page.console_errors == []
+    finally:
+        await journal.close()

@@ -134,7 +134,7 @@ async def make_gate(hub: RunningHub, tmp_path: Path) -> AsyncIterator[MakeGate]:
 
     async def make(name: str | None = None) -> Gate:
         gate_id = f"gate-{next(_gate_numbers)}"
-        token = await hub_admin.add_gate_token(config, gate_id)
+        token = await hub_admin.add_gate_token(config, gate_id, name)
         journal = await Journal.open(
             tmp_path / f"{gate_id}.db", gate_id=gate_id, gate_name=name or gate_id,
             clock=Clock(assume="synced"),
@@ -624,7 +624,9 @@ def test_config_errors_exit_2_with_one_line(tmp_path: Path, keys_dir: Path) -> N
             f"gate-agent: error: {setup.config}: [hub] unknown key 'surprise'"
             " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"
             " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
-            " list_validity_s, list_refresh_s)"
+            " list_validity_s, list_refresh_s, max_clock_ahead_s, alert_budget,"
+            " alert_budget_window_s, max_connections, max_connections_per_client,"
+            " header_timeout_s, body_timeout_s)"
         ]
 
 
@@ -727,7 +729,12 @@ async def two_hubs(
                 clock=Clock(assume="synced"),
             )  # fmt: skip
             gates.append(
-                Gate(f"gate-{i}", f"Gate {i}", add_token(setup, gate_id=f"gate-{i}"), journal)
+                Gate(
+                    f"gate-{i}",
+                    f"Gate {i}",
+                    add_token(setup, gate_id=f"gate-{i}", name=f"Gate {i}"),
+                    journal,
+                )
             )
         console = add_token(setups[1], console="security")
         async with aiohttp.ClientSession() as session:
@@ -762,7 +769,7 @@ async def test_two_hub_processes_raise_each_double_admission_once(two_hubs: TwoH
     raised = (await alerts_after(two_hubs.apis[0], two_hubs.console, 0)).alerts
     assert {a.kind for a in raised} == {"double_admission"}
     assert sorted(a.ticket for a in raised) == sorted(text_digest(ref)[:12] for ref in refs)
-    assert all(sorted(a.gates) == ["gate-1", "gate-2"] for a in raised)
+    assert all(sorted(a.gates) == ["Gate 1", "Gate 2"] for a in raised)  # the operator's names
 
     # every row again, through the other process: all duplicates, no new alert
     crossed = zip(two_hubs.gates, two_hubs.apis[::-1], strict=True)

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from agent.clock import uuid7
@@ -25,6 +26,8 @@ from sync.hub_store import (
     HubPolicy,
     HubStore,
     HubStoreError,
+    NameTakenError,
+    RefusedError,
     RevocationState,
     open_store,
 )
@@ -34,6 +37,7 @@ from tests.pg import pg_server, pg_url  # noqa: F401
 T0 = 1_750_000_000.0
 VENUE = "arena"
 POLICY = HubPolicy(VENUE)
+LATER = T0 + 86400  # the hub's time in planner tests: every row lies in its past
 
 
 class Gate:
@@ -242,7 +246,8 @@ async def test_double_admission_across_two_gates_keeps_both_rows_and_raises_one_
 ) -> None:
     g1 = Gate("g1")
     g2 = Gate("g2", g1.clock)
-    await store.heartbeat(heartbeat("g1", "North 1"), T0)
+    await store.set_gate_name("g1", "North 1")
+    await store.heartbeat(heartbeat("g1", "g1 says it is Gate A"), T0)  # never renames it
     first = g1.row("season-42")
     await store.ingest("g1", [first, g1.row("other")], T0)
     second = g2.row("season-42")
@@ -377,7 +382,7 @@ async def test_feed_carries_admissions_exits_and_annulments_in_cursor_order(
 ) -> None:
     g1 = Gate("g1")
     g2 = Gate("g2", g1.clock)
-    await store.heartbeat(heartbeat("g2", "South"), T0)
+    await store.set_gate_name("g2", "South")
     entry = g1.row("t1")
     await store.ingest("g1", [entry, g1.row("t9", "attempt"), g1.row("t2", "exit")], T0)
     await store.ingest("g2", [g2.row("t3"), g2.row("t3", "attempt")], T0)
@@ -422,6 +427,8 @@ async def test_wait_feed_wakes_on_a_feed_insert_and_times_out_otherwise(
 
 
 async def test_heartbeats_give_gate_health_and_online_state(store: HubStore) -> None:
+    await store.set_gate_name("g1", "North 1")
+    await store.set_gate_name("g2", "South")
     await store.heartbeat(heartbeat("g1", "North 1"), T0)
     await store.heartbeat(heartbeat("g2", "South", outbox_depth=0, faults=()), T0 - 60)
     await store.heartbeat(heartbeat("g2", "South 2", outbox_depth=9, faults=()), T0 - 40)
@@ -433,8 +440,9 @@ async def test_heartbeats_give_gate_health_and_online_state(store: HubStore) -> 
     assert (g1.gate_name, g1.online, g1.last_seen, g1.outbox_depth) == ("North 1", True, T0, 3)
     assert (g1.revocation_version, g1.revocation_age_s, g1.clock_synced) == (7, 40.0, True)
     assert g1.version == "0.1.0" and g1.faults == ("scanner offline",)
+    # the operator's name stays: a heartbeat cannot rename its gate
     assert (gates["g2"].gate_name, gates["g2"].online, gates["g2"].outbox_depth) == (
-        "South 2", False, 9,
+        "South", False, 9,
     )  # fmt: skip
     for never in ("g3", "g4"):
         assert (gates[never].gate_name, gates[never].online) == (never, False)
@@ -526,6 +534,7 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
     try:
         await store.ingest("g1", rows, T0)
         await store.ingest("g2", [g2.row("t1")], T0)
+        await store.set_gate_name("g1", "North 1")
         await store.heartbeat(heartbeat("g1", "North 1"), T0)
         await store.add_token("a" * 64, "gate", "g1", "main")
         await store.add_revocation_delta(1, b"delta-1", state)
@@ -605,8 +614,9 @@ async def test_an_unreachable_postgres_is_a_hub_store_error() -> None:
 async def test_two_postgres_stores_raise_each_double_admission_exactly_once(
     pg_url: str,  # noqa: F811
 ) -> None:
-    a = await open_store(pg_url, POLICY)
-    b = await open_store(pg_url, POLICY)
+    many = dataclasses.replace(POLICY, alert_budget=10_000)  # every alert stands on its own
+    a = await open_store(pg_url, many)
+    b = await open_store(pg_url, many)
     try:
         g1 = Gate("g1")
         g2 = Gate("g2", g1.clock)
@@ -615,7 +625,8 @@ async def test_two_postgres_stores_raise_each_double_admission_exactly_once(
             refs = [f"r{r}-t{i}" for i in range(per_batch)]
             batch1 = [g1.row(ref) for ref in refs]
             batch2 = [g2.row(ref) for ref in reversed(refs)]
-            await asyncio.gather(a.ingest("g1", batch1, T0), b.ingest("g2", batch2, T0))
+            now = g1.clock[0]
+            await asyncio.gather(a.ingest("g1", batch1, now), b.ingest("g2", batch2, now))
         alerts = await a.alerts(0, 1000)
         assert len(alerts) == rounds * per_batch
         assert {x.kind for x in alerts} == {"double_admission"}
@@ -714,7 +725,7 @@ def test_planner_double_admission_rules(
 ) -> None:
     known = KnownState(max_seq=new.gate_seq - 1, history=_rows(*stored))
     pol = HubPolicy(VENUE, entry_policy=policy)  # type: ignore[arg-type]
-    plan = hub_logic.plan_ingest(new.gate_id, [new], known, pol)
+    plan = hub_logic.plan_ingest(new.gate_id, [new], known, pol, LATER)
     assert plan.rows == (new,) and plan.conflicts == ()
     assert [a.kind for a in plan.alerts] == ["double_admission"] * alerts
 
@@ -732,7 +743,7 @@ def test_planner_double_admission_rules(
 def test_planner_gate_seq_holes(max_seq: int, seqs: list[int], holes: list[str]) -> None:
     g = Gate("g1")
     batch = [dataclasses.replace(g.row(f"t{s}", "attempt"), gate_seq=s) for s in seqs]
-    plan = hub_logic.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY)
+    plan = hub_logic.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY, LATER)
     assert [a.detail.removeprefix("gate_seq hole ") for a in plan.alerts] == holes
     assert all(a.dedupe_key.startswith("hole:g1:") for a in plan.alerts)
 
@@ -745,7 +756,7 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
         seq_owners={2: "0190d1e4-0000-7000-8000-000000000000"},
         max_seq=2,
     )
-    plan = hub_logic.plan_ingest("g1", [a, b, c], known, POLICY)
+    plan = hub_logic.plan_ingest("g1", [a, b, c], known, POLICY, LATER)
     assert plan.rows == () and plan.results == ()
     assert plan.conflicts == (a.entry_id, b.entry_id)
     assert [x.dedupe_key for x in plan.alerts] == [
@@ -767,8 +778,9 @@ def _plan_one_by_one(
         history: dict[str, list[TicketRow]] = {}
         for e in stored:
             history.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
-        known = KnownState(max_seq=batch[0].gate_seq - 1, history=history)
-        plan = hub_logic.plan_ingest(batch[0].gate_id, batch, known, policy)
+        targets = {e.entry_id: (e.gate_id, e.ticket_ref) for e in stored}
+        known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
+        plan = hub_logic.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
         alerts += [a for a in plan.alerts if a.kind != "integrity"]
         stored += plan.rows
     return alerts
@@ -820,9 +832,12 @@ def test_planner_reentry_an_exit_between_two_entries_counts_when_it_comes_first(
     # Alerts are never withdrawn: both entries in before the exit between them is one alert.
     assert len(_plan_one_by_one(pol, [[later], [entry], [exit_]])) == 1
     # An annulled exit joins the entries around it.
-    annul = Gate("g9").row("t", "annul", annuls=exit_.entry_id, at=T0 + 9)
+    annul = Gate("g1").row("t", "annul", annuls=exit_.entry_id, at=T0 + 9)
     (alert,) = _plan_one_by_one(pol, [[entry, exit_], [later], [annul]])
     assert alert.entries == (entry.entry_id, later.entry_id)
+    # ... but only when its own gate annuls it: another gate's annulment is refused, no alert.
+    forged = Gate("g9").row("t", "annul", annuls=exit_.entry_id, at=T0 + 9)
+    assert _plan_one_by_one(pol, [[entry, exit_], [later], [forged]]) == []
 
 
 def _attempts(gate: str, *seconds: float) -> list[EntryWire]:
@@ -862,3 +877,145 @@ def test_planner_history_covers_a_window_either_side_of_the_attempts() -> None:
     assert hub_logic.history_refs(attempts, {}, _DENIALS) == ["t"]
     assert hub_logic.attempt_span(attempts, _DENIALS) == (T0 - 60, T0 + 64)
     assert hub_logic.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS) == (math.inf, -math.inf)
+
+
+# --- the trust boundary: what one (stolen) gate may write ----------------------------------------
+
+
+async def test_an_annulment_of_another_gates_or_an_unknown_entry_is_refused_whole(
+    store: HubStore,
+) -> None:
+    a, thief = Gate("a"), Gate("x")
+    await store.set_gate_name("x", "Gate X")
+    entry = a.row("t1")
+    await store.ingest("a", [entry], T0 + 1)
+    for target in (entry.entry_id, str(uuid7(int(T0 * 1000)))):  # another gate's, unknown
+        rows = [thief.row("t7"), thief.row("t1", "annul", annuls=target)]
+        with pytest.raises(RefusedError) as caught:
+            await store.ingest("x", rows, T0 + 60)
+        assert caught.value.field == "entries[1].annuls"
+        thief.seq -= 2  # nothing was stored: the gate sends the same rows again later
+    entries, _ = await store.feed(0, 100)
+    assert [(e.gate_id, e.kind) for e in entries] == [("a", "entry")]
+    alerts = await all_alerts(store)
+    assert [(x.kind, x.gates) for x in alerts] == [("integrity", ("Gate X",))] * 2
+    assert "another gate" in alerts[0].detail and "unknown" in alerts[1].detail
+    # Its own gate may annul it (here within the same batch, as a lane does after no passage).
+    own = a.row("t2")
+    ack = await store.ingest("a", [own, a.row("t2", "annul", annuls=own.entry_id)], T0 + 61)
+    assert ack.inserted == 2
+
+
+async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: HubStore) -> None:
+    thief = Gate("x")
+    now = T0 + 10
+    ahead = thief.row("t1", at=now + POLICY.max_clock_ahead_s + 5)
+    with pytest.raises(RefusedError) as caught:
+        await store.ingest("x", [ahead], now)
+    assert caught.value.field == "entries[0].wall_time"
+    thief.seq -= 1
+    poisoned = dataclasses.replace(thief.row("t2", at=now), hlc=(1 << 62) - 1)
+    with pytest.raises(RefusedError) as caught:
+        await store.ingest("x", [poisoned], now)
+    assert caught.value.field == "entries[0].hlc"
+    assert (await store.feed(0, 10))[0] == []
+    assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]
+    # within the bound: taken
+    thief.seq, thief.hlc = thief.seq - 1, 0
+    await store.ingest("x", [thief.row("t3", at=now + POLICY.max_clock_ahead_s - 5)], now)
+
+
+async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:
+    thief, honest = Gate("x"), Gate("a")
+    now = T0 + 100
+    for b in range(20):  # every row leaves a gate_seq hole: one integrity alert each
+        rows = []
+        for i in range(50):
+            thief.seq += 1
+            rows.append(thief.row(f"t{b}-{i}", "attempt", at=now))
+        await store.ingest("x", rows, now)
+    first = honest.row("season-1", at=now)
+    await store.ingest("a", [first], now)
+    await store.ingest("b", [Gate("b").row("season-1", at=now)], now)  # a real double admission
+    alerts = await all_alerts(store)
+    kinds = [a.kind for a in alerts]
+    assert kinds.count("integrity") == POLICY.alert_budget
+    (storm,) = [a for a in alerts if a.kind == "alert_storm"]
+    assert (
+        storm.gates == ("x",)
+        and f"{20 * 50 - POLICY.alert_budget} alerts held back" in storm.detail
+    )
+    assert kinds.count("double_admission") == 1
+    # newest first, a page at a time: the other gate's alert is on the first page
+    page = await store.recent_alerts(None, 2)
+    assert [a.kind for a in page] == ["double_admission", "alert_storm"]
+    older = await store.recent_alerts(page[-1].alert_id, 1000)
+    assert [a.alert_id for a in [*page, *older]] == sorted(
+        (a.alert_id for a in alerts), reverse=True
+    )
+    # a new window: a new budget
+    later = now + POLICY.alert_budget_window_s
+    thief.seq += 1
+    await store.ingest("x", [thief.row("u", "attempt", at=later)], later)
+    assert (await store.recent_alerts(None, 1))[0].kind == "integrity"
+
+
+async def test_gate_names_are_unique_in_the_venue(store: HubStore) -> None:
+    await store.set_gate_name("g1", "Gate A")
+    with pytest.raises(NameTakenError):
+        await store.set_gate_name("g2", "gate a")
+    await store.set_gate_name("g1", "Gate A1")  # renaming keeps its own name free
+    await store.set_gate_name("g2", "Gate A")
+    for bad in ("", " padded", "x" * 65, "tab\there"):
+        with pytest.raises(ValueError, match="gate name"):
+            await store.set_gate_name("g3", bad)
+    names = {g.gate_id: g.gate_name for g in await store.gates(T0)}
+    assert names == {"g1": "Gate A1", "g2": "Gate A"}
+
+
+async def _downgrade_to_schema_1(url: str) -> None:
+    """Turn a new store back into what a hub of schema 1 left (no alert budget columns)."""
+    drop = (
+        "DROP INDEX alerts_source",
+        "ALTER TABLE alerts DROP COLUMN source_gate",
+        "ALTER TABLE alerts DROP COLUMN held",
+    )
+    if url.startswith("sqlite://"):
+        db = sqlite3.connect(url.removeprefix("sqlite://"))
+        try:
+            for sql in (*drop, "PRAGMA user_version = 1"):
+                db.execute(sql)
+            db.commit()
+        finally:
+            db.close()
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        for sql in (*drop, "UPDATE hub_meta SET value = 'gate-agent-hub/1' WHERE key = 'schema'"):
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
+    g1, g2 = Gate("g1"), Gate("g2")
+    store = await open_store(store_url, POLICY)
+    try:
+        await store.ingest("g1", [g1.row("t1")], T0 + 10)
+        await store.ingest("g2", [g2.row("t1")], T0 + 20)
+        before = await all_alerts(store)
+    finally:
+        await store.close()
+    await _downgrade_to_schema_1(store_url)
+    store = await open_store(store_url, POLICY)
+    try:
+        assert await all_alerts(store) == before and [a.kind for a in before] == [
+            "double_admission"
+        ]
+        g2.seq += 1  # a hole: the upgraded store raises and counts alerts as before
+        await store.ingest("g2", [g2.row("t2")], T0 + 30)
+        assert [a.kind for a in await all_alerts(store)] == ["double_admission", "integrity"]
+    finally:
+        await store.close()
+    store = await open_store(store_url, POLICY)  # and opens again as schema 2
+    await store.close()

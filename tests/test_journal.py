@@ -432,7 +432,7 @@ async def test_history_lookup_uses_the_ticket_indexes_at_100k_rows(
         plan = " | ".join(
             row[3]
             for row in db.execute(
-                "EXPLAIN QUERY PLAN " + journal_module._HISTORY, ("g1", "Gate 1", "x", "x")
+                "EXPLAIN QUERY PLAN " + journal_module._HISTORY, ("g1", "Gate 1", "x", "x", "x")
             )
         )
         unsynced_plan = " | ".join(

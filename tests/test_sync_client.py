@@ -45,7 +45,7 @@ async def _present(gate: Gate, text: str) -> Outcome:
 def _gate_conf(
     tmp: Path, keys: Path, setup: HubSetup, gate_id: str, name: str, *, hub: str = ""
 ) -> config.Config:
-    token = add_token(setup, gate_id=gate_id)
+    token = add_token(setup, gate_id=gate_id, name=name)
     path = write_gate(tmp / gate_id, keys, gate_id=gate_id, name=name, url=setup.url, token=token,
                       hub_extra=hub)  # fmt: skip
     return config.load(path)

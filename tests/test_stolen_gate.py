@@ -1,0 +1,384 @@
+"""A stolen gate against a real venue: a hub process (SQLite or PostgreSQL), two honest gates
+(the full daemon stack: lanes, journals, sync clients) and a raw HTTP client holding a third
+gate's token and its own journal, as a thief with the gate's Pi would. Each test is one attack of
+issue 10; each asserts what the venue would see: the ticket still refused at the honest gates,
+the alert raised and naming the thief's gate, nothing stored, the hub still answering.
+
+Flooding the hub with connections and the status server with streams: test_hub_flood.py and
+test_status_flood.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agent import config, tickets
+from agent.clock import HLC, Clock, uuid7
+from agent.daemon import Gate, open_gate
+from agent.issuer import Issuer
+from agent.journal import Journal, PeerEntry
+from agent.lane import Outcome
+from agent.model import Decision, Reason, Verdict, shared_ref
+from sync import hub_logic, protocol
+from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
+from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
+from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, write_hub_config
+from tests.pg import pg_server, pg_url  # noqa: F401
+
+POISON = (1 << 62) - 1  # the largest HLC a gate took from a peer before HLCs were bounded
+NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")
+ADMIT = Decision(Verdict.ADMIT, Reason.OK, "")
+
+
+@dataclass
+class Venue:
+    setup: HubSetup
+    store: str | None  # None: SQLite in the hub's state dir; else a PostgreSQL URL
+    conf_a: config.Config
+    conf_b: config.Config
+    thief_token: str
+    console: str
+    thief: Journal  # the stolen gate's own journal: what it uploads looks like a gate's
+
+    def url(self, path: str) -> str:
+        return self.setup.url + path
+
+    async def upload(self, *rows: EntryWire, gate: str = "gate-x") -> tuple[int, dict[str, Any]]:
+        body = protocol.encode(BatchUpload(gate, rows))
+        return await asyncio.to_thread(
+            post_json, self.url(f"/v1/gates/{gate}/entries:batch"), self.thief_token, body
+        )
+
+    async def thief_row(self, ref: str, kind: Any = "entry", **kw: Any) -> EntryWire:
+        decision = NOBODY if kind == "annul" else ADMIT
+        rec = await self.thief.record(
+            ticket_ref=ref, kind=kind, decision=decision, lane="in", rev_version=0, **kw
+        )
+        return EntryWire.from_record(rec)
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        page = await asyncio.to_thread(get_json, self.url("/v1/alerts?after=0"), self.console)
+        alerts = page["alerts"]
+        assert isinstance(alerts, list)
+        return alerts
+
+    async def feed(self) -> list[dict[str, object]]:
+        return await asyncio.to_thread(
+            feed_entries, self.setup.url, self.setup.venue, self.thief_token
+        )
+
+    @asynccontextmanager
+    async def gates(self) -> AsyncIterator[tuple[Gate, Gate]]:
+        """The hub process and both honest gates, online."""
+        with HubProcess(self.setup):
+            async with open_gate(self.conf_a) as a, open_gate(self.conf_b) as b:
+                await until(lambda: _online(a) and _online(b), what="both gates online")
+                yield a, b
+
+
+def _online(gate: Gate) -> bool:
+    return gate.hub is not None and gate.hub.online
+
+
+def _gate_conf(tmp: Path, keys: Path, setup: HubSetup, gate_id: str, name: str) -> config.Config:
+    token = add_token(setup, gate_id=gate_id, name=name)
+    path = write_gate(tmp / gate_id, keys, gate_id=gate_id, name=name, url=setup.url, token=token)
+    return config.load(path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def venue(
+    request: pytest.FixtureRequest, tmp_path: Path, keys_dir: Path
+) -> AsyncIterator[Venue]:
+    store = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, store=store)
+    conf_a = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A")
+    conf_b = _gate_conf(tmp_path, keys_dir, setup, "gate-b", "Gate B")
+    thief_token = add_token(setup, gate_id="gate-x", name="Gate X")
+    console = add_token(setup, console="security")
+    clock = Clock(assume="synced")
+    thief = await Journal.open(tmp_path / "x.db", gate_id="gate-x", gate_name="x", clock=clock)
+    try:
+        yield Venue(setup, store, conf_a, conf_b, thief_token, console, thief)
+    finally:
+        await thief.close()
+
+
+async def _present(gate: Gate, text: str) -> Outcome:
+    outcome = await gate.lane.present(scan(text))
+    assert outcome is not None
+    return outcome
+
+
+async def _learnt(gate: Gate, ref: str, peer: str) -> None:
+    async def known() -> bool:
+        return any(h.gate_id == peer for h in await gate.journal.history(ref))
+
+    await until(known, what=f"{gate.journal.gate_id} learns {peer}'s row")
+
+
+def _integrity(alerts: list[dict[str, Any]], field_words: str) -> list[dict[str, Any]]:
+    return [a for a in alerts if a["kind"] == "integrity" and field_words in str(a["detail"])]
+
+
+# --- 1. annulments belong to their gate ----------------------------------------------------------
+
+
+async def test_a_stolen_gate_cannot_annul_another_gates_entry(venue: Venue, iss: Issuer) -> None:
+    text = iss.ticket(event=1, zones=[1])
+    async with venue.gates() as (a, b):
+        first = await _present(a, text)
+        assert first.decision.admitted and first.record is not None
+        ref, target = first.record.ticket_ref, first.record.entry_id
+        await _learnt(b, ref, "gate-a")
+        # The thief reads the venue feed with its token and annuls gate A's admission ...
+        assert target in {e["entry_id"] for e in await venue.feed()}
+        forged = await venue.thief_row(ref, "annul", annuls=target)
+        status, body = await venue.upload(forged)
+        assert status == 422 and body["error"] == "refused"
+        assert "entries[0].annuls" in body["message"] and "another gate" in body["message"]
+        # ... or an entry nobody recorded.
+        unknown = await venue.thief_row(ref, "annul", annuls=str(uuid7(int(time.time() * 1000))))
+        status, body = await venue.upload(unknown)
+        assert status == 422 and "entries[0].annuls" in body["message"]
+        assert "unknown" in body["message"]
+        # Nothing of it is stored, and the security team sees who tried.
+        assert all(e["kind"] != "annul" for e in await venue.feed())
+        alerts = _integrity(await venue.alerts(), "annuls")
+        assert len(alerts) == 2 and all(al["gates"] == ["Gate X"] for al in alerts)
+        # The ticket stays used everywhere.
+        assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+        assert (await _present(a, text)).decision.reason is Reason.ALREADY_USED
+        # A hub that let it through would still reopen nothing: gates apply an annulment only
+        # from the gate that recorded the entry.
+        await b.journal.add_peer_entries([_peer(forged, "Gate X")])
+        assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+        assert (await asyncio.to_thread(_health, venue)) == "ok"
+
+
+def _peer(row: EntryWire, name: str) -> PeerEntry:
+    return FeedEntry(
+        cursor=1, entry_id=row.entry_id, gate_id=row.gate_id, gate_name=name,
+        gate_seq=row.gate_seq, ticket_ref=row.ticket_ref, kind=row.kind, annuls=row.annuls,
+        wall_time=row.wall_time, hlc=row.hlc,
+    ).to_peer()  # fmt: skip
+
+
+def _health(venue: Venue) -> str:
+    return "ok" if get_json(venue.url("/v1/health"), "none")["ok"] else "down"
+
+
+# --- 2. time and HLC bounds ----------------------------------------------------------------------
+
+
+async def test_rows_from_the_future_are_refused_and_a_poisoned_hlc_never_stops_learning(
+    venue: Venue, iss: Issuer
+) -> None:
+    async with venue.gates() as (a, b):
+        row = await venue.thief_row("tk1:" + "00" * 8)
+        status, body = await venue.upload(dataclasses.replace(row, hlc=POISON))
+        assert status == 422 and "entries[0].hlc" in body["message"]
+        later = await venue.thief_row("tk1:" + "01" * 8)
+        status, body = await venue.upload(dataclasses.replace(later, wall_time=time.time() + 3600))
+        assert status == 422 and "entries[0].wall_time" in body["message"]
+        assert len(_integrity(await venue.alerts(), "ahead of the hub's clock")) == 2
+        # A row with a poisoned HLC that a hub took before it bounded them reaches the gates.
+        await _plant(venue, dataclasses.replace(row, hlc=POISON))
+        await _learnt(a, row.ticket_ref, "gate-x")
+        await _learnt(b, row.ticket_ref, "gate-x")
+        # The gates keep their HLCs near the time and keep learning from each other.
+        for first, second in ((a, b), (b, a)):
+            text = iss.ticket(event=1, zones=[1])
+            admitted = await _present(first, text)
+            assert admitted.decision.admitted and admitted.record is not None
+            assert _sane(admitted.record.hlc)
+            await _learnt(second, admitted.record.ticket_ref, first.journal.gate_id)
+            assert (await _present(second, text)).decision.reason is Reason.ALREADY_USED
+
+
+async def test_a_gate_whose_journal_holds_a_poisoned_hlc_recovers_at_start(
+    venue: Venue, iss: Issuer
+) -> None:
+    # Before HLCs were bounded, gate B followed a poisoned peer row and recorded after it.
+    old = iss.ticket(event=1, zones=[1])
+    journal_path = venue.conf_b.gate.state_dir / "journal.db"
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    async with await Journal.open(
+        journal_path, gate_id="gate-b", gate_name="Gate B", clock=Clock(assume="synced")
+    ) as journal:
+        poison = await venue.thief_row("tk1:" + "11" * 8)
+        await journal.add_peer_entries([_peer(dataclasses.replace(poison, hlc=POISON), "x")])
+        ref = _ref_of(old)
+        rec = await journal.record(ticket_ref=ref, kind="entry", decision=ADMIT, lane="in",
+                                   rev_version=0)  # fmt: skip
+        assert not _sane(rec.hlc)  # the poisoned journal this test starts from
+    async with venue.gates() as (a, b):
+        # Its poisoned row is taken by the hub (its HLC bounded by its wall time) ...
+        await _learnt(a, ref, "gate-b")
+        assert (await _present(a, old)).decision.reason is Reason.ALREADY_USED
+        # ... and what it records now carries a sane HLC that peers follow.
+        text = iss.ticket(event=1, zones=[1])
+        fresh = await _present(b, text)
+        assert fresh.decision.admitted and fresh.record is not None and _sane(fresh.record.hlc)
+        await _learnt(a, fresh.record.ticket_ref, "gate-b")
+        assert (await _present(a, text)).decision.reason is Reason.ALREADY_USED
+
+
+def _ref_of(text: str) -> str:
+    return tickets.parse(text).ticket_ref
+
+
+def _sane(hlc: int) -> bool:
+    return HLC.physical_ms(hlc) / 1000 <= time.time() + 301
+
+
+async def _plant(venue: Venue, row: EntryWire) -> None:
+    """Store ``row`` straight in the hub's database, as a hub without the bound would have."""
+    params = hub_logic.entry_params(row, time.time())
+    columns = ", ".join(hub_logic.ENTRY_COLUMNS)
+    if venue.store is None:
+        db = sqlite3.connect(venue.setup.dir / "state" / "hub.db", timeout=10)
+        try:
+            marks = ", ".join("?" * len(params))
+            db.execute(f"INSERT INTO entries ({columns}) VALUES ({marks})", params)
+            db.commit()
+        finally:
+            db.close()
+        return
+    conn = await asyncpg.connect(venue.store)
+    try:
+        marks = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+        await conn.execute(f"INSERT INTO entries ({columns}) VALUES ({marks})", *params)
+    finally:
+        await conn.close()
+
+
+# --- 3. names come from the hub ------------------------------------------------------------------
+
+
+async def test_a_gate_cannot_rename_itself_and_names_are_unique(venue: Venue, iss: Issuer) -> None:
+    text = iss.ticket(event=1, zones=[1])
+    async with venue.gates() as (_, b):
+        beat = Heartbeat(
+            gate_id="gate-x", gate_name="Gate A", version="x", outbox_depth=0,
+            oldest_unsynced_age_s=None, revocation_version=0, revocation_age_s=None,
+            trust_version=0, clock_synced=True, feed_cursor=0,
+        )  # fmt: skip
+        status, _ = await asyncio.to_thread(
+            post_json, venue.url("/v1/gates/gate-x/heartbeat"), venue.thief_token,
+            protocol.encode(beat),
+        )  # fmt: skip
+        assert status == 200
+        gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
+        names = {g["gate_id"]: g["gate_name"] for g in gates["gates"]}  # type: ignore[attr-defined]
+        assert names["gate-x"] == "Gate X" and names["gate-a"] == "Gate A"
+        # The thief admits a ticket: the honest gates name the thief's gate, not Gate A.
+        ref = _ref_of(text)
+        status, _ = await venue.upload(await venue.thief_row(ref))
+        assert status == 200
+        await _learnt(b, ref, "gate-x")
+        refused = await _present(b, text)
+        assert refused.decision.reason is Reason.ALREADY_USED
+        assert refused.decision.detail.startswith("Gate X, ")
+    # The operator cannot give a second gate a name the venue already uses.
+    done = await asyncio.to_thread(hub_cli, venue.setup, "token", "--gate", "gate-y", "--name",
+                                   "gate a")  # fmt: skip
+    assert done.returncode != 0 and done.stdout == ""
+    assert "already called" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# --- 4. alert budget -----------------------------------------------------------------------------
+
+
+async def test_an_alert_flood_from_one_gate_collapses_and_hides_no_other_alert(
+    venue: Venue, iss: Issuer
+) -> None:
+    text = iss.ticket(event=1, zones=[1])
+    async with venue.gates() as (a, b):
+        first = await _present(a, text)
+        assert first.decision.admitted and first.record is not None
+        template = await venue.thief_row("tk1:" + "22" * 8, "attempt")
+        seq, sent = template.gate_seq, 0
+        for batch in range(20):  # every row skips a gate_seq: 10,000 integrity alerts
+            rows = []
+            for i in range(protocol.MAX_BATCH):
+                seq += 2
+                ms = int(time.time() * 1000)
+                rows.append(dataclasses.replace(
+                    template, gate_seq=seq, entry_id=str(uuid7(ms)),
+                    ticket_ref=f"tk1:{batch:04x}{i:012x}",
+                ))  # fmt: skip
+            status, _ = await venue.upload(*rows)
+            assert status == 200
+            sent += len(rows)
+        # An honest gate's alert after the flood: the used ticket tried three times at gate B.
+        await _learnt(b, first.record.ticket_ref, "gate-a")
+        for _ in range(3):
+            assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+
+        async def raised() -> bool:
+            return any(al["kind"] == "repeated_denials" for al in await venue.alerts())
+
+        await until(raised, what="gate B's repeated-denials alert")
+        page = await asyncio.to_thread(get_json, venue.url("/v1/alerts?limit=100"), venue.console)
+        newest = page["alerts"]
+        assert isinstance(newest, list) and len(newest) <= 100
+        ids = [al["alert_id"] for al in newest]
+        assert ids == sorted(ids, reverse=True)
+        storms = [al for al in newest if al["kind"] == "alert_storm"]
+        assert storms and all(al["gates"] == ["Gate X"] for al in storms)
+        (honest,) = [al for al in newest if al["kind"] == "repeated_denials"]
+        assert honest["gates"] == ["Gate B"] * 3
+        every = await venue.alerts()
+        from_x = [al for al in every if al["kind"] == "integrity"]
+        held = sum(int(str(al["detail"]).rsplit("; ", 1)[1].split()[0]) for al in storms)
+        assert len(from_x) + held >= sent  # each hole counted, stored or held
+        assert len(from_x) <= 50 * len(storms)  # the default budget per window
+        assert len(every) < 200
+        # paging back reaches every alert, newest first, none twice
+        older = await asyncio.to_thread(
+            get_json, venue.url(f"/v1/alerts?before={page['next']}&limit=500"), venue.console
+        )
+        ids += [al["alert_id"] for al in older["alerts"]]  # type: ignore[union-attr]
+        assert ids == sorted((al["alert_id"] for al in every), reverse=True)
+        assert (await asyncio.to_thread(_health, venue)) == "ok"
+
+
+# --- 11. no pretix secret at the hub -------------------------------------------------------------
+
+
+async def test_pretix_secrets_travel_and_are_matched_as_digests(
+    venue: Venue, tmp_path: Path
+) -> None:
+    secret_ref = "pretix:" + "s3cr3tsecret" * 3
+    with HubProcess(venue.setup):
+        # the hub refuses a secret in an upload, naming the field
+        row = await venue.thief_row(secret_ref)
+        assert row.ticket_ref == shared_ref(secret_ref) != secret_ref  # what a gate sends
+        status, body = await venue.upload(dataclasses.replace(row, ticket_ref=secret_ref))
+        assert status == 400 and "entries[0].ticket_ref" in body["message"]
+        assert secret_ref[7:] not in str(body)
+        status, _ = await venue.upload(row)
+        assert status == 200
+        feed = await venue.feed()
+        assert [e["ticket_ref"] for e in feed] == [shared_ref(secret_ref)]
+    # another gate learns the admission under the digest and finds it for the secret it scans
+    clock = Clock(assume="synced")
+    async with await Journal.open(
+        tmp_path / "b.db", gate_id="gate-b", gate_name="Gate B", clock=clock
+    ) as journal:
+        entry = FeedEntry.from_json(feed[0]).to_peer()
+        assert await journal.add_peer_entries([entry]) == 1
+        (seen,) = await journal.history(secret_ref)
+        assert (seen.gate_id, seen.kind, seen.peer) == ("gate-x", "entry", True)
