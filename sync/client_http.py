@@ -34,6 +34,9 @@ from sync.http_body import BodyTooLarge, read_capped
 from sync.pretix_http import parse_retry_after
 
 _TRANSIENT = frozenset({408, 425, 429})
+# An idle connection is dropped before the hub's header timeout (10 s by default) would close it
+# under us: a request on a connection the hub is closing fails and must be retried.
+IDLE_KEEPALIVE_S = 5.0
 
 
 class HubError(AgentError, RuntimeError):
@@ -186,7 +189,10 @@ class HubHTTP:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                connector=aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else True),
+                connector=aiohttp.TCPConnector(
+                    ssl=self._tls if self._tls is not None else True,
+                    keepalive_timeout=IDLE_KEEPALIVE_S,
+                ),
             )
         return self._session
 
