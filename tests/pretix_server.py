@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "pretix"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "pretix"
 ORG, EVENT = "stadium", "season26"
 INIT_TOKEN = "kpp4jn8g2ynzonp6"
 API_TOKEN = "1kcsh572fonm3hawalrncam4l1gktr2rzx25a22l8g9hx108o9oi0rztpcvwnfnd"

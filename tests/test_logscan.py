@@ -28,7 +28,6 @@ from sync.pretix_http import token_hash
 from tests import logscan, pretix_server
 
 VECTORS = pretix_server.VECTORS
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason="no ../shared/vectors/pretix")
 
 
 def _leaks(*texts: str, secrets: dict[str, str] | None = None) -> list[str]:
@@ -68,7 +67,6 @@ def test_pieces_and_encodings_of_a_ticket_are_flagged(ticket: str) -> None:
     assert all(_leaks(form) for form in forms), [form for form in forms if not _leaks(form)]
 
 
-@needs_vectors
 def test_pretix_vector_secrets_are_flagged_whole_encoded_and_in_pieces() -> None:
     secret = _vector_secret("valid_standard_1")
     secrets = logscan.vector_secrets(VECTORS)

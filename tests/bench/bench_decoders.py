@@ -1,6 +1,6 @@
 """Decoder engines and the camera pipeline, on one core.
 
-1. Real photos and scans (../shared/vectors/barcodes/): per folder and engine, codes read
+1. Real photos and scans (tests/vectors/barcodes/): per folder and engine, codes read
    correctly / total, misreads (something decoded, not the expected text), median and p99 ms.
 2. Generated 640x480 and 1280x720 frames, empty and with a ticket: ms per frame per engine.
 3. The camera pipeline's overhead over the bare decoder on the same frames (goal <= 1.2x):
@@ -44,7 +44,7 @@ from drivers.camera import CameraScanner  # noqa: E402
 from drivers.camera_sources import MemorySource  # noqa: E402
 from drivers.decoders import Decoder, make_decoder  # noqa: E402
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "barcodes"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "barcodes"
 FOLDER_FORMATS = {
     "qrcode": "qr",
     "aztec": "aztec",

@@ -1,6 +1,6 @@
 """pretix_sig1 vs TK1: parse, verify, and parse+verify time per ticket, interleaved in one run.
 
-pretix_sig1 tickets are the real server's secrets from ../shared/vectors/pretix (every case whose
+pretix_sig1 tickets are the real server's secrets from tests/vectors/pretix (every case whose
 signature is valid) checked with the event's key; without that folder, secrets of the same shape
 are signed with a local key. TK1 tickets are signed with a local Ed25519 issuer key. Each round
 measures one ticket of each format back to back, so both see the same CPU state.
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from agent import pretix_event, tickets, trust
 from agent.tickets import tk1
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "pretix"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "pretix"
 WARMUP = 500
 
 
