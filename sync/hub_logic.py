@@ -269,36 +269,43 @@ def _refusals(
     gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
 ) -> list[tuple[str, str, NewAlert]]:
     """(field, why, integrity alert) for each new row the gate has no right to write."""
-    own = {e.entry_id: (e.gate_id, e.ticket_ref) for e in entries}
-    limit = now + policy.max_clock_ahead_s
-    name = known.gate_names.get(gate_id) or gate_id
+    batch = {e.entry_id: (e.gate_id, e.ticket_ref) for e in entries}
+    name = _Names(known.gate_names)(gate_id)
     out = []
     for i, e in enumerate(entries):
         if e.entry_id in known.stored:
             continue
-        where, why = f"entries[{i}].", ""
-        if e.annuls is not None:
-            target = known.targets.get(e.annuls) or own.get(e.annuls)
-            if target is None:
-                where, why = where + "annuls", f"annuls an unknown entry {e.annuls}"
-            elif target[0] != gate_id:
-                where, why = where + "annuls", f"annuls entry {e.annuls} of another gate"
-            elif target[1] != e.ticket_ref:
-                where, why = where + "annuls", f"annuls entry {e.annuls} of another ticket"
-        if not why and e.wall_time > limit:
-            ahead = e.wall_time - now
-            where, why = where + "wall_time", f"wall time {ahead:.0f} s ahead of the hub's clock"
-        if not why and HLC.physical_ms(e.hlc) / 1000 > limit:
-            ahead = HLC.physical_ms(e.hlc) / 1000 - now
-            where, why = where + "hlc", f"HLC {ahead:.0f} s ahead of the hub's clock"
-        if why:
+        target = None if e.annuls is None else known.targets.get(e.annuls) or batch.get(e.annuls)
+        refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
+        if refused is not None:
+            key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
             alert = NewAlert(
                 "integrity", ticket_digest(e.ticket_ref), (name,), (e.wall_time,),
                 (e.entry_id,), detail, f"refused:{e.entry_id}",
             )  # fmt: skip
-            out.append((where, why, alert))
+            out.append((f"entries[{i}].{key}", why, alert))
     return out
+
+
+def _why_refused(
+    e: EntryWire, target: tuple[str, str] | None, gate_id: str, limit: float, now: float
+) -> tuple[str, str] | None:
+    """(field, why) when the gate may not write ``e``: an annulment of an entry that is not its
+    own (``target``: the annulled entry's gate and ticket), or a time past ``limit``."""
+    if e.annuls is not None:
+        if target is None:
+            return "annuls", f"annuls an unknown entry {e.annuls}"
+        if target[0] != gate_id:
+            return "annuls", f"annuls entry {e.annuls} of another gate"
+        if target[1] != e.ticket_ref:
+            return "annuls", f"annuls entry {e.annuls} of another ticket"
+    if e.wall_time > limit:
+        return "wall_time", f"wall time {e.wall_time - now:.0f} s ahead of the hub's clock"
+    physical = HLC.physical_ms(e.hlc) / 1000
+    if physical > limit:
+        return "hlc", f"HLC {physical - now:.0f} s ahead of the hub's clock"
+    return None
 
 
 def _budget(
@@ -309,7 +316,7 @@ def _budget(
     if len(alerts) <= room:
         return tuple(alerts)
     held = alerts[room:]
-    name = known.gate_names.get(gate_id) or gate_id
+    name = _Names(known.gate_names)(gate_id)
     since = budget_since(now, policy)
     storm = NewAlert(
         "alert_storm", "", (name,), (now,), (),
