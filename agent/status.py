@@ -6,12 +6,14 @@ which does constant work and never awaits. The loop is the lane's, and asyncio h
 200 clients asking as fast as they can took a whole core from it and the lane's p99 went from
 5 ms to seconds (tests/bench/bench_status.py). So request handling is paced (:class:`Pacer`): at
 most ``REQUESTS_PER_S`` start each second after a short burst; the others wait parked on a timer,
-which costs the loop nothing, and are answered in turn. Everything else is bounded too, and refused
-at once with 503 and Retry-After beyond its bound, before it costs the loop more than the refusal:
-no more than ``REQUESTS_PARKED`` requests wait for a turn; no more than ``max_streams`` event
-streams are open or waiting (1,500 streams made each decision wake 1,500 writers, and decisions
-took seconds: tests/bench/bench_status_flood.py); ``/status`` and ``/metrics`` are rendered at most
-once per ``RENDER_TTL_S`` and a crowd shares that render.
+which costs the loop nothing, and are answered in turn. New connections are accepted at most
+``ACCEPTS_PER_S`` a second, a few per turn of the loop (a crowd waits in the kernel's queue).
+Everything else is bounded too, and refused with 503 and Retry-After (closing the connection, so
+a client that does not wait reconnects at the accept rate) beyond its bound, before it costs the
+loop more than the refusal: no more than ``REQUESTS_PARKED`` requests wait for a turn; no more
+than ``max_streams`` event streams are open or waiting (1,500 streams made each decision wake
+1,500 writers, and decisions took seconds: tests/bench/bench_status_flood.py); ``/status`` and
+``/metrics`` are rendered at most once per ``RENDER_TTL_S`` and a crowd shares that render.
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
   offline, relay fault, journal write failed, list stale, clock untrusted, outbox backlog, disk
@@ -44,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.errors import JournalError
-from agent.status_bounds import Pacer, Streams, busy
+from agent.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 
 if TYPE_CHECKING:
     from agent.daemon import Gate
@@ -61,6 +63,9 @@ _ASSETS = ("display.html", "display.js", "display.css")
 REQUESTS_PER_S = 100.0  # a Prometheus scrape, a few displays and curls need a handful
 REQUEST_BURST = 20
 MAX_WAIT_S = 5.0  # a request that would wait longer gets 503 and Retry-After instead
+ACCEPTS_PER_S = 200.0  # new connections; a crowd of them waits in the kernel's listen queue
+ACCEPTS_PER_WAKE = 4
+LISTEN_BACKLOG = 512
 REQUESTS_PARKED = 256  # requests waiting for a turn at most; the next gets 503 at once
 MAX_STREAMS = 16  # default cap of /display/events streams (config [status] max_streams)
 RENDER_TTL_S = 0.25  # /status and /metrics answer from a render at most this old
@@ -156,6 +161,7 @@ class StatusServer:
         self._rendered: dict[str, tuple[float, web.Response]] = {}
         self._rendering: dict[str, asyncio.Future[web.Response]] = {}
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._figures: tuple[float, tuple[int, float | None, int | None]] | None = None
         self._reading: asyncio.Future[tuple[int, float | None, int | None]] | None = None
         self.port: int | None = None
@@ -215,21 +221,23 @@ class StatusServer:
             handler_cancellation=True,
         )  # fmt: skip
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
         try:
-            await site.start()
+            sock = listen_socket(self._host, self._port, LISTEN_BACKLOG)
         except OSError:
             await runner.cleanup()
             raise
+        assert runner.server is not None  # set up above
+        self._listener = Listener(sock, runner.server, ACCEPTS_PER_S, ACCEPTS_PER_WAKE)
         self._runner = runner
         self._keepalive = asyncio.ensure_future(self._keep_alive())
-        bound = runner.addresses
-        self.port = int(bound[0][1]) if bound else self._port
+        self.port = int(sock.getsockname()[1])
         log.info("status server on http://%s:%d/ (display: /display)", self._host, self.port)
 
     async def close(self) -> None:
         """Stop serving; open event streams end. Idempotent."""
         self._streams.end_all()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -4,16 +4,22 @@ The status server shares the lane's loop, so nothing a status client does may co
 without bound: request starts are paced and the waiting ones counted (:class:`Pacer`); event
 streams are counted and each is a short list of encoded chunks its writer drains (:class:`Streams`),
 so a decision costs one encoding and one append per stream, and a stream that falls
-``SSE_BACKLOG`` chunks behind is closed rather than buffered for.
+``SSE_BACKLOG`` chunks behind is closed rather than buffered for; connections are accepted at a
+bounded rate (:class:`Listener`), so a crowd of new connections waits in the kernel, not the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import socket
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 SSE_BACKLOG = 64  # chunks (events, keep-alives) a stream may fall behind before it is closed
 
@@ -117,7 +123,94 @@ class Streams:
 
 
 def busy(why: str, retry_after_s: float) -> web.Response:
-    """503 with Retry-After: the answer to any request beyond a bound."""
-    return web.json_response(
+    """503 with Retry-After, closing the connection: the answer to any request beyond a bound."""
+    response = web.json_response(
         {"error": why}, status=503, headers={"Retry-After": str(math.ceil(retry_after_s))}
     )
+    response.force_close()
+    return response
+
+
+class Listener:
+    """Accepts TCP connections at most ``rate`` a second, ``per_wake`` at a time; the others wait
+    in the kernel's listen queue (a full queue drops SYNs, and clients retry later by themselves).
+
+    asyncio's own accept loop takes up to a whole listen backlog per wake-up and the requests of
+    a crowd then fill the loop's next turns: the lane's decisions wait behind them. Each accepted
+    socket is handed to ``factory`` (the aiohttp server) like any other connection.
+    """
+
+    def __init__(
+        self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], rate: float,
+        per_wake: int,
+    ) -> None:  # fmt: skip
+        self._sock, self._factory = sock, factory
+        self._interval, self._per_wake = 1.0 / rate, per_wake
+        self._next = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._resume: asyncio.TimerHandle | None = None
+        self._connecting: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        sock.setblocking(False)
+        self._loop.add_reader(sock, self._accept)
+
+    def _accept(self) -> None:
+        now = self._loop.time()
+        for _ in range(self._per_wake):
+            if self._next > now:  # over the rate: stop listening until the next slot
+                self._pause(self._next - now)
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: try again in a while
+                log.warning("status server: accept failed: %s", exc)
+                self._pause(1.0)
+                return
+            self._next = max(self._next, now) + self._interval
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self._connecting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("status server: connection lost at once: %s", task.exception())
+
+    def _pause(self, delay_s: float) -> None:
+        self._loop.remove_reader(self._sock)
+        self._resume = self._loop.call_later(delay_s, self._listen)
+
+    def _listen(self) -> None:
+        self._resume = None
+        if not self._closed:
+            self._loop.add_reader(self._sock, self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        self._loop.remove_reader(self._sock)
+        self._sock.close()
+        for task in self._connecting:
+            task.cancel()
+
+
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port); raises OSError."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock

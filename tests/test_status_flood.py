@@ -37,7 +37,7 @@ from tests.conftest import WriteConfig
 from tests.hubproc import free_port
 
 CAP = 4
-OVER = 500  # attempts over the cap; through the pacer (100/s after 20) they would take 4.8 s
+OVER = 600  # attempts over the cap
 SCANS = 30
 UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_read=None)
 
@@ -123,7 +123,11 @@ async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
         answers = await asyncio.gather(*(_refused(http, url) for _ in range(OVER)))
         took = time.monotonic() - t0
         assert set(answers) == {(503, "15", "too many display streams")}
-        assert took < 3.0, f"{OVER} refusals took {took:.1f} s: they waited for the pacer"
+        # Taking turns from the pacer, the last refusal would come after this; new connections
+        # are accepted faster (status.ACCEPTS_PER_S) and a refusal takes no turn.
+        pacer_s = (OVER - status.REQUEST_BURST) / status.REQUESTS_PER_S
+        assert pacer_s - OVER / status.ACCEPTS_PER_S > 2  # room for a loaded machine
+        assert took < pacer_s, f"{OVER} refusals took {took:.1f} s: they waited for the pacer"
 
         stop = asyncio.Event()
         flood = asyncio.create_task(_keep_refused(http, url, stop))
