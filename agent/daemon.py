@@ -351,9 +351,13 @@ async def run(config: cfg.Config) -> int:
             supervisor.cancel()
             upkeep.cancel()
             await asyncio.gather(supervisor, upkeep, return_exceptions=True)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             await status.close()
+    # The handlers stay until the gate is closed, then the signals are ignored: a SIGTERM while
+    # the gate shuts down (its scanner ended, say) must not kill it half-closed or turn a clean
+    # exit into death by signal; cancelling the finished lane does nothing.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     notifier.close()
     return 0
 
