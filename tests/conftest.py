@@ -98,6 +98,8 @@ def write_config(keys_dir: Path) -> WriteConfig:
             gate=gate,
             revocations=", ".join(f'"{r}"' for r in revocations or []),
         )
+        if "[status]" not in extra:  # off: never the default port, which a real gate may hold
+            extra += '\n[status]\nlisten = ""\n'
         path = keys_dir.parent / "gate.toml"
         path.write_text(text + extra)
         return path

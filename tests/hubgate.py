@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from drivers.base import Scan
 
@@ -39,6 +40,9 @@ assume = "synced"
 [devices]
 scanner = "{scanner}"
 gate = "sim://gate?passage_ms=0"
+
+[status]
+listen = ""
 """
 
 # Fast enough for tests: the gate notices a dead hub within a second.
@@ -110,7 +114,7 @@ def scan(text: str) -> Scan:
     return Scan(text, "s1", time.monotonic_ns())
 
 
-def get_json(url: str, token: str) -> dict[str, object]:
+def get_json(url: str, token: str) -> dict[str, Any]:
     """GET a hub endpoint with a bearer token (blocking: call through asyncio.to_thread)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as reply:
@@ -119,7 +123,7 @@ def get_json(url: str, token: str) -> dict[str, object]:
     return body
 
 
-def post_json(url: str, token: str, data: bytes) -> tuple[int, dict[str, object]]:
+def post_json(url: str, token: str, data: bytes) -> tuple[int, dict[str, Any]]:
     """POST a body to a hub endpoint; returns the status and the JSON answer (blocking)."""
     request = urllib.request.Request(
         url, data=data, method="POST",

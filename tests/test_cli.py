@@ -157,6 +157,8 @@ root_key = "{issued / "keys" / "root.pub"}"
 bundle = "{issued / "keys" / "trust.json"}"
 [clock]
 assume = "synced"
+[status]
+listen = ""
 [devices]
 scanner = "sim://file?path=scans.txt"
 gate = "sim://gate?passage_ms=1&log=pulses.log"

@@ -53,7 +53,7 @@ def _wait_for(names: set[str], *folders: Path, proc: subprocess.Popen[bytes]) ->
         present = {name for f in folders for name in _modes(f)}
         if names <= present:
             return
-        assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        assert proc.poll() is None, f"{proc.args!r} exited with {proc.returncode}"
         assert time.monotonic() < deadline, f"never created: {sorted(names - present)}"
         time.sleep(0.05)
 

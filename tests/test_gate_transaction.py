@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 from agent import config
 from agent.daemon import open_gate
@@ -22,7 +23,7 @@ async def _until(cond: Callable[[], bool]) -> None:
 
 
 async def _run_lane(
-    write_config: WriteConfig, busy: str, iss: Issuer
+    write_config: WriteConfig, busy: Literal["wait", "refuse"], iss: Issuer
 ) -> tuple[list[Outcome], SimIndicator, SimGate, int]:
     conf = config.load(write_config(passage_timeout_s=5))
     conf = dataclasses.replace(conf, lane=dataclasses.replace(conf.lane, busy=busy))

@@ -164,7 +164,7 @@ async def test_the_total_cap_refuses_everyone_until_connections_close(
     )  # fmt: skip
     with HubProcess(setup) as proc:
         loop = asyncio.get_running_loop()
-        conns = {}
+        conns: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         for source in ("127.0.0.2", "127.0.0.3"):
             conns[source] = []
             for _ in range(10):

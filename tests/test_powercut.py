@@ -40,6 +40,8 @@ root_key = "{keys / "root.pub"}"
 bundle = "{keys / "trust.json"}"
 [clock]
 assume = "synced"
+[status]
+listen = ""
 [devices]
 scanner = "sim://file?path=scans.txt"
 gate = "sim://gate?passage_ms=0&log=pulses.log"

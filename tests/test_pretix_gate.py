@@ -34,7 +34,7 @@ async def test_pretix_gate_learns_keys_lists_and_uploads(
             revoked = await gate.lane.present(
                 Scan(CASES["revoked_after_regenerate"]["secret"], "s", 2 * 10**10)
             )
-            assert valid is not None and valid.decision.admitted, valid.decision
+            assert valid is not None and valid.decision.admitted, valid
             assert revoked is not None and revoked.decision.reason is Reason.REVOKED
             assert await gate.upstream.sync_once()  # uploads the admission
             assert gate.upstream.status["outbox"] == 0

@@ -194,7 +194,7 @@ async def test_revoked_ticket_denied_by_checker_after_download(rig: Rig) -> None
     class Holder:
         bundle = rig.trust[-1]
 
-    checker = Checker(Holder(), lambda: rig.store.index, lambda: rig.store.meta, policy)  # type: ignore[arg-type]
+    checker = Checker(Holder(), lambda: rig.store.index, lambda: rig.store.meta, policy)
     clock = Clock(assume="synced", wall=rig.wall).reading()
     revoked = await checker.evaluate(CASES["revoked_after_regenerate"]["secret"],
                                      rig.journal.history, clock)  # fmt: skip

@@ -97,6 +97,8 @@ root_key = "{keys_dir / "root.pub"}"
 bundle = "{keys_dir / "trust.json"}"
 [clock]
 assume = "synced"
+[status]
+listen = ""
 [devices]
 scanner = "{scanner}"
 gate = "sim://gate?passage_ms=1&log=pulses.log"

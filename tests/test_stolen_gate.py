@@ -281,7 +281,7 @@ async def test_a_gate_cannot_rename_itself_and_names_are_unique(venue: Venue, is
         )  # fmt: skip
         assert status == 200
         gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
-        names = {g["gate_id"]: g["gate_name"] for g in gates["gates"]}  # type: ignore[attr-defined]
+        names = {g["gate_id"]: g["gate_name"] for g in gates["gates"]}
         assert names["gate-x"] == "Gate X" and names["gate-a"] == "Gate A"
         # The thief admits a ticket: the honest gates name the thief's gate, not Gate A.
         ref = _ref_of(text)
@@ -350,7 +350,7 @@ async def test_an_alert_flood_from_one_gate_collapses_and_hides_no_other_alert(
         older = await asyncio.to_thread(
             get_json, venue.url(f"/v1/alerts?before={page['next']}&limit=500"), venue.console
         )
-        ids += [al["alert_id"] for al in older["alerts"]]  # type: ignore[union-attr]
+        ids += [al["alert_id"] for al in older["alerts"]]
         assert ids == sorted((al["alert_id"] for al in every), reverse=True)
         assert (await asyncio.to_thread(_health, venue)) == "ok"
 

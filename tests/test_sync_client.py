@@ -180,12 +180,12 @@ async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
 
             async def reported() -> bool:
                 view = await asyncio.to_thread(get_json, f"{setup.url}/v1/gates", console)
-                rows = [g for g in view["gates"] if g["gate_id"] == "gate-a"]  # type: ignore[attr-defined]
+                rows = [g for g in view["gates"] if g["gate_id"] == "gate-a"]
                 return bool(rows) and rows[0]["revocation_version"] == gate.revocations.meta.version
 
             await until(reported, what="a heartbeat with the installed list")
             view = await asyncio.to_thread(get_json, f"{setup.url}/v1/gates", console)
-    (row,) = view["gates"]  # type: ignore[misc]
+    (row,) = view["gates"]
     assert row["gate_name"] == "Gate A" and row["online"] is True
     assert row["outbox_depth"] == 3 and row["clock_synced"] is True
     assert row["revocation_version"] >= 1

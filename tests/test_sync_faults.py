@@ -182,7 +182,7 @@ async def test_replaying_the_whole_history_inserts_nothing(
         )
         url = f"{hub_setup.url}/v1/gates/gate-a/entries:batch"
         status, ack = await asyncio.to_thread(post_json, url, token, body)
-        assert status == 200 and {r["status"] for r in ack["results"]} == {"duplicate"}  # type: ignore[union-attr]
+        assert status == 200 and {r["status"] for r in ack["results"]} == {"duplicate"}
         async with open_gate(conf) as gate:
             await until(lambda: _drained(gate), what="the replayed history acknowledged")
         held = await asyncio.to_thread(_hub_view, hub_setup, readers, "gate-a")

@@ -21,8 +21,9 @@ def _root(iss: Issuer) -> keys.PublicKey:
     return trust.load_root_key(iss.root_pub_b64)
 
 
-def _bundle(iss: Issuer, version: int = 2, **entry: object) -> trust.TrustBundle:
-    data = iss.trust_bundle(version=version, issuers=[{**iss.trust_entry(), **entry}])
+def _bundle(iss: Issuer, **entry: object) -> trust.TrustBundle:
+    """A bundle of version 2 with one issuer: the keys folder's entry updated by ``entry``."""
+    data = iss.trust_bundle(version=2, issuers=[{**iss.trust_entry(), **entry}])
     return trust.parse_bundle(data, _root(iss))
 
 

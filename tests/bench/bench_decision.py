@@ -73,7 +73,7 @@ async def prepare(dir: Path, n_revoked: int, n_rows: int) -> issuer.Issuer:
     store = await revocation.RevocationStore.open(state / "revocations.db")
     await store.apply(
         signed.sign_document("revocations", snapshot, iss.list_key), [iss.list_key.public_key()]
-    )  # type: ignore[list-item]
+    )
     await store.close()
     journal = await Journal.open(
         state / "journal.db", gate_id="bench", gate_name="bench", clock=Clock(None, assume="synced")
@@ -121,7 +121,7 @@ def floor(dir: Path, iss: issuer.Issuer, n: int) -> list[float]:
     times = []
     for i in range(n):
         t = time.perf_counter_ns()
-        assert keys.verify(public, ticket.signature, ticket.signed_data)  # type: ignore[arg-type]
+        assert keys.verify(public, ticket.signature, ticket.signed_data)
         db.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (i, str(uuid.uuid4()), "r", time.time()))
         times.append((time.perf_counter_ns() - t) / 1e6)
     db.close()

@@ -201,10 +201,16 @@ def pg_server(spec: str | None) -> Iterator[str | None]:
         yield spec
 
 
+async def _awaited(
+    once: Callable[[], Awaitable[tuple[float, float, int]]],
+) -> tuple[float, float, int]:
+    return await once()
+
+
 def median_of(
     runs: int, once: Callable[[], Awaitable[tuple[float, float, int]]]
 ) -> dict[str, float]:
-    results = [asyncio.run(once()) for _ in range(runs)]
+    results = [asyncio.run(_awaited(once)) for _ in range(runs)]
     return {
         "store_s": statistics.median(r[0] for r in results),
         "raw_s": statistics.median(r[1] for r in results),

@@ -23,13 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench_decision import CONFIG, pct  # same gate as the decision bench (tests/bench on sys.path)
-
 from agent import config, issuer
 from agent.daemon import open_gate
 from agent.lane import Outcome
 from drivers.serial_scanner import SerialScanner
 from drivers.sim import SimGate
+from tests.bench.bench_decision import CONFIG, pct  # same gate as the decision bench
 from tests.serial_pty import PtyPair
 
 WARM_UP = 20
