@@ -8,6 +8,7 @@ decision as it happens and a summary at the end.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import tempfile
 import time
@@ -27,7 +28,9 @@ from drivers.sim import SimGate, SimScanner
 
 DEMO_TOML = """\
 # Written by `gate-agent demo`. Run this gate yourself with
-#   gate-agent run --config {dir}/gate.toml   and type or paste ticket texts on stdin.
+#   gate-agent run --config {dir}/gate.toml
+# and type or paste ticket texts (tickets/*.txt) on stdin; its staff display is then at
+#   http://127.0.0.1:{status_port}/display
 [gate]
 id = "demo-gate-1"
 name = "Gate 1"
@@ -55,6 +58,9 @@ files = ["revocations-1.json"]
 
 [clock]
 assume = "synced"
+
+[status]
+listen = "127.0.0.1:{status_port}"
 
 [devices]
 scanner = "sim://stdin"
@@ -99,8 +105,15 @@ def _tickets(dir: Path) -> dict[str, str]:
         revoke=[tickets.parse(t["revoked"]).revocation_key],
     )
     (dir / "revocations-1.json").write_bytes(delta)
-    (dir / "gate.toml").write_text(DEMO_TOML.format(dir=dir))
+    (dir / "gate.toml").write_text(DEMO_TOML.format(dir=dir, status_port=_free_port()))
     return t
+
+
+def _free_port() -> int:
+    """A loopback port free now: the demo gate's status server, off the installed gate's 8471."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _scenario(t: dict[str, str]) -> list[Step]:
@@ -162,7 +175,17 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
         hub_code = await demo_hub.play(
             dir, fresh, lambda o: _line(o, paint), lambda s: print(s, file=stream)
         )
+        if keep is not None:
+            _afterwards(dir, paint, stream)
         return code or hub_code
+
+
+def _afterwards(dir: Path, paint: Callable[[str, str], str], stream: TextIO) -> None:
+    print(paint("\nThe files stay in " + str(dir), "bold"), file=stream)
+    print(f"  gate:    gate-agent run --config {dir / 'gate.toml'}", file=stream)
+    print(f"           then paste a ticket, e.g. from {dir / 'tickets'}", file=stream)
+    print(f"  hub:     gate-agent hub --config {dir / 'hub.toml'}", file=stream)
+    print(f"  console: open the URL in {dir / 'console.url'} (it holds a token)", file=stream)
 
 
 async def _play(

@@ -35,11 +35,14 @@ from sync.hub_store import HubStore
 from sync.protocol import Alert
 
 HUB_TOML = """\
+# Written by `gate-agent demo`: the demo's hub, its alerts kept in hub/hub.db. Serve it again with
+#   gate-agent hub --config {dir}/hub.toml
+# and open the security console at the URL in {dir}/console.url (it holds a console token).
 [hub]
 venue = "demo"
 state_dir = "hub"
 keys = "hub-keys"
-listen = "127.0.0.1:0"
+listen = "{listen}"
 entry_policy = "single"
 gate_offline_after_s = 5
 """
@@ -101,16 +104,33 @@ async def _hub(dir: Path) -> AsyncIterator[tuple[HubStore, int]]:
     # The hub gets only list.key, trust.json and root.pub; the demo's keys are new each run.
     export_hub(dir / "keys", dir / "hub-keys", force=True)
     path = dir / "hub.toml"
-    path.write_text(HUB_TOML)
+    path.write_text(HUB_TOML.format(dir=dir, listen="127.0.0.1:0"))
     conf = hub_config.load(path)
     async with opened_store(conf) as store:
         runner = web.AppRunner(make_app(conf, store), access_log=None)
         try:
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
-            yield store, int(runner.addresses[0][1])
+            port = int(runner.addresses[0][1])
+            # The port this hub got is free once the demo ends: `gate-agent hub` serves it there.
+            path.write_text(HUB_TOML.format(dir=dir, listen=f"127.0.0.1:{port}"))
+            await _console_url(dir, store, port)
+            yield store, port
         finally:
             await runner.cleanup()
+
+
+async def _console_url(dir: Path, store: HubStore, port: int) -> None:
+    """Store a console token and write the console's URL, token in its fragment, to console.url.
+
+    The file is 0600 and the token is never printed: it opens the venue's alerts and gate health.
+    """
+    token = new_token()
+    await store.add_token(hash_token(token), "console", None, "demo")
+    url_file = dir / "console.url"
+    url_file.unlink(missing_ok=True)
+    url_file.touch(mode=0o600)
+    url_file.write_text(f"http://127.0.0.1:{port}/console#token={token}\n")
 
 
 async def _gate_config(dir: Path, store: HubStore, gate_id: str, name: str, port: int) -> Path:
@@ -172,6 +192,8 @@ async def play(dir: Path, tickets: list[str], line: Callable[[Outcome], str], sa
     logging.getLogger("sync").setLevel(logging.ERROR)
     async with _hub(dir) as (store, port), _gates(dir, store, port) as links:
         (a, relay_a), (b, relay_b) = links
+        # A kept folder may hold alerts from an earlier run: only this run's count.
+        since = max((x.alert_id for x in await store.recent_alerts(None, 1)), default=0)
         say(f"hub for venue 'demo' on 127.0.0.1:{port} (SQLite), Gate A and Gate B connected")
         if await _until(_online([a, b]), 10) is None:
             say("  the gates did not come online")
@@ -210,10 +232,10 @@ async def play(dir: Path, tickets: list[str], line: Callable[[Outcome], str], sa
         relay_b.heal()
 
         async def alerted() -> bool:
-            return any(x.kind == "double_admission" for x in await store.alerts(0, 100))
+            return any(x.kind == "double_admission" for x in await store.alerts(since, 100))
 
         took = await _until(alerted, 20)
-        for alert in await store.alerts(0, 100):
+        for alert in await store.alerts(since, 100):
             say(f"    {_alert_line(alert)}")
         if took is None:
             say("    no alert arrived")

@@ -7,6 +7,9 @@ import os
 import stat
 import subprocess
 import sys
+import time
+import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -178,8 +181,15 @@ def test_run_with_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
     assert r.returncode == 78 and f"{conf}: [gate] unknown key 'speed'" in r.stderr
 
 
-def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
-    r = ga("demo", "--dir", tmp_path / "demo", timeout=120)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`gate-agent demo --dir D`, run once for the tests below: (D, the finished process)."""
+    d = tmp_path_factory.mktemp("demo") / "demo"
+    return d, ga("demo", "--dir", d, timeout=120)
+
+
+def test_demo_runs_the_whole_scenario(demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    r = demo[1]
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for reason in (
@@ -206,3 +216,60 @@ def test_demo_runs_the_whole_scenario(tmp_path: Path) -> None:
     alerts = [line for line in lines if "ALERT double admission: ticket " in line]
     assert len(alerts) == 1 and "Gate A" in alerts[0] and "Gate B" in alerts[0]
     assert "WARNING" not in out and "Traceback" not in r.stderr
+
+
+def test_demo_dir_runs_its_gate_and_serves_its_hub_again(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    d, r = demo
+    assert r.returncode == 0, r.stderr
+    for name in ("gate.toml", "hub.toml", "console.url"):
+        assert str(d / name) in r.stdout, name  # the demo says where they are
+    # The gate: a ticket the scenario never used is admitted, one pulse, by `run` as a user runs it.
+    conf = tomllib.loads((d / "gate.toml").read_text())
+    assert conf["status"]["listen"] != "127.0.0.1:8471"  # never an installed gate's port
+    ticket = (d / "tickets" / "ticket-0001.txt").read_text().strip()
+    run = ga("run", "--config", d / "gate.toml", stdin=ticket + "\n", timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("verdict=admit reason=ok") == 1, run.stderr
+    assert len((d / "pulses.log").read_text().splitlines()) == 1
+    assert ticket not in run.stderr and ticket[4:40] not in run.stderr
+    # The hub: served again from hub.toml; console.url (0600, never printed) opens its alerts.
+    url_file = d / "console.url"
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    url = url_file.read_text().strip()
+    base, token = url.split("/console#token=")
+    assert token and token not in r.stdout + r.stderr
+    hub = subprocess.Popen(
+        [*EXE, "hub", "--config", str(d / "hub.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        alerts = _poll_alerts(base, token, deadline=time.monotonic() + 30)
+        with urllib.request.urlopen(url.split("#")[0], timeout=5) as page:  # the console itself
+            assert page.status == 200 and b"console" in page.read().lower()
+    finally:
+        hub.terminate()
+        _, err = hub.communicate(timeout=30)
+    assert hub.returncode == 0, err
+    doubles = [a for a in alerts if a["kind"] == "double_admission"]
+    assert len(doubles) == 1 and doubles[0]["gates"] == ["Gate A", "Gate B"], alerts
+    assert token not in err
+
+
+def _poll_alerts(base: str, token: str, deadline: float) -> list[dict[str, object]]:
+    """GET /v1/alerts with the console token until the hub answers (or the deadline passes)."""
+    request = urllib.request.Request(
+        f"{base}/v1/alerts?after=0", headers={"Authorization": f"Bearer {token}"}
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                alerts: list[dict[str, object]] = json.load(answer)["alerts"]
+                return alerts
+        except OSError:  # not listening yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
