@@ -393,8 +393,9 @@ class PretixUpstream:
             raise _Done("not a pretix ticket, nothing to upload")
         path = wire.redeem_path(self._org, self._event, self._list, secret)
         reply = await self._http.request(
-            "POST", path, json_body=wire.redeem_body(rec), params={"untrusted_input": "true"}
-        )
+            "POST", path, json_body=wire.redeem_body(rec), params={"untrusted_input": "true"},
+            secret=secret,
+        )  # fmt: skip
         if reply.ok:
             if rec.kind == "entry":
                 await self._check_duplicate(rec, secret, reply)

@@ -9,8 +9,11 @@ of these, so the adapter decides from the class alone whether to keep its queue 
     ├── PretixAuthError         401: the device token is revoked or wrong; retrying cannot help
     └── PretixInitError         device initialisation refused (token used or unknown)
 
-Tokens never appear in logs or messages: the Authorization header is built here and only a short
-hash of the token is ever logged.
+Tokens and ticket secrets never appear in logs or messages: the Authorization header is built here
+and only a short hash of the token is ever logged; a secret that is part of a URL (pretix's redeem
+path) is named by the caller (``secret=``) and shown as its ticket's short id (:func:`ticket_label`).
+A library exception's text can hold the whole URL (aiohttp's connection timeout does), so it is
+redacted into the message and not chained.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +80,30 @@ class Reply:
 def token_hash(token: str) -> str:
     """A short, non-secret label for a token, safe to log."""
     return hashlib.blake2b(token.encode(), digest_size=4).hexdigest()
+
+
+def ticket_label(secret: str) -> str:
+    """How messages name a pretix secret: ``ticket-`` and the short id of its journal ref
+    (``pretix:`` + secret), the id the lane's decision lines and ``ops events`` show."""
+    return "ticket-" + hashlib.blake2b(f"pretix:{secret}".encode(), digest_size=4).hexdigest()
+
+
+def redact(text: str, secret: str | None, token: str | None = None) -> str:
+    """``text`` with ``secret`` replaced by its :func:`ticket_label` and ``token`` by its
+    :func:`token_hash`. The secret is found in any mix of raw and percent-encoded characters:
+    a URL library may decode some of them (``+``) and keep others (``%2F``)."""
+    if secret:
+        text = _pattern(secret).sub(ticket_label(secret), text)
+    if token:
+        text = text.replace(token, f"token-{token_hash(token)}")
+    return text
+
+
+def _pattern(secret: str) -> re.Pattern[str]:
+    chars = (
+        f"(?:{re.escape(ch)}|(?i:{''.join(f'%{b:02X}' for b in ch.encode())}))" for ch in secret
+    )
+    return re.compile("".join(chars))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -164,10 +192,12 @@ class PretixHTTP:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         auth: bool = True,
+        secret: str | None = None,
     ) -> Reply:
         """One request; returns 2xx and 4xx (not 401/408/429) answers, raises otherwise.
 
-        Raises PretixUnavailable (transient), PretixAuthError (401).
+        ``secret``: a ticket secret inside the path; no message names it, only its ticket's
+        short id. Raises PretixUnavailable (transient), PretixAuthError (401).
         """
         url = self.url(target) if isinstance(target, str) else target
         if params:
@@ -177,7 +207,7 @@ class PretixHTTP:
             if self.token is None:
                 raise PretixAuthError("no device token: initialise the device first")
             headers["Authorization"] = f"Device {self.token}"
-        what = f"{method} {url.path}"
+        what = redact(f"{method} {url.path}", secret)
         try:
             async with self._open().request(
                 method, url, json=json_body, headers=headers, allow_redirects=False
@@ -185,7 +215,9 @@ class PretixHTTP:
                 raw = await read_capped(resp, MAX_BODY)
                 status, resp_headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PretixUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+            # Not chained: aiohttp's text may hold the URL, and a traceback would show it.
+            detail = redact(f"{type(exc).__name__}: {exc}", secret, self.token)
+            raise PretixUnavailable(f"{what}: {detail}") from None
         except BodyTooLarge as exc:
             raise PretixUnavailable(f"{what}: {exc}") from None
         return _classify(what, status, raw, resp_headers)

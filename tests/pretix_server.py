@@ -5,7 +5,8 @@ secrets (inclusive ``created_since``/``updated_since``, paging via ``next``), ch
 positions (``modified_since``), redeem, failed check-ins and annul. Every request is recorded
 (``calls``) so tests can assert on exactly what the gate sent. Faults on demand: ``fault`` =
 "5xx" (503 with Retry-After), "slow" (answers after ``slow_s``), "malformed" (200, broken JSON),
-"401" (token revoked).
+"401" (token revoked), "garbage" (not HTTP: a status line without a code); ``fault_on`` limits the
+fault to requests whose path ends with it (``"/redeem/"``: downloads work, uploads fail).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class FakePretix:
     redeem_answers: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     page_size: int = 50
     fault: str | None = None
+    fault_on: str = ""
     slow_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
     init_used: bool = False
@@ -115,18 +117,23 @@ def make_app(state: FakePretix) -> web.Application:
                  request.headers.get("Authorization"))
         )  # fmt: skip
         request[_JSON] = body
-        if state.fault == "slow":
+        fault = state.fault if unquote(raw_path).endswith(state.fault_on) else None
+        if fault == "slow":
             await asyncio.sleep(state.slow_s)
-        if state.fault == "5xx":
+        if fault == "5xx":
             return web.json_response({"detail": "maintenance"}, status=503,
                                      headers={"Retry-After": "7"})  # fmt: skip
-        if state.fault == "malformed":
+        if fault == "malformed":
             return web.Response(
                 status=200, text='{"count": 1, "results": [', content_type="application/json"
             )
+        if fault == "garbage" and request.transport is not None:
+            request.transport.write(b"HTTP/1.1 OK\r\n\r\n")
+            request.transport.close()
+            return web.Response()  # never sent: the connection is closed
         if not raw_path.endswith("/device/initialize"):
             auth = request.headers.get("Authorization", "")
-            if state.fault == "401" or auth.removeprefix("Device ") not in state.tokens:
+            if fault == "401" or auth.removeprefix("Device ") not in state.tokens:
                 return web.json_response({"detail": "Invalid token."}, status=401)
         response: web.StreamResponse = await handler(request)
         return response

@@ -1,0 +1,182 @@
+"""No pretix secret or token in an exception, a log line or ``/status`` after a failed upload.
+
+pretix's redeem URL carries the ticket secret. Each fault below makes the upload of one admission
+fail (the downloads before it still work), through a real gate with its status server, or the
+request layer alone for faults that strike before any answer (refused, connect timeout). The
+secrets are pretix vector secrets, which the session-wide log scan (tests/logscan.py) knows too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from agent import config
+from agent.daemon import open_gate
+from agent.status import StatusServer
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
+from sync import pretix_wire as wire
+from sync.pretix_http import PretixError, PretixHTTP, ticket_label
+from tests import logscan
+from tests.conftest import WriteConfig
+from tests.pretix_server import (
+    API_TOKEN,
+    EVENT,
+    INIT_TOKEN,
+    ORG,
+    VECTORS,
+    PretixServer,
+    load,
+    recorded,
+)
+
+CASES = {c["name"]: c for c in load("tickets.json")}
+SECRET = CASES["valid_standard_1"]["secret"]  # has "+", "/" and "=": percent-encoded in a URL
+KNOWN = {**logscan.vector_secrets(VECTORS), API_TOKEN: "device token", INIT_TOKEN: "init token"}
+
+
+def leaks(*texts: str) -> list[str]:
+    """What the session log scan would report in ``texts``, plus the secret in any encoding."""
+    found = logscan.find_leaks([("test", t) for t in texts], KNOWN)
+    encoded = [t for t in texts if quote(SECRET, safe="") in t or quote(SECRET) in t]
+    return found + [f"percent-encoded secret in {t[:40]!r}" for t in encoded]
+
+
+def test_the_log_scan_knows_the_secret() -> None:
+    assert SECRET in KNOWN and logscan.find_leaks([("t", f"x {SECRET} y")], KNOWN)
+
+
+def _gate_config(write_config: WriteConfig, url: str) -> config.Config:
+    extra = (
+        f'\n[pretix]\nurl = "{url}"\norganizer = "{ORG}"\nevent = "{EVENT}"\n'
+        f'checkin_list = 11\ninit_token = "{INIT_TOKEN}"\ninterval_s = 3600\ntimeout_s = 1\n'
+    )
+    return config.load(write_config(extra=extra))
+
+
+def _records(caplog: pytest.LogCaptureFixture) -> Iterator[str]:
+    formatter = logging.Formatter(logscan.FORMAT)
+    for record in caplog.records:
+        if not logscan.excluded(record):  # aiosqlite's SQL trace, left out as in the session scan
+            yield formatter.format(record)
+
+
+@pytest.mark.parametrize("fault", ["5xx", "slow", "malformed", "garbage", "401"])
+async def test_failed_upload_leaks_no_secret(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with PretixServer() as server:
+        server.state.fault, server.state.fault_on = fault, "/redeem/"  # downloads still work
+        server.state.slow_s = 3.0  # past the 1 s timeout
+        conf = _gate_config(write_config, server.url)
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            status = StatusServer(gate, port=0)
+            await status.start()
+            try:
+                assert gate.upstream is not None and await gate.upstream.sync_once()
+                admitted = await gate.lane.present(Scan(SECRET, "s", time.monotonic_ns()))
+                assert admitted is not None and admitted.decision.admitted, admitted
+                assert not await gate.upstream.sync_once()
+                error = gate.upstream.status["last_error"]
+                body = await _status_json(status.port)
+            finally:
+                await status.close()
+    assert server.state.redeem_calls(), "the upload was tried"
+    assert ticket_label(SECRET) in error, error  # the endpoint is named, by the ticket's id
+    assert json.loads(body)["upstream"]["last_error"] == error
+    assert leaks(error, body, *_records(caplog)) == []
+
+
+@pytest.mark.parametrize("answer", ["already_redeemed", "404 without reason"])
+async def test_refused_upload_leaks_no_secret(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture, answer: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with PretixServer() as server:
+        conf = _gate_config(write_config, server.url)
+        step = recorded("same_nonce_repeated")["response"]  # echoes the position's secret
+        reply = (step["status"], step["body"]) if answer == "already_redeemed" else (404, {})
+        server.state.redeem_answers[SECRET] = [reply]
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            admitted = await gate.lane.present(Scan(SECRET, "s", time.monotonic_ns()))
+            assert admitted is not None and admitted.decision.admitted
+            await gate.upstream.sync_once()
+            shown = repr(gate.upstream.status) + repr(gate.upstream.alerts)
+    assert server.state.redeem_calls()
+    assert leaks(shown, *_records(caplog)) == []
+
+
+async def _status_json(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/status"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def _failed_request(url: str, timeout_s: float = 5.0) -> PretixError:
+    http = PretixHTTP(url, timeout_s=timeout_s, user_agent="test")
+    http.token = API_TOKEN
+    try:
+        with pytest.raises(PretixError) as caught:
+            await http.request(
+                "POST", wire.redeem_path(ORG, EVENT, 11, SECRET), json_body={}, secret=SECRET
+            )
+    finally:
+        await http.close()
+    return caught.value
+
+
+def _texts(exc: BaseException) -> list[str]:
+    return [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+
+
+async def test_connection_refused_names_the_ticket_not_the_secret() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    exc = await _failed_request(f"http://127.0.0.1:{port}")
+    assert "Connect" in str(exc) and ticket_label(SECRET) in str(exc)
+    assert leaks(*_texts(exc)) == []
+
+
+async def test_connect_timeout_names_the_ticket_not_the_secret() -> None:
+    # A listener that never accepts, its one-slot queue full: the next SYN is dropped, so the
+    # connection attempt times out (aiohttp's text for that holds the whole URL).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        try:
+            exc = await _failed_request(f"http://127.0.0.1:{port}", timeout_s=0.5)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert "Timeout" in str(exc) and ticket_label(SECRET) in str(exc), str(exc)
+    assert leaks(*_texts(exc)) == []
+
+
+@pytest.mark.parametrize("fault", ["5xx", "malformed", "garbage", "401", "slow"])
+async def test_request_layer_exception_names_the_ticket_not_the_secret(fault: str) -> None:
+    async with PretixServer() as server:
+        server.state.fault, server.state.slow_s = fault, 3.0
+        server.state.tokens.add(API_TOKEN)
+        exc = await _failed_request(server.url, timeout_s=1.0)
+    assert ticket_label(SECRET) in str(exc), str(exc)
+    assert leaks(*_texts(exc)) == []
