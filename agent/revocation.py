@@ -186,6 +186,7 @@ class DeltaPlan:
     count: int
     overlay: dict[bytes, int]
     arrays: tuple[KeyArray, KeyArray] | None
+    changed: bool = True  # False when every key already had the state the delta gives it
 
 
 class RevocationIndex:
@@ -272,11 +273,12 @@ class RevocationIndex:
             pos = np.searchsorted(touched, ops)
             new[pos] = (new[pos] | bit) if setting else (new[pos] & ~np.uint8(bit))
         count = self._count + _popcount(new) - _popcount(old)
+        changed = bool((new != old).any())
         if len(self._overlay) + len(touched) > self._rebuild_at:
-            return DeltaPlan(self._generation, count, {}, self._merged(touched, new))
+            return DeltaPlan(self._generation, count, {}, self._merged(touched, new), changed)
         overlay = dict(self._overlay)
         overlay.update(zip(_py_keys(touched), new.tolist(), strict=True))
-        return DeltaPlan(self._generation, count, overlay, None)
+        return DeltaPlan(self._generation, count, overlay, None, changed)
 
     def apply_plan(self, plan: DeltaPlan) -> None:
         """Install a plan made by :meth:`plan_delta` on the current state; ValueError if stale."""
@@ -572,7 +574,9 @@ class RevocationStore:
         delta does, so applying the same download twice changes nothing. ``cursor`` entries are
         stored (merged) in the same transaction and read back by :attr:`upstream_cursor`.
         ``issued_at`` (default: now) refreshes the list's freshness even when nothing changed;
-        the version goes up by one when a key changed (or nothing was installed yet).
+        the version goes up by one only when a key's state changed (or nothing was installed
+        yet): pretix's inclusive cursors send the newest rows again every round, and setting
+        what is already set is no change.
         Raises RevocationError when a secret is both set and cleared on one list or the store
         fails; then nothing changes.
         """
@@ -634,18 +638,19 @@ class RevocationStore:
     ) -> ListMeta:
         revoke, unrevoke, block, unblock = ops
         async with self._lock:
-            changed = any(len(op) for op in ops)
             plan = None
-            if changed:
+            if any(len(op) for op in ops):
                 plan = await asyncio.to_thread(
                     self._index.plan_delta, revoke, unrevoke, block, unblock
                 )
+            changed = plan is not None and plan.changed
             version = self._meta.version + 1 if changed or not self._meta.version else None
             meta = ListMeta(version or self._meta.version, issued_at, None)
 
             async def rows(db: aiosqlite.Connection) -> None:
                 await self._check_unchanged(db)
-                await _write_ops(db, revoke, unrevoke, block, unblock)
+                if changed:
+                    await _write_ops(db, revoke, unrevoke, block, unblock)
                 await _write_meta(db, meta)
                 await db.executemany(
                     "INSERT OR REPLACE INTO revocation_cursor(name, value) VALUES (?, ?)",
@@ -653,7 +658,7 @@ class RevocationStore:
                 )
 
             await self._transaction(rows)
-            if plan is not None:
+            if plan is not None and changed:
                 self._index.apply_plan(plan)
             self._meta = meta
             self._cursor.update(cursor)

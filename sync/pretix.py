@@ -137,6 +137,7 @@ class PretixUpstream:
         self._alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)
         self._sync_state: dict[str, str] = {}
         self._stop = asyncio.Event()
+        self._round_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._status: dict[str, Any] = {
             "online": False, "last_error": None, "outbox": 0, "last_sync": None,
@@ -251,7 +252,13 @@ class PretixUpstream:
 
         Never raises for pretix faults (unreachable, slow, 5xx, malformed, 401): those are in
         :attr:`status` and the queue is kept. Journal and revocation store faults propagate.
+        Rounds never overlap: a call while the background round runs waits for it (two rounds
+        at once would upload the same rows twice).
         """
+        async with self._round_lock:
+            return await self._round()
+
+    async def _round(self) -> bool:
         retry_after: float | None = None
         try:
             await self._download()
@@ -328,6 +335,7 @@ class PretixUpstream:
             )
             if value
         }
+        before = self._revocations.meta.version
         meta = await self._revocations.apply_secrets(
             revoke=revoked,
             block=[s for s, b in blocked.items() if b],
@@ -335,7 +343,7 @@ class PretixUpstream:
             cursor=new_cursor,
             issued_at=int(self._clock.now()),
         )
-        if revoked or blocked:
+        if meta.version != before:  # the cursor rows come back every round: quiet then
             log.info(
                 "pretix: %d revoked, %d blocked-state secrets applied (list v%d)",
                 len(revoked), len(blocked), meta.version,

@@ -1,0 +1,86 @@
+"""A pretix gate as its operators see it: the revocation version, health words, offline flags.
+
+Real gates (open_gate with sim devices, real journal and lists) against the recorded pretix
+stand-in on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.daemon import open_gate
+from agent.revocation import ListState, RevocationStore, secret_key
+from drivers.base import Scan
+from drivers.sim import SimGate, SimScanner
+from tests.conftest import WriteConfig
+from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load, recorded_page
+
+CASES = {c["name"]: c for c in load("tickets.json")}
+
+
+def pretix_section(url: str) -> str:
+    return (
+        f'\n[pretix]\nurl = "{url}"\norganizer = "{ORG}"\nevent = "{EVENT}"\n'
+        f'checkin_list = 11\ninit_token = "{INIT_TOKEN}"\ninterval_s = 3600\ntimeout_s = 2\n'
+    )
+
+
+def _revocation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+        and (r.name == "agent.revocation" or "secrets" in r.getMessage())
+    ]
+
+
+async def test_revocation_version_moves_only_when_the_lists_change(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with PretixServer() as server:
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            up = gate.upstream
+            assert up is not None and await up.sync_once()
+            first = gate.revocations.meta
+            assert first.version >= 1 and len(gate.revocations.index) == 4
+            caplog.clear()
+            for _ in range(3):  # the cursor rows come back each round: no change
+                assert await up.sync_once()
+            assert gate.revocations.meta.version == first.version
+            assert _revocation_lines(caplog) == []
+            assert len(server.state.calls_to("/revokedsecrets/")) >= 4  # the rounds did ask
+
+            server.state.revoked = recorded_page("revoked_secrets.json", "revoked_full_2")
+            assert await up.sync_once()
+            assert gate.revocations.meta.version == first.version + 1
+            assert len(_revocation_lines(caplog)) == 2  # the store's line and the adapter's
+            caplog.clear()
+            assert await up.sync_once()
+            assert gate.revocations.meta.version == first.version + 1
+            assert _revocation_lines(caplog) == []
+            revoked = CASES["revoked_after_regenerate"]["secret"]
+            outcome = await gate.lane.present(Scan(revoked, "s", time.monotonic_ns()))
+            assert outcome is not None and outcome.decision.reason == "revoked"
+
+
+async def test_store_counts_a_change_of_state_not_a_repeated_row(tmp_path: Path) -> None:
+    secret = CASES["valid_standard_1"]["secret"]
+    async with await RevocationStore.open(tmp_path / "rev.db") as store:
+        first = await store.apply_secrets(revoke=[secret], cursor={}, issued_at=100)
+        again = await store.apply_secrets(
+            revoke=[secret], unblock=[secret], cursor={}, issued_at=200
+        )
+        assert (first.version, again.version, again.issued_at) == (1, 1, 200)  # fresher, same
+        blocked = await store.apply_secrets(block=[secret], cursor={}, issued_at=300)
+        freed = await store.apply_secrets(unrevoke=[secret], unblock=[secret], cursor={})
+        assert (blocked.version, freed.version) == (2, 3)
+        assert store.status(secret_key(secret)) is ListState.NONE
+    async with await RevocationStore.open(tmp_path / "rev.db") as reopened:
+        assert reopened.meta.version == 3 and len(reopened.index) == 0
