@@ -240,7 +240,7 @@ def one_run(
             quiet = _phase([proc.pid], log, sock, texts[WARMUP : WARMUP + n], gap)
             load.start()
             ours.recv()
-            time.sleep(2.0)  # let the crowd reach a steady state first
+            time.sleep(4.0)  # let the crowd reach a steady state (connections are accepted 200/s)
             assert load.pid is not None
             loaded = _phase([proc.pid, load.pid], log, sock, texts[WARMUP + n :], gap)
             ours.send("stop")
