@@ -132,8 +132,9 @@ def busy(why: str, retry_after_s: float) -> web.Response:
 
 
 class Listener:
-    """Accepts TCP connections at most ``rate`` a second, ``per_wake`` at a time; the others wait
-    in the kernel's listen queue (a full queue drops SYNs, and clients retry later by themselves).
+    """Accepts TCP connections at most ``rate`` a second, at most ``per_wake`` at once (after a
+    pause); the others wait in the kernel's listen queue (a full queue drops SYNs, and clients
+    retry later by themselves).
 
     asyncio's own accept loop takes up to a whole listen backlog per wake-up and the requests of
     a crowd then fill the loop's next turns: the lane's decisions wait behind them. Each accepted
@@ -146,6 +147,7 @@ class Listener:
     ) -> None:  # fmt: skip
         self._sock, self._factory = sock, factory
         self._interval, self._per_wake = 1.0 / rate, per_wake
+        self._burst_s = (per_wake - 1) * self._interval  # as in Pacer
         self._next = 0.0
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
@@ -157,8 +159,9 @@ class Listener:
     def _accept(self) -> None:
         now = self._loop.time()
         for _ in range(self._per_wake):
-            if self._next > now:  # over the rate: stop listening until the next slot
-                self._pause(self._next - now)
+            start = max(self._next, now - self._burst_s)
+            if start > now:  # over the rate: stop listening until the next slot
+                self._pause(start - now)
                 return
             try:
                 conn, _ = self._sock.accept()
@@ -168,7 +171,7 @@ class Listener:
                 log.warning("status server: accept failed: %s", exc)
                 self._pause(1.0)
                 return
-            self._next = max(self._next, now) + self._interval
+            self._next = start + self._interval
             task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
             self._connecting.add(task)
             task.add_done_callback(self._connected)

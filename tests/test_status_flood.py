@@ -30,7 +30,7 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from agent.status import StatusServer
-from agent.status_bounds import Pacer
+from agent.status_bounds import Listener, Pacer, listen_socket
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
@@ -276,3 +276,40 @@ async def test_every_stream_gets_keep_alives_while_no_decision_comes(
                     r.close()
         finally:
             await server.close()
+
+
+async def test_listener_accepts_a_crowd_at_its_rate_the_rest_wait_in_the_kernel() -> None:
+    # 20 connections at once against 50/s, 4 at a time: 4 at once, then one every 20 ms.
+    loop = asyncio.get_running_loop()
+    accepted: list[float] = []
+
+    class Note(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(loop.time())
+
+    sock = listen_socket("127.0.0.1", 0, 64)
+    listener = Listener(sock, Note, rate=50.0, per_wake=4)
+    port = sock.getsockname()[1]
+    try:
+        t0 = loop.time()
+        clients = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in range(20))
+        )
+        await _until(_count(accepted, 20), "every connection accepted", 10.0)
+        starts = sorted(t - t0 for t in accepted)
+        assert starts[3] < 0.5  # the first four do not wait for a slot
+        for i in range(4, 20):
+            assert starts[i] >= (i - 3) * 0.02 - 0.002  # never earlier than its slot
+        for _, writer in clients:
+            writer.close()
+    finally:
+        listener.close()
+        listener.close()  # idempotent
+    assert sock.fileno() == -1
+
+
+def _count(items: list[float], n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(items) >= n
+
+    return check
