@@ -167,7 +167,7 @@ class Gate:
         settings = LaneSettings(
             name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy, lane.on_journal_failure
         )
-        uplink: Uplink | None = self.hub
+        uplink: Uplink | None = self.hub if self.hub is not None else self.upstream
         return Lane(
             settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome,
             uplink,
@@ -240,6 +240,7 @@ async def open_gate(
         if config.pretix is not None:
             gate.upstream = await _start_pretix(config, gate, upstream_trust)
             stack.push_async_callback(gate.upstream.close)
+            gate.lane.uplink = gate.upstream  # admissions while pretix is unreachable: offline
         yield gate
 
 

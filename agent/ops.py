@@ -181,7 +181,7 @@ def _summary(snap: dict[str, Any]) -> str:
     up = snap.get("upstream")
     if up is not None:
         lines.append(
-            f"  upstream {'online' if up.get('online') else 'OFFLINE'}"
+            f"  {up.get('kind', 'upstream')} {'online' if up.get('online') else 'OFFLINE'}"
             + (f" (last error: {up['last_error']})" if up.get("last_error") else "")
         )
     return "\n".join(lines) + "\n"

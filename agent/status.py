@@ -17,7 +17,7 @@ than ``max_streams`` event streams are open or waiting (1,500 streams made each 
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
   offline, relay fault, journal write failed, list stale, clock untrusted, outbox backlog, disk
-  space low, hub offline).
+  space low, hub offline or pretix offline: the upstream is named by ``upstream.kind``).
 * ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
 * ``/status``: the same facts as JSON, for `gate-agent status`.
 * ``/display``: a full-screen page for a small screen in kiosk mode: big green/red, the reason in
@@ -260,9 +260,9 @@ class StatusServer:
         depth, oldest, rows = await self._journal_figures()
         disk = _disk_free(gate.config.gate.state_dir)
         upstream = (
-            gate.upstream.status
+            {"kind": "pretix", **gate.upstream.status}
             if gate.upstream is not None
-            else gate.hub.status()
+            else {"kind": "hub", **gate.hub.status()}
             if gate.hub is not None
             else None
         )
@@ -456,5 +456,5 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
         reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
     up = snap["upstream"]
     if up is not None and up.get("online") is False:
-        reasons.append("hub offline")
+        reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons

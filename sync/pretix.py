@@ -157,6 +157,17 @@ class PretixUpstream:
         return self._device_id
 
     @property
+    def online(self) -> bool:
+        """True while the last round went through; the lanes ask on every scan, and an
+        admission decided while it is False carries the offline flag (and is uploaded with
+        ``force``)."""
+        return bool(self._status["online"])
+
+    def nudge(self) -> None:
+        """A row was written to the journal: it goes up with the next round (every
+        ``interval_s``), so there is nothing to do now."""
+
+    @property
     def policy(self) -> GatePolicy | None:
         """The gate policy from the downloaded check-in list (None before the first download)."""
         return self._policy

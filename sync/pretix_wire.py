@@ -89,16 +89,19 @@ def redeem_path(organizer: str, event: str, list_id: int, secret: str) -> str:
 
 
 def redeem_body(rec: EntryRecord) -> dict[str, Any]:
-    """The redeem request for an entry/exit row: nonce = entry_id, scan time, force if offline.
+    """The redeem request for an entry/exit row: nonce = entry_id, scan time, always ``force``.
 
-    ``questions_supported`` is false: a turnstile cannot ask questions, and pretix then ignores
-    them instead of answering "incomplete".
+    Every row is a scan the gate decided by itself and carried out (the turnstile opened), also
+    while pretix answered (``rec.offline`` False): pretix's ``force`` is for exactly that, so it
+    records the check-in instead of judging it again (a refusal would lose an entry that
+    happened); conflicts are found in its answer. ``questions_supported`` is false: a turnstile
+    cannot ask questions, and pretix then ignores them instead of answering "incomplete".
     """
     return {
         "questions_supported": False,
         "canceled_supported": True,
         "type": rec.kind,
-        "force": rec.offline,
+        "force": True,
         "ignore_unpaid": False,
         "answers": {},
         "source_type": "barcode",

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from agent import config
 from agent.daemon import open_gate
+from agent.model import Flag
 from agent.revocation import ListState, RevocationStore, secret_key
+from agent.status import StatusServer
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
@@ -84,3 +88,49 @@ async def test_store_counts_a_change_of_state_not_a_repeated_row(tmp_path: Path)
         assert store.status(secret_key(secret)) is ListState.NONE
     async with await RevocationStore.open(tmp_path / "rev.db") as reopened:
         assert reopened.meta.version == 3 and len(reopened.index) == 0
+
+
+async def _status(port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/status"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_pretix_offline_is_named_and_flags_admissions(write_config: WriteConfig) -> None:
+    server = PretixServer()
+    await server.__aenter__()
+    try:
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            status = StatusServer(gate, port=0)
+            await status.start()
+            try:
+                assert gate.upstream is not None and await gate.upstream.sync_once()
+                first = await gate.lane.present(Scan(CASES["valid_standard_1"]["secret"], "s", 0))
+                assert first is not None and first.decision.admitted
+                assert Flag.OFFLINE not in first.decision.flags
+                up = await status.snapshot()  # (a served /status is a render shared for 0.25 s)
+                assert up["upstream"]["kind"] == "pretix" and up["upstream"]["online"] is True
+                assert not [r for r in (await status.health())[1] if "offline" in r]
+
+                await server.__aexit__(None, None, None)  # the stand-in stops
+                assert not await gate.upstream.sync_once()
+                second = await gate.lane.present(
+                    Scan(CASES["valid_standard_2"]["secret"], "s", 10**10)
+                )
+                assert second is not None and second.decision.admitted
+                assert Flag.OFFLINE in second.decision.flags
+                down = await _status(status.port)
+                ready, reasons = await status.health()
+            finally:
+                await status.close()
+            rows = await gate.journal.unsynced()
+    finally:
+        await server.__aexit__(None, None, None)
+    assert down["upstream"]["kind"] == "pretix" and down["upstream"]["online"] is False
+    assert "pretix offline" in down["health"]["reasons"]
+    assert not ready and "pretix offline" in reasons
+    assert not [r for r in reasons + down["health"]["reasons"] if "hub" in r]
+    assert [(r.kind, r.offline) for r in rows] == [("entry", False), ("entry", True)]
