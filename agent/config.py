@@ -346,6 +346,7 @@ def parse(text: str, src: Path) -> Config:
             config, gate=dataclasses.replace(config.gate, name=config.gate.id)
         )
     _check_timezone(config, src)
+    _check_devices(config.devices, src)
     if config.hub is not None:
         config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
@@ -362,6 +363,22 @@ def _check_timezone(config: Config, src: Path) -> None:
         raise ConfigError(
             f"{src}: [policy] timezone: unknown time zone {config.policy.timezone!r}"
         ) from None
+
+
+def _check_devices(devices: DevicesConfig, src: Path) -> None:
+    """Each device URL's scheme and parameters, as its driver reads them (nothing is opened and
+    no hardware library imported); raises ConfigError naming ``[devices] <key>``."""
+    from agent.errors import DriverError
+    from drivers import registry
+
+    for kind in typing.get_args(registry.Kind):
+        url = getattr(devices, kind)
+        if url is None:
+            continue
+        try:
+            registry.check_url(kind, url, src.parent)
+        except DriverError as exc:
+            raise ConfigError(f"{src}: [devices] {kind}: {exc}") from None
 
 
 def _check_hub(config: Config, hub: HubLinkConfig, src: Path) -> HubLinkConfig:

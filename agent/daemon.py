@@ -73,7 +73,7 @@ def open_trust(config: cfg.Config, state_path: Path | None, *, persist: bool = T
     try:
         root = load_root_key(config.trust.root_key, config.path.parent)
     except TrustError as exc:
-        raise ConfigError(f"{config.path}: [trust] {exc}") from exc
+        raise ConfigError(f"{config.path}: [trust] root_key: {exc}") from exc
     store = TrustStore(root, state_path, persist=persist)
     bundle = config.trust.bundle
     if bundle is not None:

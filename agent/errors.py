@@ -7,13 +7,18 @@ most resembles, so callers may catch either.
 ::
 
     AgentError
-    ├── ConfigError (ValueError)            config file missing, unknown key, wrong type
+    ├── ConfigError (ValueError)            config file missing, unknown key, wrong type, a file it
+    │                                       names missing (CLI exit 78, EX_CONFIG)
+    ├── UsageError (ValueError)             a command's option or the input file it names is wrong
+    │                                       (CLI exit 2, as argparse's usage errors)
     ├── TicketFormatError (ValueError)      text is not a ticket of a known format (parse step)
     ├── SignedDocumentError (ValueError)    signed file (trust bundle, revocation list) refused
     │   ├── TrustError                      trust bundle refused (forged, truncated, wrong root)
     │   ├── RevocationError                 revocation list refused (forged, gap, bad entry)
     │   └── RollbackError                   version not newer than the one installed
     ├── JournalError (RuntimeError)         journal cannot be opened or written
+    ├── GateUnreachable (ConnectionError)   the configured gate's status server did not answer,
+    │                                       or another gate did
     ├── IssuerError (ValueError)            issuer tooling misuse (bad keys dir, bad arguments)
     └── DriverError (RuntimeError)          a device failed
         ├── DriverNotFound (DriverError, LookupError)  unknown URL scheme
@@ -31,6 +36,10 @@ class AgentError(Exception):
 
 class ConfigError(AgentError, ValueError):
     """The configuration is missing or invalid; the message names file, section and key."""
+
+
+class UsageError(AgentError, ValueError):
+    """A command-line option, argument or input file given on the command line is wrong."""
 
 
 class TicketFormatError(AgentError, ValueError):
@@ -55,6 +64,10 @@ class RollbackError(SignedDocumentError):
 
 class JournalError(AgentError, RuntimeError):
     """The journal could not be opened or written."""
+
+
+class GateUnreachable(AgentError, ConnectionError):
+    """The running gate could not be asked: nothing answers, or another gate answers."""
 
 
 class IssuerError(AgentError, ValueError):

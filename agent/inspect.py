@@ -1,7 +1,13 @@
 """`gate-agent check`: explain one ticket to staff and integrators, without touching the gate.
 
 Shows the format, the key id, the fields, the signature check and every rule, then the verdict.
-Exit status: 0 would admit, 1 denied, 2 usage or config error.
+Exit status: 0 would admit, 1 denied, 2 usage error (a bad option or input file), 78 config error.
+
+``--image`` decodes the way the camera scanner does: the image file's bytes to its gray plane
+(:func:`drivers.camera_frames.prepare`, as a ``file://`` source plays it), then the camera's decoder
+engine (:mod:`drivers.decoders`: zxing-cpp by default, pyzbar selectable) asked for every format it
+reads, so `check` reads at least what a camera would. This module is a CLI command (application
+layer): it may reach the drivers, the core never does.
 
 Three sources of trust: a gate config (its installed state, never written), a keys directory (TK1
 issuing), or pretix's own API bodies (``--pretix-event``: the event with its ``valid_keys``, and
@@ -16,7 +22,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,7 +32,7 @@ from agent import journal, rules
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock, ClockReading
 from agent.daemon import gate_policy, load_lists, open_trust
-from agent.errors import ConfigError, IssuerError, TrustError
+from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
 from agent.trust import TrustStore, UpstreamTrust, load_root_key
@@ -50,17 +56,45 @@ class CheckRequest:
     pretix_list: Path | None = None
     pretix_revoked: Sequence[Path] = ()
     pretix_blocked: Sequence[Path] = ()
+    engine: str = "zxing"
 
 
-def read_image(path: Path) -> list[str]:
-    """Texts of the barcodes found in an image file (pyzbar); raises ConfigError if unreadable."""
-    import cv2
-    from pyzbar.pyzbar import decode
+@dataclass(frozen=True)
+class ImageCode:
+    """One code read from an image: its text (a bearer credential: never in a repr) and kind."""
 
-    frame = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if frame is None:
-        raise ConfigError(f"{path}: not a readable image")
-    return [r.data.decode("utf-8", "replace") for r in decode(frame)]
+    text: str = field(repr=False)
+    symbology: str
+
+
+def read_image(path: Path, engine: str = "zxing") -> list[ImageCode]:
+    """The codes in an image file, read as the camera scanner reads a frame with ``engine``.
+
+    Raises UsageError when the file is missing or not an image, or the engine cannot be loaded.
+    """
+    from drivers.camera_frames import prepare
+    from drivers.camera_sources import ImageFilesSource
+    from drivers.decoders import ENGINES, make_decoder, supported_formats
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such image file")
+    source = ImageFilesSource(path, fps=0)
+    try:
+        source.open()
+        frame = source.read()
+        gray = None if frame is None else prepare(frame)
+        if gray is None:
+            raise UsageError(f"{path}: not a readable image")
+        decoder = make_decoder(engine, supported_formats(engine))
+        return [ImageCode(code.text, code.symbology) for code in decoder.decode(gray)]
+    except UsageError:
+        raise
+    except AgentError as exc:  # DriverError: unreadable file, missing library
+        raise UsageError(f"{path}: {exc}") from exc
+    finally:
+        source.close()
 
 
 def _keys_trust(keys_dir: Path) -> TrustStore:
@@ -124,20 +158,20 @@ def _read_json(path: Path, option: str) -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_PRETIX_FILE_BYTES:
-            raise ConfigError(
+            raise UsageError(
                 f"{option} {path}: {size} bytes exceeds the {MAX_PRETIX_FILE_BYTES} cap"
             )
         return json.loads(path.read_bytes())
     except OSError as exc:
-        raise ConfigError(f"{option} {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from exc
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise ConfigError(f"{option} {path}: not a JSON document: {exc}") from exc
+        raise UsageError(f"{option} {path}: not a JSON document: {exc}") from exc
 
 
 def _pretix_page(path: Path, option: str) -> dict[str, Any]:
     page = _read_json(path, option)
     if not isinstance(page, dict):
-        raise ConfigError(f"{option} {path}: expected a pretix list page (an object with results)")
+        raise UsageError(f"{option} {path}: expected a pretix list page (an object with results)")
     if page.get("next"):
         # A partial list would admit what the missing pages revoke: say so instead of guessing.
         print(
@@ -156,13 +190,13 @@ def _pretix_list(path: Path) -> dict[str, Any]:
         if not isinstance(results, list) or len(results) != 1:
             found = results if isinstance(results, list) else []
             ids = ", ".join(str(r.get("id")) for r in found if isinstance(r, dict))
-            raise ConfigError(
+            raise UsageError(
                 f"--pretix-list {path}: a page of {len(found)} check-in lists ({ids or 'none'});"
                 " pass one check-in list object"
             )
         body = results[0]
     if not isinstance(body, dict):
-        raise ConfigError(f"--pretix-list {path}: expected a check-in list object")
+        raise UsageError(f"--pretix-list {path}: expected a check-in list object")
     return body
 
 
@@ -174,20 +208,20 @@ def _pretix_event_policy(event: dict[str, Any]) -> rules.GatePolicy:
         try:
             tz = ZoneInfo(zone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(f"pretix event: unknown timezone {zone!r}") from exc
+            raise UsageError(f"pretix event: unknown timezone {zone!r}") from exc
     return rules.GatePolicy(gate_name="check", events=None, validity_skew_s=0, timezone=tz)
 
 
 def _from_file(path: Path, option: str, convert: Callable[[Any], T], body: Any) -> T:
-    """``convert(body)``, its ConfigError prefixed with the option and file it came from."""
+    """``convert(body)``; its ConfigError becomes a UsageError naming the option and file."""
     try:
         return convert(body)
     except ConfigError as exc:
-        raise ConfigError(f"{option} {path}: {exc}") from exc
+        raise UsageError(f"{option} {path}: {exc}") from exc
 
 
 def _pretix_checker(req: CheckRequest, now: float) -> Checker:
-    """A checker from pretix API bodies; raises ConfigError naming the option and file."""
+    """A checker from pretix API bodies; raises UsageError naming the option and file."""
     from agent import pretix_event as pe
 
     path = req.pretix_event
@@ -292,25 +326,37 @@ def print_human(ev: Evaluation, out: TextIO) -> None:
 
 
 async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
-    """Run one check and print it; returns the exit status (raises ConfigError for code 2)."""
+    """Run one check and print it; returns the exit status.
+
+    Raises ConfigError (a config or the files it names, exit 78) or UsageError (a bad option or
+    input file, exit 2).
+    """
+    read: dict[str, Any] | None = None
     if req.text is not None:
         texts = [req.text]
     else:
         assert req.image is not None
-        if not req.image.is_file():
-            raise ConfigError(f"{req.image}: no such image file")
-        texts = read_image(req.image)
-        if len(texts) > 1:
+        codes = read_image(req.image, req.engine)
+        texts = [c.text for c in codes]
+        read = {"engine": req.engine, "codes": len(codes)}
+        if codes:
+            read["symbology"] = codes[0].symbology
+        if len(codes) > 1:
             print(
-                f"gate-agent: {len(texts)} barcodes in the image; checking the first",
+                f"gate-agent: {len(codes)} barcodes in the image; checking the first",
                 file=sys.stderr,
             )
     if not texts:
-        ev = Evaluation(None, rules.invalid_format("no barcode found in the image"))
+        ev = Evaluation(None, rules.invalid_format(f"no barcode found in the image ({req.engine})"))
     else:
         ev = await evaluate(req, texts[0])
     if req.as_json:
-        print(json.dumps(as_dict(ev)), file=out)
+        body = as_dict(ev)
+        if read is not None:
+            body["image"] = read
+        print(json.dumps(body), file=out)
     else:
+        if read is not None and read["codes"]:
+            print(f"image:     a {read['symbology']} code, read by {req.engine}", file=out)
         print_human(ev, out)
     return 0 if ev.decision.admitted else 1

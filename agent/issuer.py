@@ -90,7 +90,9 @@ def keys_init(
     existing = [name for name in _MANAGED if (dir / name).exists()]
     if existing and not force:
         raise IssuerError(
-            f"{dir}: already holds keys ({', '.join(existing)}); use force to replace"
+            f"{dir}: already holds keys ({', '.join(existing)}); --force replaces them, but a new"
+            " root key invalidates every ticket issued so far and every gate's trust (each gate"
+            " then needs the new root.pub and trust.json)"
         )
     info = {
         "kid": str(kid),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent import config as cfg
-from agent.errors import ConfigError, JournalError, TicketFormatError
+from agent.errors import ConfigError, GateUnreachable, JournalError, TicketFormatError, UsageError
 
 _COLUMNS = "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
 FOLLOW_POLL_S = 0.5
@@ -50,7 +50,7 @@ class EventFilter:
         try:
             return tickets.parse(value).ticket_ref, None
         except TicketFormatError:
-            raise ConfigError("--ticket: not a ticket text or an 8-hex short id") from None
+            raise UsageError("--ticket: not a ticket text or an 8-hex short id") from None
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -138,7 +138,11 @@ async def events(
 
 
 def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
-    """Print the running gate's health; exit 0 ready, 1 degraded, 2 not reachable."""
+    """Print the running gate's health; returns 0 ready, 1 degraded.
+
+    Raises ConfigError when the status server is off in the config, GateUnreachable when nothing
+    answers or the gate answering is not the configured one (two gates' configs on one address).
+    """
     listen = config.status.listen
     if not listen:
         raise ConfigError(f"{config.path}: [status] listen is off: nothing to ask")
@@ -149,12 +153,33 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
         with urllib.request.urlopen(url, timeout=5) as reply:
             snap = json.loads(reply.read())
     except (OSError, ValueError, urllib.error.URLError) as exc:
-        raise ConfigError(f"gate not answering on {url}: {exc} (is gate-agent running?)") from None
+        raise GateUnreachable(
+            f"gate not answering on {url}: {exc} (is gate-agent running?)"
+        ) from None
+    _check_identity(config, url, snap)
     if as_json:
         out.write(json.dumps(snap, indent=2) + "\n")
     else:
         out.write(_summary(snap))
     return 0 if snap["health"]["status"] == "ready" else 1
+
+
+def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
+    """Refuse an answer from any gate but the configured one; raises GateUnreachable."""
+    gate = snap.get("gate") if isinstance(snap, dict) else None
+    answered = gate.get("id") if isinstance(gate, dict) else None
+    if not isinstance(answered, str):
+        raise GateUnreachable(f"{url} answered, but not as a gate-agent status server")
+    if answered != config.gate.id:
+        raise GateUnreachable(
+            f"{url} is gate {answered[:64]!r}, not the configured {config.gate.id!r}"
+            f" ({config.path}): another gate's status server holds this address; check"
+            " [status] listen in both configs"
+        )
+
+
+def _n(count: int, word: str, plural: str = "") -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def _summary(snap: dict[str, Any]) -> str:
@@ -170,12 +195,12 @@ def _summary(snap: dict[str, Any]) -> str:
             + (", EMERGENCY free passage" if ln["emergency"] else "")
             for ln in snap["lanes"]
         ),
-        f"  revocations v{rev['version']} ({rev['entries']} entries"
+        f"  revocations v{rev['version']} ({_n(rev['entries'], 'entry', 'entries')}"
         + (f", {age / 3600:.1f} h old" if age is not None else "")
         + (", STALE" if rev["stale"] else "")
         + f"), trust v{snap['trust_version']}",
         f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}",
-        f"  journal {journal['rows']} rows, {journal['outbox_depth']} waiting for upload",
+        f"  journal {_n(journal['rows'], 'row')}, {journal['outbox_depth']} waiting for upload",
         f"  last hour: {snap['last_hour']['admitted']} admitted, {snap['last_hour']['denied']} denied",
     ]
     up = snap.get("upstream")

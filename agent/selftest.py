@@ -3,7 +3,8 @@
 For integrators at the turnstile: one line per device, OK or FAIL, and for a failure the likely fix
 (missing group, wrong path, device busy, ModemManager grabbing the port). ``--relay`` pulses the
 relay once; ``--scan`` waits for one scan and shows what was read and the verdict it would get.
-Exit status: 0 all OK, 1 a device failed, 2 config error.
+``--hub`` checks the [hub] link instead (:mod:`agent.selftest_hub`).
+Exit status: 0 all OK, 1 a check failed, 78 config error (raised as ConfigError).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 
 from agent import config as cfg
 from agent import rules
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.model import text_digest
 from drivers import registry
 
@@ -40,6 +41,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    skipped: bool = False  # not run: shown as SKIP; ``ok`` says whether that is fine
 
 
 def device_path(url: str) -> Path | None:
@@ -120,10 +122,33 @@ async def _try_open(kind: registry.Kind, url: str, base: Path) -> tuple[Check, A
     return Check(kind, False, f"{url}: {detail}", fix or "check the device and the URL"), None
 
 
+def report(checks: list[Check], out: TextIO) -> int:
+    """Print one OK/FAIL/SKIP line per check (and its fix); returns the exit status."""
+    for c in checks:
+        mark = "SKIP" if c.skipped else "OK  " if c.ok else "FAIL"
+        print(f"{mark} {c.name:<9} {c.detail}", file=out)
+        if c.fix:
+            print(f"     fix: {c.fix}", file=out)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+async def run_hub(path: Path, *, out: TextIO) -> int:
+    """Check the gate's [hub] link (:mod:`agent.selftest_hub`); returns the exit status.
+
+    Raises ConfigError for a bad config or one without a [hub] section.
+    """
+    from agent import selftest_hub
+
+    conf = cfg.load(path)
+    if conf.hub is None:
+        raise ConfigError(f"{conf.path}: no [hub] section: this gate has no hub link to check")
+    return report(await selftest_hub.checks(conf), out)
+
+
 async def run(
     path: Path, *, relay: bool, scan: bool, out: TextIO, scan_timeout_s: float = 30.0
 ) -> int:
-    """Check every configured device; returns the exit status."""
+    """Check every configured device; returns the exit status. Raises ConfigError."""
     conf = cfg.load(path)
     base = conf.path.parent
     devices: list[tuple[registry.Kind, str]] = [
@@ -147,11 +172,7 @@ async def run(
     finally:
         for driver in opened.values():
             await driver.close()
-    for c in checks:
-        print(f"{'OK  ' if c.ok else 'FAIL'} {c.name:<9} {c.detail}", file=out)
-        if c.fix:
-            print(f"     fix: {c.fix}", file=out)
-    return 0 if all(c.ok for c in checks) else 1
+    return report(checks, out)
 
 
 async def _pulse(gate: Any, direction: str) -> Check:

@@ -130,6 +130,13 @@ def check_formats(engine: str, formats: Sequence[str]) -> tuple[str, ...]:
     return wanted
 
 
+def supported_formats(engine: str) -> tuple[str, ...]:
+    """Every format name ``engine`` can read (for one-off decoding, where speed does not matter);
+    raises DriverError for an unknown engine."""
+    check_formats(engine, DEFAULT_FORMATS)
+    return tuple(_ZXING_FORMATS if engine == "zxing" else _ZBAR_FORMATS)
+
+
 def _check_gray(gray: NDArray[np.uint8]) -> None:
     if not isinstance(gray, np.ndarray) or gray.ndim != 2 or gray.dtype != np.uint8:
         shape = getattr(gray, "shape", None)

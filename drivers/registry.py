@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from agent.errors import DriverNotFound
+from agent.errors import DriverError, DriverNotFound
 
 Kind = Literal["scanner", "gate", "indicator"]
 
@@ -48,3 +48,18 @@ def driver_class(kind: Kind, url: str) -> Any:
 def create(kind: Kind, url: str, base: Path | None = None) -> Any:
     """Build the driver for ``url`` (not yet opened)."""
     return driver_class(kind, url).from_url(url, base)
+
+
+def check_url(kind: Kind, url: str, base: Path | None = None) -> None:
+    """Check ``url``'s scheme and parameters exactly as the driver reads them, opening nothing.
+
+    Driver modules import their hardware library (cv2, gpiod, evdev, pyserial) only when a device
+    opens, so this imports none of them. Raises DriverNotFound listing the valid schemes, or
+    DriverError naming the bad parameter.
+    """
+    try:
+        create(kind, url, base)
+    except DriverError:
+        raise
+    except ValueError as exc:  # a parser's own ValueError: still the URL's fault
+        raise DriverError(f"{url}: {exc}") from exc

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent import keys, trust
-from agent.errors import AgentError, ConfigError, IssuerError, TrustError
+from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 from agent.issuer import LIST_KEY, ROOT_PUB
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
@@ -85,18 +86,18 @@ async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = Non
     """Make and store a token bound to ``gate_id``; returns it (it is not stored anywhere else).
 
     ``name`` sets the gate's display name in the venue (alerts, the console, "Already used at
-    ..." on other gates); a gate never names itself. Raises ConfigError for a bad id, a bad name
+    ..." on other gates); a gate never names itself. Raises UsageError for a bad id, a bad name
     or a name another gate has.
     """
     if not is_id(gate_id):
-        raise ConfigError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
+        raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = new_token()
     async with opened_store(config) as store:
         if name is not None:
             try:
                 await store.set_gate_name(gate_id, name)
             except ValueError as exc:  # NameTakenError too
-                raise ConfigError(f"--name: {exc}") from None
+                raise UsageError(f"--name: {exc}") from None
         await store.add_token(hash_token(token), "gate", gate_id, gate_id)
     return token
 
@@ -104,11 +105,99 @@ async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = Non
 async def add_console_token(config: HubConfig, name: str) -> str:
     """Make and store a console token (reads alerts and gate health); returns it."""
     if not is_id(name):
-        raise ConfigError(f"console name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
+        raise UsageError(f"console name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = new_token()
     async with opened_store(config) as store:
         await store.add_token(hash_token(token), "console", None, name)
     return token
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """Where `hub token --out` puts a token: checked by :func:`token_file` before a token exists,
+    so a refused file never leaves a stored token nobody has."""
+
+    path: Path
+    force: bool = False
+    uid: int = -1  # -1: unchanged (the caller's)
+    gid: int = -1
+    owner: str = ""
+
+
+def token_file(path: Path, *, force: bool = False, owner: str | None = None) -> TokenFile:
+    """Check that ``path`` may receive a token; ``owner`` is ``USER[:GROUP]`` (root only).
+
+    Raises UsageError when the file exists and ``force`` is false, its folder is missing, or the
+    owner is unknown or cannot be set by this process.
+    """
+    if path.is_dir():
+        raise UsageError(f"--out {path}: a folder; give a file name")
+    if path.exists() and not force:
+        raise UsageError(
+            f"--out {path}: already exists; --force replaces it (the token in it stays valid"
+            " until `hub token --revoke-gate`)"
+        )
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: no folder {path.parent}")
+    if owner is None:
+        return TokenFile(path, force)
+    uid, gid = _owner_ids(owner)
+    if os.geteuid() != 0 and (uid != os.geteuid() or gid not in (-1, *os.getgroups())):
+        raise UsageError(f"--owner {owner}: only root can give a file to another user")
+    return TokenFile(path, force, uid, gid, owner)
+
+
+def _owner_ids(owner: str) -> tuple[int, int]:
+    import grp
+    import pwd
+
+    user, _, group = owner.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"--owner {owner}: no user {user!r} on this machine") from None
+    if not group:
+        return entry.pw_uid, entry.pw_gid
+    try:
+        return entry.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"--owner {owner}: no group {group!r} on this machine") from None
+
+
+def write_token_file(where: TokenFile, token: str) -> None:
+    """Write ``token`` and a newline to ``where.path``: mode 0600, owned as asked, complete or
+    absent after a crash; never replaces a file that appeared meanwhile unless ``force``.
+
+    Raises UsageError when the file exists (without force) and OSError when writing fails.
+    """
+    path = where.path
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()  # a temp file a crash left behind, possibly with another owner
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        if where.uid != -1 or where.gid != -1:
+            os.fchown(fd, where.uid, where.gid)
+        os.write(fd, (token + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if where.force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the name was taken since token_file() checked
+    except FileExistsError:
+        raise UsageError(f"--out {path}: already exists; --force replaces it") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 async def revoke_gate(config: HubConfig, gate_id: str) -> int:
@@ -281,15 +370,15 @@ def document_version(data: bytes) -> int:
 def read_items(path: Path) -> list[bytes]:
     """The list keys of an import file: one ticket text or 32-hex token id per line.
 
-    Blank lines and lines starting with ``#`` are skipped. Raises ConfigError naming the first
+    Blank lines and lines starting with ``#`` are skipped. Raises UsageError naming the first
     bad line's number (never its text: it may be a ticket).
     """
     try:
         if path.stat().st_size > MAX_IMPORT_BYTES:
-            raise ConfigError(f"{path}: import file is over {MAX_IMPORT_BYTES >> 20} MiB")
+            raise UsageError(f"{path}: import file is over {MAX_IMPORT_BYTES >> 20} MiB")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the import file: {exc}") from exc
+        raise UsageError(f"{path}: cannot read the import file: {exc}") from exc
     found: list[bytes] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -298,16 +387,16 @@ def read_items(path: Path) -> list[bytes]:
         try:
             found.append(revocation_key(line))
         except IssuerError as exc:
-            raise ConfigError(f"{path}: line {number}: {exc}") from None
+            raise UsageError(f"{path}: line {number}: {exc}") from None
     return found
 
 
 def parse_items(items: Iterable[str]) -> list[bytes]:
-    """The list keys of command-line items (ticket texts or 32-hex ids); raises ConfigError."""
+    """The list keys of command-line items (ticket texts or 32-hex ids); raises UsageError."""
     try:
         return [revocation_key(item) for item in items]
     except IssuerError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def next_state(state: RevocationState, op: Op, changed: frozenset[bytes]) -> RevocationState:
@@ -338,13 +427,13 @@ async def issue(
 ) -> Issued:
     """Sign delta(s) applying ``op`` to ``items`` and store them; the running hub serves them.
 
-    Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. Raises ConfigError (no keys),
+    Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. Raises UsageError (no keys),
     IssuerError (list key) and HubStoreError (another admin issued the same version first: then
     nothing of that delta was stored).
     """
     unique = sorted(set(items))
     if not unique:
-        raise ConfigError("nothing to issue: no tickets or token ids given")
+        raise UsageError("nothing to issue: no tickets or token ids given")
     list_key = load_list_key(config)
     when = time.time() if now is None else now
     async with opened_store(config) as store:

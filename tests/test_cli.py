@@ -122,7 +122,7 @@ def test_check_image_reads_the_qr(issued: Path) -> None:
     ("args", "code", "words"),
     [
         (["check", "--keys", "/nonexistent", "TK1:AAA"], 2, "not a keys directory"),
-        (["check", "--config", "/nonexistent.toml", "TK1:AAA"], 2, "config file not found"),
+        (["check", "--config", "/nonexistent.toml", "TK1:AAA"], 78, "config file not found"),
         (["check", "--keys", "KEYS", "--image", "/nonexistent.png"], 2, "no such image"),
         (["check", "--keys", "KEYS", "--at", "yesterday", "x"], 2, "--at"),
         (["check", "--keys", "KEYS", "--json", "hello"], 1, "invalid_format"),

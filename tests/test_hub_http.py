@@ -201,7 +201,7 @@ async def test_revoked_gate_token_is_refused_at_once(hub: RunningHub, api: Api) 
     assert len(token) >= 43
     assert (await api.get("/v1/trust", token)).status == 200
     done = hub_cli(hub.setup, "token", "--revoke-gate", "gate-revoked")
-    assert done.returncode == 0 and "1 tokens" in done.stdout
+    assert done.returncode == 0 and "1 token of gate gate-revoked deleted" in done.stdout
     assert (await api.get("/v1/trust", token)).status == 401
     assert token not in hub.proc.log_tail(100_000)
 
@@ -618,11 +618,11 @@ async def test_sigterm_stops_the_hub_during_a_long_poll(own_hub: OwnHub) -> None
     assert "hub venue-1 listening on 127.0.0.1:" in log and "hub venue-1 stopped" in log
 
 
-def test_config_errors_exit_2_with_one_line(tmp_path: Path, keys_dir: Path) -> None:
+def test_config_errors_exit_78_with_one_line(tmp_path: Path, keys_dir: Path) -> None:
     setup = write_hub_config(tmp_path, keys=keys_dir, extra="surprise = 1\n")
     for args in (("token", "--gate", "g1"), ("revoke", "00" * 16)):
         done = hub_cli(setup, *args)
-        assert done.returncode == 2
+        assert done.returncode == 78  # EX_CONFIG, as for the hub itself (issue 12)
         assert done.stderr.strip().splitlines() == [
             f"gate-agent: error: {setup.config}: [hub] unknown key 'surprise'"
             " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"

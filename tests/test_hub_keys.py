@@ -151,7 +151,7 @@ def test_hub_refuses_to_start_with_a_minting_key_in_its_folder(
     assert hub.stderr.strip().splitlines() == expected
     for args in (("token", "--gate", "g1"), ("revoke", "00" * 16)):
         admin = hub_cli(setup, *args)
-        assert admin.returncode == 2  # admin commands exit 2 on any config error
+        assert admin.returncode == EX_CONFIG  # every config error (issue 12)
         assert admin.stderr.strip().splitlines() == expected
     assert not (setup.dir / "state").exists()  # no store was opened, no token stored
 

@@ -57,19 +57,28 @@ def test_sim_devices_pass_relay_pulses_and_scan_shows_verdict(
 
 
 def test_missing_device_fails_with_a_fix(tmp_path: Path, keys_dir: Path) -> None:
-    conf = _config(tmp_path, keys_dir, "sim://file?path=absent.txt", "nfc://reader")
+    conf = _config(tmp_path, keys_dir, "sim://file?path=absent.txt", "sim://gate")
     r = _selftest("--config", conf)
     assert r.returncode == 1
     assert "FAIL scanner" in r.stdout and "absent.txt" in r.stdout
-    assert "FAIL gate" in r.stdout and "valid schemes" in r.stdout
+    assert "OK   gate" in r.stdout
     assert "fix:" in r.stdout
 
 
-def test_config_error_exits_2(tmp_path: Path) -> None:
+def test_unknown_scheme_is_a_config_error_naming_the_key(tmp_path: Path, keys_dir: Path) -> None:
+    # Issue 12: device URLs are checked when the config loads (exit 78), not when opened.
+    conf = _config(tmp_path, keys_dir, "sim://file?path=absent.txt", "nfc://reader")
+    r = _selftest("--config", conf)
+    assert r.returncode == 78 and r.stdout == ""
+    assert "[devices] gate: no gate driver for 'nfc://reader'" in r.stderr
+    assert "valid schemes" in r.stderr
+
+
+def test_config_error_exits_78(tmp_path: Path) -> None:
     conf = tmp_path / "gate.toml"
     conf.write_text("[gate]\nid = 1\n")
     r = _selftest("--config", conf)
-    assert r.returncode == 2 and "[gate] id" in r.stderr
+    assert r.returncode == 78 and "[gate] id" in r.stderr
 
 
 def test_path_diagnosis() -> None:

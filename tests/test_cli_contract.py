@@ -1,0 +1,316 @@
+"""The command line as integrators meet it (issue 12, part 5): real processes, real files.
+
+Help on every option, --version, exit 78 for every config error (2 stays for usage), device URLs
+checked when the config loads, `hub token --out`, `status` refusing another gate's answer, no
+traceback on a closed pipe, plurals, `keys init` over existing keys, `issue` saying its validity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from agent import config as cfg
+from agent.cli import _parser
+from agent.errors import ConfigError
+from agent.issuer import Issuer
+from tests.conftest import WriteConfig
+from tests.hubproc import write_hub_config
+
+EXE = (sys.executable, "-m", "agent.cli")
+EX_CONFIG = 78
+
+
+def ga(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub)command's parser, with the words that reach it."""
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*path, name))
+    return found
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    commands = _commands(_parser())
+    assert len(commands) >= 15  # gate-agent, keys init/export, issue, ..., hub token/revoke
+    for path, parser in commands:
+        shown = ga(*path, "--help", timeout=30)
+        assert shown.returncode == 0, (path, shown.stderr)
+        text = " ".join(shown.stdout.split())  # argparse wraps help text
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            name = action.option_strings[-1] if action.option_strings else action.metavar
+            assert action.help and action.help != argparse.SUPPRESS, (path, name)
+            assert " ".join(action.help.split()[:4]) in text, (path, name, action.help)
+
+
+def test_version() -> None:
+    done = ga("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"gate-agent {metadata.version('gate-agent')}"
+
+
+# -- exit codes: 78 for config errors, 2 for usage ---------------------------------------------
+
+
+def test_a_bad_device_url_is_a_config_error_naming_the_key(write_config: WriteConfig) -> None:
+    unknown = write_config(gate="nfc://reader")
+    for command in (("run",), ("selftest",), ("check", "TK1:X"), ("events",)):
+        done = ga(*command, "--config", unknown)
+        assert done.returncode == EX_CONFIG, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"gate-agent: error: {unknown}: [devices] gate: no gate driver for 'nfc://reader'"
+            " (valid schemes: gpio://, lcus://, sim://)"
+        ]
+    bad_parameter = write_config(scanner="camera:///dev/video0?widht=640")
+    done = ga("run", "--config", bad_parameter)
+    assert done.returncode == EX_CONFIG
+    assert f"{bad_parameter}: [devices] scanner: " in done.stderr
+    assert "unknown parameter widht" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_device_urls_are_checked_without_importing_hardware_libraries(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    path = write_config(
+        scanner="camera:///dev/video9?width=640&engine=zxing&formats=qr,aztec",
+        gate="gpio://gpiochip0?relay=GPIO17",
+    )
+    probe = (
+        "import sys; from pathlib import Path; from agent import config;"
+        f" config.load(Path({str(path)!r}));"
+        " hw = ('cv2', 'gpiod', 'serial', 'serial_asyncio_fast', 'evdev', 'zxingcpp', 'pyzbar');"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] in hw))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    with pytest.raises(ConfigError, match=r"\[devices\] gate: .*relay"):
+        cfg.load(write_config(gate="gpio://gpiochip0?relay=GPIO17&relay=GPIO18&pulse_ms=x"))
+
+
+def test_missing_files_are_named_with_their_config_key(
+    write_config: WriteConfig, keys_dir: Path
+) -> None:
+    (keys_dir / "root.pub").unlink()
+    path = write_config()
+    done = ga("check", "--config", path, "TK1:X")
+    assert done.returncode == EX_CONFIG
+    assert f"{path}: [trust] root_key: " in done.stderr and "root.pub" in done.stderr
+    hub = write_config(
+        extra='\n[hub]\nurl = "https://127.0.0.1:1"\ntoken = "t"\nca = "no-ca.pem"\n'
+    )
+    done = ga("run", "--config", hub)
+    assert done.returncode == EX_CONFIG
+    assert f"{hub}: [hub] ca: {hub.parent / 'no-ca.pem'}: no such file" in done.stderr
+
+
+def test_usage_errors_still_exit_2(issued: Path) -> None:
+    for args, words in (
+        (("issue", "--keys", issued / "keys", "--event", "1", "--count", "0", "--out", issued),
+         "--count must be"),
+        (("check", "--keys", issued / "keys", "--image", "/nonexistent.png"), "no such image"),
+        (("check", "--keys", issued / "keys", "--frobnicate", "x"), "unrecognized arguments"),
+        (("events", "--last", "0", "--config", "/nonexistent.toml"), "--last must be >= 1"),
+    ):  # fmt: skip
+        done = ga(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_check_with_a_missing_config_exits_78() -> None:
+    done = ga("check", "--config", "/nonexistent.toml", "TK1:X")
+    assert done.returncode == EX_CONFIG and "config file not found" in done.stderr
+
+
+# -- keys init, issue, revoke: what they say ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def issued(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("contract")
+    assert ga("keys", "init", d / "keys").returncode == 0
+    return d
+
+
+def test_keys_init_over_existing_keys_names_force_and_warns(tmp_path: Path) -> None:
+    assert ga("keys", "init", tmp_path / "k").returncode == 0
+    before = (tmp_path / "k" / "root.pub").read_bytes()
+    again = ga("keys", "init", tmp_path / "k")
+    assert again.returncode == 2
+    assert "--force" in again.stderr and "invalidates every ticket" in again.stderr
+    assert (tmp_path / "k" / "root.pub").read_bytes() == before
+    forced = ga("keys", "init", tmp_path / "k", "--force")
+    assert forced.returncode == 0
+    assert "warning: a new root key: every ticket issued before" in forced.stderr
+    assert (tmp_path / "k" / "root.pub").read_bytes() != before
+    fresh = ga("keys", "init", tmp_path / "new", "--force")
+    assert fresh.returncode == 0 and "warning" not in fresh.stderr
+
+
+def test_issue_says_what_validity_the_tickets_get(issued: Path, tmp_path: Path) -> None:
+    keys = issued / "keys"
+    one = ga("issue", "--keys", keys, "--event", "4", "--out", tmp_path / "a")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == [
+        f"1 ticket written to {tmp_path / 'a'}",
+        "valid for event 4, every zone (1-16), at any time: no validity window"
+        " (set one with --not-before/--not-after)",
+    ]
+    two = ga(
+        "issue", "--keys", keys, "--event", "4", "--zones", "2,3", "--count", "2",
+        "--not-before", "2026-05-01T18:00:00Z", "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert two.stdout.splitlines() == [
+        f"2 tickets written to {tmp_path / 'b'}",
+        "valid for event 4, zones 2,3, from 2026-05-01 18:00 UTC, with no end"
+        " (--not-after sets one)",
+    ]
+
+
+def test_revoke_counts_in_words(issued: Path, tmp_path: Path) -> None:
+    keys = issued / "keys"
+    one = ga("revoke", "--keys", keys, "--out", tmp_path / "1.json", "ab" * 16)
+    assert one.stdout.strip() == f"revoke: 1 entry written to {tmp_path / '1.json'}"
+    two = ga("revoke", "--keys", keys, "--out", tmp_path / "2.json", "ab" * 16, "cd" * 16)
+    assert two.stdout.strip() == f"revoke: 2 entries written to {tmp_path / '2.json'}"
+
+
+# -- a closed pipe -----------------------------------------------------------------------------
+
+
+def _closed_pipe_run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run with stdout a pipe whose reader is already gone, as after `| head -1` exits."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [*EXE, *map(str, args)], stdout=write_end, stderr=subprocess.PIPE, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+
+
+def test_no_traceback_on_a_closed_pipe(write_config: WriteConfig, iss: Issuer) -> None:
+    from tests.test_ops import _decide
+
+    path = write_config()
+    asyncio.run(_decide(cfg.load(path), [(iss.ticket(event=1, zones=[1]), "a"), ("NOPE", "a")]))
+    events = _closed_pipe_run("events", "--config", path)
+    assert events.returncode == 0
+    assert events.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+    check = _closed_pipe_run("check", "--config", path, "NOPE")
+    assert check.returncode == 1 and check.stderr == ""
+    piped = subprocess.run(
+        ["bash", "-c", f"{' '.join(EXE)} events --config {path} | head -1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+
+
+# -- hub token --out ---------------------------------------------------------------------------
+
+
+def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    out = tmp_path / "gate-a.token"
+    done = ga("hub", "token", "--config", setup.config, "--gate", "gate-a", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"token written to {out} (mode 0600)"]
+    token = out.read_text().strip()
+    assert len(token) == 43 and token not in done.stdout + done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+    again = ga("hub", "token", "--config", setup.config, "--gate", "gate-a", "--out", out)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"gate-agent: error: --out {out}: already exists; --force replaces it (the token in it"
+        " stays valid until `hub token --revoke-gate`)"
+    ]
+    assert out.read_text().strip() == token
+    forced = ga(
+        "hub", "token", "--config", setup.config, "--gate", "gate-a", "--out", out, "--force"
+    )
+    assert forced.returncode == 0 and out.read_text().strip() != token
+    # Both tokens exist at the hub: the refused run stored none (2 deleted, not 3).
+    revoked = ga("hub", "token", "--config", setup.config, "--revoke-gate", "gate-a")
+    assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--owner gives a file away: root only")
+def test_hub_token_owner_gives_the_file_to_the_service_user(tmp_path: Path, keys_dir: Path) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    nobody = pwd.getpwnam("nobody")
+    out = tmp_path / "t"
+    done = ga(
+        "hub", "token", "--config", setup.config, "--console", "desk", "--out", out,
+        "--owner", "nobody",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"token written to {out} (mode 0600, owner nobody)"
+    st = out.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+        nobody.pw_uid, nobody.pw_gid, 0o600,
+    )  # fmt: skip
+    for owner, words in (("no-such-user-x", "no user"), ("nobody:no-such-group-x", "no group")):
+        bad = ga(
+            "hub", "token", "--config", setup.config, "--console", "d2", "--out",
+            tmp_path / "u", "--owner", owner,
+        )  # fmt: skip
+        assert bad.returncode == 2 and words in bad.stderr
+        assert not (tmp_path / "u").exists()
+    alone = ga("hub", "token", "--config", setup.config, "--console", "d3", "--owner", "nobody")
+    assert alone.returncode == 2 and "go with --out" in alone.stderr
+
+
+# -- status: the configured gate, not another one ----------------------------------------------
+
+
+def test_status_refuses_the_answer_of_another_gate(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path
+) -> None:
+    from tests.hubproc import free_port
+    from tests.test_ops import _running_gate
+
+    port = free_port()
+    proc, path = _running_gate(write_config, iss, port, {})
+    try:
+        other = tmp_path / "other.toml"
+        other.write_text(path.read_text().replace('id = "gate-3"', 'id = "gate-9"'))
+        done = ga("status", "--config", other)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"gate-agent: error: http://127.0.0.1:{port}/status is gate 'gate-3', not the"
+            f" configured 'gate-9' ({other}): another gate's status server holds this address;"
+            " check [status] listen in both configs"
+        ]
+        assert done.stdout == ""
+        assert ga("status", "--config", path).returncode == 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
