@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     selftest.add_argument("--relay", action="store_true", help="pulse the relay once")
     selftest.add_argument("--scan", action="store_true", help="wait for one scan, show verdict")
     selftest.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check only the config and the files it names (trust, lists); open no device",
+    )
+    selftest.add_argument(
         "--hub",
         action="store_true",
         help="check the [hub] link instead: URL, CA, client certificate, token, venue",
@@ -466,9 +471,11 @@ def _selftest(args: argparse.Namespace) -> int:
     from agent import selftest
 
     if args.hub:
-        if args.relay or args.scan:
+        if args.relay or args.scan or args.config_only:
             raise UsageError("selftest: --hub checks the hub link alone (no --relay, --scan)")
         return asyncio.run(selftest.run_hub(args.config, out=sys.stdout))
+    if args.config_only:
+        return selftest.check_config(args.config, sys.stdout)
     return asyncio.run(selftest.run(args.config, relay=args.relay, scan=args.scan, out=sys.stdout))
 
 

@@ -140,8 +140,8 @@ class LogConfig:
 class Config:
     path: Path
     gate: GateConfig
-    trust: TrustConfig
     devices: DevicesConfig
+    trust: TrustConfig | None = None  # optional with [pretix]: the event's keys come from pretix
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lane: LaneConfig = field(default_factory=LaneConfig)
     revocation: RevocationConfig = field(default_factory=RevocationConfig)
@@ -337,10 +337,11 @@ def parse(text: str, src: Path) -> Config:
                 f"{src}: unknown section [{name}] (valid sections: {', '.join(sorted(sections))})"
             )
     values = {name: section(_section_class(hints[name]), raw[name], name, src) for name in raw}
-    for name in ("gate", "trust", "devices"):
+    for name in ("gate", "devices"):
         if name not in raw:
             raise ConfigError(f"{src}: missing required section [{name}]")
     config = Config(path=src, **values)
+    _check_trust(config, src)
     if not config.gate.name:
         config = dataclasses.replace(
             config, gate=dataclasses.replace(config.gate, name=config.gate.id)
@@ -350,6 +351,21 @@ def parse(text: str, src: Path) -> Config:
     if config.hub is not None:
         config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
+
+
+def _check_trust(config: Config, src: Path) -> None:
+    """[trust] is what verifies tickets and signed lists; only a pretix gate may go without."""
+    if config.trust is not None:
+        return
+    if config.pretix is None:
+        raise ConfigError(
+            f"{src}: missing required section [trust] (a gate without [pretix] verifies its"
+            " tickets with the root key and trust bundle named there)"
+        )
+    if config.revocation.files:
+        raise ConfigError(
+            f"{src}: [revocation] files: signed lists need [trust] (its root key verifies them)"
+        )
 
 
 def _check_timezone(config: Config, src: Path) -> None:

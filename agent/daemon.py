@@ -68,8 +68,11 @@ def gate_policy(config: cfg.Config) -> GatePolicy:
 def open_trust(config: cfg.Config, state_path: Path | None, *, persist: bool = True) -> TrustStore:
     """The installed trust, updated from the configured bundle file when that one is newer.
 
-    ``persist=False`` (for `check`) reads the installed bundle but never writes it.
+    ``persist=False`` (for `check`) reads the installed bundle but never writes it. Without
+    [trust] (a pretix-only gate) it is empty: pretix's event keys are all the gate trusts.
     """
+    if config.trust is None:
+        return TrustStore(None, None)
     try:
         root = load_root_key(config.trust.root_key, config.path.parent)
     except TrustError as exc:

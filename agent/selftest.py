@@ -220,3 +220,22 @@ async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
     d = ev.decision
     verdict = f"{d.verdict} ({d.reason}): {rules.staff_message(d)}"
     return Check("scan", True, f"read {what}{sym}; would {verdict}")
+
+
+def check_config(path: Path, out: TextIO) -> int:
+    """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
+    root key and bundle, revocation files, hub files. Returns 0; raises ConfigError naming the
+    file and key when the gate could not start (what systemd/install runs before enabling it)."""
+    from agent.daemon import open_trust
+
+    conf = cfg.load(path)
+    trust = open_trust(conf, None, persist=False)
+    for lst in conf.revocation.files:
+        if not lst.is_file():
+            raise ConfigError(f"{conf.path}: [revocation] files: {lst}: no such file")
+    print(
+        f"OK   config    {conf.path}: gate {conf.gate.id}, trust v{trust.version}"
+        " (devices not opened: run selftest without --config-only at the turnstile)",
+        file=out,
+    )
+    return 0

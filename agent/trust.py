@@ -230,16 +230,19 @@ def read_capped(path: Path) -> bytes:
 
 
 class TrustStore:
-    """The installed bundle of one gate, persisted in its state directory."""
+    """The installed bundle of one gate, persisted in its state directory.
+
+    Without a root key (a pretix-only gate, no ``[trust]``) it stays empty: no bundle is
+    loaded, and one offered is refused, as nothing could verify it."""
 
     def __init__(
-        self, root: keys.PublicKey, state_path: Path | None, *, persist: bool = True
+        self, root: keys.PublicKey | None, state_path: Path | None, *, persist: bool = True
     ) -> None:
         """Load the installed bundle from ``state_path``; ``persist=False`` never writes it."""
         self._root = root
         self._path = state_path if persist else None
         self._bundle: TrustBundle | None = None
-        if state_path is not None and state_path.exists():
+        if root is not None and state_path is not None and state_path.exists():
             try:
                 self._bundle = parse_bundle(read_capped(state_path), root)
             except (OSError, TrustError) as exc:
@@ -255,6 +258,8 @@ class TrustStore:
 
     def install(self, data: bytes) -> TrustBundle:
         """Verify and install a bundle; raises TrustError or RollbackError, keeping the old one."""
+        if self._root is None:
+            raise TrustError("no root key configured ([trust] root_key): bundle not verifiable")
         bundle = parse_bundle(data, self._root)
         if bundle.version <= self.version:
             raise RollbackError(
@@ -275,6 +280,7 @@ class TrustStore:
         try:
             self.install(data)
         except RollbackError as exc:
+            assert self._root is not None  # install verified it against the root
             if parse_bundle(data, self._root).version == self.version:
                 return False
             raise TrustError(f"{source}: {exc}") from exc

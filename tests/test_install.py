@@ -7,6 +7,7 @@ offline security review gives the exposure score the README quotes.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,26 +24,32 @@ UNITS = ("gate-agent.service", "gate-hub.service")
 MAX_EXPOSURE = {"gate-agent.service": 2.2, "gate-hub.service": 1.3}
 # From apt on a Pi, not PyPI (no aarch64 wheel): see systemd/install.
 FROM_APT = {"evdev"}
+GA = [sys.executable, "-m", "agent.cli"]
+
+
+def install(root: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """systemd/install --root ROOT ARGS..., as an operator runs it (PATH as given)."""
+    env = dict(os.environ, PATH=path) if path is not None else None
+    return subprocess.run(
+        ["bash", str(SYSTEMD / "install"), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A staging root with gate-agent installed into it, twice, plus systemd's own unit files."""
+    """A staging root with gate-agent installed into it, twice, plus systemd's own unit files.
+
+    The second run's output is kept beside it (``<stage>.out``).
+    """
     root = tmp_path_factory.mktemp("stage")
     for _ in range(2):  # the second run must succeed and change nothing that matters
-        subprocess.run(
-            [
-                "bash",
-                str(SYSTEMD / "install"),
-                "--root",
-                str(root),
-                "--profile",
-                "generic-serial-qr",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        done = install(root, "--profile", "generic-serial-qr")
+        assert done.returncode == 0, done.stdout + done.stderr
+    root.with_name(root.name + ".out").write_text(done.stdout)
     # verify resolves the units' dependencies (multi-user.target, ...) inside the root.
     shutil.copytree(
         "/usr/lib/systemd/system",
@@ -65,8 +72,22 @@ def test_install_stages_everything(stage: Path) -> None:
     conf = stage / "etc/gate-agent/gate.toml"
     assert conf.read_text() == (ROOT / "config/profiles/generic-serial-qr.toml").read_text()
     assert conf.stat().st_mode & 0o777 == 0o640
+    # On PATH: sudo's secure_path and a login shell both have /usr/local/bin.
+    on_path = stage / "usr/local/bin/gate-agent"
+    assert os.readlink(on_path) == "/opt/gate-agent/venv/bin/gate-agent"
+    # The profile names /etc/gate-agent/root.pub and trust.json, which nobody put there yet: the
+    # gate cannot start, so it is not enabled, and the output says what to do, as the gate's user.
     wants = stage / "etc/systemd/system/multi-user.target.wants/gate-agent.service"
-    assert wants.is_symlink()
+    assert not wants.exists()
+    out = stage.with_name(stage.name + ".out").read_text()
+    assert "gate-agent.service NOT enabled" in out
+    assert "[trust] root_key: root key file" in out and "root.pub" in out
+    assert "next steps:" in out
+    assert (
+        "sudo -u gate-agent gate-agent selftest --config-only --config /etc/gate-agent/gate.toml"
+        in out
+    )
+    assert not list((stage / "etc/gate-agent").glob(".check-*"))  # the check's copy is gone
     assert (stage / "etc/udev/rules.d/60-gate-agent.rules").is_file()
     passwd = (stage / "etc/passwd").read_text()
     assert re.search(
@@ -92,6 +113,97 @@ def test_install_keeps_an_operators_config(stage: Path) -> None:
         timeout=600,
     )
     assert 'id = "north-7"' in conf.read_text()
+
+
+def test_install_enables_a_gate_whose_config_starts(stage: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
+    for name in ("root.pub", "trust.json"):  # what a gate gets; the config names them absolute
+        shutil.copy(keys / name, stage / "etc/gate-agent" / name)
+    done = install(stage, "--profile", "generic-serial-qr")
+    assert done.returncode == 0, done.stderr
+    assert "enabled: gate-agent.service" in done.stdout and "NOT enabled" not in done.stdout
+    wants = stage / "etc/systemd/system/multi-user.target.wants/gate-agent.service"
+    assert wants.is_symlink()
+    # A bundle from another root: the config can no longer start, and the installer says so.
+    other = tmp_path / "other"
+    subprocess.run([*GA, "keys", "init", str(other)], check=True, capture_output=True)
+    shutil.copy(other / "trust.json", stage / "etc/gate-agent/trust.json")
+    done = install(stage, "--profile", "generic-serial-qr")
+    assert done.returncode == 0, done.stderr
+    assert "[trust] bundle" in done.stdout and "enabled: gate-agent" not in done.stdout
+    assert "gate-agent.service stays enabled, but /etc/gate-agent/gate.toml cannot start" in (
+        done.stdout
+    )
+    shutil.copy(keys / "trust.json", stage / "etc/gate-agent/trust.json")
+
+
+def _unit(name: str) -> dict[str, str]:
+    text = (SYSTEMD / name).read_text()
+    return dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
+    )
+
+
+def test_install_hub_writes_a_template_matching_its_unit(stage: Path, tmp_path: Path) -> None:
+    done = install(stage, "--hub")
+    assert done.returncode == 0, done.stderr
+    conf_path = stage / "etc/gate-hub/hub.toml"
+    conf = tomllib.loads(conf_path.read_text())["hub"]
+    unit = _unit("gate-hub.service")
+    assert unit["User"] == "gate-hub" and unit["ExecStart"].endswith(
+        "--config /etc/gate-hub/hub.toml"
+    )
+    assert conf["state_dir"] == f"/var/lib/{unit['StateDirectory']}"
+    assert Path(conf["keys"]).parent == Path("/etc", unit["ConfigurationDirectory"])
+    tls = re.findall(r'^# *(?:cert|key|client_ca) = "([^"]+)"', conf_path.read_text(), re.M)
+    assert tls and all(Path(t).parent == Path("/etc/gate-hub") for t in tls)
+    # The hub's user reads it; nobody else does.
+    assert conf_path.stat().st_mode & 0o777 == 0o640
+    if os.geteuid() == 0:  # only root can hand a file to the staged group
+        gid = next(
+            int(line.split(":")[2])
+            for line in (stage / "etc/group").read_text().splitlines()
+            if line.startswith("gate-hub:")
+        )
+        assert conf_path.stat().st_gid == gid
+    # No keys yet: the hub is not enabled, and the next steps say how to get them.
+    hub_wants = stage / "etc/systemd/system/multi-user.target.wants/gate-hub.service"
+    assert "gate-hub.service NOT enabled" in done.stdout and not hub_wants.exists()
+    assert "keys export --hub" in done.stdout
+    assert "sudo -u gate-hub gate-agent hub --config /etc/gate-hub/hub.toml --check" in done.stdout
+    # With the exported keys where the template says, the same template starts: enabled.
+    keys = tmp_path / "keys"
+    subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
+    subprocess.run(
+        [*GA, "keys", "export", "--hub", str(stage / "etc/gate-hub/keys"), "--keys", str(keys)],
+        check=True,
+        capture_output=True,
+    )
+    done = install(stage, "--hub")
+    assert done.returncode == 0, done.stderr
+    assert "gate-hub.service" in done.stdout.split("enabled: ")[-1] and hub_wants.is_symlink()
+
+
+def test_install_names_missing_tools_before_building_anything(tmp_path: Path) -> None:
+    """A minimal Debian without systemd's tools: one message naming them and their package."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gone = {"systemd-sysusers", "systemd-tmpfiles"}
+    for folder in ("/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir():
+            if tool.name not in gone and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    python3 = shutil.which("python3")
+    assert python3 is not None
+    (bin_dir / "python3").unlink(missing_ok=True)
+    (bin_dir / "python3").symlink_to(python3)
+    root = tmp_path / "root"
+    done = install(root, "--profile", "generic-serial-qr", path=str(bin_dir))
+    assert done.returncode == 69, done.stdout + done.stderr
+    assert "missing systemd-sysusers systemd-tmpfiles" in done.stderr
+    assert "apt-get install systemd" in done.stderr
+    assert not (root / "opt").exists() and done.stdout == ""  # no venv, nothing else
 
 
 def test_install_refuses_an_unknown_profile(tmp_path: Path) -> None:
@@ -126,6 +238,14 @@ def test_units_keep_their_exposure_score(unit: str) -> None:
     assert float(score.group(1)) <= MAX_EXPOSURE[unit]
 
 
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_name_no_placeholder(unit: str) -> None:
+    text = (SYSTEMD / unit).read_text()
+    for placeholder in ("example.", ".invalid", "HOST", "CHANGEME"):
+        assert placeholder not in text, placeholder
+    assert _unit(unit)["Documentation"] == "file:/usr/share/doc/gate-agent/README.md"
+
+
 def test_agent_unit_is_what_the_design_asks_for() -> None:
     text = (SYSTEMD / "gate-agent.service").read_text()
     settings = dict(
@@ -142,6 +262,25 @@ def test_agent_unit_is_what_the_design_asks_for() -> None:
     assert "time-sync.target" not in text.replace("Never After=time-sync.target", "")
 
 
+def test_udev_names_ch340_adapters_a_relay_only_when_asked(stage: Path) -> None:
+    """Many scanners and cables use the CH340 (1a86:7523) too: only an LCUS unit names it."""
+    rules = stage / "etc/udev/rules.d"
+    assert not any("1a86" in f.read_text() for f in rules.iterdir())
+    done = install(stage, "--relay-lcus")
+    assert done.returncode == 0, done.stderr
+    lcus = (rules / "61-gate-agent-lcus.rules").read_text()
+    relay = [r for r in lcus.splitlines() if 'SYMLINK+="gate-relay"' in r]
+    assert relay and 'ATTRS{idVendor}=="1a86"' in relay[0]
+    assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in relay[0]
+    result = subprocess.run(
+        ["udevadm", "verify", str(SYSTEMD / "61-gate-agent-lcus.rules")],
+        capture_output=True,
+        text=True,
+    )
+    if "Unknown command" not in result.stderr + result.stdout:  # udevadm verify: systemd >= 253
+        assert result.returncode == 0, result.stderr
+
+
 def test_udev_rule_names_scanners_and_keeps_modemmanager_away() -> None:
     rules = (SYSTEMD / "60-gate-agent.rules").read_text()
     scanner = [r for r in rules.splitlines() if 'SYMLINK+="gate-scanner"' in r]
@@ -154,26 +293,32 @@ def test_udev_rule_names_scanners_and_keeps_modemmanager_away() -> None:
 
 
 def _dependencies() -> list[str]:
+    """The project's requirements as written (versions and markers), less those from apt."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0] for dep in project["dependencies"]]
-    return [n for n in names if n not in FROM_APT]
+    return [
+        dep
+        for dep in project["dependencies"]
+        if re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0] not in FROM_APT
+    ]
 
 
 def test_every_dependency_has_an_aarch64_wheel_for_python_311(tmp_path: Path) -> None:
-    """A Pi installs wheels only (no compiler needed), except what comes from apt."""
-    missing = []
-    for name in _dependencies():
-        result = subprocess.run(
-            [
-                sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_28_aarch64",
-                "-d", str(tmp_path), name,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )  # fmt: skip
-        if result.returncode != 0:
-            missing.append(name)
-    assert missing == []
+    """A Pi installs wheels only (no compiler needed), except what comes from apt: the whole tree,
+    the dependencies of dependencies too, resolved in one pip run as a Pi's pip would resolve it
+    (pip's cache keeps reruns fast; it needs the package index)."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "download", "-q",
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_28_aarch64",
+            "-d", str(tmp_path), *_dependencies(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheels = {w.name.split("-")[0].lower().replace("_", "-") for w in tmp_path.glob("*.whl")}
+    # The tree reached past the top level (aiohttp's yarl, cryptography's cffi, ...).
+    assert {"yarl", "cffi"} <= wheels, sorted(wheels)
+    assert not list(tmp_path.glob("*.tar.gz")) and not list(tmp_path.glob("*.zip"))

@@ -7,6 +7,8 @@ stand-in on 127.0.0.1.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 
 from agent import config
 from agent.daemon import open_gate
+from agent.errors import ConfigError
+from agent.issuer import Issuer
 from agent.model import Flag
 from agent.revocation import ListState, RevocationStore, secret_key
 from agent.status import StatusServer
@@ -133,4 +137,71 @@ async def test_pretix_offline_is_named_and_flags_admissions(write_config: WriteC
     assert "pretix offline" in down["health"]["reasons"]
     assert not ready and "pretix offline" in reasons
     assert not [r for r in reasons + down["health"]["reasons"] if "hub" in r]
-    assert [(r.kind, r.offline) for r in rows] == [("entry", False), ("entry", True)]
+    assert first.record is not None and second.record is not None
+    assert (first.record.offline, second.record.offline) == (False, True)  # as journalled
+    assert second.record.entry_id in [r.entry_id for r in rows]  # still waiting for pretix
+
+
+PRETIX_ONLY = """\
+[gate]
+id = "gate-p"
+events = [1]
+state_dir = "state"
+
+[clock]
+assume = "synced"
+
+[devices]
+scanner = "sim://queue"
+gate = "sim://gate?passage_ms=1"
+
+[status]
+listen = ""
+"""
+
+
+async def test_pretix_only_gate_needs_no_trust_section(tmp_path: Path, iss: Issuer) -> None:
+    """No [trust], no keys: the event's keys come from pretix; a TK1 ticket is unknown_key."""
+    tk1_text = iss.ticket(event=1, zones=[1])  # a good ticket, for a gate that trusts its key
+    async with PretixServer() as server:
+        (tmp_path / "gate").mkdir()  # beside no keys directory
+        path = tmp_path / "gate" / "gate.toml"
+        path.write_text(PRETIX_ONLY + pretix_section(server.url))
+        conf = config.load(path)
+        assert conf.trust is None and [p.name for p in path.parent.iterdir()] == ["gate.toml"]
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            assert gate.checker.trust.bundle is not None  # pretix's event keys
+            valid = await gate.lane.present(Scan(CASES["valid_standard_1"]["secret"], "s", 0))
+            revoked = await gate.lane.present(
+                Scan(CASES["revoked_after_regenerate"]["secret"], "s", 10**10)
+            )
+            assert await gate.upstream.sync_once()
+            tk1 = await gate.lane.present(Scan(tk1_text, "s", 2 * 10**10))
+    assert valid is not None and valid.decision.admitted, valid.decision
+    assert revoked is not None and revoked.decision.reason == "revoked"
+    assert tk1 is not None and tk1.decision.reason == "unknown_key"
+    assert len(server.state.redeem_calls()) == 1
+
+
+def test_gate_with_neither_trust_nor_pretix_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    path.write_text(PRETIX_ONLY)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: missing required section [trust]")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith(message), done.stderr
+
+
+def test_pretix_gate_without_trust_refuses_signed_list_files(tmp_path: Path) -> None:
+    path = tmp_path / "gate.toml"
+    extra = pretix_section("http://127.0.0.1:9") + '\n[revocation]\nfiles = ["rev.json"]\n'
+    path.write_text(PRETIX_ONLY + extra)
+    with pytest.raises(ConfigError, match=r"\[revocation\] files: signed lists need \[trust\]"):
+        config.load(path)
