@@ -7,7 +7,7 @@ which does constant work and never awaits. The loop is the lane's, and asyncio h
 5 ms to seconds (tests/bench/bench_status.py). So request handling is paced (:class:`Pacer`): at
 most ``REQUESTS_PER_S`` start each second after a short burst; the others wait parked on a timer,
 which costs the loop nothing, and are answered in turn. New connections are accepted at most
-``ACCEPTS_PER_S`` a second, a few per turn of the loop (a crowd waits in the kernel's queue).
+``ACCEPTS_PER_S`` a second, one at a time (a crowd waits in the kernel's listen queue).
 Everything else is bounded too, and refused with 503 and Retry-After (closing the connection, so
 a client that does not wait reconnects at the accept rate) beyond its bound, before it costs the
 loop more than the refusal: no more than ``REQUESTS_PARKED`` requests wait for a turn; no more
@@ -64,7 +64,7 @@ REQUESTS_PER_S = 100.0  # a Prometheus scrape, a few displays and curls need a h
 REQUEST_BURST = 20
 MAX_WAIT_S = 5.0  # a request that would wait longer gets 503 and Retry-After instead
 ACCEPTS_PER_S = 200.0  # new connections; a crowd of them waits in the kernel's listen queue
-ACCEPTS_PER_WAKE = 4
+ACCEPTS_PER_WAKE = 1  # no burst: a wave of connections is spread out, as measured
 LISTEN_BACKLOG = 512
 REQUESTS_PARKED = 256  # requests waiting for a turn at most; the next gets 503 at once
 MAX_STREAMS = 16  # default cap of /display/events streams (config [status] max_streams)
