@@ -211,7 +211,8 @@ async def _token(conf: cfg.Config, hub: cfg.HubLinkConfig, http: HubHTTP) -> lis
         pass  # the empty body was refused after the caller was accepted
     except HubAuthError as exc:
         text = str(exc)
-        if "certificate" in text:
+        # The hub's 403 says which it refused; newer clients also name the key (``check``).
+        if "cert" in getattr(exc, "check", "") or "certificate" in text:
             return [
                 Check("token", True, f"{source}: accepted for gate {gate}"),
                 Check(
