@@ -18,8 +18,9 @@ outbox, each job in its own task so a slow one never holds up another:
   its answers gives the clock offset.
 
 Faults back off (capped exponential, full jitter, Retry-After as a lower bound); a refusal that
-retrying cannot fix (401/403, 409, other 4xx) waits the full cap. The request layer and its
-errors are :mod:`sync.client_http`.
+retrying cannot fix (401/403, 409, other 4xx, a certificate) waits the full cap. A refused token
+or certificate is one ERROR line naming the config key to check, however many tasks meet it,
+until a request succeeds again. The request layer and its errors are :mod:`sync.client_http`.
 
 The bearer token is never logged, only its short hash.
 """
@@ -53,6 +54,7 @@ from sync.client_http import (
     HubGone,
     HubHTTP,
     HubRefused,
+    HubTLSError,
     HubUnavailable,
     Reply,
 )
@@ -132,7 +134,7 @@ class HubClient:
         self._version = _agent_version()
         self._http = HubHTTP(
             settings.url, settings.token, timeout_s=settings.timeout_s, tls=tls,
-            user_agent=f"gate-agent/{self._version}",
+            user_agent=f"gate-agent/{self._version}", gate_id=settings.gate_id,
         )  # fmt: skip
         self._base = self._http.base_url
         self._journal, self._revocations, self._trust = journal, revocations, trust
@@ -151,6 +153,7 @@ class HubClient:
         self._upload_state = "idle"
         self._conflicts: tuple[str, ...] = ()
         self._last_error: str | None = None
+        self._reported: set[str] = set()  # refused tokens/certificates already logged
 
     # -- public API ------------------------------------------------------------------------
 
@@ -344,6 +347,7 @@ class HubClient:
                 if failing:
                     log.info("hub %s: working again", name)
                 failing = False
+                self._reported.clear()
                 backoff.reset()
             if delay > 0 and await sleep_or_stop(delay, self._stop):
                 return
@@ -363,9 +367,18 @@ class HubClient:
                 log.error("hub refuses entries %s: another body under the same id; rows kept,"
                           " operator action needed", ", ".join(exc.entry_ids))  # fmt: skip
             return self._s.backoff_cap_s
-        if isinstance(exc, HubAuthError | HubRefused):
+        if isinstance(exc, HubAuthError | HubTLSError):
             if name == "upload":
-                self._upload_state = "unauthorized" if isinstance(exc, HubAuthError) else "refused"
+                self._upload_state = (
+                    "unauthorized" if isinstance(exc, HubAuthError) else "unavailable"
+                )
+            once = f"{type(exc).__name__}:{exc.check}"
+            log.log(logging.DEBUG if once in self._reported else logging.ERROR, "hub: %s", exc)
+            self._reported.add(once)
+            return self._s.backoff_cap_s
+        if isinstance(exc, HubRefused):
+            if name == "upload":
+                self._upload_state = "refused"
             log.log(logging.DEBUG if quiet else logging.ERROR, "hub %s: %s", name, exc)
             return self._s.backoff_cap_s
         if isinstance(exc, SignedDocumentError):  # a refused revocation list or trust bundle
@@ -442,10 +455,11 @@ class HubClient:
     # -- state -----------------------------------------------------------------------------
 
     def _hlc_ceiling_ms(self, page: FeedPage) -> int:
-        """How far a peer's HLC may move ours: the best time known (this gate's clock when it is
-        synchronised, else the hub's as of this answer) plus ``max_clock_ahead_s``, in Unix ms."""
+        """How far a peer's HLC may move ours: the best time known (the later of this gate's clock,
+        when it is synchronised, and the hub's as of this answer: never tighter than the hub's own
+        bound) plus ``max_clock_ahead_s``, in Unix ms."""
         reading = self._clock.reading()
-        best = reading.now if reading.synced else page.hub_time
+        best = max(reading.now, page.hub_time) if reading.synced else page.hub_time
         return int((best + self._s.max_clock_ahead_s) * 1000)
 
     def _note_hub_time(self, hub_time: float, sent: float) -> None:

@@ -6,10 +6,18 @@ from the class alone whether to back off, wait for an operator or fetch somethin
     HubError (AgentError, RuntimeError)
     ├── HubUnavailable     unreachable, timed out, 408/429/5xx, an oversize or malformed answer:
     │                      transient; ``retry_after`` is the hub's Retry-After
-    ├── HubAuthError       401/403: the token is refused, or not allowed for this gate
+    ├── HubAuthError       401/403: the token is refused, or not allowed for this gate, or the
+    │                      client certificate is not this gate's (``check`` names the key)
+    ├── HubTLSError        a certificate failed: the hub's is not trusted here (``[hub] ca``),
+    │                      or the hub dropped the handshake over this gate's (``[hub] cert``)
     ├── HubConflict        409: entry ids reused with another body (``entry_ids``)
     ├── HubGone            410: no longer kept (revocation deltas: fetch the snapshot)
     └── HubRefused         another 4xx: the request will not work as sent
+
+Messages of the last two end with ``check [hub] KEY``: the one config key an operator should look
+at. The hub never says why it refused a client certificate in a handshake (TLS 1.3 has sent the
+request by then; asyncio drops the alert), so when the hub hangs up on a gate with a client
+certificate, :func:`client_cert_problem` reads the certificate for what a hub refuses.
 
 The bearer token goes into the Authorization header here and nowhere else; logs and messages only
 ever carry :func:`sync.pretix_http.token_hash` of it.
@@ -21,11 +29,15 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDict
 
 from agent.errors import AgentError
@@ -34,6 +46,7 @@ from sync.http_body import BodyTooLarge, read_capped
 from sync.pretix_http import parse_retry_after
 
 _TRANSIENT = frozenset({408, 425, 429})
+_HOST_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 # An idle connection is dropped before the hub's header timeout (10 s by default) would close it
 # under us: a request on a connection the hub is closing fails and must be retried.
 IDLE_KEEPALIVE_S = 5.0
@@ -52,7 +65,20 @@ class HubUnavailable(HubError):
 
 
 class HubAuthError(HubError):
-    """401/403: the hub refuses this gate's token (or its client certificate)."""
+    """401/403: the hub refuses this gate's token (or its client certificate); ``check`` names
+    the config key to look at."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class HubTLSError(HubError):
+    """A certificate failed in TLS with the hub; ``check`` names the config key to look at."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
 
 
 class HubConflict(HubError):
@@ -80,13 +106,116 @@ class Reply:
     headers: Mapping[str, str]
 
 
+class GateTLS(ssl.SSLContext):
+    """The gate's client context; remembers its files so a refusal can be explained."""
+
+    ca_path: Path | None = None
+    cert_path: Path | None = None
+    cert_cn: str | None = None  # the subject CN of the client certificate: the gate it is for
+
+
 def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
     """A client TLS context: verifies the hub with ``ca`` (else the system's CAs) and presents
-    ``cert``/``key`` for mTLS when given. Raises OSError or ssl.SSLError for unusable files."""
-    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    ``cert``/``key`` for mTLS when given. Raises ssl.SSLError naming the key of an unusable file."""
+    context = GateTLS(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+    context.ca_path, context.cert_path = ca, cert
+    try:
+        if ca is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.load_verify_locations(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ssl.SSLError(f"[hub] ca {ca}: not a readable PEM CA certificate ({exc})") from exc
     if cert is not None:
-        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        try:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            what = "does not belong to" if "KEY_VALUES_MISMATCH" in str(exc) else "or"
+            raise ssl.SSLError(
+                f"[hub] key {key} {what} [hub] cert {cert}: unusable ({exc})"
+            ) from exc
+        context.cert_cn = _subject_cn(cert)
     return context
+
+
+def _subject_cn(path: Path) -> str | None:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (OSError, ValueError):
+        return None
+    return str(cns[0].value) if len(cns) == 1 else None
+
+
+def client_cert_problem(tls: ssl.SSLContext | None, now: float) -> str | None:
+    """Why a hub would refuse the client certificate of ``tls`` (a :class:`GateTLS`): expired,
+    not yet valid, not made for a client, not from the CA in ``[hub] ca``; None when none of
+    these or there is no certificate. Reads the files; never raises."""
+    if not isinstance(tls, GateTLS) or tls.cert_path is None:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(tls.cert_path.read_bytes())
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "has no extendedKeyUsage clientAuth"
+    except (OSError, ValueError) as exc:
+        return f"cannot be read ({exc})"
+    when = datetime.fromtimestamp(now, UTC)
+    if cert.not_valid_after_utc < when:
+        return f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if cert.not_valid_before_utc > when:
+        return f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage or ExtendedKeyUsageOID.SERVER_AUTH in usage:
+        return "is not a client certificate (extendedKeyUsage must be clientAuth only)"
+    if tls.ca_path is not None and not _issued_by_any(cert, tls.ca_path):
+        return "is not from the CA in [hub] ca (the hub takes those of its [tls] client_ca)"
+    return None
+
+
+def _issued_by_any(cert: x509.Certificate, ca_path: Path) -> bool:
+    try:
+        cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except (OSError, ValueError):
+        return True  # nothing to compare with: not the reason to name
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def _tls_fault(exc: BaseException, tls: ssl.SSLContext | None) -> HubTLSError | None:
+    """A HubTLSError for a failure that a certificate explains, else None."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        code = getattr(error, "verify_code", None)
+        why = getattr(error, "verify_message", None) or str(error)
+        if code in _HOST_MISMATCH:
+            return HubTLSError(
+                f"the hub's certificate is not for this host ({why}): check [hub] url"
+                " against its subjectAltName, and [hub] ca", "url"
+            )  # fmt: skip
+        return HubTLSError(f"the hub's certificate is not trusted ({why}): check [hub] ca", "ca")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        reason = str(getattr(exc.os_error, "reason", None) or exc)
+        if "WRONG_VERSION_NUMBER" in reason:
+            return HubTLSError(f"the hub does not answer TLS ({reason}): check [hub] url", "url")
+        if "ALERT" in reason.upper():
+            return HubTLSError(
+                f"the hub refused this gate's client certificate ({reason}): check [hub] cert",
+                "cert",
+            )
+        return HubTLSError(f"TLS with the hub failed ({reason}): check [hub] ca", "ca")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        problem = client_cert_problem(tls, time.time())
+        if problem is not None:
+            return HubTLSError(
+                f"the hub hung up in TLS: this gate's client certificate {problem}:"
+                " check [hub] cert", "cert"
+            )  # fmt: skip
+    return None
 
 
 class HubHTTP:
@@ -101,14 +230,19 @@ class HubHTTP:
         timeout_s: float,
         user_agent: str,
         tls: ssl.SSLContext | None = None,
+        gate_id: str | None = None,
     ) -> None:
-        """Raises ValueError for a URL that is not http(s)://host[:port][/prefix]."""
+        """Raises ValueError for a URL that is not http(s)://host[:port][/prefix].
+
+        ``gate_id`` (this gate) tells a refused token from a refused client certificate when
+        the certificate is this gate's own and the token another gate's."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
             raise ValueError("hub URL must be http(s)://host[:port][/prefix]")
         self.base_url = base_url.rstrip("/")
         self._token, self._timeout_s, self._tls = token, timeout_s, tls
         self._user_agent = user_agent
+        self._gate_id = gate_id
         self._session: aiohttp.ClientSession | None = None
         self.last_ok: float | None = None
         self.last_down: float | None = None
@@ -139,6 +273,9 @@ class HubHTTP:
                 status, resp_headers = resp.status, CIMultiDict(resp.headers)  # any case
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.last_down = time.monotonic()
+            tls = _tls_fault(exc, self._tls) if self._tls is not None else None
+            if tls is not None:
+                raise HubTLSError(f"{what}: {tls}", tls.check) from exc
             raise HubUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         except HubUnavailable:
             self.last_down = time.monotonic()
@@ -177,13 +314,28 @@ class HubHTTP:
             return HubUnavailable(
                 message, parse_retry_after(headers.get("Retry-After"), time.time())
             )
-        if status in (401, 403):
-            return HubAuthError(message)
+        if status == 401:
+            return HubAuthError(f"{message}: the hub refused this gate's token: check [hub]"
+                                " token_file (or token)", "token")  # fmt: skip
+        if status == 403 and error is not None and self._cert_refused(error):
+            return HubAuthError(f"{message}: the hub refused this gate's client certificate:"
+                                " check [hub] cert and key", "cert")  # fmt: skip
+        if status == 403:
+            return HubAuthError(f"{message}: the hub refused this gate's token: check [hub]"
+                                " token_file (or token) and [gate] id", "token")  # fmt: skip
         if status == 409:
             return HubConflict(message, error.conflicts if error is not None else ())
         if status == 410:
             return HubGone(message)
         return HubRefused(message)
+
+    def _cert_refused(self, error: protocol.ErrorBody) -> bool:
+        """The hub's 403 for a missing or foreign client certificate (older hubs: by its text),
+        unless the certificate is this gate's own: then the token is another gate's."""
+        if error.error != "client_certificate" and "client certificate" not in error.message:
+            return False
+        cn = self._tls.cert_cn if isinstance(self._tls, GateTLS) else None
+        return cn is None or cn != self._gate_id
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -11,7 +11,11 @@ Rules every handler follows:
   the path, a console token on a gate endpoint: 403. With ``[tls] client_ca``, a gate token must
   also come with a client certificate of its gate (``hub_config.client_cert_gate``: exactly one
   subject CN, the gate id; an extended key usage that names clientAuth and not serverAuth; not a
-  CA), so a server certificate of the same CA is never a gate's. Nothing is stored on 401/403.
+  CA), so a server certificate of the same CA is never a gate's; that 403 has the error code
+  ``client_certificate`` and says why, so the gate can tell it from a refused token. Nothing is
+  stored on 401/403.
+- What the log says besides requests (TLS refusals with the reason, gates connecting and going
+  quiet, revocation lists issued, alerts raised) is :mod:`sync.hub_watch`.
 - Every error answer is an :class:`sync.protocol.ErrorBody`; bad bodies and parameters are 400
   naming the field (oversize too: ``too_large``); unexpected faults are 500 without internals,
   logged; a failing database is 503 with Retry-After. Tokens are only ever logged as a short hash.
@@ -49,6 +53,7 @@ from sync.hub_admin import (
 )
 from sync.hub_config import HubConfig, client_cert_gate, ssl_context
 from sync.hub_store import ConflictError, HubStore, HubStoreError, RefusedError, TokenInfo
+from sync.hub_watch import Presence, watch
 from sync.pretix_http import token_hash
 from sync.protocol import (
     MAX_BODY_BYTES,
@@ -126,6 +131,7 @@ class Hub:
     console: dict[str, bytes]
     clock: Callable[[], float] = time.time
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    presence: Presence = field(default_factory=lambda: Presence(30.0))
 
     @property
     def mtls(self) -> bool:
@@ -230,6 +236,11 @@ def _peer_gate(request: web.Request) -> tuple[str | None, str]:
     return client_cert_gate(der)
 
 
+def _peer_host(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
 # --- auth ----------------------------------------------------------------------------------------
 
 
@@ -263,8 +274,12 @@ async def _gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Toke
         cn, why = _peer_gate(request)
         if cn != info.gate_id:
             why = why if cn is None else f"client certificate of {cn!r}"
-            log.warning("gate %s: %s refused", info.gate_id, why)
-            raise HttpError(403, "a client certificate for this gate is required")
+            log.warning("gate %s: %s refused (from %s)", info.gate_id, why, _peer_host(request))
+            raise HttpError(
+                403, f"a client certificate for this gate is required ({why})",
+                error="client_certificate",
+            )  # fmt: skip
+    hub.presence.request(info.gate_id, _peer_host(request))
     return info
 
 
@@ -392,6 +407,7 @@ async def heartbeat(request: web.Request) -> web.Response:
         raise HttpError(403, "gate_id: the heartbeat is for another gate than the path")
     now = hub.clock()
     await hub.store.heartbeat(hb, now)
+    hub.presence.heartbeat(gate)
     return _json(HeartbeatAck(now))
 
 
@@ -484,12 +500,14 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     """
     list_key = load_list_key(config)
     snapshots = SnapshotCache(store, list_key, config.hub.list_validity_s)
-    hub = Hub(config, store, snapshots, TrustFile(config), _console_assets())
+    presence = Presence(config.hub.gate_offline_after_s)
+    hub = Hub(config, store, snapshots, TrustFile(config), _console_assets(), presence=presence)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[HUB] = hub
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_stop)
     app.cleanup_ctx.append(functools.partial(_list_refresher, list_key=list_key))
+    app.cleanup_ctx.append(_watcher)
     app.router.add_post("/v1/gates/{gate}/entries:batch", upload)
     app.router.add_post("/v1/gates/{gate}/heartbeat", heartbeat)
     app.router.add_get("/v1/venues/{venue}/entries", feed)
@@ -508,6 +526,16 @@ async def _list_refresher(app: web.Application, list_key: keys.PrivateKey) -> As
     """Keep the gates' lists fresh: an empty delta when no revocation came for a while."""
     hub = app[HUB]
     task = asyncio.create_task(_refresh_lists(hub, list_key))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _watcher(app: web.Application) -> AsyncIterator[None]:
+    """Log gates going quiet, revocation lists issued and alerts raised (sync.hub_watch)."""
+    hub = app[HUB]
+    task = asyncio.create_task(watch(hub.store, hub.presence))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,9 @@ in front of each of aiohttp's connection handlers:
   reaches the application (so a long-polled feed request is never cut) and starts again when
   the request's task (handler and writing the response) is done. With TLS the handshake has the
   same bound (``ssl_handshake_timeout``); a connection counts once its handshake is done.
+- With TLS the guard runs the handshake itself (``loop.start_tls``), so a refused one is logged
+  with its reason and the client's address (:class:`sync.hub_watch.HandshakeLog`): asyncio's
+  own TLS server drops those silently.
 
 Request bodies are bounded separately (``body_timeout_s`` in ``sync.hub._body``); after such a
 timeout aiohttp discards what is left of a body for at most :data:`LINGER_S` and then closes.
@@ -38,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from sync import protocol
+from sync.hub_watch import HandshakeLog
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +148,14 @@ class _Refusals:
 class _Connections:
     """The open connections of one site, by client address, and the guards' factory."""
 
-    def __init__(self, limits: Limits, server: web.Server) -> None:
+    def __init__(
+        self, limits: Limits, server: web.Server, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.limits = limits
         self.server = server
+        self.tls = tls
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.refused_tls = HandshakeLog()
         self.total = 0
         self.per_client: Counter[str] = Counter()
         self.by_handler: dict[RequestHandler, _Guard] = {}
@@ -196,11 +205,40 @@ class _Guard(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._busy = False
         self._lingering = False
+        self._early: list[bytes] | None = None  # TLS data that came with the handshake's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if self._conns.tls is None:
+            self._open(transport)
+            return
+        transport.pause_reading()  # start_tls takes over the stream from its first byte
+        self._early = []
+        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        self._conns.handshakes.add(task)
+        task.add_done_callback(self._conns.handshakes.discard)
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        """TLS on ``raw``, then the connection as without TLS; a failure is logged and closed."""
+        assert self._conns.tls is not None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw, self, self._conns.tls, server_side=True,
+                ssl_handshake_timeout=self._conns.limits.header_timeout_s,
+            )  # fmt: skip
+        except OSError as exc:  # ssl.SSLError, resets, the handshake timeout
+            self._conns.refused_tls.refused(self._host, exc)
+            raw.close()
+            return
+        if tls is None:
+            raw.close()
+            return
+        self._open(tls)
+
+    def _open(self, transport: asyncio.Transport) -> None:
+        early, self._early = self._early or [], None
         refused = self._conns.admit(self._host)
         if refused is not None:
             self._refuse(transport, refused)
@@ -210,6 +248,11 @@ class _Guard(asyncio.Protocol):
         self._conns.by_handler[inner] = self
         self._arm()
         inner.connection_made(transport)
+        for data in early:  # asyncio reads on as the handshake ends, before _handshake resumes
+            if data:
+                inner.data_received(data)
+            else:
+                inner.eof_received()
 
     def _refuse(self, transport: asyncio.Transport, why: str) -> None:
         """Answer 503. Closing with the client's request unread would send a reset, which can
@@ -229,10 +272,14 @@ class _Guard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._early is not None:
+            self._early.append(data)
 
     def eof_received(self) -> None:
         if self._inner is not None:
             self._inner.eof_received()
+        elif self._early is not None:
+            self._early.append(b"")
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -315,17 +362,14 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._conns = conns = _Connections(self._limits, server)
+        self._conns = conns = _Connections(self._limits, server, self._ssl_context)
         self._server = await asyncio.get_running_loop().create_server(
-            conns.protocol,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_handshake_timeout=self._limits.header_timeout_s if self._ssl_context else None,
+            conns.protocol, self._host, self._port, backlog=self._backlog
         )
 
     async def stop(self) -> None:
         if self._conns is not None:
             self._conns.refusals.cancel()
+            for task in self._conns.handshakes:
+                task.cancel()
         await super().stop()

@@ -1,0 +1,282 @@
+"""TLS says what is wrong: a real hub with mTLS and real gate processes with one certificate fault
+each. The gate logs one ERROR line naming the config key to check (however many of its tasks
+meet the fault), the hub logs why it refused. And the hub's log tells gates connecting and going
+quiet, revocation lists issued and alerts raised (short ticket ids only)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.clock import Clock
+from agent.issuer import Issuer
+from agent.journal import Journal
+from tests.hubgate import write_gate
+from tests.hubproc import (
+    ROOT,
+    Api,
+    Gate,
+    HubProcess,
+    HubSetup,
+    TlsFiles,
+    add_token,
+    hub_cli,
+    make_tls,
+    write_hub_config,
+)
+
+DEADLINE_S = 30.0
+GATE_ERROR = " ERROR sync.client: hub: "
+
+
+def _expired_cert(tls: TlsFiles, cn: str) -> tuple[Path, Path]:
+    """A gate client certificate from the hub's CA that expired yesterday."""
+    ca_cert = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(tls.ca.with_suffix(".key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now - timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    path = tls.ca.parent / "expired.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path, path.with_suffix(".key")
+
+
+@dataclass(frozen=True)
+class Venue:
+    setup: HubSetup
+    tls: TlsFiles
+    other: TlsFiles  # another CA with its own server and gate-a certificates
+    tokens: dict[str, str]
+
+
+@pytest.fixture
+def venue(tmp_path: Path, keys_dir: Path) -> Venue:
+    tls = make_tls(tmp_path / "tls", client_cns=("gate-a", "gate-b"))
+    other = make_tls(tmp_path / "other-ca", client_cns=("gate-a",))
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, tls=tls)
+    tokens = {g: add_token(setup, gate_id=g, name=g.upper()) for g in ("gate-a", "gate-b")}
+    return Venue(setup, tls, other, tokens)
+
+
+def _case(venue: Venue, case: str) -> tuple[Path, Path, Path, str]:
+    """(ca, cert, key, token) of gate-a for ``case``."""
+    own = venue.tls.ca.parent
+    ca, cert, key = venue.tls.ca, own / "gate-a.crt", own / "gate-a.key"
+    token = venue.tokens["gate-a"]
+    if case == "wrong hub CA":
+        ca = venue.other.ca
+    elif case == "client certificate from another CA":
+        cert, key = venue.other.ca.parent / "gate-a.crt", venue.other.ca.parent / "gate-a.key"
+    elif case == "expired client certificate":
+        cert, key = _expired_cert(venue.tls, "gate-a")
+    elif case == "certificate of another gate":
+        cert, key = own / "gate-b.crt", own / "gate-b.key"
+    elif case == "token of another gate":
+        token = venue.tokens["gate-b"]
+    return ca, cert, key, token
+
+
+@pytest.fixture
+def gate_process(tmp_path: Path, keys_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+
+
+# (case, the gate's line names, its words, the hub's log says)
+CASES = [
+    (
+        "wrong hub CA",
+        "check [hub] ca",
+        "the hub's certificate is not trusted",
+        "TLS handshake from 127.0.0.1 refused: the client ended the handshake",
+    ),
+    (
+        "client certificate from another CA",
+        "check [hub] cert",
+        "client certificate is not from the CA in [hub] ca",
+        "TLS handshake from 127.0.0.1 refused: client certificate is not from this hub's"
+        " [tls] client_ca",
+    ),
+    (
+        "expired client certificate",
+        "check [hub] cert",
+        "client certificate expired on",
+        "TLS handshake from 127.0.0.1 refused: client certificate expired",
+    ),
+    (
+        "certificate of another gate",
+        "check [hub] cert and key",
+        "the hub refused this gate's client certificate",
+        "gate gate-a: client certificate of 'gate-b' refused (from 127.0.0.1)",
+    ),
+    (
+        "token of another gate",
+        "check [hub] token_file (or token) and [gate] id",
+        "the hub refused this gate's token",
+        "token of gate gate-b refused for gate gate-a",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "check", "words", "hub_says"), CASES, ids=[c[0] for c in CASES])
+def test_a_certificate_fault_is_one_line_naming_the_key(
+    case: str,
+    check: str,
+    words: str,
+    hub_says: str,
+    venue: Venue,
+    keys_dir: Path,
+    tmp_path: Path,
+    gate_process: list[subprocess.Popen[bytes]],
+) -> None:
+    ca, cert, key, token = _case(venue, case)
+    gate_dir = tmp_path / "gate-a"
+    gate_dir.mkdir()
+    (gate_dir / "none.txt").write_text("")
+    hub = f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\nretry_max_s = 0.5\n'
+    conf = write_gate(gate_dir, keys_dir, gate_id="gate-a", name="GATE-A", url=venue.setup.url,
+                      token=token, hub_extra=hub, extra='\n[log]\nlevel = "DEBUG"\n',
+                      scanner="sim://file?path=none.txt&end=wait")  # fmt: skip
+    log_path = gate_dir / "gate.log"
+    with HubProcess(venue.setup) as hub_proc, log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+        )  # fmt: skip
+        gate_process.append(proc)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:  # the fault logged, and met again by the gate's tasks at least 4 more times
+            text = log_path.read_text(errors="replace")
+            repeats = text.count(" DEBUG sync.client: hub: ")
+            if repeats >= 4 and hub_says in hub_proc.log_tail(20_000):
+                break
+            assert proc.poll() is None, f"the gate exited:\n{text[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"gate log:\n{text[-3000:]}\nhub log:\n{hub_proc.log_tail()}"
+            )
+            time.sleep(0.05)
+    errors = [line for line in text.splitlines() if GATE_ERROR in line]
+    assert len(errors) == 1, "\n".join(errors)
+    assert words in errors[0] and errors[0].endswith(check), errors[0]
+    assert "Traceback" not in text and "Traceback" not in hub_proc.log_tail(20_000)
+    assert token not in text and token not in hub_proc.log_tail(20_000)
+
+
+def test_the_right_certificate_is_taken(
+    venue: Venue, keys_dir: Path, tmp_path: Path, gate_process: list[subprocess.Popen[bytes]]
+) -> None:
+    """The control for the cases above: gate-a's own files work, nothing is refused."""
+    ca, cert, key, token = _case(venue, "gate-a's own")
+    gate_dir = tmp_path / "gate-a"
+    gate_dir.mkdir()
+    (gate_dir / "none.txt").write_text("")
+    hub = f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+    conf = write_gate(gate_dir, keys_dir, gate_id="gate-a", name="GATE-A", url=venue.setup.url,
+                      token=token, hub_extra=hub, scanner="sim://file?path=none.txt&end=wait")  # fmt: skip
+    log_path = gate_dir / "gate.log"
+    with HubProcess(venue.setup) as hub_proc, log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+        )  # fmt: skip
+        gate_process.append(proc)
+        deadline = time.monotonic() + DEADLINE_S
+        while "gate gate-a connected from 127.0.0.1" not in hub_proc.log_tail(20_000):
+            assert proc.poll() is None and time.monotonic() < deadline, hub_proc.log_tail()
+            time.sleep(0.05)
+        hub_log = hub_proc.log_tail(20_000)
+    assert "refused" not in hub_log, hub_log
+    assert GATE_ERROR not in log_path.read_text(errors="replace")
+
+
+async def _until_in(proc: HubProcess, text: str) -> str:
+    deadline = time.monotonic() + DEADLINE_S
+    while text not in (log := proc.log_tail(50_000)):
+        assert time.monotonic() < deadline, f"{text!r} not in the hub's log:\n{log[-3000:]}"
+        await asyncio.sleep(0.05)
+    return log
+
+
+async def test_hub_logs_gates_revocations_and_alerts(
+    tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra="gate_offline_after_s = 1\n")
+    gates = []
+    for gate_id, name in (("gate-a", "Gate A"), ("gate-b", "Gate B")):
+        token = add_token(setup, gate_id=gate_id, name=name)
+        journal = await Journal.open(
+            tmp_path / f"{gate_id}.db", gate_id=gate_id, gate_name=name,
+            clock=Clock(assume="synced"),
+        )  # fmt: skip
+        gates.append(Gate(gate_id, name, token, journal))
+    ticket = iss.ticket(event=1, zones=[1])
+    try:
+        with HubProcess(setup) as proc:
+            async with aiohttp.ClientSession() as session:
+                api = Api(session, setup.url)
+                a = gates[0]
+                beat = await api.post("/v1/gates/gate-a/heartbeat", a.heartbeat(), a.token)
+                assert beat.status == 200
+                await _until_in(proc, "gate gate-a connected from 127.0.0.1")
+                await _until_in(proc, "gate gate-a quiet: no heartbeat for")
+
+                done = await asyncio.to_thread(hub_cli, setup, "revoke", ticket)
+                assert done.returncode == 0, done.stderr
+                await _until_in(proc, "issued: 1 revoked, 0 unrevoked, 0 blocked, 0 unblocked")
+
+                ref = "T-double-admission"  # the same admission right at both gates
+                for gate in gates:
+                    reply = await gate.upload(api, await gate.row(ref))
+                    assert reply.status == 200, reply.body
+                log = await _until_in(proc, "alert double_admission: ticket ")
+    finally:
+        for gate in gates:
+            await gate.journal.close()
+    line = next(x for x in log.splitlines() if "alert double_admission" in x)
+    assert line.endswith("gates Gate A, Gate B") or line.endswith("gates Gate B, Gate A"), line
+    assert ref not in log and ticket not in log
+    assert all(gate.token not in log for gate in gates)
