@@ -231,14 +231,16 @@ def _load_floor(path: Path) -> float:
 
 
 HLC_MAX_AHEAD_S = 300.0  # default bound of a peer's HLC (and a row's time) past the best time known
+# 2200-01-01: no clock reads a time past this; an HLC beyond it was pushed there by a bogus row.
+PLAUSIBLE_HLC_MS = 7_258_118_400_000
 
 
-def bounded_hlc(hlc: int, wall_time: float, max_ahead_s: float = HLC_MAX_AHEAD_S) -> int:
-    """``hlc``, or when its physical part lies more than ``max_ahead_s`` past ``wall_time`` (an HLC
-    that a bogus peer row pushed far ahead), the HLC of ``wall_time`` itself."""
-    wall_ms = int(wall_time * 1000)
-    if HLC.physical_ms(hlc) > wall_ms + int(max_ahead_s * 1000):
-        return max(0, wall_ms) << _HLC_LOGICAL_BITS
+def plausible_hlc(hlc: int, wall_time: float) -> int:
+    """``hlc``, or, when no clock could have produced it (past :data:`PLAUSIBLE_HLC_MS`: a bogus
+    peer row followed before HLCs were bounded), the HLC of the row's ``wall_time``. Honest values
+    pass unchanged, also those of a gate whose clock is behind (its HLC follows its peers)."""
+    if HLC.physical_ms(hlc) > PLAUSIBLE_HLC_MS:
+        return max(0, int(wall_time * 1000)) << _HLC_LOGICAL_BITS
     return hlc
 
 

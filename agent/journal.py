@@ -26,7 +26,7 @@ from typing import Any, Literal, cast, get_args
 
 import aiosqlite
 
-from agent.clock import HLC, HLC_MAX_AHEAD_S, Clock, boot_id, uuid7
+from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS, Clock, boot_id, uuid7
 from agent.errors import JournalError
 from agent.model import Decision, Flag, Reason, Verdict, shared_ref
 from agent.seen import SeenRefs
@@ -351,8 +351,9 @@ class Journal:
         500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
         the hub) are skipped, malformed ones too, with a warning. A pretix secret is stored as its
         digest (:func:`agent.model.shared_ref`). A row whose HLC lies past ``hlc_ceiling_ms`` (the
-        best time this gate knows plus the allowed lead, Unix ms) is stored, but does not move
-        this gate's HLC: one bogus row cannot push every later row of the venue out of range.
+        best time this gate knows plus the allowed lead, Unix ms; by default this gate's clock plus
+        HLC_MAX_AHEAD_S) is stored, but does not move this gate's HLC: one bogus row cannot push
+        every later row of the venue out of range.
         Raises JournalError.
         """
         batch = [
@@ -376,9 +377,11 @@ class Journal:
                 raise self._error("cannot store peer entries", exc) from exc
             inserted += cursor.rowcount
         wall_ms = int(received_at * 1000)
+        if hlc_ceiling_ms is None:
+            hlc_ceiling_ms = wall_ms + int(HLC_MAX_AHEAD_S * 1000)
         ahead = 0
         for entry in batch:
-            if hlc_ceiling_ms is not None and HLC.physical_ms(entry.hlc) > hlc_ceiling_ms:
+            if HLC.physical_ms(entry.hlc) > hlc_ceiling_ms:
                 ahead += 1
                 continue
             self._hlc.observe(entry.hlc, wall_ms)
@@ -539,9 +542,10 @@ class Journal:
     async def _recover(self) -> None:
         """Restore the counter, the HLC and the clock floor from the stored rows.
 
-        HLC values further than HLC_MAX_AHEAD_S past the latest time the journal or the clock
-        knows (a bogus peer row followed before HLCs were bounded) are not restored: the gate's
-        HLC starts from the honest rows, so its rows are accepted by peers again.
+        HLC values a bogus peer row pushed ahead before HLCs were bounded are not restored, so the
+        gate's rows are accepted by peers again: with a synchronised clock, those more than
+        HLC_MAX_AHEAD_S past the latest time the clock or the journal knows; without one (its
+        clock may be behind its honest peers'), only those no clock could produce.
         """
         last_seq, last_wall, last_synced_wall = await self._one(
             "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
@@ -549,8 +553,9 @@ class Journal:
             "  IFNULL((SELECT MAX(received_at) FROM peer_entries), 0))),"
             " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
         )
-        best = max(self._clock.now(), float(last_wall))
-        ceiling = int((best + HLC_MAX_AHEAD_S) * 1000 + 1) << 16
+        reading = self._clock.reading()
+        best_ms = int((max(reading.now, float(last_wall)) + HLC_MAX_AHEAD_S) * 1000)
+        ceiling = (best_ms if reading.synced else PLAUSIBLE_HLC_MS) + 1 << 16
         (hlc,) = await self._one(
             "SELECT MAX(IFNULL((SELECT MAX(hlc) FROM entries WHERE hlc < ?1), 0),"
             " IFNULL((SELECT MAX(hlc) FROM peer_entries WHERE hlc < ?1), 0),"

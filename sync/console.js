@@ -22,6 +22,8 @@
   let alertCursor = null; // newest alert_id seen: follow from here; null until the first page
   let olderCursor = null; // oldest alert_id loaded: "older" pages come from below it
   let moreOlder = false;
+  let pagedBack = false; // the user asked for older pages: keep them, whatever the count
+  let polls = 0;
   let alertsChanged = false;
 
   function takeToken() {
@@ -109,6 +111,10 @@
       moreOlder = page.alerts.length === PAGE;
       return;
     }
+    if (++polls % 10 === 0) {
+      // an alert storm's count grows in place: re-read the newest page now and then
+      keep((await api("/v1/alerts?limit=" + PAGE)).alerts);
+    }
     for (let round = 0; round < 10; round++) {
       const page = await api("/v1/alerts?after=" + alertCursor + "&limit=" + PAGE);
       keep(page.alerts);
@@ -123,6 +129,7 @@
     keep(page.alerts);
     olderCursor = page.next;
     moreOlder = page.alerts.length === PAGE;
+    pagedBack = true;
     alertsChanged = true;
     renderAlerts();
   }
@@ -154,8 +161,8 @@
     if (!alertsChanged) return;
     alertsChanged = false;
     const sorted = [...alerts.values()].sort((a, b) => b.alert_id - a.alert_id);
-    const newest = sorted.slice(0, MAX_SHOWN);
-    if (sorted.length > MAX_SHOWN) {
+    const newest = pagedBack ? sorted : sorted.slice(0, MAX_SHOWN);
+    if (newest.length < sorted.length) {
       // keep memory bounded: drop what is not shown; "older" pages bring it back
       for (const alert of sorted.slice(MAX_SHOWN)) alerts.delete(alert.alert_id);
       olderCursor = newest[newest.length - 1].alert_id;

@@ -269,13 +269,14 @@ def _refusals(
     gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
 ) -> list[tuple[str, str, NewAlert]]:
     """(field, why, integrity alert) for each new row the gate has no right to write."""
-    batch = {e.entry_id: (e.gate_id, e.ticket_ref) for e in entries}
+    earlier: dict[str, tuple[str, str]] = {}  # rows before this one in the batch
     name = _Names(known.gate_names)(gate_id)
     out = []
     for i, e in enumerate(entries):
+        target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
+        earlier[e.entry_id] = (e.gate_id, e.ticket_ref)
         if e.entry_id in known.stored:
             continue
-        target = None if e.annuls is None else known.targets.get(e.annuls) or batch.get(e.annuls)
         refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
         if refused is not None:
             key, why = refused

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from agent.clock import bounded_hlc
+from agent.clock import plausible_hlc
 from agent.errors import AgentError
 from agent.journal import KINDS, EntryRecord, Kind, PeerEntry
 from agent.model import SECRET_REF_PREFIX, Flag, Reason, Verdict, shared_ref
@@ -229,9 +229,8 @@ class EntryWire:
         """The row as uploaded. ``detail`` is for people only: cut to MAX_DETAIL characters, and
         control characters become "?", so one long or odd text never blocks the outbox (the same
         row always gives the same body). A pretix secret travels as its digest
-        (:func:`agent.model.shared_ref`), and an HLC that a bogus peer pushed far past the row's
-        wall time (a journal from before HLCs were bounded) as that wall time's, so the hub takes
-        the row."""
+        (:func:`agent.model.shared_ref`), and an HLC no clock could have produced (a journal from
+        before HLCs were bounded) as that of the row's wall time, so the hub takes the row."""
         detail = "".join(c if c.isprintable() else "?" for c in rec.detail[:MAX_DETAIL])
         return cls(
             gate_seq=rec.gate_seq, entry_id=rec.entry_id, gate_id=rec.gate_id, lane=rec.lane,
@@ -240,7 +239,7 @@ class EntryWire:
             detail=detail, flags=tuple(sorted(f.value for f in rec.flags)),
             annuls=rec.annuls, zone=rec.zone, wall_time=rec.wall_time,
             clock_synced=rec.clock_synced, mono_ns=rec.mono_ns, boot_id=rec.boot_id,
-            hlc=bounded_hlc(rec.hlc, rec.wall_time), rev_version=rec.rev_version,
+            hlc=plausible_hlc(rec.hlc, rec.wall_time), rev_version=rec.rev_version,
             offline=rec.offline,
         )  # fmt: skip
 

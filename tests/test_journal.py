@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from agent import journal as journal_module
-from agent.clock import HLC, Clock, uuid7
+from agent.clock import HLC, Clock, plausible_hlc, uuid7
 from agent.errors import JournalError
 from agent.journal import EntryRecord, Journal, PeerEntry, read_history
 from agent.model import Decision, Flag, Reason, Verdict
+from sync.protocol import EntryWire
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 ADMIT_STALE = Decision(Verdict.ADMIT, Reason.OK, flags=frozenset({Flag.OFFLINE, Flag.LIST_STALE}))
@@ -327,6 +328,35 @@ async def test_hlc_and_clock_floor_continue_across_reopen(path: Path, wall: Fake
         rec = await admit(j, "tk1:aa")
     assert rec.hlc > last.hlc + 1_000
     assert rec.wall_time == T0 and rec.clock_synced is False
+
+
+async def test_a_gate_behind_its_peers_keeps_their_order_across_reopen(
+    path: Path, wall: FakeWall
+) -> None:
+    # No NTP, the clock an hour behind; the hub's time let the gate follow its peers' HLCs.
+    wall.t = T0 - 3600
+    clock = Clock(assume="unsynced", wall=wall)
+    remote = int(T0 * 1000) << 16
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+        ceiling = int((T0 + 300) * 1000)  # the hub's time + the bound, as the sync client says
+        await j.add_peer_entries([peer("tk1:aa", remote)], hlc_ceiling_ms=ceiling)
+        before = await admit(j, "tk1:bb")
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+        after = await admit(j, "tk1:cc")
+    assert remote < before.hlc < after.hlc  # what it knew stays before what it records
+    assert EntryWire.from_record(after).hlc == after.hlc  # and travels as it is
+
+
+async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(
+    journal: Journal, wall: FakeWall
+) -> None:
+    bogus = (1 << 62) - 1
+    await journal.add_peer_entries([peer("tk1:aa", bogus), peer("tk1:bb", int(T0 * 1000) << 16)])
+    rec = await admit(journal, "tk1:cc")
+    assert HLC.physical_ms(rec.hlc) <= int(T0 * 1000) + 1  # the honest peer only
+    assert [h.peer for h in await journal.history("tk1:aa")] == [True]  # still counts
+    assert plausible_hlc(bogus, T0) == int(T0 * 1000) << 16
+    assert plausible_hlc(rec.hlc + (3600_000 << 16), T0) == rec.hlc + (3600_000 << 16)
 
 
 async def test_unsynced_readings_do_not_raise_the_floor(path: Path, wall: FakeWall) -> None:

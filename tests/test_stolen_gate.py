@@ -218,7 +218,9 @@ async def test_a_gate_whose_journal_holds_a_poisoned_hlc_recovers_at_start(
         journal_path, gate_id="gate-b", gate_name="Gate B", clock=Clock(assume="synced")
     ) as journal:
         poison = await venue.thief_row("tk1:" + "11" * 8)
-        await journal.add_peer_entries([_peer(dataclasses.replace(poison, hlc=POISON), "x")])
+        await journal.add_peer_entries(  # followed without a bound, as gates did before
+            [_peer(dataclasses.replace(poison, hlc=POISON), "x")], hlc_ceiling_ms=POISON >> 16
+        )
         ref = _ref_of(old)
         rec = await journal.record(ticket_ref=ref, kind="entry", decision=ADMIT, lane="in",
                                    rev_version=0)  # fmt: skip
