@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.errors import AgentError, ConfigError, UsageError
+from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 
 if TYPE_CHECKING:
     from sync.hub_config import HubConfig
@@ -521,7 +521,10 @@ def _hub(args: argparse.Namespace) -> int:
         from sync import hub
 
         logging.getLogger().setLevel(conf.log.level)
-        return asyncio.run(hub.run(conf))
+        try:
+            return asyncio.run(hub.run(conf))
+        except (TrustError, IssuerError) as exc:  # the list key or bundle in [hub] keys
+            raise ConfigError(f"{conf.path}: [hub] keys: {exc}") from exc
     if args.hub_command == "token":
         return asyncio.run(_hub_token(args, conf))
     return asyncio.run(_hub_revoke(args, conf))

@@ -660,8 +660,9 @@ def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
         [*EXE, "hub", "--config", str(setup.config)],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 2
+    assert done.returncode == 78  # a file [hub] keys names: a config error (issue 12)
     assert "is not one of the bundle's list signers" in done.stderr.splitlines()[-1]
+    assert f"{setup.config}: [hub] keys: " in done.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize(
