@@ -33,7 +33,7 @@ from urllib.parse import quote
 from agent import pretix_event
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic
-from agent.journal import EntryRecord, Journal
+from agent.journal import EntryRecord, Journal, PeerEntry
 from agent.revocation import RevocationStore
 from agent.rules import GatePolicy
 from agent.trust import TrustBundle
@@ -136,6 +136,7 @@ class PretixUpstream:
         self._trust_raw: bytes | None = None
         self._alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)
         self._sync_state: dict[str, str] = {}
+        self._position_peers: dict[int, wire.Peers] = {}  # position id -> its peers' check-ins
         self._stop = asyncio.Event()
         self._round_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -367,7 +368,7 @@ class PretixUpstream:
         since = self._sync_state.get("positions_modified_since")
         params = {"modified_since": since} if since else {}
         started: float | None = None
-        learnt = skipped = 0
+        learnt = skipped = annulled = 0
         path = f"{self._event_path}/checkinlists/{self._list}/positions/"
         async for reply, rows in self._http.pages(path, params):
             if started is None:
@@ -375,11 +376,30 @@ class PretixUpstream:
             entries, bad = wire.peer_entries(rows, self._device_id, self._list)
             skipped += bad
             learnt += await self._journal.add_peer_entries(entries)
-        if learnt or skipped:
-            log.info("pretix: %d check-ins of other devices learnt, %d skipped", learnt, skipped)
+            annulled += await self._learn_annulments(rows, self._device_id)
+        if learnt or skipped or annulled:
+            log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
+                     learnt, annulled, skipped)  # fmt: skip
         if started is not None:
             self._sync_state["positions_modified_since"] = wire.iso(started - _POSITIONS_OVERLAP_S)
             self._save_sync_state()
+
+    async def _learn_annulments(self, rows: list[Any], own_device: int) -> int:
+        """Other devices' check-ins that a downloaded position no longer lists were annulled
+        there (positions list successful check-ins only): store those annulments.
+
+        What each position listed is kept per process; a position first seen since start is
+        compared with what the journal learnt before (annulled while this gate was down)."""
+        annuls: list[PeerEntry] = []
+        for pid, secret, now in wire.position_peers(rows, own_device, self._list):
+            known = self._position_peers.get(pid)
+            if known is None:
+                known = wire.standing_peers(await self._journal.history(wire.PRETIX_REF + secret))
+            gone = {k: v for k, v in known.items() if k not in now}
+            if gone:
+                annuls += wire.peer_annulments(secret, gone, self._clock.now())
+            self._position_peers[pid] = now
+        return await self._journal.add_peer_entries(annuls) if annuls else 0
 
     # -- uploads -------------------------------------------------------------------------------
 

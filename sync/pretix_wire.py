@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,8 @@ from sync.pretix_http import Reply
 PRETIX_REF = "pretix:"
 ANNUL_WINDOW_S = 15 * 60  # pretix refuses an annulment more than 15 min after the check-in
 _PEER_PREFIX = "pretix-device-"
+_CHECKIN_PREFIX = "pretix-"  # peer entry ids made from pretix check-ins (see _peer_entry)
+_ANNUL_PREFIX = "pretix-annulled-"
 
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
@@ -146,6 +148,16 @@ def peer_gate(device: Any) -> str:
     return f"{_PEER_PREFIX}{device}" if isinstance(device, int) else "pretix-backend"
 
 
+def checkin_device(ci: dict[str, Any]) -> int | None:
+    """The per-organizer number (``device_id``) of the device that made a check-in, or None.
+
+    pretix also sends ``device``, the device's database key: the two differ on any server with
+    more than one organizer, and only ``device_id`` is what ``device/initialize`` gave us.
+    """
+    device = ci.get("device_id")
+    return device if isinstance(device, int) and not isinstance(device, bool) else None
+
+
 def peer_entries(rows: Iterable[Any], own_device: int, list_id: int) -> tuple[list[PeerEntry], int]:
     """Check-ins of other devices in positions rows, as peer entries; also the count skipped.
 
@@ -165,16 +177,16 @@ def peer_entries(rows: Iterable[Any], own_device: int, list_id: int) -> tuple[li
         for ci in checkins:
             entry = _peer_entry(secret, ci, own_device, list_id)
             if entry is None:
-                skipped += isinstance(ci, dict) and ci.get("device") != own_device
+                skipped += isinstance(ci, dict) and checkin_device(ci) != own_device
             else:
                 out.append(entry)
     return out, skipped
 
 
 def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntry | None:
-    if not isinstance(ci, dict) or ci.get("device") == own_device:
+    if not isinstance(ci, dict) or checkin_device(ci) == own_device:
         return None
-    kind, cid, device = ci.get("type", "entry"), ci.get("id"), ci.get("device")
+    kind, cid, device = ci.get("type", "entry"), ci.get("id"), checkin_device(ci)
     if kind not in ("entry", "exit") or ci.get("list", list_id) != list_id:
         return None
     try:
@@ -199,6 +211,49 @@ def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntr
         wall_time=wall,
         hlc=int(wall * 1000) << 16,
     )
+
+
+# A position's standing check-ins of other devices: entry_id -> (gate id, gate name).
+Peers = dict[str, tuple[str, str]]
+
+
+def position_peers(
+    rows: Iterable[Any], own_device: int, list_id: int
+) -> Iterator[tuple[int, str, Peers]]:
+    """For each well-formed position row: its id, its secret and the check-ins of other devices
+    it lists now. pretix lists successful check-ins only, so one learnt before and missing now
+    was annulled there."""
+    for row in rows:
+        pid = row.get("id") if isinstance(row, dict) else None
+        secret = row.get("secret") if isinstance(row, dict) else None
+        checkins = row.get("checkins") if isinstance(row, dict) else None
+        if not isinstance(pid, int) or not isinstance(secret, str) or not secret:
+            continue
+        if not isinstance(checkins, list):
+            continue
+        entries = (_peer_entry(secret, ci, own_device, list_id) for ci in checkins)
+        yield pid, secret, {e.entry_id: (e.gate_id, e.gate_name) for e in entries if e}
+
+
+def standing_peers(history: Sequence[HistoryEntry]) -> Peers:
+    """The check-ins learnt from pretix (peer entries and exits) that no annulment cancelled."""
+    annulled = {h.annuls for h in history if h.kind == "annul"}
+    return {
+        h.entry_id: (h.gate_id, h.gate_name)
+        for h in history
+        if h.peer and h.kind in ("entry", "exit") and h.entry_id.startswith(_CHECKIN_PREFIX)
+        and h.entry_id not in annulled
+    }  # fmt: skip
+
+
+def peer_annulments(secret: str, gone: Peers, at: float) -> list[PeerEntry]:
+    """Annulments, learnt at ``at``, of the peer check-ins in ``gone``."""
+    out = []
+    for entry_id, (gate_id, gate_name) in sorted(gone.items()):
+        annul_id = _ANNUL_PREFIX + entry_id.removeprefix(_CHECKIN_PREFIX)
+        out.append(PeerEntry(annul_id, gate_id, gate_name, 0, PRETIX_REF + secret, "annul",
+                             entry_id, at, int(at * 1000) << 16))  # fmt: skip
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +284,7 @@ def prior_entry_in_answer(body: Any, own_device: int | None, at: float) -> Confl
     if not timed:
         return None
     when, last = max(timed, key=lambda pair: pair[0])
-    device = last.get("device")
+    device = checkin_device(last)
     if last.get("type", "entry") != "entry" or (own_device is not None and device == own_device):
         return None
     return Conflict(peer_gate(device), when)

@@ -7,7 +7,7 @@ run fails when one holds a raw ticket, a token or a secret.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from agent import issuer
 from tests import logscan
 from tests.serial_pty import PtyPair
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.pretix_real"]  # pretix_real: the real pretix fixture
 
 GATE_TOML = """\
 [gate]
@@ -143,6 +143,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(_LOG_SCAN, None)
     if run is not None:
         run.stop()
+
+
+@pytest.fixture(scope="session")
+def log_scan_register(request: pytest.FixtureRequest) -> Callable[[Iterable[str], str], None]:
+    """Tell the log scan about secrets made during the run (a real pretix's tokens, tickets):
+    ``register(texts, label)``."""
+    run = request.config.stash[_LOG_SCAN]
+
+    def register(texts: Iterable[str], label: str) -> None:
+        run.made.update(dict.fromkeys(texts, label))
+
+    return register
 
 
 @pytest.fixture(scope="session", autouse=True)
