@@ -35,7 +35,9 @@ Left out, on purpose (:func:`excluded`), from the in-process records:
 
 Not covered: subprocess stderr a test reads itself line by line (none do today), anything a
 process writes outside the base temp directory (the PostgreSQL server log of tests/pg.py lives in
-its own temp dir and is the database's, not the product's), and in-process ``print`` output.
+its own temp dir and is the database's, not the product's; so does the real pretix server's log of
+tests/pretix_real.py, pretix's own, whose access lines show ticket secrets in redeem URLs), and
+in-process ``print`` output.
 
 A leak (:func:`find_leaks`) is, anywhere in a line, or in its percent-decoded form:
 
@@ -47,8 +49,10 @@ A leak (:func:`find_leaks`) is, anywhere in a line, or in its percent-decoded fo
   window at a :data:`STRIDE` offset, looked for in the first :data:`MAX_RUN` characters of each
   stretch of a line between blanks, quotes and brackets): every ``secret`` string in the pretix
   vectors (12 characters or more), the loopback pretix server's device and initialisation
-  tokens, every hub and console token made in-process (``sync.hub_admin.new_token``), and the body
-  lines of every PEM private key file (``*.key``, ``*.pem``) under the base temp directory;
+  tokens, the real pretix server's tokens and ticket secrets (registered by tests/pretix_real.py
+  through the ``log_scan_register`` fixture), every hub and console token made in-process
+  (``sync.hub_admin.new_token``), and the body lines of every PEM private key file (``*.key``,
+  ``*.pem``) under the base temp directory;
 * by format: a PEM private key header; a hub or console token (``secrets.token_urlsafe(32)``: 43
   URL-safe Base64 characters with upper case, lower case and a digit, standing alone); a pretix
   device token (64 lower-case letters and digits, not all hex).
