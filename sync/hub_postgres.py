@@ -111,6 +111,7 @@ _MIGRATE_1_TO_2 = """
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS source_gate TEXT NOT NULL DEFAULT '';
 ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
+UPDATE gates SET gate_name = '';
 UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
 """
 _FEED = (
@@ -414,7 +415,13 @@ class PostgresHubStore:
             if meta.get("schema") == _OLD_SCHEMA:
                 await conn.execute(_MIGRATE_1_TO_2)
                 meta["schema"] = SCHEMA
-                log.info("hub store %s: schema upgraded to %s", self._where, SCHEMA)
+                log.warning(
+                    "hub store %s: schema upgraded to %s; gate names, which gates chose for"
+                    " themselves before, are reset: name each gate with `gate-agent hub token"
+                    " --gate ID --name NAME`",
+                    self._where,
+                    SCHEMA,
+                )
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "

@@ -91,6 +91,8 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE alerts ADD COLUMN source_gate TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE alerts ADD COLUMN held INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);"
+    # Schema 1 took names from heartbeats, so a gate could call itself "Gate A": forget them all.
+    "UPDATE gates SET gate_name = '';"
 )
 _FEED = (
     "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
@@ -341,7 +343,12 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
         raise HubStoreError(f"{path} is not a hub store")
     elif version == 1:
         db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}PRAGMA user_version = 2;COMMIT;")
-        log.info("hub store %s: schema upgraded to version 2", path)
+        log.warning(
+            "hub store %s: schema upgraded to version 2; gate names, which gates chose for"
+            " themselves before, are reset: name each gate with `gate-agent hub token --gate ID"
+            " --name NAME`",
+            path,
+        )
     elif version != SCHEMA_VERSION:
         raise HubStoreError(
             f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"

@@ -1001,6 +1001,7 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
     g1, g2 = Gate("g1"), Gate("g2")
     store = await open_store(store_url, POLICY)
     try:
+        await store.set_gate_name("g1", "Gate A")  # as a schema-1 heartbeat could have
         await store.ingest("g1", [g1.row("t1")], T0 + 10)
         await store.ingest("g2", [g2.row("t1")], T0 + 20)
         before = await all_alerts(store)
@@ -1012,6 +1013,8 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
         assert await all_alerts(store) == before and [a.kind for a in before] == [
             "double_admission"
         ]
+        # names were the gates' own word: forgotten, the operator names them again
+        assert {g.gate_id: g.gate_name for g in await store.gates(T0)}["g1"] == "g1"
         g2.seq += 1  # a hole: the upgraded store raises and counts alerts as before
         await store.ingest("g2", [g2.row("t2")], T0 + 30)
         assert [a.kind for a in await all_alerts(store)] == ["double_admission", "integrity"]
