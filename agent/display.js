@@ -20,10 +20,25 @@ function count(counts) {
   $("denied").textContent = String(counts.denied);
 }
 
+let retryMs = 1000;
+
 function connect() {
   const source = new EventSource("/display/events");
-  source.onopen = () => { $("link").textContent = "live"; $("link").className = "up"; };
-  source.onerror = () => { $("link").textContent = "reconnecting"; $("link").className = "down"; };
+  source.onopen = () => {
+    retryMs = 1000;
+    $("link").textContent = "live";
+    $("link").className = "up";
+  };
+  source.onerror = () => {
+    $("link").textContent = "reconnecting";
+    $("link").className = "down";
+    if (source.readyState === EventSource.CLOSED) {
+      // refused (503 when the gate's streams are all taken): the browser gives up; try again
+      // later, backing off up to 30 s with jitter so refused displays do not come back together
+      window.setTimeout(connect, retryMs / 2 + Math.random() * retryMs / 2);
+      retryMs = Math.min(retryMs * 2, 30000);
+    }
+  };
   source.onmessage = (event) => {
     const data = JSON.parse(event.data);
     if (data.last && data.last.length) {

@@ -207,3 +207,39 @@ async def test_pacer_lets_a_burst_through_then_spaces_the_rest() -> None:
     assert await slow.turn() is True  # the burst
     assert await slow.turn(max_wait_s=0.05) is False  # the next slot is 0.1 s away
     assert await slow.turn(max_wait_s=0.15) is True  # still 0.1 s: the refusal took no slot
+
+
+async def test_a_refused_display_comes_back_once_a_stream_is_free(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path
+) -> None:
+    conf = _listed_config(write_config, iss)
+    hooks: list[StatusServer] = []
+
+    def on_outcome(outcome: Outcome) -> None:
+        for server in hooks:
+            server.observe(outcome)
+
+    async with open_gate(
+        conf,
+        on_outcome,
+        scanner=SimScanner(source="s"),
+        gate_io=SimGate(passage_ms=10),
+    ) as gate:
+        server = await _started(gate, max_streams=1)
+        hooks.append(server)
+        url = f"http://127.0.0.1:{server.port}/display"
+        try:
+            up = "document.getElementById('link').className === 'up'"
+            async with Browser(tmp_path / "second") as second:
+                async with Browser(tmp_path / "first") as first:
+                    await first.goto(url)
+                    await first.wait_for(up)
+                    await second.goto(url)  # the one stream is taken: 503
+                    await second.wait_for("document.getElementById('link').className === 'down'")
+                # the first display is gone: the second gets its stream by itself and shows
+                # the next decision
+                await second.wait_for(up, timeout=20)
+                await _present(gate, iss.ticket(event=1, zones=[1]))
+                await second.wait_for("document.getElementById('panel').dataset.state === 'admit'")
+        finally:
+            await server.close()
