@@ -358,6 +358,34 @@ async def test_peer_checkins_learnt_into_history(rig: Rig) -> None:
     assert since.endswith("Z")
 
 
+async def test_own_checkins_told_by_device_id_not_by_database_key(rig: Rig) -> None:
+    # With two organizers pretix's `device` (database key) differs from `device_id` (per
+    # organizer, what device/initialize returned: 1 here); only device_id says whose it is.
+    secret = CASES["valid_standard_3"]["secret"]
+    ours = {**checkin(60, 1, "2026-11-23T02:50:00Z"), "device": 3}
+    theirs = {**checkin(61, 2, "2026-11-23T02:50:10Z", "exit"), "device": 1}
+    rig.fake.positions = [(T0, position_with(secret, [ours, theirs]))]
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    history = await rig.journal.history("pretix:" + secret)
+    assert [(h.kind, h.gate_id) for h in history] == [("exit", "pretix-device-2")]
+
+
+async def test_checkin_gone_from_its_position_is_learnt_as_annulled(rig: Rig) -> None:
+    # pretix lists successful check-ins only: one annulled at its device disappears.
+    secret = CASES["valid_standard_3"]["secret"]
+    rig.fake.positions = [(T0, position_with(secret, [checkin(70, 2, "2026-11-23T02:50:00Z")]))]
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    rig.fake.positions = [(4e9, position_with(secret, []))]  # modified after the cursor
+    assert await rig.up.sync_once()
+    assert await rig.up.sync_once()  # learnt once
+    history = await rig.journal.history("pretix:" + secret)
+    assert [(h.kind, h.gate_id, h.annuls) for h in history] == [
+        ("entry", "pretix-device-2", None), ("annul", "pretix-device-2", "pretix-checkin-70"),
+    ]  # fmt: skip
+
+
 async def test_forced_duplicate_raises_alert_from_answer(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
