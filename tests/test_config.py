@@ -20,7 +20,7 @@ def test_valid_config_loads_typed_values(write_config: WriteConfig) -> None:
     assert conf.policy.entry == "reentry"
     assert conf.lane.passage_timeout_s == 3.0 and isinstance(conf.lane.passage_timeout_s, float)
     assert conf.gate.state_dir == path.parent / "state"  # relative to the config file
-    assert conf.trust.bundle == path.parent / "keys/trust.json"
+    assert conf.trust is not None and conf.trust.bundle == path.parent / "keys/trust.json"
 
 
 BASE: dict[str, dict[str, object]] = {

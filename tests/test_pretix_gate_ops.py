@@ -126,6 +126,7 @@ async def test_pretix_offline_is_named_and_flags_admissions(write_config: WriteC
                 )
                 assert second is not None and second.decision.admitted
                 assert Flag.OFFLINE in second.decision.flags
+                assert status.port is not None
                 down = await _status(status.port)
                 ready, reasons = await status.health()
             finally:
@@ -178,7 +179,7 @@ async def test_pretix_only_gate_needs_no_trust_section(tmp_path: Path, iss: Issu
             )
             assert await gate.upstream.sync_once()
             tk1 = await gate.lane.present(Scan(tk1_text, "s", 2 * 10**10))
-    assert valid is not None and valid.decision.admitted, valid.decision
+    assert valid is not None and valid.decision.admitted, valid
     assert revoked is not None and revoked.decision.reason == "revoked"
     assert tk1 is not None and tk1.decision.reason == "unknown_key"
     assert len(server.state.redeem_calls()) == 1

@@ -114,7 +114,8 @@ async def test_redeemed_at_another_device_refused_within_two_sync_intervals(
     interval = 2.0
     async with real_gate(write_config, pretix_real, device, interval_s=interval) as gate:
         up = gate.upstream
-        assert up is not None and up.status["last_sync"] is not None, up.status
+        assert up is not None
+        assert up.status["last_sync"] is not None, up.status
         status, answer = await pretix_real.redeem(other_token, secret, str(uuid.uuid4()))
         assert status == 201 and answer["status"] == "ok", answer
         (ci,) = await pretix_real.checkins(secret)

@@ -88,6 +88,7 @@ async def test_failed_upload_leaks_no_secret(
                 assert admitted is not None and admitted.decision.admitted, admitted
                 assert not await gate.upstream.sync_once()
                 error = gate.upstream.status["last_error"]
+                assert status.port is not None
                 body = await _status_json(status.port)
             finally:
                 await status.close()
