@@ -15,250 +15,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.cli_args import build_parser
 from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 
 if TYPE_CHECKING:
     from sync.hub_config import HubConfig
 
 log = logging.getLogger("agent.cli")
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {value!r}"
-        ) from None
-
-
-def _zone(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 16:
-        raise argparse.ArgumentTypeError(f"a zone is a number 1-16, got {value!r}")
-    return int(value)
-
-
-def _iso(value: str) -> int:
-    from agent.issuer import parse_iso
-
-    try:
-        return parse_iso(value)
-    except AgentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("gate-agent")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
-
-
-INSTALLED_CONFIG = Path("/etc/gate-agent/gate.toml")  # where systemd/install puts it
-_WHERE = f"the gate's config (default {INSTALLED_CONFIG})"
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gate-agent", description="Offline ticket validation agent for turnstiles."
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    keys = sub.add_parser("keys", help="issuer key management").add_subparsers(
-        dest="keys_command", required=True
-    )
-    init = keys.add_parser("init", help="make root, issuer and list-signing keys and a bundle")
-    init.add_argument("dir", type=Path, help="the keys folder to create (keep it off gates, hub)")
-    init.add_argument(
-        "--alg", choices=("ed25519", "p256"), default="ed25519", help="issuer key algorithm"
-    )
-    init.add_argument("--kid", type=int, help="the issuer key's id (default: random)")
-    init.add_argument(
-        "--events",
-        type=_int_list,
-        help="events the issuer key may sign for, e.g. 1,2 (default all)",
-    )
-    init.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the keys in an existing folder: a new root invalidates every ticket and gate",
-    )
-    export = keys.add_parser(
-        "export", help="copy what the hub needs (list.key, trust.json, root.pub) into DIR"
-    )
-    export.add_argument("--hub", type=Path, required=True, metavar="DIR", help="the hub's keys")
-    export.add_argument("--keys", type=Path, required=True, help="a `keys init` dir")
-    export.add_argument("--force", action="store_true", help="replace differing files in DIR")
-
-    issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
-    issue.add_argument("--keys", type=Path, required=True, help="a `keys init` folder")
-    issue.add_argument("--event", type=int, required=True, help="the event number")
-    issue.add_argument("--zones", type=_int_list, help="zones 1-16, e.g. 1,2 (default: every zone)")
-    issue.add_argument(
-        "--not-before", type=_iso, metavar="ISO", help="valid from (default: no start)"
-    )
-    issue.add_argument(
-        "--not-after", type=_iso, metavar="ISO", help="valid until (default: no end)"
-    )
-    issue.add_argument("--count", type=int, default=1, help="how many tickets (default 1)")
-    issue.add_argument(
-        "--out", type=Path, required=True, help="folder for NAME.txt and NAME.png per ticket"
-    )
-
-    revoke = sub.add_parser("revoke", help="write a signed revocation delta")
-    revoke.add_argument("--keys", type=Path, required=True, help="a `keys init` folder")
-    revoke.add_argument("--out", type=Path, required=True, help="the delta file to write")
-    revoke.add_argument(
-        "--op",
-        choices=("revoke", "unrevoke", "block", "unblock"),
-        default="revoke",
-        help="what to do with the items (default revoke)",
-    )
-    revoke.add_argument(
-        "items", nargs="+", metavar="TICKET_TEXT_OR_TOKEN_ID", help="tickets or 32-hex token ids"
-    )
-
-    check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
-    src = check.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", type=Path, help="a gate's config: its trust, lists and journal")
-    src.add_argument("--keys", type=Path, help="a `keys init` folder")
-    src.add_argument(
-        "--pretix-event", type=Path, metavar="FILE", help="pretix event body (with valid_keys)"
-    )
-    check.add_argument(
-        "--revocations",
-        type=Path,
-        action="append",
-        default=[],
-        help="a signed revocation file (repeat for more)",
-    )
-    check.add_argument(
-        "--pretix-list", type=Path, metavar="FILE", help="one pretix check-in list object"
-    )
-    check.add_argument(
-        "--pretix-revoked",
-        type=Path,
-        metavar="FILE",
-        action="append",
-        default=[],
-        help="a pretix revokedsecrets/ page (repeat for more pages)",
-    )
-    check.add_argument(
-        "--pretix-blocked",
-        type=Path,
-        metavar="FILE",
-        action="append",
-        default=[],
-        help="a pretix blockedsecrets/ page (repeat for more pages)",
-    )
-    check.add_argument("--zone", type=_zone, help="zone 1-16 (default: the config's)")
-    check.add_argument("--at", type=_iso, help="decide as of this time (ISO-8601)")
-    check.add_argument("--json", action="store_true", help="one JSON object instead of lines")
-    what = check.add_mutually_exclusive_group(required=True)
-    what.add_argument("text", nargs="?", help="the ticket's text")
-    what.add_argument("--image", type=Path, metavar="FILE", help="a photo or scan of the code")
-    check.add_argument(
-        "--engine",
-        choices=("zxing", "pyzbar"),
-        default="zxing",
-        help="with --image: the camera driver's decoder engine (default zxing)",
-    )
-
-    run = sub.add_parser("run", help="run the gate daemon")
-    run.add_argument("--config", type=Path, required=True, help="the gate's config")
-
-    selftest = sub.add_parser("selftest", help="open each configured device and report")
-    selftest.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
-    selftest.add_argument("--relay", action="store_true", help="pulse the relay once")
-    selftest.add_argument("--scan", action="store_true", help="wait for one scan, show verdict")
-    selftest.add_argument(
-        "--config-only",
-        action="store_true",
-        help="check only the config and the files it names (trust, lists); open no device",
-    )
-    selftest.add_argument(
-        "--hub",
-        action="store_true",
-        help="check the [hub] link instead: URL, CA, client certificate, token, venue",
-    )
-
-    demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
-    demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
-    _hub_parser(sub)
-    status = sub.add_parser("status", help="the running gate's health in a few lines")
-    status.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
-    status.add_argument("--json", action="store_true", help="the whole /status answer as JSON")
-    events = sub.add_parser("events", help="the journal's decisions, for security staff")
-    events.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
-    events.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
-    events.add_argument("--denied", action="store_true", help="denied attempts only")
-    events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
-    events.add_argument("--ticket", metavar="ID", help="one ticket: its short id or its text")
-    events.add_argument("--last", "-n", type=int, default=20, help="how many to show first")
-    events.add_argument("--json", action="store_true", help="JSON lines")
-    return p
-
-
-def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    journal = sub.add_parser("journal", help="journal upkeep").add_subparsers(
-        dest="journal_command", required=True
-    )
-    prune = journal.add_parser("prune", help="delete entries synced upstream and older than AGE")
-    prune.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
-    prune.add_argument(
-        "--synced-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
-    )
-
-    hub = sub.add_parser("hub", help="run the hub, or administer its tokens and revocations")
-    hub.add_argument("--config", type=Path, help="the hub's TOML config")
-    hub.add_argument(
-        "--check",
-        action="store_true",
-        help="check the config and the files it names (keys, bundle, TLS), then exit",
-    )
-    admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke}")
-    token = admin.add_parser("token", help="make a gate or console token (printed once)")
-    revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
-    for p in (token, revoke):  # SUPPRESS: `hub --config F token` and `hub token --config F`
-        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the hub's config")
-    who = token.add_mutually_exclusive_group(required=True)
-    who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
-    who.add_argument("--console", metavar="NAME", help="a security console token")
-    who.add_argument("--revoke-gate", metavar="ID", help="delete every token of this gate")
-    token.add_argument(
-        "--name", help="with --gate: the gate's name in the venue, unique (e.g. 'Gate 3')"
-    )
-    token.add_argument(
-        "--out",
-        type=Path,
-        metavar="FILE",
-        help="write the token to FILE (mode 0600) instead of printing it",
-    )
-    token.add_argument("--force", action="store_true", help="with --out: replace an existing FILE")
-    token.add_argument(
-        "--owner",
-        metavar="USER[:GROUP]",
-        help="with --out, as root: the file's owner, e.g. gate-agent (the gate's service user)",
-    )
-    revoke.add_argument(
-        "--op",
-        choices=("revoke", "unrevoke", "block", "unblock"),
-        default="revoke",
-        help="what to do with the items (default revoke)",
-    )
-    revoke.add_argument(
-        "--file", type=Path, help="import: one ticket text or 32-hex token id per line"
-    )
-    revoke.add_argument(
-        "items", nargs="*", metavar="TICKET_TEXT_OR_TOKEN_ID", help="tickets or 32-hex token ids"
-    )
 
 
 class JsonLines(logging.Formatter):
@@ -472,7 +237,7 @@ def _selftest(args: argparse.Namespace) -> int:
 
     if args.hub:
         if args.relay or args.scan or args.config_only:
-            raise UsageError("selftest: --hub checks the hub link alone (no --relay, --scan)")
+            raise UsageError("selftest: --hub goes alone (not with --relay, --scan, --config-only)")
         return asyncio.run(selftest.run_hub(args.config, out=sys.stdout))
     if args.config_only:
         return selftest.check_config(args.config, sys.stdout)
@@ -631,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     quiet = args.command in (
         "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events", "journal"
     )  # fmt: skip

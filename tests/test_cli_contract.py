@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent import config as cfg
-from agent.cli import _parser
+from agent.cli_args import build_parser
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
@@ -49,7 +49,7 @@ def _commands(
 
 
 def test_every_option_of_every_command_has_help() -> None:
-    commands = _commands(_parser())
+    commands = _commands(build_parser())
     assert len(commands) >= 15  # gate-agent, keys init/export, issue, ..., hub token/revoke
     for path, parser in commands:
         shown = ga(*path, "--help", timeout=30)
