@@ -95,10 +95,12 @@ def venue(tmp_path: Path, keys_dir: Path) -> Venue:
     return Venue(setup, tls, other, tokens)
 
 
-def _case(venue: Venue, case: str) -> tuple[Path, Path, Path, str]:
+def _case(venue: Venue, case: str) -> tuple[Path, Path | None, Path | None, str]:
     """(ca, cert, key, token) of gate-a for ``case``."""
     own = venue.tls.ca.parent
-    ca, cert, key = venue.tls.ca, own / "gate-a.crt", own / "gate-a.key"
+    ca = venue.tls.ca
+    cert: Path | None = own / "gate-a.crt"
+    key: Path | None = own / "gate-a.key"
     token = venue.tokens["gate-a"]
     if case == "wrong hub CA":
         ca = venue.other.ca
@@ -108,9 +110,20 @@ def _case(venue: Venue, case: str) -> tuple[Path, Path, Path, str]:
         cert, key = _expired_cert(venue.tls, "gate-a")
     elif case == "certificate of another gate":
         cert, key = own / "gate-b.crt", own / "gate-b.key"
+    elif case == "no client certificate":
+        cert = key = None
     elif case == "token of another gate":
         token = venue.tokens["gate-b"]
+    elif case == "unknown token":
+        token = "u" * 43
     return ca, cert, key, token
+
+
+def _hub_section(ca: Path, cert: Path | None, key: Path | None) -> str:
+    files = f'ca = "{ca}"\n'
+    if cert is not None and key is not None:
+        files += f'cert = "{cert}"\nkey = "{key}"\n'
+    return files
 
 
 @pytest.fixture
@@ -154,6 +167,18 @@ CASES = [
         "gate gate-a: client certificate of 'gate-b' refused (from 127.0.0.1)",
     ),
     (
+        "no client certificate",
+        "check [hub] cert and key",
+        "the hub refused this gate's client certificate",
+        "gate gate-a: no client certificate refused (from 127.0.0.1)",
+    ),
+    (
+        "unknown token",
+        "check [hub] token_file (or token)",
+        "HTTP 401",
+        "unknown token ",
+    ),
+    (
         "token of another gate",
         "check [hub] token_file (or token) and [gate] id",
         "the hub refused this gate's token",
@@ -177,7 +202,7 @@ def test_a_certificate_fault_is_one_line_naming_the_key(
     gate_dir = tmp_path / "gate-a"
     gate_dir.mkdir()
     (gate_dir / "none.txt").write_text("")
-    hub = f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\nretry_max_s = 0.5\n'
+    hub = _hub_section(ca, cert, key) + "retry_max_s = 0.5\n"
     conf = write_gate(gate_dir, keys_dir, gate_id="gate-a", name="GATE-A", url=venue.setup.url,
                       token=token, hub_extra=hub, extra='\n[log]\nlevel = "DEBUG"\n',
                       scanner="sim://file?path=none.txt&end=wait")  # fmt: skip
@@ -214,7 +239,7 @@ def test_the_right_certificate_is_taken(
     gate_dir = tmp_path / "gate-a"
     gate_dir.mkdir()
     (gate_dir / "none.txt").write_text("")
-    hub = f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+    hub = _hub_section(ca, cert, key)
     conf = write_gate(gate_dir, keys_dir, gate_id="gate-a", name="GATE-A", url=venue.setup.url,
                       token=token, hub_extra=hub, scanner="sim://file?path=none.txt&end=wait")  # fmt: skip
     log_path = gate_dir / "gate.log"
@@ -280,3 +305,21 @@ async def test_hub_logs_gates_revocations_and_alerts(
     assert line.endswith("gates Gate A, Gate B") or line.endswith("gates Gate B, Gate A"), line
     assert ref not in log and ticket not in log
     assert all(gate.token not in log for gate in gates)
+
+
+def test_a_key_that_is_not_the_certificates_is_named_at_start(
+    venue: Venue, keys_dir: Path, tmp_path: Path
+) -> None:
+    ca, cert, _, token = _case(venue, "gate-a's own")
+    other_key = venue.tls.ca.parent / "gate-b.key"
+    conf = write_gate(tmp_path / "gate-a", keys_dir, gate_id="gate-a", name="GATE-A",
+                      url=venue.setup.url, token=token,
+                      hub_extra=_hub_section(ca, cert, other_key))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    named = [line for line in done.stderr.splitlines() if "[hub] key" in line]
+    assert len(named) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"[hub] key {other_key} does not belong to [hub] cert {cert}" in named[0]
