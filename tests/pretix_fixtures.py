@@ -9,7 +9,8 @@ gets one device first; in "stadium" the other scanner is created before the gate
 scanner's database key equals the gate's ``device_id`` (the mix-up issue 11 is about shows both
 ways). The stadium event uses ``pretix_sig1`` secrets (pretix makes the event's key pair when it
 signs the first one); products "Standard" and "VIP"; check-in lists "All" (all products) and
-"VIP only"; paid orders, one position each.
+"VIP only"; paid orders, one position each. Also an event series "tour26" (dates "berlin" and
+"hamburg", a check-in list for Berlin only).
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def _create(t0: Any) -> dict[str, Any]:
         for i in range(TICKETS[kind]):
             with transaction.atomic():
                 secrets[kind].append(_paid_order(event, channel, item, f"{kind}{i}", t0))
+    series = _series(org, channel, t0)
     return {
+        "series": series,
         "organizer": org.slug,
         "event": event.slug,
         "lists": {"all": all_list.pk, "vip": vip_list.pk},
@@ -83,8 +86,46 @@ def _create(t0: Any) -> dict[str, Any]:
     }
 
 
-def _paid_order(event: Any, channel: Any, item: Any, name: str, t0: Any) -> str:
-    """A paid order with one position of ``item``; returns its ticket secret."""
+def _series(org: Any, channel: Any, t0: Any) -> dict[str, Any]:
+    """An event series "tour26" with dates "berlin" and "hamburg", a list for Berlin only, and
+    two paid tickets per date."""
+    from django.db import transaction
+    from pretix.base.models import CheckinList, Event, Item, SubEvent
+
+    event = Event.objects.create(
+        organizer=org, name="Tour 26", slug="tour26", currency="EUR", live=True,
+        has_subevents=True, date_from=t0 - timedelta(hours=1),
+    )  # fmt: skip
+    event.settings.ticket_secret_generator = "pretix_sig1"
+    item = Item.objects.create(event=event, name="Tour ticket", default_price=Decimal("30"))
+    dates = {
+        name: SubEvent.objects.create(
+            event=event, name=name, active=True, date_from=t0 + timedelta(hours=i)
+        )
+        for i, name in enumerate(("berlin", "hamburg"))
+    }
+    berlin = CheckinList.objects.create(event=event, name="Berlin", all_products=True,
+                                        subevent=dates["berlin"])  # fmt: skip
+    secrets: dict[str, list[str]] = {}
+    for name, date in dates.items():
+        secrets[name] = []
+        for i in range(2):
+            with transaction.atomic():
+                secrets[name].append(
+                    _paid_order(event, channel, item, f"{name}{i}", t0, subevent=date)
+                )
+    return {
+        "event": event.slug,
+        "list": berlin.pk,
+        "subevents": {name: d.pk for name, d in dates.items()},
+        "secrets": secrets,
+    }
+
+
+def _paid_order(
+    event: Any, channel: Any, item: Any, name: str, t0: Any, subevent: Any = None
+) -> str:
+    """A paid order with one position of ``item`` (for ``subevent``); returns its secret."""
     from pretix.base.models import Order, OrderPosition
 
     order = Order.objects.create(
@@ -92,7 +133,9 @@ def _paid_order(event: Any, channel: Any, item: Any, name: str, t0: Any) -> str:
         expires=t0 + timedelta(days=10), total=item.default_price, locale="en",
         sales_channel=channel,
     )  # fmt: skip
-    pos = OrderPosition.objects.create(order=order, item=item, price=item.default_price)
+    pos = OrderPosition.objects.create(
+        order=order, item=item, price=item.default_price, subevent=subevent
+    )
     order.create_transactions(is_new=True)
     secret: str = pos.secret
     return secret

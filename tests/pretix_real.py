@@ -122,6 +122,8 @@ class PretixReal:
     secrets: dict[str, list[str]]  # "standard", "vip": the issued tickets' secrets
     admin_token: str = field(repr=False)  # a team API token with every permission
     devices: dict[str, Device] = field(repr=False)  # "alpha", "other", "gate" as created
+    # the event series: "event", "list" (Berlin only), "subevents" and "secrets" by date name
+    series: dict[str, Any] = field(repr=False)
     register: Callable[[Iterable[str], str], None] = field(repr=False)
     started_in_s: float = 0.0  # copy, fixtures and runserver until the API answered
     _taken: set[str] = field(default_factory=set, repr=False)
@@ -295,11 +297,12 @@ def pretix_real(log_scan_register: Callable[[Iterable[str], str], None]) -> Iter
         log_scan_register([d.init_token for d in devices.values()],
                           "real pretix initialisation token")  # fmt: skip
         log_scan_register([data["admin_token"]], "real pretix team API token")
-        log_scan_register([s for kind in data["secrets"].values() for s in kind],
-                          "real pretix ticket secret")  # fmt: skip
+        tickets = [*data["secrets"].values(), *data["series"]["secrets"].values()]
+        log_scan_register([s for kind in tickets for s in kind], "real pretix ticket secret")
         yield PretixReal(
             url=url, organizer=data["organizer"], event=data["event"], lists=data["lists"],
             secrets=data["secrets"], admin_token=data["admin_token"], devices=devices,
+            series=data["series"],
             register=log_scan_register, started_in_s=server.started_in_s,
         )  # fmt: skip
     finally:

@@ -43,12 +43,14 @@ def scan(secret: str) -> Scan:
 @asynccontextmanager
 async def real_gate(
     write_config: WriteConfig, pretix: PretixReal, device: Device, *, url: str | None = None,
-    interval_s: float = 3600, gate_io: SimGate | None = None,
+    interval_s: float = 3600, gate_io: SimGate | None = None, event: str | None = None,
+    list_id: int | None = None,
 ) -> AsyncIterator[Gate]:  # fmt: skip
-    """A gate whose [pretix] section names the real server's event, list "all" and ``device``."""
+    """A gate whose [pretix] section names the real server, ``device`` and by default the
+    season event's list "all"."""
     extra = (
         f'\n[pretix]\nurl = "{url or pretix.url}"\norganizer = "{pretix.organizer}"\n'
-        f'event = "{pretix.event}"\ncheckin_list = {pretix.lists["all"]}\n'
+        f'event = "{event or pretix.event}"\ncheckin_list = {list_id or pretix.lists["all"]}\n'
         f'init_token = "{device.init_token}"\ninterval_s = {interval_s}\n'
     )
     conf = config.load(write_config(extra=extra, passage_timeout_s=0.3))
@@ -102,6 +104,32 @@ async def test_real_round_installs_keys_and_uploads_as_the_gates_device(
         assert await gate.upstream.sync_once()  # downloads its own check-in with the positions
         assert await peers(gate, secret) == []  # ... and does not take it for another's
         assert gate.upstream.alerts == []
+
+
+async def test_a_one_product_list_admits_that_product_only(
+    write_config: WriteConfig, pretix_real: PretixReal
+) -> None:
+    device = await pretix_real.new_device("turnstile VIP")
+    vip_list = pretix_real.lists["vip"]
+    async with real_gate(write_config, pretix_real, device, list_id=vip_list) as gate:
+        vip = await gate.lane.present(scan(pretix_real.ticket("vip")))
+        standard = await gate.lane.present(scan(pretix_real.ticket("standard")))
+    assert vip is not None and vip.decision.admitted, vip
+    assert standard is not None and standard.decision.reason is Reason.WRONG_PRODUCT, standard
+
+
+async def test_a_series_date_list_admits_that_date_only(
+    write_config: WriteConfig, pretix_real: PretixReal
+) -> None:
+    series = pretix_real.series
+    device = await pretix_real.new_device("turnstile Berlin")
+    async with real_gate(
+        write_config, pretix_real, device, event=series["event"], list_id=series["list"]
+    ) as gate:
+        berlin = await gate.lane.present(scan(series["secrets"]["berlin"][0]))
+        hamburg = await gate.lane.present(scan(series["secrets"]["hamburg"][0]))
+    assert berlin is not None and berlin.decision.admitted, berlin
+    assert hamburg is not None and hamburg.decision.reason is Reason.WRONG_PRODUCT, hamburg
 
 
 async def test_redeemed_at_another_device_refused_within_two_sync_intervals(
