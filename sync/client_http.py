@@ -17,7 +17,8 @@ from the class alone whether to back off, wait for an operator or fetch somethin
 Messages of the last two end with ``check [hub] KEY``: the one config key an operator should look
 at. The hub never says why it refused a client certificate in a handshake (TLS 1.3 has sent the
 request by then; asyncio drops the alert), so when the hub hangs up on a gate with a client
-certificate, :func:`client_cert_problem` reads the certificate for what a hub refuses.
+certificate and again on a fresh probe of ``/v1/health``, :func:`client_cert_problem` reads the
+certificate for what a hub refuses.
 
 The bearer token goes into the Authorization header here and nowhere else; logs and messages only
 ever carry :func:`sync.pretix_http.token_hash` of it.
@@ -208,14 +209,18 @@ def _tls_fault(exc: BaseException, tls: ssl.SSLContext | None) -> HubTLSError | 
                 "cert",
             )
         return HubTLSError(f"TLS with the hub failed ({reason}): check [hub] ca", "ca")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        problem = client_cert_problem(tls, time.time())
-        if problem is not None:
-            return HubTLSError(
-                f"the hub hung up in TLS: this gate's client certificate {problem}:"
-                " check [hub] cert", "cert"
-            )  # fmt: skip
     return None
+
+
+def _hung_up(exc: BaseException, tls: ssl.SSLContext | None) -> bool:
+    """A connection the hub closed or reset (not one it never accepted), with a client
+    certificate that the hub may have refused in the handshake."""
+    return (
+        isinstance(tls, GateTLS)
+        and tls.cert_path is not None
+        and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+    )
 
 
 class HubHTTP:
@@ -274,6 +279,12 @@ class HubHTTP:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.last_down = time.monotonic()
             tls = _tls_fault(exc, self._tls) if self._tls is not None else None
+            if tls is None and _hung_up(exc, self._tls) and await self._certificate_refused():
+                why = client_cert_problem(self._tls, time.time()) or "was refused (see its log)"
+                tls = HubTLSError(
+                    f"the hub hangs up in TLS: this gate's client certificate {why}:"
+                    " check [hub] cert", "cert"
+                )  # fmt: skip
             if tls is not None:
                 raise HubTLSError(f"{what}: {tls}", tls.check) from exc
             raise HubUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
@@ -328,6 +339,28 @@ class HubHTTP:
         if status == 410:
             return HubGone(message)
         return HubRefused(message)
+
+    async def _certificate_refused(self) -> bool:
+        """Whether the hub hangs up on a fresh connection's first request (``/v1/health``, no
+        token): then it refuses the client certificate in the TLS handshake (TLS 1.3 sends the
+        request before the hub has checked the certificate, and asyncio drops the alert). A hub
+        that answers, or cannot be reached at all, is not refusing the certificate."""
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                    connector=aiohttp.TCPConnector(ssl=self._tls or True, force_close=True),
+                ) as probe,
+                probe.get(f"{self.base_url}/v1/health", allow_redirects=False) as resp,
+            ):
+                await resp.read()
+        except aiohttp.ClientConnectorError:
+            return False
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return True
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        return False
 
     def _cert_refused(self, error: protocol.ErrorBody) -> bool:
         """The hub's 403 for a missing or foreign client certificate (older hubs: by its text),

@@ -6,6 +6,7 @@ quiet, revocation lists issued and alerts raised (short ticket ids only)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.clock import Clock
 from agent.issuer import Issuer
 from agent.journal import Journal
+from sync.client_http import HubError, HubHTTP, HubUnavailable, client_cert_problem, tls_context
 from tests.hubgate import write_gate
 from tests.hubproc import (
     ROOT,
@@ -323,3 +325,44 @@ def test_a_key_that_is_not_the_certificates_is_named_at_start(
     named = [line for line in done.stderr.splitlines() if "[hub] key" in line]
     assert len(named) == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"[hub] key {other_key} does not belong to [hub] cert {cert}" in named[0]
+
+
+async def test_a_hang_up_is_blamed_on_the_certificate_only_when_the_hub_refuses_it(
+    venue: Venue,
+) -> None:
+    """A TLS server that takes the gate's certificate (from a second CA it trusts, not the CA in
+    [hub] ca) and hangs up on a heartbeat: the gate calls the hub unavailable, since a fresh
+    probe of /v1/health is answered; the real hub refusing that certificate is the other case
+    (test_a_certificate_fault_is_one_line_naming_the_key)."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(venue.tls.cert, venue.tls.key)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(venue.other.ca)
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head.split(b" ", 2)[1])
+        if head.startswith(b"GET /v1/health "):
+            body = b'{"v":1,"ok":true,"venue":"venue-1"}'
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            writer.write(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    other = venue.other.ca.parent
+    tls = tls_context(venue.tls.ca, other / "gate-a.crt", other / "gate-a.key")
+    http = HubHTTP(f"https://127.0.0.1:{port}", "t" * 43, timeout_s=5, user_agent="test",
+                   tls=tls, gate_id="gate-a")  # fmt: skip
+    try:
+        with pytest.raises(HubError) as caught:
+            await http.request("POST", "/v1/gates/gate-a/heartbeat", body=b"{}")
+    finally:
+        await http.close()
+        server.close()
+        await server.wait_closed()
+    assert heads == [b"/v1/gates/gate-a/heartbeat", b"/v1/health"], heads
+    assert isinstance(caught.value, HubUnavailable), caught.value
+    assert client_cert_problem(tls, time.time()) is not None  # what the old guess would blame
