@@ -168,14 +168,18 @@ async def _log_revocations(store: HubStore, after: int) -> int:
     deltas = await store.revocation_deltas(after, 32)
     if deltas is None:  # pruned meanwhile: go on from the current version
         return (await store.revocation_state()).version
+    versions, total = [], [0] * len(_DONE)  # a big import is many deltas: one line for them
     for data in deltas:
         version, counts = _delta_counts(data)
         if any(counts):  # empty refresh deltas are logged where they are issued
-            log.info(
-                "revocation list version %d issued: %s",
-                version, ", ".join(f"{n} {done}" for n, done in zip(counts, _DONE, strict=True)),
-            )  # fmt: skip
+            versions.append(version)
+            total = [t + n for t, n in zip(total, counts, strict=True)]
         after = max(after, version)
+    if versions:
+        first, last = versions[0], versions[-1]
+        which = f"version {last}" if first == last else f"versions {first}-{last}"
+        changes = ", ".join(f"{n} {done}" for n, done in zip(total, _DONE, strict=True))
+        log.info("revocation list %s issued: %s", which, changes)
     return after
 
 

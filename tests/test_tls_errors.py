@@ -6,6 +6,7 @@ quiet, revocation lists issued and alerts raised (short ticket ids only)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from agent.clock import Clock
 from agent.issuer import Issuer
 from agent.journal import Journal
 from sync.client_http import HubError, HubHTTP, HubUnavailable, client_cert_problem, tls_context
+from sync.hub_watch import WARN_EVERY_S, HandshakeLog
 from tests.hubgate import write_gate
 from tests.hubproc import (
     ROOT,
@@ -366,3 +368,34 @@ async def test_a_hang_up_is_blamed_on_the_certificate_only_when_the_hub_refuses_
     assert heads == [b"/v1/gates/gate-a/heartbeat", b"/v1/health"], heads
     assert isinstance(caught.value, HubUnavailable), caught.value
     assert client_cert_problem(tls, time.time()) is not None  # what the old guess would blame
+
+
+def test_refused_handshakes_are_rate_limited_per_address_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    refused = HandshakeLog(clock=lambda: now[0])
+    expired = ssl.SSLCertVerificationError(1, "certificate verify failed: certificate has expired")
+    expired.verify_code, expired.verify_message = 10, "certificate has expired"
+    ended = ConnectionResetError()  # asyncio's EOF in the handshake: a gate distrusting the hub
+    timed_out = ConnectionAbortedError("SSL handshake is taking longer than 10.0 seconds")
+    with caplog.at_level(logging.DEBUG, logger="sync.hub_watch"):
+        for _ in range(3):
+            refused.refused("10.0.0.7", expired)
+        refused.refused("10.0.0.8", expired)
+        refused.refused("10.0.0.7", ended)
+        refused.refused("10.0.0.7", timed_out)
+        now[0] += WARN_EVERY_S
+        refused.refused("10.0.0.7", expired)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "TLS handshake from 10.0.0.7 refused: client certificate expired"
+        " (certificate has expired; check the gate's [hub] cert)",
+        "TLS handshake from 10.0.0.8 refused: client certificate expired"
+        " (certificate has expired; check the gate's [hub] cert)",
+        "TLS handshake from 10.0.0.7 refused: the client ended the handshake (a gate that does"
+        " not trust this hub's certificate: check its [hub] ca, the CA of this hub's [tls] cert)",
+        "TLS handshake from 10.0.0.7 refused: client certificate expired"
+        " (certificate has expired; check the gate's [hub] cert) (2 more since the last such line)",
+    ]
+    assert any("taking longer" in r.getMessage() for r in caplog.records if r.levelno == 10)
