@@ -223,6 +223,8 @@ class _Guard(asyncio.Protocol):
     async def _handshake(self, raw: asyncio.Transport) -> None:
         """TLS on ``raw``, then the connection as without TLS; a failure is logged and closed."""
         assert self._conns.tls is not None
+        if raw.is_closing():  # the client left before its turn came
+            return
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 raw, self, self._conns.tls, server_side=True,
