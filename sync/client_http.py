@@ -187,7 +187,7 @@ def _issued_by_any(cert: x509.Certificate, ca_path: Path) -> bool:
     return False
 
 
-def _tls_fault(exc: BaseException, tls: ssl.SSLContext | None) -> HubTLSError | None:
+def _tls_fault(exc: BaseException) -> HubTLSError | None:
     """A HubTLSError for a failure that a certificate explains, else None."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         error = exc.certificate_error
@@ -203,7 +203,7 @@ def _tls_fault(exc: BaseException, tls: ssl.SSLContext | None) -> HubTLSError | 
         reason = str(getattr(exc.os_error, "reason", None) or exc)
         if "WRONG_VERSION_NUMBER" in reason:
             return HubTLSError(f"the hub does not answer TLS ({reason}): check [hub] url", "url")
-        if "ALERT" in reason.upper():
+        if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
             return HubTLSError(
                 f"the hub refused this gate's client certificate ({reason}): check [hub] cert",
                 "cert",
@@ -278,7 +278,7 @@ class HubHTTP:
                 status, resp_headers = resp.status, CIMultiDict(resp.headers)  # any case
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.last_down = time.monotonic()
-            tls = _tls_fault(exc, self._tls) if self._tls is not None else None
+            tls = _tls_fault(exc) if self._tls is not None else None
             if tls is None and _hung_up(exc, self._tls) and await self._certificate_refused():
                 why = client_cert_problem(self._tls, time.time()) or "was refused (see its log)"
                 tls = HubTLSError(
