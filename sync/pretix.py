@@ -3,11 +3,14 @@
 One :class:`PretixUpstream` per gate runs on the daemon's event loop and never blocks a lane: the
 lanes decide offline from the trust bundle, the revocation index and the journal, all of which
 this adapter only feeds. A round (:meth:`PretixUpstream.sync_once`) downloads the event's keys,
-the check-in list's settings, revoked secrets (``created_since``) and blocked secrets
-(``updated_since``, inclusive cursors, so the cursor row comes back and is re-applied harmlessly),
-and other devices' check-ins (``modified_since``), then uploads unsynced journal rows in
-``gate_seq`` order. Any fault keeps the queue and the gate's offline decisions going; the next
-round is delayed by capped exponential backoff with full jitter (Retry-After as a lower bound).
+the check-in list's settings (from the event's lists), revoked secrets (``created_since``) and
+blocked secrets (``updated_since``, inclusive cursors, so the cursor row comes back and is
+re-applied harmlessly), and other devices' check-ins and annulments from the orders modified
+since the last round (``modified_since``: a round with nothing changed is five small requests),
+then uploads unsynced journal rows in ``gate_seq`` order. Every endpoint used is allowed to
+pretix's "pretixSCAN" device profile. Any fault keeps the queue and the gate's offline decisions
+going; the next round is delayed by capped exponential backoff with full jitter (Retry-After as
+a lower bound).
 
 What pretix does not report (all observed on a real server, see the vectors' README):
 * forced (offline) uploads always answer 201 ok, duplicates included: conflicts are found from
@@ -58,7 +61,8 @@ SOFTWARE = "gate-agent"
 SOFTWARE_VERSION = "0.1"
 _REVOKED_CURSOR = "pretix_revoked_created_since"
 _BLOCKED_CURSOR = "pretix_blocked_updated_since"
-_POSITIONS_OVERLAP_S = 120.0  # re-read a margin: check-ins committed while we paged
+_ORDERS_CURSOR = "orders_modified_since"
+_ORDERS_OVERLAP_S = 60.0  # re-read a margin: check-ins still being committed when we asked
 _OUTBOX_CAP = 10_000
 _ALERTS_KEPT = 100
 
@@ -306,7 +310,7 @@ class PretixUpstream:
             self._set_trust(bundle)
             self._trust_raw = bundle.raw
             log.info("pretix: %d event key(s) installed", len(bundle.issuers))
-        checkin_list = await self._get_object(f"{self._event_path}/checkinlists/{self._list}/")
+        checkin_list = await self._find_list()
         policy = pretix_event.list_policy(checkin_list, self._base_policy)
         if policy != self._policy:
             self._policy = policy
@@ -314,6 +318,16 @@ class PretixUpstream:
                 self._on_policy(policy)
         await self._download_secrets()
         await self._download_checkins()
+
+    async def _find_list(self) -> dict[str, Any]:
+        """Our check-in list from the event's lists: the pretixSCAN profile may list them but
+        not read one by its id (403)."""
+        path = f"{self._event_path}/checkinlists/"
+        async for _reply, rows in self._http.pages(path, {}):
+            for row in rows:
+                if isinstance(row, dict) and row.get("id") == self._list:
+                    return row
+        raise PretixUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
 
     async def _get_object(self, path: str) -> dict[str, Any]:
         reply = await self._http.request("GET", path)
@@ -362,26 +376,37 @@ class PretixUpstream:
             )  # fmt: skip
 
     async def _download_checkins(self) -> None:
+        """Check-ins of other devices, from the orders modified since the last round.
+
+        pretix ignores ``modified_since`` on a list's positions but honours it on orders, and
+        every check-in and every annulment touches its order's ``last_modified``; an order lists
+        its positions with their successful check-ins (those of every list: ours are picked
+        out). Ordered by creation, which no change moves, so paging while orders change can
+        repeat a row but never skip one. The cursor is the server's time at the first page,
+        less a margin for transactions still open then.
+        """
         if self._device_id is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
             return
-        since = self._sync_state.get("positions_modified_since")
-        params = {"modified_since": since} if since else {}
+        since = self._sync_state.get(_ORDERS_CURSOR)
+        params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
+        if since:
+            params.append(("modified_since", since))
         started: float | None = None
         learnt = skipped = annulled = 0
-        path = f"{self._event_path}/checkinlists/{self._list}/positions/"
-        async for reply, rows in self._http.pages(path, params):
+        async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             if started is None:
                 started = parse_http_date(reply.headers.get("Date")) or self._clock.now()
-            entries, bad = wire.peer_entries(rows, self._device_id, self._list)
-            skipped += bad
+            rows, bad = wire.order_positions(orders)
+            entries, bad_checkins = wire.peer_entries(rows, self._device_id, self._list)
+            skipped += bad + bad_checkins
             learnt += await self._journal.add_peer_entries(entries)
             annulled += await self._learn_annulments(rows, self._device_id)
         if learnt or skipped or annulled:
             log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
                      learnt, annulled, skipped)  # fmt: skip
         if started is not None:
-            self._sync_state["positions_modified_since"] = wire.iso(started - _POSITIONS_OVERLAP_S)
+            self._sync_state[_ORDERS_CURSOR] = wire.iso(started - _ORDERS_OVERLAP_S)
             self._save_sync_state()
 
     async def _learn_annulments(self, rows: list[Any], own_device: int) -> int:
@@ -442,8 +467,6 @@ class PretixUpstream:
         reason = reply.body.get("reason") if isinstance(reply.body, dict) else None
         if reply.status == 404 and reason is None:
             raise PretixUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
-        if reply.status == 403:
-            raise PretixUnavailable("redeem: HTTP 403: the device may not use this list/event")
         if reason == "already_redeemed":
             self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
         self._status["rejected"] += 1
@@ -459,8 +482,8 @@ class PretixUpstream:
         )
         if reply.ok:
             return
-        if reply.status in (403, 404):
-            raise PretixUnavailable(f"failed_checkins: HTTP {reply.status} (list {self._list}?)")
+        if reply.status == 404:
+            raise PretixUnavailable(f"failed_checkins: HTTP 404 (list {self._list}?)")
         self._status["rejected"] += 1
         raise _Done(
             f"failed check-in refused for good: HTTP {reply.status} {wire.reply_keys(reply)}"
@@ -483,8 +506,6 @@ class PretixUpstream:
         reply = await self._http.request("POST", path, json_body=wire.annul_body(rec, self._list))
         if reply.ok:
             return
-        if reply.status == 403:
-            raise PretixUnavailable("annul: HTTP 403: the device may not annul")
         # 404: no check-in with that nonce from this device (the entry was refused upstream);
         # 400: outside pretix's 15 minutes. Retrying cannot change either.
         self._status["rejected"] += 1

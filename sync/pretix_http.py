@@ -5,7 +5,9 @@ of these, so the adapter decides from the class alone whether to keep its queue 
 
     PretixError (AgentError, RuntimeError)
     ├── PretixUnavailable       unreachable, timed out, 408/429/5xx, malformed JSON, bad paging:
-    │                           transient; ``retry_after`` carries the server's Retry-After
+    │   │                       transient; ``retry_after`` carries the server's Retry-After
+    │   └── PretixForbidden     403: the device's security profile (or its event access) does
+    │                           not allow the endpoint; kept retrying, as an admin can widen it
     ├── PretixAuthError         401: the device token is revoked or wrong; retrying cannot help
     └── PretixInitError         device initialisation refused (token used or unknown)
 
@@ -25,7 +27,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +43,12 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 16 << 20  # a page of 50 positions is ~100 kB; anything this big is not pretix
 MAX_PAGES = 100_000
+# Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones
+# (pretixscan_online_kiosk, pretixscan_online_noorders) lack the order list it syncs from.
+NEEDED_PROFILE = "'pretixSCAN' (pretixscan) or 'Full device access' (full)"
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
+
+Query = Mapping[str, str] | Sequence[tuple[str, str]]  # pairs when a key repeats (include=)
 
 
 class PretixError(AgentError, RuntimeError):
@@ -54,6 +61,10 @@ class PretixUnavailable(PretixError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class PretixForbidden(PretixUnavailable):
+    """403: the device may not use this endpoint (security profile or event access)."""
 
 
 class PretixAuthError(PretixError):
@@ -190,14 +201,15 @@ class PretixHTTP:
         target: str | yarl.URL,
         *,
         json_body: Any = None,
-        params: Mapping[str, str] | None = None,
+        params: Query | None = None,
         auth: bool = True,
         secret: str | None = None,
     ) -> Reply:
-        """One request; returns 2xx and 4xx (not 401/408/429) answers, raises otherwise.
+        """One request; returns 2xx and 4xx (not 401/403/408/429) answers, raises otherwise.
 
         ``secret``: a ticket secret inside the path; no message names it, only its ticket's
-        short id. Raises PretixUnavailable (transient), PretixAuthError (401).
+        short id. Raises PretixUnavailable (transient), PretixForbidden (403, naming the method,
+        the path and the profile the gate needs), PretixAuthError (401).
         """
         url = self.url(target) if isinstance(target, str) else target
         if params:
@@ -222,16 +234,14 @@ class PretixHTTP:
             raise PretixUnavailable(f"{what}: {exc}") from None
         return _classify(what, status, raw, resp_headers)
 
-    async def pages(
-        self, path: str, params: Mapping[str, str]
-    ) -> AsyncIterator[tuple[Reply, list[Any]]]:
+    async def pages(self, path: str, params: Query) -> AsyncIterator[tuple[Reply, list[Any]]]:
         """Follow a paginated list (``results`` and ``next``); yields each page and its rows.
 
         ``next`` must stay on the server's origin (the token is never sent elsewhere). Raises as
         :meth:`request`, and PretixUnavailable for a malformed page or a 4xx answer.
         """
         target: str | yarl.URL = path
-        query: Mapping[str, str] | None = params
+        query: Query | None = params
         for _ in range(MAX_PAGES):
             reply = await self.request("GET", target, params=query)
             body = reply.body
@@ -263,6 +273,11 @@ class PretixHTTP:
 def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) -> Reply:
     if status == 401:
         raise PretixAuthError(f"{what}: HTTP 401: device token refused (revoked?)")
+    if status == 403:
+        raise PretixForbidden(
+            f"{what}: HTTP 403: the device may not use this endpoint; give it the security"
+            f" profile {NEEDED_PROFILE} and access to the event"
+        )
     if status in _TRANSIENT_STATUS or status >= 500:
         now = datetime.now(UTC).timestamp()
         raise PretixUnavailable(

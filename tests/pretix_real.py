@@ -126,6 +126,9 @@ class PretixReal:
     series: dict[str, Any] = field(repr=False)
     register: Callable[[Iterable[str], str], None] = field(repr=False)
     started_in_s: float = 0.0  # copy, fixtures and runserver until the API answered
+    # stop runserver (its data kept) and start it again on the same port (answering when it returns)
+    halt: Callable[[], None] = field(default=lambda: None, repr=False)
+    launch: Callable[[], None] = field(default=lambda: None, repr=False)
     _taken: set[str] = field(default_factory=set, repr=False)
 
     @property
@@ -155,11 +158,13 @@ class PretixReal:
             text = await resp.text()
             return resp.status, json.loads(text) if text else None
 
-    async def new_device(self, name: str) -> Device:
-        """A new device of the organizer (full access, all events), not yet initialised."""
+    async def new_device(self, name: str, profile: str = "full") -> Device:
+        """A new device of the organizer (all events), not yet initialised; ``profile`` is its
+        security profile ("full", "pretixscan", "pretixscan_online_kiosk", ...)."""
         status, body = await self.api(
             "POST", f"/api/v1/organizers/{self.organizer}/devices/",
-            body={"name": name, "all_events": True, "limit_events": []},
+            body={"name": name, "all_events": True, "limit_events": [],
+                  "security_profile": profile},
         )  # fmt: skip
         if status != 201:
             raise RuntimeError(f"device creation failed: HTTP {status}")
@@ -178,6 +183,13 @@ class PretixReal:
         token: str = body["api_token"]
         self.register([token], "real pretix device API token")
         return token
+
+    async def revoke(self, token: str) -> None:
+        """Revoke the device with API ``token``: pretix's ``device/revoke`` sets ``revoked`` as
+        the backend's "revoke access" button does (the team API has no such call)."""
+        status, _ = await self.api("POST", "/api/v1/device/revoke", token=token)
+        if status != 200:
+            raise RuntimeError(f"device revocation failed: HTTP {status}")
 
     async def redeem(
         self, token: str, secret: str, nonce: str, *, list_id: int | None = None, **extra: Any
@@ -221,6 +233,8 @@ class _Server:
         self.root = Path(tempfile.mkdtemp(prefix="gate-agent-pretix-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_in_s = 0.0
+        self._port = 0
+        self._env: dict[str, str] = {}
 
     def start(self) -> tuple[str, dict[str, Any]]:
         began = time.monotonic()
@@ -233,15 +247,30 @@ class _Server:
         subprocess.run([python, str(FIXTURES), str(out)], env=env, check=True,
                        capture_output=True, timeout=120)  # fmt: skip
         data: dict[str, Any] = json.loads(out.read_text())
-        url = f"http://127.0.0.1:{port}"
-        with open(self.root / "server.txt", "wb") as log:  # pretix's log: holds secrets
-            self.proc = subprocess.Popen(
-                [python, "-m", "pretix", "runserver", f"127.0.0.1:{port}", "--noreload"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        self._wait_ready(url)
+        self._port, self._env = port, env
+        self.launch()
         self.started_in_s = time.monotonic() - began
-        return url, data
+        return f"http://127.0.0.1:{port}", data
+
+    def launch(self) -> None:
+        """Start runserver on the session's port and data; returns once the API answers."""
+        python = str(VENV / "bin" / "python")
+        with open(self.root / "server.txt", "ab") as log:  # pretix's log: holds secrets
+            self.proc = subprocess.Popen(
+                [python, "-m", "pretix", "runserver", f"127.0.0.1:{self._port}", "--noreload"],
+                env=self._env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self._wait_ready(f"http://127.0.0.1:{self._port}")
+
+    def halt(self) -> None:
+        """Stop runserver (SIGTERM, then SIGKILL after 10 s); the data stays for :meth:`launch`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def _wait_ready(self, url: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -262,13 +291,7 @@ class _Server:
         raise RuntimeError(f"pretix did not answer within {START_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -304,6 +327,7 @@ def pretix_real(log_scan_register: Callable[[Iterable[str], str], None]) -> Iter
             secrets=data["secrets"], admin_token=data["admin_token"], devices=devices,
             series=data["series"],
             register=log_scan_register, started_in_s=server.started_in_s,
+            halt=server.halt, launch=server.launch,
         )  # fmt: skip
     finally:
         server.stop()

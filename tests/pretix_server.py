@@ -1,8 +1,9 @@
 """A loopback pretix stand-in that answers with the real responses recorded in the vectors.
 
 Only what the gate uses: device initialisation, the event, one check-in list, revoked and blocked
-secrets (inclusive ``created_since``/``updated_since``, paging via ``next``), check-in list
-positions (``modified_since``), redeem, failed check-ins and annul. Every request is recorded
+secrets (inclusive ``created_since``/``updated_since``, paging via ``next``), the event's check-in
+lists, orders (``modified_since``, each wrapping one position of ``positions``), redeem, failed
+check-ins and annul. Every request is recorded
 (``calls``) so tests can assert on exactly what the gate sent. Faults on demand: ``fault`` =
 "5xx" (503 with Retry-After), "slow" (answers after ``slow_s``), "malformed" (200, broken JSON),
 "401" (token revoked), "garbage" (not HTTP: a status line without a code); ``fault_on`` limits the
@@ -72,6 +73,7 @@ class FakePretix:
     blocked: dict[str, Any] = field(
         default_factory=lambda: recorded_page("blocked_secrets.json", "blocked_full_1")
     )
+    # positions with the time their order was last modified (served as one-position orders)
     positions: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     # secret -> list of (status, body) answered in turn (the last one repeats)
     redeem_answers: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
@@ -153,12 +155,8 @@ def make_app(state: FakePretix) -> web.Application:
     async def event(request: web.Request) -> web.Response:
         return web.json_response(load("event.json"))
 
-    async def checkin_list(request: web.Request) -> web.Response:
-        lists = load("checkin_lists.json")["results"]
-        found = [c for c in lists if str(c["id"]) == request.match_info["list"]]
-        if not found:
-            return web.json_response({"detail": "Not found."}, status=404)
-        return web.json_response(found[0])
+    async def checkin_lists(request: web.Request) -> web.Response:
+        return web.json_response(_paged(request, load("checkin_lists.json")["results"], 50))
 
     async def revoked(request: web.Request) -> web.Response:
         rows = state.revoked["results"]
@@ -176,11 +174,10 @@ def make_app(state: FakePretix) -> web.Application:
         rows = sorted(rows, key=lambda r: _t(r["updated"]))
         return web.json_response(_paged(request, rows, state.page_size))
 
-    async def positions(request: web.Request) -> web.Response:
+    async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")
-        rows = [p for m, p in state.positions if since is None or m >= _t(since)]
-        response = web.json_response(_paged(request, rows, state.page_size))
-        return response
+        rows = [{"positions": [p]} for m, p in state.positions if since is None or m >= _t(since)]
+        return web.json_response(_paged(request, rows, state.page_size))
 
     async def redeem(request: web.Request) -> web.Response:
         # The secret is taken from the raw path: it is percent-encoded and may hold "/".
@@ -217,10 +214,10 @@ def make_app(state: FakePretix) -> web.Application:
     app = web.Application(middlewares=[middleware])
     app.router.add_post("/api/v1/device/initialize", initialize)
     app.router.add_get(f"{EVENT_PATH}/", event)
-    app.router.add_get(EVENT_PATH + "/checkinlists/{list}/", checkin_list)
+    app.router.add_get(f"{EVENT_PATH}/checkinlists/", checkin_lists)
     app.router.add_get(f"{EVENT_PATH}/revokedsecrets/", revoked)
     app.router.add_get(f"{EVENT_PATH}/blockedsecrets/", blocked)
-    app.router.add_get(EVENT_PATH + "/checkinlists/{list}/positions/", positions)
+    app.router.add_get(f"{EVENT_PATH}/orders/", orders)
     app.router.add_post(EVENT_PATH + "/checkinlists/{list}/positions/{secret:.+}/redeem/", redeem)
     app.router.add_post(EVENT_PATH + "/checkinlists/{list}/failed_checkins/", failed)
     app.router.add_post(f"/api/v1/organizers/{ORG}/checkinrpc/annul/", annul)

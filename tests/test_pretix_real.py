@@ -27,6 +27,7 @@ from agent.daemon import Gate, open_gate
 from agent.model import Reason
 from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
+from sync import pretix_wire as wire
 from tests.conftest import WriteConfig
 from tests.pretix_real import Device, PretixReal
 
@@ -302,9 +303,29 @@ async def test_real_pretix_answers_what_the_adapter_relies_on(pretix_real: Preti
     assert status == 201
     (shown,) = answer["position"]["checkins"]  # the check-ins before this one
     assert shown["device_id"] == one.device_id and shown["device"] != one.device_id
+    status, orders = await pretix_real.api("GET", f"{pretix_real.event_path}/orders/", token=t2)
+    assert status == 200
+    (cursor,) = {o["last_modified"] for o in orders["results"] if _holds(o, secret)}
     assert (await pretix_real.annul(t1, nonce))[0] == 200
     path = f"{pretix_real.event_path}/checkinlists/{pretix_real.lists['all']}/positions/"
     status, page = await pretix_real.api("GET", f"{path}?secret={quote(secret)}", token=t2)
     assert status == 200
     listed = [ci["device_id"] for row in page["results"] for ci in row["checkins"]]
     assert listed == [two.device_id]
+    # orders honour modified_since, and an annulment touches its order (the gate's cursor)
+    later = quote(wire.iso(wire.parse_iso(cursor) + 0.001))
+    status, orders = await pretix_real.api(
+        "GET", f"{pretix_real.event_path}/orders/?modified_since={later}&include=positions.secret"
+        "&include=positions.checkins", token=t2,
+    )  # fmt: skip
+    assert status == 200 and orders["count"] == 1, orders["count"]
+    (position,) = orders["results"][0]["positions"]
+    assert position["secret"] == secret
+    assert [ci["device_id"] for ci in position["checkins"]] == [two.device_id]
+    # ... where a check-in list's positions ignore it (any value, even garbage: all of them)
+    status, page = await pretix_real.api("GET", f"{path}?modified_since=garbage", token=t2)
+    assert status == 200 and page["count"] > 1
+
+
+def _holds(order: dict[str, Any], secret: str) -> bool:
+    return any(p["secret"] == secret for p in order["positions"])

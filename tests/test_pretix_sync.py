@@ -354,7 +354,7 @@ async def test_peer_checkins_learnt_into_history(rig: Rig) -> None:
     # idempotent: a re-download (cursor overlap) adds nothing
     assert await rig.up.sync_once()
     assert len(await rig.journal.history("pretix:" + secret)) == 1
-    since = rig.fake.calls_to("/positions/")[-1].query["modified_since"]
+    since = rig.fake.calls_to("/orders/")[-1].query["modified_since"]
     assert since.endswith("Z")
 
 
