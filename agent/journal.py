@@ -218,9 +218,17 @@ class Journal:
         """
         if not gate_id:
             raise ValueError("gate_id must not be empty")
+        if not path.parent.is_dir():
+            raise JournalError(f"cannot open journal {path}: {path.parent} is not a directory")
+        connecting = aiosqlite.connect(path, isolation_level=None)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            db = await connecting
         except sqlite3.Error as exc:
+            # aiosqlite stops its thread without waiting for it: wait here, or the thread
+            # reports to an event loop that may be closed by then (an exception in a thread).
+            thread = getattr(connecting, "_thread", None)
+            if thread is not None:
+                await asyncio.to_thread(thread.join, 5.0)
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         journal = cls(db, path, gate_id, gate_name, clock)
         try:
