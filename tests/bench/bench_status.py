@@ -256,30 +256,34 @@ def one_run(
     return {"quiet": quiet, "loaded": loaded}
 
 
-def _median(runs: list[dict[str, Any]], phase: str, key: str) -> float:
+def median(runs: list[dict[str, Any]], phase: str, key: str) -> float:
     return float(statistics.median(r[phase][key] for r in runs))
 
 
-def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def lane_table(runs: list[dict[str, Any]], interval_ms: float, phase: str, crowd: str) -> None:
+    """The lane's figures, quiet vs ``phase`` (medians of the runs), with ratios."""
+
     def row(name: str, key: str, fmt: str, ratio: bool = False) -> None:
-        q, ld = _median(runs, "quiet", key), _median(runs, "loaded", key)
-        tail = f"{ld / q:>8.2f}x" if ratio and q else ""
+        q, ld = median(runs, "quiet", key), median(runs, phase, key)
+        tail = f"{ld / q:>9.2f}x" if ratio and q else ""
         print(f"  {name:<32}{q:>12{fmt}}{ld:>12{fmt}}{tail}")
 
-    print(
-        f"  {'(median of ' + str(len(runs)) + ' runs)':<32}{'quiet':>12}{'loaded':>12}{'ratio':>9}"
-    )
+    print(f"  {'(median of ' + str(len(runs)) + ' runs)':<32}{'quiet':>12}{phase:>12}{'ratio':>10}")
     row("decisions logged", "n", ".0f")
     row("daemon CPU, % of a core", "cpu", ".0%")
-    row("status clients' CPU", "crowd", ".0%")
+    row(crowd, "crowd", ".0%")
     row("other processes' CPU", "others", ".0%")
-    row("decisions/s (offered " + f"{1000 / args.interval_ms:g})", "rate", ".1f")
+    row("decisions/s (offered " + f"{1000 / interval_ms:g})", "rate", ".1f")
     for label, key in (("p50", "p50"), ("p99", "p99"), ("max", "max")):
         row(f"lane latency {label} ms", key, ".2f", ratio=True)
     for label, key in (("p50", "e2e_p50"), ("p99", "e2e_p99"), ("max", "e2e_max")):
         row(f"send -> logged {label} ms", key, ".1f", ratio=True)
-    loaded = {k: _median(runs, "loaded", k) for k in ("s_rate", "s_p50", "s_p99", "not_200")}
-    loaded["sse_events"] = _median(runs, "loaded", "sse_events")
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    lane_table(runs, args.interval_ms, "loaded", "status clients' CPU")
+    loaded = {k: median(runs, "loaded", k) for k in ("s_rate", "s_p50", "s_p99", "not_200")}
+    loaded["sse_events"] = median(runs, "loaded", "sse_events")
     print(
         f"  status under load: {loaded['s_rate']:.0f} requests/s answered, p50"
         f" {loaded['s_p50']:.1f} ms, p99 {loaded['s_p99']:.1f} ms, {loaded['not_200']:.0f} not 200;"
@@ -288,7 +292,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     figures: dict[str, Any] = {"bench": "status", "revoked": args.revoked, "rows": args.rows}
     for phase in ("quiet", "loaded"):
         for key in ("rate", "p50", "p99", "max", "e2e_p50", "e2e_p99"):
-            figures[f"{phase}_{key}"] = round(_median(runs, phase, key), 2)
+            figures[f"{phase}_{key}"] = round(median(runs, phase, key), 2)
     figures["status_rate"] = round(loaded["s_rate"])
     figures["status_p99_ms"] = round(loaded["s_p99"], 1)
     print(json.dumps(figures))

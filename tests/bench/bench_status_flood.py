@@ -43,7 +43,7 @@ import aiohttp
 
 from agent import issuer
 from tests.bench.bench_decision import pct, prepare
-from tests.bench.bench_status import WARMUP, _configure, _phase, _start
+from tests.bench.bench_status import WARMUP, _configure, _phase, _start, lane_table, median
 from tests.hubproc import free_port
 
 # One stream attempt: (asked, wall s; answered after, ms; HTTP status or 0; closed, wall s; events)
@@ -165,33 +165,13 @@ def one_run(
     return {"quiet": quiet, "flooded": flooded}
 
 
-def _median(runs: list[dict[str, Any]], phase: str, key: str) -> float:
-    return float(statistics.median(r[phase][key] for r in runs))
-
-
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    def row(name: str, key: str, fmt: str, ratio: bool = False) -> None:
-        q, fl = _median(runs, "quiet", key), _median(runs, "flooded", key)
-        tail = f"{fl / q:>9.2f}x" if ratio and q else ""
-        print(f"  {name:<32}{q:>12{fmt}}{fl:>12{fmt}}{tail}")
-
-    print(
-        f"  {'(median of ' + str(len(runs)) + ' runs)':<32}{'quiet':>12}{'flooded':>12}{'ratio':>10}"
-    )
-    row("decisions logged", "n", ".0f")
-    row("daemon CPU, % of a core", "cpu", ".0%")
-    row("flood clients' CPU", "crowd", ".0%")
-    row("other processes' CPU", "others", ".0%")
-    row("decisions/s (offered " + f"{1000 / args.interval_ms:g})", "rate", ".1f")
-    for label, key in (("p50", "p50"), ("p99", "p99"), ("max", "max")):
-        row(f"lane latency {label} ms", key, ".2f", ratio=True)
-    for label, key in (("p50", "e2e_p50"), ("p99", "e2e_p99"), ("max", "e2e_max")):
-        row(f"send -> logged {label} ms", key, ".1f", ratio=True)
+    lane_table(runs, args.interval_ms, "flooded", "flood clients' CPU")
     s = {
-        k: _median(runs, "flooded", k)
+        k: median(runs, "flooded", k)
         for k in ("attempts", "ok", "503", "failed", "refuse_p50", "refuse_p99")
     }
-    s |= {k: _median(runs, "flooded", k) for k in ("open_throughout", "min_events")}
+    s |= {k: median(runs, "flooded", k) for k in ("open_throughout", "min_events")}
     print(
         f"  stream attempts: {s['attempts']:.0f} ({s['ok']:.0f} got 200, {s['503']:.0f} got 503 in"
         f" p50 {s['refuse_p50']:.1f} ms / p99 {s['refuse_p99']:.1f} ms, {s['failed']:.0f} failed);"
@@ -201,7 +181,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     figures: dict[str, Any] = {"bench": "status_flood", "streams": args.streams}
     for phase in ("quiet", "flooded"):
         for key in ("rate", "p50", "p99", "max", "e2e_p50", "e2e_p99"):
-            figures[f"{phase}_{key}"] = round(_median(runs, phase, key), 2)
+            figures[f"{phase}_{key}"] = round(median(runs, phase, key), 2)
     figures |= {f"streams_{k}": round(v, 1) for k, v in s.items()}
     print(json.dumps(figures))
 
