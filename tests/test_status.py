@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -46,11 +47,11 @@ def _listed_config(write_config: WriteConfig, iss: Issuer) -> cfg.Config:
     return cfg.load(write_config(revocations=["revocations-1.json"]))
 
 
-@pytest.fixture
-async def served(
-    write_config: WriteConfig, iss: Issuer
+@asynccontextmanager
+async def _serving(
+    conf: cfg.Config, **limits: object
 ) -> AsyncIterator[tuple[Gate, StatusServer, str]]:
-    conf = _listed_config(write_config, iss)
+    """A gate (sim scanner and turnstile) with its status server, told of every outcome."""
     hooks: list[StatusServer] = []
 
     def on_outcome(outcome: Outcome) -> None:
@@ -60,12 +61,20 @@ async def served(
     async with open_gate(
         conf, on_outcome, scanner=SimScanner(source="s"), gate_io=SimGate(passage_ms=10)
     ) as gate:
-        server = await _started(gate)
+        server = await _started(gate, **limits)
         hooks.append(server)
         try:
             yield gate, server, f"http://127.0.0.1:{server.port}"
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def served(
+    write_config: WriteConfig, iss: Issuer
+) -> AsyncIterator[tuple[Gate, StatusServer, str]]:
+    async with _serving(_listed_config(write_config, iss)) as served:
+        yield served
 
 
 async def _present(gate: Gate, text: str, source: str = "s") -> Outcome:
@@ -212,34 +221,17 @@ async def test_pacer_lets_a_burst_through_then_spaces_the_rest() -> None:
 async def test_a_refused_display_comes_back_once_a_stream_is_free(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path
 ) -> None:
-    conf = _listed_config(write_config, iss)
-    hooks: list[StatusServer] = []
-
-    def on_outcome(outcome: Outcome) -> None:
-        for server in hooks:
-            server.observe(outcome)
-
-    async with open_gate(
-        conf,
-        on_outcome,
-        scanner=SimScanner(source="s"),
-        gate_io=SimGate(passage_ms=10),
-    ) as gate:
-        server = await _started(gate, max_streams=1)
-        hooks.append(server)
-        url = f"http://127.0.0.1:{server.port}/display"
-        try:
-            up = "document.getElementById('link').className === 'up'"
-            async with Browser(tmp_path / "second") as second:
-                async with Browser(tmp_path / "first") as first:
-                    await first.goto(url)
-                    await first.wait_for(up)
-                    await second.goto(url)  # the one stream is taken: 503
-                    await second.wait_for("document.getElementById('link').className === 'down'")
-                # the first display is gone: the second gets its stream by itself and shows
-                # the next decision
-                await second.wait_for(up, timeout=20)
-                await _present(gate, iss.ticket(event=1, zones=[1]))
-                await second.wait_for("document.getElementById('panel').dataset.state === 'admit'")
-        finally:
-            await server.close()
+    async with _serving(_listed_config(write_config, iss), max_streams=1) as (gate, _, base):
+        url = base + "/display"
+        up = "document.getElementById('link').className === 'up'"
+        async with Browser(tmp_path / "second") as second:
+            async with Browser(tmp_path / "first") as first:
+                await first.goto(url)
+                await first.wait_for(up)
+                await second.goto(url)  # the one stream is taken: 503
+                await second.wait_for("document.getElementById('link').className === 'down'")
+            # the first display is gone: the second gets its stream by itself and shows the
+            # next decision
+            await second.wait_for(up, timeout=20)
+            await _present(gate, iss.ticket(event=1, zones=[1]))
+            await second.wait_for("document.getElementById('panel').dataset.state === 'admit'")
