@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +35,7 @@ from agent.model import Decision, Reason, Verdict, shared_ref
 from sync import hub_logic, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
 from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
-from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, write_hub_config
+from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_hub_config
 from tests.pg import pg_server, pg_url  # noqa: F401
 
 POISON = (1 << 62) - 1  # the largest HLC a gate took from a peer before HLCs were bounded
@@ -44,6 +46,7 @@ ADMIT = Decision(Verdict.ADMIT, Reason.OK, "")
 @dataclass
 class Venue:
     setup: HubSetup
+    keys: Path  # the issuing machine's `keys init` folder (gates take root.pub and trust.json)
     store: str | None  # None: SQLite in the hub's state dir; else a PostgreSQL URL
     conf_a: config.Config
     conf_b: config.Config
@@ -110,7 +113,7 @@ async def venue(
     clock = Clock(assume="synced")
     thief = await Journal.open(tmp_path / "x.db", gate_id="gate-x", gate_name="x", clock=clock)
     try:
-        yield Venue(setup, store, conf_a, conf_b, thief_token, console, thief)
+        yield Venue(setup, keys_dir, store, conf_a, conf_b, thief_token, console, thief)
     finally:
         await thief.close()
 
@@ -384,3 +387,78 @@ async def test_pretix_secrets_travel_and_are_matched_as_digests(
         assert await journal.add_peer_entries([entry]) == 1
         (seen,) = await journal.history(secret_ref)
         assert (seen.gate_id, seen.kind, seen.peer) == ("gate-x", "entry", True)
+
+
+# --- the same attack against a gate process ------------------------------------------------------
+
+
+def _journal_rows(state: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of a running gate's journal, read-only (blocking)."""
+    path = state / "journal.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+async def test_a_gate_process_keeps_a_ticket_used_when_a_hub_lets_a_forged_annulment_through(
+    venue: Venue, iss: Issuer, tmp_path: Path
+) -> None:
+    assert venue.conf_b.hub is not None and venue.conf_b.hub.token is not None
+    sock = tmp_path / "b-scan.sock"
+    conf_b = write_gate(
+        tmp_path / "gate-b-process", venue.keys,
+        gate_id="gate-b", name="Gate B", url=venue.setup.url, token=venue.conf_b.hub.token,
+        scanner=f"sim://socket?path={sock}",
+    )  # fmt: skip
+    state = conf_b.parent / "state"
+    text = iss.ticket(event=1, zones=[1])
+    with HubProcess(venue.setup), (tmp_path / "gate-b.log").open("w") as log:
+        gate_b = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(conf_b),
+            stderr=log, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            async with open_gate(venue.conf_a) as a:
+                first = await _present(a, text)
+                assert first.decision.admitted and first.record is not None
+                ref, target = first.record.ticket_ref, first.record.entry_id
+
+                def learnt(kind: str) -> bool:
+                    sql = "SELECT entry_id FROM peer_entries WHERE ticket_ref = ? AND kind = ?"
+                    return bool(_journal_rows(state, sql, ref, kind))
+
+                await until(lambda: asyncio.to_thread(learnt, "entry"), 30, "B learns A")
+                forged = await venue.thief_row(ref, "annul", annuls=target)
+                status, _ = await venue.upload(forged)
+                assert status == 422
+                await _plant(venue, forged)  # a hub that lets it through anyway
+                await until(lambda: asyncio.to_thread(learnt, "annul"), 30, "B gets it")
+                await asyncio.to_thread(_scan_into, sock, text)
+
+                def decided() -> list[tuple[Any, ...]]:
+                    sql = "SELECT verdict, reason FROM entries WHERE ticket_ref = ?"
+                    return _journal_rows(state, sql, ref)
+
+                await until(lambda: asyncio.to_thread(lambda: bool(decided())), 30, "B decides")
+                assert await asyncio.to_thread(decided) == [("deny", "already_used")]
+        finally:
+            gate_b.terminate()
+            assert await asyncio.wait_for(gate_b.wait(), 30) == 0
+    assert "Traceback" not in (tmp_path / "gate-b.log").read_text()
+
+
+def _scan_into(sock: Path, text: str) -> None:
+    """Present ``text`` to a gate process's socket scanner, once its socket is there."""
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert time.monotonic() < deadline, "the gate's scanner socket never appeared"
+        time.sleep(0.05)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.sendall((text + "\n").encode())
