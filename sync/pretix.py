@@ -48,7 +48,6 @@ from sync.pretix_http import (
     PretixInitError,
     PretixUnavailable,
     Reply,
-    parse_http_date,
     sleep_or_stop,
     token_hash,
 )
@@ -62,7 +61,11 @@ SOFTWARE_VERSION = "0.1"
 _REVOKED_CURSOR = "pretix_revoked_created_since"
 _BLOCKED_CURSOR = "pretix_blocked_updated_since"
 _ORDERS_CURSOR = "orders_modified_since"
-_ORDERS_OVERLAP_S = 60.0  # re-read a margin: check-ins still being committed when we asked
+# The cursor is the first page's X-Page-Generated (pretix's time when it began answering, what
+# pretixSCAN itself continues from) less this margin, for a check-in whose transaction was still
+# open then: it may carry an earlier last_modified yet commit after our query. Seconds are
+# plenty for pretix's check-in and annul transactions; a quiet event re-reads nothing.
+_ORDERS_OVERLAP_S = 10.0
 _OUTBOX_CAP = 10_000
 _ALERTS_KEPT = 100
 
@@ -390,13 +393,14 @@ class PretixUpstream:
             return
         since = self._sync_state.get(_ORDERS_CURSOR)
         params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
+        params += [("exclude", f) for f in wire.ORDER_SKIPPED]
         if since:
             params.append(("modified_since", since))
         started: float | None = None
         learnt = skipped = annulled = 0
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             if started is None:
-                started = parse_http_date(reply.headers.get("Date")) or self._clock.now()
+                started = wire.page_generated(reply.headers) or self._clock.now()
             rows, bad = wire.order_positions(orders)
             entries, bad_checkins = wire.peer_entries(rows, self._device_id, self._list)
             skipped += bad + bad_checkins

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from urllib.parse import quote
 from agent.errors import ConfigError
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason, text_digest
-from sync.pretix_http import Reply
+from sync.pretix_http import Reply, parse_http_date
 
 PRETIX_REF = "pretix:"
 ANNUL_WINDOW_S = 15 * 60  # pretix refuses an annulment more than 15 min after the check-in
@@ -147,6 +147,8 @@ def annul_body(rec: EntryRecord, list_id: int) -> dict[str, Any]:
 # What the adapter asks of each order (pretix's ``include``): a position's id, secret and its
 # successful check-ins; nothing personal, and a few hundred bytes per order.
 ORDER_FIELDS = ("positions.id", "positions.secret", "positions.checkins")
+# What pretix then need not even read (each skips a join or prefetch on its side).
+ORDER_SKIPPED = ("fees", "payments", "refunds", "invoice_address", "customer")
 
 
 def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
@@ -161,6 +163,16 @@ def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
         else:
             skipped += 1
     return rows, skipped
+
+
+def page_generated(headers: Mapping[str, str]) -> float | None:
+    """When pretix began answering a list page (``X-Page-Generated``, ISO 8601 with
+    microseconds; else the ``Date`` header, whole seconds), as Unix seconds; None if neither."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        return parse_iso(lower.get("x-page-generated"))
+    except ValueError:
+        return parse_http_date(lower.get("date"))
 
 
 def peer_gate(device: Any) -> str:

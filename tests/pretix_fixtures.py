@@ -1,7 +1,9 @@
 """Creates the real-pretix test data; runs INSIDE the pretix virtualenv, never under pytest.
 
-Usage: ``PRETIX_CONFIG_FILE=... python tests/pretix_fixtures.py OUT.json`` with the database the
-config names already migrated. Writes what the tests need (ids, tokens, ticket secrets) to
+Usage: ``PRETIX_CONFIG_FILE=... python tests/pretix_fixtures.py OUT.json [BULK]`` with the
+database the config names already migrated. ``BULK`` more paid one-ticket orders of "Standard"
+are created in bulk for the benchmark (tests/bench/bench_pretix_sync.py), the first 2,000 of
+their secrets listed under "bulk". Writes what the tests need (ids, tokens, ticket secrets) to
 OUT.json (mode 0600): tokens and secrets never go to stdout or stderr.
 
 Two organizers, so a device's database key differs from its per-organizer ``device_id``: "alpha"
@@ -22,10 +24,10 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-TICKETS = {"standard": 12, "vip": 4}
+TICKETS = {"standard": 40, "vip": 4}
 
 
-def main(out: str) -> None:
+def main(out: str, bulk: int = 0) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pretix.settings")
     import django
 
@@ -35,6 +37,8 @@ def main(out: str) -> None:
 
     with scopes_disabled():
         data = _create(now())
+        if bulk:
+            data["bulk"] = _bulk(data, bulk, now())
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
@@ -141,5 +145,46 @@ def _paid_order(
     return secret
 
 
+def _bulk(data: dict[str, Any], count: int, t0: Any) -> list[str]:
+    """``count`` paid one-position orders of "Standard" via bulk inserts (no per-order save:
+    codes, secrets and pseudonymisation ids are made here; no transactions ledger, which
+    check-ins do not need). Returns the first 2,000 secrets."""
+    import secrets as rnd
+
+    from django.db import transaction
+    from pretix.base.models import Event, Item, Order, OrderPosition
+
+    event = Event.objects.get(organizer__slug=data["organizer"], slug=data["event"])
+    item = Item.objects.get(pk=data["items"]["standard"])
+    channel = event.organizer.sales_channels.get(identifier="web")
+    generator = event.ticket_secret_generator
+    chunk = 2000
+    out: list[str] = []
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        with transaction.atomic():
+            orders = Order.objects.bulk_create([
+                Order(
+                    event=event, organizer=event.organizer, code=f"B{start + i:08d}"[-9:],
+                    status=Order.STATUS_PAID, email=f"bulk{start + i}@example.org",
+                    datetime=t0, expires=t0 + timedelta(days=10), total=item.default_price,
+                    locale="en", sales_channel=channel,
+                )
+                for i in range(n)
+            ])  # fmt: skip
+            positions = []
+            for order in orders:
+                secret = generator.generate_secret(item=item, variation=None, subevent=None,
+                                                   current_secret=None, force_invalidate=True)  # fmt: skip
+                positions.append(OrderPosition(
+                    order=order, organizer=event.organizer, item=item, positionid=1,
+                    price=item.default_price, tax_rate=Decimal("0"), tax_value=Decimal("0"),
+                    secret=secret, pseudonymization_id=rnd.token_hex(5).upper(),
+                ))  # fmt: skip
+            OrderPosition.objects.bulk_create(positions)
+        out += [p.secret for p in positions][: max(0, 2000 - len(out))]
+    return out
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -226,17 +226,20 @@ class PretixReal:
         return rows
 
 
-class _Server:
+class Server:
     """The runserver process and its private folder."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="gate-agent-pretix-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_in_s = 0.0
+        self.fixtures_s = 0.0  # creating the fixtures alone
         self._port = 0
         self._env: dict[str, str] = {}
 
-    def start(self) -> tuple[str, dict[str, Any]]:
+    def start(self, bulk: int = 0) -> tuple[str, dict[str, Any]]:
+        """Copy the template, create the fixtures (and ``bulk`` more orders, see
+        tests/pretix_fixtures.py) and start runserver; returns its URL and the fixtures' data."""
         began = time.monotonic()
         port = _free_port()
         cfg = write_config(self.root, port)
@@ -244,8 +247,10 @@ class _Server:
         env = {**os.environ, "PRETIX_CONFIG_FILE": str(cfg), "PYTHONUNBUFFERED": "1"}
         python = str(VENV / "bin" / "python")
         out = self.root / "fixtures.json"
-        subprocess.run([python, str(FIXTURES), str(out)], env=env, check=True,
-                       capture_output=True, timeout=120)  # fmt: skip
+        created = time.monotonic()
+        subprocess.run([python, str(FIXTURES), str(out), str(bulk)], env=env, check=True,
+                       capture_output=True, timeout=120 + bulk / 50)  # fmt: skip
+        self.fixtures_s = time.monotonic() - created
         data: dict[str, Any] = json.loads(out.read_text())
         self._port, self._env = port, env
         self.launch()
@@ -310,7 +315,7 @@ def pretix_real(log_scan_register: Callable[[Iterable[str], str], None]) -> Iter
         if os.environ.get("CI") == "true":
             pytest.fail(f"real pretix required under CI: {reason}", pytrace=False)
         pytest.skip(reason)
-    server = _Server()
+    server = Server()
     try:
         url, data = server.start()
         devices = {

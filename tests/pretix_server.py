@@ -16,7 +16,7 @@ import asyncio
 import copy
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -177,7 +177,10 @@ def make_app(state: FakePretix) -> web.Application:
     async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")
         rows = [{"positions": [p]} for m, p in state.positions if since is None or m >= _t(since)]
-        return web.json_response(_paged(request, rows, state.page_size))
+        generated = datetime.fromtimestamp(state.now, UTC).isoformat()  # as pretix: microseconds
+        return web.json_response(
+            _paged(request, rows, state.page_size), headers={"X-Page-Generated": generated}
+        )
 
     async def redeem(request: web.Request) -> web.Response:
         # The secret is taken from the raw path: it is percent-encoded and may hold "/".

@@ -303,7 +303,9 @@ async def test_real_pretix_answers_what_the_adapter_relies_on(pretix_real: Preti
     assert status == 201
     (shown,) = answer["position"]["checkins"]  # the check-ins before this one
     assert shown["device_id"] == one.device_id and shown["device"] != one.device_id
-    status, orders = await pretix_real.api("GET", f"{pretix_real.event_path}/orders/", token=t2)
+    status, orders = await pretix_real.api(  # the newest change first: the redeems just made
+        "GET", f"{pretix_real.event_path}/orders/?ordering=-last_modified", token=t2
+    )
     assert status == 200
     (cursor,) = {o["last_modified"] for o in orders["results"] if _holds(o, secret)}
     assert (await pretix_real.annul(t1, nonce))[0] == 200
