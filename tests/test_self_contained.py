@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# a sibling folder of the checkout (../shared, "shared" / ...) or an absolute path of this machine
+# a sibling folder of the checkout (the shared vectors folder next to it) or an absolute path here
 OUTSIDE = re.compile(r"""\.\./shared|["']shared["']\s*/|/\s*["']shared["']|/work/""")
 PARENTS = re.compile(r"Path\(__file__\)\.resolve\(\)\.parents\[(\d+)\]")
 
