@@ -13,7 +13,8 @@ from agent import rules, tickets, trust
 from agent.clock import ClockReading
 from agent.errors import TicketFormatError
 from agent.journal import HistoryEntry
-from agent.model import Decision, Reason, Ticket, text_digest
+from agent.model import Decision, Reason, Ticket
+from agent.redact import text_digest
 from agent.revocation import ListMeta, RevocationIndex
 
 HistoryLookup = Callable[[str], Awaitable[Sequence[HistoryEntry]]]

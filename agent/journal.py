@@ -28,7 +28,8 @@ import aiosqlite
 
 from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS, Clock, boot_id, uuid7
 from agent.errors import JournalError
-from agent.model import Decision, Flag, Reason, Verdict, shared_ref
+from agent.model import Decision, Flag, Reason, Verdict
+from agent.redact import shared_ref
 from agent.seen import SeenRefs
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,11 @@ SCHEMA_VERSION = 1
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
 
-# Lifted only by agent.retention, inside the transaction that prunes synced rows and puts it back.
+# Lifted only by agent.app.retention, inside the transaction that prunes synced rows and puts it back.
 NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
-# The highest gate_seq retention has pruned (0: none), written by agent.retention.
+# The highest gate_seq retention has pruned (0: none), written by agent.app.retention.
 PRUNED_THROUGH = (
     "SELECT IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)"
 )
@@ -465,7 +466,7 @@ class Journal:
         count, low, high, pruned = await self._one(
             f"SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq), ({PRUNED_THROUGH}) FROM entries"
         )
-        first = pruned + 1  # rows up to pruned_through went to retention (agent.retention)
+        first = pruned + 1  # rows up to pruned_through went to retention (agent.app.retention)
         if count and (low != first or high - pruned != count):
             holes = await self._fetchall(
                 "SELECT gate_seq - 1 FROM entries AS e WHERE gate_seq > ? AND NOT EXISTS "

@@ -1,6 +1,6 @@
 """One lane: scan -> debounce -> decide -> record -> grant -> passage or timeout -> annul.
 
-The lane talks only to the Protocols of :mod:`drivers.base`. The decision is committed to the journal
+The lane talks only to the Protocols of :mod:`agent.ports`. The decision is committed to the journal
 before the gate is told to open; an admission nobody used is annulled so the ticket works again. The
 lane never raises for a bad scan: every presentation ends in a recorded decision.
 """
@@ -19,8 +19,9 @@ from agent.checker import Checker, Evaluation, journal_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
 from agent.journal import EntryRecord, Journal, Kind
-from agent.model import Decision, Flag, Reason, Ticket, Verdict, text_digest
-from drivers.base import GateIO, Indicator, Scan, Scanner
+from agent.model import Decision, Flag, Reason, Ticket, Verdict
+from agent.ports import GateIO, Indicator, Scan, Scanner
+from agent.redact import text_digest
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from agent import redact
 
 
 class Verdict(enum.StrEnum):
@@ -87,13 +88,8 @@ class Ticket:
 
     @property
     def short_id(self) -> str:
-        """A short, non-secret identifier for staff screens and logs."""
-        return hashlib.blake2b(self.ticket_ref.encode(), digest_size=4).hexdigest()
-
-
-def text_digest(text: str) -> str:
-    """A short hash of a scanned text, safe to log or journal in place of the raw payload."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        """The ticket's short id: what staff screens, logs, alerts and the console show."""
+        return redact.short_id(self.ticket_ref)
 
 
 class HistoryRow(Protocol):
@@ -119,20 +115,6 @@ def annulled_ids(history: Iterable[HistoryRow]) -> set[str]:
         for r in rows
         if r.kind == "annul" and r.annuls is not None and owner.get(r.annuls) == r.gate_id
     }
-
-
-SECRET_REF_PREFIX = "pretix:"  # noqa: S105 (a prefix): the ref is a pretix ticket secret
-SHARED_SECRET_PREFIX = "pretix-sha256:"  # noqa: S105 (a prefix): its digest, safe to share
-
-
-def shared_ref(ticket_ref: str) -> str:
-    """The form of a ticket ref that may leave the gate: a pretix secret becomes its SHA-256
-    (``pretix-sha256:<hex>``), every other ref stays as it is. Idempotent. Other gates learn a
-    pretix ticket's entries under this digest, so the hub and its feed never hold the secret.
-    """
-    if ticket_ref.startswith(SECRET_REF_PREFIX):
-        return SHARED_SECRET_PREFIX + hashlib.sha256(ticket_ref.encode()).hexdigest()
-    return ticket_ref
 
 
 def zones_text(zones: int) -> str:

@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import DriverError
-from agent.model import text_digest
+from agent.ports import Scan
+from agent.redact import text_digest
 from drivers import camera_url
-from drivers.base import Scan
 from drivers.camera_frames import RawFrame, Roi, prepare
 from drivers.camera_pipeline import LatestSlot, Presentations
 from drivers.camera_sources import FrameSource
@@ -68,7 +68,7 @@ MAX_PENDING = 32  # scans waiting for the lane; beyond this the lane is not keep
 
 
 class CameraScanner:
-    """A :class:`drivers.base.Scanner` reading codes from camera or file frames.
+    """A :class:`agent.ports.Scanner` reading codes from camera or file frames.
 
     Built from a URL with :meth:`from_url`, or from any :class:`FrameSource` (tests, benchmarks).
     ``decoder`` replaces the engine named by ``engine``/``formats``. Raises DriverError for an

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import get_args
 
 from agent.errors import DriverError, RelayReleaseError
-from drivers.base import InputEvent, InputName
+from agent.ports import InputEvent, InputName
 from drivers.gpio_lines import (
     BIASES,
     ChipFactory,
@@ -132,7 +132,7 @@ class GpioGateSettings:
 
 
 class GpioGate:
-    """:class:`drivers.base.GateIO` on GPIO: one relay output, passage/alarm/emergency inputs.
+    """:class:`agent.ports.GateIO` on GPIO: one relay output, passage/alarm/emergency inputs.
 
     ``chip_factory`` opens a chip by path (default: ``gpiod.Chip``); tests pass a fake.
     """

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.errors import DriverError
-from agent.model import text_digest
-from drivers.base import Scan
+from agent.ports import Scan
+from agent.redact import text_digest
 from drivers.gpio_params import UrlParams
 from drivers.hid_keys import KeyEventLike, KeyFramer
 
@@ -84,7 +84,7 @@ def _hint(exc: OSError) -> str:
 
 
 class HidScanner:
-    """:class:`drivers.base.Scanner` for keyboard-wedge scanners.
+    """:class:`agent.ports.Scanner` for keyboard-wedge scanners.
 
     ``device_factory`` opens an input device by path (default: ``evdev.InputDevice``); tests pass a
     fake whose ``read()`` yields ``evdev.InputEvent`` objects.

@@ -77,7 +77,7 @@ class GpioIndicatorSettings:
 
 
 class GpioIndicator:
-    """:class:`drivers.base.Indicator` on GPIO lamps and a buzzer.
+    """:class:`agent.ports.Indicator` on GPIO lamps and a buzzer.
 
     ``chip_factory`` opens a chip by path (default: ``gpiod.Chip``); tests pass a fake.
     """

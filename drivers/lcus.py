@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from agent.errors import DriverError, RelayReleaseError
-from drivers.base import InputEvent
+from agent.ports import InputEvent
 from drivers.gpio_params import UrlParams
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class LcusBoard:
 
 
 class LcusRelay:
-    """:class:`drivers.base.GateIO` on one channel of an LCUS USB serial relay board.
+    """:class:`agent.ports.GateIO` on one channel of an LCUS USB serial relay board.
 
     ``port_factory`` opens the serial port (default: pyserial) on the board's worker thread.
     """

@@ -39,7 +39,7 @@ discards the half frame, yields nothing and retries with capped exponential back
 device is back it reads again without a restart. :attr:`SerialScanner.connected`,
 :attr:`SerialScanner.reconnects` and :attr:`SerialScanner.last_error` are for health and selftest.
 
-The scanner is also an :class:`drivers.base.Indicator`: :meth:`SerialScanner.show` writes the
+The scanner is also an :class:`agent.ports.Indicator`: :meth:`SerialScanner.show` writes the
 configured vendor feedback, or does nothing with ``feedback=none``.
 """
 
@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import DriverError
-from agent.model import Decision, text_digest
-from drivers.base import Scan
+from agent.model import Decision
+from agent.ports import Scan
+from agent.redact import text_digest
 from drivers.feedback import Feedback, feedback_for
 from drivers.framing import Frame, Framer
 from drivers.serial_url import SerialSettings, parse_serial_url

@@ -29,8 +29,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import DriverError
-from agent.model import Decision, text_digest
-from drivers.base import InputEvent, InputName, Scan
+from agent.model import Decision
+from agent.ports import InputEvent, InputName, Scan
+from agent.redact import text_digest
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import JournalError, RollbackError, SignedDocumentError
 from agent.fsutil import write_atomic
 from agent.journal import Journal
+from agent.redact import secret_label
 from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
@@ -58,7 +59,7 @@ from sync.client_http import (
     HubUnavailable,
     Reply,
 )
-from sync.pretix_http import Backoff, sleep_or_stop, token_hash
+from sync.pretix_http import Backoff, sleep_or_stop
 from sync.protocol import (
     BatchAck,
     BatchUpload,
@@ -176,7 +177,7 @@ class HubClient:
             return
         log.info(
             "hub %s: gate %s of venue %s (token %s)",
-            self._base, self._s.gate_id, self._s.venue, token_hash(self._s.token),
+            self._base, self._s.gate_id, self._s.venue, secret_label(self._s.token),
         )  # fmt: skip
         self._stop.clear()
         jobs: dict[str, Callable[[], Awaitable[float]]] = {

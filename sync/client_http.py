@@ -21,7 +21,7 @@ certificate and again on a fresh probe of ``/v1/health``, :func:`client_cert_pro
 certificate for what a hub refuses.
 
 The bearer token goes into the Authorization header here and nowhere else; logs and messages only
-ever carry :func:`sync.pretix_http.token_hash` of it.
+ever carry :func:`agent.redact.secret_label` of it.
 """
 
 from __future__ import annotations

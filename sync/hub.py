@@ -41,6 +41,7 @@ from aiohttp import web
 
 from agent import keys
 from agent.errors import AgentError
+from agent.redact import secret_label
 from sync import hub_limits, protocol
 from sync.hub_admin import (
     SnapshotCache,
@@ -54,7 +55,6 @@ from sync.hub_admin import (
 from sync.hub_config import HubConfig, client_cert_gate, ssl_context
 from sync.hub_store import ConflictError, HubStore, HubStoreError, RefusedError, TokenInfo
 from sync.hub_watch import Presence, watch
-from sync.pretix_http import token_hash
 from sync.protocol import (
     MAX_BODY_BYTES,
     MAX_DOCUMENT_CHARS,
@@ -254,7 +254,7 @@ async def _caller(request: web.Request, hub: Hub) -> TokenInfo:
     info = None if len(token) > _MAX_TOKEN_CHARS else await hub.store.token(digest)
     if info is None or not hmac.compare_digest(info.token_hash, digest):
         log.warning(
-            "unknown token %s refused (%s %s)", token_hash(token), request.method, request.path
+            "unknown token %s refused (%s %s)", secret_label(token), request.method, request.path
         )
         raise HttpError(
             401, "unknown token", headers={"WWW-Authenticate": _REALM + ', error="invalid_token"'}

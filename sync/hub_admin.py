@@ -36,7 +36,8 @@ from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
 from agent.signed import sign_document
 from sync.hub_config import HubConfig
-from sync.hub_store import HubStore, HubStoreError, RevocationState, open_store
+from sync.hub_store import HubStore, HubStoreError, RevocationState
+from sync.hub_stores import open_store
 from sync.protocol import MAX_DOCUMENT_CHARS, is_id
 
 log = logging.getLogger(__name__)

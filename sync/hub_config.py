@@ -30,9 +30,9 @@ from typing import Any, Literal, TypeVar
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.config import LogConfig, parse_listen, section
 from agent.errors import ConfigError
 from agent.issuer import extra_private_keys
+from agent.settings import LogConfig, parse_listen, section
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_WAIT_S, is_id
 

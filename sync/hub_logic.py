@@ -37,8 +37,9 @@ raising it again):
   one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
   one stolen gate cannot bury the other gates' alerts.
 
-Alerts name a ticket by :func:`ticket_digest` only, never by its reference. The module also holds
-the small pieces both backends share: column lists, row conversions, the long-poll signal.
+Alerts name a ticket by its short id (:func:`agent.redact.short_id`) only, never by its
+reference. The module also holds the small pieces both backends share: column lists, row
+conversions, the long-poll signal.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.clock import HLC
-from agent.model import Reason, Verdict, annulled_ids, text_digest
+from agent.model import Reason, Verdict, annulled_ids
+from agent.redact import short_id
 from sync import protocol
 from sync.hub_store import ConflictError, HubPolicy, RefusedError
 from sync.protocol import (
@@ -77,11 +79,6 @@ ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
 TICKET_COLUMNS = (
     "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
 )  # fmt: skip
-
-
-def ticket_digest(ticket_ref: str) -> str:
-    """The short hash an alert shows instead of a ticket reference."""
-    return text_digest(ticket_ref)[:12]
 
 
 def in_feed(entry: EntryWire) -> bool:
@@ -159,7 +156,7 @@ class NewAlert:
     """An alert to store (once: ``dedupe_key`` is unique in the store)."""
 
     kind: AlertKind
-    ticket: str  # ticket_digest(ref), or "" when no single ticket is involved
+    ticket: str  # short_id(ref), or "" when no single ticket is involved
     gates: tuple[str, ...]
     times: tuple[float, ...]
     entries: tuple[str, ...]
@@ -282,7 +279,7 @@ def _refusals(
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
             alert = NewAlert(
-                "integrity", ticket_digest(e.ticket_ref), (name,), (e.wall_time,),
+                "integrity", short_id(e.ticket_ref), (name,), (e.wall_time,),
                 (e.entry_id,), detail, f"refused:{e.entry_id}",
             )  # fmt: skip
             out.append((f"entries[{i}].{key}", why, alert))
@@ -383,7 +380,7 @@ def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: _Names) ->
     else:
         return None
     return NewAlert(
-        "integrity", ticket_digest(e.ticket_ref), tuple(names(g) for g in gates), times,
+        "integrity", short_id(e.ticket_ref), tuple(names(g) for g in gates), times,
         (e.entry_id,), detail, f"conflict:{e.entry_id}",
     )  # fmt: skip
 
@@ -444,7 +441,7 @@ def _double_admissions(
             continue
         gates = (names(first.gate_id), names(second.gate_id))
         alert = NewAlert(
-            "double_admission", ticket_digest(ref), gates, (first.wall_time, second.wall_time),
+            "double_admission", short_id(ref), gates, (first.wall_time, second.wall_time),
             (first.entry_id, second.entry_id), how.format(*gates)[:MAX_DETAIL], key,
         )  # fmt: skip
         alerts.append(alert)
@@ -495,10 +492,10 @@ def _repeated_denials(
             continue
         shown = burst[:MAX_ALERT_ITEMS]
         alert = NewAlert(
-            "repeated_denials", ticket_digest(ref), tuple(names(r.gate_id) for r in shown),
+            "repeated_denials", short_id(ref), tuple(names(r.gate_id) for r in shown),
             tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
             f"{len(burst)} denied attempts within {window:g} s",
-            f"denied:{ticket_digest(ref)}:{bucket}",
+            f"denied:{short_id(ref)}:{bucket}",
         )  # fmt: skip
         alerts.append(alert)
     return alerts

@@ -176,22 +176,3 @@ class HubStore(Protocol):
     async def close(self) -> None:
         """Close the database. Idempotent."""
         ...
-
-
-async def open_store(url: str, policy: HubPolicy) -> HubStore:
-    """Open the store named by ``url``: ``sqlite:///path/hub.db`` or ``postgresql://...``.
-
-    Creates the schema when missing. Raises HubStoreError (unreachable, not a hub database) and
-    ValueError for an unknown scheme.
-    """
-    if url.startswith("sqlite://"):
-        from sync.hub_sqlite import SQLiteHubStore
-
-        return await SQLiteHubStore.open(url.removeprefix("sqlite://"), policy)
-    if url.startswith(("postgresql://", "postgres://")):
-        from sync.hub_postgres import PostgresHubStore
-
-        return await PostgresHubStore.open(url, policy)
-    raise ValueError(
-        f"unknown hub store {url.split(':', 1)[0]!r} (valid: sqlite://, postgresql://)"
-    )

@@ -37,6 +37,7 @@ from agent import pretix_event
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic
 from agent.journal import EntryRecord, Journal, PeerEntry
+from agent.redact import pretix_short_id, secret_label
 from agent.revocation import RevocationStore
 from agent.rules import GatePolicy
 from agent.trust import TrustBundle
@@ -49,7 +50,6 @@ from sync.pretix_http import (
     PretixUnavailable,
     Reply,
     sleep_or_stop,
-    token_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class PretixUpstream:
         write_atomic(self._state_dir / DEVICE_FILE, json.dumps(record).encode(), mode=0o600)
         self._http.token, self._device_id = token, device
         self._status["token_revoked"] = False
-        log.info("pretix device %d initialised (token %s)", device, token_hash(token))
+        log.info("pretix device %d initialised (token %s)", device, secret_label(token))
         return device
 
     def start(self) -> None:
@@ -535,7 +535,7 @@ class PretixUpstream:
     ) -> None:  # fmt: skip
         if any(a.entry_id == rec.entry_id for a in self._alerts):
             return
-        alert = PretixAlert(kind, wire.short(secret), rec.entry_id, other, rec.wall_time,
+        alert = PretixAlert(kind, pretix_short_id(secret), rec.entry_id, other, rec.wall_time,
                             other_at, detail)  # fmt: skip
         self._alerts.append(alert)
         self._status["alerts"] = self._status["alerts"] + 1

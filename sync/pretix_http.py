@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import logging
 import random
@@ -37,6 +36,7 @@ import aiohttp
 import yarl
 
 from agent.errors import AgentError
+from agent.redact import pretix_short_id, secret_label
 from sync.http_body import BodyTooLarge, read_capped
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,10 @@ class Reply:
         return 200 <= self.status < 300
 
 
-def token_hash(token: str) -> str:
-    """A short, non-secret label for a token, safe to log."""
-    return hashlib.blake2b(token.encode(), digest_size=4).hexdigest()
-
-
 def ticket_label(secret: str) -> str:
-    """How messages name a pretix secret: ``ticket-`` and the short id of its journal ref
-    (``pretix:`` + secret), the id the lane's decision lines and ``ops events`` show."""
-    return "ticket-" + hashlib.blake2b(f"pretix:{secret}".encode(), digest_size=4).hexdigest()
+    """How messages name a pretix secret: ``ticket-`` and its short id, the id the lane's
+    decision lines and ``events`` show."""
+    return "ticket-" + pretix_short_id(secret)
 
 
 def redact(text: str, secret: str | None, token: str | None = None) -> str:
@@ -106,7 +101,7 @@ def redact(text: str, secret: str | None, token: str | None = None) -> str:
     if secret:
         text = _pattern(secret).sub(ticket_label(secret), text)
     if token:
-        text = text.replace(token, f"token-{token_hash(token)}")
+        text = text.replace(token, f"token-{secret_label(token)}")
     return text
 
 

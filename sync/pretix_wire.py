@@ -21,7 +21,8 @@ from urllib.parse import quote
 
 from agent.errors import ConfigError
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
-from agent.model import Reason, text_digest
+from agent.model import Reason
+from agent.redact import text_digest
 from sync.pretix_http import Reply, parse_http_date
 
 PRETIX_REF = "pretix:"
@@ -45,11 +46,6 @@ FAILED_REASON: dict[Reason, str] = {
     Reason.NOT_YET_VALID: "invalid_time",
     Reason.EXPIRED: "invalid_time",
 }
-
-
-def short(text: str) -> str:
-    """A short hash of a secret or ticket ref, safe to log (the lane logs the same for texts)."""
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
 def secret_of(ticket_ref: str) -> str | None:

@@ -34,7 +34,8 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from agent.clock import plausible_hlc
 from agent.errors import AgentError
 from agent.journal import KINDS, EntryRecord, Kind, PeerEntry
-from agent.model import SECRET_REF_PREFIX, Flag, Reason, Verdict, shared_ref
+from agent.model import Flag, Reason, Verdict
+from agent.redact import SECRET_REF_PREFIX, shared_ref
 
 PROTOCOL_VERSION = 1
 MAX_BATCH = 500

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Scan
+from agent.ports import Scan
 
 GATE_TOML = """\
 [gate]

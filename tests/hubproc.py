@@ -4,7 +4,7 @@
 
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
     token = add_token(setup, gate_id="gate-a")
-    with HubProcess(setup) as hub:        # `python -m agent.cli hub --config ...`
+    with HubProcess(setup) as hub:        # `python -m agent hub --config ...`
         ...                                # setup.url is http://127.0.0.1:PORT
         hub.kill9(); hub.start()
 
@@ -46,7 +46,7 @@ from agent.model import Decision, Reason, Verdict
 from sync.protocol import BatchUpload, EntryWire, ErrorBody, Heartbeat, Message, encode
 
 ROOT = Path(__file__).resolve().parents[1]
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 

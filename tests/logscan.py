@@ -251,7 +251,7 @@ _WORD = re.compile(r"[a-z][a-z_-]{0,15}")
 def _command(args: object) -> str:
     # The program and a subcommand-like word only: arguments can be tickets, tokens or paths.
     parts = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
-    if parts[1:3] == ["-m", "agent.cli"]:
+    if parts[1:3] == ["-m", "agent"]:
         parts = ["gate-agent", *parts[3:]]
     shown = [Path(parts[0]).name] if parts else []
     if len(parts) > 1 and _WORD.fullmatch(parts[1]):

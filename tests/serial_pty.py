@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.serial_scanner import SerialScanner
 
 SOCAT = shutil.which("socat")

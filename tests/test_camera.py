@@ -14,14 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import config
-from agent.daemon import open_gate
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import DriverError
 from agent.issuer import Issuer
-from agent.model import Reason, text_digest
+from agent.model import Reason
+from agent.ports import Scan, Scanner
+from agent.redact import text_digest
 from agent.tickets import base45
 from drivers import camera_synth as synth
-from drivers.base import Scan, Scanner
 from drivers.camera import CameraScanner
 from drivers.camera_frames import RawFrame, Roi, fourcc_text, prepare
 from drivers.camera_pipeline import LatestSlot, Presentations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-EXE = [sys.executable, "-m", "agent.cli"]
+EXE = [sys.executable, "-m", "agent"]
 
 
 def ga(

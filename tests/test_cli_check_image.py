@@ -21,11 +21,11 @@ import pytest
 from numpy.typing import NDArray
 
 from agent import issuer
-from agent.inspect import read_image
+from agent.app.check import read_image
 from drivers.camera import CameraScanner
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "barcodes"
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 
 # (scale, turn in degrees, tilt, blur sigma, dark mode, noise sigma) of each ticket photo
 PHOTOS = [

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as cfg
-from agent.cli_args import build_parser
+from agent.app import config as cfg
+from agent.app.cli_args import build_parser
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
 from tests.hubproc import write_hub_config
 
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 EX_CONFIG = 78
 
 
@@ -96,7 +96,7 @@ def test_device_urls_are_checked_without_importing_hardware_libraries(
         gate="gpio://gpiochip0?relay=GPIO17",
     )
     probe = (
-        "import sys; from pathlib import Path; from agent import config;"
+        "import sys; from pathlib import Path; from agent.app import config;"
         f" config.load(Path({str(path)!r}));"
         " hw = ('cv2', 'gpiod', 'serial', 'serial_asyncio_fast', 'evdev', 'zxingcpp', 'pyzbar');"
         " print(sorted(m for m in sys.modules if m.split('.')[0] in hw))"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from agent.app import config
 from agent.errors import ConfigError
 from tests.conftest import WriteConfig
 

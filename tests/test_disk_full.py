@@ -75,7 +75,7 @@ class Gate:
     def __init__(self, conf: Path, port: int, pulses: Path, log: Path) -> None:
         self.port, self.pulses = port, pulses
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdin=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
         )  # fmt: skip
         self.log = log

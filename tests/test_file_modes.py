@@ -23,7 +23,7 @@ from agent.issuer import Issuer
 from tests.hubgate import write_gate
 from tests.hubproc import ROOT, write_hub_config
 
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 OPEN_UMASK = ("sh", "-c", 'umask 000 && exec "$0" "$@"')
 DEADLINE_S = 20.0
 

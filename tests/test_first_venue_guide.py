@@ -26,8 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import config
-from agent.daemon import Gate, open_gate
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.model import Reason
 from tests.hubgate import scan, until

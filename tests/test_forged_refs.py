@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, keys, tickets
-from agent.daemon import open_gate
+from agent import keys, tickets
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.issuer import Issuer
-from agent.model import Reason, text_digest
-from agent.ops import short_id
+from agent.model import Reason
+from agent.ports import Scan
+from agent.redact import short_id, text_digest
 from agent.tickets import base45
-from drivers.base import Scan
 from tests.conftest import WriteConfig
 
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 
 
 def _flip(text: str, index: int) -> str:

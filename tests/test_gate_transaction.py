@@ -7,11 +7,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
-from agent import config
-from agent.daemon import open_gate
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.issuer import Issuer
 from agent.lane import Outcome
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimIndicator, SimScanner
 from tests.conftest import WriteConfig
 

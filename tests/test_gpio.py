@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from agent.errors import DriverError, RelayReleaseError
 from agent.model import Decision, Reason, Verdict
+from agent.ports import GateIO, Indicator, InputEvent
 from drivers import registry
-from drivers.base import GateIO, Indicator, InputEvent
 from drivers.gpio import GpioGate, GpioGateSettings
 from drivers.gpio_lines import Debouncer, LineSpec, line_settings
 from drivers.indicators import GpioIndicator, GpioIndicatorSettings

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import DriverError
+from agent.ports import Scanner
 from drivers import registry
-from drivers.base import Scanner
 from drivers.hid import HidScanner
 from drivers.hid_keys import BLOCKING_MODIFIERS, CAPSLOCK, ENTER, KEYMAP_US, SHIFT, KeyFramer
 

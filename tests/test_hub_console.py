@@ -18,7 +18,8 @@ import pytest
 
 from agent.clock import Clock, uuid7
 from agent.journal import Journal
-from agent.model import Decision, Reason, Verdict, text_digest
+from agent.model import Decision, Reason, Verdict
+from agent.redact import text_digest
 from tests.browser import Browser
 from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
 

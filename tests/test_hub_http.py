@@ -1,4 +1,4 @@
-"""The hub as a real process (`python -m agent.cli hub`) over HTTP, on SQLite and PostgreSQL.
+"""The hub as a real process (`python -m agent hub`) over HTTP, on SQLite and PostgreSQL.
 
 Auth refusals store nothing; bad bodies are 400s naming the field and the hub keeps serving;
 uploads are idempotent and a conflict is a 409 with one integrity alert; the peer feed long-polls;
@@ -30,7 +30,8 @@ from agent.clock import Clock
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.journal import Journal
-from agent.model import Decision, Reason, Verdict, text_digest
+from agent.model import Decision, Reason, Verdict
+from agent.redact import text_digest
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
 from sync.protocol import (

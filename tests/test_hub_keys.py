@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent import tickets, trust
-from agent.cli import EX_CONFIG
+from agent.app.cli import EX_CONFIG
 from agent.errors import ConfigError
 from agent.issuer import Issuer, keys_init
 from agent.revocation import ListState, RevocationStore

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from agent.clock import uuid7
-from agent.model import Flag, Reason, Verdict, text_digest
+from agent.model import Flag, Reason, Verdict
+from agent.redact import text_digest
 from sync import hub_logic
 from sync.hub_logic import KnownState, TicketRow
 from sync.hub_store import (
@@ -29,8 +30,8 @@ from sync.hub_store import (
     NameTakenError,
     RefusedError,
     RevocationState,
-    open_store,
 )
+from sync.hub_stores import open_store
 from sync.protocol import Alert, EntryWire, Heartbeat
 from tests.pg import pg_server, pg_url  # noqa: F401
 

@@ -24,7 +24,7 @@ UNITS = ("gate-agent.service", "gate-hub.service")
 MAX_EXPOSURE = {"gate-agent.service": 2.2, "gate-hub.service": 1.3}
 # From apt on a Pi, not PyPI (no aarch64 wheel): see systemd/install.
 FROM_APT = {"evdev"}
-GA = [sys.executable, "-m", "agent.cli"]
+GA = [sys.executable, "-m", "agent"]
 
 
 def install(root: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import config, revocation_issuer, tickets
-from agent.daemon import open_gate
+from agent import revocation_issuer, tickets
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import DriverError
 from agent.issuer import Issuer
 from agent.lane import Outcome
-from agent.model import Reason, Verdict, text_digest
-from drivers.base import Scan
+from agent.model import Reason, Verdict
+from agent.ports import Scan
+from agent.redact import text_digest
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from agent.errors import DriverError
+from agent.ports import GateIO
 from drivers import registry
-from drivers.base import GateIO
 from drivers.lcus import LcusRelay, command
 
 serial: Any = importlib.import_module("serial")  # pyserial ships no type information

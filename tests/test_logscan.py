@@ -22,9 +22,8 @@ import pytest
 
 from agent import keys
 from agent.issuer import Issuer
-from agent.model import text_digest
-from sync import hub_admin, pretix_wire
-from sync.pretix_http import token_hash
+from agent.redact import pretix_short_id, secret_label, text_digest
+from sync import hub_admin
 from tests import logscan, pretix_server
 
 VECTORS = pretix_server.VECTORS
@@ -119,9 +118,9 @@ def test_what_a_gate_logs_on_purpose_is_not_flagged(ticket: str, keys_dir: Path)
         "agent.lane INFO decision lane=in verdict=admit reason=ok "
         f"ticket={text_digest(ticket)[:12]} flags=- latency_ms=1.20",
         f"agent.lane DEBUG lane in: repeat of {text_digest(ticket)} ignored",
-        f"sync.pretix INFO pretix device 2 initialised (token {token_hash(token)})",
+        f"sync.pretix INFO pretix device 2 initialised (token {secret_label(token)})",
         f"sync.hub INFO token {hub_admin.hash_token(token)} refused for gate-a",
-        f"sync.pretix WARNING SECURITY ALERT duplicate_entry ticket {pretix_wire.short(ticket)}",
+        f"sync.pretix WARNING SECURITY ALERT duplicate_entry ticket {pretix_short_id(ticket)}",
         f"sync.client ERROR hub refuses entries {entry}: another body under the same id",
         f"agent.trust INFO issuer kid 7 key {pub} (ed25519)",
         "agent.journal INFO created journal "
@@ -131,7 +130,7 @@ def test_what_a_gate_logs_on_purpose_is_not_flagged(ticket: str, keys_dir: Path)
         'sync.hub.access INFO 127.0.0.1 "POST /v1/gates/gate-a/entries:batch HTTP/1.1" 200 312',
         "drivers.lcus DEBUG lcus relay: /dev/ttyUSB0 sent a0 01 01 a2",
         "drivers.serial_scanner DEBUG serial scanner /dev/pts/3: 167 bytes",
-        "2026-11-23 07:31:02,114 INFO agent.daemon: gate gate-3 ready (1 lane, trust v1)",
+        "2026-11-23 07:31:02,114 INFO agent.app.daemon: gate gate-3 ready (1 lane, trust v1)",
     ]
     assert _leaks(*lines, secrets=secrets) == []
 
@@ -160,7 +159,7 @@ def test_log_files_are_read_and_ticket_files_are_not(ticket: str, keys_dir: Path
 
 def test_subprocess_stderr_is_kept_without_the_command_arguments(ticket: str) -> None:
     outputs = logscan.Outputs()
-    command = [sys.executable, "-m", "agent.cli", "check", ticket]
+    command = [sys.executable, "-m", "agent", "check", ticket]
     outputs.add("tests/x.py::t", command, b"line one\nline two\n")
     outputs.add("tests/x.py::t", command, None)
     assert outputs.count == 1
@@ -265,7 +264,7 @@ def test_cli_debug_logging_keeps_sql_parameters_out(tmp_path: Path) -> None:
     leaves in-process aiosqlite DEBUG records out because of this check.)"""
     code = (
         "import logging, sys\n"
-        "from agent import cli\n"
+        "from agent.app import cli\n"
         "cli.main(['-v', 'keys', 'init', sys.argv[1]])\n"
         "print(logging.getLogger('aiosqlite').isEnabledFor(logging.DEBUG))\n"
     )

@@ -14,12 +14,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agent import config, issuer, keys, tickets
-from agent.daemon import open_gate
+from agent import issuer, keys, tickets
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.issuer import Issuer
 from agent.model import Reason
+from agent.ports import Scan
 from agent.tickets import base45
-from drivers.base import Scan
 from tests.conftest import WriteConfig
 
 N = keys.P256_ORDER

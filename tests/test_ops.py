@@ -14,16 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from agent import config as cfg
 from agent import revocation_issuer
-from agent.daemon import open_gate
+from agent.app import config as cfg
+from agent.app.daemon import open_gate
 from agent.issuer import Issuer
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
 
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 
 
 def ga(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -58,7 +58,7 @@ def test_kill_9_twenty_times_loses_nothing(iss: Issuer, keys_dir: Path, tmp_path
     killed = 0
     for _ in range(ROUNDS):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

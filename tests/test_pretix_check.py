@@ -1,6 +1,6 @@
 """`gate-agent check --pretix-event`: every real pretix case gives its expected verdict.
 
-Most cases run in-process through :func:`agent.cli.main` (the same argument parsing and output as
+Most cases run in-process through :func:`agent.app.cli.main` (the same argument parsing and output as
 the command), a few as real processes for the exit codes and --json a script sees.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from agent import cli
+from agent.app import cli
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "pretix"
 AT = "2026-11-23T12:00:00Z"  # inside 2026-06-01T10:00:00Z..2089-06-30T21:59:59Z
 # The ends of the range in which every `expect` holds (README), checked as well.
 RANGE_ENDS = ("2026-06-01T10:00:00Z", "2089-06-30T21:59:59Z")
-EXE = [sys.executable, "-m", "agent.cli"]
+EXE = [sys.executable, "-m", "agent"]
 
 
 def _load(name: str) -> Any:

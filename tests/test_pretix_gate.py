@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent import config
-from agent.daemon import open_gate
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.model import Reason
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load

@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent import config
-from agent.daemon import open_gate
+from agent.app import config
+from agent.app.daemon import open_gate
+from agent.app.status import StatusServer
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.model import Flag
+from agent.ports import Scan
 from agent.revocation import ListState, RevocationStore, secret_key
-from agent.status import StatusServer
-from drivers.base import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load, recorded_page
@@ -193,7 +193,7 @@ def test_gate_with_neither_trust_nor_pretix_is_a_one_line_error(tmp_path: Path) 
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{path}: missing required section [trust]")
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        [sys.executable, "-m", "agent", "run", "--config", str(path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0

@@ -22,10 +22,10 @@ from urllib.parse import quote
 import pytest
 from aiohttp import ClientSession, web
 
-from agent import config
-from agent.daemon import Gate, open_gate
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.model import Reason
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from tests.conftest import WriteConfig

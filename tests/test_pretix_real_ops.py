@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
+from agent.app.daemon import Gate
 from agent.clock import Clock
-from agent.daemon import Gate
 from agent.model import Flag, Reason
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire

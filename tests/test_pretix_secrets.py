@@ -19,10 +19,10 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from agent import config
-from agent.daemon import open_gate
-from agent.status import StatusServer
-from drivers.base import Scan
+from agent.app import config
+from agent.app.daemon import open_gate
+from agent.app.status import StatusServer
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixError, PretixHTTP, ticket_label

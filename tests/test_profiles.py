@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.selftest import device_path
+from agent.app import config
+from agent.app.selftest import device_path
 from drivers import registry
 
 PROFILES = sorted((Path(__file__).resolve().parents[1] / "config" / "profiles").glob("*.toml"))

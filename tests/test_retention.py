@@ -1,7 +1,7 @@
 """Journal retention on real journal files: only synced, old rows go; the rest stays checkable.
 
 Rows are recorded through the real Journal with a wall clock set 40 days back, acknowledged as the
-uploader would (mark_synced), and pruned by the CLI an operator runs, by agent.retention directly,
+uploader would (mark_synced), and pruned by the CLI an operator runs, by agent.app.retention directly,
 and by the running gate's hourly upkeep.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.app.retention import parse_age, prune
 from agent.clock import Clock, uuid7
 from agent.errors import ConfigError, JournalError
 from agent.journal import Journal, PeerEntry
 from agent.model import Decision, Reason, Verdict
-from agent.retention import parse_age, prune
 from tests.conftest import WriteConfig
 
 DAY = 86400.0
@@ -161,7 +161,7 @@ def test_bad_ages_and_files_are_refused(tmp_path: Path) -> None:
 
 def _ga(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *map(str, args)],
+        [sys.executable, "-m", "agent", *map(str, args)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -203,7 +203,7 @@ def test_running_gate_prunes_on_its_own_with_retain_synced_days(
 
     asyncio.run(fill())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

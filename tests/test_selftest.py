@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.app.selftest import device_path, diagnose_path
 from agent.issuer import Issuer
-from agent.selftest import device_path, diagnose_path
 
 
 def _config(tmp_path: Path, keys: Path, scanner: str, gate: str) -> Path:
@@ -32,7 +32,7 @@ gate = "{gate}"
 
 def _selftest(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", "selftest", *map(str, args)],
+        [sys.executable, "-m", "agent", "selftest", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -25,7 +25,7 @@ from tests.hubproc import (
     write_hub_config,
 )
 
-EXE = (sys.executable, "-m", "agent.cli")
+EXE = (sys.executable, "-m", "agent")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.daemon import open_gate
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import DriverError
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Reason
-from drivers.base import Indicator, Scanner
+from agent.ports import Indicator, Scanner
 from drivers.framing import DropReason, Frame
 from drivers.serial_scanner import SerialScanner
 from drivers.serial_url import parse_serial_url

@@ -112,7 +112,7 @@ def test_daemon_reads_a_socket_and_stops_on_sigterm(
     sock = tmp_path / "scan.sock"
     conf = _gate_config(tmp_path, keys_dir, f"sim://socket?path={sock}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -147,7 +147,7 @@ def test_stdin_scanner_reads_a_file_or_dev_null_as_a_service_gives_it(
     conf = _gate_config(tmp_path, keys_dir, "sim://stdin")
     with open(feed if tickets else "/dev/null", "rb") as stdin:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdin=stdin, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
     try:

@@ -8,18 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import config, revocation_issuer, tickets
-from agent.daemon import open_gate
+from agent import revocation_issuer, tickets
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.model import Reason
-from drivers.base import Scan
+from agent.ports import Scan
 from tests.conftest import WriteConfig
 
 
 def _check(*args: str | Path) -> tuple[int, dict[str, object]]:
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "check", "--json", *map(str, args)],
+        [sys.executable, "-m", "agent", "check", "--json", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=60,

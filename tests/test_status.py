@@ -17,15 +17,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import config as cfg
 from agent import revocation_issuer
-from agent.daemon import Gate, open_gate
+from agent.app import config as cfg
+from agent.app.daemon import Gate, open_gate
+from agent.app.status import StatusLimits, StatusServer
+from agent.app.status_bounds import Pacer
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.status import StatusLimits, StatusServer
-from agent.status_bounds import Pacer
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.browser import Browser
 from tests.conftest import WriteConfig

@@ -22,16 +22,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import config as cfg
-from agent import revocation_issuer, status, tickets
-from agent.daemon import open_gate
+from agent import revocation_issuer, tickets
+from agent.app import config as cfg
+from agent.app import status
+from agent.app.daemon import open_gate
+from agent.app.status import StatusServer
+from agent.app.status_bounds import Listener, Pacer, listen_socket
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.status import StatusServer
-from agent.status_bounds import Listener, Pacer, listen_socket
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
@@ -64,7 +65,7 @@ async def _daemon(write_config: WriteConfig, iss: Issuer, tmp_path: Path) -> Asy
     )
     with open(tmp_path / "gate.log", "wb") as log:  # noqa: ASYNC230 - opened once, test only
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "--config", str(path),
+            sys.executable, "-m", "agent", "run", "--config", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     try:

@@ -25,13 +25,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agent import config, tickets
+from agent import tickets
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.clock import HLC, Clock, uuid7
-from agent.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.journal import Journal, PeerEntry
 from agent.lane import Outcome
-from agent.model import Decision, Reason, Verdict, shared_ref
+from agent.model import Decision, Reason, Verdict
+from agent.redact import shared_ref
 from sync import hub_logic, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
 from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
@@ -420,7 +422,7 @@ async def test_a_gate_process_keeps_a_ticket_used_when_a_hub_lets_a_forged_annul
     text = iss.ticket(event=1, zones=[1])
     with HubProcess(venue.setup), (tmp_path / "gate-b.log").open("w") as log:
         gate_b = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "--config", str(conf_b),
+            sys.executable, "-m", "agent", "run", "--config", str(conf_b),
             stderr=log, cwd=ROOT,
         )  # fmt: skip
         try:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, issuer
-from agent.daemon import Gate, open_gate
+from agent import issuer
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.lane import Outcome

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent import config, issuer, keys, revocation_issuer
-from agent.daemon import open_gate
+from agent import issuer, keys, revocation_issuer
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.issuer import Issuer
 from agent.model import Reason
 from agent.revocation import KIND

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.daemon import Gate, open_gate
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.model import Flag
 from sync import protocol
@@ -278,7 +278,7 @@ def _wait_for_rows(state: Path, rows: int, proc: subprocess.Popen[bytes]) -> Non
 
 def _run_gate(conf: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent import revocation_issuer
-from agent.cli import EX_CONFIG
+from agent.app.cli import EX_CONFIG
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
@@ -56,7 +56,7 @@ def test_run_notifies_ready_then_pings_the_watchdog(
     sock.bind(str(notify))
     env = os.environ | {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        [sys.executable, "-m", "agent", "run", "--config", str(path)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -97,7 +97,7 @@ def test_a_config_error_is_one_journal_line_and_a_no_restart_exit(
     path.write_text(text.replace(change[0], change[1], 1))
     env = os.environ | {"JOURNAL_STREAM": "8:1234"}  # as systemd starts the unit
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+        [sys.executable, "-m", "agent", "run", "--config", str(path)],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     lines = proc.stderr.splitlines()
@@ -115,7 +115,7 @@ def test_a_hub_config_error_exits_the_same_way(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text('[hub]\nlisten = "127.0.0.1:notaport"\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "hub", "--config", str(path)],
+        [sys.executable, "-m", "agent", "hub", "--config", str(path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == EX_CONFIG, proc.stderr

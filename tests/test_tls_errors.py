@@ -213,7 +213,7 @@ def test_a_certificate_fault_is_one_line_naming_the_key(
     log_path = gate_dir / "gate.log"
     with HubProcess(venue.setup) as hub_proc, log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
         gate_process.append(proc)
@@ -249,7 +249,7 @@ def test_the_right_certificate_is_taken(
     log_path = gate_dir / "gate.log"
     with HubProcess(venue.setup) as hub_proc, log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
         gate_process.append(proc)
@@ -320,7 +320,7 @@ def test_a_key_that_is_not_the_certificates_is_named_at_start(
                       url=venue.setup.url, token=token,
                       hub_extra=_hub_section(ca, cert, other_key))  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert done.returncode == 78, done.stderr

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import TicketFormatError
-from agent.model import Ticket, text_digest
+from agent.model import Ticket
+from agent.redact import text_digest
 
 __all__ = ["MAX_TEXT_LEN", "Format", "formats", "parse", "register"]
 

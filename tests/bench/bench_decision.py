@@ -24,11 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import config, issuer, keys, revocation, revocation_issuer, signed, tickets
+from agent import issuer, keys, revocation, revocation_issuer, signed, tickets
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.clock import Clock
-from agent.daemon import open_gate
 from agent.journal import Journal
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 
 CONFIG = """

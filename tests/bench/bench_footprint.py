@@ -61,7 +61,7 @@ def main() -> None:
             + f'\n[status]\nlisten = "127.0.0.1:{port}"\n'
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
             stdout=subprocess.DEVNULL, stderr=open(dir / "gate.log", "wb"),  # noqa: SIM115
         )  # fmt: skip
         try:

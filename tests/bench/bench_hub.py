@@ -38,7 +38,8 @@ from agent.clock import uuid7
 from agent.model import Reason, Verdict
 from sync import hub_logic
 from sync.hub_logic import ENTRY_COLUMNS
-from sync.hub_store import HubPolicy, open_store
+from sync.hub_store import HubPolicy
+from sync.hub_stores import open_store
 from sync.protocol import EntryWire
 
 BATCH = 500

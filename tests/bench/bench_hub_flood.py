@@ -1,6 +1,6 @@
 """A good client's /v1/health latency at the hub, quiet and under a half-request flood.
 
-The hub is the real ``python -m agent.cli hub`` as its own process, started from ``--checkout``
+The hub is the real ``python -m agent hub`` as its own process, started from ``--checkout``
 (default: this checkout; pass a ``git worktree`` of an older commit to measure that code) with
 its soft RLIMIT_NOFILE set to ``--hub-nofile`` (1024, what a process gets by default; the hard
 limit is left as it is, as under systemd).
@@ -160,7 +160,7 @@ def _start_hub(dir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[by
 
     with (dir / "hub.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "hub", "--config", str(setup.config)],
+            [sys.executable, "-m", "agent", "hub", "--config", str(setup.config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
             cwd=checkout, env=env, preexec_fn=limit, start_new_session=True,
         )  # fmt: skip

@@ -41,10 +41,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import config
-from agent.daemon import Gate, open_gate
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
 from agent.model import Reason
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.pretix_real import Server, missing
 

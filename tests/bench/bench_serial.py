@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent import config, issuer
-from agent.daemon import open_gate
+from agent import issuer
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.lane import Outcome
 from drivers.serial_scanner import SerialScanner
 from drivers.sim import SimGate

@@ -81,7 +81,7 @@ def _start(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "GATE_AGENT_LOG_FORMAT"}
     env["JOURNAL_STREAM"] = "bench"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env,  # noqa: SIM115
     )  # fmt: skip
     start = time.monotonic()

@@ -13,7 +13,7 @@ capped, the pacer let 100 a second in until all were open).
 Per run: lane latency (the daemon's ``latency_ms``) and send -> logged, quiet and flooded; how
 many stream attempts were answered 200 or 503 and how fast the 503 came; the fewest decisions
 received by a stream that was open during the whole flooded phase (every decision: ``--scans``).
-Medians over ``--runs`` daemons. No assertions on time. The daemon is ``python -m agent.cli``
+Medians over ``--runs`` daemons. No assertions on time. The daemon is ``python -m agent``
 from the current directory, so running this from another checkout measures that checkout.
 
     .venv/bin/python tests/bench/bench_status_flood.py [--revoked 100000] [--rows 10000]

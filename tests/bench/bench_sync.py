@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import aiohttp
 
-from agent import config as cfg
 from agent import issuer
+from agent.app import config as cfg
+from agent.app.daemon import open_gate
+from agent.app.demo_hub import GATE_TOML
 from agent.clock import Clock
-from agent.daemon import open_gate
-from agent.demo_hub import GATE_TOML
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync.protocol import BatchUpload, EntryWire, encode
 from tests.bench.bench_decision import pct

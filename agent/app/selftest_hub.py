@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import json
 import ssl
+from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlsplit
 
-from agent import config as cfg
-from agent.selftest import Check
+from agent.app import config as cfg
+from agent.app.selftest import Check, report
+from agent.errors import ConfigError
 from sync import protocol
 from sync.client_http import HubAuthError, HubError, HubHTTP, HubRefused, tls_context
 
@@ -254,3 +257,14 @@ async def _venue(conf: cfg.Config, http: HubHTTP) -> Check:
             f"set [gate] venue = {str(served)[:64]!r}, or [hub] url to venue {want!r}'s hub",
         )
     return Check("venue", True, f"the hub serves venue {want!r}")
+
+
+async def run_hub(path: Path, *, out: TextIO) -> int:
+    """Check the gate's [hub] link; returns the exit status.
+
+    Raises ConfigError for a bad config or one without a [hub] section.
+    """
+    conf = cfg.load(path)
+    if conf.hub is None:
+        raise ConfigError(f"{conf.path}: no [hub] section: this gate has no hub link to check")
+    return report(await checks(conf), out)

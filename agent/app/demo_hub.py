@@ -2,7 +2,7 @@
 
 Runs a real hub (SQLite store, the real HTTP app on 127.0.0.1) and two real gates (journal, lists,
 hub client; simulated scanners and turnstiles). Each gate reaches the hub through a loopback relay
-(:class:`agent.demo_net.Relay`) that the demo cuts to make a network partition:
+(:class:`agent.app.demo_net.Relay`) that the demo cuts to make a network partition:
 
 1. online, a ticket admitted at Gate A is learnt by Gate B and refused there;
 2. partitioned, another ticket is admitted at both gates (each decides offline, as it must);
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent import config as cfg
-from agent.daemon import Gate, open_gate
-from agent.demo_net import Relay
+from agent.app import config as cfg
+from agent.app.daemon import Gate, open_gate
+from agent.app.demo_net import Relay
 from agent.issuer import export_hub
 from agent.lane import Outcome
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync import hub_config
 from sync.hub import make_app

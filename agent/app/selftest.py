@@ -3,7 +3,7 @@
 For integrators at the turnstile: one line per device, OK or FAIL, and for a failure the likely fix
 (missing group, wrong path, device busy, ModemManager grabbing the port). ``--relay`` pulses the
 relay once; ``--scan`` waits for one scan and shows what was read and the verdict it would get.
-``--hub`` checks the [hub] link instead (:mod:`agent.selftest_hub`).
+``--hub`` checks the [hub] link instead (:mod:`agent.app.selftest_hub`).
 Exit status: 0 all OK, 1 a check failed, 78 config error (raised as ConfigError).
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from agent import config as cfg
 from agent import rules
+from agent.app import config as cfg
 from agent.errors import AgentError, ConfigError
-from agent.model import text_digest
+from agent.redact import text_digest
 from drivers import registry
 
 # The group that usually owns each kind of device node on Debian / Raspberry Pi OS.
@@ -132,19 +132,6 @@ def report(checks: list[Check], out: TextIO) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-async def run_hub(path: Path, *, out: TextIO) -> int:
-    """Check the gate's [hub] link (:mod:`agent.selftest_hub`); returns the exit status.
-
-    Raises ConfigError for a bad config or one without a [hub] section.
-    """
-    from agent import selftest_hub
-
-    conf = cfg.load(path)
-    if conf.hub is None:
-        raise ConfigError(f"{conf.path}: no [hub] section: this gate has no hub link to check")
-    return report(await selftest_hub.checks(conf), out)
-
-
 async def run(
     path: Path, *, relay: bool, scan: bool, out: TextIO, scan_timeout_s: float = 30.0
 ) -> int:
@@ -187,7 +174,7 @@ async def _pulse(gate: Any, direction: str) -> Check:
 
 
 async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
-    from agent.inspect import CheckRequest, evaluate
+    from agent.app.check import CheckRequest, evaluate
 
     try:
         async with asyncio.timeout(timeout_s):
@@ -226,7 +213,7 @@ def check_config(path: Path, out: TextIO) -> int:
     """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
     root key and bundle, revocation files, hub files. Returns 0; raises ConfigError naming the
     file and key when the gate could not start (what systemd/install runs before enabling it)."""
-    from agent.daemon import open_trust
+    from agent.app.daemon import open_trust
 
     conf = cfg.load(path)
     trust = open_trust(conf, None, persist=False)

@@ -1,4 +1,4 @@
-"""What bounds the status server's work (agent/status.py): the request pacer and the event streams.
+"""What bounds the status server's work (agent/app/status.py): the request pacer and the event streams.
 
 The status server shares the lane's loop, so nothing a status client does may cost the loop work
 without bound: request starts are paced and the waiting ones counted (:class:`Pacer`); event

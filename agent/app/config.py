@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from agent.settings import LogConfig, is_listen, section
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class HubLinkConfig:
 
 @dataclass(frozen=True)
 class StatusConfig:
-    """The local status server (agent/status.py): health, metrics, status, staff display."""
+    """The local status server (agent/app/status.py): health, metrics, status, staff display."""
 
     listen: str = "127.0.0.1:8471"  # "" turns it off
     outbox_backlog: int = 1000  # more unsynced rows than this: health degraded
@@ -125,15 +125,10 @@ class StatusConfig:
 
 @dataclass(frozen=True)
 class JournalConfig:
-    """Retention (agent/retention.py): synced entries older than this many days are pruned once
+    """Retention (agent/app/retention.py): synced entries older than this many days are pruned once
     an hour by the running gate. 0 keeps everything (the default: nothing is dropped unasked)."""
 
     retain_synced_days: int = 0
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 @dataclass(frozen=True)
@@ -179,7 +174,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
     ("status", "listen"): (
-        lambda v: v == "" or _is_listen(v),
+        lambda v: v == "" or is_listen(v),
         'HOST:PORT (e.g. "127.0.0.1:8471"), or "" for no status server',
     ),
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
@@ -204,119 +199,6 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
 _SECRETS = frozenset({("hub", "token"), ("pretix", "init_token")})
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair; raises ValueError when malformed."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(value)
-    return host, int(port)
-
-
-def _is_listen(value: str) -> bool:
-    try:
-        parse_listen(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(
-            "nothing" if a is type(None) else _describe(a) for a in typing.get_args(tp)
-        )
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        Path: "a path (string)",
-    }
-    return names.get(tp, str(tp))
-
-
-def _convert(value: Any, tp: Any, base: Path) -> Any:
-    """``value`` as type ``tp``; raises TypeError when it does not fit."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise TypeError
-    if origin in (types.UnionType, typing.Union):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, base)
-            except TypeError:
-                pass
-        raise TypeError
-    if origin is list:
-        if not isinstance(value, list):
-            raise TypeError
-        return [_convert(v, typing.get_args(tp)[0], base) for v in value]
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise TypeError
-        return base / Path(value).expanduser()
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise TypeError
-    if isinstance(value, tp):
-        return value
-    raise TypeError
-
-
-def section(
-    cls: type[Any],
-    raw: Any,
-    name: str,
-    src: Path,
-    ranges: typing.Mapping[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = _RANGES,
-) -> Any:
-    """One TOML table as the dataclass ``cls``; raises ConfigError naming file, section, key.
-
-    ``ranges`` holds the checks beyond the type, by (section, key): the gate's by default; another
-    file (the hub's) passes its own, so a section name they share never mixes their rules.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: [{name}] must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(
-                f"{src}: [{name}] unknown key {key!r} (valid keys: {', '.join(fields)})"
-            )
-    values: dict[str, Any] = {}
-    for key, f in fields.items():
-        if key not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(
-                    f"{src}: [{name}] missing required key {key!r} ({_describe(hints[key])})"
-                )
-            continue
-        secret = (name, key) in _SECRETS
-        got = f"a value of type {type(raw[key]).__name__}" if secret else repr(raw[key])
-        try:
-            values[key] = _convert(raw[key], hints[key], src.parent)
-        except TypeError:
-            raise ConfigError(
-                f"{src}: [{name}] {key}: expected {_describe(hints[key])}, got {got}"
-            ) from None
-        check = ranges.get((name, key))
-        if check is not None and not check[0](values[key]):
-            raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {got}")
-    return cls(**values)
-
-
 def _section_class(tp: Any) -> type[Any]:
     """The dataclass of a section, also for optional ones (``PretixConfig | None``)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -336,7 +218,10 @@ def parse(text: str, src: Path) -> Config:
             raise ConfigError(
                 f"{src}: unknown section [{name}] (valid sections: {', '.join(sorted(sections))})"
             )
-    values = {name: section(_section_class(hints[name]), raw[name], name, src) for name in raw}
+    values = {
+        name: section(_section_class(hints[name]), raw[name], name, src, _RANGES, _SECRETS)
+        for name in raw
+    }
     for name in ("gate", "devices"):
         if name not in raw:
             raise ConfigError(f"{src}: missing required section [{name}]")

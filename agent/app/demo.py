@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from agent import config as cfg
-from agent import demo_hub, issuer, keys, revocation_issuer
-from agent.daemon import open_gate
+from agent import issuer, keys, revocation_issuer
+from agent.app import config as cfg
+from agent.app import demo_hub
+from agent.app.daemon import open_gate
 from agent.lane import Outcome
 from agent.model import Flag
-from drivers.base import Scan
+from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 
 DEMO_TOML = """\

@@ -10,7 +10,6 @@ id or the ticket's text.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 import urllib.error
@@ -20,16 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent import config as cfg
+from agent.app import config as cfg
 from agent.errors import ConfigError, GateUnreachable, JournalError, TicketFormatError, UsageError
+from agent.redact import short_id
+from agent.settings import parse_listen
 
 _COLUMNS = "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
 FOLLOW_POLL_S = 0.5
-
-
-def short_id(ticket_ref: str) -> str:
-    """The id staff see for a ticket (same as :attr:`agent.model.Ticket.short_id`)."""
-    return hashlib.blake2b(ticket_ref.encode(), digest_size=4).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,7 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
     listen = config.status.listen
     if not listen:
         raise ConfigError(f"{config.path}: [status] listen is off: nothing to ask")
-    host, port = cfg.parse_listen(listen)
+    host, port = parse_listen(listen)
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a client address
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/status"
     try:

@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from agent.cli_args import build_parser
+from agent.app.cli_args import build_parser
 from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 
 if TYPE_CHECKING:
     from sync.hub_config import HubConfig
 
-log = logging.getLogger("agent.cli")
+log = logging.getLogger(__name__)
 
 
 class JsonLines(logging.Formatter):
@@ -174,7 +174,7 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.inspect import CheckRequest, check
+    from agent.app.check import CheckRequest, check
 
     _check_sources(args)
     req = CheckRequest(
@@ -196,7 +196,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent import config, daemon
+    from agent.app import config, daemon
 
     conf = config.load(args.config)
     logging.getLogger().setLevel(conf.log.level)
@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _journal(args: argparse.Namespace) -> int:
-    from agent import config, retention
+    from agent.app import config, retention
 
     try:
         age = retention.parse_age(args.synced_older_than)
@@ -233,25 +233,27 @@ def _journal(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
-    from agent import selftest
+    from agent.app import selftest, selftest_hub
 
     if args.hub:
         if args.relay or args.scan or args.config_only:
             raise UsageError("selftest: --hub goes alone (not with --relay, --scan, --config-only)")
-        return asyncio.run(selftest.run_hub(args.config, out=sys.stdout))
+        return asyncio.run(selftest_hub.run_hub(args.config, out=sys.stdout))
     if args.config_only:
         return selftest.check_config(args.config, sys.stdout)
     return asyncio.run(selftest.run(args.config, relay=args.relay, scan=args.scan, out=sys.stdout))
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent import config, ops
+    from agent.app import config
+    from agent.app import gate_commands as ops
 
     return ops.status(config.load(args.config), sys.stdout, as_json=args.json)
 
 
 def _events(args: argparse.Namespace) -> int:
-    from agent import config, ops
+    from agent.app import config
+    from agent.app import gate_commands as ops
 
     if args.last < 1:
         raise UsageError("--last must be >= 1")
@@ -269,7 +271,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from agent import demo
+    from agent.app import demo
 
     return asyncio.run(demo.main(args.dir))
 

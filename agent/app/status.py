@@ -39,18 +39,23 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 from agent.errors import JournalError
-from agent.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 
 if TYPE_CHECKING:
-    from agent.daemon import Gate
+    from agent.app.config import Config
+    from agent.checker import Checker
+    from agent.clock import Clock
+    from agent.journal import Journal
     from agent.lane import Lane, Outcome
+    from agent.revocation import RevocationStore
+    from agent.trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +140,45 @@ class _Metrics:
         self.ready = Gauge("gate_ready", "1 when /healthz says ready", registry=r)
 
 
+class _PretixStatus(Protocol):
+    @property
+    def status(self) -> dict[str, Any]: ...
+
+
+class _HubStatus(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+class GateView(Protocol):
+    """The running gate as the status server reads it (the daemon's ``Gate`` is one); read-only
+    properties, so this module never depends on the daemon that serves it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def trust(self) -> TrustStore: ...
+    @property
+    def revocations(self) -> RevocationStore: ...
+    @property
+    def journal(self) -> Journal: ...
+    @property
+    def checker(self) -> Checker: ...
+    @property
+    def lane(self) -> Lane: ...
+    @property
+    def upstream(self) -> _PretixStatus | None: ...
+    @property
+    def hub(self) -> _HubStatus | None: ...
+
+
 class StatusServer:
     """Serves the gate's health, metrics, status and staff display; see the module docstring."""
 
     def __init__(
         self,
-        gate: Gate,
+        gate: GateView,
         *,
         host: str = "127.0.0.1",
         port: int = 8471,
@@ -362,7 +400,7 @@ class StatusServer:
         m.ready.set(1 if _reasons(snap, self._limits)[0] else 0)
 
     def _asset(self, name: str) -> Callable[[web.Request], Any]:
-        data = importlib.resources.files("agent").joinpath(name).read_bytes()
+        data = importlib.resources.files("agent.app").joinpath(name).read_bytes()
         kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[
             name.rsplit(".", 1)[1]
         ]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from agent import config as cfg
+from agent.app import config as cfg
 from agent.checker import Checker
 from agent.clock import Clock
 from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
@@ -27,6 +27,7 @@ from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
 from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
+from agent.settings import parse_listen
 from agent.trust import (
     MergedTrust,
     TrustBundle,
@@ -38,11 +39,11 @@ from agent.trust import (
 from drivers import registry
 
 if TYPE_CHECKING:
-    from agent.sdnotify import Notifier
-    from agent.status import StatusServer
+    from agent.app.sdnotify import Notifier
+    from agent.app.status import StatusServer
     from sync.client import HubClient
     from sync.pretix import PretixUpstream
-from drivers.base import GateIO, Indicator, Scanner
+from agent.ports import GateIO, Indicator, Scanner
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ async def run(config: cfg.Config) -> int:
     answers; WATCHDOG=1 follows from the same loop while the journal keeps answering, with the
     health in STATUS=.
     """
-    from agent.sdnotify import Notifier
+    from agent.app.sdnotify import Notifier
 
     observers: list[StatusServer] = []
 
@@ -367,11 +368,11 @@ async def run(config: cfg.Config) -> int:
 
 
 def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
-    from agent.status import StatusLimits, StatusServer
+    from agent.app.status import StatusLimits, StatusServer
 
     sc = config.status
     limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
-    host, port = cfg.parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
+    host, port = parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
     return StatusServer(gate, host=host, port=port, limits=limits, max_streams=sc.max_streams)
 
 
@@ -396,7 +397,7 @@ async def _upkeep(gate: Gate, retain_days: int, stop: threading.Event) -> None:
     """Hourly, from start: prune synced rows past retention (on a worker thread with its own
     connection, in short transactions), then truncate the WAL. Off the supervisor's loop, so a
     long first prune never delays a watchdog ping."""
-    from agent import retention
+    from agent.app import retention
 
     while True:
         if retain_days and not gate.clock.synced():
@@ -425,7 +426,7 @@ async def _upkeep(gate: Gate, retain_days: int, stop: threading.Event) -> None:
 
 async def _supervise(gate: Gate, status: StatusServer, notifier: Notifier) -> None:
     """READY once, then WATCHDOG while the loop and the journal answer; STATUS = health."""
-    from agent.sdnotify import watchdog_interval_s
+    from agent.app.sdnotify import watchdog_interval_s
 
     every = min(SUPERVISE_S, watchdog_interval_s() or SUPERVISE_S)
     ready_sent, shown = False, ""

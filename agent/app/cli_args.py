@@ -1,6 +1,6 @@
 """The `gate-agent` command line's arguments: every command, option and help text.
 
-Kept apart from :mod:`agent.cli` (which runs the commands) so each stays readable; a test walks
+Kept apart from :mod:`agent.app.cli` (which runs the commands) so each stays readable; a test walks
 :func:`build_parser` to check that every option has a help string.
 """
 

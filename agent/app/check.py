@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent import config as cfg
 from agent import journal, rules
+from agent.app import config as cfg
+from agent.app.daemon import gate_policy, load_lists, open_trust
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock, ClockReading
-from agent.daemon import gate_policy, load_lists, open_trust
 from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
