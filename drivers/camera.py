@@ -44,12 +44,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.backoff import Backoff
 from agent.errors import DriverError
 from agent.ports import Scan
 from agent.redact import text_digest
@@ -93,7 +95,7 @@ class CameraScanner:
             formats = check_formats(engine, formats)
         if not 1 <= downscale <= camera_url.MAX_DOWNSCALE:
             raise DriverError(f"camera: downscale must be 1..{camera_url.MAX_DOWNSCALE}")
-        if hold_ms < 0 or retry_max_s <= 0:
+        if hold_ms < 0 or not 0 < retry_max_s < math.inf:
             raise DriverError("camera: hold_ms must be >= 0 and retry_max_s > 0")
         self.source = source
         self.engine, self.formats, self.try_rotate = engine, tuple(formats), try_rotate
@@ -113,7 +115,7 @@ class CameraScanner:
         self._connected = False
         self._reconnects = 0
         self._lost_at = 0.0
-        self._backoff = BACKOFF_START_S
+        self._backoff = Backoff(min(BACKOFF_START_S, retry_max_s), retry_max_s)
         # Counters written by one worker thread each, read by anyone (health, tests, benchmarks).
         self.frames_read = 0
         self.frames_decoded = 0
@@ -175,7 +177,7 @@ class CameraScanner:
         self._slot = LatestSlot()
         self._queue = asyncio.Queue()
         self._running, self._ended, self._connected = True, False, True
-        self._backoff = BACKOFF_START_S
+        self._backoff.reset()
         self._threads = [
             threading.Thread(target=self._capture, name=f"capture {self.source_name}", daemon=True),
             threading.Thread(
@@ -258,7 +260,7 @@ class CameraScanner:
                 if not self._recover(exc):
                     return None
                 continue
-            self._backoff = BACKOFF_START_S
+            self._backoff.reset()
             return frame
         return None
 
@@ -267,13 +269,12 @@ class CameraScanner:
         self._post(self._on_lost, str(exc))
         self.source.close()
         attempts = 0
-        while not self._stop.wait(self._backoff):
+        while not self._stop.wait(self._backoff.next_delay()):
             attempts += 1
             try:
                 self.source.open()
             except DriverError as err:
                 log.debug("%s: reopen attempt %d failed: %s", self.source_name, attempts, err)
-                self._backoff = min(self._backoff * 2, self.retry_max_s)
                 continue
             self._post(self._on_back, attempts)
             return True

@@ -63,7 +63,7 @@ from drivers.gpio_lines import (
     parse_chip,
     parse_line_id,
 )
-from drivers.gpio_params import UrlParams
+from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
 

@@ -33,15 +33,17 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from agent.backoff import Backoff
 from agent.errors import DriverError
 from agent.ports import Scan
 from agent.redact import text_digest
-from drivers.gpio_params import UrlParams
 from drivers.hid_keys import KeyEventLike, KeyFramer
+from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
 
 SCAN_QUEUE_MAX = 64
+RETRY_START_S = 0.1
 DEFAULT_NOREAD = ("NR", "%%NoRead")
 
 
@@ -108,6 +110,7 @@ class HidScanner:
         self.reconnects = 0
         self.last_error: str | None = None
         self._factory = device_factory or evdev_device
+        self._backoff = Backoff(min(RETRY_START_S, retry_max_s), retry_max_s)
         self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Scan | None] = asyncio.Queue(SCAN_QUEUE_MAX)
 
@@ -115,16 +118,14 @@ class HidScanner:
     def from_url(cls, url: str, base: Path | None = None) -> HidScanner:
         """Parse a ``hid://`` URL; raises DriverError naming the bad parameter."""
         p = UrlParams(url, "hid")
-        if p.netloc or not p.path.startswith("/") or p.path == "/":
-            raise p.error("the device path must be absolute: hid:///dev/input/by-id/...")
-        noread_text = p.text("noread")
-        noread = DEFAULT_NOREAD if noread_text is None else [w for w in noread_text.split(",") if w]
+        path = p.device_path("hid:///dev/input/by-id/...")
+        noread = p.items("noread")
         scanner = cls(
-            p.path,
+            path,
             max_frame=p.integer("max_frame", 1024, 1, 65_536),
             idle_ms=p.integer("idle_ms", 300, 10, 60_000),
             grab=p.flag("grab", True),
-            noread=noread,
+            noread=DEFAULT_NOREAD if noread is None else noread,
             retry_max_s=p.seconds("retry_max_s", 5.0, 0.2, 300.0),
         )
         p.finish()
@@ -160,7 +161,9 @@ class HidScanner:
             yield scan
 
     async def _run(self) -> None:
-        delay, reported = 0.1, False
+        backoff = self._backoff
+        backoff.reset()
+        reported = False
         while True:
             try:
                 device = self._connect()
@@ -171,10 +174,10 @@ class HidScanner:
                         "hid scanner: %s unavailable: %s; retrying", self.path, self.last_error
                     )
                     reported = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                await asyncio.sleep(backoff.next_delay())
                 continue
-            delay, reported, failed = 0.1, False, False
+            backoff.reset()
+            reported, failed = False, False
             try:
                 await self._pump(device)
             except Exception:  # a bug must not end the scanner for good: treat it as a loss
@@ -184,7 +187,7 @@ class HidScanner:
                 self._disconnect(device)
             self.reconnects += 1
             # Never spin: a device that opens and vanishes at once is retried at a gentle pace.
-            await asyncio.sleep(self.retry_max_s if failed else 0.1)
+            await asyncio.sleep(backoff.cap_s if failed else backoff.next_delay())
 
     def _connect(self) -> HidDevice:
         device = self._factory(self.path)

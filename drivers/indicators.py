@@ -27,7 +27,7 @@ from pathlib import Path
 from agent.errors import DriverError
 from agent.model import Decision
 from drivers.gpio_lines import ChipFactory, Lines, LineSpec, gpiod_chip, parse_chip, parse_line_id
-from drivers.gpio_params import UrlParams
+from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
 

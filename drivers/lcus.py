@@ -46,7 +46,7 @@ from typing import ClassVar, Protocol
 
 from agent.errors import DriverError, RelayReleaseError
 from agent.ports import InputEvent
-from drivers.gpio_params import UrlParams
+from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,11 @@ class LcusRelay:
     def from_url(cls, url: str, base: Path | None = None) -> LcusRelay:
         """Parse an ``lcus://`` URL; raises DriverError naming the bad parameter."""
         p = UrlParams(url, "lcus")
-        if p.netloc or not p.path.startswith("/") or p.path == "/":
-            raise p.error("the device path must be absolute: lcus:///dev/serial/by-id/...")
+        path = p.device_path("lcus:///dev/serial/by-id/...")
         channel = p.integer("channel", 1, 1, 8)
         pulse_ms = p.integer("pulse_ms", 500, 20, 10_000)
         baud = p.integer("baud", 9600, 1200, 115_200)
-        passage = p.text("passage", "none") or ""
+        passage = p.text("passage", "none")
         p.finish()
         passage_ms: int | None = None
         if passage != "none":
@@ -219,7 +218,7 @@ class LcusRelay:
             passage_ms = int(value)
             if not 0 <= passage_ms <= 600_000:
                 raise p.error("passage=auto_ms:N needs N in 0..600000")
-        return cls(p.path, channel=channel, pulse_ms=pulse_ms, baud=baud, passage_ms=passage_ms)
+        return cls(path, channel=channel, pulse_ms=pulse_ms, baud=baud, passage_ms=passage_ms)
 
     @property
     def emergency(self) -> bool:

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.backoff import Backoff
 from agent.errors import DriverError
 from agent.model import Decision
 from agent.ports import Scan
@@ -164,6 +165,8 @@ class SerialScanner:
         self.reconnects = 0
         self.last_error: str | None = None
         self._opener: Opener | None = None
+        cap = settings.retry_max_s
+        self._backoff = Backoff(min(RETRY_START_S, cap), cap)  # ValueError unless 0 < cap < inf
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._overflow = 0  # scans dropped since the last overflow warning
         self._overflow_warned = -1e9
@@ -304,7 +307,8 @@ class SerialScanner:
         self.last_error = reason
 
     async def _run(self, link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
-        delay = RETRY_START_S
+        backoff, cap = self._backoff, self.settings.retry_max_s
+        backoff.reset()
         loop = asyncio.get_running_loop()
         while True:
             if link is not None:
@@ -319,10 +323,9 @@ class SerialScanner:
                 if self._ack is not None:
                     self._ack.clear()
                 self._note_failure(f"{self.settings.path}: lost ({reason})")
-                if loop.time() - started >= self.settings.retry_max_s:
-                    delay = RETRY_START_S
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.retry_max_s)
+                if loop.time() - started >= cap:  # it was up a while: retry quickly again
+                    backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
             link = await self._connect()
 
     async def _pump(self, reader: asyncio.StreamReader) -> str:

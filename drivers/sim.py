@@ -26,12 +26,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import DriverError
 from agent.model import Decision
 from agent.ports import InputEvent, InputName, Scan
 from agent.redact import text_digest
+from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,9 @@ _MAX_STDIN_FILE = 16 * 1024 * 1024  # a redirected file is read whole; more is a
 _END = object()
 
 
-def _query(url: str) -> tuple[str, dict[str, str]]:
-    parts = urlsplit(url)
-    if parts.scheme != "sim":
-        raise DriverError(f"not a sim:// URL: {url!r}")
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    return parts.netloc or parts.path.strip("/"), query
+def _params(url: str) -> tuple[str, UrlParams]:
+    p = UrlParams(url, "sim")
+    return p.netloc or p.path.strip("/"), p
 
 
 def _path(value: str | None, base: Path | None, url: str) -> Path:
@@ -77,19 +74,17 @@ class SimScanner:
 
     @classmethod
     def from_url(cls, url: str, base: Path | None = None) -> SimScanner:
-        mode, q = _query(url)
-        path = _path(q.get("path"), base, url) if mode in ("file", "socket") else None
-        try:
-            interval = int(q.get("interval_ms", "0"))
-        except ValueError:
-            raise DriverError(f"{url}: interval_ms must be an integer") from None
-        return cls(
+        mode, p = _params(url)
+        path = _path(p.text("path"), base, url) if mode in ("file", "socket") else None
+        scanner = cls(
             mode,
             path=path,
-            interval_ms=interval,
-            end=q.get("end", "stop"),
-            source=q.get("source", f"sim-{mode}"),
+            interval_ms=p.integer("interval_ms", 0, 0),
+            end=p.choice("end", "stop", ("stop", "wait")),
+            source=p.text("source", f"sim-{mode}"),
         )
+        p.finish()
+        return scanner
 
     def feed(self, text: str) -> None:
         """Present ``text`` as if it had just been scanned."""
@@ -222,19 +217,20 @@ class SimGate:
 
     @classmethod
     def from_url(cls, url: str, base: Path | None = None) -> SimGate:
-        _, q = _query(url)
-        passage = q.get("passage", "auto")
-        if passage not in ("auto", "never", "command"):
-            raise DriverError(f"{url}: passage must be auto, never or command")
-        try:
-            ms = None if passage != "auto" else int(q.get("passage_ms", "300"))
-        except ValueError:
-            raise DriverError(f"{url}: passage_ms must be an integer") from None
-        plan_words = [w for w in q.get("plan", "").split(",") if w]
+        _, p = _params(url)
+        passage = p.choice("passage", "auto", ("auto", "never", "command"))
+        passage_ms = p.integer("passage_ms", 300, 0)
+        plan_words = p.items("plan") or []
         if any(w not in ("pass", "none") for w in plan_words):
-            raise DriverError(f"{url}: plan is a comma list of pass/none")
-        log_path = _path(q["log"], base, url) if q.get("log") else None
-        return cls(passage_ms=ms, plan=[w == "pass" for w in plan_words], log_path=log_path)
+            raise p.error("plan is a comma list of pass/none")
+        log_text = p.text("log")
+        log_path = _path(log_text, base, url) if log_text else None
+        p.finish()
+        return cls(
+            passage_ms=passage_ms if passage == "auto" else None,
+            plan=[w == "pass" for w in plan_words],
+            log_path=log_path,
+        )
 
     async def open(self) -> None:
         if self.log_path is not None and self._fd is None:
@@ -302,7 +298,8 @@ class SimIndicator:
 
     @classmethod
     def from_url(cls, url: str, base: Path | None = None) -> SimIndicator:
-        _query(url)
+        _, p = _params(url)
+        p.finish()
         return cls()
 
     async def open(self) -> None:

@@ -71,10 +71,22 @@ async def test_gate_modes_and_pulse_log(tmp_path: Path) -> None:
     ("kind", "url", "error", "words"),
     [
         ("scanner", "nfc://reader-1", DriverNotFound, "valid schemes: camera://"),
-        ("gate", "sim://gate?passage=sometimes", DriverError, "auto, never or command"),
+        (
+            "gate",
+            "sim://gate?passage=sometimes",
+            DriverError,
+            r"passage must be one of auto\|never\|command, not .sometimes.",
+        ),
         ("gate", "sim://gate?plan=pass,maybe", DriverError, "pass/none"),
         ("scanner", "sim://file", DriverError, "missing path="),
         ("scanner", "sim://carrier-pigeon", DriverError, "unknown mode"),
+        (
+            "scanner",
+            "sim://queue?speed=1",
+            DriverError,
+            r"unknown parameter speed \(valid: end, interval_ms, source\)$",
+        ),
+        ("gate", "sim://gate?passage_ms=soon", DriverError, "passage_ms must be an integer >= 0"),
     ],
 )
 def test_bad_urls_fail_clearly(
