@@ -29,12 +29,13 @@ length only: scanned text is a bearer credential and never reaches a log.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from agent.redact import bytes_digest
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,6 @@ def parse_aim_allow(entries: Iterable[str]) -> frozenset[str]:
         if not _AIM_ENTRY.fullmatch(entry):
             raise ValueError(f"{entry!r} is not an AIM id (<letter> or <letter><modifier>)")
     return allow
-
-
-def _digest(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
 class Framer:
@@ -324,7 +321,7 @@ class Framer:
     ) -> None:
         """Count a drop; warn at most once a second per reason (no-reads only at DEBUG)."""
         self.drops[reason] += 1
-        what = f" digest={_digest(raw)}" if raw is not None else ""
+        what = f" digest={bytes_digest(raw)}" if raw is not None else ""
         what += f" aim=]{aim}" if aim is not None else ""
         last = self._last_warn.get(reason)
         if reason is DropReason.NO_READ or (last is not None and now_ns - last < WARN_INTERVAL_NS):
