@@ -19,7 +19,7 @@ import pytest
 from agent.clock import Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
-from agent.redact import text_digest
+from agent.redact import short_id
 from tests.browser import Browser
 from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
 
@@ -85,7 +85,7 @@ async def test_console_shows_a_double_admission_and_gate_health(
         alert = "#alerts .alert[data-kind='double_admission']"
         await page.wait_for(f'document.querySelector("{alert}") !== null')
         text = await page.text(alert)
-        assert "Double admission" in text and text_digest("T-console")[:12] in text
+        assert "Double admission" in text and short_id("T-console") in text
         assert "T-console" not in await page.text("body")
         names = await page.evaluate(
             f'[...document.querySelectorAll("{alert} .gate-name")].map(n => n.textContent)'

@@ -31,7 +31,7 @@ from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
-from agent.redact import text_digest
+from agent.redact import short_id
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
 from sync.protocol import (
@@ -773,7 +773,7 @@ async def test_two_hub_processes_raise_each_double_admission_once(two_hubs: TwoH
     )
     raised = (await alerts_after(two_hubs.apis[0], two_hubs.console, 0)).alerts
     assert {a.kind for a in raised} == {"double_admission"}
-    assert sorted(a.ticket for a in raised) == sorted(text_digest(ref)[:12] for ref in refs)
+    assert sorted(a.ticket for a in raised) == sorted(short_id(ref) for ref in refs)
     assert all(sorted(a.gates) == ["Gate 1", "Gate 2"] for a in raised)  # the operator's names
 
     # every row again, through the other process: all duplicates, no new alert
