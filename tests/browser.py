@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from tests.polling import until
+
 LAUNCH_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 30.0
 POLL_S = 0.05
@@ -182,32 +184,51 @@ class Browser:
             )
         finally:
             os.close(log_fd)
-        while (port := _read_port(profile)) is None:
-            if self._proc.returncode is not None:
-                raise self._error(f"chromium exited with {self._proc.returncode} at start")
-            if time.monotonic() > deadline:
-                raise self._error(f"chromium did not open DevTools in {LAUNCH_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(POLL_S)
+        proc = self._proc
+        try:
+            await until(
+                lambda: proc.returncode is not None or _read_port(profile) is not None,
+                max(deadline - time.monotonic(), 0.0),
+                "chromium opens DevTools",
+            )
+        except AssertionError:
+            raise self._error(
+                f"chromium did not open DevTools in {LAUNCH_TIMEOUT_S:.0f} s"
+            ) from None
+        port = _read_port(profile)
+        if port is None:
+            raise self._error(f"chromium exited with {proc.returncode} at start")
         return port
 
     async def _page_ws_url(self, port: int, deadline: float) -> str:
         """The page target's websocket URL from http://127.0.0.1:port/json."""
         assert self._session is not None
+        session = self._session
         url = f"http://127.0.0.1:{port}/json"
-        while True:
+        found: list[str] = []
+        last = ""
+
+        async def page_target() -> bool:
+            nonlocal last
             try:
-                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
                     targets = await r.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as e:
                 targets, last = [], repr(e)
             else:
                 last = f"no page target in {targets!r}"[:500]
-            for target in targets:
-                if target.get("type") == "page" and "webSocketDebuggerUrl" in target:
-                    return str(target["webSocketDebuggerUrl"])
-            if time.monotonic() > deadline:
-                raise self._error(f"no DevTools page target at {url}: {last}")
-            await asyncio.sleep(POLL_S)
+            found.extend(
+                str(t["webSocketDebuggerUrl"])
+                for t in targets
+                if t.get("type") == "page" and "webSocketDebuggerUrl" in t
+            )
+            return bool(found)
+
+        try:
+            await until(page_target, max(deadline - time.monotonic(), 0.0), "a DevTools page")
+        except AssertionError:
+            raise self._error(f"no DevTools page target at {url}: {last}") from None
+        return found[0]
 
     async def close(self) -> None:
         """Close the connection and end chromium's process group (SIGTERM, then SIGKILL).
@@ -275,7 +296,7 @@ class Browser:
 
     # A deadline parameter, not asyncio.timeout(): the timeout is part of the failure report.
     async def wait_for(self, predicate_js: str, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-        """Poll the JS expression ``predicate_js`` every 50 ms until it is truthy; return its value.
+        """Poll the JS expression ``predicate_js`` (tests/polling.py) until it is truthy; return its value.
 
         An exception thrown by the predicate counts as "not yet" (the element may not exist yet).
         Raises AssertionError on timeout, with the last exception, the console errors and the
@@ -284,17 +305,25 @@ class Browser:
         wrapped = f"(async () => {{ const v = await ({predicate_js}); return [!!v, v]; }})()"
         deadline = time.monotonic() + timeout
         last_error = ""
-        while True:
-            remaining = deadline - time.monotonic()
+        values: list[Any] = []
+
+        async def truthy() -> bool:
+            nonlocal last_error
             try:
-                ok, value = await self._evaluate(wrapped, max(remaining, POLL_S))
+                ok, value = await self._evaluate(wrapped, max(deadline - time.monotonic(), POLL_S))
             except (AssertionError, TimeoutError) as e:
-                ok, value, last_error = False, None, str(e) or "evaluation timed out"
-            if ok:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(await self._timeout_report(predicate_js, timeout, last_error))
-            await asyncio.sleep(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+                last_error = str(e) or "evaluation timed out"
+                return False
+            values.append(value)
+            return bool(ok)
+
+        try:
+            await until(truthy, timeout, predicate_js)
+        except AssertionError:
+            raise AssertionError(
+                await self._timeout_report(predicate_js, timeout, last_error)
+            ) from None
+        return values[-1]
 
     async def _timeout_report(self, predicate_js: str, waited_s: float, last_error: str) -> str:
         try:

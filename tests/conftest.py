@@ -13,42 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent import issuer
-from tests import logscan
+from tests import gateconf, logscan
 from tests.serial_pty import PtyPair
 
 pytest_plugins = ["pytester", "tests.pretix_real"]  # pretix_real: the real pretix fixture
-
-GATE_TOML = """\
-[gate]
-id = "gate-3"
-name = "Gate 3"
-events = [1]
-zone = 1
-state_dir = "state"
-
-[policy]
-entry = "{entry}"
-stale_list = "{stale_list}"
-
-[lane]
-name = "in"
-repeat_window_ms = {repeat_window_ms}
-passage_timeout_s = {passage_timeout_s}
-
-[trust]
-root_key = "keys/root.pub"
-bundle = "keys/trust.json"
-
-[revocation]
-files = [{revocations}]
-
-[clock]
-assume = "synced"
-
-[devices]
-scanner = "{scanner}"
-gate = "{gate}"
-"""
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +44,11 @@ WriteConfig = Callable[..., Path]
 
 @pytest.fixture
 def write_config(keys_dir: Path) -> WriteConfig:
-    """Write a gate config beside ``keys_dir`` and return its path."""
+    """Write ``gate.toml`` beside ``keys_dir`` (tests/gateconf.py) and return its path.
+
+    The keywords below are what these tests vary; any other keyword is a section's table for
+    :func:`tests.gateconf.gate_toml` (``pretix={...}``), ``extra`` raw TOML appended.
+    """
 
     def write(
         *,
@@ -88,21 +60,24 @@ def write_config(keys_dir: Path) -> WriteConfig:
         scanner: str = "sim://queue",
         gate: str = "sim://gate?passage_ms=10",
         extra: str = "",
+        **sections: gateconf.Table | None,
     ) -> Path:
-        text = GATE_TOML.format(
-            entry=entry,
-            stale_list=stale_list,
-            repeat_window_ms=repeat_window_ms,
-            passage_timeout_s=passage_timeout_s,
-            scanner=scanner,
-            gate=gate,
-            revocations=", ".join(f'"{r}"' for r in revocations or []),
+        tables: dict[str, gateconf.Table | None] = {
+            "gate": {"id": "gate-3", "name": "Gate 3"},
+            "policy": {"entry": entry, "stale_list": stale_list},
+            "lane": {
+                "name": "in",
+                "repeat_window_ms": repeat_window_ms,
+                "passage_timeout_s": passage_timeout_s,
+            },
+            "revocation": {"files": revocations or []},
+            "devices": {"scanner": scanner, "gate": gate},
+        }
+        if "[status]" in extra:
+            tables["status"] = None
+        return gateconf.write_gate_config(
+            keys_dir.parent / "gate.toml", keys="keys", extra=extra, **(tables | sections)
         )
-        if "[status]" not in extra:  # off: never the default port, which a real gate may hold
-            extra += '\n[status]\nlisten = ""\n'
-        path = keys_dir.parent / "gate.toml"
-        path.write_text(text + extra)
-        return path
 
     return write
 

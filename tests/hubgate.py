@@ -1,59 +1,28 @@
-"""Gates linked to a hub, for the sync tests: configs, polling, and the hub's view over HTTP."""
+"""Gates linked to a hub, for the sync tests: configs and the hub's view over HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from agent.ports import Scan
-
-GATE_TOML = """\
-[gate]
-id = "{gate_id}"
-name = "{name}"
-venue = "{venue}"
-events = [1]
-zone = 1
-state_dir = "state"
-
-[policy]
-entry = "{entry}"
-
-[lane]
-name = "in"
-repeat_window_ms = 0
-passage_timeout_s = 1.0
-
-[trust]
-root_key = "{keys}/root.pub"
-bundle = "{bundle}"
-
-[clock]
-assume = "synced"
-
-[devices]
-scanner = "{scanner}"
-gate = "sim://gate?passage_ms=0"
-
-[status]
-listen = ""
-"""
+from tests.gateconf import write_gate_config
+from tests.polling import until as until  # TEMPORARY: until its importers move to tests.polling
 
 # Fast enough for tests: the gate notices a dead hub within a second.
-HUB_TIMING = """\
-heartbeat_s = 0.2
-wait_s = 2
-timeout_s = 2
-revocation_interval_s = 0.3
-trust_interval_s = 0.3
-offline_after_s = 1.0
-"""
+HUB_TIMING: dict[str, object] = {
+    "heartbeat_s": 0.2,
+    "wait_s": 2,
+    "timeout_s": 2,
+    "revocation_interval_s": 0.3,
+    "trust_interval_s": 0.3,
+    "offline_after_s": 1.0,
+}
 
 
 def write_gate(
@@ -73,40 +42,22 @@ def write_gate(
 ) -> Path:
     """Write ``dir/gate.toml`` (state in ``dir/state``); a [hub] section when ``url`` is given.
 
-    A key in ``hub_extra`` replaces the same key of :data:`HUB_TIMING`.
+    ``hub_extra`` is TOML for the [hub] table; its keys replace the same ones of :data:`HUB_TIMING`.
     """
-    dir.mkdir(parents=True, exist_ok=True)
-    text = GATE_TOML.format(
-        gate_id=gate_id, name=name, venue=venue, entry=entry, keys=keys, scanner=scanner,
-        bundle=bundle or keys / "trust.json",
-    )  # fmt: skip
+    hub = None
     if url is not None:
-        given = {line.split("=")[0].strip() for line in hub_extra.splitlines()}
-        timing = "".join(
-            f"{line}\n"
-            for line in HUB_TIMING.splitlines()
-            if line.split("=")[0].strip() not in given
-        )
-        text += f'\n[hub]\nurl = "{url}"\ntoken = "{token}"\n{timing}{hub_extra}'
-    path = dir / "gate.toml"
-    path.write_text(text + extra)
-    return path
-
-
-async def until(
-    check: Callable[[], Awaitable[bool] | bool], within_s: float = 15.0, what: str = ""
-) -> None:
-    """Poll ``check`` until it is true; AssertionError after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s:g} s: {what or check}")
-        await asyncio.sleep(0.02)
+        hub = {"url": url, "token": token, **HUB_TIMING, **tomllib.loads(hub_extra)}
+    return write_gate_config(
+        dir / "gate.toml",
+        keys=keys,
+        extra=extra,
+        gate={"id": gate_id, "name": name, "venue": venue},
+        policy={"entry": entry},
+        lane={"name": "in", "repeat_window_ms": 0, "passage_timeout_s": 1.0},
+        trust={"bundle": bundle or keys / "trust.json"},
+        devices={"scanner": scanner, "gate": "sim://gate?passage_ms=0"},
+        hub=hub,
+    )
 
 
 def scan(text: str) -> Scan:

@@ -24,7 +24,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from agent.issuer import export_hub
 from agent.journal import Journal, Kind
 from agent.model import Decision, Reason, Verdict
 from sync.protocol import BatchUpload, EntryWire, ErrorBody, Heartbeat, Message, encode
+from tests.polling import until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = (sys.executable, "-m", "agent")
@@ -297,15 +297,15 @@ class HubProcess:
                 cwd=ROOT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._fail(f"hub exited with {self.proc.returncode} at start")
-            if self.healthy():
-                return self
-            time.sleep(0.05)
-        self.kill9()
-        self._fail(f"hub did not answer /v1/health within {START_TIMEOUT_S:g} s")
+        proc = self.proc
+        try:
+            until_sync(lambda: proc.poll() is not None or self.healthy(), START_TIMEOUT_S)
+        except AssertionError:
+            self.kill9()
+            self._fail(f"hub did not answer /v1/health within {START_TIMEOUT_S:g} s")
+        if proc.poll() is not None:
+            self._fail(f"hub exited with {proc.returncode} at start")
+        return self
         raise AssertionError  # unreachable: _fail raises
 
     def healthy(self) -> bool:

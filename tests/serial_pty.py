@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent.ports import Scan
 from drivers.serial_scanner import SerialScanner
+from tests.polling import until, until_sync
 
 SOCAT = shutil.which("socat")
 TICKET = "TK1:" + "6BFOXN*TS0VN-8F.1$K%L:" * 7  # printable, 158 chars, shaped like a TK1 text
@@ -46,11 +48,14 @@ class PtyPair:
             ],
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout_s
-        while not (self.host.exists() and self.device_path.exists()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("socat did not create the pty pair")
-            time.sleep(0.002)
+        proc = self.proc
+        until_sync(
+            lambda: proc.poll() is not None or (self.host.exists() and self.device_path.exists()),
+            timeout_s,
+            "socat creates the pty pair",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"socat exited ({proc.returncode}) without creating the pty pair")
         self.fd = os.open(self.device_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
 
     def url(self, query: str = "") -> str:
@@ -64,18 +69,16 @@ class PtyPair:
             try:
                 view = view[os.write(self.fd, view) :]
             except BlockingIOError:
-                time.sleep(0.0005)
+                select.select([], [self.fd], [], 5.0)  # until the driver has read some
 
     def read_for(self, wait_s: float) -> bytes:
         """Everything the driver wrote to the device within ``wait_s``."""
         assert self.fd is not None
         deadline = time.monotonic() + wait_s
         out = b""
-        while time.monotonic() < deadline:
-            try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0]:
                 out += os.read(self.fd, 4096)
-            except BlockingIOError:
-                time.sleep(0.002)
         return out
 
     def kill(self) -> None:
@@ -118,16 +121,10 @@ class Collector:
         return [s.text for s in self.scans]
 
     async def wait(self, count: int, timeout_s: float = 3.0) -> list[str]:
-        await until(lambda: len(self.scans) >= count, timeout_s)
+        await until(lambda: len(self.scans) >= count, timeout_s, f"{count} scans collected")
         return self.texts
 
     async def stop(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-
-async def until(cond: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.005)

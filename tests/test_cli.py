@@ -7,12 +7,14 @@ import os
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.gateconf import write_gate_config
+from tests.polling import until_sync
 
 EXE = [sys.executable, "-m", "agent"]
 
@@ -146,26 +148,16 @@ def test_bad_input_gives_clear_errors(
 def test_run_decides_a_scan_file_and_exits(issued: Path, tmp_path: Path) -> None:
     scans = tmp_path / "scans.txt"
     scans.write_text(f"{_text(issued)}\n{_text(issued)}\nnonsense\n")
-    conf = tmp_path / "gate.toml"
-    conf.write_text(f"""
-[gate]
-id = "g1"
-events = [5]
-zone = 1
-state_dir = "state"
-[lane]
-repeat_window_ms = 0
-[trust]
-root_key = "{issued / "keys" / "root.pub"}"
-bundle = "{issued / "keys" / "trust.json"}"
-[clock]
-assume = "synced"
-[status]
-listen = ""
-[devices]
-scanner = "sim://file?path=scans.txt"
-gate = "sim://gate?passage_ms=1&log=pulses.log"
-""")
+    conf = write_gate_config(
+        tmp_path / "gate.toml",
+        keys=issued / "keys",
+        gate={"id": "g1", "events": [5]},
+        lane={"repeat_window_ms": 0},
+        devices={
+            "scanner": "sim://file?path=scans.txt",
+            "gate": "sim://gate?passage_ms=1&log=pulses.log",
+        },
+    )
     r = ga("run", "--config", conf)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("verdict=admit") == 1 and r.stderr.count("verdict=deny") == 2
@@ -247,7 +239,7 @@ def test_demo_dir_runs_its_gate_and_serves_its_hub_again(
         text=True,
     )
     try:
-        alerts = _poll_alerts(base, token, deadline=time.monotonic() + 30)
+        alerts = _poll_alerts(base, token, within_s=30)
         with urllib.request.urlopen(url.split("#")[0], timeout=5) as page:  # the console itself
             assert page.status == 200 and b"console" in page.read().lower()
     finally:
@@ -259,17 +251,20 @@ def test_demo_dir_runs_its_gate_and_serves_its_hub_again(
     assert token not in err
 
 
-def _poll_alerts(base: str, token: str, deadline: float) -> list[dict[str, object]]:
-    """GET /v1/alerts with the console token until the hub answers (or the deadline passes)."""
+def _poll_alerts(base: str, token: str, within_s: float) -> list[dict[str, object]]:
+    """GET /v1/alerts with the console token once the hub answers (AssertionError if it does not)."""
     request = urllib.request.Request(
         f"{base}/v1/alerts?after=0", headers={"Authorization": f"Bearer {token}"}
     )
-    while True:
+    answers: list[list[dict[str, object]]] = []
+
+    def answered() -> bool:
         try:
             with urllib.request.urlopen(request, timeout=5) as answer:
-                alerts: list[dict[str, object]] = json.load(answer)["alerts"]
-                return alerts
+                answers.append(json.load(answer)["alerts"])
+                return True
         except OSError:  # not listening yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return False
+
+    until_sync(answered, within_s, "the hub answers GET /v1/alerts")
+    return answers[-1]

@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from agent import revocation_issuer
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
+from tests.polling import until_sync
 
 
 @pytest.fixture
@@ -79,15 +79,17 @@ class Gate:
             stdin=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
         )  # fmt: skip
         self.log = log
-        deadline = time.monotonic() + 30
-        while True:
+        proc = self.proc
+
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()
             try:
                 _get(port, "/healthz")
-                break
             except OSError:
-                assert self.proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+                return False
+            return True
+
+        until_sync(up, 30, "the gate's status server answers")
         self.sock = conf.parent / "scan.sock"
         self.scans = 0
 
@@ -97,13 +99,18 @@ class Gate:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(self.sock))
             s.sendall((text + "\n").encode())
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        last: list[dict[str, Any]] = []
+
+        def decided() -> bool:
             _, status = _get(self.port, "/status")
-            if sum(status["last_hour"].values()) >= self.scans:
-                return dict(status["last"][0])
-            time.sleep(0.05)
-        raise AssertionError(f"scan {self.scans} not decided: {self.log.read_text()[-2000:]}")
+            last[:] = status["last"][:1]
+            return bool(sum(status["last_hour"].values()) >= self.scans)
+
+        try:
+            until_sync(decided, 15, f"scan {self.scans} decided")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.log.read_text()[-2000:]}") from None
+        return dict(last[0])
 
     def opened(self) -> int:
         return len(self.pulses.read_text().splitlines()) if self.pulses.exists() else 0

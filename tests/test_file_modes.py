@@ -14,7 +14,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from agent.fsutil import write_atomic
 from agent.issuer import Issuer
 from tests.hubgate import write_gate
 from tests.hubproc import ROOT, write_hub_config
+from tests.polling import until_sync
 
 EXE = (sys.executable, "-m", "agent")
 OPEN_UMASK = ("sh", "-c", 'umask 000 && exec "$0" "$@"')
@@ -39,7 +39,8 @@ def _modes(folder: Path) -> dict[str, int]:
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
-            found[str(path.relative_to(folder))] = stat.S_IMODE(path.lstat().st_mode)
+            with contextlib.suppress(FileNotFoundError):  # a temporary file renamed meanwhile
+                found[str(path.relative_to(folder))] = stat.S_IMODE(path.lstat().st_mode)
     return found
 
 
@@ -48,14 +49,11 @@ def _open_to_others(modes: dict[str, int]) -> dict[str, str]:
 
 
 def _wait_for(names: set[str], *folders: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        present = {name for f in folders for name in _modes(f)}
-        if names <= present:
-            return
+    def created() -> bool:
         assert proc.poll() is None, f"{proc.args!r} exited with {proc.returncode}"
-        assert time.monotonic() < deadline, f"never created: {sorted(names - present)}"
-        time.sleep(0.05)
+        return names <= {name for f in folders for name in _modes(f)}
+
+    until_sync(created, DEADLINE_S, f"{sorted(names)} created")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

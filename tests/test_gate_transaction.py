@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 from typing import Literal
 
 from agent.app import config
@@ -14,12 +13,7 @@ from agent.lane import Outcome
 from agent.ports import Scan
 from drivers.sim import SimGate, SimIndicator, SimScanner
 from tests.conftest import WriteConfig
-
-
-async def _until(cond: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not cond():
-            await asyncio.sleep(0.01)
+from tests.polling import until
 
 
 async def _run_lane(
@@ -34,15 +28,19 @@ async def _run_lane(
         gate.lane.indicator = indicator
         task = asyncio.create_task(gate.lane.run())
         scanner.feed(a)
-        await _until(lambda: len(gate_io.pulses) == 1)
+        await until(lambda: len(gate_io.pulses) == 1, 5)
         scanner.feed(a)  # the visitor's code read again while walking through
         scanner.feed(b)  # the next visitor is too quick
-        await asyncio.sleep(0.2)
+        await until(lambda: scanner._queue.empty(), 5, "the lane has read both scans while open")
+        if busy == "refuse":
+            await until(
+                lambda: indicator.shown[-1][1] == "Wait - gate still open", 5, "the refusal"
+            )
         gate_io.passage()
         if busy == "wait":
-            await _until(lambda: len(gate_io.pulses) == 2)
+            await until(lambda: len(gate_io.pulses) == 2, 5)
             gate_io.passage()
-        await _until(lambda: len(outcomes) == (2 if busy == "wait" else 1))
+        await until(lambda: len(outcomes) == (2 if busy == "wait" else 1), 5)
         scanner.finish()
         await task
         rows = await gate.journal.count()
@@ -74,15 +72,19 @@ async def test_emergency_free_passage_consumes_nothing(
         gate.lane.indicator = indicator
         task = asyncio.create_task(gate.lane.run())
         gate_io.set_input("emergency", True)
-        await _until(lambda: gate_io.emergency)
-        await _until(lambda: len(indicator.shown) == 1)  # the mode change is shown at once
+        await until(lambda: gate_io.emergency, 5)
+        await until(lambda: len(indicator.shown) == 1, 5)  # the mode change is shown at once
         scanner.feed(text)
-        await _until(lambda: len(indicator.shown) == 2)  # and again to whoever scans
+        await until(lambda: len(indicator.shown) == 2, 5)  # and again to whoever scans
         assert [m for _, m in indicator.shown] == ["Emergency - free passage"] * 2
         gate_io.set_input("emergency", False)
-        await asyncio.sleep(0.1)
+
+        async def emergency_over() -> bool:
+            return ("emergency", "off") in [(k, v) for k, v, _, _ in await gate.journal.events()]
+
+        await until(emergency_over, 5, "the end of the emergency journalled")
         scanner.feed(iss.ticket(event=1, zones=[1]))
-        await _until(lambda: len(outcomes) == 1)
+        await until(lambda: len(outcomes) == 1, 5)
         scanner.finish()
         await task
         events = await gate.journal.events()

@@ -8,26 +8,17 @@ from pathlib import Path
 
 from agent.app.selftest import device_path, diagnose_path
 from agent.issuer import Issuer
+from tests.gateconf import write_gate_config
 
 
 def _config(tmp_path: Path, keys: Path, scanner: str, gate: str) -> Path:
-    conf = tmp_path / "gate.toml"
-    conf.write_text(f"""
-[gate]
-id = "st"
-events = [1]
-zone = 1
-state_dir = "state"
-[trust]
-root_key = "{keys / "root.pub"}"
-bundle = "{keys / "trust.json"}"
-[clock]
-assume = "synced"
-[devices]
-scanner = "{scanner}"
-gate = "{gate}"
-""")
-    return conf
+    return write_gate_config(
+        tmp_path / "gate.toml",
+        keys=keys,
+        gate={"id": "st"},
+        devices={"scanner": scanner, "gate": gate},
+        status=None,
+    )
 
 
 def _selftest(*args: str | Path) -> subprocess.CompletedProcess[str]:
