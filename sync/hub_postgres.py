@@ -4,7 +4,7 @@ Every ingest transaction first takes ``pg_advisory_xact_lock`` on a stable hash 
 the batches of a venue are decided one after another on a consistent view, whichever process
 receives them: each alert is raised exactly once, and because cursors are drawn under the lock,
 commit order is cursor order and a feed reader never skips a cursor. The ingest rules are
-:mod:`sync.hub_logic`'s. A transaction that inserted feed rows sends a NOTIFY, which every store
+:mod:`sync.hub_rules`'s. A transaction that inserted feed rows sends a NOTIFY, which every store
 instance receives on its own listening connection, so a long-poll in another process wakes at
 once; should that connection drop, long-polls fall back to polling until it is back.
 
@@ -25,15 +25,20 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from sync import hub_logic, protocol
-from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
+from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_store import (
+    FeedSignal,
     HubPolicy,
     HubStoreError,
     NameTakenError,
     RevocationState,
     Role,
     TokenInfo,
+    check_gate_name,
+    check_limit,
+    check_token,
 )
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
@@ -47,44 +52,6 @@ _RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
 _CONNECT_TIMEOUT_S = 10.0
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
-_SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    cursor BIGSERIAL PRIMARY KEY,
-    gate_seq BIGINT NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
-    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
-    wall_time DOUBLE PRECISION NOT NULL, clock_synced BOOLEAN NOT NULL, mono_ns BIGINT NOT NULL,
-    boot_id TEXT NOT NULL, hlc BIGINT NOT NULL, rev_version BIGINT NOT NULL,
-    offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL, received_at DOUBLE PRECISION NOT NULL,
-    UNIQUE (gate_id, gate_seq)
-);
-CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-    ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
-    entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
-    source_gate TEXT NOT NULL DEFAULT '', held BIGINT NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
-CREATE TABLE IF NOT EXISTS gates (
-    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
-    outbox_depth BIGINT NOT NULL DEFAULT 0, oldest_unsynced_age_s DOUBLE PRECISION,
-    revocation_version BIGINT NOT NULL DEFAULT 0, revocation_age_s DOUBLE PRECISION,
-    trust_version BIGINT NOT NULL DEFAULT 0, clock_synced BOOLEAN NOT NULL DEFAULT FALSE,
-    feed_cursor BIGINT NOT NULL DEFAULT 0, faults TEXT[] NOT NULL DEFAULT '{}',
-    last_seen DOUBLE PRECISION
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
-CREATE TABLE IF NOT EXISTS revocation_deltas (version BIGINT PRIMARY KEY, document BYTEA NOT NULL);
-CREATE TABLE IF NOT EXISTS revocation_keys (
-    key BYTEA NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
-);
-"""
 
 _PG_TYPES = {
     "gate_seq": "bigint", "zone": "integer", "wall_time": "float8", "clock_synced": "boolean",
@@ -100,27 +67,23 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # which the planner would turn into sequential scans on a table that grew faster than autovacuum
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
-# A storm alert met again adds to its count; any other alert is stored once.
-_INSERT_ALERT = (
-    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
-    " source_gate, held) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
-    " WHERE excluded.held > 0"
-)
-_MIGRATE_1_TO_2 = """
-ALTER TABLE alerts ADD COLUMN IF NOT EXISTS source_gate TEXT NOT NULL DEFAULT '';
-ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
-UPDATE gates SET gate_name = '';
-UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
-"""
-_FEED = (
-    "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
-    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
-    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
-    " WHERE e.cursor > $1 AND e.in_feed ORDER BY e.cursor LIMIT $2"
-)
-_HEARTBEAT = hub_logic.heartbeat_sql(numbered=True)
+_INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
+_FEED = hub_sql.numbered(hub_sql.FEED)
+_HAS_FEED_AFTER = hub_sql.numbered(hub_sql.HAS_FEED_AFTER)
+_ALERTS = hub_sql.numbered(hub_sql.ALERTS)
+_RECENT_ALERTS = hub_sql.numbered(hub_sql.RECENT_ALERTS)
+_MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
+_BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
+_ADD_GATE = hub_sql.numbered(hub_sql.ADD_GATE)
+_NAME_TAKEN = hub_sql.numbered(hub_sql.NAME_TAKEN)
+_SET_GATE_NAME = hub_sql.numbered(hub_sql.SET_GATE_NAME)
+_INSERT_TOKEN = hub_sql.numbered(hub_sql.INSERT_TOKEN) + " ON CONFLICT (token_hash) DO NOTHING"
+_TOKEN = hub_sql.numbered(hub_sql.TOKEN)
+_REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
+_DELTAS = hub_sql.numbered(hub_sql.DELTAS)
+_INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
+_PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
+_HEARTBEAT = hub_sql.heartbeat_sql(numbered=True)
 _GATES = (
     "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
     " clock_synced, version, faults FROM gates"
@@ -161,7 +124,7 @@ class PostgresHubStore:
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
         self._listen_lock = asyncio.Lock()
         self._listen_after = 0.0  # monotonic time of the next attempt to reopen the listener
-        self._feed_signal = hub_logic.FeedSignal()
+        self._feed_signal = FeedSignal()
         self._revocations: RevocationState | None = None  # cache of the last state seen
 
     @classmethod
@@ -200,18 +163,18 @@ class PostgresHubStore:
         """
         protocol.check_batch(gate_id, entries)
 
-        async def job(conn: _Conn) -> hub_logic.IngestPlan:
+        async def job(conn: _Conn) -> hub_rules.IngestPlan:
             async with conn.transaction():
                 await conn.execute(_BEGIN_INGEST, self._lock_key)
                 known = await _known(conn, gate_id, entries, self._policy, now)
-                plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy, now)
+                plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
                 await _write(conn, gate_id, plan, now)
                 return plan
 
         plan = await self._run(job)
         if plan.feed_rows:
             self._feed_signal.wake()
-        return hub_logic.ack(plan, now)
+        return hub_rules.ack(plan, now)
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
         """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:
@@ -220,26 +183,23 @@ class PostgresHubStore:
 
         Raises HubStoreError.
         """
-        hub_logic.check_limit(limit)
+        check_limit(limit)
         rows = await self._run(lambda conn: conn.fetch(_FEED, after, limit))
         entries = [FeedEntry(*row) for row in rows]
         if entries:
             return entries, entries[-1].cursor
-        sql = "SELECT coalesce(max(cursor), 0) FROM entries"
-        highest = await self._run(lambda conn: conn.fetchval(sql))
+        highest = await self._run(lambda conn: conn.fetchval(hub_sql.MAX_CURSOR))
         return entries, min(after, int(highest))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return once the feed has an entry after ``after`` (from any hub process), or after
         ``wait_s`` seconds. Raises HubStoreError.
         """
-        # ORDER BY .. LIMIT keeps this a short walk of the primary key, whatever the statistics.
-        sql = "SELECT cursor FROM entries WHERE cursor > $1 AND in_feed ORDER BY cursor LIMIT 1"
 
         async def has_entry() -> bool:
             if not self._listening():
                 await self._listen()
-            return await self._run(lambda conn: conn.fetchval(sql, after)) is not None
+            return await self._run(lambda conn: conn.fetchval(_HAS_FEED_AFTER, after)) is not None
 
         await self._feed_signal.wait(
             has_entry, wait_s, lambda: math.inf if self._listening() else _POLL_S
@@ -247,51 +207,35 @@ class PostgresHubStore:
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
-        hub_logic.check_limit(limit)
-        sql = (
-            f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id > $1"
-            " ORDER BY alert_id LIMIT $2"
-        )
-        rows = await self._run(lambda conn: conn.fetch(sql, after, limit))
-        return [hub_logic.alert_of(row, self._policy.venue) for row in rows]
+        check_limit(limit)
+        rows = await self._run(lambda conn: conn.fetch(_ALERTS, after, limit))
+        return [hub_sql.alert_of(row, self._policy.venue) for row in rows]
 
     async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` < ``before`` (None: all), newest first. Raises HubStoreError."""
-        hub_logic.check_limit(limit)
-        sql = (
-            f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id < $1"
-            " ORDER BY alert_id DESC LIMIT $2"
-        )
+        check_limit(limit)
         below = protocol.INT63 if before is None else before
-        rows = await self._run(lambda conn: conn.fetch(sql, below, limit))
-        return [hub_logic.alert_of(row, self._policy.venue) for row in rows]
+        rows = await self._run(lambda conn: conn.fetch(_RECENT_ALERTS, below, limit))
+        return [hub_sql.alert_of(row, self._policy.venue) for row in rows]
 
     async def set_gate_name(self, gate_id: str, name: str) -> None:
         """Set a gate's display name. Raises NameTakenError (another gate has it), ValueError
         (not a valid name) and HubStoreError."""
-        hub_logic.check_gate_name(name)
+        check_gate_name(name)
 
         async def job(conn: _Conn) -> None:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("gate-names"))
-                sql = (
-                    "SELECT gate_id FROM gates WHERE lower(gate_name) = lower($1) AND gate_id <> $2"
-                )
-                taken = await conn.fetchval(sql, name, gate_id)
+                taken = await conn.fetchval(_NAME_TAKEN, name, gate_id)
                 if taken is not None:
                     raise NameTakenError(f"gate {taken} is already called {name!r}")
-                await conn.execute(
-                    "INSERT INTO gates (gate_id, gate_name) VALUES ($1, $2)"
-                    " ON CONFLICT (gate_id) DO UPDATE SET gate_name = excluded.gate_name",
-                    gate_id,
-                    name,
-                )
+                await conn.execute(_SET_GATE_NAME, gate_id, name)
 
         await self._run(job)
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's health as of ``now``. Raises HubStoreError."""
-        args = hub_logic.heartbeat_params(hb, list(hb.faults), now)
+        args = hub_sql.heartbeat_params(hb, list(hb.faults), now)
         await self._run(lambda conn: conn.execute(_HEARTBEAT, *args))
 
     async def gates(self, now: float) -> list[GateHealth]:
@@ -300,33 +244,26 @@ class PostgresHubStore:
         Raises HubStoreError.
         """
         rows = await self._run(lambda conn: conn.fetch(_GATES))
-        return [hub_logic.gate_health(row, row[-1], now, self._policy) for row in rows]
+        return [hub_sql.gate_health(row, row[-1], now, self._policy) for row in rows]
 
     async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
         """Store a token's hash. Raises ValueError for a gate token without a gate (or a console
         token with one) and HubStoreError when the hash is already stored.
         """
-        hub_logic.check_token(role, gate_id)
-        sql = (
-            "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING"
-        )
-        status = await self._run(
-            lambda conn: conn.execute(sql, token_hash, role, gate_id, name, time.time())
-        )
+        check_token(role, gate_id)
+        args = (token_hash, role, gate_id, name, time.time())
+        status = await self._run(lambda conn: conn.execute(_INSERT_TOKEN, *args))
         if status != "INSERT 0 1":
             raise HubStoreError("a token with this hash is already stored")
 
     async def token(self, token_hash: str) -> TokenInfo | None:
         """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
-        sql = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = $1"
-        row = await self._run(lambda conn: conn.fetchrow(sql, token_hash))
+        row = await self._run(lambda conn: conn.fetchrow(_TOKEN, token_hash))
         return None if row is None else TokenInfo(*row)
 
     async def revoke_tokens(self, gate_id: str) -> int:
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
-        sql = "DELETE FROM tokens WHERE gate_id = $1"
-        status = await self._run(lambda conn: conn.execute(sql, gate_id))
+        status = await self._run(lambda conn: conn.execute(_REVOKE_TOKENS, gate_id))
         return int(status.rsplit(" ", 1)[-1])
 
     async def revocation_state(self) -> RevocationState:
@@ -364,19 +301,15 @@ class PostgresHubStore:
         """The first ``limit`` signed deltas with version > ``after``, oldest first; None when
         some were pruned. Raises HubStoreError, and ValueError for a limit below 1.
         """
-        hub_logic.check_limit(limit)
+        check_limit(limit)
 
         async def job(conn: _Conn) -> list[bytes] | None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 version = await _revocation_version(conn)
-                oldest = await conn.fetchval("SELECT min(version) FROM revocation_deltas")
-                if hub_logic.deltas_gone(after, version, oldest):
+                oldest = await conn.fetchval(hub_sql.OLDEST_DELTA)
+                if hub_rules.deltas_gone(after, version, oldest):
                     return None
-                sql = (
-                    "SELECT document FROM revocation_deltas WHERE version > $1"
-                    " ORDER BY version LIMIT $2"
-                )
-                return [bytes(row[0]) for row in await conn.fetch(sql, after, limit)]
+                return [bytes(row[0]) for row in await conn.fetch(_DELTAS, after, limit)]
 
         return await self._run(job)
 
@@ -403,7 +336,7 @@ class PostgresHubStore:
                 )
                 if tables:
                     raise HubStoreError(f"database {self._where} is not a hub store")
-                await conn.execute(_SCHEMA_SQL)
+                await conn.execute(hub_schema.POSTGRES)
                 await conn.execute(
                     "INSERT INTO hub_meta (key, value) VALUES ('schema', $1), ('venue', $2),"
                     " ('revocation_version', '0')",
@@ -413,7 +346,7 @@ class PostgresHubStore:
                 log.info("created hub store %s", self._where)
             meta = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM hub_meta")}
             if meta.get("schema") == _OLD_SCHEMA:
-                await conn.execute(_MIGRATE_1_TO_2)
+                await conn.execute(hub_schema.POSTGRES_1_TO_2)
                 meta["schema"] = SCHEMA
                 log.warning(
                     "hub store %s: schema upgraded to %s; gate names, which gates chose for"
@@ -482,10 +415,10 @@ class PostgresHubStore:
 async def _known(
     conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy, now: float
 ) -> KnownState:
-    """What the database holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
+    """What the database holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
     ids = [e.entry_id for e in entries]
     sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id = ANY($1::text[])"
-    stored = {e.entry_id: e for e in map(hub_logic.entry_from_row, await conn.fetch(sql, ids))}
+    stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, await conn.fetch(sql, ids))}
     # The range bounds the index scan (= ANY on the index's second column alone would not).
     sql = (
         "SELECT gate_seq, entry_id FROM entries WHERE gate_id = $1 AND gate_seq BETWEEN $2 AND $3"
@@ -493,49 +426,42 @@ async def _known(
     )
     seqs = [e.gate_seq for e in entries]
     owners = {r[0]: r[1] for r in await conn.fetch(sql, gate_id, seqs[0], seqs[-1], seqs)}
-    sql = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = $1"
-    max_seq = await conn.fetchval(sql, gate_id)
+    max_seq = await conn.fetchval(_MAX_SEQ, gate_id)
     history: dict[str, list[TicketRow]] = {}
-    refs = hub_logic.history_refs(entries, stored, policy)
+    refs = hub_rules.history_refs(entries, stored, policy)
     if refs:
         sql = (
             f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref = ANY($1::text[])"
             " AND (kind <> 'attempt' OR wall_time BETWEEN $2 AND $3)"
         )
-        lo, hi = hub_logic.attempt_span(entries, policy)
+        lo, hi = hub_rules.attempt_span(entries, policy)
         for row in await conn.fetch(sql, refs, lo, hi):
             ref, ticket_row = TicketRow.from_row(row)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
-    gate_ids = hub_logic.gates_to_name(gate_id, history)
+    gate_ids = hub_rules.gates_to_name(gate_id, history)
     names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
     targets: dict[str, tuple[str, str]] = {}
-    if wanted := hub_logic.annul_targets(entries, stored):
+    if wanted := hub_rules.annul_targets(entries, stored):
         sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id = ANY($1::text[])"
         targets = {r[0]: (r[1], r[2]) for r in await conn.fetch(sql, wanted)}
-    sql = (
-        "SELECT count(*) FROM alerts WHERE source_gate = $1 AND raised_at >= $2"
-        " AND kind <> 'alert_storm'"
-    )
-    count = await conn.fetchval(sql, gate_id, hub_logic.budget_since(now, policy))
+    count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
 
 
-async def _write(conn: _Conn, gate_id: str, plan: hub_logic.IngestPlan, now: float) -> None:
+async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: float) -> None:
     """Insert the plan's rows and alerts; NOTIFY the other processes when the feed grew."""
     if plan.rows:
-        rows = [hub_logic.entry_params(e, now) for e in plan.rows]
+        rows = [hub_sql.entry_params(e, now) for e in plan.rows]
         await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
     if plan.alerts:
         await conn.executemany(_INSERT_ALERT, [_alert_args(a, gate_id, now) for a in plan.alerts])
-    await conn.execute(
-        "INSERT INTO gates (gate_id) VALUES ($1) ON CONFLICT (gate_id) DO NOTHING", gate_id
-    )
+    await conn.execute(_ADD_GATE, gate_id)
     if plan.feed_rows:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
-def _alert_args(a: hub_logic.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
+def _alert_args(a: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
         now, gate_id, a.held,
@@ -589,12 +515,8 @@ async def _add_delta(
             name,
             list(after - before),
         )
-    await conn.execute(
-        "INSERT INTO revocation_deltas (version, document) VALUES ($1, $2)", version, document
-    )
+    await conn.execute(_INSERT_DELTA, version, document)
     await conn.execute(
         "UPDATE hub_meta SET value = $1 WHERE key = 'revocation_version'", str(version)
     )
-    await conn.execute(
-        "DELETE FROM revocation_deltas WHERE version <= $1", version - hub_logic.KEEP_DELTAS
-    )
+    await conn.execute(_PRUNE_DELTAS, version - hub_rules.KEEP_DELTAS)

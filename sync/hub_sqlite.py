@@ -3,7 +3,7 @@
 One dedicated thread owns the connection (the aiosqlite pattern): every public method is one job
 on it, so a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
 acknowledgement means durable) never interleaves with another job, and no reader ever sees rows of
-an uncommitted batch. The ingest rules are :mod:`sync.hub_logic`'s. Long-polls wait on an in-process
+an uncommitted batch. The ingest rules are :mod:`sync.hub_rules`'s. Long-polls wait on an in-process
 event that each committed batch with feed rows sets.
 
 The file is marked with an ``application_id`` and ``user_version`` and bound to its venue, so a
@@ -22,15 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync import hub_logic, protocol
-from sync.hub_logic import ENTRY_COLUMNS, ENTRY_FIELDS, TICKET_COLUMNS, KnownState, TicketRow
+from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_store import (
+    FeedSignal,
     HubPolicy,
     HubStoreError,
     NameTakenError,
     RevocationState,
     Role,
     TokenInfo,
+    check_gate_name,
+    check_limit,
+    check_token,
 )
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
@@ -40,74 +45,11 @@ APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
 SCHEMA_VERSION = 2  # 2: alerts.source_gate and alerts.held (alert budget)
 _CHUNK = 500  # values per IN (...) list
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    cursor INTEGER PRIMARY KEY,
-    gate_seq INTEGER NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
-    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
-    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
-    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
-    offline INTEGER NOT NULL, in_feed INTEGER NOT NULL, received_at REAL NOT NULL,
-    UNIQUE (gate_id, gate_seq)
-);
-CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-    ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
-    detail TEXT NOT NULL, raised_at REAL NOT NULL, source_gate TEXT NOT NULL DEFAULT '',
-    held INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
-CREATE TABLE IF NOT EXISTS gates (
-    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
-    outbox_depth INTEGER NOT NULL DEFAULT 0, oldest_unsynced_age_s REAL,
-    revocation_version INTEGER NOT NULL DEFAULT 0, revocation_age_s REAL,
-    trust_version INTEGER NOT NULL DEFAULT 0, clock_synced INTEGER NOT NULL DEFAULT 0,
-    feed_cursor INTEGER NOT NULL DEFAULT 0, faults TEXT NOT NULL DEFAULT '[]', last_seen REAL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
-CREATE TABLE IF NOT EXISTS revocation_deltas (version INTEGER PRIMARY KEY, document BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS revocation_keys (
-    key BLOB NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 _INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
     ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
 )
-# A storm alert met again adds to its count; any other alert is stored once.
-_INSERT_ALERT = (
-    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
-    " source_gate, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (dedupe_key) DO UPDATE SET held = held + excluded.held WHERE excluded.held > 0"
-)
-_MIGRATE_1_TO_2 = (
-    "ALTER TABLE alerts ADD COLUMN source_gate TEXT NOT NULL DEFAULT '';"
-    "ALTER TABLE alerts ADD COLUMN held INTEGER NOT NULL DEFAULT 0;"
-    "CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);"
-    # Schema 1 took names from heartbeats, so a gate could call itself "Gate A": forget them all.
-    "UPDATE gates SET gate_name = '';"
-)
-_FEED = (
-    "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
-    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
-    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
-    " WHERE e.cursor > ? AND e.in_feed = 1 ORDER BY e.cursor LIMIT ?"
-)
-_ALERTS = (
-    f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
-)
-_RECENT_ALERTS = (
-    f"SELECT {hub_logic.ALERT_COLUMNS} FROM alerts WHERE alert_id < ?"
-    " ORDER BY alert_id DESC LIMIT ?"
-)
-_HEARTBEAT = hub_logic.heartbeat_sql(numbered=False)
+_HEARTBEAT = hub_sql.heartbeat_sql(numbered=False)
 _GATES = (
     "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
     " clock_synced, version, faults FROM gates"
@@ -130,7 +72,7 @@ class SQLiteHubStore:
         self._policy = policy
         self._executor = executor
         self._db: sqlite3.Connection | None = db
-        self._feed_signal = hub_logic.FeedSignal()
+        self._feed_signal = FeedSignal()
         self._revocations: RevocationState | None = None  # cache of the last state read/written
 
     @classmethod
@@ -166,7 +108,7 @@ class SQLiteHubStore:
         plan = await self._run(lambda db: _transaction(db, self._ingest_job, gate_id, entries, now))
         if plan.feed_rows:
             self._feed_signal.wake()
-        return hub_logic.ack(plan, now)
+        return hub_rules.ack(plan, now)
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
         """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:
@@ -175,7 +117,7 @@ class SQLiteHubStore:
 
         Raises HubStoreError.
         """
-        hub_logic.check_limit(limit)
+        check_limit(limit)
         return await self._run(lambda db: _feed(db, after, limit))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
@@ -189,26 +131,26 @@ class SQLiteHubStore:
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""
-        hub_logic.check_limit(limit)
-        rows = await self._run(lambda db: db.execute(_ALERTS, (after, limit)).fetchall())
-        return [hub_logic.alert_of(row, self._policy.venue, json.loads) for row in rows]
+        check_limit(limit)
+        rows = await self._run(lambda db: db.execute(hub_sql.ALERTS, (after, limit)).fetchall())
+        return [hub_sql.alert_of(row, self._policy.venue, json.loads) for row in rows]
 
     async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` < ``before`` (None: all), newest first. Raises HubStoreError."""
-        hub_logic.check_limit(limit)
+        check_limit(limit)
         params = (protocol.INT63 if before is None else before, limit)
-        rows = await self._run(lambda db: db.execute(_RECENT_ALERTS, params).fetchall())
-        return [hub_logic.alert_of(row, self._policy.venue, json.loads) for row in rows]
+        rows = await self._run(lambda db: db.execute(hub_sql.RECENT_ALERTS, params).fetchall())
+        return [hub_sql.alert_of(row, self._policy.venue, json.loads) for row in rows]
 
     async def set_gate_name(self, gate_id: str, name: str) -> None:
         """Set a gate's display name. Raises NameTakenError (another gate has it), ValueError
         (not a valid name) and HubStoreError."""
-        hub_logic.check_gate_name(name)
+        check_gate_name(name)
         await self._run(lambda db: _transaction(db, _set_gate_name, gate_id, name))
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's health as of ``now``. Raises HubStoreError."""
-        params = hub_logic.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
+        params = hub_sql.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
         await self._run(lambda db: db.execute(_HEARTBEAT, params))
 
     async def gates(self, now: float) -> list[GateHealth]:
@@ -217,22 +159,16 @@ class SQLiteHubStore:
         Raises HubStoreError.
         """
         rows = await self._run(lambda db: db.execute(_GATES).fetchall())
-        return [hub_logic.gate_health(row, json.loads(row[-1]), now, self._policy) for row in rows]
+        return [hub_sql.gate_health(row, json.loads(row[-1]), now, self._policy) for row in rows]
 
     async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
         """Store a token's hash. Raises ValueError for a gate token without a gate (or a console
         token with one) and HubStoreError when the hash is already stored.
         """
-        hub_logic.check_token(role, gate_id)
+        check_token(role, gate_id)
         params = (token_hash, role, gate_id, name, time.time())
         try:
-            await self._run(
-                lambda db: db.execute(
-                    "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    params,
-                )
-            )
+            await self._run(lambda db: db.execute(hub_sql.INSERT_TOKEN, params))
         except HubStoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise HubStoreError("a token with this hash is already stored") from exc
@@ -240,14 +176,12 @@ class SQLiteHubStore:
 
     async def token(self, token_hash: str) -> TokenInfo | None:
         """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
-        sql = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = ?"
-        row = await self._run(lambda db: db.execute(sql, (token_hash,)).fetchone())
+        row = await self._run(lambda db: db.execute(hub_sql.TOKEN, (token_hash,)).fetchone())
         return None if row is None else TokenInfo(*row)
 
     async def revoke_tokens(self, gate_id: str) -> int:
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
-        sql = "DELETE FROM tokens WHERE gate_id = ?"
-        return await self._run(lambda db: db.execute(sql, (gate_id,)).rowcount)
+        return await self._run(lambda db: db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
 
     async def revocation_state(self) -> RevocationState:
         """The current list version and keys. Raises HubStoreError."""
@@ -276,7 +210,7 @@ class SQLiteHubStore:
         """The first ``limit`` signed deltas with version > ``after``, oldest first; None when
         some were pruned. Raises HubStoreError, and ValueError for a limit below 1.
         """
-        hub_logic.check_limit(limit)
+        check_limit(limit)
         return await self._run(lambda db: _transaction(db, _deltas, after, limit))
 
     async def close(self) -> None:
@@ -291,13 +225,13 @@ class SQLiteHubStore:
 
     def _ingest_job(
         self, db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], now: float
-    ) -> hub_logic.IngestPlan:
+    ) -> hub_rules.IngestPlan:
         """Read, plan and write one batch (on the thread, inside its transaction)."""
         known = _known(db, gate_id, entries, self._policy, now)
-        plan = hub_logic.plan_ingest(gate_id, entries, known, self._policy, now)
-        db.executemany(_INSERT_ENTRY, (hub_logic.entry_params(e, now) for e in plan.rows))
-        db.executemany(_INSERT_ALERT, (_alert_params(a, gate_id, now) for a in plan.alerts))
-        db.execute("INSERT OR IGNORE INTO gates (gate_id) VALUES (?)", (gate_id,))
+        plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
+        db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in plan.rows))
+        db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, gate_id, now) for a in plan.alerts))
+        db.execute(hub_sql.ADD_GATE, (gate_id,))
         return plan
 
     async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -342,7 +276,9 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
     elif app_id != APPLICATION_ID:
         raise HubStoreError(f"{path} is not a hub store")
     elif version == 1:
-        db.executescript(f"BEGIN IMMEDIATE;{_MIGRATE_1_TO_2}PRAGMA user_version = 2;COMMIT;")
+        db.executescript(
+            f"BEGIN IMMEDIATE;{hub_schema.SQLITE_1_TO_2}PRAGMA user_version = 2;COMMIT;"
+        )
         log.warning(
             "hub store %s: schema upgraded to version 2; gate names, which gates chose for"
             " themselves before, are reset: name each gate with `gate-agent hub token --gate ID"
@@ -359,7 +295,7 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
         # One transaction: a crash leaves no schema or all of it (header pragmas included), and
         # IF NOT EXISTS makes a second process creating it at the same moment harmless.
         db.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
+            f"BEGIN IMMEDIATE;{hub_schema.SQLITE}PRAGMA application_id = {APPLICATION_ID};"
             f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
         )
         log.info("created hub store %s", path)
@@ -407,43 +343,39 @@ def _known(
     policy: HubPolicy,
     now: float,
 ) -> KnownState:
-    """What the store holds about this batch (see :class:`sync.hub_logic.KnownState`)."""
+    """What the store holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
     ids = [e.entry_id for e in entries]
     sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id IN ({{}})"
-    stored = {e.entry_id: e for e in map(hub_logic.entry_from_row, _select_in(db, sql, ids))}
+    stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, _select_in(db, sql, ids))}
     sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
     seqs = [e.gate_seq for e in entries]
     owners = dict(_select_in(db, sql, seqs, (gate_id,)))
-    sql = "SELECT IFNULL(MAX(gate_seq), 0) FROM entries WHERE gate_id = ?"
-    (max_seq,) = db.execute(sql, (gate_id,)).fetchone()
-    refs = hub_logic.history_refs(entries, stored, policy)
+    (max_seq,) = db.execute(hub_sql.MAX_SEQ, (gate_id,)).fetchone()
+    refs = hub_rules.history_refs(entries, stored, policy)
     sql = (
         f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
         " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ?)"
     )
-    lo, hi = hub_logic.attempt_span(entries, policy)
+    lo, hi = hub_rules.attempt_span(entries, policy)
     history: dict[str, list[TicketRow]] = {}
     for chunk in _chunks(refs):
         query = sql.format(", ".join("?" * len(chunk)))
         for row in db.execute(query, (*chunk, lo, hi)):
             ref, ticket_row = TicketRow.from_row(row)
             history.setdefault(ref, []).append(ticket_row)
-    gate_ids = hub_logic.gates_to_name(gate_id, history)
+    gate_ids = hub_rules.gates_to_name(gate_id, history)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
     names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
     sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"
     targets = {
-        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_logic.annul_targets(entries, stored))
+        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_rules.annul_targets(entries, stored))
     }
-    sql = (
-        "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ?"
-        " AND kind <> 'alert_storm'"
-    )
-    (count,) = db.execute(sql, (gate_id, hub_logic.budget_since(now, policy))).fetchone()
+    since = hub_rules.budget_since(now, policy)
+    (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
 
 
-def _alert_params(alert: hub_logic.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
+def _alert_params(alert: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
         json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,
@@ -452,28 +384,22 @@ def _alert_params(alert: hub_logic.NewAlert, gate_id: str, now: float) -> tuple[
 
 
 def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:
-    sql = "SELECT gate_id FROM gates WHERE lower(gate_name) = lower(?) AND gate_id <> ?"
-    taken = db.execute(sql, (name, gate_id)).fetchone()
+    taken = db.execute(hub_sql.NAME_TAKEN, (name, gate_id)).fetchone()
     if taken is not None:
         raise NameTakenError(f"gate {taken[0]} is already called {name!r}")
-    db.execute(
-        "INSERT INTO gates (gate_id, gate_name) VALUES (?, ?)"
-        " ON CONFLICT (gate_id) DO UPDATE SET gate_name = excluded.gate_name",
-        (gate_id, name),
-    )
+    db.execute(hub_sql.SET_GATE_NAME, (gate_id, name))
 
 
 def _feed(db: sqlite3.Connection, after: int, limit: int) -> tuple[list[FeedEntry], int]:
-    entries = [FeedEntry(*row) for row in db.execute(_FEED, (after, limit))]
+    entries = [FeedEntry(*row) for row in db.execute(hub_sql.FEED, (after, limit))]
     if entries:
         return entries, entries[-1].cursor
-    (highest,) = db.execute("SELECT IFNULL(MAX(cursor), 0) FROM entries").fetchone()
+    (highest,) = db.execute(hub_sql.MAX_CURSOR).fetchone()
     return entries, min(after, int(highest))
 
 
 def _has_feed_after(db: sqlite3.Connection, after: int) -> bool:
-    sql = "SELECT cursor FROM entries WHERE cursor > ? AND in_feed = 1 ORDER BY cursor LIMIT 1"
-    return db.execute(sql, (after,)).fetchone() is not None
+    return db.execute(hub_sql.HAS_FEED_AFTER, (after,)).fetchone() is not None
 
 
 def _revocation_version(db: sqlite3.Connection) -> int:
@@ -506,17 +432,13 @@ def _add_delta(
             "INSERT INTO revocation_keys (key, list) VALUES (?, ?)",
             ((k, name) for k in after - before),
         )
-    db.execute(
-        "INSERT INTO revocation_deltas (version, document) VALUES (?, ?)", (version, document)
-    )
+    db.execute(hub_sql.INSERT_DELTA, (version, document))
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('revocation_version', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (str(version),),
     )
-    db.execute(
-        "DELETE FROM revocation_deltas WHERE version <= ?", (version - hub_logic.KEEP_DELTAS,)
-    )
+    db.execute(hub_sql.PRUNE_DELTAS, (version - hub_rules.KEEP_DELTAS,))
 
 
 def _read_revocations(db: sqlite3.Connection) -> RevocationState:
@@ -530,11 +452,8 @@ def _read_revocations(db: sqlite3.Connection) -> RevocationState:
 
 def _deltas(db: sqlite3.Connection, after: int, limit: int) -> list[bytes] | None:
     version = _revocation_version(db)
-    (oldest,) = db.execute("SELECT MIN(version) FROM revocation_deltas").fetchone()
-    if hub_logic.deltas_gone(after, version, oldest):
+    (oldest,) = db.execute(hub_sql.OLDEST_DELTA).fetchone()
+    if hub_rules.deltas_gone(after, version, oldest):
         return None
-    rows = db.execute(
-        "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version LIMIT ?",
-        (after, limit),
-    ).fetchall()
+    rows = db.execute(hub_sql.DELTAS, (after, limit)).fetchall()
     return [bytes(doc) for (doc,) in rows]

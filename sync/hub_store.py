@@ -1,6 +1,6 @@
 """The hub's storage: one Protocol, two backends (SQLite by default, PostgreSQL at scale).
 
-Both backends run the same ingest plan (:mod:`sync.hub_logic`) inside one transaction per batch,
+Both backends run the same ingest plan (:mod:`sync.hub_rules`) inside one transaction per batch,
 serialised per venue (SQLite: one writer; PostgreSQL: a transaction-scoped advisory lock), so
 duplicates, conflicts, double admissions and integrity faults are decided on a consistent view and
 every alert is raised exactly once, however many hub processes share the database. The feed cursor
@@ -19,16 +19,21 @@ Errors::
                                                names the gate
     NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
 
+Besides the Protocol: the argument checks every backend makes and the long-poll wake-up
+(:class:`FeedSignal`). What they say to their databases in the same words is :mod:`sync.hub_sql`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.errors import AgentError
-from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
+from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 Role = Literal["gate", "console"]
 
@@ -176,3 +181,65 @@ class HubStore(Protocol):
     async def close(self) -> None:
         """Close the database. Idempotent."""
         ...
+
+
+def check_gate_name(name: str) -> None:
+    """Refuse a gate display name that is empty, over 64 characters or not printable.
+
+    Raises ValueError.
+    """
+    if not 0 < len(name) <= MAX_ID or not name.isprintable() or name != name.strip():
+        raise ValueError(
+            f"gate name {name[:80]!r}: expected 1-64 printable characters, no outer spaces"
+        )
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a page size below 1 (SQLite would read a negative LIMIT as none). Raises ValueError."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def check_token(role: str, gate_id: str | None) -> None:
+    """Refuse an unknown role, a gate token without its gate or a console token with one.
+
+    Raises ValueError.
+    """
+    if role not in ("gate", "console"):
+        raise ValueError(f"unknown token role {role!r}")
+    if (role == "gate") != (gate_id is not None):
+        raise ValueError("a gate token needs its gate_id, a console token has none")
+
+
+class FeedSignal:
+    """Wakes long-polls when a batch with feed rows commits (both backends' ``wait_feed``)."""
+
+    def __init__(self) -> None:
+        # Replaced on every wake: a waiter holds the event of its own generation, so a commit
+        # between its check and its wait still wakes it.
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(
+        self,
+        has_entry: Callable[[], Awaitable[bool]],
+        wait_s: float,
+        poll_s: Callable[[], float] = lambda: math.inf,
+    ) -> None:
+        """Return once ``has_entry()`` is true or ``wait_s`` passed; it is checked at the start,
+        on every wake, every ``poll_s()`` seconds and at the end. Raises what it raises.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            event = self._event
+            if await has_entry():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, poll_s()))

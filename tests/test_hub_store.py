@@ -19,9 +19,9 @@ import pytest
 
 from agent.clock import uuid7
 from agent.model import Flag, Reason, Verdict
-from agent.redact import text_digest
-from sync import hub_logic
-from sync.hub_logic import KnownState, TicketRow
+from agent.redact import short_id
+from sync import hub_rules
+from sync.hub_rules import KnownState, TicketRow
 from sync.hub_store import (
     ConflictError,
     HubPolicy,
@@ -175,7 +175,7 @@ async def test_entry_id_reused_with_another_body_is_a_conflict_with_one_alert(
     assert [e.entry_id for e in entries] == [r.entry_id for r in first]  # "c" was not stored
     (alert,) = await all_alerts(store)
     assert alert.kind == "integrity" and alert.entries == (forged.entry_id,)
-    assert alert.ticket == text_digest("forged-ref-77")[:12]
+    assert alert.ticket == short_id("forged-ref-77")
     assert alert.gates == ("g1", "g1") and alert.times == (first[1].wall_time, forged.wall_time)
     assert "forged-ref-77" not in alert.detail
 
@@ -258,7 +258,7 @@ async def test_double_admission_across_two_gates_keeps_both_rows_and_raises_one_
     assert [e.entry_id for e in entries] == [first.entry_id, entries[1].entry_id, second.entry_id]
     (alert,) = await all_alerts(store)
     assert alert.kind == "double_admission" and alert.venue == VENUE
-    assert alert.ticket == text_digest("season-42")[:12]
+    assert alert.ticket == short_id("season-42")
     assert alert.gates == ("North 1", "g2")
     assert alert.times == (first.wall_time, second.wall_time)
     assert alert.entries == (first.entry_id, second.entry_id)
@@ -330,7 +330,7 @@ async def test_repeated_denials_alert_once_at_the_threshold_within_the_window(
     third = g1.row("t1", "attempt", at=T0 + 150)
     await store.ingest("g1", [third, g1.row("t1", "attempt", at=T0 + 151)], T0)
     (alert,) = await all_alerts(store)  # one per burst, not one per attempt over the threshold
-    assert alert.kind == "repeated_denials" and alert.ticket == text_digest("t1")[:12]
+    assert alert.kind == "repeated_denials" and alert.ticket == short_id("t1")
     assert alert.gates == ("g1", "g2", "g1", "g1")
     assert alert.times == (T0 + 100, T0 + 120, T0 + 150, T0 + 151)
     assert alert.entries[-2] == third.entry_id
@@ -505,14 +505,14 @@ async def test_revocation_deltas_follow_versions_and_lead_to_the_state(store: Hu
 
 async def test_revocation_deltas_beyond_the_kept_ones_are_gone(store: HubStore) -> None:
     state = RevocationState(0, frozenset(), frozenset())
-    total = hub_logic.KEEP_DELTAS + 2
+    total = hub_rules.KEEP_DELTAS + 2
     for version in range(1, total + 1):
         state = RevocationState(version, state.revoked | {_key(version)}, frozenset())
         await store.add_revocation_delta(version, b"d%d" % version, state)
     assert await store.revocation_deltas(0) is None
     assert await store.revocation_deltas(1) is None
-    kept = await store.revocation_deltas(2, limit=hub_logic.KEEP_DELTAS)
-    assert kept is not None and len(kept) == hub_logic.KEEP_DELTAS
+    kept = await store.revocation_deltas(2, limit=hub_rules.KEEP_DELTAS)
+    assert kept is not None and len(kept) == hub_rules.KEEP_DELTAS
     assert kept[0] == b"d3" and kept[-1] == b"d%d" % total
     page = await store.revocation_deltas(2)  # 500 by default: a page never holds more
     assert page == kept[:500]
@@ -726,7 +726,7 @@ def test_planner_double_admission_rules(
 ) -> None:
     known = KnownState(max_seq=new.gate_seq - 1, history=_rows(*stored))
     pol = HubPolicy(VENUE, entry_policy=policy)  # type: ignore[arg-type]
-    plan = hub_logic.plan_ingest(new.gate_id, [new], known, pol, LATER)
+    plan = hub_rules.plan_ingest(new.gate_id, [new], known, pol, LATER)
     assert plan.rows == (new,) and plan.conflicts == ()
     assert [a.kind for a in plan.alerts] == ["double_admission"] * alerts
 
@@ -744,7 +744,7 @@ def test_planner_double_admission_rules(
 def test_planner_gate_seq_holes(max_seq: int, seqs: list[int], holes: list[str]) -> None:
     g = Gate("g1")
     batch = [dataclasses.replace(g.row(f"t{s}", "attempt"), gate_seq=s) for s in seqs]
-    plan = hub_logic.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY, LATER)
+    plan = hub_rules.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY, LATER)
     assert [a.detail.removeprefix("gate_seq hole ") for a in plan.alerts] == holes
     assert all(a.dedupe_key.startswith("hole:g1:") for a in plan.alerts)
 
@@ -757,7 +757,7 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
         seq_owners={2: "0190d1e4-0000-7000-8000-000000000000"},
         max_seq=2,
     )
-    plan = hub_logic.plan_ingest("g1", [a, b, c], known, POLICY, LATER)
+    plan = hub_rules.plan_ingest("g1", [a, b, c], known, POLICY, LATER)
     assert plan.rows == () and plan.results == ()
     assert plan.conflicts == (a.entry_id, b.entry_id)
     assert [x.dedupe_key for x in plan.alerts] == [
@@ -765,23 +765,23 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
         f"conflict:{b.entry_id}",
     ]
     with pytest.raises(ConflictError) as caught:
-        hub_logic.ack(plan, T0)
+        hub_rules.ack(plan, T0)
     assert caught.value.entry_ids == (a.entry_id, b.entry_id)
 
 
 def _plan_one_by_one(
     policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]]
-) -> list[hub_logic.NewAlert]:
+) -> list[hub_rules.NewAlert]:
     """Plan each batch on the history of the ones before it, as the store would."""
     stored: list[EntryWire] = []
-    alerts: list[hub_logic.NewAlert] = []
+    alerts: list[hub_rules.NewAlert] = []
     for batch in arrivals:
         history: dict[str, list[TicketRow]] = {}
         for e in stored:
             history.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
         targets = {e.entry_id: (e.gate_id, e.ticket_ref) for e in stored}
         known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
-        plan = hub_logic.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
+        plan = hub_rules.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
         alerts += [a for a in plan.alerts if a.kind != "integrity"]
         stored += plan.rows
     return alerts
@@ -856,7 +856,7 @@ def test_planner_repeated_denials_one_alert_whatever_the_arrival_order() -> None
         assert alert.times == (T0 + 10, T0 + 20, T0 + 30)
         assert alert.gates == ("g1", "g2", "g1")
         bucket = math.floor((T0 + 10) / 60)
-        assert alert.dedupe_key == f"denied:{text_digest('t')[:12]}:{bucket}"
+        assert alert.dedupe_key == f"denied:{short_id('t')}:{bucket}"
     assert _plan_one_by_one(_DENIALS, [a]) == []  # two are not a burst
 
 
@@ -875,9 +875,9 @@ def test_planner_repeated_denials_of_a_steady_stream_alert_once_per_window() -> 
 
 def test_planner_history_covers_a_window_either_side_of_the_attempts() -> None:
     attempts = _attempts("g1", 0, 4)
-    assert hub_logic.history_refs(attempts, {}, _DENIALS) == ["t"]
-    assert hub_logic.attempt_span(attempts, _DENIALS) == (T0 - 60, T0 + 64)
-    assert hub_logic.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS) == (math.inf, -math.inf)
+    assert hub_rules.history_refs(attempts, {}, _DENIALS) == ["t"]
+    assert hub_rules.attempt_span(attempts, _DENIALS) == (T0 - 60, T0 + 64)
+    assert hub_rules.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS) == (math.inf, -math.inf)
 
 
 # --- the trust boundary: what one (stolen) gate may write ----------------------------------------

@@ -34,7 +34,7 @@ from agent.journal import Journal, PeerEntry
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from agent.redact import shared_ref
-from sync import hub_logic, protocol
+from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
 from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_hub_config
@@ -252,8 +252,8 @@ def _sane(hlc: int) -> bool:
 
 async def _plant(venue: Venue, row: EntryWire) -> None:
     """Store ``row`` straight in the hub's database, as a hub without the bound would have."""
-    params = hub_logic.entry_params(row, time.time())
-    columns = ", ".join(hub_logic.ENTRY_COLUMNS)
+    params = hub_sql.entry_params(row, time.time())
+    columns = ", ".join(hub_sql.ENTRY_COLUMNS)
     if venue.store is None:
         db = sqlite3.connect(venue.setup.dir / "state" / "hub.db", timeout=10)
         try:

@@ -26,7 +26,7 @@ from agent.revocation_issuer import make_delta
 from agent.signed import sign_document
 from sync import hub_admin, hub_config, protocol
 from sync.client import HubClient
-from sync.hub_logic import KEEP_DELTAS
+from sync.hub_rules import KEEP_DELTAS
 from sync.protocol import EntryWire
 from tests.hubgate import get_json, post_json, scan, until, write_gate
 from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, make_tls, write_hub_config

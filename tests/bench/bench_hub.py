@@ -36,8 +36,8 @@ import asyncpg
 
 from agent.clock import uuid7
 from agent.model import Reason, Verdict
-from sync import hub_logic
-from sync.hub_logic import ENTRY_COLUMNS
+from sync import hub_sql
+from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import HubPolicy
 from sync.hub_stores import open_store
 from sync.protocol import EntryWire
@@ -133,7 +133,7 @@ def sqlite_raw_run(path: Path, batches: list[tuple[str, list[EntryWire]]]) -> fl
     start = time.perf_counter()
     for _, batch in batches:
         db.execute("BEGIN")
-        db.executemany(sql, [hub_logic.entry_params(e, time.time()) for e in batch])
+        db.executemany(sql, [hub_sql.entry_params(e, time.time()) for e in batch])
         db.execute("COMMIT")
     elapsed = time.perf_counter() - start
     db.close()
@@ -150,7 +150,7 @@ async def pg_raw_run(url: str, batches: list[tuple[str, list[EntryWire]]]) -> fl
         start = time.perf_counter()
         for _, batch in batches:
             async with conn.transaction():
-                await conn.executemany(sql, [hub_logic.entry_params(e, time.time()) for e in batch])
+                await conn.executemany(sql, [hub_sql.entry_params(e, time.time()) for e in batch])
         return time.perf_counter() - start
     finally:
         await conn.close()

@@ -38,43 +38,35 @@ raising it again):
   one stolen gate cannot bury the other gates' alerts.
 
 Alerts name a ticket by its short id (:func:`agent.redact.short_id`) only, never by its
-reference. The module also holds the small pieces both backends share: column lists, row
-conversions, the long-poll signal.
+reference. The column lists, row conversions and statements both backends share are
+:mod:`sync.hub_sql`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.clock import HLC
-from agent.model import Reason, Verdict, annulled_ids
+from agent.model import Verdict, annulled_ids
 from agent.redact import short_id
 from sync import protocol
 from sync.hub_store import ConflictError, HubPolicy, RefusedError
 from sync.protocol import (
     MAX_DETAIL,
-    Alert,
     AlertKind,
     BatchAck,
     EntryResult,
     EntryStatus,
     EntryWire,
-    GateHealth,
-    Heartbeat,
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
 MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
 FEED_KINDS = ("entry", "exit", "annul")
 
-# The ``entries`` table's columns: EntryWire's fields in order, then the hub's own two.
-ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
-ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
 # Columns of a ticket's history rows, as :meth:`TicketRow.from_row` reads them.
 TICKET_COLUMNS = (
     "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
@@ -84,26 +76,6 @@ TICKET_COLUMNS = (
 def in_feed(entry: EntryWire) -> bool:
     """True for rows the peer feed carries: admitted entries and exits, and every annulment."""
     return entry.kind == "annul" or (entry.kind in FEED_KINDS and entry.admitted)
-
-
-def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
-    """An entry's column values in ``ENTRY_COLUMNS`` order (flags comma-joined, enums as text)."""
-    values: list[Any] = [getattr(entry, name) for name in ENTRY_FIELDS]
-    values[ENTRY_FIELDS.index("verdict")] = entry.verdict.value
-    values[ENTRY_FIELDS.index("reason")] = entry.reason.value
-    values[ENTRY_FIELDS.index("flags")] = ",".join(entry.flags)
-    return (*values, in_feed(entry), received_at)
-
-
-def entry_from_row(row: Iterable[Any]) -> EntryWire:
-    """The EntryWire of a stored row (the columns ``ENTRY_FIELDS``, in order)."""
-    values = dict(zip(ENTRY_FIELDS, row, strict=True))
-    values["verdict"] = Verdict(values["verdict"])
-    values["reason"] = Reason(values["reason"])
-    values["flags"] = tuple(f for f in values["flags"].split(",") if f)
-    values["clock_synced"] = bool(values["clock_synced"])
-    values["offline"] = bool(values["offline"])
-    return EntryWire(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,124 +489,3 @@ def _bursts(rows: Iterable[TicketRow], policy: HubPolicy) -> dict[int, list[Tick
         if end - i >= policy.denied_alert_threshold:
             bursts.setdefault(math.floor(start.wall_time / window), attempts[i:end])
     return bursts
-
-
-# --- shared by both backends: heartbeats, tokens, paging, gate health, long-polls ---------------
-
-
-# No gate_name: a gate's name is its operator's (set_gate_name), never what the gate says.
-HEARTBEAT_COLUMNS = (
-    "gate_id", "version", "outbox_depth", "oldest_unsynced_age_s",
-    "revocation_version", "revocation_age_s", "trust_version", "clock_synced", "feed_cursor",
-    "faults", "last_seen",
-)  # fmt: skip
-
-
-def heartbeat_sql(*, numbered: bool) -> str:
-    """The upsert of a gate's row from a heartbeat, with ``$n`` (numbered) or ``?`` parameters."""
-    marks = ", ".join(f"${i}" if numbered else "?" for i in range(1, len(HEARTBEAT_COLUMNS) + 1))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in HEARTBEAT_COLUMNS[1:])
-    return (
-        f"INSERT INTO gates ({', '.join(HEARTBEAT_COLUMNS)}) VALUES ({marks})"
-        f" ON CONFLICT (gate_id) DO UPDATE SET {updates}"
-    )
-
-
-def heartbeat_params(hb: Heartbeat, faults: Any, now: float) -> tuple[Any, ...]:
-    """A heartbeat's values in ``HEARTBEAT_COLUMNS`` order (``faults`` as the backend stores it)."""
-    return (
-        hb.gate_id, hb.version, hb.outbox_depth, hb.oldest_unsynced_age_s,
-        hb.revocation_version, hb.revocation_age_s, hb.trust_version, hb.clock_synced,
-        hb.feed_cursor, faults, now,
-    )  # fmt: skip
-
-
-ALERT_COLUMNS = "alert_id, kind, ticket, gates, times, entries, detail, raised_at, held"
-
-
-def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tuple) -> Alert:
-    """An Alert from its ``ALERT_COLUMNS`` (``decode`` turns a stored list into a sequence); a
-    storm alert's detail gains its count."""
-    alert_id, kind, ticket, gates, times, entries, detail, raised_at, held = tuple(row)
-    if held:
-        detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
-    return Alert(
-        alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
-        tuple(decode(entries)), detail, raised_at,
-    )  # fmt: skip
-
-
-def check_gate_name(name: str) -> None:
-    """Refuse a gate display name that is empty, over 64 characters or not printable.
-
-    Raises ValueError.
-    """
-    if not 0 < len(name) <= protocol.MAX_ID or not name.isprintable() or name != name.strip():
-        raise ValueError(
-            f"gate name {name[:80]!r}: expected 1-64 printable characters, no outer spaces"
-        )
-
-
-def check_limit(limit: int) -> None:
-    """Refuse a page size below 1 (SQLite would read a negative LIMIT as none). Raises ValueError."""
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-
-
-def check_token(role: str, gate_id: str | None) -> None:
-    """Refuse an unknown role, a gate token without its gate or a console token with one.
-
-    Raises ValueError.
-    """
-    if role not in ("gate", "console"):
-        raise ValueError(f"unknown token role {role!r}")
-    if (role == "gate") != (gate_id is not None):
-        raise ValueError("a gate token needs its gate_id, a console token has none")
-
-
-def gate_health(
-    row: Iterable[Any], faults: Iterable[str], now: float, policy: HubPolicy
-) -> GateHealth:
-    """A gate's health from its stored columns: gate_id, gate_name, last_seen, outbox_depth,
-    revocation_version, revocation_age_s, clock_synced, version (then anything, e.g. faults).
-    """
-    gate_id, name, last_seen, depth, rev_version, rev_age, synced, version = tuple(row)[:8]
-    online = last_seen is not None and now - last_seen <= policy.gate_offline_after_s
-    return GateHealth(
-        gate_id, name or gate_id, online, last_seen, depth, rev_version, rev_age, bool(synced),
-        version, tuple(faults),
-    )  # fmt: skip
-
-
-class FeedSignal:
-    """Wakes long-polls when a batch with feed rows commits (both backends' ``wait_feed``)."""
-
-    def __init__(self) -> None:
-        # Replaced on every wake: a waiter holds the event of its own generation, so a commit
-        # between its check and its wait still wakes it.
-        self._event = asyncio.Event()
-
-    def wake(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    async def wait(
-        self,
-        has_entry: Callable[[], Awaitable[bool]],
-        wait_s: float,
-        poll_s: Callable[[], float] = lambda: math.inf,
-    ) -> None:
-        """Return once ``has_entry()`` is true or ``wait_s`` passed; it is checked at the start,
-        on every wake, every ``poll_s()`` seconds and at the end. Raises what it raises.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while True:
-            event = self._event
-            if await has_entry():
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, poll_s()))

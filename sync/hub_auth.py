@@ -1,0 +1,87 @@
+"""Who is asking the hub (:mod:`sync.hub`): bearer tokens looked up by hash on every request, the
+gate a token belongs to and, under mTLS, the client certificate of that gate (the rules are in
+:mod:`sync.hub`'s docstring). Every refusal is an :class:`sync.hub_state.HttpError` 401 or 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+
+from aiohttp import web
+
+from agent.redact import secret_label
+from sync.hub_admin import (
+    hash_token,
+)
+from sync.hub_config import client_cert_gate
+from sync.hub_state import HttpError, Hub
+from sync.hub_store import TokenInfo
+
+log = logging.getLogger(__name__)
+
+_MAX_TOKEN_CHARS = 256
+_REALM = 'Bearer realm="gate-agent hub"'
+
+
+def _peer_gate(request: web.Request) -> tuple[str | None, str]:
+    """:func:`client_cert_gate` of the connection's client certificate."""
+    transport = request.transport
+    tls = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = tls.getpeercert(binary_form=True) if isinstance(tls, ssl.SSLObject) else None
+    return client_cert_gate(der)
+
+
+def _peer_host(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
+async def caller(request: web.Request, hub: Hub) -> TokenInfo:
+    """The token's owner; raises HttpError 401 when the token is missing or unknown."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HttpError(401, "missing bearer token", headers={"WWW-Authenticate": _REALM})
+    digest = hash_token(token)
+    info = None if len(token) > _MAX_TOKEN_CHARS else await hub.store.token(digest)
+    if info is None or not hmac.compare_digest(info.token_hash, digest):
+        log.warning(
+            "unknown token %s refused (%s %s)", secret_label(token), request.method, request.path
+        )
+        raise HttpError(
+            401, "unknown token", headers={"WWW-Authenticate": _REALM + ', error="invalid_token"'}
+        )
+    return info
+
+
+async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> TokenInfo:
+    """A gate token (for ``gate`` when given, with its client certificate under mTLS) or 403."""
+    info = await caller(request, hub)
+    if info.role != "gate" or info.gate_id is None:
+        raise HttpError(403, "a console token cannot be used for gate endpoints")
+    if gate is not None and info.gate_id != gate:
+        log.warning("token of gate %s refused for gate %s", info.gate_id, gate)
+        raise HttpError(403, "this token belongs to another gate")
+    if hub.mtls:
+        cn, why = _peer_gate(request)
+        if cn != info.gate_id:
+            why = why if cn is None else f"client certificate of {cn!r}"
+            log.warning("gate %s: %s refused (from %s)", info.gate_id, why, _peer_host(request))
+            raise HttpError(
+                403, f"a client certificate for this gate is required ({why})",
+                error="client_certificate",
+            )  # fmt: skip
+    hub.presence.request(info.gate_id, _peer_host(request))
+    return info
+
+
+async def reader(request: web.Request, hub: Hub, *, gates_too: bool) -> TokenInfo:
+    """A console token, or (``gates_too``) a gate token as :func:`_gate_caller` checks it."""
+    info = await caller(request, hub)
+    if info.role == "console":
+        return info
+    if not gates_too:
+        raise HttpError(403, "this needs a console token")
+    return await gate_caller(request, hub, None)

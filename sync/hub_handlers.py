@@ -1,0 +1,246 @@
+"""The hub's request handlers: one per ``/v1`` endpoint of :mod:`sync.protocol`, the health check
+and the console's files; :mod:`sync.hub` routes to them. Each one checks the caller
+(:mod:`sync.hub_auth`), parses strictly (a 400 names the field) and answers a protocol message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+
+from aiohttp import web
+
+from sync import protocol
+from sync.hub_admin import (
+    document_version,
+)
+from sync.hub_auth import gate_caller, reader
+from sync.hub_state import HUB, HttpError, json_response
+from sync.hub_store import ConflictError, HubStore, RefusedError
+from sync.protocol import (
+    MAX_BODY_BYTES,
+    MAX_DOCUMENT_CHARS,
+    MAX_PAGE,
+    MAX_WAIT_S,
+    AlertPage,
+    BatchUpload,
+    FeedPage,
+    GatesPage,
+    Heartbeat,
+    HeartbeatAck,
+    RevocationPage,
+)
+
+log = logging.getLogger(__name__)
+
+_DELTA_CHUNK = 32  # revocation deltas read per store call (each up to MAX_DOCUMENT_CHARS)
+CONSOLE_FILES = {
+    "/console": ("console.html", "text/html"),
+    "/console/console.js": ("console.js", "text/javascript"),
+    "/console/console.css": ("console.css", "text/css"),
+}
+
+
+def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not lo <= int(raw) <= hi:
+        raise HttpError(400, f"{name}: expected an integer {lo}..{hi}")
+    return int(raw)
+
+
+def _query_wait(request: web.Request, max_wait_s: float) -> float:
+    """``wait`` in seconds (0..30); more than the hub allows is shortened to its max_wait_s."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= MAX_WAIT_S:
+        raise HttpError(400, f"wait: expected a number of seconds 0..{MAX_WAIT_S:g}")
+    return min(value, max_wait_s)
+
+
+def _path_gate(request: web.Request) -> str:
+    gate = request.match_info["gate"]
+    if not protocol.is_id(gate):
+        raise HttpError(400, "gate: expected an id of 1-64 letters, digits or ._:-")
+    return gate
+
+
+async def _body(request: web.Request) -> bytes:
+    too_large = f"body is over the {MAX_BODY_BYTES} byte limit"
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise HttpError(400, too_large, error="too_large")
+    timeout_s = request.app[HUB].config.hub.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise HttpError(400, too_large, error="too_large") from None
+    except TimeoutError:  # a trickling body holds a connection: cut it (aiohttp then closes it)
+        raise HttpError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s",
+            error="body_timeout",
+            headers={"Connection": "close"},
+        ) from None
+
+
+def _etag_matches(request: web.Request, etag: str) -> bool:
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag in tags or etag.strip('"') in tags
+
+
+async def upload(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    gate = _path_gate(request)
+    await gate_caller(request, hub, gate)
+    batch = protocol.parse(await _body(request), BatchUpload)
+    if batch.gate_id != gate:
+        raise HttpError(403, "gate_id: the batch is for another gate than the path")
+    try:
+        ack = await hub.store.ingest(gate, batch.entries, hub.clock())
+    except RefusedError as exc:
+        log.error("gate %s: batch refused: %s", gate, exc)
+        raise HttpError(422, str(exc), error="refused") from None
+    except ConflictError as exc:
+        log.error("gate %s: %d entries conflict with stored ones", gate, len(exc.entry_ids))
+        raise HttpError(
+            409,
+            f"{len(exc.entry_ids)} entries reuse an entry_id or gate_seq with another body;"
+            " nothing of the batch was stored",
+            conflicts=exc.entry_ids,
+        ) from None
+    log.debug("gate %s: %d inserted through %d", gate, ack.inserted, ack.acked_through_seq)
+    return json_response(ack)
+
+
+async def feed(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    if request.match_info["venue"] != hub.config.hub.venue:
+        raise HttpError(404, "this hub does not serve that venue")
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
+    limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
+    wait = _query_wait(request, hub.config.hub.max_wait_s)
+    entries, next_cursor = await hub.store.feed(after, limit)
+    # next < after: the store is newer than the reader's cursor; it learns that at once.
+    if not entries and wait > 0 and next_cursor >= after:
+        await hub.wait_feed(after, wait)
+        entries, next_cursor = await hub.store.feed(after, limit)
+    return json_response(FeedPage(tuple(entries), next_cursor, hub.clock()))
+
+
+async def revocations(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
+    page = await _revocation_page(hub.store, after)
+    if page is None:
+        raise HttpError(
+            410,
+            f"deltas after version {after} are no longer kept: fetch /v1/revocations/snapshot",
+            error="gone",
+        )
+    return json_response(page)
+
+
+async def _revocation_page(store: HubStore, after: int) -> RevocationPage | None:
+    """The first deltas after ``after`` that fit one page (count and body size), read
+    ``_DELTA_CHUNK`` at a time so large deltas are never all in memory at once; the gate asks
+    again for more. None when the first ones are no longer kept (410)."""
+    texts: list[str] = []
+    version = after
+    budget = MAX_BODY_BYTES - 1024
+    while len(texts) < MAX_PAGE:
+        chunk = await store.revocation_deltas(version, min(_DELTA_CHUNK, MAX_PAGE - len(texts)))
+        if chunk is None:  # pruned meanwhile: what was read is still a valid page
+            return RevocationPage(version, tuple(texts)) if texts else None
+        taken = 0
+        for data in chunk:
+            text = data.decode("ascii")
+            size = len(json.dumps(text))
+            if len(text) > MAX_DOCUMENT_CHARS or (texts and size > budget):
+                break
+            texts.append(text)
+            budget -= size + 1
+            taken += 1
+        if taken:
+            version = document_version(chunk[taken - 1])
+        if taken < len(chunk) or len(chunk) < _DELTA_CHUNK:
+            break
+    return RevocationPage(version, tuple(texts))
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    snap = await hub.snapshots.get()
+    if snap is None:
+        raise HttpError(404, "no revocation list has been issued yet")
+    etag = f'"rev-{snap.version}"'
+    if _etag_matches(request, etag):
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.Response(body=snap.data, content_type="application/json", headers={"ETag": etag})
+
+
+async def trust_bundle(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    doc = hub.trust.current()
+    if _etag_matches(request, doc.etag):
+        return web.Response(status=304, headers={"ETag": doc.etag})
+    return web.Response(body=doc.data, content_type="application/json", headers={"ETag": doc.etag})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    gate = _path_gate(request)
+    await gate_caller(request, hub, gate)
+    hb = protocol.parse(await _body(request), Heartbeat)
+    if hb.gate_id != gate:
+        raise HttpError(403, "gate_id: the heartbeat is for another gate than the path")
+    now = hub.clock()
+    await hub.store.heartbeat(hb, now)
+    hub.presence.heartbeat(gate)
+    return json_response(HeartbeatAck(now))
+
+
+async def alerts(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await reader(request, hub, gates_too=True)
+    limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
+    if "after" in request.query:  # following: oldest first after the cursor
+        after = _query_int(request, "after", 0, 0, protocol.INT63)
+        found = await hub.store.alerts(after, limit)
+        return json_response(AlertPage(tuple(found), found[-1].alert_id if found else after))
+    # paging back: newest first below ``before``; next is the cursor for the page before it
+    before = _query_int(request, "before", protocol.INT63, 1, protocol.INT63)
+    found = await hub.store.recent_alerts(before, limit)
+    return json_response(AlertPage(tuple(found), found[-1].alert_id if found else before))
+
+
+async def gates(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await reader(request, hub, gates_too=False)
+    return json_response(GatesPage(tuple(await hub.store.gates(hub.clock()))))
+
+
+async def health(request: web.Request) -> web.Response:
+    venue = request.app[HUB].config.hub.venue
+    return web.json_response({"v": protocol.PROTOCOL_VERSION, "ok": True, "venue": venue})
+
+
+async def console(request: web.Request) -> web.Response:
+    name, content_type = CONSOLE_FILES[request.path]
+    body = request.app[HUB].console[name]
+    return web.Response(body=body, content_type=content_type, charset="utf-8")

@@ -1,0 +1,96 @@
+"""The hub's tables, in SQLite's words (:mod:`sync.hub_sqlite`) and PostgreSQL's
+(:mod:`sync.hub_postgres`), and the upgrades from schema 1 (alerts gained ``source_gate`` and
+``held`` for the alert budget; gate names, which schema 1 took from the gates' heartbeats, are
+forgotten). The columns are the same in both; the types are each dialect's own.
+"""
+
+SQLITE = """
+CREATE TABLE IF NOT EXISTS entries (
+    cursor INTEGER PRIMARY KEY,
+    gate_seq INTEGER NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
+    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
+    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
+    offline INTEGER NOT NULL, in_feed INTEGER NOT NULL, received_at REAL NOT NULL,
+    UNIQUE (gate_id, gate_seq)
+);
+CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
+    detail TEXT NOT NULL, raised_at REAL NOT NULL, source_gate TEXT NOT NULL DEFAULT '',
+    held INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
+CREATE TABLE IF NOT EXISTS gates (
+    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+    outbox_depth INTEGER NOT NULL DEFAULT 0, oldest_unsynced_age_s REAL,
+    revocation_version INTEGER NOT NULL DEFAULT 0, revocation_age_s REAL,
+    trust_version INTEGER NOT NULL DEFAULT 0, clock_synced INTEGER NOT NULL DEFAULT 0,
+    feed_cursor INTEGER NOT NULL DEFAULT 0, faults TEXT NOT NULL DEFAULT '[]', last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
+CREATE TABLE IF NOT EXISTS revocation_deltas (version INTEGER PRIMARY KEY, document BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS revocation_keys (
+    key BLOB NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+SQLITE_1_TO_2 = (
+    "ALTER TABLE alerts ADD COLUMN source_gate TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE alerts ADD COLUMN held INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);"
+    # Schema 1 took names from heartbeats, so a gate could call itself "Gate A": forget them all.
+    "UPDATE gates SET gate_name = '';"
+)
+
+POSTGRES = """
+CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    cursor BIGSERIAL PRIMARY KEY,
+    gate_seq BIGINT NOT NULL, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
+    lane TEXT NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, flags TEXT NOT NULL, annuls TEXT, zone INTEGER,
+    wall_time DOUBLE PRECISION NOT NULL, clock_synced BOOLEAN NOT NULL, mono_ns BIGINT NOT NULL,
+    boot_id TEXT NOT NULL, hlc BIGINT NOT NULL, rev_version BIGINT NOT NULL,
+    offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (gate_id, gate_seq)
+);
+CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
+    entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
+    source_gate TEXT NOT NULL DEFAULT '', held BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
+CREATE TABLE IF NOT EXISTS gates (
+    gate_id TEXT PRIMARY KEY, gate_name TEXT NOT NULL DEFAULT '', version TEXT NOT NULL DEFAULT '',
+    outbox_depth BIGINT NOT NULL DEFAULT 0, oldest_unsynced_age_s DOUBLE PRECISION,
+    revocation_version BIGINT NOT NULL DEFAULT 0, revocation_age_s DOUBLE PRECISION,
+    trust_version BIGINT NOT NULL DEFAULT 0, clock_synced BOOLEAN NOT NULL DEFAULT FALSE,
+    feed_cursor BIGINT NOT NULL DEFAULT 0, faults TEXT[] NOT NULL DEFAULT '{}',
+    last_seen DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, gate_id TEXT, name TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_gate_id ON tokens (gate_id);
+CREATE TABLE IF NOT EXISTS revocation_deltas (version BIGINT PRIMARY KEY, document BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS revocation_keys (
+    key BYTEA NOT NULL, list TEXT NOT NULL, PRIMARY KEY (key, list)
+);
+"""
+POSTGRES_1_TO_2 = """
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS source_gate TEXT NOT NULL DEFAULT '';
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
+UPDATE gates SET gate_name = '';
+UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
+"""

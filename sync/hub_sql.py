@@ -1,0 +1,148 @@
+"""What both hub stores (:mod:`sync.hub_sqlite`, :mod:`sync.hub_postgres`) say to their database
+in the same words: column lists, row conversions and the statements that are the same in both
+dialects, written with ``?`` parameters (:func:`numbered` turns them into PostgreSQL's ``$n``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any
+
+from agent.model import Reason, Verdict
+from sync.hub_rules import in_feed
+from sync.hub_store import HubPolicy
+from sync.protocol import MAX_DETAIL, Alert, EntryWire, GateHealth, Heartbeat
+
+# The ``entries`` table's columns: EntryWire's fields in order, then the hub's own two.
+ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
+ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
+
+
+def numbered(sql: str) -> str:
+    """``sql`` with its ``?`` parameters as PostgreSQL's ``$1``, ``$2``, ... (in order)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
+    """An entry's column values in ``ENTRY_COLUMNS`` order (flags comma-joined, enums as text)."""
+    values: list[Any] = [getattr(entry, name) for name in ENTRY_FIELDS]
+    values[ENTRY_FIELDS.index("verdict")] = entry.verdict.value
+    values[ENTRY_FIELDS.index("reason")] = entry.reason.value
+    values[ENTRY_FIELDS.index("flags")] = ",".join(entry.flags)
+    return (*values, in_feed(entry), received_at)
+
+
+def entry_from_row(row: Iterable[Any]) -> EntryWire:
+    """The EntryWire of a stored row (the columns ``ENTRY_FIELDS``, in order)."""
+    values = dict(zip(ENTRY_FIELDS, row, strict=True))
+    values["verdict"] = Verdict(values["verdict"])
+    values["reason"] = Reason(values["reason"])
+    values["flags"] = tuple(f for f in values["flags"].split(",") if f)
+    values["clock_synced"] = bool(values["clock_synced"])
+    values["offline"] = bool(values["offline"])
+    return EntryWire(**values)
+
+
+# No gate_name: a gate's name is its operator's (set_gate_name), never what the gate says.
+HEARTBEAT_COLUMNS = (
+    "gate_id", "version", "outbox_depth", "oldest_unsynced_age_s",
+    "revocation_version", "revocation_age_s", "trust_version", "clock_synced", "feed_cursor",
+    "faults", "last_seen",
+)  # fmt: skip
+
+
+def heartbeat_sql(*, numbered: bool) -> str:
+    """The upsert of a gate's row from a heartbeat, with ``$n`` (numbered) or ``?`` parameters."""
+    marks = ", ".join(f"${i}" if numbered else "?" for i in range(1, len(HEARTBEAT_COLUMNS) + 1))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in HEARTBEAT_COLUMNS[1:])
+    return (
+        f"INSERT INTO gates ({', '.join(HEARTBEAT_COLUMNS)}) VALUES ({marks})"
+        f" ON CONFLICT (gate_id) DO UPDATE SET {updates}"
+    )
+
+
+def heartbeat_params(hb: Heartbeat, faults: Any, now: float) -> tuple[Any, ...]:
+    """A heartbeat's values in ``HEARTBEAT_COLUMNS`` order (``faults`` as the backend stores it)."""
+    return (
+        hb.gate_id, hb.version, hb.outbox_depth, hb.oldest_unsynced_age_s,
+        hb.revocation_version, hb.revocation_age_s, hb.trust_version, hb.clock_synced,
+        hb.feed_cursor, faults, now,
+    )  # fmt: skip
+
+
+ALERT_COLUMNS = "alert_id, kind, ticket, gates, times, entries, detail, raised_at, held"
+
+
+def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tuple) -> Alert:
+    """An Alert from its ``ALERT_COLUMNS`` (``decode`` turns a stored list into a sequence); a
+    storm alert's detail gains its count."""
+    alert_id, kind, ticket, gates, times, entries, detail, raised_at, held = tuple(row)
+    if held:
+        detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
+    return Alert(
+        alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
+        tuple(decode(entries)), detail, raised_at,
+    )  # fmt: skip
+
+
+def gate_health(
+    row: Iterable[Any], faults: Iterable[str], now: float, policy: HubPolicy
+) -> GateHealth:
+    """A gate's health from its stored columns: gate_id, gate_name, last_seen, outbox_depth,
+    revocation_version, revocation_age_s, clock_synced, version (then anything, e.g. faults).
+    """
+    gate_id, name, last_seen, depth, rev_version, rev_age, synced, version = tuple(row)[:8]
+    online = last_seen is not None and now - last_seen <= policy.gate_offline_after_s
+    return GateHealth(
+        gate_id, name or gate_id, online, last_seen, depth, rev_version, rev_age, bool(synced),
+        version, tuple(faults),
+    )  # fmt: skip
+
+
+# --- statements the same in both dialects ------------------------------------------------------
+
+# A storm alert met again adds to its count; any other alert is stored once.
+INSERT_ALERT = (
+    "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
+    " source_gate, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
+    " WHERE excluded.held > 0"
+)
+ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
+MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
+# Alerts this gate's uploads raised since the start of the budget bucket.
+BUDGET_USED = (
+    "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ? AND kind <> 'alert_storm'"
+)
+FEED = (
+    "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
+    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
+    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.cursor > ? AND e.in_feed = TRUE ORDER BY e.cursor LIMIT ?"
+)
+# ORDER BY .. LIMIT keeps this a short walk of the primary key, whatever the statistics.
+HAS_FEED_AFTER = (
+    "SELECT cursor FROM entries WHERE cursor > ? AND in_feed = TRUE ORDER BY cursor LIMIT 1"
+)
+MAX_CURSOR = "SELECT coalesce(max(cursor), 0) FROM entries"
+ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
+RECENT_ALERTS = (
+    f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id < ? ORDER BY alert_id DESC LIMIT ?"
+)
+NAME_TAKEN = "SELECT gate_id FROM gates WHERE lower(gate_name) = lower(?) AND gate_id <> ?"
+SET_GATE_NAME = (
+    "INSERT INTO gates (gate_id, gate_name) VALUES (?, ?)"
+    " ON CONFLICT (gate_id) DO UPDATE SET gate_name = excluded.gate_name"
+)
+# Tokens are stored as their SHA-256 digests (no secret in these texts).
+INSERT_TOKEN = "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)" + (
+    " VALUES (?, ?, ?, ?, ?)"
+)
+TOKEN = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = ?"  # noqa: S105
+REVOKE_TOKENS = "DELETE FROM tokens WHERE gate_id = ?"
+OLDEST_DELTA = "SELECT min(version) FROM revocation_deltas"
+DELTAS = "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version LIMIT ?"
+INSERT_DELTA = "INSERT INTO revocation_deltas (version, document) VALUES (?, ?)"
+PRUNE_DELTAS = "DELETE FROM revocation_deltas WHERE version <= ?"
