@@ -36,18 +36,12 @@ from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
+from tests.polling import until
 
 CAP = 4
 OVER = 600  # attempts over the cap
 SCANS = 30
 UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_read=None)
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -115,10 +109,10 @@ async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
         _daemon(write_config, iss, tmp_path) as url,
         aiohttp.ClientSession(connector=connector, timeout=UNBOUNDED) as http,
     ):
-        await _until(lambda: _ok(http, url + "/healthz"), "the daemon answers ready", 60.0)
+        await until(lambda: _ok(http, url + "/healthz"), 60.0, "the daemon answers ready")
         seen: list[list[str]] = [[] for _ in range(CAP)]
         displays = [asyncio.create_task(_follow(http, url, s)) for s in seen]
-        await _until(_all_greeted(seen), "every display greeted")
+        await until(_all_greeted(seen), 30.0, "every display greeted")
 
         t0 = time.monotonic()
         answers = await asyncio.gather(*(_refused(http, url) for _ in range(OVER)))
@@ -136,16 +130,16 @@ async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
             sock.connect(str(tmp_path / "scan.sock"))
             for text in texts:
                 sock.sendall(text.encode() + b"\n")
-        await _until(_all_got(seen, ids), "every decision on every display within the cap")
+        await until(_all_got(seen, ids), 30.0, "every decision on every display within the cap")
         assert await _status_of(http, url + "/healthz") == 200
         stop.set()
         assert set(await flood) == {503}
-        await _until(lambda: _admitted(http, url, SCANS), f"{SCANS} admissions in /status")
+        await until(lambda: _admitted(http, url, SCANS), 30.0, f"{SCANS} admissions in /status")
         for display in displays:
             display.cancel()
         await asyncio.gather(*displays, return_exceptions=True)
         # The displays that left give their slots back: a new one is let in.
-        await _until(lambda: _opens(http, url), "a stream opens once the others closed")
+        await until(lambda: _opens(http, url), 30.0, "a stream opens once the others closed")
 
 
 async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
@@ -225,7 +219,9 @@ async def test_a_display_that_stops_reading_is_dropped_not_buffered(
                     for _ in range(200):
                         server.observe(denied)
                         sent += 1
-                        await asyncio.sleep(0)  # the stream's writer runs between decisions
+                        await asyncio.sleep(
+                            0
+                        )  # the scenario: the stream's writer runs between decisions
             got = (await asyncio.wait_for(reader.read(), 30)).count(b"data:")
             assert 0 < got < sent  # what it had been sent, then the end of the stream
             writer.close()
@@ -237,11 +233,7 @@ async def test_pacer_parks_at_most_max_parked() -> None:
     pacer = Pacer(rate=10.0, burst=1, max_parked=2)
     assert await pacer.turn() is True  # the burst
     parked = [asyncio.create_task(pacer.turn()) for _ in range(2)]
-    for _ in range(100):
-        if pacer.parked == 2:
-            break
-        await asyncio.sleep(0)  # let both reach their wait
-    assert pacer.parked == 2
+    await until(lambda: pacer.parked == 2, 5, "both turns parked")
     assert await pacer.turn() is False  # a third would park: refused at once, taking no slot
     assert await asyncio.gather(*parked) == [True, True]
     assert await pacer.turn() is True
@@ -296,7 +288,7 @@ async def test_listener_accepts_a_crowd_at_its_rate_the_rest_wait_in_the_kernel(
         clients = await asyncio.gather(
             *(asyncio.open_connection("127.0.0.1", port) for _ in range(20))
         )
-        await _until(_count(accepted, 20), "every connection accepted", 10.0)
+        await until(_count(accepted, 20), 10.0, "every connection accepted")
         starts = sorted(t - t0 for t in accepted)
         assert starts[3] < 0.5  # the first four do not wait for a slot
         for i in range(4, 20):

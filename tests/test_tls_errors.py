@@ -41,6 +41,7 @@ from tests.hubproc import (
     make_tls,
     write_hub_config,
 )
+from tests.polling import until, until_sync
 
 DEADLINE_S = 30.0
 GATE_ERROR = " ERROR sync.client: hub: "
@@ -217,17 +218,21 @@ def test_a_certificate_fault_is_one_line_naming_the_key(
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
         gate_process.append(proc)
-        deadline = time.monotonic() + DEADLINE_S
-        while True:  # the fault logged, and met again by the gate's tasks at least 4 more times
+
+        def fault_seen() -> bool:
             text = log_path.read_text(errors="replace")
-            repeats = text.count(" DEBUG sync.client: hub: ")
-            if repeats >= 4 and hub_says in hub_proc.log_tail(20_000):
-                break
             assert proc.poll() is None, f"the gate exited:\n{text[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"gate log:\n{text[-3000:]}\nhub log:\n{hub_proc.log_tail()}"
-            )
-            time.sleep(0.05)
+            repeats = text.count(" DEBUG sync.client: hub: ")
+            return repeats >= 4 and hub_says in hub_proc.log_tail(20_000)
+
+        try:
+            until_sync(fault_seen, DEADLINE_S, "the fault logged, then met again 4 more times")
+        except AssertionError as exc:
+            gate_log = log_path.read_text(errors="replace")[-3000:]
+            raise AssertionError(
+                f"{exc}\ngate log:\n{gate_log}\nhub log:\n{hub_proc.log_tail()}"
+            ) from None
+        text = log_path.read_text(errors="replace")
     errors = [line for line in text.splitlines() if GATE_ERROR in line]
     assert len(errors) == 1, "\n".join(errors)
     assert words in errors[0] and errors[0].endswith(check), errors[0]
@@ -253,21 +258,26 @@ def test_the_right_certificate_is_taken(
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
         gate_process.append(proc)
-        deadline = time.monotonic() + DEADLINE_S
-        while "gate gate-a connected from 127.0.0.1" not in hub_proc.log_tail(20_000):
-            assert proc.poll() is None and time.monotonic() < deadline, hub_proc.log_tail()
-            time.sleep(0.05)
+
+        def connected() -> bool:
+            assert proc.poll() is None, hub_proc.log_tail()
+            return "gate gate-a connected from 127.0.0.1" in hub_proc.log_tail(20_000)
+
+        try:
+            until_sync(connected, DEADLINE_S, "the hub logs gate-a connected")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{hub_proc.log_tail()}") from None
         hub_log = hub_proc.log_tail(20_000)
     assert "refused" not in hub_log, hub_log
     assert GATE_ERROR not in log_path.read_text(errors="replace")
 
 
 async def _until_in(proc: HubProcess, text: str) -> str:
-    deadline = time.monotonic() + DEADLINE_S
-    while text not in (log := proc.log_tail(50_000)):
-        assert time.monotonic() < deadline, f"{text!r} not in the hub's log:\n{log[-3000:]}"
-        await asyncio.sleep(0.05)
-    return log
+    try:
+        await until(lambda: text in proc.log_tail(50_000), DEADLINE_S, f"{text!r} in the hub's log")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{proc.log_tail(50_000)[-3000:]}") from None
+    return proc.log_tail(50_000)
 
 
 async def test_hub_logs_gates_revocations_and_alerts(
