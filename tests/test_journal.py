@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import journal as journal_module
 from agent.clock import HLC, Clock, plausible_hlc, uuid7
 from agent.errors import JournalError
-from agent.journal import EntryRecord, Journal, PeerEntry, read_history
+from agent.journal import EntryRecord, Journal, PeerEntry, queries, read_history
 from agent.model import Decision, Flag, Reason, Verdict
 from sync.protocol import EntryWire
 
@@ -462,7 +461,7 @@ async def test_history_lookup_uses_the_ticket_indexes_at_100k_rows(
         plan = " | ".join(
             row[3]
             for row in db.execute(
-                "EXPLAIN QUERY PLAN " + journal_module._HISTORY, ("g1", "Gate 1", "x", "x", "x")
+                "EXPLAIN QUERY PLAN " + queries.HISTORY, ("g1", "Gate 1", "x", "x", "x")
             )
         )
         unsynced_plan = " | ".join(

@@ -16,15 +16,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from agent.app import config as cfg
-from agent.errors import ConfigError, GateUnreachable, JournalError, TicketFormatError, UsageError
+from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageError
+from agent.journal import queries
 from agent.redact import short_id
 from agent.settings import parse_listen
 
-_COLUMNS = "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
 FOLLOW_POLL_S = 0.5
 
 
@@ -49,38 +48,13 @@ class EventFilter:
             raise UsageError("--ticket: not a ticket text or an 8-hex short id") from None
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        db.execute("SELECT 1 FROM entries LIMIT 1")
-    except sqlite3.Error as exc:
-        raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
-    return db
-
-
 def _rows(
     db: sqlite3.Connection, after: int, flt: EventFilter, last: int | None
 ) -> list[tuple[Any, ...]]:
-    where: list[str] = ["gate_seq > ?"]
-    params: list[object] = [after]
-    if flt.denied:
-        where.append("verdict = 'deny' AND kind = 'attempt'")
-    if flt.duplicates:
-        where.append("reason = 'already_used'")
-    exact, _ = flt.refs_match()
-    if exact is not None:
-        where.append("ticket_ref = ?")
-        params.append(exact)
-    sql = f"SELECT {_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY gate_seq"
-    if last is not None:
-        sql = f"SELECT * FROM ({sql} DESC LIMIT {int(last)}) ORDER BY gate_seq"
-    try:
-        rows = db.execute(sql, params).fetchall()
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read the journal: {exc}") from exc
-    _, short = flt.refs_match()
+    exact, short = flt.refs_match()
+    rows = queries.decisions(
+        db, after, denied=flt.denied, duplicates=flt.duplicates, ticket_ref=exact, last=last
+    )
     return [r for r in rows if short is None or short_id(r[8]) == short]
 
 
@@ -114,7 +88,7 @@ async def events(
     last: int | None,
 ) -> int:
     """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``)."""
-    db = _open(config.gate.state_dir / "journal.db")
+    db = queries.open_readonly(config.gate.state_dir / "journal.db")
     try:
         after, limit = 0, last
         while True:
@@ -126,8 +100,7 @@ async def events(
             if not follow:
                 return 0
             if limit is not None:  # from now on, everything new
-                (top,) = db.execute("SELECT IFNULL(MAX(gate_seq), 0) FROM entries").fetchone()
-                after, limit = max(after, int(top)), None
+                after, limit = max(after, queries.latest_gate_seq(db)), None
             await asyncio.sleep(FOLLOW_POLL_S)
     finally:
         db.close()

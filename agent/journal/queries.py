@@ -1,0 +1,205 @@
+"""Read-only queries on the journal: a ticket's history, the outbox, health checks, `events`.
+
+Plain functions of a :class:`sqlite3.Connection`: the journal runs them on its own thread, and
+the commands (`gate-agent events`, `check`) on a read-only connection of their own
+(:func:`open_readonly`), while the daemon keeps writing. They let :class:`sqlite3.Error` through
+unless they say otherwise.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from agent.errors import JournalError
+from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
+from agent.redact import shared_ref
+
+# Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
+# rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
+# admissions and never count against a ticket, so they stay out of history.
+HISTORY = """
+SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer
+    FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+UNION ALL
+SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer
+    FROM peer_entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
+ORDER BY hlc, entry_id
+"""
+REFS_WITH_HISTORY = (
+    "SELECT ticket_ref FROM entries WHERE kind IN ('entry', 'exit', 'annul')"
+    " UNION ALL SELECT ticket_ref FROM peer_entries"
+)
+GATE_ID = "SELECT value FROM meta WHERE key = 'gate_id'"
+# The highest gate_seq retention has pruned (0: none), written by agent.journal.prune.
+PRUNED_THROUGH = (
+    "SELECT IFNULL((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through'), 0)"
+)
+_MAX_HOLES_REPORTED = 10
+# What `gate-agent events` shows of a row (the ticket only by its short id, computed by the caller).
+EVENT_COLUMNS = (
+    "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
+)
+
+
+def history(
+    db: sqlite3.Connection, gate_id: str, gate_name: str, ticket_ref: str
+) -> list[HistoryEntry]:
+    """Entries, exits and annulments of ``ticket_ref`` here and at peers, in HLC order."""
+    params = (gate_id, gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
+    return [history_entry(row) for row in db.execute(HISTORY, params)]
+
+
+def stored_gate_id(db: sqlite3.Connection) -> str | None:
+    """The gate the journal belongs to (None: not claimed yet)."""
+    row = db.execute(GATE_ID).fetchone()
+    return None if row is None else str(row[0])
+
+
+def last_gate_seq(db: sqlite3.Connection) -> int:
+    """The highest ``gate_seq`` on file (0 when there is none)."""
+    return int(db.execute("SELECT IFNULL(MAX(gate_seq), 0) FROM entries").fetchone()[0])
+
+
+def pruned_through(db: sqlite3.Connection) -> int:
+    """The highest ``gate_seq`` pruned so far (0 when nothing was)."""
+    return int(db.execute(PRUNED_THROUGH).fetchone()[0])
+
+
+def unsynced(db: sqlite3.Connection, limit: int) -> list[EntryRecord]:
+    """Up to ``limit`` entries not yet acknowledged upstream, oldest first."""
+    sql = f"SELECT {COLUMNS} FROM entries WHERE synced_at IS NULL ORDER BY gate_seq LIMIT ?"
+    return [entry_record(row) for row in db.execute(sql, (limit,))]
+
+
+def outbox(db: sqlite3.Connection) -> tuple[int, float | None]:
+    """How many entries await acknowledgement upstream, and the oldest one's wall time."""
+    count, oldest = db.execute(
+        "SELECT COUNT(*), (SELECT wall_time FROM entries WHERE synced_at IS NULL"
+        " ORDER BY gate_seq LIMIT 1) FROM entries WHERE synced_at IS NULL"
+    ).fetchone()
+    return int(count), None if oldest is None else float(oldest)
+
+
+def count(db: sqlite3.Connection) -> int:
+    """The number of own entries on file (pruned ones not counted)."""
+    return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+
+def tail(db: sqlite3.Connection, n: int) -> list[EntryRecord]:
+    """The last ``n`` own entries, oldest first."""
+    sql = (
+        f"SELECT {COLUMNS} FROM (SELECT * FROM entries ORDER BY gate_seq DESC LIMIT ?) "
+        "ORDER BY gate_seq"
+    )
+    return [entry_record(row) for row in db.execute(sql, (n,))]
+
+
+def gate_events(db: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
+    """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
+    rows = db.execute("SELECT kind, value, lane, wall_time FROM gate_events ORDER BY event_id")
+    return [(str(k), str(v), str(ln), float(t)) for k, v, ln, t in rows]
+
+
+def problems(db: sqlite3.Connection) -> list[str]:
+    """Integrity check failures and ``gate_seq`` holes; empty when the file is healthy."""
+    found = [
+        f"integrity: {row[0]}"
+        for row in db.execute("PRAGMA integrity_check").fetchall()
+        if row[0] != "ok"
+    ]
+    count, low, high, pruned = db.execute(
+        f"SELECT COUNT(*), MIN(gate_seq), MAX(gate_seq), ({PRUNED_THROUGH}) FROM entries"
+    ).fetchone()
+    first = pruned + 1  # rows up to pruned_through went to retention (agent.journal.prune)
+    if count and (low != first or high - pruned != count):
+        holes = db.execute(
+            "SELECT gate_seq - 1 FROM entries AS e WHERE gate_seq > ? AND NOT EXISTS "
+            "(SELECT 1 FROM entries WHERE gate_seq = e.gate_seq - 1) ORDER BY gate_seq LIMIT ?",
+            (first, _MAX_HOLES_REPORTED),
+        ).fetchall()
+        ends = ", ".join(str(row[0]) for row in holes)
+        mark = f" (pruned through {pruned})" if pruned else ""
+        found.append(
+            f"gate_seq has holes: {count} rows span {low}..{high}{mark}; gaps end at {ends}"
+        )
+    return found
+
+
+def decisions(
+    db: sqlite3.Connection,
+    after: int,
+    *,
+    denied: bool = False,
+    duplicates: bool = False,
+    ticket_ref: str | None = None,
+    last: int | None = None,
+) -> list[tuple[Any, ...]]:
+    """Rows of ``entries`` past ``after`` as `gate-agent events` shows them (EVENT_COLUMNS).
+
+    ``denied``: refused attempts only; ``duplicates``: ``already_used`` only; ``ticket_ref``: that
+    ticket only; ``last``: only the last so many matching rows. Oldest first. Raises JournalError.
+    """
+    where: list[str] = ["gate_seq > ?"]
+    params: list[object] = [after]
+    if denied:
+        where.append("verdict = 'deny' AND kind = 'attempt'")
+    if duplicates:
+        where.append("reason = 'already_used'")
+    if ticket_ref is not None:
+        where.append("ticket_ref = ?")
+        params.append(ticket_ref)
+    sql = f"SELECT {EVENT_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY gate_seq"
+    if last is not None:
+        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY gate_seq"
+        params.append(int(last))
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal: {exc}") from exc
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the journal at ``path``, for commands next to a running gate.
+
+    Raises JournalError when there is no journal or it cannot be read.
+    """
+    if not path.exists():
+        raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db.execute("SELECT 1 FROM entries LIMIT 1")
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
+    return db
+
+
+def latest_gate_seq(db: sqlite3.Connection) -> int:
+    """:func:`last_gate_seq` for commands: raises JournalError instead of sqlite3.Error."""
+    try:
+        return last_gate_seq(db)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal: {exc}") from exc
+
+
+def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEntry]:
+    """Read a ticket's history from a journal file without writing to it (for CLI tools).
+
+    Returns ``[]`` when the file does not exist. Raises JournalError when it cannot be read.
+    """
+    if not path.exists():
+        return []
+    # With no -wal file there is no live writer and nothing uncheckpointed. Reading it as
+    # immutable then creates no -wal/-shm files, which, owned by whoever runs the tool (often
+    # root), would lock the daemon's user out of its own journal.
+    live = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            return history(conn, stored_gate_id(conn) or "", gate_name, ticket_ref)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from exc

@@ -1,0 +1,114 @@
+"""The journal's values: what one row of this gate, one row of a peer and one history item hold.
+
+Plain frozen dataclasses and their conversion from and to SQLite rows; no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from agent.model import Flag, Reason, Verdict
+
+Kind = Literal["entry", "exit", "attempt", "annul"]
+KINDS: frozenset[str] = frozenset(get_args(Kind))
+# Attempts are not admissions and never count against a ticket, so they stay out of history.
+HISTORY_KINDS = frozenset({"entry", "exit", "annul"})
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One admission-relevant event for a ticket, from this gate (``peer=False``) or another."""
+
+    kind: str
+    gate_id: str
+    gate_name: str
+    lane: str
+    wall_time: float
+    entry_id: str
+    annuls: str | None
+    hlc: int
+    peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One row of this gate's journal, exactly as stored."""
+
+    gate_seq: int
+    entry_id: str
+    gate_id: str
+    lane: str
+    ticket_ref: str
+    kind: Kind
+    verdict: Verdict
+    reason: Reason
+    detail: str
+    flags: frozenset[Flag]
+    annuls: str | None
+    zone: int | None
+    wall_time: float
+    clock_synced: bool
+    mono_ns: int
+    boot_id: str
+    hlc: int
+    rev_version: int
+    offline: bool
+    synced_at: float | None
+
+    def _params(self) -> tuple[Any, ...]:
+        """The row's column values, in ``FIELDS`` order, as SQLite stores them."""
+        values = {name: getattr(self, name) for name in FIELDS}
+        values["flags"] = ",".join(sorted(f.value for f in self.flags))
+        return tuple(values.values())
+
+
+# The columns of ``entries`` are exactly the fields of EntryRecord, in order.
+FIELDS = tuple(f.name for f in fields(EntryRecord))
+COLUMNS = ", ".join(FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """An entry recorded by another gate, as learnt from the hub's venue feed."""
+
+    entry_id: str
+    gate_id: str
+    gate_name: str
+    gate_seq: int
+    ticket_ref: str
+    kind: str
+    annuls: str | None
+    wall_time: float
+    hlc: int
+
+
+def entry_params(rec: EntryRecord) -> tuple[Any, ...]:
+    """Column values for ``entries``, in ``FIELDS`` order."""
+    return rec._params()
+
+
+def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:
+    """Column values for ``peer_entries``: the PeerEntry fields in order, then ``received_at``."""
+    return (*(getattr(e, f.name) for f in fields(PeerEntry)), received_at)
+
+
+def history_entry(row: Sequence[Any]) -> HistoryEntry:
+    """A history row (as the history query selects it) as a HistoryEntry."""
+    # Column affinities (TEXT, REAL, INTEGER) already give the field types; only peer is a flag.
+    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer = row
+    return HistoryEntry(
+        kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer)
+    )
+
+
+def entry_record(row: Sequence[Any]) -> EntryRecord:
+    """A row of ``entries`` (all of ``COLUMNS``, in order) as an EntryRecord."""
+    values = dict(zip(FIELDS, row, strict=True))
+    values["verdict"] = Verdict(values["verdict"])
+    values["reason"] = Reason(values["reason"])
+    values["flags"] = frozenset(Flag(f) for f in values["flags"].split(",") if f)
+    values["clock_synced"] = bool(values["clock_synced"])
+    values["offline"] = bool(values["offline"])
+    return EntryRecord(**values)

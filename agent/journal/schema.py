@@ -1,0 +1,135 @@
+"""The journal's SQL schema: the one place that creates, checks and changes it.
+
+``gate_seq`` is gap-free by construction: triggers refuse any insert that is not
+``MAX(gate_seq) + 1``, any delete and any update of a fact (``synced_at`` is the one mutable
+column). Retention lifts the delete guard only inside its own transaction
+(:func:`without_delete_guard`). No other module writes journal DDL.
+
+Every function here runs on a plain :class:`sqlite3.Connection` (the journal's own thread, or a
+short-lived connection of a command) and lets :class:`sqlite3.Error` through.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent.errors import JournalError
+
+log = logging.getLogger("agent.journal")
+
+SCHEMA_VERSION = 1
+# "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
+APPLICATION_ID = 0x47414A31
+
+_NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS entries (
+    gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
+    gate_id TEXT NOT NULL, lane TEXT NOT NULL, ticket_ref TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('entry', 'exit', 'attempt', 'annul')),
+    verdict TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+    flags TEXT NOT NULL DEFAULT '', annuls TEXT, zone INTEGER,
+    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
+    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL
+);
+CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;
+{_NO_DELETE_TRIGGER};
+CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
+    gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
+    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline
+ON entries
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END;
+-- Gap-free by construction, and no INSERT OR REPLACE can overwrite a fact (REPLACE deletes
+-- without firing delete triggers).
+CREATE TRIGGER IF NOT EXISTS entries_append_only BEFORE INSERT ON entries
+WHEN NEW.gate_seq IS NOT (SELECT IFNULL(MAX(gate_seq), 0) + 1 FROM entries)
+    OR EXISTS (SELECT 1 FROM entries WHERE entry_id = NEW.entry_id)
+BEGIN SELECT RAISE(ABORT, 'journal entries are append-only with gap-free gate_seq'); END;
+CREATE TABLE IF NOT EXISTS peer_entries (
+    entry_id TEXT PRIMARY KEY, gate_id TEXT NOT NULL, gate_name TEXT NOT NULL,
+    gate_seq INTEGER NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, annuls TEXT,
+    wall_time REAL NOT NULL, hlc INTEGER NOT NULL, received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS peer_entries_ticket_ref ON peer_entries (ticket_ref);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- Mode changes of the gate (emergency free passage on/off): facts for security, not admissions.
+CREATE TABLE IF NOT EXISTS gate_events (
+    event_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL, lane TEXT NOT NULL,
+    wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL, hlc INTEGER NOT NULL
+);
+"""
+
+
+def configure(db: sqlite3.Connection) -> str:
+    """Set the writer's pragmas (WAL, ``synchronous=FULL``); returns the journal mode in force."""
+    db.execute("PRAGMA busy_timeout = 5000")
+    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    db.execute("PRAGMA synchronous = FULL")
+    return str(mode)
+
+
+def ensure(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in an empty file, or check that the file holds a journal we can use.
+
+    Raises JournalError for a file that is not a gate-agent journal or has an unsupported schema
+    version; sqlite3.Error when SQLite fails.
+    """
+    (app_id,) = db.execute("PRAGMA application_id").fetchone()
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if app_id == 0 and version == 0:
+        _initialise(db, path)
+    elif app_id != APPLICATION_ID:
+        raise JournalError(f"{path} is not a gate-agent journal")
+    elif version != SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path} has schema version {version}; this agent supports {SCHEMA_VERSION}"
+        )
+
+
+def require_journal(db: sqlite3.Connection, path: Path) -> None:
+    """Raise JournalError unless ``db`` is a gate-agent journal (for tools opening the file)."""
+    (app_id,) = db.execute("PRAGMA application_id").fetchone()
+    if app_id != APPLICATION_ID:
+        raise JournalError(f"{path} is not a gate-agent journal")
+
+
+@contextmanager
+def without_delete_guard(db: sqlite3.Connection) -> Iterator[None]:
+    """Lift the trigger that refuses deletes of entries for the body, then put it back.
+
+    Only for retention, inside a transaction the caller holds: a crash or an error rolls the
+    lifting back with the rest.
+    """
+    if not db.in_transaction:
+        raise RuntimeError("the delete guard may only be lifted inside a transaction")
+    db.execute("DROP TRIGGER IF EXISTS entries_no_delete")
+    yield
+    db.execute(_NO_DELETE_TRIGGER)
+
+
+def _initialise(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in an empty file, atomically (header pragmas are transactional)."""
+    if db.execute("SELECT name FROM sqlite_schema").fetchall():
+        raise JournalError(f"{path} is a database but not a gate-agent journal")
+    # One script, one transaction: a crash leaves either no schema or all of it, header
+    # pragmas included.
+    script = (
+        f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
+        f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+    )
+    try:
+        db.executescript(script)
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.info("created journal %s", path)

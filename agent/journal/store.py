@@ -1,0 +1,494 @@
+"""The Journal: this gate's durable record of every decision, in order, before the gate moves.
+
+One SQLite file per gate (WAL, ``synchronous=FULL``), owned by one writer thread
+(:mod:`agent.journal.writer`). Each row of ``entries`` is an immutable fact and also the outbox
+row for upstream sync; ``gate_seq`` is gap-free (the schema refuses anything else, see
+:mod:`agent.journal.schema`), so a power cut can lose at most the decision in flight, never leave
+a hole. Entries learnt from other gates live in ``peer_entries``; :meth:`Journal.history` merges
+both, ordered by hybrid logical clock.
+
+The ``gate_seq`` counter and the HLC live on the writer thread and change only in its jobs: the
+thread always knows whether an insert landed, even when the coroutine that asked was cancelled.
+Errors from SQLite become :class:`agent.errors.JournalError` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import agent.journal.queries as queries
+import agent.journal.schema as schema
+from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS, Clock, ClockReading, boot_id, uuid7
+from agent.errors import JournalError
+from agent.journal.records import (
+    COLUMNS,
+    FIELDS,
+    HISTORY_KINDS,
+    KINDS,
+    EntryRecord,
+    HistoryEntry,
+    Kind,
+    PeerEntry,
+    entry_params,
+    peer_params,
+)
+from agent.journal.writer import WriterThread
+from agent.model import Decision
+from agent.redact import shared_ref
+from agent.seen import Hashes, SeenRefs
+
+log = logging.getLogger("agent.journal")
+
+T = TypeVar("T")
+
+_INSERT = f"INSERT INTO entries ({COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
+_INSERT_PEER = (
+    "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
+    "kind, annuls, wall_time, hlc, received_at) VALUES "
+)
+_INSERT_EVENT = (
+    "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
+_REFS_CHUNK = 4096
+# Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
+# so a bogus peer value cannot push our own HLC to overflow and stop recording.
+_PEER_HLC_MAX = (1 << 62) - 1
+_PEER_WALL_MAX = (_PEER_HLC_MAX >> 16) / 1000  # seconds: the HLC's physical range
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Row:
+    """What the caller fixes of a row; the writer thread adds gate_seq, entry_id and HLC."""
+
+    ticket_ref: str
+    kind: Kind
+    lane: str
+    rev_version: int
+    zone: int | None
+    annuls: str | None
+    offline: bool
+    reading: ClockReading
+
+
+class Journal:
+    """This gate's journal. Open with :meth:`open`; one instance per file and process."""
+
+    def __init__(
+        self, writer: WriterThread, path: Path, gate_id: str, gate_name: str, clock: Clock
+    ) -> None:
+        """Use :meth:`open`; this only wires an already started writer thread."""
+        self._writer: WriterThread | None = writer
+        self._path = path
+        self._gate_id = gate_id
+        self._gate_name = gate_name
+        self._clock = clock
+        self._boot_id = boot_id()
+        # Writer-thread state: touched only inside jobs.
+        self._hlc = HLC()
+        # None means "unknown, reload from the database before the next insert".
+        self._next_seq: int | None = None
+        # Loop state: every ticket_ref that has history here. A scan of a ticket never seen (the
+        # usual case) skips the database. Over-inclusion only costs a query, never a decision.
+        self._refs = SeenRefs()
+
+    @classmethod
+    async def open(cls, path: Path, *, gate_id: str, gate_name: str, clock: Clock) -> Journal:
+        """Open (creating if needed) the journal at ``path`` for gate ``gate_id``.
+
+        Recovers the next ``gate_seq``, the HLC and the clock floor from the stored rows.
+        Raises JournalError when the file cannot be opened, is not a gate-agent journal, has an
+        unsupported schema version, or belongs to another gate.
+        """
+        if not gate_id:
+            raise ValueError("gate_id must not be empty")
+        if not path.parent.is_dir():
+            raise JournalError(f"cannot open journal {path}: {path.parent} is not a directory")
+        writer = WriterThread(f"journal:{path.name}")
+        try:
+            await writer.start(
+                lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        journal = cls(writer, path, gate_id, gate_name, clock)
+        try:
+            await journal._prepare()
+        except BaseException:
+            await journal.close()
+            raise
+        return journal
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def gate_id(self) -> str:
+        return self._gate_id
+
+    @property
+    def gate_name(self) -> str:
+        return self._gate_name
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def history(self, ticket_ref: str) -> list[HistoryEntry]:
+        """Entries, exits and annulments of ``ticket_ref`` at this gate and at peers, in HLC order.
+
+        Raises JournalError.
+        """
+        writer = self._require_open()
+        if shared_ref(ticket_ref) not in self._refs:
+            return []
+        return await self._run(writer, "cannot read journal", self._history_job(ticket_ref))
+
+    async def record(
+        self,
+        *,
+        ticket_ref: str,
+        kind: Kind,
+        decision: Decision,
+        lane: str,
+        rev_version: int,
+        zone: int | None = None,
+        annuls: str | None = None,
+        offline: bool = True,
+    ) -> EntryRecord:
+        """Append one decision; it is durable (committed and fsync'd) when this returns.
+
+        ``annuls`` names the ``entry_id`` an ``annul`` row cancels and is required for that kind
+        only. Raises ValueError for such misuse and JournalError when the row cannot be written
+        (then no ``gate_seq`` is consumed).
+        """
+        row = self._row(ticket_ref, kind, lane, rev_version, zone, annuls, offline)
+        writer = self._require_open()
+        self._remember(row)
+        rec = await self._run(
+            writer, "cannot record entry", lambda db: self._insert(db, row, decision)
+        )
+        self._raise_floor(row.reading)
+        return rec
+
+    async def record_event(self, kind: str, value: str, lane: str) -> None:
+        """Append a gate mode change (e.g. ``emergency``/``on``), durable on return.
+
+        Raises JournalError.
+        """
+        writer = self._require_open()
+        reading = self._clock.reading()
+        mono_ns = time.monotonic_ns()
+
+        def insert(db: sqlite3.Connection) -> None:
+            hlc = self._hlc.tick(int(reading.now * 1000))
+            params = (
+                kind,
+                value,
+                lane,
+                reading.now,
+                int(reading.synced),
+                mono_ns,
+                self._boot_id,
+                hlc,
+            )
+            db.execute(_INSERT_EVENT, params)
+
+        await self._run(writer, "cannot record gate event", insert)
+
+    async def events(self) -> list[tuple[str, str, str, float]]:
+        """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
+        return await self._read(queries.gate_events)
+
+    async def add_peer_entries(
+        self, entries: Iterable[PeerEntry], *, hlc_ceiling_ms: int | None = None
+    ) -> int:
+        """Store entries learnt from other gates; returns how many were new.
+
+        Idempotent by ``entry_id``. Each chunk of up to 1,000 entries (a hub batch is at most
+        500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
+        the hub) are skipped, malformed ones too, with a warning. A pretix secret is stored as its
+        digest (:func:`agent.model.shared_ref`). A row whose HLC lies past ``hlc_ceiling_ms`` (the
+        best time this gate knows plus the allowed lead, Unix ms; by default this gate's clock plus
+        HLC_MAX_AHEAD_S) is stored, but does not move this gate's HLC: one bogus row cannot push
+        every later row of the venue out of range.
+        Raises JournalError.
+        """
+        batch = [
+            dataclasses.replace(e, ticket_ref=shared_ref(e.ticket_ref))
+            for e in entries
+            if self._acceptable_peer(e)
+        ]
+        self._refs.update(e.ticket_ref for e in batch)
+        writer = self._require_open()
+        received_at = self._clock.now()
+        wall_ms = int(received_at * 1000)
+        ceiling = (
+            wall_ms + int(HLC_MAX_AHEAD_S * 1000) if hlc_ceiling_ms is None else hlc_ceiling_ms
+        )
+        inserted = 0
+        # One job per chunk, each its own statement and transaction: a decision's insert may
+        # run between two chunks instead of waiting for all of them.
+        for start in range(0, len(batch), _PEER_CHUNK):
+            chunk = batch[start : start + _PEER_CHUNK]
+            inserted += await self._run(
+                writer,
+                "cannot store peer entries",
+                functools.partial(self._insert_peers, chunk=chunk, received_at=received_at),
+            )
+        ahead = [e.hlc for e in batch if HLC.physical_ms(e.hlc) > ceiling]
+        if len(ahead) < len(batch):
+            followed = [e.hlc for e in batch if HLC.physical_ms(e.hlc) <= ceiling]
+            await self._run(
+                writer, "cannot store peer entries", lambda _: self._observe(followed, wall_ms)
+            )
+        if ahead:
+            log.warning("%d peer entries carry an HLC too far ahead of the best known time;"
+                        " stored, not followed", len(ahead))  # fmt: skip
+        return inserted
+
+    async def unsynced(self, limit: int = 500) -> list[EntryRecord]:
+        """Up to ``limit`` entries not yet acknowledged upstream, oldest first.
+
+        Raises JournalError.
+        """
+        return await self._read(lambda db: queries.unsynced(db, limit))
+
+    async def outbox(self) -> tuple[int, float | None]:
+        """How many entries await acknowledgement upstream, and the oldest one's wall time.
+
+        Raises JournalError.
+        """
+        return await self._read(queries.outbox)
+
+    async def mark_synced(self, through_seq: int, at: float) -> None:
+        """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``.
+
+        Raises JournalError.
+        """
+        sql = "UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq <= ?"
+        writer = self._require_open()
+        await self._run(
+            writer, "cannot mark entries synced", lambda db: db.execute(sql, (at, through_seq))
+        )
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it; False when a reader blocked it.
+
+        SQLite checkpoints on its own every 1,000 pages, but a reader holding a snapshot can
+        keep the WAL growing; the daemon calls this periodically so the file stays bounded.
+        Raises JournalError.
+        """
+        busy, _pages, _done = await self._read(
+            lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        )
+        return int(busy) == 0
+
+    async def count(self) -> int:
+        """The number of own entries on file (pruned ones not counted). Raises JournalError."""
+        return await self._read(queries.count)
+
+    async def tail(self, n: int) -> list[EntryRecord]:
+        """The last ``n`` own entries, oldest first. Raises JournalError."""
+        return await self._read(lambda db: queries.tail(db, n))
+
+    async def check(self) -> list[str]:
+        """Problems found in the file: integrity check failures and ``gate_seq`` holes.
+
+        An empty list means healthy. Raises JournalError when the checks cannot run.
+        """
+        return await self._read(queries.problems)
+
+    async def close(self) -> None:
+        """Close the database connection. Idempotent."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                await writer.stop()
+            except sqlite3.Error as exc:
+                raise self._error("cannot close journal", exc) from exc
+
+    # --- on the loop --------------------------------------------------------------------------
+
+    def _row(
+        self,
+        ticket_ref: str,
+        kind: Kind,
+        lane: str,
+        rev_version: int,
+        zone: int | None,
+        annuls: str | None,
+        offline: bool,
+    ) -> _Row:
+        """Check a row's arguments (raises ValueError) and take the clock reading for it."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown journal kind {kind!r}")
+        if (kind == "annul") != (annuls is not None):
+            raise ValueError("annuls is required for kind 'annul' and only for it")
+        reading = self._clock.reading()
+        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading)
+
+    def _remember(self, row: _Row) -> None:
+        """Add the row's ref to the filter before its insert is submitted: its fate may be
+        unknown to the caller (cancelled), and a ref missing from the filter would hide history."""
+        if row.kind in HISTORY_KINDS:
+            self._refs.add(shared_ref(row.ticket_ref))
+
+    def _raise_floor(self, reading: ClockReading) -> None:
+        # Only trusted readings raise the floor: an unsynchronised clock running ahead would
+        # otherwise pin the floor in the future and mark the clock untrusted after NTP fixes it.
+        if reading.synced:
+            self._clock.raise_floor(reading.now)
+
+    async def _run(
+        self, writer: WriterThread, what: str, job: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        try:
+            return await writer.run(job)
+        except sqlite3.Error as exc:
+            raise self._error(what, exc) from exc
+
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._require_open(), "cannot read journal", job)
+
+    def _require_open(self) -> WriterThread:
+        if self._writer is None:
+            raise JournalError(f"journal {self._path} is closed")
+        return self._writer
+
+    def _error(self, what: str, exc: sqlite3.Error) -> JournalError:
+        return JournalError(f"{what} ({self._path}): {exc}")
+
+    def _acceptable_peer(self, entry: PeerEntry) -> bool:
+        if entry.gate_id == self._gate_id:
+            return False
+        # A wall time outside the HLC's range (or NaN) would break every later decision that
+        # shows it to staff ("Gate 3, 19:02:11"), so such an entry is refused here.
+        wall_ok = math.isfinite(entry.wall_time) and 0 <= entry.wall_time <= _PEER_WALL_MAX
+        if entry.kind not in KINDS or not 0 <= entry.hlc <= _PEER_HLC_MAX or not wall_ok:
+            log.warning(
+                "skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id
+            )
+            return False
+        return True
+
+    # --- on the writer thread -----------------------------------------------------------------
+
+    def _history_job(self, ticket_ref: str) -> Callable[[sqlite3.Connection], list[HistoryEntry]]:
+        return lambda db: queries.history(db, self._gate_id, self._gate_name, ticket_ref)
+
+    def _insert(self, db: sqlite3.Connection, row: _Row, decision: Decision) -> EntryRecord:
+        """Insert one row (autocommit: durable on return) and advance the counter past it."""
+        # Any failure may leave the insert's fate unclear (an I/O error at commit): forget the
+        # counter and re-read it, so the next insert neither repeats nor skips a gate_seq.
+        seq = self._next_seq if self._next_seq is not None else queries.last_gate_seq(db) + 1
+        self._next_seq = None
+        wall_ms = int(row.reading.now * 1000)
+        rec = EntryRecord(
+            gate_seq=seq, entry_id=str(uuid7(wall_ms)), gate_id=self._gate_id, lane=row.lane,
+            ticket_ref=row.ticket_ref, kind=row.kind, verdict=decision.verdict,
+            reason=decision.reason, detail=decision.detail, flags=decision.flags,
+            annuls=row.annuls, zone=row.zone, wall_time=row.reading.now,
+            clock_synced=row.reading.synced, mono_ns=time.monotonic_ns(), boot_id=self._boot_id,
+            hlc=self._hlc.tick(wall_ms), rev_version=row.rev_version, offline=row.offline,
+            synced_at=None,
+        )  # fmt: skip
+        db.execute(_INSERT, entry_params(rec))
+        self._next_seq = seq + 1
+        return rec
+
+    def _insert_peers(
+        self, db: sqlite3.Connection, chunk: Sequence[PeerEntry], received_at: float
+    ) -> int:
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params = [value for e in chunk for value in peer_params(e, received_at)]
+        return int(db.execute(_INSERT_PEER + rows, params).rowcount)
+
+    def _observe(self, hlcs: Sequence[int], wall_ms: int) -> None:
+        for hlc in hlcs:
+            self._hlc.observe(hlc, wall_ms)
+
+    async def _prepare(self) -> None:
+        """Set pragmas, create or verify the schema, claim or check the gate, recover state."""
+        writer = self._require_open()
+        mode = await self._run(writer, "cannot open journal", schema.configure)
+        await self._run(writer, "cannot create journal", lambda db: schema.ensure(db, self._path))
+        await self._run(writer, "cannot write journal meta", self._claim_gate)
+        last_synced_wall = await self._run(writer, "cannot read journal", self._recover)
+        await self._load_refs(writer)
+        if last_synced_wall is not None:
+            self._clock.raise_floor(last_synced_wall)
+        if mode != "wal":
+            log.warning("journal %s is not in WAL mode (%s)", self._path, mode)
+
+    def _claim_gate(self, db: sqlite3.Connection) -> None:
+        """Bind a new journal to this gate; refuse a journal of another gate."""
+        owner = queries.stored_gate_id(db)
+        if owner is not None and owner != self._gate_id:
+            raise JournalError(
+                f"journal {self._path} belongs to gate {owner!r}, not {self._gate_id!r}"
+            )
+        # Names may change (a gate relabelled); identity may not.
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('gate_id', ?), ('gate_name', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (self._gate_id, self._gate_name),
+        )
+
+    def _recover(self, db: sqlite3.Connection) -> float | None:
+        """Restore the counter and the HLC; returns the latest synced wall time (clock floor).
+
+        HLC values a bogus peer row pushed ahead before HLCs were bounded are not restored, so the
+        gate's rows are accepted by peers again: with a synchronised clock, those more than
+        HLC_MAX_AHEAD_S past the latest time the clock or the journal knows; without one (its
+        clock may be behind its honest peers'), only those no clock could produce.
+        """
+        last_seq, last_wall, last_synced_wall = db.execute(
+            "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
+            " (SELECT MAX(IFNULL((SELECT MAX(wall_time) FROM entries), 0),"
+            "  IFNULL((SELECT MAX(received_at) FROM peer_entries), 0))),"
+            " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
+        ).fetchone()
+        reading = self._clock.reading()
+        best_ms = int((max(reading.now, float(last_wall)) + HLC_MAX_AHEAD_S) * 1000)
+        ceiling = (best_ms if reading.synced else PLAUSIBLE_HLC_MS) + 1 << 16
+        (hlc,) = db.execute(
+            "SELECT MAX(IFNULL((SELECT MAX(hlc) FROM entries WHERE hlc < ?1), 0),"
+            " IFNULL((SELECT MAX(hlc) FROM peer_entries WHERE hlc < ?1), 0),"
+            " IFNULL((SELECT MAX(hlc) FROM gate_events WHERE hlc < ?1), 0))",
+            (ceiling,),
+        ).fetchone()
+        self._next_seq = int(last_seq) + 1
+        self._hlc = HLC(int(hlc))
+        log.info("journal %s: gate %s, next gate_seq %d", self._path, self._gate_id, last_seq + 1)
+        return None if last_synced_wall is None else float(last_synced_wall)
+
+    async def _load_refs(self, writer: WriterThread) -> None:
+        """Fill the ref filter a chunk at a time: 100,000 refs never sit in memory as strings."""
+
+        def load(db: sqlite3.Connection) -> list[Hashes]:
+            cursor = db.execute(queries.REFS_WITH_HISTORY)
+            parts = []
+            while rows := cursor.fetchmany(_REFS_CHUNK):
+                parts.append(SeenRefs.hashes(shared_ref(ref) for (ref,) in rows))
+            return parts
+
+        self._refs.load(await self._run(writer, "cannot read journal", load))
