@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent import issuer
-from tests import gateconf, logscan
-from tests.serial_pty import PtyPair
+from tests import gateconf, logscan, needs
+from tests.serial_pty import SOCAT, PtyPair
 
 pytest_plugins = ["pytester", "tests.pretix_real"]  # pretix_real: the real pretix fixture
 
@@ -94,9 +94,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``needs`` is skipped when the thing is missing, failed under CI."""
+    needs.check(item)
+
+
 @pytest.fixture
 def pty(tmp_path: Path) -> Iterator[PtyPair]:
     """A socat pty pair (scanner side and host side), killed after the test."""
+    needs.need(SOCAT, "socat (serial tests run on ptys)")
     pair = PtyPair(tmp_path)
     pair.start()
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -28,6 +27,7 @@ from agent import revocation_issuer
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
+from tests.needs import need
 from tests.polling import until_sync
 
 
@@ -39,10 +39,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must be able to mount a tmpfs (root): {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    need(done.returncode == 0, "a tmpfs mount (root)", done.stderr.strip())
     try:
         yield mount
     finally:
