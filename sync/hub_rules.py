@@ -402,6 +402,9 @@ def _double_admissions(
     """An alert for each (earlier, later) entry pair the batch creates (see the module doc)."""
     if policy.entry_policy == "unlimited":
         return []
+    # A double admission needs two admitted entries; most tickets have one (no sort needed).
+    if sum(_admission(r) for r in past) + sum(_admission(r) for r in added) < 2:
+        return []
     before = _doubles(past, policy)
     if policy.entry_policy == "single":
         how = "single-entry ticket admitted at {} and at {}"

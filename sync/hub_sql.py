@@ -17,6 +17,12 @@ from sync.protocol import MAX_DETAIL, Alert, EntryWire, GateHealth, Heartbeat
 # The ``entries`` table's columns: EntryWire's fields in order, then the hub's own two.
 ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
 ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
+# entry_params spells the fields out in this order; a new or moved field must be added there.
+assert ENTRY_FIELDS == (
+    "gate_seq", "entry_id", "gate_id", "lane", "ticket_ref", "kind", "verdict", "reason",
+    "detail", "flags", "annuls", "zone", "wall_time", "clock_synced", "mono_ns", "boot_id",
+    "hlc", "rev_version", "offline",
+), ENTRY_FIELDS  # fmt: skip
 
 
 def numbered(sql: str) -> str:
@@ -27,11 +33,13 @@ def numbered(sql: str) -> str:
 
 def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
     """An entry's column values in ``ENTRY_COLUMNS`` order (flags comma-joined, enums as text)."""
-    values: list[Any] = [getattr(entry, name) for name in ENTRY_FIELDS]
-    values[ENTRY_FIELDS.index("verdict")] = entry.verdict.value
-    values[ENTRY_FIELDS.index("reason")] = entry.reason.value
-    values[ENTRY_FIELDS.index("flags")] = ",".join(entry.flags)
-    return (*values, in_feed(entry), received_at)
+    e = entry  # spelled out field by field: called once per stored row
+    return (
+        e.gate_seq, e.entry_id, e.gate_id, e.lane, e.ticket_ref, e.kind, e.verdict.value,
+        e.reason.value, e.detail, ",".join(e.flags), e.annuls, e.zone, e.wall_time,
+        e.clock_synced, e.mono_ns, e.boot_id, e.hlc, e.rev_version, e.offline, in_feed(e),
+        received_at,
+    )  # fmt: skip
 
 
 def entry_from_row(row: Iterable[Any]) -> EntryWire:
