@@ -40,6 +40,7 @@ LIST_KEY = "list.key"
 ROOT_PUB = "root.pub"
 TRUST_BUNDLE = "trust.json"
 ISSUER_INFO = "issuer.json"
+ISSUER_PUB = "issuer.pub"
 _MANAGED = (ROOT_KEY, ISSUER_KEY, LIST_KEY, ROOT_PUB, TRUST_BUNDLE, ISSUER_INFO)
 # What `keys export --hub` writes; list.key is the only private key a hub may hold.
 HUB_FILES = (LIST_KEY, TRUST_BUNDLE, ROOT_PUB)
@@ -112,38 +113,53 @@ def keys_init(
     return IssuerInfo(dir=dir, kid=kid, alg=alg)
 
 
+def keys_issuer(
+    dir: Path, *, alg: keys.Alg = "ed25519", kid: int | None = None, force: bool = False
+) -> IssuerInfo:
+    """Create an issuer key folder (a sales channel's, a distributor's): issuer.key (0600),
+    issuer.pub (PEM, for the root operator's ``trust add``) and issuer.json. No root key.
+
+    Raises IssuerError when the folder already holds an issuer key and ``force`` is false, on a
+    bad ``alg`` or ``kid``, or when the files cannot be written.
+    """
+    if alg not in keys.ALGORITHMS:
+        raise IssuerError(
+            f"unknown algorithm {alg!r} (expected one of {', '.join(keys.ALGORITHMS)})"
+        )
+    kid = secrets.randbelow(_U32) + 1 if kid is None else kid
+    _check_u32("kid", kid, minimum=1)
+    existing = [n for n in (ISSUER_KEY, ISSUER_PUB, ISSUER_INFO) if (dir / n).exists()]
+    if existing and not force:
+        raise IssuerError(f"{dir}: already holds an issuer key ({', '.join(existing)})")
+    key = keys.generate(alg)
+    info = {"kid": str(kid), "alg": alg, "events": None}
+    try:
+        dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys.write_private(dir / ISSUER_KEY, key)
+        write_atomic(dir / ISSUER_PUB, keys.public_pem(key))
+        write_atomic(dir / ISSUER_INFO, (json.dumps(info, indent=1) + "\n").encode())
+    except OSError as exc:
+        raise IssuerError(f"{dir}: cannot write keys: {exc}") from exc
+    log.info("created issuer key folder %s (kid %d, alg %s)", dir, kid, alg)
+    return IssuerInfo(dir=dir, kid=kid, alg=alg)
+
+
 @dataclass
-class Issuer:
-    """A loaded keys directory; makes tickets and trust bundles."""
+class TicketSigner:
+    """An issuer key folder: signs tickets. Made by :func:`keys_issuer` (a sales channel's own
+    folder, no root key) or by :func:`keys_init` (whose folder also holds root and list keys)."""
 
     dir: Path
     kid: int
     alg: keys.Alg
     events: list[str] | None
     issuer_key: keys.PrivateKey
-    root_key: keys.PrivateKey
-    list_key: keys.PrivateKey
-    root_pub_b64: str
 
     @classmethod
-    def load(cls, dir: Path) -> Issuer:
-        """Load a keys directory written by :func:`keys_init`.
-
-        Raises IssuerError naming the file when one is missing, unreadable or inconsistent (an
-        issuer key of another algorithm than issuer.json says, root.pub not matching root.key).
-        """
-        kid, alg, events = _read_info(dir / ISSUER_INFO)
-        issuer_key = _read_key(dir / ISSUER_KEY, alg)
-        root_key = _read_key(dir / ROOT_KEY, "ed25519")
-        list_key = _read_key(dir / LIST_KEY, "ed25519")
-        root_pub = keys.public_raw_b64(root_key)
-        try:
-            published = (dir / ROOT_PUB).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise IssuerError(f"{dir / ROOT_PUB}: cannot read: {exc}") from exc
-        if published != root_pub:
-            raise IssuerError(f"{dir / ROOT_PUB}: does not match {dir / ROOT_KEY}")
-        return cls(dir, kid, alg, events, issuer_key, root_key, list_key, root_pub)
+    def load(cls, dir: Path) -> TicketSigner:
+        """Load issuer.json and issuer.key from ``dir``; raises IssuerError naming the file."""
+        kid, alg, events = parse_info(dir / ISSUER_INFO)
+        return cls(dir, kid, alg, events, _read_key(dir / ISSUER_KEY, alg))
 
     def ticket(
         self,
@@ -182,6 +198,35 @@ class Issuer:
             # Not refused: tests mint such tickets on purpose; a gate will deny it.
             log.warning("event %d is outside the events of issuer kid %d", event, self.kid)
         return tk1.sign(fields, self.issuer_key if key is None else key)
+
+
+@dataclass
+class Issuer(TicketSigner):
+    """A loaded `keys init` folder: tickets, and trust bundles signed by its root key."""
+
+    root_key: keys.PrivateKey
+    list_key: keys.PrivateKey
+    root_pub_b64: str
+
+    @classmethod
+    def load(cls, dir: Path) -> Issuer:
+        """Load a keys directory written by :func:`keys_init`.
+
+        Raises IssuerError naming the file when one is missing, unreadable or inconsistent (an
+        issuer key of another algorithm than issuer.json says, root.pub not matching root.key).
+        """
+        kid, alg, events = parse_info(dir / ISSUER_INFO)
+        issuer_key = _read_key(dir / ISSUER_KEY, alg)
+        root_key = _read_key(dir / ROOT_KEY, "ed25519")
+        list_key = _read_key(dir / LIST_KEY, "ed25519")
+        root_pub = keys.public_raw_b64(root_key)
+        try:
+            published = (dir / ROOT_PUB).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IssuerError(f"{dir / ROOT_PUB}: cannot read: {exc}") from exc
+        if published != root_pub:
+            raise IssuerError(f"{dir / ROOT_PUB}: does not match {dir / ROOT_KEY}")
+        return cls(dir, kid, alg, events, issuer_key, root_key, list_key, root_pub)
 
     def trust_entry(self) -> dict[str, Any]:
         """This issuer's entry for a trust bundle: active, TK1, its events, no validity limits."""
@@ -332,7 +377,7 @@ def extra_private_keys(dir: Path, *, allowed: Iterable[Path] = ()) -> list[Path]
 
 
 def issue_files(
-    issuer: Issuer,
+    issuer: TicketSigner,
     out: Path,
     *,
     event: int,
@@ -422,7 +467,7 @@ def _is_decimal(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
-def _read_info(path: Path) -> tuple[int, keys.Alg, list[str] | None]:
+def parse_info(path: Path) -> tuple[int, keys.Alg, list[str] | None]:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -140,3 +140,43 @@ def read_private(path: Path) -> PrivateKey:
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
         return key
     raise IssuerError(f"{path}: unsupported key type (expected Ed25519 or P-256)")
+
+
+MAX_PUBLIC_PEM = 4096  # an Ed25519 or P-256 public key in PEM is about 180 bytes
+
+
+def public_pem(key: PrivateKey | PublicKey) -> bytes:
+    """The public key as SubjectPublicKeyInfo PEM (what ``openssl pkey -pubout`` writes)."""
+    public = (
+        key.public_key()
+        if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
+        else key
+    )
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def read_public_pem(path: Path) -> PublicKey:
+    """Load a PEM public key (Ed25519 or P-256) from ``path``; raises IssuerError when unusable."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PUBLIC_PEM + 1)
+    except OSError as exc:
+        raise IssuerError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_PUBLIC_PEM:
+        raise IssuerError(f"{path}: more than {MAX_PUBLIC_PEM} bytes: not a public key file")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise IssuerError(f"{path}: not a PEM public key") from exc
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise IssuerError(f"{path}: unsupported key type (expected Ed25519 or P-256)")
+
+
+def public_key_of(key: PrivateKey) -> PublicKey:
+    """The public half of ``key``."""
+    return key.public_key()

@@ -163,13 +163,33 @@ def parse_bundle(data: bytes, root: keys.PublicKey) -> TrustBundle:
             signers.append(keys.public_from_b64("ed25519", value))
         except ValueError as exc:
             raise TrustError(f"trust bundle: list_signers[{i}]: {exc}") from exc
+    parsed = tuple(_parse_issuer(e, i) for i, e in enumerate(issuers))
+    _check_keys(parsed, root, signers)
     return TrustBundle(
         version=version,
         issued_at=issued_at,
-        issuers=tuple(_parse_issuer(e, i) for i, e in enumerate(issuers)),
+        issuers=parsed,
         list_signers=tuple(signers),
         raw=data,
     )
+
+
+def _check_keys(
+    issuers: tuple[IssuerKey, ...], root: keys.PublicKey, signers: list[keys.PublicKey]
+) -> None:
+    """One entry per kid, and no issuer key that is also the root or a list-signing key (a key
+    serves one purpose, so a leaked ticket key never signs bundles or lists)."""
+    seen: set[str] = set()
+    others = {keys.public_raw_b64(root): "the root key"} | {
+        keys.public_raw_b64(s): "a list-signing key" for s in signers
+    }
+    for i, issuer in enumerate(issuers):
+        if issuer.kid in seen:
+            raise TrustError(f"trust bundle: issuers[{i}]: kid {issuer.kid} is listed twice")
+        seen.add(issuer.kid)
+        role = others.get(keys.public_raw_b64(issuer.public_key))
+        if role is not None:
+            raise TrustError(f"trust bundle: issuers[{i}]: the key of kid {issuer.kid} is {role}")
 
 
 def load_root_key(value: str, base: Path | None = None) -> keys.PublicKey:

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from agent.app.cli_args import build_parser
 from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
@@ -56,7 +56,49 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "issuer":
+        return _keys_issuer(args)
     return _keys_export(args) if args.keys_command == "export" else _keys_init(args)
+
+
+def _keys_issuer(args: argparse.Namespace) -> int:
+    from agent import issuer
+
+    info = issuer.keys_issuer(args.dir, alg=args.alg, kid=args.kid, force=args.force)
+    print(
+        f"issuer key written to {info.dir} (kid {info.kid}, {info.alg}); give the root operator"
+        f" {info.dir / issuer.ISSUER_PUB} (`gate-agent trust add`), keep issuer.key here"
+    )
+    return 0
+
+
+def _trust(args: argparse.Namespace) -> int:
+    """`trust add|retire|compromise`: prints the bundle version written (operators' scripts
+    read the first word of the line)."""
+    from agent import trust_admin
+
+    if args.trust_command == "add":
+        done = trust_admin.add_issuer(
+            args.keys, args.source, kid=args.kid, events=args.events,
+            not_before=args.not_before, not_after=args.not_after,
+        )  # fmt: skip
+        print(f"{done.version} (kid {done.kid} added as active; publish {done.path})")
+        return 0
+    status: Literal["retired", "compromised"] = (
+        "retired" if args.trust_command == "retire" else "compromised"
+    )
+    changed = trust_admin.set_status(args.keys, args.kid, status)
+    if changed is None:
+        from agent import trust
+
+        current = trust.parse_bundle(
+            trust.read_capped(args.keys / "trust.json"),
+            trust.load_root_key(str(args.keys / "root.pub")),
+        )
+        print(f"{current.version} (kid {args.kid} was already {status}; nothing written)")
+        return 0
+    print(f"{changed.version} (kid {changed.kid} {status}; publish {changed.path})")
+    return 0
 
 
 def _keys_export(args: argparse.Namespace) -> int:
@@ -95,7 +137,7 @@ def _issue(args: argparse.Namespace) -> int:
     if args.count < 1 or args.count > 100_000:
         raise UsageError("--count must be 1-100000")
     paths = issuer.issue_files(
-        issuer.Issuer.load(args.keys),
+        issuer.TicketSigner.load(args.keys),
         args.out,
         event=args.event,
         zones=args.zones,
@@ -400,11 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet = args.command in (
-        "check", "demo", "keys", "issue", "selftest", "revoke", "status", "events", "journal"
+        "check", "demo", "keys", "trust", "issue", "selftest", "revoke", "status", "events", "journal"
     )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
         "keys": _keys,
+        "trust": _trust,
         "issue": _issue,
         "revoke": _revoke,
         "check": _check,

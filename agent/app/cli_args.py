@@ -84,8 +84,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--keys", type=Path, required=True, help="a `keys init` dir")
     export.add_argument("--force", action="store_true", help="replace differing files in DIR")
 
+    signer = keys.add_parser(
+        "issuer", help="make an issuer key folder (a sales channel's): issuer.key, issuer.pub"
+    )
+    signer.add_argument("dir", type=Path, help="the issuer's folder to create")
+    signer.add_argument(
+        "--alg", choices=("ed25519", "p256"), default="ed25519", help="key algorithm"
+    )
+    signer.add_argument("--kid", type=int, help="the key's id (default: random)")
+    signer.add_argument("--force", action="store_true", help="replace a key already there")
+
+    trust = sub.add_parser(
+        "trust", help="change the trust bundle: add, retire, compromise issuer keys"
+    ).add_subparsers(dest="trust_command", required=True)
+    add = trust.add_parser("add", help="add an issuer key as active; writes the next version")
+    add.add_argument("--keys", type=Path, required=True, help="the root's `keys init` folder")
+    add.add_argument(
+        "source", type=Path, metavar="ISSUER_DIR_OR_PUBFILE", help="a `keys issuer` folder or PEM"
+    )
+    add.add_argument("--kid", type=int, help="the key's id (required for a bare PEM file)")
+    add.add_argument("--events", type=_int_list, help="events it may sign for (default all)")
+    add.add_argument("--not-before", type=_iso, metavar="ISO", help="the key valid from")
+    add.add_argument("--not-after", type=_iso, metavar="ISO", help="the key valid until")
+    for verb, what in (
+        ("retire", "no new tickets; those issued stay valid until their own end"),
+        ("compromise", "refuse every ticket the key signed (final)"),
+    ):
+        change = trust.add_parser(verb, help=f"{verb} issuer key KID: {what}")
+        change.add_argument("--keys", type=Path, required=True, help="the root's folder")
+        change.add_argument("kid", type=int, metavar="KID", help="the issuer key's id")
+
     issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
-    issue.add_argument("--keys", type=Path, required=True, help="a `keys init` folder")
+    issue.add_argument(
+        "--keys", type=Path, required=True, help="a `keys init` or `keys issuer` folder"
+    )
     issue.add_argument("--event", type=int, required=True, help="the event number")
     issue.add_argument("--zones", type=_int_list, help="zones 1-16, e.g. 1,2 (default: every zone)")
     issue.add_argument(

@@ -1,0 +1,127 @@
+"""Trust operations a venue runs (issue 16, parts 1 and 3): an issuer's own key folder, the root
+operator adding, retiring and compromising keys through the CLI contract, and bundle mistakes
+refused with a message while the installed bundle stays."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import keys, tickets, trust
+from agent.errors import RollbackError, TrustError
+from agent.issuer import Issuer
+from agent.model import Reason
+
+EXE = [sys.executable, "-m", "agent"]
+
+
+def _cli(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, timeout=60)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def _installed(root_dir: Path) -> trust.TrustBundle:
+    """root/trust.json as a gate would install it."""
+    store = trust.TrustStore(trust.load_root_key(str(root_dir / "root.pub")), None)
+    store.install((root_dir / "trust.json").read_bytes())
+    assert store.bundle is not None
+    return store.bundle
+
+
+def _verdict(root_dir: Path, text: str) -> Reason:
+    return trust.verify(tickets.parse(text), _installed(root_dir), now=1.9e9).reason
+
+
+def test_an_issuer_folder_a_root_operator_and_the_cli_contract(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    shop = tmp_path / "shop"
+    made = _cli("keys", "issuer", shop, "--alg", "p256", "--kid", "4242")
+    assert "kid 4242" in made.stdout
+    assert (shop / "issuer.key").stat().st_mode & 0o077 == 0
+    assert not (shop / "root.key").exists()
+    pem = (shop / "issuer.pub").read_bytes()
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+
+    # The root operator adds the folder; stdout's first word is the version written.
+    before = _installed(keys_dir).version
+    added = _cli("trust", "add", "--keys", keys_dir, shop, "--events", "5,6")
+    assert added.stdout.split()[0] == str(before + 1)
+    entry = {i.kid: i for i in _installed(keys_dir).issuers}["4242"]
+    assert (entry.alg, entry.status, entry.events) == ("p256", "active", frozenset({"5", "6"}))
+
+    # Tickets from the issuer's own folder verify against the root's bundle.
+    _cli("issue", "--keys", shop, "--event", "5", "--out", tmp_path / "t")
+    text = (tmp_path / "t" / "ticket-0001.txt").read_text().strip()
+    assert _verdict(keys_dir, text) is Reason.OK
+
+    # A bare PEM file needs a kid; the same kid twice is refused and nothing is written.
+    no_kid = _cli("trust", "add", "--keys", keys_dir, shop / "issuer.pub", ok=False)
+    assert no_kid.returncode == 2 and "--kid" in no_kid.stderr
+    again = _cli("trust", "add", "--keys", keys_dir, shop, ok=False)
+    assert again.returncode == 2 and "kid 4242 is already in" in again.stderr
+    assert _installed(keys_dir).version == before + 1
+
+    # Retired: already issued tickets stay valid. Compromised: refused, and final.
+    retired = _cli("trust", "retire", "--keys", keys_dir, "4242")
+    assert retired.stdout.split()[0] == str(before + 2)
+    assert _verdict(keys_dir, text) is Reason.OK
+    gone = _cli("trust", "compromise", "--keys", keys_dir, "4242")
+    assert gone.stdout.split()[0] == str(before + 3)
+    assert _verdict(keys_dir, text) is Reason.KEY_NOT_VALID
+    back = _cli("trust", "retire", "--keys", keys_dir, "4242", ok=False)
+    assert back.returncode == 2 and "final" in back.stderr
+    unknown = _cli("trust", "compromise", "--keys", keys_dir, "99", ok=False)
+    assert unknown.returncode == 2 and "kid 99 is not in" in unknown.stderr
+    assert _installed(keys_dir).version == before + 3
+
+
+def test_a_pem_file_with_a_kid_and_a_validity_window(keys_dir: Path, tmp_path: Path) -> None:
+    key = keys.generate("ed25519")
+    pub = tmp_path / "partner.pem"
+    pub.write_bytes(keys.public_pem(key))
+    _cli(
+        "trust", "add", "--keys", keys_dir, pub, "--kid", "77",
+        "--not-before", "2030-01-01", "--not-after", "2030-12-31",
+    )  # fmt: skip
+    entry = {i.kid: i for i in _installed(keys_dir).issuers}["77"]
+    assert (entry.valid_from, entry.valid_until) == (1893456000, 1924905600)
+    not_pem = tmp_path / "junk.pem"
+    not_pem.write_bytes(b"x" * 10_000)
+    junk = _cli("trust", "add", "--keys", keys_dir, not_pem, "--kid", "78", ok=False)
+    assert junk.returncode == 2 and "not a public key file" in junk.stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ("twice", "kid .* is listed twice"),
+        ("alg", r"alg must be one of"),
+        ("root", "is the root key"),
+        ("list", "is a list-signing key"),
+    ],
+)
+def test_bundle_mistakes_are_refused_and_the_old_bundle_stays(
+    iss: Issuer, tmp_path: Path, mistake: str, message: str
+) -> None:
+    root = trust.load_root_key(iss.root_pub_b64)
+    store = trust.TrustStore(root, tmp_path / "trust.json")
+    store.install(iss.trust_bundle(version=3))
+    entry = iss.trust_entry()
+    bad = {
+        "twice": [entry, {**entry}],
+        "alg": [{**entry, "alg": "rsa2048"}],
+        "root": [{**entry, "alg": "ed25519", "public_key": iss.root_pub_b64}],
+        "list": [{**entry, "alg": "ed25519", "public_key": keys.public_raw_b64(iss.list_key)}],
+    }[mistake]
+    with pytest.raises(TrustError, match=message):
+        store.install(iss.trust_bundle(version=4, issuers=bad))
+    with pytest.raises(RollbackError, match="not newer"):
+        store.install(iss.trust_bundle(version=3))
+    assert store.version == 3
+    assert trust.TrustStore(root, tmp_path / "trust.json").version == 3  # what a restart loads
