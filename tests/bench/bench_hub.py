@@ -1,4 +1,5 @@
-"""Hub store ingest: entries/s through store.ingest, and the ratio to raw inserts of the same rows.
+"""Hub ingest: entries/s over HTTP and through store.ingest, and their ratios to raw inserts of the
+same rows.
 
 N realistic entries (4 gates; ~10% of tickets presented again at another gate, admitted offline,
 so the hub raises double-admission alerts; a few denied attempts, exits and annulments) are
@@ -8,7 +9,12 @@ inserted into a plain table with the same columns and indexes (SQLite: executema
 transaction per 500, WAL, synchronous=FULL; PostgreSQL: asyncpg executemany, one transaction per
 500). Each figure is the median of ``--runs`` runs, each on a fresh database.
 
-    .venv/bin/python tests/bench/bench_hub.py [--entries 50000] [--runs 5] [--pg URL | --pg auto]
+The HTTP figure (SQLite only, the main one): the real hub (``python -m agent hub``, its own
+process, tests/hubproc.py) on 127.0.0.1 with a token per gate; each gate uploads its batches
+one after the other as a gate's outbox does (the next after the ack), the 4 gates in parallel.
+Bodies are encoded before the clock starts; the clock runs from the first request to the last ack.
+
+    .venv/bin/python tests/bench/bench_hub.py [--entries 50000] [--runs 3] [--pg URL | --pg auto]
 
 ``--pg auto`` starts a temporary PostgreSQL cluster (tests/pg.py); with a URL, the benchmark
 creates and drops databases ``bench_hub_*`` on that server.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import sqlite3
 import statistics
@@ -32,15 +39,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import aiohttp
 import asyncpg
 
+from agent import issuer
 from agent.clock import uuid7
 from agent.model import Reason, Verdict
 from sync import hub_sql
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import HubPolicy
 from sync.hub_stores import open_store
-from sync.protocol import EntryWire
+from sync.protocol import BatchAck, BatchUpload, EntryWire, encode
+from tests.hubproc import HubProcess, add_token, write_hub_config
 
 BATCH = 500
 GATES = 4
@@ -120,6 +130,42 @@ async def store_run(url: str, batches: list[tuple[str, list[EntryWire]]]) -> tup
     finally:
         await store.close()
     return elapsed, alerts
+
+
+async def _upload_all(
+    url: str, token: str, bodies: list[bytes], path: str, session: aiohttp.ClientSession
+) -> None:
+    """One gate's batches, each sent after the previous one's ack."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for body in bodies:
+        async with session.post(url + path, data=body, headers=headers) as r:
+            answer = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"upload answered {r.status}: {answer[:300]!r}")
+        BatchAck.from_json(json.loads(answer))
+
+
+async def http_run(dir: Path, keys: Path, batches: list[tuple[str, list[EntryWire]]]) -> float:
+    """Seconds to upload every batch to a real hub process, the gates in parallel."""
+    setup = write_hub_config(dir, keys=keys)
+    gates = sorted({g for g, _ in batches})
+    tokens = {g: add_token(setup, gate_id=g) for g in gates}
+    bodies = {
+        g: [encode(BatchUpload(g, tuple(b))) for gid, b in batches if gid == g] for g in gates
+    }
+    with HubProcess(setup):
+        connector = aiohttp.TCPConnector(limit=len(gates))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            start = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    _upload_all(
+                        setup.url, tokens[g], bodies[g], f"/v1/gates/{g}/entries:batch", session
+                    )
+                    for g in gates
+                )
+            )
+            return time.perf_counter() - start
 
 
 def sqlite_raw_run(path: Path, batches: list[tuple[str, list[EntryWire]]]) -> float:
@@ -202,49 +248,48 @@ def pg_server(spec: str | None) -> Iterator[str | None]:
         yield spec
 
 
-async def _awaited(
-    once: Callable[[], Awaitable[tuple[float, float, int]]],
-) -> tuple[float, float, int]:
+Figures = dict[str, float]  # store_s, raw_s, alerts, and http_s for SQLite
+
+
+async def _awaited(once: Callable[[], Awaitable[Figures]]) -> Figures:
     return await once()
 
 
-def median_of(
-    runs: int, once: Callable[[], Awaitable[tuple[float, float, int]]]
-) -> dict[str, float]:
+def median_of(runs: int, once: Callable[[], Awaitable[Figures]]) -> Figures:
     results = [asyncio.run(_awaited(once)) for _ in range(runs)]
-    return {
-        "store_s": statistics.median(r[0] for r in results),
-        "raw_s": statistics.median(r[1] for r in results),
-        "alerts": results[0][2],
-    }
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=50_000)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pg", help="PostgreSQL server URL, or 'auto' for a temporary cluster")
     args = ap.parse_args()
     batches = workload(args.entries)
     n = sum(len(b) for _, b in batches)
-    figures: dict[str, dict[str, float]] = {}
+    figures: dict[str, Figures] = {}
     with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:
         runs = iter(range(1_000_000))
+        keys = Path(tmp) / "keys"
+        issuer.keys_init(keys, events=[1])
 
-        async def sqlite_once() -> tuple[float, float, int]:
+        async def sqlite_once() -> Figures:
             k = next(runs)
-            store_s, alerts = await store_run(f"sqlite://{tmp}/hub{k}.db", batches)
-            return store_s, sqlite_raw_run(Path(tmp) / f"raw{k}.db", batches), alerts
+            http_s = await http_run(Path(tmp) / f"hub{k}", keys, batches)
+            store_s, alerts = await store_run(f"sqlite://{tmp}/store{k}.db", batches)
+            raw_s = sqlite_raw_run(Path(tmp) / f"raw{k}.db", batches)
+            return {"http_s": http_s, "store_s": store_s, "raw_s": raw_s, "alerts": alerts}
 
         figures["sqlite"] = median_of(args.runs, sqlite_once)
     with pg_server(args.pg) as url:
         if url is not None:
             dbs = PgDatabases(url)
 
-            async def pg_once() -> tuple[float, float, int]:
+            async def pg_once() -> Figures:
                 store_s, alerts = await store_run(await dbs.fresh(), batches)
                 raw_s = await pg_raw_run(await dbs.fresh(), batches)
-                return store_s, raw_s, alerts
+                return {"store_s": store_s, "raw_s": raw_s, "alerts": alerts}
 
             try:
                 figures["postgresql"] = median_of(args.runs, pg_once)
@@ -253,20 +298,29 @@ def main() -> None:
     report(n, len(batches), args.runs, figures)
 
 
-def report(n: int, n_batches: int, runs: int, figures: dict[str, dict[str, float]]) -> None:
+def report(n: int, n_batches: int, runs: int, figures: dict[str, Figures]) -> None:
     print(f"hub ingest: {n:,} entries from {GATES} gates in {n_batches} batches, median of {runs}")
-    print(f"{'backend':<12}{'store e/s':>12}{'raw e/s':>12}{'ratio':>8}{'alerts':>8}")
+    print(
+        f"{'backend':<12}{'http e/s':>10}{'store e/s':>11}{'raw e/s':>10}"
+        f"{'http/raw':>10}{'store/raw':>11}{'alerts':>8}"
+    )
     out: dict[str, object] = {"bench": "hub_ingest", "entries": n, "runs": runs}
     for backend, f in figures.items():
         store_eps, raw_eps = n / f["store_s"], n / f["raw_s"]
-        ratio = store_eps / raw_eps
-        print(f"{backend:<12}{store_eps:>12,.0f}{raw_eps:>12,.0f}{ratio:>8.2f}{f['alerts']:>8.0f}")
-        out[backend] = {
+        http_eps = n / f["http_s"] if "http_s" in f else math.nan
+        print(
+            f"{backend:<12}{http_eps:>10,.0f}{store_eps:>11,.0f}{raw_eps:>10,.0f}"
+            f"{http_eps / raw_eps:>10.2f}{store_eps / raw_eps:>11.2f}{f['alerts']:>8.0f}"
+        )
+        row: dict[str, float] = {
             "store_eps": round(store_eps),
             "raw_eps": round(raw_eps),
-            "ratio": round(ratio, 3),
+            "store_ratio": round(store_eps / raw_eps, 3),
             "alerts": int(f["alerts"]),
         }
+        if "http_s" in f:
+            row |= {"http_eps": round(http_eps), "http_ratio": round(http_eps / raw_eps, 3)}
+        out[backend] = row
     print(json.dumps(out))
 
 
