@@ -392,8 +392,6 @@ def issue_files(
     issued tickets are never replaced. Returns the .txt paths. Raises IssuerError when ``count`` is below 1, a
     ticket value is invalid (before any file is written), or the files cannot be written.
     """
-    import segno  # only the issuing path needs it
-
     if count < 1:
         raise IssuerError(f"count must be >= 1, got {count}")
     zone_list = None if zones is None else list(zones)
@@ -401,6 +399,17 @@ def issue_files(
         issuer.ticket(event=event, zones=zone_list, not_before=not_before, not_after=not_after)
         for _ in range(count)
     ]
+    written = write_tickets(out, texts)
+    log.info("issued %d tickets for event %d into %s", len(written), event, out)
+    return written
+
+
+def write_tickets(out: Path, texts: list[str]) -> list[Path]:
+    """Write each text as ``ticket-NNNN.txt`` (text + newline) and ``.png`` (its QR code) in
+    ``out`` (created when missing), numbering on after the tickets already there, so issued
+    tickets are never replaced. Returns the .txt paths; raises IssuerError when unwritable."""
+    import segno  # only the issuing path needs it
+
     written: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +427,6 @@ def issue_files(
             written.append(out / f"{name}.txt")
     except OSError as exc:
         raise IssuerError(f"{out}: cannot write tickets: {exc}") from exc
-    log.info("issued %d tickets for event %d into %s", len(written), event, out)
     return written
 
 

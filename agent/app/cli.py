@@ -194,6 +194,15 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    from agent import issuer, transfer
+
+    done = transfer.transfer(issuer.Issuer.load(args.keys), args.out, args.text)
+    print(f"ticket {done.short_id} transferred: new text {done.ticket} (and .png)")
+    print(f"revocation of the old text: {done.revocation} (publish it like `revoke` output)")
+    return 0
+
+
 def _check_sources(args: argparse.Namespace) -> None:
     """Options that belong to another trust source are usage errors, not silently ignored."""
     pretix = {
@@ -442,13 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet = args.command in (
-        "check", "demo", "keys", "trust", "issue", "selftest", "revoke", "status", "events", "journal"
+        "check", "demo", "keys", "trust", "issue", "transfer", "selftest", "revoke", "status",
+        "events", "journal",
     )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
         "keys": _keys,
         "trust": _trust,
         "issue": _issue,
+        "transfer": _transfer,
         "revoke": _revoke,
         "check": _check,
         "run": _run,

@@ -106,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--events", type=_int_list, help="events it may sign for (default all)")
     add.add_argument("--not-before", type=_iso, metavar="ISO", help="the key valid from")
     add.add_argument("--not-after", type=_iso, metavar="ISO", help="the key valid until")
-    for verb, what in (
+    for verb, meaning in (
         ("retire", "no new tickets; those issued stay valid until their own end"),
         ("compromise", "refuse every ticket the key signed (final)"),
     ):
-        change = trust.add_parser(verb, help=f"{verb} issuer key KID: {what}")
+        change = trust.add_parser(verb, help=f"{verb} issuer key KID: {meaning}")
         change.add_argument("--keys", type=Path, required=True, help="the root's folder")
         change.add_argument("kid", type=int, metavar="KID", help="the issuer key's id")
 
@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument(
         "items", nargs="+", metavar="TICKET_TEXT_OR_TOKEN_ID", help="tickets or 32-hex token ids"
     )
+
+    move = sub.add_parser(
+        "transfer", help="re-issue a ticket under a new token and revoke the old one"
+    )
+    move.add_argument("--keys", type=Path, required=True, help="the issuer's `keys init` folder")
+    move.add_argument("--out", type=Path, required=True, help="folder for the new ticket files")
+    move.add_argument("text", metavar="TICKET_TEXT", help="the ticket being passed on")
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
     src = check.add_mutually_exclusive_group(required=True)
