@@ -16,7 +16,7 @@ from typing import Any
 from agent import keys, tickets
 from agent.errors import IssuerError, TicketFormatError
 from agent.fsutil import write_atomic
-from agent.revocation import _OPS, KEY_LEN, KIND
+from agent.revocation import KEY_LEN, KIND, OPS
 from agent.signed import sign_document
 
 
@@ -89,7 +89,7 @@ def make_delta(
     if not 0 <= from_version < version:
         raise IssuerError(f"delta needs 0 <= from_version < version, got {from_version}, {version}")
     lists = (revoke, unrevoke, block, unblock)
-    encoded = {name: _encode_keys(name, ops) for name, ops in zip(_OPS, lists, strict=True)}
+    encoded = {name: _encode_keys(name, ops) for name, ops in zip(OPS, lists, strict=True)}
     for setting, clearing in (("revoke", "unrevoke"), ("block", "unblock")):
         if encoded[setting][1] & encoded[clearing][1]:
             raise IssuerError(f"a key is in both {setting!r} and {clearing!r}")

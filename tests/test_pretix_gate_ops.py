@@ -43,7 +43,7 @@ def _revocation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
         r.getMessage()
         for r in caplog.records
         if r.levelno >= logging.INFO
-        and (r.name == "agent.revocation" or "secrets" in r.getMessage())
+        and (r.name.startswith("agent.revocation") or "secrets" in r.getMessage())
     ]
 
 
