@@ -28,18 +28,12 @@ def _cli(*args: str | Path) -> str:
 
 
 def _gate(tmp: Path, keys: Path, setup: HubSetup, gate_id: str) -> config.Config:
-    token = add_token(setup, gate_id=gate_id, name=gate_id.upper())
-    return config.load(
-        write_gate(
-            tmp / gate_id,
-            keys,
-            gate_id=gate_id,
-            name=gate_id.upper(),
-            url=setup.url,
-            token=token,
-            entry="reentry",
-        )  # fmt: skip
+    name = gate_id.upper()
+    token = add_token(setup, gate_id=gate_id, name=name)
+    path = write_gate(
+        tmp / gate_id, keys, gate_id=gate_id, name=name, url=setup.url, token=token, entry="reentry"
     )
+    return config.load(path)
 
 
 async def _reason(gate: Gate, text: str) -> Reason:
