@@ -30,9 +30,10 @@ from agent.app import config
 from agent.app.daemon import Gate, open_gate
 from agent.issuer import Issuer
 from agent.model import Reason
-from tests.hubgate import scan, until
+from tests.hubgate import scan
 from tests.hubproc import ROOT as REPO
 from tests.hubproc import HubProcess, HubSetup, TlsFiles, free_port
+from tests.polling import until
 
 GUIDE = REPO / "docs" / "first-venue.md"
 _BLOCK = re.compile(r"<!-- guide-test(?: ([a-z-]+))? -->\n```sh\n(.*?)```", re.S)

@@ -60,6 +60,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_install_stages_everything(stage: Path) -> None:
     assert (stage / "opt/gate-agent/venv/bin/gate-agent").is_file()
     out = subprocess.run(
@@ -115,6 +116,7 @@ def test_install_keeps_an_operators_config(stage: Path) -> None:
     assert 'id = "north-7"' in conf.read_text()
 
 
+@pytest.mark.slow
 def test_install_enables_a_gate_whose_config_starts(stage: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
@@ -145,6 +147,7 @@ def _unit(name: str) -> dict[str, str]:
     )
 
 
+@pytest.mark.slow
 def test_install_hub_writes_a_template_matching_its_unit(stage: Path, tmp_path: Path) -> None:
     done = install(stage, "--hub")
     assert done.returncode == 0, done.stderr
