@@ -18,7 +18,6 @@ tokens and every ticket secret are registered with the session-wide log scan.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import aiohttp
 import pytest
 
 from tests.needs import need
+from tests.polling import until_sync
 
 PRETIX_VERSION = "2026.8.0"
 REPO = Path(__file__).resolve().parent.parent
@@ -280,22 +280,25 @@ class Server:
                 self.proc.wait()
 
     def _wait_ready(self, url: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(url + "/api/v1/", timeout=2)
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401:  # the API answers (and wants a token): up
-                    return
-            except OSError:
-                pass
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=0.2)  # the pause between polls; ends early if it died
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"pretix runserver exited ({self.proc.returncode}); "
+        proc = self.proc
+        assert proc is not None
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pretix runserver exited ({proc.returncode}); "
                                    f"see {self.root / 'server.txt'}")  # fmt: skip
-        raise RuntimeError(f"pretix did not answer within {START_TIMEOUT_S:.0f} s")
+            try:
+                with urllib.request.urlopen(url + "/api/v1/", timeout=2):
+                    return False
+            except urllib.error.HTTPError as exc:
+                return exc.code == 401  # the API answers (and wants a token): up
+            except OSError:
+                return False
+
+        try:
+            until_sync(answers, START_TIMEOUT_S, "pretix answers its API")
+        except AssertionError:
+            raise RuntimeError(f"pretix did not answer within {START_TIMEOUT_S:.0f} s") from None
 
     def stop(self) -> None:
         self.halt()
