@@ -26,6 +26,7 @@ KIND = "trust"
 MAX_BUNDLE_BYTES = 1 << 20  # thousands of issuer keys; anything bigger is not a bundle
 Status = Literal["active", "retired", "compromised"]
 STATUSES: tuple[Status, ...] = ("active", "retired", "compromised")
+PINNED_ROOT = "trust.root"  # beside the installed bundle: the root a hand-over pinned
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class TrustBundle:
     issuers: tuple[IssuerKey, ...]
     list_signers: tuple[keys.PublicKey, ...]
     raw: bytes
+    next_root: keys.PublicKey | None = None  # a root hand-over: pin it (see TrustStore)
 
     def candidates(self, ticket: Ticket) -> list[IssuerKey]:
         """Keys that may have signed ``ticket``: same format, and same kid when the format has one."""
@@ -171,7 +173,25 @@ def parse_bundle(data: bytes, root: keys.PublicKey) -> TrustBundle:
         issuers=parsed,
         list_signers=tuple(signers),
         raw=data,
+        next_root=_next_root(content, data),
     )
+
+
+def _next_root(content: dict[str, Any], data: bytes) -> keys.PublicKey | None:
+    """The new root a hand-over bundle announces; it must have cosigned the bundle, so a bundle
+    signed by the current root alone can never hand the gates to a key nobody holds."""
+    value = content.get("root_next")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TrustError("trust bundle: root_next must be a base64 Ed25519 public key")
+    try:
+        next_root = keys.public_from_b64("ed25519", value)
+    except ValueError as exc:
+        raise TrustError(f"trust bundle: root_next: {exc}") from exc
+    if not signed.signed_by(KIND, data, next_root):
+        raise TrustError("trust bundle: announces a new root (root_next) that did not sign it")
+    return next_root
 
 
 def _check_keys(
@@ -253,20 +273,55 @@ class TrustStore:
     """The installed bundle of one gate, persisted in its state directory.
 
     Without a root key (a pretix-only gate, no ``[trust]``) it stays empty: no bundle is
-    loaded, and one offered is refused, as nothing could verify it."""
+    loaded, and one offered is refused, as nothing could verify it.
+
+    Root hand-over: a bundle that names ``root_next`` (signed by the current root and by the new
+    one) makes the store pin the new root in ``trust.root`` beside the installed bundle; from then
+    on, across restarts, only bundles the new root signed are accepted (the configured root key
+    is the starting point, the pinned one overrides it)."""
 
     def __init__(
         self, root: keys.PublicKey | None, state_path: Path | None, *, persist: bool = True
     ) -> None:
         """Load the installed bundle from ``state_path``; ``persist=False`` never writes it."""
-        self._root = root
         self._path = state_path if persist else None
+        self._pin = None if state_path is None else state_path.with_name(PINNED_ROOT)
+        self._root = root if root is None else self._pinned() or root
         self._bundle: TrustBundle | None = None
-        if root is not None and state_path is not None and state_path.exists():
+        if self._root is not None and state_path is not None and state_path.exists():
             try:
-                self._bundle = parse_bundle(read_capped(state_path), root)
+                self._bundle = parse_bundle(read_capped(state_path), self._root)
             except (OSError, TrustError) as exc:
                 log.error("installed trust bundle %s is unusable, ignoring it: %s", state_path, exc)
+        if self._bundle is not None:
+            self._follow(self._bundle)  # a crash between installing and pinning
+
+    @property
+    def root(self) -> keys.PublicKey | None:
+        """The root key bundles are verified against (the pinned one after a hand-over)."""
+        return self._root
+
+    def _pinned(self) -> keys.PublicKey | None:
+        if self._pin is None or not self._pin.exists():
+            return None
+        try:
+            return keys.public_from_b64("ed25519", self._pin.read_text(encoding="ascii").strip())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            # Refusing to start would strand the gate; the configured root still holds.
+            log.error("pinned root %s is unusable, using the configured root: %s", self._pin, exc)
+            return None
+
+    def _follow(self, bundle: TrustBundle) -> None:
+        """Pin the new root a hand-over bundle names (once; persisted before it is used)."""
+        new = bundle.next_root
+        if new is None or self._root is None:
+            return
+        if keys.public_raw_b64(new) == keys.public_raw_b64(self._root):
+            return
+        if self._path is not None and self._pin is not None:
+            write_atomic(self._pin, (keys.public_raw_b64(new) + "\n").encode())
+        self._root = new
+        log.warning("trust root handed over: bundles must now be signed by the new root")
 
     @property
     def bundle(self) -> TrustBundle | None:
@@ -288,6 +343,7 @@ class TrustStore:
         if self._path is not None:
             write_atomic(self._path, data)
         self._bundle = bundle
+        self._follow(bundle)
         log.info(
             "trust bundle version %d installed (%d issuer keys)",
             bundle.version,

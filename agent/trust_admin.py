@@ -1,4 +1,5 @@
-"""The root operator's side of the trust bundle: add, retire and compromise issuer keys.
+"""The root operator's side of the trust bundle: add, retire and compromise issuer keys, and
+hand the venue over to a new root key.
 
 A root folder (made by `gate-agent keys init`) holds ``root.key``, ``root.pub`` and the current
 ``trust.json``. Each operation reads that bundle (verified against ``root.pub``), changes one
@@ -107,6 +108,27 @@ def set_status(
     return _publish(root_dir, content, root_key, str(kid))
 
 
+def rotate_root(root_dir: Path) -> Published:
+    """Hand the venue over to a new root key: the next bundle names it (``root_next``) and is
+    signed by the current root and by the new one; gates that install it pin the new root and
+    from then on refuse bundles signed by the old one alone.
+
+    In ``root_dir`` the new key becomes ``root.key``/``root.pub``; the old one is kept as
+    ``root.key.old`` (destroy it once every gate runs the hand-over bundle). Raises TrustError
+    or IssuerError when the current bundle or keys are unusable.
+    """
+    content, old_key = _current(root_dir)
+    new_key = keys.generate("ed25519")
+    content["root_next"] = keys.public_raw_b64(new_key)
+    keys.write_private(root_dir / (ROOT_KEY + ".next"), new_key)
+    done = _publish(root_dir, content, old_key, "", cosigners=[new_key])
+    trust.parse_bundle(done.path.read_bytes(), keys.public_key_of(new_key))  # pinned gates too
+    (root_dir / ROOT_KEY).replace(root_dir / (ROOT_KEY + ".old"))
+    (root_dir / (ROOT_KEY + ".next")).replace(root_dir / ROOT_KEY)
+    write_atomic(root_dir / ROOT_PUB, (keys.public_raw_b64(new_key) + "\n").encode())
+    return done
+
+
 def _issuer_public(source: Path) -> tuple[keys.PublicKey, int | None]:
     """The public key of a `keys issuer` folder (and its kid) or of a PEM public key file."""
     if source.is_dir():
@@ -134,12 +156,20 @@ def _current(root_dir: Path) -> tuple[dict[str, Any], keys.PrivateKey]:
 
 
 def _publish(
-    root_dir: Path, content: dict[str, Any], root_key: keys.PrivateKey, kid: str
+    root_dir: Path,
+    content: dict[str, Any],
+    root_key: keys.PrivateKey,
+    kid: str,
+    cosigners: list[keys.PrivateKey] | None = None,
 ) -> Published:
-    """Sign ``content`` as the next version, check it as a gate would, write it atomically."""
+    """Sign ``content`` as the next version, check it as a gate would, write it atomically.
+
+    A hand-over's ``root_next`` is kept only in the bundle that hands over (``cosigners``)."""
+    if not cosigners:
+        content.pop("root_next", None)
     content["version"] = int(content["version"]) + 1
     content["issued_at"] = max(int(time.time()), int(content.get("issued_at", 0)))
-    data = signed.sign_document(trust.KIND, content, root_key)
+    data = signed.sign_document(trust.KIND, content, root_key, cosigners or ())
     trust.parse_bundle(data, keys.public_key_of(root_key))  # refused here, never at the gates
     path = root_dir / TRUST_BUNDLE
     try:

@@ -4,16 +4,21 @@ refused with a message while the installed bundle stays."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent import keys, tickets, trust
+from agent import keys, signed, tickets, trust
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import RollbackError, TrustError
 from agent.issuer import Issuer
 from agent.model import Reason
+from tests.gateconf import write_gate_config
 
 EXE = [sys.executable, "-m", "agent"]
 
@@ -125,3 +130,71 @@ def test_bundle_mistakes_are_refused_and_the_old_bundle_stays(
         store.install(iss.trust_bundle(version=3))
     assert store.version == 3
     assert trust.TrustStore(root, tmp_path / "trust.json").version == 3  # what a restart loads
+
+
+async def test_a_root_hand_over_is_pinned_across_a_gate_restart(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    (gate_dir / "root.pub").write_bytes((keys_dir / "root.pub").read_bytes())  # set up once
+    published = gate_dir / "trust.json"  # what the gate is given, rewritten below
+    published.write_bytes((keys_dir / "trust.json").read_bytes())
+    conf = config.load(
+        write_gate_config(
+            gate_dir / "gate.toml", trust={"root_key": "root.pub", "bundle": "trust.json"}
+        )
+    )
+    old_root = keys.read_private(keys_dir / "root.key")
+
+    def signed_by_old_root(version: int) -> bytes:
+        content = json.loads(base64.b64decode(json.loads(published.read_bytes())["payload"]))
+        content.pop("root_next", None)
+        return signed.sign_document(trust.KIND, {**content, "version": version}, old_root)
+
+    async with open_gate(conf) as gate:
+        start = gate.trust.version
+    hand_over = _cli("trust", "rotate-root", "--keys", keys_dir)
+    assert hand_over.stdout.split()[0] == str(start + 1)
+    assert (keys_dir / "root.key.old").exists()
+    assert (keys_dir / "root.pub").read_text() != (gate_dir / "root.pub").read_text()
+    published.write_bytes((keys_dir / "trust.json").read_bytes())
+    async with open_gate(conf) as gate:
+        assert gate.trust.version == start + 1  # verified by the configured (old) root
+        assert gate.trust.root is not None
+        assert keys.public_raw_b64(gate.trust.root) == (keys_dir / "root.pub").read_text().strip()
+        with pytest.raises(TrustError, match="does not verify"):
+            gate.trust.install(signed_by_old_root(start + 2))
+
+    # A restart with the old root still in the config: the pinned root holds.
+    published.write_bytes(signed_by_old_root(start + 2))
+    async with open_gate(conf) as gate:
+        assert gate.trust.version == start + 1  # the old root's bundle refused, logged
+    kid = str(Issuer.load(keys_dir).kid)
+    _cli("trust", "retire", "--keys", keys_dir, kid)  # signed by the new root alone
+    published.write_bytes((keys_dir / "trust.json").read_bytes())
+    async with open_gate(conf) as gate:
+        assert gate.trust.version == start + 2
+        assert gate.trust.bundle is not None
+        assert {i.kid: i.status for i in gate.trust.bundle.issuers} == {kid: "retired"}
+    assert b"root_next" not in base64.b64decode(
+        json.loads((keys_dir / "trust.json").read_bytes())["payload"]
+    )  # only the hand-over bundle names the next root
+
+
+def test_a_hand_over_the_new_root_did_not_sign_is_refused(iss: Issuer, tmp_path: Path) -> None:
+    root = trust.load_root_key(iss.root_pub_b64)
+    stranger = keys.generate("ed25519")
+    content = {
+        "version": 9, "issued_at": 0, "issuers": [iss.trust_entry()],
+        "list_signers": [keys.public_raw_b64(iss.list_key)],
+        "root_next": keys.public_raw_b64(stranger),
+    }  # fmt: skip
+    alone = signed.sign_document(trust.KIND, content, iss.root_key)
+    with pytest.raises(TrustError, match="did not sign it"):
+        trust.parse_bundle(alone, root)
+    both = signed.sign_document(trust.KIND, content, iss.root_key, [stranger])
+    assert trust.parse_bundle(both, root).next_root is not None
+    store = trust.TrustStore(root, tmp_path / "trust.json")
+    store.install(both)
+    assert (tmp_path / "trust.root").read_text().strip() == keys.public_raw_b64(stranger)

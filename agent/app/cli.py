@@ -84,6 +84,14 @@ def _trust(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"{done.version} (kid {done.kid} added as active; publish {done.path})")
         return 0
+    if args.trust_command == "rotate-root":
+        done = trust_admin.rotate_root(args.keys)
+        print(
+            f"{done.version} (new root key in {args.keys / 'root.key'}; publish {done.path} to"
+            " every gate and the hub; give new gates the new root.pub; destroy root.key.old once"
+            " every gate runs this version)"
+        )
+        return 0
     status: Literal["retired", "compromised"] = (
         "retired" if args.trust_command == "retire" else "compromised"
     )

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("--keys", type=Path, required=True, help="the root's folder")
         change.add_argument("kid", type=int, metavar="KID", help="the issuer key's id")
 
+    rotate = trust.add_parser(
+        "rotate-root", help="hand over to a new root key (the next bundle is signed by both)"
+    )
+    rotate.add_argument("--keys", type=Path, required=True, help="the root's folder")
+
     issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
     issue.add_argument(
         "--keys", type=Path, required=True, help="a `keys init` or `keys issuer` folder"
