@@ -1,8 +1,10 @@
 """The exception tree of gate-agent.
 
 Outcomes of a scan are values (:class:`agent.model.Decision`), never exceptions. Exceptions are for
-faults: a bad config, a refused trust bundle, a broken device. Every leaf also inherits the builtin it
-most resembles, so callers may catch either.
+faults: a bad config, a refused trust bundle, a broken device, an upstream that cannot be used. Every
+leaf also inherits the builtin it most resembles, so callers may catch either. Library errors
+(aiohttp, ssl, json, sqlite3) are mapped to the most specific class here where they are met, with
+``raise ... from``; no message carries a token, a secret or a ticket's text.
 
 ::
 
@@ -20,14 +22,37 @@ most resembles, so callers may catch either.
     ├── GateUnreachable (ConnectionError)   the configured gate's status server did not answer,
     │                                       or another gate did
     ├── IssuerError (ValueError)            issuer tooling misuse (bad keys dir, bad arguments)
-    └── DriverError (RuntimeError)          a device failed
-        ├── DriverNotFound (DriverError, LookupError)  unknown URL scheme
-        ├── DriverTimeout (DriverError, TimeoutError)
-        └── RelayReleaseError                  the relay moved but may not have been released:
-                                               the gate may have opened, so the entry stands
+    ├── DriverError (RuntimeError)          a device failed
+    │   ├── DriverNotFound (DriverError, LookupError)  unknown URL scheme
+    │   ├── DriverTimeout (DriverError, TimeoutError)
+    │   └── RelayReleaseError                  the relay moved but may not have been released:
+    │                                          the gate may have opened, so the entry stands
+    └── UpstreamError                       an upstream (the hub, pretix) could not be used for a
+        │                                   request; the class alone says whether to retry
+        ├── UpstreamUnavailable (ConnectionError)   transient: unreachable, timed out, 408/425/
+        │                                   429/5xx, an oversize or malformed answer (also
+        │                                   pretix's 403, which an admin may lift by widening the
+        │                                   device's profile); ``retry_after``: the Retry-After
+        ├── UpstreamAuthError (PermissionError)     401/403: the credentials are refused (a hub
+        │   │                               token, a client certificate, a pretix device token);
+        │   │                               retrying cannot help; ``check``: the config key to
+        │   │                               look at, when one is known
+        │   └── PretixInitError             pretix refused the one-time initialisation token
+        │                                   (used up or unknown): a new one is needed
+        ├── UpstreamTLSError (ConnectionError)      a certificate failed in TLS (the server's not
+        │                                   trusted, or the server dropped ours); ``check``
+        └── UpstreamRefused (ValueError)    another 4xx: the request will not work as sent
+            ├── UpstreamConflict            409: ids reused with another body (``entry_ids``)
+            └── UpstreamGone                410: no longer kept (revocation deltas: fetch the
+                                            snapshot)
+
+:mod:`sync.client_http` keeps the hub client's former names as aliases of these classes
+(``HubError`` is UpstreamError, ``HubUnavailable``, ``HubAuthError`` and ``HubRefused`` likewise).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class AgentError(Exception):
@@ -88,3 +113,55 @@ class DriverTimeout(DriverError, TimeoutError):
 
 class RelayReleaseError(DriverError):
     """The relay was energised and switching it off failed: the gate may still be open."""
+
+
+class UpstreamError(AgentError):
+    """An upstream server (the hub, pretix) could not be used for this request."""
+
+
+class UpstreamUnavailable(UpstreamError, ConnectionError):
+    """Transient: unreachable, slow, overloaded, or an answer that is not what was asked for.
+
+    ``retry_after`` is the server's Retry-After in seconds (None when it sent none).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamAuthError(UpstreamError, PermissionError):
+    """The server refuses these credentials (401/403); ``check`` names the config key to look
+    at when one is known."""
+
+    def __init__(self, message: str, check: str | None = None) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class PretixInitError(UpstreamAuthError):
+    """pretix refused the one-time device initialisation token (used up or unknown)."""
+
+
+class UpstreamTLSError(UpstreamError, ConnectionError):
+    """A certificate failed in TLS with the server; ``check`` names the config key to look at."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class UpstreamRefused(UpstreamError, ValueError):
+    """Another 4xx: the server will not accept this request as it is; the message names what."""
+
+
+class UpstreamConflict(UpstreamRefused):
+    """409: the server holds other bodies under some of the uploaded ids (``entry_ids``)."""
+
+    def __init__(self, message: str, entry_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.entry_ids = tuple(entry_ids)
+
+
+class UpstreamGone(UpstreamRefused):
+    """410: what was asked for is no longer kept (revocation deltas: fetch the snapshot)."""

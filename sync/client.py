@@ -41,25 +41,27 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from agent.backoff import Backoff
 from agent.clock import HLC_MAX_AHEAD_S, Clock
-from agent.errors import JournalError, RollbackError, SignedDocumentError
+from agent.errors import (
+    JournalError,
+    RollbackError,
+    SignedDocumentError,
+    UpstreamAuthError,
+    UpstreamConflict,
+    UpstreamGone,
+    UpstreamRefused,
+    UpstreamTLSError,
+    UpstreamUnavailable,
+)
 from agent.fsutil import write_atomic
 from agent.journal import Journal
 from agent.redact import secret_label
 from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
-from sync.client_http import (
-    HubAuthError,
-    HubConflict,
-    HubGone,
-    HubHTTP,
-    HubRefused,
-    HubTLSError,
-    HubUnavailable,
-    Reply,
-)
-from sync.pretix_http import Backoff, sleep_or_stop
+from sync.client_http import HubHTTP, Reply
+from sync.pretix_http import sleep_or_stop
 from sync.protocol import (
     BatchAck,
     BatchUpload,
@@ -223,7 +225,7 @@ class HubClient:
         """Send the oldest unsynced rows as one batch; returns how many the hub acknowledged.
 
         Rows are marked synced only up to the acknowledged ``gate_seq`` (never beyond what was
-        sent). Raises HubError (nothing marked) or JournalError.
+        sent). Raises UpstreamError (nothing marked) or JournalError.
         """
         rows = await self._journal.unsynced(self._s.batch_size)
         if not rows:
@@ -238,7 +240,7 @@ class HubClient:
         self._note_hub_time(ack.hub_time, sent)
         through = min(ack.acked_through_seq, rows[-1].gate_seq)
         if through < rows[0].gate_seq:
-            raise HubUnavailable(f"hub acknowledged none of gate_seq {rows[0].gate_seq}..")
+            raise UpstreamUnavailable(f"hub acknowledged none of gate_seq {rows[0].gate_seq}..")
         await self._journal.mark_synced(through, self._clock.now())
         self._upload_state, self._conflicts = "ok", ()
         log.debug("hub: %d entries acknowledged through %d (%d new)", len(rows), through,
@@ -249,7 +251,7 @@ class HubClient:
         """Fetch one page of the venue feed (long-poll up to ``wait_s``), store other gates'
         entries, then persist the cursor; returns the page's size. A hub whose cursor is behind
         ours (its store was reset) is read again from the start: peer inserts are idempotent.
-        Raises HubError or JournalError (the cursor then stays)."""
+        Raises UpstreamError or JournalError (the cursor then stays)."""
         params = {
             "after": str(self._cursor),
             "wait": f"{wait_s:g}",
@@ -280,14 +282,14 @@ class HubClient:
 
     async def fetch_revocations(self) -> int:
         """Apply the hub's signed deltas after the installed version (410: its snapshot);
-        returns the installed version. Raises HubError, or RevocationError for a refused
+        returns the installed version. Raises UpstreamError, or RevocationError for a refused
         document (it and the rest of the page change nothing)."""
         installed = self._revocations.meta.version
         try:
             reply = await self._http.request(
                 "GET", "/v1/revocations", params={"after": str(installed)}, cap=MAX_PAGE_BYTES
             )
-        except HubGone:
+        except UpstreamGone:
             log.info("hub: deltas after revocation list v%d are gone, fetching the snapshot",
                      installed)  # fmt: skip
             return await self._fetch_snapshot()
@@ -299,7 +301,7 @@ class HubClient:
     async def fetch_trust(self) -> bool:
         """Fetch the hub's trust bundle (ETag) and install it when newer; True if installed.
 
-        Raises HubError, or TrustError for a refused bundle (the installed one stays).
+        Raises UpstreamError, or TrustError for a refused bundle (the installed one stays).
         """
         headers = {"If-None-Match": self._trust_etag} if self._trust_etag else {}
         reply = await self._http.request("GET", "/v1/trust", headers=headers, cap=MAX_BUNDLE_BYTES)
@@ -311,7 +313,7 @@ class HubClient:
         return installed
 
     async def heartbeat_once(self) -> None:
-        """Tell the hub how this gate is. Raises HubError or JournalError."""
+        """Tell the hub how this gate is. Raises UpstreamError or JournalError."""
         depth, oldest = await self._journal.outbox()
         self._outbox = depth
         now = self._clock.now()
@@ -336,7 +338,7 @@ class HubClient:
 
     async def _run(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
         """Run ``step`` until closed; it returns the delay to its next run. Faults back off."""
-        backoff = Backoff(base_s=0.5, cap_s=self._s.backoff_cap_s)
+        backoff = Backoff(0.5, self._s.backoff_cap_s, jitter=True)
         failing = False
         while not self._stop.is_set():
             try:
@@ -356,28 +358,28 @@ class HubClient:
     def _fault(self, name: str, exc: Exception, backoff: Backoff, *, quiet: bool) -> float:
         """Log a task's fault (a repeated transient one at DEBUG) and return the delay."""
         self._last_error = f"{name}: {exc}"
-        if isinstance(exc, HubUnavailable):
+        if isinstance(exc, UpstreamUnavailable):
             if name == "upload":
                 self._upload_state = "unavailable"
             log.log(logging.DEBUG if quiet else logging.WARNING, "hub %s: %s", name, exc)
-            return backoff.next_delay(exc.retry_after)
-        if isinstance(exc, HubConflict):
+            return backoff.next_delay(at_least=exc.retry_after or 0.0)
+        if isinstance(exc, UpstreamConflict):
             self._upload_state = "conflict"
             if set(exc.entry_ids) != set(self._conflicts):
                 self._conflicts = exc.entry_ids
                 log.error("hub refuses entries %s: another body under the same id; rows kept,"
                           " operator action needed", ", ".join(exc.entry_ids))  # fmt: skip
             return self._s.backoff_cap_s
-        if isinstance(exc, HubAuthError | HubTLSError):
+        if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
             if name == "upload":
                 self._upload_state = (
-                    "unauthorized" if isinstance(exc, HubAuthError) else "unavailable"
+                    "unauthorized" if isinstance(exc, UpstreamAuthError) else "unavailable"
                 )
             once = f"{type(exc).__name__}:{exc.check}"
             log.log(logging.DEBUG if once in self._reported else logging.ERROR, "hub: %s", exc)
             self._reported.add(once)
             return self._s.backoff_cap_s
-        if isinstance(exc, HubRefused):
+        if isinstance(exc, UpstreamRefused):
             if name == "upload":
                 self._upload_state = "refused"
             log.log(logging.DEBUG if quiet else logging.ERROR, "hub %s: %s", name, exc)
@@ -451,7 +453,7 @@ class HubClient:
         try:
             return protocol.parse(reply.body, cls, cap)
         except protocol.ProtocolError as exc:
-            raise HubUnavailable(f"malformed {cls.__name__} from the hub: {exc}") from exc
+            raise UpstreamUnavailable(f"malformed {cls.__name__} from the hub: {exc}") from exc
 
     # -- state -----------------------------------------------------------------------------
 

@@ -1,24 +1,21 @@
 """HTTP for the gate's hub client: one aiohttp session, a timeout on every request, faults classified.
 
-Every request returns a :class:`Reply` (2xx or 304) or raises one of these, so the client decides
-from the class alone whether to back off, wait for an operator or fetch something else::
+Every request returns a :class:`Reply` (2xx or 304) or raises one of the upstream errors of
+:mod:`agent.errors`, so the client decides from the class alone whether to back off, wait for an
+operator or fetch something else: UpstreamUnavailable (unreachable, timed out, 408/429/5xx, an
+oversize or malformed answer; ``retry_after``), UpstreamAuthError (401/403: the token is refused,
+or not allowed for this gate, or the client certificate is not this gate's), UpstreamTLSError (the
+hub's certificate is not trusted here, ``[hub] ca``, or the hub dropped the handshake over this
+gate's, ``[hub] cert``), UpstreamConflict (409: entry ids reused with another body,
+``entry_ids``), UpstreamGone (410: revocation deltas no longer kept, fetch the snapshot) and
+UpstreamRefused (another 4xx). The hub's former names (HubError, HubUnavailable, HubAuthError,
+HubRefused) are kept below as aliases.
 
-    HubError (AgentError, RuntimeError)
-    ├── HubUnavailable     unreachable, timed out, 408/429/5xx, an oversize or malformed answer:
-    │                      transient; ``retry_after`` is the hub's Retry-After
-    ├── HubAuthError       401/403: the token is refused, or not allowed for this gate, or the
-    │                      client certificate is not this gate's (``check`` names the key)
-    ├── HubTLSError        a certificate failed: the hub's is not trusted here (``[hub] ca``),
-    │                      or the hub dropped the handshake over this gate's (``[hub] cert``)
-    ├── HubConflict        409: entry ids reused with another body (``entry_ids``)
-    ├── HubGone            410: no longer kept (revocation deltas: fetch the snapshot)
-    └── HubRefused         another 4xx: the request will not work as sent
-
-Messages of the last two end with ``check [hub] KEY``: the one config key an operator should look
-at. The hub never says why it refused a client certificate in a handshake (TLS 1.3 has sent the
-request by then; asyncio drops the alert), so when the hub hangs up on a gate with a client
-certificate and again on a fresh probe of ``/v1/health``, :func:`client_cert_problem` reads the
-certificate for what a hub refuses.
+Messages of auth and TLS errors end with ``check [hub] KEY`` (``check`` holds KEY): the one config
+key an operator should look at. The hub never says why it refused a client certificate in a
+handshake (TLS 1.3 has sent the request by then; asyncio drops the alert), so when the hub hangs up
+on a gate with a client certificate and again on a fresh probe of ``/v1/health``,
+:func:`client_cert_problem` reads the certificate for what a hub refuses.
 
 The bearer token goes into the Authorization header here and nowhere else; logs and messages only
 ever carry :func:`agent.redact.secret_label` of it.
@@ -28,7 +25,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +38,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDict
 
-from agent.errors import AgentError
+from agent.errors import (
+    UpstreamAuthError,
+    UpstreamConflict,
+    UpstreamError,
+    UpstreamGone,
+    UpstreamRefused,
+    UpstreamTLSError,
+    UpstreamUnavailable,
+)
 from sync import protocol
 from sync.http_body import BodyTooLarge, read_capped
 from sync.pretix_http import parse_retry_after
@@ -53,49 +58,11 @@ _HOST_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR
 IDLE_KEEPALIVE_S = 5.0
 
 
-class HubError(AgentError, RuntimeError):
-    """The hub could not be used for this request."""
-
-
-class HubUnavailable(HubError):
-    """Transient: unreachable, slow, overloaded, or an answer that is not the protocol."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class HubAuthError(HubError):
-    """401/403: the hub refuses this gate's token (or its client certificate); ``check`` names
-    the config key to look at."""
-
-    def __init__(self, message: str, check: str) -> None:
-        super().__init__(message)
-        self.check = check
-
-
-class HubTLSError(HubError):
-    """A certificate failed in TLS with the hub; ``check`` names the config key to look at."""
-
-    def __init__(self, message: str, check: str) -> None:
-        super().__init__(message)
-        self.check = check
-
-
-class HubConflict(HubError):
-    """409: the hub holds other bodies under some of the uploaded entry ids."""
-
-    def __init__(self, message: str, entry_ids: Sequence[str]) -> None:
-        super().__init__(message)
-        self.entry_ids = tuple(entry_ids)
-
-
-class HubGone(HubError):
-    """410: what was asked for is no longer kept (revocation deltas: fetch the snapshot)."""
-
-
-class HubRefused(HubError):
-    """Another 4xx: the hub will not accept this request as it is."""
+# The hub client's former names for the shared classes, for importers outside sync/.
+HubError = UpstreamError
+HubUnavailable = UpstreamUnavailable
+HubAuthError = UpstreamAuthError
+HubRefused = UpstreamRefused
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,28 +154,32 @@ def _issued_by_any(cert: x509.Certificate, ca_path: Path) -> bool:
     return False
 
 
-def _tls_fault(exc: BaseException) -> HubTLSError | None:
-    """A HubTLSError for a failure that a certificate explains, else None."""
+def _tls_fault(exc: BaseException) -> UpstreamTLSError | None:
+    """An UpstreamTLSError for a failure that a certificate explains, else None."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         error = exc.certificate_error
         code = getattr(error, "verify_code", None)
         why = getattr(error, "verify_message", None) or str(error)
         if code in _HOST_MISMATCH:
-            return HubTLSError(
+            return UpstreamTLSError(
                 f"the hub's certificate is not for this host ({why}): check [hub] url"
                 " against its subjectAltName, and [hub] ca", "url"
             )  # fmt: skip
-        return HubTLSError(f"the hub's certificate is not trusted ({why}): check [hub] ca", "ca")
+        return UpstreamTLSError(
+            f"the hub's certificate is not trusted ({why}): check [hub] ca", "ca"
+        )
     if isinstance(exc, aiohttp.ClientSSLError):
         reason = str(getattr(exc.os_error, "reason", None) or exc)
         if "WRONG_VERSION_NUMBER" in reason:
-            return HubTLSError(f"the hub does not answer TLS ({reason}): check [hub] url", "url")
+            return UpstreamTLSError(
+                f"the hub does not answer TLS ({reason}): check [hub] url", "url"
+            )
         if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
-            return HubTLSError(
+            return UpstreamTLSError(
                 f"the hub refused this gate's client certificate ({reason}): check [hub] cert",
                 "cert",
             )
-        return HubTLSError(f"TLS with the hub failed ({reason}): check [hub] ca", "ca")
+        return UpstreamTLSError(f"TLS with the hub failed ({reason}): check [hub] ca", "ca")
     return None
 
 
@@ -264,7 +235,7 @@ class HubHTTP:
         client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> Reply:
         """One request to ``path`` (already safe: ids are checked); returns 2xx and 304 answers
-        of at most ``cap`` bytes. Raises a HubError for everything else."""
+        of at most ``cap`` bytes. Raises an UpstreamError for everything else."""
         url = yarl.URL(self.base_url + path, encoded=True)
         if params:
             url = url.update_query(params)
@@ -276,21 +247,21 @@ class HubHTTP:
             ) as resp:  # fmt: skip
                 raw = await _read_capped(resp, cap, what)
                 status, resp_headers = resp.status, CIMultiDict(resp.headers)  # any case
+        except UpstreamUnavailable:  # an oversize answer; first, as it is an OSError too
+            self.last_down = time.monotonic()
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.last_down = time.monotonic()
             tls = _tls_fault(exc) if self._tls is not None else None
             if tls is None and _hung_up(exc, self._tls) and await self._certificate_refused():
                 why = client_cert_problem(self._tls, time.time()) or "was refused (see its log)"
-                tls = HubTLSError(
+                tls = UpstreamTLSError(
                     f"the hub hangs up in TLS: this gate's client certificate {why}:"
                     " check [hub] cert", "cert"
                 )  # fmt: skip
             if tls is not None:
-                raise HubTLSError(f"{what}: {tls}", tls.check) from exc
-            raise HubUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        except HubUnavailable:
-            self.last_down = time.monotonic()
-            raise
+                raise UpstreamTLSError(f"{what}: {tls}", tls.check) from exc
+            raise UpstreamUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         if 200 <= status < 300 or status == 304:
             self.last_ok = time.monotonic()
             return Reply(status, raw, resp_headers)
@@ -313,7 +284,9 @@ class HubHTTP:
             headers["Content-Type"] = "application/json"
         return headers | dict(extra or {})
 
-    def _refusal(self, what: str, status: int, raw: bytes, headers: Mapping[str, str]) -> HubError:
+    def _refusal(
+        self, what: str, status: int, raw: bytes, headers: Mapping[str, str]
+    ) -> UpstreamError:
         try:
             error: protocol.ErrorBody | None = protocol.parse(raw, protocol.ErrorBody)
         except protocol.ProtocolError:
@@ -322,23 +295,23 @@ class HubHTTP:
         message = f"{what}: HTTP {status} ({detail})"
         if status in _TRANSIENT or status >= 500:
             self.last_down = time.monotonic()
-            return HubUnavailable(
+            return UpstreamUnavailable(
                 message, parse_retry_after(headers.get("Retry-After"), time.time())
             )
         if status == 401:
-            return HubAuthError(f"{message}: the hub refused this gate's token: check [hub]"
+            return UpstreamAuthError(f"{message}: the hub refused this gate's token: check [hub]"
                                 " token_file (or token)", "token")  # fmt: skip
         if status == 403 and error is not None and self._cert_refused(error):
-            return HubAuthError(f"{message}: the hub refused this gate's client certificate:"
+            return UpstreamAuthError(f"{message}: the hub refused this gate's client certificate:"
                                 " check [hub] cert and key", "cert")  # fmt: skip
         if status == 403:
-            return HubAuthError(f"{message}: the hub refused this gate's token: check [hub]"
+            return UpstreamAuthError(f"{message}: the hub refused this gate's token: check [hub]"
                                 " token_file (or token) and [gate] id", "token")  # fmt: skip
         if status == 409:
-            return HubConflict(message, error.conflicts if error is not None else ())
+            return UpstreamConflict(message, error.conflicts if error is not None else ())
         if status == 410:
-            return HubGone(message)
-        return HubRefused(message)
+            return UpstreamGone(message)
+        return UpstreamRefused(message)
 
     async def _certificate_refused(self) -> bool:
         """Whether the hub hangs up on a fresh connection's first request (``/v1/health``, no
@@ -383,8 +356,8 @@ class HubHTTP:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
-    """The whole body, refusing more than ``cap`` bytes; raises HubUnavailable."""
+    """The whole body, refusing more than ``cap`` bytes; raises UpstreamUnavailable."""
     try:
         return await read_capped(resp, cap)
     except BodyTooLarge as exc:
-        raise HubUnavailable(f"{what}: {exc}") from None
+        raise UpstreamUnavailable(f"{what}: {exc}") from exc

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from agent import pretix_event
-from agent.errors import ConfigError
+from agent.backoff import Backoff
+from agent.errors import ConfigError, PretixInitError, UpstreamAuthError, UpstreamUnavailable
 from agent.fsutil import write_atomic
 from agent.journal import EntryRecord, Journal, PeerEntry
 from agent.redact import pretix_short_id, secret_label
@@ -42,15 +43,7 @@ from agent.revocation import RevocationStore
 from agent.rules import GatePolicy
 from agent.trust import TrustBundle
 from sync import pretix_wire as wire
-from sync.pretix_http import (
-    Backoff,
-    PretixAuthError,
-    PretixHTTP,
-    PretixInitError,
-    PretixUnavailable,
-    Reply,
-    sleep_or_stop,
-)
+from sync.pretix_http import PretixHTTP, Reply, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +130,7 @@ class PretixUpstream:
         self._set_trust, self._on_policy, self._on_alert = set_trust, on_policy, on_alert
         self._clock, self._base_policy = clock, base_policy
         self._interval, self._batch = interval_s, batch
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(1.0, 300.0, jitter=True)
         self._device_id = device_id
         self._policy: GatePolicy | None = None
         self._trust_raw: bytes | None = None
@@ -197,7 +190,7 @@ class PretixUpstream:
         """Exchange a one-time initialisation token for the device's API token; returns the
         device id. The token is stored in ``state_dir/pretix_device.json`` with mode 0600.
 
-        Raises PretixInitError (token refused: used up or unknown), PretixUnavailable, or
+        Raises PretixInitError (token refused: used up or unknown), UpstreamUnavailable, or
         OSError when the state file cannot be written.
         """
         body = {
@@ -220,7 +213,7 @@ class PretixUpstream:
                 f"device initialisation refused ({fields}): {wire.init_messages(answer)}"
             )
         if not isinstance(token, str) or not token or not isinstance(device, int):
-            raise PretixUnavailable("device initialisation answer lacks api_token/device_id")
+            raise UpstreamUnavailable("device initialisation answer lacks api_token/device_id")
         record = {
             "base_url": self._http.base_url,
             "organizer": answer.get("organizer", self._org),
@@ -282,10 +275,10 @@ class PretixUpstream:
         try:
             await self._download()
             await self._upload()
-        except PretixAuthError as exc:
+        except UpstreamAuthError as exc:
             self._fail(str(exc), revoked=self.initialized)
             log.error("pretix: %s; queue kept, (re-)initialise the device", exc)
-        except PretixUnavailable as exc:
+        except UpstreamUnavailable as exc:
             retry_after = exc.retry_after
             self._fail(str(exc))
             log.warning("pretix unavailable, queue kept: %s", exc)
@@ -298,7 +291,7 @@ class PretixUpstream:
             self._status["last_sync"] = self._clock.now()
             await self._count_outbox()
             return True
-        self._status["retry_in"] = self._backoff.next_delay(retry_after)
+        self._status["retry_in"] = self._backoff.next_delay(at_least=retry_after or 0.0)
         await self._count_outbox()
         return False
 
@@ -306,7 +299,7 @@ class PretixUpstream:
 
     async def _download(self) -> None:
         if not self.initialized:
-            raise PretixAuthError("device not initialised: no device token")
+            raise UpstreamAuthError("device not initialised: no device token")
         event = await self._get_object(self._event_path + "/")
         bundle = pretix_event.trust_bundle(event)
         if bundle.raw != self._trust_raw:
@@ -330,12 +323,12 @@ class PretixUpstream:
             for row in rows:
                 if isinstance(row, dict) and row.get("id") == self._list:
                     return row
-        raise PretixUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
+        raise UpstreamUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
 
     async def _get_object(self, path: str) -> dict[str, Any]:
         reply = await self._http.request("GET", path)
         if not reply.ok or not isinstance(reply.body, dict):
-            raise PretixUnavailable(f"GET {path}: HTTP {reply.status}, no JSON object")
+            raise UpstreamUnavailable(f"GET {path}: HTTP {reply.status}, no JSON object")
         return reply.body
 
     async def _download_secrets(self) -> None:
@@ -470,7 +463,7 @@ class PretixUpstream:
             return
         reason = reply.body.get("reason") if isinstance(reply.body, dict) else None
         if reply.status == 404 and reason is None:
-            raise PretixUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
+            raise UpstreamUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
         if reason == "already_redeemed":
             self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
         self._status["rejected"] += 1
@@ -487,7 +480,7 @@ class PretixUpstream:
         if reply.ok:
             return
         if reply.status == 404:
-            raise PretixUnavailable(f"failed_checkins: HTTP 404 (list {self._list}?)")
+            raise UpstreamUnavailable(f"failed_checkins: HTTP 404 (list {self._list}?)")
         self._status["rejected"] += 1
         raise _Done(
             f"failed check-in refused for good: HTTP {reply.status} {wire.reply_keys(reply)}"

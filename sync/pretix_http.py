@@ -1,21 +1,18 @@
 """HTTP for the pretix adapter: one aiohttp session, a timeout on every request, faults classified.
 
 Every request either returns a :class:`Reply` (2xx, or a 4xx the caller interprets) or raises one
-of these, so the adapter decides from the class alone whether to keep its queue and back off::
-
-    PretixError (AgentError, RuntimeError)
-    ├── PretixUnavailable       unreachable, timed out, 408/429/5xx, malformed JSON, bad paging:
-    │   │                       transient; ``retry_after`` carries the server's Retry-After
-    │   └── PretixForbidden     403: the device's security profile (or its event access) does
-    │                           not allow the endpoint; kept retrying, as an admin can widen it
-    ├── PretixAuthError         401: the device token is revoked or wrong; retrying cannot help
-    └── PretixInitError         device initialisation refused (token used or unknown)
+of the upstream errors of :mod:`agent.errors`, so the adapter decides from the class alone whether to
+keep its queue and back off: UpstreamUnavailable (unreachable, timed out, 408/425/429/5xx, malformed
+JSON, bad paging, and 403: the device's security profile or event access lacks the endpoint, kept
+retrying as an admin can widen it; ``retry_after`` carries the Retry-After), UpstreamAuthError (401:
+the device token is revoked or wrong, retrying cannot help) and PretixInitError (device
+initialisation refused: the one-time token is used up or unknown).
 
 Tokens and ticket secrets never appear in logs or messages: the Authorization header is built here
 and only a short hash of the token is ever logged; a secret that is part of a URL (pretix's redeem
 path) is named by the caller (``secret=``) and shown as its ticket's short id (:func:`ticket_label`).
 A library exception's text can hold the whole URL (aiohttp's connection timeout does), so it is
-redacted into the message and not chained.
+redacted into the message, and chained only when the URL holds no secret.
 """
 
 from __future__ import annotations
@@ -24,9 +21,8 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
-from agent.errors import AgentError
+from agent.errors import UpstreamAuthError, UpstreamUnavailable
 from agent.redact import pretix_short_id, secret_label
 from sync.http_body import BodyTooLarge, read_capped
 
@@ -46,33 +42,10 @@ MAX_PAGES = 100_000
 # Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones
 # (pretixscan_online_kiosk, pretixscan_online_noorders) lack the order list it syncs from.
 NEEDED_PROFILE = "'pretixSCAN' (pretixscan) or 'Full device access' (full)"
+MAX_RETRY_AFTER_S = 86_400.0  # longer is no plan; every backoff caps far below anyway
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 Query = Mapping[str, str] | Sequence[tuple[str, str]]  # pairs when a key repeats (include=)
-
-
-class PretixError(AgentError, RuntimeError):
-    """The pretix server could not be used for this request."""
-
-
-class PretixUnavailable(PretixError):
-    """Transient: unreachable, slow, overloaded (408/429/5xx) or a malformed answer."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PretixForbidden(PretixUnavailable):
-    """403: the device may not use this endpoint (security profile or event access)."""
-
-
-class PretixAuthError(PretixError):
-    """401: the device token was revoked at the server (or is wrong)."""
-
-
-class PretixInitError(PretixError):
-    """Device initialisation was refused (the one-time token is used up or unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +90,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes and float() refuses
+        return min(float(value), MAX_RETRY_AFTER_S)  # 400 digits would be inf
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -137,34 +110,6 @@ def parse_http_date(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter; a server's Retry-After is a lower bound."""
-
-    def __init__(
-        self,
-        base_s: float = 1.0,
-        cap_s: float = 300.0,
-        rng: Callable[[float, float], float] = random.uniform,
-    ) -> None:
-        """``rng(a, b)`` draws the jitter (tests pass a fixed one)."""
-        if base_s <= 0 or cap_s < base_s:
-            raise ValueError("backoff needs 0 < base_s <= cap_s")
-        self._base, self._cap, self._rng = base_s, cap_s, rng
-        self.failures = 0
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        """Count one failure and return how long to wait before the next attempt."""
-        ceiling = min(self._cap, self._base * 2.0 ** min(self.failures, 62))
-        self.failures += 1
-        delay = self._rng(0.0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._cap))
-        return delay
 
 
 class PretixHTTP:
@@ -203,8 +148,8 @@ class PretixHTTP:
         """One request; returns 2xx and 4xx (not 401/403/408/429) answers, raises otherwise.
 
         ``secret``: a ticket secret inside the path; no message names it, only its ticket's
-        short id. Raises PretixUnavailable (transient), PretixForbidden (403, naming the method,
-        the path and the profile the gate needs), PretixAuthError (401).
+        short id. Raises UpstreamUnavailable (transient, and 403 naming the method, the path and
+        the profile the gate needs) or UpstreamAuthError (401).
         """
         url = self.url(target) if isinstance(target, str) else target
         if params:
@@ -212,7 +157,7 @@ class PretixHTTP:
         headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         if auth:
             if self.token is None:
-                raise PretixAuthError("no device token: initialise the device first")
+                raise UpstreamAuthError("no device token: initialise the device first")
             headers["Authorization"] = f"Device {self.token}"
         what = redact(f"{method} {url.path}", secret)
         try:
@@ -222,18 +167,19 @@ class PretixHTTP:
                 raw = await read_capped(resp, MAX_BODY)
                 status, resp_headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # Not chained: aiohttp's text may hold the URL, and a traceback would show it.
             detail = redact(f"{type(exc).__name__}: {exc}", secret, self.token)
-            raise PretixUnavailable(f"{what}: {detail}") from None
+            # Chained only when the URL holds no secret: aiohttp's text may hold the URL, and a
+            # traceback would show it.
+            raise UpstreamUnavailable(f"{what}: {detail}") from (None if secret else exc)
         except BodyTooLarge as exc:
-            raise PretixUnavailable(f"{what}: {exc}") from None
+            raise UpstreamUnavailable(f"{what}: {exc}") from exc
         return _classify(what, status, raw, resp_headers)
 
     async def pages(self, path: str, params: Query) -> AsyncIterator[tuple[Reply, list[Any]]]:
         """Follow a paginated list (``results`` and ``next``); yields each page and its rows.
 
         ``next`` must stay on the server's origin (the token is never sent elsewhere). Raises as
-        :meth:`request`, and PretixUnavailable for a malformed page or a 4xx answer.
+        :meth:`request`, and UpstreamUnavailable for a malformed page or a 4xx answer.
         """
         target: str | yarl.URL = path
         query: Query | None = params
@@ -241,17 +187,17 @@ class PretixHTTP:
             reply = await self.request("GET", target, params=query)
             body = reply.body
             if not reply.ok:
-                raise PretixUnavailable(f"GET {path}: HTTP {reply.status}")
+                raise UpstreamUnavailable(f"GET {path}: HTTP {reply.status}")
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-                raise PretixUnavailable(f"GET {path}: not a paginated list")
+                raise UpstreamUnavailable(f"GET {path}: not a paginated list")
             yield reply, body["results"]
             nxt = body.get("next")
             if nxt is None:
                 return
             if not isinstance(nxt, str) or not nxt.startswith(self._origin + "/"):
-                raise PretixUnavailable(f"GET {path}: 'next' leaves the server: refused")
+                raise UpstreamUnavailable(f"GET {path}: 'next' leaves the server: refused")
             target, query = yarl.URL(nxt, encoded=True), None
-        raise PretixUnavailable(f"GET {path}: more than {MAX_PAGES} pages")
+        raise UpstreamUnavailable(f"GET {path}: more than {MAX_PAGES} pages")
 
     async def close(self) -> None:
         """Close the session; idempotent."""
@@ -267,26 +213,26 @@ class PretixHTTP:
 
 def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) -> Reply:
     if status == 401:
-        raise PretixAuthError(f"{what}: HTTP 401: device token refused (revoked?)")
+        raise UpstreamAuthError(f"{what}: HTTP 401: device token refused (revoked?)")
     if status == 403:
-        raise PretixForbidden(
+        raise UpstreamUnavailable(
             f"{what}: HTTP 403: the device may not use this endpoint; give it the security"
             f" profile {NEEDED_PROFILE} and access to the event"
         )
     if status in _TRANSIENT_STATUS or status >= 500:
         now = datetime.now(UTC).timestamp()
-        raise PretixUnavailable(
+        raise UpstreamUnavailable(
             f"{what}: HTTP {status}", parse_retry_after(headers.get("Retry-After"), now)
         )
     if not 200 <= status < 500:
-        raise PretixUnavailable(f"{what}: unexpected HTTP {status}")
+        raise UpstreamUnavailable(f"{what}: unexpected HTTP {status}")
     body: Any = None
     if raw.strip():
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, ValueError) as exc:
             if 200 <= status < 300:
-                raise PretixUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
+                raise UpstreamUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
             body = None  # an HTML error page on a 4xx: the status alone decides
     return Reply(status, body, headers)
 

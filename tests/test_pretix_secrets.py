@@ -22,10 +22,11 @@ import pytest
 from agent.app import config
 from agent.app.daemon import open_gate
 from agent.app.status import StatusServer
+from agent.errors import UpstreamError
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
-from sync.pretix_http import PretixError, PretixHTTP, ticket_label
+from sync.pretix_http import PretixHTTP, ticket_label
 from tests import logscan
 from tests.conftest import WriteConfig
 from tests.pretix_server import (
@@ -125,11 +126,11 @@ async def _status_json(port: int) -> str:
         return await resp.text()
 
 
-async def _failed_request(url: str, timeout_s: float = 5.0) -> PretixError:
+async def _failed_request(url: str, timeout_s: float = 5.0) -> UpstreamError:
     http = PretixHTTP(url, timeout_s=timeout_s, user_agent="test")
     http.token = API_TOKEN
     try:
-        with pytest.raises(PretixError) as caught:
+        with pytest.raises(UpstreamError) as caught:
             await http.request(
                 "POST", wire.redeem_path(ORG, EVENT, 11, SECRET), json_body={}, secret=SECRET
             )

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
+from agent.backoff import Backoff
 from agent.clock import Clock
+from agent.errors import PretixInitError
 from agent.journal import EntryRecord, Journal
 from agent.model import Decision, Reason, Verdict
 from agent.revocation import ListState, RevocationStore, secret_key
 from agent.rules import GatePolicy
 from agent.trust import TrustBundle
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
-from sync.pretix_http import Backoff, PretixInitError
 from sync.pretix_wire import iso, uuid7_time
 from tests.pretix_server import (
     API_TOKEN,
@@ -89,7 +90,7 @@ def make_upstream(rig_dir: Path, url: str, journal: Journal, store: RevocationSt
         journal=journal, revocations=store, set_trust=trust.append,
         clock=Clock(assume="synced", wall=wall), base_policy=GatePolicy("Gate 3", None),
         on_alert=alerts.append, timeout_s=kw.pop("timeout_s", 2.0),
-        backoff=Backoff(base_s=1.0, cap_s=60.0, rng=lambda a, b: b), **kw,
+        backoff=Backoff(1.0, 60.0), **kw,
     )  # fmt: skip
 
 
