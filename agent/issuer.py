@@ -51,11 +51,6 @@ _SNIFF_BYTES = 64 << 10
 ALL_ZONES = 0xFFFF
 _U32 = 0xFFFF_FFFF
 
-# QR parameters for issued tickets: TK1 text is 166 QR-alphanumeric characters, version 7 at M.
-QR_ERROR = "m"
-QR_SCALE = 6
-QR_BORDER = 4
-
 
 @dataclass(frozen=True)
 class IssuerInfo:
@@ -374,60 +369,6 @@ def extra_private_keys(dir: Path, *, allowed: Iterable[Path] = ()) -> list[Path]
         if _PEM_PRIVATE in start:
             found.append(path)
     return found
-
-
-def issue_files(
-    issuer: TicketSigner,
-    out: Path,
-    *,
-    event: int,
-    zones: Iterable[int] | None = None,
-    not_before: int | None = None,
-    not_after: int | None = None,
-    count: int = 1,
-) -> list[Path]:
-    """Issue ``count`` tickets into ``out`` as ticket-0001.txt (text + newline) and .png (QR).
-
-    ``out`` is created when missing; numbering continues after the tickets already there, so
-    issued tickets are never replaced. Returns the .txt paths. Raises IssuerError when ``count`` is below 1, a
-    ticket value is invalid (before any file is written), or the files cannot be written.
-    """
-    if count < 1:
-        raise IssuerError(f"count must be >= 1, got {count}")
-    zone_list = None if zones is None else list(zones)
-    texts = [
-        issuer.ticket(event=event, zones=zone_list, not_before=not_before, not_after=not_after)
-        for _ in range(count)
-    ]
-    written = write_tickets(out, texts)
-    log.info("issued %d tickets for event %d into %s", len(written), event, out)
-    return written
-
-
-def write_tickets(out: Path, texts: list[str]) -> list[Path]:
-    """Write each text as ``ticket-NNNN.txt`` (text + newline) and ``.png`` (its QR code) in
-    ``out`` (created when missing), numbering on after the tickets already there, so issued
-    tickets are never replaced. Returns the .txt paths; raises IssuerError when unwritable."""
-    import segno  # only the issuing path needs it
-
-    written: list[Path] = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # Numbering continues after tickets already in ``out``: issued tickets are never replaced.
-        first = 1 + max(
-            (int(p.stem[7:]) for p in out.glob("ticket-*.txt") if p.stem[7:].isdigit()), default=0
-        )
-        for n, text in enumerate(texts, start=first):
-            name = f"ticket-{n:04d}"
-            qr = segno.make(
-                text, error=QR_ERROR, mode="alphanumeric", micro=False, boost_error=False
-            )
-            qr.save(str(out / f"{name}.png"), kind="png", scale=QR_SCALE, border=QR_BORDER)
-            (out / f"{name}.txt").write_text(text + "\n", encoding="ascii")
-            written.append(out / f"{name}.txt")
-    except OSError as exc:
-        raise IssuerError(f"{out}: cannot write tickets: {exc}") from exc
-    return written
 
 
 def zone_mask(zones: Iterable[int]) -> int:

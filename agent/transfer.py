@@ -24,7 +24,8 @@ from pathlib import Path
 from agent import revocation_issuer, tickets, trust
 from agent.errors import IssuerError, TicketFormatError
 from agent.fsutil import write_atomic
-from agent.issuer import TRUST_BUNDLE, Issuer, write_tickets
+from agent.issuer import TRUST_BUNDLE, Issuer
+from agent.ticket_files import write_tickets
 
 STATE_FILE = "revocations.state.json"
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent import issuer
+from agent import issuer, ticket_files
 from agent.app.check import read_image
 from drivers.camera import CameraScanner
 
@@ -95,7 +95,7 @@ def ticket(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, list[Pa
     """(keys folder, ticket text, its photos as JPEG files)."""
     d = tmp_path_factory.mktemp("photos")
     issuer.keys_init(d / "keys", kid=11)
-    [txt] = issuer.issue_files(issuer.Issuer.load(d / "keys"), d / "tickets", event=1)
+    [txt] = ticket_files.issue_files(issuer.Issuer.load(d / "keys"), d / "tickets", event=1)
     qr = cv2.imread(str(txt.with_suffix(".png")), cv2.IMREAD_GRAYSCALE)
     photos = []
     for i in range(len(PHOTOS)):

@@ -13,7 +13,8 @@ from pyzbar.pyzbar import decode as zbar_decode
 
 from agent import issuer, keys, signed, tickets
 from agent.errors import IssuerError, TrustError
-from agent.issuer import Issuer, issue_files, keys_init, parse_iso
+from agent.issuer import Issuer, keys_init, parse_iso
+from agent.ticket_files import issue_files
 
 
 def _root_pub(keys_dir: Path) -> keys.PublicKey:

@@ -140,11 +140,11 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace) -> int:
-    from agent import issuer
+    from agent import issuer, ticket_files
 
     if args.count < 1 or args.count > 100_000:
         raise UsageError("--count must be 1-100000")
-    paths = issuer.issue_files(
+    paths = ticket_files.issue_files(
         issuer.TicketSigner.load(args.keys),
         args.out,
         event=args.event,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from agent import issuer, keys, revocation_issuer
+from agent import issuer, keys, revocation_issuer, ticket_files
 from agent.app import config as cfg
 from agent.app import demo_hub
 from agent.app.daemon import open_gate
@@ -95,7 +95,7 @@ def _tickets(dir: Path) -> dict[str, str]:
         "hub-1": iss.ticket(event=1, zones=[1]),
         "hub-2": iss.ticket(event=1, zones=[1]),
     }
-    issuer.issue_files(
+    ticket_files.issue_files(
         iss, dir / "tickets", event=1, zones=[1], not_before=None, not_after=None, count=3
     )
     from agent import tickets
