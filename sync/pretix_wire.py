@@ -9,17 +9,14 @@ another device. Secrets travel only inside bodies and URLs, never into logs: cal
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from agent.errors import ConfigError
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.redact import text_digest
@@ -334,17 +331,6 @@ def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Co
             return Conflict(before.gate_id, before.wall_time)
         return None
     return None
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    """A small JSON state file of the adapter; raises ConfigError when unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read pretix state: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: pretix state must be a JSON object")
-    return value
 
 
 def latest(current: str | None, rows: list[Any], field: str) -> str | None:

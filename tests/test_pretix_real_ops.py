@@ -128,7 +128,7 @@ async def test_annulment_later_than_15_minutes_is_not_sent_and_pretix_refuses_it
         assert up is not None
         outcome = await gate.lane.present(scan(secret))
         assert outcome is not None and outcome.passed is False, outcome
-        with caplog.at_level(logging.WARNING, logger="sync.pretix"):
+        with caplog.at_level(logging.WARNING, logger="sync.pretix_upload"):
             assert await up.sync_once(), up.status
         assert up.status["outbox"] == 0 and up.status["rejected"] == 0, up.status
     assert "comes more than 15 min after its entry" in caplog.text

@@ -1,0 +1,178 @@
+"""Downloads from one pretix event: its keys and check-in list, revoked and blocked secrets, and
+other devices' check-ins and annulments.
+
+:class:`PretixDownload` reads; what it learns goes into the revocation store and the journal, or is
+returned to :class:`sync.pretix.PretixUpstream` (the event and the list, which it turns into the
+trust bundle and the gate policy). Every endpoint used is allowed to pretix's "pretixSCAN" device
+profile. Revoked secrets are asked by ``created_since``, blocked ones by ``updated_since``
+(inclusive cursors, so the cursor row comes back and is re-applied harmlessly); other devices'
+check-ins come from the orders modified since the last round (``modified_since``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import pretix_event
+from agent.errors import UpstreamUnavailable
+from agent.journal import Journal, PeerEntry
+from agent.revocation import RevocationStore
+from sync import pretix_wire as wire
+from sync.pretix_http import PretixHTTP
+from sync.pretix_state import load_cursors, save_cursors
+
+log = logging.getLogger(__name__)
+
+_REVOKED_CURSOR = "pretix_revoked_created_since"
+_BLOCKED_CURSOR = "pretix_blocked_updated_since"
+_ORDERS_CURSOR = "orders_modified_since"
+# The cursor is the first page's X-Page-Generated (pretix's time when it began answering, what
+# pretixSCAN itself continues from) less this margin, for a check-in whose transaction was still
+# open then: it may carry an earlier last_modified yet commit after our query. Seconds are
+# plenty for pretix's check-in and annul transactions; a quiet event re-reads nothing.
+_ORDERS_OVERLAP_S = 10.0
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class PretixDownload:
+    """What one gate reads from one event and check-in list.
+
+    Every method raises UpstreamUnavailable or UpstreamAuthError for pretix faults; journal and
+    revocation store faults propagate. ``state_dir`` holds the orders cursor (ConfigError when
+    unreadable).
+    """
+
+    def __init__(
+        self,
+        http: PretixHTTP,
+        *,
+        event_path: str,
+        checkin_list: int,
+        state_dir: Path,
+        journal: Journal,
+        revocations: RevocationStore,
+        clock: Clock,
+    ) -> None:
+        self._http, self._event_path, self._list = http, event_path, checkin_list
+        self._state_dir = state_dir
+        self._journal, self._revocations, self._clock = journal, revocations, clock
+        self._cursors = load_cursors(state_dir)
+        self._position_peers: dict[int, wire.Peers] = {}  # position id -> its peers' check-ins
+
+    async def event(self) -> dict[str, Any]:
+        """The event object (its ``valid_keys`` and settings)."""
+        path = self._event_path + "/"
+        reply = await self._http.request("GET", path)
+        if not reply.ok or not isinstance(reply.body, dict):
+            raise UpstreamUnavailable(f"GET {path}: HTTP {reply.status}, no JSON object")
+        return reply.body
+
+    async def checkin_list(self) -> dict[str, Any]:
+        """Our check-in list from the event's lists: the pretixSCAN profile may list them but
+        not read one by its id (403)."""
+        path = f"{self._event_path}/checkinlists/"
+        async for _reply, rows in self._http.pages(path, {}):
+            for row in rows:
+                if isinstance(row, dict) and row.get("id") == self._list:
+                    return row
+        raise UpstreamUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
+
+    async def secrets(self) -> None:
+        """Revoked and blocked secrets since the stored cursors, applied to the revocation store
+        with the new cursors in one transaction."""
+        cursor = self._revocations.upstream_cursor
+        revoked: list[str] = []
+        newest_created = cursor.get(_REVOKED_CURSOR)
+        params = {"ordering": "created"}
+        if newest_created:
+            params["created_since"] = newest_created
+        async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
+            revoked += pretix_event.revoked_secrets(reply.body)
+            newest_created = wire.latest(newest_created, rows, "created")
+        blocked: dict[str, bool] = {}
+        newest_updated = cursor.get(_BLOCKED_CURSOR)
+        params = {"ordering": "updated"}
+        if newest_updated:
+            params["updated_since"] = newest_updated
+        async for reply, rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
+            blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
+            newest_updated = wire.latest(newest_updated, rows, "updated")
+        new_cursor = {
+            name: value
+            for name, value in (
+                (_REVOKED_CURSOR, newest_created),
+                (_BLOCKED_CURSOR, newest_updated),
+            )
+            if value
+        }
+        before = self._revocations.meta.version
+        meta = await self._revocations.apply_secrets(
+            revoke=revoked,
+            block=[s for s, b in blocked.items() if b],
+            unblock=[s for s, b in blocked.items() if not b],
+            cursor=new_cursor,
+            issued_at=int(self._clock.now()),
+        )
+        if meta.version != before:  # the cursor rows come back every round: quiet then
+            log.info(
+                "pretix: %d revoked, %d blocked-state secrets applied (list v%d)",
+                len(revoked), len(blocked), meta.version,
+            )  # fmt: skip
+
+    async def checkins(self, own_device: int | None) -> None:
+        """Check-ins of other devices, from the orders modified since the last round.
+
+        pretix ignores ``modified_since`` on a list's positions but honours it on orders, and
+        every check-in and every annulment touches its order's ``last_modified``; an order lists
+        its positions with their successful check-ins (those of every list: ours are picked
+        out). Ordered by creation, which no change moves, so paging while orders change can
+        repeat a row but never skip one. The cursor is the server's time at the first page,
+        less a margin for transactions still open then. Without ``own_device`` nothing is learnt
+        (ours could not be told from theirs).
+        """
+        if own_device is None:
+            log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
+            return
+        since = self._cursors.get(_ORDERS_CURSOR)
+        params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
+        params += [("exclude", f) for f in wire.ORDER_SKIPPED]
+        if since:
+            params.append(("modified_since", since))
+        started: float | None = None
+        learnt = skipped = annulled = 0
+        async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
+            if started is None:
+                started = wire.page_generated(reply.headers) or self._clock.now()
+            rows, bad = wire.order_positions(orders)
+            entries, bad_checkins = wire.peer_entries(rows, own_device, self._list)
+            skipped += bad + bad_checkins
+            learnt += await self._journal.add_peer_entries(entries)
+            annulled += await self._learn_annulments(rows, own_device)
+        if learnt or skipped or annulled:
+            log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
+                     learnt, annulled, skipped)  # fmt: skip
+        if started is not None:
+            self._cursors[_ORDERS_CURSOR] = wire.iso(started - _ORDERS_OVERLAP_S)
+            save_cursors(self._state_dir, self._cursors)
+
+    async def _learn_annulments(self, rows: list[Any], own_device: int) -> int:
+        """Other devices' check-ins that a downloaded position no longer lists were annulled
+        there (positions list successful check-ins only): store those annulments.
+
+        What each position listed is kept per process; a position first seen since start is
+        compared with what the journal learnt before (annulled while this gate was down)."""
+        annuls: list[PeerEntry] = []
+        for pid, secret, now in wire.position_peers(rows, own_device, self._list):
+            known = self._position_peers.get(pid)
+            if known is None:
+                known = wire.standing_peers(await self._journal.history(wire.PRETIX_REF + secret))
+            gone = {k: v for k, v in known.items() if k not in now}
+            if gone:
+                annuls += wire.peer_annulments(secret, gone, self._clock.now())
+            self._position_peers[pid] = now
+        return await self._journal.add_peer_entries(annuls) if annuls else 0

@@ -1,0 +1,88 @@
+"""What the pretix adapter keeps in the gate's state directory between runs.
+
+* ``pretix_device.json`` (mode 0600): the device's identity, written once by device
+  initialisation: the API token, the device id and the server it belongs to;
+* ``pretix_sync.json`` (mode 0600): download cursors that are not revocation keys (the orders'
+  ``modified_since`` for other devices' check-ins). The revoked and blocked secrets' cursors live
+  in the revocation store, written in the same transaction as the keys they led to.
+
+Both are small JSON objects written atomically; an unreadable one is a ConfigError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from agent.fsutil import write_atomic
+
+log = logging.getLogger(__name__)
+
+DEVICE_FILE = "pretix_device.json"
+SYNC_FILE = "pretix_sync.json"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """The initialised device: its API token (never shown) and its id at the server."""
+
+    token: str = field(repr=False)
+    device_id: int
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A small JSON state file of the adapter; raises ConfigError when unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read pretix state: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: pretix state must be a JSON object")
+    return value
+
+
+def load_device(state_dir: Path, base_url: str) -> DeviceIdentity | None:
+    """The device stored in ``state_dir`` (None when not initialised yet).
+
+    Raises ConfigError when the file is unreadable, malformed, or belongs to another server. A
+    file readable by others is set to mode 0600 (with a warning).
+    """
+    path = state_dir / DEVICE_FILE
+    if not path.exists():
+        return None
+    record = read_state(path)
+    if record.get("base_url") not in (None, base_url):
+        raise ConfigError(f"{path}: device belongs to {record.get('base_url')!r}")
+    token, device = record.get("api_token"), record.get("device_id")
+    if not isinstance(token, str) or not token or not isinstance(device, int):
+        raise ConfigError(f"{path}: 'api_token' (string), 'device_id' (int) expected")
+    if path.stat().st_mode & 0o077:
+        log.warning("%s was readable by others; mode set to 0600", path)
+        os.chmod(path, 0o600)
+    return DeviceIdentity(token, device)
+
+
+def save_device(state_dir: Path, record: dict[str, Any]) -> None:
+    """Store an initialised device's record (mode 0600); raises OSError when it cannot."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(state_dir / DEVICE_FILE, json.dumps(record).encode(), mode=0o600)
+
+
+def load_cursors(state_dir: Path) -> dict[str, str]:
+    """The stored download cursors (empty when none); raises ConfigError when unreadable."""
+    path = state_dir / SYNC_FILE
+    if not path.exists():
+        return {}
+    return {k: v for k, v in read_state(path).items() if isinstance(v, str)}
+
+
+def save_cursors(state_dir: Path, cursors: dict[str, str]) -> None:
+    """Store the download cursors atomically (mode 0600); raises OSError when it cannot."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = json.dumps(cursors, sort_keys=True).encode()
+    write_atomic(state_dir / SYNC_FILE, data, mode=0o600)

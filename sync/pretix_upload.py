@@ -1,0 +1,205 @@
+"""Uploads to one pretix check-in list: check-ins, failed check-ins and annulments, and the
+security alerts that pretix's answers reveal.
+
+Unsynced journal rows go up in ``gate_seq`` order; a row is marked synced once it is done upstream
+(accepted, or refused for good). Every check-in carries the entry's id as its nonce, so a retry
+after a lost answer is no second check-in.
+
+What pretix does not report (all observed on a real server, see the vectors' README):
+* forced (offline) uploads always answer 201 ok, duplicates included: conflicts are found from
+  the position's earlier check-ins in the answer and from downloaded check-ins of other devices;
+* an annulment works only from the device that checked in and within 15 minutes of that
+  check-in's time: a later annulment is logged and not sent.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+from agent.errors import UpstreamUnavailable
+from agent.journal import EntryRecord, Journal
+from agent.redact import pretix_short_id
+from agent.rules import GatePolicy
+from sync import pretix_wire as wire
+from sync.pretix_http import PretixHTTP, Reply
+
+log = logging.getLogger(__name__)
+
+_ALERTS_KEPT = 100
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PretixAlert:
+    """A ticket admitted here that another device had admitted before (security relevant)."""
+
+    kind: str  # "duplicate_entry" (seen in check-ins) or "already_redeemed" (pretix said so)
+    ticket: str  # short hash of the secret, never the secret
+    entry_id: str
+    other: str  # the other device ("pretix-device-2")
+    at: float  # our scan time
+    other_at: float | None
+    detail: str
+
+
+class _Done(Exception):
+    """Internal: a row is finished upstream (accepted, or refused for good); carries why."""
+
+
+class PretixUpload:
+    """Drains one gate's journal outbox into one check-in list.
+
+    ``rejected`` counts rows pretix refused for good; ``alerts`` holds the latest 100 alerts,
+    each also passed to ``on_alert`` (whose faults are logged, never raised).
+    """
+
+    def __init__(
+        self,
+        http: PretixHTTP,
+        *,
+        organizer: str,
+        event: str,
+        checkin_list: int,
+        journal: Journal,
+        clock: Clock,
+        batch: int,
+        on_alert: Callable[[PretixAlert], None] | None = None,
+    ) -> None:
+        self._http, self._org, self._event, self._list = http, organizer, event, checkin_list
+        self._event_path = f"/api/v1/organizers/{quote(organizer, safe='')}/events/" + quote(
+            event, safe=""
+        )
+        self._journal, self._clock, self._batch = journal, clock, batch
+        self._on_alert = on_alert
+        self.alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)
+        self.alert_count = 0
+        self.rejected = 0
+
+    async def drain(self, policy: GatePolicy, own_device: int | None) -> None:
+        """Upload every unsynced row, oldest first, marking each synced when done upstream.
+
+        Raises UpstreamUnavailable or UpstreamAuthError (the row and those after it stay queued)
+        and journal faults.
+        """
+        while rows := await self._journal.unsynced(self._batch):
+            for rec in rows:
+                await self._upload_row(rec, policy, own_device)
+                await self._journal.mark_synced(rec.gate_seq, self._clock.now())
+            if len(rows) < self._batch:
+                return
+
+    async def _upload_row(self, rec: EntryRecord, policy: GatePolicy, own: int | None) -> None:
+        """Send one row; returns when it is done upstream, raises to keep it queued."""
+        try:
+            if rec.kind in ("entry", "exit"):
+                await self._upload_checkin(rec, policy, own)
+            elif rec.kind == "attempt":
+                await self._upload_failed(rec, policy)
+            else:
+                await self._upload_annul(rec)
+        except _Done as done:
+            why = str(done)
+            if why:
+                log.info("pretix: %s %s (gate_seq %d) done: %s", rec.kind, rec.entry_id,
+                         rec.gate_seq, why)  # fmt: skip
+
+    async def _upload_checkin(self, rec: EntryRecord, policy: GatePolicy, own: int | None) -> None:
+        secret = wire.secret_of(rec.ticket_ref)
+        if secret is None:
+            raise _Done("not a pretix ticket, nothing to upload")
+        path = wire.redeem_path(self._org, self._event, self._list, secret)
+        reply = await self._http.request(
+            "POST", path, json_body=wire.redeem_body(rec), params={"untrusted_input": "true"},
+            secret=secret,
+        )  # fmt: skip
+        if reply.ok:
+            if rec.kind == "entry":
+                await self._check_duplicate(rec, secret, reply, policy, own)
+            return
+        reason = reply.body.get("reason") if isinstance(reply.body, dict) else None
+        if reply.status == 404 and reason is None:
+            raise UpstreamUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
+        if reason == "already_redeemed":
+            self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
+        self.rejected += 1
+        raise _Done(
+            f"refused by pretix for good: HTTP {reply.status} {reason or wire.reply_keys(reply)}"
+        )
+
+    async def _upload_failed(self, rec: EntryRecord, policy: GatePolicy) -> None:
+        path = f"{self._event_path}/checkinlists/{self._list}/failed_checkins/"
+        reply = await self._http.request(
+            "POST", path, json_body=wire.failed_checkin_body(rec, policy.direction)
+        )
+        if reply.ok:
+            return
+        if reply.status == 404:
+            raise UpstreamUnavailable(f"failed_checkins: HTTP 404 (list {self._list}?)")
+        self.rejected += 1
+        raise _Done(
+            f"failed check-in refused for good: HTTP {reply.status} {wire.reply_keys(reply)}"
+        )
+
+    async def _upload_annul(self, rec: EntryRecord) -> None:
+        if rec.annuls is None or wire.secret_of(rec.ticket_ref) is None:
+            raise _Done("not a pretix ticket, nothing to annul")
+        try:
+            late = rec.wall_time - wire.uuid7_time(rec.annuls) > wire.ANNUL_WINDOW_S
+        except ValueError:
+            late = False
+        if late:
+            log.warning(
+                "pretix: annulment %s comes more than 15 min after its entry; pretix refuses"
+                " that, not sent (the check-in stays counted upstream)", rec.entry_id,
+            )  # fmt: skip
+            raise _Done("")
+        path = f"/api/v1/organizers/{quote(self._org, safe='')}/checkinrpc/annul/"
+        reply = await self._http.request("POST", path, json_body=wire.annul_body(rec, self._list))
+        if reply.ok:
+            return
+        # 404: no check-in with that nonce from this device (the entry was refused upstream);
+        # 400: outside pretix's 15 minutes. Retrying cannot change either.
+        self.rejected += 1
+        raise _Done(f"annulment refused for good: HTTP {reply.status} {wire.reply_keys(reply)}")
+
+    async def _check_duplicate(
+        self, rec: EntryRecord, secret: str, reply: Reply, policy: GatePolicy, own: int | None
+    ) -> None:
+        if policy.entry_policy == "unlimited":
+            return
+        conflict = wire.prior_entry_in_answer(reply.body, own, rec.wall_time)
+        if conflict is None:
+            history = await self._journal.history(rec.ticket_ref)
+            conflict = wire.prior_entry_in_history(history, rec.entry_id)
+        if conflict is not None:
+            self._alert(rec, secret, "duplicate_entry", conflict.device, conflict.at,
+                        "admitted here while an entry elsewhere was still standing")  # fmt: skip
+
+    def _alert(
+        self, rec: EntryRecord, secret: str, kind: str, other: str, other_at: float | None,
+        detail: str,
+    ) -> None:  # fmt: skip
+        if any(a.entry_id == rec.entry_id for a in self.alerts):
+            return
+        alert = PretixAlert(kind, pretix_short_id(secret), rec.entry_id, other, rec.wall_time,
+                            other_at, detail)  # fmt: skip
+        self.alerts.append(alert)
+        self.alert_count += 1
+        log.warning(
+            "SECURITY ALERT %s: ticket %s entry %s at %s; other: %s at %s (%s)",
+            kind, alert.ticket, rec.entry_id, wire.iso(rec.wall_time), other,
+            "?" if other_at is None else wire.iso(other_at), detail,
+        )  # fmt: skip
+        if self._on_alert is not None:
+            try:
+                self._on_alert(alert)
+            except Exception:  # an alert sink must not stop the sync
+                log.exception("pretix: alert callback failed")
