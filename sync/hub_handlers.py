@@ -25,13 +25,13 @@ from sync.protocol import (
     MAX_PAGE,
     MAX_WAIT_S,
     AlertPage,
-    BatchUpload,
     FeedPage,
     GatesPage,
     Heartbeat,
     HeartbeatAck,
     RevocationPage,
 )
+from sync.protocol_batch import parse_batch
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ async def upload(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     gate = _path_gate(request)
     await gate_caller(request, hub, gate)
-    batch = protocol.parse(await _body(request), BatchUpload)
+    batch = parse_batch(await _body(request))
     if batch.gate_id != gate:
         raise HttpError(403, "gate_id: the batch is for another gate than the path")
     try:

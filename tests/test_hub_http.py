@@ -238,6 +238,14 @@ async def test_bad_bodies_are_400_with_a_message(
         ),
         "unknown reason": (body(entry={"reason": "because"}), "bad_request", "entries[0].reason"),
         "no entries": (body(entries=[]), "bad_request", "entries"),
+        "too many entries": (
+            body(entries=[row] * 501),
+            "bad_request",
+            "entries: expected a list of at most 500",
+        ),
+        "over-long string": (body(entry={"lane": "x" * 65}), "bad_request", "entries[0].lane"),
+        "bool for an integer": (body(entry={"hlc": True}), "bad_request", "entries[0].hlc"),
+        "control character": (body(entry={"detail": "a\x07"}), "bad_request", "entries[0].detail"),
         "oversize": (b" " * (MAX_BODY_BYTES + 1), "too_large", "byte limit"),
         "far oversize": (b"[" * (3 * MAX_BODY_BYTES), "too_large", "byte limit"),
     }
