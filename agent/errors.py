@@ -4,7 +4,8 @@ Outcomes of a scan are values (:class:`agent.model.Decision`), never exceptions.
 faults: a bad config, a refused trust bundle, a broken device, an upstream that cannot be used. Every
 leaf also inherits the builtin it most resembles, so callers may catch either. Library errors
 (aiohttp, ssl, json, sqlite3) are mapped to the most specific class here where they are met, with
-``raise ... from``; no message carries a token, a secret or a ticket's text.
+``raise ... from`` (``from None`` only where the library's text would carry a secret: a pretix URL
+that holds a ticket secret); no message carries a token, a secret or a ticket's text.
 
 ::
 
