@@ -2,12 +2,16 @@
 
 Shared by the lane (scan path) and `gate-agent check` (which wants every rule's outcome). Nothing here
 touches the network; the revocation lookup is an in-memory index; history is one indexed query.
+
+The lane splits the work in two: :meth:`Checker.prepare` does everything but the ticket's history
+on the event loop, and :meth:`Pending.decide` (pure) finishes the decision once the history is
+read, on the journal's thread, in the same job as the insert (:meth:`Journal.decide_and_record`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent import rules, tickets, trust
 from agent.clock import ClockReading
@@ -30,7 +34,33 @@ class Evaluation:
     authenticated: bool = False
 
 
-def journal_ref(text: str, evaluation: Evaluation) -> str:
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A scan parsed and verified; its decision waits only for the ticket's history.
+
+    ``facts`` is None when the text did not parse: ``decision`` is then final.
+    """
+
+    ticket: Ticket | None
+    facts: rules.Facts | None
+    decision: Decision | None = None
+    authenticated: bool = False
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether the ticket's history can change the decision (an unauthenticated text is
+        denied by the first rule whatever its claimed history says)."""
+        return self.facts is not None and self.authenticated
+
+    def decide(self, history: Sequence[HistoryEntry]) -> Decision:
+        """The decision given the ticket's ``history``. Pure: safe on any thread."""
+        if self.facts is None:
+            assert self.decision is not None
+            return self.decision
+        return rules.decide(replace(self.facts, history=history))
+
+
+def journal_ref(text: str, evaluation: Evaluation | Pending) -> str:
     """The reference a presentation of ``text`` is journalled (and uploaded) under.
 
     A ticket's own ``ticket_ref`` only once its signature verified against a trusted key. Any
@@ -85,23 +115,36 @@ class Checker:
     def list_version(self) -> int:
         return self._meta().version
 
-    async def evaluate(
-        self, text: str, history: HistoryLookup, clock: ClockReading, *, explain: bool = False
-    ) -> Evaluation:
-        """Decide on ``text``. Bad input is a deny decision, never an exception."""
+    def prepare(self, text: str, clock: ClockReading) -> Pending:
+        """Parse and verify ``text`` and look it up in the lists: all but its history.
+
+        Bad input is a final deny decision, never an exception.
+        """
         try:
             ticket = tickets.parse(text)
         except TicketFormatError as exc:
-            return Evaluation(None, rules.invalid_format(str(exc)))
-        # Verify first, then history: for a ticket never seen here (the usual case) the journal
-        # answers from memory without a thread hop, and a task to overlap the two costs more.
+            return Pending(None, None, rules.invalid_format(str(exc)))
         signature = self.signature(ticket, clock.now)
-        # An unauthenticated text is denied by the first rule whatever its claimed history says,
-        # so the lane does not look that history up (only `check` shows every rule).
-        past = await history(ticket.ticket_ref) if signature.ok or explain else ()
-        facts = self.facts(ticket, past, clock, signature)
+        facts = self.facts(ticket, (), clock, signature)
+        return Pending(ticket, facts, authenticated=signature.ok)
+
+    async def evaluate(
+        self, text: str, history: HistoryLookup, clock: ClockReading, *, explain: bool = False
+    ) -> Evaluation:
+        """Decide on ``text``. Bad input is a deny decision, never an exception.
+
+        With ``explain`` every rule's outcome is kept, and the history of an unauthenticated
+        text is looked up too (`gate-agent check` shows every rule).
+        """
+        pending = self.prepare(text, clock)
+        if pending.facts is None:
+            assert pending.decision is not None
+            return Evaluation(None, pending.decision)
+        ticket, authenticated = pending.ticket, pending.authenticated
+        assert ticket is not None
+        past = await history(ticket.ticket_ref) if authenticated or explain else ()
         if not explain:
-            return Evaluation(ticket, rules.decide(facts), authenticated=signature.ok)
-        results = tuple(rules.explain(facts))
+            return Evaluation(ticket, pending.decide(past), authenticated=authenticated)
+        results = tuple(rules.explain(replace(pending.facts, history=past)))
         decision = rules.from_results(results, self.policy.direction)
-        return Evaluation(ticket, decision, results, authenticated=signature.ok)
+        return Evaluation(ticket, decision, results, authenticated=authenticated)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from agent import rules
-from agent.checker import Checker, Evaluation, journal_ref
+from agent.checker import Checker, Pending, journal_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
-from agent.journal import EntryRecord, Journal, Kind
+from agent.journal import DecisionNotRecorded, EntryRecord, HistoryEntry, Journal, Kind
 from agent.model import Decision, Flag, Reason, Ticket, Verdict
 from agent.ports import GateIO, Indicator, Scan, Scanner
 from agent.redact import text_digest
@@ -60,7 +60,18 @@ class Outcome:
         return rules.staff_message(self.decision)
 
 
+class _Decided(NamedTuple):
+    """A decision to carry out, its row (None: not written), its ref and the authenticated
+    ticket (None when there is none or nothing was decided)."""
+
+    decision: Decision
+    record: EntryRecord | None
+    ref: str
+    ticket: Ticket | None
+
+
 FREE_PASSAGE = Decision(Verdict.ADMIT, Reason.OK, "emergency")
+INTERNAL_ERROR = Decision(Verdict.DENY, Reason.ERROR, "internal error")
 MAX_WAITING = 8  # scans queued behind an open gate; beyond this the scanner is not read
 
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
@@ -192,20 +203,7 @@ class Lane:
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
             await self._show(FREE_PASSAGE, "Emergency - free passage")
             return None
-        evaluation = await self._evaluate(scan)
-        decision = evaluation.decision
-        ticket = evaluation.ticket if evaluation.authenticated else None
-        offline = self._offline()
-        if offline and decision.admitted and self.uplink is not None:
-            decision = replace(decision, flags=decision.flags | {Flag.OFFLINE})
-        ref = journal_ref(scan.text, evaluation)
-        direction = self.checker.policy.direction
-        kind: Kind = direction if decision.admitted else "attempt"
-        record: EntryRecord | None = None
-        try:
-            record = await self._record(ref, kind, decision, offline=offline)
-        except JournalError as exc:
-            decision = self._unrecorded(decision, exc)
+        decision, record, ref, ticket = await self._decide_and_record(scan, self._prepare(scan))
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)
         outcome = Outcome(scan, ticket, decision, record, latency, self.settings.name)
@@ -227,16 +225,59 @@ class Lane:
         log.error("lane %s: decision not recorded, gate stays shut: %s", name, exc)
         return Decision(Verdict.DENY, Reason.ERROR, "journal write failed")
 
-    async def _evaluate(self, scan: Scan) -> Evaluation:
+    def _prepare(self, scan: Scan) -> Pending:
+        """All of the decision but the ticket's history (:meth:`Checker.prepare`)."""
         try:
-            return await self.checker.evaluate(
-                scan.text, self.journal.history, self.clock.reading()
-            )
+            return self.checker.prepare(scan.text, self.clock.reading())
         except Exception:  # a bug must deny one scan, not stop the lane
             log.exception(
                 "lane %s: internal error deciding %s", self.settings.name, text_digest(scan.text)
             )
-            return Evaluation(None, Decision(Verdict.DENY, Reason.ERROR, "internal error"))
+            return Pending(None, None, INTERNAL_ERROR)
+
+    async def _decide_and_record(self, scan: Scan, pending: Pending) -> _Decided:
+        """Decide and record in one journal job (one thread round trip per scan)."""
+        offline = self._offline()
+        flag_offline = offline and self.uplink is not None
+
+        def decide(history: Sequence[HistoryEntry]) -> Decision:
+            decision = pending.decide(history)
+            if flag_offline and decision.admitted:
+                decision = replace(decision, flags=decision.flags | {Flag.OFFLINE})
+            return decision
+
+        ref = journal_ref(scan.text, pending)
+        ticket = pending.ticket if pending.authenticated else None
+        try:
+            decision, record = await self.journal.decide_and_record(
+                ref,
+                decide,
+                admit_as=self.checker.policy.direction,
+                lane=self.settings.name,
+                rev_version=self.checker.list_version(),
+                zone=self.checker.policy.zone,
+                offline=offline,
+                with_history=pending.needs_history,
+            )
+        except DecisionNotRecorded as exc:
+            self.journal_fault = f"journal write failed: {exc}"
+            return _Decided(self._unrecorded(exc.decision, exc), None, ref, ticket)
+        except Exception:  # history unreadable, journal closed, a bug: deny, and record that
+            log.exception(
+                "lane %s: internal error deciding %s", self.settings.name, text_digest(scan.text)
+            )
+            return await self._record_error(scan.text, offline)
+        self._recorded()
+        return _Decided(decision, record, ref, ticket)
+
+    async def _record_error(self, text: str, offline: bool) -> _Decided:
+        """Record an internal error's denial, under the text's digest (nothing was decided)."""
+        ref = journal_ref(text, Pending(None, None, INTERNAL_ERROR))
+        try:
+            record = await self._record(ref, "attempt", INTERNAL_ERROR, offline=offline)
+        except JournalError as exc:
+            return _Decided(self._unrecorded(INTERNAL_ERROR, exc), None, ref, None)
+        return _Decided(INTERNAL_ERROR, record, ref, None)
 
     def _offline(self) -> bool:
         return self.uplink is None or not self.uplink.online
@@ -264,10 +305,14 @@ class Lane:
         except JournalError as exc:
             self.journal_fault = f"journal write failed: {exc}"
             raise
+        self._recorded()
+        return record
+
+    def _recorded(self) -> None:
+        """A row was written: the journal works, and the uplink has something to upload."""
         self.journal_fault = None
         if self.uplink is not None:
             self.uplink.nudge()
-        return record
 
     async def _carry_out(self, outcome: Outcome, record: EntryRecord | None, ref: str) -> Outcome:
         """Open the gate once and wait; an admission (entry or exit) nobody used is annulled.

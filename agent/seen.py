@@ -43,13 +43,15 @@ class SeenRefs:
         self._sorted = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=_DTYPE)
         self._recent = set()
 
-    def add(self, ref: str) -> None:
+    def add(self, ref: str) -> bool:
+        """Add ``ref``; True when it was not held before (so it has no history yet)."""
         key = hash(ref)
         if self._has(key):
-            return
+            return False
         self._recent.add(key)
         if len(self._recent) >= self._fold_at:
             self._fold()
+        return True
 
     def update(self, refs: Iterable[str]) -> None:
         for ref in refs:

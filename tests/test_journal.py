@@ -9,14 +9,22 @@ import random
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from agent.clock import HLC, Clock, plausible_hlc, uuid7
 from agent.errors import JournalError
-from agent.journal import EntryRecord, Journal, PeerEntry, queries, read_history
+from agent.journal import (
+    DecisionNotRecorded,
+    EntryRecord,
+    HistoryEntry,
+    Journal,
+    PeerEntry,
+    queries,
+    read_history,
+)
 from agent.model import Decision, Flag, Reason, Verdict
 from sync.protocol import EntryWire
 
@@ -557,3 +565,57 @@ async def test_checkpoint_truncates_the_wal_while_a_reader_held_it(
     assert await journal.checkpoint() is True
     assert wal.stat().st_size == 0
     assert await journal.count() == 300
+
+
+# --- decide and record in one job ---------------------------------------------------------------
+
+
+async def test_decide_and_record_decides_on_the_history_and_records_durably(
+    journal: Journal, path: Path
+) -> None:
+    first = await admit(journal, "tk1:a")
+    await journal.add_peer_entries([peer("tk1:b", (int(T0 * 1000) - 5_000) << 16)])
+    seen: dict[str, list[str]] = {}
+
+    def deciding(ref: str) -> Callable[[Sequence[HistoryEntry]], Decision]:
+        def decide(history: Sequence[HistoryEntry]) -> Decision:
+            seen[ref] = [h.entry_id for h in history]
+            return DENY_USED if history else ADMIT
+
+        return decide
+
+    results = [
+        await journal.decide_and_record(ref, deciding(ref), admit_as="entry", lane="L1",
+                                        rev_version=3)
+        for ref in ("tk1:a", "tk1:b", "tk1:c")
+    ]  # fmt: skip
+    assert seen["tk1:a"] == [first.entry_id] and seen["tk1:c"] == []
+    assert len(seen["tk1:b"]) == 1
+    assert [(d, r.kind, r.reason, r.gate_seq) for d, r in results] == [
+        (DENY_USED, "attempt", Reason.ALREADY_USED, 2),
+        (DENY_USED, "attempt", Reason.ALREADY_USED, 3),
+        (ADMIT, "entry", Reason.OK, 4),
+    ]
+    with raw(path) as other:  # committed when the call returned
+        assert other.execute("SELECT MAX(gate_seq) FROM entries").fetchone() == (4,)
+    assert await journal.history("tk1:c") == [
+        HistoryEntry("entry", "g1", "Gate 1", "L1", T0, results[2][1].entry_id, None,
+                     results[2][1].hlc, False)
+    ]  # fmt: skip
+
+
+async def test_decide_and_record_failure_carries_the_decision_and_no_seq(
+    journal: Journal, path: Path
+) -> None:
+    with raw(path) as other:
+        other.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON entries WHEN NEW.ticket_ref = 'tk1:poison' "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    with pytest.raises(DecisionNotRecorded, match="disk says no") as info:
+        await journal.decide_and_record(
+            "tk1:poison", lambda _: ADMIT, admit_as="exit", lane="L1", rev_version=3
+        )
+    assert info.value.decision == ADMIT
+    assert (await admit(journal, "tk1:b")).gate_seq == 1
+    assert await journal.check() == []

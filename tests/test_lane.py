@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import revocation_issuer, tickets
 from agent.app import config
 from agent.app.daemon import open_gate
+from agent.clock import uuid7
 from agent.errors import DriverError
 from agent.issuer import Issuer
+from agent.journal import PeerEntry
 from agent.lane import Outcome
 from agent.model import Reason, Verdict
 from agent.ports import Scan
@@ -195,3 +200,42 @@ async def test_mutated_tickets_are_never_admitted(
                 continue
             ev = await gate.checker.evaluate(mutated, gate.journal.history, gate.clock.reading())
             assert not ev.decision.admitted, ev.decision
+
+
+async def test_each_scan_is_one_journal_job_and_peers_count(
+    write_config: WriteConfig, iss: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History read, decision and insert go to the journal's thread together, once per scan."""
+    text, elsewhere = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    jobs: list[str] = []
+    async with open_gate(config.load(write_config())) as gate:
+        stamp = int(gate.clock.now() * 1000) << 16
+        peer = PeerEntry(
+            entry_id=str(uuid7(stamp >> 16)), gate_id="g7", gate_name="Gate 7", gate_seq=1,
+            ticket_ref=tickets.parse(elsewhere).ticket_ref, kind="entry", annuls=None,
+            wall_time=gate.clock.now(), hlc=stamp,
+        )  # fmt: skip
+        assert await gate.journal.add_peer_entries([peer]) == 1
+        writer = gate.journal._writer
+        assert writer is not None
+        run = writer.run
+
+        async def counting(job: Callable[[sqlite3.Connection], Any]) -> Any:
+            jobs.append(getattr(job, "__name__", repr(job)))
+            return await run(job)
+
+        monkeypatch.setattr(writer, "run", counting)
+        outcomes = []
+        for n, scanned in enumerate([text, text, elsewhere]):
+            outcomes.append(await gate.lane.present(_scan(scanned, n * 10_000)))
+            assert len(jobs) == n + 1, jobs
+        rows = await gate.journal.tail(3)
+    first, again, peer_used = outcomes
+    assert first is not None and first.decision.admitted and first.passed
+    assert again is not None and again.decision.reason is Reason.ALREADY_USED
+    assert peer_used is not None and peer_used.decision.reason is Reason.ALREADY_USED
+    assert peer_used.decision.detail.startswith("Gate 7, ")
+    assert [(r.kind, r.reason, r.gate_seq) for r in rows] == [
+        ("entry", "ok", 1), ("attempt", "already_used", 2), ("attempt", "already_used", 3),
+    ]  # fmt: skip
+    assert [o.record for o in outcomes if o is not None] == rows

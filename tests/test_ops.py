@@ -22,6 +22,7 @@ from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
+from tests.polling import until_sync
 
 EXE = (sys.executable, "-m", "agent")
 
@@ -121,12 +122,18 @@ def _running_gate(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while (
-        not (path.parent / "scan.sock").exists() or ga("status", "--config", path).returncode == 2
-    ):
-        assert proc.poll() is None and time.monotonic() < deadline, "gate did not start"
-        time.sleep(0.1)
+    until_sync(
+        lambda: (
+            proc.poll() is not None
+            or (
+                (path.parent / "scan.sock").exists()
+                and ga("status", "--config", path).returncode != 2
+            )
+        ),
+        within_s=20,
+        what="the gate to answer on its status server",
+    )
+    assert proc.poll() is None, "gate did not start"
     return proc, path
 
 
@@ -156,10 +163,11 @@ def test_logs_are_json_lines_under_systemd_with_one_line_per_decision(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(path.parent / "scan.sock"))
             s.sendall(f"{ticket}\nGARBAGE-{ticket[:20]}\n".encode())
-        deadline = time.monotonic() + 10
-        while ga("events", "--config", path).stdout.count("\n") < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        until_sync(
+            lambda: ga("events", "--config", path).stdout.count("\n") >= 2,
+            within_s=10,
+            what="both decisions in the journal",
+        )
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)

@@ -16,12 +16,13 @@ The names below are the public API; import them from ``agent.journal``.
 from agent.journal.queries import read_history
 from agent.journal.records import KINDS, EntryRecord, HistoryEntry, Kind, PeerEntry
 from agent.journal.schema import APPLICATION_ID, SCHEMA_VERSION
-from agent.journal.store import Journal
+from agent.journal.store import DecisionNotRecorded, Journal
 
 __all__ = [
     "APPLICATION_ID",
     "KINDS",
     "SCHEMA_VERSION",
+    "DecisionNotRecorded",
     "EntryRecord",
     "HistoryEntry",
     "Journal",

@@ -62,6 +62,30 @@ def last_gate_seq(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT IFNULL(MAX(gate_seq), 0) FROM entries").fetchone()[0])
 
 
+def recovery_marks(db: sqlite3.Connection) -> tuple[int, float, float | None]:
+    """The last ``gate_seq``, the latest wall time on file (own rows or peers' arrival) and the
+    latest wall time of an own row written with a synchronised clock (None: no such row)."""
+    last_seq, last_wall, last_synced_wall = db.execute(
+        "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
+        " (SELECT MAX(IFNULL((SELECT MAX(wall_time) FROM entries), 0),"
+        "  IFNULL((SELECT MAX(received_at) FROM peer_entries), 0))),"
+        " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
+    ).fetchone()
+    synced = None if last_synced_wall is None else float(last_synced_wall)
+    return int(last_seq), float(last_wall), synced
+
+
+def max_hlc_below(db: sqlite3.Connection, ceiling: int) -> int:
+    """The highest HLC on file (own rows, peers' rows, gate events) below ``ceiling``; 0: none."""
+    (hlc,) = db.execute(
+        "SELECT MAX(IFNULL((SELECT MAX(hlc) FROM entries WHERE hlc < ?1), 0),"
+        " IFNULL((SELECT MAX(hlc) FROM peer_entries WHERE hlc < ?1), 0),"
+        " IFNULL((SELECT MAX(hlc) FROM gate_events WHERE hlc < ?1), 0))",
+        (ceiling,),
+    ).fetchone()
+    return int(hlc)
+
+
 def pruned_through(db: sqlite3.Connection) -> int:
     """The highest ``gate_seq`` pruned so far (0 when nothing was)."""
     return int(db.execute(PRUNED_THROUGH).fetchone()[0])

@@ -5,14 +5,22 @@ Plain frozen dataclasses and their conversion from and to SQLite rows; no I/O he
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from agent.model import Flag, Reason, Verdict
 
+log = logging.getLogger("agent.journal")
+
 Kind = Literal["entry", "exit", "attempt", "annul"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
+# Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
+# so a bogus peer value cannot push our own HLC to overflow and stop recording.
+_PEER_HLC_MAX = (1 << 62) - 1
+_PEER_WALL_MAX = (_PEER_HLC_MAX >> 16) / 1000  # seconds: the HLC's physical range
 # Attempts are not admissions and never count against a ticket, so they stay out of history.
 HISTORY_KINDS = frozenset({"entry", "exit", "annul"})
 
@@ -59,9 +67,8 @@ class EntryRecord:
 
     def _params(self) -> tuple[Any, ...]:
         """The row's column values, in ``FIELDS`` order, as SQLite stores them."""
-        values = {name: getattr(self, name) for name in FIELDS}
-        values["flags"] = ",".join(sorted(f.value for f in self.flags))
-        return tuple(values.values())
+        flags = ",".join(sorted(f.value for f in self.flags))
+        return tuple(flags if name == "flags" else getattr(self, name) for name in FIELDS)
 
 
 # The columns of ``entries`` are exactly the fields of EntryRecord, in order.
@@ -112,3 +119,16 @@ def entry_record(row: Sequence[Any]) -> EntryRecord:
     values["clock_synced"] = bool(values["clock_synced"])
     values["offline"] = bool(values["offline"])
     return EntryRecord(**values)
+
+
+def acceptable_peer(entry: PeerEntry, own_gate_id: str) -> bool:
+    """Whether a peer entry may be stored: not this gate's own echo, and well formed (logged)."""
+    if entry.gate_id == own_gate_id:
+        return False
+    # A wall time outside the HLC's range (or NaN) would break every later decision that
+    # shows it to staff ("Gate 3, 19:02:11"), so such an entry is refused here.
+    wall_ok = math.isfinite(entry.wall_time) and 0 <= entry.wall_time <= _PEER_WALL_MAX
+    if entry.kind not in KINDS or not 0 <= entry.hlc <= _PEER_HLC_MAX or not wall_ok:
+        log.warning("skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id)
+        return False
+    return True

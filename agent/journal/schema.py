@@ -102,6 +102,19 @@ def require_journal(db: sqlite3.Connection, path: Path) -> None:
         raise JournalError(f"{path} is not a gate-agent journal")
 
 
+def claim_gate(db: sqlite3.Connection, path: Path, gate_id: str, gate_name: str) -> None:
+    """Bind a new journal to this gate; raise JournalError for a journal of another gate."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'gate_id'").fetchone()
+    if row is not None and row[0] != gate_id:
+        raise JournalError(f"journal {path} belongs to gate {row[0]!r}, not {gate_id!r}")
+    # Names may change (a gate relabelled); identity may not.
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('gate_id', ?), ('gate_name', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (gate_id, gate_name),
+    )
+
+
 @contextmanager
 def without_delete_guard(db: sqlite3.Connection) -> Iterator[None]:
     """Lift the trigger that refuses deletes of entries for the body, then put it back.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +37,7 @@ from agent.journal.records import (
     HistoryEntry,
     Kind,
     PeerEntry,
+    acceptable_peer,
     entry_params,
     peer_params,
 )
@@ -61,10 +61,14 @@ _INSERT_EVENT = (
 )
 _PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
 _REFS_CHUNK = 4096
-# Peer HLCs are capped far below the 63-bit column limit (physical part < 2**46 ms, year ~4199),
-# so a bogus peer value cannot push our own HLC to overflow and stop recording.
-_PEER_HLC_MAX = (1 << 62) - 1
-_PEER_WALL_MAX = (_PEER_HLC_MAX >> 16) / 1000  # seconds: the HLC's physical range
+
+
+class DecisionNotRecorded(JournalError):
+    """A decision was made but its row could not be written; ``decision`` says what it was."""
+
+    def __init__(self, error: JournalError, decision: Decision) -> None:
+        super().__init__(str(error))
+        self.decision = decision
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,6 +193,60 @@ class Journal:
         self._raise_floor(row.reading)
         return rec
 
+    async def decide_and_record(
+        self,
+        ticket_ref: str,
+        decide: Callable[[Sequence[HistoryEntry]], Decision],
+        *,
+        admit_as: Kind,
+        lane: str,
+        rev_version: int,
+        zone: int | None = None,
+        offline: bool = True,
+        with_history: bool = True,
+    ) -> tuple[Decision, EntryRecord]:
+        """Read the ticket's history, decide and record the decision: ONE job on the writer thread.
+
+        ``decide`` gets the history (as :meth:`history` returns it; empty without
+        ``with_history``) and must be pure: it runs on the writer thread, between the read and the
+        insert, so no other write can come in between. An admission is recorded as ``admit_as``
+        (entry or exit), anything else as an attempt. The row is durable (committed and fsync'd)
+        when this returns; the decision and the row are returned.
+
+        Raises DecisionNotRecorded (a JournalError carrying the decision) when the row cannot be
+        written, JournalError when the history cannot be read (nothing decided then), and what
+        ``decide`` raises.
+        """
+        if admit_as not in ("entry", "exit"):
+            raise ValueError(f"admissions are recorded as entry or exit, not {admit_as!r}")
+        probe = self._row(ticket_ref, admit_as, lane, rev_version, zone, None, offline)
+        writer = self._require_open()
+        known = False
+        if with_history:
+            # Before the job: an admission's ref must be known even if this caller is
+            # cancelled. A denial's ref then costs its next scans one indexed read, in this job.
+            known = not self._refs.add(shared_ref(ticket_ref))
+
+        def job(db: sqlite3.Connection) -> tuple[Decision, EntryRecord]:
+            try:
+                past = (
+                    queries.history(db, self._gate_id, self._gate_name, ticket_ref) if known else []
+                )
+            except sqlite3.Error as exc:
+                raise self._error("cannot read journal", exc) from exc
+            decision = decide(past)
+            row = probe if decision.admitted else dataclasses.replace(probe, kind="attempt")
+            try:
+                return decision, self._insert(db, row, decision)
+            except sqlite3.Error as exc:
+                raise DecisionNotRecorded(
+                    self._error("cannot record entry", exc), decision
+                ) from exc
+
+        decision, rec = await writer.run(job)
+        self._raise_floor(probe.reading)
+        return decision, rec
+
     async def record_event(self, kind: str, value: str, lane: str) -> None:
         """Append a gate mode change (e.g. ``emergency``/``on``), durable on return.
 
@@ -235,7 +293,7 @@ class Journal:
         batch = [
             dataclasses.replace(e, ticket_ref=shared_ref(e.ticket_ref))
             for e in entries
-            if self._acceptable_peer(e)
+            if acceptable_peer(e, self._gate_id)
         ]
         self._refs.update(e.ticket_ref for e in batch)
         writer = self._require_open()
@@ -377,19 +435,6 @@ class Journal:
     def _error(self, what: str, exc: sqlite3.Error) -> JournalError:
         return JournalError(f"{what} ({self._path}): {exc}")
 
-    def _acceptable_peer(self, entry: PeerEntry) -> bool:
-        if entry.gate_id == self._gate_id:
-            return False
-        # A wall time outside the HLC's range (or NaN) would break every later decision that
-        # shows it to staff ("Gate 3, 19:02:11"), so such an entry is refused here.
-        wall_ok = math.isfinite(entry.wall_time) and 0 <= entry.wall_time <= _PEER_WALL_MAX
-        if entry.kind not in KINDS or not 0 <= entry.hlc <= _PEER_HLC_MAX or not wall_ok:
-            log.warning(
-                "skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id
-            )
-            return False
-        return True
-
     # --- on the writer thread -----------------------------------------------------------------
 
     def _history_job(self, ticket_ref: str) -> Callable[[sqlite3.Connection], list[HistoryEntry]]:
@@ -431,27 +476,17 @@ class Journal:
         writer = self._require_open()
         mode = await self._run(writer, "cannot open journal", schema.configure)
         await self._run(writer, "cannot create journal", lambda db: schema.ensure(db, self._path))
-        await self._run(writer, "cannot write journal meta", self._claim_gate)
+        await self._run(
+            writer,
+            "cannot write journal meta",
+            lambda db: schema.claim_gate(db, self._path, self._gate_id, self._gate_name),
+        )
         last_synced_wall = await self._run(writer, "cannot read journal", self._recover)
         await self._load_refs(writer)
         if last_synced_wall is not None:
             self._clock.raise_floor(last_synced_wall)
         if mode != "wal":
             log.warning("journal %s is not in WAL mode (%s)", self._path, mode)
-
-    def _claim_gate(self, db: sqlite3.Connection) -> None:
-        """Bind a new journal to this gate; refuse a journal of another gate."""
-        owner = queries.stored_gate_id(db)
-        if owner is not None and owner != self._gate_id:
-            raise JournalError(
-                f"journal {self._path} belongs to gate {owner!r}, not {self._gate_id!r}"
-            )
-        # Names may change (a gate relabelled); identity may not.
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES ('gate_id', ?), ('gate_name', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (self._gate_id, self._gate_name),
-        )
 
     def _recover(self, db: sqlite3.Connection) -> float | None:
         """Restore the counter and the HLC; returns the latest synced wall time (clock floor).
@@ -461,25 +496,14 @@ class Journal:
         HLC_MAX_AHEAD_S past the latest time the clock or the journal knows; without one (its
         clock may be behind its honest peers'), only those no clock could produce.
         """
-        last_seq, last_wall, last_synced_wall = db.execute(
-            "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
-            " (SELECT MAX(IFNULL((SELECT MAX(wall_time) FROM entries), 0),"
-            "  IFNULL((SELECT MAX(received_at) FROM peer_entries), 0))),"
-            " (SELECT MAX(wall_time) FROM entries WHERE clock_synced = 1)"
-        ).fetchone()
+        last_seq, last_wall, last_synced_wall = queries.recovery_marks(db)
         reading = self._clock.reading()
-        best_ms = int((max(reading.now, float(last_wall)) + HLC_MAX_AHEAD_S) * 1000)
+        best_ms = int((max(reading.now, last_wall) + HLC_MAX_AHEAD_S) * 1000)
         ceiling = (best_ms if reading.synced else PLAUSIBLE_HLC_MS) + 1 << 16
-        (hlc,) = db.execute(
-            "SELECT MAX(IFNULL((SELECT MAX(hlc) FROM entries WHERE hlc < ?1), 0),"
-            " IFNULL((SELECT MAX(hlc) FROM peer_entries WHERE hlc < ?1), 0),"
-            " IFNULL((SELECT MAX(hlc) FROM gate_events WHERE hlc < ?1), 0))",
-            (ceiling,),
-        ).fetchone()
-        self._next_seq = int(last_seq) + 1
-        self._hlc = HLC(int(hlc))
+        self._next_seq = last_seq + 1
+        self._hlc = HLC(queries.max_hlc_below(db, ceiling))
         log.info("journal %s: gate %s, next gate_seq %d", self._path, self._gate_id, last_seq + 1)
-        return None if last_synced_wall is None else float(last_synced_wall)
+        return last_synced_wall
 
     async def _load_refs(self, writer: WriterThread) -> None:
         """Fill the ref filter a chunk at a time: 100,000 refs never sit in memory as strings."""
