@@ -211,15 +211,19 @@ def plan_ingest(
     acked = max(e.gate_seq for e in entries)
     results: list[EntryResult] = []
     conflicts: list[NewAlert] = []
-    seen: set[str] = set()
-    for e in entries:
-        conflict = _conflict(e, known, seen, names)
-        seen.add(e.entry_id)
-        if conflict is not None:
-            conflicts.append(conflict)
-        else:
-            status: EntryStatus = "duplicate" if e.entry_id in known.stored else "inserted"
-            results.append(EntryResult(e.entry_id, status))
+    new_ids = [e.entry_id for e in entries]
+    if not known.stored and not known.seq_owners and len(set(new_ids)) == len(new_ids):
+        results = [EntryResult(i, "inserted") for i in new_ids]  # the usual batch: all new
+    else:
+        seen: set[str] = set()
+        for e in entries:
+            conflict = _conflict(e, known, seen, names)
+            seen.add(e.entry_id)
+            if conflict is not None:
+                conflicts.append(conflict)
+            else:
+                status: EntryStatus = "duplicate" if e.entry_id in known.stored else "inserted"
+                results.append(EntryResult(e.entry_id, status))
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
         return IngestPlan((), (), ids, _budget(gate_id, conflicts, known, policy, now), acked)

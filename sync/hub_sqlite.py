@@ -347,10 +347,11 @@ def _known(
     ids = [e.entry_id for e in entries]
     sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id IN ({{}})"
     stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, _select_in(db, sql, ids))}
-    sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
-    seqs = [e.gate_seq for e in entries]
-    owners = dict(_select_in(db, sql, seqs, (gate_id,)))
     (max_seq,) = db.execute(hub_sql.MAX_SEQ, (gate_id,)).fetchone()
+    # Only gate_seqs up to the gate's highest can be held already (usually none of the batch's).
+    sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
+    seqs = [e.gate_seq for e in entries if e.gate_seq <= max_seq]
+    owners = dict(_select_in(db, sql, seqs, (gate_id,)))
     refs = hub_rules.history_refs(entries, stored, policy)
     sql = (
         f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
