@@ -5,8 +5,8 @@ the batches of a venue are decided one after another on a consistent view, which
 receives them: each alert is raised exactly once, and because cursors are drawn under the lock,
 commit order is cursor order and a feed reader never skips a cursor. The ingest rules are
 :mod:`sync.hub_rules`'s. A transaction that inserted feed rows sends a NOTIFY, which every store
-instance receives on its own listening connection, so a long-poll in another process wakes at
-once; should that connection drop, long-polls fall back to polling until it is back.
+instance receives on its own listening connection (:mod:`sync.hub_pg_listen`), so a long-poll in
+another process wakes at once; should that connection drop, long-polls poll until it is back.
 
 One database per venue: the database is bound to its venue on creation and refused for another.
 asyncpg and connection errors become HubStoreError; credentials never appear in messages.
@@ -14,7 +14,6 @@ asyncpg and connection errors become HubStoreError; credentials never appear in 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
 from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_store import (
@@ -46,11 +46,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "gate-agent-hub/2"  # 2: alerts.source_gate and alerts.held (alert budget)
 _OLD_SCHEMA = "gate-agent-hub/1"
-CHANNEL = "gate_agent_hub_feed"
-_POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
-_RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
-_CONNECT_TIMEOUT_S = 10.0
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
 _PG_TYPES = {
@@ -121,10 +116,8 @@ class PostgresHubStore:
         self._policy = policy
         self._pool: asyncpg.Pool[asyncpg.Record] | None = pool
         self._lock_key = lock_key(f"venue:{policy.venue}")
-        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
-        self._listen_lock = asyncio.Lock()
-        self._listen_after = 0.0  # monotonic time of the next attempt to reopen the listener
         self._feed_signal = FeedSignal()
+        self._listener = FeedListener(url, self._where, self._feed_signal)
         self._revocations: RevocationState | None = None  # cache of the last state seen
 
     @classmethod
@@ -136,15 +129,13 @@ class PostgresHubStore:
         """
         where = _where(url)
         try:
-            pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT_S
-            )
-        except _ERRORS as exc:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S)
+        except ERRORS as exc:
             raise HubStoreError(f"cannot connect to the hub database {where}: {exc}") from exc
         store = cls(url, policy, pool)
         try:
             await store._run(store._prepare)
-            await store._listen()
+            await store._listener.listen()
         except BaseException:
             await store.close()
             raise
@@ -197,12 +188,12 @@ class PostgresHubStore:
         """
 
         async def has_entry() -> bool:
-            if not self._listening():
-                await self._listen()
+            if not self._listener.listening:
+                await self._listener.listen()
             return await self._run(lambda conn: conn.fetchval(_HAS_FEED_AFTER, after)) is not None
 
         await self._feed_signal.wait(
-            has_entry, wait_s, lambda: math.inf if self._listening() else _POLL_S
+            has_entry, wait_s, lambda: math.inf if self._listener.listening else POLL_S
         )
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
@@ -316,13 +307,11 @@ class PostgresHubStore:
     async def close(self) -> None:
         """Close the listening connection and the pool. Idempotent."""
         pool, self._pool = self._pool, None
-        listener, self._listener = self._listener, None
         try:
-            if listener is not None:
-                await listener.close()
+            await self._listener.close()
             if pool is not None:
                 await pool.close()
-        except _ERRORS as exc:
+        except ERRORS as exc:
             log.warning("hub store %s: unclean close: %s", self._where, exc)
 
     async def _prepare(self, conn: _Conn) -> None:
@@ -374,42 +363,8 @@ class PostgresHubStore:
         try:
             async with pool.acquire() as conn:
                 return await job(conn)
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise HubStoreError(f"hub store {self._where}: {exc}") from exc
-
-    def _listening(self) -> bool:
-        return self._listener is not None and not self._listener.is_closed()
-
-    async def _listen(self) -> None:
-        """(Re)open the connection that LISTENs for other processes' feed inserts.
-
-        Failure is logged, not raised: long-polls then poll until a later attempt succeeds.
-        """
-        async with self._listen_lock:
-            now = time.monotonic()
-            if self._listening() or self._pool is None or now < self._listen_after:
-                return
-            self._listen_after = now + _RELISTEN_S
-            conn = None
-            try:
-                conn = await asyncpg.connect(self._url, timeout=_CONNECT_TIMEOUT_S)
-                await conn.add_listener(CHANNEL, self._on_notify)
-            except _ERRORS as exc:
-                log.warning("hub store %s: cannot listen for feed inserts: %s", self._where, exc)
-                if conn is not None:
-                    conn.terminate()
-                return
-            conn.add_termination_listener(self._on_listener_lost)
-            self._listener = conn
-
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._feed_signal.wake()
-
-    def _on_listener_lost(self, conn: object) -> None:
-        if conn is not self._listener:
-            return  # closed by close()
-        log.warning("hub store %s: feed listener connection lost", self._where)
-        self._feed_signal.wake()  # long-polls re-check now and poll until it is back
 
 
 async def _known(

@@ -1,0 +1,78 @@
+"""The PostgreSQL hub store's ear for other hub processes (:mod:`sync.hub_postgres`): one
+connection that LISTENs on :data:`CHANNEL`, to which every transaction that inserted feed rows
+sends a NOTIFY, so a long-poll in any process wakes at once. Should that connection drop, the
+store's long-polls poll every :data:`POLL_S` until a later attempt (at most one per
+:data:`RELISTEN_S`) has it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from sync.hub_store import FeedSignal
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "gate_agent_hub_feed"
+POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
+RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
+CONNECT_TIMEOUT_S = 10.0
+ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+class FeedListener:
+    """LISTENs on the store's database and wakes ``signal`` on every NOTIFY and when the
+    connection is lost. ``where`` names the database in log lines (no credentials)."""
+
+    def __init__(self, url: str, where: str, signal: FeedSignal) -> None:
+        self._url = url
+        self._where = where
+        self._signal = signal
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+        self._lock = asyncio.Lock()
+        self._after = 0.0  # monotonic time of the next attempt to reopen the connection
+        self._closed = False
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def listen(self) -> None:
+        """(Re)open the listening connection unless it is open, closed for good or was tried
+        within RELISTEN_S. Failure is logged, not raised: long-polls then poll."""
+        async with self._lock:
+            now = time.monotonic()
+            if self.listening or self._closed or now < self._after:
+                return
+            self._after = now + RELISTEN_S
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S)
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except ERRORS as exc:
+                log.warning("hub store %s: cannot listen for feed inserts: %s", self._where, exc)
+                if conn is not None:
+                    conn.terminate()
+                return
+            conn.add_termination_listener(self._on_lost)
+            self._conn = conn
+
+    async def close(self) -> None:
+        """Close the connection for good. Idempotent; raises what asyncpg raises on close."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._signal.wake()
+
+    def _on_lost(self, conn: object) -> None:
+        if conn is not self._conn:
+            return  # closed by close()
+        log.warning("hub store %s: feed listener connection lost", self._where)
+        self._signal.wake()  # long-polls re-check now and poll until it is back
