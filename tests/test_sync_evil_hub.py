@@ -23,7 +23,8 @@ from agent.model import Reason
 from agent.revocation import KIND
 from agent.signed import sign_document
 from sync import protocol
-from tests.hubgate import scan, until, write_gate
+from tests.hubgate import scan, write_gate
+from tests.polling import until
 
 FAST_RETRY = "retry_max_s = 0.5\n"
 
@@ -74,7 +75,7 @@ class EvilHub:
         return self._json({"results": results, "acked_through_seq": batch.entries[-1].gate_seq})
 
     async def _feed(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the scenario: a long-poll that ends empty
         return self._json({"entries": [], "next": int(request.query["after"])})
 
     async def _revocations(self, request: web.Request) -> web.Response:
@@ -253,7 +254,7 @@ async def test_a_backlog_of_revocation_pages_is_fetched_at_once(
     async with open_gate(_evil_gate(tmp_path, keys_dir, url, hub=slow)) as gate:
         await until(lambda: gate.revocations.meta.version == 6, within_s=5, what="six pages")
         await until(lambda: hub.hits["revocations"] >= 7, what="the empty page")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: quiet time in which an eighth request would show
     assert hub.hits["revocations"] == 7  # six pages, the empty one, then the interval
 
 
