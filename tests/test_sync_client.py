@@ -28,8 +28,9 @@ from sync import hub_admin, hub_config, protocol
 from sync.client import HubClient
 from sync.hub_rules import KEEP_DELTAS
 from sync.protocol import EntryWire
-from tests.hubgate import get_json, post_json, scan, until, write_gate
+from tests.hubgate import get_json, post_json, scan, write_gate
 from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, make_tls, write_hub_config
+from tests.polling import until
 
 
 def _client(gate: Gate) -> HubClient:
@@ -118,6 +119,7 @@ async def test_offline_flag_follows_the_hub(keys_dir: Path, iss: Issuer, tmp_pat
         hub.kill9()
 
 
+@pytest.mark.slow
 async def test_the_feed_is_read_again_after_the_hub_lost_its_store(
     keys_dir: Path, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
