@@ -23,8 +23,9 @@ from agent.issuer import Issuer
 from agent.model import Flag
 from sync import protocol
 from sync.client import HubClient
-from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
+from tests.hubgate import feed_entries, get_json, post_json, scan, write_gate
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, write_hub_config
+from tests.polling import until, until_sync
 
 FAST_RETRY = "retry_max_s = 0.5\n"
 
@@ -129,6 +130,7 @@ async def test_hub_down_while_1000_admissions_then_all_uploaded(
     _assert_same(held, [r.entry_id for r in rows])
 
 
+@pytest.mark.slow
 async def test_kill_9_of_the_hub_mid_upload_loses_and_repeats_nothing(
     hub_setup: HubSetup, readers: Readers, keys_dir: Path, iss: Issuer, tmp_path: Path
 ) -> None:
@@ -213,6 +215,7 @@ async def test_gate_stopped_between_post_and_mark_loses_and_repeats_nothing(
     _assert_same(held, [r.entry_id for r in pending])
 
 
+@pytest.mark.slow
 def test_gate_process_killed_mid_batch_loses_and_repeats_nothing(
     hub_setup: HubSetup, readers: Readers, keys_dir: Path, iss: Issuer, tmp_path: Path
 ) -> None:
@@ -240,7 +243,7 @@ def test_gate_process_killed_mid_batch_loses_and_repeats_nothing(
             before = _rows(state)
             proc = _run_gate(busy)
             _wait_for_rows(state, before + 1, proc)  # the gate is up and recording
-            time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(rng.uniform(0.0, 1.0))  # the scenario: a kill at a random moment
             proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate(timeout=30)
             assert b"Traceback" not in err, err.decode()
@@ -249,9 +252,7 @@ def test_gate_process_killed_mid_batch_loses_and_repeats_nothing(
         assert mid_stream >= 2, "the kills should land while the gate records and uploads"
         proc = _run_gate(idle)
         try:
-            deadline = time.monotonic() + 30
-            while _journal_ids(gate_dir / "state")[1] and time.monotonic() < deadline:
-                time.sleep(0.1)
+            until_sync(lambda: not _journal_ids(gate_dir / "state")[1], 30, "every row uploaded")
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
@@ -270,10 +271,11 @@ def _rows(state: Path) -> int:
 
 
 def _wait_for_rows(state: Path, rows: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while _rows(state) < rows:
-        assert proc.poll() is None and time.monotonic() < deadline, "the gate records nothing"
-        time.sleep(0.02)
+    def recorded() -> bool:
+        assert proc.poll() is None, "the gate exited"
+        return _rows(state) >= rows
+
+    until_sync(recorded, 30, f"{rows} rows in the gate's journal")
 
 
 def _run_gate(conf: Path) -> subprocess.Popen[bytes]:
@@ -327,7 +329,7 @@ async def test_conflict_keeps_rows_and_is_logged_once(
         async with open_gate(conf) as gate:
             link = _link(gate)
             await until(lambda: link.status()["upload"] == "conflict", what="conflict status")
-            await asyncio.sleep(1.5)  # several retries at the (test's) 0.5 s cap
+            await asyncio.sleep(1.5)  # the scenario: several retries at the (test's) 0.5 s cap
             assert link.status()["conflicts"] == [row.entry_id]
             assert [r.entry_id for r in await gate.journal.unsynced()] == [row.entry_id]
     logged = [r for r in caplog.records if row.entry_id in r.getMessage()]
