@@ -9,9 +9,11 @@ import pytest
 from agent.errors import DriverError
 from agent.model import Decision, Reason, Verdict
 from drivers.feedback import HoneywellHostAck, NewlandCommand, ZebraSsi, ssi_packet
-from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened, until
+from tests import needs
+from tests.polling import until
+from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened
 
-pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is needed for pty tests")
+pytestmark = needs.mark(SOCAT, "socat (the serial tests run on ptys)")
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 DENY = Decision(Verdict.DENY, Reason.ALREADY_USED, "Gate 3, 19:02:11")

@@ -23,10 +23,12 @@ from drivers.framing import DropReason, Frame
 from drivers.serial_scanner import SerialScanner
 from drivers.serial_url import parse_serial_url
 from drivers.sim import SimGate
+from tests import needs
 from tests.conftest import WriteConfig
-from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened, until
+from tests.polling import until
+from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened
 
-pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is needed for pty tests")
+pytestmark = needs.mark(SOCAT, "socat (the serial tests run on ptys)")
 
 
 # --- URL ---------------------------------------------------------------------------------------
@@ -114,11 +116,11 @@ async def test_same_stream_split_at_every_byte_over_a_real_pty(pty: PtyPair) -> 
         for cut in range(1, len(stream)):
             before = len(got.scans)
             pty.write(stream[:cut])
-            await asyncio.sleep(0.003)  # the driver reads the first part on its own
+            await asyncio.sleep(0.003)  # the scenario: the parts arrive apart, read one by one
             pty.write(stream[cut:])
             texts = await got.wait(before + 3)
             assert texts[before:] == expected, f"split at {cut}"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the scenario: a quiet moment in which an extra scan would show
         assert len(got.scans) == 3 * (len(stream) - 1)  # nothing extra, ever
         await got.stop()
 
@@ -129,7 +131,7 @@ async def test_one_megabyte_burst_then_the_reader_keeps_working(pty: PtyPair) ->
         got = Collector(scanner)
         await asyncio.to_thread(pty.write, burst)
         await until(lambda: not scanner.framer.pending or scanner.framer.drops.total() > 1000, 10)
-        await asyncio.sleep(0.3)  # the line goes quiet: any half frame expires
+        await asyncio.sleep(0.3)  # the scenario: the line goes quiet, any half frame expires
         pty.write(f"{TICKET}\r".encode())
         await until(lambda: TICKET in got.texts, 5)
         assert scanner.connected
@@ -159,12 +161,12 @@ async def test_oversize_frame_is_dropped_to_its_terminator(pty: PtyPair) -> None
     async with opened(pty.url("max_frame=32")) as scanner:
         got = Collector(scanner)
         pty.write(b"A" * 20)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the scenario: the long frame trickles in, in three parts
         pty.write(b"B" * 20)  # now over 32
         await asyncio.sleep(0.02)
         pty.write(b"C" * 20 + b"\r\nOK\r")
         assert await got.wait(1) == ["OK"]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the scenario: a quiet moment in which an extra scan would show
         assert got.texts == ["OK"]
         await got.stop()
 
@@ -184,7 +186,7 @@ async def test_unplug_mid_frame_then_replug_reads_the_next_frame(
         await until(lambda: scanner.framer.pending, 2)
         pty.kill()
         await until(lambda: not scanner.connected, 2)
-        await asyncio.sleep(1.5)  # away long enough for the backoff to reach its cap
+        await asyncio.sleep(1.5)  # the scenario: away long enough for the backoff to reach its cap
         assert got.scans == []
         pty.start()
         back = time.monotonic()
@@ -193,7 +195,7 @@ async def test_unplug_mid_frame_then_replug_reads_the_next_frame(
         pty.write(f"{second}\r".encode())
         texts = await got.wait(1, timeout_s=2.0)
         within = time.monotonic() - back
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: a quiet moment in which a joined half would show
         await got.stop()
     assert texts == [second] and got.texts == [second]  # never first[:80] + anything
     assert within < 2.0
@@ -295,10 +297,10 @@ async def test_noise_never_admits_and_a_ticket_after_it_opens_once(
         task = asyncio.create_task(gate.lane.run())
         noise = random.Random(5).randbytes(256 * 1024)
         await asyncio.to_thread(pty.write, noise + b"Z" * 2000 + b"\r" + ticket[:50].encode())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the scenario: the line goes quiet, the half ticket expires
         pty.write(f"]Q1{ticket}\r".encode())
         await until(lambda: any(o.decision.admitted for o in outcomes), 10)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: a quiet moment for a second opening to show
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
