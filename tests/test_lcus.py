@@ -18,9 +18,11 @@ from agent.errors import DriverError
 from agent.ports import GateIO
 from drivers import registry
 from drivers.lcus import LcusRelay, command
+from tests import needs
+from tests.polling import until
 
 serial: Any = importlib.import_module("serial")  # pyserial ships no type information
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat for ptys")
+pytestmark = needs.mark(shutil.which("socat"), "socat (the relay tests run on ptys)")
 
 ROOT = Path(__file__).resolve().parent.parent
 ON1, OFF1 = bytes.fromhex("A0 01 01 A2"), bytes.fromhex("A0 01 00 A1")
@@ -45,9 +47,7 @@ class Host:
         self.times += [now] * len(data)
 
     async def wait_for(self, count: int, within_s: float = 3.0) -> bytes:
-        deadline = time.monotonic() + within_s
-        while len(self.bytes) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await until(lambda: len(self.bytes) >= count, within_s, f"{count} bytes at the board")
         return bytes(self.bytes)
 
     def close(self) -> None:
@@ -67,21 +67,15 @@ class PtyPair:
             f"pty,raw,echo=0,link={self.host}",
             stderr=asyncio.subprocess.DEVNULL,
         )
-        for _ in range(200):
-            if self.relay.exists() and self.host.exists():
-                return Host(self.host)
-            await asyncio.sleep(0.01)
-        raise RuntimeError("socat did not create the pty pair")
+        await until(lambda: self.relay.exists() and self.host.exists(), 2, "socat's pty pair")
+        return Host(self.host)
 
     async def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             await asyncio.wait_for(self.proc.wait(), 5)
             self.proc = None
-        for _ in range(200):
-            if not self.relay.exists():
-                return
-            await asyncio.sleep(0.01)
+        await until(lambda: not self.relay.exists(), 2, "socat removes its pty links")
 
 
 @pytest.fixture
@@ -118,7 +112,7 @@ async def test_open_pulse_close_send_exactly_these_bytes(ptys: PtyPair) -> None:
     await relay.close()
     await relay.close()
     assert await host.wait_for(16) == OFF1 + ON1 + OFF1 + OFF1
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the scenario: a quiet moment in which a repeated command would show
     assert len(host.bytes) == 16  # nothing more: no repeated "to be sure" commands
     host.close()
 
@@ -242,7 +236,7 @@ relay = LcusRelay.from_url("lcus://{ptys.relay}?pulse_ms=10000")
 loop = asyncio.new_event_loop()
 loop.run_until_complete(relay.open())
 pulse = loop.create_task(relay.grant("entry", "x"))
-loop.run_until_complete(asyncio.sleep(0.3))
+loop.run_until_complete(asyncio.sleep(0.3))  # the scenario: exit 0.3 s into a 10 s pulse
 print("exiting mid-pulse", flush=True)
 sys.exit(0)  # no cancel, no close: only the atexit hook is left
 """
