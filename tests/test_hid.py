@@ -21,6 +21,7 @@ from agent.ports import Scanner
 from drivers import registry
 from drivers.hid import HidScanner
 from drivers.hid_keys import BLOCKING_MODIFIERS, CAPSLOCK, ENTER, KEYMAP_US, SHIFT, KeyFramer
+from tests.polling import until
 
 PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 MS = 1_000_000
@@ -281,10 +282,7 @@ PATH = "/dev/input/by-id/usb-Scanner-event-kbd"
 
 
 async def _until(check: Callable[[], bool], within_s: float = 3.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+    await until(check, within_s)  # this file's default: 3 s
 
 
 async def test_scanner_reads_frames_and_releases_the_grab() -> None:
@@ -317,10 +315,10 @@ async def test_unplug_mid_frame_reconnects_and_never_joins_halves() -> None:
     await _until(lambda: scanner.connected)
     scans = scanner.scans()
     first.type(typed("TK1:HALF", end=None))
-    await asyncio.sleep(0.02)
+    await _until(lambda: not first.pending)  # the driver has read the half frame
     first.unplug()
     await _until(lambda: not scanner.connected)
-    await asyncio.sleep(0.3)  # some failed attempts while it is away
+    await _until(lambda: bus.opens >= 3)  # some failed attempts while it is away
     assert bus.opens >= 3 and scanner.last_error is not None
     bus.device = second = FakeDevice()
     back = time.monotonic()
@@ -360,7 +358,7 @@ async def test_missing_device_and_busy_grab_are_retried() -> None:
     bus = Bus()
     scanner = HidScanner(PATH, device_factory=bus.factory, retry_max_s=0.2)
     await scanner.open()  # nothing plugged in: not an error, retried
-    await asyncio.sleep(0.05)
+    await _until(lambda: scanner.last_error is not None)
     assert not scanner.connected and "no such device" in (scanner.last_error or "")
     bus.device = device = FakeDevice()
     device.grab_error = OSError(errno.EBUSY, "Device or resource busy")
@@ -429,8 +427,8 @@ async def test_uinput_keyboard_end_to_end() -> None:
 
     keys = [code for _, code, _, _ in KEYMAP_US] + [ecodes.KEY_ENTER, ecodes.KEY_LEFTSHIFT]
     with UInput({ecodes.EV_KEY: keys}, name="gate-agent test wedge") as ui:
-        await asyncio.sleep(0.2)  # udev creates the node
-        assert ui.device is not None
+        await _until(lambda: ui.device is not None and os.access(ui.device.path, os.R_OK))
+        assert ui.device is not None  # udev made the node
         scanner = HidScanner(str(ui.device.path))
         await scanner.open()
         await _until(lambda: scanner.connected)
