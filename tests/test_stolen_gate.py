@@ -36,9 +36,12 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import shared_ref
 from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
-from tests.hubgate import feed_entries, get_json, post_json, scan, until, write_gate
+from tests.hubgate import feed_entries, get_json, post_json, scan, write_gate
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_hub_config
 from tests.pg import pg_server, pg_url  # noqa: F401
+from tests.polling import until, until_sync
+
+pytestmark = pytest.mark.slow  # each case starts a hub process (and PostgreSQL): ~14 s here
 
 POISON = (1 << 62) - 1  # the largest HLC a gate took from a peer before HLCs were bounded
 NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")
@@ -457,10 +460,7 @@ async def test_a_gate_process_keeps_a_ticket_used_when_a_hub_lets_a_forged_annul
 
 def _scan_into(sock: Path, text: str) -> None:
     """Present ``text`` to a gate process's socket scanner, once its socket is there."""
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        assert time.monotonic() < deadline, "the gate's scanner socket never appeared"
-        time.sleep(0.05)
+    until_sync(sock.exists, 30, "the gate's scanner socket appears")
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(sock))
         s.sendall((text + "\n").encode())
