@@ -12,7 +12,6 @@ from typing import Any
 
 from agent.ports import Scan
 from tests.gateconf import write_gate_config
-from tests.polling import until as until  # TEMPORARY: until its importers move to tests.polling
 
 # Fast enough for tests: the gate notices a dead hub within a second.
 HUB_TIMING: dict[str, object] = {

@@ -14,8 +14,9 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Reason
 from agent.redact import short_id
-from tests.hubgate import get_json, scan, until, write_gate
+from tests.hubgate import get_json, scan, write_gate
 from tests.hubproc import HubProcess, HubSetup, add_token, hub_cli, write_hub_config
+from tests.polling import until
 
 EXE = [sys.executable, "-m", "agent"]
 

@@ -13,8 +13,9 @@ from agent.app.daemon import Gate, open_gate
 from agent.issuer import TicketSigner
 from agent.lane import Outcome
 from agent.model import Reason
-from tests.hubgate import scan, until, write_gate
+from tests.hubgate import scan, write_gate
 from tests.hubproc import HubProcess, HubSetup, add_token, write_hub_config
+from tests.polling import until
 
 EXE = [sys.executable, "-m", "agent"]
 
