@@ -26,6 +26,7 @@ from agent.ports import Scan
 from agent.revocation import ListState, RevocationStore, secret_key
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
+from tests.gateconf import gate_toml
 from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load, recorded_page
 
 CASES = {c["name"]: c for c in load("tickets.json")}
@@ -143,22 +144,7 @@ async def test_pretix_offline_is_named_and_flags_admissions(write_config: WriteC
     assert second.record.entry_id in [r.entry_id for r in rows]  # still waiting for pretix
 
 
-PRETIX_ONLY = """\
-[gate]
-id = "gate-p"
-events = [1]
-state_dir = "state"
-
-[clock]
-assume = "synced"
-
-[devices]
-scanner = "sim://queue"
-gate = "sim://gate?passage_ms=1"
-
-[status]
-listen = ""
-"""
+PRETIX_ONLY = gate_toml(gate={"id": "gate-p", "zone": None})  # no keys: no [trust]
 
 
 async def test_pretix_only_gate_needs_no_trust_section(tmp_path: Path, iss: Issuer) -> None:
