@@ -15,40 +15,32 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.clock import Clock
 from agent.issuer import Issuer
 from agent.journal import Journal
+from tests.gateconf import write_gate_config
 
 ROUNDS = 20
 SCANS = 1000
 
 
 def _config(dir: Path, keys: Path) -> Path:
-    conf = dir / "gate.toml"
-    conf.write_text(f"""
-[gate]
-id = "pc-gate"
-events = [1]
-state_dir = "state"
-[policy]
-entry = "unlimited"
-[lane]
-repeat_window_ms = 0
-passage_timeout_s = 0.5
-[trust]
-root_key = "{keys / "root.pub"}"
-bundle = "{keys / "trust.json"}"
-[clock]
-assume = "synced"
-[status]
-listen = ""
-[devices]
-scanner = "sim://file?path=scans.txt"
-gate = "sim://gate?passage_ms=0&log=pulses.log"
-""")
-    return conf
+    return write_gate_config(
+        dir / "gate.toml",
+        keys=keys,
+        gate={"id": "pc-gate", "zone": None},
+        policy={"entry": "unlimited"},
+        lane={"repeat_window_ms": 0, "passage_timeout_s": 0.5},
+        devices={
+            "scanner": "sim://file?path=scans.txt",
+            "gate": "sim://gate?passage_ms=0&log=pulses.log",
+        },
+    )
 
 
+@pytest.mark.slow
 def test_kill_9_twenty_times_loses_nothing(iss: Issuer, keys_dir: Path, tmp_path: Path) -> None:
     rng = random.Random(20261123)
     texts = [iss.ticket(event=1) for _ in range(50)]
@@ -62,7 +54,7 @@ def test_kill_9_twenty_times_loses_nothing(iss: Issuer, keys_dir: Path, tmp_path
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(rng.uniform(0.4, 2.0))
+        time.sleep(rng.uniform(0.4, 2.0))  # the scenario: the power goes at a random moment
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
