@@ -34,26 +34,16 @@ from agent.clock import Clock
 from agent.journal import Journal
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
+from tests.gateconf import gate_toml
 
-CONFIG = """
-[gate]
-id = "bench"
-events = [1]
-state_dir = "state"
-[policy]
-entry = "single"
-[lane]
-repeat_window_ms = 0
-passage_timeout_s = 1.0
-[trust]
-root_key = "keys/root.pub"
-bundle = "keys/trust.json"
-[clock]
-assume = "synced"
-[devices]
-scanner = "sim://queue"
-gate = "sim://gate?passage_ms=0"
-"""
+CONFIG = gate_toml(
+    keys="keys",
+    gate={"id": "bench", "zone": None},
+    policy={"entry": "single"},
+    lane={"repeat_window_ms": 0, "passage_timeout_s": 1.0},
+    devices={"gate": "sim://gate?passage_ms=0"},
+    status=None,
+)
 
 
 def pct(values: list[float], q: float) -> float:
