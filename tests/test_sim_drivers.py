@@ -16,6 +16,8 @@ from agent.errors import DriverError, DriverNotFound
 from agent.issuer import Issuer
 from drivers import registry
 from drivers.sim import SimGate, SimScanner
+from tests.gateconf import write_gate_config
+from tests.polling import until_sync
 
 
 async def _collect(scanner: SimScanner) -> list[str]:
@@ -98,24 +100,12 @@ def test_bad_urls_fail_clearly(
 
 def _gate_config(tmp_path: Path, keys_dir: Path, scanner: str) -> Path:
     """A minimal gate config: the given scanner, a sim turnstile logging its pulses."""
-    conf = tmp_path / "gate.toml"
-    conf.write_text(f"""
-[gate]
-id = "sim-gate"
-events = [1]
-state_dir = "state"
-[trust]
-root_key = "{keys_dir / "root.pub"}"
-bundle = "{keys_dir / "trust.json"}"
-[clock]
-assume = "synced"
-[status]
-listen = ""
-[devices]
-scanner = "{scanner}"
-gate = "sim://gate?passage_ms=1&log=pulses.log"
-""")
-    return conf
+    return write_gate_config(
+        tmp_path / "gate.toml",
+        keys=keys_dir,
+        gate={"id": "sim-gate", "zone": None},
+        devices={"scanner": scanner, "gate": "sim://gate?passage_ms=1&log=pulses.log"},
+    )
 
 
 def test_daemon_reads_a_socket_and_stops_on_sigterm(
@@ -129,16 +119,12 @@ def test_daemon_reads_a_socket_and_stops_on_sigterm(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until_sync(sock.exists, 20, "the gate's scanner socket appears")
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(sock))
             s.sendall((iss.ticket(event=1) + "\n").encode())
-        deadline = time.monotonic() + 20
         pulses = tmp_path / "pulses.log"
-        while not (pulses.exists() and pulses.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until_sync(lambda: pulses.exists() and pulses.read_text(), 20, "a relay pulse logged")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -163,14 +149,16 @@ def test_stdin_scanner_reads_a_file_or_dev_null_as_a_service_gives_it(
             stdin=stdin, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
         pulses = tmp_path / "pulses.log"
-        while time.monotonic() < deadline and not (
-            (tickets and pulses.exists() and pulses.read_text())
-            or (not tickets and (tmp_path / "state" / "journal.db").exists())
-        ):
-            time.sleep(0.05)
-        time.sleep(0.5)
+        until_sync(
+            lambda: (
+                (tickets and pulses.exists() and pulses.read_text())
+                or (not tickets and (tmp_path / "state" / "journal.db").exists())
+            ),
+            20,
+            "the gate runs (a pulse logged, or its journal made)",
+        )
+        time.sleep(0.5)  # the scenario: running a while on that stdin, time for a fault to show
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
