@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ from agent.app.daemon import Gate, open_gate
 from agent.model import Reason
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
+from tests.gateconf import write_gate_config
 from tests.pretix_real import Server, missing
 
 _mono = itertools.count(1)
@@ -102,43 +104,17 @@ async def counting_proxy(upstream: str, counter: Counter) -> AsyncIterator[str]:
         await session.close()
 
 
-GATE_TOML = """\
-[gate]
-id = "bench-gate"
-events = [1]
-state_dir = "{state}"
-
-[clock]
-assume = "synced"
-
-[lane]
-passage_timeout_s = 0.3
-
-[devices]
-scanner = "sim://queue"
-gate = "sim://gate?passage_ms=1"
-
-[status]
-listen = ""
-
-[pretix]
-url = "{url}"
-organizer = "{organizer}"
-event = "{event}"
-checkin_list = {checkin_list}
-{auth}
-interval_s = {interval}
-timeout_s = 60
-"""
-
-
 def gate_config(folder: Path, url: str, data: dict[str, Any], auth: str, interval: float) -> Path:
-    path = folder / "gate.toml"
-    path.write_text(GATE_TOML.format(
-        state=folder / "state", url=url, organizer=data["organizer"], event=data["event"],
-        checkin_list=data["lists"]["all"], auth=auth, interval=interval,
-    ))  # fmt: skip
-    return path
+    """The bench gate's config; ``auth`` is TOML for the [pretix] table (or "")."""
+    pretix = {"url": url, "organizer": data["organizer"], "event": data["event"],
+              "checkin_list": data["lists"]["all"], **tomllib.loads(auth),
+              "interval_s": interval, "timeout_s": 60}  # fmt: skip
+    return write_gate_config(
+        folder / "gate.toml",
+        gate={"id": "bench-gate", "zone": None, "state_dir": folder / "state"},
+        lane={"passage_timeout_s": 0.3},
+        pretix=pretix,
+    )
 
 
 async def api(url: str, auth: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
