@@ -57,11 +57,9 @@ def test_the_log_scan_knows_the_secret() -> None:
 
 
 def _gate_config(write_config: WriteConfig, url: str) -> config.Config:
-    extra = (
-        f'\n[pretix]\nurl = "{url}"\norganizer = "{ORG}"\nevent = "{EVENT}"\n'
-        f'checkin_list = 11\ninit_token = "{INIT_TOKEN}"\ninterval_s = 3600\ntimeout_s = 1\n'
-    )
-    return config.load(write_config(extra=extra))
+    pretix = {"url": url, "organizer": ORG, "event": EVENT, "checkin_list": 11,
+              "init_token": INIT_TOKEN, "interval_s": 3600, "timeout_s": 1}  # fmt: skip
+    return config.load(write_config(pretix=pretix))
 
 
 def _records(caplog: pytest.LogCaptureFixture) -> Iterator[str]:
