@@ -23,6 +23,7 @@ from agent.rules import GatePolicy
 from agent.trust import TrustBundle
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
 from sync.pretix_wire import iso, uuid7_time
+from tests.polling import until
 from tests.pretix_server import (
     API_TOKEN,
     EVENT,
@@ -489,15 +490,10 @@ async def test_uninitialised_device_reports_and_keeps_queue(rig: Rig) -> None:
 
 
 async def test_background_task_runs_and_closes(rig: Rig) -> None:
-    import asyncio
-
     await initialized(rig)
     rig.up.start()
     rig.up.start()  # idempotent
-    for _ in range(100):
-        if rig.up.status["last_sync"] is not None:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: rig.up.status["last_sync"] is not None, 2, "a first sync round")
     assert rig.up.status["online"]
     await rig.up.close()
     await rig.up.close()
