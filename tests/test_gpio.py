@@ -31,6 +31,7 @@ from drivers import registry
 from drivers.gpio import GpioGate, GpioGateSettings
 from drivers.gpio_lines import Debouncer, LineSpec, line_settings
 from drivers.indicators import GpioIndicator, GpioIndicatorSettings
+from tests.polling import until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,7 +215,7 @@ def make_gate(url: str = GATE_URL, chip: FakeChip | None = None) -> tuple[GpioGa
 async def press(chip: FakeChip, line: str, ms: float = 40) -> None:
     """An active-low contact closes for ``ms`` (physical low), then opens."""
     chip.drive(line, False)
-    await asyncio.sleep(ms / 1000)
+    await asyncio.sleep(ms / 1000)  # the scenario: the contact held closed for ms
     chip.drive(line, True)
 
 
@@ -418,8 +419,7 @@ async def test_cancelled_pulse_leaves_the_relay_off() -> None:
     gate, chip = make_gate(GATE_URL.replace("pulse_ms=50", "pulse_ms=5000"))
     await gate.open()
     task = asyncio.create_task(gate.grant("entry", "e1"))
-    await asyncio.sleep(0.05)
-    assert gate.relay_active
+    await until(lambda: gate.relay_active, 0.05, "the relay on")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -462,7 +462,7 @@ async def test_passage_counts_only_for_the_granted_direction() -> None:
     await gate.grant("entry", "e1")
     waiter = asyncio.create_task(gate.wait_passage(2.0))
     await press(chip, "GPIO22")  # the exit sensor
-    await asyncio.sleep(0.03)
+    await asyncio.sleep(0.03)  # the scenario: a moment in which a wrong passage would show
     assert not waiter.done()
     started = time.monotonic()
     await press(chip, "GPIO27")
@@ -476,7 +476,7 @@ async def test_passage_during_the_pulse_is_not_missed() -> None:
     gate, chip = make_gate(GATE_URL.replace("pulse_ms=50", "pulse_ms=200"))
     await gate.open()
     grant = asyncio.create_task(gate.grant("entry", "e1"))
-    await asyncio.sleep(0.03)
+    await until(lambda: gate.relay_active, 0.03, "the pulse started")
     await press(chip, "GPIO27", 40)
     await grant
     assert await gate.wait_passage(0.01) is True
@@ -491,7 +491,7 @@ async def test_contact_bounce_is_not_a_passage() -> None:
     waiter = asyncio.create_task(gate.wait_passage(0.4))
     for _ in range(5):
         await press(chip, "GPIO27", 3)
-        await asyncio.sleep(0.003)
+        await asyncio.sleep(0.003)  # the scenario: a bouncing contact, open 3 ms between closes
     assert await waiter is False
     await gate.grant("entry", "e2")
     waiter = asyncio.create_task(gate.wait_passage(2.0))
@@ -510,7 +510,7 @@ async def test_timeout_then_late_passage_is_unexpected() -> None:
     await gate.grant("entry", "e1")
     assert await gate.wait_passage(0.05) is False
     await press(chip, "GPIO27")
-    await asyncio.sleep(0.03)
+    await until(lambda: gate.unexpected_passages >= 1, 0.03, "the late passage counted")
     assert gate.unexpected_passages == 1
     await gate.close()
 
@@ -534,7 +534,7 @@ async def test_hold_mode_holds_until_passage_or_timeout() -> None:
     await gate.grant("entry", "e1")
     assert gate.relay_active
     waiter = asyncio.create_task(gate.wait_passage(2.0))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the scenario: nobody passes for a while; the relay stays held
     assert gate.relay_active and not waiter.done()
     with pytest.raises(DriverError, match="still held"):
         await gate.grant("entry", "e2")
@@ -554,7 +554,7 @@ async def test_hold_mode_failsafe_releases_when_nobody_waits() -> None:
     await gate.open()
     await gate.grant("entry", "e1")
     assert gate.relay_active
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # the scenario: hold_max_ms (1 s) passes with nobody waiting
     assert not gate.relay_active
     await gate.grant("entry", "e2")  # usable again
     await gate.close()
@@ -566,7 +566,7 @@ async def test_close_wakes_a_waiting_passage_with_false() -> None:
     await gate.open()
     await gate.grant("entry", "e1")
     waiter = asyncio.create_task(gate.wait_passage(5.0))
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # the scenario: close while the passage is being waited for
     await gate.close()
     assert await asyncio.wait_for(waiter, 1) is False
     with pytest.raises(DriverError, match="not open"):
@@ -585,7 +585,7 @@ async def test_emergency_and_alarm_reach_events_debounced() -> None:
     first = await asyncio.wait_for(anext(events), 1)
     assert (first.name, first.active) == ("emergency", True) and gate.emergency
     chip.drive("GPIO6", True)  # released
-    await asyncio.sleep(0.002)
+    await asyncio.sleep(0.002)  # the scenario: still within the debounce period
     assert gate.emergency  # not before the debounce period
     cleared = await asyncio.wait_for(anext(events), 1)
     assert cleared == InputEvent("emergency", False, cleared.mono_ns) and not gate.emergency
@@ -610,8 +610,7 @@ async def test_emergency_polarity_per_input() -> None:
     await gate.open()  # GPIO6 idles high: a normally-closed loop that is open = emergency
     assert gate.emergency
     chip.drive("GPIO6", False)
-    await asyncio.sleep(0.05)
-    assert not gate.emergency
+    await until(lambda: not gate.emergency, 0.05, "the emergency cleared")
     await gate.close()
 
 
@@ -620,7 +619,7 @@ async def test_input_read_error_is_reported_as_fault() -> None:
     await gate.open()
     chip.requests[0].fail_read = OSError(errno.EIO, "Input/output error")
     chip.drive("GPIO5", False)
-    await asyncio.sleep(0.05)
+    await until(lambda: gate.fault is not None, 0.05, "the read error reported")
     assert gate.fault is not None and "reading edge events" in gate.fault
     await gate.grant("entry", "e1")  # the relay still works
     # Nobody can tell whether a person passed: the entry stands instead of being annulled.
@@ -678,8 +677,8 @@ async def test_indicator_green_for_admit_then_off() -> None:
     await ind.show(ADMIT, "Welcome")
     assert time.monotonic() - started < 0.05  # the lane does not wait for the lamp
     assert (chip.level("GPIO23"), chip.level("GPIO24")) == (True, False)
-    await asyncio.sleep(0.3)
-    assert [chip.level(n) for n in ("GPIO23", "GPIO24", "GPIO25")] == [False, False, False]
+    lamps = ("GPIO23", "GPIO24", "GPIO25")
+    await until(lambda: not any(chip.level(n) for n in lamps), 0.3, "every lamp off again")
     assert chip.pulses("GPIO25") == []
     await ind.close()
 
@@ -689,7 +688,7 @@ async def test_indicator_red_and_beeps_for_deny() -> None:
     await ind.open()
     await ind.show(DENY, "Already used at Gate 3")
     assert (chip.level("GPIO23"), chip.level("GPIO24")) == (False, True)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: the whole deny signal plays (red ~0.2 s, 3 beeps)
     beeps = chip.pulses("GPIO25")
     assert len(beeps) == 3 and all(15e6 <= end - start < 100e6 for start, end in beeps)
     ((red_on, red_off),) = chip.pulses("GPIO24")
@@ -701,10 +700,10 @@ async def test_indicator_next_decision_replaces_the_shown_one() -> None:
     ind, chip = make_indicator()
     await ind.open()
     await ind.show(DENY, "no")
-    await asyncio.sleep(0.03)
+    await asyncio.sleep(0.03)  # the scenario: the next decision 30 ms into the first one
     await ind.show(ADMIT, "yes")
     assert [chip.level(n) for n in ("GPIO23", "GPIO24", "GPIO25")] == [True, False, False]
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: time for a beep of the replaced signal to show
     assert len(chip.pulses("GPIO25")) <= 1 and chip.level("GPIO23") is False
     await ind.close()
 
@@ -769,12 +768,11 @@ async def test_gpio_sim_chip_relay_and_passage() -> None:
     value = sysfs / "sim_gpio0" / "value"
     assert value.read_text().strip() == "0"
     grant = asyncio.create_task(gate.grant("entry", "hw"))
-    await asyncio.sleep(0.03)
-    assert value.read_text().strip() == "1"
+    await until(lambda: value.read_text().strip() == "1", 0.1, "the relay line high")
     await grant
     assert value.read_text().strip() == "0"
     waiter = asyncio.create_task(gate.wait_passage(2.0))
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # the scenario: the passage comes while it is waited for
     (sysfs / "sim_gpio1" / "pull").write_text("pull-up")
     assert await waiter is True
     await gate.close()
