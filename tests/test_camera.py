@@ -30,6 +30,7 @@ from drivers.camera_sources import ImageFilesSource, MemorySource, V4L2Source, V
 from drivers.decoders import Decoded, ZxingDecoder
 from drivers.sim import SimGate
 from tests.conftest import WriteConfig
+from tests.polling import until
 
 
 def ticket_text() -> str:
@@ -63,7 +64,7 @@ class RecordingDecoder:
     def decode(self, gray: np.ndarray) -> list[Decoded]:
         self.threads.add(threading.get_ident())
         self.shapes.append(gray.shape)
-        time.sleep(self.delay_s)  # stands for a long decode; the GIL is released as in zxing
+        time.sleep(self.delay_s)  # the scenario: a long decode; the GIL is released as in zxing
         return self.inner.decode(gray)
 
 
@@ -322,7 +323,8 @@ async def test_still_image_reads_once_and_ends(tmp_path: Path, gray: np.ndarray)
     looping = CameraScanner.from_url(f"file://{tmp_path}/one.png?loop=1&fps=60")
     await looping.open()
     first = await asyncio.wait_for(anext(looping.scans()), 5)
-    await asyncio.sleep(0.5)  # 30 more frames of the same code in view
+    seen = looping.frames_read
+    await until(lambda: looping.frames_read >= seen + 30, 5, "30 more frames of the same code")
     await looping.close()
     rest = [s async for s in looping.scans()]
     assert first.text == text and rest == [] and looping.frames_read >= 20
@@ -386,7 +388,7 @@ async def test_the_loop_keeps_ticking_while_frames_decode() -> None:
     async def tick() -> None:
         last = time.monotonic()
         while True:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the scenario: a 5 ms tick whose lateness is measured
             now = time.monotonic()
             gaps.append(now - last)
             last = now
@@ -428,7 +430,7 @@ class FlakyCamera:
         return 640, 480
 
     def read(self) -> RawFrame | None:
-        time.sleep(0.005)  # a camera paces itself
+        time.sleep(0.005)  # the scenario: a camera paces itself
         self.reads += 1
         if not self.unplugged and self.reads > 10:
             self.unplugged = True
@@ -451,9 +453,12 @@ async def test_lost_camera_is_reported_once_and_reopened_with_backoff(
         await scanner.open()
         scans = scanner.scans()
         assert (await asyncio.wait_for(anext(scans), 5)).text == first
-        while scanner.reconnects == 0:
-            states.append(scanner.connected)
-            await asyncio.sleep(0.01)
+
+        def reconnected() -> bool:
+            states.append(scanner.connected)  # sampled while it is away
+            return scanner.reconnects > 0
+
+        await until(reconnected, 5, "the camera reconnected")
         assert (await asyncio.wait_for(anext(scans), 5)).text == second
         assert scanner.connected and scanner.reconnects == 1
         await scanner.close()
@@ -498,6 +503,6 @@ async def test_open_and_close_are_idempotent() -> None:
 async def test_real_camera_delivers_frames() -> None:
     scanner = CameraScanner.from_url("camera:///dev/video0?width=640&height=480")
     await scanner.open()
-    await asyncio.sleep(2)
+    await until(lambda: scanner.frames_read > 10, 5, "more than 10 frames from the camera")
     await scanner.close()
     assert scanner.frames_read > 10 and scanner.decode_errors == 0
