@@ -33,6 +33,7 @@ from tests.hubproc import (
     add_token,
     write_hub_config,
 )
+from tests.polling import until, until_sync
 
 FLOOD = 1100
 HEADER_TIMEOUT_S = 2.0
@@ -138,7 +139,7 @@ async def test_a_half_request_flood_leaves_health_answering_a_good_client(
         probes = []
         for _ in range(8):  # while the flood connects and is held
             probes.append(await asyncio.to_thread(health, setup.port))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the scenario: probes spread over the flood's life
         answers = await asyncio.gather(*flood)
         assert proc.healthy()
     for probe in probes:
@@ -163,7 +164,6 @@ async def test_the_total_cap_refuses_everyone_until_connections_close(
         header_timeout_s=60,
     )  # fmt: skip
     with HubProcess(setup) as proc:
-        loop = asyncio.get_running_loop()
         conns: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         for source in ("127.0.0.2", "127.0.0.3"):
             conns[source] = []
@@ -174,20 +174,23 @@ async def test_the_total_cap_refuses_everyone_until_connections_close(
             if source == "127.0.0.2":  # 10 of 20: this address is full, the hub is not
                 over = await _half_request(setup.port, source, 10)
                 _assert_busy(over, "too many open connections from this address")
-        deadline = loop.time() + 10
-        while True:  # the hub counts a connection once it has accepted it
-            answer = await asyncio.to_thread(health, setup.port)
-            if answer.status == 503 or loop.time() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        _assert_busy(answer, "the hub has too many open connections")
+        answers: list[Answer] = []
+
+        async def busy() -> bool:  # the hub counts a connection once it has accepted it
+            answers.append(await asyncio.to_thread(health, setup.port))
+            return answers[-1].status == 503
+
+        await until(busy, 10, "health answers 503 with 20 connections open")
+        _assert_busy(answers[-1], "the hub has too many open connections")
         for _, writer in conns.pop("127.0.0.3"):
             writer.close()
-        deadline = loop.time() + 10
-        while (answer := await asyncio.to_thread(health, setup.port)).status != 200:
-            assert loop.time() < deadline, answer
-            await asyncio.sleep(0.05)
-        assert answer.took_s < 1.0
+
+        async def healthy() -> bool:
+            answers.append(await asyncio.to_thread(health, setup.port))
+            return answers[-1].status == 200
+
+        await until(healthy, 10, "health answers 200 once 10 connections closed")
+        assert answers[-1].took_s < 1.0
         for _, writer in conns.pop("127.0.0.2"):
             writer.close()
     _assert_quiet_log(proc)
@@ -283,10 +286,12 @@ def test_a_low_open_file_limit_lowers_max_connections_once(
             cwd=ROOT, preexec_fn=low_limit,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while health_or_none(setup.port) is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
+
+        def answers() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return health_or_none(setup.port) is not None
+
+        until_sync(answers, 20, "the hub answers /v1/health")
     finally:
         proc.terminate()
         proc.wait(15)
