@@ -416,7 +416,7 @@ async def test_wait_feed_wakes_on_a_feed_insert_and_times_out_otherwise(
     await asyncio.wait_for(store.wait_feed(cursor, 0.2), 5)  # nothing: returns after the wait
     waiter = asyncio.create_task(store.wait_feed(cursor, 30))
     await store.ingest("g1", [g.row("t2", "attempt")], T0)  # not a feed row
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the scenario: a window in which a wrong wake-up would show
     assert not waiter.done()
     await store.ingest("g1", [g.row("t3")], T0)
     await asyncio.wait_for(waiter, 5)
@@ -646,7 +646,7 @@ async def test_a_long_poll_wakes_on_an_insert_through_another_postgres_store(
     try:
         g = Gate("g1")
         waiter = asyncio.create_task(b.wait_feed(0, 30))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: b waits with nothing to read yet
         assert not waiter.done()
         await a.ingest("g1", [g.row("t1")], T0)
         await asyncio.wait_for(waiter, 5)
@@ -672,7 +672,7 @@ async def test_a_long_poll_still_wakes_when_the_listening_connection_is_lost(
         )
         assert killed == 2  # a's and b's listeners
         waiter = asyncio.create_task(b.wait_feed(0, 30))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: b waits with nothing to read yet
         assert not waiter.done()
         await a.ingest("g1", [Gate("g1").row("t1")], T0)
         await asyncio.wait_for(waiter, 5)
