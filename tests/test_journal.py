@@ -214,7 +214,7 @@ async def test_failed_insert_consumes_no_gate_seq(journal: Journal, path: Path) 
 
 async def test_cancelled_record_leaves_no_hole_and_no_duplicate(journal: Journal) -> None:
     task = asyncio.create_task(admit(journal, "tk1:a"))
-    await asyncio.sleep(0)  # the insert is now queued on the database thread
+    await asyncio.sleep(0)  # the scenario: cancelled once the insert is queued on its thread
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -302,7 +302,7 @@ async def test_record_while_peers_are_stored_is_committed_on_return(
 ) -> None:
     batch = [peer(f"tk1:{i}", (1 << 40) + i) for i in range(2_500)]
     storing = asyncio.create_task(journal.add_peer_entries(batch))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the scenario: the big batch is queued first, the admission after it
     rec = await admit(journal, "tk1:mine")
     with raw(path) as other:
         visible = other.execute("SELECT COUNT(*) FROM entries WHERE gate_seq = ?", (rec.gate_seq,))
@@ -496,7 +496,7 @@ async def test_history_lookup_uses_the_ticket_indexes_at_100k_rows(
 async def test_history_of_a_cancelled_record_is_never_lost(journal: Journal) -> None:
     """The in-memory set of tickets with history learns a ref before its insert is attempted."""
     task = asyncio.create_task(admit(journal, "tk1:cancelled"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the scenario: cancelled right after it started
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
