@@ -365,7 +365,7 @@ async def test_feed_long_poll_wakes_on_an_upload_and_times_out_empty(
     reader, writer = await make_gate(), await make_gate()
     start = await feed_end(api, reader.token)
     poll = asyncio.ensure_future(feed_after(api, reader.token, start, wait=30))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
     assert not poll.done()
     row = await writer.row("T-poll")
     t0 = time.monotonic()
@@ -616,7 +616,7 @@ async def test_sigterm_stops_the_hub_during_a_long_poll(own_hub: OwnHub) -> None
     poll = asyncio.ensure_future(
         own_hub.api.get("/v1/venues/venue-1/entries?wait=25", own_hub.token)
     )
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
     assert not poll.done()
     t0 = time.monotonic()
     code = await asyncio.to_thread(own_hub.proc.stop)
@@ -797,7 +797,7 @@ async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(
     (writer, reader), (api_1, api_2) = two_hubs.gates, two_hubs.apis
     start = await feed_end(api_2, reader.token)
     poll = asyncio.ensure_future(feed_after(api_2, reader.token, start, wait=20))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
     assert not poll.done()
     row = await writer.row("T-across")
     t0 = time.monotonic()
