@@ -267,7 +267,7 @@ async def test_cancelled_apply_leaves_memory_and_sqlite_agreeing(
     s = await RevocationStore.open(path)
     await s.apply(sign(snapshot(1, revoke=(A,))), signers)
     task = asyncio.ensure_future(s.apply(sign(delta(1, 2, revoke=(B,), unrevoke=(A,))), signers))
-    await asyncio.sleep(delay)  # cancel before, during or after the install, whichever it hits
+    await asyncio.sleep(delay)  # the scenario: cancel before, during or after the install
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
