@@ -219,9 +219,8 @@ async def test_a_display_that_stops_reading_is_dropped_not_buffered(
                     for _ in range(200):
                         server.observe(denied)
                         sent += 1
-                        await asyncio.sleep(
-                            0
-                        )  # the scenario: the stream's writer runs between decisions
+                        # the scenario: the stream's writer runs between decisions
+                        await asyncio.sleep(0)
             got = (await asyncio.wait_for(reader.read(), 30)).count(b"data:")
             assert 0 < got < sent  # what it had been sent, then the end of the stream
             writer.close()
