@@ -120,8 +120,8 @@ def make_app(state: FakePretix) -> web.Application:
         )  # fmt: skip
         request[_JSON] = body
         fault = state.fault if unquote(raw_path).endswith(state.fault_on) else None
-        if fault == "slow":  # the scenario: a pretix that answers late
-            await asyncio.sleep(state.slow_s)
+        if fault == "slow":
+            await asyncio.sleep(state.slow_s)  # the scenario: a pretix that answers late
         if fault == "5xx":
             return web.json_response({"detail": "maintenance"}, status=503,
                                      headers={"Retry-After": "7"})  # fmt: skip
