@@ -9,7 +9,6 @@ another's, another's taken for the gate's own).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
@@ -29,11 +28,11 @@ from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from tests.conftest import WriteConfig
+from tests.polling import until
 from tests.pretix_real import Device, PretixReal
 
 pytestmark = pytest.mark.pretix
 _mono = itertools.count(1)
-POLL_S = 0.05
 
 
 def scan(secret: str) -> Scan:
@@ -72,14 +71,8 @@ async def real_gate(
 async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> float:
     """Poll ``check`` until it holds; returns the seconds it took, fails after ``within_s``."""
     began = time.monotonic()
-    while not await check():
-        assert time.monotonic() - began < within_s, f"not within {within_s} s"
-        await _pause()
+    await until(check, within_s)
     return time.monotonic() - began
-
-
-async def _pause() -> None:
-    await asyncio.sleep(POLL_S)  # the poll interval, not a synchronisation
 
 
 async def peers(gate: Gate, secret: str) -> list[tuple[str, str]]:
