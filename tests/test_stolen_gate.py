@@ -41,8 +41,6 @@ from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.polling import until, until_sync
 
-pytestmark = pytest.mark.slow  # each case starts a hub process (and PostgreSQL): ~14 s here
-
 POISON = (1 << 62) - 1  # the largest HLC a gate took from a peer before HLCs were bounded
 NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")
 ADMIT = Decision(Verdict.ADMIT, Reason.OK, "")
