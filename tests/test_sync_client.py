@@ -119,7 +119,6 @@ async def test_offline_flag_follows_the_hub(keys_dir: Path, iss: Issuer, tmp_pat
         hub.kill9()
 
 
-@pytest.mark.slow
 async def test_the_feed_is_read_again_after_the_hub_lost_its_store(
     keys_dir: Path, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
