@@ -130,7 +130,6 @@ async def test_hub_down_while_1000_admissions_then_all_uploaded(
     _assert_same(held, [r.entry_id for r in rows])
 
 
-@pytest.mark.slow
 async def test_kill_9_of_the_hub_mid_upload_loses_and_repeats_nothing(
     hub_setup: HubSetup, readers: Readers, keys_dir: Path, iss: Issuer, tmp_path: Path
 ) -> None:
@@ -215,7 +214,6 @@ async def test_gate_stopped_between_post_and_mark_loses_and_repeats_nothing(
     _assert_same(held, [r.entry_id for r in pending])
 
 
-@pytest.mark.slow
 def test_gate_process_killed_mid_batch_loses_and_repeats_nothing(
     hub_setup: HubSetup, readers: Readers, keys_dir: Path, iss: Issuer, tmp_path: Path
 ) -> None:
