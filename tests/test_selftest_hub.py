@@ -85,7 +85,6 @@ def test_a_right_setup_passes_every_step(venue: Venue, tmp_path: Path) -> None:
     assert "the hub serves venue 'venue-1'" in everything
 
 
-@pytest.mark.slow
 def test_each_wrong_setting_is_named_with_its_fix(
     venue: Venue, tmp_path: Path, keys_dir: Path
 ) -> None:
