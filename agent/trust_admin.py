@@ -41,6 +41,7 @@ class Published:
     path: Path
     version: int
     kid: str
+    changed: bool = True  # False: the bundle already said so; nothing was written
 
 
 def add_issuer(
@@ -86,12 +87,10 @@ def add_issuer(
     return _publish(root_dir, content, root_key, str(chosen))
 
 
-def set_status(
-    root_dir: Path, kid: int, status: Literal["retired", "compromised"]
-) -> Published | None:
+def set_status(root_dir: Path, kid: int, status: Literal["retired", "compromised"]) -> Published:
     """Mark issuer ``kid`` retired or compromised in the next bundle version.
 
-    Returns None when the kid already has that status (nothing written). Raises TrustError for an
+    When the kid already has that status nothing is written (``changed`` False). Raises TrustError for an
     unknown kid or an attempt to retire a compromised one.
     """
     content, root_key = _current(root_dir)
@@ -101,7 +100,7 @@ def set_status(
         raise TrustError(f"kid {kid} is not in {root_dir / TRUST_BUNDLE} (kids: {known})")
     entry = entries[0]
     if entry["status"] == status:
-        return None
+        return Published(root_dir / TRUST_BUNDLE, int(content["version"]), str(kid), False)
     if entry["status"] == "compromised":
         raise TrustError(f"kid {kid} is compromised; that is final (issue under a new kid)")
     entry["status"] = status

@@ -96,14 +96,8 @@ def _trust(args: argparse.Namespace) -> int:
         "retired" if args.trust_command == "retire" else "compromised"
     )
     changed = trust_admin.set_status(args.keys, args.kid, status)
-    if changed is None:
-        from agent import trust
-
-        current = trust.parse_bundle(
-            trust.read_capped(args.keys / "trust.json"),
-            trust.load_root_key(str(args.keys / "root.pub")),
-        )
-        print(f"{current.version} (kid {args.kid} was already {status}; nothing written)")
+    if not changed.changed:
+        print(f"{changed.version} (kid {args.kid} was already {status}; nothing written)")
         return 0
     print(f"{changed.version} (kid {changed.kid} {status}; publish {changed.path})")
     return 0
