@@ -75,6 +75,8 @@ INTERNAL_ERROR = Decision(Verdict.DENY, Reason.ERROR, "internal error")
 MAX_WAITING = 8  # scans queued behind an open gate; beyond this the scanner is not read
 
 OutcomeHook = Callable[[Outcome], Awaitable[None] | None]
+# Told of each decision as soon as it is recorded, before the lamps and the relay; must not block.
+DecisionHook = Callable[[Outcome], None]
 
 
 class Uplink(Protocol):
@@ -117,6 +119,7 @@ class Lane:
         self.gate = gate
         self.indicator = indicator
         self.on_outcome = on_outcome
+        self.on_decision: DecisionHook | None = None  # set by the application (the display)
         self.uplink = uplink
         self._last: dict[str, tuple[str, int]] = {}
         self._busy_with: str | None = None  # the admitted text while the gate is open
@@ -207,6 +210,7 @@ class Lane:
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)
         outcome = Outcome(scan, ticket, decision, record, latency, self.settings.name)
+        self._decided(outcome)
         await self._show(decision)
         if decision.admitted:
             outcome = await self._carry_out(outcome, record, ref)
@@ -360,6 +364,13 @@ class Lane:
                 await self.indicator.show(decision, message or rules.staff_message(decision))
             except Exception:
                 log.exception("lane %s: indicator failed", self.settings.name)
+
+    def _decided(self, outcome: Outcome) -> None:
+        if self.on_decision is not None:
+            try:
+                self.on_decision(outcome)
+            except Exception:  # a display fault must not stop the lane
+                log.exception("lane %s: decision hook failed", self.settings.name)
 
     async def _notify(self, outcome: Outcome) -> None:
         if self.on_outcome is None:

@@ -84,11 +84,11 @@ async def _follow(http: aiohttp.ClientSession, url: str, seen: list[str]) -> Non
         assert r.status == 200
         async for line in r.content:
             if line.startswith(b"data:"):
-                outcome = json.loads(line[5:]).get("outcome")
-                if outcome is not None:
-                    seen.append(outcome["ticket"])
-                else:
-                    seen.append("")  # the greeting
+                message = json.loads(line[5:])
+                if "decision" in message:
+                    seen.append(message["decision"]["ticket"])
+                elif "hello" in message:
+                    seen.append("")  # the greeting (state changes and heartbeats are not kept)
 
 
 async def _refused(http: aiohttp.ClientSession, url: str) -> tuple[int, str | None, object]:

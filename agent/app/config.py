@@ -124,6 +124,15 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class DisplayConfig:
+    """The staff display (/display, agent/app/status_display.py)."""
+
+    clear_after_s: float = 5.0  # a verdict goes back to READY this long after its last change
+    stale_after_s: float = 6.0  # no word from the gate this long: the page says OUT OF SERVICE
+    sound: bool = False  # a tone per verdict (the kiosk browser must allow autoplay)
+
+
+@dataclass(frozen=True)
 class JournalConfig:
     """Retention (agent/app/retention.py): synced entries older than this many days are pruned once
     an hour by the running gate. 0 keeps everything (the default: nothing is dropped unasked)."""
@@ -143,6 +152,7 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)
     log: LogConfig = field(default_factory=LogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     pretix: PretixConfig | None = None
     hub: HubLinkConfig | None = None
@@ -180,6 +190,8 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
     ("status", "disk_free_min_mb"): (lambda v: v >= 0, "an integer >= 0"),
     ("status", "max_streams"): (lambda v: 1 <= v <= 256, "1-256 streams"),
+    ("display", "clear_after_s"): (lambda v: 1 <= v <= 600, "1-600 seconds"),
+    ("display", "stale_after_s"): (lambda v: 3 <= v <= 120, "3-120 seconds"),
     ("journal", "retain_synced_days"): (lambda v: 0 <= v <= 3650, "0 (keep all) to 3650 days"),
     ("hub", "url"): (
         lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),

@@ -327,7 +327,8 @@ async def run(config: cfg.Config) -> int:
     notifier = Notifier()
     async with open_gate(config, observe) as gate:
         status = _status_server(config, gate)
-        observers.append(status)
+        observers.append(status)  # what came of each decision (passed, annulled)
+        gate.lane.on_decision = status.decided  # each decision, before the lamps
         await _serve_status(config, status)
         loop = asyncio.get_running_loop()
         task = asyncio.create_task(gate.lane.run())

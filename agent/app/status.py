@@ -1,8 +1,9 @@
 """The gate's local status server: ``/healthz``, ``/metrics``, ``/status`` and the staff display.
 
 aiohttp on the daemon's own loop, bound to 127.0.0.1 by default (config ``[status]``). It only
-reads the gate's state; the lane feeds it through the outcome hook (:meth:`StatusServer.observe`),
-which does constant work and never awaits. The loop is the lane's, and asyncio has no priorities:
+reads the gate's state; the lane feeds it through two hooks that do constant work and never await:
+:meth:`StatusServer.decided` when a decision is recorded, :meth:`StatusServer.observe` when its
+outcome is known (passed, or annulled). The loop is the lane's, and asyncio has no priorities:
 200 clients asking as fast as they can took a whole core from it and the lane's p99 went from
 5 ms to seconds (tests/bench/bench_status.py). So request handling is paced (:class:`Pacer`): at
 most ``REQUESTS_PER_S`` start each second after a short burst; the others wait parked on a timer,
@@ -20,25 +21,24 @@ than ``max_streams`` event streams are open or waiting (1,500 streams made each 
   space low, hub offline or pretix offline: the upstream is named by ``upstream.kind``).
 * ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
 * ``/status``: the same facts as JSON, for `gate-agent status`.
-* ``/display``: a full-screen page for a small screen in kiosk mode: big green/red, the reason in
-  a steward's words, the ticket's short id and counts for the last hour, live over server-sent
-  events (``/display/events``). Never a ticket's text or reference. Each decision is encoded
-  once and handed to every stream (:class:`Streams`); a stream that falls ``SSE_BACKLOG`` events
-  behind is closed (its display reconnects and is greeted with the current state), and one timer
-  sends every stream's keep-alive.
+* ``/display``: a full-screen page for a small screen in kiosk mode (agent/app/status_display.py:
+  GO/STOP at decision time with a shape per verdict and the steward's action, READY again after
+  ``[display] clear_after_s``, OUT OF SERVICE, OFFLINE, emergency free passage), live over
+  server-sent events (``/display/events``). Never a ticket's text or reference. Each message is
+  encoded once and handed to every stream (:class:`Streams`); a stream that falls
+  ``SSE_BACKLOG`` events behind is closed (its display reconnects and is greeted with the current
+  state), and one timer sends every stream's keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import importlib.resources
-import json
 import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socket
+from agent.app.status_display import DisplayFeed, lane_health
 from agent.errors import JournalError
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_HOUR_S = 3600.0
 _JOURNAL_TTL_S = 1.0  # journal figures (outbox, rows) are re-read at most this often
 _KEEPALIVE_S = 15.0
 _KEEPALIVE = b": keep-alive\n\n"
@@ -86,28 +86,6 @@ class StatusLimits:
 
     outbox_backlog: int = 1000
     disk_free_min_bytes: int = 200 * 1024 * 1024
-
-
-@dataclass
-class _Shown:
-    """What the display shows: the last outcome per lane, and the last hour's counts."""
-
-    last: dict[str, dict[str, Any]] = field(default_factory=dict)
-    hour: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
-    admitted: int = 0  # among ``hour``, kept as it changes: counts() must not walk the hour
-
-    def add(self, at: float, admitted: bool) -> None:
-        self.hour.append((at, admitted))
-        self.admitted += admitted
-        self.trim(at)
-
-    def trim(self, now: float) -> None:
-        while self.hour and self.hour[0][0] < now - _HOUR_S:
-            self.admitted -= self.hour.popleft()[1]
-
-    def counts(self, now: float) -> dict[str, int]:
-        self.trim(now)
-        return {"admitted": self.admitted, "denied": len(self.hour) - self.admitted}
 
 
 class _Metrics:
@@ -193,9 +171,18 @@ class StatusServer:
         self._limits = limits or StatusLimits()
         self._lanes = lanes or (lambda: [gate.lane])
         self._metrics = _Metrics()
-        self._shown = _Shown()
         self._streams = Streams(max_streams)
+
+        def kind() -> str | None:
+            return (
+                "pretix" if gate.upstream is not None else "hub" if gate.hub is not None else None
+            )
+
+        self._display = DisplayFeed(
+            gate.config.gate.name, self._lanes, kind, gate.config.display, self._streams
+        )
         self._keepalive: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._rendered: dict[str, tuple[float, web.Response]] = {}
         self._rendering: dict[str, asyncio.Future[web.Response]] = {}
         self._runner: web.AppRunner | None = None
@@ -204,25 +191,21 @@ class StatusServer:
         self._reading: asyncio.Future[tuple[int, float | None, int | None]] | None = None
         self.port: int | None = None
 
-    def observe(self, outcome: Outcome) -> None:
-        """The lane's outcome hook: count, time and show one decision. Never blocks."""
+    def decided(self, outcome: Outcome) -> None:
+        """The lane's decision hook: count, time and show one decision. Never blocks."""
         d, lane = outcome.decision, outcome.lane
         self._metrics.scans.labels(lane, d.verdict.value, d.reason.value).inc()
         self._metrics.latency.labels(lane).observe(outcome.latency_ns / 1e9)
-        now = time.time()
-        self._shown.add(now, d.admitted)
-        shown = {
-            "lane": lane,
-            "admitted": d.admitted,
-            "reason": d.reason.value,
-            "message": outcome.message,
-            "ticket": outcome.ticket.short_id if outcome.ticket is not None else "",
-            "at": now,
-        }
-        self._shown.last[lane] = shown
-        if self._streams:  # one encoding, shared by every stream
-            event = json.dumps({"outcome": shown, "counts": self._shown.counts(now)})
-            self._streams.publish(f"data: {event}\n\n".encode())
+        self._display.decided(outcome)
+
+    def observe(self, outcome: Outcome) -> None:
+        """The lane's outcome hook: what came of the decision (passed, annulled). Never blocks.
+
+        A decision the decision hook was not told of is counted and shown here first.
+        """
+        if not self._display.seen(outcome):
+            self.decided(outcome)
+        self._display.settled(outcome)
 
     async def start(self) -> None:
         """Listen; raises OSError when the address is taken."""
@@ -268,6 +251,7 @@ class StatusServer:
         self._listener = Listener(sock, runner.server, ACCEPTS_PER_S, ACCEPTS_PER_WAKE)
         self._runner = runner
         self._keepalive = asyncio.ensure_future(self._keep_alive())
+        self._watcher = asyncio.ensure_future(self._display.run())
         self.port = int(sock.getsockname()[1])
         log.info("status server on http://%s:%d/ (display: /display)", self._host, self.port)
 
@@ -281,7 +265,7 @@ class StatusServer:
             await runner.cleanup()
         # Shared work (a journal read above all) must not outlive the journal.
         pending: list[asyncio.Future[Any]] = [*self._rendering.values()]
-        pending += [f for f in (self._reading, self._keepalive) if f is not None]
+        pending += [f for f in (self._reading, self._keepalive, self._watcher) if f is not None]
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -306,7 +290,7 @@ class StatusServer:
         )
         return {
             "gate": {"id": gate.config.gate.id, "name": gate.config.gate.name},
-            "lanes": [_lane_status(lane) for lane in self._lanes()],
+            "lanes": [lane_health(lane) for lane in self._lanes()],
             "clock": {"synced": gate.clock.synced(), "now": gate.clock.now()},
             "revocations": {
                 "version": meta.version,
@@ -318,8 +302,8 @@ class StatusServer:
             "journal": {"rows": rows, "outbox_depth": depth, "oldest_unsynced": oldest},
             "disk_free_bytes": disk,
             "upstream": upstream,
-            "last_hour": self._shown.counts(now),
-            "last": list(self._shown.last.values()),
+            "last_hour": self._display.counts(now),
+            "last": list(self._display.last.values()),
         }
 
     async def _journal_figures(self) -> tuple[int, float | None, int | None]:
@@ -417,29 +401,10 @@ class StatusServer:
             self._streams.publish(_KEEPALIVE)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        """Follow the decisions: a greeting with the current state, then one event each."""
-        transport = request.transport
-        if transport is None or self._runner is None:  # gone already, or the server closes
+        """Follow the display feed (agent/app/status_display.py)."""
+        if request.transport is None or self._runner is None:  # gone already, or closing
             return busy("closing", _KEEPALIVE_S)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-        )
-        await response.prepare(request)
-        now = time.time()
-        hello = {"last": list(self._shown.last.values()), "counts": self._shown.counts(now)}
-        stream = self._streams.open(transport.abort)
-        try:
-            await response.write(f"data: {json.dumps(hello)}\n\n".encode())
-            while True:
-                await stream.wake.wait()
-                if stream.ended:
-                    break
-                await response.write(stream.take())
-        except ConnectionError:  # the display went away (or was dropped for reading too slowly)
-            pass
-        finally:
-            self._streams.close(stream)
-        return response
+        return await self._display.follow(request)
 
 
 @web.middleware
@@ -449,19 +414,6 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
-
-
-def _lane_status(lane: Lane) -> dict[str, Any]:
-    connected = getattr(lane.scanner, "connected", True)
-    online = bool(connected() if callable(connected) else connected)
-    return {
-        "name": lane.settings.name,
-        "direction": lane.checker.policy.direction,
-        "scanner_online": online,
-        "fault": lane.fault,
-        "journal_fault": lane.journal_fault,
-        "emergency": lane.gate.emergency,
-    }
 
 
 def _disk_free(path: Any) -> int | None:
