@@ -1,0 +1,108 @@
+"""The staff display of a real `gate-agent run` process, in headless Chromium at 800x480.
+
+The verdict shows while the turnstile is still open (the daemon wires the lane's decision hook),
+then "not used" once the passage times out; a daemon that stops answering (SIGSTOP: the connection
+stays open, nothing comes) or dies (SIGKILL) turns the page OUT OF SERVICE by itself, and one that
+comes back is followed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent import revocation_issuer
+from agent.issuer import Issuer
+from tests.browser import Browser
+from tests.conftest import WriteConfig
+from tests.displaygate import PANEL, readable, screens_folder, shows
+from tests.hubproc import free_port
+from tests.polling import until
+
+STALE_S = 3  # [display] stale_after_s: the page's own limit for hearing nothing
+
+
+@asynccontextmanager
+async def _daemon(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`gate-agent run`: socket scanner, a turnstile nobody passes, status on a free port."""
+    path = write_config()
+    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
+    (path.parent / "revocations-1.json").write_bytes(delta)
+    port = free_port()
+    path = write_config(
+        revocations=["revocations-1.json"],
+        scanner="sim://socket?path=scan.sock",
+        gate="sim://gate?passage=never",
+        passage_timeout_s=3.0,
+        extra=(
+            f'\n[status]\nlisten = "127.0.0.1:{port}"\n'
+            f"\n[display]\nclear_after_s = 600\nstale_after_s = {STALE_S}\n"
+        ),
+    )
+    with open(tmp_path / "gate.log", "wb") as log:  # noqa: ASYNC230 - opened once, test only
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "run", "--config", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def _ready(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    return screens_folder(tmp_path)
+
+
+async def test_the_running_gate_shows_go_at_once_and_out_of_service_when_it_stops_answering(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
+) -> None:
+    async with _daemon(write_config, iss, tmp_path) as (proc, url), Browser(tmp_path) as page:
+        await until(lambda: _ready(url), 60.0, "the daemon answers ready")
+        await page.goto(url + "/display")
+        await shows(page, "ready")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(tmp_path / "scan.sock"))
+            sock.sendall(iss.ticket(event=1, zones=[1]).encode() + b"\n")
+        await shows(page, "admit")
+        # the turnstile is open for 3 s more: no passage result yet, the verdict came first
+        assert await page.evaluate(f"{PANEL}.dataset.after") == ""
+        await page.wait_for(f"{PANEL}.dataset.after === 'not_used'")
+        assert await page.text("#admitted") == "0"
+
+        os.kill(proc.pid, signal.SIGSTOP)  # alive, connected, silent
+        await shows(page, "out", timeout=STALE_S + 10)
+        assert await page.text("#message") == "Gate not answering"
+        await readable(page, shots / "out-not-answering.png")
+
+        os.kill(proc.pid, signal.SIGCONT)
+        await shows(page, "ready", timeout=30)  # followed again; the old verdict is not back
+
+        proc.kill()
+        await proc.wait()
+        await shows(page, "out")
+        assert await page.text("#message") == "Gate not answering"
+        await page.screenshot(shots / "out-daemon-dead.png")
