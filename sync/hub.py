@@ -1,7 +1,9 @@
 """The hub server (`gate-agent hub`): the ``/v1`` endpoints of :mod:`sync.protocol` on aiohttp.
 
-Beyond the protocol: ``GET /v1/health`` (no auth) and ``GET /console`` (the security console page
-and its script and style; the page reads its data with a console token).
+Beyond the protocol: ``GET /v1/health`` (no auth), ``GET /console`` (the security console page
+and its script and style; the page reads its data with a console token), the console's alert
+workflow and ticket search (:mod:`sync.hub_console_api`) and, with ``[webhook]``, each new alert
+POSTed to a URL (:mod:`sync.hub_webhook`).
 
 Rules every handler follows:
 
@@ -39,7 +41,7 @@ from aiohttp import web
 
 from agent import keys
 from agent.errors import AgentError
-from sync import hub_limits, protocol
+from sync import hub_console_api, hub_limits, protocol
 from sync.hub_admin import (
     SnapshotCache,
     TrustFile,
@@ -47,7 +49,7 @@ from sync.hub_admin import (
     opened_store,
     refresh_list,
 )
-from sync.hub_config import HubConfig, ssl_context
+from sync.hub_config import HubConfig, WebhookSection, ssl_context
 from sync.hub_handlers import (
     CONSOLE_FILES,
     alerts,
@@ -64,6 +66,7 @@ from sync.hub_handlers import (
 from sync.hub_state import HUB, HttpError, Hub
 from sync.hub_store import ConflictError, HubStore, HubStoreError
 from sync.hub_watch import Presence, watch
+from sync.hub_webhook import AlertWebhook
 from sync.protocol import (
     MAX_BODY_BYTES,
 )
@@ -142,6 +145,8 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     app.on_shutdown.append(_stop)
     app.cleanup_ctx.append(functools.partial(_list_refresher, list_key=list_key))
     app.cleanup_ctx.append(_watcher)
+    if config.webhook is not None:
+        app.cleanup_ctx.append(functools.partial(_webhook, section=config.webhook))
     app.router.add_post("/v1/gates/{gate}/entries:batch", upload)
     app.router.add_post("/v1/gates/{gate}/heartbeat", heartbeat)
     app.router.add_get("/v1/venues/{venue}/entries", feed)
@@ -149,6 +154,7 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     app.router.add_get("/v1/revocations/snapshot", snapshot)
     app.router.add_get("/v1/trust", trust_bundle)
     app.router.add_get("/v1/alerts", alerts)
+    hub_console_api.add_routes(app)  # one alert, its workflow, the open count, ticket search
     app.router.add_get("/v1/gates", gates)
     app.router.add_get("/v1/health", health)
     for path in CONSOLE_FILES:
@@ -170,6 +176,15 @@ async def _watcher(app: web.Application) -> AsyncIterator[None]:
     """Log gates going quiet, revocation lists issued and alerts raised (sync.hub_watch)."""
     hub = app[HUB]
     task = asyncio.create_task(watch(hub.store, hub.presence))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _webhook(app: web.Application, section: WebhookSection) -> AsyncIterator[None]:
+    """POST each new alert to the configured webhook (sync.hub_webhook); never in ingest's way."""
+    task = asyncio.create_task(AlertWebhook(section, app[HUB].store).run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
            client address; over either: 503), header_timeout_s (a request head must arrive within
            it of connecting or of the previous answer), body_timeout_s (a body within it)
     [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
+    [webhook]  url (http:// or https://; each new alert is POSTed to it as JSON, see
+           :mod:`sync.hub_webhook`), timeout_s, queue_size, max_tries
     [log]  level
 
 Relative paths are taken relative to the config file's folder, also in a ``sqlite://`` store URL.
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -73,6 +76,14 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class WebhookSection:
+    url: str  # may hold a secret: never logged or repeated in an error (sync.hub_webhook)
+    timeout_s: float = 10.0
+    queue_size: int = 1000
+    max_tries: int = 8
+
+
+@dataclass(frozen=True)
 class HubConfig:
     """The validated hub config; ``host``/``port`` come from ``[hub] listen``."""
 
@@ -82,6 +93,7 @@ class HubConfig:
     port: int
     tls: TlsSection | None = None
     log: LogConfig = field(default_factory=LogConfig)
+    webhook: WebhookSection | None = None
 
     @property
     def store_url(self) -> str:
@@ -155,7 +167,9 @@ def parse(text: str, src: Path) -> HubConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
-    classes: dict[str, type[Any]] = {"hub": HubSection, "tls": TlsSection, "log": LogConfig}
+    classes: dict[str, type[Any]] = {
+        "hub": HubSection, "tls": TlsSection, "log": LogConfig, "webhook": WebhookSection,
+    }  # fmt: skip
     for name in raw:
         if name not in classes:
             raise ConfigError(
@@ -164,8 +178,14 @@ def parse(text: str, src: Path) -> HubConfig:
     if "hub" not in raw:
         raise ConfigError(f"{src}: missing required section [hub]")
     # The hub's range checks are in _check_hub; none of the gate's apply here.
-    values = {name: section(classes[name], raw[name], name, src, ranges={}) for name in raw}
+    secrets = {("webhook", "url")}  # a webhook URL may carry a token: never echoed
+    values = {
+        name: section(classes[name], raw[name], name, src, ranges={}, secrets=secrets)
+        for name in raw
+    }
     hub = _check_hub(values.pop("hub"), src)
+    if "webhook" in values:
+        _check_webhook(values["webhook"], src)
     try:
         host, port = parse_listen(hub.listen)
     except ValueError:
@@ -173,6 +193,26 @@ def parse(text: str, src: Path) -> HubConfig:
             f"{src}: [hub] listen: expected HOST:PORT (port 0-65535), got {hub.listen!r}"
         ) from None
     return HubConfig(path=src, hub=hub, host=host, port=port, **values)
+
+
+def _check_webhook(hook: WebhookSection, src: Path) -> None:
+    """Range checks of [webhook]; the URL is never repeated (it may hold a secret)."""
+    try:
+        parts = urlsplit(hook.url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{src}: [webhook] url: expected an http:// or https:// URL with a host")
+    checks: dict[str, _Check] = {
+        "timeout_s": (lambda v: 0.1 <= v <= 300, "0.1-300 seconds"),
+        "queue_size": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
+        "max_tries": (lambda v: 1 <= v <= 100, "an integer 1-100"),
+    }
+    for key, (ok, expected) in checks.items():
+        value = getattr(hook, key)
+        if not ok(value):
+            raise ConfigError(f"{src}: [webhook] {key}: expected {expected}, got {value!r}")
 
 
 def ssl_context(config: HubConfig) -> ssl.SSLContext | None:

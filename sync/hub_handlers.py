@@ -92,6 +92,11 @@ async def _body(request: web.Request) -> bytes:
         ) from None
 
 
+# For the console's handlers (sync.hub_console_api) and any other module with endpoints.
+read_body = _body
+query_int = _query_int
+
+
 def _etag_matches(request: web.Request, etag: str) -> bool:
     header = request.headers.get("If-None-Match")
     if header is None:
@@ -222,11 +227,13 @@ async def alerts(request: web.Request) -> web.Response:
     if "after" in request.query:  # following: oldest first after the cursor
         after = _query_int(request, "after", 0, 0, protocol.INT63)
         found = await hub.store.alerts(after, limit)
-        return json_response(AlertPage(tuple(found), found[-1].alert_id if found else after))
-    # paging back: newest first below ``before``; next is the cursor for the page before it
-    before = _query_int(request, "before", protocol.INT63, 1, protocol.INT63)
-    found = await hub.store.recent_alerts(before, limit)
-    return json_response(AlertPage(tuple(found), found[-1].alert_id if found else before))
+        next_cursor = found[-1].alert_id if found else after
+    else:  # paging back: newest first below ``before``; next is the cursor for the page before
+        before = _query_int(request, "before", protocol.INT63, 1, protocol.INT63)
+        found = await hub.store.recent_alerts(before, limit)
+        next_cursor = found[-1].alert_id if found else before
+    # with the entries they name (offline, lanes, reasons) and the console's workflow
+    return json_response(AlertPage(tuple(await hub.store.alert_details(found)), next_cursor))
 
 
 async def gates(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ import asyncpg
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
+from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
 from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_store import (
@@ -44,8 +45,9 @@ from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Hea
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "gate-agent-hub/2"  # 2: alerts.source_gate and alerts.held (alert budget)
+SCHEMA = "gate-agent-hub/3"  # 2: alerts.source_gate, alerts.held; 3: short_id, alert_actions
 _OLD_SCHEMA = "gate-agent-hub/1"
+_SCHEMA_2 = "gate-agent-hub/2"
 
 
 _PG_TYPES = {
@@ -106,7 +108,7 @@ def _where(url: str) -> str:
     return f"{host}:{parts.port or 5432}{parts.path or '/'}"
 
 
-class PostgresHubStore:
+class PostgresHubStore(PostgresConsoleQueries):
     """The hub store in a PostgreSQL database. Open with :meth:`open`."""
 
     def __init__(self, url: str, policy: HubPolicy, pool: asyncpg.Pool[asyncpg.Record]) -> None:
@@ -336,14 +338,17 @@ class PostgresHubStore:
             meta = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM hub_meta")}
             if meta.get("schema") == _OLD_SCHEMA:
                 await conn.execute(hub_schema.POSTGRES_1_TO_2)
-                meta["schema"] = SCHEMA
+                meta["schema"] = _SCHEMA_2
                 log.warning(
                     "hub store %s: schema upgraded to %s; gate names, which gates chose for"
                     " themselves before, are reset: name each gate with `gate-agent hub token"
                     " --gate ID --name NAME`",
                     self._where,
-                    SCHEMA,
+                    _SCHEMA_2,
                 )
+            if meta.get("schema") == _SCHEMA_2:
+                await upgrade_2_to_3(conn, self._where, SCHEMA)
+                meta["schema"] = SCHEMA
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "

@@ -1,7 +1,9 @@
 """The hub's tables, in SQLite's words (:mod:`sync.hub_sqlite`) and PostgreSQL's
 (:mod:`sync.hub_postgres`), and the upgrades from schema 1 (alerts gained ``source_gate`` and
 ``held`` for the alert budget; gate names, which schema 1 took from the gates' heartbeats, are
-forgotten). The columns are the same in both; the types are each dialect's own.
+forgotten) and from schema 2 (entries gained the indexed ``short_id`` of their ticket, for ticket
+search; ``alert_actions`` keeps the console's acknowledgements, assignments and notes). The
+columns are the same in both; the types are each dialect's own.
 """
 
 SQLITE = """
@@ -13,9 +15,16 @@ CREATE TABLE IF NOT EXISTS entries (
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
     offline INTEGER NOT NULL, in_feed INTEGER NOT NULL, received_at REAL NOT NULL,
+    short_id TEXT NOT NULL DEFAULT '',
     UNIQUE (gate_id, gate_seq)
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
+CREATE TABLE IF NOT EXISTS alert_actions (
+    action_id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, action TEXT NOT NULL,
+    actor TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, action);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
@@ -59,9 +68,16 @@ CREATE TABLE IF NOT EXISTS entries (
     wall_time DOUBLE PRECISION NOT NULL, clock_synced BOOLEAN NOT NULL, mono_ns BIGINT NOT NULL,
     boot_id TEXT NOT NULL, hlc BIGINT NOT NULL, rev_version BIGINT NOT NULL,
     offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    short_id TEXT NOT NULL DEFAULT '',
     UNIQUE (gate_id, gate_seq)
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
+CREATE TABLE IF NOT EXISTS alert_actions (
+    action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
+    actor TEXT NOT NULL, value TEXT NOT NULL, at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, action);
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
@@ -94,3 +110,22 @@ CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
 UPDATE gates SET gate_name = '';
 UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
 """
+
+# Schema 2 to 3: the column and table first; the short ids are filled in by the store (Python
+# computes them, ticket by ticket), then the index is built.
+SQLITE_2_TO_3 = (
+    "ALTER TABLE entries ADD COLUMN short_id TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE IF NOT EXISTS alert_actions ("
+    " action_id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, action TEXT NOT NULL,"
+    " actor TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, action);"
+)
+POSTGRES_2_TO_3 = """
+ALTER TABLE entries ADD COLUMN IF NOT EXISTS short_id TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS alert_actions (
+    action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
+    actor TEXT NOT NULL, value TEXT NOT NULL, at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, action);
+"""
+SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id)"

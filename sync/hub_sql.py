@@ -10,13 +10,15 @@ from dataclasses import fields
 from typing import Any
 
 from agent.model import Reason, Verdict
+from agent.redact import short_id
 from sync.hub_rules import in_feed
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_DETAIL, Alert, EntryWire, GateHealth, Heartbeat
 
-# The ``entries`` table's columns: EntryWire's fields in order, then the hub's own two.
+# The ``entries`` table's columns: EntryWire's fields in order, then the hub's own three (the
+# ticket's short id is kept for ticket search, :mod:`sync.hub_console_sql`).
 ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
-ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at")
+ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at", "short_id")
 # entry_params spells the fields out in this order; a new or moved field must be added there.
 assert ENTRY_FIELDS == (
     "gate_seq", "entry_id", "gate_id", "lane", "ticket_ref", "kind", "verdict", "reason",
@@ -38,7 +40,7 @@ def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
         e.gate_seq, e.entry_id, e.gate_id, e.lane, e.ticket_ref, e.kind, e.verdict.value,
         e.reason.value, e.detail, ",".join(e.flags), e.annuls, e.zone, e.wall_time,
         e.clock_synced, e.mono_ns, e.boot_id, e.hlc, e.rev_version, e.offline, in_feed(e),
-        received_at,
+        received_at, short_id(e.ticket_ref),
     )  # fmt: skip
 
 

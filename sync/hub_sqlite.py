@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from sync import hub_rules, hub_schema, hub_sql, protocol
 from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
+from sync.hub_sqlite_console import SQLiteConsoleQueries, upgrade
 from sync.hub_store import (
     FeedSignal,
     HubPolicy,
@@ -42,7 +43,7 @@ from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Hea
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
-SCHEMA_VERSION = 2  # 2: alerts.source_gate and alerts.held (alert budget)
+SCHEMA_VERSION = 3  # 2: alerts.source_gate, alerts.held; 3: entries.short_id, alert_actions
 _CHUNK = 500  # values per IN (...) list
 
 
@@ -61,7 +62,7 @@ _GATES = (
 _T = TypeVar("_T")
 
 
-class SQLiteHubStore:
+class SQLiteHubStore(SQLiteConsoleQueries):
     """The hub store in one SQLite file. Open with :meth:`open`; one instance per file."""
 
     def __init__(
@@ -275,16 +276,8 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
             raise HubStoreError(f"{path} is an SQLite database but not a hub store")
     elif app_id != APPLICATION_ID:
         raise HubStoreError(f"{path} is not a hub store")
-    elif version == 1:
-        db.executescript(
-            f"BEGIN IMMEDIATE;{hub_schema.SQLITE_1_TO_2}PRAGMA user_version = 2;COMMIT;"
-        )
-        log.warning(
-            "hub store %s: schema upgraded to version 2; gate names, which gates chose for"
-            " themselves before, are reset: name each gate with `gate-agent hub token --gate ID"
-            " --name NAME`",
-            path,
-        )
+    elif version in (1, 2):
+        upgrade(db, path, version)
     elif version != SCHEMA_VERSION:
         raise HubStoreError(
             f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"

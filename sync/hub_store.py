@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.errors import AgentError
+from sync.hub_console_sql import Action, ActResult
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
+from sync.protocol_console import TicketHistory
 
 Role = Literal["gate", "console"]
 
@@ -130,6 +132,29 @@ class HubStore(Protocol):
 
     async def recent_alerts(self, before: int | None, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` < ``before`` (None: all), newest first."""
+        ...
+
+    # --- the security console (sync.hub_console_sql) ---
+
+    async def alert_details(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """``alerts`` with the entries they name (gate, lane, verdict, reason, offline) and
+        what security did about them (acknowledged, assigned, notes)."""
+        ...
+
+    async def act_on_alert(
+        self, alert_id: int, action: Action, actor: str, value: str, now: float
+    ) -> ActResult:
+        """Record an acknowledgement (the first one counts), an assignment (``value``: the
+        assignee, empty unassigns) or a note by ``actor`` at ``now``."""
+        ...
+
+    async def open_alerts(self) -> int:
+        """How many alerts nobody has acknowledged yet."""
+        ...
+
+    async def ticket_history(self, short: str, limit: int) -> TicketHistory:
+        """Every entry, exit, annulment and denied attempt of the ticket(s) with this short id,
+        oldest first (by HLC), at most ``limit`` of them."""
         ...
 
     async def set_gate_name(self, gate_id: str, name: str) -> None:

@@ -1,15 +1,116 @@
-"""The hub's console messages of the wire protocol (:mod:`sync.protocol`): alerts and gate health,
-as ``GET /v1/alerts`` and ``GET /v1/gates`` answer them."""
+"""The hub's console messages of the wire protocol (:mod:`sync.protocol`): alerts (with the
+entries they name and what security did about them), gate health and a ticket's history, as
+``GET /v1/alerts``, ``GET /v1/gates`` and ``GET /v1/tickets/{short_id}`` answer them, and the
+bodies of the alert workflow's ``POST /v1/alerts/{id}/assign`` and ``.../notes``."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sync import protocol_fields as read
 from sync.protocol_fields import ALERT_KINDS, MAX_DETAIL, MAX_ID, MAX_PAGE, AlertKind, ProtocolError
+
+MAX_NOTE = 500  # characters of one note on an alert
+MAX_NOTES = 100  # notes one alert may carry
+MAX_HISTORY = 500  # rows of a ticket's history in one answer
+SHORT_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def is_short_id(value: str) -> bool:
+    """True for a ticket short id (8 lowercase hex digits, :func:`agent.redact.short_id`)."""
+    return SHORT_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryContext:
+    """One entry an alert names, as the hub stored it: where, how, and whether the gate decided
+    it offline (without the hub's feed)."""
+
+    entry_id: str
+    gate: str  # the gate's name in the venue
+    lane: str
+    kind: str
+    verdict: str
+    reason: str
+    offline: bool
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
+            "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
+            "time": self.time,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], where: str) -> EntryContext:
+        return cls(
+            entry_id=read.text(obj, "entry_id", where, MAX_ID),
+            gate=read.text(obj, "gate", where, MAX_ID),
+            lane=read.text(obj, "lane", where, MAX_ID),
+            kind=read.text(obj, "kind", where, MAX_ID),
+            verdict=read.text(obj, "verdict", where, MAX_ID),
+            reason=read.text(obj, "reason", where, MAX_ID),
+            offline=read.boolean(obj, "offline", where),
+            time=read.number(obj, "time", where),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertNote:
+    by: str  # the console token's name
+    at: float
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"by": self.by, "at": self.at, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertWorkflow:
+    """What security did about an alert, each step with who (a console token's name) and when.
+    The first acknowledgement counts; the latest assignment counts (an empty one unassigns)."""
+
+    acked_by: str | None = None
+    acked_at: float | None = None
+    assignee: str | None = None
+    assigned_by: str | None = None
+    assigned_at: float | None = None
+    notes: tuple[AlertNote, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.acked_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "open": self.open, "acked_by": self.acked_by, "acked_at": self.acked_at,
+            "assignee": self.assignee, "assigned_by": self.assigned_by,
+            "assigned_at": self.assigned_at, "notes": [n.to_json() for n in self.notes],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], where: str) -> AlertWorkflow:
+        def opt_text(key: str) -> str | None:
+            return None if obj.get(key) is None else read.text(obj, key, where, MAX_ID)
+
+        notes = tuple(
+            AlertNote(read.text(o, "by", at, MAX_ID), read.number(o, "at", at),
+                      read.text(o, "text", at, MAX_NOTE))
+            for at, o in read.objects(obj, "notes", where, MAX_NOTES)
+        )  # fmt: skip
+        return cls(
+            acked_by=opt_text("acked_by"),
+            acked_at=read.opt_number(obj, "acked_at", where),
+            assignee=opt_text("assignee"),
+            assigned_by=opt_text("assigned_by"),
+            assigned_at=read.opt_number(obj, "assigned_at", where),
+            notes=notes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +126,10 @@ class Alert:
     entries: tuple[str, ...]  # entry ids involved
     detail: str
     raised_at: float
+    # The entries of ``entries`` the hub holds, and the workflow: filled in for the console
+    # (:meth:`sync.hub_store.HubStore.alert_details`), empty as the store first reads an alert.
+    context: tuple[EntryContext, ...] = ()
+    workflow: AlertWorkflow = AlertWorkflow()
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], where: str = "") -> Alert:
@@ -52,13 +157,23 @@ class Alert:
             entries=tuple(entries),
             detail=read.text(obj, "detail", where, MAX_DETAIL),
             raised_at=read.number(obj, "raised_at", where),
-        )
+            context=tuple(
+                EntryContext.from_json(o, at)
+                for at, o in (read.objects(obj, "context", where, 64) if "context" in obj else ())
+            ),
+            workflow=(
+                AlertWorkflow.from_json(read.json_object(obj["workflow"], f"{where}workflow"),
+                                        f"{where}workflow.")
+                if "workflow" in obj else AlertWorkflow()
+            ),
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
             "alert_id": self.alert_id, "kind": self.kind, "venue": self.venue,
             "ticket": self.ticket, "gates": list(self.gates), "times": list(self.times),
             "entries": list(self.entries), "detail": self.detail, "raised_at": self.raised_at,
+            "context": [c.to_json() for c in self.context], "workflow": self.workflow.to_json(),
         }  # fmt: skip
 
 
@@ -131,3 +246,61 @@ class GatesPage:
 
     def to_json(self) -> dict[str, Any]:
         return {"gates": [g.to_json() for g in self.gates]}
+
+
+@dataclass(frozen=True, slots=True)
+class TicketEvent:
+    """One row of a ticket's history at the hub: an entry, exit, annulment or denied attempt."""
+
+    entry_id: str
+    gate_id: str
+    gate: str  # the gate's name in the venue
+    lane: str
+    kind: str
+    verdict: str
+    reason: str
+    detail: str
+    flags: tuple[str, ...]
+    offline: bool
+    time: float
+    annuls: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entry_id": self.entry_id, "gate_id": self.gate_id, "gate": self.gate,
+            "lane": self.lane, "kind": self.kind, "verdict": self.verdict, "reason": self.reason,
+            "detail": self.detail, "flags": list(self.flags), "offline": self.offline,
+            "time": self.time, "annuls": self.annuls,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TicketHistory:
+    """A ticket's whole history across the venue's gates, oldest first (by HLC). ``tickets`` is
+    how many distinct tickets share the short id (almost always 1); ``more``: the history was
+    cut at :data:`MAX_HISTORY` rows."""
+
+    ticket: str
+    tickets: int
+    events: tuple[TicketEvent, ...]
+    more: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ticket": self.ticket, "tickets": self.tickets,
+            "events": [e.to_json() for e in self.events], "more": self.more,
+        }  # fmt: skip
+
+
+def parse_assign(obj: Mapping[str, Any]) -> str:
+    """The ``assignee`` of an assign body: 0-64 printable characters, empty unassigns."""
+    name = read.text(obj, "assignee", "", MAX_ID).strip()
+    return name
+
+
+def parse_note(obj: Mapping[str, Any]) -> str:
+    """The ``text`` of a note body: 1-500 printable characters."""
+    note = read.text(obj, "text", "", MAX_NOTE, empty=False).strip()
+    if not note:
+        raise ProtocolError("text: expected a non-empty string")
+    return note

@@ -974,9 +974,19 @@ async def test_gate_names_are_unique_in_the_venue(store: HubStore) -> None:
     assert names == {"g1": "Gate A1", "g2": "Gate A"}
 
 
+# What schema 3 added (tests/test_hub_tickets.py turns a store back into schema 2 with these).
+DROP_SCHEMA_3 = (
+    "DROP INDEX entries_short_id",
+    "ALTER TABLE entries DROP COLUMN short_id",
+    "DROP TABLE alert_actions",
+)
+
+
 async def _downgrade_to_schema_1(url: str) -> None:
-    """Turn a new store back into what a hub of schema 1 left (no alert budget columns)."""
+    """Turn a new store back into what a hub of schema 1 left (no alert budget columns, and
+    nothing of schema 3: entries.short_id, alert_actions)."""
     drop = (
+        *DROP_SCHEMA_3,
         "DROP INDEX alerts_source",
         "ALTER TABLE alerts DROP COLUMN source_gate",
         "ALTER TABLE alerts DROP COLUMN held",

@@ -15,13 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from agent.app.cli_args import build_parser
-from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
-
-if TYPE_CHECKING:
-    from sync.hub_config import HubConfig
+from agent.errors import AgentError, ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -330,87 +327,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
-    from sync import hub_config
+    from agent.app import hub_commands
 
-    if args.config is None:
-        raise UsageError("hub: --config FILE is required")
-    conf = hub_config.load(args.config)
-    if args.check and args.hub_command is None:
-        return _hub_check(conf)
-    if args.hub_command is None:
-        from sync import hub
-
-        logging.getLogger().setLevel(conf.log.level)
-        try:
-            return asyncio.run(hub.run(conf))
-        except (TrustError, IssuerError) as exc:  # the list key or bundle in [hub] keys
-            raise ConfigError(f"{conf.path}: [hub] keys: {exc}") from exc
-    if args.hub_command == "token":
-        return asyncio.run(_hub_token(args, conf))
-    return asyncio.run(_hub_revoke(args, conf))
-
-
-def _hub_check(conf: HubConfig) -> int:
-    """What the hub reads at start besides its store: TLS files, list key, trust bundle."""
-    from sync import hub_admin, hub_config
-
-    hub_config.ssl_context(conf)
-    hub_admin.load_list_key(conf)
-    hub_admin.TrustFile(conf)
-    print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}")
-    return 0
-
-
-async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
-    from sync import hub_admin
-
-    if args.name is not None and args.gate is None:
-        print("gate-agent: hub token: --name goes with --gate", file=sys.stderr)
-        return 2
-    if args.out is None and (args.force or args.owner is not None):
-        raise UsageError("hub token: --force and --owner go with --out FILE")
-    if args.revoke_gate is not None:
-        if args.out is not None:
-            raise UsageError("hub token: --out goes with --gate or --console")
-        count = await hub_admin.revoke_gate(conf, args.revoke_gate)
-        print(f"{_plural(count, 'token')} of gate {args.revoke_gate} deleted")
-        return 0
-    # The file is checked before the token exists: a refused file leaves no orphan token.
-    where = None
-    if args.out is not None:
-        where = hub_admin.token_file(args.out, force=args.force, owner=args.owner)
-    if args.gate is not None:
-        token = await hub_admin.add_gate_token(conf, args.gate, args.name)
-    else:
-        token = await hub_admin.add_console_token(conf, args.console)
-    if where is None:
-        print(token)
-        print("store this token now: the hub keeps only its hash", file=sys.stderr)
-        return 0
-    try:
-        hub_admin.write_token_file(where, token)
-    except OSError as exc:
-        raise UsageError(f"--out {where.path}: {exc.strerror or exc}") from exc
-    owner = f", owner {where.owner}" if where.owner else ""
-    print(f"token written to {where.path} (mode 0600{owner})")
-    return 0
-
-
-async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
-    from sync import hub_admin
-
-    items = hub_admin.parse_items(args.items)
-    if args.file is not None:
-        items += hub_admin.read_items(args.file)
-    done = await hub_admin.issue(conf, args.op, items)
-    print(
-        f"revocation list version {done.version}: {_plural(done.changed, 'key')} {_PAST[args.op]}"
-        f" (list: {len(done.state.revoked):,} revoked, {len(done.state.blocked):,} blocked)"
-    )
-    return 0
-
-
-_PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unblock": "unblocked"}
+    return hub_commands.hub(args)
 
 
 # sysexits' EX_CONFIG: what `run` and the hub exit with on a bad config. The units name it in

@@ -247,17 +247,25 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--synced-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
     )
 
-    hub = sub.add_parser("hub", help="run the hub, or administer its tokens and revocations")
+    hub = sub.add_parser(
+        "hub", help="run the hub, or administer its tokens, revocations and alerts"
+    )
     hub.add_argument("--config", type=Path, help="the hub's TOML config")
     hub.add_argument(
         "--check",
         action="store_true",
         help="check the config and the files it names (keys, bundle, TLS), then exit",
     )
-    admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke}")
+    admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke,ticket,alerts}")
     token = admin.add_parser("token", help="make a gate or console token (printed once)")
     revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
-    for p in (token, revoke):  # SUPPRESS: `hub --config F token` and `hub token --config F`
+    ticket = admin.add_parser("ticket", help="a ticket's history across the venue's gates")
+    ticket.add_argument("id", metavar="ID", help="the ticket's 8-hex short id, or its text")
+    alerts = admin.add_parser("alerts", help="the venue's alerts, oldest first")
+    alerts.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
+    alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    # SUPPRESS: `hub --config F token` and `hub token --config F`
+    for p in (token, revoke, ticket, alerts):
         p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the hub's config")
     who = token.add_mutually_exclusive_group(required=True)
     who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
@@ -288,5 +296,8 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--file", type=Path, help="import: one ticket text or 32-hex token id per line"
     )
     revoke.add_argument(
-        "items", nargs="*", metavar="TICKET_TEXT_OR_TOKEN_ID", help="tickets or 32-hex token ids"
+        "items",
+        nargs="*",
+        metavar="TICKET_TEXT_OR_TOKEN_ID",
+        help="tickets or 32-hex token ids (an 8-hex short id is looked up, see README)",
     )

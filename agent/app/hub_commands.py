@@ -1,0 +1,143 @@
+"""`gate-agent hub ...`: run the hub (:mod:`sync.hub`) or administer it at its store: tokens,
+revocations (:mod:`sync.hub_admin`), a ticket's history and the alerts
+(:mod:`sync.hub_admin_console`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from agent.errors import ConfigError, IssuerError, TrustError, UsageError
+
+if TYPE_CHECKING:
+    from sync.hub_config import HubConfig
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"
+
+
+def hub(args: argparse.Namespace) -> int:
+    """`gate-agent hub`: run the hub, or one of its admin commands; returns the exit status."""
+    from sync import hub_config
+
+    if args.config is None:
+        raise UsageError("hub: --config FILE is required")
+    conf = hub_config.load(args.config)
+    if args.check and args.hub_command is None:
+        return _hub_check(conf)
+    if args.hub_command is None:
+        from sync import hub
+
+        logging.getLogger().setLevel(conf.log.level)
+        try:
+            return asyncio.run(hub.run(conf))
+        except (TrustError, IssuerError) as exc:  # the list key or bundle in [hub] keys
+            raise ConfigError(f"{conf.path}: [hub] keys: {exc}") from exc
+    if args.hub_command == "token":
+        return asyncio.run(_hub_token(args, conf))
+    if args.hub_command == "ticket":
+        return asyncio.run(_hub_ticket(args, conf))
+    if args.hub_command == "alerts":
+        return asyncio.run(_hub_alerts(args, conf))
+    return asyncio.run(_hub_revoke(args, conf))
+
+
+def _hub_check(conf: HubConfig) -> int:
+    """What the hub reads at start besides its store: TLS files, list key, trust bundle."""
+    from sync import hub_admin, hub_config
+
+    hub_config.ssl_context(conf)
+    hub_admin.load_list_key(conf)
+    hub_admin.TrustFile(conf)
+    print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}")
+    return 0
+
+
+async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
+    from sync import hub_admin
+
+    if args.name is not None and args.gate is None:
+        print("gate-agent: hub token: --name goes with --gate", file=sys.stderr)
+        return 2
+    if args.out is None and (args.force or args.owner is not None):
+        raise UsageError("hub token: --force and --owner go with --out FILE")
+    if args.revoke_gate is not None:
+        if args.out is not None:
+            raise UsageError("hub token: --out goes with --gate or --console")
+        count = await hub_admin.revoke_gate(conf, args.revoke_gate)
+        print(f"{_plural(count, 'token')} of gate {args.revoke_gate} deleted")
+        return 0
+    # The file is checked before the token exists: a refused file leaves no orphan token.
+    where = None
+    if args.out is not None:
+        where = hub_admin.token_file(args.out, force=args.force, owner=args.owner)
+    if args.gate is not None:
+        token = await hub_admin.add_gate_token(conf, args.gate, args.name)
+    else:
+        token = await hub_admin.add_console_token(conf, args.console)
+    if where is None:
+        print(token)
+        print("store this token now: the hub keeps only its hash", file=sys.stderr)
+        return 0
+    try:
+        hub_admin.write_token_file(where, token)
+    except OSError as exc:
+        raise UsageError(f"--out {where.path}: {exc.strerror or exc}") from exc
+    owner = f", owner {where.owner}" if where.owner else ""
+    print(f"token written to {where.path} (mode 0600{owner})")
+    return 0
+
+
+async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
+    from sync import hub_admin, hub_admin_console
+    from sync.protocol_console import is_short_id
+
+    # A short id names a ticket the hub has seen, but never its revocation key: explained.
+    shorts = [item.lower() for item in args.items if is_short_id(item.lower())]
+    if shorts:
+        await hub_admin_console.resolve_short_ids(conf, shorts)
+    items = hub_admin.parse_items(args.items)
+    if args.file is not None:
+        items += hub_admin.read_items(args.file)
+    done = await hub_admin.issue(conf, args.op, items)
+    print(
+        f"revocation list version {done.version}: {_plural(done.changed, 'key')} {_PAST[args.op]}"
+        f" (list: {len(done.state.revoked):,} revoked, {len(done.state.blocked):,} blocked)"
+    )
+    return 0
+
+
+_PAST = {"revoke": "revoked", "unrevoke": "unrevoked", "block": "blocked", "unblock": "unblocked"}
+
+
+async def _hub_ticket(args: argparse.Namespace, conf: HubConfig) -> int:
+    """Print a ticket's history; 0 when it has one at this venue, 1 when nothing is recorded."""
+    from sync import hub_admin_console
+
+    found = await hub_admin_console.ticket_history(conf, args.id)
+    for line in hub_admin_console.history_lines(found):
+        print(line)
+    return 0 if found.events else 1
+
+
+async def _hub_alerts(args: argparse.Namespace, conf: HubConfig) -> int:
+    """Print the alerts; with --follow the new ones too, until SIGINT or SIGTERM (then 0)."""
+    from sync import hub_admin_console
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await hub_admin_console.print_alerts(
+            conf, sys.stdout, follow=args.follow, as_json=args.json, stop=stop
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

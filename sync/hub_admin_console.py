@@ -1,0 +1,161 @@
+"""The console's commands at the hub's store: `gate-agent hub ticket ID` (a ticket's history
+across the venue's gates) and `gate-agent hub alerts [--follow] [--json]` (the alerts, with the
+entries they name and what security did about them), and the short ids `hub revoke` is given.
+
+They read the store the running hub writes (like `hub token` and `hub revoke`), so they work on
+the hub's machine without a console token. Tickets appear as their short id only
+(:func:`agent.redact.short_id`); a ticket text given on the command line is never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TextIO
+
+from agent import tickets
+from agent.errors import TicketFormatError, UsageError
+from agent.redact import short_id
+from sync.hub_admin import opened_store
+from sync.hub_config import HubConfig
+from sync.hub_store import HubStore
+from sync.protocol import MAX_PAGE, Alert
+from sync.protocol_console import MAX_HISTORY, TicketEvent, TicketHistory, is_short_id
+
+FOLLOW_POLL_S = 0.5
+
+
+def ticket_short_id(value: str) -> str:
+    """The short id of ``value``: an 8-hex short id (any case) or a ticket's text.
+
+    Raises UsageError naming neither (the text may be a ticket).
+    """
+    value = value.strip()
+    if is_short_id(value.lower()):
+        return value.lower()
+    try:
+        return short_id(tickets.parse(value).ticket_ref)
+    except TicketFormatError:
+        raise UsageError("ID: not an 8-hex ticket short id or a ticket text") from None
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def event_line(e: TicketEvent) -> str:
+    """One row of a ticket's history as `hub ticket` prints it."""
+    word = "ADMIT" if e.verdict == "admit" else "deny "
+    extra = [e.detail] if e.detail else []
+    if e.offline:
+        extra.append("decided offline")
+    if e.flags:
+        extra.append("[" + ",".join(e.flags) + "]")
+    if e.annuls:
+        extra.append(f"annuls {e.annuls}")
+    return (
+        f"{_when(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
+        + ("  " + "  ".join(extra) if extra else "")
+    )
+
+
+def history_lines(h: TicketHistory) -> list[str]:
+    """What `hub ticket` prints: a heading, then one line per row, oldest first."""
+    if not h.events:
+        return [f"ticket {h.ticket}: nothing recorded at this venue"]
+    gates = sorted({e.gate for e in h.events})
+    head = f"ticket {h.ticket}: {len(h.events)} rows at {len(gates)} gates ({', '.join(gates)})"
+    if h.tickets > 1:
+        head += f"; WARNING: {h.tickets} different tickets share this short id"
+    lines = [head, *map(event_line, h.events)]
+    if h.more:
+        lines.append(f"(only the first {MAX_HISTORY} rows are shown)")
+    return lines
+
+
+async def ticket_history(config: HubConfig, value: str) -> TicketHistory:
+    """The history of the ticket ``value`` names (short id or text). Raises UsageError,
+    HubStoreError, ConfigError."""
+    short = ticket_short_id(value)
+    async with opened_store(config) as store:
+        return await store.ticket_history(short, MAX_HISTORY)
+
+
+def alert_line(a: Alert) -> str:
+    """One alert as `hub alerts` prints it: when, id, kind, ticket, entries, workflow, detail."""
+    parts = [f"{_when(a.raised_at)}  #{a.alert_id}  {a.kind}"]
+    if a.ticket:
+        parts.append(f"ticket {a.ticket}")
+    for c in a.context:
+        how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
+        parts.append(f"{c.gate} {_when(c.time)[11:]} ({how})")
+    if not a.context and a.gates:
+        parts.append(", ".join(a.gates))
+    w = a.workflow
+    parts.append("OPEN" if w.open else f"acknowledged by {w.acked_by}")
+    if w.assignee:
+        parts.append(f"assigned to {w.assignee}")
+    if w.notes:
+        parts.append(f"{len(w.notes)} notes")
+    if a.detail:
+        parts.append(a.detail)
+    return "  ".join(parts)
+
+
+def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool) -> None:
+    for a in alerts:
+        out.write((json.dumps(a.to_json()) if as_json else alert_line(a)) + "\n")
+    out.flush()
+
+
+async def _page(store: HubStore, after: int) -> list[Alert]:
+    return await store.alert_details(await store.alerts(after, MAX_PAGE))
+
+
+async def print_alerts(
+    config: HubConfig, out: TextIO, *, follow: bool, as_json: bool, stop: asyncio.Event
+) -> int:
+    """Print every alert, oldest first; with ``follow``, then each new one until ``stop`` is
+    set. Returns 0. Raises HubStoreError and ConfigError."""
+    async with opened_store(config) as store:
+        after = 0
+        while not stop.is_set():
+            found = await _page(store, after)
+            _write(out, found, as_json)
+            if found:
+                after = found[-1].alert_id
+            if len(found) == MAX_PAGE:
+                continue
+            if not follow:
+                return 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FOLLOW_POLL_S)
+    return 0
+
+
+async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> None:
+    """Explain why `hub revoke` cannot take these short ids; raises UsageError, always.
+
+    A revocation names the ticket's revocation key (TK1: its token id; pretix: a hash of its
+    secret). The hub learns a ticket only by its admission ref (TK1: the ticket id, which a
+    transfer keeps while the token id changes; pretix: a digest of the secret), so no short id
+    leads to a key: the error says whether the id names one known ticket and what to give.
+    """
+    async with opened_store(config) as store:
+        for short in shorts:
+            found = await store.ticket_history(short, 1)
+            if not found.events:
+                raise UsageError(f"short id {short}: no ticket with this id was seen at this venue")
+            if found.tickets > 1:
+                raise UsageError(
+                    f"short id {short}: {found.tickets} tickets seen at this venue share it;"
+                    " give the ticket's text or its 32-hex token id"
+                )
+            raise UsageError(
+                f"short id {short}: one ticket seen at this venue, but the hub knows it only by"
+                " its admission ref, not by its revocation key: give the ticket's text or its"
+                " 32-hex token id (`gate-agent check TEXT` shows it)"
+            )

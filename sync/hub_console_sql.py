@@ -1,0 +1,132 @@
+"""What the console asks both hub stores in the same words: a ticket's history by its short id,
+the entries an alert names, the alert workflow (acknowledge, assign, note) and the open count.
+
+Statements use ``?`` parameters (:func:`sync.hub_sql.numbered` makes PostgreSQL's ``$n``); an
+``IN ({})`` list is SQLite's form, PostgreSQL's is ``= ANY($1::text[])`` (:func:`any_of`).
+The backends' halves are :mod:`sync.hub_sqlite_console` and :mod:`sync.hub_postgres_console`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from sync.protocol import Alert
+from sync.protocol_console import (
+    MAX_NOTES,
+    AlertNote,
+    AlertWorkflow,
+    EntryContext,
+    TicketEvent,
+    TicketHistory,
+)
+
+Action = Literal["ack", "assign", "note"]
+ACTIONS: tuple[Action, ...] = ("ack", "assign", "note")
+# What an action on an alert came to: stored (or an acknowledgement already there), no such
+# alert, or a note over the alert's MAX_NOTES.
+ActResult = Literal["done", "unknown", "full"]
+
+_GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
+TICKET_HISTORY = (
+    f"SELECT e.entry_id, e.gate_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.detail,"
+    " e.flags, e.offline, e.wall_time, e.annuls"
+    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.short_id = ? ORDER BY e.hlc, e.entry_id LIMIT ?"
+)
+TICKET_COUNT = "SELECT count(DISTINCT ticket_ref) FROM entries WHERE short_id = ?"
+CONTEXT = (
+    f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
+    " e.wall_time FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.entry_id IN ({})"
+)
+ACTIONS_OF = (
+    "SELECT alert_id, action, actor, value, at FROM alert_actions WHERE alert_id IN ({})"
+    " ORDER BY action_id"
+)
+ALERT_EXISTS = "SELECT alert_id FROM alerts WHERE alert_id = ?"
+ACKED = "SELECT action_id FROM alert_actions WHERE alert_id = ? AND action = 'ack' LIMIT 1"
+NOTE_COUNT = "SELECT count(*) FROM alert_actions WHERE alert_id = ? AND action = 'note'"
+INSERT_ACTION = (
+    "INSERT INTO alert_actions (alert_id, action, actor, value, at) VALUES (?, ?, ?, ?, ?)"
+)
+OPEN_ALERTS = (
+    "SELECT count(*) FROM alerts AS a WHERE NOT EXISTS (SELECT 1 FROM alert_actions AS x"
+    " WHERE x.alert_id = a.alert_id AND x.action = 'ack')"
+)
+DISTINCT_REFS = "SELECT DISTINCT ticket_ref FROM entries WHERE short_id = ''"
+SET_SHORT_ID = "UPDATE entries SET short_id = ? WHERE ticket_ref = ?"
+
+
+def any_of(sql: str, cast: str) -> str:
+    """``sql``'s ``IN ({})`` as PostgreSQL's ``= ANY($1::<cast>[])``."""
+    return sql.replace("IN ({})", f"= ANY($1::{cast}[])")
+
+
+def history(short: str, tickets: int, rows: Iterable[Any], limit: int) -> TicketHistory:
+    """A :class:`TicketHistory` from :data:`TICKET_HISTORY` rows read with ``limit + 1``."""
+    events = [_event(r) for r in rows]
+    return TicketHistory(short, tickets, tuple(events[:limit]), len(events) > limit)
+
+
+def _event(r: Any) -> TicketEvent:
+    flags = tuple(f for f in r[8].split(",") if f)
+    return TicketEvent(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], flags, bool(r[9]), r[10], r[11]
+    )
+
+
+def entry_ids(alerts: Sequence[Alert]) -> list[str]:
+    return sorted({e for a in alerts for e in a.entries})
+
+
+def with_details(
+    alerts: Sequence[Alert],
+    context_rows: Iterable[Any],
+    action_rows: Iterable[Any],
+) -> list[Alert]:
+    """``alerts`` with their entries' context (:data:`CONTEXT` rows) and workflow
+    (:data:`ACTIONS_OF` rows, oldest first)."""
+    context = {
+        r[0]: EntryContext(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7])
+        for r in context_rows
+    }
+    steps: dict[int, list[Any]] = {}
+    for row in action_rows:
+        steps.setdefault(int(row[0]), []).append(row)
+    return [
+        dataclasses.replace(
+            a,
+            context=tuple(context[e] for e in a.entries if e in context),
+            workflow=_workflow(steps.get(a.alert_id, ())),
+        )
+        for a in alerts
+    ]
+
+
+def _workflow(rows: Iterable[Any]) -> AlertWorkflow:
+    flow = AlertWorkflow()
+    notes: list[AlertNote] = []
+    for _, action, actor, value, at in rows:
+        if action == "ack" and flow.acked_at is None:
+            flow = dataclasses.replace(flow, acked_by=actor, acked_at=at)
+        elif action == "assign":
+            flow = dataclasses.replace(
+                flow, assignee=value or None, assigned_by=actor, assigned_at=at
+            )
+        elif action == "note":
+            notes.append(AlertNote(actor, at, value))
+    return dataclasses.replace(flow, notes=tuple(notes[:MAX_NOTES]))
+
+
+def act_result(exists: bool, action: Action, acked: bool, notes: int) -> ActResult | None:
+    """The answer without writing (unknown alert, full notes, a second acknowledgement), or None
+    when the action is to be stored."""
+    if not exists:
+        return "unknown"
+    if action == "note" and notes >= MAX_NOTES:
+        return "full"
+    if action == "ack" and acked:
+        return "done"
+    return None

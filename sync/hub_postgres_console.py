@@ -1,0 +1,108 @@
+"""The PostgreSQL hub store's console queries (:mod:`sync.hub_console_sql`) and its upgrade from
+schema 2; :class:`sync.hub_postgres.PostgresHubStore` takes the queries in as a mixin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from agent.redact import short_id
+from sync import hub_console_sql as q
+from sync import hub_schema
+from sync.hub_console_sql import Action, ActResult
+from sync.hub_sql import numbered
+from sync.hub_store import check_limit
+from sync.protocol import Alert
+from sync.protocol_console import TicketHistory
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
+    _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+_TICKET_HISTORY = numbered(q.TICKET_HISTORY)
+_TICKET_COUNT = numbered(q.TICKET_COUNT)
+_CONTEXT = q.any_of(q.CONTEXT, "text")
+_ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
+_ALERT_EXISTS = numbered(q.ALERT_EXISTS) + " FOR UPDATE"  # one writer per alert at a time
+_ACKED = numbered(q.ACKED)
+_NOTE_COUNT = numbered(q.NOTE_COUNT)
+_INSERT_ACTION = numbered(q.INSERT_ACTION)
+_SET_SHORT_ID = numbered(q.SET_SHORT_ID)
+
+
+class PostgresConsoleQueries:
+    """The console's half of :class:`sync.hub_store.HubStore` on a PostgreSQL pool."""
+
+    if TYPE_CHECKING:
+
+        async def _run(self, job: Callable[[_Conn], Awaitable[_T]]) -> _T: ...
+
+    async def alert_details(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
+        if not alerts:
+            return []
+        ids = q.entry_ids(alerts)
+        alert_ids = [a.alert_id for a in alerts]
+
+        async def job(conn: _Conn) -> list[Alert]:
+            context = await conn.fetch(_CONTEXT, ids)
+            actions = await conn.fetch(_ACTIONS_OF, alert_ids)
+            return q.with_details(alerts, context, actions)
+
+        return await self._run(job)
+
+    async def act_on_alert(
+        self, alert_id: int, action: Action, actor: str, value: str, now: float
+    ) -> ActResult:
+        """Record an acknowledgement, assignment or note. Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> ActResult:
+            async with conn.transaction():
+                exists = await conn.fetchval(_ALERT_EXISTS, alert_id) is not None
+                acked = await conn.fetchval(_ACKED, alert_id) is not None
+                notes = await conn.fetchval(_NOTE_COUNT, alert_id)
+                result = q.act_result(exists, action, acked, int(notes))
+                if result is None:
+                    await conn.execute(_INSERT_ACTION, alert_id, action, actor, value, now)
+                return result or "done"
+
+        return await self._run(job)
+
+    async def open_alerts(self) -> int:
+        """How many alerts nobody acknowledged. Raises HubStoreError."""
+        return int(await self._run(lambda conn: conn.fetchval(q.OPEN_ALERTS)))
+
+    async def ticket_history(self, short: str, limit: int) -> TicketHistory:
+        """The history of the ticket(s) with this short id. Raises HubStoreError."""
+        check_limit(limit)
+
+        async def job(conn: _Conn) -> TicketHistory:
+            rows = await conn.fetch(_TICKET_HISTORY, short, limit + 1)
+            tickets = await conn.fetchval(_TICKET_COUNT, short)
+            return q.history(short, int(tickets), rows, limit)
+
+        return await self._run(job)
+
+
+async def upgrade_2_to_3(conn: _Conn, where: str, schema: str) -> None:
+    """Add the short ids (filled in ticket by ticket) and the alert workflow's table, inside the
+    caller's transaction."""
+    await conn.execute(hub_schema.POSTGRES_2_TO_3)
+    refs = [r[0] for r in await conn.fetch(q.DISTINCT_REFS)]
+    rows: list[tuple[Any, ...]] = [(short_id(ref), ref) for ref in refs]
+    if rows:
+        await conn.executemany(_SET_SHORT_ID, rows)
+    await conn.execute(hub_schema.SHORT_ID_INDEX)
+    await conn.execute("UPDATE hub_meta SET value = $1 WHERE key = 'schema'", schema)
+    log.warning(
+        "hub store %s: schema upgraded to %s (ticket search by short id over %d tickets,"
+        " the alert workflow)",
+        where,
+        schema,
+        len(refs),
+    )

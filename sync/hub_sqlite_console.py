@@ -1,0 +1,128 @@
+"""The SQLite hub store's console queries (:mod:`sync.hub_console_sql`) and its schema upgrades;
+:class:`sync.hub_sqlite.SQLiteHubStore` takes the queries in as a mixin."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agent.redact import short_id
+from sync import hub_console_sql as q
+from sync import hub_schema
+from sync.hub_console_sql import Action, ActResult
+from sync.hub_store import check_limit
+from sync.protocol import Alert
+from sync.protocol_console import TicketHistory
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_CHUNK = 500  # values per IN (...) list
+
+
+class SQLiteConsoleQueries:
+    """The console's half of :class:`sync.hub_store.HubStore` on one SQLite connection."""
+
+    if TYPE_CHECKING:
+
+        async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T: ...
+
+    async def alert_details(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
+        if not alerts:
+            return []
+        ids = q.entry_ids(alerts)
+        alert_ids = [a.alert_id for a in alerts]
+
+        def job(db: sqlite3.Connection) -> list[Alert]:
+            context = _select_in(db, q.CONTEXT, ids)
+            actions = _select_in(db, q.ACTIONS_OF, alert_ids)
+            actions.sort(key=lambda r: r[-1])  # chunks: back to the order they were taken in
+            return q.with_details(alerts, context, actions)
+
+        return await self._run(job)
+
+    async def act_on_alert(
+        self, alert_id: int, action: Action, actor: str, value: str, now: float
+    ) -> ActResult:
+        """Record an acknowledgement, assignment or note. Raises HubStoreError."""
+        return await self._run(lambda db: _act(db, alert_id, action, actor, value, now))
+
+    async def open_alerts(self) -> int:
+        """How many alerts nobody acknowledged. Raises HubStoreError."""
+        return int(await self._run(lambda db: db.execute(q.OPEN_ALERTS).fetchone()[0]))
+
+    async def ticket_history(self, short: str, limit: int) -> TicketHistory:
+        """The history of the ticket(s) with this short id. Raises HubStoreError."""
+        check_limit(limit)
+
+        def job(db: sqlite3.Connection) -> TicketHistory:
+            rows = db.execute(q.TICKET_HISTORY, (short, limit + 1)).fetchall()
+            (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
+            return q.history(short, int(tickets), rows, limit)
+
+        return await self._run(job)
+
+
+def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[Any]:
+    rows: list[Any] = []
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        rows.extend(db.execute(sql.format(", ".join("?" * len(chunk))), tuple(chunk)).fetchall())
+    return rows
+
+
+def _act(
+    db: sqlite3.Connection, alert_id: int, action: Action, actor: str, value: str, now: float
+) -> ActResult:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        exists = db.execute(q.ALERT_EXISTS, (alert_id,)).fetchone() is not None
+        acked = db.execute(q.ACKED, (alert_id,)).fetchone() is not None
+        (notes,) = db.execute(q.NOTE_COUNT, (alert_id,)).fetchone()
+        result = q.act_result(exists, action, acked, int(notes))
+        if result is None:
+            db.execute(q.INSERT_ACTION, (alert_id, action, actor, value, now))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result or "done"
+
+
+def upgrade(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """Bring a schema 1 or 2 store to 3, each step in one transaction. Raises sqlite3.Error."""
+    if version == 1:
+        db.executescript(
+            f"BEGIN IMMEDIATE;{hub_schema.SQLITE_1_TO_2}PRAGMA user_version = 2;COMMIT;"
+        )
+        log.warning(
+            "hub store %s: schema upgraded to version 2; gate names, which gates chose for"
+            " themselves before, are reset: name each gate with `gate-agent hub token --gate ID"
+            " --name NAME`",
+            path,
+        )
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in hub_schema.SQLITE_2_TO_3.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        refs = [ref for (ref,) in db.execute(q.DISTINCT_REFS)]
+        db.executemany(q.SET_SHORT_ID, ((short_id(ref), ref) for ref in refs))
+        db.execute(hub_schema.SHORT_ID_INDEX)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.warning(
+        "hub store %s: schema upgraded to version 3 (ticket search by short id over %d tickets,"
+        " the alert workflow)",
+        path,
+        len(refs),
+    )
