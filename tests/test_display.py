@@ -200,8 +200,9 @@ async def test_out_of_service_while_the_scanner_is_offline(
     absent = SerialScanner.from_url(f"serial://{tmp_path}/no-such-scanner")  # retried, never there
     async with serving_display(conf, SimGate(), absent) as (_, _, url), Browser(tmp_path) as page:
         await page.goto(url)
-        await shows(page, "out")
-        assert await page.text("#message") == "scanner offline"
+        await page.wait_for("document.getElementById('message').innerText === 'scanner offline'")
+        assert await page.evaluate(f"{PANEL}.dataset.state") == "out"
+        assert await page.text("#verdict") == "OUT OF SERVICE"
         await readable(page, shots / "out-scanner.png")
 
 
