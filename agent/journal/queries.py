@@ -15,6 +15,7 @@ from typing import Any
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
 from agent.redact import shared_ref
+from agent.seen import Hashes, SeenRefs
 
 # Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
 # rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
@@ -31,6 +32,7 @@ REFS_WITH_HISTORY = (
     "SELECT ticket_ref FROM entries WHERE kind IN ('entry', 'exit', 'annul')"
     " UNION ALL SELECT ticket_ref FROM peer_entries"
 )
+_REFS_CHUNK = 4096
 GATE_ID = "SELECT value FROM meta WHERE key = 'gate_id'"
 # The highest gate_seq retention has pruned (0: none), written by agent.journal.prune.
 PRUNED_THROUGH = (
@@ -227,3 +229,13 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
             conn.close()
     except sqlite3.Error as exc:
         raise JournalError(f"cannot read journal {path}: {exc}") from exc
+
+
+def ref_hashes(db: sqlite3.Connection) -> list[Hashes]:
+    """Hashes of the shared refs of every ticket with history here, read a chunk at a time, so
+    100,000 refs never sit in memory as strings (:class:`agent.seen.SeenRefs` loads them)."""
+    cursor = db.execute(REFS_WITH_HISTORY)
+    parts = []
+    while rows := cursor.fetchmany(_REFS_CHUNK):
+        parts.append(SeenRefs.hashes(shared_ref(ref) for (ref,) in rows))
+    return parts

@@ -3,7 +3,8 @@
 ``gate_seq`` is gap-free by construction: triggers refuse any insert that is not
 ``MAX(gate_seq) + 1``, any delete and any update of a fact (``synced_at`` is the one mutable
 column). Retention lifts the delete guard only inside its own transaction
-(:func:`without_delete_guard`). No other module writes journal DDL.
+(:func:`without_delete_guard`). No other module writes journal DDL; the insert statements live
+here too, beside the columns they name.
 
 Every function here runs on a plain :class:`sqlite3.Connection` (the journal's own thread, or a
 short-lived connection of a command) and lets :class:`sqlite3.Error` through.
@@ -18,12 +19,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import JournalError
+from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
 
 SCHEMA_VERSION = 1
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
+
+INSERT_ENTRY = f"INSERT INTO entries ({COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
+INSERT_PEER = (
+    "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
+    "kind, annuls, wall_time, hlc, received_at) VALUES "
+)
+INSERT_EVENT = (
+    "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""

@@ -29,8 +29,6 @@ import agent.journal.schema as schema
 from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS, Clock, ClockReading, boot_id, uuid7
 from agent.errors import JournalError
 from agent.journal.records import (
-    COLUMNS,
-    FIELDS,
     HISTORY_KINDS,
     KINDS,
     EntryRecord,
@@ -44,23 +42,13 @@ from agent.journal.records import (
 from agent.journal.writer import WriterThread
 from agent.model import Decision
 from agent.redact import shared_ref
-from agent.seen import Hashes, SeenRefs
+from agent.seen import SeenRefs
 
 log = logging.getLogger("agent.journal")
 
 T = TypeVar("T")
 
-_INSERT = f"INSERT INTO entries ({COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
-_INSERT_PEER = (
-    "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
-    "kind, annuls, wall_time, hlc, received_at) VALUES "
-)
-_INSERT_EVENT = (
-    "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
-_REFS_CHUNK = 4096
 
 
 class DecisionNotRecorded(JournalError):
@@ -268,7 +256,7 @@ class Journal:
                 self._boot_id,
                 hlc,
             )
-            db.execute(_INSERT_EVENT, params)
+            db.execute(schema.INSERT_EVENT, params)
 
         await self._run(writer, "cannot record gate event", insert)
 
@@ -456,7 +444,7 @@ class Journal:
             hlc=self._hlc.tick(wall_ms), rev_version=row.rev_version, offline=row.offline,
             synced_at=None,
         )  # fmt: skip
-        db.execute(_INSERT, entry_params(rec))
+        db.execute(schema.INSERT_ENTRY, entry_params(rec))
         self._next_seq = seq + 1
         return rec
 
@@ -465,7 +453,7 @@ class Journal:
     ) -> int:
         rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [value for e in chunk for value in peer_params(e, received_at)]
-        return int(db.execute(_INSERT_PEER + rows, params).rowcount)
+        return int(db.execute(schema.INSERT_PEER + rows, params).rowcount)
 
     def _observe(self, hlcs: Sequence[int], wall_ms: int) -> None:
         for hlc in hlcs:
@@ -507,12 +495,4 @@ class Journal:
 
     async def _load_refs(self, writer: WriterThread) -> None:
         """Fill the ref filter a chunk at a time: 100,000 refs never sit in memory as strings."""
-
-        def load(db: sqlite3.Connection) -> list[Hashes]:
-            cursor = db.execute(queries.REFS_WITH_HISTORY)
-            parts = []
-            while rows := cursor.fetchmany(_REFS_CHUNK):
-                parts.append(SeenRefs.hashes(shared_ref(ref) for (ref,) in rows))
-            return parts
-
-        self._refs.load(await self._run(writer, "cannot read journal", load))
+        self._refs.load(await self._run(writer, "cannot read journal", queries.ref_hashes))
