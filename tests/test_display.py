@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from agent.app import config as cfg
+from agent.app.daemon import open_gate
 from agent.app.status_display import STEWARD_ACTIONS, Action, steward_action
 from agent.errors import ConfigError
 from agent.issuer import Issuer
+from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from drivers.serial_scanner import SerialScanner
-from drivers.sim import SimGate
+from drivers.sim import SimGate, SimScanner
 from tests.browser import Browser
 from tests.conftest import WriteConfig
 from tests.displaygate import (
@@ -251,3 +253,23 @@ def test_display_settings_defaults_and_values(write_config: WriteConfig) -> None
     assert cfg.load(write_config()).display == cfg.DisplayConfig(5.0, 6.0, False)
     text = "\n[display]\nclear_after_s = 2.5\nstale_after_s = 10\nsound = true\n"
     assert cfg.load(write_config(extra=text)).display == cfg.DisplayConfig(2.5, 10.0, True)
+
+
+async def test_the_lane_tells_the_display_before_the_lamps_and_survives_a_failing_hook(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    conf = display_config(write_config, iss, **LAMP)  # type: ignore[arg-type]
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=0)) as gate:
+        lamps_then: list[int] = []
+
+        def decided(outcome: Outcome) -> None:
+            lamps_then.append(len(lamp(gate).shown))
+            raise RuntimeError("a broken display")
+
+        gate.lane.on_decision = decided
+        first = await present(gate, iss.ticket(event=1, zones=[1]))
+        second = await present(gate, "NOT-A-TICKET")
+    assert first is not None and first.decision.admitted and first.passed
+    assert second is not None and second.decision.reason is Reason.INVALID_FORMAT
+    assert lamps_then == [0, 1]  # each decision reached the display before its lamp
+    assert [d.verdict for d, _ in lamp(gate).shown] == [Verdict.ADMIT, Verdict.DENY]

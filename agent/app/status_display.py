@@ -85,11 +85,12 @@ def steward_action(decision: Decision) -> Action | None:
     return STEWARD_ACTIONS.get(decision.reason) or Action.SUPERVISOR
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     at: float
     admitted: bool
     void: bool = False  # an annulled admission: neither admitted nor denied
+    gone: bool = False  # out of the hour already
 
 
 @dataclass
@@ -106,13 +107,15 @@ class _Hour:
         self.trim(entry.at)
 
     def void(self, entry: _Entry) -> None:
-        if not entry.void and entry in self.entries:  # a deque of an hour: rare, on annulment
+        if not entry.void and not entry.gone:
             self._count(entry, -1)
         entry.void = True
 
     def trim(self, now: float) -> None:
         while self.entries and self.entries[0].at < now - _HOUR_S:
-            self._count(self.entries.popleft(), -1)
+            entry = self.entries.popleft()
+            self._count(entry, -1)
+            entry.gone = True
 
     def counts(self, now: float) -> dict[str, int]:
         self.trim(now)
