@@ -41,7 +41,7 @@ from aiohttp import web
 
 from agent import keys
 from agent.errors import AgentError
-from sync import hub_console_api, hub_limits, protocol
+from sync import hub_console_api, hub_limits, hub_metrics, protocol
 from sync.hub_admin import (
     SnapshotCache,
     TrustFile,
@@ -157,6 +157,7 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     hub_console_api.add_routes(app)  # one alert, its workflow, the open count, ticket search
     app.router.add_get("/v1/gates", gates)
     app.router.add_get("/v1/health", health)
+    hub_metrics.install(app, hub)  # GET /v1/venue, GET /metrics, upload timing
     for path in CONSOLE_FILES:
         app.router.add_get(path, console)
     return app

@@ -10,7 +10,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
            list_refresh_s, max_clock_ahead_s, alert_budget, alert_budget_window_s,
            max_connections, max_connections_per_client (open connections per process and per
            client address; over either: 503), header_timeout_s (a request head must arrive within
-           it of connecting or of the previous answer), body_timeout_s (a body within it)
+           it of connecting or of the previous answer), body_timeout_s (a body within it),
+           metrics_auth ("token": /metrics needs a console token; "open": no token)
     [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
     [webhook]  url (http:// or https://; each new alert is POSTed to it as JSON, see
            :mod:`sync.hub_webhook`), timeout_s, queue_size, max_tries
@@ -66,6 +67,7 @@ class HubSection:
     max_connections_per_client: int = 128
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    metrics_auth: Literal["token", "open"] = "token"
 
 
 @dataclass(frozen=True)

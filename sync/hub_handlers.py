@@ -39,6 +39,7 @@ _DELTA_CHUNK = 32  # revocation deltas read per store call (each up to MAX_DOCUM
 CONSOLE_FILES = {
     "/console": ("console.html", "text/html"),
     "/console/console.js": ("console.js", "text/javascript"),
+    "/console/console_venue.js": ("console_venue.js", "text/javascript"),
     "/console/console.css": ("console.css", "text/css"),
 }
 

@@ -41,6 +41,7 @@ from sync.hub_store import (
     check_limit,
     check_token,
 )
+from sync.hub_venue_sql import VENUE_ROWS, VenueRow, venue_row
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
 _FEED = hub_sql.numbered(hub_sql.FEED)
 _HAS_FEED_AFTER = hub_sql.numbered(hub_sql.HAS_FEED_AFTER)
 _ALERTS = hub_sql.numbered(hub_sql.ALERTS)
+_VENUE_ROWS = hub_sql.numbered(VENUE_ROWS)
 _RECENT_ALERTS = hub_sql.numbered(hub_sql.RECENT_ALERTS)
 _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
@@ -197,6 +199,15 @@ class PostgresHubStore(PostgresConsoleQueries):
         await self._feed_signal.wait(
             has_entry, wait_s, lambda: math.inf if self._listener.listening else POLL_S
         )
+
+    async def venue_rows(self, after: int, limit: int) -> list[VenueRow]:
+        """Rows with cursor > ``after`` for the venue's tallies (see :class:`HubStore`).
+
+        Raises HubStoreError, and ValueError for a limit below 1.
+        """
+        check_limit(limit)
+        rows = await self._run(lambda conn: conn.fetch(_VENUE_ROWS, after, limit))
+        return [venue_row(row) for row in rows]
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""

@@ -38,6 +38,7 @@ from sync.hub_store import (
     check_limit,
     check_token,
 )
+from sync.hub_venue_sql import VENUE_ROWS, VenueRow, venue_row
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,15 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         await self._feed_signal.wait(
             lambda: self._run(lambda db: _has_feed_after(db, after)), wait_s
         )
+
+    async def venue_rows(self, after: int, limit: int) -> list[VenueRow]:
+        """Rows with cursor > ``after`` for the venue's tallies (see :class:`HubStore`).
+
+        Raises HubStoreError, and ValueError for a limit below 1.
+        """
+        check_limit(limit)
+        rows = await self._run(lambda db: db.execute(VENUE_ROWS, (after, limit)).fetchall())
+        return [venue_row(row) for row in rows]
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:
         """Alerts with ``alert_id`` > ``after``, oldest first. Raises HubStoreError."""

@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 
 from agent.errors import AgentError
 from sync.hub_console_sql import Action, ActResult
+from sync.hub_venue_sql import VenueRow
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 from sync.protocol_console import TicketHistory
 
@@ -124,6 +125,11 @@ class HubStore(Protocol):
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return when the feed has an entry after ``after`` or ``wait_s`` seconds passed."""
+        ...
+
+    async def venue_rows(self, after: int, limit: int) -> list[VenueRow]:
+        """Every row with cursor > ``after`` (attempts too), oldest first, at most ``limit``, an
+        annulment with the row it cancels: what the venue's tallies read (sync.hub_venue)."""
         ...
 
     async def alerts(self, after: int, limit: int) -> list[Alert]:

@@ -1,0 +1,162 @@
+// The console's Venue section: how the venue is filling, from GET /v1/venue every 2 s.
+// Occupancy per zone (entries minus exits, annulled admissions removed), each gate's admissions
+// per minute over the last hour as a bar chart (SVG built node by node), its denials by reason
+// and its revocation list's version and age, and the open alerts. Everything is set as text or
+// as numeric attributes, never as HTML: gate names come from the hub's operator.
+// This script runs before console.js (both deferred, in document order), so it reads the token
+// from the fragment before console.js removes it from the address bar; it keeps it in memory.
+"use strict";
+
+(() => {
+  const POLL_MS = 2000;
+  const SVG = "http://www.w3.org/2000/svg";
+  const BAR = 4; // px per minute, gap included
+  const HEIGHT = 28;
+  const token = new URLSearchParams(window.location.hash.replace(/^#/, "")).get("token") || "";
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function ago(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 90) return s + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    if (s < 172800) return Math.round(s / 3600) + " h";
+    return Math.round(s / 86400) + " days";
+  }
+
+  // One formatter for every label: toLocaleTimeString builds a new one per call (slow x 3000).
+  const HHMM = new Intl.DateTimeFormat([], { hour12: false, hour: "2-digit", minute: "2-digit" });
+
+  function minuteLabels(start, count) {
+    return Array.from({ length: count }, (_, i) => HHMM.format(new Date((start + i * 60) * 1000)));
+  }
+
+  function chart(perMinute, labels, scale) {
+    const root = svg("svg", {
+      class: "minutes",
+      width: perMinute.length * BAR,
+      height: HEIGHT,
+      viewBox: "0 0 " + perMinute.length * BAR + " " + HEIGHT,
+      role: "img",
+    });
+    const total = perMinute.reduce((a, b) => a + b, 0);
+    root.setAttribute("aria-label", total + " admissions in the last hour");
+    perMinute.forEach((count, i) => {
+      if (count <= 0) return;
+      const h = Math.max(1, Math.round((count / scale) * HEIGHT));
+      const bar = svg("rect", { x: i * BAR, y: HEIGHT - h, width: BAR - 1, height: h });
+      const title = svg("title", {});
+      title.textContent = labels[i] + ": " + count;
+      bar.append(title);
+      root.append(bar);
+    });
+    return root;
+  }
+
+  function reasons(denied) {
+    if (!denied.length) return "none";
+    const total = denied.reduce((a, d) => a + d.count, 0);
+    return total + ": " + denied.map((d) => d.reason.replace(/_/g, " ") + " " + d.count).join(", ");
+  }
+
+  function gateRow(gate, labels, scale) {
+    const row = el("tr", gate.online ? "venue-gate online" : "venue-gate offline");
+    row.dataset.gate = gate.gate_id;
+    const name = el("td", "name");
+    name.append(el("span", "gate-name", gate.gate_name || gate.gate_id));
+    if (gate.gate_name && gate.gate_name !== gate.gate_id) name.append(el("span", "gate-id", gate.gate_id));
+    const minutes = el("td", "per-minute");
+    minutes.append(chart(gate.per_minute, labels, scale));
+    const list = gate.list_version === null ? "\u2014" : "v" + gate.list_version + (gate.list_age_s === null ? ", never fetched" : ", " + ago(gate.list_age_s) + " old");
+    row.append(
+      name,
+      minutes,
+      el("td", "this-minute", gate.per_minute[gate.per_minute.length - 1]),
+      el("td", "last-hour", gate.per_minute.reduce((a, b) => a + b, 0)),
+      el("td", "entries", gate.entries),
+      el("td", "exits", gate.exits),
+      el("td", "annulled", gate.annulled),
+      el("td", "denied" + (gate.denied.length ? " has-denials" : ""), reasons(gate.denied)),
+      el("td", "list", list),
+    );
+    return row;
+  }
+
+  function zoneRow(zone) {
+    const row = el("tr", "venue-zone");
+    row.dataset.zone = zone.zone === null ? "none" : String(zone.zone);
+    row.append(
+      el("td", "zone", zone.zone === null ? "no zone" : "zone " + zone.zone),
+      el("td", "occupancy", zone.occupancy),
+      el("td", "entries", zone.entries),
+      el("td", "exits", zone.exits),
+    );
+    return row;
+  }
+
+  function render(venue) {
+    const scale = Math.max(1, ...venue.gates.flatMap((g) => g.per_minute));
+    const width = venue.gates.length ? venue.gates[0].per_minute.length : 60;
+    const labels = minuteLabels(venue.minute_start, width);
+    const gates = [...venue.gates].sort((a, b) => (a.gate_name || a.gate_id).localeCompare(b.gate_name || b.gate_id));
+    document.querySelector("#venue-gates tbody").replaceChildren(...gates.map((g) => gateRow(g, labels, scale)));
+    document.querySelector("#venue-zones tbody").replaceChildren(...venue.zones.map(zoneRow));
+    document.getElementById("venue-occupancy").textContent = "(" + venue.occupancy + " inside)";
+    document.getElementById("venue-alerts-open").textContent = String(venue.alerts_open);
+    document.getElementById("venue-window").textContent = labels[0] + "\u2013" + labels[width - 1];
+    const status = document.getElementById("venue-status");
+    status.hidden = true;
+    status.textContent = "";
+  }
+
+  function failed(text) {
+    const status = document.getElementById("venue-status");
+    status.hidden = false;
+    status.textContent = text;
+  }
+
+  async function tick() {
+    try {
+      const response = await fetch("/v1/venue", {
+        headers: { Authorization: "Bearer " + token },
+        cache: "no-store",
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      if (!response.ok) {
+        let message = "HTTP " + response.status;
+        try {
+          message = (await response.json()).message || message;
+        } catch (_) {
+          // not an ErrorBody: keep the status line
+        }
+        failed("Venue figures unavailable: " + message);
+      } else {
+        render(await response.json());
+      }
+    } catch (_) {
+      failed("Venue figures unavailable: hub unreachable, retrying");
+    } finally {
+      window.setTimeout(tick, POLL_MS);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (!token) {
+      failed("No console token.");
+      return;
+    }
+    tick();
+  });
+})();
