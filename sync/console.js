@@ -1,15 +1,20 @@
-// The hub's security console: live alerts and gate health, polled every second.
+// The hub's security console: live alerts and gate health, polled every second; ticket search;
+// the alert workflow (acknowledge, assign, notes); the open alerts in the page title.
 // Alerts: the newest page first, then each poll follows the ones raised since; older alerts are
 // fetched a page at a time on request, so a flood never has to be loaded (or shown) whole.
 // The console token comes from the page's fragment (#token=...), which browsers never send to
-// a server; it is then removed from the address bar and history and kept in this tab's memory
-// only. Everything shown is set as text (never as HTML): gate names come from the gates.
+// a server; it is then removed from the address bar and history and kept in this tab's
+// sessionStorage (TOKEN_KEY), so a reload keeps it and closing the tab forgets it (never
+// localStorage). Everything shown is set as text (never as HTML): gate names come from the gates.
 "use strict";
 
 (() => {
   const POLL_MS = 1000;
   const PAGE = 100;
   const MAX_SHOWN = 1000;
+  const TOKEN_KEY = "gate-agent-console-token";
+  const NOTIFY_KEY = "gate-agent-console-notify";
+  const TITLE = document.title;
   const KIND_WORDS = {
     double_admission: "Double admission",
     repeated_denials: "Repeated denied attempts",
@@ -17,7 +22,7 @@
     alert_storm: "Alert storm",
   };
 
-  const token = takeToken();
+  let token = takeToken();
   const alerts = new Map(); // alert_id -> alert
   let alertCursor = null; // newest alert_id seen: follow from here; null until the first page
   let olderCursor = null; // oldest alert_id loaded: "older" pages come from below it
@@ -25,14 +30,27 @@
   let pagedBack = false; // the user asked for older pages: keep them, whatever the count
   let polls = 0;
   let alertsChanged = false;
+  let selectedId = null; // the alert shown in the detail panel
+  let refused = false;
+  const knownGates = new Set(); // gate names for the gate filter
 
   function takeToken() {
     const params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
     const value = params.get("token") || "";
     if (value) {
       window.history.replaceState(null, "", window.location.pathname);
+      try {
+        window.sessionStorage.setItem(TOKEN_KEY, value);
+      } catch (_) {
+        // storage off: the token lives in this page only
+      }
+      return value;
     }
-    return value;
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (_) {
+      return "";
+    }
   }
 
   class ApiError extends Error {
@@ -42,14 +60,15 @@
     }
   }
 
-  async function api(path, auth = true) {
+  async function api(path, auth = true, body = undefined) {
     const headers = auth ? { Authorization: "Bearer " + token } : {};
-    const response = await fetch(path, {
-      headers,
-      cache: "no-store",
-      credentials: "omit",
-      referrerPolicy: "no-referrer",
-    });
+    const init = { headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.body = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    const response = await fetch(path, init);
     if (!response.ok) {
       let message = "HTTP " + response.status;
       try {
@@ -95,29 +114,35 @@
     return seconds === null || seconds === undefined ? "never fetched" : ago(seconds).replace(" ago", " old");
   }
 
-  function keep(list) {
+  // --- alerts ---------------------------------------------------------------------------------
+
+  function keep(list, fresh) {
+    let arrived = 0;
     for (const alert of list) {
+      if (fresh && !alerts.has(alert.alert_id)) arrived++;
       alerts.set(alert.alert_id, alert);
+      for (const name of alert.gates) knownGates.add(name);
       alertsChanged = true;
     }
+    if (arrived) signal(arrived);
   }
 
   async function pollAlerts() {
     if (alertCursor === null) {
       const page = await api("/v1/alerts?limit=" + PAGE); // newest first
-      keep(page.alerts);
+      keep(page.alerts, false);
       alertCursor = page.alerts.length ? page.alerts[0].alert_id : 0;
       olderCursor = page.alerts.length ? page.next : null;
       moreOlder = page.alerts.length === PAGE;
       return;
     }
     if (++polls % 10 === 0) {
-      // an alert storm's count grows in place: re-read the newest page now and then
-      keep((await api("/v1/alerts?limit=" + PAGE)).alerts);
+      // an alert storm's count and other consoles' actions change alerts in place
+      keep((await api("/v1/alerts?limit=" + PAGE)).alerts, false);
     }
     for (let round = 0; round < 10; round++) {
       const page = await api("/v1/alerts?after=" + alertCursor + "&limit=" + PAGE);
-      keep(page.alerts);
+      keep(page.alerts, true);
       alertCursor = page.next;
       if (page.alerts.length < PAGE) return;
     }
@@ -126,7 +151,7 @@
   async function loadOlder() {
     if (olderCursor === null) return;
     const page = await api("/v1/alerts?before=" + olderCursor + "&limit=" + PAGE);
-    keep(page.alerts);
+    keep(page.alerts, false);
     olderCursor = page.next;
     moreOlder = page.alerts.length === PAGE;
     pagedBack = true;
@@ -134,16 +159,47 @@
     renderAlerts();
   }
 
+  function entryItem(c) {
+    const gate = el("li", "alert-gate");
+    gate.append(el("span", "gate-name", c.gate), timeEl(c.time, "gate-time"));
+    gate.append(el("span", "lane", "lane " + c.lane));
+    const verdict = c.verdict === "admit" ? "admitted" : "denied";
+    gate.append(el("span", "decision decision-" + c.verdict, c.kind + " " + verdict + (c.reason === "ok" ? "" : ": " + c.reason)));
+    if (c.offline) gate.append(el("span", "offline-badge", "decided offline"));
+    return gate;
+  }
+
+  function workflowText(flow) {
+    const parts = [flow.open ? "Open" : "Acknowledged by " + flow.acked_by + " at " + clock(flow.acked_at)];
+    if (flow.assignee) parts.push("assigned to " + flow.assignee);
+    if (flow.notes.length) parts.push(flow.notes.length === 1 ? "1 note" : flow.notes.length + " notes");
+    return parts.join(", ");
+  }
+
   function alertItem(alert) {
-    const item = el("li", "alert alert-" + alert.kind);
+    const flow = alert.workflow;
+    const item = el("li", "alert alert-" + alert.kind + (flow && !flow.open ? " acked" : " open"));
     item.dataset.kind = alert.kind;
     item.dataset.alertId = String(alert.alert_id);
+    item.tabIndex = 0;
+    if (alert.alert_id === selectedId) item.classList.add("selected");
     const head = el("div", "alert-head");
     head.append(el("span", "kind", KIND_WORDS[alert.kind] || alert.kind));
-    if (alert.ticket) head.append(el("span", "ticket", "ticket " + alert.ticket));
+    if (alert.ticket) {
+      const ticket = el("button", "ticket", "ticket " + alert.ticket);
+      ticket.type = "button";
+      ticket.dataset.ticket = alert.ticket;
+      ticket.title = "Search this ticket's history";
+      head.append(ticket);
+    }
     head.append(timeEl(alert.raised_at, "raised"));
     item.append(head);
-    if (alert.gates.length) {
+    const context = alert.context || [];
+    if (context.length) {
+      const list = el("ul", "alert-gates");
+      list.append(...context.map(entryItem));
+      item.append(list);
+    } else if (alert.gates.length) {
       const list = el("ul", "alert-gates");
       alert.gates.forEach((name, i) => {
         const gate = el("li", "alert-gate");
@@ -154,7 +210,29 @@
       item.append(list);
     }
     if (alert.detail) item.append(el("p", "detail", alert.detail));
+    if (flow) item.append(el("p", "workflow", workflowText(flow)));
     return item;
+  }
+
+  function shown(alert) {
+    const kind = document.getElementById("filter-kind").value;
+    const gate = document.getElementById("filter-gate").value;
+    const openOnly = document.getElementById("filter-open").checked;
+    if (kind && alert.kind !== kind) return false;
+    if (gate && !alert.gates.includes(gate)) return false;
+    if (openOnly && alert.workflow && !alert.workflow.open) return false;
+    return true;
+  }
+
+  function renderGateFilter() {
+    const select = document.getElementById("filter-gate");
+    const have = new Set([...select.options].map((o) => o.value));
+    const names = [...knownGates].filter((n) => !have.has(n)).sort((a, b) => a.localeCompare(b));
+    for (const name of names) {
+      const option = el("option", null, name);
+      option.value = name;
+      select.append(option);
+    }
   }
 
   function renderAlerts() {
@@ -168,11 +246,176 @@
       olderCursor = newest[newest.length - 1].alert_id;
       moreOlder = true;
     }
-    document.getElementById("alerts").replaceChildren(...newest.map(alertItem));
+    const visible = newest.filter(shown);
+    document.getElementById("alerts").replaceChildren(...visible.map(alertItem));
     document.getElementById("older").hidden = !moreOlder;
-    document.getElementById("alert-count").textContent = alerts.size ? "(" + alerts.size + ")" : "";
-    document.getElementById("no-alerts").hidden = alerts.size > 0;
+    const filtered = visible.length < newest.length ? visible.length + " of " : "";
+    document.getElementById("alert-count").textContent = alerts.size ? "(" + filtered + alerts.size + ")" : "";
+    const none = document.getElementById("no-alerts");
+    none.textContent = alerts.size ? "No alerts match the filters." : "No alerts.";
+    none.hidden = visible.length > 0;
+    renderGateFilter();
+    renderDetail();
   }
+
+  async function pollOpen() {
+    const { open } = await api("/v1/alerts/open");
+    document.title = open ? "(" + open + ") " + TITLE : TITLE;
+    document.getElementById("open-count").textContent = open ? open + " open" : "none open";
+  }
+
+  // --- the selected alert: acknowledge, assign, notes ------------------------------------------
+
+  function select(alertId) {
+    selectedId = alertId;
+    document.getElementById("detail-error").hidden = true;
+    alertsChanged = true;
+    renderAlerts();
+    document.getElementById("alert-detail").scrollIntoView({ block: "nearest" });
+  }
+
+  function renderDetail() {
+    const panel = document.getElementById("alert-detail");
+    const alert = selectedId === null ? undefined : alerts.get(selectedId);
+    panel.hidden = alert === undefined;
+    if (alert === undefined) return;
+    const flow = alert.workflow;
+    document.getElementById("detail-title").textContent =
+      "Alert #" + alert.alert_id + ": " + (KIND_WORDS[alert.kind] || alert.kind) + (alert.ticket ? ", ticket " + alert.ticket : "");
+    document.getElementById("detail-workflow").textContent = workflowText(flow);
+    document.getElementById("ack").disabled = !flow.open;
+    document.getElementById("notes").replaceChildren(
+      ...flow.notes.map((n) => {
+        const item = el("li", "note");
+        item.append(el("span", "note-by", n.by), timeEl(n.at, "note-at"), el("span", "note-text", n.text));
+        return item;
+      }),
+    );
+  }
+
+  async function act(path, body) {
+    const error = document.getElementById("detail-error");
+    try {
+      const answer = await api("/v1/alerts/" + selectedId + "/" + path, true, body);
+      alerts.set(answer.alert.alert_id, answer.alert);
+      error.hidden = true;
+      alertsChanged = true;
+      renderAlerts();
+      pollOpen().catch(() => {});
+      return true;
+    } catch (e) {
+      error.textContent = e instanceof ApiError ? e.message : "hub unreachable";
+      error.hidden = false;
+      return false;
+    }
+  }
+
+  async function refreshSelected() {
+    if (selectedId === null) return;
+    const answer = await api("/v1/alerts/" + selectedId);
+    alerts.set(answer.alert.alert_id, answer.alert);
+    alertsChanged = true;
+  }
+
+  // --- new alerts: sound and notification (off by default) -------------------------------------
+
+  function notifyOn() {
+    return document.getElementById("notify-toggle").checked;
+  }
+
+  function signal(count) {
+    if (!notifyOn()) return;
+    document.body.dataset.signalled = String(Number(document.body.dataset.signalled || 0) + count);
+    try {
+      const audio = new AudioContext();
+      const tone = audio.createOscillator();
+      tone.frequency.value = 880;
+      tone.connect(audio.destination);
+      tone.start();
+      tone.stop(audio.currentTime + 0.25);
+      tone.onended = () => audio.close();
+    } catch (_) {
+      // no audio output: the notification (if allowed) still shows
+    }
+    if ("Notification" in window && Notification.permission === "granted") {
+      new Notification(count === 1 ? "New security alert" : count + " new security alerts", { tag: "gate-agent-alerts" });
+    }
+  }
+
+  function setupNotify() {
+    const toggle = document.getElementById("notify-toggle");
+    try {
+      toggle.checked = window.sessionStorage.getItem(NOTIFY_KEY) === "on";
+    } catch (_) {
+      toggle.checked = false;
+    }
+    toggle.addEventListener("change", () => {
+      try {
+        window.sessionStorage.setItem(NOTIFY_KEY, toggle.checked ? "on" : "off");
+      } catch (_) {
+        // not kept across reloads
+      }
+      if (toggle.checked && "Notification" in window && Notification.permission === "default") {
+        Notification.requestPermission().catch(() => {});
+      }
+    });
+  }
+
+  // --- ticket search ---------------------------------------------------------------------------
+
+  async function searchTicket(query) {
+    const message = document.getElementById("ticket-message");
+    const table = document.getElementById("ticket-history");
+    const short = query.trim().toLowerCase();
+    table.hidden = true;
+    message.hidden = false;
+    if (!/^[0-9a-f]{8}$/.test(short)) {
+      message.textContent = "Enter a ticket's 8-character short id (0-9, a-f), as alerts and gates show it.";
+      return;
+    }
+    message.textContent = "Searching\u2026";
+    let found;
+    try {
+      found = await api("/v1/tickets/" + short);
+    } catch (e) {
+      message.textContent = e instanceof ApiError && (e.status === 401 || e.status === 403) ? "Not authorised." : "Search failed: " + e.message;
+      return;
+    }
+    if (!found.events.length) {
+      message.textContent = "Ticket " + found.ticket + ": nothing recorded at this venue.";
+      return;
+    }
+    const gates = new Set(found.events.map((e) => e.gate));
+    let text = "Ticket " + found.ticket + ": " + found.events.length + " rows at " + gates.size + (gates.size === 1 ? " gate" : " gates");
+    if (found.tickets > 1) text += " (" + found.tickets + " different tickets share this short id)";
+    if (found.more) text += "; only the first " + found.events.length + " are shown";
+    message.textContent = text + ".";
+    document.querySelector("#ticket-history tbody").replaceChildren(...found.events.map(historyRow));
+    table.hidden = false;
+  }
+
+  function historyRow(e) {
+    const row = el("tr", "event event-" + e.kind + " verdict-" + e.verdict);
+    const gate = el("td", "gate");
+    gate.append(el("span", "gate-name", e.gate));
+    const flags = [...e.flags];
+    if (e.annuls) flags.push("annuls an entry");
+    const when = el("td", "time");
+    when.append(timeEl(e.time));
+    row.append(
+      when,
+      gate,
+      el("td", "lane", e.lane),
+      el("td", "kind", e.kind),
+      el("td", "verdict", e.verdict === "admit" ? "admitted" : "denied"),
+      el("td", "reason", e.reason + (e.detail ? " (" + e.detail + ")" : "")),
+      el("td", "offline", e.offline ? "offline" : "online"),
+      el("td", "flags", flags.join(", ")),
+    );
+    return row;
+  }
+
+  // --- gates ------------------------------------------------------------------------------------
 
   function gateRow(gate, now) {
     const row = el("tr", gate.online ? "gate online" : "gate offline");
@@ -204,7 +447,11 @@
     const online = gates.filter((g) => g.online).length;
     document.getElementById("gate-count").textContent = gates.length ? "(" + online + " of " + gates.length + " online)" : "";
     document.getElementById("no-gates").hidden = gates.length > 0;
+    for (const g of gates) knownGates.add(g.gate_name || g.gate_id);
+    renderGateFilter();
   }
+
+  // --- the page -----------------------------------------------------------------------------
 
   function setStatus(text, kind) {
     const status = document.getElementById("status");
@@ -212,19 +459,89 @@
     status.className = "status status-" + kind;
   }
 
+  function notAuthorised(message) {
+    // A refused token is never "No alerts": nothing can be known about the alerts.
+    refused = true;
+    setStatus("not authorised: " + message, "bad");
+    alerts.clear();
+    document.getElementById("alerts").replaceChildren();
+    document.getElementById("alert-count").textContent = "";
+    const none = document.getElementById("no-alerts");
+    none.textContent = "Not authorised: the hub refused this console token (" + message + ").";
+    none.hidden = false;
+    document.getElementById("token-help").hidden = false;
+    document.title = TITLE;
+    try {
+      window.sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) {
+      // nothing kept
+    }
+  }
+
   async function tick() {
     try {
-      await Promise.all([pollAlerts().then(renderAlerts), api("/v1/gates").then(renderGates)]);
+      await Promise.all([
+        pollAlerts().then(refreshSelected).then(renderAlerts),
+        api("/v1/gates").then(renderGates),
+        pollOpen(),
+      ]);
       setStatus("live, updated " + new Date().toLocaleTimeString([], { hour12: false }), "ok");
     } catch (error) {
       if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-        setStatus("token refused: " + error.message, "bad");
-      } else {
-        setStatus("hub unreachable, retrying", "bad");
+        notAuthorised(error.message);
+        return; // a refused token stays refused: reload with another one
       }
-    } finally {
-      window.setTimeout(tick, POLL_MS);
+      setStatus("hub unreachable, retrying", "bad");
     }
+    if (!refused) window.setTimeout(tick, POLL_MS);
+  }
+
+  function wire() {
+    document.getElementById("older").addEventListener("click", () => {
+      loadOlder().catch(() => setStatus("hub unreachable, retrying", "bad"));
+    });
+    for (const id of ["filter-kind", "filter-gate", "filter-open"]) {
+      document.getElementById(id).addEventListener("change", () => {
+        alertsChanged = true;
+        renderAlerts();
+      });
+    }
+    const list = document.getElementById("alerts");
+    list.addEventListener("click", (event) => {
+      const ticket = event.target.closest("button.ticket");
+      if (ticket) {
+        document.getElementById("ticket-query").value = ticket.dataset.ticket;
+        searchTicket(ticket.dataset.ticket);
+        return;
+      }
+      const item = event.target.closest("li.alert");
+      if (item) select(Number(item.dataset.alertId));
+    });
+    list.addEventListener("keydown", (event) => {
+      const item = event.target.closest("li.alert");
+      if (item && event.key === "Enter") select(Number(item.dataset.alertId));
+    });
+    document.getElementById("ticket-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      searchTicket(document.getElementById("ticket-query").value);
+    });
+    document.getElementById("ack").addEventListener("click", () => act("ack", {}));
+    document.getElementById("assign-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = document.getElementById("assign-name");
+      if (await act("assign", { assignee: input.value })) input.value = "";
+    });
+    document.getElementById("note-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = document.getElementById("note-text");
+      if (await act("notes", { text: input.value })) input.value = "";
+    });
+    document.getElementById("detail-close").addEventListener("click", () => {
+      selectedId = null;
+      alertsChanged = true;
+      renderAlerts();
+    });
+    setupNotify();
   }
 
   async function start() {
@@ -234,9 +551,7 @@
     } catch (_) {
       // shown by the status line once polling fails too
     }
-    document.getElementById("older").addEventListener("click", () => {
-      loadOlder().catch(() => setStatus("hub unreachable, retrying", "bad"));
-    });
+    wire();
     if (!token) {
       setStatus("no console token", "bad");
       document.getElementById("token-help").hidden = false;

@@ -135,8 +135,15 @@ async def test_console_without_a_token_says_how_to_open_it(
 
         await page.goto("about:blank")  # a new document: a changed fragment alone would not load
         await page.goto(f"{console.setup.url}/console#token=not-a-token")
-        await page.wait_for("document.querySelector('#status').textContent.startsWith('token')")
+        await page.wait_for(
+            "document.querySelector('#status').textContent.startsWith('not authorised')"
+        )
         assert "unknown token" in await page.text("#status")
+        # a refused token never reads as an empty venue
+        refused = await page.text("#no-alerts")
+        assert refused.startswith("Not authorised") and "No alerts" not in refused
+        assert await page.evaluate("document.querySelector('#token-help').hidden") is False
+        assert await page.evaluate("sessionStorage.length") == 0  # the refused token is dropped
         # the 401s of the refused token show up as failed loads, not as script errors
         assert not any("Uncaught" in e for e in page.console_errors)
 
