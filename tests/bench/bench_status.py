@@ -147,7 +147,7 @@ async def _requester(
 
 
 async def _display(http: aiohttp.ClientSession, base: str, stop: asyncio.Event) -> int:
-    """Follow /display/events like a staff screen; the number of events received."""
+    """Follow /display/events like a staff screen; the number of decisions received."""
     events = 0
     try:
         async with http.get(base + "/display/events") as r:
@@ -158,10 +158,11 @@ async def _display(http: aiohttp.ClientSession, base: str, stop: asyncio.Event) 
                     continue
                 if not line:
                     break
-                events += line.startswith(b"data:")
+                # decisions only: not the greeting, state changes, passage results or heartbeats
+                events += line.startswith(b'data: {"decision":')
     except (aiohttp.ClientError, OSError):
         pass
-    return events - 1  # the greeting is not a decision
+    return events
 
 
 async def _hammer(base: str, clients: int, sse: int, conn: Connection) -> None:
