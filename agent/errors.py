@@ -46,9 +46,6 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
             ├── UpstreamConflict            409: ids reused with another body (``entry_ids``)
             └── UpstreamGone                410: no longer kept (revocation deltas: fetch the
                                             snapshot)
-
-:mod:`sync.client_http` keeps the hub client's former names as aliases of these classes
-(``HubError`` is UpstreamError, ``HubUnavailable``, ``HubAuthError`` and ``HubRefused`` likewise).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ or not allowed for this gate, or the client certificate is not this gate's), Ups
 hub's certificate is not trusted here, ``[hub] ca``, or the hub dropped the handshake over this
 gate's, ``[hub] cert``), UpstreamConflict (409: entry ids reused with another body,
 ``entry_ids``), UpstreamGone (410: revocation deltas no longer kept, fetch the snapshot) and
-UpstreamRefused (another 4xx). The hub's former names (HubError, HubUnavailable, HubAuthError,
-HubRefused) are kept below as aliases.
+UpstreamRefused (another 4xx).
 
 Messages of auth and TLS errors end with ``check [hub] KEY`` (``check`` holds KEY): the one config
 key an operator should look at. The hub never says why it refused a client certificate in a
@@ -56,13 +55,6 @@ _HOST_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR
 # An idle connection is dropped before the hub's header timeout (10 s by default) would close it
 # under us: a request on a connection the hub is closing fails and must be retried.
 IDLE_KEEPALIVE_S = 5.0
-
-
-# The hub client's former names for the shared classes, for importers outside sync/.
-HubError = UpstreamError
-HubUnavailable = UpstreamUnavailable
-HubAuthError = UpstreamAuthError
-HubRefused = UpstreamRefused
 
 
 @dataclass(frozen=True, slots=True)

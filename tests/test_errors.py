@@ -11,7 +11,6 @@ import re
 import pytest
 
 from agent import errors
-from sync import client_http
 
 _LINE = re.compile(r"^(?P<indent>[\s│]*)(?:├── |└── )(?P<name>\w+)(?: \((?P<bases>[\w, ]+)\))?")
 
@@ -91,10 +90,3 @@ def test_upstream_errors_keep_what_callers_read() -> None:
     assert errors.UpstreamTLSError("not trusted: check [hub] ca", "ca").check == "ca"
     conflict = errors.UpstreamConflict("HTTP 409", ["a", "b"])
     assert conflict.entry_ids == ("a", "b") and isinstance(conflict, errors.UpstreamRefused)
-
-
-def test_the_hub_clients_former_names_are_the_shared_classes() -> None:
-    assert client_http.HubError is errors.UpstreamError
-    assert client_http.HubUnavailable is errors.UpstreamUnavailable
-    assert client_http.HubAuthError is errors.UpstreamAuthError
-    assert client_http.HubRefused is errors.UpstreamRefused

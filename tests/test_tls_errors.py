@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.clock import Clock
+from agent.errors import UpstreamError, UpstreamUnavailable
 from agent.issuer import Issuer
 from agent.journal import Journal
-from sync.client_http import HubError, HubHTTP, HubUnavailable, client_cert_problem, tls_context
+from sync.client_http import HubHTTP, client_cert_problem, tls_context
 from sync.hub_watch import WARN_EVERY_S, HandshakeLog
 from tests.hubgate import write_gate
 from tests.hubproc import (
@@ -369,14 +370,14 @@ async def test_a_hang_up_is_blamed_on_the_certificate_only_when_the_hub_refuses_
     http = HubHTTP(f"https://127.0.0.1:{port}", "t" * 43, timeout_s=5, user_agent="test",
                    tls=tls, gate_id="gate-a")  # fmt: skip
     try:
-        with pytest.raises(HubError) as caught:
+        with pytest.raises(UpstreamError) as caught:
             await http.request("POST", "/v1/gates/gate-a/heartbeat", body=b"{}")
     finally:
         await http.close()
         server.close()
         await server.wait_closed()
     assert heads == [b"/v1/gates/gate-a/heartbeat", b"/v1/health"], heads
-    assert isinstance(caught.value, HubUnavailable), caught.value
+    assert isinstance(caught.value, UpstreamUnavailable), caught.value
     assert client_cert_problem(tls, time.time()) is not None  # what the old guess would blame
 
 

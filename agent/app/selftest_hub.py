@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from agent.app import config as cfg
 from agent.app.selftest import Check, report
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UpstreamAuthError, UpstreamError, UpstreamRefused
 from sync import protocol
-from sync.client_http import HubAuthError, HubError, HubHTTP, HubRefused, tls_context
+from sync.client_http import HubHTTP, tls_context
 
 STEPS = ("url", "ca", "cert", "token", "venue")
 
@@ -164,7 +164,7 @@ async def _cert(conf: cfg.Config, hub: cfg.HubLinkConfig) -> list[Check]:
     http = HubHTTP(hub.url, "-", timeout_s=hub.timeout_s, user_agent=_AGENT, tls=context)
     try:
         await http.request("GET", "/v1/health")
-    except HubError as exc:
+    except UpstreamError as exc:
         return [
             Check(
                 "cert",
@@ -210,9 +210,9 @@ async def _token(conf: cfg.Config, hub: cfg.HubLinkConfig, http: HubHTTP) -> lis
     make = f"on the hub: gate-agent hub token --config HUB.toml --gate {gate} --out FILE"
     try:
         await http.request("POST", f"/v1/gates/{gate}/entries:batch", body=probe.encode())
-    except HubRefused:
+    except UpstreamRefused:
         pass  # the empty body was refused after the caller was accepted
-    except HubAuthError as exc:
+    except UpstreamAuthError as exc:
         text = str(exc)
         # The hub's 403 says which it refused; newer clients also name the key (``check``).
         if "cert" in getattr(exc, "check", "") or "certificate" in text:
@@ -237,7 +237,7 @@ async def _token(conf: cfg.Config, hub: cfg.HubLinkConfig, http: HubHTTP) -> lis
                 else f"the token is not gate {gate}'s: make one {make}",
             )
         ]
-    except HubError as exc:
+    except UpstreamError as exc:
         return [Check("token", False, f"{source}: not checked: {exc}", "check the hub's log")]
     return [Check("token", True, f"{source}: accepted for gate {gate}")]
 
@@ -247,7 +247,7 @@ async def _venue(conf: cfg.Config, http: HubHTTP) -> Check:
     try:
         reply = await http.request("GET", "/v1/health")
         served = json.loads(reply.body).get("venue")
-    except (HubError, ValueError, AttributeError) as exc:
+    except (UpstreamError, ValueError, AttributeError) as exc:
         return Check("venue", False, f"cannot ask the hub's venue: {exc}", "check the hub's log")
     if served != want:
         return Check(
