@@ -61,7 +61,6 @@ from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
 from sync.client_http import HubHTTP, Reply
-from sync.pretix_http import sleep_or_stop
 from sync.protocol import (
     BatchAck,
     BatchUpload,
@@ -71,6 +70,7 @@ from sync.protocol import (
     HeartbeatAck,
     RevocationPage,
 )
+from sync.upstream_http import sleep_or_stop
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,7 @@ from agent.errors import (
     UpstreamUnavailable,
 )
 from sync import protocol
-from sync.http_body import BodyTooLarge, read_capped
-from sync.pretix_http import parse_retry_after
+from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
 
 _TRANSIENT = frozenset({408, 425, 429})
 _HOST_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH

@@ -31,9 +31,10 @@ from agent.rules import GatePolicy
 from agent.trust import TrustBundle
 from sync import pretix_wire as wire
 from sync.pretix_download import PretixDownload
-from sync.pretix_http import PretixHTTP, sleep_or_stop
+from sync.pretix_http import PretixHTTP
 from sync.pretix_state import DEVICE_FILE, SYNC_FILE, load_device, save_device
 from sync.pretix_upload import PretixAlert, PretixUpload
+from sync.upstream_http import sleep_or_stop
 
 __all__ = ["DEVICE_FILE", "SYNC_FILE", "PretixAlert", "PretixUpstream"]
 

@@ -17,8 +17,6 @@ redacted into the message, and chained only when the URL holds no secret.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import json
 import logging
 import re
@@ -33,7 +31,7 @@ import yarl
 
 from agent.errors import UpstreamAuthError, UpstreamUnavailable
 from agent.redact import pretix_short_id, secret_label
-from sync.http_body import BodyTooLarge, read_capped
+from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,6 @@ MAX_PAGES = 100_000
 # Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones
 # (pretixscan_online_kiosk, pretixscan_online_noorders) lack the order list it syncs from.
 NEEDED_PROFILE = "'pretixSCAN' (pretixscan) or 'Full device access' (full)"
-MAX_RETRY_AFTER_S = 86_400.0  # longer is no plan; every backoff caps far below anyway
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 Query = Mapping[str, str] | Sequence[tuple[str, str]]  # pairs when a key repeats (include=)
@@ -83,33 +80,6 @@ def _pattern(secret: str) -> re.Pattern[str]:
         f"(?:{re.escape(ch)}|(?i:{''.join(f'%{b:02X}' for b in ch.encode())}))" for ch in secret
     )
     return re.compile("".join(chars))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes and float() refuses
-        return min(float(value), MAX_RETRY_AFTER_S)  # 400 digits would be inf
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
-
-
-def parse_http_date(value: str | None) -> float | None:
-    """A ``Date`` header as Unix seconds, or None."""
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 class PretixHTTP:
@@ -235,12 +205,3 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
                 raise UpstreamUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
             body = None  # an HTML error page on a 4xx: the status alone decides
     return Reply(status, body, headers)
-
-
-async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
-    """Wait ``delay`` seconds or until ``stop`` is set; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
-    except TimeoutError:
-        return False
-    return True

@@ -20,7 +20,8 @@ from urllib.parse import quote
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.redact import text_digest
-from sync.pretix_http import Reply, parse_http_date
+from sync.pretix_http import Reply
+from sync.upstream_http import parse_http_date
 
 PRETIX_REF = "pretix:"
 ANNUL_WINDOW_S = 15 * 60  # pretix refuses an annulment more than 15 min after the check-in

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.backoff import Backoff
-from sync.pretix_http import MAX_RETRY_AFTER_S, parse_retry_after
+from sync.upstream_http import MAX_RETRY_AFTER_S, parse_retry_after
 
 NOW = 1_760_000_000.0
 

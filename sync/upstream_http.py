@@ -1,0 +1,68 @@
+"""What the hub client and the pretix adapter share about HTTP: reading an answer with a size cap,
+the Retry-After and Date headers, and waiting out a retry delay unless told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from datetime import UTC
+
+import aiohttp
+
+MAX_RETRY_AFTER_S = 86_400.0  # longer is no plan; every backoff caps far below anyway
+
+
+class BodyTooLarge(Exception):
+    """The answer was longer than the cap; callers turn it into their own transient error."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole body of ``resp``; raises BodyTooLarge past ``cap`` bytes.
+
+    ``resp.content.read(n)`` is not enough: it returns what is buffered so far, which can be a
+    prefix of a long answer.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"answer larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes and float() refuses
+        return min(float(value), MAX_RETRY_AFTER_S)  # 400 digits would be inf
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """A ``Date`` header as Unix seconds, or None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
+    """Wait ``delay`` seconds or until ``stop`` is set; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+    except TimeoutError:
+        return False
+    return True
