@@ -38,8 +38,8 @@ class EventFilter:
         if self.ticket is None:
             return None, None
         value = self.ticket.strip()
-        if len(value) == 8 and all(c in "0123456789abcdef" for c in value):
-            return None, value
+        if len(value) == 8 and all(c in "0123456789abcdef" for c in value.lower()):
+            return None, value.lower()  # as the display, alerts and the console show it
         from agent import tickets
 
         try:

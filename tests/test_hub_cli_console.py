@@ -1,0 +1,211 @@
+"""`gate-agent hub ticket ID` and `gate-agent hub alerts [--follow] [--json]` against a real hub
+(its store, written by a running hub process from real gate journals' uploads), `hub revoke` given
+a short id, and one ticket id everywhere: the hub's alert, `hub ticket`, the gate's `events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent import tickets
+from agent.app import config as cfg
+from agent.app.daemon import open_gate
+from agent.clock import Clock
+from agent.issuer import Issuer
+from agent.journal import Journal, Kind
+from agent.model import Decision, Reason, Verdict
+from agent.ports import Scan
+from agent.redact import short_id
+from drivers.sim import SimGate, SimScanner
+from sync.protocol import EntryWire
+from tests.conftest import WriteConfig
+from tests.hubproc import (
+    EXE,
+    ROOT,
+    Api,
+    Gate,
+    HubProcess,
+    HubSetup,
+    add_token,
+    hub_cli,
+    write_hub_config,
+)
+
+ADMIT = Decision(Verdict.ADMIT, Reason.OK)
+DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
+
+
+@dataclass
+class Venue:
+    setup: HubSetup
+    console: str
+    api: Api
+    a: Gate
+    b: Gate
+
+
+@pytest.fixture
+async def venue(tmp_path: Path, keys_dir: Path) -> AsyncIterator[Venue]:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    console = add_token(setup, console="security")
+    gates: list[Gate] = []
+    for gate_id, name in (("gate-a", "North A"), ("gate-b", "South B")):
+        journal = await Journal.open(
+            tmp_path / f"{gate_id}.db",
+            gate_id=gate_id,
+            gate_name=name,
+            clock=Clock(assume="synced"),
+        )
+        gates.append(Gate(gate_id, name, add_token(setup, gate_id=gate_id, name=name), journal))
+    try:
+        with HubProcess(setup):
+            async with aiohttp.ClientSession() as session:
+                yield Venue(setup, console, Api(session, setup.url), gates[0], gates[1])
+    finally:
+        for gate in gates:
+            await gate.journal.close()
+
+
+async def upload(
+    gate: Gate, api: Api, ref: str, *, lane: str, offline: bool, decision: Decision = ADMIT
+) -> None:
+    kind: Kind = "entry" if decision is ADMIT else "attempt"
+    rec = await gate.journal.record(
+        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0, offline=offline
+    )
+    assert (await gate.upload(api, EntryWire.from_record(rec))).status == 200
+
+
+async def test_hub_ticket_and_hub_alerts_show_one_id_for_a_ticket(
+    venue: Venue, iss: Issuer
+) -> None:
+    v = venue
+    text = iss.ticket(event=1)
+    ref = tickets.parse(text).ticket_ref
+    sid = short_id(ref)
+    assert sid == tickets.parse(text).short_id  # the gate's own id for it
+    await upload(v.a, v.api, ref, lane="north-1", offline=False)
+    await upload(v.b, v.api, ref, lane="south-2", offline=True)
+    (alert,) = (await v.api.get("/v1/alerts?limit=5", v.console)).json["alerts"]
+    assert alert["ticket"] == sid  # the hub's alert names it by the same id
+    assert (await v.api.post(f"/v1/alerts/{alert['alert_id']}/ack", b"", v.console)).status == 200
+
+    by_text = hub_cli(v.setup, "ticket", text)
+    assert by_text.returncode == 0, by_text.stderr
+    lines = by_text.stdout.splitlines()
+    assert lines[0] == f"ticket {sid}: 2 rows at 2 gates (North A, South B)"
+    assert "North A (gate-a)  lane north-1  entry   ADMIT ok" in lines[1]
+    assert "South B (gate-b)  lane south-2  entry   ADMIT ok  decided offline" in lines[2]
+    assert text not in by_text.stdout + by_text.stderr
+    by_id = hub_cli(v.setup, "ticket", sid.upper())
+    assert (by_id.returncode, by_id.stdout) == (0, by_text.stdout)
+
+    unseen = hub_cli(v.setup, "ticket", "00000000")
+    assert unseen.returncode == 1 and "nothing recorded" in unseen.stdout
+    bad = hub_cli(v.setup, "ticket", "not-a-ticket")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "8-hex ticket short id" in bad.stderr and "Traceback" not in bad.stderr
+
+    as_json = hub_cli(v.setup, "alerts", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    (line,) = as_json.stdout.splitlines()
+    got = json.loads(line)
+    assert got["ticket"] == sid and got["workflow"]["acked_by"] == "security"
+    assert [(c["gate"], c["lane"], c["offline"]) for c in got["context"]] == [
+        ("North A", "north-1", False),
+        ("South B", "south-2", True),
+    ]
+    plain = hub_cli(v.setup, "alerts")
+    assert plain.returncode == 0 and f"double_admission  ticket {sid}" in plain.stdout
+    assert "acknowledged by security" in plain.stdout and "offline" in plain.stdout
+
+
+async def test_hub_revoke_looks_a_short_id_up_and_says_why_it_needs_more(
+    venue: Venue, iss: Issuer
+) -> None:
+    v = venue
+    text = iss.ticket(event=1)
+    ref = tickets.parse(text).ticket_ref
+    await upload(v.a, v.api, ref, lane="north-1", offline=False)
+    unknown = hub_cli(v.setup, "revoke", "0badc0de")
+    assert unknown.returncode == 2 and "no ticket with this id was seen" in unknown.stderr
+    known = hub_cli(v.setup, "revoke", short_id(ref))
+    assert known.returncode == 2 and "one ticket seen at this venue" in known.stderr
+    assert "token id" in known.stderr and len(known.stderr.strip().splitlines()) == 1
+    assert "version" not in known.stdout  # nothing was issued
+    done = hub_cli(v.setup, "revoke", text)
+    assert done.returncode == 0 and "1 key revoked" in done.stdout
+
+
+async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert raw, "hub alerts --follow ended"
+    value = json.loads(raw)
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_hub_alerts_follow_prints_new_alerts_until_signalled(
+    venue: Venue, stop: signal.Signals
+) -> None:
+    v = venue
+    await upload(v.a, v.api, "T-first", lane="north-1", offline=False)
+    await upload(v.b, v.api, "T-first", lane="south-1", offline=False)
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "hub", "alerts", "--config", str(v.setup.config), "--follow", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        first = await _line(proc)
+        assert first["ticket"] == short_id("T-first")
+        for _ in range(3):
+            await upload(v.a, v.api, "T-later", lane="north-2", offline=True, decision=DENIED)
+        later = await _line(proc)
+        assert (later["kind"], later["ticket"]) == ("repeated_denials", short_id("T-later"))
+        proc.send_signal(stop)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert proc.stderr is not None
+        assert b"Traceback" not in await proc.stderr.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_events_ticket_takes_the_short_id_as_the_console_shows_it(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    path = write_config()
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(
+        cfg.load(path), scanner=SimScanner(), gate_io=SimGate(passage_ms=5)
+    ) as gate:
+        await gate.lane.present(Scan(text, "a", time.monotonic_ns()))
+        await gate.lane.present(Scan(text, "b", time.monotonic_ns()))
+    sid = tickets.parse(text).short_id
+    for given in (sid, sid.upper(), text):
+        done = events_json(path, given)
+        assert done.returncode == 0, done.stderr
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [r["ticket"] for r in rows] == [sid, sid], given
+        assert text not in done.stdout
+
+
+def events_json(path: Path, ticket: str) -> subprocess.CompletedProcess[str]:
+    """`gate-agent events --config PATH --ticket TICKET --json`, as run."""
+    return subprocess.run(
+        [*EXE, "events", "--config", str(path), "--ticket", ticket, "--json"],
+        capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
+    )  # fmt: skip
