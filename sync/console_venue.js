@@ -3,8 +3,9 @@
 // per minute over the last hour as a bar chart (SVG built node by node), its denials by reason
 // and its revocation list's version and age, and the open alerts. Everything is set as text or
 // as numeric attributes, never as HTML: gate names come from the hub's operator.
-// This script runs before console.js (both deferred, in document order), so it reads the token
-// from the fragment before console.js removes it from the address bar; it keeps it in memory.
+// The console token: this script runs before console.js (both deferred, in document order), so
+// it reads the fragment before console.js moves the token to this tab's sessionStorage; after a
+// reload it reads it from there, where console.js keeps it (and removes it once refused).
 "use strict";
 
 (() => {
@@ -12,7 +13,17 @@
   const SVG = "http://www.w3.org/2000/svg";
   const BAR = 4; // px per minute, gap included
   const HEIGHT = 28;
-  const token = new URLSearchParams(window.location.hash.replace(/^#/, "")).get("token") || "";
+  const TOKEN_KEY = "gate-agent-console-token"; // console.js's sessionStorage key
+  const fragmentToken = new URLSearchParams(window.location.hash.replace(/^#/, "")).get("token") || "";
+
+  function token() {
+    if (fragmentToken) return fragmentToken;
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (_) {
+      return ""; // storage off: only the fragment's token
+    }
+  }
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -42,25 +53,30 @@
     return Array.from({ length: count }, (_, i) => HHMM.format(new Date((start + i * 60) * 1000)));
   }
 
+  // One <path> per gate (a bar per minute as a closed subpath): 50 nodes for the whole table
+  // where a <rect> per minute would be 3,000, which is what the first render's time went on.
   function chart(perMinute, labels, scale) {
-    const root = svg("svg", {
-      class: "minutes",
-      width: perMinute.length * BAR,
-      height: HEIGHT,
-      viewBox: "0 0 " + perMinute.length * BAR + " " + HEIGHT,
-      role: "img",
-    });
-    const total = perMinute.reduce((a, b) => a + b, 0);
-    root.setAttribute("aria-label", total + " admissions in the last hour");
+    const width = perMinute.length * BAR;
+    const root = svg("svg", { class: "minutes", width, height: HEIGHT, viewBox: "0 0 " + width + " " + HEIGHT, role: "img" });
+    let total = 0;
+    let peak = 0;
+    let d = "";
     perMinute.forEach((count, i) => {
+      total += count;
+      if (count > perMinute[peak]) peak = i;
       if (count <= 0) return;
       const h = Math.max(1, Math.round((count / scale) * HEIGHT));
-      const bar = svg("rect", { x: i * BAR, y: HEIGHT - h, width: BAR - 1, height: h });
-      const title = svg("title", {});
-      title.textContent = labels[i] + ": " + count;
-      bar.append(title);
-      root.append(bar);
+      d += "M" + i * BAR + " " + HEIGHT + "v" + -h + "h" + (BAR - 1) + "v" + h + "z";
     });
+    const text = total
+      ? total + " admissions in the last hour, most at " + labels[peak] + " (" + perMinute[peak] + ")"
+      : "no admissions in the last hour";
+    root.setAttribute("aria-label", text);
+    const title = svg("title", {});
+    title.textContent = text;
+    root.append(title);
+    if (d) root.append(svg("path", { d, class: "bars" }));
+    root.dataset.bars = String(perMinute.filter((n) => n > 0).length);
     return root;
   }
 
@@ -129,7 +145,7 @@
   async function tick() {
     try {
       const response = await fetch("/v1/venue", {
-        headers: { Authorization: "Bearer " + token },
+        headers: { Authorization: "Bearer " + token() },
         cache: "no-store",
         credentials: "omit",
         referrerPolicy: "no-referrer",
@@ -153,7 +169,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    if (!token) {
+    if (!token()) {
       failed("No console token.");
       return;
     }

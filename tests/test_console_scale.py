@@ -114,6 +114,7 @@ async def check_what_is_shown(page: Browser, shots: Path) -> None:
     top = await page.text("#alerts .alert")
     assert "Double admission" in top and "T-" not in top
     assert await page.text("#venue-alerts-open") == str(ALERTS)
+    await page.wait_for(f"document.querySelector('#open-count').textContent === '{ALERTS} open'")
     # Each ticket entered twice: 400 admissions per gate, 20,000 inside zones 1-4.
     assert await page.text("#venue-occupancy") == f"({2 * ALERTS} inside)"
     last_hour = await page.evaluate(

@@ -326,9 +326,15 @@ async def _console_shows_it(setup: HubSetup, console: str, tmp_path: Path) -> No
         assert await page.text("#venue-zones tr[data-zone='1'] td.occupancy") == "2"
         assert await page.text("#venue-occupancy") == "(2 inside)"
         assert await page.text("#venue-alerts-open") == "0"
-        bars = await page.evaluate(f'document.querySelectorAll("{row} svg rect").length')
+        chart = f'document.querySelector("{row} svg")'
+        bars = int(await page.evaluate(f"{chart}.dataset.bars"))
         assert 1 <= bars <= 2  # four admissions within a minute or two
+        label = await page.evaluate(f"{chart}.getAttribute('aria-label')")
+        assert label.startswith("4 admissions in the last hour, most at ")
         assert (await page.text("#venue-gates tr[data-gate='gate-a'] td.list")).startswith("v")
+        await page.goto(f"{setup.url}/console")  # a reload: the token is in this tab's storage
+        await page.wait_for(f'document.querySelector("{row} td.entries") !== null')
+        assert await page.text(f"{row} td.entries") == "4"
         assert page.console_errors == []
 
 
