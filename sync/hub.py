@@ -2,8 +2,9 @@
 
 Beyond the protocol: ``GET /v1/health`` (no auth), ``GET /console`` (the security console page
 and its script and style; the page reads its data with a console token), the console's alert
-workflow and ticket search (:mod:`sync.hub_console_api`) and, with ``[webhook]``, each new alert
-POSTed to a URL (:mod:`sync.hub_webhook`).
+workflow and ticket search (:mod:`sync.hub_console_api`), the venue figures ``GET /v1/venue``
+(:mod:`sync.hub_venue`) and Prometheus ``GET /metrics`` (:mod:`sync.hub_metrics`) and, with
+``[webhook]``, each new alert POSTed to a URL (:mod:`sync.hub_webhook`).
 
 Rules every handler follows:
 

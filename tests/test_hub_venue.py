@@ -342,7 +342,7 @@ async def test_metrics_can_be_open_to_a_scraper_without_a_token(
     keys_dir: Path, tmp_path: Path
 ) -> None:
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra='metrics_auth = "open"\n')
-    add_token(setup, gate_id="gate-a", name="Gate A")
+    gate_token = add_token(setup, gate_id="gate-a", name="Gate A")
     with HubProcess(setup):
         status, text = await asyncio.to_thread(_get, f"{setup.url}/metrics")
         assert status == 200
@@ -350,6 +350,8 @@ async def test_metrics_can_be_open_to_a_scraper_without_a_token(
         assert samples[("hub_gates", ())] == 1 and samples[("hub_gates_online", ())] == 0
         status, _ = await asyncio.to_thread(_get, f"{setup.url}/v1/venue")
         assert status == 401  # the venue view stays a console's
+        status, _ = await asyncio.to_thread(_get, f"{setup.url}/v1/venue", gate_token)
+        assert status == 403
 
 
 def test_the_dashboard_is_an_importable_grafana_dashboard() -> None:
