@@ -1,10 +1,14 @@
-"""Gate I/O on GPIO lines through libgpiod v2: the turnstile relay and its inputs.
+"""Gate I/O on GPIO lines through libgpiod v2: the turnstile's release outputs and its inputs.
 
-URL (every parameter but ``relay`` optional; lines by name ``GPIO17`` or offset ``17``)::
+URL (one release output required; every other parameter optional; lines by name ``GPIO17`` or
+offset ``17``)::
 
-    gpio://gpiochip0?relay=GPIO17          the release relay output
+    gpio://gpiochip0?relay=GPIO17          the release relay output, for every direction
+        &relay_entry=GPIO17                or one output per direction (a bidirectional turnstile
+        &relay_exit=GPIO18                 has a release contact per direction); not with relay=
         &relay_active=high|low             high: energised at logic 1 (default); low for the
-                                           common opto-isolated relay HATs that switch on at 0
+                                           common opto-isolated relay HATs that switch on at 0;
+                                           every output; per output: relay_exit_active=high ...
         &mode=pulse|hold                   pulse: energise for pulse_ms per admission (default);
                                            hold: energise until passage or wait_passage's timeout
         &pulse_ms=500                      20..10000
@@ -34,6 +38,15 @@ Choices, written down for integrators:
 - An emergency input must be wired fail-safe by polarity: a normally-closed loop to ground with
   ``emergency_active=high&emergency_bias=pull_up`` reads active when the loop opens or breaks.
   An input already active at open is reported through events() at once.
+- Release outputs: ``relay`` is one output energised for either direction; ``relay_entry`` /
+  ``relay_exit`` energise only that direction's output, and a direction without one refuses
+  grants (DriverError). Every output is requested inactive, set inactive after each pulse, when a
+  hold ends, when switching it on fails, at close and at interpreter exit (see
+  :mod:`drivers.gpio_lines`).
+- One object may serve two lanes (the entry and the exit lane of a bidirectional turnstile), one
+  admission at a time: the lanes serialise grant..wait_passage and share :meth:`GpioGate.events`
+  through :mod:`agent.mechanism`. :meth:`GpioGate.wait_passage` waits for the passage input of
+  the pending grant's direction; the other direction's input meanwhile counts as unexpected.
 - Debounce runs in user space on the kernel's monotonic edge timestamps (portable to chips whose
   driver has no debounce); a pulse shorter than ``debounce_ms`` is ignored. A kernel event buffer
   overflow (a gap in a line's sequence numbers) is logged; the kernel keeps the newest events, so
@@ -46,93 +59,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import get_args
 
 from agent.errors import DriverError, RelayReleaseError
 from agent.ports import InputEvent, InputName
-from drivers.gpio_lines import (
-    BIASES,
-    ChipFactory,
-    Debouncer,
-    Lines,
-    LineSpec,
-    gpiod_chip,
-    parse_chip,
-    parse_line_id,
-)
-from drivers.url_params import UrlParams
+from drivers.gpio_lines import ChipFactory, Debouncer, Lines, gpiod_chip
+from drivers.gpio_settings import DIRECTIONS, INPUTS, GpioGateSettings
+
+__all__ = ["DIRECTIONS", "GpioGate", "GpioGateSettings"]
 
 log = logging.getLogger(__name__)
 
-INPUTS: tuple[InputName, ...] = get_args(InputName)
 _INPUT_NAMES: dict[str, InputName] = {name: name for name in INPUTS}
-DIRECTIONS = ("entry", "exit")
 EVENT_QUEUE_MAX = 256
 
 
-@dataclass(frozen=True, slots=True)
-class GpioGateSettings:
-    """Everything a ``gpio://`` gate URL says, validated."""
-
-    chip: str
-    relay: LineSpec
-    inputs: Mapping[InputName, LineSpec] = field(default_factory=dict)
-    mode: str = "pulse"
-    pulse_ms: int = 500
-    hold_max_ms: int = 30_000
-    debounce_ms: int = 20
-    consumer: str = "gate-agent"
-
-    @classmethod
-    def from_url(cls, url: str) -> GpioGateSettings:
-        """Parse a ``gpio://`` gate URL; raises DriverError naming the bad parameter."""
-        p = UrlParams(url, "gpio")
-        chip = parse_chip(p.netloc, p.path, url)
-        relay_low = p.choice("relay_active", "high", ("high", "low")) == "low"
-        relay = LineSpec(parse_line_id(p.text("relay"), "relay", url), True, relay_low)
-        default_low = p.choice("input_active", "low", ("low", "high")) == "low"
-        default_bias = p.choice("bias", "as_is", BIASES)
-        inputs: dict[InputName, LineSpec] = {}
-        for name in INPUTS:
-            active = p.choice(f"{name}_active", "low" if default_low else "high", ("low", "high"))
-            bias = p.choice(f"{name}_bias", default_bias, BIASES)
-            line = p.text(name)
-            if line is not None:
-                inputs[name] = LineSpec(
-                    parse_line_id(line, name, url), False, active == "low", bias
-                )
-        mode = p.choice("mode", "pulse", ("pulse", "hold"))
-        settings = cls(
-            chip=chip,
-            relay=relay,
-            inputs=inputs,
-            mode=mode,
-            pulse_ms=p.integer("pulse_ms", 500, 20, 10_000),
-            hold_max_ms=p.integer("hold_max_ms", 30_000, 1000, 600_000),
-            debounce_ms=p.integer("debounce_ms", 20, 0, 1000),
-            consumer=p.text("consumer", "gate-agent") or "gate-agent",
-        )
-        p.finish()
-        if mode == "hold" and not ({"passage_entry", "passage_exit"} & set(inputs)):
-            raise p.error(
-                "mode=hold needs passage_entry and/or passage_exit to know when to release"
-            )
-        lines = [relay.line, *(spec.line for spec in inputs.values())]
-        if len(set(lines)) != len(lines):
-            raise p.error("each role needs its own line (a line is named twice)")
-        return settings
-
-    def specs(self) -> dict[str, LineSpec]:
-        specs: dict[str, LineSpec] = {"relay": self.relay}
-        specs.update(self.inputs.items())
-        return specs
-
-
 class GpioGate:
-    """:class:`agent.ports.GateIO` on GPIO: one relay output, passage/alarm/emergency inputs.
+    """:class:`agent.ports.GateIO` on GPIO: release output(s), passage/alarm/emergency inputs.
 
     ``chip_factory`` opens a chip by path (default: ``gpiod.Chip``); tests pass a fake.
     """
@@ -151,7 +95,7 @@ class GpioGate:
         self._armed: str | None = None  # direction of the admission awaiting passage
         self._passage: asyncio.Future[bool] | None = None
         self._granted = False  # a grant not yet followed by wait_passage
-        self._held = False
+        self._held: str | None = None  # the output held on (hold mode)
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -160,7 +104,7 @@ class GpioGate:
         return cls(GpioGateSettings.from_url(url))
 
     async def open(self) -> None:
-        """Request the lines (relay inactive), read the inputs, start watching edges.
+        """Request the lines (every output inactive), read the inputs, start watching edges.
 
         Raises DriverError when the chip or a line cannot be had (with the fix in the message).
         """
@@ -194,7 +138,7 @@ class GpioGate:
             )
 
     async def close(self) -> None:
-        """Stop watching, set the relay inactive and release the lines. Idempotent."""
+        """Stop watching, set every output inactive and release the lines. Idempotent."""
         lines, self._lines = self._lines, None
         if lines is None:
             return
@@ -205,7 +149,7 @@ class GpioGate:
             if timer is not None:
                 timer.cancel()
         self._timers.clear()
-        self._hold_timer, self._held, self._armed = None, False, None
+        self._hold_timer, self._held, self._armed = None, None, None
         if self._passage is not None and not self._passage.done():
             self._passage.set_result(False)
         lines.release()
@@ -218,46 +162,57 @@ class GpioGate:
 
     @property
     def relay_active(self) -> bool:
-        """The relay's logical output as last read (False when closed)."""
-        return self._lines is not None and self._lines.get("relay")
+        """True when any release output reads active (False when closed)."""
+        return any(self.relay_active_for(direction) for direction in DIRECTIONS)
+
+    def relay_active_for(self, direction: str) -> bool:
+        """True when the output releasing ``direction`` reads active (False when closed)."""
+        role = self.settings.output(direction)
+        return role is not None and self._lines is not None and self._lines.get(role)
 
     async def events(self) -> AsyncIterator[InputEvent]:
         while (event := await self._events.get()) is not None:
             yield event
 
     async def grant(self, direction: str, ref: str) -> None:
-        """One release for admission ``ref``: a pulse of pulse_ms (returns when it ended), or in
-        hold mode the relay energised until :meth:`wait_passage`.
+        """One release for admission ``ref`` on ``direction``'s output: a pulse of pulse_ms
+        (returns when it ended), or in hold mode the output energised until :meth:`wait_passage`.
 
         Raises DriverError when the gate is closed, still held for an earlier admission, the
-        direction is unknown or the relay cannot be driven; the output is then left inactive.
+        direction is unknown or has no release output, or the output cannot be driven; the output
+        is then left inactive.
         """
         lines = self._require_open()
         if direction not in DIRECTIONS:
             raise DriverError(f"gpio gate: unknown direction {direction!r} (entry, exit)")
-        if self._held:
+        role = self.settings.output(direction)
+        if role is None:
+            raise DriverError(
+                f"gpio gate: no release output for {direction} (the URL has no relay_{direction})"
+            )
+        if self._held is not None:
             raise DriverError("gpio gate: still held open for an earlier admission")
         sensor = f"passage_{direction}" in self.settings.inputs
         self._armed = direction if sensor else None
         self._passage = asyncio.get_running_loop().create_future() if sensor else None
         self._granted = True
-        log.info("gpio gate: relay %s (%s, %s)", self.settings.mode, direction, ref)
+        log.info("gpio gate: %s %s (%s, %s)", role, self.settings.mode, direction, ref)
         if self.settings.mode == "hold" and sensor:
-            self._energise(lines)
-            self._held = True
+            self._energise(lines, role)
+            self._held = role
             self._hold_timer = asyncio.get_running_loop().call_later(
                 self.settings.hold_max_ms / 1000, self._hold_expired
             )
             return
-        self._energise(lines)
+        self._energise(lines, role)
         try:
             await asyncio.sleep(self.settings.pulse_ms / 1000)
         finally:
-            self._deenergise(lines)
+            self._deenergise(lines, role)
 
     async def wait_passage(self, timeout_s: float) -> bool:
         """True when the granted direction's passage input fired since the grant (within
-        ``timeout_s``); True at once when that direction has no passage input. A held relay is
+        ``timeout_s``); True at once when that direction has no passage input. A held output is
         released either way; raises DriverError when it cannot be released."""
         passage = self._passage  # stays set while waiting: the input handler resolves it
         granted, self._granted = self._granted, False
@@ -276,43 +231,43 @@ class GpioGate:
         finally:
             if self._passage is passage:
                 self._passage, self._armed = None, None
-            if self._held:
+            if self._held is not None:
                 self._release_hold()
 
-    def _energise(self, lines: Lines) -> None:
+    def _energise(self, lines: Lines, role: str) -> None:
         try:
-            lines.set("relay", True)
+            lines.set(role, True)
         except DriverError:
-            lines.off("relay")
+            lines.off(role)
             self._armed, self._passage, self._granted = None, None, False
             raise
         self.pulses += 1
 
-    def _deenergise(self, lines: Lines) -> None:
-        """Switch the relay off, retrying once; raises RelayReleaseError when it stays on.
+    def _deenergise(self, lines: Lines, role: str) -> None:
+        """Switch output ``role`` off, retrying once; raises RelayReleaseError when it stays on.
 
         A release that works on the retry is logged, not raised: the gate did its job, and an
         exception here would make the lane annul an entry somebody may have used.
         """
         try:
-            lines.set("relay", False)
+            lines.set(role, False)
             return
         except DriverError as exc:
             first = exc
         try:
-            lines.set("relay", False)
+            lines.set(role, False)
         except DriverError:
             log.error("gpio gate: %s; relay MAY STILL BE ENERGISED", first)
             raise RelayReleaseError(f"{first}; relay MAY STILL BE ENERGISED") from first
         log.error("gpio gate: %s; relay released on retry", first)
 
     def _release_hold(self) -> None:
-        self._held = False
+        role, self._held = self._held, None
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
-        if self._lines is not None:
-            self._deenergise(self._lines)
+        if self._lines is not None and role is not None:
+            self._deenergise(self._lines, role)
 
     def _hold_expired(self) -> None:
         self._hold_timer = None

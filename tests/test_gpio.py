@@ -230,14 +230,15 @@ def test_gate_url_every_parameter() -> None:
         "&debounce_ms=15&consumer=lane-1"
     )
     assert s.chip == "/dev/gpiochip0"
-    assert s.relay == LineSpec("GPIO17", output=True, active_low=True)
+    assert s.outputs == {"relay": LineSpec("GPIO17", output=True, active_low=True)}
+    assert (s.output("entry"), s.output("exit")) == ("relay", "relay")
     assert (s.mode, s.pulse_ms, s.hold_max_ms, s.debounce_ms) == ("hold", 300, 5000, 15)
     assert s.inputs["passage_exit"] == LineSpec("22", False, True, "pull_up")
     assert s.inputs["emergency"] == LineSpec("GPIO6", False, False, "pull_up")
     assert s.inputs["alarm"] == LineSpec("GPIO5", False, True, "disabled")
     assert s.consumer == "lane-1"
     plain = GpioGateSettings.from_url("gpio:///dev/gpiochip4?relay=17")
-    assert (plain.chip, plain.relay.active_low, plain.mode, plain.inputs) == (
+    assert (plain.chip, plain.outputs["relay"].active_low, plain.mode, plain.inputs) == (
         "/dev/gpiochip4",
         False,
         "pulse",
@@ -249,7 +250,8 @@ def test_gate_url_every_parameter() -> None:
 @pytest.mark.parametrize(
     ("url", "words"),
     [
-        ("gpio://gpiochip0", "relay must be a line name"),
+        ("gpio://gpiochip0", "needs a release output: relay=LINE (every direction), or relay_en"),
+        ("gpio://gpiochip0?relay=", "relay must be a line name"),
         ("gpio://gpiochip0?relay=GPIO17&pulse_ms=fast", "pulse_ms must be an integer in 20..10000"),
         ("gpio://gpiochip0?relay=GPIO17&pulse_ms=5", "pulse_ms must be an integer"),
         (
