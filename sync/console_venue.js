@@ -125,7 +125,8 @@
     const scale = Math.max(1, ...venue.gates.flatMap((g) => g.per_minute));
     const width = venue.gates.length ? venue.gates[0].per_minute.length : 60;
     const labels = minuteLabels(venue.minute_start, width);
-    const gates = [...venue.gates].sort((a, b) => (a.gate_name || a.gate_id).localeCompare(b.gate_name || b.gate_id));
+    const byName = new Intl.Collator([], { numeric: true }).compare; // Gate 2 before Gate 10
+    const gates = [...venue.gates].sort((a, b) => byName(a.gate_name || a.gate_id, b.gate_name || b.gate_id));
     document.querySelector("#venue-gates tbody").replaceChildren(...gates.map((g) => gateRow(g, labels, scale)));
     document.querySelector("#venue-zones tbody").replaceChildren(...venue.zones.map(zoneRow));
     document.getElementById("venue-occupancy").textContent = "(" + venue.occupancy + " inside)";
