@@ -197,6 +197,36 @@ async def test_two_channels_of_one_board_share_the_port(ptys: PtyPair) -> None:
     host.close()
 
 
+async def test_two_channels_pulsed_at_once_overlap_with_whole_frames(ptys: PtyPair) -> None:
+    """An entry and an exit lane on channels 1 and 2 of one board, released at the same moment:
+    both pulses run together (the shared port only orders the 4-byte commands), every command
+    arrives whole, and each channel gets on then off."""
+    host = await ptys.start()
+    entry = LcusRelay.from_url(f"lcus://{ptys.relay}?channel=1&pulse_ms=300")
+    exit_ = LcusRelay.from_url(f"lcus://{ptys.relay}?channel=2&pulse_ms=300")
+    await entry.open()
+    await exit_.open()
+    await host.wait_for(8)
+    started = time.monotonic()
+    await asyncio.gather(entry.grant("entry", "e1"), exit_.grant("exit", "x1"))
+    took = time.monotonic() - started
+    assert 0.3 <= took < 0.58  # one pulse's length, not two in a row (0.6 s)
+    data = await host.wait_for(24)
+    frames = [data[i : i + 4] for i in range(0, len(data), 4)]
+    on2, off2 = command(2, True), command(2, False)
+    assert frames[:2] == [OFF1, off2]
+    pulses = frames[2:]
+    assert sorted(pulses) == sorted([ON1, OFF1, on2, off2])  # whole, valid frames only
+    assert set(pulses[:2]) == {ON1, on2}  # both on before either goes off: they overlap
+    # The second on waited for the port, not for the first pulse to end.
+    assert host.times[12] - host.times[8] < 0.1
+    assert (entry.pulses, exit_.pulses) == (1, 1)
+    await entry.close()
+    await exit_.close()
+    assert await host.wait_for(32) == data + OFF1 + off2
+    host.close()
+
+
 async def test_passage_choices(ptys: PtyPair) -> None:
     host = await ptys.start()
     none = LcusRelay.from_url(f"lcus://{ptys.relay}?pulse_ms=20")
