@@ -9,10 +9,14 @@ the Venue section (its 50 gates and the open-alert count) are on screen. From th
 timing: when the last of the first /v1/alerts, /v1/gates and /v1/venue answers arrived, so the
 time splits into loading (page, scripts, the hub's answers) and rendering.
 
+Also (``--tally N``): the hub's first read of its venue tallies at start, N entries in a fresh
+SQLite store (4 gates, written through the store's API), timed with ``Venue.follow()``.
+
 Budget: the first render under 1 s. Median and p99 over ``--runs`` page loads (the p99 of 20
 samples is their maximum); the load average is printed, as other work on the machine shows.
 
     .venv/bin/python tests/bench/bench_console.py [--runs 20] [--alerts 10000] [--gates 50]
+        [--tally 200000]
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import issuer
+from sync.hub_store import HubPolicy
+from sync.hub_stores import open_store
+from sync.hub_venue import Venue
 from tests.browser import Browser
 from tests.hubproc import HubProcess
 from tests.test_console_scale import seed
+from tests.test_hub_venue import GateRows
 
 BUDGET_MS = 1000.0
 # The first answers the page waited for, and the render: when they all had arrived.
@@ -92,13 +101,41 @@ async def run(runs: int, alerts: int, gates: int) -> None:
     print(f"  budget {BUDGET_MS:.0f} ms (median): {met}; load average {os.getloadavg()[0]:.2f}")
 
 
+async def tally(entries: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
+        store = await open_store(f"sqlite://{tmp}/hub.db", HubPolicy("bench"))
+        try:
+            now = time.time()
+            journals = [GateRows(f"gate-{g}", 1) for g in range(4)]
+            for at in range(0, entries, 2000):
+                for g, journal in enumerate(journals):
+                    rows = [
+                        journal.row(f"T-{i}", "entry", now - 3600 + i * 3600 / entries)
+                        for i in range(at, min(at + 2000, entries))
+                        if i % 4 == g
+                    ]
+                    if rows:
+                        await store.ingest(journal.gate_id, rows, now)
+            started = time.perf_counter()
+            counted = await Venue(store).follow()
+            took = time.perf_counter() - started
+        finally:
+            await store.close()
+    inside = sum(e - x for e, x in counted.zones.values())
+    print(f"venue tallies: first read of {entries} entries {took:.2f} s ({inside} inside)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--alerts", type=int, default=10_000)
     parser.add_argument("--gates", type=int, default=50)
+    parser.add_argument("--tally", type=int, default=0, help="also time the first read of N")
     args = parser.parse_args()
-    asyncio.run(run(args.runs, args.alerts, args.gates))
+    if args.runs:
+        asyncio.run(run(args.runs, args.alerts, args.gates))
+    if args.tally:
+        asyncio.run(tally(args.tally))
 
 
 if __name__ == "__main__":
