@@ -19,6 +19,7 @@ from agent.checker import Checker, Pending, journal_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
 from agent.journal import DecisionNotRecorded, EntryRecord, HistoryEntry, Journal, Kind
+from agent.mechanism import MechanismView
 from agent.model import Decision, Flag, Reason, Ticket, Verdict
 from agent.ports import GateIO, Indicator, Scan, Scanner
 from agent.redact import text_digest
@@ -123,6 +124,8 @@ class Lane:
         self.uplink = uplink
         self._last: dict[str, tuple[str, int]] = {}
         self._busy_with: str | None = None  # the admitted text while the gate is open
+        # A turnstile shared with other lanes (agent/mechanism.py): busy while they use it.
+        self._shared = gate if isinstance(gate, MechanismView) else None
         self.fault: str | None = None  # the last gate fault, until a grant works again
         self.journal_fault: str | None = None  # the last failed write, until one succeeds
 
@@ -206,6 +209,11 @@ class Lane:
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
             await self._show(FREE_PASSAGE, "Emergency - free passage")
             return None
+        if self._shared is not None and self._shared.held_elsewhere:  # released for another lane
+            if self.settings.busy == "refuse":
+                await self._refuse(scan)
+                return None
+            await self._shared.until_free()
         decision, record, ref, ticket = await self._decide_and_record(scan, self._prepare(scan))
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)
@@ -262,6 +270,9 @@ class Lane:
                 zone=self.checker.policy.zone,
                 offline=offline,
                 with_history=pending.needs_history,
+                code_time=pending.ticket.holder.code_time
+                if pending.ticket is not None and pending.ticket.holder is not None
+                else None,
             )
         except DecisionNotRecorded as exc:
             self.journal_fault = f"journal write failed: {exc}"

@@ -16,8 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from agent.app.config_lanes import (
+    DevicesConfig,
+    LaneConfig,
+    LaneSpec,
+    check_devices,
+    parse_lanes,
+    single_lane,
+)
 from agent.errors import ConfigError
 from agent.settings import LogConfig, is_listen, section
+
+__all__ = ["Config", "DevicesConfig", "LaneConfig", "LaneSpec", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -40,15 +50,8 @@ class PolicyConfig:
     stale_list: Literal["admit", "deny"] = "admit"
     max_list_age_s: int = 86400
     timezone: str | None = None
-
-
-@dataclass(frozen=True)
-class LaneConfig:
-    name: str = "lane-1"
-    repeat_window_ms: int = 2000
-    passage_timeout_s: float = 8.0
-    busy: Literal["wait", "refuse"] = "wait"
-    on_journal_failure: Literal["deny", "admit"] = "deny"
+    rotating_window_s: int = 30
+    rotating_skew_s: int = 5
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,6 @@ class RevocationConfig:
 @dataclass(frozen=True)
 class ClockConfig:
     assume: Literal["auto", "synced", "unsynced"] = "auto"
-
-
-@dataclass(frozen=True)
-class DevicesConfig:
-    scanner: str
-    gate: str
-    indicator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +140,7 @@ class JournalConfig:
 class Config:
     path: Path
     gate: GateConfig
-    devices: DevicesConfig
+    devices: DevicesConfig | None = None  # one lane; None when the file has [[lanes]]
     trust: TrustConfig | None = None  # optional with [pretix]: the event's keys come from pretix
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lane: LaneConfig = field(default_factory=LaneConfig)
@@ -156,6 +152,8 @@ class Config:
     journal: JournalConfig = field(default_factory=JournalConfig)
     pretix: PretixConfig | None = None
     hub: HubLinkConfig | None = None
+    # Every lane of the unit, in file order (the first is the main lane); set by parse().
+    lanes: tuple[LaneSpec, ...] = ()
 
 
 # A name the hub and the journal carry: never empty, cut or with control characters.
@@ -176,6 +174,8 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("policy", "entries_per_day"): (lambda v: v >= 1, "an integer >= 1"),
     ("policy", "validity_skew_s"): (lambda v: 0 <= v <= 86400, "0-86400 seconds"),
     ("policy", "max_list_age_s"): (lambda v: v >= 60, "at least 60 seconds"),
+    ("policy", "rotating_window_s"): (lambda v: 5 <= v <= 3600, "5-3600 seconds"),
+    ("policy", "rotating_skew_s"): (lambda v: 0 <= v <= 300, "0-300 seconds"),
     ("lane", "name"): _NAME,
     ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
     ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
@@ -233,10 +233,14 @@ def parse(text: str, src: Path) -> Config:
     values = {
         name: section(_section_class(hints[name]), raw[name], name, src, _RANGES, _SECRETS)
         for name in raw
+        if name != "lanes"
     }
-    for name in ("gate", "devices"):
-        if name not in raw:
-            raise ConfigError(f"{src}: missing required section [{name}]")
+    if "gate" not in raw:
+        raise ConfigError(f"{src}: missing required section [gate]")
+    if "devices" not in raw and "lanes" not in raw:
+        raise ConfigError(
+            f"{src}: missing required section [devices] (or [[lanes]] tables, one per lane)"
+        )
     config = Config(path=src, **values)
     _check_trust(config, src)
     if not config.gate.name:
@@ -244,7 +248,13 @@ def parse(text: str, src: Path) -> Config:
             config, gate=dataclasses.replace(config.gate, name=config.gate.id)
         )
     _check_timezone(config, src)
-    _check_devices(config.devices, src)
+    if "lanes" in raw:
+        lanes = parse_lanes(raw, config.lane, src)
+    else:
+        assert config.devices is not None
+        check_devices(config.devices, src)
+        lanes = single_lane(config.devices, config.lane, config.gate.direction)
+    config = dataclasses.replace(config, lanes=lanes)
     if config.hub is not None:
         config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
@@ -276,22 +286,6 @@ def _check_timezone(config: Config, src: Path) -> None:
         raise ConfigError(
             f"{src}: [policy] timezone: unknown time zone {config.policy.timezone!r}"
         ) from None
-
-
-def _check_devices(devices: DevicesConfig, src: Path) -> None:
-    """Each device URL's scheme and parameters, as its driver reads them (nothing is opened and
-    no hardware library imported); raises ConfigError naming ``[devices] <key>``."""
-    from agent.errors import DriverError
-    from drivers import registry
-
-    for kind in typing.get_args(registry.Kind):
-        url = getattr(devices, kind)
-        if url is None:
-            continue
-        try:
-            registry.check_url(kind, url, src.parent)
-        except DriverError as exc:
-            raise ConfigError(f"{src}: [devices] {kind}: {exc}") from None
 
 
 def _check_hub(config: Config, hub: HubLinkConfig, src: Path) -> HubLinkConfig:

@@ -24,6 +24,7 @@ from agent.clock import Clock
 from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
+from agent.mechanism import Mechanism
 from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
@@ -63,6 +64,8 @@ def gate_policy(config: cfg.Config) -> GatePolicy:
         stale_list=p.stale_list,
         max_list_age_s=p.max_list_age_s,
         timezone=ZoneInfo(p.timezone) if p.timezone else None,
+        rotating_window_s=p.rotating_window_s,
+        rotating_skew_s=p.rotating_skew_s,
     )
 
 
@@ -146,7 +149,8 @@ class Gate:
     revocations: RevocationStore
     journal: Journal
     checker: Checker
-    lane: Lane = field(init=False)
+    lane: Lane = field(init=False)  # the main lane: the first of ``lanes``
+    lanes: list[Lane] = field(default_factory=list)  # every lane, in config order
     upstream: PretixUpstream | None = None
     hub: HubClient | None = None
 
@@ -158,8 +162,10 @@ class Gate:
         gate_io: GateIO,
         indicator: Indicator | None = None,
         on_outcome: OutcomeHook | None = None,
+        settings: cfg.LaneConfig | None = None,
     ) -> Lane:
-        """A lane of this gate (same journal, trust and lists) in ``direction``."""
+        """A lane of this gate (same journal, trust and lists) in ``direction``; ``settings``
+        default to [lane]. The lane joins ``lanes`` (the first one added is the main lane)."""
         policy = replace(self.checker.policy, direction=direction)
         checker = Checker(
             self.checker.trust,
@@ -167,15 +173,81 @@ class Gate:
             lambda: self.revocations.meta,
             policy,
         )
-        lane = self.config.lane
-        settings = LaneSettings(
-            name, lane.repeat_window_ms, lane.passage_timeout_s, lane.busy, lane.on_journal_failure
+        ls = settings or self.config.lane
+        lane_settings = LaneSettings(
+            name, ls.repeat_window_ms, ls.passage_timeout_s, ls.busy, ls.on_journal_failure
         )
         uplink: Uplink | None = self.hub if self.hub is not None else self.upstream
-        return Lane(
-            settings, checker, self.journal, self.clock, scanner, gate_io, indicator, on_outcome,
-            uplink,
+        lane = Lane(
+            lane_settings, checker, self.journal, self.clock, scanner, gate_io, indicator,
+            on_outcome, uplink,
         )  # fmt: skip
+        if not self.lanes:
+            self.lane = lane
+        self.lanes.append(lane)
+        return lane
+
+
+@dataclass
+class _LaneDevices:
+    scanner: Scanner
+    gate_io: GateIO
+    indicator: Indicator | None
+
+
+async def _open_devices(
+    config: cfg.Config,
+    stack: contextlib.AsyncExitStack,
+    scanner: Scanner | None,
+    gate_io: GateIO | None,
+) -> list[_LaneDevices]:
+    """Every lane's devices, opened (closed by ``stack``). Lanes whose gate URL is the identical
+    string share one mechanism (opened once, closed once); an indicator URL named by several lanes
+    is one device too. ``scanner`` and ``gate_io`` replace the main lane's configured devices."""
+    base = config.path.parent
+    users: dict[str, list[str]] = {}
+    for spec in config.lanes:
+        users.setdefault(spec.devices.gate, []).append(spec.name)
+    mechanisms: dict[str, Mechanism] = {}
+    indicators: dict[str, Indicator] = {}
+    built: list[tuple[Scanner, GateIO, Indicator | None]] = []
+    for i, spec in enumerate(config.lanes):
+        d = spec.devices
+        lane_gate: GateIO
+        if i == 0 and gate_io is not None:
+            lane_gate = gate_io
+        elif len(users[d.gate]) > 1:
+            if d.gate not in mechanisms:
+                mechanisms[d.gate] = Mechanism(
+                    registry.create("gate", d.gate, base), "+".join(users[d.gate])
+                )
+            lane_gate = mechanisms[d.gate].view(spec.name)
+        else:
+            lane_gate = registry.create("gate", d.gate, base)
+        lane_scanner = scanner if i == 0 and scanner is not None else None
+        lane_scanner = lane_scanner or registry.create("scanner", d.scanner, base)
+        indicator = None
+        if d.indicator:
+            if d.indicator not in indicators:
+                indicators[d.indicator] = registry.create("indicator", d.indicator, base)
+            indicator = indicators[d.indicator]
+        built.append((lane_scanner, lane_gate, indicator))
+    # Gates first, then indicators, then scanners (no scan before the gate can open).
+    opened: set[int] = set()
+    for group in ([b[1] for b in built], [b[2] for b in built], [b[0] for b in built]):
+        for driver in group:
+            if driver is None or id(driver) in opened:
+                continue
+            opened.add(id(driver))
+            await driver.open()
+            stack.push_async_callback(driver.close)
+    lanes = []
+    for lane_scanner, lane_gate, indicator in built:
+        # A scanner that can beep/flash (vendor feedback) is an indicator too.
+        shown = [d for d in (indicator, lane_scanner) if isinstance(d, Indicator)]
+        shown_by = shown[0] if len(shown) == 1 else Indicators(shown) if shown else None
+        lanes.append(_LaneDevices(lane_scanner, lane_gate, shown_by))
+    return lanes
 
 
 @contextlib.asynccontextmanager
@@ -188,7 +260,8 @@ async def open_gate(
 ) -> AsyncIterator[Gate]:
     """Open every part of the gate described by ``config``; closes all of them on exit.
 
-    ``scanner`` and ``gate_io`` replace the configured devices (the demo drives its own).
+    ``scanner`` and ``gate_io`` replace the main lane's configured devices (the demo drives its
+    own).
     """
     state = config.gate.state_dir
     try:
@@ -200,7 +273,6 @@ async def open_gate(
     # The floor file is written by a background task, never by a decision on the scan path.
     clock = Clock(state / "clock.floor", assume=config.clock.assume, persist_interval_s=math.inf)
     trust = open_trust(config, state / "trust.json")
-    base = config.path.parent
     async with contextlib.AsyncExitStack() as stack:
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)
@@ -212,19 +284,7 @@ async def open_gate(
         stack.callback(clock.persist)
         floor_task = asyncio.create_task(_persist_floor(clock, FLOOR_PERSIST_S))
         stack.callback(floor_task.cancel)
-        devices = config.devices
-        scanner = scanner or registry.create("scanner", devices.scanner, base)
-        gate_io = gate_io or registry.create("gate", devices.gate, base)
-        indicator = (
-            registry.create("indicator", devices.indicator, base) if devices.indicator else None
-        )
-        for driver in (gate_io, indicator, scanner):
-            if driver is not None:
-                await driver.open()
-                stack.push_async_callback(driver.close)
-        # A scanner that can beep/flash (vendor feedback) is an indicator too.
-        shown = [d for d in (indicator, scanner) if isinstance(d, Indicator)]
-        indicator = shown[0] if len(shown) == 1 else Indicators(shown) if shown else None
+        devices = await _open_devices(config, stack, scanner, gate_io)
         upstream_trust = UpstreamTrust()
         checker = Checker(
             MergedTrust([trust, upstream_trust]),
@@ -235,16 +295,19 @@ async def open_gate(
         gate = Gate(config, clock, trust, revocations, journal, checker)
         if config.hub is not None:
             gate.hub = _hub_client(config, gate)
-        gate.lane = gate.add_lane(
-            config.lane.name, config.gate.direction, scanner, gate_io, indicator, on_outcome
-        )
+        for spec, dev in zip(config.lanes, devices, strict=True):
+            gate.add_lane(
+                spec.name, spec.direction, dev.scanner, dev.gate_io, dev.indicator, on_outcome,
+                spec.settings,
+            )  # fmt: skip
         if gate.hub is not None:
             gate.hub.start()
             stack.push_async_callback(gate.hub.close)
         if config.pretix is not None:
             gate.upstream = await _start_pretix(config, gate, upstream_trust)
             stack.push_async_callback(gate.upstream.close)
-            gate.lane.uplink = gate.upstream  # admissions while pretix is unreachable: offline
+            for lane in gate.lanes:  # admissions while pretix is unreachable: offline
+                lane.uplink = gate.upstream
         yield gate
 
 
@@ -271,8 +334,7 @@ def _hub_client(config: cfg.Config, gate: Gate) -> HubClient:
     )  # fmt: skip
 
     def faults() -> list[str]:
-        lane_fault = gate.lane.fault
-        return [lane_fault.split(":")[0]] if lane_fault else []
+        return [lane.fault.split(":")[0] for lane in gate.lanes if lane.fault]
 
     return HubClient(
         settings, journal=gate.journal, revocations=gate.revocations, trust=gate.trust,
@@ -291,7 +353,8 @@ async def _start_pretix(config: cfg.Config, gate: Gate, keys: UpstreamTrust) -> 
         keys.bundle = bundle
 
     def set_policy(policy: GatePolicy) -> None:
-        gate.lane.checker.policy = policy
+        for lane in gate.lanes:  # pretix's list settings, in each lane's own direction
+            lane.checker.policy = replace(policy, direction=lane.checker.policy.direction)
 
     upstream = PretixUpstream(
         base_url=pc.url, organizer=pc.organizer, event=pc.event, checkin_list=pc.checkin_list,
@@ -328,20 +391,22 @@ async def run(config: cfg.Config) -> int:
     async with open_gate(config, observe) as gate:
         status = _status_server(config, gate)
         observers.append(status)  # what came of each decision (passed, annulled)
-        gate.lane.on_decision = status.decided  # each decision, before the lamps
+        for lane in gate.lanes:
+            lane.on_decision = status.decided  # each decision, before the lamps
         await _serve_status(config, status)
         loop = asyncio.get_running_loop()
-        task = asyncio.create_task(gate.lane.run())
+        # The gate runs until every lane's scanner has ended (or a signal stops all of them).
+        task = asyncio.ensure_future(asyncio.gather(*(lane.run() for lane in gate.lanes)))
         supervisor = asyncio.create_task(_supervise(gate, status, notifier))
         stop_pruning = threading.Event()
         upkeep = asyncio.create_task(_upkeep(gate, config.journal.retain_synced_days, stop_pruning))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         log.info(
-            "gate %s ready: lane %s, %s, trust v%d, revocations v%d (%d entries), pid %d",
+            "gate %s ready: %s %s, trust v%d, revocations v%d (%d entries), pid %d",
             config.gate.id,
-            gate.lane.settings.name,
-            config.gate.direction,
+            "lane" if len(gate.lanes) == 1 else "lanes",
+            ", ".join(f"{ln.settings.name} ({ln.checker.policy.direction})" for ln in gate.lanes),
             gate.trust.version,
             gate.revocations.meta.version,
             len(gate.revocations.index),
@@ -374,7 +439,10 @@ def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
     sc = config.status
     limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
     host, port = parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
-    return StatusServer(gate, host=host, port=port, limits=limits, max_streams=sc.max_streams)
+    return StatusServer(
+        gate, host=host, port=port, limits=limits, lanes=lambda: gate.lanes,
+        max_streams=sc.max_streams,
+    )  # fmt: skip
 
 
 async def _serve_status(config: cfg.Config, status: StatusServer) -> None:

@@ -14,7 +14,7 @@ import grp
 import os
 import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -135,27 +135,47 @@ def report(checks: list[Check], out: TextIO) -> int:
 async def run(
     path: Path, *, relay: bool, scan: bool, out: TextIO, scan_timeout_s: float = 30.0
 ) -> int:
-    """Check every configured device; returns the exit status. Raises ConfigError."""
+    """Check every configured device, lane by lane; returns the exit status. Raises ConfigError.
+
+    With several lanes each line names its lane (``in/scanner``); a gate or indicator URL that
+    several lanes share is opened once, and ``--relay`` pulses it once per lane, in each lane's
+    direction; ``--scan`` waits for one scan at each lane in turn.
+    """
     conf = cfg.load(path)
     base = conf.path.parent
-    devices: list[tuple[registry.Kind, str]] = [
-        ("scanner", conf.devices.scanner),
-        ("gate", conf.devices.gate),
-    ]
-    if conf.devices.indicator:
-        devices.append(("indicator", conf.devices.indicator))
-    opened: dict[str, Any] = {}
+    several = len(conf.lanes) > 1
+    opened: dict[tuple[registry.Kind, str], Any] = {}
+    failed: set[tuple[registry.Kind, str]] = set()
     checks: list[Check] = []
     try:
-        for kind, url in devices:
-            check, driver = await _try_open(kind, url, base)
-            checks.append(check)
-            if driver is not None:
-                opened[kind] = driver
-        if relay and "gate" in opened:
-            checks.append(await _pulse(opened["gate"], conf.gate.direction))
-        if scan and "scanner" in opened:
-            checks.append(await _scan(conf, opened["scanner"], scan_timeout_s))
+        for spec in conf.lanes:
+            prefix = f"{spec.name}/" if several else ""
+            devices: list[tuple[registry.Kind, str | None]] = [
+                ("scanner", spec.devices.scanner),
+                ("gate", spec.devices.gate),
+                ("indicator", spec.devices.indicator),
+            ]
+            for kind, url in devices:
+                if url is None:
+                    continue
+                if (kind, url) in opened or (kind, url) in failed:  # shared with an earlier lane
+                    ok = (kind, url) in opened
+                    checks.append(Check(prefix + kind, ok, f"{url} (shared, see above)"))
+                    continue
+                check, driver = await _try_open(kind, url, base)
+                checks.append(replace(check, name=prefix + check.name))
+                if driver is not None:
+                    opened[kind, url] = driver
+                else:
+                    failed.add((kind, url))
+            gate = opened.get(("gate", spec.devices.gate))
+            if relay and gate is not None:
+                check = await _pulse(gate, spec.direction)
+                checks.append(replace(check, name=prefix + check.name))
+            scanner = opened.get(("scanner", spec.devices.scanner))
+            if scan and scanner is not None:
+                check = await _scan(conf, scanner, scan_timeout_s)
+                checks.append(replace(check, name=prefix + check.name))
     finally:
         for driver in opened.values():
             await driver.close()
@@ -209,6 +229,12 @@ async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
     return Check("scan", True, f"read {what}{sym}; would {verdict}")
 
 
+def _lanes(conf: cfg.Config) -> str:
+    """``lane in (entry)``, or ``2 lanes: in (entry), out (exit)``."""
+    names = ", ".join(f"{spec.name} ({spec.direction})" for spec in conf.lanes)
+    return f"lane {names}" if len(conf.lanes) == 1 else f"{len(conf.lanes)} lanes: {names}"
+
+
 def check_config(path: Path, out: TextIO) -> int:
     """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
     root key and bundle, revocation files, hub files. Returns 0; raises ConfigError naming the
@@ -221,7 +247,7 @@ def check_config(path: Path, out: TextIO) -> int:
         if not lst.is_file():
             raise ConfigError(f"{conf.path}: [revocation] files: {lst}: no such file")
     print(
-        f"OK   config    {conf.path}: gate {conf.gate.id}, trust v{trust.version}"
+        f"OK   config    {conf.path}: gate {conf.gate.id}, {_lanes(conf)}, trust v{trust.version}"
         " (devices not opened: run selftest without --config-only at the turnstile)",
         file=out,
     )

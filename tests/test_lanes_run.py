@@ -1,0 +1,141 @@
+"""Several lanes in one `gate-agent run` process: an entry and an exit lane over one journal.
+
+Re-entry after exit works offline on one unit (both lanes read the same history), with no hub at
+all and with a hub configured but down; `events`, `status` and /metrics show every lane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.issuer import Issuer
+from tests.hubproc import free_port
+from tests.lanesconf import write_lanes_config
+from tests.polling import until_sync
+
+EXE = (sys.executable, "-m", "agent")
+
+
+def ga(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _lane(name: str, direction: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "direction": direction,
+        "scanner": f"sim://socket?path={name}.sock",
+        "gate": f"sim://gate?passage_ms=1&log={name}.pulses",
+    }
+
+
+def _start(path: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [*EXE, "run", "--config", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"JOURNAL_STREAM": ""},
+    )  # fmt: skip
+    until_sync(
+        lambda: (
+            proc.poll() is not None
+            or (
+                all((path.parent / f"{n}.sock").exists() for n in ("in", "out"))
+                and ga("status", "--config", path).returncode != 2
+            )
+        ),
+        within_s=20,
+        what="the gate's two scanners and its status server",
+    )
+    assert proc.poll() is None, "gate did not start"
+    return proc
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    done = ga("events", "--config", path, "--json", "--last", "100")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _scan(path: Path, lane: str, text: str) -> dict[str, Any]:
+    """Present ``text`` at ``lane``'s scanner and return the decision recorded for it."""
+    before = len(_events(path))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path.parent / f"{lane}.sock"))
+        s.sendall(text.encode() + b"\n")
+    until_sync(lambda: len(_events(path)) > before, what=f"a decision at lane {lane}")
+    event = _events(path)[before]
+    assert event["lane"] == lane
+    return event
+
+
+@pytest.mark.parametrize("hub", ["none", "down"])
+def test_reentry_after_exit_on_one_unit_offline(keys_dir: Path, iss: Issuer, hub: str) -> None:
+    port = free_port()
+    hub_section = (
+        {"url": f"http://127.0.0.1:{free_port()}", "token": "gate-token", "heartbeat_s": 1.0,
+         "offline_after_s": 2.0, "retry_max_s": 1.0}
+        if hub == "down"
+        else None
+    )  # fmt: skip
+    path = write_lanes_config(
+        keys_dir.parent / "gate.toml",
+        keys="keys",
+        lanes=[_lane("in", "entry"), _lane("out", "exit")],
+        gate={"id": "unit-7", "name": "Unit 7"},
+        policy={"entry": "reentry"},
+        lane={"repeat_window_ms": 0},
+        status={"listen": f"127.0.0.1:{port}"},
+        hub=hub_section,
+    )
+    proc = _start(path, port)
+    try:
+        text = iss.ticket(event=1, zones=[1])
+        first = _scan(path, "in", text)
+        assert (first["kind"], first["verdict"]) == ("entry", "admit")
+        again = _scan(path, "in", text)
+        assert again["verdict"] == "deny"  # inside already: no second entry without an exit
+        out = _scan(path, "out", text)
+        assert (out["kind"], out["verdict"]) == ("exit", "admit")
+        back = _scan(path, "in", text)
+        assert (back["kind"], back["verdict"], back["ticket"]) == (
+            "entry",
+            "admit",
+            first["ticket"],
+        )
+        if hub == "down":
+            assert back["offline"] and "offline" in back["flags"]
+        folder = path.parent
+        assert (folder / "in.pulses").read_text().count(" entry ") == 2
+        assert (folder / "out.pulses").read_text().count(" exit ") == 1
+
+        status = json.loads(ga("status", "--config", path, "--json").stdout)
+        assert [(ln["name"], ln["direction"]) for ln in status["lanes"]] == [
+            ("in", "entry"), ("out", "exit"),
+        ]  # fmt: skip
+        summary = ga("status", "--config", path).stdout
+        assert "lane in (entry): scanner online" in summary
+        assert "lane out (exit): scanner online" in summary
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        assert 'gate_scans_total{lane="in",reason="ok",verdict="admit"} 2.0' in metrics
+        assert 'gate_scans_total{lane="out",reason="ok",verdict="admit"} 1.0' in metrics
+        assert 'gate_device_up{device="out/relay"} 1.0' in metrics
+        lines = ga("events", "--config", path).stdout.splitlines()
+        assert len(lines) == 4 and " out " in lines[2] and " exit " in lines[2]
+        assert text not in summary + "".join(lines)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "lanes in (entry), out (exit)" in err
