@@ -71,7 +71,8 @@ async def _has_short_id_index(url: str) -> bool:
 
 
 async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: str) -> None:
-    g1, g2 = Gate("g1"), Gate("g2")
+    clock = [T0]  # one clock: g1's rows come before g2's in HLC order
+    g1, g2 = Gate("g1", clock), Gate("g2", clock)
     store = await open_store(store_url, POLICY)
     try:
         await store.set_gate_name("g1", "Gate A")
