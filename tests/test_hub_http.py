@@ -638,7 +638,7 @@ def test_config_errors_exit_78_with_one_line(tmp_path: Path, keys_dir: Path) -> 
             " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
             " list_validity_s, list_refresh_s, max_clock_ahead_s, alert_budget,"
             " alert_budget_window_s, max_connections, max_connections_per_client,"
-            " header_timeout_s, body_timeout_s)"
+            " header_timeout_s, body_timeout_s, metrics_auth)"
         ]
 
 
