@@ -812,7 +812,7 @@ def test_example_config_is_valid_and_lists_every_key() -> None:
     conf = hub_config.load(example)
     assert conf.hub.venue == "stadium-north" and conf.tls is None
     text = example.read_text()
-    for section in (hub_config.HubSection, hub_config.TlsSection):
+    for section in (hub_config.HubSection, hub_config.TlsSection, hub_config.WebhookSection):
         for field in dataclasses.fields(section):
             assert re.search(rf"^#? ?{field.name} = ", text, re.MULTILINE), field.name
 
