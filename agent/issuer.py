@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 from agent import keys, signed, trust
 from agent.errors import AgentError, IssuerError
 from agent.fsutil import write_atomic
-from agent.tickets import tk1
+from agent.tickets import tk1, tk2
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,39 @@ class TicketSigner:
             log.warning("event %d is outside the events of issuer kid %d", event, self.kid)
         return tk1.sign(fields, self.issuer_key if key is None else key)
 
+    def rotating_ticket(
+        self,
+        device_key: bytes,
+        *,
+        event: int,
+        zones: Iterable[int] | None = None,
+        not_before: int | None = None,
+        not_after: int | None = None,
+        ticket_id: bytes | None = None,
+    ) -> str:
+        """Issue one rotating ticket (TK2) bound to the holder device's P-256 public key
+        (``device_key``: 33 bytes, SEC1 compressed): its static part, ``TK2S:`` text, which the
+        holder's wallet turns into codes (:func:`agent.tickets.tk2.make_code`).
+
+        Raises IssuerError when a value does not fit TK2 or the
+        validity window ends before it starts.
+        """
+        if not_before and not_after and not_after < not_before:
+            raise IssuerError(f"not_after {not_after} is before not_before {not_before}")
+        try:
+            fields = tk2.TK2Fields(
+                kid=self.kid,
+                ticket_id=secrets.token_bytes(8) if ticket_id is None else ticket_id,
+                event_id=event,
+                zones=ALL_ZONES if zones is None else zone_mask(zones),
+                not_before=0 if not_before is None else not_before,
+                not_after=0 if not_after is None else not_after,
+                device_key=device_key,
+            )
+        except ValueError as exc:
+            raise IssuerError(f"cannot issue rotating ticket: {exc}") from exc
+        return tk2.sign_static(fields, self.issuer_key)
+
 
 @dataclass
 class Issuer(TicketSigner):
@@ -229,7 +262,7 @@ class Issuer(TicketSigner):
             "kid": str(self.kid),
             "alg": self.alg,
             "public_key": keys.public_raw_b64(self.issuer_key),
-            "formats": ["tk1"],
+            "formats": ["tk1", "tk2"],
             "events": None if self.events is None else list(self.events),
             "valid_from": None,
             "valid_until": None,

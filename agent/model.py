@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     EXPIRED = "expired"
     CLOCK_UNTRUSTED = "clock_untrusted"
     LIST_STALE = "list_stale"
+    CODE_EXPIRED = "code_expired"  # a rotating ticket's code: too old, or older than one used
     ERROR = "error"
 
 
@@ -57,6 +58,21 @@ class Decision:
     @property
     def admitted(self) -> bool:
         return self.verdict is Verdict.ADMIT
+
+
+@dataclass(frozen=True, slots=True)
+class HolderCode:
+    """The part of a rotating ticket (TK2) that the holder's device signs when it shows the code.
+
+    ``device_key`` is the P-256 public key (SEC1 compressed) the issuer bound to the ticket;
+    ``code_time`` the Unix second the device signed; ``signed_data`` exactly the bytes its
+    ``signature`` covers.
+    """
+
+    device_key: bytes = field(repr=False)
+    code_time: int
+    signed_data: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,7 @@ class Ticket:
     not_before: int | None = None
     not_after: int | None = None
     fields: tuple[tuple[str, str], ...] = ()
+    holder: HolderCode | None = None  # rotating formats: the device-signed code
 
     @property
     def short_id(self) -> str:

@@ -42,6 +42,8 @@ class GatePolicy:
     products: frozenset[str] | None = None  # None: every product
     subevent: str | None = None  # a list bound to one date of a series admits only that date
     timezone: tzinfo | None = None
+    rotating_window_s: int = 30  # a rotating ticket's code is valid this long after it was made
+    rotating_skew_s: int = 5  # tolerance between the holder device's clock and the gate's
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,26 @@ def _window(f: Facts) -> RuleResult:
     return RuleResult("validity", Reason.OK, "within validity window")
 
 
+def _code(f: Facts) -> RuleResult:
+    """A rotating ticket's code: made within the window (by the gate's clock, per the
+    untrusted-clock policy) and newer than every code of this ticket already admitted here."""
+    code = f.ticket.holder
+    if code is None:
+        return RuleResult("code", Reason.OK, "not a rotating ticket")
+    t, p, now = code.code_time, f.policy, f.clock.now
+    used = [h.code_time for h in effective(f.history) if h.code_time is not None]
+    if used and t <= max(used):
+        return RuleResult("code", Reason.CODE_EXPIRED, "code not newer than one already used")
+    if not f.clock.synced and p.untrusted_clock == "ignore_window":
+        return RuleResult("code", Reason.OK, "code age not checked: clock untrusted")
+    age = now - t
+    if age > p.rotating_window_s + p.rotating_skew_s:
+        return RuleResult("code", Reason.CODE_EXPIRED, f"code made {int(age)} s ago")
+    if age < -p.rotating_skew_s:
+        return RuleResult("code", Reason.CODE_EXPIRED, f"code made {int(-age)} s in the future")
+    return RuleResult("code", Reason.OK, f"code made {max(0, int(age))} s ago")
+
+
 def effective(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
     """Entries and exits in HLC order, without those an annulment cancelled."""
     annulled = annulled_ids(history)
@@ -219,6 +241,7 @@ ENTRY_RULES: tuple[Rule, ...] = (
     _freshness,
     _clock,
     _window,
+    _code,
     _entry_policy,
 )
 EXIT_RULES: tuple[Rule, ...] = (_signature, _event)
@@ -267,6 +290,7 @@ STAFF_TEXT: dict[Reason, str] = {
     Reason.EXPIRED: "Ticket expired",
     Reason.CLOCK_UNTRUSTED: "Gate clock not set - call technical staff",
     Reason.LIST_STALE: "Gate offline too long - call technical staff",
+    Reason.CODE_EXPIRED: "Old code or screenshot - open the ticket in the app",
     Reason.ERROR: "Gate fault - call technical staff",
 }
 

@@ -1,7 +1,9 @@
 """Ticket files: what `gate-agent issue` and `transfer` write for each ticket.
 
 ``ticket-NNNN.txt`` (the text and a newline) and ``ticket-NNNN.png`` (its QR code), numbered on
-after the tickets already in the folder, so issued tickets are never replaced.
+after the tickets already in the folder, so issued tickets are never replaced. A rotating ticket
+(``--device-key``) is its static part (``TK2S:`` text) alone: no image, since a gate admits only
+the codes the holder's device makes from it.
 """
 
 from __future__ import annotations
@@ -32,26 +34,34 @@ def issue_files(
     not_before: int | None = None,
     not_after: int | None = None,
     count: int = 1,
+    device_key: bytes | None = None,
 ) -> list[Path]:
     """Issue ``count`` tickets into ``out`` as ticket-0001.txt (text + newline) and .png (QR).
 
     ``out`` is created when missing; numbering continues after the tickets already there, so
-    issued tickets are never replaced. Returns the .txt paths. Raises IssuerError when ``count`` is below 1, a
-    ticket value is invalid (before any file is written), or the files cannot be written.
+    issued tickets are never replaced. With ``device_key`` (a P-256 public key, 33 bytes SEC1
+    compressed) the tickets are rotating ones bound to it, written without an image. Returns the
+    .txt paths. Raises IssuerError when ``count`` is below 1, a ticket value is invalid (before any
+    file is written), or the files cannot be written.
     """
     if count < 1:
         raise IssuerError(f"count must be >= 1, got {count}")
     zone_list = None if zones is None else list(zones)
+    nb, na = not_before, not_after
     texts = [
-        issuer.ticket(event=event, zones=zone_list, not_before=not_before, not_after=not_after)
+        issuer.ticket(event=event, zones=zone_list, not_before=nb, not_after=na)
+        if device_key is None
+        else issuer.rotating_ticket(
+            device_key, event=event, zones=zone_list, not_before=nb, not_after=na
+        )
         for _ in range(count)
     ]
-    written = write_tickets(out, texts)
+    written = write_tickets(out, texts, images=device_key is None)
     log.info("issued %d tickets for event %d into %s", len(written), event, out)
     return written
 
 
-def write_tickets(out: Path, texts: list[str]) -> list[Path]:
+def write_tickets(out: Path, texts: list[str], *, images: bool = True) -> list[Path]:
     """Write each text as ``ticket-NNNN.txt`` (text + newline) and ``.png`` (:func:`qr_png`) in
     ``out`` (created when missing), numbering on after the tickets already there, so issued
     tickets are never replaced. Returns the .txt paths; raises IssuerError when unwritable."""
@@ -64,7 +74,8 @@ def write_tickets(out: Path, texts: list[str]) -> list[Path]:
         )
         for n, text in enumerate(texts, start=first):
             name = f"ticket-{n:04d}"
-            (out / f"{name}.png").write_bytes(qr_png(text))
+            if images:
+                (out / f"{name}.png").write_bytes(qr_png(text))
             (out / f"{name}.txt").write_text(text + "\n", encoding="ascii")
             written.append(out / f"{name}.txt")
     except OSError as exc:

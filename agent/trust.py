@@ -19,6 +19,7 @@ from agent import keys, signed
 from agent.errors import RollbackError, TrustError
 from agent.fsutil import write_atomic
 from agent.model import Reason, Ticket
+from agent.tickets.tk2 import device_signature_ok
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,12 @@ def verify(ticket: Ticket, bundle: TrustBundle, now: float) -> SignatureCheck:
         detail = f"key {key.kid} may not sign for event {ticket.event}"
         return SignatureCheck(Reason.KEY_NOT_VALID, detail, key)
     name = f"key {key.kid}" if key.kid else f"a {ticket.fmt} key of the event"
+    if ticket.holder is not None:  # a rotating code: the holder's device signed it too
+        if not device_signature_ok(ticket.holder):
+            return SignatureCheck(
+                Reason.BAD_SIGNATURE, "code not signed by the ticket's device key", key
+            )
+        name += " and the holder's device"
     return SignatureCheck(Reason.OK, f"signed by {key.alg} {name} ({key.status})", key)
 
 

@@ -75,7 +75,7 @@ def add_issuer(
         "kid": str(chosen),
         "alg": keys.alg_of(public),
         "public_key": keys.public_raw_b64(public),
-        "formats": ["tk1"],
+        "formats": ["tk1", "tk2"],
         "events": None if events is None else [str(e) for e in events],
         "valid_from": not_before,
         "valid_until": not_after,

@@ -94,7 +94,7 @@ def test_trust_json_verifies_against_root_pub(keys_dir: Path) -> None:
             "kid": "3735928559",
             "alg": "ed25519",
             "public_key": keys.public_raw_b64(loaded.issuer_key),
-            "formats": ["tk1"],
+            "formats": ["tk1", "tk2"],
             "events": ["7", "8"],
             "valid_from": None,
             "valid_until": None,

@@ -255,13 +255,15 @@ async def test_entries_are_immutable_except_synced_at(journal: Journal, path: Pa
             other.execute(
                 "INSERT OR REPLACE INTO entries SELECT 2, entry_id, gate_id, lane, 'tk1:zz', kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at FROM entries WHERE gate_seq = 1"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time FROM entries"
+                " WHERE gate_seq = 1"
             )
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             other.execute(
                 "INSERT INTO entries SELECT 7, 'other-id', gate_id, lane, ticket_ref, kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at FROM entries WHERE gate_seq = 1"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time FROM entries"
+                " WHERE gate_seq = 1"
             )
         other.execute("UPDATE entries SET synced_at = 1.0 WHERE gate_seq = 1")
     assert await journal.tail(5) == [dataclasses.replace(rec, synced_at=1.0)]
@@ -416,8 +418,8 @@ async def test_newer_schema_version_is_refused(path: Path, clock: Clock) -> None
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock):
         pass
     with raw(path) as other:
-        other.execute("PRAGMA user_version = 2")
-    with pytest.raises(JournalError, match="schema version 2"):
+        other.execute("PRAGMA user_version = 3")
+    with pytest.raises(JournalError, match="schema version 3"):
         await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock)
 
 
@@ -429,7 +431,7 @@ async def test_missing_directory_is_a_journal_error(tmp_path: Path, clock: Clock
 async def test_pragmas_wal_and_full_sync(journal: Journal, path: Path) -> None:
     with raw(path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert other.execute("PRAGMA user_version").fetchone() == (1,)
+        assert other.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 async def test_closed_journal_raises_and_close_is_idempotent(journal: Journal) -> None:

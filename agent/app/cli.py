@@ -135,6 +135,11 @@ def _issue(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.count > 100_000:
         raise UsageError("--count must be 1-100000")
+    device_key = None
+    if args.device_key is not None:
+        from agent import wallet
+
+        device_key = wallet.device_public_bytes(args.device_key)
     paths = ticket_files.issue_files(
         issuer.TicketSigner.load(args.keys),
         args.out,
@@ -143,8 +148,10 @@ def _issue(args: argparse.Namespace) -> int:
         not_before=args.not_before,
         not_after=args.not_after,
         count=args.count,
+        device_key=device_key,
     )
-    print(f"{_plural(len(paths), 'ticket')} written to {args.out}")
+    kind = "ticket" if device_key is None else "rotating ticket"
+    print(f"{_plural(len(paths), kind)} written to {args.out}")
     print(f"valid {_validity(args)}")
     return 0
 
@@ -199,6 +206,20 @@ def _transfer(args: argparse.Namespace) -> int:
     done = transfer.transfer(issuer.Issuer.load(args.keys), args.out, args.text)
     print(f"ticket {done.short_id} transferred: new text {done.ticket} (and .png)")
     print(f"revocation of the old text: {done.revocation} (publish it like `revoke` output)")
+    return 0
+
+
+def _wallet(args: argparse.Namespace) -> int:
+    import time
+
+    from agent import wallet
+
+    if args.wallet_command == "key":
+        public = wallet.new_device_key(args.keyfile)
+        print(f"device key {args.keyfile} (keep it on the device); public key {public}")
+        return 0
+    at = int(time.time()) if args.at is None else args.at
+    print(wallet.code(args.ticket, args.device_key, at))
     return 0
 
 
@@ -373,7 +394,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet = args.command in (
         "check", "demo", "keys", "trust", "issue", "transfer", "selftest", "revoke", "status",
-        "events", "journal",
+        "events", "journal", "wallet",
     )  # fmt: skip
     _setup_logging(args.verbose, quiet=quiet or getattr(args, "hub_command", None) is not None)
     handlers = {
@@ -381,6 +402,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "trust": _trust,
         "issue": _issue,
         "transfer": _transfer,
+        "wallet": _wallet,
         "revoke": _revoke,
         "check": _check,
         "run": _run,

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issue.add_argument("--count", type=int, default=1, help="how many tickets (default 1)")
     issue.add_argument(
+        "--device-key",
+        type=Path,
+        metavar="PUBFILE",
+        help="rotating tickets bound to this P-256 public key (PEM): NAME.txt only, no image",
+    )
+    issue.add_argument(
         "--out", type=Path, required=True, help="folder for NAME.txt and NAME.png per ticket"
     )
 
@@ -155,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--keys", type=Path, required=True, help="the issuer's `keys init` folder")
     move.add_argument("--out", type=Path, required=True, help="folder for the new ticket files")
     move.add_argument("text", metavar="TICKET_TEXT", help="the ticket being passed on")
+
+    wallet = sub.add_parser("wallet", help="a rotating ticket's holder side: device key, codes")
+    wallet_sub = wallet.add_subparsers(dest="wallet_command", required=True)
+    wallet_key = wallet_sub.add_parser("key", help="a new P-256 device key (KEYFILE, KEYFILE.pub)")
+    wallet_key.add_argument("keyfile", type=Path, metavar="KEYFILE", help="private key to write")
+    code = wallet_sub.add_parser("code", help="print the code a holder's device shows")
+    code.add_argument("--ticket", type=Path, required=True, help="a rotating ticket's file")
+    code.add_argument(
+        "--device-key", type=Path, required=True, metavar="KEYFILE", help="PEM private key"
+    )
+    code.add_argument("--at", type=_iso, metavar="ISO", help="the device's time (default: now)")
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
     src = check.add_mutually_exclusive_group(required=True)

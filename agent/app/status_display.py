@@ -72,6 +72,7 @@ STEWARD_ACTIONS: dict[Reason, Action | None] = {
     Reason.INVALID_FORMAT: Action.BOX_OFFICE,
     Reason.BAD_SIGNATURE: Action.SUPERVISOR,
     Reason.ALREADY_USED: Action.SUPERVISOR,
+    Reason.CODE_EXPIRED: Action.SUPERVISOR,
     Reason.CLOCK_UNTRUSTED: Action.SUPERVISOR,
     Reason.LIST_STALE: Action.SUPERVISOR,
     Reason.ERROR: Action.SUPERVISOR,

@@ -21,10 +21,11 @@ from agent.seen import Hashes, SeenRefs
 # rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
 # admissions and never count against a ticket, so they stay out of history.
 HISTORY = """
-SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer
-    FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer,
+    code_time FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
-SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer
+SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer,
+    NULL AS code_time
     FROM peer_entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
 ORDER BY hlc, entry_id
 """

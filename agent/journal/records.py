@@ -38,6 +38,7 @@ class HistoryEntry:
     annuls: str | None
     hlc: int
     peer: bool
+    code_time: int | None = None  # a rotating ticket's code, on this gate's own rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class EntryRecord:
     rev_version: int
     offline: bool
     synced_at: float | None
+    code_time: int | None = None  # a rotating ticket's admission: the code's Unix second
 
     def _params(self) -> tuple[Any, ...]:
         """The row's column values, in ``FIELDS`` order, as SQLite stores them."""
@@ -104,9 +106,9 @@ def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:
 def history_entry(row: Sequence[Any]) -> HistoryEntry:
     """A history row (as the history query selects it) as a HistoryEntry."""
     # Column affinities (TEXT, REAL, INTEGER) already give the field types; only peer is a flag.
-    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer = row
+    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time = row
     return HistoryEntry(
-        kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer)
+        kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer), code_time
     )
 
 

@@ -23,7 +23,7 @@ from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries.code_time (rotating tickets)
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
 
@@ -40,6 +40,21 @@ INSERT_EVENT = (
 _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
+_NO_UPDATE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
+    gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
+    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time
+ON entries
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+
+# Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), and
+# the immutability trigger covering it. One transaction with the version bump.
+_UPGRADE_1_TO_2 = f"""BEGIN IMMEDIATE;
+ALTER TABLE entries ADD COLUMN code_time INTEGER;
+DROP TRIGGER IF EXISTS entries_no_update;
+{_NO_UPDATE_TRIGGER};
+PRAGMA user_version = 2;
+COMMIT;"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
@@ -49,16 +64,12 @@ CREATE TABLE IF NOT EXISTS entries (
     flags TEXT NOT NULL DEFAULT '', annuls TEXT, zone INTEGER,
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
-    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL
+    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL, code_time INTEGER
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;
 {_NO_DELETE_TRIGGER};
-CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
-    gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
-    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline
-ON entries
-BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END;
+{_NO_UPDATE_TRIGGER};
 -- Gap-free by construction, and no INSERT OR REPLACE can overwrite a fact (REPLACE deletes
 -- without firing delete triggers).
 CREATE TRIGGER IF NOT EXISTS entries_append_only BEFORE INSERT ON entries
@@ -101,6 +112,9 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
+    elif version == 1:
+        _run_script(db, _UPGRADE_1_TO_2)
+        log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
     elif version != SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema version {version}; this agent supports {SCHEMA_VERSION}"
@@ -147,14 +161,19 @@ def _initialise(db: sqlite3.Connection, path: Path) -> None:
         raise JournalError(f"{path} is a database but not a gate-agent journal")
     # One script, one transaction: a crash leaves either no schema or all of it, header
     # pragmas included.
-    script = (
+    _run_script(
+        db,
         f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
-        f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+        f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;",
     )
+    log.info("created journal %s", path)
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run ``script`` (one transaction); roll back what it began when it fails."""
     try:
         db.executescript(script)
     except sqlite3.Error:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    log.info("created journal %s", path)

@@ -71,6 +71,7 @@ class _Row:
     annuls: str | None
     offline: bool
     reading: ClockReading
+    code_time: int | None = None
 
 
 class Journal:
@@ -192,6 +193,7 @@ class Journal:
         zone: int | None = None,
         offline: bool = True,
         with_history: bool = True,
+        code_time: int | None = None,
     ) -> tuple[Decision, EntryRecord]:
         """Read the ticket's history, decide and record the decision: ONE job on the writer thread.
 
@@ -199,7 +201,8 @@ class Journal:
         ``with_history``) and must be pure: it runs on the writer thread, between the read and the
         insert, so no other write can come in between. An admission is recorded as ``admit_as``
         (entry or exit), anything else as an attempt. The row is durable (committed and fsync'd)
-        when this returns; the decision and the row are returned.
+        when this returns; the decision and the row are returned. ``code_time`` (a rotating
+        ticket's code) is kept on the row, so a later code of the same ticket must be newer.
 
         Raises DecisionNotRecorded (a JournalError carrying the decision) when the row cannot be
         written, JournalError when the history cannot be read (nothing decided then), and what
@@ -207,7 +210,7 @@ class Journal:
         """
         if admit_as not in ("entry", "exit"):
             raise ValueError(f"admissions are recorded as entry or exit, not {admit_as!r}")
-        probe = self._row(ticket_ref, admit_as, lane, rev_version, zone, None, offline)
+        probe = self._row(ticket_ref, admit_as, lane, rev_version, zone, None, offline, code_time)
         writer = self._require_open()
         known = False
         if with_history:
@@ -383,6 +386,7 @@ class Journal:
         zone: int | None,
         annuls: str | None,
         offline: bool,
+        code_time: int | None = None,
     ) -> _Row:
         """Check a row's arguments (raises ValueError) and take the clock reading for it."""
         if kind not in KINDS:
@@ -390,7 +394,7 @@ class Journal:
         if (kind == "annul") != (annuls is not None):
             raise ValueError("annuls is required for kind 'annul' and only for it")
         reading = self._clock.reading()
-        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading)
+        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading, code_time)
 
     def _remember(self, row: _Row) -> None:
         """Add the row's ref to the filter before its insert is submitted: its fate may be
@@ -442,7 +446,7 @@ class Journal:
             annuls=row.annuls, zone=row.zone, wall_time=row.reading.now,
             clock_synced=row.reading.synced, mono_ns=time.monotonic_ns(), boot_id=self._boot_id,
             hlc=self._hlc.tick(wall_ms), rev_version=row.rev_version, offline=row.offline,
-            synced_at=None,
+            synced_at=None, code_time=row.code_time,
         )  # fmt: skip
         db.execute(schema.INSERT_ENTRY, entry_params(rec))
         self._next_seq = seq + 1

@@ -150,6 +150,7 @@ def _pretix_sig1_shape(text: str) -> bool:
 
 
 register(Format(name="tk1", prefix="TK1:", matches=None, parser="agent.tickets.tk1:parse"))
+register(Format(name="tk2", prefix="TK2:", matches=None, parser="agent.tickets.tk2:parse"))
 register(
     Format(
         name="pretix_sig1",

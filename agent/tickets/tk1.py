@@ -153,13 +153,14 @@ def parse(text: str) -> Ticket:
             ("ticket_id", ticket_id.hex()),
             ("event", str(event_id)),
             ("zones", zones_text(zones)),
-            ("not_before", _time_text(nb)),
-            ("not_after", _time_text(na)),
+            ("not_before", time_text(nb)),
+            ("not_after", time_text(na)),
         ),
     )
 
 
-def _time_text(value: int) -> str:
+def time_text(value: int) -> str:
+    """A field's Unix time as ISO 8601 UTC, "-" for 0 (open-ended)."""
     if value == 0:
         return "-"
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
