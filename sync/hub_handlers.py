@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _DELTA_CHUNK = 32  # revocation deltas read per store call (each up to MAX_DOCUMENT_CHARS)
 CONSOLE_FILES = {
     "/console": ("console.html", "text/html"),
+    "/console/console_lib.js": ("console_lib.js", "text/javascript"),
     "/console/console.js": ("console.js", "text/javascript"),
     "/console/console_venue.js": ("console_venue.js", "text/javascript"),
     "/console/console.css": ("console.css", "text/css"),
