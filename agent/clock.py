@@ -2,9 +2,16 @@
 
 Boards without a battery-backed clock boot with a wrong time. :class:`Clock` therefore never reports
 a time below a *floor* (the latest trusted time it has seen, kept in a small file across restarts)
-and says whether the system clock is synchronised, so the rules can decide what an untrusted clock
-means for validity windows. Events are never ordered by wall time: within a gate by ``gate_seq``,
-across gates by the :class:`HLC` (hybrid logical clock) stamped on every journal row.
+and says whether its time can be trusted, so the rules can decide what an untrusted clock means for
+validity windows. Its sources, in order: the config's assumption, the system clock when the kernel
+says NTP synchronised it, and a reference time (the hub's, learnt over TLS) carried forward on the
+monotonic clock (:meth:`Clock.set_reference`); else the system clock, untrusted. While running, only
+the first two raise the floor (a hub's time is used while fresh, so a hub clock set ahead does not
+hold the gate's own NTP time untrusted until it catches up); journal rows decided on the hub's time
+count as trusted when the journal sets the floor at the next start.
+
+Events are never ordered by wall time: within a gate by ``gate_seq``, across gates by the
+:class:`HLC` (hybrid logical clock) stamped on every journal row.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +46,10 @@ _HLC_MAX = (1 << 63) - 1
 _UUID7_MAX_MS = (1 << 48) - 1
 
 Assume = Literal["auto", "synced", "unsynced"]
+Source = Literal["config", "ntp", "hub", "none"]
+# A reference time (the hub's) is carried forward on the monotonic clock for this long after the
+# last sample: a board's oscillator drifts by well under a second in that time.
+REFERENCE_MAX_AGE_S = 6 * 3600.0
 
 
 @functools.cache
@@ -106,6 +117,7 @@ class ClockReading:
 
     now: float
     synced: bool
+    source: Source = field(default="none", compare=False)  # where a trusted time came from
 
 
 class Clock:
@@ -127,6 +139,7 @@ class Clock:
         persist_interval_s: float = 60.0,
         probe: Callable[[], bool | None] = system_clock_synced,
         tolerance_s: float = 1.0,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         if assume not in ("auto", "synced", "unsynced"):
             raise ValueError(f"assume must be auto, synced or unsynced, not {assume!r}")
@@ -142,6 +155,9 @@ class Clock:
         self._probe_value: bool | None = None
         self._probe_at = -math.inf
         self._probe_warned = False
+        self._mono = mono
+        self._reference: tuple[float, float] | None = None  # (trusted time, monotonic then)
+        self._reference_offset: float | None = None  # reference minus the wall clock, seconds
 
     @property
     def floor(self) -> float:
@@ -149,17 +165,53 @@ class Clock:
         return self._floor
 
     def now(self) -> float:
-        """The wall time, never below the floor."""
-        return max(self._wall(), self._floor)
+        """The time (see :meth:`reading`), never below the floor."""
+        return self.reading().now
 
     def synced(self) -> bool:
         """Whether the time from :meth:`now` can be trusted for validity windows."""
-        return self._synced_at(self._wall())
+        return self.reading().synced
+
+    def wall(self) -> float:
+        """The system clock as it is (no floor, no reference): what offsets are measured from."""
+        return self._wall()
+
+    def source(self) -> Source:
+        """Where the trusted time comes from now: config, ntp, hub, or none (untrusted)."""
+        return self.reading().source
+
+    @property
+    def reference_offset(self) -> float | None:
+        """The last reference time (the hub's) minus the system clock, seconds; None before one."""
+        return self._reference_offset
+
+    def set_reference(self, t: float, *, trusted: bool = True) -> None:
+        """The hub's time is ``t`` at this moment; ``trusted`` when the answer came over TLS.
+
+        Its offset from the system clock is always kept (:attr:`reference_offset`, for status).
+        A trusted one is used while the system clock is not synchronised, for
+        REFERENCE_MAX_AGE_S after the last call, carried forward on the monotonic clock (immune to
+        steps of the wall clock). Never raises the floor itself. Non-finite values are ignored.
+        """
+        if not math.isfinite(t):
+            return
+        self._reference_offset = t - self._wall()
+        if trusted:
+            self._reference = (t, self._mono())
 
     def reading(self) -> ClockReading:
-        """The time and its trust verdict from a single wall-clock sample."""
+        """The time and its trust verdict from a single sample of the sources."""
         wall = self._wall()
-        return ClockReading(now=max(wall, self._floor), synced=self._synced_at(wall))
+        if self._assume == "synced":
+            return ClockReading(max(wall, self._floor), True, "config")
+        if self._assume == "auto" and self._ntp_at(wall):
+            return ClockReading(max(wall, self._floor), True, "ntp")
+        if self._reference is not None:
+            t, at = self._reference
+            age = self._mono() - at
+            if 0 <= age <= REFERENCE_MAX_AGE_S:
+                return ClockReading(max(t + age, self._floor), True, "hub")
+        return ClockReading(max(wall, self._floor), False, "none")
 
     def raise_floor(self, t: float) -> None:
         """Raise the floor to ``t`` (never lowers it; non-finite values are ignored).
@@ -179,9 +231,7 @@ class Clock:
         if self._path is not None:
             self._persist_logged()
 
-    def _synced_at(self, wall: float) -> bool:
-        if self._assume != "auto":
-            return self._assume == "synced"
+    def _ntp_at(self, wall: float) -> bool:
         return self._probe_cached() is True and wall >= self._floor - self._tolerance
 
     def _probe_cached(self) -> bool | None:

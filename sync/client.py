@@ -79,6 +79,7 @@ UPLOAD_TICK_S = 5.0  # an unnudged uploader still looks every 5 s
 FEED_MIN_ROUND_S = 1.0  # a hub answering an empty page at once is not polled faster than this
 _STUCK = frozenset({"conflict", "unauthorized", "refused"})  # uploads wait for an operator
 CLOCK_WARN_S = 5.0
+MAX_TIME_RTT_S = 1.0  # a slower answer says too little about the hub's time to trust it
 MAX_PAGE_BYTES = 64 << 20  # a revocation page carries signed deltas
 MAX_SNAPSHOT_BYTES = 256 << 20  # ~8M keys
 
@@ -232,7 +233,7 @@ class HubClient:
             self._outbox = 0
             return 0
         upload = BatchUpload(self._s.gate_id, tuple(EntryWire.from_record(r) for r in rows))
-        sent = self._clock.now()
+        sent = time.monotonic()
         reply = await self._http.request(
             "POST", f"/v1/gates/{self._s.gate_id}/entries:batch", body=protocol.encode(upload)
         )
@@ -329,10 +330,11 @@ class HubClient:
             trust_version=self._trust.version, clock_synced=self._clock.reading().synced,
             feed_cursor=self._cursor, faults=tuple(faults[:16]),
         )  # fmt: skip
+        sent = time.monotonic()
         reply = await self._http.request(
             "POST", f"/v1/gates/{self._s.gate_id}/heartbeat", body=protocol.encode(beat)
         )
-        self._note_hub_time(self._parse(reply, HeartbeatAck).hub_time, now)
+        self._note_hub_time(self._parse(reply, HeartbeatAck).hub_time, sent)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -465,13 +467,24 @@ class HubClient:
         best = max(reading.now, page.hub_time) if reading.synced else page.hub_time
         return int((best + self._s.max_clock_ahead_s) * 1000)
 
-    def _note_hub_time(self, hub_time: float, sent: float) -> None:
-        """Record the hub's clock offset from an answer (the midpoint of the request)."""
-        offset = hub_time - (sent + self._clock.now()) / 2
+    def _note_hub_time(self, hub_time: float, sent_mono: float) -> None:
+        """Record the hub's time from an answer (sent at monotonic ``sent_mono``): the hub wrote it
+        about half the round trip ago. Over TLS (the hub is who it claims) and with a round trip
+        under MAX_TIME_RTT_S it becomes the gate's trusted time while the system clock is not
+        NTP-synchronised (:meth:`agent.clock.Clock.set_reference`)."""
+        rtt = time.monotonic() - sent_mono
+        hub_now = hub_time + rtt / 2
+        offset = hub_now - self._clock.wall()
         was_off = self._offset is not None and abs(self._offset) > CLOCK_WARN_S
         self._offset = offset
+        if 0 <= rtt <= MAX_TIME_RTT_S:
+            self._clock.set_reference(hub_now, trusted=self._base.startswith("https://"))
         if abs(offset) > CLOCK_WARN_S and not was_off:
-            log.warning("hub clock differs from this gate's by %.1f s", offset)
+            source = self._clock.source()
+            if source in ("ntp", "config"):
+                log.warning("this gate's %s time and the hub's differ by %.1f s", source, offset)
+            else:
+                log.warning("hub clock differs from this gate's by %.1f s", offset)
 
     def _load_cursor(self) -> int:
         try:

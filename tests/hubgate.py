@@ -38,10 +38,12 @@ def write_gate(
     bundle: Path | None = None,
     hub_extra: str = "",
     extra: str = "",
+    clock: str = "synced",
 ) -> Path:
     """Write ``dir/gate.toml`` (state in ``dir/state``); a [hub] section when ``url`` is given.
 
     ``hub_extra`` is TOML for the [hub] table; its keys replace the same ones of :data:`HUB_TIMING`.
+    ``clock`` is ``[clock] assume``.
     """
     hub = None
     if url is not None:
@@ -56,6 +58,7 @@ def write_gate(
         trust={"bundle": bundle or keys / "trust.json"},
         devices={"scanner": scanner, "gate": "sim://gate?passage_ms=0"},
         hub=hub,
+        clock={"assume": clock},
     )
 
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -279,8 +280,10 @@ def add_token(
 class HubProcess:
     """One hub process for ``setup``; a context manager that stops it on exit."""
 
-    def __init__(self, setup: HubSetup) -> None:
+    def __init__(self, setup: HubSetup, env: Mapping[str, str] | None = None) -> None:
+        """``env``: variables added to the hub's environment (e.g. libfaketime's)."""
         self.setup = setup
+        self.env = None if env is None else {**os.environ, **env}
         self.log_path = setup.dir / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -295,6 +298,7 @@ class HubProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 cwd=ROOT,
+                env=self.env,
                 start_new_session=True,
             )
         proc = self.proc

@@ -232,3 +232,44 @@ def test_uuid7_refuses_times_outside_48_bits() -> None:
         uuid7(-1)
     with pytest.raises(ValueError):
         uuid7(1 << 48)
+
+
+# --- sources: config, NTP, the hub's time ---------------------------------------------------------
+
+
+def test_sources_in_order_and_the_hub_time_carried_on_the_monotonic_clock() -> None:
+    from agent.clock import REFERENCE_MAX_AGE_S
+
+    wall, mono, probe = FakeWall(1_000.0), FakeWall(50.0), FakeProbe(False)
+    clock = Clock(wall=wall, probe=probe, mono=mono)
+    assert (clock.source(), clock.synced(), clock.reference_offset) == ("none", False, None)
+
+    clock.set_reference(9_000.0, trusted=False)  # seen over plain HTTP: reported, not used
+    assert clock.source() == "none" and clock.reference_offset == 8_000.0
+
+    clock.set_reference(9_000.0)
+    assert clock.reading() == ClockReading(9_000.0, True) and clock.source() == "hub"
+    wall.t = 500.0  # the system clock stepped back: the hub's time goes on, monotonic
+    mono.t += 60.0
+    assert clock.now() == 9_060.0 and clock.source() == "hub"
+    mono.t += REFERENCE_MAX_AGE_S  # too long without an answer: untrusted again
+    assert clock.reading() == ClockReading(500.0, False) and clock.source() == "none"
+
+    clock.set_reference(20_000.0)
+    probe.value = True  # NTP wins over the hub once the kernel says so
+    clock._probe_at = float("-inf")  # the probe is cached for a few seconds: ask again now
+    wall.t = 19_990.0
+    assert clock.source() == "ntp" and clock.now() == 19_990.0
+    assert Clock(wall=wall, assume="synced").source() == "config"
+
+
+def test_the_hub_time_never_goes_below_the_floor_nor_raises_it_while_running(
+    tmp_path: Path,
+) -> None:
+    wall, mono = FakeWall(1_000.0), FakeWall(0.0)
+    clock = Clock(tmp_path / "floor", wall=wall, probe=always(False), mono=mono)
+    clock.raise_floor(5_000.0)
+    clock.set_reference(4_000.0)  # a hub behind the last trusted time the gate saw
+    assert clock.reading() == ClockReading(5_000.0, True)
+    clock.set_reference(float("nan"))  # ignored
+    assert clock.now() == 5_000.0

@@ -375,6 +375,17 @@ async def test_unsynced_readings_do_not_raise_the_floor(path: Path, wall: FakeWa
     assert clock.floor == 0.0
 
 
+async def test_rows_decided_on_the_hubs_time_do_not_raise_the_floor(
+    path: Path, wall: FakeWall
+) -> None:
+    clock = Clock(assume="unsynced", wall=wall)
+    clock.set_reference(T0 + 3600)  # a hub an hour ahead: trusted, used, not written down
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+        rec = await admit(j, "tk1:aa")
+    assert rec.clock_synced and rec.wall_time >= T0 + 3600
+    assert clock.floor == 0.0
+
+
 async def test_journal_of_another_gate_is_refused(path: Path, clock: Clock) -> None:
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock):
         pass

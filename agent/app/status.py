@@ -114,6 +114,12 @@ class _Metrics:
             "gate_peer_feed_lag_seconds", "Time since the peer feed last answered", registry=r
         )
         self.clock_synced = Gauge("gate_clock_synced", "1 when the clock is trusted", registry=r)
+        self.clock_source = Gauge(
+            "gate_clock_source", "1 for the source of the trusted time", ["source"], registry=r
+        )
+        self.hub_offset = Gauge(
+            "gate_clock_hub_offset_seconds", "The hub's time minus the system clock", registry=r
+        )
         self.disk_free = Gauge("gate_state_disk_free_bytes", "Free space for the state", registry=r)
         self.ready = Gauge("gate_ready", "1 when /healthz says ready", registry=r)
 
@@ -291,7 +297,7 @@ class StatusServer:
         return {
             "gate": {"id": gate.config.gate.id, "name": gate.config.gate.name},
             "lanes": [lane_health(lane) for lane in self._lanes()],
-            "clock": {"synced": gate.clock.synced(), "now": gate.clock.now()},
+            "clock": _clock_status(gate.clock),
             "revocations": {
                 "version": meta.version,
                 "age_s": meta.age(now),
@@ -374,6 +380,10 @@ class StatusServer:
         m.rev_version.set(rev["version"])
         m.rev_age.set(rev["age_s"] if rev["age_s"] is not None else float("nan"))
         m.clock_synced.set(1 if snap["clock"]["synced"] else 0)
+        for source in ("config", "ntp", "hub", "none"):
+            m.clock_source.labels(source).set(1 if snap["clock"]["source"] == source else 0)
+        offset = snap["clock"]["hub_offset_s"]
+        m.hub_offset.set(float("nan") if offset is None else offset)
         m.disk_free.set(snap["disk_free_bytes"] if snap["disk_free_bytes"] is not None else -1)
         for lane in snap["lanes"]:
             m.device_up.labels(f"{lane['name']}/scanner").set(1 if lane["scanner_online"] else 0)
@@ -448,3 +458,16 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     if up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons
+
+
+def _clock_status(clock: Clock) -> dict[str, Any]:
+    """The clock as /status shows it: the time, whether it is trusted, from which source (config,
+    ntp, hub or none) and the hub's offset from the system clock (None before the hub answered)."""
+    reading = clock.reading()
+    offset = clock.reference_offset
+    return {
+        "synced": reading.synced,
+        "now": reading.now,
+        "source": reading.source,
+        "hub_offset_s": None if offset is None else round(offset, 3),
+    }

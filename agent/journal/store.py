@@ -403,9 +403,10 @@ class Journal:
             self._refs.add(shared_ref(row.ticket_ref))
 
     def _raise_floor(self, reading: ClockReading) -> None:
-        # Only trusted readings raise the floor: an unsynchronised clock running ahead would
-        # otherwise pin the floor in the future and mark the clock untrusted after NTP fixes it.
-        if reading.synced:
+        # Only the system's trusted readings raise the floor: an unsynchronised clock running
+        # ahead would otherwise pin the floor in the future and mark the clock untrusted after
+        # NTP fixes it; a hub's time is used while fresh and never written down (agent.clock).
+        if reading.synced and reading.source != "hub":
             self._clock.raise_floor(reading.now)
 
     async def _run(
