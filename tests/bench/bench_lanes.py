@@ -10,6 +10,13 @@ phase (the first second left out): the process's CPU time (user + system, every 
 second of wall time, as a share of one core. In the same run a one-lane gate with the same load
 per lane gives the baseline, alternating with the many-lane phase ``--runs`` times.
 
+The machine's share in the figures: a probe in the same loop sleeps 100 ms at a time and records
+how late it wakes (on a shared, loaded machine the process waits for a core: that lateness is in
+every decision too), and the 1-minute load average is printed per phase. Each run also takes the
+paced floor: bench_decision's floor (one Ed25519 verify + one fsync'd commit of a journal-like
+row) on a worker thread at the same pace, timed from the loop as a decision is (a commit after
+an idle gap costs more than one in a back-to-back loop).
+
     .venv/bin/python tests/bench/bench_lanes.py [--lanes 4] [--seconds 20] [--runs 3]
         [--revocations 1000000] [--rows 100000] [--again 0.15]
 """
@@ -19,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +44,7 @@ from agent.app import config
 from agent.app.daemon import open_gate
 from agent.lane import Outcome
 from drivers.sim import SimScanner
-from tests.bench.bench_decision import pct, prepare
+from tests.bench.bench_decision import Floor, pct, prepare
 from tests.gateconf import gate_toml
 from tests.lanesconf import lanes_toml
 
@@ -77,6 +86,8 @@ class Phase:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)  # per lane, after warm-up
     denied: int = 0
     cpu_share: float = 0.0
+    late_ms: list[float] = field(default_factory=list)  # the probe's wake-up lateness
+    load: float = 0.0
 
     def pooled(self) -> list[float]:
         return [v for values in self.latency_ms.values() for v in values]
@@ -115,6 +126,12 @@ async def phase(
                 scanner.feed(text)
         scanner.finish()
 
+    async def probe(end: float) -> None:
+        while (now := time.monotonic()) < end:
+            await asyncio.sleep(0.1)
+            if now >= start + WARMUP_S:
+                result.late_ms.append((time.monotonic() - now - 0.1) * 1000)
+
     async with open_gate(conf, observe) as gate:
         assert len(gate.lanes) == n_lanes, f"{len(gate.lanes)} lanes built, not {n_lanes}"
         runs = [asyncio.create_task(lane.run()) for lane in gate.lanes]
@@ -124,12 +141,33 @@ async def phase(
         for lane in gate.lanes:
             assert isinstance(lane.scanner, SimScanner)
             feeders.append(asyncio.create_task(feed(lane.scanner, end)))
+        feeders.append(asyncio.create_task(probe(end)))
         await asyncio.sleep(WARMUP_S)
         cpu0, wall0 = cpu_s(), time.monotonic()
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         result.cpu_share = (cpu_s() - cpu0) / (time.monotonic() - wall0)
+        result.load = os.getloadavg()[0]
         await asyncio.gather(*feeders)
         await asyncio.gather(*runs)
+    return result
+
+
+async def paced_floor(dir: Path, iss: issuer.Issuer, seconds: float, rng: random.Random) -> Phase:
+    """The floor at the lanes' pace: a sample every 50-100 ms on one worker thread."""
+    result = Phase(0)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1, thread_name_prefix="floor") as pool:
+        floor = await loop.run_in_executor(pool, Floor, dir, iss)  # sqlite: one thread
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() < start + WARMUP_S + seconds:
+            await asyncio.sleep(rng.uniform(0.05, 0.10))
+            t = time.monotonic_ns()
+            await loop.run_in_executor(pool, floor.step, i)
+            if time.monotonic() >= start + WARMUP_S:
+                result.latency_ms.setdefault("floor", []).append((time.monotonic_ns() - t) / 1e6)
+            i += 1
+        await loop.run_in_executor(pool, floor.close)
     return result
 
 
@@ -141,6 +179,9 @@ def summary(p: Phase) -> dict[str, float]:
         "p99_ms": pct(pooled, 0.99),
         "worst_lane_p99_ms": max(per_lane_p99),
         "cpu_share": p.cpu_share,
+        "late_p50_ms": statistics.median(p.late_ms),
+        "late_p99_ms": pct(p.late_ms, 0.99),
+        "load": p.load,
     }
 
 
@@ -164,7 +205,16 @@ def main() -> None:
         fresh = [iss.ticket(event=1) for _ in range(need)]
         setup_s = time.perf_counter() - t
         results: dict[int, list[Phase]] = {1: [], args.lanes: []}
+        floors: list[list[float]] = []
         for run in range(args.runs):
+            (dir / f"floor-{run + 1}").mkdir()
+            fp = asyncio.run(paced_floor(dir / f"floor-{run + 1}", iss, args.seconds, rng))
+            floors.append(fp.pooled())
+            print(
+                f"run {run + 1} paced floor: p50 {statistics.median(floors[-1]):.2f} ms,"
+                f" p99 {pct(floors[-1], 0.99):.2f} ms, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             for n in (1, args.lanes):
                 p = asyncio.run(phase(dir, n, fresh, args.seconds, args.again, rng))
                 results[n].append(p)
@@ -176,7 +226,8 @@ def main() -> None:
                 print(
                     f"run {run + 1} lanes={n}: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms,"
                     f" cpu {s['cpu_share']:.3f} core, {len(p.pooled())} decisions"
-                    f" ({p.denied} denied); per lane p50/p99 ms: {lanes}",
+                    f" ({p.denied} denied); per lane p50/p99 ms: {lanes}; probe late p50/p99"
+                    f" {s['late_p50_ms']:.2f}/{s['late_p99_ms']:.2f} ms, load {p.load:.1f}",
                     flush=True,
                 )
     out: dict[str, object] = {"bench": "lanes", "lanes": args.lanes, "runs": args.runs}
@@ -184,7 +235,10 @@ def main() -> None:
         f"\n{args.lanes} lanes vs 1, {args.revocations:,} revocations, {args.rows:,} journal rows,"
         f" {args.seconds:g} s steady per phase, medians of {args.runs} runs (set-up {setup_s:.0f} s)"
     )
-    print(f"{'lanes':<7}{'p50 ms':>9}{'p99 ms':>9}{'worst lane p99':>16}{'cpu share':>11}")
+    print(
+        f"{'lanes':<7}{'p50 ms':>9}{'p99 ms':>9}{'worst lane p99':>16}{'cpu share':>11}"
+        f"{'probe late p99':>16}{'load':>6}"
+    )
     med: dict[int, dict[str, float]] = {}
     for n, phases in results.items():
         sums = [summary(p) for p in phases]
@@ -192,9 +246,13 @@ def main() -> None:
         m = med[n]
         print(
             f"{n:<7}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['worst_lane_p99_ms']:>16.2f}"
-            f"{m['cpu_share']:>11.3f}"
+            f"{m['cpu_share']:>11.3f}{m['late_p99_ms']:>16.2f}{m['load']:>6.1f}"
         )
         out[f"lanes{n}"] = {k: round(v, 3) for k, v in m.items()}
+    floor50 = statistics.median(statistics.median(f) for f in floors)
+    floor99 = statistics.median(pct(f, 0.99) for f in floors)
+    print(f"{'floor':<7}{floor50:>9.2f}{floor99:>9.2f}   (verify + fsync'd commit, same pace)")
+    out["paced_floor"] = {"p50_ms": round(floor50, 3), "p99_ms": round(floor99, 3)}
     many, one = med[args.lanes], med[1]
     ratios = {
         "p50": many["p50_ms"] / one["p50_ms"],
