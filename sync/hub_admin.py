@@ -36,7 +36,7 @@ from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
 from agent.signed import sign_document
 from sync.hub_config import HubConfig
-from sync.hub_store import HubStore, HubStoreError, RevocationState
+from sync.hub_store import HubStore, HubStoreError, RevocationState, Role
 from sync.hub_stores import open_store
 from sync.protocol import MAX_DOCUMENT_CHARS, is_id
 
@@ -103,13 +103,14 @@ async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = Non
     return token
 
 
-async def add_console_token(config: HubConfig, name: str) -> str:
-    """Make and store a console token (reads alerts and gate health); returns it."""
+async def add_console_token(config: HubConfig, name: str, role: Role = "console") -> str:
+    """Make and store a console token (reads alerts and gate health) or, with ``role``
+    "issuing", a token for the wallet's issuing endpoint (sync.hub_wallet); returns it."""
     if not is_id(name):
-        raise UsageError(f"console name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
+        raise UsageError(f"{role} name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = new_token()
     async with opened_store(config) as store:
-        await store.add_token(hash_token(token), "console", None, name)
+        await store.add_token(hash_token(token), role, None, name)
     return token
 
 

@@ -38,7 +38,7 @@ from sync.hub_venue_sql import VenueRow
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 from sync.protocol_console import TicketHistory
 
-Role = Literal["gate", "console"]
+Role = Literal["gate", "console", "issuing"]
 
 
 class HubStoreError(AgentError, RuntimeError):
@@ -236,10 +236,10 @@ def check_token(role: str, gate_id: str | None) -> None:
 
     Raises ValueError.
     """
-    if role not in ("gate", "console"):
+    if role not in ("gate", "console", "issuing"):
         raise ValueError(f"unknown token role {role!r}")
     if (role == "gate") != (gate_id is not None):
-        raise ValueError("a gate token needs its gate_id, a console token has none")
+        raise ValueError("a gate token needs its gate_id, other tokens have none")
 
 
 class FeedSignal:

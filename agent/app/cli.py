@@ -218,6 +218,14 @@ def _wallet(args: argparse.Namespace) -> int:
         public = wallet.new_device_key(args.keyfile)
         print(f"device key {args.keyfile} (keep it on the device); public key {public}")
         return 0
+    if args.wallet_command == "serve":
+        import asyncio
+
+        from agent.app import wallet_serve
+
+        if not 0 <= args.port <= 65535:
+            raise UsageError("--port must be 0-65535")
+        return asyncio.run(wallet_serve.serve(args.port))
     at = int(time.time()) if args.at is None else args.at
     print(wallet.code(args.ticket, args.device_key, at))
     return 0

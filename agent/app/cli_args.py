@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device-key", type=Path, required=True, metavar="KEYFILE", help="PEM private key"
     )
     code.add_argument("--at", type=_iso, metavar="ISO", help="the device's time (default: now)")
+    serve = wallet_sub.add_parser("serve", help="the wallet page on 127.0.0.1 (no issuing)")
+    serve.add_argument(
+        "--port", type=int, default=8471, help="port on 127.0.0.1 (default 8471, 0: any free)"
+    )
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
     src = check.add_mutually_exclusive_group(required=True)
@@ -287,6 +291,9 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     who = token.add_mutually_exclusive_group(required=True)
     who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
     who.add_argument("--console", metavar="NAME", help="a security console token")
+    who.add_argument(
+        "--issuing", metavar="NAME", help="a token for the wallet's POST /v1/wallet/tickets"
+    )
     who.add_argument("--revoke-gate", metavar="ID", help="delete every token of this gate")
     token.add_argument(
         "--name", help="with --gate: the gate's name in the venue, unique (e.g. 'Gate 3')"

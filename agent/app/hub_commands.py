@@ -69,7 +69,7 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         raise UsageError("hub token: --force and --owner go with --out FILE")
     if args.revoke_gate is not None:
         if args.out is not None:
-            raise UsageError("hub token: --out goes with --gate or --console")
+            raise UsageError("hub token: --out goes with --gate, --console or --issuing")
         count = await hub_admin.revoke_gate(conf, args.revoke_gate)
         print(f"{_plural(count, 'token')} of gate {args.revoke_gate} deleted")
         return 0
@@ -79,6 +79,8 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         where = hub_admin.token_file(args.out, force=args.force, owner=args.owner)
     if args.gate is not None:
         token = await hub_admin.add_gate_token(conf, args.gate, args.name)
+    elif args.issuing is not None:
+        token = await hub_admin.add_console_token(conf, args.issuing, "issuing")
     else:
         token = await hub_admin.add_console_token(conf, args.console)
     if where is None:
