@@ -3,8 +3,10 @@
 Beyond the protocol: ``GET /v1/health`` (no auth), ``GET /console`` (the security console page
 and its script and style; the page reads its data with a console token), the console's alert
 workflow and ticket search (:mod:`sync.hub_console_api`), the venue figures ``GET /v1/venue``
-(:mod:`sync.hub_venue`) and Prometheus ``GET /metrics`` (:mod:`sync.hub_metrics`) and, with
-``[webhook]``, each new alert POSTed to a URL (:mod:`sync.hub_webhook`).
+(:mod:`sync.hub_venue`) and Prometheus ``GET /metrics`` (:mod:`sync.hub_metrics`), the holder's
+wallet page ``GET /wallet`` and, with ``[wallet]``, ``POST /v1/wallet/tickets``
+(:mod:`sync.hub_wallet`) and, with ``[webhook]``, each new alert POSTed to a URL
+(:mod:`sync.hub_webhook`).
 
 Rules every handler follows:
 
@@ -42,7 +44,8 @@ from aiohttp import web
 
 from agent import keys
 from agent.errors import AgentError
-from sync import hub_console_api, hub_limits, hub_metrics, protocol
+from agent.issuer import TicketSigner
+from sync import hub_console_api, hub_limits, hub_metrics, hub_wallet, protocol
 from sync.hub_admin import (
     SnapshotCache,
     TrustFile,
@@ -161,6 +164,10 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     hub_metrics.install(app, hub)  # GET /v1/venue, GET /metrics, upload timing
     for path in CONSOLE_FILES:
         app.router.add_get(path, console)
+    hub_wallet.add_page_routes(app)  # GET /wallet: the holder's page, no token
+    if config.wallet is not None:  # POST /v1/wallet/tickets with an issuing token
+        signer = TicketSigner.load(config.wallet.issuer_keys)
+        hub_wallet.add_issuing_routes(app, signer, config.wallet.max_per_minute)
     return app
 
 

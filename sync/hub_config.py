@@ -15,6 +15,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
     [tls]  cert, key, client_ca (optional: then gates must present a client certificate)
     [webhook]  url (http:// or https://; each new alert is POSTed to it as JSON, see
            :mod:`sync.hub_webhook`), timeout_s, queue_size, max_tries
+    [wallet]  issuer_keys (a `gate-agent keys issuer` or `keys init` folder: POST /v1/wallet/tickets
+           signs rotating tickets with it; absent: no issuing), max_per_minute (per token)
     [log]  level
 
 Relative paths are taken relative to the config file's folder, also in a ``sqlite://`` store URL.
@@ -86,6 +88,12 @@ class WebhookSection:
 
 
 @dataclass(frozen=True)
+class WalletSection:
+    issuer_keys: Path
+    max_per_minute: int = 30
+
+
+@dataclass(frozen=True)
 class HubConfig:
     """The validated hub config; ``host``/``port`` come from ``[hub] listen``."""
 
@@ -96,6 +104,7 @@ class HubConfig:
     tls: TlsSection | None = None
     log: LogConfig = field(default_factory=LogConfig)
     webhook: WebhookSection | None = None
+    wallet: WalletSection | None = None
 
     @property
     def store_url(self) -> str:
@@ -171,6 +180,7 @@ def parse(text: str, src: Path) -> HubConfig:
         raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
     classes: dict[str, type[Any]] = {
         "hub": HubSection, "tls": TlsSection, "log": LogConfig, "webhook": WebhookSection,
+        "wallet": WalletSection,
     }  # fmt: skip
     for name in raw:
         if name not in classes:
@@ -188,6 +198,12 @@ def parse(text: str, src: Path) -> HubConfig:
     hub = _check_hub(values.pop("hub"), src)
     if "webhook" in values:
         _check_webhook(values["webhook"], src)
+    wallet = values.get("wallet")
+    if wallet is not None and not 1 <= wallet.max_per_minute <= 10_000:
+        raise ConfigError(
+            f"{src}: [wallet] max_per_minute: expected an integer 1-10000,"
+            f" got {wallet.max_per_minute!r}"
+        )
     try:
         host, port = parse_listen(hub.listen)
     except ValueError:

@@ -20,7 +20,8 @@
   relay's pulse logs (``pulses.log``, ``p.log``) and pytester's ``stderr``; Chromium's LevelDB
   journals in its profiles are named ``*.log`` too and are read like the rest. Files that hold
   tickets or secrets on purpose are never read as logs: ticket-*.txt and scans.txt, *.toml,
-  *.json (``pretix_device.json`` holds the device token), *.db, *.png, keys.
+  *.json (``pretix_device.json`` holds the device token), *.db, *.png, keys, and Chromium's
+  IndexedDB journals (``*.indexeddb.leveldb/*.log``: the wallet page keeps its ticket there).
 
 Left out, on purpose (:func:`excluded`), from the in-process records:
 
@@ -268,6 +269,12 @@ class TempFiles:
     key_lines: set[str] = field(default_factory=set)
 
 
+def _wallet_storage(path: Path) -> bool:
+    """A LevelDB journal of Chromium's IndexedDB: where the wallet page (sync/wallet.js) keeps
+    its rotating ticket's static part on purpose, as a holder's phone does."""
+    return any(part.endswith(".indexeddb.leveldb") for part in path.parts)
+
+
 def read_temp_files(base: Path) -> TempFiles:
     """Read the log files (LOG_SUFFIXES) and PEM private keys (KEY_SUFFIXES) under ``base``.
 
@@ -278,7 +285,7 @@ def read_temp_files(base: Path) -> TempFiles:
     for path in _regular_files(base):
         name = path.name
         try:
-            if name.endswith(LOG_SUFFIXES):
+            if name.endswith(LOG_SUFFIXES) and not _wallet_storage(path):
                 text = _head(path, MAX_FILE_BYTES)
                 found.files += 1
                 where = path.relative_to(base)
