@@ -32,6 +32,7 @@ class Mechanism:
         self.device = device
         self.name = name
         self.holder: str | None = None  # the lane whose grant is in progress
+        self.waiting = 0  # lanes waiting for the holder to finish (busy = "wait")
         self._lock = asyncio.Lock()
         self._free = asyncio.Event()
         self._free.set()
@@ -105,7 +106,11 @@ class MechanismView:
 
     async def until_free(self) -> None:
         """Return once no lane holds the mechanism."""
-        await self.mechanism._free.wait()
+        self.mechanism.waiting += 1
+        try:
+            await self.mechanism._free.wait()
+        finally:
+            self.mechanism.waiting -= 1
 
     async def open(self) -> None:
         if not self._open:
