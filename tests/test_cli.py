@@ -191,10 +191,11 @@ def test_demo_runs_the_whole_scenario(demo: tuple[Path, subprocess.CompletedProc
         "expired",
         "wrong_zone",
         "invalid_format",
+        "code_expired",
     ):
         assert f"({reason}" in out
     assert "nobody passed: entry" in out and "Exit - goodbye" in out
-    assert "admitted: 5 (annulled 1)   denied: 6" in out
+    assert "admitted: 6 (annulled 1)   denied: 8" in out
     assert "\x1b[" not in out  # no colour codes when not on a terminal
     # Part 2: hub and two gates, online then partitioned.
     part2 = out[out.index("Part 2: a hub and two gates") :]

@@ -94,6 +94,7 @@ def _tickets(dir: Path) -> dict[str, str]:
         "forged": iss.ticket(event=1, zones=[1], key=keys.generate()),
         "hub-1": iss.ticket(event=1, zones=[1]),
         "hub-2": iss.ticket(event=1, zones=[1]),
+        **_rotating(iss, now),
     }
     ticket_files.issue_files(
         iss, dir / "tickets", event=1, zones=[1], not_before=None, not_after=None, count=3
@@ -108,6 +109,23 @@ def _tickets(dir: Path) -> dict[str, str]:
     (dir / "revocations-1.json").write_bytes(delta)
     (dir / "gate.toml").write_text(DEMO_TOML.format(dir=dir, status_port=_free_port()))
     return t
+
+
+def _rotating(iss: issuer.Issuer, now: int) -> dict[str, str]:
+    """A rotating ticket (TK2) as the wallet page shows it: the phone's code of now, and the
+    same static part with a code signed by another phone's key (the text copied over)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.tickets import base45, tk2
+
+    phone, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    static = iss.rotating_ticket(tk2.compressed(phone.public_key()), event=1, zones=[1])
+    body = tk2.static_bytes(static)
+    signed = keys.sign(other, tk2.code_message(body, now))
+    return {
+        "rotating": tk2.make_code(static, phone, now),
+        "rotating-copied": tk2.PREFIX + base45.encode(body + now.to_bytes(4, "big") + signed),
+    }
 
 
 def _free_port() -> int:
@@ -130,6 +148,9 @@ def _scenario(t: dict[str, str]) -> list[Step]:
         Step("... and comes back in (re-entry after exit)", t["valid"]),
         Step("Admitted, but nobody walks through", t["noshow"], passes=False),
         Step("Same visitor tries again (the annulled entry does not count)", t["noshow"]),
+        Step("Rotating ticket: the wallet page's code of this moment", t["rotating"]),
+        Step("A screenshot of that code, shown again", t["rotating"]),
+        Step("The rotating ticket copied to another phone (its key signs)", t["rotating-copied"]),
     ]
 
 
@@ -187,6 +208,11 @@ def _afterwards(dir: Path, paint: Callable[[str, str], str], stream: TextIO) -> 
     print(f"           then paste a ticket, e.g. from {dir / 'tickets'}", file=stream)
     print(f"  hub:     gate-agent hub --config {dir / 'hub.toml'}", file=stream)
     print(f"  console: open the URL in {dir / 'console.url'} (it holds a token)", file=stream)
+    print(
+        f"  wallet:  gate-agent wallet serve, then certify its key: gate-agent issue --keys"
+        f" {dir / 'keys'} --event 1 --device-key device.pub --out {dir / 'rotating'}",
+        file=stream,
+    )
 
 
 async def _play(
