@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     code.add_argument("--at", type=_iso, metavar="ISO", help="the device's time (default: now)")
     serve = wallet_sub.add_parser("serve", help="the wallet page on 127.0.0.1 (no issuing)")
     serve.add_argument(
-        "--port", type=int, default=8471, help="port on 127.0.0.1 (default 8471, 0: any free)"
+        "--port", type=int, default=8472, help="port on 127.0.0.1 (default 8472, 0: any free)"
     )
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")

@@ -17,7 +17,7 @@ from aiohttp import web
 from sync import hub_wallet
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8471
+DEFAULT_PORT = 8472  # the hub is 8470, a gate's status server 8471
 
 
 def make_app() -> web.Application:
