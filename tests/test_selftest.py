@@ -9,6 +9,7 @@ from pathlib import Path
 from agent.app.selftest import device_path, diagnose_path
 from agent.issuer import Issuer
 from tests.gateconf import write_gate_config
+from tests.lanesconf import write_lanes_config
 
 
 def _config(tmp_path: Path, keys: Path, scanner: str, gate: str) -> Path:
@@ -108,3 +109,38 @@ def test_scan_verdict_uses_the_gates_lists(tmp_path: Path, keys_dir: Path, iss: 
     r = _selftest("--config", conf, "--scan")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "would deny (revoked)" in r.stdout
+
+
+def test_selftest_checks_every_lane_and_opens_a_shared_turnstile_once(
+    tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    (tmp_path / "in.txt").write_text(iss.ticket(event=1, zones=[1]) + "\n")
+    (tmp_path / "out.txt").write_text(iss.ticket(event=1, zones=[1]) + "\n")
+    shared = "sim://gate?passage_ms=1&log=pulses.log"
+    conf = write_lanes_config(
+        tmp_path / "gate.toml", keys=keys_dir, extra="", status=None,
+        lanes=[
+            {"name": "in", "direction": "entry", "scanner": "sim://file?path=in.txt",
+             "gate": shared},
+            {"name": "out", "direction": "exit", "scanner": "sim://file?path=out.txt",
+             "gate": shared, "indicator": "sim://indicator"},
+        ],
+    )  # fmt: skip
+    r = _selftest("--config", conf, "--relay", "--scan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in (
+        "OK   in/scanner    sim://file?path=in.txt",
+        "OK   in/gate       " + shared,
+        "OK   in/relay      one entry release sent",
+        "OK   out/gate      " + shared + " (shared, see above)",
+        "OK   out/indicator sim://indicator",
+        "OK   out/relay     one exit release sent",
+    ):
+        assert line in r.stdout, r.stdout
+    assert r.stdout.count("would admit") == 2
+    pulses = (tmp_path / "pulses.log").read_text().splitlines()
+    assert [p.split()[2] for p in pulses] == ["entry", "exit"]  # one device, each lane's direction
+
+    (tmp_path / "in.txt").unlink()  # a lane whose scanner fails is named
+    r = _selftest("--config", conf)
+    assert r.returncode == 1 and "FAIL in/scanner" in r.stdout and "OK   out/scanner" in r.stdout

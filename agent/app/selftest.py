@@ -124,9 +124,10 @@ async def _try_open(kind: registry.Kind, url: str, base: Path) -> tuple[Check, A
 
 def report(checks: list[Check], out: TextIO) -> int:
     """Print one OK/FAIL/SKIP line per check (and its fix); returns the exit status."""
+    width = max([9, *(len(c.name) for c in checks)])  # lane names widen the column
     for c in checks:
         mark = "SKIP" if c.skipped else "OK  " if c.ok else "FAIL"
-        print(f"{mark} {c.name:<9} {c.detail}", file=out)
+        print(f"{mark} {c.name:<{width}} {c.detail}", file=out)
         if c.fix:
             print(f"     fix: {c.fix}", file=out)
     return 0 if all(c.ok for c in checks) else 1
