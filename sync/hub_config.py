@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.errors import ConfigError
-from agent.issuer import extra_private_keys
+from agent.errors import ConfigError, IssuerError
+from agent.issuer import TicketSigner, extra_private_keys
 from agent.settings import LogConfig, parse_listen, section
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_WAIT_S, is_id
@@ -300,7 +300,18 @@ def load(path: Path) -> HubConfig:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     config = parse(text, path.resolve())
     check_keys_folder(config)
+    check_wallet_keys(config)
     return config
+
+
+def check_wallet_keys(config: HubConfig) -> None:
+    """``[wallet] issuer_keys`` must be an issuer key folder the hub can sign with (ConfigError)."""
+    if config.wallet is None:
+        return
+    try:
+        TicketSigner.load(config.wallet.issuer_keys)
+    except IssuerError as exc:
+        raise ConfigError(f"{config.path}: [wallet] issuer_keys: {exc}") from None
 
 
 def check_keys_folder(config: HubConfig) -> None:

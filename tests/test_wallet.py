@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import tickets
+from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.model import Ticket
 from agent.redact import short_id
 from agent.tickets import tk2
+from sync import hub_config
 from tests import wallet_page as wp
 from tests.browser import Browser
 from tests.hubproc import (
@@ -262,3 +264,21 @@ def test_serve_refuses_a_bad_port() -> None:
         capture_output=True, text=True, cwd=ROOT, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and re.search(r"--port must be 0-65535", done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("wallet", "named"),
+    [
+        ('issuer_keys = "nowhere"', r"\[wallet\] issuer_keys: .*nowhere"),
+        ('issuer_keys = "KEYS"\nmax_per_minute = 0', r"\[wallet\] max_per_minute"),
+        ('issuer_keys = "KEYS"\nrate = 3', r"\[wallet\].*rate"),
+        ("max_per_minute = 3", r"\[wallet\].*issuer_keys"),
+    ],
+)
+def test_wallet_config_errors_name_the_key(
+    tmp_path: Path, keys_dir: Path, wallet: str, named: str
+) -> None:
+    extra = "\n[wallet]\n" + wallet.replace("KEYS", str(keys_dir)) + "\n"
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra=extra)
+    with pytest.raises(ConfigError, match=named):
+        hub_config.load(setup.config)
