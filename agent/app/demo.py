@@ -30,8 +30,10 @@ from drivers.sim import SimGate, SimScanner
 DEMO_TOML = """\
 # Written by `gate-agent demo`. Run this gate yourself with
 #   gate-agent run --config {dir}/gate.toml
-# and type or paste ticket texts (tickets/*.txt) on stdin; its staff display is then at
-#   http://127.0.0.1:{status_port}/display
+# and type or paste ticket texts (tickets/*.txt) on stdin: they are scanned at the entry lane
+# "in"; ticket texts in exits.txt are scanned at the exit lane "out" once, at start. The staff
+# display of each lane is then at
+#   http://127.0.0.1:{status_port}/display?lane=in   (and ?lane=out)
 [gate]
 id = "demo-gate-1"
 name = "Gate 1"
@@ -45,8 +47,7 @@ entry = "reentry"
 validity_skew_s = 60
 stale_list = "admit"
 
-[lane]
-name = "in"
+[lane]                       # settings of both lanes
 repeat_window_ms = 300
 passage_timeout_s = 1.0
 
@@ -63,9 +64,18 @@ assume = "synced"
 [status]
 listen = "127.0.0.1:{status_port}"
 
-[devices]
+# Two lanes of one unit, one journal: an exit at "out" lets the ticket in again at "in", offline.
+[[lanes]]
+name = "in"
+direction = "entry"
 scanner = "sim://stdin"
 gate = "sim://gate?passage_ms=250&log=pulses.log"
+
+[[lanes]]
+name = "out"
+direction = "exit"
+scanner = "sim://file?path=exits.txt"
+gate = "sim://gate?passage_ms=250&log=exit-pulses.log"
 """
 
 
@@ -108,6 +118,7 @@ def _tickets(dir: Path) -> dict[str, str]:
     )
     (dir / "revocations-1.json").write_bytes(delta)
     (dir / "gate.toml").write_text(DEMO_TOML.format(dir=dir, status_port=_free_port()))
+    (dir / "exits.txt").touch()
     return t
 
 
@@ -222,9 +233,9 @@ async def _play(
     async with open_gate(
         conf, scanner=SimScanner(source="scanner-in"), gate_io=SimGate(passage_ms=250)
     ) as gate:
-        exit_gate = SimGate(passage_ms=250)
-        exit_lane = gate.add_lane("out", "exit", SimScanner(source="scanner-out"), exit_gate)
-        lanes = {"in": gate.lane, "out": exit_lane}
+        lanes = {lane.settings.name: lane for lane in gate.lanes}  # in (the main lane), out
+        exit_gate = lanes["out"].gate
+        assert isinstance(exit_gate, SimGate)
         print(
             paint(
                 f"gate-agent demo: {conf.gate.name}, event 1, zone 1, policy "
