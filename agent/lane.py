@@ -270,9 +270,8 @@ class Lane:
                 zone=self.checker.policy.zone,
                 offline=offline,
                 with_history=pending.needs_history,
-                code_time=pending.ticket.holder.code_time
-                if pending.ticket is not None and pending.ticket.holder is not None
-                else None,
+                code_time=ticket.holder.code_time if ticket and ticket.holder else None,
+                rev_key=ticket.revocation_key.hex() if ticket else None,
             )
         except DecisionNotRecorded as exc:
             self.journal_fault = f"journal write failed: {exc}"

@@ -136,26 +136,31 @@ async def print_alerts(
     return 0
 
 
-async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> None:
-    """Explain why `hub revoke` cannot take these short ids; raises UsageError, always.
+async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> list[bytes]:
+    """The revocation keys of the tickets these short ids name; raises UsageError.
 
     A revocation names the ticket's revocation key (TK1: its token id; pretix: a hash of its
-    secret). The hub learns a ticket only by its admission ref (TK1: the ticket id, which a
-    transfer keeps while the token id changes; pretix: a digest of the secret), so no short id
-    leads to a key: the error says whether the id names one known ticket and what to give.
+    secret); gates upload it with each row of a ticket whose signature verified. A short id
+    must name exactly one ticket seen at this venue; every key uploaded with its rows is
+    returned (a transferred ticket has had several tokens; a key a stolen gate made up is
+    harmless beside the real one).
     """
+    keys: list[bytes] = []
     async with opened_store(config) as store:
         for short in shorts:
-            found = await store.ticket_history(short, 1)
-            if not found.events:
+            tickets, found = await store.revocation_keys(short)
+            if tickets == 0:
                 raise UsageError(f"short id {short}: no ticket with this id was seen at this venue")
-            if found.tickets > 1:
+            if tickets > 1:
                 raise UsageError(
-                    f"short id {short}: {found.tickets} tickets seen at this venue share it;"
+                    f"short id {short}: {tickets} tickets seen at this venue share it;"
                     " give the ticket's text or its 32-hex token id"
                 )
-            raise UsageError(
-                f"short id {short}: one ticket seen at this venue, but the hub knows it only by"
-                " its admission ref, not by its revocation key: give the ticket's text or its"
-                " 32-hex token id (`gate-agent check TEXT` shows it)"
-            )
+            if not found:
+                raise UsageError(
+                    f"short id {short}: its gates uploaded no revocation key (gates before this"
+                    " version, or only forged copies were scanned): give the ticket's text or"
+                    " its 32-hex token id (`gate-agent check TEXT` shows it)"
+                )
+            keys += [bytes.fromhex(key) for key in found]
+    return keys

@@ -36,6 +36,11 @@ TICKET_HISTORY = (
     " WHERE e.short_id = ? ORDER BY e.hlc, e.entry_id LIMIT ?"
 )
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref) FROM entries WHERE short_id = ?"
+# The revocation keys gates uploaded with a short id's rows (a transferred ticket has several).
+REV_KEYS = (
+    "SELECT DISTINCT rev_key FROM entries WHERE short_id = ? AND rev_key IS NOT NULL"
+    " ORDER BY rev_key LIMIT 64"
+)
 CONTEXT = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
     " e.wall_time FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"

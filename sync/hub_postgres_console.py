@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
 
 _TICKET_HISTORY = numbered(q.TICKET_HISTORY)
 _TICKET_COUNT = numbered(q.TICKET_COUNT)
+_REV_KEYS = numbered(q.REV_KEYS)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
 _ALERT_EXISTS = numbered(q.ALERT_EXISTS) + " FOR UPDATE"  # one writer per alert at a time
@@ -85,6 +86,17 @@ class PostgresConsoleQueries:
             rows = await conn.fetch(_TICKET_HISTORY, short, limit + 1)
             tickets = await conn.fetchval(_TICKET_COUNT, short)
             return q.history(short, int(tickets), rows, limit)
+
+        return await self._run(job)
+
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
+        """How many tickets have this short id, and the revocation keys uploaded with their rows
+        (hex, at most 64). Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> tuple[int, tuple[str, ...]]:
+            tickets = await conn.fetchval(_TICKET_COUNT, short)
+            keys = tuple(row[0] for row in await conn.fetch(_REV_KEYS, short))
+            return int(tickets), keys
 
         return await self._run(job)
 

@@ -2,7 +2,8 @@
 (:mod:`sync.hub_postgres`), and the upgrades from schema 1 (alerts gained ``source_gate`` and
 ``held`` for the alert budget; gate names, which schema 1 took from the gates' heartbeats, are
 forgotten) and from schema 2 (entries gained the indexed ``short_id`` of their ticket, for ticket
-search; ``alert_actions`` keeps the console's acknowledgements, assignments and notes). The
+search, and the revocation key gates upload with it, so ``hub revoke`` takes a short id;
+``alert_actions`` keeps the console's acknowledgements, assignments and notes). The
 columns are the same in both; the types are each dialect's own.
 """
 
@@ -15,7 +16,7 @@ CREATE TABLE IF NOT EXISTS entries (
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
     offline INTEGER NOT NULL, in_feed INTEGER NOT NULL, received_at REAL NOT NULL,
-    short_id TEXT NOT NULL DEFAULT '',
+    short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS entries (
     wall_time DOUBLE PRECISION NOT NULL, clock_synced BOOLEAN NOT NULL, mono_ns BIGINT NOT NULL,
     boot_id TEXT NOT NULL, hlc BIGINT NOT NULL, rev_version BIGINT NOT NULL,
     offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL, received_at DOUBLE PRECISION NOT NULL,
-    short_id TEXT NOT NULL DEFAULT '',
+    short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
@@ -115,6 +116,7 @@ UPDATE hub_meta SET value = 'gate-agent-hub/2' WHERE key = 'schema';
 # computes them, ticket by ticket), then the index is built.
 SQLITE_2_TO_3 = (
     "ALTER TABLE entries ADD COLUMN short_id TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE entries ADD COLUMN rev_key TEXT;"
     "CREATE TABLE IF NOT EXISTS alert_actions ("
     " action_id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, action TEXT NOT NULL,"
     " actor TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL);"
@@ -122,6 +124,7 @@ SQLITE_2_TO_3 = (
 )
 POSTGRES_2_TO_3 = """
 ALTER TABLE entries ADD COLUMN IF NOT EXISTS short_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE entries ADD COLUMN IF NOT EXISTS rev_key TEXT;
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
     actor TEXT NOT NULL, value TEXT NOT NULL, at DOUBLE PRECISION NOT NULL

@@ -23,7 +23,7 @@ ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at", "short_id")
 assert ENTRY_FIELDS == (
     "gate_seq", "entry_id", "gate_id", "lane", "ticket_ref", "kind", "verdict", "reason",
     "detail", "flags", "annuls", "zone", "wall_time", "clock_synced", "mono_ns", "boot_id",
-    "hlc", "rev_version", "offline",
+    "hlc", "rev_version", "offline", "rev_key",
 ), ENTRY_FIELDS  # fmt: skip
 
 
@@ -39,8 +39,8 @@ def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
     return (
         e.gate_seq, e.entry_id, e.gate_id, e.lane, e.ticket_ref, e.kind, e.verdict.value,
         e.reason.value, e.detail, ",".join(e.flags), e.annuls, e.zone, e.wall_time,
-        e.clock_synced, e.mono_ns, e.boot_id, e.hlc, e.rev_version, e.offline, in_feed(e),
-        received_at, short_id(e.ticket_ref),
+        e.clock_synced, e.mono_ns, e.boot_id, e.hlc, e.rev_version, e.offline, e.rev_key,
+        in_feed(e), received_at, short_id(e.ticket_ref),
     )  # fmt: skip
 
 

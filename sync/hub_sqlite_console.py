@@ -66,6 +66,17 @@ class SQLiteConsoleQueries:
 
         return await self._run(job)
 
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
+        """How many tickets have this short id, and the revocation keys uploaded with their rows
+        (hex, at most 64). Raises HubStoreError."""
+
+        def job(db: sqlite3.Connection) -> tuple[int, tuple[str, ...]]:
+            (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
+            keys = tuple(row[0] for row in db.execute(q.REV_KEYS, (short,)))
+            return int(tickets), keys
+
+        return await self._run(job)
+
 
 def _select_in(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[Any]:
     rows: list[Any] = []

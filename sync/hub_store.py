@@ -163,6 +163,11 @@ class HubStore(Protocol):
         oldest first (by HLC), at most ``limit`` of them."""
         ...
 
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
+        """How many tickets the venue saw with this short id, and the revocation keys (hex) gates
+        uploaded with their rows: one per token a ticket had (a transfer makes a new one)."""
+        ...
+
     async def set_gate_name(self, gate_id: str, name: str) -> None:
         """Set the display name the venue knows a gate by (heartbeats never change it).
 

@@ -115,6 +115,7 @@ class EntryWire:
     hlc: int
     rev_version: int
     offline: bool
+    rev_key: str | None = None  # the ticket's revocation key (hex), when its signature verified
 
     @classmethod
     def from_record(cls, rec: EntryRecord) -> EntryWire:
@@ -132,7 +133,7 @@ class EntryWire:
             annuls=rec.annuls, zone=rec.zone, wall_time=rec.wall_time,
             clock_synced=rec.clock_synced, mono_ns=rec.mono_ns, boot_id=rec.boot_id,
             hlc=plausible_hlc(rec.hlc, rec.wall_time), rev_version=rec.rev_version,
-            offline=rec.offline,
+            offline=rec.offline, rev_key=rec.rev_key,
         )  # fmt: skip
 
     @classmethod
@@ -170,6 +171,7 @@ class EntryWire:
             hlc=read.integer(obj, "hlc", where),
             rev_version=read.integer(obj, "rev_version", where),
             offline=read.boolean(obj, "offline", where),
+            rev_key=read.rev_key(obj, "rev_key", where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -180,7 +182,7 @@ class EntryWire:
             "flags": list(self.flags), "annuls": self.annuls, "zone": self.zone,
             "wall_time": self.wall_time, "clock_synced": self.clock_synced,
             "mono_ns": self.mono_ns, "boot_id": self.boot_id, "hlc": self.hlc,
-            "rev_version": self.rev_version, "offline": self.offline,
+            "rev_version": self.rev_version, "offline": self.offline, "rev_key": self.rev_key,
         }  # fmt: skip
 
     @property

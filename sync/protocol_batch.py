@@ -30,6 +30,7 @@ from sync.protocol_fields import (
     MAX_ID,
     MAX_TICKET_REF,
     PROTOCOL_VERSION,
+    REV_KEY,
     UUID,
     WALL_MAX,
     is_id,
@@ -60,6 +61,7 @@ class _Entry(msgspec.Struct):
     offline: bool
     annuls: str | None = None
     zone: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] | None = None
+    rev_key: str | None = None
 
 
 class _Batch(msgspec.Struct):
@@ -113,6 +115,7 @@ def _entry(e: _Entry) -> EntryWire | None:
         or not (e.detail.isprintable() and e.boot_id.isprintable())
         or e.ticket_ref.startswith(SECRET_REF_PREFIX)
         or not _FLAGS.issuperset(e.flags)
+        or (e.rev_key is not None and REV_KEY.fullmatch(e.rev_key) is None)
     ):
         return None
     return EntryWire(
@@ -121,4 +124,5 @@ def _entry(e: _Entry) -> EntryWire | None:
         detail=e.detail, flags=tuple(sorted(set(e.flags))), annuls=annuls,
         zone=e.zone, wall_time=e.wall_time, clock_synced=e.clock_synced, mono_ns=e.mono_ns,
         boot_id=e.boot_id, hlc=e.hlc, rev_version=e.rev_version, offline=e.offline,
+        rev_key=e.rev_key,
     )  # fmt: skip

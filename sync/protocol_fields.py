@@ -31,6 +31,7 @@ EntryStatus = Literal["inserted", "duplicate"]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+REV_KEY = re.compile(r"[0-9a-f]{32}")  # a ticket's 16-byte revocation key, lowercase hex
 INT63 = (1 << 63) - 1
 WALL_MAX = 1e11  # seconds since 1970: year ~5138; anything larger is garbage
 
@@ -105,6 +106,16 @@ def uuid(obj: Mapping[str, Any], key: str, where: str, *, optional: bool = False
         return None
     if not isinstance(value, str) or UUID.fullmatch(value) is None:
         raise ProtocolError(f"{where}{key}: expected a lowercase UUID")
+    return value
+
+
+def rev_key(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An optional revocation key (absent or null: None; gates before it never send one)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or REV_KEY.fullmatch(value) is None:
+        raise ProtocolError(f"{where}{key}: expected null or 32 lowercase hex digits")
     return value
 
 

@@ -130,21 +130,41 @@ async def test_hub_ticket_and_hub_alerts_show_one_id_for_a_ticket(
     assert "acknowledged by security" in plain.stdout and "offline" in plain.stdout
 
 
-async def test_hub_revoke_looks_a_short_id_up_and_says_why_it_needs_more(
+async def test_hub_revoke_takes_a_short_id_and_revokes_every_token_of_the_ticket(
     venue: Venue, iss: Issuer
 ) -> None:
     v = venue
-    text = iss.ticket(event=1)
-    ref = tickets.parse(text).ticket_ref
-    await upload(v.a, v.api, ref, lane="north-1", offline=False)
     unknown = hub_cli(v.setup, "revoke", "0badc0de")
     assert unknown.returncode == 2 and "no ticket with this id was seen" in unknown.stderr
-    known = hub_cli(v.setup, "revoke", short_id(ref))
-    assert known.returncode == 2 and "one ticket seen at this venue" in known.stderr
-    assert "token id" in known.stderr and len(known.stderr.strip().splitlines()) == 1
-    assert "version" not in known.stdout  # nothing was issued
-    done = hub_cli(v.setup, "revoke", text)
-    assert done.returncode == 0 and "1 key revoked" in done.stdout
+
+    # Rows without a revocation key (gates of an earlier version): the hub says what to give.
+    old_gate = iss.ticket(event=1)
+    old_ref = tickets.parse(old_gate).ticket_ref
+    await upload(v.a, v.api, old_ref, lane="north-1", offline=False)
+    keyless = hub_cli(v.setup, "revoke", short_id(old_ref))
+    assert keyless.returncode == 2 and "uploaded no revocation key" in keyless.stderr
+    assert "token id" in keyless.stderr and len(keyless.stderr.strip().splitlines()) == 1
+    assert "version" not in keyless.stdout  # nothing was issued
+
+    # A ticket passed on once (two tokens, one ticket id), scanned at both gates: the gates
+    # upload each token's key with their decisions, and the short id revokes both.
+    ticket_id = bytes.fromhex("00112233445566ff")
+    first, second = (iss.ticket(event=1, ticket_id=ticket_id) for _ in range(2))
+    for gate, text in ((v.a, first), (v.b, second)):
+        parsed = tickets.parse(text)
+        _, rec = await gate.journal.decide_and_record(
+            parsed.ticket_ref, lambda _: ADMIT, admit_as="entry", lane="in", rev_version=0,
+            rev_key=parsed.revocation_key.hex(),
+        )  # fmt: skip
+        assert rec.rev_key == parsed.revocation_key.hex()
+        assert (await gate.upload(v.api, EntryWire.from_record(rec))).status == 200
+    sid = short_id(tickets.parse(first).ticket_ref)
+    done = hub_cli(v.setup, "revoke", sid.upper())
+    assert done.returncode == 0, done.stderr
+    assert "2 keys revoked (list: 2 revoked" in done.stdout
+    for text in (first, second):  # both already on the list: revoking a text adds nothing
+        again = hub_cli(v.setup, "revoke", text)
+        assert again.returncode == 0 and "(list: 2 revoked" in again.stdout, again.stdout
 
 
 async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:

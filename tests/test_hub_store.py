@@ -978,6 +978,7 @@ async def test_gate_names_are_unique_in_the_venue(store: HubStore) -> None:
 DROP_SCHEMA_3 = (
     "DROP INDEX entries_short_id",
     "ALTER TABLE entries DROP COLUMN short_id",
+    "ALTER TABLE entries DROP COLUMN rev_key",
     "DROP TABLE alert_actions",
 )
 

@@ -255,14 +255,14 @@ async def test_entries_are_immutable_except_synced_at(journal: Journal, path: Pa
             other.execute(
                 "INSERT OR REPLACE INTO entries SELECT 2, entry_id, gate_id, lane, 'tk1:zz', kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at, code_time FROM entries"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key FROM entries"
                 " WHERE gate_seq = 1"
             )
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             other.execute(
                 "INSERT INTO entries SELECT 7, 'other-id', gate_id, lane, ticket_ref, kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at, code_time FROM entries"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key FROM entries"
                 " WHERE gate_seq = 1"
             )
         other.execute("UPDATE entries SET synced_at = 1.0 WHERE gate_seq = 1")

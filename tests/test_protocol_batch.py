@@ -102,10 +102,14 @@ CASES: dict[str, tuple[bytes, str]] = {
     "bad annuls": (_body({"kind": "annul", "annuls": "x"}), "entries[0].annuls"),
     "zone out of range": (_body({"zone": 70000}), "entries[0].zone"),
     "zone a bool": (_body({"zone": False}), "entries[0].zone"),
+    "rev_key not hex": (_body({"rev_key": "z" * 32}), "entries[0].rev_key"),
+    "rev_key too long": (_body({"rev_key": "a" * 33}), "entries[0].rev_key"),
+    "rev_key upper case": (_body({"rev_key": "A" * 32}), "entries[0].rev_key"),
     "another gate's entry": (_body({"gate_id": "gate-other"}), "entries[0].gate_id"),
     "not ascending": (_body({"gate_seq": 10**9}), "entries[1].gate_seq"),
 }
-REQUIRED = [f for f in BODY["entries"][0] if f not in ("annuls", "zone")]
+OPTIONAL = ("annuls", "zone", "rev_key")
+REQUIRED = [f for f in BODY["entries"][0] if f not in OPTIONAL]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -132,10 +136,11 @@ def test_unknown_fields_are_ignored_on_the_fast_path() -> None:
 
 
 def test_optional_fields_may_be_missing_or_null() -> None:
-    for data in (_body(drop=("zone", "annuls")), _body({"zone": None, "annuls": None})):
+    for data in (_body(drop=OPTIONAL), _body(dict.fromkeys(OPTIONAL))):
         fast = protocol_batch._fast(data)
         assert fast is not None and fast == _slow(data)
         assert fast.entries[0].zone is None and fast.entries[0].annuls is None
+        assert fast.entries[0].rev_key is None
 
 
 JSON = st.recursive(

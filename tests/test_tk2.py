@@ -191,6 +191,7 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
     with sqlite3.connect(path, isolation_level=None) as db:  # back to schema 1, as it shipped
         db.executescript(
             "BEGIN; DROP TRIGGER entries_no_update; ALTER TABLE entries DROP COLUMN code_time;"
+            "ALTER TABLE entries DROP COLUMN rev_key;"
             "PRAGMA user_version = 1; COMMIT;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:

@@ -100,11 +100,10 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
     from sync import hub_admin, hub_admin_console
     from sync.protocol_console import is_short_id
 
-    # A short id names a ticket the hub has seen, but never its revocation key: explained.
+    # A short id names a ticket the hub has seen: the keys its gates uploaded with its rows.
     shorts = [item.lower() for item in args.items if is_short_id(item.lower())]
-    if shorts:
-        await hub_admin_console.resolve_short_ids(conf, shorts)
-    items = hub_admin.parse_items(args.items)
+    items = await hub_admin_console.resolve_short_ids(conf, shorts) if shorts else []
+    items += hub_admin.parse_items(i for i in args.items if not is_short_id(i.lower()))
     if args.file is not None:
         items += hub_admin.read_items(args.file)
     done = await hub_admin.issue(conf, args.op, items)

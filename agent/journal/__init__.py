@@ -14,9 +14,16 @@ The names below are the public API; import them from ``agent.journal``.
 """
 
 from agent.journal.queries import read_history
-from agent.journal.records import KINDS, EntryRecord, HistoryEntry, Kind, PeerEntry
+from agent.journal.records import (
+    KINDS,
+    DecisionNotRecorded,
+    EntryRecord,
+    HistoryEntry,
+    Kind,
+    PeerEntry,
+)
 from agent.journal.schema import APPLICATION_ID, SCHEMA_VERSION
-from agent.journal.store import DecisionNotRecorded, Journal
+from agent.journal.store import Journal
 
 __all__ = [
     "APPLICATION_ID",

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from agent.model import Flag, Reason, Verdict
+from agent.errors import JournalError
+from agent.model import Decision, Flag, Reason, Verdict
 
 log = logging.getLogger("agent.journal")
 
@@ -66,6 +67,7 @@ class EntryRecord:
     offline: bool
     synced_at: float | None
     code_time: int | None = None  # a rotating ticket's admission: the code's Unix second
+    rev_key: str | None = None  # the ticket's revocation key (hex), when its signature verified
 
     def _params(self) -> tuple[Any, ...]:
         """The row's column values, in ``FIELDS`` order, as SQLite stores them."""
@@ -134,3 +136,11 @@ def acceptable_peer(entry: PeerEntry, own_gate_id: str) -> bool:
         log.warning("skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id)
         return False
     return True
+
+
+class DecisionNotRecorded(JournalError):
+    """A decision was made but its row could not be written; ``decision`` says what it was."""
+
+    def __init__(self, error: JournalError, decision: Decision) -> None:
+        super().__init__(str(error))
+        self.decision = decision

@@ -23,7 +23,7 @@ from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
 
-SCHEMA_VERSION = 2  # 2: entries.code_time (rotating tickets)
+SCHEMA_VERSION = 2  # 2: entries.code_time (rotating tickets), entries.rev_key
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
 
@@ -42,14 +42,17 @@ BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
 _NO_UPDATE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
     gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
-    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time
+    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time,
+    rev_key
 ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
-# Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), and
-# the immutability trigger covering it. One transaction with the version bump.
+# Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), the
+# ticket's revocation key (hex; NULL where unknown: forged texts, rows from schema 1), and the
+# immutability trigger covering both. One transaction with the version bump.
 _UPGRADE_1_TO_2 = f"""BEGIN IMMEDIATE;
 ALTER TABLE entries ADD COLUMN code_time INTEGER;
+ALTER TABLE entries ADD COLUMN rev_key TEXT;
 DROP TRIGGER IF EXISTS entries_no_update;
 {_NO_UPDATE_TRIGGER};
 PRAGMA user_version = 2;
@@ -64,7 +67,7 @@ CREATE TABLE IF NOT EXISTS entries (
     flags TEXT NOT NULL DEFAULT '', annuls TEXT, zone INTEGER,
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
-    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL, code_time INTEGER
+    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL, code_time INTEGER, rev_key TEXT
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;

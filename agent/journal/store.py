@@ -31,6 +31,7 @@ from agent.errors import JournalError
 from agent.journal.records import (
     HISTORY_KINDS,
     KINDS,
+    DecisionNotRecorded,
     EntryRecord,
     HistoryEntry,
     Kind,
@@ -51,14 +52,6 @@ T = TypeVar("T")
 _PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
 
 
-class DecisionNotRecorded(JournalError):
-    """A decision was made but its row could not be written; ``decision`` says what it was."""
-
-    def __init__(self, error: JournalError, decision: Decision) -> None:
-        super().__init__(str(error))
-        self.decision = decision
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Row:
     """What the caller fixes of a row; the writer thread adds gate_seq, entry_id and HLC."""
@@ -72,6 +65,7 @@ class _Row:
     offline: bool
     reading: ClockReading
     code_time: int | None = None
+    rev_key: str | None = None
 
 
 class Journal:
@@ -194,6 +188,7 @@ class Journal:
         offline: bool = True,
         with_history: bool = True,
         code_time: int | None = None,
+        rev_key: str | None = None,
     ) -> tuple[Decision, EntryRecord]:
         """Read the ticket's history, decide and record the decision: ONE job on the writer thread.
 
@@ -202,7 +197,9 @@ class Journal:
         insert, so no other write can come in between. An admission is recorded as ``admit_as``
         (entry or exit), anything else as an attempt. The row is durable (committed and fsync'd)
         when this returns; the decision and the row are returned. ``code_time`` (a rotating
-        ticket's code) is kept on the row, so a later code of the same ticket must be newer.
+        ticket's code) is kept on the row, so a later code of the same ticket must be newer;
+        ``rev_key`` (the verified ticket's revocation key, hex) lets the hub revoke a ticket by
+        its short id.
 
         Raises DecisionNotRecorded (a JournalError carrying the decision) when the row cannot be
         written, JournalError when the history cannot be read (nothing decided then), and what
@@ -210,7 +207,11 @@ class Journal:
         """
         if admit_as not in ("entry", "exit"):
             raise ValueError(f"admissions are recorded as entry or exit, not {admit_as!r}")
-        probe = self._row(ticket_ref, admit_as, lane, rev_version, zone, None, offline, code_time)
+        probe = dataclasses.replace(
+            self._row(ticket_ref, admit_as, lane, rev_version, zone, None, offline),
+            code_time=code_time,
+            rev_key=rev_key,
+        )
         writer = self._require_open()
         known = False
         if with_history:
@@ -386,7 +387,6 @@ class Journal:
         zone: int | None,
         annuls: str | None,
         offline: bool,
-        code_time: int | None = None,
     ) -> _Row:
         """Check a row's arguments (raises ValueError) and take the clock reading for it."""
         if kind not in KINDS:
@@ -394,7 +394,7 @@ class Journal:
         if (kind == "annul") != (annuls is not None):
             raise ValueError("annuls is required for kind 'annul' and only for it")
         reading = self._clock.reading()
-        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading, code_time)
+        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading)
 
     def _remember(self, row: _Row) -> None:
         """Add the row's ref to the filter before its insert is submitted: its fate may be
@@ -447,7 +447,7 @@ class Journal:
             annuls=row.annuls, zone=row.zone, wall_time=row.reading.now,
             clock_synced=row.reading.synced, mono_ns=time.monotonic_ns(), boot_id=self._boot_id,
             hlc=self._hlc.tick(wall_ms), rev_version=row.rev_version, offline=row.offline,
-            synced_at=None, code_time=row.code_time,
+            synced_at=None, code_time=row.code_time, rev_key=row.rev_key,
         )  # fmt: skip
         db.execute(schema.INSERT_ENTRY, entry_params(rec))
         self._next_seq = seq + 1
