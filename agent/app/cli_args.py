@@ -278,7 +278,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="check the config and the files it names (keys, bundle, TLS), then exit",
     )
     admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke,ticket,alerts}")
-    token = admin.add_parser("token", help="make a gate or console token (printed once)")
+    token = admin.add_parser("token", help="make a gate, console or issuing token (printed once)")
     revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
     ticket = admin.add_parser("ticket", help="a ticket's history across the venue's gates")
     ticket.add_argument("id", metavar="ID", help="the ticket's 8-hex short id, or its text")
