@@ -3,6 +3,7 @@ the file, the table and the key; `check --config` and `selftest --config-only` a
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from agent.issuer import Issuer
 from tests.gateconf import Table, gate_toml
 from tests.lanesconf import lanes_toml, write_lanes_config
 
+REPO = Path(__file__).resolve().parents[1]
 IN: dict[str, object] = {
     "name": "in",
     "direction": "entry",
@@ -144,3 +146,19 @@ def test_check_and_selftest_config_only_accept_lanes(
     path.write_text(path.read_text() + lanes_toml([IN | {"name": "in2"}]))
     r = _ga("selftest", "--config", path, "--config-only")
     assert r.returncode == 78 and "[[lanes]] #3 scanner:" in r.stderr, r.stderr
+
+
+def test_the_example_lanes_load_once_uncommented(tmp_path: Path) -> None:
+    text = (REPO / "config" / "gate.example.toml").read_text()
+    head, rest = text.split("\n[devices]\n", 1)
+    block = rest[rest.index("# [[lanes]]") :].split("\n\n", 1)[0]
+    lanes = "\n".join(
+        line[2:] for line in block.splitlines() if re.match(r"# (\[\[lanes\]\]|[a-z_]+ = )", line)
+    )
+    head = head.replace('name = "lane-1"\n', "").replace('direction = "entry"  ', "#")
+    path = tmp_path / "gate.toml"
+    path.write_text(head + "\n" + lanes + "\n")
+    conf = config.load(path)
+    assert [(s.name, s.direction) for s in conf.lanes] == [("in", "entry"), ("out", "exit")]
+    assert conf.lanes[0].devices.gate == conf.lanes[1].devices.gate
+    assert conf.lanes[0].settings.busy == "refuse" and conf.lanes[1].settings.busy == "wait"
