@@ -10,9 +10,16 @@ import sys
 
 import pytest
 
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import DriverError, RelayReleaseError
+from agent.issuer import Issuer
+from agent.lane import Lane, Outcome
+from agent.mechanism import Mechanism
 from drivers.gpio import GpioGate, GpioGateSettings
 from drivers.gpio_lines import LineSpec
+from drivers.sim import SimScanner
+from tests.conftest import WriteConfig
 from tests.polling import until
 from tests.test_gpio import ROOT, FakeChip, make_gate, press
 
@@ -272,3 +279,55 @@ async def test_single_relay_gate_grants_both_directions_on_one_output() -> None:
     assert len(chip.pulses("GPIO17")) == 2 and gate.unexpected_passages == 0
     assert isinstance(gate, GpioGate)
     await gate.close()
+
+
+# ---------------------------------------------------------------- two real lanes, one turnstile
+
+
+def _feed(lane: Lane, text: str) -> None:
+    assert isinstance(lane.scanner, SimScanner)
+    lane.scanner.feed(text)
+
+
+async def test_entry_and_exit_lanes_on_one_gpio_turnstile(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """The daemon's lanes on one GpioGate shared through agent.mechanism (as two [[lanes]] with
+    the identical gate URL get it): each lane releases its own direction's output and is
+    confirmed only by its own direction's passage input."""
+    gpio, chip = make_gate(BI_URL.replace("pulse_ms=50", "pulse_ms=20"))
+    mechanism = Mechanism(gpio, "in+out")
+    view_in, view_out = mechanism.view("in"), mechanism.view("out")
+    conf = config.load(write_config(entry="reentry", passage_timeout_s=0.5, repeat_window_ms=0))
+    outcomes: list[Outcome] = []
+    async with open_gate(conf, outcomes.append, scanner=SimScanner(), gate_io=view_in) as gate:
+        await view_out.open()
+        lane_in = gate.lane
+        lane_out = gate.add_lane("out", "exit", SimScanner(), view_out, None, outcomes.append)
+        tasks = [asyncio.create_task(lane.run()) for lane in gate.lanes]
+        assert len(chip.requests) == 1  # one device, opened once
+        visitor = iss.ticket(event=1)
+        _feed(lane_in, visitor)
+        await until(lambda: len(on(chip, "GPIO17")) == 1, 5, "the entry released")
+        await press(chip, SENSOR["entry"], 10)
+        await until(lambda: len(outcomes) == 1, 5, "the entry confirmed")
+        assert outcomes[0].passed is True and on(chip, "GPIO18") == []
+        _feed(lane_out, visitor)  # the same visitor leaves
+        await until(lambda: len(on(chip, "GPIO18")) == 1, 5, "the exit released")
+        await press(chip, SENSOR["exit"], 10)
+        await until(lambda: len(outcomes) == 2, 5, "the exit confirmed")
+        assert outcomes[1].lane == "out" and outcomes[1].passed is True
+        assert len(on(chip, "GPIO17")) == 1  # the entry output stayed shut
+        _feed(lane_in, iss.ticket(event=1))
+        await until(lambda: len(on(chip, "GPIO17")) == 2, 5, "the second entry released")
+        await press(chip, SENSOR["exit"], 10)  # someone pushes through the other way
+        await until(lambda: len(outcomes) == 3, 5, "the second entry timed out")
+        assert outcomes[2].passed is False and outcomes[2].annul is not None  # not used: annulled
+        assert gpio.unexpected_passages == 1
+        for lane in gate.lanes:
+            assert isinstance(lane.scanner, SimScanner)
+            lane.scanner.finish()
+        await asyncio.gather(*tasks)
+        await view_out.close()
+    assert chip.requests[0].released
+    assert (chip.level("GPIO17"), chip.level("GPIO18")) == (True, True)
