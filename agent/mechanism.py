@@ -40,6 +40,11 @@ class Mechanism:
         self._views: list[MechanismView] = []
         self._pump: asyncio.Task[None] | None = None
 
+    @property
+    def lanes(self) -> list[str]:
+        """The lanes this mechanism serves, in the order their views were made."""
+        return [view.lane for view in self._views]
+
     def view(self, lane: str) -> MechanismView:
         """The mechanism as lane ``lane`` drives it."""
         view = MechanismView(self, lane)

@@ -139,3 +139,28 @@ def test_reentry_after_exit_on_one_unit_offline(keys_dir: Path, iss: Issuer, hub
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "lanes in (entry), out (exit)" in err
+
+
+def test_two_lanes_on_one_turnstile_in_one_process(keys_dir: Path, iss: Issuer) -> None:
+    port = free_port()
+    shared = "sim://gate?passage_ms=1&log=pulses.log"
+    path = write_lanes_config(
+        keys_dir.parent / "gate.toml", keys="keys", extra="",
+        lanes=[_lane("in", "entry") | {"gate": shared}, _lane("out", "exit") | {"gate": shared}],
+        policy={"entry": "reentry"}, status={"listen": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    proc = _start(path, port)
+    try:
+        text = iss.ticket(event=1, zones=[1])
+        assert _scan(path, "in", text)["verdict"] == "admit"
+        assert _scan(path, "out", text)["verdict"] == "admit"
+        assert _scan(path, "in", text)["verdict"] == "admit"
+        pulses = (path.parent / "pulses.log").read_text().splitlines()
+        assert [line.split()[2] for line in pulses] == ["entry", "exit", "entry"]
+        summary = ga("status", "--config", path).stdout
+        assert "lane in (entry): scanner online, turnstile shared with out" in summary
+        assert "lane out (exit): scanner online, turnstile shared with in" in summary
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err

@@ -72,6 +72,8 @@ async def test_a_shared_turnstile_is_opened_once_and_serves_one_direction_at_a_t
         lane_in, lane_out = gate.lanes
         device = _device(lane_in)
         assert _device(lane_out) is device and device._fd is not None  # one device, opened
+        assert lane_health(lane_in)["turnstile_shared_with"] == ["out"]
+        assert lane_health(lane_out)["turnstile_shared_with"] == ["in"]
         assert isinstance(lane_in.gate, MechanismView)
         mechanism = lane_in.gate.mechanism
         first, second = iss.ticket(event=1), iss.ticket(event=1)
@@ -133,6 +135,7 @@ async def test_lanes_with_their_own_turnstiles_never_wait(keys_dir: Path, iss: I
     async with _running(keys_dir, lanes) as gate:
         lane_in, lane_out = gate.lanes
         assert isinstance(lane_in.gate, SimGate) and isinstance(lane_out.gate, SimGate)
+        assert lane_health(lane_in)["turnstile_shared_with"] == []
         _feed(lane_in, iss.ticket(event=1))
         await until(lambda: len(lane_in.gate.pulses) == 1)  # type: ignore[attr-defined]
         _feed(lane_out, iss.ticket(event=1))  # the entry is still open: no matter

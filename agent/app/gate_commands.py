@@ -161,6 +161,11 @@ def _summary(snap: dict[str, Any]) -> str:
             f"  lane {ln['name']} ({ln['direction']}): scanner "
             f"{'online' if ln['scanner_online'] else 'OFFLINE'}"
             + (f", {ln['fault']}" if ln["fault"] else "")
+            + (
+                f", turnstile shared with {', '.join(ln['turnstile_shared_with'])}"
+                if ln.get("turnstile_shared_with")
+                else ""
+            )
             + (", EMERGENCY free passage" if ln["emergency"] else "")
             for ln in snap["lanes"]
         ),

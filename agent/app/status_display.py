@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.app.status_bounds import Streams
+from agent.mechanism import MechanismView
 from agent.model import Decision, Reason
 
 if TYPE_CHECKING:
@@ -135,13 +136,16 @@ def lane_health(lane: Lane) -> dict[str, Any]:
     """What a lane's devices and journal say right now (a few attribute reads)."""
     connected = getattr(lane.scanner, "connected", True)
     online = bool(connected() if callable(connected) else connected)
+    name = lane.settings.name
+    shared = lane.gate.mechanism.lanes if isinstance(lane.gate, MechanismView) else []
     return {
-        "name": lane.settings.name,
+        "name": name,
         "direction": lane.checker.policy.direction,
         "scanner_online": online,
         "fault": lane.fault,
         "journal_fault": lane.journal_fault,
         "emergency": lane.gate.emergency,
+        "turnstile_shared_with": [other for other in shared if other != name],
     }
 
 
