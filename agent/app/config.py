@@ -152,8 +152,16 @@ class Config:
     journal: JournalConfig = field(default_factory=JournalConfig)
     pretix: PretixConfig | None = None
     hub: HubLinkConfig | None = None
-    # Every lane of the unit, in file order (the first is the main lane); set by parse().
-    lanes: tuple[LaneSpec, ...] = ()
+    # The [[lanes]] tables (checked, with [lane] defaults applied); () for a one-lane file.
+    lane_tables: tuple[LaneSpec, ...] = ()
+
+    @property
+    def lanes(self) -> tuple[LaneSpec, ...]:
+        """Every lane of the unit, in file order (the first is the main lane): the [[lanes]]
+        tables, or the one lane of [devices], [lane] and [gate] direction."""
+        if self.lane_tables or self.devices is None:
+            return self.lane_tables
+        return single_lane(self.devices, self.lane, self.gate.direction)
 
 
 # A name the hub and the journal carry: never empty, cut or with control characters.
@@ -224,7 +232,7 @@ def parse(text: str, src: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
     hints = typing.get_type_hints(Config)
-    sections = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    sections = {f.name for f in dataclasses.fields(Config)} - {"path", "lane_tables"} | {"lanes"}
     for name in raw:
         if name not in sections:
             raise ConfigError(
@@ -249,12 +257,10 @@ def parse(text: str, src: Path) -> Config:
         )
     _check_timezone(config, src)
     if "lanes" in raw:
-        lanes = parse_lanes(raw, config.lane, src)
+        config = dataclasses.replace(config, lane_tables=parse_lanes(raw, config.lane, src))
     else:
         assert config.devices is not None
         check_devices(config.devices, src)
-        lanes = single_lane(config.devices, config.lane, config.gate.direction)
-    config = dataclasses.replace(config, lanes=lanes)
     if config.hub is not None:
         config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
