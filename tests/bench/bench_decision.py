@@ -2,13 +2,16 @@
 
 Set-up as the issue asks: 1M revocations installed through a signed snapshot, 100k rows already in
 the journal. Then N presentations of fresh tickets (admitted) and re-presentations (denied
-already_used) through the real lane. In the same run, the floor: one Ed25519 verify plus one
+already_used) through the real lane; with ``--rotating`` the tickets are rotating ones (TK2, a
+second signature to verify: the holder device's P-256 code) and a re-presented code is denied
+code_expired. In the same run, the floor: one Ed25519 verify plus one
 fsync'd SQLite commit (WAL, synchronous=FULL) of a row like a journal row (the same 20 columns,
 in a plain table: the journal's indexes and triggers count as its own cost), and the ratio
 admit p50 / floor p50. One floor sample is taken after each presentation, so both see the same
 machine (on a shared machine, measuring them one after the other skewed the ratio either way).
 
     .venv/bin/python tests/bench/bench_decision.py [--revocations 1000000] [--rows 100000] [--scans 2000]
+        [--rotating]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from agent.app import config
 from agent.app.daemon import open_gate
 from agent.clock import Clock
 from agent.journal import Journal
+from agent.model import Reason
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.gateconf import gate_toml
@@ -89,17 +93,40 @@ async def prepare(dir: Path, n_revoked: int, n_rows: int) -> issuer.Issuer:
     return iss
 
 
-async def decisions(dir: Path, iss: issuer.Issuer, n: int) -> dict[str, list[float]]:
-    fresh = [iss.ticket(event=1) for _ in range(n)]
+def rotating_codes(iss: issuer.Issuer, n: int) -> list[str]:
+    """``n`` rotating tickets (TK2), each bound to its own holder device, as codes made now."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.tickets import tk2
+
+    out = []
+    for _ in range(n):
+        device = ec.generate_private_key(ec.SECP256R1())
+        static = iss.rotating_ticket(tk2.compressed(device.public_key()), event=1)
+        out.append(tk2.make_code(static, device, int(time.time())))
+    return out
+
+
+async def decisions(
+    dir: Path, iss: issuer.Issuer, n: int, rotating: bool = False
+) -> dict[str, list[float]]:
+    fresh = rotating_codes(iss, n) if rotating else [iss.ticket(event=1) for _ in range(n)]
     conf = config.load(dir / "gate.toml")
-    out: dict[str, list[float]] = {"admit": [], "already_used": [], FLOOR: [], OVER: []}
+    out: dict[str, list[float]] = {"admit": [], REPLAY: [], FLOOR: [], OVER: []}
     floor = Floor(dir, iss)
     try:
         async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=0)) as gate:
             for i, text in enumerate(fresh + fresh[: n // 4]):
                 outcome = await gate.lane.present(Scan(text, "bench", time.monotonic_ns()))
                 assert outcome is not None
-                key = "admit" if outcome.decision.admitted else str(outcome.decision.reason)
+                reason = outcome.decision.reason
+                key = (
+                    "admit"
+                    if outcome.decision.admitted
+                    else REPLAY
+                    if reason in (Reason.ALREADY_USED, Reason.CODE_EXPIRED)
+                    else str(reason)
+                )
                 floor_ms = floor.step(i)
                 if i >= 50:  # warm-up
                     out.setdefault(key, []).append(outcome.latency_ns / 1e6)
@@ -111,6 +138,7 @@ async def decisions(dir: Path, iss: issuer.Issuer, n: int) -> dict[str, list[flo
     return out
 
 
+REPLAY = "deny re-presented (history read)"
 FLOOR = "floor (verify + fsync'd commit)"
 OVER = "admit minus its floor sample"
 
@@ -155,19 +183,25 @@ def main() -> None:
     ap.add_argument("--revocations", type=int, default=1_000_000)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--scans", type=int, default=2000)
+    ap.add_argument(
+        "--rotating",
+        action="store_true",
+        help="rotating tickets (TK2: a second, P-256 verify of the holder device's code)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=Path.cwd(), prefix=".bench-") as tmp:  # cwd: which disk
         dir = Path(tmp)
         t = time.perf_counter()
         iss = asyncio.run(prepare(dir, args.revocations, args.rows))
         setup_s = time.perf_counter() - t
-        lat = asyncio.run(decisions(dir, iss, args.scans))
+        lat = asyncio.run(decisions(dir, iss, args.scans, args.rotating))
     fl50 = statistics.median(lat[FLOOR])
     rows = []
     for name, values in lat.items():
         rows.append((name, len(values), statistics.median(values), pct(values, 0.99)))
     print(
-        f"decision path: {args.revocations:,} revocations, {args.rows:,} journal rows "
+        f"decision path{' (rotating tickets)' if args.rotating else ''}: "
+        f"{args.revocations:,} revocations, {args.rows:,} journal rows "
         f"(set-up {setup_s:.1f} s)"
     )
     print(f"{'case':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}")
@@ -183,7 +217,8 @@ def main() -> None:
                 "rows": args.rows,
                 "admit_p50_ms": round(admit50, 3),
                 "admit_p99_ms": round(pct(lat["admit"], 0.99), 3),
-                "already_used_p50_ms": round(statistics.median(lat["already_used"]), 3),
+                "format": "tk2" if args.rotating else "tk1",
+                "replay_p50_ms": round(statistics.median(lat[REPLAY]), 3),
                 "floor_p50_ms": round(fl50, 3),
                 "floor_p99_ms": round(pct(lat[FLOOR], 0.99), 3),
                 "overhead_p50_ms": round(statistics.median(lat[OVER]), 3),
