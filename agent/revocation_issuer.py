@@ -18,16 +18,20 @@ from agent.errors import IssuerError, TicketFormatError
 from agent.fsutil import write_atomic
 from agent.revocation import KEY_LEN, KIND, OPS
 from agent.signed import sign_document
+from agent.tickets import tk2
 
 
 def revocation_key(item: str) -> bytes:
-    """The 16-byte list key of ``item``: a ticket's text, or a token id as 32 hex digits.
+    """The 16-byte list key of ``item``: a ticket's text (a rotating ticket's code or its static
+    part), or a token id as 32 hex digits.
 
     Raises IssuerError when it is neither; the message never repeats the text (it may be a ticket).
     """
     if len(item) == 2 * KEY_LEN and all(c in "0123456789abcdefABCDEF" for c in item):
         return bytes.fromhex(item)
     try:
+        if item.startswith(tk2.STATIC_PREFIX):  # a rotating ticket's static part, as issued
+            return tk2.revocation_key_of(tk2.static_bytes(item))
         return tickets.parse(item).revocation_key
     except TicketFormatError as exc:
         raise IssuerError(f"not a ticket text or a 32-hex token id: {exc}") from None

@@ -268,3 +268,25 @@ def test_cli_refuses_keys_and_files_it_cannot_use(keys_dir: Path, tmp_path: Path
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert device_public_bytes(public)[0] in (2, 3)
+
+
+def test_revoke_takes_the_code_or_the_static_part(keys_dir: Path, tmp_path: Path) -> None:
+    key = tmp_path / "phone.pem"
+    assert _cli("wallet", "key", key).returncode == 0
+    out = tmp_path / "out"
+    assert _cli("issue", "--keys", keys_dir, "--event", "1", "--device-key", f"{key}.pub",
+                "--out", out).returncode == 0  # fmt: skip
+    static = (out / "ticket-0001.txt").read_text().strip()
+    code = _cli("wallet", "code", "--ticket", out / "ticket-0001.txt", "--device-key", key)
+    text = code.stdout.strip()
+    deltas: list[str | Path] = []
+    for n, item in enumerate((static, text)):
+        delta = tmp_path / f"rev-{n}.json"
+        done = _cli("revoke", "--keys", keys_dir, "--out", delta, "--op", ("revoke", "unrevoke")[n],
+                    item)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert static not in done.stdout + done.stderr and text not in done.stdout + done.stderr
+        deltas += ["--revocations", delta]
+        checked = _cli("check", "--keys", keys_dir, *deltas, text)
+        # revoked by its static part, then unrevoked by its code: the same key both times
+        assert checked.returncode == (1, 0)[n], checked.stdout
