@@ -110,10 +110,12 @@ class MechanismView:
         return holder is not None and holder != self.lane
 
     async def until_free(self) -> None:
-        """Return once no lane holds the mechanism."""
+        """Return once no other lane holds the mechanism (looked at again after each release:
+        another lane may have taken it first)."""
         self.mechanism.waiting += 1
         try:
-            await self.mechanism._free.wait()
+            while self.held_elsewhere:
+                await self.mechanism._free.wait()
         finally:
             self.mechanism.waiting -= 1
 
