@@ -85,7 +85,8 @@ async def test_a_lanes_display_shows_that_lane_only(
             await shows(page, "admit")
             assert await page.text("#ticket") == "ticket " + short
             assert await page.evaluate("seen.includes('deny')") is False
-            assert await page.text("#admitted") == "2"  # the unit's count, both lanes
+            assert await page.text("#admitted") == "1"  # this lane's count (the unit has 2)
+            assert await page.text("#denied") == "0"  # the denial was at lane in
             await page.screenshot(screens_folder(tmp_path) / "lane-out-admit.png")
     finally:
         proc.terminate()

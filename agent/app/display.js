@@ -158,8 +158,11 @@ function onMessage(data) {
     verdict.changedAt = performance.now();
   }
   if (data.counts) {
-    $("admitted").textContent = String(data.counts.admitted);
-    $("denied").textContent = String(data.counts.denied);
+    // this lane's own counts; the unit's from a gate that does not count per lane
+    const lanes = data.counts.lanes;
+    const c = lanes && lane !== null && lanes[lane] ? lanes[lane] : data.counts;
+    $("admitted").textContent = String(c.admitted);
+    $("denied").textContent = String(c.denied);
   }
   render();
 }

@@ -19,7 +19,9 @@ Messages (one JSON object per ``data:`` line):
 * ``{"state": {"lanes": {name: {"out": [reason, ...], "emergency": bool}}, "offline": str|null}}``
 * ``{"beat": true}``
 
-Counts are the last hour's admissions and denials; an annulled admission counts as neither.
+Counts are the last hour's admissions and denials (``{admitted, denied, lanes: {name: {admitted,
+denied}}}``: the unit's, and each lane's for its own display); an annulled admission counts as
+neither.
 """
 
 from __future__ import annotations
@@ -180,14 +182,32 @@ class DisplayFeed:
         self.settings = settings
         self._streams = streams
         self._hour = _Hour()
+        self._lane_hours: dict[str, _Hour] = {}  # the same, per lane
         self._next_id = 0
-        self._pending: dict[str, tuple[Any, _Entry, int]] = {}  # lane -> (scan, entry, id)
+        # lane -> (scan, its entries in the unit's and the lane's hour, id)
+        self._pending: dict[str, tuple[Any, tuple[_Entry, _Entry], int]] = {}
         self.last: dict[str, dict[str, Any]] = {}  # lane -> the last decision, for /status
         self._state: dict[str, Any] | None = None
         self.beat_s = min(MAX_BEAT_S, settings.stale_after_s / 3)
 
     def counts(self, now: float | None = None) -> dict[str, int]:
+        """The unit's last hour (``/status`` last_hour)."""
         return self._hour.counts(time.time() if now is None else now)
+
+    def _counts(self, now: float | None = None) -> dict[str, Any]:
+        """The unit's counts, and each lane's under ``lanes`` (a lane's display shows its own)."""
+        now = time.time() if now is None else now
+        lanes = {
+            name: self._lane_hour(name).counts(now)
+            for name in (lane.settings.name for lane in self._lanes())
+        }
+        return {**self._hour.counts(now), "lanes": lanes}
+
+    def _lane_hour(self, name: str) -> _Hour:
+        hour = self._lane_hours.get(name)
+        if hour is None:
+            hour = self._lane_hours[name] = _Hour()
+        return hour
 
     def seen(self, outcome: Outcome) -> bool:
         """Whether :meth:`decided` was told of this presentation already."""
@@ -199,8 +219,10 @@ class DisplayFeed:
         d, now = outcome.decision, time.time()
         self._next_id += 1
         entry = _Entry(now, d.admitted)
+        lane_entry = _Entry(now, d.admitted)
         self._hour.add(entry)
-        self._pending[outcome.lane] = (outcome.scan, entry, self._next_id)
+        self._lane_hour(outcome.lane).add(lane_entry)
+        self._pending[outcome.lane] = (outcome.scan, (entry, lane_entry), self._next_id)
         action = steward_action(d)
         shown = {
             "id": self._next_id,
@@ -215,7 +237,7 @@ class DisplayFeed:
         self.last[outcome.lane] = shown
         self.watch()  # a journal fault found by this decision goes out with it
         if self._streams:
-            self._streams.publish(_event({"decision": shown, "counts": self.counts(now)}))
+            self._streams.publish(_event({"decision": shown, "counts": self._counts(now)}))
 
     def settled(self, outcome: Outcome) -> None:
         """What came of an admission: passed, or not used (annulled: not counted)."""
@@ -223,12 +245,13 @@ class DisplayFeed:
         if pending is None or pending[0] is not outcome.scan or not outcome.decision.admitted:
             self.watch()
             return
-        _, entry, ident = pending
+        _, (entry, lane_entry), ident = pending
         if outcome.passed:
             result = "passed"
         elif outcome.annul is not None:
             result = "not_used"
             self._hour.void(entry)
+            self._lane_hour(outcome.lane).void(lane_entry)
         else:
             result = "unconfirmed"
         last = self.last.get(outcome.lane)
@@ -237,7 +260,7 @@ class DisplayFeed:
         self.watch()
         if self._streams:
             settled = {"id": ident, "lane": outcome.lane, "result": result}
-            self._streams.publish(_event({"settled": settled, "counts": self.counts()}))
+            self._streams.publish(_event({"settled": settled, "counts": self._counts()}))
 
     def state(self) -> dict[str, Any]:
         """Per lane: why it is out of service, whether it is in emergency free passage; and
@@ -287,7 +310,7 @@ class DisplayFeed:
             "hold_s": max([lane.settings.passage_timeout_s for lane in self._lanes()] or [0]) + 1,
         }
         state = self._state if self._state is not None else self.state()
-        return _event({"hello": hello, "state": state, "counts": self.counts()})
+        return _event({"hello": hello, "state": state, "counts": self._counts()})
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
         """One display's stream: the greeting, then every message until either side goes."""
