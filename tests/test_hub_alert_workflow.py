@@ -10,31 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from agent.clock import Clock
-from agent.journal import Journal
-from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
-from sync.protocol import EntryWire
-from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
+from tests.hubvenue import DENIED, Venue, open_venue, row
 from tests.pg import pg_server, pg_url  # noqa: F401
-
-DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
-ADMIT = Decision(Verdict.ADMIT, Reason.OK)
-
-
-@dataclass
-class Venue:
-    setup: HubSetup
-    console: str  # a console token named "security"
-    api: Api
-    a: Gate
-    b: Gate
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,42 +26,8 @@ def store(request: pytest.FixtureRequest) -> str | None:
 
 @pytest.fixture
 async def venue(tmp_path: Path, keys_dir: Path, store: str | None) -> AsyncIterator[Venue]:
-    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, store=store)
-    console = add_token(setup, console="security")
-    journals = []
-    gates = []
-    for gate_id, name in (("gate-a", "North A"), ("gate-b", "South B")):
-        journal = await Journal.open(
-            tmp_path / f"{gate_id}.db",
-            gate_id=gate_id,
-            gate_name=name,
-            clock=Clock(assume="synced"),
-        )
-        journals.append(journal)
-        gates.append(Gate(gate_id, name, add_token(setup, gate_id=gate_id, name=name), journal))
-    try:
-        with HubProcess(setup):
-            async with aiohttp.ClientSession() as session:
-                yield Venue(setup, console, Api(session, setup.url), gates[0], gates[1])
-    finally:
-        for journal in journals:
-            await journal.close()
-
-
-async def row(
-    gate: Gate,
-    ref: str,
-    *,
-    lane: str,
-    offline: bool,
-    kind: str = "entry",
-    decision: Decision = ADMIT,
-) -> EntryWire:
-    rec = await gate.journal.record(
-        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0,  # type: ignore[arg-type]
-        offline=offline,
-    )  # fmt: skip
-    return EntryWire.from_record(rec)
+    async with open_venue(tmp_path, keys_dir, store=store) as v:
+        yield v
 
 
 async def double_admission(v: Venue, ref: str) -> dict[str, object]:

@@ -11,79 +11,27 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from agent import tickets
 from agent.app import config as cfg
 from agent.app.daemon import open_gate
-from agent.clock import Clock
 from agent.issuer import Issuer
-from agent.journal import Journal, Kind
-from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
 from agent.redact import short_id
 from drivers.sim import SimGate, SimScanner
 from sync.protocol import EntryWire
 from tests.conftest import WriteConfig
-from tests.hubproc import (
-    EXE,
-    ROOT,
-    Api,
-    Gate,
-    HubProcess,
-    HubSetup,
-    add_token,
-    hub_cli,
-    write_hub_config,
-)
-
-ADMIT = Decision(Verdict.ADMIT, Reason.OK)
-DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
-
-
-@dataclass
-class Venue:
-    setup: HubSetup
-    console: str
-    api: Api
-    a: Gate
-    b: Gate
+from tests.hubproc import EXE, ROOT, hub_cli
+from tests.hubvenue import ADMIT, DENIED, Venue, open_venue, upload
 
 
 @pytest.fixture
 async def venue(tmp_path: Path, keys_dir: Path) -> AsyncIterator[Venue]:
-    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
-    console = add_token(setup, console="security")
-    gates: list[Gate] = []
-    for gate_id, name in (("gate-a", "North A"), ("gate-b", "South B")):
-        journal = await Journal.open(
-            tmp_path / f"{gate_id}.db",
-            gate_id=gate_id,
-            gate_name=name,
-            clock=Clock(assume="synced"),
-        )
-        gates.append(Gate(gate_id, name, add_token(setup, gate_id=gate_id, name=name), journal))
-    try:
-        with HubProcess(setup):
-            async with aiohttp.ClientSession() as session:
-                yield Venue(setup, console, Api(session, setup.url), gates[0], gates[1])
-    finally:
-        for gate in gates:
-            await gate.journal.close()
-
-
-async def upload(
-    gate: Gate, api: Api, ref: str, *, lane: str, offline: bool, decision: Decision = ADMIT
-) -> None:
-    kind: Kind = "entry" if decision is ADMIT else "attempt"
-    rec = await gate.journal.record(
-        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0, offline=offline
-    )
-    assert (await gate.upload(api, EntryWire.from_record(rec))).status == 200
+    async with open_venue(tmp_path, keys_dir) as v:
+        yield v
 
 
 async def test_hub_ticket_and_hub_alerts_show_one_id_for_a_ticket(

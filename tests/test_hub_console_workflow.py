@@ -6,71 +6,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from agent.clock import Clock
-from agent.journal import Journal
-from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
-from sync.protocol import EntryWire
 from tests.browser import Browser
-from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
+from tests.hubvenue import DENIED, Venue, open_venue, row
 
-DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
-ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 TITLE = "Security console - gate-agent hub"
 LIVE = "document.querySelector('#status').textContent.startsWith('live')"
 
 
-@dataclass
-class Venue:
-    setup: HubSetup
-    token: str
-    api: Api
-    a: Gate
-    b: Gate
-
-
 @pytest.fixture
 async def venue(tmp_path: Path, keys_dir: Path) -> AsyncIterator[Venue]:
-    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
-    token = add_token(setup, console="security")
-    gates: list[Gate] = []
-    for gate_id, name in (("gate-a", "North A"), ("gate-b", "<b>South B</b>")):
-        journal = await Journal.open(
-            tmp_path / f"{gate_id}.db",
-            gate_id=gate_id,
-            gate_name=name,
-            clock=Clock(assume="synced"),
-        )
-        gates.append(Gate(gate_id, name, add_token(setup, gate_id=gate_id, name=name), journal))
-    try:
-        with HubProcess(setup):
-            async with aiohttp.ClientSession() as session:
-                yield Venue(setup, token, Api(session, setup.url), gates[0], gates[1])
-    finally:
-        for gate in gates:
-            await gate.journal.close()
-
-
-async def row(
-    gate: Gate,
-    ref: str,
-    *,
-    lane: str,
-    offline: bool,
-    kind: str = "entry",
-    decision: Decision = ADMIT,
-) -> EntryWire:
-    rec = await gate.journal.record(
-        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0,  # type: ignore[arg-type]
-        offline=offline,
-    )  # fmt: skip
-    return EntryWire.from_record(rec)
+    async with open_venue(tmp_path, keys_dir, names=("North A", "<b>South B</b>")) as v:
+        yield v
 
 
 async def double_admission(v: Venue, ref: str) -> None:
@@ -95,7 +46,7 @@ async def test_a_security_lead_finds_acknowledges_assigns_and_notes_an_alert(
 ) -> None:
     v = venue
     async with Browser(tmp_path / "browser", width=1280, height=900) as page:
-        await page.goto(f"{v.setup.url}/console#token={v.token}")
+        await page.goto(f"{v.setup.url}/console#token={v.console}")
         await page.wait_for(LIVE)
         assert await page.evaluate("document.title") == TITLE  # nothing open
         await double_admission(v, "T-lead")
@@ -163,7 +114,7 @@ async def test_a_security_lead_finds_acknowledges_assigns_and_notes_an_alert(
         )
         assert "1 note" in await page.text(f"{dbl} .workflow")
         # the hub kept it all
-        page_json = (await v.api.get("/v1/alerts?limit=10", v.token)).json
+        page_json = (await v.api.get("/v1/alerts?limit=10", v.console)).json
         (stored,) = [a for a in page_json["alerts"] if a["kind"] == "double_admission"]
         flow = stored["workflow"]
         assert (flow["acked_by"], flow["assignee"], flow["assigned_by"]) == (
@@ -227,7 +178,7 @@ async def test_new_alerts_are_signalled_only_when_the_toggle_is_on(
 ) -> None:
     v = venue
     async with Browser(tmp_path / "browser", width=1280, height=800) as page:
-        await page.goto(f"{v.setup.url}/console#token={v.token}")
+        await page.goto(f"{v.setup.url}/console#token={v.console}")
         await page.wait_for(LIVE)
         assert await page.evaluate("document.getElementById('notify-toggle').checked") is False
         await double_admission(v, "T-quiet")
@@ -248,7 +199,7 @@ async def test_the_token_survives_a_reload_in_this_tab_only(venue: Venue, tmp_pa
     v = venue
     await double_admission(v, "T-reload")
     async with Browser(tmp_path / "browser", width=1280, height=800) as page:
-        await page.goto(f"{v.setup.url}/console#token={v.token}")
+        await page.goto(f"{v.setup.url}/console#token={v.console}")
         await page.wait_for(LIVE)
         assert await page.evaluate("location.hash") == ""
         await page.evaluate("location.reload()")
