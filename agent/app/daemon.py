@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
+from agent.app.lane_devices import open_lane_devices
 from agent.checker import Checker
 from agent.clock import Clock
 from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
-from agent.mechanism import Mechanism
-from agent.model import Decision
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
 from agent.settings import parse_listen
@@ -37,7 +36,6 @@ from agent.trust import (
     load_root_key,
     read_capped,
 )
-from drivers import registry
 
 if TYPE_CHECKING:
     from agent.app.sdnotify import Notifier
@@ -115,26 +113,6 @@ async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStor
 FLOOR_PERSIST_S = 60.0
 
 
-class Indicators:
-    """Several indicators shown together (GPIO lamps and the scanner's own beep, say)."""
-
-    def __init__(self, parts: list[Indicator]) -> None:
-        self.parts = parts
-
-    async def open(self) -> None:
-        return None  # the parts are opened and closed as devices of their own
-
-    async def close(self) -> None:
-        return None
-
-    async def show(self, decision: Decision, message: str) -> None:
-        for part in self.parts:
-            try:
-                await part.show(decision, message)
-            except Exception:  # one broken lamp must not hide the others
-                log.exception("indicator %s failed", type(part).__name__)
-
-
 async def _persist_floor(clock: Clock, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
@@ -188,68 +166,6 @@ class Gate:
         return lane
 
 
-@dataclass
-class _LaneDevices:
-    scanner: Scanner
-    gate_io: GateIO
-    indicator: Indicator | None
-
-
-async def _open_devices(
-    config: cfg.Config,
-    stack: contextlib.AsyncExitStack,
-    scanner: Scanner | None,
-    gate_io: GateIO | None,
-) -> list[_LaneDevices]:
-    """Every lane's devices, opened (closed by ``stack``). Lanes whose gate URL is the identical
-    string share one mechanism (opened once, closed once); an indicator URL named by several lanes
-    is one device too. ``scanner`` and ``gate_io`` replace the main lane's configured devices."""
-    base = config.path.parent
-    users: dict[str, list[str]] = {}
-    for spec in config.lanes:
-        users.setdefault(spec.devices.gate, []).append(spec.name)
-    mechanisms: dict[str, Mechanism] = {}
-    indicators: dict[str, Indicator] = {}
-    built: list[tuple[Scanner, GateIO, Indicator | None]] = []
-    for i, spec in enumerate(config.lanes):
-        d = spec.devices
-        lane_gate: GateIO
-        if i == 0 and gate_io is not None:
-            lane_gate = gate_io
-        elif len(users[d.gate]) > 1:
-            if d.gate not in mechanisms:
-                mechanisms[d.gate] = Mechanism(
-                    registry.create("gate", d.gate, base), "+".join(users[d.gate])
-                )
-            lane_gate = mechanisms[d.gate].view(spec.name)
-        else:
-            lane_gate = registry.create("gate", d.gate, base)
-        lane_scanner = scanner if i == 0 and scanner is not None else None
-        lane_scanner = lane_scanner or registry.create("scanner", d.scanner, base)
-        indicator = None
-        if d.indicator:
-            if d.indicator not in indicators:
-                indicators[d.indicator] = registry.create("indicator", d.indicator, base)
-            indicator = indicators[d.indicator]
-        built.append((lane_scanner, lane_gate, indicator))
-    # Gates first, then indicators, then scanners (no scan before the gate can open).
-    opened: set[int] = set()
-    for group in ([b[1] for b in built], [b[2] for b in built], [b[0] for b in built]):
-        for driver in group:
-            if driver is None or id(driver) in opened:
-                continue
-            opened.add(id(driver))
-            await driver.open()
-            stack.push_async_callback(driver.close)
-    lanes = []
-    for lane_scanner, lane_gate, indicator in built:
-        # A scanner that can beep/flash (vendor feedback) is an indicator too.
-        shown = [d for d in (indicator, lane_scanner) if isinstance(d, Indicator)]
-        shown_by = shown[0] if len(shown) == 1 else Indicators(shown) if shown else None
-        lanes.append(_LaneDevices(lane_scanner, lane_gate, shown_by))
-    return lanes
-
-
 @contextlib.asynccontextmanager
 async def open_gate(
     config: cfg.Config,
@@ -284,7 +200,7 @@ async def open_gate(
         stack.callback(clock.persist)
         floor_task = asyncio.create_task(_persist_floor(clock, FLOOR_PERSIST_S))
         stack.callback(floor_task.cancel)
-        devices = await _open_devices(config, stack, scanner, gate_io)
+        devices = await open_lane_devices(config, stack, scanner, gate_io)
         upstream_trust = UpstreamTrust()
         checker = Checker(
             MergedTrust([trust, upstream_trust]),
