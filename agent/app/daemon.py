@@ -289,7 +289,8 @@ async def _start_pretix(config: cfg.Config, gate: Gate, keys: UpstreamTrust) -> 
 
 
 async def run(config: cfg.Config) -> int:
-    """Run the gate until its scanner ends or SIGTERM/SIGINT arrives; returns an exit code.
+    """Run the gate until every lane's scanner has ended or SIGTERM/SIGINT arrives; returns an
+    exit code.
 
     Under systemd (``Type=notify``) READY=1 is sent once the gate is open and its journal
     answers; WATCHDOG=1 follows from the same loop while the journal keeps answering, with the
