@@ -64,9 +64,11 @@ CREATE TABLE entries (
     annuls TEXT, zone INTEGER, wall_time {real} NOT NULL, clock_synced BOOLEAN NOT NULL,
     mono_ns BIGINT NOT NULL, boot_id TEXT NOT NULL, hlc BIGINT NOT NULL,
     rev_version BIGINT NOT NULL, offline BOOLEAN NOT NULL, in_feed BOOLEAN NOT NULL,
-    received_at {real} NOT NULL, UNIQUE (gate_id, gate_seq)
+    received_at {real} NOT NULL, short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
+    UNIQUE (gate_id, gate_seq)
 );
 CREATE INDEX entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX entries_short_id ON entries (short_id);
 """
 
 
