@@ -224,8 +224,9 @@ class GpioGate:
                 # (never annul what may have been used).
                 log.error("gpio gate: passage unknown (%s): entry stands", self.fault)
                 return granted
-            try:
-                return await asyncio.wait_for(passage, timeout_s)
+            try:  # asyncio.timeout: on 3.11 wait_for can swallow a cancel that meets the passage
+                async with asyncio.timeout(timeout_s):
+                    return await passage
             except TimeoutError:
                 return False
         finally:

@@ -283,8 +283,9 @@ class SimGate:
                 return True
             await asyncio.sleep(timeout_s)
             return False
-        try:
-            await asyncio.wait_for(self._passed.wait(), timeout_s)
+        try:  # asyncio.timeout: on 3.11 wait_for can swallow a cancel that meets the passage
+            async with asyncio.timeout(timeout_s):
+                await self._passed.wait()
         except TimeoutError:
             return False
         return True
