@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--per-style", type=int, default=10, help="presentations per style and size")
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
-    print(f"{'size':<10} {'style':<9} {'shown':>5} {'bare zxing':>10} {'project':>8} "
+    print(f"{'frame/module':<16} {'style':<9} {'shown':>5} {'bare zxing':>10} {'project':>8} "
           f"{'frames read (bare)':>19}")  # fmt: skip
     for width, height, module in SIZES:
         for n, style in enumerate(synth.STYLES):
@@ -99,7 +99,7 @@ def main() -> None:
                 "frames_with_code": len(texts) * SHOW, "frames_read_bare": frames_read,
             }  # fmt: skip
             results.append(row)
-            print(f"{row['size']:<10} {style:<9} {row['shown']:>5} {row['bare']:>10} "
+            print(f"{row['size'] + f'/{module}px':<16} {style:<9} {row['shown']:>5} {row['bare']:>10} "
                   f"{row['project']:>8} {frames_read:>10}/{row['frames_with_code']}")  # fmt: skip
     total = {k: sum(int(r[k]) for r in results) for k in ("shown", "bare", "project")}
     print(f"all: {total['shown']} shown, bare zxing-cpp read {total['bare']}, "
