@@ -8,7 +8,6 @@ Delay: every chunk is forwarded ``delay_s`` after it arrived, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 CHUNK = 65536
 
@@ -35,9 +34,7 @@ class Relay:
         self._drop()
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

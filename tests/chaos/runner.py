@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import random
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from tests.chaos.venue import Venue
 from tests.chaos.workload import Workload
 
 DRAIN_TIMEOUT_S = 60.0
+_live: list[Venue] = []  # venues not yet torn down: killed on the way out, whatever happens
 
 
 @dataclass
@@ -88,6 +90,7 @@ async def run_schedule(schedule: Schedule, dir: Path, server: pg.PgServer | None
         assert server is not None
         store = server.create_database(f"chaos_{schedule.seed}_{int(time.time() * 1000)}")
     venue = Venue(dir, store, small_disks=True)
+    _live.append(venue)
     timeline = Timeline()
     restart = _pg_restarter(server) if server is not None else None
     try:
@@ -115,6 +118,7 @@ async def run_schedule(schedule: Schedule, dir: Path, server: pg.PgServer | None
         with contextlib.suppress(Exception):
             await venue.close()
         venue.unmount()
+        _live.remove(venue)
     result.faults = timeline.injected
     result.log = timeline.log
     return result
@@ -181,19 +185,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedules", type=int, default=1, help="how many schedules (default 1)")
     p.add_argument("--duration", type=float, help="seconds of workload per schedule")
     p.add_argument("--keep", action="store_true", help="keep the venues' files (logs, journals)")
+    p.add_argument("--dir", type=Path, help="put the venues' files here, and keep them")
     args = p.parse_args(argv)
     if args.schedules < 1:
         p.error("--schedules must be at least 1")
+    if args.duration is not None and not 6 <= args.duration <= 600:
+        p.error("--duration must be 6-600 seconds")
     seed = args.seed if args.seed is not None else random.randrange(1, 1 << 31)
-    dir = Path(tempfile.mkdtemp(prefix="gate-agent-chaos-"))
+    dir = args.dir or Path(tempfile.mkdtemp(prefix="gate-agent-chaos-"))
+    keep = args.keep or args.dir is not None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: clean up as on ^C
     try:
         results = asyncio.run(run_many(seed, args.schedules, dir, args.duration))
     finally:
-        if args.keep:
-            print(f"files kept in {dir}")
-        else:
+        for venue in _live:
+            venue.kill_all()
+        if not keep:
             shutil.rmtree(dir, ignore_errors=True)
-    for line in summary(results):
+    lines = summary(results)
+    if keep:  # the summary stays the last line
+        lines.insert(0, f"files kept in {dir}")
+    for line in lines:
         print(line)
     return 0 if not any(r.violations for r in results) else 1
 

@@ -48,7 +48,8 @@ def make_schedule(seed: int, *, duration_s: float | None = None) -> Schedule:
     """The schedule of ``seed`` (the same seed, the same schedule)."""
     rng = random.Random(seed)
     store = "postgresql" if rng.random() < 1 / 3 else "sqlite"
-    duration = duration_s if duration_s is not None else rng.uniform(20, 30)
+    duration = rng.uniform(20, 30)  # drawn either way: --duration changes no other draw
+    duration = duration_s if duration_s is not None else duration
     kinds = [k for k in KINDS if (k != "pg_restart" or store == "postgresql")]
     faults = []
     for _ in range(rng.randint(3, 6)):

@@ -221,3 +221,11 @@ class Venue:
     def unmount(self) -> None:
         for gate in self.gates.values():
             gate.unmount()
+
+    def kill_all(self) -> None:
+        """The last resort (the harness interrupted): kill -9 every process, unmount."""
+        for gate in self.gates.values():
+            gate.kill9()
+        self.hub.kill9()
+        self.unmount()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
