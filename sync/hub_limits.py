@@ -269,7 +269,9 @@ class _Guard(asyncio.Protocol):
         conns.lingering += 1
         self._lingering = True
         transport.write_eof()
-        self._deadline = asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.abort)
+        self._deadline = asyncio.get_running_loop().call_later(
+            REFUSAL_LINGER_S, _end_refusal, transport
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -333,6 +335,16 @@ class _Guard(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
+
+
+def _end_refusal(transport: asyncio.Transport) -> None:
+    """The client did not close within REFUSAL_LINGER_S. With the 503 handed to the kernel
+    (nothing left in the write buffer) a plain close keeps it readable for a slow client (its
+    head was read, so no reset goes out); with the answer still unsent, abort."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 class GuardedSite(web.BaseSite):
