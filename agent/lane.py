@@ -138,7 +138,15 @@ class Lane:
         ]
         try:
             while (scan := await queue.get()) is not None:
-                await self.present(scan)
+                # A stop waits for the presentation in hand: once its decision may be on file,
+                # the pulse (or the annulment) must follow, or a journalled admission would
+                # never open the gate and nothing would give the ticket back.
+                presenting = asyncio.ensure_future(self.present(scan))
+                try:
+                    await asyncio.shield(presenting)
+                except asyncio.CancelledError:
+                    await presenting
+                    raise
         finally:
             for task in tasks:
                 task.cancel()
