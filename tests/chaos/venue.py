@@ -190,7 +190,6 @@ class Venue:
             dir / "hub", keys=self.keys, store=store, extra="gate_offline_after_s = 2\n"
         )
         self.hub = HubProcess(self.setup)
-        self.console = add_token(self.setup, console="chaos")
         self.sock_dir = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))
         self.relays = {g: Relay(self.setup.port) for g in GATE_IDS}
         self.gates = {
