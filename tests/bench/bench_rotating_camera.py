@@ -99,7 +99,8 @@ def main() -> None:
                 "frames_with_code": len(texts) * SHOW, "frames_read_bare": frames_read,
             }  # fmt: skip
             results.append(row)
-            print(f"{row['size'] + f'/{module}px':<16} {style:<9} {row['shown']:>5} {row['bare']:>10} "
+            label = f"{width}x{height}/{module}px"
+            print(f"{label:<16} {style:<9} {row['shown']:>5} {row['bare']:>10} "
                   f"{row['project']:>8} {frames_read:>10}/{row['frames_with_code']}")  # fmt: skip
     total = {k: sum(int(r[k]) for r in results) for k in ("shown", "bare", "project")}
     print(f"all: {total['shown']} shown, bare zxing-cpp read {total['bare']}, "
