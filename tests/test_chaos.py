@@ -84,13 +84,14 @@ def test_short_schedules_break_no_invariant(tmp_path: Path) -> None:
     for kind in ("hub_restart", "kill_gate", "disk_full", "pg_restart", "partition", "slow_link"):
         assert kind in kinds, kinds
 
-    code, lines = _run(
-        "--seed", "9", "--duration", "12", "--dir", str(tmp_path / "b")
-    )  # a replay is that one seed
+
+@pytest.mark.slow
+@needs.mark(os.geteuid() == 0, "root (a tmpfs state disk per gate)")
+@needs.mark(FAKETIME.exists(), "libfaketime (apt package faketime)")
+def test_one_seed_is_one_schedule_with_its_faults(tmp_path: Path) -> None:
+    code, lines = _run("--seed", "9", "--duration", "12", "--dir", str(tmp_path))
     assert code == 0, "\n".join(lines)
-    assert lines[0].startswith("schedule seed=9 ")
+    assert lines[0].startswith("schedule seed=9 store=sqlite ")
     kinds = next(line for line in lines if line.startswith("faults by kind:"))
     assert kinds == "faults by kind: clock_step 1, kill_hub 2, slow_link 1", kinds
-    assert SUMMARY.match(lines[-1]) and lines[-1].endswith(
-        "1 schedules, 4 faults, 0 invariant violations"
-    )
+    assert lines[-1] == "chaos: 1 schedules, 4 faults, 0 invariant violations"
