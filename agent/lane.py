@@ -8,6 +8,7 @@ lane never raises for a bad scan: every presentation ends in a recorded decision
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -145,7 +146,7 @@ class Lane:
                 try:
                     await asyncio.shield(presenting)
                 except asyncio.CancelledError:
-                    await presenting
+                    await _finish(presenting)
                     raise
         finally:
             for task in tasks:
@@ -411,3 +412,12 @@ class Lane:
             ",".join(sorted(decision.flags)) or "-",
             latency / 1e6,
         )
+
+
+async def _finish(presenting: asyncio.Future[Outcome | None]) -> None:
+    """Wait for a presentation to end however often this task is cancelled meanwhile (a second
+    SIGTERM): awaiting it bare would pass the cancel into it, cutting it between its journal
+    row and the pulse or annulment."""
+    while not presenting.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(presenting)
