@@ -141,14 +141,15 @@ async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> list[by
 
     A revocation names the ticket's revocation key (TK1: its token id; pretix: a hash of its
     secret); gates upload it with each row of a ticket whose signature verified. A short id
-    must name exactly one ticket seen at this venue; every key uploaded with its rows is
-    returned (a transferred ticket has had several tokens; a key a stolen gate made up is
-    harmless beside the real one).
+    must name exactly one ticket seen at this venue, and its rows exactly one key: gates are
+    not trusted to say which key is a ticket's, so when they uploaded several (a transferred
+    ticket's old and new tokens, or keys a stolen gate made up) nothing is revoked and the
+    error lists each key with the gates that sent it, for the operator to give the right ones.
     """
     keys: list[bytes] = []
     async with opened_store(config) as store:
         for short in shorts:
-            tickets, found = await store.revocation_keys(short)
+            tickets, pairs = await store.revocation_keys(short)
             if tickets == 0:
                 raise UsageError(f"short id {short}: no ticket with this id was seen at this venue")
             if tickets > 1:
@@ -156,11 +157,23 @@ async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> list[by
                     f"short id {short}: {tickets} tickets seen at this venue share it;"
                     " give the ticket's text or its 32-hex token id"
                 )
-            if not found:
+            if not pairs:
                 raise UsageError(
                     f"short id {short}: its gates uploaded no revocation key (gates before this"
                     " version, or only forged copies were scanned): give the ticket's text or"
                     " its 32-hex token id (`gate-agent check TEXT` shows it)"
                 )
-            keys += [bytes.fromhex(key) for key in found]
+            by_key: dict[str, list[str]] = {}
+            for key, gate in pairs:
+                by_key.setdefault(key, []).append(gate)
+            if len(by_key) > 1:
+                listed = "; ".join(f"{k} from {', '.join(g)}" for k, g in list(by_key.items())[:8])
+                more = "" if len(pairs) < 65 and len(by_key) <= 8 else "; and more"
+                raise UsageError(
+                    f"short id {short}: gates uploaded {len(by_key)} different revocation keys"
+                    f" ({listed}{more}): nothing revoked; give the 32-hex token id(s) to revoke"
+                )
+            [(key, gates)] = by_key.items()
+            print(f"short id {short}: revocation key {key} (uploaded by {', '.join(gates)})")
+            keys.append(bytes.fromhex(key))
     return keys

@@ -36,10 +36,11 @@ TICKET_HISTORY = (
     " WHERE e.short_id = ? ORDER BY e.hlc, e.entry_id LIMIT ?"
 )
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref) FROM entries WHERE short_id = ?"
-# The revocation keys gates uploaded with a short id's rows (a transferred ticket has several).
+# The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
+# several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".
 REV_KEYS = (
-    "SELECT DISTINCT rev_key FROM entries WHERE short_id = ? AND rev_key IS NOT NULL"
-    " ORDER BY rev_key LIMIT 64"
+    "SELECT rev_key, gate_id FROM entries WHERE short_id = ? AND rev_key IS NOT NULL"
+    " GROUP BY rev_key, gate_id ORDER BY rev_key, gate_id LIMIT 65"
 )
 CONTEXT = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"

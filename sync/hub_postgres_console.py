@@ -89,13 +89,13 @@ class PostgresConsoleQueries:
 
         return await self._run(job)
 
-    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
-        """How many tickets have this short id, and the revocation keys uploaded with their rows
-        (hex, at most 64). Raises HubStoreError."""
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """How many tickets have this short id, and the (revocation key, gate) pairs uploaded
+        with their rows (at most 65). Raises HubStoreError."""
 
-        async def job(conn: _Conn) -> tuple[int, tuple[str, ...]]:
+        async def job(conn: _Conn) -> tuple[int, tuple[tuple[str, str], ...]]:
             tickets = await conn.fetchval(_TICKET_COUNT, short)
-            keys = tuple(row[0] for row in await conn.fetch(_REV_KEYS, short))
+            keys = tuple((row[0], row[1]) for row in await conn.fetch(_REV_KEYS, short))
             return int(tickets), keys
 
         return await self._run(job)

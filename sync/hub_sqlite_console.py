@@ -66,13 +66,13 @@ class SQLiteConsoleQueries:
 
         return await self._run(job)
 
-    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
-        """How many tickets have this short id, and the revocation keys uploaded with their rows
-        (hex, at most 64). Raises HubStoreError."""
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """How many tickets have this short id, and the (revocation key, gate) pairs uploaded
+        with their rows (at most 65). Raises HubStoreError."""
 
-        def job(db: sqlite3.Connection) -> tuple[int, tuple[str, ...]]:
+        def job(db: sqlite3.Connection) -> tuple[int, tuple[tuple[str, str], ...]]:
             (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
-            keys = tuple(row[0] for row in db.execute(q.REV_KEYS, (short,)))
+            keys = tuple((row[0], row[1]) for row in db.execute(q.REV_KEYS, (short,)))
             return int(tickets), keys
 
         return await self._run(job)

@@ -163,9 +163,9 @@ class HubStore(Protocol):
         oldest first (by HLC), at most ``limit`` of them."""
         ...
 
-    async def revocation_keys(self, short: str) -> tuple[int, tuple[str, ...]]:
-        """How many tickets the venue saw with this short id, and the revocation keys (hex) gates
-        uploaded with their rows: one per token a ticket had (a transfer makes a new one)."""
+    async def revocation_keys(self, short: str) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """How many tickets the venue saw with this short id, and the (revocation key in hex,
+        gate id) pairs gates uploaded with their rows, by key then gate, at most 65."""
         ...
 
     async def set_gate_name(self, gate_id: str, name: str) -> None:

@@ -24,7 +24,7 @@ from agent.redact import short_id
 from drivers.sim import SimGate, SimScanner
 from sync.protocol import EntryWire
 from tests.conftest import WriteConfig
-from tests.hubproc import EXE, ROOT, hub_cli
+from tests.hubproc import EXE, ROOT, Gate, hub_cli
 from tests.hubvenue import ADMIT, DENIED, Venue, open_venue, upload
 
 
@@ -78,7 +78,7 @@ async def test_hub_ticket_and_hub_alerts_show_one_id_for_a_ticket(
     assert "acknowledged by security" in plain.stdout and "offline" in plain.stdout
 
 
-async def test_hub_revoke_takes_a_short_id_and_revokes_every_token_of_the_ticket(
+async def test_hub_revoke_takes_a_short_id_with_one_key_and_lists_several(
     venue: Venue, iss: Issuer
 ) -> None:
     v = venue
@@ -94,11 +94,8 @@ async def test_hub_revoke_takes_a_short_id_and_revokes_every_token_of_the_ticket
     assert "token id" in keyless.stderr and len(keyless.stderr.strip().splitlines()) == 1
     assert "version" not in keyless.stdout  # nothing was issued
 
-    # A ticket passed on once (two tokens, one ticket id), scanned at both gates: the gates
-    # upload each token's key with their decisions, and the short id revokes both.
-    ticket_id = bytes.fromhex("00112233445566ff")
-    first, second = (iss.ticket(event=1, ticket_id=ticket_id) for _ in range(2))
-    for gate, text in ((v.a, first), (v.b, second)):
+    # A ticket scanned at both gates: both upload its one key; the short id revokes it.
+    async def decide(gate: Gate, text: str) -> None:
         parsed = tickets.parse(text)
         _, rec = await gate.journal.decide_and_record(
             parsed.ticket_ref, lambda _: ADMIT, admit_as="entry", lane="in", rev_version=0,
@@ -106,13 +103,32 @@ async def test_hub_revoke_takes_a_short_id_and_revokes_every_token_of_the_ticket
         )  # fmt: skip
         assert rec.rev_key == parsed.revocation_key.hex()
         assert (await gate.upload(v.api, EntryWire.from_record(rec))).status == 200
-    sid = short_id(tickets.parse(first).ticket_ref)
+
+    plain = iss.ticket(event=1)
+    for gate in (v.a, v.b):
+        await decide(gate, plain)
+    sid = short_id(tickets.parse(plain).ticket_ref)
     done = hub_cli(v.setup, "revoke", sid.upper())
     assert done.returncode == 0, done.stderr
-    assert "2 keys revoked (list: 2 revoked" in done.stdout
-    for text in (first, second):  # both already on the list: revoking a text adds nothing
-        again = hub_cli(v.setup, "revoke", text)
-        assert again.returncode == 0 and "(list: 2 revoked" in again.stdout, again.stdout
+    key = tickets.parse(plain).revocation_key.hex()
+    assert f"revocation key {key} (uploaded by gate-a, gate-b)" in done.stdout
+    assert "1 key revoked (list: 1 revoked" in done.stdout
+
+    # Several keys for one ticket (a transfer's old and new tokens; or keys a stolen gate made
+    # up): the hub does not pick, it lists them with their gates and revokes nothing.
+    ticket_id = bytes.fromhex("00112233445566ff")
+    first, second = (iss.ticket(event=1, ticket_id=ticket_id) for _ in range(2))
+    await decide(v.a, first)
+    await decide(v.b, second)
+    sid = short_id(tickets.parse(first).ticket_ref)
+    refused = hub_cli(v.setup, "revoke", sid)
+    assert refused.returncode == 2 and "2 different revocation keys" in refused.stderr
+    for text, gate_id in ((first, "gate-a"), (second, "gate-b")):
+        assert f"{tickets.parse(text).revocation_key.hex()} from {gate_id}" in refused.stderr
+    assert "version" not in refused.stdout and len(refused.stderr.strip().splitlines()) == 1
+    keys = [tickets.parse(t).revocation_key.hex() for t in (first, second)]
+    both = hub_cli(v.setup, "revoke", *keys)
+    assert both.returncode == 0 and "(list: 3 revoked" in both.stdout, both.stdout
 
 
 async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
