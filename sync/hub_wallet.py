@@ -35,6 +35,7 @@ from agent.issuer import TicketSigner
 from agent.redact import short_id
 from agent.tickets import tk2
 from sync.hub_auth import caller
+from sync.hub_handlers import read_body
 from sync.hub_state import HUB, HttpError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise HttpError(400, "body: expected Content-Type application/json")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise HttpError(400, f"body: at most {MAX_BODY} bytes", error="too_large")
-    raw = await request.content.read(MAX_BODY + 1)
+    raw = await read_body(request)  # the whole body, however it arrives, within body_timeout_s
     if len(raw) > MAX_BODY:
         raise HttpError(400, f"body: at most {MAX_BODY} bytes", error="too_large")
     try:

@@ -174,6 +174,29 @@ async def test_issuing_endpoint_checks_token_fields_and_rate(
             assert (await post(good, _issuing_token(setup, "kiosk-2"))).status == 200
 
 
+async def test_a_body_that_arrives_in_pieces_is_read_whole(tmp_path: Path, keys_dir: Path) -> None:
+    setup = _wallet_hub(tmp_path, keys_dir)
+    token = _issuing_token(setup)
+    device = ec.generate_private_key(ec.SECP256R1())
+    body = json.dumps({"device_key": _raw_key(device), "event": 1}).encode()
+    head = (
+        f"POST /v1/wallet/tickets HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with HubProcess(setup):
+        reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+        writer.write(head + body[:20])
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the scenario: the rest of the body comes later
+        writer.write(body[20:])
+        answer = await reader.read()
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 200 " in status_line, answer[:300]
+    assert b'"ticket": "TK2S:' in rest or b'"ticket":"TK2S:' in rest
+
+
 async def test_without_wallet_section_the_page_is_served_but_issuing_is_404(
     tmp_path: Path, keys_dir: Path
 ) -> None:
