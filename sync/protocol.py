@@ -47,6 +47,7 @@ from sync.protocol_fields import (
     MAX_PAGE,
     MAX_TICKET_REF,
     MAX_WAIT_S,
+    MAX_ZONE,
     PROTOCOL_VERSION,
     AlertKind,
     EntryStatus,
@@ -146,8 +147,8 @@ class EntryWire:
         if not all(isinstance(f, str) and f in Flag.__members__.values() for f in flags):
             raise ProtocolError(f"{where}flags: expected a list of known flags")
         zone = obj.get("zone")
-        if zone is not None and (type(zone) is not int or not 0 <= zone <= 0xFFFF):
-            raise ProtocolError(f"{where}zone: expected null or an integer 0..65535")
+        if zone is not None and (type(zone) is not int or not 1 <= zone <= MAX_ZONE):
+            raise ProtocolError(f"{where}zone: expected null or a zone number 1..{MAX_ZONE}")
         ticket_ref = read.text(obj, "ticket_ref", where, MAX_TICKET_REF, empty=False)
         if ticket_ref.startswith(SECRET_REF_PREFIX):
             raise ProtocolError(f"{where}ticket_ref: a pretix secret must travel as its digest")

@@ -29,6 +29,7 @@ from sync.protocol_fields import (
     MAX_DETAIL,
     MAX_ID,
     MAX_TICKET_REF,
+    MAX_ZONE,
     PROTOCOL_VERSION,
     REV_KEY,
     UUID,
@@ -60,7 +61,7 @@ class _Entry(msgspec.Struct):
     rev_version: _Count
     offline: bool
     annuls: str | None = None
-    zone: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] | None = None
+    zone: Annotated[int, msgspec.Meta(ge=1, le=MAX_ZONE)] | None = None
     rev_key: str | None = None
 
 

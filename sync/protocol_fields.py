@@ -22,6 +22,7 @@ MAX_WAIT_S = 30.0
 MAX_ID = 64
 MAX_TICKET_REF = 512
 MAX_DETAIL = 256
+MAX_ZONE = 16  # a gate's zone is 1..16 (its config); anything else is not a gate's upload
 MAX_DOCUMENT_CHARS = 1 << 20  # one signed delta inside a page
 
 

@@ -101,6 +101,8 @@ CASES: dict[str, tuple[bytes, str]] = {
     "annul without annuls": (_body({"kind": "annul"}), "entries[0].annuls"),
     "bad annuls": (_body({"kind": "annul", "annuls": "x"}), "entries[0].annuls"),
     "zone out of range": (_body({"zone": 70000}), "entries[0].zone"),
+    "zone 0": (_body({"zone": 0}), "entries[0].zone"),
+    "zone 17": (_body({"zone": 17}), "entries[0].zone"),
     "zone a bool": (_body({"zone": False}), "entries[0].zone"),
     "rev_key not hex": (_body({"rev_key": "z" * 32}), "entries[0].rev_key"),
     "rev_key too long": (_body({"rev_key": "a" * 33}), "entries[0].rev_key"),
