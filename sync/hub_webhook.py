@@ -82,6 +82,10 @@ class AlertWebhook:
                 log.warning("webhook %s: cannot read alerts: %s", self._where, exc)
                 await asyncio.sleep(POLL_S * 4)
                 continue
+            except Exception:  # a bug must not end the webhook silently: say so, go on
+                log.exception("webhook %s: reading alerts failed", self._where)
+                await asyncio.sleep(POLL_S * 4)
+                continue
             for alert in detailed:
                 self._put(alert.to_json())
                 cursor = alert.alert_id
@@ -101,7 +105,13 @@ class AlertWebhook:
     async def _send_all(self, session: aiohttp.ClientSession) -> None:
         while True:
             payload = await self._queue.get()
-            await self._deliver(session, payload)
+            try:
+                await self._deliver(session, payload)
+            except Exception as exc:  # never the exception's text: it may hold the URL
+                log.error(
+                    "webhook %s: alert %s dropped: %s",
+                    self._where, payload.get("alert_id"), type(exc).__name__,
+                )  # fmt: skip
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
         backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, jitter=True)
