@@ -3,9 +3,8 @@
 // per minute over the last hour as a bar chart (SVG built node by node), its denials by reason
 // and its revocation list's version and age, and the open alerts. Everything is set as text or
 // as numeric attributes, never as HTML: gate names come from the hub's operator.
-// The console token: this script runs before console.js (both deferred, in document order), so
-// it reads the fragment before console.js moves the token to this tab's sessionStorage; after a
-// reload it reads it from there, where console.js keeps it (and removes it once refused).
+// The console token and the text-only helpers are console_lib.js's (window.GateConsole, loaded
+// first): one token for the page, so a token the hub refused is forgotten here too.
 "use strict";
 
 (() => {
@@ -13,37 +12,12 @@
   const SVG = "http://www.w3.org/2000/svg";
   const BAR = 4; // px per minute, gap included
   const HEIGHT = 28;
-  const TOKEN_KEY = "gate-agent-console-token"; // console.js's sessionStorage key
-  const fragmentToken = new URLSearchParams(window.location.hash.replace(/^#/, "")).get("token") || "";
-
-  function token() {
-    if (fragmentToken) return fragmentToken;
-    try {
-      return window.sessionStorage.getItem(TOKEN_KEY) || "";
-    } catch (_) {
-      return ""; // storage off: only the fragment's token
-    }
-  }
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
+  const { token, api, el, age } = window.GateConsole;
 
   function svg(tag, attrs) {
     const node = document.createElementNS(SVG, tag);
     for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
     return node;
-  }
-
-  function ago(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    if (s < 90) return s + " s";
-    if (s < 5400) return Math.round(s / 60) + " min";
-    if (s < 172800) return Math.round(s / 3600) + " h";
-    return Math.round(s / 86400) + " days";
   }
 
   // One formatter for every label: toLocaleTimeString builds a new one per call (slow x 3000).
@@ -94,7 +68,7 @@
     if (gate.gate_name && gate.gate_name !== gate.gate_id) name.append(el("span", "gate-id", gate.gate_id));
     const minutes = el("td", "per-minute");
     minutes.append(chart(gate.per_minute, labels, scale));
-    const list = gate.list_version === null ? "\u2014" : "v" + gate.list_version + (gate.list_age_s === null ? ", never fetched" : ", " + ago(gate.list_age_s) + " old");
+    const list = gate.list_version === null ? "\u2014" : "v" + gate.list_version + ", " + age(gate.list_age_s);
     row.append(
       name,
       minutes,
@@ -144,26 +118,15 @@
   }
 
   async function tick() {
+    if (!token()) {
+      failed("Not authorised: no console token."); // refused: console.js has forgotten it
+      return;
+    }
     try {
-      const response = await fetch("/v1/venue", {
-        headers: { Authorization: "Bearer " + token() },
-        cache: "no-store",
-        credentials: "omit",
-        referrerPolicy: "no-referrer",
-      });
-      if (!response.ok) {
-        let message = "HTTP " + response.status;
-        try {
-          message = (await response.json()).message || message;
-        } catch (_) {
-          // not an ErrorBody: keep the status line
-        }
-        failed("Venue figures unavailable: " + message);
-      } else {
-        render(await response.json());
-      }
-    } catch (_) {
-      failed("Venue figures unavailable: hub unreachable, retrying");
+      render(await api("/v1/venue"));
+    } catch (err) {
+      const why = err instanceof window.GateConsole.ApiError ? err.message : "hub unreachable, retrying";
+      failed("Venue figures unavailable: " + why);
     } finally {
       window.setTimeout(tick, POLL_MS);
     }

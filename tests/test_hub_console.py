@@ -144,6 +144,10 @@ async def test_console_without_a_token_says_how_to_open_it(
         assert refused.startswith("Not authorised") and "No alerts" not in refused
         assert await page.evaluate("document.querySelector('#token-help').hidden") is False
         assert await page.evaluate("sessionStorage.length") == 0  # the refused token is dropped
+        # ...by the Venue section too, which stops asking with it
+        await page.wait_for(
+            "document.querySelector('#venue-status').textContent.startsWith('Not authorised')"
+        )
         # the 401s of the refused token show up as failed loads, not as script errors
         assert not any("Uncaught" in e for e in page.console_errors)
 
