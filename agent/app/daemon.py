@@ -313,7 +313,8 @@ async def run(config: cfg.Config) -> int:
         await _serve_status(config, status)
         loop = asyncio.get_running_loop()
         # The gate runs until every lane's scanner has ended (or a signal stops all of them).
-        task = asyncio.ensure_future(asyncio.gather(*(lane.run() for lane in gate.lanes)))
+        lane_runs = [asyncio.ensure_future(lane.run()) for lane in gate.lanes]
+        task = asyncio.ensure_future(asyncio.gather(*lane_runs))
         supervisor = asyncio.create_task(_supervise(gate, status, notifier))
         stop_pruning = threading.Event()
         upkeep = asyncio.create_task(_upkeep(gate, config.journal.retain_synced_days, stop_pruning))
@@ -333,6 +334,9 @@ async def run(config: cfg.Config) -> int:
             await task
         except asyncio.CancelledError:
             log.info("gate %s stopping", config.gate.id)
+            # The gather ends as soon as one lane has stopped; a lane still carrying out a decision
+            # must finish it (its pulse or annulment) before the devices close.
+            await asyncio.gather(*lane_runs, return_exceptions=True)
         finally:
             notifier.stopping()
             stop_pruning.set()
