@@ -218,11 +218,19 @@ class Lane:
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
             await self._show(FREE_PASSAGE, "Emergency - free passage")
             return None
-        if self._shared is not None and self._shared.held_elsewhere:  # released for another lane
-            if self.settings.busy == "refuse":
-                await self._refuse(scan)
-                return None
-            await self._shared.until_free()
+        shared = self._shared
+        if shared is None:
+            return await self._present(scan)
+        if shared.held_elsewhere and self.settings.busy == "refuse":  # released for another lane
+            await self._refuse(scan)
+            return None
+        await shared.reserve()  # held from the decision on: no other lane takes it meanwhile
+        try:
+            return await self._present(scan)
+        finally:
+            shared.release()  # a no-op once the passage (or a failed grant) gave it back
+
+    async def _present(self, scan: Scan) -> Outcome:
         decision, record, ref, ticket = await self._decide_and_record(scan, self._prepare(scan))
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)

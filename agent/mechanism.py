@@ -109,15 +109,21 @@ class MechanismView:
         holder = self.mechanism.holder
         return holder is not None and holder != self.lane
 
-    async def until_free(self) -> None:
-        """Return once no other lane holds the mechanism (looked at again after each release:
-        another lane may have taken it first)."""
+    async def reserve(self) -> None:
+        """Take the mechanism for this lane (waiting while another lane holds it) before a
+        decision, so no other lane can take it between the decision and the grant; the grant
+        keeps it, :meth:`release` gives it back when nothing is granted."""
+        if self.mechanism.holder == self.lane:
+            return
         self.mechanism.waiting += 1
         try:
-            while self.held_elsewhere:
-                await self.mechanism._free.wait()
+            await self.mechanism._acquire(self.lane)
         finally:
             self.mechanism.waiting -= 1
+
+    def release(self) -> None:
+        """Give the mechanism back (a no-op unless this lane holds it)."""
+        self.mechanism._release(self.lane)
 
     async def open(self) -> None:
         if not self._open:
@@ -133,7 +139,8 @@ class MechanismView:
     async def grant(self, direction: str, ref: str) -> None:
         """Waits while another lane holds the mechanism, then releases it in ``direction``; the
         mechanism stays this lane's until :meth:`wait_passage` ends (or the grant fails)."""
-        await self.mechanism._acquire(self.lane)
+        if self.mechanism.holder != self.lane:  # not reserved by the lane's decision
+            await self.mechanism._acquire(self.lane)
         try:
             await self.mechanism.device.grant(direction, ref)
         except BaseException:

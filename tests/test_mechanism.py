@@ -145,3 +145,27 @@ async def test_lanes_with_their_own_turnstiles_never_wait(keys_dir: Path, iss: I
         # Stopped only once both passages are done (3.11's wait_for may swallow a cancel that
         # arrives with the passage).
         await until(lambda: lane_in._busy_with is None and lane_out._busy_with is None)
+
+
+async def test_a_decision_in_progress_holds_the_turnstile_for_its_lane(
+    keys_dir: Path, iss: Issuer
+) -> None:
+    """Lane in is deciding (its journal write waits for another writer): lane out, set to refuse,
+    is refused at once instead of deciding and then waiting behind in's passage."""
+    async with _running(keys_dir, _lanes(SHARED, SHARED, busy_out="refuse")) as gate:
+        lane_in, lane_out = gate.lanes
+        assert isinstance(lane_in.gate, MechanismView)
+        mechanism = lane_in.gate.mechanism
+        with closing(
+            sqlite3.connect(gate.config.gate.state_dir / "journal.db", isolation_level=None)
+        ) as other:
+            other.execute("BEGIN IMMEDIATE")
+            _feed(lane_in, iss.ticket(event=1))
+            await until(lambda: mechanism.holder == "in", what="in holds it while deciding")
+            _feed(lane_out, iss.ticket(event=1))
+            await until(lambda: "Wait - gate still open" in _shown(lane_out), what="out refused")
+            other.execute("ROLLBACK")
+        device = _device(lane_in)
+        await until(lambda: len(device.pulses) == 1, what="in's admission carried out")
+        device.passage()
+        await until(lambda: mechanism.holder is None, what="the turnstile free again")
