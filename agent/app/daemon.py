@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
@@ -305,21 +305,34 @@ async def run(config: cfg.Config) -> int:
             observer.observe(outcome)
 
     notifier = Notifier()
+    loop = asyncio.get_running_loop()
+    # Signals are handled from the start: a SIGTERM while the gate opens (a large list loading)
+    # lets it finish opening and close cleanly, instead of killing it half-open.
+    stopping = asyncio.Event()
+    running: list[asyncio.Future[Any]] = []
+
+    def stop() -> None:
+        stopping.set()
+        for future in running:
+            future.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
     async with open_gate(config, observe) as gate:
         status = _status_server(config, gate)
         observers.append(status)  # what came of each decision (passed, annulled)
         for lane in gate.lanes:
             lane.on_decision = status.decided  # each decision, before the lamps
         await _serve_status(config, status)
-        loop = asyncio.get_running_loop()
         # The gate runs until every lane's scanner has ended (or a signal stops all of them).
         lane_runs = [asyncio.ensure_future(lane.run()) for lane in gate.lanes]
         task = asyncio.ensure_future(asyncio.gather(*lane_runs))
         supervisor = asyncio.create_task(_supervise(gate, status, notifier))
         stop_pruning = threading.Event()
         upkeep = asyncio.create_task(_upkeep(gate, config.journal.retain_synced_days, stop_pruning))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+        running.append(task)
+        if stopping.is_set():  # a signal came while the gate was opening
+            task.cancel()
         log.info(
             "gate %s ready: %s %s, trust v%d, revocations v%d (%d entries), pid %d",
             config.gate.id,
