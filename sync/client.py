@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import logging
 import ssl
 import time
@@ -54,13 +53,13 @@ from agent.errors import (
     UpstreamTLSError,
     UpstreamUnavailable,
 )
-from agent.fsutil import write_atomic
 from agent.journal import Journal
 from agent.redact import secret_label
 from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
 from sync.client_http import HubHTTP, Reply
+from sync.client_state import STATE_FILE, load_cursor, save_cursor
 from sync.protocol import (
     BatchAck,
     BatchUpload,
@@ -74,7 +73,6 @@ from sync.upstream_http import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "hub_sync.json"
 UPLOAD_TICK_S = 5.0  # an unnudged uploader still looks every 5 s
 FEED_MIN_ROUND_S = 1.0  # a hub answering an empty page at once is not polled faster than this
 _STUCK = frozenset({"conflict", "unauthorized", "refused"})  # uploads wait for an operator
@@ -148,7 +146,7 @@ class HubClient:
         self._stop = asyncio.Event()
         self._nudged = asyncio.Event()
         self._introduced = asyncio.Event()  # the first heartbeat was tried: the hub knows our name
-        self._cursor = self._load_cursor()
+        self._cursor = load_cursor(self._state_path, self._base)
         self._trust_etag: str | None = None
         self._snapshot_etag: str | None = None
         self._feed_current: float | None = None  # monotonic: the feed was caught up
@@ -272,11 +270,11 @@ class HubClient:
             log.warning("hub feed restarted (the hub's cursor %d is behind ours, %d): reading it"
                         " from the start", page.next, self._cursor)  # fmt: skip
             self._cursor = 0
-            await asyncio.to_thread(self._save_cursor)
+            await asyncio.to_thread(save_cursor, self._state_path, self._base, self._cursor)
             return len(page.entries)
         if page.next > self._cursor:
             self._cursor = page.next
-            await asyncio.to_thread(self._save_cursor)
+            await asyncio.to_thread(save_cursor, self._state_path, self._base, self._cursor)
         if len(page.entries) < protocol.MAX_PAGE:
             self._feed_current = time.monotonic()
         return len(page.entries)
@@ -485,24 +483,3 @@ class HubClient:
                 log.warning("this gate's %s time and the hub's differ by %.1f s", source, offset)
             else:
                 log.warning("hub clock differs from this gate's by %.1f s", offset)
-
-    def _load_cursor(self) -> int:
-        try:
-            state = json.loads(self._state_path.read_bytes())
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            log.warning("%s unreadable, reading the hub feed from the start: %s",
-                        self._state_path, exc)  # fmt: skip
-            return 0
-        if not isinstance(state, dict):
-            state = {}
-        cursor = state.get("feed_cursor")
-        if state.get("hub") != self._base or type(cursor) is not int or cursor < 0:
-            log.info("hub feed: no cursor for %s, reading from the start", self._base)
-            return 0
-        return cursor
-
-    def _save_cursor(self) -> None:
-        data = json.dumps({"hub": self._base, "feed_cursor": self._cursor}).encode()
-        write_atomic(self._state_path, data, mode=0o600)
