@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
+from agent.clock import ClockReading
 from agent.errors import JournalError
 from agent.model import Decision, Flag, Reason, Verdict
 
@@ -144,3 +145,20 @@ class DecisionNotRecorded(JournalError):
     def __init__(self, error: JournalError, decision: Decision) -> None:
         super().__init__(str(error))
         self.decision = decision
+
+
+@dataclass(frozen=True, slots=True)
+class RowDraft:
+    """What the caller fixes of a row; the writer thread adds gate_seq, entry_id and HLC
+    (:class:`agent.journal.store.Journal`)."""
+
+    ticket_ref: str
+    kind: Kind
+    lane: str
+    rev_version: int
+    zone: int | None
+    annuls: str | None
+    offline: bool
+    reading: ClockReading
+    code_time: int | None = None
+    rev_key: str | None = None

@@ -36,6 +36,7 @@ from agent.journal.records import (
     HistoryEntry,
     Kind,
     PeerEntry,
+    RowDraft,
     acceptable_peer,
     entry_params,
     peer_params,
@@ -50,22 +51,6 @@ log = logging.getLogger("agent.journal")
 T = TypeVar("T")
 
 _PEER_CHUNK = 1000  # 10 parameters each: well under SQLite's 32,766 bound parameters
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Row:
-    """What the caller fixes of a row; the writer thread adds gate_seq, entry_id and HLC."""
-
-    ticket_ref: str
-    kind: Kind
-    lane: str
-    rev_version: int
-    zone: int | None
-    annuls: str | None
-    offline: bool
-    reading: ClockReading
-    code_time: int | None = None
-    rev_key: str | None = None
 
 
 class Journal:
@@ -147,7 +132,9 @@ class Journal:
         writer = self._require_open()
         if shared_ref(ticket_ref) not in self._refs:
             return []
-        return await self._run(writer, "cannot read journal", self._history_job(ticket_ref))
+        return await self._run(
+            writer, "cannot read journal", lambda db: self._history(db, ticket_ref)
+        )
 
     async def record(
         self,
@@ -221,9 +208,7 @@ class Journal:
 
         def job(db: sqlite3.Connection) -> tuple[Decision, EntryRecord]:
             try:
-                past = (
-                    queries.history(db, self._gate_id, self._gate_name, ticket_ref) if known else []
-                )
+                past = self._history(db, ticket_ref) if known else []
             except sqlite3.Error as exc:
                 raise self._error("cannot read journal", exc) from exc
             decision = decide(past)
@@ -387,16 +372,16 @@ class Journal:
         zone: int | None,
         annuls: str | None,
         offline: bool,
-    ) -> _Row:
+    ) -> RowDraft:
         """Check a row's arguments (raises ValueError) and take the clock reading for it."""
         if kind not in KINDS:
             raise ValueError(f"unknown journal kind {kind!r}")
         if (kind == "annul") != (annuls is not None):
             raise ValueError("annuls is required for kind 'annul' and only for it")
         reading = self._clock.reading()
-        return _Row(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading)
+        return RowDraft(ticket_ref, kind, lane, rev_version, zone, annuls, offline, reading)
 
-    def _remember(self, row: _Row) -> None:
+    def _remember(self, row: RowDraft) -> None:
         """Add the row's ref to the filter before its insert is submitted: its fate may be
         unknown to the caller (cancelled), and a ref missing from the filter would hide history."""
         if row.kind in HISTORY_KINDS:
@@ -430,10 +415,10 @@ class Journal:
 
     # --- on the writer thread -----------------------------------------------------------------
 
-    def _history_job(self, ticket_ref: str) -> Callable[[sqlite3.Connection], list[HistoryEntry]]:
-        return lambda db: queries.history(db, self._gate_id, self._gate_name, ticket_ref)
+    def _history(self, db: sqlite3.Connection, ticket_ref: str) -> list[HistoryEntry]:
+        return queries.history(db, self._gate_id, self._gate_name, ticket_ref)
 
-    def _insert(self, db: sqlite3.Connection, row: _Row, decision: Decision) -> EntryRecord:
+    def _insert(self, db: sqlite3.Connection, row: RowDraft, decision: Decision) -> EntryRecord:
         """Insert one row (autocommit: durable on return) and advance the counter past it."""
         # Any failure may leave the insert's fate unclear (an I/O error at commit): forget the
         # counter and re-read it, so the next insert neither repeats nor skips a gate_seq.
