@@ -270,14 +270,23 @@ class HubClient:
             log.warning("hub feed restarted (the hub's cursor %d is behind ours, %d): reading it"
                         " from the start", page.next, self._cursor)  # fmt: skip
             self._cursor = 0
-            await asyncio.to_thread(save_cursor, self._state_path, self._base, self._cursor)
+            await self._keep_cursor()
             return len(page.entries)
         if page.next > self._cursor:
             self._cursor = page.next
-            await asyncio.to_thread(save_cursor, self._state_path, self._base, self._cursor)
+            await self._keep_cursor()
         if len(page.entries) < protocol.MAX_PAGE:
             self._feed_current = time.monotonic()
         return len(page.entries)
+
+    async def _keep_cursor(self) -> None:
+        """Save the feed cursor; a full or failing disk is a warning, not a fault of the feed: the
+        entries are stored by entry id, so a restart reading from an older cursor is harmless."""
+        try:
+            await asyncio.to_thread(save_cursor, self._state_path, self._base, self._cursor)
+        except OSError as exc:
+            log.warning("hub feed: cannot save the cursor to %s (%s); a restart reads the feed"
+                        " again from the last saved one", self._state_path, exc.strerror or exc)  # fmt: skip
 
     async def fetch_revocations(self) -> int:
         """Apply the hub's signed deltas after the installed version (410: its snapshot);
