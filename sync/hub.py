@@ -103,6 +103,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return HttpError(exc.status, exc.reason, headers=_allow(exc)).response()
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:  # the client went away mid-request (a cut link): nobody reads
+        log.info("%s %s: the client's connection was lost", request.method, request.path)
+        return HttpError(400, "connection lost", error="connection_lost").response()
     except HubStoreError as exc:
         if isinstance(exc, ConflictError):  # expected only where handled: a bug elsewhere
             log.exception("%s %s failed", request.method, request.path)

@@ -58,6 +58,7 @@ from tests.hubproc import (
     write_hub_config,
 )
 from tests.pg import PgServer, pg_server  # noqa: F401
+from tests.polling import until
 
 DENY = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
 _gate_numbers = itertools.count(1)
@@ -837,3 +838,30 @@ async def test_an_idle_list_is_refreshed_with_an_empty_delta(
             assert gate_list.meta.version == 2
             assert gate_list.meta.issued_at == 1_000_600
             assert len(gate_list.index) == 0
+
+
+async def test_a_client_gone_mid_body_is_one_log_line_not_a_traceback(
+    hub: RunningHub, make_gate: MakeGate
+) -> None:
+    """A gate's link cut while it uploads (a partition): the hub cannot answer anyone, and says
+    so in one line instead of an ERROR with a traceback."""
+    gate = await make_gate()
+    path = f"/v1/gates/{gate.gate_id}/entries:batch"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {gate.token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    ).encode()
+    before = len(hub.proc.log_tail(1 << 30))  # this module's hub is shared: read what follows
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.setup.port)
+    writer.write(head + b'{"v": 1, "gate_id": "')
+    await writer.drain()
+    writer.transport.abort()  # gone, with most of the body unsent
+    await until(
+        lambda: (
+            f"POST {path}: the client's connection was lost" in hub.proc.log_tail(1 << 30)[before:]
+        ),
+        what="the hub logs the lost connection",
+    )
+    tail = hub.proc.log_tail(1 << 30)[before:]
+    assert "Traceback" not in tail and "Error handling request" not in tail
+    del reader
