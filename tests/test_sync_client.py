@@ -129,7 +129,11 @@ async def test_the_feed_is_read_again_after_the_hub_lost_its_store(
             for _ in range(3):
                 await _present(gate_a, iss.ticket(event=1, zones=[1]))
             await until(lambda: _client(gate_b).status()["feed_cursor"] == 3, what="B reads 3")
-    assert '"feed_cursor": 3' in (tmp_path / "gate-b/state/hub_sync.json").read_text()
+            saved = tmp_path / "gate-b/state/hub_sync.json"  # written on a worker thread
+            await until(
+                lambda: saved.exists() and '"feed_cursor": 3' in saved.read_text(),
+                what="B saves cursor 3",
+            )
     for db in (setup.dir / "state").glob("hub.db*"):  # a new, empty store
         db.unlink()
     text = iss.ticket(event=1, zones=[1])
