@@ -1,4 +1,4 @@
-"""The hub as a real subprocess for tests: its config, its tokens, start/stop/kill -9.
+"""The hub (and the gate) as a real subprocess for tests: its config, its tokens, start/stop/kill -9.
 
 ::
 
@@ -11,10 +11,15 @@
 :func:`make_tls` makes a CA, a server certificate and gate client certificates for ``[tls]``.
 The hub's stderr goes to ``<dir>/hub.log`` (appended across restarts); its tail is part of every
 failure to start.
+
+The gate: :func:`running_gate` is ``gate-agent run --config ...`` as a process, once its status
+server answers ready (:func:`fresh_list` makes the signed list a gate needs to be ready);
+:func:`gate_run` is that command line, for a test that starts the process itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -26,7 +31,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,11 +46,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDict
 
-from agent.issuer import export_hub
+from agent import revocation_issuer
+from agent.issuer import Issuer, export_hub
 from agent.journal import Journal, Kind
 from agent.model import Decision, Reason, Verdict
 from sync.protocol import BatchUpload, EntryWire, ErrorBody, Heartbeat, Message, encode
-from tests.polling import until_sync
+from tests.polling import until, until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = (sys.executable, "-m", "agent")
@@ -354,10 +361,7 @@ class HubProcess:
         return self.start()
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return _tail(self.log_path, chars)
 
     def _fail(self, message: str) -> None:
         raise AssertionError(f"{message}; {self.log_path} ends with:\n{self.log_tail()}")
@@ -375,6 +379,83 @@ class HubProcess:
             self.stop()
         finally:
             self.kill9()
+
+
+# --- the gate (`gate-agent run`) as a real subprocess ----------------------------------------
+
+GATE_READY_TIMEOUT_S = 60.0
+GATE_STOP_TIMEOUT_S = 30.0
+
+
+def fresh_list(iss: Issuer, folder: Path) -> str:
+    """A freshly signed revocation list in ``folder`` (with no list at all a gate is "stale", not
+    ready); its file name, for ``[revocation] files``."""
+    delta = revocation_issuer.issue_delta(iss.list_key, folder / "rev.state.json")
+    (folder / "revocations-1.json").write_bytes(delta)
+    return "revocations-1.json"
+
+
+def gate_run(config: Path) -> list[str]:
+    """The command line of ``gate-agent run --config <config>``."""
+    return [*EXE, "run", "--config", str(config)]
+
+
+async def answers_ready(url: str) -> bool:
+    """True when the status server at ``url`` (``http://127.0.0.1:PORT``) answers /healthz 200."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@asynccontextmanager
+async def running_gate(
+    config: Path, url: str, log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """:func:`gate_run` as a process (stderr to ``log``) once its status server at ``url`` answers
+    ready; raises AssertionError with the log's tail when it exits or is not ready in time.
+
+    On exit a process still running is sent SIGTERM (after SIGCONT: a test may have stopped it)
+    and waited for; the caller can read ``returncode`` after the block.
+    """
+    with open(log, "wb") as err:  # noqa: ASYNC230 - opened once, test only
+        proc = await asyncio.create_subprocess_exec(
+            *gate_run(config), stdout=asyncio.subprocess.DEVNULL, stderr=err
+        )
+
+    async def up() -> bool:
+        return proc.returncode is not None or await answers_ready(url)
+
+    try:
+        try:
+            await until(up, GATE_READY_TIMEOUT_S, "the daemon answers ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {log} ends with:\n{_tail(log)}") from None
+        if proc.returncode is not None:
+            raise AssertionError(
+                f"gate-agent run exited with {proc.returncode} at start; "
+                f"{log} ends with:\n{_tail(log)}"
+            )
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), GATE_STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 # --- a tiny client for tests ---------------------------------------------------------------

@@ -12,21 +12,17 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from agent import revocation_issuer
 from agent.issuer import Issuer
 from tests.browser import Browser
 from tests.conftest import WriteConfig
 from tests.displaygate import PANEL, readable, screens_folder, shows
-from tests.hubproc import free_port
-from tests.polling import until
+from tests.hubproc import free_port, fresh_list, running_gate
 
 STALE_S = 3  # [display] stale_after_s: the page's own limit for hearing nothing
 
@@ -35,13 +31,10 @@ STALE_S = 3  # [display] stale_after_s: the page's own limit for hearing nothing
 async def _daemon(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`gate-agent run`: socket scanner, a turnstile nobody passes, status on a free port."""
-    path = write_config()
-    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
-    (path.parent / "revocations-1.json").write_bytes(delta)
+    """`gate-agent run`: socket scanner, a turnstile nobody passes, status on a free port; ready."""
     port = free_port()
     path = write_config(
-        revocations=["revocations-1.json"],
+        revocations=[fresh_list(iss, write_config().parent)],
         scanner="sim://socket?path=scan.sock",
         gate="sim://gate?passage=never",
         passage_timeout_s=3.0,
@@ -50,26 +43,9 @@ async def _daemon(
             f"\n[display]\nclear_after_s = 600\nstale_after_s = {STALE_S}\n"
         ),
     )
-    with open(tmp_path / "gate.log", "wb") as log:  # noqa: ASYNC230 - opened once, test only
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", "run", "--config", str(path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-        await asyncio.wait_for(proc.wait(), 30)
-
-
-async def _ready(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
+    url = f"http://127.0.0.1:{port}"
+    async with running_gate(path, url, tmp_path / "gate.log") as proc:
+        yield proc, url
 
 
 @pytest.fixture
@@ -81,7 +57,6 @@ async def test_the_running_gate_shows_go_at_once_and_out_of_service_when_it_stop
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:
     async with _daemon(write_config, iss, tmp_path) as (proc, url), Browser(tmp_path) as page:
-        await until(lambda: _ready(url), 60.0, "the daemon answers ready")
         await page.goto(url + "/display")
         await shows(page, "ready")
         with socket.socket(socket.AF_UNIX) as sock:

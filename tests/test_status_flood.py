@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import revocation_issuer, tickets
+from agent import tickets
 from agent.app import config as cfg
 from agent.app import status
 from agent.app.daemon import open_gate
@@ -35,7 +34,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
-from tests.hubproc import free_port
+from tests.hubproc import free_port, fresh_list, running_gate
 from tests.polling import until
 
 CAP = 4
@@ -46,27 +45,17 @@ UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_read=None)
 
 @asynccontextmanager
 async def _daemon(write_config: WriteConfig, iss: Issuer, tmp_path: Path) -> AsyncIterator[str]:
-    """`gate-agent run` with a fresh list and the status server on a free port; its base URL."""
-    path = write_config()
-    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
-    (path.parent / "revocations-1.json").write_bytes(delta)
+    """`gate-agent run` with a fresh list and the status server on a free port, ready; its URL."""
     port = free_port()
     path = write_config(
-        revocations=["revocations-1.json"],
+        revocations=[fresh_list(iss, write_config().parent)],
         scanner="sim://socket?path=scan.sock",
         gate="sim://gate?passage_ms=0",
         extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\nmax_streams = {CAP}\n',
     )
-    with open(tmp_path / "gate.log", "wb") as log:  # noqa: ASYNC230 - opened once, test only
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", "run", "--config", str(path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+    url = f"http://127.0.0.1:{port}"
+    async with running_gate(path, url, tmp_path / "gate.log"):
+        yield url
 
 
 async def _status_of(http: aiohttp.ClientSession, url: str) -> int:
@@ -109,7 +98,6 @@ async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
         _daemon(write_config, iss, tmp_path) as url,
         aiohttp.ClientSession(connector=connector, timeout=UNBOUNDED) as http,
     ):
-        await until(lambda: _ok(http, url + "/healthz"), 60.0, "the daemon answers ready")
         seen: list[list[str]] = [[] for _ in range(CAP)]
         displays = [asyncio.create_task(_follow(http, url, s)) for s in seen]
         await until(_all_greeted(seen), 30.0, "every display greeted")
@@ -140,10 +128,6 @@ async def test_streams_over_the_cap_get_503_at_once_and_the_gate_keeps_deciding(
         await asyncio.gather(*displays, return_exceptions=True)
         # The displays that left give their slots back: a new one is let in.
         await until(lambda: _opens(http, url), 30.0, "a stream opens once the others closed")
-
-
-async def _ok(http: aiohttp.ClientSession, url: str) -> bool:
-    return await _status_of(http, url) == 200
 
 
 def _all_greeted(seen: list[list[str]]) -> Callable[[], Awaitable[bool]]:

@@ -11,18 +11,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from agent import revocation_issuer
 from agent.app.cli import EX_CONFIG
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
-from tests.hubproc import free_port
+from tests.hubproc import EXE, free_port, fresh_list, gate_run
 
 
 def _messages(sock: socket.socket, until: float) -> list[dict[str, str]]:
@@ -42,12 +40,9 @@ def _messages(sock: socket.socket, until: float) -> list[dict[str, str]]:
 def test_run_notifies_ready_then_pings_the_watchdog(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path
 ) -> None:
-    path = write_config()
-    delta = revocation_issuer.issue_delta(iss.list_key, path.parent / "rev.state.json")
-    (path.parent / "revocations-1.json").write_bytes(delta)
     port = free_port()
     path = write_config(
-        revocations=["revocations-1.json"],
+        revocations=[fresh_list(iss, write_config().parent)],
         scanner="sim://socket?path=scan.sock",
         extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\n',
     )
@@ -56,10 +51,7 @@ def test_run_notifies_ready_then_pings_the_watchdog(
     sock.bind(str(notify))
     env = os.environ | {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        gate_run(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         messages = _messages(sock, time.monotonic() + 20)
@@ -96,10 +88,7 @@ def test_a_config_error_is_one_journal_line_and_a_no_restart_exit(
     assert change[0] in text
     path.write_text(text.replace(change[0], change[1], 1))
     env = os.environ | {"JOURNAL_STREAM": "8:1234"}  # as systemd starts the unit
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", str(path)],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = subprocess.run(gate_run(path), env=env, capture_output=True, text=True, timeout=60)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"gate-agent: error: {path}") and says in lines[0]
@@ -115,8 +104,7 @@ def test_a_hub_config_error_exits_the_same_way(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text('[hub]\nlisten = "127.0.0.1:notaport"\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "hub", "--config", str(path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [*EXE, "hub", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == EX_CONFIG, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and str(path) in proc.stderr
