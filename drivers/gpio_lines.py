@@ -1,7 +1,8 @@
 """GPIO plumbing shared by :mod:`drivers.gpio` (gate I/O) and :mod:`drivers.indicators` (LEDs).
 
 - :class:`LineSpec` and :func:`parse_line_id`: which line plays which role, found by name
-  (``GPIO17``) or by offset (``17``), with its polarity and bias.
+  (``GPIO17``) or by offset (``17``), with its polarity and bias; :func:`output_specs` and
+  :func:`check_distinct` read the output roles of a driver URL.
 - :class:`Lines`: one libgpiod v2 request for all roles of a driver. Outputs are requested
   already inactive (no glitch at start), :meth:`Lines.release` sets them inactive before releasing
   and is registered with :mod:`atexit`, so an interpreter that exits without ``close()`` still
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import DriverError
+from drivers.url_params import UrlParams
 
 if TYPE_CHECKING:
     from gpiod import EdgeEvent, LineSettings
@@ -128,6 +130,26 @@ class LineSpec:
     output: bool
     active_low: bool = False
     bias: str = "as_is"  # inputs only; one of BIASES
+
+
+def output_specs(p: UrlParams, roles: Iterable[str], active: str) -> dict[str, LineSpec]:
+    """The outputs named in ``p`` (``role=LINE``) among ``roles``, in that order; each active
+    ``high`` or ``low`` as ``<role>_active`` says (default ``active``). Raises DriverError naming
+    the bad parameter."""
+    outputs: dict[str, LineSpec] = {}
+    for role in roles:
+        low = p.choice(f"{role}_active", active, ("high", "low")) == "low"
+        line = p.text(role)
+        if line is not None:
+            outputs[role] = LineSpec(parse_line_id(line, role, p.url), True, low)
+    return outputs
+
+
+def check_distinct(p: UrlParams, specs: Iterable[LineSpec]) -> None:
+    """Raise DriverError about ``p``'s URL when two roles name the same line."""
+    lines = [spec.line for spec in specs]
+    if len(set(lines)) != len(lines):
+        raise p.error("each role needs its own line (a line is named twice)")
 
 
 def line_settings(spec: LineSpec) -> LineSettings:

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import get_args
 
 from agent.ports import InputName
-from drivers.gpio_lines import BIASES, LineSpec, parse_chip, parse_line_id
+from drivers.gpio_lines import (
+    BIASES,
+    LineSpec,
+    check_distinct,
+    output_specs,
+    parse_chip,
+    parse_line_id,
+)
 from drivers.url_params import UrlParams
 
 INPUTS: tuple[InputName, ...] = get_args(InputName)
@@ -37,7 +44,7 @@ class GpioGateSettings:
         """Parse a ``gpio://`` gate URL; raises DriverError naming the bad parameter."""
         p = UrlParams(url, "gpio")
         chip = parse_chip(p.netloc, p.path, url)
-        outputs = _outputs(p, url)
+        outputs = _outputs(p)
         default_low = p.choice("input_active", "low", ("low", "high")) == "low"
         default_bias = p.choice("bias", "as_is", BIASES)
         inputs: dict[InputName, LineSpec] = {}
@@ -66,9 +73,7 @@ class GpioGateSettings:
             raise p.error(
                 "mode=hold needs passage_entry and/or passage_exit to know when to release"
             )
-        lines = [spec.line for spec in (*outputs.values(), *inputs.values())]
-        if len(set(lines)) != len(lines):
-            raise p.error("each role needs its own line (a line is named twice)")
+        check_distinct(p, (*outputs.values(), *inputs.values()))
         return settings
 
     def output(self, direction: str) -> str | None:
@@ -87,19 +92,12 @@ class GpioGateSettings:
 _OUTPUTS = ("relay", *(f"relay_{d}" for d in DIRECTIONS))
 
 
-def _outputs(p: UrlParams, url: str) -> dict[str, LineSpec]:
-    """The release outputs named in the URL (checked against each other by _check_outputs)."""
-    low = p.choice("relay_active", "high", ("high", "low")) == "low"
-    outputs: dict[str, LineSpec] = {}
-    for role in _OUTPUTS:
-        default = "low" if low else "high"
-        role_low = low
-        if role != "relay":
-            role_low = p.choice(f"{role}_active", default, ("high", "low")) == "low"
-        line = p.text(role)
-        if line is not None:
-            outputs[role] = LineSpec(parse_line_id(line, role, url), True, role_low)
-    return outputs
+def _outputs(p: UrlParams) -> dict[str, LineSpec]:
+    """The release outputs named in the URL (checked against each other by _check_outputs).
+
+    ``relay_active`` is relay's own polarity and the default of relay_entry's and relay_exit's.
+    """
+    return output_specs(p, _OUTPUTS, p.choice("relay_active", "high", ("high", "low")))
 
 
 def _check_outputs(p: UrlParams, outputs: Mapping[str, LineSpec]) -> None:

@@ -26,7 +26,15 @@ from pathlib import Path
 
 from agent.errors import DriverError
 from agent.model import Decision
-from drivers.gpio_lines import ChipFactory, Lines, LineSpec, gpiod_chip, parse_chip, parse_line_id
+from drivers.gpio_lines import (
+    ChipFactory,
+    Lines,
+    LineSpec,
+    check_distinct,
+    gpiod_chip,
+    output_specs,
+    parse_chip,
+)
 from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
@@ -51,13 +59,7 @@ class GpioIndicatorSettings:
         """Parse a ``gpio://`` indicator URL; raises DriverError naming the bad parameter."""
         p = UrlParams(url, "gpio")
         chip = parse_chip(p.netloc, p.path, url)
-        default = p.choice("active", "high", ("high", "low"))
-        outputs: dict[str, LineSpec] = {}
-        for role in ROLES:
-            low = p.choice(f"{role}_active", default, ("high", "low")) == "low"
-            line = p.text(role)
-            if line is not None:
-                outputs[role] = LineSpec(parse_line_id(line, role, url), True, low)
+        outputs = output_specs(p, ROLES, p.choice("active", "high", ("high", "low")))
         settings = cls(
             chip=chip,
             outputs=outputs,
@@ -70,9 +72,7 @@ class GpioIndicatorSettings:
         p.finish()
         if not outputs:
             raise p.error("name at least one of green, red, buzzer")
-        lines = [spec.line for spec in outputs.values()]
-        if len(set(lines)) != len(lines):
-            raise p.error("each role needs its own line (a line is named twice)")
+        check_distinct(p, outputs.values())
         return settings
 
 
