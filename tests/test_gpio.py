@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from pathlib import Path
 
@@ -210,6 +210,35 @@ HOLD_URL = "gpio://gpiochip0?relay=GPIO17&mode=hold&passage_entry=GPIO27&debounc
 def make_gate(url: str = GATE_URL, chip: FakeChip | None = None) -> tuple[GpioGate, FakeChip]:
     chip = chip or FakeChip()
     return GpioGate(GpioGateSettings.from_url(url), chip.factory), chip
+
+
+def crash_while_held(
+    url: str, direction: str, lines: Sequence[str]
+) -> subprocess.CompletedProcess[str]:
+    """A process that holds ``direction``'s output of the hold-mode gate ``url`` (on a FakeChip),
+    then dies of RuntimeError("crash while held") without close(). Its stdout says the physical
+    levels of ``lines`` while held and at interpreter exit: ``held True False``, ``exit ...``."""
+    script = f"""
+import asyncio, atexit
+from tests.test_gpio import FakeChip
+from drivers.gpio import GpioGate, GpioGateSettings
+
+chip = FakeChip()
+levels = lambda: " ".join(str(chip.level(line)) for line in {list(lines)!r})
+atexit.register(lambda: print("exit", levels(), flush=True))
+
+async def main():
+    gate = GpioGate(GpioGateSettings.from_url({url!r}), chip.factory)
+    await gate.open()
+    await gate.grant({direction!r}, "x")
+    print("held", levels(), flush=True)
+    raise RuntimeError("crash while held")
+
+asyncio.run(main())
+"""
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 async def press(chip: FakeChip, line: str, ms: float = 40) -> None:
@@ -430,29 +459,10 @@ async def test_cancelled_pulse_leaves_the_relay_off() -> None:
 
 
 def test_relay_released_at_interpreter_exit_without_close() -> None:
-    script = """
-import asyncio, atexit
-from tests.test_gpio import FakeChip
-from drivers.gpio import GpioGate, GpioGateSettings
-
-chip = FakeChip()
-atexit.register(lambda: print("exit relay", "on" if chip.level("GPIO17") else "off", flush=True))
-
-async def main():
     url = "gpio://gpiochip0?relay=GPIO17&mode=hold&passage_entry=GPIO27"
-    gate = GpioGate(GpioGateSettings.from_url(url), chip.factory)
-    await gate.open()
-    await gate.grant("entry", "x")
-    print("held relay", "on" if chip.level("GPIO17") else "off", flush=True)
-    raise RuntimeError("crash while the gate is held")
-
-asyncio.run(main())
-"""
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert "RuntimeError: crash while the gate is held" in proc.stderr
-    assert proc.stdout.split("\n")[:2] == ["held relay on", "exit relay off"]
+    proc = crash_while_held(url, "entry", ["GPIO17"])
+    assert "RuntimeError: crash while held" in proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["held True", "exit False"]  # active high: on, off
 
 
 # ---------------------------------------------------------------- passage

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import subprocess
-import sys
 
 import pytest
 
@@ -21,7 +19,7 @@ from drivers.gpio_lines import LineSpec
 from drivers.sim import SimScanner
 from tests.conftest import WriteConfig
 from tests.polling import until
-from tests.test_gpio import ROOT, FakeChip, make_gate, press
+from tests.test_gpio import FakeChip, crash_while_held, make_gate, press
 
 # Entry: relay GPIO17, passage GPIO27. Exit: relay GPIO18, passage GPIO22. Relays active low.
 BI_URL = (
@@ -184,29 +182,12 @@ async def test_cancelled_exit_pulse_leaves_both_off() -> None:
 
 
 def test_outputs_released_at_interpreter_exit_without_close() -> None:
-    script = """
-import asyncio, atexit
-from tests.test_gpio import FakeChip
-from drivers.gpio import GpioGate, GpioGateSettings
-
-chip = FakeChip()
-atexit.register(lambda: print("exit", chip.level("GPIO17"), chip.level("GPIO18"), flush=True))
-
-async def main():
-    url = ("gpio://gpiochip0?relay_entry=GPIO17&relay_exit=GPIO18&relay_active=low"
-           "&mode=hold&passage_exit=GPIO22")
-    gate = GpioGate(GpioGateSettings.from_url(url), chip.factory)
-    await gate.open()
-    await gate.grant("exit", "x")
-    print("held", chip.level("GPIO17"), chip.level("GPIO18"), flush=True)
-    raise RuntimeError("crash while the exit is held")
-
-asyncio.run(main())
-"""
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    url = (
+        "gpio://gpiochip0?relay_entry=GPIO17&relay_exit=GPIO18&relay_active=low"
+        "&mode=hold&passage_exit=GPIO22"
     )
-    assert "RuntimeError: crash while the exit is held" in proc.stderr
+    proc = crash_while_held(url, "exit", ["GPIO17", "GPIO18"])
+    assert "RuntimeError: crash while held" in proc.stderr
     assert proc.stdout.split("\n")[:2] == ["held True False", "exit True True"]
 
 
