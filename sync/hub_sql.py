@@ -6,7 +6,6 @@ dialects, written with ``?`` parameters (:func:`numbered` turns them into Postgr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from typing import Any
 
 from agent.model import Reason, Verdict
@@ -17,7 +16,7 @@ from sync.protocol import MAX_DETAIL, Alert, EntryWire, GateHealth, Heartbeat
 
 # The ``entries`` table's columns: EntryWire's fields in order, then the hub's own three (the
 # ticket's short id is kept for ticket search, :mod:`sync.hub_console_sql`).
-ENTRY_FIELDS = tuple(f.name for f in fields(EntryWire))
+ENTRY_FIELDS = EntryWire.__struct_fields__
 ENTRY_COLUMNS = (*ENTRY_FIELDS, "in_feed", "received_at", "short_id")
 # entry_params spells the fields out in this order; a new or moved field must be added there.
 assert ENTRY_FIELDS == (

