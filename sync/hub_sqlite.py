@@ -3,7 +3,8 @@
 One dedicated thread owns the connection (the aiosqlite pattern): every public method is one job
 on it, so a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
 acknowledgement means durable) never interleaves with another job, and no reader ever sees rows of
-an uncommitted batch. The ingest rules are :mod:`sync.hub_rules`'s. Long-polls wait on an in-process
+an uncommitted batch. Batches that wait for the thread together share one transaction (group
+commit, each under its own savepoint). The ingest rules are :mod:`sync.hub_rules`'s. Long-polls wait on an in-process
 event that each committed batch with feed rows sets.
 
 The file is marked with an ``application_id`` and ``user_version`` and bound to its venue, so a
@@ -19,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +63,30 @@ _GATES = (
 )
 
 _T = TypeVar("_T")
+_GROUP_MAX = 8  # uploads per group commit: 4,000 rows at most in one transaction
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    """A batch waiting for its group commit; ``done`` gets its plan or its error."""
+
+    gate_id: str
+    entries: Sequence[EntryWire]
+    now: float
+    done: asyncio.Future[hub_rules.IngestPlan]
+
+
+def _settle(
+    done: asyncio.Future[hub_rules.IngestPlan], outcome: hub_rules.IngestPlan | BaseException
+) -> None:
+    if done.done():  # its caller was cancelled: the batch's fate stands, nobody waits for it
+        return
+    if isinstance(outcome, asyncio.CancelledError):
+        done.cancel()
+    elif isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
 
 
 class SQLiteHubStore(SQLiteConsoleQueries):
@@ -76,6 +102,8 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self._db: sqlite3.Connection | None = db
         self._feed_signal = FeedSignal()
         self._revocations: RevocationState | None = None  # cache of the last state read/written
+        self._uploads: list[_Upload] = []  # waiting for the next group commit
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path, policy: HubPolicy) -> SQLiteHubStore:
@@ -101,16 +129,60 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         return self._policy
 
     async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
-        """Store a batch in one transaction and raise its alerts (see :class:`HubStore`).
+        """Store a batch and raise its alerts (see :class:`HubStore`); durable on return.
+
+        Uploads that arrive while the thread is busy are committed together (group commit: one
+        transaction and one fsync for up to ``_GROUP_MAX`` batches, each batch under its own
+        savepoint, planned after the ones before it as if alone), so gates uploading at once
+        share the commit's cost. A batch that fails is rolled back alone.
 
         Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
         ValueError for a batch that is empty, of another gate or not ascending.
         """
         protocol.check_batch(gate_id, entries)
-        plan = await self._run(lambda db: _transaction(db, self._ingest_job, gate_id, entries, now))
-        if plan.feed_rows:
+        done: asyncio.Future[hub_rules.IngestPlan] = asyncio.get_running_loop().create_future()
+        self._uploads.append(_Upload(gate_id, entries, now, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_uploads())
+        return hub_rules.ack(await done, now)
+
+    async def _commit_uploads(self) -> None:
+        """Commit the waiting uploads, a group at a time, until none wait."""
+        while self._uploads:
+            group = self._uploads[:_GROUP_MAX]
+            del self._uploads[:_GROUP_MAX]
+            await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_Upload]) -> None:
+        try:
+            plans = await self._run(lambda db: _transaction(db, self._ingest_group, group))
+        except BaseException as exc:  # the whole group failed (or the hub is stopping)
+            for upload in group:
+                _settle(upload.done, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for upload, plan in zip(group, plans, strict=True):
+            _settle(upload.done, plan)
+        if any(not isinstance(p, Exception) and p.feed_rows for p in plans):
             self._feed_signal.wake()
-        return hub_rules.ack(plan, now)
+
+    def _ingest_group(
+        self, db: sqlite3.Connection, group: Sequence[_Upload]
+    ) -> list[hub_rules.IngestPlan | Exception]:
+        """Each upload under its own savepoint: one that fails is undone alone (on the thread,
+        inside the group's transaction)."""
+        plans: list[hub_rules.IngestPlan | Exception] = []
+        for upload in group:
+            db.execute("SAVEPOINT upload")
+            try:
+                plans.append(self._ingest_job(db, upload.gate_id, upload.entries, upload.now))
+            except Exception as exc:
+                db.execute("ROLLBACK TO upload")
+                error = HubStoreError(f"hub store {self._path}: {exc}")
+                plans.append(error if isinstance(exc, sqlite3.Error) else exc)
+            db.execute("RELEASE upload")
+        return plans
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
         """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:

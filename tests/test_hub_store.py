@@ -33,7 +33,7 @@ from sync.hub_store import (
     RevocationState,
 )
 from sync.hub_stores import open_store
-from sync.protocol import Alert, EntryWire, Heartbeat
+from sync.protocol import Alert, BatchAck, EntryWire, Heartbeat
 from tests.pg import pg_server, pg_url  # noqa: F401
 
 T0 = 1_750_000_000.0
@@ -179,6 +179,60 @@ async def test_entry_id_reused_with_another_body_is_a_conflict_with_one_alert(
     assert alert.ticket == short_id("forged-ref-77")
     assert alert.gates == ("g1", "g1") and alert.times == (first[1].wall_time, forged.wall_time)
     assert "forged-ref-77" not in alert.detail
+
+
+async def test_uploads_arriving_together_are_each_decided_as_if_alone(store: HubStore) -> None:
+    # Four gates upload at the same moment (on SQLite: one group commit). Gate 2 and gate 3 both
+    # admitted ticket "shared": one double admission, the later row's; gate 4 reuses gate 1's
+    # entry id: a conflict for gate 4 alone.
+    g1 = Gate("g1")
+    g2, g3 = Gate("g2", g1.clock), Gate("g3", g1.clock)
+    b1 = [g1.row("a"), g1.row("b")]
+    b2, b3 = [g2.row("shared")], [g3.row("c"), g3.row("shared")]
+    b4 = [msgspec.structs.replace(b1[0], gate_id="g4", gate_seq=1)]
+    results = await asyncio.gather(
+        store.ingest("g1", b1, T0), store.ingest("g2", b2, T0), store.ingest("g3", b3, T0),
+        store.ingest("g4", b4, T0), return_exceptions=True,
+    )  # fmt: skip
+    ack1, ack2, ack3, conflict = results
+    assert isinstance(ack1, BatchAck) and ack1.acked_through_seq == 2 and ack1.inserted == 2
+    assert isinstance(ack2, BatchAck) and ack2.inserted == 1
+    assert isinstance(ack3, BatchAck) and ack3.acked_through_seq == 2 and ack3.inserted == 2
+    assert isinstance(conflict, ConflictError) and conflict.entry_ids == (b4[0].entry_id,)
+    entries, _ = await store.feed(0, 100)
+    assert {e.entry_id for e in entries} == {r.entry_id for r in b1 + b2 + b3}
+    kinds = sorted(a.kind for a in await all_alerts(store))
+    assert kinds == ["double_admission", "integrity"]
+    (double,) = [a for a in await all_alerts(store) if a.kind == "double_admission"]
+    assert double.gates == ("g2", "g3")
+
+
+async def test_a_batch_the_database_refuses_fails_alone_in_its_group(tmp_path: Path) -> None:
+    # A real SQLite error for one batch (a trigger on the store's own file refuses its row):
+    # the batches committed with it are stored and acknowledged, the refused one is not.
+    path = tmp_path / "hub.db"
+    store = await open_store(f"sqlite://{path}", POLICY)
+    try:
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON entries WHEN NEW.ticket_ref = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        g1 = Gate("g1")
+        g2, g3 = Gate("g2", g1.clock), Gate("g3", g1.clock)
+        b1, b2, b3 = [g1.row("a")], [g2.row("b"), g2.row("poison")], [g3.row("c")]
+        ack1, refused, ack3 = await asyncio.gather(
+            store.ingest("g1", b1, T0), store.ingest("g2", b2, T0), store.ingest("g3", b3, T0),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert isinstance(ack1, BatchAck) and isinstance(ack3, BatchAck)
+        assert isinstance(refused, HubStoreError) and "refused by the test" in str(refused)
+        entries, _ = await store.feed(0, 100)
+        assert [e.ticket_ref for e in entries] == ["a", "c"]  # nothing of gate 2's batch
+        again = await store.ingest("g2", b2[:1], T0)  # the gate's retry, without the bad row
+        assert again.inserted == 1
+    finally:
+        await store.close()
 
 
 async def test_gate_seq_reused_by_another_entry_id_is_a_conflict(store: HubStore) -> None:
