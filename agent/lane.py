@@ -231,6 +231,7 @@ class Lane:
             shared.release()  # a no-op once the passage (or a failed grant) gave it back
 
     async def _present(self, scan: Scan) -> Outcome:
+        self.journal.expect_write()  # the writer thread wakes while the signature is checked
         decision, record, ref, ticket = await self._decide_and_record(scan, self._prepare(scan))
         latency = time.monotonic_ns() - scan.mono_ns
         self._log(ticket, scan, decision, latency)

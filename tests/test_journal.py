@@ -445,9 +445,22 @@ async def test_pragmas_wal_and_full_sync(journal: Journal, path: Path) -> None:
         assert other.execute("PRAGMA user_version").fetchone() == (2,)
 
 
+async def test_expect_write_wakes_the_writer_and_jobs_run_in_order(journal: Journal) -> None:
+    # The lane announces every decision's write before its signature check; announcements
+    # (even many in a row) are not jobs: the rows that follow keep their order and seqs.
+    for _ in range(3):
+        journal.expect_write()
+    first = await admit(journal, "tk1:aa")
+    journal.expect_write()
+    second = await admit(journal, "tk1:bb")
+    assert (first.gate_seq, second.gate_seq) == (1, 2)
+    assert [r.ticket_ref for r in await journal.unsynced()] == ["tk1:aa", "tk1:bb"]
+
+
 async def test_closed_journal_raises_and_close_is_idempotent(journal: Journal) -> None:
     await journal.close()
     await journal.close()
+    journal.expect_write()  # harmless once closed: the write itself then says so
     with pytest.raises(JournalError, match="closed"):
         await admit(journal, "tk1:aa")
     with pytest.raises(JournalError, match="closed"):

@@ -163,6 +163,12 @@ class Journal:
         self._raise_floor(row.reading)
         return rec
 
+    def expect_write(self) -> None:
+        """A decision will be recorded shortly: start waking the writer thread now, so its
+        wake-up overlaps the signature check (:meth:`WriterThread.wake`)."""
+        if self._writer is not None:
+            self._writer.wake()
+
     async def decide_and_record(
         self,
         ticket_ref: str,
