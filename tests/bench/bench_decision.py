@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import issuer, keys, revocation, revocation_issuer, signed, tickets
 from agent.app import config
-from agent.app.daemon import open_gate
+from agent.app.daemon import freeze_startup_heap, open_gate
 from agent.clock import Clock
 from agent.journal import Journal
 from agent.model import Reason
@@ -116,6 +116,7 @@ async def decisions(
     floor = Floor(dir, iss)
     try:
         async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=0)) as gate:
+            freeze_startup_heap()  # as the daemon does once its gate is open
             for i, text in enumerate(fresh + fresh[: n // 4]):
                 outcome = await gate.lane.present(Scan(text, "bench", time.monotonic_ns()))
                 assert outcome is not None

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import issuer
 from agent.app import config
-from agent.app.daemon import open_gate
+from agent.app.daemon import freeze_startup_heap, open_gate
 from agent.lane import Outcome
 from drivers.sim import SimScanner
 from tests.bench.bench_decision import Floor, pct, prepare
@@ -134,6 +134,7 @@ async def phase(
 
     async with open_gate(conf, observe) as gate:
         assert len(gate.lanes) == n_lanes, f"{len(gate.lanes)} lanes built, not {n_lanes}"
+        freeze_startup_heap()  # as the daemon does once its gate is open
         runs = [asyncio.create_task(lane.run()) for lane in gate.lanes]
         start = time.monotonic()
         end = start + WARMUP_S + seconds
