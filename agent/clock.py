@@ -7,8 +7,8 @@ validity windows. Its sources, in order: the config's assumption, the system clo
 says NTP synchronised it, and a reference time (the hub's, learnt over TLS) carried forward on the
 monotonic clock (:meth:`Clock.set_reference`); else the system clock, untrusted. While running, only
 the first two raise the floor (a hub's time is used while fresh, so a hub clock set ahead does not
-hold the gate's own NTP time untrusted until it catches up); journal rows decided on the hub's time
-count as trusted when the journal sets the floor at the next start.
+hold the gate's own NTP time untrusted until it catches up), and journal rows decided on the hub's
+time are marked so (agent.journal.records.HUB_TIME) and do not set the floor at the next start.
 
 Events are never ordered by wall time: within a gate by ``gate_seq``, across gates by the
 :class:`HLC` (hybrid logical clock) stamped on every journal row.

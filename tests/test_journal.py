@@ -25,6 +25,7 @@ from agent.journal import (
     queries,
     read_history,
 )
+from agent.journal.records import HUB_TIME
 from agent.model import Decision, Flag, Reason, Verdict
 from sync.protocol import EntryWire
 
@@ -384,6 +385,15 @@ async def test_rows_decided_on_the_hubs_time_do_not_raise_the_floor(
         rec = await admit(j, "tk1:aa")
     assert rec.clock_synced and rec.wall_time >= T0 + 3600
     assert clock.floor == 0.0
+    # Nor at the next start, when the journal sets the floor from its rows; the row still reads
+    # back (and uploads) as decided on a trusted time.
+    restarted = Clock(assume="unsynced", wall=wall)
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=restarted) as j:
+        assert await j.tail(1) == [rec]
+        assert EntryWire.from_record(rec).clock_synced is True
+    assert restarted.floor == 0.0
+    with raw(path) as db:
+        assert db.execute("SELECT clock_synced FROM entries").fetchall() == [(HUB_TIME,)]
 
 
 async def test_journal_of_another_gate_is_refused(path: Path, clock: Clock) -> None:

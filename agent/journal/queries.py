@@ -67,7 +67,8 @@ def last_gate_seq(db: sqlite3.Connection) -> int:
 
 def recovery_marks(db: sqlite3.Connection) -> tuple[int, float, float | None]:
     """The last ``gate_seq``, the latest wall time on file (own rows or peers' arrival) and the
-    latest wall time of an own row written with a synchronised clock (None: no such row)."""
+    latest wall time of an own row written with the system's synchronised clock (None: no such
+    row; rows decided on the hub's time, stored as 2, do not count)."""
     last_seq, last_wall, last_synced_wall = db.execute(
         "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
         " (SELECT MAX(IFNULL((SELECT MAX(wall_time) FROM entries), 0),"

@@ -96,9 +96,20 @@ class PeerEntry:
     hlc: int
 
 
-def entry_params(rec: EntryRecord) -> tuple[Any, ...]:
-    """Column values for ``entries``, in ``FIELDS`` order."""
-    return rec._params()
+# ``clock_synced`` as stored: 0 not synchronised, 1 the system's synchronised clock, HUB_TIME the
+# hub's time (trusted for the decision but, like an unsynchronised reading, never the clock floor
+# at the next start: agent.clock). Read back, both 1 and HUB_TIME are True.
+HUB_TIME = 2
+_CLOCK_AT = FIELDS.index("clock_synced")
+
+
+def entry_params(rec: EntryRecord, *, hub_time: bool = False) -> tuple[Any, ...]:
+    """Column values for ``entries``, in ``FIELDS`` order; ``hub_time``: decided on the hub's
+    time (stored as HUB_TIME)."""
+    params = rec._params()
+    if hub_time and rec.clock_synced:
+        return (*params[:_CLOCK_AT], HUB_TIME, *params[_CLOCK_AT + 1 :])
+    return params
 
 
 def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:

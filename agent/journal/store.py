@@ -440,7 +440,7 @@ class Journal:
             hlc=self._hlc.tick(wall_ms), rev_version=row.rev_version, offline=row.offline,
             synced_at=None, code_time=row.code_time, rev_key=row.rev_key,
         )  # fmt: skip
-        db.execute(schema.INSERT_ENTRY, entry_params(rec))
+        db.execute(schema.INSERT_ENTRY, entry_params(rec, hub_time=row.reading.source == "hub"))
         self._next_seq = seq + 1
         return rec
 
