@@ -8,6 +8,7 @@ import dataclasses
 import random
 import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -22,12 +23,14 @@ from agent.journal import (
     HistoryEntry,
     Journal,
     PeerEntry,
+    checkpoint,
     queries,
     read_history,
 )
 from agent.journal.records import HUB_TIME
 from agent.model import Decision, Flag, Reason, Verdict
 from sync.protocol import EntryWire
+from tests.polling import until
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 ADMIT_STALE = Decision(Verdict.ADMIT, Reason.OK, flags=frozenset({Flag.OFFLINE, Flag.LIST_STALE}))
@@ -465,6 +468,37 @@ async def test_expect_write_wakes_the_writer_and_jobs_run_in_order(journal: Jour
     second = await admit(journal, "tk1:bb")
     assert (first.gate_seq, second.gate_seq) == (1, 2)
     assert [r.ticket_ref for r in await journal.unsynced()] == ["tk1:aa", "tk1:bb"]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+@pytest.mark.slow
+async def test_decisions_never_checkpoint_the_wal_a_worker_does_within_seconds(
+    journal: Journal, path: Path
+) -> None:
+    # The database file grows only when the WAL is copied into it (a checkpoint). 400 rows are
+    # well past SQLite's own 1,000-page mark, which would have made one of these commits copy
+    # the log; here none does, and the background checkpoint (every 5 s while written) does.
+    size = _size(path)
+    started = time.monotonic()
+    for i in range(400):
+        await admit(journal, f"tk1:{i:04x}")
+    assert _size(path.with_name(path.name + "-wal")) > 1000 * 4096  # ~1,700 pages here
+    if time.monotonic() - started < checkpoint.EVERY_S:  # no background checkpoint due yet
+        assert _size(path) == size
+    n = 400
+
+    async def written_and_copied() -> bool:
+        nonlocal n
+        n += 1
+        await admit(journal, f"tk1:{n:04x}")  # writes keep coming, as at a gate in use
+        return _size(path) > size
+
+    await until(written_and_copied, within_s=checkpoint.EVERY_S + 10, what="a checkpoint")
+    with raw(path) as db:  # everything the decisions wrote is in the database file itself
+        assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (n,)
 
 
 async def test_closed_journal_raises_and_close_is_idempotent(journal: Journal) -> None:

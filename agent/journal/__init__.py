@@ -6,6 +6,7 @@ The package's parts:
   ``Kind``);
 - :mod:`~agent.journal.schema`: the SQL schema, its creation and checks (the only journal DDL);
 - :mod:`~agent.journal.writer`: the thread that owns the connection;
+- :mod:`~agent.journal.checkpoint`: WAL checkpoints on a worker thread, off the decision path;
 - :mod:`~agent.journal.store`: :class:`Journal`, recording, peers, outbox, recovery;
 - :mod:`~agent.journal.queries`: read-only queries (history, outbox, `gate-agent events`);
 - :mod:`~agent.journal.prune`: retention, the one way rows leave.

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import JournalError
+from agent.journal.checkpoint import WRITER_AUTOCHECKPOINT
 from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
@@ -96,10 +97,12 @@ CREATE TABLE IF NOT EXISTS gate_events (
 
 
 def configure(db: sqlite3.Connection) -> str:
-    """Set the writer's pragmas (WAL, ``synchronous=FULL``); returns the journal mode in force."""
+    """Set the writer's pragmas (WAL, ``synchronous=FULL``, its own checkpoints only as a bound:
+    :mod:`agent.journal.checkpoint`); returns the journal mode in force."""
     db.execute("PRAGMA busy_timeout = 5000")
     (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
     db.execute("PRAGMA synchronous = FULL")
+    db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
     return str(mode)
 
 

@@ -28,6 +28,7 @@ import agent.journal.queries as queries
 import agent.journal.schema as schema
 from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS, Clock, ClockReading, boot_id, uuid7
 from agent.errors import JournalError
+from agent.journal.checkpoint import Checkpointer
 from agent.journal.records import (
     HISTORY_KINDS,
     KINDS,
@@ -73,6 +74,7 @@ class Journal:
         # Loop state: every ticket_ref that has history here. A scan of a ticket never seen (the
         # usual case) skips the database. Over-inclusion only costs a query, never a decision.
         self._refs = SeenRefs()
+        self._checkpointer = Checkpointer(path)  # WAL checkpoints off the decision path
 
     @classmethod
     async def open(cls, path: Path, *, gate_id: str, gate_name: str, clock: Clock) -> Journal:
@@ -161,6 +163,7 @@ class Journal:
             writer, "cannot record entry", lambda db: self._insert(db, row, decision)
         )
         self._raise_floor(row.reading)
+        self._checkpointer.wrote()
         return rec
 
     def expect_write(self) -> None:
@@ -228,6 +231,7 @@ class Journal:
 
         decision, rec = await writer.run(job)
         self._raise_floor(probe.reading)
+        self._checkpointer.wrote()
         return decision, rec
 
     async def record_event(self, kind: str, value: str, lane: str) -> None:
@@ -254,6 +258,7 @@ class Journal:
             db.execute(schema.INSERT_EVENT, params)
 
         await self._run(writer, "cannot record gate event", insert)
+        self._checkpointer.wrote()
 
     async def events(self) -> list[tuple[str, str, str, float]]:
         """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
@@ -295,6 +300,7 @@ class Journal:
                 "cannot store peer entries",
                 functools.partial(self._insert_peers, chunk=chunk, received_at=received_at),
             )
+            self._checkpointer.wrote()
         ahead = [e.hlc for e in batch if HLC.physical_ms(e.hlc) > ceiling]
         if len(ahead) < len(batch):
             followed = [e.hlc for e in batch if HLC.physical_ms(e.hlc) <= ceiling]
@@ -330,6 +336,7 @@ class Journal:
         await self._run(
             writer, "cannot mark entries synced", lambda db: db.execute(sql, (at, through_seq))
         )
+        self._checkpointer.wrote()
 
     async def checkpoint(self) -> bool:
         """Copy the WAL into the database and truncate it; False when a reader blocked it.
@@ -360,6 +367,7 @@ class Journal:
 
     async def close(self) -> None:
         """Close the database connection. Idempotent."""
+        await self._checkpointer.close()
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
