@@ -4,8 +4,8 @@ One dedicated thread owns the connection (the aiosqlite pattern): every public m
 on it, so a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
 acknowledgement means durable) never interleaves with another job, and no reader ever sees rows of
 an uncommitted batch. Batches that wait for the thread together share one transaction (group
-commit, each under its own savepoint). The ingest rules are :mod:`sync.hub_rules`'s. Long-polls wait on an in-process
-event that each committed batch with feed rows sets.
+commit, each under its own savepoint). The ingest rules are :mod:`sync.hub_rules`'s. Long-polls
+wait on an in-process event that each committed batch with feed rows sets.
 
 The file is marked with an ``application_id`` and ``user_version`` and bound to its venue, so a
 stray SQLite file or another venue's store is refused. SQLite errors become HubStoreError.
