@@ -76,6 +76,15 @@ class _Upload:
     done: asyncio.Future[hub_rules.IngestPlan]
 
 
+def _own_copy(exc: BaseException) -> BaseException:
+    """A store error of its own for each caller of a failed group, caused by ``exc``."""
+    if not isinstance(exc, HubStoreError):
+        return exc  # cancellation, or a bug: as it is
+    copy = HubStoreError(str(exc))
+    copy.__cause__ = exc
+    return copy
+
+
 def _settle(
     done: asyncio.Future[hub_rules.IngestPlan], outcome: hub_rules.IngestPlan | BaseException
 ) -> None:
@@ -147,18 +156,25 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         return hub_rules.ack(await done, now)
 
     async def _commit_uploads(self) -> None:
-        """Commit the waiting uploads, a group at a time, until none wait."""
-        while self._uploads:
-            group = self._uploads[:_GROUP_MAX]
-            del self._uploads[:_GROUP_MAX]
-            await self._commit_group(group)
+        """Commit the waiting uploads, a group at a time, until none wait. Stopped (the hub
+        closing), it leaves none waiting: those not committed get a HubStoreError (nothing was
+        acknowledged; the gates send them again)."""
+        try:
+            while self._uploads:
+                group = self._uploads[:_GROUP_MAX]
+                del self._uploads[:_GROUP_MAX]
+                await self._commit_group(group)
+        finally:
+            left, self._uploads = self._uploads, []
+            for upload in left:
+                _settle(upload.done, HubStoreError(f"hub store {self._path} is closing"))
 
     async def _commit_group(self, group: list[_Upload]) -> None:
         try:
             plans = await self._run(lambda db: _transaction(db, self._ingest_group, group))
         except BaseException as exc:  # the whole group failed (or the hub is stopping)
-            for upload in group:
-                _settle(upload.done, exc)
+            for upload in group:  # each caller raises its own error (one object, one traceback)
+                _settle(upload.done, _own_copy(exc))
             if not isinstance(exc, Exception):
                 raise
             return
@@ -179,8 +195,12 @@ class SQLiteHubStore(SQLiteConsoleQueries):
                 plans.append(self._ingest_job(db, upload.gate_id, upload.entries, upload.now))
             except Exception as exc:
                 db.execute("ROLLBACK TO upload")
-                error = HubStoreError(f"hub store {self._path}: {exc}")
-                plans.append(error if isinstance(exc, sqlite3.Error) else exc)
+                if isinstance(exc, sqlite3.Error):
+                    error = HubStoreError(f"hub store {self._path}: {exc}")
+                    error.__cause__ = exc
+                    plans.append(error)
+                else:
+                    plans.append(exc)
             db.execute("RELEASE upload")
         return plans
 
@@ -301,6 +321,8 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         db, self._db = self._db, None
         if db is None:
             return
+        if self._committer is not None:  # a group in flight ends first; the rest are refused
+            await asyncio.gather(self._committer, return_exceptions=True)
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         finally:

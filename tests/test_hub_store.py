@@ -235,6 +235,30 @@ async def test_a_batch_the_database_refuses_fails_alone_in_its_group(tmp_path: P
         await store.close()
 
 
+async def test_closing_with_uploads_in_flight_answers_each_and_keeps_what_it_acked(
+    open_hub: OpenStore,
+) -> None:
+    # The hub stops while ten gates upload: each upload gets its ack or a store error (none is
+    # left waiting), and every acknowledged batch is in the store when it opens again.
+    store = await open_hub()
+    gates = [Gate(f"g{i}") for i in range(10)]
+    batches = [[g.row(f"t{i}-{j}") for j in range(3)] for i, g in enumerate(gates)]
+    uploads = [
+        asyncio.ensure_future(store.ingest(g.gate_id, b, T0))
+        for g, b in zip(gates, batches, strict=True)
+    ]
+    await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)  # some acked, some not yet
+    await store.close()
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*uploads, return_exceptions=True)
+    acked = [b for b, r in zip(batches, results, strict=True) if isinstance(r, BatchAck)]
+    assert all(isinstance(r, (BatchAck, HubStoreError)) for r in results), results
+    assert acked
+    again = await open_hub()
+    entries, _ = await again.feed(0, 100)
+    assert {e.entry_id for b in acked for e in b} <= {e.entry_id for e in entries}
+
+
 async def test_gate_seq_reused_by_another_entry_id_is_a_conflict(store: HubStore) -> None:
     g = Gate("g1")
     await store.ingest("g1", [g.row("a"), g.row("b")], T0)

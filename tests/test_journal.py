@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -499,6 +500,27 @@ async def test_decisions_never_checkpoint_the_wal_a_worker_does_within_seconds(
     await until(written_and_copied, within_s=checkpoint.EVERY_S + 10, what="a checkpoint")
     with raw(path) as db:  # everything the decisions wrote is in the database file itself
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (n,)
+
+
+async def test_a_checkpoint_that_cannot_start_never_fails_the_write_after_it(
+    journal: Journal, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No worker thread to be had (here: the loop's executor refuses work): the checkpoint is
+    # one warning, and the write it followed stands (an admission must not become an error).
+    loop = asyncio.get_running_loop()
+    refusing = ThreadPoolExecutor(max_workers=1)
+    refusing.shutdown()
+    loop.set_default_executor(refusing)
+    later = checkpoint.Checkpointer(path, every_s=0.0)
+    try:
+        later.wrote()
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+    assert "background WAL checkpoint not started" in caplog.text
+    assert (await admit(journal, "tk1:aa")).gate_seq == 1
+    await later.close()
+    later.wrote()  # closed: starts nothing, says nothing more
+    assert caplog.text.count("not started") == 1
 
 
 async def test_closed_journal_raises_and_close_is_idempotent(journal: Journal) -> None:

@@ -23,6 +23,7 @@ log = logging.getLogger("agent.journal")
 
 EVERY_S = 5.0
 WRITER_AUTOCHECKPOINT = 10_000  # pages (~40 MB): reached only if the checkpointer cannot run
+WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file is cut back to once checkpointed
 
 
 class Checkpointer:
@@ -33,19 +34,28 @@ class Checkpointer:
         self._every_s = every_s
         self._last = time.monotonic()
         self._running: asyncio.Future[None] | None = None
+        self._closed = False
 
     def wrote(self) -> None:
         """A write was committed: start a checkpoint when the last one began ``every_s`` ago
-        and none runs (never waits for it)."""
+        and none runs. Never waits and never raises: it runs after a decision is durable, and
+        nothing may turn a recorded admission into an error (a checkpoint not started is one
+        more log line; the writer's own mark still bounds the WAL)."""
         now = time.monotonic()
-        if self._running is not None or now - self._last < self._every_s:
+        if self._closed or self._running is not None or now - self._last < self._every_s:
             return
         self._last = now
-        self._running = asyncio.get_running_loop().run_in_executor(None, _passive, self._path)
-        self._running.add_done_callback(self._done)
+        try:  # RuntimeError: no thread to be had (a task limit) or the executor shutting down
+            running = asyncio.get_running_loop().run_in_executor(None, _passive, self._path)
+        except Exception as exc:
+            log.warning("journal %s: background WAL checkpoint not started: %s", self._path, exc)
+            return
+        self._running = running
+        running.add_done_callback(self._done)
 
     async def close(self) -> None:
-        """Wait for a checkpoint still running (its failure was logged)."""
+        """Start no more checkpoints and wait for one still running (its failure was logged)."""
+        self._closed = True
         if self._running is not None:
             with contextlib.suppress(Exception):
                 await self._running

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import JournalError
-from agent.journal.checkpoint import WRITER_AUTOCHECKPOINT
+from agent.journal.checkpoint import WAL_SIZE_LIMIT, WRITER_AUTOCHECKPOINT
 from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
@@ -103,6 +103,7 @@ def configure(db: sqlite3.Connection) -> str:
     (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
     db.execute("PRAGMA synchronous = FULL")
     db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
+    db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # an SD card keeps no huge WAL
     return str(mode)
 
 

@@ -339,10 +339,11 @@ class Journal:
         self._checkpointer.wrote()
 
     async def checkpoint(self) -> bool:
-        """Copy the WAL into the database and truncate it; False when a reader blocked it.
+        """Copy the WAL into the database and truncate it; False when a reader (or a background
+        checkpoint running at that moment) blocked it.
 
-        SQLite checkpoints on its own every 1,000 pages, but a reader holding a snapshot can
-        keep the WAL growing; the daemon calls this periodically so the file stays bounded.
+        Background checkpoints (:mod:`agent.journal.checkpoint`) keep the WAL small, but a reader
+        holding a snapshot can keep it growing; the daemon calls this hourly as well.
         Raises JournalError.
         """
         busy, _pages, _done = await self._read(
