@@ -126,6 +126,11 @@ def test_reentry_after_exit_on_one_unit_offline(keys_dir: Path, iss: Issuer, hub
         summary = ga("status", "--config", path).stdout
         assert "lane in (entry): scanner online" in summary
         assert "lane out (exit): scanner online" in summary
+        # Four rows; with a hub (down) they wait for upload, with none there is nothing to upload.
+        upload = (
+            "  journal 4 rows, 4 waiting for upload\n" if hub == "down" else "  journal 4 rows\n"
+        )
+        assert upload in summary
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert 'gate_scans_total{lane="in",reason="ok",verdict="admit"} 2.0' in metrics

@@ -174,7 +174,8 @@ def _summary(snap: dict[str, Any]) -> str:
         + (", STALE" if rev["stale"] else "")
         + f"), trust v{snap['trust_version']}",
         f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}",
-        f"  journal {_n(journal['rows'], 'row')}, {journal['outbox_depth']} waiting for upload",
+        f"  journal {_n(journal['rows'], 'row')}"
+        + (f", {journal['outbox_depth']} waiting for upload" if snap.get("upstream") else ""),
         f"  last hour: {snap['last_hour']['admitted']} admitted, {snap['last_hour']['denied']} denied",
     ]
     up = snap.get("upstream")

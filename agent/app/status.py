@@ -447,14 +447,14 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     if not snap["clock"]["synced"]:
         reasons.append("clock untrusted")
     depth = snap["journal"]["outbox_depth"]
+    up = snap["upstream"]
     if depth < 0:
         reasons.append("journal unreadable")
-    elif depth > limits.outbox_backlog:
+    elif up is not None and depth > limits.outbox_backlog:  # a gate with no upstream uploads none
         reasons.append(f"outbox backlog ({depth} entries)")
     free = snap["disk_free_bytes"]
     if free is not None and free < limits.disk_free_min_bytes:
         reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
-    up = snap["upstream"]
     if up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons
