@@ -23,7 +23,7 @@ from agent.journal import DecisionNotRecorded, EntryRecord, HistoryEntry, Journa
 from agent.mechanism import MechanismView
 from agent.model import Decision, Flag, Reason, Ticket, Verdict
 from agent.ports import GateIO, Indicator, Scan, Scanner
-from agent.redact import text_digest
+from agent.redact import short_id, text_digest
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Lane:
         self.journal.expect_write()  # the writer thread wakes while the signature is checked
         decision, record, ref, ticket = await self._decide_and_record(scan, self._prepare(scan))
         latency = time.monotonic_ns() - scan.mono_ns
-        self._log(ticket, scan, decision, latency)
+        self._log(ref, decision, latency)
         outcome = Outcome(scan, ticket, decision, record, latency, self.settings.name)
         self._decided(outcome)
         await self._show(decision)
@@ -410,8 +410,10 @@ class Lane:
         except Exception:  # a display or hook fault must not stop the lane
             log.exception("lane %s: outcome hook failed", self.settings.name)
 
-    def _log(self, ticket: Ticket | None, scan: Scan, decision: Decision, latency: int) -> None:
-        ident = ticket.short_id if ticket is not None else text_digest(scan.text)
+    def _log(self, ref: str, decision: Decision, latency: int) -> None:
+        # The journal row's short id: the one `events`, alerts, the display and the console show
+        # (for a text that is no authentic ticket, that of its "raw:" digest).
+        ident = short_id(ref)
         log.info(
             "decision lane=%s verdict=%s reason=%s ticket=%s flags=%s latency_ms=%.2f",
             self.settings.name,
