@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -209,6 +210,24 @@ def test_demo_runs_the_whole_scenario(demo: tuple[Path, subprocess.CompletedProc
     alerts = [line for line in lines if "ALERT double admission: ticket " in line]
     assert len(alerts) == 1 and "Gate A" in alerts[0] and "Gate B" in alerts[0]
     assert "WARNING" not in out and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv0", "shown"),
+    [(".venv/bin/gate-agent", ".venv/bin/gate-agent"), ("/src/agent/__main__.py", "gate-agent")],
+)
+def test_demo_hints_name_the_command_as_it_was_started(
+    monkeypatch: pytest.MonkeyPatch, argv0: str, shown: str
+) -> None:
+    # Started as the README says (.venv/bin/gate-agent, not on PATH), the hints must work as
+    # printed when pasted.
+    from agent.app import demo
+
+    monkeypatch.setattr(sys, "argv", [argv0, "demo"])
+    out = io.StringIO()
+    demo._afterwards(Path("/d"), lambda text, _: text, out)
+    assert f"  gate:    {shown} run --config /d/gate.toml\n" in out.getvalue()
+    assert f"  hub:     {shown} hub --config /d/hub.toml\n" in out.getvalue()
 
 
 def test_demo_dir_runs_its_gate_and_serves_its_hub_again(

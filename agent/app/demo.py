@@ -214,16 +214,24 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
 
 
 def _afterwards(dir: Path, paint: Callable[[str, str], str], stream: TextIO) -> None:
+    cli = _cli()
     print(paint("\nThe files stay in " + str(dir), "bold"), file=stream)
-    print(f"  gate:    gate-agent run --config {dir / 'gate.toml'}", file=stream)
+    print(f"  gate:    {cli} run --config {dir / 'gate.toml'}", file=stream)
     print(f"           then paste a ticket, e.g. from {dir / 'tickets'}", file=stream)
-    print(f"  hub:     gate-agent hub --config {dir / 'hub.toml'}", file=stream)
+    print(f"  hub:     {cli} hub --config {dir / 'hub.toml'}", file=stream)
     print(f"  console: open the URL in {dir / 'console.url'} (it holds a token)", file=stream)
     print(
-        f"  wallet:  gate-agent wallet serve, then certify its key: gate-agent issue --keys"
+        f"  wallet:  {cli} wallet serve, then certify its key: {cli} issue --keys"
         f" {dir / 'keys'} --event 1 --device-key device.pub --out {dir / 'rotating'}",
         file=stream,
     )
+
+
+def _cli() -> str:
+    """The command as it was started (``.venv/bin/gate-agent`` from the README), so the hints
+    work as printed; ``gate-agent`` when started otherwise (``python -m agent``)."""
+    argv0 = sys.argv[0]
+    return argv0 if Path(argv0).name == "gate-agent" else "gate-agent"
 
 
 async def _play(
