@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,6 +155,41 @@ async def test_status_json_has_what_a_technician_needs(
     assert body["last_hour"] == {"admitted": 1, "denied": 0}
     assert body["last"][0]["ticket"] == outcome.ticket.short_id  # type: ignore[union-attr]
     assert ticket not in str(body)
+
+
+async def test_last_hour_goes_on_from_the_journal_after_a_restart(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    # Before the restart: two admissions (one of them not used, so annulled), one denial, all
+    # within the hour; and one more decision from two hours ago.
+    conf = _listed_config(write_config, iss)
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=0)) as gate:
+        j = gate.journal
+        admit, deny = Decision(Verdict.ADMIT, Reason.OK), Decision(Verdict.DENY, Reason.REVOKED)
+        await j.record(ticket_ref="tk1:a", kind="entry", decision=admit, lane="in", rev_version=1)
+        unused = await j.record(
+            ticket_ref="tk1:b", kind="entry", decision=admit, lane="in", rev_version=1
+        )
+        await j.record(
+            ticket_ref="tk1:b", kind="annul", decision=admit, lane="in", rev_version=1,
+            annuls=unused.entry_id,
+        )  # fmt: skip
+        await j.record(ticket_ref="tk1:c", kind="attempt", decision=deny, lane="in", rev_version=1)
+    with sqlite3.connect(conf.gate.state_dir / "journal.db") as db:  # a denial 2 h back
+        db.execute(
+            "INSERT INTO entries SELECT gate_seq + 1, entry_id || 'x', gate_id, lane, 'tk1:d',"
+            " kind, verdict, reason, detail, flags, annuls, zone, wall_time - 7200, clock_synced,"
+            " mono_ns, boot_id, hlc + 1, rev_version, offline, synced_at, code_time, rev_key"
+            " FROM entries ORDER BY gate_seq DESC LIMIT 1"
+        )
+    async with (  # the restart
+        _serving(conf) as (_, _, url),
+        aiohttp.ClientSession() as http,
+        http.get(url + "/status") as r,
+    ):
+        body = await r.json()
+    assert body["journal"]["rows"] == 5
+    assert body["last_hour"] == {"admitted": 1, "denied": 1}
 
 
 async def test_status_answers_200_concurrent_requests_while_scans_are_decided(

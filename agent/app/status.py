@@ -215,6 +215,10 @@ class StatusServer:
 
     async def start(self) -> None:
         """Listen; raises OSError when the address is taken."""
+        try:  # the last hour's counts go on from the journal across a restart
+            self._display.seed(await self._gate.journal.recent(time.time() - 3600))
+        except JournalError as exc:
+            log.warning("last hour's decisions not counted: %s", exc)
         pacer = Pacer(REQUESTS_PER_S, REQUEST_BURST, REQUESTS_PARKED)
         streams = self._streams
 

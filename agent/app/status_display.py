@@ -31,7 +31,7 @@ import collections
 import enum
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -208,6 +208,19 @@ class DisplayFeed:
         if hour is None:
             hour = self._lane_hours[name] = _Hour()
         return hour
+
+    def seed(self, rows: Iterable[tuple[str, str, float, str, str | None]]) -> None:
+        """Count the journal's rows of the last hour ((lane, kind, wall_time, entry_id, annuls),
+        in order), so the counts go on across a restart instead of starting at 0: entries and
+        exits admitted, attempts denied, an annulled admission neither."""
+        rows = list(rows)
+        annulled = {annuls for _, kind, _, _, annuls in rows if kind == "annul" and annuls}
+        for lane, kind, at, entry_id, _ in rows:
+            if kind == "annul":
+                continue
+            admitted, void = kind in ("entry", "exit"), entry_id in annulled
+            self._hour.add(_Entry(at, admitted, void))
+            self._lane_hour(lane).add(_Entry(at, admitted, void))
 
     def seen(self, outcome: Outcome) -> bool:
         """Whether :meth:`decided` was told of this presentation already."""

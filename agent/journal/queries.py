@@ -124,6 +124,19 @@ def tail(db: sqlite3.Connection, n: int) -> list[EntryRecord]:
     return [entry_record(row) for row in db.execute(sql, (n,))]
 
 
+RecentRow = tuple[str, str, float, str, str | None]
+
+
+def recent(db: sqlite3.Connection, since: float) -> list[RecentRow]:
+    """Own rows recorded at or after ``since`` (wall time), in order: (lane, kind, wall_time,
+    entry_id, annuls)."""
+    sql = (
+        "SELECT lane, kind, wall_time, entry_id, annuls FROM entries"
+        " WHERE wall_time >= ? ORDER BY gate_seq"
+    )
+    return [(str(ln), str(k), float(t), str(e), a) for ln, k, t, e, a in db.execute(sql, (since,))]
+
+
 def gate_events(db: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
     """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
     rows = db.execute("SELECT kind, value, lane, wall_time FROM gate_events ORDER BY event_id")

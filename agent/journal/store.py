@@ -351,6 +351,11 @@ class Journal:
         )
         return int(busy) == 0
 
+    async def recent(self, since: float) -> list[queries.RecentRow]:
+        """Own rows since ``since`` (wall time), in order: (lane, kind, wall_time, entry_id,
+        annuls). Raises JournalError."""
+        return await self._read(lambda db: queries.recent(db, since))
+
     async def count(self) -> int:
         """The number of own entries on file (pruned ones not counted). Raises JournalError."""
         return await self._read(queries.count)
