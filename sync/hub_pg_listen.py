@@ -21,7 +21,14 @@ CHANNEL = "gate_agent_hub_feed"
 POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
 RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
 CONNECT_TIMEOUT_S = 10.0
-ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# InternalClientError: a connection closed under a running query (the hub stopping mid-upload).
+ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class FeedListener:

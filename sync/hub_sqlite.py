@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync.group_commit import GroupCommit
 from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
 from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_sqlite_console import SQLiteConsoleQueries, upgrade
@@ -68,34 +69,9 @@ _GROUP_MAX = 8  # uploads per group commit: 4,000 rows at most in one transactio
 
 @dataclass(frozen=True, slots=True)
 class _Upload:
-    """A batch waiting for its group commit; ``done`` gets its plan or its error."""
-
     gate_id: str
     entries: Sequence[EntryWire]
     now: float
-    done: asyncio.Future[hub_rules.IngestPlan]
-
-
-def _own_copy(exc: BaseException) -> BaseException:
-    """A store error of its own for each caller of a failed group, caused by ``exc``."""
-    if not isinstance(exc, HubStoreError):
-        return exc  # cancellation, or a bug: as it is
-    copy = HubStoreError(str(exc))
-    copy.__cause__ = exc
-    return copy
-
-
-def _settle(
-    done: asyncio.Future[hub_rules.IngestPlan], outcome: hub_rules.IngestPlan | BaseException
-) -> None:
-    if done.done():  # its caller was cancelled: the batch's fate stands, nobody waits for it
-        return
-    if isinstance(outcome, asyncio.CancelledError):
-        done.cancel()
-    elif isinstance(outcome, BaseException):
-        done.set_exception(outcome)
-    else:
-        done.set_result(outcome)
 
 
 class SQLiteHubStore(SQLiteConsoleQueries):
@@ -111,8 +87,10 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self._db: sqlite3.Connection | None = db
         self._feed_signal = FeedSignal()
         self._revocations: RevocationState | None = None  # cache of the last state read/written
-        self._uploads: list[_Upload] = []  # waiting for the next group commit
-        self._committer: asyncio.Task[None] | None = None
+        self._uploads = GroupCommit[_Upload, hub_rules.IngestPlan](
+            self._commit_group, max_group=_GROUP_MAX, own_error=self._own_error,
+            closing=lambda: HubStoreError(f"hub store {self._path} is closing"),
+        )  # fmt: skip
 
     @classmethod
     async def open(cls, path: str | Path, policy: HubPolicy) -> SQLiteHubStore:
@@ -149,39 +127,23 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         ValueError for a batch that is empty, of another gate or not ascending.
         """
         protocol.check_batch(gate_id, entries)
-        done: asyncio.Future[hub_rules.IngestPlan] = asyncio.get_running_loop().create_future()
-        self._uploads.append(_Upload(gate_id, entries, now, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_uploads())
-        return hub_rules.ack(await done, now)
+        return hub_rules.ack(await self._uploads.submit(_Upload(gate_id, entries, now)), now)
 
-    async def _commit_uploads(self) -> None:
-        """Commit the waiting uploads, a group at a time, until none wait. Stopped (the hub
-        closing), it leaves none waiting: those not committed get a HubStoreError (nothing was
-        acknowledged; the gates send them again)."""
-        try:
-            while self._uploads:
-                group = self._uploads[:_GROUP_MAX]
-                del self._uploads[:_GROUP_MAX]
-                await self._commit_group(group)
-        finally:
-            left, self._uploads = self._uploads, []
-            for upload in left:
-                _settle(upload.done, HubStoreError(f"hub store {self._path} is closing"))
-
-    async def _commit_group(self, group: list[_Upload]) -> None:
-        try:
-            plans = await self._run(lambda db: _transaction(db, self._ingest_group, group))
-        except BaseException as exc:  # the whole group failed (or the hub is stopping)
-            for upload in group:  # each caller raises its own error (one object, one traceback)
-                _settle(upload.done, _own_copy(exc))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for upload, plan in zip(group, plans, strict=True):
-            _settle(upload.done, plan)
+    async def _commit_group(
+        self, group: Sequence[_Upload]
+    ) -> list[hub_rules.IngestPlan | Exception]:
+        plans = await self._run(lambda db: _transaction(db, self._ingest_group, group))
         if any(not isinstance(p, Exception) and p.feed_rows for p in plans):
             self._feed_signal.wake()
+        return plans
+
+    def _own_error(self, exc: Exception) -> Exception:
+        """Each caller of a failed group raises a store error of its own, caused by ``exc``."""
+        if not isinstance(exc, HubStoreError):
+            return exc  # a bug: as it is
+        error = HubStoreError(str(exc))
+        error.__cause__ = exc
+        return error
 
     def _ingest_group(
         self, db: sqlite3.Connection, group: Sequence[_Upload]
@@ -321,8 +283,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         db, self._db = self._db, None
         if db is None:
             return
-        if self._committer is not None:  # a group in flight ends first; the rest are refused
-            await asyncio.gather(self._committer, return_exceptions=True)
+        await self._uploads.close()  # a group in flight ends first; the rest are refused
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         finally:

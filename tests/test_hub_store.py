@@ -252,7 +252,8 @@ async def test_closing_with_uploads_in_flight_answers_each_and_keeps_what_it_ack
     async with asyncio.timeout(10):
         results = await asyncio.gather(*uploads, return_exceptions=True)
     acked = [b for b, r in zip(batches, results, strict=True) if isinstance(r, BatchAck)]
-    assert all(isinstance(r, (BatchAck, HubStoreError)) for r in results), results
+    others = [repr(r)[:200] for r in results if not isinstance(r, (BatchAck, HubStoreError))]
+    assert not others
     assert acked
     again = await open_hub()
     entries, _ = await again.feed(0, 100)
