@@ -173,6 +173,15 @@ async def test_a_security_lead_finds_acknowledges_assigns_and_notes_an_alert(
         assert [e for e in page.console_errors if "/notes" in e] == page.console_errors
 
 
+async def reload(page: Browser) -> None:
+    """Reload and wait until the NEW page is live: the old one says "live" until it is gone, so
+    waiting for that alone could return (and read the old page, or a new one not yet started)
+    before the reload happened (seen once in CI)."""
+    await page.evaluate("document.body.dataset.reloading = 'yes'")
+    await page.evaluate("location.reload()")
+    await page.wait_for(f"document.body.dataset.reloading === undefined && {LIVE}")
+
+
 async def test_new_alerts_are_signalled_only_when_the_toggle_is_on(
     venue: Venue, tmp_path: Path
 ) -> None:
@@ -189,8 +198,7 @@ async def test_new_alerts_are_signalled_only_when_the_toggle_is_on(
         await page.wait_for(f"{alerts_js()}.length === 2")
         await page.wait_for("document.body.dataset.signalled === '1'")
         # the choice is kept over a reload; the alerts already there are not signalled again
-        await page.evaluate("location.reload()")
-        await page.wait_for(LIVE)
+        await reload(page)
         assert await page.evaluate("document.getElementById('notify-toggle').checked") is True
         assert await page.evaluate("document.body.dataset.signalled || '0'") == "0"
 
@@ -202,8 +210,7 @@ async def test_the_token_survives_a_reload_in_this_tab_only(venue: Venue, tmp_pa
         await page.goto(f"{v.setup.url}/console#token={v.console}")
         await page.wait_for(LIVE)
         assert await page.evaluate("location.hash") == ""
-        await page.evaluate("location.reload()")
-        await page.wait_for(LIVE)
+        await reload(page)
         await page.wait_for(f"{alerts_js()}.length === 1")
         assert await page.evaluate("location.hash") == ""
         assert await page.evaluate("localStorage.length") == 0  # never beyond this tab
