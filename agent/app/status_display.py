@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.app.status_bounds import Streams
+from agent.journal.queries import RecentRow
 from agent.mechanism import MechanismView
 from agent.model import Decision, Reason
 
@@ -209,7 +210,7 @@ class DisplayFeed:
             hour = self._lane_hours[name] = _Hour()
         return hour
 
-    def seed(self, rows: Iterable[tuple[str, str, float, str, str | None]]) -> None:
+    def seed(self, rows: Iterable[RecentRow]) -> None:
         """Count the journal's rows of the last hour ((lane, kind, wall_time, entry_id, annuls),
         in order), so the counts go on across a restart instead of starting at 0: entries and
         exits admitted, attempts denied, an annulled admission neither."""
