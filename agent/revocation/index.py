@@ -255,6 +255,7 @@ def _popcount(bits: BitArray) -> int:
 
 
 def secret_keys(secrets: Iterable[str]) -> KeyArray:
+    """The sorted, distinct index keys of pretix ``secrets`` (:func:`secret_key`)."""
     raw = b"".join(secret_key(s) for s in secrets)
     return sorted_unique(np.frombuffer(raw, dtype=DTYPE))
 
