@@ -12,6 +12,8 @@ names a ticket there uses this module, so one ticket has one id everywhere:
 - :func:`text_digest` / :func:`bytes_digest`: a scanned text or raw frame, for logs and the
   journal (a text that never parsed has no ticket ref).
 - :func:`secret_label`: a token or other credential, for log lines that must tell two apart.
+- :func:`printable`: text from outside (a server's answer), cut short and with no control
+  characters, so it cannot forge or flood log lines.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def bytes_digest(raw: bytes) -> str:
 def text_digest(text: str) -> str:
     """A 16-hex hash of a scanned text, safe to log or journal in place of the raw payload."""
     return bytes_digest(text.encode("utf-8", "surrogatepass"))
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, each one that is not printable (newlines, escapes)
+    shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def secret_label(secret: str) -> str:

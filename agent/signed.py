@@ -73,7 +73,7 @@ def open_document(
         raise error(f"{kind}: document of {len(data)} bytes exceeds the cap")
     try:
         envelope = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 and JSON are ValueErrors
         raise error(f"{kind}: not a JSON document (truncated or corrupt?): {exc}") from exc
     if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
         raise error(f"{kind}: not a gate-agent signed document")
@@ -85,7 +85,7 @@ def open_document(
         raise error(f"{kind}: signature does not verify (forged or altered document)")
     try:
         content = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 and JSON are ValueErrors
         raise error(f"{kind}: signed payload is not JSON") from exc
     if not isinstance(content, dict):
         raise error(f"{kind}: signed payload is not an object")
@@ -98,7 +98,7 @@ def signed_by(kind: str, data: bytes, key: keys.PublicKey) -> bool:
     try:
         envelope = json.loads(data)
         payload, signatures = _parts(kind, envelope, SignedDocumentError)
-    except (SignedDocumentError, ValueError):
+    except (SignedDocumentError, ValueError, RecursionError):
         return False
     message = _message(kind, payload)
     return any(keys.verify(key, s, message) for s in signatures)

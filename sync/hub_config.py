@@ -81,7 +81,8 @@ class TlsSection:
 
 @dataclass(frozen=True)
 class WebhookSection:
-    url: str  # may hold a secret: never logged or repeated in an error (sync.hub_webhook)
+    # May hold a secret: never logged or repeated in an error (sync.hub_webhook), nor in a repr.
+    url: str = field(repr=False)
     timeout_s: float = 10.0
     queue_size: int = 1000
     max_tries: int = 8

@@ -156,7 +156,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise HttpError(400, f"body: at most {MAX_BODY} bytes", error="too_large")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 and JSON are ValueErrors
         raise HttpError(400, "body: not a JSON object") from None
     if not isinstance(data, dict):
         raise HttpError(400, "body: not a JSON object")

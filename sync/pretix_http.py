@@ -200,7 +200,7 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
     if raw.strip():
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 is a ValueError
             if 200 <= status < 300:
                 raise UpstreamUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
             body = None  # an HTML error page on a 4xx: the status alone decides

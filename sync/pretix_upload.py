@@ -131,7 +131,7 @@ class PretixUpload:
             self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
         self.rejected += 1
         raise _Done(
-            f"refused by pretix for good: HTTP {reply.status} {reason or wire.reply_keys(reply)}"
+            f"refused by pretix for good: HTTP {reply.status} {wire.reason_text(reason, reply)}"
         )
 
     async def _upload_failed(self, rec: EntryRecord, policy: GatePolicy) -> None:

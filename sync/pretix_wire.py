@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from urllib.parse import quote
 
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
-from agent.redact import text_digest
+from agent.redact import printable, text_digest
 from sync.pretix_http import Reply
 from sync.upstream_http import parse_http_date
 
@@ -28,6 +29,9 @@ ANNUL_WINDOW_S = 15 * 60  # pretix refuses an annulment more than 15 min after t
 _PEER_PREFIX = "pretix-device-"
 _CHECKIN_PREFIX = "pretix-"  # peer entry ids made from pretix check-ins (see _peer_entry)
 _ANNUL_PREFIX = "pretix-annulled-"
+_REASON = re.compile(r"[a-z][a-z_]{0,39}")  # a redeem refusal's reason, as pretix spells them
+MAX_KEY_TEXT = 40  # an answer's key as named in a log line
+MAX_KEYS_SHOWN = 8
 
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
@@ -354,10 +358,21 @@ def latest(current: str | None, rows: list[Any], field: str) -> str | None:
 
 
 def reply_keys(reply: Reply) -> str:
-    """What a refusal was about, without echoing values (they may contain the secret)."""
+    """What a refusal was about, without echoing values (they may contain the secret): the
+    answer's first keys, each cut short and printable (the server's text goes into log lines)."""
     if isinstance(reply.body, dict):
-        return "(" + ", ".join(sorted(str(k) for k in reply.body)) + ")"
+        names = sorted(printable(str(k), MAX_KEY_TEXT) for k in reply.body)
+        more = f", +{len(names) - MAX_KEYS_SHOWN} more" if len(names) > MAX_KEYS_SHOWN else ""
+        return "(" + ", ".join(names[:MAX_KEYS_SHOWN]) + more + ")"
     return ""
+
+
+def reason_text(reason: object, reply: Reply) -> str:
+    """A redeem refusal's ``reason`` for the log: pretix's reasons are short snake_case words;
+    anything else is not echoed (the answer's keys are named instead)."""
+    if isinstance(reason, str) and _REASON.fullmatch(reason):
+        return reason
+    return reply_keys(reply)
 
 
 def init_messages(answer: dict[str, Any]) -> str:
@@ -368,4 +383,4 @@ def init_messages(answer: dict[str, Any]) -> str:
         for m in (v if isinstance(v, list) else [v])
         if isinstance(m, str)
     ]
-    return "; ".join(texts)[:200] or "no detail"
+    return printable("; ".join(texts), 200) or "no detail"

@@ -35,7 +35,7 @@ import msgspec
 from agent.clock import plausible_hlc
 from agent.journal import EntryRecord, Kind, PeerEntry
 from agent.model import Flag, Reason, Verdict
-from agent.redact import SECRET_REF_PREFIX, shared_ref
+from agent.redact import SECRET_REF_PREFIX, printable, shared_ref
 from sync import protocol_fields as read
 from sync.protocol_console import Alert, AlertPage, GateHealth, GatesPage
 from sync.protocol_fields import (
@@ -132,7 +132,7 @@ class EntryWire(msgspec.Struct, frozen=True, gc=False):
         row always gives the same body). A pretix secret travels as its digest
         (:func:`agent.model.shared_ref`), and an HLC no clock could have produced (a journal from
         before HLCs were bounded) as that of the row's wall time, so the hub takes the row."""
-        detail = "".join(c if c.isprintable() else "?" for c in rec.detail[:MAX_DETAIL])
+        detail = printable(rec.detail, MAX_DETAIL)
         return cls(
             gate_seq=rec.gate_seq, entry_id=rec.entry_id, gate_id=rec.gate_id, lane=rec.lane,
             ticket_ref=shared_ref(rec.ticket_ref), kind=rec.kind, verdict=rec.verdict,

@@ -19,6 +19,7 @@ from agent.clock import Clock
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
+from sync import hub_config
 from sync.protocol import EntryWire
 from tests.hubproc import (
     Api,
@@ -185,3 +186,13 @@ async def test_a_webhook_url_that_is_not_http_is_a_config_error(
     assert done.returncode == 78
     assert "[webhook] url: expected an http:// or https:// URL" in done.stderr
     assert SECRET not in done.stderr
+
+
+def test_the_webhook_url_is_not_in_the_configs_repr(tmp_path: Path, keys_dir: Path) -> None:
+    """The URL may carry a secret: a repr of the config (a debug line, an error's text) must
+    not show it."""
+    url = f"https://hooks.example.org/hook?token={SECRET}"
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra=hook_config(url))
+    conf = hub_config.load(setup.config)
+    assert conf.webhook is not None and conf.webhook.url == url
+    assert SECRET not in repr(conf)

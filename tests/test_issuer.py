@@ -104,6 +104,15 @@ def test_trust_json_verifies_against_root_pub(keys_dir: Path) -> None:
     assert content["list_signers"] == [keys.public_raw_b64(loaded.list_key)]
 
 
+def test_a_document_nested_past_jsons_depth_is_refused_as_malformed(keys_dir: Path) -> None:
+    """A hostile hub's trust bundle or list that only nests: refused like any bad document
+    (the sync client keeps the installed one), not an internal error."""
+    root = _root_pub(keys_dir)
+    with pytest.raises(TrustError, match="not a JSON document"):
+        _open_bundle(b"[" * 100_000, root)
+    assert not signed.signed_by("trust", b"[" * 100_000, root)
+
+
 def test_trust_json_refused_by_another_root(keys_dir: Path) -> None:
     other_root = keys.generate("ed25519").public_key()
     with pytest.raises(TrustError, match="signature does not verify"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from agent.backoff import Backoff
+from agent.errors import UpstreamUnavailable
+from sync.pretix_http import _classify
 from sync.upstream_http import MAX_RETRY_AFTER_S, parse_retry_after
 
 NOW = 1_760_000_000.0
@@ -41,3 +43,9 @@ def test_any_retry_after_is_a_valid_backoff_minimum() -> None:
         wait = parse_retry_after(header, NOW)
         assert wait is not None
         assert 30.0 <= backoff.next_delay(at_least=wait) <= 60.0
+
+
+def test_a_reply_nested_past_jsons_depth_is_a_malformed_answer_not_a_local_fault() -> None:
+    with pytest.raises(UpstreamUnavailable, match="HTTP 200 with malformed JSON"):
+        _classify("GET /api/v1/", 200, b"[" * 5000, {})
+    assert _classify("POST /redeem/", 400, b"{" * 5000, {}).body is None  # the status decides

@@ -56,6 +56,12 @@ def test_the_log_scan_knows_the_secret() -> None:
     assert SECRET in KNOWN and logscan.find_leaks([("t", f"x {SECRET} y")], KNOWN)
 
 
+def test_the_init_token_is_not_in_the_configs_repr(write_config: WriteConfig) -> None:
+    conf = _gate_config(write_config, "https://pretix.example.org")
+    assert conf.pretix is not None and conf.pretix.init_token == INIT_TOKEN
+    assert INIT_TOKEN not in repr(conf)
+
+
 def _gate_config(write_config: WriteConfig, url: str) -> config.Config:
     pretix = {"url": url, "organizer": ORG, "event": EVENT, "checkin_list": 11,
               "init_token": INIT_TOKEN, "interval_s": 3600, "timeout_s": 1}  # fmt: skip
@@ -115,6 +121,31 @@ async def test_refused_upload_leaks_no_secret(
             shown = repr(gate.upstream.status) + repr(gate.upstream.alerts)
     assert server.state.redeem_calls()
     assert leaks(shown, *_records(caplog)) == []
+
+
+async def test_a_hostile_refusal_cannot_forge_or_flood_log_lines(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pretix's answer goes into the gate's log: a reason that is not one of pretix's words is
+    not echoed, and the answer's keys are named cut short, printable and at most 8."""
+    caplog.set_level(logging.DEBUG)
+    forged = "\n2026-12-03 12:00:00 ERROR agent.lane: FORGED ALERT " + "A" * 5000
+    keys = {f"k{i}\nFORGED KEY {'B' * 300}": i for i in range(20)}
+    async with PretixServer() as server:
+        conf = _gate_config(write_config, server.url)
+        server.state.redeem_answers[SECRET] = [(400, {"reason": forged, **keys})]
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            admitted = await gate.lane.present(Scan(SECRET, "s", time.monotonic_ns()))
+            assert admitted is not None and admitted.decision.admitted
+            await gate.upstream.sync_once()
+    assert server.state.redeem_calls()
+    done = [
+        r.getMessage() for r in caplog.records if "refused by pretix for good" in r.getMessage()
+    ]
+    assert len(done) == 1, [r.getMessage() for r in caplog.records]
+    assert "FORGED ALERT" not in done[0] and "\n" not in done[0], done[0]
+    assert len(done[0]) < 600 and "+13 more" in done[0] and "k0?FORGED KEY" in done[0], done[0]
 
 
 async def _status_json(port: int) -> str:

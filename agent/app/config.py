@@ -78,7 +78,8 @@ class PretixConfig:
     organizer: str
     event: str
     checkin_list: int
-    init_token: str | None = None  # one-time device initialisation token (then stored 0600)
+    # One-time device initialisation token (then stored 0600); kept out of the section's repr.
+    init_token: str | None = field(default=None, repr=False)
     device_id: int | None = None
     interval_s: float = 30.0
     timeout_s: float = 10.0

@@ -121,7 +121,7 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             snap = json.loads(reply.read())
-    except (OSError, ValueError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, RecursionError, urllib.error.URLError) as exc:
         raise GateUnreachable(
             f"gate not answering on {url}: {exc} (is gate-agent running?)"
         ) from None

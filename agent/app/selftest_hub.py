@@ -247,7 +247,7 @@ async def _venue(conf: cfg.Config, http: HubHTTP) -> Check:
     try:
         reply = await http.request("GET", "/v1/health")
         served = json.loads(reply.body).get("venue")
-    except (UpstreamError, ValueError, AttributeError) as exc:
+    except (UpstreamError, ValueError, RecursionError, AttributeError) as exc:
         return Check("venue", False, f"cannot ask the hub's venue: {exc}", "check the hub's log")
     if served != want:
         return Check(
