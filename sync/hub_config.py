@@ -8,6 +8,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
            entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
            max_wait_s, list_validity_s,
            list_refresh_s, max_clock_ahead_s, alert_budget, alert_budget_window_s,
+           upload_rows_per_s, upload_burst (one gate's sustained rate of new rows and the most
+           it stores at once; more: 429, see :class:`sync.hub_store.UploadQuota`),
            max_connections, max_connections_per_client (open connections per process and per
            client address; over either: 503), header_timeout_s (a request head must arrive within
            it of connecting or of the previous answer), body_timeout_s (a body within it),
@@ -65,6 +67,8 @@ class HubSection:
     max_clock_ahead_s: float = 300.0
     alert_budget: int = 50
     alert_budget_window_s: float = 60.0
+    upload_rows_per_s: float = 20.0
+    upload_burst: int = 5000
     max_connections: int = 1000
     max_connections_per_client: int = 128
     header_timeout_s: float = 10.0
@@ -131,6 +135,8 @@ class HubConfig:
             max_clock_ahead_s=h.max_clock_ahead_s,
             alert_budget=h.alert_budget,
             alert_budget_window_s=h.alert_budget_window_s,
+            upload_rows_per_s=h.upload_rows_per_s,
+            upload_burst=h.upload_burst,
         )
 
 
@@ -147,6 +153,9 @@ _HUB_RANGES: dict[str, _Check] = {
     "max_clock_ahead_s": (lambda v: 5 <= v <= 86400, "5-86400 seconds"),
     "alert_budget": (lambda v: 1 <= v <= 100_000, "an integer 1-100000"),
     "alert_budget_window_s": (lambda v: 1 <= v <= 86400, "1-86400 seconds"),
+    "upload_rows_per_s": (lambda v: 1 <= v <= 1_000_000, "1-1000000 rows a second"),
+    # A batch holds up to 500 rows: a smaller burst could refuse a full batch for good.
+    "upload_burst": (lambda v: 500 <= v <= 100_000_000, "an integer 500-100000000"),
     "max_connections": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
     "max_connections_per_client": (lambda v: 1 <= v <= 1_000_000, "an integer 1-1000000"),
     "header_timeout_s": (lambda v: 1 <= v <= 300, "1-300 seconds"),

@@ -18,7 +18,7 @@ from sync.hub_admin import (
 )
 from sync.hub_auth import gate_caller, reader
 from sync.hub_state import HUB, HttpError, json_response
-from sync.hub_store import ConflictError, HubStore, RefusedError
+from sync.hub_store import ConflictError, HubStore, OverQuotaError, RefusedError
 from sync.protocol import (
     MAX_BODY_BYTES,
     MAX_DOCUMENT_CHARS,
@@ -119,6 +119,10 @@ async def upload(request: web.Request) -> web.Response:
     except RefusedError as exc:
         log.error("gate %s: batch refused: %s", gate, exc)
         raise HttpError(422, str(exc), error="refused") from None
+    except OverQuotaError as exc:  # the alert (one an hour) tells the operator; no log flood
+        log.debug("gate %s: over its upload quota", gate)
+        retry = str(math.ceil(exc.retry_after))
+        raise HttpError(429, str(exc), error="over_quota", headers={"Retry-After": retry}) from None
     except ConflictError as exc:
         log.error("gate %s: %d entries conflict with stored ones", gate, len(exc.entry_ids))
         raise HttpError(

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from sync.hub_store import (
     RevocationState,
     Role,
     TokenInfo,
+    UploadQuota,
     check_gate_name,
     check_limit,
     check_token,
@@ -73,6 +75,7 @@ _VENUE_ROWS = hub_sql.numbered(VENUE_ROWS)
 _RECENT_ALERTS = hub_sql.numbered(hub_sql.RECENT_ALERTS)
 _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
+_LAST_RECEIVED = hub_sql.numbered(hub_sql.LAST_RECEIVED)
 _ADD_GATE = hub_sql.numbered(hub_sql.ADD_GATE)
 _NAME_TAKEN = hub_sql.numbered(hub_sql.NAME_TAKEN)
 _SET_GATE_NAME = hub_sql.numbered(hub_sql.SET_GATE_NAME)
@@ -121,6 +124,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         self._pool: asyncpg.Pool[asyncpg.Record] | None = pool
         self._lock_key = lock_key(f"venue:{policy.venue}")
         self._feed_signal = FeedSignal()
+        self._quota = UploadQuota(policy.upload_rows_per_s, policy.upload_burst)
         self._listener = FeedListener(url, self._where, self._feed_signal)
         self._revocations: RevocationState | None = None  # cache of the last state seen
 
@@ -162,7 +166,14 @@ class PostgresHubStore(PostgresConsoleQueries):
             async with conn.transaction():
                 await conn.execute(_BEGIN_INGEST, self._lock_key)
                 known = await _known(conn, gate_id, entries, self._policy, now)
+                last = None
+                if not self._quota.knows(gate_id):
+                    last = await conn.fetchval(_LAST_RECEIVED, gate_id)
+                # No await from here to the spend: no other batch of this process counts between.
+                quota = self._quota.allowance(gate_id, now, last)
+                known = replace(known, quota=quota)
                 plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
+                self._quota.spend(gate_id, now, quota, len(plan.rows))
                 await _write(conn, gate_id, plan, now)
                 return plan
 

@@ -32,6 +32,10 @@ raising it again):
   with one integrity alert naming the gate per refused row. In a ticket's history an annulment
   cancels an entry only when both come from the same gate, so rows stored before these checks
   existed cannot reopen a ticket either.
+* upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
+  by the store's :class:`sync.hub_store.UploadQuota` at ``upload_rows_per_s``) stores nothing
+  and raises one integrity alert an hour (``quota:<gate>:<hour>``); the gate is answered 429
+  with the seconds until it fits. Duplicates of stored rows do not count.
 * alert budget: the alerts one gate's uploads raise within a window (``alert_budget_window_s``,
   buckets of the hub's clock) beyond ``alert_budget`` are not stored one by one; they collapse into
   one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
@@ -53,7 +57,7 @@ from agent.clock import HLC
 from agent.model import Verdict, annulled_ids
 from agent.redact import short_id
 from sync import protocol
-from sync.hub_store import ConflictError, HubPolicy, RefusedError
+from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
 from sync.protocol import (
     MAX_DETAIL,
     AlertKind,
@@ -121,6 +125,7 @@ class KnownState:
     # entry ids the batch's annulments name (:func:`annul_targets`) -> (gate_id, ticket_ref)
     targets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
+    quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,7 @@ class IngestPlan:
     alerts: tuple[NewAlert, ...]
     acked_through_seq: int
     refused: tuple[tuple[str, str], ...] = ()  # (field, why) of rows the gate may not write
+    throttled: float = 0.0  # over the gate's upload quota: seconds until the batch fits
 
     @property
     def feed_rows(self) -> bool:
@@ -233,9 +239,25 @@ def plan_ingest(
         alerts = [alert for _, _, alert in refused]
         why = tuple((where, text) for where, text, _ in refused)
         return IngestPlan((), (), (), _budget(gate_id, alerts, known, policy, now), acked, why)
+    if len(rows) > known.quota:
+        alerts = [_quota_alert(gate_id, names, policy, now)]
+        budgeted = _budget(gate_id, alerts, known, policy, now)
+        wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
+        return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
     alerts += _ticket_alerts(rows, known.history, policy, names)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
+
+
+def _quota_alert(gate_id: str, names: _Names, policy: HubPolicy, now: float) -> NewAlert:
+    """One integrity alert an hour while a gate uploads more than its quota."""
+    name = names(gate_id)
+    return NewAlert(
+        "integrity", "", (name,), (now,), (),
+        f"gate {name} uploads more new rows than {policy.upload_rows_per_s:g} a second: batches"
+        " held back (a stolen token? an outage of more than 6 hours?)",
+        f"quota:{gate_id}:{math.floor(now / 3600)}",
+    )  # fmt: skip
 
 
 def _refusals(
@@ -302,14 +324,19 @@ def _budget(
 
 
 def ack(plan: IngestPlan, now: float) -> BatchAck:
-    """The batch's acknowledgement; raises ConflictError or RefusedError when the plan stored
-    nothing."""
+    """The batch's acknowledgement; raises RefusedError, OverQuotaError or ConflictError when the
+    plan stored nothing."""
     if plan.refused:
         where, why = plan.refused[0]
         raise RefusedError(
             f"{where}: {why}; nothing of the batch was stored"
             + (f" ({len(plan.refused)} rows refused)" if len(plan.refused) > 1 else ""),
             where,
+        )
+    if plan.throttled:
+        raise OverQuotaError(
+            "over this gate's upload quota (new rows a second); nothing of the batch was stored",
+            plan.throttled,
         )
     if plan.conflicts:
         raise ConflictError(

@@ -121,6 +121,9 @@ INSERT_ALERT = (
 )
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
+# When the store last heard of a gate's rows (its highest gate_seq's arrival): the upload quota's
+# starting point for a gate this hub process has not seen yet.
+LAST_RECEIVED = "SELECT received_at FROM entries WHERE gate_id = ? ORDER BY gate_seq DESC LIMIT 1"
 # Alerts this gate's uploads raised since the start of the budget bucket.
 BUDGET_USED = (
     "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ? AND kind <> 'alert_storm'"

@@ -37,6 +37,7 @@ from sync.hub_store import (
     RevocationState,
     Role,
     TokenInfo,
+    UploadQuota,
     check_gate_name,
     check_limit,
     check_token,
@@ -86,6 +87,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self._executor = executor
         self._db: sqlite3.Connection | None = db
         self._feed_signal = FeedSignal()
+        self._quota = UploadQuota(policy.upload_rows_per_s, policy.upload_burst)
         self._revocations: RevocationState | None = None  # cache of the last state read/written
         self._uploads = GroupCommit[_Upload, hub_rules.IngestPlan](
             self._commit_group, max_group=_GROUP_MAX, own_error=self._own_error,
@@ -293,8 +295,11 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self, db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], now: float
     ) -> hub_rules.IngestPlan:
         """Read, plan and write one batch (on the thread, inside its transaction)."""
-        known = _known(db, gate_id, entries, self._policy, now)
+        last = None if self._quota.knows(gate_id) else _last_received(db, gate_id)
+        quota = self._quota.allowance(gate_id, now, last)  # the store's thread only
+        known = _known(db, gate_id, entries, self._policy, now, quota)
         plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
+        self._quota.spend(gate_id, now, quota, len(plan.rows))
         db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in plan.rows))
         db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, gate_id, now) for a in plan.alerts))
         db.execute(hub_sql.ADD_GATE, (gate_id,))
@@ -400,6 +405,7 @@ def _known(
     entries: Sequence[EntryWire],
     policy: HubPolicy,
     now: float,
+    quota: float,
 ) -> KnownState:
     """What the store holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
     ids = [e.entry_id for e in entries]
@@ -431,7 +437,12 @@ def _known(
     }
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
-    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
+    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count), quota)
+
+
+def _last_received(db: sqlite3.Connection, gate_id: str) -> float | None:
+    row = db.execute(hub_sql.LAST_RECEIVED, (gate_id,)).fetchone()
+    return None if row is None else float(row[0])
 
 
 def _alert_params(alert: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:

@@ -67,6 +67,17 @@ class RefusedError(HubStoreError):
         self.field = field
 
 
+class OverQuotaError(HubStoreError):
+    """The batch's new rows exceed what the gate may store now (:class:`UploadQuota`).
+
+    Nothing of the batch was stored; the gate may send it again after ``retry_after`` seconds.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NameTakenError(HubStoreError, ValueError):
     """Another gate of the venue already has this display name."""
 
@@ -83,6 +94,8 @@ class HubPolicy:
     max_clock_ahead_s: float = 300.0  # rows whose wall time or HLC is further ahead are refused
     alert_budget: int = 50  # alerts one gate's uploads may raise per window; more: one storm alert
     alert_budget_window_s: float = 60.0
+    upload_rows_per_s: float = 20.0  # one gate's sustained rate of new rows (UploadQuota) ...
+    upload_burst: int = 5000  # ... and the most it stores at once while uploading
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +258,54 @@ def check_token(role: str, gate_id: str | None) -> None:
         raise ValueError(f"unknown token role {role!r}")
     if (role == "gate") != (gate_id is not None):
         raise ValueError("a gate token needs its gate_id, other tokens have none")
+
+
+class UploadQuota:
+    """How many new rows each gate may store now: a token bucket per gate, in this process.
+
+    Without a bound a stolen gate token uploads without end: every row is kept for good and the
+    feed carries it to every gate's SD card (a review's client stored 20,000 rows in 6 s). A gate
+    earns ``rows_per_s`` rows a second, but while it uploads (an honest gate's outbox does every
+    few seconds) only up to ``burst``; the time it stays silent (an outage, a quiet hour) earns a
+    credit of rate x silence, up to ``credit_s`` of it, so the backlog a gate recorded offline is
+    taken at once. Whatever a gate does, it stores at most ``burst`` + the rate x the time since
+    it was first heard, so a flood goes at the rate of a busy honest gate, and then alerts.
+    A gate first seen by this process starts with its burst and the credit since the store last
+    received a row of it (``last_received``: a restarted hub owes gates its own downtime); one
+    the store never had a row of, with the whole credit (a gate that ran without a hub brings
+    its history). Several hub processes on one database count each for itself.
+    """
+
+    CREDIT_S = 6 * 3600.0  # the longest silence that earns credit
+    MAX_GATES = 100_000  # gates remembered; past it, the longest silent are forgotten
+
+    def __init__(self, rows_per_s: float, burst: int) -> None:
+        self.rate = rows_per_s
+        self.burst = float(burst)
+        self._gates: dict[str, tuple[float, float]] = {}  # gate_id -> (rows left, at)
+
+    def knows(self, gate_id: str) -> bool:
+        return gate_id in self._gates
+
+    def allowance(self, gate_id: str, now: float, last_received: float | None = None) -> float:
+        """New rows ``gate_id`` may store at ``now``. ``last_received`` counts only for a gate
+        this quota does not know: when the store last received a row of it (None: never)."""
+        state = self._gates.get(gate_id)
+        if state is None:
+            state = (
+                (0.0, now - self.CREDIT_S) if last_received is None else (self.burst, last_received)
+            )
+        left, at = state
+        earned = self.rate * min(max(0.0, now - at), self.CREDIT_S)
+        # Uploading, a gate refills to the burst; only silence earns more (never taken away).
+        return max(left, min(left + earned, max(self.burst, earned)))
+
+    def spend(self, gate_id: str, now: float, allowance: float, rows: int) -> None:
+        """Record that ``rows`` were stored at ``now`` out of ``allowance`` (:meth:`allowance`)."""
+        self._gates[gate_id] = (allowance - rows, now)
+        if len(self._gates) > self.MAX_GATES:
+            by_age = sorted(self._gates.items(), key=lambda item: item[1][1])
+            self._gates = dict(by_age[len(by_age) // 2 :])
 
 
 class FeedSignal:

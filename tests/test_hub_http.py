@@ -639,7 +639,8 @@ def test_config_errors_exit_78_with_one_line(tmp_path: Path, keys_dir: Path) -> 
             " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"
             " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
             " list_validity_s, list_refresh_s, max_clock_ahead_s, alert_budget,"
-            " alert_budget_window_s, max_connections, max_connections_per_client,"
+            " alert_budget_window_s, upload_rows_per_s, upload_burst, max_connections,"
+            " max_connections_per_client,"
             " header_timeout_s, body_timeout_s, metrics_auth)"
         ]
 
@@ -685,6 +686,8 @@ def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
         ("max_wait_s = 31", "[hub] max_wait_s: expected 0-30 seconds"),
         ('store = "mysql://x"', "[hub] store: expected sqlite:///PATH or postgresql://"),
         ('entry_policy = "twice"', "[hub] entry_policy: expected one of 'single'"),
+        ("upload_rows_per_s = 0", "[hub] upload_rows_per_s: expected 1-1000000 rows a second"),
+        ("upload_burst = 499", "[hub] upload_burst: expected an integer 500-100000000"),
         ("[tls]\ncert = 1", "[tls] cert: expected a path"),
     ],
 )

@@ -29,8 +29,10 @@ from sync.hub_store import (
     HubStore,
     HubStoreError,
     NameTakenError,
+    OverQuotaError,
     RefusedError,
     RevocationState,
+    UploadQuota,
 )
 from sync.hub_stores import open_store
 from sync.protocol import Alert, BatchAck, EntryWire, Heartbeat
@@ -1039,6 +1041,65 @@ async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubSt
     thief.seq += 1
     await store.ingest("x", [thief.row("u", "attempt", at=later)], later)
     assert (await store.recent_alerts(None, 1))[0].kind == "integrity"
+
+
+async def test_a_gates_new_rows_are_held_to_its_quota_and_silence_earns_credit(
+    open_hub: OpenStore,
+) -> None:
+    """A stolen token's flood: its new rows go at upload_rows_per_s after a burst, then 429
+    (OverQuotaError, with the seconds until the batch fits) and one alert an hour; repeats of
+    stored rows and other gates are not held back; an outage's backlog is taken at once, also
+    by a store opened afresh (the credit starts at the gate's last stored row)."""
+    thief, other = Gate("x"), Gate("a")
+    now = T0 + 100
+    first = await open_hub(upload_rows_per_s=2, upload_burst=1000)
+    # A gate the store never had a row of starts with 6 hours' credit (a history to bring).
+    history = [thief.row(f"h{i}", at=now - 3600) for i in range(2000)]
+    for i in range(0, 2000, 500):
+        await first.ingest("x", history[i : i + 500], now)
+    # A store opened afresh (a restarted hub) gives the burst, from the gate's last stored row.
+    store = await open_hub(upload_rows_per_s=2, upload_burst=1000)
+    rows = [thief.row(f"q{i}", at=now) for i in range(1001)]
+    for i in range(0, 1000, 500):
+        await store.ingest("x", rows[i : i + 500], now)
+    with pytest.raises(OverQuotaError) as caught:
+        await store.ingest("x", rows[1000:], now)
+    assert caught.value.retry_after == 1  # one row at 2 a second
+    assert (await store.ingest("x", rows[:500], now)).inserted == 0  # a repeat: not held back
+    with pytest.raises(OverQuotaError):
+        await store.ingest("x", rows[1000:], now + 0.4)  # 0.8 rows earned
+    assert (await store.ingest("x", rows[1000:], now + 0.6)).inserted == 1
+    await store.ingest("a", [other.row("h1", at=now)], now)
+    quota = [a for a in await all_alerts(store) if "new rows than 2 a second" in a.detail]
+    assert len(quota) == 1 and quota[0].kind == "integrity" and quota[0].gates == ("x",)
+    # An hour silent earns 7,200 rows: more than the burst, taken at once.
+    later = now + 3600
+    backlog = [thief.row(f"b{i}", at=later - 1800) for i in range(2000)]
+    for i in range(0, 2000, 500):
+        await store.ingest("x", backlog[i : i + 500], later)
+    late = [thief.row(f"c{i}", at=later) for i in range(5300)]
+    for i in range(0, 5000, 500):
+        await store.ingest("x", late[i : i + 500], later)  # 7,198 earned: 198 left
+    with pytest.raises(OverQuotaError):
+        await store.ingest("x", late[5000:], later)
+
+
+def test_a_gate_never_stores_more_than_its_burst_and_rate_whatever_it_does() -> None:
+    """The quota's bound: over any run of uploads, rows <= burst + rate x the time since the
+    gate's last stored row, however often and however much the gate asks."""
+    quota = UploadQuota(10.0, 500)
+    now, stored = T0, 0
+    for step in range(2000):
+        now += 0.01 if step % 7 else 1.5  # mostly hammering, sometimes a pause
+        allowed = quota.allowance("x", now, last_received=T0)  # counts on first sight only
+        take = min(int(allowed), 500)
+        quota.spend("x", now, allowed, take)
+        stored += take
+        assert stored <= 500 + 10.0 * (now - T0) + 1e-6
+    credit = 10.0 * UploadQuota.CREDIT_S
+    assert quota.allowance("y", now, last_received=now - 10 * 3600) == credit  # silent 10 h
+    assert quota.allowance("y", now, last_received=now - 1) == 500  # the burst
+    assert quota.allowance("z", now) == credit  # never stored a row
 
 
 async def test_gate_names_are_unique_in_the_venue(store: HubStore) -> None:

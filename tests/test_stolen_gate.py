@@ -11,10 +11,13 @@ test_status_flood.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sqlite3
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -320,7 +323,7 @@ async def test_an_alert_flood_from_one_gate_collapses_and_hides_no_other_alert(
         assert first.decision.admitted and first.record is not None
         template = await venue.thief_row("tk1:" + "22" * 8, "attempt")
         seq, sent = template.gate_seq, 0
-        for batch in range(20):  # every row skips a gate_seq: 10,000 integrity alerts
+        for batch in range(10):  # every row skips a gate_seq: 5,000 integrity alerts (the burst)
             rows = []
             for i in range(protocol.MAX_BATCH):
                 seq += 2
@@ -363,6 +366,58 @@ async def test_an_alert_flood_from_one_gate_collapses_and_hides_no_other_alert(
         ids += [al["alert_id"] for al in older["alerts"]]
         assert ids == sorted((al["alert_id"] for al in every), reverse=True)
         assert (await asyncio.to_thread(_health, venue)) == "ok"
+
+
+async def test_a_flood_of_rows_is_held_at_a_gates_rate_and_the_venue_goes_on(
+    venue: Venue, iss: Issuer
+) -> None:
+    """Each stored row would reach every gate's SD card through the feed: past its burst, a
+    stolen gate's new rows are answered 429 with Retry-After, one alert names it, and the honest
+    gates still learn each other's admissions at once."""
+    async with venue.gates() as (a, b):
+        template = await venue.thief_row("tk1:" + "33" * 8)
+        await _plant(venue, template)  # the gate was in service: the hub holds its rows
+        seq = template.gate_seq + 1
+        statuses = []
+        for batch in range(11):  # the default burst is 5,000 rows: ten full batches
+            rows = []
+            for i in range(protocol.MAX_BATCH):
+                rows.append(msgspec.structs.replace(
+                    template, gate_seq=seq, entry_id=str(uuid7(int(time.time() * 1000))),
+                    ticket_ref=f"tk1:{batch:04x}{i:012x}", detail="x" * 200,
+                ))  # fmt: skip
+                seq += 1
+            status, body, retry = await asyncio.to_thread(_post, venue, rows)
+            statuses.append(status)
+            if status == 200:
+                accepted = rows
+        assert statuses == [200] * 10 + [429], statuses
+        assert body["error"] == "over_quota" and "upload quota" in body["message"]
+        assert retry is not None and 1 <= int(retry) <= 25  # 500 rows at 20 a second
+        assert (await asyncio.to_thread(_post, venue, accepted))[0] == 200  # a repeat: taken
+        assert len(_integrity(await venue.alerts(), "uploads more new rows than 20 a second")) == 1
+        stored = [e for e in await venue.feed() if e["gate_id"] == "gate-x"]
+        assert len(stored) == 1 + 5000
+        text = iss.ticket(event=1, zones=[1])
+        admitted = await _present(a, text)
+        assert admitted.decision.admitted and admitted.record is not None
+        await _learnt(b, admitted.record.ticket_ref, "gate-a")
+        assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+
+
+def _post(venue: Venue, rows: list[EntryWire]) -> tuple[int, dict[str, Any], str | None]:
+    """POST a batch as the thief: the status, the answer and its Retry-After (blocking)."""
+    request = urllib.request.Request(
+        venue.url("/v1/gates/gate-x/entries:batch"),
+        data=protocol.encode(BatchUpload("gate-x", tuple(rows))), method="POST",
+        headers={"Authorization": f"Bearer {venue.thief_token}",
+                 "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read()), None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), exc.headers.get("Retry-After")
 
 
 # --- 11. no pretix secret at the hub -------------------------------------------------------------
