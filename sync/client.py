@@ -150,11 +150,17 @@ class HubClient:
         self._trust_etag: str | None = None
         self._snapshot_etag: str | None = None
         self._feed_current: float | None = None  # monotonic: the feed was caught up
+        # Caught up, and every feed request since answered: other gates' admissions arrive as
+        # they happen. False from the start and after a failed request until caught up again.
+        self._feed_live = False
         self._offset: float | None = None
         self._outbox: int | None = None
         self._upload_state = "idle"
         self._conflicts: tuple[str, ...] = ()
         self._last_error: str | None = None
+        # The credential the hub refused ("token", "cert"), whichever task met it, until a
+        # request is answered again: the gate is offline at once, not offline_after_s later.
+        self._refused: str | None = None
         self._reported: set[str] = set()  # refused tokens/certificates already logged
 
     # -- public API ------------------------------------------------------------------------
@@ -162,11 +168,15 @@ class HubClient:
     @property
     def online(self) -> bool:
         """True when a hub request succeeded within ``offline_after_s``, the hub has not been
-        unreachable since, and it takes this gate's uploads (no refused token, no conflict)."""
+        unreachable since, it takes this gate's uploads (no refused token, no conflict) and the
+        peer feed is live (caught up, no failed request since): a decision taken otherwise
+        does not know the venue's latest entries, and is flagged offline."""
         ok, down = self._http.last_ok, self._http.last_down
         if ok is None or (down is not None and down > ok) or self._upload_state in _STUCK:
             return False
-        return time.monotonic() - ok <= self._s.offline_after_s
+        if self._refused is not None:
+            return False
+        return self._feed_live and time.monotonic() - ok <= self._s.offline_after_s
 
     def nudge(self) -> None:
         """A row was written to the journal: wake the uploader (never blocks)."""
@@ -207,7 +217,8 @@ class HubClient:
         """A snapshot for status pages: online, last_success (wall time), upload ("idle", "ok",
         "conflict", "unauthorized", "refused", "unavailable"), outbox_depth (as last counted),
         feed_cursor, feed_lag_s (seconds since the feed was last caught up), revocation_version,
-        trust_version, hub_clock_offset_s, last_error and conflicts (entry ids)."""
+        trust_version, hub_clock_offset_s, last_error, conflicts (entry ids) and refused (the
+        credential the hub refuses, "token" or "cert", until a request is answered again)."""
         now, ok = time.monotonic(), self._http.last_ok
         return {
             "online": self.online,
@@ -218,6 +229,7 @@ class HubClient:
             "revocation_version": self._revocations.meta.version,
             "trust_version": self._trust.version, "hub_clock_offset_s": self._offset,
             "last_error": self._last_error, "conflicts": list(self._conflicts),
+            "refused": self._refused,
         }  # fmt: skip
 
     async def upload_once(self) -> int:
@@ -346,22 +358,33 @@ class HubClient:
     # -- tasks -----------------------------------------------------------------------------
 
     async def _run(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
-        """Run ``step`` until closed; it returns the delay to its next run. Faults back off."""
+        """Run ``step`` until closed; it returns the delay to its next run. Faults back off.
+
+        A task backing off because the hub was unreachable tries again as soon as any request
+        of this gate is answered (the hub is back): with five tasks each in its own backoff, the
+        feed and the uploader would otherwise rejoin up to ``backoff_cap_s`` after the heartbeat.
+        """
         backoff = Backoff(0.5, self._s.backoff_cap_s, jitter=True)
         failing = False
         while not self._stop.is_set():
+            answered = self._http.next_answer()  # set by an answer to any task from now on
+            started, unreachable = time.monotonic(), False
             try:
                 delay = await step()
             except Exception as exc:  # every fault is logged and retried; the task never ends
                 delay = self._fault(name, exc, backoff, quiet=failing)
                 failing = True
+                # Not a hub asking to slow down (Retry-After: busy, or over this gate's quota).
+                unreachable = isinstance(exc, UpstreamUnavailable) and exc.retry_after is None
             else:
                 if failing:
                     log.info("hub %s: working again", name)
                 failing = False
                 self._reported.clear()
                 backoff.reset()
-            if delay > 0 and await sleep_or_stop(delay, self._stop):
+                if self._http.last_ok is not None and self._http.last_ok >= started:
+                    self._refused = None  # this task's request was answered
+            if delay > 0 and await _sleep(delay, self._stop, answered if unreachable else None):
                 return
 
     def _fault(self, name: str, exc: Exception, backoff: Backoff, *, quiet: bool) -> float:
@@ -380,6 +403,8 @@ class HubClient:
                           " operator action needed", ", ".join(exc.entry_ids))  # fmt: skip
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
+            if isinstance(exc, UpstreamAuthError) or exc.check == "cert":
+                self._refused = exc.check or "token"
             if name == "upload":
                 self._upload_state = (
                     "unauthorized" if isinstance(exc, UpstreamAuthError) else "unavailable"
@@ -419,7 +444,15 @@ class HubClient:
 
     async def _feed_step(self) -> float:
         started, cursor = time.monotonic(), self._cursor
-        if await self.follow_once(self._s.wait_s) or self._cursor < cursor:
+        try:
+            # Until caught up, no long-poll: a gate knows at once that it has every entry.
+            count = await self.follow_once(self._s.wait_s if self._feed_live else 0.0)
+        except BaseException:
+            self._feed_live = False
+            raise
+        if count < protocol.MAX_PAGE and self._cursor >= cursor:
+            self._feed_live = True
+        if count or self._cursor < cursor:
             return 0.0
         return FEED_MIN_ROUND_S - (time.monotonic() - started)
 
@@ -492,3 +525,17 @@ class HubClient:
                 log.warning("this gate's %s time and the hub's differ by %.1f s", source, offset)
             else:
                 log.warning("hub clock differs from this gate's by %.1f s", offset)
+
+
+async def _sleep(delay: float, stop: asyncio.Event, wake: asyncio.Event | None) -> bool:
+    """Wait ``delay`` seconds, until ``stop`` is set (then True) or until ``wake`` is set."""
+    if wake is None:
+        return await sleep_or_stop(delay, stop)
+    stopping = asyncio.ensure_future(stop.wait())
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((stopping, woken), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        woken.cancel()
+    return stop.is_set()

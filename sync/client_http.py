@@ -22,6 +22,7 @@ ever carry :func:`agent.redact.secret_label` of it.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Mapping
@@ -213,6 +214,7 @@ class HubHTTP:
         self._session: aiohttp.ClientSession | None = None
         self.last_ok: float | None = None
         self.last_down: float | None = None
+        self._answered = asyncio.Event()  # replaced on each answer: see next_answer()
 
     async def request(
         self,
@@ -255,8 +257,14 @@ class HubHTTP:
             raise UpstreamUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         if 200 <= status < 300 or status == 304:
             self.last_ok = time.monotonic()
+            answered, self._answered = self._answered, asyncio.Event()
+            answered.set()
             return Reply(status, raw, resp_headers)
         raise self._refusal(what, status, raw, resp_headers)
+
+    def next_answer(self) -> asyncio.Event:
+        """An event set by the next successful answer (of any request on this session)."""
+        return self._answered
 
     async def close(self) -> None:
         """Close the session; idempotent."""

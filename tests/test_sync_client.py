@@ -17,6 +17,7 @@ import pytest
 from agent import issuer
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
+from agent.app.status import StatusServer
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from agent.lane import Outcome
@@ -115,6 +116,47 @@ async def test_offline_flag_follows_the_hub(keys_dir: Path, iss: Issuer, tmp_pat
             rows = await gate.journal.tail(10)
         assert [r.offline for r in rows] == [True, False, True]
         assert [Flag.OFFLINE in r.flags for r in rows] == [True, False, True]
+    finally:
+        hub.kill9()
+
+
+@pytest.mark.slow
+async def test_after_an_outage_gates_are_online_only_with_a_live_feed_and_rejoin_at_once(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """Found trying the product: after the hub was down a minute, both gates said online (their
+    heartbeat got through) while their feeds still waited out a backoff of up to retry_max_s,
+    so one ticket was admitted at both, unflagged. Online now needs a live feed, and a task
+    backing off from an unreachable hub tries again as soon as any request is answered."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    slow_retries = "retry_max_s = 120\n"
+    conf_a = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub=slow_retries)
+    conf_b = _gate_conf(tmp_path, keys_dir, setup, "gate-b", "Gate B", hub=slow_retries)
+    text = iss.ticket(event=1, zones=[1])
+    hub = HubProcess(setup)
+    try:
+        await asyncio.to_thread(hub.start)
+        async with open_gate(conf_a) as gate_a, open_gate(conf_b) as gate_b:
+            links = _client(gate_a), _client(gate_b)
+            await until(lambda: all(link.online for link in links), what="both gates online")
+            await asyncio.to_thread(hub.kill9)
+            await until(lambda: not any(link.online for link in links), what="both offline")
+            await asyncio.sleep(20)  # the outage itself: each task's backoff grows toward 120 s
+            back = time.monotonic()
+            await asyncio.to_thread(hub.start)
+            await until(lambda: all(link.online for link in links), 30, "both online again")
+            for link in links:
+                lag = link.status()["feed_lag_s"]
+                assert lag is not None and lag <= time.monotonic() - back, "online, feed not live"
+            first = await _present(gate_a, text)
+            assert first.decision.admitted and Flag.OFFLINE not in first.decision.flags
+            ref = first.record.ticket_ref if first.record is not None else ""
+
+            async def learnt() -> bool:
+                return any(h.peer for h in await gate_b.journal.history(ref))
+
+            await until(learnt, 5, "gate B learns it at once, not after a backoff")
+            assert (await _present(gate_b, text)).decision.reason is Reason.ALREADY_USED
     finally:
         hub.kill9()
 
@@ -324,6 +366,29 @@ async def test_mtls_needs_the_gates_own_certificate(
                 await until(lambda: link.status()["upload"] == "unauthorized", what="refused")
                 assert "403" in str(link.status()["last_error"]) and not link.online
                 assert len(await gate.journal.unsynced()) == 1
+
+
+async def test_a_revoked_token_takes_the_gate_offline_at_once_and_says_why(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    """Found trying the product: with its token revoked the gate stayed online for
+    offline_after_s (every request got 401), then said "hub offline", not why."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    slow = "offline_after_s = 120\nretry_max_s = 0.5\n"  # online would outlast the test
+    conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub=slow)
+    with HubProcess(setup):
+        async with open_gate(conf) as gate:
+            link = _client(gate)
+            await until(lambda: link.online, what="online")
+            assert link.status()["refused"] is None
+            done = await asyncio.to_thread(hub_cli, setup, "token", "--revoke-gate", "gate-a")
+            assert done.returncode == 0, done.stderr
+            await until(lambda: link.status()["refused"] == "token", what="the refusal seen")
+            assert not link.online and "401" in str(link.status()["last_error"])
+            status = StatusServer(gate, port=0)
+            ready, reasons = await status.health()
+            assert not ready and "hub refuses this gate's token" in reasons, reasons
+            assert "hub offline" not in reasons
 
 
 # --- [hub] config -------------------------------------------------------------------------------

@@ -459,7 +459,9 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     free = snap["disk_free_bytes"]
     if free is not None and free < limits.disk_free_min_bytes:
         reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
-    if up is not None and up.get("online") is False:
+    if up is not None and up.get("refused"):  # the hub's link: a token or certificate
+        reasons.append(f"{up.get('kind', 'upstream')} refuses this gate's {up['refused']}")
+    elif up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons
 
