@@ -20,6 +20,8 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
     │   ├── RevocationError                 revocation list refused (forged, gap, bad entry)
     │   └── RollbackError                   version not newer than the one installed
     ├── JournalError (RuntimeError)         journal cannot be opened or written
+    ├── StateInUse (RuntimeError)           another gate-agent process holds the gate's state
+    │                                       folder (a second `run`, a device selftest)
     ├── GateUnreachable (ConnectionError)   the configured gate's status server did not answer,
     │                                       or another gate did
     ├── IssuerError (ValueError)            issuer tooling misuse (bad keys dir, bad arguments)
@@ -87,6 +89,10 @@ class RollbackError(SignedDocumentError):
 
 class JournalError(AgentError, RuntimeError):
     """The journal could not be opened or written."""
+
+
+class StateInUse(AgentError, RuntimeError):
+    """Another gate-agent process holds the gate's state folder (:func:`agent.fsutil.state_lock`)."""
 
 
 class GateUnreachable(AgentError, ConnectionError):

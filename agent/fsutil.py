@@ -1,10 +1,17 @@
-"""Durable file replacement, shared by everything that keeps state in small files."""
+"""Durable file replacement, shared by everything that keeps state in small files, and the lock
+that keeps one process at a time on a gate's state folder."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from agent.errors import StateInUse
+
+LOCK_FILE = "gate.lock"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -29,3 +36,40 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path, *, create: bool = True) -> Iterator[None]:
+    """Hold ``state_dir`` for this process while the context lasts.
+
+    A second gate-agent on the same folder (another `run`, a device selftest) would share the
+    journal and its hub link, and take the devices from under the running one (a socket scanner
+    is made anew, the running gate then reads nothing while it says "scanner online"). An
+    advisory ``flock`` on ``state_dir/gate.lock``, which holds the holder's pid: the kernel
+    releases it when the process ends, kill -9 included. Raises StateInUse naming that pid, and
+    OSError when the lock file cannot be made. With ``create`` False (a check before opening
+    devices, maybe as another user) a lock file that cannot be opened (no gate ever ran there,
+    or it may not be read) holds nothing, and the pid is not written.
+    """
+    path = state_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o640)
+    except OSError:
+        if create:
+            raise
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 16, 0).decode("ascii", "replace").strip() or "unknown"
+            raise StateInUse(
+                f"{state_dir} is in use by another gate-agent process (pid {holder})"
+            ) from None
+        if create:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

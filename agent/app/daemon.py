@@ -23,7 +23,15 @@ from agent.app import config as cfg
 from agent.app.lane_devices import open_lane_devices
 from agent.checker import Checker
 from agent.clock import Clock
-from agent.errors import AgentError, ConfigError, RevocationError, RollbackError, TrustError
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    RevocationError,
+    RollbackError,
+    StateInUse,
+    TrustError,
+)
+from agent.fsutil import state_lock
 from agent.journal import Journal
 from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
 from agent.revocation import RevocationStore
@@ -189,8 +197,16 @@ async def open_gate(
         ) from exc
     # The floor file is written by a background task, never by a decision on the scan path.
     clock = Clock(state / "clock.floor", assume=config.clock.assume, persist_interval_s=math.inf)
-    trust = open_trust(config, state / "trust.json")
     async with contextlib.AsyncExitStack() as stack:
+        try:
+            stack.enter_context(state_lock(state))  # first: nothing opened on a folder in use
+        except StateInUse as exc:
+            raise StateInUse(f"{config.path}: [gate] state_dir: {exc}: stop it first") from None
+        except OSError as exc:
+            raise AgentError(
+                f"{config.path}: [gate] state_dir: {state}: {exc.strerror or exc}"
+            ) from exc
+        trust = open_trust(config, state / "trust.json")
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)
         await load_lists(revocations, config.revocation.files, trust)

@@ -10,10 +10,12 @@ Exit status: 0 all OK, 1 a check failed, 78 config error (raised as ConfigError)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,7 +23,8 @@ from urllib.parse import urlsplit
 
 from agent import rules
 from agent.app import config as cfg
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, StateInUse
+from agent.fsutil import state_lock
 from agent.redact import text_digest
 from drivers import registry
 
@@ -143,6 +146,27 @@ async def run(
     direction; ``--scan`` waits for one scan at each lane in turn.
     """
     conf = cfg.load(path)
+    with _devices_free(conf):
+        return await _run(conf, relay=relay, scan=scan, out=out, scan_timeout_s=scan_timeout_s)
+
+
+@contextlib.contextmanager
+def _devices_free(conf: cfg.Config) -> Iterator[None]:
+    """Hold the gate's state folder while devices are opened: a running gate's devices are not
+    taken from under it (a socket scanner would be made anew). Raises StateInUse."""
+    try:
+        with state_lock(conf.gate.state_dir, create=False):
+            yield
+    except StateInUse as exc:
+        raise StateInUse(
+            f"the gate is running ({exc}); its devices are in use: stop it first"
+            " (sudo systemctl stop gate-agent), or check the config alone with --config-only"
+        ) from None
+
+
+async def _run(
+    conf: cfg.Config, *, relay: bool, scan: bool, out: TextIO, scan_timeout_s: float
+) -> int:
     base = conf.path.parent
     several = len(conf.lanes) > 1
     opened: dict[tuple[registry.Kind, str], Any] = {}
