@@ -255,17 +255,42 @@ def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
     tls = config.tls
     if tls is None:
         return None
+    src = config.path
+    for key in ("cert", "key", "client_ca"):
+        path = getattr(tls, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{src}: [tls] {key}: {path}: no such file")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(tls.cert, tls.key)
-        if tls.client_ca is not None:
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-            ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-            ctx.load_verify_locations(tls.client_ca)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.path}: [tls] cannot load the certificates: {exc}") from exc
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            why = f"[tls] key {tls.key} does not belong to [tls] cert {tls.cert}"
+        else:
+            why = (
+                f"[tls] cert and key: {tls.cert} and {tls.key} do not load as a PEM certificate"
+                f" (chain) and its private key: {_reason(exc)}"
+            )
+        raise ConfigError(f"{src}: {why}") from exc
+    if tls.client_ca is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        try:
+            ctx.load_verify_locations(tls.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{src}: [tls] client_ca: {tls.client_ca} does not load as PEM CA"
+                f" certificates: {_reason(exc)}"
+            ) from exc
     return ctx
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    """OpenSSL's short reason ("PEM lib", "KEY_VALUES_MISMATCH") or the OS error's text."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror or str(exc)
 
 
 def client_cert_gate(der: bytes | None) -> tuple[str | None, str]:

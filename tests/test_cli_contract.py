@@ -189,6 +189,20 @@ def test_issue_says_what_validity_the_tickets_get(issued: Path, tmp_path: Path) 
     ]
 
 
+def test_issue_refuses_an_event_its_key_may_not_sign(tmp_path: Path) -> None:
+    """Found trying the product: keys made for event 1 wrote tickets for event 2 (exit 0, a log
+    warning), which every gate then refused as key_not_valid."""
+    assert ga("keys", "init", tmp_path / "k", "--events", "1,3").returncode == 0
+    done = ga("issue", "--keys", tmp_path / "k", "--event", "2", "--out", tmp_path / "t")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--event 2: issuer key" in done.stderr and "events 1, 3 only" in done.stderr
+    assert not (tmp_path / "t").exists()
+    assert (
+        ga("issue", "--keys", tmp_path / "k", "--event", "3", "--out", tmp_path / "t").returncode
+        == 0
+    )
+
+
 def test_revoke_counts_in_words(issued: Path, tmp_path: Path) -> None:
     keys = issued / "keys"
     one = ga("revoke", "--keys", keys, "--out", tmp_path / "1.json", "ab" * 16)

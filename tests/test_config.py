@@ -120,3 +120,19 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid(name: str) -> None:
     conf = config.load(REPO / "config" / name)
     assert conf.gate.events
+
+
+def test_a_state_dir_blocked_by_a_file_is_a_config_error(tmp_path: Path) -> None:
+    """Found trying the product: `selftest --config-only` said OK, then `run` exited 2 (not 78)
+    on a state_dir whose parent was a file. One not made yet is the gate's to make."""
+    (tmp_path / "afile").write_text("")
+    for state, blocker in (("afile/sub", "afile"), ("afile", "afile")):
+        text = _render({**BASE, "gate": {**BASE["gate"], "state_dir": state}})
+        with pytest.raises(ConfigError) as caught:
+            config.parse(text, tmp_path / "gate.toml")
+        assert str(caught.value) == (
+            f"{tmp_path / 'gate.toml'}: [gate] state_dir: {tmp_path / state}:"
+            f" {tmp_path / blocker} is a file, not a folder"
+        )
+    text = _render({**BASE, "gate": {**BASE["gate"], "state_dir": "not/made/yet"}})
+    assert config.parse(text, tmp_path / "gate.toml").gate.state_dir == tmp_path / "not/made/yet"

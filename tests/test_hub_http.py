@@ -655,10 +655,14 @@ def test_cli_config_option_before_or_after_the_admin_command(
     )  # fmt: skip
     assert before.returncode == 0 and len(before.stdout.strip()) == 43
     assert hub_cli(setup, "token", "--gate", "bad/gate").returncode == 2
-    missing = subprocess.run(
-        [*EXE, "hub", "token", "--gate", "g1"], capture_output=True, text=True, check=False
-    )
-    assert missing.returncode == 2 and "--config FILE is required" in missing.stderr
+    # Without --config, the commands read the installed hub's config, as the gate's read theirs
+    # (found trying the product: the README showed `hub ticket ID` without one).
+    for args in (("token", "--gate", "g1"), ("ticket", "abcd1234"), ("alerts",), ("--check",)):
+        missing = subprocess.run([*EXE, "hub", *args], capture_output=True, text=True, check=False)
+        assert missing.returncode == 78, (args, missing.stderr)  # no hub installed here
+        assert "/etc/gate-hub/hub.toml: config file not found" in missing.stderr
+    run = subprocess.run([*EXE, "hub"], capture_output=True, text=True, check=False)
+    assert run.returncode == 2 and "--config FILE is required to run the hub" in run.stderr
     nothing = hub_cli(setup, "revoke")
     assert nothing.returncode == 2 and "nothing to issue" in nothing.stderr
 

@@ -14,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from agent import revocation_issuer
+from agent import revocation_issuer, tickets
 from agent.app import config as cfg
 from agent.app.daemon import open_gate
+from agent.clock import Clock, uuid7
 from agent.issuer import Issuer
+from agent.journal import Journal, PeerEntry
 from agent.ports import Scan
+from agent.redact import short_id
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
@@ -74,6 +77,34 @@ async def test_events_filters_and_never_shows_a_ticket(
 
     bad = ga("events", "--config", path, "--ticket", "nonsense")
     assert bad.returncode == 2 and "--ticket" in bad.stderr
+
+
+async def test_events_for_a_ticket_shows_its_entries_at_other_gates(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found trying the product: after a double entry made while the gates could not see each
+    other, `events --ticket` at either gate showed its own admission only, though the gate
+    had learnt the other's from the hub."""
+    path = write_config()
+    conf = cfg.load(path)
+    ticket = iss.ticket(event=1, zones=[1])
+    await _decide(conf, [(ticket, "a")])
+    ref = tickets.parse(ticket).ticket_ref
+    async with await Journal.open(
+        conf.gate.state_dir / "journal.db", gate_id="gate-3", gate_name="Gate 3", clock=Clock()
+    ) as journal:
+        now = time.time()
+        peer = PeerEntry(str(uuid7(int(now * 1000))), "gate-b", "Gate B", 7, ref, "entry", None,
+                         now, int(now * 1000) << 16)  # fmt: skip
+        assert await journal.add_peer_entries([peer]) == 1
+    own = ga("events", "--config", path, "--ticket", ticket).stdout.splitlines()
+    assert len(own) == 2 and "ADMIT ok" in own[0]
+    sid = short_id(ref)
+    assert own[1].endswith(f"entry   at Gate B (gate-b) (another gate)  ticket {sid}"), own[1]
+    assert ga("events", "--config", path, "--ticket", sid).stdout.splitlines() == own
+    as_json = ga("events", "--config", path, "--ticket", sid, "--json").stdout.splitlines()
+    assert [json.loads(ln)["gate_seq"] for ln in as_json] == [1]  # the JSON lines stay this gate's
+    assert len(ga("events", "--config", path).stdout.splitlines()) == 1  # only with --ticket
 
 
 async def test_events_follow_prints_new_decisions_as_they_are_made(
@@ -152,6 +183,38 @@ def test_status_prints_the_running_gates_health(write_config: WriteConfig, iss: 
         proc.communicate(timeout=20)
     gone = ga("status", "--config", path)
     assert gone.returncode == 2 and "not answering" in gone.stderr
+
+
+def test_a_second_process_on_a_running_gates_state_is_refused_and_harms_nothing(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found trying the product: a second `run`, or a device selftest, on a running gate's
+    config started on the same journal and made its socket scanner anew, so the running gate
+    read nothing more while it said "scanner online". Both now refuse, naming the running pid."""
+    proc, path = _running_gate(write_config, iss, free_port(), {})
+    try:
+        second = ga("run", "--config", path)
+        assert second.returncode == 2
+        assert f"is in use by another gate-agent process (pid {proc.pid})" in second.stderr
+        assert "stop it first" in second.stderr and "Traceback" not in second.stderr
+        check = ga("selftest", "--config", path)
+        assert check.returncode == 2 and f"pid {proc.pid}" in check.stderr
+        assert "--config-only" in check.stderr and "Traceback" not in check.stderr
+        assert ga("selftest", "--config", path, "--config-only").returncode == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # the gate still reads
+            s.connect(str(path.parent / "scan.sock"))
+            s.sendall(f"{iss.ticket(event=1, zones=[1])}\n".encode())
+        until_sync(
+            lambda: "ADMIT" in ga("events", "--config", path).stdout,
+            within_s=10,
+            what="the running gate's admission",
+        )
+    finally:
+        proc.kill()  # kill -9: the kernel lets go of the lock
+        proc.communicate(timeout=20)
+    again, _ = _running_gate(write_config, iss, free_port(), {})
+    again.terminate()
+    again.communicate(timeout=20)
 
 
 def test_logs_are_json_lines_under_systemd_with_one_line_per_decision(

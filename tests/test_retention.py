@@ -186,9 +186,16 @@ async def test_cli_prunes_the_configured_journal(write_config: WriteConfig) -> N
         "pruned 8 entries (gate_seq up to 8) and 0 peer entries synced and older than 30d"
     )
     assert "kept 4 entries (4 not yet synced upstream: never pruned)" in done.stdout
+    assert "warning" not in done.stderr
     again = _ga("journal", "prune", "--config", conf, "--synced-older-than", "30d")
     assert again.stdout.startswith("nothing to prune: no synced entries older than 30d")
     assert _count(path, "entries") == 4
+    # Under a day: done as asked, with a warning (found trying the product: tickets admitted
+    # minutes before worked again after `--synced-older-than 1s`).
+    short = _ga("journal", "prune", "--config", conf, "--synced-older-than", "1s")
+    assert short.returncode == 0 and short.stdout.startswith("nothing to prune")
+    assert short.stderr.startswith("warning: --synced-older-than 1s is under a day: a pruned")
+    assert "can be admitted here again" in short.stderr
 
 
 def test_running_gate_prunes_on_its_own_with_retain_synced_days(

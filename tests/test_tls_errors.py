@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -338,6 +338,39 @@ def test_a_key_that_is_not_the_certificates_is_named_at_start(
     named = [line for line in done.stderr.splitlines() if "[hub] key" in line]
     assert len(named) == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"[hub] key {other_key} does not belong to [hub] cert {cert}" in named[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("key missing", "[tls] key: {dir}/nope.key: no such file"),
+        ("client_ca missing", "[tls] client_ca: {dir}/nope.crt: no such file"),
+        ("another certificate's key", "[tls] key {dir}/gate-a.key does not belong to [tls] cert"),
+        ("a certificate as the key", "[tls] cert and key: {dir}/server.crt and {dir}/ca.crt do"
+         " not load as a PEM certificate (chain) and its private key"),
+        ("junk as client_ca", "[tls] client_ca: {dir}/junk.pem does not load as PEM CA"),
+    ],
+)  # fmt: skip
+def test_the_hubs_tls_files_are_named_when_they_do_not_load(
+    keys_dir: Path, tmp_path: Path, case: str, words: str
+) -> None:
+    """Found trying the product: a missing key, a missing client CA and a wrong key file all
+    said "[tls] cannot load the certificates" (naming no key or file) or "[SSL] PEM lib"."""
+    files = make_tls(tmp_path / "tls", client_cns=("gate-a",))
+    d = files.cert.parent
+    (d / "junk.pem").write_text("not a certificate\n")
+    wrong = {
+        "key missing": {"key": d / "nope.key"},
+        "client_ca missing": {"client_ca": d / "nope.crt"},
+        "another certificate's key": {"key": d / "gate-a.key"},
+        "a certificate as the key": {"key": d / "ca.crt"},
+        "junk as client_ca": {"client_ca": d / "junk.pem"},
+    }[case]
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, tls=replace(files, **wrong))
+    done = hub_cli(setup, "--check")
+    assert done.returncode == 78 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert words.format(dir=d) in line, line
 
 
 async def test_a_hang_up_is_blamed_on_the_certificate_only_when_the_hub_refuses_it(

@@ -140,8 +140,15 @@ def _issue(args: argparse.Namespace) -> int:
         from agent import wallet
 
         device_key = wallet.device_public_bytes(args.device_key)
+    signer = issuer.TicketSigner.load(args.keys)
+    if signer.events is not None and str(args.event) not in signer.events:
+        raise UsageError(  # every gate would refuse them (key_not_valid): write none
+            f"--event {args.event}: issuer key {signer.kid} may sign for event"
+            f"{'s' if len(signer.events) != 1 else ''} {', '.join(signer.events)} only"
+            " (its trust bundle entry); no ticket written"
+        )
     paths = ticket_files.issue_files(
-        issuer.TicketSigner.load(args.keys),
+        signer,
         args.out,
         event=args.event,
         zones=args.zones,
@@ -282,6 +289,9 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run(conf))
 
 
+SHORT_RETENTION_S = 86400.0
+
+
 def _journal(args: argparse.Namespace) -> int:
     from agent.app import config, retention
 
@@ -294,6 +304,14 @@ def _journal(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and path.exists() and path.stat().st_uid != 0:
         # Root would leave root-owned -wal/-shm files the gate's own user cannot open.
         raise UsageError(f"{path} belongs to another user: run this as that user (sudo -u ...)")
+    if age < SHORT_RETENTION_S:  # found trying the product: 1s, and tickets worked again
+        print(
+            f"warning: --synced-older-than {args.synced_older_than} is under a day: a pruned"
+            " admission no longer counts against its ticket at this gate, so a ticket still"
+            " valid can be admitted here again; keep more than the longest time a ticket"
+            " stays valid (an event's days, a season)",
+            file=sys.stderr,
+        )
     done = retention.prune(path, age)
     if done.entries or done.peer_entries:
         print(

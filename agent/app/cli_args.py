@@ -46,6 +46,7 @@ def _version() -> str:
 
 
 INSTALLED_CONFIG = Path("/etc/gate-agent/gate.toml")  # where systemd/install puts it
+INSTALLED_HUB_CONFIG = Path("/etc/gate-hub/hub.toml")  # and the hub's (install --hub)
 _WHERE = f"the gate's config (default {INSTALLED_CONFIG})"
 
 
@@ -271,7 +272,12 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hub = sub.add_parser(
         "hub", help="run the hub, or administer its tokens, revocations and alerts"
     )
-    hub.add_argument("--config", type=Path, help="the hub's TOML config")
+    hub.add_argument(
+        "--config",
+        type=Path,
+        help=f"the hub's TOML config (required to run the hub; for --check and the commands"
+        f" below, default {INSTALLED_HUB_CONFIG})",
+    )
     hub.add_argument(
         "--check",
         action="store_true",
@@ -287,7 +293,12 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
     # SUPPRESS: `hub --config F token` and `hub token --config F`
     for p in (token, revoke, ticket, alerts):
-        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the hub's config")
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help=f"the hub's config (default {INSTALLED_HUB_CONFIG})",
+        )
     who = token.add_mutually_exclusive_group(required=True)
     who.add_argument("--gate", metavar="ID", help="a token bound to this gate")
     who.add_argument("--console", metavar="NAME", help="a security console token")

@@ -251,6 +251,7 @@ def parse(text: str, src: Path) -> Config:
             f"{src}: missing required section [devices] (or [[lanes]] tables, one per lane)"
         )
     config = Config(path=src, **values)
+    _check_state_dir(config.gate.state_dir, src)
     _check_trust(config, src)
     if not config.gate.name:
         config = dataclasses.replace(
@@ -265,6 +266,18 @@ def parse(text: str, src: Path) -> Config:
     if config.hub is not None:
         config = dataclasses.replace(config, hub=_check_hub(config, config.hub, src))
     return config
+
+
+def _check_state_dir(state_dir: Path, src: Path) -> None:
+    """A state_dir that can never be made (it, or a folder on its way, is a file) is a config
+    error; one not made yet, or under a mount not there yet, is the gate's to make at start."""
+    for path in (state_dir, *state_dir.parents):
+        if path.is_dir():
+            return
+        if path.exists():
+            raise ConfigError(
+                f"{src}: [gate] state_dir: {state_dir}: {path} is a file, not a folder"
+            )
 
 
 def _check_trust(config: Config, src: Path) -> None:

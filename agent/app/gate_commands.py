@@ -78,6 +78,16 @@ def _line(event: dict[str, Any]) -> str:
     )
 
 
+def _peer_lines(db: sqlite3.Connection, flt: EventFilter, out: TextIO) -> None:
+    """The ticket's rows learnt from other gates, after this gate's own: a double entry made
+    while the gates could not see each other shows at each of them, not only at the hub."""
+    exact, short = flt.refs_match()
+    for wall, gate_id, gate_name, kind, ref in queries.peer_rows(db, exact, short):
+        when = datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S")
+        gate = gate_name if gate_name == gate_id else f"{gate_name} ({gate_id})"
+        out.write(f"{when}  {kind:<7} at {gate} (another gate)  ticket {short_id(ref)}\n")
+
+
 async def events(
     config: cfg.Config,
     flt: EventFilter,
@@ -96,6 +106,8 @@ async def events(
                 event = _record(row)
                 out.write((json.dumps(event) if as_json else _line(event)) + "\n")
                 after = max(after, row[0])
+            if flt.ticket is not None and not follow and not as_json:
+                _peer_lines(db, flt, out)
             out.flush()
             if not follow:
                 return 0
@@ -180,8 +192,9 @@ def _summary(snap: dict[str, Any]) -> str:
     ]
     up = snap.get("upstream")
     if up is not None:
-        lines.append(
-            f"  {up.get('kind', 'upstream')} {'online' if up.get('online') else 'OFFLINE'}"
-            + (f" (last error: {up['last_error']})" if up.get("last_error") else "")
+        online = bool(up.get("online"))
+        lines.append(  # an error from before the link came back is history, not news
+            f"  {up.get('kind', 'upstream')} {'online' if online else 'OFFLINE'}"
+            + (f" (last error: {up['last_error']})" if up.get("last_error") and not online else "")
         )
     return "\n".join(lines) + "\n"

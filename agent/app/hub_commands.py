@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from agent.app.cli_args import INSTALLED_HUB_CONFIG
 from agent.errors import ConfigError, IssuerError, TrustError, UsageError
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ def hub(args: argparse.Namespace) -> int:
     from sync import hub_config
 
     if args.config is None:
-        raise UsageError("hub: --config FILE is required")
+        if args.hub_command is None and not args.check:
+            raise UsageError("hub: --config FILE is required to run the hub")
+        args.config = INSTALLED_HUB_CONFIG  # the admin commands: as the gate's read its own
     conf = hub_config.load(args.config)
     if args.check and args.hub_command is None:
         return _hub_check(conf)

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
-from agent.redact import shared_ref
+from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
 
 # Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
@@ -52,6 +52,20 @@ def history(
     """Entries, exits and annulments of ``ticket_ref`` here and at peers, in HLC order."""
     params = (gate_id, gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
     return [history_entry(row) for row in db.execute(HISTORY, params)]
+
+
+def peer_rows(
+    db: sqlite3.Connection, ticket_ref: str | None = None, short: str | None = None
+) -> list[tuple[float, str, str, str, str]]:
+    """Other gates' entries, exits and annulments of one ticket, learnt from the hub, oldest
+    first: (wall_time, gate_id, gate_name, kind, ticket_ref). The ticket by its ref, or by its
+    short id (every peer row is read then: a security command, not the scan path)."""
+    sql = "SELECT wall_time, gate_id, gate_name, kind, ticket_ref FROM peer_entries"
+    if ticket_ref is not None:
+        refs = (ticket_ref, shared_ref(ticket_ref))
+        return list(db.execute(sql + " WHERE ticket_ref IN (?, ?) ORDER BY hlc, entry_id", refs))
+    rows = db.execute(sql + " ORDER BY hlc, entry_id")
+    return [r for r in rows if short is not None and short_id(r[4]) == short]
 
 
 def stored_gate_id(db: sqlite3.Connection) -> str | None:
