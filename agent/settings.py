@@ -48,7 +48,9 @@ def describe(tp: Any) -> str:
             "nothing" if a is type(None) else describe(a) for a in typing.get_args(tp)
         )
     if origin is list:
-        return f"a list of {describe(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        many = {str: "strings", int: "integers", float: "numbers", Path: "paths (strings)"}
+        return f"a list of {many.get(item) or describe(item)}"
     names = {
         str: "a string",
         int: "an integer",

@@ -19,6 +19,7 @@ from typing import TextIO
 from agent import tickets
 from agent.errors import TicketFormatError, UsageError
 from agent.redact import short_id
+from agent.words import plural
 from sync.hub_admin import opened_store
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
@@ -67,7 +68,10 @@ def history_lines(h: TicketHistory) -> list[str]:
     if not h.events:
         return [f"ticket {h.ticket}: nothing recorded at this venue"]
     gates = sorted({e.gate for e in h.events})
-    head = f"ticket {h.ticket}: {len(h.events)} rows at {len(gates)} gates ({', '.join(gates)})"
+    head = (
+        f"ticket {h.ticket}: {plural(len(h.events), 'row')} at {plural(len(gates), 'gate')}"
+        f" ({', '.join(gates)})"
+    )
     if h.tickets > 1:
         head += f"; WARNING: {h.tickets} different tickets share this short id"
     lines = [head, *map(event_line, h.events)]
@@ -121,7 +125,7 @@ async def print_alerts(
     """Print every alert, oldest first; with ``follow``, then each new one until ``stop`` is
     set. Returns 0. Raises HubStoreError and ConfigError."""
     async with opened_store(config) as store:
-        after = 0
+        after, first = 0, True
         while not stop.is_set():
             found = await _page(store, after)
             _write(out, found, as_json)
@@ -129,6 +133,12 @@ async def print_alerts(
                 after = found[-1].alert_id
             if len(found) == MAX_PAGE:
                 continue
+            if first and not found and not as_json:  # say so rather than print nothing
+                out.write(
+                    "no alerts at this venue" + (" yet; new ones follow\n" if follow else "\n")
+                )
+                out.flush()
+            first = False
             if not follow:
                 return 0
             with contextlib.suppress(TimeoutError):

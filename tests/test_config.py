@@ -53,7 +53,7 @@ def _render(sections: dict[str, dict[str, object]]) -> str:
         ("gate", "zone", 17, ["[gate] zone", "1-16"]),
         ("policy", "entry", "twice", ["[policy] entry", "one of", "'single'"]),
         ("lane", "passage_timeout_s", True, ["[lane] passage_timeout_s", "a number"]),
-        ("gate", "events", [1, "x"], ["[gate] events", "a list of an integer"]),
+        ("gate", "events", [1, "x"], ["[gate] events", "a list of integers"]),
         ("policy", "timezone", "Mars/Olympus", ["[policy] timezone", "Mars/Olympus"]),
         ("lane", "repeat_window_ms", 1.5, ["[lane] repeat_window_ms", "an integer"]),
         ("gate", "name", "G" * 65, ["[gate] name", "1-64 printable characters"]),

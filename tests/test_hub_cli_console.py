@@ -42,7 +42,12 @@ async def test_hub_ticket_and_hub_alerts_show_one_id_for_a_ticket(
     ref = tickets.parse(text).ticket_ref
     sid = short_id(ref)
     assert sid == tickets.parse(text).short_id  # the gate's own id for it
+    none = hub_cli(v.setup, "alerts")  # said, not an empty screen (found trying the product)
+    assert (none.returncode, none.stdout) == (0, "no alerts at this venue\n")
+    assert hub_cli(v.setup, "alerts", "--json").stdout == ""  # JSON lines: none
     await upload(v.a, v.api, ref, lane="north-1", offline=False)
+    one = hub_cli(v.setup, "ticket", sid).stdout.splitlines()[0]
+    assert one == f"ticket {sid}: 1 row at 1 gate (North A)"  # not "1 rows at 1 gates"
     await upload(v.b, v.api, ref, lane="south-2", offline=True)
     (alert,) = (await v.api.get("/v1/alerts?limit=5", v.console)).json["alerts"]
     assert alert["ticket"] == sid  # the hub's alert names it by the same id

@@ -19,6 +19,7 @@ from typing import Literal
 
 from agent.app.cli_args import build_parser
 from agent.errors import AgentError, ConfigError, UsageError
+from agent.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,9 @@ def _issue(args: argparse.Namespace) -> int:
         device_key=device_key,
     )
     kind = "ticket" if device_key is None else "rotating ticket"
-    print(f"{_plural(len(paths), kind)} written to {args.out}")
+    print(f"{plural(len(paths), kind)} written to {args.out}")
     print(f"valid {_validity(args)}")
     return 0
-
-
-def _plural(count: int, word: str, plural: str | None = None) -> str:
-    """``1 ticket``, ``2 tickets``; ``plural`` for irregular words (``entry``/``entries``)."""
-    return f"{count:,} {word if count == 1 else plural or word + 's'}"
 
 
 def _validity(args: argparse.Namespace) -> str:
@@ -203,7 +199,7 @@ def _revoke(args: argparse.Namespace) -> int:
         unblock=ops.get("unblock", ()),
     )
     args.out.write_bytes(data)
-    print(f"{args.op}: {_plural(len(keys_), 'entry', 'entries')} written to {args.out}")
+    print(f"{args.op}: {plural(len(keys_), 'entry', 'entries')} written to {args.out}")
     return 0
 
 
@@ -315,14 +311,14 @@ def _journal(args: argparse.Namespace) -> int:
     done = retention.prune(path, age)
     if done.entries or done.peer_entries:
         print(
-            f"pruned {_plural(done.entries, 'entry', 'entries')} (gate_seq up to"
-            f" {done.pruned_through:,}) and {_plural(done.peer_entries, 'peer entry', 'peer entries')}"
+            f"pruned {plural(done.entries, 'entry', 'entries')} (gate_seq up to"
+            f" {done.pruned_through:,}) and {plural(done.peer_entries, 'peer entry', 'peer entries')}"
             f" synced and older than {args.synced_older_than}"
         )
     else:
         print(f"nothing to prune: no synced entries older than {args.synced_older_than}")
     print(
-        f"kept {_plural(done.kept, 'entry', 'entries')} ({done.kept_unsynced:,} not yet synced"
+        f"kept {plural(done.kept, 'entry', 'entries')} ({done.kept_unsynced:,} not yet synced"
         " upstream: never"
         f" pruned); {done.free_pages * done.page_size / 1e6:.1f} MB free in the file for new rows"
     )

@@ -14,13 +14,10 @@ from typing import TYPE_CHECKING
 
 from agent.app.cli_args import INSTALLED_HUB_CONFIG
 from agent.errors import ConfigError, IssuerError, TrustError, UsageError
+from agent.words import plural
 
 if TYPE_CHECKING:
     from sync.hub_config import HubConfig
-
-
-def _plural(count: int, word: str, plural: str | None = None) -> str:
-    return f"{count:,} {word if count == 1 else plural or word + 's'}"
 
 
 def hub(args: argparse.Namespace) -> int:
@@ -74,7 +71,7 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         if args.out is not None:
             raise UsageError("hub token: --out goes with --gate, --console or --issuing")
         count = await hub_admin.revoke_gate(conf, args.revoke_gate)
-        print(f"{_plural(count, 'token')} of gate {args.revoke_gate} deleted")
+        print(f"{plural(count, 'token')} of gate {args.revoke_gate} deleted")
         return 0
     # The file is checked before the token exists: a refused file leaves no orphan token.
     where = None
@@ -111,7 +108,7 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
         items += hub_admin.read_items(args.file)
     done = await hub_admin.issue(conf, args.op, items)
     print(
-        f"revocation list version {done.version}: {_plural(done.changed, 'key')} {_PAST[args.op]}"
+        f"revocation list version {done.version}: {plural(done.changed, 'key')} {_PAST[args.op]}"
         f" (list: {len(done.state.revoked):,} revoked, {len(done.state.blocked):,} blocked)"
     )
     return 0
