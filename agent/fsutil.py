@@ -6,12 +6,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import StateInUse
 
 LOCK_FILE = "gate.lock"
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a file this process can see ("no such file", "not a file", "permission
+    denied on the way to it"), or None. Never raises (``Path.is_file`` raises PermissionError
+    on Python 3.11 when a folder on the way may not be looked into)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if stat.S_ISREG(st.st_mode) else "not a file"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -49,14 +63,19 @@ def state_lock(state_dir: Path, *, create: bool = True) -> Iterator[None]:
     releases it when the process ends, kill -9 included. Raises StateInUse naming that pid, and
     OSError when the lock file cannot be made. With ``create`` False (a check before opening
     devices, maybe as another user) a lock file that cannot be opened (no gate ever ran there,
-    or it may not be read) holds nothing, and the pid is not written.
+    or it may not be read) holds nothing, and one that may only be read is held without
+    writing the pid (a `run` refused meanwhile then names the pid last written).
     """
     path = state_dir / LOCK_FILE
+    fd, writable = -1, True
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o640)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o640)
     except OSError:
         if create:
             raise
+        with contextlib.suppress(OSError):
+            fd, writable = os.open(path, os.O_RDONLY), False
+    if fd < 0:
         yield
         return
     try:
@@ -67,7 +86,7 @@ def state_lock(state_dir: Path, *, create: bool = True) -> Iterator[None]:
             raise StateInUse(
                 f"{state_dir} is in use by another gate-agent process (pid {holder})"
             ) from None
-        if create:
+        if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

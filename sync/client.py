@@ -367,15 +367,16 @@ class HubClient:
         backoff = Backoff(0.5, self._s.backoff_cap_s, jitter=True)
         failing = False
         while not self._stop.is_set():
-            answered = self._http.next_answer()  # set by an answer to any task from now on
-            started, unreachable = time.monotonic(), False
+            started, wake = time.monotonic(), None
             try:
                 delay = await step()
             except Exception as exc:  # every fault is logged and retried; the task never ends
                 delay = self._fault(name, exc, backoff, quiet=failing)
                 failing = True
-                # Not a hub asking to slow down (Retry-After: busy, or over this gate's quota).
-                unreachable = isinstance(exc, UpstreamUnavailable) and exc.retry_after is None
+                # Woken early only when the hub gave no answer at all (not reachable): a 5xx, a
+                # 429 or a malformed 200 is an answer, and retrying at once would spin.
+                if isinstance(exc, UpstreamUnavailable) and not self._answered_since(started):
+                    wake = self._http.next_answer()  # answers to other tasks from now on
             else:
                 if failing:
                     log.info("hub %s: working again", name)
@@ -384,8 +385,12 @@ class HubClient:
                 backoff.reset()
                 if self._http.last_ok is not None and self._http.last_ok >= started:
                     self._refused = None  # this task's request was answered
-            if delay > 0 and await _sleep(delay, self._stop, answered if unreachable else None):
+            if delay > 0 and await _sleep(delay, self._stop, wake):
                 return
+
+    def _answered_since(self, started: float) -> bool:
+        answer = self._http.last_answer
+        return answer is not None and answer >= started
 
     def _fault(self, name: str, exc: Exception, backoff: Backoff, *, quiet: bool) -> float:
         """Log a task's fault (a repeated transient one at DEBUG) and return the delay."""

@@ -214,6 +214,7 @@ class HubHTTP:
         self._session: aiohttp.ClientSession | None = None
         self.last_ok: float | None = None
         self.last_down: float | None = None
+        self.last_answer: float | None = None  # monotonic: any HTTP answer, whatever its status
         self._answered = asyncio.Event()  # replaced on each answer: see next_answer()
 
     async def request(
@@ -255,6 +256,7 @@ class HubHTTP:
             if tls is not None:
                 raise UpstreamTLSError(f"{what}: {tls}", tls.check) from exc
             raise UpstreamUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        self.last_answer = time.monotonic()
         if 200 <= status < 300 or status == 304:
             self.last_ok = time.monotonic()
             answered, self._answered = self._answered, asyncio.Event()
@@ -263,7 +265,8 @@ class HubHTTP:
         raise self._refusal(what, status, raw, resp_headers)
 
     def next_answer(self) -> asyncio.Event:
-        """An event set by the next successful answer (of any request on this session)."""
+        """An event set by the next successful answer (of any request on this session) from
+        now on."""
         return self._answered
 
     async def close(self) -> None:
@@ -293,7 +296,8 @@ class HubHTTP:
         detail = "no error body" if error is None else f"{error.error}: {error.message[:200]}"
         message = f"{what}: HTTP {status} ({detail})"
         if status in _TRANSIENT or status >= 500:
-            self.last_down = time.monotonic()
+            if status != 429:  # "slow down" (this gate's upload quota): the hub is there
+                self.last_down = time.monotonic()
             return UpstreamUnavailable(
                 message, parse_retry_after(headers.get("Retry-After"), time.time())
             )

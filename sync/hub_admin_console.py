@@ -125,20 +125,20 @@ async def print_alerts(
     """Print every alert, oldest first; with ``follow``, then each new one until ``stop`` is
     set. Returns 0. Raises HubStoreError and ConfigError."""
     async with opened_store(config) as store:
-        after, first = 0, True
+        after, quiet = 0, True  # quiet: nothing printed yet
         while not stop.is_set():
             found = await _page(store, after)
             _write(out, found, as_json)
             if found:
-                after = found[-1].alert_id
+                after, quiet = found[-1].alert_id, False
             if len(found) == MAX_PAGE:
                 continue
-            if first and not found and not as_json:  # say so rather than print nothing
+            if quiet and not found and not as_json:  # say so rather than print nothing
                 out.write(
                     "no alerts at this venue" + (" yet; new ones follow\n" if follow else "\n")
                 )
                 out.flush()
-            first = False
+            quiet = False
             if not follow:
                 return 0
             with contextlib.suppress(TimeoutError):

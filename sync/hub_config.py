@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import ConfigError, IssuerError
+from agent.fsutil import file_problem
 from agent.issuer import TicketSigner, extra_private_keys
 from agent.settings import LogConfig, parse_listen, section
 from sync.hub_store import HubPolicy
@@ -55,7 +56,8 @@ class HubSection:
     state_dir: Path
     keys: Path
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
-    store: str = ""  # empty: sqlite:///<state_dir>/hub.db
+    # Empty: sqlite:///<state_dir>/hub.db. A PostgreSQL URL may hold a password: not in a repr.
+    store: str = field(default="", repr=False)
     trust_bundle: Path | None = None
     entry_policy: Literal["single", "reentry", "unlimited"] = "single"
     denied_alert_threshold: int = 3
@@ -258,8 +260,9 @@ def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
     src = config.path
     for key in ("cert", "key", "client_ca"):
         path = getattr(tls, key)
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{src}: [tls] {key}: {path}: no such file")
+        why = None if path is None else file_problem(path)
+        if why is not None:
+            raise ConfigError(f"{src}: [tls] {key}: {path}: {why}")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -163,19 +163,24 @@ class PostgresHubStore(PostgresConsoleQueries):
         protocol.check_batch(gate_id, entries)
 
         async def job(conn: _Conn) -> hub_rules.IngestPlan:
-            async with conn.transaction():
-                await conn.execute(_BEGIN_INGEST, self._lock_key)
-                known = await _known(conn, gate_id, entries, self._policy, now)
-                last = None
-                if not self._quota.knows(gate_id):
-                    last = await conn.fetchval(_LAST_RECEIVED, gate_id)
-                # No await from here to the spend: no other batch of this process counts between.
-                quota = self._quota.allowance(gate_id, now, last)
-                known = replace(known, quota=quota)
-                plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
-                self._quota.spend(gate_id, now, quota, len(plan.rows))
-                await _write(conn, gate_id, plan, now)
-                return plan
+            spent = 0
+            try:
+                async with conn.transaction():
+                    await conn.execute(_BEGIN_INGEST, self._lock_key)
+                    known = await _known(conn, gate_id, entries, self._policy, now)
+                    last = None
+                    if not self._quota.knows(gate_id):
+                        last = await conn.fetchval(_LAST_RECEIVED, gate_id)
+                    # No await from here to the spend: no other batch of this process between.
+                    quota = self._quota.allowance(gate_id, now, last)
+                    known = replace(known, quota=quota)
+                    plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
+                    self._quota.spend(gate_id, now, quota, spent := len(plan.rows))
+                    await _write(conn, gate_id, plan, now)
+            except BaseException:
+                self._quota.refund(gate_id, spent)  # not stored: not counted
+                raise
+            return plan
 
         plan = await self._run(job)
         if plan.feed_rows:

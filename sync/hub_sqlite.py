@@ -134,7 +134,19 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     async def _commit_group(
         self, group: Sequence[_Upload]
     ) -> list[hub_rules.IngestPlan | Exception]:
-        plans = await self._run(lambda db: _transaction(db, self._ingest_group, group))
+        charged: list[tuple[str, int]] = []  # (gate, rows) spent on the quota in this group
+
+        def ingest(
+            db: sqlite3.Connection, uploads: Sequence[_Upload]
+        ) -> list[hub_rules.IngestPlan | Exception]:
+            return self._ingest_group(db, uploads, charged)
+
+        try:
+            plans = await self._run(lambda db: _transaction(db, ingest, group))
+        except BaseException:
+            for gate_id, rows in charged:  # nothing of the group was stored
+                self._quota.refund(gate_id, rows)
+            raise
         if any(not isinstance(p, Exception) and p.feed_rows for p in plans):
             self._feed_signal.wake()
         return plans
@@ -148,7 +160,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         return error
 
     def _ingest_group(
-        self, db: sqlite3.Connection, group: Sequence[_Upload]
+        self, db: sqlite3.Connection, group: Sequence[_Upload], charged: list[tuple[str, int]]
     ) -> list[hub_rules.IngestPlan | Exception]:
         """Each upload under its own savepoint: one that fails is undone alone (on the thread,
         inside the group's transaction)."""
@@ -156,7 +168,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         for upload in group:
             db.execute("SAVEPOINT upload")
             try:
-                plans.append(self._ingest_job(db, upload.gate_id, upload.entries, upload.now))
+                plans.append(
+                    self._ingest_job(db, upload.gate_id, upload.entries, upload.now, charged)
+                )
             except Exception as exc:
                 db.execute("ROLLBACK TO upload")
                 if isinstance(exc, sqlite3.Error):
@@ -292,17 +306,30 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             self._executor.shutdown(wait=False)
 
     def _ingest_job(
-        self, db: sqlite3.Connection, gate_id: str, entries: Sequence[EntryWire], now: float
+        self,
+        db: sqlite3.Connection,
+        gate_id: str,
+        entries: Sequence[EntryWire],
+        now: float,
+        charged: list[tuple[str, int]],
     ) -> hub_rules.IngestPlan:
-        """Read, plan and write one batch (on the thread, inside its transaction)."""
+        """Read, plan and write one batch (on the thread, inside its transaction). The rows
+        are spent on the gate's quota before the write (a later batch of the same group sees
+        them), given back if it fails here; ``charged`` lists them for a failed commit."""
         last = None if self._quota.knows(gate_id) else _last_received(db, gate_id)
         quota = self._quota.allowance(gate_id, now, last)  # the store's thread only
         known = _known(db, gate_id, entries, self._policy, now, quota)
         plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
         self._quota.spend(gate_id, now, quota, len(plan.rows))
-        db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in plan.rows))
-        db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, gate_id, now) for a in plan.alerts))
-        db.execute(hub_sql.ADD_GATE, (gate_id,))
+        try:
+            db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in plan.rows))
+            alerts = (_alert_params(a, gate_id, now) for a in plan.alerts)
+            db.executemany(hub_sql.INSERT_ALERT, alerts)
+            db.execute(hub_sql.ADD_GATE, (gate_id,))
+        except BaseException:
+            self._quota.refund(gate_id, len(plan.rows))
+            raise
+        charged.append((gate_id, len(plan.rows)))
         return plan
 
     async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -300,8 +300,14 @@ class UploadQuota:
         # Uploading, a gate refills to the burst; only silence earns more (never taken away).
         return max(left, min(left + earned, max(self.burst, earned)))
 
+    def refund(self, gate_id: str, rows: int) -> None:
+        """Give back ``rows`` spent on a batch that was not stored after all (a failed write)."""
+        left, at = self._gates.get(gate_id, (0.0, 0.0))
+        self._gates[gate_id] = (left + rows, at)
+
     def spend(self, gate_id: str, now: float, allowance: float, rows: int) -> None:
-        """Record that ``rows`` were stored at ``now`` out of ``allowance`` (:meth:`allowance`)."""
+        """Record that ``rows`` are stored at ``now`` out of ``allowance`` (:meth:`allowance`);
+        :meth:`refund` them if the write fails."""
         self._gates[gate_id] = (allowance - rows, now)
         if len(self._gates) > self.MAX_GATES:
             by_age = sorted(self._gates.items(), key=lambda item: item[1][1])

@@ -237,6 +237,30 @@ async def test_a_batch_the_database_refuses_fails_alone_in_its_group(tmp_path: P
         await store.close()
 
 
+async def test_a_batch_the_database_refuses_costs_no_quota(tmp_path: Path) -> None:
+    """Rows not stored are given back to the gate's quota (a review found them spent, so a store
+    hiccup could turn an honest gate's retry into a 429 and a "stolen token?" alert)."""
+    path = tmp_path / "hub.db"
+    gate = Gate("g1")
+    policy = dataclasses.replace(POLICY, upload_rows_per_s=1, upload_burst=500)
+    first = await open_store(f"sqlite://{path}", policy)
+    await first.ingest("g1", [gate.row("seen", at=T0)], T0)
+    await first.close()
+    store = await open_store(f"sqlite://{path}", policy)  # the gate's quota: the burst, 500
+    try:
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON entries WHEN NEW.ticket_ref = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        rows = [gate.row(f"r{i}", at=T0) for i in range(499)] + [gate.row("poison", at=T0)]
+        with pytest.raises(HubStoreError, match="refused by the test"):
+            await store.ingest("g1", rows, T0)
+        assert (await store.ingest("g1", rows[:499], T0)).inserted == 499  # not a 429
+    finally:
+        await store.close()
+
+
 async def test_closing_with_uploads_in_flight_answers_each_and_keeps_what_it_acked(
     open_hub: OpenStore,
 ) -> None:

@@ -196,3 +196,10 @@ def test_the_webhook_url_is_not_in_the_configs_repr(tmp_path: Path, keys_dir: Pa
     conf = hub_config.load(setup.config)
     assert conf.webhook is not None and conf.webhook.url == url
     assert SECRET not in repr(conf)
+    with_pg = hub_config.parse(
+        setup.config.read_text().replace(
+            "[hub]\n", f'[hub]\nstore = "postgresql://hub:{SECRET}@db.example.org/hub"\n', 1
+        ),
+        setup.config,
+    )
+    assert SECRET in with_pg.hub.store and SECRET not in repr(with_pg)  # a database password

@@ -45,6 +45,7 @@ class EvilHub:
     trust: bytes = b""
     trust_etag: str | None = None
     upload: tuple[int, dict[str, str]] | None = None
+    upload_body: bytes | None = None  # answered with status 200 as it is (a garbled answer)
     uploads: list[float] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
 
@@ -62,11 +63,14 @@ class EvilHub:
         return web.json_response({"v": 1, "hub_time": time.time(), **body}, status=status)
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
+        self.hits["heartbeat"] += 1
         return self._json({})
 
     async def _upload(self, request: web.Request) -> web.Response:
         self.uploads.append(time.monotonic())
         batch = protocol.parse(await request.read(), protocol.BatchUpload)
+        if self.upload_body is not None:
+            return web.Response(body=self.upload_body, content_type="application/json")
         if self.upload is not None:
             status, headers = self.upload
             error = {"v": 1, "error": "unavailable", "message": "try later"}
@@ -270,3 +274,41 @@ async def test_the_hubs_retry_after_is_honoured(
         await until(lambda: len(hub.uploads) >= 2, within_s=5, what="a second upload attempt")
         assert gate.hub is not None and gate.hub.status()["upload"] == "unavailable"
     assert hub.uploads[1] - hub.uploads[0] >= 2.0
+
+
+async def test_a_garbled_answer_is_retried_with_backoff_not_at_every_other_answer(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """A review found the uploader, failing on a 200 it could not read, woken again by its own
+    answer and each heartbeat's: thousands of requests a second, starving the lanes' loop. Only
+    a hub that gave no answer at all wakes a backing-off task early."""
+    hub, url = evil
+    hub.upload_body = b'{"v": 1, "garbled": true}'
+    conf = _evil_gate(tmp_path, keys_dir, url, hub="retry_max_s = 10\n")
+    async with open_gate(conf) as gate:
+        outcome = await gate.lane.present(scan(iss.ticket(event=1, zones=[1])))
+        assert outcome is not None and outcome.decision.admitted
+        await until(lambda: hub.uploads, what="the first upload")
+        beats = hub.hits["heartbeat"] + 20  # 20 answered heartbeats, 0.2 s apart
+        await until(lambda: hub.hits["heartbeat"] >= beats, what="20 more heartbeats")
+        # Backing off (ceilings 0.5, 1, 2, 4 s...) leaves a handful; woken by each answer, one
+        # upload followed every heartbeat and feed round, or none waited at all.
+        assert 1 <= len(hub.uploads) <= 10, len(hub.uploads)
+
+
+async def test_a_hub_holding_back_uploads_leaves_the_gate_online(
+    evil: tuple[EvilHub, str], keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """429 (this gate over its upload quota) is the hub saying "later", not "gone": the gate
+    stays online (its feed is live, its decisions know the venue) while its rows wait."""
+    hub, url = evil
+    hub.upload = (429, {"Retry-After": "1"})
+    conf = _evil_gate(tmp_path, keys_dir, url)
+    async with open_gate(conf) as gate:
+        link = gate.hub
+        assert link is not None
+        await until(lambda: link.online, what="online")
+        outcome = await gate.lane.present(scan(iss.ticket(event=1, zones=[1])))
+        assert outcome is not None and outcome.decision.admitted
+        await until(lambda: len(hub.uploads) >= 2, what="the upload tried again")
+        assert link.online and link.status()["upload"] == "unavailable"

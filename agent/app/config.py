@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from agent.app.config_lanes import (
     single_lane,
 )
 from agent.errors import ConfigError
+from agent.fsutil import file_problem
 from agent.settings import LogConfig, is_listen, section
 
 __all__ = ["Config", "DevicesConfig", "LaneConfig", "LaneSpec", "load", "parse"]
@@ -272,12 +274,17 @@ def _check_state_dir(state_dir: Path, src: Path) -> None:
     """A state_dir that can never be made (it, or a folder on its way, is a file) is a config
     error; one not made yet, or under a mount not there yet, is the gate's to make at start."""
     for path in (state_dir, *state_dir.parents):
-        if path.is_dir():
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):  # not there (yet), or under a file
+            continue
+        except OSError:  # may not be looked into by this user (checked by run, as the gate's)
             return
-        if path.exists():
+        if not stat.S_ISDIR(st.st_mode):
             raise ConfigError(
                 f"{src}: [gate] state_dir: {state_dir}: {path} is a file, not a folder"
             )
+        return
 
 
 def _check_trust(config: Config, src: Path) -> None:
@@ -329,8 +336,9 @@ def _check_hub(config: Config, hub: HubLinkConfig, src: Path) -> HubLinkConfig:
         raise ConfigError(f"{src}: [hub] cert and key: give both (mTLS) or neither")
     for name in ("ca", "cert", "key"):
         path = getattr(hub, name)
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{src}: [hub] {name}: {path}: no such file")
+        why = None if path is None else file_problem(path)
+        if why is not None:
+            raise ConfigError(f"{src}: [hub] {name}: {path}: {why}")
     if (hub.token is None) == (hub.token_file is None):
         raise ConfigError(f"{src}: [hub] give exactly one of token and token_file")
     token = hub.token if hub.token is not None else _read_token(hub.token_file, src)
