@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
 from sync.group_commit import GroupCommit
-from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
-from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
+from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries, upgrade
+from sync.hub_sqlite_known import known_state, last_received
 from sync.hub_store import (
     FeedSignal,
     HubPolicy,
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
 SCHEMA_VERSION = 3  # 2: alerts.source_gate, alerts.held; 3: entries.short_id, alert_actions
-_CHUNK = 500  # values per IN (...) list
 
 
 _INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
@@ -316,9 +315,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """Read, plan and write one batch (on the thread, inside its transaction). The rows
         are spent on the gate's quota before the write (a later batch of the same group sees
         them), given back if it fails here; ``charged`` lists them for a failed commit."""
-        last = None if self._quota.knows(gate_id) else _last_received(db, gate_id)
+        last = None if self._quota.knows(gate_id) else last_received(db, gate_id)
         quota = self._quota.allowance(gate_id, now, last)  # the store's thread only
-        known = _known(db, gate_id, entries, self._policy, now, quota)
+        known = known_state(db, gate_id, entries, self._policy, now, quota)
         plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
         self._quota.spend(gate_id, now, quota, len(plan.rows))
         try:
@@ -408,68 +407,6 @@ def _transaction(db: sqlite3.Connection, job: Callable[..., _T], *args: Any) -> 
             db.execute("ROLLBACK")
         raise
     return result
-
-
-def _chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
-def _select_in(
-    db: sqlite3.Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
-) -> list[Any]:
-    """Rows of ``sql`` (with one ``IN ({})``) over ``values`` in chunks; ``params`` go first."""
-    rows: list[Any] = []
-    for chunk in _chunks(values):
-        query = sql.format(", ".join("?" * len(chunk)))
-        rows.extend(db.execute(query, (*params, *chunk)).fetchall())
-    return rows
-
-
-def _known(
-    db: sqlite3.Connection,
-    gate_id: str,
-    entries: Sequence[EntryWire],
-    policy: HubPolicy,
-    now: float,
-    quota: float,
-) -> KnownState:
-    """What the store holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
-    ids = [e.entry_id for e in entries]
-    sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id IN ({{}})"
-    stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, _select_in(db, sql, ids))}
-    (max_seq,) = db.execute(hub_sql.MAX_SEQ, (gate_id,)).fetchone()
-    # Only gate_seqs up to the gate's highest can be held already (usually none of the batch's).
-    sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
-    seqs = [e.gate_seq for e in entries if e.gate_seq <= max_seq]
-    owners = dict(_select_in(db, sql, seqs, (gate_id,)))
-    refs = hub_rules.history_refs(entries, stored, policy)
-    sql = (
-        f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
-        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ?)"
-    )
-    lo, hi = hub_rules.attempt_span(entries, policy)
-    history: dict[str, list[TicketRow]] = {}
-    for chunk in _chunks(refs):
-        query = sql.format(", ".join("?" * len(chunk)))
-        for row in db.execute(query, (*chunk, lo, hi)):
-            ref, ticket_row = TicketRow.from_row(row)
-            history.setdefault(ref, []).append(ticket_row)
-    gate_ids = hub_rules.gates_to_name(gate_id, history)
-    sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
-    names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
-    sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"
-    targets = {
-        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_rules.annul_targets(entries, stored))
-    }
-    since = hub_rules.budget_since(now, policy)
-    (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
-    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count), quota)
-
-
-def _last_received(db: sqlite3.Connection, gate_id: str) -> float | None:
-    row = db.execute(hub_sql.LAST_RECEIVED, (gate_id,)).fetchone()
-    return None if row is None else float(row[0])
 
 
 def _alert_params(alert: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:

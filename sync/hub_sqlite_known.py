@@ -1,0 +1,82 @@
+"""What the SQLite hub store reads about an upload inside its transaction: the rows it already
+holds, the tickets' histories, the gates' names, the alert budget used
+(:class:`sync.hub_rules.KnownState`, what the shared planner decides on), and when a gate's
+rows last arrived (the upload quota's starting point)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+from sync import hub_rules, hub_sql
+from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_sql import ENTRY_FIELDS
+from sync.hub_store import HubPolicy
+from sync.protocol import EntryWire
+
+_CHUNK = 500  # values per IN (...) list
+_T = TypeVar("_T")
+
+
+def _chunks(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _select_in(
+    db: sqlite3.Connection, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> list[Any]:
+    """Rows of ``sql`` (with one ``IN ({})``) over ``values`` in chunks; ``params`` go first."""
+    rows: list[Any] = []
+    for chunk in _chunks(values):
+        query = sql.format(", ".join("?" * len(chunk)))
+        rows.extend(db.execute(query, (*params, *chunk)).fetchall())
+    return rows
+
+
+def known_state(
+    db: sqlite3.Connection,
+    gate_id: str,
+    entries: Sequence[EntryWire],
+    policy: HubPolicy,
+    now: float,
+    quota: float,
+) -> KnownState:
+    """What the store holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
+    ids = [e.entry_id for e in entries]
+    sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id IN ({{}})"
+    stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, _select_in(db, sql, ids))}
+    (max_seq,) = db.execute(hub_sql.MAX_SEQ, (gate_id,)).fetchone()
+    # Only gate_seqs up to the gate's highest can be held already (usually none of the batch's).
+    sql = "SELECT gate_seq, entry_id FROM entries WHERE gate_id = ? AND gate_seq IN ({})"
+    seqs = [e.gate_seq for e in entries if e.gate_seq <= max_seq]
+    owners = dict(_select_in(db, sql, seqs, (gate_id,)))
+    refs = hub_rules.history_refs(entries, stored, policy)
+    sql = (
+        f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
+        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ?)"
+    )
+    lo, hi = hub_rules.attempt_span(entries, policy)
+    history: dict[str, list[TicketRow]] = {}
+    for chunk in _chunks(refs):
+        query = sql.format(", ".join("?" * len(chunk)))
+        for row in db.execute(query, (*chunk, lo, hi)):
+            ref, ticket_row = TicketRow.from_row(row)
+            history.setdefault(ref, []).append(ticket_row)
+    gate_ids = hub_rules.gates_to_name(gate_id, history)
+    sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
+    names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
+    sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"
+    targets = {
+        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_rules.annul_targets(entries, stored))
+    }
+    since = hub_rules.budget_since(now, policy)
+    (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
+    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count), quota)
+
+
+def last_received(db: sqlite3.Connection, gate_id: str) -> float | None:
+    """When the store last received a row of ``gate_id`` (its highest gate_seq); None: never."""
+    row = db.execute(hub_sql.LAST_RECEIVED, (gate_id,)).fetchone()
+    return None if row is None else float(row[0])
