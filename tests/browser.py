@@ -54,6 +54,11 @@ _FLAGS = (
 )
 
 
+# What chromium answers an evaluation made while the page is replaced by another (failed once in
+# CI: a wait for the reloaded console asked as the old page went).
+_NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed")
+
+
 class BrowserError(RuntimeError):
     """Chromium could not be found or started, or stopped answering."""
 
@@ -313,6 +318,11 @@ class Browser:
                 ok, value = await self._evaluate(wrapped, max(deadline - time.monotonic(), POLL_S))
             except (AssertionError, TimeoutError) as e:
                 last_error = str(e) or "evaluation timed out"
+                return False
+            except BrowserError as e:  # asked while the page navigates (a reload): not yet
+                if not any(words in str(e) for words in _NAVIGATING):
+                    raise
+                last_error = str(e)
                 return False
             values.append(value)
             return bool(ok)
