@@ -27,8 +27,9 @@ import asyncpg
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
+from sync.hub_plan import TICKET_COLUMNS, NewAlert, TicketRow
 from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
-from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
 from sync.hub_store import (
     FeedSignal,
@@ -448,7 +449,7 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
-def _alert_args(a: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
+def _alert_args(a: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
         now, gate_id, a.held,

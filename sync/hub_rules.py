@@ -28,8 +28,13 @@ raising it again):
 
 * who owns the data: an annulment must name an entry of the uploading gate with the same ticket
   (stored, or earlier in the batch), and no row's wall time or HLC may be more than
-  ``max_clock_ahead_s`` ahead of the hub's clock. Such a batch is refused whole (nothing stored)
-  with one integrity alert naming the gate per refused row. In a ticket's history an annulment
+  ``max_clock_ahead_s`` ahead of the hub's clock - except an entry or attempt under the single
+  or unlimited policy, taken up to ``AHEAD_STORED_S`` (48 h) ahead with one integrity alert an
+  hour ("gate X's clock is N min ahead"): refusing it would keep a gate whose clock ran ahead
+  from telling the venue of its admissions until real time caught up (hours of double entries).
+  Under reentry a row's place in time decides whether its ticket is inside, so there every
+  row ahead is refused. A refused batch is refused whole (nothing stored) with one integrity
+  alert naming the gate per refused row. In a ticket's history an annulment
   cancels an entry only when both come from the same gate, so rows stored before these checks
   existed cannot reopen a ticket either.
 * upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
@@ -43,24 +48,25 @@ raising it again):
 
 Alerts name a ticket by its short id (:func:`agent.redact.short_id`) only, never by its
 reference. The column lists, row conversions and statements both backends share are
-:mod:`sync.hub_sql`.
+:mod:`sync.hub_sql`; the planner's row and alert types :mod:`sync.hub_plan`; the double-admission
+and repeated-denial rules :mod:`sync.hub_ticket_alerts`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.clock import HLC
-from agent.model import Verdict, annulled_ids
 from agent.redact import short_id
 from sync import protocol
+from sync.hub_plan import Names, NewAlert, TicketRow, admission
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
+from sync.hub_ticket_alerts import ticket_alerts
 from sync.protocol import (
     MAX_DETAIL,
-    AlertKind,
     BatchAck,
     EntryResult,
     EntryStatus,
@@ -68,47 +74,17 @@ from sync.protocol import (
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
-MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
+# How far ahead of the hub's clock an entry or attempt is still stored (with an alert) where the
+# policy is not reentry: a gate whose clock ran ahead (an RTC kept in local time, a wrong date)
+# must not keep its admissions from the other gates until real time catches up.
+AHEAD_STORED_S = 48 * 3600.0
 FEED_KINDS = ("entry", "exit", "annul")
 
+
 # Columns of a ticket's history rows, as :meth:`TicketRow.from_row` reads them.
-TICKET_COLUMNS = (
-    "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
-)  # fmt: skip
-
-
 def in_feed(entry: EntryWire) -> bool:
     """True for rows the peer feed carries: admitted entries and exits, and every annulment."""
     return entry.kind == "annul" or (entry.kind in FEED_KINDS and entry.admitted)
-
-
-@dataclass(frozen=True, slots=True)
-class TicketRow:
-    """What the rules need of one stored (or earlier in the batch) row of a ticket."""
-
-    entry_id: str
-    gate_id: str
-    kind: str
-    admitted: bool
-    annuls: str | None
-    wall_time: float
-    hlc: int
-
-    @classmethod
-    def of(cls, e: EntryWire) -> TicketRow:
-        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, e.wall_time, e.hlc)
-
-    @classmethod
-    def from_row(cls, row: Iterable[Any]) -> tuple[str, TicketRow]:
-        """(ticket_ref, row) from the columns ``TICKET_COLUMNS`` in order."""
-        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc = row
-        admitted = verdict == Verdict.ADMIT.value
-        return ref, cls(entry_id, gate_id, kind, admitted, annuls, float(wall_time), int(hlc))
-
-    @property
-    def order(self) -> tuple[int, str]:
-        """Position in a ticket's history: by HLC, ties broken by entry_id (as the journal)."""
-        return self.hlc, self.entry_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,20 +102,6 @@ class KnownState:
     targets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
     quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
-
-
-@dataclass(frozen=True, slots=True)
-class NewAlert:
-    """An alert to store (once: ``dedupe_key`` is unique in the store)."""
-
-    kind: AlertKind
-    ticket: str  # short_id(ref), or "" when no single ticket is involved
-    gates: tuple[str, ...]
-    times: tuple[float, ...]
-    entries: tuple[str, ...]
-    detail: str
-    dedupe_key: str
-    held: int = 0  # alert_storm: how many alerts it stands for (added up on conflict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +131,8 @@ def history_refs(
     for e in entries:
         if e.entry_id in stored:
             continue
-        admission = _admission(e) or e.kind == "annul"
-        if e.kind == "attempt" or (admission and policy.entry_policy != "unlimited"):
+        admits = admission(e) or e.kind == "annul"
+        if e.kind == "attempt" or (admits and policy.entry_policy != "unlimited"):
             refs.add(e.ticket_ref)
     return sorted(refs)
 
@@ -213,7 +175,7 @@ def plan_ingest(
     Raises ValueError for a malformed batch (see :func:`sync.protocol.check_batch`).
     """
     protocol.check_batch(gate_id, entries)
-    names = _Names(known.gate_names)
+    names = Names(known.gate_names)
     acked = max(e.gate_seq for e in entries)
     results: list[EntryResult] = []
     conflicts: list[NewAlert] = []
@@ -245,11 +207,12 @@ def plan_ingest(
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
         return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
-    alerts += _ticket_alerts(rows, known.history, policy, names)
+    alerts += _ahead_alert(gate_id, rows, names, policy, now)
+    alerts += ticket_alerts(rows, known.history, policy, names)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
 
-def _quota_alert(gate_id: str, names: _Names, policy: HubPolicy, now: float) -> NewAlert:
+def _quota_alert(gate_id: str, names: Names, policy: HubPolicy, now: float) -> NewAlert:
     """One integrity alert an hour while a gate uploads more than its quota."""
     name = names(gate_id)
     return NewAlert(
@@ -265,14 +228,15 @@ def _refusals(
 ) -> list[tuple[str, str, NewAlert]]:
     """(field, why, integrity alert) for each new row the gate has no right to write."""
     earlier: dict[str, tuple[str, str]] = {}  # rows before this one in the batch
-    name = _Names(known.gate_names)(gate_id)
+    name = Names(known.gate_names)(gate_id)
     out = []
     for i, e in enumerate(entries):
         target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
         earlier[e.entry_id] = (e.gate_id, e.ticket_ref)
         if e.entry_id in known.stored:
             continue
-        refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
+        ahead = AHEAD_STORED_S if _stored_ahead(e, policy) else policy.max_clock_ahead_s
+        refused = _why_refused(e, target, gate_id, now + ahead, now)
         if refused is not None:
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
@@ -282,6 +246,30 @@ def _refusals(
             )  # fmt: skip
             out.append((f"entries[{i}].{key}", why, alert))
     return out
+
+
+def _stored_ahead(e: EntryWire, policy: HubPolicy) -> bool:
+    """Whether ``e`` is taken even from a clock ahead of the hub's (up to AHEAD_STORED_S): an
+    entry or an attempt, where no row's place in time can reopen a ticket (reentry's exits
+    can: there a late exit would let its ticket in again, so such rows are refused)."""
+    return e.kind in ("entry", "attempt") and policy.entry_policy != "reentry"
+
+
+def _ahead_alert(
+    gate_id: str, rows: Sequence[EntryWire], names: Names, policy: HubPolicy, now: float
+) -> list[NewAlert]:
+    """One integrity alert an hour for a gate whose stored rows lie ahead of the hub's clock."""
+    lead = max((max(e.wall_time, HLC.physical_ms(e.hlc) / 1000) - now for e in rows), default=0)
+    if lead <= policy.max_clock_ahead_s:
+        return []
+    name = names(gate_id)
+    alert = NewAlert(
+        "integrity", "", (name,), (now,), (),
+        f"gate {name}'s clock is {lead / 60:.0f} min ahead of the hub's: its entries are"
+        " stored and count at every gate, but set its clock (an RTC kept in local time?)",
+        f"ahead:{gate_id}:{math.floor(now / 3600)}",
+    )  # fmt: skip
+    return [alert]
 
 
 def _why_refused(
@@ -312,7 +300,7 @@ def _budget(
     if len(alerts) <= room:
         return tuple(alerts)
     held = alerts[room:]
-    name = _Names(known.gate_names)(gate_id)
+    name = Names(known.gate_names)(gate_id)
     since = budget_since(now, policy)
     storm = NewAlert(
         "alert_storm", "", (name,), (now,), (),
@@ -354,19 +342,7 @@ def deltas_gone(after: int, version: int, oldest_kept: int | None) -> bool:
     return oldest_kept is None or after < oldest_kept - 1
 
 
-class _Names:
-    def __init__(self, names: Mapping[str, str]) -> None:
-        self._names = names
-
-    def __call__(self, gate_id: str) -> str:
-        return self._names.get(gate_id) or gate_id
-
-
-def _admission(e: EntryWire | TicketRow) -> bool:
-    return e.kind == "entry" and e.admitted
-
-
-def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: _Names) -> NewAlert | None:
+def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: Names) -> NewAlert | None:
     """The integrity alert when ``e`` conflicts with the store or the batch, else None."""
     stored = known.stored.get(e.entry_id)
     gates: tuple[str, ...] = (e.gate_id,)
@@ -389,7 +365,7 @@ def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: _Names) ->
 
 
 def _holes(
-    gate_id: str, entries: Sequence[EntryWire], max_seq: int, names: _Names
+    gate_id: str, entries: Sequence[EntryWire], max_seq: int, names: Names
 ) -> list[NewAlert]:
     alerts = []
     prev = max_seq
@@ -403,123 +379,3 @@ def _holes(
             alerts.append(alert)
         prev = max(prev, e.gate_seq)
     return alerts
-
-
-def _ticket_alerts(
-    rows: Iterable[EntryWire],
-    known: Mapping[str, Sequence[TicketRow]],
-    policy: HubPolicy,
-    names: _Names,
-) -> list[NewAlert]:
-    """Double admissions and repeated denials the batch's rows create, ticket by ticket."""
-    new: dict[str, list[TicketRow]] = {}
-    for e in rows:
-        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
-    alerts: list[NewAlert] = []
-    for ref, added in new.items():
-        past = known.get(ref, ())
-        alerts += _double_admissions(ref, past, added, policy, names)
-        alerts += _repeated_denials(ref, past, added, policy, names)
-    return alerts
-
-
-def _double_admissions(
-    ref: str,
-    past: Sequence[TicketRow],
-    added: Sequence[TicketRow],
-    policy: HubPolicy,
-    names: _Names,
-) -> list[NewAlert]:
-    """An alert for each (earlier, later) entry pair the batch creates (see the module doc)."""
-    if policy.entry_policy == "unlimited":
-        return []
-    # A double admission needs two admitted entries; most tickets have one (no sort needed).
-    if sum(_admission(r) for r in past) + sum(_admission(r) for r in added) < 2:
-        return []
-    before = _doubles(past, policy)
-    if policy.entry_policy == "single":
-        how = "single-entry ticket admitted at {} and at {}"
-    else:
-        how = "entered at {} and again at {} without an exit"
-    alerts = []
-    for key, (first, second) in _doubles([*past, *added], policy).items():
-        if key in before:
-            continue
-        gates = (names(first.gate_id), names(second.gate_id))
-        alert = NewAlert(
-            "double_admission", short_id(ref), gates, (first.wall_time, second.wall_time),
-            (first.entry_id, second.entry_id), how.format(*gates)[:MAX_DETAIL], key,
-        )  # fmt: skip
-        alerts.append(alert)
-    return alerts
-
-
-def _doubles(
-    rows: Iterable[TicketRow], policy: HubPolicy
-) -> dict[str, tuple[TicketRow, TicketRow]]:
-    """Dedupe key -> (earlier, later) entry for each entry of a ticket's history that is a double
-    admission: with ``single`` any live entry after the first, with ``reentry`` a live entry
-    right after another one among the live entries and exits (by HLC)."""
-    history = list(rows)
-    annulled = annulled_ids(history)
-    kinds = ("entry",) if policy.entry_policy == "single" else ("entry", "exit")
-    live = sorted(
-        (r for r in history if r.admitted and r.kind in kinds and r.entry_id not in annulled),
-        key=lambda r: r.order,
-    )
-    doubles = {}
-    for i in range(1, len(live)):
-        other, row = live[0 if policy.entry_policy == "single" else i - 1], live[i]
-        if other.kind == "entry" and row.kind == "entry":
-            doubles[f"double:{row.entry_id}"] = (other, row)
-    return doubles
-
-
-def _repeated_denials(
-    ref: str,
-    past: Sequence[TicketRow],
-    added: Sequence[TicketRow],
-    policy: HubPolicy,
-    names: _Names,
-) -> list[NewAlert]:
-    """An alert for each burst bucket the batch's attempts create (see the module doc).
-
-    ``past`` holds the ticket's attempts within :func:`attempt_span`: enough to decide every
-    burst start the batch can change. A bucket whose earlier start lies before that span may be
-    planned again; the store's unique ``dedupe_key`` keeps it to one alert.
-    """
-    if not any(r.kind == "attempt" for r in added):
-        return []
-    window = policy.denied_alert_window_s
-    before = _bursts(past, policy)
-    alerts = []
-    for bucket, burst in _bursts([*past, *added], policy).items():
-        if bucket in before:
-            continue
-        shown = burst[:MAX_ALERT_ITEMS]
-        alert = NewAlert(
-            "repeated_denials", short_id(ref), tuple(names(r.gate_id) for r in shown),
-            tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
-            f"{len(burst)} denied attempts within {window:g} s",
-            f"denied:{short_id(ref)}:{bucket}",
-        )  # fmt: skip
-        alerts.append(alert)
-    return alerts
-
-
-def _bursts(rows: Iterable[TicketRow], policy: HubPolicy) -> dict[int, list[TicketRow]]:
-    """Bucket -> the burst of its earliest start: ``threshold`` or more attempts within
-    ``[start, start + window]``, bucket ``floor(start / window)``."""
-    window = policy.denied_alert_window_s
-    attempts = sorted(
-        (r for r in rows if r.kind == "attempt"), key=lambda r: (r.wall_time, r.order)
-    )
-    bursts: dict[int, list[TicketRow]] = {}
-    end = 0
-    for i, start in enumerate(attempts):
-        end = max(end, i)
-        while end < len(attempts) and attempts[end].wall_time <= start.wall_time + window:
-            end += 1
-        if end - i >= policy.denied_alert_threshold:
-            bursts.setdefault(math.floor(start.wall_time / window), attempts[i:end])
-    return bursts

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from sync import hub_rules, hub_schema, hub_sql, protocol
 from sync.group_commit import GroupCommit
+from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries, upgrade
 from sync.hub_sqlite_known import known_state, last_received
@@ -409,7 +410,7 @@ def _transaction(db: sqlite3.Connection, job: Callable[..., _T], *args: Any) -> 
     return result
 
 
-def _alert_params(alert: hub_rules.NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
+def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
         json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,

@@ -10,7 +10,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from sync import hub_rules, hub_sql
-from sync.hub_rules import TICKET_COLUMNS, KnownState, TicketRow
+from sync.hub_plan import TICKET_COLUMNS, TicketRow
+from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
 from sync.hub_store import HubPolicy
 from sync.protocol import EntryWire

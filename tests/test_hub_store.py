@@ -22,7 +22,8 @@ from agent.clock import uuid7
 from agent.model import Flag, Reason, Verdict
 from agent.redact import short_id
 from sync import hub_rules
-from sync.hub_rules import KnownState, TicketRow
+from sync.hub_plan import NewAlert, TicketRow
+from sync.hub_rules import KnownState
 from sync.hub_store import (
     ConflictError,
     HubPolicy,
@@ -875,12 +876,10 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
     assert caught.value.entry_ids == (a.entry_id, b.entry_id)
 
 
-def _plan_one_by_one(
-    policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]]
-) -> list[hub_rules.NewAlert]:
+def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]]) -> list[NewAlert]:
     """Plan each batch on the history of the ones before it, as the store would."""
     stored: list[EntryWire] = []
-    alerts: list[hub_rules.NewAlert] = []
+    alerts: list[NewAlert] = []
     for batch in arrivals:
         history: dict[str, list[TicketRow]] = {}
         for e in stored:
@@ -1016,7 +1015,7 @@ async def test_an_annulment_of_another_gates_or_an_unknown_entry_is_refused_whol
 async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: HubStore) -> None:
     thief = Gate("x")
     now = T0 + 10
-    ahead = thief.row("t1", at=now + POLICY.max_clock_ahead_s + 5)
+    ahead = thief.row("t1", at=now + hub_rules.AHEAD_STORED_S + 5)
     with pytest.raises(RefusedError) as caught:
         await store.ingest("x", [ahead], now)
     assert caught.value.field == "entries[0].wall_time"
@@ -1025,11 +1024,43 @@ async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: Hub
     with pytest.raises(RefusedError) as caught:
         await store.ingest("x", [poisoned], now)
     assert caught.value.field == "entries[0].hlc"
+    thief.seq -= 1
+    exit_ahead = thief.row("t3", "exit", at=now + POLICY.max_clock_ahead_s + 5)
+    with pytest.raises(RefusedError) as caught:  # an exit's place in time can reopen a ticket
+        await store.ingest("x", [exit_ahead], now)
+    assert caught.value.field == "entries[0].wall_time"
     assert (await store.feed(0, 10))[0] == []
-    assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]
+    assert [a.kind for a in await all_alerts(store)] == ["integrity"] * 3
     # within the bound: taken
     thief.seq, thief.hlc = thief.seq - 1, 0
-    await store.ingest("x", [thief.row("t3", at=now + POLICY.max_clock_ahead_s - 5)], now)
+    await store.ingest("x", [thief.row("t4", at=now + POLICY.max_clock_ahead_s - 5)], now)
+
+
+async def test_a_gate_whose_clock_ran_ahead_still_tells_the_venue_of_its_entries(
+    open_hub: OpenStore,
+) -> None:
+    """An RTC kept in local time: the gate's rows lie hours ahead. Refused, its admissions
+    stayed unknown to the other gates until real time caught up (a security review). Its
+    entries and attempts are stored with one alert an hour, and count: a second admission of
+    the ticket elsewhere raises the double-admission alert. Under reentry, where a row's place
+    in time decides whether its ticket is inside, they are still refused."""
+    store = await open_hub()
+    ahead, honest = Gate("ahead"), Gate("honest")
+    now = T0 + 10
+    local_time = now + 2 * 3600
+    rows = [ahead.row("season-1", at=local_time), ahead.row("t-denied", "attempt", at=local_time)]
+    assert (await store.ingest("ahead", rows, now)).inserted == 2
+    assert [e.ticket_ref for e in (await store.feed(0, 10))[0]] == ["season-1"]
+    await store.ingest("ahead", [ahead.row("season-2", at=local_time + 60)], now + 60)
+    await store.ingest("honest", [honest.row("season-1", at=now + 120)], now + 120)
+    alerts = await all_alerts(store)
+    clock = [a for a in alerts if "clock is" in a.detail]
+    assert len(clock) == 1 and "ahead's clock is 120 min ahead" in clock[0].detail
+    assert [a.kind for a in alerts if a.kind == "double_admission"] == ["double_admission"]
+    reentry = await open_hub(entry_policy="reentry")
+    late = Gate("ahead-2")
+    with pytest.raises(RefusedError):
+        await reentry.ingest("ahead-2", [late.row("season-3", at=local_time)], now)
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:

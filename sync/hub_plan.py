@@ -1,0 +1,76 @@
+"""The hub's planner types, shared by the rules (:mod:`sync.hub_rules`,
+:mod:`sync.hub_ticket_alerts`) and both stores: a ticket's rows as the rules see them, and the
+alerts a plan writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.model import Verdict
+from sync.protocol import AlertKind, EntryWire
+
+MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
+
+TICKET_COLUMNS = (
+    "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRow:
+    """What the rules need of one stored (or earlier in the batch) row of a ticket."""
+
+    entry_id: str
+    gate_id: str
+    kind: str
+    admitted: bool
+    annuls: str | None
+    wall_time: float
+    hlc: int
+
+    @classmethod
+    def of(cls, e: EntryWire) -> TicketRow:
+        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, e.wall_time, e.hlc)
+
+    @classmethod
+    def from_row(cls, row: Iterable[Any]) -> tuple[str, TicketRow]:
+        """(ticket_ref, row) from the columns ``TICKET_COLUMNS`` in order."""
+        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc = row
+        admitted = verdict == Verdict.ADMIT.value
+        return ref, cls(entry_id, gate_id, kind, admitted, annuls, float(wall_time), int(hlc))
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Position in a ticket's history: by HLC, ties broken by entry_id (as the journal)."""
+        return self.hlc, self.entry_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """An alert to store (once: ``dedupe_key`` is unique in the store)."""
+
+    kind: AlertKind
+    ticket: str  # short_id(ref), or "" when no single ticket is involved
+    gates: tuple[str, ...]
+    times: tuple[float, ...]
+    entries: tuple[str, ...]
+    detail: str
+    dedupe_key: str
+    held: int = 0  # alert_storm: how many alerts it stands for (added up on conflict)
+
+
+class Names:
+    """A gate's name as the operator gave it (its id when none)."""
+
+    def __init__(self, names: Mapping[str, str]) -> None:
+        self._names = names
+
+    def __call__(self, gate_id: str) -> str:
+        return self._names.get(gate_id) or gate_id
+
+
+def admission(e: EntryWire | TicketRow) -> bool:
+    """An admitted entry (exits and annulments are not)."""
+    return e.kind == "entry" and e.admitted

@@ -1,0 +1,133 @@
+"""The hub's alerts about tickets, from the rows a batch adds to each ticket's history: double
+admissions and repeated denials (the rules are spelt out in :mod:`sync.hub_rules`). Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from agent.model import annulled_ids
+from agent.redact import short_id
+from sync.hub_plan import MAX_ALERT_ITEMS, Names, NewAlert, TicketRow, admission
+from sync.hub_store import HubPolicy
+from sync.protocol import MAX_DETAIL, EntryWire
+
+
+def ticket_alerts(
+    rows: Iterable[EntryWire],
+    known: Mapping[str, Sequence[TicketRow]],
+    policy: HubPolicy,
+    names: Names,
+) -> list[NewAlert]:
+    """Double admissions and repeated denials the batch's rows create, ticket by ticket."""
+    new: dict[str, list[TicketRow]] = {}
+    for e in rows:
+        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
+    alerts: list[NewAlert] = []
+    for ref, added in new.items():
+        past = known.get(ref, ())
+        alerts += _double_admissions(ref, past, added, policy, names)
+        alerts += _repeated_denials(ref, past, added, policy, names)
+    return alerts
+
+
+def _double_admissions(
+    ref: str,
+    past: Sequence[TicketRow],
+    added: Sequence[TicketRow],
+    policy: HubPolicy,
+    names: Names,
+) -> list[NewAlert]:
+    """An alert for each (earlier, later) entry pair the batch creates (see the module doc)."""
+    if policy.entry_policy == "unlimited":
+        return []
+    # A double admission needs two admitted entries; most tickets have one (no sort needed).
+    if sum(admission(r) for r in past) + sum(admission(r) for r in added) < 2:
+        return []
+    before = _doubles(past, policy)
+    if policy.entry_policy == "single":
+        how = "single-entry ticket admitted at {} and at {}"
+    else:
+        how = "entered at {} and again at {} without an exit"
+    alerts = []
+    for key, (first, second) in _doubles([*past, *added], policy).items():
+        if key in before:
+            continue
+        gates = (names(first.gate_id), names(second.gate_id))
+        alert = NewAlert(
+            "double_admission", short_id(ref), gates, (first.wall_time, second.wall_time),
+            (first.entry_id, second.entry_id), how.format(*gates)[:MAX_DETAIL], key,
+        )  # fmt: skip
+        alerts.append(alert)
+    return alerts
+
+
+def _doubles(
+    rows: Iterable[TicketRow], policy: HubPolicy
+) -> dict[str, tuple[TicketRow, TicketRow]]:
+    """Dedupe key -> (earlier, later) entry for each entry of a ticket's history that is a double
+    admission: with ``single`` any live entry after the first, with ``reentry`` a live entry
+    right after another one among the live entries and exits (by HLC)."""
+    history = list(rows)
+    annulled = annulled_ids(history)
+    kinds = ("entry",) if policy.entry_policy == "single" else ("entry", "exit")
+    live = sorted(
+        (r for r in history if r.admitted and r.kind in kinds and r.entry_id not in annulled),
+        key=lambda r: r.order,
+    )
+    doubles = {}
+    for i in range(1, len(live)):
+        other, row = live[0 if policy.entry_policy == "single" else i - 1], live[i]
+        if other.kind == "entry" and row.kind == "entry":
+            doubles[f"double:{row.entry_id}"] = (other, row)
+    return doubles
+
+
+def _repeated_denials(
+    ref: str,
+    past: Sequence[TicketRow],
+    added: Sequence[TicketRow],
+    policy: HubPolicy,
+    names: Names,
+) -> list[NewAlert]:
+    """An alert for each burst bucket the batch's attempts create (see the module doc).
+
+    ``past`` holds the ticket's attempts within :func:`attempt_span`: enough to decide every
+    burst start the batch can change. A bucket whose earlier start lies before that span may be
+    planned again; the store's unique ``dedupe_key`` keeps it to one alert.
+    """
+    if not any(r.kind == "attempt" for r in added):
+        return []
+    window = policy.denied_alert_window_s
+    before = _bursts(past, policy)
+    alerts = []
+    for bucket, burst in _bursts([*past, *added], policy).items():
+        if bucket in before:
+            continue
+        shown = burst[:MAX_ALERT_ITEMS]
+        alert = NewAlert(
+            "repeated_denials", short_id(ref), tuple(names(r.gate_id) for r in shown),
+            tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
+            f"{len(burst)} denied attempts within {window:g} s",
+            f"denied:{short_id(ref)}:{bucket}",
+        )  # fmt: skip
+        alerts.append(alert)
+    return alerts
+
+
+def _bursts(rows: Iterable[TicketRow], policy: HubPolicy) -> dict[int, list[TicketRow]]:
+    """Bucket -> the burst of its earliest start: ``threshold`` or more attempts within
+    ``[start, start + window]``, bucket ``floor(start / window)``."""
+    window = policy.denied_alert_window_s
+    attempts = sorted(
+        (r for r in rows if r.kind == "attempt"), key=lambda r: (r.wall_time, r.order)
+    )
+    bursts: dict[int, list[TicketRow]] = {}
+    end = 0
+    for i, start in enumerate(attempts):
+        end = max(end, i)
+        while end < len(attempts) and attempts[end].wall_time <= start.wall_time + window:
+            end += 1
+        if end - i >= policy.denied_alert_threshold:
+            bursts.setdefault(math.floor(start.wall_time / window), attempts[i:end])
+    return bursts
