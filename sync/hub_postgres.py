@@ -164,7 +164,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         protocol.check_batch(gate_id, entries)
 
         async def job(conn: _Conn) -> hub_rules.IngestPlan:
-            spent = 0
+            spent, quota = 0, 0.0
             try:
                 async with conn.transaction():
                     await conn.execute(_BEGIN_INGEST, self._lock_key)
@@ -179,7 +179,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                     self._quota.spend(gate_id, now, quota, spent := len(plan.rows))
                     await _write(conn, gate_id, plan, now)
             except BaseException:
-                self._quota.refund(gate_id, spent)  # not stored: not counted
+                self._quota.refund(gate_id, spent, quota)  # not stored: not counted
                 raise
             return plan
 

@@ -28,13 +28,8 @@ raising it again):
 
 * who owns the data: an annulment must name an entry of the uploading gate with the same ticket
   (stored, or earlier in the batch), and no row's wall time or HLC may be more than
-  ``max_clock_ahead_s`` ahead of the hub's clock - except an entry or attempt under the single
-  or unlimited policy, taken up to ``AHEAD_STORED_S`` (48 h) ahead with one integrity alert an
-  hour ("gate X's clock is N min ahead"): refusing it would keep a gate whose clock ran ahead
-  from telling the venue of its admissions until real time caught up (hours of double entries).
-  Under reentry a row's place in time decides whether its ticket is inside, so there every
-  row ahead is refused. A refused batch is refused whole (nothing stored) with one integrity
-  alert naming the gate per refused row. In a ticket's history an annulment
+  ``max_clock_ahead_s`` ahead of the hub's clock. Such a batch is refused whole (nothing stored)
+  with one integrity alert naming the gate per refused row. In a ticket's history an annulment
   cancels an entry only when both come from the same gate, so rows stored before these checks
   existed cannot reopen a ticket either.
 * upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
@@ -74,10 +69,6 @@ from sync.protocol import (
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
-# How far ahead of the hub's clock an entry or attempt is still stored (with an alert) where the
-# policy is not reentry: a gate whose clock ran ahead (an RTC kept in local time, a wrong date)
-# must not keep its admissions from the other gates until real time catches up.
-AHEAD_STORED_S = 48 * 3600.0
 FEED_KINDS = ("entry", "exit", "annul")
 
 
@@ -207,7 +198,6 @@ def plan_ingest(
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
         return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
-    alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += ticket_alerts(rows, known.history, policy, names)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
@@ -235,8 +225,7 @@ def _refusals(
         earlier[e.entry_id] = (e.gate_id, e.ticket_ref)
         if e.entry_id in known.stored:
             continue
-        ahead = AHEAD_STORED_S if _stored_ahead(e, policy) else policy.max_clock_ahead_s
-        refused = _why_refused(e, target, gate_id, now + ahead, now)
+        refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
         if refused is not None:
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
@@ -246,30 +235,6 @@ def _refusals(
             )  # fmt: skip
             out.append((f"entries[{i}].{key}", why, alert))
     return out
-
-
-def _stored_ahead(e: EntryWire, policy: HubPolicy) -> bool:
-    """Whether ``e`` is taken even from a clock ahead of the hub's (up to AHEAD_STORED_S): an
-    entry or an attempt, where no row's place in time can reopen a ticket (reentry's exits
-    can: there a late exit would let its ticket in again, so such rows are refused)."""
-    return e.kind in ("entry", "attempt") and policy.entry_policy != "reentry"
-
-
-def _ahead_alert(
-    gate_id: str, rows: Sequence[EntryWire], names: Names, policy: HubPolicy, now: float
-) -> list[NewAlert]:
-    """One integrity alert an hour for a gate whose stored rows lie ahead of the hub's clock."""
-    lead = max((max(e.wall_time, HLC.physical_ms(e.hlc) / 1000) - now for e in rows), default=0)
-    if lead <= policy.max_clock_ahead_s:
-        return []
-    name = names(gate_id)
-    alert = NewAlert(
-        "integrity", "", (name,), (now,), (),
-        f"gate {name}'s clock is {lead / 60:.0f} min ahead of the hub's: its entries are"
-        " stored and count at every gate, but set its clock (an RTC kept in local time?)",
-        f"ahead:{gate_id}:{math.floor(now / 3600)}",
-    )  # fmt: skip
-    return [alert]
 
 
 def _why_refused(

@@ -134,22 +134,23 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     async def _commit_group(
         self, group: Sequence[_Upload]
     ) -> list[hub_rules.IngestPlan | Exception]:
-        charged: list[tuple[str, int]] = []  # (gate, rows) spent on the quota in this group
-
-        def ingest(
-            db: sqlite3.Connection, uploads: Sequence[_Upload]
-        ) -> list[hub_rules.IngestPlan | Exception]:
-            return self._ingest_group(db, uploads, charged)
-
-        try:
-            plans = await self._run(lambda db: _transaction(db, ingest, group))
-        except BaseException:
-            for gate_id, rows in charged:  # nothing of the group was stored
-                self._quota.refund(gate_id, rows)
-            raise
+        plans = await self._run(lambda db: self._commit_on_thread(db, group))
         if any(not isinstance(p, Exception) and p.feed_rows for p in plans):
             self._feed_signal.wake()
         return plans
+
+    def _commit_on_thread(
+        self, db: sqlite3.Connection, group: Sequence[_Upload]
+    ) -> list[hub_rules.IngestPlan | Exception]:
+        """The group in one transaction; when it fails, the quota spent on it is given back
+        (here, on the store's thread: the quota's only user, even if the caller was cancelled)."""
+        charged: list[tuple[str, int, float]] = []  # (gate, rows, allowance) spent on the quota
+        try:
+            return _transaction(db, self._ingest_group, group, charged)
+        except BaseException:
+            for gate_id, rows, allowance in reversed(charged):  # nothing of it was stored
+                self._quota.refund(gate_id, rows, allowance)  # latest first: each to its cap
+            raise
 
     def _own_error(self, exc: Exception) -> Exception:
         """Each caller of a failed group raises a store error of its own, caused by ``exc``."""
@@ -160,7 +161,10 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         return error
 
     def _ingest_group(
-        self, db: sqlite3.Connection, group: Sequence[_Upload], charged: list[tuple[str, int]]
+        self,
+        db: sqlite3.Connection,
+        group: Sequence[_Upload],
+        charged: list[tuple[str, int, float]],
     ) -> list[hub_rules.IngestPlan | Exception]:
         """Each upload under its own savepoint: one that fails is undone alone (on the thread,
         inside the group's transaction)."""
@@ -311,7 +315,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         gate_id: str,
         entries: Sequence[EntryWire],
         now: float,
-        charged: list[tuple[str, int]],
+        charged: list[tuple[str, int, float]],
     ) -> hub_rules.IngestPlan:
         """Read, plan and write one batch (on the thread, inside its transaction). The rows
         are spent on the gate's quota before the write (a later batch of the same group sees
@@ -327,9 +331,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             db.executemany(hub_sql.INSERT_ALERT, alerts)
             db.execute(hub_sql.ADD_GATE, (gate_id,))
         except BaseException:
-            self._quota.refund(gate_id, len(plan.rows))
+            self._quota.refund(gate_id, len(plan.rows), quota)
             raise
-        charged.append((gate_id, len(plan.rows)))
+        charged.append((gate_id, len(plan.rows), quota))
         return plan
 
     async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:

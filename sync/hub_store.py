@@ -300,10 +300,14 @@ class UploadQuota:
         # Uploading, a gate refills to the burst; only silence earns more (never taken away).
         return max(left, min(left + earned, max(self.burst, earned)))
 
-    def refund(self, gate_id: str, rows: int) -> None:
-        """Give back ``rows`` spent on a batch that was not stored after all (a failed write)."""
-        left, at = self._gates.get(gate_id, (0.0, 0.0))
-        self._gates[gate_id] = (left + rows, at)
+    def refund(self, gate_id: str, rows: int, allowance: float) -> None:
+        """Give back ``rows`` spent on a batch that was not stored after all (a failed write),
+        never beyond the ``allowance`` they were spent from (time has refilled it meanwhile),
+        and nothing to a gate this quota no longer holds."""
+        state = self._gates.get(gate_id)
+        if state is not None:
+            left, at = state
+            self._gates[gate_id] = (min(left + rows, allowance), at)
 
     def spend(self, gate_id: str, now: float, allowance: float, rows: int) -> None:
         """Record that ``rows`` are stored at ``now`` out of ``allowance`` (:meth:`allowance`);

@@ -1015,7 +1015,7 @@ async def test_an_annulment_of_another_gates_or_an_unknown_entry_is_refused_whol
 async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: HubStore) -> None:
     thief = Gate("x")
     now = T0 + 10
-    ahead = thief.row("t1", at=now + hub_rules.AHEAD_STORED_S + 5)
+    ahead = thief.row("t1", at=now + POLICY.max_clock_ahead_s + 5)
     with pytest.raises(RefusedError) as caught:
         await store.ingest("x", [ahead], now)
     assert caught.value.field == "entries[0].wall_time"
@@ -1024,43 +1024,11 @@ async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: Hub
     with pytest.raises(RefusedError) as caught:
         await store.ingest("x", [poisoned], now)
     assert caught.value.field == "entries[0].hlc"
-    thief.seq -= 1
-    exit_ahead = thief.row("t3", "exit", at=now + POLICY.max_clock_ahead_s + 5)
-    with pytest.raises(RefusedError) as caught:  # an exit's place in time can reopen a ticket
-        await store.ingest("x", [exit_ahead], now)
-    assert caught.value.field == "entries[0].wall_time"
     assert (await store.feed(0, 10))[0] == []
-    assert [a.kind for a in await all_alerts(store)] == ["integrity"] * 3
+    assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]
     # within the bound: taken
     thief.seq, thief.hlc = thief.seq - 1, 0
-    await store.ingest("x", [thief.row("t4", at=now + POLICY.max_clock_ahead_s - 5)], now)
-
-
-async def test_a_gate_whose_clock_ran_ahead_still_tells_the_venue_of_its_entries(
-    open_hub: OpenStore,
-) -> None:
-    """An RTC kept in local time: the gate's rows lie hours ahead. Refused, its admissions
-    stayed unknown to the other gates until real time caught up (a security review). Its
-    entries and attempts are stored with one alert an hour, and count: a second admission of
-    the ticket elsewhere raises the double-admission alert. Under reentry, where a row's place
-    in time decides whether its ticket is inside, they are still refused."""
-    store = await open_hub()
-    ahead, honest = Gate("ahead"), Gate("honest")
-    now = T0 + 10
-    local_time = now + 2 * 3600
-    rows = [ahead.row("season-1", at=local_time), ahead.row("t-denied", "attempt", at=local_time)]
-    assert (await store.ingest("ahead", rows, now)).inserted == 2
-    assert [e.ticket_ref for e in (await store.feed(0, 10))[0]] == ["season-1"]
-    await store.ingest("ahead", [ahead.row("season-2", at=local_time + 60)], now + 60)
-    await store.ingest("honest", [honest.row("season-1", at=now + 120)], now + 120)
-    alerts = await all_alerts(store)
-    clock = [a for a in alerts if "clock is" in a.detail]
-    assert len(clock) == 1 and "ahead's clock is 120 min ahead" in clock[0].detail
-    assert [a.kind for a in alerts if a.kind == "double_admission"] == ["double_admission"]
-    reentry = await open_hub(entry_policy="reentry")
-    late = Gate("ahead-2")
-    with pytest.raises(RefusedError):
-        await reentry.ingest("ahead-2", [late.row("season-3", at=local_time)], now)
+    await store.ingest("x", [thief.row("t3", at=now + POLICY.max_clock_ahead_s - 5)], now)
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:
@@ -1151,6 +1119,21 @@ def test_a_gate_never_stores_more_than_its_burst_and_rate_whatever_it_does() -> 
         quota.spend("x", now, allowed, take)
         stored += take
         assert stored <= 500 + 10.0 * (now - T0) + 1e-6
+    # A refund gives back what a failed write spent, never more than it was spent from, and
+    # nothing to a gate the quota has forgotten (a review measured 700 left of a 500 burst).
+    quota.spend("x", now, 500.0, 500)
+    quota.refund("x", 500, 500.0)
+    assert quota.allowance("x", now + 20) == 500  # 200 earned meanwhile: still the burst
+    quota.refund("forgotten", 500, 500.0)
+    assert not quota.knows("forgotten")
+    # A failed group of two batches of one gate, given back latest first: as before the group.
+    quota.spend("x", now, 500.0, 500)
+    later = quota.allowance("x", now + 10)
+    assert later == 100
+    quota.spend("x", now + 10, later, 100)
+    quota.refund("x", 100, later)
+    quota.refund("x", 500, 500.0)
+    assert quota.allowance("x", now + 10) == 500
     credit = 10.0 * UploadQuota.CREDIT_S
     assert quota.allowance("y", now, last_received=now - 10 * 3600) == credit  # silent 10 h
     assert quota.allowance("y", now, last_received=now - 1) == 500  # the burst
