@@ -5,7 +5,8 @@ Sections (unknown sections and keys are errors naming the file, section and key)
     [hub]  venue, listen = "127.0.0.1:8470", state_dir, store (default sqlite:///<state_dir>/hub.db),
            keys (a `gate-agent keys export --hub` dir: list.key, trust.json, root.pub and no other
            private key), trust_bundle (default <keys>/trust.json),
-           entry_policy, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
+           entry_policy, exit_gates (the gates that may record exits; unset: every gate),
+           denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,
            max_wait_s, list_validity_s,
            list_refresh_s, max_clock_ahead_s, alert_budget, alert_budget_window_s,
            upload_rows_per_s, upload_burst (one gate's sustained rate of new rows and the most
@@ -60,6 +61,7 @@ class HubSection:
     store: str = field(default="", repr=False)
     trust_bundle: Path | None = None
     entry_policy: Literal["single", "reentry", "unlimited"] = "single"
+    exit_gates: list[str] | None = None  # None: every gate may record exits
     denied_alert_threshold: int = 3
     denied_alert_window_s: float = 600.0
     gate_offline_after_s: float = 30.0
@@ -131,6 +133,7 @@ class HubConfig:
         return HubPolicy(
             venue=h.venue,
             entry_policy=h.entry_policy,
+            exit_gates=None if h.exit_gates is None else frozenset(h.exit_gates),
             denied_alert_threshold=h.denied_alert_threshold,
             denied_alert_window_s=h.denied_alert_window_s,
             gate_offline_after_s=h.gate_offline_after_s,
@@ -170,6 +173,9 @@ def _check_hub(hub: HubSection, src: Path) -> HubSection:
         value = getattr(hub, key)
         if not ok(value):
             raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {value!r}")
+    for gate_id in hub.exit_gates or ():
+        if not is_id(gate_id):
+            raise ConfigError(f"{src}: [hub] exit_gates: {gate_id!r} is not a gate id")
     if hub.max_connections_per_client > hub.max_connections:
         raise ConfigError(
             f"{src}: [hub] max_connections_per_client: expected at most max_connections"

@@ -28,8 +28,10 @@ raising it again):
 
 * who owns the data: an annulment must name an entry of the uploading gate with the same ticket
   (stored, or earlier in the batch), and no row's wall time or HLC may be more than
-  ``max_clock_ahead_s`` ahead of the hub's clock. Such a batch is refused whole (nothing stored)
-  with one integrity alert naming the gate per refused row. In a ticket's history an annulment
+  ``max_clock_ahead_s`` ahead of the hub's clock; with ``exit_gates`` set, only those gates may
+  record exits (under reentry an exit lets its ticket in again: a stolen entry gate could
+  otherwise read the feed and let every ticket in twice). Such a batch is refused whole (nothing
+  stored) with one integrity alert naming the gate per refused row. In a ticket's history an annulment
   cancels an entry only when both come from the same gate, so rows stored before these checks
   existed cannot reopen a ticket either.
 * upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
@@ -226,6 +228,8 @@ def _refusals(
         if e.entry_id in known.stored:
             continue
         refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
+        if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
+            refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
         if refused is not None:
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
@@ -235,6 +239,10 @@ def _refusals(
             )  # fmt: skip
             out.append((f"entries[{i}].{key}", why, alert))
     return out
+
+
+def _may_exit(gate_id: str, policy: HubPolicy) -> bool:
+    return policy.exit_gates is None or gate_id in policy.exit_gates
 
 
 def _why_refused(

@@ -88,6 +88,9 @@ class HubPolicy:
 
     venue: str
     entry_policy: Literal["single", "reentry", "unlimited"] = "single"
+    # The gates that may record exits (None: every gate). With reentry an exit lets its ticket
+    # in again: a stolen entry gate must not be able to let every ticket in twice.
+    exit_gates: frozenset[str] | None = None
     denied_alert_threshold: int = 3  # denied attempts of one ticket ...
     denied_alert_window_s: float = 600.0  # ... within this window raise one alert
     gate_offline_after_s: float = 30.0  # no heartbeat for this long: shown offline

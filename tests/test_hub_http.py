@@ -637,7 +637,8 @@ def test_config_errors_exit_78_with_one_line(tmp_path: Path, keys_dir: Path) -> 
         assert done.stderr.strip().splitlines() == [
             f"gate-agent: error: {setup.config}: [hub] unknown key 'surprise'"
             " (valid keys: venue, state_dir, keys, listen, store, trust_bundle, entry_policy,"
-            " denied_alert_threshold, denied_alert_window_s, gate_offline_after_s, max_wait_s,"
+            " exit_gates, denied_alert_threshold, denied_alert_window_s, gate_offline_after_s,"
+            " max_wait_s,"
             " list_validity_s, list_refresh_s, max_clock_ahead_s, alert_budget,"
             " alert_budget_window_s, upload_rows_per_s, upload_burst, max_connections,"
             " max_connections_per_client,"
@@ -692,6 +693,8 @@ def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
         ('entry_policy = "twice"', "[hub] entry_policy: expected one of 'single'"),
         ("upload_rows_per_s = 0", "[hub] upload_rows_per_s: expected 1-1000000 rows a second"),
         ("upload_burst = 499", "[hub] upload_burst: expected an integer 500-100000000"),
+        ('exit_gates = ["out", "a/b"]', "[hub] exit_gates: 'a/b' is not a gate id"),
+        ('exit_gates = "out"', "[hub] exit_gates: expected a list of strings or nothing"),
         ("[tls]\ncert = 1", "[tls] cert: expected a path"),
     ],
 )
@@ -715,6 +718,11 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert (conf.host, conf.port, conf.scheme) == ("::1", 9000, "http")
     assert conf.trust_path == tmp_path / "etc" / "keys" / "trust.json"
     assert conf.policy().entry_policy == "single" and conf.policy().venue == "v"
+    assert conf.policy().exit_gates is None  # every gate may record exits
+    exits = hub_config.parse(
+        '[hub]\nvenue = "v"\nstate_dir = "s"\nkeys = "k"\nexit_gates = ["out-1", "out-2"]\n', src
+    )
+    assert exits.policy().exit_gates == frozenset({"out-1", "out-2"})
     rel = hub_config.parse(
         '[hub]\nvenue = "v"\nstate_dir = "/s"\nkeys = "k"\nstore = "sqlite://db/h.db"\n', src
     )

@@ -414,6 +414,31 @@ async def test_reentry_policy_alerts_only_on_an_entry_without_an_exit(
     assert alert.gates == ("g1", "g2")
 
 
+async def test_only_the_exit_gates_may_record_exits(open_hub: OpenStore) -> None:
+    """A security review: with reentry, a stolen entry gate read the feed and uploaded an exit
+    for every ticket, letting each in twice with no alert. With [hub] exit_gates, another
+    gate's exit is refused (nothing of its batch stored) and raises an integrity alert."""
+    store = await open_hub(entry_policy="reentry", exit_gates=frozenset({"out"}))
+    entry_gate, exit_gate = Gate("in"), Gate("out")
+    entry_gate.clock = exit_gate.clock
+    first = entry_gate.row("t1")
+    await store.ingest("in", [first], T0 + 100)
+    forged = [entry_gate.row("t2"), entry_gate.row("t1", "exit")]
+    with pytest.raises(RefusedError) as caught:
+        await store.ingest("in", forged, T0 + 100)
+    assert caught.value.field == "entries[1].kind" and "not one of [hub] exit_gates" in str(
+        caught.value
+    )
+    (alert,) = await all_alerts(store)
+    assert alert.kind == "integrity" and alert.gates == ("in",)
+    assert (await store.ingest("out", [exit_gate.row("t1", "exit")], T0 + 100)).inserted == 1
+    assert [e.kind for e in (await store.feed(0, 10))[0]] == ["entry", "exit"]
+    entry_gate.seq -= 1  # the refused exit's gate_seq, never stored
+    again = entry_gate.row("t1")  # the honest way back in: after the exit gate's exit
+    await store.ingest("in", [forged[0], again], T0 + 100)
+    assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # no double admission
+
+
 async def test_unlimited_policy_never_alerts(open_hub: OpenStore) -> None:
     store = await open_hub(entry_policy="unlimited")
     g1 = Gate("g1")
