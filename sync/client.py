@@ -448,17 +448,18 @@ class HubClient:
         return 0.0
 
     async def _feed_step(self) -> float:
-        started, cursor = time.monotonic(), self._cursor
+        started, cursor, polled = time.monotonic(), self._cursor, self._feed_live
         try:
             # Until caught up, no long-poll: a gate knows at once that it has every entry.
-            count = await self.follow_once(self._s.wait_s if self._feed_live else 0.0)
+            count = await self.follow_once(self._s.wait_s if polled else 0.0)
         except BaseException:
             self._feed_live = False
             raise
         if count < protocol.MAX_PAGE and self._cursor >= cursor:
             self._feed_live = True
-        if count or self._cursor < cursor:
-            return 0.0
+        if count or self._cursor < cursor or not polled:
+            return 0.0  # more to read, or caught up: the long-poll starts at once
+        # A long-poll the hub answered empty at once (a misbehaving hub) is not asked again faster.
         return FEED_MIN_ROUND_S - (time.monotonic() - started)
 
     async def _revocation_step(self) -> float:
