@@ -385,7 +385,7 @@ class HubClient:
                 backoff.reset()
                 if self._http.last_ok is not None and self._http.last_ok >= started:
                     self._refused = None  # this task's request was answered
-            if delay > 0 and await _sleep(delay, self._stop, wake):
+            if delay > 0 and await sleep_or_stop(delay, self._stop, wake):
                 return
 
     def _answered_since(self, started: float) -> bool:
@@ -531,17 +531,3 @@ class HubClient:
                 log.warning("this gate's %s time and the hub's differ by %.1f s", source, offset)
             else:
                 log.warning("hub clock differs from this gate's by %.1f s", offset)
-
-
-async def _sleep(delay: float, stop: asyncio.Event, wake: asyncio.Event | None) -> bool:
-    """Wait ``delay`` seconds, until ``stop`` is set (then True) or until ``wake`` is set."""
-    if wake is None:
-        return await sleep_or_stop(delay, stop)
-    stopping = asyncio.ensure_future(stop.wait())
-    woken = asyncio.ensure_future(wake.wait())
-    try:
-        await asyncio.wait((stopping, woken), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        woken.cancel()
-    return stop.is_set()

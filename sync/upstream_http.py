@@ -59,10 +59,20 @@ def parse_http_date(value: str | None) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-async def sleep_or_stop(delay: float, stop: asyncio.Event) -> bool:
-    """Wait ``delay`` seconds or until ``stop`` is set; True when stopped."""
+async def sleep_or_stop(
+    delay: float, stop: asyncio.Event, wake: asyncio.Event | None = None
+) -> bool:
+    """Wait ``delay`` seconds, until ``stop`` is set or until ``wake`` is; True when stopped."""
+    if wake is None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
+        except TimeoutError:
+            return False
+        return True
+    waits = (asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait()))
     try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
-    except TimeoutError:
-        return False
-    return True
+        await asyncio.wait(waits, timeout=max(0.0, delay), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    return stop.is_set()

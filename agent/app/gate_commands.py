@@ -23,6 +23,7 @@ from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageE
 from agent.journal import queries
 from agent.redact import short_id
 from agent.settings import parse_listen
+from agent.words import plural
 
 FOLLOW_POLL_S = 0.5
 
@@ -159,10 +160,6 @@ def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
         )
 
 
-def _n(count: int, word: str, plural: str = "") -> str:
-    return f"{count} {word if count == 1 else plural or word + 's'}"
-
-
 def _summary(snap: dict[str, Any]) -> str:
     health, rev, journal = snap["health"], snap["revocations"], snap["journal"]
     age = rev["age_s"]
@@ -181,12 +178,12 @@ def _summary(snap: dict[str, Any]) -> str:
             + (", EMERGENCY free passage" if ln["emergency"] else "")
             for ln in snap["lanes"]
         ),
-        f"  revocations v{rev['version']} ({_n(rev['entries'], 'entry', 'entries')}"
+        f"  revocations v{rev['version']} ({plural(rev['entries'], 'entry', 'entries')}"
         + (f", {age / 3600:.1f} h old" if age is not None else "")
         + (", STALE" if rev["stale"] else "")
         + f"), trust v{snap['trust_version']}",
         f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}",
-        f"  journal {_n(journal['rows'], 'row')}"
+        f"  journal {plural(journal['rows'], 'row')}"
         + (f", {journal['outbox_depth']} waiting for upload" if snap.get("upstream") else ""),
         f"  last hour: {snap['last_hour']['admitted']} admitted, {snap['last_hour']['denied']} denied",
     ]
