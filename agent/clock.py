@@ -334,6 +334,11 @@ class HLC:
         """The physical (Unix milliseconds) part of a packed HLC value."""
         return h >> _HLC_LOGICAL_BITS
 
+    @staticmethod
+    def at_ms(wall_ms: int) -> int:
+        """The first packed value of Unix millisecond ``wall_ms`` (logical part 0)."""
+        return wall_ms << _HLC_LOGICAL_BITS
+
 
 def _check_hlc(value: int) -> None:
     if not 0 <= value <= _HLC_MAX:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.clock import HLC
 from agent.model import Verdict
 from sync.protocol import AlertKind, EntryWire
 
@@ -15,7 +16,24 @@ MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
 
 TICKET_COLUMNS = (
     "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
+    "received_at",
 )  # fmt: skip
+
+
+def as_of_arrival(
+    hlc: int, wall_time: float, received_at: float, max_ahead_s: float
+) -> tuple[int, float]:
+    """A row's HLC and wall time as the venue orders it: never past its arrival at the hub plus
+    ``max_ahead_s`` ([hub] max_clock_ahead_s). A row from a gate whose clock ran ahead (or a
+    forged one) counts as recorded then, so it cannot sort after what happens later (an exit
+    at a reentry gate, tomorrow's per_day allowance); an honest row is left as it is."""
+    limit = received_at + max_ahead_s
+    return min(hlc, HLC.at_ms(int(limit * 1000))), min(wall_time, limit)
+
+
+def lead_s(e: EntryWire, now: float) -> float:
+    """How far ``e``'s wall time or HLC is ahead of the hub's time ``now`` (0: not ahead)."""
+    return max(0.0, e.wall_time - now, HLC.physical_ms(e.hlc) / 1000 - now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +49,18 @@ class TicketRow:
     hlc: int
 
     @classmethod
-    def of(cls, e: EntryWire) -> TicketRow:
-        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, e.wall_time, e.hlc)
+    def of(cls, e: EntryWire, now: float, max_ahead_s: float) -> TicketRow:
+        """A row of a batch received at hub time ``now``, ordered :func:`as_of_arrival`."""
+        hlc, wall_time = as_of_arrival(e.hlc, e.wall_time, now, max_ahead_s)
+        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, wall_time, hlc)
 
     @classmethod
-    def from_row(cls, row: Iterable[Any]) -> tuple[str, TicketRow]:
+    def from_row(cls, row: Iterable[Any], max_ahead_s: float) -> tuple[str, TicketRow]:
         """(ticket_ref, row) from the columns ``TICKET_COLUMNS`` in order."""
-        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc = row
+        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc, received_at = row
         admitted = verdict == Verdict.ADMIT.value
-        return ref, cls(entry_id, gate_id, kind, admitted, annuls, float(wall_time), int(hlc))
+        hlc, wall_time = as_of_arrival(int(hlc), float(wall_time), float(received_at), max_ahead_s)
+        return ref, cls(entry_id, gate_id, kind, admitted, annuls, wall_time, hlc)
 
     @property
     def order(self) -> tuple[int, str]:

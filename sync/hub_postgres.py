@@ -197,7 +197,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         """
         check_limit(limit)
         rows = await self._run(lambda conn: conn.fetch(_FEED, after, limit))
-        entries = [FeedEntry(*row) for row in rows]
+        entries = [hub_sql.feed_entry(row, self._policy.max_clock_ahead_s) for row in rows]
         if entries:
             return entries, entries[-1].cursor
         highest = await self._run(lambda conn: conn.fetchval(hub_sql.MAX_CURSOR))
@@ -424,7 +424,7 @@ async def _known(
         )
         lo, hi = hub_rules.attempt_span(entries, policy)
         for row in await conn.fetch(sql, refs, lo, hi):
-            ref, ticket_row = TicketRow.from_row(row)
+            ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
     gate_ids = hub_rules.gates_to_name(gate_id, history)

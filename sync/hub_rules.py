@@ -27,13 +27,17 @@ raising it again):
   window of its duration - 6 such attempts raise 2.
 
 * who owns the data: an annulment must name an entry of the uploading gate with the same ticket
-  (stored, or earlier in the batch), and no row's wall time or HLC may be more than
-  ``max_clock_ahead_s`` ahead of the hub's clock; with ``exit_gates`` set, only those gates may
-  record exits (under reentry an exit lets its ticket in again: a stolen entry gate could
-  otherwise read the feed and let every ticket in twice). Such a batch is refused whole (nothing
-  stored) with one integrity alert naming the gate per refused row. In a ticket's history an annulment
-  cancels an entry only when both come from the same gate, so rows stored before these checks
-  existed cannot reopen a ticket either.
+  (stored, or earlier in the batch); with ``exit_gates`` set, only those gates may record exits
+  (under reentry an exit lets its ticket in again: a stolen entry gate could otherwise read the
+  feed and let every ticket in twice). Such a batch is refused whole (nothing stored) with one
+  integrity alert naming the gate per refused row. In a ticket's history an annulment cancels an
+  entry only when both come from the same gate, so rows stored before these checks existed
+  cannot reopen a ticket either.
+* time: a row whose wall time or HLC is more than ``max_clock_ahead_s`` ahead of the hub's clock
+  is stored as the gate sent it (refusing it hid a gate's admissions from the venue for as long
+  as its clock led), but ordered, here and in the peer feed, as of its arrival plus
+  ``max_clock_ahead_s`` (:func:`sync.hub_plan.as_of_arrival`): it cannot sort after what
+  happens later. One integrity alert an hour names the gate and its lead (``ahead:<gate>:<hour>``).
 * upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
   by the store's :class:`sync.hub_store.UploadQuota` at ``upload_rows_per_s``) stores nothing
   and raises one integrity alert an hour (``quota:<gate>:<hour>``); the gate is answered 429
@@ -56,10 +60,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.clock import HLC
 from agent.redact import short_id
 from sync import protocol
-from sync.hub_plan import Names, NewAlert, TicketRow, admission
+from sync.hub_plan import Names, NewAlert, TicketRow, admission, lead_s
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
 from sync.hub_ticket_alerts import ticket_alerts
 from sync.protocol import (
@@ -200,7 +203,8 @@ def plan_ingest(
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
         return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
-    alerts += ticket_alerts(rows, known.history, policy, names)
+    alerts += _ahead_alert(gate_id, rows, names, policy, now)
+    alerts += ticket_alerts(rows, known.history, policy, names, now)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
 
@@ -227,7 +231,7 @@ def _refusals(
         earlier[e.entry_id] = (e.gate_id, e.ticket_ref)
         if e.entry_id in known.stored:
             continue
-        refused = _why_refused(e, target, gate_id, now + policy.max_clock_ahead_s, now)
+        refused = _why_refused(e, target, gate_id)
         if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
             refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
         if refused is not None:
@@ -246,23 +250,38 @@ def _may_exit(gate_id: str, policy: HubPolicy) -> bool:
 
 
 def _why_refused(
-    e: EntryWire, target: tuple[str, str] | None, gate_id: str, limit: float, now: float
+    e: EntryWire, target: tuple[str, str] | None, gate_id: str
 ) -> tuple[str, str] | None:
     """(field, why) when the gate may not write ``e``: an annulment of an entry that is not its
-    own (``target``: the annulled entry's gate and ticket), or a time past ``limit``."""
-    if e.annuls is not None:
-        if target is None:
-            return "annuls", f"annuls an unknown entry {e.annuls}"
-        if target[0] != gate_id:
-            return "annuls", f"annuls entry {e.annuls} of another gate"
-        if target[1] != e.ticket_ref:
-            return "annuls", f"annuls entry {e.annuls} of another ticket"
-    if e.wall_time > limit:
-        return "wall_time", f"wall time {e.wall_time - now:.0f} s ahead of the hub's clock"
-    physical = HLC.physical_ms(e.hlc) / 1000
-    if physical > limit:
-        return "hlc", f"HLC {physical - now:.0f} s ahead of the hub's clock"
+    own (``target``: the annulled entry's gate and ticket)."""
+    if e.annuls is None:
+        return None
+    if target is None:
+        return "annuls", f"annuls an unknown entry {e.annuls}"
+    if target[0] != gate_id:
+        return "annuls", f"annuls entry {e.annuls} of another gate"
+    if target[1] != e.ticket_ref:
+        return "annuls", f"annuls entry {e.annuls} of another ticket"
     return None
+
+
+def _ahead_alert(
+    gate_id: str, rows: Sequence[EntryWire], names: Names, policy: HubPolicy, now: float
+) -> list[NewAlert]:
+    """One integrity alert an hour while a gate's new rows run ahead of the hub's clock."""
+    lead = max((lead_s(e, now) for e in rows), default=0.0)
+    if lead <= policy.max_clock_ahead_s:
+        return []
+    name = names(gate_id)
+    by = "more than a day" if lead > 86400 else f"{lead:,.0f} s"
+    return [
+        NewAlert(
+            "integrity", "", (name,), (now,), (),
+            f"gate {name}'s clock runs {by} ahead of the hub's: its rows are ordered as of their"
+            " arrival (check its clock and [clock] assume)",
+            f"ahead:{gate_id}:{math.floor(now / 3600)}",
+        )
+    ]  # fmt: skip
 
 
 def _budget(

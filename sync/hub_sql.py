@@ -10,9 +10,10 @@ from typing import Any
 
 from agent.model import Reason, Verdict
 from agent.redact import short_id
+from sync.hub_plan import as_of_arrival
 from sync.hub_rules import in_feed
 from sync.hub_store import HubPolicy
-from sync.protocol import MAX_DETAIL, Alert, EntryWire, GateHealth, Heartbeat
+from sync.protocol import MAX_DETAIL, Alert, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 # The ``entries`` table's columns: EntryWire's fields in order, then the hub's own three (the
 # ticket's short id is kept for ticket search, :mod:`sync.hub_console_sql`).
@@ -130,10 +131,20 @@ BUDGET_USED = (
 )
 FEED = (
     "SELECT e.cursor, e.entry_id, e.gate_id, COALESCE(NULLIF(g.gate_name, ''), e.gate_id),"
-    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc"
+    " e.gate_seq, e.ticket_ref, e.kind, e.annuls, e.wall_time, e.hlc, e.received_at"
     " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     " WHERE e.cursor > ? AND e.in_feed = TRUE ORDER BY e.cursor LIMIT ?"
 )
+
+
+def feed_entry(row: Iterable[Any], max_ahead_s: float) -> FeedEntry:
+    """A row of ``FEED`` as the feed gives it: its times as of its arrival
+    (:func:`sync.hub_plan.as_of_arrival`), so a gate whose clock ran ahead misleads no peer."""
+    cursor, entry_id, gate_id, name, seq, ref, kind, annuls, wall_time, hlc, received_at = row
+    hlc, wall_time = as_of_arrival(int(hlc), float(wall_time), float(received_at), max_ahead_s)
+    return FeedEntry(cursor, entry_id, gate_id, name, seq, ref, kind, annuls, wall_time, hlc)
+
+
 # ORDER BY .. LIMIT keeps this a short walk of the primary key, whatever the statistics.
 HAS_FEED_AFTER = (
     "SELECT cursor FROM entries WHERE cursor > ? AND in_feed = TRUE ORDER BY cursor LIMIT 1"

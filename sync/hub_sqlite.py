@@ -194,7 +194,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         Raises HubStoreError.
         """
         check_limit(limit)
-        return await self._run(lambda db: _feed(db, after, limit))
+        return await self._run(lambda db: _feed(db, after, limit, self._policy.max_clock_ahead_s))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return once the feed has an entry after ``after``, or after ``wait_s`` seconds.
@@ -429,8 +429,11 @@ def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:
     db.execute(hub_sql.SET_GATE_NAME, (gate_id, name))
 
 
-def _feed(db: sqlite3.Connection, after: int, limit: int) -> tuple[list[FeedEntry], int]:
-    entries = [FeedEntry(*row) for row in db.execute(hub_sql.FEED, (after, limit))]
+def _feed(
+    db: sqlite3.Connection, after: int, limit: int, max_ahead_s: float
+) -> tuple[list[FeedEntry], int]:
+    rows = db.execute(hub_sql.FEED, (after, limit))
+    entries = [hub_sql.feed_entry(row, max_ahead_s) for row in rows]
     if entries:
         return entries, entries[-1].cursor
     (highest,) = db.execute(hub_sql.MAX_CURSOR).fetchone()

@@ -63,7 +63,7 @@ def known_state(
     for chunk in _chunks(refs):
         query = sql.format(", ".join("?" * len(chunk)))
         for row in db.execute(query, (*chunk, lo, hi)):
-            ref, ticket_row = TicketRow.from_row(row)
+            ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     gate_ids = hub_rules.gates_to_name(gate_id, history)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"

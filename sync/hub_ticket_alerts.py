@@ -18,11 +18,13 @@ def ticket_alerts(
     known: Mapping[str, Sequence[TicketRow]],
     policy: HubPolicy,
     names: Names,
+    now: float,
 ) -> list[NewAlert]:
-    """Double admissions and repeated denials the batch's rows create, ticket by ticket."""
+    """Double admissions and repeated denials the batch's rows (received at hub time ``now``)
+    create, ticket by ticket."""
     new: dict[str, list[TicketRow]] = {}
     for e in rows:
-        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
+        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e, now, policy.max_clock_ahead_s))
     alerts: list[NewAlert] = []
     for ref, added in new.items():
         past = known.get(ref, ())

@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from agent.clock import uuid7
+from agent.clock import HLC, uuid7
 from agent.model import Flag, Reason, Verdict
 from agent.redact import short_id
 from sync import hub_rules
@@ -835,7 +835,7 @@ _E3 = _Q.row("t")
 
 
 def _rows(*entries: EntryWire) -> dict[str, list[TicketRow]]:
-    return {"t": [TicketRow.of(e) for e in entries]}
+    return {"t": [TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s) for e in entries]}
 
 
 @pytest.mark.parametrize(
@@ -908,7 +908,8 @@ def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]])
     for batch in arrivals:
         history: dict[str, list[TicketRow]] = {}
         for e in stored:
-            history.setdefault(e.ticket_ref, []).append(TicketRow.of(e))
+            row = TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s)  # as received
+            history.setdefault(e.ticket_ref, []).append(row)
         targets = {e.entry_id: (e.gate_id, e.ticket_ref) for e in stored}
         known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
         plan = hub_rules.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
@@ -1037,23 +1038,64 @@ async def test_an_annulment_of_another_gates_or_an_unknown_entry_is_refused_whol
     assert ack.inserted == 2
 
 
-async def test_rows_ahead_of_the_hubs_clock_are_refused_with_an_alert(store: HubStore) -> None:
-    thief = Gate("x")
+async def test_rows_ahead_of_the_hubs_clock_are_stored_ordered_as_of_their_arrival(
+    store: HubStore,
+) -> None:
+    ahead_s = POLICY.max_clock_ahead_s
+    late, honest = Gate("x"), Gate("a")
     now = T0 + 10
-    ahead = thief.row("t1", at=now + POLICY.max_clock_ahead_s + 5)
-    with pytest.raises(RefusedError) as caught:
-        await store.ingest("x", [ahead], now)
-    assert caught.value.field == "entries[0].wall_time"
-    thief.seq -= 1
-    poisoned = msgspec.structs.replace(thief.row("t2", at=now), hlc=(1 << 62) - 1)
-    with pytest.raises(RefusedError) as caught:
-        await store.ingest("x", [poisoned], now)
-    assert caught.value.field == "entries[0].hlc"
-    assert (await store.feed(0, 10))[0] == []
-    assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]
-    # within the bound: taken
-    thief.seq, thief.hlc = thief.seq - 1, 0
-    await store.ingest("x", [thief.row("t3", at=now + POLICY.max_clock_ahead_s - 5)], now)
+    # Gate X's clock runs an hour ahead: its entry and its exit are stored as it sent them ...
+    entry = late.row("t1", at=now + 3600)
+    exit_ = late.row("t1", "exit", at=now + 3601)
+    ack = await store.ingest("x", [entry, exit_], now)
+    assert ack.inserted == 2
+    # ... (a retry is a duplicate, not a conflict: the stored body is the gate's) ...
+    again = await store.ingest("x", [entry, exit_], now + 1)
+    assert [r.status for r in again.results] == ["duplicate"] * 2
+    # ... and the feed gives them as of their arrival, in the gate's order.
+    fed, _ = await store.feed(0, 10)
+    limit = now + ahead_s
+    assert [(f.entry_id, f.wall_time, HLC.physical_ms(f.hlc)) for f in fed] == [
+        (entry.entry_id, limit, int(limit * 1000)),
+        (exit_.entry_id, limit, int(limit * 1000)),
+    ]
+    # A row within the bound is left as it is.
+    close = honest.row("t2", at=now + ahead_s - 5)
+    await store.ingest("a", [close], now)
+    fed, _ = await store.feed(fed[-1].cursor, 10)
+    assert [(f.wall_time, f.hlc) for f in fed] == [(close.wall_time, close.hlc)]
+    # A poisoned HLC (the largest a gate took before HLCs were bounded) is cut the same way.
+    late.hlc = (1 << 62) - 2
+    poisoned = late.row("t3", at=now + 20)
+    await store.ingest("x", [poisoned], now + 20)
+    fed, _ = await store.feed(fed[-1].cursor, 10)
+    assert [HLC.physical_ms(f.hlc) for f in fed] == [int((now + 20 + ahead_s) * 1000)]
+    # One integrity alert an hour names the gate and its lead; the honest gate raises none.
+    alerts = await all_alerts(store)
+    assert [(a.kind, a.gates) for a in alerts] == [("integrity", ("x",))]
+    assert "clock runs 3,601 s ahead" in alerts[0].detail
+    late.hlc = 0
+    await store.ingest("x", [late.row("t4", at=now + 3600 * 2)], now + 3600)  # the next hour
+    alerts = await all_alerts(store)
+    assert len(alerts) == 2 and "clock runs 3,600 s ahead" in alerts[1].detail
+    await store.ingest("x", [late.row("t5", at=now + 3 * 86400)], now + 3601)
+    assert len(await all_alerts(store)) == 2  # the same hour
+
+
+async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(
+    open_hub: OpenStore,
+) -> None:
+    """Under reentry a stolen gate's entry 47 h ahead sorted after every real exit for two
+    days (the ticket counted as inside); ordered as of its arrival, it comes before them."""
+    store = await open_hub(entry_policy="reentry")
+    thief, honest = Gate("x"), Gate("a")
+    now = T0 + 100
+    await store.ingest("x", [thief.row("t", at=now + 47 * 3600)], now)
+    await store.ingest("a", [honest.row("t", "exit", at=now + 400)], now + 400)
+    await store.ingest("a", [honest.row("t", at=now + 500)], now + 500)
+    assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # the lead, no double
+    fed, _ = await store.feed(0, 10)
+    assert [f.kind for f in sorted(fed, key=lambda f: f.hlc)] == ["entry", "exit", "entry"]
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:
