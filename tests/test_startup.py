@@ -55,6 +55,53 @@ async def test_forged_bundle_and_list_at_start_keep_previous_state(
         assert outcome is not None and outcome.decision.reason is Reason.REVOKED
 
 
+def _selftest_config_only(conf_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "selftest", "--config", str(conf_path), "--config-only"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_selftest_config_only_passes_what_run_starts_with_and_warns(
+    write_config: WriteConfig, iss: Issuer, keys_dir: Path
+) -> None:
+    """Found trying the product: `selftest --config-only` (what the installer runs before
+    enabling the unit) failed on a missing revocation file and on a refused bundle beside an
+    installed one, both of which `run` starts with (logging an error). It now agrees with
+    `run`, and says what it found on a WARN line."""
+    conf_path = write_config(revocations=["rev-missing.json"])
+    conf = config.load(conf_path)
+    async with open_gate(conf) as gate:  # run starts, with the installed bundle (v1), no list
+        assert (gate.trust.version, gate.revocations.meta.version) == (1, 0)
+    r = _selftest_config_only(conf_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("OK   config") and "trust v1" in lines[0]
+    assert lines[1] == (
+        f"WARN config    {conf_path}: [revocation] files: {keys_dir.parent / 'rev-missing.json'}:"
+        " no such file (the gate starts with the list it has installed; with none, every ticket"
+        " is admitted, flagged list_stale: [policy] stale_list)"
+    )
+    # A forged bundle beside the installed one: run keeps v1, and so does the check.
+    bundle = json.loads((keys_dir / "trust.json").read_bytes())
+    bundle["signature"] = bundle["signature"][::-1]
+    (keys_dir / "trust.json").write_text(json.dumps(bundle))
+    async with open_gate(conf) as gate:
+        assert gate.trust.version == 1
+    r = _selftest_config_only(conf_path)
+    assert r.returncode == 0, r.stderr
+    assert "trust v1" in r.stdout and "WARN config" in r.stdout
+    assert "trust bundle refused, keeping version 1" in r.stdout
+    # With nothing installed, neither starts.
+    for name in ("trust.json",):
+        (conf.gate.state_dir / name).unlink()
+    r = _selftest_config_only(conf_path)
+    assert r.returncode == 78 and "[trust] bundle refused" in r.stderr and r.stdout == ""
+
+
 async def test_forged_bundle_with_nothing_installed_stops_start(
     write_config: WriteConfig, keys_dir: Path
 ) -> None:

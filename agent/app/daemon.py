@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,11 +76,19 @@ def gate_policy(config: cfg.Config) -> GatePolicy:
     )
 
 
-def open_trust(config: cfg.Config, state_path: Path | None, *, persist: bool = True) -> TrustStore:
+def open_trust(
+    config: cfg.Config,
+    state_path: Path | None,
+    *,
+    persist: bool = True,
+    refused: Callable[[str], None] | None = None,
+) -> TrustStore:
     """The installed trust, updated from the configured bundle file when that one is newer.
 
     ``persist=False`` (for `check`) reads the installed bundle but never writes it. Without
-    [trust] (a pretix-only gate) it is empty: pretix's event keys are all the gate trusts.
+    [trust] (a pretix-only gate) it is empty: pretix's event keys are all the gate trusts. A
+    configured bundle refused while another is installed is logged (or given to ``refused``)
+    and the installed one kept; with none installed it is a ConfigError.
     """
     if config.trust is None:
         return TrustStore(None, None)
@@ -100,7 +108,11 @@ def open_trust(config: cfg.Config, state_path: Path | None, *, persist: bool = T
         except TrustError as exc:
             if store.bundle is None:
                 raise ConfigError(f"{config.path}: [trust] bundle refused: {exc}") from exc
-            log.error("trust bundle refused, keeping version %d: %s", store.version, exc)
+            message = f"trust bundle refused, keeping version {store.version}: {exc}"
+            if refused is None:
+                log.error("%s", message)
+            else:
+                refused(message)
     if store.bundle is None:
         raise ConfigError(f"{config.path}: [trust] no trust bundle installed and none configured")
     return store

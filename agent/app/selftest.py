@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from agent import rules
 from agent.app import config as cfg
-from agent.errors import AgentError, ConfigError, StateInUse
+from agent.errors import AgentError, StateInUse
 from agent.fsutil import state_lock
 from agent.redact import text_digest
 from drivers import registry
@@ -262,18 +262,30 @@ def _lanes(conf: cfg.Config) -> str:
 
 def check_config(path: Path, out: TextIO) -> int:
     """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
-    root key and bundle, revocation files, hub files. Returns 0; raises ConfigError naming the
-    file and key when the gate could not start (what systemd/install runs before enabling it)."""
+    root key and bundle (with the one installed in the state folder, as `run` takes it),
+    revocation files, hub files. Returns 0; raises ConfigError naming the file and key when the
+    gate could not start (what systemd/install runs before enabling it). What `run` starts with
+    but logs as an error (a refused bundle beside an installed one, a missing revocation file)
+    is a WARN line."""
     from agent.app.daemon import open_trust
 
     conf = cfg.load(path)
-    trust = open_trust(conf, None, persist=False)
+    warnings: list[str] = []
+    trust = open_trust(
+        conf, conf.gate.state_dir / "trust.json", persist=False, refused=warnings.append
+    )
     for lst in conf.revocation.files:
         if not lst.is_file():
-            raise ConfigError(f"{conf.path}: [revocation] files: {lst}: no such file")
+            stale = "refused" if conf.policy.stale_list == "deny" else "admitted, flagged"
+            warnings.append(
+                f"[revocation] files: {lst}: no such file (the gate starts with the list it has"
+                f" installed; with none, every ticket is {stale} list_stale: [policy] stale_list)"
+            )
     print(
         f"OK   config    {conf.path}: gate {conf.gate.id}, {_lanes(conf)}, trust v{trust.version}"
         " (devices not opened: run selftest without --config-only at the turnstile)",
         file=out,
     )
+    for warning in warnings:
+        print(f"WARN config    {conf.path}: {warning}", file=out)
     return 0

@@ -7,7 +7,11 @@ second signature to verify: the holder device's P-256 code) and a re-presented c
 code_expired. In the same run, the floor: one Ed25519 verify plus one
 fsync'd SQLite commit (WAL, synchronous=FULL) of a row like a journal row (the same 20 columns,
 in a plain table: the journal's indexes and triggers count as its own cost), and the ratio
-admit p50 / floor p50. One floor sample is taken after each presentation, so both see the same
+admit p50 / floor p50. Beside it, the journal floor: the same verify plus the journal's own
+INSERT statement into a copy of the same journal (its schema, indexes, triggers and 100k rows),
+on the calling thread with no decision around it: what the journal's schema costs (journal floor
+/ floor) apart from what the decision and the thread hand-over cost (admit / journal floor).
+One floor sample (the two floors in turn) is taken after each presentation, so all see the same
 machine (on a shared machine, measuring them one after the other skewed the ratio either way);
 the journal's thread then idles about half a millisecond before each decision, as at a gate where
 scans come seconds apart. ``--back-to-back`` runs the decisions one after another instead (the
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -36,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from agent import issuer, keys, revocation, revocation_issuer, signed, tickets
 from agent.app import config
 from agent.app.daemon import freeze_startup_heap, open_gate
-from agent.clock import Clock
-from agent.journal import Journal
-from agent.model import Reason
+from agent.clock import Clock, uuid7
+from agent.journal import EntryRecord, Journal, schema
+from agent.journal.records import entry_params
+from agent.model import Reason, Verdict
 from agent.ports import Scan
 from drivers.sim import SimGate, SimScanner
 from tests.gateconf import gate_toml
@@ -93,6 +99,7 @@ async def prepare(dir: Path, n_revoked: int, n_rows: int) -> issuer.Issuer:
     )
     db.commit()
     db.close()
+    shutil.copyfile(state / "journal.db", dir / "journal-floor.db")
     return iss
 
 
@@ -115,8 +122,9 @@ async def decisions(
 ) -> dict[str, list[float]]:
     fresh = rotating_codes(iss, n) if rotating else [iss.ticket(event=1) for _ in range(n)]
     conf = config.load(dir / "gate.toml")
-    out: dict[str, list[float]] = {"admit": [], REPLAY: [], FLOOR: [], OVER: []}
+    out: dict[str, list[float]] = {"admit": [], REPLAY: [], FLOOR: [], JOURNAL_FLOOR: [], OVER: []}
     floor = Floor(dir, iss)
+    journal_floor = JournalFloor(dir, iss)
     try:
         async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=0)) as gate:
             freeze_startup_heap()  # as the daemon does once its gate is open
@@ -135,22 +143,26 @@ async def decisions(
                     if i >= 50:
                         out.setdefault(key, []).append(outcome.latency_ns / 1e6)
                     continue
-                floor_ms = floor.step(i)
+                plain = i % 2 == 0
+                floor_ms = floor.step(i) if plain else journal_floor.step()
                 if i >= 50:  # warm-up
                     out.setdefault(key, []).append(outcome.latency_ns / 1e6)
-                    out[FLOOR].append(floor_ms)
-                    if key == "admit":  # paired: the same moment's disk and machine load
+                    out[FLOOR if plain else JOURNAL_FLOOR].append(floor_ms)
+                    if key == "admit" and plain:  # paired: the same moment's disk and load
                         out[OVER].append(outcome.latency_ns / 1e6 - floor_ms)
-        if back_to_back:  # the floor in its own loop afterwards, one sample after another
+        if back_to_back:  # the floors in their own loops afterwards, one sample after another
             out[FLOOR] = [floor.step(i) for i in range(n + n // 4)][50:]
+            out[JOURNAL_FLOOR] = [journal_floor.step() for _ in range(n + n // 4)][50:]
             del out[OVER]
     finally:
         floor.close()
+        journal_floor.close()
     return out
 
 
 REPLAY = "deny re-presented (history read)"
 FLOOR = "floor (verify + fsync'd commit)"
+JOURNAL_FLOOR = "journal floor (verify + its INSERT)"
 OVER = "admit minus its floor sample"
 
 
@@ -183,6 +195,39 @@ class Floor:
                 "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", int(now * 1000) << 16,
             ),
         )  # fmt: skip
+        return (time.perf_counter_ns() - t) / 1e6
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class JournalFloor:
+    """One Ed25519 verify + the journal's own INSERT (autocommit, fsync'd) into a copy of the
+    bench's journal: its schema, indexes, triggers and rows, but no decision and no thread."""
+
+    def __init__(self, dir: Path, iss: issuer.Issuer) -> None:
+        self.ticket = tickets.parse(iss.ticket(event=1))
+        self.public = iss.issuer_key.public_key()
+        self.db = sqlite3.connect(dir / "journal-floor.db", isolation_level=None)
+        schema.configure(self.db)
+        (self.seq,) = self.db.execute("SELECT MAX(gate_seq) FROM entries").fetchone()
+
+    def step(self) -> float:
+        """One sample, in ms."""
+        t = time.perf_counter_ns()
+        assert keys.verify(self.public, self.ticket.signature, self.ticket.signed_data)
+        self.seq += 1
+        now = time.time()
+        ms = int(now * 1000)
+        rec = EntryRecord(
+            gate_seq=self.seq, entry_id=str(uuid7(ms)), gate_id="bench", lane="in",
+            ticket_ref=f"tk1:{os.urandom(8).hex()}", kind="entry", verdict=Verdict.ADMIT,
+            reason=Reason.OK, detail="", flags=frozenset(), annuls=None, zone=None,
+            wall_time=now, clock_synced=True, mono_ns=time.monotonic_ns(), boot_id="b",
+            hlc=ms << 16, rev_version=1, offline=True, synced_at=None, code_time=None,
+            rev_key=None,
+        )  # fmt: skip
+        self.db.execute(schema.INSERT_ENTRY, entry_params(rec))
         return (time.perf_counter_ns() - t) / 1e6
 
     def close(self) -> None:
@@ -226,7 +271,12 @@ def main() -> None:
     for name, n, p50, p99 in rows:
         print(f"{name:<34}{n:>6}{p50:>10.3f}{p99:>10.3f}")
     admit50 = statistics.median(lat["admit"])
+    jfl50 = statistics.median(lat[JOURNAL_FLOOR])
     print(f"ratio admit p50 / floor p50: {admit50 / fl50:.2f}")
+    print(
+        f"of which the journal's schema (journal floor / floor): {jfl50 / fl50:.2f}; the decision"
+        f" and its thread hand-over (admit / journal floor): {admit50 / jfl50:.2f}"
+    )
     print(
         json.dumps(
             {
@@ -239,6 +289,7 @@ def main() -> None:
                 "replay_p50_ms": round(statistics.median(lat[REPLAY]), 3),
                 "floor_p50_ms": round(fl50, 3),
                 "floor_p99_ms": round(pct(lat[FLOOR], 0.99), 3),
+                "journal_floor_p50_ms": round(jfl50, 3),
                 "overhead_p50_ms": round(statistics.median(lat[OVER]), 3) if OVER in lat else None,
                 "back_to_back": args.back_to_back,
                 "ratio": round(admit50 / fl50, 2),
