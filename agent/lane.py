@@ -257,6 +257,8 @@ class Lane:
 
     def _prepare(self, scan: Scan) -> Pending:
         """All of the decision but the ticket's history (:meth:`Checker.prepare`)."""
+        if scan.refused is not None:  # read, but the reader would not pass it on: not a ticket
+            return Pending(None, None, rules.invalid_format(scan.refused))
         try:
             return self.checker.prepare(scan.text, self.clock.reading())
         except Exception:  # a bug must deny one scan, not stop the lane

@@ -15,12 +15,18 @@ from agent.model import Decision
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """One read from a scanner: the decoded text, where it came from and when (monotonic ns)."""
+    """One read from a scanner: the decoded text, where it came from and when (monotonic ns).
+
+    ``refused`` is set (and ``text`` empty) for a code the reader read but would not pass on
+    (too long for its cap, not text, a symbology it does not take): why, never the content. The
+    lane denies it as not a ticket, so the staff see that the code was read.
+    """
 
     text: str = field(repr=False)  # a bearer credential: never in a repr or a log
     source: str
     mono_ns: int
     symbology: str | None = None
+    refused: str | None = None
 
 
 @runtime_checkable

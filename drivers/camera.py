@@ -320,16 +320,18 @@ class CameraScanner:
         symbology = {code.text: code.symbology for code in found}
         for text in self._presentations.seen(symbology, frame.view_ns):
             digest = text_digest(text)
-            if len(text) > MAX_TEXT:
+            if self._queue.qsize() >= MAX_PENDING:
+                log.warning("%s: lane not keeping up, dropped read %s", self.source_name, digest)
+                continue
+            if len(text) > MAX_TEXT:  # read, refused: the lane shows it is not a ticket
                 log.warning(
                     "%s: dropped an over-long code %s (%d chars)",
                     self.source_name,
                     digest,
                     len(text),
                 )
-                continue
-            if self._queue.qsize() >= MAX_PENDING:
-                log.warning("%s: lane not keeping up, dropped read %s", self.source_name, digest)
+                why = f"a code of {len(text):,} characters, over the reader's {MAX_TEXT:,}"
+                self._queue.put_nowait(Scan("", self.source_name, frame.mono_ns, refused=why))
                 continue
             log.debug(
                 "%s: read %s (%d chars, %s, frame %d)",

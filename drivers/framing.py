@@ -23,7 +23,10 @@ Framing rules (all accepted at once, so a scanner needs no framing setting here)
   Zebra SSI CMD_ACK packet) are skipped when they arrive between frames.
 
 Dropped frames are counted in :attr:`Framer.drops` per :class:`DropReason` and logged with their
-length only: scanned text is a bearer credential and never reaches a log.
+length only: scanned text is a bearer credential and never reaches a log. A code the scanner read
+in full but this framing refuses (too long, not printable, an AIM id not allowed or missing) also
+comes out as a :class:`Frame` without text whose ``refused`` says why, so the lane can tell the
+staff (the code was read, it is not a ticket) instead of staying silent.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class Frame:
     symbology: str | None
     aim: str | None  # the AIM id without "]", e.g. "Q1"
     mono_ns: int
+    refused: str | None = None  # a code read but refused (text empty): why, without its content
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class Framer:
         self._buf = bytearray()
         self._wrapped = False  # inside STX .. ETX
         self._skipping = False  # inside an over-long frame: drop up to its terminator
+        self._long = 0  # the over-long frame's length so far
         self._carry = b""  # a possible start of a discard sequence, held until more arrives
         self._last_ns = 0
         self._last_warn: dict[DropReason, int] = {}
@@ -215,7 +220,7 @@ class Framer:
             pos = stop + 1
         if self.pending:
             self._last_ns = now_ns
-        self.frames += len(out)
+        self.frames += sum(frame.refused is None for frame in out)
         return out
 
     def _skip_discards(self, data: bytes, pos: int) -> int:
@@ -237,12 +242,13 @@ class Framer:
     def _take(self, data: bytes, start: int, stop: int, now_ns: int) -> None:
         """Append ``data[start:stop]`` (no delimiters in it) to the frame being gathered."""
         if self._skipping:
+            self._long += stop - start
             return
         size = len(self._buf) + stop - start
         if size > self.config.max_frame:
             self._note(DropReason.TOO_LONG, size, now_ns)
             self._buf.clear()
-            self._skipping = True
+            self._skipping, self._long = True, size
             return
         self._buf += data[start:stop]
 
@@ -254,7 +260,9 @@ class Framer:
             self._wrapped = True
         elif byte == ETX:
             if self._wrapped:
-                if not self._skipping:
+                if self._skipping:
+                    self._refuse_long(now_ns, out)
+                else:
                     self._finish(bytes(self._buf).rstrip(b"\r\n"), now_ns, out)
                 self._clear()
             elif self._buf and not self._skipping:
@@ -263,10 +271,16 @@ class Framer:
         elif self._wrapped:  # CR or LF inside STX .. ETX: data, checked at the end
             self._take(bytes((byte,)), 0, 1, now_ns)
         elif self._skipping:  # the terminator of an over-long line
+            self._refuse_long(now_ns, out)
             self._clear()
         elif self._buf:
             self._finish(bytes(self._buf), now_ns, out)
             self._clear()
+
+    def _refuse_long(self, now_ns: int, out: list[Frame]) -> None:
+        """The end of an over-long frame: a refused read, with its length."""
+        why = f"a code of {self._long:,} characters, over the reader's {self.config.max_frame:,}"
+        out.append(Frame("", None, None, now_ns, why))
 
     def _finish(self, raw: bytes, now_ns: int, out: list[Frame]) -> None:
         """Turn one correctly framed payload into a Frame, or drop it."""
@@ -274,6 +288,7 @@ class Framer:
             return
         if _NON_PRINTABLE.search(raw):
             self._note(DropReason.NON_PRINTABLE, len(raw), now_ns, raw)
+            out.append(Frame("", None, None, now_ns, "a code with characters that are not text"))
             return
         text = raw.decode("ascii")
         cfg = self.config
@@ -287,9 +302,13 @@ class Framer:
             allow = cfg.aim_allow
             if allow is not None and aim not in allow and aim[0] not in allow:
                 self._note(DropReason.AIM_NOT_ALLOWED, len(raw), now_ns, raw, aim)
+                why = f"a {symbology_of(aim[0])} code (AIM ]{aim}), not one this reader takes"
+                out.append(Frame("", None, None, now_ns, why))
                 return
         elif cfg.require_aim:
             self._note(DropReason.AIM_MISSING, len(raw), now_ns, raw)
+            why = "a code without the AIM id this reader requires"
+            out.append(Frame("", None, None, now_ns, why))
             return
         if not text:
             self._note(DropReason.EMPTY, len(raw), now_ns)

@@ -37,7 +37,7 @@ from agent.backoff import Backoff
 from agent.errors import DriverError
 from agent.ports import Scan
 from agent.redact import text_digest
-from drivers.hid_keys import KeyEventLike, KeyFramer
+from drivers.hid_keys import KeyEventLike, KeyFramer, Refused
 from drivers.url_params import UrlParams
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,11 @@ class HidScanner:
             now = time.monotonic_ns()
             try:
                 for event in events:
-                    text = self.framer.feed(event, now)
-                    if text is not None:
-                        self._deliver(text, now)
+                    got = self.framer.feed(event, now)
+                    if isinstance(got, Refused):
+                        self._put(Scan("", self.source, now, refused=got.why))
+                    elif got is not None:
+                        self._deliver(got, now)
             except Exception as exc:  # to _run, which logs it and reconnects
                 if not lost.done():
                     lost.set_exception(exc)

@@ -10,7 +10,8 @@ Limits, as for serial scanners: a frame longer than ``max_frame`` characters is 
 to its Enter); a pause longer than ``idle_ms`` inside a frame drops the half frame; a key with no
 printable ASCII character (0x20-0x7E) - a function key, Tab, Ctrl/Alt/Meta held, an unmapped key -
 refuses the frame; no-read strings are dropped; empty frames are ignored. Dropped frames are logged
-with their reason and length, never their text.
+with their reason and length, never their text. A frame typed in full but refused (too long, a key
+that is not text) comes out as :class:`Refused`, so the lane can tell the staff.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -96,11 +98,19 @@ class KeyEventLike(Protocol):
     value: int
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A frame typed in full but refused: why, never its text."""
+
+    why: str
+
+
 class KeyFramer:
     """Turns a keyboard's key events into frames of text, one per Enter.
 
-    ``feed`` returns the text of a complete, accepted frame, else None. ``dropped`` counts the
-    frames refused per reason (oversize, idle, non_printable, noread).
+    ``feed`` returns the text of a complete, accepted frame, :class:`Refused` for a complete one
+    it refuses (oversize, non_printable), else None. ``dropped`` counts the frames refused per
+    reason (oversize, idle, non_printable, noread).
     """
 
     def __init__(
@@ -127,7 +137,7 @@ class KeyFramer:
         self._held.clear()
         self._caps = False
 
-    def feed(self, event: KeyEventLike, now_ns: int) -> str | None:
+    def feed(self, event: KeyEventLike, now_ns: int) -> str | Refused | None:
         """Take one input event received at ``now_ns`` (monotonic)."""
         if event.type != EV_KEY:
             return None
@@ -173,19 +183,18 @@ class KeyFramer:
             shifted ^= self._caps
         return hi if shifted else lo
 
-    def _end(self) -> str | None:
+    def _end(self) -> str | Refused | None:
         length, bad = self._length, self._bad
         text = "".join(self._chars)
         self._clear()
-        reason = None
         if length > self.max_frame:
-            reason = "oversize"
-        elif bad:
-            reason = "non_printable"
-        elif text in self.noread:
-            reason = "noread"
-        if reason is not None:
-            self._drop(reason, length)
+            self._drop("oversize", length)
+            return Refused(f"a code of {length:,} characters, over the reader's {self.max_frame:,}")
+        if bad:
+            self._drop("non_printable", length)
+            return Refused("a code with keys that are not text (a keyboard layout other than US?)")
+        if text in self.noread:
+            self._drop("noread", length)
             return None
         return text or None
 

@@ -353,9 +353,12 @@ class SerialScanner:
     def _handle(self, data: bytes, now_ns: int) -> None:
         log.debug("serial scanner %s: %d bytes", self.settings.path, len(data))
         rejected = self.framer.rejected
-        for frame in self.framer.feed(data, now_ns):
+        frames = self.framer.feed(data, now_ns)
+        for frame in frames:
             self._emit(frame)
-        if self._ack is not None and self.framer.rejected > rejected:
+        # A refused read goes to the lane, which answers it; any other rejection is answered now.
+        refused = sum(frame.refused is not None for frame in frames)
+        if self._ack is not None and self.framer.rejected - rejected > refused:
             self._ack.dropped()
 
     def _emit(self, frame: Frame) -> None:
@@ -381,9 +384,10 @@ class SerialScanner:
             self.settings.path,
             digest,
             len(frame.text),
-            frame.symbology or "no AIM id",
+            frame.refused or frame.symbology or "no AIM id",
         )
-        self._queue.put_nowait(Scan(frame.text, self.source, frame.mono_ns, frame.symbology))
+        scan = Scan(frame.text, self.source, frame.mono_ns, frame.symbology, frame.refused)
+        self._queue.put_nowait(scan)
         if self._ack is not None:
             self._ack.read(digest)
 

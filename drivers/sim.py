@@ -90,6 +90,12 @@ class SimScanner:
         """Present ``text`` as if it had just been scanned."""
         self._queue.put_nowait(Scan(text, self.source, time.monotonic_ns()))
 
+    def _refuse(self, length: int) -> None:
+        """An over-long line: read, refused (the lane shows it is not a ticket)."""
+        log.warning("sim scanner: dropped over-long line (%d chars)", length)
+        why = f"a code of {length:,} characters, over the reader's {MAX_LINE:,}"
+        self._queue.put_nowait(Scan("", self.source, time.monotonic_ns(), refused=why))
+
     def finish(self) -> None:
         """End the scan stream (the lane's loop then returns)."""
         self._queue.put_nowait(_END)
@@ -130,7 +136,7 @@ class SimScanner:
         if not line:
             return
         if len(line) > MAX_LINE:
-            log.warning("sim scanner: dropped over-long line (%d chars)", len(line))
+            self._refuse(len(line))
             return
         log.debug("sim scanner: line %s (%d chars)", text_digest(line), len(line))
         self.feed(line)
@@ -167,22 +173,23 @@ class SimScanner:
             writer.close()
 
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
-        discarding = False  # inside an over-long line: drop everything up to its newline
+        discarded = 0  # inside an over-long line: its bytes so far, dropped up to its newline
         while True:
             try:
                 raw = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:  # end of stream
-                if exc.partial and not discarding:
+                if discarded:
+                    self._refuse(discarded + len(exc.partial))
+                elif exc.partial:
                     self._accept(exc.partial.decode("utf-8", "replace"))
                 return
             except asyncio.LimitOverrunError as exc:
                 await reader.readexactly(exc.consumed)
-                if not discarding:
-                    log.warning("sim scanner: dropped over-long line")
-                discarding = True
+                discarded += exc.consumed
                 continue
-            if discarding:
-                discarding = False
+            if discarded:
+                self._refuse(discarded + len(raw.rstrip(b"\r\n")))
+                discarded = 0
                 continue
             self._accept(raw.decode("utf-8", "replace"))
 

@@ -118,7 +118,9 @@ class Collector:
 
     @property
     def texts(self) -> list[str]:
-        return [s.text for s in self.scans]
+        """Each scan's text; a code read but refused as ``refused: <why>`` (its text is empty)."""
+        assert all(s.text == "" for s in self.scans if s.refused is not None)
+        return [s.text if s.refused is None else f"refused: {s.refused}" for s in self.scans]
 
     async def wait(self, count: int, timeout_s: float = 3.0) -> list[str]:
         await until(lambda: len(self.scans) >= count, timeout_s, f"{count} scans collected")

@@ -16,10 +16,18 @@ from drivers.framing import DropReason, Frame, Framer, FramingConfig, parse_aim_
 
 MS = 1_000_000
 TICKET = "TK1:" + "6BFOXN*TS0VN-8F.1$K%L:" * 7  # printable, 158 chars, like a real TK1 text
+NOT_TEXT = "a code with characters that are not text"
 
 
 def texts(frames: list[Frame]) -> list[str]:
-    return [f.text for f in frames]
+    """The texts of the frames passed on (a refused read has none: see ``refusals``)."""
+    return [f.text for f in frames if f.refused is None]
+
+
+def refusals(frames: list[Frame]) -> list[str]:
+    """Why each code read but refused was refused; their text is always empty."""
+    assert all(f.text == "" for f in frames if f.refused is not None)
+    return [f.refused for f in frames if f.refused is not None]
 
 
 def feed_all(framer: Framer, chunks: list[bytes], now: int = 0) -> list[Frame]:
@@ -66,8 +74,18 @@ def rich_framer() -> Framer:
 
 def test_rich_stream_frames_and_drops() -> None:
     framer = rich_framer()
-    frames = framer.feed(RICH, 0)
-    assert texts(frames) == RICH_EXPECTED
+    out = framer.feed(RICH, 0)
+    # Codes read in full but refused come out without text, saying why (never the content).
+    refused = [f for f in out if f.refused is not None]
+    assert [(f.text, f.refused) for f in refused] == [
+        ("", NOT_TEXT),
+        ("", NOT_TEXT),
+        ("", "a code of 300 characters, over the reader's 256"),
+        ("", NOT_TEXT),
+    ]
+    frames = [f for f in out if f.refused is None]
+    assert framer.frames == len(frames)
+    assert [f.text for f in frames] == RICH_EXPECTED
     assert [f.symbology for f in frames] == [
         "qr",
         None,
@@ -148,7 +166,9 @@ def test_one_megabyte_of_garbage_never_yields_a_badly_framed_frame() -> None:
     started = time.perf_counter()
     frames = feed_all(framer, [burst[i : i + 1024] for i in range(0, len(burst), 1024)])
     elapsed = time.perf_counter() - started
-    assert all(correctly_framed(f, burst, 1024) for f in frames)
+    assert all(correctly_framed(f, burst, 1024) for f in frames if f.refused is None)
+    # Refused reads name a reason only; each is a frame the framer counted as rejected.
+    assert 1000 < len(refusals(frames)) <= framer.rejected
     assert sum(framer.drops.values()) > 1000  # it really was garbage
     assert elapsed < 5  # the 1 MB burst is handled in well under a second on this machine
     # The reader keeps working: after the line goes quiet the next ticket comes through whole.
@@ -168,10 +188,16 @@ def test_max_frame_is_inclusive_and_the_rest_of_a_long_frame_is_dropped() -> Non
     assert texts(framer.feed(b"0123456789\r", 0)) == ["0123456789"]
     assert framer.feed(b"0123456789A", 0) == []
     assert framer.feed(b"BCDEF", 0) == []  # still the over-long frame
-    assert texts(framer.feed(b"\r\nnext\r", 0)) == ["next"]
+    out = framer.feed(b"\r\nnext\r", 0)  # its end: a refused read, then the next frame
+    assert [(f.text, f.refused) for f in out] == [
+        ("", "a code of 16 characters, over the reader's 10"),
+        ("next", None),
+    ]
     assert framer.drops == {DropReason.TOO_LONG: 1}
     wrapped = Framer(FramingConfig(max_frame=4))
-    assert wrapped.feed(b"\x02toolong\r\nstill\x03ok\r", 0)[0].text == "ok"
+    out = wrapped.feed(b"\x02toolong\r\nstill\x03ok\r", 0)
+    assert refusals(out) == ["a code of 14 characters, over the reader's 4"]
+    assert texts(out) == ["ok"]
 
 
 def test_missing_terminator_then_idle_drops_the_half_frame() -> None:
@@ -202,7 +228,8 @@ def test_idle_zero_disables_the_timeout() -> None:
 )
 def test_non_printable_bytes_refuse_the_frame(raw: bytes) -> None:
     framer = Framer()
-    assert framer.feed(raw + b"\r" + b"\x02" + raw + b"\x03" + b"ok\r", 0)[0].text == "ok"
+    out = framer.feed(raw + b"\r" + b"\x02" + raw + b"\x03" + b"ok\r", 0)
+    assert texts(out) == ["ok"] and refusals(out) == [NOT_TEXT] * 2
     assert framer.drops == {DropReason.NON_PRINTABLE: 2}
     assert framer.rejected == 2
 
@@ -221,10 +248,17 @@ def test_aim_allow_list_and_require_aim() -> None:
     stream = b"]Q1qr\r]Q3qr-eci\r]z0az\r]zCaz-c\r]L2pdf\r]d1dm\r]d2dm2\rno-aim\r"
     frames = framer.feed(stream, 0)
     assert texts(frames) == ["qr", "az", "az-c", "dm", "no-aim"]
-    assert [f.aim for f in frames] == ["Q1", "z0", "zC", "d1", None]
+    assert [f.aim for f in frames if f.refused is None] == ["Q1", "z0", "zC", "d1", None]
+    assert refusals(frames) == [
+        "a qr code (AIM ]Q3), not one this reader takes",
+        "a pdf417 code (AIM ]L2), not one this reader takes",
+        "a datamatrix code (AIM ]d2), not one this reader takes",
+    ]
     assert framer.drops == {DropReason.AIM_NOT_ALLOWED: 3}
     strict = Framer(FramingConfig(require_aim=True))
-    assert texts(strict.feed(b"]C0code128\rbare\r]Q1\r", 0)) == ["code128"]
+    out = strict.feed(b"]C0code128\rbare\r]Q1\r", 0)
+    assert texts(out) == ["code128"]
+    assert refusals(out) == ["a code without the AIM id this reader requires"]  # not the empty
     assert strict.drops == {DropReason.AIM_MISSING: 1, DropReason.EMPTY: 1}
     assert strict.feed(b"]X9x\r", 0)[0].symbology == "aim-X"
 

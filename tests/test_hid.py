@@ -20,7 +20,15 @@ from agent.errors import DriverError
 from agent.ports import Scanner
 from drivers import registry
 from drivers.hid import HidScanner
-from drivers.hid_keys import BLOCKING_MODIFIERS, CAPSLOCK, ENTER, KEYMAP_US, SHIFT, KeyFramer
+from drivers.hid_keys import (
+    BLOCKING_MODIFIERS,
+    CAPSLOCK,
+    ENTER,
+    KEYMAP_US,
+    SHIFT,
+    KeyFramer,
+    Refused,
+)
 from tests.polling import until
 
 PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
@@ -95,9 +103,12 @@ def typed(text: str, end: str | None = "KEY_ENTER") -> list[InputEvent]:
     return events
 
 
-def feed_all(framer: KeyFramer, events: list[InputEvent], now_ns: int = 0) -> list[str]:
+def feed_all(framer: KeyFramer, events: list[InputEvent], now_ns: int = 0) -> list[str | Refused]:
     out = [framer.feed(e, now_ns) for e in events]
-    return [text for text in out if text is not None]
+    return [got for got in out if got is not None]
+
+
+NOT_TEXT = Refused("a code with keys that are not text (a keyboard layout other than US?)")
 
 
 # ---------------------------------------------------------------- key mapping and framing
@@ -172,7 +183,13 @@ def test_key_repeat_and_release_do_not_type() -> None:
 )
 def test_refused_frames_are_dropped_whole(events: list[InputEvent], reason: str) -> None:
     framer = KeyFramer(max_frame=32, noread=("NR", "%%NoRead"))
-    assert feed_all(framer, events) == []
+    # A code typed in full but refused says why (the lane tells the staff); a no-read is nothing.
+    expected = {
+        "non_printable": [NOT_TEXT],
+        "oversize": [Refused("a code of 33 characters, over the reader's 32")],
+        "noread": [],
+    }[reason]
+    assert feed_all(framer, events) == expected
     assert framer.dropped == {reason: 1}
     assert feed_all(framer, typed("NEXT-1")) == ["NEXT-1"]  # the reader keeps working
 
@@ -180,7 +197,9 @@ def test_refused_frames_are_dropped_whole(events: list[InputEvent], reason: str)
 def test_oversize_frame_of_any_length_stays_dropped() -> None:
     framer = KeyFramer(max_frame=32)
     assert feed_all(framer, typed("Y" * 32)) == ["Y" * 32]
-    assert feed_all(framer, typed("Z" * 5000)) == []
+    assert feed_all(framer, typed("Z" * 5000)) == [
+        Refused("a code of 5,000 characters, over the reader's 32")
+    ]
     assert framer.dropped == {"oversize": 1}
 
 

@@ -185,6 +185,37 @@ def test_status_prints_the_running_gates_health(write_config: WriteConfig, iss: 
     assert gone.returncode == 2 and "not answering" in gone.stderr
 
 
+def test_an_over_long_code_is_a_recorded_denial_not_only_a_log_line(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found trying the product: a code longer than the reader's cap was only logged, so the
+    steward saw nothing happen and the security team found nothing in `events`. It is now a
+    denial (not a ticket) saying why, never the code itself."""
+    proc, path = _running_gate(write_config, iss, free_port(), {})
+    ticket = iss.ticket(event=1, zones=[1])
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path.parent / "scan.sock"))
+            s.sendall(b"Q" * 5000 + b"\n" + f"{ticket}\n".encode())
+        until_sync(
+            lambda: "ADMIT" in ga("events", "--config", path).stdout,
+            within_s=10,
+            what="the ticket after the over-long code",
+        )
+        out = ga("events", "--config", path, "--json").stdout
+        rows = [json.loads(line) for line in out.splitlines()]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert [(r["verdict"], r["reason"]) for r in rows] == [
+        ("deny", "invalid_format"),
+        ("admit", "ok"),
+    ]
+    assert rows[0]["detail"] == "a code of 5,000 characters, over the reader's 4,096"
+    journal = (cfg.load(path).gate.state_dir / "journal.db").read_bytes()
+    assert b"Q" * 100 not in journal
+
+
 def test_a_second_process_on_a_running_gates_state_is_refused_and_harms_nothing(
     write_config: WriteConfig, iss: Issuer
 ) -> None:

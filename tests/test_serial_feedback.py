@@ -108,3 +108,26 @@ async def test_honeywell_host_ack_answers_every_read(pty: PtyPair) -> None:
         await scanner.show(DENY, "no")  # its real answer still follows
         assert await asyncio.to_thread(pty.read_for, 0.2) == bad
         await got.stop()
+
+
+async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
+    pty: PtyPair,
+) -> None:
+    """A code the framing refuses (here an over-long one) is a denial the lane shows: the
+    scanner gets that one answer, not a second one from the driver that it would take for the
+    answer to its next read."""
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    async with opened(pty.url("feedback=honeywell&max_frame=16")) as scanner:
+        assert scanner._ack is not None
+        scanner._ack.timeout_s = 5.0  # the lane answers long before
+        got = Collector(scanner)
+        pty.write(b"L" * 40 + b"\r")
+        assert await got.wait(1) == ["refused: a code of 40 characters, over the reader's 16"]
+        assert await asyncio.to_thread(pty.read_for, 0.2) == b""  # no answer yet: the lane's
+        await scanner.show(DENY, "Not a ticket")
+        assert await asyncio.to_thread(pty.read_for, 0.2) == bad
+        pty.write(b"NEXT\r")
+        await got.wait(2)
+        await scanner.show(ADMIT, "OK")
+        assert await asyncio.to_thread(pty.read_for, 0.3) == good  # nothing extra before it
+        await got.stop()

@@ -100,17 +100,19 @@ async def test_frames_over_a_pty(pty: PtyPair) -> None:
             + b"]L2pdf\r\n"
             + b"plain\n"
         )
-        texts = await got.wait(4)
+        texts = await got.wait(5)
         await got.stop()
-    assert texts == [TICKET, "aztec", "pdf", "plain"]
-    assert [s.symbology for s in got.scans] == ["qr", "aztec", "pdf417", None]
+    # The code128 code was read: the lane is told it was refused (why, never its content).
+    refused = "refused: a code128 code (AIM ]C0), not one this reader takes"
+    assert texts == [TICKET, "aztec", refused, "pdf", "plain"]
+    assert [s.symbology for s in got.scans] == ["qr", "aztec", None, "pdf417", None]
     assert {s.source for s in got.scans} == {f"serial:{pty.host}"}
     assert scanner.framer.drops == {DropReason.NO_READ: 2, DropReason.AIM_NOT_ALLOWED: 1}
 
 
 async def test_same_stream_split_at_every_byte_over_a_real_pty(pty: PtyPair) -> None:
     stream = b"]Q1ABC-123\r\n\x02]d1WRAP\x03NR\rxy\x00z\rLAST\n"
-    expected = ["ABC-123", "WRAP", "LAST"]
+    expected = ["ABC-123", "WRAP", "refused: a code with characters that are not text", "LAST"]
     async with opened(pty.url()) as scanner:
         got = Collector(scanner)
         for cut in range(1, len(stream)):
@@ -118,10 +120,10 @@ async def test_same_stream_split_at_every_byte_over_a_real_pty(pty: PtyPair) -> 
             pty.write(stream[:cut])
             await asyncio.sleep(0.003)  # the scenario: the parts arrive apart, read one by one
             pty.write(stream[cut:])
-            texts = await got.wait(before + 3)
+            texts = await got.wait(before + 4)
             assert texts[before:] == expected, f"split at {cut}"
         await asyncio.sleep(0.05)  # the scenario: a quiet moment in which an extra scan would show
-        assert len(got.scans) == 3 * (len(stream) - 1)  # nothing extra, ever
+        assert len(got.scans) == 4 * (len(stream) - 1)  # nothing extra, ever
         await got.stop()
 
 
@@ -135,10 +137,10 @@ async def test_one_megabyte_burst_then_the_reader_keeps_working(pty: PtyPair) ->
         pty.write(f"{TICKET}\r".encode())
         await until(lambda: TICKET in got.texts, 5)
         assert scanner.connected
-        garbage = got.texts[: got.texts.index(TICKET)]
+        garbage = got.scans[: got.texts.index(TICKET)]
         await got.stop()
     assert scanner.framer.drops.total() > 1000
-    for text in garbage:  # whatever came out of the noise was framed and printable
+    for text in (s.text for s in garbage if s.refused is None):  # framed and printable
         assert 0 < len(text) <= 256 and text.isprintable() and text.isascii()
         assert (
             f"\r{text}\r".encode() in burst
@@ -165,9 +167,10 @@ async def test_oversize_frame_is_dropped_to_its_terminator(pty: PtyPair) -> None
         pty.write(b"B" * 20)  # now over 32
         await asyncio.sleep(0.02)
         pty.write(b"C" * 20 + b"\r\nOK\r")
-        assert await got.wait(1) == ["OK"]
+        expected = ["refused: a code of 60 characters, over the reader's 32", "OK"]
+        assert await got.wait(2) == expected
         await asyncio.sleep(0.05)  # the scenario: a quiet moment in which an extra scan would show
-        assert got.texts == ["OK"]
+        assert got.texts == expected
         await got.stop()
 
 

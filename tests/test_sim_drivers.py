@@ -21,14 +21,20 @@ from tests.polling import until_sync
 
 
 async def _collect(scanner: SimScanner) -> list[str]:
-    return [scan.text async for scan in scanner.scans()]
+    """Each scan's text; a line read but refused as ``refused: <why>``."""
+    return [s.text if s.refused is None else f"refused: {s.refused}" async for s in scanner.scans()]
 
 
 async def test_file_scanner_yields_lines_then_ends(tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("one\r\n\ntwo\n" + "x" * 5000 + "\nthree")
     scanner = registry.create("scanner", "sim://file?path=s.txt", tmp_path)
     await scanner.open()
-    assert await asyncio.wait_for(_collect(scanner), 5) == ["one", "two", "three"]
+    assert await asyncio.wait_for(_collect(scanner), 5) == [
+        "one",
+        "two",
+        "refused: a code of 5,000 characters, over the reader's 4,096",
+        "three",
+    ]
     await scanner.close()
 
 
