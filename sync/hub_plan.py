@@ -15,8 +15,8 @@ from sync.protocol import AlertKind, EntryWire
 MAX_ALERT_ITEMS = 64  # gates/times/entries of one alert (the wire's cap)
 
 TICKET_COLUMNS = (
-    "ticket_ref", "entry_id", "gate_id", "kind", "verdict", "annuls", "wall_time", "hlc",
-    "received_at",
+    "ticket_ref", "entry_id", "gate_id", "gate_seq", "kind", "verdict", "annuls", "wall_time",
+    "hlc", "received_at",
 )  # fmt: skip
 
 
@@ -42,6 +42,7 @@ class TicketRow:
 
     entry_id: str
     gate_id: str
+    gate_seq: int
     kind: str
     admitted: bool
     annuls: str | None
@@ -51,21 +52,23 @@ class TicketRow:
     @classmethod
     def of(cls, e: EntryWire, now: float, max_ahead_s: float) -> TicketRow:
         """A row of a batch received at hub time ``now``, ordered :func:`as_of_arrival`."""
-        hlc, wall_time = as_of_arrival(e.hlc, e.wall_time, now, max_ahead_s)
-        return cls(e.entry_id, e.gate_id, e.kind, e.admitted, e.annuls, wall_time, hlc)
+        hlc, wall = as_of_arrival(e.hlc, e.wall_time, now, max_ahead_s)
+        return cls(e.entry_id, e.gate_id, e.gate_seq, e.kind, e.admitted, e.annuls, wall, hlc)
 
     @classmethod
     def from_row(cls, row: Iterable[Any], max_ahead_s: float) -> tuple[str, TicketRow]:
         """(ticket_ref, row) from the columns ``TICKET_COLUMNS`` in order."""
-        ref, entry_id, gate_id, kind, verdict, annuls, wall_time, hlc, received_at = row
+        ref, entry_id, gate_id, seq, kind, verdict, annuls, wall, hlc, received_at = row
         admitted = verdict == Verdict.ADMIT.value
-        hlc, wall_time = as_of_arrival(int(hlc), float(wall_time), float(received_at), max_ahead_s)
-        return ref, cls(entry_id, gate_id, kind, admitted, annuls, wall_time, hlc)
+        hlc, wall = as_of_arrival(int(hlc), float(wall), float(received_at), max_ahead_s)
+        return ref, cls(entry_id, gate_id, int(seq), kind, admitted, annuls, wall, hlc)
 
     @property
-    def order(self) -> tuple[int, str]:
-        """Position in a ticket's history: by HLC, ties broken by entry_id (as the journal)."""
-        return self.hlc, self.entry_id
+    def order(self) -> tuple[int, str, int]:
+        """Position in a ticket's history: by HLC, ties (rows cut to one HLC by
+        :func:`as_of_arrival`) by gate, then gate_seq, so a gate's own order stands; as the
+        gates' journals order it."""
+        return self.hlc, self.gate_id, self.gate_seq
 
 
 @dataclass(frozen=True, slots=True)

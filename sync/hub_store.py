@@ -14,7 +14,7 @@ Errors::
                                                nothing of the batch is stored, an integrity alert is
                                                raised per entry
     RefusedError (HubStoreError)               a row the uploading gate may not write (another
-                                               gate's annulment, a time ahead of the hub's);
+                                               gate's annulment, an exit outside exit_gates);
                                                nothing of the batch is stored, an integrity alert
                                                names the gate
     NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
@@ -94,7 +94,7 @@ class HubPolicy:
     denied_alert_threshold: int = 3  # denied attempts of one ticket ...
     denied_alert_window_s: float = 600.0  # ... within this window raise one alert
     gate_offline_after_s: float = 30.0  # no heartbeat for this long: shown offline
-    max_clock_ahead_s: float = 300.0  # rows whose wall time or HLC is further ahead are refused
+    max_clock_ahead_s: float = 300.0  # rows further ahead count as of arrival + this (hub_plan)
     alert_budget: int = 50  # alerts one gate's uploads may raise per window; more: one storm alert
     alert_budget_window_s: float = 60.0
     upload_rows_per_s: float = 20.0  # one gate's sustained rate of new rows (UploadQuota) ...

@@ -1082,6 +1082,29 @@ async def test_rows_ahead_of_the_hubs_clock_are_stored_ordered_as_of_their_arriv
     assert len(await all_alerts(store)) == 2  # the same hour
 
 
+async def test_rows_cut_to_one_time_keep_their_gates_order(open_hub: OpenStore) -> None:
+    """A gate frozen on a clock floor an hour ahead records an entry and an exit of one ticket
+    in the same millisecond (HLC logical 1, 2); cut to one time at the hub, they keep the
+    gate's order (ties by gate, gate_seq), whatever their entry_ids say. A review found ties
+    broken by entry_id: the exit before the entry, so the ticket's next entry (at another gate)
+    counted as a double admission, and a gate would hold the ticket as outside while inside."""
+    store = await open_hub(entry_policy="reentry")
+    late, honest = Gate("x", [0.0]), Gate("a")
+    now = T0 + 100
+    at = now + 3600
+    rows = [late.row("t", "entry", at=at), late.row("t", "exit", at=at)]
+    ids = sorted((str(uuid7(int(at * 1000))) for _ in rows), reverse=True)  # against the order
+    rows = [msgspec.structs.replace(r, entry_id=i) for r, i in zip(rows, ids, strict=True)]
+    await store.ingest("x", rows, now)
+    await store.ingest("a", [honest.row("t", at=now + 500)], now + 500)  # in again, elsewhere
+    assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # the lead, no double
+    fed, _ = await store.feed(0, 10)
+    assert fed[0].hlc == fed[1].hlc  # one time: only the tie-break orders them
+    ordered = sorted(fed, key=lambda f: (f.hlc, f.gate_id, f.gate_seq))
+    assert [(f.gate_id, f.kind) for f in ordered] == [("x", "entry"), ("x", "exit"), ("a", "entry")]
+    assert [f.entry_id for f in ordered[:2]] == ids  # entry_ids descending: no help
+
+
 async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(
     open_hub: OpenStore,
 ) -> None:
@@ -1095,7 +1118,8 @@ async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(
     await store.ingest("a", [honest.row("t", at=now + 500)], now + 500)
     assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # the lead, no double
     fed, _ = await store.feed(0, 10)
-    assert [f.kind for f in sorted(fed, key=lambda f: f.hlc)] == ["entry", "exit", "entry"]
+    ordered = sorted(fed, key=lambda f: (f.hlc, f.gate_id, f.gate_seq))
+    assert [f.kind for f in ordered] == ["entry", "exit", "entry"]
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:

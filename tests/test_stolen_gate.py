@@ -196,6 +196,7 @@ async def test_rows_from_the_future_count_as_of_their_arrival_and_never_stop_lea
     venue: Venue, iss: Issuer
 ) -> None:
     async with venue.gates() as (a, b):
+        started = time.time()
         # The thief's rows with a poisoned HLC, or a wall time an hour ahead, are stored ...
         row = await venue.thief_row("tk1:" + "00" * 8)
         status, _ = await venue.upload(msgspec.structs.replace(row, hlc=POISON))
@@ -204,7 +205,8 @@ async def test_rows_from_the_future_count_as_of_their_arrival_and_never_stop_lea
         status, _ = await venue.upload(msgspec.structs.replace(later, wall_time=time.time() + 3600))
         assert status == 200
         alerts = _integrity(await venue.alerts(), "clock runs")
-        assert len(alerts) == 1 and alerts[0]["gates"] == ["Gate X"]  # one an hour
+        assert 1 <= len(alerts) <= _hours_since(started)  # one an hour
+        assert all(alert["gates"] == ["Gate X"] for alert in alerts)
         # ... and every gate orders them as of their arrival at the hub, not in the future.
         planted = await venue.thief_row("tk1:" + "02" * 8)
         await _plant(venue, msgspec.structs.replace(planted, hlc=POISON))  # as an old hub took it
@@ -232,6 +234,7 @@ async def test_a_gate_whose_clock_runs_an_hour_ahead_still_tells_the_venue(
     floor.parent.mkdir(parents=True, exist_ok=True)
     floor.write_text(f"{time.time() + 3600:.6f}\n")
     texts = [iss.ticket(event=1, zones=[1]) for _ in range(3)]
+    started = time.time()
     async with venue.gates() as (a, b):
         for text in texts[:2]:
             first = await _present(a, text)
@@ -240,17 +243,18 @@ async def test_a_gate_whose_clock_runs_an_hour_ahead_still_tells_the_venue(
             # The venue learns the admission: gate B refuses the ticket.
             await _learnt(b, first.record.ticket_ref, "gate-a")
             assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
-            # B orders A's row as of its arrival at the hub, not an hour ahead ...
+            # B has A's row as of its arrival at the hub (+ the bound), not an hour ahead.
             (row,) = [h for h in await b.journal.history(first.record.ticket_ref) if h.peer]
             assert row.wall_time <= time.time() + 301 and _sane(row.hlc)
-        # ... so a ticket B admits afterwards still comes later in every history.
+        # Gate A, its clock still ahead, learns from the venue as before.
         later = await _present(b, texts[2])
         assert later.decision.admitted and later.record is not None
         await _learnt(a, later.record.ticket_ref, "gate-b")
         assert (await _present(a, texts[2])).decision.reason is Reason.ALREADY_USED
-        # Security sees the gate and its lead once, not once per row.
+        # Security sees the gate and its lead once an hour, not once per row.
         alerts = _integrity(await venue.alerts(), "clock runs")
-        assert len(alerts) == 1 and alerts[0]["gates"] == ["Gate A"]
+        assert 1 <= len(alerts) <= _hours_since(started)
+        assert all(alert["gates"] == ["Gate A"] for alert in alerts)
         assert re.search(r"clock runs 3,[56]\d\d s ahead", alerts[0]["detail"]), alerts[0]
 
 
@@ -282,6 +286,11 @@ async def test_a_gate_whose_journal_holds_a_poisoned_hlc_recovers_at_start(
         assert fresh.decision.admitted and fresh.record is not None and _sane(fresh.record.hlc)
         await _learnt(a, fresh.record.ticket_ref, "gate-b")
         assert (await _present(a, text)).decision.reason is Reason.ALREADY_USED
+
+
+def _hours_since(started: float) -> int:
+    """How many hours of the hub's clock (its alert buckets) a test has touched."""
+    return int(time.time() // 3600 - started // 3600) + 1
 
 
 def _ref_of(text: str) -> str:

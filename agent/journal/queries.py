@@ -19,15 +19,17 @@ from agent.seen import Hashes, SeenRefs
 
 # Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
 # rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
-# admissions and never count against a ticket, so they stay out of history.
+# admissions and never count against a ticket, so they stay out of history. Rows of one HLC (a
+# hub orders a row far ahead of its clock as of its arrival: several rows of one gate can share
+# that value) keep their gate's own order: ties go by gate, then gate_seq, as at the hub.
 HISTORY = """
 SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer,
-    code_time FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+    code_time, gate_seq FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
 SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer,
-    NULL AS code_time
+    NULL AS code_time, gate_seq
     FROM peer_entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
-ORDER BY hlc, entry_id
+ORDER BY hlc, gate_id, gate_seq
 """
 REFS_WITH_HISTORY = (
     "SELECT ticket_ref FROM entries WHERE kind IN ('entry', 'exit', 'annul')"
@@ -63,8 +65,9 @@ def peer_rows(
     sql = "SELECT wall_time, gate_id, gate_name, kind, ticket_ref FROM peer_entries"
     if ticket_ref is not None:
         refs = (ticket_ref, shared_ref(ticket_ref))
-        return list(db.execute(sql + " WHERE ticket_ref IN (?, ?) ORDER BY hlc, entry_id", refs))
-    rows = db.execute(sql + " ORDER BY hlc, entry_id")
+        where = " WHERE ticket_ref IN (?, ?) ORDER BY hlc, gate_id, gate_seq"
+        return list(db.execute(sql + where, refs))
+    rows = db.execute(sql + " ORDER BY hlc, gate_id, gate_seq")
     return [r for r in rows if short is not None and short_id(r[4]) == short]
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from agent.clock import HLC, ClockReading
+from agent.clock import ClockReading
 from agent.errors import JournalError
 from agent.model import Decision, Flag, Reason, Verdict
-from agent.redact import shared_ref
 
 log = logging.getLogger("agent.journal")
 
@@ -121,7 +120,7 @@ def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:
 def history_entry(row: Sequence[Any]) -> HistoryEntry:
     """A history row (as the history query selects it) as a HistoryEntry."""
     # Column affinities (TEXT, REAL, INTEGER) already give the field types; only peer is a flag.
-    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time = row
+    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time, _ = row
     return HistoryEntry(
         kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer), code_time
     )
@@ -149,27 +148,6 @@ def acceptable_peer(entry: PeerEntry, own_gate_id: str) -> bool:
         log.warning("skipping malformed peer entry %s from gate %s", entry.entry_id, entry.gate_id)
         return False
     return True
-
-
-def peers_to_store(
-    entries: Iterable[PeerEntry], own_gate_id: str, ceiling_ms: int
-) -> tuple[list[PeerEntry], list[int]]:
-    """The acceptable entries as stored (a pretix secret as its digest, :func:`shared_ref`; an
-    HLC or wall time past millisecond ``ceiling_ms`` cut to it, so the row is ordered as if
-    recorded then), and the HLCs of those not cut (the ones this gate's HLC may follow)."""
-    top = HLC.at_ms(ceiling_ms + 1) - 1  # the last value of the ceiling's millisecond
-    out, followed = [], []
-    for e in entries:
-        if not acceptable_peer(e, own_gate_id):
-            continue
-        ref = shared_ref(e.ticket_ref)
-        if e.hlc <= top and e.wall_time * 1000 <= ceiling_ms:
-            out.append(replace(e, ticket_ref=ref))
-            followed.append(e.hlc)
-            continue
-        wall_time = min(e.wall_time, ceiling_ms / 1000)
-        out.append(replace(e, ticket_ref=ref, hlc=min(e.hlc, top), wall_time=wall_time))
-    return out, followed
 
 
 class DecisionNotRecorded(JournalError):

@@ -38,9 +38,9 @@ from agent.journal.records import (
     Kind,
     PeerEntry,
     RowDraft,
+    acceptable_peer,
     entry_params,
     peer_params,
-    peers_to_store,
 )
 from agent.journal.writer import WriterThread
 from agent.model import Decision
@@ -272,22 +272,24 @@ class Journal:
         Idempotent by ``entry_id``. Each chunk of up to 1,000 entries (a hub batch is at most
         500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
         the hub) are skipped, malformed ones too, with a warning. A pretix secret is stored as its
-        digest (:func:`agent.model.shared_ref`). A row whose HLC or wall time lies past
-        ``hlc_ceiling_ms`` (the best time this gate knows plus the allowed lead, Unix ms; by
-        default this gate's clock plus HLC_MAX_AHEAD_S) is stored with them cut to it (ordered as
-        if recorded then, as the hub orders it) and does not move this gate's HLC: one bogus row
-        can neither sort after everything that happens later nor push every later row of the
-        venue out of range.
+        digest (:func:`agent.model.shared_ref`). A row whose HLC lies past ``hlc_ceiling_ms`` (the
+        best time this gate knows plus the allowed lead, Unix ms; by default this gate's clock plus
+        HLC_MAX_AHEAD_S) is stored, but does not move this gate's HLC: one bogus row cannot push
+        every later row of the venue out of range.
         Raises JournalError.
         """
+        batch = [
+            dataclasses.replace(e, ticket_ref=shared_ref(e.ticket_ref))
+            for e in entries
+            if acceptable_peer(e, self._gate_id)
+        ]
+        self._refs.update(e.ticket_ref for e in batch)
+        writer = self._require_open()
         received_at = self._clock.now()
         wall_ms = int(received_at * 1000)
         ceiling = (
             wall_ms + int(HLC_MAX_AHEAD_S * 1000) if hlc_ceiling_ms is None else hlc_ceiling_ms
         )
-        batch, followed = peers_to_store(entries, self._gate_id, ceiling)
-        self._refs.update(e.ticket_ref for e in batch)
-        writer = self._require_open()
         inserted = 0
         # One job per chunk, each its own statement and transaction: a decision's insert may
         # run between two chunks instead of waiting for all of them.
@@ -299,13 +301,15 @@ class Journal:
                 functools.partial(self._insert_peers, chunk=chunk, received_at=received_at),
             )
             self._checkpointer.wrote()
-        if followed:
+        ahead = [e.hlc for e in batch if HLC.physical_ms(e.hlc) > ceiling]
+        if len(ahead) < len(batch):
+            followed = [e.hlc for e in batch if HLC.physical_ms(e.hlc) <= ceiling]
             await self._run(
                 writer, "cannot store peer entries", lambda _: self._observe(followed, wall_ms)
             )
-        if ahead := len(batch) - len(followed):
-            log.warning("%d peer entries carry a time too far ahead of the best known time;"
-                        " stored as of that time, not followed", ahead)  # fmt: skip
+        if ahead:
+            log.warning("%d peer entries carry an HLC too far ahead of the best known time;"
+                        " stored, not followed", len(ahead))  # fmt: skip
         return inserted
 
     async def unsynced(self, limit: int = 500) -> list[EntryRecord]:
