@@ -420,10 +420,12 @@ async def _known(
     if refs:
         sql = (
             f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref = ANY($1::text[])"
-            " AND (kind <> 'attempt' OR wall_time BETWEEN $2 AND $3)"
+            " AND (kind <> 'attempt' OR wall_time BETWEEN $2 AND $3"
+            " OR received_at BETWEEN $4 AND $5)"
         )
-        lo, hi = hub_rules.attempt_span(entries, policy)
-        for row in await conn.fetch(sql, refs, lo, hi):
+        lo, hi = hub_rules.attempt_span(entries, policy, now)
+        ahead = policy.max_clock_ahead_s
+        for row in await conn.fetch(sql, refs, lo, hi, lo - ahead, hi - ahead):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"

@@ -133,10 +133,16 @@ def history_refs(
     return sorted(refs)
 
 
-def attempt_span(entries: Sequence[EntryWire], policy: HubPolicy) -> tuple[float, float]:
-    """The wall times of stored attempts the batch's attempts may count with, as (lo, hi)
-    inclusive: a window either side of them ((inf, -inf), an empty span, without attempts)."""
-    times = [e.wall_time for e in entries if e.kind == "attempt"]
+def attempt_span(
+    entries: Sequence[EntryWire], policy: HubPolicy, now: float
+) -> tuple[float, float]:
+    """The wall times (as of arrival: :func:`sync.hub_plan.as_of_arrival`) of stored attempts
+    the batch's attempts, received at ``now``, may count with, as (lo, hi) inclusive: a window
+    either side of them ((inf, -inf), an empty span, without attempts). A stored attempt falls
+    in it when its wall time does, or its arrival plus ``max_clock_ahead_s`` does (the stores
+    select both; the rules then use the time as of arrival)."""
+    limit = now + policy.max_clock_ahead_s
+    times = [min(e.wall_time, limit) for e in entries if e.kind == "attempt"]
     if not times:
         return math.inf, -math.inf
     window = policy.denied_alert_window_s
@@ -203,8 +209,10 @@ def plan_ingest(
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
         return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
-    alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += ticket_alerts(rows, known.history, policy, names, now)
+    # Last: within its hour it is a duplicate the store drops, and must not take the budget
+    # slot of a ticket's alert.
+    alerts += _ahead_alert(gate_id, rows, names, policy, now)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
 

@@ -56,13 +56,14 @@ def known_state(
     refs = hub_rules.history_refs(entries, stored, policy)
     sql = (
         f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
-        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ?)"
+        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?)"
     )
-    lo, hi = hub_rules.attempt_span(entries, policy)
+    lo, hi = hub_rules.attempt_span(entries, policy, now)
+    ahead = policy.max_clock_ahead_s
     history: dict[str, list[TicketRow]] = {}
     for chunk in _chunks(refs):
         query = sql.format(", ".join("?" * len(chunk)))
-        for row in db.execute(query, (*chunk, lo, hi)):
+        for row in db.execute(query, (*chunk, lo, hi, lo - ahead, hi - ahead)):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     gate_ids = hub_rules.gates_to_name(gate_id, history)

@@ -1007,8 +1007,23 @@ def test_planner_repeated_denials_of_a_steady_stream_alert_once_per_window() -> 
 def test_planner_history_covers_a_window_either_side_of_the_attempts() -> None:
     attempts = _attempts("g1", 0, 4)
     assert hub_rules.history_refs(attempts, {}, _DENIALS) == ["t"]
-    assert hub_rules.attempt_span(attempts, _DENIALS) == (T0 - 60, T0 + 64)
-    assert hub_rules.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS) == (math.inf, -math.inf)
+    assert hub_rules.attempt_span(attempts, _DENIALS, LATER) == (T0 - 60, T0 + 64)
+    empty = (math.inf, -math.inf)
+    assert hub_rules.attempt_span(_ticket_rows(*_A_THEN_B), _DENIALS, LATER) == empty
+    # Attempts far ahead of the hub count as of their arrival (+ the bound).
+    assert hub_rules.attempt_span(attempts, _DENIALS, T0 - 3600) == (T0 - 3360, T0 - 3240)
+
+
+async def test_denials_of_a_gate_far_ahead_count_with_the_others_as_of_arrival(
+    store: HubStore,
+) -> None:
+    """A review: one denied attempt at a gate an hour ahead and two at another gate within the
+    window raised no repeated-denial alert (the stored attempt was looked up by its raw time)."""
+    late, honest = Gate("x"), Gate("a")
+    await store.ingest("x", [late.row("t", "attempt", admit=False, at=T0 + 3600)], T0)
+    for s in (200, 250):
+        await store.ingest("a", [honest.row("t", "attempt", admit=False, at=T0 + s)], T0 + s)
+    assert sorted(a.kind for a in await all_alerts(store)) == ["integrity", "repeated_denials"]
 
 
 # --- the trust boundary: what one (stolen) gate may write ----------------------------------------
