@@ -18,6 +18,7 @@ from agent.clock import ClockReading
 from agent.errors import TicketFormatError
 from agent.journal import HistoryEntry
 from agent.model import Decision, Reason, Ticket
+from agent.ports import Scan
 from agent.redact import text_digest
 from agent.revocation import ListMeta, RevocationIndex
 
@@ -72,6 +73,13 @@ def journal_ref(text: str, evaluation: Evaluation | Pending) -> str:
     if evaluation.ticket is not None and evaluation.authenticated:
         return evaluation.ticket.ticket_ref
     return "raw:" + text_digest(text)
+
+
+def refused_ref(scan: Scan) -> str:
+    """The reference of a read the driver refused (it has no text): one per read, from its
+    reader and time, so refused reads at different gates never look like one ticket presented
+    again (the hub's repeated-denial alert)."""
+    return "raw:" + text_digest(f"refused\0{scan.source}\0{scan.mono_ns}")
 
 
 class Checker:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Protocol
 
 from agent import rules
-from agent.checker import Checker, Pending, journal_ref
+from agent.checker import Checker, Pending, journal_ref, refused_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
 from agent.journal import DecisionNotRecorded, EntryRecord, HistoryEntry, Journal, Kind
@@ -204,11 +204,18 @@ class Lane:
                 )
 
     def _repeat(self, scan: Scan) -> bool:
-        """Same text from the same reader within the window (sliding) is one presentation."""
+        """Same text from the same reader within the window (sliding) is one presentation. A
+        refused read (no text) within the window of any read from that reader belongs to it
+        too (often the other code printed on the same ticket) and keeps it going."""
         window_ns = self.settings.repeat_window_ms * 1_000_000
         last = self._last.get(scan.source)
+        recent = last is not None and scan.mono_ns - last[1] < window_ns
+        if recent and scan.refused is not None:
+            assert last is not None
+            self._last[scan.source] = (last[0], scan.mono_ns)
+            return True
         self._last[scan.source] = (scan.text, scan.mono_ns)
-        return last is not None and last[0] == scan.text and scan.mono_ns - last[1] < window_ns
+        return recent and last is not None and last[0] == scan.text
 
     async def present(self, scan: Scan) -> Outcome | None:
         """Decide on one scan and carry the decision out; None when it was a repeat."""
@@ -278,7 +285,7 @@ class Lane:
                 decision = replace(decision, flags=decision.flags | {Flag.OFFLINE})
             return decision
 
-        ref = journal_ref(scan.text, pending)
+        ref = journal_ref(scan.text, pending) if scan.refused is None else refused_ref(scan)
         ticket = pending.ticket if pending.authenticated else None
         try:
             decision, record = await self.journal.decide_and_record(

@@ -245,8 +245,7 @@ class Framer:
             self._long += stop - start
             return
         size = len(self._buf) + stop - start
-        if size > self.config.max_frame:
-            self._note(DropReason.TOO_LONG, size, now_ns)
+        if size > self.config.max_frame:  # counted when it ends: one read, one drop
             self._buf.clear()
             self._skipping, self._long = True, size
             return
@@ -254,7 +253,9 @@ class Framer:
 
     def _special(self, byte: int, now_ns: int, out: list[Frame]) -> None:
         if byte == STX:
-            if self._buf and not self._skipping:
+            if self._skipping:
+                self._note(DropReason.TOO_LONG, self._long, now_ns)
+            elif self._buf:
                 self._note(DropReason.UNTERMINATED, len(self._buf), now_ns)
             self._clear()
             self._wrapped = True
@@ -279,6 +280,7 @@ class Framer:
 
     def _refuse_long(self, now_ns: int, out: list[Frame]) -> None:
         """The end of an over-long frame: a refused read, with its length."""
+        self._note(DropReason.TOO_LONG, self._long, now_ns)
         why = f"a code of {self._long:,} characters, over the reader's {self.config.max_frame:,}"
         out.append(Frame("", None, None, now_ns, why))
 
@@ -325,7 +327,9 @@ class Framer:
 
     def _drop_partial(self, reason: DropReason, now_ns: int) -> None:
         size = len(self._buf) + len(self._carry)
-        if self._buf or self._wrapped or self._carry:
+        if self._skipping:  # an over-long frame that never ended
+            self._note(DropReason.TOO_LONG, self._long, now_ns)
+        elif self._buf or self._wrapped or self._carry:
             self._note(reason, size, now_ns)
         self._clear()
         self._carry = b""

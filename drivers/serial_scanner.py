@@ -12,12 +12,14 @@ The path is absolute; use a stable name (``/dev/serial/by-id/...`` or a udev sym
                  scanners ignore it.
 ``aim``          AIM symbology identifiers allowed, comma separated: ``Q1`` (that exact id) or
                  ``z`` (any modifier of that code); default: any. A frame whose AIM id is not
-                 listed is dropped with a warning. The id is always stripped from the text and
+                 listed is refused: the lane denies it as not a ticket, saying which symbology
+                 it was, never its text. The id is always stripped from the text and
                  mapped to ``Scan.symbology`` (``Q`` qr, ``z`` aztec, ``L`` pdf417, ``d``
                  datamatrix).
-``require_aim``  1 drops frames that carry no AIM id; default 0.
+``require_aim``  1 refuses frames that carry no AIM id; default 0.
 ``max_frame``    longest frame in bytes between its delimiters (AIM id included), 1 .. 65536;
-                 default 1024. A longer frame is dropped whole, up to its terminator.
+                 default 1024. A longer frame is dropped whole, up to its terminator, and its
+                 end is a refused read (denied by the lane with its length).
 ``idle_ms``      a half frame that sees no byte for this long is dropped; 0 disables;
                  default 300.
 ``noread``       comma-separated no-read strings to drop (percent-encode ``%`` as ``%25``);
@@ -105,10 +107,11 @@ class _Pending:
 class _HostAck:
     """Answers every read of a scanner that waits for one (Honeywell Host ACK).
 
-    Such a scanner stops reading until the host answers, so a frame the framer drops gets a bad
-    answer at once, and a scan the lane has not shown within ``timeout_s`` (a repeat the lane
-    ignores, or a lane busy with the previous person) gets the last answer again when it is the
-    same text, else a bad one; the lane's own answer still follows.
+    Such a scanner stops reading until the host answers, so a frame the framer drops and does not
+    pass on gets a bad answer at once (a refused read goes to the lane, whose verdict answers
+    it), and a scan the lane has not shown within ``timeout_s`` (a repeat the lane ignores, or a
+    lane busy with the previous person) gets the last answer again when it is the same text,
+    else a bad one; the lane's own answer still follows.
     """
 
     feedback: Feedback
@@ -356,10 +359,12 @@ class SerialScanner:
         frames = self.framer.feed(data, now_ns)
         for frame in frames:
             self._emit(frame)
-        # A refused read goes to the lane, which answers it; any other rejection is answered now.
-        refused = sum(frame.refused is not None for frame in frames)
-        if self._ack is not None and self.framer.rejected - rejected > refused:
-            self._ack.dropped()
+        # A refused read goes to the lane, which answers it; every other rejected read (the
+        # scanner waits for an answer to each) is answered now.
+        if self._ack is not None:
+            refused = sum(frame.refused is not None for frame in frames)
+            for _ in range(self.framer.rejected - rejected - refused):
+                self._ack.dropped()
 
     def _emit(self, frame: Frame) -> None:
         digest = text_digest(frame.text)

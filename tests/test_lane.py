@@ -57,6 +57,38 @@ async def test_repeat_window_makes_one_presentation(write_config: WriteConfig, i
         assert await gate.journal.count() == 3
 
 
+def _refused(at_ms: int, source: str = "s1") -> Scan:
+    return Scan("", source, at_ms * 1_000_000, refused="a code of 5,000 characters, over 4,096")
+
+
+async def test_a_refused_read_joins_the_presentation_it_comes_with(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A review: a paper ticket's second code (refused by the reader's AIM allow-list) read
+    between two reads of the ticket broke the debounce: admit, "not a ticket", "already used"
+    for the holder's own ticket. A refused read within the window of a read from that reader
+    is part of it; on its own it is one denial per presentation, each under its own ref."""
+    text = iss.ticket(event=1, zones=[1])
+    async with open_gate(config.load(write_config(repeat_window_ms=2000))) as gate:
+        lane = gate.lane
+        scans = [_scan(text, 0), _refused(500), _scan(text, 1000), _refused(1500)]
+        outcomes = [await lane.present(s) for s in scans]
+        assert [o is None for o in outcomes] == [False, True, True, True]
+        assert outcomes[0] is not None and outcomes[0].decision.admitted
+        alone = [await lane.present(_refused(t)) for t in (10_000, 11_000, 20_000)]
+        assert [o is None for o in alone] == [False, True, False]
+        denials = [o for o in alone if o is not None]
+        assert all(o.decision.reason is Reason.INVALID_FORMAT for o in denials)
+        assert denials[0].decision.detail == "a code of 5,000 characters, over 4,096"
+        rows = await gate.journal.tail(10)
+    assert [(r.kind, r.reason) for r in rows] == [
+        ("entry", "ok"),
+        ("attempt", "invalid_format"),
+        ("attempt", "invalid_format"),
+    ]
+    assert rows[1].ticket_ref != rows[2].ticket_ref  # two reads, not one ticket twice
+
+
 async def test_nobody_passed_annuls_and_ticket_works_again(
     write_config: WriteConfig, iss: Issuer
 ) -> None:

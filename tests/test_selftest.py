@@ -111,6 +111,18 @@ def test_scan_verdict_uses_the_gates_lists(tmp_path: Path, keys_dir: Path, iss: 
     assert "would deny (revoked)" in r.stdout
 
 
+def test_a_refused_read_fails_the_scan_step_saying_why(tmp_path: Path, keys_dir: Path) -> None:
+    """A review: a read the driver refuses (here a code over the sim reader's 4,096 cap) passed
+    the scan step as "read 0 characters; would deny". It fails, with the reason and the fix."""
+    (tmp_path / "scans.txt").write_text("Q" * 5000 + "\n")
+    conf = _config(tmp_path, keys_dir, "sim://file?path=scans.txt", "sim://gate")
+    r = _selftest("--config", conf, "--scan")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL scan" in r.stdout
+    assert "read a code of 5,000 characters, over the reader's 4,096" in r.stdout
+    assert "max_frame" in r.stdout and "Q" * 50 not in r.stdout + r.stderr
+
+
 def test_selftest_checks_every_lane_and_opens_a_shared_turnstile_once(
     tmp_path: Path, keys_dir: Path, iss: Issuer
 ) -> None:

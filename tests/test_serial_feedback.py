@@ -121,13 +121,21 @@ async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
         assert scanner._ack is not None
         scanner._ack.timeout_s = 5.0  # the lane answers long before
         got = Collector(scanner)
-        pty.write(b"L" * 40 + b"\r")
+        pty.write(b"L" * 20)
+        await asyncio.sleep(0.05)  # the scenario: the long code arrives in two reads
+        pty.write(b"L" * 20 + b"\r")
         assert await got.wait(1) == ["refused: a code of 40 characters, over the reader's 16"]
         assert await asyncio.to_thread(pty.read_for, 0.2) == b""  # no answer yet: the lane's
         await scanner.show(DENY, "Not a ticket")
         assert await asyncio.to_thread(pty.read_for, 0.2) == bad
+        # A no-read in the same read as a refused code still gets its own answer at once.
+        pty.write(b"L" * 20 + b"\rNR\r")
+        assert (await got.wait(2))[1] == "refused: a code of 20 characters, over the reader's 16"
+        assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the no-read's
+        await scanner.show(DENY, "Not a ticket")
+        assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the lane's
         pty.write(b"NEXT\r")
-        await got.wait(2)
+        await got.wait(3)
         await scanner.show(ADMIT, "OK")
         assert await asyncio.to_thread(pty.read_for, 0.3) == good  # nothing extra before it
         await got.stop()

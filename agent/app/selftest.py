@@ -231,6 +231,13 @@ async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
             f"nothing read in {timeout_s:.0f} s",
             "present a ticket; check the scanner's interface mode and terminator",
         )
+    if first.refused is not None:  # read, but the driver's settings refuse it
+        return Check(
+            "scan",
+            False,
+            f"read {first.refused}",
+            "check the scanner URL's aim, require_aim and max_frame, and the scanner's baud rate",
+        )
     # The verdict this gate would give: its trust, installed lists and journal, nothing written.
     req = CheckRequest(
         text=first.text,
@@ -271,9 +278,14 @@ def check_config(path: Path, out: TextIO) -> int:
 
     conf = cfg.load(path)
     warnings: list[str] = []
-    trust = open_trust(
-        conf, conf.gate.state_dir / "trust.json", persist=False, refused=warnings.append
-    )
+    state = conf.gate.state_dir
+    try:
+        trust = open_trust(conf, state / "trust.json", persist=False, refused=warnings.append)
+    except PermissionError as exc:  # the state folder is the gate user's (0750)
+        raise AgentError(
+            f"{conf.path}: [gate] state_dir: {state}: {exc.strerror}: run the check as the"
+            " gate's user (sudo -u gate-agent gate-agent selftest --config-only ...)"
+        ) from None
     for lst in conf.revocation.files:
         if not lst.is_file():
             stale = "refused" if conf.policy.stale_list == "deny" else "admitted, flagged"
