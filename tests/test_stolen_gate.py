@@ -32,6 +32,7 @@ import pytest
 from agent import tickets
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
+from agent.app.status import StatusServer
 from agent.clock import HLC, Clock, uuid7
 from agent.issuer import Issuer
 from agent.journal import Journal, PeerEntry
@@ -246,6 +247,10 @@ async def test_a_gate_whose_clock_runs_an_hour_ahead_still_tells_the_venue(
             # B has A's row as of its arrival at the hub (+ the bound), not an hour ahead.
             (row,) = [h for h in await b.journal.history(first.record.ticket_ref) if h.peer]
             assert row.wall_time <= time.time() + 301 and _sane(row.hlc)
+        # Gate A says so itself: its status is degraded, naming the lead.
+        ready, reasons = await StatusServer(a).health()
+        assert not ready and any(re.fullmatch(r"clock 3,[56]\d\d s ahead of the hub's", r)
+                                 for r in reasons), reasons  # fmt: skip
         # Gate A, its clock still ahead, learns from the venue as before.
         later = await _present(b, texts[2])
         assert later.decision.admitted and later.record is not None

@@ -17,8 +17,9 @@ than ``max_streams`` event streams are open or waiting (1,500 streams made each 
 ``/metrics`` are rendered at most once per ``RENDER_TTL_S`` and a crowd shares that render.
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
-  offline, relay fault, journal write failed, list stale, clock untrusted, outbox backlog, disk
-  space low, hub offline or pretix offline: the upstream is named by ``upstream.kind``).
+  offline, relay fault, journal write failed, list stale, clock untrusted, clock ahead of the
+  hub's, outbox backlog, disk space low, hub offline or pretix offline: the upstream is named by
+  ``upstream.kind``).
 * ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
 * ``/status``: the same facts as JSON, for `gate-agent status`.
 * ``/display``: a full-screen page for a small screen in kiosk mode (agent/app/status_display.py:
@@ -47,6 +48,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 from agent.app.status_display import DisplayFeed, lane_health
+from agent.clock import HLC_MAX_AHEAD_S
 from agent.errors import JournalError
 
 if TYPE_CHECKING:
@@ -450,6 +452,9 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
         reasons.append("revocation list stale")
     if not snap["clock"]["synced"]:
         reasons.append("clock untrusted")
+    ahead = snap["clock"]["ahead_of_hub_s"]
+    if ahead is not None and ahead > HLC_MAX_AHEAD_S:  # a floor left ahead holds it there
+        reasons.append(f"clock {ahead:,.0f} s ahead of the hub's")
     depth = snap["journal"]["outbox_depth"]
     up = snap["upstream"]
     if depth < 0:
@@ -468,12 +473,16 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
 
 def _clock_status(clock: Clock) -> dict[str, Any]:
     """The clock as /status shows it: the time, whether it is trusted, from which source (config,
-    ntp, hub or none) and the hub's offset from the system clock (None before the hub answered)."""
+    ntp, hub or none), the hub's offset from the system clock (None before the hub answered) and
+    how far the gate's time runs ahead of the hub's as of that offset (its floor, which it never
+    goes below, can hold it there)."""
     reading = clock.reading()
     offset = clock.reference_offset
+    hub = None if offset is None else clock.wall() + offset
     return {
         "synced": reading.synced,
         "now": reading.now,
         "source": reading.source,
         "hub_offset_s": None if offset is None else round(offset, 3),
+        "ahead_of_hub_s": None if hub is None else round(reading.now - hub, 3),
     }
