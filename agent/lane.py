@@ -307,13 +307,14 @@ class Lane:
             log.exception(
                 "lane %s: internal error deciding %s", self.settings.name, text_digest(scan.text)
             )
-            return await self._record_error(scan.text, offline)
+            return await self._record_error(scan, offline)
         self._recorded()
         return _Decided(decision, record, ref, ticket)
 
-    async def _record_error(self, text: str, offline: bool) -> _Decided:
+    async def _record_error(self, scan: Scan, offline: bool) -> _Decided:
         """Record an internal error's denial, under the text's digest (nothing was decided)."""
-        ref = journal_ref(text, Pending(None, None, INTERNAL_ERROR))
+        unknown = Pending(None, None, INTERNAL_ERROR)
+        ref = journal_ref(scan.text, unknown) if scan.refused is None else refused_ref(scan)
         try:
             record = await self._record(ref, "attempt", INTERNAL_ERROR, offline=offline)
         except JournalError as exc:

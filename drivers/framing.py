@@ -174,7 +174,8 @@ class Framer:
 
     @property
     def rejected(self) -> int:
-        """Frames the scanner finished sending that were refused (not half frames)."""
+        """Frames refused whole: ones the scanner finished sending, and over-long ones whatever
+        ended them (not half frames)."""
         return sum(n for reason, n in self.drops.items() if reason in COMPLETE_FRAME_DROPS)
 
     def deadline_ns(self) -> int | None:

@@ -345,7 +345,11 @@ class SerialScanner:
                         async with asyncio.timeout(wait):
                             data = await reader.read(READ_SIZE)
                     except TimeoutError:
-                        framer.expire(time.monotonic_ns())
+                        rejected = framer.rejected
+                        framer.expire(time.monotonic_ns())  # an over-long frame that never ended
+                        for _ in range(framer.rejected - rejected):  # ... is a read to answer
+                            if self._ack is not None:
+                                self._ack.dropped()
                         continue
                 if not data:
                     return "end of file"

@@ -11,9 +11,11 @@ from typing import Any
 
 # Oldest first by cursor (the primary key); an annulment's target by its unique entry_id (one
 # index lookup each). Attempts are read too: denials are counted by reason.
+# A row's minute is its wall time, but never after its arrival at the hub: a gate whose clock
+# runs ahead (or a stolen one) counts now, not in a future minute the tallies would keep.
 VENUE_ROWS = (
-    "SELECT e.cursor, e.gate_id, e.kind, e.verdict, e.reason, e.zone, e.wall_time,"
-    " t.cursor, t.gate_id, t.kind, t.verdict, t.reason, t.zone, t.wall_time"
+    "SELECT e.cursor, e.gate_id, e.kind, e.verdict, e.reason, e.zone, e.wall_time, e.received_at,"
+    " t.cursor, t.gate_id, t.kind, t.verdict, t.reason, t.zone, t.wall_time, t.received_at"
     " FROM entries AS e LEFT JOIN entries AS t ON e.kind = 'annul' AND t.entry_id = e.annuls"
     " WHERE e.cursor > ? ORDER BY e.cursor LIMIT ?"
 )
@@ -30,20 +32,20 @@ class VenueRow:
     admitted: bool
     reason: str
     zone: int | None
-    wall_time: float
+    wall_time: float  # no later than its arrival at the hub
     annulled: VenueRow | None = None
 
 
 def venue_row(row: Iterable[Any]) -> VenueRow:
     """A :class:`VenueRow` from the columns of :data:`VENUE_ROWS`."""
     values = tuple(row)
-    target = None if values[7] is None else _row(values[7:])
-    return _row(values[:7], target)
+    target = None if values[8] is None else _row(values[8:])
+    return _row(values[:8], target)
 
 
 def _row(values: tuple[Any, ...], annulled: VenueRow | None = None) -> VenueRow:
-    cursor, gate_id, kind, verdict, reason, zone, wall_time = values
+    cursor, gate_id, kind, verdict, reason, zone, wall_time, received_at = values
     return VenueRow(
         int(cursor), str(gate_id), str(kind), verdict == "admit", str(reason),
-        None if zone is None else int(zone), float(wall_time), annulled,
+        None if zone is None else int(zone), min(float(wall_time), float(received_at)), annulled,
     )  # fmt: skip

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import math
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from agent.clock import HLC, uuid7
-from agent.model import Flag, Reason, Verdict
+from agent.clock import HLC, Clock, uuid7
+from agent.journal import Journal
+from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
 from sync import hub_rules
 from sync.hub_plan import NewAlert, TicketRow
@@ -1118,6 +1120,46 @@ async def test_rows_cut_to_one_time_keep_their_gates_order(open_hub: OpenStore) 
     ordered = sorted(fed, key=lambda f: (f.hlc, f.gate_id, f.gate_seq))
     assert [(f.gate_id, f.kind) for f in ordered] == [("x", "entry"), ("x", "exit"), ("a", "entry")]
     assert [f.entry_id for f in ordered[:2]] == ids  # entry_ids descending: no help
+
+
+async def test_a_gate_ahead_sees_its_own_rows_where_the_venue_puts_them(
+    store: HubStore, tmp_path: Path
+) -> None:
+    """A review, under reentry: gate A (its clock an hour ahead) records the holder's exit;
+    the venue has it as of its arrival, so gate B lets the holder back in; A must then see the
+    ticket inside, not its own exit (an hour "later") last, or it lets a second person in."""
+    now = time.time()
+    ahead = Clock(assume="synced", wall=lambda: time.time() + 3600)
+    a = await Journal.open(tmp_path / "a.db", gate_id="a", gate_name="A", clock=ahead)
+    b = await Journal.open(
+        tmp_path / "b.db", gate_id="b", gate_name="B", clock=Clock(assume="synced")
+    )
+    admit = Decision(Verdict.ADMIT, Reason.OK)
+    try:
+
+        async def sync(gate: Journal) -> None:  # upload, then read the whole feed, as a gate does
+            rows = [EntryWire.from_record(r) for r in await gate.unsynced()]
+            if rows:
+                await store.ingest(gate.gate_id, rows, time.time())
+            fed, _ = await store.feed(0, 100)
+            await gate.add_peer_entries([f.to_peer() for f in fed])
+
+        out = await a.record(ticket_ref="tk1:aa", kind="exit", decision=admit, lane="out",
+                             rev_version=0)  # fmt: skip
+        assert out.wall_time > now + 3500
+        await sync(a)
+        await sync(b)
+        back = await b.record(ticket_ref="tk1:aa", kind="entry", decision=admit, lane="in",
+                              rev_version=0)  # fmt: skip
+        await sync(b)
+        await sync(a)
+        seen_at_a = [(h.gate_id, h.kind) for h in await a.history("tk1:aa")]
+        assert seen_at_a == [("a", "exit"), ("b", "entry")], seen_at_a  # inside: refuse again
+        assert [(h.gate_id, h.kind) for h in await b.history("tk1:aa")] == seen_at_a
+        assert back.hlc < out.hlc  # by the clocks alone, A's exit would come last
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(

@@ -120,6 +120,25 @@ async def test_venue_rows_page_every_row_and_join_an_annulment_to_its_entry(
     assert tally.annulments == {("gate-a", "entry"): 1}
 
 
+async def test_a_row_from_a_clock_ahead_counts_in_the_minute_it_arrived(store: HubStore) -> None:
+    """A review: rows far ahead of the hub (stored since the hub keeps them) were counted in
+    their claimed future minute, a dict key each that pruning keeps until that minute passes:
+    a stolen gate could add 20 a second, and an honest gate an hour ahead vanished from the
+    chart. A row counts no later than its arrival."""
+    a = GateRows("gate-a", 1)
+    await store.ingest(
+        "gate-a", [a.row(f"T{i}", "entry", T0 + 3600 * (i + 1)) for i in range(3)], T0
+    )
+    rows = await store.venue_rows(0, 100)
+    assert [r.wall_time for r in rows] == [T0] * 3
+    tally = VenueTally()
+    for row in rows:
+        tally.add(row)
+    tally.prune(T0)
+    assert tally.per_minute("gate-a", T0)[-1] == 3
+    assert list(tally.gates["gate-a"].minutes) == [int(T0 // 60)]
+
+
 def test_a_second_annulment_of_the_same_entry_changes_nothing() -> None:
     tally = VenueTally()
     entry = VenueRow(1, "gate-a", "entry", True, "ok", 3, T0)

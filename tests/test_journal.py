@@ -249,7 +249,9 @@ async def test_check_reports_holes(journal: Journal, path: Path) -> None:
 # --- immutability -------------------------------------------------------------------------------
 
 
-async def test_entries_are_immutable_except_synced_at(journal: Journal, path: Path) -> None:
+async def test_entries_are_immutable_except_synced_at_and_order(
+    journal: Journal, path: Path
+) -> None:
     rec = await admit(journal, "tk1:aa")
     with raw(path) as other:
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
@@ -260,17 +262,18 @@ async def test_entries_are_immutable_except_synced_at(journal: Journal, path: Pa
             other.execute(
                 "INSERT OR REPLACE INTO entries SELECT 2, entry_id, gate_id, lane, 'tk1:zz', kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key FROM entries"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key, order_hlc FROM entries"
                 " WHERE gate_seq = 1"
             )
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             other.execute(
                 "INSERT INTO entries SELECT 7, 'other-id', gate_id, lane, ticket_ref, kind, "
                 "verdict, reason, detail, flags, annuls, zone, wall_time, clock_synced, mono_ns, "
-                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key FROM entries"
+                "boot_id, hlc, rev_version, offline, synced_at, code_time, rev_key, order_hlc FROM entries"
                 " WHERE gate_seq = 1"
             )
         other.execute("UPDATE entries SET synced_at = 1.0 WHERE gate_seq = 1")
+        other.execute("UPDATE entries SET order_hlc = 1 WHERE gate_seq = 1")  # the venue's order
     assert await journal.tail(5) == [dataclasses.replace(rec, synced_at=1.0)]
 
 
@@ -373,6 +376,31 @@ async def test_peer_rows_of_one_hlc_keep_their_gates_order(journal: Journal) -> 
     assert [h.kind for h in await journal.history("tk1:aa")] == ["entry", "exit"]
 
 
+async def test_an_echo_from_the_venue_places_a_row_recorded_ahead(journal: Journal) -> None:
+    """A review: a gate whose clock ran an hour ahead saw its own exit after an entry that came
+    later at another gate (the venue orders its row as of arrival at the hub), so under reentry
+    it let a second person in. The hub's echo of the row now places it in this gate's history;
+    an echo never moves a row later, and other gates' rows are not touched."""
+    exit_ = await journal.record(
+        ticket_ref="tk1:aa", kind="exit", decision=ADMIT, lane="out", rev_version=0
+    )
+    later = peer("tk1:aa", exit_.hlc - (1 << 16), gate="g2")  # B's entry, 1 ms earlier here ...
+    await journal.add_peer_entries([later])
+    assert [h.kind for h in await journal.history("tk1:aa")] == ["entry", "exit"]
+    # ... but the venue put this gate's exit 2 ms before it: the echo says so.
+    echo = dataclasses.replace(
+        peer("tk1:aa", exit_.hlc - (3 << 16), gate="g1", kind="exit"), entry_id=exit_.entry_id
+    )
+    assert await journal.add_peer_entries([echo]) == 0  # not stored as a peer row
+    assert [h.kind for h in await journal.history("tk1:aa")] == ["exit", "entry"]
+    # An echo never moves a row later.
+    await journal.add_peer_entries([dataclasses.replace(echo, hlc=exit_.hlc + (9 << 16))])
+    history = await journal.history("tk1:aa")
+    assert [h.kind for h in history] == ["exit", "entry"] and history[0].hlc == echo.hlc
+    row = (await journal.tail(1))[0]
+    assert row.hlc == exit_.hlc  # the row itself (and what it uploads) is unchanged
+
+
 async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(
     journal: Journal, wall: FakeWall
 ) -> None:
@@ -455,8 +483,8 @@ async def test_newer_schema_version_is_refused(path: Path, clock: Clock) -> None
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock):
         pass
     with raw(path) as other:
-        other.execute("PRAGMA user_version = 3")
-    with pytest.raises(JournalError, match="schema version 3"):
+        other.execute("PRAGMA user_version = 4")
+    with pytest.raises(JournalError, match="schema version 4"):
         await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock)
 
 
@@ -468,7 +496,7 @@ async def test_missing_directory_is_a_journal_error(tmp_path: Path, clock: Clock
 async def test_pragmas_wal_and_full_sync(journal: Journal, path: Path) -> None:
     with raw(path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert other.execute("PRAGMA user_version").fetchone() == (2,)
+        assert other.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 async def test_expect_write_wakes_the_writer_and_jobs_run_in_order(journal: Journal) -> None:

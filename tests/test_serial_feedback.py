@@ -134,6 +134,9 @@ async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
         assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the no-read's
         await scanner.show(DENY, "Not a ticket")
         assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the lane's
+        pty.write(b"L" * 40)  # an over-long code whose end never comes: the idle drop answers
+        assert await asyncio.to_thread(pty.read_for, 0.6) == bad
+        assert len(got.scans) == 2  # and the lane gets nothing from it
         pty.write(b"NEXT\r")
         await got.wait(3)
         await scanner.show(ADMIT, "OK")

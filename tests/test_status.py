@@ -179,8 +179,8 @@ async def test_last_hour_goes_on_from_the_journal_after_a_restart(
         db.execute(
             "INSERT INTO entries SELECT gate_seq + 1, entry_id || 'x', gate_id, lane, 'tk1:d',"
             " kind, verdict, reason, detail, flags, annuls, zone, wall_time - 7200, clock_synced,"
-            " mono_ns, boot_id, hlc + 1, rev_version, offline, synced_at, code_time, rev_key"
-            " FROM entries ORDER BY gate_seq DESC LIMIT 1"
+            " mono_ns, boot_id, hlc + 1, rev_version, offline, synced_at, code_time, rev_key,"
+            " order_hlc FROM entries ORDER BY gate_seq DESC LIMIT 1"
         )
     async with (  # the restart
         _serving(conf) as (_, _, url),

@@ -191,7 +191,7 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
     with sqlite3.connect(path, isolation_level=None) as db:  # back to schema 1, as it shipped
         db.executescript(
             "BEGIN; DROP TRIGGER entries_no_update; ALTER TABLE entries DROP COLUMN code_time;"
-            "ALTER TABLE entries DROP COLUMN rev_key;"
+            "ALTER TABLE entries DROP COLUMN rev_key; ALTER TABLE entries DROP COLUMN order_hlc;"
             "PRAGMA user_version = 1; COMMIT;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
@@ -199,9 +199,10 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
         assert row.ticket_ref == "tk1:00" and row.code_time is None
         assert (await j.check()) == []
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)  # through 2, to today's
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             db.execute("UPDATE entries SET code_time = 5")
+        assert [r[1] for r in db.execute("PRAGMA table_info(entries)")][-1] == "order_hlc"
 
 
 # --- the command line --------------------------------------------------------------------------

@@ -21,10 +21,14 @@ from agent.seen import Hashes, SeenRefs
 # rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
 # admissions and never count against a ticket, so they stay out of history. Rows of one HLC (a
 # hub orders a row far ahead of its clock as of its arrival: several rows of one gate can share
-# that value) keep their gate's own order: ties go by gate, then gate_seq, as at the hub.
+# that value) keep their gate's own order: ties go by gate, then gate_seq, as at the hub. This
+# gate's own rows are placed as the venue orders them once the hub's feed has echoed them
+# (order_hlc): a gate whose clock ran ahead must not see its own exit after an entry that came
+# later at another gate.
 HISTORY = """
-SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls, hlc, 0 AS peer,
-    code_time, gate_seq FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls,
+    IFNULL(order_hlc, hlc) AS hlc, 0 AS peer, code_time, gate_seq
+    FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
 SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer,
     NULL AS code_time, gate_seq

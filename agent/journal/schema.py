@@ -1,10 +1,10 @@
 """The journal's SQL schema: the one place that creates, checks and changes it.
 
 ``gate_seq`` is gap-free by construction: triggers refuse any insert that is not
-``MAX(gate_seq) + 1``, any delete and any update of a fact (``synced_at`` is the one mutable
-column). Retention lifts the delete guard only inside its own transaction
-(:func:`without_delete_guard`). No other module writes journal DDL; the insert statements live
-here too, beside the columns they name.
+``MAX(gate_seq) + 1``, any delete and any update of a fact (``synced_at`` and ``order_hlc``, the
+venue's order of the row, are the mutable columns). Retention lifts the delete guard only inside
+its own transaction (:func:`without_delete_guard`). No other module writes journal DDL; the
+insert statements live here too, beside the columns they name.
 
 Every function here runs on a plain :class:`sqlite3.Connection` (the journal's own thread, or a
 short-lived connection of a command) and lets :class:`sqlite3.Error` through.
@@ -24,7 +24,7 @@ from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
 
-SCHEMA_VERSION = 2  # 2: entries.code_time (rotating tickets), entries.rev_key
+SCHEMA_VERSION = 3  # 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc
 # "GAJ1": marks the file as a gate-agent journal, so a stray SQLite file is refused.
 APPLICATION_ID = 0x47414A31
 
@@ -33,6 +33,8 @@ INSERT_PEER = (
     "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
     "kind, annuls, wall_time, hlc, received_at) VALUES "
 )
+# The venue's order of one of this gate's rows, from the hub's echo of it (never later than its own).
+SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND gate_id = ? AND hlc > ?"
 INSERT_EVENT = (
     "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -59,6 +61,14 @@ DROP TRIGGER IF EXISTS entries_no_update;
 PRAGMA user_version = 2;
 COMMIT;"""
 
+# Schema 2 -> 3: the HLC the venue orders the row by, when the hub's feed gives it an earlier one
+# than the gate's own (a row of this gate whose clock ran ahead counts there as of its arrival:
+# sync.hub_plan.as_of_arrival); NULL: the row's own HLC.
+_UPGRADE_2_TO_3 = """BEGIN IMMEDIATE;
+ALTER TABLE entries ADD COLUMN order_hlc INTEGER;
+PRAGMA user_version = 3;
+COMMIT;"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
@@ -68,7 +78,8 @@ CREATE TABLE IF NOT EXISTS entries (
     flags TEXT NOT NULL DEFAULT '', annuls TEXT, zone INTEGER,
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL, rev_version INTEGER NOT NULL,
-    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL, code_time INTEGER, rev_key TEXT
+    offline INTEGER NOT NULL DEFAULT 1, synced_at REAL, code_time INTEGER, rev_key TEXT,
+    order_hlc INTEGER
 );
 CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;
@@ -119,9 +130,12 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
-    elif version == 1:
-        _run_script(db, _UPGRADE_1_TO_2)
-        log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
+    elif version in (1, 2):
+        if version == 1:
+            _run_script(db, _UPGRADE_1_TO_2)
+            log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
+        _run_script(db, _UPGRADE_2_TO_3)
+        log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
     elif version != SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema version {version}; this agent supports {SCHEMA_VERSION}"

@@ -271,13 +271,16 @@ class Journal:
 
         Idempotent by ``entry_id``. Each chunk of up to 1,000 entries (a hub batch is at most
         500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
-        the hub) are skipped, malformed ones too, with a warning. A pretix secret is stored as its
+        the hub) are not stored again; an echo's earlier HLC becomes the row's place in history
+        (``order_hlc``: the venue orders a row from a clock ahead as of its arrival). Malformed
+        entries are skipped with a warning. A pretix secret is stored as its
         digest (:func:`agent.model.shared_ref`). A row whose HLC lies past ``hlc_ceiling_ms`` (the
         best time this gate knows plus the allowed lead, Unix ms; by default this gate's clock plus
         HLC_MAX_AHEAD_S) is stored, but does not move this gate's HLC: one bogus row cannot push
         every later row of the venue out of range.
         Raises JournalError.
         """
+        entries = list(entries)
         batch = [
             dataclasses.replace(e, ticket_ref=shared_ref(e.ticket_ref))
             for e in entries
@@ -285,6 +288,13 @@ class Journal:
         ]
         self._refs.update(e.ticket_ref for e in batch)
         writer = self._require_open()
+        own = self._gate_id
+        echoes = [(e.hlc, e.entry_id, own, e.hlc) for e in entries if e.gate_id == own]
+        if echoes:
+            await self._run(
+                writer, "cannot store the venue's order",
+                lambda db: db.executemany(schema.SET_ORDER, echoes),
+            )  # fmt: skip
         received_at = self._clock.now()
         wall_ms = int(received_at * 1000)
         ceiling = (
