@@ -200,10 +200,11 @@ def _code(f: Facts) -> RuleResult:
 
 
 def effective(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
-    """Entries and exits in HLC order, without those an annulment cancelled."""
+    """Entries and exits in history order (:attr:`HistoryEntry.order`), without those an
+    annulment cancelled."""
     annulled = annulled_ids(history)
     rows = [h for h in history if h.kind in ("entry", "exit") and h.entry_id not in annulled]
-    return sorted(rows, key=lambda h: h.hlc)
+    return sorted(rows, key=lambda h: h.order)
 
 
 def _used(f: Facts, last: HistoryEntry) -> RuleResult:

@@ -732,7 +732,7 @@ async def test_decide_and_record_decides_on_the_history_and_records_durably(
         assert other.execute("SELECT MAX(gate_seq) FROM entries").fetchone() == (4,)
     assert await journal.history("tk1:c") == [
         HistoryEntry("entry", "g1", "Gate 1", "L1", T0, results[2][1].entry_id, None,
-                     results[2][1].hlc, False)
+                     results[2][1].hlc, False, gate_seq=results[2][1].gate_seq)
     ]  # fmt: skip
 
 

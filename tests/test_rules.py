@@ -157,6 +157,20 @@ def test_reentry_policy(facts: rules.Facts) -> None:
     assert d.reason is Reason.ALREADY_USED and d.detail.startswith("Gate 9,")
 
 
+def test_rows_of_one_hlc_go_in_their_gates_order_whatever_the_input_order(
+    facts: rules.Facts,
+) -> None:
+    """The hub gives rows of a gate whose clock ran ahead one time: entry then exit at one HLC.
+    The rules order them by gate_seq, not by where they sit in the list they are given."""
+    f = _policy(facts, entry_policy="reentry")
+    hlc = int((NOW - 60) * 1000) << 16
+    entry = dataclasses.replace(_entry("entry", NOW - 60, entry_id="z", hlc=hlc), gate_seq=7)
+    exit_ = dataclasses.replace(_entry("exit", NOW - 60, entry_id="a", hlc=hlc), gate_seq=8)
+    for history in ([entry, exit_], [exit_, entry]):
+        assert [h.kind for h in rules.effective(history)] == ["entry", "exit"]
+        assert rules.decide(_with(f, history=history)).admitted  # out, so back in
+
+
 def test_per_day_and_unlimited(facts: rules.Facts) -> None:
     f = _policy(facts, entry_policy="per_day", entries_per_day=2)
     one = [

@@ -41,6 +41,12 @@ class HistoryEntry:
     hlc: int
     peer: bool
     code_time: int | None = None  # a rotating ticket's code, on this gate's own rows
+    gate_seq: int = 0  # breaks HLC ties within a gate (rows the hub cut to one time)
+
+    @property
+    def order(self) -> tuple[int, str, int]:
+        """Position in a ticket's history: HLC, then gate, then gate_seq (as the hub orders)."""
+        return self.hlc, self.gate_id, self.gate_seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +126,11 @@ def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:
 def history_entry(row: Sequence[Any]) -> HistoryEntry:
     """A history row (as the history query selects it) as a HistoryEntry."""
     # Column affinities (TEXT, REAL, INTEGER) already give the field types; only peer is a flag.
-    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time, _ = row
+    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time, seq = row
     return HistoryEntry(
-        kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer), code_time
-    )
+        kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer), code_time,
+        seq,
+    )  # fmt: skip
 
 
 def entry_record(row: Sequence[Any]) -> EntryRecord:
