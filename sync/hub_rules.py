@@ -62,7 +62,7 @@ from typing import Any
 
 from agent.redact import short_id
 from sync import protocol
-from sync.hub_plan import Names, NewAlert, TicketRow, admission, lead_s
+from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
 from sync.hub_ticket_alerts import ticket_alerts
 from sync.protocol import (
@@ -141,8 +141,10 @@ def attempt_span(
     either side of them ((inf, -inf), an empty span, without attempts). A stored attempt falls
     in it when its wall time does, or its arrival plus ``max_clock_ahead_s`` does (the stores
     select both; the rules then use the time as of arrival)."""
-    limit = now + policy.max_clock_ahead_s
-    times = [min(e.wall_time, limit) for e in entries if e.kind == "attempt"]
+    ahead = policy.max_clock_ahead_s
+    times = [
+        as_of_arrival(e.hlc, e.wall_time, now, ahead)[1] for e in entries if e.kind == "attempt"
+    ]
     if not times:
         return math.inf, -math.inf
     window = policy.denied_alert_window_s
