@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from agent.app import config as cfg
 from agent.app.lane_devices import open_lane_devices
 from agent.checker import Checker
-from agent.clock import Clock
+from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import (
     AgentError,
     ConfigError,
@@ -410,7 +410,8 @@ def _status_server(config: cfg.Config, gate: Gate) -> StatusServer:
     from agent.app.status import StatusLimits, StatusServer
 
     sc = config.status
-    limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024)
+    ahead = config.hub.max_clock_ahead_s if config.hub is not None else HLC_MAX_AHEAD_S
+    limits = StatusLimits(sc.outbox_backlog, sc.disk_free_min_mb * 1024 * 1024, ahead)
     host, port = parse_listen(sc.listen) if sc.listen else ("127.0.0.1", 0)
     return StatusServer(
         gate, host=host, port=port, limits=limits, lanes=lambda: gate.lanes,

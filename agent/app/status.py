@@ -88,6 +88,9 @@ class StatusLimits:
 
     outbox_backlog: int = 1000
     disk_free_min_bytes: int = 200 * 1024 * 1024
+    clock_ahead_s: float = (
+        HLC_MAX_AHEAD_S  # the gate's time past the hub's ([hub] max_clock_ahead_s)
+    )
 
 
 class _Metrics:
@@ -453,7 +456,7 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     if not snap["clock"]["synced"]:
         reasons.append("clock untrusted")
     ahead = snap["clock"]["ahead_of_hub_s"]
-    if ahead is not None and ahead > HLC_MAX_AHEAD_S:  # a floor left ahead holds it there
+    if ahead is not None and ahead > limits.clock_ahead_s:  # a floor left ahead holds it there
         reasons.append(f"clock {ahead:,.0f} s ahead of the hub's")
     depth = snap["journal"]["outbox_depth"]
     up = snap["upstream"]
