@@ -29,13 +29,17 @@ ACTIONS: tuple[Action, ...] = ("ack", "assign", "note")
 ActResult = Literal["done", "unknown", "full"]
 
 _GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
-# The rows as the gates sent them (a row from a clock ahead shows its claimed time and place, for
-# the security team); ties of one HLC in each gate's own order, as everywhere else.
+# The rows as the gates sent them (a row from a clock ahead shows its claimed time, for the
+# security team), in the order the hub and the gates decided on: a row's HLC cut to its arrival
+# + max_clock_ahead_s (the two ? after the short id: sync.hub_plan.as_of_arrival), ties in each
+# gate's own order.
+_VOUCHED = "CAST((e.received_at + ?) * 1000 AS BIGINT) * 65536"
 TICKET_HISTORY = (
     f"SELECT e.entry_id, e.gate_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.detail,"
     " e.flags, e.offline, e.wall_time, e.annuls"
-    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
-    " WHERE e.short_id = ? ORDER BY e.hlc, e.gate_id, e.gate_seq LIMIT ?"
+    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id WHERE e.short_id = ?"
+    f" ORDER BY CASE WHEN e.hlc > {_VOUCHED} THEN {_VOUCHED} ELSE e.hlc END, e.gate_id,"
+    " e.gate_seq LIMIT ?"
 )
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref) FROM entries WHERE short_id = ?"
 # The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has

@@ -14,7 +14,7 @@ from sync import hub_console_sql as q
 from sync import hub_schema
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_sql import numbered
-from sync.hub_store import check_limit
+from sync.hub_store import HubPolicy, check_limit
 from sync.protocol import Alert
 from sync.protocol_console import TicketHistory
 
@@ -42,6 +42,9 @@ class PostgresConsoleQueries:
     if TYPE_CHECKING:
 
         async def _run(self, job: Callable[[_Conn], Awaitable[_T]]) -> _T: ...
+
+        @property
+        def policy(self) -> HubPolicy: ...
 
     async def alert_details(self, alerts: Sequence[Alert]) -> list[Alert]:
         """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
@@ -83,7 +86,8 @@ class PostgresConsoleQueries:
         check_limit(limit)
 
         async def job(conn: _Conn) -> TicketHistory:
-            rows = await conn.fetch(_TICKET_HISTORY, short, limit + 1)
+            ahead = self.policy.max_clock_ahead_s
+            rows = await conn.fetch(_TICKET_HISTORY, short, ahead, ahead, limit + 1)
             tickets = await conn.fetchval(_TICKET_COUNT, short)
             return q.history(short, int(tickets), rows, limit)
 

@@ -13,7 +13,7 @@ from agent.redact import short_id
 from sync import hub_console_sql as q
 from sync import hub_schema
 from sync.hub_console_sql import Action, ActResult
-from sync.hub_store import check_limit
+from sync.hub_store import HubPolicy, check_limit
 from sync.protocol import Alert
 from sync.protocol_console import TicketHistory
 
@@ -29,6 +29,9 @@ class SQLiteConsoleQueries:
     if TYPE_CHECKING:
 
         async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T: ...
+
+        @property
+        def policy(self) -> HubPolicy: ...
 
     async def alert_details(self, alerts: Sequence[Alert]) -> list[Alert]:
         """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
@@ -60,7 +63,8 @@ class SQLiteConsoleQueries:
         check_limit(limit)
 
         def job(db: sqlite3.Connection) -> TicketHistory:
-            rows = db.execute(q.TICKET_HISTORY, (short, limit + 1)).fetchall()
+            ahead = self.policy.max_clock_ahead_s
+            rows = db.execute(q.TICKET_HISTORY, (short, ahead, ahead, limit + 1)).fetchall()
             (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
             return q.history(short, int(tickets), rows, limit)
 

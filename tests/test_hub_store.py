@@ -1177,6 +1177,10 @@ async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(
     fed, _ = await store.feed(0, 10)
     ordered = sorted(fed, key=lambda f: (f.hlc, f.gate_id, f.gate_seq))
     assert [f.kind for f in ordered] == ["entry", "exit", "entry"]
+    # The console shows the ticket in that order too (with the thief's claimed time).
+    seen = (await store.ticket_history(short_id("t"), 10)).events
+    assert [(e.gate_id, e.kind) for e in seen] == [("x", "entry"), ("a", "exit"), ("a", "entry")]
+    assert seen[0].time == T0 + 100 + 47 * 3600
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:

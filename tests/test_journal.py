@@ -393,12 +393,27 @@ async def test_an_echo_from_the_venue_places_a_row_recorded_ahead(journal: Journ
     )
     assert await journal.add_peer_entries([echo]) == 0  # not stored as a peer row
     assert [h.kind for h in await journal.history("tk1:aa")] == ["exit", "entry"]
-    # An echo never moves a row later.
-    await journal.add_peer_entries([dataclasses.replace(echo, hlc=exit_.hlc + (9 << 16))])
+    # An echo never moves a row later: not past its own HLC, nor past an earlier echo.
+    for hlc in (exit_.hlc + (9 << 16), exit_.hlc - (2 << 16)):
+        await journal.add_peer_entries([dataclasses.replace(echo, hlc=hlc)])
     history = await journal.history("tk1:aa")
     assert [h.kind for h in history] == ["exit", "entry"] and history[0].hlc == echo.hlc
     row = (await journal.tail(1))[0]
     assert row.hlc == exit_.hlc  # the row itself (and what it uploads) is unchanged
+
+
+async def test_a_tool_reads_the_history_of_a_journal_not_yet_upgraded(
+    journal: Journal, path: Path
+) -> None:
+    """A review: `check --config` reads the journal read-only; after an update and before the
+    daemon's restart the file is still schema 2, without order_hlc."""
+    await admit(journal, "tk1:aa")
+    await journal.close()
+    with raw(path) as other:
+        other.execute("ALTER TABLE entries DROP COLUMN order_hlc")
+        other.execute("PRAGMA user_version = 2")
+    (seen,) = read_history(path, "tk1:aa", "Gate 1")
+    assert seen.kind == "entry" and not seen.peer
 
 
 async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(

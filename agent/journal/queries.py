@@ -52,12 +52,18 @@ EVENT_COLUMNS = (
 )
 
 
+# A journal of schema 2 (read by a tool before the daemon has upgraded it) has no order_hlc.
+_HISTORY_2 = HISTORY.replace("IFNULL(order_hlc, hlc) AS hlc", "hlc", 1)
+
+
 def history(
-    db: sqlite3.Connection, gate_id: str, gate_name: str, ticket_ref: str
+    db: sqlite3.Connection, gate_id: str, gate_name: str, ticket_ref: str, *, schema: int = 3
 ) -> list[HistoryEntry]:
-    """Entries, exits and annulments of ``ticket_ref`` here and at peers, in HLC order."""
+    """Entries, exits and annulments of ``ticket_ref`` here and at peers, in history order
+    (``schema``: the file's, for read-only tools that find it not yet upgraded)."""
     params = (gate_id, gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
-    return [history_entry(row) for row in db.execute(HISTORY, params)]
+    sql = HISTORY if schema >= 3 else _HISTORY_2
+    return [history_entry(row) for row in db.execute(sql, params)]
 
 
 def peer_rows(
@@ -260,7 +266,9 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            return history(conn, stored_gate_id(conn) or "", gate_name, ticket_ref)
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            gate_id = stored_gate_id(conn) or ""
+            return history(conn, gate_id, gate_name, ticket_ref, schema=int(version))
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -33,8 +33,8 @@ INSERT_PEER = (
     "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
     "kind, annuls, wall_time, hlc, received_at) VALUES "
 )
-# The venue's order of one of this gate's rows, from the hub's echo of it (never later than its own).
-SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND gate_id = ? AND hlc > ?"
+# The venue's order of one of this gate's rows, from the hub's echo of it: only ever earlier.
+SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND IFNULL(order_hlc, hlc) > ?"
 INSERT_EVENT = (
     "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -105,6 +105,19 @@ CREATE TABLE IF NOT EXISTS gate_events (
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL
 );
 """
+
+
+def set_order(db: sqlite3.Connection, echoes: list[tuple[int, str, int]]) -> int:
+    """Set the venue's order of this gate's echoed rows (``SET_ORDER`` parameters), in one
+    transaction; returns how many rows moved."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        placed = db.executemany(SET_ORDER, echoes).rowcount
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return int(placed)
 
 
 def configure(db: sqlite3.Connection) -> str:

@@ -288,13 +288,14 @@ class Journal:
         ]
         self._refs.update(e.ticket_ref for e in batch)
         writer = self._require_open()
-        own = self._gate_id
-        echoes = [(e.hlc, e.entry_id, own, e.hlc) for e in entries if e.gate_id == own]
+        echoes = [(e.hlc, e.entry_id, e.hlc) for e in entries if e.gate_id == self._gate_id]
         if echoes:
-            await self._run(
-                writer, "cannot store the venue's order",
-                lambda db: db.executemany(schema.SET_ORDER, echoes),
-            )  # fmt: skip
+            placed = await self._run(writer, "cannot store the venue's order",
+                                     functools.partial(schema.set_order, echoes=echoes))  # fmt: skip
+            self._checkpointer.wrote()
+            if placed:
+                log.info("%d of this gate's rows placed earlier, as the venue orders them (its"
+                         " clock ran ahead of the hub's)", placed)  # fmt: skip
         received_at = self._clock.now()
         wall_ms = int(received_at * 1000)
         ceiling = (
