@@ -29,6 +29,11 @@ class Scan:
     refused: str | None = None
 
 
+def too_long(length: int, cap: int) -> str:
+    """The ``Scan.refused`` reason of a code over a reader's cap (every driver says it so)."""
+    return f"a code of {length:,} characters, over the reader's {cap:,}"
+
+
 @runtime_checkable
 class Driver(Protocol):
     async def open(self) -> None: ...

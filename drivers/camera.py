@@ -53,7 +53,7 @@ from typing import Any
 
 from agent.backoff import Backoff
 from agent.errors import DriverError
-from agent.ports import Scan
+from agent.ports import Scan, too_long
 from agent.redact import text_digest
 from drivers import camera_url
 from drivers.camera_frames import RawFrame, Roi, prepare
@@ -330,8 +330,8 @@ class CameraScanner:
                     digest,
                     len(text),
                 )
-                why = f"a code of {len(text):,} characters, over the reader's {MAX_TEXT:,}"
-                self._queue.put_nowait(Scan("", self.source_name, frame.mono_ns, refused=why))
+                refused = too_long(len(text), MAX_TEXT)
+                self._queue.put_nowait(Scan("", self.source_name, frame.mono_ns, refused=refused))
                 continue
             log.debug(
                 "%s: read %s (%d chars, %s, frame %d)",

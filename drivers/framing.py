@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent.ports import too_long
 from agent.redact import bytes_digest
 
 log = logging.getLogger(__name__)
@@ -282,8 +283,7 @@ class Framer:
     def _refuse_long(self, now_ns: int, out: list[Frame]) -> None:
         """The end of an over-long frame: a refused read, with its length."""
         self._note(DropReason.TOO_LONG, self._long, now_ns)
-        why = f"a code of {self._long:,} characters, over the reader's {self.config.max_frame:,}"
-        out.append(Frame("", None, None, now_ns, why))
+        out.append(Frame("", None, None, now_ns, too_long(self._long, self.config.max_frame)))
 
     def _finish(self, raw: bytes, now_ns: int, out: list[Frame]) -> None:
         """Turn one correctly framed payload into a Frame, or drop it."""

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.ports import too_long
+
 log = logging.getLogger(__name__)
 
 EV_KEY = 1
@@ -189,7 +191,7 @@ class KeyFramer:
         self._clear()
         if length > self.max_frame:
             self._drop("oversize", length)
-            return Refused(f"a code of {length:,} characters, over the reader's {self.max_frame:,}")
+            return Refused(too_long(length, self.max_frame))
         if bad:
             self._drop("non_printable", length)
             return Refused("a code with keys that are not text (a keyboard layout other than US?)")

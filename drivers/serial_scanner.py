@@ -347,9 +347,7 @@ class SerialScanner:
                     except TimeoutError:
                         rejected = framer.rejected
                         framer.expire(time.monotonic_ns())  # an over-long frame that never ended
-                        for _ in range(framer.rejected - rejected):  # ... is a read to answer
-                            if self._ack is not None:
-                                self._ack.dropped()
+                        self._answer_drops(framer.rejected - rejected)  # ... is a read to answer
                         continue
                 if not data:
                     return "end of file"
@@ -363,12 +361,16 @@ class SerialScanner:
         frames = self.framer.feed(data, now_ns)
         for frame in frames:
             self._emit(frame)
-        # A refused read goes to the lane, which answers it; every other rejected read (the
-        # scanner waits for an answer to each) is answered now.
-        if self._ack is not None:
-            refused = sum(frame.refused is not None for frame in frames)
-            for _ in range(self.framer.rejected - rejected - refused):
-                self._ack.dropped()
+        # A refused read goes to the lane, which answers it; every other rejected read is
+        # answered now.
+        refused = sum(frame.refused is not None for frame in frames)
+        self._answer_drops(self.framer.rejected - rejected - refused)
+
+    def _answer_drops(self, count: int) -> None:
+        """Answer ``count`` reads nobody passes on (host ACK: the scanner waits for each)."""
+        for _ in range(count if self._ack is not None else 0):
+            assert self._ack is not None
+            self._ack.dropped()
 
     def _emit(self, frame: Frame) -> None:
         digest = text_digest(frame.text)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agent.errors import DriverError
 from agent.model import Decision
-from agent.ports import InputEvent, InputName, Scan
+from agent.ports import InputEvent, InputName, Scan, too_long
 from agent.redact import text_digest
 from drivers.url_params import UrlParams
 
@@ -93,8 +93,8 @@ class SimScanner:
     def _refuse(self, length: int) -> None:
         """An over-long line: read, refused (the lane shows it is not a ticket)."""
         log.warning("sim scanner: dropped over-long line (%d chars)", length)
-        why = f"a code of {length:,} characters, over the reader's {MAX_LINE:,}"
-        self._queue.put_nowait(Scan("", self.source, time.monotonic_ns(), refused=why))
+        refused = too_long(length, MAX_LINE)
+        self._queue.put_nowait(Scan("", self.source, time.monotonic_ns(), refused=refused))
 
     def finish(self) -> None:
         """End the scan stream (the lane's loop then returns)."""
