@@ -7,6 +7,7 @@ offline security review gives the exposure score the README quotes.
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import re
 import shutil
@@ -17,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import system_clock_synced
+from tests import needs
+
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD = ROOT / "systemd"
 UNITS = ("gate-agent.service", "gate-hub.service")
 # Exposure scores quoted in the README; a change that weakens the hardening fails here.
-MAX_EXPOSURE = {"gate-agent.service": 2.2, "gate-hub.service": 1.3}
+# The gate's 2.3: 0.2 of it is adjtimex(2), allowed for the clock check (see the unit).
+MAX_EXPOSURE = {"gate-agent.service": 2.3, "gate-hub.service": 1.3}
 # From apt on a Pi, not PyPI (no aarch64 wheel): see systemd/install.
 FROM_APT = {"evdev"}
 GA = [sys.executable, "-m", "agent"]
@@ -325,3 +330,62 @@ def test_every_dependency_has_an_aarch64_wheel_for_python_311(tmp_path: Path) ->
     # The tree reached past the top level (aiohttp's yarl, cryptography's cffi, ...).
     assert {"yarl", "cffi"} <= wheels, sorted(wheels)
     assert not list(tmp_path.glob("*.tar.gz")) and not list(tmp_path.glob("*.zip"))
+
+
+# The gate's clock check (agent.clock.system_clock_synced) reads adjtimex(2). Run under the gate
+# unit's own system call filter, as systemd applies it (libseccomp, every call outside the list
+# failing with EPERM), it must still answer: None would leave every admission clock_untrusted.
+_UNDER_FILTER = """
+import ctypes, errno, sys
+from agent.clock import system_clock_synced
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+ctx = lib.seccomp_init(0x00050000 | errno.EPERM)  # SCMP_ACT_ERRNO(EPERM)
+for name in sys.argv[1:]:
+    number = lib.seccomp_syscall_resolve_name(name.encode())
+    if number != -1:  # -1: not a call of this architecture
+        lib.seccomp_rule_add(ctx, 0x7FFF0000, number, 0)  # SCMP_ACT_ALLOW
+assert lib.seccomp_load(ctx) == 0
+print(system_clock_synced())
+"""
+
+
+def _filter_calls(group: str, seen: dict[str, set[str]]) -> set[str]:
+    """The system calls a SystemCallFilter= name stands for (a @group, expanded as systemd does)."""
+    if not group.startswith("@"):
+        return {group}
+    if group not in seen:
+        listing = subprocess.run(
+            ["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[1:]
+        seen[group] = set()
+        for line in listing:
+            name = line.strip()
+            if name and not name.startswith("#"):
+                seen[group] |= _filter_calls(name, seen)
+    return seen[group]
+
+
+def test_agent_unit_lets_the_clock_check_through_its_system_call_filter() -> None:
+    needs.need(shutil.which("systemd-analyze"), "systemd-analyze (systemd)")
+    needs.need(ctypes.util.find_library("seccomp"), "libseccomp (libseccomp2)")
+    allowed: set[str] = set()
+    seen: dict[str, set[str]] = {}
+    for line in (SYSTEMD / "gate-agent.service").read_text().splitlines():
+        if line.startswith("SystemCallFilter="):
+            names = line.split("=", 1)[1]
+            calls = set().union(*(_filter_calls(n, seen) for n in names.lstrip("~").split()))
+            allowed = allowed - calls if names.startswith("~") else allowed | calls
+    assert system_clock_synced() is not None  # it answers here, outside any filter
+    result = subprocess.run(
+        [sys.executable, "-c", _UNDER_FILTER, *sorted(allowed)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() in {"True", "False"}, result.stdout
