@@ -20,7 +20,7 @@ from agent.errors import UpstreamUnavailable
 from agent.journal import Journal, PeerEntry
 from agent.revocation import RevocationStore
 from sync import pretix_wire as wire
-from sync.pretix_http import PretixHTTP
+from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_state import load_cursors, save_cursors
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class PretixDownload:
             params["created_since"] = newest_created
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
             revoked += pretix_event.revoked_secrets(reply.body)
-            newest_created = wire.latest(newest_created, rows, "created")
+            newest_created = wire.latest(newest_created, rows, "created", self._until(reply))
         blocked: dict[str, bool] = {}
         newest_updated = cursor.get(_BLOCKED_CURSOR)
         params = {"ordering": "updated"}
@@ -101,7 +101,7 @@ class PretixDownload:
             params["updated_since"] = newest_updated
         async for reply, rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
-            newest_updated = wire.latest(newest_updated, rows, "updated")
+            newest_updated = wire.latest(newest_updated, rows, "updated", self._until(reply))
         new_cursor = {
             name: value
             for name, value in (
@@ -144,21 +144,31 @@ class PretixDownload:
         if since:
             params.append(("modified_since", since))
         started: float | None = None
-        learnt = skipped = annulled = 0
+        learnt = skipped = annulled = ahead = 0
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
+            listed = wire.listed_at(reply.headers, self._clock.now())
             if started is None:
-                started = wire.page_generated(reply.headers) or self._clock.now()
+                started = self._until(reply)
             rows, bad = wire.order_positions(orders)
-            entries, bad_checkins = wire.peer_entries(rows, own_device, self._list)
-            skipped += bad + bad_checkins
-            learnt += await self._journal.add_peer_entries(entries)
+            checkins = wire.peer_entries(rows, own_device, self._list, listed)
+            skipped += bad + checkins.skipped
+            ahead += checkins.ahead
+            learnt += await self._journal.add_peer_entries(checkins.entries)
             annulled += await self._learn_annulments(rows, own_device)
         if learnt or skipped or annulled:
             log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
                      learnt, annulled, skipped)  # fmt: skip
+        if ahead:
+            log.warning("pretix: %d check-ins of other devices dated after pretix listed them"
+                        " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
         if started is not None:
             self._cursors[_ORDERS_CURSOR] = wire.iso(started - _ORDERS_OVERLAP_S)
             save_cursors(self._state_dir, self._cursors)
+
+    def _until(self, reply: Reply) -> float:
+        """The time to page on from after ``reply`` (:func:`sync.pretix_wire.cursor_time`)."""
+        now = self._clock.now()
+        return wire.cursor_time(wire.listed_at(reply.headers, now), now)
 
     async def _learn_annulments(self, rows: list[Any], own_device: int) -> int:
         """Other devices' check-ins that a downloaded position no longer lists were annulled

@@ -13,11 +13,12 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.redact import printable, text_digest
@@ -32,6 +33,7 @@ _ANNUL_PREFIX = "pretix-annulled-"
 _REASON = re.compile(r"[a-z][a-z_]{0,39}")  # a redeem refusal's reason, as pretix spells them
 MAX_KEY_TEXT = 40  # an answer's key as named in a log line
 MAX_KEYS_SHOWN = 8
+_PLAUSIBLE_FROM_S = 1_577_836_800.0  # 2020-01-01: no server's clock shows an earlier time
 
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
@@ -173,6 +175,23 @@ def page_generated(headers: Mapping[str, str]) -> float | None:
         return parse_http_date(lower.get("date"))
 
 
+def listed_at(headers: Mapping[str, str], now: float) -> float:
+    """When pretix listed a page, by its own clock (:func:`page_generated`); this gate's ``now``
+    when it says neither, or says a time no server's clock shows (before 2020, after 2200)."""
+    listed = page_generated(headers)
+    if listed is None or not _PLAUSIBLE_FROM_S <= listed <= PLAUSIBLE_HLC_MS / 1000:
+        return now
+    return listed
+
+
+def cursor_time(listed: float, now: float) -> float:
+    """The time to page on from next round: pretix's ``listed``, but this gate's ``now`` when
+    that is more than HLC_MAX_AHEAD_S ahead of it. A server clock's glitch would otherwise hold
+    a cursor in the future and hide everything until then; paging from an earlier time only
+    reads some rows again (the cursors are inclusive, every row idempotent)."""
+    return listed if listed <= now + HLC_MAX_AHEAD_S else now
+
+
 def peer_gate(device: Any) -> str:
     return f"{_PEER_PREFIX}{device}" if isinstance(device, int) else "pretix-backend"
 
@@ -187,16 +206,34 @@ def checkin_device(ci: dict[str, Any]) -> int | None:
     return device if isinstance(device, int) and not isinstance(device, bool) else None
 
 
-def peer_entries(rows: Iterable[Any], own_device: int, list_id: int) -> tuple[list[PeerEntry], int]:
-    """Check-ins of other devices in positions rows, as peer entries; also the count skipped.
+@dataclass(frozen=True, slots=True)
+class PeerCheckins:
+    """Other devices' check-ins read from one page: ``skipped`` not well-formed, ``ahead`` dated
+    after pretix listed them (learnt as of that time)."""
+
+    entries: list[PeerEntry]
+    skipped: int = 0
+    ahead: int = 0
+
+
+def peer_entries(
+    rows: Iterable[Any], own_device: int, list_id: int, listed_at: float
+) -> PeerCheckins:
+    """Check-ins of other devices in positions rows, as peer entries.
 
     A row or check-in that is not well-formed is skipped (counted), never fatal: one odd
     position must not stop learning the others. Our own device's check-ins are already in the
     journal and are left out. ``entry_id`` is derived from pretix's check-in id when present,
-    so a re-download inserts nothing twice.
+    so a re-download inserts nothing twice. A check-in dated after ``listed_at`` (when pretix
+    listed the page, :func:`listed_at`) is learnt as made then, the time no honest check-in
+    can be later than: dated ahead (a device's clock, or a stolen device's token redeeming
+    with a future datetime) it would stay the ticket's last row through every later entry,
+    and an exit so placed would let the ticket in again and again at a reentry gate. (A
+    server that lies about its own time too is beyond this: it could as well invent a fresh
+    exit every round.)
     """
     out: list[PeerEntry] = []
-    skipped = 0
+    skipped = ahead = 0
     for row in rows:
         secret = row.get("secret") if isinstance(row, dict) else None
         checkins = row.get("checkins") if isinstance(row, dict) else None
@@ -207,9 +244,14 @@ def peer_entries(rows: Iterable[Any], own_device: int, list_id: int) -> tuple[li
             entry = _peer_entry(secret, ci, own_device, list_id)
             if entry is None:
                 skipped += isinstance(ci, dict) and checkin_device(ci) != own_device
+            elif entry.wall_time > listed_at:
+                ahead += 1
+                out.append(
+                    replace(entry, wall_time=listed_at, hlc=HLC.at_ms(int(listed_at * 1000)))
+                )
             else:
                 out.append(entry)
-    return out, skipped
+    return PeerCheckins(out, skipped, ahead)
 
 
 def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntry | None:
@@ -238,7 +280,7 @@ def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntr
         kind=kind,
         annuls=None,
         wall_time=wall,
-        hlc=int(wall * 1000) << 16,
+        hlc=HLC.at_ms(int(wall * 1000)),
     )
 
 
@@ -338,8 +380,10 @@ def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Co
     return None
 
 
-def latest(current: str | None, rows: list[Any], field: str) -> str | None:
-    """The newest ``field`` timestamp among ``current`` and the rows (kept as pretix wrote it)."""
+def latest(current: str | None, rows: list[Any], field: str, not_after: float) -> str | None:
+    """The newest ``field`` timestamp among ``current`` and the rows (kept as pretix wrote it),
+    none past ``not_after`` (:func:`cursor_time`): a row dated later, by a server clock's fault,
+    would hold the cursor there and hide every row made until then."""
     best, best_t = current, None
     if current:
         try:
@@ -352,7 +396,7 @@ def latest(current: str | None, rows: list[Any], field: str) -> str | None:
             t = parse_iso(value)
         except ValueError:
             continue
-        if best_t is None or t > best_t:
+        if t <= not_after and (best_t is None or t > best_t):
             best, best_t = value, t
     return best
 

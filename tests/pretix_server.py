@@ -87,6 +87,7 @@ class FakePretix:
     device_id: int = 1
     checkins_by_nonce: dict[str, tuple[int, float]] = field(default_factory=dict)
     now: float = _t("2026-11-23T02:51:19Z")
+    page_generated: str | None = None  # X-Page-Generated as given (default: ``now``)
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -177,7 +178,7 @@ def make_app(state: FakePretix) -> web.Application:
     async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")
         rows = [{"positions": [p]} for m, p in state.positions if since is None or m >= _t(since)]
-        generated = datetime.fromtimestamp(state.now, UTC).isoformat()  # as pretix: microseconds
+        generated = state.page_generated or datetime.fromtimestamp(state.now, UTC).isoformat()
         return web.json_response(
             _paged(request, rows, state.page_size), headers={"X-Page-Generated": generated}
         )

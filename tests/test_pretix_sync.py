@@ -19,7 +19,7 @@ from agent.errors import PretixInitError
 from agent.journal import EntryRecord, Journal
 from agent.model import Decision, Reason, Verdict
 from agent.revocation import ListState, RevocationStore, secret_key
-from agent.rules import GatePolicy
+from agent.rules import GatePolicy, effective
 from agent.trust import TrustBundle
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
 from sync.pretix_wire import iso, uuid7_time
@@ -496,3 +496,63 @@ async def test_background_task_runs_and_closes(rig: Rig) -> None:
     assert rig.up.status["online"]
     await rig.up.close()
     await rig.up.close()
+
+
+# -- times pretix lists that no clock could have shown then (a review) -------------------------
+
+
+async def test_a_checkin_dated_after_pretix_listed_it_counts_as_listed(rig: Rig) -> None:
+    # Another device's exit dated next year (a stolen device's token redeeming with a future
+    # datetime, or its clock a year ahead): stored as dated, it stayed the ticket's last row
+    # through every later entry here, and a reentry gate let the ticket in again and again.
+    secret = CASES["valid_standard_3"]["secret"]
+    rig.fake.positions = [(T0, position_with(secret, [checkin(80, 2, "2027-12-01T00:00:00Z",
+                                                               "exit")]))]  # fmt: skip
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    (exit_,) = await rig.journal.history("pretix:" + secret)
+    assert exit_.wall_time == rig.fake.now  # no later than pretix listed it (X-Page-Generated)
+    entry = await rig.record(secret)
+    history = await rig.journal.history("pretix:" + secret)
+    assert [(h.kind, h.entry_id) for h in effective(history)][-1] == ("entry", entry.entry_id)
+
+
+async def test_a_revocation_dated_in_the_future_does_not_stop_the_next_ones(rig: Rig) -> None:
+    # One revokedsecrets row created in 2099 (a server clock fault) became the cursor: every
+    # later round asked for rows created since 2099 and no revocation was learnt again.
+    await initialized(rig)
+    page = recorded_page("revoked_secrets.json", "revoked_full_1")
+    bogus = {
+        **page["results"][0],
+        "id": 9_999,
+        "secret": "f" * 32,
+        "created": "2099-01-01T00:00:00Z",
+    }
+    rig.fake.revoked = {**page, "results": [*page["results"], bogus]}
+    assert await rig.up.sync_once()
+    assert rig.store.status(secret_key("f" * 32)) is ListState.REVOKED
+    cursor = rig.store.upstream_cursor["pretix_revoked_created_since"]
+    assert cursor == "2026-11-23T02:50:57.191745Z"  # the newest row pretix could have made
+    later = {**page["results"][0], "id": 10_000, "secret": "e" * 32, "created": iso(T0 + 5)}
+    rig.fake.revoked = {**page, "results": [*page["results"], bogus, later]}
+    assert await rig.up.sync_once()
+    assert rig.store.status(secret_key("e" * 32)) is ListState.REVOKED
+
+
+async def test_an_orders_page_listed_at_no_plausible_time_keeps_the_round_going(
+    rig: Rig,
+) -> None:
+    # X-Page-Generated in the year 1: the cursor (its time less 10 s) could not be written and
+    # every round failed before its uploads; one in 2099 would have skipped every later order.
+    secret = CASES["valid_standard_3"]["secret"]
+    rig.fake.positions = [(T0, position_with(secret, [checkin(81, 2, "2026-11-23T02:50:00Z")]))]
+    await initialized(rig)
+    for listed in ("0001-01-01T00:00:05+00:00", "2099-01-01T00:00:00+00:00"):
+        rig.fake.page_generated = listed
+        assert await rig.up.sync_once()
+        assert await rig.up.sync_once()
+        # the cursor is this gate's time then, less the 10 s margin
+        assert rig.fake.calls_to("/orders/")[-1].query["modified_since"] == iso(rig.wall.t - 10)
+    assert [h.entry_id for h in await rig.journal.history("pretix:" + secret)] == [
+        "pretix-checkin-81"
+    ]
