@@ -91,7 +91,9 @@ def _fast(body: bytes) -> BatchUpload | None:
         return None
     try:
         raw = _DECODER.decode(body)
-    except msgspec.MsgspecError:  # DecodeError and ValidationError: the reader says which field
+    # DecodeError and ValidationError: the reader says which field. RecursionError: nested past
+    # msgspec's depth (a 2 kB body can be), which the reader refuses as not valid JSON.
+    except (msgspec.MsgspecError, RecursionError):
         return None
     if raw.v != PROTOCOL_VERSION or not is_id(raw.gate_id):
         return None

@@ -250,6 +250,12 @@ async def test_bad_bodies_are_400_with_a_message(
         "control character": (body(entry={"detail": "a\x07"}), "bad_request", "entries[0].detail"),
         "oversize": (b" " * (MAX_BODY_BYTES + 1), "too_large", "byte limit"),
         "far oversize": (b"[" * (3 * MAX_BODY_BYTES), "too_large", "byte limit"),
+        # 2 kB nested past the decoder's depth: was a 500 and a traceback in the log per request
+        "deeply nested": (
+            body(x=None).replace(b'"x": null', b'"x": ' + b"[" * 1000 + b"]" * 1000),
+            "bad_request",
+            "not valid JSON",
+        ),
     }
     for case, (data, error, words) in cases.items():
         reply = await api.post(path, data, gate.token)
