@@ -172,7 +172,9 @@ def _check_hub(hub: HubSection, src: Path) -> HubSection:
     for key, (ok, expected) in _HUB_RANGES.items():
         value = getattr(hub, key)
         if not ok(value):
-            raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {value!r}")
+            # A store URL may hold a password: only its scheme is shown.
+            got = f"a URL of scheme {value.split(':', 1)[0]!r}" if key == "store" else repr(value)
+            raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {got}")
     for gate_id in hub.exit_gates or ():
         if not is_id(gate_id):
             raise ConfigError(f"{src}: [hub] exit_gates: {gate_id!r} is not a gate id")
