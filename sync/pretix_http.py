@@ -30,13 +30,14 @@ import aiohttp
 import yarl
 
 from agent.errors import UpstreamAuthError, UpstreamUnavailable
-from agent.redact import pretix_short_id, secret_label
+from agent.redact import pretix_short_id, printable, secret_label
 from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 << 20  # a page of 50 positions is ~100 kB; anything this big is not pretix
 MAX_PAGES = 100_000
+MAX_PATH_SHOWN = 300  # characters of a request's path in an error
 # Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones
 # (pretixscan_online_kiosk, pretixscan_online_noorders) lack the order list it syncs from.
 NEEDED_PROFILE = "'pretixSCAN' (pretixscan) or 'Full device access' (full)"
@@ -129,7 +130,9 @@ class PretixHTTP:
             if self.token is None:
                 raise UpstreamAuthError("no device token: initialise the device first")
             headers["Authorization"] = f"Device {self.token}"
-        what = redact(f"{method} {url.path}", secret)
+        # The path as yarl decodes it (%0a is a newline): cut and printable, as it goes into log
+        # lines and the status page.
+        what = printable(redact(f"{method} {url.path}", secret), MAX_PATH_SHOWN)
         try:
             async with self._open().request(
                 method, url, json=json_body, headers=headers, allow_redirects=False
@@ -153,6 +156,7 @@ class PretixHTTP:
         """
         target: str | yarl.URL = path
         query: Query | None = params
+        read: set[str] = set()
         for _ in range(MAX_PAGES):
             reply = await self.request("GET", target, params=query)
             body = reply.body
@@ -166,6 +170,9 @@ class PretixHTTP:
                 return
             if not isinstance(nxt, str) or not nxt.startswith(self._origin + "/"):
                 raise UpstreamUnavailable(f"GET {path}: 'next' leaves the server: refused")
+            if nxt in read:  # a loop: the round would read (and keep) MAX_PAGES pages
+                raise UpstreamUnavailable(f"GET {path}: 'next' names a page already read")
+            read.add(nxt)
             target, query = yarl.URL(nxt, encoded=True), None
         raise UpstreamUnavailable(f"GET {path}: more than {MAX_PAGES} pages")
 

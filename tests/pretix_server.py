@@ -88,6 +88,7 @@ class FakePretix:
     checkins_by_nonce: dict[str, tuple[int, float]] = field(default_factory=dict)
     now: float = _t("2026-11-23T02:51:19Z")
     page_generated: str | None = None  # X-Page-Generated as given (default: ``now``)
+    revoked_next: str | None = None  # the revoked secrets' ``next``, a path on this server
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -165,7 +166,10 @@ def make_app(state: FakePretix) -> web.Application:
         if since:
             rows = [r for r in rows if _t(r["created"]) >= _t(since)]  # inclusive, as pretix
         rows = sorted(rows, key=lambda r: _t(r["created"]))
-        return web.json_response(_paged(request, rows, state.page_size))
+        page = _paged(request, rows, state.page_size)
+        if state.revoked_next is not None:
+            page["next"] = str(request.url.origin()) + state.revoked_next
+        return web.json_response(page)
 
     async def blocked(request: web.Request) -> web.Response:
         rows = state.blocked["results"]

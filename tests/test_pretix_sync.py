@@ -27,6 +27,7 @@ from tests.polling import until
 from tests.pretix_server import (
     API_TOKEN,
     EVENT,
+    EVENT_PATH,
     INIT_TOKEN,
     ORG,
     FakePretix,
@@ -237,6 +238,27 @@ async def test_paging_follows_next(rig: Rig) -> None:
     assert len(rig.fake.calls_to("/revokedsecrets/")) == 4
     for secret in REVOKED_2:
         assert rig.store.status(secret_key(secret)) is ListState.REVOKED
+
+
+async def test_a_next_page_already_read_is_refused(rig: Rig) -> None:
+    # A `next` pointing back at its own page: 100,000 pages read and kept before (a review: 6M
+    # secrets, 675 MB on the gate) for one round.
+    rig.fake.revoked_next = f"{EVENT_PATH}/revokedsecrets/?ordering=created&page=1"
+    await initialized(rig)
+    assert not await rig.up.sync_once()
+    assert len(rig.fake.calls_to("/revokedsecrets/")) == 2
+    assert "'next' names a page already read" in rig.up.status["last_error"]
+
+
+async def test_a_next_page_is_named_printable_in_errors(rig: Rig) -> None:
+    # yarl decodes %0a and %1b in a path: a hostile `next` wrote a line of its own (and a
+    # terminal escape) into the log and the status page.
+    rig.fake.revoked_next = f"{EVENT_PATH}/x%0aFAKE%20LINE%1b[31m/"
+    rig.fake.fault, rig.fake.fault_on = "5xx", "[31m/"  # its answer: 503
+    await initialized(rig)
+    assert not await rig.up.sync_once()
+    error = rig.up.status["last_error"]
+    assert "/x?FAKE LINE?[31m/" in error and error.isprintable()
 
 
 # -- uploads --------------------------------------------------------------------------------
