@@ -115,7 +115,8 @@ async def upload(request: web.Request) -> web.Response:
     if batch.gate_id != gate:
         raise HttpError(403, "gate_id: the batch is for another gate than the path")
     try:
-        ack = await hub.store.ingest(gate, batch.entries, hub.clock())
+        async with hub.upload_turn(gate):
+            ack = await hub.store.ingest(gate, batch.entries, hub.clock())
     except RefusedError as exc:
         log.error("gate %s: batch refused: %s", gate, exc)
         raise HttpError(422, str(exc), error="refused") from None

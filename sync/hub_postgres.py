@@ -377,6 +377,8 @@ class PostgresHubStore(PostgresConsoleQueries):
             if meta.get("schema") == _SCHEMA_2:
                 await upgrade_2_to_3(conn, self._where, SCHEMA)
                 meta["schema"] = SCHEMA
+            if meta.get("schema") == SCHEMA:
+                await conn.execute(hub_schema.POSTGRES_TICKET_INDEX)
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "
@@ -400,6 +402,18 @@ class PostgresHubStore(PostgresConsoleQueries):
             raise HubStoreError(f"hub store {self._where}: {exc}") from exc
 
 
+# Each ticket's last MAX_TICKET_HISTORY rows to arrive (the (ticket_ref, cursor) index: no more
+# of it is read), of those its entries, exits, annulments and the attempts in the batch's window.
+_HISTORY = (
+    f"SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM unnest($1::text[]) AS r(ref)"
+    " CROSS JOIN LATERAL (SELECT cursor FROM entries WHERE ticket_ref = r.ref"
+    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}) AS last"
+    " JOIN entries e ON e.cursor = last.cursor"
+    " WHERE (e.kind <> 'attempt' OR e.wall_time BETWEEN $2 AND $3"
+    " OR e.received_at BETWEEN $4 AND $5)"
+)
+
+
 async def _known(
     conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy, now: float
 ) -> KnownState:
@@ -418,14 +432,9 @@ async def _known(
     history: dict[str, list[TicketRow]] = {}
     refs = hub_rules.history_refs(entries, stored, policy)
     if refs:
-        sql = (
-            f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref = ANY($1::text[])"
-            " AND (kind <> 'attempt' OR wall_time BETWEEN $2 AND $3"
-            " OR received_at BETWEEN $4 AND $5)"
-        )
         lo, hi = hub_rules.attempt_span(entries, policy, now)
         ahead = policy.max_clock_ahead_s
-        for row in await conn.fetch(sql, refs, lo, hi, lo - ahead, hi - ahead):
+        for row in await conn.fetch(_HISTORY, refs, lo, hi, lo - ahead, hi - ahead):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"

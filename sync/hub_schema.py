@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS entries (
     short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX IF NOT EXISTS entries_ticket_cursor ON entries (ticket_ref, cursor);
 CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
@@ -132,3 +132,11 @@ CREATE TABLE IF NOT EXISTS alert_actions (
 CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, action);
 """
 SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id)"
+
+# PostgreSQL: a ticket's rows in arrival order, so its last ones are read without the rest
+# (sync.hub_rules.MAX_TICKET_HISTORY; SQLite's ticket_ref index holds the rowid, which is the
+# cursor). Run at every open, under the schema lock: a store made before it gets it once.
+POSTGRES_TICKET_INDEX = """
+CREATE INDEX IF NOT EXISTS entries_ticket_cursor ON entries (ticket_ref, cursor);
+DROP INDEX IF EXISTS entries_ticket_ref;
+"""

@@ -17,6 +17,15 @@ from sync.hub_store import HubPolicy
 from sync.protocol import EntryWire
 
 _CHUNK = 500  # values per IN (...) list
+# Each ticket's last MAX_TICKET_HISTORY rows to arrive (cursor order: the ticket_ref index holds
+# it, so no more of the index is walked), of those its entries, exits, annulments and the
+# attempts in the batch's window.
+_HISTORY = (
+    f"WITH refs(ref) AS (VALUES {{}}) SELECT {', '.join(TICKET_COLUMNS)} FROM refs, entries"
+    " WHERE cursor IN (SELECT cursor FROM entries WHERE ticket_ref = refs.ref"
+    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY})"
+    " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?)"
+)
 _T = TypeVar("_T")
 
 
@@ -54,15 +63,11 @@ def known_state(
     seqs = [e.gate_seq for e in entries if e.gate_seq <= max_seq]
     owners = dict(_select_in(db, sql, seqs, (gate_id,)))
     refs = hub_rules.history_refs(entries, stored, policy)
-    sql = (
-        f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries WHERE ticket_ref IN ({{}})"
-        " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?)"
-    )
     lo, hi = hub_rules.attempt_span(entries, policy, now)
     ahead = policy.max_clock_ahead_s
     history: dict[str, list[TicketRow]] = {}
     for chunk in _chunks(refs):
-        query = sql.format(", ".join("?" * len(chunk)))
+        query = _HISTORY.format(", ".join(["(?)"] * len(chunk)))
         for row in db.execute(query, (*chunk, lo, hi, lo - ahead, hi - ahead)):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)

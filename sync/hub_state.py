@@ -71,6 +71,13 @@ class Hub:
     clock: Callable[[], float] = time.time
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     presence: Presence = field(default_factory=lambda: Presence(30.0))
+    uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
+
+    def upload_turn(self, gate_id: str) -> asyncio.Lock:
+        """Held while one of ``gate_id``'s uploads is stored: a gate's journal uploads one batch
+        at a time, so only a stolen token uploads in parallel; its batches then wait for each
+        other, not in front of the other gates' on the store's one thread."""
+        return self.uploading.setdefault(gate_id, asyncio.Lock())
 
     @property
     def mtls(self) -> bool:

@@ -23,9 +23,11 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_rules
+from sync import hub_postgres, hub_rules
 from sync.hub_plan import NewAlert, TicketRow
+from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
 from sync.hub_rules import KnownState
+from sync.hub_sqlite_known import known_state
 from sync.hub_store import (
     ConflictError,
     HubPolicy,
@@ -1365,3 +1367,35 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
         await store.close()
     store = await open_store(store_url, POLICY)  # and opens again as schema 2
     await store.close()
+
+
+async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_alerts(
+    store_url: str, open_hub: OpenStore
+) -> None:
+    """A review: the rules read every row of a batch's tickets, so a stolen gate that gave a
+    made-up ticket 50,000 entries (within its quota) made each batch naming it cost 0.6 s on
+    the store's one thread, every gate's uploads waiting behind it. The stores now read a
+    ticket's last MAX_TICKET_HISTORY rows to arrive, and the rules still see the ticket inside."""
+    store = await open_hub(entry_policy="reentry", upload_burst=5000, alert_budget=10_000)
+    thief, honest = Gate("thief"), Gate("honest")
+    honest.clock = thief.clock
+    flood = [thief.row("hot", "exit" if i % 2 else "entry") for i in range(2 * MAX_HISTORY + 1)]
+    for start in range(0, len(flood), 500):
+        await store.ingest("thief", flood[start : start + 500], T0)
+    probe = [honest.row("hot")]
+    # What the store's own read gives the rules (each backend's): the last rows, no more.
+    if store_url.startswith("sqlite://"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+            known = known_state(db, "honest", probe, POLICY, T0 + 1, math.inf)
+    else:
+        pool = await asyncpg.create_pool(store_url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                known = await hub_postgres._known(conn, "honest", probe, POLICY, T0 + 1)
+        finally:
+            await pool.close()
+    read = [r.entry_id for r in known.history["hot"]]
+    assert len(read) == MAX_HISTORY and set(read) == {e.entry_id for e in flood[-MAX_HISTORY:]}
+    await store.ingest("honest", probe, T0 + 1)  # the thief's last row was an entry
+    doubles = [a for a in await all_alerts(store) if a.kind == "double_admission"]
+    assert doubles[-1].entries == (flood[-1].entry_id, probe[0].entry_id)
