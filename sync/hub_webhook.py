@@ -25,7 +25,9 @@ import aiohttp
 from agent.backoff import Backoff
 from sync.hub_config import WebhookSection
 from sync.hub_store import HubStore, HubStoreError
+from sync.upstream_http import BodyTooLarge, read_capped
 
+_MAX_ANSWER = 64 << 10  # bytes of a receiver's answer read before it is let go
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often new alerts are looked for
@@ -140,7 +142,10 @@ class AlertWebhook:
         """None when delivered, else why not (never an exception's text: it may hold the URL)."""
         try:
             async with session.post(self._section.url, json=payload) as reply:
-                await reply.read()
+                # The status says it; the body is drained for the connection's reuse, a short
+                # one only (a receiver's answer that never ends is not read to its end).
+                with contextlib.suppress(BodyTooLarge):
+                    await read_capped(reply, _MAX_ANSWER)
                 return None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
         except TimeoutError:
             return f"no answer within {self._section.timeout_s:g} s"

@@ -5,6 +5,7 @@ retry; a dead receiver never slows ingest; the URL's secret never reaches the hu
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,21 +41,29 @@ SECRET = "hook-secret-7f3c1e9a2b4d6f8011223344"
 class Receiver:
     """An aiohttp server on 127.0.0.1 that answers 503 to the first ``fail`` posts."""
 
-    def __init__(self, fail: int) -> None:
+    def __init__(self, fail: int, *, endless: bool = False) -> None:
         self.fail = fail
+        self.endless = endless  # answer 200 with a body that never ends
         self.attempts = 0
         self.received: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
-    async def _post(self, request: web.Request) -> web.Response:
+    async def _post(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
         self.paths.append(request.path_qs)
         if self.attempts <= self.fail:
             return web.Response(status=503)
         self.received.append(await request.json())
-        return web.Response(status=204)
+        if not self.endless:
+            return web.Response(status=204)
+        answer = web.StreamResponse(status=200)
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:  # until the hub hangs up
+                await answer.write(b"x" * 65536)
+        return answer
 
     async def __aenter__(self) -> Receiver:
         app = web.Application()
@@ -140,6 +149,26 @@ async def test_each_new_alert_is_posted_and_retried_until_delivered(
     assert "not delivered (HTTP 503); attempt 2 of 5" in log
     assert f"webhook http://127.0.0.1:{receiver.port}: alert 1 delivered" in log
     assert SECRET not in log and "token=" not in log
+
+
+async def test_an_answer_without_end_is_delivered_not_read_to_its_end(
+    tmp_path: Path, keys_dir: Path, gates: list[Journal]
+) -> None:
+    # A review: the hub read the receiver's whole answer, however long, into memory; one that
+    # never ends held the delivery until the timeout, then counted it failed and posted again.
+    async with Receiver(fail=0, endless=True) as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        setup = write_hub_config(
+            tmp_path / "hub", keys=keys_dir, extra=hook_config(url, max_tries=3)
+        )
+        a, b = make_gates(setup, gates)
+        with HubProcess(setup) as hub:
+            async with aiohttp.ClientSession() as session:
+                await double_admission(Api(session, setup.url), a, b, "T-endless")
+                await until(
+                    lambda: "alert 1 delivered" in hub.log_tail(100_000), 20, "the delivery"
+                )
+    assert receiver.attempts == 1
 
 
 async def test_a_dead_webhook_does_not_slow_ingest(
