@@ -11,7 +11,7 @@ import ssl
 
 from aiohttp import web
 
-from agent.redact import secret_label
+from agent.redact import printable, secret_label
 from sync.hub_admin import (
     hash_token,
 )
@@ -47,9 +47,10 @@ async def caller(request: web.Request, hub: Hub) -> TokenInfo:
     digest = hash_token(token)
     info = None if len(token) > _MAX_TOKEN_CHARS else await hub.store.token(digest)
     if info is None or not hmac.compare_digest(info.token_hash, digest):
-        log.warning(
-            "unknown token %s refused (%s %s)", secret_label(token), request.method, request.path
-        )
+        peer = request.remote or "?"
+        if (more := hub.refused_tokens.due(peer)) is not None:  # anyone can send these
+            log.warning("unknown token %s refused (%s %s) from %s%s", secret_label(token),
+                        request.method, printable(request.path, 200), peer, more)  # fmt: skip
         raise HttpError(
             401, "unknown token", headers={"WWW-Authenticate": _REALM + ', error="invalid_token"'}
         )

@@ -20,7 +20,7 @@ from sync.hub_admin import (
 )
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
-from sync.hub_watch import Presence
+from sync.hub_watch import Presence, Throttle
 from sync.protocol import (
     ErrorBody,
     Message,
@@ -72,6 +72,7 @@ class Hub:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     presence: Presence = field(default_factory=lambda: Presence(30.0))
     uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
+    refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
 
     def upload_turn(self, gate_id: str) -> asyncio.Lock:
         """Held while one of ``gate_id``'s uploads is stored: a gate's journal uploads one batch

@@ -23,7 +23,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from sync.hub_store import HubStore, HubStoreError
 
@@ -85,29 +85,43 @@ def handshake_reason(exc: BaseException) -> str | None:
     return f"TLS error {reason}"
 
 
+class Throttle:
+    """At most one log line per key (an address, a reason) every :data:`WARN_EVERY_S`, so that
+    whoever can reach the hub cannot flood its log."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[Hashable, tuple[float, int]] = {}
+
+    def due(self, key: Hashable) -> str | None:
+        """None: no line now (counted); else write one now, ending with what this says of the
+        lines held back since the last ("" when none were)."""
+        now = self._clock()
+        last, held = self._last.get(key, (-WARN_EVERY_S, 0))
+        if now - last < WARN_EVERY_S:
+            self._last[key] = (last, held + 1)
+            return None
+        if len(self._last) >= _MAX_KEYS:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return f" ({held} more since the last such line)" if held else ""
+
+
 class HandshakeLog:
     """Logs refused handshakes: a WARNING per address and reason, then at most one per
     :data:`WARN_EVERY_S` with how many were held back; other failures at DEBUG."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._throttle = Throttle(clock)
 
     def refused(self, host: str, exc: BaseException) -> None:
         reason = handshake_reason(exc)
         if reason is None:
             log.debug("TLS handshake from %s failed: %s: %s", host, type(exc).__name__, exc)
             return
-        now, key = self._clock(), (host, reason)
-        last, held = self._last.get(key, (-WARN_EVERY_S, 0))
-        if now - last < WARN_EVERY_S:
-            self._last[key] = (last, held + 1)
-            return
-        if len(self._last) >= _MAX_KEYS:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        more = f" ({held} more since the last such line)" if held else ""
-        log.warning("TLS handshake from %s refused: %s%s", host, reason, more)
+        more = self._throttle.due((host, reason))
+        if more is not None:
+            log.warning("TLS handshake from %s refused: %s%s", host, reason, more)
 
 
 class Presence:

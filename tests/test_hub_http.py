@@ -153,6 +153,22 @@ async def make_gate(hub: RunningHub, tmp_path: Path) -> AsyncIterator[MakeGate]:
 # --- auth ------------------------------------------------------------------------------------------
 
 
+async def test_unknown_tokens_are_one_log_line_a_minute_from_one_address(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    # A review: every request with an unknown token wrote a WARNING, so anyone who could reach
+    # the hub, with no token at all, could flood its log.
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    with HubProcess(setup) as proc:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, setup.url)
+            for i in range(50):
+                assert (await api.get("/v1/trust", f"guess-{i:02d}")).status == 401
+        log = proc.log_tail(100_000)
+    (line,) = [line for line in log.splitlines() if "unknown token" in line]
+    assert "(GET /v1/trust) from 127.0.0.1" in line
+
+
 async def test_refused_requests_store_nothing(
     hub: RunningHub, api: Api, make_gate: MakeGate
 ) -> None:
