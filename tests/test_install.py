@@ -214,6 +214,18 @@ def test_install_names_missing_tools_before_building_anything(tmp_path: Path) ->
     assert not (root / "opt").exists() and done.stdout == ""  # no venv, nothing else
 
 
+def test_install_help_is_its_comment_and_a_wrong_option_is_a_usage_error(tmp_path: Path) -> None:
+    helped = install(tmp_path, "--help")
+    assert helped.returncode == 0 and helped.stderr == ""  # it printed a line of code, exit 2
+    lines = helped.stdout.splitlines()
+    assert lines[0].startswith("Install gate-agent on a Raspberry Pi")
+    assert lines[-1] == "2 usage, 69 a tool it needs is missing (nothing was built)."
+    wrong = install(tmp_path, "--bogus")
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert wrong.stderr.startswith("install: unknown option --bogus\nInstall gate-agent")
+    assert not (tmp_path / "opt").exists()
+
+
 def test_install_refuses_an_unknown_profile(tmp_path: Path) -> None:
     result = subprocess.run(
         ["bash", str(SYSTEMD / "install"), "--root", str(tmp_path), "--profile", "nope"],
