@@ -35,7 +35,7 @@ from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 16 << 20  # a page of 50 positions is ~100 kB; anything this big is not pretix
+MAX_BODY = 4 << 20  # a page of 50 positions is ~100 kB (large group orders more): not pretix
 MAX_PAGES = 100_000
 MAX_PATH_SHOWN = 300  # characters of a request's path in an error
 # Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones

@@ -250,6 +250,19 @@ async def test_a_next_page_already_read_is_refused(rig: Rig) -> None:
     assert "'next' names a page already read" in rig.up.status["last_error"]
 
 
+async def test_a_page_over_4_mib_ends_the_round(rig: Rig) -> None:
+    # A review: 16 MiB of `[{},{},...]` took 477 MB and held the event loop (the lanes') 0.8 s
+    # to parse. A page of 50 positions is ~100 kB; 4 MiB leaves room for large group orders.
+    page = recorded_page("revoked_secrets.json", "revoked_full_1")
+    big = {**page["results"][0], "padding": "x" * (4 << 20)}
+    rig.fake.revoked = {**page, "results": [big, *page["results"][1:]]}
+    await initialized(rig)
+    assert not await rig.up.sync_once()
+    assert f"answer larger than {4 << 20} bytes" in rig.up.status["last_error"]
+    rig.fake.revoked = page
+    assert await rig.up.sync_once()
+
+
 async def test_a_next_page_is_named_printable_in_errors(rig: Rig) -> None:
     # yarl decodes %0a and %1b in a path: a hostile `next` wrote a line of its own (and a
     # terminal escape) into the log and the status page.
