@@ -9,6 +9,8 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,28 @@ def make_gates(setup: HubSetup, journals: list[Journal]) -> tuple[Gate, Gate]:
     return a, b
 
 
+@dataclass
+class Hooked:
+    """A hub process with [webhook] set, two gates with tokens and an API client."""
+
+    setup: HubSetup
+    hub: HubProcess
+    api: Api
+    a: Gate
+    b: Gate
+
+
+@asynccontextmanager
+async def hooked_hub(
+    tmp_path: Path, keys_dir: Path, gates: list[Journal], url: str, **keys: object
+) -> AsyncIterator[Hooked]:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra=hook_config(url, **keys))
+    a, b = make_gates(setup, gates)
+    with HubProcess(setup) as hub:
+        async with aiohttp.ClientSession() as session:
+            yield Hooked(setup, hub, Api(session, setup.url), a, b)
+
+
 async def test_each_new_alert_is_posted_and_retried_until_delivered(
     tmp_path: Path,
     keys_dir: Path,
@@ -126,26 +150,20 @@ async def test_each_new_alert_is_posted_and_retried_until_delivered(
     log_scan_register([SECRET], "webhook URL secret")
     async with Receiver(fail=2) as receiver:
         url = f"http://127.0.0.1:{receiver.port}/hook?token={SECRET}"
-        setup = write_hub_config(
-            tmp_path / "hub", keys=keys_dir, extra=hook_config(url, max_tries=5)
-        )
-        a, b = make_gates(setup, gates)
-        with HubProcess(setup) as hub:
-            async with aiohttp.ClientSession() as session:
-                api = Api(session, setup.url)
-                await double_admission(api, a, b, "T-hook")
-                await until(lambda: receiver.received, 20, "the alert delivered")
-                (alert,) = receiver.received
-                assert alert["kind"] == "double_admission"
-                assert alert["ticket"] == short_id("T-hook") and alert["venue"] == "venue-1"
-                assert [c["gate"] for c in alert["context"]] == ["gate-a", "gate-b"]
-                assert alert["workflow"]["open"] is True
-                assert receiver.attempts == 3  # two refused, then delivered
-                assert receiver.paths[-1] == f"/hook?token={SECRET}"
-                await double_admission(api, a, b, "T-hook-2")  # the next one: first time
-                await until(lambda: len(receiver.received) == 2, 20, "the second alert")
-                assert receiver.attempts == 4
-            log = hub.log_tail(100_000)
+        async with hooked_hub(tmp_path, keys_dir, gates, url, max_tries=5) as v:
+            await double_admission(v.api, v.a, v.b, "T-hook")
+            await until(lambda: receiver.received, 20, "the alert delivered")
+            (alert,) = receiver.received
+            assert alert["kind"] == "double_admission"
+            assert alert["ticket"] == short_id("T-hook") and alert["venue"] == "venue-1"
+            assert [c["gate"] for c in alert["context"]] == ["gate-a", "gate-b"]
+            assert alert["workflow"]["open"] is True
+            assert receiver.attempts == 3  # two refused, then delivered
+            assert receiver.paths[-1] == f"/hook?token={SECRET}"
+            await double_admission(v.api, v.a, v.b, "T-hook-2")  # the next one: first time
+            await until(lambda: len(receiver.received) == 2, 20, "the second alert")
+            assert receiver.attempts == 4
+            log = v.hub.log_tail(100_000)
     assert "not delivered (HTTP 503); attempt 2 of 5" in log
     assert f"webhook http://127.0.0.1:{receiver.port}: alert 1 delivered" in log
     assert SECRET not in log and "token=" not in log
@@ -158,16 +176,9 @@ async def test_an_answer_without_end_is_delivered_not_read_to_its_end(
     # never ends held the delivery until the timeout, then counted it failed and posted again.
     async with Receiver(fail=0, endless=True) as receiver:
         url = f"http://127.0.0.1:{receiver.port}/hook"
-        setup = write_hub_config(
-            tmp_path / "hub", keys=keys_dir, extra=hook_config(url, max_tries=3)
-        )
-        a, b = make_gates(setup, gates)
-        with HubProcess(setup) as hub:
-            async with aiohttp.ClientSession() as session:
-                await double_admission(Api(session, setup.url), a, b, "T-endless")
-                await until(
-                    lambda: "alert 1 delivered" in hub.log_tail(100_000), 20, "the delivery"
-                )
+        async with hooked_hub(tmp_path, keys_dir, gates, url, max_tries=3) as v:
+            await double_admission(v.api, v.a, v.b, "T-endless")
+            await until(lambda: "alert 1 delivered" in v.hub.log_tail(100_000), 20, "the delivery")
     assert receiver.attempts == 1
 
 
@@ -181,27 +192,20 @@ async def test_a_dead_webhook_does_not_slow_ingest(
     port = hang.getsockname()[1]
     try:
         url = f"http://127.0.0.1:{port}/hook"
-        setup = write_hub_config(
-            tmp_path / "hub",
-            keys=keys_dir,
-            extra=hook_config(url, timeout_s=30, max_tries=3, queue_size=5),
-        )
-        a, b = make_gates(setup, gates)
-        with HubProcess(setup) as hub:
-            async with aiohttp.ClientSession() as session:
-                api = Api(session, setup.url)
-                console = add_token(setup, console="security")
-                slowest = 0.0
-                for i in range(20):  # 20 alerts: the queue of 5 overflows while one hangs
-                    slowest = max(slowest, await double_admission(api, a, b, f"T-dead-{i}"))
-                page = (await api.get("/v1/alerts?limit=100", console)).json
-                assert len(page["alerts"]) == 20
-                assert slowest < 2.0, f"an upload took {slowest:.2f} s with a dead webhook"
-                await until(
-                    lambda: "queue full" in hub.log_tail(100_000), 20, "the queue overflowing"
-                )
-                assert (await api.get("/v1/health")).status == 200
-            assert hub.stop() == 0  # a hanging post does not hold the shutdown
+        hook = {"timeout_s": 30, "max_tries": 3, "queue_size": 5}
+        async with hooked_hub(tmp_path, keys_dir, gates, url, **hook) as v:
+            console = add_token(v.setup, console="security")
+            slowest = 0.0
+            for i in range(20):  # 20 alerts: the queue of 5 overflows while one hangs
+                slowest = max(slowest, await double_admission(v.api, v.a, v.b, f"T-dead-{i}"))
+            page = (await v.api.get("/v1/alerts?limit=100", console)).json
+            assert len(page["alerts"]) == 20
+            assert slowest < 2.0, f"an upload took {slowest:.2f} s with a dead webhook"
+            await until(
+                lambda: "queue full" in v.hub.log_tail(100_000), 20, "the queue overflowing"
+            )
+            assert (await v.api.get("/v1/health")).status == 200
+            assert v.hub.stop() == 0  # a hanging post does not hold the shutdown
     finally:
         hang.close()
 
