@@ -222,7 +222,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     if hb.gate_id != gate:
         raise HttpError(403, "gate_id: the heartbeat is for another gate than the path")
     now = hub.clock()
-    await hub.store.heartbeat(hb, now)
+    if hub.beat_due(gate):
+        await hub.store.heartbeat(hb, now)
     hub.presence.heartbeat(gate)
     return json_response(HeartbeatAck(now))
 

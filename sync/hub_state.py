@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from sync.protocol import (
     ErrorBody,
     Message,
 )
+
+HEARTBEAT_STORED_EVERY_S = 1.0
 
 _ERROR_CODES = {
     400: "bad_request",
@@ -73,6 +76,17 @@ class Hub:
     presence: Presence = field(default_factory=lambda: Presence(30.0))
     uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
     refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
+    stored_beat: dict[str, float] = field(default_factory=dict)  # gate -> monotonic s stored
+
+    def beat_due(self, gate_id: str) -> bool:
+        """Whether ``gate_id``'s heartbeat now is stored: at most one a second per gate. Each is
+        an fsync'd commit on the store's thread, and a stolen token can send them in parallel
+        without end; the others are answered (the gate's presence still counts them)."""
+        now = time.monotonic()
+        if now - self.stored_beat.get(gate_id, -math.inf) < HEARTBEAT_STORED_EVERY_S:
+            return False
+        self.stored_beat[gate_id] = now
+        return True
 
     def upload_turn(self, gate_id: str) -> asyncio.Lock:
         """Held while one of ``gate_id``'s uploads is stored: a gate's journal uploads one batch
