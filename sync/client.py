@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import ssl
 import time
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from agent import version
 from agent.backoff import Backoff
 from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import (
@@ -106,13 +106,6 @@ class LinkSettings:
     )
 
 
-def _agent_version() -> str:
-    try:
-        return importlib.metadata.version("gate-agent")[: protocol.MAX_ID]
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class HubClient:
     """Sync one gate with one hub. :meth:`start` the tasks, :meth:`close` them (idempotent)."""
 
@@ -133,7 +126,7 @@ class HubClient:
         ``faults`` names the gate's current faults for the heartbeat (short words).
         """
         self._s = settings
-        self._version = _agent_version()
+        self._version = version.installed()[: protocol.MAX_ID]
         self._http = HubHTTP(
             settings.url, settings.token, timeout_s=settings.timeout_s, tls=tls,
             user_agent=f"gate-agent/{self._version}", gate_id=settings.gate_id,

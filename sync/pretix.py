@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from agent import pretix_event
+from agent import pretix_event, version
 from agent.backoff import Backoff
 from agent.errors import ConfigError, PretixInitError, UpstreamAuthError, UpstreamUnavailable
 from agent.journal import Journal
@@ -41,7 +41,6 @@ __all__ = ["DEVICE_FILE", "SYNC_FILE", "PretixAlert", "PretixUpstream"]
 log = logging.getLogger(__name__)
 
 SOFTWARE = "gate-agent"
-SOFTWARE_VERSION = "0.1"
 _OUTBOX_CAP = 10_000
 
 
@@ -84,7 +83,7 @@ class PretixUpstream:
         if isinstance(checkin_list, bool) or not isinstance(checkin_list, int) or checkin_list < 1:
             raise ValueError(f"check-in list id must be a positive integer, got {checkin_list!r}")
         self._http = PretixHTTP(
-            base_url, timeout_s=timeout_s, user_agent=f"{SOFTWARE}/{SOFTWARE_VERSION}"
+            base_url, timeout_s=timeout_s, user_agent=f"{SOFTWARE}/{version.installed()}"
         )
         self._org = organizer
         self._set_trust, self._on_policy = set_trust, on_policy
@@ -174,7 +173,7 @@ class PretixUpstream:
             "os_name": platform.system() or "Linux",
             "os_version": platform.release() or "unknown",
             "software_brand": SOFTWARE,
-            "software_version": SOFTWARE_VERSION,
+            "software_version": version.installed(),
         }
         reply = await self._http.request(
             "POST", "/api/v1/device/initialize", json_body=body, auth=False

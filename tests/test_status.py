@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
@@ -149,7 +150,12 @@ async def test_status_json_has_what_a_technician_needs(
     outcome = await _present(gate, ticket)
     async with aiohttp.ClientSession() as http, http.get(url + "/status") as r:
         body = await r.json()
-    assert body["gate"] == {"id": "gate-3", "name": "Gate 3"}
+    # the version running, to confirm an upgrade took (an integrator's review)
+    assert body["gate"] == {
+        "id": "gate-3",
+        "name": "Gate 3",
+        "version": metadata.version("gate-agent"),
+    }
     assert body["health"]["status"] == "ready"
     assert body["journal"]["rows"] == 1
     assert body["last_hour"] == {"admitted": 1, "denied": 0}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agent import version
 from agent.errors import AgentError
 
 
@@ -36,15 +37,6 @@ def _iso(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("gate-agent")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
-
-
 INSTALLED_CONFIG = Path("/etc/gate-agent/gate.toml")  # where systemd/install puts it
 INSTALLED_HUB_CONFIG = Path("/etc/gate-hub/hub.toml")  # and the hub's (install --hub)
 _WHERE = f"the gate's config (default {INSTALLED_CONFIG})"
@@ -56,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gate-agent", description="Offline ticket validation agent for turnstiles."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version.installed()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     keys = sub.add_parser("keys", help="issuer key management").add_subparsers(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from agent import version
 from agent.app import config as cfg
 from agent.app.lane_devices import open_lane_devices
 from agent.checker import Checker
@@ -373,8 +374,9 @@ async def run(config: cfg.Config) -> int:
         if stopping.is_set():  # a signal came while the gate was opening
             task.cancel()
         log.info(
-            "gate %s ready: %s %s, trust v%d, revocations v%d (%d entries), pid %d",
+            "gate %s ready (gate-agent %s): %s %s, trust v%d, revocations v%d (%d entries), pid %d",
             config.gate.id,
+            version.installed(),
             "lane" if len(gate.lanes) == 1 else "lanes",
             ", ".join(f"{ln.settings.name} ({ln.checker.policy.direction})" for ln in gate.lanes),
             gate.trust.version,

@@ -46,6 +46,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from agent import version
 from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 from agent.app.status_display import DisplayFeed, lane_health
 from agent.clock import HLC_MAX_AHEAD_S
@@ -304,7 +305,11 @@ class StatusServer:
             else None
         )
         return {
-            "gate": {"id": gate.config.gate.id, "name": gate.config.gate.name},
+            "gate": {
+                "id": gate.config.gate.id,
+                "name": gate.config.gate.name,
+                "version": version.installed(),
+            },
             "lanes": [lane_health(lane) for lane in self._lanes()],
             "clock": _clock_status(gate.clock),
             "revocations": {
