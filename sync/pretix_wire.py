@@ -383,13 +383,18 @@ def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Co
 def latest(current: str | None, rows: list[Any], field: str, not_after: float) -> str | None:
     """The newest ``field`` timestamp among ``current`` and the rows (kept as pretix wrote it),
     none past ``not_after`` (:func:`cursor_time`): a row dated later, by a server clock's fault,
-    would hold the cursor there and hide every row made until then."""
+    would hold the cursor there and hide every row made until then. A ``current`` already past
+    it (stored before this check existed) starts over: the epoch, so the next round reads every
+    row again (each is idempotent) instead of none ever again."""
     best, best_t = current, None
     if current:
         try:
             best_t = parse_iso(current)
         except ValueError:
             best, best_t = None, None
+        else:
+            if best_t > not_after:
+                best, best_t = iso(0.0), 0.0
     for row in rows:
         value = row.get(field) if isinstance(row, dict) else None
         try:

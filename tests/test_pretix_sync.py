@@ -574,6 +574,19 @@ async def test_a_revocation_dated_in_the_future_does_not_stop_the_next_ones(rig:
     assert rig.store.status(secret_key("e" * 32)) is ListState.REVOKED
 
 
+async def test_a_revocation_cursor_stored_in_the_future_starts_over(rig: Rig) -> None:
+    # A review: a gate whose cursor a 2099 row had set before the check above kept asking for
+    # rows created since 2099 for good; the check only kept new rows from setting it.
+    await initialized(rig)
+    future = {"pretix_revoked_created_since": "2099-01-01T00:00:00Z"}
+    await rig.store.apply_secrets(revoke=[], block=[], unblock=[], cursor=future, issued_at=int(T0))
+    assert await rig.up.sync_once()  # asked since 2099: nothing; the cursor starts over
+    assert await rig.up.sync_once()
+    assert rig.fake.calls_to("/revokedsecrets/")[-1].query["created_since"] < "2000"
+    for secret in REVOKED_1:
+        assert rig.store.status(secret_key(secret)) is ListState.REVOKED
+
+
 async def test_an_orders_page_listed_at_no_plausible_time_keeps_the_round_going(
     rig: Rig,
 ) -> None:
