@@ -28,6 +28,7 @@ Relative paths are taken relative to the config file's folder, also in a ``sqlit
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 import tomllib
 from collections.abc import Callable
@@ -168,12 +169,18 @@ _HUB_RANGES: dict[str, _Check] = {
 }
 
 
+def _store_shown(value: str) -> str:
+    """A store setting as an error may show it: a URL's scheme at most (it may hold a password,
+    and so may a key=value connection string)."""
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]{0,20}(?=:)", value)
+    return f"a URL of scheme {scheme.group()!r}" if scheme else "no URL (not shown)"
+
+
 def _check_hub(hub: HubSection, src: Path) -> HubSection:
     for key, (ok, expected) in _HUB_RANGES.items():
         value = getattr(hub, key)
         if not ok(value):
-            # A store URL may hold a password: only its scheme is shown.
-            got = f"a URL of scheme {value.split(':', 1)[0]!r}" if key == "store" else repr(value)
+            got = _store_shown(value) if key == "store" else repr(value)
             raise ConfigError(f"{src}: [hub] {key}: expected {expected}, got {got}")
     for gate_id in hub.exit_gates or ():
         if not is_id(gate_id):

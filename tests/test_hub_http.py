@@ -693,14 +693,18 @@ def test_config_errors_exit_78_with_one_line(tmp_path: Path, keys_dir: Path) -> 
             " max_connections_per_client,"
             " header_timeout_s, body_timeout_s, metrics_auth)"
         ]
-    # A store URL with its scheme mistyped: the line names the scheme, never the password.
-    typo = write_hub_config(tmp_path / "typo", keys=keys_dir,
-                            store="postgresq://gate:S3cretPW@db.example/hub")  # fmt: skip
-    done = hub_cli(typo, "token", "--gate", "g1")
-    assert done.returncode == 78 and done.stderr.strip().splitlines() == [
-        f"gate-agent: error: {typo.config}: [hub] store: expected sqlite:///PATH or"
-        " postgresql://, got a URL of scheme 'postgresq'"
-    ]
+    # A store URL with its scheme mistyped, or a connection string: the line names the scheme at
+    # most, never the password.
+    for store, got in (
+        ("postgresq://gate:S3cretPW@db.example/hub", "a URL of scheme 'postgresq'"),
+        ("host=db dbname=hub user=gate password=S3cretPW", "no URL (not shown)"),
+    ):
+        typo = write_hub_config(tmp_path / "typo", keys=keys_dir, store=store)
+        done = hub_cli(typo, "token", "--gate", "g1")
+        assert done.returncode == 78 and done.stderr.strip().splitlines() == [
+            f"gate-agent: error: {typo.config}: [hub] store: expected sqlite:///PATH or"
+            f" postgresql://, got {got}"
+        ]
 
 
 def test_cli_config_option_before_or_after_the_admin_command(
