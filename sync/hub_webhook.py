@@ -28,6 +28,7 @@ from sync.hub_store import HubStore, HubStoreError
 from sync.upstream_http import BodyTooLarge, read_capped
 
 _MAX_ANSWER = 64 << 10  # bytes of a receiver's answer read before it is let go
+_DRAIN_S = 1.0  # and seconds spent reading it
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often new alerts are looked for
@@ -142,10 +143,11 @@ class AlertWebhook:
         """None when delivered, else why not (never an exception's text: it may hold the URL)."""
         try:
             async with session.post(self._section.url, json=payload) as reply:
-                # The status says it; the body is drained for the connection's reuse, a short
-                # one only (a receiver's answer that never ends is not read to its end).
-                with contextlib.suppress(BodyTooLarge):
-                    await read_capped(reply, _MAX_ANSWER)
+                # The status says it. The body is drained for the connection's reuse, best
+                # effort: a short one, for a second at most, its faults ignored (an answer that
+                # never ends, trickles or is cut off does not undo a 2xx).
+                with contextlib.suppress(BodyTooLarge, aiohttp.ClientError, TimeoutError):
+                    await asyncio.wait_for(read_capped(reply, _MAX_ANSWER), _DRAIN_S)
                 return None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
         except TimeoutError:
             return f"no answer within {self._section.timeout_s:g} s"

@@ -5,6 +5,7 @@ retry; a dead receiver never slows ingest; the URL's secret never reaches the hu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -46,6 +47,7 @@ class Receiver:
     def __init__(self, fail: int, *, endless: bool = False) -> None:
         self.fail = fail
         self.endless = endless  # answer 200 with a body that never ends
+        self.trickle_s = 0.0  # with endless: a byte every this many seconds
         self.attempts = 0
         self.received: list[dict[str, Any]] = []
         self.paths: list[str] = []
@@ -64,7 +66,9 @@ class Receiver:
         await answer.prepare(request)
         with contextlib.suppress(ConnectionError):
             while True:  # until the hub hangs up
-                await answer.write(b"x" * 65536)
+                await answer.write(b"x" * (1 if self.trickle_s else 65536))
+                if self.trickle_s:
+                    await asyncio.sleep(self.trickle_s)  # the scenario: it trickles
         return answer
 
     async def __aenter__(self) -> Receiver:
@@ -178,6 +182,20 @@ async def test_an_answer_without_end_is_delivered_not_read_to_its_end(
         url = f"http://127.0.0.1:{receiver.port}/hook"
         async with hooked_hub(tmp_path, keys_dir, gates, url, max_tries=3) as v:
             await double_admission(v.api, v.a, v.b, "T-endless")
+            await until(lambda: "alert 1 delivered" in v.hub.log_tail(100_000), 20, "the delivery")
+    assert receiver.attempts == 1
+
+
+async def test_an_answer_that_trickles_is_delivered_at_its_status(
+    tmp_path: Path, keys_dir: Path, gates: list[Journal]
+) -> None:
+    # A review of the test above's fix: a 200 followed by a byte a second was still read until
+    # the timeout (30 s here), then counted failed and posted again.
+    async with Receiver(fail=0, endless=True) as receiver:
+        receiver.trickle_s = 1.0
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        async with hooked_hub(tmp_path, keys_dir, gates, url, max_tries=3, timeout_s=30) as v:
+            await double_admission(v.api, v.a, v.b, "T-trickle")
             await until(lambda: "alert 1 delivered" in v.hub.log_tail(100_000), 20, "the delivery")
     assert receiver.attempts == 1
 
