@@ -402,12 +402,16 @@ class PostgresHubStore(PostgresConsoleQueries):
             raise HubStoreError(f"hub store {self._where}: {exc}") from exc
 
 
-# Each ticket's last MAX_TICKET_HISTORY rows to arrive (the (ticket_ref, cursor) index: no more
-# of it is read), of those its entries, exits, annulments and the attempts in the batch's window.
+# Each ticket's last MAX_TICKET_HISTORY entries, exits and annulments to arrive, and of its last
+# MAX_TICKET_HISTORY attempts those in the batch's window (the (ticket_ref, kind = 'attempt',
+# cursor) index: no more of it is read).
+_LAST = (
+    "(SELECT cursor FROM entries WHERE ticket_ref = r.ref AND (kind = 'attempt') = {}"
+    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY})"
+)
 _HISTORY = (
     f"SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM unnest($1::text[]) AS r(ref)"
-    " CROSS JOIN LATERAL (SELECT cursor FROM entries WHERE ticket_ref = r.ref"
-    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}) AS last"
+    f" CROSS JOIN LATERAL ({_LAST.format('false')} UNION ALL {_LAST.format('true')}) AS last"
     " JOIN entries e ON e.cursor = last.cursor"
     " WHERE (e.kind <> 'attempt' OR e.wall_time BETWEEN $2 AND $3"
     " OR e.received_at BETWEEN $4 AND $5)"

@@ -46,11 +46,13 @@ raising it again):
   buckets of the hub's clock) beyond ``alert_budget`` are not stored one by one; they collapse into
   one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
   one stolen gate cannot bury the other gates' alerts.
-* a ticket's history as the stores read it: its last :data:`MAX_TICKET_HISTORY` rows to arrive
-  (of any kind; of those, the ones above). Reading all of them let one stolen gate stall the
-  store for every gate: a made-up ticket of 50,000 admitted entries, within its quota, made each
-  batch naming it cost 0.6 s on the store's one thread. An honest ticket stays far below; a
-  flood of one ticket's rows hides its older rows from these rules only.
+* a ticket's history as the stores read it: its last :data:`MAX_TICKET_HISTORY` entries, exits
+  and annulments to arrive, and of its last :data:`MAX_TICKET_HISTORY` attempts those in the
+  window above. Reading all of them let one stolen gate stall the store for every gate: a
+  made-up ticket of 50,000 admitted entries, within its quota, made each batch naming it cost
+  0.6 s on the store's one thread. Attempts are counted apart, so a flood of denied attempts
+  (cheap, and spread out silent) cannot push another gate's admission out of view; a flood of
+  a gate's own entries raises its own alerts. An honest ticket stays far below either cap.
 
 Alerts name a ticket by its short id (:func:`agent.redact.short_id`) only, never by its
 reference. The column lists, row conversions and statements both backends share are
@@ -79,7 +81,7 @@ from sync.protocol import (
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
-MAX_TICKET_HISTORY = 1000  # rows of one ticket the rules read: its last to arrive
+MAX_TICKET_HISTORY = 1000  # a ticket's last rows the rules read: entries/exits/annuls, attempts
 FEED_KINDS = ("entry", "exit", "annul")
 
 

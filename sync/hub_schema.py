@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS entries (
     short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, kind = 'attempt');
 CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, action TEXT NOT NULL,
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS entries (
     short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX IF NOT EXISTS entries_ticket_cursor ON entries (ticket_ref, cursor);
+CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'), cursor);
 CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
@@ -133,10 +133,17 @@ CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, actio
 """
 SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id)"
 
-# PostgreSQL: a ticket's rows in arrival order, so its last ones are read without the rest
-# (sync.hub_rules.MAX_TICKET_HISTORY; SQLite's ticket_ref index holds the rowid, which is the
-# cursor). Run at every open, under the schema lock: a store made before it gets it once.
+# A ticket's entries, exits and annulments, and apart from them its attempts, each in arrival
+# order, so that their last rows are read without the rest (sync.hub_rules.MAX_TICKET_HISTORY;
+# in SQLite the cursor is the rowid, which every index holds). Run at every open (SQLite: in
+# the store's first transaction; PostgreSQL: under the schema lock): a store made before it
+# gets it once, in place of the ticket_ref index.
+SQLITE_TICKET_INDEX = (
+    "CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, kind = 'attempt');"
+    "DROP INDEX IF EXISTS entries_ticket_ref;"
+)
 POSTGRES_TICKET_INDEX = """
-CREATE INDEX IF NOT EXISTS entries_ticket_cursor ON entries (ticket_ref, cursor);
+CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'), cursor);
+DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
 """

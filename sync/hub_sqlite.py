@@ -393,6 +393,8 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
             f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
         )
         log.info("created hub store %s", path)
+    else:  # a store made before: its ticket index as the history reads it (built once)
+        db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_TICKET_INDEX}COMMIT;")
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
     (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
     if bound != venue:

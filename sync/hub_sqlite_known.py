@@ -17,14 +17,17 @@ from sync.hub_store import HubPolicy
 from sync.protocol import EntryWire
 
 _CHUNK = 500  # values per IN (...) list
-# Each ticket's last MAX_TICKET_HISTORY rows to arrive (cursor order: the ticket_ref index holds
-# it, so no more of the index is walked), of those its entries, exits, annulments and the
-# attempts in the batch's window.
+# Each ticket's last MAX_TICKET_HISTORY entries, exits and annulments to arrive, and of its last
+# MAX_TICKET_HISTORY attempts those in the batch's window: the (ticket_ref, kind = 'attempt')
+# index holds each part in cursor (rowid) order, so no more of it is walked.
+_LAST = (
+    "SELECT cursor FROM entries WHERE ticket_ref = refs.ref AND (kind = 'attempt') = {}"
+    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}"
+)
 _HISTORY = (
     f"WITH refs(ref) AS (VALUES {{}}) SELECT {', '.join(TICKET_COLUMNS)} FROM refs, entries"
-    " WHERE cursor IN (SELECT cursor FROM entries WHERE ticket_ref = refs.ref"
-    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY})"
-    " AND (kind <> 'attempt' OR wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?)"
+    f" WHERE cursor IN ({_LAST.format(0)}) OR (cursor IN ({_LAST.format(1)})"
+    " AND (wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?))"
 )
 _T = TypeVar("_T")
 

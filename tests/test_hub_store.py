@@ -1399,3 +1399,22 @@ async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_a
     await store.ingest("honest", probe, T0 + 1)  # the thief's last row was an entry
     doubles = [a for a in await all_alerts(store) if a.kind == "double_admission"]
     assert doubles[-1].entries == (flood[-1].entry_id, probe[0].entry_id)
+
+
+async def test_a_flood_of_attempts_hides_no_other_gates_admission(open_hub: OpenStore) -> None:
+    """A review of the cap above: it took a ticket's last rows of any kind, so 1,000 denied
+    attempts from a stolen gate (dated weeks ago, an hour apart: no alert of their own) pushed
+    gate-a's entry out of view, and gate-b's admission of a clone raised nothing. Entries, exits
+    and annulments are now counted apart from attempts."""
+    store = await open_hub(upload_burst=5000)
+    a, b, thief = Gate("gate-a"), Gate("gate-b"), Gate("thief")
+    first = a.row("T")
+    await store.ingest("gate-a", [first], T0)
+    weeks_ago = T0 - 30 * 86400
+    flood = [thief.row("T", "attempt", at=weeks_ago + 3600 * i) for i in range(MAX_HISTORY)]
+    for start in range(0, len(flood), 500):
+        await store.ingest("thief", flood[start : start + 500], T0 + 1)
+    clone = b.row("T", at=T0 + 2)
+    await store.ingest("gate-b", [clone], T0 + 2)
+    (double,) = [x for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert double.entries == (first.entry_id, clone.entry_id)
