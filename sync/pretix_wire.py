@@ -34,6 +34,7 @@ _REASON = re.compile(r"[a-z][a-z_]{0,39}")  # a redeem refusal's reason, as pret
 MAX_KEY_TEXT = 40  # an answer's key as named in a log line
 MAX_KEYS_SHOWN = 8
 _PLAUSIBLE_FROM_S = 1_577_836_800.0  # 2020-01-01: no server's clock shows an earlier time
+_MAX_LOGICAL = (1 << 16) - 1  # the HLC's logical part (agent.clock)
 
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
@@ -176,9 +177,12 @@ def page_generated(headers: Mapping[str, str]) -> float | None:
 
 
 def listed_at(headers: Mapping[str, str], now: float) -> float:
-    """When pretix listed a page, by its own clock (:func:`page_generated`); this gate's ``now``
-    when it says neither, or says a time no server's clock shows (before 2020, after 2200)."""
+    """When pretix listed a page, by its own clock (:func:`page_generated`; from ``Date``, in
+    whole seconds, the end of its second); this gate's ``now`` when it says neither, or says a
+    time no server's clock shows (before 2020, after 2200)."""
     listed = page_generated(headers)
+    if listed is not None and not any(k.lower() == "x-page-generated" for k in headers):
+        listed += 1.0  # Date cut the fraction off: a check-in of that second is not "ahead"
     if listed is None or not _PLAUSIBLE_FROM_S <= listed <= PLAUSIBLE_HLC_MS / 1000:
         return now
     return listed
@@ -233,7 +237,8 @@ def peer_entries(
     exit every round.)
     """
     out: list[PeerEntry] = []
-    skipped = ahead = 0
+    late: list[PeerEntry] = []  # dated after the listing
+    skipped = 0
     for row in rows:
         secret = row.get("secret") if isinstance(row, dict) else None
         checkins = row.get("checkins") if isinstance(row, dict) else None
@@ -245,13 +250,17 @@ def peer_entries(
             if entry is None:
                 skipped += isinstance(ci, dict) and checkin_device(ci) != own_device
             elif entry.wall_time > listed_at:
-                ahead += 1
-                out.append(
-                    replace(entry, wall_time=listed_at, hlc=HLC.at_ms(int(listed_at * 1000)))
-                )
+                late.append(entry)
             else:
                 out.append(entry)
-    return PeerCheckins(out, skipped, ahead)
+    # As of the listing, in their own order (the logical part of the HLC): an exit and an entry
+    # of two devices whose clocks ran ahead keep which came first.
+    late.sort(key=lambda e: (e.wall_time, e.gate_seq, e.entry_id))
+    at = HLC.at_ms(int(listed_at * 1000))
+    out += [
+        replace(e, wall_time=listed_at, hlc=at + min(i, _MAX_LOGICAL)) for i, e in enumerate(late)
+    ]
+    return PeerCheckins(out, skipped, len(late))
 
 
 def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntry | None:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
+from wsgiref.handlers import format_date_time
 
 from aiohttp import web
 
@@ -87,7 +88,7 @@ class FakePretix:
     device_id: int = 1
     checkins_by_nonce: dict[str, tuple[int, float]] = field(default_factory=dict)
     now: float = _t("2026-11-23T02:51:19Z")
-    page_generated: str | None = None  # X-Page-Generated as given (default: ``now``)
+    page_generated: str | None = None  # X-Page-Generated as given (default: ``now``; "-": none)
     revoked_next: str | None = None  # the revoked secrets' ``next``, a path on this server
 
     def redeem_calls(self) -> list[Call]:
@@ -183,9 +184,10 @@ def make_app(state: FakePretix) -> web.Application:
         since = request.query.get("modified_since")
         rows = [{"positions": [p]} for m, p in state.positions if since is None or m >= _t(since)]
         generated = state.page_generated or datetime.fromtimestamp(state.now, UTC).isoformat()
-        return web.json_response(
-            _paged(request, rows, state.page_size), headers={"X-Page-Generated": generated}
-        )
+        # page_generated "-": no X-Page-Generated, only Date (whole seconds, of ``now``)
+        headers = {"X-Page-Generated": generated} if generated != "-" else {
+            "Date": format_date_time(state.now)}  # fmt: skip
+        return web.json_response(_paged(request, rows, state.page_size), headers=headers)
 
     async def redeem(request: web.Request) -> web.Response:
         # The secret is taken from the raw path: it is percent-encoded and may hold "/".

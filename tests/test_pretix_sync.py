@@ -552,6 +552,38 @@ async def test_a_checkin_dated_after_pretix_listed_it_counts_as_listed(rig: Rig)
     assert [(h.kind, h.entry_id) for h in effective(history)][-1] == ("entry", entry.entry_id)
 
 
+async def test_checkins_dated_after_the_listing_keep_their_order(rig: Rig) -> None:
+    # A review: all of them got the listing's time, and ties went by device id: an exit at
+    # device 3 and then an entry at device 12 (both clocks ahead) read entry, exit: outside.
+    secret = CASES["valid_standard_3"]["secret"]
+    rig.fake.positions = [(T0, position_with(secret, [
+        checkin(90, 3, "2027-12-01T00:00:00Z", "exit"), checkin(91, 12, "2027-12-01T00:05:00Z"),
+    ]))]  # fmt: skip
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    history = await rig.journal.history("pretix:" + secret)
+    assert [(h.kind, h.gate_id) for h in history] == [
+        ("exit", "pretix-device-3"), ("entry", "pretix-device-12"),
+    ]  # fmt: skip
+    assert {h.wall_time for h in history} == {rig.fake.now}
+
+
+async def test_a_checkin_within_the_second_of_a_date_header_is_not_ahead(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: without X-Page-Generated the listing time is the Date header, whole seconds: a
+    # check-in 0.6 s into that second was "ahead", moved and warned about.
+    secret = CASES["valid_standard_3"]["secret"]
+    second = iso(int(rig.fake.now) + 0.6)
+    rig.fake.page_generated = "-"
+    rig.fake.positions = [(T0, position_with(secret, [checkin(92, 2, second)]))]
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    (entry,) = await rig.journal.history("pretix:" + secret)
+    assert entry.wall_time == int(rig.fake.now) + 0.6
+    assert "dated after pretix listed them" not in caplog.text
+
+
 async def test_a_revocation_dated_in_the_future_does_not_stop_the_next_ones(rig: Rig) -> None:
     # One revokedsecrets row created in 2099 (a server clock fault) became the cursor: every
     # later round asked for rows created since 2099 and no revocation was learnt again.
