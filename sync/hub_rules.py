@@ -10,9 +10,10 @@ raising it again):
   duplicate; with another body, or a gate's ``gate_seq`` held by another ``entry_id``, it is a
   conflict: nothing of the batch is stored, one integrity alert per conflicting entry.
 * a hole in a gate's ``gate_seq`` (before the batch or inside it): stored anyway, one alert.
-* double admission, decided on the ticket's whole history ordered by HLC (ties by gate, gate_seq)
-  including the batch, so the order in which entries reach the hub does not change which alerts
-  exist (alerts are never withdrawn, so only an exit or annulment arriving late can):
+* double admission, decided on the ticket's history (its last rows: see below) ordered by HLC
+  (ties by gate, gate_seq) including the batch, so the order in which entries reach the hub does
+  not change which alerts exist (alerts are never withdrawn, so only an exit or annulment
+  arriving late can):
   ``single`` - every live (admitted, not annulled) entry after the ticket's first one;
   ``reentry`` - every live entry whose neighbour before it among the live entries and exits is an
   entry; ``unlimited`` - never. One alert per later entry (``double:<entry_id>``), raised when
