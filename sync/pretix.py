@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from agent import pretix_event, version
 from agent.backoff import Backoff
+from agent.clock import ClockReading
 from agent.errors import ConfigError, PretixInitError, UpstreamAuthError, UpstreamUnavailable
 from agent.journal import Journal
 from agent.redact import secret_label
@@ -46,6 +47,8 @@ _OUTBOX_CAP = 10_000
 
 class _Clock(Protocol):
     def now(self) -> float: ...
+
+    def reading(self) -> ClockReading: ...
 
 
 class PretixUpstream:

@@ -90,7 +90,8 @@ def make_upstream(rig_dir: Path, url: str, journal: Journal, store: RevocationSt
     return PretixUpstream(
         base_url=url, organizer=ORG, event=EVENT, checkin_list=11, state_dir=rig_dir,
         journal=journal, revocations=store, set_trust=trust.append,
-        clock=Clock(assume="synced", wall=wall), base_policy=GatePolicy("Gate 3", None),
+        clock=Clock(assume=kw.pop("assume", "synced"), wall=wall),
+        base_policy=GatePolicy("Gate 3", None),
         on_alert=alerts.append, timeout_s=kw.pop("timeout_s", 2.0),
         backoff=Backoff(1.0, 60.0), **kw,
     )  # fmt: skip
@@ -617,6 +618,31 @@ async def test_a_revocation_cursor_stored_in_the_future_starts_over(rig: Rig) ->
     assert rig.fake.calls_to("/revokedsecrets/")[-1].query["created_since"] < "2000"
     for secret in REVOKED_1:
         assert rig.store.status(secret_key(secret)) is ListState.REVOKED
+
+
+async def test_a_gate_clock_not_synced_and_behind_keeps_pretixs_cursor(tmp_path: Path) -> None:
+    # A review: a pretix-only gate with no RTC and no NTP, an hour behind after a power cut,
+    # paged from its own time: every round read an hour of orders again. Its clock, untrusted,
+    # cannot judge pretix's; a synchronised clock still does (the test above).
+    wall = Wall(T0 - 3600)
+    clock = Clock(assume="unsynced", wall=wall)
+    journal = await Journal.open(tmp_path / "j.db", gate_id="gate-3", gate_name="Gate 3",
+                                 clock=clock)  # fmt: skip
+    store = await RevocationStore.open(tmp_path / "rev.db")
+    try:
+        async with PretixServer() as server:
+            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
+                               assume="unsynced")  # fmt: skip
+            try:
+                assert await up.initialize(INIT_TOKEN) == 1
+                assert await up.sync_once() and await up.sync_once()
+                since = server.state.calls_to("/orders/")[-1].query["modified_since"]
+                assert since == iso(server.state.now - 10)
+            finally:
+                await up.close()
+    finally:
+        await store.close()
+        await journal.close()
 
 
 async def test_an_orders_page_listed_at_no_plausible_time_keeps_the_round_going(
