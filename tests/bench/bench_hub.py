@@ -67,7 +67,7 @@ CREATE TABLE entries (
     received_at {real} NOT NULL, short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX entries_ticket_ref ON entries (ticket_ref);
+CREATE INDEX entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'){ticket_cursor});
 CREATE INDEX entries_short_id ON entries (short_id);
 """
 
@@ -178,7 +178,7 @@ def sqlite_raw_run(path: Path, batches: list[tuple[str, list[EntryWire]]]) -> fl
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    db.executescript(_PLAIN_SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL"))
+    db.executescript(_PLAIN_SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL", ticket_cursor=""))
     sql = "INSERT INTO entries ({}) VALUES ({})".format(
         ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
     )
@@ -195,7 +195,11 @@ def sqlite_raw_run(path: Path, batches: list[tuple[str, list[EntryWire]]]) -> fl
 async def pg_raw_run(url: str, batches: list[tuple[str, list[EntryWire]]]) -> float:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(_PLAIN_SCHEMA.format(pk="BIGSERIAL PRIMARY KEY", real="FLOAT8"))
+        await conn.execute(
+            _PLAIN_SCHEMA.format(
+                pk="BIGSERIAL PRIMARY KEY", real="FLOAT8", ticket_cursor=", cursor"
+            )
+        )
         sql = "INSERT INTO entries ({}) VALUES ({})".format(
             ", ".join(ENTRY_COLUMNS), ", ".join(f"${i + 1}" for i in range(len(ENTRY_COLUMNS)))
         )
