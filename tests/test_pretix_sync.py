@@ -9,7 +9,7 @@ import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -98,16 +98,19 @@ def make_upstream(rig_dir: Path, url: str, journal: Journal, store: RevocationSt
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """The gate's clock "synced" (or as a test's indirect parameter says), at T0."""
+    assume: Literal["synced", "unsynced"] = getattr(request, "param", "synced")
     wall = Wall()
-    clock = Clock(assume="synced", wall=wall)
+    clock = Clock(assume=assume, wall=wall)
     journal = await Journal.open(tmp_path / "j.db", gate_id="gate-3", gate_name="Gate 3",
                                  clock=clock)  # fmt: skip
     store = await RevocationStore.open(tmp_path / "rev.db")
     async with PretixServer() as server:
         trust: list[TrustBundle] = []
         alerts: list[PretixAlert] = []
-        up = make_upstream(tmp_path / "state", server.url, journal, store, wall, trust, alerts)
+        up = make_upstream(tmp_path / "state", server.url, journal, store, wall, trust, alerts,
+                           assume=assume)  # fmt: skip
         yield Rig(server, up, journal, store, wall, tmp_path / "state", trust, alerts)
         await up.close()
     await store.close()
@@ -620,29 +623,15 @@ async def test_a_revocation_cursor_stored_in_the_future_starts_over(rig: Rig) ->
         assert rig.store.status(secret_key(secret)) is ListState.REVOKED
 
 
-async def test_a_gate_clock_not_synced_and_behind_keeps_pretixs_cursor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rig", ["unsynced"], indirect=True)
+async def test_a_gate_clock_not_synced_and_behind_keeps_pretixs_cursor(rig: Rig) -> None:
     # A review: a pretix-only gate with no RTC and no NTP, an hour behind after a power cut,
     # paged from its own time: every round read an hour of orders again. Its clock, untrusted,
-    # cannot judge pretix's; a synchronised clock still does (the test above).
-    wall = Wall(T0 - 3600)
-    clock = Clock(assume="unsynced", wall=wall)
-    journal = await Journal.open(tmp_path / "j.db", gate_id="gate-3", gate_name="Gate 3",
-                                 clock=clock)  # fmt: skip
-    store = await RevocationStore.open(tmp_path / "rev.db")
-    try:
-        async with PretixServer() as server:
-            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
-                               assume="unsynced")  # fmt: skip
-            try:
-                assert await up.initialize(INIT_TOKEN) == 1
-                assert await up.sync_once() and await up.sync_once()
-                since = server.state.calls_to("/orders/")[-1].query["modified_since"]
-                assert since == iso(server.state.now - 10)
-            finally:
-                await up.close()
-    finally:
-        await store.close()
-        await journal.close()
+    # cannot judge pretix's; a synchronised clock still does (the test below).
+    rig.wall.t = T0 - 3600
+    await initialized(rig)
+    assert await rig.up.sync_once() and await rig.up.sync_once()
+    assert rig.fake.calls_to("/orders/")[-1].query["modified_since"] == iso(rig.fake.now - 10)
 
 
 async def test_an_orders_page_listed_at_no_plausible_time_keeps_the_round_going(
