@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,8 @@ def test_a_stop_mid_decision_in_a_two_lane_gate_agent_run_still_pulses(
         )  # fmt: skip
     try:
         until_sync(lambda: " ready: " in log.read_text(), 30, "the gate is ready")
+        # which version runs, for whoever upgraded it (an integrator's review)
+        assert f"gate-agent {metadata.version('gate-agent')}, pid {proc.pid}" in log.read_text()
         other = sqlite3.connect(tmp_path / "state" / "journal.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # the entry lane's journal job waits for this writer
         try:

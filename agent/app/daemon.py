@@ -374,14 +374,14 @@ async def run(config: cfg.Config) -> int:
         if stopping.is_set():  # a signal came while the gate was opening
             task.cancel()
         log.info(
-            "gate %s ready (gate-agent %s): %s %s, trust v%d, revocations v%d (%d entries), pid %d",
+            "gate %s ready: %s %s, trust v%d, revocations v%d (%d entries), gate-agent %s, pid %d",
             config.gate.id,
-            version.installed(),
             "lane" if len(gate.lanes) == 1 else "lanes",
             ", ".join(f"{ln.settings.name} ({ln.checker.policy.direction})" for ln in gate.lanes),
             gate.trust.version,
             gate.revocations.meta.version,
             len(gate.revocations.index),
+            version.installed(),
             os.getpid(),
         )
         try:
