@@ -96,7 +96,7 @@ class PretixDownload:
             params["created_since"] = newest_created
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
             revoked += pretix_event.revoked_secrets(reply.body)
-            newest_created = wire.latest(newest_created, rows, "created", self._until(reply))
+            newest_created = wire.latest(newest_created, rows, "created", self._times(reply)[1])
         blocked: dict[str, bool] = {}
         newest_updated = cursor.get(_BLOCKED_CURSOR)
         params = {"ordering": "updated"}
@@ -104,7 +104,7 @@ class PretixDownload:
             params["updated_since"] = newest_updated
         async for reply, rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
-            newest_updated = wire.latest(newest_updated, rows, "updated", self._until(reply))
+            newest_updated = wire.latest(newest_updated, rows, "updated", self._times(reply)[1])
         new_cursor = {
             name: value
             for name, value in (
@@ -149,9 +149,9 @@ class PretixDownload:
         started: float | None = None
         learnt = skipped = annulled = ahead = 0
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
-            listed = wire.listed_at(reply.headers, self._clock.now())
+            listed, until = self._times(reply)
             if started is None:
-                started = self._until(reply)
+                started = until
             rows, bad = wire.order_positions(orders)
             checkins = wire.peer_entries(rows, own_device, self._list, listed)
             skipped += bad + checkins.skipped
@@ -168,13 +168,14 @@ class PretixDownload:
             self._cursors[_ORDERS_CURSOR] = wire.iso(started - _ORDERS_OVERLAP_S)
             save_cursors(self._state_dir, self._cursors)
 
-    def _until(self, reply: Reply) -> float:
-        """The time to page on from after ``reply`` (:func:`sync.pretix_wire.cursor_time`)."""
+    def _times(self, reply: Reply) -> tuple[float, float]:
+        """When pretix listed ``reply`` (:func:`sync.pretix_wire.listed_at`), and the time to
+        page on from after it (:func:`sync.pretix_wire.cursor_time`)."""
         reading = self._clock.reading()
         listed = wire.listed_at(reply.headers, reading.now)
         # Only a clock the gate trusts judges pretix's (one behind after a power cut without RTC
         # or NTP would have every round read again what came since its time).
-        return wire.cursor_time(listed, reading.now) if reading.synced else listed
+        return listed, wire.cursor_time(listed, reading.now) if reading.synced else listed
 
     async def _learn_annulments(self, rows: list[Any], own_device: int) -> int:
         """Other devices' check-ins that a downloaded position no longer lists were annulled

@@ -168,21 +168,20 @@ def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
 
 def page_generated(headers: Mapping[str, str]) -> float | None:
     """When pretix began answering a list page (``X-Page-Generated``, ISO 8601 with
-    microseconds; else the ``Date`` header, whole seconds), as Unix seconds; None if neither."""
+    microseconds; else the end of the ``Date`` header's second: it cuts the fraction off, and a
+    check-in of that second is not after the page), as Unix seconds; None if neither."""
     lower = {k.lower(): v for k, v in headers.items()}
     try:
         return parse_iso(lower.get("x-page-generated"))
     except ValueError:
-        return parse_http_date(lower.get("date"))
+        date = parse_http_date(lower.get("date"))
+        return None if date is None else date + 1.0
 
 
 def listed_at(headers: Mapping[str, str], now: float) -> float:
-    """When pretix listed a page, by its own clock (:func:`page_generated`; from ``Date``, in
-    whole seconds, the end of its second); this gate's ``now`` when it says neither, or says a
-    time no server's clock shows (before 2020, after 2200)."""
+    """When pretix listed a page, by its own clock (:func:`page_generated`); this gate's ``now``
+    when it says neither, or says a time no server's clock shows (before 2020, after 2200)."""
     listed = page_generated(headers)
-    if listed is not None and not any(k.lower() == "x-page-generated" for k in headers):
-        listed += 1.0  # Date cut the fraction off: a check-in of that second is not "ahead"
     if listed is None or not _PLAUSIBLE_FROM_S <= listed <= PLAUSIBLE_HLC_MS / 1000:
         return now
     return listed

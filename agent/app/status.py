@@ -90,7 +90,7 @@ class StatusLimits:
     outbox_backlog: int = 1000
     disk_free_min_bytes: int = 200 * 1024 * 1024
     clock_ahead_s: float = (
-        HLC_MAX_AHEAD_S  # the gate's time past the hub's ([hub] max_clock_ahead_s)
+        HLC_MAX_AHEAD_S  # past the hub's time: degraded ([hub] max_clock_ahead_s)
     )
 
 
