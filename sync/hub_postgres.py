@@ -402,18 +402,23 @@ class PostgresHubStore(PostgresConsoleQueries):
             raise HubStoreError(f"hub store {self._where}: {exc}") from exc
 
 
-# Each ticket's last MAX_TICKET_HISTORY entries, exits and annulments to arrive, and of its last
-# MAX_TICKET_HISTORY attempts those in the batch's window (the (ticket_ref, kind = 'attempt',
-# cursor) index: no more of it is read).
-_LAST = (
-    "(SELECT cursor FROM entries WHERE ticket_ref = r.ref AND (kind = 'attempt') = {}"
-    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY})"
-)
+# Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
+# and of each gate's last MAX_TICKET_HISTORY attempts those in the batch's window: a flood from
+# one gate pushes out only its own rows. The ticket's gates are found by stepping through the
+# (ticket_ref, kind = 'attempt', gate_id, cursor) index, and of each gate's part no more of it
+# is read.
+_PART = "ticket_ref = {}.ref AND (kind = 'attempt') = {}.attempt"
 _HISTORY = (
-    f"SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM unnest($1::text[]) AS r(ref)"
-    f" CROSS JOIN LATERAL ({_LAST.format('false')} UNION ALL {_LAST.format('true')}) AS last"
-    " JOIN entries e ON e.cursor = last.cursor"
-    " WHERE (e.kind <> 'attempt' OR e.wall_time BETWEEN $2 AND $3"
+    "WITH RECURSIVE g(ref, attempt, gate) AS ("
+    f" SELECT r.ref, k.attempt, (SELECT min(gate_id) FROM entries WHERE {_PART.format('r', 'k')})"
+    " FROM unnest($1::text[]) AS r(ref), (VALUES (false), (true)) AS k(attempt)"
+    " UNION ALL SELECT g.ref, g.attempt, (SELECT min(gate_id) FROM entries"
+    f" WHERE {_PART.format('g', 'g')} AND gate_id > g.gate) FROM g WHERE g.gate IS NOT NULL)"
+    f" SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM g CROSS JOIN LATERAL"
+    f" (SELECT cursor FROM entries WHERE {_PART.format('g', 'g')} AND gate_id = g.gate"
+    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}) AS last"
+    " JOIN entries e ON e.cursor = last.cursor WHERE g.gate IS NOT NULL"
+    " AND (e.kind <> 'attempt' OR e.wall_time BETWEEN $2 AND $3"
     " OR e.received_at BETWEEN $4 AND $5)"
 )
 

@@ -47,13 +47,15 @@ raising it again):
   buckets of the hub's clock) beyond ``alert_budget`` are not stored one by one; they collapse into
   one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
   one stolen gate cannot bury the other gates' alerts.
-* a ticket's history as the stores read it: its last :data:`MAX_TICKET_HISTORY` entries, exits
-  and annulments to arrive, and of its last :data:`MAX_TICKET_HISTORY` attempts those in the
-  window above. Reading all of them let one stolen gate stall the store for every gate: a
-  made-up ticket of 50,000 admitted entries, within its quota, made each batch naming it cost
-  0.6 s on the store's one thread. Attempts are counted apart, so a flood of denied attempts
-  (cheap, and spread out silent) cannot push another gate's admission out of view; a flood of
-  a gate's own entries raises its own alerts. An honest ticket stays far below either cap.
+* a ticket's history as the stores read it: of each gate, its last :data:`MAX_TICKET_HISTORY`
+  entries, exits and annulments of the ticket to arrive, and of its last
+  :data:`MAX_TICKET_HISTORY` attempts those in the window above. Reading all of them let one
+  stolen gate stall the store for every gate: a made-up ticket of 50,000 admitted entries,
+  within its quota, made each batch naming it cost 0.6 s on the store's one thread. Counted per
+  gate, a flood from one gate pushes out only its own rows (a ticket's last rows of any gate let
+  1,000 annulments of the thief's own entry hide gate-a's admission, so gate-b's clone raised
+  nothing), and attempts are counted apart from the rest. An honest ticket stays far below
+  either cap.
 
 Alerts name a ticket by its short id (:func:`agent.redact.short_id`) only, never by its
 reference. The column lists, row conversions and statements both backends share are
@@ -82,7 +84,7 @@ from sync.protocol import (
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
-MAX_TICKET_HISTORY = 1000  # a ticket's last rows the rules read: entries/exits/annuls, attempts
+MAX_TICKET_HISTORY = 1000  # per gate: a ticket's last entries+exits+annuls read, last attempts
 FEED_KINDS = ("entry", "exit", "annul")
 
 
@@ -99,8 +101,8 @@ class KnownState:
     stored: Mapping[str, EntryWire] = field(default_factory=dict)  # batch entry_ids already stored
     seq_owners: Mapping[int, str] = field(default_factory=dict)  # this gate: gate_seq -> entry_id
     max_seq: int = 0  # this gate's highest stored gate_seq (0: none)
-    # ticket_ref -> all its entry/exit/annul rows and its attempts within :func:`attempt_span`,
-    # for the refs of :func:`history_refs`
+    # ticket_ref -> its entry/exit/annul rows and its attempts within :func:`attempt_span` (of
+    # each gate its last MAX_TICKET_HISTORY of each), for the refs of :func:`history_refs`
     history: Mapping[str, Sequence[TicketRow]] = field(default_factory=dict)
     gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> the operator's name
     # entry ids the batch's annulments name (:func:`annul_targets`) -> (gate_id, ticket_ref)

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS entries (
     short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, kind = 'attempt');
+CREATE INDEX IF NOT EXISTS entries_ticket_gate ON entries (ticket_ref, kind = 'attempt', gate_id);
 CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, action TEXT NOT NULL,
@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS entries (
     short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'), cursor);
+CREATE INDEX IF NOT EXISTS entries_ticket_gate
+    ON entries (ticket_ref, (kind = 'attempt'), gate_id, cursor);
 CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id);
 CREATE TABLE IF NOT EXISTS alert_actions (
     action_id BIGSERIAL PRIMARY KEY, alert_id BIGINT NOT NULL, action TEXT NOT NULL,
@@ -133,17 +134,21 @@ CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions (alert_id, actio
 """
 SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_id)"
 
-# A ticket's entries, exits and annulments, and apart from them its attempts, each in arrival
-# order, so that their last rows are read without the rest (sync.hub_rules.MAX_TICKET_HISTORY;
-# in SQLite the cursor is the rowid, which every index holds). Run at every open (SQLite: in
-# the store's first transaction; PostgreSQL: under the schema lock): a store made before it
-# gets it once, in place of the ticket_ref index.
+# Each gate's entries, exits and annulments of a ticket, and apart from them its attempts, each in
+# arrival order, so that each gate's last rows are read without the rest
+# (sync.hub_rules.MAX_TICKET_HISTORY; in SQLite the cursor is the rowid, which every index holds).
+# Run at every open (SQLite: in the store's first transaction; PostgreSQL: under the schema
+# lock): a store made before it gets it once, in place of the earlier ticket indexes.
 SQLITE_TICKET_INDEX = (
-    "CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, kind = 'attempt');"
+    "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
+    " ON entries (ticket_ref, kind = 'attempt', gate_id);"
+    "DROP INDEX IF EXISTS entries_ticket_kind;"
     "DROP INDEX IF EXISTS entries_ticket_ref;"
 )
 POSTGRES_TICKET_INDEX = """
-CREATE INDEX IF NOT EXISTS entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'), cursor);
+CREATE INDEX IF NOT EXISTS entries_ticket_gate
+    ON entries (ticket_ref, (kind = 'attempt'), gate_id, cursor);
+DROP INDEX IF EXISTS entries_ticket_kind;
 DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
 """

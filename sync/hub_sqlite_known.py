@@ -17,18 +17,40 @@ from sync.hub_store import HubPolicy
 from sync.protocol import EntryWire
 
 _CHUNK = 500  # values per IN (...) list
-# Each ticket's last MAX_TICKET_HISTORY entries, exits and annulments to arrive, and of its last
-# MAX_TICKET_HISTORY attempts those in the batch's window: the (ticket_ref, kind = 'attempt')
-# index holds each part in cursor (rowid) order, so no more of it is walked.
-_LAST = (
-    "SELECT cursor FROM entries WHERE ticket_ref = refs.ref AND (kind = 'attempt') = {}"
-    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}"
-)
-_HISTORY = (
-    f"WITH refs(ref) AS (VALUES {{}}) SELECT {', '.join(TICKET_COLUMNS)} FROM refs, entries"
-    f" WHERE cursor IN ({_LAST.format(0)}) OR (cursor IN ({_LAST.format(1)})"
-    " AND (wall_time BETWEEN ? AND ? OR received_at BETWEEN ? AND ?))"
-)
+
+
+# Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
+# and of each gate's last MAX_TICKET_HISTORY attempts those in the batch's window: a flood from
+# one gate pushes out only its own rows. The (ticket_ref, kind = 'attempt', gate_id) index holds
+# each gate's part in cursor (rowid) order, so no more of it is walked, and the ticket's gates
+# are found by stepping through it (g0: gates with entries, exits or annulments; g1: attempts).
+def _history_sql() -> str:
+    def part(flag: int, refs: str = "") -> str:
+        return f"ticket_ref = {refs or f'g{flag}'}.ref AND (kind = 'attempt') = {flag}"
+
+    def gates(flag: int) -> str:
+        return (
+            f"g{flag}(ref, gate) AS (SELECT ref, (SELECT min(gate_id) FROM entries WHERE"
+            f" {part(flag, 'refs')})"
+            f" FROM refs UNION ALL SELECT ref, (SELECT min(gate_id) FROM entries WHERE"
+            f" {part(flag)} AND gate_id > g{flag}.gate) FROM g{flag} WHERE gate IS NOT NULL)"
+        )
+
+    def last(flag: int) -> str:
+        return (
+            f"SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM g{flag}, entries e"
+            f" WHERE g{flag}.gate IS NOT NULL AND e.cursor IN (SELECT cursor FROM entries"
+            f" WHERE {part(flag)} AND gate_id = g{flag}.gate"
+            f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY})"
+        )
+
+    return (
+        f"WITH RECURSIVE refs(ref) AS (VALUES {{}}), {gates(0)}, {gates(1)} {last(0)}"
+        f" UNION ALL {last(1)} AND (e.wall_time BETWEEN ? AND ? OR e.received_at BETWEEN ? AND ?)"
+    )
+
+
+_HISTORY = _history_sql()
 _T = TypeVar("_T")
 
 

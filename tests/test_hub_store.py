@@ -1374,8 +1374,8 @@ async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_a
 ) -> None:
     """A review: the rules read every row of a batch's tickets, so a stolen gate that gave a
     made-up ticket 50,000 entries (within its quota) made each batch naming it cost 0.6 s on
-    the store's one thread, every gate's uploads waiting behind it. The stores now read a
-    ticket's last MAX_TICKET_HISTORY rows to arrive, and the rules still see the ticket inside."""
+    the store's one thread, every gate's uploads waiting behind it. The stores now read each
+    gate's last MAX_TICKET_HISTORY rows of a ticket, and the rules still see the ticket inside."""
     store = await open_hub(entry_policy="reentry", upload_burst=5000, alert_budget=10_000)
     thief, honest = Gate("thief"), Gate("honest")
     honest.clock = thief.clock
@@ -1418,3 +1418,52 @@ async def test_a_flood_of_attempts_hides_no_other_gates_admission(open_hub: Open
     await store.ingest("gate-b", [clone], T0 + 2)
     (double,) = [x for x in await all_alerts(store) if x.kind == "double_admission"]
     assert double.entries == (first.entry_id, clone.entry_id)
+
+
+async def test_a_gates_own_flood_hides_no_other_gates_admission(open_hub: OpenStore) -> None:
+    """A review of the cap: a stolen gate admitted a clone of a ticket gate-a had let in, then
+    annulled that entry of its own 1,000 times. Those annulments were the ticket's last rows to
+    arrive, gate-a's entry fell out of view, and gate-b's admission of another clone raised no
+    alert. The stores now read each gate's last rows of a ticket, so a gate's flood pushes out
+    only its own."""
+    store = await open_hub(upload_burst=5000, alert_budget=10_000)
+    a, b, thief = Gate("gate-a"), Gate("gate-b"), Gate("thief")
+    b.clock = thief.clock = a.clock
+    first = a.row("T")
+    await store.ingest("gate-a", [first], T0)
+    own = thief.row("T")
+    await store.ingest("thief", [own], T0 + 1)
+    flood = [thief.row("T", "annul", annuls=own.entry_id) for _ in range(MAX_HISTORY)]
+    for start in range(0, len(flood), 500):
+        await store.ingest("thief", flood[start : start + 500], T0 + 1)
+    clone = b.row("T")
+    await store.ingest("gate-b", [clone], T0 + 2)
+    doubles = [x.entries for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert doubles == [(first.entry_id, own.entry_id), (first.entry_id, clone.entry_id)]
+
+
+async def test_a_store_made_before_gets_the_per_gate_ticket_index_at_open(
+    store_url: str, open_hub: OpenStore
+) -> None:
+    """A store made with the ticket index of before (no gate in it) gets the one the history
+    read walks, in its place, when a hub opens it."""
+    old = "CREATE INDEX entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'))"
+    await (await open_hub()).close()
+    if store_url.startswith("sqlite://"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+            db.executescript(f"DROP INDEX entries_ticket_gate; {old};")
+    else:
+        conn = await asyncpg.connect(store_url)
+        await conn.execute(f"DROP INDEX entries_ticket_gate; {old}")
+        await conn.close()
+    await open_hub()
+    if store_url.startswith("sqlite://"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+            sql = "SELECT name FROM sqlite_master WHERE tbl_name = 'entries' AND type = 'index'"
+            names = {name for (name,) in db.execute(sql)}
+    else:
+        conn = await asyncpg.connect(store_url)
+        sql = "SELECT indexname FROM pg_indexes WHERE tablename = 'entries'"
+        names = {r[0] for r in await conn.fetch(sql)}
+        await conn.close()
+    assert "entries_ticket_gate" in names and "entries_ticket_kind" not in names

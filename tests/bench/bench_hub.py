@@ -67,7 +67,7 @@ CREATE TABLE entries (
     received_at {real} NOT NULL, short_id TEXT NOT NULL DEFAULT '', rev_key TEXT,
     UNIQUE (gate_id, gate_seq)
 );
-CREATE INDEX entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'){ticket_cursor});
+CREATE INDEX entries_ticket_gate ON entries (ticket_ref, (kind = 'attempt'), gate_id{ticket_cursor});
 CREATE INDEX entries_short_id ON entries (short_id);
 """
 
