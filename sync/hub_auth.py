@@ -18,6 +18,7 @@ from sync.hub_admin import (
 from sync.hub_config import client_cert_gate
 from sync.hub_state import HttpError, Hub
 from sync.hub_store import TokenInfo
+from sync.hub_watch import client_net
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ async def caller(request: web.Request, hub: Hub) -> TokenInfo:
     info = None if len(token) > _MAX_TOKEN_CHARS else await hub.store.token(digest)
     if info is None or not hmac.compare_digest(info.token_hash, digest):
         peer = request.remote or "?"
-        if (more := hub.refused_tokens.due(peer)) is not None:  # anyone can send these
+        # Anyone can send these: one line per client a minute, LOG_BUDGET lines in all.
+        if (more := hub.refused_tokens.due(client_net(peer))) is not None:
             log.warning("unknown token %s refused (%s %s) from %s%s", secret_label(token),
                         request.method, printable(request.path, 200), peer, more)  # fmt: skip
         raise HttpError(

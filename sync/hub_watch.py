@@ -10,7 +10,8 @@ Lines an operator reads in ``journalctl -u gate-hub``::
     alert double_admission: ticket 3f2a9c1b0d4e, gates Gate A, Gate B
 
 Tickets appear only as the alert's short hash, tokens never. The same refusal from the same
-address is logged once per :data:`WARN_EVERY_S`, with the count of those held back. With several
+client (an address; an IPv6 /64) is logged once per :data:`WARN_EVERY_S`, with the count of those
+held back, and at most :data:`LOG_BUDGET` such lines are written a minute in all. With several
 hub processes on one database, each logs the alerts and lists it sees, and its own gates.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import ssl
@@ -30,7 +32,8 @@ from sync.hub_store import HubStore, HubStoreError
 log = logging.getLogger(__name__)
 
 WARN_EVERY_S = 60.0
-_MAX_KEYS = 4096  # distinct (address, reason) pairs remembered; a flood cannot grow it further
+_MAX_KEYS = 4096  # distinct (client, reason) pairs remembered; a flood cannot grow it further
+LOG_BUDGET = 20  # lines a Throttle writes each WARN_EVERY_S, whatever the clients
 _DELTA_OPS = ("revoke", "unrevoke", "block", "unblock")
 _DONE = ("revoked", "unrevoked", "blocked", "unblocked")
 _KEY_LEN = 16
@@ -85,13 +88,33 @@ def handshake_reason(exc: BaseException) -> str | None:
     return f"TLS error {reason}"
 
 
+def client_net(host: str) -> str:
+    """The client a refusal is counted for: an IPv4 address itself (an IPv4-mapped IPv6 one
+    too), an IPv6 address its /64 (one host's SLAAC addresses; a client could rotate through
+    2**64 of them); anything else as given."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class Throttle:
-    """At most one log line per key (an address, a reason) every :data:`WARN_EVERY_S`, so that
-    whoever can reach the hub cannot flood its log."""
+    """At most one log line per key (a client, a reason) every :data:`WARN_EVERY_S`, and at
+    most :data:`LOG_BUDGET` lines in all each :data:`WARN_EVERY_S`, so that whoever can reach the
+    hub cannot flood its log, from one address or from many (key clients by
+    :func:`client_net`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last: dict[Hashable, tuple[float, int]] = {}
+        self._window = -WARN_EVERY_S  # when the budget's current minute began
+        self._written = 0  # lines written in it
+        self._over = 0  # lines held back by the budget since the last line written
 
     def due(self, key: Hashable) -> str | None:
         """None: no line now (counted); else write one now, ending with what this says of the
@@ -101,10 +124,22 @@ class Throttle:
         if now - last < WARN_EVERY_S:
             self._last[key] = (last, held + 1)
             return None
+        if now - self._window >= WARN_EVERY_S:
+            self._window, self._written = now, 0
+        if self._written >= LOG_BUDGET:
+            self._over += 1
+            return None
+        self._written += 1
         if len(self._last) >= _MAX_KEYS:
             self._last.clear()
         self._last[key] = (now, 0)
-        return f" ({held} more since the last such line)" if held else ""
+        notes = [f"{held} more since the last such line"] if held else []
+        if self._over:
+            notes.append(f"{self._over} from other clients held back by the log budget")
+            self._over = 0
+        if self._written == LOG_BUDGET:
+            notes.append(f"log budget of {LOG_BUDGET} such lines a minute reached: more held back")
+        return f" ({'; '.join(notes)})" if notes else ""
 
 
 class HandshakeLog:
@@ -119,7 +154,7 @@ class HandshakeLog:
         if reason is None:
             log.debug("TLS handshake from %s failed: %s: %s", host, type(exc).__name__, exc)
             return
-        more = self._throttle.due((host, reason))
+        more = self._throttle.due((client_net(host), reason))
         if more is not None:
             log.warning("TLS handshake from %s refused: %s%s", host, reason, more)
 

@@ -35,6 +35,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
+from sync.hub_watch import LOG_BUDGET, WARN_EVERY_S, Throttle, client_net
 from sync.protocol import (
     MAX_BODY_BYTES,
     AlertPage,
@@ -167,6 +168,41 @@ async def test_unknown_tokens_are_one_log_line_a_minute_from_one_address(
         log = proc.log_tail(100_000)
     (line,) = [line for line in log.splitlines() if "unknown token" in line]
     assert "(GET /v1/trust) from 127.0.0.1" in line
+
+
+async def test_unknown_tokens_from_many_addresses_are_a_bounded_number_of_lines(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """A review: the log throttle was per address, so a client with many addresses (any of
+    127.0.0.0/8 here; a whole IPv6 /64 on a LAN) still wrote a WARNING per request. The hub
+    writes at most LOG_BUDGET such lines a minute in all, the last saying more are held back."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    with HubProcess(setup) as proc:
+        for i in range(3 * LOG_BUDGET):
+            source = aiohttp.TCPConnector(local_addr=(f"127.0.{i // 250}.{1 + i % 250}", 0))
+            async with aiohttp.ClientSession(connector=source) as session:
+                assert (await Api(session, setup.url).get("/v1/trust", "guess")).status == 401
+        log = proc.log_tail(100_000)
+    lines = [line for line in log.splitlines() if "unknown token" in line]
+    assert len(lines) == LOG_BUDGET, lines
+    assert "from 127.0.0.1" in lines[0] and "(log budget" not in lines[0]
+    assert lines[-1].endswith(
+        f"(log budget of {LOG_BUDGET} such lines a minute reached: more held back)"
+    )
+
+
+def test_an_ipv6_client_is_one_client_per_64_for_the_log_throttle() -> None:
+    now = [1000.0]
+    throttle = Throttle(clock=lambda: now[0])
+    assert throttle.due(client_net("2001:db8:1:2::7")) == ""
+    for host in ("2001:db8:1:2::8", "2001:db8:1:2:ffff:1:2:3", "2001:DB8:1:2::7"):
+        assert throttle.due(client_net(host)) is None
+    assert throttle.due(client_net("2001:db8:1:3::7")) == ""  # another /64
+    assert client_net("::ffff:10.0.0.7") == client_net("10.0.0.7") == "10.0.0.7"
+    assert client_net("fe80::1%eth0") == "fe80::/64"
+    assert client_net("not an address") == "not an address"
+    now[0] += WARN_EVERY_S
+    assert throttle.due(client_net("2001:db8:1:2::9")) == " (3 more since the last such line)"
 
 
 async def test_refused_requests_store_nothing(
