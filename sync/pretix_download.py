@@ -19,7 +19,7 @@ from agent import pretix_event
 from agent.clock import ClockReading
 from agent.errors import UpstreamUnavailable
 from agent.journal import Journal, PeerEntry
-from agent.revocation import RevocationStore
+from agent.revocation import ListMeta, RevocationStore
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_state import load_cursors, save_cursors
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 _REVOKED_CURSOR = "pretix_revoked_created_since"
 _BLOCKED_CURSOR = "pretix_blocked_updated_since"
 _ORDERS_CURSOR = "orders_modified_since"
+# Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
+# this and one page (pretix_http.MAX_BODY), however many pages a server sends.
+APPLY_EVERY = 10_000
 # The cursor is the first page's X-Page-Generated (pretix's time when it began answering, what
 # pretixSCAN itself continues from) less this margin, for a check-in whose transaction was still
 # open then: it may carry an earlier last_modified yet commit after our query. Seconds are
@@ -87,9 +90,13 @@ class PretixDownload:
 
     async def secrets(self) -> None:
         """Revoked and blocked secrets since the stored cursors, applied to the revocation store
-        with the new cursors in one transaction."""
+        with their cursors every :data:`APPLY_EVERY` secrets and at the end of the round. Only
+        the round's last part stamps the list fresh: a round that fails half-way keeps what it
+        applied (the next one goes on from its cursor) and the list's freshness as it was."""
         cursor = self._revocations.upstream_cursor
+        before = self._revocations.meta.version
         revoked: list[str] = []
+        applied = 0
         newest_created = cursor.get(_REVOKED_CURSOR)
         params = {"ordering": "created"}
         if newest_created:
@@ -97,6 +104,9 @@ class PretixDownload:
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
             revoked += pretix_event.revoked_secrets(reply.body)
             newest_created = wire.latest(newest_created, rows, "created", self._times(reply)[1])
+            if len(revoked) >= APPLY_EVERY:
+                await self._apply(revoked, {}, {_REVOKED_CURSOR: newest_created}, whole=False)
+                applied, revoked = applied + len(revoked), []
         blocked: dict[str, bool] = {}
         newest_updated = cursor.get(_BLOCKED_CURSOR)
         params = {"ordering": "updated"}
@@ -105,27 +115,35 @@ class PretixDownload:
         async for reply, rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
             newest_updated = wire.latest(newest_updated, rows, "updated", self._times(reply)[1])
-        new_cursor = {
-            name: value
-            for name, value in (
-                (_REVOKED_CURSOR, newest_created),
-                (_BLOCKED_CURSOR, newest_updated),
-            )
-            if value
-        }
-        before = self._revocations.meta.version
-        meta = await self._revocations.apply_secrets(
+            if len(blocked) >= APPLY_EVERY:
+                await self._apply([], blocked, {_BLOCKED_CURSOR: newest_updated}, whole=False)
+                applied, blocked = applied + len(blocked), {}
+        new_cursor = {_REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
+        meta = await self._apply(revoked, blocked, new_cursor, whole=True)
+        if meta.version != before:  # the cursor rows come back every round: quiet then
+            log.info(
+                "pretix: %d revoked or blocked-state secrets applied (list v%d)",
+                applied + len(revoked) + len(blocked), meta.version,
+            )  # fmt: skip
+
+    async def _apply(
+        self,
+        revoked: list[str],
+        blocked: dict[str, bool],
+        cursor: dict[str, str | None],
+        *,
+        whole: bool,
+    ) -> ListMeta:
+        """One part of a round into the revocation store, with the cursors it reached; ``whole``:
+        the round's last part, which stamps the list fresh (the others keep its freshness)."""
+        return await self._revocations.apply_secrets(
             revoke=revoked,
             block=[s for s, b in blocked.items() if b],
             unblock=[s for s, b in blocked.items() if not b],
-            cursor=new_cursor,
-            issued_at=int(self._clock.now()),
+            cursor={name: value for name, value in cursor.items() if value},
+            issued_at=int(self._clock.now()) if whole else None,
+            fresh=whole,
         )
-        if meta.version != before:  # the cursor rows come back every round: quiet then
-            log.info(
-                "pretix: %d revoked, %d blocked-state secrets applied (list v%d)",
-                len(revoked), len(blocked), meta.version,
-            )  # fmt: skip
 
     async def checkins(self, own_device: int | None) -> None:
         """Check-ins of other devices, from the orders modified since the last round.

@@ -90,6 +90,7 @@ class FakePretix:
     now: float = _t("2026-11-23T02:51:19Z")
     page_generated: str | None = None  # X-Page-Generated as given (default: ``now``; "-": none)
     revoked_next: str | None = None  # the revoked secrets' ``next``, a path on this server
+    revoked_fail_page: int | None = None  # this page of the revoked secrets answers 503
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -162,6 +163,8 @@ def make_app(state: FakePretix) -> web.Application:
         return web.json_response(_paged(request, load("checkin_lists.json")["results"], 50))
 
     async def revoked(request: web.Request) -> web.Response:
+        if request.query.get("page", "1") == str(state.revoked_fail_page):
+            return web.json_response({"detail": "maintenance"}, status=503)
         rows = state.revoked["results"]
         since = request.query.get("created_since")
         if since:

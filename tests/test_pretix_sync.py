@@ -22,6 +22,7 @@ from agent.revocation import ListState, RevocationStore, secret_key
 from agent.rules import GatePolicy, effective
 from agent.trust import TrustBundle
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
+from sync.pretix_download import APPLY_EVERY
 from sync.pretix_wire import iso, uuid7_time
 from tests.polling import until
 from tests.pretix_server import (
@@ -265,6 +266,37 @@ async def test_a_page_over_4_mib_ends_the_round(rig: Rig) -> None:
     assert f"answer larger than {4 << 20} bytes" in rig.up.status["last_error"]
     rig.fake.revoked = page
     assert await rig.up.sync_once()
+
+
+async def test_a_long_revocation_round_is_applied_as_it_goes_and_fresh_only_when_whole(
+    rig: Rig,
+) -> None:
+    """A review: a round kept every revoked secret in memory until its last page (a broken or
+    hostile server: 100,000 pages of 4 MiB), and a fault on that page lost the whole round. The
+    secrets are now applied every APPLY_EVERY, with their cursor; the list is stamped fresh only
+    when the round is whole, and the next round goes on from where the last one stopped."""
+    count = 2 * APPLY_EVERY + 10
+    start = T0 - 7200
+    rows: list[dict[str, Any]] = [
+        {"id": i, "secret": f"revoked-{i:06d}", "created": iso(start + i * 0.1)}
+        for i in range(count)
+    ]
+    rig.fake.revoked = {"count": count, "next": None, "previous": None, "results": rows}
+    rig.fake.page_size = APPLY_EVERY // 2
+    rig.fake.revoked_fail_page = 5  # after two applied parts, before the last rows
+    await initialized(rig)
+    assert not await rig.up.sync_once()
+    assert "HTTP 503" in rig.up.status["last_error"]
+    assert rig.store.status(secret_key(rows[2 * APPLY_EVERY - 1]["secret"])) is ListState.REVOKED
+    assert rig.store.status(secret_key(rows[-1]["secret"])) is ListState.NONE
+    cursor = rig.store.upstream_cursor["pretix_revoked_created_since"]
+    assert cursor == rows[2 * APPLY_EVERY - 1]["created"]
+    assert rig.store.meta.is_stale(T0, 3600)  # nothing whole yet: not fresh
+    rig.fake.revoked_fail_page = None
+    assert await rig.up.sync_once()
+    assert rig.fake.calls_to("/revokedsecrets/")[-1].query["created_since"] == cursor
+    assert rig.store.status(secret_key(rows[-1]["secret"])) is ListState.REVOKED
+    assert rig.store.meta.issued_at == int(T0)
 
 
 async def test_a_next_page_is_named_printable_in_errors(rig: Rig) -> None:

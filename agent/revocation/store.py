@@ -205,6 +205,7 @@ class RevocationStore:
         unblock: Iterable[str] = (),
         cursor: Mapping[str, str],
         issued_at: int | None = None,
+        fresh: bool = True,
     ) -> ListMeta:
         """Apply secrets from an authenticated upstream (pretix), no signature, one transaction.
 
@@ -212,6 +213,7 @@ class RevocationStore:
         delta does, so applying the same download twice changes nothing. ``cursor`` entries are
         stored (merged) in the same transaction and read back by :attr:`upstream_cursor`.
         ``issued_at`` (default: now) refreshes the list's freshness even when nothing changed;
+        with ``fresh=False`` (a part of a longer download) the installed freshness is kept;
         the version goes up by one only when a key's state changed (or nothing was installed
         yet): pretix's inclusive cursors send the newest rows again every round, and setting
         what is already set is no change.
@@ -225,7 +227,9 @@ class RevocationStore:
             if found(ops[setting], ops[clearing])[1].any():
                 raise RevocationError(f"{self._name}: a secret is both {name}d and un{name}d")
         stamp = int(time.time()) if issued_at is None else issued_at
-        install = asyncio.ensure_future(self._install_secrets(ops, dict(cursor), stamp))
+        install = asyncio.ensure_future(
+            self._install_secrets(ops, dict(cursor), stamp if fresh else None)
+        )
         self._installs.add(install)
         install.add_done_callback(self._installs.discard)
         return await asyncio.shield(install)
@@ -272,8 +276,9 @@ class RevocationStore:
         return self._meta
 
     async def _install_secrets(
-        self, ops: list[KeyArray], cursor: dict[str, str], issued_at: int
+        self, ops: list[KeyArray], cursor: dict[str, str], issued_at: int | None
     ) -> ListMeta:
+        """Install ``ops`` and ``cursor``; ``issued_at`` None keeps the installed freshness."""
         revoke, unrevoke, block, unblock = ops
         async with self._lock:
             plan = None
@@ -283,7 +288,8 @@ class RevocationStore:
                 )
             changed = plan is not None and plan.changed
             version = self._meta.version + 1 if changed or not self._meta.version else None
-            meta = ListMeta(version or self._meta.version, issued_at, None)
+            stamp = self._meta.issued_at if issued_at is None else issued_at
+            meta = ListMeta(version or self._meta.version, stamp, None)
 
             async def rows(db: aiosqlite.Connection) -> None:
                 await self._check_unchanged(db)
