@@ -12,7 +12,9 @@ the gates' zones 1-16 or ``none``; no ticket, short id or entry id anywhere)::
     hub_alerts_open                               alerts nobody has acknowledged
     hub_gates, hub_gates_online                   gates known (token or heard from) / online
     hub_gate_online{gate}                         1 when the gate's heartbeat is recent
-    hub_gate_info{gate,name}                      1; the name the venue's operator gave the gate
+    hub_build_info{version}                       1; the version of gate-agent this hub runs
+    hub_gate_info{gate,name,version}              1; the name the venue's operator gave the gate
+                                                  and the version its last heartbeat gave
     hub_gate_list_version{gate}                   revocation list version at the last heartbeat
     hub_gate_list_age_seconds{gate}               that list's age now
     hub_ingest_seconds                            histogram: the hub's handling time of an accepted
@@ -35,9 +37,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from agent import version
 from sync.hub_auth import reader
 from sync.hub_state import HUB, Hub
 from sync.hub_store import HubStoreError
@@ -126,6 +134,9 @@ class _Snapshot:
         self._ingest = ingest
 
     def collect(self) -> Iterator[Metric]:
+        build = InfoMetricFamily("hub_build", "The running gate-agent hub")
+        build.add_metric([], {"version": version.installed()})
+        yield build
         yield from self._venue()
         yield from self._gate_metrics()
         yield from self._ingest.collect()
@@ -159,7 +170,9 @@ class _Snapshot:
         online_count = sum(g.online for g in gates)
         yield GaugeMetricFamily("hub_gates_online", "Gates with a recent heartbeat", online_count)
         online = GaugeMetricFamily("hub_gate_online", "1 when the gate is online", labels=["gate"])
-        info = GaugeMetricFamily("hub_gate_info", "The gate's name", labels=["gate", "name"])
+        info = GaugeMetricFamily(
+            "hub_gate_info", "The gate's name and version", labels=["gate", "name", "version"]
+        )
         version = GaugeMetricFamily(
             "hub_gate_list_version", "Revocation list version at the gate", labels=["gate"]
         )
@@ -168,7 +181,7 @@ class _Snapshot:
         )
         for g in gates:
             online.add_metric([g.gate_id], int(g.online))
-            info.add_metric([g.gate_id, g.gate_name], 1)
+            info.add_metric([g.gate_id, g.gate_name, g.version], 1)
             if g.last_seen is not None:
                 version.add_metric([g.gate_id], g.revocation_version)
             list_age_s = list_age(g, self._now)

@@ -30,6 +30,7 @@ from agent.clock import uuid7
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Reason, Verdict
+from agent.version import installed
 from sync.hub_store import HubPolicy, HubStore
 from sync.hub_stores import open_store
 from sync.hub_venue import MINUTES, VenueTally
@@ -316,7 +317,9 @@ async def _metrics_match(setup: HubSetup, console: str) -> None:
     assert value("hub_alerts_open") == 0
     assert value("hub_gates") == 3 and value("hub_gates_online") == 3
     assert value("hub_gate_online", gate="gate-b") == 1
-    assert value("hub_gate_info", gate="gate-b", name="Gate B") == 1
+    # Which version runs where (after an upgrade: was each unit restarted?)
+    assert value("hub_gate_info", gate="gate-b", name="Gate B", version=installed()) == 1
+    assert value("hub_build_info", version=installed()) == 1
     assert value("hub_gate_list_version", gate="gate-a") >= 1
     assert value("hub_ingest_seconds_count") >= 3  # one upload at least per gate
     assert 0 < value("hub_ingest_seconds_sum") < value("hub_ingest_seconds_count") * 5

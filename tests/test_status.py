@@ -28,6 +28,7 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
+from agent.version import installed
 from drivers.sim import SimGate, SimScanner
 from tests.browser import Browser
 from tests.conftest import WriteConfig
@@ -139,6 +140,7 @@ async def test_metrics_count_decisions_by_verdict_and_reason(
     assert 'gate_decision_latency_seconds_count{lane="in"} 3.0' in text
     assert "gate_outbox_depth 3.0" in text
     assert 'gate_device_up{device="in/scanner"} 1.0' in text
+    assert f'gate_build_info{{version="{installed()}"}} 1.0' in text
     assert ticket not in text
 
 

@@ -43,7 +43,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import version
@@ -128,6 +135,10 @@ class _Metrics:
         )
         self.disk_free = Gauge("gate_state_disk_free_bytes", "Free space for the state", registry=r)
         self.ready = Gauge("gate_ready", "1 when /healthz says ready", registry=r)
+        build = Info(
+            "gate_build", "The running gate-agent (after an upgrade: restarted?)", registry=r
+        )
+        build.info({"version": version.installed()})
 
 
 class _PretixStatus(Protocol):
