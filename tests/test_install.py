@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import system_clock_synced
+from agent.version import installed
 from tests import needs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,13 @@ def test_install_stages_everything(stage: Path) -> None:
     assert "gate-agent.service NOT enabled" in out
     assert "[trust] root_key: root key file" in out and "root.pub" in out
     assert "next steps:" in out
+    # The second run was an upgrade: it says what still runs the code before.
+    version = installed()
+    assert (
+        f"install: gate-agent {version} -> {version}: a running unit keeps running {version} until"
+        " restarted: sudo systemctl restart gate-agent.service gate-hub.service (or run this"
+        " installer with --start)"
+    ) in out
     assert (
         "sudo -u gate-agent gate-agent selftest --config-only --config /etc/gate-agent/gate.toml"
         in out
