@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent import revocation_issuer, tickets
 from agent.app import config
 from agent.app.daemon import open_gate
@@ -16,6 +18,7 @@ from agent.issuer import Issuer
 from agent.model import Reason
 from agent.ports import Scan
 from tests.conftest import WriteConfig
+from tests.gateconf import write_gate_config
 
 
 def _check(*args: str | Path) -> tuple[int, dict[str, object]]:
@@ -100,6 +103,37 @@ async def test_selftest_config_only_passes_what_run_starts_with_and_warns(
         (conf.gate.state_dir / name).unlink()
     r = _selftest_config_only(conf_path)
     assert r.returncode == 78 and "[trust] bundle refused" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("state_dir", "problem", "code"),
+    [
+        ("/proc/gate-agent-state", "cannot create it in /proc (", 78),
+        ("/sys/kernel", "cannot write in it (", 2),  # a folder there: this user may not write
+    ],
+)
+def test_selftest_config_only_refuses_a_state_dir_the_gate_cannot_write(
+    keys_dir: Path, tmp_path: Path, state_dir: str, problem: str, code: int
+) -> None:
+    """An integrator review: the check the installer runs before enabling the unit passed a
+    state_dir the gate could not create or write (here: in /proc, and /sys/kernel), so the
+    unit was enabled and failed at every start. The check now tries, as its user."""
+    path = write_gate_config(tmp_path / "gate.toml", keys=keys_dir, gate={"state_dir": state_dir})
+    r = _selftest_config_only(path)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert f"[gate] state_dir: {state_dir}: {problem}" in r.stderr, r.stderr
+    assert "sudo -u gate-agent gate-agent selftest --config-only" in r.stderr
+
+
+def test_selftest_config_only_passes_a_state_dir_it_can_create_and_leaves_nothing(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "new" / "state"
+    path = write_gate_config(tmp_path / "gate.toml", keys=keys_dir, gate={"state_dir": state})
+    r = _selftest_config_only(path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "new").exists()  # tried in the folder above it, then removed
+    assert not list(tmp_path.glob(".gate-agent-check-*"))
 
 
 async def test_forged_bundle_with_nothing_installed_stops_start(

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import grp
 import os
+import pwd
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 
 from agent import rules
 from agent.app import config as cfg
-from agent.errors import AgentError, StateInUse
+from agent.errors import AgentError, ConfigError, StateInUse
 from agent.fsutil import state_lock
 from agent.redact import text_digest
 from drivers import registry
@@ -267,6 +269,29 @@ def _lanes(conf: cfg.Config) -> str:
     return f"lane {names}" if len(conf.lanes) == 1 else f"{len(conf.lanes)} lanes: {names}"
 
 
+# gate-agent.service's StateDirectory=: systemd creates it at the unit's start and gives it to
+# the gate's user, so that it need not be there, nor be the user's, before.
+UNIT_STATE_DIR = Path("/var/lib/gate-agent")
+
+
+def state_dir_problem(state: Path) -> str | None:
+    """Why this process could not keep the gate's state in ``state``, or None: a folder there
+    must take a new file, else the nearest folder above it a new folder (tried for real, then
+    removed: a read-only mount, an immutable folder or an ACL count too)."""
+    if state == UNIT_STATE_DIR:
+        return None
+    target, verb = state, "cannot write in it"
+    while not target.exists():
+        if target.parent == target:
+            break
+        target, verb = target.parent, f"cannot create it in {target.parent}"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gate-agent-check-", dir=target))
+    except OSError as exc:
+        return f"{verb} ({exc.strerror or exc})"
+    return None
+
+
 def check_config(path: Path, out: TextIO) -> int:
     """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
     root key and bundle (with the one installed in the state folder, as `run` takes it),
@@ -279,6 +304,17 @@ def check_config(path: Path, out: TextIO) -> int:
     conf = cfg.load(path)
     warnings: list[str] = []
     state = conf.gate.state_dir
+    if (problem := state_dir_problem(state)) is not None:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        # A folder there that this user may not write may be the gate user's (exit 2, as for
+        # one it may not read); one that cannot be made is the config's (78).
+        error = AgentError if state.is_dir() else ConfigError
+        raise error(
+            f"{conf.path}: [gate] state_dir: {state}: {problem} as {user}: a gate running as"
+            " this user cannot record its decisions (check as the gate's user: sudo -u"
+            f" gate-agent gate-agent selftest --config-only --config {conf.path}; give the"
+            f" folder to it: sudo install -d -o gate-agent -g gate-agent -m 0750 {state})"
+        )
     try:
         trust = open_trust(conf, state / "trust.json", persist=False, refused=warnings.append)
     except PermissionError as exc:  # the state folder is the gate user's (0750)
