@@ -8,6 +8,7 @@ offline security review gives the exposure score the README quotes.
 from __future__ import annotations
 
 import ctypes.util
+import json
 import os
 import re
 import shutil
@@ -352,24 +353,29 @@ def test_every_dependency_has_an_aarch64_wheel_for_python_311(tmp_path: Path) ->
     assert not list(tmp_path.glob("*.tar.gz")) and not list(tmp_path.glob("*.zip"))
 
 
-# The gate's clock check (agent.clock.system_clock_synced) reads adjtimex(2). Run under the gate
-# unit's own system call filter, as systemd applies it (libseccomp, every call outside the list
-# failing with EPERM), it must still answer: None would leave every admission clock_untrusted.
+# The gate unit's system call filter, applied as systemd applies it (libseccomp; every call
+# outside the list fails with EPERM, SystemCallErrorNumber=), then ``gate-agent ARGS`` (or, for
+# "clock", the clock check alone) in the same process. argv: the allowed calls joined by ",",
+# then the arguments.
 _UNDER_FILTER = """
-import ctypes, errno, sys
-from agent.clock import system_clock_synced
+import ctypes, errno, runpy, sys
 lib = ctypes.CDLL("libseccomp.so.2")
 lib.seccomp_init.restype = ctypes.c_void_p
 lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
 lib.seccomp_load.argtypes = [ctypes.c_void_p]
 lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
 ctx = lib.seccomp_init(0x00050000 | errno.EPERM)  # SCMP_ACT_ERRNO(EPERM)
-for name in sys.argv[1:]:
+for name in sys.argv[1].split(","):
     number = lib.seccomp_syscall_resolve_name(name.encode())
     if number != -1:  # -1: not a call of this architecture
         lib.seccomp_rule_add(ctx, 0x7FFF0000, number, 0)  # SCMP_ACT_ALLOW
 assert lib.seccomp_load(ctx) == 0
-print(system_clock_synced())
+if sys.argv[2:] == ["clock"]:
+    from agent.clock import system_clock_synced
+    print(system_clock_synced())
+else:
+    sys.argv = ["gate-agent", *sys.argv[2:]]
+    runpy.run_module("agent", run_name="__main__")
 """
 
 
@@ -389,7 +395,9 @@ def _filter_calls(group: str, seen: dict[str, set[str]]) -> set[str]:
     return seen[group]
 
 
-def test_agent_unit_lets_the_clock_check_through_its_system_call_filter() -> None:
+def _under_gate_filter(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gate-agent ARGS`` under the gate unit's SystemCallFilter= lines, in their order (an
+    allow list first; a ``~`` line takes calls out of it, a later one puts them back)."""
     needs.need(shutil.which("systemd-analyze"), "systemd-analyze (systemd)")
     needs.need(ctypes.util.find_library("seccomp"), "libseccomp (libseccomp2)")
     allowed: set[str] = set()
@@ -399,13 +407,36 @@ def test_agent_unit_lets_the_clock_check_through_its_system_call_filter() -> Non
             names = line.split("=", 1)[1]
             calls = set().union(*(_filter_calls(n, seen) for n in names.lstrip("~").split()))
             allowed = allowed - calls if names.startswith("~") else allowed | calls
-    assert system_clock_synced() is not None  # it answers here, outside any filter
-    result = subprocess.run(
-        [sys.executable, "-c", _UNDER_FILTER, *sorted(allowed)],
+    return subprocess.run(
+        [sys.executable, "-c", _UNDER_FILTER, ",".join(sorted(allowed)), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=120,
     )
+
+
+def test_agent_unit_lets_the_clock_check_through_its_system_call_filter() -> None:
+    """The clock check reads adjtimex(2): None under the filter would leave every admission
+    clock_untrusted (it did, before the unit allowed the call by name)."""
+    assert system_clock_synced() is not None  # it answers here, outside any filter
+    result = _under_gate_filter("clock")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() in {"True", "False"}, result.stdout
+
+
+def test_the_simulated_gate_and_the_camera_engine_run_under_the_units_filter(
+    tmp_path: Path,
+) -> None:
+    """The demo (a gate deciding, journalling and syncing through a hub) and a camera-engine
+    decode (OpenCV, zxing-cpp) run whole under the gate unit's filter, so a tightening of it
+    that breaks them fails here, not at a venue."""
+    demo = _under_gate_filter("demo", "--dir", str(tmp_path / "demo"))
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "ALERT double admission" in demo.stdout, demo.stdout[-2000:]
+    assert "Traceback" not in demo.stderr and "not permitted" not in demo.stderr
+    image = ROOT / "tests/vectors/barcodes/qrcode-1/1.webp"
+    keys = tmp_path / "demo" / "keys"
+    read = _under_gate_filter("check", "--keys", str(keys), "--json", "--image", str(image))
+    assert "Traceback" not in read.stderr, read.stderr[-3000:]
+    assert json.loads(read.stdout)["reason"] == "invalid_format"  # read, and not a ticket
