@@ -119,6 +119,25 @@ async def test_snapshot_then_deltas_set_each_state(
     assert len(store.index) == 3
 
 
+async def test_a_part_of_an_upstream_download_keeps_the_lists_freshness_and_expiry(
+    tmp_path: Path, sign: Any, signers: Any
+) -> None:
+    """A review: a part of a pretix download (fresh=False) kept issued_at but dropped the
+    signed list's expires, so an expired list looked fresh after the part. Both are kept, on
+    disk too; only the round's last part stamps the list."""
+    path = tmp_path / "rev.db"
+    async with await RevocationStore.open(path) as s:
+        signed = await s.apply(sign(snapshot(1, revoke=(A,))), signers)
+        assert signed.expires == NOW + DAY
+        part = await s.apply_secrets(revoke=["part-1"], cursor={"c": "1"}, fresh=False)
+        assert (part.version, part.issued_at, part.expires) == (2, NOW, NOW + DAY)
+        assert part.is_stale(NOW + DAY + 1, 10 * DAY)  # expired stays expired
+    async with await RevocationStore.open(path) as s:
+        assert s.meta == part
+        whole = await s.apply_secrets(revoke=["part-2"], cursor={"c": "2"}, issued_at=NOW + 5)
+        assert (whole.issued_at, whole.expires) == (NOW + 5, None)
+
+
 async def test_state_survives_reopen(tmp_path: Path, sign: Any, signers: Any) -> None:
     path = tmp_path / "rev.db"
     async with await RevocationStore.open(path) as s:

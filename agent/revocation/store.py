@@ -288,8 +288,11 @@ class RevocationStore:
                 )
             changed = plan is not None and plan.changed
             version = self._meta.version + 1 if changed or not self._meta.version else None
-            stamp = self._meta.issued_at if issued_at is None else issued_at
-            meta = ListMeta(version or self._meta.version, stamp, None)
+            version = version or self._meta.version
+            if issued_at is None:  # a part of a download: the freshness stays as installed
+                meta = ListMeta(version, self._meta.issued_at, self._meta.expires)
+            else:
+                meta = ListMeta(version, issued_at, None)
 
             async def rows(db: aiosqlite.Connection) -> None:
                 await self._check_unchanged(db)
