@@ -15,6 +15,7 @@ the gates' zones 1-16 or ``none``; no ticket, short id or entry id anywhere)::
     hub_build_info{version}                       1; the version of gate-agent this hub runs
     hub_gate_info{gate,name,version}              1; the name the venue's operator gave the gate
                                                   and the version its last heartbeat gave
+                                                  (version-shaped, else "invalid")
     hub_gate_list_version{gate}                   revocation list version at the last heartbeat
     hub_gate_list_age_seconds{gate}               that list's age now
     hub_ingest_seconds                            histogram: the hub's handling time of an accepted
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -53,6 +55,10 @@ from sync.hub_venue import VENUE, Venue, VenueTally, list_age, venue_handler
 from sync.protocol import GateHealth
 
 log = logging.getLogger(__name__)
+
+MAX_VERSION_LABEL = 32
+# agent.version.installed(): a version, or "unknown" from a source tree never installed
+_VERSION_SHAPE = re.compile(rf"(?:[0-9][0-9A-Za-z.+-]{{0,{MAX_VERSION_LABEL - 1}}}|unknown)?")
 
 UPLOAD_ROUTE = "/v1/gates/{gate}/entries:batch"
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -119,6 +125,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+def version_label(said: str) -> str:
+    """A gate's version as its heartbeat gave it (what a stolen gate chooses), as a label:
+    version-shaped text (``0.1.0``, ``0.2.dev3+g1a2b``) of at most :data:`MAX_VERSION_LABEL`
+    characters or ``unknown``, else ``invalid``; "" before a heartbeat."""
+    return said if _VERSION_SHAPE.fullmatch(said) else "invalid"
+
+
 class _Snapshot:
     """One scrape's numbers as a prometheus_client collector."""
 
@@ -173,7 +186,7 @@ class _Snapshot:
         info = GaugeMetricFamily(
             "hub_gate_info", "The gate's name and version", labels=["gate", "name", "version"]
         )
-        version = GaugeMetricFamily(
+        list_version = GaugeMetricFamily(
             "hub_gate_list_version", "Revocation list version at the gate", labels=["gate"]
         )
         age = GaugeMetricFamily(
@@ -181,10 +194,10 @@ class _Snapshot:
         )
         for g in gates:
             online.add_metric([g.gate_id], int(g.online))
-            info.add_metric([g.gate_id, g.gate_name, g.version], 1)
+            info.add_metric([g.gate_id, g.gate_name, version_label(g.version)], 1)
             if g.last_seen is not None:
-                version.add_metric([g.gate_id], g.revocation_version)
+                list_version.add_metric([g.gate_id], g.revocation_version)
             list_age_s = list_age(g, self._now)
             if list_age_s is not None:
                 age.add_metric([g.gate_id], list_age_s)
-        yield from (online, info, version, age)
+        yield from (online, info, list_version, age)

@@ -12,6 +12,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import urllib.error
@@ -21,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,7 +41,7 @@ from sync.protocol import EntryWire
 from tests.browser import Browser
 from tests.gateconf import write_gate_config
 from tests.hubgate import HUB_TIMING, get_json, scan
-from tests.hubproc import HubProcess, HubSetup, add_token, write_hub_config
+from tests.hubproc import Api, HubProcess, HubSetup, add_token, heartbeat, write_hub_config
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.polling import until
 
@@ -370,6 +372,16 @@ async def test_metrics_can_be_open_to_a_scraper_without_a_token(
         assert status == 200
         samples = _samples(text)
         assert samples[("hub_gates", ())] == 1 and samples[("hub_gates_online", ())] == 0
+        # A version label is what a gate (a stolen one too) says: version-shaped, or "invalid".
+        async with aiohttp.ClientSession() as session:
+            beat = dataclasses.replace(heartbeat("gate-a", "x"), version='0.1" {evil}')
+            reply = await Api(session, setup.url).post(
+                "/v1/gates/gate-a/heartbeat", beat, gate_token
+            )
+            assert reply.status == 200, reply.body
+        _, text = await asyncio.to_thread(_get, f"{setup.url}/metrics")
+        labels = dict(next(k for k in _samples(text) if k[0] == "hub_gate_info")[1])
+        assert labels["version"] == "invalid"
         status, _ = await asyncio.to_thread(_get, f"{setup.url}/v1/venue")
         assert status == 401  # the venue view stays a console's
         status, _ = await asyncio.to_thread(_get, f"{setup.url}/v1/venue", gate_token)
