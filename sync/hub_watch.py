@@ -135,7 +135,7 @@ class Throttle:
         self._last[key] = (now, 0)
         notes = [f"{held} more since the last such line"] if held else []
         if self._over:
-            notes.append(f"{self._over} from other clients held back by the log budget")
+            notes.append(f"{self._over} more held back by the log budget")
             self._over = 0
         if self._written == LOG_BUDGET:
             notes.append(f"log budget of {LOG_BUDGET} such lines a minute reached: more held back")

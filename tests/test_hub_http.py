@@ -205,6 +205,20 @@ def test_an_ipv6_client_is_one_client_per_64_for_the_log_throttle() -> None:
     assert throttle.due(client_net("2001:db8:1:2::9")) == " (3 more since the last such line)"
 
 
+def test_the_log_budget_counts_what_it_held_back_in_the_next_line() -> None:
+    now = [1000.0]
+    throttle = Throttle(clock=lambda: now[0])
+    said = [throttle.due(f"10.0.{i // 250}.{i % 250}") for i in range(LOG_BUDGET + 7)]
+    assert said[: LOG_BUDGET - 1] == [""] * (LOG_BUDGET - 1)
+    assert said[LOG_BUDGET - 1] == (
+        f" (log budget of {LOG_BUDGET} such lines a minute reached: more held back)"
+    )
+    assert said[LOG_BUDGET:] == [None] * 7
+    now[0] += WARN_EVERY_S  # a new minute, a new budget
+    assert throttle.due("10.9.9.9") == " (7 more held back by the log budget)"
+    assert throttle.due("10.9.9.8") == ""
+
+
 async def test_refused_requests_store_nothing(
     hub: RunningHub, api: Api, make_gate: MakeGate
 ) -> None:
