@@ -65,13 +65,16 @@ async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Token
     if info.role != "gate" or info.gate_id is None:
         raise HttpError(403, "a console token cannot be used for gate endpoints")
     if gate is not None and info.gate_id != gate:
-        log.warning("token of gate %s refused for gate %s", info.gate_id, gate)
+        if (more := hub.refused_gates.due((info.gate_id, "path"))) is not None:
+            log.warning("token of gate %s refused for gate %s%s", info.gate_id, gate, more)
         raise HttpError(403, "this token belongs to another gate")
     if hub.mtls:
         cn, why = _peer_gate(request)
         if cn != info.gate_id:
             why = why if cn is None else f"client certificate of {cn!r}"
-            log.warning("gate %s: %s refused (from %s)", info.gate_id, why, _peer_host(request))
+            if (more := hub.refused_gates.due((info.gate_id, why))) is not None:
+                log.warning("gate %s: %s refused (from %s)%s", info.gate_id, why,
+                            _peer_host(request), more)  # fmt: skip
             raise HttpError(
                 403, f"a client certificate for this gate is required ({why})",
                 error="client_certificate",

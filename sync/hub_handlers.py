@@ -118,14 +118,17 @@ async def upload(request: web.Request) -> web.Response:
         async with hub.upload_turn(gate):
             ack = await hub.store.ingest(gate, batch.entries, hub.clock())
     except RefusedError as exc:
-        log.error("gate %s: batch refused: %s", gate, exc)
+        if (more := hub.refused_gates.due((gate, "refused"))) is not None:
+            log.error("gate %s: batch refused: %s%s", gate, exc, more)
         raise HttpError(422, str(exc), error="refused") from None
     except OverQuotaError as exc:  # the alert (one an hour) tells the operator; no log flood
         log.debug("gate %s: over its upload quota", gate)
         retry = str(math.ceil(exc.retry_after))
         raise HttpError(429, str(exc), error="over_quota", headers={"Retry-After": retry}) from None
     except ConflictError as exc:
-        log.error("gate %s: %d entries conflict with stored ones", gate, len(exc.entry_ids))
+        if (more := hub.refused_gates.due((gate, "conflict"))) is not None:
+            log.error("gate %s: %d entries conflict with stored ones%s", gate,
+                      len(exc.entry_ids), more)  # fmt: skip
         raise HttpError(
             409,
             f"{len(exc.entry_ids)} entries reuse an entry_id or gate_seq with another body;"

@@ -76,6 +76,8 @@ class Hub:
     presence: Presence = field(default_factory=lambda: Presence(30.0))
     uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
     refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
+    # log lines of a known gate's refused requests (a stolen gate's too), by (gate, what)
+    refused_gates: Throttle = field(default_factory=Throttle)
     stored_beat: dict[str, float] = field(default_factory=dict)  # gate -> monotonic s stored
 
     def beat_due(self, gate_id: str) -> bool:

@@ -191,6 +191,26 @@ async def test_unknown_tokens_from_many_addresses_are_a_bounded_number_of_lines(
     )
 
 
+async def test_a_known_gates_refused_requests_are_one_log_line_a_minute(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """A review: with a valid token (a stolen gate's), a request for another gate's path, a
+    refused batch or a conflicting one wrote a WARNING or ERROR each, so the thief could still
+    flood the hub's log. Each is one line a minute per gate, with the count held back."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    thief = add_token(setup, gate_id="thief")
+    with HubProcess(setup) as proc:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, setup.url)
+            for _ in range(30):
+                body = heartbeat("gate-a", "A")
+                reply = await api.post("/v1/gates/gate-a/heartbeat", body, thief)
+                assert reply.status == 403
+        log = proc.log_tail(100_000)
+    lines = [line for line in log.splitlines() if "refused for gate gate-a" in line]
+    assert lines == [lines[0]] and "token of gate thief refused for gate gate-a" in lines[0]
+
+
 def test_an_ipv6_client_is_one_client_per_64_for_the_log_throttle() -> None:
     now = [1000.0]
     throttle = Throttle(clock=lambda: now[0])
