@@ -4,9 +4,10 @@ other devices' check-ins and annulments.
 :class:`PretixDownload` reads; what it learns goes into the revocation store and the journal, or is
 returned to :class:`sync.pretix.PretixUpstream` (the event and the list, which it turns into the
 trust bundle and the gate policy). Every endpoint used is allowed to pretix's "pretixSCAN" device
-profile. Revoked secrets are asked by ``created_since``, blocked ones by ``updated_since``
-(inclusive cursors, so the cursor row comes back and is re-applied harmlessly); other devices'
-check-ins come from the orders modified since the last round (``modified_since``).
+profile. Revoked secrets are asked by ``created_since`` (an inclusive cursor, so the cursor row
+comes back and is re-applied harmlessly), blocked ones by ``updated_since`` (from the server's
+time at the last round's first page, paged by id); other devices' check-ins come from the orders
+modified since the last round (``modified_since``, the same way).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ _ORDERS_CURSOR = "orders_modified_since"
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
 # this and one page (pretix_http.MAX_BODY), however many pages a server sends.
 APPLY_EVERY = 10_000
-# The cursor is the first page's X-Page-Generated (pretix's time when it began answering, what
-# pretixSCAN itself continues from) less this margin, for a check-in whose transaction was still
-# open then: it may carry an earlier last_modified yet commit after our query. Seconds are
-# plenty for pretix's check-in and annul transactions; a quiet event re-reads nothing.
-_ORDERS_OVERLAP_S = 10.0
+# The orders' and blocked secrets' cursor is the first page's X-Page-Generated (pretix's time
+# when it began answering, what pretixSCAN itself continues from) less this margin, for a
+# change whose transaction was still open then: it may carry an earlier time yet commit after
+# our query. Seconds are plenty for pretix's transactions; a quiet event re-reads nothing.
+_OVERLAP_S = 10.0
 
 
 class Clock(Protocol):
@@ -107,17 +108,27 @@ class PretixDownload:
             if len(revoked) >= APPLY_EVERY:
                 await self._apply(revoked, {}, {_REVOKED_CURSOR: newest_created}, whole=False)
                 applied, revoked = applied + len(revoked), []
+        # Blocked secrets by id, which no change moves: ordered by "updated", a row blocked or
+        # unblocked mid-round moved to the end, the rows after it moved back one place, and the
+        # one moved onto a page already read was skipped, its "updated" then behind the cursor
+        # for good. By id a round can only repeat a row; the cursor is the server's time at the
+        # first page, less the margin for transactions still open, so that a row changed on a
+        # page already read comes back next round. A part applied mid-round keeps the cursor.
         blocked: dict[str, bool] = {}
         newest_updated = cursor.get(_BLOCKED_CURSOR)
-        params = {"ordering": "updated"}
+        params = {"ordering": "id"}
         if newest_updated:
             params["updated_since"] = newest_updated
-        async for reply, rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
+        started: float | None = None
+        async for reply, _rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
+            if started is None:
+                started = self._times(reply)[1]
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
-            newest_updated = wire.latest(newest_updated, rows, "updated", self._times(reply)[1])
             if len(blocked) >= APPLY_EVERY:
-                await self._apply([], blocked, {_BLOCKED_CURSOR: newest_updated}, whole=False)
+                await self._apply([], blocked, {}, whole=False)
                 applied, blocked = applied + len(blocked), {}
+        if started is not None:
+            newest_updated = wire.iso(started - _OVERLAP_S)
         new_cursor = {_REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
         meta = await self._apply(revoked, blocked, new_cursor, whole=True)
         if meta.version != before:  # the cursor rows come back every round: quiet then
@@ -183,7 +194,7 @@ class PretixDownload:
             log.warning("pretix: %d check-ins of other devices dated after pretix listed them"
                         " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
         if started is not None:
-            self._cursors[_ORDERS_CURSOR] = wire.iso(started - _ORDERS_OVERLAP_S)
+            self._cursors[_ORDERS_CURSOR] = wire.iso(started - _OVERLAP_S)
             save_cursors(self._state_dir, self._cursors)
 
     def _times(self, reply: Reply) -> tuple[float, float]:

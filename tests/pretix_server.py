@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,8 @@ class FakePretix:
     page_generated: str | None = None  # X-Page-Generated as given (default: ``now``; "-": none)
     revoked_next: str | None = None  # the revoked secrets' ``next``, a path on this server
     revoked_fail_page: int | None = None  # this page of the revoked secrets answers 503
+    # called with the page number after each blocked-secrets page is answered
+    after_blocked_page: Callable[[int], None] | None = None
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -180,8 +183,14 @@ def make_app(state: FakePretix) -> web.Application:
         since = request.query.get("updated_since")
         if since:
             rows = [r for r in rows if _t(r["updated"]) >= _t(since)]
-        rows = sorted(rows, key=lambda r: _t(r["updated"]))
-        return web.json_response(_paged(request, rows, state.page_size))
+        ordering = request.query.get("ordering", "-updated")  # pretix's default
+        by = ordering.removeprefix("-")
+        rows = sorted(rows, key=lambda r: (_t(r["updated"]) if by == "updated" else 0, r["id"]),
+                      reverse=ordering.startswith("-"))  # fmt: skip
+        answer = web.json_response(_paged(request, rows, state.page_size))
+        if state.after_blocked_page is not None:  # a change while the gate pages
+            state.after_blocked_page(int(request.query.get("page", "1")))
+        return answer
 
     async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")

@@ -223,16 +223,48 @@ async def test_cursor_inclusive_and_idempotent(rig: Rig) -> None:
 
 
 async def test_unblock_removes_from_block_list(rig: Rig) -> None:
+    listed = 1795402262.0  # 02:51:02, when pretix gave the first list (the recording's Date)
+    rig.wall.t = listed
     await initialized(rig)
     assert await rig.up.sync_once()
+    rig.wall.t = T0
     assert rig.store.status(secret_key(BLOCKED_THEN_FREE)) is ListState.BLOCKED
     rig.fake.blocked = recorded_page("blocked_secrets.json", "blocked_full_2")
     assert await rig.up.sync_once()
-    assert rig.fake.calls_to("/blockedsecrets/")[-1].query["updated_since"] == (
-        "2026-11-23T02:51:00.605653Z"
-    )
+    # From the server's time at the last round's first page (its Date, here held back to the
+    # gate's synchronised clock), less 10 s for transactions still open then.
+    assert rig.fake.calls_to("/blockedsecrets/")[-1].query["updated_since"] == iso(listed - 10)
     assert rig.store.status(secret_key(BLOCKED_THEN_FREE)) is ListState.NONE
     assert rig.store.status(secret_key(BLOCKED_STAYS)) is ListState.BLOCKED
+
+
+async def test_a_secret_unblocked_mid_round_makes_the_round_skip_no_other(rig: Rig) -> None:
+    """A review: blocked secrets were paged by "updated"; one unblocked while the gate paged
+    moved to the end, the next row moved back onto a page already read and was skipped, and
+    the cursor (the newest "updated" read) passed it for good: a blocked ticket stayed
+    admissible at this gate. They are paged by id now, from the server's time at the round's
+    first page, so the change made mid-round comes back the round after."""
+    now = rig.fake.now
+    rows = [
+        {"id": i, "secret": f"blocked-{i}", "updated": iso(now - 100 + i), "blocked": True}
+        for i in (1, 2, 3)
+    ]
+    rig.fake.blocked = {"count": 3, "next": None, "previous": None, "results": rows}
+    rig.fake.page_size = 1
+
+    def unblock_the_first(page: int) -> None:
+        if page == 1:
+            rows[0].update(blocked=False, updated=iso(now))
+
+    rig.fake.after_blocked_page = unblock_the_first
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    for secret in ("blocked-2", "blocked-3"):
+        assert rig.store.status(secret_key(secret)) is ListState.BLOCKED, secret
+    rig.fake.after_blocked_page = None
+    assert await rig.up.sync_once()
+    assert rig.store.status(secret_key("blocked-1")) is ListState.NONE
+    assert rig.store.status(secret_key("blocked-2")) is ListState.BLOCKED
 
 
 async def test_paging_follows_next(rig: Rig) -> None:
