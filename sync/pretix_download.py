@@ -5,13 +5,14 @@ other devices' check-ins and annulments.
 returned to :class:`sync.pretix.PretixUpstream` (the event and the list, which it turns into the
 trust bundle and the gate policy). Every endpoint used is allowed to pretix's "pretixSCAN" device
 profile. Revoked secrets are asked by ``created_since`` (an inclusive cursor, so the cursor row
-comes back and is re-applied harmlessly), blocked ones by ``updated_since`` (from the server's
-time at the last round's first page, paged by id); other devices' check-ins come from the orders
-modified since the last round (``modified_since``, the same way).
+comes back and is re-applied harmlessly), blocked ones by ``updated_since`` (from the newest
+change before the last round, paged by id); other devices' check-ins come from the orders
+modified since the last round (``modified_since``, from the server's time at its first page).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +29,9 @@ from sync.pretix_state import load_cursors, save_cursors
 log = logging.getLogger(__name__)
 
 _REVOKED_CURSOR = "pretix_revoked_created_since"
-_BLOCKED_CURSOR = "pretix_blocked_updated_since"
+# "_2": the cursor of id paging; one kept from paging by "updated" may have passed a row that
+# paging skipped, so every gate reads its blocked secrets once again.
+_BLOCKED_CURSOR = "pretix_blocked_updated_since_2"
 _ORDERS_CURSOR = "orders_modified_since"
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
 # this and one page (pretix_http.MAX_BODY), however many pages a server sends.
@@ -111,24 +114,22 @@ class PretixDownload:
         # Blocked secrets by id, which no change moves: ordered by "updated", a row blocked or
         # unblocked mid-round moved to the end, the rows after it moved back one place, and the
         # one moved onto a page already read was skipped, its "updated" then behind the cursor
-        # for good. By id a round can only repeat a row; the cursor is the server's time at the
-        # first page, less the margin for transactions still open, so that a row changed on a
-        # page already read comes back next round. A part applied mid-round keeps the cursor.
+        # for good. By id a round can only repeat a row. The next cursor is the newest "updated"
+        # before the round (asked first: pretix's own clock, as the rows'), less the margin for
+        # transactions still open, so a row changed on a page already read comes back next
+        # round. A part applied mid-round leaves the cursor.
+        path = f"{self._event_path}/blockedsecrets/"
+        old = cursor.get(_BLOCKED_CURSOR)
+        newest_updated = await self._next_blocked_cursor(path, old)
         blocked: dict[str, bool] = {}
-        newest_updated = cursor.get(_BLOCKED_CURSOR)
         params = {"ordering": "id"}
-        if newest_updated:
-            params["updated_since"] = newest_updated
-        started: float | None = None
-        async for reply, _rows in self._http.pages(f"{self._event_path}/blockedsecrets/", params):
-            if started is None:
-                started = self._times(reply)[1]
+        if old:
+            params["updated_since"] = old
+        async for reply, _rows in self._http.pages(path, params):
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
             if len(blocked) >= APPLY_EVERY:
                 await self._apply([], blocked, {}, whole=False)
                 applied, blocked = applied + len(blocked), {}
-        if started is not None:
-            newest_updated = wire.iso(started - _OVERLAP_S)
         new_cursor = {_REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
         meta = await self._apply(revoked, blocked, new_cursor, whole=True)
         if meta.version != before:  # the cursor rows come back every round: quiet then
@@ -136,6 +137,21 @@ class PretixDownload:
                 "pretix: %d revoked or blocked-state secrets applied (list v%d)",
                 applied + len(revoked) + len(blocked), meta.version,
             )  # fmt: skip
+
+    async def _next_blocked_cursor(self, path: str, old: str | None) -> str | None:
+        """The newest blocked-secret change pretix holds now, less :data:`_OVERLAP_S`, if that
+        is after ``old`` (else ``old``); none past the page's time (a server's future clock
+        would hide every change until then; a stored one past it starts over)."""
+        params = {"ordering": "-updated", "page_size": "1"}
+        async with contextlib.aclosing(self._http.pages(path, params)) as pages:
+            async for reply, rows in pages:
+                not_after = self._times(reply)[1]
+                newest = wire.latest(None, rows, "updated", not_after)
+                if newest is None:
+                    return wire.latest(old, [], "updated", not_after)
+                held_back = {"updated": wire.iso(wire.parse_iso(newest) - _OVERLAP_S)}
+                return wire.latest(old, [held_back], "updated", not_after)
+        return old
 
     async def _apply(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,7 +148,9 @@ class PretixHTTP:
             raise UpstreamUnavailable(f"{what}: {exc}") from exc
         return _classify(what, status, raw, resp_headers)
 
-    async def pages(self, path: str, params: Query) -> AsyncIterator[tuple[Reply, list[Any]]]:
+    async def pages(
+        self, path: str, params: Query
+    ) -> AsyncGenerator[tuple[Reply, list[Any]], None]:
         """Follow a paginated list (``results`` and ``next``); yields each page and its rows.
 
         ``next`` must stay on the server's origin (the token is never sent elsewhere). Raises as

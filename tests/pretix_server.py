@@ -92,8 +92,9 @@ class FakePretix:
     page_generated: str | None = None  # X-Page-Generated as given (default: ``now``; "-": none)
     revoked_next: str | None = None  # the revoked secrets' ``next``, a path on this server
     revoked_fail_page: int | None = None  # this page of the revoked secrets answers 503
-    # called with the page number after each blocked-secrets page is answered
-    after_blocked_page: Callable[[int], None] | None = None
+    proxy_clock_ahead_s: float = 0.0  # the blocked secrets' Date: ``now`` plus this
+    # called with the ordering and page number after each blocked-secrets page is answered
+    after_blocked_page: Callable[[str, int], None] | None = None
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -104,6 +105,7 @@ class FakePretix:
 
 def _paged(request: web.Request, rows: list[Any], size: int) -> dict[str, Any]:
     page = int(request.query.get("page", "1"))
+    size = min(size, int(request.query.get("page_size", size)))  # pretix: page_size, at most 50
     chunk = rows[(page - 1) * size : page * size]
     nxt = None
     if page * size < len(rows):
@@ -187,9 +189,11 @@ def make_app(state: FakePretix) -> web.Application:
         by = ordering.removeprefix("-")
         rows = sorted(rows, key=lambda r: (_t(r["updated"]) if by == "updated" else 0, r["id"]),
                       reverse=ordering.startswith("-"))  # fmt: skip
-        answer = web.json_response(_paged(request, rows, state.page_size))
+        # pretix sends no X-Page-Generated here; the Date is the front proxy's clock
+        date = {"Date": format_date_time(state.now + state.proxy_clock_ahead_s)}
+        answer = web.json_response(_paged(request, rows, state.page_size), headers=date)
         if state.after_blocked_page is not None:  # a change while the gate pages
-            state.after_blocked_page(int(request.query.get("page", "1")))
+            state.after_blocked_page(ordering, int(request.query.get("page", "1")))
         return answer
 
     async def orders(request: web.Request) -> web.Response:
