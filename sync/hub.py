@@ -45,6 +45,7 @@ from aiohttp import web
 from agent import keys
 from agent.errors import AgentError
 from agent.issuer import TicketSigner
+from agent.redact import printable
 from sync import hub_console_api, hub_limits, hub_metrics, hub_wallet, protocol
 from sync.hub_admin import (
     SnapshotCache,
@@ -69,7 +70,7 @@ from sync.hub_handlers import (
 )
 from sync.hub_state import HUB, HttpError, Hub
 from sync.hub_store import ConflictError, HubStore, HubStoreError
-from sync.hub_watch import Presence, watch
+from sync.hub_watch import Presence, client_net, watch
 from sync.hub_webhook import AlertWebhook
 from sync.protocol import (
     MAX_BODY_BYTES,
@@ -104,7 +105,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except ConnectionResetError:  # the client went away mid-request (a cut link): nobody reads
-        log.info("%s %s: the client's connection was lost", request.method, request.path)
+        # Anyone can cut connections: one line per client a minute, LOG_BUDGET lines in all.
+        more = request.app[HUB].lost_connections.due(client_net(request.remote or "?"))
+        log.log(logging.DEBUG if more is None else logging.INFO,
+                "%s %s: the client's connection was lost%s", request.method,
+                printable(request.path, 200), more or "")  # fmt: skip
         return HttpError(400, "connection lost", error="connection_lost").response()
     except HubStoreError as exc:
         if isinstance(exc, ConflictError):  # expected only where handled: a bug elsewhere

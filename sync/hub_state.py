@@ -78,6 +78,7 @@ class Hub:
     refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
     # log lines of a known gate's refused requests (a stolen gate's too), by (gate, what)
     refused_gates: Throttle = field(default_factory=Throttle)
+    lost_connections: Throttle = field(default_factory=Throttle)  # log lines, by client
     stored_beat: dict[str, float] = field(default_factory=dict)  # gate -> monotonic s stored
 
     def beat_due(self, gate_id: str) -> bool:

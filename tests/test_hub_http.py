@@ -14,6 +14,8 @@ import itertools
 import json
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -209,6 +211,40 @@ async def test_a_known_gates_refused_requests_are_one_log_line_a_minute(
         log = proc.log_tail(100_000)
     lines = [line for line in log.splitlines() if "refused for gate gate-a" in line]
     assert lines == [lines[0]] and "token of gate thief refused for gate gate-a" in lines[0]
+
+
+async def test_connections_cut_mid_body_are_one_log_line_a_minute(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """A review: each request whose connection was reset while the hub read its body wrote a
+    line, so any client (a stolen gate's token gets it that far) could flood the log by cutting
+    connections. One line a minute per client, with the count held back."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    setup.config.write_text(setup.config.read_text().replace('"INFO"', '"DEBUG"', 1))
+    token = add_token(setup, gate_id="g1")
+    head = (
+        "POST /v1/gates/g1/heartbeat HTTP/1.1\r\nHost: hub\r\nExpect: 100-continue\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    with HubProcess(setup) as proc:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+            writer.write(head.encode())
+            assert (await reader.readline()).startswith(b"HTTP/1.1 100")  # it reads the body
+            writer.write(b'{"gate_id": ')
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # a reset, mid-body
+
+        def lost() -> list[str]:
+            log = proc.log_tail(100_000).splitlines()
+            return [line for line in log if "the client's connection was lost" in line]
+
+        await until(lambda: len(lost()) == 10, what="each cut handled (at DEBUG when held back)")
+    (line,) = [line for line in lost() if " INFO " in line]
+    assert "POST /v1/gates/g1/heartbeat" in line
 
 
 def test_an_ipv6_client_is_one_client_per_64_for_the_log_throttle() -> None:
