@@ -101,13 +101,19 @@ class PretixDownload:
         before = self._revocations.meta.version
         revoked: list[str] = []
         applied = 0
-        newest_created = cursor.get(_REVOKED_CURSOR)
+        # Revoked secrets by "created", which no change moves; the cursor is the newest read
+        # less the margin: pretix stamps "created" as its transaction starts, so one still open
+        # while a later one was read appears behind it.
+        old_created = newest_created = cursor.get(_REVOKED_CURSOR)
+        newest_read: str | None = None
         params = {"ordering": "created"}
-        if newest_created:
-            params["created_since"] = newest_created
+        if old_created:
+            params["created_since"] = old_created
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
             revoked += pretix_event.revoked_secrets(reply.body)
-            newest_created = wire.latest(newest_created, rows, "created", self._times(reply)[1])
+            not_after = self._times(reply)[1]
+            newest_read = wire.latest(newest_read, rows, "created", not_after)
+            newest_created = _held_back(old_created, newest_read, "created", not_after)
             if len(revoked) >= APPLY_EVERY:
                 await self._apply(revoked, {}, {_REVOKED_CURSOR: newest_created}, whole=False)
                 applied, revoked = applied + len(revoked), []
@@ -147,10 +153,7 @@ class PretixDownload:
             async for reply, rows in pages:
                 not_after = self._times(reply)[1]
                 newest = wire.latest(None, rows, "updated", not_after)
-                if newest is None:
-                    return wire.latest(old, [], "updated", not_after)
-                held_back = {"updated": wire.iso(wire.parse_iso(newest) - _OVERLAP_S)}
-                return wire.latest(old, [held_back], "updated", not_after)
+                return _held_back(old, newest, "updated", not_after)
         return old
 
     async def _apply(
@@ -238,3 +241,11 @@ class PretixDownload:
                 annuls += wire.peer_annulments(secret, gone, self._clock.now())
             self._position_peers[pid] = now
         return await self._journal.add_peer_entries(annuls) if annuls else 0
+
+
+def _held_back(old: str | None, newest: str | None, field: str, not_after: float) -> str | None:
+    """The next cursor: ``newest`` (a row's ``field``) less :data:`_OVERLAP_S` when that is
+    after ``old``, else ``old``; none past ``not_after`` (:func:`sync.pretix_wire.latest`: a
+    stored one past it starts over)."""
+    rows = [] if newest is None else [{field: wire.iso(wire.parse_iso(newest) - _OVERLAP_S)}]
+    return wire.latest(old, rows, field, not_after)

@@ -206,13 +206,11 @@ async def test_cursor_inclusive_and_idempotent(rig: Rig) -> None:
     await initialized(rig)
     assert await rig.up.sync_once()
     first_meta = rig.store.meta
-    assert (
-        rig.store.upstream_cursor["pretix_revoked_created_since"] == "2026-11-23T02:50:57.191745Z"
-    )
+    assert rig.store.upstream_cursor["pretix_revoked_created_since"] == "2026-11-23T02:50:47.191Z"
     rig.fake.revoked = recorded_page("revoked_secrets.json", "revoked_full_2")
     assert await rig.up.sync_once()
     gets = [c for c in rig.fake.calls_to("/revokedsecrets/")]
-    assert gets[-1].query["created_since"] == "2026-11-23T02:50:57.191745Z"
+    assert gets[-1].query["created_since"] == "2026-11-23T02:50:47.191Z"
     assert len(rig.store.index) == len(REVOKED_2) + 2  # 4 revoked + 2 blocked
     for secret in REVOKED_2:
         assert rig.store.status(secret_key(secret)) is ListState.REVOKED
@@ -220,6 +218,19 @@ async def test_cursor_inclusive_and_idempotent(rig: Rig) -> None:
     assert await rig.up.sync_once()
     assert len(rig.store.index) == len(REVOKED_2) + 2
     assert rig.store.meta.version > first_meta.version
+
+
+async def test_a_revocation_committed_after_a_later_one_was_read_is_learnt(rig: Rig) -> None:
+    """pretix stamps a revocation's "created" when its transaction starts: one still open
+    while the gate read a later one appeared after the gate's cursor had passed its time, and
+    was never read. The cursor is held back 10 s (as the orders' and blocked secrets')."""
+    await initialized(rig)
+    assert await rig.up.sync_once()
+    newest = max(rig.fake.revoked["results"], key=lambda r: parse_iso(r["created"]))
+    late = {"id": 99, "secret": "revoked-late", "created": iso(parse_iso(newest["created"]) - 3)}
+    rig.fake.revoked["results"].append(late)
+    assert await rig.up.sync_once()
+    assert rig.store.status(secret_key("revoked-late")) is ListState.REVOKED
 
 
 async def test_unblock_removes_from_block_list(rig: Rig) -> None:
@@ -335,7 +346,7 @@ async def test_a_long_revocation_round_is_applied_as_it_goes_and_fresh_only_when
     assert rig.store.status(secret_key(rows[2 * APPLY_EVERY - 1]["secret"])) is ListState.REVOKED
     assert rig.store.status(secret_key(rows[-1]["secret"])) is ListState.NONE
     cursor = rig.store.upstream_cursor["pretix_revoked_created_since"]
-    assert cursor == rows[2 * APPLY_EVERY - 1]["created"]
+    assert cursor == iso(parse_iso(rows[2 * APPLY_EVERY - 1]["created"]) - 10)
     assert rig.store.meta.is_stale(T0, 3600)  # nothing whole yet: not fresh
     rig.fake.revoked_fail_page = None
     assert await rig.up.sync_once()
@@ -680,7 +691,8 @@ async def test_a_revocation_dated_in_the_future_does_not_stop_the_next_ones(rig:
     assert await rig.up.sync_once()
     assert rig.store.status(secret_key("f" * 32)) is ListState.REVOKED
     cursor = rig.store.upstream_cursor["pretix_revoked_created_since"]
-    assert cursor == "2026-11-23T02:50:57.191745Z"  # the newest row pretix could have made
+    # the newest row pretix could have made (02:50:57.191745), less 10 s for transactions
+    assert cursor == "2026-11-23T02:50:47.191Z"
     later = {**page["results"][0], "id": 10_000, "secret": "e" * 32, "created": iso(T0 + 5)}
     rig.fake.revoked = {**page, "results": [*page["results"], bogus, later]}
     assert await rig.up.sync_once()
