@@ -35,7 +35,8 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
         ├── UpstreamUnavailable (ConnectionError)   transient: unreachable, timed out, 408/425/
         │                                   429/5xx, an oversize or malformed answer (also
         │                                   pretix's 403, which an admin may lift by widening the
-        │                                   device's profile); ``retry_after``: the Retry-After
+        │                                   device's profile); ``retry_after``: the Retry-After;
+        │                                   ``brief``: a quick failure another ask may mend
         ├── UpstreamAuthError (PermissionError)     401/403: the credentials are refused (a hub
         │   │                               token, a client certificate, a pretix device token);
         │   │                               retrying cannot help; ``check``: the config key to
@@ -126,12 +127,18 @@ class UpstreamError(AgentError):
 class UpstreamUnavailable(UpstreamError, ConnectionError):
     """Transient: unreachable, slow, overloaded, or an answer that is not what was asked for.
 
-    ``retry_after`` is the server's Retry-After in seconds (None when it sent none).
+    ``retry_after`` is the server's Retry-After in seconds (None when it sent none). ``brief``:
+    the failure was quick and may be gone on the next ask (a connection lost, a gateway or server
+    error, a body cut short), so a reader may ask again within seconds; not set for a timeout (a
+    slow server only gets slower when asked again) nor for what asking again cannot change.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, brief: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.brief = brief
 
 
 class UpstreamAuthError(UpstreamError, PermissionError):

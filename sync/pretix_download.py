@@ -77,7 +77,7 @@ class PretixDownload:
     async def event(self) -> dict[str, Any]:
         """The event object (its ``valid_keys`` and settings)."""
         path = self._event_path + "/"
-        reply = await self._http.request("GET", path)
+        reply = await self._http.get(path)
         if not reply.ok or not isinstance(reply.body, dict):
             raise UpstreamUnavailable(f"GET {path}: HTTP {reply.status}, no JSON object")
         return reply.body

@@ -17,6 +17,7 @@ redacted into the message, and chained only when the URL holds no secret.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
+from agent.backoff import Backoff
 from agent.errors import UpstreamAuthError, UpstreamUnavailable
 from agent.redact import pretix_short_id, printable, secret_label
 from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20  # a page of 50 positions is ~100 kB (large group orders more): not pretix
 MAX_PAGES = 100_000
+# A GET after a brief failure: asked at most this many times in all, the waits between drawn
+# from 0..0.5 s then 0..1 s (a Retry-After up to the cap is honoured; a longer one ends the round).
+GET_TRIES = 3
+GET_RETRY_BASE_S = 0.5
+GET_RETRY_CAP_S = 4.0
 MAX_PATH_SHOWN = 300  # characters of a request's path in an error
 # Every endpoint the adapter uses is in pretix's "pretixscan" profile; narrower ones
 # (pretixscan_online_kiosk, pretixscan_online_noorders) lack the order list it syncs from.
@@ -143,10 +150,31 @@ class PretixHTTP:
             detail = redact(f"{type(exc).__name__}: {exc}", secret, self.token)
             # Chained only when the URL holds no secret: aiohttp's text may hold the URL, and a
             # traceback would show it.
-            raise UpstreamUnavailable(f"{what}: {detail}") from (None if secret else exc)
+            brief = not isinstance(exc, TimeoutError)
+            raise UpstreamUnavailable(f"{what}: {detail}", brief=brief) from (
+                None if secret else exc
+            )
         except BodyTooLarge as exc:
             raise UpstreamUnavailable(f"{what}: {exc}") from exc
         return _classify(what, status, raw, resp_headers)
+
+    async def get(self, target: str | yarl.URL, params: Query | None = None) -> Reply:
+        """GET as :meth:`request`, asked again up to :data:`GET_TRIES` times in all after a
+        brief failure (``UpstreamUnavailable.brief``, its Retry-After if any within
+        :data:`GET_RETRY_CAP_S`), a short jittered wait between: over a lossy link one lost
+        answer must not end a round of hundreds of pages (the next round would begin again at
+        the first one). Raises as :meth:`request`, the last failure's error."""
+        waits = Backoff(GET_RETRY_BASE_S, GET_RETRY_CAP_S, jitter=True)
+        while True:
+            try:
+                return await self.request("GET", target, params=params)
+            except UpstreamUnavailable as exc:
+                if not exc.brief or waits.failures + 1 >= GET_TRIES:
+                    raise
+                if exc.retry_after is not None and exc.retry_after > GET_RETRY_CAP_S:
+                    raise
+                log.debug("pretix: %s; asking again", exc)
+                await asyncio.sleep(waits.next_delay(at_least=exc.retry_after or 0.0))
 
     async def pages(
         self, path: str, params: Query
@@ -160,7 +188,7 @@ class PretixHTTP:
         query: Query | None = params
         read: set[str] = set()
         for _ in range(MAX_PAGES):
-            reply = await self.request("GET", target, params=query)
+            reply = await self.get(target, query)
             body = reply.body
             if not reply.ok:
                 raise UpstreamUnavailable(f"GET {path}: HTTP {reply.status}")
@@ -201,7 +229,9 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
     if status in _TRANSIENT_STATUS or status >= 500:
         now = datetime.now(UTC).timestamp()
         raise UpstreamUnavailable(
-            f"{what}: HTTP {status}", parse_retry_after(headers.get("Retry-After"), now)
+            f"{what}: HTTP {status}",
+            parse_retry_after(headers.get("Retry-After"), now),
+            brief=True,
         )
     if not 200 <= status < 500:
         raise UpstreamUnavailable(f"{what}: unexpected HTTP {status}")
@@ -211,6 +241,8 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # bad UTF-8 is a ValueError
             if 200 <= status < 300:
-                raise UpstreamUnavailable(f"{what}: HTTP {status} with malformed JSON") from exc
+                raise UpstreamUnavailable(  # a body cut short by the link, too
+                    f"{what}: HTTP {status} with malformed JSON", brief=True
+                ) from exc
             body = None  # an HTML error page on a 4xx: the status alone decides
     return Reply(status, body, headers)

@@ -7,7 +7,8 @@ check-ins and annul. Every request is recorded
 (``calls``) so tests can assert on exactly what the gate sent. Faults on demand: ``fault`` =
 "5xx" (503 with Retry-After), "slow" (answers after ``slow_s``), "malformed" (200, broken JSON),
 "401" (token revoked), "garbage" (not HTTP: a status line without a code); ``fault_on`` limits the
-fault to requests whose path ends with it (``"/redeem/"``: downloads work, uploads fail).
+fault to requests whose path ends with it (``"/redeem/"``: downloads work, uploads fail). A lossy
+link on demand: ``lose_every`` = n answers every n-th GET 502 (a front proxy that lost pretix).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class FakePretix:
     proxy_clock_ahead_s: float = 0.0  # the blocked secrets' Date: ``now`` plus this
     # called with the ordering and page number after each blocked-secrets page is answered
     after_blocked_page: Callable[[str, int], None] | None = None
+    lose_every: int = 0  # every n-th GET answers 502, no Retry-After (a lossy link); 0: none
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -128,6 +130,9 @@ def make_app(state: FakePretix) -> web.Application:
                  request.headers.get("Authorization"))
         )  # fmt: skip
         request[_JSON] = body
+        gets = sum(c.method == "GET" for c in state.calls)
+        if request.method == "GET" and state.lose_every and gets % state.lose_every == 0:
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         fault = state.fault if unquote(raw_path).endswith(state.fault_on) else None
         if fault == "slow":
             await asyncio.sleep(state.slow_s)  # the scenario: a pretix that answers late

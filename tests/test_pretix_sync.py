@@ -23,6 +23,7 @@ from agent.rules import GatePolicy, effective
 from agent.trust import TrustBundle
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
 from sync.pretix_download import APPLY_EVERY
+from sync.pretix_http import GET_TRIES
 from sync.pretix_wire import iso, parse_iso, uuid7_time
 from tests.polling import until
 from tests.pretix_server import (
@@ -599,6 +600,46 @@ async def test_server_down_keeps_queue(rig: Rig, tmp_path: Path) -> None:
         assert down.status["outbox"] == 1 and down.status["retry_in"] > 0
     finally:
         await down.close()
+
+
+async def test_a_lossy_link_still_completes_the_round(rig: Rig) -> None:
+    """Found trying the product over a lossy link: one lost request ended the whole round, so a
+    download longer than the link's good stretches never finished (every round began again at
+    the first page): other devices' check-ins on the last pages were never learnt, and the
+    gate's own entries, uploaded after the downloads, never reached pretix."""
+    theirs = [f"lossy{i:02d}secretxxxxxxxxxxxxxxxxxxxx" for i in range(30)]
+    rig.fake.positions = [
+        (T0 - 60 + i, {**position_with(s, [checkin(100 + i, 2, "2026-11-23T02:50:00Z")]),
+                       "id": 500 + i})
+        for i, s in enumerate(theirs)
+    ]  # fmt: skip
+    rig.fake.page_size = 2  # 15 pages of orders
+    ours = CASES["valid_standard_1"]["secret"]
+    rig.fake.redeem_answers[ours] = [ok_answer()]
+    await initialized(rig)
+    await rig.record(ours, "entry")
+    rig.fake.lose_every = 3  # every third GET is lost (502)
+    assert await rig.up.sync_once(), rig.up.status["last_error"]
+    for secret in theirs:
+        assert [h.gate_id for h in await rig.journal.history("pretix:" + secret)] == [
+            "pretix-device-2"
+        ]
+    assert await rig.journal.unsynced() == []
+    assert len(rig.fake.calls_to("/redeem/")) == 1
+
+
+async def test_a_page_is_asked_three_times_at_most_and_a_long_retry_after_not_at_once(
+    rig: Rig,
+) -> None:
+    await initialized(rig)
+    rig.fake.lose_every = 1  # every answer lost: the first page is asked three times, no more
+    assert not await rig.up.sync_once()
+    assert "HTTP 502" in rig.up.status["last_error"]
+    assert len(rig.fake.calls_to(f"{EVENT}/")) == GET_TRIES == 3
+    rig.fake.lose_every, rig.fake.fault = 0, "5xx"  # 503, Retry-After 7: the round's backoff
+    assert not await rig.up.sync_once()
+    assert len(rig.fake.calls_to(f"{EVENT}/")) == GET_TRIES + 1
+    assert rig.up.status["retry_in"] >= 7
 
 
 async def test_401_reports_token_revoked_and_keeps_queue(rig: Rig) -> None:
