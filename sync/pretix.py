@@ -14,6 +14,7 @@ full jitter (Retry-After as a lower bound).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 from collections.abc import Callable
@@ -235,7 +236,8 @@ class PretixUpstream:
                 return
 
     async def sync_once(self) -> bool:
-        """One round: downloads, then uploads. True when everything went through.
+        """One round: downloads, then uploads (also after a download failed: the gate's
+        entries go up whatever pretix's lists do). True when everything went through.
 
         Never raises for pretix faults (unreachable, slow, 5xx, malformed, 401): those are in
         :attr:`status` and the queue is kept. Journal and revocation store faults propagate.
@@ -248,8 +250,15 @@ class PretixUpstream:
     async def _round(self) -> bool:
         retry_after: float | None = None
         try:
-            await self._download()
-            await self._up.drain(self._policy or self._base_policy, self._device_id)
+            try:
+                await self._download()
+            except (UpstreamUnavailable, ConfigError):
+                # The gate's own entries still go up (a slow orders list at the doors' opening
+                # must not keep them from the other devices); the download's fault is reported.
+                with contextlib.suppress(UpstreamUnavailable):
+                    await self._drain()
+                raise
+            await self._drain()
         except UpstreamAuthError as exc:
             self._fail(str(exc), revoked=self.initialized)
             log.error("pretix: %s; queue kept, (re-)initialise the device", exc)
@@ -269,6 +278,9 @@ class PretixUpstream:
         self._status["retry_in"] = self._backoff.next_delay(at_least=retry_after or 0.0)
         await self._count_outbox()
         return False
+
+    async def _drain(self) -> None:
+        await self._up.drain(self._policy or self._base_policy, self._device_id)
 
     async def _download(self) -> None:
         if not self.initialized:

@@ -642,6 +642,27 @@ async def test_a_page_is_asked_three_times_at_most_and_a_long_retry_after_not_at
     assert rig.up.status["retry_in"] >= 7
 
 
+async def test_the_gates_entries_go_up_while_a_download_fails(rig: Rig) -> None:
+    """Found trying the product: pretix's orders list slower than the gate's timeout (a big
+    event at the doors' opening) ended every round before its upload, so the gate's own entries
+    never reached pretix and its other devices would admit those tickets again."""
+    ours = CASES["valid_standard_1"]["secret"]
+    rig.fake.redeem_answers[ours] = [ok_answer()]
+    await initialized(rig)
+    entry = await rig.record(ours, "entry")
+    rig.fake.fault, rig.fake.fault_on, rig.fake.slow_s = "slow", "/orders/", 3.0  # timeout 2 s
+    assert not await rig.up.sync_once()
+    assert "/orders/" in rig.up.status["last_error"]  # the download's fault is what is shown
+    assert await rig.journal.unsynced() == [] and rig.up.status["outbox"] == 0
+    (redeem,) = rig.fake.redeem_calls()
+    assert redeem.body["nonce"] == entry.entry_id
+    rig.fake.fault, rig.fake.fault_on = "5xx", ""  # all down: the download's fault is shown
+    await rig.record(ours, "exit")
+    assert not await rig.up.sync_once()
+    assert rig.up.status["last_error"] == f"GET {EVENT_PATH}/: HTTP 503"
+    assert rig.up.status["outbox"] == 1 and len(rig.fake.redeem_calls()) == 2
+
+
 async def test_401_reports_token_revoked_and_keeps_queue(rig: Rig) -> None:
     await initialized(rig)
     rig.fake.tokens.clear()  # the device was revoked at the server
