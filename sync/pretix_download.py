@@ -7,7 +7,8 @@ trust bundle and the gate policy). Every endpoint used is allowed to pretix's "p
 profile. Revoked secrets are asked by ``created_since`` (an inclusive cursor, so the cursor row
 comes back and is re-applied harmlessly), blocked ones by ``updated_since`` (from the newest
 change before the last round, paged by id); other devices' check-ins come from the orders
-modified since the last round (``modified_since``, from the server's time at its first page).
+modified since the last round (``modified_since``, from the server's time at its first page; a
+round cut short is taken up from the newest creation time it read, ``created_since``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ _REVOKED_CURSOR = "pretix_revoked_created_since"
 # paging skipped, so every gate reads its blocked secrets once again.
 _BLOCKED_CURSOR = "pretix_blocked_updated_since_2"
 _ORDERS_CURSOR = "orders_modified_since"
+# A round of orders that failed after some pages: the newest creation time it read and when its
+# first page was listed. The next round goes on from there (``created_since``), not from the
+# first page: a fresh gate's first round at a big event is a thousand pages and many minutes,
+# and one outage would otherwise begin it again.
+_ORDERS_RESUME_FROM = "orders_resume_created_since"
+_ORDERS_RESUME_STARTED = "orders_resume_started"
+_RESUME_KEYS = (_ORDERS_RESUME_STARTED, _ORDERS_RESUME_FROM)
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
 # this and one page (pretix_http.MAX_BODY), however many pages a server sends.
 APPLY_EVERY = 10_000
@@ -194,7 +202,9 @@ class PretixDownload:
         params += [("exclude", f) for f in wire.ORDER_SKIPPED]
         if since:
             params.append(("modified_since", since))
-        started: float | None = None
+        started, resume_from = self._orders_resume()
+        if resume_from is not None:  # inclusive: the orders created in that instant come again
+            params.append(("created_since", resume_from))
         learnt = skipped = annulled = ahead = 0
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
@@ -206,6 +216,9 @@ class PretixDownload:
             ahead += checkins.ahead
             learnt += await self._journal.add_peer_entries(checkins.entries)
             annulled += await self._learn_annulments(rows, own_device)
+            if isinstance(reply.body, dict) and reply.body.get("next") is not None:
+                resume_from = wire.latest(resume_from, orders, "datetime", until)
+                self._save_orders_resume(resume_from, started)
         if learnt or skipped or annulled:
             log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
                      learnt, annulled, skipped)  # fmt: skip
@@ -214,7 +227,29 @@ class PretixDownload:
                         " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
         if started is not None:
             self._cursors[_ORDERS_CURSOR] = wire.iso(started - _OVERLAP_S)
+            self._cursors.pop(_ORDERS_RESUME_FROM, None)
+            self._cursors.pop(_ORDERS_RESUME_STARTED, None)
             save_cursors(self._state_dir, self._cursors)
+
+    def _orders_resume(self) -> tuple[float | None, str | None]:
+        """Where a failed round of orders stopped: its first page's time and the newest creation
+        time it read (both None when there is none, or it cannot be read: start over)."""
+        started, resume_from = (self._cursors.get(k) for k in _RESUME_KEYS)
+        if started is None or resume_from is None:
+            return None, None
+        try:
+            return wire.parse_iso(started), wire.iso(wire.parse_iso(resume_from))
+        except ValueError:
+            log.warning("pretix: unreadable resume point of the orders, starting over")
+            return None, None
+
+    def _save_orders_resume(self, resume_from: str | None, started: float) -> None:
+        """Keep where this round of orders stands (a page was read and another follows)."""
+        if resume_from is None:  # no row with a creation time: nothing to go on from
+            return
+        self._cursors[_ORDERS_RESUME_STARTED] = wire.iso(started)
+        self._cursors[_ORDERS_RESUME_FROM] = resume_from
+        save_cursors(self._state_dir, self._cursors)
 
     def _times(self, reply: Reply) -> tuple[float, float]:
         """When pretix listed ``reply`` (:func:`sync.pretix_wire.listed_at`), and the time to

@@ -3,8 +3,9 @@
 * ``pretix_device.json`` (mode 0600): the device's identity, written once by device
   initialisation: the API token, the device id and the server it belongs to;
 * ``pretix_sync.json`` (mode 0600): download cursors that are not revocation keys (the orders'
-  ``modified_since`` for other devices' check-ins). The revoked and blocked secrets' cursors live
-  in the revocation store, written in the same transaction as the keys they led to.
+  ``modified_since`` for other devices' check-ins, and where a round of them cut short stopped).
+  The revoked and blocked secrets' cursors live in the revocation store, written in the same
+  transaction as the keys they led to.
 
 Both are small JSON objects written atomically; an unreadable one is a ConfigError naming the file.
 """

@@ -147,7 +147,7 @@ def annul_body(rec: EntryRecord, list_id: int) -> dict[str, Any]:
 
 # What the adapter asks of each order (pretix's ``include``): a position's id, secret and its
 # successful check-ins; nothing personal, and a few hundred bytes per order.
-ORDER_FIELDS = ("positions.id", "positions.secret", "positions.checkins")
+ORDER_FIELDS = ("datetime", "positions.id", "positions.secret", "positions.checkins")
 # What pretix then need not even read (each skips a join or prefetch on its side).
 ORDER_SKIPPED = ("fees", "payments", "refunds", "invoice_address", "customer")
 

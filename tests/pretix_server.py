@@ -2,7 +2,8 @@
 
 Only what the gate uses: device initialisation, the event, one check-in list, revoked and blocked
 secrets (inclusive ``created_since``/``updated_since``, paging via ``next``), the event's check-in
-lists, orders (``modified_since``, each wrapping one position of ``positions``), redeem, failed
+lists, orders (``modified_since``, ``created_since``, each wrapping one position of ``positions``,
+created in their order one second apart from ``ORDERS_CREATED``), redeem, failed
 check-ins and annul. Every request is recorded
 (``calls``) so tests can assert on exactly what the gate sent. Faults on demand: ``fault`` =
 "5xx" (503 with Retry-After), "slow" (answers after ``slow_s``), "malformed" (200, broken JSON),
@@ -56,6 +57,14 @@ def _t(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+# The orders' creation times: the n-th of ``positions`` was created this many seconds after it.
+ORDERS_CREATED = _t("2026-11-01T10:00:00.250001Z")
+
+
 @dataclass
 class Call:
     method: str
@@ -96,6 +105,8 @@ class FakePretix:
     proxy_clock_ahead_s: float = 0.0  # the blocked secrets' Date: ``now`` plus this
     # called with the ordering and page number after each blocked-secrets page is answered
     after_blocked_page: Callable[[str, int], None] | None = None
+    # called with the page number after each orders page is answered
+    after_orders_page: Callable[[int], None] | None = None
     lose_every: int = 0  # every n-th GET answers 502, no Retry-After (a lossy link); 0: none
 
     def redeem_calls(self) -> list[Call]:
@@ -203,12 +214,21 @@ def make_app(state: FakePretix) -> web.Application:
 
     async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")
-        rows = [{"positions": [p]} for m, p in state.positions if since is None or m >= _t(since)]
+        created = request.query.get("created_since")  # inclusive, as pretix
+        rows = [
+            {"datetime": _iso(ORDERS_CREATED + i), "positions": [p]}
+            for i, (m, p) in enumerate(state.positions)
+            if (since is None or m >= _t(since))
+            and (created is None or ORDERS_CREATED + i >= _t(created))
+        ]
         generated = state.page_generated or datetime.fromtimestamp(state.now, UTC).isoformat()
         # page_generated "-": no X-Page-Generated, only Date (whole seconds, of ``now``)
         headers = {"X-Page-Generated": generated} if generated != "-" else {
             "Date": format_date_time(state.now)}  # fmt: skip
-        return web.json_response(_paged(request, rows, state.page_size), headers=headers)
+        answer = web.json_response(_paged(request, rows, state.page_size), headers=headers)
+        if state.after_orders_page is not None:  # a change while the gate pages
+            state.after_orders_page(int(request.query.get("page", "1")))
+        return answer
 
     async def redeem(request: web.Request) -> web.Response:
         # The secret is taken from the raw path: it is percent-encoded and may hold "/".
