@@ -251,9 +251,9 @@ class HubClient:
                   ack.inserted)  # fmt: skip
         return through - rows[0].gate_seq + 1
 
-    async def follow_once(self, wait_s: float) -> int:
+    async def follow_once(self, wait_s: float) -> FeedPage:
         """Fetch one page of the venue feed (long-poll up to ``wait_s``), store other gates'
-        entries, then persist the cursor; returns the page's size. A hub whose cursor is behind
+        entries, then persist the cursor; returns the page. A hub whose cursor is behind
         ours (its store was reset) is read again from the start: peer inserts are idempotent.
         Raises UpstreamError or JournalError (the cursor then stays)."""
         params = {
@@ -276,13 +276,13 @@ class HubClient:
                         " from the start", page.next, self._cursor)  # fmt: skip
             self._cursor = 0
             await self._keep_cursor()
-            return len(page.entries)
+            return page
         if page.next > self._cursor:
             self._cursor = page.next
             await self._keep_cursor()
-        if len(page.entries) < protocol.MAX_PAGE:
+        if page.caught_up:
             self._feed_current = time.monotonic()
-        return len(page.entries)
+        return page
 
     async def _keep_cursor(self) -> None:
         """Save the feed cursor; a full or failing disk is a warning, not a fault of the feed: the
@@ -444,13 +444,13 @@ class HubClient:
         started, cursor, polled = time.monotonic(), self._cursor, self._feed_live
         try:
             # Until caught up, no long-poll: a gate knows at once that it has every entry.
-            count = await self.follow_once(self._s.wait_s if polled else 0.0)
+            page = await self.follow_once(self._s.wait_s if polled else 0.0)
         except BaseException:
             self._feed_live = False
             raise
-        if count < protocol.MAX_PAGE and self._cursor >= cursor:
+        if page.caught_up and self._cursor >= cursor:
             self._feed_live = True
-        if count or self._cursor < cursor or not polled:
+        if page.entries or self._cursor < cursor or not polled:
             return 0.0  # more to read, or caught up: the long-poll starts at once
         # A long-poll the hub answered empty at once (a misbehaving hub) is not asked again faster.
         return FEED_MIN_ROUND_S - (time.monotonic() - started)

@@ -25,6 +25,7 @@ from sync.protocol import (
     MAX_PAGE,
     MAX_WAIT_S,
     AlertPage,
+    FeedEntry,
     FeedPage,
     GatesPage,
     Heartbeat,
@@ -152,7 +153,26 @@ async def feed(request: web.Request) -> web.Response:
     if not entries and wait > 0 and next_cursor >= after:
         await hub.wait_feed(after, wait)
         entries, next_cursor = await hub.store.feed(after, limit)
-    return json_response(FeedPage(tuple(entries), next_cursor, hub.clock()))
+    page = FeedPage(tuple(entries), next_cursor, hub.clock())
+    body = protocol.encode(page)
+    if len(body) > MAX_BODY_BYTES:
+        page = _fitted(page)
+        body = protocol.encode(page)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _fitted(page: FeedPage) -> FeedPage:
+    """The first entries of ``page`` that fit :data:`MAX_BODY_BYTES` encoded, ``more`` set and
+    ``next`` after the last one kept (rows stored before the hub refused non-ASCII refs, or
+    long names: see FeedPage). One entry always fits: every field has a cap."""
+    budget = MAX_BODY_BYTES - 1024  # the page's own keys and numbers
+    kept: list[FeedEntry] = []
+    for entry in page.entries:
+        budget -= len(json.dumps(entry.to_json(), separators=(",", ":"))) + 1
+        if kept and budget < 0:
+            break
+        kept.append(entry)
+    return FeedPage(tuple(kept), kept[-1].cursor, page.hub_time, more=True)
 
 
 async def revocations(request: web.Request) -> web.Response:

@@ -159,6 +159,8 @@ class EntryWire(msgspec.Struct, frozen=True, gc=False):
         ticket_ref = read.text(obj, "ticket_ref", where, MAX_TICKET_REF, empty=False)
         if ticket_ref.startswith(SECRET_REF_PREFIX):
             raise ProtocolError(f"{where}ticket_ref: a pretix secret must travel as its digest")
+        if not ticket_ref.isascii():  # every ref a gate makes is; see FeedPage for why it matters
+            raise ProtocolError(f"{where}ticket_ref: expected ASCII (a ticket's ref or a digest)")
         return cls(
             gate_seq=read.integer(obj, "gate_seq", where, lo=1),
             entry_id=cast(str, read.uuid(obj, "entry_id", where)),
@@ -322,25 +324,40 @@ class FeedEntry:
 
 @dataclass(frozen=True, slots=True)
 class FeedPage:
-    """``GET /v1/venues/{venue}/entries``: entries after the cursor; ``next`` is the new cursor."""
+    """``GET /v1/venues/{venue}/entries``: entries after the cursor; ``next`` is the new cursor.
+
+    A page is at most :data:`MAX_PAGE` entries and :data:`MAX_BODY_BYTES` encoded, what a gate
+    reads: the hub cuts one whose entries are long in JSON (escaped characters: 12 bytes for one
+    emoji) short and sets ``more``, so the gate asks again at once instead of taking itself for
+    caught up. (Without that cut, 500 rows of 512 emoji each, stored by a stolen gate, made a
+    3 MB page that every gate refused and asked for again, its feed stalled for good.)
+    """
 
     entries: tuple[FeedEntry, ...]
     next: int
     hub_time: float
+    more: bool = False  # entries follow that did not fit this page (absent: false)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> FeedPage:
         entries = tuple(
             FeedEntry.from_json(o, at) for at, o in read.objects(obj, "entries", "", MAX_PAGE)
         )
-        return cls(entries, read.integer(obj, "next", ""), read.number(obj, "hub_time", ""))
+        more = read.boolean(obj, "more", "") if "more" in obj else False
+        return cls(entries, read.integer(obj, "next", ""), read.number(obj, "hub_time", ""), more)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entries": [e.to_json() for e in self.entries],
             "next": self.next,
             "hub_time": self.hub_time,
+            "more": self.more,
         }
+
+    @property
+    def caught_up(self) -> bool:
+        """Nothing followed this page when the hub answered."""
+        return not self.more and len(self.entries) < MAX_PAGE
 
 
 @dataclass(frozen=True, slots=True)

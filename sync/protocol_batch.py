@@ -117,6 +117,7 @@ def _entry(e: _Entry) -> EntryWire | None:
         or not (e.lane.isprintable() and e.ticket_ref.isprintable())
         or not (e.detail.isprintable() and e.boot_id.isprintable())
         or e.ticket_ref.startswith(SECRET_REF_PREFIX)
+        or not e.ticket_ref.isascii()
         or not _FLAGS.issuperset(e.flags)
         or (e.rev_key is not None and REV_KEY.fullmatch(e.rev_key) is None)
     ):

@@ -67,11 +67,18 @@ def scan(text: str) -> Scan:
     return Scan(text, "s1", time.monotonic_ns())
 
 
-def get_json(url: str, token: str) -> dict[str, Any]:
-    """GET a hub endpoint with a bearer token (blocking: call through asyncio.to_thread)."""
+def get_bytes(url: str, token: str) -> bytes:
+    """GET a hub endpoint with a bearer token: the raw body (blocking: call through
+    asyncio.to_thread)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as reply:
-        body = json.loads(reply.read())
+        body: bytes = reply.read()
+    return body
+
+
+def get_json(url: str, token: str) -> dict[str, Any]:
+    """GET a hub endpoint with a bearer token, its JSON object (blocking)."""
+    body = json.loads(get_bytes(url, token))
     assert isinstance(body, dict)
     return body
 

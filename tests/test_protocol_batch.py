@@ -82,6 +82,11 @@ CASES: dict[str, tuple[bytes, str]] = {
         _body({"ticket_ref": SECRET_REF_PREFIX + "abc"}),
         "entries[0].ticket_ref: a pretix secret",
     ),
+    # 512 emoji: under the length cap, but 6 kB in the feed's JSON (see sync.protocol.FeedPage)
+    "non-ASCII ticket_ref": (
+        _body({"ticket_ref": "\U0001f600" * 512}),
+        "entries[0].ticket_ref: expected ASCII",
+    ),
     "bad entry_id": (_body({"entry_id": "NOT-A-UUID"}), "entries[0].entry_id"),
     "upper-case entry_id": (
         _body({"entry_id": ROWS[0].entry_id.upper()}),

@@ -41,7 +41,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import shared_ref
 from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
-from tests.hubgate import feed_entries, get_json, post_json, scan, write_gate
+from tests.hubgate import feed_entries, get_bytes, get_json, post_json, scan, write_gate
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_hub_config
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.polling import until, until_sync
@@ -306,23 +306,24 @@ def _sane(hlc: int) -> bool:
     return HLC.physical_ms(hlc) / 1000 <= time.time() + 301
 
 
-async def _plant(venue: Venue, row: EntryWire) -> None:
-    """Store ``row`` straight in the hub's database, as a hub without the bound would have."""
-    params = hub_sql.entry_params(row, time.time())
+async def _plant(venue: Venue, *rows: EntryWire) -> None:
+    """Store ``rows`` straight in the hub's database, as a hub without a check would have."""
+    now = time.time()
+    params = [hub_sql.entry_params(row, now) for row in rows]
     columns = ", ".join(hub_sql.ENTRY_COLUMNS)
     if venue.store is None:
         db = sqlite3.connect(venue.setup.dir / "state" / "hub.db", timeout=10)
         try:
-            marks = ", ".join("?" * len(params))
-            db.execute(f"INSERT INTO entries ({columns}) VALUES ({marks})", params)
+            marks = ", ".join("?" * len(params[0]))
+            db.executemany(f"INSERT INTO entries ({columns}) VALUES ({marks})", params)
             db.commit()
         finally:
             db.close()
         return
     conn = await asyncpg.connect(venue.store)
     try:
-        marks = ", ".join(f"${i}" for i in range(1, len(params) + 1))
-        await conn.execute(f"INSERT INTO entries ({columns}) VALUES ({marks})", *params)
+        marks = ", ".join(f"${i}" for i in range(1, len(params[0]) + 1))
+        await conn.executemany(f"INSERT INTO entries ({columns}) VALUES ({marks})", params)
     finally:
         await conn.close()
 
@@ -453,6 +454,36 @@ async def test_a_flood_of_rows_is_held_at_a_gates_rate_and_the_venue_goes_on(
         assert admitted.decision.admitted and admitted.record is not None
         await _learnt(b, admitted.record.ticket_ref, "gate-a")
         assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+
+
+async def test_rows_long_in_json_never_stall_the_feed(venue: Venue, iss: Issuer) -> None:
+    """Found by a security trial: 500 rows whose ticket_ref was 512 emoji (1.2 MB uploaded as
+    UTF-8, every field within its cap) made a feed page of 3.1 MB (12 bytes an emoji in JSON),
+    which every gate refused (over 2 MiB) and asked for again: every feed stalled for good, and
+    a ticket admitted at gate A was admitted again at gate B. The hub now refuses a non-ASCII
+    ref (every ref a gate makes is ASCII), and rows a hub stored before are served in pages cut
+    to fit, flagged ``more``."""
+    rows = []
+    for i in range(protocol.MAX_BATCH):
+        row = await venue.thief_row("tk1:" + f"{i:016x}")
+        rows.append(msgspec.structs.replace(row, ticket_ref=chr(0x1F600 + i % 64) * 512))
+    async with venue.gates() as (a, b):
+        status, body = await venue.upload(*rows[:2])
+        assert status == 400 and "entries[0].ticket_ref: expected ASCII" in body["message"]
+        await _plant(venue, *rows)  # as stored by a hub before that check
+        raw = await asyncio.to_thread(
+            get_bytes, venue.url(f"/v1/venues/{venue.setup.venue}/entries?after=0&limit=500&wait=0"),
+            venue.thief_token,
+        )  # fmt: skip
+        page = json.loads(raw)
+        assert len(raw) <= protocol.MAX_BODY_BYTES and page["more"] is True
+        assert 0 < len(page["entries"]) < protocol.MAX_BATCH
+        text = iss.ticket(event=1, zones=[1])
+        admitted = await _present(a, text)
+        assert admitted.decision.admitted and admitted.record is not None
+        await _learnt(b, admitted.record.ticket_ref, "gate-a")
+        assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+        assert len([e for e in await venue.feed() if e["gate_id"] == "gate-x"]) == len(rows)
 
 
 def _post(venue: Venue, rows: list[EntryWire]) -> tuple[int, dict[str, Any], str | None]:

@@ -27,6 +27,11 @@ from tests.hubgate import scan, write_gate
 from tests.polling import until
 
 FAST_RETRY = "retry_max_s = 0.5\n"
+FEED_ENTRY = {
+    "cursor": 1, "entry_id": "0190a4c2-0000-7000-8000-000000000001", "gate_id": "gate-z",
+    "gate_name": "Gate Z", "gate_seq": 1, "ticket_ref": "tk1:" + "ab" * 8, "kind": "entry",
+    "annuls": None, "wall_time": 1.7e9, "hlc": int(1.7e12) << 16,
+}  # fmt: skip
 
 
 @dataclass
@@ -48,6 +53,9 @@ class EvilHub:
     upload_body: bytes | None = None  # answered with status 200 as it is (a garbled answer)
     uploads: list[float] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
+    # Set: the feed's first page is one entry with ``more``, and the next waits for the event.
+    feed_held: asyncio.Event | None = None
+    feed_asks: list[int] = field(default_factory=list)  # each feed request's ``after``
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -79,8 +87,15 @@ class EvilHub:
         return self._json({"results": results, "acked_through_seq": batch.entries[-1].gate_seq})
 
     async def _feed(self, request: web.Request) -> web.Response:
+        after = int(request.query["after"])
+        self.feed_asks.append(after)
+        if self.feed_held is not None:
+            if after == 0:
+                return self._json({"entries": [FEED_ENTRY], "next": 1, "more": True})
+            await self.feed_held.wait()
+            return self._json({"entries": [], "next": after, "more": False})
         await asyncio.sleep(0.2)  # the scenario: a long-poll that ends empty
-        return self._json({"entries": [], "next": int(request.query["after"])})
+        return self._json({"entries": [], "next": after})
 
     async def _revocations(self, request: web.Request) -> web.Response:
         self.hits["revocations"] += 1
@@ -312,3 +327,23 @@ async def test_a_hub_holding_back_uploads_leaves_the_gate_online(
         assert outcome is not None and outcome.decision.admitted
         await until(lambda: len(hub.uploads) >= 2, what="the upload tried again")
         assert link.online and link.status()["upload"] == "unavailable"
+
+
+async def test_a_page_with_more_to_follow_is_not_caught_up(
+    evil: tuple[EvilHub, str], keys_dir: Path, tmp_path: Path
+) -> None:
+    """A hub cuts a feed page that would not fit 2 MiB short (rows long in JSON) and says
+    ``more``: a gate holding such a page is not caught up, so it is not online (its decisions
+    are flagged offline) until it has read what follows."""
+    hub, url = evil
+    hub.feed_held = asyncio.Event()
+    async with open_gate(_evil_gate(tmp_path, keys_dir, url)) as gate:
+        link = gate.hub
+        assert link is not None
+        try:
+            await until(lambda: 1 in hub.feed_asks, what="the page after the cut one asked for")
+            assert link.status()["feed_cursor"] == 1 and link.status()["last_success"] is not None
+            assert not link.online and link.status()["feed_lag_s"] is None
+        finally:
+            hub.feed_held.set()  # the held request ends either way
+        await until(lambda: link.online, what="online once the rest is read")
