@@ -52,6 +52,31 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` with ``data`` and fsync it and its folder; never replaces a file.
+
+    Raises FileExistsError when ``path`` exists, OSError otherwise (a partly written file is
+    removed). Not atomic against a power cut (on FAT, where an operator's USB stick may be, there
+    is no link to make it so): a cut leaves a short file, which a reader refuses as unsigned.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
 @contextlib.contextmanager
 def state_lock(state_dir: Path, *, create: bool = True) -> Iterator[None]:
     """Hold ``state_dir`` for this process while the context lasts.

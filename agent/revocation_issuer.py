@@ -7,6 +7,7 @@ module is used by `gate-agent revoke`, the demo and tests, and normally runs ups
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from typing import Any
 
 from agent import keys, tickets
 from agent.errors import IssuerError, TicketFormatError
-from agent.fsutil import write_atomic
+from agent.fsutil import write_atomic, write_new
 from agent.revocation import KEY_LEN, KIND, OPS
 from agent.signed import sign_document
 from agent.tickets import tk2
@@ -125,11 +126,17 @@ def issue_delta(
     unblock: Iterable[bytes] = (),
     validity_s: int = 7 * 86400,
     now: int | None = None,
+    out: Path | None = None,
 ) -> bytes:
     """Sign the next delta after the version in ``state_path`` (missing: 0) and return it.
 
-    Records the new version in ``state_path`` atomically before returning, so a version is never
-    issued twice. Raises IssuerError for bad arguments or an unreadable or unwritable state file.
+    With ``out`` the delta is first written there (never replacing a file: an earlier delta
+    overwritten would be a gap for every gate that missed it), and its version is recorded only
+    then: a delta that could not be written uses up no version (the next one would otherwise
+    start from a version no gate has, and every gate would refuse it and all after it). The new
+    version goes into ``state_path`` atomically, so a version is never issued twice; when that
+    fails, ``out`` is removed again. Raises IssuerError for bad arguments, an ``out`` that exists
+    or cannot be written, or an unreadable or unwritable state file.
     """
     if validity_s <= 0:
         raise IssuerError(f"validity_s must be positive, got {validity_s}")
@@ -146,8 +153,21 @@ def issue_delta(
         unblock=unblock,
     )
     envelope = sign_document(KIND, content, list_key)
+    if out is not None:
+        try:
+            write_new(out, envelope)
+        except FileExistsError:
+            raise IssuerError(
+                f"{out} exists: a revocation list is never replaced (gates that missed it"
+                " would find a gap); give a new file name"
+            ) from None
+        except OSError as exc:
+            raise IssuerError(f"{out}: cannot write: {exc.strerror or exc}") from None
     try:
         write_atomic(state_path, json.dumps({"version": current + 1}).encode() + b"\n")
     except OSError as exc:
+        if out is not None:
+            with contextlib.suppress(OSError):
+                out.unlink()
         raise IssuerError(f"{state_path}: cannot write issuer state: {exc}") from exc
     return envelope

@@ -16,6 +16,7 @@ kept in the keys folder's ``revocations.state.json``, shared with `revoke`).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from agent import revocation_issuer, tickets, trust
 from agent.errors import IssuerError, TicketFormatError
-from agent.fsutil import write_atomic
 from agent.issuer import TRUST_BUNDLE, Issuer
 from agent.ticket_files import write_tickets
 
@@ -77,13 +77,17 @@ def transfer(iss: Issuer, out: Path, text: str, *, now: float | None = None) -> 
         ticket_id=bytes.fromhex(fields["ticket_id"]),
         token_id=secrets.token_bytes(16),
     )
-    delta = revocation_issuer.issue_delta(
-        iss.list_key, iss.dir / STATE_FILE, revoke=[old.revocation_key]
-    )
+    # The new ticket first, then the old one's revocation: a failure leaves neither (no version
+    # of the list used up, no second valid ticket beside the old one).
     [path] = write_tickets(out, [new_text])
     revocation = path.with_suffix(".revocation.json")
     try:
-        write_atomic(revocation, delta)
-    except OSError as exc:
-        raise IssuerError(f"{revocation}: cannot write: {exc.strerror or exc}") from exc
+        revocation_issuer.issue_delta(
+            iss.list_key, iss.dir / STATE_FILE, revoke=[old.revocation_key], out=revocation
+        )
+    except IssuerError:
+        for written in (path, path.with_suffix(".png")):
+            with contextlib.suppress(OSError):
+                written.unlink()
+        raise
     return Transferred(path, revocation, old.short_id)

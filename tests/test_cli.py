@@ -35,7 +35,16 @@ def ga(
 
 @pytest.fixture(scope="module")
 def issued(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("cli")
+    return _issue(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture
+def own_keys(tmp_path: Path) -> Path:
+    """As ``issued``, with a keys folder of the test's own (its list versions start at 0)."""
+    return _issue(tmp_path / "own")
+
+
+def _issue(d: Path) -> Path:
     assert ga("keys", "init", d / "keys").returncode == 0
     r = ga(
         "issue",
@@ -106,6 +115,50 @@ def test_revoke_then_check_denies(issued: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
     other = ga("check", "--keys", issued / "keys", "--revocations", delta, _text(issued, 3))
     assert other.returncode == 0
+
+
+def test_a_revocation_that_cannot_be_written_uses_up_no_version(
+    own_keys: Path, tmp_path: Path
+) -> None:
+    """Found trying the product: `revoke --out` into a missing folder failed with a traceback
+    after it had recorded the next version, so the delta written next began at a version no
+    gate had and every gate refused it and all after it (the revoked ticket admitted). An
+    existing --out was silently replaced, so gates that missed that delta met the same gap."""
+    keys = own_keys / "keys"
+    state = keys / "revocations.state.json"
+    first = tmp_path / "rev-1.json"
+    assert ga("revoke", "--keys", keys, "--out", first, _text(own_keys, 1)).returncode == 0
+    before = state.read_bytes()
+    lost = ga("revoke", "--keys", keys, "--out", tmp_path / "no" / "rev-2.json", _text(own_keys, 2))
+    assert lost.returncode == 2 and "Traceback" not in lost.stderr
+    assert "rev-2.json: cannot write: No such file or directory" in lost.stderr
+    kept = first.read_bytes()
+    again = ga("revoke", "--keys", keys, "--out", first, _text(own_keys, 2))
+    assert again.returncode == 2 and "rev-1.json exists" in again.stderr
+    assert first.read_bytes() == kept and state.read_bytes() == before
+    second = tmp_path / "rev-2.json"
+    assert ga("revoke", "--keys", keys, "--out", second, _text(own_keys, 2)).returncode == 0
+    both = ga("check", "--keys", keys, "--revocations", first, "--revocations", second,
+              "--json", _text(own_keys, 2))  # fmt: skip
+    assert both.returncode == 1 and json.loads(both.stdout)["reason"] == "revoked", both.stderr
+
+
+def test_a_revocation_file_check_cannot_use_is_an_error_not_a_verdict(
+    own_keys: Path, tmp_path: Path
+) -> None:
+    """Found trying the product: `check --revocations` with a mistyped file name, or a delta
+    without the one before it, logged one line and answered ADMIT, exit 0."""
+    keys = own_keys / "keys"
+    first, second = tmp_path / "rev-1.json", tmp_path / "rev-2.json"
+    for out, n in ((first, 1), (second, 2)):
+        assert ga("revoke", "--keys", keys, "--out", out, _text(own_keys, n)).returncode == 0
+    for given, words in (
+        (tmp_path / "rev-2.jsn", "cannot read revocation list"),
+        (second, "gap: delta from 1 but installed 0"),
+    ):
+        r = ga("check", "--keys", keys, "--revocations", given, "--json", _text(own_keys, 2))
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert f"--revocations {given}: refused: " in r.stderr and words in r.stderr
 
 
 def test_check_image_reads_the_qr(issued: Path) -> None:

@@ -40,6 +40,32 @@ def _check(keys_dir: Path, text: str, *revocations: Path) -> subprocess.Complete
     return _cli("check", "--keys", keys_dir, *extra, text)
 
 
+def test_a_transfer_that_cannot_write_leaves_no_ticket_and_no_version_used(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """Found trying the product: `transfer --out <a file>` failed after it had recorded the
+    list's next version, so every later revocation began at a version no gate had."""
+    state = keys_dir / "revocations.state.json"
+    before = state.read_bytes() if state.exists() else None
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    old = iss.ticket(event=1)
+    failed = _cli("transfer", "--keys", keys_dir, "--out", blocker, old)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert (state.read_bytes() if state.exists() else None) == before
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ticket-0001.revocation.json").write_text("{}")  # in the way of the delta
+    failed = _cli("transfer", "--keys", keys_dir, "--out", out, old)
+    assert failed.returncode == 2 and "ticket-0001.revocation.json exists" in failed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ticket-0001.revocation.json"]
+    assert (state.read_bytes() if state.exists() else None) == before
+    (out / "ticket-0001.revocation.json").unlink()
+    new = _transfer(keys_dir, out, old)
+    assert _check(keys_dir, old, out / "ticket-0001.revocation.json").returncode == 1
+    assert _check(keys_dir, new, out / "ticket-0001.revocation.json").returncode == 0
+
+
 def test_transfer_writes_a_new_text_and_a_delta_revoking_the_old(
     keys_dir: Path, iss: Issuer, tmp_path: Path
 ) -> None:

@@ -32,7 +32,15 @@ from agent.app import config as cfg
 from agent.app.daemon import gate_policy, load_lists, open_trust
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock, ClockReading
-from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    IssuerError,
+    RevocationError,
+    RollbackError,
+    TrustError,
+    UsageError,
+)
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
 from agent.trust import TrustStore, UpstreamTrust, load_root_key
@@ -130,7 +138,8 @@ class _Setup:
     trust: TrustStore
     policy: rules.GatePolicy
     clock: Clock
-    lists: list[Path]
+    lists: list[Path]  # the gate's own ([revocation] files): a refused one is logged, as `run` does
+    given: list[Path]  # --revocations: a refused one is an error (no verdict against it)
     journal: Path | None = None
 
 
@@ -139,7 +148,7 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
     if req.config is None:
         assert req.keys is not None
         policy = rules.GatePolicy(gate_name="check", events=None)
-        return _Setup(_keys_trust(req.keys), policy, Clock(None), list(req.revocations))
+        return _Setup(_keys_trust(req.keys), policy, Clock(None), [], list(req.revocations))
     conf = cfg.load(req.config)
     state = conf.gate.state_dir
     trust = open_trust(conf, state / "trust.json", persist=False)
@@ -149,7 +158,8 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
         trust,
         gate_policy(conf),
         Clock(None, assume=conf.clock.assume),
-        [*conf.revocation.files, *req.revocations],
+        list(conf.revocation.files),
+        list(req.revocations),
         state / "journal.db",
     )
 
@@ -263,7 +273,8 @@ async def _evaluate_pretix(req: CheckRequest, text: str) -> Evaluation:
 async def evaluate(req: CheckRequest, text: str) -> Evaluation:
     """Decide on ``text`` as the request describes, without writing any gate state.
 
-    Raises ConfigError (or another AgentError) when the config, keys or pretix files are unusable.
+    Raises ConfigError (or another AgentError) when the config, keys or pretix files are unusable,
+    UsageError when a ``--revocations`` file is refused.
     """
     if req.pretix_event is not None:
         return await _evaluate_pretix(req, text)
@@ -280,6 +291,13 @@ async def evaluate(req: CheckRequest, text: str) -> Evaluation:
 
         async with await RevocationStore.open(Path(tmp) / "revocations.db") as store:
             await load_lists(store, setup.lists, setup.trust)
+            for path in setup.given:
+                try:
+                    await store.apply_file(path, setup.trust.signers())
+                except RollbackError:  # already installed (the gate's store had it)
+                    pass
+                except RevocationError as exc:
+                    raise UsageError(f"--revocations {path}: refused: {exc}") from None
             checker = Checker(setup.trust, lambda: store.index, lambda: store.meta, policy)
             return await checker.evaluate(text, lookup, reading, explain=True)
 

@@ -190,15 +190,15 @@ def _revoke(args: argparse.Namespace) -> int:
     keys_ = [revocation_issuer.revocation_key(item) for item in args.items]
     loaded = issuer.Issuer.load(args.keys)
     ops: dict[str, list[bytes]] = {args.op: keys_}
-    data = revocation_issuer.issue_delta(
+    revocation_issuer.issue_delta(
         loaded.list_key,
         args.keys / "revocations.state.json",
         revoke=ops.get("revoke", ()),
         unrevoke=ops.get("unrevoke", ()),
         block=ops.get("block", ()),
         unblock=ops.get("unblock", ()),
+        out=args.out,
     )
-    args.out.write_bytes(data)
     print(f"{args.op}: {plural(len(keys_), 'entry', 'entries')} written to {args.out}")
     return 0
 

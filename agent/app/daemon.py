@@ -127,7 +127,8 @@ async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStor
         except RollbackError:
             log.debug("revocation file %s already installed", path)
         except RevocationError as exc:
-            log.error("revocation file refused, keeping version %d: %s", store.meta.version, exc)
+            log.error("revocation file %s refused, keeping version %d: %s", path,
+                      store.meta.version, exc)  # fmt: skip
         else:
             log.info("revocation list version %d installed from %s", meta.version, path)
 
