@@ -126,7 +126,7 @@ def section(
                 )
             continue
         secret = (name, key) in secrets
-        got = f"a value of type {type(raw[key]).__name__}" if secret else repr(raw[key])
+        got = f"a value of type {type(raw[key]).__name__}" if secret else _shown(raw[key])
         try:
             values[key] = convert(raw[key], hints[key], src.parent)
         except TypeError:
@@ -137,3 +137,14 @@ def section(
         if check is not None and not check[0](values[key]):
             raise ConfigError(f"{src}: [{name}] {key}: expected {check[1]}, got {got}")
     return cls(**values)
+
+
+SHOWN_CHARS = 120  # of a refused value in an error message (it goes to the journal, one line)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to :data:`SHOWN_CHARS` characters with how long it was."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"

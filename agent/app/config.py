@@ -173,6 +173,16 @@ _NAME: tuple[typing.Callable[[Any], bool], str] = (
     "1-64 printable characters",
 )
 
+def _http_url(value: str) -> bool:
+    """An http(s) URL with a host, and a port of 1-65535 when it names one."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError: not a number, or past 65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+
+
 # Range checks beyond the type: (section, key) -> (predicate, what is expected).
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("gate", "id"): _NAME,
@@ -190,7 +200,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("lane", "name"): _NAME,
     ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
     ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
-    ("pretix", "url"): (lambda v: v.startswith(("https://", "http://")), "an http(s) URL"),
+    ("pretix", "url"): (lambda v: _http_url(v), "an http(s) URL with a host (port 1-65535)"),
     ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
@@ -205,8 +215,8 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("display", "stale_after_s"): (lambda v: 3 <= v <= 120, "3-120 seconds"),
     ("journal", "retain_synced_days"): (lambda v: 0 <= v <= 3650, "0 (keep all) to 3650 days"),
     ("hub", "url"): (
-        lambda v: urlsplit(v).scheme in ("http", "https") and bool(urlsplit(v).hostname),
-        "an http:// or https:// URL with a host",
+        lambda v: _http_url(v),
+        "an http:// or https:// URL with a host (port 1-65535)",
     ),
     ("hub", "heartbeat_s"): (lambda v: 0.1 <= v <= 3600, "0.1-3600 seconds"),
     ("hub", "wait_s"): (lambda v: 0 <= v <= 30, "0-30 seconds"),
