@@ -173,6 +173,7 @@ _NAME: tuple[typing.Callable[[Any], bool], str] = (
     "1-64 printable characters",
 )
 
+
 def _http_url(value: str) -> bool:
     """An http(s) URL with a host, and a port of 1-65535 when it names one."""
     try:
