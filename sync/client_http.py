@@ -74,9 +74,18 @@ class GateTLS(ssl.SSLContext):
     cert_cn: str | None = None  # the subject CN of the client certificate: the gate it is for
 
 
+class TLSFileError(ssl.SSLError):
+    """A [hub] ca, cert or key file that cannot be used (an ssl.SSLError whose text is its
+    message, not the tuple of its arguments)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
     """A client TLS context: verifies the hub with ``ca`` (else the system's CAs) and presents
-    ``cert``/``key`` for mTLS when given. Raises ssl.SSLError naming the key of an unusable file."""
+    ``cert``/``key`` for mTLS when given. Raises TLSFileError naming the key of an unusable
+    file."""
     context = GateTLS(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
     context.ca_path, context.cert_path = ca, cert
     try:
@@ -85,13 +94,13 @@ def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSL
         else:
             context.load_verify_locations(cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
-        raise ssl.SSLError(f"[hub] ca {ca}: not a readable PEM CA certificate ({exc})") from exc
+        raise TLSFileError(f"[hub] ca {ca}: not a readable PEM CA certificate ({exc})") from exc
     if cert is not None:
         try:
             context.load_cert_chain(str(cert), str(key) if key is not None else None)
         except (OSError, ssl.SSLError) as exc:
             what = "does not belong to" if "KEY_VALUES_MISMATCH" in str(exc) else "or"
-            raise ssl.SSLError(
+            raise TLSFileError(
                 f"[hub] key {key} {what} [hub] cert {cert}: unusable ({exc})"
             ) from exc
         context.cert_cn = _subject_cn(cert)

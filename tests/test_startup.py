@@ -105,6 +105,58 @@ async def test_selftest_config_only_passes_what_run_starts_with_and_warns(
     assert r.returncode == 78 and "[trust] bundle refused" in r.stderr and r.stdout == ""
 
 
+async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_run_does(
+    iss: Issuer, keys_dir: Path, tmp_path: Path
+) -> None:
+    """Found trying the product as an integrator: `selftest --config-only` said OK with no WARN
+    for a corrupt revocation file, one signed by another key or out of sequence (run refuses
+    them), for [hub] TLS files that were not PEM (run then exits 78, its message a Python
+    tuple), for [pretix] without any device token (run syncs nothing), and for a journal that
+    is not a database (run exits 2)."""
+    key = tickets.parse(iss.ticket(event=1, zones=[1])).revocation_key
+    (tmp_path / "rev-1.json").write_bytes(
+        revocation_issuer.issue_delta(iss.list_key, tmp_path / "st", revoke=[key])
+    )
+    revocation_issuer.issue_delta(iss.list_key, tmp_path / "st", revoke=[key])  # never published
+    (tmp_path / "rev-3.json").write_bytes(  # so this one follows a gap
+        revocation_issuer.issue_delta(iss.list_key, tmp_path / "st", revoke=[key])
+    )
+    (tmp_path / "bad.json").write_bytes(b"\xff")
+    files = ["rev-1.json", "bad.json", str(keys_dir / "trust.json"), "rev-3.json"]
+    path = write_gate_config(tmp_path / "gate.toml", keys=keys_dir, revocation={"files": files})
+    async with open_gate(config.load(path)) as gate:  # run starts, with rev-1 alone
+        assert gate.revocations.meta.version == 1
+    r = _selftest_config_only(path)
+    assert r.returncode == 0, r.stderr
+    refused = [line for line in r.stdout.splitlines() if "refused (" in line]
+    assert [line.split(": refused (")[0].split("files: ")[1] for line in refused] == [
+        str(tmp_path / "bad.json"), str(keys_dir / "trust.json"), str(tmp_path / "rev-3.json"),
+    ]  # fmt: skip
+    assert all(line.startswith("WARN config") for line in refused)
+    assert "gap: delta from 2 but installed 1" in refused[2]
+
+    pem = tmp_path / "not-a-ca.pem"
+    pem.write_text("garbage\n")
+    hub = {"url": "https://hub.example:8443", "token": "t" * 43, "ca": str(pem)}
+    path = write_gate_config(tmp_path / "hub.toml", keys=keys_dir, hub=hub)
+    r = _selftest_config_only(path)
+    assert r.returncode == 78 and r.stdout == "", r.stdout
+    assert f"{path}: [hub] ca {pem}: not a readable PEM CA certificate (" in r.stderr
+    assert "('" not in r.stderr  # the message, not the tuple of an ssl.SSLError's arguments
+
+    pretix = {"url": "https://pretix.example", "organizer": "o", "event": "e", "checkin_list": 1}
+    path = write_gate_config(tmp_path / "pretix.toml", keys=keys_dir, pretix=pretix)
+    r = _selftest_config_only(path)
+    assert r.returncode == 0, r.stderr
+    assert "WARN config" in r.stdout and "[pretix] init_token: none" in r.stdout
+
+    state = tmp_path / "state"
+    (state / "journal.db").write_bytes(b"not a database, whatever its name says" * 4)
+    r = _selftest_config_only(tmp_path / "gate.toml")
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"[gate] state_dir: {state / 'journal.db'}: file is not a database" in r.stderr
+
+
 @pytest.mark.parametrize(
     ("state_dir", "problem", "code"),
     [

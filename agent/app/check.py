@@ -118,7 +118,7 @@ def _keys_trust(keys_dir: Path) -> TrustStore:
     return store
 
 
-def _copy_store(src: Path, dst: Path) -> None:
+def copy_store(src: Path, dst: Path) -> None:
     """Copy the gate's revocation store without writing to it (SQLite online backup)."""
     # With no -wal file (gate stopped), open immutable: even a read-only WAL open would create
     # -wal/-shm files, possibly owned by the wrong user.
@@ -153,7 +153,7 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
     state = conf.gate.state_dir
     trust = open_trust(conf, state / "trust.json", persist=False)
     if (state / "revocations.db").exists():
-        _copy_store(state / "revocations.db", scratch / "revocations.db")
+        copy_store(state / "revocations.db", scratch / "revocations.db")
     return _Setup(
         trust,
         gate_policy(conf),

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -258,19 +259,26 @@ async def open_gate(
         yield gate
 
 
-def _hub_client(config: cfg.Config, gate: Gate) -> HubClient:
-    """The hub link (not started): lanes ask it whether they are online and nudge its uploader."""
-    import ssl
-
-    from sync.client import HubClient, LinkSettings
+def hub_tls(config: cfg.Config) -> ssl.SSLContext | None:
+    """The hub link's TLS context (None for an http:// url); raises ConfigError naming the
+    [hub] ca, cert or key file that cannot be used."""
     from sync.client_http import tls_context
 
     hc = config.hub
-    assert hc is not None and hc.token is not None
+    assert hc is not None
     try:
-        tls = tls_context(hc.ca, hc.cert, hc.key) if hc.url.startswith("https:") else None
+        return tls_context(hc.ca, hc.cert, hc.key) if hc.url.startswith("https:") else None
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.path}: [hub] ca/cert/key unusable: {exc}") from exc
+        raise ConfigError(f"{config.path}: {exc}") from None
+
+
+def _hub_client(config: cfg.Config, gate: Gate) -> HubClient:
+    """The hub link (not started): lanes ask it whether they are online and nudge its uploader."""
+    from sync.client import HubClient, LinkSettings
+
+    hc = config.hub
+    assert hc is not None and hc.token is not None
+    tls = hub_tls(config)
     settings = LinkSettings(
         url=hc.url, token=hc.token, venue=config.gate.venue, gate_id=config.gate.id,
         gate_name=config.gate.name, heartbeat_s=hc.heartbeat_s, wait_s=hc.wait_s,

@@ -17,13 +17,13 @@ import pwd
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from agent import rules
+from agent import keys, rules
 from agent.app import config as cfg
 from agent.errors import AgentError, ConfigError, StateInUse
 from agent.fsutil import state_lock
@@ -292,14 +292,69 @@ def state_dir_problem(state: Path) -> str | None:
     return None
 
 
+def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[str]:
+    """What `run` would refuse of the [revocation] files, each applied in order, as `run` does,
+    to a scratch copy of the installed list: one line each (a missing file is said apart)."""
+    from agent.app.check import copy_store
+    from agent.errors import RevocationError, RollbackError
+    from agent.revocation import RevocationStore
+
+    async def apply(scratch: Path) -> list[str]:
+        refused = []
+        async with await RevocationStore.open(scratch) as store:
+            for lst in conf.revocation.files:
+                if not lst.is_file():
+                    continue
+                try:
+                    await store.apply_file(lst, signers)
+                except RollbackError:  # already installed
+                    pass
+                except RevocationError as exc:
+                    refused.append(
+                        f"[revocation] files: {lst}: refused ({exc}); the gate starts with the"
+                        " list it has installed"
+                    )
+        return refused
+
+    with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
+        installed = conf.gate.state_dir / "revocations.db"
+        if installed.exists():
+            copy_store(installed, Path(tmp) / "revocations.db")
+        return asyncio.run(apply(Path(tmp) / "revocations.db"))
+
+
+def _unreadable_state(state: Path) -> str | None:
+    """Why the journal or revocation store in ``state`` cannot be opened (run stops on it)."""
+    import sqlite3
+
+    from agent.journal import schema
+
+    for name in ("journal.db", "revocations.db"):
+        path = state / name
+        try:
+            if not path.exists():
+                continue
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+                if name == "journal.db":
+                    schema.require_journal(db, path)
+        except PermissionError:
+            continue  # the gate user's folder: the state folder's own check says so
+        except (sqlite3.Error, AgentError) as exc:
+            return f"{path}: {exc}"
+    return None
+
+
 def check_config(path: Path, out: TextIO) -> int:
     """Check the config as `run` reads it, opening no device: the file, device URLs, the trust
     root key and bundle (with the one installed in the state folder, as `run` takes it),
-    revocation files, hub files. Returns 0; raises ConfigError naming the file and key when the
-    gate could not start (what systemd/install runs before enabling it). What `run` starts with
-    but logs as an error (a refused bundle beside an installed one, a missing revocation file)
-    is a WARN line."""
-    from agent.app.daemon import open_trust
+    revocation files (applied to a scratch copy of the installed list), hub files (the TLS
+    files loaded), the journal and revocation store (their headers). Returns 0; raises
+    ConfigError naming the file and key when the gate could not start (what systemd/install runs
+    before enabling it), AgentError when its state cannot be opened. What `run` starts with but
+    logs as an error (a refused bundle beside an installed one, a missing or refused revocation
+    file, pretix without a device) is a WARN line."""
+    from agent.app.daemon import hub_tls, open_trust
 
     conf = cfg.load(path)
     warnings: list[str] = []
@@ -322,6 +377,11 @@ def check_config(path: Path, out: TextIO) -> int:
             f"{conf.path}: [gate] state_dir: {state}: {exc.strerror}: run the check as the"
             " gate's user (sudo -u gate-agent gate-agent selftest --config-only ...)"
         ) from None
+    if (broken := _unreadable_state(state)) is not None:
+        raise AgentError(
+            f"{conf.path}: [gate] state_dir: {broken}: the gate cannot start on it (keep the"
+            " file for the record, move it aside and start again: an empty one is made)"
+        )
     for lst in conf.revocation.files:
         if not lst.is_file():
             stale = "refused" if conf.policy.stale_list == "deny" else "admitted, flagged"
@@ -329,6 +389,19 @@ def check_config(path: Path, out: TextIO) -> int:
                 f"[revocation] files: {lst}: no such file (the gate starts with the list it has"
                 f" installed; with none, every ticket is {stale} list_stale: [policy] stale_list)"
             )
+    warnings += _refused_lists(conf, trust.signers())
+    if conf.hub is not None:
+        hub_tls(conf)
+    if conf.pretix is not None and not conf.pretix.init_token:
+        from sync.pretix_state import load_device
+
+        with contextlib.suppress(PermissionError):  # the gate user's folder
+            if load_device(state, conf.pretix.url) is None:
+                warnings.append(
+                    "[pretix] init_token: none, and no pretix device initialised in"
+                    f" {state}: the gate decides offline and syncs nothing (create a device in"
+                    " pretix and put its initialisation token there)"
+                )
     print(
         f"OK   config    {conf.path}: gate {conf.gate.id}, {_lanes(conf)}, trust v{trust.version}"
         " (devices not opened: run selftest without --config-only at the turnstile)",
