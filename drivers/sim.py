@@ -112,11 +112,16 @@ class SimScanner:
             self._tasks.append(asyncio.create_task(self._read_stdin()))
         elif self.mode == "socket":
             assert self.path is not None
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self._server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_LINE + 2
-            )
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                self._server = await asyncio.start_unix_server(
+                    self._client, path=str(self.path), limit=MAX_LINE + 2
+                )
+            except OSError as exc:  # a missing folder, a path past 107 bytes, no permission
+                raise DriverError(
+                    f"sim scanner: cannot listen on {self.path}: {exc.strerror or exc}"
+                ) from None
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -241,7 +246,12 @@ class SimGate:
 
     async def open(self) -> None:
         if self.log_path is not None and self._fd is None:
-            self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:  # a missing folder, a folder, no permission
+                raise DriverError(
+                    f"sim gate: cannot open log= {self.log_path}: {exc.strerror or exc}"
+                ) from None
 
     async def close(self) -> None:
         self._events.put_nowait(None)

@@ -104,6 +104,33 @@ def test_bad_urls_fail_clearly(
         registry.create(kind, url)
 
 
+@pytest.mark.parametrize(
+    ("scanner", "gate", "words"),
+    [
+        ("sim://queue", "sim://gate?log=LOGDIR/missing/p.log", "sim gate: cannot open log= "),
+        ("sim://queue", "sim://gate?log=LOGDIR", "sim gate: cannot open log= "),
+        ("sim://socket?path=LOGDIR/missing/s.sock", "sim://gate", "sim scanner: cannot listen"),
+        ("sim://socket?path=LOGDIR/" + "s" * 120, "sim://gate", "sim scanner: cannot listen"),
+    ],
+    ids=["log-in-missing-folder", "log-a-folder", "socket-in-missing-folder", "socket-too-long"],
+)
+def test_a_sim_device_on_a_path_it_cannot_use_is_one_line_not_a_traceback(
+    keys_dir: Path, tmp_path: Path, scanner: str, gate: str, words: str
+) -> None:
+    """Found trying the product: the README's desk devices with a log= or socket path in a
+    missing folder, a folder, or past the 107 bytes a Unix socket takes stopped `run` with
+    "internal error" and a traceback."""
+    devices = {"scanner": scanner.replace("LOGDIR", str(tmp_path)),
+               "gate": gate.replace("LOGDIR", str(tmp_path))}  # fmt: skip
+    conf = write_gate_config(tmp_path / "gate.toml", keys=keys_dir, devices=devices)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
 def _gate_config(tmp_path: Path, keys_dir: Path, scanner: str) -> Path:
     """A minimal gate config: the given scanner, a sim turnstile logging its pulses."""
     return write_gate_config(
