@@ -174,6 +174,22 @@ def test_check_image_reads_the_qr(issued: Path) -> None:
     assert json.loads(r.stdout)["format"] == "tk1"
 
 
+def test_check_image_refuses_an_image_past_50_megapixels(issued: Path, tmp_path: Path) -> None:
+    """Found trying the product: a 439 kB PNG of 20000x20000 pixels took 9 s and 1.7 GB to
+    decode (a 1 GB Pi runs out of memory; camera file sources decode the same way)."""
+    import cv2
+    import numpy as np
+
+    huge = tmp_path / "huge.png"
+    assert cv2.imwrite(str(huge), np.zeros((10_000, 5_001), np.uint8))  # 50,005,000 pixels
+    r = ga("check", "--keys", issued / "keys", "--image", huge)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not a readable image (or one over 50,000,000 pixels)" in r.stderr
+    assert cv2.imwrite(str(huge), np.zeros((10_000, 5_000), np.uint8))  # at the limit: read
+    r = ga("check", "--keys", issued / "keys", "--image", huge)
+    assert r.returncode == 1 and "no barcode found in the image" in r.stdout, r.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [

@@ -80,6 +80,7 @@ def read_image(path: Path, engine: str = "zxing") -> list[ImageCode]:
 
     Raises UsageError when the file is missing or not an image, or the engine cannot be loaded.
     """
+    from drivers import MAX_IMAGE_PIXELS
     from drivers.camera_frames import prepare
     from drivers.camera_sources import ImageFilesSource
     from drivers.decoders import ENGINES, make_decoder, supported_formats
@@ -94,7 +95,9 @@ def read_image(path: Path, engine: str = "zxing") -> list[ImageCode]:
         frame = source.read()
         gray = None if frame is None else prepare(frame)
         if gray is None:
-            raise UsageError(f"{path}: not a readable image")
+            raise UsageError(
+                f"{path}: not a readable image (or one over {MAX_IMAGE_PIXELS:,} pixels)"
+            )
         decoder = make_decoder(engine, supported_formats(engine))
         return [ImageCode(code.text, code.symbology) for code in decoder.decode(gray)]
     except UsageError:
