@@ -122,9 +122,11 @@ INSERT_ALERT = (
 )
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
-# When the store last heard of a gate's rows (its highest gate_seq's arrival): the upload quota's
-# starting point for a gate this hub process has not seen yet.
-LAST_RECEIVED = "SELECT received_at FROM entries WHERE gate_id = ? ORDER BY gate_seq DESC LIMIT 1"
+# When the store last received a row of a gate: the upload quota's starting point for a gate this
+# hub process has not seen yet. Its latest arrival, not its highest gate_seq's: a stolen gate can
+# plant gate_seq 2^63-1 once and be owed hours of credit after every restart. Reads each of the
+# gate's rows once (the gate_id index, then the row), once per gate and hub process.
+LAST_RECEIVED = "SELECT max(received_at) FROM entries WHERE gate_id = ?"
 # Alerts this gate's uploads raised since the start of the budget bucket.
 BUDGET_USED = (
     "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ? AND kind <> 'alert_storm'"

@@ -109,6 +109,6 @@ def known_state(
 
 
 def last_received(db: sqlite3.Connection, gate_id: str) -> float | None:
-    """When the store last received a row of ``gate_id`` (its highest gate_seq); None: never."""
-    row = db.execute(hub_sql.LAST_RECEIVED, (gate_id,)).fetchone()
-    return None if row is None else float(row[0])
+    """When the store last received a row of ``gate_id``; None: never."""
+    (last,) = db.execute(hub_sql.LAST_RECEIVED, (gate_id,)).fetchone()
+    return None if last is None else float(last)

@@ -1220,6 +1220,27 @@ async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubSt
     assert (await store.recent_alerts(None, 1))[0].kind == "integrity"
 
 
+async def test_a_restarted_hub_counts_a_gates_credit_from_its_latest_row_not_its_highest_seq(
+    open_hub: OpenStore,
+) -> None:
+    """Found by a security trial: a hub process meeting a gate for the first time counted its
+    credit from the arrival of the gate's highest gate_seq; a stolen gate that had planted
+    gate_seq 2^63-1 hours before was owed those hours after every restart of the hub (11,600
+    rows at once where the burst is 5,000, up to 6 hours' worth)."""
+    thief = Gate("x")
+    now = T0 + 100
+    first = await open_hub(upload_rows_per_s=2, upload_burst=1000)
+    planted = msgspec.structs.replace(thief.row("p", at=now - 6 * 3600), gate_seq=2**63 - 1)
+    await first.ingest("x", [planted], now - 6 * 3600)
+    await first.ingest("x", [thief.row(f"r{i}", at=now) for i in range(10)], now)
+    store = await open_hub(upload_rows_per_s=2, upload_burst=1000)  # the hub restarted
+    rows = [thief.row(f"q{i}", at=now) for i in range(1001)]
+    for i in range(0, 1000, 500):
+        await store.ingest("x", rows[i : i + 500], now)
+    with pytest.raises(OverQuotaError):  # the burst, from the latest arrival: nothing more
+        await store.ingest("x", rows[1000:], now)
+
+
 async def test_a_gates_new_rows_are_held_to_its_quota_and_silence_earns_credit(
     open_hub: OpenStore,
 ) -> None:
