@@ -447,7 +447,7 @@ async def _known(
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
-    gate_ids = hub_rules.gates_to_name(gate_id, history)
+    gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
     targets: dict[str, tuple[str, str]] = {}
     if wanted := hub_rules.annul_targets(entries, stored):

@@ -173,11 +173,15 @@ def budget_since(now: float, policy: HubPolicy) -> float:
     return math.floor(now / window) * window
 
 
-def gates_to_name(gate_id: str, history: Mapping[str, Sequence[TicketRow]]) -> list[str]:
-    """The gate ids an alert of this batch may name."""
+def gates_to_name(
+    gate_id: str, history: Mapping[str, Sequence[TicketRow]], stored: Mapping[str, EntryWire]
+) -> list[str]:
+    """The gate ids an alert of this batch may name: the uploader, the gates in the tickets'
+    histories, and the owners of stored rows whose entry_id the batch repeats."""
     gates = {gate_id}
     for rows in history.values():
         gates.update(r.gate_id for r in rows)
+    gates.update(e.gate_id for e in stored.values())
     return sorted(gates)
 
 
@@ -366,6 +370,11 @@ def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: Names) -> 
         if stored == e:
             return None
         detail = f"entry_id reused with another body (gate_seq {e.gate_seq})"
+        if stored.gate_id != e.gate_id:  # say who sent the second body (the first's gate may
+            detail = (  # be its victim), each gate by its name
+                f"{names(e.gate_id)} uploaded the entry_id of {names(stored.gate_id)}'s row"
+                f" (gate_seq {stored.gate_seq}) with another body"
+            )
         gates, times = (stored.gate_id, e.gate_id), (stored.wall_time, e.wall_time)
     elif e.gate_seq in known.seq_owners:
         detail = f"gate_seq {e.gate_seq} reused by another entry_id"

@@ -96,7 +96,7 @@ def known_state(
         for row in db.execute(query, (*chunk, lo, hi, lo - ahead, hi - ahead)):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
-    gate_ids = hub_rules.gates_to_name(gate_id, history)
+    gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
     names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
     sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"

@@ -188,6 +188,27 @@ async def test_entry_id_reused_with_another_body_is_a_conflict_with_one_alert(
     assert "forged-ref-77" not in alert.detail
 
 
+async def test_a_gate_reusing_another_gates_entry_id_is_named_as_the_uploader(
+    store: HubStore,
+) -> None:
+    """Found by a security trial: the alert for gate A re-uploading gate B's entry_id (read
+    from the feed) with another body listed ['gate-b', 'Gate A']: the honest gate by its raw
+    id, and nothing said which of them sent the second body."""
+    await store.set_gate_name("gate-a", "Gate A")
+    await store.set_gate_name("gate-b", "Gate B")
+    b = Gate("gate-b")
+    (row,) = [b.row("t1")]
+    await store.ingest("gate-b", [row], T0)
+    forged = msgspec.structs.replace(row, gate_id="gate-a", ticket_ref="tk1:" + "0f" * 8)
+    with pytest.raises(ConflictError):
+        await store.ingest("gate-a", [forged], T0 + 1)
+    (alert,) = await all_alerts(store)
+    assert alert.gates == ("Gate B", "Gate A")
+    assert alert.detail == (
+        "Gate A uploaded the entry_id of Gate B's row (gate_seq 1) with another body"
+    )
+
+
 async def test_uploads_arriving_together_are_each_decided_as_if_alone(store: HubStore) -> None:
     # Four gates upload at the same moment (on SQLite: one group commit). Gate 2 and gate 3 both
     # admitted ticket "shared": one double admission, the later row's; gate 4 reuses gate 1's
