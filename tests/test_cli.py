@@ -281,6 +281,25 @@ def test_demo_runs_the_whole_scenario(demo: tuple[Path, subprocess.CompletedProc
     assert "WARNING" not in out and "Traceback" not in r.stderr
 
 
+def test_demo_dir_must_be_new_or_empty(
+    demo: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """Found trying the product: `demo --dir` on a file stopped with a traceback, and run
+    again into a kept folder it made new keys beside the old run's tickets, which its gate
+    then refused as unknown_key."""
+    kept, first = demo
+    assert first.returncode == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    for target, words in ((kept, "a folder with files in it"), (a_file, "not a folder")):
+        r = ga("demo", "--dir", target, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert f"demo --dir {target}: {words}: give a new or empty folder" in r.stderr
+    r = ga("demo", "--dir", "/proc/gate-agent-demo", timeout=60)
+    assert r.returncode == 2 and "demo --dir /proc/gate-agent-demo: " in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     ("argv0", "shown"),
     [(".venv/bin/gate-agent", ".venv/bin/gate-agent"), ("/src/agent/__main__.py", "gate-agent")],

@@ -22,6 +22,7 @@ from agent import issuer, keys, revocation_issuer, ticket_files
 from agent.app import config as cfg
 from agent.app import demo_hub
 from agent.app.daemon import open_gate
+from agent.errors import UsageError
 from agent.lane import Outcome
 from agent.model import Flag
 from agent.ports import Scan
@@ -197,9 +198,10 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
     """Run the demo; files go to ``keep`` (kept) or a temporary folder (removed)."""
     stream = stream or sys.stdout
     paint = _painter(stream.isatty())
+    if keep is not None:
+        _make_empty(keep)
     with tempfile.TemporaryDirectory(prefix="gate-agent-demo-") as tmp:
         dir = (keep or Path(tmp)).resolve()
-        dir.mkdir(parents=True, exist_ok=True)
         t = _tickets(dir)
         conf = cfg.load(dir / "gate.toml")
         code = await _play(conf, _scenario(t), paint, stream)
@@ -211,6 +213,19 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
         if keep is not None:
             _afterwards(dir, paint, stream)
         return code or hub_code
+
+
+def _make_empty(dir: Path) -> None:
+    """Create ``dir`` for the demo's files, or take an empty folder; raises UsageError for
+    anything else (the demo makes new keys: files of an earlier run there would not work with
+    them, e.g. its tickets refused unknown_key by the new gate.toml)."""
+    try:
+        if dir.exists() and (not dir.is_dir() or any(dir.iterdir())):
+            what = "a folder with files in it" if dir.is_dir() else "not a folder"
+            raise UsageError(f"demo --dir {dir}: {what}: give a new or empty folder")
+        dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"demo --dir {dir}: {exc.strerror or exc}") from None
 
 
 def _afterwards(dir: Path, paint: Callable[[str, str], str], stream: TextIO) -> None:
