@@ -196,6 +196,14 @@ def test_check_image_refuses_an_image_past_50_megapixels(issued: Path, tmp_path:
         (["check", "--keys", "/nonexistent", "TK1:AAA"], 2, "not a keys directory"),
         (["check", "--config", "/nonexistent.toml", "TK1:AAA"], 78, "config file not found"),
         (["check", "--keys", "KEYS", "--image", "/nonexistent.png"], 2, "no such image"),
+        # found trying the product: these exist, yet were "no such image file"
+        (["check", "--keys", "KEYS", "--image", "/dev/zero"], 2, "/dev/zero: not a file: exp"),
+        (["check", "--keys", "KEYS", "--image", "/tmp"], 2, "/tmp: not a file: expected an"),
+        (
+            ["wallet", "code", "--ticket", "/t", "--device-key", "/k", "--at", "9999-12-31"],
+            2,
+            "--at: a code's time must be between 1970 and 2106",
+        ),
         (["check", "--keys", "KEYS", "--at", "yesterday", "x"], 2, "--at"),
         (["check", "--keys", "KEYS", "--json", "hello"], 1, "invalid_format"),
         (["frobnicate"], 2, "invalid choice"),

@@ -70,6 +70,8 @@ def _render(sections: dict[str, dict[str, object]]) -> str:
         ("hub", "url", "https://hub:http", ["[hub] url", "port 1-65535"]),
         ("pretix", "url", "https://pretix.example:70000", ["[pretix] url", "port 1-65535"]),
         ("pretix", "url", "https://", ["[pretix] url", "with a host"]),
+        # found trying the product: port 0 loaded, and no `status` or display could find it
+        ("status", "listen", "127.0.0.1:0", ["[status] listen", "a port of 1-65535"]),
         # a long value is cut in the message (one journal line), with its length
         ("gate", "name", "a" * 3_000_000, ["[gate] name", "... (3,000,002 characters)"]),
     ],

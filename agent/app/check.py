@@ -41,6 +41,7 @@ from agent.errors import (
     TrustError,
     UsageError,
 )
+from agent.fsutil import file_problem
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
 from agent.trust import TrustStore, UpstreamTrust, load_root_key
@@ -87,8 +88,11 @@ def read_image(path: Path, engine: str = "zxing") -> list[ImageCode]:
 
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "no such file":
         raise UsageError(f"{path}: no such image file")
+    if problem is not None:  # a folder, a device (/dev/zero never ends), no permission
+        raise UsageError(f"{path}: {problem}: expected an image file")
     source = ImageFilesSource(path, fps=0)
     try:
         source.open()

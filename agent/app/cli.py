@@ -230,6 +230,8 @@ def _wallet(args: argparse.Namespace) -> int:
             raise UsageError("--port must be 0-65535")
         return asyncio.run(wallet_serve.serve(args.port))
     at = int(time.time()) if args.at is None else args.at
+    if not 0 <= at <= 0xFFFFFFFF:  # a code's time is 32 bits: 1970 to 2106
+        raise UsageError("--at: a code's time must be between 1970 and 2106-02-07")
     print(wallet.code(args.ticket, args.device_key, at))
     return 0
 

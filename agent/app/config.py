@@ -27,7 +27,7 @@ from agent.app.config_lanes import (
 )
 from agent.errors import ConfigError
 from agent.fsutil import file_problem
-from agent.settings import LogConfig, is_listen, section
+from agent.settings import LogConfig, is_listen, parse_listen, section
 
 __all__ = ["Config", "DevicesConfig", "LaneConfig", "LaneSpec", "load", "parse"]
 
@@ -205,9 +205,9 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
-    ("status", "listen"): (
-        lambda v: v == "" or is_listen(v),
-        'HOST:PORT (e.g. "127.0.0.1:8471"), or "" for no status server',
+    ("status", "listen"): (  # port 0 would be a port `status` and the displays cannot find
+        lambda v: v == "" or (is_listen(v) and parse_listen(v)[1] != 0),
+        'HOST:PORT with a port of 1-65535 (e.g. "127.0.0.1:8471"), or "" for no status server',
     ),
     ("status", "outbox_backlog"): (lambda v: v >= 1, "an integer >= 1"),
     ("status", "disk_free_min_mb"): (lambda v: v >= 0, "an integer >= 0"),
