@@ -352,12 +352,17 @@ def _events(args: argparse.Namespace) -> int:
 
     if args.last < 1:
         raise UsageError("--last must be >= 1")
+    from agent.app.signals import until_signalled
+
     flt = ops.EventFilter(denied=args.denied, duplicates=args.duplicates, ticket=args.ticket)
+    conf = config.load(args.config)
     try:
         return asyncio.run(
-            ops.events(
-                config.load(args.config), flt, sys.stdout,
-                follow=args.follow, as_json=args.json, last=args.last,
+            until_signalled(
+                lambda stop: ops.events(
+                    conf, flt, sys.stdout,
+                    follow=args.follow, as_json=args.json, last=args.last, stop=stop,
+                )
             )
         )  # fmt: skip
     except BrokenPipeError:  # `gate-agent events | head`: the reader has all it wanted

@@ -24,6 +24,7 @@ from agent.journal import queries
 from agent.redact import short_id
 from agent.settings import parse_listen
 from agent.words import plural
+from sync.upstream_http import sleep_or_stop
 
 FOLLOW_POLL_S = 0.5
 
@@ -97,8 +98,10 @@ async def events(
     follow: bool,
     as_json: bool,
     last: int | None,
+    stop: asyncio.Event | None = None,
 ) -> int:
-    """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``)."""
+    """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
+    until ``stop`` is set: then 0)."""
     db = queries.open_readonly(config.gate.state_dir / "journal.db")
     try:
         after, limit = 0, last
@@ -114,7 +117,8 @@ async def events(
                 return 0
             if limit is not None:  # from now on, everything new
                 after, limit = max(after, queries.latest_gate_seq(db)), None
-            await asyncio.sleep(FOLLOW_POLL_S)
+            if await sleep_or_stop(FOLLOW_POLL_S, stop or asyncio.Event()):
+                return 0
     finally:
         db.close()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -129,16 +128,11 @@ async def _hub_ticket(args: argparse.Namespace, conf: HubConfig) -> int:
 
 async def _hub_alerts(args: argparse.Namespace, conf: HubConfig) -> int:
     """Print the alerts; with --follow the new ones too, until SIGINT or SIGTERM (then 0)."""
+    from agent.app.signals import until_signalled
     from sync import hub_admin_console
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await hub_admin_console.print_alerts(
+    return await until_signalled(
+        lambda stop: hub_admin_console.print_alerts(
             conf, sys.stdout, follow=args.follow, as_json=args.json, stop=stop
         )
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    )
