@@ -4,6 +4,7 @@ that keeps one process at a time on a gate's state folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -38,18 +39,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a stale temp file would keep its own, possibly wider, mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _create(tmp, data, mode)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _sync_folder(path.parent)
 
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -59,22 +51,40 @@ def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
     removed). Not atomic against a power cut (on FAT, where an operator's USB stick may be, there
     is no link to make it so): a cut leaves a short file, which a reader refuses as unsigned.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _create(path, data, mode)
+        _sync_folder(path.parent)
+    except FileExistsError:
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """A new file holding all of ``data``, fsync'd. A short write (a disk or stick nearly
+    full) is written on from where it stopped; one that writes nothing raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        rest = memoryview(data)
+        while rest:
+            written = os.write(fd, rest)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, f"{path}: nothing more could be written")
+            rest = rest[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync ``folder``: a file made or renamed in it survives a power cut."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @contextlib.contextmanager
