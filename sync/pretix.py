@@ -6,9 +6,11 @@ this adapter only feeds. A round (:meth:`PretixUpstream.sync_once`) downloads th
 the check-in list's settings, revoked and blocked secrets and other devices' check-ins and
 annulments (:mod:`sync.pretix_download`; a round with nothing changed is five small requests),
 then uploads unsynced journal rows in ``gate_seq`` order (:mod:`sync.pretix_upload`). The device's
-identity and download cursors are kept by :mod:`sync.pretix_state`. Any fault keeps the queue and
-the gate's offline decisions going; the next round is delayed by capped exponential backoff with
-full jitter (Retry-After as a lower bound).
+identity and download cursors are kept by :mod:`sync.pretix_state`. A fault keeps what was not
+uploaded queued and the gate's offline decisions going; the next round is delayed by capped
+exponential backoff with full jitter (Retry-After as a lower bound), but no longer than
+``interval_s`` while uploads still go through (a download failing alone must not hold the gate's
+entries back from pretix's other devices).
 """
 
 from __future__ import annotations
@@ -249,33 +251,40 @@ class PretixUpstream:
 
     async def _round(self) -> bool:
         retry_after: float | None = None
+        drained = False
         try:
             try:
                 await self._download()
             except (UpstreamUnavailable, ConfigError):
                 # The gate's own entries still go up (a slow orders list at the doors' opening
                 # must not keep them from the other devices); the download's fault is reported.
-                with contextlib.suppress(UpstreamUnavailable):
-                    await self._drain()
+                # Not before this process read the check-in list: the config's policy is not
+                # the list's (a false duplicate alert on a list allowing several entries).
+                if self._policy is not None:
+                    with contextlib.suppress(UpstreamUnavailable):
+                        await self._drain()
+                        drained = True
                 raise
             await self._drain()
         except UpstreamAuthError as exc:
             self._fail(str(exc), revoked=self.initialized)
-            log.error("pretix: %s; queue kept, (re-)initialise the device", exc)
+            log.error("pretix: %s; uploads stopped, (re-)initialise the device", exc)
         except UpstreamUnavailable as exc:
             retry_after = exc.retry_after
             self._fail(str(exc))
-            log.warning("pretix unavailable, queue kept: %s", exc)
+            log.warning("pretix unavailable%s: %s", "" if drained else ", queue kept", exc)
         except ConfigError as exc:  # a body pretix_event refused: a malformed answer
             self._fail(f"malformed answer: {exc}")
-            log.warning("pretix answer refused, queue kept: %s", exc)
+            log.warning("pretix answer refused%s: %s", "" if drained else ", queue kept", exc)
         else:
             self._backoff.reset()
             self._status.update(online=True, last_error=None, token_revoked=False, retry_in=None)
             self._status["last_sync"] = self._clock.now()
             await self._count_outbox()
             return True
-        self._status["retry_in"] = self._backoff.next_delay(at_least=retry_after or 0.0)
+        delay = self._backoff.next_delay(at_least=retry_after or 0.0)
+        # Uploads went through: the next round comes at the interval at the latest.
+        self._status["retry_in"] = min(delay, self._interval) if drained else delay
         await self._count_outbox()
         return False
 

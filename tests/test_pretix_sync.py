@@ -657,11 +657,32 @@ async def test_the_gates_entries_go_up_while_a_download_fails(rig: Rig) -> None:
     assert await rig.journal.unsynced() == [] and rig.up.status["outbox"] == 0
     (redeem,) = rig.fake.redeem_calls()
     assert redeem.body["nonce"] == entry.entry_id
+    # Rounds failing at the orders list come at the interval at the latest (30 s) while the
+    # uploads go through, not at the backoff's 60 s (found in review).
+    rig.fake.fault = "5xx"  # on /orders/ (Retry-After 7)
+    delays = []
+    for _ in range(7):
+        await rig.record(ours, "exit")
+        assert not await rig.up.sync_once()
+        assert rig.up.status["outbox"] == 0
+        delays.append(rig.up.status["retry_in"])
+    assert delays == [7, 7, 8, 16, 30, 30, 30], delays  # 32 and 60 capped
     rig.fake.fault, rig.fake.fault_on = "5xx", ""  # all down: the download's fault is shown
     await rig.record(ours, "exit")
+    uploads = len(rig.fake.redeem_calls())
     assert not await rig.up.sync_once()
     assert rig.up.status["last_error"] == f"GET {EVENT_PATH}/: HTTP 503"
-    assert rig.up.status["outbox"] == 1 and len(rig.fake.redeem_calls()) == 2
+    assert rig.up.status["outbox"] == 1 and len(rig.fake.redeem_calls()) == uploads + 1
+    assert rig.up.status["retry_in"] == 60  # nothing went through: the backoff
+    # A restarted gate whose first round fails before the check-in list is read uploads
+    # nothing: the config's policy is not the list's (a false duplicate alert otherwise).
+    restarted = make_upstream(rig.state_dir, rig.server.url, rig.journal, rig.store, rig.wall,
+                              [], [], device_token=API_TOKEN, device_id=1)  # fmt: skip
+    try:
+        assert not await restarted.sync_once()
+        assert len(rig.fake.redeem_calls()) == uploads + 1
+    finally:
+        await restarted.close()
 
 
 async def test_a_round_of_orders_cut_by_an_outage_goes_on_where_it_stopped(rig: Rig) -> None:
