@@ -448,7 +448,9 @@ class HubClient:
         except BaseException:
             self._feed_live = False
             raise
-        if page.caught_up and self._cursor >= cursor:
+        if not page.caught_up:  # more follows: not live until it is read (a live gate too)
+            self._feed_live = False
+        elif self._cursor >= cursor:
             self._feed_live = True
         if page.entries or self._cursor < cursor or not polled:
             return 0.0  # more to read, or caught up: the long-poll starts at once

@@ -344,6 +344,8 @@ class FeedPage:
             FeedEntry.from_json(o, at) for at, o in read.objects(obj, "entries", "", MAX_PAGE)
         )
         more = read.boolean(obj, "more", "") if "more" in obj else False
+        if more and not entries:  # a hub's cut page keeps one entry at least
+            raise ProtocolError("more: true on a page with no entries")
         return cls(entries, read.integer(obj, "next", ""), read.number(obj, "hub_time", ""), more)
 
     def to_json(self) -> dict[str, Any]:

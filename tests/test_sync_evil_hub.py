@@ -53,8 +53,8 @@ class EvilHub:
     upload_body: bytes | None = None  # answered with status 200 as it is (a garbled answer)
     uploads: list[float] = field(default_factory=list)
     hits: Counter[str] = field(default_factory=Counter)
-    # Set: the feed's first page is one entry with ``more``, and the next waits for the event.
-    feed_held: asyncio.Event | None = None
+    # The feed's answers in turn, each given once its event (if any) is set; then the usual.
+    feed_pages: list[tuple[asyncio.Event | None, dict[str, object]]] = field(default_factory=list)
     feed_asks: list[int] = field(default_factory=list)  # each feed request's ``after``
 
     def app(self) -> web.Application:
@@ -89,11 +89,11 @@ class EvilHub:
     async def _feed(self, request: web.Request) -> web.Response:
         after = int(request.query["after"])
         self.feed_asks.append(after)
-        if self.feed_held is not None:
-            if after == 0:
-                return self._json({"entries": [FEED_ENTRY], "next": 1, "more": True})
-            await self.feed_held.wait()
-            return self._json({"entries": [], "next": after, "more": False})
+        if self.feed_pages:
+            held, page = self.feed_pages.pop(0)
+            if held is not None:
+                await held.wait()
+            return self._json(page)
         await asyncio.sleep(0.2)  # the scenario: a long-poll that ends empty
         return self._json({"entries": [], "next": after})
 
@@ -336,7 +336,11 @@ async def test_a_page_with_more_to_follow_is_not_caught_up(
     ``more``: a gate holding such a page is not caught up, so it is not online (its decisions
     are flagged offline) until it has read what follows."""
     hub, url = evil
-    hub.feed_held = asyncio.Event()
+    rest = asyncio.Event()
+    hub.feed_pages = [
+        (None, {"entries": [FEED_ENTRY], "next": 1, "more": True}),
+        (rest, {"entries": [], "next": 1}),
+    ]
     async with open_gate(_evil_gate(tmp_path, keys_dir, url)) as gate:
         link = gate.hub
         assert link is not None
@@ -345,5 +349,46 @@ async def test_a_page_with_more_to_follow_is_not_caught_up(
             assert link.status()["feed_cursor"] == 1 and link.status()["last_success"] is not None
             assert not link.online and link.status()["feed_lag_s"] is None
         finally:
-            hub.feed_held.set()  # the held request ends either way
+            rest.set()  # the held request ends either way
         await until(lambda: link.online, what="online once the rest is read")
+
+
+async def test_a_live_gate_is_not_online_while_it_reads_what_follows_a_cut_page(
+    evil: tuple[EvilHub, str], keys_dir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a gate already live stayed online while it read the pages after one
+    with ``more`` (its decisions unflagged, yet entries of other gates not read)."""
+    hub, url = evil
+    cut, rest = asyncio.Event(), asyncio.Event()
+    hub.feed_pages = [
+        (None, {"entries": [], "next": 0}),  # caught up: live
+        (cut, {"entries": [FEED_ENTRY], "next": 1, "more": True}),
+        (rest, {"entries": [], "next": 1}),
+    ]
+    async with open_gate(_evil_gate(tmp_path, keys_dir, url)) as gate:
+        link = gate.hub
+        assert link is not None
+        try:
+            await until(lambda: link.online, what="online, caught up")
+            cut.set()
+            await until(lambda: 1 in hub.feed_asks, what="the page after the cut one asked for")
+            assert not link.online
+        finally:
+            cut.set()
+            rest.set()
+        await until(lambda: link.online, what="online once the rest is read")
+
+
+async def test_a_page_saying_more_with_no_entries_is_refused(
+    evil: tuple[EvilHub, str], keys_dir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a hub answering {"entries": [], "more": true} would have had the gate
+    ask again at once, without end (never caught up, never long-polling, no backoff)."""
+    hub, url = evil
+    hub.feed_pages = [(None, {"entries": [], "next": 0, "more": True})] * 3
+    async with open_gate(_evil_gate(tmp_path, keys_dir, url)) as gate:
+        link = gate.hub
+        assert link is not None
+        await until(lambda: "more: true on a page with no entries" in str(
+            link.status()["last_error"]), what="the page refused")  # fmt: skip
+        assert not link.online
