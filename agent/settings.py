@@ -8,6 +8,7 @@ the section and the key, and saying what was expected.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -142,9 +143,13 @@ def section(
 SHOWN_CHARS = 120  # of a refused value in an error message (it goes to the journal, one line)
 
 
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
 def _shown(value: Any) -> str:
-    """``repr(value)``, cut to :data:`SHOWN_CHARS` characters with how long it was."""
-    text = repr(value)
+    """``repr(value)``, a URL's user and password left out, cut to :data:`SHOWN_CHARS`
+    characters with how long it was."""
+    text = _USERINFO.sub("//…@", repr(value))
     if len(text) <= SHOWN_CHARS:
         return text
     return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"

@@ -69,7 +69,11 @@ def _render(sections: dict[str, dict[str, object]]) -> str:
         ("hub", "url", "https://hub:0", ["[hub] url", "port 1-65535"]),
         ("hub", "url", "https://hub:http", ["[hub] url", "port 1-65535"]),
         ("pretix", "url", "https://pretix.example:70000", ["[pretix] url", "port 1-65535"]),
-        ("pretix", "url", "https://", ["[pretix] url", "with a host"]),
+        ("pretix", "url", "https://", ["[pretix] url", "http(s)://host[:port][/prefix]"]),
+        # found in review: the pretix adapter refused these at start, after the check said OK
+        ("pretix", "url", "https://p.example/?x=1", ["[pretix] url", "[/prefix] (port"]),
+        ("pretix", "url", "https://u:pw@p.example", ["[pretix] url", "got 'https://…@p.ex"]),
+        ("hub", "url", "https://hub.example/#top", ["[hub] url", "[/prefix] (port"]),
         # found trying the product: port 0 loaded, and no `status` or display could find it
         ("status", "listen", "127.0.0.1:0", ["[status] listen", "a port of 1-65535"]),
         # a long value is cut in the message (one journal line), with its length
@@ -87,6 +91,7 @@ def test_bad_key_names_file_section_and_key(
         config.load(path)
     message = str(err.value)
     assert message.startswith(str(path)) and len(message) < len(str(path)) + 400
+    assert ":pw@" not in message  # a password in a URL is never echoed
     for part in expected:
         assert part in message
 

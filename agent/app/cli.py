@@ -356,15 +356,13 @@ def _events(args: argparse.Namespace) -> int:
 
     flt = ops.EventFilter(denied=args.denied, duplicates=args.duplicates, ticket=args.ticket)
     conf = config.load(args.config)
-    try:
-        return asyncio.run(
-            until_signalled(
-                lambda stop: ops.events(
-                    conf, flt, sys.stdout,
-                    follow=args.follow, as_json=args.json, last=args.last, stop=stop,
-                )
-            )
-        )  # fmt: skip
+
+    async def listing(stop: asyncio.Event | None) -> int:
+        return await ops.events(conf, flt, sys.stdout, follow=args.follow, as_json=args.json,
+                                last=args.last, stop=stop)  # fmt: skip
+
+    try:  # following ends with SIGINT/SIGTERM (exit 0); a listing stops as any command does
+        return asyncio.run(until_signalled(listing) if args.follow else listing(None))
     except BrokenPipeError:  # `gate-agent events | head`: the reader has all it wanted
         _stdout_closed()
         return 0

@@ -175,13 +175,15 @@ _NAME: tuple[typing.Callable[[Any], bool], str] = (
 
 
 def _http_url(value: str) -> bool:
-    """An http(s) URL with a host, and a port of 1-65535 when it names one."""
+    """http(s)://host[:port][/prefix]: a host, a port of 1-65535 when it names one, and no
+    query, fragment or user (what the hub client and the pretix adapter take)."""
     try:
         parts = urlsplit(value)
         port = parts.port  # ValueError: not a number, or past 65535
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+    plain = not (parts.query or parts.fragment or parts.username or parts.password)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and plain
 
 
 # Range checks beyond the type: (section, key) -> (predicate, what is expected).
@@ -201,7 +203,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("lane", "name"): _NAME,
     ("lane", "repeat_window_ms"): (lambda v: 0 <= v <= 600_000, "0-600000 ms"),
     ("lane", "passage_timeout_s"): (lambda v: 0.1 <= v <= 600, "0.1-600 seconds"),
-    ("pretix", "url"): (lambda v: _http_url(v), "an http(s) URL with a host (port 1-65535)"),
+    ("pretix", "url"): (lambda v: _http_url(v), "http(s)://host[:port][/prefix] (port 1-65535)"),
     ("pretix", "checkin_list"): (lambda v: v >= 1, "a check-in list id >= 1"),
     ("pretix", "interval_s"): (lambda v: 1 <= v <= 3600, "1-3600 seconds"),
     ("pretix", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
@@ -215,10 +217,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("display", "clear_after_s"): (lambda v: 1 <= v <= 600, "1-600 seconds"),
     ("display", "stale_after_s"): (lambda v: 3 <= v <= 120, "3-120 seconds"),
     ("journal", "retain_synced_days"): (lambda v: 0 <= v <= 3650, "0 (keep all) to 3650 days"),
-    ("hub", "url"): (
-        lambda v: _http_url(v),
-        "an http:// or https:// URL with a host (port 1-65535)",
-    ),
+    ("hub", "url"): (lambda v: _http_url(v), "http(s)://host[:port][/prefix] (port 1-65535)"),
     ("hub", "heartbeat_s"): (lambda v: 0.1 <= v <= 3600, "0.1-3600 seconds"),
     ("hub", "wait_s"): (lambda v: 0 <= v <= 30, "0-30 seconds"),
     ("hub", "timeout_s"): (lambda v: 0.5 <= v <= 120, "0.5-120 seconds"),
