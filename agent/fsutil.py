@@ -87,6 +87,15 @@ def _sync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
+def sqlite_readonly(path: Path) -> str:
+    """The URI that opens the SQLite file at ``path`` without writing or creating anything
+    (for a check as another user, e.g. root beside the gate's files): immutable while no -wal
+    file is there (the gate stopped: even a read-only WAL open would create -wal/-shm files,
+    possibly owned by the wrong user), else read-only."""
+    wal = path.with_name(path.name + "-wal").exists()
+    return f"file:{path}?{'mode=ro' if wal else 'immutable=1'}"
+
+
 @contextlib.contextmanager
 def state_lock(state_dir: Path, *, create: bool = True) -> Iterator[None]:
     """Hold ``state_dir`` for this process while the context lasts.

@@ -13,8 +13,10 @@ import pytest
 from agent import revocation_issuer, tickets
 from agent.app import config
 from agent.app.daemon import open_gate
+from agent.clock import Clock
 from agent.errors import ConfigError
 from agent.issuer import Issuer
+from agent.journal import Journal
 from agent.model import Reason
 from agent.ports import Scan
 from tests.conftest import WriteConfig
@@ -155,6 +157,15 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     r = _selftest_config_only(tmp_path / "gate.toml")
     assert r.returncode == 2 and r.stdout == ""
     assert f"[gate] state_dir: {state / 'journal.db'}: file is not a database" in r.stderr
+    # Another gate's journal (run refuses it), read without creating a file beside it
+    (state / "journal.db").unlink()
+    other = await Journal.open(state / "journal.db", gate_id="gate-9", gate_name="Gate 9",
+                               clock=Clock(assume="synced"))  # fmt: skip
+    await other.close()
+    before = sorted(p.name for p in state.iterdir())
+    r = _selftest_config_only(tmp_path / "gate.toml")
+    assert r.returncode == 2 and "the journal of gate 'gate-9', not 'gate-1'" in r.stderr
+    assert sorted(p.name for p in state.iterdir()) == before  # no -wal/-shm made by the check
 
 
 @pytest.mark.parametrize(

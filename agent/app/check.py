@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent import journal, rules
 from agent.app import config as cfg
-from agent.app.daemon import gate_policy, load_lists, open_trust
+from agent.app.daemon import apply_lists, gate_policy, load_lists, open_trust
 from agent.checker import Checker, Evaluation
 from agent.clock import Clock, ClockReading
 from agent.errors import (
@@ -37,11 +37,10 @@ from agent.errors import (
     ConfigError,
     IssuerError,
     RevocationError,
-    RollbackError,
     TrustError,
     UsageError,
 )
-from agent.fsutil import file_problem
+from agent.fsutil import file_problem, sqlite_readonly
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
 from agent.trust import TrustStore, UpstreamTrust, load_root_key
@@ -127,12 +126,9 @@ def _keys_trust(keys_dir: Path) -> TrustStore:
 
 def copy_store(src: Path, dst: Path) -> None:
     """Copy the gate's revocation store without writing to it (SQLite online backup)."""
-    # With no -wal file (gate stopped), open immutable: even a read-only WAL open would create
-    # -wal/-shm files, possibly owned by the wrong user.
-    mode = "mode=ro" if src.with_name(src.name + "-wal").exists() else "immutable=1"
     try:
         with (
-            contextlib.closing(sqlite3.connect(f"file:{src}?{mode}", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(sqlite_readonly(src), uri=True)) as source,
             contextlib.closing(sqlite3.connect(dst)) as target,
         ):
             source.backup(target)
@@ -298,15 +294,13 @@ async def evaluate(req: CheckRequest, text: str) -> Evaluation:
 
         async with await RevocationStore.open(Path(tmp) / "revocations.db") as store:
             await load_lists(store, setup.lists, setup.trust)
-            for path in setup.given:
-                try:
-                    await store.apply_file(path, setup.trust.signers())
-                except RollbackError:  # already installed (the gate's store had it)
-                    pass
-                except RevocationError as exc:
-                    raise UsageError(f"--revocations {path}: refused: {exc}") from None
+            await apply_lists(store, setup.given, setup.trust.signers(), _given_refused)
             checker = Checker(setup.trust, lambda: store.index, lambda: store.meta, policy)
             return await checker.evaluate(text, lookup, reading, explain=True)
+
+
+def _given_refused(path: Path, exc: RevocationError) -> None:
+    raise UsageError(f"--revocations {path}: refused: {exc}") from None
 
 
 def as_dict(ev: Evaluation) -> dict[str, Any]:

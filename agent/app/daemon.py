@@ -14,7 +14,7 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from agent.errors import (
 )
 from agent.fsutil import state_lock
 from agent.journal import Journal
+from agent.keys import PublicKey
 from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
 from agent.revocation import RevocationStore
 from agent.rules import Direction, GatePolicy
@@ -120,18 +121,34 @@ def open_trust(
     return store
 
 
-async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStore) -> None:
-    """Apply revocation files in order; already-installed ones are skipped, bad ones reported."""
+async def apply_lists(
+    store: RevocationStore,
+    files: Sequence[Path],
+    signers: Sequence[PublicKey],
+    refused: Callable[[Path, RevocationError], None],
+) -> None:
+    """Apply revocation files in order, as `run` does: an installed one is skipped, a refused
+    one is handed to ``refused`` (which may raise to stop) and the next ones are still tried.
+    `run`, `check --revocations` and `selftest --config-only` all take them this way."""
     for path in files:
         try:
-            meta = await store.apply_file(path, trust.signers())
+            meta = await store.apply_file(path, signers)
         except RollbackError:
             log.debug("revocation file %s already installed", path)
         except RevocationError as exc:
-            log.error("revocation file %s refused, keeping version %d: %s", path,
-                      store.meta.version, exc)  # fmt: skip
+            refused(path, exc)
         else:
             log.info("revocation list version %d installed from %s", meta.version, path)
+
+
+async def load_lists(store: RevocationStore, files: list[Path], trust: TrustStore) -> None:
+    """Apply revocation files in order (:func:`apply_lists`); a refused one is logged."""
+
+    def logged(path: Path, exc: RevocationError) -> None:
+        log.error("revocation file %s refused, keeping version %d: %s", path,
+                  store.meta.version, exc)  # fmt: skip
+
+    await apply_lists(store, files, trust.signers(), logged)
 
 
 FLOOR_PERSIST_S = 60.0

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from agent import keys, rules
 from agent.app import config as cfg
 from agent.errors import AgentError, ConfigError, StateInUse
-from agent.fsutil import state_lock
+from agent.fsutil import sqlite_readonly, state_lock
 from agent.redact import text_digest
 from drivers import registry
 
@@ -296,24 +296,22 @@ def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[
     """What `run` would refuse of the [revocation] files, each applied in order, as `run` does,
     to a scratch copy of the installed list: one line each (a missing file is said apart)."""
     from agent.app.check import copy_store
-    from agent.errors import RevocationError, RollbackError
+    from agent.app.daemon import apply_lists
+    from agent.errors import RevocationError
     from agent.revocation import RevocationStore
 
+    refused: list[str] = []
+
+    def said(path: Path, exc: RevocationError) -> None:
+        refused.append(
+            f"[revocation] files: {path}: refused ({exc}); the gate starts with the list it has"
+            " installed"
+        )
+
     async def apply(scratch: Path) -> list[str]:
-        refused = []
+        files = [lst for lst in conf.revocation.files if lst.is_file()]  # missing: said apart
         async with await RevocationStore.open(scratch) as store:
-            for lst in conf.revocation.files:
-                if not lst.is_file():
-                    continue
-                try:
-                    await store.apply_file(lst, signers)
-                except RollbackError:  # already installed
-                    pass
-                except RevocationError as exc:
-                    refused.append(
-                        f"[revocation] files: {lst}: refused ({exc}); the gate starts with the"
-                        " list it has installed"
-                    )
+            await apply_lists(store, files, signers, said)
         return refused
 
     with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
@@ -323,8 +321,9 @@ def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[
         return asyncio.run(apply(Path(tmp) / "revocations.db"))
 
 
-def _unreadable_state(state: Path) -> str | None:
-    """Why the journal or revocation store in ``state`` cannot be opened (run stops on it)."""
+def _unreadable_state(state: Path, gate_id: str) -> str | None:
+    """Why the journal or revocation store in ``state`` cannot be opened by this gate (run
+    stops on it): not a database, not a journal, another gate's journal. Writes nothing."""
     import sqlite3
 
     from agent.journal import schema
@@ -334,10 +333,13 @@ def _unreadable_state(state: Path) -> str | None:
         try:
             if not path.exists():
                 continue
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
                 db.execute("PRAGMA schema_version").fetchone()
                 if name == "journal.db":
                     schema.require_journal(db, path)
+                    owner = db.execute("SELECT value FROM meta WHERE key = 'gate_id'").fetchone()
+                    if owner is not None and owner[0] != gate_id:
+                        return f"{path}: the journal of gate {owner[0]!r}, not {gate_id!r}"
         except PermissionError:
             continue  # the gate user's folder: the state folder's own check says so
         except (sqlite3.Error, AgentError) as exc:
@@ -377,7 +379,7 @@ def check_config(path: Path, out: TextIO) -> int:
             f"{conf.path}: [gate] state_dir: {state}: {exc.strerror}: run the check as the"
             " gate's user (sudo -u gate-agent gate-agent selftest --config-only ...)"
         ) from None
-    if (broken := _unreadable_state(state)) is not None:
+    if (broken := _unreadable_state(state, conf.gate.id)) is not None:
         raise AgentError(
             f"{conf.path}: [gate] state_dir: {broken}: the gate cannot start on it (keep the"
             " file for the record, move it aside and start again: an empty one is made)"
