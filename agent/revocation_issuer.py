@@ -134,9 +134,12 @@ def issue_delta(
     overwritten would be a gap for every gate that missed it), and its version is recorded only
     then: a delta that could not be written uses up no version (the next one would otherwise
     start from a version no gate has, and every gate would refuse it and all after it). The new
-    version goes into ``state_path`` atomically, so a version is never issued twice; when that
-    fails, ``out`` is removed again. Raises IssuerError for bad arguments, an ``out`` that exists
-    or cannot be written, or an unreadable or unwritable state file.
+    version goes into ``state_path`` atomically; when that fails, ``out`` is removed again. Only
+    a crash (or power cut) between the two leaves ``out`` written and its version unrecorded:
+    the next delta is then issued under the same version, and only one of the two may be
+    published (gates take the first they see and refuse the other). Raises IssuerError for bad
+    arguments, an ``out`` that exists or cannot be written, or an unreadable or unwritable state
+    file.
     """
     if validity_s <= 0:
         raise IssuerError(f"validity_s must be positive, got {validity_s}")

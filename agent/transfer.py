@@ -77,8 +77,9 @@ def transfer(iss: Issuer, out: Path, text: str, *, now: float | None = None) -> 
         ticket_id=bytes.fromhex(fields["ticket_id"]),
         token_id=secrets.token_bytes(16),
     )
-    # The new ticket first, then the old one's revocation: a failure leaves neither (no version
-    # of the list used up, no second valid ticket beside the old one).
+    # The new ticket first, then the old one's revocation: an error leaves neither (no version
+    # of the list used up, no second valid ticket beside the old one). A crash between the two
+    # leaves the new ticket's files without a revocation: hand them out only with one.
     [path] = write_tickets(out, [new_text])
     revocation = path.with_suffix(".revocation.json")
     try:
