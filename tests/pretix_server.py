@@ -108,6 +108,7 @@ class FakePretix:
     # called with the page number after each orders page is answered
     after_orders_page: Callable[[int], None] | None = None
     lose_every: int = 0  # every n-th GET answers 502, no Retry-After (a lossy link); 0: none
+    lose_retry_after: str | None = None  # set: those answers are 503 with this Retry-After
 
     def redeem_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/redeem/")]
@@ -143,6 +144,8 @@ def make_app(state: FakePretix) -> web.Application:
         request[_JSON] = body
         gets = sum(c.method == "GET" for c in state.calls)
         if request.method == "GET" and state.lose_every and gets % state.lose_every == 0:
+            if state.lose_retry_after is not None:
+                return web.Response(status=503, headers={"Retry-After": state.lose_retry_after})
             return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         fault = state.fault if unquote(raw_path).endswith(state.fault_on) else None
         if fault == "slow":

@@ -476,9 +476,10 @@ async def test_double_admission_alert_names_both_gates(
     assert (await a.upload(api, first)).status == 200
     assert (await b.upload(api, second)).status == 200
     raised = (await alerts_after(api, a.token, alerts_start)).alerts
-    # Earlier entry first, by HLC then entry_id: two journals can record in one millisecond.
-    (early, late) = sorted(((first.hlc, first.entry_id, "North 1", first.wall_time),
-                            (second.hlc, second.entry_id, "South 2", second.wall_time)))  # fmt: skip
+    # Earlier entry first, in the venue's order (TicketRow.order: by HLC, then gate id and
+    # gate_seq): two journals can record in one millisecond, and then the gate id decides.
+    (early, late) = sorted(((first.hlc, first.gate_id, "North 1", first.wall_time),
+                            (second.hlc, second.gate_id, "South 2", second.wall_time)))  # fmt: skip
     assert [(x.kind, x.gates, x.times) for x in raised] == [
         ("double_admission", (early[2], late[2]), (early[3], late[3]))
     ]

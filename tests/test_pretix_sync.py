@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -685,6 +686,15 @@ async def test_the_gates_entries_go_up_while_a_download_fails(rig: Rig) -> None:
         await restarted.close()
 
 
+async def test_a_short_retry_after_is_waited_for_within_the_round(rig: Rig) -> None:
+    await initialized(rig)
+    rig.fake.lose_every, rig.fake.lose_retry_after = 2, "1"  # every other GET: 503, 1 s
+    started = time.monotonic()
+    assert await rig.up.sync_once(), rig.up.status["last_error"]
+    lost = sum(1 for c in rig.fake.calls if c.method == "GET") // 2
+    assert lost >= 3 and time.monotonic() - started >= lost * 1.0  # each waited for, no less
+
+
 async def test_a_round_of_orders_cut_by_an_outage_goes_on_where_it_stopped(rig: Rig) -> None:
     """Found trying the product: a fresh gate's first round at a big event reads every order
     (a thousand pages, 13 minutes at 50,000 tickets); an outage of pretix in the middle began it
@@ -729,6 +739,24 @@ async def test_a_round_of_orders_cut_by_an_outage_goes_on_where_it_stopped(rig: 
         assert "created_since" not in again.query
     finally:
         await restarted.close()
+
+
+async def test_an_unreadable_resume_point_starts_the_orders_over(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    await initialized(rig)
+    (rig.state_dir / "pretix_sync.json").write_text(json.dumps(
+        {"orders_resume_started": "yesterday", "orders_resume_created_since": "2026-11-01T10:00Z"}
+    ))  # fmt: skip
+    restarted = make_upstream(rig.state_dir, rig.server.url, rig.journal, rig.store, rig.wall,
+                              [], [], device_token=API_TOKEN, device_id=1)  # fmt: skip
+    try:
+        assert await restarted.sync_once()
+    finally:
+        await restarted.close()
+    (first,) = rig.fake.calls_to("/orders/")
+    assert "created_since" not in first.query and "page" not in first.query
+    assert "unreadable resume point of the orders, starting over" in caplog.text
 
 
 async def test_401_reports_token_revoked_and_keeps_queue(rig: Rig) -> None:
