@@ -165,13 +165,15 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> hub_rules.IngestPlan:
             spent, quota = 0, 0.0
+            # Read before the ingest lock: it reads each of the gate's rows once (once per gate
+            # and process), and no other gate's batch should wait for that.
+            last = None  # (allowance ignores it for a gate the quota got to know meanwhile)
+            if not self._quota.knows(gate_id):
+                last = await conn.fetchval(_LAST_RECEIVED, gate_id)
             try:
                 async with conn.transaction():
                     await conn.execute(_BEGIN_INGEST, self._lock_key)
                     known = await _known(conn, gate_id, entries, self._policy, now)
-                    last = None
-                    if not self._quota.knows(gate_id):
-                        last = await conn.fetchval(_LAST_RECEIVED, gate_id)
                     # No await from here to the spend: no other batch of this process between.
                     quota = self._quota.allowance(gate_id, now, last)
                     known = replace(known, quota=quota)
