@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,12 @@ _ORDERS_CURSOR = "orders_modified_since"
 _ORDERS_RESUME_FROM = "orders_resume_created_since"
 _ORDERS_RESUME_STARTED = "orders_resume_started"
 _RESUME_KEYS = (_ORDERS_RESUME_STARTED, _ORDERS_RESUME_FROM)
+# What the cursors were read from: the orders' (and their resume point) from an event's orders
+# for one check-in list, the secrets' from an event. A gate moved to another list or event
+# reads that one from the start (a cursor of another list skips the check-ins on this one in
+# orders modified before it). A cursor stored before these existed is taken as this scope's.
+_ORDERS_SCOPE = "orders_scope"
+_SECRETS_SCOPE = "pretix_secrets_scope"
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
 # this and one page (pretix_http.MAX_BODY), however many pages a server sends.
 APPLY_EVERY = 10_000
@@ -80,6 +87,13 @@ class PretixDownload:
         self._state_dir = state_dir
         self._journal, self._revocations, self._clock = journal, revocations, clock
         self._cursors = load_cursors(state_dir)
+        self._secrets_scope = http.base_url + event_path
+        scope = f"{self._secrets_scope} list {checkin_list}"
+        if self._cursors.get(_ORDERS_SCOPE, scope) != scope:
+            log.warning("pretix: another event or check-in list than before: its check-ins"
+                        " are read from the start")  # fmt: skip
+            self._cursors = {}
+        self._cursors[_ORDERS_SCOPE] = scope
         self._position_peers: dict[int, wire.Peers] = {}  # position id -> its peers' check-ins
 
     async def event(self) -> dict[str, Any]:
@@ -106,6 +120,11 @@ class PretixDownload:
         the round's last part stamps the list fresh: a round that fails half-way keeps what it
         applied (the next one goes on from its cursor) and the list's freshness as it was."""
         cursor = self._revocations.upstream_cursor
+        if cursor.get(_SECRETS_SCOPE, self._secrets_scope) != self._secrets_scope:
+            log.warning("pretix: another event than before: its revoked and blocked secrets"
+                        " are read from the start")  # fmt: skip
+            cursor = {}
+        scope = {_SECRETS_SCOPE: self._secrets_scope}
         before = self._revocations.meta.version
         revoked: list[str] = []
         applied = 0
@@ -123,7 +142,9 @@ class PretixDownload:
             newest_read = wire.latest(newest_read, rows, "created", not_after)
             newest_created = _held_back(old_created, newest_read, "created", not_after)
             if len(revoked) >= APPLY_EVERY:
-                await self._apply(revoked, {}, {_REVOKED_CURSOR: newest_created}, whole=False)
+                await self._apply(
+                    revoked, {}, {**scope, _REVOKED_CURSOR: newest_created}, whole=False
+                )
                 applied, revoked = applied + len(revoked), []
         # Blocked secrets by id, which no change moves: ordered by "updated", a row blocked or
         # unblocked mid-round moved to the end, the rows after it moved back one place, and the
@@ -142,9 +163,9 @@ class PretixDownload:
         async for reply, _rows in self._http.pages(path, params):
             blocked.update(pretix_event.blocked_secrets(reply.body))  # later rows win
             if len(blocked) >= APPLY_EVERY:
-                await self._apply([], blocked, {}, whole=False)
+                await self._apply([], blocked, scope, whole=False)
                 applied, blocked = applied + len(blocked), {}
-        new_cursor = {_REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
+        new_cursor = {**scope, _REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
         meta = await self._apply(revoked, blocked, new_cursor, whole=True)
         if meta.version != before:  # the cursor rows come back every round: quiet then
             log.info(
@@ -168,7 +189,7 @@ class PretixDownload:
         self,
         revoked: list[str],
         blocked: dict[str, bool],
-        cursor: dict[str, str | None],
+        cursor: Mapping[str, str | None],
         *,
         whole: bool,
     ) -> ListMeta:

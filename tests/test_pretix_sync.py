@@ -92,7 +92,8 @@ def make_upstream(rig_dir: Path, url: str, journal: Journal, store: RevocationSt
                   wall: Wall, trust: list[TrustBundle], alerts: list[PretixAlert],
                   **kw: Any) -> PretixUpstream:  # fmt: skip
     return PretixUpstream(
-        base_url=url, organizer=ORG, event=EVENT, checkin_list=11, state_dir=rig_dir,
+        base_url=url, organizer=ORG, event=EVENT, checkin_list=kw.pop("checkin_list", 11),
+        state_dir=rig_dir,
         journal=journal, revocations=store, set_trust=trust.append,
         clock=Clock(assume=kw.pop("assume", "synced"), wall=wall),
         base_policy=GatePolicy("Gate 3", None),
@@ -739,6 +740,39 @@ async def test_a_round_of_orders_cut_by_an_outage_goes_on_where_it_stopped(rig: 
         assert "created_since" not in again.query
     finally:
         await restarted.close()
+
+
+async def test_a_gate_moved_to_another_list_or_event_reads_it_from_the_start(rig: Rig) -> None:
+    """Found in review: the download cursors were not tied to the event and list they were
+    read from. A gate moved to another check-in list went on from the old list's orders cursor
+    (check-ins on the new list in orders modified before it never learnt: those tickets
+    admitted again); moved to another event, the revoked and blocked secrets' cursors too."""
+    secret = CASES["valid_standard_3"]["secret"]
+    other_list = {**checkin(90, 2, "2026-11-23T02:40:00Z"), "list": 12}
+    rig.fake.positions = [(T0 - 60, position_with(secret, [other_list]))]
+    await initialized(rig)
+    assert await rig.up.sync_once()  # list 11: the check-in on list 12 is not this gate's
+    assert await rig.journal.history("pretix:" + secret) == []
+    moved = make_upstream(rig.state_dir, rig.server.url, rig.journal, rig.store, rig.wall,
+                          [], [], device_token=API_TOKEN, device_id=1, checkin_list=12)  # fmt: skip
+    try:
+        before = len(rig.fake.calls)
+        assert await moved.sync_once()
+    finally:
+        await moved.close()
+    (orders,) = [c for c in rig.fake.calls[before:] if c.path.endswith("/orders/")]
+    assert "modified_since" not in orders.query  # the new list's orders from the start
+    assert [h.gate_id for h in await rig.journal.history("pretix:" + secret)] == ["pretix-device-2"]
+    (revoked,) = [c for c in rig.fake.calls[before:] if c.path.endswith("/revokedsecrets/")]
+    assert "created_since" in revoked.query  # the same event: its secrets' cursors stand
+    # Cursors read from another event (here: as stored by a gate configured for it before)
+    await rig.store.apply_secrets(cursor={"pretix_secrets_scope": "https://old.example/ev/"})
+    before = len(rig.fake.calls)
+    assert await rig.up.sync_once()
+    (revoked,) = [c for c in rig.fake.calls[before:] if c.path.endswith("/revokedsecrets/")]
+    assert "created_since" not in revoked.query
+    blocked = [c for c in rig.fake.calls[before:] if c.path.endswith("/blockedsecrets/")]
+    assert all("updated_since" not in c.query for c in blocked)
 
 
 async def test_an_unreadable_resume_point_starts_the_orders_over(
