@@ -408,7 +408,7 @@ def _hub_conf(tmp_path: Path, keys: Path, hub: str, *, extra: str = "") -> Path:
             "exactly one of token and token_file",
         ),
         ('url = "http://h"\n', "exactly one of token and token_file"),
-        ('url = "ftp://h"\ntoken = "t"\n', "[hub] url: expected an http:// or https:// URL"),
+        ('url = "ftp://h"\ntoken = "t"\n', "[hub] url: expected http(s)://host[:port][/prefix]"),
         ('url = "http://h/?a=1"\ntoken = "t"\n', "[hub] url"),
         ('url = "http://h"\ntoken = "t"\nca = "ca.pem"\n', "need an https:// url"),
         ('url = "https://h"\ntoken = "t"\ncert = "gate.toml"\n', "cert and key"),
