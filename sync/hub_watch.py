@@ -142,6 +142,33 @@ class Throttle:
         return f" ({'; '.join(notes)})" if notes else ""
 
 
+class RequestErrors(logging.Filter):
+    """For the logger aiohttp's request handler writes to (``web.AppRunner(logger=...)``): a
+    request it could not read (a head past 8 kB, a malformed line, a body it could not take) is
+    one WARNING naming the client and the kind of error, at most one per client a minute and
+    :data:`LOG_BUDGET` in all (:class:`Throttle`), never the exception's text or traceback:
+    aiohttp quotes the offending line, e.g. an over-long ``Authorization: Bearer <token> xxx...``
+    header sent by anyone, with no token needed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = Throttle(clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        client = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "?"
+        code = getattr(exc, "code", None)
+        what = type(exc).__name__ + (f" {code}" if isinstance(code, int) else "")
+        if (more := self._throttle.due((client_net(client), what))) is None:
+            return False
+        record.msg, record.args = "request from %s not handled: %s%s", (client, what, more)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class HandshakeLog:
     """Logs refused handshakes: a WARNING per address and reason, then at most one per
     :data:`WARN_EVERY_S` with how many were held back; other failures at DEBUG."""

@@ -213,6 +213,44 @@ async def test_a_known_gates_refused_requests_are_one_log_line_a_minute(
     assert lines == [lines[0]] and "token of gate thief refused for gate gate-a" in lines[0]
 
 
+async def test_requests_aiohttp_cannot_read_are_a_line_a_minute_without_their_content(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Found by a security trial, with no token needed: an Authorization header past 8 kB
+    ("Bearer <a real console token> xxx...") made aiohttp log an ERROR with a traceback quoting
+    the header's first 100 bytes, the token with them, for every request; and a body that was
+    not what its Content-Encoding said (gzip) was a 500 with tracebacks, also before any token
+    was checked. Each is now a 400 and one WARNING a minute per client naming only the error."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    console = add_token(setup, console="alice")
+    gate = add_token(setup, gate_id="g1")
+    with HubProcess(setup) as proc:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+            long = f"Authorization: Bearer {console} " + "x" * 9000
+            writer.write(f"GET /v1/alerts HTTP/1.1\r\nHost: hub\r\n{long}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await reader.readline()).split()[1] == b"400"
+            writer.close()
+        async with aiohttp.ClientSession() as session:
+            for token in ("no-such-token", gate):
+                for _ in range(10):
+                    async with session.post(
+                        f"{setup.url}/v1/gates/g1/heartbeat", data=b"not gzip at all",
+                        headers={"Authorization": f"Bearer {token}",
+                                 "Content-Encoding": "gzip",
+                                 "Content-Type": "application/json"},
+                    ) as reply:  # fmt: skip
+                        assert reply.status in (400, 401), reply.status
+                        if token == gate:
+                            assert "body" in (await reply.json())["message"]
+        log = proc.log_tail(100_000)
+    assert console not in log and "Traceback" not in log and "ERROR" not in log, log
+    (line,) = [line for line in log.splitlines() if "not handled" in line]
+    assert "request from 127.0.0.1 not handled: LineTooLong 400" in line
+    assert "WARNING" in line
+
+
 async def test_connections_cut_mid_body_are_one_log_line_a_minute(
     tmp_path: Path, keys_dir: Path
 ) -> None:
