@@ -110,6 +110,11 @@ async def add_console_token(config: HubConfig, name: str, role: Role = "console"
         raise UsageError(f"{role} name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = new_token()
     async with opened_store(config) as store:
+        if await store.named_tokens(role, name):  # its actions are recorded under the name
+            raise UsageError(
+                f"a {role} token named {name} exists: revoke it first (hub token"
+                f" --revoke-{role} {name}) or choose another name"
+            )
         await store.add_token(hash_token(token), role, None, name)
     return token
 
@@ -206,6 +211,12 @@ async def revoke_gate(config: HubConfig, gate_id: str) -> int:
     """Delete every token of ``gate_id``; returns how many there were."""
     async with opened_store(config) as store:
         return await store.revoke_tokens(gate_id)
+
+
+async def revoke_named(config: HubConfig, role: Role, name: str) -> int:
+    """Delete the console (or issuing) tokens named ``name``; returns how many there were."""
+    async with opened_store(config) as store:
+        return await store.named_tokens(role, name, revoke=True)
 
 
 # --- signed documents ------------------------------------------------------------------------

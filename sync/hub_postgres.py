@@ -83,6 +83,8 @@ _SET_GATE_NAME = hub_sql.numbered(hub_sql.SET_GATE_NAME)
 _INSERT_TOKEN = hub_sql.numbered(hub_sql.INSERT_TOKEN) + " ON CONFLICT (token_hash) DO NOTHING"
 _TOKEN = hub_sql.numbered(hub_sql.TOKEN)
 _REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
+_NAMED_TOKENS = hub_sql.numbered(hub_sql.NAMED_TOKENS)
+_REVOKE_NAMED_TOKENS = hub_sql.numbered(hub_sql.REVOKE_NAMED_TOKENS)
 _DELTAS = hub_sql.numbered(hub_sql.DELTAS)
 _INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
 _PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
@@ -288,6 +290,15 @@ class PostgresHubStore(PostgresConsoleQueries):
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
         status = await self._run(lambda conn: conn.execute(_REVOKE_TOKENS, gate_id))
         return int(status.rsplit(" ", 1)[-1])
+
+    async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
+        """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
+        Raises HubStoreError."""
+        if revoke:
+            status = await self._run(lambda conn: conn.execute(_REVOKE_NAMED_TOKENS, role, name))
+            return int(status.rsplit(" ", 1)[-1])
+        count = await self._run(lambda conn: conn.fetchval(_NAMED_TOKENS, role, name))
+        return int(count)
 
     async def revocation_state(self) -> RevocationState:
         """The current list version and keys. Raises HubStoreError."""

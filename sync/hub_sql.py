@@ -167,6 +167,9 @@ INSERT_TOKEN = "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)
 )
 TOKEN = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = ?"  # noqa: S105
 REVOKE_TOKENS = "DELETE FROM tokens WHERE gate_id = ?"
+# Console and issuing tokens have no gate: they are named (the name their actions are recorded by).
+NAMED_TOKENS = "SELECT count(*) FROM tokens WHERE role = ? AND name = ? AND gate_id IS NULL"
+REVOKE_NAMED_TOKENS = "DELETE FROM tokens WHERE role = ? AND name = ? AND gate_id IS NULL"
 OLDEST_DELTA = "SELECT min(version) FROM revocation_deltas"
 DELTAS = "SELECT document FROM revocation_deltas WHERE version > ? ORDER BY version LIMIT ?"
 INSERT_DELTA = "INSERT INTO revocation_deltas (version, document) VALUES (?, ?)"

@@ -268,6 +268,15 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
         return await self._run(lambda db: db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
 
+    async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
+        """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
+        Raises HubStoreError."""
+        if revoke:
+            sql = hub_sql.REVOKE_NAMED_TOKENS
+            return await self._run(lambda db: db.execute(sql, (role, name)).rowcount)
+        row = await self._run(lambda db: db.execute(hub_sql.NAMED_TOKENS, (role, name)).fetchone())
+        return int(row[0])
+
     async def revocation_state(self) -> RevocationState:
         """The current list version and keys. Raises HubStoreError."""
         state = await self._run(lambda db: _transaction(db, _read_revocations))

@@ -211,6 +211,11 @@ class HubStore(Protocol):
         """Delete every token of a gate; returns how many."""
         ...
 
+    async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
+        """How many console (or issuing) tokens are stored under ``name``; with ``revoke``,
+        delete them and return how many were."""
+        ...
+
     async def revocation_state(self) -> RevocationState:
         """The current list version and keys (version 0, empty, before any delta)."""
         ...

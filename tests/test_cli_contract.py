@@ -14,6 +14,8 @@ import pwd
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from agent.app.cli_args import build_parser
 from agent.errors import ConfigError
 from agent.issuer import Issuer
 from tests.conftest import WriteConfig
-from tests.hubproc import write_hub_config
+from tests.hubproc import HubProcess, write_hub_config
 
 EXE = (sys.executable, "-m", "agent")
 EX_CONFIG = 78
@@ -274,6 +276,47 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
     # Both tokens exist at the hub: the refused run stored none (2 deleted, not 3).
     revoked = ga("hub", "token", "--config", setup.config, "--revoke-gate", "gate-a")
     assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"
+
+
+def _status(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_console_and_issuing_tokens_can_be_revoked_and_names_are_not_shared(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Found by a security trial: a console token (its URL in a browser's history) could not
+    be revoked at all; `--console dana` twice gave two tokens both acting as dana; and
+    `--revoke-gate` with a mistyped id said "0 tokens ... deleted", exit 0, as if done."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    made = ga("hub", "token", "--config", setup.config, "--console", "dana")
+    assert made.returncode == 0
+    dana = made.stdout.strip()
+    again = ga("hub", "token", "--config", setup.config, "--console", "dana")
+    assert again.returncode == 2 and again.stdout == ""
+    assert "a console token named dana exists: revoke it first (hub token --revoke-console" in (
+        again.stderr
+    )
+    shop = ga("hub", "token", "--config", setup.config, "--issuing", "shop").stdout.strip()
+    with HubProcess(setup):
+        assert _status(setup.url + "/v1/alerts", dana) == 200
+        done = ga("hub", "token", "--config", setup.config, "--revoke-console", "dana")
+        assert done.returncode == 0 and done.stdout.strip() == "1 token of console dana deleted"
+        assert _status(setup.url + "/v1/alerts", dana) == 401
+        done = ga("hub", "token", "--config", setup.config, "--revoke-issuing", "shop")
+        assert done.returncode == 0 and done.stdout.strip() == "1 token of issuing shop deleted"
+        assert _status(setup.url + "/v1/alerts", shop) == 401
+    for option, name in (("--revoke-gate", "gate-a-typo"), ("--revoke-console", "dana")):
+        typo = ga("hub", "token", "--config", setup.config, option, name)
+        assert typo.returncode == 1 and typo.stdout == ""
+        assert "(nothing deleted)" in typo.stderr
+    remade = ga("hub", "token", "--config", setup.config, "--console", "dana")
+    assert remade.returncode == 0 and remade.stdout.strip() != dana
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="--owner gives a file away: root only")

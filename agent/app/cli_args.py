@@ -298,6 +298,8 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--issuing", metavar="NAME", help="a token for the wallet's POST /v1/wallet/tickets"
     )
     who.add_argument("--revoke-gate", metavar="ID", help="delete every token of this gate")
+    who.add_argument("--revoke-console", metavar="NAME", help="delete this console token")
+    who.add_argument("--revoke-issuing", metavar="NAME", help="delete this issuing token")
     token.add_argument(
         "--name", help="with --gate: the gate's name in the venue, unique (e.g. 'Gate 3')"
     )

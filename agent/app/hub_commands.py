@@ -66,11 +66,28 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         return 2
     if args.out is None and (args.force or args.owner is not None):
         raise UsageError("hub token: --force and --owner go with --out FILE")
-    if args.revoke_gate is not None:
+    revoking = [
+        (what, name)
+        for what, name in (("gate", args.revoke_gate), ("console", args.revoke_console),
+                           ("issuing", args.revoke_issuing))
+        if name is not None
+    ]  # fmt: skip
+    if revoking:
         if args.out is not None:
             raise UsageError("hub token: --out goes with --gate, --console or --issuing")
-        count = await hub_admin.revoke_gate(conf, args.revoke_gate)
-        print(f"{plural(count, 'token')} of gate {args.revoke_gate} deleted")
+        ((what, name),) = revoking  # the options are mutually exclusive
+        if what == "gate":
+            count = await hub_admin.revoke_gate(conf, name)
+        else:
+            count = await hub_admin.revoke_named(
+                conf, "console" if what == "console" else "issuing", name
+            )
+        if not count:  # a typo must not look like a revocation done
+            print(
+                f"gate-agent: hub token: no {what} token {name} (nothing deleted)", file=sys.stderr
+            )
+            return 1
+        print(f"{plural(count, 'token')} of {what} {name} deleted")
         return 0
     # The file is checked before the token exists: a refused file leaves no orphan token.
     where = None
