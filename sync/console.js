@@ -306,7 +306,7 @@
     const gates = new Set(found.events.map((e) => e.gate));
     let text = "Ticket " + found.ticket + ": " + found.events.length + (found.events.length === 1 ? " row" : " rows") + " at " + gates.size + (gates.size === 1 ? " gate" : " gates");
     if (found.tickets > 1) text += " (" + found.tickets + " different tickets share this short id)";
-    if (found.more) text += "; only the first " + found.events.length + " are shown";
+    if (found.more) text += "; only the newest " + found.events.length + " of " + found.rows + " are shown";
     message.textContent = text + ".";
     document.querySelector("#ticket-history tbody").replaceChildren(...found.events.map(historyRow));
     table.hidden = false;

@@ -75,8 +75,8 @@ def history_lines(h: TicketHistory) -> list[str]:
     if h.tickets > 1:
         head += f"; WARNING: {h.tickets} different tickets share this short id"
     lines = [head, *map(event_line, h.events)]
-    if h.more:
-        lines.append(f"(only the first {MAX_HISTORY} rows are shown)")
+    if h.more:  # the newest are what an alert is about
+        lines.insert(1, f"(the newest {len(h.events)} of {h.rows} rows are shown)")
     return lines
 
 

@@ -30,18 +30,18 @@ ActResult = Literal["done", "unknown", "full"]
 
 _GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
 # The rows as the gates sent them (a row from a clock ahead shows its claimed time, for the
-# security team), in the order the hub and the gates decided on: a row's HLC cut to its arrival
-# + max_clock_ahead_s (the two ? after the short id: sync.hub_plan.as_of_arrival), ties in each
-# gate's own order.
+# security team), newest first in the order the hub and the gates decided on: a row's HLC cut to
+# its arrival + max_clock_ahead_s (the two ? after the short id: sync.hub_plan.as_of_arrival),
+# ties in each gate's own order. The newest, not the oldest: what an alert is about is recent.
 _VOUCHED = "CAST((e.received_at + ?) * 1000 AS BIGINT) * 65536"
 TICKET_HISTORY = (
     f"SELECT e.entry_id, e.gate_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.detail,"
     " e.flags, e.offline, e.wall_time, e.annuls"
     " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id WHERE e.short_id = ?"
-    f" ORDER BY CASE WHEN e.hlc > {_VOUCHED} THEN {_VOUCHED} ELSE e.hlc END, e.gate_id,"
-    " e.gate_seq LIMIT ?"
+    f" ORDER BY CASE WHEN e.hlc > {_VOUCHED} THEN {_VOUCHED} ELSE e.hlc END DESC,"
+    " e.gate_id DESC, e.gate_seq DESC LIMIT ?"
 )
-TICKET_COUNT = "SELECT count(DISTINCT ticket_ref) FROM entries WHERE short_id = ?"
+TICKET_COUNT = "SELECT count(DISTINCT ticket_ref), count(*) FROM entries WHERE short_id = ?"
 # The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
 # several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".
 REV_KEYS = (
@@ -76,10 +76,14 @@ def any_of(sql: str, cast: str) -> str:
     return sql.replace("IN ({})", f"= ANY($1::{cast}[])")
 
 
-def history(short: str, tickets: int, rows: Iterable[Any], limit: int) -> TicketHistory:
-    """A :class:`TicketHistory` from :data:`TICKET_HISTORY` rows read with ``limit + 1``."""
+def history(
+    short: str, counts: tuple[int, int], rows: Iterable[Any], limit: int
+) -> TicketHistory:
+    """A :class:`TicketHistory` from :data:`TICKET_HISTORY` rows (newest first) read with
+    ``limit + 1`` and :data:`TICKET_COUNT`'s (tickets, rows)."""
     events = [_event(r) for r in rows]
-    return TicketHistory(short, tickets, tuple(events[:limit]), len(events) > limit)
+    kept = tuple(reversed(events[:limit]))
+    return TicketHistory(short, int(counts[0]), kept, len(events) > limit, int(counts[1]))
 
 
 def _event(r: Any) -> TicketEvent:

@@ -88,8 +88,9 @@ class PostgresConsoleQueries:
         async def job(conn: _Conn) -> TicketHistory:
             ahead = self.policy.max_clock_ahead_s
             rows = await conn.fetch(_TICKET_HISTORY, short, ahead, ahead, limit + 1)
-            tickets = await conn.fetchval(_TICKET_COUNT, short)
-            return q.history(short, int(tickets), rows, limit)
+            counts = await conn.fetchrow(_TICKET_COUNT, short)  # an aggregate: one row
+            assert counts is not None
+            return q.history(short, (counts[0], counts[1]), rows, limit)
 
         return await self._run(job)
 

@@ -65,8 +65,8 @@ class SQLiteConsoleQueries:
         def job(db: sqlite3.Connection) -> TicketHistory:
             ahead = self.policy.max_clock_ahead_s
             rows = db.execute(q.TICKET_HISTORY, (short, ahead, ahead, limit + 1)).fetchall()
-            (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
-            return q.history(short, int(tickets), rows, limit)
+            tickets, total = db.execute(q.TICKET_COUNT, (short,)).fetchone()
+            return q.history(short, (tickets, total), rows, limit)
 
         return await self._run(job)
 
@@ -75,7 +75,7 @@ class SQLiteConsoleQueries:
         with their rows (at most 65). Raises HubStoreError."""
 
         def job(db: sqlite3.Connection) -> tuple[int, tuple[tuple[str, str], ...]]:
-            (tickets,) = db.execute(q.TICKET_COUNT, (short,)).fetchone()
+            tickets, _ = db.execute(q.TICKET_COUNT, (short,)).fetchone()
             keys = tuple((row[0], row[1]) for row in db.execute(q.REV_KEYS, (short,)))
             return int(tickets), keys
 

@@ -276,19 +276,20 @@ class TicketEvent:
 
 @dataclass(frozen=True, slots=True)
 class TicketHistory:
-    """A ticket's whole history across the venue's gates, oldest first (by HLC). ``tickets`` is
-    how many distinct tickets share the short id (almost always 1); ``more``: the history was
-    cut at :data:`MAX_HISTORY` rows."""
+    """A ticket's history across the venue's gates, oldest first (by HLC): its newest
+    :data:`MAX_HISTORY` rows. ``tickets`` is how many distinct tickets share the short id (almost
+    always 1); ``more``: older rows were left out; ``rows``: how many are stored in all."""
 
     ticket: str
     tickets: int
     events: tuple[TicketEvent, ...]
     more: bool
+    rows: int
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ticket": self.ticket, "tickets": self.tickets,
-            "events": [e.to_json() for e in self.events], "more": self.more,
+            "events": [e.to_json() for e in self.events], "more": self.more, "rows": self.rows,
         }  # fmt: skip
 
 

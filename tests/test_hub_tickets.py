@@ -95,8 +95,9 @@ async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: 
         assert [e.gate for e in (await store.ticket_history(short_id("t2"), 100)).events] == [
             "Gate A"
         ]
-        cut = await store.ticket_history(short_id("t1"), 2)
-        assert len(cut.events) == 2 and cut.more
+        cut = await store.ticket_history(short_id("t1"), 2)  # the newest two, oldest first
+        assert [(e.gate, e.kind) for e in cut.events] == [("g2", "entry"), ("g2", "attempt")]
+        assert cut.more and cut.rows == 3
         # the alert raised before the upgrade takes the workflow
         assert await store.open_alerts() == 1
         assert await store.act_on_alert(before.alert_id, "ack", "security", "", T0 + 30) == "done"
