@@ -32,7 +32,7 @@ from sync.protocol_console import MAX_HISTORY, MAX_NOTES, is_short_id, parse_ass
 
 log = logging.getLogger(__name__)
 
-_MAX_ACTION_BODY = 4096  # an assignee or a note, with room for JSON escapes
+_MAX_ACTION_BODY = 8192  # a note of 500 characters escaped in JSON (12 bytes an emoji), or more
 
 
 def _answer(obj: Mapping[str, Any]) -> web.Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -100,7 +101,7 @@ class AlertWorkflow:
 
         notes = tuple(
             AlertNote(read.text(o, "by", at, MAX_ID), read.number(o, "at", at),
-                      read.text(o, "text", at, MAX_NOTE))
+                      note_text(o, "text", at))
             for at, o in read.objects(obj, "notes", where, MAX_NOTES)
         )  # fmt: skip
         return cls(
@@ -300,8 +301,29 @@ def parse_assign(obj: Mapping[str, Any]) -> str:
 
 
 def parse_note(obj: Mapping[str, Any]) -> str:
-    """The ``text`` of a note body: 1-500 printable characters."""
-    note = read.text(obj, "text", "", MAX_NOTE, empty=False).strip()
+    """The ``text`` of a note body (:func:`note_text`), blank lines and spaces at its ends cut."""
+    note = note_text(obj, "text", "").strip()
     if not note:
         raise ProtocolError("text: expected a non-empty string")
     return note
+
+
+# Within a note, beside what str.isprintable() takes: its lines, the spaces of other scripts
+# (no-break and the like: category Zs), and the joiners some scripts and emoji need.
+_NOTE_EXTRA = frozenset("\n\u200c\u200d")
+
+
+def note_text(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """A note of 1-500 characters as a person writes it in the console's box: several lines
+    (CRLF taken as LF), any script, emoji; never a control or direction character (text that
+    reads differently than it is stored), which the message names by its code point."""
+    value = read.get(obj, key, where)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NOTE:
+        raise ProtocolError(f"{where}{key}: expected a string of 1-{MAX_NOTE} characters")
+    value = value.replace("\r\n", "\n")
+    for ch in value:
+        if not (ch.isprintable() or ch in _NOTE_EXTRA or unicodedata.category(ch) == "Zs"):
+            raise ProtocolError(
+                f"{where}{key}: U+{ord(ch):04X} is not allowed (a control or direction character)"
+            )
+    return value

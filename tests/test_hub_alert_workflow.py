@@ -98,6 +98,28 @@ async def test_an_alert_is_acknowledged_assigned_and_noted_with_who_and_when(v: 
     )
 
 
+async def test_a_note_takes_what_a_person_types_in_the_console(v: Venue) -> None:
+    """Found by the security-console trial: the console's note box is a multi-line textarea,
+    yet a note with a newline was refused ("control characters are not allowed"), and so were
+    a no-break space, an emoji with a zero-width joiner and Persian with a zero-width
+    non-joiner; 500 emoji sent escaped (12 bytes each in JSON) were over the 4 kB body cap."""
+    alert = await double_admission(v, "T-note")
+    base = f"/v1/alerts/{alert['alert_id']}"
+    texts = [
+        "Checked the CCTV.\r\nTwo people, one ticket:\nescorted out at 19:04",
+        "Gate\u00a0A, 19:02",
+        "\U0001f469\u200d\U0001f692 arrived",  # woman firefighter: a ZWJ sequence
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian with a ZWNJ
+        "\U0001f600" * 500,
+    ]
+    for text in texts:
+        body = json.dumps({"text": text}).encode()  # ASCII only: 12 bytes an emoji
+        noted = await v.api.post(f"{base}/notes", body, v.console)
+        assert noted.status == 200, (text[:20], noted.body)
+    notes = [n["text"] for n in noted.json["alert"]["workflow"]["notes"]]
+    assert notes == [texts[0].replace("\r\n", "\n"), *texts[1:]]
+
+
 async def test_bad_workflow_requests_are_refused_naming_the_field(v: Venue) -> None:
     alert = await double_admission(v, "T-bad")
     base = f"/v1/alerts/{alert['alert_id']}"
@@ -107,7 +129,9 @@ async def test_bad_workflow_requests_are_refused_naming_the_field(v: Venue) -> N
         ("POST", "/v1/alerts/abc/ack", b"", 400, "alert_id"),
         ("POST", f"{base}/notes", post_json({"text": "x" * 501}), 400, "text"),
         ("POST", f"{base}/notes", post_json({"text": ""}), 400, "text"),
-        ("POST", f"{base}/notes", post_json({"text": "bell\x07"}), 400, "text"),
+        ("POST", f"{base}/notes", post_json({"text": "bell\x07"}), 400, "text: U+0007 is not"),
+        # a right-to-left override: the note would read differently than it is stored
+        ("POST", f"{base}/notes", post_json({"text": "ok \u202egnp.exe"}), 400, "text: U+202E"),
         ("POST", f"{base}/notes", post_json({}), 400, "text: missing"),
         ("POST", f"{base}/assign", post_json({"assignee": "x" * 65}), 400, "assignee"),
         ("POST", f"{base}/assign", post_json({"assignee": 7}), 400, "assignee"),
