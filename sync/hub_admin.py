@@ -108,6 +108,8 @@ async def add_console_token(config: HubConfig, name: str, role: Role = "console"
     "issuing", a token for the wallet's issuing endpoint (sync.hub_wallet); returns it."""
     if not is_id(name):
         raise UsageError(f"{role} name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
+    if role == "issuing" and config.wallet is None:  # the endpoint it is for is off (404)
+        raise UsageError(f"{config.path}: an issuing token needs a [wallet] section")
     token = new_token()
     async with opened_store(config) as store:
         if await store.named_tokens(role, name):  # its actions are recorded under the name

@@ -63,7 +63,8 @@ async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Token
     """A gate token (for ``gate`` when given, with its client certificate under mTLS) or 403."""
     info = await caller(request, hub)
     if info.role != "gate" or info.gate_id is None:
-        raise HttpError(403, "a console token cannot be used for gate endpoints")
+        article = "an" if info.role[0] in "aeiou" else "a"  # an issuing, a console token
+        raise HttpError(403, f"this needs a gate token, not {article} {info.role} token")
     if gate is not None and info.gate_id != gate:
         if (more := hub.refused_gates.due((info.gate_id, "path"))) is not None:
             log.warning("token of gate %s refused for gate %s%s", info.gate_id, gate, more)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import pwd
 import stat
@@ -287,13 +288,29 @@ def _status(url: str, token: str) -> int:
         return exc.code
 
 
+def _body(url: str, token: str) -> str:
+    """The message of a refused request."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return ""
+    except urllib.error.HTTPError as exc:
+        return str(json.loads(exc.read())["message"])
+
+
 def test_console_and_issuing_tokens_can_be_revoked_and_names_are_not_shared(
     tmp_path: Path, keys_dir: Path
 ) -> None:
     """Found by a security trial: a console token (its URL in a browser's history) could not
     be revoked at all; `--console dana` twice gave two tokens both acting as dana; and
     `--revoke-gate` with a mistyped id said "0 tokens ... deleted", exit 0, as if done."""
-    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    bare = write_hub_config(tmp_path / "bare", keys=keys_dir)
+    refused = ga("hub", "token", "--config", bare.config, "--issuing", "shop")
+    assert refused.returncode == 2 and "an issuing token needs a [wallet] section" in (
+        refused.stderr
+    )  # (found by the same trial: the endpoint it is for is off without [wallet])
+    wallet = f'\n[wallet]\nissuer_keys = "{keys_dir}"\n'
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra=wallet)
     made = ga("hub", "token", "--config", setup.config, "--console", "dana")
     assert made.returncode == 0
     dana = made.stdout.strip()
@@ -305,6 +322,8 @@ def test_console_and_issuing_tokens_can_be_revoked_and_names_are_not_shared(
     shop = ga("hub", "token", "--config", setup.config, "--issuing", "shop").stdout.strip()
     with HubProcess(setup):
         assert _status(setup.url + "/v1/alerts", dana) == 200
+        refusal = _body(setup.url + "/v1/alerts", shop)
+        assert refusal == "this needs a gate token, not an issuing token", refusal
         done = ga("hub", "token", "--config", setup.config, "--revoke-console", "dana")
         assert done.returncode == 0 and done.stdout.strip() == "1 token of console dana deleted"
         assert _status(setup.url + "/v1/alerts", dana) == 401

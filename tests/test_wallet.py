@@ -202,8 +202,11 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole(tmp_path: Path, keys_
 async def test_without_wallet_section_the_page_is_served_but_issuing_is_404(
     tmp_path: Path, keys_dir: Path
 ) -> None:
-    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    # A token made while [wallet] was there (one cannot be made without it), then turned off
+    wallet = f'\n[wallet]\nissuer_keys = "{keys_dir}"\n'
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra=wallet)
     token = _issuing_token(setup)
+    setup.config.write_text(setup.config.read_text().replace(wallet, ""))
     with HubProcess(setup):
         async with aiohttp.ClientSession() as session:
             api = Api(session, setup.url)
