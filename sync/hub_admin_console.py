@@ -102,8 +102,8 @@ def alert_line(a: Alert) -> str:
     parts.append("OPEN" if w.open else f"acknowledged by {w.acked_by}")
     if w.assignee:
         parts.append(f"assigned to {w.assignee}")
-    if w.notes:
-        parts.append(f"{len(w.notes)} notes")
+    if w.notes:  # their text: --json (a line per alert here)
+        parts.append(plural(len(w.notes), "note"))
     if a.detail:
         parts.append(a.detail)
     return "  ".join(parts)
