@@ -76,9 +76,7 @@ def any_of(sql: str, cast: str) -> str:
     return sql.replace("IN ({})", f"= ANY($1::{cast}[])")
 
 
-def history(
-    short: str, counts: tuple[int, int], rows: Iterable[Any], limit: int
-) -> TicketHistory:
+def history(short: str, counts: tuple[int, int], rows: Iterable[Any], limit: int) -> TicketHistory:
     """A :class:`TicketHistory` from :data:`TICKET_HISTORY` rows (newest first) read with
     ``limit + 1`` and :data:`TICKET_COUNT`'s (tickets, rows)."""
     events = [_event(r) for r in rows]
