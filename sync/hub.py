@@ -229,15 +229,6 @@ async def _stop(app: web.Application) -> None:
     app[HUB].stopping.set()  # long-polls return at once instead of holding the shutdown
 
 
-def request_log() -> logging.Logger:
-    """The logger aiohttp's request handler writes to, its lines scrubbed and throttled
-    (:class:`sync.hub_watch.RequestErrors`)."""
-    logger = logging.getLogger("sync.hub.requests")
-    if not any(isinstance(f, hub_watch.RequestErrors) for f in logger.filters):
-        logger.addFilter(hub_watch.RequestErrors())
-    return logger
-
-
 async def run(config: HubConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns 0. Raises ConfigError, HubStoreError, TrustError..."""
     tls = ssl_context(config)
@@ -248,7 +239,7 @@ async def run(config: HubConfig) -> int:
             app, access_log=access_log, shutdown_timeout=5.0, lingering_time=hub_limits.LINGER_S,
             # No compressed bodies: gates send plain JSON, and a body that is not what its
             # Content-Encoding says failed in aiohttp with a 500 and tracebacks (a 400 now).
-            auto_decompress=False, logger=request_log(),
+            auto_decompress=False, logger=hub_watch.request_log("sync.hub.requests"),
         )  # fmt: skip
         await runner.setup()
         try:

@@ -169,6 +169,16 @@ class RequestErrors(logging.Filter):
         return True
 
 
+def request_log(name: str) -> logging.Logger:
+    """The logger named ``name`` for aiohttp's request handler (``web.AppRunner(logger=...)``),
+    its lines scrubbed and throttled by :class:`RequestErrors` (the hub's, the gate's status
+    server's)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RequestErrors) for f in logger.filters):
+        logger.addFilter(RequestErrors())
+    return logger
+
+
 class HandshakeLog:
     """Logs refused handshakes: a WARNING per address and reason, then at most one per
     :data:`WARN_EVERY_S` with how many were held back; other failures at DEBUG."""

@@ -101,6 +101,27 @@ async def test_healthz_ready_then_degraded_with_reasons(
         assert body == {"status": "degraded", "reasons": ["relay fault (in)"]}
 
 
+async def test_requests_it_cannot_read_are_one_scrubbed_line_a_minute(
+    served: tuple[Gate, StatusServer, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found after the hub's fix: the status server (which a venue may open to its LAN for the
+    staff displays) logged an ERROR with a traceback quoting the line for every request with a
+    header past 8 kB, so anyone on that network could fill the unit's SD card with its log."""
+    _, server, _ = served
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        long = "X-Junk: secret-looking " + "x" * 9000
+        writer.write(f"GET /status HTTP/1.1\r\nHost: gate\r\n{long}\r\n\r\n".encode())
+        await writer.drain()
+        assert (await reader.readline()).split()[1] == b"400"
+        writer.close()
+    lines = [r for r in caplog.records if r.name.startswith(("aiohttp", "agent.app.status"))]
+    assert [r.getMessage() for r in lines] == [
+        "request from 127.0.0.1 not handled: LineTooLong 400"
+    ]
+    assert lines[0].levelname == "WARNING" and lines[0].exc_info is None
+
+
 @pytest.mark.parametrize("upstream", ["hub", "none"])
 async def test_health_reports_disk_space_and_backlog(
     write_config: WriteConfig, upstream: str

@@ -58,6 +58,7 @@ from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socke
 from agent.app.status_display import DisplayFeed, lane_health
 from agent.clock import HLC_MAX_AHEAD_S
 from agent.errors import JournalError
+from sync.hub_watch import request_log
 
 if TYPE_CHECKING:
     from agent.app.config import Config
@@ -266,7 +267,8 @@ class StatusServer:
         # Cancel a handler whose client went away: a stream must give back its slot at once.
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-            handler_cancellation=True,
+            handler_cancellation=True, auto_decompress=False,
+            logger=request_log("agent.app.status.requests"),  # a bad request: a scrubbed line
         )  # fmt: skip
         await runner.setup()
         try:
