@@ -211,17 +211,24 @@ def test_running_gate_prunes_on_its_own_with_retain_synced_days(
             await journal.mark_synced(12, at=time.time() - 39 * DAY)
 
     asyncio.run(fill())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(conf)],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        # A timeout is reported by the assertion below, with the gate's log.
-        with contextlib.suppress(AssertionError):
-            until_sync(lambda: _count(path, "entries") == 1, within_s=30)
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
+    log = conf.parent / "gate.log"
+    said = "journal retention: pruned 11 entries (through gate_seq 11)"
+    with log.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
+            stdin=subprocess.PIPE, stderr=err_file, text=True,
+        )  # fmt: skip
+        try:
+            # Until the line is written, not only the rows gone: stopped between the two (the
+            # prune commits on a worker thread, the line follows on the loop), a fresh-clone CI
+            # run found the rows pruned and the line never written. A timeout is reported by the
+            # assertions below, with the gate's log.
+            with contextlib.suppress(AssertionError):
+                until_sync(lambda: said in log.read_text(), within_s=30)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    err = log.read_text()
     assert _count(path, "entries") == 1, err
-    assert "journal retention: pruned 11 entries (through gate_seq 11)" in err
+    assert said in err
     assert proc.returncode == 0, err
