@@ -237,7 +237,7 @@ class PretixDownload:
             ahead += checkins.ahead
             learnt += await self._journal.add_peer_entries(checkins.entries)
             annulled += await self._learn_annulments(rows, own_device)
-            if isinstance(reply.body, dict) and reply.body.get("next") is not None:
+            if reply.body.get("next") is not None:  # a page pages() took: a dict
                 resume_from = wire.latest(resume_from, orders, "datetime", until)
                 self._save_orders_resume(resume_from, started)
         if learnt or skipped or annulled:
@@ -248,8 +248,8 @@ class PretixDownload:
                         " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
         if started is not None:
             self._cursors[_ORDERS_CURSOR] = wire.iso(started - _OVERLAP_S)
-            self._cursors.pop(_ORDERS_RESUME_FROM, None)
-            self._cursors.pop(_ORDERS_RESUME_STARTED, None)
+            for key in _RESUME_KEYS:
+                self._cursors.pop(key, None)
             save_cursors(self._state_dir, self._cursors)
 
     def _orders_resume(self) -> tuple[float | None, str | None]:

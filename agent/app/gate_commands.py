@@ -103,6 +103,7 @@ async def events(
     """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
     until ``stop`` is set: then 0)."""
     db = queries.open_readonly(config.gate.state_dir / "journal.db")
+    stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     try:
         after, limit = 0, last
         while True:
@@ -117,7 +118,7 @@ async def events(
                 return 0
             if limit is not None:  # from now on, everything new
                 after, limit = max(after, queries.latest_gate_seq(db)), None
-            if await sleep_or_stop(FOLLOW_POLL_S, stop or asyncio.Event()):
+            if await sleep_or_stop(FOLLOW_POLL_S, stopped):
                 return 0
     finally:
         db.close()

@@ -17,6 +17,7 @@ from agent.words import plural
 
 if TYPE_CHECKING:
     from sync.hub_config import HubConfig
+    from sync.hub_store import Role
 
 
 def hub(args: argparse.Namespace) -> int:
@@ -66,22 +67,19 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         return 2
     if args.out is None and (args.force or args.owner is not None):
         raise UsageError("hub token: --force and --owner go with --out FILE")
-    revoking = [
-        (what, name)
-        for what, name in (("gate", args.revoke_gate), ("console", args.revoke_console),
-                           ("issuing", args.revoke_issuing))
-        if name is not None
-    ]  # fmt: skip
-    if revoking:
+    named: tuple[tuple[Role, str | None], ...] = (
+        ("console", args.revoke_console), ("issuing", args.revoke_issuing),
+    )  # fmt: skip
+    revoking = [(role, name) for role, name in named if name is not None]
+    if args.revoke_gate is not None or revoking:
         if args.out is not None:
             raise UsageError("hub token: --out goes with --gate, --console or --issuing")
-        ((what, name),) = revoking  # the options are mutually exclusive
-        if what == "gate":
+        if args.revoke_gate is not None:  # the options are mutually exclusive
+            what, name = "gate", args.revoke_gate
             count = await hub_admin.revoke_gate(conf, name)
         else:
-            count = await hub_admin.revoke_named(
-                conf, "console" if what == "console" else "issuing", name
-            )
+            ((what, name),) = revoking
+            count = await hub_admin.revoke_named(conf, what, name)
         if not count:  # a typo must not look like a revocation done
             print(
                 f"gate-agent: hub token: no {what} token {name} (nothing deleted)", file=sys.stderr

@@ -308,17 +308,17 @@ def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[
             " installed"
         )
 
-    async def apply(scratch: Path) -> list[str]:
+    async def apply(scratch: Path) -> None:
         files = [lst for lst in conf.revocation.files if lst.is_file()]  # missing: said apart
         async with await RevocationStore.open(scratch) as store:
             await apply_lists(store, files, signers, said)
-        return refused
 
     with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
         installed = conf.gate.state_dir / "revocations.db"
         if installed.exists():
             copy_store(installed, Path(tmp) / "revocations.db")
-        return asyncio.run(apply(Path(tmp) / "revocations.db"))
+        asyncio.run(apply(Path(tmp) / "revocations.db"))
+    return refused
 
 
 def _unreadable_state(state: Path, gate_id: str) -> str | None:
@@ -337,9 +337,9 @@ def _unreadable_state(state: Path, gate_id: str) -> str | None:
                 db.execute("PRAGMA schema_version").fetchone()
                 if name == "journal.db":
                     schema.require_journal(db, path)
-                    owner = db.execute("SELECT value FROM meta WHERE key = 'gate_id'").fetchone()
-                    if owner is not None and owner[0] != gate_id:
-                        return f"{path}: the journal of gate {owner[0]!r}, not {gate_id!r}"
+                    bound = schema.owner(db)
+                    if bound is not None and bound != gate_id:
+                        return f"{path}: the journal of gate {bound!r}, not {gate_id!r}"
         except PermissionError:
             continue  # the gate user's folder: the state folder's own check says so
         except (sqlite3.Error, AgentError) as exc:

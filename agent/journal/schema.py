@@ -162,11 +162,17 @@ def require_journal(db: sqlite3.Connection, path: Path) -> None:
         raise JournalError(f"{path} is not a gate-agent journal")
 
 
+def owner(db: sqlite3.Connection) -> str | None:
+    """The gate a journal is bound to (None: not yet); reads only."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'gate_id'").fetchone()
+    return None if row is None else str(row[0])
+
+
 def claim_gate(db: sqlite3.Connection, path: Path, gate_id: str, gate_name: str) -> None:
     """Bind a new journal to this gate; raise JournalError for a journal of another gate."""
-    row = db.execute("SELECT value FROM meta WHERE key = 'gate_id'").fetchone()
-    if row is not None and row[0] != gate_id:
-        raise JournalError(f"journal {path} belongs to gate {row[0]!r}, not {gate_id!r}")
+    bound = owner(db)
+    if bound is not None and bound != gate_id:
+        raise JournalError(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
     # Names may change (a gate relabelled); identity may not.
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('gate_id', ?), ('gate_name', ?) "
