@@ -27,6 +27,7 @@ from agent.journal import (
     checkpoint,
     queries,
     read_history,
+    schema,
 )
 from agent.journal.records import HUB_TIME
 from agent.model import Decision, Flag, Reason, Verdict
@@ -201,6 +202,26 @@ async def test_gate_seq_is_gap_free_across_close_and_reopen(path: Path, clock: C
         assert [r.gate_seq for r in await j.tail(10)] == [1, 2, 3, 4, 5]
         assert await j.count() == 5
         assert await j.check() == []
+
+
+async def test_a_new_journal_has_small_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 KiB pages (a commit writes a page per b-tree it touches); a journal made with SQLite's
+    default 4 KiB pages before stays as it is, rows and all, and goes on recording."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    async with await Journal.open(new, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+        await admit(j, "tk1:a")
+    with monkeypatch.context() as m:
+        m.setattr(schema, "PAGE_SIZE", 4096)  # as journals were made before
+        async with await Journal.open(old, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+            await admit(j, "tk1:a")
+    async with await Journal.open(old, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
+        await admit(j, "tk1:b")
+        assert [r.ticket_ref for r in await j.tail(10)] == ["tk1:a", "tk1:b"]
+        assert await j.check() == []
+    sizes = [raw(p).execute("PRAGMA page_size").fetchone()[0] for p in (new, old)]
+    assert sizes == [1024, 4096]
 
 
 async def test_failed_insert_consumes_no_gate_seq(journal: Journal, path: Path) -> None:
@@ -541,7 +562,8 @@ async def test_decisions_never_checkpoint_the_wal_a_worker_does_within_seconds(
     started = time.monotonic()
     for i in range(400):
         await admit(journal, f"tk1:{i:04x}")
-    assert _size(path.with_name(path.name + "-wal")) > 1000 * 4096  # ~1,700 pages here
+    frames = _size(path.with_name(path.name + "-wal")) // (24 + schema.PAGE_SIZE)  # WAL frames
+    assert frames > 1000  # ~2,200 pages here
     if time.monotonic() - started < checkpoint.EVERY_S:  # no background checkpoint due yet
         assert _size(path) == size
     n = 400

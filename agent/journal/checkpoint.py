@@ -22,7 +22,7 @@ from pathlib import Path
 log = logging.getLogger("agent.journal")
 
 EVERY_S = 5.0
-WRITER_AUTOCHECKPOINT = 10_000  # pages (~40 MB): reached only if the checkpointer cannot run
+WRITER_AUTOCHECKPOINT = 10_000  # pages (10 MB; 40 MB in a journal of 4 KiB pages): a bound only
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file is cut back to once checkpointed
 
 
