@@ -36,9 +36,9 @@ from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
 from agent.signed import sign_document
 from sync.hub_config import HubConfig
-from sync.hub_store import HubStore, HubStoreError, RevocationState, Role
+from sync.hub_store import HubStore, HubStoreError, Quarantine, RevocationState, Role
 from sync.hub_stores import open_store
-from sync.protocol import MAX_DOCUMENT_CHARS, is_id
+from sync.protocol import INT63, MAX_DOCUMENT_CHARS, is_id
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,17 @@ async def revoke_gate(config: HubConfig, gate_id: str) -> int:
     """Delete every token of ``gate_id``; returns how many there were."""
     async with opened_store(config) as store:
         return await store.revoke_tokens(gate_id)
+
+
+async def quarantine(config: HubConfig, gate_id: str, from_seq: int) -> Quarantine:
+    """Set apart ``gate_id``'s rows from ``from_seq`` on (:mod:`sync.hub_quarantine`); nothing
+    while the gate has a token. Raises UsageError for a bad gate id or gate_seq."""
+    if not is_id(gate_id):
+        raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
+    if not 1 <= from_seq <= INT63:
+        raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1")
+    async with opened_store(config) as store:
+        return await store.quarantine(gate_id, from_seq, time.time())
 
 
 async def revoke_named(config: HubConfig, role: Role, name: str) -> int:

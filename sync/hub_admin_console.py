@@ -43,7 +43,7 @@ def ticket_short_id(value: str) -> str:
         raise UsageError("ID: not an 8-hex ticket short id or a ticket text") from None
 
 
-def _when(seconds: float) -> str:
+def local_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -58,7 +58,7 @@ def event_line(e: TicketEvent) -> str:
     if e.annuls:
         extra.append(f"annuls {e.annuls}")
     return (
-        f"{_when(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
+        f"{local_time(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
         + ("  " + "  ".join(extra) if extra else "")
     )
 
@@ -90,12 +90,12 @@ async def ticket_history(config: HubConfig, value: str) -> TicketHistory:
 
 def alert_line(a: Alert) -> str:
     """One alert as `hub alerts` prints it: when, id, kind, ticket, entries, workflow, detail."""
-    parts = [f"{_when(a.raised_at)}  #{a.alert_id}  {a.kind}"]
+    parts = [f"{local_time(a.raised_at)}  #{a.alert_id}  {a.kind}"]
     if a.ticket:
         parts.append(f"ticket {a.ticket}")
     for c in a.context:
         how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
-        parts.append(f"{c.gate} {_when(c.time)[11:]} ({how})")
+        parts.append(f"{c.gate} {local_time(c.time)[11:]} ({how})")
     if not a.context and a.gates:
         parts.append(", ".join(a.gates))
     w = a.workflow

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync import hub_quarantine, hub_rules, hub_schema, hub_sql, protocol
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
 from sync.hub_plan import TICKET_COLUMNS, NewAlert, TicketRow
 from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
@@ -36,6 +36,8 @@ from sync.hub_store import (
     HubPolicy,
     HubStoreError,
     NameTakenError,
+    Quarantine,
+    QuarantinedRow,
     RevocationState,
     Role,
     TokenInfo,
@@ -85,6 +87,11 @@ _TOKEN = hub_sql.numbered(hub_sql.TOKEN)
 _REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
 _NAMED_TOKENS = hub_sql.numbered(hub_sql.NAMED_TOKENS)
 _REVOKE_NAMED_TOKENS = hub_sql.numbered(hub_sql.REVOKE_NAMED_TOKENS)
+_Q_TOKENS = hub_sql.numbered(hub_quarantine.TOKENS)
+_Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
+_Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
+_Q_DELETE = hub_sql.numbered(hub_quarantine.DELETE)
+_Q_GATE_NAME = hub_sql.numbered(hub_quarantine.GATE_NAME)
 _DELTAS = hub_sql.numbered(hub_sql.DELTAS)
 _INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
 _PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
@@ -291,6 +298,27 @@ class PostgresHubStore(PostgresConsoleQueries):
         status = await self._run(lambda conn: conn.execute(_REVOKE_TOKENS, gate_id))
         return int(status.rsplit(" ", 1)[-1])
 
+    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+        """See :class:`HubStore` (:mod:`sync.hub_quarantine`); under the venue's ingest lock.
+        Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> Quarantine:
+            async with conn.transaction():
+                await conn.execute(_BEGIN_INGEST, self._lock_key)
+                if tokens := await conn.fetchval(_Q_TOKENS, gate_id):
+                    return Quarantine(int(tokens))
+                found = await conn.fetch(_Q_ROWS, gate_id, from_seq)
+                rows = tuple(QuarantinedRow(*row) for row in found)
+                if rows:
+                    await conn.execute(_Q_COPY, now, gate_id, from_seq)
+                    await conn.execute(_Q_DELETE, gate_id, from_seq)
+                    name = await conn.fetchval(_Q_GATE_NAME, gate_id) or ""
+                    alert = hub_quarantine.alert(gate_id, name, from_seq, rows, now)
+                    await conn.execute(_INSERT_ALERT, *_alert_args(alert, "", now))
+                return Quarantine(0, rows)
+
+        return await self._run(job)
+
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
         Raises HubStoreError."""
@@ -391,7 +419,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 await upgrade_2_to_3(conn, self._where, SCHEMA)
                 meta["schema"] = SCHEMA
             if meta.get("schema") == SCHEMA:
-                await conn.execute(hub_schema.POSTGRES_TICKET_INDEX)
+                await conn.execute(hub_schema.POSTGRES_AT_OPEN)
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "

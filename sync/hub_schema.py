@@ -139,16 +139,23 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 # (sync.hub_rules.MAX_TICKET_HISTORY; in SQLite the cursor is the rowid, which every index holds).
 # Run at every open (SQLite: in the store's first transaction; PostgreSQL: under the schema
 # lock): a store made before it gets it once, in place of the earlier ticket indexes.
-SQLITE_TICKET_INDEX = (
+#
+# And the rows an operator set apart (sync.hub_quarantine): the entries' columns as they are
+# (types, no constraints: a gate_seq or an entry_id may be set apart more than once) and when.
+SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
     "DROP INDEX IF EXISTS entries_ticket_kind;"
     "DROP INDEX IF EXISTS entries_ticket_ref;"
+    "CREATE TABLE IF NOT EXISTS quarantined_entries AS"
+    " SELECT *, 0.0 AS quarantined_at FROM entries WHERE 0;"
 )
-POSTGRES_TICKET_INDEX = """
+POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
     ON entries (ticket_ref, (kind = 'attempt'), gate_id, cursor);
 DROP INDEX IF EXISTS entries_ticket_kind;
 DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
+CREATE TABLE IF NOT EXISTS quarantined_entries AS
+    SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
 """

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync import hub_rules, hub_schema, hub_sql, protocol
+from sync import hub_quarantine, hub_rules, hub_schema, hub_sql, protocol
 from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
@@ -35,6 +35,8 @@ from sync.hub_store import (
     HubPolicy,
     HubStoreError,
     NameTakenError,
+    Quarantine,
+    QuarantinedRow,
     RevocationState,
     Role,
     TokenInfo,
@@ -268,6 +270,10 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
         return await self._run(lambda db: db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
 
+    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+        """See :class:`HubStore` (:mod:`sync.hub_quarantine`). Raises HubStoreError."""
+        return await self._run(lambda db: _transaction(db, _quarantine, gate_id, from_seq, now))
+
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
         Raises HubStoreError."""
@@ -398,12 +404,13 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
         # One transaction: a crash leaves no schema or all of it (header pragmas included), and
         # IF NOT EXISTS makes a second process creating it at the same moment harmless.
         db.executescript(
-            f"BEGIN IMMEDIATE;{hub_schema.SQLITE}PRAGMA application_id = {APPLICATION_ID};"
-            f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            f"BEGIN IMMEDIATE;{hub_schema.SQLITE}{hub_schema.SQLITE_AT_OPEN}"
+            f"PRAGMA application_id = {APPLICATION_ID};PRAGMA user_version = {SCHEMA_VERSION};"
+            "COMMIT;"
         )
         log.info("created hub store %s", path)
-    else:  # a store made before: its ticket index as the history reads it (built once)
-        db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_TICKET_INDEX}COMMIT;")
+    else:  # a store made before: what later versions add at open (sync.hub_schema)
+        db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_AT_OPEN}COMMIT;")
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
     (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
     if bound != venue:
@@ -431,6 +438,21 @@ def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
         json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,
         alert.held,
     )  # fmt: skip
+
+
+def _quarantine(db: sqlite3.Connection, gate_id: str, from_seq: int, now: float) -> Quarantine:
+    (tokens,) = db.execute(hub_quarantine.TOKENS, (gate_id,)).fetchone()
+    if tokens:
+        return Quarantine(int(tokens))
+    found = db.execute(hub_quarantine.ROWS, (gate_id, from_seq)).fetchall()
+    rows = tuple(QuarantinedRow(*row) for row in found)
+    if rows:
+        db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
+        db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
+        name = db.execute(hub_quarantine.GATE_NAME, (gate_id,)).fetchone()
+        alert = hub_quarantine.alert(gate_id, name[0] if name else "", from_seq, rows, now)
+        db.execute(hub_sql.INSERT_ALERT, _alert_params(alert, "", now))
+    return Quarantine(0, rows)
 
 
 def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:

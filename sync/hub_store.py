@@ -112,6 +112,25 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """A row set apart (:mod:`sync.hub_quarantine`), as the operator is shown it."""
+
+    gate_seq: int
+    entry_id: str
+    short_id: str  # the ticket's, never the ticket itself
+    kind: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """What a quarantine did: ``tokens`` > 0: the gate still has tokens, nothing was moved."""
+
+    tokens: int
+    rows: tuple[QuarantinedRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RevocationState:
     """The venue's current revocation list version and the keys on it (16-byte keys)."""
 
@@ -209,6 +228,11 @@ class HubStore(Protocol):
 
     async def revoke_tokens(self, gate_id: str) -> int:
         """Delete every token of a gate; returns how many."""
+        ...
+
+    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+        """Move the gate's rows from ``from_seq`` on out of the entries into the quarantine, with
+        an integrity alert (:mod:`sync.hub_quarantine`); nothing when the gate has a token."""
         ...
 
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:

@@ -279,6 +279,35 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
     assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"
 
 
+def test_hub_quarantine_refuses_bad_input_and_says_when_nothing_moved(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+
+    def quarantine(*args: str) -> subprocess.CompletedProcess[str]:
+        return ga("hub", "quarantine", "--config", setup.config, *args)
+
+    for args, message in (
+        (("--gate", "gate a!", "--from-seq", "2"), "gate id 'gate a!': expected 1-64 letters"),
+        (("--gate", "gate-a", "--from-seq", "0"), "--from-seq 0: expected a gate_seq from 1"),
+        (("--gate", "gate-a", "--from-seq", str(1 << 63)), "expected a gate_seq from 1"),
+        (("--gate", "gate-a", "--from-seq", "two"), "--from-seq: invalid int value: 'two'"),
+        (("--from-seq", "2"), "the following arguments are required: --gate"),
+    ):
+        done = quarantine(*args)
+        assert (done.returncode, done.stdout) == (2, ""), args
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    # A gate with a token is never touched; one with no such rows is exit 1 (a typo).
+    assert ga("hub", "token", "--config", setup.config, "--gate", "gate-a").returncode == 0
+    held = quarantine("--gate", "gate-a", "--from-seq", "2")
+    assert held.returncode == 1 and "gate gate-a still has 1 token: revoke" in held.stderr
+    none = quarantine("--gate", "gate-b", "--from-seq", "2")
+    assert none.returncode == 1 and held.stdout == none.stdout == ""
+    assert none.stderr.strip() == (
+        "gate-agent: hub quarantine: gate gate-b has no rows from gate_seq 2 (nothing was moved)"
+    )
+
+
 def _status(url: str, token: str) -> int:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:

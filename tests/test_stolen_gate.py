@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 import urllib.error
@@ -38,7 +39,7 @@ from agent.issuer import Issuer
 from agent.journal import Journal, PeerEntry
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.redact import shared_ref
+from agent.redact import shared_ref, short_id
 from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
 from tests.hubgate import feed_entries, get_bytes, get_json, post_json, scan, write_gate
@@ -324,6 +325,112 @@ async def _plant(venue: Venue, *rows: EntryWire) -> None:
     try:
         marks = ", ".join(f"${i}" for i in range(1, len(params[0]) + 1))
         await conn.executemany(f"INSERT INTO entries ({columns}) VALUES ({marks})", params)
+    finally:
+        await conn.close()
+
+
+# --- 2b. rows squatted under a gate's own next gate_seqs ------------------------------------------
+
+
+async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_is_heard_again(
+    venue: Venue, iss: Issuer, tmp_path: Path
+) -> None:
+    stolen = venue.conf_a.hub.token if venue.conf_a.hub else None  # copied off gate A's unit
+    assert stolen
+    first, second = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    copy = await Journal.open(
+        tmp_path / "a-copy.db", gate_id="gate-a", gate_name="A", clock=Clock(assume="synced")
+    )
+    async with copy, _hub(venue.setup), open_gate(venue.conf_b) as b:
+        async with open_gate(venue.conf_a) as a:
+            await until(lambda: _online(a) and _online(b), what="both gates online")
+            admitted = await _present(a, first)
+            assert admitted.decision.admitted and admitted.record is not None
+            await _learnt(b, admitted.record.ticket_ref, "gate-a")
+            # The thief uploads rows as gate A under its next gate_seqs, 2 and 3 ...
+            await _copied_row(copy, "tk1:" + "aa" * 8)  # gate_seq 1: A's own, not sent
+            squat = [await _copied_row(copy, f"tk1:{i:016x}") for i in (2, 3)]
+            assert [row.gate_seq for row in squat] == [2, 3]
+            answer = await _upload_as(venue, "gate-a", stolen, *squat)
+            assert answer == 200
+            # ... so the real gate A's next admission (its gate_seq 2) reaches no one.
+            held = await _present(a, second)
+            assert held.decision.admitted and held.record is not None
+            assert held.record.gate_seq == 2
+            await until(lambda: _upload(a) == "conflict", what="gate A's upload refused")
+            assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
+            # The operator: not while the gate has a token (the copy would squat again) ...
+            refused = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
+            assert refused.returncode == 1, refused.stderr
+            assert "still has 1 token: revoke them first" in refused.stderr
+            assert refused.stdout == ""
+            revoked = await _hub_cli(venue, "token", "--revoke-gate", "gate-a")
+            assert revoked.returncode == 0, revoked.stderr
+            assert await _upload_as(venue, "gate-a", stolen, *squat) == 401
+            # ... then gate A's rows from gate_seq 2 on are set apart, and shown.
+            done = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
+            assert done.returncode == 0, done.stderr
+            *rows, summary = done.stdout.splitlines()
+            assert [r.split()[:2] for r in rows] == [["gate_seq", "2"], ["gate_seq", "3"]]
+            for row, line in zip(squat, rows, strict=True):
+                assert short_id(row.ticket_ref) in line and row.entry_id in line
+            assert "2 rows of gate gate-a set apart (gate_seq 2..3)" in summary
+            assert "quarantined_entries" in summary
+            assert _integrity(await venue.alerts(), "set apart 2 rows of Gate A from gate_seq 2")
+            again = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
+            assert again.returncode == 1 and "no rows from gate_seq 2" in again.stderr
+        # Gate A's unit back with a new token: its own gate_seq 2 reaches the venue.
+        token = await asyncio.to_thread(add_token, venue.setup, gate_id="gate-a")
+        path = write_gate(
+            tmp_path / "gate-a", venue.keys, gate_id="gate-a", name="Gate A", url=venue.setup.url,
+            token=token,
+        )  # fmt: skip
+        async with open_gate(config.load(path)) as a:
+            await _learnt(b, held.record.ticket_ref, "gate-a")
+            assert (await _present(b, second)).decision.reason is Reason.ALREADY_USED
+            await until(lambda: _upload(a) == "ok", what="gate A's uploads taken again")
+    kept = await _quarantined(venue)
+    assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
+
+
+def _upload(gate: Gate) -> object:
+    return None if gate.hub is None else gate.hub.status()["upload"]
+
+
+@asynccontextmanager
+async def _hub(setup: HubSetup) -> AsyncIterator[None]:
+    with HubProcess(setup):
+        yield
+
+
+async def _copied_row(copy: Journal, ref: str) -> EntryWire:
+    rec = await copy.record(ticket_ref=ref, kind="entry", decision=ADMIT, lane="in", rev_version=0)
+    return EntryWire.from_record(rec)
+
+
+async def _upload_as(venue: Venue, gate: str, token: str, *rows: EntryWire) -> int:
+    body = protocol.encode(BatchUpload(gate, rows))
+    url = venue.url(f"/v1/gates/{gate}/entries:batch")
+    status, _ = await asyncio.to_thread(post_json, url, token, body)
+    return status
+
+
+async def _hub_cli(venue: Venue, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(hub_cli, venue.setup, *args)
+
+
+async def _quarantined(venue: Venue) -> list[tuple[int, str, str]]:
+    """The hub's quarantined rows: (gate_seq, entry_id, ticket_ref), by gate_seq."""
+    sql = "SELECT gate_seq, entry_id, ticket_ref FROM quarantined_entries ORDER BY gate_seq"
+    if venue.store is None:
+        db = sqlite3.connect(venue.setup.dir / "state" / "hub.db", timeout=10)
+        try:
+            return [tuple(row) for row in db.execute(sql)]
+        finally:
+            db.close()
+    conn = await asyncpg.connect(venue.store)
+    try:
+        return [(row[0], row[1], row[2]) for row in await conn.fetch(sql)]
     finally:
         await conn.close()
 

@@ -275,7 +275,9 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="check the config and the files it names (keys, bundle, TLS), then exit",
     )
-    admin = hub.add_subparsers(dest="hub_command", metavar="{token,revoke,ticket,alerts}")
+    admin = hub.add_subparsers(
+        dest="hub_command", metavar="{token,revoke,ticket,alerts,quarantine}"
+    )
     token = admin.add_parser("token", help="make a gate, console or issuing token (printed once)")
     revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
     ticket = admin.add_parser("ticket", help="a ticket's history across the venue's gates")
@@ -283,8 +285,22 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     alerts = admin.add_parser("alerts", help="the venue's alerts, oldest first")
     alerts.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    quarantine = admin.add_parser(
+        "quarantine",
+        help="set apart a gate's rows from a gate_seq on (a copy of its token wrote them)",
+    )
+    quarantine.add_argument(
+        "--gate", metavar="ID", required=True, help="the gate (its tokens revoked)"
+    )
+    quarantine.add_argument(
+        "--from-seq",
+        type=int,
+        required=True,
+        metavar="N",
+        help="the first gate_seq to set apart (the integrity alert: 'gate_seq N reused')",
+    )
     # SUPPRESS: `hub --config F token` and `hub token --config F`
-    for p in (token, revoke, ticket, alerts):
+    for p in (token, revoke, ticket, alerts, quarantine):
         p.add_argument(
             "--config",
             type=Path,

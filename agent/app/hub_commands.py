@@ -45,6 +45,8 @@ def hub(args: argparse.Namespace) -> int:
         return asyncio.run(_hub_ticket(args, conf))
     if args.hub_command == "alerts":
         return asyncio.run(_hub_alerts(args, conf))
+    if args.hub_command == "quarantine":
+        return asyncio.run(_hub_quarantine(args, conf))
     return asyncio.run(_hub_revoke(args, conf))
 
 
@@ -124,6 +126,41 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
     print(
         f"revocation list version {done.version}: {plural(done.changed, 'key')} {_PAST[args.op]}"
         f" (list: {len(done.state.revoked):,} revoked, {len(done.state.blocked):,} blocked)"
+    )
+    return 0
+
+
+async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
+    """Set apart a gate's rows from a gate_seq on; 1 when nothing was moved (a token left, or
+    no such rows: a typo must not look like a quarantine done)."""
+    from sync import hub_admin, hub_admin_console
+
+    gate, first = args.gate, args.from_seq
+    done = await hub_admin.quarantine(conf, gate, first)
+    if done.tokens:
+        print(
+            f"gate-agent: hub quarantine: gate {gate} still has {plural(done.tokens, 'token')}:"
+            f" revoke them first (gate-agent hub token --revoke-gate {gate}); nothing was moved",
+            file=sys.stderr,
+        )
+        return 1
+    if not done.rows:
+        print(
+            f"gate-agent: hub quarantine: gate {gate} has no rows from gate_seq {first}"
+            " (nothing was moved)",
+            file=sys.stderr,
+        )
+        return 1
+    for r in done.rows:
+        print(
+            f"gate_seq {r.gate_seq}  {r.kind:<7} ticket {r.short_id}  entry {r.entry_id}"
+            f"  received {hub_admin_console.local_time(r.received_at)}"
+        )
+    print(
+        f"{plural(len(done.rows), 'row')} of gate {gate} set apart (gate_seq {first}"
+        f"..{done.rows[-1].gate_seq}): kept in the hub's quarantined_entries, out of the feed."
+        f" Give the gate a new token (gate-agent hub token --gate {gate} --out FILE); its own"
+        f" rows from gate_seq {first} are then taken again"
     )
     return 0
 

@@ -1,0 +1,56 @@
+"""Setting apart the rows a copy of a gate's token wrote under the gate's own next gate_seqs.
+
+A thief holding a copy of gate A's token can upload rows under A's upcoming gate_seqs; each later
+upload of the real gate A then reuses a stored gate_seq with another entry_id: a 409 for good
+(an integrity alert names the gate_seq), so A's admissions never reach the venue. Revoking the
+token stops the copy but frees nothing. The operator then quarantines A's rows from that gate_seq
+on (`gate-agent hub quarantine`): they move from ``entries`` to ``quarantined_entries``, kept
+there for the record (every column, the feed cursor they had, when they were moved), out of the
+feed, the tickets' histories and the gate_seq check, so the gate's own rows from that gate_seq
+are taken again once it has a new token. Gates that already learned a moved row keep it (a
+ticket stays used: the safe side).
+
+Refused while the gate still has a token (the copy would squat again). Both stores run it as one
+transaction under their ingest lock, with an integrity alert telling the security console what
+was moved; the statements here are the same in both dialects (``?`` parameters).
+"""
+
+from __future__ import annotations
+
+from sync.hub_plan import NewAlert
+from sync.hub_sql import ENTRY_COLUMNS
+from sync.hub_store import QuarantinedRow
+from sync.protocol_fields import MAX_DETAIL
+
+MAX_ALERT_ENTRIES = 64  # entry ids an alert names (protocol_console.Alert reads at most 64)
+
+_COLUMNS = ", ".join(("cursor", *ENTRY_COLUMNS))  # the table: sync.hub_schema
+TOKENS = "SELECT count(*) FROM tokens WHERE gate_id = ?"
+ROWS = (
+    "SELECT gate_seq, entry_id, short_id, kind, received_at FROM entries"
+    " WHERE gate_id = ? AND gate_seq >= ? ORDER BY gate_seq"
+)
+COPY = (
+    f"INSERT INTO quarantined_entries ({_COLUMNS}, quarantined_at)"
+    f" SELECT {_COLUMNS}, CAST(? AS DOUBLE PRECISION) FROM entries"
+    " WHERE gate_id = ? AND gate_seq >= ?"
+)
+DELETE = "DELETE FROM entries WHERE gate_id = ? AND gate_seq >= ?"
+GATE_NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
+
+
+def alert(
+    gate_id: str, name: str, from_seq: int, rows: tuple[QuarantinedRow, ...], now: float
+) -> NewAlert:
+    """The integrity alert of a quarantine of ``rows`` (not empty) of ``gate_id``, called
+    ``name`` (its id when it has none)."""
+    detail = (
+        f"the operator set apart {len(rows)} rows of {name or gate_id} from gate_seq {from_seq}"
+        f" (through {rows[-1].gate_seq}), uploaded with a copy of its token: kept apart, out of"
+        " the feed; the gate's own rows from that gate_seq are taken again"
+    )
+    entries = tuple(r.entry_id for r in rows[:MAX_ALERT_ENTRIES])
+    return NewAlert(
+        "integrity", "", (name or gate_id,), (now,), entries, detail[:MAX_DETAIL],
+        f"quarantine:{gate_id}:{from_seq}:{now!r}",
+    )  # fmt: skip
