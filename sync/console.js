@@ -30,7 +30,14 @@
   let alertsChanged = false;
   let selectedId = null; // the alert shown in the detail panel
   let refused = false;
-  const knownGates = new Set(); // gate names for the gate filter
+  // The gate filter's choices: a gate id -> its name now; an alert raised before hubs kept gate
+  // ids, by "name:" + the name it was raised with (a name may since be another gate's).
+  const knownGates = new Map();
+
+  function gateKeys(alert) {
+    const ids = alert.gate_ids || [];
+    return alert.gates.map((name, i) => (ids[i] ? ids[i] : "name:" + name));
+  }
 
   // --- alerts ---------------------------------------------------------------------------------
 
@@ -39,7 +46,9 @@
     for (const alert of list) {
       if (fresh && !alerts.has(alert.alert_id)) arrived++;
       alerts.set(alert.alert_id, alert);
-      for (const name of alert.gates) knownGates.add(name);
+      gateKeys(alert).forEach((key, i) => {
+        if (!knownGates.has(key)) knownGates.set(key, (alert.gates_now || [])[i] || alert.gates[i]);
+      });
       alertsChanged = true;
     }
     if (arrived) signal(arrived);
@@ -122,6 +131,8 @@
       alert.gates.forEach((name, i) => {
         const gate = el("li", "alert-gate");
         gate.append(el("span", "gate-name", name));
+        const now = (alert.gates_now || [])[i];
+        if (now && now !== name) gate.append(el("span", "gate-now", "now " + now));
         if (alert.times[i] !== undefined) gate.append(timeEl(alert.times[i], "gate-time"));
         list.append(gate);
       });
@@ -137,18 +148,23 @@
     const gate = document.getElementById("filter-gate").value;
     const openOnly = document.getElementById("filter-open").checked;
     if (kind && alert.kind !== kind) return false;
-    if (gate && !alert.gates.includes(gate)) return false;
+    if (gate && !gateKeys(alert).includes(gate)) return false;
     if (openOnly && alert.workflow && !alert.workflow.open) return false;
     return true;
   }
 
   function renderGateFilter() {
     const select = document.getElementById("filter-gate");
-    const have = new Set([...select.options].map((o) => o.value));
-    const names = [...knownGates].filter((n) => !have.has(n)).sort((a, b) => a.localeCompare(b));
-    for (const name of names) {
-      const option = el("option", null, name);
-      option.value = name;
+    const have = new Map([...select.options].map((o) => [o.value, o]));
+    const fresh = [...knownGates].filter(([key]) => !have.has(key)).sort((a, b) => a[1].localeCompare(b[1]));
+    const text = (key, label) => (key.startsWith("name:") ? label + " (as named then)" : label);
+    for (const [key, label] of knownGates) {
+      const option = have.get(key);
+      if (option && option.textContent !== text(key, label)) option.textContent = text(key, label); // renamed
+    }
+    for (const [key, label] of fresh) {
+      const option = el("option", null, text(key, label));
+      option.value = key;
       select.append(option);
     }
   }
@@ -365,7 +381,7 @@
     const online = gates.filter((g) => g.online).length;
     document.getElementById("gate-count").textContent = gates.length ? "(" + online + " of " + gates.length + " online)" : "";
     document.getElementById("no-gates").hidden = gates.length > 0;
-    for (const g of gates) knownGates.add(g.gate_name || g.gate_id);
+    for (const g of gates) knownGates.set(g.gate_id, g.gate_name || g.gate_id);
     renderGateFilter();
   }
 

@@ -97,7 +97,7 @@ def alert_line(a: Alert) -> str:
         how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
         parts.append(f"{c.gate} {local_time(c.time)[11:]} ({how})")
     if not a.context and a.gates:
-        parts.append(", ".join(a.gates))
+        parts.append(", ".join(_named(a)))
     w = a.workflow
     parts.append("OPEN" if w.open else f"acknowledged by {w.acked_by}")
     if w.assignee:
@@ -107,6 +107,15 @@ def alert_line(a: Alert) -> str:
     if a.detail:
         parts.append(a.detail)
     return "  ".join(parts)
+
+
+def _named(a: Alert) -> list[str]:
+    """The alert's gates by the names it was raised with, and their names now where another."""
+    now = dict(enumerate(a.gates_now))
+    return [
+        name if now.get(i, name) == name else f"{name} (now {now[i]})"
+        for i, name in enumerate(a.gates)
+    ]
 
 
 def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool) -> None:

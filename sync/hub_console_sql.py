@@ -53,6 +53,11 @@ CONTEXT = (
     " e.wall_time FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     " WHERE e.entry_id IN ({})"
 )
+# The gates' names now, of the gates alerts name by id (an alert keeps the names it was raised
+# with; a gate renamed since, its name perhaps given to another gate, shows both).
+NAMES_NOW = (
+    "SELECT gate_id, COALESCE(NULLIF(gate_name, ''), gate_id) FROM gates WHERE gate_id IN ({})"
+)
 ACTIONS_OF = (
     "SELECT alert_id, action, actor, value, at FROM alert_actions WHERE alert_id IN ({})"
     " ORDER BY action_id"
@@ -95,13 +100,19 @@ def entry_ids(alerts: Sequence[Alert]) -> list[str]:
     return sorted({e for a in alerts for e in a.entries})
 
 
+def gate_ids(alerts: Sequence[Alert]) -> list[str]:
+    return sorted({g for a in alerts for g in a.gate_ids})
+
+
 def with_details(
     alerts: Sequence[Alert],
     context_rows: Iterable[Any],
     action_rows: Iterable[Any],
+    name_rows: Iterable[Any] = (),
 ) -> list[Alert]:
-    """``alerts`` with their entries' context (:data:`CONTEXT` rows) and workflow
-    (:data:`ACTIONS_OF` rows, oldest first)."""
+    """``alerts`` with their entries' context (:data:`CONTEXT` rows), workflow (:data:`ACTIONS_OF`
+    rows, oldest first) and their gates' names now (:data:`NAMES_NOW` rows)."""
+    now = {str(r[0]): str(r[1]) for r in name_rows}
     context = {
         r[0]: EntryContext(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7])
         for r in context_rows
@@ -114,6 +125,7 @@ def with_details(
             a,
             context=tuple(context[e] for e in a.entries if e in context),
             workflow=_workflow(steps.get(a.alert_id, ())),
+            gates_now=tuple(now.get(g, g) for g in a.gate_ids),
         )
         for a in alerts
     ]

@@ -83,6 +83,9 @@ class NewAlert:
     detail: str
     dedupe_key: str
     held: int = 0  # alert_storm: how many alerts it stands for (added up on conflict)
+    # The ids of the gates ``gates`` names, in the same order: a name may later pass to another
+    # gate (the console and `hub alerts` show the gate's name now beside the one raised with).
+    gate_ids: tuple[str, ...] = ()
 
 
 class Names:

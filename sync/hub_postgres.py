@@ -513,7 +513,7 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
 def _alert_args(a: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
-        now, gate_id, a.held,
+        now, gate_id, a.held, list(a.gate_ids),
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ _TICKET_COUNT = numbered(q.TICKET_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
+_NAMES_NOW = q.any_of(q.NAMES_NOW, "text")
 _ALERT_EXISTS = numbered(q.ALERT_EXISTS) + " FOR UPDATE"  # one writer per alert at a time
 _ACKED = numbered(q.ACKED)
 _NOTE_COUNT = numbered(q.NOTE_COUNT)
@@ -50,13 +51,14 @@ class PostgresConsoleQueries:
         """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
         if not alerts:
             return []
-        ids = q.entry_ids(alerts)
+        ids, gates = q.entry_ids(alerts), q.gate_ids(alerts)
         alert_ids = [a.alert_id for a in alerts]
 
         async def job(conn: _Conn) -> list[Alert]:
             context = await conn.fetch(_CONTEXT, ids)
             actions = await conn.fetch(_ACTIONS_OF, alert_ids)
-            return q.with_details(alerts, context, actions)
+            names = await conn.fetch(_NAMES_NOW, gates)
+            return q.with_details(alerts, context, actions, names)
 
         return await self._run(job)
 

@@ -52,5 +52,5 @@ def alert(
     entries = tuple(r.entry_id for r in rows[:MAX_ALERT_ENTRIES])
     return NewAlert(
         "integrity", "", (name or gate_id,), (now,), entries, detail[:MAX_DETAIL],
-        f"quarantine:{gate_id}:{from_seq}:{now!r}",
+        f"quarantine:{gate_id}:{from_seq}:{now!r}", gate_ids=(gate_id,),
     )  # fmt: skip

@@ -240,7 +240,7 @@ def _quota_alert(gate_id: str, names: Names, policy: HubPolicy, now: float) -> N
         "integrity", "", (name,), (now,), (),
         f"gate {name} uploads more new rows than {policy.upload_rows_per_s:g} a second: batches"
         " held back (a stolen token? an outage of more than 6 hours?)",
-        f"quota:{gate_id}:{math.floor(now / 3600)}",
+        f"quota:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
     )  # fmt: skip
 
 
@@ -264,7 +264,7 @@ def _refusals(
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]
             alert = NewAlert(
                 "integrity", short_id(e.ticket_ref), (name,), (e.wall_time,),
-                (e.entry_id,), detail, f"refused:{e.entry_id}",
+                (e.entry_id,), detail, f"refused:{e.entry_id}", gate_ids=(gate_id,),
             )  # fmt: skip
             out.append((f"entries[{i}].{key}", why, alert))
     return out
@@ -304,7 +304,7 @@ def _ahead_alert(
             "integrity", "", (name,), (now,), (),
             f"gate {name}'s clock runs {by} ahead of the hub's: its rows are ordered as of their"
             " arrival (check its clock and [clock] assume)",
-            f"ahead:{gate_id}:{math.floor(now / 3600)}",
+            f"ahead:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
         )
     ]  # fmt: skip
 
@@ -323,7 +323,7 @@ def _budget(
         "alert_storm", "", (name,), (now,), (),
         f"alert storm from gate {name}: more than {policy.alert_budget} alerts within"
         f" {policy.alert_budget_window_s:g} s"[:MAX_DETAIL],
-        f"storm:{gate_id}:{since:.0f}", held=len(held),
+        f"storm:{gate_id}:{since:.0f}", held=len(held), gate_ids=(gate_id,),
     )  # fmt: skip
     return (*alerts[:room], storm)
 
@@ -382,7 +382,7 @@ def _conflict(e: EntryWire, known: KnownState, seen: set[str], names: Names) -> 
         return None
     return NewAlert(
         "integrity", short_id(e.ticket_ref), tuple(names(g) for g in gates), times,
-        (e.entry_id,), detail, f"conflict:{e.entry_id}",
+        (e.entry_id,), detail, f"conflict:{e.entry_id}", gate_ids=gates,
     )  # fmt: skip
 
 
@@ -397,6 +397,7 @@ def _holes(
             alert = NewAlert(
                 "integrity", "", (names(gate_id),), (e.wall_time,), (e.entry_id,),
                 f"gate_seq hole {first}..{last}", f"hole:{gate_id}:{first}..{last}",
+                gate_ids=(gate_id,),
             )  # fmt: skip
             alerts.append(alert)
         prev = max(prev, e.gate_seq)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     alert_id INTEGER PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT NOT NULL, times TEXT NOT NULL, entries TEXT NOT NULL,
     detail TEXT NOT NULL, raised_at REAL NOT NULL, source_gate TEXT NOT NULL DEFAULT '',
-    held INTEGER NOT NULL DEFAULT 0
+    held INTEGER NOT NULL DEFAULT 0, gate_ids TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
 CREATE TABLE IF NOT EXISTS gates (
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     alert_id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     ticket TEXT NOT NULL, gates TEXT[] NOT NULL, times DOUBLE PRECISION[] NOT NULL,
     entries TEXT[] NOT NULL, detail TEXT NOT NULL, raised_at DOUBLE PRECISION NOT NULL,
-    source_gate TEXT NOT NULL DEFAULT '', held BIGINT NOT NULL DEFAULT 0
+    source_gate TEXT NOT NULL DEFAULT '', held BIGINT NOT NULL DEFAULT 0,
+    gate_ids TEXT[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS alerts_source ON alerts (source_gate, raised_at);
 CREATE TABLE IF NOT EXISTS gates (
@@ -141,7 +142,9 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 # lock): a store made before it gets it once, in place of the earlier ticket indexes.
 #
 # And the rows an operator set apart (sync.hub_quarantine): the entries' columns as they are
-# (types, no constraints: a gate_seq or an entry_id may be set apart more than once) and when.
+# (types, no constraints: a gate_seq or an entry_id may be set apart more than once) and when;
+# and the ids of the gates an alert names (alerts raised before have none: '[]'); in SQLite
+# that column is added apart (SQLITE_ALERT_GATE_IDS: ADD COLUMN has no IF NOT EXISTS there).
 SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
@@ -158,4 +161,6 @@ DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
 CREATE TABLE IF NOT EXISTS quarantined_entries AS
     SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
+ALTER TABLE alerts ADD COLUMN IF NOT EXISTS gate_ids TEXT[] NOT NULL DEFAULT '{}';
 """
+SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"

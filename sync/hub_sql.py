@@ -82,18 +82,18 @@ def heartbeat_params(hb: Heartbeat, faults: Any, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-ALERT_COLUMNS = "alert_id, kind, ticket, gates, times, entries, detail, raised_at, held"
+ALERT_COLUMNS = "alert_id, kind, ticket, gates, times, entries, detail, raised_at, held, gate_ids"
 
 
 def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tuple) -> Alert:
     """An Alert from its ``ALERT_COLUMNS`` (``decode`` turns a stored list into a sequence); a
     storm alert's detail gains its count."""
-    alert_id, kind, ticket, gates, times, entries, detail, raised_at, held = tuple(row)
+    alert_id, kind, ticket, gates, times, entries, detail, raised_at, held, gate_ids = tuple(row)
     if held:
         detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
     return Alert(
         alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
-        tuple(decode(entries)), detail, raised_at,
+        tuple(decode(entries)), detail, raised_at, gate_ids=tuple(decode(gate_ids)),
     )  # fmt: skip
 
 
@@ -116,7 +116,7 @@ def gate_health(
 # A storm alert met again adds to its count; any other alert is stored once.
 INSERT_ALERT = (
     "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
-    " source_gate, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " source_gate, held, gate_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
     " WHERE excluded.held > 0"
 )

@@ -411,12 +411,18 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
         log.info("created hub store %s", path)
     else:  # a store made before: what later versions add at open (sync.hub_schema)
         db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_AT_OPEN}COMMIT;")
+        _transaction(db, _add_alert_gate_ids)
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
     (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
     if bound != venue:
         raise HubStoreError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
     if mode != "wal":
         log.warning("hub store %s is not in WAL mode (%s)", path, mode)
+
+
+def _add_alert_gate_ids(db: sqlite3.Connection) -> None:
+    if "gate_ids" not in {row[1] for row in db.execute("PRAGMA table_info(alerts)")}:
+        db.execute(hub_schema.SQLITE_ALERT_GATE_IDS)
 
 
 def _transaction(db: sqlite3.Connection, job: Callable[..., _T], *args: Any) -> _T:
@@ -436,7 +442,7 @@ def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
         json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,
-        alert.held,
+        alert.held, json.dumps(alert.gate_ids),
     )  # fmt: skip
 
 

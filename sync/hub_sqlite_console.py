@@ -37,14 +37,15 @@ class SQLiteConsoleQueries:
         """``alerts`` with their entries' context and workflow. Raises HubStoreError."""
         if not alerts:
             return []
-        ids = q.entry_ids(alerts)
+        ids, gates = q.entry_ids(alerts), q.gate_ids(alerts)
         alert_ids = [a.alert_id for a in alerts]
 
         def job(db: sqlite3.Connection) -> list[Alert]:
             context = _select_in(db, q.CONTEXT, ids)
             actions = _select_in(db, q.ACTIONS_OF, alert_ids)
             actions.sort(key=lambda r: r[-1])  # chunks: back to the order they were taken in
-            return q.with_details(alerts, context, actions)
+            names = _select_in(db, q.NAMES_NOW, gates)
+            return q.with_details(alerts, context, actions, names)
 
         return await self._run(job)
 

@@ -59,6 +59,7 @@ def _double_admissions(
         alert = NewAlert(
             "double_admission", short_id(ref), gates, (first.wall_time, second.wall_time),
             (first.entry_id, second.entry_id), how.format(*gates)[:MAX_DETAIL], key,
+            gate_ids=(first.gate_id, second.gate_id),
         )  # fmt: skip
         alerts.append(alert)
     return alerts
@@ -111,7 +112,7 @@ def _repeated_denials(
             "repeated_denials", short_id(ref), tuple(names(r.gate_id) for r in shown),
             tuple(r.wall_time for r in shown), tuple(r.entry_id for r in shown),
             f"{len(burst)} denied attempts within {window:g} s",
-            f"denied:{short_id(ref)}:{bucket}",
+            f"denied:{short_id(ref)}:{bucket}", gate_ids=tuple(r.gate_id for r in shown),
         )  # fmt: skip
         alerts.append(alert)
     return alerts

@@ -131,6 +131,11 @@ class Alert:
     # (:meth:`sync.hub_store.HubStore.alert_details`), empty as the store first reads an alert.
     context: tuple[EntryContext, ...] = ()
     workflow: AlertWorkflow = AlertWorkflow()
+    # The ids of the gates ``gates`` names, in order (empty: an alert raised before hubs kept
+    # them): a gate may be renamed and its name given to another gate since; ``gates_now``:
+    # their names now (filled in for the console, as ``context``).
+    gate_ids: tuple[str, ...] = ()
+    gates_now: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], where: str = "") -> Alert:
@@ -142,12 +147,18 @@ class Alert:
         gates = read.array(obj, "gates", where, 64)
         times = read.array(obj, "times", where, 64)
         entries = read.array(obj, "entries", where, 64)
+        gate_ids = read.array(obj, "gate_ids", where, 64) if "gate_ids" in obj else []
+        gates_now = read.array(obj, "gates_now", where, 64) if "gates_now" in obj else []
         if not all(isinstance(g, str) and len(g) <= MAX_ID for g in gates):
             raise ProtocolError(f"{where}gates: expected gate names")
         if not all(type(t) in (int, float) and math.isfinite(t) for t in times):
             raise ProtocolError(f"{where}times: expected numbers")
         if not all(isinstance(e, str) and read.UUID.fullmatch(e) for e in entries):
             raise ProtocolError(f"{where}entries: expected entry ids")
+        if not all(isinstance(g, str) and read.is_id(g) for g in gate_ids):
+            raise ProtocolError(f"{where}gate_ids: expected gate ids")
+        if not all(isinstance(g, str) and len(g) <= MAX_ID for g in gates_now):
+            raise ProtocolError(f"{where}gates_now: expected gate names")
         return cls(
             alert_id=read.integer(obj, "alert_id", where, lo=1),
             kind=read.choice(obj, "kind", where, alert_kind),
@@ -167,6 +178,8 @@ class Alert:
                                         f"{where}workflow.")
                 if "workflow" in obj else AlertWorkflow()
             ),
+            gate_ids=tuple(gate_ids),
+            gates_now=tuple(gates_now),
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +188,7 @@ class Alert:
             "ticket": self.ticket, "gates": list(self.gates), "times": list(self.times),
             "entries": list(self.entries), "detail": self.detail, "raised_at": self.raised_at,
             "context": [c.to_json() for c in self.context], "workflow": self.workflow.to_json(),
+            "gate_ids": list(self.gate_ids), "gates_now": list(self.gates_now),
         }  # fmt: skip
 
 

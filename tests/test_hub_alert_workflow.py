@@ -55,6 +55,9 @@ async def test_an_alert_is_acknowledged_assigned_and_noted_with_who_and_when(v: 
     assert context["North A"]["lane"] == "north-1" and context["North A"]["offline"] is False
     assert context["South B"]["lane"] == "south-2" and context["South B"]["offline"] is True
     assert {c["reason"] for c in context.values()} == {"ok"}
+    # its gates by the names it was raised with, their ids, and their names now
+    assert (alert["gates"], alert["gate_ids"]) == (["North A", "South B"], ["gate-a", "gate-b"])
+    assert alert["gates_now"] == ["North A", "South B"]
     assert alert["workflow"] == {
         "open": True, "acked_by": None, "acked_at": None, "assignee": None,
         "assigned_by": None, "assigned_at": None, "notes": [],

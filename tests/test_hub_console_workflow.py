@@ -4,14 +4,18 @@ handling, in headless Chromium against a real hub process with rows from real ga
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.redact import short_id
 from tests.browser import Browser
+from tests.hubproc import hub_cli
 from tests.hubvenue import DENIED, Venue, open_venue, row
 
 TITLE = "Security console - gate-agent hub"
@@ -74,7 +78,8 @@ async def test_a_security_lead_finds_acknowledges_assigns_and_notes_an_alert(
         await page.evaluate(
             "(() => { const k = document.getElementById('filter-kind'); k.value = '';"
             " k.dispatchEvent(new Event('change')); const g = document.getElementById('filter-gate');"
-            " g.value = '<b>South B</b>'; g.dispatchEvent(new Event('change')); })()"
+            " g.value = [...g.options].find(o => o.textContent === '<b>South B</b>').value;"
+            " g.dispatchEvent(new Event('change')); })()"
         )
         assert await page.evaluate(alerts_js()) == ["double_admission"]
         await page.evaluate(
@@ -201,6 +206,40 @@ async def test_new_alerts_are_signalled_only_when_the_toggle_is_on(
         await reload(page)
         assert await page.evaluate("document.getElementById('notify-toggle').checked") is True
         assert await page.evaluate("document.body.dataset.signalled || '0'") == "0"
+
+
+async def test_an_alert_keeps_to_its_gate_when_the_gates_name_passes_to_another(
+    venue: Venue, tmp_path: Path
+) -> None:
+    v = venue
+    # An alert that names gate A alone (no entry of it to show): its clock runs an hour ahead.
+    ahead = await row(v.a, "T-ahead", lane="north-1", offline=False)
+    ahead = msgspec.structs.replace(ahead, wall_time=time.time() + 3600)
+    assert (await v.a.upload(v.api, ahead)).status == 200
+    # Gate A is renamed, and its old name given to gate B.
+    for gate_id, name in (("gate-a", "North A (old)"), ("gate-b", "North A")):
+        done = await asyncio.to_thread(hub_cli, v.setup, "token", "--gate", gate_id, "--name", name)
+        assert done.returncode == 0, done.stderr
+    shown = await asyncio.to_thread(hub_cli, v.setup, "alerts")
+    (line,) = [x for x in shown.stdout.splitlines() if "clock runs" in x]
+    assert "North A (now North A (old))" in line  # raised with the name; whose it is now
+    async with Browser(tmp_path / "browser", width=1280, height=800) as page:
+        await page.goto(f"{v.setup.url}/console#token={v.console}")
+        await page.wait_for(f"{alerts_js()}.length === 1")
+        assert await page.text("#alerts .alert .gate-name") == "North A"
+        assert await page.text("#alerts .alert .gate-now") == "now North A (old)"
+        await page.wait_for(  # the gate filter: by gate, labelled with the names now
+            "[...document.getElementById('filter-gate').options].map(o => o.textContent).sort()"
+            ".join('|') === 'All gates|North A|North A (old)'"
+        )
+        for label, count in (("North A", 0), ("North A (old)", 1)):
+            await page.evaluate(
+                "(() => { const g = document.getElementById('filter-gate'); g.value ="
+                f" [...g.options].find(o => o.textContent === {json.dumps(label)}).value;"
+                " g.dispatchEvent(new Event('change')); })()"
+            )
+            assert len(await page.evaluate(alerts_js())) == count, label
+        assert page.console_errors == []
 
 
 async def test_the_token_survives_a_reload_in_this_tab_only(venue: Venue, tmp_path: Path) -> None:
