@@ -31,12 +31,13 @@
   let selectedId = null; // the alert shown in the detail panel
   let refused = false;
   // The gate filter's choices: a gate id -> its name now; an alert raised before hubs kept gate
-  // ids, by "name:" + the name it was raised with (a name may since be another gate's).
+  // ids, by "by name " + the name it was raised with (a name may since be another gate's; a
+  // gate id has no space).
   const knownGates = new Map();
 
   function gateKeys(alert) {
     const ids = alert.gate_ids || [];
-    return alert.gates.map((name, i) => (ids[i] ? ids[i] : "name:" + name));
+    return alert.gates.map((name, i) => (ids[i] ? ids[i] : "by name " + name));
   }
 
   // --- alerts ---------------------------------------------------------------------------------
@@ -157,7 +158,7 @@
     const select = document.getElementById("filter-gate");
     const have = new Map([...select.options].map((o) => [o.value, o]));
     const fresh = [...knownGates].filter(([key]) => !have.has(key)).sort((a, b) => a[1].localeCompare(b[1]));
-    const text = (key, label) => (key.startsWith("name:") ? label + " (as named then)" : label);
+    const text = (key, label) => (key.startsWith("by name ") ? label + " (as named then)" : label);
     for (const [key, label] of knownGates) {
       const option = have.get(key);
       if (option && option.textContent !== text(key, label)) option.textContent = text(key, label); // renamed

@@ -215,15 +215,18 @@ async def revoke_gate(config: HubConfig, gate_id: str) -> int:
         return await store.revoke_tokens(gate_id)
 
 
-async def quarantine(config: HubConfig, gate_id: str, from_seq: int) -> Quarantine:
+async def quarantine(
+    config: HubConfig, gate_id: str, from_seq: int, *, dry_run: bool = False
+) -> Quarantine:
     """Set apart ``gate_id``'s rows from ``from_seq`` on (:mod:`sync.hub_quarantine`); nothing
-    while the gate has a token. Raises UsageError for a bad gate id or gate_seq."""
+    while the gate has a token or on a ``dry_run``. Raises UsageError for a bad gate id or
+    gate_seq."""
     if not is_id(gate_id):
         raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
     if not 1 <= from_seq <= INT63:
         raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1")
     async with opened_store(config) as store:
-        return await store.quarantine(gate_id, from_seq, time.time())
+        return await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
 
 
 async def revoke_named(config: HubConfig, role: Role, name: str) -> int:

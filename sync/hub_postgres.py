@@ -87,11 +87,16 @@ _TOKEN = hub_sql.numbered(hub_sql.TOKEN)
 _REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
 _NAMED_TOKENS = hub_sql.numbered(hub_sql.NAMED_TOKENS)
 _REVOKE_NAMED_TOKENS = hub_sql.numbered(hub_sql.REVOKE_NAMED_TOKENS)
+_HAS_ALERT_GATE_IDS = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+    " AND table_name = 'alerts' AND column_name = 'gate_ids'"
+)
 _Q_TOKENS = hub_sql.numbered(hub_quarantine.TOKENS)
 _Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
 _Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
 _Q_DELETE = hub_sql.numbered(hub_quarantine.DELETE)
 _Q_GATE_NAME = hub_sql.numbered(hub_quarantine.GATE_NAME)
+_Q_SET_FLOOR = hub_sql.numbered(hub_quarantine.POSTGRES_SET_FLOOR)
 _DELTAS = hub_sql.numbered(hub_sql.DELTAS)
 _INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
 _PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
@@ -211,7 +216,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         entries = [hub_sql.feed_entry(row, self._policy.max_clock_ahead_s) for row in rows]
         if entries:
             return entries, entries[-1].cursor
-        highest = await self._run(lambda conn: conn.fetchval(hub_sql.MAX_CURSOR))
+        highest = await self._run(lambda conn: conn.fetchval(hub_quarantine.POSTGRES_MAX_CURSOR))
         return entries, min(after, int(highest))
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
@@ -298,24 +303,28 @@ class PostgresHubStore(PostgresConsoleQueries):
         status = await self._run(lambda conn: conn.execute(_REVOKE_TOKENS, gate_id))
         return int(status.rsplit(" ", 1)[-1])
 
-    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+    async def quarantine(
+        self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False
+    ) -> Quarantine:
         """See :class:`HubStore` (:mod:`sync.hub_quarantine`); under the venue's ingest lock.
         Raises HubStoreError."""
 
         async def job(conn: _Conn) -> Quarantine:
             async with conn.transaction():
                 await conn.execute(_BEGIN_INGEST, self._lock_key)
-                if tokens := await conn.fetchval(_Q_TOKENS, gate_id):
-                    return Quarantine(int(tokens))
+                tokens = int(await conn.fetchval(_Q_TOKENS, gate_id))
                 found = await conn.fetch(_Q_ROWS, gate_id, from_seq)
                 rows = tuple(QuarantinedRow(*row) for row in found)
-                if rows:
-                    await conn.execute(_Q_COPY, now, gate_id, from_seq)
-                    await conn.execute(_Q_DELETE, gate_id, from_seq)
-                    name = await conn.fetchval(_Q_GATE_NAME, gate_id) or ""
-                    alert = hub_quarantine.alert(gate_id, name, from_seq, rows, now)
-                    await conn.execute(_INSERT_ALERT, *_alert_args(alert, "", now))
-                return Quarantine(0, rows)
+                if dry_run or tokens or not rows:
+                    return Quarantine(tokens, rows)
+                top = await conn.fetchval(hub_quarantine.POSTGRES_MAX_CURSOR)
+                await conn.execute(_Q_SET_FLOOR, str(top))
+                await conn.execute(_Q_COPY, now, gate_id, from_seq)
+                await conn.execute(_Q_DELETE, gate_id, from_seq)
+                name = await conn.fetchval(_Q_GATE_NAME, gate_id) or ""
+                alert = hub_quarantine.alert(gate_id, name, from_seq, rows, now)
+                await conn.execute(_INSERT_ALERT, *_alert_args(alert, "", now))
+                return Quarantine(0, rows, moved=True)
 
         return await self._run(job)
 
@@ -420,6 +429,8 @@ class PostgresHubStore(PostgresConsoleQueries):
                 meta["schema"] = SCHEMA
             if meta.get("schema") == SCHEMA:
                 await conn.execute(hub_schema.POSTGRES_AT_OPEN)
+                if not await conn.fetchval(_HAS_ALERT_GATE_IDS):
+                    await conn.execute(hub_schema.POSTGRES_ALERT_GATE_IDS)
         if meta.get("schema") != SCHEMA:
             raise HubStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "

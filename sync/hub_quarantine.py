@@ -7,8 +7,10 @@ token stops the copy but frees nothing. The operator then quarantines A's rows f
 on (`gate-agent hub quarantine`): they move from ``entries`` to ``quarantined_entries``, kept
 there for the record (every column, the feed cursor they had, when they were moved), out of the
 feed, the tickets' histories and the gate_seq check, so the gate's own rows from that gate_seq
-are taken again once it has a new token. Gates that already learned a moved row keep it (a
-ticket stays used: the safe side).
+are taken again once it has a new token (those it has not had acknowledged: a gate_seq below the
+conflict's moves rows of its own the gate will not send again). Gates that already learned a
+moved row keep it: an entry keeps its ticket used there, an exit or annulment has let it in
+again, which is why the operator is shown each row's kind and ticket.
 
 Refused while the gate still has a token (the copy would squat again). Both stores run it as one
 transaction under their ingest lock, with an integrity alert telling the security console what
@@ -17,6 +19,7 @@ was moved; the statements here are the same in both dialects (``?`` parameters).
 
 from __future__ import annotations
 
+from agent.words import plural
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import QuarantinedRow
@@ -37,6 +40,26 @@ COPY = (
 )
 DELETE = "DELETE FROM entries WHERE gate_id = ? AND gate_seq >= ?"
 GATE_NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
+TOP_CURSOR = "SELECT coalesce(max(cursor), 0) FROM entries"
+
+# Feed cursors never go back. Gates ask for rows after the last cursor they read, and take a
+# highest cursor below theirs for a store started anew (they read the feed again from the
+# start). Moving the newest rows away would lower the highest cursor, and SQLite (its rowid)
+# would give the next rows the numbers of the moved ones: rows gates already count as read. So
+# the quarantine keeps the highest cursor the store ever gave as its "cursor floor"; the feed's
+# highest cursor is never below it, and SQLite's next row is numbered above it.
+SQLITE_FLOOR = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'cursor_floor'"
+SQLITE_SET_FLOOR = (
+    "INSERT INTO meta (key, value) VALUES ('cursor_floor', ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+SQLITE_MAX_CURSOR = f"SELECT max(({TOP_CURSOR}), coalesce(({SQLITE_FLOOR}), 0))"
+POSTGRES_FLOOR = "SELECT value::bigint FROM hub_meta WHERE key = 'cursor_floor'"
+POSTGRES_SET_FLOOR = (
+    "INSERT INTO hub_meta (key, value) VALUES ('cursor_floor', ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+POSTGRES_MAX_CURSOR = f"SELECT greatest(({TOP_CURSOR}), coalesce(({POSTGRES_FLOOR}), 0))"
 
 
 def alert(
@@ -45,7 +68,8 @@ def alert(
     """The integrity alert of a quarantine of ``rows`` (not empty) of ``gate_id``, called
     ``name`` (its id when it has none)."""
     detail = (
-        f"the operator set apart {len(rows)} rows of {name or gate_id} from gate_seq {from_seq}"
+        f"the operator set apart {plural(len(rows), 'row')} of {name or gate_id} from gate_seq"
+        f" {from_seq}"
         f" (through {rows[-1].gate_seq}), uploaded with a copy of its token: kept apart, out of"
         " the feed; the gate's own rows from that gate_seq are taken again"
     )

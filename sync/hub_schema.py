@@ -143,8 +143,10 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 #
 # And the rows an operator set apart (sync.hub_quarantine): the entries' columns as they are
 # (types, no constraints: a gate_seq or an entry_id may be set apart more than once) and when;
-# and the ids of the gates an alert names (alerts raised before have none: '[]'); in SQLite
-# that column is added apart (SQLITE_ALERT_GATE_IDS: ADD COLUMN has no IF NOT EXISTS there).
+# and the ids of the gates an alert names (alerts raised before have none), added apart
+# (*_ALERT_GATE_IDS) where missing: SQLite has no ADD COLUMN IF NOT EXISTS, and PostgreSQL's
+# would lock the alerts table at every open. A column added to entries later must be added to
+# quarantined_entries too (tests/test_hub_store.py compares them).
 SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
@@ -161,6 +163,6 @@ DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
 CREATE TABLE IF NOT EXISTS quarantined_entries AS
     SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
-ALTER TABLE alerts ADD COLUMN IF NOT EXISTS gate_ids TEXT[] NOT NULL DEFAULT '{}';
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
+POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

@@ -151,7 +151,6 @@ def feed_entry(row: Iterable[Any], max_ahead_s: float) -> FeedEntry:
 HAS_FEED_AFTER = (
     "SELECT cursor FROM entries WHERE cursor > ? AND in_feed = TRUE ORDER BY cursor LIMIT 1"
 )
-MAX_CURSOR = "SELECT coalesce(max(cursor), 0) FROM entries"
 ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_id LIMIT ?"
 RECENT_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id < ? ORDER BY alert_id DESC LIMIT ?"

@@ -57,6 +57,9 @@ SCHEMA_VERSION = 3  # 2: alerts.source_gate, alerts.held; 3: entries.short_id, a
 _INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
     ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
 )
+_INSERT_ENTRY_AT = "INSERT INTO entries (cursor, {}) VALUES (?, {})".format(
+    ", ".join(ENTRY_COLUMNS), ", ".join("?" * len(ENTRY_COLUMNS))
+)
 _HEARTBEAT = hub_sql.heartbeat_sql(numbered=False)
 _GATES = (
     "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
@@ -270,9 +273,12 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
         return await self._run(lambda db: db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
 
-    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+    async def quarantine(
+        self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False
+    ) -> Quarantine:
         """See :class:`HubStore` (:mod:`sync.hub_quarantine`). Raises HubStoreError."""
-        return await self._run(lambda db: _transaction(db, _quarantine, gate_id, from_seq, now))
+        args = (gate_id, from_seq, now, dry_run)
+        return await self._run(lambda db: _transaction(db, _quarantine, *args))
 
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
@@ -341,7 +347,11 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
         self._quota.spend(gate_id, now, quota, len(plan.rows))
         try:
-            db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in plan.rows))
+            rows = plan.rows
+            if rows and (cursor := _next_cursor(db)) is not None:
+                db.execute(_INSERT_ENTRY_AT, (cursor, *hub_sql.entry_params(rows[0], now)))
+                rows = rows[1:]
+            db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in rows))
             alerts = (_alert_params(a, gate_id, now) for a in plan.alerts)
             db.executemany(hub_sql.INSERT_ALERT, alerts)
             db.execute(hub_sql.ADD_GATE, (gate_id,))
@@ -446,19 +456,32 @@ def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _quarantine(db: sqlite3.Connection, gate_id: str, from_seq: int, now: float) -> Quarantine:
+def _quarantine(
+    db: sqlite3.Connection, gate_id: str, from_seq: int, now: float, dry_run: bool
+) -> Quarantine:
     (tokens,) = db.execute(hub_quarantine.TOKENS, (gate_id,)).fetchone()
-    if tokens:
-        return Quarantine(int(tokens))
     found = db.execute(hub_quarantine.ROWS, (gate_id, from_seq)).fetchall()
     rows = tuple(QuarantinedRow(*row) for row in found)
-    if rows:
-        db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
-        db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
-        name = db.execute(hub_quarantine.GATE_NAME, (gate_id,)).fetchone()
-        alert = hub_quarantine.alert(gate_id, name[0] if name else "", from_seq, rows, now)
-        db.execute(hub_sql.INSERT_ALERT, _alert_params(alert, "", now))
-    return Quarantine(0, rows)
+    if dry_run or tokens or not rows:
+        return Quarantine(int(tokens), rows)
+    (top,) = db.execute(hub_quarantine.SQLITE_MAX_CURSOR).fetchone()
+    db.execute(hub_quarantine.SQLITE_SET_FLOOR, (int(top),))
+    db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
+    db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
+    name = db.execute(hub_quarantine.GATE_NAME, (gate_id,)).fetchone()
+    alert = hub_quarantine.alert(gate_id, name[0] if name else "", from_seq, rows, now)
+    db.execute(hub_sql.INSERT_ALERT, _alert_params(alert, "", now))
+    return Quarantine(0, rows, moved=True)
+
+
+def _next_cursor(db: sqlite3.Connection) -> int | None:
+    """The cursor the next row must have when a quarantine moved the newest rows away (SQLite
+    would number it as one of them: :mod:`sync.hub_quarantine`); None: SQLite's own."""
+    floor = db.execute(hub_quarantine.SQLITE_FLOOR).fetchone()
+    if floor is None:
+        return None
+    (top,) = db.execute(hub_quarantine.TOP_CURSOR).fetchone()
+    return int(floor[0]) + 1 if floor[0] > top else None
 
 
 def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:
@@ -475,7 +498,7 @@ def _feed(
     entries = [hub_sql.feed_entry(row, max_ahead_s) for row in rows]
     if entries:
         return entries, entries[-1].cursor
-    (highest,) = db.execute(hub_sql.MAX_CURSOR).fetchone()
+    (highest,) = db.execute(hub_quarantine.SQLITE_MAX_CURSOR).fetchone()
     return entries, min(after, int(highest))
 
 

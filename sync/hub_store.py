@@ -124,10 +124,12 @@ class QuarantinedRow:
 
 @dataclass(frozen=True, slots=True)
 class Quarantine:
-    """What a quarantine did: ``tokens`` > 0: the gate still has tokens, nothing was moved."""
+    """What a quarantine found and did: the gate's tokens still stored, its rows from the
+    gate_seq on, and whether they were moved (never while ``tokens`` > 0, nor on a dry run)."""
 
     tokens: int
     rows: tuple[QuarantinedRow, ...] = ()
+    moved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +232,12 @@ class HubStore(Protocol):
         """Delete every token of a gate; returns how many."""
         ...
 
-    async def quarantine(self, gate_id: str, from_seq: int, now: float) -> Quarantine:
+    async def quarantine(
+        self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False
+    ) -> Quarantine:
         """Move the gate's rows from ``from_seq`` on out of the entries into the quarantine, with
-        an integrity alert (:mod:`sync.hub_quarantine`); nothing when the gate has a token."""
+        an integrity alert (:mod:`sync.hub_quarantine`); nothing when the gate has a token or
+        on a ``dry_run`` (the rows are found all the same)."""
         ...
 
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:

@@ -159,6 +159,8 @@ class Alert:
             raise ProtocolError(f"{where}gate_ids: expected gate ids")
         if not all(isinstance(g, str) and len(g) <= MAX_ID for g in gates_now):
             raise ProtocolError(f"{where}gates_now: expected gate names")
+        if len(gate_ids) not in (0, len(gates)) or len(gates_now) not in (0, len(gate_ids)):
+            raise ProtocolError(f"{where}gate_ids, gates_now: one for each of gates")
         return cls(
             alert_id=read.integer(obj, "alert_id", where, lo=1),
             kind=read.choice(obj, "kind", where, alert_kind),

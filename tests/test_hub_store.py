@@ -1410,10 +1410,78 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
         assert [(a.kind, a.gate_ids) for a in await all_alerts(store)] == [
             ("double_admission", ()), ("integrity", ("g2",))
         ]  # fmt: skip
+        # the quarantine table is made with the entries' columns of the store as upgraded
+        assert await _columns(store_url, "quarantined_entries") == [
+            *await _columns(store_url, "entries"),
+            "quarantined_at",
+        ]
+        done = await store.quarantine("g2", 3, T0 + 40)
+        assert done.moved and [r.gate_seq for r in done.rows] == [3]
     finally:
         await store.close()
     store = await open_store(store_url, POLICY)  # and opens again as schema 2
     await store.close()
+
+
+async def _columns(url: str, table: str) -> list[str]:
+    """``table``'s columns in order."""
+    if url.startswith("sqlite://"):
+        db = sqlite3.connect(url.removeprefix("sqlite://"))
+        try:
+            return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        finally:
+            db.close()
+    conn = await asyncpg.connect(url)
+    try:
+        sql = (
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1"
+            " AND table_schema = current_schema() ORDER BY ordinal_position"
+        )
+        return [row[0] for row in await conn.fetch(sql, table)]
+    finally:
+        await conn.close()
+
+
+async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_cursors_back(
+    store_url: str, store: HubStore
+) -> None:
+    a, b = Gate("g1"), Gate("g2")
+    await store.ingest("g1", [a.row("t1")], T0)
+    await store.ingest("g2", [b.row("t2")], T0 + 1)
+    squat = [a.row("t3"), a.row("t4")]  # the newest rows: g1's gate_seq 2 and 3
+    await store.ingest("g1", squat, T0 + 2)
+    entries, top = await store.feed(0, 100)
+    assert len(entries) == 4
+    await store.add_token("h" * 64, "gate", "g1", "g1")
+    held = await store.quarantine("g1", 2, T0 + 3)
+    assert (held.tokens, held.moved, len(held.rows)) == (1, False, 2)  # not with a token
+    assert await store.revoke_tokens("g1") == 1
+    dry = await store.quarantine("g1", 2, T0 + 3, dry_run=True)
+    assert (dry.tokens, dry.moved, len(dry.rows)) == (0, False, 2)
+    assert len((await store.feed(0, 100))[0]) == 4  # a dry run moves nothing
+    done = await store.quarantine("g1", 2, T0 + 3)
+    assert done.moved and [(r.gate_seq, r.entry_id) for r in done.rows] == [
+        (e.gate_seq, e.entry_id) for e in squat
+    ]
+    assert [e.entry_id for e in (await store.feed(0, 100))[0]] == [
+        entries[0].entry_id,
+        entries[1].entry_id,
+    ]
+    # A reader at the top is neither sent back to the start nor numbered past: the gate's own
+    # gate_seq 2 and 3, taken again, come after it (SQLite would reuse the moved rows' numbers).
+    assert await store.feed(top, 100) == ([], top)
+    a.seq = 1
+    again = [a.row("t5"), a.row("t6")]
+    ack = await store.ingest("g1", again, T0 + 4)
+    assert ack.acked_through_seq == 3
+    fresh, after = await store.feed(top, 100)
+    assert [e.entry_id for e in fresh] == [r.entry_id for r in again] and after > top
+    (alert,) = [x for x in await all_alerts(store) if "set apart" in x.detail]
+    assert (alert.gate_ids, alert.entries) == (("g1",), tuple(r.entry_id for r in squat))
+    assert await _columns(store_url, "quarantined_entries") == [
+        *await _columns(store_url, "entries"),
+        "quarantined_at",
+    ]
 
 
 async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_alerts(

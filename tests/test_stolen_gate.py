@@ -333,11 +333,11 @@ async def _plant(venue: Venue, *rows: EntryWire) -> None:
 
 
 async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_is_heard_again(
-    venue: Venue, iss: Issuer, tmp_path: Path
+    venue: Venue, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stolen = venue.conf_a.hub.token if venue.conf_a.hub else None  # copied off gate A's unit
     assert stolen
-    first, second = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    first, *held_back = (iss.ticket(event=1, zones=[1]) for _ in range(3))
     copy = await Journal.open(
         tmp_path / "a-copy.db", gate_id="gate-a", gate_name="A", clock=Clock(assume="synced")
     )
@@ -353,13 +353,21 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert [row.gate_seq for row in squat] == [2, 3]
             answer = await _upload_as(venue, "gate-a", stolen, *squat)
             assert answer == 200
-            # ... so the real gate A's next admission (its gate_seq 2) reaches no one.
-            held = await _present(a, second)
-            assert held.decision.admitted and held.record is not None
-            assert held.record.gate_seq == 2
+            # ... so the real gate A's next admissions (its gate_seq 2 and 3) reach no one.
+            held = [await _present(a, text) for text in held_back]
+            assert [h.record.gate_seq for h in held if h.record] == [2, 3]
             await until(lambda: _upload(a) == "conflict", what="gate A's upload refused")
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
-            # The operator: not while the gate has a token (the copy would squat again) ...
+            # The operator: sees what would move, but moves nothing while the gate has a token
+            # (the copy would squat again) ...
+            dry = await _hub_cli(
+                venue, "quarantine", "--gate", "gate-a", "--from-seq", "2", "--dry-run"
+            )
+            assert dry.returncode == 0, dry.stderr
+            assert dry.stdout.splitlines()[-1] == (
+                "2 rows of gate gate-a would be set apart (gate_seq 2..3; --dry-run: nothing was"
+                " moved); the gate still has 1 token: revoke them first"
+            )
             refused = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
             assert refused.returncode == 1, refused.stderr
             assert "still has 1 token: revoke them first" in refused.stderr
@@ -379,18 +387,22 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert _integrity(await venue.alerts(), "set apart 2 rows of Gate A from gate_seq 2")
             again = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
             assert again.returncode == 1 and "no rows from gate_seq 2" in again.stderr
-        # Gate A's unit back with a new token: its own gate_seq 2 reaches the venue.
+        # Gate A's unit back with a new token: its own gate_seq 2 and 3 reach the venue, after
+        # the cursor gate B has read to (the moved rows' cursors are not given again).
         token = await asyncio.to_thread(add_token, venue.setup, gate_id="gate-a")
         path = write_gate(
             tmp_path / "gate-a", venue.keys, gate_id="gate-a", name="Gate A", url=venue.setup.url,
             token=token,
         )  # fmt: skip
         async with open_gate(config.load(path)) as a:
-            await _learnt(b, held.record.ticket_ref, "gate-a")
-            assert (await _present(b, second)).decision.reason is Reason.ALREADY_USED
+            for text, h in zip(held_back, held, strict=True):
+                assert h.record is not None
+                await _learnt(b, h.record.ticket_ref, "gate-a")
+                assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
             await until(lambda: _upload(a) == "ok", what="gate A's uploads taken again")
     kept = await _quarantined(venue)
     assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
+    assert "hub feed restarted" not in caplog.text  # no gate read the venue's feed again
 
 
 def _upload(gate: Gate) -> object:

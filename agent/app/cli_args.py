@@ -299,6 +299,9 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="N",
         help="the first gate_seq to set apart (the integrity alert: 'gate_seq N reused')",
     )
+    quarantine.add_argument(
+        "--dry-run", action="store_true", help="list the rows it would set apart, move nothing"
+    )
     # SUPPRESS: `hub --config F token` and `hub token --config F`
     for p in (token, revoke, ticket, alerts, quarantine):
         p.add_argument(

@@ -131,16 +131,17 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
 
 
 async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
-    """Set apart a gate's rows from a gate_seq on; 1 when nothing was moved (a token left, or
-    no such rows: a typo must not look like a quarantine done)."""
+    """Set apart a gate's rows from a gate_seq on (with --dry-run list them only); 1 when
+    nothing was moved (a token left, or no such rows: a typo must not look like a quarantine)."""
     from sync import hub_admin, hub_admin_console
 
-    gate, first = args.gate, args.from_seq
-    done = await hub_admin.quarantine(conf, gate, first)
-    if done.tokens:
+    gate, first, dry = args.gate, args.from_seq, args.dry_run
+    done = await hub_admin.quarantine(conf, gate, first, dry_run=dry)
+    tokens = plural(done.tokens, "token")
+    if done.tokens and not dry:
         print(
-            f"gate-agent: hub quarantine: gate {gate} still has {plural(done.tokens, 'token')}:"
-            f" revoke them first (gate-agent hub token --revoke-gate {gate}); nothing was moved",
+            f"gate-agent: hub quarantine: gate {gate} still has {tokens}: revoke them first"
+            f" (gate-agent hub token --revoke-gate {gate}); nothing was moved",
             file=sys.stderr,
         )
         return 1
@@ -156,11 +157,16 @@ async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
             f"gate_seq {r.gate_seq}  {r.kind:<7} ticket {r.short_id}  entry {r.entry_id}"
             f"  received {hub_admin_console.local_time(r.received_at)}"
         )
+    rows = f"{plural(len(done.rows), 'row')} of gate {gate}"
+    span = f"gate_seq {first}..{done.rows[-1].gate_seq}"
+    if dry:
+        held = f"; the gate still has {tokens}: revoke them first" if done.tokens else ""
+        print(f"{rows} would be set apart ({span}; --dry-run: nothing was moved){held}")
+        return 0
     print(
-        f"{plural(len(done.rows), 'row')} of gate {gate} set apart (gate_seq {first}"
-        f"..{done.rows[-1].gate_seq}): kept in the hub's quarantined_entries, out of the feed."
-        f" Give the gate a new token (gate-agent hub token --gate {gate} --out FILE); its own"
-        f" rows from gate_seq {first} are then taken again"
+        f"{rows} set apart ({span}): kept in the hub's quarantined_entries, out of the feed."
+        f" Give the gate a new token (gate-agent hub token --gate {gate} --out FILE): the rows"
+        " it has not had acknowledged go up again (a row of its own set apart here does not)"
     )
     return 0
 
