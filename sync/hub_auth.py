@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _MAX_TOKEN_CHARS = 256
 _REALM = 'Bearer realm="gate-agent hub"'
+UNKNOWN_TOKEN = _REALM + ', error="invalid_token"'  # the WWW-Authenticate of a token not known
 
 
 def _peer_gate(request: web.Request) -> tuple[str | None, str]:
@@ -53,9 +54,7 @@ async def caller(request: web.Request, hub: Hub) -> TokenInfo:
         if (more := hub.refused_tokens.due(client_net(peer))) is not None:
             log.warning("unknown token %s refused (%s %s) from %s%s", secret_label(token),
                         request.method, printable(request.path, 200), peer, more)  # fmt: skip
-        raise HttpError(
-            401, "unknown token", headers={"WWW-Authenticate": _REALM + ', error="invalid_token"'}
-        )
+        raise HttpError(401, "unknown token", headers={"WWW-Authenticate": UNKNOWN_TOKEN})
     return info
 
 

@@ -16,9 +16,15 @@ from sync import protocol
 from sync.hub_admin import (
     document_version,
 )
-from sync.hub_auth import gate_caller, reader
+from sync.hub_auth import UNKNOWN_TOKEN, gate_caller, reader
 from sync.hub_state import HUB, HttpError, json_response
-from sync.hub_store import ConflictError, HubStore, OverQuotaError, RefusedError
+from sync.hub_store import (
+    ConflictError,
+    HubStore,
+    OverQuotaError,
+    RefusedError,
+    TokenGoneError,
+)
 from sync.protocol import (
     MAX_BODY_BYTES,
     MAX_DOCUMENT_CHARS,
@@ -111,13 +117,19 @@ def _etag_matches(request: web.Request, etag: str) -> bool:
 async def upload(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     gate = _path_gate(request)
-    await gate_caller(request, hub, gate)
+    token = await gate_caller(request, hub, gate)
     batch = parse_batch(await _body(request))
     if batch.gate_id != gate:
         raise HttpError(403, "gate_id: the batch is for another gate than the path")
     try:
         async with hub.upload_turn(gate):
-            ack = await hub.store.ingest(gate, batch.entries, hub.clock())
+            now = hub.clock()
+            ack = await hub.store.ingest(gate, batch.entries, now, token_hash=token.token_hash)
+    except TokenGoneError as exc:  # revoked while the body arrived: as if never known
+        if (more := hub.refused_gates.due((gate, "revoked"))) is not None:
+            log.warning("gate %s: a batch whose token was revoked meanwhile: not stored%s",
+                        gate, more)  # fmt: skip
+        raise HttpError(401, str(exc), headers={"WWW-Authenticate": UNKNOWN_TOKEN}) from None
     except RefusedError as exc:
         if (more := hub.refused_gates.due((gate, "refused"))) is not None:
             log.error("gate %s: batch refused: %s%s", gate, exc, more)

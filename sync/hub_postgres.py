@@ -40,6 +40,7 @@ from sync.hub_store import (
     QuarantinedRow,
     RevocationState,
     Role,
+    TokenGoneError,
     TokenInfo,
     UploadQuota,
     check_gate_name,
@@ -80,6 +81,7 @@ _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
 _LAST_RECEIVED = hub_sql.numbered(hub_sql.LAST_RECEIVED)
 _ADD_GATE = hub_sql.numbered(hub_sql.ADD_GATE)
+_GATE_TOKEN = hub_sql.numbered(hub_sql.GATE_TOKEN)
 _NAME_TAKEN = hub_sql.numbered(hub_sql.NAME_TAKEN)
 _SET_GATE_NAME = hub_sql.numbered(hub_sql.SET_GATE_NAME)
 _INSERT_TOKEN = hub_sql.numbered(hub_sql.INSERT_TOKEN) + " ON CONFLICT (token_hash) DO NOTHING"
@@ -169,11 +171,18 @@ class PostgresHubStore(PostgresConsoleQueries):
     def policy(self) -> HubPolicy:
         return self._policy
 
-    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+    async def ingest(
+        self,
+        gate_id: str,
+        entries: Sequence[EntryWire],
+        now: float,
+        *,
+        token_hash: str | None = None,
+    ) -> BatchAck:
         """Store a batch in one venue-locked transaction and raise its alerts.
 
-        Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
-        ValueError for a batch that is empty, of another gate or not ascending.
+        Raises ConflictError (only the conflict alerts were stored), TokenGoneError,
+        HubStoreError, and ValueError for a batch that is empty, of another gate or not ascending.
         """
         protocol.check_batch(gate_id, entries)
 
@@ -187,6 +196,10 @@ class PostgresHubStore(PostgresConsoleQueries):
             try:
                 async with conn.transaction():
                     await conn.execute(_BEGIN_INGEST, self._lock_key)
+                    if token_hash is not None and not await conn.fetchval(
+                        _GATE_TOKEN, token_hash, gate_id
+                    ):
+                        raise TokenGoneError
                     known = await _known(conn, gate_id, entries, self._policy, now)
                     # No await from here to the spend: no other batch of this process between.
                     quota = self._quota.allowance(gate_id, now, last)

@@ -12,9 +12,11 @@ conflict's moves rows of its own the gate will not send again). Gates that alrea
 moved row keep it: an entry keeps its ticket used there, an exit or annulment has let it in
 again, which is why the operator is shown each row's kind and ticket.
 
-Refused while the gate still has a token (the copy would squat again). Both stores run it as one
-transaction under their ingest lock, with an integrity alert telling the security console what
-was moved; the statements here are the same in both dialects (``?`` parameters).
+Refused while the gate still has a token (the copy would squat again); a batch of a revoked
+token that was still arriving is refused inside its ingest transaction (TokenGoneError). Both
+stores run it as one transaction under their ingest lock, with an integrity alert telling the
+security console what was moved; the statements here are the same in both dialects (``?``
+parameters).
 """
 
 from __future__ import annotations

@@ -166,6 +166,8 @@ INSERT_TOKEN = "INSERT INTO tokens (token_hash, role, gate_id, name, created_at)
 )
 TOKEN = "SELECT token_hash, role, gate_id, name FROM tokens WHERE token_hash = ?"  # noqa: S105
 REVOKE_TOKENS = "DELETE FROM tokens WHERE gate_id = ?"
+# An upload's token read again inside its ingest transaction (sync.hub_store.TokenGoneError).
+GATE_TOKEN = "SELECT 1 FROM tokens WHERE token_hash = ? AND gate_id = ?"  # noqa: S105
 # Console and issuing tokens have no gate: they are named (the name their actions are recorded by).
 NAMED_TOKENS = "SELECT count(*) FROM tokens WHERE role = ? AND name = ? AND gate_id IS NULL"
 REVOKE_NAMED_TOKENS = "DELETE FROM tokens WHERE role = ? AND name = ? AND gate_id IS NULL"

@@ -39,6 +39,7 @@ from sync.hub_store import (
     QuarantinedRow,
     RevocationState,
     Role,
+    TokenGoneError,
     TokenInfo,
     UploadQuota,
     check_gate_name,
@@ -78,6 +79,7 @@ class _Upload:
     gate_id: str
     entries: Sequence[EntryWire]
     now: float
+    token_hash: str | None
 
 
 class SQLiteHubStore(SQLiteConsoleQueries):
@@ -122,7 +124,14 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     def policy(self) -> HubPolicy:
         return self._policy
 
-    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+    async def ingest(
+        self,
+        gate_id: str,
+        entries: Sequence[EntryWire],
+        now: float,
+        *,
+        token_hash: str | None = None,
+    ) -> BatchAck:
         """Store a batch and raise its alerts (see :class:`HubStore`); durable on return.
 
         Uploads that arrive while the thread is busy are committed together (group commit: one
@@ -130,11 +139,12 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         savepoint, planned after the ones before it as if alone), so gates uploading at once
         share the commit's cost. A batch that fails is rolled back alone.
 
-        Raises ConflictError (only the conflict alerts were stored), HubStoreError, and
-        ValueError for a batch that is empty, of another gate or not ascending.
+        Raises ConflictError (only the conflict alerts were stored), TokenGoneError,
+        HubStoreError, and ValueError for a batch that is empty, of another gate or not ascending.
         """
         protocol.check_batch(gate_id, entries)
-        return hub_rules.ack(await self._uploads.submit(_Upload(gate_id, entries, now)), now)
+        upload = _Upload(gate_id, entries, now, token_hash)
+        return hub_rules.ack(await self._uploads.submit(upload), now)
 
     async def _commit_group(
         self, group: Sequence[_Upload]
@@ -177,6 +187,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         for upload in group:
             db.execute("SAVEPOINT upload")
             try:
+                _check_token(db, upload)
                 plans.append(
                     self._ingest_job(db, upload.gate_id, upload.entries, upload.now, charged)
                 )
@@ -373,6 +384,14 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
 
 # --- jobs: run on the store's thread -------------------------------------------------------------
+
+
+def _check_token(db: sqlite3.Connection, upload: _Upload) -> None:
+    """Raise TokenGoneError when the upload's token is no longer one of its gate's."""
+    if upload.token_hash is None:
+        return
+    if db.execute(hub_sql.GATE_TOKEN, (upload.token_hash, upload.gate_id)).fetchone() is None:
+        raise TokenGoneError
 
 
 def _connect(path: Path, venue: str) -> sqlite3.Connection:

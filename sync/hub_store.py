@@ -17,6 +17,10 @@ Errors::
                                                gate's annulment, an exit outside exit_gates);
                                                nothing of the batch is stored, an integrity alert
                                                names the gate
+    OverQuotaError (HubStoreError)             more new rows than the gate's upload quota allows
+                                               now; nothing of the batch is stored
+    TokenGoneError (HubStoreError)             the upload's token was revoked before its batch
+                                               was stored; nothing of the batch is stored
     NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
 
 Besides the Protocol: the argument checks every backend makes and the long-poll wake-up
@@ -65,6 +69,16 @@ class RefusedError(HubStoreError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class TokenGoneError(HubStoreError):
+    """The token an upload came with was revoked while the batch was on its way (its body
+    arriving, its turn awaited): nothing of the batch was stored.
+
+    The store reads the token again inside the ingest transaction, under the ingest lock, so a
+    batch of a revoked token cannot land after a quarantine (:mod:`sync.hub_quarantine`) that
+    followed the revocation.
+    """
 
 
 class OverQuotaError(HubStoreError):
@@ -147,12 +161,21 @@ class HubStore(Protocol):
     @property
     def policy(self) -> HubPolicy: ...
 
-    async def ingest(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> BatchAck:
+    async def ingest(
+        self,
+        gate_id: str,
+        entries: Sequence[EntryWire],
+        now: float,
+        *,
+        token_hash: str | None = None,
+    ) -> BatchAck:
         """Store a batch idempotently by ``entry_id`` in one transaction; raise its alerts.
 
         Returns per-entry inserted|duplicate and ``acked_through_seq`` (the batch's highest
         ``gate_seq``). Raises ConflictError (nothing stored) when an entry_id is reused with
-        another body or a gate_seq of this gate is reused by another entry_id.
+        another body or a gate_seq of this gate is reused by another entry_id, and
+        TokenGoneError when ``token_hash`` (the uploading token's, as the hub's upload handler
+        always passes it) is no longer a token of ``gate_id`` inside the transaction.
         """
         ...
 

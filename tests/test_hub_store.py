@@ -37,6 +37,7 @@ from sync.hub_store import (
     OverQuotaError,
     RefusedError,
     RevocationState,
+    TokenGoneError,
     UploadQuota,
 )
 from sync.hub_stores import open_store
@@ -210,25 +211,27 @@ async def test_a_gate_reusing_another_gates_entry_id_is_named_as_the_uploader(
 
 
 async def test_uploads_arriving_together_are_each_decided_as_if_alone(store: HubStore) -> None:
-    # Four gates upload at the same moment (on SQLite: one group commit). Gate 2 and gate 3 both
-    # admitted ticket "shared": one double admission, the later row's; gate 4 reuses gate 1's
-    # entry id: a conflict for gate 4 alone.
+    # Four gates upload at the same moment (on SQLite: one group commit; on PostgreSQL in any
+    # order). Gate 2 and gate 3 both admitted ticket "shared": one double admission, the later
+    # row's; gate 4 reuses the entry id of a row gate 1 stored before: a conflict for gate 4 alone.
     g1 = Gate("g1")
     g2, g3 = Gate("g2", g1.clock), Gate("g3", g1.clock)
+    stored = g1.row("z")
+    await store.ingest("g1", [stored], T0)
     b1 = [g1.row("a"), g1.row("b")]
     b2, b3 = [g2.row("shared")], [g3.row("c"), g3.row("shared")]
-    b4 = [msgspec.structs.replace(b1[0], gate_id="g4", gate_seq=1)]
+    b4 = [msgspec.structs.replace(stored, gate_id="g4", gate_seq=1)]
     results = await asyncio.gather(
         store.ingest("g1", b1, T0), store.ingest("g2", b2, T0), store.ingest("g3", b3, T0),
         store.ingest("g4", b4, T0), return_exceptions=True,
     )  # fmt: skip
     ack1, ack2, ack3, conflict = results
-    assert isinstance(ack1, BatchAck) and ack1.acked_through_seq == 2 and ack1.inserted == 2
+    assert isinstance(ack1, BatchAck) and ack1.acked_through_seq == 3 and ack1.inserted == 2
     assert isinstance(ack2, BatchAck) and ack2.inserted == 1
     assert isinstance(ack3, BatchAck) and ack3.acked_through_seq == 2 and ack3.inserted == 2
     assert isinstance(conflict, ConflictError) and conflict.entry_ids == (b4[0].entry_id,)
     entries, _ = await store.feed(0, 100)
-    assert {e.entry_id for e in entries} == {r.entry_id for r in b1 + b2 + b3}
+    assert {e.entry_id for e in entries} == {r.entry_id for r in [stored, *b1, *b2, *b3]}
     kinds = sorted(a.kind for a in await all_alerts(store))
     assert kinds == ["double_admission", "integrity"]
     (double,) = [a for a in await all_alerts(store) if a.kind == "double_admission"]
@@ -631,6 +634,27 @@ async def test_tokens_are_stored_looked_up_and_revoked_by_gate(store: HubStore) 
     assert await store.token("a" * 64) is None and await store.token("b" * 64) is None
     assert await store.token("c" * 64) is not None
     assert await store.revoke_tokens("g1") == 0
+
+
+async def test_a_batch_whose_token_was_revoked_on_its_way_stores_nothing(
+    store: HubStore,
+) -> None:
+    """The hub checks the token as the request starts; the store checks it again inside the
+    ingest transaction, so a body trickling in while the token is revoked (and the gate's
+    squatted rows quarantined) stores nothing."""
+    g = Gate("g1")
+    await store.add_token("a" * 64, "gate", "g1", "g1 main")
+    await store.add_token("b" * 64, "gate", "g2", "g2 main")
+    first = g.row("t1")
+    ack = await store.ingest("g1", [first], T0, token_hash="a" * 64)
+    assert ack.acked_through_seq == 1
+    with pytest.raises(TokenGoneError):  # a token, but another gate's
+        await store.ingest("g1", [g.row("t2")], T0, token_hash="b" * 64)
+    assert await store.revoke_tokens("g1") == 1
+    with pytest.raises(TokenGoneError):
+        await store.ingest("g1", [g.row("t3")], T0, token_hash="a" * 64)
+    entries, _ = await store.feed(0, 100)
+    assert [e.entry_id for e in entries] == [first.entry_id]
 
 
 # --- revocations ---------------------------------------------------------------------------------

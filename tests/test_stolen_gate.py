@@ -400,9 +400,41 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 await _learnt(b, h.record.ticket_ref, "gate-a")
                 assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
             await until(lambda: _upload(a) == "ok", what="gate A's uploads taken again")
-    kept = await _quarantined(venue)
+    kept = await _stored(venue, "quarantined_entries")
     assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
     assert "hub feed restarted" not in caplog.text  # no gate read the venue's feed again
+
+
+async def test_a_batch_trickling_in_while_its_token_is_revoked_stores_nothing(
+    venue: Venue,
+) -> None:
+    """The token is checked as the request starts and again as the batch is stored: a thief who
+    holds an upload open (its body arriving slowly) cannot land rows after the operator revoked
+    the token and set apart what it had squatted."""
+    row = await venue.thief_row("tk1:" + "bb" * 8)
+    body = protocol.encode(BatchUpload("gate-x", (row,)))
+    host, port = venue.setup.url.removeprefix("http://").split(":")
+    with HubProcess(venue.setup) as hub:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"POST /v1/gates/gate-x/entries:batch HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {venue.thief_token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body[:-1]
+            )
+            await writer.drain()
+            # The hub took the token (its log names the gate) and waits for the last byte.
+            await until(lambda: "gate gate-x connected" in hub.log_tail(), what="token taken")
+            revoked = await _hub_cli(venue, "token", "--revoke-gate", "gate-x")
+            assert revoked.returncode == 0, revoked.stderr
+            writer.write(body[-1:])
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n")
+        finally:
+            writer.close()
+    assert head.split()[1] == b"401", head
+    assert await _stored(venue, "entries") == []
 
 
 def _upload(gate: Gate) -> object:
@@ -431,9 +463,10 @@ async def _hub_cli(venue: Venue, *args: str) -> subprocess.CompletedProcess[str]
     return await asyncio.to_thread(hub_cli, venue.setup, *args)
 
 
-async def _quarantined(venue: Venue) -> list[tuple[int, str, str]]:
-    """The hub's quarantined rows: (gate_seq, entry_id, ticket_ref), by gate_seq."""
-    sql = "SELECT gate_seq, entry_id, ticket_ref FROM quarantined_entries ORDER BY gate_seq"
+async def _stored(venue: Venue, table: str) -> list[tuple[int, str, str]]:
+    """The hub's rows in ``table`` (entries, quarantined_entries): (gate_seq, entry_id,
+    ticket_ref), by gate and gate_seq."""
+    sql = f"SELECT gate_seq, entry_id, ticket_ref FROM {table} ORDER BY gate_id, gate_seq"
     if venue.store is None:
         db = sqlite3.connect(venue.setup.dir / "state" / "hub.db", timeout=10)
         try:
