@@ -335,6 +335,10 @@
     gate.append(el("span", "gate-name", e.gate));
     const flags = [...e.flags];
     if (e.annuls) flags.push("annuls an entry");
+    if (e.set_apart) {
+      flags.push("set apart by a quarantine");
+      row.classList.add("set-apart");
+    }
     const when = el("td", "time");
     when.append(timeEl(e.time));
     row.append(

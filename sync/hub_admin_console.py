@@ -57,6 +57,8 @@ def event_line(e: TicketEvent) -> str:
         extra.append("[" + ",".join(e.flags) + "]")
     if e.annuls:
         extra.append(f"annuls {e.annuls}")
+    if e.set_apart:
+        extra.append("SET APART by a quarantine (not in the feed)")
     return (
         f"{local_time(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
         + ("  " + "  ".join(extra) if extra else "")
@@ -72,6 +74,8 @@ def history_lines(h: TicketHistory) -> list[str]:
         f"ticket {h.ticket}: {plural(len(h.events), 'row')} at {plural(len(gates), 'gate')}"
         f" ({', '.join(gates)})"
     )
+    if apart := sum(e.set_apart for e in h.events):
+        head += f"; {apart} of them set apart by a quarantine"
     if h.tickets > 1:
         head += f"; WARNING: {h.tickets} different tickets share this short id"
     lines = [head, *map(event_line, h.events)]

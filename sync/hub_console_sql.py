@@ -34,12 +34,26 @@ _GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
 # its arrival + max_clock_ahead_s (the two ? after the short id: sync.hub_plan.as_of_arrival),
 # ties in each gate's own order. The newest, not the oldest: what an alert is about is recent.
 _VOUCHED = "CAST((e.received_at + ?) * 1000 AS BIGINT) * 65536"
+# Rows a quarantine set apart (sync.hub_quarantine) are part of the story: shown, marked.
+_ROW = (
+    "entry_id, gate_id, lane, kind, verdict, reason, detail, flags, offline, wall_time, annuls,"
+    " hlc, received_at, gate_seq"
+)
+_BOTH_TABLES = (
+    f"SELECT {_ROW}, 0 AS set_apart FROM entries WHERE short_id = ?"
+    f" UNION ALL SELECT {_ROW}, 1 FROM quarantined_entries WHERE short_id = ?"
+)
 TICKET_HISTORY = (
     f"SELECT e.entry_id, e.gate_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.detail,"
-    " e.flags, e.offline, e.wall_time, e.annuls"
-    " FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id WHERE e.short_id = ?"
+    f" e.flags, e.offline, e.wall_time, e.annuls, e.set_apart FROM ({_BOTH_TABLES}) AS e"
+    " LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     f" ORDER BY CASE WHEN e.hlc > {_VOUCHED} THEN {_VOUCHED} ELSE e.hlc END DESC,"
     " e.gate_id DESC, e.gate_seq DESC LIMIT ?"
+)
+HISTORY_COUNT = (
+    "SELECT count(DISTINCT ticket_ref), count(*) FROM (SELECT ticket_ref FROM entries"
+    " WHERE short_id = ? UNION ALL SELECT ticket_ref FROM quarantined_entries WHERE short_id = ?)"
+    " AS h"
 )
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref), count(*) FROM entries WHERE short_id = ?"
 # The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
@@ -83,7 +97,7 @@ def any_of(sql: str, cast: str) -> str:
 
 def history(short: str, counts: tuple[int, int], rows: Iterable[Any], limit: int) -> TicketHistory:
     """A :class:`TicketHistory` from :data:`TICKET_HISTORY` rows (newest first) read with
-    ``limit + 1`` and :data:`TICKET_COUNT`'s (tickets, rows)."""
+    ``limit + 1`` and :data:`HISTORY_COUNT`'s (tickets, rows)."""
     events = [_event(r) for r in rows]
     kept = tuple(reversed(events[:limit]))
     return TicketHistory(short, int(counts[0]), kept, len(events) > limit, int(counts[1]))
@@ -92,8 +106,9 @@ def history(short: str, counts: tuple[int, int], rows: Iterable[Any], limit: int
 def _event(r: Any) -> TicketEvent:
     flags = tuple(f for f in r[8].split(",") if f)
     return TicketEvent(
-        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], flags, bool(r[9]), r[10], r[11]
-    )
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], flags, bool(r[9]), r[10], r[11],
+        set_apart=bool(r[12]),
+    )  # fmt: skip
 
 
 def entry_ids(alerts: Sequence[Alert]) -> list[str]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
 
 _TICKET_HISTORY = numbered(q.TICKET_HISTORY)
 _TICKET_COUNT = numbered(q.TICKET_COUNT)
+_HISTORY_COUNT = numbered(q.HISTORY_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
@@ -89,8 +90,8 @@ class PostgresConsoleQueries:
 
         async def job(conn: _Conn) -> TicketHistory:
             ahead = self.policy.max_clock_ahead_s
-            rows = await conn.fetch(_TICKET_HISTORY, short, ahead, ahead, limit + 1)
-            counts = await conn.fetchrow(_TICKET_COUNT, short)  # an aggregate: one row
+            rows = await conn.fetch(_TICKET_HISTORY, short, short, ahead, ahead, limit + 1)
+            counts = await conn.fetchrow(_HISTORY_COUNT, short, short)  # an aggregate: one row
             assert counts is not None
             return q.history(short, (counts[0], counts[1]), rows, limit)
 

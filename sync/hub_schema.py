@@ -154,6 +154,7 @@ SQLITE_AT_OPEN = (
     "DROP INDEX IF EXISTS entries_ticket_ref;"
     "CREATE TABLE IF NOT EXISTS quarantined_entries AS"
     " SELECT *, 0.0 AS quarantined_at FROM entries WHERE 0;"
+    "CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -163,6 +164,7 @@ DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;
 CREATE TABLE IF NOT EXISTS quarantined_entries AS
     SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
+CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

@@ -281,21 +281,23 @@ class TicketEvent:
     offline: bool
     time: float
     annuls: str | None
+    set_apart: bool = False  # moved to quarantined_entries (`hub quarantine`): not in the feed
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate_id": self.gate_id, "gate": self.gate,
             "lane": self.lane, "kind": self.kind, "verdict": self.verdict, "reason": self.reason,
             "detail": self.detail, "flags": list(self.flags), "offline": self.offline,
-            "time": self.time, "annuls": self.annuls,
+            "time": self.time, "annuls": self.annuls, "set_apart": self.set_apart,
         }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class TicketHistory:
     """A ticket's history across the venue's gates, oldest first (by HLC): its newest
-    :data:`MAX_HISTORY` rows. ``tickets`` is how many distinct tickets share the short id (almost
-    always 1); ``more``: older rows were left out; ``rows``: how many are stored in all."""
+    :data:`MAX_HISTORY` rows, those a quarantine set apart included (marked). ``tickets`` is
+    how many distinct tickets share the short id (almost always 1); ``more``: older rows were
+    left out; ``rows``: how many are stored in all."""
 
     ticket: str
     tickets: int

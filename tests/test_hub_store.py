@@ -1502,6 +1502,12 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     assert [e.entry_id for e in fresh] == [r.entry_id for r in again] and after > top
     (alert,) = [x for x in await all_alerts(store) if "set apart" in x.detail]
     assert (alert.gate_ids, alert.entries) == (("g1",), tuple(r.entry_id for r in squat))
+    # The ticket's history still shows the rows set apart, marked, beside the others.
+    shown = await store.ticket_history(short_id("t3"), 10)
+    assert [(e.entry_id, e.set_apart) for e in shown.events] == [(squat[0].entry_id, True)]
+    assert (shown.tickets, shown.rows) == (1, 1)
+    kept = await store.ticket_history(short_id("t1"), 10)
+    assert [(e.entry_id, e.set_apart) for e in kept.events] == [(entries[0].entry_id, False)]
     assert await _columns(store_url, "quarantined_entries") == [
         *await _columns(store_url, "entries"),
         "quarantined_at",

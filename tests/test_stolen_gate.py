@@ -42,6 +42,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import shared_ref, short_id
 from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
+from tests.browser import Browser
 from tests.hubgate import feed_entries, get_bytes, get_json, post_json, scan, write_gate
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, hub_cli, write_hub_config
 from tests.pg import pg_server, pg_url  # noqa: F401
@@ -387,6 +388,27 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert _integrity(await venue.alerts(), "set apart 2 rows of Gate A from gate_seq 2")
             again = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
             assert again.returncode == 1 and "no rows from gate_seq 2" in again.stderr
+            # The security team still finds them in the ticket's history, marked.
+            shown = await _hub_cli(venue, "ticket", short_id(squat[0].ticket_ref))
+            assert shown.returncode == 0, shown.stderr
+            head, line = shown.stdout.splitlines()
+            assert "1 row at 1 gate (Gate A); 1 of them set apart by a quarantine" in head
+            assert line.endswith("SET APART by a quarantine (not in the feed)")
+            async with Browser(tmp_path / "browser", width=1280, height=900) as page:
+                await page.goto(f"{venue.setup.url}/console#token={venue.console}")
+                await page.wait_for("document.querySelector('#alerts .alert')")  # script ready
+                await page.evaluate(
+                    "(() => { document.getElementById('ticket-query').value ="
+                    f" '{short_id(squat[0].ticket_ref)}';"
+                    " document.querySelector('#ticket-form button').click(); })()"
+                )
+                await page.wait_for("!document.getElementById('ticket-history').hidden")
+                shown_rows = await page.evaluate(
+                    "[...document.querySelectorAll('#ticket-history tbody tr')].map(r =>"
+                    " [r.classList.contains('set-apart'), r.querySelector('td.flags').textContent])"
+                )
+                assert shown_rows == [[True, "set apart by a quarantine"]]
+                assert page.console_errors == []
         # Gate A's unit back with a new token: its own gate_seq 2 and 3 reach the venue, after
         # the cursor gate B has read to (the moved rows' cursors are not given again).
         token = await asyncio.to_thread(add_token, venue.setup, gate_id="gate-a")
