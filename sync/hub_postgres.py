@@ -341,6 +341,11 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         return await self._run(job)
 
+    async def set_apart_rows(self) -> int:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        sql = hub_quarantine.SET_APART_ROWS
+        return int(await self._run(lambda conn: conn.fetchval(sql)))
+
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
         Raises HubStoreError."""

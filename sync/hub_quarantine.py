@@ -43,6 +43,7 @@ COPY = (
 DELETE = "DELETE FROM entries WHERE gate_id = ? AND gate_seq >= ?"
 GATE_NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
 TOP_CURSOR = "SELECT coalesce(max(cursor), 0) FROM entries"
+SET_APART_ROWS = "SELECT count(*) FROM quarantined_entries"  # rows never leave it
 
 # Feed cursors never go back. Gates ask for rows after the last cursor they read, and take a
 # highest cursor below theirs for a store started anew (they read the feed again from the

@@ -291,6 +291,11 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         args = (gate_id, from_seq, now, dry_run)
         return await self._run(lambda db: _transaction(db, _quarantine, *args))
 
+    async def set_apart_rows(self) -> int:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        sql = hub_quarantine.SET_APART_ROWS
+        return int(await self._run(lambda db: db.execute(sql).fetchone()[0]))
+
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.
         Raises HubStoreError."""

@@ -263,6 +263,11 @@ class HubStore(Protocol):
         on a ``dry_run`` (the rows are found all the same)."""
         ...
 
+    async def set_apart_rows(self) -> int:
+        """How many rows quarantines have set apart in all: it never falls (the running venue
+        tallies, :mod:`sync.hub_venue`, count again from the start when it grew)."""
+        ...
+
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """How many console (or issuing) tokens are stored under ``name``; with ``revoke``,
         delete them and return how many were."""

@@ -8,7 +8,8 @@ several hub processes on one PostgreSQL database, each follows the shared table 
 same numbers. What :class:`VenueTally` counts:
 
 - decisions: every entry, exit and denied attempt, by gate, kind, verdict and reason, as stored
-  (they only ever grow: Prometheus counters);
+  (Prometheus counters: they only grow, but for a new start at the hub's restart or after a
+  quarantine set rows apart, when the tally counts every row still stored again);
 - admissions: admitted entries and exits less those annulled (an admission nobody passed
   through), per gate, per zone (occupancy: entries minus exits, by the zone of the gate that
   recorded them; a gate without a zone counts under zone null) and per gate per minute for the
@@ -134,12 +135,16 @@ class Venue:
         self._store = store
         self._clock = clock
         self._tally = VenueTally()
+        self._set_apart: int | None = None  # the store's set-apart rows the tally knows of
         self._lock = asyncio.Lock()  # one reader at a time: rows are counted exactly once
 
     async def follow(self) -> VenueTally:
-        """Count the rows stored since the last call (all of them the first time); return the
-        tally. Raises HubStoreError."""
+        """Count the rows stored since the last call (all of them the first time, and again
+        after a quarantine set rows apart); return the tally. Raises HubStoreError."""
         async with self._lock:
+            set_apart = await self._store.set_apart_rows()  # before the rows: a later one shows
+            if set_apart != self._set_apart:
+                self._tally, self._set_apart = VenueTally(), set_apart
             tally = self._tally
             while True:
                 rows = await self._store.venue_rows(tally.cursor, PAGE)
