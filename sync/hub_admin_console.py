@@ -173,6 +173,11 @@ async def resolve_short_ids(config: HubConfig, shorts: Iterable[str]) -> list[by
     async with opened_store(config) as store:
         for short in shorts:
             tickets, pairs = await store.revocation_keys(short)
+            if tickets == 0 and (await store.ticket_history(short, 1)).rows:
+                raise UsageError(
+                    f"short id {short}: only rows a quarantine set apart carry it (their keys"
+                    " came from a copied token); give the ticket's text or its 32-hex token id"
+                )
             if tickets == 0:
                 raise UsageError(f"short id {short}: no ticket with this id was seen at this venue")
             if tickets > 1:

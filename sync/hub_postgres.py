@@ -89,16 +89,15 @@ _TOKEN = hub_sql.numbered(hub_sql.TOKEN)
 _REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
 _NAMED_TOKENS = hub_sql.numbered(hub_sql.NAMED_TOKENS)
 _REVOKE_NAMED_TOKENS = hub_sql.numbered(hub_sql.REVOKE_NAMED_TOKENS)
-_HAS_ALERT_GATE_IDS = (
-    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
-    " AND table_name = 'alerts' AND column_name = 'gate_ids'"
+_HAS_ALERT_GATE_IDS = (  # the alerts table the ALTER would name, as search_path finds it
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'alerts'::regclass"
+    " AND attname = 'gate_ids' AND NOT attisdropped"
 )
 _Q_TOKENS = hub_sql.numbered(hub_quarantine.TOKENS)
 _Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
 _Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
 _Q_DELETE = hub_sql.numbered(hub_quarantine.DELETE)
 _Q_GATE_NAME = hub_sql.numbered(hub_quarantine.GATE_NAME)
-_Q_SET_FLOOR = hub_sql.numbered(hub_quarantine.POSTGRES_SET_FLOOR)
 _DELTAS = hub_sql.numbered(hub_sql.DELTAS)
 _INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
 _PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
@@ -187,7 +186,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         protocol.check_batch(gate_id, entries)
 
         async def job(conn: _Conn) -> hub_rules.IngestPlan:
-            spent, quota = 0, 0.0
+            spent, quota = 0, None  # quota: the allowance once read
             # Read before the ingest lock: it reads each of the gate's rows once (once per gate
             # and process), and no other gate's batch should wait for that.
             last = None  # (allowance ignores it for a gate the quota got to know meanwhile)
@@ -208,7 +207,8 @@ class PostgresHubStore(PostgresConsoleQueries):
                     self._quota.spend(gate_id, now, quota, spent := len(plan.rows))
                     await _write(conn, gate_id, plan, now)
             except BaseException:
-                self._quota.refund(gate_id, spent, quota)  # not stored: not counted
+                if quota is not None:  # (before it, nothing was spent: the bucket stays)
+                    self._quota.refund(gate_id, spent, quota)  # not stored: not counted
                 raise
             return plan
 
@@ -330,8 +330,6 @@ class PostgresHubStore(PostgresConsoleQueries):
                 rows = tuple(QuarantinedRow(*row) for row in found)
                 if dry_run or tokens or not rows:
                     return Quarantine(tokens, rows)
-                top = await conn.fetchval(hub_quarantine.POSTGRES_MAX_CURSOR)
-                await conn.execute(_Q_SET_FLOOR, str(top))
                 await conn.execute(_Q_COPY, now, gate_id, from_seq)
                 await conn.execute(_Q_DELETE, gate_id, from_seq)
                 name = await conn.fetchval(_Q_GATE_NAME, gate_id) or ""

@@ -6,8 +6,9 @@ upload of the real gate A then reuses a stored gate_seq with another entry_id: a
 token stops the copy but frees nothing. The operator then quarantines A's rows from that gate_seq
 on (`gate-agent hub quarantine`): they move from ``entries`` to ``quarantined_entries``, kept
 there for the record (every column, the feed cursor they had, when they were moved), out of the
-feed, the tickets' histories and the gate_seq check, so the gate's own rows from that gate_seq
-are taken again once it has a new token (those it has not had acknowledged: a gate_seq below the
+feed, the double-admission rules and the gate_seq check (a ticket's history, `hub ticket` and
+the console, still shows them, marked), so the gate's own rows from that gate_seq are taken
+again once it has a new token (those it has not had acknowledged: a gate_seq below the
 conflict's moves rows of its own the gate will not send again). Gates that already learned a
 moved row keep it: an entry keeps its ticket used there, an exit or annulment has let it in
 again, which is why the operator is shown each row's kind and ticket.
@@ -48,21 +49,13 @@ SET_APART_ROWS = "SELECT count(*) FROM quarantined_entries"  # rows never leave 
 # Feed cursors never go back. Gates ask for rows after the last cursor they read, and take a
 # highest cursor below theirs for a store started anew (they read the feed again from the
 # start). Moving the newest rows away would lower the highest cursor, and SQLite (its rowid)
-# would give the next rows the numbers of the moved ones: rows gates already count as read. So
-# the quarantine keeps the highest cursor the store ever gave as its "cursor floor"; the feed's
+# would give the next rows the numbers of the moved ones: rows gates already count as read. The
+# moved rows keep their cursors in quarantined_entries (rows never leave it; indexed by cursor),
+# so the highest cursor the store ever gave is the higher of the two tables' tops: the feed's
 # highest cursor is never below it, and SQLite's next row is numbered above it.
-SQLITE_FLOOR = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'cursor_floor'"
-SQLITE_SET_FLOOR = (
-    "INSERT INTO meta (key, value) VALUES ('cursor_floor', ?)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-SQLITE_MAX_CURSOR = f"SELECT max(({TOP_CURSOR}), coalesce(({SQLITE_FLOOR}), 0))"
-POSTGRES_FLOOR = "SELECT value::bigint FROM hub_meta WHERE key = 'cursor_floor'"
-POSTGRES_SET_FLOOR = (
-    "INSERT INTO hub_meta (key, value) VALUES ('cursor_floor', ?)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-POSTGRES_MAX_CURSOR = f"SELECT greatest(({TOP_CURSOR}), coalesce(({POSTGRES_FLOOR}), 0))"
+SET_APART_TOP = "SELECT coalesce(max(cursor), 0) FROM quarantined_entries"
+SQLITE_MAX_CURSOR = f"SELECT max(({TOP_CURSOR}), ({SET_APART_TOP}))"
+POSTGRES_MAX_CURSOR = f"SELECT greatest(({TOP_CURSOR}), ({SET_APART_TOP}))"
 
 
 def alert(
@@ -74,7 +67,7 @@ def alert(
         f"the operator set apart {plural(len(rows), 'row')} of {name or gate_id} from gate_seq"
         f" {from_seq}"
         f" (through {rows[-1].gate_seq}), uploaded with a copy of its token: kept apart, out of"
-        " the feed; the gate's own rows from that gate_seq are taken again"
+        " the feed; the gate's own rows it has not had acknowledged are taken again"
     )
     entries = tuple(r.entry_id for r in rows[:MAX_ALERT_ENTRIES])
     return NewAlert(

@@ -155,6 +155,7 @@ SQLITE_AT_OPEN = (
     "CREATE TABLE IF NOT EXISTS quarantined_entries AS"
     " SELECT *, 0.0 AS quarantined_at FROM entries WHERE 0;"
     "CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);"
+    "CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -165,6 +166,7 @@ DROP INDEX IF EXISTS entries_ticket_ref;
 CREATE TABLE IF NOT EXISTS quarantined_entries AS
     SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
 CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);
+CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

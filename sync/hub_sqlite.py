@@ -488,8 +488,6 @@ def _quarantine(
     rows = tuple(QuarantinedRow(*row) for row in found)
     if dry_run or tokens or not rows:
         return Quarantine(int(tokens), rows)
-    (top,) = db.execute(hub_quarantine.SQLITE_MAX_CURSOR).fetchone()
-    db.execute(hub_quarantine.SQLITE_SET_FLOOR, (int(top),))
     db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
     db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
     name = db.execute(hub_quarantine.GATE_NAME, (gate_id,)).fetchone()
@@ -501,11 +499,11 @@ def _quarantine(
 def _next_cursor(db: sqlite3.Connection) -> int | None:
     """The cursor the next row must have when a quarantine moved the newest rows away (SQLite
     would number it as one of them: :mod:`sync.hub_quarantine`); None: SQLite's own."""
-    floor = db.execute(hub_quarantine.SQLITE_FLOOR).fetchone()
-    if floor is None:
+    (moved,) = db.execute(hub_quarantine.SET_APART_TOP).fetchone()
+    if not moved:
         return None
     (top,) = db.execute(hub_quarantine.TOP_CURSOR).fetchone()
-    return int(floor[0]) + 1 if floor[0] > top else None
+    return int(moved) + 1 if moved > top else None
 
 
 def _set_gate_name(db: sqlite3.Connection, gate_id: str, name: str) -> None:

@@ -80,6 +80,11 @@ class TokenGoneError(HubStoreError):
     followed the revocation.
     """
 
+    def __init__(self) -> None:
+        super().__init__(
+            "the token was revoked while the batch arrived; nothing of the batch was stored"
+        )
+
 
 class OverQuotaError(HubStoreError):
     """The batch's new rows exceed what the gate may store now (:class:`UploadQuota`).

@@ -8,8 +8,8 @@ several hub processes on one PostgreSQL database, each follows the shared table 
 same numbers. What :class:`VenueTally` counts:
 
 - decisions: every entry, exit and denied attempt, by gate, kind, verdict and reason, as stored
-  (Prometheus counters: they only grow, but for a new start at the hub's restart or after a
-  quarantine set rows apart, when the tally counts every row still stored again);
+  (Prometheus counters: they only grow; after a quarantine set rows apart, everything else is
+  counted again from the rows still stored, these go on from where they were);
 - admissions: admitted entries and exits less those annulled (an admission nobody passed
   through), per gate, per zone (occupancy: entries minus exits, by the zone of the gate that
   recorded them; a gate without a zone counts under zone null) and per gate per minute for the
@@ -60,7 +60,9 @@ class GateCounts:
 class VenueTally:
     """The venue's running counts, fed row by row in cursor order (no I/O here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: VenueTally | None = None) -> None:
+        """A tally counting from the first row; ``before``: the one it replaces (after a
+        quarantine), whose counters it goes on from, so they never fall."""
         self.cursor = 0  # the last row counted
         self.decisions: Counter[tuple[str, str, str, str]] = (
             Counter()
@@ -70,15 +72,20 @@ class VenueTally:
         self.gates: dict[str, GateCounts] = {}
         self._annulled: set[int] = set()  # cursors of the rows already annulled
         self._oldest_minute = 0  # buckets before it are dropped (see prune)
+        self._counted = 0  # rows up to this cursor are already in the counters
+        if before is not None:
+            self.decisions, self.annulments = before.decisions, before.annulments
+            self._counted = before.cursor
 
     def add(self, row: VenueRow) -> None:
         """Count one stored row (rows come in cursor order)."""
         self.cursor = max(self.cursor, row.cursor)
         if row.kind == "annul":
-            self._annul(row.annulled)
+            self._annul(row.annulled, count=row.cursor > self._counted)
             return
         verdict = "admit" if row.admitted else "deny"
-        self.decisions[(row.gate_id, row.kind, verdict, row.reason)] += 1
+        if row.cursor > self._counted:
+            self.decisions[(row.gate_id, row.kind, verdict, row.reason)] += 1
         if row.admitted and row.kind in _PASSAGES:
             self._passage(row, 1)
         elif not row.admitted:
@@ -116,14 +123,15 @@ class VenueTally:
         if minute >= self._oldest_minute:
             counts.minutes[minute] = counts.minutes.get(minute, 0) + sign
 
-    def _annul(self, target: VenueRow | None) -> None:
+    def _annul(self, target: VenueRow | None, *, count: bool) -> None:
         # Only an admission is undone, and only once (a gate can annul only its own entries).
         if target is None or not target.admitted or target.kind not in _PASSAGES:
             return
         if target.cursor in self._annulled:
             return
         self._annulled.add(target.cursor)
-        self.annulments[(target.gate_id, target.kind)] += 1
+        if count:
+            self.annulments[(target.gate_id, target.kind)] += 1
         self._gate(target.gate_id).annulled += 1
         self._passage(target, -1)
 
@@ -144,7 +152,7 @@ class Venue:
         async with self._lock:
             set_apart = await self._store.set_apart_rows()  # before the rows: a later one shows
             if set_apart != self._set_apart:
-                self._tally, self._set_apart = VenueTally(), set_apart
+                self._tally, self._set_apart = VenueTally(self._tally), set_apart
             tally = self._tally
             while True:
                 rows = await self._store.venue_rows(tally.cursor, PAGE)

@@ -43,6 +43,7 @@ from sync.hub_store import (
 from sync.hub_stores import open_store
 from sync.protocol import Alert, BatchAck, EntryWire, Heartbeat
 from tests.pg import pg_server, pg_url  # noqa: F401
+from tests.polling import until
 
 T0 = 1_750_000_000.0
 VENUE = "arena"
@@ -655,6 +656,44 @@ async def test_a_batch_whose_token_was_revoked_on_its_way_stores_nothing(
         await store.ingest("g1", [g.row("t3")], T0, token_hash="a" * 64)
     entries, _ = await store.feed(0, 100)
     assert [e.entry_id for e in entries] == [first.entry_id]
+    # The refusals spent none of the gate's upload quota: with a new token its rows go up.
+    await store.add_token("c" * 64, "gate", "g1", "g1 new")
+    again = [g.row(f"t{i}") for i in range(4, 10)]
+    ack = await store.ingest("g1", again, T0, token_hash="c" * 64)
+    assert ack.inserted == len(again)
+
+
+async def test_a_batch_waiting_for_the_ingest_lock_when_its_token_is_revoked_stores_nothing(
+    pg_url: str,  # noqa: F811
+) -> None:
+    """PostgreSQL: another process holds the venue's ingest lock (as a quarantine does) and
+    revokes the token while a batch waits for it; the batch reads the token after the lock.
+    (SQLite reads it inside the group's write transaction, the only one of the file.)"""
+    store = await open_store(pg_url, POLICY)
+    other = await asyncpg.connect(pg_url)
+    try:
+        await store.add_token("a" * 64, "gate", "g1", "g1 main")
+        g = Gate("g1")
+        held = other.transaction()
+        await held.start()
+        await other.execute(
+            "SELECT pg_advisory_xact_lock($1)", hub_postgres.lock_key(f"venue:{VENUE}")
+        )
+        upload = asyncio.ensure_future(store.ingest("g1", [g.row("t1")], T0, token_hash="a" * 64))
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        await until(lambda: _fetchval(other, waiting), what="the batch waits for the lock")
+        await other.execute("DELETE FROM tokens WHERE gate_id = 'g1'")
+        await held.commit()
+        with pytest.raises(TokenGoneError):
+            await upload
+        assert (await store.feed(0, 100))[0] == []
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def _fetchval(conn: asyncpg.Connection, sql: str) -> object:
+    return await conn.fetchval(sql)
 
 
 # --- revocations ---------------------------------------------------------------------------------
@@ -1502,10 +1541,21 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     assert [e.entry_id for e in fresh] == [r.entry_id for r in again] and after > top
     (alert,) = [x for x in await all_alerts(store) if "set apart" in x.detail]
     assert (alert.gate_ids, alert.entries) == (("g1",), tuple(r.entry_id for r in squat))
-    # The ticket's history still shows the rows set apart, marked, beside the others.
+    # The ticket's history still shows the rows set apart, marked, beside the others (which no
+    # longer count them: g2's admission of t3 is no double admission), oldest first; a limit
+    # keeps the newest.
+    late = b.row("t3", at=T0 + 1000)
+    assert (await store.ingest("g2", [late], T0 + 5)).inserted == 1
     shown = await store.ticket_history(short_id("t3"), 10)
-    assert [(e.entry_id, e.set_apart) for e in shown.events] == [(squat[0].entry_id, True)]
-    assert (shown.tickets, shown.rows) == (1, 1)
+    assert [(e.entry_id, e.set_apart) for e in shown.events] == [
+        (squat[0].entry_id, True),
+        (late.entry_id, False),
+    ]
+    assert (shown.tickets, shown.rows, shown.more) == (1, 2, False)
+    newest = await store.ticket_history(short_id("t3"), 1)
+    assert [e.entry_id for e in newest.events] == [late.entry_id]
+    assert (newest.rows, newest.more) == (2, True)
+    assert not [x for x in await all_alerts(store) if x.kind == "double_admission"]
     kept = await store.ticket_history(short_id("t1"), 10)
     assert [(e.entry_id, e.set_apart) for e in kept.events] == [(entries[0].entry_id, False)]
     assert await _columns(store_url, "quarantined_entries") == [

@@ -124,24 +124,29 @@ async def test_venue_rows_page_every_row_and_join_an_annulment_to_its_entry(
 
 
 async def test_rows_a_quarantine_sets_apart_leave_the_running_tallies(store: HubStore) -> None:
-    """The tallies count each row once as it comes; a quarantine (another process: the CLI)
-    takes rows away behind them, so the venue counts what is stored again from the start."""
+    """The tallies count each row once as it comes; a quarantine (in the hub: another process,
+    the CLI) takes rows away behind them, so the venue counts what is stored again from the
+    start, but for the Prometheus counters (decisions as uploaded), which never fall."""
     a = GateRows("gate-a", 1)
     venue = Venue(store, clock=lambda: T0 + 20)
-    await store.ingest("gate-a", [a.row("T0", "entry", T0), a.row("T1", "entry", T0 + 1)], T0)
-    squat = [a.row(f"S{i}", "entry", T0 + 2 + i) for i in range(3)]  # gate_seq 3-5
+    own = [a.row("T0", "entry", T0), a.row("T1", "entry", T0 + 1), a.row("T2", "entry", T0 + 2)]
+    nobody = a.row("T2", "annul", T0 + 3, admit=False, annuls=own[2].entry_id)  # gate_seq 4
+    await store.ingest("gate-a", [*own, nobody], T0)
+    squat = [a.row(f"S{i}", "entry", T0 + 4 + i) for i in range(3)]  # gate_seq 5-7
     await store.ingest("gate-a", squat, T0 + 5)
     tally = await venue.follow()
     assert tally.zones == {1: [5, 0]} and tally.gates["gate-a"].entries == 5
-    moved = await store.quarantine("gate-a", 3, T0 + 10)
+    assert tally.annulments == {("gate-a", "entry"): 1}
+    moved = await store.quarantine("gate-a", 5, T0 + 10)
     assert moved.moved and len(moved.rows) == 3
     tally = await venue.follow()
     assert tally.zones == {1: [2, 0]} and tally.gates["gate-a"].entries == 2
-    assert sum(tally.decisions.values()) == 2
-    a.seq = 2  # the gate's own gate_seq 3, taken again
-    await store.ingest("gate-a", [a.row("T2", "entry", T0 + 11)], T0 + 12)
+    assert tally.gates["gate-a"].annulled == 1
+    assert sum(tally.decisions.values()) == 6 and tally.annulments == {("gate-a", "entry"): 1}
+    a.seq = 4  # the gate's own gate_seq 5, taken again
+    await store.ingest("gate-a", [a.row("T3", "entry", T0 + 11)], T0 + 12)
     tally = await venue.follow()  # and on from there, row by row
-    assert tally.zones == {1: [3, 0]} and sum(tally.decisions.values()) == 3
+    assert tally.zones == {1: [3, 0]} and sum(tally.decisions.values()) == 7
 
 
 async def test_a_row_from_a_clock_ahead_counts_in_the_minute_it_arrived(store: HubStore) -> None:

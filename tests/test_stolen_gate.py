@@ -394,6 +394,10 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             head, line = shown.stdout.splitlines()
             assert "1 row at 1 gate (Gate A); 1 of them set apart by a quarantine" in head
             assert line.endswith("SET APART by a quarantine (not in the feed)")
+            # Their revocation keys came from the copy: a short id only they carry revokes nothing.
+            revoke = await _hub_cli(venue, "revoke", short_id(squat[0].ticket_ref))
+            assert revoke.returncode == 2, revoke.stderr
+            assert "only rows a quarantine set apart carry it" in revoke.stderr
             async with Browser(tmp_path / "browser", width=1280, height=900) as page:
                 await page.goto(f"{venue.setup.url}/console#token={venue.console}")
                 await page.wait_for("document.querySelector('#alerts .alert')")  # script ready
@@ -452,10 +456,14 @@ async def test_a_batch_trickling_in_while_its_token_is_revoked_stores_nothing(
             assert revoked.returncode == 0, revoked.stderr
             writer.write(body[-1:])
             await writer.drain()
-            head = await reader.readuntil(b"\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            assert length is not None, head
+            answer = json.loads(await reader.readexactly(int(length[1])))
         finally:
             writer.close()
     assert head.split()[1] == b"401", head
+    assert "the token was revoked while the batch arrived" in answer["message"]
     assert await _stored(venue, "entries") == []
 
 
