@@ -94,6 +94,7 @@
     const verdict = c.verdict === "admit" ? "admitted" : "denied";
     gate.append(el("span", "decision decision-" + c.verdict, c.kind + " " + verdict + (c.reason === "ok" ? "" : ": " + c.reason)));
     if (c.offline) gate.append(el("span", "offline-badge", "decided offline"));
+    if (c.set_apart) gate.append(el("span", "set-apart-badge", "set apart by a quarantine"));
     return gate;
   }
 

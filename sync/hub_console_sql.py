@@ -62,11 +62,14 @@ REV_KEYS = (
     "SELECT rev_key, gate_id FROM entries WHERE short_id = ? AND rev_key IS NOT NULL"
     " GROUP BY rev_key, gate_id ORDER BY rev_key, gate_id LIMIT 65"
 )
-CONTEXT = (
+_CONTEXT_OF = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
-    " e.wall_time FROM entries AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
-    " WHERE e.entry_id IN ({})"
+    " e.wall_time, {set_apart} FROM {table} AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " WHERE e.entry_id IN ({{}})"
 )
+CONTEXT = _CONTEXT_OF.format(set_apart=0, table="entries")
+# The same of the rows a quarantine set apart (an alert named them before, or the quarantine's).
+SET_APART_CONTEXT = _CONTEXT_OF.format(set_apart=1, table="quarantined_entries")
 # The gates' names now, of the gates alerts name by id (an alert keeps the names it was raised
 # with; a gate renamed since, its name perhaps given to another gate, shows both).
 NAMES_NOW = (
@@ -129,7 +132,7 @@ def with_details(
     rows, oldest first) and their gates' names now (:data:`NAMES_NOW` rows)."""
     now = {str(r[0]): str(r[1]) for r in name_rows}
     context = {
-        r[0]: EntryContext(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7])
+        r[0]: EntryContext(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]))
         for r in context_rows
     }
     steps: dict[int, list[Any]] = {}

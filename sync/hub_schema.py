@@ -156,6 +156,7 @@ SQLITE_AT_OPEN = (
     " SELECT *, 0.0 AS quarantined_at FROM entries WHERE 0;"
     "CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);"
     "CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);"
+    "CREATE INDEX IF NOT EXISTS quarantined_entry_id ON quarantined_entries (entry_id);"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -167,6 +168,7 @@ CREATE TABLE IF NOT EXISTS quarantined_entries AS
     SELECT *, 0.0::float8 AS quarantined_at FROM entries WITH NO DATA;
 CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);
 CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);
+CREATE INDEX IF NOT EXISTS quarantined_entry_id ON quarantined_entries (entry_id);
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

@@ -39,12 +39,13 @@ class EntryContext:
     reason: str
     offline: bool
     time: float
+    set_apart: bool = False  # moved to quarantined_entries by `hub quarantine`
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
             "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
-            "time": self.time,
+            "time": self.time, "set_apart": self.set_apart,
         }  # fmt: skip
 
     @classmethod
@@ -58,6 +59,7 @@ class EntryContext:
             reason=read.text(obj, "reason", where, MAX_ID),
             offline=read.boolean(obj, "offline", where),
             time=read.number(obj, "time", where),
+            set_apart="set_apart" in obj and read.boolean(obj, "set_apart", where),
         )
 
 

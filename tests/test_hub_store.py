@@ -1541,6 +1541,10 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     assert [e.entry_id for e in fresh] == [r.entry_id for r in again] and after > top
     (alert,) = [x for x in await all_alerts(store) if "set apart" in x.detail]
     assert (alert.gate_ids, alert.entries) == (("g1",), tuple(r.entry_id for r in squat))
+    (shown_alert,) = await store.alert_details([alert])  # what the console shows of each row
+    assert [(c.entry_id, c.kind, c.set_apart) for c in shown_alert.context] == [
+        (r.entry_id, "entry", True) for r in squat
+    ]
     # The ticket's history still shows the rows set apart, marked, beside the others (which no
     # longer count them: g2's admission of t3 is no double admission), oldest first; a limit
     # keeps the newest.

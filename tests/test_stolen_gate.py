@@ -394,6 +394,9 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             head, line = shown.stdout.splitlines()
             assert "1 row at 1 gate (Gate A); 1 of them set apart by a quarantine" in head
             assert line.endswith("SET APART by a quarantine (not in the feed)")
+            listed = await _hub_cli(venue, "alerts")
+            (moved,) = [line for line in listed.stdout.splitlines() if "set apart 2 rows" in line]
+            assert moved.count("SET APART") == 2, moved
             # Their revocation keys came from the copy: a short id only they carry revokes nothing.
             revoke = await _hub_cli(venue, "revoke", short_id(squat[0].ticket_ref))
             assert revoke.returncode == 2, revoke.stderr
@@ -412,6 +415,10 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                     " [r.classList.contains('set-apart'), r.querySelector('td.flags').textContent])"
                 )
                 assert shown_rows == [[True, "set apart by a quarantine"]]
+                # The quarantine's alert shows each row it moved, marked.
+                await page.wait_for(
+                    "document.querySelectorAll('#alerts .alert .set-apart-badge').length === 2"
+                )
                 assert page.console_errors == []
         # Gate A's unit back with a new token: its own gate_seq 2 and 3 reach the venue, after
         # the cursor gate B has read to (the moved rows' cursors are not given again).
