@@ -324,7 +324,8 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> Quarantine:
             async with conn.transaction():
-                await conn.execute(_BEGIN_INGEST, self._lock_key)
+                if not dry_run:  # a dry run reads: uploads go on
+                    await conn.execute(_BEGIN_INGEST, self._lock_key)
                 tokens = int(await conn.fetchval(_Q_TOKENS, gate_id))
                 found = await conn.fetch(_Q_ROWS, gate_id, from_seq)
                 rows = tuple(QuarantinedRow(*row) for row in found)

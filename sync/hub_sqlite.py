@@ -289,7 +289,8 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     ) -> Quarantine:
         """See :class:`HubStore` (:mod:`sync.hub_quarantine`). Raises HubStoreError."""
         args = (gate_id, from_seq, now, dry_run)
-        return await self._run(lambda db: _transaction(db, _quarantine, *args))
+        begin = "BEGIN" if dry_run else "BEGIN IMMEDIATE"  # a dry run reads: uploads go on
+        return await self._run(lambda db: _transaction(db, _quarantine, *args, begin=begin))
 
     async def set_apart_rows(self) -> int:
         """See :class:`HubStore`. Raises HubStoreError."""
@@ -459,9 +460,12 @@ def _add_alert_gate_ids(db: sqlite3.Connection) -> None:
         db.execute(hub_schema.SQLITE_ALERT_GATE_IDS)
 
 
-def _transaction(db: sqlite3.Connection, job: Callable[..., _T], *args: Any) -> _T:
-    """Run ``job(db, *args)`` inside BEGIN IMMEDIATE .. COMMIT (rolled back on any failure)."""
-    db.execute("BEGIN IMMEDIATE")
+def _transaction(
+    db: sqlite3.Connection, job: Callable[..., _T], *args: Any, begin: str = "BEGIN IMMEDIATE"
+) -> _T:
+    """Run ``job(db, *args)`` inside BEGIN IMMEDIATE (or ``begin``) .. COMMIT (rolled back on any
+    failure)."""
+    db.execute(begin)
     try:
         result = job(db, *args)
         db.execute("COMMIT")

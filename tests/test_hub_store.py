@@ -13,6 +13,7 @@ import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -1484,6 +1485,40 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
         await store.close()
     store = await open_store(store_url, POLICY)  # and opens again as schema 2
     await store.close()
+
+
+async def test_a_dry_run_quarantine_reads_while_uploads_hold_the_ingest_lock(
+    store_url: str, store: HubStore
+) -> None:
+    """A dry run moves nothing, so it takes no write lock: while another process ingests (holds
+    SQLite's write lock or PostgreSQL's venue lock), it answers, and uploads never wait for it."""
+    a = Gate("g1")
+    await store.ingest("g1", [a.row("t1"), a.row("t2")], T0)
+    async with _ingest_lock_held(store_url):
+        dry = await asyncio.wait_for(store.quarantine("g1", 2, T0, dry_run=True), 10)
+    assert (dry.moved, [r.gate_seq for r in dry.rows]) == (False, [2])
+
+
+@asynccontextmanager
+async def _ingest_lock_held(url: str) -> AsyncIterator[None]:
+    """Another process's connection holding the store's ingest lock."""
+    if url.startswith("sqlite://"):
+        db = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            lock = hub_postgres.lock_key(f"venue:{VENUE}")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+            yield
+    finally:
+        await conn.close()
 
 
 async def _columns(url: str, table: str) -> list[str]:
