@@ -397,8 +397,9 @@ class HubClient:
             self._upload_state = "conflict"
             if set(exc.entry_ids) != set(self._conflicts):
                 self._conflicts = exc.entry_ids
-                log.error("hub refuses entries %s: another body under the same id; rows kept,"
-                          " operator action needed", ", ".join(exc.entry_ids))  # fmt: skip
+                log.error("hub refuses entries %s: their entry_id or gate_seq holds another row"
+                          " there (the hub's integrity alert says which); rows kept, operator"
+                          " action needed", ", ".join(exc.entry_ids))  # fmt: skip
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
             if isinstance(exc, UpstreamAuthError) or exc.check == "cert":

@@ -87,13 +87,14 @@
     renderAlerts();
   }
 
-  function entryItem(c) {
+  function entryItem(c, alertTicket) {
     const gate = el("li", "alert-gate");
     gate.append(el("span", "gate-name", c.gate), timeEl(c.time, "gate-time"));
     gate.append(el("span", "lane", "lane " + c.lane));
     const verdict = c.verdict === "admit" ? "admitted" : "denied";
     gate.append(el("span", "decision decision-" + c.verdict, c.kind + " " + verdict + (c.reason === "ok" ? "" : ": " + c.reason)));
     if (c.offline) gate.append(el("span", "offline-badge", "decided offline"));
+    if (c.ticket && c.ticket !== alertTicket) gate.append(el("span", "entry-ticket", "ticket " + c.ticket));
     if (c.set_apart) gate.append(el("span", "set-apart-badge", "set apart by a quarantine"));
     return gate;
   }
@@ -126,7 +127,7 @@
     const context = alert.context || [];
     if (context.length) {
       const list = el("ul", "alert-gates");
-      list.append(...context.map(entryItem));
+      list.append(...context.map((c) => entryItem(c, alert.ticket)));
       item.append(list);
     } else if (alert.gates.length) {
       const list = el("ul", "alert-gates");

@@ -99,6 +99,7 @@ def alert_line(a: Alert) -> str:
         parts.append(f"ticket {a.ticket}")
     for c in a.context:
         how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
+        how += f", ticket {c.ticket}" if c.ticket and c.ticket != a.ticket else ""
         how += ", SET APART" if c.set_apart else ""
         parts.append(f"{c.gate} {local_time(c.time)[11:]} ({how})")
     if not a.context and a.gates:

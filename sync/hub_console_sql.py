@@ -64,7 +64,8 @@ REV_KEYS = (
 )
 _CONTEXT_OF = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
-    " e.wall_time, {set_apart} FROM {table} AS e LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
+    " e.wall_time, {set_apart}, e.short_id FROM {table} AS e"
+    " LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     " WHERE e.entry_id IN ({{}})"
 )
 CONTEXT = _CONTEXT_OF.format(set_apart=0, table="entries")
@@ -132,7 +133,9 @@ def with_details(
     rows, oldest first) and their gates' names now (:data:`NAMES_NOW` rows)."""
     now = {str(r[0]): str(r[1]) for r in name_rows}
     context = {
-        r[0]: EntryContext(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]))
+        r[0]: EntryContext(
+            r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]), str(r[9])
+        )
         for r in context_rows
     }
     steps: dict[int, list[Any]] = {}

@@ -65,12 +65,19 @@ def alert(
     ``name`` (its id when it has none)."""
     detail = (
         f"the operator set apart {plural(len(rows), 'row')} of {name or gate_id} from gate_seq"
-        f" {from_seq}"
-        f" (through {rows[-1].gate_seq}), uploaded with a copy of its token: kept apart, out of"
-        " the feed; the gate's own rows it has not had acknowledged are taken again"
+        f" {from_seq} through {rows[-1].gate_seq} (a copy of its token wrote them): out of the feed"
     )
+    # What the stewards must hear: a moved exit or annulment let its ticket in again at the gates
+    # that learnt it, and the rules, which saw it when the ticket came back, raised nothing.
+    reopened = sorted({r.short_id for r in rows if r.kind in ("exit", "annul")})
+    if reopened:
+        detail += "; exits or annulments among them may have let in again: " + ", ".join(reopened)
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 4].rsplit(", ", 1)[0] + " ..."
+    tickets = {r.short_id for r in rows}
     entries = tuple(r.entry_id for r in rows[:MAX_ALERT_ENTRIES])
     return NewAlert(
-        "integrity", "", (name or gate_id,), (now,), entries, detail[:MAX_DETAIL],
+        "integrity", tickets.pop() if len(tickets) == 1 else "", (name or gate_id,), (now,),
+        entries, detail[:MAX_DETAIL],
         f"quarantine:{gate_id}:{from_seq}:{now!r}", gate_ids=(gate_id,),
     )  # fmt: skip

@@ -40,12 +40,13 @@ class EntryContext:
     offline: bool
     time: float
     set_apart: bool = False  # moved to quarantined_entries by `hub quarantine`
+    ticket: str = ""  # the row's ticket short id (an alert about several tickets names none)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
             "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
-            "time": self.time, "set_apart": self.set_apart,
+            "time": self.time, "set_apart": self.set_apart, "ticket": self.ticket,
         }  # fmt: skip
 
     @classmethod
@@ -60,6 +61,7 @@ class EntryContext:
             offline=read.boolean(obj, "offline", where),
             time=read.number(obj, "time", where),
             set_apart="set_apart" in obj and read.boolean(obj, "set_apart", where),
+            ticket=read.text(obj, "ticket", where, MAX_ID) if "ticket" in obj else "",
         )
 
 

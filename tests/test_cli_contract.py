@@ -304,7 +304,9 @@ def test_hub_quarantine_refuses_bad_input_and_says_when_nothing_moved(
     none = quarantine("--gate", "gate-b", "--from-seq", "2")
     assert none.returncode == 1 and held.stdout == none.stdout == ""
     assert none.stderr.strip() == (
-        "gate-agent: hub quarantine: gate gate-b has no rows from gate_seq 2 (nothing was moved)"
+        "gate-agent: hub quarantine: gate gate-b has no rows from gate_seq 2 (nothing was moved;"
+        " the gate id is the one its token was made for, case counts; a quarantine done before"
+        " is in `hub alerts`)"
     )
 
 

@@ -1544,9 +1544,11 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     store_url: str, store: HubStore
 ) -> None:
     a, b = Gate("g1"), Gate("g2")
-    await store.ingest("g1", [a.row("t1")], T0)
+    own = a.row("t1")
+    await store.ingest("g1", [own], T0)
     await store.ingest("g2", [b.row("t2")], T0 + 1)
-    squat = [a.row("t3"), a.row("t4")]  # the newest rows: g1's gate_seq 2 and 3
+    # The newest rows, g1's gate_seq 2 and 3: an entry, and an annulment of g1's own entry.
+    squat = [a.row("t3"), a.row("t1", "annul", annuls=own.entry_id)]
     await store.ingest("g1", squat, T0 + 2)
     entries, top = await store.feed(0, 100)
     assert len(entries) == 4
@@ -1578,8 +1580,12 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     assert (alert.gate_ids, alert.entries) == (("g1",), tuple(r.entry_id for r in squat))
     (shown_alert,) = await store.alert_details([alert])  # what the console shows of each row
     assert [(c.entry_id, c.kind, c.set_apart) for c in shown_alert.context] == [
-        (r.entry_id, "entry", True) for r in squat
+        (squat[0].entry_id, "entry", True),
+        (squat[1].entry_id, "annul", True),
     ]
+    assert [c.ticket for c in shown_alert.context] == [short_id("t3"), short_id("t1")]
+    assert alert.ticket == ""  # two tickets: each row names its own
+    assert alert.detail.endswith(f"may have let in again: {short_id('t1')}")
     # The ticket's history still shows the rows set apart, marked, beside the others (which no
     # longer count them: g2's admission of t3 is no double admission), oldest first; a limit
     # keeps the newest.
@@ -1596,7 +1602,10 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     assert (newest.rows, newest.more) == (2, True)
     assert not [x for x in await all_alerts(store) if x.kind == "double_admission"]
     kept = await store.ticket_history(short_id("t1"), 10)
-    assert [(e.entry_id, e.set_apart) for e in kept.events] == [(entries[0].entry_id, False)]
+    assert [(e.entry_id, e.set_apart) for e in kept.events] == [
+        (own.entry_id, False),
+        (squat[1].entry_id, True),
+    ]
     assert await _columns(store_url, "quarantined_entries") == [
         *await _columns(store_url, "entries"),
         "quarantined_at",

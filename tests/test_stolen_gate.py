@@ -397,6 +397,7 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             listed = await _hub_cli(venue, "alerts")
             (moved,) = [line for line in listed.stdout.splitlines() if "set apart 2 rows" in line]
             assert moved.count("SET APART") == 2, moved
+            assert all(f"ticket {short_id(r.ticket_ref)}, SET APART" in moved for r in squat)
             # Their revocation keys came from the copy: a short id only they carry revokes nothing.
             revoke = await _hub_cli(venue, "revoke", short_id(squat[0].ticket_ref))
             assert revoke.returncode == 2, revoke.stderr
@@ -419,6 +420,11 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 await page.wait_for(
                     "document.querySelectorAll('#alerts .alert .set-apart-badge').length === 2"
                 )
+                chips = await page.evaluate(
+                    "[...document.querySelectorAll('#alerts .alert .entry-ticket')]"
+                    ".map(n => n.textContent)"
+                )
+                assert sorted(chips) == sorted(f"ticket {short_id(r.ticket_ref)}" for r in squat)
                 assert page.console_errors == []
         # Gate A's unit back with a new token: its own gate_seq 2 and 3 reach the venue, after
         # the cursor gate B has read to (the moved rows' cursors are not given again).

@@ -148,7 +148,8 @@ async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
     if not done.rows:
         print(
             f"gate-agent: hub quarantine: gate {gate} has no rows from gate_seq {first}"
-            " (nothing was moved)",
+            " (nothing was moved; the gate id is the one its token was made for, case counts;"
+            " a quarantine done before is in `hub alerts`)",
             file=sys.stderr,
         )
         return 1
