@@ -14,8 +14,9 @@ outbox, each job in its own task so a slow one never holds up another:
   document changes nothing;
 * trust: the root-signed bundle (ETag, remembered only once the bundle was taken), installed
   when newer;
-* heartbeat: outbox depth, list and trust versions, clock state and faults; the hub's time in
-  its answers gives the clock offset.
+* heartbeat: outbox depth, list and trust versions, clock state and faults (uploads_conflict or
+  uploads_refused while the hub refuses this gate's uploads); the hub's time in its answers gives
+  the clock offset.
 
 Faults back off (capped exponential, full jitter, Retry-After as a lower bound); a refusal that
 retrying cannot fix (401/403, 409, other 4xx, a certificate) waits the full cap. A refused token
@@ -333,6 +334,8 @@ class HubClient:
         meta = self._revocations.meta
         age = meta.age(now)
         faults = [f[: protocol.MAX_ID] for f in self._faults() if f and f.isprintable()]
+        if self._upload_state in ("conflict", "refused"):  # the venue is not hearing this gate
+            faults.insert(0, f"uploads_{self._upload_state}")
         beat = Heartbeat(
             gate_id=self._s.gate_id, gate_name=self._s.gate_name[: protocol.MAX_ID],
             version=self._version, outbox_depth=depth,

@@ -358,6 +358,13 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             held = [await _present(a, text) for text in held_back]
             assert [h.record.gate_seq for h in held if h.record] == [2, 3]
             await until(lambda: _upload(a) == "conflict", what="gate A's upload refused")
+
+            async def flagged() -> bool:  # the console's gate list shows it: not just "online"
+                gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
+                (gate_a,) = [g for g in gates["gates"] if g["gate_id"] == "gate-a"]
+                return "uploads_conflict" in gate_a["faults"]
+
+            await until(flagged, what="gate A's uploads refused, in the venue's gate list")
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
             # The operator: sees what would move, but moves nothing while the gate has a token
             # (the copy would squat again) ...
