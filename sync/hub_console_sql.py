@@ -37,7 +37,7 @@ _VOUCHED = "CAST((e.received_at + ?) * 1000 AS BIGINT) * 65536"
 # Rows a quarantine set apart (sync.hub_quarantine) are part of the story: shown, marked.
 _ROW = (
     "entry_id, gate_id, lane, kind, verdict, reason, detail, flags, offline, wall_time, annuls,"
-    " hlc, received_at, gate_seq"
+    " hlc, received_at, gate_seq, ticket_ref"
 )
 _BOTH_TABLES = (
     f"SELECT {_ROW}, 0 AS set_apart FROM entries WHERE short_id = ?"
@@ -50,11 +50,7 @@ TICKET_HISTORY = (
     f" ORDER BY CASE WHEN e.hlc > {_VOUCHED} THEN {_VOUCHED} ELSE e.hlc END DESC,"
     " e.gate_id DESC, e.gate_seq DESC LIMIT ?"
 )
-HISTORY_COUNT = (
-    "SELECT count(DISTINCT ticket_ref), count(*) FROM (SELECT ticket_ref FROM entries"
-    " WHERE short_id = ? UNION ALL SELECT ticket_ref FROM quarantined_entries WHERE short_id = ?)"
-    " AS h"
-)
+HISTORY_COUNT = f"SELECT count(DISTINCT ticket_ref), count(*) FROM ({_BOTH_TABLES}) AS h"
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref), count(*) FROM entries WHERE short_id = ?"
 # The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
 # several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".

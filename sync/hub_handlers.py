@@ -123,8 +123,9 @@ async def upload(request: web.Request) -> web.Response:
         raise HttpError(403, "gate_id: the batch is for another gate than the path")
     try:
         async with hub.upload_turn(gate):
-            now = hub.clock()
-            ack = await hub.store.ingest(gate, batch.entries, now, token_hash=token.token_hash)
+            ack = await hub.store.ingest(
+                gate, batch.entries, hub.clock(), token_hash=token.token_hash
+            )
     except TokenGoneError as exc:  # revoked while the body arrived: as if never known
         if (more := hub.refused_gates.due((gate, "revoked"))) is not None:
             log.warning("gate %s: a batch whose token was revoked meanwhile: not stored%s",
