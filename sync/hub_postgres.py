@@ -25,12 +25,19 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from sync import hub_quarantine, hub_rules, hub_schema, hub_sql, protocol
+from sync import (
+    hub_postgres_known,
+    hub_postgres_revocations,
+    hub_quarantine,
+    hub_rules,
+    hub_schema,
+    hub_sql,
+    protocol,
+)
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
-from sync.hub_plan import TICKET_COLUMNS, NewAlert, TicketRow
+from sync.hub_plan import NewAlert
 from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
-from sync.hub_rules import KnownState
-from sync.hub_sql import ENTRY_COLUMNS, ENTRY_FIELDS
+from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import (
     FeedSignal,
     HubPolicy,
@@ -77,8 +84,6 @@ _HAS_FEED_AFTER = hub_sql.numbered(hub_sql.HAS_FEED_AFTER)
 _ALERTS = hub_sql.numbered(hub_sql.ALERTS)
 _VENUE_ROWS = hub_sql.numbered(VENUE_ROWS)
 _RECENT_ALERTS = hub_sql.numbered(hub_sql.RECENT_ALERTS)
-_MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
-_BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
 _LAST_RECEIVED = hub_sql.numbered(hub_sql.LAST_RECEIVED)
 _ADD_GATE = hub_sql.numbered(hub_sql.ADD_GATE)
 _GATE_TOKEN = hub_sql.numbered(hub_sql.GATE_TOKEN)
@@ -98,9 +103,6 @@ _Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
 _Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
 _Q_DELETE = hub_sql.numbered(hub_quarantine.DELETE)
 _Q_GATE_NAME = hub_sql.numbered(hub_quarantine.GATE_NAME)
-_DELTAS = hub_sql.numbered(hub_sql.DELTAS)
-_INSERT_DELTA = hub_sql.numbered(hub_sql.INSERT_DELTA)
-_PRUNE_DELTAS = hub_sql.numbered(hub_sql.PRUNE_DELTAS)
 _HEARTBEAT = hub_sql.heartbeat_sql(numbered=True)
 _GATES = (
     "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
@@ -199,7 +201,9 @@ class PostgresHubStore(PostgresConsoleQueries):
                         _GATE_TOKEN, token_hash, gate_id
                     ):
                         raise TokenGoneError
-                    known = await _known(conn, gate_id, entries, self._policy, now)
+                    known = await hub_postgres_known.known(
+                        conn, gate_id, entries, self._policy, now
+                    )
                     # No await from here to the spend: no other batch of this process between.
                     quota = self._quota.allowance(gate_id, now, last)
                     known = replace(known, quota=quota)
@@ -359,7 +363,7 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> RevocationState:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return await _read_revocations(conn)
+                return await hub_postgres_revocations.read_revocations(conn)
 
         state = await self._run(job)
         self._revocations = state
@@ -379,7 +383,9 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> None:
             async with conn.transaction():
-                await _add_delta(conn, version, bytes(document), state, cached)
+                await hub_postgres_revocations.add_delta(
+                    conn, version, bytes(document), state, cached
+                )
 
         await self._run(job)
         self._revocations = state
@@ -393,11 +399,7 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> list[bytes] | None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                version = await _revocation_version(conn)
-                oldest = await conn.fetchval(hub_sql.OLDEST_DELTA)
-                if hub_rules.deltas_gone(after, version, oldest):
-                    return None
-                return [bytes(row[0]) for row in await conn.fetch(_DELTAS, after, limit)]
+                return await hub_postgres_revocations.deltas(conn, after, limit)
 
         return await self._run(job)
 
@@ -471,61 +473,6 @@ class PostgresHubStore(PostgresConsoleQueries):
             raise HubStoreError(f"hub store {self._where}: {exc}") from exc
 
 
-# Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
-# and of each gate's last MAX_TICKET_HISTORY attempts those in the batch's window: a flood from
-# one gate pushes out only its own rows. The ticket's gates are found by stepping through the
-# (ticket_ref, kind = 'attempt', gate_id, cursor) index, and of each gate's part no more of it
-# is read.
-_PART = "ticket_ref = {}.ref AND (kind = 'attempt') = {}.attempt"
-_HISTORY = (
-    "WITH RECURSIVE g(ref, attempt, gate) AS ("
-    f" SELECT r.ref, k.attempt, (SELECT min(gate_id) FROM entries WHERE {_PART.format('r', 'k')})"
-    " FROM unnest($1::text[]) AS r(ref), (VALUES (false), (true)) AS k(attempt)"
-    " UNION ALL SELECT g.ref, g.attempt, (SELECT min(gate_id) FROM entries"
-    f" WHERE {_PART.format('g', 'g')} AND gate_id > g.gate) FROM g WHERE g.gate IS NOT NULL)"
-    f" SELECT {', '.join('e.' + c for c in TICKET_COLUMNS)} FROM g CROSS JOIN LATERAL"
-    f" (SELECT cursor FROM entries WHERE {_PART.format('g', 'g')} AND gate_id = g.gate"
-    f" ORDER BY cursor DESC LIMIT {hub_rules.MAX_TICKET_HISTORY}) AS last"
-    " JOIN entries e ON e.cursor = last.cursor WHERE g.gate IS NOT NULL"
-    " AND (e.kind <> 'attempt' OR e.wall_time BETWEEN $2 AND $3"
-    " OR e.received_at BETWEEN $4 AND $5)"
-)
-
-
-async def _known(
-    conn: _Conn, gate_id: str, entries: Sequence[EntryWire], policy: HubPolicy, now: float
-) -> KnownState:
-    """What the database holds about this batch (see :class:`sync.hub_rules.KnownState`)."""
-    ids = [e.entry_id for e in entries]
-    sql = f"SELECT {', '.join(ENTRY_FIELDS)} FROM entries WHERE entry_id = ANY($1::text[])"
-    stored = {e.entry_id: e for e in map(hub_sql.entry_from_row, await conn.fetch(sql, ids))}
-    # The range bounds the index scan (= ANY on the index's second column alone would not).
-    sql = (
-        "SELECT gate_seq, entry_id FROM entries WHERE gate_id = $1 AND gate_seq BETWEEN $2 AND $3"
-        " AND gate_seq = ANY($4::bigint[])"
-    )
-    seqs = [e.gate_seq for e in entries]
-    owners = {r[0]: r[1] for r in await conn.fetch(sql, gate_id, seqs[0], seqs[-1], seqs)}
-    max_seq = await conn.fetchval(_MAX_SEQ, gate_id)
-    history: dict[str, list[TicketRow]] = {}
-    refs = hub_rules.history_refs(entries, stored, policy)
-    if refs:
-        lo, hi = hub_rules.attempt_span(entries, policy, now)
-        ahead = policy.max_clock_ahead_s
-        for row in await conn.fetch(_HISTORY, refs, lo, hi, lo - ahead, hi - ahead):
-            ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
-            history.setdefault(ref, []).append(ticket_row)
-    sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
-    gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
-    names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
-    targets: dict[str, tuple[str, str]] = {}
-    if wanted := hub_rules.annul_targets(entries, stored):
-        sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id = ANY($1::text[])"
-        targets = {r[0]: (r[1], r[2]) for r in await conn.fetch(sql, wanted)}
-    count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
-    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
-
-
 async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: float) -> None:
     """Insert the plan's rows and alerts; NOTIFY the other processes when the feed grew."""
     if plan.rows:
@@ -543,57 +490,3 @@ def _alert_args(a: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
         a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
         now, gate_id, a.held, list(a.gate_ids),
     )  # fmt: skip
-
-
-async def _revocation_version(conn: _Conn) -> int:
-    sql = "SELECT value FROM hub_meta WHERE key = 'revocation_version'"
-    return int(await conn.fetchval(sql))
-
-
-async def _read_revocations(conn: _Conn) -> RevocationState:
-    version = await _revocation_version(conn)
-    rows = await conn.fetch("SELECT key, list FROM revocation_keys")
-    return RevocationState(
-        version,
-        frozenset(bytes(k) for k, lst in rows if lst == "revoke"),
-        frozenset(bytes(k) for k, lst in rows if lst == "block"),
-    )
-
-
-async def _add_delta(
-    conn: _Conn,
-    version: int,
-    document: bytes,
-    state: RevocationState,
-    cached: RevocationState | None,
-) -> None:
-    # The row lock serialises concurrent admins: the second one sees the new version and fails.
-    sql = "SELECT value FROM hub_meta WHERE key = 'revocation_version' FOR UPDATE"
-    current = int(await conn.fetchval(sql))
-    if version != current + 1:
-        raise HubStoreError(
-            f"revocation delta version {version} does not follow the current version {current}"
-        )
-    if cached is not None and cached.version == current:
-        old = cached
-    else:
-        old = await _read_revocations(conn)
-    for name, before, after in (
-        ("revoke", old.revoked, state.revoked),
-        ("block", old.blocked, state.blocked),
-    ):
-        await conn.execute(
-            "DELETE FROM revocation_keys WHERE list = $1 AND key = ANY($2::bytea[])",
-            name,
-            list(before - after),
-        )
-        await conn.execute(
-            "INSERT INTO revocation_keys (key, list) SELECT k, $1 FROM unnest($2::bytea[]) AS k",
-            name,
-            list(after - before),
-        )
-    await conn.execute(_INSERT_DELTA, version, document)
-    await conn.execute(
-        "UPDATE hub_meta SET value = $1 WHERE key = 'revocation_version'", str(version)
-    )
-    await conn.execute(_PRUNE_DELTAS, version - hub_rules.KEEP_DELTAS)

@@ -7,8 +7,8 @@ an uncommitted batch. Batches that wait for the thread together share one transa
 commit, each under its own savepoint). The ingest rules are :mod:`sync.hub_rules`'s. Long-polls
 wait on an in-process event that each committed batch with feed rows sets.
 
-The file is marked with an ``application_id`` and ``user_version`` and bound to its venue, so a
-stray SQLite file or another venue's store is refused. SQLite errors become HubStoreError.
+The file is marked and bound to its venue, so a stray SQLite file or another venue's store is
+refused (:mod:`sync.hub_sqlite_db`). SQLite errors become HubStoreError.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync import hub_quarantine, hub_rules, hub_schema, hub_sql, protocol
+from sync import hub_quarantine, hub_rules, hub_sql, hub_sqlite_revocations, protocol
 from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
-from sync.hub_sqlite_console import SQLiteConsoleQueries, upgrade
+from sync.hub_sqlite_console import SQLiteConsoleQueries
+from sync.hub_sqlite_db import connect, transaction
 from sync.hub_sqlite_known import known_state, last_received
 from sync.hub_store import (
     FeedSignal,
@@ -50,9 +51,6 @@ from sync.hub_venue_sql import VENUE_ROWS, VenueRow, venue_row
 from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 
 log = logging.getLogger(__name__)
-
-APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
-SCHEMA_VERSION = 3  # 2: alerts.source_gate, alerts.held; 3: entries.short_id, alert_actions
 
 
 _INSERT_ENTRY = "INSERT INTO entries ({}) VALUES ({})".format(
@@ -112,7 +110,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-sqlite")
         try:
             db = await asyncio.get_running_loop().run_in_executor(
-                executor, _connect, path, policy.venue
+                executor, connect, path, policy.venue
             )
         except BaseException:
             executor.shutdown(wait=False)
@@ -161,7 +159,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         (here, on the store's thread: the quota's only user, even if the caller was cancelled)."""
         charged: list[tuple[str, int, float]] = []  # (gate, rows, allowance) spent on the quota
         try:
-            return _transaction(db, self._ingest_group, group, charged)
+            return transaction(db, self._ingest_group, group, charged)
         except BaseException:
             for gate_id, rows, allowance in reversed(charged):  # nothing of it was stored
                 self._quota.refund(gate_id, rows, allowance)  # latest first: each to its cap
@@ -247,7 +245,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """Set a gate's display name. Raises NameTakenError (another gate has it), ValueError
         (not a valid name) and HubStoreError."""
         check_gate_name(name)
-        await self._run(lambda db: _transaction(db, _set_gate_name, gate_id, name))
+        await self._run(lambda db: transaction(db, _set_gate_name, gate_id, name))
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's health as of ``now``. Raises HubStoreError."""
@@ -290,7 +288,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         """See :class:`HubStore` (:mod:`sync.hub_quarantine`). Raises HubStoreError."""
         args = (gate_id, from_seq, now, dry_run)
         begin = "BEGIN" if dry_run else "BEGIN IMMEDIATE"  # a dry run reads: uploads go on
-        return await self._run(lambda db: _transaction(db, _quarantine, *args, begin=begin))
+        return await self._run(lambda db: transaction(db, _quarantine, *args, begin=begin))
 
     async def set_apart_rows(self) -> int:
         """See :class:`HubStore`. Raises HubStoreError."""
@@ -308,7 +306,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def revocation_state(self) -> RevocationState:
         """The current list version and keys. Raises HubStoreError."""
-        state = await self._run(lambda db: _transaction(db, _read_revocations))
+        state = await self._run(lambda db: transaction(db, hub_sqlite_revocations.read_revocations))
         self._revocations = state
         return state
 
@@ -324,7 +322,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             raise ValueError(f"state version {state.version} is not the delta's {version}")
         cached = self._revocations
         await self._run(
-            lambda db: _transaction(db, _add_delta, version, bytes(document), state, cached)
+            lambda db: transaction(
+                db, hub_sqlite_revocations.add_delta, version, bytes(document), state, cached
+            )
         )
         self._revocations = state
         log.info("hub store %s: revocation list version %d", self._path, version)
@@ -334,7 +334,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         some were pruned. Raises HubStoreError, and ValueError for a limit below 1.
         """
         check_limit(limit)
-        return await self._run(lambda db: _transaction(db, _deltas, after, limit))
+        return await self._run(
+            lambda db: transaction(db, hub_sqlite_revocations.deltas, after, limit)
+        )
 
     async def close(self) -> None:
         """Close the database and stop its thread. Idempotent."""
@@ -400,82 +402,6 @@ def _check_token(db: sqlite3.Connection, upload: _Upload) -> None:
         raise TokenGoneError
 
 
-def _connect(path: Path, venue: str) -> sqlite3.Connection:
-    """Open, check or create the schema, bind the venue. Raises HubStoreError."""
-    try:
-        db = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
-    try:
-        _prepare(db, path, venue)
-    except sqlite3.Error as exc:
-        db.close()
-        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
-    db.execute("PRAGMA busy_timeout = 5000")
-    # Read the header before anything writes: a foreign file must be left exactly as it was.
-    (app_id,) = db.execute("PRAGMA application_id").fetchone()
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if app_id == 0 and version == 0:
-        if db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is not None:
-            raise HubStoreError(f"{path} is an SQLite database but not a hub store")
-    elif app_id != APPLICATION_ID:
-        raise HubStoreError(f"{path} is not a hub store")
-    elif version in (1, 2):
-        upgrade(db, path, version)
-    elif version != SCHEMA_VERSION:
-        raise HubStoreError(
-            f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
-        )
-    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-    db.execute("PRAGMA synchronous = FULL")
-    if app_id == 0:
-        # One transaction: a crash leaves no schema or all of it (header pragmas included), and
-        # IF NOT EXISTS makes a second process creating it at the same moment harmless.
-        db.executescript(
-            f"BEGIN IMMEDIATE;{hub_schema.SQLITE}{hub_schema.SQLITE_AT_OPEN}"
-            f"PRAGMA application_id = {APPLICATION_ID};PRAGMA user_version = {SCHEMA_VERSION};"
-            "COMMIT;"
-        )
-        log.info("created hub store %s", path)
-    else:  # a store made before: what later versions add at open (sync.hub_schema)
-        db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_AT_OPEN}COMMIT;")
-        _transaction(db, _add_alert_gate_ids)
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
-    (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
-    if bound != venue:
-        raise HubStoreError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
-    if mode != "wal":
-        log.warning("hub store %s is not in WAL mode (%s)", path, mode)
-
-
-def _add_alert_gate_ids(db: sqlite3.Connection) -> None:
-    if "gate_ids" not in {row[1] for row in db.execute("PRAGMA table_info(alerts)")}:
-        db.execute(hub_schema.SQLITE_ALERT_GATE_IDS)
-
-
-def _transaction(
-    db: sqlite3.Connection, job: Callable[..., _T], *args: Any, begin: str = "BEGIN IMMEDIATE"
-) -> _T:
-    """Run ``job(db, *args)`` inside BEGIN IMMEDIATE (or ``begin``) .. COMMIT (rolled back on any
-    failure)."""
-    db.execute(begin)
-    try:
-        result = job(db, *args)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return result
-
-
 def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
     return (
         alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
@@ -530,60 +456,3 @@ def _feed(
 
 def _has_feed_after(db: sqlite3.Connection, after: int) -> bool:
     return db.execute(hub_sql.HAS_FEED_AFTER, (after,)).fetchone() is not None
-
-
-def _revocation_version(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = 'revocation_version'").fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _add_delta(
-    db: sqlite3.Connection,
-    version: int,
-    document: bytes,
-    state: RevocationState,
-    cached: RevocationState | None,
-) -> None:
-    current = _revocation_version(db)
-    if version != current + 1:
-        raise HubStoreError(
-            f"revocation delta version {version} does not follow the current version {current}"
-        )
-    old = cached if cached is not None and cached.version == current else _read_revocations(db)
-    for name, before, after in (
-        ("revoke", old.revoked, state.revoked),
-        ("block", old.blocked, state.blocked),
-    ):
-        db.executemany(
-            "DELETE FROM revocation_keys WHERE key = ? AND list = ?",
-            ((k, name) for k in before - after),
-        )
-        db.executemany(
-            "INSERT INTO revocation_keys (key, list) VALUES (?, ?)",
-            ((k, name) for k in after - before),
-        )
-    db.execute(hub_sql.INSERT_DELTA, (version, document))
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES ('revocation_version', ?)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (str(version),),
-    )
-    db.execute(hub_sql.PRUNE_DELTAS, (version - hub_rules.KEEP_DELTAS,))
-
-
-def _read_revocations(db: sqlite3.Connection) -> RevocationState:
-    keys = db.execute("SELECT key, list FROM revocation_keys").fetchall()
-    return RevocationState(
-        _revocation_version(db),
-        frozenset(bytes(k) for k, lst in keys if lst == "revoke"),
-        frozenset(bytes(k) for k, lst in keys if lst == "block"),
-    )
-
-
-def _deltas(db: sqlite3.Connection, after: int, limit: int) -> list[bytes] | None:
-    version = _revocation_version(db)
-    (oldest,) = db.execute(hub_sql.OLDEST_DELTA).fetchone()
-    if hub_rules.deltas_gone(after, version, oldest):
-        return None
-    rows = db.execute(hub_sql.DELTAS, (after, limit)).fetchall()
-    return [bytes(doc) for (doc,) in rows]

@@ -24,7 +24,7 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_postgres, hub_rules
+from sync import hub_postgres, hub_postgres_known, hub_rules
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
 from sync.hub_rules import KnownState
@@ -1634,7 +1634,7 @@ async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_a
         pool = await asyncpg.create_pool(store_url, min_size=1, max_size=1)
         try:
             async with pool.acquire() as conn:
-                known = await hub_postgres._known(conn, "honest", probe, POLICY, T0 + 1)
+                known = await hub_postgres_known.known(conn, "honest", probe, POLICY, T0 + 1)
         finally:
             await pool.close()
     read = [r.entry_id for r in known.history["hot"]]

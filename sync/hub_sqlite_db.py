@@ -1,0 +1,101 @@
+"""The SQLite hub store's file: opening it (a stray file or another venue's store refused, the
+schema created in one transaction or brought up to date) and the transaction every job runs in.
+
+The file is marked with an ``application_id`` and ``user_version`` and bound to its venue in
+``meta``; SQLite errors while opening become HubStoreError naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sync import hub_schema
+from sync.hub_sqlite_console import upgrade
+from sync.hub_store import HubStoreError
+
+log = logging.getLogger("sync.hub_sqlite")  # one log for the store, its opening included
+
+APPLICATION_ID = 0x47414831  # "GAH1": a gate-agent hub store
+SCHEMA_VERSION = 3  # 2: alerts.source_gate, alerts.held; 3: entries.short_id, alert_actions
+
+_T = TypeVar("_T")
+
+
+def connect(path: Path, venue: str) -> sqlite3.Connection:
+    """Open, check or create the schema, bind the venue. Raises HubStoreError."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
+    try:
+        _prepare(db, path, venue)
+    except sqlite3.Error as exc:
+        db.close()
+        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
+    db.execute("PRAGMA busy_timeout = 5000")
+    # Read the header before anything writes: a foreign file must be left exactly as it was.
+    (app_id,) = db.execute("PRAGMA application_id").fetchone()
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if app_id == 0 and version == 0:
+        if db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is not None:
+            raise HubStoreError(f"{path} is an SQLite database but not a hub store")
+    elif app_id != APPLICATION_ID:
+        raise HubStoreError(f"{path} is not a hub store")
+    elif version in (1, 2):
+        upgrade(db, path, version)
+    elif version != SCHEMA_VERSION:
+        raise HubStoreError(
+            f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
+        )
+    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    db.execute("PRAGMA synchronous = FULL")
+    if app_id == 0:
+        # One transaction: a crash leaves no schema or all of it (header pragmas included), and
+        # IF NOT EXISTS makes a second process creating it at the same moment harmless.
+        db.executescript(
+            f"BEGIN IMMEDIATE;{hub_schema.SQLITE}{hub_schema.SQLITE_AT_OPEN}"
+            f"PRAGMA application_id = {APPLICATION_ID};PRAGMA user_version = {SCHEMA_VERSION};"
+            "COMMIT;"
+        )
+        log.info("created hub store %s", path)
+    else:  # a store made before: what later versions add at open (sync.hub_schema)
+        db.executescript(f"BEGIN IMMEDIATE;{hub_schema.SQLITE_AT_OPEN}COMMIT;")
+        transaction(db, _add_alert_gate_ids)
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
+    (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
+    if bound != venue:
+        raise HubStoreError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
+    if mode != "wal":
+        log.warning("hub store %s is not in WAL mode (%s)", path, mode)
+
+
+def _add_alert_gate_ids(db: sqlite3.Connection) -> None:
+    if "gate_ids" not in {row[1] for row in db.execute("PRAGMA table_info(alerts)")}:
+        db.execute(hub_schema.SQLITE_ALERT_GATE_IDS)
+
+
+def transaction(
+    db: sqlite3.Connection, job: Callable[..., _T], *args: Any, begin: str = "BEGIN IMMEDIATE"
+) -> _T:
+    """Run ``job(db, *args)`` inside BEGIN IMMEDIATE (or ``begin``) .. COMMIT (rolled back on any
+    failure)."""
+    db.execute(begin)
+    try:
+        result = job(db, *args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
