@@ -224,7 +224,7 @@ async def quarantine(
     if not is_id(gate_id):
         raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
     if not 1 <= from_seq <= INT63:
-        raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1")
+        raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1 to {INT63}")
     async with opened_store(config) as store:
         return await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
 

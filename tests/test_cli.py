@@ -105,6 +105,10 @@ def test_check_json_at_and_zone(issued: Path) -> None:
     assert code == 1 and out["reason"] == "not_yet_valid"
     code, out = verdict("--zone", "3")
     assert code == 1 and out["reason"] == "wrong_zone"
+    for zone in ("0", "17", "\uff13", "+3", " 3"):  # a full-width 3 is no zone 3
+        r = ga("check", "--keys", issued / "keys", "--zone", zone, _text(issued))
+        assert r.returncode == 2 and r.stdout == "", zone
+        assert f"argument --zone: a zone is a number 1-16, got {zone!r}" in r.stderr, r.stderr
 
 
 def test_revoke_then_check_denies(issued: Path, tmp_path: Path) -> None:

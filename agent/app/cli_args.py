@@ -22,9 +22,25 @@ def _int_list(value: str) -> list[int]:
         ) from None
 
 
+def _digits(value: str) -> bool:
+    """ASCII digits only: int() would also take "+1", "1_000", " 1" and other scripts' digits."""
+    return value.isascii() and value.isdigit()
+
+
 def _zone(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 16:
-        raise argparse.ArgumentTypeError(f"a zone is a number 1-16, got {value!r}")
+    if not _digits(value) or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"a zone is a number 1-16, got {value[:40]!r}")
+    return int(value)
+
+
+_MAX_SEQ = (1 << 63) - 1  # a gate_seq is a signed 64-bit integer at the hub
+
+
+def _gate_seq(value: str) -> int:
+    if not _digits(value) or not 1 <= int(value) <= _MAX_SEQ:
+        raise argparse.ArgumentTypeError(
+            f"a gate_seq is a whole number from 1 to {_MAX_SEQ}, got {value[:40]!r}"
+        )
     return int(value)
 
 
@@ -294,7 +310,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     quarantine.add_argument(
         "--from-seq",
-        type=int,
+        type=_gate_seq,
         required=True,
         metavar="N",
         help="the first gate_seq to set apart (the integrity alert: 'gate_seq N reused')",
