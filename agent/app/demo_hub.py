@@ -44,6 +44,8 @@ state_dir = "hub"
 keys = "hub-keys"
 listen = "{listen}"
 entry_policy = "single"
+# The demo's gates beat every second; a venue's gates beat every 10 s (heartbeat_s): keep the
+# default 30 there, or they show offline between two beats.
 gate_offline_after_s = 5
 """
 
