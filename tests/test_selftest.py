@@ -76,7 +76,14 @@ def test_config_error_exits_78(tmp_path: Path) -> None:
 def test_path_diagnosis() -> None:
     assert device_path("serial:///dev/serial/by-id/usb-X") == Path("/dev/serial/by-id/usb-X")
     assert device_path("gpio://gpiochip0?relay=GPIO17") == Path("/dev/gpiochip0")
+    # As the drivers read them: a chip by its path, a path percent-encoded.
+    assert device_path("gpio:///dev/gpiochip4?relay=GPIO17") == Path("/dev/gpiochip4")
+    assert device_path("serial:///dev/serial/by-id/usb-My%20Scanner") == Path(
+        "/dev/serial/by-id/usb-My Scanner"
+    )
+    assert device_path("camera:///dev/video2?width=640") == Path("/dev/video2")
     assert device_path("sim://gate") is None
+    assert device_path("gpio://not a chip") is None  # the driver's own error says why
     fix = diagnose_path(Path("/dev/serial/by-id/no-such-scanner"), "serial")
     assert "does not exist" in fix and "udev" in fix
     assert diagnose_path(Path("/dev/null"), "camera") == ""  # exists and is readable
@@ -90,6 +97,17 @@ def test_absent_serial_scanner_fails_with_the_fix(tmp_path: Path, keys_dir: Path
     assert r.returncode == 1, r.stdout
     assert "FAIL scanner" in r.stdout and "does not exist" in r.stdout and "udev" in r.stdout
     assert "OK   gate" in r.stdout
+
+
+def test_absent_gpio_chip_named_by_path_is_the_one_diagnosed(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Found auditing: the selftest read gpio:///dev/gpiochip4 as gpiochip0 and diagnosed that."""
+    conf = _config(tmp_path, keys_dir, "sim://stdin", "gpio:///dev/gpiochip97?relay=GPIO17")
+    r = _selftest("--config", conf)
+    assert r.returncode == 1, r.stdout
+    assert "FAIL gate" in r.stdout and "/dev/gpiochip97 does not exist" in r.stdout, r.stdout
+    assert "gpiochip0" not in r.stdout
 
 
 def test_scan_verdict_uses_the_gates_lists(tmp_path: Path, keys_dir: Path, iss: Issuer) -> None:

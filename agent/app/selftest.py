@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 
 from agent import keys, rules
 from agent.app import config as cfg
-from agent.errors import AgentError, ConfigError, StateInUse
+from agent.errors import AgentError, ConfigError, DriverError, StateInUse
 from agent.fsutil import sqlite_readonly, state_lock
 from agent.redact import text_digest
 from drivers import registry
+from drivers.gpio_lines import parse_chip
+from drivers.url_params import UrlParams
 
 # The group that usually owns each kind of device node on Debian / Raspberry Pi OS.
 _GROUPS = {
@@ -50,14 +52,16 @@ class Check:
 
 
 def device_path(url: str) -> Path | None:
-    """The device node a driver URL refers to, if any."""
-    parts = urlsplit(url)
-    if parts.scheme in ("serial", "lcus", "hid", "camera"):
-        return Path(parts.path) if parts.path else None
-    if parts.scheme == "gpio":
-        chip = parts.netloc or "gpiochip0"
-        return Path(chip if chip.startswith("/") else f"/dev/{chip}")
-    return None
+    """The device node a driver URL refers to, read as its driver reads it (percent-decoded; a
+    GPIO chip by name or path); None for a URL naming none (``sim://``, a camera's file source)
+    or one its driver refuses (the driver's own error says why)."""
+    try:
+        p = UrlParams(url, "serial", "lcus", "hid", "camera", "gpio")
+        if p.scheme == "gpio":
+            return Path(parse_chip(p.netloc, p.path, url))
+        return Path(p.device_path(""))
+    except DriverError:
+        return None
 
 
 def modemmanager_running() -> bool:
