@@ -15,6 +15,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,17 +38,25 @@ async def test_a_stop_mid_decision_still_opens_the_gate_it_journalled(
         lane = gate.lane
         scanner, sim = lane.scanner, lane.gate
         assert isinstance(scanner, SimScanner) and isinstance(sim, SimGate)
+        journal = gate.journal
+        submitted = asyncio.Event()
+        decide_and_record = journal.decide_and_record
+
+        async def observed(*args: Any, **kwargs: Any) -> Any:
+            submitted.set()  # the job is on the journal's thread before this task runs again
+            return await decide_and_record(*args, **kwargs)
+
+        journal.decide_and_record = observed  # type: ignore[method-assign]
         run = asyncio.create_task(lane.run())
         # Another writer holds the journal: the lane's insert waits for it (busy_timeout)...
         other = sqlite3.connect(conf.gate.state_dir / "journal.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
             scanner.feed(iss.ticket(event=1, zones=[1]))
-            for _ in range(50):  # the scan reaches the lane, the lane its journal job
-                await asyncio.sleep(0)
+            await asyncio.wait_for(submitted.wait(), 10)  # the lane's journal job waits
             for _ in range(stops):  # ...and the stop (SIGTERM, maybe twice) lands meanwhile
                 run.cancel()
-                for _ in range(5):
+                for _ in range(5):  # the scenario: the next stop a few loop turns later
                     await asyncio.sleep(0)
         finally:
             other.execute("ROLLBACK")
