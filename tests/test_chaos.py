@@ -20,7 +20,7 @@ from agent.redact import short_id
 from tests import needs
 from tests.chaos.invariants import FEED_BOUND_S, Facts, check, known_at
 from tests.chaos.schedule import Timeline, Window, make_schedule
-from tests.chaos.venue import FAKETIME
+from tests.faketime import FAKETIME
 from tests.hubproc import ROOT
 from tests.pg import PgMissing, find_bindir
 

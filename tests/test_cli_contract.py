@@ -26,6 +26,7 @@ from agent.app import config as cfg
 from agent.app.cli_args import build_parser
 from agent.errors import ConfigError
 from agent.issuer import Issuer
+from tests import needs
 from tests.conftest import WriteConfig
 from tests.hubproc import HubProcess, write_hub_config
 
@@ -376,7 +377,7 @@ def test_console_and_issuing_tokens_can_be_revoked_and_names_are_not_shared(
     assert remade.returncode == 0 and remade.stdout.strip() != dana
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="--owner gives a file away: root only")
+@needs.mark(os.geteuid() == 0, "root (--owner gives a file away)")
 def test_hub_token_owner_gives_the_file_to_the_service_user(tmp_path: Path, keys_dir: Path) -> None:
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
     nobody = pwd.getpwnam("nobody")

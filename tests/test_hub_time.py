@@ -18,11 +18,11 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Flag, Reason
 from tests import needs
+from tests.faketime import FAKETIME
 from tests.hubgate import scan, write_gate
 from tests.hubproc import HubProcess, HubSetup, TlsFiles, add_token, make_tls, write_hub_config
 from tests.polling import until
 
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 pytestmark = needs.mark(FAKETIME.exists(), "libfaketime (apt package faketime)")
 DAY = 86_400.0
 # The hub's clock a day ahead; its monotonic clock untouched (asyncio and timeouts use it).

@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tests.chaos.venue import FAKETIME, GATE_IDS, Venue, VenueError
+from tests.chaos.venue import GATE_IDS, Venue, VenueError
+from tests.faketime import FAKETIME
 
 KINDS = (
     "kill_gate", "kill_hub", "hub_restart", "pg_restart", "partition", "slow_link",

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from agent import issuer
 from tests.chaos.relay import Relay
+from tests.faketime import FAKETIME
 from tests.hubgate import HUB_TIMING
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, write_hub_config
 from tests.lanesconf import write_lanes_config
 
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 GATE_IDS = ("gate-1", "gate-2", "gate-3")
 LANES = {"in": "entry", "out": "exit"}
 STATE_MB = 16
