@@ -340,25 +340,25 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from agent.app import config
-    from agent.app import gate_commands as ops
+    from agent.app import config, gate_commands
 
-    return ops.status(config.load(args.config), sys.stdout, as_json=args.json)
+    return gate_commands.status(config.load(args.config), sys.stdout, as_json=args.json)
 
 
 def _events(args: argparse.Namespace) -> int:
-    from agent.app import config
-    from agent.app import gate_commands as ops
+    from agent.app import config, gate_commands
 
     if args.last < 1:
         raise UsageError("--last must be >= 1")
     from agent.app.signals import until_signalled
 
-    flt = ops.EventFilter(denied=args.denied, duplicates=args.duplicates, ticket=args.ticket)
+    flt = gate_commands.EventFilter(
+        denied=args.denied, duplicates=args.duplicates, ticket=args.ticket
+    )
     conf = config.load(args.config)
 
     async def listing(stop: asyncio.Event | None) -> int:
-        return await ops.events(conf, flt, sys.stdout, follow=args.follow, as_json=args.json,
+        return await gate_commands.events(conf, flt, sys.stdout, follow=args.follow, as_json=args.json,
                                 last=args.last, stop=stop)  # fmt: skip
 
     try:  # following ends with SIGINT/SIGTERM (exit 0); a listing stops as any command does
