@@ -38,9 +38,9 @@ import importlib.resources
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -61,13 +61,8 @@ from agent.errors import JournalError
 from sync.hub_watch import request_log
 
 if TYPE_CHECKING:
-    from agent.app.config import Config
-    from agent.checker import Checker
-    from agent.clock import Clock
-    from agent.journal import Journal
-    from agent.lane import Lane, Outcome
-    from agent.revocation import RevocationStore
-    from agent.trust import TrustStore
+    from agent.app.status_view import ClockReads, GateView, LaneView
+    from agent.lane import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -142,39 +137,6 @@ class _Metrics:
         build.info({"version": version.installed()})
 
 
-class _PretixStatus(Protocol):
-    @property
-    def status(self) -> dict[str, Any]: ...
-
-
-class _HubStatus(Protocol):
-    def status(self) -> dict[str, Any]: ...
-
-
-class GateView(Protocol):
-    """The running gate as the status server reads it (the daemon's ``Gate`` is one); read-only
-    properties, so this module never depends on the daemon that serves it."""
-
-    @property
-    def config(self) -> Config: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def trust(self) -> TrustStore: ...
-    @property
-    def revocations(self) -> RevocationStore: ...
-    @property
-    def journal(self) -> Journal: ...
-    @property
-    def checker(self) -> Checker: ...
-    @property
-    def lane(self) -> Lane: ...
-    @property
-    def upstream(self) -> _PretixStatus | None: ...
-    @property
-    def hub(self) -> _HubStatus | None: ...
-
-
 class StatusServer:
     """Serves the gate's health, metrics, status and staff display; see the module docstring."""
 
@@ -185,7 +147,7 @@ class StatusServer:
         host: str = "127.0.0.1",
         port: int = 8471,
         limits: StatusLimits | None = None,
-        lanes: Callable[[], list[Lane]] | None = None,
+        lanes: Callable[[], Sequence[LaneView]] | None = None,
         max_streams: int = MAX_STREAMS,
     ) -> None:
         """``lanes`` lists the lanes to report (default: the gate's main lane); at most
@@ -492,7 +454,7 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     return not reasons, reasons
 
 
-def _clock_status(clock: Clock) -> dict[str, Any]:
+def _clock_status(clock: ClockReads) -> dict[str, Any]:
     """The clock as /status shows it: the time, whether it is trusted, from which source (config,
     ntp, hub or none), the hub's offset from the system clock (None before the hub answered) and
     how far the gate's time runs ahead of the hub's as of that offset (its floor, which it never

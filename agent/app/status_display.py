@@ -31,7 +31,7 @@ import collections
 import enum
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,8 @@ from agent.model import Decision, Reason
 
 if TYPE_CHECKING:
     from agent.app.config import DisplayConfig
-    from agent.lane import Lane, Outcome
+    from agent.app.status_view import LaneView
+    from agent.lane import Outcome
 
 _HOUR_S = 3600.0
 WATCH_S = 0.25  # the gate's state is looked at this often (a few attribute reads per lane)
@@ -135,7 +136,7 @@ class _Hour:
             self.denied += step
 
 
-def lane_health(lane: Lane) -> dict[str, Any]:
+def lane_health(lane: LaneView) -> dict[str, Any]:
     """What a lane's devices and journal say right now (a few attribute reads)."""
     connected = getattr(lane.scanner, "connected", True)
     online = bool(connected() if callable(connected) else connected)
@@ -173,7 +174,7 @@ class DisplayFeed:
     def __init__(
         self,
         gate_name: str,
-        lanes: Callable[[], list[Lane]],
+        lanes: Callable[[], Sequence[LaneView]],
         upstream: Callable[[], str | None],
         settings: DisplayConfig,
         streams: Streams,
