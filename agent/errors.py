@@ -49,6 +49,19 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
             ├── UpstreamConflict            409: ids reused with another body (``entry_ids``)
             └── UpstreamGone                410: no longer kept (revocation deltas: fetch the
                                             snapshot)
+
+Beside the code that raises them, in the same tree (``tests/test_errors.py`` checks that every
+subclass of AgentError in the project is drawn above or named here):
+
+- ``agent.journal.records.DecisionNotRecorded`` (JournalError): a decision was made but its row
+  could not be written; ``decision`` says what it was
+- ``sync.protocol_fields.ProtocolError`` (AgentError, ValueError): a wire message that breaks the
+  protocol; the text names the field
+- ``sync.upstream_http.BodyTooLarge`` (UpstreamUnavailable): an answer past its size cap, before
+  the hub or pretix client names the request it answered
+- ``sync.hub_store.HubStoreError`` (AgentError, RuntimeError): the hub's database failed or is
+  not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError and
+  NameTakenError are drawn in :mod:`sync.hub_store`
 """
 
 from __future__ import annotations

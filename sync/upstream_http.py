@@ -9,11 +9,14 @@ from datetime import UTC
 
 import aiohttp
 
+from agent.errors import UpstreamUnavailable
+
 MAX_RETRY_AFTER_S = 86_400.0  # longer is no plan; every backoff caps far below anyway
 
 
-class BodyTooLarge(Exception):
-    """The answer was longer than the cap; callers turn it into their own transient error."""
+class BodyTooLarge(UpstreamUnavailable):
+    """The answer was longer than the cap (transient, as agent.errors draws it); callers add
+    which request it answered."""
 
 
 async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:

@@ -5,12 +5,16 @@ from them (``retry_after``, ``check``, ``entry_ids``)."""
 from __future__ import annotations
 
 import builtins
+import importlib
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
 from agent import errors
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _LINE = re.compile(r"^(?P<indent>[\s│]*)(?:├── |└── )(?P<name>\w+)(?: \((?P<bases>[\w, ]+)\))?")
 
@@ -51,6 +55,32 @@ def test_the_drawing_holds_every_class_under_its_parent() -> None:
         for base in bases:
             own = classes.get(base) or getattr(builtins, base)
             assert issubclass(cls, own), (name, base)
+
+
+def _project_errors() -> set[type[errors.AgentError]]:
+    """Every subclass of AgentError the project defines (each of its modules imported)."""
+    for package in ("agent", "drivers", "sync"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            if not name.endswith("__main__"):
+                importlib.import_module(name)
+    found: set[type[errors.AgentError]] = set()
+    todo = [errors.AgentError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found and sub.__module__.split(".")[0] in ("agent", "drivers", "sync"):
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_every_project_error_is_drawn_or_named() -> None:
+    elsewhere = {c for c in _project_errors() if c.__module__ != errors.__name__}
+    assert {"HubStoreError", "DecisionNotRecorded"} <= {c.__name__ for c in elsewhere}
+    unnamed = [
+        f"{c.__module__}.{c.__name__}" for c in elsewhere if c.__name__ not in errors.__doc__
+    ]
+    assert not unnamed, f"name these in agent/errors.py's docstring: {unnamed}"
 
 
 def test_every_leaf_is_also_a_builtin() -> None:
