@@ -33,10 +33,12 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
     └── UpstreamError                       an upstream (the hub, pretix) could not be used for a
         │                                   request; the class alone says whether to retry
         ├── UpstreamUnavailable (ConnectionError)   transient: unreachable, timed out, 408/425/
-        │                                   429/5xx, an oversize or malformed answer (also
-        │                                   pretix's 403, which an admin may lift by widening the
-        │                                   device's profile); ``retry_after``: the Retry-After;
-        │                                   ``brief``: a quick failure another ask may mend
+        │                                   429/5xx, an oversize or malformed answer; also what
+        │                                   a pretix admin may mend while the gate keeps asking:
+        │                                   a 403 (the device's profile), a 4xx to a read or a
+        │                                   404 without a reason (the event or check-in list);
+        │                                   ``retry_after``: the Retry-After; ``brief``: a quick
+        │                                   failure another ask may mend
         ├── UpstreamAuthError (PermissionError)     401/403: the credentials are refused (a hub
         │   │                               token, a client certificate, a pretix device token);
         │   │                               retrying cannot help; ``check``: the config key to
