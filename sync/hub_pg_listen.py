@@ -1,8 +1,8 @@
 """The PostgreSQL hub store's ear for other hub processes (:mod:`sync.hub_postgres`): one
 connection that LISTENs on :data:`CHANNEL`, to which every transaction that inserted feed rows
 sends a NOTIFY, so a long-poll in any process wakes at once. Should that connection drop, the
-store's long-polls poll every :data:`POLL_S` until a later attempt (at most one per
-:data:`RELISTEN_S`) has it back.
+store's long-polls poll every :data:`POLL_S` until a later attempt has it back (attempts spaced
+by :class:`agent.backoff.Backoff`, from half a second to :data:`RELISTEN_S`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import time
 
 import asyncpg
 
+from agent.backoff import Backoff
 from sync.hub_store import FeedSignal
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "gate_agent_hub_feed"
 POLL_S = 0.5  # long-poll re-check interval while the listening connection is down
-RELISTEN_S = 5.0  # at most one attempt to reopen it per this many seconds
+RELISTEN_S = 5.0  # attempts to reopen it are at most this far apart (backoff's cap)
 CONNECT_TIMEOUT_S = 10.0
 # InternalClientError: a connection closed under a running query (the hub stopping mid-upload).
 ERRORS = (
@@ -42,6 +43,7 @@ class FeedListener:
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
         self._after = 0.0  # monotonic time of the next attempt to reopen the connection
+        self._backoff = Backoff(POLL_S, RELISTEN_S)
         self._closed = False
 
     @property
@@ -49,13 +51,12 @@ class FeedListener:
         return self._conn is not None and not self._conn.is_closed()
 
     async def listen(self) -> None:
-        """(Re)open the listening connection unless it is open, closed for good or was tried
-        within RELISTEN_S. Failure is logged, not raised: long-polls then poll."""
+        """(Re)open the listening connection unless it is open, closed for good or its next
+        attempt is not due (backoff after failures). Failure is logged, not raised: long-polls
+        then poll."""
         async with self._lock:
-            now = time.monotonic()
-            if self.listening or self._closed or now < self._after:
+            if self.listening or self._closed or time.monotonic() < self._after:
                 return
-            self._after = now + RELISTEN_S
             conn = None
             try:
                 conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S)
@@ -64,7 +65,9 @@ class FeedListener:
                 log.warning("hub store %s: cannot listen for feed inserts: %s", self._where, exc)
                 if conn is not None:
                     conn.terminate()
+                self._after = time.monotonic() + self._backoff.next_delay()
                 return
+            self._backoff.reset()
             conn.add_termination_listener(self._on_lost)
             self._conn = conn
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often new alerts are looked for
 _PAGE = 100
+_READ_RETRY_CAP_S = 5.0  # a store that cannot be read is asked again at most this far apart
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 30.0
 
@@ -74,6 +75,7 @@ class AlertWebhook:
 
     async def _follow(self) -> None:
         cursor: int | None = None
+        failing = Backoff(POLL_S, _READ_RETRY_CAP_S)
         while True:
             try:
                 if cursor is None:
@@ -83,12 +85,13 @@ class AlertWebhook:
                 detailed = await self._store.alert_details(found)
             except HubStoreError as exc:
                 log.warning("webhook %s: cannot read alerts: %s", self._where, exc)
-                await asyncio.sleep(POLL_S * 4)
+                await asyncio.sleep(failing.next_delay())
                 continue
             except Exception:  # a bug must not end the webhook silently: say so, go on
                 log.exception("webhook %s: reading alerts failed", self._where)
-                await asyncio.sleep(POLL_S * 4)
+                await asyncio.sleep(failing.next_delay())
                 continue
+            failing.reset()
             for alert in detailed:
                 self._put(alert.to_json())
                 cursor = alert.alert_id
