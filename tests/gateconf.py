@@ -46,6 +46,13 @@ def gate_toml(*, keys: Path | str | None = None, extra: str = "", **sections: Ta
     ``keys`` is the keys directory (absolute, or relative to the config's folder); without it there
     is no [trust] section unless one is given. Raises TypeError on a value TOML cannot hold here.
     """
+    return toml_of(sections, keys=keys, extra=extra)
+
+
+def toml_of(
+    sections: Mapping[str, Table | None], *, keys: Path | str | None = None, extra: str = ""
+) -> str:
+    """:func:`gate_toml` with the sections in a mapping (for a test that builds them)."""
     tables: dict[str, dict[str, object]] = {name: dict(t) for name, t in BASE.items()}
     if keys is not None:
         tables["trust"] = {"root_key": f"{keys}/root.pub", "bundle": f"{keys}/trust.json"}

@@ -12,6 +12,7 @@ import pytest
 from agent.app import config
 from agent.errors import ConfigError
 from tests.conftest import WriteConfig
+from tests.gateconf import Table, toml_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,25 +27,19 @@ def test_valid_config_loads_typed_values(write_config: WriteConfig) -> None:
     assert conf.trust is not None and conf.trust.bundle == path.parent / "keys/trust.json"
 
 
-BASE: dict[str, dict[str, object]] = {
-    "gate": {"id": "g", "events": [1], "state_dir": "s"},
+# The least a config holds (tests/gateconf's writer, its defaults taken out): what `config.load`
+# must accept, and what each refusal below varies.
+MINIMAL: dict[str, Table | None] = {
+    "gate": {"id": "g", "zone": None, "state_dir": "s"},
     "trust": {"root_key": "k"},
-    "devices": {"scanner": "sim://queue", "gate": "sim://gate"},
+    "devices": {"gate": "sim://gate"},
+    **dict.fromkeys(("policy", "lane", "revocation", "clock", "status")),
 }
 
 
-def _render(sections: dict[str, dict[str, object]]) -> str:
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v) if isinstance(v, str) else str(v)
-
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
-        for name, keys in sections.items()
-    )
+def _minimal(**changed: Table) -> str:
+    """:data:`MINIMAL` with each of ``changed``'s tables merged into its section."""
+    return toml_of({**MINIMAL, **{k: {**(MINIMAL.get(k) or {}), **t} for k, t in changed.items()}})
 
 
 @pytest.mark.parametrize(
@@ -83,10 +78,8 @@ def _render(sections: dict[str, dict[str, object]]) -> str:
 def test_bad_key_names_file_section_and_key(
     tmp_path: Path, section: str, key: str, value: object, expected: list[str]
 ) -> None:
-    sections = {name: dict(keys) for name, keys in BASE.items()}
-    sections.setdefault(section, {})[key] = value
     path = tmp_path / "gate.toml"
-    path.write_text(_render(sections))
+    path.write_text(_minimal(**{section: {key: value}}))
     with pytest.raises(ConfigError) as err:
         config.load(path)
     message = str(err.value)
@@ -98,16 +91,15 @@ def test_bad_key_names_file_section_and_key(
 
 @pytest.mark.parametrize("section", ["gate", "lane"])
 def test_names_with_control_characters_are_refused(tmp_path: Path, section: str) -> None:
-    text = _render({**BASE, "lane": {}})  # a TOML tab escape: a control character in the name
     path = tmp_path / "gate.toml"
-    path.write_text(text.replace(f"[{section}]\n", f'[{section}]\nname = "A\\tB"\n'))
+    path.write_text(_minimal(**{section: {"name": "A\tB"}}))  # written as a TOML tab escape
     with pytest.raises(ConfigError, match=rf"\[{section}\] name: expected 1-64 printable"):
         config.load(path)
 
 
 def test_minimal_config_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "gate.toml"
-    path.write_text(_render(BASE))
+    path.write_text(_minimal())
     conf = config.load(path)
     assert conf.gate.name == "g"  # defaults to the id
     assert conf.policy.entry == "single" and conf.lane.repeat_window_ms == 2000
@@ -115,13 +107,10 @@ def test_minimal_config_is_valid(tmp_path: Path) -> None:
 
 def test_missing_required_key_and_section(tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
-    path.write_text("[gate]\nid = 'x'\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n")
+    path.write_text(toml_of({**MINIMAL, "devices": None}))
     with pytest.raises(ConfigError, match=r"missing required section \[devices\]"):
         config.load(path)
-    path.write_text(
-        "[gate]\nevents = [1]\nstate_dir = 's'\n[trust]\nroot_key = 'k'\n"
-        "[devices]\nscanner = 'sim://queue'\ngate = 'sim://gate'\n"
-    )
+    path.write_text(_minimal(gate={"id": None}))
     with pytest.raises(ConfigError, match=r"\[gate\] missing required key 'id'"):
         config.load(path)
 
@@ -162,12 +151,12 @@ def test_a_state_dir_blocked_by_a_file_is_a_config_error(tmp_path: Path) -> None
     on a state_dir whose parent was a file. One not made yet is the gate's to make."""
     (tmp_path / "afile").write_text("")
     for state, blocker in (("afile/sub", "afile"), ("afile", "afile")):
-        text = _render({**BASE, "gate": {**BASE["gate"], "state_dir": state}})
+        text = _minimal(gate={"state_dir": state})
         with pytest.raises(ConfigError) as caught:
             config.parse(text, tmp_path / "gate.toml")
         assert str(caught.value) == (
             f"{tmp_path / 'gate.toml'}: [gate] state_dir: {tmp_path / state}:"
             f" {tmp_path / blocker} is a file, not a folder"
         )
-    text = _render({**BASE, "gate": {**BASE["gate"], "state_dir": "not/made/yet"}})
+    text = _minimal(gate={"state_dir": "not/made/yet"})
     assert config.parse(text, tmp_path / "gate.toml").gate.state_dir == tmp_path / "not/made/yet"
