@@ -73,8 +73,6 @@ def write_config(keys_dir: Path) -> WriteConfig:
             "revocation": {"files": revocations or []},
             "devices": {"scanner": scanner, "gate": gate},
         }
-        if "[status]" in extra:
-            tables["status"] = None
         return gateconf.write_gate_config(
             keys_dir.parent / "gate.toml", keys="keys", extra=extra, **(tables | sections)
         )

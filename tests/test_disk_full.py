@@ -126,7 +126,7 @@ def test_disk_full_keeps_deciding_reports_it_and_loses_nothing(
         revocations=["revocations-1.json"],
         scanner="sim://socket?path=scan.sock",
         gate=f"sim://gate?passage_ms=10&log={pulses}",
-        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\ndisk_free_min_mb = 1\n',
+        status={"listen": f"127.0.0.1:{port}", "disk_free_min_mb": 1},
     )
     text = conf.read_text().replace('state_dir = "state"', f'state_dir = "{small_disk}"')
     conf.write_text(text.replace("[lane]\n", f'[lane]\non_journal_failure = "{policy}"\n', 1))

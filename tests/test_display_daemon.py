@@ -38,10 +38,8 @@ async def _daemon(
         scanner="sim://socket?path=scan.sock",
         gate="sim://gate?passage=never",
         passage_timeout_s=3.0,
-        extra=(
-            f'\n[status]\nlisten = "127.0.0.1:{port}"\n'
-            f"\n[display]\nclear_after_s = 600\nstale_after_s = {STALE_S}\n"
-        ),
+        status={"listen": f"127.0.0.1:{port}"},
+        display={"clear_after_s": 600, "stale_after_s": STALE_S},
     )
     url = f"http://127.0.0.1:{port}"
     async with running_gate(path, url, tmp_path / "gate.log") as proc:

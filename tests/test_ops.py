@@ -150,7 +150,7 @@ def _running_gate(
     path = write_config(
         revocations=["revocations-1.json"],
         scanner="sim://socket?path=scan.sock",
-        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\n',
+        status={"listen": f"127.0.0.1:{port}"},
     )
     proc = subprocess.Popen(
         [*EXE, "run", "--config", str(path)],

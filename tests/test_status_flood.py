@@ -51,7 +51,7 @@ async def _daemon(write_config: WriteConfig, iss: Issuer, tmp_path: Path) -> Asy
         revocations=[fresh_list(iss, write_config().parent)],
         scanner="sim://socket?path=scan.sock",
         gate="sim://gate?passage_ms=0",
-        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\nmax_streams = {CAP}\n',
+        status={"listen": f"127.0.0.1:{port}", "max_streams": CAP},
     )
     url = f"http://127.0.0.1:{port}"
     async with running_gate(path, url, tmp_path / "gate.log"):
@@ -222,14 +222,14 @@ async def test_pacer_parks_at_most_max_parked() -> None:
     assert await pacer.turn() is True
 
 
-@pytest.mark.parametrize("value", [0, 257, '"16"'])
+@pytest.mark.parametrize("value", [0, 257, "16"])
 def test_max_streams_out_of_range_names_the_key(write_config: WriteConfig, value: object) -> None:
-    path = write_config(extra=f"\n[status]\nmax_streams = {value}\n")
+    path = write_config(status={"max_streams": value})
     with pytest.raises(ConfigError) as err:
         cfg.load(path)
     assert str(err.value).startswith(str(path))
     assert "[status] max_streams" in str(err.value)
-    assert cfg.load(write_config(extra="\n[status]\nmax_streams = 256\n")).status.max_streams == 256
+    assert cfg.load(write_config(status={"max_streams": 256})).status.max_streams == 256
 
 
 async def test_every_stream_gets_keep_alives_while_no_decision_comes(

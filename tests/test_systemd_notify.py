@@ -44,7 +44,7 @@ def test_run_notifies_ready_then_pings_the_watchdog(
     path = write_config(
         revocations=[fresh_list(iss, write_config().parent)],
         scanner="sim://socket?path=scan.sock",
-        extra=f'\n[status]\nlisten = "127.0.0.1:{port}"\n',
+        status={"listen": f"127.0.0.1:{port}"},
     )
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
