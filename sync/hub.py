@@ -46,7 +46,7 @@ from agent import keys
 from agent.errors import AgentError
 from agent.issuer import TicketSigner
 from agent.redact import printable
-from sync import hub_console_api, hub_limits, hub_metrics, hub_wallet, hub_watch, protocol
+from sync import hub_console_api, hub_limits, hub_metrics, hub_wallet, protocol
 from sync.hub_admin import (
     SnapshotCache,
     TrustFile,
@@ -70,8 +70,9 @@ from sync.hub_handlers import (
 )
 from sync.hub_state import HUB, HttpError, Hub
 from sync.hub_store import ConflictError, HubStore, HubStoreError
-from sync.hub_watch import Presence, client_net, watch
+from sync.hub_watch import Presence, watch
 from sync.hub_webhook import AlertWebhook
+from sync.log_throttle import client_net, request_log
 from sync.protocol import (
     MAX_BODY_BYTES,
 )
@@ -239,7 +240,7 @@ async def run(config: HubConfig) -> int:
             app, access_log=access_log, shutdown_timeout=5.0, lingering_time=hub_limits.LINGER_S,
             # No compressed bodies: gates send plain JSON, and a body that is not what its
             # Content-Encoding says failed in aiohttp with a 500 and tracebacks (a 400 now).
-            auto_decompress=False, logger=hub_watch.request_log("sync.hub.requests"),
+            auto_decompress=False, logger=request_log("sync.hub.requests"),
         )  # fmt: skip
         await runner.setup()
         try:

@@ -18,7 +18,7 @@ from sync.hub_admin import (
 from sync.hub_config import client_cert_gate
 from sync.hub_state import HttpError, Hub
 from sync.hub_store import TokenInfo
-from sync.hub_watch import client_net
+from sync.log_throttle import client_net
 
 log = logging.getLogger(__name__)
 

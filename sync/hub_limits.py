@@ -12,7 +12,7 @@ in front of each of aiohttp's connection handlers:
   :data:`REFUSAL_LINGER_S` for the client's end (so the client reads the 503, not a reset),
   beyond that it closes at once. Refusals are logged as one WARNING when they start and then
   at most one line per :data:`WARN_EVERY_S` with counts. A client is an address, also for IPv6
-  (unlike the log throttle's clients, :func:`sync.hub_watch.client_net`): a venue's gates on one
+  (unlike the log throttle's clients, :func:`sync.log_throttle.client_net`): a venue's gates on one
   IPv6 LAN share its /64, and one cap for all of them would refuse gates; ``max_connections``
   bounds a client rotating through its /64.
 - A connection must send a complete request head within ``header_timeout_s`` of connecting or of

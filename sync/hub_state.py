@@ -21,7 +21,8 @@ from sync.hub_admin import (
 )
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
-from sync.hub_watch import Presence, Throttle
+from sync.hub_watch import Presence
+from sync.log_throttle import Throttle
 from sync.protocol import (
     ErrorBody,
     Message,

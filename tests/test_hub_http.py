@@ -37,7 +37,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
-from sync.hub_watch import LOG_BUDGET, WARN_EVERY_S, Throttle, client_net
+from sync.log_throttle import LOG_BUDGET, WARN_EVERY_S, Throttle, client_net
 from sync.protocol import (
     MAX_BODY_BYTES,
     AlertPage,

@@ -28,7 +28,8 @@ from agent.errors import UpstreamError, UpstreamUnavailable
 from agent.issuer import Issuer
 from agent.journal import Journal
 from sync.client_http import HubHTTP, client_cert_problem, tls_context
-from sync.hub_watch import WARN_EVERY_S, HandshakeLog
+from sync.hub_watch import HandshakeLog
+from sync.log_throttle import WARN_EVERY_S
 from tests.hubgate import write_gate
 from tests.hubproc import (
     ROOT,
@@ -281,6 +282,7 @@ async def _until_in(proc: HubProcess, text: str) -> str:
     return proc.log_tail(50_000)
 
 
+@pytest.mark.slow
 async def test_hub_logs_gates_revocations_and_alerts(
     tmp_path: Path, keys_dir: Path, iss: Issuer
 ) -> None:

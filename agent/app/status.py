@@ -58,7 +58,7 @@ from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socke
 from agent.app.status_display import DisplayFeed, lane_health
 from agent.clock import HLC_MAX_AHEAD_S
 from agent.errors import JournalError
-from sync.hub_watch import request_log
+from sync.log_throttle import request_log
 
 if TYPE_CHECKING:
     from agent.app.status_view import ClockReads, GateView, LaneView
