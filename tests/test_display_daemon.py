@@ -51,6 +51,7 @@ def shots(tmp_path: Path) -> Path:
     return screens_folder(tmp_path)
 
 
+@pytest.mark.slow
 async def test_the_running_gate_shows_go_at_once_and_out_of_service_when_it_stops_answering(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:

@@ -420,6 +420,7 @@ def test_agent_unit_lets_the_clock_check_through_its_system_call_filter() -> Non
     assert result.stdout.strip() in {"True", "False"}, result.stdout
 
 
+@pytest.mark.slow
 def test_the_simulated_gate_and_the_camera_engine_run_under_the_units_filter(
     tmp_path: Path,
 ) -> None:

@@ -159,6 +159,7 @@ async def test_an_exit_lane_uploads_exit_checkins(
     assert wire.parse_iso(checkins[1]["datetime"]) == pytest.approx(left.record.wall_time, abs=1e-3)
 
 
+@pytest.mark.slow
 async def test_pretix_stopped_mid_scan_every_decision_arrives_once(
     write_config: WriteConfig, pretix_real: PretixReal
 ) -> None:

@@ -687,6 +687,7 @@ async def test_the_gates_entries_go_up_while_a_download_fails(rig: Rig) -> None:
         await restarted.close()
 
 
+@pytest.mark.slow
 async def test_a_short_retry_after_is_waited_for_within_the_round(rig: Rig) -> None:
     await initialized(rig)
     rig.fake.lose_every, rig.fake.lose_retry_after = 2, "1"  # every other GET: 503, 1 s
