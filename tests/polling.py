@@ -26,9 +26,14 @@ def _describe(check: Callable[[], object], what: str) -> str:
 
 
 async def until(
-    check: Callable[[], Awaitable[object] | object], within_s: float = 15.0, what: str = ""
+    check: Callable[[], Awaitable[object] | object],
+    within_s: float = 15.0,
+    what: str = "",
+    *,
+    every_s: float = POLL_S,
 ) -> None:
-    """Poll ``check`` (a function, or a coroutine function) until it returns something true.
+    """Poll ``check`` (a function, or a coroutine function) every ``every_s`` until it returns
+    something true (a check that reads files may ask less often than the default).
 
     Raises AssertionError after ``within_s`` seconds, naming ``what`` (or the check's source).
     """
@@ -41,7 +46,7 @@ async def until(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within_s:g} s: {_describe(check, what)}")
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(every_s)
 
 
 def until_sync(check: Callable[[], object], within_s: float = 15.0, what: str = "") -> None:

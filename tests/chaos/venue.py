@@ -27,6 +27,7 @@ from tests.faketime import FAKETIME
 from tests.hubgate import HUB_TIMING
 from tests.hubproc import ROOT, HubProcess, HubSetup, add_token, write_hub_config
 from tests.lanesconf import write_lanes_config
+from tests.polling import until
 
 GATE_IDS = ("gate-1", "gate-2", "gate-3")
 LANES = {"in": "entry", "out": "exit"}
@@ -106,14 +107,17 @@ class GateProc:
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             }  # fmt: skip
         self.proc = self._spawn(env)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
-        while not all(_accepts(p) for p in self.socks.values()):
-            if self.proc.poll() is not None:
-                raise VenueError(f"{self.id} exited with {self.proc.returncode}: {self.tail()}")
-            if loop.time() > deadline:
-                raise VenueError(f"{self.id} did not open its scanners: {self.tail()}")
-            await asyncio.sleep(0.05)
+        proc = self.proc
+
+        def scanners_open() -> bool:
+            if proc.poll() is not None:
+                raise VenueError(f"{self.id} exited with {proc.returncode}: {self.tail()}")
+            return all(_accepts(p) for p in self.socks.values())
+
+        try:
+            await until(scanners_open, START_TIMEOUT_S, every_s=0.05)
+        except AssertionError:
+            raise VenueError(f"{self.id} did not open its scanners: {self.tail()}") from None
 
     def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
