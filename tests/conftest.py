@@ -47,7 +47,8 @@ def write_config(keys_dir: Path) -> WriteConfig:
     """Write ``gate.toml`` beside ``keys_dir`` (tests/gateconf.py) and return its path.
 
     The keywords below are what these tests vary; any other keyword is a section's table for
-    :func:`tests.gateconf.gate_toml` (``pretix={...}``), ``extra`` raw TOML appended.
+    :func:`tests.gateconf.gate_toml` (``pretix={...}``), merged key by key into what is set here
+    (None: the section left out), ``extra`` raw TOML appended.
     """
 
     def write(
@@ -59,11 +60,12 @@ def write_config(keys_dir: Path) -> WriteConfig:
         revocations: list[str] | None = None,
         scanner: str = "sim://queue",
         gate: str = "sim://gate?passage_ms=10",
+        state_dir: str | Path = "state",
         extra: str = "",
         **sections: gateconf.Table | None,
     ) -> Path:
         tables: dict[str, gateconf.Table | None] = {
-            "gate": {"id": "gate-3", "name": "Gate 3"},
+            "gate": {"id": "gate-3", "name": "Gate 3", "state_dir": state_dir},
             "policy": {"entry": entry, "stale_list": stale_list},
             "lane": {
                 "name": "in",
@@ -73,8 +75,10 @@ def write_config(keys_dir: Path) -> WriteConfig:
             "revocation": {"files": revocations or []},
             "devices": {"scanner": scanner, "gate": gate},
         }
+        for name, table in sections.items():  # merged into the tables above, key by key
+            tables[name] = None if table is None else {**(tables.get(name) or {}), **table}
         return gateconf.write_gate_config(
-            keys_dir.parent / "gate.toml", keys="keys", extra=extra, **(tables | sections)
+            keys_dir.parent / "gate.toml", keys="keys", extra=extra, **tables
         )
 
     return write

@@ -127,9 +127,9 @@ def test_disk_full_keeps_deciding_reports_it_and_loses_nothing(
         scanner="sim://socket?path=scan.sock",
         gate=f"sim://gate?passage_ms=10&log={pulses}",
         status={"listen": f"127.0.0.1:{port}", "disk_free_min_mb": 1},
+        state_dir=small_disk,
+        lane={"on_journal_failure": policy},
     )
-    text = conf.read_text().replace('state_dir = "state"', f'state_dir = "{small_disk}"')
-    conf.write_text(text.replace("[lane]\n", f'[lane]\non_journal_failure = "{policy}"\n', 1))
     gate = Gate(conf, port, pulses, tmp_path / "gate.log")
     try:
         before = [iss.ticket(event=1) for _ in range(3)]

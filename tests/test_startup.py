@@ -237,8 +237,9 @@ async def test_check_config_uses_gate_state_and_never_writes_it(
     assert code == 0 and out["verdict"] == "admit"
 
     # The trust bundle may live only in the state folder (installed earlier, e.g. by sync).
-    text = conf_path.read_text().replace('bundle = "keys/trust.json"\n', "")
-    conf_path.write_text(text)
+    assert write_config(trust={"bundle": None}) == conf_path  # the same config, no [trust] bundle
+    trust = config.load(conf_path).trust
+    assert trust is not None and trust.bundle is None
     code, out = _check("--config", conf_path, "--zone", "2", revoked)
     assert code == 1 and out["reason"] == "wrong_zone"
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in state.iterdir()}
