@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import agent.journal.schema as schema
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
 from agent.redact import shared_ref, short_id
@@ -266,9 +267,8 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
             gate_id = stored_gate_id(conn) or ""
-            return history(conn, gate_id, gate_name, ticket_ref, schema=int(version))
+            return history(conn, gate_id, gate_name, ticket_ref, schema=schema.version(conn))
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -146,21 +146,27 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
     version; sqlite3.Error when SQLite fails.
     """
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if app_id == 0 and version == 0:
+    found = version(db)
+    if app_id == 0 and found == 0:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
-    elif version in (1, 2):
-        if version == 1:
+    elif found in (1, 2):
+        if found == 1:
             _run_script(db, _UPGRADE_1_TO_2)
             log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
         _run_script(db, _UPGRADE_2_TO_3)
         log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
-    elif version != SCHEMA_VERSION:
+    elif found != SCHEMA_VERSION:
         raise JournalError(
-            f"journal {path} has schema version {version}; this agent supports {SCHEMA_VERSION}"
+            f"journal {path} has schema version {found}; this agent supports {SCHEMA_VERSION}"
         )
+
+
+def version(db: sqlite3.Connection) -> int:
+    """The schema version of the journal ``db`` holds (an older file a command reads as it is)."""
+    (found,) = db.execute("PRAGMA user_version").fetchone()
+    return int(found)
 
 
 def require_journal(db: sqlite3.Connection, path: Path) -> None:
