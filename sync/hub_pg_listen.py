@@ -2,7 +2,8 @@
 connection that LISTENs on :data:`CHANNEL`, to which every transaction that inserted feed rows
 sends a NOTIFY, so a long-poll in any process wakes at once. Should that connection drop, the
 store's long-polls poll every :data:`POLL_S` until a later attempt has it back (attempts spaced
-by :class:`agent.backoff.Backoff`, from half a second to :data:`RELISTEN_S`).
+by :class:`agent.backoff.Backoff`, from half a second doubling to :data:`RELISTEN_S`; a
+connection that held for RELISTEN_S is reopened at once).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FeedListener:
         self._lock = asyncio.Lock()
         self._after = 0.0  # monotonic time of the next attempt to reopen the connection
         self._backoff = Backoff(POLL_S, RELISTEN_S)
+        self._opened = 0.0  # monotonic time the connection last opened
         self._closed = False
 
     @property
@@ -55,8 +57,12 @@ class FeedListener:
         attempt is not due (backoff after failures). Failure is logged, not raised: long-polls
         then poll."""
         async with self._lock:
-            if self.listening or self._closed or time.monotonic() < self._after:
+            now = time.monotonic()
+            if self.listening or self._closed or now < self._after:
                 return
+            # Every attempt, one that opens too, spaces the next: a connection dropped as soon
+            # as it opens (a pooler, an idle timeout) is not reopened in a tight loop.
+            self._after = now + self._backoff.next_delay()
             conn = None
             try:
                 conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S)
@@ -65,9 +71,8 @@ class FeedListener:
                 log.warning("hub store %s: cannot listen for feed inserts: %s", self._where, exc)
                 if conn is not None:
                     conn.terminate()
-                self._after = time.monotonic() + self._backoff.next_delay()
                 return
-            self._backoff.reset()
+            self._opened = time.monotonic()
             conn.add_termination_listener(self._on_lost)
             self._conn = conn
 
@@ -85,4 +90,7 @@ class FeedListener:
         if conn is not self._conn:
             return  # closed by close()
         log.warning("hub store %s: feed listener connection lost", self._where)
+        if time.monotonic() - self._opened >= RELISTEN_S:  # it held: the next try is at once
+            self._backoff.reset()
+            self._after = 0.0
         self._signal.wake()  # long-polls re-check now and poll until it is back

@@ -146,6 +146,8 @@ class PretixHTTP:
             ) as resp:
                 raw = await read_capped(resp, MAX_BODY)
                 status, resp_headers = resp.status, dict(resp.headers)
+        except BodyTooLarge as exc:  # first: it is an OSError too, and asking again won't help
+            raise UpstreamUnavailable(f"{what}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", secret, self.token)
             # Chained only when the URL holds no secret: aiohttp's text may hold the URL, and a
@@ -154,8 +156,6 @@ class PretixHTTP:
             raise UpstreamUnavailable(f"{what}: {detail}", brief=brief) from (
                 None if secret else exc
             )
-        except BodyTooLarge as exc:
-            raise UpstreamUnavailable(f"{what}: {exc}") from exc
         return _classify(what, status, raw, resp_headers)
 
     async def get(self, target: str | yarl.URL, params: Query | None = None) -> Reply:

@@ -903,6 +903,35 @@ async def test_a_long_poll_still_wakes_when_the_listening_connection_is_lost(
         await b.close()
 
 
+async def test_a_listener_dropped_as_it_opens_is_not_reopened_in_a_tight_loop(
+    pg_url: str,  # noqa: F811
+) -> None:
+    """Found reviewing: with the backoff reset by every connection that opened, one dropped at
+    once (a pooler, an idle timeout) was reopened at every long-poll's look, ~100 a second."""
+    from sync.hub_pg_listen import FeedListener
+    from sync.hub_store import FeedSignal
+
+    listener = FeedListener(pg_url, "test", FeedSignal())
+    admin = await asyncpg.connect(pg_url)
+    opened = 0
+    try:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            await listener.listen()
+            if listener.listening:
+                opened += 1
+                await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+                await until(lambda: not listener.listening, 5, "the listener saw it dropped")
+            await asyncio.sleep(0.01)  # the scenario: long-polls looking 100 times a second
+    finally:
+        await listener.close()
+        await admin.close()
+    assert 2 <= opened <= 3  # at 0, 0.5 and 1.5 s: the gaps double (0.5, 1, 2 ... 5 s)
+
+
 async def test_two_postgres_stores_may_create_the_schema_at_once(pg_url: str) -> None:  # noqa: F811
     stores = await asyncio.gather(*(open_store(pg_url, POLICY) for _ in range(4)))
     try:

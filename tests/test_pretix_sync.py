@@ -322,8 +322,11 @@ async def test_a_page_over_4_mib_ends_the_round(rig: Rig) -> None:
     big = {**page["results"][0], "padding": "x" * (4 << 20)}
     rig.fake.revoked = {**page, "results": [big, *page["results"][1:]]}
     await initialized(rig)
+    asked = len(rig.fake.calls_to("/revokedsecrets/"))
     assert not await rig.up.sync_once()
     assert f"answer larger than {4 << 20} bytes" in rig.up.status["last_error"]
+    # Asked once: a page over the cap is no brief failure another ask may mend.
+    assert len(rig.fake.calls_to("/revokedsecrets/")) == asked + 1
     rig.fake.revoked = page
     assert await rig.up.sync_once()
 
