@@ -137,6 +137,12 @@ def test_usage_errors_still_exit_2(issued: Path) -> None:
         (("check", "--keys", issued / "keys", "--image", "/nonexistent.png"), "no such image"),
         (("check", "--keys", issued / "keys", "--frobnicate", "x"), "unrecognized arguments"),
         (("events", "--last", "0", "--config", "/nonexistent.toml"), "--last must be >= 1"),
+        # Numbers are ASCII digits: int() takes a full-width 1, "+1" and "1_0" (zone 10).
+        (("issue", "--keys", issued / "keys", "--event", "\uff11", "--out", issued),
+         "argument --event: expected a whole number (digits 0-9), got '\uff11'"),
+        (("issue", "--keys", issued / "keys", "--event", "1", "--zones", "3,+1,1_0", "--out", issued),
+         "argument --zones: expected numbers separated by commas, got '3,+1,1_0'"),
+        (("events", "--last", "-5", "--config", "/nonexistent.toml"), "argument --last/-n"),
     ):  # fmt: skip
         done = ga(*args)
         assert done.returncode == 2, (args, done.stderr)
@@ -280,7 +286,8 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
     assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"
 
 
-SEQ_RANGE = "a gate_seq is a whole number from 1 to 9223372036854775807"
+SEQ_RANGE = "expected a gate_seq from 1 to 9223372036854775807"
+WHOLE = "expected a whole number (digits 0-9)"
 
 
 def test_hub_quarantine_refuses_bad_input_and_says_when_nothing_moved(
@@ -293,13 +300,14 @@ def test_hub_quarantine_refuses_bad_input_and_says_when_nothing_moved(
 
     for args, message in (
         (("--gate", "gate a!", "--from-seq", "2"), "gate id 'gate a!': expected 1-64 letters"),
+        (("--gate", "gate-a", "--from-seq", "0"), f"--from-seq 0: {SEQ_RANGE}"),
+        (("--gate", "gate-a", "--from-seq", str(1 << 63)), f"--from-seq {1 << 63}: {SEQ_RANGE}"),
         *(
-            (
-                ("--gate", "gate-a", "--from-seq", seq),
-                f"argument --from-seq: {SEQ_RANGE}, got {seq!r}",
-            )
-            for seq in ("0", str(1 << 63), "two", "\uff12", "+2", "1_000", " 2", "-1")
+            (("--gate", "gate-a", "--from-seq", seq), f"argument --from-seq: {WHOLE}, got {seq!r}")
+            for seq in ("two", "\uff12", "+2", "1_000", " 2", "-1")
         ),
+        # Thousands of digits: refused by their count, quoted cut short.
+        (("--gate", "gate-a", "--from-seq", "9" * 5000), f"{WHOLE}, got '{'9' * 39}"),
         (("--from-seq", "2"), "the following arguments are required: --gate"),
     ):
         done = quarantine(*args)

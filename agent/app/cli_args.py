@@ -12,35 +12,36 @@ from pathlib import Path
 from agent import version
 from agent.errors import AgentError
 
-
-def _int_list(value: str) -> list[int]:
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {value!r}"
-        ) from None
+_MAX_DIGITS = 19  # a signed 64-bit integer; the command checks the range it needs
 
 
 def _digits(value: str) -> bool:
-    """ASCII digits only: int() would also take "+1", "1_000", " 1" and other scripts' digits."""
-    return value.isascii() and value.isdigit()
+    """1-19 ASCII digits: int() would also take "+1", "1_000", " 1", other scripts' digits, and
+    thousands of digits (then failing with a message quoting them all)."""
+    return value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS
+
+
+def _whole(value: str) -> int:
+    """A whole number as argparse takes it (each command checks the range it needs)."""
+    if not _digits(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number (digits 0-9), got {value[:40]!r}"
+        )
+    return int(value)
+
+
+def _int_list(value: str) -> list[int]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not all(_digits(v) for v in items):
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {value[:40]!r}"
+        )
+    return [int(v) for v in items]
 
 
 def _zone(value: str) -> int:
     if not _digits(value) or not 1 <= int(value) <= 16:
         raise argparse.ArgumentTypeError(f"a zone is a number 1-16, got {value[:40]!r}")
-    return int(value)
-
-
-_MAX_SEQ = (1 << 63) - 1  # a gate_seq is a signed 64-bit integer at the hub
-
-
-def _gate_seq(value: str) -> int:
-    if not _digits(value) or not 1 <= int(value) <= _MAX_SEQ:
-        raise argparse.ArgumentTypeError(
-            f"a gate_seq is a whole number from 1 to {_MAX_SEQ}, got {value[:40]!r}"
-        )
     return int(value)
 
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--alg", choices=("ed25519", "p256"), default="ed25519", help="issuer key algorithm"
     )
-    init.add_argument("--kid", type=int, help="the issuer key's id (default: random)")
+    init.add_argument("--kid", type=_whole, help="the issuer key's id (default: random)")
     init.add_argument(
         "--events",
         type=_int_list,
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument(
         "--alg", choices=("ed25519", "p256"), default="ed25519", help="key algorithm"
     )
-    signer.add_argument("--kid", type=int, help="the key's id (default: random)")
+    signer.add_argument("--kid", type=_whole, help="the key's id (default: random)")
     signer.add_argument("--force", action="store_true", help="replace a key already there")
 
     trust = sub.add_parser(
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "source", type=Path, metavar="ISSUER_DIR_OR_PUBFILE", help="a `keys issuer` folder or PEM"
     )
-    add.add_argument("--kid", type=int, help="the key's id (required for a bare PEM file)")
+    add.add_argument("--kid", type=_whole, help="the key's id (required for a bare PEM file)")
     add.add_argument("--events", type=_int_list, help="events it may sign for (default all)")
     add.add_argument("--not-before", type=_iso, metavar="ISO", help="the key valid from")
     add.add_argument("--not-after", type=_iso, metavar="ISO", help="the key valid until")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         change = trust.add_parser(verb, help=f"{verb} issuer key KID: {meaning}")
         change.add_argument("--keys", type=Path, required=True, help="the root's folder")
-        change.add_argument("kid", type=int, metavar="KID", help="the issuer key's id")
+        change.add_argument("kid", type=_whole, metavar="KID", help="the issuer key's id")
 
     rotate = trust.add_parser(
         "rotate-root", help="hand over to a new root key (the next bundle is signed by both)"
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument(
         "--keys", type=Path, required=True, help="a `keys init` or `keys issuer` folder"
     )
-    issue.add_argument("--event", type=int, required=True, help="the event number")
+    issue.add_argument("--event", type=_whole, required=True, help="the event number")
     issue.add_argument("--zones", type=_int_list, help="zones 1-16, e.g. 1,2 (default: every zone)")
     issue.add_argument(
         "--not-before", type=_iso, metavar="ISO", help="valid from (default: no start)"
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument(
         "--not-after", type=_iso, metavar="ISO", help="valid until (default: no end)"
     )
-    issue.add_argument("--count", type=int, default=1, help="how many tickets (default 1)")
+    issue.add_argument("--count", type=_whole, default=1, help="how many tickets (default 1)")
     issue.add_argument(
         "--device-key",
         type=Path,
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     code.add_argument("--at", type=_iso, metavar="ISO", help="the device's time (default: now)")
     serve = wallet_sub.add_parser("serve", help="the wallet page on 127.0.0.1 (no issuing)")
     serve.add_argument(
-        "--port", type=int, default=8472, help="port on 127.0.0.1 (default 8472, 0: any free)"
+        "--port", type=_whole, default=8472, help="port on 127.0.0.1 (default 8472, 0: any free)"
     )
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--denied", action="store_true", help="denied attempts only")
     events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
     events.add_argument("--ticket", metavar="ID", help="one ticket: its short id or its text")
-    events.add_argument("--last", "-n", type=int, default=20, help="how many to show first")
+    events.add_argument("--last", "-n", type=_whole, default=20, help="how many to show first")
     events.add_argument("--json", action="store_true", help="JSON lines")
     return p
 
@@ -310,7 +311,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     quarantine.add_argument(
         "--from-seq",
-        type=_gate_seq,
+        type=_whole,
         required=True,
         metavar="N",
         help="the first gate_seq to set apart (the integrity alert: 'gate_seq N reused')",
