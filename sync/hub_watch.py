@@ -10,9 +10,10 @@ Lines an operator reads in ``journalctl -u gate-hub``::
     alert double_admission: ticket 3f2a9c1b0d4e, gates Gate A, Gate B
 
 Tickets appear only as the alert's short hash, tokens never. The same refusal from the same
-client (an address; an IPv6 /64) is logged once per :data:`WARN_EVERY_S`, with the count of those
-held back, and at most :data:`LOG_BUDGET` such lines are written a minute in all. With several
-hub processes on one database, each logs the alerts and lists it sees, and its own gates.
+client (an address; an IPv6 /64) is logged once per :data:`sync.log_throttle.WARN_EVERY_S`, with
+the count of those held back, and at most :data:`sync.log_throttle.LOG_BUDGET` such lines are
+written a minute in all. With several hub processes on one database, each logs the alerts and
+lists it sees, and its own gates.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def handshake_reason(exc: BaseException) -> str | None:
 
 class HandshakeLog:
     """Logs refused handshakes: a WARNING per address and reason, then at most one per
-    :data:`WARN_EVERY_S` with how many were held back; other failures at DEBUG."""
+    :data:`sync.log_throttle.WARN_EVERY_S` with how many were held back; other failures at DEBUG."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._throttle = Throttle(clock)

@@ -79,9 +79,7 @@ async def test_go_at_decision_time_with_the_lamps_then_passed(
 async def test_not_used_frees_the_ticket_and_is_not_counted_then_ready(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:
-    conf = display_config(
-        write_config, iss, "\n[display]\nclear_after_s = 1\n", passage_timeout_s=0.5
-    )
+    conf = display_config(write_config, iss, display={"clear_after_s": 1}, passage_timeout_s=0.5)
     async with (
         serving_display(conf, SimGate(passage_ms=None)) as (gate, _, url),
         Browser(tmp_path) as page,
@@ -103,7 +101,7 @@ async def test_not_used_frees_the_ticket_and_is_not_counted_then_ready(
 async def test_a_display_opened_after_a_verdict_shows_ready(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path
 ) -> None:
-    conf = display_config(write_config, iss, "\n[display]\nclear_after_s = 600\n")
+    conf = display_config(write_config, iss, display={"clear_after_s": 600})
     async with (
         serving_display(conf, SimGate(passage_ms=0)) as (gate, _, url),
         Browser(tmp_path / "a") as first,
@@ -122,7 +120,7 @@ async def test_a_display_opened_after_a_verdict_shows_ready(
 async def test_each_denial_says_what_the_steward_does_with_a_shape_and_a_tone(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:
-    conf = display_config(write_config, iss, "\n[display]\nsound = true\n")
+    conf = display_config(write_config, iss, display={"sound": True})
     used = iss.ticket(event=1, zones=[1])
     expired = iss.ticket(event=1, zones=[1], not_after=int(time.time()) - 86400)
     cases = [  # (ticket, source, reason, action, words, screenshot)
@@ -232,16 +230,16 @@ async def test_offline_banner_while_the_hub_is_unreachable(
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("clear_after_s", "0", "1-600 seconds"),
-        ("stale_after_s", "1", "3-120 seconds"),
-        ("sound", '"yes"', "expected"),
-        ("colour", '"red"', "unknown"),
+        ("clear_after_s", 0, "1-600 seconds"),
+        ("stale_after_s", 1, "3-120 seconds"),
+        ("sound", "yes", "expected"),
+        ("colour", "red", "unknown"),
     ],
 )
 def test_display_settings_are_checked(
-    write_config: WriteConfig, key: str, value: str, expected: str
+    write_config: WriteConfig, key: str, value: object, expected: str
 ) -> None:
-    path = write_config(extra=f"\n[display]\n{key} = {value}\n")
+    path = write_config(display={key: value})
     with pytest.raises(ConfigError) as err:
         cfg.load(path)
     assert str(err.value).startswith(str(path))
@@ -251,8 +249,8 @@ def test_display_settings_are_checked(
 
 def test_display_settings_defaults_and_values(write_config: WriteConfig) -> None:
     assert cfg.load(write_config()).display == cfg.DisplayConfig(5.0, 6.0, False)
-    text = "\n[display]\nclear_after_s = 2.5\nstale_after_s = 10\nsound = true\n"
-    assert cfg.load(write_config(extra=text)).display == cfg.DisplayConfig(2.5, 10.0, True)
+    given = {"clear_after_s": 2.5, "stale_after_s": 10, "sound": True}
+    assert cfg.load(write_config(display=given)).display == cfg.DisplayConfig(2.5, 10.0, True)
 
 
 async def test_the_lane_tells_the_display_before_the_lamps_and_survives_a_failing_hook(

@@ -41,7 +41,7 @@ async def test_go_and_stop_differ_under_deuteranopia(
     tmp_path: Path,
     shots: Path,
 ) -> None:
-    conf = display_config(write_config, iss, "\n[display]\nclear_after_s = 600\n")
+    conf = display_config(write_config, iss, display={"clear_after_s": 600})
     async with (
         serving_display(conf, SimGate(passage_ms=0)) as (gate, _, url),
         Browser(tmp_path) as page,

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.app.status_bounds import Streams
+from agent.app.status_view import SharedTurnstileReads
 from agent.journal.queries import RecentRow
-from agent.mechanism import MechanismView
 from agent.model import Decision, Reason
 
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ def lane_health(lane: LaneView) -> dict[str, Any]:
     connected = getattr(lane.scanner, "connected", True)
     online = bool(connected() if callable(connected) else connected)
     name = lane.settings.name
-    shared = lane.gate.mechanism.lanes if isinstance(lane.gate, MechanismView) else []
+    gate = lane.gate
+    shared = gate.mechanism.lanes if isinstance(gate, SharedTurnstileReads) else []
     return {
         "name": name,
         "direction": lane.checker.policy.direction,

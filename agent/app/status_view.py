@@ -9,8 +9,8 @@ shows.
 
 from __future__ import annotations
 
-from collections.abc import Sized
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence, Sized
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from agent.app.config import Config
@@ -58,6 +58,19 @@ class PolicyReads(Protocol):
 class TurnstileReads(Protocol):
     @property
     def emergency(self) -> bool: ...
+
+
+class MechanismReads(Protocol):
+    @property
+    def lanes(self) -> Sequence[str]: ...
+
+
+@runtime_checkable
+class SharedTurnstileReads(Protocol):
+    """A turnstile several lanes share (:class:`agent.mechanism.MechanismView`): which lanes."""
+
+    @property
+    def mechanism(self) -> MechanismReads: ...
 
 
 class UplinkReads(Protocol):

@@ -12,9 +12,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import agent.journal.schema as schema
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
+from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
 
@@ -268,7 +268,7 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
         conn = sqlite3.connect(uri, uri=True)
         try:
             gate_id = stored_gate_id(conn) or ""
-            return history(conn, gate_id, gate_name, ticket_ref, schema=schema.version(conn))
+            return history(conn, gate_id, gate_name, ticket_ref, schema=schema_version(conn))
         finally:
             conn.close()
     except sqlite3.Error as exc:
