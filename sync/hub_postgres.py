@@ -102,7 +102,8 @@ _Q_TOKENS = hub_sql.numbered(hub_quarantine.TOKENS)
 _Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
 _Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
 _Q_DELETE = hub_sql.numbered(hub_quarantine.DELETE)
-_Q_GATE_NAME = hub_sql.numbered(hub_quarantine.GATE_NAME)
+_Q_REOPENED_REFS = hub_sql.numbered(hub_quarantine.REOPENED_REFS)
+_Q_GATE_NAMES = hub_sql.numbered(hub_quarantine.GATE_NAMES)
 _HEARTBEAT = hub_sql.heartbeat_sql(numbered=True)
 _GATES = (
     "SELECT gate_id, gate_name, last_seen, outbox_depth, revocation_version, revocation_age_s,"
@@ -335,11 +336,19 @@ class PostgresHubStore(PostgresConsoleQueries):
                 rows = tuple(QuarantinedRow(*row) for row in found)
                 if dry_run or tokens or not rows:
                     return Quarantine(tokens, rows)
+                refs = [r[0] for r in await conn.fetch(_Q_REOPENED_REFS, gate_id, from_seq)]
                 await conn.execute(_Q_COPY, now, gate_id, from_seq)
                 await conn.execute(_Q_DELETE, gate_id, from_seq)
-                name = await conn.fetchval(_Q_GATE_NAME, gate_id) or ""
-                alert = hub_quarantine.alert(gate_id, name, from_seq, rows, now)
+                names = {r[0]: r[1] for r in await conn.fetch(_Q_GATE_NAMES)}
+                alert = hub_quarantine.alert(gate_id, names.get(gate_id, ""), from_seq, rows, now)
                 await conn.execute(_INSERT_ALERT, *_alert_args(alert, "", now))
+                history = hub_sql.numbered(hub_quarantine.history_sql(len(refs)))
+                left = await conn.fetch(history, *refs) if refs else []
+                doubles = hub_quarantine.reopened_alerts(left, names, self._policy)
+                if doubles:
+                    await conn.executemany(
+                        _INSERT_ALERT, [_alert_args(a, "", now) for a in doubles]
+                    )
                 return Quarantine(0, rows, moved=True)
 
         return await self._run(job)

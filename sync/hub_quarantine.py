@@ -11,7 +11,9 @@ the console, still shows them, marked), so the gate's own rows from that gate_se
 again once it has a new token (those it has not had acknowledged: a gate_seq below the
 conflict's moves rows of its own the gate will not send again). Gates that already learned a
 moved row keep it: an entry keeps its ticket used there, an exit or annulment has let it in
-again, which is why the operator is shown each row's kind and ticket.
+again, which is why the operator is shown each row's kind and ticket; where such a ticket was
+admitted again meanwhile, the double admission the moved row hid is raised as the quarantine
+moves it (the rules had seen the moved row when the ticket came back).
 
 Refused while the gate still has a token (the copy would squat again); a batch of a revoked
 token that was still arriving is refused inside its ingest transaction (TokenGoneError). Both
@@ -22,10 +24,14 @@ parameters).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from agent.words import plural
-from sync.hub_plan import NewAlert
+from sync.hub_plan import TICKET_COLUMNS, Names, NewAlert, TicketRow
 from sync.hub_sql import ENTRY_COLUMNS
-from sync.hub_store import QuarantinedRow
+from sync.hub_store import HubPolicy, QuarantinedRow
+from sync.hub_ticket_alerts import double_admissions
 from sync.protocol_fields import MAX_DETAIL
 
 MAX_ALERT_ENTRIES = 64  # entry ids an alert names (protocol_console.Alert reads at most 64)
@@ -42,9 +48,45 @@ COPY = (
     " WHERE gate_id = ? AND gate_seq >= ?"
 )
 DELETE = "DELETE FROM entries WHERE gate_id = ? AND gate_seq >= ?"
-GATE_NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
 TOP_CURSOR = "SELECT coalesce(max(cursor), 0) FROM entries"
 SET_APART_ROWS = "SELECT count(*) FROM quarantined_entries"  # rows never leave it
+
+# The tickets a moved exit or annulment had let in again (read before the move), and what is left
+# of their histories after it: the double admissions the moved row hid are raised then.
+MAX_REOPENED = 500  # tickets looked at again; the alert's text names them all the same
+REOPENED_REFS = (
+    "SELECT DISTINCT ticket_ref FROM entries WHERE gate_id = ? AND gate_seq >= ?"
+    f" AND kind IN ('exit', 'annul') ORDER BY ticket_ref LIMIT {MAX_REOPENED}"
+)
+GATE_NAMES = "SELECT gate_id, gate_name FROM gates"
+
+
+def history_sql(tickets: int) -> str:
+    """The rows left of ``tickets`` tickets (attempts aside), as :func:`reopened_alerts` reads
+    them; one ``?`` per ticket_ref."""
+    marks = ", ".join("?" * tickets)
+    return (
+        f"SELECT {', '.join(TICKET_COLUMNS)} FROM entries"
+        f" WHERE ticket_ref IN ({marks}) AND kind <> 'attempt'"
+    )
+
+
+def reopened_alerts(
+    rows: Iterable[Iterable[Any]], names: Mapping[str, str], policy: HubPolicy
+) -> list[NewAlert]:
+    """The double admissions in what is left of the reopened tickets' histories (``rows``: of
+    :func:`history_sql`), which the moved exits and annulments had hidden from the rules."""
+    history: dict[str, list[TicketRow]] = {}
+    for row in rows:
+        ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
+        history.setdefault(ref, []).append(ticket_row)
+    gate_names = Names({gate: name for gate, name in names.items() if name})
+    return [
+        alert
+        for ref, past in history.items()
+        for alert in double_admissions(ref, past, policy, gate_names)
+    ]
+
 
 # Feed cursors never go back. Gates ask for rows after the last cursor they read, and take a
 # highest cursor below theirs for a store started anew (they read the feed again from the

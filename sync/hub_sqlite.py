@@ -286,7 +286,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False
     ) -> Quarantine:
         """See :class:`HubStore` (:mod:`sync.hub_quarantine`). Raises HubStoreError."""
-        args = (gate_id, from_seq, now, dry_run)
+        args = (gate_id, from_seq, now, dry_run, self._policy)
         begin = "BEGIN" if dry_run else "BEGIN IMMEDIATE"  # a dry run reads: uploads go on
         return await self._run(lambda db: transaction(db, _quarantine, *args, begin=begin))
 
@@ -411,18 +411,27 @@ def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
 
 
 def _quarantine(
-    db: sqlite3.Connection, gate_id: str, from_seq: int, now: float, dry_run: bool
+    db: sqlite3.Connection,
+    gate_id: str,
+    from_seq: int,
+    now: float,
+    dry_run: bool,
+    policy: HubPolicy,
 ) -> Quarantine:
     (tokens,) = db.execute(hub_quarantine.TOKENS, (gate_id,)).fetchone()
     found = db.execute(hub_quarantine.ROWS, (gate_id, from_seq)).fetchall()
     rows = tuple(QuarantinedRow(*row) for row in found)
     if dry_run or tokens or not rows:
         return Quarantine(int(tokens), rows)
+    refs = [ref for (ref,) in db.execute(hub_quarantine.REOPENED_REFS, (gate_id, from_seq))]
     db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
     db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
-    name = db.execute(hub_quarantine.GATE_NAME, (gate_id,)).fetchone()
-    alert = hub_quarantine.alert(gate_id, name[0] if name else "", from_seq, rows, now)
+    names = dict(db.execute(hub_quarantine.GATE_NAMES).fetchall())
+    alert = hub_quarantine.alert(gate_id, names.get(gate_id, ""), from_seq, rows, now)
     db.execute(hub_sql.INSERT_ALERT, _alert_params(alert, "", now))
+    left = db.execute(hub_quarantine.history_sql(len(refs)), refs) if refs else []
+    doubles = hub_quarantine.reopened_alerts(left, names, policy)
+    db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, "", now) for a in doubles))
     return Quarantine(0, rows, moved=True)
 
 

@@ -33,6 +33,14 @@ def ticket_alerts(
     return alerts
 
 
+def double_admissions(
+    ref: str, history: Sequence[TicketRow], policy: HubPolicy, names: Names
+) -> list[NewAlert]:
+    """An alert for each double admission in a ticket's whole ``history`` (the store drops those
+    it raised before: the same dedupe key)."""
+    return _double_admissions(ref, (), history, policy, names)
+
+
 def _double_admissions(
     ref: str,
     past: Sequence[TicketRow],

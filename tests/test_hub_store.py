@@ -1641,6 +1641,30 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
     ]
 
 
+async def test_a_quarantine_raises_the_double_admission_a_moved_annulment_hid(
+    store: HubStore,
+) -> None:
+    """Found in the stolen-gate trial: a copy of g1's token annulled g1's admission of t1, g2 then
+    admitted t1 (the rules saw the annulment: no alert), and the quarantine that moved the
+    annulment away raised no double admission either: the ticket was only named in its text."""
+    a = Gate("g1")
+    b = Gate("g2", a.clock)
+    own = a.row("t1")
+    await store.ingest("g1", [own], T0)
+    await store.ingest("g1", [a.row("t1", "annul", annuls=own.entry_id)], T0 + 1)  # the copy's
+    again = b.row("t1")
+    await store.ingest("g2", [again, b.row("t2")], T0 + 2)
+    assert not [x for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert (await store.quarantine("g1", 2, T0 + 3)).moved
+    (double,) = [x for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert (double.ticket, double.entries) == (short_id("t1"), (own.entry_id, again.entry_id))
+    assert (double.gate_ids, double.gates) == (("g1", "g2"), ("g1", "g2"))
+    # Again (nothing more to move), or a quarantine of rows that reopened nothing: no other.
+    await store.ingest("g1", [a.row("t3")], T0 + 4)
+    assert (await store.quarantine("g1", 3, T0 + 5)).moved
+    assert len([x for x in await all_alerts(store) if x.kind == "double_admission"]) == 1
+
+
 async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_alerts(
     store_url: str, open_hub: OpenStore
 ) -> None:
