@@ -340,15 +340,12 @@ class PostgresHubStore(PostgresConsoleQueries):
                 await conn.execute(_Q_COPY, now, gate_id, from_seq)
                 await conn.execute(_Q_DELETE, gate_id, from_seq)
                 names = {r[0]: r[1] for r in await conn.fetch(_Q_GATE_NAMES)}
-                alert = hub_quarantine.alert(gate_id, names.get(gate_id, ""), from_seq, rows, now)
-                await conn.execute(_INSERT_ALERT, *_alert_args(alert, "", now))
                 history = hub_sql.numbered(hub_quarantine.history_sql(len(refs)))
                 left = await conn.fetch(history, *refs) if refs else []
-                doubles = hub_quarantine.reopened_alerts(left, names, self._policy)
-                if doubles:
-                    await conn.executemany(
-                        _INSERT_ALERT, [_alert_args(a, "", now) for a in doubles]
-                    )
+                alerts = hub_quarantine.moved_alerts(
+                    gate_id, from_seq, rows, left, names, self._policy, now
+                )
+                await conn.executemany(_INSERT_ALERT, [_alert_args(a, "", now) for a in alerts])
                 return Quarantine(0, rows, moved=True)
 
         return await self._run(job)

@@ -71,11 +71,25 @@ def history_sql(tickets: int) -> str:
     )
 
 
-def reopened_alerts(
+def moved_alerts(
+    gate_id: str,
+    from_seq: int,
+    rows: tuple[QuarantinedRow, ...],
+    left: Iterable[Iterable[Any]],
+    names: Mapping[str, str],
+    policy: HubPolicy,
+    now: float,
+) -> list[NewAlert]:
+    """What a quarantine of ``rows`` raises: its own alert, then the double admissions in what
+    is ``left`` of the reopened tickets' histories (of :func:`history_sql`), which the moved
+    exits and annulments had hidden from the rules. ``names``: every gate's name, by id."""
+    own = alert(gate_id, names.get(gate_id, ""), from_seq, rows, now)
+    return [own, *_reopened_alerts(left, names, policy)]
+
+
+def _reopened_alerts(
     rows: Iterable[Iterable[Any]], names: Mapping[str, str], policy: HubPolicy
 ) -> list[NewAlert]:
-    """The double admissions in what is left of the reopened tickets' histories (``rows``: of
-    :func:`history_sql`), which the moved exits and annulments had hidden from the rules."""
     history: dict[str, list[TicketRow]] = {}
     for row in rows:
         ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)

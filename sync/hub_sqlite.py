@@ -427,11 +427,9 @@ def _quarantine(
     db.execute(hub_quarantine.COPY, (now, gate_id, from_seq))
     db.execute(hub_quarantine.DELETE, (gate_id, from_seq))
     names = dict(db.execute(hub_quarantine.GATE_NAMES).fetchall())
-    alert = hub_quarantine.alert(gate_id, names.get(gate_id, ""), from_seq, rows, now)
-    db.execute(hub_sql.INSERT_ALERT, _alert_params(alert, "", now))
     left = db.execute(hub_quarantine.history_sql(len(refs)), refs) if refs else []
-    doubles = hub_quarantine.reopened_alerts(left, names, policy)
-    db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, "", now) for a in doubles))
+    alerts = hub_quarantine.moved_alerts(gate_id, from_seq, rows, left, names, policy, now)
+    db.executemany(hub_sql.INSERT_ALERT, (_alert_params(a, "", now) for a in alerts))
     return Quarantine(0, rows, moved=True)
 
 
