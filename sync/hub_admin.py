@@ -31,6 +31,7 @@ from typing import Literal
 
 from agent import keys, trust
 from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
+from agent.fsutil import write_atomic
 from agent.issuer import LIST_KEY, ROOT_PUB
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
@@ -344,27 +345,85 @@ class SnapshotCache:
             return self._cached
 
 
-class TrustFile:
-    """The served trust bundle, re-read when its file changes; a bad new file keeps the old one."""
+# In the hub's state_dir: the highest trust bundle version this hub served. A bundle below it (an
+# old file restored from a backup) is refused at start and while running: gates that have the
+# newer one refuse it anyway, and a gate that never had it would trust again the keys it retired.
+SERVED_TRUST = "trust.served"
 
-    def __init__(self, config: HubConfig) -> None:
-        """Read the bundle; raises TrustError or IssuerError as :func:`read_trust` does."""
+
+class TrustFile:
+    """The served trust bundle, re-read when its file changes; a bad new file keeps the old one,
+    and so does an older one (a version below the one served, or the same with other contents)."""
+
+    def __init__(self, config: HubConfig, *, serving: bool = True) -> None:
+        """Read the bundle; raises TrustError or IssuerError as :func:`read_trust` does, and
+        TrustError for a version below the highest this hub served. ``serving``: remember its
+        version as served (`hub --check` only reads)."""
         self._config = config
-        self._doc = read_trust(config)
+        self._record = config.hub.state_dir / SERVED_TRUST
+        doc = read_trust(config)
+        served = self._served()
+        if doc.version < served:
+            raise TrustError(
+                f"{config.trust_path}: trust bundle version {doc.version} is older than version"
+                f" {served}, which this hub served before ({self._record}): gates refuse it, and a"
+                " gate that never had the newer one would trust again the keys retired or"
+                " compromised since; put the newest bundle back (gate-agent keys export --hub)"
+            )
+        self._doc = doc
+        self._serving = serving
+        if serving:
+            self._remember(doc.version)
 
     def current(self) -> TrustDocument:
         try:
             changed = self._config.trust_path.stat().st_mtime_ns != self._doc.mtime_ns
         except OSError:
             changed = False
-        if changed:
-            try:
-                self._doc = read_trust(self._config)
-                log.info("trust bundle version %d now served", self._doc.version)
-            except AgentError as exc:
-                log.error("new trust bundle refused, still serving the old one: %s", exc)
-                self._doc = dataclasses.replace(self._doc, mtime_ns=self._mtime())
+        if not changed:
+            return self._doc
+        try:
+            new = read_trust(self._config)
+        except AgentError as exc:
+            log.error("new trust bundle refused, still serving the old one: %s", exc)
+            self._doc = dataclasses.replace(self._doc, mtime_ns=self._mtime())
+            return self._doc
+        old = self._doc
+        if new.version < old.version or (new.version == old.version and new.data != old.data):
+            log.error(
+                "new trust bundle refused, still serving version %d: %s %d; gates refuse it",
+                old.version, "it is version" if new.version < old.version else "another version",
+                new.version,
+            )  # fmt: skip
+            self._doc = dataclasses.replace(old, mtime_ns=new.mtime_ns)
+            return self._doc
+        self._doc = new
+        log.info("trust bundle version %d now served", new.version)
+        if self._serving:
+            self._remember(new.version)
         return self._doc
+
+    def _served(self) -> int:
+        try:
+            text = self._record.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TrustError(f"{self._record}: cannot read: {exc}") from exc
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            raise TrustError(f"{self._record}: expected a version number, not {text[:40]!r}")
+        return int(text)
+
+    def _remember(self, version: int) -> None:
+        """Keep ``version`` as served when it is above the one kept; never fails serving."""
+        if version <= 0:
+            return
+        try:
+            if version > self._served():
+                self._record.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self._record, f"{version}\n".encode(), 0o644)
+        except (OSError, TrustError) as exc:
+            log.warning("trust bundle version %d served but not recorded: %s", version, exc)
 
     def _mtime(self) -> int:
         try:

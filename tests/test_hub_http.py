@@ -701,6 +701,55 @@ async def test_trust_bundle_file_is_served_when_replaced_and_a_bad_one_is_refuse
     assert "new trust bundle refused" in own_hub.proc.log_tail()
 
 
+async def test_an_older_trust_bundle_is_refused_running_and_at_start(
+    own_hub: OwnHub, iss: Issuer
+) -> None:
+    """An old file put back (a backup restored) would bring back a key compromised since, for
+    any gate that never had the newer bundle: the hub keeps serving the newest it served."""
+    api, token, bundle = own_hub.api, own_hub.token, own_hub.setup.keys / "trust.json"
+    newest = iss.trust_bundle(version=3)
+    bundle.write_bytes(newest)
+    assert (await api.get("/v1/trust", token)).body == newest
+    bundle.write_bytes(iss.trust_bundle(version=2))
+    assert (await api.get("/v1/trust", token)).body == newest
+    assert "refused, still serving version 3: it is version 2; gates refuse it" in (
+        own_hub.proc.log_tail()
+    )
+    other = iss.trust_bundle(version=3, issuers=[{**iss.trust_entry(), "events": ["7"]}])
+    bundle.write_bytes(other)
+    assert (await api.get("/v1/trust", token)).body == newest
+    assert "still serving version 3: another version 3" in own_hub.proc.log_tail()
+
+    own_hub.proc.stop()
+    bundle.write_bytes(iss.trust_bundle(version=2))
+    config = str(own_hub.setup.config)
+    for check in ([], ["--check"]):
+        done = await asyncio.to_thread(
+            subprocess.run, [*EXE, "hub", "--config", config, *check],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 78, done.stderr
+        assert (
+            f"{config}: [hub] keys: {bundle}: trust bundle version 2 is older than version 3,"
+            " which this hub served before"
+        ) in done.stderr
+    bundle.write_bytes(newest)
+    own_hub.proc.start()
+    assert (await api.get("/v1/trust", token)).body == newest
+
+
+def test_hub_check_names_the_trust_bundle_it_cannot_read(tmp_path: Path, keys_dir: Path) -> None:
+    setup = write_hub_config(tmp_path, keys=keys_dir, extra='trust_bundle = "missing.json"\n')
+    for check in ([], ["--check"]):
+        done = subprocess.run(
+            [*EXE, "hub", "--config", str(setup.config), *check],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 78, done.stderr
+        assert f"{setup.config}: [hub] trust_bundle: " in done.stderr
+        assert "missing.json: cannot read the trust bundle" in done.stderr
+
+
 async def test_acknowledged_rows_survive_kill_9(own_hub: OwnHub, tmp_path: Path) -> None:
     async with await Journal.open(
         tmp_path / "gate-1.db", gate_id="gate-1", gate_name="Gate 1", clock=Clock(assume="synced")

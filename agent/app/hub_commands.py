@@ -29,16 +29,19 @@ def hub(args: argparse.Namespace) -> int:
             raise UsageError("hub: --config FILE is required to run the hub")
         args.config = INSTALLED_HUB_CONFIG  # the admin commands: as the gate's read its own
     conf = hub_config.load(args.config)
-    if args.check and args.hub_command is None:
-        return _hub_check(conf)
     if args.hub_command is None:
-        from sync import hub
-
-        logging.getLogger().setLevel(conf.log.level)
         try:
+            if args.check:
+                return _hub_check(conf)
+            from sync import hub
+
+            logging.getLogger().setLevel(conf.log.level)
             return asyncio.run(hub.run(conf))
-        except (TrustError, IssuerError) as exc:  # the list key or bundle in [hub] keys
+        except IssuerError as exc:  # the list key in [hub] keys
             raise ConfigError(f"{conf.path}: [hub] keys: {exc}") from exc
+        except TrustError as exc:  # the bundle [hub] names
+            where = "trust_bundle" if conf.hub.trust_bundle is not None else "keys"
+            raise ConfigError(f"{conf.path}: [hub] {where}: {exc}") from exc
     if args.hub_command == "token":
         return asyncio.run(_hub_token(args, conf))
     if args.hub_command == "ticket":
@@ -56,7 +59,7 @@ def _hub_check(conf: HubConfig) -> int:
 
     hub_config.ssl_context(conf)
     hub_admin.load_list_key(conf)
-    hub_admin.TrustFile(conf)
+    hub_admin.TrustFile(conf, serving=False)
     print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}")
     return 0
 
