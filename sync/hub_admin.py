@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -84,8 +83,11 @@ async def opened_store(config: HubConfig) -> AsyncIterator[HubStore]:
         await store.close()
 
 
-async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = None) -> str:
-    """Make and store a token bound to ``gate_id``; returns it (it is not stored anywhere else).
+async def add_gate_token(
+    config: HubConfig, gate_id: str, name: str | None = None, *, token: str | None = None
+) -> str:
+    """Store a token bound to ``gate_id`` (``token``, or a new one); returns it (it is not stored
+    anywhere else).
 
     ``name`` sets the gate's display name in the venue (alerts, the console, "Already used at
     ..." on other gates); a gate never names itself. Raises UsageError for a bad id, a bad name
@@ -93,7 +95,7 @@ async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = Non
     """
     if not is_id(gate_id):
         raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
-    token = new_token()
+    token = token or new_token()
     async with opened_store(config) as store:
         if name is not None:
             try:
@@ -104,14 +106,16 @@ async def add_gate_token(config: HubConfig, gate_id: str, name: str | None = Non
     return token
 
 
-async def add_console_token(config: HubConfig, name: str, role: Role = "console") -> str:
-    """Make and store a console token (reads alerts and gate health) or, with ``role``
-    "issuing", a token for the wallet's issuing endpoint (sync.hub_wallet); returns it."""
+async def add_console_token(
+    config: HubConfig, name: str, role: Role = "console", *, token: str | None = None
+) -> str:
+    """Store a console token (``token``, or a new one: it reads alerts and gate health) or, with
+    ``role`` "issuing", a token for the wallet's issuing endpoint (sync.hub_wallet); returns it."""
     if not is_id(name):
         raise UsageError(f"{role} name {name[:80]!r}: expected 1-64 letters, digits or ._:-")
     if role == "issuing" and config.wallet is None:  # the endpoint it is for is off (404)
         raise UsageError(f"{config.path}: an issuing token needs a [wallet] section")
-    token = new_token()
+    token = token or new_token()
     async with opened_store(config) as store:
         if await store.named_tokens(role, name):  # its actions are recorded under the name
             raise UsageError(
@@ -120,94 +124,6 @@ async def add_console_token(config: HubConfig, name: str, role: Role = "console"
             )
         await store.add_token(hash_token(token), role, None, name)
     return token
-
-
-@dataclass(frozen=True)
-class TokenFile:
-    """Where `hub token --out` puts a token: checked by :func:`token_file` before a token exists,
-    so a refused file never leaves a stored token nobody has."""
-
-    path: Path
-    force: bool = False
-    uid: int = -1  # -1: unchanged (the caller's)
-    gid: int = -1
-    owner: str = ""
-
-
-def token_file(path: Path, *, force: bool = False, owner: str | None = None) -> TokenFile:
-    """Check that ``path`` may receive a token; ``owner`` is ``USER[:GROUP]`` (root only).
-
-    Raises UsageError when the file exists and ``force`` is false, its folder is missing, or the
-    owner is unknown or cannot be set by this process.
-    """
-    if path.is_dir():
-        raise UsageError(f"--out {path}: a folder; give a file name")
-    if path.exists() and not force:
-        raise UsageError(
-            f"--out {path}: already exists; --force replaces it (the token in it stays valid"
-            " until `hub token --revoke-gate`)"
-        )
-    if not path.parent.is_dir():
-        raise UsageError(f"--out {path}: no folder {path.parent}")
-    if owner is None:
-        return TokenFile(path, force)
-    uid, gid = _owner_ids(owner)
-    if os.geteuid() != 0 and (uid != os.geteuid() or gid not in (-1, *os.getgroups())):
-        raise UsageError(f"--owner {owner}: only root can give a file to another user")
-    return TokenFile(path, force, uid, gid, owner)
-
-
-def _owner_ids(owner: str) -> tuple[int, int]:
-    import grp
-    import pwd
-
-    user, _, group = owner.partition(":")
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise UsageError(f"--owner {owner}: no user {user!r} on this machine") from None
-    if not group:
-        return entry.pw_uid, entry.pw_gid
-    try:
-        return entry.pw_uid, grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise UsageError(f"--owner {owner}: no group {group!r} on this machine") from None
-
-
-def write_token_file(where: TokenFile, token: str) -> None:
-    """Write ``token`` and a newline to ``where.path``: mode 0600, owned as asked, complete or
-    absent after a crash; never replaces a file that appeared meanwhile unless ``force``.
-
-    Raises UsageError when the file exists (without force) and OSError when writing fails.
-    """
-    path = where.path
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        tmp.unlink()  # a temp file a crash left behind, possibly with another owner
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        if where.uid != -1 or where.gid != -1:
-            os.fchown(fd, where.uid, where.gid)
-        os.write(fd, (token + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if where.force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the name was taken since token_file() checked
-    except FileExistsError:
-        raise UsageError(f"--out {path}: already exists; --force replaces it") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 async def revoke_gate(config: HubConfig, gate_id: str) -> int:

@@ -273,8 +273,8 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
     again = ga("hub", "token", "--config", setup.config, "--gate", "gate-a", "--out", out)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
-        f"gate-agent: error: --out {out}: already exists; --force replaces it (the token in it"
-        " stays valid until `hub token --revoke-gate`)"
+        f"gate-agent: error: --out {out}: already exists; --force replaces it (a token in it"
+        " stays valid until `hub token --revoke-gate` or `--revoke-console`)"
     ]
     assert out.read_text().strip() == token
     forced = ga(
@@ -284,6 +284,36 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
     # Both tokens exist at the hub: the refused run stored none (2 deleted, not 3).
     revoked = ga("hub", "token", "--config", setup.config, "--revoke-gate", "gate-a")
     assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"
+
+
+def test_hub_token_out_that_cannot_be_had_stores_no_token(tmp_path: Path, keys_dir: Path) -> None:
+    """Whatever stops the file, no token is stored that nobody holds (found in a user trial: a
+    dangling link was refused after the token was stored; a name too long was a traceback)."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    dangling = tmp_path / "dangling.token"
+    dangling.symlink_to(tmp_path / "nowhere")
+    long_name = tmp_path / ("x" * 300)
+    for out, why in (
+        (dangling, "already exists (a symbolic link); --force replaces it"),
+        (long_name, "File name too long"),
+        (tmp_path / "no-such-folder" / "t.token", f"no folder {tmp_path / 'no-such-folder'}"),
+    ):
+        for who in (("--gate", "gate-a"), ("--console", "night")):
+            done = ga("hub", "token", "--config", setup.config, *who, "--out", out)
+            assert (done.returncode, done.stdout) == (2, ""), done.stderr
+            assert f"gate-agent: error: --out {out}: {why}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+    # A token the store refuses (a console name taken) leaves no file, not even a staged one.
+    assert ga("hub", "token", "--config", setup.config, "--console", "night").returncode == 0
+    night = tmp_path / "night.token"
+    taken = ga("hub", "token", "--config", setup.config, "--console", "night", "--out", night)
+    assert taken.returncode == 2 and "a console token named night exists" in taken.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.token", "hub", "keys"]
+    assert dangling.is_symlink() and not dangling.exists()
+    # None of the refused runs stored a token: the one console token, no gate token.
+    gone = ga("hub", "token", "--config", setup.config, "--revoke-console", "night")
+    assert gone.stdout.strip() == "1 token of console night deleted"
+    assert ga("hub", "token", "--config", setup.config, "--revoke-gate", "gate-a").returncode == 1
 
 
 SEQ_RANGE = "expected a gate_seq from 1 to 9223372036854775807"

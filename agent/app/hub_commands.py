@@ -65,6 +65,7 @@ def _hub_check(conf: HubConfig) -> int:
 
 
 async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
+    from agent.app import token_file
     from sync import hub_admin
 
     if args.name is not None and args.gate is None:
@@ -92,24 +93,41 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
             return 1
         print(f"{plural(count, 'token')} of {what} {name} deleted")
         return 0
-    # The file is checked before the token exists: a refused file leaves no orphan token.
-    where = None
+    # The file is checked and written aside before the token is stored: a file that cannot be
+    # had leaves no stored token nobody has.
+    where, token = None, hub_admin.new_token()
     if args.out is not None:
-        where = hub_admin.token_file(args.out, force=args.force, owner=args.owner)
-    if args.gate is not None:
-        token = await hub_admin.add_gate_token(conf, args.gate, args.name)
-    elif args.issuing is not None:
-        token = await hub_admin.add_console_token(conf, args.issuing, "issuing")
-    else:
-        token = await hub_admin.add_console_token(conf, args.console)
+        where = token_file.checked(args.out, force=args.force, owner=args.owner)
+        token_file.stage(where, token)
+    try:
+        if args.gate is not None:
+            await hub_admin.add_gate_token(conf, args.gate, args.name, token=token)
+        elif args.issuing is not None:
+            await hub_admin.add_console_token(conf, args.issuing, "issuing", token=token)
+        else:
+            await hub_admin.add_console_token(conf, args.console, token=token)
+    except BaseException:
+        if where is not None:
+            where.staged.unlink(missing_ok=True)
+        raise
     if where is None:
         print(token)
         print("store this token now: the hub keeps only its hash", file=sys.stderr)
         return 0
     try:
-        hub_admin.write_token_file(where, token)
-    except OSError as exc:
-        raise UsageError(f"--out {where.path}: {exc.strerror or exc}") from exc
+        token_file.place(where)
+    except (OSError, UsageError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        revoke = (
+            f"--revoke-gate {args.gate}" if args.gate is not None
+            else f"--revoke-issuing {args.issuing}" if args.issuing is not None
+            else f"--revoke-console {args.console}"
+        )  # fmt: skip
+        raise UsageError(
+            f"--out {where.path}: {why.removeprefix(f'--out {where.path}: ')}; the token was"
+            f" stored but is in no file: revoke it (gate-agent hub token {revoke}) and make"
+            " another"
+        ) from exc
     owner = f", owner {where.owner}" if where.owner else ""
     print(f"token written to {where.path} (mode 0600{owner})")
     return 0
