@@ -89,7 +89,9 @@
 
   function entryItem(c, alertTicket) {
     const gate = el("li", "alert-gate");
-    gate.append(el("span", "gate-name", c.gate), timeEl(c.time, "gate-time"));
+    gate.append(el("span", "gate-name", c.gate));
+    if (c.gate_now) gate.append(el("span", "gate-now", "now " + c.gate_now));
+    gate.append(timeEl(c.time, "gate-time"));
     gate.append(el("span", "lane", "lane " + c.lane));
     const verdict = c.verdict === "admit" ? "admitted" : "denied";
     gate.append(el("span", "decision decision-" + c.verdict, c.kind + " " + verdict + (c.reason === "ok" ? "" : ": " + c.reason)));

@@ -101,7 +101,8 @@ def alert_line(a: Alert) -> str:
         how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
         how += f", ticket {c.ticket}" if c.ticket and c.ticket != a.ticket else ""
         how += ", SET APART" if c.set_apart else ""
-        parts.append(f"{c.gate} {local_time(c.time)[11:]} ({how})")
+        gate = f"{c.gate} (now {c.gate_now})" if c.gate_now else c.gate
+        parts.append(f"{gate} {local_time(c.time)[11:]} ({how})")
     if not a.context and a.gates:
         parts.append(", ".join(_named(a)))
     w = a.workflow

@@ -60,7 +60,7 @@ REV_KEYS = (
 )
 _CONTEXT_OF = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
-    " e.wall_time, {set_apart}, e.short_id FROM {table} AS e"
+    " e.wall_time, {set_apart}, e.short_id, e.gate_id FROM {table} AS e"
     " LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     " WHERE e.entry_id IN ({{}})"
 )
@@ -128,24 +128,31 @@ def with_details(
     """``alerts`` with their entries' context (:data:`CONTEXT` rows), workflow (:data:`ACTIONS_OF`
     rows, oldest first) and their gates' names now (:data:`NAMES_NOW` rows)."""
     now = {str(r[0]): str(r[1]) for r in name_rows}
-    context = {
-        r[0]: EntryContext(
-            r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]), str(r[9])
-        )
-        for r in context_rows
-    }
+    rows = {r[0]: r for r in context_rows}
     steps: dict[int, list[Any]] = {}
     for row in action_rows:
         steps.setdefault(int(row[0]), []).append(row)
     return [
         dataclasses.replace(
             a,
-            context=tuple(context[e] for e in a.entries if e in context),
+            context=tuple(_context(rows[e], a) for e in a.entries if e in rows),
             workflow=_workflow(steps.get(a.alert_id, ())),
             gates_now=tuple(now.get(g, g) for g in a.gate_ids),
         )
         for a in alerts
     ]
+
+
+def _context(r: Any, alert: Alert) -> EntryContext:
+    """A :data:`CONTEXT` row as ``alert`` names it: its gate by the name the alert was raised
+    with (as the alert's detail says it), beside its name now where the gate was renamed since
+    (perhaps its old name given to another gate)."""
+    name_now, gate_id = str(r[1]), str(r[10])
+    raised = dict(zip(alert.gate_ids, alert.gates, strict=False)).get(gate_id, name_now)
+    return EntryContext(
+        r[0], raised, r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]), str(r[9]),
+        gate_now=name_now if name_now != raised else "",
+    )  # fmt: skip
 
 
 def _workflow(rows: Iterable[Any]) -> AlertWorkflow:

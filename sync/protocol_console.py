@@ -32,7 +32,7 @@ class EntryContext:
     it offline (without the hub's feed)."""
 
     entry_id: str
-    gate: str  # the gate's name in the venue
+    gate: str  # the gate's name as the alert was raised (its name now when the alert kept none)
     lane: str
     kind: str
     verdict: str
@@ -41,12 +41,14 @@ class EntryContext:
     time: float
     set_apart: bool = False  # moved to quarantined_entries by `hub quarantine`
     ticket: str = ""  # the row's ticket short id (an alert about several tickets names none)
+    gate_now: str = ""  # the gate's name now, where it was renamed since the alert ("": not)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
             "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
             "time": self.time, "set_apart": self.set_apart, "ticket": self.ticket,
+            "gate_now": self.gate_now,
         }  # fmt: skip
 
     @classmethod
@@ -62,6 +64,7 @@ class EntryContext:
             time=read.number(obj, "time", where),
             set_apart="set_apart" in obj and read.boolean(obj, "set_apart", where),
             ticket=read.text(obj, "ticket", where, MAX_ID) if "ticket" in obj else "",
+            gate_now=read.text(obj, "gate_now", where, MAX_ID) if "gate_now" in obj else "",
         )
 
 

@@ -242,6 +242,34 @@ async def test_an_alert_keeps_to_its_gate_when_the_gates_name_passes_to_another(
         assert page.console_errors == []
 
 
+async def test_an_alerts_entries_name_their_gates_as_raised_and_as_now(
+    venue: Venue, tmp_path: Path
+) -> None:
+    """Found in a user trial: the entries of an alert showed the gates' names now only, so after
+    gate A's name passed to gate B one line said "North A" of two gates (its detail, of the
+    other)."""
+    v = venue
+    await double_admission(v, "T-renamed")
+    for gate_id, name in (("gate-a", "North A (old)"), ("gate-b", "North A")):
+        done = await asyncio.to_thread(hub_cli, v.setup, "token", "--gate", gate_id, "--name", name)
+        assert done.returncode == 0, done.stderr
+    shown = await asyncio.to_thread(hub_cli, v.setup, "alerts")
+    (line,) = [x for x in shown.stdout.splitlines() if "double_admission" in x]
+    south = v.b.name  # "<b>South B</b>": shown as text, never markup
+    assert "  North A (now North A (old)) " in line and f"  {south} (now North A) " in line, line
+    assert f"admitted at North A and at {south}" in line  # the detail: the names as raised
+    async with Browser(tmp_path / "browser", width=1280, height=800) as page:
+        await page.goto(f"{v.setup.url}/console#token={v.console}")
+        await page.wait_for(f"{alerts_js()}.length === 1")
+        gates = await page.evaluate(
+            "[...document.querySelectorAll('#alerts .alert .alert-gate')].map(g =>"
+            " g.querySelector('.gate-name').textContent + ' | '"
+            " + (g.querySelector('.gate-now') || {textContent: ''}).textContent)"
+        )
+        assert gates == ["North A | now North A (old)", f"{south} | now North A"]
+        assert page.console_errors == []
+
+
 async def test_the_token_survives_a_reload_in_this_tab_only(venue: Venue, tmp_path: Path) -> None:
     v = venue
     await double_admission(v, "T-reload")
