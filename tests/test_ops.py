@@ -80,6 +80,25 @@ async def test_events_filters_and_never_shows_a_ticket(
     assert bad.returncode == 2 and "--ticket" in bad.stderr
 
 
+async def test_events_by_short_id_finds_the_tickets_rows_however_old(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a user trial: --ticket SHORTID filtered the newest 20 rows (--last's default),
+    so a ticket with 20 newer rows after it had no history by the id the display shows."""
+    path = write_config()
+    ticket = iss.ticket(event=1, zones=[1])
+    junk = [(f"JUNK-{i}", "a") for i in range(25)]
+    await _decide(cfg.load(path), [(ticket, "a"), *junk, (ticket, "b")])
+    by_text = ga("events", "--config", path, "--ticket", ticket, "--json").stdout.splitlines()
+    assert [json.loads(ln)["gate_seq"] for ln in by_text] == [1, 27]
+    sid = json.loads(by_text[0])["ticket"]
+    for arg in (sid, sid.upper()):
+        by_id = ga("events", "--config", path, "--ticket", arg, "--json")
+        assert by_id.returncode == 0 and by_id.stdout.splitlines() == by_text, by_id.stderr
+    newest = ga("events", "--config", path, "--ticket", sid, "-n", "1", "--json").stdout
+    assert [json.loads(ln)["gate_seq"] for ln in newest.splitlines()] == [27]
+
+
 async def test_events_for_a_ticket_shows_its_entries_at_other_gates(
     write_config: WriteConfig, iss: Issuer
 ) -> None:

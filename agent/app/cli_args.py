@@ -263,7 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--denied", action="store_true", help="denied attempts only")
     events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
     events.add_argument("--ticket", metavar="ID", help="one ticket: its short id or its text")
-    events.add_argument("--last", "-n", type=_whole, default=20, help="how many to show first")
+    events.add_argument(
+        "--last",
+        "-n",
+        type=_whole,
+        default=20,
+        help="how many of the newest matching rows to show first (default 20)",
+    )
     events.add_argument("--json", action="store_true", help="JSON lines")
     return p
 

@@ -54,10 +54,10 @@ def _rows(
     db: sqlite3.Connection, after: int, flt: EventFilter, last: int | None
 ) -> list[tuple[Any, ...]]:
     exact, short = flt.refs_match()
-    rows = queries.decisions(
-        db, after, denied=flt.denied, duplicates=flt.duplicates, ticket_ref=exact, last=last
-    )
-    return [r for r in rows if short is None or short_id(r[8]) == short]
+    return queries.decisions(
+        db, after, denied=flt.denied, duplicates=flt.duplicates, ticket_ref=exact, short=short,
+        last=last,
+    )  # fmt: skip
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -203,12 +203,15 @@ def decisions(
     denied: bool = False,
     duplicates: bool = False,
     ticket_ref: str | None = None,
+    short: str | None = None,
     last: int | None = None,
 ) -> list[tuple[Any, ...]]:
     """Rows of ``entries`` past ``after`` as `gate-agent events` shows them (EVENT_COLUMNS).
 
     ``denied``: refused attempts only; ``duplicates``: ``already_used`` only; ``ticket_ref``: that
-    ticket only; ``last``: only the last so many matching rows. Oldest first. Raises JournalError.
+    ticket only; ``short``: the tickets of that short id only (every row is read then: a security
+    command, not the scan path); ``last``: only the last so many matching rows. Oldest first.
+    Raises JournalError.
     """
     where: list[str] = ["gate_seq > ?"]
     params: list[object] = [after]
@@ -219,6 +222,10 @@ def decisions(
     if ticket_ref is not None:
         where.append("ticket_ref = ?")
         params.append(ticket_ref)
+    if short is not None:
+        db.create_function("short_id", 1, short_id, deterministic=True)
+        where.append("short_id(ticket_ref) = ?")
+        params.append(short)
     sql = f"SELECT {EVENT_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY gate_seq"
     if last is not None:
         sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY gate_seq"
