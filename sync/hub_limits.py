@@ -37,6 +37,7 @@ import resource
 import ssl
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from aiohttp import web
@@ -65,16 +66,20 @@ class Limits:
     header_timeout_s: float = 10.0
 
 
-def _busy_answer(message: str) -> bytes:
-    body = protocol.encode(protocol.ErrorBody("unavailable", message))
+def busy_answer(body: bytes, retry_after_s: int = RETRY_AFTER_S) -> bytes:
+    """A whole ``503`` answer with the JSON ``body``, ``Retry-After`` and ``Connection: close``."""
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"Retry-After: {RETRY_AFTER_S}\r\n"
+        f"Retry-After: {retry_after_s}\r\n"
         "Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def _busy_answer(message: str) -> bytes:
+    return busy_answer(protocol.encode(protocol.ErrorBody("unavailable", message)))
 
 
 _BUSY = {
@@ -113,7 +118,8 @@ def fit_nofile(limits: Limits) -> Limits:
 class _Refusals:
     """Counts refused connections; logs when refusing starts and then once per WARN_EVERY_S."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_name: str) -> None:
+        self._prefix = f"{server_name}: " if server_name else ""
         self._counts: Counter[str] = Counter()
         self._clients: Counter[str] = Counter()
         self._last = -WARN_EVERY_S
@@ -134,8 +140,8 @@ class _Refusals:
             return
         host, most = self._clients.most_common(1)[0]
         log.warning(
-            "refused %d connections with 503 (%d over max_connections, %d over "
-            "max_connections_per_client; %d from %s) since the last such line",
+            "%srefused %d connections with 503 (%d over max_connections, %d over "
+            "max_connections_per_client; %d from %s) since the last such line", self._prefix,
             sum(self._counts.values()), self._counts["total"], self._counts["client"], most, host,
         )  # fmt: skip
         self._last = time.monotonic()
@@ -148,12 +154,22 @@ class _Refusals:
             self.flush()
 
 
-class _Connections:
-    """The open connections of one site, by client address, and the guards' factory."""
+class ConnectionGuard:
+    """The open connections of one site, by client address, and the guards' factory
+    (:meth:`protocol`: hand it to whatever accepts the connections). ``busy``: the 503 answers
+    for "total" and "client" (:func:`busy_answer`; the hub's by default); ``server_name`` starts
+    the refusals' log line (the hub's has none)."""
 
     def __init__(
-        self, limits: Limits, server: web.Server, tls: ssl.SSLContext | None = None
+        self,
+        limits: Limits,
+        server: web.Server,
+        tls: ssl.SSLContext | None = None,
+        *,
+        busy: Mapping[str, bytes] | None = None,
+        server_name: str = "",
     ) -> None:
+        self.busy = _BUSY if busy is None else busy
         self.limits = limits
         self.server = server
         self.tls = tls
@@ -163,7 +179,7 @@ class _Connections:
         self.per_client: Counter[str] = Counter()
         self.by_handler: dict[RequestHandler, _Guard] = {}
         self.lingering = 0  # refused connections waiting for the client to close
-        self.refusals = _Refusals()
+        self.refusals = _Refusals(server_name)
         self._handle = server.request_handler
         server.request_handler = self._handle_request
 
@@ -200,7 +216,7 @@ class _Connections:
 class _Guard(asyncio.Protocol):
     """In front of one aiohttp RequestHandler: counts it, refuses it or times out its head."""
 
-    def __init__(self, conns: _Connections) -> None:
+    def __init__(self, conns: ConnectionGuard) -> None:
         self._conns = conns
         self._inner: RequestHandler | None = None
         self._transport: asyncio.Transport | None = None
@@ -265,7 +281,7 @@ class _Guard(asyncio.Protocol):
         the end of the stream and wait briefly for the client's (a lingering close)."""
         conns = self._conns
         conns.refusals.add(why, self._host)
-        transport.write(_BUSY[why])
+        transport.write(conns.busy[why])
         if conns.lingering >= MAX_LINGERING or not transport.can_write_eof():
             transport.close()
             return
@@ -367,7 +383,7 @@ class GuardedSite(web.BaseSite):
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host, self._port, self._limits = host, port, limits
-        self._conns: _Connections | None = None
+        self._conns: ConnectionGuard | None = None
 
     @property
     def name(self) -> str:
@@ -379,7 +395,7 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._conns = conns = _Connections(self._limits, server, self._ssl_context)
+        self._conns = conns = ConnectionGuard(self._limits, server, self._ssl_context)
         self._server = await asyncio.get_running_loop().create_server(
             conns.protocol, self._host, self._port, backlog=self._backlog
         )

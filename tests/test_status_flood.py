@@ -289,3 +289,43 @@ def _count(items: list[float], n: int) -> Callable[[], Awaitable[bool]]:
         return len(items) >= n
 
     return check
+
+
+async def test_connections_that_send_no_request_are_capped_and_closed(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a user trial: 400 clients that connected and sent half a request held as many
+    descriptors for good; the daemon ran out and a scan waited 25 s for its scanner's socket."""
+    monkeypatch.setattr(status, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(status, "REQUESTS_PARKED", 8)
+    monkeypatch.setattr(status, "MAX_CONNECTIONS_BASE", 8)
+    cap = 8 + 1 + 8  # parked requests, the one stream, the base
+    conf = cfg.load(write_config())
+    held: list[asyncio.StreamWriter] = []
+
+    async def half_request() -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /status HTTP/1.1\r\nHost: gate\r\n")  # no blank line: never ends
+        held.append(writer)
+        return reader
+
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate()) as gate:
+        server = StatusServer(gate, port=0, max_streams=1)
+        await server.start()
+        try:
+            readers = [await half_request() for _ in range(cap)]
+            over = await asyncio.wait_for((await half_request()).read(), 30)
+            assert over.startswith(b"HTTP/1.1 503") and b"Retry-After: 5\r\n" in over, over
+            assert over.endswith(b'{"error": "too many open connections"}'), over
+            # Without a request head in time, each is closed (at HEADER_TIMEOUT_S): EOF.
+            ends = await asyncio.gather(*(asyncio.wait_for(r.read(), 30) for r in readers))
+            assert ends == [b""] * cap
+            async with (
+                aiohttp.ClientSession(timeout=UNBOUNDED) as http,
+                http.get(f"http://127.0.0.1:{server.port}/status") as r,
+            ):
+                assert r.status == 200  # the slots are free again
+        finally:
+            for writer in held:
+                writer.close()
+            await server.close()

@@ -8,7 +8,9 @@ outcome is known (passed, or annulled). The loop is the lane's, and asyncio has 
 5 ms to seconds (tests/bench/bench_status.py). So request handling is paced (:class:`Pacer`): at
 most ``REQUESTS_PER_S`` start each second after a short burst; the others wait parked on a timer,
 which costs the loop nothing, and are answered in turn. New connections are accepted at most
-``ACCEPTS_PER_S`` a second, one at a time (a crowd waits in the kernel's listen queue).
+``ACCEPTS_PER_S`` a second, one at a time (a crowd waits in the kernel's listen queue), at most
+so many are open at once, and one that sends no request head within ``HEADER_TIMEOUT_S`` is
+closed (:class:`sync.hub_limits.ConnectionGuard`, the hub's own guard).
 Everything else is bounded too, and refused with 503 and Retry-After (closing the connection, so
 a client that does not wait reconnects at the accept rate) beyond its bound, before it costs the
 loop more than the refusal: no more than ``REQUESTS_PARKED`` requests wait for a turn; no more
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import logging
 import shutil
 import time
@@ -58,6 +61,7 @@ from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socke
 from agent.app.status_display import DisplayFeed, lane_health
 from agent.clock import HLC_MAX_AHEAD_S
 from agent.errors import JournalError
+from sync.hub_limits import ConnectionGuard, Limits, busy_answer, fit_nofile
 from sync.log_throttle import request_log
 
 if TYPE_CHECKING:
@@ -77,6 +81,21 @@ MAX_WAIT_S = 5.0  # a request that would wait longer gets 503 and Retry-After in
 ACCEPTS_PER_S = 200.0  # new connections; a crowd of them waits in the kernel's listen queue
 ACCEPTS_PER_WAKE = 1  # no burst: a wave of connections is spread out, as measured
 LISTEN_BACKLOG = 512
+# Open connections at most (beyond: 503, closed), and how long one may take to send a request
+# head, after connecting or after its last answer: clients that connected and sent nothing, or
+# half a request, held descriptors until the daemon had none left for its scanner's socket
+# (found in a user trial: a scan waited 25 s). The cap leaves room for every request the pacer
+# may park and every stream, and is lowered to fit the open file limit (sync.hub_limits).
+# One cap for every client: by default the server listens on 127.0.0.1, all clients one address.
+MAX_CONNECTIONS_BASE = 64  # beyond parked requests and streams: answers being written, idle ones
+HEADER_TIMEOUT_S = 10.0
+_BUSY = {
+    why: busy_answer(json.dumps({"error": text}).encode(), int(MAX_WAIT_S))
+    for why, text in (
+        ("total", "too many open connections"),
+        ("client", "too many open connections from this address"),
+    )
+}
 REQUESTS_PARKED = 256  # requests waiting for a turn at most; the next gets 503 at once
 MAX_STREAMS = 16  # default cap of /display/events streams (config [status] max_streams)
 RENDER_TTL_S = 0.25  # /status and /metrics answer from a render at most this old
@@ -173,6 +192,7 @@ class StatusServer:
         self._rendering: dict[str, asyncio.Future[web.Response]] = {}
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
+        self._guard: ConnectionGuard | None = None
         self._figures: tuple[float, tuple[int, float | None, int | None]] | None = None
         self._reading: asyncio.Future[tuple[int, float | None, int | None]] | None = None
         self.port: int | None = None
@@ -239,7 +259,12 @@ class StatusServer:
             await runner.cleanup()
             raise
         assert runner.server is not None  # set up above
-        self._listener = Listener(sock, runner.server, ACCEPTS_PER_S, ACCEPTS_PER_WAKE)
+        cap = REQUESTS_PARKED + self._streams.limit + MAX_CONNECTIONS_BASE
+        limits = fit_nofile(Limits(cap, cap, HEADER_TIMEOUT_S))
+        self._guard = ConnectionGuard(
+            limits, runner.server, busy=_BUSY, server_name="status server"
+        )
+        self._listener = Listener(sock, self._guard.protocol, ACCEPTS_PER_S, ACCEPTS_PER_WAKE)
         self._runner = runner
         self._keepalive = asyncio.ensure_future(self._keep_alive())
         self._watcher = asyncio.ensure_future(self._display.run())
@@ -251,6 +276,8 @@ class StatusServer:
         self._streams.end_all()
         if self._listener is not None:
             self._listener.close()
+        if self._guard is not None:
+            self._guard.refusals.cancel()  # its last counts, logged now
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
