@@ -107,6 +107,20 @@ def set_status(root_dir: Path, kid: int, status: Literal["retired", "compromised
     return _publish(root_dir, content, root_key, str(kid))
 
 
+def status_of(folder: Path, kid: int) -> str | None:
+    """Issuer ``kid``'s status in the bundle kept in ``folder`` (a root folder; verified against
+    its root.pub), or None when the folder keeps no bundle or the bundle has no such kid.
+    Raises TrustError when the bundle is there but unusable."""
+    if not (folder / TRUST_BUNDLE).exists() or not (folder / ROOT_PUB).exists():
+        return None
+    try:
+        data = trust.read_capped(folder / TRUST_BUNDLE)
+    except OSError as exc:
+        raise TrustError(f"{folder / TRUST_BUNDLE}: cannot read: {exc.strerror or exc}") from exc
+    bundle = trust.parse_bundle(data, trust.load_root_key(str(folder / ROOT_PUB)))
+    return next((str(i.status) for i in bundle.issuers if i.kid == str(kid)), None)
+
+
 def rotate_root(root_dir: Path) -> Published:
     """Hand the venue over to a new root key: the next bundle names it (``root_next``) and is
     signed by the current root and by the new one; gates that install it pin the new root and

@@ -467,3 +467,39 @@ def test_status_refuses_the_answer_of_another_gate(
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+def test_status_says_so_when_the_answer_is_not_in_the_form_it_reads(
+    write_config: WriteConfig,
+) -> None:
+    """Found in a user trial: a /status of the right gate with fields missing (another version
+    of the daemon still running after an upgrade) was a traceback."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"gate": {"id": "gate-3"}, "health": {"status": "ready"}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = write_config(status={"listen": f"127.0.0.1:{server.server_address[1]}"})
+        for args in ((), ("--json",)):
+            done = ga("status", "--config", path, *args)
+            if args:  # JSON as it came: nothing to read in it
+                assert done.returncode == 0 and json.loads(done.stdout)["gate"]["id"] == "gate-3"
+                continue
+            assert (done.returncode, done.stdout) == (2, ""), done.stderr
+            assert "answered, but not in the form this version reads (KeyError:" in done.stderr
+            assert "another version?" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -86,6 +86,25 @@ def test_an_issuer_folder_a_root_operator_and_the_cli_contract(
     assert _installed(keys_dir).version == before + 3
 
 
+def test_issue_refuses_a_key_its_own_bundle_retired_or_compromised(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """Found in a user trial: `issue` signed with a compromised key (tickets every gate refuses)
+    and a retired one (which signs no new tickets) without a word."""
+    out = tmp_path / "t"
+    kid = str(iss.kid)
+    for status, why in (
+        ("retire", f"issuer key {kid} is retired in {keys_dir / 'trust.json'}: it signs no new"),
+        ("compromise", f"issuer key {kid} is compromised in {keys_dir / 'trust.json'}: every gate"
+                       " refuses its tickets (key_not_valid)"),
+    ):  # fmt: skip
+        _cli("trust", status, "--keys", keys_dir, kid)
+        refused = _cli("issue", "--keys", keys_dir, "--event", "1", "--out", out, ok=False)
+        assert (refused.returncode, refused.stdout) == (2, ""), refused.stderr
+        assert why in refused.stderr and "no ticket written" in refused.stderr
+        assert not out.exists()
+
+
 def test_a_pem_file_with_a_kid_and_a_validity_window(keys_dir: Path, tmp_path: Path) -> None:
     key = keys.generate("ed25519")
     pub = tmp_path / "partner.pem"

@@ -132,7 +132,7 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace) -> int:
-    from agent import issuer, ticket_files
+    from agent import issuer, ticket_files, trust_admin
 
     if args.count < 1 or args.count > 100_000:
         raise UsageError("--count must be 1-100000")
@@ -142,6 +142,16 @@ def _issue(args: argparse.Namespace) -> int:
 
         device_key = wallet.device_public_bytes(args.device_key)
     signer = issuer.TicketSigner.load(args.keys)
+    status = trust_admin.status_of(args.keys, signer.kid)
+    if status in ("retired", "compromised"):
+        gates = (
+            "every gate refuses its tickets (key_not_valid)" if status == "compromised"
+            else "it signs no new tickets (its tickets issued before stay valid)"
+        )  # fmt: skip
+        raise UsageError(
+            f"issuer key {signer.kid} is {status} in {args.keys / issuer.TRUST_BUNDLE}: {gates};"
+            " issue under an active key (gate-agent keys issuer, then trust add); no ticket written"
+        )
     if signer.events is not None and str(args.event) not in signer.events:
         raise UsageError(  # every gate would refuse them (key_not_valid): write none
             f"--event {args.event}: issuer key {signer.kid} may sign for event"

@@ -144,11 +144,17 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
             f"gate not answering on {url}: {exc} (is gate-agent running?)"
         ) from None
     _check_identity(config, url, snap)
-    if as_json:
-        out.write(json.dumps(snap, indent=2) + "\n")
-    else:
-        out.write(_summary(snap))
-    return 0 if snap["health"]["status"] == "ready" else 1
+    try:
+        ready = snap["health"]["status"] == "ready"
+        text = json.dumps(snap, indent=2) + "\n" if as_json else _summary(snap)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise GateUnreachable(
+            f"{url} answered, but not in the form this version reads ({type(exc).__name__}:"
+            f" {str(exc)[:80]}): does the gate run another version? (after an upgrade, restart"
+            " it)"
+        ) from None
+    out.write(text)
+    return 0 if ready else 1
 
 
 def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
