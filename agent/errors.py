@@ -62,8 +62,8 @@ subclass of AgentError in the project is drawn above or named here):
 - ``sync.upstream_http.BodyTooLarge`` (UpstreamUnavailable): an answer past its size cap, before
   the hub or pretix client names the request it answered
 - ``sync.hub_store.HubStoreError`` (AgentError, RuntimeError): the hub's database failed or is
-  not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError and
-  NameTakenError are drawn in :mod:`sync.hub_store`
+  not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError,
+  NameTakenError and OtherVenueError (also a ConfigError) are drawn in :mod:`sync.hub_store`
 """
 
 from __future__ import annotations

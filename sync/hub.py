@@ -233,7 +233,7 @@ async def _stop(app: web.Application) -> None:
 async def run(config: HubConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns 0. Raises ConfigError, HubStoreError, TrustError..."""
     tls = ssl_context(config)
-    async with opened_store(config) as store:
+    async with opened_store(config, create=True) as store:
         app = make_app(config, store)
         access_log = logging.getLogger("sync.hub.access") if config.log.level == "DEBUG" else None
         runner = web.AppRunner(

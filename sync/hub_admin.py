@@ -35,8 +35,16 @@ from agent.issuer import LIST_KEY, ROOT_PUB
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
 from agent.signed import sign_document
+from sync import hub_sqlite_db
 from sync.hub_config import HubConfig
-from sync.hub_store import HubStore, HubStoreError, Quarantine, RevocationState, Role
+from sync.hub_store import (
+    HubStore,
+    HubStoreError,
+    OtherVenueError,
+    Quarantine,
+    RevocationState,
+    Role,
+)
 from sync.hub_stores import open_store
 from sync.protocol import INT63, MAX_DOCUMENT_CHARS, is_id
 
@@ -62,17 +70,15 @@ def new_token() -> str:
 
 
 @asynccontextmanager
-async def opened_store(config: HubConfig) -> AsyncIterator[HubStore]:
+async def opened_store(config: HubConfig, *, create: bool = False) -> AsyncIterator[HubStore]:
     """The configured store, closed on exit; raises HubStoreError or ConfigError.
 
-    A SQLite store's folder is created when missing (the first `hub token` may run before the hub).
+    ``create``: a SQLite store (and its folder) is made when missing: by the hub, and by `hub
+    token`, which may run before it. Without it a missing SQLite store is a ConfigError: a
+    mistyped state_dir must not read as a venue with no alerts, or take revocations no gate gets.
     """
     if config.store_url.startswith("sqlite://"):
-        folder = Path(config.store_url.removeprefix("sqlite://")).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{config.path}: [hub] cannot create {folder}: {exc}") from exc
+        _sqlite_place(config, Path(config.store_url.removeprefix("sqlite://")), create)
     try:
         store = await open_store(config.store_url, config.policy())
     except ValueError as exc:
@@ -81,6 +87,37 @@ async def opened_store(config: HubConfig) -> AsyncIterator[HubStore]:
         yield store
     finally:
         await store.close()
+
+
+def _sqlite_place(config: HubConfig, path: Path, create: bool) -> None:
+    if not create and not path.exists():
+        default = config.path.parent / config.hub.state_dir / "hub.db"
+        where = "state_dir" if path == default else "store"
+        raise ConfigError(
+            f"{config.path}: [hub] {where}: no hub store at {path} (the hub makes it at its"
+            " first start, as `hub token` does): is this the hub's config?"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{config.path}: [hub] cannot create {path.parent}: {exc}") from exc
+
+
+def check_store(config: HubConfig) -> str:
+    """What `hub --check` can say of a SQLite store without writing: that there is none yet, or
+    that it is this venue's. Raises OtherVenueError (a config error) and HubStoreError."""
+    if not config.store_url.startswith("sqlite://"):
+        return "store not opened by the check"
+    path = Path(config.store_url.removeprefix("sqlite://"))
+    venue = hub_sqlite_db.bound_venue(path)
+    if venue is None:
+        return f"no store at {path} yet: the hub makes it at start"
+    if venue != config.hub.venue:
+        raise OtherVenueError(
+            f"{config.path}: [hub] venue: the store {path} belongs to venue {venue!r},"
+            f" not {config.hub.venue!r}"
+        )
+    return f"store {path}"
 
 
 async def add_gate_token(
@@ -96,7 +133,7 @@ async def add_gate_token(
     if not is_id(gate_id):
         raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
     token = token or new_token()
-    async with opened_store(config) as store:
+    async with opened_store(config, create=True) as store:
         if name is not None:
             try:
                 await store.set_gate_name(gate_id, name)
@@ -116,7 +153,7 @@ async def add_console_token(
     if role == "issuing" and config.wallet is None:  # the endpoint it is for is off (404)
         raise UsageError(f"{config.path}: an issuing token needs a [wallet] section")
     token = token or new_token()
-    async with opened_store(config) as store:
+    async with opened_store(config, create=True) as store:
         if await store.named_tokens(role, name):  # its actions are recorded under the name
             raise UsageError(
                 f"a {role} token named {name} exists: revoke it first (hub token"

@@ -43,6 +43,7 @@ from sync.hub_store import (
     HubPolicy,
     HubStoreError,
     NameTakenError,
+    OtherVenueError,
     Quarantine,
     QuarantinedRow,
     RevocationState,
@@ -462,7 +463,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 f"this hub supports {SCHEMA!r}"
             )
         if meta.get("venue") != self._policy.venue:
-            raise HubStoreError(
+            raise OtherVenueError(
                 f"hub store {self._where} belongs to venue {meta.get('venue')!r},"
                 f" not {self._policy.venue!r}"
             )

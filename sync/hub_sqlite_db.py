@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.fsutil import sqlite_readonly
 from sync import hub_schema
 from sync.hub_sqlite_console import upgrade
-from sync.hub_store import HubStoreError
+from sync.hub_store import HubStoreError, OtherVenueError
 
 log = logging.getLogger("sync.hub_sqlite")  # one log for the store, its opening included
 
@@ -40,6 +41,25 @@ def connect(path: Path, venue: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def bound_venue(path: Path) -> str | None:
+    """The venue the store at ``path`` is bound to, read without writing anything (None: no
+    store there yet). Raises HubStoreError when the file is not a hub store or cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(sqlite_readonly(path), uri=True)
+        try:
+            (app_id,) = db.execute("PRAGMA application_id").fetchone()
+            if app_id != APPLICATION_ID:
+                raise HubStoreError(f"{path} is not a hub store")
+            row = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise HubStoreError(f"cannot read hub store {path}: {exc}") from exc
+    return None if row is None else str(row[0])
 
 
 def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
@@ -75,7 +95,7 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('venue', ?)", (venue,))
     (bound,) = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
     if bound != venue:
-        raise HubStoreError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
+        raise OtherVenueError(f"hub store {path} belongs to venue {bound!r}, not {venue!r}")
     if mode != "wal":
         log.warning("hub store %s is not in WAL mode (%s)", path, mode)
 

@@ -22,6 +22,8 @@ Errors::
     TokenGoneError (HubStoreError)             the upload's token was revoked before its batch
                                                was stored; nothing of the batch is stored
     NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
+    OtherVenueError (HubStoreError, ConfigError) the store belongs to another venue than the
+                                               config's (a config error: exit 78)
 
 Besides the Protocol: the argument checks every backend makes and the long-poll wake-up
 (:class:`FeedSignal`). What they say to their databases in the same words is :mod:`sync.hub_sql`.
@@ -36,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_venue_sql import VenueRow
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
@@ -47,6 +49,10 @@ Role = Literal["gate", "console", "issuing"]
 
 class HubStoreError(AgentError, RuntimeError):
     """The hub database failed, or the file/database is not a hub store."""
+
+
+class OtherVenueError(HubStoreError, ConfigError):
+    """The store is bound to another venue than the config's ``[hub] venue``."""
 
 
 class ConflictError(HubStoreError):

@@ -923,6 +923,51 @@ def test_cli_config_option_before_or_after_the_admin_command(
     assert nothing.returncode == 2 and "nothing to issue" in nothing.stderr
 
 
+def test_a_mistyped_state_dir_gets_no_store_and_check_reads_the_stores_venue(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Found in a user trial: `hub alerts` on a mistyped state_dir made an empty store and said
+    "no alerts at this venue" (exit 0); `hub --check` said OK of another venue's store."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    store = tmp_path / "hub" / "state" / "hub.db"
+
+    def check(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*EXE, "hub", "--config", str(config), "--check"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+
+    first = check(setup.config)
+    assert first.returncode == 0 and f"no store at {store} yet" in first.stdout, first.stderr
+    for args in (
+        ("alerts",), ("ticket", "abcd1234"), ("revoke", "ab" * 16),
+        ("quarantine", "--gate", "g1", "--from-seq", "1"), ("token", "--revoke-gate", "g1"),
+    ):  # fmt: skip
+        done = hub_cli(setup, *args)
+        assert (done.returncode, done.stdout) == (78, ""), (args, done.stderr)
+        assert f"{setup.config}: [hub] state_dir: no hub store at {store}" in done.stderr
+    assert not store.exists()
+    assert hub_cli(setup, "token", "--gate", "g1").returncode == 0  # may run before the hub
+    assert hub_cli(setup, "alerts").stdout == "no alerts at this venue\n"
+    assert f"; store {store}" in check(setup.config).stdout
+
+    other = write_hub_config(
+        tmp_path / "other", keys=keys_dir, venue="v2", store=f"sqlite://{store}"
+    )
+    wrong = "belongs to venue 'venue-1', not 'v2'"
+    refused = check(other.config)
+    assert (
+        refused.returncode == 78
+        and f"{other.config}: [hub] venue: the store {store} {wrong}" in (refused.stderr)
+    )
+    for run in (
+        subprocess.run([*EXE, "hub", "--config", str(other.config)], capture_output=True,
+                       text=True, check=False, timeout=60),
+        hub_cli(other, "alerts"),
+    ):  # fmt: skip
+        assert run.returncode == 78 and wrong in run.stderr, run.stderr
+
+
 def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(
     tmp_path: Path, keys_dir: Path, iss: Issuer
 ) -> None:
@@ -1096,7 +1141,7 @@ async def test_an_idle_list_is_refreshed_with_an_empty_delta(
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir, extra="list_refresh_s = 600\n")
     config = hub_config.load(setup.config)
     list_key = hub_admin.load_list_key(config)
-    async with hub_admin.opened_store(config) as store:
+    async with hub_admin.opened_store(config, create=True) as store:
         assert await hub_admin.refresh_list(store, config, list_key, 1_000_000.0) == 1
         assert await hub_admin.refresh_list(store, config, list_key, 1_000_599.0) is None
         assert await hub_admin.refresh_list(store, config, list_key, 1_000_600.0) == 2

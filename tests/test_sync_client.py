@@ -302,7 +302,7 @@ async def test_pruned_deltas_lead_to_the_signed_snapshot(
     list_key = hub_admin.load_list_key(hub_conf)
     keys = [os.urandom(16) for _ in range(KEEP_DELTAS + 1)]
     now = int(time.time())
-    async with hub_admin.opened_store(hub_conf) as store:
+    async with hub_admin.opened_store(hub_conf, create=True) as store:
         state = await store.revocation_state()
         for key in keys:  # one key per delta: the first delta is pruned
             content = make_delta(from_version=state.version, version=state.version + 1,

@@ -108,7 +108,7 @@ async def _hub(dir: Path) -> AsyncIterator[tuple[HubStore, int]]:
     path = dir / "hub.toml"
     path.write_text(HUB_TOML.format(dir=dir, listen="127.0.0.1:0"))
     conf = hub_config.load(path)
-    async with opened_store(conf) as store:
+    async with opened_store(conf, create=True) as store:
         runner = web.AppRunner(make_app(conf, store), access_log=None)
         try:
             await runner.setup()

@@ -60,7 +60,8 @@ def _hub_check(conf: HubConfig) -> int:
     hub_config.ssl_context(conf)
     hub_admin.load_list_key(conf)
     hub_admin.TrustFile(conf, serving=False)
-    print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}")
+    store = hub_admin.check_store(conf)
+    print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}; {store}")
     return 0
 
 
