@@ -40,6 +40,7 @@ _TIME_ERROR = 5
 # and future fields. ``modes`` is its first member, and modes=0 makes the call read-only.
 _TIMEX_BUFFER_SIZE = 512
 _SYNC_CACHE_S = 5.0
+_BEHIND_WARN_EVERY_S = 3600.0  # the ERROR line of a system clock behind the floor
 _HLC_LOGICAL_BITS = 16
 # SQLite stores INTEGER as signed 64-bit; an HLC must fit in a journal column.
 _HLC_MAX = (1 << 63) - 1
@@ -158,6 +159,7 @@ class Clock:
         self._mono = mono
         self._reference: tuple[float, float] | None = None  # (trusted time, monotonic then)
         self._reference_offset: float | None = None  # reference minus the wall clock, seconds
+        self._behind_warned_at = -math.inf
 
     @property
     def floor(self) -> float:
@@ -200,11 +202,19 @@ class Clock:
             self._reference = (t, self._mono())
 
     def reading(self) -> ClockReading:
-        """The time and its trust verdict from a single sample of the sources."""
+        """The time and its trust verdict from a single sample of the sources.
+
+        A system clock behind the floor is never trusted, whatever the config assumes: the floor
+        is a time a trusted clock gave before, so one of them ran ahead; trusted, the gate's time
+        would stand still at the floor (an ERROR line says so, once an hour).
+        """
         wall = self._wall()
-        if self._assume == "synced":
+        behind = wall < self._floor - self._tolerance
+        if behind:
+            self._warn_behind(wall)
+        elif self._assume == "synced":
             return ClockReading(max(wall, self._floor), True, "config")
-        if self._assume == "auto" and self._ntp_at(wall):
+        elif self._assume == "auto" and self._probe_cached() is True:
             return ClockReading(max(wall, self._floor), True, "ntp")
         if self._reference is not None:
             t, at = self._reference
@@ -231,8 +241,23 @@ class Clock:
         if self._path is not None:
             self._persist_logged()
 
-    def _ntp_at(self, wall: float) -> bool:
-        return self._probe_cached() is True and wall >= self._floor - self._tolerance
+    def behind_floor(self) -> float | None:
+        """How far the system clock is behind the floor, in seconds; None when it is not (within
+        the tolerance)."""
+        behind = self._floor - self._wall()
+        return behind if behind > self._tolerance else None
+
+    def _warn_behind(self, wall: float) -> None:
+        mono = self._mono()
+        if mono - self._behind_warned_at < _BEHIND_WARN_EVERY_S:
+            return
+        self._behind_warned_at = mono
+        log.error(
+            "the system clock is %.0f s behind the clock floor (%s, the latest trusted time seen:"
+            " a clock that ran ahead set it): time is untrusted until the clock passes it; see"
+            " the README, \"A clock floor ahead\"",
+            self._floor - wall, self._path or "not persisted",
+        )  # fmt: skip
 
     def _probe_cached(self) -> bool | None:
         # adjtimex is a syscall on the scan path; the kernel's sync state changes slowly.

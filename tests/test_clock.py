@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -117,11 +118,25 @@ def test_unwritable_floor_file_does_not_break_the_clock(tmp_path: Path) -> None:
 # --- sync verdict -------------------------------------------------------------------------------
 
 
-def test_assume_overrides_detection_and_the_floor() -> None:
+def test_assume_overrides_detection_but_never_trusts_a_clock_behind_its_floor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found in a user trial: with assume "synced" a floor ahead of the system clock (set by a
+    clock that ran ahead) held the gate's time at the floor, trusted, for good: every row at one
+    time, valid tickets denied as expired, nothing said."""
     wall = FakeWall(10.0)
     synced = Clock(assume="synced", wall=wall, probe=always(False))
+    assert synced.reading() == ClockReading(now=10.0, synced=True) and synced.source() == "config"
     synced.raise_floor(1_000.0)
-    assert synced.synced() is True
+    with caplog.at_level(logging.ERROR, "agent.clock"):
+        assert synced.reading() == ClockReading(now=1_000.0, synced=False)
+        assert synced.synced() is False  # read again: one ERROR line an hour, not one a scan
+    said = [r.getMessage() for r in caplog.records if "behind the clock floor" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("the system clock is 990 s behind"), said
+    assert synced.behind_floor() == 990.0
+    wall.t = 1_000.5  # within the tolerance: trusted again
+    assert synced.reading() == ClockReading(now=1_000.5, synced=True)
+    assert synced.behind_floor() is None
 
     unsynced = Clock(assume="unsynced", wall=wall, probe=always(True))
     assert unsynced.synced() is False

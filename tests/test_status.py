@@ -101,6 +101,27 @@ async def test_healthz_ready_then_degraded_with_reasons(
         assert body == {"status": "degraded", "reasons": ["relay fault (in)"]}
 
 
+async def test_a_clock_behind_its_floor_is_untrusted_and_says_why(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a user trial: a floor a year ahead (a clock that ran ahead set it) held the
+    gate's time there, trusted, with health "ready" (the config assumes a synchronised clock)."""
+    conf = _listed_config(write_config, iss)
+    assert conf.clock.assume == "synced"
+    ahead = time.time() + 365 * 86400
+    conf.gate.state_dir.mkdir(parents=True, exist_ok=True)
+    (conf.gate.state_dir / "clock.floor").write_text(f"{ahead:.6f}\n")
+    async with _serving(conf) as (_, server, url):
+        ready, reasons = await server.health()
+        assert not ready and reasons[0] == "clock untrusted", reasons
+        assert len(reasons) == 2 and reasons[1].startswith("clock 31,5"), reasons
+        assert reasons[1].endswith(" s behind its floor")
+        async with aiohttp.ClientSession() as http, http.get(url + "/status") as r:
+            clock = (await r.json())["clock"]
+        assert clock["synced"] is False and clock["now"] == pytest.approx(ahead)
+        assert clock["behind_floor_s"] == pytest.approx(365 * 86400, abs=60)
+
+
 async def test_requests_it_cannot_read_are_one_scrubbed_line_a_minute(
     served: tuple[Gate, StatusServer, str], caplog: pytest.LogCaptureFixture
 ) -> None:

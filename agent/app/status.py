@@ -19,9 +19,9 @@ than ``max_streams`` event streams are open or waiting (1,500 streams made each 
 ``/metrics`` are rendered at most once per ``RENDER_TTL_S`` and a crowd shares that render.
 
 * ``/healthz``: 200 ``ready`` or 503 ``degraded`` with reasons a technician can act on (scanner
-  offline, relay fault, journal write failed, list stale, clock untrusted, clock ahead of the
-  hub's, outbox backlog, disk space low, hub offline or pretix offline: the upstream is named by
-  ``upstream.kind``).
+  offline, relay fault, journal write failed, list stale, clock untrusted, clock behind its
+  floor, clock ahead of the hub's, outbox backlog, disk space low, hub offline or pretix offline:
+  the upstream is named by ``upstream.kind``).
 * ``/metrics``: Prometheus text (prometheus-client, a registry of this server's own).
 * ``/status``: the same facts as JSON, for `gate-agent status`.
 * ``/display``: a full-screen page for a small screen in kiosk mode (agent/app/status_display.py:
@@ -462,6 +462,9 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
         reasons.append("revocation list stale")
     if not snap["clock"]["synced"]:
         reasons.append("clock untrusted")
+    behind = snap["clock"]["behind_floor_s"]
+    if behind is not None:  # a clock that ran ahead once set the floor (README)
+        reasons.append(f"clock {behind:,.0f} s behind its floor")
     ahead = snap["clock"]["ahead_of_hub_s"]
     if ahead is not None and ahead > limits.clock_ahead_s:  # a floor left ahead holds it there
         reasons.append(f"clock {ahead:,.0f} s ahead of the hub's")
@@ -485,14 +488,17 @@ def _clock_status(clock: ClockReads) -> dict[str, Any]:
     """The clock as /status shows it: the time, whether it is trusted, from which source (config,
     ntp, hub or none), the hub's offset from the system clock (None before the hub answered) and
     how far the gate's time runs ahead of the hub's as of that offset (its floor, which it never
-    goes below, can hold it there)."""
+    goes below, can hold it there), and how far the system clock is behind the floor (None: it
+    is not)."""
     reading = clock.reading()
     offset = clock.reference_offset
     hub = None if offset is None else clock.wall() + offset
+    behind = clock.behind_floor()
     return {
         "synced": reading.synced,
         "now": reading.now,
         "source": reading.source,
         "hub_offset_s": None if offset is None else round(offset, 3),
         "ahead_of_hub_s": None if hub is None else round(reading.now - hub, 3),
+        "behind_floor_s": None if behind is None else round(behind, 3),
     }
