@@ -101,8 +101,16 @@ async def test_console_shows_a_double_admission_and_gate_health(
         assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
 
         await page.wait_for("document.querySelectorAll('#gates tbody tr').length === 3")
-        for gate_id, state in (("gate-a", "online"), ("gate-b", "online"), ("gate-c", "offline")):
-            assert await page.text(f"#gates tr[data-gate='{gate_id}'] td.online") == state
+        # The table may first show a poll from before the heartbeats (seen under load): wait for
+        # the one after them.
+        states = (("gate-a", "online"), ("gate-b", "online"), ("gate-c", "offline"))
+        await page.wait_for(
+            " && ".join(
+                f"document.querySelector(\"#gates tr[data-gate='{gate_id}'] td.online\")"
+                f"?.textContent === '{state}'"
+                for gate_id, state in states
+            )
+        )
         assert await page.text("#gates tr[data-gate='gate-a'] td.clock") == "yes"
         assert await page.text("#gates tr[data-gate='gate-c'] td.last-seen") == "never"
         assert await page.text("#gates tr[data-gate='gate-c'] td.clock") == "\u2014"
