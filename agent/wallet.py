@@ -23,6 +23,8 @@ MAX_PEM = 4096
 def new_device_key(path: Path) -> Path:
     """Write a new P-256 private key to ``path`` (PEM, 0600, never overwritten) and its public
     key beside it as ``path`` + ``.pub``; returns the public key's path. Raises IssuerError."""
+    if not path.name or path.name == "..":  # "." or "/": a folder, no name to put .pub beside
+        raise IssuerError(f"{path}: expected a file name for the device key")
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM,

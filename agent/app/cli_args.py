@@ -24,19 +24,33 @@ def _digits(value: str) -> bool:
 def _whole(value: str) -> int:
     """A whole number as argparse takes it (each command checks the range it needs)."""
     if not _digits(value):
+        many = value.isascii() and value.isdigit()  # digits, but more than any range here
         raise argparse.ArgumentTypeError(
-            f"expected a whole number (digits 0-9), got {value[:40]!r}"
+            f"expected a whole number of at most {_MAX_DIGITS} digits, got {len(value):,}"
+            if many
+            else f"expected a whole number (digits 0-9), got {value[:40]!r}"
         )
     return int(value)
 
 
 def _int_list(value: str) -> list[int]:
+    """Numbers separated by commas: at least one, each once."""
     items = [v.strip() for v in value.split(",") if v.strip()]
-    if not all(_digits(v) for v in items):
+    if not items or not all(_digits(v) for v in items):
         raise argparse.ArgumentTypeError(
             f"expected numbers separated by commas, got {value[:40]!r}"
         )
-    return [int(v) for v in items]
+    numbers = [int(v) for v in items]
+    if twice := sorted({n for n in numbers if numbers.count(n) > 1}):
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, twice))}: given twice")
+    return numbers
+
+
+def _path(value: str) -> Path:
+    """A file or folder name: an empty one would mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(value)
 
 
 def _zone(value: str) -> int:
@@ -72,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True
     )
     init = keys.add_parser("init", help="make root, issuer and list-signing keys and a bundle")
-    init.add_argument("dir", type=Path, help="the keys folder to create (keep it off gates, hub)")
+    init.add_argument("dir", type=_path, help="the keys folder to create (keep it off gates, hub)")
     init.add_argument(
         "--alg", choices=("ed25519", "p256"), default="ed25519", help="issuer key algorithm"
     )
@@ -90,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = keys.add_parser(
         "export", help="copy what the hub needs (list.key, trust.json, root.pub) into DIR"
     )
-    export.add_argument("--hub", type=Path, required=True, metavar="DIR", help="the hub's keys")
-    export.add_argument("--keys", type=Path, required=True, help="a `keys init` dir")
+    export.add_argument("--hub", type=_path, required=True, metavar="DIR", help="the hub's keys")
+    export.add_argument("--keys", type=_path, required=True, help="a `keys init` dir")
     export.add_argument("--force", action="store_true", help="replace differing files in DIR")
 
     signer = keys.add_parser(
         "issuer", help="make an issuer key folder (a sales channel's): issuer.key, issuer.pub"
     )
-    signer.add_argument("dir", type=Path, help="the issuer's folder to create")
+    signer.add_argument("dir", type=_path, help="the issuer's folder to create")
     signer.add_argument(
         "--alg", choices=("ed25519", "p256"), default="ed25519", help="key algorithm"
     )
@@ -108,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trust", help="change the trust bundle: add, retire, compromise issuer keys"
     ).add_subparsers(dest="trust_command", required=True)
     add = trust.add_parser("add", help="add an issuer key as active; writes the next version")
-    add.add_argument("--keys", type=Path, required=True, help="the root's `keys init` folder")
+    add.add_argument("--keys", type=_path, required=True, help="the root's `keys init` folder")
     add.add_argument(
-        "source", type=Path, metavar="ISSUER_DIR_OR_PUBFILE", help="a `keys issuer` folder or PEM"
+        "source", type=_path, metavar="ISSUER_DIR_OR_PUBFILE", help="a `keys issuer` folder or PEM"
     )
     add.add_argument("--kid", type=_whole, help="the key's id (required for a bare PEM file)")
     add.add_argument("--events", type=_int_list, help="events it may sign for (default all)")
@@ -121,17 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("compromise", "refuse every ticket the key signed (final)"),
     ):
         change = trust.add_parser(verb, help=f"{verb} issuer key KID: {meaning}")
-        change.add_argument("--keys", type=Path, required=True, help="the root's folder")
+        change.add_argument("--keys", type=_path, required=True, help="the root's folder")
         change.add_argument("kid", type=_whole, metavar="KID", help="the issuer key's id")
 
     rotate = trust.add_parser(
         "rotate-root", help="hand over to a new root key (the next bundle is signed by both)"
     )
-    rotate.add_argument("--keys", type=Path, required=True, help="the root's folder")
+    rotate.add_argument("--keys", type=_path, required=True, help="the root's folder")
 
     issue = sub.add_parser("issue", help="write tickets (NAME.txt + NAME.png QR code)")
     issue.add_argument(
-        "--keys", type=Path, required=True, help="a `keys init` or `keys issuer` folder"
+        "--keys", type=_path, required=True, help="a `keys init` or `keys issuer` folder"
     )
     issue.add_argument("--event", type=_whole, required=True, help="the event number")
     issue.add_argument("--zones", type=_int_list, help="zones 1-16, e.g. 1,2 (default: every zone)")
@@ -144,17 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--count", type=_whole, default=1, help="how many tickets (default 1)")
     issue.add_argument(
         "--device-key",
-        type=Path,
+        type=_path,
         metavar="PUBFILE",
         help="rotating tickets bound to this P-256 public key (PEM): NAME.txt only, no image",
     )
     issue.add_argument(
-        "--out", type=Path, required=True, help="folder for NAME.txt and NAME.png per ticket"
+        "--out", type=_path, required=True, help="folder for NAME.txt and NAME.png per ticket"
     )
 
     revoke = sub.add_parser("revoke", help="write a signed revocation delta")
-    revoke.add_argument("--keys", type=Path, required=True, help="a `keys init` folder")
-    revoke.add_argument("--out", type=Path, required=True, help="the delta file to write")
+    revoke.add_argument("--keys", type=_path, required=True, help="a `keys init` folder")
+    revoke.add_argument("--out", type=_path, required=True, help="the delta file to write")
     revoke.add_argument(
         "--op",
         choices=("revoke", "unrevoke", "block", "unblock"),
@@ -168,18 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     move = sub.add_parser(
         "transfer", help="re-issue a ticket under a new token and revoke the old one"
     )
-    move.add_argument("--keys", type=Path, required=True, help="the issuer's `keys init` folder")
-    move.add_argument("--out", type=Path, required=True, help="folder for the new ticket files")
+    move.add_argument("--keys", type=_path, required=True, help="the issuer's `keys init` folder")
+    move.add_argument("--out", type=_path, required=True, help="folder for the new ticket files")
     move.add_argument("text", metavar="TICKET_TEXT", help="the ticket being passed on")
 
     wallet = sub.add_parser("wallet", help="a rotating ticket's holder side: device key, codes")
     wallet_sub = wallet.add_subparsers(dest="wallet_command", required=True)
     wallet_key = wallet_sub.add_parser("key", help="a new P-256 device key (KEYFILE, KEYFILE.pub)")
-    wallet_key.add_argument("keyfile", type=Path, metavar="KEYFILE", help="private key to write")
+    wallet_key.add_argument("keyfile", type=_path, metavar="KEYFILE", help="private key to write")
     code = wallet_sub.add_parser("code", help="print the code a holder's device shows")
-    code.add_argument("--ticket", type=Path, required=True, help="a rotating ticket's file")
+    code.add_argument("--ticket", type=_path, required=True, help="a rotating ticket's file")
     code.add_argument(
-        "--device-key", type=Path, required=True, metavar="KEYFILE", help="PEM private key"
+        "--device-key", type=_path, required=True, metavar="KEYFILE", help="PEM private key"
     )
     code.add_argument("--at", type=_iso, metavar="ISO", help="the device's time (default: now)")
     serve = wallet_sub.add_parser("serve", help="the wallet page on 127.0.0.1 (no issuing)")
@@ -189,24 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="explain one ticket: fields, signature, rules, verdict")
     src = check.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", type=Path, help="a gate's config: its trust, lists and journal")
-    src.add_argument("--keys", type=Path, help="a `keys init` folder")
+    src.add_argument("--config", type=_path, help="a gate's config: its trust, lists and journal")
+    src.add_argument("--keys", type=_path, help="a `keys init` folder")
     src.add_argument(
-        "--pretix-event", type=Path, metavar="FILE", help="pretix event body (with valid_keys)"
+        "--pretix-event", type=_path, metavar="FILE", help="pretix event body (with valid_keys)"
     )
     check.add_argument(
         "--revocations",
-        type=Path,
+        type=_path,
         action="append",
         default=[],
         help="a signed revocation file (repeat for more)",
     )
     check.add_argument(
-        "--pretix-list", type=Path, metavar="FILE", help="one pretix check-in list object"
+        "--pretix-list", type=_path, metavar="FILE", help="one pretix check-in list object"
     )
     check.add_argument(
         "--pretix-revoked",
-        type=Path,
+        type=_path,
         metavar="FILE",
         action="append",
         default=[],
@@ -214,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--pretix-blocked",
-        type=Path,
+        type=_path,
         metavar="FILE",
         action="append",
         default=[],
@@ -225,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     what = check.add_mutually_exclusive_group(required=True)
     what.add_argument("text", nargs="?", help="the ticket's text")
-    what.add_argument("--image", type=Path, metavar="FILE", help="a photo or scan of the code")
+    what.add_argument("--image", type=_path, metavar="FILE", help="a photo or scan of the code")
     check.add_argument(
         "--engine",
         choices=("zxing", "pyzbar"),
@@ -234,10 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = sub.add_parser("run", help="run the gate daemon")
-    run.add_argument("--config", type=Path, required=True, help="the gate's config")
+    run.add_argument("--config", type=_path, required=True, help="the gate's config")
 
     selftest = sub.add_parser("selftest", help="open each configured device and report")
-    selftest.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
+    selftest.add_argument("--config", type=_path, default=INSTALLED_CONFIG, help=_WHERE)
     selftest.add_argument("--relay", action="store_true", help="pulse the relay once")
     selftest.add_argument("--scan", action="store_true", help="wait for one scan, show verdict")
     selftest.add_argument(
@@ -252,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="run a simulated gate through a scenario")
-    demo.add_argument("--dir", type=Path, help="keep keys, tickets and state here")
+    demo.add_argument("--dir", type=_path, help="keep keys, tickets and state here")
     _hub_parser(sub)
     status = sub.add_parser("status", help="the running gate's health in a few lines")
-    status.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
+    status.add_argument("--config", type=_path, default=INSTALLED_CONFIG, help=_WHERE)
     status.add_argument("--json", action="store_true", help="the whole /status answer as JSON")
     events = sub.add_parser("events", help="the journal's decisions, for security staff")
-    events.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
+    events.add_argument("--config", type=_path, default=INSTALLED_CONFIG, help=_WHERE)
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     events.add_argument("--denied", action="store_true", help="denied attempts only")
     events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
@@ -279,7 +293,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         dest="journal_command", required=True
     )
     prune = journal.add_parser("prune", help="delete entries synced upstream and older than AGE")
-    prune.add_argument("--config", type=Path, default=INSTALLED_CONFIG, help=_WHERE)
+    prune.add_argument("--config", type=_path, default=INSTALLED_CONFIG, help=_WHERE)
     prune.add_argument(
         "--synced-older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
     )
@@ -289,7 +303,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     hub.add_argument(
         "--config",
-        type=Path,
+        type=_path,
         help=f"the hub's TOML config (required to run the hub; for --check and the commands"
         f" below, default {INSTALLED_HUB_CONFIG})",
     )
@@ -329,7 +343,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for p in (token, revoke, ticket, alerts, quarantine):
         p.add_argument(
             "--config",
-            type=Path,
+            type=_path,
             default=argparse.SUPPRESS,
             help=f"the hub's config (default {INSTALLED_HUB_CONFIG})",
         )
@@ -347,7 +361,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     token.add_argument(
         "--out",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="write the token to FILE (mode 0600) instead of printing it",
     )
@@ -364,7 +378,7 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="what to do with the items (default revoke)",
     )
     revoke.add_argument(
-        "--file", type=Path, help="import: one ticket text or 32-hex token id per line"
+        "--file", type=_path, help="import: one ticket text or 32-hex token id per line"
     )
     revoke.add_argument(
         "items",
