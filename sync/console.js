@@ -325,9 +325,11 @@
       return;
     }
     const gates = new Set(found.events.map((e) => e.gate));
-    let text = "Ticket " + found.ticket + ": " + found.events.length + (found.events.length === 1 ? " row" : " rows") + " at " + gates.size + (gates.size === 1 ? " gate" : " gates");
+    const rows = found.more ? found.rows : found.events.length; // all of them, shown or not
+    const at = " at " + gates.size + (gates.size === 1 ? " gate" : " gates");
+    let text = "Ticket " + found.ticket + ": " + rows + (rows === 1 ? " row" : " rows");
+    text += found.more ? "; the newest " + found.events.length + " are shown," + at : at;
     if (found.tickets > 1) text += " (" + found.tickets + " different tickets share this short id)";
-    if (found.more) text += "; only the newest " + found.events.length + " of " + found.rows + " are shown";
     message.textContent = text + ".";
     document.querySelector("#ticket-history tbody").replaceChildren(...found.events.map(historyRow));
     table.hidden = false;

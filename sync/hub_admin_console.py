@@ -70,18 +70,16 @@ def history_lines(h: TicketHistory) -> list[str]:
     if not h.events:
         return [f"ticket {h.ticket}: nothing recorded at this venue"]
     gates = sorted({e.gate for e in h.events})
-    head = (
-        f"ticket {h.ticket}: {plural(len(h.events), 'row')} at {plural(len(gates), 'gate')}"
-        f" ({', '.join(gates)})"
-    )
+    at = f"at {plural(len(gates), 'gate')} ({', '.join(gates)})"
+    if h.more:  # the newest are what an alert is about
+        head = f"ticket {h.ticket}: {plural(h.rows, 'row')}; the newest {len(h.events)} shown, {at}"
+    else:
+        head = f"ticket {h.ticket}: {plural(len(h.events), 'row')} {at}"
     if apart := sum(e.set_apart for e in h.events):
         head += f"; {apart} of them set apart by a quarantine"
     if h.tickets > 1:
         head += f"; WARNING: {h.tickets} different tickets share this short id"
-    lines = [head, *map(event_line, h.events)]
-    if h.more:  # the newest are what an alert is about
-        lines.insert(1, f"(the newest {len(h.events)} of {h.rows} rows are shown)")
-    return lines
+    return [head, *map(event_line, h.events)]
 
 
 async def ticket_history(config: HubConfig, value: str) -> TicketHistory:

@@ -80,8 +80,10 @@ def decode(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> Mapping[str, Any]:
         raise ProtocolError(f"body is not valid JSON: {str(exc)[:120]}") from None
     obj = read.json_object(value, "body")
     version = obj.get("v")
-    if type(version) is not int:
+    if "v" not in obj:
         raise ProtocolError("v: missing protocol version")
+    if type(version) is not int:
+        raise ProtocolError(f"v: expected the integer {PROTOCOL_VERSION}")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"v: unsupported protocol version {version} (this side speaks 1)")
     return obj

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from agent.redact import short_id
+from sync.hub_admin_console import history_lines
 from sync.hub_stores import open_store
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.test_hub_store import DROP_SCHEMA_3, POLICY, T0, Gate
@@ -98,6 +99,10 @@ async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: 
         cut = await store.ticket_history(short_id("t1"), 2)  # the newest two, oldest first
         assert [(e.gate, e.kind) for e in cut.events] == [("g2", "entry"), ("g2", "attempt")]
         assert cut.more and cut.rows == 3
+        # Found in a user trial: `hub ticket` headed a cut history with the rows shown, not all.
+        lines = history_lines(cut)
+        assert lines[0] == f"ticket {short_id('t1')}: 3 rows; the newest 2 shown, at 1 gate (g2)"
+        assert len(lines) == 3 and " entry " in lines[1]  # then the rows, oldest first
         # the alert raised before the upgrade takes the workflow
         assert await store.open_alerts() == 1
         assert await store.act_on_alert(before.alert_id, "ack", "security", "", T0 + 30) == "done"

@@ -54,7 +54,9 @@ CASES: dict[str, tuple[bytes, str]] = {
     "not UTF-8": (b'{"v": 1, "gate_id": "\xff"}', "body is not valid JSON"),
     "not an object": (b"[1, 2]", "body: expected a JSON object"),
     "NaN": (_body({"wall_time": float("nan")}), "entries[0].wall_time"),
-    "no version": (_body(v=None), "v: missing"),
+    "null version": (_body(v=None), "v: expected the integer 1"),
+    "string version": (_body(v="1"), "v: expected the integer 1"),
+    "no version": (json.dumps({k: v for k, v in BODY.items() if k != "v"}).encode(), "v: missing"),
     "version 2": (_body(v=2), "v: unsupported"),
     "bad gate_id": (_body(gate_id="a/b"), "gate_id"),
     "too many entries": (
