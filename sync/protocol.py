@@ -212,6 +212,22 @@ def check_batch(gate_id: str, entries: Sequence[EntryWire]) -> None:
             raise ProtocolError(f"entries[{i}].gate_id: {entry.gate_id!r} is not the batch's gate")
         if i and entry.gate_seq <= entries[i - 1].gate_seq:
             raise ProtocolError(f"entries[{i}].gate_seq: entries must ascend by gate_seq")
+        if (why := _contradiction(entry)) is not None:
+            raise ProtocolError(f"entries[{i}].{why}")
+
+
+def _contradiction(e: EntryWire) -> str | None:
+    """What in ``e`` no gate records (the journal's kinds: an entry or exit is an admission, its
+    reason ok; an attempt a denial; an annulment "deny ok"), as ``field: why``; else None."""
+    admits = e.kind in ("entry", "exit")
+    if admits != (e.verdict is Verdict.ADMIT) and e.kind != "annul":
+        want = "admit: it is an admission" if admits else "deny: it is a refused attempt"
+        return f"verdict: an {e.kind} row is {want}, not {e.verdict.value}"
+    if e.kind == "annul" and e.verdict is not Verdict.DENY:
+        return f"verdict: an annul row is deny, not {e.verdict.value}"
+    if (admits or e.kind == "annul") and e.reason is not Reason.OK:
+        return f"reason: an {e.kind} row's reason is ok, not {e.reason.value}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

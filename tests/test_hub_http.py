@@ -398,6 +398,22 @@ async def test_bad_bodies_are_400_with_a_message(
             "entries[0].ticket_ref: missing",
         ),
         "unknown reason": (body(entry={"reason": "because"}), "bad_request", "entries[0].reason"),
+        # Found in a user trial: rows no gate records were stored and counted in /metrics.
+        "a denied entry": (
+            body(entry={"verdict": "deny"}),
+            "bad_request",
+            "entries[0].verdict: an entry row is admit: it is an admission, not deny",
+        ),
+        "an admission for a reason": (
+            body(entry={"reason": "revoked"}),
+            "bad_request",
+            "entries[0].reason: an entry row's reason is ok, not revoked",
+        ),
+        "an admitted attempt": (
+            body(entry={"kind": "attempt"}),
+            "bad_request",
+            "entries[0].verdict: an attempt row is deny: it is a refused",
+        ),
         "no entries": (body(entries=[]), "bad_request", "entries"),
         "too many entries": (
             body(entries=[row] * 501),

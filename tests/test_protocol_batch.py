@@ -5,6 +5,7 @@ field, and the fast path really taken for a well-formed batch."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -58,6 +59,11 @@ CASES: dict[str, tuple[bytes, str]] = {
     "string version": (_body(v="1"), "v: expected the integer 1"),
     "no version": (json.dumps({k: v for k, v in BODY.items() if k != "v"}).encode(), "v: missing"),
     "version 2": (_body(v=2), "v: unsupported"),
+    "a denied exit": (_body({"kind": "exit", "verdict": "deny"}), "entries[0].verdict: an exit"),
+    "an annulment admitted": (
+        _body({"kind": "annul", "annuls": str(uuid.uuid4())}),
+        "entries[0].verdict: an annul row",
+    ),
     "bad gate_id": (_body(gate_id="a/b"), "gate_id"),
     "too many entries": (
         json.dumps({**BODY, "entries": BODY["entries"] * 167}).encode(),
