@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +160,21 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     r = _selftest_config_only(tmp_path / "gate.toml")
     assert r.returncode == 2 and r.stdout == ""
     assert f"[gate] state_dir: {state / 'journal.db'}: file is not a database" in r.stderr
+    # An empty file is where run makes its journal (found in a user trial: the check refused it,
+    # so the installer would not enable a gate that starts); another program's database is not.
+    (state / "journal.db").write_bytes(b"")
+    r = _selftest_config_only(tmp_path / "gate.toml")
+    assert r.returncode == 0 and (state / "journal.db").stat().st_size == 0, r.stderr
+    events = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent", "events", "--config", str(tmp_path / "gate.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert events.returncode == 2 and "an empty file: the gate makes its journal" in events.stderr
+    with contextlib.closing(sqlite3.connect(state / "journal.db")) as foreign:
+        foreign.execute("CREATE TABLE customers (name TEXT)")
+    r = _selftest_config_only(tmp_path / "gate.toml")
+    assert r.returncode == 2 and "journal.db is not a gate-agent journal" in r.stderr
     # Another gate's journal (run refuses it), read without creating a file beside it
     (state / "journal.db").unlink()
     other = await Journal.open(state / "journal.db", gate_id="gate-9", gate_name="Gate 9",

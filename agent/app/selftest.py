@@ -339,7 +339,7 @@ def _unreadable_state(state: Path, gate_id: str) -> str | None:
                 continue
             with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
                 db.execute("PRAGMA schema_version").fetchone()
-                if name == "journal.db":
+                if name == "journal.db" and not schema.is_empty(db):  # empty: made at start
                     schema.require_journal(db, path)
                     bound = schema.owner(db)
                     if bound is not None and bound != gate_id:

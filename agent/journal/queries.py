@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
+from agent.journal.schema import is_empty
 from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
@@ -245,7 +246,13 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        db.execute("SELECT 1 FROM entries LIMIT 1")
+        try:
+            if is_empty(db):
+                raise JournalError(f"{path}: an empty file: the gate makes its journal at start")
+            db.execute("SELECT 1 FROM entries LIMIT 1")
+        except BaseException:
+            db.close()
+            raise
     except sqlite3.Error as exc:
         raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
     return db

@@ -148,6 +148,8 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     found = version(db)
     if app_id == 0 and found == 0:
+        if not is_empty(db):  # another program's database: left exactly as it is
+            raise JournalError(f"{path} is an SQLite database but not a gate-agent journal")
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
@@ -167,6 +169,15 @@ def version(db: sqlite3.Connection) -> int:
     """The schema version of the journal ``db`` holds (an older file a command reads as it is)."""
     (found,) = db.execute("PRAGMA user_version").fetchone()
     return int(found)
+
+
+def is_empty(db: sqlite3.Connection) -> bool:
+    """Whether ``db`` is an empty database (a new or 0-byte file): the gate makes its journal in
+    it at start."""
+    (app_id,) = db.execute("PRAGMA application_id").fetchone()
+    if app_id != 0 or version(db) != 0:
+        return False
+    return db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is None
 
 
 def require_journal(db: sqlite3.Connection, path: Path) -> None:
