@@ -176,7 +176,9 @@ class TicketSigner:
         validity window ends before it starts.
         """
         if not_before and not_after and not_after < not_before:
-            raise IssuerError(f"not_after {not_after} is before not_before {not_before}")
+            raise IssuerError(
+                f"not_after {_utc(not_after)} is before not_before {_utc(not_before)}"
+            )
         try:
             fields = tk1.TK1Fields(
                 kid=self.kid if kid is None else kid,
@@ -212,7 +214,9 @@ class TicketSigner:
         validity window ends before it starts.
         """
         if not_before and not_after and not_after < not_before:
-            raise IssuerError(f"not_after {not_after} is before not_before {not_before}")
+            raise IssuerError(
+                f"not_after {_utc(not_after)} is before not_before {_utc(not_before)}"
+            )
         try:
             fields = tk2.TK2Fields(
                 kid=self.kid,
@@ -331,7 +335,7 @@ def export_hub(keys_dir: Path, dest: Path, *, force: bool = False) -> list[Expor
         if old == data:
             unchanged.add(name)
         elif not force:
-            raise IssuerError(f"{dest / name}: already there and different; use force to replace")
+            raise IssuerError(f"{dest / name}: already there and different; --force replaces it")
     done = []
     try:
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -426,6 +430,14 @@ def parse_iso(value: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return math.floor(moment.timestamp())
+
+
+def _utc(ts: int) -> str:
+    """Unix seconds as a person reads them (in messages)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
 
 
 def _check_u32(name: str, value: object, minimum: int = 0) -> None:

@@ -89,7 +89,8 @@ def read_static(path: Path) -> str:
 def code(ticket_file: Path, key_file: Path, at: int) -> str:
     """The ``TK2:`` code the holder's device shows at Unix second ``at``; raises IssuerError."""
     static = read_static(ticket_file)
+    key = read_device_key(key_file)  # its errors name the file once
     try:
-        return tk2.make_code(static, read_device_key(key_file), at)
+        return tk2.make_code(static, key, at)
     except ValueError as exc:
         raise IssuerError(f"{key_file}: {exc}") from exc

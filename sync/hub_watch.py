@@ -150,9 +150,8 @@ async def watch(store: HubStore, presence: Presence, every_s: float = 1.0) -> No
 
 async def _log_alerts(store: HubStore, after: int) -> int:
     for alert in await store.alerts(after, 100):
-        log.warning(
-            "alert %s: ticket %s, gates %s", alert.kind, alert.ticket, ", ".join(alert.gates)
-        )
+        ticket = f"ticket {alert.ticket}, " if alert.ticket else ""
+        log.warning("alert %s: %sgates %s", alert.kind, ticket, ", ".join(alert.gates))
         after = alert.alert_id
     return after
 

@@ -233,6 +233,23 @@ def test_revoke_counts_in_words(issued: Path, tmp_path: Path) -> None:
     assert one.stdout.strip() == f"revoke: 1 entry written to {tmp_path / '1.json'}"
     two = ga("revoke", "--keys", keys, "--out", tmp_path / "2.json", "ab" * 16, "cd" * 16)
     assert two.stdout.strip() == f"revoke: 2 entries written to {tmp_path / '2.json'}"
+    # The same key twice (found in a user trial: "2 entries written") is one entry.
+    same = ga("revoke", "--keys", keys, "--out", tmp_path / "3.json", "ab" * 16, "AB" * 16)
+    assert same.stdout.strip() == f"revoke: 1 entry written to {tmp_path / '3.json'}"
+
+
+def test_issue_says_a_validity_window_that_ends_before_it_starts_in_dates(
+    issued: Path, tmp_path: Path
+) -> None:
+    done = ga(
+        "issue", "--keys", issued / "keys", "--event", "1", "--out", tmp_path / "t",
+        "--not-before", "2027-01-01", "--not-after", "2026-01-01",
+    )  # fmt: skip
+    assert done.returncode == 2 and not (tmp_path / "t").exists()
+    assert (
+        "not_after 2026-01-01 00:00:00 UTC is before not_before 2027-01-01 00:00:00 UTC"
+        in done.stderr
+    ), done.stderr
 
 
 # -- a closed pipe -----------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_export_again_keeps_identical_files_and_refuses_differing_ones(
     refused = ga("keys", "export", "--hub", out, "--keys", tmp_path / "other")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        f"gate-agent: error: {out / 'list.key'}: already there and different; use force to replace"
+        f"gate-agent: error: {out / 'list.key'}: already there and different; --force replaces it"
     ]
     assert {name: (out / name).read_bytes() for name in HUB_FILES} == before
 

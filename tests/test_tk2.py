@@ -263,7 +263,7 @@ def test_cli_refuses_keys_and_files_it_cannot_use(keys_dir: Path, tmp_path: Path
          "not the one the ticket is bound to"),
         (("wallet", "code", "--ticket", tk1_file, "--device-key", key), "not a rotating ticket"),
         (("wallet", "code", "--ticket", out / "ticket-0001.txt", "--device-key", ed_pub),
-         "not an unencrypted PEM private key"),
+         f"error: {ed_pub}: not an unencrypted PEM private key"),  # the file named once
     ):  # fmt: skip
         done = _cli(*args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)

@@ -197,7 +197,8 @@ def _validity(args: argparse.Namespace) -> str:
 def _revoke(args: argparse.Namespace) -> int:
     from agent import issuer, revocation_issuer
 
-    keys_ = [revocation_issuer.revocation_key(item) for item in args.items]
+    # The same ticket given twice (its text and its id, say) is one entry of the list.
+    keys_ = list(dict.fromkeys(revocation_issuer.revocation_key(item) for item in args.items))
     loaded = issuer.Issuer.load(args.keys)
     ops: dict[str, list[bytes]] = {args.op: keys_}
     revocation_issuer.issue_delta(
