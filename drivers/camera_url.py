@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
 from agent.errors import DriverError
 from drivers.camera_frames import Roi
@@ -91,7 +90,7 @@ def _camera_source(p: UrlParams) -> V4L2Source:
 
 def _file_source(p: UrlParams, base: Path | None) -> FrameSource:
     # file:///abs/path, or file://relative/path (taken from ``base``, the config file's folder).
-    raw = unquote(p.path if p.netloc in ("", "localhost") else p.netloc + p.path)
+    raw = p.decoded(p.path if p.netloc in ("", "localhost") else p.netloc + p.path)
     if not raw:
         raise p.error("expected a path, e.g. file:///srv/frames/ or file://demo.avi")
     target = Path(raw).expanduser()

@@ -26,6 +26,9 @@ class UrlParams:
     """
 
     def __init__(self, url: str, *schemes: str) -> None:
+        if _controls(url):  # never into a message or a log line as they are
+            shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in url[:200])
+            raise DriverError(f"{shown}: a device URL has no control characters")
         self.url = url
         parts = urlsplit(url)
         if parts.scheme not in schemes:
@@ -40,6 +43,8 @@ class UrlParams:
             raise DriverError(f"{url}: malformed query (expected name=value&...): {exc}") from exc
         self._values: dict[str, str] = {}
         for name, value in pairs:
+            if _controls(name + value):  # percent-decoded: %00 and the like
+                raise DriverError(f"{url}: parameter {name!r} has a control character")
             if name in self._values:
                 raise DriverError(f"{url}: parameter {name} given twice")
             self._values[name] = value
@@ -57,7 +62,15 @@ class UrlParams:
         """The URL's absolute path (percent-decoded); raises DriverError showing ``example``."""
         if self.netloc or not self.path.startswith("/") or self.path == "/":
             raise self.error(f"the device path must be absolute, e.g. {example}")
-        return unquote(self.path)
+        return self.decoded(self.path)
+
+    def decoded(self, raw: str) -> str:
+        """``raw`` (a part of the URL) percent-decoded; raises DriverError for a control
+        character in it (``%00`` made a device path with a NUL that went into log lines)."""
+        path = unquote(raw)
+        if _controls(path):
+            raise self.error("the path has a control character (percent-encoded)")
+        return path
 
     def has(self, name: str) -> bool:
         """True when ``name`` was given (it is not marked as read)."""
@@ -182,3 +195,7 @@ def _span(lo: float, hi: float | None) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _controls(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)

@@ -23,6 +23,10 @@ Read = Callable[[UrlParams], object]
         (f"{URL}#x", f"{URL}#x: unexpected fragment #x"),
         (f"{URL}?a", f"{URL}?a: malformed query (expected name=value&...): bad query field: 'a'"),
         (f"{URL}?a=1&a=2", f"{URL}?a=1&a=2: parameter a given twice"),
+        # Found in a user trial: a NUL went into the gate's log lines, and the check passed it.
+        ("demo:///dev/tty\x00S0", "demo:///dev/tty\\x00S0: a device URL has no control characters"),
+        ("demo:///dev/tty\nS0", "demo:///dev/tty\\x0aS0: a device URL has no control characters"),
+        (f"{URL}?path=a%0Ab", f"{URL}?path=a%0Ab: parameter 'path' has a control character"),
     ],
 )
 def test_the_url_itself_is_refused_at_once(url: str, message: str) -> None:
@@ -140,3 +144,12 @@ def test_error_and_invalid_are_about_this_url() -> None:
         f"{URL}?mode=hold: mode must be pulse here, not 'hold'"
     )
     assert re.search("not ''$", str(p.invalid("absent", "given")))
+
+
+def test_a_percent_encoded_control_character_is_no_device_path() -> None:
+    p = UrlParams("demo:///dev/tty%00S0", "demo")
+    with pytest.raises(DriverError) as info:
+        p.device_path("demo:///dev/ttyS0")
+    assert str(info.value) == (
+        "demo:///dev/tty%00S0: the path has a control character (percent-encoded)"
+    )
