@@ -537,3 +537,15 @@ def test_status_says_so_when_the_answer_is_not_in_the_form_it_reads(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_check_on_an_unreadable_revocation_store_exits_2(write_config: WriteConfig) -> None:
+    """A state file is not the config (found in a user trial: check exited 78 where the gate's
+    selftest and the README say 2)."""
+    path = write_config()
+    state = cfg.load(path).gate.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "revocations.db").write_bytes(b"not a database, whatever its name says" * 100)
+    done = ga("check", "--config", path, "TK1:X")
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert "revocations.db: cannot read the revocation store: file is not a database" in done.stderr

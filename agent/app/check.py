@@ -133,7 +133,8 @@ def copy_store(src: Path, dst: Path) -> None:
         ):
             source.backup(target)
     except sqlite3.Error as exc:
-        raise ConfigError(f"{src}: cannot read the revocation store: {exc}") from exc
+        # A state file, not the config: exit 2, as the gate's own store and selftest say it.
+        raise RevocationError(f"{src}: cannot read the revocation store: {exc}") from exc
 
 
 @dataclass
