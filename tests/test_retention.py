@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.app.config import load
 from agent.app.retention import parse_age, prune
 from agent.clock import Clock, uuid7
 from agent.errors import ConfigError, JournalError
@@ -172,7 +173,17 @@ async def test_cli_prunes_the_configured_journal(write_config: WriteConfig) -> N
     conf = write_config()
     path = conf.parent / "state" / "journal.db"
     path.parent.mkdir(exist_ok=True)
-    async with await _journal(path, days_ago=40) as journal:
+    # Another gate's journal copied here is not this gate's to prune (found in a user trial).
+    async with await _journal(path, days_ago=40, gate_id="gate-9") as journal:
+        await _fill(journal, 12, "t")
+        await journal.mark_synced(8, at=time.time() - 39 * DAY)
+    for command in (("journal", "prune", "--synced-older-than", "30d"), ("events",)):
+        other = _ga(*command, "--config", conf)
+        assert (other.returncode, other.stdout) == (2, ""), other.stderr
+        assert f"the journal of gate 'gate-9', not '{load(conf).gate.id}'" in other.stderr
+    assert _count(path, "entries") == 12
+    path.unlink()
+    async with await _journal(path, days_ago=40, gate_id=load(conf).gate.id) as journal:
         await _fill(journal, 12, "t")
         await journal.mark_synced(8, at=time.time() - 39 * DAY)
 

@@ -321,7 +321,7 @@ def _journal(args: argparse.Namespace) -> int:
             " stays valid (an event's days, a season)",
             file=sys.stderr,
         )
-    done = retention.prune(path, age)
+    done = retention.prune(path, age, gate_id=conf.gate.id)
     if done.entries or done.peer_entries:
         print(
             f"pruned {plural(done.entries, 'entry', 'entries')} (gate_seq up to"

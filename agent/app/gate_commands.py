@@ -102,7 +102,7 @@ async def events(
 ) -> int:
     """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
     until ``stop`` is set: then 0)."""
-    db = queries.open_readonly(config.gate.state_dir / "journal.db")
+    db = queries.open_readonly(config.gate.state_dir / "journal.db", config.gate.id)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     try:
         after, limit = 0, last

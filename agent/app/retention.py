@@ -21,5 +21,8 @@ def parse_age(text: str) -> float:
     """Seconds in ``30d``, ``12h``, ``90m`` or ``3600s``; raises ConfigError otherwise."""
     match = _AGE.fullmatch(text.strip())
     if match is None or int(match.group(1)) == 0:
-        raise ConfigError(f"expected an age such as 30d, 12h, 90m or 3600s (above 0), got {text!r}")
+        raise ConfigError(
+            "expected an age such as 30d, 12h, 90m or 3600s (1 to 999999 of a unit),"
+            f" got {text[:40]!r}"
+        )
     return int(match.group(1)) * _UNITS[match.group(2)]

@@ -340,10 +340,7 @@ def _unreadable_state(state: Path, gate_id: str) -> str | None:
             with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
                 db.execute("PRAGMA schema_version").fetchone()
                 if name == "journal.db" and not schema.is_empty(db):  # empty: made at start
-                    schema.require_journal(db, path)
-                    bound = schema.owner(db)
-                    if bound is not None and bound != gate_id:
-                        return f"{path}: the journal of gate {bound!r}, not {gate_id!r}"
+                    schema.require_journal(db, path, gate_id)
         except PermissionError:
             continue  # the gate user's folder: the state folder's own check says so
         except (sqlite3.Error, AgentError) as exc:

@@ -52,10 +52,12 @@ def prune(
     now: float | None = None,
     batch: int = BATCH,
     stop: threading.Event | None = None,
+    gate_id: str | None = None,
 ) -> Pruned:
     """Prune the journal at ``path`` (see the module doc); raises JournalError.
 
-    ``stop`` set (the gate shutting down) ends the work after the current batch.
+    ``stop`` set (the gate shutting down) ends the work after the current batch. ``gate_id``: the
+    journal must be that gate's (another gate's journal copied here is refused).
     """
     stopping = stop.is_set if stop is not None else lambda: False
     if not path.exists():
@@ -66,7 +68,7 @@ def prune(
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open journal {path}: {exc}") from exc
     try:
-        schema.require_journal(db, path)
+        schema.require_journal(db, path, gate_id)
         db.execute("PRAGMA busy_timeout = 10000")
         entries = peers = 0
         while not stopping() and (done := _prune_batch(db, cutoff, batch)):

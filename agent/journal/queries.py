@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.errors import JournalError
 from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
-from agent.journal.schema import is_empty
+from agent.journal.schema import is_empty, require_journal
 from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
@@ -237,10 +237,11 @@ def decisions(
         raise JournalError(f"cannot read the journal: {exc}") from exc
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
+def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
     """A read-only connection to the journal at ``path``, for commands next to a running gate.
 
-    Raises JournalError when there is no journal or it cannot be read.
+    Raises JournalError when there is no journal, it cannot be read, or (with ``gate_id``) it
+    is another gate's.
     """
     if not path.exists():
         raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
@@ -249,6 +250,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         try:
             if is_empty(db):
                 raise JournalError(f"{path}: an empty file: the gate makes its journal at start")
+            require_journal(db, path, gate_id)
             db.execute("SELECT 1 FROM entries LIMIT 1")
         except BaseException:
             db.close()

@@ -180,11 +180,14 @@ def is_empty(db: sqlite3.Connection) -> bool:
     return db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is None
 
 
-def require_journal(db: sqlite3.Connection, path: Path) -> None:
-    """Raise JournalError unless ``db`` is a gate-agent journal (for tools opening the file)."""
+def require_journal(db: sqlite3.Connection, path: Path, gate_id: str | None = None) -> None:
+    """Raise JournalError unless ``db`` is a gate-agent journal (for tools opening the file), and
+    with ``gate_id`` unless it is that gate's or no gate's yet."""
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     if app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
+    if gate_id is not None and (bound := owner(db)) not in (None, gate_id):
+        raise JournalError(f"{path}: the journal of gate {bound!r}, not {gate_id!r} ([gate] id)")
 
 
 def owner(db: sqlite3.Connection) -> str | None:
