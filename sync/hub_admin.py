@@ -456,7 +456,8 @@ def next_state(state: RevocationState, op: Op, changed: frozenset[bytes]) -> Rev
 
 @dataclass(frozen=True)
 class Issued:
-    """What `hub revoke` did: the last version issued and the keys it changed."""
+    """What `hub revoke` did: the list's version now and the keys it changed (0: every key was
+    already so, and no version was issued)."""
 
     version: int
     changed: int
@@ -479,12 +480,16 @@ async def issue(
     when = time.time() if now is None else now
     async with opened_store(config) as store:
         state = await store.revocation_state()
-        for start in range(0, len(unique), MAX_KEYS_PER_DELTA):
-            chunk = frozenset(unique[start : start + MAX_KEYS_PER_DELTA])
+        # Keys already so change nothing: no delta for them (none at all when none changes).
+        listed = state.revoked if op in ("revoke", "unrevoke") else state.blocked
+        adding = op in ("revoke", "block")
+        changing = [key for key in unique if (key in listed) != adding]
+        for start in range(0, len(changing), MAX_KEYS_PER_DELTA):
+            chunk = frozenset(changing[start : start + MAX_KEYS_PER_DELTA])
             document = _sign_delta(state.version, op, chunk, list_key, config, when)
             state = next_state(state, op, chunk)
             await store.add_revocation_delta(state.version, document, state)
-    return Issued(state.version, len(unique), state)
+    return Issued(state.version, len(changing), state)
 
 
 async def refresh_list(

@@ -663,6 +663,15 @@ async def test_revocations_issued_while_running_reach_a_gate(
     done = hub_cli(setup, "revoke", text)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("revocation list version 2: 1 key revoked")
+    # Revoked again, or unrevoking what never was: no new version (found in a user trial: each
+    # issued a version and said "1 key revoked").
+    again = hub_cli(setup, "revoke", text)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == (
+        "revocation list version 2: nothing issued, every key given was already revoked\n"
+    )
+    never = hub_cli(setup, "revoke", "--op", "unblock", text)
+    assert never.stdout.startswith("revocation list version 2: nothing issued")
     page = RevocationPage.from_json((await api.get("/v1/revocations?after=0", token)).json)
     assert page.version == 2 and len(page.deltas) == 2
     signers = (await _gate_trust(keys_dir, api, token)).signers()

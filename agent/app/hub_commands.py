@@ -145,6 +145,12 @@ async def _hub_revoke(args: argparse.Namespace, conf: HubConfig) -> int:
     if args.file is not None:
         items += hub_admin.read_items(args.file)
     done = await hub_admin.issue(conf, args.op, items)
+    if not done.changed:  # found in a user trial: a new version "revoking" what already was
+        print(
+            f"revocation list version {done.version}: nothing issued, every key given was already"
+            f" {_PAST[args.op]}"
+        )
+        return 0
     print(
         f"revocation list version {done.version}: {plural(done.changed, 'key')} {_PAST[args.op]}"
         f" (list: {len(done.state.revoked):,} revoked, {len(done.state.blocked):,} blocked)"
