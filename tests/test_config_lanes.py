@@ -87,7 +87,13 @@ def _error(tmp_path: Path, text: str) -> str:
         ([IN, OUT | {"passage_timeout_s": 0}], "[[lanes]] #2 passage_timeout_s: expected 0.1-600"),
         ([IN, OUT | {"gate": "tcp://x"}], "[[lanes]] #2 gate: no gate driver for 'tcp://x'"),
         ([IN, OUT | {"scanner": "sim://queue?colour=red"}], "[[lanes]] #2 scanner: "),
-        ([IN, OUT | {"scanner": IN["scanner"]}], "#2 scanner: 'sim://queue?source=in' is lane 'in'"),
+        ([IN, OUT | {"scanner": IN["scanner"]}],
+         "#2 scanner: 'sim://queue?source=in' is also the scanner of lane 'in'"),
+        # One serial device under two URLs (found in a user trial: selftest then blamed
+        # ModemManager for the device this gate's other lane held).
+        ([IN | {"scanner": "serial:///dev/ttyACM0"},
+          OUT | {"scanner": "serial:///dev/../dev/tty%41CM0?baud=9600"}],
+         "#2 scanner: 'serial:///dev/../dev/tty%41CM0?baud=9600' is also the scanner of lane 'in'"),
         ([IN | {"name": f"l{i}", "scanner": f"sim://queue?i={i}"} for i in range(9)], "1-8 lanes, got 9"),
     ],
 )  # fmt: skip

@@ -18,11 +18,13 @@ Every error names the file, the table (``[[lanes]] #2``, counted from 1) and the
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from agent.errors import ConfigError
 from agent.settings import section
@@ -118,10 +120,10 @@ def parse_lanes(raw: dict[str, Any], defaults: LaneConfig, src: Path) -> tuple[L
         for other in specs:
             if other.name == lane.name:
                 raise ConfigError(f"{src}: {where} name: {lane.name!r} names an earlier lane too")
-            if other.devices.scanner == lane.scanner:
+            if _device(other.devices.scanner) == _device(lane.scanner):
                 raise ConfigError(
-                    f"{src}: {where} scanner: {lane.scanner!r} is lane {other.name!r}'s scanner"
-                    " too (one reader serves one lane)"
+                    f"{src}: {where} scanner: {lane.scanner!r} is also the scanner of lane"
+                    f" {other.name!r} (one reader serves one lane)"
                 )
         overrides = {k: getattr(lane, k) for k in _SETTINGS if getattr(lane, k) is not None}
         settings = dataclasses.replace(defaults, name=lane.name, **overrides)
@@ -129,6 +131,15 @@ def parse_lanes(raw: dict[str, Any], defaults: LaneConfig, src: Path) -> tuple[L
         check_devices(devices, src, where)
         specs.append(LaneSpec(lane.name, lane.direction, devices, settings))
     return tuple(specs)
+
+
+def _device(url: str) -> str:
+    """What a scanner URL opens, for telling two lanes' readers apart: a device path (its
+    parameters aside: serial:///dev/ttyUSB0?baud=9600 is serial:///dev/ttyUSB0), else the URL."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/"):
+        return url
+    return f"{parts.scheme}://{posixpath.normpath(unquote(parts.path))}"
 
 
 def check_devices(devices: DevicesConfig, src: Path, where: str = "[devices]") -> None:
