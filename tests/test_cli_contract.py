@@ -157,6 +157,7 @@ def test_usage_errors_still_exit_2(issued: Path) -> None:
          "argument --zones: 1: given twice"),
         (("keys", "init", issued / "k2", "--events", ","), "argument --events: expected numbers"),
         (("wallet", "key", "."), ".: expected a file name for the device key"),
+        (("wallet", "key", "a\x01b"), "argument KEYFILE: a path has no control characters, got 'a\\x01b'"),
     ):  # fmt: skip
         done = ga(*args)
         assert done.returncode == 2, (args, done.stderr)

@@ -50,6 +50,8 @@ def _path(value: str) -> Path:
     """A file or folder name: an empty one would mean the current folder."""
     if not value.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if not value.isprintable():  # shown in messages, a control character would not be seen
+        raise argparse.ArgumentTypeError(f"a path has no control characters, got {value[:80]!r}")
     return Path(value)
 
 
