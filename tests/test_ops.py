@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from agent import revocation_issuer, tickets
 from agent.app import config as cfg
@@ -78,6 +80,30 @@ async def test_events_filters_and_never_shows_a_ticket(
 
     bad = ga("events", "--config", path, "--ticket", "nonsense")
     assert bad.returncode == 2 and "--ticket" in bad.stderr
+
+
+async def test_events_shows_times_in_the_policy_time_zone(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a user trial: with [policy] timezone set, one events line read the time in the
+    machine's zone and the "Already used at Gate 4, 00:05" detail in the venue's, 9 h apart."""
+    path = write_config(policy={"timezone": "Asia/Tokyo"}, lane={"repeat_window_ms": 0})
+    ticket = iss.ticket(event=1, zones=[1])
+    await _decide(cfg.load(path), [(ticket, "a"), (ticket, "b")])
+    rows = [json.loads(ln) for ln in ga("events", "--config", path, "--json").stdout.splitlines()]
+    env = {**os.environ, "TZ": "UTC"}  # the machine's zone is another
+    done = await asyncio.to_thread(
+        subprocess.run, [*EXE, "events", "--config", str(path)], capture_output=True, text=True,
+        timeout=30, check=False, env=env,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    tokyo = ZoneInfo("Asia/Tokyo")
+    for row, line in zip(rows, lines, strict=True):
+        assert line.startswith(
+            datetime.fromtimestamp(row["time"], tokyo).strftime("%Y-%m-%d %H:%M")
+        )
+    denied = datetime.fromtimestamp(rows[0]["time"], tokyo).strftime("%H:%M")
+    assert f", {denied}" in lines[1]  # "Already used at Gate 3, HH:MM": the same clock
 
 
 async def test_events_by_short_id_finds_the_tickets_rows_however_old(

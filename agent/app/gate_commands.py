@@ -15,8 +15,9 @@ import sqlite3
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
 from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageError
@@ -69,8 +70,8 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _line(event: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(event["time"]).strftime("%Y-%m-%d %H:%M:%S")
+def _line(event: dict[str, Any], tz: tzinfo | None) -> str:
+    when = _when(event["time"], tz)
     word = "ADMIT" if event["verdict"] == "admit" else "deny "
     detail = f"  {event['detail']}" if event["detail"] else ""
     flags = f"  [{','.join(event['flags'])}]" if event["flags"] else ""
@@ -80,12 +81,22 @@ def _line(event: dict[str, Any]) -> str:
     )
 
 
-def _peer_lines(db: sqlite3.Connection, flt: EventFilter, out: TextIO) -> None:
+def _when(t: float, tz: tzinfo | None) -> str:
+    """A row's time as the staff texts give it: in ``[policy] timezone`` when set (a venue's
+    gates may run on UTC), else in the machine's."""
+    return datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _zone(config: cfg.Config) -> tzinfo | None:
+    return None if config.policy.timezone is None else ZoneInfo(config.policy.timezone)
+
+
+def _peer_lines(db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None) -> None:
     """The ticket's rows learnt from other gates, after this gate's own: a double entry made
     while the gates could not see each other shows at each of them, not only at the hub."""
     exact, short = flt.refs_match()
     for wall, gate_id, gate_name, kind, ref in queries.peer_rows(db, exact, short):
-        when = datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S")
+        when = _when(wall, tz)
         gate = gate_name if gate_name == gate_id else f"{gate_name} ({gate_id})"
         out.write(f"{when}  {kind:<7} at {gate} (another gate)  ticket {short_id(ref)}\n")
 
@@ -103,16 +114,17 @@ async def events(
     """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
     until ``stop`` is set: then 0)."""
     db = queries.open_readonly(config.gate.state_dir / "journal.db", config.gate.id)
+    tz = _zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     try:
         after, limit = 0, last
         while True:
             for row in _rows(db, after, flt, limit):
                 event = _record(row)
-                out.write((json.dumps(event) if as_json else _line(event)) + "\n")
+                out.write((json.dumps(event) if as_json else _line(event, tz)) + "\n")
                 after = max(after, row[0])
             if flt.ticket is not None and not follow and not as_json:
-                _peer_lines(db, flt, out)
+                _peer_lines(db, flt, out, tz)
             out.flush()
             if not follow:
                 return 0
