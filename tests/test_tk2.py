@@ -3,6 +3,7 @@ and the command line that issues them and makes codes as a holder's device would
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -148,6 +149,31 @@ async def test_gate_admits_a_fresh_code_and_refuses_replays_and_other_devices(
     assert [r.reason for r in rows] == [
         "ok", "code_expired", "code_expired", "bad_signature", "code_expired", "code_expired",
     ]  # fmt: skip
+
+
+async def test_a_static_part_shown_at_the_gate_says_so_and_finds_the_tickets_rows(
+    write_config: WriteConfig, iss: Issuer, device: ec.EllipticCurvePrivateKey
+) -> None:
+    """Found in a user trial: a holder showing the ticket as issued (TK2S:) got "not a ticket",
+    and events --ticket refused that text though revoke takes it."""
+    static = _bound(iss, device)
+    path = write_config()
+    async with open_gate(config.load(path)) as gate:
+        shown = await gate.lane.present(_scan(static, 0))
+        assert shown is not None and shown.decision.reason is Reason.INVALID_FORMAT
+        assert "static part (TK2S:), not a code" in shown.decision.detail
+        admitted = await gate.lane.present(
+            _scan(tk2.make_code(static, device, int(time.time())), 1)
+        )
+        assert admitted is not None and admitted.decision.admitted
+    found = await asyncio.to_thread(_cli, "events", "--config", path, "--ticket", static)
+    assert found.returncode == 0, found.stderr
+    (line,) = found.stdout.splitlines()
+    assert "ADMIT ok" in line and tickets.parse(_code(static, device)).short_id in line
+
+
+def _code(static: str, device: ec.EllipticCurvePrivateKey) -> str:
+    return tk2.make_code(static, device, int(time.time()))
 
 
 async def test_window_and_skew_come_from_the_policy(

@@ -44,8 +44,11 @@ class EventFilter:
         if len(value) == 8 and all(c in "0123456789abcdef" for c in value.lower()):
             return None, value.lower()  # as the display, alerts and the console show it
         from agent import tickets
+        from agent.tickets import tk2
 
         try:
+            if value.startswith(tk2.STATIC_PREFIX):  # a rotating ticket as issued, not a code
+                return tk2.static_ticket_ref(tk2.static_bytes(value)), None
             return tickets.parse(value).ticket_ref, None
         except TicketFormatError:
             raise UsageError("--ticket: not a ticket text or an 8-hex short id") from None

@@ -26,6 +26,9 @@ __all__ = ["MAX_TEXT_LEN", "Format", "formats", "parse", "register"]
 log = logging.getLogger(__name__)
 
 MAX_TEXT_LEN = 4096
+# A rotating ticket's static part (agent.tickets.tk2), as issued to its holder's app: not a ticket
+# a gate admits (that is the code the app shows), but a text a holder may show by mistake.
+STATIC_PART_PREFIX = "TK2S:"
 
 Parser = Callable[[str], Ticket]
 
@@ -91,6 +94,11 @@ def parse(text: str) -> Ticket:
         raise TicketFormatError("empty text")
     fmt = _select(text)
     if fmt is None:
+        if text.startswith(STATIC_PART_PREFIX):  # the holder showed the ticket, not its code
+            raise TicketFormatError(
+                "a rotating ticket's static part (TK2S:), not a code: the holder shows the code"
+                " their ticket app displays"
+            )
         raise TicketFormatError("unrecognised ticket format")
     return _run(fmt, text)
 

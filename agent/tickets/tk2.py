@@ -38,11 +38,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent import keys
 from agent.errors import TicketFormatError
 from agent.model import HolderCode, Ticket, zones_text
-from agent.tickets import base45
+from agent.tickets import STATIC_PART_PREFIX, base45
 from agent.tickets.tk1 import time_text
 
 PREFIX = "TK2:"
-STATIC_PREFIX = "TK2S:"
+STATIC_PREFIX = STATIC_PART_PREFIX
 STATIC_TAG = b"gate-agent/TK2/static\0"
 CODE_TAG = b"gate-agent/TK2/code\0"
 VERSION = 1
@@ -206,6 +206,13 @@ def parse(text: str) -> Ticket:
             ("code_time", time_text(code_time)),
         ),
     )
+
+
+def static_ticket_ref(static: bytes) -> str:
+    """The ``ticket_ref`` of the rotating ticket whose static part is ``static`` (its codes'
+    own: the admission right is the ticket id)."""
+    ticket_id = _FIELDS.unpack_from(static)[2]
+    return "tk1:" + bytes(ticket_id).hex()
 
 
 def revocation_key_of(static: bytes) -> bytes:
