@@ -40,9 +40,21 @@ _MAX_STDIN_FILE = 16 * 1024 * 1024  # a redirected file is read whole; more is a
 _END = object()
 
 
+SCANNER_MODES = ("file", "stdin", "socket", "queue")
+
+
 def _params(url: str) -> tuple[str, UrlParams]:
     p = UrlParams(url, "sim")
     return p.netloc or p.path.strip("/"), p
+
+
+def _device_params(url: str, kind: str) -> UrlParams:
+    """A simulated turnstile's or indicator's URL: its name is a label (sim://gate-a), but not
+    a scanner's mode (found in a user trial: gate = "sim://stdin" passed the check)."""
+    where, p = _params(url)
+    if where in SCANNER_MODES:
+        raise p.error(f"sim://{where} is a scanner; a simulated {kind} is sim://{kind}")
+    return p
 
 
 def _path(value: str | None, base: Path | None, url: str) -> Path:
@@ -64,7 +76,7 @@ class SimScanner:
         end: str = "stop",
         source: str = "sim",
     ) -> None:
-        if mode not in ("file", "stdin", "socket", "queue"):
+        if mode not in SCANNER_MODES:
             raise DriverError(f"sim scanner: unknown mode {mode!r} (file, stdin, socket, queue)")
         self.mode, self.path, self.interval_ms, self.end = mode, path, interval_ms, end
         self.source = source
@@ -229,7 +241,7 @@ class SimGate:
 
     @classmethod
     def from_url(cls, url: str, base: Path | None = None) -> SimGate:
-        _, p = _params(url)
+        p = _device_params(url, "gate")
         passage = p.choice("passage", "auto", ("auto", "never", "command"))
         passage_ms = p.integer("passage_ms", 300, 0)
         plan_words = p.items("plan") or []
@@ -316,7 +328,7 @@ class SimIndicator:
 
     @classmethod
     def from_url(cls, url: str, base: Path | None = None) -> SimIndicator:
-        _, p = _params(url)
+        p = _device_params(url, "indicator")
         p.finish()
         return cls()
 

@@ -95,6 +95,13 @@ async def test_gate_modes_and_pulse_log(tmp_path: Path) -> None:
             r"unknown parameter speed \(valid: end, interval_ms, source\)$",
         ),
         ("gate", "sim://gate?passage_ms=soon", DriverError, "passage_ms must be an integer >= 0"),
+        (
+            "gate",
+            "sim://stdin",
+            DriverError,
+            "sim://stdin is a scanner; a simulated gate is sim://gate",
+        ),
+        ("indicator", "sim://queue", DriverError, "a simulated indicator is sim://indicator"),
     ],
 )
 def test_bad_urls_fail_clearly(
