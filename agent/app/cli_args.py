@@ -46,6 +46,14 @@ def _int_list(value: str) -> list[int]:
     return numbers
 
 
+def _text(value: str) -> str:
+    """A ticket's text as typed or pasted: bytes that are not UTF-8 reach Python as lone
+    surrogates, which a parser would name as "U+DCFF"."""
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        raise argparse.ArgumentTypeError("not valid UTF-8 text (a ticket's text is ASCII)")
+    return value
+
+
 def _path(value: str) -> Path:
     """A file or folder name: an empty one would mean the current folder."""
     if not value.strip():
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     move.add_argument("--keys", type=_path, required=True, help="the issuer's `keys init` folder")
     move.add_argument("--out", type=_path, required=True, help="folder for the new ticket files")
-    move.add_argument("text", metavar="TICKET_TEXT", help="the ticket being passed on")
+    move.add_argument("text", type=_text, metavar="TICKET_TEXT", help="the ticket being passed on")
 
     wallet = sub.add_parser("wallet", help="a rotating ticket's holder side: device key, codes")
     wallet_sub = wallet.add_subparsers(dest="wallet_command", required=True)
@@ -240,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--at", type=_iso, help="decide as of this time (ISO-8601)")
     check.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     what = check.add_mutually_exclusive_group(required=True)
-    what.add_argument("text", nargs="?", help="the ticket's text")
+    what.add_argument("text", nargs="?", type=_text, help="the ticket's text")
     what.add_argument("--image", type=_path, metavar="FILE", help="a photo or scan of the code")
     check.add_argument(
         "--engine",
