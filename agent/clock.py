@@ -204,24 +204,31 @@ class Clock:
     def reading(self) -> ClockReading:
         """The time and its trust verdict from a single sample of the sources.
 
-        A system clock behind the floor is never trusted, whatever the config assumes: the floor
-        is a time a trusted clock gave before, so one of them ran ahead; trusted, the gate's time
-        would stand still at the floor (an ERROR line says so, once an hour).
+        The floor is a time a trusted clock gave before. A system clock said to be synchronised
+        (by the config or the kernel) but behind it contradicts it: one of them ran ahead, so
+        the system clock is not trusted then (an ERROR line says so, once an hour; trusted, the
+        gate's time would stand still at the floor with nothing said). An unsynchronised clock
+        behind the floor is what the floor is for (a board without a battery at boot). A hub's
+        time is never below the floor: a hub set back cannot take the gate's time back, nor
+        make it untrusted (a policy that ignores validity windows then would let it open them).
         """
         wall = self._wall()
-        behind = wall < self._floor - self._tolerance
-        if behind:
+        floor = self._floor
+        claimed = self._assume == "synced" or (
+            self._assume == "auto" and self._probe_cached() is True
+        )
+        if claimed and wall >= floor - self._tolerance:
+            return ClockReading(
+                max(wall, floor), True, "config" if self._assume == "synced" else "ntp"
+            )
+        if claimed:
             self._warn_behind(wall)
-        elif self._assume == "synced":
-            return ClockReading(max(wall, self._floor), True, "config")
-        elif self._assume == "auto" and self._probe_cached() is True:
-            return ClockReading(max(wall, self._floor), True, "ntp")
         if self._reference is not None:
             t, at = self._reference
             age = self._mono() - at
             if 0 <= age <= REFERENCE_MAX_AGE_S:
-                return ClockReading(max(t + age, self._floor), True, "hub")
-        return ClockReading(max(wall, self._floor), False, "none")
+                return ClockReading(max(t + age, floor), True, "hub")
+        return ClockReading(max(wall, floor), False, "none")
 
     def raise_floor(self, t: float) -> None:
         """Raise the floor to ``t`` (never lowers it; non-finite values are ignored).
@@ -242,10 +249,13 @@ class Clock:
             self._persist_logged()
 
     def behind_floor(self) -> float | None:
-        """How far the system clock is behind the floor, in seconds; None when it is not (within
-        the tolerance)."""
+        """How far a system clock said to be synchronised is behind the floor, in seconds; None
+        when it is not (within the tolerance), or is not said to be synchronised."""
         behind = self._floor - self._wall()
-        return behind if behind > self._tolerance else None
+        claimed = self._assume == "synced" or (
+            self._assume == "auto" and self._probe_cached() is True
+        )
+        return behind if claimed and behind > self._tolerance else None
 
     def _warn_behind(self, wall: float) -> None:
         mono = self._mono()
@@ -253,9 +263,10 @@ class Clock:
             return
         self._behind_warned_at = mono
         log.error(
-            "the system clock is %.0f s behind the clock floor (%s, the latest trusted time seen:"
-            " a clock that ran ahead set it): time is untrusted until the clock passes it; see"
-            " the README, \"A clock floor ahead\"",
+            "the system clock, said to be synchronised, is %.0f s behind the clock floor (%s, the"
+            " latest trusted time seen: one of them ran ahead): it is not trusted until it passes"
+            " the floor, and the gate's time stays at the floor; see the README, \"A clock floor"
+            " ahead\"",
             self._floor - wall, self._path or "not persisted",
         )  # fmt: skip
 

@@ -132,7 +132,8 @@ def test_assume_overrides_detection_but_never_trusts_a_clock_behind_its_floor(
         assert synced.reading() == ClockReading(now=1_000.0, synced=False)
         assert synced.synced() is False  # read again: one ERROR line an hour, not one a scan
     said = [r.getMessage() for r in caplog.records if "behind the clock floor" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("the system clock is 990 s behind"), said
+    assert len(said) == 1, said
+    assert said[0].startswith("the system clock, said to be synchronised, is 990 s behind"), said
     assert synced.behind_floor() == 990.0
     wall.t = 1_000.5  # within the tolerance: trusted again
     assert synced.reading() == ClockReading(now=1_000.5, synced=True)
@@ -140,6 +141,28 @@ def test_assume_overrides_detection_but_never_trusts_a_clock_behind_its_floor(
 
     unsynced = Clock(assume="unsynced", wall=wall, probe=always(True))
     assert unsynced.synced() is False
+
+
+def test_behind_its_floor_a_clock_not_said_to_be_synchronised_is_expected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A board without a battery boots at 1970 behind its floor: the hub's time is the time,
+    and nothing is wrong. Said to be synchronised, the same clock is a contradiction the gate
+    reports (the hub's time is still used, never below the floor: test below)."""
+    wall, mono = FakeWall(10.0), FakeWall(0.0)
+    booted = Clock(wall=wall, mono=mono, probe=always(False))
+    booted.raise_floor(1_000.0)
+    booted.set_reference(1_500.0)
+    with caplog.at_level(logging.ERROR, "agent.clock"):
+        assert booted.reading() == ClockReading(now=1_500.0, synced=True)
+        assert booted.source() == "hub" and booted.behind_floor() is None
+    assert caplog.records == []
+
+    said = Clock(assume="synced", wall=wall, mono=mono, probe=always(False))
+    said.raise_floor(1_000.0)
+    said.set_reference(1_200.0)
+    assert said.reading() == ClockReading(now=1_200.0, synced=True) and said.source() == "hub"
+    assert said.behind_floor() == 990.0  # health names it all the same
 
 
 def test_undetectable_sync_state_counts_as_unsynced() -> None:
