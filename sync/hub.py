@@ -49,7 +49,6 @@ from agent.redact import printable
 from sync import hub_console_api, hub_limits, hub_metrics, hub_wallet, protocol
 from sync.hub_admin import (
     SnapshotCache,
-    TrustFile,
     load_list_key,
     opened_store,
     refresh_list,
@@ -70,6 +69,7 @@ from sync.hub_handlers import (
 )
 from sync.hub_state import HUB, HttpError, Hub
 from sync.hub_store import ConflictError, HubStore, HubStoreError
+from sync.hub_trust_file import TrustFile
 from sync.hub_watch import Presence, watch
 from sync.hub_webhook import AlertWebhook
 from sync.log_throttle import client_net, request_log

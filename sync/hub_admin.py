@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent import keys, trust
-from agent.errors import AgentError, ConfigError, IssuerError, TrustError, UsageError
-from agent.fsutil import write_atomic
-from agent.issuer import LIST_KEY, ROOT_PUB
+from agent import keys
+from agent.errors import ConfigError, IssuerError, UsageError
+from agent.issuer import LIST_KEY
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
 from agent.signed import sign_document
@@ -192,42 +190,6 @@ async def revoke_named(config: HubConfig, role: Role, name: str) -> int:
 # --- signed documents ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrustDocument:
-    """The trust bundle the hub serves, as bytes, with its ETag and the file's mtime."""
-
-    data: bytes
-    etag: str
-    mtime_ns: int
-    version: int
-
-
-def read_trust(config: HubConfig) -> TrustDocument:
-    """Read the trust bundle, verified against ``<keys>/root.pub`` when that file exists.
-
-    Raises TrustError (unreadable, forged, or the list key is not among its list signers).
-    """
-    path = config.trust_path
-    try:
-        mtime_ns = path.stat().st_mtime_ns
-        data = trust.read_capped(path)
-    except OSError as exc:
-        raise TrustError(f"{path}: cannot read the trust bundle: {exc.strerror or exc}") from exc
-    version = 0
-    root_pub = config.hub.keys / ROOT_PUB
-    if root_pub.exists():
-        bundle = trust.parse_bundle(data, trust.load_root_key(str(root_pub)))
-        version = bundle.version
-        list_pub = keys.public_raw_b64(load_list_key(config))
-        if list_pub not in (keys.public_raw_b64(k) for k in bundle.list_signers):
-            raise TrustError(
-                f"{path}: the hub's list key {config.hub.keys / LIST_KEY} is not one of the"
-                " bundle's list signers; gates would refuse every revocation list it signs"
-            )
-    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-    return TrustDocument(data, etag, mtime_ns, version)
-
-
 def load_list_key(config: HubConfig) -> keys.PrivateKey:
     """The list-signing private key of the hub's keys folder; raises IssuerError."""
     return keys.read_private(config.hub.keys / LIST_KEY)
@@ -296,93 +258,6 @@ class SnapshotCache:
             data = await asyncio.to_thread(build_snapshot, state, self._key, self._validity, now)
             self._cached = Snapshot(state.version, now, data)
             return self._cached
-
-
-# In the hub's state_dir: the highest trust bundle version this hub served. A bundle below it (an
-# old file restored from a backup) is refused at start and while running: gates that have the
-# newer one refuse it anyway, and a gate that never had it would trust again the keys it retired.
-SERVED_TRUST = "trust.served"
-
-
-class TrustFile:
-    """The served trust bundle, re-read when its file changes; a bad new file keeps the old one,
-    and so does an older one (a version below the one served, or the same with other contents)."""
-
-    def __init__(self, config: HubConfig, *, serving: bool = True) -> None:
-        """Read the bundle; raises TrustError or IssuerError as :func:`read_trust` does, and
-        TrustError for a version below the highest this hub served. ``serving``: remember its
-        version as served (`hub --check` only reads)."""
-        self._config = config
-        self._record = config.hub.state_dir / SERVED_TRUST
-        doc = read_trust(config)
-        served = self._served()
-        if doc.version < served:
-            raise TrustError(
-                f"{config.trust_path}: trust bundle version {doc.version} is older than version"
-                f" {served}, which this hub served before ({self._record}): gates refuse it, and a"
-                " gate that never had the newer one would trust again the keys retired or"
-                " compromised since; put the newest bundle back (gate-agent keys export --hub)"
-            )
-        self._doc = doc
-        self._serving = serving
-        if serving:
-            self._remember(doc.version)
-
-    def current(self) -> TrustDocument:
-        try:
-            changed = self._config.trust_path.stat().st_mtime_ns != self._doc.mtime_ns
-        except OSError:
-            changed = False
-        if not changed:
-            return self._doc
-        try:
-            new = read_trust(self._config)
-        except AgentError as exc:
-            log.error("new trust bundle refused, still serving the old one: %s", exc)
-            self._doc = dataclasses.replace(self._doc, mtime_ns=self._mtime())
-            return self._doc
-        old = self._doc
-        if new.version < old.version or (new.version == old.version and new.data != old.data):
-            log.error(
-                "new trust bundle refused, still serving version %d: %s %d; gates refuse it",
-                old.version, "it is version" if new.version < old.version else "another version",
-                new.version,
-            )  # fmt: skip
-            self._doc = dataclasses.replace(old, mtime_ns=new.mtime_ns)
-            return self._doc
-        self._doc = new
-        log.info("trust bundle version %d now served", new.version)
-        if self._serving:
-            self._remember(new.version)
-        return self._doc
-
-    def _served(self) -> int:
-        try:
-            text = self._record.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return 0
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TrustError(f"{self._record}: cannot read: {exc}") from exc
-        if not (text.isascii() and text.isdigit() and len(text) <= 19):
-            raise TrustError(f"{self._record}: expected a version number, not {text[:40]!r}")
-        return int(text)
-
-    def _remember(self, version: int) -> None:
-        """Keep ``version`` as served when it is above the one kept; never fails serving."""
-        if version <= 0:
-            return
-        try:
-            if version > self._served():
-                self._record.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self._record, f"{version}\n".encode(), 0o644)
-        except (OSError, TrustError) as exc:
-            log.warning("trust bundle version %d served but not recorded: %s", version, exc)
-
-    def _mtime(self) -> int:
-        try:
-            return self._config.trust_path.stat().st_mtime_ns
-        except OSError:
-            return self._doc.mtime_ns
 
 
 def document_field(data: bytes, name: str) -> int:

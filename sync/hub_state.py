@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from sync import protocol
-from sync.hub_admin import (
-    SnapshotCache,
-    TrustFile,
-)
+from sync.hub_admin import SnapshotCache
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
+from sync.hub_trust_file import TrustFile
 from sync.hub_watch import Presence
 from sync.log_throttle import Throttle
 from sync.protocol import (

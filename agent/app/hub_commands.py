@@ -55,11 +55,13 @@ def hub(args: argparse.Namespace) -> int:
 
 def _hub_check(conf: HubConfig) -> int:
     """What the hub reads at start besides its store: TLS files, list key, trust bundle."""
-    from sync import hub_admin, hub_config
+    from sync import hub_admin, hub_config, hub_trust_file
 
     hub_config.ssl_context(conf)
     hub_admin.load_list_key(conf)
-    hub_admin.TrustFile(conf, serving=False)
+    older = hub_trust_file.TrustFile(conf, serving=False).older_file
+    if older is not None:  # the hub starts, serving the newer copy it kept
+        print(f"WARN trust    {older}")
     store = hub_admin.check_store(conf)
     print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}; {store}")
     return 0
