@@ -315,6 +315,8 @@ def test_hub_token_out_writes_a_private_file_and_never_prints_the_token(
         "hub", "token", "--config", setup.config, "--gate", "gate-a", "--out", out, "--force"
     )
     assert forced.returncode == 0 and out.read_text().strip() != token
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gate-a.token", "hub", "keys"]
     # Both tokens exist at the hub: the refused run stored none (2 deleted, not 3).
     revoked = ga("hub", "token", "--config", setup.config, "--revoke-gate", "gate-a")
     assert revoked.stdout.strip() == "2 tokens of gate gate-a deleted"

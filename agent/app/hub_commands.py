@@ -96,12 +96,12 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
             return 1
         print(f"{plural(count, 'token')} of {what} {name} deleted")
         return 0
-    # The file is checked and written aside before the token is stored: a file that cannot be
-    # had leaves no stored token nobody has.
-    where, token = None, hub_admin.new_token()
+    # The file is checked and written before the token is stored: a file that cannot be had
+    # leaves no stored token nobody has.
+    where, staged, token = None, None, hub_admin.new_token()
     if args.out is not None:
         where = token_file.checked(args.out, force=args.force, owner=args.owner)
-        token_file.stage(where, token)
+        staged = token_file.stage(where, token)
     try:
         if args.gate is not None:
             await hub_admin.add_gate_token(conf, args.gate, args.name, token=token)
@@ -110,26 +110,23 @@ async def _hub_token(args: argparse.Namespace, conf: HubConfig) -> int:
         else:
             await hub_admin.add_console_token(conf, args.console, token=token)
     except BaseException:
-        if where is not None:
-            where.staged.unlink(missing_ok=True)
+        if staged is not None:
+            token_file.discard(staged)
         raise
-    if where is None:
+    if where is None or staged is None:
         print(token)
         print("store this token now: the hub keeps only its hash", file=sys.stderr)
         return 0
     try:
-        token_file.place(where)
-    except (OSError, UsageError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        revoke = (
-            f"--revoke-gate {args.gate}" if args.gate is not None
-            else f"--revoke-issuing {args.issuing}" if args.issuing is not None
-            else f"--revoke-console {args.console}"
-        )  # fmt: skip
+        token_file.place(where, staged)
+    except OSError as exc:  # the rename over the old file: the new token is written nowhere
+        taken = ""
+        if args.gate is None:  # a console or issuing name is taken by the token
+            role = "issuing" if args.issuing is not None else "console"
+            taken = f"; its name stays taken until `hub token --revoke-{role} NAME`"
         raise UsageError(
-            f"--out {where.path}: {why.removeprefix(f'--out {where.path}: ')}; the token was"
-            f" stored but is in no file: revoke it (gate-agent hub token {revoke}) and make"
-            " another"
+            f"--out {where.path}: {exc.strerror or exc}; the old file is as it was, and the token"
+            f" stored for it is written nowhere, so no one holds it{taken}"
         ) from exc
     owner = f", owner {where.owner}" if where.owner else ""
     print(f"token written to {where.path} (mode 0600{owner})")

@@ -1,13 +1,15 @@
-"""Where `gate-agent hub token --out FILE` puts a token: checked, then written aside (mode 0600,
-owned as asked, fsynced) before the token is stored at the hub, then linked into place; so a
-file that cannot be had never leaves a stored token nobody has, and a crash leaves the file
-complete or absent.
+"""Where `gate-agent hub token --out FILE` puts a token: checked, then written (mode 0600, owned
+as asked, fsynced) before the token is stored at the hub, so a file that cannot be had never
+leaves a stored token nobody has. A new file is created in place (O_EXCL: no link, which a FAT
+USB stick cannot make); ``--force`` writes a temporary file beside it and renames it over the old
+one once the token is stored (a crash leaves the old file or the new).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,20 +18,14 @@ from agent.errors import UsageError
 
 @dataclass(frozen=True)
 class TokenFile:
-    """Where `hub token --out` puts a token: checked by :func:`checked` and written aside by
-    :func:`stage` before the token is stored, so a file that cannot be had never
-    leaves a stored token nobody has."""
+    """Where `hub token --out` puts a token: checked by :func:`checked`, written by
+    :func:`stage` before the token is stored and put in place by :func:`place` after."""
 
     path: Path
     force: bool = False
     uid: int = -1  # -1: unchanged (the caller's)
     gid: int = -1
     owner: str = ""
-
-    @property
-    def staged(self) -> Path:
-        """The file the token is written to before it is stored (then linked into place)."""
-        return self.path.with_name(f".{self.path.name}.tmp")
 
 
 def checked(path: Path, *, force: bool = False, owner: str | None = None) -> TokenFile:
@@ -82,48 +78,58 @@ def _owner_ids(owner: str) -> tuple[int, int]:
         raise UsageError(f"--owner {owner}: no group {group!r} on this machine") from None
 
 
-def stage(where: TokenFile, token: str) -> None:
-    """Write ``token`` and a newline to ``where.staged``: mode 0600, owned as asked, fsynced.
-
-    Raises UsageError when it cannot be written (nothing is left behind then).
+def stage(where: TokenFile, token: str) -> Path:
+    """Write ``token`` and a newline, mode 0600, owned as asked, fsynced: to ``where.path``
+    itself (created, never replaced) or, with ``force``, to a temporary file beside it. Returns
+    the file written. Raises UsageError when it cannot be written (nothing is left behind then).
     """
-    tmp = where.staged
-    try:
-        tmp.unlink(missing_ok=True)  # a temp file a crash left behind, possibly with another owner
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            if where.uid != -1 or where.gid != -1:
-                os.fchown(fd, where.uid, where.gid)
-            os.write(fd, (token + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise UsageError(f"--out {where.path}: {exc.strerror or exc}") from None
-
-
-def place(where: TokenFile) -> None:
-    """Put the staged file in place: complete or absent after a crash; never replaces a file
-    that appeared meanwhile unless ``force``. The staged file is gone on return.
-
-    Raises UsageError when the name was taken meanwhile, OSError when linking fails.
-    """
-    path, tmp = where.path, where.staged
+    path = where.path
     try:
         if where.force:
-            os.replace(tmp, path)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged = Path(name)
         else:
-            os.link(tmp, path)  # fails if the name was taken since checked() looked
+            fd, staged = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
     except FileExistsError:
         raise UsageError(f"--out {path}: already exists; --force replaces it") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: {exc.strerror or exc}") from None
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        if where.uid != -1 or where.gid != -1:
+            os.fchown(fd, where.uid, where.gid)
+        os.write(fd, (token + "\n").encode("ascii"))
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        discard(staged)
+        raise UsageError(f"--out {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return staged
+
+
+def place(where: TokenFile, staged: Path) -> None:
+    """Put the ``staged`` file in place once its token is stored (a rename with ``force``).
+
+    Raises OSError when the rename fails (the staged file is removed then).
+    """
+    if staged != where.path:
+        try:
+            os.replace(staged, where.path)
+        except OSError:
+            discard(staged)
+            raise
+    # The folder's entry, made durable where the file system can (a FAT stick cannot: the file
+    # is there all the same, so nothing to report).
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(where.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def discard(staged: Path) -> None:
+    """Remove a staged file whose token was not stored."""
+    with contextlib.suppress(OSError):
+        staged.unlink(missing_ok=True)
