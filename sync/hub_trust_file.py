@@ -84,6 +84,7 @@ class TrustFile:
         self._copy = config.hub.state_dir / SERVED
         self._serving = serving
         self.older_file: str | None = None
+        self._statuses: tuple[str, dict[str, str]] | None = None  # (etag, status by kid)
         doc = read_trust(config)
         kept = self._kept()
         if kept is not None and kept.version > doc.version:
@@ -124,6 +125,18 @@ class TrustFile:
         log.info("trust bundle version %d now served", new.version)
         self._keep(new)
         return self._doc
+
+    def issuer_status(self, kid: int) -> str | None:
+        """Issuer ``kid``'s status in the bundle served now (None: not in it, or the bundle is
+        not verified: no root.pub beside it)."""
+        doc = self.current()
+        root_pub = self._config.hub.keys / ROOT_PUB
+        if doc.version <= 0 or not root_pub.exists():
+            return None
+        if self._statuses is None or self._statuses[0] != doc.etag:
+            bundle = trust.parse_bundle(doc.data, trust.load_root_key(str(root_pub)))
+            self._statuses = (doc.etag, {i.kid: str(i.status) for i in bundle.issuers})
+        return self._statuses[1].get(str(kid))
 
     def _kept(self) -> TrustDocument | None:
         """The copy served before, verified as the file is; None when there is none or it no

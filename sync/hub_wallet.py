@@ -181,6 +181,19 @@ async def _issue(request: web.Request) -> web.Response:
     key = device_key(data["device_key"])
     event = _int(data["event"], "event", 0, 0xFFFF_FFFF)
     zones = _zones(data.get("zones"))
+    # The key the bundle served marks retired or compromised signs nothing (found in a review:
+    # `issue` refused such a key, the hub still signed tickets every gate would refuse).
+    status = hub.trust.issuer_status(issuer.signer.kid)
+    if status in ("retired", "compromised"):
+        log.error(
+            "wallet: issuer key %s is %s in the trust bundle served", issuer.signer.kid, status
+        )
+        raise HttpError(
+            409,
+            f"this hub's issuer key {issuer.signer.kid} is {status} in the trust bundle it serves:"
+            " no ticket issued ([wallet] issuer_keys needs an active key)",
+            error="issuer_not_active",
+        )
     events = issuer.signer.events
     if events is not None and str(event) not in events:
         raise HttpError(400, f"event: this issuer issues for events {', '.join(events)} only")

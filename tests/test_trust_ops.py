@@ -93,6 +93,7 @@ def test_issue_refuses_a_key_its_own_bundle_retired_or_compromised(
     and a retired one (which signs no new tickets) without a word."""
     out = tmp_path / "t"
     kid = str(iss.kid)
+    held = iss.ticket(event=1)  # issued while the key was active
     for status, why in (
         ("retire", f"issuer key {kid} is retired in {keys_dir / 'trust.json'}: it signs no new"),
         ("compromise", f"issuer key {kid} is compromised in {keys_dir / 'trust.json'}: every gate"
@@ -102,6 +103,11 @@ def test_issue_refuses_a_key_its_own_bundle_retired_or_compromised(
         refused = _cli("issue", "--keys", keys_dir, "--event", "1", "--out", out, ok=False)
         assert (refused.returncode, refused.stdout) == (2, ""), refused.stderr
         assert why in refused.stderr and "no ticket written" in refused.stderr
+        assert not out.exists()
+        # transfer re-issues under the same key: refused before it revokes the old text
+        moved = _cli("transfer", "--keys", keys_dir, "--out", out, held, ok=False)
+        assert (moved.returncode, moved.stdout) == (2, ""), moved.stderr
+        assert why in moved.stderr and "nothing transferred, nothing revoked" in moved.stderr
         assert not out.exists()
 
 

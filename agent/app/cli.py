@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from agent.app.cli_args import build_parser
@@ -132,7 +133,7 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace) -> int:
-    from agent import issuer, ticket_files, trust_admin
+    from agent import issuer, ticket_files
 
     if args.count < 1 or args.count > 100_000:
         raise UsageError("--count must be 1-100000")
@@ -142,16 +143,7 @@ def _issue(args: argparse.Namespace) -> int:
 
         device_key = wallet.device_public_bytes(args.device_key)
     signer = issuer.TicketSigner.load(args.keys)
-    status = trust_admin.status_of(args.keys, signer.kid)
-    if status in ("retired", "compromised"):
-        gates = (
-            "every gate refuses its tickets (key_not_valid)" if status == "compromised"
-            else "it signs no new tickets (its tickets issued before stay valid)"
-        )  # fmt: skip
-        raise UsageError(
-            f"issuer key {signer.kid} is {status} in {args.keys / issuer.TRUST_BUNDLE}: {gates};"
-            " issue under an active key (gate-agent keys issuer, then trust add); no ticket written"
-        )
+    _refuse_inactive(args.keys, signer.kid, "no ticket written")
     if signer.events is not None and str(args.event) not in signer.events:
         raise UsageError(  # every gate would refuse them (key_not_valid): write none
             f"--event {args.event}: issuer key {signer.kid} may sign for event"
@@ -172,6 +164,24 @@ def _issue(args: argparse.Namespace) -> int:
     print(f"{plural(len(paths), kind)} written to {args.out}")
     print(f"valid {_validity(args)}")
     return 0
+
+
+def _refuse_inactive(keys_dir: Path, kid: int, nothing: str) -> None:
+    """Raise UsageError when the bundle kept in ``keys_dir`` marks issuer ``kid`` retired or
+    compromised (an issuer's own folder keeps none: nothing to check then)."""
+    from agent import issuer, trust_admin
+
+    status = trust_admin.status_of(keys_dir, kid)
+    if status not in ("retired", "compromised"):
+        return
+    gates = (
+        "every gate refuses its tickets (key_not_valid)" if status == "compromised"
+        else "it signs no new tickets (its tickets issued before stay valid)"
+    )  # fmt: skip
+    raise UsageError(
+        f"issuer key {kid} is {status} in {keys_dir / issuer.TRUST_BUNDLE}: {gates};"
+        f" issue under an active key (gate-agent keys issuer, then trust add); {nothing}"
+    )
 
 
 def _validity(args: argparse.Namespace) -> str:
@@ -217,7 +227,9 @@ def _revoke(args: argparse.Namespace) -> int:
 def _transfer(args: argparse.Namespace) -> int:
     from agent import issuer, transfer
 
-    done = transfer.transfer(issuer.Issuer.load(args.keys), args.out, args.text)
+    signer = issuer.Issuer.load(args.keys)
+    _refuse_inactive(args.keys, signer.kid, "nothing transferred, nothing revoked")
+    done = transfer.transfer(signer, args.out, args.text)
     print(f"ticket {done.short_id} transferred: new text {done.ticket} (and .png)")
     print(f"revocation of the old text: {done.revocation} (publish it like `revoke` output)")
     return 0
