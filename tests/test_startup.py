@@ -182,7 +182,9 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     await other.close()
     before = sorted(p.name for p in state.iterdir())
     r = _selftest_config_only(tmp_path / "gate.toml")
-    assert r.returncode == 2 and "the journal of gate 'gate-9', not 'gate-1'" in r.stderr
+    journal = state / "journal.db"
+    assert r.returncode == 2 and r.stderr.count(str(journal)) == 1, r.stderr
+    assert f"{journal}: the journal of gate 'gate-9', not 'gate-1' ([gate] id)" in r.stderr
     assert sorted(p.name for p in state.iterdir()) == before  # no -wal/-shm made by the check
 
 

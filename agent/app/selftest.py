@@ -344,7 +344,8 @@ def _unreadable_state(state: Path, gate_id: str) -> str | None:
         except PermissionError:
             continue  # the gate user's folder: the state folder's own check says so
         except (sqlite3.Error, AgentError) as exc:
-            return f"{path}: {exc}"
+            said = str(exc)  # a journal's own errors name the file already
+            return said if said.startswith(str(path)) else f"{path}: {said}"
     return None
 
 

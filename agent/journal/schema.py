@@ -148,8 +148,6 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     found = version(db)
     if app_id == 0 and found == 0:
-        if not is_empty(db):  # another program's database: left exactly as it is
-            raise JournalError(f"{path} is an SQLite database but not a gate-agent journal")
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
@@ -225,7 +223,7 @@ def without_delete_guard(db: sqlite3.Connection) -> Iterator[None]:
 
 def _initialise(db: sqlite3.Connection, path: Path) -> None:
     """Create the schema in an empty file, atomically (header pragmas are transactional)."""
-    if db.execute("SELECT name FROM sqlite_schema").fetchall():
+    if not is_empty(db):  # another program's database: left exactly as it is
         raise JournalError(f"{path} is a database but not a gate-agent journal")
     # One script, one transaction: a crash leaves either no schema or all of it, header
     # pragmas included.
