@@ -88,7 +88,7 @@ _BUSY = {
 }
 
 
-def fit_nofile(limits: Limits) -> Limits:
+def fit_nofile(limits: Limits, setting: str = "max_connections") -> Limits:
     """Raise the soft RLIMIT_NOFILE to the hard limit and return ``limits`` with
     ``max_connections`` lowered (one WARNING line) when it does not fit under the soft limit
     with :data:`FD_RESERVE` to spare. Never raises: a limit that cannot be raised is kept."""
@@ -105,8 +105,8 @@ def fit_nofile(limits: Limits) -> Limits:
         return limits
     cap = max(1, soft - FD_RESERVE)
     log.warning(
-        "max_connections lowered from %d to %d: the open file limit is %d (LimitNOFILE=)",
-        limits.max_connections, cap, soft,
+        "%s lowered from %d to %d: the open file limit is %d (LimitNOFILE=)",
+        setting, limits.max_connections, cap, soft,
     )  # fmt: skip
     return replace(
         limits,
@@ -140,8 +140,8 @@ class _Refusals:
             return
         host, most = self._clients.most_common(1)[0]
         log.warning(
-            "%srefused %d connections with 503 (%d over max_connections, %d over "
-            "max_connections_per_client; %d from %s) since the last such line", self._prefix,
+            "%srefused %d connections with 503 (%d over the cap of open connections, %d over the"
+            " cap per client; %d from %s) since the last such line", self._prefix,
             sum(self._counts.values()), self._counts["total"], self._counts["client"], most, host,
         )  # fmt: skip
         self._last = time.monotonic()

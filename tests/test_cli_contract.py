@@ -159,7 +159,8 @@ def test_usage_errors_still_exit_2(issued: Path) -> None:
         (("wallet", "key", "."), ".: expected a file name for the device key"),
         (("check", "--keys", issued / "keys", "TK1:\udcff"),
          "argument text: not valid UTF-8 text (a ticket's text is ASCII)"),
-        (("wallet", "key", "a\x01b"), "argument KEYFILE: a path has no control characters, got 'a\\x01b'"),
+        (("wallet", "key", "a\x01b"),
+         "argument KEYFILE: a path of characters that print (no control characters), got 'a\\x01b'"),
     ):  # fmt: skip
         done = ga(*args)
         assert done.returncode == 2, (args, done.stderr)

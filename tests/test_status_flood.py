@@ -329,3 +329,13 @@ async def test_connections_that_send_no_request_are_capped_and_closed(
             for writer in held:
                 writer.close()
             await server.close()
+
+
+def test_off_loopback_one_address_may_hold_a_quarter_of_the_connections() -> None:
+    """A review: on a LAN address one host could take every slot from displays and monitoring."""
+    assert [status.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.1.2.3")] == [
+        True
+    ] * 4
+    assert [status.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "gate.local")] == [
+        False
+    ] * 4

@@ -59,7 +59,9 @@ def _path(value: str) -> Path:
     if not value.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     if not value.isprintable():  # shown in messages, a control character would not be seen
-        raise argparse.ArgumentTypeError(f"a path has no control characters, got {value[:80]!r}")
+        raise argparse.ArgumentTypeError(
+            f"a path of characters that print (no control characters), got {value[:80]!r}"
+        )
     return Path(value)
 
 

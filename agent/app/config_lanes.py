@@ -24,10 +24,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DriverError
 from agent.settings import section
+from drivers.url_params import UrlParams
 
 MAX_LANES = 8
 _LANE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
@@ -135,11 +136,15 @@ def parse_lanes(raw: dict[str, Any], defaults: LaneConfig, src: Path) -> tuple[L
 
 def _device(url: str) -> str:
     """What a scanner URL opens, for telling two lanes' readers apart: a device path (its
-    parameters aside: serial:///dev/ttyUSB0?baud=9600 is serial:///dev/ttyUSB0), else the URL."""
-    parts = urlsplit(url)
-    if parts.netloc or not parts.path.startswith("/"):
+    parameters aside: serial:///dev/ttyUSB0?baud=9600 is serial:///dev/ttyUSB0), else the URL
+    (also a malformed one: its driver's check names what is wrong with it)."""
+    try:
+        p = UrlParams(url, urlsplit(url).scheme)
+        if p.netloc or not p.path.startswith("/"):
+            return url
+        return f"{p.scheme}://{posixpath.normpath(p.decoded(p.path))}"
+    except DriverError:
         return url
-    return f"{parts.scheme}://{posixpath.normpath(unquote(parts.path))}"
 
 
 def check_devices(devices: DevicesConfig, src: Path, where: str = "[devices]") -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import ipaddress
 import json
 import logging
 import shutil
@@ -86,7 +87,8 @@ LISTEN_BACKLOG = 512
 # half a request, held descriptors until the daemon had none left for its scanner's socket
 # (found in a user trial: a scan waited 25 s). The cap leaves room for every request the pacer
 # may park and every stream, and is lowered to fit the open file limit (sync.hub_limits).
-# One cap for every client: by default the server listens on 127.0.0.1, all clients one address.
+# On 127.0.0.1, the default, every client is one address: one cap; elsewhere each address may
+# hold a quarter of it.
 MAX_CONNECTIONS_BASE = 64  # beyond parked requests and streams: answers being written, idle ones
 HEADER_TIMEOUT_S = 10.0
 _BUSY = {
@@ -260,7 +262,11 @@ class StatusServer:
             raise
         assert runner.server is not None  # set up above
         cap = REQUESTS_PARKED + self._streams.limit + MAX_CONNECTIONS_BASE
-        limits = fit_nofile(Limits(cap, cap, HEADER_TIMEOUT_S))
+        # On a LAN address one host must not take every slot from the displays and monitoring.
+        per_client = cap if is_loopback(self._host) else cap // 4
+        limits = fit_nofile(
+            Limits(cap, per_client, HEADER_TIMEOUT_S), "the status server's connection cap"
+        )
         self._guard = ConnectionGuard(
             limits, runner.server, busy=_BUSY, server_name="status server"
         )
@@ -440,6 +446,14 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the status server's ``host`` takes connections from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _disk_free(path: Any) -> int | None:

@@ -181,7 +181,7 @@ def parse(text: str) -> Ticket:
         fmt="tk2",
         kid=str(kid),
         revocation_key=revocation_key,
-        ticket_ref="tk1:" + ticket_id.hex(),
+        ticket_ref=static_ticket_ref(static),
         event=str(event_id),
         signed_data=STATIC_TAG + body[:FIELDS_LEN],
         signature=body[FIELDS_LEN:STATIC_LEN],
