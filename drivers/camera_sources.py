@@ -7,6 +7,7 @@ A source is blocking and is driven by one thread (the camera's capture thread): 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -18,7 +19,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.errors import DriverError
+from drivers import MAX_IMAGE_PIXELS
 from drivers.camera_frames import FOURCC_LAYOUTS, Layout, RawFrame, fourcc_text
+
+log = logging.getLogger(__name__)
+
+# The most bytes an image file of MAX_IMAGE_PIXELS pixels can take (RGBA, uncompressed, with room
+# for its headers): a file past it is no image the decoder would take, and is not read at all.
+MAX_IMAGE_BYTES = 4 * MAX_IMAGE_PIXELS + 1_000_000
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".pgm", ".ppm", ".tif", ".tiff"}
@@ -274,18 +282,33 @@ class ImageFilesSource(_FiniteSource):
         return None
 
     def read(self) -> RawFrame | None:
-        """The next image's bytes; None after the last (unless looping)."""
-        if self._next >= len(self.paths):
-            if not self.loop or not self.paths:
-                return None
-            self._next = 0
-        path = self.paths[self._next]
-        self._next += 1
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            raise DriverError(f"file source {path}: cannot read: {exc}") from exc
-        return self._frame(data, "encoded")
+        """The next image's bytes; None after the last (unless looping). A file gone since the
+        folder was listed, or too big for an image the decoder would take, is skipped with a
+        warning (found in a user trial: a deleted frame ended the lane; a 1.5 GB file was read
+        whole before the pixel cap refused it)."""
+        for _ in range(len(self.paths)):  # each file at most once a call: all skipped ends it
+            if self._next >= len(self.paths):
+                if not self.loop:
+                    return None
+                self._next = 0
+            path = self.paths[self._next]
+            self._next += 1
+            try:
+                size = path.stat().st_size
+                if size > MAX_IMAGE_BYTES:
+                    log.warning(
+                        "file source %s: %s bytes, more than an image of %s pixels has: skipped",
+                        path, f"{size:,}", f"{MAX_IMAGE_PIXELS:,}",
+                    )  # fmt: skip
+                    continue
+                data = np.fromfile(path, dtype=np.uint8)
+            except FileNotFoundError:
+                log.warning("file source %s: gone before it was read: skipped", path)
+                continue
+            except OSError as exc:
+                raise DriverError(f"file source {path}: cannot read: {exc}") from exc
+            return self._frame(data, "encoded")
+        return None
 
     def close(self) -> None:
         return None

@@ -26,7 +26,13 @@ from drivers import camera_synth as synth
 from drivers.camera import CameraScanner
 from drivers.camera_frames import RawFrame, Roi, fourcc_text, prepare
 from drivers.camera_pipeline import LatestSlot, Presentations
-from drivers.camera_sources import ImageFilesSource, MemorySource, V4L2Source, VideoFileSource
+from drivers.camera_sources import (
+    MAX_IMAGE_BYTES,
+    ImageFilesSource,
+    MemorySource,
+    V4L2Source,
+    VideoFileSource,
+)
 from drivers.decoders import Decoded, ZxingDecoder
 from drivers.sim import SimGate
 from tests.conftest import WriteConfig
@@ -506,3 +512,28 @@ async def test_real_camera_delivers_frames() -> None:
     await until(lambda: scanner.frames_read > 10, 5, "more than 10 frames from the camera")
     await scanner.close()
     assert scanner.frames_read > 10 and scanner.decode_errors == 0
+
+
+def test_a_folder_source_skips_a_frame_gone_or_too_big_and_reads_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in a user trial: a frame deleted while the folder was read ended the lane (the
+    frames after it, a ticket among them, never decided); a 1.5 GB file named .png was read
+    whole before the pixel cap refused it."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), synth.background(64, 48, np.random.default_rng(1)))
+    with (folder / "b.png").open("wb") as huge:  # sparse: no disk taken
+        huge.truncate(MAX_IMAGE_BYTES + 1)
+    cv2.imwrite(str(folder / "c.png"), synth.still(ticket_text()))
+    source = ImageFilesSource(folder, fps=0)
+    source.open()
+    (folder / "a.png").unlink()  # after the folder was listed
+    with caplog.at_level(logging.WARNING, "drivers.camera_sources"):
+        frame = source.read()
+        assert frame is not None and bytes(frame.data) == (folder / "c.png").read_bytes()
+        assert source.read() is None
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("a.png: gone before it was read: skipped") for m in said), said
+    big = f"b.png: {MAX_IMAGE_BYTES + 1:,} bytes, more than an image of 50,000,000 pixels has"
+    assert any(big in m for m in said), said
