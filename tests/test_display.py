@@ -117,6 +117,24 @@ async def test_a_display_opened_after_a_verdict_shows_ready(
         assert await first.evaluate(f"{PANEL}.dataset.state") == "deny"  # still on screen
 
 
+async def test_a_lane_name_the_gate_lacks_says_so_even_an_objects_own(
+    write_config: WriteConfig, iss: Issuer, tmp_path: Path
+) -> None:
+    """Found in a user trial: ?lane=constructor (or toString) threw every 250 ms and the page
+    stayed on "Connecting to the gate"; ?lane=nope said "No lane nope at this gate"."""
+    conf = display_config(write_config, iss)
+    async with (
+        serving_display(conf, SimGate(passage_ms=0)) as (_, _, url),
+        Browser(tmp_path / "b") as page,
+    ):
+        for name in ("nope", "constructor", "toString", "__proto__"):
+            await page.goto(f"{url}?lane={name}")
+            await page.wait_for(
+                f"document.body.textContent.includes('No lane {name} at this gate')"
+            )
+        assert page.console_errors == []
+
+
 async def test_each_denial_says_what_the_steward_does_with_a_shape_and_a_tone(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:

@@ -57,7 +57,7 @@ function render() {
   $("age").textContent = "";
   if (!live) {
     screen("out", "out", "OUT OF SERVICE", "", heardAt ? "Gate not answering" : "Connecting to the gate");
-  } else if (lane === null || !(lane in allLanes)) {
+  } else if (lane === null || !Object.hasOwn(allLanes, lane)) {
     screen("out", "out", "OUT OF SERVICE", "", "No lane " + String(lane) + " at this gate");
   } else if (health.emergency) {
     screen("emergency", "emergency", "FREE PASSAGE", "", "Emergency release - let everyone through");
@@ -143,7 +143,8 @@ function onMessage(data) {
   }
   if (data.state) {
     allLanes = data.state.lanes;
-    health = allLanes[lane] || { out: [], emergency: false };
+    // own names only: ?lane=constructor is no lane, not Object's constructor
+    health = lane !== null && Object.hasOwn(allLanes, lane) ? allLanes[lane] : { out: [], emergency: false };
     offline = data.state.offline;
   }
   if (data.decision && data.decision.lane === lane) {
@@ -160,7 +161,7 @@ function onMessage(data) {
   if (data.counts) {
     // this lane's own counts; the unit's from a gate that does not count per lane
     const lanes = data.counts.lanes;
-    const c = lanes && lane !== null && lanes[lane] ? lanes[lane] : data.counts;
+    const c = lanes && lane !== null && Object.hasOwn(lanes, lane) ? lanes[lane] : data.counts;
     $("admitted").textContent = String(c.admitted);
     $("denied").textContent = String(c.denied);
   }
