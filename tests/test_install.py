@@ -278,7 +278,8 @@ def test_agent_unit_is_what_the_design_asks_for() -> None:
     assert settings["Type"] == "notify"
     assert settings["Restart"] == "always"
     assert int(settings["WatchdogSec"]) > 0
-    assert int(settings["StartLimitBurst"]) >= 1
+    # Found in a user trial: a relay board missing at start gave up for good after 5 starts.
+    assert settings["StartLimitIntervalSec"] == "0" and float(settings["RestartSec"]) >= 5
     assert settings["StateDirectory"] == "gate-agent"
     assert settings["ConfigurationDirectory"] == "gate-agent"
     assert set(settings["SupplementaryGroups"].split()) == {"dialout", "gpio", "video", "input"}
