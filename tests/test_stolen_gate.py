@@ -51,6 +51,7 @@ from tests.polling import until, until_sync
 POISON = (1 << 62) - 1  # the largest HLC a gate took from a peer before HLCs were bounded
 NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")
 ADMIT = Decision(Verdict.ADMIT, Reason.OK, "")
+USED = Decision(Verdict.DENY, Reason.ALREADY_USED, "")  # an attempt: a row as gates write one
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Venue:
         )
 
     async def thief_row(self, ref: str, kind: Any = "entry", **kw: Any) -> EntryWire:
-        decision = NOBODY if kind == "annul" else ADMIT
+        decision = {"annul": NOBODY, "attempt": USED}.get(kind, ADMIT)
         rec = await self.thief.record(
             ticket_ref=ref, kind=kind, decision=decision, lane="in", rev_version=0, **kw
         )
