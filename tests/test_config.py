@@ -113,6 +113,10 @@ def test_missing_required_key_and_section(tmp_path: Path) -> None:
     path.write_text(_minimal(gate={"id": None}))
     with pytest.raises(ConfigError, match=r"\[gate\] missing required key 'id'"):
         config.load(path)
+    # Found in a user trial: without events the gate started and refused every ticket.
+    path.write_text(_minimal(gate={"events": None}))
+    with pytest.raises(ConfigError, match=r"\[gate\] missing required key 'events'"):
+        config.load(path)
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

@@ -36,9 +36,11 @@ __all__ = ["Config", "DevicesConfig", "LaneConfig", "LaneSpec", "load", "parse"]
 class GateConfig:
     id: str
     state_dir: Path
+    # Required, as documented (found in a user trial: a config without it passed the check and
+    # the gate refused every ticket as "wrong event").
+    events: list[int]
     name: str = ""
     venue: str = "default"
-    events: list[int] = field(default_factory=list)
     zone: int | None = None
     direction: Literal["entry", "exit"] = "entry"
 
