@@ -185,11 +185,13 @@ def test_every_reason_has_a_steward_action() -> None:
 async def test_out_of_service_for_relay_journal_and_emergency_free_passage(
     write_config: WriteConfig, iss: Issuer, tmp_path: Path, shots: Path
 ) -> None:
-    conf = display_config(write_config, iss)
+    conf = display_config(write_config, iss, display={"clear_after_s": 600})
     turnstile = SimGate(passage_ms=0)
     async with serving_display(conf, turnstile) as (gate, _, url), Browser(tmp_path) as page:
         await page.goto(url)
         await shows(page, "ready")
+        await present(gate, "NOT-A-TICKET")  # a verdict that would stay for 600 s ...
+        await shows(page, "deny")
         gate.lane.fault = "relay fault: port gone"
         await shows(page, "out")
         assert await page.text("#verdict") == "OUT OF SERVICE"
@@ -208,6 +210,8 @@ async def test_out_of_service_for_relay_journal_and_emergency_free_passage(
         assert await page.text("#verdict") == "FREE PASSAGE"
         await readable(page, shots / "emergency.png")
         turnstile.set_input("emergency", False)
+        # ... is not shown again after free passage or an outage (found in a user trial: an
+        # old GO came back when the emergency ended)
         await shows(page, "ready")
 
 

@@ -60,8 +60,10 @@ function render() {
   } else if (lane === null || !Object.hasOwn(allLanes, lane)) {
     screen("out", "out", "OUT OF SERVICE", "", "No lane " + String(lane) + " at this gate");
   } else if (health.emergency) {
+    verdict = null; // a verdict from before free passage is not shown after it (READY then)
     screen("emergency", "emergency", "FREE PASSAGE", "", "Emergency release - let everyone through");
   } else if (health.out.length) {
+    verdict = null; // nor one from before the lane went out of service
     screen("out", "out", "OUT OF SERVICE", "", health.out.join(", "));
   } else {
     banner = offline;
