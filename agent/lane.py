@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Protocol
 
-from agent import rules
+from agent import rules, tickets
 from agent.checker import Checker, Pending, journal_ref, refused_ref
 from agent.clock import Clock
 from agent.errors import JournalError, RelayReleaseError
@@ -205,12 +205,14 @@ class Lane:
 
     def _repeat(self, scan: Scan) -> bool:
         """Same text from the same reader within the window (sliding) is one presentation. A
-        refused read (no text) within the window of any read from that reader belongs to it
-        too (often the other code printed on the same ticket) and keeps it going."""
+        refused read (no text), or a code of no ticket format, within the window of any read
+        from that reader belongs to it too (often the other code printed on the same ticket:
+        found in a user trial, a URL beside the ticket code turned the admitted person's display
+        to STOP) and keeps it going."""
         window_ns = self.settings.repeat_window_ms * 1_000_000
         last = self._last.get(scan.source)
         recent = last is not None and scan.mono_ns - last[1] < window_ns
-        if recent and scan.refused is not None:
+        if recent and (scan.refused is not None or not tickets.recognised(scan.text)):
             assert last is not None
             self._last[scan.source] = (last[0], scan.mono_ns)
             return True

@@ -89,6 +89,31 @@ async def test_a_refused_read_joins_the_presentation_it_comes_with(
     assert rows[1].ticket_ref != rows[2].ticket_ref  # two reads, not one ticket twice
 
 
+async def test_a_code_of_no_ticket_format_joins_the_presentation_it_comes_with(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a user trial: a camera read a ticket and the URL code printed beside it; the
+    ticket was admitted, the URL decided 0.3 s later as "not a ticket" and the display turned
+    to STOP as the holder walked through. Within the window of a read from that reader, a code
+    of no ticket format is part of it; on its own, or a ticket-shaped text, it is decided."""
+    text = iss.ticket(event=1, zones=[1])
+    url = "https://example.org/terms"
+    async with open_gate(config.load(write_config(repeat_window_ms=2000))) as gate:
+        lane = gate.lane
+        first = await lane.present(_scan(text, 0))
+        assert first is not None and first.decision.admitted
+        assert await lane.present(_scan(url, 300)) is None
+        forged = await lane.present(_scan(text[:-4] + "AAAA", 600))  # a ticket's shape: decided
+        assert forged is not None and not forged.decision.admitted
+        alone = await lane.present(_scan(url, 10_000))
+        assert alone is not None and alone.decision.reason is Reason.INVALID_FORMAT
+        other = await lane.present(_scan(url, 10_100, source="s2"))  # another reader's read
+        assert other is not None and other.decision.reason is Reason.INVALID_FORMAT
+        rows = await gate.journal.tail(10)
+    assert [(r.kind, r.reason) for r in rows][0] == ("entry", "ok")
+    assert len(rows) == 4  # the URL beside the ticket decided nothing
+
+
 async def test_nobody_passed_annuls_and_ticket_works_again(
     write_config: WriteConfig, iss: Issuer
 ) -> None:

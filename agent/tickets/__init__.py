@@ -21,7 +21,7 @@ from agent.errors import TicketFormatError
 from agent.model import Ticket
 from agent.redact import text_digest
 
-__all__ = ["MAX_TEXT_LEN", "Format", "formats", "parse", "register"]
+__all__ = ["MAX_TEXT_LEN", "Format", "formats", "parse", "recognised", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ def parse(text: str) -> Ticket:
             )
         raise TicketFormatError("unrecognised ticket format")
     return _run(fmt, text)
+
+
+def recognised(text: str) -> bool:
+    """Whether ``text`` is of a registered ticket format (not whether it parses): a code that
+    is not is no ticket at all (a URL printed beside one, say)."""
+    return 0 < len(text) <= MAX_TEXT_LEN and _select(text) is not None
 
 
 def _select(text: str) -> Format | None:
