@@ -288,7 +288,7 @@ async def test_the_lane_tells_the_display_before_the_lamps_and_survives_a_failin
 
         gate.lane.on_decision = decided
         first = await present(gate, iss.ticket(event=1, zones=[1]))
-        second = await present(gate, "NOT-A-TICKET")
+        second = await present(gate, "NOT-A-TICKET", "s2")  # another reader's presentation
     assert first is not None and first.decision.admitted and first.passed
     assert second is not None and second.decision.reason is Reason.INVALID_FORMAT
     assert lamps_then == [0, 1]  # each decision reached the display before its lamp

@@ -51,7 +51,7 @@ async def test_go_and_stop_differ_under_deuteranopia(
         await present(gate, iss.ticket(event=1, zones=[1]))
         await shows(page, "admit")
         go = dominant(await page.screenshot(shots / "colour-go.png"))
-        await present(gate, "NOT-A-TICKET")
+        await present(gate, "NOT-A-TICKET", "s2")  # another reader: no part of the admission
         await shows(page, "deny")
         stop = dominant(await page.screenshot(shots / "colour-stop.png"))
     seen_go, seen_stop = deuteranopia(go), deuteranopia(stop)

@@ -51,7 +51,9 @@ async def test_events_filters_and_never_shows_a_ticket(
     path = write_config()
     conf = cfg.load(path)
     ticket, other = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
-    await _decide(conf, [(ticket, "a"), (ticket, "b"), ("NOT-A-TICKET", "a"), (other, "a")])
+    # Each from its reader: a code of no ticket format just after a read from the same reader
+    # would be part of that presentation (agent.lane).
+    await _decide(conf, [(ticket, "a"), (ticket, "b"), ("NOT-A-TICKET", "c"), (other, "a")])
 
     everything = ga("events", "--config", path)
     assert everything.returncode == 0, everything.stderr
@@ -113,7 +115,7 @@ async def test_events_by_short_id_finds_the_tickets_rows_however_old(
     so a ticket with 20 newer rows after it had no history by the id the display shows."""
     path = write_config()
     ticket = iss.ticket(event=1, zones=[1])
-    junk = [(f"JUNK-{i}", "a") for i in range(25)]
+    junk = [(f"JUNK-{i}", f"reader-{i}") for i in range(25)]  # each its own presentation
     await _decide(cfg.load(path), [(ticket, "a"), *junk, (ticket, "b")])
     by_text = ga("events", "--config", path, "--ticket", ticket, "--json").stdout.splitlines()
     assert [json.loads(ln)["gate_seq"] for ln in by_text] == [1, 27]
@@ -305,7 +307,8 @@ def test_logs_are_json_lines_under_systemd_with_one_line_per_decision(
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(path.parent / "scan.sock"))
-            s.sendall(f"{ticket}\nGARBAGE-{ticket[:20]}\n".encode())
+            # the garbage first: after the ticket it would be part of its presentation
+            s.sendall(f"GARBAGE-{ticket[:20]}\n{ticket}\n".encode())
         until_sync(
             lambda: ga("events", "--config", path).stdout.count("\n") >= 2,
             within_s=10,

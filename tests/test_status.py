@@ -172,7 +172,7 @@ async def test_metrics_count_decisions_by_verdict_and_reason(
     ticket = iss.ticket(event=1, zones=[1])
     await _present(gate, ticket)
     await _present(gate, ticket, "s2")  # already used (another reader: not a repeat)
-    await _present(gate, "NOT-A-TICKET")
+    await _present(gate, "NOT-A-TICKET", "s3")  # a third reader: its own presentation
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
         text = await r.text()
     assert r.headers["Content-Type"].startswith("text/plain")
