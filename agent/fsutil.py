@@ -29,6 +29,19 @@ def file_problem(path: Path) -> str | None:
     return None if stat.S_ISREG(st.st_mode) else "not a file"
 
 
+def open_to_others(path: Path) -> str | None:
+    """Why the private key file ``path`` must not be used: readable or writable by users other
+    than its owner and group (a stolen unit's other accounts would have it), or None. Never
+    raises (a file that cannot be looked at is its reader's error to report)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & 0o007:
+        return f"readable by others (mode {mode & 0o777:o}): chmod o-rwx {path}"
+    return None
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so a crash or power cut leaves the old or the new file.
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from agent.errors import IssuerError
+from agent.fsutil import open_to_others
 
 Alg = Literal["ed25519", "p256"]
 ALGORITHMS: tuple[Alg, ...] = ("ed25519", "p256")
@@ -130,7 +131,10 @@ def write_private(path: Path, key: PrivateKey) -> None:
 
 
 def read_private(path: Path) -> PrivateKey:
-    """Load a PEM private key (Ed25519 or P-256); raises IssuerError when unusable."""
+    """Load a PEM private key (Ed25519 or P-256); raises IssuerError when unusable or readable by
+    others than its owner and group."""
+    if (problem := open_to_others(path)) is not None:
+        raise IssuerError(f"{path}: a private key {problem}")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

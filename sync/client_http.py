@@ -47,6 +47,7 @@ from agent.errors import (
     UpstreamTLSError,
     UpstreamUnavailable,
 )
+from agent.fsutil import open_to_others
 from sync import protocol
 from sync.upstream_http import BodyTooLarge, parse_retry_after, read_capped
 
@@ -103,6 +104,11 @@ def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSL
             raise TLSFileError(
                 f"[hub] key {key} {what} [hub] cert {cert}: unusable ({exc})"
             ) from exc
+        holder = key if key is not None else cert  # the file the private key is in
+        if (open_key := open_to_others(holder)) is not None:  # a user trial: taken at 0644
+            raise TLSFileError(
+                f"[hub] {'key' if key is not None else 'cert'} {holder}: a private key {open_key}"
+            )
         context.cert_cn = _subject_cn(cert)
     return context
 

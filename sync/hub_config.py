@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import ConfigError, IssuerError
-from agent.fsutil import file_problem
+from agent.fsutil import file_problem, open_to_others
 from agent.issuer import TicketSigner, extra_private_keys
 from agent.settings import LogConfig, parse_listen, section
 from sync.hub_store import HubPolicy
@@ -291,6 +291,8 @@ def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
                 f" (chain) and its private key: {_reason(exc)}"
             )
         raise ConfigError(f"{src}: {why}") from exc
+    if (open_key := open_to_others(tls.key)) is not None:  # found in a user trial: taken at 0644
+        raise ConfigError(f"{src}: [tls] key: {tls.key}: a private key {open_key}")
     if tls.client_ca is not None:
         ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT

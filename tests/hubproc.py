@@ -191,7 +191,10 @@ def _certificate(
 def _write_pem(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
-        path.with_suffix(".key").write_bytes(
+        key_path = path.with_suffix(".key")
+        key_path.touch(mode=0o600)  # as a private key must be (others reading it are refused)
+        key_path.chmod(0o600)
+        key_path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,

@@ -27,7 +27,7 @@ from agent.clock import Clock
 from agent.errors import UpstreamError, UpstreamUnavailable
 from agent.issuer import Issuer
 from agent.journal import Journal
-from sync.client_http import HubHTTP, client_cert_problem, tls_context
+from sync.client_http import HubHTTP, TLSFileError, client_cert_problem, tls_context
 from sync.hub_watch import HandshakeLog
 from sync.log_throttle import WARN_EVERY_S
 from tests.hubgate import write_gate
@@ -75,6 +75,7 @@ def _expired_cert(tls: TlsFiles, cn: str) -> tuple[Path, Path]:
     )
     path = tls.ca.parent / "expired.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").touch(mode=0o600)  # a private key readable by others is refused
     path.with_suffix(".key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -373,6 +374,26 @@ def test_the_hubs_tls_files_are_named_when_they_do_not_load(
     assert done.returncode == 78 and "Traceback" not in done.stderr, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert words.format(dir=d) in line, line
+
+
+def test_a_private_key_others_can_read_is_refused(tmp_path: Path, keys_dir: Path) -> None:
+    """Found in a user trial: a world-readable list.key, hub TLS key and gate client key passed
+    every check (a token file of mode 0640 was refused). Group-readable (root:gate-hub 0640) is
+    allowed."""
+    files = make_tls(tmp_path / "tls", client_cns=("gate-a",))
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir, tls=files)
+    files.key.chmod(0o640)
+    assert hub_cli(setup, "--check").returncode == 0
+    for key, where in ((files.key, "[tls] key: "), (setup.keys / "list.key", "[hub] keys: ")):
+        key.chmod(0o644)
+        done = hub_cli(setup, "--check")
+        assert done.returncode == 78, done.stderr
+        assert f"{where}{key}: a private key readable by others (mode 644)" in done.stderr
+        key.chmod(0o600)
+    gate_key = files.ca.parent / "gate-a.key"
+    gate_key.chmod(0o604)
+    with pytest.raises(TLSFileError, match=r"\[hub\] key .*gate-a.key: a private key readable"):
+        tls_context(files.ca, files.ca.parent / "gate-a.crt", gate_key)
 
 
 async def test_a_hang_up_is_blamed_on_the_certificate_only_when_the_hub_refuses_it(
