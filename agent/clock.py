@@ -214,9 +214,7 @@ class Clock:
         """
         wall = self._wall()
         floor = self._floor
-        claimed = self._assume == "synced" or (
-            self._assume == "auto" and self._probe_cached() is True
-        )
+        claimed = self._said_synced()
         if claimed and wall >= floor - self._tolerance:
             return ClockReading(
                 max(wall, floor), True, "config" if self._assume == "synced" else "ntp"
@@ -252,10 +250,11 @@ class Clock:
         """How far a system clock said to be synchronised is behind the floor, in seconds; None
         when it is not (within the tolerance), or is not said to be synchronised."""
         behind = self._floor - self._wall()
-        claimed = self._assume == "synced" or (
-            self._assume == "auto" and self._probe_cached() is True
-        )
-        return behind if claimed and behind > self._tolerance else None
+        return behind if self._said_synced() and behind > self._tolerance else None
+
+    def _said_synced(self) -> bool:
+        """Whether the config or the kernel says the system clock is synchronised."""
+        return self._assume == "synced" or (self._assume == "auto" and self._probe_cached() is True)
 
     def _warn_behind(self, wall: float) -> None:
         mono = self._mono()

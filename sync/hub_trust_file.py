@@ -21,6 +21,7 @@ from agent import keys, trust
 from agent.errors import AgentError, IssuerError, TrustError
 from agent.fsutil import write_atomic
 from agent.issuer import LIST_KEY, ROOT_PUB
+from sync.hub_admin import load_list_key
 from sync.hub_config import HubConfig
 
 log = logging.getLogger("sync.hub_admin")  # the hub's administration log, as before the split
@@ -59,7 +60,7 @@ def _verified(config: HubConfig, path: Path, data: bytes, mtime_ns: int) -> Trus
     if root_pub.exists():
         bundle = trust.parse_bundle(data, trust.load_root_key(str(root_pub)))
         version = bundle.version
-        list_pub = keys.public_raw_b64(keys.read_private(config.hub.keys / LIST_KEY))
+        list_pub = keys.public_raw_b64(load_list_key(config))
         if list_pub not in (keys.public_raw_b64(k) for k in bundle.list_signers):
             raise TrustError(
                 f"{path}: the hub's list key {config.hub.keys / LIST_KEY} is not one of the"

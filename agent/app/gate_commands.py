@@ -90,7 +90,7 @@ def _when(t: float, tz: tzinfo | None) -> str:
     return datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _zone(config: cfg.Config) -> tzinfo | None:
+def _time_zone(config: cfg.Config) -> tzinfo | None:
     return None if config.policy.timezone is None else ZoneInfo(config.policy.timezone)
 
 
@@ -117,7 +117,7 @@ async def events(
     """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
     until ``stop`` is set: then 0)."""
     db = queries.open_readonly(config.gate.state_dir / "journal.db", config.gate.id)
-    tz = _zone(config)
+    tz = _time_zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     try:
         after, limit = 0, last
