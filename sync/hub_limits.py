@@ -24,6 +24,9 @@ in front of each of aiohttp's connection handlers:
   with its reason and the client's address (:class:`sync.hub_watch.HandshakeLog`): asyncio's
   own TLS server drops those silently.
 
+The listen queue is :data:`LISTEN_BACKLOG` deep, so a flood of connects waits there instead of
+having SYNs dropped (a dropped SYN costs a good client a second).
+
 Request bodies are bounded separately (``body_timeout_s`` in ``sync.hub._body``); after such a
 timeout aiohttp discards what is left of a body for at most :data:`LINGER_S` and then closes.
 :func:`fit_nofile` raises the soft RLIMIT_NOFILE and keeps ``max_connections`` under it.
@@ -55,6 +58,11 @@ LINGER_S = 2.0  # web.AppRunner(lingering_time=): an unread body is dropped this
 RETRY_AFTER_S = 5
 MAX_LINGERING = 64  # refused connections closed gracefully at a time; beyond: closed at once
 REFUSAL_LINGER_S = 1.0
+# The kernel's queue of connections not yet accepted (it caps this at net.core.somaxconn, 4096 by
+# default). Past it the kernel drops a SYN and the client sends it again after 1 s: with the
+# usual 128, a flood of 1,100 connects kept a good client's health request waiting 1.05 s (found
+# in CI). A queue deeper than max_connections holds a whole flood the guard then answers.
+LISTEN_BACKLOG = 4096
 
 
 @dataclass(frozen=True)
@@ -379,7 +387,7 @@ class GuardedSite(web.BaseSite):
         limits: Limits,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host, self._port, self._limits = host, port, limits

@@ -113,6 +113,15 @@ async def _half_request(port: int, source: str, deadline_s: float) -> Answer:
     return _split(got, time.monotonic() - t, reset)
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped at a full listen queue (this network namespace)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    raise AssertionError("no TcpExt line in /proc/net/netstat")
+
+
 def _assert_busy(answer: Answer, words: str) -> None:
     assert answer.status == 503, answer
     assert answer.header("Retry-After") == "5" and answer.header("Connection") == "close"
@@ -136,6 +145,7 @@ async def test_a_half_request_flood_leaves_health_answering_a_good_client(
         header_timeout_s=HEADER_TIMEOUT_S,
     )  # fmt: skip
     with HubProcess(setup) as proc:
+        overflows = listen_overflows()
         flood = [
             asyncio.ensure_future(_half_request(setup.port, "127.0.0.2", 30)) for _ in range(FLOOD)
         ]
@@ -145,6 +155,9 @@ async def test_a_half_request_flood_leaves_health_answering_a_good_client(
             await asyncio.sleep(0.2)  # the scenario: probes spread over the flood's life
         answers = await asyncio.gather(*flood)
         assert proc.healthy()
+    # The flood waited in the listen queue: no SYN was dropped, which would have cost any client
+    # (a good one too) a second before the kernel's retry.
+    assert listen_overflows() == overflows
     for probe in probes:
         assert probe.status == 200 and probe.took_s < 1.0, probe
     refused = [a for a in answers if a.status == 503]
