@@ -88,7 +88,10 @@ class RequestErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None:
             return True
-        client = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "?"
+        # aiohttp names the client by its address, None once the client has gone (a display
+        # that reset its connection), and not at all for an error in a handler.
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        client = "a client already gone" if remote is None else str(remote)
         code = getattr(exc, "code", None)
         what = type(exc).__name__ + (f" {code}" if isinstance(code, int) else "")
         if (more := self._throttle.due((client_net(client), what))) is None:

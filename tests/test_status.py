@@ -7,6 +7,7 @@ the display is checked in headless Chromium, and its screenshot is kept as a tes
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
@@ -30,6 +31,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
 from agent.version import installed
 from drivers.sim import SimGate, SimScanner
+from sync.log_throttle import RequestErrors, request_log
 from tests.browser import Browser
 from tests.conftest import WriteConfig
 from tests.hubproc import free_port
@@ -141,6 +143,22 @@ async def test_requests_it_cannot_read_are_one_scrubbed_line_a_minute(
         "request from 127.0.0.1 not handled: LineTooLong 400"
     ]
     assert lines[0].levelname == "WARNING" and lines[0].exc_info is None
+
+
+def test_a_request_whose_client_has_gone_is_logged_without_none() -> None:
+    """Found in a user trial: a display that reset its connection mid-request left the line
+    "request from None not handled" (aiohttp names a gone client's address None)."""
+    (scrub,) = request_log("tests.status.gone").filters
+    assert isinstance(scrub, RequestErrors)
+    exc = aiohttp.http_exceptions.BadHttpMessage("bad")
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s", (None,),
+        (type(exc), exc, None),
+    )  # fmt: skip
+    assert scrub.filter(record)
+    assert (
+        record.getMessage() == "request from a client already gone not handled: BadHttpMessage 400"
+    )
 
 
 @pytest.mark.parametrize("upstream", ["hub", "none"])
