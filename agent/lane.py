@@ -129,6 +129,7 @@ class Lane:
         self._shared = gate if isinstance(gate, MechanismView) else None
         self.fault: str | None = None  # the last gate fault, until a grant works again
         self.journal_fault: str | None = None  # the last failed write, until one succeeds
+        self.input_ended = False  # the scanner's stream ended (a file played out, a fault)
 
     async def run(self) -> None:
         """Handle scans until the scanner's stream ends; watch the gate's inputs meanwhile."""
@@ -169,6 +170,11 @@ class Lane:
                     await queue.put(scan)
         except Exception:  # a scanner bug ends this lane's input, loudly
             log.exception("lane %s: scanner failed", self.settings.name)
+        else:
+            log.warning("lane %s: the scanner's stream ended: no more scans", self.settings.name)
+        # Health and the display say the scanner is offline from now on (found in a user trial:
+        # a lane whose file source had played out still showed "scanner online").
+        self.input_ended = True
         await queue.put(None)  # end of the stream (not reached when the lane is stopped)
 
     async def _refuse(self, scan: Scan) -> None:

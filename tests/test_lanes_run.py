@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from agent.issuer import Issuer
@@ -40,7 +42,9 @@ def _lane(name: str, direction: str) -> dict[str, object]:
     }
 
 
-def _start(path: Path, port: int) -> subprocess.Popen[str]:
+def _start(
+    path: Path, port: int, sockets: tuple[str, ...] = ("in", "out")
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [*EXE, "run", "--config", str(path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -50,12 +54,12 @@ def _start(path: Path, port: int) -> subprocess.Popen[str]:
         lambda: (
             proc.poll() is not None
             or (
-                all((path.parent / f"{n}.sock").exists() for n in ("in", "out"))
+                all((path.parent / f"{n}.sock").exists() for n in sockets)
                 and ga("status", "--config", path).returncode != 2
             )
         ),
         within_s=20,
-        what="the gate's two scanners and its status server",
+        what="the gate's scanners and its status server",
     )
     assert proc.poll() is None, "gate did not start"
     return proc
@@ -172,3 +176,44 @@ def test_two_lanes_on_one_turnstile_in_one_process(keys_dir: Path, iss: Issuer) 
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+
+
+def test_a_lane_whose_camera_file_played_out_shows_its_scanner_offline(
+    keys_dir: Path, iss: Issuer
+) -> None:
+    """Found in a user trial: a camera lane reading a folder of images (loop=0) ended with the
+    folder, and status and the display went on saying "scanner online" for it."""
+    port = free_port()
+    frames = keys_dir.parent / "frames"
+    frames.mkdir()
+    assert cv2.imwrite(str(frames / "blank.png"), np.full((120, 160), 255, np.uint8))
+    camera = {"name": "cam", "direction": "entry", "scanner": "file://frames/?fps=0",
+              "gate": "sim://gate?passage_ms=1&log=cam.pulses"}  # fmt: skip
+    path = write_lanes_config(
+        keys_dir.parent / "gate.toml", keys="keys", lanes=[_lane("in", "entry"), camera],
+        status={"listen": f"127.0.0.1:{port}"}, lane={"repeat_window_ms": 0},
+    )  # fmt: skip
+    proc = _start(path, port, sockets=("in",))
+    try:
+        until_sync(
+            lambda: "scanner offline (cam)" in _health(path)["reasons"],
+            what="the camera lane's scanner reported offline",
+        )
+        health = _health(path)
+        assert health["status"] == "degraded" and "scanner offline (in)" not in health["reasons"]
+        summary = ga("status", "--config", path).stdout
+        assert "lane cam (entry): scanner OFFLINE" in summary
+        assert "lane in (entry): scanner online" in summary
+        # The other lane goes on deciding.
+        assert _scan(path, "in", iss.ticket(event=1, zones=[1]))["verdict"] == "admit"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "lane cam: the scanner's stream ended: no more scans" in err
+
+
+def _health(path: Path) -> dict[str, Any]:
+    done = ga("status", "--config", path, "--json")
+    health: dict[str, Any] = json.loads(done.stdout)["health"]
+    return health

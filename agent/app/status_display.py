@@ -139,7 +139,7 @@ class _Hour:
 def lane_health(lane: LaneView) -> dict[str, Any]:
     """What a lane's devices and journal say right now (a few attribute reads)."""
     connected = getattr(lane.scanner, "connected", True)
-    online = bool(connected() if callable(connected) else connected)
+    online = bool(connected() if callable(connected) else connected) and not lane.input_ended
     name = lane.settings.name
     gate = lane.gate
     shared = gate.mechanism.lanes if isinstance(gate, SharedTurnstileReads) else []
