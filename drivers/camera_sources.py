@@ -269,9 +269,7 @@ class ImageFilesSource(_FiniteSource):
     def open(self) -> tuple[int, int] | None:
         """List the images. Raises DriverError when the path is missing or holds no image."""
         if self.path.is_dir():
-            self.paths = sorted(
-                p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            self.paths = self._listing()
             if not self.paths:
                 raise DriverError(f"file source {self.path}: no image files in the folder")
         elif self.path.is_file():
@@ -286,11 +284,17 @@ class ImageFilesSource(_FiniteSource):
         folder was listed, or too big for an image the decoder would take, is skipped with a
         warning (found in a user trial: a deleted frame ended the lane; a 1.5 GB file was read
         whole before the pixel cap refused it)."""
-        for _ in range(len(self.paths)):  # each file at most once a call: all skipped ends it
+        for _ in range(len(self.paths) + 1):  # each file at most once a call: all skipped ends it
             if self._next >= len(self.paths):
                 if not self.loop:
                     return None
                 self._next = 0
+                if self.path.is_dir():  # each pass plays the folder as it is now
+                    self.paths = self._listing()
+                    if not self.paths:
+                        log.warning("file source %s: no image files left: ended", self.path)
+                        return None
+                continue
             path = self.paths[self._next]
             self._next += 1
             try:
@@ -312,6 +316,15 @@ class ImageFilesSource(_FiniteSource):
 
     def close(self) -> None:
         return None
+
+    def _listing(self) -> list[Path]:
+        """The folder's image files in name order (found in a user trial: a looping folder
+        played the files it held at the start only, never one added later)."""
+        try:
+            names = list(self.path.iterdir())
+        except OSError as exc:
+            raise DriverError(f"file source {self.path}: cannot list: {exc}") from exc
+        return sorted(p for p in names if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class MemorySource(_FiniteSource):

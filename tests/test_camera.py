@@ -537,3 +537,33 @@ def test_a_folder_source_skips_a_frame_gone_or_too_big_and_reads_on(
     assert any(m.endswith("a.png: gone before it was read: skipped") for m in said), said
     big = f"b.png: {MAX_IMAGE_BYTES + 1:,} bytes, more than an image of 50,000,000 pixels has"
     assert any(big in m for m in said), said
+
+
+def test_a_looping_folder_plays_files_added_after_it_started_and_ends_when_emptied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in a user trial: a looping folder source (loop=1, a kiosk's demo frames) went on
+    playing the files it held at the start, never one added later."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), synth.still(ticket_text()))
+    source = ImageFilesSource(folder, fps=0, loop=True)
+    source.open()
+
+    def played() -> str:
+        frame = source.read()
+        assert frame is not None
+        (name,) = [p.name for p in folder.iterdir() if p.read_bytes() == bytes(frame.data)]
+        return name
+
+    assert played() == "a.png"
+    cv2.imwrite(str(folder / "b.png"), synth.still(ticket_text()))
+    assert [played(), played(), played()] == ["a.png", "b.png", "a.png"]
+    for path in folder.iterdir():
+        path.unlink()
+    with caplog.at_level(logging.WARNING, "drivers.camera_sources"):
+        assert source.read() is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"file source {folder / 'b.png'}: gone before it was read: skipped",
+        f"file source {folder}: no image files left: ended",
+    ]
