@@ -27,8 +27,10 @@ Parameters (all optional; any other parameter is refused):
 ``fps``         file    play at this rate, dropping frames the decoder cannot keep up
                         with, like a camera; 0 = every frame, as fast as the decoder
                         goes (default: the video's own rate; 30 for images)
-``loop``        file    1: start again at the end; 0 (default): the scan stream ends
-                        with the source, so the lane and the daemon finish
+``loop``        file    1: start again at the end (a folder: with the images it holds
+                        then); 0 (default): the scan stream ends with the source, so
+                        the lane ends (health: scanner offline) and a one-lane daemon
+                        finishes
 =============== ======= ===============================================================
 
 How it runs: a capture thread reads frames (paced for files) into a one-slot "latest frame" hand-
