@@ -26,7 +26,8 @@ Parameters (all optional; any other parameter is refused):
 ``retry_max_s`` camera  cap of the reopen backoff after the camera is lost (default 5)
 ``fps``         file    play at this rate, dropping frames the decoder cannot keep up
                         with, like a camera; 0 = every frame, as fast as the decoder
-                        goes (default: the video's own rate; 30 for images)
+                        goes, waiting for the lane when 32 reads wait for it (default:
+                        the video's own rate; 30 for images)
 ``loop``        file    1: start again at the end (a folder: with the images it holds
                         then); 0 (default): the scan stream ends with the source, so
                         the lane ends (health: scanner offline) and a one-lane daemon
@@ -110,6 +111,10 @@ class CameraScanner:
         self._queue: asyncio.Queue[Scan | None] = asyncio.Queue()
         self._slot: LatestSlot[RawFrame] = LatestSlot()
         self._stop = threading.Event()
+        # A file played with fps=0 (every frame) waits for the lane instead of dropping reads:
+        # one permit per scan waiting for it (found in a user trial: reads past 32 were lost).
+        self._lossless = not source.live and source.pace_s == 0
+        self._room = threading.Semaphore(MAX_PENDING)
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -178,6 +183,7 @@ class CameraScanner:
         self._stop = threading.Event()
         self._slot = LatestSlot()
         self._queue = asyncio.Queue()
+        self._room = threading.Semaphore(MAX_PENDING)
         self._running, self._ended, self._connected = True, False, True
         self._backoff.reset()
         self._threads = [
@@ -203,6 +209,7 @@ class CameraScanner:
         """Stop the threads, release the device and end the scan stream; idempotent."""
         self._running = False
         self._stop.set()
+        self._room.release(MAX_PENDING)  # a decode thread waiting for the lane goes on to stop
         self._slot.close(discard=True)
         threads, self._threads = self._threads, []
         for thread in threads:
@@ -219,13 +226,15 @@ class CameraScanner:
             if scan is None:
                 self._queue.put_nowait(None)  # a later reader ends too
                 return
+            if self._lossless:
+                self._room.release()
             yield scan
 
     # -- capture thread ------------------------------------------------------------------------
 
     def _capture(self) -> None:
         source, slot, stop = self.source, self._slot, self._stop
-        lossless = not source.live and source.pace_s == 0
+        lossless = self._lossless
         due = time.monotonic()
         try:
             while not stop.is_set():
@@ -303,8 +312,18 @@ class CameraScanner:
                 continue
             self.frames_decoded += 1
             if found:
+                if self._lossless and not self._reserve(len(found)):
+                    break
                 self._post(self._on_found, frame, found)
         self._post(self._finish)
+
+    def _reserve(self, n: int) -> bool:
+        """Wait until the lane has room for ``n`` more scans; False when stopping."""
+        for _ in range(n):
+            self._room.acquire()
+            if self._stop.is_set():
+                return False
+        return True
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -317,6 +336,14 @@ class CameraScanner:
     # -- event loop side -----------------------------------------------------------------------
 
     def _on_found(self, frame: RawFrame, found: list[Decoded]) -> None:
+        queued = self._queue.qsize()
+        try:
+            self._queue_found(frame, found)
+        finally:  # the permits of codes not queued (held, repeated) go back
+            if self._lossless and (unused := len(found) - (self._queue.qsize() - queued)) > 0:
+                self._room.release(unused)
+
+    def _queue_found(self, frame: RawFrame, found: list[Decoded]) -> None:
         if not self._running:
             return
         symbology = {code.text: code.symbology for code in found}

@@ -567,3 +567,24 @@ def test_a_looping_folder_plays_files_added_after_it_started_and_ends_when_empti
         f"file source {folder / 'b.png'}: gone before it was read: skipped",
         f"file source {folder}: no image files left: ended",
     ]
+
+
+async def test_a_folder_played_with_fps_0_waits_for_the_lane_instead_of_dropping_reads(
+    tmp_path: Path,
+) -> None:
+    """Found in a user trial: with fps=0 ("every frame") a folder of 40 tickets read faster
+    than the lane took them lost every read past 32 waiting ("lane not keeping up")."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    texts = [ticket_text() for _ in range(40)]
+    for i, text in enumerate(texts):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), synth.still(text))
+    scanner = CameraScanner.from_url("file://frames/?fps=0", tmp_path)
+    await scanner.open()
+    try:
+        # The lane takes nothing yet: the decoder stops once 32 reads wait for it.
+        await until(lambda: scanner.frames_decoded > 32, 30, "33 frames decoded")
+        got = [scan.text async for scan in scanner.scans()]
+    finally:
+        await scanner.close()
+    assert got == texts
