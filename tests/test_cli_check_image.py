@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from agent import issuer, ticket_files
 from agent.app.check import read_image
 from drivers.camera import CameraScanner
+from drivers.camera_synth import code_image
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "barcodes"
 EXE = (sys.executable, "-m", "agent")
@@ -165,3 +166,49 @@ def test_the_engine_is_selectable(ticket: tuple[Path, str, list[Path]]) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert unknown.returncode == 2 and "invalid choice: 'zbar'" in unknown.stderr
+
+
+def test_a_photo_with_another_code_beside_the_ticket_checks_the_ticket(
+    ticket: tuple[Path, str, list[Path]],
+) -> None:
+    """Found in a user trial: `check --image` checked the first code of a photo, which for a
+    ticket printed with a web address's code beside it was the address: "not a ticket"."""
+    keys, text, _ = ticket
+    url, code = code_image("https://venue.example/faq"), code_image(text)
+    height = max(url.shape[0], code.shape[0])
+    side = [np.pad(c, ((0, height - c.shape[0]), (0, 0)), constant_values=255) for c in (url, code)]
+    photo = keys.parent / "two-codes.png"
+    assert cv2.imwrite(str(photo), np.hstack(side))
+    read = [c.text for c in read_image(photo)]
+    assert sorted(read) == sorted([text, "https://venue.example/faq"])
+    done = subprocess.run(
+        [*EXE, "check", "--keys", str(keys), "--image", str(photo)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    nth = "1st" if read[0] == text else "2nd"
+    assert f"2 barcodes in the image; checking the {nth}, of a ticket format" in done.stderr
+    assert done.stdout.splitlines()[-1].startswith("verdict:   ADMIT")
+
+
+def test_a_photo_too_blurred_to_read_is_not_called_not_a_ticket(
+    ticket: tuple[Path, str, list[Path]],
+) -> None:
+    """Found in a user trial: a blurred photo of a valid ticket was explained as "format: not
+    a ticket"; nothing was read from it, so there is nothing to call a ticket or not."""
+    keys, _, photos = ticket
+    blurred = keys.parent / "blurred.jpg"
+    image = cv2.imread(str(photos[0]), cv2.IMREAD_GRAYSCALE)
+    assert image is not None
+    assert cv2.imwrite(str(blurred), cv2.GaussianBlur(image, (0, 0), 6))
+    done = subprocess.run(
+        [*EXE, "check", "--keys", str(keys), "--image", str(blurred)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [
+        "image:     no barcode found by zxing",
+        "verdict:   DENY (nothing to check) - a camera reads no code in this photo either; try"
+        " a sharper, closer or better lit photo, or the other --engine",
+    ]
+    assert "not a ticket" not in done.stdout.lower()

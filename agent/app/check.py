@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent import journal, rules
+from agent import journal, rules, tickets
 from agent.app import config as cfg
 from agent.app.daemon import apply_lists, gate_policy, load_lists, open_trust
 from agent.checker import Checker, Evaluation
@@ -352,20 +352,26 @@ async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
     input file, exit 2).
     """
     read: dict[str, Any] | None = None
+    texts: list[str] = []
     if req.text is not None:
         texts = [req.text]
     else:
         assert req.image is not None
         codes = read_image(req.image, req.engine)
-        texts = [c.text for c in codes]
         read = {"engine": req.engine, "codes": len(codes)}
         if codes:
-            read["symbology"] = codes[0].symbology
-        if len(codes) > 1:
-            print(
-                f"gate-agent: {len(codes)} barcodes in the image; checking the first",
-                file=sys.stderr,
-            )
+            # The first code of a ticket format: a photo of a ticket may show another code
+            # beside it (a URL, say), which the gate takes as part of that presentation.
+            chosen = next((c for c in codes if tickets.recognised(c.text)), codes[0])
+            read["symbology"] = chosen.symbology
+            texts = [chosen.text]
+            if len(codes) > 1:
+                print(
+                    f"gate-agent: {len(codes)} barcodes in the image; checking the"
+                    f" {_ordinal(codes.index(chosen) + 1)}"
+                    f"{', of a ticket format' if tickets.recognised(chosen.text) else ''}",
+                    file=sys.stderr,
+                )
     if not texts:
         ev = Evaluation(None, rules.invalid_format(f"no barcode found in the image ({req.engine})"))
     else:
@@ -375,8 +381,20 @@ async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
         if read is not None:
             body["image"] = read
         print(json.dumps(body), file=out)
+    elif read is not None and not read["codes"]:
+        # Found in a user trial: a blurred photo of a valid ticket was called "not a ticket".
+        print(f"image:     no barcode found by {req.engine}", file=out)
+        print(
+            "verdict:   DENY (nothing to check) - a camera reads no code in this photo either;"
+            " try a sharper, closer or better lit photo, or the other --engine",
+            file=out,
+        )
     else:
-        if read is not None and read["codes"]:
+        if read is not None:
             print(f"image:     a {read['symbology']} code, read by {req.engine}", file=out)
         print_human(ev, out)
     return 0 if ev.decision.admitted else 1
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
