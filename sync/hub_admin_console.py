@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TextIO
@@ -19,28 +20,38 @@ from typing import TextIO
 from agent import tickets
 from agent.errors import TicketFormatError, UsageError
 from agent.redact import short_id
+from agent.tickets import tk1
 from agent.words import plural
 from sync.hub_admin import opened_store
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
 from sync.protocol import MAX_PAGE, Alert
 from sync.protocol_console import MAX_HISTORY, TicketEvent, TicketHistory, is_short_id
+from sync.protocol_fields import REV_KEY
+
+TICKET_ID = re.compile(r"[0-9a-f]{16}")  # a TK1 ticket's 8-byte id in hex
 
 FOLLOW_POLL_S = 0.5
 
 
 def ticket_short_id(value: str) -> str:
-    """The short id of ``value``: an 8-hex short id (any case) or a ticket's text.
+    """The short id of ``value``: an 8-hex short id (any case), a TK1 ticket's 16-hex ticket id
+    (`gate-agent check` shows it) or a ticket's text.
 
-    Raises UsageError naming neither (the text may be a ticket).
+    Raises UsageError naming none of them (the text may be a ticket).
     """
     value = value.strip()
     if is_short_id(value.lower()):
         return value.lower()
+    if TICKET_ID.fullmatch(value.lower()):
+        return short_id(tk1.ticket_ref(bytes.fromhex(value)))
     try:
         return short_id(tickets.parse(value).ticket_ref)
     except TicketFormatError:
-        raise UsageError("ID: not an 8-hex ticket short id or a ticket text") from None
+        raise UsageError(
+            "ID: not an 8-hex ticket short id, a 16-hex ticket id, a 32-hex token id or a"
+            " ticket text"
+        ) from None
 
 
 def local_time(seconds: float) -> str:
@@ -83,10 +94,22 @@ def history_lines(h: TicketHistory) -> list[str]:
 
 
 async def ticket_history(config: HubConfig, value: str) -> TicketHistory:
-    """The history of the ticket ``value`` names (short id or text). Raises UsageError,
-    HubStoreError, ConfigError."""
-    short = ticket_short_id(value)
+    """The history of the ticket ``value`` names: :func:`ticket_short_id`'s, or a 32-hex token
+    id (the revocation key `hub revoke` takes; found by the rows gates uploaded with it).
+    Raises UsageError, HubStoreError, ConfigError."""
+    key = value.strip().lower()
+    short = None if REV_KEY.fullmatch(key) else ticket_short_id(value)
     async with opened_store(config) as store:
+        if short is None:
+            shorts = await store.short_ids_with_key(key)
+            if not shorts:
+                return TicketHistory(f"with token id {key}", 0, (), False, 0)
+            if len(shorts) > 1:  # a transferred ticket's ids, or a gate that lied
+                raise UsageError(
+                    f"token id {key}: rows of {len(shorts)} tickets carry it"
+                    f" ({', '.join(shorts)}); give one of these short ids"
+                )
+            short = shorts[0]
         return await store.ticket_history(short, MAX_HISTORY)
 
 

@@ -28,6 +28,7 @@ _TICKET_HISTORY = numbered(q.TICKET_HISTORY)
 _TICKET_COUNT = numbered(q.TICKET_COUNT)
 _HISTORY_COUNT = numbered(q.HISTORY_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
+_KEY_SHORT_IDS = numbered(q.KEY_SHORT_IDS)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _SET_APART_CONTEXT = q.any_of(q.SET_APART_CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
@@ -95,6 +96,14 @@ class PostgresConsoleQueries:
             counts = await conn.fetchrow(_HISTORY_COUNT, short, short)  # an aggregate: one row
             assert counts is not None
             return q.history(short, (counts[0], counts[1]), rows, limit)
+
+        return await self._run(job)
+
+    async def short_ids_with_key(self, rev_key: str) -> tuple[str, ...]:
+        """The short ids of rows uploaded with this revocation key. Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> tuple[str, ...]:
+            return tuple(row[0] for row in await conn.fetch(_KEY_SHORT_IDS, rev_key))
 
         return await self._run(job)
 

@@ -72,6 +72,12 @@ class SQLiteConsoleQueries:
 
         return await self._run(job)
 
+    async def short_ids_with_key(self, rev_key: str) -> tuple[str, ...]:
+        """The short ids of rows uploaded with this revocation key. Raises HubStoreError."""
+        return await self._run(
+            lambda db: tuple(row[0] for row in db.execute(q.KEY_SHORT_IDS, (rev_key,)))
+        )
+
     async def revocation_keys(self, short: str) -> tuple[int, tuple[tuple[str, str], ...]]:
         """How many tickets have this short id, and the (revocation key, gate) pairs uploaded
         with their rows (at most 65). Raises HubStoreError."""

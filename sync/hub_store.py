@@ -239,6 +239,11 @@ class HubStore(Protocol):
         gate id) pairs gates uploaded with their rows, by key then gate, at most 65."""
         ...
 
+    async def short_ids_with_key(self, rev_key: str) -> tuple[str, ...]:
+        """The short ids of the rows gates uploaded with this revocation key (lowercase hex),
+        at most 10 (more than one: a transfer's ticket ids, or a lying gate)."""
+        ...
+
     async def set_gate_name(self, gate_id: str, name: str) -> None:
         """Set the display name the venue knows a gate by (heartbeats never change it).
 

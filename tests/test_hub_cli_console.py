@@ -135,6 +135,32 @@ async def test_hub_revoke_takes_a_short_id_with_one_key_and_lists_several(
     both = hub_cli(v.setup, "revoke", *keys)
     assert both.returncode == 0 and "(list: 3 revoked" in both.stdout, both.stdout
 
+    # `hub ticket` takes the ids `hub revoke` and `check` show: the 32-hex token id (found by
+    # the rows uploaded with it) and TK1's 16-hex ticket id (found in a user trial: refused).
+    by_plain = hub_cli(v.setup, "ticket", short_id(tickets.parse(plain).ticket_ref)).stdout
+    assert hub_cli(v.setup, "ticket", key.upper()).stdout == by_plain
+    by_transfer = hub_cli(v.setup, "ticket", sid).stdout
+    assert by_transfer.startswith(f"ticket {sid}: 2 rows at 2 gates")
+    for token in keys:  # each token of the transferred ticket
+        assert hub_cli(v.setup, "ticket", token).stdout == by_transfer
+    assert hub_cli(v.setup, "ticket", ticket_id.hex()).stdout == by_transfer
+    # A gate that uploads another ticket's row with this key: the hub does not pick.
+    liar = tickets.parse(iss.ticket(event=1)).ticket_ref
+    _, rec = await v.b.journal.decide_and_record(
+        liar, lambda _: ADMIT, admit_as="entry", lane="in", rev_version=0, rev_key=key
+    )
+    assert (await v.b.upload(v.api, EntryWire.from_record(rec))).status == 200
+    both_ids = ", ".join(sorted((short_id(liar), short_id(tickets.parse(plain).ticket_ref))))
+    shared = hub_cli(v.setup, "ticket", key)
+    assert shared.returncode == 2 and shared.stdout == "", shared.stdout
+    assert shared.stderr.strip().endswith(
+        f"token id {key}: rows of 2 tickets carry it ({both_ids}); give one of these short ids"
+    )
+    unseen = hub_cli(v.setup, "ticket", "ef" * 16)
+    assert (unseen.returncode, unseen.stdout) == (
+        1, f"ticket with token id {'ef' * 16}: nothing recorded at this venue\n",
+    )  # fmt: skip
+
 
 async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
     assert proc.stdout is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from msgspec.structs import replace
 
 from agent.redact import short_id
 from sync.hub_admin_console import history_lines
@@ -140,5 +141,22 @@ async def test_notes_are_capped_per_alert(store_url: str) -> None:
         (detailed,) = await store.alert_details([alert])
         assert len(detailed.workflow.notes) == 100
         assert detailed.workflow.assignee is None and detailed.workflow.assigned_by == "b"
+    finally:
+        await store.close()
+
+
+async def test_a_revocation_key_finds_the_short_ids_of_its_rows(store_url: str) -> None:
+    """`hub ticket` given a 32-hex token id (the key `hub revoke` takes) finds the ticket by the
+    key gates uploaded with its rows (found in a user trial: refused as "not a short id")."""
+    g1, g2 = Gate("g1"), Gate("g2")
+    key, other = "ab" * 16, "cd" * 16
+    store = await open_store(store_url, POLICY)
+    try:
+        await store.ingest("g1", [replace(g1.row("t1"), rev_key=key), g1.row("t2")], T0 + 10)
+        await store.ingest("g2", [replace(g2.row("t1"), rev_key=key)], T0 + 20)
+        assert await store.short_ids_with_key(key) == (short_id("t1"),)
+        assert await store.short_ids_with_key(other) == ()
+        await store.ingest("g2", [replace(g2.row("t3"), rev_key=key)], T0 + 30)  # a gate lying
+        assert await store.short_ids_with_key(key) == tuple(sorted(map(short_id, ("t1", "t3"))))
     finally:
         await store.close()

@@ -330,7 +330,11 @@ def _hub_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     token = admin.add_parser("token", help="make a gate, console or issuing token (printed once)")
     revoke = admin.add_parser("revoke", help="issue a signed revocation delta at the hub")
     ticket = admin.add_parser("ticket", help="a ticket's history across the venue's gates")
-    ticket.add_argument("id", metavar="ID", help="the ticket's 8-hex short id, or its text")
+    ticket.add_argument(
+        "id",
+        metavar="ID",
+        help="the ticket's 8-hex short id, its text, its 32-hex token id or 16-hex ticket id",
+    )
     alerts = admin.add_parser("alerts", help="the venue's alerts, oldest first")
     alerts.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -114,6 +114,11 @@ def sign(f: TK1Fields, key: keys.PrivateKey) -> str:
     return encode(f, keys.sign(key, signed_message(unsigned_body(f))))
 
 
+def ticket_ref(ticket_id: bytes) -> str:
+    """The ``ticket_ref`` of the TK1 ticket (and of its rotating codes) with this ticket id."""
+    return "tk1:" + ticket_id.hex()
+
+
 def parse(text: str) -> Ticket:
     """Parse TK1 transport text into a :class:`Ticket` without verifying its signature.
 
@@ -139,7 +144,7 @@ def parse(text: str) -> Ticket:
         fmt="tk1",
         kid=str(kid),
         revocation_key=token_id,
-        ticket_ref="tk1:" + ticket_id.hex(),
+        ticket_ref=ticket_ref(ticket_id),
         event=str(event_id),
         signed_data=signed_message(body[:UNSIGNED_LEN]),
         signature=body[UNSIGNED_LEN:],

@@ -39,7 +39,7 @@ from agent import keys
 from agent.errors import TicketFormatError
 from agent.model import HolderCode, Ticket, zones_text
 from agent.tickets import STATIC_PART_PREFIX, base45
-from agent.tickets.tk1 import time_text
+from agent.tickets.tk1 import ticket_ref, time_text
 
 PREFIX = "TK2:"
 STATIC_PREFIX = STATIC_PART_PREFIX
@@ -212,7 +212,7 @@ def static_ticket_ref(static: bytes) -> str:
     """The ``ticket_ref`` of the rotating ticket whose static part is ``static`` (its codes'
     own: the admission right is the ticket id)."""
     ticket_id = _FIELDS.unpack_from(static)[2]
-    return "tk1:" + bytes(ticket_id).hex()
+    return ticket_ref(bytes(ticket_id))
 
 
 def revocation_key_of(static: bytes) -> bytes:
