@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from agent.app.selftest import device_path, diagnose_path
 from agent.issuer import Issuer
+from drivers.camera_synth import code_image
 from tests.gateconf import write_gate_config
 from tests.lanesconf import write_lanes_config
 
@@ -174,3 +178,28 @@ def test_selftest_checks_every_lane_and_opens_a_shared_turnstile_once(
     (tmp_path / "in.txt").unlink()  # a lane whose scanner fails is named
     r = _selftest("--config", conf)
     assert r.returncode == 1 and "FAIL in/scanner" in r.stdout and "OK   out/scanner" in r.stdout
+
+
+def test_a_file_camera_source_gets_camera_advice_not_serial_advice(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """Found in a user trial: a camera's file source that played out with no code said "nothing
+    read in 30 s" at once, with the fix "check the scanner's interface mode and terminator"; a
+    code over the camera's cap was met with "the scanner's baud rate"."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    assert cv2.imwrite(str(frames / "blank.png"), np.full((120, 160), 255, np.uint8))
+    conf = _config(tmp_path, keys_dir, "file://frames/?fps=0", "sim://gate")
+    r = _selftest("--config", conf, "--scan")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL scan      the scanner's stream ended with nothing read" in r.stdout, r.stdout
+    assert "fix: check the files hold a ticket's code (gate-agent check --image FILE)" in r.stdout
+    assert "terminator" not in r.stdout and "30 s" not in r.stdout
+
+    (frames / "blank.png").unlink()
+    assert cv2.imwrite(str(frames / "long.png"), code_image("7" * 5000, module_px=2))
+    r = _selftest("--config", conf, "--scan")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL scan      read a code of 5,000 characters" in r.stdout, r.stdout
+    assert "fix: the file holds a code longer than any ticket: not a ticket" in r.stdout
+    assert "baud" not in r.stdout

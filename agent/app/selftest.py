@@ -205,7 +205,7 @@ async def _run(
                 checks.append(replace(check, name=prefix + check.name))
             scanner = opened.get(("scanner", spec.devices.scanner))
             if scan and scanner is not None:
-                check = await _scan(conf, scanner, scan_timeout_s)
+                check = await _scan(conf, scanner, spec.devices.scanner or "", scan_timeout_s)
                 checks.append(replace(check, name=prefix + check.name))
     finally:
         for driver in opened.values():
@@ -224,26 +224,39 @@ async def _pulse(gate: Any, direction: str) -> Check:
     return Check("relay", True, f"one {direction} release sent ({seen}): did the turnstile unlock?")
 
 
-async def _scan(conf: cfg.Config, scanner: Any, timeout_s: float) -> Check:
+# What to check when --scan read nothing, and when the driver refused what it read, by the
+# scanner URL's scheme (found in a user trial: a camera was told of baud rates and terminators).
+_CAMERA_NOTHING = (
+    "present a ticket 15-30 cm from the camera in good light; check its focus and the URL's"
+    " roi, downscale and formats (gate-agent check --image on a photo taken with it)"
+)
+_ADVICE = {
+    "camera": (_CAMERA_NOTHING, "the camera read a code longer than any ticket: not a ticket"),
+    "file": (
+        "check the files hold a ticket's code (gate-agent check --image FILE) and the URL's"
+        " roi, downscale and formats",
+        "the file holds a code longer than any ticket: not a ticket",
+    ),
+}
+_SERIAL_ADVICE = (
+    "present a ticket; check the scanner's interface mode and terminator",
+    "check the scanner URL's aim, require_aim and max_frame, and the scanner's baud rate",
+)
+
+
+async def _scan(conf: cfg.Config, scanner: Any, url: str, timeout_s: float) -> Check:
     from agent.app.check import CheckRequest, evaluate
 
+    nothing, refused = _ADVICE.get(url.partition(":")[0], _SERIAL_ADVICE)
     try:
         async with asyncio.timeout(timeout_s):
             first = await anext(aiter(scanner.scans()))
-    except (TimeoutError, StopAsyncIteration):
-        return Check(
-            "scan",
-            False,
-            f"nothing read in {timeout_s:.0f} s",
-            "present a ticket; check the scanner's interface mode and terminator",
-        )
+    except TimeoutError:
+        return Check("scan", False, f"nothing read in {timeout_s:.0f} s", nothing)
+    except StopAsyncIteration:  # a file played out, say: not a wait of timeout_s
+        return Check("scan", False, "the scanner's stream ended with nothing read", nothing)
     if first.refused is not None:  # read, but the driver's settings refuse it
-        return Check(
-            "scan",
-            False,
-            f"read {first.refused}",
-            "check the scanner URL's aim, require_aim and max_frame, and the scanner's baud rate",
-        )
+        return Check("scan", False, f"read {first.refused}", refused)
     # The verdict this gate would give: its trust, installed lists and journal, nothing written.
     req = CheckRequest(
         text=first.text,
