@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,6 +41,8 @@ from agent.ports import Scan
 from agent.redact import text_digest
 from drivers.hid_keys import KeyEventLike, KeyFramer, Refused
 from drivers.url_params import UrlParams
+
+EVIOCSCLOCKID = 0x400445A0  # _IOW('E', 0xa0, int): the clock that stamps the device's events
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,11 @@ def evdev_device(path: str) -> HidDevice:
         import evdev
     except ImportError as exc:
         raise DriverError("hid: the evdev library is not installed (pip install evdev)") from exc
-    return evdev.InputDevice(path)
+    device = evdev.InputDevice(path)
+    # Key events stamped by CLOCK_MONOTONIC instead of the wall clock, which NTP may step.
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(device.fd, EVIOCSCLOCKID, struct.pack("i", time.CLOCK_MONOTONIC))
+    return device
 
 
 def _hint(exc: OSError) -> str:
@@ -232,7 +240,10 @@ class HidScanner:
             now = time.monotonic_ns()
             try:
                 for event in events:
-                    got = self.framer.feed(event, now)
+                    # The pause inside a code is measured between the key events' own times
+                    # (the kernel's, monotonic: evdev_device), not when this loop got to them:
+                    # a busy loop split codes, and a batch read at once hid pauses.
+                    got = self.framer.feed(event, event.sec * 1_000_000_000 + event.usec * 1_000)
                     if isinstance(got, Refused):
                         self._put(Scan("", self.source, now, refused=got.why))
                     elif got is not None:

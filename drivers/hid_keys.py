@@ -98,6 +98,8 @@ class KeyEventLike(Protocol):
     type: int
     code: int
     value: int
+    sec: int  # when the kernel received it
+    usec: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class KeyFramer:
         self._caps = False
 
     def feed(self, event: KeyEventLike, now_ns: int) -> str | Refused | None:
-        """Take one input event received at ``now_ns`` (monotonic)."""
+        """Take one input event received at ``now_ns`` (the event's time, in ns)."""
         if event.type != EV_KEY:
             return None
         code, value = event.code, event.value

@@ -326,6 +326,33 @@ async def test_scanner_reads_frames_and_releases_the_grab() -> None:
         await asyncio.wait_for(anext(scans), 1)
 
 
+async def test_the_pause_inside_a_code_is_measured_between_its_key_events() -> None:
+    """Found in a user trial: the idle gap was measured when the event loop got to the keys,
+    so a loop busy for longer than idle_ms between two reads of one code split it (its second
+    half decided as a code of its own), and a pause inside a batch read at once was not seen."""
+    bus = Bus()
+    bus.device = device = FakeDevice()
+    scanner = HidScanner(f"{PATH}", idle_ms=20, device_factory=bus.factory)
+    await scanner.open()
+    await _until(lambda: scanner.connected)
+    scans = scanner.scans()
+    whole = typed("TK1:ABCDEF")  # typed at once: its events' times microseconds apart
+    device.type(whole[:12])
+    await _until(lambda: not device.pending)  # the first half was read
+    time.sleep(0.1)  # the scenario: the loop busy (a slow disk, say) while the rest comes in
+    device.type(whole[12:])
+    assert (await asyncio.wait_for(anext(scans), 2)).text == "TK1:ABCDEF"
+    # A pause of 50 ms inside a code read in one batch: the half before it is dropped.
+    stamped = [
+        InputEvent(e.sec, e.usec + (50_000 if i >= 12 else 0), e.type, e.code, e.value)
+        for i, e in enumerate(typed("HALFWHOLE"))
+    ]
+    device.type(stamped)
+    assert (await asyncio.wait_for(anext(scans), 2)).text == "LFWHOLE"
+    assert scanner.framer.dropped == {"idle": 1}
+    await scanner.close()
+
+
 async def test_unplug_mid_frame_reconnects_and_never_joins_halves() -> None:
     bus = Bus()
     bus.device = first = FakeDevice()
