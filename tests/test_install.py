@@ -50,13 +50,16 @@ def install(root: Path, *args: str, path: str | None = None) -> subprocess.Compl
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A staging root with gate-agent installed into it, twice, plus systemd's own unit files.
 
-    The second run's output is kept beside it (``<stage>.out``).
+    The runs' outputs are kept beside it (``<stage>.first.out``, the second's ``<stage>.out``).
     """
     root = tmp_path_factory.mktemp("stage")
+    outs = []
     for _ in range(2):  # the second run must succeed and change nothing that matters
         done = install(root, "--profile", "generic-serial-qr")
         assert done.returncode == 0, done.stdout + done.stderr
-    root.with_name(root.name + ".out").write_text(done.stdout)
+        outs.append(done.stdout)
+    root.with_name(root.name + ".first.out").write_text(outs[0])
+    root.with_name(root.name + ".out").write_text(outs[1])
     # verify resolves the units' dependencies (multi-user.target, ...) inside the root.
     shutil.copytree(
         "/usr/lib/systemd/system",
@@ -146,7 +149,77 @@ def test_install_enables_a_gate_whose_config_starts(stage: Path, tmp_path: Path)
     assert "gate-agent.service stays enabled, but /etc/gate-agent/gate.toml cannot start" in (
         done.stdout
     )
+    # The config was kept: fix it and restart the unit, not a new install's steps.
+    assert done.stdout.split("next steps:\n")[1].splitlines()[:3] == [
+        "  1. fix /etc/gate-agent/gate.toml, or the file it names, as the error above says"
+        " (this config was kept as it was, not written from a profile)",
+        "  2. sudo -u gate-agent gate-agent selftest --config-only --config"
+        " /etc/gate-agent/gate.toml",
+        "  3. sudo systemctl restart gate-agent (or run this installer again with --start)",
+    ]
     shutil.copy(keys / "trust.json", stage / "etc/gate-agent/trust.json")
+
+
+def test_install_says_to_fix_a_kept_gate_config(stage: Path) -> None:
+    """Found in a user trial: an upgrade whose kept config failed printed a new install's steps
+    (put root.pub in place, edit the gate's id...) as if the profile had just been written; a
+    config written now keeps them."""
+    first = stage.with_name(stage.name + ".first.out").read_text()
+    assert "install: writing " in first and "from profile generic-serial-qr" in first
+    assert "put root.pub and trust.json" in first and "edit /etc/gate-agent/gate.toml:" in first
+    assert "this config was kept" not in first
+    again = stage.with_name(stage.name + ".out").read_text()
+    assert "install: keeping existing " in again
+    assert "[trust] root_key: root key file" in again  # the error the first step points at
+    assert again.split("next steps:\n")[1].splitlines()[:3] == [
+        "  1. fix /etc/gate-agent/gate.toml, or the file it names, as the error above says"
+        " (this config was kept as it was, not written from a profile)",
+        "  2. sudo -u gate-agent gate-agent selftest --config-only --config"
+        " /etc/gate-agent/gate.toml",
+        "  3. run this installer again (it enables the gate once the check passes), or:"
+        " sudo systemctl enable --now gate-agent",
+    ]
+    assert "put root.pub" not in again and "edit /etc/gate-agent/gate.toml:" not in again
+
+
+@pytest.mark.slow
+def test_install_checks_a_staged_config_whose_paths_are_single_quoted(
+    stage: Path, tmp_path: Path
+) -> None:
+    """TOML literal strings ('/etc/...') point into the staging root as "/etc/..." do, and so do
+    an array's items on lines of their own; a URL stays as it is. The staged check read this
+    machine's /etc/gate-agent for both (the gate not enabled; a false WARN for the list)."""
+    conf = stage / "etc/gate-agent/gate.toml"
+    before = conf.read_text()
+    keys = tmp_path / "keys"
+    subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
+    for name in ("root.pub", "trust.json"):
+        shutil.copy(keys / name, stage / "etc/gate-agent" / name)
+    for n in (1, 2):  # two signed revocation deltas, versions 1 and 2
+        delta = stage / f"etc/gate-agent/r{n}.json"
+        revoke = [*GA, "revoke", "--keys", str(keys), "--out", str(delta), f"{n:032x}"]
+        subprocess.run(revoke, check=True, capture_output=True)
+    profile = (ROOT / "config/profiles/generic-serial-qr.toml").read_text()
+    single = (
+        profile.replace(
+            'root_key = "/etc/gate-agent/root.pub"', "root_key = '/etc/gate-agent/root.pub'"
+        )
+        .replace('scanner = "serial:///dev/', "scanner = 'serial:///dev/")
+        .replace('idle_ms=300"', "idle_ms=300'")
+        .replace(
+            "files = []",
+            "files = [\n    '/etc/gate-agent/r1.json',\n    \"/etc/gate-agent/r2.json\",\n]",
+        )
+    )
+    assert single.count("'/etc/gate-agent/") == 2 and "'serial:///dev/" in single
+    conf.write_text(single)
+    try:
+        done = install(stage, "--profile", "generic-serial-qr")
+    finally:
+        conf.write_text(before)
+    assert done.returncode == 0, done.stderr
+    assert "enabled: gate-agent.service" in done.stdout and "NOT enabled" not in done.stdout
+    assert "WARN" not in done.stdout and "next steps:" not in done.stdout
 
 
 def _unit(name: str) -> dict[str, str]:
@@ -197,6 +270,93 @@ def test_install_hub_writes_a_template_matching_its_unit(stage: Path, tmp_path: 
     assert "gate-hub.service" in done.stdout.split("enabled: ")[-1] and hub_wants.is_symlink()
 
 
+@pytest.fixture(scope="module")
+def hub_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A staging root with the hub alone installed into it (``--hub-only``), twice; each run's
+    output."""
+    root = tmp_path_factory.mktemp("hub-only")
+    outs = []
+    for _ in range(2):
+        done = install(root, "--hub-only")
+        assert done.returncode == 0, done.stdout + done.stderr
+        outs.append(done.stdout)
+    return root, outs
+
+
+@pytest.mark.slow
+def test_install_hub_only_installs_the_hub_and_no_gate(
+    hub_only: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Found in a user trial: `--hub` on the hub machine also wrote a gate's config from a
+    profile, checked it and printed a gate's next steps; --hub-only installs the hub alone."""
+    stage, (first, _) = hub_only
+    assert (stage / "opt/gate-agent/venv/bin/gate-agent").is_file()
+    assert os.readlink(stage / "usr/local/bin/gate-agent") == "/opt/gate-agent/venv/bin/gate-agent"
+    assert (stage / "etc/systemd/system/gate-hub.service").is_file()
+    assert re.search(r"^gate-hub:x:\d+:", (stage / "etc/passwd").read_text(), re.M)
+    assert (stage / "etc/gate-hub/hub.toml").read_text() == (SYSTEMD / "gate-hub.toml").read_text()
+    assert not list((stage / "etc/gate-agent").iterdir())  # no gate.toml, no check's copy
+    assert not (stage / "etc/udev/rules.d/60-gate-agent.rules").exists()
+    assert not (stage / "etc/udev/rules.d/61-gate-agent-lcus.rules").exists()
+    for word in ("gate.toml", "gate-agent.service", "selftest", "at the turnstile"):
+        assert word not in first, word
+    assert "gate-hub.service NOT enabled" in first and "keys export --hub" in first
+    assert (
+        "  4. run this installer again with --hub-only, or: sudo systemctl enable --now gate-hub\n"
+        in first
+    )
+    # With the hub's keys in place: the hub is enabled, the gate still not.
+    keys = tmp_path / "keys"
+    subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
+    subprocess.run(
+        [*GA, "keys", "export", "--hub", str(stage / "etc/gate-hub/keys"), "--keys", str(keys)],
+        check=True,
+        capture_output=True,
+    )
+    done = install(stage, "--hub-only")
+    assert done.returncode == 0, done.stderr
+    assert "install: enabled: gate-hub.service\n" in done.stdout
+    wants = stage / "etc/systemd/system/multi-user.target.wants"
+    assert (wants / "gate-hub.service").is_symlink()
+    assert not (wants / "gate-agent.service").exists()
+    assert not (stage / "etc/gate-agent/gate.toml").exists()
+
+
+@pytest.mark.slow
+def test_install_says_to_fix_a_kept_hub_config(hub_only: tuple[Path, list[str]]) -> None:
+    """The second run kept the hub.toml the first wrote: fix it, not a new install's steps."""
+    _, (first, again) = hub_only
+    assert "install: writing " in first and "this config was kept" not in first
+    assert "install: keeping existing " in again
+    assert "[hub] keys:" in again  # the error the first step points at
+    assert again.split("next steps:\n")[1] == (
+        "  1. fix /etc/gate-hub/hub.toml, or the file it names, as the error above says"
+        " (this config was kept as it was, not written from the template)\n"
+        "  2. sudo -u gate-hub gate-agent hub --config /etc/gate-hub/hub.toml --check\n"
+        "  3. run this installer again with --hub-only, or: sudo systemctl enable --now gate-hub\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--hub-only", "--profile", "honeywell"), "--profile"),
+        (("--relay-lcus", "--hub-only"), "--relay-lcus"),
+        (("--profile", "lcus-relay", "--hub-only", "--relay-lcus"), "--profile --relay-lcus"),
+    ],
+)
+def test_install_hub_only_refuses_a_gates_options(
+    tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    done = install(tmp_path, *args)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"install: --hub-only with {named}: --hub-only installs no gate"
+        " (--hub installs the hub beside one)\n"
+    )
+    assert not (tmp_path / "opt").exists()
+
+
 def test_install_names_missing_tools_before_building_anything(tmp_path: Path) -> None:
     """A minimal Debian without systemd's tools: one message naming them and their package."""
     bin_dir = tmp_path / "bin"
@@ -224,6 +384,7 @@ def test_install_help_is_its_comment_and_a_wrong_option_is_a_usage_error(tmp_pat
     lines = helped.stdout.splitlines()
     assert lines[0].startswith("Install gate-agent on a Raspberry Pi")
     assert lines[-1] == "2 usage, 69 a tool it needs is missing (nothing was built)."
+    assert any(line.startswith("--hub-only ") for line in lines)
     wrong = install(tmp_path, "--bogus")
     assert wrong.returncode == 2 and wrong.stdout == ""
     assert wrong.stderr.startswith("install: unknown option --bogus\nInstall gate-agent")
