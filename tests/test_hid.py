@@ -339,7 +339,7 @@ async def test_the_pause_inside_a_code_is_measured_between_its_key_events() -> N
     whole = typed("TK1:ABCDEF")  # typed at once: its events' times microseconds apart
     device.type(whole[:12])
     await _until(lambda: not device.pending)  # the first half was read
-    time.sleep(0.1)  # the scenario: the loop busy (a slow disk, say) while the rest comes in
+    time.sleep(0.1)  # noqa: ASYNC251 (the scenario: the loop busy while the rest comes in)
     device.type(whole[12:])
     assert (await asyncio.wait_for(anext(scans), 2)).text == "TK1:ABCDEF"
     # A pause of 50 ms inside a code read in one batch: the half before it is dropped.
