@@ -16,7 +16,10 @@ outbox, each job in its own task so a slow one never holds up another:
   when newer;
 * heartbeat: outbox depth, list and trust versions, clock state and faults (uploads_conflict or
   uploads_refused while the hub refuses this gate's uploads); the hub's time in its answers gives
-  the clock offset.
+  the clock offset;
+* set apart: every heartbeat interval, how many exits and annulments the hub's quarantines set
+  apart (rows a copy of a gate's token wrote); when that changed (and once after a start), their
+  entry ids, and the ones learnt from the feed are forgotten: each had let a ticket in again.
 
 Faults back off (capped exponential, full jitter, Retry-After as a lower bound); a refusal that
 retrying cannot fix (401/403, 409, other 4xx, a certificate) waits the full cap. A refused token
@@ -60,6 +63,7 @@ from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
 from sync.client_http import HubHTTP, Reply
+from sync.client_set_apart import set_apart_round
 from sync.client_state import STATE_FILE, load_cursor, save_cursor
 from sync.protocol import (
     BatchAck,
@@ -69,6 +73,7 @@ from sync.protocol import (
     Heartbeat,
     HeartbeatAck,
     RevocationPage,
+    SetApartPage,
 )
 from sync.upstream_http import sleep_or_stop
 
@@ -82,7 +87,7 @@ MAX_TIME_RTT_S = 1.0  # a slower answer says too little about the hub's time to 
 MAX_PAGE_BYTES = 64 << 20  # a revocation page carries signed deltas
 MAX_SNAPSHOT_BYTES = 256 << 20  # ~8M keys
 
-_M = TypeVar("_M", BatchAck, FeedPage, HeartbeatAck, RevocationPage)
+_M = TypeVar("_M", BatchAck, FeedPage, HeartbeatAck, RevocationPage, SetApartPage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,7 @@ class HubClient:
         # request is answered again: the gate is offline at once, not offline_after_s later.
         self._refused: str | None = None
         self._reported: set[str] = set()  # refused tokens/certificates already logged
+        self._set_apart: int | None = None  # the hub's count of set-apart releases, once read
 
     # -- public API ------------------------------------------------------------------------
 
@@ -191,6 +197,7 @@ class HubClient:
             "feed": self._feed_step,
             "revocations": self._revocation_step,
             "trust": self._trust_step,
+            "set-apart": self._set_apart_step,
         }
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -460,6 +467,15 @@ class HubClient:
             return 0.0  # more to read, or caught up: the long-poll starts at once
         # A long-poll the hub answered empty at once (a misbehaving hub) is not asked again faster.
         return FEED_MIN_ROUND_S - (time.monotonic() - started)
+
+    async def _set_apart_step(self) -> float:
+        async def page(params: dict[str, str]) -> SetApartPage:
+            path = f"/v1/venues/{self._s.venue}/set-apart"
+            return self._parse(await self._http.request("GET", path, params=params), SetApartPage)
+
+        known, interval = self._set_apart, self._s.heartbeat_s
+        self._set_apart, delay = await set_apart_round(page, self._journal, known, interval)
+        return delay
 
     async def _revocation_step(self) -> float:
         installed = self._revocations.meta.version

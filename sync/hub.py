@@ -63,6 +63,7 @@ from sync.hub_handlers import (
     health,
     heartbeat,
     revocations,
+    set_apart,
     snapshot,
     trust_bundle,
     upload,
@@ -163,6 +164,7 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     app.router.add_post("/v1/gates/{gate}/entries:batch", upload)
     app.router.add_post("/v1/gates/{gate}/heartbeat", heartbeat)
     app.router.add_get("/v1/venues/{venue}/entries", feed)
+    app.router.add_get("/v1/venues/{venue}/set-apart", set_apart)
     app.router.add_get("/v1/revocations", revocations)
     app.router.add_get("/v1/revocations/snapshot", snapshot)
     app.router.add_get("/v1/trust", trust_bundle)

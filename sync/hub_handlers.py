@@ -29,7 +29,9 @@ from sync.protocol import (
     MAX_BODY_BYTES,
     MAX_DOCUMENT_CHARS,
     MAX_PAGE,
+    MAX_SET_APART_PAGE,
     MAX_WAIT_S,
+    UUID,
     AlertPage,
     FeedEntry,
     FeedPage,
@@ -37,6 +39,7 @@ from sync.protocol import (
     Heartbeat,
     HeartbeatAck,
     RevocationPage,
+    SetApartPage,
 )
 from sync.protocol_batch import parse_batch
 
@@ -186,6 +189,20 @@ def _fitted(page: FeedPage) -> FeedPage:
             break
         kept.append(entry)
     return FeedPage(tuple(kept), kept[-1].cursor, page.hub_time, more=True)
+
+
+async def set_apart(request: web.Request) -> web.Response:
+    """The exits and annulments a quarantine set apart, for gates to forget (SetApartPage)."""
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    if request.match_info["venue"] != hub.config.hub.venue:
+        raise HttpError(404, "this hub does not serve that venue")
+    after = request.query.get("after", "")
+    if after and UUID.fullmatch(after) is None:
+        raise HttpError(400, "after: expected an entry_id (a UUID)")
+    limit = _query_int(request, "limit", MAX_SET_APART_PAGE, 0, MAX_SET_APART_PAGE)
+    total, entry_ids = await hub.store.set_apart_releases(after, limit)
+    return json_response(SetApartPage(total, entry_ids))
 
 
 async def revocations(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import asyncpg
 
 from agent.redact import short_id
 from sync import hub_console_sql as q
-from sync import hub_schema
+from sync import hub_quarantine, hub_schema
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_sql import numbered
 from sync.hub_store import HubPolicy, check_limit
@@ -29,6 +29,7 @@ _TICKET_COUNT = numbered(q.TICKET_COUNT)
 _HISTORY_COUNT = numbered(q.HISTORY_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
 _KEY_SHORT_IDS = numbered(q.KEY_SHORT_IDS)
+_RELEASES_AFTER = numbered(hub_quarantine.RELEASES_AFTER)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _SET_APART_CONTEXT = q.any_of(q.SET_APART_CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
@@ -96,6 +97,16 @@ class PostgresConsoleQueries:
             counts = await conn.fetchrow(_HISTORY_COUNT, short, short)  # an aggregate: one row
             assert counts is not None
             return q.history(short, (counts[0], counts[1]), rows, limit)
+
+        return await self._run(job)
+
+    async def set_apart_releases(self, after: str, limit: int) -> tuple[int, tuple[str, ...]]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+
+        async def job(conn: _Conn) -> tuple[int, tuple[str, ...]]:
+            total = await conn.fetchval(hub_quarantine.RELEASES_TOTAL)
+            rows = await conn.fetch(_RELEASES_AFTER, after, limit)
+            return int(total), tuple(row[0] for row in rows)
 
         return await self._run(job)
 

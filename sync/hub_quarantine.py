@@ -10,8 +10,9 @@ feed, the double-admission rules and the gate_seq check (a ticket's history, `hu
 the console, still shows them, marked), so the gate's own rows from that gate_seq are taken
 again once it has a new token (those it has not had acknowledged: a gate_seq below the
 conflict's moves rows of its own the gate will not send again). Gates that already learned a
-moved row keep it: an entry keeps its ticket used there, an exit or annulment has let it in
-again, which is why the operator is shown each row's kind and ticket; where such a ticket was
+moved exit or annulment, which let its ticket in again, forget it (:data:`RELEASES_AFTER`,
+``GET /v1/venues/{venue}/set-apart``, :mod:`sync.client_set_apart`); a moved entry stays, its
+ticket used. Until they do, the operator is shown each row's kind and ticket; where such a ticket was
 admitted again meanwhile, the double admission the moved row hid is raised as the quarantine
 moves it (the rules had seen the moved row when the ticket came back).
 
@@ -59,6 +60,16 @@ REOPENED_REFS = (
     f" AND kind IN ('exit', 'annul') ORDER BY ticket_ref LIMIT {MAX_REOPENED}"
 )
 GATE_NAMES = "SELECT gate_id, gate_name FROM gates"
+
+# The moved exits and annulments gates must forget (SetApartPage): a moved entry keeps its ticket
+# used where it was learnt, which fails closed; one stored again since (the same row uploaded by
+# the gate itself) stays.
+_RELEASES = (
+    " FROM quarantined_entries WHERE kind IN ('exit', 'annul')"
+    " AND entry_id NOT IN (SELECT entry_id FROM entries)"
+)
+RELEASES_TOTAL = f"SELECT count(DISTINCT entry_id){_RELEASES}"
+RELEASES_AFTER = f"SELECT DISTINCT entry_id{_RELEASES} AND entry_id > ? ORDER BY entry_id LIMIT ?"
 
 
 def history_sql(tickets: int) -> str:

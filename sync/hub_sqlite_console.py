@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.redact import short_id
 from sync import hub_console_sql as q
-from sync import hub_schema
+from sync import hub_quarantine, hub_schema
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_store import HubPolicy, check_limit
 from sync.protocol import Alert
@@ -69,6 +69,16 @@ class SQLiteConsoleQueries:
             rows = db.execute(q.TICKET_HISTORY, args).fetchall()
             tickets, total = db.execute(q.HISTORY_COUNT, (short, short)).fetchone()
             return q.history(short, (tickets, total), rows, limit)
+
+        return await self._run(job)
+
+    async def set_apart_releases(self, after: str, limit: int) -> tuple[int, tuple[str, ...]]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+
+        def job(db: sqlite3.Connection) -> tuple[int, tuple[str, ...]]:
+            (total,) = db.execute(hub_quarantine.RELEASES_TOTAL).fetchone()
+            rows = db.execute(hub_quarantine.RELEASES_AFTER, (after, limit)).fetchall()
+            return int(total), tuple(row[0] for row in rows)
 
         return await self._run(job)
 

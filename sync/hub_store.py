@@ -239,6 +239,12 @@ class HubStore(Protocol):
         gate id) pairs gates uploaded with their rows, by key then gate, at most 65."""
         ...
 
+    async def set_apart_releases(self, after: str, limit: int) -> tuple[int, tuple[str, ...]]:
+        """How many exits and annulments a quarantine set apart (and not stored again since),
+        and the entry ids of the next ``limit`` of them after ``after``, in order
+        (:class:`sync.protocol.SetApartPage`)."""
+        ...
+
     async def short_ids_with_key(self, rev_key: str) -> tuple[str, ...]:
         """The short ids of the rows gates uploaded with this revocation key (lowercase hex),
         at most 10 (more than one: a transfer's ticket ids, or a lying gate)."""

@@ -47,10 +47,12 @@ from sync.protocol_fields import (
     MAX_DOCUMENT_CHARS,
     MAX_ID,
     MAX_PAGE,
+    MAX_SET_APART_PAGE,
     MAX_TICKET_REF,
     MAX_WAIT_S,
     MAX_ZONE,
     PROTOCOL_VERSION,
+    UUID,
     AlertKind,
     EntryStatus,
     ProtocolError,
@@ -59,10 +61,12 @@ from sync.protocol_fields import (
 
 __all__ = [
     "ALERT_KINDS", "INT63", "MAX_BATCH", "MAX_BODY_BYTES", "MAX_DETAIL", "MAX_DOCUMENT_CHARS",
-    "MAX_ID", "MAX_PAGE", "MAX_TICKET_REF", "MAX_WAIT_S", "PROTOCOL_VERSION", "Alert",
+    "MAX_ID", "MAX_PAGE", "MAX_SET_APART_PAGE", "MAX_TICKET_REF", "MAX_WAIT_S",
+    "PROTOCOL_VERSION", "UUID", "Alert",
     "AlertKind", "AlertPage", "BatchAck", "BatchUpload", "EntryResult", "EntryStatus",
     "EntryWire", "ErrorBody", "FeedEntry", "FeedPage", "GateHealth", "GatesPage", "Heartbeat",
-    "HeartbeatAck", "Message", "ProtocolError", "RevocationPage", "check_batch", "decode",
+    "HeartbeatAck", "Message", "ProtocolError", "RevocationPage", "SetApartPage", "check_batch",
+    "decode",
     "encode", "is_id", "parse",
 ]  # fmt: skip
 
@@ -405,6 +409,29 @@ class RevocationPage:
 
 
 @dataclass(frozen=True, slots=True)
+class SetApartPage:
+    """``GET /v1/venues/{venue}/set-apart?after=ID&limit=N``: the exits and annulments a
+    quarantine set apart (rows a copy of a gate's token wrote; :mod:`sync.hub_quarantine`). They
+    let a ticket in again, so a gate that learnt one forgets it. ``total``: how many there are
+    (a gate reads the list again when it changes); ``entry_ids``: the next ones after ``after``,
+    in order, at most ``limit`` (0: the total alone)."""
+
+    total: int
+    entry_ids: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SetApartPage:
+        ids = read.array(obj, "entry_ids", "", MAX_SET_APART_PAGE)
+        for at, entry_id in enumerate(ids):
+            if not isinstance(entry_id, str) or UUID.fullmatch(entry_id) is None:
+                raise ProtocolError(f"entry_ids[{at}]: expected an entry_id (a UUID)")
+        return cls(read.integer(obj, "total", ""), tuple(ids))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "entry_ids": list(self.entry_ids)}
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """``POST /v1/gates/{gate}/heartbeat``: how the gate is, for the console and the alerts."""
 
@@ -490,8 +517,8 @@ class ErrorBody:
 
 
 Message = (
-    BatchUpload | BatchAck | FeedPage | RevocationPage | Heartbeat | HeartbeatAck | AlertPage
-    | GatesPage | ErrorBody
+    BatchUpload | BatchAck | FeedPage | RevocationPage | SetApartPage | Heartbeat | HeartbeatAck
+    | AlertPage | GatesPage | ErrorBody
 )  # fmt: skip
 
 _M = TypeVar("_M", bound=Message)

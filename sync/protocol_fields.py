@@ -17,6 +17,7 @@ from agent.journal import KINDS, Kind
 PROTOCOL_VERSION = 1
 MAX_BATCH = 500
 MAX_PAGE = 500
+MAX_SET_APART_PAGE = 5000  # entry ids of a set-apart page (about 200 kB)
 MAX_BODY_BYTES = 2 << 20  # a full batch of 500 entries is about 300 kB
 MAX_WAIT_S = 30.0
 MAX_ID = 64

@@ -29,7 +29,7 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import issuer, tickets, trust
-from agent.clock import Clock
+from agent.clock import Clock, uuid7
 from agent.errors import ConfigError
 from agent.issuer import Issuer, export_hub
 from agent.journal import Journal
@@ -45,7 +45,9 @@ from sync.protocol import (
     FeedPage,
     GatesPage,
     HeartbeatAck,
+    ProtocolError,
     RevocationPage,
+    SetApartPage,
 )
 from tests.hubproc import (
     EXE,
@@ -473,6 +475,31 @@ async def test_bad_query_parameters(hub: RunningHub, api: Api, make_gate: MakeGa
     assert unknown.status == 404 and unknown.error().error == "not_found"
     wrong_method = await api.call("DELETE", "/v1/alerts", token=gate.token)
     assert wrong_method.status == 405 and wrong_method.error().error == "method_not_allowed"
+
+
+async def test_the_set_apart_list_is_for_gates_and_parses_its_query_strictly(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    gate = await make_gate()
+    path = "/v1/venues/venue-1/set-apart"
+    empty = await api.get(path, gate.token)
+    assert empty.status == 200 and empty.json == {"v": 1, "total": 0, "entry_ids": []}
+    assert SetApartPage.from_json(empty.json) == SetApartPage(0, ())
+    for query, words in [
+        ("after=x", "after"),
+        ("after=" + "0" * 36, "after"),
+        ("limit=-1", "limit"),
+        ("limit=5001", "limit"),
+        ("limit=%C2%B2", "limit"),
+    ]:
+        reply = await api.get(f"{path}?{query}", gate.token)
+        assert reply.status == 400 and words in reply.error().message, query
+    assert (await api.get(path)).status == 401
+    assert (await api.get(path, hub.console)).status == 403
+    other = await api.get("/v1/venues/another-venue/set-apart", gate.token)
+    assert other.status == 404 and other.error().error == "not_found"
+    with pytest.raises(ProtocolError, match=r"entry_ids\[1\]"):
+        SetApartPage.from_json({"total": 2, "entry_ids": [str(uuid7(1)), "not-an-id"]})
 
 
 # --- ingest ------------------------------------------------------------------------------------------

@@ -1763,3 +1763,27 @@ async def test_a_store_made_before_gets_the_per_gate_ticket_index_at_open(
         names = {r[0] for r in await conn.fetch(sql)}
         await conn.close()
     assert "entries_ticket_gate" in names and "entries_ticket_kind" not in names
+
+
+async def test_the_exits_and_annulments_a_quarantine_set_apart_are_listed_for_gates(
+    store: HubStore,
+) -> None:
+    """Gates that learnt a set-apart exit or annulment let its ticket in again: the store lists
+    their entry ids (SetApartPage) for gates to forget, entries aside (they keep a ticket used,
+    failing closed), and none stored again since."""
+    a = Gate("g1")
+    own = a.row("t1")
+    await store.ingest("g1", [own], T0)
+    copy = [a.row("t1", "annul", annuls=own.entry_id), a.row("t2", "exit"), a.row("t3")]
+    await store.ingest("g1", copy, T0 + 1)
+    assert await store.set_apart_releases("", 10) == (0, ())
+    done = await store.quarantine("g1", 2, T0 + 2)
+    assert done.moved and len(done.rows) == 3
+    released = tuple(sorted(row.entry_id for row in copy[:2]))
+    assert await store.set_apart_releases("", 10) == (2, released)
+    assert await store.set_apart_releases("", 0) == (2, ())
+    assert await store.set_apart_releases(released[0], 1) == (2, released[1:])
+    assert await store.set_apart_releases(released[1], 10) == (2, ())
+    # The gate's own exit, uploaded again as it was, is in the feed once more: not listed.
+    await store.ingest("g1", [copy[1]], T0 + 3)
+    assert await store.set_apart_releases("", 10) == (1, (copy[0].entry_id,))

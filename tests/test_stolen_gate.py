@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import sqlite3
@@ -20,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,6 +451,52 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
     kept = await _stored(venue, "quarantined_entries")
     assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
     assert "hub feed restarted" not in caplog.text  # no gate read the venue's feed again
+
+
+async def test_gates_forget_an_annulment_a_copied_token_wrote_once_it_is_set_apart(
+    venue: Venue, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy of gate A's token annuls A's own admission (a gate may annul its own entries):
+    gate B learns the annulment and would let the ticket in again. Found in the stolen-gate
+    trial: the quarantine took the row out of the feed, but B kept it for good. B now forgets
+    it, and the ticket is used at B again."""
+    stolen = venue.conf_a.hub.token if venue.conf_a.hub else None
+    assert stolen
+    text = iss.ticket(event=1, zones=[1])
+    copy = await Journal.open(
+        tmp_path / "a-copy.db", gate_id="gate-a", gate_name="A", clock=Clock(assume="synced")
+    )
+    async with copy, venue.gates() as (a, b):
+        admitted = await _present(a, text)
+        assert admitted.decision.admitted and admitted.record is not None
+        ref, target = admitted.record.ticket_ref, admitted.record.entry_id
+        await _learnt(b, ref, "gate-a")
+        await _copied_row(copy, "tk1:" + "aa" * 8)  # gate_seq 1: A's own, not sent
+        forged = await copy.record(
+            ticket_ref=ref, kind="annul", decision=NOBODY, lane="in", rev_version=0,
+            annuls=target,
+        )  # fmt: skip
+        assert await _upload_as(venue, "gate-a", stolen, EntryWire.from_record(forged)) == 200
+
+        async def annulled() -> bool:
+            return any(h.kind == "annul" for h in await b.journal.history(ref))
+
+        await until(annulled, what="gate B learns the copy's annulment")
+        # The operator revokes A's tokens and sets the copy's rows apart.
+        assert (await _hub_cli(venue, "token", "--revoke-gate", "gate-a")).returncode == 0
+        done = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
+        assert done.returncode == 0, done.stderr
+        with caplog.at_level(logging.WARNING, "sync.client"):
+            await until(lambda: _not(annulled), what="gate B forgets the set-apart annulment")
+            assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+        assert (
+            "hub: forgot 1 row learnt from other gates: exits or annulments a quarantine"
+            in caplog.text
+        )
+
+
+async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
+    return not await check()
 
 
 async def test_a_batch_trickling_in_while_its_token_is_revoked_stores_nothing(

@@ -349,6 +349,24 @@ class Journal:
         )
         self._checkpointer.wrote()
 
+    async def forget_peer_releases(self, entry_ids: Sequence[str]) -> int:
+        """Forget the exits and annulments learnt from other gates with these entry ids (rows a
+        quarantine at the hub set apart: a copy of a gate's token wrote them); returns how many
+        were held. Entries stay: a ticket they made used stays used. Raises JournalError."""
+
+        def forget(db: sqlite3.Connection, chunk: tuple[str, ...]) -> int:
+            marks = ", ".join("?" * len(chunk))
+            sql = f"DELETE FROM peer_entries WHERE kind IN ('exit', 'annul') AND entry_id IN ({marks})"
+            return db.execute(sql, chunk).rowcount
+
+        writer, forgotten = self._require_open(), 0
+        for start in range(0, len(entry_ids), _PEER_CHUNK):
+            chunk = tuple(entry_ids[start : start + _PEER_CHUNK])
+            job = functools.partial(forget, chunk=chunk)
+            forgotten += await self._run(writer, "cannot forget set-apart rows", job)
+        self._checkpointer.wrote()
+        return forgotten
+
     async def checkpoint(self) -> bool:
         """Copy the WAL into the database and truncate it; False when a reader (or a background
         checkpoint running at that moment) blocked it.
