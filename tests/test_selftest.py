@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent import revocation_issuer
 from agent.app.selftest import device_path, diagnose_path
 from agent.issuer import Issuer
 from drivers.camera_synth import code_image
@@ -203,3 +204,27 @@ def test_a_file_camera_source_gets_camera_advice_not_serial_advice(
     assert "FAIL scan      read a code of 5,000 characters" in r.stdout, r.stdout
     assert "fix: the file holds a code longer than any ticket: not a ticket" in r.stdout
     assert "baud" not in r.stdout
+
+
+def test_a_gate_with_no_list_and_no_hub_is_told_it_starts_degraded(
+    tmp_path: Path, keys_dir: Path, iss: Issuer
+) -> None:
+    """Found in a user trial: a profile's gate (revocation files = [], no hub) passed the
+    install's check and then ran degraded, "revocation list stale", with nothing said why."""
+    conf = _config(tmp_path, keys_dir, "sim://stdin", "sim://gate")
+    r = _selftest("--config-only", "--config", conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    warn = [line for line in r.stdout.splitlines() if line.startswith("WARN")]
+    assert warn == [
+        f"WARN config    {conf}: [revocation] files: no list, and no [hub] to fetch one from: the"
+        " gate starts with no revocation list, health degraded (revocation list stale), every"
+        " ticket admitted, flagged list_stale ([policy] stale_list); give it a signed list in"
+        " [revocation] files (a first one: gate-agent revoke --keys DIR --out FILE"
+        " 00000000000000000000000000000000)"
+    ]
+    (tmp_path / "rev.json").write_bytes(
+        revocation_issuer.issue_delta(iss.list_key, keys_dir / "st", revoke=[bytes(16)])
+    )
+    conf.write_text(conf.read_text() + '\n[revocation]\nfiles = ["rev.json"]\n')
+    r = _selftest("--config-only", "--config", conf)
+    assert r.returncode == 0 and "WARN" not in r.stdout, r.stdout + r.stderr

@@ -309,15 +309,17 @@ def state_dir_problem(state: Path) -> str | None:
     return None
 
 
-def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[str]:
+def _lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> tuple[list[str], int]:
     """What `run` would refuse of the [revocation] files, each applied in order, as `run` does,
-    to a scratch copy of the installed list: one line each (a missing file is said apart)."""
+    to a scratch copy of the installed list: one line each (a missing file is said apart); and
+    the list version the gate would start with (0: none)."""
     from agent.app.check import copy_store
     from agent.app.daemon import apply_lists
     from agent.errors import RevocationError
     from agent.revocation import RevocationStore
 
     refused: list[str] = []
+    version = 0
 
     def said(path: Path, exc: RevocationError) -> None:
         refused.append(
@@ -326,16 +328,18 @@ def _refused_lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> list[
         )
 
     async def apply(scratch: Path) -> None:
+        nonlocal version
         files = [lst for lst in conf.revocation.files if lst.is_file()]  # missing: said apart
         async with await RevocationStore.open(scratch) as store:
             await apply_lists(store, files, signers, said)
+            version = store.meta.version
 
     with tempfile.TemporaryDirectory(prefix="gate-agent-check-") as tmp:
         installed = conf.gate.state_dir / "revocations.db"
         if installed.exists():
             copy_store(installed, Path(tmp) / "revocations.db")
         asyncio.run(apply(Path(tmp) / "revocations.db"))
-    return refused
+    return refused, version
 
 
 def _unreadable_state(state: Path, gate_id: str) -> str | None:
@@ -406,7 +410,18 @@ def check_config(path: Path, out: TextIO) -> int:
                 f"[revocation] files: {lst}: no such file (the gate starts with the list it has"
                 f" installed; with none, every ticket is {stale} list_stale: [policy] stale_list)"
             )
-    warnings += _refused_lists(conf, trust.signers())
+    refused, version = _lists(conf, trust.signers())
+    warnings += refused
+    if version == 0 and conf.hub is None and conf.pretix is None:
+        # Found in a user trial: a profile's gate (files = [], no hub) started degraded,
+        # "revocation list stale", and nothing at install had said why.
+        each = "refused" if conf.policy.stale_list == "deny" else "admitted, flagged"
+        warnings.append(
+            "[revocation] files: no list, and no [hub] to fetch one from: the gate starts with"
+            f" no revocation list, health degraded (revocation list stale), every ticket {each}"
+            " list_stale ([policy] stale_list); give it a signed list in [revocation] files (a"
+            " first one: gate-agent revoke --keys DIR --out FILE 00000000000000000000000000000000)"
+        )
     if conf.hub is not None:
         hub_tls(conf)
     if conf.pretix is not None and not conf.pretix.init_token:
