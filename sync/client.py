@@ -12,14 +12,11 @@ outbox, each job in its own task so a slow one never holds up another:
 * revocations: signed deltas after the installed version (410: the signed snapshot), verified
   with the trust's list signers, asked again at once while pages bring newer versions; a refused
   document changes nothing;
-* trust: the root-signed bundle (ETag, remembered only once the bundle was taken), installed
-  when newer;
+* trust: the root-signed bundle (ETag, remembered once the bundle was taken), installed if newer;
 * heartbeat: outbox depth, list and trust versions, clock state and faults (uploads_conflict or
   uploads_refused while the hub refuses this gate's uploads); the hub's time in its answers gives
   the clock offset;
-* set apart: every heartbeat interval, how many exits and annulments the hub's quarantines set
-  apart (rows a copy of a gate's token wrote); when that changed (and once after a start), their
-  entry ids, and the ones learnt from the feed are forgotten: each had let a ticket in again.
+* claims, set apart: what the hub says of rows a copy of a gate's token disputed (client_disputed).
 
 Faults back off (capped exponential, full jitter, Retry-After as a lower bound); a refusal that
 retrying cannot fix (401/403, 409, other 4xx, a certificate) waits the full cap. A refused token
@@ -62,8 +59,8 @@ from agent.redact import secret_label
 from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
+from sync.client_disputed import DisputedRows
 from sync.client_http import HubHTTP, Reply
-from sync.client_set_apart import set_apart_round
 from sync.client_state import STATE_FILE, load_cursor, save_cursor
 from sync.protocol import (
     BatchAck,
@@ -161,7 +158,7 @@ class HubClient:
         # request is answered again: the gate is offline at once, not offline_after_s later.
         self._refused: str | None = None
         self._reported: set[str] = set()  # refused tokens/certificates already logged
-        self._set_apart: int | None = None  # the hub's count of set-apart releases, once read
+        self._disputed = DisputedRows(journal, settings.heartbeat_s)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -197,7 +194,12 @@ class HubClient:
             "feed": self._feed_step,
             "revocations": self._revocation_step,
             "trust": self._trust_step,
-            "set-apart": self._set_apart_step,
+            "claims": lambda: self._disputed.claims(
+                self._venue_pages("claims", FeedPage), self._hlc_ceiling_ms
+            ),
+            "set-apart": lambda: self._disputed.set_apart(
+                self._venue_pages("set-apart", SetApartPage)
+            ),
         }
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -468,15 +470,6 @@ class HubClient:
         # A long-poll the hub answered empty at once (a misbehaving hub) is not asked again faster.
         return FEED_MIN_ROUND_S - (time.monotonic() - started)
 
-    async def _set_apart_step(self) -> float:
-        async def page(params: dict[str, str]) -> SetApartPage:
-            path = f"/v1/venues/{self._s.venue}/set-apart"
-            return self._parse(await self._http.request("GET", path, params=params), SetApartPage)
-
-        known, interval = self._set_apart, self._s.heartbeat_s
-        self._set_apart, delay = await set_apart_round(page, self._journal, known, interval)
-        return delay
-
     async def _revocation_step(self) -> float:
         installed = self._revocations.meta.version
         if await self.fetch_revocations() > installed:
@@ -511,6 +504,15 @@ class HubClient:
             log.log(level, "hub revocation %s not installed: %s", what, exc)
             return
         log.info("revocation list version %d installed from the hub's %s", meta.version, what)
+
+    def _venue_pages(self, what: str, cls: type[_M]) -> Callable[[dict[str, str]], Awaitable[_M]]:
+        """GET /v1/venues/{venue}/``what`` with the given query, parsed as ``cls``."""
+
+        async def page(params: dict[str, str]) -> _M:
+            path = f"/v1/venues/{self._s.venue}/{what}"
+            return self._parse(await self._http.request("GET", path, params=params), cls)
+
+        return page
 
     def _parse(self, reply: Reply, cls: type[_M], cap: int = protocol.MAX_BODY_BYTES) -> _M:
         try:

@@ -57,6 +57,7 @@ from sync.hub_config import HubConfig, WebhookSection, ssl_context
 from sync.hub_handlers import (
     CONSOLE_FILES,
     alerts,
+    claims,
     console,
     feed,
     gates,
@@ -165,6 +166,7 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     app.router.add_post("/v1/gates/{gate}/heartbeat", heartbeat)
     app.router.add_get("/v1/venues/{venue}/entries", feed)
     app.router.add_get("/v1/venues/{venue}/set-apart", set_apart)
+    app.router.add_get("/v1/venues/{venue}/claims", claims)
     app.router.add_get("/v1/revocations", revocations)
     app.router.add_get("/v1/revocations/snapshot", snapshot)
     app.router.add_get("/v1/trust", trust_bundle)

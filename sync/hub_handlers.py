@@ -21,6 +21,7 @@ from sync.hub_state import HUB, HttpError, json_response
 from sync.hub_store import (
     ConflictError,
     HubStore,
+    HubStoreError,
     OverQuotaError,
     RefusedError,
     TokenGoneError,
@@ -146,6 +147,10 @@ async def upload(request: web.Request) -> web.Response:
         if (more := hub.refused_gates.due((gate, "conflict"))) is not None:
             log.error("gate %s: %d entries conflict with stored ones%s", gate,
                       len(exc.entry_ids), more)  # fmt: skip
+        try:  # its admissions reach the venue's gates all the same (sync.hub_claims)
+            await hub.store.claim(gate, batch.entries, hub.clock())
+        except HubStoreError as store_exc:
+            log.error("gate %s: the refused batch's admissions not kept: %s", gate, store_exc)
         raise HttpError(
             409,
             f"{len(exc.entry_ids)} entries reuse an entry_id or gate_seq with another body;"
@@ -169,12 +174,26 @@ async def feed(request: web.Request) -> web.Response:
     if not entries and wait > 0 and next_cursor >= after:
         await hub.wait_feed(after, wait)
         entries, next_cursor = await hub.store.feed(after, limit)
-    page = FeedPage(tuple(entries), next_cursor, hub.clock())
+    return _feed_response(FeedPage(tuple(entries), next_cursor, hub.clock()))
+
+
+def _feed_response(page: FeedPage) -> web.Response:
     body = protocol.encode(page)
     if len(body) > MAX_BODY_BYTES:
-        page = _fitted(page)
-        body = protocol.encode(page)
+        body = protocol.encode(_fitted(page))
     return web.Response(body=body, content_type="application/json")
+
+
+async def claims(request: web.Request) -> web.Response:
+    """The admissions of refused batches (sync.hub_claims), a page like the feed's."""
+    hub = request.app[HUB]
+    await gate_caller(request, hub, None)
+    if request.match_info["venue"] != hub.config.hub.venue:
+        raise HttpError(404, "this hub does not serve that venue")
+    after = _query_int(request, "after", 0, 0, protocol.INT63)
+    limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
+    entries, next_cursor = await hub.store.claims(after, limit)
+    return _feed_response(FeedPage(tuple(entries), next_cursor, hub.clock()))
 
 
 def _fitted(page: FeedPage) -> FeedPage:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import asyncpg
 
 from agent.redact import short_id
+from sync import hub_claims, hub_quarantine, hub_schema
 from sync import hub_console_sql as q
-from sync import hub_quarantine, hub_schema
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_sql import numbered
 from sync.hub_store import HubPolicy, check_limit
-from sync.protocol import Alert
+from sync.protocol import Alert, EntryWire, FeedEntry
 from sync.protocol_console import TicketHistory
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ _HISTORY_COUNT = numbered(q.HISTORY_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
 _KEY_SHORT_IDS = numbered(q.KEY_SHORT_IDS)
 _RELEASES_AFTER = numbered(hub_quarantine.RELEASES_AFTER)
+_CLAIM = numbered(hub_claims.CLAIM)
+_CLAIMS_OF_GATE = numbered(hub_claims.CLAIMS_OF_GATE)
+_CLAIMS_AFTER = numbered(hub_claims.CLAIMS_AFTER)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _SET_APART_CONTEXT = q.any_of(q.SET_APART_CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
@@ -97,6 +100,34 @@ class PostgresConsoleQueries:
             counts = await conn.fetchrow(_HISTORY_COUNT, short, short)  # an aggregate: one row
             assert counts is not None
             return q.history(short, (counts[0], counts[1]), rows, limit)
+
+        return await self._run(job)
+
+    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        params = hub_claims.claim_params(gate_id, entries, now)
+
+        async def job(conn: _Conn) -> int:
+            async with conn.transaction():
+                held = await conn.fetchval(_CLAIMS_OF_GATE, gate_id)
+                stored, room = 0, hub_claims.room(int(held))
+                for p in params:
+                    if stored >= room:
+                        break
+                    stored += int((await conn.execute(_CLAIM, *p)).rsplit(" ", 1)[-1])
+            return stored
+
+        return await self._run(job) if params else 0
+
+    async def claims(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        check_limit(limit)
+        ahead = self.policy.max_clock_ahead_s
+
+        async def job(conn: _Conn) -> tuple[list[FeedEntry], int]:
+            rows = await conn.fetch(_CLAIMS_AFTER, after, limit)
+            top = await conn.fetchval(hub_claims.TOP_CLAIM)
+            return hub_claims.claims_page(rows, after, int(top), ahead)
 
         return await self._run(job)
 

@@ -11,7 +11,7 @@ the console, still shows them, marked), so the gate's own rows from that gate_se
 again once it has a new token (those it has not had acknowledged: a gate_seq below the
 conflict's moves rows of its own the gate will not send again). Gates that already learned a
 moved exit or annulment, which let its ticket in again, forget it (:data:`RELEASES_AFTER`,
-``GET /v1/venues/{venue}/set-apart``, :mod:`sync.client_set_apart`); a moved entry stays, its
+``GET /v1/venues/{venue}/set-apart``, :mod:`sync.client_disputed`); a moved entry stays, its
 ticket used. Until they do, the operator is shown each row's kind and ticket; where such a ticket was
 admitted again meanwhile, the double admission the moved row hid is raised as the quarantine
 moves it (the rules had seen the moved row when the ticket came back).

@@ -146,7 +146,8 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 # and the ids of the gates an alert names (alerts raised before have none), added apart
 # (*_ALERT_GATE_IDS) where missing: SQLite has no ADD COLUMN IF NOT EXISTS, and PostgreSQL's
 # would lock the alerts table at every open. A column added to entries later must be added to
-# quarantined_entries too (tests/test_hub_store.py compares them).
+# quarantined_entries too (tests/test_hub_store.py compares them). And the admissions of refused
+# batches, shared with gates meanwhile (sync.hub_claims).
 SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
@@ -157,6 +158,11 @@ SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);"
     "CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);"
     "CREATE INDEX IF NOT EXISTS quarantined_entry_id ON quarantined_entries (entry_id);"
+    "CREATE TABLE IF NOT EXISTS claimed_entries ("
+    " claim_id INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,"
+    " gate_seq INTEGER NOT NULL, ticket_ref TEXT NOT NULL, wall_time REAL NOT NULL,"
+    " hlc INTEGER NOT NULL, claimed_at REAL NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -169,6 +175,11 @@ CREATE TABLE IF NOT EXISTS quarantined_entries AS
 CREATE INDEX IF NOT EXISTS quarantined_short_id ON quarantined_entries (short_id);
 CREATE INDEX IF NOT EXISTS quarantined_cursor ON quarantined_entries (cursor);
 CREATE INDEX IF NOT EXISTS quarantined_entry_id ON quarantined_entries (entry_id);
+CREATE TABLE IF NOT EXISTS claimed_entries (
+    claim_id BIGSERIAL PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
+    gate_seq BIGINT NOT NULL, ticket_ref TEXT NOT NULL, wall_time DOUBLE PRECISION NOT NULL,
+    hlc BIGINT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

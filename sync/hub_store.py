@@ -239,6 +239,17 @@ class HubStore(Protocol):
         gate id) pairs gates uploaded with their rows, by key then gate, at most 65."""
         ...
 
+    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
+        """Keep the admissions among ``entries`` (a batch of ``gate_id`` refused with a
+        conflict) whose entry ids are not held, as claims for gates (:mod:`sync.hub_claims`);
+        returns how many were new."""
+        ...
+
+    async def claims(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
+        """The claims after cursor ``after`` as feed entries, oldest first, and the next cursor
+        (:func:`sync.hub_claims.claims_page`)."""
+        ...
+
     async def set_apart_releases(self, after: str, limit: int) -> tuple[int, tuple[str, ...]]:
         """How many exits and annulments a quarantine set apart (and not stored again since),
         and the entry ids of the next ``limit`` of them after ``after``, in order

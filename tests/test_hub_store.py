@@ -24,7 +24,7 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_postgres, hub_postgres_known, hub_rules
+from sync import hub_claims, hub_postgres, hub_postgres_known, hub_rules
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
 from sync.hub_rules import KnownState
@@ -1787,3 +1787,35 @@ async def test_the_exits_and_annulments_a_quarantine_set_apart_are_listed_for_ga
     # The gate's own exit, uploaded again as it was, is in the feed once more: not listed.
     await store.ingest("g1", [copy[1]], T0 + 3)
     assert await store.set_apart_releases("", 10) == (1, (copy[0].entry_id,))
+
+
+async def test_a_refused_batchs_admissions_are_kept_as_claims_for_gates(store: HubStore) -> None:
+    """While a copy of a gate's token squats its gate_seqs, the real gate's batches are refused
+    (409) and its admissions reached no other gate: the hub keeps them as claims (entries it
+    does not hold, admissions only, the uploading gate's, at most MAX_CLAIMS_PER_GATE), which
+    gates read like the feed."""
+    real, copy = Gate("g1"), Gate("g1")
+    squat = copy.row("squat")
+    await store.ingest("g1", [squat], T0)  # the copy's gate_seq 1
+    batch = [real.row("t1"), real.row("t2", "attempt", admit=False), real.row("t3", "exit")]
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", batch, T0 + 1)
+    assert await store.claim("g1", batch, T0 + 1) == 1  # the admission alone
+    assert await store.claim("g1", batch, T0 + 2) == 0  # kept once
+    assert await store.claim("g2", batch, T0 + 2) == 0  # rows of another gate than the uploader
+    (claimed,), cursor = await store.claims(0, 10)
+    assert (claimed.entry_id, claimed.gate_id, claimed.kind, claimed.ticket_ref) == (
+        batch[0].entry_id, "g1", "entry", "t1",
+    )  # fmt: skip
+    assert cursor == claimed.cursor and await store.claims(cursor, 10) == ([], cursor)
+    assert (await store.claims(cursor + 5, 10))[1] == cursor  # a reader ahead: a newer store
+    # An admission the hub holds already (as an entry) is no claim.
+    assert await store.claim("g1", [real.row("t4"), squat], T0 + 3) == 1
+    assert [e.ticket_ref for e in (await store.claims(0, 10))[0]] == ["t1", "t4"]
+
+
+async def test_claims_stop_at_a_gates_cap(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_claims, "MAX_CLAIMS_PER_GATE", 2)
+    g = Gate("g1")
+    assert await store.claim("g1", [g.row(f"t{i}") for i in range(3)], T0) == 2
+    assert await store.claim("g2", [Gate("g2").row("u")], T0) == 1  # another gate's own cap

@@ -360,6 +360,13 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             held = [await _present(a, text) for text in held_back]
             assert [h.record.gate_seq for h in held if h.record] == [2, 3]
             await until(lambda: _upload(a) == "conflict", what="gate A's upload refused")
+            # Meanwhile the hub keeps A's refused admissions as claims: gate B learns them, and
+            # the tickets are used there too (before claims, B let them in again until the
+            # quarantine below).
+            for text, h in zip(held_back, held, strict=True):
+                assert h.record is not None
+                await _learnt(b, h.record.ticket_ref, "gate-a")
+                assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
 
             async def flagged() -> bool:  # the console's gate list shows it: not just "online"
                 gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
