@@ -312,9 +312,12 @@ class CameraScanner:
                 continue
             self.frames_decoded += 1
             if found:
-                if self._lossless and not self._reserve(len(found)):
+                # At most MAX_PENDING a frame (a review: a photo of a sheet of 40 tickets waited
+                # for a 33rd permit for ever); a frame's codes past that are dropped, said.
+                reserved = min(len(found), MAX_PENDING) if self._lossless else 0
+                if reserved and not self._reserve(reserved):
                     break
-                self._post(self._on_found, frame, found)
+                self._post(self._on_found, frame, found, reserved)
         self._post(self._finish)
 
     def _reserve(self, n: int) -> bool:
@@ -335,12 +338,12 @@ class CameraScanner:
 
     # -- event loop side -----------------------------------------------------------------------
 
-    def _on_found(self, frame: RawFrame, found: list[Decoded]) -> None:
+    def _on_found(self, frame: RawFrame, found: list[Decoded], reserved: int) -> None:
         queued = self._queue.qsize()
         try:
             self._queue_found(frame, found)
         finally:  # the permits of codes not queued (held, repeated) go back
-            if self._lossless and (unused := len(found) - (self._queue.qsize() - queued)) > 0:
+            if (unused := reserved - (self._queue.qsize() - queued)) > 0:
                 self._room.release(unused)
 
     def _queue_found(self, frame: RawFrame, found: list[Decoded]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from agent.errors import UpstreamRefused
+from agent.errors import UpstreamRefused, UpstreamUnavailable
 from agent.journal import Journal
 from agent.words import plural
 from sync.protocol import MAX_PAGE, MAX_SET_APART_PAGE, FeedPage, SetApartPage
@@ -23,32 +23,42 @@ from sync.protocol import MAX_PAGE, MAX_SET_APART_PAGE, FeedPage, SetApartPage
 log = logging.getLogger("sync.client")
 
 OLD_HUB_RETRY_S = 600.0  # a hub that lists no set-apart rows (an older version) is asked again
+MAX_PAGES = 40  # set-apart pages a round (200,000 ids); a longer list is read on the next round
 
 Pager = Callable[[dict[str, str]], Awaitable[SetApartPage]]
 ClaimPager = Callable[[dict[str, str]], Awaitable[FeedPage]]
 
 
-async def forget_set_apart(page: Pager, journal: Journal, known: int | None) -> tuple[int, int]:
+async def forget_set_apart(
+    page: Pager, journal: Journal, known: int | None
+) -> tuple[int | None, int]:
     """Read the hub's set-apart releases through ``page`` (GET with these query parameters)
     when their count is not ``known`` (the count at the last look; None: never looked), and
-    forget those held. Returns (the hub's count, how many were forgotten).
+    forget those held. Returns (the count now known: ``known`` when the list was not read to
+    its end, how many were forgotten).
     Raises UpstreamError or JournalError."""
     total = (await page({"limit": "0"})).total
     if total == known:
         return total, 0
-    forgotten, after = 0, ""
-    while True:
+    # Until an empty page (a short one may be a proxy's cut), each after the last id read and
+    # rising (a review: a hub answering one full page for ever spun this loop), at most
+    # MAX_PAGES a round: the count is taken once the whole list was read.
+    forgotten, after, done = 0, "", False
+    for _ in range(MAX_PAGES):
         ids = (await page({"after": after, "limit": str(MAX_SET_APART_PAGE)})).entry_ids
-        forgotten += await journal.forget_peer_releases(ids)
-        if len(ids) < MAX_SET_APART_PAGE:
+        if not ids:
+            done = True
             break
+        if any(b <= a for a, b in zip((after, *ids), ids, strict=False)):
+            raise UpstreamUnavailable(f"malformed SetApartPage from the hub: ids not after {after}")
+        forgotten += await journal.forget_peer_releases(ids)
         after = ids[-1]
     if forgotten:
         log.warning(
             "hub: forgot %s learnt from other gates: exits or annulments a quarantine set apart"
             " (a copy of a gate's token wrote them)", plural(forgotten, "row"),
         )  # fmt: skip
-    return total, forgotten
+    return (total if done else known), forgotten
 
 
 class DisputedRows:

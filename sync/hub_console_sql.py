@@ -52,10 +52,10 @@ TICKET_HISTORY = (
 )
 HISTORY_COUNT = f"SELECT count(DISTINCT ticket_ref), count(*) FROM ({_BOTH_TABLES}) AS h"
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref), count(*) FROM entries WHERE short_id = ?"
-# The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
-# several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".
 # The short ids of the rows a revocation key (a TK1 token id) was uploaded with: one, almost always.
 KEY_SHORT_IDS = "SELECT DISTINCT short_id FROM entries WHERE rev_key = ? ORDER BY short_id LIMIT 10"
+# The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
+# several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".
 REV_KEYS = (
     "SELECT rev_key, gate_id FROM entries WHERE short_id = ? AND rev_key IS NOT NULL"
     " GROUP BY rev_key, gate_id ORDER BY rev_key, gate_id LIMIT 65"

@@ -61,13 +61,12 @@ REOPENED_REFS = (
 )
 GATE_NAMES = "SELECT gate_id, gate_name FROM gates"
 
-# The moved exits and annulments gates must forget (SetApartPage): a moved entry keeps its ticket
-# used where it was learnt, which fails closed; one stored again since (the same row uploaded by
-# the gate itself) stays.
-_RELEASES = (
-    " FROM quarantined_entries WHERE kind IN ('exit', 'annul')"
-    " AND entry_id NOT IN (SELECT entry_id FROM entries)"
-)
+# The moved exits and annulments gates must forget (SetApartPage), for good: a moved entry keeps
+# its ticket used where it was learnt, which fails closed, and so does forgetting an exit or an
+# annulment uploaded again since (a review: a listing that left out ids stored again let another
+# gate's token keep a forged annulment alive by uploading a row under its id; and the count, which
+# gates compare, must only grow).
+_RELEASES = " FROM quarantined_entries WHERE kind IN ('exit', 'annul')"
 RELEASES_TOTAL = f"SELECT count(DISTINCT entry_id){_RELEASES}"
 RELEASES_AFTER = f"SELECT DISTINCT entry_id{_RELEASES} AND entry_id > ? ORDER BY entry_id LIMIT ?"
 

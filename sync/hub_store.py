@@ -251,8 +251,8 @@ class HubStore(Protocol):
         ...
 
     async def set_apart_releases(self, after: str, limit: int) -> tuple[int, tuple[str, ...]]:
-        """How many exits and annulments a quarantine set apart (and not stored again since),
-        and the entry ids of the next ``limit`` of them after ``after``, in order
+        """How many exits and annulments a quarantine set apart (a count that only grows), and
+        the entry ids of the next ``limit`` of them after ``after``, in order
         (:class:`sync.protocol.SetApartPage`)."""
         ...
 

@@ -588,3 +588,23 @@ async def test_a_folder_played_with_fps_0_waits_for_the_lane_instead_of_dropping
     finally:
         await scanner.close()
     assert got == texts
+
+
+async def test_a_frame_with_more_codes_than_may_wait_is_read_not_hung(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: with fps=0 a frame of 40 codes (a photo of a sheet of tickets) waited for a
+    33rd place in the lane's queue for ever: no read at all, and the lane never ended. It gives
+    the 32 that may wait and says it dropped the rest."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    tiles = [np.pad(synth.code_image(f"code-{i:02d}", module_px=3), 10, constant_values=255)
+             for i in range(40)]  # fmt: skip
+    sheet = np.vstack([np.hstack(tiles[row * 8 : row * 8 + 8]) for row in range(5)])
+    assert cv2.imwrite(str(folder / "sheet.png"), sheet)
+    scanner = CameraScanner.from_url("file://frames/?fps=0", tmp_path)
+    with caplog.at_level(logging.WARNING, "drivers.camera"):
+        scans = await collect(scanner, limit_s=30)
+    assert len(scans) == 32 and len({s.text for s in scans}) == 32
+    dropped = [r for r in caplog.records if "lane not keeping up, dropped read" in r.getMessage()]
+    assert len(dropped) == 8

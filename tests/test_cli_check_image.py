@@ -178,16 +178,20 @@ def test_a_photo_with_another_code_beside_the_ticket_checks_the_ticket(
     height = max(url.shape[0], code.shape[0])
     side = [np.pad(c, ((0, height - c.shape[0]), (0, 0)), constant_values=255) for c in (url, code)]
     photo = keys.parent / "two-codes.png"
-    assert cv2.imwrite(str(photo), np.hstack(side))
-    read = [c.text for c in read_image(photo)]
-    assert sorted(read) == sorted([text, "https://venue.example/faq"])
+    # The address's code where the decoder reads it first (a review: else the test may never
+    # see the first code passed over).
+    for order in (side, side[::-1]):
+        assert cv2.imwrite(str(photo), np.hstack(order))
+        if [c.text for c in read_image(photo)] == ["https://venue.example/faq", text]:
+            break
+    else:
+        raise AssertionError("no layout the decoder reads the address's code first in")
     done = subprocess.run(
         [*EXE, "check", "--keys", str(keys), "--image", str(photo)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    nth = "1st" if read[0] == text else "2nd"
-    assert f"2 barcodes in the image; checking the {nth}, of a ticket format" in done.stderr
+    assert "2 barcodes in the image; checking the 2nd, of a ticket format" in done.stderr
     assert done.stdout.splitlines()[-1].startswith("verdict:   ADMIT")
 
 

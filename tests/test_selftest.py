@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,26 @@ def test_a_gate_with_no_list_and_no_hub_is_told_it_starts_degraded(
     conf.write_text(conf.read_text() + '\n[revocation]\nfiles = ["rev.json"]\n')
     r = _selftest("--config-only", "--config", conf)
     assert r.returncode == 0 and "WARN" not in r.stdout, r.stdout + r.stderr
+
+
+def test_a_keyboard_wedge_scanner_gets_keyboard_advice(tmp_path: Path, keys_dir: Path) -> None:
+    """A review: a hid:// scanner that read nothing was told to check its baud rate."""
+    from agent.app import config as cfg
+    from agent.app.selftest import _scan
+    from drivers.sim import SimScanner
+
+    (tmp_path / "empty.txt").write_text("")
+    conf = cfg.load(_config(tmp_path, keys_dir, "sim://file?path=empty.txt", "sim://gate"))
+
+    async def scan_once() -> tuple[bool, str, str | None]:
+        scanner = SimScanner("file", path=tmp_path / "empty.txt")
+        await scanner.open()
+        try:
+            check = await _scan(conf, scanner, "hid:///dev/input/by-id/usb-x-event-kbd", 5.0)
+        finally:
+            await scanner.close()
+        return check.ok, check.detail, check.fix
+
+    ok, detail, fix = asyncio.run(scan_once())
+    assert (ok, detail) == (False, "the scanner's stream ended with nothing read")
+    assert fix is not None and "USB keyboard (HID) mode" in fix and "baud" not in fix

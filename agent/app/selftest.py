@@ -238,6 +238,11 @@ _ADVICE = {
         "the file holds a code longer than any ticket: not a ticket",
     ),
 }
+_ADVICE["hid"] = (
+    "present a ticket; check the scanner is in USB keyboard (HID) mode and ends each code with"
+    " Enter, and the URL's /dev/input/by-id/ path",
+    "check the scanner's keyboard layout (US) and the URL's max_frame",
+)
 _SERIAL_ADVICE = (
     "present a ticket; check the scanner's interface mode and terminator",
     "check the scanner URL's aim, require_aim and max_frame, and the scanner's baud rate",
