@@ -17,7 +17,7 @@ from sync.hub_admin import (
     document_version,
 )
 from sync.hub_auth import UNKNOWN_TOKEN, gate_caller, reader
-from sync.hub_state import HUB, HttpError, json_response
+from sync.hub_state import HUB, HttpError, Hub, json_response
 from sync.hub_store import (
     ConflictError,
     HubStore,
@@ -161,11 +161,17 @@ async def upload(request: web.Request) -> web.Response:
     return json_response(ack)
 
 
-async def feed(request: web.Request) -> web.Response:
+async def _venue_reader(request: web.Request) -> Hub:
+    """The hub, for a gate's token reading this venue's rows (404 for another venue)."""
     hub = request.app[HUB]
     await gate_caller(request, hub, None)
     if request.match_info["venue"] != hub.config.hub.venue:
         raise HttpError(404, "this hub does not serve that venue")
+    return hub
+
+
+async def feed(request: web.Request) -> web.Response:
+    hub = await _venue_reader(request)
     after = _query_int(request, "after", 0, 0, protocol.INT63)
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
     wait = _query_wait(request, hub.config.hub.max_wait_s)
@@ -186,10 +192,7 @@ def _feed_response(page: FeedPage) -> web.Response:
 
 async def claims(request: web.Request) -> web.Response:
     """The admissions of refused batches (sync.hub_claims), a page like the feed's."""
-    hub = request.app[HUB]
-    await gate_caller(request, hub, None)
-    if request.match_info["venue"] != hub.config.hub.venue:
-        raise HttpError(404, "this hub does not serve that venue")
+    hub = await _venue_reader(request)
     after = _query_int(request, "after", 0, 0, protocol.INT63)
     limit = _query_int(request, "limit", MAX_PAGE, 1, MAX_PAGE)
     entries, next_cursor = await hub.store.claims(after, limit)
@@ -212,10 +215,7 @@ def _fitted(page: FeedPage) -> FeedPage:
 
 async def set_apart(request: web.Request) -> web.Response:
     """The exits and annulments a quarantine set apart, for gates to forget (SetApartPage)."""
-    hub = request.app[HUB]
-    await gate_caller(request, hub, None)
-    if request.match_info["venue"] != hub.config.hub.venue:
-        raise HttpError(404, "this hub does not serve that venue")
+    hub = await _venue_reader(request)
     after = request.query.get("after", "")
     if after and UUID.fullmatch(after) is None:
         raise HttpError(400, "after: expected an entry_id (a UUID)")

@@ -258,16 +258,20 @@ def test_install_hub_writes_a_template_matching_its_unit(stage: Path, tmp_path: 
     assert "keys export --hub" in done.stdout
     assert "sudo -u gate-hub gate-agent hub --config /etc/gate-hub/hub.toml --check" in done.stdout
     # With the exported keys where the template says, the same template starts: enabled.
-    keys = tmp_path / "keys"
+    _export_hub_keys(stage, tmp_path / "keys")
+    done = install(stage, "--hub")
+    assert done.returncode == 0, done.stderr
+    assert "gate-hub.service" in done.stdout.split("enabled: ")[-1] and hub_wants.is_symlink()
+
+
+def _export_hub_keys(stage: Path, keys: Path) -> None:
+    """Make a keys folder and export the hub's keys where the hub template says."""
     subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
     subprocess.run(
         [*GA, "keys", "export", "--hub", str(stage / "etc/gate-hub/keys"), "--keys", str(keys)],
         check=True,
         capture_output=True,
     )
-    done = install(stage, "--hub")
-    assert done.returncode == 0, done.stderr
-    assert "gate-hub.service" in done.stdout.split("enabled: ")[-1] and hub_wants.is_symlink()
 
 
 @pytest.fixture(scope="module")
@@ -306,13 +310,7 @@ def test_install_hub_only_installs_the_hub_and_no_gate(
         in first
     )
     # With the hub's keys in place: the hub is enabled, the gate still not.
-    keys = tmp_path / "keys"
-    subprocess.run([*GA, "keys", "init", str(keys)], check=True, capture_output=True)
-    subprocess.run(
-        [*GA, "keys", "export", "--hub", str(stage / "etc/gate-hub/keys"), "--keys", str(keys)],
-        check=True,
-        capture_output=True,
-    )
+    _export_hub_keys(stage, tmp_path / "keys")
     done = install(stage, "--hub-only")
     assert done.returncode == 0, done.stderr
     assert "install: enabled: gate-hub.service\n" in done.stdout

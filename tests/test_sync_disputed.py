@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ class Hub:
         return SetApartPage(len(self.ids), tuple(i for i in self.ids if i > after)[:limit])
 
 
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    """Gate B's journal (tmp_path / "j.db")."""
+    clock = Clock(assume="synced")
+    async with await Journal.open(
+        tmp_path / "j.db", gate_id="gate-b", gate_name="B", clock=clock
+    ) as opened:
+        yield opened
+
+
 def _peer(entry_id: str, kind: str, n: int) -> PeerEntry:
     return PeerEntry(entry_id, "gate-a", "A", n, f"tk1:{n:016x}", kind, None, 1e9, n << 16)
 
@@ -43,63 +54,51 @@ def _peer_ids(path: Path) -> set[str]:
 
 
 async def test_the_list_is_read_to_its_end_once_and_again_only_when_its_count_changes(
-    tmp_path: Path,
+    tmp_path: Path, journal: Journal
 ) -> None:
-    journal = await Journal.open(
-        tmp_path / "j.db", gate_id="gate-b", gate_name="B", clock=Clock(assume="synced")
-    )
-    async with journal:
-        ids = sorted(str(uuid.uuid4()) for _ in range(MAX_SET_APART_PAGE + 2))
-        exits = [_peer(i, "exit", n) for n, i in enumerate(ids[-3:], 1)]  # on the second page
-        kept = _peer(str(uuid.uuid4()), "exit", 9)
-        entry = _peer(ids[0], "entry", 10)  # set apart too, but an entry: its ticket stays used
-        await journal.add_peer_entries([*exits, kept, entry])
-        hub = Hub(ids)
-        assert await forget_set_apart(hub.page, journal, None) == (len(ids), 3)
-        assert _peer_ids(tmp_path / "j.db") == {kept.entry_id, entry.entry_id}
-        assert [p.get("after", "") for p in hub.asked] == ["", "", ids[MAX_SET_APART_PAGE - 1],
-                                                           ids[-1]]  # fmt: skip
-        hub.asked.clear()
-        assert await forget_set_apart(hub.page, journal, len(ids)) == (len(ids), 0)
-        assert hub.asked == [{"limit": "0"}]  # the count alone
+    ids = sorted(str(uuid.uuid4()) for _ in range(MAX_SET_APART_PAGE + 2))
+    exits = [_peer(i, "exit", n) for n, i in enumerate(ids[-3:], 1)]  # on the second page
+    kept = _peer(str(uuid.uuid4()), "exit", 9)
+    entry = _peer(ids[0], "entry", 10)  # set apart too, but an entry: its ticket stays used
+    await journal.add_peer_entries([*exits, kept, entry])
+    hub = Hub(ids)
+    assert await forget_set_apart(hub.page, journal, None) == (len(ids), 3)
+    assert _peer_ids(tmp_path / "j.db") == {kept.entry_id, entry.entry_id}
+    assert [p.get("after", "") for p in hub.asked] == ["", "", ids[MAX_SET_APART_PAGE - 1],
+                                                       ids[-1]]  # fmt: skip
+    hub.asked.clear()
+    assert await forget_set_apart(hub.page, journal, len(ids)) == (len(ids), 0)
+    assert hub.asked == [{"limit": "0"}]  # the count alone
 
 
 async def test_a_page_that_does_not_move_on_is_refused_and_a_long_list_is_read_on_next_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = await Journal.open(
-        tmp_path / "j.db", gate_id="gate-b", gate_name="B", clock=Clock(assume="synced")
-    )
-    async with journal:
-        same = tuple(sorted(str(uuid.uuid4()) for _ in range(3)))
+    same = tuple(sorted(str(uuid.uuid4()) for _ in range(3)))
 
-        async def stuck(params: dict[str, str]) -> SetApartPage:
-            return SetApartPage(3, same)  # the same page, whatever was asked
+    async def stuck(params: dict[str, str]) -> SetApartPage:
+        return SetApartPage(3, same)  # the same page, whatever was asked
 
-        with pytest.raises(UpstreamUnavailable, match="ids not after"):
-            await forget_set_apart(stuck, journal, None)
-        monkeypatch.setattr(client_disputed, "MAX_PAGES", 1)
-        monkeypatch.setattr(client_disputed, "MAX_SET_APART_PAGE", 2)
-        hub = Hub(list(same))
-        assert await forget_set_apart(hub.page, journal, 7) == (7, 0)  # not read to its end
-        assert await forget_set_apart(hub.page, journal, None) == (None, 0)
+    with pytest.raises(UpstreamUnavailable, match="ids not after"):
+        await forget_set_apart(stuck, journal, None)
+    monkeypatch.setattr(client_disputed, "MAX_PAGES", 1)
+    monkeypatch.setattr(client_disputed, "MAX_SET_APART_PAGE", 2)
+    hub = Hub(list(same))
+    assert await forget_set_apart(hub.page, journal, 7) == (7, 0)  # not read to its end
+    assert await forget_set_apart(hub.page, journal, None) == (None, 0)
 
 
 async def test_an_older_hub_without_the_list_is_asked_again_in_ten_minutes(
-    tmp_path: Path,
+    journal: Journal,
 ) -> None:
-    journal = await Journal.open(
-        tmp_path / "j.db", gate_id="gate-b", gate_name="B", clock=Clock(assume="synced")
-    )
-    async with journal:
 
-        async def old(params: dict[str, str]) -> SetApartPage:
-            raise UpstreamRefused("GET /v1/venues/v/set-apart: HTTP 404 (not_found: no route)")
+    async def old(params: dict[str, str]) -> SetApartPage:
+        raise UpstreamRefused("GET /v1/venues/v/set-apart: HTTP 404 (not_found: no route)")
 
-        assert await set_apart_round(old, journal, None, 10.0) == (None, OLD_HUB_RETRY_S)
+    assert await set_apart_round(old, journal, None, 10.0) == (None, OLD_HUB_RETRY_S)
 
-        async def refused(params: dict[str, str]) -> SetApartPage:
-            raise UpstreamRefused("GET /v1/venues/v/set-apart: HTTP 400 (bad_request: after)")
+    async def refused(params: dict[str, str]) -> SetApartPage:
+        raise UpstreamRefused("GET /v1/venues/v/set-apart: HTTP 400 (bad_request: after)")
 
-        with pytest.raises(UpstreamRefused):
-            await set_apart_round(refused, journal, None, 10.0)
+    with pytest.raises(UpstreamRefused):
+        await set_apart_round(refused, journal, None, 10.0)
