@@ -62,6 +62,7 @@ from sync import protocol
 from sync.client_disputed import DisputedRows
 from sync.client_http import HubHTTP, Reply
 from sync.client_state import STATE_FILE, load_cursor, save_cursor
+from sync.client_time import HubTime
 from sync.protocol import (
     BatchAck,
     BatchUpload,
@@ -79,8 +80,6 @@ log = logging.getLogger(__name__)
 UPLOAD_TICK_S = 5.0  # an unnudged uploader still looks every 5 s
 FEED_MIN_ROUND_S = 1.0  # a hub answering an empty page at once is not polled faster than this
 _STUCK = frozenset({"conflict", "unauthorized", "refused"})  # uploads wait for an operator
-CLOCK_WARN_S = 5.0
-MAX_TIME_RTT_S = 1.0  # a slower answer says too little about the hub's time to trust it
 MAX_PAGE_BYTES = 64 << 20  # a revocation page carries signed deltas
 MAX_SNAPSHOT_BYTES = 256 << 20  # ~8M keys
 
@@ -149,7 +148,7 @@ class HubClient:
         # Caught up, and every feed request since answered: other gates' admissions arrive as
         # they happen. False from the start and after a failed request until caught up again.
         self._feed_live = False
-        self._offset: float | None = None
+        self._hub_time = HubTime(clock, trusted=self._base.startswith("https://"))
         self._outbox: int | None = None
         self._upload_state = "idle"
         self._conflicts: tuple[str, ...] = ()
@@ -230,7 +229,7 @@ class HubClient:
             "feed_cursor": self._cursor,
             "feed_lag_s": None if self._feed_current is None else now - self._feed_current,
             "revocation_version": self._revocations.meta.version,
-            "trust_version": self._trust.version, "hub_clock_offset_s": self._offset,
+            "trust_version": self._trust.version, "hub_clock_offset_s": self._hub_time.offset,
             "last_error": self._last_error, "conflicts": list(self._conflicts),
             "refused": self._refused,
         }  # fmt: skip
@@ -251,7 +250,7 @@ class HubClient:
             "POST", f"/v1/gates/{self._s.gate_id}/entries:batch", body=protocol.encode(upload)
         )
         ack = self._parse(reply, BatchAck)
-        self._note_hub_time(ack.hub_time, sent)
+        self._hub_time.note(ack.hub_time, sent)
         through = min(ack.acked_through_seq, rows[-1].gate_seq)
         if through < rows[0].gate_seq:
             raise UpstreamUnavailable(f"hub acknowledged none of gate_seq {rows[0].gate_seq}..")
@@ -358,7 +357,7 @@ class HubClient:
         reply = await self._http.request(
             "POST", f"/v1/gates/{self._s.gate_id}/heartbeat", body=protocol.encode(beat)
         )
-        self._note_hub_time(self._parse(reply, HeartbeatAck).hub_time, sent)
+        self._hub_time.note(self._parse(reply, HeartbeatAck).hub_time, sent)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -382,6 +381,10 @@ class HubClient:
                 # 429 or a malformed 200 is an answer, and retrying at once would spin.
                 if isinstance(exc, UpstreamUnavailable) and not self._answered_since(started):
                     wake = self._http.next_answer()  # answers to other tasks from now on
+                elif name == "upload" and isinstance(exc, UpstreamConflict):
+                    # Each new row is sent at once all the same: the hub keeps a refused batch's
+                    # admissions as claims (a user trial: admissions held a minute let in twice).
+                    wake = self._nudged
             else:
                 if failing:
                     log.info("hub %s: working again", name)
@@ -529,22 +532,3 @@ class HubClient:
         reading = self._clock.reading()
         best = max(reading.now, page.hub_time) if reading.synced else page.hub_time
         return int((best + self._s.max_clock_ahead_s) * 1000)
-
-    def _note_hub_time(self, hub_time: float, sent_mono: float) -> None:
-        """Record the hub's time from an answer (sent at monotonic ``sent_mono``): the hub wrote it
-        about half the round trip ago. Over TLS (the hub is who it claims) and with a round trip
-        under MAX_TIME_RTT_S it becomes the gate's trusted time while the system clock is not
-        NTP-synchronised (:meth:`agent.clock.Clock.set_reference`)."""
-        rtt = time.monotonic() - sent_mono
-        hub_now = hub_time + rtt / 2
-        offset = hub_now - self._clock.wall()
-        was_off = self._offset is not None and abs(self._offset) > CLOCK_WARN_S
-        self._offset = offset
-        if 0 <= rtt <= MAX_TIME_RTT_S:
-            self._clock.set_reference(hub_now, trusted=self._base.startswith("https://"))
-        if abs(offset) > CLOCK_WARN_S and not was_off:
-            source = self._clock.source()
-            if source in ("ntp", "config"):
-                log.warning("this gate's %s time and the hub's differ by %.1f s", source, offset)
-            else:
-                log.warning("hub clock differs from this gate's by %.1f s", offset)

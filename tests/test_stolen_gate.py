@@ -340,7 +340,7 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
 ) -> None:
     stolen = venue.conf_a.hub.token if venue.conf_a.hub else None  # copied off gate A's unit
     assert stolen
-    first, *held_back = (iss.ticket(event=1, zones=[1]) for _ in range(3))
+    first, late_text, *held_back = (iss.ticket(event=1, zones=[1]) for _ in range(4))
     copy = await Journal.open(
         tmp_path / "a-copy.db", gate_id="gate-a", gate_name="A", clock=Clock(assume="synced")
     )
@@ -367,6 +367,12 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 assert h.record is not None
                 await _learnt(b, h.record.ticket_ref, "gate-a")
                 assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
+            # An admission after the first refusal goes up at once, not after the uploader's
+            # backoff (found in a user trial: a minute of A's admissions were let in at B).
+            late = await _present(a, late_text)
+            assert late.decision.admitted and late.record is not None
+            await _learnt(b, late.record.ticket_ref, "gate-a")
+            assert (await _present(b, late_text)).decision.reason is Reason.ALREADY_USED
 
             async def flagged() -> bool:  # the console's gate list shows it: not just "online"
                 gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
