@@ -71,9 +71,9 @@ async def known(
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
-    targets: dict[str, tuple[str, str]] = {}
+    targets: dict[str, hub_rules.Target] = {}
     if wanted := hub_rules.annul_targets(entries, stored):
-        sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id = ANY($1::text[])"
-        targets = {r[0]: (r[1], r[2]) for r in await conn.fetch(sql, wanted)}
+        sql = f"SELECT {hub_rules.TARGET_COLUMNS} FROM entries WHERE entry_id = ANY($1::text[])"
+        targets = {r[0]: hub_rules.Target(*r[1:]) for r in await conn.fetch(sql, wanted)}
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))

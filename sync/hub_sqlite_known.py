@@ -99,10 +99,9 @@ def known_state(
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
     names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
-    sql = "SELECT entry_id, gate_id, ticket_ref FROM entries WHERE entry_id IN ({})"
-    targets = {
-        r[0]: (r[1], r[2]) for r in _select_in(db, sql, hub_rules.annul_targets(entries, stored))
-    }
+    sql = f"SELECT {hub_rules.TARGET_COLUMNS} FROM entries WHERE entry_id IN ({{}})"
+    wanted = hub_rules.annul_targets(entries, stored)
+    targets = {r[0]: hub_rules.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     return KnownState(stored, owners, int(max_seq), history, names, targets, int(count), quota)

@@ -469,6 +469,36 @@ async def test_only_the_exit_gates_may_record_exits(open_hub: OpenStore) -> None
     assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # no double admission
 
 
+async def test_an_annulment_not_of_the_entrys_passage_timeout_is_refused(store: HubStore) -> None:
+    """Found in a user trial: a copy of a gate's token annulled that gate's admissions minutes
+    after people had passed, with no alert, and every other gate let those tickets in again. A
+    gate annuls an admission nobody used when its passage times out: in the same run (boot id),
+    within ANNUL_WITHIN_S. Anything else is refused (nothing of its batch stored), with an
+    integrity alert naming the gate."""
+    g = Gate("g1")
+    entry = g.row("t1")
+    await store.ingest("g1", [entry], T0)
+
+    def annul(**fields: object) -> EntryWire:
+        g.seq = entry.gate_seq  # the next gate_seq each time: the refused ones are not stored
+        return msgspec.structs.replace(g.row("t1", "annul", annuls=entry.entry_id), **fields)
+
+    cases = [
+        (annul(boot_id="other"), "recorded in another run of the gate (boot id)"),
+        (annul(mono_ns=entry.mono_ns + 1801 * 10**9),
+         "1,801 s after it (a gate annuls an admission nobody used within 1,800 s)"),
+        (annul(mono_ns=entry.mono_ns - 10**9), "-1 s after it"),
+    ]  # fmt: skip
+    for row, why in cases:
+        with pytest.raises(RefusedError) as caught:
+            await store.ingest("g1", [row], T0 + 1)
+        assert caught.value.field == "entries[0].annuls" and why in str(caught.value), why
+    assert len([a for a in await all_alerts(store) if a.kind == "integrity"]) == 3
+    # Its own passage timeout, in the same run, whatever the wall clock did meanwhile: taken.
+    honest = annul(mono_ns=entry.mono_ns + 1800 * 10**9, wall_time=entry.wall_time - 3600)
+    assert (await store.ingest("g1", [honest], T0 + 2)).inserted == 1
+
+
 async def test_unlimited_policy_never_alerts(open_hub: OpenStore) -> None:
     store = await open_hub(entry_policy="unlimited")
     g1 = Gate("g1")
@@ -1028,7 +1058,10 @@ def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]])
         for e in stored:
             row = TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s)  # as received
             history.setdefault(e.ticket_ref, []).append(row)
-        targets = {e.entry_id: (e.gate_id, e.ticket_ref) for e in stored}
+        targets = {
+            e.entry_id: hub_rules.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
+            for e in stored
+        }
         known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
         plan = hub_rules.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
         alerts += [a for a in plan.alerts if a.kind != "integrity"]
