@@ -380,6 +380,10 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 return "uploads_conflict" in gate_a["faults"]
 
             await until(flagged, what="gate A's uploads refused, in the venue's gate list")
+            # And the gate's own health says what it is, not "hub offline" (a user trial).
+            reasons = (await StatusServer(a).health())[1]
+            words = "hub refuses this gate's rows: their numbers hold other rows there"
+            assert any(words in r for r in reasons) and "hub offline" not in reasons, reasons
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
             # The operator: sees what would move, but moves nothing while the gate has a token
             # (the copy would squat again) ...

@@ -493,6 +493,13 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
         reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
     if up is not None and up.get("refused"):  # the hub's link: a token or certificate
         reasons.append(f"{up.get('kind', 'upstream')} refuses this gate's {up['refused']}")
+    elif up is not None and up.get("kind") == "hub" and up.get("upload") == "conflict":
+        # Found in a user trial: staff read "hub offline" as a network fault, not a copy of
+        # this gate's token writing rows under its numbers.
+        reasons.append(
+            "hub refuses this gate's rows: their numbers hold other rows there (a copy of its"
+            " token?): tell security"
+        )
     elif up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons
