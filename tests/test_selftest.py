@@ -252,3 +252,27 @@ def test_a_keyboard_wedge_scanner_gets_keyboard_advice(tmp_path: Path, keys_dir:
     ok, detail, fix = asyncio.run(scan_once())
     assert (ok, detail) == (False, "the scanner's stream ended with nothing read")
     assert fix is not None and "USB keyboard (HID) mode" in fix and "baud" not in fix
+
+
+def test_a_plain_http_hub_off_this_machine_is_warned_of(tmp_path: Path, keys_dir: Path) -> None:
+    """Found in a user trial: a gate whose hub url was http:// passed the check with no word,
+    though its token (a bearer credential: whoever holds it writes as the gate) crossed the
+    network in clear."""
+    for url, warned in (("http://hub.example:8470", True), ("http://127.0.0.1:8470", False),
+                        ("https://hub.example:8470", False)):  # fmt: skip
+        conf = write_gate_config(
+            tmp_path / "gate.toml", keys=keys_dir, gate={"id": "st"}, status=None,
+            devices={"scanner": "sim://stdin", "gate": "sim://gate"},
+            hub={"url": url, "token": "not-a-real-token-but-long-enough"},
+        )  # fmt: skip
+        r = _selftest("--config-only", "--config", conf)
+        assert r.returncode == 0, r.stdout + r.stderr
+        warn = [line for line in r.stdout.splitlines() if line.startswith("WARN")]
+        expected = [
+            f"WARN config    {conf}: [hub] url: http://hub.example:8470: not https, so the gate's"
+            " token and the venue's rows cross the network in clear, and anyone on it can copy"
+            " the token and write as this gate: give the hub TLS (docs/first-venue.md) and an"
+            " https:// url"
+        ]
+        assert warn == (expected if warned else []), url
+        assert "not-a-real-token" not in r.stdout + r.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import ipaddress
 import os
 import pwd
 import stat
@@ -314,6 +315,27 @@ def state_dir_problem(state: Path) -> str | None:
     return None
 
 
+def _plain_http(url: str) -> str | None:
+    """Why a plain http:// hub off this machine is a risk (found in a user trial: it passed the
+    check silently), or None."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or host == "localhost" or _loopback(host):
+        return None
+    return (
+        f"[hub] url: {parts.scheme}://{parts.netloc}: not https, so the gate's token and the"
+        " venue's rows cross the network in clear, and anyone on it can copy the token and"
+        " write as this gate: give the hub TLS (docs/first-venue.md) and an https:// url"
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> tuple[list[str], int]:
     """What `run` would refuse of the [revocation] files, each applied in order, as `run` does,
     to a scratch copy of the installed list: one line each (a missing file is said apart); and
@@ -429,6 +451,8 @@ def check_config(path: Path, out: TextIO) -> int:
         )
     if conf.hub is not None:
         hub_tls(conf)
+        if (problem := _plain_http(conf.hub.url)) is not None:
+            warnings.append(problem)
     if conf.pretix is not None and not conf.pretix.init_token:
         from sync.pretix_state import load_device
 
