@@ -345,6 +345,7 @@
       flags.push("set apart by a quarantine");
       row.classList.add("set-apart");
     }
+    if (e.claimed) flags.push("claimed: an admission of a refused upload");
     const when = el("td", "time");
     when.append(timeEl(e.time));
     row.append(

@@ -70,6 +70,8 @@ def event_line(e: TicketEvent) -> str:
         extra.append(f"annuls {e.annuls}")
     if e.set_apart:
         extra.append("SET APART by a quarantine (not in the feed)")
+    if e.claimed:
+        extra.append("CLAIMED: an admission of a refused upload, shared with the gates")
     return (
         f"{local_time(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
         + ("  " + "  ".join(extra) if extra else "")

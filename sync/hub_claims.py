@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from agent.model import Verdict
+from agent.redact import short_id
 from sync.hub_sql import feed_entry
 from sync.protocol import EntryWire, FeedEntry
 
@@ -29,7 +30,7 @@ MAX_CLAIMS_PER_GATE = 20_000
 CLAIMS_OF_GATE = "SELECT count(*) FROM claimed_entries WHERE gate_id = ?"
 CLAIM = (
     "INSERT INTO claimed_entries (entry_id, gate_id, gate_seq, ticket_ref, wall_time, hlc,"
-    " claimed_at) SELECT ?, ?, ?, ?, ?, ?, ?"
+    " claimed_at, short_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
     " WHERE NOT EXISTS (SELECT 1 FROM entries WHERE entry_id = ?)"
     " ON CONFLICT (entry_id) DO NOTHING"
 )
@@ -46,7 +47,8 @@ TOP_CLAIM = "SELECT coalesce(max(claim_id), 0) FROM claimed_entries"
 def claim_params(gate_id: str, rows: Sequence[EntryWire], now: float) -> list[tuple[Any, ...]]:
     """The :data:`CLAIM` parameters of the admissions among ``rows`` (those of ``gate_id``)."""
     return [
-        (e.entry_id, gate_id, e.gate_seq, e.ticket_ref, e.wall_time, e.hlc, now, e.entry_id)
+        (e.entry_id, gate_id, e.gate_seq, e.ticket_ref, e.wall_time, e.hlc, now,
+         short_id(e.ticket_ref), e.entry_id)
         for e in rows
         if e.gate_id == gate_id and e.kind == "entry" and e.verdict is Verdict.ADMIT
     ]  # fmt: skip

@@ -34,14 +34,21 @@ _GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
 # its arrival + max_clock_ahead_s (the two ? after the short id: sync.hub_plan.as_of_arrival),
 # ties in each gate's own order. The newest, not the oldest: what an alert is about is recent.
 _VOUCHED = "CAST((e.received_at + ?) * 1000 AS BIGINT) * 65536"
-# Rows a quarantine set apart (sync.hub_quarantine) are part of the story: shown, marked.
+# Rows a quarantine set apart (sync.hub_quarantine) are part of the story: shown, marked (1); so
+# are the claims (sync.hub_claims) not stored as rows since (2).
 _ROW = (
     "entry_id, gate_id, lane, kind, verdict, reason, detail, flags, offline, wall_time, annuls,"
     " hlc, received_at, gate_seq, ticket_ref"
 )
+_CLAIM_ROW = (
+    "c.entry_id, c.gate_id, '', 'entry', 'admit', 'ok', '', '', FALSE, c.wall_time, NULL, c.hlc,"
+    " c.claimed_at, c.gate_seq, c.ticket_ref"
+)
 _BOTH_TABLES = (
     f"SELECT {_ROW}, 0 AS set_apart FROM entries WHERE short_id = ?"
     f" UNION ALL SELECT {_ROW}, 1 FROM quarantined_entries WHERE short_id = ?"
+    f" UNION ALL SELECT {_CLAIM_ROW}, 2 FROM claimed_entries AS c WHERE c.short_id = ?"
+    " AND NOT EXISTS (SELECT 1 FROM entries AS s WHERE s.entry_id = c.entry_id)"
 )
 TICKET_HISTORY = (
     f"SELECT e.entry_id, e.gate_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.detail,"
@@ -109,7 +116,7 @@ def _event(r: Any) -> TicketEvent:
     flags = tuple(f for f in r[8].split(",") if f)
     return TicketEvent(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], flags, bool(r[9]), r[10], r[11],
-        set_apart=bool(r[12]),
+        set_apart=r[12] == 1, claimed=r[12] == 2,
     )  # fmt: skip
 
 

@@ -96,8 +96,8 @@ class PostgresConsoleQueries:
 
         async def job(conn: _Conn) -> TicketHistory:
             ahead = self.policy.max_clock_ahead_s
-            rows = await conn.fetch(_TICKET_HISTORY, short, short, ahead, ahead, limit + 1)
-            counts = await conn.fetchrow(_HISTORY_COUNT, short, short)  # an aggregate: one row
+            rows = await conn.fetch(_TICKET_HISTORY, short, short, short, ahead, ahead, limit + 1)
+            counts = await conn.fetchrow(_HISTORY_COUNT, short, short, short)  # one row
             assert counts is not None
             return q.history(short, (counts[0], counts[1]), rows, limit)
 

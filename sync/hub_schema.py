@@ -161,8 +161,9 @@ SQLITE_AT_OPEN = (
     "CREATE TABLE IF NOT EXISTS claimed_entries ("
     " claim_id INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,"
     " gate_seq INTEGER NOT NULL, ticket_ref TEXT NOT NULL, wall_time REAL NOT NULL,"
-    " hlc INTEGER NOT NULL, claimed_at REAL NOT NULL);"
+    " hlc INTEGER NOT NULL, claimed_at REAL NOT NULL, short_id TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);"
+    "CREATE INDEX IF NOT EXISTS claimed_short_id ON claimed_entries (short_id);"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -178,8 +179,9 @@ CREATE INDEX IF NOT EXISTS quarantined_entry_id ON quarantined_entries (entry_id
 CREATE TABLE IF NOT EXISTS claimed_entries (
     claim_id BIGSERIAL PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE, gate_id TEXT NOT NULL,
     gate_seq BIGINT NOT NULL, ticket_ref TEXT NOT NULL, wall_time DOUBLE PRECISION NOT NULL,
-    hlc BIGINT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL);
+    hlc BIGINT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL, short_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);
+CREATE INDEX IF NOT EXISTS claimed_short_id ON claimed_entries (short_id);
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

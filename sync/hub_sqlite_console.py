@@ -65,9 +65,9 @@ class SQLiteConsoleQueries:
 
         def job(db: sqlite3.Connection) -> TicketHistory:
             ahead = self.policy.max_clock_ahead_s
-            args = (short, short, ahead, ahead, limit + 1)
+            args = (short, short, short, ahead, ahead, limit + 1)
             rows = db.execute(q.TICKET_HISTORY, args).fetchall()
-            tickets, total = db.execute(q.HISTORY_COUNT, (short, short)).fetchone()
+            tickets, total = db.execute(q.HISTORY_COUNT, (short, short, short)).fetchone()
             return q.history(short, (tickets, total), rows, limit)
 
         return await self._run(job)

@@ -289,6 +289,7 @@ class TicketEvent:
     time: float
     annuls: str | None
     set_apart: bool = False  # moved to quarantined_entries (`hub quarantine`): not in the feed
+    claimed: bool = False  # an admission of a refused upload, shared as a claim (sync.hub_claims)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -296,6 +297,7 @@ class TicketEvent:
             "lane": self.lane, "kind": self.kind, "verdict": self.verdict, "reason": self.reason,
             "detail": self.detail, "flags": list(self.flags), "offline": self.offline,
             "time": self.time, "annuls": self.annuls, "set_apart": self.set_apart,
+            "claimed": self.claimed,
         }  # fmt: skip
 
 

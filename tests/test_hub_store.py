@@ -1846,6 +1846,15 @@ async def test_a_refused_batchs_admissions_are_kept_as_claims_for_gates(store: H
     # An admission the hub holds already (as an entry) is no claim.
     assert await store.claim("g1", [real.row("t4"), squat], T0 + 3) == 1
     assert [e.ticket_ref for e in (await store.claims(0, 10))[0]] == ["t1", "t4"]
+    # The ticket's history shows the claim, marked, until the row itself is stored.
+    (shown,) = (await store.ticket_history(short_id("t1"), 10)).events
+    assert (shown.entry_id, shown.kind, shown.claimed, shown.set_apart) == (
+        batch[0].entry_id, "entry", True, False,
+    )  # fmt: skip
+    assert (await store.quarantine("g1", 1, T0 + 4)).moved  # the copy's row set apart
+    await store.ingest("g1", batch, T0 + 5)  # the real gate heard again: its row, once
+    (shown,) = (await store.ticket_history(short_id("t1"), 10)).events
+    assert (shown.entry_id, shown.claimed) == (batch[0].entry_id, False)
 
 
 async def test_claims_stop_at_a_gates_cap(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -373,6 +373,13 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert late.decision.admitted and late.record is not None
             await _learnt(b, late.record.ticket_ref, "gate-a")
             assert (await _present(b, late_text)).decision.reason is Reason.ALREADY_USED
+            # The security team sees the claim in the ticket's history, marked.
+            claimed = await _hub_cli(venue, "ticket", short_id(late.record.ticket_ref))
+            assert claimed.returncode == 0, claimed.stderr
+            (a_row,) = [line for line in claimed.stdout.splitlines() if "(gate-a)" in line]
+            assert a_row.endswith(
+                "CLAIMED: an admission of a refused upload, shared with the gates"
+            )
 
             async def flagged() -> bool:  # the console's gate list shows it: not just "online"
                 gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
@@ -442,6 +449,16 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                     " [r.classList.contains('set-apart'), r.querySelector('td.flags').textContent])"
                 )
                 assert shown_rows == [[True, "set apart by a quarantine"]]
+                # A claim is marked too (the late admission: A is not heard yet).
+                await page.evaluate(
+                    "(() => { document.getElementById('ticket-query').value ="
+                    f" '{short_id(late.record.ticket_ref)}';"
+                    " document.querySelector('#ticket-form button').click(); })()"
+                )
+                await page.wait_for(
+                    "[...document.querySelectorAll('#ticket-history td.flags')]"
+                    ".some(td => td.textContent === 'claimed: an admission of a refused upload')"
+                )
                 # The quarantine's alert shows each row it moved, marked.
                 await page.wait_for(
                     "document.querySelectorAll('#alerts .alert .set-apart-badge').length === 2"
