@@ -49,8 +49,10 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
         │                                   trusted, or the server dropped ours); ``check``
         └── UpstreamRefused (ValueError)    another 4xx: the request will not work as sent
             ├── UpstreamConflict            409: ids reused with another body (``entry_ids``)
-            └── UpstreamGone                410: no longer kept (revocation deltas: fetch the
-                                            snapshot)
+            ├── UpstreamGone                410: no longer kept (revocation deltas: fetch the
+            │                               snapshot)
+            └── UpstreamNotFound            404 from the hub: no such endpoint (a hub of an
+                                            older version)
 
 Beside the code that raises them, in the same tree (``tests/test_errors.py`` checks that every
 subclass of AgentError in the project is drawn above or named here):
@@ -187,6 +189,10 @@ class UpstreamConflict(UpstreamRefused):
     def __init__(self, message: str, entry_ids: Sequence[str]) -> None:
         super().__init__(message)
         self.entry_ids = tuple(entry_ids)
+
+
+class UpstreamNotFound(UpstreamRefused):
+    """404 from the hub: it has no such endpoint (a hub of an older version)."""
 
 
 class UpstreamGone(UpstreamRefused):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from agent.errors import UpstreamRefused, UpstreamUnavailable
+from agent.errors import UpstreamNotFound, UpstreamUnavailable
 from agent.journal import Journal
 from agent.words import plural
 from sync.protocol import MAX_PAGE, MAX_SET_APART_PAGE, FeedPage, SetApartPage
@@ -93,9 +93,7 @@ async def set_apart_round(
     ``interval_s``, or :data:`OLD_HUB_RETRY_S` for a hub without the list)."""
     try:
         total, _ = await forget_set_apart(page, journal, known)
-    except UpstreamRefused as exc:
-        if "HTTP 404" not in str(exc):
-            raise
+    except UpstreamNotFound as exc:
         log.debug("the hub lists no set-apart rows (a version before 2026-12): %s", exc)
         return known, OLD_HUB_RETRY_S
     return total, interval_s
@@ -113,9 +111,7 @@ async def claims_round(
     again) and the delay to the next round (none while pages follow)."""
     try:
         got = await page({"after": str(cursor), "limit": str(MAX_PAGE)})
-    except UpstreamRefused as exc:
-        if "HTTP 404" not in str(exc):
-            raise
+    except UpstreamNotFound as exc:
         log.debug("the hub keeps no claims (a version before 2026-12): %s", exc)
         return cursor, OLD_HUB_RETRY_S
     if got.entries:

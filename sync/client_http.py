@@ -7,8 +7,8 @@ oversize or malformed answer; ``retry_after``), UpstreamAuthError (401/403: the 
 or not allowed for this gate, or the client certificate is not this gate's), UpstreamTLSError (the
 hub's certificate is not trusted here, ``[hub] ca``, or the hub dropped the handshake over this
 gate's, ``[hub] cert``), UpstreamConflict (409: entry ids reused with another body,
-``entry_ids``), UpstreamGone (410: revocation deltas no longer kept, fetch the snapshot) and
-UpstreamRefused (another 4xx).
+``entry_ids``), UpstreamGone (410: revocation deltas no longer kept, fetch the snapshot),
+UpstreamNotFound (404: an endpoint an older hub does not have) and UpstreamRefused (another 4xx).
 
 Messages of auth and TLS errors end with ``check [hub] KEY`` (``check`` holds KEY): the one config
 key an operator should look at. The hub never says why it refused a client certificate in a
@@ -43,6 +43,7 @@ from agent.errors import (
     UpstreamConflict,
     UpstreamError,
     UpstreamGone,
+    UpstreamNotFound,
     UpstreamRefused,
     UpstreamTLSError,
     UpstreamUnavailable,
@@ -329,6 +330,8 @@ class HubHTTP:
             return UpstreamConflict(message, error.conflicts if error is not None else ())
         if status == 410:
             return UpstreamGone(message)
+        if status == 404:
+            return UpstreamNotFound(message)
         return UpstreamRefused(message)
 
     async def _certificate_refused(self) -> bool:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from sync import (
+    hub_claims,
     hub_postgres_known,
     hub_postgres_revocations,
     hub_quarantine,
@@ -80,6 +81,8 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
+_CLAIM = hub_sql.numbered(hub_claims.CLAIM)
+_CLAIMS_OF_GATE = hub_sql.numbered(hub_claims.CLAIMS_OF_GATE)
 _FEED = hub_sql.numbered(hub_sql.FEED)
 _HAS_FEED_AFTER = hub_sql.numbered(hub_sql.HAS_FEED_AFTER)
 _ALERTS = hub_sql.numbered(hub_sql.ALERTS)
@@ -355,6 +358,22 @@ class PostgresHubStore(PostgresConsoleQueries):
         """See :class:`HubStore`. Raises HubStoreError."""
         sql = hub_quarantine.SET_APART_ROWS
         return int(await self._run(lambda conn: conn.fetchval(sql)))
+
+    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
+        """See :class:`HubStore` (:mod:`sync.hub_claims`). Raises HubStoreError."""
+        params = hub_claims.claim_params(gate_id, entries, now)
+
+        async def job(conn: _Conn) -> int:
+            async with conn.transaction():
+                held = await conn.fetchval(_CLAIMS_OF_GATE, gate_id)
+                stored, room = 0, hub_claims.room(int(held))
+                for p in params:
+                    if stored >= room:
+                        break
+                    stored += int((await conn.execute(_CLAIM, *p)).rsplit(" ", 1)[-1])
+            return stored
+
+        return await self._run(job) if params else 0
 
     async def named_tokens(self, role: Role, name: str, *, revoke: bool = False) -> int:
         """Console or issuing tokens named ``name`` (deleted with ``revoke``): how many.

@@ -15,7 +15,7 @@ from sync import hub_console_sql as q
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_sql import numbered
 from sync.hub_store import HubPolicy, check_limit
-from sync.protocol import Alert, EntryWire, FeedEntry
+from sync.protocol import Alert, FeedEntry
 from sync.protocol_console import TicketHistory
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ _HISTORY_COUNT = numbered(q.HISTORY_COUNT)
 _REV_KEYS = numbered(q.REV_KEYS)
 _KEY_SHORT_IDS = numbered(q.KEY_SHORT_IDS)
 _RELEASES_AFTER = numbered(hub_quarantine.RELEASES_AFTER)
-_CLAIM = numbered(hub_claims.CLAIM)
-_CLAIMS_OF_GATE = numbered(hub_claims.CLAIMS_OF_GATE)
 _CLAIMS_AFTER = numbered(hub_claims.CLAIMS_AFTER)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _SET_APART_CONTEXT = q.any_of(q.SET_APART_CONTEXT, "text")
@@ -102,22 +100,6 @@ class PostgresConsoleQueries:
             return q.history(short, (counts[0], counts[1]), rows, limit)
 
         return await self._run(job)
-
-    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
-        """See :class:`HubStore`. Raises HubStoreError."""
-        params = hub_claims.claim_params(gate_id, entries, now)
-
-        async def job(conn: _Conn) -> int:
-            async with conn.transaction():
-                held = await conn.fetchval(_CLAIMS_OF_GATE, gate_id)
-                stored, room = 0, hub_claims.room(int(held))
-                for p in params:
-                    if stored >= room:
-                        break
-                    stored += int((await conn.execute(_CLAIM, *p)).rsplit(" ", 1)[-1])
-            return stored
-
-        return await self._run(job) if params else 0
 
     async def claims(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
         """See :class:`HubStore`. Raises HubStoreError."""

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync import hub_quarantine, hub_rules, hub_sql, hub_sqlite_revocations, protocol
+from sync import (
+    hub_claims,
+    hub_quarantine,
+    hub_rules,
+    hub_sql,
+    hub_sqlite_revocations,
+    protocol,
+)
 from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
@@ -289,6 +296,21 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         args = (gate_id, from_seq, now, dry_run, self._policy)
         begin = "BEGIN" if dry_run else "BEGIN IMMEDIATE"  # a dry run reads: uploads go on
         return await self._run(lambda db: transaction(db, _quarantine, *args, begin=begin))
+
+    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
+        """See :class:`HubStore` (:mod:`sync.hub_claims`). Raises HubStoreError."""
+        params = hub_claims.claim_params(gate_id, entries, now)
+
+        def job(db: sqlite3.Connection) -> int:
+            (held,) = db.execute(hub_claims.CLAIMS_OF_GATE, (gate_id,)).fetchone()
+            stored, room = 0, hub_claims.room(int(held))
+            for p in params:
+                if stored >= room:
+                    break
+                stored += db.execute(hub_claims.CLAIM, p).rowcount
+            return stored
+
+        return await self._run(lambda db: transaction(db, job)) if params else 0
 
     async def set_apart_rows(self) -> int:
         """See :class:`HubStore`. Raises HubStoreError."""

@@ -14,7 +14,7 @@ from sync import hub_claims, hub_quarantine, hub_schema
 from sync import hub_console_sql as q
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_store import HubPolicy, check_limit
-from sync.protocol import Alert, EntryWire, FeedEntry
+from sync.protocol import Alert, FeedEntry
 from sync.protocol_console import TicketHistory
 
 log = logging.getLogger(__name__)
@@ -71,28 +71,6 @@ class SQLiteConsoleQueries:
             return q.history(short, (tickets, total), rows, limit)
 
         return await self._run(job)
-
-    async def claim(self, gate_id: str, entries: Sequence[EntryWire], now: float) -> int:
-        """See :class:`HubStore`. Raises HubStoreError."""
-        params = hub_claims.claim_params(gate_id, entries, now)
-
-        def job(db: sqlite3.Connection) -> int:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                (held,) = db.execute(hub_claims.CLAIMS_OF_GATE, (gate_id,)).fetchone()
-                stored, room = 0, hub_claims.room(int(held))
-                for p in params:
-                    if stored >= room:
-                        break
-                    stored += db.execute(hub_claims.CLAIM, p).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return stored
-
-        return await self._run(job) if params else 0
 
     async def claims(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
         """See :class:`HubStore`. Raises HubStoreError."""

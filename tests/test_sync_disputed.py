@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import Clock
-from agent.errors import UpstreamRefused, UpstreamUnavailable
+from agent.errors import UpstreamNotFound, UpstreamRefused, UpstreamUnavailable
 from agent.journal import Journal, PeerEntry
 from sync import client_disputed
 from sync.client_disputed import OLD_HUB_RETRY_S, forget_set_apart, set_apart_round
@@ -93,7 +93,7 @@ async def test_an_older_hub_without_the_list_is_asked_again_in_ten_minutes(
 ) -> None:
 
     async def old(params: dict[str, str]) -> SetApartPage:
-        raise UpstreamRefused("GET /v1/venues/v/set-apart: HTTP 404 (not_found: no route)")
+        raise UpstreamNotFound("GET /v1/venues/v/set-apart: HTTP 404 (not_found: no route)")
 
     assert await set_apart_round(old, journal, None, 10.0) == (None, OLD_HUB_RETRY_S)
 

@@ -362,14 +362,14 @@ async def check(req: CheckRequest, out: TextIO = sys.stdout) -> int:
         if codes:
             # The first code of a ticket format: a photo of a ticket may show another code
             # beside it (a URL, say), which the gate takes as part of that presentation.
-            chosen = next((c for c in codes if tickets.recognised(c.text)), codes[0])
+            at = next((i for i, c in enumerate(codes) if tickets.recognised(c.text)), None)
+            chosen = codes[at or 0]
             read["symbology"] = chosen.symbology
             texts = [chosen.text]
             if len(codes) > 1:
                 print(
                     f"gate-agent: {len(codes)} barcodes in the image; checking the"
-                    f" {_ordinal(codes.index(chosen) + 1)}"
-                    f"{', of a ticket format' if tickets.recognised(chosen.text) else ''}",
+                    f" {_ordinal((at or 0) + 1)}{'' if at is None else ', of a ticket format'}",
                     file=sys.stderr,
                 )
     if not texts:

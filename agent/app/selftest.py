@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import ipaddress
 import os
 import pwd
 import stat
@@ -318,22 +317,16 @@ def state_dir_problem(state: Path) -> str | None:
 def _plain_http(url: str) -> str | None:
     """Why a plain http:// hub off this machine is a risk (found in a user trial: it passed the
     check silently), or None."""
+    from agent.app.status import is_loopback
+
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme != "http" or host == "localhost" or _loopback(host):
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
         return None
     return (
         f"[hub] url: {parts.scheme}://{parts.netloc}: not https, so the gate's token and the"
         " venue's rows cross the network in clear, and anyone on it can copy the token and"
         " write as this gate: give the hub TLS (docs/first-venue.md) and an https:// url"
     )
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> tuple[list[str], int]:

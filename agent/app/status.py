@@ -449,7 +449,7 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether the status server's ``host`` takes connections from this machine only."""
+    """Whether ``host`` (an address or name, as a config gives it) is this machine only."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
