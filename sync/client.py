@@ -152,6 +152,7 @@ class HubClient:
         self._outbox: int | None = None
         self._upload_state = "idle"
         self._conflicts: tuple[str, ...] = ()
+        self._conflict_seq: int | None = None  # the lowest gate_seq of them: quarantine from it
         self._last_error: str | None = None
         # The credential the hub refused ("token", "cert"), whichever task met it, until a
         # request is answered again: the gate is offline at once, not offline_after_s later.
@@ -219,8 +220,10 @@ class HubClient:
         """A snapshot for status pages: online, last_success (wall time), upload ("idle", "ok",
         "conflict", "unauthorized", "refused", "unavailable"), outbox_depth (as last counted),
         feed_cursor, feed_lag_s (seconds since the feed was last caught up), revocation_version,
-        trust_version, hub_clock_offset_s, last_error, conflicts (entry ids) and refused (the
-        credential the hub refuses, "token" or "cert", until a request is answered again)."""
+        trust_version, hub_clock_offset_s, last_error, conflicts (entry ids), conflict_from_seq
+        (the lowest gate_seq of them: where the rows of a copy of this gate's token begin at the
+        hub, the --from-seq of its quarantine) and refused (the credential the hub refuses,
+        "token" or "cert", until a request is answered again)."""
         now, ok = time.monotonic(), self._http.last_ok
         return {
             "online": self.online,
@@ -231,7 +234,7 @@ class HubClient:
             "revocation_version": self._revocations.meta.version,
             "trust_version": self._trust.version, "hub_clock_offset_s": self._hub_time.offset,
             "last_error": self._last_error, "conflicts": list(self._conflicts),
-            "refused": self._refused,
+            "conflict_from_seq": self._conflict_seq, "refused": self._refused,
         }  # fmt: skip
 
     async def upload_once(self) -> int:
@@ -246,16 +249,23 @@ class HubClient:
             return 0
         upload = BatchUpload(self._s.gate_id, tuple(EntryWire.from_record(r) for r in rows))
         sent = time.monotonic()
-        reply = await self._http.request(
-            "POST", f"/v1/gates/{self._s.gate_id}/entries:batch", body=protocol.encode(upload)
-        )
+        try:
+            reply = await self._http.request(
+                "POST", f"/v1/gates/{self._s.gate_id}/entries:batch", body=protocol.encode(upload)
+            )
+        except UpstreamConflict as exc:  # the rows below are ours, acknowledged
+            refused = set(exc.entry_ids)
+            self._conflict_seq = min(
+                (r.gate_seq for r in rows if r.entry_id in refused), default=None
+            )
+            raise
         ack = self._parse(reply, BatchAck)
         self._hub_time.note(ack.hub_time, sent)
         through = min(ack.acked_through_seq, rows[-1].gate_seq)
         if through < rows[0].gate_seq:
             raise UpstreamUnavailable(f"hub acknowledged none of gate_seq {rows[0].gate_seq}..")
         await self._journal.mark_synced(through, self._clock.now())
-        self._upload_state, self._conflicts = "ok", ()
+        self._upload_state, self._conflicts, self._conflict_seq = "ok", (), None
         log.debug("hub: %d entries acknowledged through %d (%d new)", len(rows), through,
                   ack.inserted)  # fmt: skip
         return through - rows[0].gate_seq + 1
@@ -412,9 +422,11 @@ class HubClient:
             self._upload_state = "conflict"
             if set(exc.entry_ids) != set(self._conflicts):
                 self._conflicts = exc.entry_ids
-                log.error("hub refuses entries %s: their entry_id or gate_seq holds another row"
-                          " there (the hub's integrity alert says which); rows kept, operator"
-                          " action needed", ", ".join(exc.entry_ids))  # fmt: skip
+                seq = self._conflict_seq
+                log.error("hub refuses entries %s from gate_seq %s: their entry_id or gate_seq"
+                          " holds another row there (a copy of this gate's token?); rows kept:"
+                          " revoke the gate's token, then quarantine its rows from gate_seq %s",
+                          ", ".join(exc.entry_ids), seq, seq)  # fmt: skip
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
             if isinstance(exc, UpstreamAuthError) or exc.check == "cert":

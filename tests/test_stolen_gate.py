@@ -389,8 +389,11 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             await until(flagged, what="gate A's uploads refused, in the venue's gate list")
             # And the gate's own health says what it is, not "hub offline" (a user trial).
             reasons = (await StatusServer(a).health())[1]
-            words = "hub refuses this gate's rows: their numbers hold other rows there"
+            # It names where the copy's rows begin: the --from-seq security needs, which the
+            # hub's alert cannot tell (it names a refused row, the copy's when the copy lost).
+            words = "hub refuses this gate's rows from gate_seq 2: their numbers hold other rows"
             assert any(words in r for r in reasons) and "hub offline" not in reasons, reasons
+            assert a.hub is not None and a.hub.status()["conflict_from_seq"] == 2
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
             # The operator: sees what would move, but moves nothing while the gate has a token
             # (the copy would squat again) ...

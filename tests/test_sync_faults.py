@@ -330,6 +330,7 @@ async def test_conflict_keeps_rows_and_is_logged_once(
             await until(lambda: link.status()["upload"] == "conflict", what="conflict status")
             await asyncio.sleep(1.5)  # the scenario: several retries at the (test's) 0.5 s cap
             assert link.status()["conflicts"] == [row.entry_id]
+            assert link.status()["conflict_from_seq"] == row.gate_seq
             assert [r.entry_id for r in await gate.journal.unsynced()] == [row.entry_id]
     logged = [r for r in caplog.records if row.entry_id in r.getMessage()]
     assert len(logged) == 1

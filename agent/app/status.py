@@ -496,9 +496,10 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     elif up is not None and up.get("kind") == "hub" and up.get("upload") == "conflict":
         # Found in a user trial: staff read "hub offline" as a network fault, not a copy of
         # this gate's token writing rows under its numbers.
+        seq = up.get("conflict_from_seq")  # where the copy's rows begin: security's --from-seq
         reasons.append(
-            "hub refuses this gate's rows: their numbers hold other rows there (a copy of its"
-            " token?): tell security"
+            f"hub refuses this gate's rows{'' if seq is None else f' from gate_seq {seq}'}: their"
+            " numbers hold other rows there (a copy of its token?): tell security"
         )
     elif up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
