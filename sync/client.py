@@ -42,7 +42,7 @@ import aiohttp
 
 from agent import version
 from agent.backoff import Backoff
-from agent.clock import HLC_MAX_AHEAD_S, Clock
+from agent.clock import HLC_MAX_AHEAD_S, Clock, boot_id
 from agent.errors import (
     JournalError,
     RollbackError,
@@ -361,7 +361,7 @@ class HubClient:
             revocation_version=meta.version,
             revocation_age_s=None if age is None else max(0.0, age),
             trust_version=self._trust.version, clock_synced=self._clock.reading().synced,
-            feed_cursor=self._cursor, faults=tuple(faults[:16]),
+            feed_cursor=self._cursor, faults=tuple(faults[:16]), boot_id=boot_id(),
         )  # fmt: skip
         sent = time.monotonic()
         reply = await self._http.request(

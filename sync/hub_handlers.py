@@ -297,6 +297,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     if hub.beat_due(gate):
         await hub.store.heartbeat(hb, now)
     hub.presence.heartbeat(gate)
+    twins = hub.twins.heartbeat(gate, hb.boot_id, request.remote or "?", now)
+    if twins is not None:
+        log.warning("%s", twins.detail)
+        await hub.store.raise_alert(twins, gate, now)
     return json_response(HeartbeatAck(now))
 
 

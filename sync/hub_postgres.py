@@ -297,6 +297,11 @@ class PostgresHubStore(PostgresConsoleQueries):
         args = hub_sql.heartbeat_params(hb, list(hb.faults), now)
         await self._run(lambda conn: conn.execute(_HEARTBEAT, *args))
 
+    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        args = _alert_args(alert, gate_id, now)
+        await self._run(lambda conn: conn.execute(_INSERT_ALERT, *args))
+
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate with a token or heard from, with its last known health.
 

@@ -259,6 +259,11 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         params = hub_sql.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
         await self._run(lambda db: db.execute(_HEARTBEAT, params))
 
+    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        params = _alert_params(alert, gate_id, now)
+        await self._run(lambda db: db.execute(hub_sql.INSERT_ALERT, params))
+
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate with a token or heard from, with its last known health.
 

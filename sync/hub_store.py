@@ -40,6 +40,7 @@ from typing import Literal, Protocol
 
 from agent.errors import AgentError, ConfigError
 from sync.hub_console_sql import Action, ActResult
+from sync.hub_plan import NewAlert
 from sync.hub_venue_sql import VenueRow
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
 from sync.protocol_console import TicketHistory
@@ -270,6 +271,10 @@ class HubStore(Protocol):
 
     async def heartbeat(self, hb: Heartbeat, now: float) -> None:
         """Record a gate's heartbeat (its health as the console shows it)."""
+        ...
+
+    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
+        """Store an alert about ``gate_id`` raised outside an upload (once per dedupe key)."""
         ...
 
     async def gates(self, now: float) -> list[GateHealth]:

@@ -446,12 +446,16 @@ class Heartbeat:
     clock_synced: bool
     feed_cursor: int
     faults: tuple[str, ...] = ()  # short words: "scanner offline", "relay fault", ...
+    boot_id: str = ""  # the unit's kernel boot id (sync.hub_twins); "" from older gates
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Heartbeat:
         faults = read.array(obj, "faults", "", 16) if "faults" in obj else []
         if not all(isinstance(f, str) and 0 < len(f) <= MAX_ID and f.isprintable() for f in faults):
             raise ProtocolError("faults: expected short strings")
+        boot = read.text(obj, "boot_id", "", 36) if "boot_id" in obj else ""
+        if boot and UUID.fullmatch(boot) is None:
+            raise ProtocolError("boot_id: expected a boot id (a UUID)")
         return cls(
             gate_id=read.ident(obj, "gate_id", ""),
             gate_name=read.text(obj, "gate_name", "", MAX_ID),
@@ -464,6 +468,7 @@ class Heartbeat:
             clock_synced=read.boolean(obj, "clock_synced", ""),
             feed_cursor=read.integer(obj, "feed_cursor", ""),
             faults=tuple(faults),
+            boot_id=boot,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -474,7 +479,7 @@ class Heartbeat:
             "revocation_version": self.revocation_version,
             "revocation_age_s": self.revocation_age_s, "trust_version": self.trust_version,
             "clock_synced": self.clock_synced, "feed_cursor": self.feed_cursor,
-            "faults": list(self.faults),
+            "faults": list(self.faults), "boot_id": self.boot_id,
         }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,6 +455,22 @@ async def test_bad_bodies_are_400_with_a_message(
     unknown_fields = json.loads(body(entry={"new_field": [1]}, extension={"x": 1}))
     accepted = await api.post(path, json.dumps(unknown_fields).encode(), gate.token)
     assert accepted.status == 200 and BatchAck.from_json(accepted.json).inserted == 1
+
+
+async def test_a_heartbeats_boot_id_is_a_uuid_or_absent(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    gate = await make_gate()
+    path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat().to_json()
+    for bad in ("not-a-boot-id", "A" * 36, "1" * 37, 7):
+        reply = await api.post(
+            path, json.dumps({"v": 1, **beat, "boot_id": bad}).encode(), gate.token
+        )
+        assert reply.status == 400 and "boot_id" in reply.error().message, bad
+    older = {k: v for k, v in beat.items() if k != "boot_id"}  # a gate of an older version
+    for body in (older, {**beat, "boot_id": str(uuid.uuid4())}):
+        reply = await api.post(path, json.dumps({"v": 1, **body}).encode(), gate.token)
+        assert reply.status == 200, body
 
 
 async def test_bad_query_parameters(hub: RunningHub, api: Api, make_gate: MakeGate) -> None:

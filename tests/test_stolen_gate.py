@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from agent import tickets
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
 from agent.app.status import StatusServer
-from agent.clock import HLC, Clock, uuid7
+from agent.clock import HLC, Clock, boot_id, uuid7
 from agent.issuer import Issuer
 from agent.journal import Journal, PeerEntry
 from agent.lane import Outcome
@@ -616,6 +617,41 @@ async def _stored(venue: Venue, table: str) -> list[tuple[int, str, str]]:
 
 
 # --- 3. names come from the hub ------------------------------------------------------------------
+
+
+async def test_a_copy_of_a_gates_token_heartbeating_beside_it_is_an_alert(venue: Venue) -> None:
+    stolen = venue.conf_a.hub.token if venue.conf_a.hub else None  # copied off gate A's unit
+    assert stolen
+    copy_boot, real_boot = str(uuid.uuid4()), boot_id()
+
+    async def beat(boot: str) -> None:  # a heartbeat as gate A, answered once the hub is done
+        hb = Heartbeat(
+            gate_id="gate-a", gate_name="A", version="x", outbox_depth=0,
+            oldest_unsynced_age_s=None, revocation_version=0, revocation_age_s=None,
+            trust_version=0, clock_synced=True, feed_cursor=0, boot_id=boot,
+        )  # fmt: skip
+        url = venue.url("/v1/gates/gate-a/heartbeat")
+        assert (await asyncio.to_thread(post_json, url, stolen, protocol.encode(hb)))[0] == 200
+
+    async with venue.gates() as (a, _):
+        await until(lambda: _online(a), what="gate A online")
+        # The copy runs on another unit: its heartbeats carry another boot id than the gate's,
+        # and the real gate's next heartbeat (its own kernel boot id) comes back.
+        await beat(copy_boot)
+        words = "two units heartbeat as gate gate-a"
+
+        async def alerted() -> list[dict[str, Any]]:
+            return _integrity(await venue.alerts(), words)
+
+        await until(alerted, what="the two units' alert")
+        (alert,) = await alerted()
+        assert f"boot {real_boot[:8]} from 127.0.0.1" in alert["detail"]
+        assert f"boot {copy_boot[:8]} from 127.0.0.1" in alert["detail"]
+        assert "a copy of its token?" in alert["detail"] and alert["gates"] == ["gate-a"]
+        # Once for the pair, however long the two take turns.
+        for boot in (copy_boot, real_boot, copy_boot, real_boot):
+            await beat(boot)
+        assert len(await alerted()) == 1
 
 
 async def test_a_gate_cannot_rename_itself_and_names_are_unique(venue: Venue, iss: Issuer) -> None:
