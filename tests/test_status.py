@@ -217,6 +217,9 @@ async def test_status_json_has_what_a_technician_needs(
         "id": "gate-3",
         "name": "Gate 3",
         "version": metadata.version("gate-agent"),
+        # the unit's boot id, as its rows carry it: which unit is the real one when the hub
+        # says two units heartbeat as this gate (a copy of its token)
+        "boot_id": outcome.record.boot_id,  # type: ignore[union-attr]
     }
     assert body["health"]["status"] == "ready"
     assert body["journal"]["rows"] == 1

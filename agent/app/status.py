@@ -60,7 +60,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from agent import version
 from agent.app.status_bounds import Listener, Pacer, Streams, busy, listen_socket
 from agent.app.status_display import DisplayFeed, lane_health
-from agent.clock import HLC_MAX_AHEAD_S
+from agent.clock import HLC_MAX_AHEAD_S, boot_id
 from agent.errors import JournalError
 from sync.hub_limits import ConnectionGuard, Limits, busy_answer, fit_nofile
 from sync.log_throttle import request_log
@@ -317,6 +317,7 @@ class StatusServer:
                 "id": gate.config.gate.id,
                 "name": gate.config.gate.name,
                 "version": version.installed(),
+                "boot_id": boot_id(),  # as its rows and heartbeats carry it (sync.hub_twins)
             },
             "lanes": [lane_health(lane) for lane in self._lanes()],
             "clock": _clock_status(gate.clock),
