@@ -77,8 +77,10 @@ def evdev_device(path: str) -> HidDevice:
         raise DriverError("hid: the evdev library is not installed (pip install evdev)") from exc
     device = evdev.InputDevice(path)
     # Key events stamped by CLOCK_MONOTONIC instead of the wall clock, which NTP may step.
-    with contextlib.suppress(OSError):
+    try:
         fcntl.ioctl(device.fd, EVIOCSCLOCKID, struct.pack("i", time.CLOCK_MONOTONIC))
+    except OSError as exc:  # wall-clock stamps: gaps still work, unless NTP steps mid-code
+        log.info("hid scanner %s: events keep wall-clock stamps (%s)", path, exc.strerror)
     return device
 
 
