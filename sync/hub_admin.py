@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -178,7 +178,11 @@ async def quarantine(
     if not 1 <= from_seq <= INT63:
         raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1 to {INT63}")
     async with opened_store(config) as store:
-        return await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
+        done = await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
+        if done.rows or done.tokens:
+            return done
+        known = any(g.gate_id == gate_id for g in await store.gates(time.time()))
+        return replace(done, known=known)
 
 
 async def revoke_named(config: HubConfig, role: Role, name: str) -> int:

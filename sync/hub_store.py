@@ -151,11 +151,13 @@ class QuarantinedRow:
 @dataclass(frozen=True, slots=True)
 class Quarantine:
     """What a quarantine found and did: the gate's tokens still stored, its rows from the
-    gate_seq on, and whether they were moved (never while ``tokens`` > 0, nor on a dry run)."""
+    gate_seq on, whether they were moved (never while ``tokens`` > 0, nor on a dry run), and
+    whether the hub knows the gate at all (a token or a row of it, ever: a typo's answer)."""
 
     tokens: int
     rows: tuple[QuarantinedRow, ...] = ()
     moved: bool = False
+    known: bool = True
 
 
 @dataclass(frozen=True, slots=True)

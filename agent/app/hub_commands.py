@@ -172,6 +172,14 @@ async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
             file=sys.stderr,
         )
         return 1
+    if not done.known:
+        print(
+            f"gate-agent: hub quarantine: no gate {gate} at this hub: it has no token and nothing"
+            " came from it (nothing was moved; the id is the one `hub token --gate` was given,"
+            " case counts; the console's gate list shows them)",
+            file=sys.stderr,
+        )
+        return 1
     if not done.rows:
         print(
             f"gate-agent: hub quarantine: gate {gate} has no rows from gate_seq {first}"
