@@ -269,6 +269,8 @@ async def _serve(config: HubConfig, runner: web.AppRunner, tls: ssl.SSLContext |
         ) from exc
     host, port = runner.addresses[0][:2]
     log.info("hub %s listening on %s:%d (%s)", config.hub.venue, host, port, config.scheme)
+    for warning in config.warnings():
+        log.warning("%s", warning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

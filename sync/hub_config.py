@@ -128,6 +128,17 @@ class HubConfig:
     def scheme(self) -> str:
         return "http" if self.tls is None else "https"
 
+    def warnings(self) -> list[str]:
+        """What the config allows that a stolen gate could use (``hub --check`` WARN lines, the
+        log at start): reentry with every gate allowed to record exits."""
+        if self.hub.entry_policy == "reentry" and self.hub.exit_gates is None:
+            return [
+                f"{self.path}: [hub] entry_policy is reentry and exit_gates is unset: every gate"
+                " may record exits, so a copy of an entry gate's token can let any ticket in"
+                " again (list the exit gates: exit_gates = [\"north-exit-1\", ...])"
+            ]
+        return []
+
     def policy(self) -> HubPolicy:
         """The alert rules the store applies."""
         h = self.hub

@@ -829,6 +829,23 @@ def test_hub_check_names_the_trust_bundle_it_cannot_read(tmp_path: Path, keys_di
         assert "missing.json: cannot read the trust bundle" in done.stderr
 
 
+def test_reentry_with_every_gate_recording_exits_is_warned(tmp_path: Path, keys_dir: Path) -> None:
+    """A copy of an entry gate's token could upload an exit for every ticket and let each in
+    again: with reentry, the hub's check and its log at start say so until exit_gates is set."""
+    words = "[hub] entry_policy is reentry and exit_gates is unset: every gate may record exits"
+    open_exits = write_hub_config(tmp_path / "a", keys=keys_dir, extra='entry_policy = "reentry"\n')
+    check = hub_cli(open_exits, "--check")
+    assert check.returncode == 0 and f"WARN policy   {open_exits.config}: {words}" in check.stdout
+    with HubProcess(open_exits) as proc:
+        assert words in proc.log_tail()
+    listed = write_hub_config(
+        tmp_path / "b", keys=keys_dir, extra='entry_policy = "reentry"\nexit_gates = ["out-1"]\n'
+    )
+    for setup in (listed, write_hub_config(tmp_path / "c", keys=keys_dir)):  # or single entry
+        check = hub_cli(setup, "--check")
+        assert check.returncode == 0 and "WARN" not in check.stdout, check.stdout
+
+
 async def test_acknowledged_rows_survive_kill_9(own_hub: OwnHub, tmp_path: Path) -> None:
     async with await Journal.open(
         tmp_path / "gate-1.db", gate_id="gate-1", gate_name="Gate 1", clock=Clock(assume="synced")

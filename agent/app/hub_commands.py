@@ -62,6 +62,8 @@ def _hub_check(conf: HubConfig) -> int:
     older = hub_trust_file.TrustFile(conf, serving=False).older_file
     if older is not None:  # the hub starts, serving the newer copy it kept
         print(f"WARN trust    {older}")
+    for warning in conf.warnings():
+        print(f"WARN policy   {warning}")
     store = hub_admin.check_store(conf)
     print(f"OK   hub config {conf.path}: venue {conf.hub.venue}, listen {conf.hub.listen}; {store}")
     return 0
