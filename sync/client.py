@@ -423,10 +423,10 @@ class HubClient:
             if set(exc.entry_ids) != set(self._conflicts):
                 self._conflicts = exc.entry_ids
                 seq = self._conflict_seq
-                log.error("hub refuses entries %s from gate_seq %s: their entry_id or gate_seq"
-                          " holds another row there (a copy of this gate's token?); rows kept:"
-                          " revoke the gate's token, then quarantine its rows from gate_seq %s",
-                          ", ".join(exc.entry_ids), seq, seq)  # fmt: skip
+                where = "" if seq is None else f" from gate_seq {seq} (a quarantine's --from-seq)"
+                log.error("hub refuses entries %s%s: their entry_id or gate_seq holds another"
+                          " row there (a copy of this gate's token? tell security); rows kept",
+                          ", ".join(exc.entry_ids), where)  # fmt: skip
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
             if isinstance(exc, UpstreamAuthError) or exc.check == "cert":

@@ -135,7 +135,7 @@ class HubConfig:
             return [
                 f"{self.path}: [hub] entry_policy is reentry and exit_gates is unset: every gate"
                 " may record exits, so a copy of an entry gate's token can let any ticket in"
-                " again (list the exit gates: exit_gates = [\"north-exit-1\", ...])"
+                ' again (list the exit gates: exit_gates = ["north-exit-1", ...])'
             ]
         return []
 

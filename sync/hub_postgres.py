@@ -27,16 +27,19 @@ import asyncpg
 
 from sync import (
     hub_claims,
+    hub_postgres_boots,
     hub_postgres_known,
     hub_postgres_revocations,
     hub_quarantine,
     hub_rules,
     hub_schema,
     hub_sql,
+    hub_twins,
     protocol,
 )
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
 from sync.hub_plan import NewAlert
+from sync.hub_postgres_boots import rows
 from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import (
@@ -297,10 +300,20 @@ class PostgresHubStore(PostgresConsoleQueries):
         args = hub_sql.heartbeat_params(hb, list(hb.faults), now)
         await self._run(lambda conn: conn.execute(_HEARTBEAT, *args))
 
-    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
-        """See :class:`HubStore`. Raises HubStoreError."""
-        args = _alert_args(alert, gate_id, now)
-        await self._run(lambda conn: conn.execute(_INSERT_ALERT, *args))
+    async def note_boot(
+        self, gate_id: str, boot_id: str, address: str, now: float
+    ) -> list[NewAlert]:
+        """See :class:`HubStore` (:mod:`sync.hub_postgres_boots`). Raises HubStoreError."""
+        seen = hub_twins.Seen(gate_id, boot_id, address, now)
+
+        async def job(conn: _Conn) -> list[NewAlert]:
+            async def insert(a: NewAlert) -> bool:
+                return rows(await conn.execute(_INSERT_ALERT, *_alert_args(a, "", now))) > 0
+
+            async with conn.transaction():
+                return await hub_postgres_boots.note_boot(conn, seen, insert)
+
+        return await self._run(job)
 
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate with a token or heard from, with its last known health.

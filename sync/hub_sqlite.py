@@ -29,7 +29,9 @@ from sync import (
     hub_quarantine,
     hub_rules,
     hub_sql,
+    hub_sqlite_boots,
     hub_sqlite_revocations,
+    hub_twins,
     protocol,
 )
 from sync.group_commit import GroupCommit
@@ -259,10 +261,19 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         params = hub_sql.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
         await self._run(lambda db: db.execute(_HEARTBEAT, params))
 
-    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
-        """See :class:`HubStore`. Raises HubStoreError."""
-        params = _alert_params(alert, gate_id, now)
-        await self._run(lambda db: db.execute(hub_sql.INSERT_ALERT, params))
+    async def note_boot(
+        self, gate_id: str, boot_id: str, address: str, now: float
+    ) -> list[NewAlert]:
+        """See :class:`HubStore` (:mod:`sync.hub_sqlite_boots`). Raises HubStoreError."""
+        seen = hub_twins.Seen(gate_id, boot_id, address, now)
+
+        def job(db: sqlite3.Connection) -> list[NewAlert]:
+            def insert(a: NewAlert) -> bool:
+                return int(db.execute(hub_sql.INSERT_ALERT, _alert_params(a, "", now)).rowcount) > 0
+
+            return hub_sqlite_boots.note_boot(db, seen, insert)
+
+        return await self._run(lambda db: transaction(db, job))
 
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate with a token or heard from, with its last known health.

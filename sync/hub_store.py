@@ -275,8 +275,11 @@ class HubStore(Protocol):
         """Record a gate's heartbeat (its health as the console shows it)."""
         ...
 
-    async def raise_alert(self, alert: NewAlert, gate_id: str, now: float) -> None:
-        """Store an alert about ``gate_id`` raised outside an upload (once per dedupe key)."""
+    async def note_boot(
+        self, gate_id: str, boot_id: str, address: str, now: float
+    ) -> list[NewAlert]:
+        """Note the boot id a heartbeat of ``gate_id`` came with (:mod:`sync.hub_twins`); returns
+        the alerts it raised (stored with it), each once."""
         ...
 
     async def gates(self, now: float) -> list[GateHealth]:

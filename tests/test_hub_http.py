@@ -457,12 +457,12 @@ async def test_bad_bodies_are_400_with_a_message(
     assert accepted.status == 200 and BatchAck.from_json(accepted.json).inserted == 1
 
 
-async def test_a_heartbeats_boot_id_is_a_uuid_or_absent(
+async def test_a_heartbeats_boot_id_is_short_text_or_absent(
     hub: RunningHub, api: Api, make_gate: MakeGate
 ) -> None:
     gate = await make_gate()
     path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat().to_json()
-    for bad in ("not-a-boot-id", "A" * 36, "1" * 37, 7):
+    for bad in ("b" * 65, "a\x07b", 7, None):  # as a row's boot_id: text of at most 64
         reply = await api.post(
             path, json.dumps({"v": 1, **beat, "boot_id": bad}).encode(), gate.token
         )
@@ -1202,6 +1202,27 @@ async def test_two_hub_processes_raise_each_double_admission_once(two_hubs: TwoH
     replay = await asyncio.gather(*(g.upload(a, *rows[g.gate_id]) for g, a in crossed))
     assert all(BatchAck.from_json(r.json).inserted == 0 for r in replay)
     assert len((await alerts_after(two_hubs.apis[1], two_hubs.console, 0)).alerts) == len(refs)
+
+
+async def test_two_units_heartbeating_through_two_hub_processes_are_an_alert(
+    two_hubs: TwoHubs,
+) -> None:
+    """Found in review: each hub process kept the boot ids it saw, so a gate and a copy of its
+    token whose heartbeats reached different processes were never told apart."""
+    gate, (api_1, api_2) = two_hubs.gates[0], two_hubs.apis
+    real, copy = str(uuid.uuid4()), str(uuid.uuid4())
+    path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat()
+
+    async def send(api: Api, boot: str) -> None:
+        reply = await api.post(path, dataclasses.replace(beat, boot_id=boot), gate.token)
+        assert reply.status == 200
+
+    await send(api_1, real)  # the gate, on process 1
+    await send(api_2, copy)  # the copy, on process 2: each process has seen one boot id only
+    await send(api_2, real)  # the gate's next heartbeat reaches process 2
+    raised = (await alerts_after(api_1, two_hubs.console, 0)).alerts
+    (alert,) = [a for a in raised if "two units heartbeat as gate Gate 1" in a.detail]
+    assert f"boot {real[:8]} from 127.0.0.1 came back after boot {copy[:8]}" in alert.detail
 
 
 async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(

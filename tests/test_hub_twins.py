@@ -1,39 +1,104 @@
-"""Two units heartbeating as one gate (sync.hub_twins): what is an alert and what is not."""
+"""Two units heartbeating as one gate (sync.hub_twins), in both real stores: what is an alert and
+what is not, and what a token spinning boot ids can and cannot do."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from sync.hub_twins import MAX_PAIRS, Twins
+import pytest
+
+from sync import hub_twins
+from sync.hub_store import HubStore
+from sync.hub_stores import open_store
+from sync.hub_twins import CHURN, MAX_BOOTS, MAX_NOTES_PER_MIN, NO_BOOT, NOTE_EVERY_S, BootNotes
+from tests.pg import pg_server, pg_url  # noqa: F401
+from tests.test_hub_store import POLICY
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubStore]:
+    url = (
+        f"sqlite://{tmp_path / 'hub.db'}"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    opened = await open_store(url, POLICY)
+    yield opened
+    await opened.close()
 
 
 def _boot() -> str:
     return str(uuid.uuid4())
 
 
-def test_a_gate_booting_again_is_no_alert_and_a_boot_id_coming_back_is() -> None:
-    twins, first, second = Twins(), _boot(), _boot()
-    # A unit booting again (or its daemon restarting without /proc: a new random id) never comes
-    # back to the boot id it left; an older gate names none; a dual-stack gate changes address.
-    for boot, address in ((first, "10.0.0.7"), (first, "fd00::7"), (second, "10.0.0.7"),
-                          (second, "10.0.0.7"), ("", "10.0.0.8"), (_boot(), "10.0.0.7")):  # fmt: skip
-        assert twins.heartbeat("gate-a", boot, address, 1.0) is None
-    assert twins.heartbeat("gate-b", first, "10.0.0.9", 1.0) is None  # each gate on its own
-    # The copy (another unit) and the gate take turns: one alert for the pair.
-    a, b = _boot(), _boot()
-    assert twins.heartbeat("gate-c", a, "10.0.0.7", 1.0) is None
-    assert twins.heartbeat("gate-c", b, "192.0.2.5", 2.0) is None
-    alert = twins.heartbeat("gate-c", a, "10.0.0.7", 3.0)
-    assert alert is not None and alert.kind == "integrity" and alert.gate_ids == ("gate-c",)
-    assert f"boot {a[:8]} from 10.0.0.7 and boot {b[:8]} from 192.0.2.5" in alert.detail
-    assert [twins.heartbeat("gate-c", boot, "x", 4.0) for boot in (b, a, b)] == [None] * 3
+async def _details(store: HubStore) -> list[str]:
+    return [a.detail for a in await store.alerts(0, 1000) if a.kind == "integrity"]
 
 
-def test_a_token_spinning_boot_ids_raises_a_bounded_number_of_alerts() -> None:
-    twins, home = Twins(), _boot()
-    alerts = []
-    for _ in range(3 * MAX_PAIRS):
-        twins.heartbeat("gate-a", _boot(), "192.0.2.5", 1.0)
-        alerts.append(twins.heartbeat("gate-a", home, "10.0.0.7", 1.0))
-    found = [a for a in alerts if a is not None]
-    assert len(found) == MAX_PAIRS and len({a.dedupe_key for a in found}) == MAX_PAIRS
+async def test_a_gate_booting_again_is_no_alert(store: HubStore) -> None:
+    # Its boot id changes and never comes back; an older gate names none; a dual-stack gate
+    # changes address; an upgrade from a version without boot ids; a few boots a day.
+    first, second = _boot(), _boot()
+    steps = [(NO_BOOT, "10.0.0.7"), (first, "10.0.0.7"), (first, "fd00::7"), (second, "10.0.0.7")]
+    steps += [(_boot(), "10.0.0.7") for _ in range(CHURN - 3)]
+    for at, (boot, address) in enumerate(steps):
+        assert await store.note_boot("gate-a", boot, address, T0 + 60 * at) == []
+    assert await store.note_boot("gate-b", first, "10.0.0.9", T0) == []  # each gate its own
+    assert await _details(store) == []
+
+
+async def test_a_boot_id_coming_back_is_one_alert_a_pair(store: HubStore) -> None:
+    real, copy = _boot(), _boot()
+    assert await store.note_boot("gate-a", real, "10.0.0.7", T0) == []
+    assert await store.note_boot("gate-a", copy, "192.0.2.5", T0 + 5) == []
+    (alert,) = await store.note_boot("gate-a", real, "10.0.0.7", T0 + 10)
+    assert alert.gate_ids == ("gate-a",) and alert.gates == ("gate-a",)
+    assert alert.detail.startswith("two units heartbeat as gate gate-a (a copy of its token?")
+    assert f"boot {real[:8]} from 10.0.0.7 came back after boot {copy[:8]} from 192.0.2.5" in (
+        alert.detail
+    )
+    for at, boot in enumerate((copy, real, copy, real), start=3):  # they go on taking turns
+        assert await store.note_boot("gate-a", boot, "x", T0 + 5 * at) == []
+    assert len(await _details(store)) == 1
+    # A copy that sends no boot id (as an older gate would) is a boot id of its own.
+    assert await store.note_boot("gate-b", real, "10.0.0.8", T0) == []
+    assert await store.note_boot("gate-b", NO_BOOT, "192.0.2.5", T0 + 5) == []
+    (hidden,) = await store.note_boot("gate-b", real, "10.0.0.8", T0 + 10)
+    assert "came back after boot (none) from 192.0.2.5" in hidden.detail
+
+
+async def test_a_token_spinning_boot_ids_cannot_push_the_gates_own_out(store: HubStore) -> None:
+    real = _boot()
+    assert await store.note_boot("gate-a", real, "10.0.0.7", T0) == []
+    raised = []
+    for at in range(1, 2 * MAX_BOOTS):  # fresh boot ids, far more than are kept
+        raised += await store.note_boot("gate-a", _boot(), "192.0.2.5", T0 + at)
+    # More than CHURN new ones within the hour: one alert of their own (once an hour) ...
+    (churn,) = raised
+    assert f"names more than {CHURN} new boot ids within an hour" in churn.detail
+    # ... and the gate's own boot id was kept: its next heartbeat is the pair's alert.
+    (back,) = await store.note_boot("gate-a", real, "10.0.0.7", T0 + 2 * MAX_BOOTS)
+    assert back.detail.startswith("two units heartbeat as gate gate-a")
+    # A day later the stale ones make room again: a new unit's boot id is kept.
+    later = T0 + hub_twins.STALE_S + 3 * MAX_BOOTS
+    assert await store.note_boot("gate-a", _boot(), "10.0.0.7", later) == []
+
+
+def test_each_process_writes_a_boot_id_when_it_changes_and_paces_the_rest() -> None:
+    now = [0.0]
+    notes = BootNotes(clock=lambda: now[0])
+    real, copy = _boot(), _boot()
+    assert notes.due("gate-a", real) and not notes.due("gate-a", real)  # unchanged: paced
+    now[0] += NOTE_EVERY_S
+    assert notes.due("gate-a", real)
+    assert notes.due("gate-a", copy) and notes.due("gate-a", real)  # a change: at once
+    assert notes.due("gate-b", real)  # each gate on its own
+    # Boot ids changing without end are written at most MAX_NOTES_PER_MIN a minute a gate.
+    written = sum(notes.due("gate-a", _boot()) for _ in range(10 * MAX_NOTES_PER_MIN))
+    assert written == MAX_NOTES_PER_MIN - 4
+    now[0] += 60.0
+    assert notes.due("gate-a", real)

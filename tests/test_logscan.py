@@ -121,7 +121,7 @@ def test_what_a_gate_logs_on_purpose_is_not_flagged(ticket: str, keys_dir: Path)
         f"sync.pretix INFO pretix device 2 initialised (token {secret_label(token)})",
         f"sync.hub INFO token {hub_admin.hash_token(token)} refused for gate-a",
         f"sync.pretix WARNING SECURITY ALERT duplicate_entry ticket {pretix_short_id(ticket)}",
-        f"sync.client ERROR hub refuses entries {entry} from gate_seq 2: their entry_id or gate_seq",
+        f"sync.client ERROR hub refuses entries {entry} from gate_seq 2 (a quarantine's --from-seq)",
         f"agent.trust INFO issuer kid 7 key {pub} (ed25519)",
         "agent.journal INFO created journal "
         "/tmp/pytest-of-root/pytest-12/test_conflict_keeps_rows_and_0/gate/state/journal.db",

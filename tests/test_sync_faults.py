@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,3 +335,28 @@ async def test_conflict_keeps_rows_and_is_logged_once(
             assert [r.entry_id for r in await gate.journal.unsynced()] == [row.entry_id]
     logged = [r for r in caplog.records if row.entry_id in r.getMessage()]
     assert len(logged) == 1
+    assert f"from gate_seq {row.gate_seq} (a quarantine's --from-seq)" in logged[0].getMessage()
+
+
+async def test_a_conflict_names_its_lowest_refused_row_not_the_batchs_first(
+    hub_setup: HubSetup, keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    token = add_token(hub_setup, gate_id="gate-a")
+    conf = _gate_config(tmp_path, keys_dir, hub_setup, token)
+    async with open_gate(conf) as gate:
+        await _admit_all(gate, [iss.ticket(event=1, zones=[1]) for _ in range(3)])
+        first, second, third = await gate.journal.unsynced()
+    # A copy of the token stored a row of its own under gate_seq 2 only (gate_seq 1 a hole).
+    squat = msgspec.structs.replace(
+        protocol.EntryWire.from_record(second), entry_id=str(uuid.uuid4())
+    )
+    with HubProcess(hub_setup):
+        url = f"{hub_setup.url}/v1/gates/gate-a/entries:batch"
+        body = protocol.encode(protocol.BatchUpload("gate-a", (squat,)))
+        assert (await asyncio.to_thread(post_json, url, token, body))[0] == 200
+        async with open_gate(conf) as gate:
+            link = _link(gate)
+            await until(lambda: link.status()["upload"] == "conflict", what="conflict status")
+            assert link.status()["conflicts"] == [second.entry_id]
+            assert link.status()["conflict_from_seq"] == second.gate_seq == 2
+            assert first.gate_seq == 1 and third.gate_seq == 3  # sent in the same batch

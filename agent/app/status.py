@@ -492,15 +492,19 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     free = snap["disk_free_bytes"]
     if free is not None and free < limits.disk_free_min_bytes:
         reasons.append(f"disk space low ({free // (1024 * 1024)} MB free)")
+    # Where a copy of the token wrote rows under the gate's numbers: security's --from-seq,
+    # still shown once the token is revoked (the quarantine needs that first: a review).
+    seq = None if up is None else up.get("conflict_from_seq")
+    squatted = "" if seq is None else f" from gate_seq {seq}"
     if up is not None and up.get("refused"):  # the hub's link: a token or certificate
-        reasons.append(f"{up.get('kind', 'upstream')} refuses this gate's {up['refused']}")
+        refused = f"{up.get('kind', 'upstream')} refuses this gate's {up['refused']}"
+        reasons.append(refused + (f" (and its rows{squatted})" if squatted else ""))
     elif up is not None and up.get("kind") == "hub" and up.get("upload") == "conflict":
         # Found in a user trial: staff read "hub offline" as a network fault, not a copy of
         # this gate's token writing rows under its numbers.
-        seq = up.get("conflict_from_seq")  # where the copy's rows begin: security's --from-seq
         reasons.append(
-            f"hub refuses this gate's rows{'' if seq is None else f' from gate_seq {seq}'}: their"
-            " numbers hold other rows there (a copy of its token?): tell security"
+            f"hub refuses this gate's rows{squatted}: their numbers hold other rows there (a"
+            " copy of its token?): tell security"
         )
     elif up is not None and up.get("online") is False:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
