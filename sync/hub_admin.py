@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent import keys
-from agent.errors import ConfigError, IssuerError, UsageError
+from agent.errors import AgentError, ConfigError, IssuerError, UsageError
 from agent.issuer import LIST_KEY
 from agent.revocation import KIND
 from agent.revocation_issuer import make_delta, make_snapshot, revocation_key
@@ -171,18 +172,34 @@ async def quarantine(
     config: HubConfig, gate_id: str, from_seq: int, *, dry_run: bool = False
 ) -> Quarantine:
     """Set apart ``gate_id``'s rows from ``from_seq`` on (:mod:`sync.hub_quarantine`); nothing
-    while the gate has a token or on a ``dry_run``. Raises UsageError for a bad gate id or
-    gate_seq."""
-    if not is_id(gate_id):
-        raise UsageError(f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-")
+    while the gate has a token or on a ``dry_run``. Raises UsageError for a bad gate id (one
+    that is a gate's name, as alerts show gates, says whose) or gate_seq."""
     if not 1 <= from_seq <= INT63:
         raise UsageError(f"--from-seq {from_seq}: expected a gate_seq from 1 to {INT63}")
+    if not is_id(gate_id):
+        named = None
+        with contextlib.suppress(AgentError):  # no store yet: the id's own fault is the answer
+            async with opened_store(config) as store:
+                named = await _gate_named(store, gate_id)
+        raise UsageError(
+            f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-"
+            + (f"; it is the name of gate {named}: --gate {named}" if named else "")
+        )
     async with opened_store(config) as store:
         done = await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
         if done.rows or done.tokens:
             return done
-        known = any(g.gate_id == gate_id for g in await store.gates(time.time()))
-        return replace(done, known=known)
+        if any(g.gate_id == gate_id for g in await store.gates(time.time())):
+            return done
+        named = await _gate_named(store, gate_id)
+    if named:
+        raise UsageError(f"{gate_id!r} is the name of gate {named}: --gate {named}")
+    return replace(done, known=False)
+
+
+async def _gate_named(store: HubStore, name: str) -> str | None:
+    """The id of the gate the venue calls ``name``, if any."""
+    return next((g.gate_id for g in await store.gates(time.time()) if g.gate_name == name), None)
 
 
 async def revoke_named(config: HubConfig, role: Role, name: str) -> int:

@@ -73,8 +73,8 @@ def event_line(e: TicketEvent) -> str:
     if e.claimed:
         extra.append("CLAIMED: an admission of a refused upload, shared with the gates")
     return (
-        f"{local_time(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane}  {e.kind:<7} {word} {e.reason}"
-        + ("  " + "  ".join(extra) if extra else "")
+        f"{local_time(e.time)}  {e.gate} ({e.gate_id})  lane {e.lane or '-'}  {e.kind:<7} {word}"
+        f" {e.reason}" + ("  " + "  ".join(extra) if extra else "")
     )
 
 

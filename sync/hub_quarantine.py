@@ -40,7 +40,7 @@ MAX_ALERT_ENTRIES = 64  # entry ids an alert names (protocol_console.Alert reads
 _COLUMNS = ", ".join(("cursor", *ENTRY_COLUMNS))  # the table: sync.hub_schema
 TOKENS = "SELECT count(*) FROM tokens WHERE gate_id = ?"
 ROWS = (
-    "SELECT gate_seq, entry_id, short_id, kind, received_at FROM entries"
+    "SELECT gate_seq, entry_id, short_id, kind, received_at, boot_id FROM entries"
     " WHERE gate_id = ? AND gate_seq >= ? ORDER BY gate_seq"
 )
 COPY = (

@@ -146,6 +146,7 @@ class QuarantinedRow:
     short_id: str  # the ticket's, never the ticket itself
     kind: str
     received_at: float
+    boot_id: str  # of the unit that wrote it: the copy's, or the gate's own (its /status)
 
 
 @dataclass(frozen=True, slots=True)

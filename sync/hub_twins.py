@@ -18,8 +18,8 @@ day, so the gate's own boot id stays. A copy that sends the gate's own boot id i
 apart here (its rows still are: :mod:`sync.hub_rules`); nor is one whose heartbeats never reach
 the hub.
 
-Each hub process writes a gate's boot id when it changes there and otherwise at most every
-:data:`NOTE_EVERY_S` (and at most :data:`MAX_NOTES_PER_MIN` a minute a gate): with several
+Each hub process writes a boot id new to it at once, a known one once after each new one of its
+gate and otherwise every :data:`NOTE_EVERY_S` (``last_seen`` is that late at most): with several
 processes, two units whose heartbeats reach different processes are told apart within that.
 The statements are the same in both dialects (``?`` parameters).
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sync.hub_plan import NewAlert
 from sync.protocol_fields import MAX_DETAIL
@@ -40,7 +40,7 @@ STALE_S = 86400.0  # a boot id not seen for this long may make room for a new on
 CHURN = 8  # new boot ids of a gate within CHURN_WINDOW_S: more is an alert
 CHURN_WINDOW_S = 3600.0
 NOTE_EVERY_S = 30.0  # an unchanged boot id is written again at most this often, per process
-MAX_NOTES_PER_MIN = 12  # writes a gate's heartbeats may cause a minute, per process
+MAX_NEW_PER_MIN = 30  # boot ids new to a process it writes a minute a gate
 
 TOUCH = "UPDATE gate_boots SET last_seen = ?, address = ? WHERE gate_id = ? AND boot_id = ?"
 COUNT = (
@@ -87,18 +87,19 @@ def alerts(seen: Seen, name: str) -> list[NewAlert]:
     """The alerts a noted boot id raises (each once: the store's dedupe key); ``name`` is the
     gate's as the venue knows it."""
     gate, out = seen.gate_id, []
+    who = name if name == gate else f"{name} ({gate})"  # the name to read, the id to type
     if seen.later is not None:
         other, where = seen.later
         detail = (
-            f"two units heartbeat as gate {name} (a copy of its token? revoke its tokens, then"
-            f" give it a new one): boot {_shown(seen.boot_id)} from {seen.address} came back"
-            f" after boot {_shown(other)} from {where} began"
+            f"two units heartbeat as gate {who} (a copy of its token? revoke its tokens, then"
+            f" give it a new one): boot {_shown(seen.boot_id)} from {seen.address} is still"
+            f" heard after boot {_shown(other)} from {where} began"
         )
         pair = ":".join(sorted((seen.boot_id, other)))
         out.append(_alert(gate, name, seen.now, detail, f"twins:{gate}:{pair}"))
     if seen.recent > CHURN or not seen.kept:
         detail = (
-            f"gate {name} names more than {CHURN} new boot ids within an hour (a unit boots a"
+            f"gate {who} names more than {CHURN} new boot ids within an hour (a unit boots a"
             " few times a day: a copy of its token hiding its own? revoke its tokens, then give"
             " it a new one)"
         )
@@ -118,25 +119,37 @@ def _alert(gate_id: str, name: str, now: float, detail: str, key: str) -> NewAle
 
 
 class BootNotes:
-    """When this hub process writes a gate's boot id: when it changed here, else every
-    :data:`NOTE_EVERY_S`; at most :data:`MAX_NOTES_PER_MIN` a minute a gate (a stolen token can
-    send heartbeats without end, each with a new boot id)."""
+    """When this hub process writes a gate's boot id: a boot id new here at once (at most
+    :data:`MAX_NEW_PER_MIN` a minute a gate: a stolen token can make them up without end, and
+    the store's churn alert has spoken by then); a known one once after each new one of its
+    gate (the write that tells a boot id came back), else every :data:`NOTE_EVERY_S`."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._last: dict[str, tuple[str, float]] = {}  # gate -> (boot id, when written)
-        self._recent: dict[str, deque[float]] = {}  # gate -> when written, the last minute
+        self._gates: dict[str, _GateNotes] = {}
 
     def due(self, gate_id: str, boot_id: str) -> bool:
         now = self._clock()
-        last = self._last.get(gate_id)
-        if last is not None and last[0] == boot_id and now - last[1] < NOTE_EVERY_S:
+        notes = self._gates.setdefault(gate_id, _GateNotes())
+        written = notes.written.get(boot_id)
+        if written is None:
+            while notes.new and now - notes.new[0] >= 60.0:
+                notes.new.popleft()
+            if len(notes.new) >= MAX_NEW_PER_MIN:
+                return False
+            notes.new.append(now)
+            if len(notes.written) >= MAX_BOOTS:  # the one written longest ago goes
+                del notes.written[min(notes.written, key=notes.written.__getitem__)]
+            notes.generation += 1
+        elif written[1] == notes.generation and now - written[0] < NOTE_EVERY_S:
             return False
-        recent = self._recent.setdefault(gate_id, deque())
-        while recent and now - recent[0] >= 60.0:
-            recent.popleft()
-        if len(recent) >= MAX_NOTES_PER_MIN:
-            return False
-        recent.append(now)
-        self._last[gate_id] = (boot_id, now)
+        notes.written[boot_id] = (now, notes.generation)
         return True
+
+
+@dataclass
+class _GateNotes:
+    # boot id -> when last written, and the gate's count of new boot ids then
+    written: dict[str, tuple[float, int]] = field(default_factory=dict)
+    new: deque[float] = field(default_factory=deque)  # when new ones were written, a minute
+    generation: int = 0  # new boot ids written so far

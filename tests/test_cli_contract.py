@@ -394,6 +394,13 @@ def test_hub_quarantine_refuses_bad_input_and_says_when_nothing_moved(
         " from it (nothing was moved; the id is the one `hub token --gate` was given, case"
         " counts; the console's gate list shows them)"
     )
+    # Alerts show gates by name: a name given says whose it is (found in a user trial).
+    for gate, name in (("gate-c", "North 3"), ("gate-d", "north-4")):
+        made = ga("hub", "token", "--config", setup.config, "--gate", gate, "--name", name)
+        assert made.returncode == 0, made.stderr
+        named = quarantine("--gate", name, "--from-seq", "2")
+        assert (named.returncode, named.stdout) == (2, ""), named.stderr
+        assert f"is the name of gate {gate}: --gate {gate}" in named.stderr, named.stderr
 
 
 def _status(url: str, token: str) -> int:

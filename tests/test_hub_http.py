@@ -1221,8 +1221,8 @@ async def test_two_units_heartbeating_through_two_hub_processes_are_an_alert(
     await send(api_2, copy)  # the copy, on process 2: each process has seen one boot id only
     await send(api_2, real)  # the gate's next heartbeat reaches process 2
     raised = (await alerts_after(api_1, two_hubs.console, 0)).alerts
-    (alert,) = [a for a in raised if "two units heartbeat as gate Gate 1" in a.detail]
-    assert f"boot {real[:8]} from 127.0.0.1 came back after boot {copy[:8]}" in alert.detail
+    (alert,) = [a for a in raised if "two units heartbeat as gate Gate 1 (gate-1)" in a.detail]
+    assert f"boot {real[:8]} from 127.0.0.1 is still heard after boot {copy[:8]}" in alert.detail
 
 
 async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(

@@ -230,7 +230,11 @@ def test_status_prints_the_running_gates_health(write_config: WriteConfig, iss: 
         assert lines[0] == "Gate 3 (gate-3): READY"
         assert "lane in (entry): scanner online" in done.stdout
         assert "  journal 0 rows\n" in done.stdout  # no upstream: nothing waits for upload
-        assert json.loads(ga("status", "--config", path, "--json").stdout)["gate"]["id"] == "gate-3"
+        snap = json.loads(ga("status", "--config", path, "--json").stdout)
+        assert snap["gate"]["id"] == "gate-3"
+        # The unit's boot id, as the hub's alerts and quarantine listings show it: which unit
+        # is the real one when a copy of its token runs elsewhere (a user trial).
+        assert f"; boot {snap['gate']['boot_id'][:8]}\n" in done.stdout
     finally:
         proc.terminate()
         proc.communicate(timeout=20)

@@ -378,6 +378,7 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             claimed = await _hub_cli(venue, "ticket", short_id(late.record.ticket_ref))
             assert claimed.returncode == 0, claimed.stderr
             (a_row,) = [line for line in claimed.stdout.splitlines() if "(gate-a)" in line]
+            assert "(gate-a)  lane -  entry" in a_row  # a claim has no lane (a user trial)
             assert a_row.endswith(
                 "CLAIMED: an admission of a refused upload, shared with the gates"
             )
@@ -426,6 +427,7 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert [r.split()[:2] for r in rows] == [["gate_seq", "2"], ["gate_seq", "3"]]
             for row, line in zip(squat, rows, strict=True):
                 assert short_id(row.ticket_ref) in line and row.entry_id in line
+                assert line.endswith(f"boot {row.boot_id[:8]}")  # to hold against /status
             assert "2 rows of gate gate-a set apart (gate_seq 2..3)" in summary
             assert "quarantined_entries" in summary
             assert _integrity(await venue.alerts(), "set apart 2 rows of Gate A from gate_seq 2")
@@ -645,7 +647,7 @@ async def test_a_copy_of_a_gates_token_heartbeating_beside_it_is_an_alert(venue:
         # The copy runs on another unit: its heartbeats carry another boot id than the gate's,
         # and the real gate's next heartbeat (its own kernel boot id) comes back.
         await beat(copy_boot)
-        words = "two units heartbeat as gate Gate A"
+        words = "two units heartbeat as gate Gate A (gate-a)"
 
         async def alerted() -> list[dict[str, Any]]:
             return _integrity(await venue.alerts(), words)
@@ -653,7 +655,7 @@ async def test_a_copy_of_a_gates_token_heartbeating_beside_it_is_an_alert(venue:
         await until(alerted, what="the two units' alert")
         (alert,) = await alerted()
         assert (
-            f"boot {real_boot[:8]} from 127.0.0.1 came back after boot {copy_boot[:8]}"
+            f"boot {real_boot[:8]} from 127.0.0.1 is still heard after boot {copy_boot[:8]}"
             in (alert["detail"])
         )
         assert "a copy of its token?" in alert["detail"] and alert["gates"] == ["Gate A"]

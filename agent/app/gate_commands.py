@@ -208,7 +208,8 @@ def _summary(snap: dict[str, Any]) -> str:
         + (f", {age / 3600:.1f} h old" if age is not None else "")
         + (", STALE" if rev["stale"] else "")
         + f"), trust v{snap['trust_version']}",
-        f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}",
+        f"  clock {'synchronised' if snap['clock']['synced'] else 'NOT synchronised'}"
+        + (f"; boot {str(snap['gate']['boot_id'])[:8]}" if snap["gate"].get("boot_id") else ""),
         f"  journal {plural(journal['rows'], 'row')}"
         + (f", {journal['outbox_depth']} waiting for upload" if snap.get("upstream") else ""),
         f"  last hour: {snap['last_hour']['admitted']} admitted, {snap['last_hour']['denied']} denied",
