@@ -60,7 +60,10 @@ TICKET_HISTORY = (
 HISTORY_COUNT = f"SELECT count(DISTINCT ticket_ref), count(*) FROM ({_BOTH_TABLES}) AS h"
 TICKET_COUNT = "SELECT count(DISTINCT ticket_ref), count(*) FROM entries WHERE short_id = ?"
 # The short ids of the rows a revocation key (a TK1 token id) was uploaded with: one, almost always.
-KEY_SHORT_IDS = "SELECT DISTINCT short_id FROM entries WHERE rev_key = ? ORDER BY short_id LIMIT 10"
+KEY_SHORT_IDS = (  # rows set apart too: `hub ticket` shows them, marked
+    "SELECT short_id FROM entries WHERE rev_key = ? UNION"
+    " SELECT short_id FROM quarantined_entries WHERE rev_key = ? ORDER BY short_id LIMIT 10"
+)
 # The revocation keys gates uploaded with a short id's rows, by gate (a transferred ticket has
 # several keys; a stolen gate may upload others): at most 65 pairs, enough to say "several".
 REV_KEYS = (

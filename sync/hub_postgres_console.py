@@ -127,7 +127,7 @@ class PostgresConsoleQueries:
         """The short ids of rows uploaded with this revocation key. Raises HubStoreError."""
 
         async def job(conn: _Conn) -> tuple[str, ...]:
-            return tuple(row[0] for row in await conn.fetch(_KEY_SHORT_IDS, rev_key))
+            return tuple(row[0] for row in await conn.fetch(_KEY_SHORT_IDS, rev_key, rev_key))
 
         return await self._run(job)
 

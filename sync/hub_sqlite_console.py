@@ -97,7 +97,7 @@ class SQLiteConsoleQueries:
     async def short_ids_with_key(self, rev_key: str) -> tuple[str, ...]:
         """The short ids of rows uploaded with this revocation key. Raises HubStoreError."""
         return await self._run(
-            lambda db: tuple(row[0] for row in db.execute(q.KEY_SHORT_IDS, (rev_key,)))
+            lambda db: tuple(row[0] for row in db.execute(q.KEY_SHORT_IDS, (rev_key, rev_key)))
         )
 
     async def revocation_keys(self, short: str) -> tuple[int, tuple[tuple[str, str], ...]]:

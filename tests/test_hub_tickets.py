@@ -158,5 +158,8 @@ async def test_a_revocation_key_finds_the_short_ids_of_its_rows(store_url: str) 
         assert await store.short_ids_with_key(other) == ()
         await store.ingest("g2", [replace(g2.row("t3"), rev_key=key)], T0 + 30)  # a gate lying
         assert await store.short_ids_with_key(key) == tuple(sorted(map(short_id, ("t1", "t3"))))
+        # Rows a quarantine set apart are still found: `hub ticket` shows them, marked.
+        assert (await store.quarantine("g2", 1, T0 + 40)).moved
+        assert await store.short_ids_with_key(key) == tuple(sorted(map(short_id, ("t1", "t3"))))
     finally:
         await store.close()
