@@ -101,6 +101,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     needs.check(item)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A hub store of each kind: a SQLite file in the test's folder, then a fresh PostgreSQL
+    database (the test module imports ``pg_server`` and ``pg_url`` from ``tests.pg``)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'hub.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
 def pty(tmp_path: Path) -> Iterator[PtyPair]:
     """A socat pty pair (scanner side and host side), killed after the test."""

@@ -101,20 +101,13 @@ def heartbeat(gate_id: str, name: str, **kw: object) -> Heartbeat:
 OpenStore = Callable[..., Awaitable[HubStore]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'hub.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def open_hub(store_url: str) -> AsyncIterator[OpenStore]:
+async def open_hub(hub_store_url: str) -> AsyncIterator[OpenStore]:
     """Open stores on the test's database (closed at the end); ``open_hub(entry_policy=...)``."""
     opened: list[HubStore] = []
 
     async def open_(**policy: object) -> HubStore:
-        store = await open_store(store_url, dataclasses.replace(POLICY, **policy))  # type: ignore[arg-type]
+        store = await open_store(hub_store_url, dataclasses.replace(POLICY, **policy))  # type: ignore[arg-type]
         opened.append(store)
         return store
 
@@ -777,12 +770,12 @@ async def test_revocation_deltas_beyond_the_kept_ones_are_gone(store: HubStore) 
 # --- lifecycle -----------------------------------------------------------------------------------
 
 
-async def test_reopening_keeps_everything(store_url: str) -> None:
+async def test_reopening_keeps_everything(hub_store_url: str) -> None:
     g1 = Gate("g1")
     g2 = Gate("g2", g1.clock)
     rows = [g1.row("t1"), g1.row("t2")]
     state = RevocationState(1, frozenset({_key(1)}), frozenset({_key(2)}))
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         await store.ingest("g1", rows, T0)
         await store.ingest("g2", [g2.row("t1")], T0)
@@ -798,7 +791,7 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
         await store.close()  # idempotent
     with pytest.raises(HubStoreError):
         await store.feed(0, 10)
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         assert await store.feed(0, 100) == feed and await all_alerts(store) == alerts
         assert await store.gates(T0) == gates
@@ -813,11 +806,11 @@ async def test_reopening_keeps_everything(store_url: str) -> None:
         await store.close()
 
 
-async def test_a_store_of_another_venue_is_refused(store_url: str) -> None:
-    store = await open_store(store_url, POLICY)
+async def test_a_store_of_another_venue_is_refused(hub_store_url: str) -> None:
+    store = await open_store(hub_store_url, POLICY)
     await store.close()
     with pytest.raises(HubStoreError, match="venue"):
-        await open_store(store_url, HubPolicy("other-venue"))
+        await open_store(hub_store_url, HubPolicy("other-venue"))
 
 
 @pytest.mark.parametrize("content", ["table", "garbage"])
@@ -1513,9 +1506,9 @@ async def _downgrade_to_schema_1(url: str) -> None:
         await conn.close()
 
 
-async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
+async def test_a_store_of_schema_1_is_upgraded_in_place(hub_store_url: str) -> None:
     g1, g2 = Gate("g1"), Gate("g2")
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         await store.set_gate_name("g1", "Gate A")  # as a schema-1 heartbeat could have
         await store.ingest("g1", [g1.row("t1")], T0 + 10)
@@ -1524,8 +1517,8 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
     finally:
         await store.close()
     assert [(a.kind, a.gate_ids) for a in before] == [("double_admission", ("g1", "g2"))]
-    await _downgrade_to_schema_1(store_url)
-    store = await open_store(store_url, POLICY)
+    await _downgrade_to_schema_1(hub_store_url)
+    store = await open_store(hub_store_url, POLICY)
     try:
         # an alert raised before hubs kept gate ids has none
         assert await all_alerts(store) == [dataclasses.replace(a, gate_ids=()) for a in before]
@@ -1537,26 +1530,26 @@ async def test_a_store_of_schema_1_is_upgraded_in_place(store_url: str) -> None:
             ("double_admission", ()), ("integrity", ("g2",))
         ]  # fmt: skip
         # the quarantine table is made with the entries' columns of the store as upgraded
-        assert await _columns(store_url, "quarantined_entries") == [
-            *await _columns(store_url, "entries"),
+        assert await _columns(hub_store_url, "quarantined_entries") == [
+            *await _columns(hub_store_url, "entries"),
             "quarantined_at",
         ]
         done = await store.quarantine("g2", 3, T0 + 40)
         assert done.moved and [r.gate_seq for r in done.rows] == [3]
     finally:
         await store.close()
-    store = await open_store(store_url, POLICY)  # and opens again as schema 2
+    store = await open_store(hub_store_url, POLICY)  # and opens again as schema 2
     await store.close()
 
 
 async def test_a_dry_run_quarantine_reads_while_uploads_hold_the_ingest_lock(
-    store_url: str, store: HubStore
+    hub_store_url: str, store: HubStore
 ) -> None:
     """A dry run moves nothing, so it takes no write lock: while another process ingests (holds
     SQLite's write lock or PostgreSQL's venue lock), it answers, and uploads never wait for it."""
     a = Gate("g1")
     await store.ingest("g1", [a.row("t1"), a.row("t2")], T0)
-    async with _ingest_lock_held(store_url):
+    async with _ingest_lock_held(hub_store_url):
         dry = await asyncio.wait_for(store.quarantine("g1", 2, T0, dry_run=True), 10)
     assert (dry.moved, [r.gate_seq for r in dry.rows]) == (False, [2])
 
@@ -1603,7 +1596,7 @@ async def _columns(url: str, table: str) -> list[str]:
 
 
 async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_cursors_back(
-    store_url: str, store: HubStore
+    hub_store_url: str, store: HubStore
 ) -> None:
     a, b = Gate("g1"), Gate("g2")
     own = a.row("t1")
@@ -1668,8 +1661,8 @@ async def test_a_quarantine_moves_the_gates_rows_apart_and_never_moves_feed_curs
         (own.entry_id, False),
         (squat[1].entry_id, True),
     ]
-    assert await _columns(store_url, "quarantined_entries") == [
-        *await _columns(store_url, "entries"),
+    assert await _columns(hub_store_url, "quarantined_entries") == [
+        *await _columns(hub_store_url, "entries"),
         "quarantined_at",
     ]
 
@@ -1699,7 +1692,7 @@ async def test_a_quarantine_raises_the_double_admission_a_moved_annulment_hid(
 
 
 async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_alerts(
-    store_url: str, open_hub: OpenStore
+    hub_store_url: str, open_hub: OpenStore
 ) -> None:
     """A review: the rules read every row of a batch's tickets, so a stolen gate that gave a
     made-up ticket 50,000 entries (within its quota) made each batch naming it cost 0.6 s on
@@ -1713,11 +1706,11 @@ async def test_a_ticket_flooded_by_one_gate_is_read_to_its_last_rows_and_still_a
         await store.ingest("thief", flood[start : start + 500], T0)
     probe = [honest.row("hot")]
     # What the store's own read gives the rules (each backend's): the last rows, no more.
-    if store_url.startswith("sqlite://"):
-        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+    if hub_store_url.startswith("sqlite://"):
+        with sqlite3.connect(hub_store_url.removeprefix("sqlite://")) as db:
             known = known_state(db, "honest", probe, POLICY, T0 + 1, math.inf)
     else:
-        pool = await asyncpg.create_pool(store_url, min_size=1, max_size=1)
+        pool = await asyncpg.create_pool(hub_store_url, min_size=1, max_size=1)
         try:
             async with pool.acquire() as conn:
                 known = await hub_postgres_known.known(conn, "honest", probe, POLICY, T0 + 1)
@@ -1772,26 +1765,26 @@ async def test_a_gates_own_flood_hides_no_other_gates_admission(open_hub: OpenSt
 
 
 async def test_a_store_made_before_gets_the_per_gate_ticket_index_at_open(
-    store_url: str, open_hub: OpenStore
+    hub_store_url: str, open_hub: OpenStore
 ) -> None:
     """A store made with the ticket index of before (no gate in it) gets the one the history
     read walks, in its place, when a hub opens it."""
     old = "CREATE INDEX entries_ticket_kind ON entries (ticket_ref, (kind = 'attempt'))"
     await (await open_hub()).close()
-    if store_url.startswith("sqlite://"):
-        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+    if hub_store_url.startswith("sqlite://"):
+        with sqlite3.connect(hub_store_url.removeprefix("sqlite://")) as db:
             db.executescript(f"DROP INDEX entries_ticket_gate; {old};")
     else:
-        conn = await asyncpg.connect(store_url)
+        conn = await asyncpg.connect(hub_store_url)
         await conn.execute(f"DROP INDEX entries_ticket_gate; {old}")
         await conn.close()
     await open_hub()
-    if store_url.startswith("sqlite://"):
-        with sqlite3.connect(store_url.removeprefix("sqlite://")) as db:
+    if hub_store_url.startswith("sqlite://"):
+        with sqlite3.connect(hub_store_url.removeprefix("sqlite://")) as db:
             sql = "SELECT name FROM sqlite_master WHERE tbl_name = 'entries' AND type = 'index'"
             names = {name for (name,) in db.execute(sql)}
     else:
-        conn = await asyncpg.connect(store_url)
+        conn = await asyncpg.connect(hub_store_url)
         sql = "SELECT indexname FROM pg_indexes WHERE tablename = 'entries'"
         names = {r[0] for r in await conn.fetch(sql)}
         await conn.close()

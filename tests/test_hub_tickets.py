@@ -6,10 +6,8 @@ found by their ticket's short id; new entries are found too; the workflow works 
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import asyncpg
-import pytest
 from msgspec.structs import replace
 
 from agent.redact import short_id
@@ -17,13 +15,6 @@ from sync.hub_admin_console import history_lines
 from sync.hub_stores import open_store
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.test_hub_store import DROP_SCHEMA_3, POLICY, T0, Gate
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'hub.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 async def _downgrade_to_schema_2(url: str) -> None:
@@ -72,10 +63,10 @@ async def _has_short_id_index(url: str) -> bool:
         await conn.close()
 
 
-async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: str) -> None:
+async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(hub_store_url: str) -> None:
     clock = [T0]  # one clock: g1's rows come before g2's in HLC order
     g1, g2 = Gate("g1", clock), Gate("g2", clock)
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         await store.set_gate_name("g1", "Gate A")
         await store.ingest("g1", [g1.row("t1"), g1.row("t2")], T0 + 10)
@@ -83,9 +74,9 @@ async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: 
         (before,) = await store.recent_alerts(None, 10)
     finally:
         await store.close()
-    await _downgrade_to_schema_2(store_url)
+    await _downgrade_to_schema_2(hub_store_url)
 
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         found = await store.ticket_history(short_id("t1"), 100)
         assert found.tickets == 1 and not found.more
@@ -118,17 +109,17 @@ async def test_a_store_of_schema_2_is_upgraded_and_finds_old_tickets(store_url: 
         assert len((await store.ticket_history(short_id("t3"), 10)).events) == 1
     finally:
         await store.close()
-    assert await _has_short_id_index(store_url)
-    store = await open_store(store_url, POLICY)  # and opens again as schema 3
+    assert await _has_short_id_index(hub_store_url)
+    store = await open_store(hub_store_url, POLICY)  # and opens again as schema 3
     try:
         assert len((await store.ticket_history(short_id("t1"), 100)).events) == 3
     finally:
         await store.close()
 
 
-async def test_notes_are_capped_per_alert(store_url: str) -> None:
+async def test_notes_are_capped_per_alert(hub_store_url: str) -> None:
     g1, g2 = Gate("g1"), Gate("g2")
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         await store.ingest("g1", [g1.row("t1")], T0 + 10)
         await store.ingest("g2", [g2.row("t1")], T0 + 20)
@@ -145,12 +136,12 @@ async def test_notes_are_capped_per_alert(store_url: str) -> None:
         await store.close()
 
 
-async def test_a_revocation_key_finds_the_short_ids_of_its_rows(store_url: str) -> None:
+async def test_a_revocation_key_finds_the_short_ids_of_its_rows(hub_store_url: str) -> None:
     """`hub ticket` given a 32-hex token id (the key `hub revoke` takes) finds the ticket by the
     key gates uploaded with its rows (found in a user trial: refused as "not a short id")."""
     g1, g2 = Gate("g1"), Gate("g2")
     key, other = "ab" * 16, "cd" * 16
-    store = await open_store(store_url, POLICY)
+    store = await open_store(hub_store_url, POLICY)
     try:
         await store.ingest("g1", [replace(g1.row("t1"), rev_key=key), g1.row("t2")], T0 + 10)
         await store.ingest("g2", [replace(g2.row("t1"), rev_key=key)], T0 + 20)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,9 @@ from tests.test_hub_store import POLICY
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubStore]:
-    url = (
-        f"sqlite://{tmp_path / 'hub.db'}"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("pg_url"))
-    )
-    opened = await open_store(url, POLICY)
+@pytest.fixture
+async def store(hub_store_url: str) -> AsyncIterator[HubStore]:
+    opened = await open_store(hub_store_url, POLICY)
     yield opened
     await opened.close()
 

@@ -75,14 +75,9 @@ class GateRows:
         )  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubStore]:
-    url = (
-        f"sqlite://{tmp_path / 'hub.db'}"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("pg_url"))
-    )
-    opened = await open_store(url, HubPolicy("arena"))
+@pytest.fixture
+async def store(hub_store_url: str) -> AsyncIterator[HubStore]:
+    opened = await open_store(hub_store_url, HubPolicy("arena"))
     try:
         yield opened
     finally:
