@@ -337,15 +337,33 @@ def test_demo_dir_runs_its_gate_and_serves_its_hub_again(
     assert r.returncode == 0, r.stderr
     for name in ("gate.toml", "hub.toml", "console.url"):
         assert str(d / name) in r.stdout, name  # the demo says where they are
+    assert f"(files in {d.resolve()})" in r.stdout  # kept (without --dir: "files removed")
     # The gate: a ticket the scenario never used is admitted, one pulse, by `run` as a user runs it.
     conf = tomllib.loads((d / "gate.toml").read_text())
     assert conf["status"]["listen"] != "127.0.0.1:8471"  # never an installed gate's port
     ticket = (d / "tickets" / "ticket-0001.txt").read_text().strip()
-    run = ga("run", "--config", d / "gate.toml", stdin=ticket + "\n", timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.count("verdict=admit reason=ok") == 1, run.stderr
+    run = subprocess.Popen(
+        [*EXE, "run", "--config", str(d / "gate.toml")],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert run.stdin is not None
+        run.stdin.write(ticket + "\n")
+        run.stdin.flush()
+        pulses = d / "pulses.log"
+        until_sync(lambda: pulses.exists() and pulses.read_text(), 60, "the ticket's pulse")
+        # Both lanes ready, the exit lane too once exits.txt is read (found in a newcomer's
+        # trial: its file played out, it showed "scanner offline" and the display OUT OF SERVICE).
+        until_sync(lambda: ga("status", "--config", d / "gate.toml").returncode == 0, 30, "READY")
+        ready = ga("status", "--config", d / "gate.toml")
+        assert "lane out (exit): scanner online" in ready.stdout, ready.stdout
+    finally:
+        run.terminate()
+        _, err = run.communicate(timeout=30)
+    assert run.returncode == 0, err
+    assert err.count("verdict=admit reason=ok") == 1, err
     assert len((d / "pulses.log").read_text().splitlines()) == 1
-    assert ticket not in run.stderr and ticket[4:40] not in run.stderr
+    assert ticket not in err and ticket[4:40] not in err
     # The hub: served again from hub.toml; console.url (0600, never printed) opens its alerts.
     url_file = d / "console.url"
     assert stat.S_IMODE(url_file.stat().st_mode) == 0o600

@@ -32,8 +32,8 @@ DEMO_TOML = """\
 # Written by `gate-agent demo`. Run this gate yourself with
 #   gate-agent run --config {dir}/gate.toml
 # and type or paste ticket texts (tickets/*.txt) on stdin: they are scanned at the entry lane
-# "in"; ticket texts in exits.txt are scanned at the exit lane "out" once, at start. The staff
-# display of each lane is then at
+# "in"; ticket texts in exits.txt are scanned at the exit lane "out" once, at start, and that
+# lane then stays ready (end=wait). Ctrl-C stops the gate. The staff display of each lane is at
 #   http://127.0.0.1:{status_port}/display?lane=in   (and ?lane=out)
 [gate]
 id = "demo-gate-1"
@@ -75,7 +75,7 @@ gate = "sim://gate?passage_ms=250&log=pulses.log"
 [[lanes]]
 name = "out"
 direction = "exit"
-scanner = "sim://file?path=exits.txt"
+scanner = "sim://file?path=exits.txt&end=wait"  # without end=wait: offline once read
 gate = "sim://gate?passage_ms=250&log=exit-pulses.log"
 """
 
@@ -204,7 +204,7 @@ async def main(keep: Path | None = None, stream: TextIO | None = None) -> int:
         dir = (keep or Path(tmp)).resolve()
         t = _tickets(dir)
         conf = cfg.load(dir / "gate.toml")
-        code = await _play(conf, _scenario(t), paint, stream)
+        code = await _play(conf, _scenario(t), paint, stream, kept=keep is not None)
         print(paint("\nPart 2: a hub and two gates of one venue", "bold"), file=stream)
         fresh = [t["hub-1"], t["hub-2"]]
         hub_code = await demo_hub.play(
@@ -250,7 +250,12 @@ def _cli() -> str:
 
 
 async def _play(
-    conf: cfg.Config, steps: list[Step], paint: Callable[[str, str], str], stream: TextIO
+    conf: cfg.Config,
+    steps: list[Step],
+    paint: Callable[[str, str], str],
+    stream: TextIO,
+    *,
+    kept: bool,
 ) -> int:
     outcomes: list[Outcome] = []
     async with open_gate(
@@ -262,7 +267,8 @@ async def _play(
         print(
             paint(
                 f"gate-agent demo: {conf.gate.name}, event 1, zone 1, policy "
-                f"'{conf.policy.entry}'  (files in {conf.path.parent})",
+                f"'{conf.policy.entry}'"
+                + (f"  (files in {conf.path.parent})" if kept else "  (files removed at the end)"),
                 "bold",
             ),
             file=stream,

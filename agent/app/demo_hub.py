@@ -242,5 +242,9 @@ async def play(dir: Path, tickets: list[str], line: Callable[[Outcome], str], sa
         if took is None:
             say("    no alert arrived")
             return 1
-        say(f"    (raised {took:.1f} s after the partition healed; security sees it on /console)")
+        say(
+            f"    (raised {took:.1f} s after the partition healed; security sees it in the"
+            " hub's console: with --dir, `gate-agent hub --config DIR/hub.toml` and the URL in"
+            " DIR/console.url)"
+        )
     return 0
