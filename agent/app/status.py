@@ -275,7 +275,11 @@ class StatusServer:
         self._keepalive = asyncio.ensure_future(self._keep_alive())
         self._watcher = asyncio.ensure_future(self._display.run())
         self.port = int(sock.getsockname()[1])
-        log.info("status server on http://%s:%d/ (display: /display)", self._host, self.port)
+        log.info(
+            "status server on http://%s:%d: /status, /healthz, /metrics, /display",
+            self._host,
+            self.port,
+        )
 
     async def close(self) -> None:
         """Stop serving; open event streams end. Idempotent."""
