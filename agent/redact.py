@@ -12,6 +12,8 @@ names a ticket there uses this module, so one ticket has one id everywhere:
 - :func:`text_digest` / :func:`bytes_digest`: a scanned text or raw frame, for logs and the
   journal (a text that never parsed has no ticket ref).
 - :func:`secret_label`: a token or other credential, for log lines that must tell two apart.
+- :func:`run_id` / :func:`run_shown`: a gate daemon's run key (a secret it sends only in its
+  heartbeats) as the hub keeps it, and as alerts and ``/status`` show it.
 - :func:`printable`: text from outside (a server's answer), cut short and with no control
   characters, so it cannot forge or flood log lines.
 """
@@ -64,3 +66,16 @@ def printable(text: str, limit: int) -> str:
 def secret_label(secret: str) -> str:
     """A short, non-secret label for a token or credential (8 hex), safe to log."""
     return hashlib.blake2b(secret.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
+NO_RUN = "-"  # the run id of a heartbeat without a run key (a gate of an older version)
+
+
+def run_id(run_key: str) -> str:
+    """The id the hub keeps of a heartbeat's run key (32 hex; :data:`NO_RUN` for none)."""
+    return hashlib.sha256(run_key.encode()).hexdigest()[:32] if run_key else NO_RUN
+
+
+def run_shown(run: str) -> str:
+    """A run id as alerts and ``/status`` show it: 12 hex, 48 bits no one matches by trying."""
+    return "(none)" if run == NO_RUN else run[:12]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,7 +43,7 @@ import aiohttp
 
 from agent import version
 from agent.backoff import Backoff
-from agent.clock import HLC_MAX_AHEAD_S, Clock, boot_id
+from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import (
     JournalError,
     RollbackError,
@@ -55,7 +56,7 @@ from agent.errors import (
     UpstreamUnavailable,
 )
 from agent.journal import Journal
-from agent.redact import secret_label
+from agent.redact import run_id, run_shown, secret_label
 from agent.revocation import RevocationStore
 from agent.trust import MAX_BUNDLE_BYTES, TrustStore
 from sync import protocol
@@ -159,6 +160,7 @@ class HubClient:
         self._refused: str | None = None
         self._reported: set[str] = set()  # refused tokens/certificates already logged
         self._disputed = DisputedRows(journal, settings.heartbeat_s)
+        self._run_key = secrets.token_hex(16)  # this run's, for the hub only (sync.hub_twins)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -235,6 +237,7 @@ class HubClient:
             "trust_version": self._trust.version, "hub_clock_offset_s": self._hub_time.offset,
             "last_error": self._last_error, "conflicts": list(self._conflicts),
             "conflict_from_seq": self._conflict_seq, "refused": self._refused,
+            "run": run_shown(run_id(self._run_key)),
         }  # fmt: skip
 
     async def upload_once(self) -> int:
@@ -361,7 +364,7 @@ class HubClient:
             revocation_version=meta.version,
             revocation_age_s=None if age is None else max(0.0, age),
             trust_version=self._trust.version, clock_synced=self._clock.reading().synced,
-            feed_cursor=self._cursor, faults=tuple(faults[:16]), boot_id=boot_id(),
+            feed_cursor=self._cursor, faults=tuple(faults[:16]), run_key=self._run_key,
         )  # fmt: skip
         sent = time.monotonic()
         reply = await self._http.request(

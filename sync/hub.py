@@ -72,6 +72,7 @@ from sync.hub_handlers import (
 from sync.hub_state import HUB, HttpError, Hub
 from sync.hub_store import ConflictError, HubStore, HubStoreError
 from sync.hub_trust_file import TrustFile
+from sync.hub_twins import RunNotes
 from sync.hub_watch import Presence, watch
 from sync.hub_webhook import AlertWebhook
 from sync.log_throttle import client_net, request_log
@@ -152,8 +153,11 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
     """
     list_key = load_list_key(config)
     snapshots = SnapshotCache(store, list_key, config.hub.list_validity_s)
-    presence = Presence(config.hub.gate_offline_after_s)
-    hub = Hub(config, store, snapshots, TrustFile(config), _console_assets(), presence=presence)
+    offline_s = config.hub.gate_offline_after_s  # also how late a run's last_seen may be
+    hub = Hub(
+        config, store, snapshots, TrustFile(config), _console_assets(),
+        presence=Presence(offline_s), run_notes=RunNotes(offline_s),
+    )  # fmt: skip
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[HUB] = hub
     app.on_response_prepare.append(_security_headers)

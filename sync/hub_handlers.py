@@ -12,6 +12,7 @@ import math
 
 from aiohttp import web
 
+from agent.redact import run_id
 from sync import protocol
 from sync.hub_admin import (
     document_version,
@@ -26,7 +27,6 @@ from sync.hub_store import (
     RefusedError,
     TokenGoneError,
 )
-from sync.hub_twins import NO_BOOT
 from sync.protocol import (
     MAX_BODY_BYTES,
     MAX_DOCUMENT_CHARS,
@@ -298,12 +298,12 @@ async def heartbeat(request: web.Request) -> web.Response:
     if hub.beat_due(gate):
         await hub.store.heartbeat(hb, now)
     hub.presence.heartbeat(gate)
-    boot = hb.boot_id or NO_BOOT
-    if hub.boot_notes.due(gate, boot):  # two units with one token? (sync.hub_twins)
+    run = run_id(hb.run_key)
+    if hub.run_notes.due(gate, run):  # two units with one token? (sync.hub_twins)
         try:
-            raised = await hub.store.note_boot(gate, boot, request.remote or "?", now)
+            raised = await hub.store.note_run(gate, run, request.remote or "?", now)
         except HubStoreError as exc:  # the heartbeat is answered all the same
-            log.warning("gate %s: its boot id was not noted: %s", gate, exc)
+            log.warning("gate %s: its run was not noted: %s", gate, exc)
             raised = []
         for alert in raised:
             log.warning("%s", alert.detail)

@@ -27,9 +27,9 @@ import asyncpg
 
 from sync import (
     hub_claims,
-    hub_postgres_boots,
     hub_postgres_known,
     hub_postgres_revocations,
+    hub_postgres_runs,
     hub_quarantine,
     hub_rules,
     hub_schema,
@@ -39,7 +39,6 @@ from sync import (
 )
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
 from sync.hub_plan import NewAlert
-from sync.hub_postgres_boots import rows
 from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import (
@@ -84,6 +83,7 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
+_FORGET_RUNS = hub_sql.numbered(hub_twins.FORGET_GATE)
 _CLAIM = hub_sql.numbered(hub_claims.CLAIM)
 _CLAIMS_OF_GATE = hub_sql.numbered(hub_claims.CLAIMS_OF_GATE)
 _FEED = hub_sql.numbered(hub_sql.FEED)
@@ -300,18 +300,17 @@ class PostgresHubStore(PostgresConsoleQueries):
         args = hub_sql.heartbeat_params(hb, list(hb.faults), now)
         await self._run(lambda conn: conn.execute(_HEARTBEAT, *args))
 
-    async def note_boot(
-        self, gate_id: str, boot_id: str, address: str, now: float
-    ) -> list[NewAlert]:
-        """See :class:`HubStore` (:mod:`sync.hub_postgres_boots`). Raises HubStoreError."""
-        seen = hub_twins.Seen(gate_id, boot_id, address, now)
+    async def note_run(self, gate_id: str, run_id: str, address: str, now: float) -> list[NewAlert]:
+        """See :class:`HubStore` (:mod:`sync.hub_postgres_runs`). Raises HubStoreError."""
+        seen = hub_twins.Seen(gate_id, run_id, address, now)
 
         async def job(conn: _Conn) -> list[NewAlert]:
             async def insert(a: NewAlert) -> bool:
-                return rows(await conn.execute(_INSERT_ALERT, *_alert_args(a, "", now))) > 0
+                status = await conn.execute(_INSERT_ALERT, *_alert_args(a, "", now))
+                return hub_sql.status_rows(status) > 0
 
             async with conn.transaction():
-                return await hub_postgres_boots.note_boot(conn, seen, insert)
+                return await hub_postgres_runs.note_run(conn, seen, insert)
 
         return await self._run(job)
 
@@ -340,8 +339,13 @@ class PostgresHubStore(PostgresConsoleQueries):
 
     async def revoke_tokens(self, gate_id: str) -> int:
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
-        status = await self._run(lambda conn: conn.execute(_REVOKE_TOKENS, gate_id))
-        return int(status.rsplit(" ", 1)[-1])
+
+        async def job(conn: _Conn) -> int:
+            async with conn.transaction():  # the gate's runs go with them (sync.hub_twins)
+                await conn.execute(_FORGET_RUNS, gate_id)
+                return hub_sql.status_rows(await conn.execute(_REVOKE_TOKENS, gate_id))
+
+        return await self._run(job)
 
     async def quarantine(
         self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False

@@ -147,8 +147,8 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 # (*_ALERT_GATE_IDS) where missing: SQLite has no ADD COLUMN IF NOT EXISTS, and PostgreSQL's
 # would lock the alerts table at every open. A column added to entries later must be added to
 # quarantined_entries too (tests/test_hub_store.py compares them). And the admissions of refused
-# batches, shared with gates meanwhile (sync.hub_claims), and the boot ids each gate's heartbeats
-# came with (sync.hub_twins).
+# batches, shared with gates meanwhile (sync.hub_claims), and the runs each gate's heartbeats came
+# from (sync.hub_twins).
 SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
@@ -165,9 +165,10 @@ SQLITE_AT_OPEN = (
     " hlc INTEGER NOT NULL, claimed_at REAL NOT NULL, short_id TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);"
     "CREATE INDEX IF NOT EXISTS claimed_short_id ON claimed_entries (short_id);"
-    "CREATE TABLE IF NOT EXISTS gate_boots ("
-    " gate_id TEXT NOT NULL, boot_id TEXT NOT NULL, first_seen REAL NOT NULL,"
-    " last_seen REAL NOT NULL, address TEXT NOT NULL, PRIMARY KEY (gate_id, boot_id));"
+    "CREATE TABLE IF NOT EXISTS gate_runs ("
+    " seq INTEGER PRIMARY KEY, gate_id TEXT NOT NULL, run_id TEXT NOT NULL,"
+    " first_seen REAL NOT NULL, last_seen REAL NOT NULL, address TEXT NOT NULL,"
+    " UNIQUE (gate_id, run_id));"
 )
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
@@ -186,9 +187,10 @@ CREATE TABLE IF NOT EXISTS claimed_entries (
     hlc BIGINT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL, short_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS claimed_gate ON claimed_entries (gate_id);
 CREATE INDEX IF NOT EXISTS claimed_short_id ON claimed_entries (short_id);
-CREATE TABLE IF NOT EXISTS gate_boots (
-    gate_id TEXT NOT NULL, boot_id TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
-    last_seen DOUBLE PRECISION NOT NULL, address TEXT NOT NULL, PRIMARY KEY (gate_id, boot_id));
+CREATE TABLE IF NOT EXISTS gate_runs (
+    seq BIGSERIAL PRIMARY KEY, gate_id TEXT NOT NULL, run_id TEXT NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+    address TEXT NOT NULL, UNIQUE (gate_id, run_id));
 """
 SQLITE_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT NOT NULL DEFAULT '[]'"
 POSTGRES_ALERT_GATE_IDS = "ALTER TABLE alerts ADD COLUMN gate_ids TEXT[] NOT NULL DEFAULT '{}'"

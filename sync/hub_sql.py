@@ -33,6 +33,11 @@ def numbered(sql: str) -> str:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
+def status_rows(status: str) -> int:
+    """The rows a PostgreSQL statement's status names ("DELETE 2", "INSERT 0 1")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def entry_params(entry: EntryWire, received_at: float) -> tuple[Any, ...]:
     """An entry's column values in ``ENTRY_COLUMNS`` order (flags comma-joined, enums as text)."""
     e = entry  # spelled out field by field: called once per stored row

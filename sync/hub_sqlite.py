@@ -29,8 +29,8 @@ from sync import (
     hub_quarantine,
     hub_rules,
     hub_sql,
-    hub_sqlite_boots,
     hub_sqlite_revocations,
+    hub_sqlite_runs,
     hub_twins,
     protocol,
 )
@@ -261,17 +261,15 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         params = hub_sql.heartbeat_params(hb, json.dumps(list(hb.faults)), now)
         await self._run(lambda db: db.execute(_HEARTBEAT, params))
 
-    async def note_boot(
-        self, gate_id: str, boot_id: str, address: str, now: float
-    ) -> list[NewAlert]:
-        """See :class:`HubStore` (:mod:`sync.hub_sqlite_boots`). Raises HubStoreError."""
-        seen = hub_twins.Seen(gate_id, boot_id, address, now)
+    async def note_run(self, gate_id: str, run_id: str, address: str, now: float) -> list[NewAlert]:
+        """See :class:`HubStore` (:mod:`sync.hub_sqlite_runs`). Raises HubStoreError."""
+        seen = hub_twins.Seen(gate_id, run_id, address, now)
 
         def job(db: sqlite3.Connection) -> list[NewAlert]:
             def insert(a: NewAlert) -> bool:
                 return int(db.execute(hub_sql.INSERT_ALERT, _alert_params(a, "", now)).rowcount) > 0
 
-            return hub_sqlite_boots.note_boot(db, seen, insert)
+            return hub_sqlite_runs.note_run(db, seen, insert)
 
         return await self._run(lambda db: transaction(db, job))
 
@@ -303,7 +301,12 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def revoke_tokens(self, gate_id: str) -> int:
         """Delete every token of a gate; returns how many. Raises HubStoreError."""
-        return await self._run(lambda db: db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
+
+        def job(db: sqlite3.Connection) -> int:
+            db.execute(hub_twins.FORGET_GATE, (gate_id,))  # its runs go with them (sync.hub_twins)
+            return int(db.execute(hub_sql.REVOKE_TOKENS, (gate_id,)).rowcount)
+
+        return await self._run(lambda db: transaction(db, job))
 
     async def quarantine(
         self, gate_id: str, from_seq: int, now: float, *, dry_run: bool = False

@@ -19,7 +19,7 @@ from sync.hub_admin import SnapshotCache
 from sync.hub_config import HubConfig
 from sync.hub_store import HubStore
 from sync.hub_trust_file import TrustFile
-from sync.hub_twins import BootNotes
+from sync.hub_twins import RunNotes
 from sync.hub_watch import Presence
 from sync.log_throttle import Throttle
 from sync.protocol import (
@@ -74,9 +74,7 @@ class Hub:
     clock: Callable[[], float] = time.time
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     presence: Presence = field(default_factory=lambda: Presence(30.0))
-    boot_notes: BootNotes = field(
-        default_factory=BootNotes
-    )  # when a heartbeat's boot id is written
+    run_notes: RunNotes = field(default_factory=lambda: RunNotes(30.0))  # sync.hub_twins
     uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
     refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
     # log lines of a known gate's refused requests (a stolen gate's too), by (gate, what)

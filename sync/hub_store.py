@@ -276,10 +276,8 @@ class HubStore(Protocol):
         """Record a gate's heartbeat (its health as the console shows it)."""
         ...
 
-    async def note_boot(
-        self, gate_id: str, boot_id: str, address: str, now: float
-    ) -> list[NewAlert]:
-        """Note the boot id a heartbeat of ``gate_id`` came with (:mod:`sync.hub_twins`); returns
+    async def note_run(self, gate_id: str, run_id: str, address: str, now: float) -> list[NewAlert]:
+        """Note the run a heartbeat of ``gate_id`` came from (:mod:`sync.hub_twins`); returns
         the alerts it raised (stored with it), each once."""
         ...
 
@@ -296,7 +294,8 @@ class HubStore(Protocol):
         ...
 
     async def revoke_tokens(self, gate_id: str) -> int:
-        """Delete every token of a gate; returns how many."""
+        """Delete every token of a gate (and the runs its heartbeats came from); returns how
+        many."""
         ...
 
     async def quarantine(

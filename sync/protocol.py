@@ -446,14 +446,15 @@ class Heartbeat:
     clock_synced: bool
     feed_cursor: int
     faults: tuple[str, ...] = ()  # short words: "scanner offline", "relay fault", ...
-    boot_id: str = ""  # the unit's boot id, as its rows carry it (sync.hub_twins); "": older gates
+    # A secret of this run of the daemon, sent only here (sync.hub_twins); "": older gates
+    run_key: str = ""
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Heartbeat:
         faults = read.array(obj, "faults", "", 16) if "faults" in obj else []
         if not all(isinstance(f, str) and 0 < len(f) <= MAX_ID and f.isprintable() for f in faults):
             raise ProtocolError("faults: expected short strings")
-        boot = read.text(obj, "boot_id", "", MAX_ID) if "boot_id" in obj else ""  # as rows'
+        run_key = read.text(obj, "run_key", "", MAX_ID) if "run_key" in obj else ""
         return cls(
             gate_id=read.ident(obj, "gate_id", ""),
             gate_name=read.text(obj, "gate_name", "", MAX_ID),
@@ -466,7 +467,7 @@ class Heartbeat:
             clock_synced=read.boolean(obj, "clock_synced", ""),
             feed_cursor=read.integer(obj, "feed_cursor", ""),
             faults=tuple(faults),
-            boot_id=boot,
+            run_key=run_key,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -477,7 +478,7 @@ class Heartbeat:
             "revocation_version": self.revocation_version,
             "revocation_age_s": self.revocation_age_s, "trust_version": self.trust_version,
             "clock_synced": self.clock_synced, "feed_cursor": self.feed_cursor,
-            "faults": list(self.faults), "boot_id": self.boot_id,
+            "faults": list(self.faults), "run_key": self.run_key,
         }  # fmt: skip
 
 

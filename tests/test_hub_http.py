@@ -13,12 +13,12 @@ import dataclasses
 import itertools
 import json
 import re
+import secrets
 import shutil
 import socket
 import struct
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +35,13 @@ from agent.errors import ConfigError
 from agent.issuer import Issuer, export_hub
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
-from agent.redact import short_id
+from agent.redact import run_id, run_shown, short_id
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
 from sync.log_throttle import LOG_BUDGET, WARN_EVERY_S, Throttle, client_net
 from sync.protocol import (
     MAX_BODY_BYTES,
+    Alert,
     AlertPage,
     BatchAck,
     FeedPage,
@@ -457,18 +458,18 @@ async def test_bad_bodies_are_400_with_a_message(
     assert accepted.status == 200 and BatchAck.from_json(accepted.json).inserted == 1
 
 
-async def test_a_heartbeats_boot_id_is_short_text_or_absent(
+async def test_a_heartbeats_run_key_is_short_text_or_absent(
     hub: RunningHub, api: Api, make_gate: MakeGate
 ) -> None:
     gate = await make_gate()
     path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat().to_json()
-    for bad in ("b" * 65, "a\x07b", 7, None):  # as a row's boot_id: text of at most 64
+    for bad in ("b" * 65, "a\x07b", 7, None):  # text of at most 64, as a row's ids
         reply = await api.post(
-            path, json.dumps({"v": 1, **beat, "boot_id": bad}).encode(), gate.token
+            path, json.dumps({"v": 1, **beat, "run_key": bad}).encode(), gate.token
         )
-        assert reply.status == 400 and "boot_id" in reply.error().message, bad
-    older = {k: v for k, v in beat.items() if k != "boot_id"}  # a gate of an older version
-    for body in (older, {**beat, "boot_id": str(uuid.uuid4())}):
+        assert reply.status == 400 and "run_key" in reply.error().message, bad
+    older = {k: v for k, v in beat.items() if k != "run_key"}  # a gate of an older version
+    for body in (older, {**beat, "run_key": secrets.token_hex(16)}):
         reply = await api.post(path, json.dumps({"v": 1, **body}).encode(), gate.token)
         assert reply.status == 200, body
 
@@ -1143,7 +1144,12 @@ async def two_hubs(
     pg_server: PgServer,  # noqa: F811
 ) -> AsyncIterator[TwoHubs]:
     store = pg_server.create_database(f"hub_two_{next(_db_numbers)}")
-    setups = [write_hub_config(tmp_path / f"hub{i}", keys=keys_dir, store=store) for i in (1, 2)]
+    setups = [  # gate_offline_after_s: how often a process writes a gate's known run again
+        write_hub_config(
+            tmp_path / f"hub{i}", keys=keys_dir, store=store, extra="gate_offline_after_s = 2\n"
+        )
+        for i in (1, 2)
+    ]
     procs = (HubProcess(setups[0]), HubProcess(setups[1]))
     try:
         # started together: both create the schema at once
@@ -1207,22 +1213,36 @@ async def test_two_hub_processes_raise_each_double_admission_once(two_hubs: TwoH
 async def test_two_units_heartbeating_through_two_hub_processes_are_an_alert(
     two_hubs: TwoHubs,
 ) -> None:
-    """Found in review: each hub process kept the boot ids it saw, so a gate and a copy of its
-    token whose heartbeats reached different processes were never told apart."""
+    """Found in review: each hub process kept the runs it saw, so a gate and a copy of its token
+    whose heartbeats reached different processes were never told apart. Now the store keeps
+    them; a process that knows the gate's run writes it again after gate_offline_after_s."""
     gate, (api_1, api_2) = two_hubs.gates[0], two_hubs.apis
-    real, copy = str(uuid.uuid4()), str(uuid.uuid4())
+    real, copy = secrets.token_hex(16), secrets.token_hex(16)
     path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat()
+    words = "two units heartbeat as gate Gate 1 (gate-1)"
 
-    async def send(api: Api, boot: str) -> None:
-        reply = await api.post(path, dataclasses.replace(beat, boot_id=boot), gate.token)
+    async def send(api: Api, key: str) -> None:
+        reply = await api.post(path, dataclasses.replace(beat, run_key=key), gate.token)
         assert reply.status == 200
 
-    await send(api_1, real)  # the gate, on process 1
-    await send(api_2, copy)  # the copy, on process 2: each process has seen one boot id only
-    await send(api_2, real)  # the gate's next heartbeat reaches process 2
-    raised = (await alerts_after(api_1, two_hubs.console, 0)).alerts
-    (alert,) = [a for a in raised if "two units heartbeat as gate Gate 1 (gate-1)" in a.detail]
-    assert f"boot {real[:8]} from 127.0.0.1 is still heard after boot {copy[:8]}" in alert.detail
+    async def alerted() -> list[Alert]:
+        raised = (await alerts_after(api_1, two_hubs.console, 0)).alerts
+        return [a for a in raised if words in a.detail]
+
+    await send(api_1, real)  # the gate, known to both processes
+    await send(api_2, real)
+    await send(api_1, copy)  # the copy, on process 1 only
+    await send(api_2, real)  # process 2 heard nothing new: paced, no alert yet
+    assert await alerted() == []
+
+    async def gate_beats_on_2() -> list[Alert]:
+        await send(api_2, real)
+        return await alerted()
+
+    await until(gate_beats_on_2, every_s=0.2, what="the alert from process 2's pacing")
+    (alert,) = await alerted()
+    real_run, copy_run = run_shown(run_id(real)), run_shown(run_id(copy))
+    assert f"run {real_run} from 127.0.0.1 is still heard after run {copy_run}" in alert.detail
 
 
 async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(

@@ -1,21 +1,22 @@
 """Two units heartbeating as one gate (sync.hub_twins), in both real stores: what is an alert and
-what is not, and what a token spinning boot ids can and cannot do."""
+what is not, and what a token spinning made-up runs can and cannot do."""
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 
+from agent.redact import NO_RUN, run_id, run_shown
 from sync import hub_twins
 from sync.hub_store import HubStore
 from sync.hub_stores import open_store
-from sync.hub_twins import CHURN, MAX_BOOTS, MAX_NEW_PER_MIN, NO_BOOT, NOTE_EVERY_S, BootNotes
+from sync.hub_twins import CHURN, MAX_NEW_PER_MIN, MAX_RUNS, MAX_WRITES_PER_MIN, RunNotes
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.test_hub_store import POLICY
 
-T0 = 1_800_000_000.0
+T0 = 1_800_000_000.0  # on the hour
 
 
 @pytest.fixture
@@ -25,82 +26,99 @@ async def store(hub_store_url: str) -> AsyncIterator[HubStore]:
     await opened.close()
 
 
-def _boot() -> str:
-    return str(uuid.uuid4())
+def _run() -> str:
+    return run_id(secrets.token_hex(16))
 
 
 async def _details(store: HubStore) -> list[str]:
     return [a.detail for a in await store.alerts(0, 1000) if a.kind == "integrity"]
 
 
-async def test_a_gate_booting_again_is_no_alert(store: HubStore) -> None:
-    # Its boot id changes and never comes back; an older gate names none; a dual-stack gate
-    # changes address; an upgrade from a version without boot ids; a few boots a day.
-    first, second = _boot(), _boot()
-    steps = [(NO_BOOT, "10.0.0.7"), (first, "10.0.0.7"), (first, "fd00::7"), (second, "10.0.0.7")]
-    steps += [(_boot(), "10.0.0.7") for _ in range(CHURN - 3)]
-    for at, (boot, address) in enumerate(steps):
-        assert await store.note_boot("gate-a", boot, address, T0 + 60 * at) == []
-    assert await store.note_boot("gate-b", first, "10.0.0.9", T0) == []  # each gate its own
+async def test_a_gate_running_again_is_no_alert(store: HubStore) -> None:
+    # A run never comes back once its daemon stops; an older gate sends no run key; a
+    # dual-stack gate changes address; an upgrade from a version without run keys; restarts.
+    first, second = _run(), _run()
+    steps = [(NO_RUN, "10.0.0.7"), (first, "10.0.0.7"), (first, "fd00::7"), (second, "10.0.0.7")]
+    steps += [(_run(), "10.0.0.7") for _ in range(CHURN - 3)]
+    for at, (run, address) in enumerate(steps):
+        assert await store.note_run("gate-a", run, address, T0 + 60 * at) == []
+    assert await store.note_run("gate-b", first, "10.0.0.9", T0) == []  # each gate its own
     assert await _details(store) == []
 
 
-async def test_a_boot_id_coming_back_is_one_alert_a_pair(store: HubStore) -> None:
-    real, copy = _boot(), _boot()
-    assert await store.note_boot("gate-a", real, "10.0.0.7", T0) == []
-    assert await store.note_boot("gate-a", copy, "192.0.2.5", T0 + 5) == []
-    (alert,) = await store.note_boot("gate-a", real, "10.0.0.7", T0 + 10)
+async def test_a_run_still_heard_after_a_later_one_began_is_an_alert(store: HubStore) -> None:
+    real, copy = _run(), _run()
+    assert await store.note_run("gate-a", real, "10.0.0.7", T0) == []
+    assert await store.note_run("gate-a", copy, "192.0.2.5", T0 + 5) == []
+    (alert,) = await store.note_run("gate-a", real, "10.0.0.7", T0 + 10)
     assert alert.gate_ids == ("gate-a",) and alert.gates == ("gate-a",)
     assert alert.detail.startswith("two units heartbeat as gate gate-a (a copy of its token?")
-    assert f"boot {real[:8]} from 10.0.0.7 is still heard after boot {copy[:8]} from 192.0.2.5" in (
-        alert.detail
-    )
-    for at, boot in enumerate((copy, real, copy, real), start=3):  # they go on taking turns
-        assert await store.note_boot("gate-a", boot, "x", T0 + 5 * at) == []
-    assert len(await _details(store)) == 1
-    # A copy that sends no boot id (as an older gate would) is a boot id of its own.
-    assert await store.note_boot("gate-b", real, "10.0.0.8", T0) == []
-    assert await store.note_boot("gate-b", NO_BOOT, "192.0.2.5", T0 + 5) == []
-    (hidden,) = await store.note_boot("gate-b", real, "10.0.0.8", T0 + 10)
-    assert "is still heard after boot (none) from 192.0.2.5" in hidden.detail
+    assert (
+        f"run {run_shown(real)} from 10.0.0.7 is still heard after run {run_shown(copy)} from"
+        " 192.0.2.5 began"
+    ) in alert.detail
+    for at, run in enumerate((copy, real, copy, real), start=3):  # they go on taking turns
+        assert await store.note_run("gate-a", run, "x", T0 + 5 * at) == []
+    assert len(await _details(store)) == 1  # once an hour a gate
+    # The order is the store's, not a hub process's clock: a copy first written by a process
+    # whose clock runs behind is still the later run.
+    assert await store.note_run("gate-c", real, "10.0.0.8", T0) == []
+    assert await store.note_run("gate-c", NO_RUN, "192.0.2.5", T0 - 30) == []  # no run key
+    (hidden,) = await store.note_run("gate-c", real, "10.0.0.8", T0 + 10)
+    assert "is still heard after run (none) from 192.0.2.5 began" in hidden.detail
+    # Revoking the gate's tokens forgets its runs: the gate's next run raises nothing.
+    await store.revoke_tokens("gate-a")
+    assert await store.note_run("gate-a", _run(), "10.0.0.7", T0 + 2 * 3600) == []
 
 
-async def test_a_token_spinning_boot_ids_cannot_push_the_gates_own_out(store: HubStore) -> None:
-    real = _boot()
-    assert await store.note_boot("gate-a", real, "10.0.0.7", T0) == []
-    raised = []
-    for at in range(1, 2 * MAX_BOOTS):  # fresh boot ids, far more than are kept
-        raised += await store.note_boot("gate-a", _boot(), "192.0.2.5", T0 + at)
-    # More than CHURN new ones within the hour: one alert of their own (once an hour) ...
-    (churn,) = raised
-    assert f"names more than {CHURN} new boot ids within an hour" in churn.detail
-    # ... and the gate's own boot id was kept: its next heartbeat is the pair's alert.
-    (back,) = await store.note_boot("gate-a", real, "10.0.0.7", T0 + 2 * MAX_BOOTS)
+async def test_a_token_spinning_runs_raises_two_alerts_an_hour_at_most(store: HubStore) -> None:
+    real = _run()
+    assert await store.note_run("gate-a", real, "10.0.0.7", T0) == []
+    raised, made_up = [], []
+    for at in range(1, 2 * MAX_RUNS):  # made-up runs, far more than are kept ...
+        made_up.append(_run())
+        raised += await store.note_run("gate-a", made_up[-1], "192.0.2.5", T0 + at)
+        for old in made_up[-3:]:  # ... each old one heard again after the next began
+            raised += await store.note_run("gate-a", old, "192.0.2.5", T0 + at)
+    # One alert for the runs' number and one for two units, not one a pair.
+    assert sorted(a.detail.split(":")[0] for a in raised) == [
+        "gate gate-a heartbeats from more than 8 new runs within an hour",
+        "two units heartbeat as gate gate-a (a copy of its token? revoke its tokens, then give"
+        " it a new one)",
+    ]
+    # The gate's own run was kept: the next hour, it is still heard after them.
+    (back,) = await store.note_run("gate-a", real, "10.0.0.7", T0 + 3600)
     assert back.detail.startswith("two units heartbeat as gate gate-a")
-    # A day later the stale ones make room again: a new unit's boot id is kept.
-    later = T0 + hub_twins.STALE_S + 3 * MAX_BOOTS
-    assert await store.note_boot("gate-a", _boot(), "10.0.0.7", later) == []
+    # A day later the stale ones make room again: a new run is kept.
+    later = T0 + hub_twins.STALE_S + 2 * 3600
+    assert await store.note_run("gate-a", _run(), "10.0.0.7", later) == []
 
 
-def test_each_process_writes_new_boot_ids_at_once_and_paces_the_rest() -> None:
+def test_each_process_writes_new_runs_at_once_and_paces_the_rest() -> None:
     now = [0.0]
-    notes = BootNotes(clock=lambda: now[0])
-    real, copy = _boot(), _boot()
+    notes = RunNotes(every_s=30.0, clock=lambda: now[0])
+    real, copy = _run(), _run()
     assert notes.due("gate-a", real) and not notes.due("gate-a", real)  # unchanged: paced
-    now[0] += NOTE_EVERY_S
+    now[0] += 30.0
     assert notes.due("gate-a", real) and not notes.due("gate-a", real)
     now[0] += 1
-    # A new boot id at once, and each known one once after it (the write that tells a boot id
-    # came back), however the two take turns (found in a user trial: a pacing shared by every
-    # change of the gate left a squatting copy's boot id unwritten, and no alert came).
+    # A new run at once, and each known one once after it (the write that tells a run is still
+    # heard), however the two take turns (found in a user trial: a pacing shared by every
+    # change of the gate left a squatting copy's run unwritten, and no alert came).
     assert notes.due("gate-a", copy) and not notes.due("gate-a", copy)
     assert notes.due("gate-a", real)
-    assert [notes.due("gate-a", b) for b in (copy, real, copy, real)] == [False] * 4
+    assert [notes.due("gate-a", r) for r in (copy, real, copy, real)] == [False] * 4
     assert notes.due("gate-b", real)  # each gate on its own
-    # Made-up boot ids are written at most MAX_NEW_PER_MIN a minute a gate ...
-    written = sum(notes.due("gate-a", _boot()) for _ in range(10 * MAX_NEW_PER_MIN))
-    assert written == MAX_NEW_PER_MIN - 2  # real and copy were new within the minute
-    # ... while the gate's own is written again after them, and paced the same.
-    assert notes.due("gate-a", real) and not notes.due("gate-a", real)
+    # Made-up runs are written at most MAX_NEW_PER_MIN a minute a gate (real and copy were new
+    # within the minute), and writes in all at most MAX_WRITES_PER_MIN (found in review: each
+    # new run made every known one due again: 25 commits a second for one token).
+    new = sum(notes.due("gate-a", _run()) for _ in range(10 * MAX_NEW_PER_MIN))
+    assert new == MAX_NEW_PER_MIN - 2
     now[0] += 60.0
-    assert notes.due("gate-a", _boot())
+    fresh = [_run() for _ in range(MAX_NEW_PER_MIN)]
+    writes = sum(notes.due("gate-a", r) for r in (*fresh, *fresh, real))
+    assert writes == MAX_WRITES_PER_MIN  # 30 new, 29 known after a newer one, the gate's own
+    now[0] += 31.0  # the gate's own is due by its pacing, but the minute's writes are spent
+    assert not notes.due("gate-a", real)
+    now[0] += 30.0
+    assert notes.due("gate-a", real)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -21,7 +22,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,12 +36,12 @@ from agent import tickets
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
 from agent.app.status import StatusServer
-from agent.clock import HLC, Clock, boot_id, uuid7
+from agent.clock import HLC, Clock, uuid7
 from agent.issuer import Issuer
 from agent.journal import Journal, PeerEntry
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
-from agent.redact import shared_ref, short_id
+from agent.redact import run_id, run_shown, shared_ref, short_id
 from sync import hub_sql, protocol
 from sync.protocol import BatchUpload, EntryWire, FeedEntry, Heartbeat
 from tests.browser import Browser
@@ -630,38 +630,37 @@ async def _stored(venue: Venue, table: str) -> list[tuple[int, str, str]]:
 async def test_a_copy_of_a_gates_token_heartbeating_beside_it_is_an_alert(venue: Venue) -> None:
     stolen = venue.conf_a.hub.token if venue.conf_a.hub else None  # copied off gate A's unit
     assert stolen
-    copy_boot, real_boot = str(uuid.uuid4()), boot_id()
+    copy_key = secrets.token_hex(16)  # the copy's own run: gate A's is never sent elsewhere
+    words = "two units heartbeat as gate Gate A (gate-a)"
 
-    async def beat(boot: str) -> None:  # a heartbeat as gate A, answered once the hub is done
+    async def alerted() -> list[dict[str, Any]]:
+        return _integrity(await venue.alerts(), words)
+
+    async def beat_and_look() -> list[dict[str, Any]]:  # a heartbeat of the copy, as gate A
         hb = Heartbeat(
             gate_id="gate-a", gate_name="A", version="x", outbox_depth=0,
             oldest_unsynced_age_s=None, revocation_version=0, revocation_age_s=None,
-            trust_version=0, clock_synced=True, feed_cursor=0, boot_id=boot,
+            trust_version=0, clock_synced=True, feed_cursor=0, run_key=copy_key,
         )  # fmt: skip
         url = venue.url("/v1/gates/gate-a/heartbeat")
         assert (await asyncio.to_thread(post_json, url, stolen, protocol.encode(hb)))[0] == 200
+        return await alerted()
 
     async with venue.gates() as (a, _):
         await until(lambda: _online(a), what="gate A online")
-        await beat(real_boot)  # as gate A sends it (noted before the copy's, whatever the timing)
-        # The copy runs on another unit: its heartbeats carry another boot id than the gate's,
-        # and the real gate's next heartbeat (its own kernel boot id) comes back.
-        await beat(copy_boot)
-        words = "two units heartbeat as gate Gate A (gate-a)"
-
-        async def alerted() -> list[dict[str, Any]]:
-            return _integrity(await venue.alerts(), words)
-
-        await until(alerted, what="the two units' alert")
+        # The copy runs beside the gate: whichever run the hub heard first is heard again after
+        # the other began (the gate's every 0.2 s, the copy's here).
+        await until(beat_and_look, every_s=0.1, what="the two units' alert")
         (alert,) = await alerted()
-        assert (
-            f"boot {real_boot[:8]} from 127.0.0.1 is still heard after boot {copy_boot[:8]}"
-            in (alert["detail"])
-        )
+        assert a.hub is not None
+        real, copy = a.hub.status()["run"], run_shown(run_id(copy_key))  # as `status` shows it
+        assert {f"run {real} from 127.0.0.1", f"run {copy} from 127.0.0.1"} <= set(
+            re.findall(r"run \w+ from 127\.0\.0\.1", alert["detail"])
+        ), alert["detail"]
         assert "a copy of its token?" in alert["detail"] and alert["gates"] == ["Gate A"]
-        # Once for the pair, however long the two take turns.
-        for boot in (copy_boot, real_boot, copy_boot, real_boot):
-            await beat(boot)
+        # Once (an hour), however long the two take turns.
+        for _ in range(5):
+            await beat_and_look()
         assert len(await alerted()) == 1
 
 

@@ -219,6 +219,7 @@ def _summary(snap: dict[str, Any]) -> str:
         online = bool(up.get("online"))
         lines.append(  # an error from before the link came back is history, not news
             f"  {up.get('kind', 'upstream')} {'online' if online else 'OFFLINE'}"
+            + (f", run {up['run']}" if up.get("run") else "")  # as the hub's alerts name it
             + (f" (last error: {up['last_error']})" if up.get("last_error") and not online else "")
         )
     return "\n".join(lines) + "\n"

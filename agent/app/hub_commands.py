@@ -193,7 +193,7 @@ async def _hub_quarantine(args: argparse.Namespace, conf: HubConfig) -> int:
     for r in done.rows:
         print(
             f"gate_seq {r.gate_seq}  {r.kind:<7} ticket {r.short_id}  entry {r.entry_id}"
-            f"  received {hub_admin_console.local_time(r.received_at)}  boot {r.boot_id[:8]}"
+            f"  received {hub_admin_console.local_time(r.received_at)}  boot {r.boot_id[:8] or '-'}"
         )
     rows = f"{plural(len(done.rows), 'row')} of gate {gate}"
     span = f"gate_seq {first}..{done.rows[-1].gate_seq}"

@@ -1,5 +1,5 @@
-"""The boot ids each gate's heartbeats came with, in the PostgreSQL hub store
-(:mod:`sync.hub_twins`; the SQLite store's counterpart is :mod:`sync.hub_sqlite_boots`)."""
+"""The runs each gate's heartbeats came from, in the PostgreSQL hub store (:mod:`sync.hub_twins`;
+the SQLite store's counterpart is :mod:`sync.hub_sqlite_runs`)."""
 
 from __future__ import annotations
 
@@ -22,29 +22,25 @@ _TOUCH, _COUNT, _FORGET, _ADD, _LATER, _NAME = (
 )  # fmt: skip
 
 
-async def note_boot(
+async def note_run(
     conn: _Conn, seen: hub_twins.Seen, insert_alert: Callable[[NewAlert], Awaitable[bool]]
 ) -> list[NewAlert]:
-    """Note ``seen``'s boot id inside the caller's transaction; returns the alerts raised
+    """Note ``seen``'s run inside the caller's transaction; returns the alerts raised
     (``insert_alert`` stores one, False when its dedupe key was stored before)."""
-    gate, boot, now = seen.gate_id, seen.boot_id, seen.now
-    if rows(await conn.execute(_TOUCH, now, seen.address, gate, boot)) == 0:
+    gate, run, now = seen.gate_id, seen.run_id, seen.now
+    if hub_sql.status_rows(await conn.execute(_TOUCH, now, seen.address, gate, run)) == 0:
         window = now - hub_twins.CHURN_WINDOW_S
         held, recent = await conn.fetchrow(_COUNT, window, gate) or (0, 0)
-        if held >= hub_twins.MAX_BOOTS:
-            held -= rows(await conn.execute(_FORGET, gate, gate, now - hub_twins.STALE_S))
-        kept = held < hub_twins.MAX_BOOTS
+        if held >= hub_twins.MAX_RUNS:
+            stale = now - hub_twins.STALE_S
+            held -= hub_sql.status_rows(await conn.execute(_FORGET, gate, gate, stale))
+        kept = held < hub_twins.MAX_RUNS
         if kept:
-            await conn.execute(_ADD, gate, boot, now, now, seen.address)
+            await conn.execute(_ADD, gate, run, now, now, seen.address)
         seen = replace(seen, recent=int(recent) + 1, kept=kept)
-    later = await conn.fetchrow(_LATER, gate, boot)
+    later = await conn.fetchrow(_LATER, gate, run)
     seen = replace(seen, later=None if later is None else (later[0], later[1]))
     if not seen.alarming:
         return []
     name = await conn.fetchval(_NAME, gate)
     return [a for a in hub_twins.alerts(seen, name or gate) if await insert_alert(a)]
-
-
-def rows(status: str) -> int:
-    """The rows a statement's status names ("UPDATE 1", "INSERT 0 1")."""
-    return int(status.rsplit(" ", 1)[-1])

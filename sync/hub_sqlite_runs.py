@@ -1,5 +1,5 @@
-"""The boot ids each gate's heartbeats came with, in the SQLite hub store (:mod:`sync.hub_twins`;
-the PostgreSQL store's counterpart is :mod:`sync.hub_postgres_boots`)."""
+"""The runs each gate's heartbeats came from, in the SQLite hub store (:mod:`sync.hub_twins`;
+the PostgreSQL store's counterpart is :mod:`sync.hub_postgres_runs`)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,23 @@ from sync import hub_twins
 from sync.hub_plan import NewAlert
 
 
-def note_boot(
+def note_run(
     db: sqlite3.Connection, seen: hub_twins.Seen, insert_alert: Callable[[NewAlert], bool]
 ) -> list[NewAlert]:
-    """Note ``seen``'s boot id inside the caller's transaction; returns the alerts raised
+    """Note ``seen``'s run inside the caller's transaction; returns the alerts raised
     (``insert_alert`` stores one, False when its dedupe key was stored before)."""
-    gate, boot, now = seen.gate_id, seen.boot_id, seen.now
-    if not db.execute(hub_twins.TOUCH, (now, seen.address, gate, boot)).rowcount:
+    gate, run, now = seen.gate_id, seen.run_id, seen.now
+    if not db.execute(hub_twins.TOUCH, (now, seen.address, gate, run)).rowcount:
         window = now - hub_twins.CHURN_WINDOW_S
         held, recent = db.execute(hub_twins.COUNT, (window, gate)).fetchone()
-        if held >= hub_twins.MAX_BOOTS:
+        if held >= hub_twins.MAX_RUNS:
             stale = (gate, gate, now - hub_twins.STALE_S)
             held -= db.execute(hub_twins.FORGET_STALE, stale).rowcount
-        kept = held < hub_twins.MAX_BOOTS
+        kept = held < hub_twins.MAX_RUNS
         if kept:
-            db.execute(hub_twins.ADD, (gate, boot, now, now, seen.address))
+            db.execute(hub_twins.ADD, (gate, run, now, now, seen.address))
         seen = replace(seen, recent=int(recent) + 1, kept=kept)
-    later = db.execute(hub_twins.LATER, (gate, boot)).fetchone()
+    later = db.execute(hub_twins.LATER, (gate, run)).fetchone()
     seen = replace(seen, later=None if later is None else (later[0], later[1]))
     if not seen.alarming:
         return []
