@@ -295,10 +295,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if hb.gate_id != gate:
         raise HttpError(403, "gate_id: the heartbeat is for another gate than the path")
     now = hub.clock()
-    if hub.beat_due(gate):
-        await hub.store.heartbeat(hb, now)
-    hub.presence.heartbeat(gate)
-    run = run_id(hb.run_key)
+    run = run_id(hb.run_key)  # noted first: heartbeats in flight are noted as they came
     if hub.run_notes.due(gate, run):  # two units with one token? (sync.hub_twins)
         try:
             raised = await hub.store.note_run(gate, run, request.remote or "?", now)
@@ -307,6 +304,9 @@ async def heartbeat(request: web.Request) -> web.Response:
             raised = []
         for alert in raised:
             log.warning("%s", alert.detail)
+    if hub.beat_due(gate):
+        await hub.store.heartbeat(hb, now)
+    hub.presence.heartbeat(gate)
     return json_response(HeartbeatAck(now))
 
 

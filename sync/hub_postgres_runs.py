@@ -9,16 +9,17 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
+from agent.redact import NO_RUN
 from sync import hub_sql, hub_twins
 from sync.hub_plan import NewAlert
 
 if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
     _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 
-_TOUCH, _COUNT, _FORGET, _ADD, _LATER, _NAME = (
+_TOUCH, _COUNT, _FORGET, _ADD, _FORGET_KEYLESS, _LATER, _NAME = (
     hub_sql.numbered(sql)
     for sql in (hub_twins.TOUCH, hub_twins.COUNT, hub_twins.FORGET_STALE, hub_twins.ADD,
-                hub_twins.LATER, hub_twins.NAME)
+                hub_twins.FORGET_KEYLESS, hub_twins.LATER, hub_twins.NAME)
 )  # fmt: skip
 
 
@@ -35,8 +36,11 @@ async def note_run(
             stale = now - hub_twins.STALE_S
             held -= hub_sql.status_rows(await conn.execute(_FORGET, gate, gate, stale))
         kept = held < hub_twins.MAX_RUNS
-        if kept:
+        added = kept and hub_sql.status_rows(
             await conn.execute(_ADD, gate, run, now, now, seen.address)
+        )
+        if added and run != NO_RUN:
+            await conn.execute(_FORGET_KEYLESS, gate, NO_RUN)
         seen = replace(seen, recent=int(recent) + 1, kept=kept)
     later = await conn.fetchrow(_LATER, gate, run)
     seen = replace(seen, later=None if later is None else (later[0], later[1]))

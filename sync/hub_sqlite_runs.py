@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 
+from agent.redact import NO_RUN
 from sync import hub_twins
 from sync.hub_plan import NewAlert
 
@@ -24,8 +25,9 @@ def note_run(
             stale = (gate, gate, now - hub_twins.STALE_S)
             held -= db.execute(hub_twins.FORGET_STALE, stale).rowcount
         kept = held < hub_twins.MAX_RUNS
-        if kept:
-            db.execute(hub_twins.ADD, (gate, run, now, now, seen.address))
+        added = kept and db.execute(hub_twins.ADD, (gate, run, now, now, seen.address)).rowcount
+        if added and run != NO_RUN:
+            db.execute(hub_twins.FORGET_KEYLESS, (gate, NO_RUN))
         seen = replace(seen, recent=int(recent) + 1, kept=kept)
     later = db.execute(hub_twins.LATER, (gate, run)).fetchone()
     seen = replace(seen, later=None if later is None else (later[0], later[1]))

@@ -66,6 +66,9 @@ LATER = (
     "SELECT b.run_id, b.address FROM gate_runs a JOIN gate_runs b ON b.gate_id = a.gate_id"
     " WHERE a.gate_id = ? AND a.run_id = ? AND b.seq > a.seq ORDER BY b.seq DESC LIMIT 1"
 )
+# A gate's first run with a key ends its runs without one (an upgrade): a run without a key heard
+# after it is a new one (a copy hiding its key, or a rollback), never the gate's own of before.
+FORGET_KEYLESS = "DELETE FROM gate_runs WHERE gate_id = ? AND run_id = ?"
 NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
 FORGET_GATE = "DELETE FROM gate_runs WHERE gate_id = ?"
 

@@ -1146,7 +1146,7 @@ async def two_hubs(
     store = pg_server.create_database(f"hub_two_{next(_db_numbers)}")
     setups = [  # gate_offline_after_s: how often a process writes a gate's known run again
         write_hub_config(
-            tmp_path / f"hub{i}", keys=keys_dir, store=store, extra="gate_offline_after_s = 2\n"
+            tmp_path / f"hub{i}", keys=keys_dir, store=store, extra="gate_offline_after_s = 5\n"
         )
         for i in (1, 2)
     ]
@@ -1215,7 +1215,8 @@ async def test_two_units_heartbeating_through_two_hub_processes_are_an_alert(
 ) -> None:
     """Found in review: each hub process kept the runs it saw, so a gate and a copy of its token
     whose heartbeats reached different processes were never told apart. Now the store keeps
-    them; a process that knows the gate's run writes it again after gate_offline_after_s."""
+    them; a process that knows the gate's run writes it again after gate_offline_after_s (5 s
+    here: the four requests before the first look fit in it)."""
     gate, (api_1, api_2) = two_hubs.gates[0], two_hubs.apis
     real, copy = secrets.token_hex(16), secrets.token_hex(16)
     path, beat = f"/v1/gates/{gate.gate_id}/heartbeat", gate.heartbeat()

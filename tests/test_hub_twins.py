@@ -66,9 +66,27 @@ async def test_a_run_still_heard_after_a_later_one_began_is_an_alert(store: HubS
     assert await store.note_run("gate-c", NO_RUN, "192.0.2.5", T0 - 30) == []  # no run key
     (hidden,) = await store.note_run("gate-c", real, "10.0.0.8", T0 + 10)
     assert "is still heard after run (none) from 192.0.2.5 began" in hidden.detail
-    # Revoking the gate's tokens forgets its runs: the gate's next run raises nothing.
+    # Revoking the gate's tokens forgets its runs: the gate heard again next hour (its run
+    # older than the copy's) raises nothing (a review: the copy's run had alerted hourly).
     await store.revoke_tokens("gate-a")
-    assert await store.note_run("gate-a", _run(), "10.0.0.7", T0 + 2 * 3600) == []
+    assert await store.note_run("gate-a", real, "10.0.0.7", T0 + 2 * 3600) == []
+    assert await store.note_run("gate-a", real, "10.0.0.7", T0 + 3 * 3600) == []
+
+
+async def test_keyless_runs_end_with_an_upgrade(store: HubStore) -> None:
+    """An older version sends no run key: its run ends with the gate's first keyed one, so a
+    rollback is no alert (a review) while a copy hiding its key beside the gate still is."""
+    upgraded = _run()
+    assert await store.note_run("gate-a", NO_RUN, "10.0.0.7", T0) == []
+    assert await store.note_run("gate-a", upgraded, "10.0.0.7", T0 + 60) == []
+    for at in range(2, 5):  # rolled back: keyless again, the upgraded run never heard again
+        assert await store.note_run("gate-a", NO_RUN, "10.0.0.7", T0 + 60 * at) == []
+    beside = _run()  # upgraded again, and a copy without a key beside it
+    assert await store.note_run("gate-b", NO_RUN, "10.0.0.8", T0) == []
+    assert await store.note_run("gate-b", beside, "10.0.0.8", T0 + 60) == []
+    assert await store.note_run("gate-b", NO_RUN, "192.0.2.5", T0 + 61) == []
+    (alert,) = await store.note_run("gate-b", beside, "10.0.0.8", T0 + 62)
+    assert "is still heard after run (none) from 192.0.2.5 began" in alert.detail
 
 
 async def test_a_token_spinning_runs_raises_two_alerts_an_hour_at_most(store: HubStore) -> None:
