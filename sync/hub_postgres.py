@@ -84,6 +84,7 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
 _FORGET_RUNS = hub_sql.numbered(hub_twins.FORGET_GATE)
+_HEARD_TWICE = hub_sql.numbered(hub_twins.HEARD_TWICE)
 _CLAIM = hub_sql.numbered(hub_claims.CLAIM)
 _CLAIMS_OF_GATE = hub_sql.numbered(hub_claims.CLAIMS_OF_GATE)
 _FEED = hub_sql.numbered(hub_sql.FEED)
@@ -319,8 +320,11 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         Raises HubStoreError.
         """
+        since = now - hub_twins.LATELY * self._policy.gate_offline_after_s
         rows = await self._run(lambda conn: conn.fetch(_GATES))
-        return [hub_sql.gate_health(row, row[-1], now, self._policy) for row in rows]
+        twice = {r[0] for r in await self._run(lambda conn: conn.fetch(_HEARD_TWICE, since, since))}
+        gates = [hub_sql.gate_health(row, row[-1], now, self._policy) for row in rows]
+        return hub_twins.flag_two_units(gates, twice)
 
     async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
         """Store a token's hash. Raises ValueError for a gate token without a gate (or a console

@@ -278,8 +278,15 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
         Raises HubStoreError.
         """
-        rows = await self._run(lambda db: db.execute(_GATES).fetchall())
-        return [hub_sql.gate_health(row, json.loads(row[-1]), now, self._policy) for row in rows]
+        since = now - hub_twins.LATELY * self._policy.gate_offline_after_s
+
+        def job(db: sqlite3.Connection) -> tuple[list[Any], set[str]]:
+            twice = {g for (g,) in db.execute(hub_twins.HEARD_TWICE, (since, since))}
+            return db.execute(_GATES).fetchall(), twice
+
+        rows, twice = await self._run(job)
+        gates = [hub_sql.gate_health(row, json.loads(row[-1]), now, self._policy) for row in rows]
+        return hub_twins.flag_two_units(gates, twice)
 
     async def add_token(self, token_hash: str, role: Role, gate_id: str | None, name: str) -> None:
         """Store a token's hash. Raises ValueError for a gate token without a gate (or a console

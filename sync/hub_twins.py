@@ -33,10 +33,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.redact import NO_RUN, run_shown
 from sync.hub_plan import NewAlert
+from sync.protocol_console import GateHealth
 from sync.protocol_fields import MAX_DETAIL
 
 MAX_RUNS = 64  # runs kept a gate
@@ -70,6 +71,25 @@ LATER = (
 # after it is a new one (a copy hiding its key, or a rollback), never the gate's own of before.
 FORGET_KEYLESS = "DELETE FROM gate_runs WHERE gate_id = ? AND run_id = ?"
 NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
+# The gates with two runs heard lately, one of them after the other began: the console's gate
+# list shows TWO_UNITS among their faults (a copy's heartbeats would hide the gate's own).
+HEARD_TWICE = (
+    "SELECT DISTINCT a.gate_id FROM gate_runs a JOIN gate_runs b"
+    " ON b.gate_id = a.gate_id AND b.seq > a.seq"
+    " WHERE a.last_seen > b.first_seen AND a.last_seen > ? AND b.last_seen > ?"
+)
+TWO_UNITS = "two units heartbeat (a copy of its token?)"
+LATELY = 3  # heard within this many gate_offline_after_s (a run is written that often)
+
+
+def flag_two_units(gates: list[GateHealth], heard_twice: set[str]) -> list[GateHealth]:
+    """``gates`` with :data:`TWO_UNITS` first among the faults of those in ``heard_twice``."""
+    return [
+        replace(g, faults=(TWO_UNITS, *g.faults)[:16]) if g.gate_id in heard_twice else g
+        for g in gates
+    ]
+
+
 FORGET_GATE = "DELETE FROM gate_runs WHERE gate_id = ?"
 
 

@@ -13,6 +13,7 @@ from sync import hub_twins
 from sync.hub_store import HubStore
 from sync.hub_stores import open_store
 from sync.hub_twins import CHURN, MAX_NEW_PER_MIN, MAX_RUNS, MAX_WRITES_PER_MIN, RunNotes
+from tests.hubproc import heartbeat
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.test_hub_store import POLICY
 
@@ -87,6 +88,26 @@ async def test_keyless_runs_end_with_an_upgrade(store: HubStore) -> None:
     assert await store.note_run("gate-b", NO_RUN, "192.0.2.5", T0 + 61) == []
     (alert,) = await store.note_run("gate-b", beside, "10.0.0.8", T0 + 62)
     assert "is still heard after run (none) from 192.0.2.5 began" in alert.detail
+
+
+async def test_the_gate_list_shows_two_units_while_both_are_heard(store: HubStore) -> None:
+    """A copy's heartbeats overwrite the gate's health in the console's gate list (its faults
+    with them): the list says two units heartbeat as the gate while both are heard."""
+    real, copy, restarted = _run(), _run(), _run()
+    for gate in ("gate-a", "gate-b"):
+        await store.heartbeat(heartbeat(gate, gate.upper()), T0)
+    assert await store.note_run("gate-a", real, "10.0.0.7", T0) == []
+    assert await store.note_run("gate-a", copy, "192.0.2.5", T0 + 5) == []
+    assert len(await store.note_run("gate-a", real, "10.0.0.7", T0 + 10)) == 1
+    assert await store.note_run("gate-b", real, "10.0.0.8", T0) == []  # gate B restarts
+    assert await store.note_run("gate-b", restarted, "10.0.0.8", T0 + 20) == []
+
+    async def faults(now: float) -> dict[str, tuple[str, ...]]:
+        return {g.gate_id: g.faults for g in await store.gates(now)}
+
+    assert await faults(T0 + 20) == {"gate-a": (hub_twins.TWO_UNITS,), "gate-b": ()}
+    quiet = T0 + 10 + hub_twins.LATELY * POLICY.gate_offline_after_s  # the copy no longer heard
+    assert await faults(quiet + 1) == {"gate-a": (), "gate-b": ()}
 
 
 async def test_a_token_spinning_runs_raises_two_alerts_an_hour_at_most(store: HubStore) -> None:

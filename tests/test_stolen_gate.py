@@ -658,6 +658,10 @@ async def test_a_copy_of_a_gates_token_heartbeating_beside_it_is_an_alert(venue:
             re.findall(r"run \w+ from 127\.0\.0\.1", alert["detail"])
         ), alert["detail"]
         assert "a copy of its token?" in alert["detail"] and alert["gates"] == ["Gate A"]
+        # The console's gate list says so too (the copy's heartbeats overwrite the gate's health).
+        gates = await asyncio.to_thread(get_json, venue.url("/v1/gates"), venue.console)
+        (gate_a,) = [g for g in gates["gates"] if g["gate_id"] == "gate-a"]
+        assert gate_a["faults"][0] == "two units heartbeat (a copy of its token?)"
         # Once (an hour), however long the two take turns.
         for _ in range(5):
             await beat_and_look()
