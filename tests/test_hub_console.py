@@ -90,14 +90,16 @@ async def test_console_shows_a_double_admission_and_gate_health(
         names = await page.evaluate(
             f'[...document.querySelectorAll("{alert} .gate-name")].map(n => n.textContent)'
         )
-        # Earlier entry first, by HLC then entry_id: both rows can share a millisecond.
+        # Earlier entry first, as the hub orders a ticket's history (sync.hub_plan's order): by
+        # HLC, ties by gate then gate_seq; both rows can share a millisecond (a CI run failed
+        # when this test broke ties by entry_id).
         by_order = sorted(
             (
-                (first.hlc, first.entry_id, "North A"),
-                (second.hlc, second.entry_id, "<b>South B</b>"),
+                (first.hlc, first.gate_id, first.gate_seq, "North A"),
+                (second.hlc, second.gate_id, second.gate_seq, "<b>South B</b>"),
             )
         )
-        assert names == [name for _, _, name in by_order]
+        assert names == [name for *_, name in by_order]
         assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
 
         await page.wait_for("document.querySelectorAll('#gates tbody tr').length === 3")
