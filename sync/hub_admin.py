@@ -45,7 +45,7 @@ from sync.hub_store import (
     Role,
 )
 from sync.hub_stores import open_store
-from sync.protocol import INT63, MAX_DOCUMENT_CHARS, is_id
+from sync.protocol import INT63, MAX_DOCUMENT_CHARS, GateHealth, is_id
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ async def quarantine(
         named = None
         with contextlib.suppress(AgentError):  # no store yet: the id's own fault is the answer
             async with opened_store(config) as store:
-                named = await _gate_named(store, gate_id)
+                named = _named(await store.gates(time.time()), gate_id)
         raise UsageError(
             f"gate id {gate_id[:80]!r}: expected 1-64 letters, digits or ._:-"
             + (f"; it is the name of gate {named}: --gate {named}" if named else "")
@@ -189,17 +189,17 @@ async def quarantine(
         done = await store.quarantine(gate_id, from_seq, time.time(), dry_run=dry_run)
         if done.rows or done.tokens:
             return done
-        if any(g.gate_id == gate_id for g in await store.gates(time.time())):
-            return done
-        named = await _gate_named(store, gate_id)
-    if named:
+        gates = await store.gates(time.time())
+    if any(g.gate_id == gate_id for g in gates):
+        return done
+    if named := _named(gates, gate_id):
         raise UsageError(f"{gate_id!r} is the name of gate {named}: --gate {named}")
     return replace(done, known=False)
 
 
-async def _gate_named(store: HubStore, name: str) -> str | None:
-    """The id of the gate the venue calls ``name``, if any."""
-    return next((g.gate_id for g in await store.gates(time.time()) if g.gate_name == name), None)
+def _named(gates: Iterable[GateHealth], name: str) -> str | None:
+    """The id of the gate among ``gates`` the venue calls ``name``, if any."""
+    return next((g.gate_id for g in gates if g.gate_name == name), None)
 
 
 async def revoke_named(config: HubConfig, role: Role, name: str) -> int:

@@ -321,8 +321,12 @@ class PostgresHubStore(PostgresConsoleQueries):
         Raises HubStoreError.
         """
         since = now - hub_twins.LATELY * self._policy.gate_offline_after_s
-        rows = await self._run(lambda conn: conn.fetch(_GATES))
-        twice = {r[0] for r in await self._run(lambda conn: conn.fetch(_HEARD_TWICE, since, since))}
+
+        async def job(conn: _Conn) -> tuple[list[Any], set[str]]:
+            twice = {r[0] for r in await conn.fetch(_HEARD_TWICE, since, since)}
+            return await conn.fetch(_GATES), twice
+
+        rows, twice = await self._run(job)
         gates = [hub_sql.gate_health(row, row[-1], now, self._policy) for row in rows]
         return hub_twins.flag_two_units(gates, twice)
 
@@ -396,7 +400,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 for p in params:
                     if stored >= room:
                         break
-                    stored += int((await conn.execute(_CLAIM, *p)).rsplit(" ", 1)[-1])
+                    stored += hub_sql.status_rows(await conn.execute(_CLAIM, *p))
             return stored
 
         return await self._run(job) if params else 0
@@ -406,7 +410,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         Raises HubStoreError."""
         if revoke:
             status = await self._run(lambda conn: conn.execute(_REVOKE_NAMED_TOKENS, role, name))
-            return int(status.rsplit(" ", 1)[-1])
+            return hub_sql.status_rows(status)
         count = await self._run(lambda conn: conn.fetchval(_NAMED_TOKENS, role, name))
         return int(count)
 

@@ -146,7 +146,7 @@ class QuarantinedRow:
     short_id: str  # the ticket's, never the ticket itself
     kind: str
     received_at: float
-    boot_id: str  # of the unit that wrote it: the copy's, or the gate's own (its /status)
+    boot_id: str  # as the uploader wrote it (a naive copy writes its own machine's)
 
 
 @dataclass(frozen=True, slots=True)

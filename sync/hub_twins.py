@@ -71,6 +71,7 @@ LATER = (
 # after it is a new one (a copy hiding its key, or a rollback), never the gate's own of before.
 FORGET_KEYLESS = "DELETE FROM gate_runs WHERE gate_id = ? AND run_id = ?"
 NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
+FORGET_GATE = "DELETE FROM gate_runs WHERE gate_id = ?"  # with its tokens: the copy is cut off
 # The gates with two runs heard lately, one of them after the other began: the console's gate
 # list shows TWO_UNITS among their faults (a copy's heartbeats would hide the gate's own).
 HEARD_TWICE = (
@@ -88,9 +89,6 @@ def flag_two_units(gates: list[GateHealth], heard_twice: set[str]) -> list[GateH
         replace(g, faults=(TWO_UNITS, *g.faults)[:16]) if g.gate_id in heard_twice else g
         for g in gates
     ]
-
-
-FORGET_GATE = "DELETE FROM gate_runs WHERE gate_id = ?"
 
 
 @dataclass(frozen=True, slots=True)

@@ -321,7 +321,7 @@ class StatusServer:
                 "id": gate.config.gate.id,
                 "name": gate.config.gate.name,
                 "version": version.installed(),
-                "boot_id": boot_id(),  # as its rows and heartbeats carry it (sync.hub_twins)
+                "boot_id": boot_id(),  # as its rows carry it (`hub quarantine` lists it)
             },
             "lanes": [lane_health(lane) for lane in self._lanes()],
             "clock": _clock_status(gate.clock),
