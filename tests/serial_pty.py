@@ -71,8 +71,21 @@ class PtyPair:
             except BlockingIOError:
                 select.select([], [self.fd], [], 5.0)  # until the driver has read some
 
+    def read_next(self, n: int, timeout_s: float = 5.0) -> bytes:
+        """The next ``n`` bytes the driver writes, once they have all arrived (fewer when
+        ``timeout_s`` passes first, which the caller's comparison then shows). Nothing past the
+        ``n``th byte is taken: a byte too many is read by the next call."""
+        assert self.fd is not None
+        deadline = time.monotonic() + timeout_s
+        out = b""
+        while len(out) < n and (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0]:
+                out += os.read(self.fd, n - len(out))
+        return out
+
     def read_for(self, wait_s: float) -> bytes:
-        """Everything the driver wrote to the device within ``wait_s``."""
+        """Everything the driver wrote to the device within ``wait_s`` (for checking that nothing
+        comes: to wait for bytes that should come, use :meth:`read_next`)."""
         assert self.fd is not None
         deadline = time.monotonic() + wait_s
         out = b""

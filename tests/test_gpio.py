@@ -450,7 +450,7 @@ async def test_cancelled_pulse_leaves_the_relay_off() -> None:
     gate, chip = make_gate(GATE_URL.replace("pulse_ms=50", "pulse_ms=5000"))
     await gate.open()
     task = asyncio.create_task(gate.grant("entry", "e1"))
-    await until(lambda: gate.relay_active, 0.05, "the relay on")
+    await until(lambda: gate.relay_active, 5, "the relay on")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -485,10 +485,10 @@ async def test_passage_counts_only_for_the_granted_direction() -> None:
 
 
 async def test_passage_during_the_pulse_is_not_missed() -> None:
-    gate, chip = make_gate(GATE_URL.replace("pulse_ms=50", "pulse_ms=200"))
+    gate, chip = make_gate(GATE_URL.replace("pulse_ms=50", "pulse_ms=500"))
     await gate.open()
     grant = asyncio.create_task(gate.grant("entry", "e1"))
-    await until(lambda: gate.relay_active, 0.03, "the pulse started")
+    await until(lambda: gate.relay_active, 5, "the pulse started")
     await press(chip, "GPIO27", 40)
     await grant
     assert await gate.wait_passage(0.01) is True
@@ -522,7 +522,7 @@ async def test_timeout_then_late_passage_is_unexpected() -> None:
     await gate.grant("entry", "e1")
     assert await gate.wait_passage(0.05) is False
     await press(chip, "GPIO27")
-    await until(lambda: gate.unexpected_passages >= 1, 0.03, "the late passage counted")
+    await until(lambda: gate.unexpected_passages >= 1, 5, "the late passage counted")
     assert gate.unexpected_passages == 1
     await gate.close()
 
@@ -562,12 +562,13 @@ async def test_hold_mode_holds_until_passage_or_timeout() -> None:
 
 
 async def test_hold_mode_failsafe_releases_when_nobody_waits() -> None:
-    gate, _chip = make_gate(HOLD_URL + "&hold_max_ms=1000")
+    gate, chip = make_gate(HOLD_URL + "&hold_max_ms=1000")
     await gate.open()
     await gate.grant("entry", "e1")
     assert gate.relay_active
-    await asyncio.sleep(1.1)  # the scenario: hold_max_ms (1 s) passes with nobody waiting
-    assert not gate.relay_active
+    await until(lambda: not gate.relay_active, 10, "the failsafe released the relay")
+    ((start, end),) = chip.pulses("GPIO17")
+    assert end - start >= 1e9  # held for hold_max_ms (1 s) with nobody waiting, then let go
     await gate.grant("entry", "e2")  # usable again
     await gate.close()
     assert not gate.relay_active
@@ -596,11 +597,11 @@ async def test_emergency_and_alarm_reach_events_debounced() -> None:
     events = gate.events()
     first = await asyncio.wait_for(anext(events), 1)
     assert (first.name, first.active) == ("emergency", True) and gate.emergency
+    released = time.monotonic()
     chip.drive("GPIO6", True)  # released
-    await asyncio.sleep(0.002)  # the scenario: still within the debounce period
-    assert gate.emergency  # not before the debounce period
     cleared = await asyncio.wait_for(anext(events), 1)
     assert cleared == InputEvent("emergency", False, cleared.mono_ns) and not gate.emergency
+    assert time.monotonic() - released >= 0.010  # not before the debounce period (10 ms)
     await press(chip, "GPIO27")  # a passage: not an input event
     await press(chip, "GPIO5", 30)
     alarm_on = await asyncio.wait_for(anext(events), 1)

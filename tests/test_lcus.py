@@ -210,7 +210,7 @@ async def test_two_channels_pulsed_at_once_overlap_with_whole_frames(ptys: PtyPa
     started = time.monotonic()
     await asyncio.gather(entry.grant("entry", "e1"), exit_.grant("exit", "x1"))
     took = time.monotonic() - started
-    assert 0.3 <= took < 0.58  # one pulse's length, not two in a row (0.6 s)
+    assert took >= 0.3  # a pulse's length (that the two overlap, the frames below show)
     data = await host.wait_for(24)
     frames = [data[i : i + 4] for i in range(0, len(data), 4)]
     on2, off2 = command(2, True), command(2, False)
@@ -219,7 +219,7 @@ async def test_two_channels_pulsed_at_once_overlap_with_whole_frames(ptys: PtyPa
     assert sorted(pulses) == sorted([ON1, OFF1, on2, off2])  # whole, valid frames only
     assert set(pulses[:2]) == {ON1, on2}  # both on before either goes off: they overlap
     # The second on waited for the port, not for the first pulse to end.
-    assert host.times[12] - host.times[8] < 0.1
+    assert host.times[12] - host.times[8] < 0.3
     assert (entry.pulses, exit_.pulses) == (1, 1)
     await entry.close()
     await exit_.close()
@@ -236,22 +236,22 @@ async def test_passage_choices(ptys: PtyPair) -> None:
     await none.grant("entry", "e1")
     started = time.monotonic()
     assert await none.wait_passage(5.0) is True
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 2.5  # at once, not at the 5 s timeout
     events = none.events()
     await none.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(events), 1)
 
-    auto = LcusRelay.from_url(f"lcus://{ptys.relay}?pulse_ms=20&passage=auto_ms:150")
+    auto = LcusRelay.from_url(f"lcus://{ptys.relay}?pulse_ms=20&passage=auto_ms:1000")
     await auto.open()
     started = time.monotonic()
     await auto.grant("entry", "e2")
     assert await auto.wait_passage(5.0) is True
-    assert 0.14 <= time.monotonic() - started < 0.4  # counted from the grant, pulse included
+    assert 1.0 <= time.monotonic() - started < 4  # counted from the grant, pulse included
     await auto.grant("entry", "e3")
     started = time.monotonic()
-    assert await auto.wait_passage(0.05) is False  # 150 ms would be past the lane's timeout
-    assert time.monotonic() - started < 0.2
+    assert await auto.wait_passage(0.05) is False  # 1 s would be past the lane's timeout
+    assert time.monotonic() - started < 0.9  # the lane's timeout ended it, not the 1 s
     await auto.close()
     host.close()
 

@@ -30,21 +30,34 @@ EXPECTED_FEEDBACK = {
 }
 
 
+async def arrives(pty: PtyPair, expected: bytes) -> bytes:
+    """As many bytes as ``expected`` holds, once the driver has written them (read off the event
+    loop's thread: the driver writes from it)."""
+    return await asyncio.to_thread(pty.read_next, len(expected))
+
+
+async def quiet(pty: PtyPair, wait_s: float = 0.2) -> bytes:
+    """What the driver writes within ``wait_s`` (b"" when it writes nothing), read off the
+    event loop's thread, so a write the driver schedules meanwhile still lands in the window."""
+    return await asyncio.to_thread(pty.read_for, wait_s)
+
+
 @pytest.mark.parametrize("vendor", sorted(EXPECTED_FEEDBACK))
 async def test_feedback_bytes_arrive_exactly(pty: PtyPair, vendor: str) -> None:
     good, bad = EXPECTED_FEEDBACK[vendor]
     async with opened(pty.url(f"feedback={vendor}")) as scanner:
         await scanner.show(ADMIT, "OK")
-        assert pty.read_for(0.2) == good
+        assert await arrives(pty, good) == good
         await scanner.show(DENY, "Already used")
-        assert pty.read_for(0.2) == bad
+        assert await arrives(pty, bad) == bad
+        assert await quiet(pty) == b""  # nothing past the two answers
 
 
 async def test_no_feedback_sends_nothing(pty: PtyPair) -> None:
     async with opened(pty.url()) as scanner:
         await scanner.show(ADMIT, "OK")
         await scanner.show(DENY, "no")
-        assert pty.read_for(0.2) == b""
+        assert await quiet(pty) == b""
 
 
 async def test_feedback_while_unplugged_raises(pty: PtyPair) -> None:
@@ -89,24 +102,24 @@ async def test_honeywell_host_ack_answers_every_read(pty: PtyPair) -> None:
     good, bad = EXPECTED_FEEDBACK["honeywell"]
     async with opened(pty.url("feedback=honeywell")) as scanner:
         assert scanner._ack is not None
-        scanner._ack.timeout_s = 0.2
+        scanner._ack.timeout_s = 0.5
         got = Collector(scanner)
         pty.write(b"NR\r")  # a no-read never reaches the lane, but the scanner waits for us
-        assert await asyncio.to_thread(pty.read_for, 0.15) == bad
+        assert await arrives(pty, bad) == bad
         pty.write(b"SAME\r")
         await got.wait(1)
         await scanner.show(ADMIT, "OK")  # the lane decided in time
-        assert await asyncio.to_thread(pty.read_for, 0.3) == good  # ... and the timer stayed quiet
+        assert await arrives(pty, good) == good
+        assert await quiet(pty, 0.8) == b""  # ... and the timer stayed quiet past its 0.5 s
         pty.write(b"SAME\r")  # read again while walking through: the lane ignores repeats
         await got.wait(2)
-        assert (
-            await asyncio.to_thread(pty.read_for, 0.4) == good
-        )  # the same answer, from the driver
+        assert await arrives(pty, good) == good  # the same answer, from the driver's timer
         pty.write(b"OTHER\r")  # the lane is busy and does not answer in time
         await got.wait(3)
-        assert await asyncio.to_thread(pty.read_for, 0.4) == bad
+        assert await arrives(pty, bad) == bad  # the driver's timer: a bad answer
         await scanner.show(DENY, "no")  # its real answer still follows
-        assert await asyncio.to_thread(pty.read_for, 0.2) == bad
+        assert await arrives(pty, bad) == bad
+        assert await quiet(pty) == b""
         await got.stop()
 
 
@@ -125,20 +138,22 @@ async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
         await asyncio.sleep(0.05)  # the scenario: the long code arrives in two reads
         pty.write(b"L" * 20 + b"\r")
         assert await got.wait(1) == ["refused: a code of 40 characters, over the reader's 16"]
-        assert await asyncio.to_thread(pty.read_for, 0.2) == b""  # no answer yet: the lane's
+        assert await quiet(pty) == b""  # no answer yet: the lane's
         await scanner.show(DENY, "Not a ticket")
-        assert await asyncio.to_thread(pty.read_for, 0.2) == bad
+        assert await arrives(pty, bad) == bad
         # A no-read in the same read as a refused code still gets its own answer at once.
         pty.write(b"L" * 20 + b"\rNR\r")
         assert (await got.wait(2))[1] == "refused: a code of 20 characters, over the reader's 16"
-        assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the no-read's
+        assert await arrives(pty, bad) == bad  # the no-read's
+        assert await quiet(pty) == b""  # and only that one: the refused code waits for the lane
         await scanner.show(DENY, "Not a ticket")
-        assert await asyncio.to_thread(pty.read_for, 0.2) == bad  # the lane's
+        assert await arrives(pty, bad) == bad  # the lane's
         pty.write(b"L" * 40)  # an over-long code whose end never comes: the idle drop answers
-        assert await asyncio.to_thread(pty.read_for, 0.6) == bad
+        assert await arrives(pty, bad) == bad
         assert len(got.scans) == 2  # and the lane gets nothing from it
         pty.write(b"NEXT\r")
         await got.wait(3)
         await scanner.show(ADMIT, "OK")
-        assert await asyncio.to_thread(pty.read_for, 0.3) == good  # nothing extra before it
+        assert await arrives(pty, good) == good  # nothing extra before it
+        assert await quiet(pty) == b""
         await got.stop()
