@@ -26,7 +26,7 @@ from drivers.sim import SimGate
 from tests import needs
 from tests.conftest import WriteConfig
 from tests.polling import until
-from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened
+from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, drops_once_read, opened
 
 pytestmark = needs.mark(SOCAT, "socat (the serial tests run on ptys)")
 
@@ -131,9 +131,13 @@ async def test_one_megabyte_burst_then_the_reader_keeps_working(pty: PtyPair) ->
     burst = random.Random(99).randbytes(1 << 20)
     async with opened(pty.url("max_frame=256&idle_ms=100")) as scanner:
         got = Collector(scanner)
+        expected = drops_once_read(scanner, burst)
         await asyncio.to_thread(pty.write, burst)
-        await until(lambda: not scanner.framer.pending or scanner.framer.drops.total() > 1000, 10)
-        await asyncio.sleep(0.3)  # the scenario: the line goes quiet, any half frame expires
+        await until(  # the line goes quiet: the burst's last half frame expires
+            lambda: scanner.framer.drops == expected and not scanner.framer.pending,
+            10,
+            "the burst read to its end and its half frame dropped",
+        )
         pty.write(f"{TICKET}\r".encode())
         await until(lambda: TICKET in got.texts, 5)
         assert scanner.connected
@@ -299,8 +303,14 @@ async def test_noise_never_admits_and_a_ticket_after_it_opens_once(
     async with open_gate(conf, outcomes.append, scanner=scanner, gate_io=gate_io) as gate:
         task = asyncio.create_task(gate.lane.run())
         noise = random.Random(5).randbytes(256 * 1024)
-        await asyncio.to_thread(pty.write, noise + b"Z" * 2000 + b"\r" + ticket[:50].encode())
-        await asyncio.sleep(0.3)  # the scenario: the line goes quiet, the half ticket expires
+        sent = noise + b"Z" * 2000 + b"\r" + ticket[:50].encode()
+        expected = drops_once_read(scanner, sent)
+        await asyncio.to_thread(pty.write, sent)
+        await until(  # the line goes quiet: the half ticket expires
+            lambda: scanner.framer.drops == expected and not scanner.framer.pending,
+            10,
+            "the noise read to its end and the half ticket dropped",
+        )
         pty.write(f"]Q1{ticket}\r".encode())
         await until(lambda: any(o.decision.admitted for o in outcomes), 10)
         await asyncio.sleep(0.1)  # the scenario: a quiet moment for a second opening to show
