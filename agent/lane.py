@@ -211,19 +211,24 @@ class Lane:
 
     def _repeat(self, scan: Scan) -> bool:
         """Same text from the same reader within the window (sliding) is one presentation. A
-        refused read (no text), or a code of no ticket format, within the window of any read
-        from that reader belongs to it too (often the other code printed on the same ticket:
-        found in a user trial, a URL beside the ticket code turned the admitted person's display
-        to STOP) and keeps it going."""
+        refused read (no text), or a code of no ticket format, within the window of the last read
+        of the presented text belongs to it too (often the other code printed on the same
+        ticket: found in a user trial, a URL beside the ticket code turned the admitted person's
+        display to STOP), but does not prolong it: a security trial kept the window of an
+        admitted ticket open with a junk code every 250 ms, and the ticket handed back and shown
+        again was ignored, with no row and no verdict."""
         window_ns = self.settings.repeat_window_ms * 1_000_000
         last = self._last.get(scan.source)
-        recent = last is not None and scan.mono_ns - last[1] < window_ns
-        if recent and (scan.refused is not None or not tickets.recognised(scan.text)):
-            assert last is not None
-            self._last[scan.source] = (last[0], scan.mono_ns)
+        if last is None or scan.mono_ns - last[1] >= window_ns:
+            self._last[scan.source] = (scan.text, scan.mono_ns)
+            return False
+        if last[0] == scan.text:  # the same code still in view
+            self._last[scan.source] = (scan.text, scan.mono_ns)
             return True
+        if scan.refused is not None or not tickets.recognised(scan.text):
+            return True  # a code beside the presented one
         self._last[scan.source] = (scan.text, scan.mono_ns)
-        return recent and last is not None and last[0] == scan.text
+        return False
 
     async def present(self, scan: Scan) -> Outcome | None:
         """Decide on one scan and carry the decision out; None when it was a repeat."""

@@ -115,6 +115,32 @@ async def test_a_code_of_no_ticket_format_joins_the_presentation_it_comes_with(
     assert (rows[0].kind, rows[0].reason, len(rows)) == ("entry", "ok", 4)
 
 
+async def test_codes_beside_a_ticket_do_not_keep_its_window_open(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a security trial: a junk code shown every 250 ms kept an admitted ticket's
+    window open, so the ticket handed back and shown again 4 s later was ignored: no row, no
+    verdict, a passback attempt no one saw. A code beside the ticket is part of its presentation
+    but does not prolong it; held in view itself, the junk code is one presentation."""
+    text = iss.ticket(event=1, zones=[1])
+    url = "https://example.org/"
+    async with open_gate(config.load(write_config(repeat_window_ms=2000))) as gate:
+        lane = gate.lane
+        first = await lane.present(_scan(text, 0))
+        assert first is not None and first.decision.admitted
+        junk = [await lane.present(_scan(url, t)) for t in range(250, 4001, 250)]
+        # Within the ticket's 2 s: part of it; then one presentation of its own, held in view.
+        assert [o is None for o in junk] == [t < 2000 or t > 2000 for t in range(250, 4001, 250)]
+        again = await lane.present(_scan(text, 4250))
+        assert again is not None and again.decision.reason is Reason.ALREADY_USED
+        rows = await gate.journal.tail(10)
+    assert [(r.kind, r.reason) for r in rows] == [
+        ("entry", "ok"),
+        ("attempt", "invalid_format"),
+        ("attempt", "already_used"),
+    ]
+
+
 async def test_nobody_passed_annuls_and_ticket_works_again(
     write_config: WriteConfig, iss: Issuer
 ) -> None:
