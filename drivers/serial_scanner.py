@@ -171,8 +171,11 @@ class SerialScanner:
         cap = settings.retry_max_s
         self._backoff = Backoff(min(RETRY_START_S, cap), cap)  # ValueError unless 0 < cap < inf
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._overflow = 0  # scans dropped since the last overflow warning
+        self.scans_dropped = 0  # frames dropped because the lane was that far behind, in all
+        self._overflow = 0  # ... since the last overflow warning
+        self._overflow_last = ("", 0)  # the last one's digest and length
         self._overflow_warned = -1e9
+        self._overflow_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ever_connected = False
@@ -225,6 +228,7 @@ class SerialScanner:
         await self._release()
         if self._ack is not None:
             self._ack.clear()
+        self._warn_overflow()  # drops still held back are said now
 
     async def scans(self) -> AsyncIterator[Scan]:
         """Scans until :meth:`close`; nothing is yielded while the device is away."""
@@ -375,18 +379,18 @@ class SerialScanner:
     def _emit(self, frame: Frame) -> None:
         digest = text_digest(frame.text)
         if self._queue.qsize() >= QUEUE_MAX:
+            self.scans_dropped += 1
             self._overflow += 1
-            now = time.monotonic()
-            if now - self._overflow_warned >= 1.0:  # a noise burst must not flood the log
-                log.warning(
-                    "serial scanner %s: %d scans waiting, dropped %d (last %s, %d chars)",
-                    self.settings.path,
-                    self._queue.qsize(),
-                    self._overflow,
-                    digest,
-                    len(frame.text),
+            self._overflow_last = (digest, len(frame.text))
+            # A noise burst must not flood the log: one line a second, counting all it held
+            # back (a flood's drops were said only when another came a second after the line).
+            wait = self._overflow_warned + 1.0 - time.monotonic()
+            if wait <= 0:
+                self._warn_overflow()
+            elif self._overflow_timer is None:
+                self._overflow_timer = asyncio.get_running_loop().call_later(
+                    wait, self._warn_overflow
                 )
-                self._overflow_warned, self._overflow = now, 0
             if self._ack is not None:
                 self._ack.dropped()
             return
@@ -401,6 +405,23 @@ class SerialScanner:
         self._queue.put_nowait(scan)
         if self._ack is not None:
             self._ack.read(digest)
+
+    def _warn_overflow(self) -> None:
+        """Say how many scans were dropped since the last such line (none: nothing)."""
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._overflow_timer = None
+        if not self._overflow:
+            return
+        log.warning(
+            "serial scanner %s: %d scans waiting, dropped %d (last %s, %d chars; %d in all)",
+            self.settings.path,
+            self._queue.qsize(),
+            self._overflow,
+            *self._overflow_last,
+            self.scans_dropped,
+        )
+        self._overflow_warned, self._overflow = time.monotonic(), 0
 
     async def _release(self) -> None:
         """Close the transport (if still open) and wait until the port is released."""
