@@ -83,6 +83,8 @@ class DropReason(enum.StrEnum):
     EMPTY = "empty"  # only an AIM id
 
 
+UNFRAMED_READ = "a code ended by ETX without its STX (check the reader's prefix and suffix)"
+
 # Reasons that refuse a frame the scanner finished sending (as opposed to a half frame).
 COMPLETE_FRAME_DROPS = frozenset(
     {
@@ -269,7 +271,10 @@ class Framer:
                     self._finish(bytes(self._buf).rstrip(b"\r\n"), now_ns, out)
                 self._clear()
             elif self._buf and not self._skipping:
+                # A read the scanner finished (an ETX suffix without its STX prefix: the reader's
+                # framing is off, or noise): refused with a reason, so the staff see it was read.
                 self._note(DropReason.UNFRAMED, len(self._buf), now_ns)
+                out.append(Frame("", None, None, now_ns, UNFRAMED_READ))
                 self._clear()
         elif self._wrapped:  # CR or LF inside STX .. ETX: data, checked at the end
             self._take(bytes((byte,)), 0, 1, now_ns)

@@ -15,7 +15,10 @@ The path is absolute; use a stable name (``/dev/serial/by-id/...`` or a udev sym
                  listed is refused: the lane denies it as not a ticket, saying which symbology
                  it was, never its text. The id is always stripped from the text and
                  mapped to ``Scan.symbology`` (``Q`` qr, ``z`` aztec, ``L`` pdf417, ``d``
-                 datamatrix).
+                 datamatrix). With CR/LF endings a code whose data holds a CR (PDF417 and
+                 Data Matrix can) reads as two frames, the second with whatever AIM id its data
+                 starts with: where the allow-list matters, set the reader to wrap codes in
+                 STX..ETX, inside which CR and LF are data.
 ``require_aim``  1 refuses frames that carry no AIM id; default 0.
 ``max_frame``    longest frame in bytes between its delimiters (AIM id included), 1 .. 65536;
                  default 1024. A longer frame is dropped whole, up to its terminator, and its

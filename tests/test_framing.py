@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.feedback import ZebraSsi
-from drivers.framing import DropReason, Frame, Framer, FramingConfig, parse_aim_allow
+from drivers.framing import (
+    UNFRAMED_READ,
+    DropReason,
+    Frame,
+    Framer,
+    FramingConfig,
+    parse_aim_allow,
+)
 
 MS = 1_000_000
 TICKET = "TK1:" + "6BFOXN*TS0VN-8F.1$K%L:" * 7  # printable, 158 chars, like a real TK1 text
@@ -81,6 +88,7 @@ def test_rich_stream_frames_and_drops() -> None:
         ("", NOT_TEXT),
         ("", NOT_TEXT),
         ("", "a code of 300 characters, over the reader's 256"),
+        ("", UNFRAMED_READ),  # "junk" and a stray ETX: read, not framed as the reader should
         ("", NOT_TEXT),
     ]
     frames = [f for f in out if f.refused is None]

@@ -20,7 +20,7 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Reason
 from agent.ports import Indicator, Scanner
-from drivers.framing import DropReason, Frame
+from drivers.framing import UNFRAMED_READ, DropReason, Frame
 from drivers.serial_scanner import QUEUE_MAX, SerialScanner
 from drivers.serial_url import parse_serial_url
 from drivers.sim import SimGate
@@ -174,6 +174,16 @@ async def test_a_flood_past_the_lane_is_counted_whole_in_the_log(
     lines = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert 1 <= len(lines) <= 2  # rate-limited, whatever the burst's timing
     assert "484 in all" in lines[-1].getMessage()
+
+
+async def test_a_read_ended_by_etx_without_stx_is_refused_not_lost(pty: PtyPair) -> None:
+    """Found in a security trial: a ticket read ending in ETX with no STX before it (a reader
+    whose prefix is off) left no row and no verdict, only a log line. It is a refused read."""
+    async with opened(pty.url()) as scanner:
+        got = Collector(scanner)
+        pty.write(f"]Q1{TICKET}\x03NEXT\r".encode())
+        assert await got.wait(2) == [f"refused: {UNFRAMED_READ}", "NEXT"]
+        await got.stop()
 
 
 async def test_idle_timeout_drops_a_half_frame(pty: PtyPair) -> None:
