@@ -116,9 +116,12 @@ class SimScanner:
         if self.mode == "file":
             assert self.path is not None
             try:
-                lines = self.path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
+                data = self.path.read_bytes()
+            except OSError as exc:
                 raise DriverError(f"sim scanner: cannot read {self.path}: {exc}") from exc
+            # Bytes that are not UTF-8 are a scan like any (replaced, then decided), as on
+            # stdin and the socket: a security trial's one bad line stopped the whole gate.
+            lines = [line.decode("utf-8", "replace") for line in data.split(b"\n")]
             self._tasks.append(asyncio.create_task(self._play(lines)))
         elif self.mode == "stdin":
             self._tasks.append(asyncio.create_task(self._read_stdin()))

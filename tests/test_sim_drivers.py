@@ -38,6 +38,17 @@ async def test_file_scanner_yields_lines_then_ends(tmp_path: Path) -> None:
     await scanner.close()
 
 
+async def test_file_scanner_passes_a_line_that_is_not_utf8_on(tmp_path: Path) -> None:
+    """Found in a security trial: one line of bytes that are not UTF-8 in the scan file stopped
+    the gate at start (exit 2), the valid tickets after it undecided. The line is a scan like
+    any (its bad bytes replaced, as on stdin and the socket); the lane denies it."""
+    (tmp_path / "s.txt").write_bytes(b"TK1:\xff\xfeBAD\nnext\n")
+    scanner = registry.create("scanner", "sim://file?path=s.txt", tmp_path)
+    await scanner.open()
+    assert await asyncio.wait_for(_collect(scanner), 5) == ["TK1:\ufffd\ufffdBAD", "next"]
+    await scanner.close()
+
+
 async def test_socket_scanner_takes_lines_from_clients(tmp_path: Path) -> None:
     path = tmp_path / "scan.sock"
     scanner = SimScanner.from_url(f"sim://socket?path={path}")
