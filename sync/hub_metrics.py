@@ -18,6 +18,8 @@ the gates' zones 1-16 or ``none``; no ticket, short id or entry id anywhere)::
                                                   (version-shaped, else "invalid")
     hub_gate_list_version{gate}                   revocation list version at the last heartbeat
     hub_gate_list_age_seconds{gate}               that list's age now
+    hub_feed_waiting                              long-polls of the feed this hub process holds
+                                                  open now (gates waiting for new rows)
     hub_ingest_seconds                            histogram: the hub's handling time of an accepted
                                                   upload, from its handler starting (request head
                                                   read) to the acknowledgement: reading and parsing
@@ -116,7 +118,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     now = hub.clock()
     snapshot = _Snapshot(
         tally, await hub.store.gates(now), await hub.store.open_alerts(), now,
-        request.app[INGEST],
+        request.app[INGEST], hub.feed_waiting,
     )  # fmt: skip
     registry = CollectorRegistry(auto_describe=False)
     registry.register(snapshot)
@@ -142,9 +144,10 @@ class _Snapshot:
         open_alerts: int,
         now: float,
         ingest: Histogram,
+        feed_waiting: int,
     ) -> None:
         self._tally, self._gates, self._open, self._now = tally, gates, open_alerts, now
-        self._ingest = ingest
+        self._ingest, self._feed_waiting = ingest, feed_waiting
 
     def collect(self) -> Iterator[Metric]:
         build = InfoMetricFamily("hub_build", "The running gate-agent hub")
@@ -176,6 +179,9 @@ class _Snapshot:
             occupancy.add_metric(["none" if zone is None else str(zone)], e - x)
         yield occupancy
         yield GaugeMetricFamily("hub_alerts_open", "Alerts nobody has acknowledged", self._open)
+        yield GaugeMetricFamily(
+            "hub_feed_waiting", "Long-polls of the feed held open now", self._feed_waiting
+        )
 
     def _gate_metrics(self) -> Iterator[Metric]:
         gates = self._gates

@@ -517,6 +517,27 @@ class Api:
         return await self.call("POST", path, token=token, body=body, **kw)
 
 
+async def feed_waiting(api: Api, console: str) -> int:
+    """How many long-polls of the feed the hub process holds open now (``hub_feed_waiting``
+    in its /metrics, read with a console token)."""
+    reply = await api.get("/metrics", console)
+    assert reply.status == 200, reply.status
+    for line in reply.body.decode().splitlines():
+        if line.startswith("hub_feed_waiting "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no hub_feed_waiting in the hub's /metrics")
+
+
+async def until_feed_waiting(api: Api, console: str, count: int = 1) -> None:
+    """Wait until the hub holds ``count`` long-polls of the feed open: an upload after this
+    must wake them (before it, a poll could find the row at once and test nothing)."""
+
+    async def held() -> bool:
+        return await feed_waiting(api, console) >= count
+
+    await until(held, 15, f"{count} long-poll(s) held open at the hub")
+
+
 @dataclass
 class Gate:
     """A gate's identity at the hub and its real journal, whose rows it uploads."""

@@ -59,10 +59,12 @@ from tests.hubproc import (
     HubSetup,
     TlsFiles,
     add_token,
+    feed_waiting,
     heartbeat,
     hub_cli,
     issue_cert,
     make_tls,
+    until_feed_waiting,
     write_hub_config,
 )
 from tests.pg import PgServer, pg_server  # noqa: F401
@@ -631,14 +633,16 @@ async def test_feed_long_poll_wakes_on_an_upload_and_times_out_empty(
 ) -> None:
     reader, writer = await make_gate(), await make_gate()
     start = await feed_end(api, reader.token)
+    polled = time.monotonic()
     poll = asyncio.ensure_future(feed_after(api, reader.token, start, wait=30))
-    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
+    await until_feed_waiting(api, hub.console)  # held open at the hub, nothing to send
     assert not poll.done()
     row = await writer.row("T-poll")
-    t0 = time.monotonic()
     assert (await writer.upload(api, row)).status == 200
     page = await poll
-    assert time.monotonic() - t0 < 2.5  # woken by the upload, not by max_wait_s = 3
+    # Woken by the upload: the hub's max_wait_s (3) would answer 3 s after the poll came.
+    assert time.monotonic() - polled < 2.8
+    assert await feed_waiting(api, hub.console) == 0
     assert [e.entry_id for e in page.entries] == [row.entry_id] and page.next > start
 
     t0 = time.monotonic()
@@ -673,6 +677,7 @@ class OwnHub:
     proc: HubProcess
     token: str  # of gate-1
     api: Api
+    console: str
 
 
 @pytest.fixture
@@ -680,11 +685,12 @@ async def own_hub(tmp_path: Path, keys_dir: Path) -> AsyncIterator[OwnHub]:
     """A SQLite hub of the test's own, with a token for gate-1 made by the CLI."""
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
     token = add_token(setup, gate_id="gate-1")
+    console = add_token(setup, console="security")
     with HubProcess(setup) as proc:
         # no kept-alive connections: a test may restart the hub between requests
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
-            yield OwnHub(setup, proc, token, Api(session, setup.url))
+            yield OwnHub(setup, proc, token, Api(session, setup.url), console)
 
 
 async def _gate_trust(keys_dir: Path, api: Api, token: str) -> trust.TrustStore:
@@ -959,7 +965,7 @@ async def test_sigterm_stops_the_hub_during_a_long_poll(own_hub: OwnHub) -> None
     poll = asyncio.ensure_future(
         own_hub.api.get("/v1/venues/venue-1/entries?wait=25", own_hub.token)
     )
-    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
+    await until_feed_waiting(own_hub.api, own_hub.console)  # held open, nothing to send
     assert not poll.done()
     t0 = time.monotonic()
     code = await asyncio.to_thread(own_hub.proc.stop)
@@ -1253,7 +1259,7 @@ async def test_long_poll_on_one_process_wakes_on_an_upload_through_the_other(
     (writer, reader), (api_1, api_2) = two_hubs.gates, two_hubs.apis
     start = await feed_end(api_2, reader.token)
     poll = asyncio.ensure_future(feed_after(api_2, reader.token, start, wait=20))
-    await asyncio.sleep(0.3)  # the scenario: a long-poll held open with nothing to send
+    await until_feed_waiting(api_2, two_hubs.console)  # held open at process 2
     assert not poll.done()
     row = await writer.row("T-across")
     t0 = time.monotonic()
