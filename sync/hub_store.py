@@ -433,6 +433,7 @@ class FeedSignal:
         # Replaced on every wake: a waiter holds the event of its own generation, so a commit
         # between its check and its wait still wakes it.
         self._event = asyncio.Event()
+        self.waiting = 0  # waits blocked on the event now (checked, nothing to read yet)
 
     def wake(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -456,5 +457,9 @@ class FeedSignal:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, poll_s()))
+            self.waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, poll_s()))
+            finally:
+                self.waiting -= 1

@@ -856,6 +856,13 @@ async def test_an_unreachable_postgres_is_a_hub_store_error() -> None:
 # --- PostgreSQL: several hub processes -----------------------------------------------------------
 
 
+def waiting(store: HubStore) -> int:
+    """Long-polls blocked in ``store`` now: checked, nothing to read yet (an insert after this
+    must wake them; before it, the check could find the row and test nothing)."""
+    assert isinstance(store, hub_postgres.PostgresHubStore)
+    return store._feed_signal.waiting
+
+
 async def test_two_postgres_stores_raise_each_double_admission_exactly_once(
     pg_url: str,  # noqa: F811
 ) -> None:
@@ -890,7 +897,7 @@ async def test_a_long_poll_wakes_on_an_insert_through_another_postgres_store(
     try:
         g = Gate("g1")
         waiter = asyncio.create_task(b.wait_feed(0, 30))
-        await asyncio.sleep(0.1)  # the scenario: b waits with nothing to read yet
+        await until(lambda: waiting(b) == 1, 10, "b waits, nothing to read yet")
         assert not waiter.done()
         await a.ingest("g1", [g.row("t1")], T0)
         await asyncio.wait_for(waiter, 5)
@@ -916,7 +923,7 @@ async def test_a_long_poll_still_wakes_when_the_listening_connection_is_lost(
         )
         assert killed == 2  # a's and b's listeners
         waiter = asyncio.create_task(b.wait_feed(0, 30))
-        await asyncio.sleep(0.1)  # the scenario: b waits with nothing to read yet
+        await until(lambda: waiting(b) == 1, 10, "b waits, nothing to read yet")
         assert not waiter.done()
         await a.ingest("g1", [Gate("g1").row("t1")], T0)
         await asyncio.wait_for(waiter, 5)
