@@ -25,7 +25,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from agent.journal import Journal, Kind
 from agent.model import Decision, Reason, Verdict
 from sync.protocol import BatchUpload, EntryWire, ErrorBody, Heartbeat, Message, encode
 from tests.polling import until, until_sync
+from tests.ports import free_port as free_port  # many tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = (sys.executable, "-m", "agent")
@@ -201,13 +201,6 @@ def _write_pem(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateK
                 serialization.NoEncryption(),
             )
         )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_hub_config(

@@ -17,7 +17,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 _BINARIES = ("initdb", "pg_ctl", "createdb")
 _INSTALL_HINT = (
@@ -51,12 +52,6 @@ def find_bindir() -> Path:
         if all((bindir / name).exists() for name in _BINARIES):
             return bindir
     raise PgMissing(_INSTALL_HINT)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -101,7 +96,7 @@ def start_cluster() -> PgServer:
     if as_postgres:
         owner = pwd.getpwnam("postgres")
         os.chown(root, owner.pw_uid, owner.pw_gid)
-    server = PgServer(bindir, root, _free_port(), as_postgres)
+    server = PgServer(bindir, root, free_port(), as_postgres)
     try:
         server.run("initdb", "-A", "trust", "-U", "postgres", "-D", str(root / "data"))
         options = (

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import pytest
 
 from tests.needs import need
 from tests.polling import until_sync
+from tests.ports import free_port
 
 PRETIX_VERSION = "2026.8.0"
 REPO = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ class Server:
         """Copy the template, create the fixtures (and ``bulk`` more orders, see
         tests/pretix_fixtures.py) and start runserver; returns its URL and the fixtures' data."""
         began = time.monotonic()
-        port = _free_port()
+        port = free_port()
         cfg = write_config(self.root, port)
         shutil.copyfile(TEMPLATE, self.root / "data" / "db.sqlite3")
         env = {**os.environ, "PRETIX_CONFIG_FILE": str(cfg), "PYTHONUNBUFFERED": "1"}
@@ -303,12 +303,6 @@ class Server:
     def stop(self) -> None:
         self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

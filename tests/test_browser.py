@@ -10,7 +10,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.browser import Browser, BrowserError, chromium_path
+from tests.ports import free_port
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>probe</title>
@@ -108,12 +108,6 @@ async def site() -> AsyncIterator[Site]:
         await runner.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _live_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that still run (zombies left for init to reap do not count)."""
     live = []
@@ -183,7 +177,7 @@ async def test_js_failures_are_reported(site: Site, tmp_path: Path) -> None:
         assert "boom from a timer" in report  # the console errors help explain the timeout
 
         with pytest.raises(AssertionError, match="ERR_CONNECTION_REFUSED"):
-            await browser.goto(f"http://127.0.0.1:{_free_port()}/")
+            await browser.goto(f"http://127.0.0.1:{free_port()}/")
 
 
 async def test_missing_chromium_fails_with_the_setup_hint(

@@ -25,6 +25,7 @@ import pytest
 from agent.errors import ConfigError
 from sync import hub_config
 from sync.hub_limits import FD_RESERVE
+from tests import needs
 from tests.hubproc import (
     EXE,
     ROOT,
@@ -49,8 +50,11 @@ def _nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < FLOOD + 200:
-        pytest.skip("the hard RLIMIT_NOFILE is too low for 1,100 client sockets")
+    needs.need(
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= FLOOD + 200,
+        f"a hard RLIMIT_NOFILE of {FLOOD + 200}+ (1,100 client sockets)",
+        "raise it: ulimit -Hn, or LimitNOFILE= for a service",
+    )
 
 
 def _hub(tmp_path: Path, keys: Path, **keys_values: float) -> HubSetup:
@@ -242,6 +246,7 @@ def _trickle_body(port: int, token: str, deadline_s: float) -> tuple[Answer, flo
     return _split(got, answered_s), time.monotonic() - t
 
 
+@pytest.mark.slow
 async def test_a_trickling_body_is_cut_with_408_and_the_connection_closed(
     tmp_path: Path, _session_keys: Path
 ) -> None:
@@ -259,6 +264,7 @@ async def test_a_trickling_body_is_cut_with_408_and_the_connection_closed(
     assert "Traceback" not in proc.log_path.read_text(errors="replace")
 
 
+@pytest.mark.slow
 async def test_a_long_poll_longer_than_the_header_timeout_is_answered(
     tmp_path: Path, _session_keys: Path
 ) -> None:
@@ -332,8 +338,11 @@ def test_raised_soft_limit_keeps_max_connections(tmp_path: Path) -> None:
         "print(l.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and hard < 1000 + FD_RESERVE:
-        pytest.skip("the hard RLIMIT_NOFILE is too low")
+    needs.need(
+        hard == resource.RLIM_INFINITY or hard >= 1000 + FD_RESERVE,
+        f"a hard RLIMIT_NOFILE of {1000 + FD_RESERVE}+",
+        "raise it: ulimit -Hn, or LimitNOFILE= for a service",
+    )
 
     def low_soft() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))

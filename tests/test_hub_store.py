@@ -45,6 +45,7 @@ from sync.hub_stores import open_store
 from sync.protocol import Alert, BatchAck, EntryWire, Heartbeat
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.polling import until
+from tests.ports import free_port
 
 T0 = 1_750_000_000.0
 VENUE = "arena"
@@ -843,13 +844,8 @@ async def test_a_non_hub_postgres_database_is_refused(pg_url: str) -> None:  # n
 
 
 async def test_an_unreachable_postgres_is_a_hub_store_error() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with pytest.raises(HubStoreError) as caught:
-        await open_store(f"postgresql://user:secret@127.0.0.1:{port}/hub", POLICY)
+        await open_store(f"postgresql://user:secret@127.0.0.1:{free_port()}/hub", POLICY)
     assert "secret" not in str(caught.value)
 
 

@@ -29,6 +29,7 @@ from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, ticket_label
 from tests import logscan
 from tests.conftest import WriteConfig
+from tests.ports import free_port
 from tests.pretix_server import (
     API_TOKEN,
     EVENT,
@@ -173,9 +174,7 @@ def _texts(exc: BaseException) -> list[str]:
 
 
 async def test_connection_refused_names_the_ticket_not_the_secret() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     exc = await _failed_request(f"http://127.0.0.1:{port}")
     assert "Connect" in str(exc) and ticket_label(SECRET) in str(exc)
     assert leaks(*_texts(exc)) == []
