@@ -62,8 +62,7 @@ async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Token
     """A gate token (for ``gate`` when given, with its client certificate under mTLS) or 403."""
     info = await caller(request, hub)
     if info.role != "gate" or info.gate_id is None:
-        article = "an" if info.role[0] in "aeiou" else "a"  # an issuing, a console token
-        raise HttpError(403, f"this needs a gate token, not {article} {info.role} token")
+        raise HttpError(403, f"this needs a gate token, not {_a(info.role)} token")
     if gate is not None and info.gate_id != gate:
         if (more := hub.refused_gates.due((info.gate_id, "path"))) is not None:
             log.warning("token of gate %s refused for gate %s%s", info.gate_id, gate, more)
@@ -83,11 +82,14 @@ async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Token
     return info
 
 
-async def reader(request: web.Request, hub: Hub, *, gates_too: bool) -> TokenInfo:
-    """A console token, or (``gates_too``) a gate token as :func:`_gate_caller` checks it."""
+async def console_caller(request: web.Request, hub: Hub) -> TokenInfo:
+    """The caller's token, which must be a console's (403 for any other)."""
     info = await caller(request, hub)
-    if info.role == "console":
-        return info
-    if not gates_too:
-        raise HttpError(403, "this needs a console token")
-    return await gate_caller(request, hub, None)
+    if info.role != "console":
+        raise HttpError(403, f"this needs a console token, not {_a(info.role)} token")
+    return info
+
+
+def _a(role: str) -> str:
+    """``role`` with its article: a gate, an issuing."""
+    return f"{'an' if role[0] in 'aeiou' else 'a'} {role}"

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from sync import protocol_fields as read
-from sync.hub_auth import reader
+from sync.hub_auth import console_caller
 from sync.hub_console_sql import Action
 from sync.hub_handlers import read_body
 from sync.hub_state import HUB, HttpError, Hub
@@ -74,19 +74,19 @@ async def _find(hub: Hub, alert_id: int) -> Alert:
 
 async def alert_one(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await reader(request, hub, gates_too=False)
+    await console_caller(request, hub)
     return _answer({"alert": (await _find(hub, _alert_id(request))).to_json()})
 
 
 async def open_count(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await reader(request, hub, gates_too=False)
+    await console_caller(request, hub)
     return _answer({"open": await hub.store.open_alerts()})
 
 
 async def _act(request: web.Request, action: Action) -> web.Response:
     hub = request.app[HUB]
-    who = await reader(request, hub, gates_too=False)
+    who = await console_caller(request, hub)
     alert_id = _alert_id(request)
     obj = await _object(request)
     value = ""
@@ -120,7 +120,7 @@ async def alert_note(request: web.Request) -> web.Response:
 
 async def ticket(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await reader(request, hub, gates_too=False)
+    await console_caller(request, hub)
     short = request.match_info["short_id"].lower()
     if not is_short_id(short):
         raise HttpError(400, "ticket: expected a ticket's 8-hex short id")

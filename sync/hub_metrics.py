@@ -50,7 +50,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import version
-from sync.hub_auth import reader
+from sync.hub_auth import console_caller
 from sync.hub_state import HUB, Hub
 from sync.hub_store import HubStoreError
 from sync.hub_venue import VENUE, Venue, VenueTally, list_age, venue_handler
@@ -113,7 +113,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text (auth per ``[hub] metrics_auth``)."""
     hub = request.app[HUB]
     if hub.config.hub.metrics_auth == "token":
-        await reader(request, hub, gates_too=False)
+        await console_caller(request, hub)
     tally = await request.app[VENUE].follow()
     now = hub.clock()
     snapshot = _Snapshot(

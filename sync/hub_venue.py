@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from sync import protocol
-from sync.hub_auth import reader
+from sync.hub_auth import console_caller
 from sync.hub_state import HUB
 from sync.hub_store import HubStore
 from sync.hub_venue_sql import VenueRow
@@ -215,7 +215,7 @@ def _gate_view(
 async def venue_handler(request: web.Request) -> web.Response:
     """``GET /v1/venue`` (console token)."""
     hub = request.app[HUB]
-    await reader(request, hub, gates_too=False)
+    await console_caller(request, hub)
     tally = await request.app[VENUE].follow()
     now = hub.clock()
     gates = await hub.store.gates(now)

@@ -447,7 +447,7 @@ def test_console_and_issuing_tokens_can_be_revoked_and_names_are_not_shared(
     with HubProcess(setup):
         assert _status(setup.url + "/v1/alerts", dana) == 200
         refusal = _body(setup.url + "/v1/alerts", shop)
-        assert refusal == "this needs a gate token, not an issuing token", refusal
+        assert refusal == "this needs a console token, not an issuing token", refusal
         done = ga("hub", "token", "--config", setup.config, "--revoke-console", "dana")
         assert done.returncode == 0 and done.stdout.strip() == "1 token of console dana deleted"
         assert _status(setup.url + "/v1/alerts", dana) == 401

@@ -586,7 +586,7 @@ async def test_double_admission_alert_names_both_gates(
     first, second = await a.row("T-double"), await b.row("T-double")
     assert (await a.upload(api, first)).status == 200
     assert (await b.upload(api, second)).status == 200
-    raised = (await alerts_after(api, a.token, alerts_start)).alerts
+    raised = (await alerts_after(api, hub.console, alerts_start)).alerts
     # Earlier entry first, in the venue's order (TicketRow.order: by HLC, then gate id and
     # gate_seq): two journals can record in one millisecond, and then the gate id decides.
     (early, late) = sorted(((first.hlc, first.gate_id, "North 1", first.wall_time),
