@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
     _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 
 _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
+_LAST_ROW_TIME = hub_sql.numbered(hub_sql.LAST_ROW_TIME)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
 
 
@@ -76,4 +77,8 @@ async def known(
         sql = f"SELECT {hub_rules.TARGET_COLUMNS} FROM entries WHERE entry_id = ANY($1::text[])"
         targets = {r[0]: hub_rules.Target(*r[1:]) for r in await conn.fetch(sql, wanted)}
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
-    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count))
+    last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
+    return KnownState(
+        stored, owners, int(max_seq), history, names, targets, int(count),
+        last_hlc=hub_sql.last_hlc(None if last is None else tuple(last), policy.max_clock_ahead_s),
+    )  # fmt: skip

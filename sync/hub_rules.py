@@ -42,6 +42,9 @@ raising it again):
   as its clock led), but ordered, here and in the peer feed, as of its arrival plus
   ``max_clock_ahead_s`` (:func:`sync.hub_plan.as_of_arrival`): it cannot sort after what
   happens later. One integrity alert an hour names the gate and its lead (``ahead:<gate>:<hour>``).
+  A new row dated before its gate's earlier rows (as the venue orders them) or with an HLC behind
+  its own wall time is stored too, but no honest gate makes one (a copy of its token backdating
+  an admission): one integrity alert an hour (``behind:<gate>:<hour>``).
 * upload quota: a batch with more new rows than the gate may store now (``known.quota``, kept
   by the store's :class:`sync.hub_store.UploadQuota` at ``upload_rows_per_s``) stores nothing
   and raises one integrity alert an hour (``quota:<gate>:<hour>``); the gate is answered 429
@@ -73,6 +76,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from agent.clock import HLC
 from agent.redact import short_id
 from sync import protocol
 from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
@@ -126,6 +130,7 @@ class KnownState:
     targets: Mapping[str, Target] = field(default_factory=dict)
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
     quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
+    last_hlc: int = 0  # the HLC the venue orders this gate's row at max_seq by (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +249,10 @@ def plan_ingest(
         return IngestPlan((), (), (), budgeted, acked, throttled=wait)
     alerts = _holes(gate_id, entries, known.max_seq, names)
     alerts += ticket_alerts(rows, known.history, policy, names, now)
-    # Last: within its hour it is a duplicate the store drops, and must not take the budget
+    # Last: within its hour they are duplicates the store drops, and must not take the budget
     # slot of a ticket's alert.
     alerts += _ahead_alert(gate_id, rows, names, policy, now)
+    alerts += _behind_alert(gate_id, rows, known, names, policy, now)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
 
@@ -327,6 +333,42 @@ def _ahead_alert(
             f"gate {name}'s clock runs {by} ahead of the hub's: its rows are ordered as of their"
             " arrival (check its clock and [clock] assume)",
             f"ahead:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
+        )
+    ]  # fmt: skip
+
+
+def _behind_alert(
+    gate_id: str,
+    rows: Sequence[EntryWire],
+    known: KnownState,
+    names: Names,
+    policy: HubPolicy,
+    now: float,
+) -> list[NewAlert]:
+    """One integrity alert an hour while a gate's new rows are dated before what it recorded
+    earlier. A gate's HLC only grows with its gate_seq and is never behind its own wall time
+    (:meth:`agent.clock.HLC.tick`), so such a row was made elsewhere: a copy of its token
+    backdating an admission to sort it before another gate's (a security trial: the honest gate
+    then looked like the one that let the ticket in twice). Earlier rows count as the venue
+    orders them (as of arrival): a gate whose HLC a bogus peer pushed far ahead before HLCs
+    were bounded goes on from its own clock after a restart, honestly."""
+    last, behind, seq = known.last_hlc, 0, 0
+    for e in sorted((r for r in rows if r.gate_seq > known.max_seq), key=lambda r: r.gate_seq):
+        floor = max(last, HLC.at_ms(int(e.wall_time * 1000)))
+        if e.hlc < floor and (lag := HLC.physical_ms(floor) - HLC.physical_ms(e.hlc)) > behind:
+            behind, seq = lag, e.gate_seq
+        last = max(last, as_of_arrival(e.hlc, e.wall_time, now, policy.max_clock_ahead_s)[0])
+    if not behind:
+        return []
+    name = names(gate_id)
+    by = "more than a day" if behind > 86_400_000 else f"{behind / 1000:,.0f} s"
+    return [
+        NewAlert(
+            "integrity", "", (name,), (now,), (),
+            f"gate {name} uploaded a row dated {by} before what it recorded earlier (gate_seq"
+            f" {seq}): a copy of its token backdating admissions? (the venue orders rows as"
+            " dated; hub token --revoke-gate, then hub quarantine)",
+            f"behind:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
         )
     ]  # fmt: skip
 

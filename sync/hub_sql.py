@@ -5,7 +5,7 @@ dialects, written with ``?`` parameters (:func:`numbered` turns them into Postgr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from agent.model import Reason, Verdict
@@ -127,6 +127,21 @@ INSERT_ALERT = (
 )
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
+# A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated
+# before it (sync.hub_rules.KnownState.last_hlc).
+LAST_ROW_TIME = (
+    "SELECT hlc, wall_time, received_at FROM entries WHERE gate_id = ?"
+    " ORDER BY gate_seq DESC LIMIT 1"
+)
+
+
+def last_hlc(row: Sequence[Any] | None, max_ahead_s: float) -> int:
+    """The HLC the venue orders a :data:`LAST_ROW_TIME` row by (0: no row)."""
+    if row is None:
+        return 0
+    return as_of_arrival(int(row[0]), float(row[1]), float(row[2]), max_ahead_s)[0]
+
+
 # When the store last received a row of a gate: the upload quota's starting point for a gate this
 # hub process has not seen yet. Its latest arrival, not its highest gate_seq's: a stolen gate can
 # plant gate_seq 2^63-1 once and be owed hours of credit after every restart. Reads each of the

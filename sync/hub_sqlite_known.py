@@ -104,7 +104,11 @@ def known_state(
     targets = {r[0]: hub_rules.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
-    return KnownState(stored, owners, int(max_seq), history, names, targets, int(count), quota)
+    last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
+    return KnownState(
+        stored, owners, int(max_seq), history, names, targets, int(count), quota,
+        last_hlc=hub_sql.last_hlc(last, ahead),
+    )  # fmt: skip
 
 
 def last_received(db: sqlite3.Connection, gate_id: str) -> float | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agent.clock import HLC
 from agent.redact import short_id
 from tests.browser import Browser
 from tests.hubproc import hub_cli
@@ -214,7 +215,8 @@ async def test_an_alert_keeps_to_its_gate_when_the_gates_name_passes_to_another(
     v = venue
     # An alert that names gate A alone (no entry of it to show): its clock runs an hour ahead.
     ahead = await row(v.a, "T-ahead", lane="north-1", offline=False)
-    ahead = msgspec.structs.replace(ahead, wall_time=time.time() + 3600)
+    later = time.time() + 3600  # its HLC too, as the gate's own clock makes it
+    ahead = msgspec.structs.replace(ahead, wall_time=later, hlc=HLC.at_ms(int(later * 1000)))
     assert (await v.a.upload(v.api, ahead)).status == 200
     # Gate A is renamed, and its old name given to gate B.
     for gate_id, name in (("gate-a", "North A (old)"), ("gate-b", "North A")):

@@ -1200,6 +1200,44 @@ async def test_an_annulment_of_another_gates_or_an_unknown_entry_is_refused_whol
     assert ack.inserted == 2
 
 
+async def test_rows_dated_before_their_gates_earlier_rows_are_an_alert(store: HubStore) -> None:
+    """Found in a security trial: a copy of gate A's token uploaded an admission dated an hour
+    back, after A's own rows, and the double-admission alert showed A first and gate B, whose
+    admission was honest, as the second. A gate's HLC only grows with its gate_seq and is never
+    behind its own wall time: a row that is was made elsewhere, an integrity alert an hour."""
+    thief, honest = Gate("a"), Gate("b")
+    now = T0 + 100
+    assert (await store.ingest("a", [thief.row("t0", at=now - 10)], now)).inserted == 1
+    assert (await store.ingest("b", [honest.row("t1", at=now - 5)], now)).inserted == 1
+    thief.hlc = 0  # a copy's own journal: its HLC from the time it chose
+    backdated = thief.row("t1", at=now - 3600)  # wall time and HLC an hour back
+    assert backdated.hlc < HLC.at_ms(int((now - 10) * 1000))
+    assert (await store.ingest("a", [backdated], now + 1)).inserted == 1  # stored: it happened
+    alerts = await all_alerts(store)
+    behind = [a for a in alerts if a.kind == "integrity"]
+    assert [a.kind for a in alerts] == ["double_admission", "integrity"], alerts
+    assert behind[0].gate_ids == ("a",)
+    assert "gate a uploaded a row dated 3,590 s before what it recorded earlier (gate_seq 2)" in (
+        behind[0].detail
+    )
+    # A row whose HLC is behind its own wall time (the trial's hlc=0) is one too, even as a
+    # gate's first: once an hour, so not again within it.
+    zero = msgspec.structs.replace(Gate("c").row("t2", at=now), hlc=0)
+    assert (await store.ingest("c", [zero], now + 2)).inserted == 1
+    alerts = await all_alerts(store)
+    assert [a.gate_ids for a in alerts if a.kind == "integrity"] == [("a",), ("c",)]
+    assert "more than a day before" in alerts[-1].detail
+    again = thief.row("t3", at=now - 3000)
+    await store.ingest("a", [again], now + 3)
+    assert len(await all_alerts(store)) == 3
+    # Rows as an honest gate makes them raise nothing, however late they arrive.
+    late = Gate("d")
+    rows = [late.row(f"d{i}", at=now - 7200 + i) for i in range(5)]
+    await store.ingest("d", rows[:2], now + 4)
+    await store.ingest("d", rows[2:], now + 5)
+    assert len(await all_alerts(store)) == 3
+
+
 async def test_rows_ahead_of_the_hubs_clock_are_stored_ordered_as_of_their_arrival(
     store: HubStore,
 ) -> None:
