@@ -120,19 +120,21 @@ class PretixUpload:
             "POST", path, json_body=wire.redeem_body(rec), params={"untrusted_input": "true"},
             secret=secret,
         )  # fmt: skip
-        if reply.ok:
+        outcome = wire.redeem_outcome(reply)
+        if outcome is None:  # not pretix's answer: kept, and asked again (with backoff)
+            if reply.status == 404:
+                raise UpstreamUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
+            raise UpstreamUnavailable(
+                f"redeem: HTTP {reply.status}, not pretix's answer {wire.reply_keys(reply)}"
+            )
+        if outcome == "ok":
             if rec.kind == "entry":
                 await self._check_duplicate(rec, secret, reply, policy, own)
             return
-        reason = reply.body.get("reason") if isinstance(reply.body, dict) else None
-        if reply.status == 404 and reason is None:
-            raise UpstreamUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
-        if reason == "already_redeemed":
+        if outcome == "already_redeemed":
             self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
         self.rejected += 1
-        raise _Done(
-            f"refused by pretix for good: HTTP {reply.status} {wire.reason_text(reason, reply)}"
-        )
+        raise _Done(f"refused by pretix for good: HTTP {reply.status} {outcome}")
 
     async def _upload_failed(self, rec: EntryRecord, policy: GatePolicy) -> None:
         path = f"{self._event_path}/checkinlists/{self._list}/failed_checkins/"

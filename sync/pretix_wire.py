@@ -424,6 +424,23 @@ def reply_keys(reply: Reply) -> str:
     return ""
 
 
+def redeem_outcome(reply: Reply) -> str | None:
+    """What a redeem answer says: "ok", the refusal's reason (pretix's snake_case word), or None
+    when it is not pretix's answer (a proxy's page, a captive portal, another server on the
+    port: a security trial's 400 with a foreign body was taken as a refusal for good and its
+    check-in dropped, and a 200 of anything as accepted). pretix answers ``{"status": "ok"}``
+    (201) or ``{"status": "error", "reason": ...}`` (400, 404)."""
+    body = reply.body
+    if not isinstance(body, dict):
+        return None
+    if reply.ok:
+        return "ok" if body.get("status") == "ok" else None
+    reason = body.get("reason")
+    if body.get("status") == "error" and isinstance(reason, str) and _REASON.fullmatch(reason):
+        return reason
+    return None
+
+
 def reason_text(reason: object, reply: Reply) -> str:
     """A redeem refusal's ``reason`` for the log: pretix's reasons are short snake_case words;
     anything else is not echoed (the answer's keys are named instead)."""

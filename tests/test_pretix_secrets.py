@@ -128,7 +128,8 @@ async def test_a_hostile_refusal_cannot_forge_or_flood_log_lines(
     write_config: WriteConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """pretix's answer goes into the gate's log: a reason that is not one of pretix's words is
-    not echoed, and the answer's keys are named cut short, printable and at most 8."""
+    not echoed, and the answer's keys are named cut short, printable and at most 8. Such an
+    answer is not pretix's: the check-in stays queued (a trial's foreign 400 dropped it)."""
     caplog.set_level(logging.DEBUG)
     forged = "\n2026-12-03 12:00:00 ERROR agent.lane: FORGED ALERT " + "A" * 5000
     keys = {f"k{i}\nFORGED KEY {'B' * 300}": i for i in range(20)}
@@ -139,12 +140,12 @@ async def test_a_hostile_refusal_cannot_forge_or_flood_log_lines(
             assert gate.upstream is not None and await gate.upstream.sync_once()
             admitted = await gate.lane.present(Scan(SECRET, "s", time.monotonic_ns()))
             assert admitted is not None and admitted.decision.admitted
-            await gate.upstream.sync_once()
+            assert not await gate.upstream.sync_once()
+            assert len(await gate.journal.unsynced()) == 1  # kept, to be sent again
     assert server.state.redeem_calls()
-    done = [
-        r.getMessage() for r in caplog.records if "refused by pretix for good" in r.getMessage()
-    ]
-    assert len(done) == 1, [r.getMessage() for r in caplog.records]
+    done = [r.getMessage() for r in caplog.records if "not pretix's answer" in r.getMessage()]
+    assert done, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "for good" in r.getMessage()]
     assert "FORGED ALERT" not in done[0] and "\n" not in done[0], done[0]
     assert len(done[0]) < 600 and "+13 more" in done[0] and "k0?FORGED KEY" in done[0], done[0]
 

@@ -592,6 +592,33 @@ async def test_faults_keep_queue_and_back_off(rig: Rig, fault: str) -> None:
     assert rig.up.status["online"] and rig.up.status["outbox"] == 0
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (400, {"detail": "Bad request", "auth": "x", "body": "y"}),  # a proxy's, another server's
+        (200, {"results": "nope"}),  # a 2xx that is not pretix's "ok"
+        (201, ["ok"]),
+        (400, {"status": "error", "reason": "Not A Reason"}),
+    ],
+)
+async def test_an_answer_that_is_not_pretix_s_keeps_the_check_in_queued(
+    rig: Rig, answer: tuple[int, Any]
+) -> None:
+    """Found in an integrator's trial: a 400 with a foreign body was taken as pretix refusing
+    the check-in for good, and a 200 of anything as accepted: both dropped it from the queue, and
+    pretix never learnt the entry (another device then admitted the ticket again)."""
+    await initialized(rig)
+    secret = CASES["valid_standard_1"]["secret"]
+    rig.fake.redeem_answers[secret] = [answer, ok_answer()]
+    await rig.record(secret, "entry")
+    assert not await rig.up.sync_once()
+    assert "not pretix's answer" in rig.up.status["last_error"]
+    assert len(await rig.journal.unsynced()) == 1 and rig.up.status["outbox"] == 1
+    assert rig.up.status["retry_in"] == 1  # backs off as from any fault
+    assert await rig.up.sync_once()  # pretix's own answer: done
+    assert await rig.journal.unsynced() == [] and rig.up.status["rejected"] == 0
+
+
 async def test_server_down_keeps_queue(rig: Rig, tmp_path: Path) -> None:
     await initialized(rig)
     port = free_port()  # closed again: nothing listens there
