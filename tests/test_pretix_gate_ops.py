@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.app import config
+from agent.app import config, gate_commands
 from agent.app.daemon import open_gate
 from agent.app.status import StatusServer
 from agent.errors import ConfigError
@@ -27,7 +27,7 @@ from agent.revocation import ListState, RevocationStore, secret_key
 from drivers.sim import SimGate, SimScanner
 from tests.conftest import WriteConfig
 from tests.gateconf import gate_toml
-from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load, recorded_page
+from tests.pretix_server import EVENT, INIT_TOKEN, ORG, PretixServer, load, recorded, recorded_page
 
 CASES = {c["name"]: c for c in load("tickets.json")}
 
@@ -192,3 +192,28 @@ def test_pretix_gate_without_trust_refuses_signed_list_files(tmp_path: Path) -> 
     path.write_text(PRETIX_ONLY + extra)
     with pytest.raises(ConfigError, match=r"\[revocation\] files: signed lists need \[trust\]"):
         config.load(path)
+
+
+async def test_status_says_pretix_s_security_alerts_and_refusals(write_config: WriteConfig) -> None:
+    """Found in an integrator's trial: pretix's "already redeemed" for an entry the gate let in
+    was a SECURITY ALERT log line and a count in /status only; `gate-agent status` said
+    nothing. It says how many alerts and rows pretix refused for good."""
+    refusal = recorded("second_entry_new_nonce")["response"]
+    secret = CASES["valid_standard_1"]["secret"]
+    async with PretixServer() as server:
+        server.state.redeem_answers[secret] = [(refusal["status"], refusal["body"])]
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            status = StatusServer(gate, port=0)
+            await status.start()
+            try:
+                assert gate.upstream is not None and await gate.upstream.sync_once()
+                admitted = await gate.lane.present(Scan(secret, "s", 0))
+                assert admitted is not None and admitted.decision.admitted
+                await gate.upstream.sync_once()
+                assert status.port is not None
+                text = gate_commands.summary(await _status(status.port))  # as `status` gets it
+            finally:
+                await status.close()
+    assert "  1 security alert since the daemon started (log: SECURITY ALERT)\n" in text, text
+    assert "  1 row refused by pretix for good\n" in text, text

@@ -161,7 +161,7 @@ def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
     _check_identity(config, url, snap)
     try:
         ready = snap["health"]["status"] == "ready"
-        text = json.dumps(snap, indent=2) + "\n" if as_json else _summary(snap)
+        text = json.dumps(snap, indent=2) + "\n" if as_json else summary(snap)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise GateUnreachable(
             f"{url} answered, but not in the form this version reads ({type(exc).__name__}:"
@@ -186,7 +186,9 @@ def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
         )
 
 
-def _summary(snap: dict[str, Any]) -> str:
+def summary(snap: dict[str, Any]) -> str:
+    """The text `gate-agent status` prints for a /status answer (raises KeyError, TypeError on
+    one of another form)."""
     health, rev, journal = snap["health"], snap["revocations"], snap["journal"]
     age = rev["age_s"]
     lines = [
@@ -222,4 +224,13 @@ def _summary(snap: dict[str, Any]) -> str:
             + (f", run {up['run']}" if up.get("run") else "")  # as the hub's alerts name it
             + (f" (last error: {up['last_error']})" if up.get("last_error") and not online else "")
         )
+        # pretix's: duplicates found in its answers (the log's SECURITY ALERT lines), and rows
+        # it refused for good (an integrator's trial found them only in /status).
+        if up.get("alerts"):
+            lines.append(
+                f"  {plural(int(up['alerts']), 'security alert')} since the daemon started"
+                " (log: SECURITY ALERT)"
+            )
+        if up.get("rejected"):
+            lines.append(f"  {plural(int(up['rejected']), 'row')} refused by pretix for good")
     return "\n".join(lines) + "\n"
