@@ -245,9 +245,11 @@ def peer_entries(
             skipped += 1
             continue
         for ci in checkins:
+            if isinstance(ci, dict) and ci.get("list", list_id) != list_id:
+                continue  # another list's: not ours to learn, and well-formed (not "skipped")
             entry = _peer_entry(secret, ci, own_device, list_id)
             if entry is None:
-                skipped += isinstance(ci, dict) and checkin_device(ci) != own_device
+                skipped += not isinstance(ci, dict) or checkin_device(ci) != own_device
             elif entry.wall_time > listed_at:
                 late.append(entry)
             else:
@@ -266,7 +268,7 @@ def _peer_entry(secret: str, ci: Any, own_device: int, list_id: int) -> PeerEntr
     if not isinstance(ci, dict) or checkin_device(ci) == own_device:
         return None
     kind, cid, device = ci.get("type", "entry"), ci.get("id"), checkin_device(ci)
-    if kind not in ("entry", "exit") or ci.get("list", list_id) != list_id:
+    if kind not in ("entry", "exit"):
         return None
     try:
         wall = parse_iso(ci.get("datetime"))

@@ -21,7 +21,7 @@ from agent.app.daemon import open_gate
 from agent.app.status import StatusServer
 from agent.errors import ConfigError
 from agent.issuer import Issuer
-from agent.model import Flag
+from agent.model import Flag, Reason
 from agent.ports import Scan
 from agent.revocation import ListState, RevocationStore, secret_key
 from drivers.sim import SimGate, SimScanner
@@ -217,3 +217,16 @@ async def test_status_says_pretix_s_security_alerts_and_refusals(write_config: W
                 await status.close()
     assert "  1 security alert since the daemon started (log: SECURITY ALERT)\n" in text, text
     assert "  1 row refused by pretix for good\n" in text, text
+
+
+async def test_a_pretix_ticket_before_the_event_s_keys_says_so(tmp_path: Path) -> None:
+    """Found in an integrator's trial: before its first answer from pretix, a pretix-only gate
+    denied a pretix ticket 'no trust bundle installed', which points at TK1 trust."""
+    async with PretixServer() as server:
+        path = tmp_path / "gate.toml"
+        path.write_text(PRETIX_ONLY + pretix_section(server.url))
+        conf = config.load(path)
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            denied = await gate.lane.present(Scan(CASES["valid_standard_1"]["secret"], "s", 0))
+    assert denied is not None and denied.decision.reason is Reason.UNKNOWN_KEY
+    assert denied.decision.detail == "the event's keys not yet from pretix"

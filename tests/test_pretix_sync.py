@@ -21,6 +21,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.revocation import ListState, RevocationStore, secret_key
 from agent.rules import GatePolicy, effective
 from agent.trust import TrustBundle
+from sync import pretix_wire as wire
 from sync.pretix import DEVICE_FILE, PretixAlert, PretixUpstream
 from sync.pretix_download import APPLY_EVERY
 from sync.pretix_http import GET_TRIES
@@ -961,3 +962,21 @@ async def test_an_orders_page_listed_at_no_plausible_time_keeps_the_round_going(
     assert [h.entry_id for h in await rig.journal.history("pretix:" + secret)] == [
         "pretix-checkin-81"
     ]
+
+
+def test_check_ins_on_other_lists_are_not_counted_as_skipped() -> None:
+    """Found in an integrator's trial: a gate of the VIP list logged '1 skipped' every round
+    for a check-in on the main list; "skipped" is for rows that are not well-formed."""
+    at = "2026-11-23T02:50:00Z"
+    rows = [
+        {"secret": "s1", "checkins": [
+            {"id": 1, "list": 11, "type": "entry", "datetime": at, "device_id": 7},  # learnt
+            {"id": 2, "list": 12, "type": "entry", "datetime": at, "device_id": 7},  # other list
+            {"id": 3, "list": 11, "type": "entry", "datetime": at, "device_id": 3},  # our own
+            {"id": 4, "list": 11, "type": "entry", "datetime": "yesterday", "device_id": 7},
+            "not a check-in",
+        ]},
+    ]  # fmt: skip
+    got = wire.peer_entries(rows, own_device=3, list_id=11, listed_at=T0)
+    assert [e.entry_id for e in got.entries] == ["pretix-checkin-1"]
+    assert got.skipped == 2  # the bad datetime and the one that is not an object
