@@ -259,12 +259,23 @@ def plan_ingest(
 def _quota_alert(gate_id: str, names: Names, policy: HubPolicy, now: float) -> NewAlert:
     """One integrity alert an hour while a gate uploads more than its quota."""
     name = names(gate_id)
-    return NewAlert(
-        "integrity", "", (name,), (now,), (),
+    return _hourly(
+        "quota", gate_id, name, now,
         f"gate {name} uploads more new rows than {policy.upload_rows_per_s:g} a second: batches"
         " held back (a stolen token? an outage of more than 6 hours?)",
-        f"quota:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
     )  # fmt: skip
+
+
+def _hourly(key: str, gate_id: str, name: str, now: float, detail: str) -> NewAlert:
+    """An integrity alert about a gate as a whole, at most one an hour (``key:<gate>:<hour>``)."""
+    return NewAlert(
+        "integrity", "", (name,), (now,), (), detail,
+        f"{key}:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
+    )  # fmt: skip
+
+
+def _span(seconds: float) -> str:
+    return "more than a day" if seconds > 86400 else f"{seconds:,.0f} s"
 
 
 def _refusals(
@@ -326,13 +337,11 @@ def _ahead_alert(
     if lead <= policy.max_clock_ahead_s:
         return []
     name = names(gate_id)
-    by = "more than a day" if lead > 86400 else f"{lead:,.0f} s"
     return [
-        NewAlert(
-            "integrity", "", (name,), (now,), (),
-            f"gate {name}'s clock runs {by} ahead of the hub's: its rows are ordered as of their"
-            " arrival (check its clock and [clock] assume)",
-            f"ahead:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
+        _hourly(
+            "ahead", gate_id, name, now,
+            f"gate {name}'s clock runs {_span(lead)} ahead of the hub's: its rows are ordered as"
+            " of their arrival (check its clock and [clock] assume)",
         )
     ]  # fmt: skip
 
@@ -361,14 +370,12 @@ def _behind_alert(
     if not behind:
         return []
     name = names(gate_id)
-    by = "more than a day" if behind > 86_400_000 else f"{behind / 1000:,.0f} s"
     return [
-        NewAlert(
-            "integrity", "", (name,), (now,), (),
-            f"gate {name} uploaded a row dated {by} before what it recorded earlier (gate_seq"
-            f" {seq}): a copy of its token backdating admissions? (the venue orders rows as"
-            " dated; hub token --revoke-gate, then hub quarantine)",
-            f"behind:{gate_id}:{math.floor(now / 3600)}", gate_ids=(gate_id,),
+        _hourly(
+            "behind", gate_id, name, now,
+            f"gate {name} uploaded a row dated {_span(behind / 1000)} before what it recorded"
+            f" earlier (gate_seq {seq}): a copy of its token backdating admissions? (the venue"
+            " orders rows as dated; hub token --revoke-gate, then hub quarantine)",
         )
     ]  # fmt: skip
 
