@@ -174,6 +174,7 @@ class SerialScanner:
         cap = settings.retry_max_s
         self._backoff = Backoff(min(RETRY_START_S, cap), cap)  # ValueError unless 0 < cap < inf
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.bytes_read = 0  # from the device since the driver was made (tests, diagnosis)
         self.scans_dropped = 0  # frames dropped because the lane was that far behind, in all
         self._overflow = 0  # ... since the last overflow warning
         self._overflow_last = ("", 0)  # the last one's digest and length
@@ -226,12 +227,12 @@ class SerialScanner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._warn_overflow()  # drops still held back are said now
             self._queue.put_nowait(_END)
             self._closed = True
         await self._release()
         if self._ack is not None:
             self._ack.clear()
-        self._warn_overflow()  # drops still held back are said now
 
     async def scans(self) -> AsyncIterator[Scan]:
         """Scans until :meth:`close`; nothing is yielded while the device is away."""
@@ -364,6 +365,7 @@ class SerialScanner:
 
     def _handle(self, data: bytes, now_ns: int) -> None:
         log.debug("serial scanner %s: %d bytes", self.settings.path, len(data))
+        self.bytes_read += len(data)
         rejected = self.framer.rejected
         frames = self.framer.feed(data, now_ns)
         for frame in frames:

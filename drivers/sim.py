@@ -121,7 +121,7 @@ class SimScanner:
                 raise DriverError(f"sim scanner: cannot read {self.path}: {exc}") from exc
             # Bytes that are not UTF-8 are a scan like any (replaced, then decided), as on
             # stdin and the socket: a security trial's one bad line stopped the whole gate.
-            lines = [line.decode("utf-8", "replace") for line in data.split(b"\n")]
+            lines = data.decode("utf-8", "replace").splitlines()
             self._tasks.append(asyncio.create_task(self._play(lines)))
         elif self.mode == "stdin":
             self._tasks.append(asyncio.create_task(self._read_stdin()))

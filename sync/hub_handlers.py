@@ -88,8 +88,11 @@ def _path_gate(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> bytes:
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":  # never decompressed (sync.hub.run): say so, not "not JSON"
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in (
+        "",
+        "identity",
+    ):  # never decompressed (sync.hub.run): say so, not "not JSON"
         raise HttpError(400, "body: compressed bodies (Content-Encoding) are not accepted")
     too_large = f"body is over the {MAX_BODY_BYTES} byte limit"
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:

@@ -76,7 +76,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from agent.clock import HLC
+from agent.clock import HLC, HLC_MAX_AHEAD_S
 from agent.redact import short_id
 from sync import protocol
 from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
@@ -355,16 +355,22 @@ def _behind_alert(
     now: float,
 ) -> list[NewAlert]:
     """One integrity alert an hour while a gate's new rows are dated before what it recorded
-    earlier. A gate's HLC only grows with its gate_seq and is never behind its own wall time
-    (:meth:`agent.clock.HLC.tick`), so such a row was made elsewhere: a copy of its token
-    backdating an admission to sort it before another gate's (a security trial: the honest gate
-    then looked like the one that let the ticket in twice). Earlier rows count as the venue
-    orders them (as of arrival): a gate whose HLC a bogus peer pushed far ahead before HLCs
-    were bounded goes on from its own clock after a restart, honestly."""
+    earlier: a copy of its token backdating an admission to sort it before another gate's (a
+    security trial: the honest gate then looked like the one that let the ticket in twice).
+
+    A gate's HLC is never behind its own wall time (:meth:`agent.clock.HLC.tick`). It grows
+    with its gate_seq, but after a restart it goes on from its own clock when it had followed
+    peers further ahead than :data:`HLC_MAX_AHEAD_S` (agent.journal's recovery), and it may
+    follow them up to ``max_clock_ahead_s`` past the hub's time: so only a row more than both
+    behind the gate's earlier rows (as the venue orders them, as of arrival) counts (a review
+    found an honest restart raising it)."""
+    slack_ms = int((policy.max_clock_ahead_s + HLC_MAX_AHEAD_S) * 1000)
     last, behind, seq = known.last_hlc, 0, 0
     for e in sorted((r for r in rows if r.gate_seq > known.max_seq), key=lambda r: r.gate_seq):
-        floor = max(last, HLC.at_ms(int(e.wall_time * 1000)))
-        if e.hlc < floor and (lag := HLC.physical_ms(floor) - HLC.physical_ms(e.hlc)) > behind:
+        behind_own = int(e.wall_time * 1000) - HLC.physical_ms(e.hlc)
+        behind_last = HLC.physical_ms(last) - HLC.physical_ms(e.hlc)
+        lag = max(behind_own, behind_last if behind_last > slack_ms else 0)
+        if lag > behind:
             behind, seq = lag, e.gate_seq
         last = max(last, as_of_arrival(e.hlc, e.wall_time, now, policy.max_clock_ahead_s)[0])
     if not behind:
@@ -375,7 +381,7 @@ def _behind_alert(
             "behind", gate_id, name, now,
             f"gate {name} uploaded a row dated {_span(behind / 1000)} before what it recorded"
             f" earlier (gate_seq {seq}): a copy of its token backdating admissions? (the venue"
-            " orders rows as dated; hub token --revoke-gate, then hub quarantine)",
+            " orders rows as dated; see the gate's other alerts, e.g. two units heartbeating)",
         )
     ]  # fmt: skip
 

@@ -443,14 +443,6 @@ def redeem_outcome(reply: Reply) -> str | None:
     return None
 
 
-def reason_text(reason: object, reply: Reply) -> str:
-    """A redeem refusal's ``reason`` for the log: pretix's reasons are short snake_case words;
-    anything else is not echoed (the answer's keys are named instead)."""
-    if isinstance(reason, str) and _REASON.fullmatch(reason):
-        return reason
-    return reply_keys(reply)
-
-
 def init_messages(answer: dict[str, Any]) -> str:
     """The server's messages in a refused initialisation answer (never the token itself)."""
     texts = [

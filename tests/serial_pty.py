@@ -10,12 +10,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent.ports import Scan
-from drivers.framing import DropReason, Framer
 from drivers.serial_scanner import SerialScanner
 from tests.polling import until, until_sync
 
@@ -118,19 +116,6 @@ async def opened(url: str) -> AsyncIterator[SerialScanner]:
         yield scanner
     finally:
         await scanner.close()
-
-
-def drops_once_read(scanner: SerialScanner, data: bytes) -> Counter[DropReason]:
-    """The scanner's drop counts once it has read all of ``data`` (written now) and its last half
-    frame has expired: its counts so far plus those of a framer of its settings fed the same
-    bytes. Framing does not depend on how the bytes are split into reads, so a test polls for
-    these counts to know that the driver is through a burst (a fixed wait is not: a slow machine
-    may still be reading it)."""
-    assert not scanner.framer.pending
-    reference = Framer(scanner.framer.config)
-    reference.feed(data, 1)
-    reference.expire(1 << 62)
-    return scanner.framer.drops + reference.drops
 
 
 class Collector:

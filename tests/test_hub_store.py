@@ -1230,11 +1230,17 @@ async def test_rows_dated_before_their_gates_earlier_rows_are_an_alert(store: Hu
     again = thief.row("t3", at=now - 3000)
     await store.ingest("a", [again], now + 3)
     assert len(await all_alerts(store)) == 3
-    # Rows as an honest gate makes them raise nothing, however late they arrive.
+    # Rows as an honest gate makes them raise nothing, however late they arrive; nor does a
+    # gate restarted after following peers ahead (its HLC back to its own clock: within
+    # max_clock_ahead_s + 300 s of its earlier rows).
     late = Gate("d")
     rows = [late.row(f"d{i}", at=now - 7200 + i) for i in range(5)]
     await store.ingest("d", rows[:2], now + 4)
     await store.ingest("d", rows[2:], now + 5)
+    late.hlc = HLC.at_ms(int((now - 7200 + 5 + POLICY.max_clock_ahead_s + 250) * 1000))
+    ahead = late.row("d5", at=now - 7200 + 6)  # following a peer 550 s ahead
+    late.hlc = 0  # restarted: its own clock again
+    await store.ingest("d", [ahead, late.row("d6", at=now - 7200 + 7)], now + 6)
     assert len(await all_alerts(store)) == 3
 
 

@@ -27,7 +27,7 @@ from drivers.sim import SimGate
 from tests import needs
 from tests.conftest import WriteConfig
 from tests.polling import until
-from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, drops_once_read, opened
+from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened
 
 pytestmark = needs.mark(SOCAT, "socat (the serial tests run on ptys)")
 
@@ -132,10 +132,9 @@ async def test_one_megabyte_burst_then_the_reader_keeps_working(pty: PtyPair) ->
     burst = random.Random(99).randbytes(1 << 20)
     async with opened(pty.url("max_frame=256&idle_ms=100")) as scanner:
         got = Collector(scanner)
-        expected = drops_once_read(scanner, burst)
         await asyncio.to_thread(pty.write, burst)
         await until(  # the line goes quiet: the burst's last half frame expires
-            lambda: scanner.framer.drops == expected and not scanner.framer.pending,
+            lambda: scanner.bytes_read == len(burst) and not scanner.framer.pending,
             10,
             "the burst read to its end and its half frame dropped",
         )
@@ -337,10 +336,9 @@ async def test_noise_never_admits_and_a_ticket_after_it_opens_once(
         task = asyncio.create_task(gate.lane.run())
         noise = random.Random(5).randbytes(256 * 1024)
         sent = noise + b"Z" * 2000 + b"\r" + ticket[:50].encode()
-        expected = drops_once_read(scanner, sent)
         await asyncio.to_thread(pty.write, sent)
         await until(  # the line goes quiet: the half ticket expires
-            lambda: scanner.framer.drops == expected and not scanner.framer.pending,
+            lambda: scanner.bytes_read == len(sent) and not scanner.framer.pending,
             10,
             "the noise read to its end and the half ticket dropped",
         )
