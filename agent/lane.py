@@ -22,7 +22,7 @@ from agent.errors import JournalError, RelayReleaseError
 from agent.journal import DecisionNotRecorded, EntryRecord, HistoryEntry, Journal, Kind
 from agent.mechanism import MechanismView
 from agent.model import Decision, Flag, Reason, Ticket, Verdict
-from agent.ports import GateIO, Indicator, Scan, Scanner
+from agent.ports import AnswersReads, GateIO, Indicator, Scan, Scanner
 from agent.redact import short_id, text_digest
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,8 @@ class Lane:
         """Decide on one scan and carry the decision out; None when it was a repeat."""
         if self._repeat(scan):
             log.debug("lane %s: repeat of %s ignored", self.settings.name, text_digest(scan.text))
+            if isinstance(self.scanner, AnswersReads):
+                self.scanner.passed_over(scan)
             return None
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
             await self._show(FREE_PASSAGE, "Emergency - free passage")

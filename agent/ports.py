@@ -48,6 +48,15 @@ class Scanner(Driver, Protocol):
     def scans(self) -> AsyncIterator[Scan]: ...
 
 
+@runtime_checkable
+class AnswersReads(Protocol):
+    """A scanner that waits for an answer to every read (Honeywell host ACK): the lane tells it
+    of a read it passes over (one presentation's repeat, or a code beside it), which gets no
+    decision of its own to show."""
+
+    def passed_over(self, scan: Scan) -> None: ...
+
+
 InputName = Literal["passage_entry", "passage_exit", "alarm", "emergency"]
 
 

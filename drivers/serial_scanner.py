@@ -102,6 +102,7 @@ def describe_open_error(path: str, exc: BaseException) -> str:
 @dataclass(slots=True)
 class _Pending:
     digest: str
+    mono_ns: int  # the read's time: which scan it is
     handle: asyncio.TimerHandle | None = None
     answered: bool = False
 
@@ -112,9 +113,10 @@ class _HostAck:
 
     Such a scanner stops reading until the host answers, so a frame the framer drops and does not
     pass on gets a bad answer at once (a refused read goes to the lane, whose verdict answers
-    it), and a scan the lane has not shown within ``timeout_s`` (a repeat the lane ignores, or a
-    lane busy with the previous person) gets the last answer again when it is the same text,
-    else a bad one; the lane's own answer still follows.
+    it); a read the lane passes over (a repeat, a code beside the presented one) gets that
+    presentation's answer when the lane says so (:meth:`passed_over`); and a scan the lane has
+    not shown within ``timeout_s`` (a lane busy with the previous person) gets the last answer
+    again when it is the same text, else a bad one; the lane's own answer still follows.
     """
 
     feedback: Feedback
@@ -123,8 +125,8 @@ class _HostAck:
     pending: deque[_Pending] = field(default_factory=deque)
     last: tuple[str, bytes] | None = None
 
-    def read(self, digest: str) -> None:
-        entry = _Pending(digest)
+    def read(self, digest: str, mono_ns: int) -> None:
+        entry = _Pending(digest, mono_ns)
         loop = asyncio.get_running_loop()
         entry.handle = loop.call_later(self.timeout_s, self._overdue, entry)
         self.pending.append(entry)
@@ -139,6 +141,20 @@ class _HostAck:
         if entry.handle is not None:
             entry.handle.cancel()
         self.last = (entry.digest, payload)
+
+    def passed_over(self, digest: str, mono_ns: int) -> None:
+        """The lane passed the read over (part of a presentation it already answered): it gets
+        that presentation's answer now, unless its timer gave one, and no later one. Left
+        pending, the next decision shown answered it and every later answer went one read late
+        (a review: a code beside a ticket, then the next person's read got a stray "bad")."""
+        entry = next((e for e in self.pending if e.mono_ns == mono_ns), None)
+        if entry is None:
+            return
+        self.pending.remove(entry)
+        if entry.handle is not None:
+            entry.handle.cancel()
+        if not entry.answered:
+            self.send(self.last[1] if self.last is not None else self.feedback.bad())
 
     def _overdue(self, entry: _Pending) -> None:
         entry.handle = None
@@ -242,6 +258,12 @@ class SerialScanner:
                 return
             assert isinstance(item, Scan)
             yield item
+
+    def passed_over(self, scan: Scan) -> None:
+        """The lane passed ``scan`` over (:class:`agent.ports.AnswersReads`); a scanner waiting
+        for an answer to it gets its presentation's."""
+        if self._ack is not None:
+            self._ack.passed_over(text_digest(scan.text), scan.mono_ns)
 
     async def show(self, decision: Decision, message: str) -> None:
         """Send the vendor's good/bad feedback; nothing with ``feedback=none``.
@@ -409,7 +431,7 @@ class SerialScanner:
         scan = Scan(frame.text, self.source, frame.mono_ns, frame.symbology, frame.refused)
         self._queue.put_nowait(scan)
         if self._ack is not None:
-            self._ack.read(digest)
+            self._ack.read(digest, frame.mono_ns)
 
     def _warn_overflow(self) -> None:
         """Say how many scans were dropped since the last such line (none: nothing)."""

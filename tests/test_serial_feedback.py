@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
+from agent.app import config
+from agent.app.daemon import open_gate
 from agent.errors import DriverError
+from agent.issuer import Issuer
+from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from drivers.feedback import HoneywellHostAck, NewlandCommand, ZebraSsi, ssi_packet
+from drivers.serial_scanner import SerialScanner
+from drivers.sim import SimGate
 from tests import needs
+from tests.conftest import WriteConfig
 from tests.polling import until
 from tests.serial_pty import SOCAT, TICKET, Collector, PtyPair, opened
 
@@ -157,3 +165,30 @@ async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
         assert await arrives(pty, good) == good  # nothing extra before it
         assert await quiet(pty) == b""
         await got.stop()
+
+
+async def test_a_read_the_lane_passes_over_gets_one_answer_and_later_ones_stay_in_step(
+    pty: PtyPair, write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A review: with host ACK, a refused read within a ticket's window was passed over by the
+    lane and its pending answer left in place; the next person's read then got a stray "bad"
+    and every later answer came one read late. A read passed over gets its presentation's
+    answer at once, and each read exactly one."""
+    good, _bad = EXPECTED_FEEDBACK["honeywell"]
+    first, second = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    scanner = SerialScanner.from_url(pty.url("feedback=honeywell"))
+    outcomes: list[Outcome] = []
+    conf = config.load(write_config(repeat_window_ms=5000))
+    async with open_gate(conf, outcomes.append, scanner=scanner, gate_io=SimGate()) as gate:
+        lane = asyncio.create_task(gate.lane.run())
+        pty.write(f"{first}\r".encode())
+        assert await arrives(pty, good) == good  # admitted
+        pty.write(b"JUNK\x03")  # a read beside it (its end without its start): passed over
+        assert await arrives(pty, good) == good  # that presentation's answer, at once
+        pty.write(f"{second}\r".encode())  # the next person
+        assert await arrives(pty, good) == good
+        assert await quiet(pty, 1.5) == b""  # nothing stray, past the driver's 1 s timer
+        lane.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lane
+    assert [o.decision.admitted for o in outcomes] == [True, True]
