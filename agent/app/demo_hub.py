@@ -190,8 +190,20 @@ def _alert_line(alert: Alert) -> str:
 async def play(dir: Path, tickets: list[str], line: Callable[[Outcome], str], say: Say) -> int:
     """Run the scenario with two fresh tickets; returns 0, or 1 when a step did not happen."""
     first, second = tickets
-    # The partition makes the hub clients log every failed request; the demo tells it instead.
-    logging.getLogger("sync").setLevel(logging.ERROR)
+    # The partition makes the hub clients log every failed request; the demo tells it instead
+    # (and gives the level back: a process may go on, as the tests do, and miss warnings).
+    sync_log = logging.getLogger("sync")
+    level = sync_log.level
+    sync_log.setLevel(logging.ERROR)
+    try:
+        return await _scenario(dir, first, second, line, say)
+    finally:
+        sync_log.setLevel(level)
+
+
+async def _scenario(
+    dir: Path, first: str, second: str, line: Callable[[Outcome], str], say: Say
+) -> int:
     async with _hub(dir) as (store, port), _gates(dir, store, port) as links:
         (a, relay_a), (b, relay_b) = links
         # A kept folder may hold alerts from an earlier run: only this run's count.
