@@ -179,11 +179,18 @@ class Lane:
 
     async def _refuse(self, scan: Scan) -> None:
         if scan.text == self._busy_with:
-            return  # the person passing, read again: not a new presentation
+            self._passed_over(scan)  # the person passing, read again: not a new presentation
+            return
         log.info(
             "lane %s: scan %s refused, gate still open", self.settings.name, text_digest(scan.text)
         )
         await self._show(Decision(Verdict.DENY, Reason.OK, "gate busy"), "Wait - gate still open")
+
+    def _passed_over(self, scan: Scan) -> None:
+        """Tell a scanner that waits for an answer to every read that ``scan`` gets none of its
+        own: it is part of a presentation already answered."""
+        if isinstance(self.scanner, AnswersReads):
+            self.scanner.passed_over(scan)
 
     async def _watch_inputs(self) -> None:
         """Record emergency mode changes in the journal; report alarms."""
@@ -234,8 +241,7 @@ class Lane:
         """Decide on one scan and carry the decision out; None when it was a repeat."""
         if self._repeat(scan):
             log.debug("lane %s: repeat of %s ignored", self.settings.name, text_digest(scan.text))
-            if isinstance(self.scanner, AnswersReads):
-                self.scanner.passed_over(scan)
+            self._passed_over(scan)
             return None
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
             await self._show(FREE_PASSAGE, "Emergency - free passage")

@@ -99,10 +99,10 @@ def describe_open_error(path: str, exc: BaseException) -> str:
     return f"{path}: {text or type(exc).__name__}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # each read is its own, whatever its fields
 class _Pending:
     digest: str
-    mono_ns: int  # the read's time: which scan it is
+    mono_ns: int  # the read's time: with the digest, which scan it is
     handle: asyncio.TimerHandle | None = None
     answered: bool = False
 
@@ -147,7 +147,9 @@ class _HostAck:
         that presentation's answer now, unless its timer gave one, and no later one. Left
         pending, the next decision shown answered it and every later answer went one read late
         (a review: a code beside a ticket, then the next person's read got a stray "bad")."""
-        entry = next((e for e in self.pending if e.mono_ns == mono_ns), None)
+        # Frames of one read share its time: the text tells them apart (two equal codes in
+        # one read are one and the same to answer).
+        entry = next((e for e in self.pending if (e.mono_ns, e.digest) == (mono_ns, digest)), None)
         if entry is None:
             return
         self.pending.remove(entry)

@@ -14,7 +14,7 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from drivers.feedback import HoneywellHostAck, NewlandCommand, ZebraSsi, ssi_packet
-from drivers.serial_scanner import SerialScanner
+from drivers.serial_scanner import SerialScanner, _HostAck
 from drivers.sim import SimGate
 from tests import needs
 from tests.conftest import WriteConfig
@@ -192,3 +192,39 @@ async def test_a_read_the_lane_passes_over_gets_one_answer_and_later_ones_stay_i
         with contextlib.suppress(asyncio.CancelledError):
             await lane
     assert [o.decision.admitted for o in outcomes] == [True, True]
+
+
+async def test_the_ticket_read_again_while_its_gate_is_open_gets_its_answer_at_once(
+    pty: PtyPair, write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A review: with busy = "refuse", the admitted ticket read again while its gate was open got
+    no answer until the driver's timer (1 s, the scanner blocked meanwhile). It is passed over:
+    its presentation's answer, at once."""
+    good, _bad = EXPECTED_FEEDBACK["honeywell"]
+    ticket = iss.ticket(event=1, zones=[1])
+    scanner = SerialScanner.from_url(pty.url("feedback=honeywell"))
+    assert scanner._ack is not None
+    scanner._ack.timeout_s = 30.0  # only the lane can answer within the test
+    conf = config.load(write_config(lane={"busy": "refuse"}, passage_timeout_s=10.0))
+    async with open_gate(conf, scanner=scanner, gate_io=SimGate(passage_ms=4000)) as gate:
+        lane = asyncio.create_task(gate.lane.run())
+        pty.write(f"{ticket}\r".encode())
+        assert await arrives(pty, good) == good  # admitted; the gate stays open 4 s
+        pty.write(f"{ticket}\r".encode())  # the holder's phone read again, walking through
+        assert await arrives(pty, good) == good
+        lane.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lane
+
+
+async def test_a_passed_over_read_is_told_apart_from_another_frame_of_the_same_read() -> None:
+    """A review: the frames of one serial read share its time, and the read passed over was
+    found by that time alone: another frame's pending answer went instead."""
+    _good, bad = EXPECTED_FEEDBACK["honeywell"]
+    sent: list[bytes] = []
+    ack = _HostAck(HoneywellHostAck(), sent.append, timeout_s=30.0)
+    ack.read("ticket", 5)
+    ack.read("junk", 5)
+    ack.passed_over("junk", 5)
+    assert [e.digest for e in ack.pending] == ["ticket"] and sent == [bad]  # no answer yet: bad
+    ack.clear()
