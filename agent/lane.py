@@ -118,6 +118,8 @@ class Lane:
         self.journal = journal
         self.clock = clock
         self.scanner = scanner
+        # A scanner that waits for an answer to every read is told of those passed over.
+        self._answers = scanner if isinstance(scanner, AnswersReads) else None
         self.gate = gate
         self.indicator = indicator
         self.on_outcome = on_outcome
@@ -189,8 +191,8 @@ class Lane:
     def _passed_over(self, scan: Scan) -> None:
         """Tell a scanner that waits for an answer to every read that ``scan`` gets none of its
         own: it is part of a presentation already answered."""
-        if isinstance(self.scanner, AnswersReads):
-            self.scanner.passed_over(scan)
+        if self._answers is not None:
+            self._answers.passed_over(scan)
 
     async def _watch_inputs(self) -> None:
         """Record emergency mode changes in the journal; report alarms."""

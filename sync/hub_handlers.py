@@ -88,11 +88,9 @@ def _path_gate(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> bytes:
+    # Never decompressed (sync.hub.run): say so, not "not JSON".
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in (
-        "",
-        "identity",
-    ):  # never decompressed (sync.hub.run): say so, not "not JSON"
+    if encoding not in ("", "identity"):
         raise HttpError(400, "body: compressed bodies (Content-Encoding) are not accepted")
     too_large = f"body is over the {MAX_BODY_BYTES} byte limit"
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:

@@ -118,7 +118,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     now = hub.clock()
     snapshot = _Snapshot(
         tally, await hub.store.gates(now), await hub.store.open_alerts(), now,
-        request.app[INGEST], hub.feed_waiting,
+        request.app[INGEST], hub.store.feed_signal.waiting,
     )  # fmt: skip
     registry = CollectorRegistry(auto_describe=False)
     registry.register(snapshot)

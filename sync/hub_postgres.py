@@ -150,9 +150,9 @@ class PostgresHubStore(PostgresConsoleQueries):
         self._policy = policy
         self._pool: asyncpg.Pool[asyncpg.Record] | None = pool
         self._lock_key = lock_key(f"venue:{policy.venue}")
-        self._feed_signal = FeedSignal()
+        self.feed_signal = FeedSignal()
         self._quota = UploadQuota(policy.upload_rows_per_s, policy.upload_burst)
-        self._listener = FeedListener(url, self._where, self._feed_signal)
+        self._listener = FeedListener(url, self._where, self.feed_signal)
         self._revocations: RevocationState | None = None  # cache of the last state seen
 
     @classmethod
@@ -227,7 +227,7 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         plan = await self._run(job)
         if plan.feed_rows:
-            self._feed_signal.wake()
+            self.feed_signal.wake()
         return hub_rules.ack(plan, now)
 
     async def feed(self, after: int, limit: int) -> tuple[list[FeedEntry], int]:
@@ -255,7 +255,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 await self._listener.listen()
             return await self._run(lambda conn: conn.fetchval(_HAS_FEED_AFTER, after)) is not None
 
-        await self._feed_signal.wait(
+        await self.feed_signal.wait(
             has_entry, wait_s, lambda: math.inf if self._listener.listening else POLL_S
         )
 

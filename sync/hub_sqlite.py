@@ -100,7 +100,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self._policy = policy
         self._executor = executor
         self._db: sqlite3.Connection | None = db
-        self._feed_signal = FeedSignal()
+        self.feed_signal = FeedSignal()
         self._quota = UploadQuota(policy.upload_rows_per_s, policy.upload_burst)
         self._revocations: RevocationState | None = None  # cache of the last state read/written
         self._uploads = GroupCommit[_Upload, hub_rules.IngestPlan](
@@ -158,7 +158,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     ) -> list[hub_rules.IngestPlan | Exception]:
         plans = await self._run(lambda db: self._commit_on_thread(db, group))
         if any(not isinstance(p, Exception) and p.feed_rows for p in plans):
-            self._feed_signal.wake()
+            self.feed_signal.wake()
         return plans
 
     def _commit_on_thread(
@@ -224,7 +224,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
         Raises HubStoreError.
         """
-        await self._feed_signal.wait(
+        await self.feed_signal.wait(
             lambda: self._run(lambda db: _has_feed_after(db, after)), wait_s
         )
 

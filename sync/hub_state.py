@@ -81,7 +81,6 @@ class Hub:
     refused_gates: Throttle = field(default_factory=Throttle)
     lost_connections: Throttle = field(default_factory=Throttle)  # log lines, by client
     stored_beat: dict[str, float] = field(default_factory=dict)  # gate -> monotonic s stored
-    feed_waiting: int = 0  # long-polls of the feed held open now (/metrics hub_feed_waiting)
 
     def beat_due(self, gate_id: str) -> bool:
         """Whether ``gate_id``'s heartbeat now is stored: at most one a second per gate. Each is
@@ -107,11 +106,9 @@ class Hub:
         """Wait for a feed entry after ``after``, ``wait_s`` or the hub stopping, what comes first."""
         waiter = asyncio.ensure_future(self.store.wait_feed(after, wait_s))
         stop = asyncio.ensure_future(self.stopping.wait())
-        self.feed_waiting += 1
         try:
             await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.feed_waiting -= 1
             stop.cancel()
             if not waiter.done():
                 waiter.cancel()

@@ -173,6 +173,8 @@ class RevocationState:
 class HubStore(Protocol):
     """What the hub server needs from its database. All methods raise HubStoreError."""
 
+    feed_signal: FeedSignal  # wakes this process's long-polls; counts those waiting (/metrics)
+
     @property
     def policy(self) -> HubPolicy: ...
 

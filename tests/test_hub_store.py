@@ -855,8 +855,7 @@ async def test_an_unreachable_postgres_is_a_hub_store_error() -> None:
 def waiting(store: HubStore) -> int:
     """Long-polls blocked in ``store`` now: checked, nothing to read yet (an insert after this
     must wake them; before it, the check could find the row and test nothing)."""
-    assert isinstance(store, hub_postgres.PostgresHubStore)
-    return store._feed_signal.waiting
+    return store.feed_signal.waiting
 
 
 async def test_two_postgres_stores_raise_each_double_admission_exactly_once(
