@@ -20,7 +20,7 @@ from agent.journal import HistoryEntry
 from agent.model import Decision, Reason, Ticket
 from agent.ports import Scan
 from agent.redact import text_digest
-from agent.revocation import ListMeta, RevocationIndex
+from agent.revocation import ListMeta, ListState, RevocationIndex
 
 HistoryLookup = Callable[[str], Awaitable[Sequence[HistoryEntry]]]
 
@@ -115,12 +115,21 @@ class Checker:
         return rules.Facts(
             ticket=ticket,
             signature=signature or self.signature(ticket, clock.now),
-            list_state=self._index().status(ticket.revocation_key),
+            list_state=self.list_state(ticket),
             list_meta=self._meta(),
             history=history,
             clock=clock,
             policy=self.policy,
         )
+
+    def list_state(self, ticket: Ticket) -> ListState:
+        """What the revocation index says of ``ticket``: revoked or blocked, else (pretix) its
+        order's state."""
+        index = self._index()
+        state = index.status(ticket.revocation_key)
+        if state is ListState.NONE and ticket.order_key is not None:
+            return index.order_status(ticket.order_key)
+        return state
 
     def list_version(self) -> int:
         return self._meta().version

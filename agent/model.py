@@ -34,6 +34,8 @@ class Reason(enum.StrEnum):
     CLOCK_UNTRUSTED = "clock_untrusted"
     LIST_STALE = "list_stale"
     CODE_EXPIRED = "code_expired"  # a rotating ticket's code: too old, or older than one used
+    CANCELED = "canceled"  # pretix: the ticket's order (or the ticket) cancelled, or expired
+    UNPAID = "unpaid"  # pretix: the ticket's order not paid (pending, e.g. after a chargeback)
     ERROR = "error"
 
 
@@ -80,7 +82,8 @@ class Ticket:
     """A parsed (not yet verified) ticket of any registered format.
 
     ``revocation_key`` is the 16-byte key looked up in the revocation index (TK1: the token_id;
-    formats whose revocation key is a longer secret use a 16-byte BLAKE2b of it).
+    formats whose revocation key is a longer secret use a 16-byte BLAKE2b of it); ``order_key``,
+    where the format has orders (pretix), the key its order's state is looked up under.
     ``ticket_ref`` is the admission right: the anti-passback key that history is kept under.
     ``event`` is empty for formats whose event is fixed by the signing key alone (pretix_sig1).
     ``signed_data`` is exactly the bytes the signature covers (domain tag included).
@@ -102,6 +105,7 @@ class Ticket:
     not_after: int | None = None
     fields: tuple[tuple[str, str], ...] = ()
     holder: HolderCode | None = None  # rotating formats: the device-signed code
+    order_key: bytes | None = None  # pretix: the key its order's state is kept under
 
     @property
     def short_id(self) -> str:

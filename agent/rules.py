@@ -131,6 +131,10 @@ def _revocation(f: Facts) -> RuleResult:
         return RuleResult("revocation", Reason.REVOKED, "ticket is on the revocation list")
     if f.list_state is ListState.BLOCKED:
         return RuleResult("revocation", Reason.BLOCKED, "ticket is blocked")
+    if f.list_state is ListState.CANCELED:
+        return RuleResult("revocation", Reason.CANCELED, "order cancelled or expired in pretix")
+    if f.list_state is ListState.UNPAID:
+        return RuleResult("revocation", Reason.UNPAID, "order not paid in pretix")
     return RuleResult("revocation", Reason.OK, f"not listed (list version {f.list_meta.version})")
 
 
@@ -292,6 +296,8 @@ STAFF_TEXT: dict[Reason, str] = {
     Reason.CLOCK_UNTRUSTED: "Gate clock not set - call technical staff",
     Reason.LIST_STALE: "Gate offline too long - call technical staff",
     Reason.CODE_EXPIRED: "Old code or screenshot - open the ticket in the app",
+    Reason.CANCELED: "Order cancelled - send to the box office",
+    Reason.UNPAID: "Order not paid - send to the box office",
     Reason.ERROR: "Gate fault - call technical staff",
 }
 

@@ -4,9 +4,13 @@ other devices' check-ins and annulments.
 :class:`PretixDownload` reads; what it learns goes into the revocation store and the journal, or is
 returned to :class:`sync.pretix.PretixUpstream` (the event and the list, which it turns into the
 trust bundle and the gate policy). Every endpoint used is allowed to pretix's "pretixSCAN" device
-profile. Revoked secrets are asked by ``created_since`` (an inclusive cursor, so the cursor row
-comes back and is re-applied harmlessly), blocked ones by ``updated_since`` (from the newest
-change before the last round, paged by id); other devices' check-ins come from the orders
+profile. The orders also say which tickets do not admit: those of cancelled or expired orders
+and positions, and of orders not paid; each such ticket's state is kept in the revocation store
+(:func:`agent.revocation.order_key`), set and cleared as its order changes.
+
+Revoked secrets are asked by ``created_since`` (an inclusive cursor, so the cursor row comes back
+and is re-applied harmlessly), blocked ones by ``updated_since`` (from the newest change before
+the last round, paged by id); other devices' check-ins and the order states come from the orders
 modified since the last round (``modified_since``, from the server's time at its first page; a
 round cut short is taken up from the newest creation time it read, ``created_since``).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +28,7 @@ from agent import pretix_event
 from agent.clock import ClockReading
 from agent.errors import UpstreamUnavailable
 from agent.journal import Journal, PeerEntry
-from agent.revocation import ListMeta, RevocationStore
+from agent.revocation import ORDER_STATE_PREFIX, ListMeta, ListState, RevocationStore, order_key
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_state import load_cursors, save_cursors
@@ -34,13 +39,15 @@ _REVOKED_CURSOR = "pretix_revoked_created_since"
 # "_2": the cursor of id paging; one kept from paging by "updated" may have passed a row that
 # paging skipped, so every gate reads its blocked secrets once again.
 _BLOCKED_CURSOR = "pretix_blocked_updated_since_2"
-_ORDERS_CURSOR = "orders_modified_since"
+# "_2": the cursors since the orders' states are read; one kept from before has passed orders
+# that are unpaid or cancelled now, so every gate reads its orders once again.
+_ORDERS_CURSOR = "orders_modified_since_2"
 # A round of orders that failed after some pages: the newest creation time it read and when its
 # first page was listed. The next round goes on from there (``created_since``), not from the
 # first page: a fresh gate's first round at a big event is a thousand pages and many minutes,
 # and one outage would otherwise begin it again.
-_ORDERS_RESUME_FROM = "orders_resume_created_since"
-_ORDERS_RESUME_STARTED = "orders_resume_started"
+_ORDERS_RESUME_FROM = "orders_resume_created_since_2"
+_ORDERS_RESUME_STARTED = "orders_resume_started_2"
 _RESUME_KEYS = (_ORDERS_RESUME_STARTED, _ORDERS_RESUME_FROM)
 # What the cursors were read from: the orders' (and their resume point) from an event's orders
 # for one check-in list, the secrets' from an event. A gate moved to another list or event
@@ -205,44 +212,54 @@ class PretixDownload:
         )
 
     async def checkins(self, own_device: int | None) -> None:
-        """Check-ins of other devices, from the orders modified since the last round.
+        """Check-ins of other devices and the tickets' order states (cancelled, unpaid), from the
+        orders modified since the last round.
 
         pretix ignores ``modified_since`` on a list's positions but honours it on orders, and
         every check-in and every annulment touches its order's ``last_modified``; an order lists
         its positions with their successful check-ins (those of every list: ours are picked
         out). Ordered by creation, which no change moves, so paging while orders change can
         repeat a row but never skip one. The cursor is the server's time at the first page,
-        less a margin for transactions still open then. Without ``own_device`` nothing is learnt
-        (ours could not be told from theirs).
+        less a margin for transactions still open then. Without ``own_device`` no check-in is
+        learnt (ours could not be told from theirs), only the order states.
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
-            return
         since = self._cursors.get(_ORDERS_CURSOR)
         params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
         params += [("exclude", f) for f in wire.ORDER_SKIPPED]
+        params.append(("include_canceled_positions", "true"))
         if since:
             params.append(("modified_since", since))
         started, resume_from = self._orders_resume()
         if resume_from is not None:  # inclusive: the orders created in that instant come again
             params.append(("created_since", resume_from))
         learnt = skipped = annulled = ahead = 0
+        changed: Counter[ListState] = Counter()
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
             if started is None:
                 started = until
+            states, bad_states = wire.order_states(orders)
+            changed += await self._apply_order_states(states)
             rows, bad = wire.order_positions(orders)
-            checkins = wire.peer_entries(rows, own_device, self._list, listed)
-            skipped += bad + checkins.skipped
-            ahead += checkins.ahead
-            learnt += await self._journal.add_peer_entries(checkins.entries)
-            annulled += await self._learn_annulments(rows, own_device)
+            skipped += bad + bad_states
+            if own_device is not None:
+                checkins = wire.peer_entries(rows, own_device, self._list, listed)
+                skipped += checkins.skipped
+                ahead += checkins.ahead
+                learnt += await self._journal.add_peer_entries(checkins.entries)
+                annulled += await self._learn_annulments(rows, own_device)
             if reply.body.get("next") is not None:  # a page pages() took: a dict
                 resume_from = wire.latest(resume_from, orders, "datetime", until)
                 self._save_orders_resume(resume_from, started)
         if learnt or skipped or annulled:
             log.info("pretix: %d check-ins of other devices learnt, %d annulled there, %d skipped",
                      learnt, annulled, skipped)  # fmt: skip
+        if changed:
+            log.info("pretix: tickets whose order changed: %d cancelled or expired, %d not paid,"
+                     " %d admitting again", changed[ListState.CANCELED], changed[ListState.UNPAID],
+                     changed[ListState.NONE])  # fmt: skip
         if ahead:
             log.warning("pretix: %d check-ins of other devices dated after pretix listed them"
                         " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
@@ -251,6 +268,29 @@ class PretixDownload:
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
             save_cursors(self._state_dir, self._cursors)
+
+    async def _apply_order_states(self, states: Mapping[str, ListState]) -> Counter[ListState]:
+        """Keep the order state of each ticket in ``states`` whose state changed (pretix sends
+        every modified order, most of them paid as before); returns how many changed to each
+        state. The list's version goes up, its freshness stays."""
+        index = self._revocations.index
+        moved = {
+            s: state for s, state in states.items() if index.order_status(order_key(s)) != state
+        }
+        if not moved:
+            return Counter()
+        entries = {state: [ORDER_STATE_PREFIX + s for s, st in moved.items() if st is state]
+                   for state in (ListState.NONE, ListState.CANCELED, ListState.UNPAID)}  # fmt: skip
+        await self._revocations.apply_secrets(
+            revoke=entries[ListState.CANCELED],
+            unrevoke=entries[ListState.NONE] + entries[ListState.UNPAID],
+            block=entries[ListState.UNPAID],
+            unblock=entries[ListState.NONE] + entries[ListState.CANCELED],
+            cursor={},
+            issued_at=None,
+            fresh=False,
+        )
+        return Counter(moved.values())
 
     def _orders_resume(self) -> tuple[float | None, str | None]:
         """Where a failed round of orders stopped: its first page's time and the newest creation

@@ -22,6 +22,7 @@ from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.redact import printable, text_digest
+from agent.revocation import ListState
 from sync.pretix_http import Reply
 from sync.upstream_http import parse_http_date
 
@@ -35,6 +36,13 @@ MAX_KEY_TEXT = 40  # an answer's key as named in a log line
 MAX_KEYS_SHOWN = 8
 _PLAUSIBLE_FROM_S = 1_577_836_800.0  # 2020-01-01: no server's clock shows an earlier time
 _MAX_LOGICAL = (1 << 16) - 1  # the HLC's logical part (agent.clock)
+# pretix's order statuses: pending, paid, expired, cancelled.
+_ORDER_STATUS = {
+    "n": ListState.UNPAID,
+    "p": ListState.NONE,
+    "e": ListState.CANCELED,
+    "c": ListState.CANCELED,
+}
 
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
@@ -45,6 +53,8 @@ FAILED_REASON: dict[Reason, str] = {
     Reason.WRONG_EVENT: "invalid",
     Reason.REVOKED: "revoked",
     Reason.BLOCKED: "blocked",
+    Reason.CANCELED: "canceled",
+    Reason.UNPAID: "unpaid",
     Reason.ALREADY_USED: "already_redeemed",
     Reason.WRONG_PRODUCT: "product",
     Reason.WRONG_ZONE: "product",
@@ -145,9 +155,14 @@ def annul_body(rec: EntryRecord, list_id: int) -> dict[str, Any]:
     }
 
 
-# What the adapter asks of each order (pretix's ``include``): a position's id, secret and its
-# successful check-ins; nothing personal, and a few hundred bytes per order.
-ORDER_FIELDS = ("datetime", "positions.id", "positions.secret", "positions.checkins")
+# What the adapter asks of each order (pretix's ``include``): its state (status, whether it
+# admits while pending or waits for approval), a position's id, secret, whether it is cancelled
+# and its successful check-ins; nothing personal, and a few hundred bytes per order. Cancelled
+# positions are listed too (``include_canceled_positions``).
+ORDER_FIELDS = (
+    "datetime", "status", "require_approval", "valid_if_pending",
+    "positions.id", "positions.secret", "positions.canceled", "positions.checkins",
+)  # fmt: skip
 # What pretix then need not even read (each skips a join or prefetch on its side).
 ORDER_SKIPPED = ("fees", "payments", "refunds", "invoice_address", "customer")
 
@@ -164,6 +179,39 @@ def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
         else:
             skipped += 1
     return rows, skipped
+
+
+def order_states(orders: Iterable[Any]) -> tuple[dict[str, ListState], int]:
+    """Whether each position's ticket admits, as pretix's check-in judges it for a turnstile
+    (its redeem asks with ``ignore_unpaid`` false): CANCELED when the position is cancelled or
+    its order cancelled or expired, UNPAID when the order is pending (not valid while pending,
+    or waiting for approval), else NONE; by secret. Also the count of orders whose state is not
+    well-formed (an unknown status, a flag that is not a boolean): their tickets keep the state
+    they had. A flag pretix leaves out is false (pending then does not admit)."""
+    states: dict[str, ListState] = {}
+    skipped = 0
+    for order in orders:
+        if not isinstance(order, dict):
+            continue  # counted by order_positions
+        status, positions = order.get("status"), order.get("positions")
+        flags = [order.get(name, False) for name in ("require_approval", "valid_if_pending")]
+        if not isinstance(positions, list):
+            continue  # counted by order_positions
+        if status not in _ORDER_STATUS or not all(isinstance(flag, bool) for flag in flags):
+            skipped += 1
+            continue
+        approval, valid_if_pending = flags
+        state = _ORDER_STATUS[status]
+        if state is ListState.UNPAID and valid_if_pending and not approval:
+            state = ListState.NONE
+        for position in positions:
+            if not isinstance(position, dict):
+                continue  # counted by peer_entries
+            secret, canceled = position.get("secret"), position.get("canceled", False)
+            if not isinstance(secret, str) or not secret or not isinstance(canceled, bool):
+                continue  # the ticket keeps the state it had
+            states[secret] = ListState.CANCELED if canceled else state
+    return states, skipped
 
 
 def page_generated(headers: Mapping[str, str]) -> float | None:

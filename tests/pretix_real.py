@@ -208,6 +208,20 @@ class PretixReal:
         path = f"/api/v1/organizers/{self.organizer}/checkinrpc/annul/"
         return await self.api("POST", path, token=token, body={"lists": [lid], "nonce": nonce})
 
+    async def order_action(self, secret: str, action: str) -> Any:
+        """What the backend's buttons do to the order of the ticket ``secret``: ``action`` is
+        ``mark_pending`` (a paid order charged back), ``mark_expired``, ``mark_paid`` or
+        ``mark_canceled``. Returns the order as pretix answers it."""
+        path = f"{self.event_path}/orderpositions/?secret={quote(secret)}"
+        status, body = await self.api("GET", path)  # a check-in list lists paid orders only
+        if status != 200 or len(body["results"]) != 1:
+            raise RuntimeError(f"position lookup failed: HTTP {status}")
+        code = body["results"][0]["order"]
+        status, order = await self.api("POST", f"{self.event_path}/orders/{code}/{action}/")
+        if status != 200:
+            raise RuntimeError(f"{action} failed: HTTP {status} {order}")
+        return order
+
     async def checkins(self, secret: str, *, list_id: int | None = None) -> list[dict[str, Any]]:
         """Every check-in (annulled ones too) of the position with ``secret`` on a list."""
         lid = self.lists["all"] if list_id is None else list_id

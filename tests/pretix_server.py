@@ -3,7 +3,8 @@
 Only what the gate uses: device initialisation, the event, one check-in list, revoked and blocked
 secrets (inclusive ``created_since``/``updated_since``, paging via ``next``), the event's check-in
 lists, orders (``modified_since``, ``created_since``, each wrapping one position of ``positions``,
-created in their order one second apart from ``ORDERS_CREATED``), redeem, failed
+created in their order one second apart from ``ORDERS_CREATED``, paid unless ``orders`` says
+otherwise; cancelled positions only with ``include_canceled_positions``), redeem, failed
 check-ins and annul. Every request is recorded
 (``calls``) so tests can assert on exactly what the gate sent. Faults on demand: ``fault`` =
 "5xx" (503 with Retry-After), "slow" (answers after ``slow_s``), "malformed" (200, broken JSON),
@@ -87,6 +88,9 @@ class FakePretix:
     )
     # positions with the time their order was last modified (served as one-position orders)
     positions: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    # a position's order's fields by its secret (default: status "p", paid); a position with
+    # "canceled": true is listed only when asked with include_canceled_positions=true, as pretix
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     # secret -> list of (status, body) answered in turn (the last one repeats)
     redeem_answers: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     page_size: int = 50
@@ -218,12 +222,15 @@ def make_app(state: FakePretix) -> web.Application:
     async def orders(request: web.Request) -> web.Response:
         since = request.query.get("modified_since")
         created = request.query.get("created_since")  # inclusive, as pretix
+        canceled_too = request.query.get("include_canceled_positions") == "true"
         rows = [
-            {"datetime": _iso(ORDERS_CREATED + i), "positions": [p]}
+            {"datetime": _iso(ORDERS_CREATED + i), "status": "p",
+             "positions": [p] if canceled_too or p.get("canceled") is not True else [],
+             **state.orders.get(str(p.get("secret")), {})}
             for i, (m, p) in enumerate(state.positions)
             if (since is None or m >= _t(since))
             and (created is None or ORDERS_CREATED + i >= _t(created))
-        ]
+        ]  # fmt: skip
         generated = state.page_generated or datetime.fromtimestamp(state.now, UTC).isoformat()
         # page_generated "-": no X-Page-Generated, only Date (whole seconds, of ``now``)
         headers = {"X-Page-Generated": generated} if generated != "-" else {

@@ -218,3 +218,38 @@ async def test_a_revoked_device_token_is_said_and_keeps_the_rows(
         assert up.status["outbox"] == 2
         assert len(await gate.journal.unsynced()) == 2
     assert await pretix_real.checkins(first) == [] and await pretix_real.checkins(second) == []
+
+
+async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
+    write_config: WriteConfig, pretix_real: PretixReal
+) -> None:
+    """A pretixSCAN device reads the orders' states: a paid order marked pending again (a
+    chargeback) is refused as unpaid until paid again; expired, as cancelled. A cancelled
+    order's printed secret is replaced and listed as revoked by pretix: refused as revoked."""
+    device = await pretix_real.new_device("turnstile (orders)", "pretixscan")
+    repaid, expired, cancelled = (pretix_real.ticket() for _ in range(3))
+    async with real_gate(write_config, pretix_real, device) as gate:
+        up = gate.upstream
+        assert up is not None
+
+        async def reasons(*secrets: str) -> list[Reason]:
+            assert up is not None and await up.sync_once(), up.status
+            got = [await gate.lane.present(scan(s)) for s in secrets]
+            return [o.decision.reason for o in got if o is not None]
+
+        for secret, action, status in (
+            (repaid, "mark_pending", "n"),
+            (expired, "mark_pending", "n"),
+            (cancelled, "mark_canceled", "c"),
+        ):
+            assert (await pretix_real.order_action(secret, action))["status"] == status
+        assert await reasons(repaid, expired, cancelled) == [
+            Reason.UNPAID, Reason.UNPAID, Reason.REVOKED,
+        ]  # fmt: skip
+        assert (await pretix_real.order_action(repaid, "mark_paid"))["status"] == "p"
+        assert (await pretix_real.order_action(expired, "mark_expired"))["status"] == "e"
+        assert await reasons(repaid, expired) == [Reason.OK, Reason.CANCELED]
+        assert await up.sync_once()
+    # The refusal reached pretix as a failed check-in with pretix's own reason, then the entry.
+    rows = [(ci["successful"], ci["error_reason"]) for ci in await pretix_real.checkins(repaid)]
+    assert rows == [(False, "unpaid"), (True, None)]

@@ -810,7 +810,7 @@ async def test_an_unreadable_resume_point_starts_the_orders_over(
 ) -> None:
     await initialized(rig)
     (rig.state_dir / "pretix_sync.json").write_text(json.dumps(
-        {"orders_resume_started": "yesterday", "orders_resume_created_since": "2026-11-01T10:00Z"}
+        {"orders_resume_started_2": "yesterday", "orders_resume_created_since_2": "2026-11-01T10:00Z"}
     ))  # fmt: skip
     restarted = make_upstream(rig.state_dir, rig.server.url, rig.journal, rig.store, rig.wall,
                               [], [], device_token=API_TOKEN, device_id=1)  # fmt: skip

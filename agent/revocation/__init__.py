@@ -1,8 +1,10 @@
 """Revocation: signed snapshots and deltas, a SQLite store, and the scan path's in-memory index.
 
 Entries are 16-byte keys (TK1: the ticket's ``token_id``; formats whose revocation key is a secret
-string: :func:`secret_key`) on two lists, *revoked* and *blocked*. A list document is signed
-(:mod:`agent.signed`, kind ``"revocations"``) and carries a monotonic ``version``::
+string: :func:`secret_key`) on two lists, *revoked* and *blocked*. A pretix ticket's order state
+(cancelled, not paid) is kept on the same lists under a second key, :func:`order_key`. A list
+document is signed (:mod:`agent.signed`, kind ``"revocations"``) and carries a monotonic
+``version``::
 
     {"type": "snapshot" | "delta", "version": int >= 1, "from_version": int (delta only),
      "issued_at": int, "expires": int,            # unix seconds: the list's signed freshness
@@ -28,10 +30,12 @@ from __future__ import annotations
 from agent.revocation.document import KIND, OPS, ListMeta
 from agent.revocation.index import (
     KEY_LEN,
+    ORDER_STATE_PREFIX,
     DeltaPlan,
     KeyArray,
     ListState,
     RevocationIndex,
+    order_key,
     secret_key,
     secret_keys,
 )
@@ -41,12 +45,14 @@ __all__ = [
     "KEY_LEN",
     "KIND",
     "OPS",
+    "ORDER_STATE_PREFIX",
     "DeltaPlan",
     "KeyArray",
     "ListMeta",
     "ListState",
     "RevocationIndex",
     "RevocationStore",
+    "order_key",
     "secret_key",
     "secret_keys",
 ]

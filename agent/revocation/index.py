@@ -25,14 +25,26 @@ BitArray = npt.NDArray[np.uint8]
 
 
 class ListState(enum.IntEnum):
-    """What the list says about a key; a key on both lists reads as REVOKED."""
+    """What the list says about a key; a key on both lists reads as REVOKED. CANCELED and UNPAID
+    are a pretix ticket's order state (:meth:`RevocationIndex.order_status`)."""
 
     NONE = 0
     REVOKED = 1
     BLOCKED = 2
+    CANCELED = 3
+    UNPAID = 4
 
 
 _STATE_OF_BITS = (ListState.NONE, ListState.REVOKED, ListState.BLOCKED, ListState.REVOKED)
+# A pretix secret's order state is kept under a second key (:func:`order_key`), on the same two
+# lists: the revoked bit there means its order (or the position) is cancelled or expired, the
+# blocked bit that its order is not paid. Set and cleared as pretix's orders change.
+ORDER_STATE_PREFIX = "\0order\0"
+_ORDER_STATE = {
+    ListState.NONE: ListState.NONE,
+    ListState.REVOKED: ListState.CANCELED,
+    ListState.BLOCKED: ListState.UNPAID,
+}
 
 
 def _empty() -> KeyArray:
@@ -158,6 +170,11 @@ class RevocationIndex:
             return ListState.BLOCKED if _contains(self._blocked, key) else ListState.NONE
         return _STATE_OF_BITS[bits]
 
+    def order_status(self, key: bytes) -> ListState:
+        """The order state kept under a pretix secret's :func:`order_key`: CANCELED, UNPAID or
+        NONE (paid, or not known to be otherwise)."""
+        return _ORDER_STATE[self.status(key)]
+
     def __len__(self) -> int:
         """Revoked plus blocked entries (a key on both lists counts twice, as in SQLite)."""
         return self._count
@@ -263,3 +280,9 @@ def secret_keys(secrets: Iterable[str]) -> KeyArray:
 def secret_key(secret: str) -> bytes:
     """The 16-byte revocation key of a format whose key is a secret string (pretix)."""
     return hashlib.blake2b(secret.encode(), digest_size=KEY_LEN).digest()
+
+
+def order_key(secret: str) -> bytes:
+    """The 16-byte key a pretix secret's order state is kept under (:data:`ORDER_STATE_PREFIX`:
+    no secret holds a NUL, so it is never another secret's key)."""
+    return secret_key(ORDER_STATE_PREFIX + secret)

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 
 from agent.errors import TicketFormatError
 from agent.model import Ticket
-from agent.revocation import secret_key
+from agent.revocation import order_key, secret_key
 
 FORMAT = "pretix_sig1"
 VERSION = 1
@@ -98,6 +98,7 @@ def parse(text: str) -> Ticket:
         fmt=FORMAT,
         kid="",
         revocation_key=secret_key(text),
+        order_key=order_key(text),
         ticket_ref="pretix:" + text,
         event="",
         signed_data=payload_bytes,

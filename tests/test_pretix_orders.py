@@ -1,0 +1,216 @@
+"""A pretix gate refuses the tickets of orders that do not admit, as pretix's own check-in does:
+not paid (pending, e.g. after a chargeback; waiting for approval), cancelled or expired, or the
+position cancelled; and admits them again once the order is paid.
+
+Found in a review: the orders' status was never downloaded, so a ticket whose order went back to
+pending after its payment was charged back was admitted offline, and its check-in then forced
+into pretix. Real gates (open_gate, sim devices, real journal and lists) against the recorded
+pretix stand-in on 127.0.0.1; tests/test_pretix_real_ops.py plays the same against a real pretix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.app import config
+from agent.app.daemon import Gate, open_gate
+from agent.clock import Clock
+from agent.journal import Journal
+from agent.model import Reason
+from agent.ports import Scan
+from agent.revocation import ListState, RevocationStore, order_key
+from agent.rules import STAFF_TEXT
+from drivers.sim import SimGate, SimScanner
+from sync import pretix_wire as wire
+from tests.conftest import WriteConfig
+from tests.pretix_server import API_TOKEN, EVENT, INIT_TOKEN, ORG, FakePretix, PretixServer, load
+from tests.test_pretix_sync import T0, Wall, make_upstream
+
+CASES = {c["name"]: c for c in load("tickets.json")}
+_mono = itertools.count(1)
+LATER = 4e9  # an order modified after every cursor
+
+
+def secret(name: str) -> str:
+    value: str = CASES[name]["secret"]
+    return value
+
+
+def position(pid: int, name: str, **fields: Any) -> dict[str, Any]:
+    return {"id": pid, "secret": secret(name), "checkins": [], **fields}
+
+
+async def reason(gate: Gate, name: str) -> Reason:
+    """The reason the gate gives for ``name``'s ticket (scans far apart: never a repeat)."""
+    outcome = await gate.lane.present(Scan(secret(name), "s", next(_mono) * 10**11))
+    assert outcome is not None
+    return outcome.decision.reason
+
+
+def pretix_section(url: str) -> str:
+    return (
+        f'\n[pretix]\nurl = "{url}"\norganizer = "{ORG}"\nevent = "{EVENT}"\n'
+        f'checkin_list = 11\ninit_token = "{INIT_TOKEN}"\ninterval_s = 3600\n'
+    )
+
+
+async def test_tickets_of_orders_not_paid_or_cancelled_are_refused_until_paid(
+    write_config: WriteConfig,
+) -> None:
+    fake = FakePretix()
+    fake.positions = [
+        (0, position(1, "valid_standard_1")),  # paid
+        (0, position(2, "valid_standard_2")),  # pending after a chargeback
+        (0, position(3, "valid_standard_3")),  # expired (never paid)
+        (0, position(4, "valid_variation_1")),  # the order cancelled
+        (0, position(5, "valid_variation_2", canceled=True)),  # one position of it cancelled
+        (0, position(6, "valid_vip_1")),  # pending, but valid while pending
+        (0, position(7, "valid_vip_2")),  # pending, valid while pending, waiting for approval
+    ]
+    fake.orders = {
+        secret("valid_standard_2"): {"status": "n"},
+        secret("valid_standard_3"): {"status": "e"},
+        secret("valid_variation_1"): {"status": "c"},
+        secret("valid_vip_1"): {"status": "n", "valid_if_pending": True},
+        secret("valid_vip_2"): {"status": "n", "valid_if_pending": True, "require_approval": True},
+    }
+    async with PretixServer(fake) as server:
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            (orders,) = fake.calls_to("/orders/")
+            assert orders.query["include_canceled_positions"] == "true"
+            got = {
+                name: await reason(gate, name)
+                for name in ("valid_standard_1", "valid_standard_2", "valid_standard_3",
+                             "valid_variation_1", "valid_variation_2", "valid_vip_1",
+                             "valid_vip_2")
+            }  # fmt: skip
+            assert got == {
+                "valid_standard_1": Reason.OK,
+                "valid_standard_2": Reason.UNPAID,
+                "valid_standard_3": Reason.CANCELED,
+                "valid_variation_1": Reason.CANCELED,
+                "valid_variation_2": Reason.CANCELED,
+                "valid_vip_1": Reason.OK,
+                "valid_vip_2": Reason.UNPAID,
+            }
+            # Paid after all (the chargeback disputed), and the paid one charged back: the next
+            # round turns both round.
+            fake.orders[secret("valid_standard_2")] = {"status": "p"}
+            fake.orders[secret("valid_standard_1")] = {"status": "n"}
+            fake.positions[:2] = [(LATER, p) for _, p in fake.positions[:2]]
+            assert await gate.upstream.sync_once()
+            assert await reason(gate, "valid_standard_2") is Reason.OK
+            assert await reason(gate, "valid_standard_1") is Reason.UNPAID
+            assert await gate.upstream.sync_once()  # uploads the attempts
+    # Refusals reach pretix as its own failed check-in reasons.
+    failed = {
+        c.body["raw_barcode"]: c.body["error_reason"] for c in fake.calls_to("/failed_checkins/")
+    }
+    assert failed == {
+        secret("valid_standard_2"): "unpaid",
+        secret("valid_standard_3"): "canceled",
+        secret("valid_variation_1"): "canceled",
+        secret("valid_variation_2"): "canceled",
+        secret("valid_vip_2"): "unpaid",
+        secret("valid_standard_1"): "unpaid",
+    }
+    assert STAFF_TEXT[Reason.UNPAID] == "Order not paid - send to the box office"
+    assert STAFF_TEXT[Reason.CANCELED] == "Order cancelled - send to the box office"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "x"},  # no status pretix has
+        {"status": "p", "require_approval": "no"},  # a flag that is not a boolean
+        {"status": "p", "valid_if_pending": 1},
+        {"positions": "all"},
+    ],
+    ids=["status", "require_approval", "valid_if_pending", "positions"],
+)
+async def test_an_order_state_not_well_formed_leaves_the_ticket_as_it_was(
+    tmp_path: Path, answer: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """pretix's answers are hostile input: an order whose state cannot be read is skipped
+    (counted), and its ticket keeps the state it had (unpaid here), never paid by default."""
+    fake = FakePretix()
+    unpaid = secret("valid_standard_1")
+    fake.positions = [(0, position(1, "valid_standard_1"))]
+    fake.orders = {unpaid: {"status": "n"}}
+    wall = Wall(T0)
+    journal = await Journal.open(
+        tmp_path / "j.db", gate_id="g", gate_name="G", clock=Clock(wall=wall)
+    )
+    store = await RevocationStore.open(tmp_path / "rev.db")
+    try:
+        async with PretixServer(fake) as server:
+            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [])
+            assert await up.initialize(INIT_TOKEN) == 1
+            assert await up.sync_once()
+            assert store.index.order_status(order_key(unpaid)) is ListState.UNPAID
+            version = store.meta.version
+            fake.orders[unpaid] = answer
+            fake.positions = [(LATER, position(1, "valid_standard_1"))]
+            caplog.set_level(logging.INFO, "sync")
+            assert await up.sync_once()
+            assert store.index.order_status(order_key(unpaid)) is ListState.UNPAID
+            assert store.meta.version == version
+            assert "0 annulled there, 1 skipped" in caplog.text
+            await up.close()
+    finally:
+        await store.close()
+        await journal.close()
+
+
+async def test_order_states_are_learnt_without_the_own_device_id(tmp_path: Path) -> None:
+    """A gate given its device token but not its device id learns no check-ins (its own could
+    not be told from others'), but still which tickets' orders do not admit."""
+    fake = FakePretix(tokens={API_TOKEN})
+    canceled = secret("valid_standard_3")
+    fake.positions = [(0, position(1, "valid_standard_3"))]
+    fake.orders = {canceled: {"status": "c"}}
+    wall = Wall(T0)
+    journal = await Journal.open(
+        tmp_path / "j.db", gate_id="g", gate_name="G", clock=Clock(wall=wall)
+    )
+    store = await RevocationStore.open(tmp_path / "rev.db")
+    try:
+        async with PretixServer(fake) as server:
+            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
+                               device_token=API_TOKEN)  # fmt: skip
+            assert up.device_id is None
+            assert await up.sync_once(), up.status
+            assert store.index.order_status(order_key(canceled)) is ListState.CANCELED
+            await up.close()
+    finally:
+        await store.close()
+        await journal.close()
+
+
+async def test_a_gate_updated_from_before_reads_every_order_once_again(
+    write_config: WriteConfig,
+) -> None:
+    """A gate's orders cursor from before the order states were read has passed orders that
+    are not paid now: the updated gate reads the event's orders from the start, once."""
+    fake = FakePretix()
+    fake.positions = [(0, position(1, "valid_standard_2"))]
+    fake.orders = {secret("valid_standard_2"): {"status": "n"}}
+    async with PretixServer(fake) as server:
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        conf.gate.state_dir.mkdir(parents=True, exist_ok=True)
+        old = {"orders_modified_since": wire.iso(LATER)}
+        (conf.gate.state_dir / "pretix_sync.json").write_text(json.dumps(old))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            assert await reason(gate, "valid_standard_2") is Reason.UNPAID
+            assert await gate.upstream.sync_once()
+    first, *_, last = fake.calls_to("/orders/")
+    assert "modified_since" not in first.query and "modified_since" in last.query
