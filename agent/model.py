@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     CODE_EXPIRED = "code_expired"  # a rotating ticket's code: too old, or older than one used
     CANCELED = "canceled"  # pretix: the ticket's order (or the ticket) cancelled, or expired
     UNPAID = "unpaid"  # pretix: the ticket's order not paid (pending, e.g. after a chargeback)
+    UNAPPROVED = "unapproved"  # pretix: the ticket's order waits for the organiser's approval
     ERROR = "error"
 
 

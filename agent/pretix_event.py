@@ -12,8 +12,9 @@ import base64
 import binascii
 import json
 import logging
+import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -27,6 +28,7 @@ __all__ = [
     "blocked_secrets",
     "event_keys",
     "index_from",
+    "is_secret",
     "list_policy",
     "revoked_secrets",
     "trust_bundle",
@@ -35,6 +37,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "pretix_sig1"
+MAX_SECRET_LEN = 1024  # as a scanned pretix_sig1 text (agent.tickets.pretix_sig1.MAX_TEXT_LEN)
+_SECRET = re.compile(rf"[\x21-\x7e]{{1,{MAX_SECRET_LEN}}}")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -165,13 +169,27 @@ def _results(page: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return [_object(row, f"{where}: results[{i}]") for i, row in enumerate(rows)]
 
 
+def is_secret(value: Any) -> TypeGuard[str]:
+    """Whether a secret in pretix's answer is one a gate takes: printable ASCII without spaces,
+    1 to :data:`MAX_SECRET_LEN` characters. Every pretix generator's secrets are; anything else
+    is a hostile or broken answer (a lone surrogate would not even encode)."""
+    return isinstance(value, str) and _SECRET.fullmatch(value) is not None
+
+
+def _secret(row: dict[str, Any], where: str) -> str:
+    secret = _field(row, "secret", str, where)
+    if not is_secret(secret):
+        raise ConfigError(
+            f"{where}: 'secret' must be printable ASCII without spaces, 1 to {MAX_SECRET_LEN}"
+            " characters"
+        )
+    return secret
+
+
 def revoked_secrets(page: dict[str, Any]) -> list[str]:
     """The secrets on one ``revokedsecrets/`` page, in page order; ConfigError if malformed."""
     where = "pretix revokedsecrets page"
-    return [
-        _field(row, "secret", str, f"{where}: results[{i}]")
-        for i, row in enumerate(_results(page, where))
-    ]
+    return [_secret(row, f"{where}: results[{i}]") for i, row in enumerate(_results(page, where))]
 
 
 def blocked_secrets(page: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -184,7 +202,7 @@ def blocked_secrets(page: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     for i, row in enumerate(_results(page, where)):
         at = f"{where}: results[{i}]"
-        out.append((_field(row, "secret", str, at), _field(row, "blocked", bool, at)))
+        out.append((_secret(row, at), _field(row, "blocked", bool, at)))
     return out
 
 

@@ -135,6 +135,8 @@ def _revocation(f: Facts) -> RuleResult:
         return RuleResult("revocation", Reason.CANCELED, "order cancelled or expired in pretix")
     if f.list_state is ListState.UNPAID:
         return RuleResult("revocation", Reason.UNPAID, "order not paid in pretix")
+    if f.list_state is ListState.UNAPPROVED:
+        return RuleResult("revocation", Reason.UNAPPROVED, "order not yet approved in pretix")
     return RuleResult("revocation", Reason.OK, f"not listed (list version {f.list_meta.version})")
 
 
@@ -298,6 +300,7 @@ STAFF_TEXT: dict[Reason, str] = {
     Reason.CODE_EXPIRED: "Old code or screenshot - open the ticket in the app",
     Reason.CANCELED: "Order cancelled - send to the box office",
     Reason.UNPAID: "Order not paid - send to the box office",
+    Reason.UNAPPROVED: "Order not yet approved - send to the box office",
     Reason.ERROR: "Gate fault - call technical staff",
 }
 

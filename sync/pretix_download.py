@@ -28,7 +28,16 @@ from agent import pretix_event
 from agent.clock import ClockReading
 from agent.errors import UpstreamUnavailable
 from agent.journal import Journal, PeerEntry
-from agent.revocation import ORDER_STATE_PREFIX, ListMeta, ListState, RevocationStore, order_key
+from agent.revocation import (
+    BLOCKED,
+    ORDER_STATE_BITS,
+    ORDER_STATE_PREFIX,
+    REVOKED,
+    ListMeta,
+    ListState,
+    RevocationStore,
+    order_key,
+)
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_state import load_cursors, save_cursors
@@ -39,20 +48,21 @@ _REVOKED_CURSOR = "pretix_revoked_created_since"
 # "_2": the cursor of id paging; one kept from paging by "updated" may have passed a row that
 # paging skipped, so every gate reads its blocked secrets once again.
 _BLOCKED_CURSOR = "pretix_blocked_updated_since_2"
-# "_2": the cursors since the orders' states are read; one kept from before has passed orders
-# that are unpaid or cancelled now, so every gate reads its orders once again.
-_ORDERS_CURSOR = "orders_modified_since_2"
+_ORDERS_CURSOR = "orders_modified_since"
 # A round of orders that failed after some pages: the newest creation time it read and when its
 # first page was listed. The next round goes on from there (``created_since``), not from the
 # first page: a fresh gate's first round at a big event is a thousand pages and many minutes,
 # and one outage would otherwise begin it again.
-_ORDERS_RESUME_FROM = "orders_resume_created_since_2"
-_ORDERS_RESUME_STARTED = "orders_resume_started_2"
+_ORDERS_RESUME_FROM = "orders_resume_created_since"
+_ORDERS_RESUME_STARTED = "orders_resume_started"
 _RESUME_KEYS = (_ORDERS_RESUME_STARTED, _ORDERS_RESUME_FROM)
 # What the cursors were read from: the orders' (and their resume point) from an event's orders
-# for one check-in list, the secrets' from an event. A gate moved to another list or event
-# reads that one from the start (a cursor of another list skips the check-ins on this one in
-# orders modified before it). A cursor stored before these existed is taken as this scope's.
+# for one check-in list and own device id, the secrets' from an event. A gate moved to another
+# list or event, or given its device id, reads that one from the start (a cursor of another
+# list skips the check-ins on this one in orders modified before it; one read without the
+# device id learnt no check-in). The orders' scope is also kept in the revocation store, with
+# the order states it holds: a store without it (new, replaced by a signed snapshot, or from
+# before order states were kept) has the orders read from the start too.
 _ORDERS_SCOPE = "orders_scope"
 _SECRETS_SCOPE = "pretix_secrets_scope"
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
@@ -95,12 +105,6 @@ class PretixDownload:
         self._journal, self._revocations, self._clock = journal, revocations, clock
         self._cursors = load_cursors(state_dir)
         self._secrets_scope = http.base_url + event_path
-        scope = f"{self._secrets_scope} list {checkin_list}"
-        if self._cursors.get(_ORDERS_SCOPE, scope) != scope:
-            log.warning("pretix: another event or check-in list than before: its check-ins"
-                        " are read from the start")  # fmt: skip
-            self._cursors = {}
-        self._cursors[_ORDERS_SCOPE] = scope
         self._position_peers: dict[int, wire.Peers] = {}  # position id -> its peers' check-ins
 
     async def event(self) -> dict[str, Any]:
@@ -123,9 +127,10 @@ class PretixDownload:
 
     async def secrets(self) -> None:
         """Revoked and blocked secrets since the stored cursors, applied to the revocation store
-        with their cursors every :data:`APPLY_EVERY` secrets and at the end of the round. Only
-        the round's last part stamps the list fresh: a round that fails half-way keeps what it
-        applied (the next one goes on from its cursor) and the list's freshness as it was."""
+        with their cursors every :data:`APPLY_EVERY` secrets and at the end. The list is stamped
+        fresh only once the orders' states are read too (:meth:`checkins`): a round that fails
+        half-way keeps what it applied (the next one goes on from its cursor) and the list's
+        freshness as it was."""
         cursor = self._revocations.upstream_cursor
         if cursor.get(_SECRETS_SCOPE, self._secrets_scope) != self._secrets_scope:
             log.warning("pretix: another event than before: its revoked and blocked secrets"
@@ -173,7 +178,7 @@ class PretixDownload:
                 await self._apply([], blocked, scope, whole=False)
                 applied, blocked = applied + len(blocked), {}
         new_cursor = {**scope, _REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
-        meta = await self._apply(revoked, blocked, new_cursor, whole=True)
+        meta = await self._apply(revoked, blocked, new_cursor, whole=False)
         if meta.version != before:  # the cursor rows come back every round: quiet then
             log.info(
                 "pretix: %d revoked or blocked-state secrets applied (list v%d)",
@@ -201,7 +206,7 @@ class PretixDownload:
         whole: bool,
     ) -> ListMeta:
         """One part of a round into the revocation store, with the cursors it reached; ``whole``:
-        the round's last part, which stamps the list fresh (the others keep its freshness)."""
+        the round's end, which stamps the list fresh (the others keep its freshness)."""
         return await self._revocations.apply_secrets(
             revoke=revoked,
             block=[s for s, b in blocked.items() if b],
@@ -225,6 +230,7 @@ class PretixDownload:
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
+        await self._check_orders_scope(own_device)
         since = self._cursors.get(_ORDERS_CURSOR)
         params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
         params += [("exclude", f) for f in wire.ORDER_SKIPPED]
@@ -258,16 +264,37 @@ class PretixDownload:
                      learnt, annulled, skipped)  # fmt: skip
         if changed:
             log.info("pretix: tickets whose order changed: %d cancelled or expired, %d not paid,"
-                     " %d admitting again", changed[ListState.CANCELED], changed[ListState.UNPAID],
+                     " %d not yet approved, %d admitting again", changed[ListState.CANCELED],
+                     changed[ListState.UNPAID], changed[ListState.UNAPPROVED],
                      changed[ListState.NONE])  # fmt: skip
         if ahead:
             log.warning("pretix: %d check-ins of other devices dated after pretix listed them"
                         " (a device's clock ahead, or a forged time): learnt as of then", ahead)  # fmt: skip
+        # The round is whole: its lists and the order states are fresh.
+        await self._apply([], {}, {}, whole=True)
         if started is not None:
             self._cursors[_ORDERS_CURSOR] = wire.iso(started - _OVERLAP_S)
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
-            save_cursors(self._state_dir, self._cursors)
+        save_cursors(self._state_dir, self._cursors)
+
+    async def _check_orders_scope(self, own_device: int | None) -> None:
+        """Drop the orders' cursors when they were read under another scope than this round's
+        (:data:`_ORDERS_SCOPE`), or the revocation store does not hold the states read under it.
+        The store is told the scope before any state is read under it."""
+        scope = f"{self._secrets_scope} list {self._list} device {own_device}"
+        stored = self._cursors.get(_ORDERS_SCOPE)
+        if self._revocations.upstream_cursor.get(_ORDERS_SCOPE) == scope and stored in (
+            scope, None):  # fmt: skip
+            self._cursors[_ORDERS_SCOPE] = scope
+            return
+        if any(key in self._cursors for key in (_ORDERS_CURSOR, *_RESUME_KEYS)):
+            log.warning("pretix: another event, check-in list or device id than before, or a"
+                        " revocation store without the orders' states: the orders are read from"
+                        " the start")  # fmt: skip
+        self._cursors = {_ORDERS_SCOPE: scope}
+        save_cursors(self._state_dir, self._cursors)
+        await self._apply([], {}, {_ORDERS_SCOPE: scope}, whole=False)
 
     async def _apply_order_states(self, states: Mapping[str, ListState]) -> Counter[ListState]:
         """Keep the order state of each ticket in ``states`` whose state changed (pretix sends
@@ -279,17 +306,12 @@ class PretixDownload:
         }
         if not moved:
             return Counter()
-        entries = {state: [ORDER_STATE_PREFIX + s for s, st in moved.items() if st is state]
-                   for state in (ListState.NONE, ListState.CANCELED, ListState.UNPAID)}  # fmt: skip
-        await self._revocations.apply_secrets(
-            revoke=entries[ListState.CANCELED],
-            unrevoke=entries[ListState.NONE] + entries[ListState.UNPAID],
-            block=entries[ListState.UNPAID],
-            unblock=entries[ListState.NONE] + entries[ListState.CANCELED],
-            cursor={},
-            issued_at=None,
-            fresh=False,
-        )
+        ops: dict[str, list[str]] = {"revoke": [], "unrevoke": [], "block": [], "unblock": []}
+        for secret, state in moved.items():
+            bits = ORDER_STATE_BITS[state]
+            ops["revoke" if bits & REVOKED else "unrevoke"].append(ORDER_STATE_PREFIX + secret)
+            ops["block" if bits & BLOCKED else "unblock"].append(ORDER_STATE_PREFIX + secret)
+        await self._revocations.apply_secrets(**ops, cursor={}, issued_at=None, fresh=False)
         return Counter(moved.values())
 
     def _orders_resume(self) -> tuple[float | None, str | None]:

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from agent.clock import HLC, HLC_MAX_AHEAD_S, PLAUSIBLE_HLC_MS
 from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
+from agent.pretix_event import is_secret
 from agent.redact import printable, text_digest
 from agent.revocation import ListState
 from sync.pretix_http import Reply
@@ -55,6 +56,7 @@ FAILED_REASON: dict[Reason, str] = {
     Reason.BLOCKED: "blocked",
     Reason.CANCELED: "canceled",
     Reason.UNPAID: "unpaid",
+    Reason.UNAPPROVED: "unapproved",
     Reason.ALREADY_USED: "already_redeemed",
     Reason.WRONG_PRODUCT: "product",
     Reason.WRONG_ZONE: "product",
@@ -183,35 +185,42 @@ def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
 
 def order_states(orders: Iterable[Any]) -> tuple[dict[str, ListState], int]:
     """Whether each position's ticket admits, as pretix's check-in judges it for a turnstile
-    (its redeem asks with ``ignore_unpaid`` false): CANCELED when the position is cancelled or
-    its order cancelled or expired, UNPAID when the order is pending (not valid while pending,
-    or waiting for approval), else NONE; by secret. Also the count of orders whose state is not
-    well-formed (an unknown status, a flag that is not a boolean): their tickets keep the state
-    they had. A flag pretix leaves out is false (pending then does not admit)."""
+    (its redeem asks with ``ignore_unpaid`` false), by secret: CANCELED when the position is
+    cancelled or its order cancelled or expired; for a pending order UNAPPROVED when it waits
+    for approval, else UNPAID unless it is valid while pending; else NONE. Also the count of
+    orders and positions whose state is not well-formed (an unknown status; a flag missing or
+    not a boolean: they are asked for, and a missing one must not read as "admit"): their
+    tickets keep the state they had."""
     states: dict[str, ListState] = {}
     skipped = 0
     for order in orders:
-        if not isinstance(order, dict):
+        positions = order.get("positions") if isinstance(order, dict) else None
+        if not isinstance(order, dict) or not isinstance(positions, list):
             continue  # counted by order_positions
-        status, positions = order.get("status"), order.get("positions")
-        flags = [order.get(name, False) for name in ("require_approval", "valid_if_pending")]
-        if not isinstance(positions, list):
-            continue  # counted by order_positions
-        if status not in _ORDER_STATUS or not all(isinstance(flag, bool) for flag in flags):
+        status = order.get("status")
+        approval, valid_if_pending = order.get("require_approval"), order.get("valid_if_pending")
+        if status not in _ORDER_STATUS or not _booleans(approval, valid_if_pending):
             skipped += 1
             continue
-        approval, valid_if_pending = flags
         state = _ORDER_STATUS[status]
-        if state is ListState.UNPAID and valid_if_pending and not approval:
+        if state is ListState.UNPAID and approval:
+            state = ListState.UNAPPROVED
+        elif state is ListState.UNPAID and valid_if_pending:
             state = ListState.NONE
         for position in positions:
-            if not isinstance(position, dict):
+            secret = position.get("secret") if isinstance(position, dict) else None
+            if not is_secret(secret):
                 continue  # counted by peer_entries
-            secret, canceled = position.get("secret"), position.get("canceled", False)
-            if not isinstance(secret, str) or not secret or not isinstance(canceled, bool):
-                continue  # the ticket keeps the state it had
+            canceled = position.get("canceled")
+            if not _booleans(canceled):
+                skipped += 1
+                continue
             states[secret] = ListState.CANCELED if canceled else state
     return states, skipped
+
+
+def _booleans(*values: Any) -> bool:
+    return all(isinstance(v, bool) for v in values)
 
 
 def page_generated(headers: Mapping[str, str]) -> float | None:
@@ -289,7 +298,7 @@ def peer_entries(
     for row in rows:
         secret = row.get("secret") if isinstance(row, dict) else None
         checkins = row.get("checkins") if isinstance(row, dict) else None
-        if not isinstance(secret, str) or not secret or not isinstance(checkins, list):
+        if not is_secret(secret) or not isinstance(checkins, list):
             skipped += 1
             continue
         for ci in checkins:
@@ -356,7 +365,7 @@ def position_peers(
         pid = row.get("id") if isinstance(row, dict) else None
         secret = row.get("secret") if isinstance(row, dict) else None
         checkins = row.get("checkins") if isinstance(row, dict) else None
-        if not isinstance(pid, int) or not isinstance(secret, str) or not secret:
+        if not isinstance(pid, int) or not is_secret(secret):
             continue
         if not isinstance(checkins, list):
             continue

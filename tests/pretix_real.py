@@ -211,13 +211,14 @@ class PretixReal:
     async def order_action(self, secret: str, action: str) -> Any:
         """What the backend's buttons do to the order of the ticket ``secret``: ``action`` is
         ``mark_pending`` (a paid order charged back), ``mark_expired``, ``mark_paid`` or
-        ``mark_canceled``. Returns the order as pretix answers it."""
+        ``mark_canceled``; "" reads the order. Returns the order as pretix answers it."""
         path = f"{self.event_path}/orderpositions/?secret={quote(secret)}"
         status, body = await self.api("GET", path)  # a check-in list lists paid orders only
         if status != 200 or len(body["results"]) != 1:
             raise RuntimeError(f"position lookup failed: HTTP {status}")
         code = body["results"][0]["order"]
-        status, order = await self.api("POST", f"{self.event_path}/orders/{code}/{action}/")
+        path = f"{self.event_path}/orders/{code}/" + (f"{action}/" if action else "")
+        status, order = await self.api("POST" if action else "GET", path)
         if status != 200:
             raise RuntimeError(f"{action} failed: HTTP {status} {order}")
         return order

@@ -131,6 +131,22 @@ def _paged(request: web.Request, rows: list[Any], size: int) -> dict[str, Any]:
     return {"count": len(rows), "next": nxt, "previous": None, "results": chunk}
 
 
+def _included(request: web.Request, order: dict[str, Any]) -> dict[str, Any]:
+    """``order`` with only the fields named by the request's ``include`` (``positions.x`` for a
+    position's), as pretix filters them; all of them when there is none."""
+    names = request.query.getall("include", [])
+    if not names:
+        return order
+    inner = {n.removeprefix("positions.") for n in names if n.startswith("positions.")}
+    out = {k: v for k, v in order.items() if k in names}
+    if inner and isinstance(order.get("positions"), list):
+        out["positions"] = [
+            {k: v for k, v in p.items() if k in inner} if isinstance(p, dict) else p
+            for p in order["positions"]
+        ]
+    return out
+
+
 def make_app(state: FakePretix) -> web.Application:
     """The aiohttp application serving ``state``."""
 
@@ -224,9 +240,13 @@ def make_app(state: FakePretix) -> web.Application:
         created = request.query.get("created_since")  # inclusive, as pretix
         canceled_too = request.query.get("include_canceled_positions") == "true"
         rows = [
-            {"datetime": _iso(ORDERS_CREATED + i), "status": "p",
-             "positions": [p] if canceled_too or p.get("canceled") is not True else [],
-             **state.orders.get(str(p.get("secret")), {})}
+            _included(request, {
+                "datetime": _iso(ORDERS_CREATED + i), "status": "p", "require_approval": False,
+                "valid_if_pending": False, "email": "holder@example.org",
+                "positions": [{"canceled": False, **p}]
+                if canceled_too or p.get("canceled") is not True else [],
+                **state.orders.get(str(p.get("secret")), {}),
+            })
             for i, (m, p) in enumerate(state.positions)
             if (since is None or m >= _t(since))
             and (created is None or ORDERS_CREATED + i >= _t(created))

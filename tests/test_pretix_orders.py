@@ -18,14 +18,18 @@ from typing import Any
 
 import pytest
 
+from agent import issuer
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
 from agent.clock import Clock
+from agent.issuer import Issuer
 from agent.journal import Journal
-from agent.model import Reason
+from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
-from agent.revocation import ListState, RevocationStore, order_key
+from agent.revocation import KIND, ListState, RevocationStore, order_key
+from agent.revocation_issuer import make_snapshot
 from agent.rules import STAFF_TEXT
+from agent.signed import sign_document
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from tests.conftest import WriteConfig
@@ -99,7 +103,7 @@ async def test_tickets_of_orders_not_paid_or_cancelled_are_refused_until_paid(
                 "valid_variation_1": Reason.CANCELED,
                 "valid_variation_2": Reason.CANCELED,
                 "valid_vip_1": Reason.OK,
-                "valid_vip_2": Reason.UNPAID,
+                "valid_vip_2": Reason.UNAPPROVED,
             }
             # Paid after all (the chargeback disputed), and the paid one charged back: the next
             # round turns both round.
@@ -119,7 +123,7 @@ async def test_tickets_of_orders_not_paid_or_cancelled_are_refused_until_paid(
         secret("valid_standard_3"): "canceled",
         secret("valid_variation_1"): "canceled",
         secret("valid_variation_2"): "canceled",
-        secret("valid_vip_2"): "unpaid",
+        secret("valid_vip_2"): "unapproved",
         secret("valid_standard_1"): "unpaid",
     }
     assert STAFF_TEXT[Reason.UNPAID] == "Order not paid - send to the box office"
@@ -214,3 +218,154 @@ async def test_a_gate_updated_from_before_reads_every_order_once_again(
             assert await gate.upstream.sync_once()
     first, *_, last = fake.calls_to("/orders/")
     assert "modified_since" not in first.query and "modified_since" in last.query
+
+
+class Sole:
+    """One upstream (the stand-in's device 1) over a journal and revocation store in ``folder``,
+    opened and closed as a gate restarting would."""
+
+    def __init__(self, folder: Path, url: str, wall: Wall) -> None:
+        self.folder, self.url, self.wall = folder, url, wall
+
+    async def round(self, **kw: Any) -> tuple[bool, RevocationStore, Journal]:
+        """One round of a freshly started upstream; returns its outcome and the (still open)
+        store and journal, for the test to read and close."""
+        journal = await Journal.open(self.folder / "j.db", gate_id="g", gate_name="G",
+                                     clock=Clock(wall=self.wall))  # fmt: skip
+        store = await RevocationStore.open(self.folder / "rev.db")
+        up = make_upstream(self.folder / "state", self.url, journal, store, self.wall, [], [],
+                           device_token=API_TOKEN, **kw)  # fmt: skip
+        try:
+            return await up.sync_once(), store, journal
+        finally:
+            await up.close()
+
+
+async def closed(store: RevocationStore, journal: Journal) -> None:
+    await store.close()
+    await journal.close()
+
+
+async def test_a_gate_given_its_device_id_later_learns_the_check_ins_it_passed(
+    tmp_path: Path,
+) -> None:
+    """A review: a round without the device id read the orders (for their states) and moved the
+    orders' cursor on, so check-ins made elsewhere before it were never learnt once the id was
+    set: that ticket would have been admitted again."""
+    fake = FakePretix(tokens={API_TOKEN})
+    used = secret("valid_standard_1")
+    elsewhere = {"id": 41, "datetime": "2026-11-23T02:50:00Z", "list": 11, "device": 2,
+                 "device_id": 2, "type": "entry"}  # fmt: skip
+    fake.positions = [(0, position(1, "valid_standard_1", checkins=[elsewhere]))]
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round()
+        await closed(store, journal)
+        assert ok
+        ok, store, journal = await gate.round(device_id=1)
+        history = await journal.history("pretix:" + used)
+        await closed(store, journal)
+    assert ok and [(h.kind, h.gate_id) for h in history] == [("entry", "pretix-device-2")]
+
+
+async def test_order_states_lost_with_the_revocation_store_are_read_again(
+    tmp_path: Path,
+) -> None:
+    """A review: the orders' cursor outlived the states it had led to, so a revocation store
+    replaced by a signed snapshot (a gate with [revocation] files), or deleted, forgot which
+    tickets' orders are unpaid for good. Both now have the orders read from the start."""
+    fake = FakePretix(tokens={API_TOKEN})
+    unpaid = secret("valid_standard_2")
+    fake.positions = [(0, position(1, "valid_standard_2"))]
+    fake.orders = {unpaid: {"status": "n"}}
+    keys_dir = tmp_path / "keys"
+    issuer.keys_init(keys_dir)
+    iss = Issuer.load(keys_dir)
+    snapshot = sign_document(KIND, make_snapshot(version=50, issued_at=int(T0),
+                                                 expires=int(T0) + 3600), iss.list_key)  # fmt: skip
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round(device_id=1)
+        assert ok and store.index.order_status(order_key(unpaid)) is ListState.UNPAID
+        await store.apply(snapshot, [iss.list_key.public_key()])
+        assert store.index.order_status(order_key(unpaid)) is ListState.NONE
+        await closed(store, journal)
+        ok, store, journal = await gate.round(device_id=1)
+        assert ok and store.index.order_status(order_key(unpaid)) is ListState.UNPAID
+        await closed(store, journal)
+        (tmp_path / "rev.db").unlink()
+        ok, store, journal = await gate.round(device_id=1)
+        assert ok and store.index.order_status(order_key(unpaid)) is ListState.UNPAID
+        await closed(store, journal)
+    first_of_each_round = [c for c in fake.calls_to("/orders/") if "page" not in c.query]
+    assert ["modified_since" in c.query for c in first_of_each_round] == [False, False, False]
+
+
+async def test_the_list_is_fresh_only_once_the_orders_are_read_too(tmp_path: Path) -> None:
+    """A review: the revoked and blocked secrets stamped the list fresh before the orders were
+    read, so a gate whose orders kept failing never said its order states were stale."""
+    fake = FakePretix(tokens={API_TOKEN}, fault="5xx", fault_on="/orders/")
+    fake.positions = [(0, position(1, "valid_standard_2"))]
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round(device_id=1)
+        stamped = store.meta.issued_at
+        await closed(store, journal)
+        assert not ok and stamped is None
+        fake.fault = None
+        ok, store, journal = await gate.round(device_id=1)
+        stamped = store.meta.issued_at
+        await closed(store, journal)
+    assert ok and stamped == int(T0)
+
+
+async def test_a_round_cut_short_keeps_the_states_of_the_pages_it_read(tmp_path: Path) -> None:
+    """The states of each page are kept as it is read: the next round goes on after the pages
+    read (created_since), so a state kept only at a round's end would be lost for good."""
+    fake = FakePretix(tokens={API_TOKEN}, page_size=2, fault_on="/orders/")
+    fake.positions = [(0, position(i, name)) for i, name in enumerate(
+        ("valid_standard_1", "valid_standard_2", "valid_standard_3", "valid_vip_1"), start=1)]  # fmt: skip
+    fake.orders = {secret("valid_standard_1"): {"status": "n"}}
+
+    def fail_after_first(page: int) -> None:
+        fake.fault = "5xx" if page == 1 else fake.fault
+
+    fake.after_orders_page = fail_after_first
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round(device_id=1)
+        await closed(store, journal)
+        assert not ok
+        fake.fault, fake.after_orders_page = None, None
+        ok, store, journal = await gate.round(device_id=1)
+        state = store.index.order_status(order_key(secret("valid_standard_1")))
+        await closed(store, journal)
+    resumed = [c for c in fake.calls_to("/orders/") if "created_since" in c.query]
+    assert ok and resumed and state is ListState.UNPAID
+
+
+async def test_hostile_secrets_in_answers_are_skipped_or_refused_never_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review: a secret with a lone surrogate (valid JSON: "\\ud800") could not be encoded
+    and ended every round before its uploads. In orders it is skipped (counted); on a revoked
+    secrets page the page is a malformed answer, named in the status; uploads go on."""
+    fake = FakePretix(tokens={API_TOKEN})
+    fake.positions = [(0, {"id": 1, "secret": "\ud800" + secret("valid_standard_1"),
+                           "checkins": []})]  # fmt: skip
+    caplog.set_level(logging.INFO, "sync")
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round(device_id=1)
+        admitted = Decision(Verdict.ADMIT, Reason.OK)
+        await journal.record(ticket_ref="pretix:" + secret("valid_standard_1"), kind="entry",
+                             decision=admitted, lane="in", rev_version=0)  # fmt: skip
+        await closed(store, journal)
+        assert ok and "0 annulled there, 1 skipped" in caplog.text
+        spaced = {"id": 9, "secret": "a b", "created": "2026-11-23T02:51:15Z"}  # after the cursor
+        fake.revoked = {"count": 1, "next": None, "previous": None, "results": [spaced]}
+        ok, store, journal = await gate.round(device_id=1)
+        await closed(store, journal)
+    assert not ok
+    assert "'secret' must be printable ASCII without spaces" in caplog.text
+    assert len(fake.redeem_calls()) == 1  # the entry went up meanwhile

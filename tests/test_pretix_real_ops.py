@@ -224,10 +224,11 @@ async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
     write_config: WriteConfig, pretix_real: PretixReal
 ) -> None:
     """A pretixSCAN device reads the orders' states: a paid order marked pending again (a
-    chargeback) is refused as unpaid until paid again; expired, as cancelled. A cancelled
-    order's printed secret is replaced and listed as revoked by pretix: refused as revoked."""
+    chargeback) is refused as unpaid until paid again, or admitted once the organiser marks it
+    valid while pending; expired, refused as cancelled. A cancelled order's printed secret is
+    replaced and listed as revoked by pretix: refused as revoked."""
     device = await pretix_real.new_device("turnstile (orders)", "pretixscan")
-    repaid, expired, cancelled = (pretix_real.ticket() for _ in range(3))
+    repaid, expired, cancelled, trusted = (pretix_real.ticket() for _ in range(4))
     async with real_gate(write_config, pretix_real, device) as gate:
         up = gate.upstream
         assert up is not None
@@ -241,6 +242,7 @@ async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
             (repaid, "mark_pending", "n"),
             (expired, "mark_pending", "n"),
             (cancelled, "mark_canceled", "c"),
+            (trusted, "mark_pending", "n"),
         ):
             assert (await pretix_real.order_action(secret, action))["status"] == status
         assert await reasons(repaid, expired, cancelled) == [
@@ -248,7 +250,11 @@ async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
         ]  # fmt: skip
         assert (await pretix_real.order_action(repaid, "mark_paid"))["status"] == "p"
         assert (await pretix_real.order_action(expired, "mark_expired"))["status"] == "e"
-        assert await reasons(repaid, expired) == [Reason.OK, Reason.CANCELED]
+        code = (await pretix_real.order_action(trusted, ""))["code"]
+        status, _ = await pretix_real.api("PATCH", f"{pretix_real.event_path}/orders/{code}/",
+                                          body={"valid_if_pending": True})  # fmt: skip
+        assert status == 200
+        assert await reasons(repaid, expired, trusted) == [Reason.OK, Reason.CANCELED, Reason.OK]
         assert await up.sync_once()
     # The refusal reached pretix as a failed check-in with pretix's own reason, then the entry.
     rows = [(ci["successful"], ci["error_reason"]) for ci in await pretix_real.checkins(repaid)]

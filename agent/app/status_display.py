@@ -72,6 +72,7 @@ STEWARD_ACTIONS: dict[Reason, Action | None] = {
     Reason.BLOCKED: Action.BOX_OFFICE,
     Reason.CANCELED: Action.BOX_OFFICE,
     Reason.UNPAID: Action.BOX_OFFICE,
+    Reason.UNAPPROVED: Action.BOX_OFFICE,
     Reason.EXPIRED: Action.BOX_OFFICE,
     Reason.NOT_YET_VALID: Action.BOX_OFFICE,
     Reason.UNKNOWN_KEY: Action.BOX_OFFICE,

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 from agent.revocation.document import KIND, OPS, ListMeta
 from agent.revocation.index import (
+    BLOCKED,
     KEY_LEN,
+    ORDER_STATE_BITS,
     ORDER_STATE_PREFIX,
+    REVOKED,
     DeltaPlan,
     KeyArray,
     ListState,
@@ -42,10 +45,13 @@ from agent.revocation.index import (
 from agent.revocation.store import RevocationStore
 
 __all__ = [
+    "BLOCKED",
     "KEY_LEN",
     "KIND",
     "OPS",
+    "ORDER_STATE_BITS",
     "ORDER_STATE_PREFIX",
+    "REVOKED",
     "DeltaPlan",
     "KeyArray",
     "ListMeta",

@@ -25,26 +25,30 @@ BitArray = npt.NDArray[np.uint8]
 
 
 class ListState(enum.IntEnum):
-    """What the list says about a key; a key on both lists reads as REVOKED. CANCELED and UNPAID
-    are a pretix ticket's order state (:meth:`RevocationIndex.order_status`)."""
+    """What the list says about a key; a key on both lists reads as REVOKED. CANCELED, UNPAID and
+    UNAPPROVED are a pretix ticket's order state (:meth:`RevocationIndex.order_status`)."""
 
     NONE = 0
     REVOKED = 1
     BLOCKED = 2
     CANCELED = 3
     UNPAID = 4
+    UNAPPROVED = 5
 
 
 _STATE_OF_BITS = (ListState.NONE, ListState.REVOKED, ListState.BLOCKED, ListState.REVOKED)
 # A pretix secret's order state is kept under a second key (:func:`order_key`), on the same two
-# lists: the revoked bit there means its order (or the position) is cancelled or expired, the
-# blocked bit that its order is not paid. Set and cleared as pretix's orders change.
+# lists: the revoked bit alone there means its order (or the position) is cancelled or expired,
+# the blocked bit alone that its order is not paid, both that it waits for approval. Set and
+# cleared as pretix's orders change.
 ORDER_STATE_PREFIX = "\0order\0"
-_ORDER_STATE = {
-    ListState.NONE: ListState.NONE,
-    ListState.REVOKED: ListState.CANCELED,
-    ListState.BLOCKED: ListState.UNPAID,
+ORDER_STATE_BITS = {
+    ListState.NONE: 0,
+    ListState.CANCELED: REVOKED,
+    ListState.UNPAID: BLOCKED,
+    ListState.UNAPPROVED: REVOKED | BLOCKED,
 }
+_ORDER_STATE_OF_BITS = {bits: state for state, bits in ORDER_STATE_BITS.items()}
 
 
 def _empty() -> KeyArray:
@@ -171,9 +175,14 @@ class RevocationIndex:
         return _STATE_OF_BITS[bits]
 
     def order_status(self, key: bytes) -> ListState:
-        """The order state kept under a pretix secret's :func:`order_key`: CANCELED, UNPAID or
-        NONE (paid, or not known to be otherwise)."""
-        return _ORDER_STATE[self.status(key)]
+        """The order state kept under a pretix secret's :func:`order_key`: CANCELED, UNPAID,
+        UNAPPROVED or NONE (paid, or not known to be otherwise)."""
+        if len(key) != KEY_LEN:
+            raise ValueError(f"revocation key must be {KEY_LEN} bytes, got {len(key)}")
+        bits = self._overlay.get(key)
+        if bits is None:
+            bits = REVOKED * _contains(self._revoked, key) | BLOCKED * _contains(self._blocked, key)
+        return _ORDER_STATE_OF_BITS[bits]
 
     def __len__(self) -> int:
         """Revoked plus blocked entries (a key on both lists counts twice, as in SQLite)."""
