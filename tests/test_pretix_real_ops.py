@@ -251,9 +251,9 @@ async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
         assert (await pretix_real.order_action(repaid, "mark_paid"))["status"] == "p"
         assert (await pretix_real.order_action(expired, "mark_expired"))["status"] == "e"
         code = (await pretix_real.order_action(trusted, ""))["code"]
-        status, _ = await pretix_real.api("PATCH", f"{pretix_real.event_path}/orders/{code}/",
-                                          body={"valid_if_pending": True})  # fmt: skip
-        assert status == 200
+        patched, _ = await pretix_real.api("PATCH", f"{pretix_real.event_path}/orders/{code}/",
+                                           body={"valid_if_pending": True})  # fmt: skip
+        assert patched == 200
         assert await reasons(repaid, expired, trusted) == [Reason.OK, Reason.CANCELED, Reason.OK]
         assert await up.sync_once()
     # The refusal reached pretix as a failed check-in with pretix's own reason, then the entry.
