@@ -186,7 +186,8 @@ class Lane:
         log.info(
             "lane %s: scan %s refused, gate still open", self.settings.name, text_digest(scan.text)
         )
-        await self._show(Decision(Verdict.DENY, Reason.OK, "gate busy"), "Wait - gate still open")
+        busy = Decision(Verdict.DENY, Reason.OK, "gate busy")
+        await self._show(busy, "Wait - gate still open", scan)
 
     def _passed_over(self, scan: Scan) -> None:
         """Tell a scanner that waits for an answer to every read that ``scan`` gets none of its
@@ -246,7 +247,7 @@ class Lane:
             self._passed_over(scan)
             return None
         if self.gate.emergency:  # free passage: nothing to decide, no ticket consumed
-            await self._show(FREE_PASSAGE, "Emergency - free passage")
+            await self._show(FREE_PASSAGE, "Emergency - free passage", scan)
             return None
         shared = self._shared
         if shared is None:
@@ -267,7 +268,7 @@ class Lane:
         self._log(ref, decision, latency)
         outcome = Outcome(scan, ticket, decision, record, latency, self.settings.name)
         self._decided(outcome)
-        await self._show(decision)
+        await self._show(decision, read=scan)
         if decision.admitted:
             outcome = await self._carry_out(outcome, record, ref)
         await self._notify(outcome)
@@ -419,10 +420,13 @@ class Lane:
         log.info("lane %s: %s, %s %d annulled", name, why, direction, record.gate_seq)
         return replace(outcome, passed=False, annul=annul)
 
-    async def _show(self, decision: Decision, message: str | None = None) -> None:
+    async def _show(
+        self, decision: Decision, message: str | None = None, read: Scan | None = None
+    ) -> None:
+        """Show ``decision``; ``read``: the scan it answers (None: tied to no read)."""
         if self.indicator is not None:
             try:
-                await self.indicator.show(decision, message or rules.staff_message(decision))
+                await self.indicator.show(decision, message or rules.staff_message(decision), read)
             except Exception:
                 log.exception("lane %s: indicator failed", self.settings.name)
 

@@ -95,6 +95,10 @@ class GateIO(Driver, Protocol):
 
 @runtime_checkable
 class Indicator(Driver, Protocol):
-    async def show(self, decision: Decision, message: str) -> None:
-        """Show a decision to staff and the visitor (LEDs, buzzer, display, scanner beep)."""
+    async def show(self, decision: Decision, message: str, read: Scan | None = None) -> None:
+        """Show a decision to staff and the visitor (LEDs, buzzer, display, scanner beep).
+
+        ``read`` is the scan the decision answers; None for a show tied to no read (emergency
+        release, a relay or gate fault). A scanner that waits for an answer to every read
+        (:class:`AnswersReads`) answers that read with it."""
         ...

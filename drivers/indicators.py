@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agent.errors import DriverError
 from agent.model import Decision
+from agent.ports import Scan
 from drivers.gpio_lines import (
     ChipFactory,
     Lines,
@@ -107,8 +108,9 @@ class GpioIndicator:
         if lines is not None:
             lines.release()
 
-    async def show(self, decision: Decision, message: str) -> None:
-        """Green for an admission, red (and beeps) for a denial, for show_ms.
+    async def show(self, decision: Decision, message: str, read: Scan | None = None) -> None:
+        """Green for an admission, red (and beeps) for a denial, for show_ms (``read``, the scan
+        it answers, is not needed here).
 
         Raises DriverError when closed or a lamp cannot be set (everything is then switched off).
         """

@@ -134,13 +134,19 @@ class _HostAck:
     def dropped(self) -> None:
         self.send(self.feedback.bad())
 
-    def shown(self, payload: bytes) -> None:
-        if not self.pending:
-            return
-        entry = self.pending.popleft()
-        if entry.handle is not None:
-            entry.handle.cancel()
-        self.last = (entry.digest, payload)
+    def shown(self, payload: bytes, read: tuple[str, int] | None) -> bool:
+        """The lane shows ``payload`` for ``read`` (its digest and time; None: a show tied to no
+        read): whether to send it. It answers that read when the scanner still waits on it;
+        else it is sent only while the scanner waits on no read at all (a beep then)."""
+        entry = next((e for e in self.pending if (e.digest, e.mono_ns) == read), None)
+        if entry is not None:
+            self.pending.remove(entry)
+            if entry.handle is not None:
+                entry.handle.cancel()
+            self.last = (entry.digest, payload)
+            if not entry.answered:
+                return True
+        return all(e.answered for e in self.pending)
 
     def passed_over(self, digest: str, mono_ns: int) -> None:
         """The lane passed the read over (part of a presentation it already answered): it gets
@@ -267,9 +273,13 @@ class SerialScanner:
         if self._ack is not None:
             self._ack.passed_over(text_digest(scan.text), scan.mono_ns)
 
-    async def show(self, decision: Decision, message: str) -> None:
+    async def show(self, decision: Decision, message: str, read: Scan | None = None) -> None:
         """Send the vendor's good/bad feedback; nothing with ``feedback=none``.
 
+        With host ACK the feedback answers ``read`` (the scan the decision is for); a show that
+        answers no read the scanner waits on (one tied to no read, or to one the driver's timer
+        answered) is sent only while the scanner waits on none: it would take the bytes for
+        the answer to the read it waits on, and every later answer would come one read late.
         Never waits for the device. Raises DriverError when the scanner is disconnected or not
         taking the bytes.
         """
@@ -277,7 +287,11 @@ class SerialScanner:
             return
         payload = self.feedback.good() if decision.admitted else self.feedback.bad()
         if self._ack is not None:
-            self._ack.shown(payload)
+            key = None if read is None else (text_digest(read.text), read.mono_ns)
+            if not self._ack.shown(payload, key):
+                log.debug("serial scanner %s: feedback for no waiting read not sent (host ACK)",
+                          self.settings.path)  # fmt: skip
+                return
         if self._writer is None:
             raise DriverError(f"serial scanner {self.settings.path}: not connected, feedback lost")
         self._write(payload, strict=True)

@@ -341,5 +341,5 @@ class SimIndicator:
     async def close(self) -> None:
         return None
 
-    async def show(self, decision: Decision, message: str) -> None:
+    async def show(self, decision: Decision, message: str, read: Scan | None = None) -> None:
         self.shown.append((decision, message))

@@ -155,9 +155,12 @@ class PretixUpstream:
     def status(self) -> dict[str, Any]:
         """A snapshot: online, last_error, outbox (unsynced rows, capped at 10,000),
         last_sync (Unix time of the last complete round), token_revoked, rejected (rows pretix
-        refused for good), alerts, retry_in (seconds to the next attempt after a failure),
-        initialized and device_id."""
-        counts = {"rejected": self._up.rejected, "alerts": self._up.alert_count}
+        refused for good), alerts, held (rows passed by: answered not by pretix round after
+        round), retry_in (seconds to the next attempt after a failure), initialized and
+        device_id."""
+        counts = {
+            "rejected": self._up.rejected, "alerts": self._up.alert_count, "held": self._up.held,
+        }  # fmt: skip
         return {
             **self._status,
             **counts,

@@ -57,12 +57,13 @@ _ORDERS_RESUME_FROM = "orders_resume_created_since"
 _ORDERS_RESUME_STARTED = "orders_resume_started"
 _RESUME_KEYS = (_ORDERS_RESUME_STARTED, _ORDERS_RESUME_FROM)
 # What the cursors were read from: the orders' (and their resume point) from an event's orders
-# for one check-in list and own device id, the secrets' from an event. A gate moved to another
-# list or event, or given its device id, reads that one from the start (a cursor of another
-# list skips the check-ins on this one in orders modified before it; one read without the
-# device id learnt no check-in). The orders' scope is also kept in the revocation store, with
-# the order states it holds: a store without it (new, replaced by a signed snapshot, or from
-# before order states were kept) has the orders read from the start too.
+# for one check-in list and whether check-ins were learnt (the device id known), the secrets'
+# from an event. A gate moved to another list or event, or given its device id, reads that one
+# from the start (a cursor of another list skips the check-ins on this one in orders modified
+# before it; one read without the device id learnt no check-in). The orders' scope is also
+# kept in the revocation store, with the order states it holds: a store without it (new,
+# replaced by a signed snapshot, or from before order states were kept) has the orders read
+# from the start too.
 _ORDERS_SCOPE = "orders_scope"
 _SECRETS_SCOPE = "pretix_secrets_scope"
 # Secrets a round holds before applying them (with their cursor): a round's memory is bounded by
@@ -282,7 +283,11 @@ class PretixDownload:
         """Drop the orders' cursors when they were read under another scope than this round's
         (:data:`_ORDERS_SCOPE`), or the revocation store does not hold the states read under it.
         The store is told the scope before any state is read under it."""
-        scope = f"{self._secrets_scope} list {self._list} device {own_device}"
+        # Whether check-ins were learnt, not the device id itself: a gate initialised again as
+        # a new device reads on from its cursor (read from the start, every check-in it made
+        # as the old device would come back as another device's).
+        learning = "check-ins" if own_device is not None else "no check-ins"
+        scope = f"{self._secrets_scope} list {self._list} {learning}"
         stored = self._cursors.get(_ORDERS_SCOPE)
         if self._revocations.upstream_cursor.get(_ORDERS_SCOPE) == scope and stored in (
             scope, None):  # fmt: skip

@@ -54,6 +54,17 @@ class _Done(Exception):
     """Internal: a row is finished upstream (accepted, or refused for good); carries why."""
 
 
+class _NotPretix(UpstreamUnavailable):
+    """Internal: a redeem answered by something that is not pretix (a proxy, a firewall)."""
+
+
+# A row whose redeem gets an answer that is not pretix's this many rounds in a row is passed by
+# (kept, asked again every round) once the row after it gets pretix's own answer: a firewall
+# refusing one URL (its secret) must not hold back every later check-in, which pretix's other
+# scanners need to refuse those tickets.
+HOLD_AFTER = 3
+
+
 class PretixUpload:
     """Drains one gate's journal outbox into one check-in list.
 
@@ -82,17 +93,48 @@ class PretixUpload:
         self.alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)
         self.alert_count = 0
         self.rejected = 0
+        self._foreign: dict[int, int] = {}  # gate_seq -> rounds in a row answered not by pretix
+
+    @property
+    def held(self) -> int:
+        """Rows passed by: their answers are not pretix's round after round (see HOLD_AFTER)."""
+        return sum(n >= HOLD_AFTER for n in self._foreign.values())
 
     async def drain(self, policy: GatePolicy, own_device: int | None) -> None:
         """Upload every unsynced row, oldest first, marking each synced when done upstream.
 
-        Raises UpstreamUnavailable or UpstreamAuthError (the row and those after it stay queued)
-        and journal faults.
+        A row answered by something that is not pretix HOLD_AFTER rounds in a row is passed by
+        when the next row gets pretix's own answer (one row's URL refused by a firewall: the
+        rest go on); it stays queued and is asked again every round, and so do annulments of
+        it. Raises UpstreamUnavailable or UpstreamAuthError (the row and those after it stay
+        queued) and journal faults.
         """
-        while rows := await self._journal.unsynced(self._batch):
+        after, passed_by, probing = 0, set[str](), False
+        while rows := await self._journal.unsynced(self._batch, after):
             for rec in rows:
-                await self._upload_row(rec, policy, own_device)
-                await self._journal.mark_synced(rec.gate_seq, self._clock.now())
+                after = rec.gate_seq
+                if rec.kind == "annul" and rec.annuls in passed_by:
+                    continue  # pretix knows no check-in to annul yet
+                try:
+                    await self._upload_row(rec, policy, own_device)
+                except _NotPretix as exc:
+                    tries = self._foreign[rec.gate_seq] = self._foreign.get(rec.gate_seq, 0) + 1
+                    if tries < HOLD_AFTER or probing:  # not yet, or the next row fails too
+                        raise
+                    if tries == HOLD_AFTER:
+                        log.warning(
+                            "pretix: %s %s (gate_seq %d) answered %d rounds in a row not by"
+                            " pretix (%s); passed by while the rows after it go on, asked again"
+                            " every round", rec.kind, rec.entry_id, rec.gate_seq, tries, exc,
+                        )  # fmt: skip
+                    passed_by.add(rec.entry_id)
+                    probing = True  # the next row tells a refused URL from a broken link
+                    continue
+                probing = False
+                if self._foreign.pop(rec.gate_seq, 0) >= HOLD_AFTER:
+                    log.info("pretix: %s %s (gate_seq %d) passed by before went through",
+                             rec.kind, rec.entry_id, rec.gate_seq)  # fmt: skip
+                await self._journal.mark_synced(rec.gate_seq, self._clock.now(), only=True)
             if len(rows) < self._batch:
                 return
 
@@ -123,8 +165,8 @@ class PretixUpload:
         outcome = wire.redeem_outcome(reply)
         if outcome is None:  # not pretix's answer: kept, and asked again (with backoff)
             if reply.status == 404:
-                raise UpstreamUnavailable(f"redeem: HTTP 404 without a reason (list {self._list}?)")
-            raise UpstreamUnavailable(
+                raise _NotPretix(f"redeem: HTTP 404 without a reason (list {self._list}?)")
+            raise _NotPretix(
                 f"redeem: HTTP {reply.status}, not pretix's answer {wire.reply_keys(reply)}"
             )
         if outcome == "ok":

@@ -116,7 +116,7 @@ async def test_honeywell_host_ack_answers_every_read(pty: PtyPair) -> None:
         assert await arrives(pty, bad) == bad
         pty.write(b"SAME\r")
         await got.wait(1)
-        await scanner.show(ADMIT, "OK")  # the lane decided in time
+        await scanner.show(ADMIT, "OK", got.scans[0])  # the lane decided in time
         assert await arrives(pty, good) == good
         assert await quiet(pty, 0.8) == b""  # ... and the timer stayed quiet past its 0.5 s
         pty.write(b"SAME\r")  # read again while walking through: the lane ignores repeats
@@ -125,7 +125,7 @@ async def test_honeywell_host_ack_answers_every_read(pty: PtyPair) -> None:
         pty.write(b"OTHER\r")  # the lane is busy and does not answer in time
         await got.wait(3)
         assert await arrives(pty, bad) == bad  # the driver's timer: a bad answer
-        await scanner.show(DENY, "no")  # its real answer still follows
+        await scanner.show(DENY, "no", got.scans[2])  # its real answer follows (nothing waits)
         assert await arrives(pty, bad) == bad
         assert await quiet(pty) == b""
         await got.stop()
@@ -147,21 +147,21 @@ async def test_honeywell_host_ack_answers_a_refused_code_once_through_the_lane(
         pty.write(b"L" * 20 + b"\r")
         assert await got.wait(1) == ["refused: a code of 40 characters, over the reader's 16"]
         assert await quiet(pty) == b""  # no answer yet: the lane's
-        await scanner.show(DENY, "Not a ticket")
+        await scanner.show(DENY, "Not a ticket", got.scans[0])
         assert await arrives(pty, bad) == bad
         # A no-read in the same read as a refused code still gets its own answer at once.
         pty.write(b"L" * 20 + b"\rNR\r")
         assert (await got.wait(2))[1] == "refused: a code of 20 characters, over the reader's 16"
         assert await arrives(pty, bad) == bad  # the no-read's
         assert await quiet(pty) == b""  # and only that one: the refused code waits for the lane
-        await scanner.show(DENY, "Not a ticket")
+        await scanner.show(DENY, "Not a ticket", got.scans[1])
         assert await arrives(pty, bad) == bad  # the lane's
         pty.write(b"L" * 40)  # an over-long code whose end never comes: the idle drop answers
         assert await arrives(pty, bad) == bad
         assert len(got.scans) == 2  # and the lane gets nothing from it
         pty.write(b"NEXT\r")
         await got.wait(3)
-        await scanner.show(ADMIT, "OK")
+        await scanner.show(ADMIT, "OK", got.scans[2])
         assert await arrives(pty, good) == good  # nothing extra before it
         assert await quiet(pty) == b""
         await got.stop()
@@ -228,3 +228,46 @@ async def test_a_passed_over_read_is_told_apart_from_another_frame_of_the_same_r
     ack.passed_over("junk", 5)
     assert [e.digest for e in ack.pending] == ["ticket"] and sent == [bad]  # no answer yet: bad
     ack.clear()
+
+
+async def test_a_show_tied_to_no_read_never_takes_a_waiting_reads_answer(pty: PtyPair) -> None:
+    """A review: a show tied to no read (emergency release, a relay fault) took the oldest
+    waiting read's place: the scanner took it for that read's answer, the read's own verdict
+    answered the next read, and every later answer came one read late. Now it is sent only
+    while no read waits (a beep then), and each verdict answers its own read."""
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    async with opened(pty.url("feedback=honeywell")) as scanner:
+        assert scanner._ack is not None
+        scanner._ack.timeout_s = 30.0  # only the lane answers within the test
+        got = Collector(scanner)
+        await scanner.show(ADMIT, "Emergency - free passage")  # nothing waits: a beep
+        assert await arrives(pty, good) == good
+        pty.write(b"FIRST\r")
+        await got.wait(1)
+        await scanner.show(DENY, "Gate fault")  # tied to no read while FIRST waits: not sent
+        assert await quiet(pty) == b""
+        await scanner.show(ADMIT, "Welcome", got.scans[0])  # FIRST's own verdict
+        assert await arrives(pty, good) == good
+        pty.write(b"SECOND\r")
+        await got.wait(2)
+        await scanner.show(DENY, "Already used", got.scans[1])
+        assert await arrives(pty, bad) == bad  # in step: SECOND's, not FIRST's
+        assert await quiet(pty) == b""
+        await got.stop()
+
+
+async def test_a_verdict_the_timer_answered_is_not_sent_while_the_next_read_waits() -> None:
+    """A review: the timer answered a read the lane was slow on; its verdict, shown after the
+    next read came, was taken by the scanner for the next read's answer. It is not sent then;
+    the next read gets its own verdict."""
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    sent: list[bytes] = []
+    ack = _HostAck(HoneywellHostAck(), sent.append, timeout_s=0.01)
+    ack.read("slow", 1)
+    await until(lambda: sent == [bad], 2.0, "the timer's answer")
+    ack.timeout_s = 30.0
+    ack.read("next", 2)
+    assert ack.shown(good, ("slow", 1)) is False  # "next" waits: the late verdict is not sent
+    assert ack.shown(good, ("next", 2)) is True  # "next" gets its own
+    assert ack.shown(bad, ("slow", 1)) is True  # nothing waits: a late verdict is a beep
+    assert list(ack.pending) == []

@@ -233,4 +233,9 @@ def summary(snap: dict[str, Any]) -> str:
             )
         if up.get("rejected"):
             lines.append(f"  {plural(int(up['rejected']), 'row')} refused by pretix for good")
+        if up.get("held"):
+            lines.append(
+                f"  {plural(int(up['held']), 'row')} held back: answered not by pretix round"
+                " after round, the rows after it uploaded (log: passed by)"
+            )
     return "\n".join(lines) + "\n"

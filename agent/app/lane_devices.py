@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from agent.app import config as cfg
 from agent.mechanism import Mechanism
 from agent.model import Decision
-from agent.ports import GateIO, Indicator, Scanner
+from agent.ports import GateIO, Indicator, Scan, Scanner
 from drivers import registry
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ class Indicators:
     async def close(self) -> None:
         return None
 
-    async def show(self, decision: Decision, message: str) -> None:
+    async def show(self, decision: Decision, message: str, read: Scan | None = None) -> None:
         for part in self.parts:
             try:
-                await part.show(decision, message)
+                await part.show(decision, message, read)
             except Exception:  # one broken lamp must not hide the others
                 log.exception("indicator %s failed", type(part).__name__)
 

@@ -124,10 +124,13 @@ def pruned_through(db: sqlite3.Connection) -> int:
     return int(db.execute(PRUNED_THROUGH).fetchone()[0])
 
 
-def unsynced(db: sqlite3.Connection, limit: int) -> list[EntryRecord]:
-    """Up to ``limit`` entries not yet acknowledged upstream, oldest first."""
-    sql = f"SELECT {COLUMNS} FROM entries WHERE synced_at IS NULL ORDER BY gate_seq LIMIT ?"
-    return [entry_record(row) for row in db.execute(sql, (limit,))]
+def unsynced(db: sqlite3.Connection, limit: int, after_seq: int = 0) -> list[EntryRecord]:
+    """Up to ``limit`` entries not yet acknowledged upstream after ``after_seq``, oldest first."""
+    sql = (
+        f"SELECT {COLUMNS} FROM entries WHERE synced_at IS NULL AND gate_seq > ?"
+        " ORDER BY gate_seq LIMIT ?"
+    )
+    return [entry_record(row) for row in db.execute(sql, (after_seq, limit))]
 
 
 def outbox(db: sqlite3.Connection) -> tuple[int, float | None]:

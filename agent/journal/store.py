@@ -323,12 +323,13 @@ class Journal:
                         " stored, not followed", len(ahead))  # fmt: skip
         return inserted
 
-    async def unsynced(self, limit: int = 500) -> list[EntryRecord]:
-        """Up to ``limit`` entries not yet acknowledged upstream, oldest first.
+    async def unsynced(self, limit: int = 500, after_seq: int = 0) -> list[EntryRecord]:
+        """Up to ``limit`` entries not yet acknowledged upstream after ``after_seq``, oldest
+        first.
 
         Raises JournalError.
         """
-        return await self._read(lambda db: queries.unsynced(db, limit))
+        return await self._read(lambda db: queries.unsynced(db, limit, after_seq))
 
     async def outbox(self) -> tuple[int, float | None]:
         """How many entries await acknowledgement upstream, and the oldest one's wall time.
@@ -337,12 +338,14 @@ class Journal:
         """
         return await self._read(queries.outbox)
 
-    async def mark_synced(self, through_seq: int, at: float) -> None:
-        """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``.
+    async def mark_synced(self, through_seq: int, at: float, *, only: bool = False) -> None:
+        """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``;
+        with ``only``, that one entry (an upstream that may take rows out of order).
 
         Raises JournalError.
         """
-        sql = "UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq <= ?"
+        which = "=" if only else "<="
+        sql = f"UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq {which} ?"
         writer = self._require_open()
         await self._run(
             writer, "cannot mark entries synced", lambda db: db.execute(sql, (at, through_seq))

@@ -1,0 +1,156 @@
+"""A check-in whose redeem is answered by something that is not pretix round after round (a
+firewall in front of pretix refusing one ticket's URL) no longer holds back every later one.
+
+Found in a review: since an answer that is not pretix's keeps the row queued (it once dropped it
+for good), one such row stopped the gate's whole upload at it, so pretix's other scanners never
+learnt this gate's later entries and would admit those tickets again. After HOLD_AFTER rounds the
+row is passed by when the next row gets pretix's own answer; it stays queued and is asked again
+every round, an annulment of it waits with it, and `gate-agent status` says so. A link that
+answers nothing as pretix would (every row) still stops the upload at its first row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from agent.app.gate_commands import summary
+from agent.clock import Clock
+from agent.journal import EntryRecord, Journal
+from agent.model import Decision, Reason, Verdict
+from agent.revocation import RevocationStore
+from sync.pretix import PretixUpstream
+from sync.pretix_upload import HOLD_AFTER
+from tests.pretix_server import API_TOKEN, FakePretix, PretixServer, load
+from tests.test_pretix_sync import T0, Wall, make_upstream, ok_answer
+
+CASES = {c["name"]: c for c in load("tickets.json")}
+# A firewall's refusal of one URL (pretix's own refusals carry "status": "error" and a reason).
+BLOCKED_URL = (406, {"message": "Request blocked by the web application firewall"})
+NAMES = ("valid_standard_1", "valid_standard_2", "valid_standard_3")
+
+
+@dataclass
+class Rig:
+    fake: FakePretix
+    up: PretixUpstream
+    journal: Journal
+
+    async def entry(self, name: str) -> EntryRecord:
+        return await self.journal.record(
+            ticket_ref="pretix:" + CASES[name]["secret"], kind="entry",
+            decision=Decision(Verdict.ADMIT, Reason.OK), lane="in", rev_version=0,
+        )  # fmt: skip
+
+    def redeemed(self) -> list[str]:
+        """The secrets of every redeem the server was asked, in order."""
+        names = {CASES[n]["secret"]: n for n in NAMES}
+        return [names[unquote(c.raw_path.split("/")[-3])] for c in self.fake.redeem_calls()]
+
+    async def outbox(self) -> list[int]:
+        return [r.gate_seq for r in await self.journal.unsynced(100)]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    fake = FakePretix(tokens={API_TOKEN})
+    for name in NAMES:
+        fake.redeem_answers[CASES[name]["secret"]] = [ok_answer()]
+    wall = Wall(T0)
+    journal = await Journal.open(tmp_path / "j.db", gate_id="g", gate_name="G",
+                                 clock=Clock(wall=wall))  # fmt: skip
+    store = await RevocationStore.open(tmp_path / "rev.db")
+    async with PretixServer(fake) as server:
+        up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
+                           device_token=API_TOKEN, device_id=1)  # fmt: skip
+        yield Rig(fake, up, journal)
+        await up.close()
+    await store.close()
+    await journal.close()
+
+
+def blocked(rig: Rig, name: str, answer: tuple[int, Any] = BLOCKED_URL) -> None:
+    rig.fake.redeem_answers[CASES[name]["secret"]] = [answer]
+
+
+async def test_one_row_a_firewall_refuses_is_passed_by_and_the_rest_go_up(rig: Rig) -> None:
+    stuck = await rig.entry("valid_standard_1")
+    await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1")
+    for _ in range(HOLD_AFTER - 1):  # as before: the upload stops at it, the rest wait
+        assert not await rig.up.sync_once()
+    assert rig.redeemed() == ["valid_standard_1"] * (HOLD_AFTER - 1)
+    assert rig.up.status["held"] == 0
+    assert await rig.up.sync_once()  # pretix took the rest: the gate is online ...
+    assert rig.redeemed()[HOLD_AFTER - 1 :] == ["valid_standard_1", "valid_standard_2"]
+    assert await rig.outbox() == [stuck.gate_seq]  # ... and only the stuck row waits,
+    assert rig.up.status["held"] == 1  # which its status says
+    text = _status_text({"kind": "pretix", **rig.up.status})
+    assert "  1 row held back: answered not by pretix round after round" in text
+    # Later rows go up at once; the stuck row is asked again every round, and goes up once the
+    # firewall lets it through.
+    await rig.entry("valid_standard_3")
+    assert await rig.up.sync_once()
+    assert rig.redeemed()[-2:] == ["valid_standard_1", "valid_standard_3"]
+    rig.fake.redeem_answers[CASES["valid_standard_1"]["secret"]] = [ok_answer()]
+    assert await rig.up.sync_once()
+    assert await rig.outbox() == [] and rig.up.status["held"] == 0
+
+
+async def test_a_link_that_is_not_pretix_for_every_row_still_stops_at_the_first(
+    rig: Rig,
+) -> None:
+    """Every row answered not by pretix (a captive portal's 200 to every request): passing rows
+    by would only send every row in turn; the round stops at the first after one try of the
+    next."""
+    for name in NAMES:
+        await rig.entry(name)
+        blocked(rig, name, (200, {"portal": "log in to use this network"}))
+    for _ in range(HOLD_AFTER + 2):
+        assert not await rig.up.sync_once()
+    # One try a round, then from round HOLD_AFTER on the first and the next row (which fails as
+    # well): the third is never sent.
+    assert rig.redeemed().count("valid_standard_3") == 0
+    assert len(rig.redeemed()) == HOLD_AFTER - 1 + 2 * 3
+    assert len(await rig.outbox()) == 3
+
+
+async def test_an_annulment_of_a_row_passed_by_waits_with_it(rig: Rig) -> None:
+    """pretix refuses to annul a check-in it does not have (404, for good): the annulment of a
+    row passed by waits for it instead of being lost."""
+    stuck = await rig.entry("valid_standard_1")
+    await rig.journal.record(
+        ticket_ref="pretix:" + CASES["valid_standard_1"]["secret"], kind="annul",
+        decision=Decision(Verdict.DENY, Reason.OK, "turnstile not passed"), lane="in",
+        rev_version=0, annuls=stuck.entry_id,
+    )  # fmt: skip
+    await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1")
+    for i in range(HOLD_AFTER):
+        assert await rig.up.sync_once() is (i == HOLD_AFTER - 1)
+    assert rig.fake.calls_to("/annul/") == []
+    assert len(await rig.outbox()) == 2  # the entry and its annulment
+    rig.fake.redeem_answers[CASES["valid_standard_1"]["secret"]] = [ok_answer()]
+    assert await rig.up.sync_once()
+    assert len(rig.fake.calls_to("/annul/")) == 1 and await rig.outbox() == []
+
+
+def _status_text(upstream: dict[str, Any]) -> str:
+    """What `gate-agent status` prints for a /status answer with ``upstream`` (the rest as a
+    quiet gate's)."""
+    return summary({
+        "gate": {"id": "g", "name": "G"},
+        "health": {"status": "ok", "reasons": []},
+        "lanes": [],
+        "revocations": {"version": 1, "entries": 0, "age_s": 0, "stale": False},
+        "trust_version": 1,
+        "clock": {"synced": True},
+        "journal": {"rows": 2, "outbox_depth": 1, "oldest_unsynced": None},
+        "last_hour": {"admitted": 0, "denied": 0},
+        "upstream": upstream,
+    })  # fmt: skip
