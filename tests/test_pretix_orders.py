@@ -130,96 +130,6 @@ async def test_tickets_of_orders_not_paid_or_cancelled_are_refused_until_paid(
     assert STAFF_TEXT[Reason.CANCELED] == "Order cancelled - send to the box office"
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        {"status": "x"},  # no status pretix has
-        {"status": "p", "require_approval": "no"},  # a flag that is not a boolean
-        {"status": "p", "valid_if_pending": 1},
-        {"positions": "all"},
-    ],
-    ids=["status", "require_approval", "valid_if_pending", "positions"],
-)
-async def test_an_order_state_not_well_formed_leaves_the_ticket_as_it_was(
-    tmp_path: Path, answer: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    """pretix's answers are hostile input: an order whose state cannot be read is skipped
-    (counted), and its ticket keeps the state it had (unpaid here), never paid by default."""
-    fake = FakePretix()
-    unpaid = secret("valid_standard_1")
-    fake.positions = [(0, position(1, "valid_standard_1"))]
-    fake.orders = {unpaid: {"status": "n"}}
-    wall = Wall(T0)
-    journal = await Journal.open(
-        tmp_path / "j.db", gate_id="g", gate_name="G", clock=Clock(wall=wall)
-    )
-    store = await RevocationStore.open(tmp_path / "rev.db")
-    try:
-        async with PretixServer(fake) as server:
-            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [])
-            assert await up.initialize(INIT_TOKEN) == 1
-            assert await up.sync_once()
-            assert store.index.order_status(order_key(unpaid)) is ListState.UNPAID
-            version = store.meta.version
-            fake.orders[unpaid] = answer
-            fake.positions = [(LATER, position(1, "valid_standard_1"))]
-            caplog.set_level(logging.INFO, "sync")
-            assert await up.sync_once()
-            assert store.index.order_status(order_key(unpaid)) is ListState.UNPAID
-            assert store.meta.version == version
-            assert "0 annulled there, 1 skipped" in caplog.text
-            await up.close()
-    finally:
-        await store.close()
-        await journal.close()
-
-
-async def test_order_states_are_learnt_without_the_own_device_id(tmp_path: Path) -> None:
-    """A gate given its device token but not its device id learns no check-ins (its own could
-    not be told from others'), but still which tickets' orders do not admit."""
-    fake = FakePretix(tokens={API_TOKEN})
-    canceled = secret("valid_standard_3")
-    fake.positions = [(0, position(1, "valid_standard_3"))]
-    fake.orders = {canceled: {"status": "c"}}
-    wall = Wall(T0)
-    journal = await Journal.open(
-        tmp_path / "j.db", gate_id="g", gate_name="G", clock=Clock(wall=wall)
-    )
-    store = await RevocationStore.open(tmp_path / "rev.db")
-    try:
-        async with PretixServer(fake) as server:
-            up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
-                               device_token=API_TOKEN)  # fmt: skip
-            assert up.device_id is None
-            assert await up.sync_once(), up.status
-            assert store.index.order_status(order_key(canceled)) is ListState.CANCELED
-            await up.close()
-    finally:
-        await store.close()
-        await journal.close()
-
-
-async def test_a_gate_updated_from_before_reads_every_order_once_again(
-    write_config: WriteConfig,
-) -> None:
-    """A gate's orders cursor from before the order states were read has passed orders that
-    are not paid now: the updated gate reads the event's orders from the start, once."""
-    fake = FakePretix()
-    fake.positions = [(0, position(1, "valid_standard_2"))]
-    fake.orders = {secret("valid_standard_2"): {"status": "n"}}
-    async with PretixServer(fake) as server:
-        conf = config.load(write_config(extra=pretix_section(server.url)))
-        conf.gate.state_dir.mkdir(parents=True, exist_ok=True)
-        old = {"orders_modified_since": wire.iso(LATER)}
-        (conf.gate.state_dir / "pretix_sync.json").write_text(json.dumps(old))
-        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
-            assert gate.upstream is not None and await gate.upstream.sync_once()
-            assert await reason(gate, "valid_standard_2") is Reason.UNPAID
-            assert await gate.upstream.sync_once()
-    first, *_, last = fake.calls_to("/orders/")
-    assert "modified_since" not in first.query and "modified_since" in last.query
-
-
 class Sole:
     """One upstream (the stand-in's device 1) over a journal and revocation store in ``folder``,
     opened and closed as a gate restarting would."""
@@ -244,6 +154,76 @@ class Sole:
 async def closed(store: RevocationStore, journal: Journal) -> None:
     await store.close()
     await journal.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "x"},  # no status pretix has
+        {"status": "p", "require_approval": "no"},  # a flag that is not a boolean
+        {"status": "p", "valid_if_pending": 1},
+        {"positions": "all"},
+    ],
+    ids=["status", "require_approval", "valid_if_pending", "positions"],
+)
+async def test_an_order_state_not_well_formed_leaves_the_ticket_as_it_was(
+    tmp_path: Path, answer: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """pretix's answers are hostile input: an order whose state cannot be read is skipped
+    (counted), and its ticket keeps the state it had (unpaid here), never paid by default."""
+    fake = FakePretix(tokens={API_TOKEN})
+    unpaid = secret("valid_standard_1")
+    fake.positions = [(0, position(1, "valid_standard_1"))]
+    fake.orders = {unpaid: {"status": "n"}}
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        ok, store, journal = await gate.round(device_id=1)
+        before, version = store.index.order_status(order_key(unpaid)), store.meta.version
+        await closed(store, journal)
+        assert ok and before is ListState.UNPAID
+        fake.orders[unpaid] = answer
+        fake.positions = [(LATER, position(1, "valid_standard_1"))]
+        caplog.set_level(logging.INFO, "sync")
+        ok, store, journal = await gate.round(device_id=1)
+        after, same = store.index.order_status(order_key(unpaid)), store.meta.version == version
+        await closed(store, journal)
+    assert ok and after is ListState.UNPAID and same
+    assert "0 annulled there, 1 skipped" in caplog.text
+
+
+async def test_order_states_are_learnt_without_the_own_device_id(tmp_path: Path) -> None:
+    """A gate given its device token but not its device id learns no check-ins (its own could
+    not be told from others'), but still which tickets' orders do not admit."""
+    fake = FakePretix(tokens={API_TOKEN})
+    canceled = secret("valid_standard_3")
+    fake.positions = [(0, position(1, "valid_standard_3"))]
+    fake.orders = {canceled: {"status": "c"}}
+    async with PretixServer(fake) as server:
+        ok, store, journal = await Sole(tmp_path, server.url, Wall(T0)).round()
+        state = store.index.order_status(order_key(canceled))
+        await closed(store, journal)
+    assert ok and state is ListState.CANCELED
+
+
+async def test_a_gate_updated_from_before_reads_every_order_once_again(
+    write_config: WriteConfig,
+) -> None:
+    """A gate's orders cursor from before the order states were read has passed orders that
+    are not paid now: the updated gate reads the event's orders from the start, once."""
+    fake = FakePretix()
+    fake.positions = [(0, position(1, "valid_standard_2"))]
+    fake.orders = {secret("valid_standard_2"): {"status": "n"}}
+    async with PretixServer(fake) as server:
+        conf = config.load(write_config(extra=pretix_section(server.url)))
+        conf.gate.state_dir.mkdir(parents=True, exist_ok=True)
+        old = {"orders_modified_since": wire.iso(LATER)}
+        (conf.gate.state_dir / "pretix_sync.json").write_text(json.dumps(old))
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            assert await reason(gate, "valid_standard_2") is Reason.UNPAID
+            assert await gate.upstream.sync_once()
+    first, *_, last = fake.calls_to("/orders/")
+    assert "modified_since" not in first.query and "modified_since" in last.query
 
 
 async def test_a_gate_given_its_device_id_later_learns_the_check_ins_it_passed(
