@@ -134,10 +134,11 @@ class _HostAck:
     def dropped(self) -> None:
         self.send(self.feedback.bad())
 
-    def shown(self, payload: bytes, read: tuple[str, int] | None) -> bool:
+    def shown(self, payload: bytes, read: tuple[str, int] | None, receiving: bool = False) -> bool:
         """The lane shows ``payload`` for ``read`` (its digest and time; None: a show tied to no
         read): whether to send it. It answers that read when the scanner still waits on it;
-        else it is sent only while the scanner waits on no read at all (a beep then)."""
+        else it is sent only while the scanner waits on no read at all and is not sending one
+        (``receiving``: a half frame buffered), a beep then."""
         entry = next((e for e in self.pending if (e.digest, e.mono_ns) == read), None)
         if entry is not None:
             self.pending.remove(entry)
@@ -146,7 +147,7 @@ class _HostAck:
             self.last = (entry.digest, payload)
             if not entry.answered:
                 return True
-        return all(e.answered for e in self.pending)
+        return not receiving and all(e.answered for e in self.pending)
 
     def passed_over(self, digest: str, mono_ns: int) -> None:
         """The lane passed the read over (part of a presentation it already answered): it gets
@@ -288,7 +289,7 @@ class SerialScanner:
         payload = self.feedback.good() if decision.admitted else self.feedback.bad()
         if self._ack is not None:
             key = None if read is None else (text_digest(read.text), read.mono_ns)
-            if not self._ack.shown(payload, key):
+            if not self._ack.shown(payload, key, self.framer.pending):
                 log.debug("serial scanner %s: feedback for no waiting read not sent (host ACK)",
                           self.settings.path)  # fmt: skip
                 return

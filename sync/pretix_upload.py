@@ -94,32 +94,32 @@ class PretixUpload:
         self.alert_count = 0
         self.rejected = 0
         self._foreign: dict[int, int] = {}  # gate_seq -> rounds in a row answered not by pretix
-
-    @property
-    def held(self) -> int:
-        """Rows passed by: their answers are not pretix's round after round (see HOLD_AFTER)."""
-        return sum(n >= HOLD_AFTER for n in self._foreign.values())
+        self.held = 0  # rows the last round passed by (see HOLD_AFTER), the ticket's later ones too
 
     async def drain(self, policy: GatePolicy, own_device: int | None) -> None:
         """Upload every unsynced row, oldest first, marking each synced when done upstream.
 
-        A row answered by something that is not pretix HOLD_AFTER rounds in a row is passed by
-        when the next row gets pretix's own answer (one row's URL refused by a firewall: the
-        rest go on); it stays queued and is asked again every round, and so do annulments of
-        it. Raises UpstreamUnavailable or UpstreamAuthError (the row and those after it stay
-        queued) and journal faults.
+        A row answered by something that is not pretix HOLD_AFTER rounds in a row is passed by,
+        with every later row of its ticket (an exit must not go up before its entry, nor an
+        annulment before its check-in), once a later row of another ticket gets pretix's own
+        answer (one URL refused by a firewall: the rest go on); they stay queued and are asked
+        again every round. Raises UpstreamUnavailable or UpstreamAuthError (the row and those
+        after it stay queued; also when no later row told a refused URL from a broken link) and
+        journal faults.
         """
-        after, passed_by, probing = 0, set[str](), False
+        after, held_refs, held = 0, set[str](), 0
+        probe: UpstreamUnavailable | None = None  # a row passed by, no later one through yet
         while rows := await self._journal.unsynced(self._batch, after):
             for rec in rows:
                 after = rec.gate_seq
-                if rec.kind == "annul" and rec.annuls in passed_by:
-                    continue  # pretix knows no check-in to annul yet
+                if rec.ticket_ref in held_refs:
+                    held += 1
+                    continue  # behind its ticket's row passed by
                 try:
                     await self._upload_row(rec, policy, own_device)
                 except _NotPretix as exc:
                     tries = self._foreign[rec.gate_seq] = self._foreign.get(rec.gate_seq, 0) + 1
-                    if tries < HOLD_AFTER or probing:  # not yet, or the next row fails too
+                    if tries < HOLD_AFTER or probe is not None:  # not yet, or the probe failed
                         raise
                     if tries == HOLD_AFTER:
                         log.warning(
@@ -127,16 +127,20 @@ class PretixUpload:
                             " pretix (%s); passed by while the rows after it go on, asked again"
                             " every round", rec.kind, rec.entry_id, rec.gate_seq, tries, exc,
                         )  # fmt: skip
-                    passed_by.add(rec.entry_id)
-                    probing = True  # the next row tells a refused URL from a broken link
+                    held_refs.add(rec.ticket_ref)
+                    held += 1
+                    probe = exc  # the next row tells a refused URL from a broken link
                     continue
-                probing = False
+                probe = None
                 if self._foreign.pop(rec.gate_seq, 0) >= HOLD_AFTER:
                     log.info("pretix: %s %s (gate_seq %d) passed by before went through",
                              rec.kind, rec.entry_id, rec.gate_seq)  # fmt: skip
                 await self._journal.mark_synced(rec.gate_seq, self._clock.now(), only=True)
             if len(rows) < self._batch:
-                return
+                break
+        if probe is not None:  # no later row to tell: the round is not through
+            raise probe
+        self.held = held
 
     async def _upload_row(self, rec: EntryRecord, policy: GatePolicy, own: int | None) -> None:
         """Send one row; returns when it is done upstream, raises to keep it queued."""

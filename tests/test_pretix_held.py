@@ -118,6 +118,36 @@ async def test_a_link_that_is_not_pretix_for_every_row_still_stops_at_the_first(
     assert rig.redeemed().count("valid_standard_3") == 0
     assert len(rig.redeemed()) == HOLD_AFTER - 1 + 2 * 3
     assert len(await rig.outbox()) == 3
+    assert rig.up.status["held"] == 0  # a review: "held back ... the rows after it uploaded"
+
+
+async def test_the_last_row_is_not_passed_by_without_a_later_one_to_tell(rig: Rig) -> None:
+    """A review: the only queued row, answered not by pretix, was passed by with nothing after
+    it to tell a refused URL from a broken link, and the round said all was well."""
+    await rig.entry("valid_standard_1")
+    blocked(rig, "valid_standard_1", (200, {"portal": "log in to use this network"}))
+    assert [await rig.up.sync_once() for _ in range(HOLD_AFTER + 1)] == [False] * (HOLD_AFTER + 1)
+    assert rig.up.status["held"] == 0 and rig.up.status["last_error"] is not None
+
+
+async def test_the_later_rows_of_a_ticket_passed_by_wait_with_it(rig: Rig) -> None:
+    """A review: the next row probed was the same ticket's (its URL refused as well), so the
+    upload stopped for good; and an exit could go up before its entry. Every later row of the
+    ticket waits with it, and the probe is the next row of another ticket."""
+    stuck = await rig.entry("valid_standard_1")
+    exit_ = await rig.journal.record(
+        ticket_ref="pretix:" + CASES["valid_standard_1"]["secret"], kind="exit",
+        decision=Decision(Verdict.ADMIT, Reason.OK), lane="out", rev_version=0,
+    )  # fmt: skip
+    await rig.entry("valid_standard_1")  # in again
+    other = await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1")
+    for i in range(HOLD_AFTER):
+        assert await rig.up.sync_once() is (i == HOLD_AFTER - 1)
+    assert rig.redeemed() == ["valid_standard_1"] * HOLD_AFTER + ["valid_standard_2"]
+    assert other.gate_seq not in await rig.outbox()
+    assert await rig.outbox() == [stuck.gate_seq, exit_.gate_seq, exit_.gate_seq + 1]
+    assert rig.up.status["held"] == 3
 
 
 async def test_an_annulment_of_a_row_passed_by_waits_with_it(rig: Rig) -> None:

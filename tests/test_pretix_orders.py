@@ -349,3 +349,20 @@ async def test_hostile_secrets_in_answers_are_skipped_or_refused_never_a_crash(
     assert not ok
     assert "'secret' must be printable ASCII without spaces" in caplog.text
     assert len(fake.redeem_calls()) == 1  # the entry went up meanwhile
+
+
+async def test_a_gate_initialised_again_as_a_new_device_reads_on_from_its_cursor(
+    tmp_path: Path,
+) -> None:
+    """A gate initialised again (a new device id) goes on from its orders' cursor: read from
+    the start, every check-in it made as its old device would come back as another device's."""
+    fake = FakePretix(tokens={API_TOKEN})
+    fake.positions = [(0, position(1, "valid_standard_1"))]
+    async with PretixServer(fake) as server:
+        gate = Sole(tmp_path, server.url, Wall(T0))
+        for device in (1, 2):
+            ok, store, journal = await gate.round(device_id=device)
+            await closed(store, journal)
+            assert ok
+    first, second = fake.calls_to("/orders/")
+    assert "modified_since" not in first.query and "modified_since" in second.query

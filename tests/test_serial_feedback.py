@@ -9,13 +9,14 @@ import pytest
 
 from agent.app import config
 from agent.app.daemon import open_gate
+from agent.app.lane_devices import Indicators
 from agent.errors import DriverError
 from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from drivers.feedback import HoneywellHostAck, NewlandCommand, ZebraSsi, ssi_packet
 from drivers.serial_scanner import SerialScanner, _HostAck
-from drivers.sim import SimGate
+from drivers.sim import SimGate, SimIndicator
 from tests import needs
 from tests.conftest import WriteConfig
 from tests.polling import until
@@ -271,3 +272,59 @@ async def test_a_verdict_the_timer_answered_is_not_sent_while_the_next_read_wait
     assert ack.shown(good, ("next", 2)) is True  # "next" gets its own
     assert ack.shown(bad, ("slow", 1)) is True  # nothing waits: a late verdict is a beep
     assert list(ack.pending) == []
+
+
+async def test_a_show_for_no_read_waits_while_a_read_is_still_arriving(pty: PtyPair) -> None:
+    """A review: a long code takes a while on the wire (300 characters at 9600 baud: 0.3 s);
+    a beep for no read written meanwhile was taken by the scanner for that read's answer."""
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    async with opened(pty.url("feedback=honeywell")) as scanner:
+        assert scanner._ack is not None
+        scanner._ack.timeout_s = 30.0
+        got = Collector(scanner)
+        pty.write(b"HALF-OF-A-LONG-CODE")
+        await until(lambda: scanner.bytes_read >= 19, 3.0, "the half code read")
+        await scanner.show(DENY, "Gate fault")  # tied to no read, while one arrives: not sent
+        assert await quiet(pty) == b""
+        pty.write(b"\r")
+        await got.wait(1)
+        await scanner.show(ADMIT, "Welcome", got.scans[0])
+        assert await arrives(pty, good) == good
+        await scanner.show(DENY, "Gate fault")  # nothing waits or arrives: a beep
+        assert await arrives(pty, bad) == bad
+        await got.stop()
+
+
+async def test_lamps_and_a_host_ack_scanner_together_answer_the_read(
+    pty: PtyPair, write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A review: shown through the lane's several indicators together (GPIO lamps and the
+    scanner's beep), the read each verdict answers must reach the scanner, or every admission
+    gets the driver's 1 s "bad". Also the lane's other shows tied to a read: free passage in an
+    emergency, "gate busy" for another ticket while the gate is open."""
+    good, bad = EXPECTED_FEEDBACK["honeywell"]
+    first, other = iss.ticket(event=1, zones=[1]), iss.ticket(event=1, zones=[1])
+    scanner = SerialScanner.from_url(pty.url("feedback=honeywell"))
+    assert scanner._ack is not None
+    scanner._ack.timeout_s = 30.0  # only the lane can answer within the test
+    lamps = SimIndicator()
+    conf = config.load(write_config(lane={"busy": "refuse"}, passage_timeout_s=10.0))
+    gate_io = SimGate(passage_ms=3000)
+    outcomes: list[Outcome] = []
+    async with open_gate(conf, outcomes.append, scanner=scanner, gate_io=gate_io) as gate:
+        gate.lane.indicator = Indicators([lamps, scanner])
+        lane = asyncio.create_task(gate.lane.run())
+        pty.write(f"{first}\r".encode())
+        assert await arrives(pty, good) == good  # admitted; the gate stays open 3 s
+        pty.write(f"{other}\r".encode())  # another ticket while it is open: refused
+        assert await arrives(pty, bad) == bad
+        await until(lambda: len(outcomes) == 1, 10.0, "the first passage over")
+        gate_io.set_input("emergency", True)
+        assert await arrives(pty, good) == good  # free passage shown: nothing waits, a beep
+        pty.write(f"{other}\r".encode())
+        assert await arrives(pty, good) == good  # free passage answers the read
+        assert await quiet(pty) == b""
+        lane.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lane
+    assert len(lamps.shown) >= 3
