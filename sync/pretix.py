@@ -22,7 +22,6 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from agent import pretix_event, version
 from agent.backoff import Backoff
@@ -36,7 +35,16 @@ from agent.trust import TrustBundle
 from sync import pretix_wire as wire
 from sync.pretix_download import PretixDownload
 from sync.pretix_http import PretixHTTP
-from sync.pretix_state import DEVICE_FILE, SYNC_FILE, load_device, save_device
+from sync.pretix_state import (
+    DEVICE_FILE,
+    SYNC_FILE,
+    event_path,
+    event_scope,
+    load_device,
+    load_event,
+    save_device,
+    save_event,
+)
 from sync.pretix_upload import PretixAlert, PretixUpload
 from sync.upstream_http import sleep_or_stop
 
@@ -79,7 +87,8 @@ class PretixUpstream:
         batch: int = 100,
         backoff: Backoff | None = None,
     ) -> None:
-        """Plain values only; nothing is read from the network here.
+        """Plain values only; nothing is read from the network here. The event's keys and list
+        as last downloaded (``state_dir/pretix_event.json``) are handed to the gate at once.
 
         The device token comes from ``state_dir/pretix_device.json`` (written by
         :meth:`initialize`) unless ``device_token`` is given; then ``device_id`` should be too,
@@ -98,11 +107,9 @@ class PretixUpstream:
         self._backoff = backoff or Backoff(1.0, 300.0, jitter=True)
         self._device_id = device_id
         self._load_device(device_token)
-        event_path = f"/api/v1/organizers/{quote(organizer, safe='')}/events/" + quote(
-            event, safe=""
-        )
+        path = event_path(organizer, event)
         self._down = PretixDownload(
-            self._http, event_path=event_path, checkin_list=checkin_list, state_dir=state_dir,
+            self._http, event_path=path, checkin_list=checkin_list, state_dir=state_dir,
             journal=journal, revocations=revocations, clock=clock,
         )  # fmt: skip
         self._up = PretixUpload(
@@ -111,6 +118,8 @@ class PretixUpstream:
         )  # fmt: skip
         self._policy: GatePolicy | None = None
         self._trust_raw: bytes | None = None
+        self._saved: tuple[bytes, GatePolicy] | None = None  # what pretix_event.json holds
+        self._event_scope = event_scope(self._http.base_url, path, checkin_list)
         self._stop = asyncio.Event()
         self._round_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +127,7 @@ class PretixUpstream:
             "online": False, "last_error": None, "outbox": 0, "last_sync": None,
             "token_revoked": False, "rejected": 0, "alerts": 0, "retry_in": None,
         }  # fmt: skip
+        self._restore_event()
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -297,20 +307,52 @@ class PretixUpstream:
     async def _download(self) -> None:
         if not self.initialized:
             raise UpstreamAuthError("device not initialised: no device token")
-        bundle = pretix_event.trust_bundle(await self._down.event())
-        if bundle.raw != self._trust_raw:
-            self._set_trust(bundle)
-            self._trust_raw = bundle.raw
-            log.info("pretix: %d event key(s) installed", len(bundle.issuers))
-        policy = pretix_event.list_policy(await self._down.checkin_list(), self._base_policy)
-        if policy != self._policy:
-            self._policy = policy
-            if self._on_policy is not None:
-                self._on_policy(policy)
+        event = await self._down.event()
+        bundle = pretix_event.trust_bundle(event)
+        checkin_list = await self._down.checkin_list()
+        policy = pretix_event.list_policy(checkin_list, self._base_policy)
+        self._install(bundle, policy)
+        saved = (bundle.raw, policy)
+        if saved != self._saved:
+            try:
+                save_event(self._state_dir, self._event_scope, event, checkin_list)
+                self._saved = saved
+            except OSError as exc:  # the gate goes on; a restart without pretix would lack them
+                log.warning("pretix: the event's keys and list not kept: %s", exc)
         await self._down.secrets()
         await self._down.checkins(self._device_id)
 
     # -- state ---------------------------------------------------------------------------------
+
+    def _install(self, bundle: TrustBundle, policy: GatePolicy) -> None:
+        """Hand the event's keys and the list's policy to the gate when they changed."""
+        if bundle.raw != self._trust_raw:
+            self._set_trust(bundle)
+            self._trust_raw = bundle.raw
+            log.info("pretix: %d event key(s) installed", len(bundle.issuers))
+        if policy != self._policy:
+            self._policy = policy
+            if self._on_policy is not None:
+                self._on_policy(policy)
+
+    def _restore_event(self) -> None:
+        """The event's keys and list as last downloaded, so a gate started while pretix cannot
+        be reached decides with them (a trial: it refused every ticket, "the event's keys not
+        yet from pretix", sending the whole queue to the box office)."""
+        try:
+            saved = load_event(self._state_dir, self._event_scope)
+            if saved is None:
+                return
+            bundle = pretix_event.trust_bundle(saved[0])
+            policy = pretix_event.list_policy(saved[1], self._base_policy)
+        except ConfigError as exc:
+            log.warning("pretix: the event's keys kept are not usable (%s); they come with the"
+                        " first round", exc)  # fmt: skip
+            return
+        self._install(bundle, policy)
+        self._saved = (bundle.raw, policy)
+        log.info("pretix: the event's keys and check-in list as last downloaded, until pretix"
+                 " answers")  # fmt: skip
 
     def _fail(self, message: str, *, revoked: bool = False) -> None:
         self._status.update(online=False, last_error=message)

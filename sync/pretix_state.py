@@ -5,7 +5,10 @@
 * ``pretix_sync.json`` (mode 0600): download cursors that are not revocation keys (the orders'
   ``modified_since`` for other devices' check-ins, and where a round of them cut short stopped).
   The revoked and blocked secrets' cursors live in the revocation store, written in the same
-  transaction as the keys they led to.
+  transaction as the keys they led to;
+* ``pretix_event.json`` (mode 0600): the event's keys (its ``valid_keys``) and the check-in list
+  as last downloaded, with what they were read from: a gate started while pretix cannot be
+  reached decides with them (else it knew no key and refused every ticket).
 
 Both are small JSON objects written atomically; an unreadable one is a ConfigError naming the file.
 """
@@ -18,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_FILE = "pretix_device.json"
 SYNC_FILE = "pretix_sync.json"
+EVENT_FILE = "pretix_event.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +92,41 @@ def save_cursors(state_dir: Path, cursors: dict[str, str]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = json.dumps(cursors, sort_keys=True).encode()
     write_atomic(state_dir / SYNC_FILE, data, mode=0o600)
+
+
+def event_scope(base_url: str, event_path: str, checkin_list: int) -> str:
+    """What ``pretix_event.json`` was read from: the server (``base_url`` without a trailing
+    slash), the event's API path and the check-in list."""
+    return f"{base_url.rstrip('/')}{event_path} list {checkin_list}"
+
+
+def event_path(organizer: str, event: str) -> str:
+    """The event's API path, each name percent-encoded."""
+    return f"/api/v1/organizers/{quote(organizer, safe='')}/events/{quote(event, safe='')}"
+
+
+def load_event(state_dir: Path, scope: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The event (its ``valid_keys`` only) and check-in list last downloaded for ``scope`` (the
+    server, event and list); None when there are none for it. Raises ConfigError when the file
+    is unreadable or malformed."""
+    path = state_dir / EVENT_FILE
+    if not path.exists():
+        return None
+    record = read_state(path)
+    if record.get("scope") != scope:
+        return None
+    event, checkin_list = record.get("event"), record.get("checkin_list")
+    if not isinstance(event, dict) or not isinstance(checkin_list, dict):
+        raise ConfigError(f"{path}: 'event' and 'checkin_list' (objects) expected")
+    return event, checkin_list
+
+
+def save_event(
+    state_dir: Path, scope: str, event: dict[str, Any], checkin_list: dict[str, Any]
+) -> None:
+    """Store the event's ``valid_keys`` and the check-in list for ``scope`` atomically (mode
+    0600); raises OSError when it cannot."""
+    record = {"scope": scope, "event": {"valid_keys": event.get("valid_keys")},
+              "checkin_list": checkin_list}  # fmt: skip
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(state_dir / EVENT_FILE, json.dumps(record, sort_keys=True).encode(), mode=0o600)

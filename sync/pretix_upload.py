@@ -27,6 +27,7 @@ from agent.redact import pretix_short_id
 from agent.rules import GatePolicy
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
+from sync.pretix_state import event_path
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ class PretixUpload:
         on_alert: Callable[[PretixAlert], None] | None = None,
     ) -> None:
         self._http, self._org, self._event, self._list = http, organizer, event, checkin_list
-        self._event_path = f"/api/v1/organizers/{quote(organizer, safe='')}/events/" + quote(
-            event, safe=""
-        )
+        self._event_path = event_path(organizer, event)
         self._journal, self._clock, self._batch = journal, clock, batch
         self._on_alert = on_alert
         self.alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)

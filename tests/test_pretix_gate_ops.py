@@ -6,7 +6,9 @@ stand-in on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import stat
 import subprocess
 import sys
 import time
@@ -230,3 +232,45 @@ async def test_a_pretix_ticket_before_the_event_s_keys_says_so(tmp_path: Path) -
             denied = await gate.lane.present(Scan(CASES["valid_standard_1"]["secret"], "s", 0))
     assert denied is not None and denied.decision.reason is Reason.UNKNOWN_KEY
     assert denied.decision.detail == "the event's keys not yet from pretix"
+
+
+async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_had(
+    tmp_path: Path,
+) -> None:
+    """Found in an integrator's trial: the event's keys and the list's settings lived in memory
+    only, so a gate restarted during an outage (a power cut with the internet down) refused
+    every ticket, "the event's keys not yet from pretix": the whole queue to the box office.
+    They are kept (pretix_event.json) and used until pretix answers: offline admissions, and
+    the list's product limit (the VIP lounge's list here) still applies."""
+    path = tmp_path / "gate.toml"
+    async with PretixServer() as server:
+        path.write_text(PRETIX_ONLY + pretix_section(server.url).replace("= 11", "= 13"))
+        conf = config.load(path)
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+    saved = conf.gate.state_dir / "pretix_event.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    # `check --config` explains a ticket with them too (it said "the event's keys not yet from
+    # pretix" for tickets the gate admits)
+    checked = [await asyncio.to_thread(_check, path, CASES[name]["secret"])
+               for name in ("valid_vip_1", "valid_standard_1")]  # fmt: skip
+    assert checked[0].returncode == 0, checked[0].stdout + checked[0].stderr
+    assert checked[0].stdout.splitlines()[-1].startswith("verdict:   ADMIT")
+    assert checked[1].returncode == 1 and "(wrong_product" in checked[1].stdout
+    # pretix is gone (the stand-in stopped); the gate starts again
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+        assert gate.upstream is not None and not await gate.upstream.sync_once()
+        got = [
+            await gate.lane.present(Scan(CASES[name]["secret"], "s", i * 10**11))
+            for i, name in enumerate(("valid_vip_1", "valid_standard_1"))
+        ]
+    vip, standard = (o.decision for o in got if o is not None)
+    assert vip.admitted and Flag.OFFLINE in vip.flags
+    assert standard.reason is Reason.WRONG_PRODUCT
+
+
+def _check(config_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check", "--config", str(config_path), text],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip

@@ -43,7 +43,7 @@ from agent.errors import (
 from agent.fsutil import file_problem, sqlite_readonly
 from agent.model import Reason, Verdict
 from agent.revocation import ListMeta, RevocationStore
-from agent.trust import TrustStore, UpstreamTrust, load_root_key
+from agent.trust import MergedTrust, TrustStore, UpstreamTrust, load_root_key
 
 T = TypeVar("T")
 
@@ -145,6 +145,7 @@ class _Setup:
     lists: list[Path]  # the gate's own ([revocation] files): a refused one is logged, as `run` does
     given: list[Path]  # --revocations: a refused one is an error (no verdict against it)
     journal: Path | None = None
+    pretix: UpstreamTrust | None = None  # a pretix gate's event keys, as last downloaded
 
 
 def _setup(req: CheckRequest, scratch: Path) -> _Setup:
@@ -158,13 +159,15 @@ def _setup(req: CheckRequest, scratch: Path) -> _Setup:
     trust = open_trust(conf, state / "trust.json", persist=False)
     if (state / "revocations.db").exists():
         copy_store(state / "revocations.db", scratch / "revocations.db")
+    pretix, policy = _pretix_kept(conf, gate_policy(conf))
     return _Setup(
         trust,
-        gate_policy(conf),
+        policy,
         Clock(None, assume=conf.clock.assume),
         list(conf.revocation.files),
         list(req.revocations),
         state / "journal.db",
+        pretix,
     )
 
 
@@ -180,6 +183,25 @@ def _read_json(path: Path, option: str) -> Any:
         raise UsageError(f"{option} {path}: {exc.strerror or exc}") from exc
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise UsageError(f"{option} {path}: not a JSON document: {exc}") from exc
+
+
+def _pretix_kept(
+    conf: cfg.Config, policy: rules.GatePolicy
+) -> tuple[UpstreamTrust | None, rules.GatePolicy]:
+    """A pretix gate's event keys and list policy as its daemon last downloaded them (found in
+    an integrator's trial: `check --config` on a pretix gate said "the event's keys not yet from
+    pretix" for a ticket the gate admits); none for another gate, or before the first round."""
+    from agent import pretix_event as pe
+    from sync.pretix_state import event_path, event_scope, load_event
+
+    pc = conf.pretix
+    if pc is None:
+        return None, policy
+    scope = event_scope(pc.url, event_path(pc.organizer, pc.event), pc.checkin_list)
+    kept = load_event(conf.gate.state_dir, scope)
+    if kept is None:
+        return None, policy
+    return UpstreamTrust(pe.trust_bundle(kept[0])), pe.list_policy(kept[1], policy)
 
 
 def _pretix_page(path: Path, option: str) -> dict[str, Any]:
@@ -296,7 +318,8 @@ async def evaluate(req: CheckRequest, text: str) -> Evaluation:
         async with await RevocationStore.open(Path(tmp) / "revocations.db") as store:
             await load_lists(store, setup.lists, setup.trust)
             await apply_lists(store, setup.given, setup.trust.signers(), _given_refused)
-            checker = Checker(setup.trust, lambda: store.index, lambda: store.meta, policy)
+            keys = setup.trust if setup.pretix is None else MergedTrust([setup.trust, setup.pretix])
+            checker = Checker(keys, lambda: store.index, lambda: store.meta, policy)
             return await checker.evaluate(text, lookup, reading, explain=True)
 
 
