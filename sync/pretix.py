@@ -320,7 +320,8 @@ class PretixUpstream:
             except OSError as exc:  # the gate goes on; a restart without pretix would lack them
                 log.warning("pretix: the event's keys and list not kept: %s", exc)
         await self._down.secrets()
-        await self._down.checkins(self._device_id)
+        entered = await self._down.checkins(self._device_id)
+        await self._up.peers_learnt(entered, policy)
 
     # -- state ---------------------------------------------------------------------------------
 

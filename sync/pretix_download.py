@@ -217,7 +217,7 @@ class PretixDownload:
             fresh=whole,
         )
 
-    async def checkins(self, own_device: int | None) -> None:
+    async def checkins(self, own_device: int | None) -> set[str]:
         """Check-ins of other devices and the tickets' order states (cancelled, unpaid), from the
         orders modified since the last round.
 
@@ -242,6 +242,7 @@ class PretixDownload:
         if resume_from is not None:  # inclusive: the orders created in that instant come again
             params.append(("created_since", resume_from))
         learnt = skipped = annulled = ahead = 0
+        entered: set[str] = set()  # tickets other devices' entries were learnt for
         changed: Counter[ListState] = Counter()
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
@@ -256,6 +257,7 @@ class PretixDownload:
                 skipped += checkins.skipped
                 ahead += checkins.ahead
                 learnt += await self._journal.add_peer_entries(checkins.entries)
+                entered.update(e.ticket_ref for e in checkins.entries if e.kind == "entry")
                 annulled += await self._learn_annulments(rows, own_device)
             if reply.body.get("next") is not None:  # a page pages() took: a dict
                 resume_from = wire.latest(resume_from, orders, "datetime", until)
@@ -278,6 +280,7 @@ class PretixDownload:
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
         save_cursors(self._state_dir, self._cursors)
+        return entered
 
     async def _check_orders_scope(self, own_device: int | None) -> None:
         """Drop the orders' cursors when they were read under another scope than this round's

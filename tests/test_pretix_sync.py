@@ -553,6 +553,31 @@ async def test_forced_entry_alert_from_downloaded_checkins(rig: Rig) -> None:
     assert [a.other for a in rig.alerts] == ["pretix-device-2"]
 
 
+async def test_an_earlier_entry_learnt_after_ours_went_up_is_an_alert(rig: Rig) -> None:
+    """Found in an integrator's trial: a gate offline admitted a ticket first and uploaded it
+    last; the online gate's later entry of it had gone up before, so pretix's answer showed
+    nothing, and learning the earlier entry raised nothing either. Learning it now checks this
+    gate's entries of the ticket; an entry elsewhere after ours is the other device's to say."""
+    first, later = CASES["valid_variation_1"]["secret"], CASES["valid_variation_2"]["secret"]
+    for secret in (first, later):
+        rig.fake.redeem_answers[secret] = [ok_answer()]
+    await initialized(rig)
+    rig.wall.t = T0 - 60  # 02:50:18Z
+    ours = await rig.record(first, "entry")
+    await rig.record(later, "entry")
+    assert await rig.up.sync_once() and rig.alerts == []  # uploaded; nothing known elsewhere
+    rig.fake.positions = [
+        (4e9, position_with(first, [checkin(80, 2, "2026-11-23T02:49:00Z")])),  # before ours
+        (4e9, position_with(later, [checkin(81, 2, "2026-11-23T02:50:40Z")])),  # after ours
+    ]
+    assert await rig.up.sync_once()
+    assert [(a.kind, a.entry_id, a.other) for a in rig.alerts] == [
+        ("duplicate_entry", ours.entry_id, "pretix-device-2")
+    ]
+    assert rig.alerts[0].detail.endswith("(learnt later)") and rig.up.status["alerts"] == 1
+    assert await rig.up.sync_once() and len(rig.alerts) == 1  # learnt again: said once
+
+
 async def test_already_redeemed_answer_is_alert(rig: Rig) -> None:
     step = recorded("second_entry_new_nonce")["response"]
     secret = CASES["valid_vip_1"]["secret"]
