@@ -227,7 +227,8 @@ class PretixDownload:
         out). Ordered by creation, which no change moves, so paging while orders change can
         repeat a row but never skip one. The cursor is the server's time at the first page,
         less a margin for transactions still open then. Without ``own_device`` no check-in is
-        learnt (ours could not be told from theirs), only the order states.
+        learnt (ours could not be told from theirs), only the order states. Returns the tickets
+        whose other devices' entries were read (the caller checks them for duplicates).
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
