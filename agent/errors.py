@@ -63,6 +63,8 @@ subclass of AgentError in the project is drawn above or named here):
   protocol; the text names the field
 - ``sync.upstream_http.BodyTooLarge`` (UpstreamUnavailable): an answer past its size cap, before
   the hub or pretix client names the request it answered
+- ``sync.pretix_upload._NotPretix`` (UpstreamUnavailable, internal): a redeem answered by
+  something that is not pretix (a proxy, a firewall); the upload may pass that row by
 - ``sync.hub_store.HubStoreError`` (AgentError, RuntimeError): the hub's database failed or is
   not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError,
   NameTakenError and OtherVenueError (also a ConfigError) are drawn in :mod:`sync.hub_store`
