@@ -228,7 +228,8 @@ class PretixDownload:
         repeat a row but never skip one. The cursor is the server's time at the first page,
         less a margin for transactions still open then. Without ``own_device`` no check-in is
         learnt (ours could not be told from theirs), only the order states. Returns the tickets
-        whose other devices' entries were read (the caller checks them for duplicates).
+        for which other devices' entries were newly learnt (the caller checks them for
+        duplicates: once, not each time pretix lists the order again).
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
@@ -257,8 +258,10 @@ class PretixDownload:
                 checkins = wire.peer_entries(rows, own_device, self._list, listed)
                 skipped += checkins.skipped
                 ahead += checkins.ahead
+                known = await self._journal.known_peer_ids([e.entry_id for e in checkins.entries])
                 learnt += await self._journal.add_peer_entries(checkins.entries)
-                entered.update(e.ticket_ref for e in checkins.entries if e.kind == "entry")
+                entered.update(e.ticket_ref for e in checkins.entries
+                               if e.kind == "entry" and e.entry_id not in known)  # fmt: skip
                 annulled += await self._learn_annulments(rows, own_device)
             if reply.body.get("next") is not None:  # a page pages() took: a dict
                 resume_from = wire.latest(resume_from, orders, "datetime", until)

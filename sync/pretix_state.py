@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from urllib.parse import quote
 
 from agent.errors import ConfigError
 from agent.fsutil import write_atomic
+from agent.redact import printable
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +114,22 @@ def load_event(state_dir: Path, scope: str) -> tuple[dict[str, Any], dict[str, A
     path = state_dir / EVENT_FILE
     if not path.exists():
         return None
+    # Keys that admit tickets, not root-signed: trusted only as the gate's own file.
+    st = path.stat()
+    if st.st_mode & 0o022 or st.st_uid != os.getuid():
+        raise ConfigError(
+            f"{path}: writable by others or not the gate's own (mode {st.st_mode & 0o777:o},"
+            f" uid {st.st_uid}): not used; anyone who can write it can add a key"
+        )
     record = read_state(path)
     if record.get("scope") != scope:
+        log.warning("%s: kept for %s, not this gate's %s: not used", path,
+                    printable(str(record.get("scope")), 200), scope)  # fmt: skip
         return None
+    saved_at = record.get("saved_at")
+    if isinstance(saved_at, (int, float)) and not isinstance(saved_at, bool):
+        log.info("%s: the event's keys and list as downloaded %s", path,
+                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(saved_at)))  # fmt: skip
     event, checkin_list = record.get("event"), record.get("checkin_list")
     if not isinstance(event, dict) or not isinstance(checkin_list, dict):
         raise ConfigError(f"{path}: 'event' and 'checkin_list' (objects) expected")
@@ -127,6 +142,6 @@ def save_event(
     """Store the event's ``valid_keys`` and the check-in list for ``scope`` atomically (mode
     0600); raises OSError when it cannot."""
     record = {"scope": scope, "event": {"valid_keys": event.get("valid_keys")},
-              "checkin_list": checkin_list}  # fmt: skip
+              "checkin_list": checkin_list, "saved_at": time.time()}  # fmt: skip
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(state_dir / EVENT_FILE, json.dumps(record, sort_keys=True).encode(), mode=0o600)

@@ -231,10 +231,11 @@ class PretixUpload:
                         "admitted here while an entry elsewhere was still standing")  # fmt: skip
 
     async def peers_learnt(self, refs: Iterable[str], policy: GatePolicy) -> None:
-        """Other devices' entries were just learnt for the tickets ``refs``: one standing right
+        """Other devices' entries were newly learnt for the tickets ``refs``: one standing right
         before an entry of this gate's is a duplicate its upload could not see (found in an
         integrator's trial: a gate offline admitted first and uploaded last, the online gate's
-        entry went up first, and neither said anything)."""
+        entry went up first, and neither said anything). Each own entry's check is a pass over
+        its ticket's history (short: a ticket's rows, not the event's)."""
         if policy.entry_policy == "unlimited":
             return
         for ref in refs:
@@ -244,7 +245,9 @@ class PretixUpload:
                 if row.peer or row.kind != "entry" or secret is None:
                     continue
                 conflict = wire.prior_entry_in_history(history, row.entry_id)
-                if conflict is not None:
+                # The same instant to the millisecond is this gate's own check-in, uploaded as
+                # its former pretix device (initialised again since): not another's.
+                if conflict is not None and abs(conflict.at - row.wall_time) >= 0.001:
                     self._alert(row, secret, "duplicate_entry", conflict.device, conflict.at,
                                 "admitted here while an entry elsewhere was still standing"
                                 " (learnt later)")  # fmt: skip

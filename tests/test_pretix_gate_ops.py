@@ -248,6 +248,7 @@ async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_h
         conf = config.load(path)
         async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
             assert gate.upstream is not None and await gate.upstream.sync_once()
+            downloaded = gate.upstream.policy
     saved = conf.gate.state_dir / "pretix_event.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     # `check --config` explains a ticket with them too (it said "the event's keys not yet from
@@ -260,6 +261,7 @@ async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_h
     # pretix is gone (the stand-in stopped); the gate starts again
     async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
         assert gate.upstream is not None and not await gate.upstream.sync_once()
+        assert gate.upstream.policy == downloaded and gate.lane.checker.policy == downloaded
         got = [
             await gate.lane.present(Scan(CASES[name]["secret"], "s", i * 10**11))
             for i, name in enumerate(("valid_vip_1", "valid_standard_1"))
@@ -267,6 +269,12 @@ async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_h
     vip, standard = (o.decision for o in got if o is not None)
     assert vip.admitted and Flag.OFFLINE in vip.flags
     assert standard.reason is Reason.WRONG_PRODUCT
+
+    # Keys that admit tickets, not root-signed: a file others may write is not used (a review).
+    saved.chmod(0o664)
+    async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+        denied = await gate.lane.present(Scan(CASES["valid_vip_1"]["secret"], "s", 3 * 10**11))
+    assert denied is not None and denied.decision.reason is Reason.UNKNOWN_KEY
 
 
 def _check(config_path: Path, text: str) -> subprocess.CompletedProcess[str]:

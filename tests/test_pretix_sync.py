@@ -558,17 +558,25 @@ async def test_an_earlier_entry_learnt_after_ours_went_up_is_an_alert(rig: Rig) 
     last; the online gate's later entry of it had gone up before, so pretix's answer showed
     nothing, and learning the earlier entry raised nothing either. Learning it now checks this
     gate's entries of the ticket; an entry elsewhere after ours is the other device's to say."""
-    first, later = CASES["valid_variation_1"]["secret"], CASES["valid_variation_2"]["secret"]
-    for secret in (first, later):
+    names = ("valid_variation_1", "valid_variation_2", "valid_vip_1", "valid_vip_2")
+    first, later, itself, left = (CASES[n]["secret"] for n in names)
+    for secret in (first, later, itself, left):
         rig.fake.redeem_answers[secret] = [ok_answer()]
     await initialized(rig)
+    rig.wall.t = T0 - 90  # 02:49:48Z
+    await rig.record(left, "exit")
     rig.wall.t = T0 - 60  # 02:50:18Z
     ours = await rig.record(first, "entry")
-    await rig.record(later, "entry")
+    for secret in (later, itself, left):
+        await rig.record(secret, "entry")
     assert await rig.up.sync_once() and rig.alerts == []  # uploaded; nothing known elsewhere
     rig.fake.positions = [
         (4e9, position_with(first, [checkin(80, 2, "2026-11-23T02:49:00Z")])),  # before ours
         (4e9, position_with(later, [checkin(81, 2, "2026-11-23T02:50:40Z")])),  # after ours
+        # ours, uploaded as this gate's former device (initialised again since)
+        (4e9, position_with(itself, [checkin(82, 7, "2026-11-23T02:50:18Z")])),
+        # an entry elsewhere, our exit, then our entry: a reentry, no duplicate
+        (4e9, position_with(left, [checkin(83, 2, "2026-11-23T02:49:00Z")])),
     ]
     assert await rig.up.sync_once()
     assert [(a.kind, a.entry_id, a.other) for a in rig.alerts] == [
@@ -576,6 +584,14 @@ async def test_an_earlier_entry_learnt_after_ours_went_up_is_an_alert(rig: Rig) 
     ]
     assert rig.alerts[0].detail.endswith("(learnt later)") and rig.up.status["alerts"] == 1
     assert await rig.up.sync_once() and len(rig.alerts) == 1  # learnt again: said once
+    # ... also by the gate restarted (a review: every round and restart said it again)
+    again: list[PretixAlert] = []
+    restarted = make_upstream(rig.state_dir, rig.server.url, rig.journal, rig.store, rig.wall,
+                              [], again, device_token=API_TOKEN, device_id=1)  # fmt: skip
+    try:
+        assert await restarted.sync_once() and again == []
+    finally:
+        await restarted.close()
 
 
 async def test_already_redeemed_answer_is_alert(rig: Rig) -> None:

@@ -198,10 +198,14 @@ def _pretix_kept(
     if pc is None:
         return None, policy
     scope = event_scope(pc.url, event_path(pc.organizer, pc.event), pc.checkin_list)
-    kept = load_event(conf.gate.state_dir, scope)
-    if kept is None:
+    try:
+        kept = load_event(conf.gate.state_dir, scope)
+        if kept is None:
+            return None, policy
+        return UpstreamTrust(pe.trust_bundle(kept[0])), pe.list_policy(kept[1], policy)
+    except (ConfigError, OSError) as exc:  # the daemon goes on without them too
+        print(f"note: the pretix event's kept keys not used: {exc}", file=sys.stderr)
         return None, policy
-    return UpstreamTrust(pe.trust_bundle(kept[0])), pe.list_policy(kept[1], policy)
 
 
 def _pretix_page(path: Path, option: str) -> dict[str, Any]:
