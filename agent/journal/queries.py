@@ -9,6 +9,7 @@ unless they say otherwise.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,17 @@ def max_hlc_below(db: sqlite3.Connection, ceiling: int) -> int:
 def pruned_through(db: sqlite3.Connection) -> int:
     """The highest ``gate_seq`` pruned so far (0 when nothing was)."""
     return int(db.execute(PRUNED_THROUGH).fetchone()[0])
+
+
+def known_peer_ids(db: sqlite3.Connection, entry_ids: Sequence[str]) -> set[str]:
+    """Which of ``entry_ids`` are stored as peer entries (asked 500 at a time)."""
+    found: set[str] = set()
+    for start in range(0, len(entry_ids), 500):
+        chunk = entry_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT entry_id FROM peer_entries WHERE entry_id IN ({marks})"
+        found.update(str(row[0]) for row in db.execute(sql, chunk))
+    return found
 
 
 def unsynced(db: sqlite3.Connection, limit: int, after_seq: int = 0) -> list[EntryRecord]:

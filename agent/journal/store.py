@@ -129,16 +129,7 @@ class Journal:
     async def known_peer_ids(self, entry_ids: Sequence[str]) -> set[str]:
         """Which of ``entry_ids`` are already stored as peer entries. Raises JournalError."""
         ids = list(entry_ids)
-
-        def known(db: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                sql = f"SELECT entry_id FROM peer_entries WHERE entry_id IN ({','.join('?' * len(chunk))})"
-                found.update(str(row[0]) for row in db.execute(sql, chunk))
-            return found
-
-        return await self._read(known) if ids else set()
+        return await self._read(lambda db: queries.known_peer_ids(db, ids)) if ids else set()
 
     async def history(self, ticket_ref: str) -> list[HistoryEntry]:
         """Entries, exits and annulments of ``ticket_ref`` at this gate and at peers, in HLC order.
