@@ -7,6 +7,7 @@ stand-in on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import stat
 import subprocess
@@ -235,7 +236,7 @@ async def test_a_pretix_ticket_before_the_event_s_keys_says_so(tmp_path: Path) -
 
 
 async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_had(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found in an integrator's trial: the event's keys and the list's settings lived in memory
     only, so a gate restarted during an outage (a power cut with the internet down) refused
@@ -275,6 +276,19 @@ async def test_a_gate_started_while_pretix_is_unreachable_decides_with_what_it_h
     async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
         denied = await gate.lane.present(Scan(CASES["valid_vip_1"]["secret"], "s", 3 * 10**11))
     assert denied is not None and denied.decision.reason is Reason.UNKNOWN_KEY
+    # One kept for another list is not used, and says so; `check` explains without a kept file
+    # it cannot read, as the daemon runs without it (a review: it stopped, exit 78).
+    record = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**record, "scope": record["scope"] + "9"}))
+    saved.chmod(0o600)
+    with caplog.at_level(logging.WARNING, "sync.pretix_state"):
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)):
+            pass
+    assert "not this gate's" in caplog.text
+    saved.write_text('{"scope": ')
+    unreadable = await asyncio.to_thread(_check, path, CASES["valid_vip_1"]["secret"])
+    assert unreadable.returncode == 1, unreadable.stderr
+    assert "note: the pretix event's kept keys not used" in unreadable.stderr
 
 
 def _check(config_path: Path, text: str) -> subprocess.CompletedProcess[str]:
