@@ -239,10 +239,11 @@ class PretixUpload:
         if policy.entry_policy == "unlimited":
             return
         for ref in refs:
-            secret = wire.secret_of(ref)
+            if (secret := wire.secret_of(ref)) is None:
+                continue
             history = await self._journal.history(ref)
             for row in history:
-                if row.peer or row.kind != "entry" or secret is None:
+                if row.peer or row.kind != "entry":
                     continue
                 conflict = wire.prior_entry_in_history(history, row.entry_id)
                 # The same instant to the millisecond is this gate's own check-in, uploaded as
