@@ -67,7 +67,8 @@ subclass of AgentError in the project is drawn above or named here):
   something that is not pretix (a proxy, a firewall); the upload may pass that row by
 - ``sync.hub_store.HubStoreError`` (AgentError, RuntimeError): the hub's database failed or is
   not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError,
-  NameTakenError and OtherVenueError (also a ConfigError) are drawn in :mod:`sync.hub_store`
+  NameTakenError, VersionTakenError and OtherVenueError (also a ConfigError) are drawn in
+  :mod:`sync.hub_store`
 """
 
 from __future__ import annotations

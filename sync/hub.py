@@ -189,8 +189,13 @@ def make_app(config: HubConfig, store: HubStore) -> web.Application:
 
 
 async def _list_refresher(app: web.Application, list_key: keys.PrivateKey) -> AsyncIterator[None]:
-    """Keep the gates' lists fresh: an empty delta when no revocation came for a while."""
+    """Keep the gates' lists fresh: an empty delta when no revocation came for a while.
+
+    The first one is issued before the hub serves: a gate (or an admin's ``hub revoke``) that
+    reaches a newly started hub finds its list already there, not one being written under it.
+    """
     hub = app[HUB]
+    await _refresh_list_once(hub, list_key)
     task = asyncio.create_task(_refresh_lists(hub, list_key))
     yield
     task.cancel()
@@ -220,18 +225,20 @@ async def _webhook(app: web.Application, section: WebhookSection) -> AsyncIterat
 async def _refresh_lists(hub: Hub, list_key: keys.PrivateKey) -> None:
     every = min(60.0, hub.config.hub.list_refresh_s / 4)
     while True:
-        try:
-            version = await refresh_list(hub.store, hub.config, list_key, hub.clock())
-        except HubStoreError as exc:  # another hub process refreshed first, or the store failed
-            log.warning("revocation list refresh skipped: %s", exc)
-        except AgentError as exc:
-            log.error("revocation list refresh failed: %s", exc)
-        else:
-            if version is not None:
-                log.info(
-                    "revocation list version %d issued (no changes: keeps gates fresh)", version
-                )
         await asyncio.sleep(every)
+        await _refresh_list_once(hub, list_key)
+
+
+async def _refresh_list_once(hub: Hub, list_key: keys.PrivateKey) -> None:
+    try:
+        version = await refresh_list(hub.store, hub.config, list_key, hub.clock())
+    except HubStoreError as exc:  # another hub process refreshed first, or the store failed
+        log.warning("revocation list refresh skipped: %s", exc)
+    except AgentError as exc:
+        log.error("revocation list refresh failed: %s", exc)
+    else:
+        if version is not None:
+            log.info("revocation list version %d issued (no changes: keeps gates fresh)", version)
 
 
 async def _stop(app: web.Application) -> None:

@@ -43,6 +43,7 @@ from sync.hub_store import (
     Quarantine,
     RevocationState,
     Role,
+    VersionTakenError,
 )
 from sync.hub_stores import open_store
 from sync.protocol import INT63, MAX_DOCUMENT_CHARS, GateHealth, is_id
@@ -56,6 +57,8 @@ OPS: tuple[Op, ...] = ("revoke", "unrevoke", "block", "unblock")
 # of at most this many keys.
 MAX_KEYS_PER_DELTA = 30_000
 MAX_IMPORT_BYTES = 256 << 20
+# Times `hub revoke` reads the list again when another writer stored a version first.
+ISSUE_ATTEMPTS = 5
 
 
 def hash_token(token: str) -> str:
@@ -365,27 +368,39 @@ async def issue(
 ) -> Issued:
     """Sign delta(s) applying ``op`` to ``items`` and store them; the running hub serves them.
 
-    Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. Raises UsageError (no keys),
-    IssuerError (list key) and HubStoreError (another admin issued the same version first: then
-    nothing of that delta was stored).
+    Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. When another writer stores a
+    version first (the running hub's list refresher, another admin), the list is read again and
+    what is still to change is signed against it, up to ISSUE_ATTEMPTS times. Raises UsageError
+    (no keys), IssuerError (list key) and HubStoreError (the store failed, or VersionTakenError
+    when every attempt lost the race: then the keys of the delta that lost are not stored).
     """
     unique = sorted(set(items))
     if not unique:
         raise UsageError("nothing to issue: no tickets or token ids given")
     list_key = load_list_key(config)
     when = time.time() if now is None else now
+    changed = 0
     async with opened_store(config) as store:
-        state = await store.revocation_state()
-        # Keys already so change nothing: no delta for them (none at all when none changes).
-        listed = state.revoked if op in ("revoke", "unrevoke") else state.blocked
-        adding = op in ("revoke", "block")
-        changing = [key for key in unique if (key in listed) != adding]
-        for start in range(0, len(changing), MAX_KEYS_PER_DELTA):
-            chunk = frozenset(changing[start : start + MAX_KEYS_PER_DELTA])
-            document = _sign_delta(state.version, op, chunk, list_key, config, when)
-            state = next_state(state, op, chunk)
-            await store.add_revocation_delta(state.version, document, state)
-    return Issued(state.version, len(changing), state)
+        for attempt in range(1, ISSUE_ATTEMPTS + 1):
+            state = await store.revocation_state()
+            # Keys already so change nothing: no delta for them (none at all when none changes).
+            listed = state.revoked if op in ("revoke", "unrevoke") else state.blocked
+            adding = op in ("revoke", "block")
+            changing = [key for key in unique if (key in listed) != adding]
+            try:
+                for start in range(0, len(changing), MAX_KEYS_PER_DELTA):
+                    chunk = frozenset(changing[start : start + MAX_KEYS_PER_DELTA])
+                    document = _sign_delta(state.version, op, chunk, list_key, config, when)
+                    following = next_state(state, op, chunk)
+                    await store.add_revocation_delta(following.version, document, following)
+                    state, changed = following, changed + len(chunk)
+            except VersionTakenError as exc:
+                if attempt == ISSUE_ATTEMPTS:
+                    raise
+                log.info("revocation list changed meanwhile (%s): reading it again", exc)
+                continue
+            return Issued(state.version, changed, state)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def refresh_list(
@@ -395,7 +410,7 @@ async def refresh_list(
 
     Gates judge a list's freshness by its ``issued_at``; without revocations for a day they would
     call it stale. Returns the new version, or None when the list is fresh. When another hub
-    process issued the same version first, HubStoreError is raised and nothing is stored.
+    process issued the same version first, VersionTakenError is raised and nothing is stored.
     """
     state = await store.revocation_state()
     if state.version:

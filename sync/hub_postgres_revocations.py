@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import asyncpg
 
 from sync import hub_rules, hub_sql
-from sync.hub_store import HubStoreError, RevocationState
+from sync.hub_store import RevocationState, VersionTakenError
 
 if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
     _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
@@ -45,7 +45,7 @@ async def add_delta(
     sql = "SELECT value FROM hub_meta WHERE key = 'revocation_version' FOR UPDATE"
     current = int(await conn.fetchval(sql))
     if version != current + 1:
-        raise HubStoreError(
+        raise VersionTakenError(
             f"revocation delta version {version} does not follow the current version {current}"
         )
     if cached is not None and cached.version == current:

@@ -363,7 +363,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     ) -> None:
         """Store signed delta ``version`` and the state it leads to; prune old deltas.
 
-        Raises HubStoreError when ``version`` is not the current version + 1 (nothing stored)
+        Raises VersionTakenError when ``version`` is not the current version + 1 (nothing stored)
         and ValueError when ``state.version`` is not ``version``.
         """
         if state.version != version:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from sync import hub_rules, hub_sql
-from sync.hub_store import HubStoreError, RevocationState
+from sync.hub_store import RevocationState, VersionTakenError
 
 
 def revocation_version(db: sqlite3.Connection) -> int:
@@ -24,7 +24,7 @@ def add_delta(
 ) -> None:
     current = revocation_version(db)
     if version != current + 1:
-        raise HubStoreError(
+        raise VersionTakenError(
             f"revocation delta version {version} does not follow the current version {current}"
         )
     old = cached if cached is not None and cached.version == current else read_revocations(db)

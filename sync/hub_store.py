@@ -22,6 +22,9 @@ Errors::
     TokenGoneError (HubStoreError)             the upload's token was revoked before its batch
                                                was stored; nothing of the batch is stored
     NameTakenError (HubStoreError, ValueError) a gate name another gate of the venue already has
+    VersionTakenError (HubStoreError)          a revocation delta's version was stored first by
+                                               another writer (an admin, the hub's refresher);
+                                               nothing of that delta is stored
     OtherVenueError (HubStoreError, ConfigError) the store belongs to another venue than the
                                                config's (a config error: exit 78)
 
@@ -91,6 +94,12 @@ class TokenGoneError(HubStoreError):
         super().__init__(
             "the token was revoked while the batch arrived; nothing of the batch was stored"
         )
+
+
+class VersionTakenError(HubStoreError):
+    """The revocation delta's version is not the one after the stored list's: another writer (an
+    admin's ``hub revoke``, a hub's list refresher) stored a delta since the caller read the list.
+    Nothing of the delta was stored; read the list again and sign against it."""
 
 
 class OverQuotaError(HubStoreError):
@@ -327,8 +336,8 @@ class HubStore(Protocol):
     ) -> None:
         """Store signed delta ``version`` (from ``version - 1``) and the state it leads to.
 
-        Raises HubStoreError when ``version`` is not the current version + 1 (another admin
-        issued it first): nothing is stored.
+        Raises VersionTakenError when ``version`` is not the current version + 1 (another admin
+        or a hub's refresher issued it first): nothing is stored.
         """
         ...
 

@@ -895,6 +895,35 @@ async def test_old_revocation_cursor_is_410_after_pruning(
     assert snap.headers["ETag"] == '"rev-1006"'
 
 
+async def test_a_started_hub_serves_its_first_list_before_it_answers(own_hub: OwnHub) -> None:
+    # The list is issued before the hub listens: a gate or an admin reaching a newly started
+    # hub never finds it being written under them (an admin's first delta lost that race).
+    log = own_hub.proc.log_tail()
+    issued = log.index("revocation list version 1 issued")
+    assert issued < log.index(f"hub {own_hub.setup.venue} listening on"), log
+
+
+async def test_admins_issuing_at_once_each_land_every_key(
+    own_hub: OwnHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two `hub revoke`s at the same moment (or one beside the running hub's list refresher): the
+    # one whose version was taken reads the list again and signs against it; none fails.
+    monkeypatch.setattr(hub_admin, "MAX_KEYS_PER_DELTA", 1)  # many deltas: the two interleave
+    config = hub_config.load(own_hub.setup.config)
+    first = [i.to_bytes(16, "big") for i in range(1, 41)]
+    second = [i.to_bytes(16, "big") for i in range(31, 71)]  # ten keys in both
+    a, b = await asyncio.gather(
+        hub_admin.issue(config, "revoke", first), hub_admin.issue(config, "revoke", second)
+    )
+    assert a.changed + b.changed == 70  # each key changed once, by whichever came first
+    assert max(a.version, b.version) == 71
+    page = await own_hub.api.get("/v1/revocations?after=1", own_hub.token)
+    served = RevocationPage.from_json(page.json)
+    assert served.version == 71 and len(served.deltas) == 70
+    async with hub_admin.opened_store(config) as store:
+        assert (await store.revocation_state()).revoked == frozenset(first + second)
+
+
 # --- mTLS -----------------------------------------------------------------------------------------
 
 
