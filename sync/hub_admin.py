@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent import keys
+from agent.backoff import Backoff
 from agent.errors import AgentError, ConfigError, IssuerError, UsageError
 from agent.issuer import LIST_KEY
 from agent.revocation import KIND
@@ -57,8 +58,8 @@ OPS: tuple[Op, ...] = ("revoke", "unrevoke", "block", "unblock")
 # of at most this many keys.
 MAX_KEYS_PER_DELTA = 30_000
 MAX_IMPORT_BYTES = 256 << 20
-# Times `hub revoke` reads the list again when another writer stored a version first.
-ISSUE_ATTEMPTS = 5
+# `hub revoke` gives up after this many lost races in a row (another writer stored a version first).
+ISSUE_ATTEMPTS = 8
 
 
 def hash_token(token: str) -> str:
@@ -369,10 +370,11 @@ async def issue(
     """Sign delta(s) applying ``op`` to ``items`` and store them; the running hub serves them.
 
     Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. When another writer stores a
-    version first (the running hub's list refresher, another admin), the list is read again and
-    what is still to change is signed against it, up to ISSUE_ATTEMPTS times. Raises UsageError
-    (no keys), IssuerError (list key) and HubStoreError (the store failed, or VersionTakenError
-    when every attempt lost the race: then the keys of the delta that lost are not stored).
+    version first (the running hub's list refresher, another admin), the list is read again
+    after a short jittered wait and what is still to change is signed against it; it gives up
+    after ISSUE_ATTEMPTS such losses in a row with nothing stored between. Raises UsageError (no
+    keys), IssuerError (list key) and HubStoreError (the store failed, or VersionTakenError when
+    it gave up: then the keys of the delta that lost are not stored).
     """
     unique = sorted(set(items))
     if not unique:
@@ -380,8 +382,9 @@ async def issue(
     list_key = load_list_key(config)
     when = time.time() if now is None else now
     changed = 0
+    losses = Backoff(0.02, 1.0, jitter=True)  # two admins' big imports interleave less and less
     async with opened_store(config) as store:
-        for attempt in range(1, ISSUE_ATTEMPTS + 1):
+        while True:
             state = await store.revocation_state()
             # Keys already so change nothing: no delta for them (none at all when none changes).
             listed = state.revoked if op in ("revoke", "unrevoke") else state.blocked
@@ -394,13 +397,14 @@ async def issue(
                     following = next_state(state, op, chunk)
                     await store.add_revocation_delta(following.version, document, following)
                     state, changed = following, changed + len(chunk)
+                    losses.reset()
             except VersionTakenError as exc:
-                if attempt == ISSUE_ATTEMPTS:
+                if losses.failures + 1 >= ISSUE_ATTEMPTS:
                     raise
                 log.info("revocation list changed meanwhile (%s): reading it again", exc)
+                await asyncio.sleep(losses.next_delay())
                 continue
             return Issued(state.version, changed, state)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def refresh_list(
