@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from sync import hub_rules, hub_sql
+from sync import hub_annul, hub_rules, hub_sql
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
 _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
 _LAST_ROW_TIME = hub_sql.numbered(hub_sql.LAST_ROW_TIME)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
+_OVERTAKEN = hub_sql.numbered(hub_sql.OVERTAKEN)
 
 
 # Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
@@ -72,13 +73,20 @@ async def known(
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}
-    targets: dict[str, hub_rules.Target] = {}
-    if wanted := hub_rules.annul_targets(entries, stored):
-        sql = f"SELECT {hub_rules.TARGET_COLUMNS} FROM entries WHERE entry_id = ANY($1::text[])"
-        targets = {r[0]: hub_rules.Target(*r[1:]) for r in await conn.fetch(sql, wanted)}
+    targets: dict[str, hub_annul.Target] = {}
+    if wanted := hub_annul.annul_targets(entries, stored):
+        sql = f"SELECT {hub_annul.TARGET_COLUMNS} FROM entries WHERE entry_id = ANY($1::text[])"
+        targets = {r[0]: hub_annul.Target(*r[1:]) for r in await conn.fetch(sql, wanted)}
+    overtaken = set()
+    for c in hub_annul.overtake_checks(entries, stored, targets):
+        if await conn.fetchval(
+            _OVERTAKEN, gate_id, c.after_seq, c.before_seq, c.boot_id, c.mono_ns
+        ):
+            overtaken.add(c.entry_id)
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count),
         last_hlc=hub_sql.last_hlc(None if last is None else tuple(last), policy.max_clock_ahead_s),
+        overtaken=frozenset(overtaken),
     )  # fmt: skip

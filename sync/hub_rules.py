@@ -27,11 +27,10 @@ raising it again):
   raises two, and a steady stream (one attempt every 25 s, window 60 s, threshold 3) one per
   window of its duration - 6 such attempts raise 2.
 
-* who owns the data: an annulment must name an entry of the uploading gate with the same ticket
-  (stored, or earlier in the batch), recorded in the same run of the gate (its boot id) at most
-  :data:`ANNUL_WITHIN_S` before it on its monotonic clock: a gate annuls an admission nobody used
-  when its passage times out, never later (a user trial: a copy of a gate's token annulled its
-  admissions minutes later, and every other gate let those tickets in again); with ``exit_gates``
+* who owns the data: an annulment must name an entry of the uploading gate with the same ticket,
+  made in the same run within the passage timeout, and be recorded after every row between
+  (:mod:`sync.hub_annul`; a user trial: a copy of a gate's token annulled its admissions minutes
+  later, and every other gate let those tickets in again); with ``exit_gates``
   set, only those gates may record exits (under reentry an exit lets its ticket in again: a stolen
   entry gate could otherwise read the feed and let every ticket in twice). Such a batch is refused
   whole (nothing stored) with one integrity alert naming the gate per refused row. In a ticket's
@@ -74,11 +73,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from agent.clock import HLC, HLC_MAX_AHEAD_S
 from agent.redact import short_id
-from sync import protocol
+from sync import hub_annul, protocol
 from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
 from sync.hub_ticket_alerts import ticket_alerts
@@ -91,8 +90,6 @@ from sync.protocol import (
 )
 
 KEEP_DELTAS = 1000  # revocation deltas kept at the hub; older gates fetch the snapshot
-# Entry to annulment: a shared turnstile's turn and the passage timeout (each up to 600 s) and more.
-ANNUL_WITHIN_S = 1800.0
 MAX_TICKET_HISTORY = 1000  # per gate: a ticket's last entries+exits+annuls read, last attempts
 FEED_KINDS = ("entry", "exit", "annul")
 
@@ -101,18 +98,6 @@ FEED_KINDS = ("entry", "exit", "annul")
 def in_feed(entry: EntryWire) -> bool:
     """True for rows the peer feed carries: admitted entries and exits, and every annulment."""
     return entry.kind == "annul" or (entry.kind in FEED_KINDS and entry.admitted)
-
-
-class Target(NamedTuple):
-    """An entry an annulment names, as far as the check needs it."""
-
-    gate_id: str
-    ticket_ref: str
-    boot_id: str
-    mono_ns: int  # the gate's monotonic clock: in one run, immune to the wall clock's steps
-
-
-TARGET_COLUMNS = "entry_id, gate_id, ticket_ref, boot_id, mono_ns"  # entry_id, then a Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +111,13 @@ class KnownState:
     # each gate its last MAX_TICKET_HISTORY of each), for the refs of :func:`history_refs`
     history: Mapping[str, Sequence[TicketRow]] = field(default_factory=dict)
     gate_names: Mapping[str, str] = field(default_factory=dict)  # gate_id -> the operator's name
-    # entry ids the batch's annulments name (:func:`annul_targets`) -> that entry
-    targets: Mapping[str, Target] = field(default_factory=dict)
+    # entry ids the batch's annulments name (:func:`sync.hub_annul.annul_targets`) -> that entry
+    targets: Mapping[str, hub_annul.Target] = field(default_factory=dict)
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
     quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
     last_hlc: int = 0  # the HLC the venue orders this gate's row at max_seq by (0: none)
+    # the new annulments a stored row answers yes to (:func:`sync.hub_annul.overtake_checks`)
+    overtaken: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +169,6 @@ def attempt_span(
         return math.inf, -math.inf
     window = policy.denied_alert_window_s
     return min(times) - window, max(times) + window
-
-
-def annul_targets(entries: Sequence[EntryWire], stored: Mapping[str, Any]) -> list[str]:
-    """The entry ids the batch's new annulments name, for :attr:`KnownState.targets`."""
-    return sorted({e.annuls for e in entries if e.annuls and e.entry_id not in stored})
 
 
 def budget_since(now: float, policy: HubPolicy) -> float:
@@ -282,15 +264,20 @@ def _refusals(
     gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
 ) -> list[tuple[str, str, NewAlert]]:
     """(field, why, integrity alert) for each new row the gate has no right to write."""
-    earlier: dict[str, Target] = {}  # rows before this one in the batch
+    earlier: dict[str, hub_annul.Target] = {}  # rows before this one in the batch
     name = Names(known.gate_names)(gate_id)
     out = []
     for i, e in enumerate(entries):
         target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
-        earlier[e.entry_id] = Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
+        earlier[e.entry_id] = hub_annul.Target(
+            e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns, e.gate_seq
+        )
         if e.entry_id in known.stored:
             continue
-        refused = _why_refused(e, target, gate_id)
+        overtaken = e.entry_id in known.overtaken or (
+            target is not None and hub_annul.overtaken_in_batch(e, target, entries[:i])
+        )
+        refused = hub_annul.why_refused(e, target, gate_id, overtaken)
         if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
             refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
         if refused is not None:
@@ -306,27 +293,6 @@ def _refusals(
 
 def _may_exit(gate_id: str, policy: HubPolicy) -> bool:
     return policy.exit_gates is None or gate_id in policy.exit_gates
-
-
-def _why_refused(e: EntryWire, target: Target | None, gate_id: str) -> tuple[str, str] | None:
-    """(field, why) when the gate may not write ``e``: an annulment of an entry that is not its
-    own, or not of its passage timeout (``target``: the annulled entry)."""
-    if e.annuls is None:
-        return None
-    if target is None:
-        return "annuls", f"annuls an unknown entry {e.annuls}"
-    if target.gate_id != gate_id:
-        return "annuls", f"annuls entry {e.annuls} of another gate"
-    if target.ticket_ref != e.ticket_ref:
-        return "annuls", f"annuls entry {e.annuls} of another ticket"
-    if target.boot_id != e.boot_id:
-        return "annuls", f"annuls entry {e.annuls} recorded in another run of the gate (boot id)"
-    if not 0 <= (late := (e.mono_ns - target.mono_ns) / 1e9) <= ANNUL_WITHIN_S:
-        return "annuls", (
-            f"annuls entry {e.annuls} {late:,.0f} s after it (a gate annuls an admission"
-            f" nobody used within {ANNUL_WITHIN_S:,.0f} s)"
-        )
-    return None
 
 
 def _ahead_alert(

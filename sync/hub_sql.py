@@ -148,6 +148,12 @@ def last_hlc(row: Sequence[Any] | None, max_ahead_s: float) -> int:
 # gate's rows once (the gate_id index, then the row), once per gate and hub process.
 LAST_RECEIVED = "SELECT max(received_at) FROM entries WHERE gate_id = ?"
 # Alerts this gate's uploads raised since the start of the budget bucket.
+# Did the gate record, between a new annulment and its entry, a row of another run or dated
+# later than the annulment? (sync.hub_annul.Overtake: gate, after_seq, before_seq, boot, mono_ns)
+OVERTAKEN = (
+    "SELECT 1 FROM entries WHERE gate_id = ? AND gate_seq > ? AND gate_seq < ?"
+    " AND (boot_id <> ? OR mono_ns > ?) LIMIT 1"
+)
 BUDGET_USED = (
     "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ? AND kind <> 'alert_storm'"
 )

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-from sync import hub_rules, hub_sql
+from sync import hub_annul, hub_rules, hub_sql
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -99,15 +99,22 @@ def known_state(
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
     names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}
-    sql = f"SELECT {hub_rules.TARGET_COLUMNS} FROM entries WHERE entry_id IN ({{}})"
-    wanted = hub_rules.annul_targets(entries, stored)
-    targets = {r[0]: hub_rules.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
+    sql = f"SELECT {hub_annul.TARGET_COLUMNS} FROM entries WHERE entry_id IN ({{}})"
+    wanted = hub_annul.annul_targets(entries, stored)
+    targets = {r[0]: hub_annul.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
+    overtaken = frozenset(
+        c.entry_id
+        for c in hub_annul.overtake_checks(entries, stored, targets)
+        if db.execute(
+            hub_sql.OVERTAKEN, (gate_id, c.after_seq, c.before_seq, c.boot_id, c.mono_ns)
+        ).fetchone()
+    )
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count), quota,
-        last_hlc=hub_sql.last_hlc(last, ahead),
+        last_hlc=hub_sql.last_hlc(last, ahead), overtaken=overtaken,
     )  # fmt: skip
 
 

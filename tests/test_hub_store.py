@@ -24,7 +24,7 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_claims, hub_postgres, hub_postgres_known, hub_rules
+from sync import hub_annul, hub_claims, hub_postgres, hub_postgres_known, hub_rules
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
 from sync.hub_rules import KnownState
@@ -492,6 +492,62 @@ async def test_an_annulment_not_of_the_entrys_passage_timeout_is_refused(store: 
     # Its own passage timeout, in the same run, whatever the wall clock did meanwhile: taken.
     honest = annul(mono_ns=entry.mono_ns + 1800 * 10**9, wall_time=entry.wall_time - 3600)
     assert (await store.ingest("g1", [honest], T0 + 2)).inserted == 1
+
+
+async def test_a_stolen_unit_cannot_annul_an_admission_it_made_before_later_rows(
+    store: HubStore,
+) -> None:
+    """A stolen unit knows each entry's boot id and monotonic time, so it could annul any of its
+    admissions of the run by dating the annulment a few seconds after the entry (and every other
+    gate let that ticket in again). A gate stamps mono_ns as it writes each row and records an
+    annulment in its entry's run: a row between the two (by gate_seq) of another run or dated
+    later than the annulment shows it was made afterwards. Refused, stored or in the batch."""
+    g = Gate("g1")
+    s = 10**9
+
+    def at(row: EntryWire, mono_s: float, boot: str = "boot-1") -> EntryWire:
+        return msgspec.structs.replace(row, mono_ns=int(mono_s * s), boot_id=boot)
+
+    def annul(entry: EntryWire, mono_s: float, boot: str = "boot-1") -> EntryWire:
+        return at(g.row(entry.ticket_ref, "annul", annuls=entry.entry_id), mono_s, boot)
+
+    admitted = [at(g.row(f"t{n}"), 100 + n) for n in range(3)]  # t0, t1, t2 at 100-102 s
+    later = at(g.row("t9"), 100 + 1200)  # the gate went on deciding for 20 minutes
+    next_run = at(g.row("t8"), 5, boot="boot-2")  # and was restarted after a power cut
+    await store.ingest("g1", [*admitted, later, next_run], T0)
+    refused = [
+        ([annul(admitted[0], 110)], "entries[0].annuls"),
+        ([annul(admitted[1], 111, boot="boot-1")], "entries[0].annuls"),
+        # the newest row of boot-1 is `later`: its own annulment would be in time, but the gate
+        # ran another boot meanwhile
+        ([annul(later, 1301)], "entries[0].annuls"),
+    ]
+    for rows, where in refused:
+        g.seq = next_run.gate_seq  # the refused rows are not stored: the next gate_seq again
+        with pytest.raises(RefusedError) as caught:
+            await store.ingest("g1", rows, T0 + 1)
+        assert caught.value.field == where and "after rows the gate recorded later" in str(
+            caught.value
+        )
+    # In one batch: an entry, a later row, and the annulment dated back to the entry.
+    g.seq = next_run.gate_seq
+    entry = at(g.row("t5"), 20, boot="boot-2")
+    with pytest.raises(RefusedError) as caught:
+        await store.ingest(
+            "g1", [entry, at(g.row("t6"), 900, "boot-2"), annul(entry, 25, "boot-2")], T0 + 2
+        )
+    assert caught.value.field == "entries[2].annuls"
+    integrity = [a for a in await all_alerts(store) if a.kind == "integrity"]
+    assert len(integrity) == 4 and all("g1 refused" in a.detail for a in integrity)
+    # An honest passage timeout: rows of other lanes in between, each written before it.
+    g.seq = next_run.gate_seq
+    entry = at(g.row("t5"), 20, boot="boot-2")
+    between = [at(g.row(f"u{n}"), 21 + n, boot="boot-2") for n in range(3)]
+    await store.ingest("g1", [entry, *between], T0 + 3)
+    assert (await store.ingest("g1", [annul(entry, 30, "boot-2")], T0 + 4)).inserted == 1
+    other = at(g.row("t7"), 40, boot="boot-2")
+    batch = [other, at(g.row("u9"), 41, "boot-2"), annul(other, 50, "boot-2")]
+    assert (await store.ingest("g1", batch, T0 + 5)).inserted == 3
 
 
 async def test_unlimited_policy_never_alerts(open_hub: OpenStore) -> None:
@@ -1055,7 +1111,7 @@ def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]])
             row = TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s)  # as received
             history.setdefault(e.ticket_ref, []).append(row)
         targets = {
-            e.entry_id: hub_rules.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
+            e.entry_id: hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns, e.gate_seq)
             for e in stored
         }
         known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
