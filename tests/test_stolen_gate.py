@@ -183,6 +183,30 @@ async def test_a_stolen_gate_cannot_annul_another_gates_entry(venue: Venue, iss:
         assert (await asyncio.to_thread(_health, venue)) == "ok"
 
 
+async def test_a_stolen_unit_cannot_reopen_what_it_admitted_before_it_was_taken(
+    venue: Venue, iss: Issuer
+) -> None:
+    # Gate X admitted a ticket and worked on for 40 minutes; then its unit was stolen. The thief
+    # knows the admission's boot id and monotonic time from the journal, and dates an annulment
+    # 5 s after it: every other gate would let the ticket in again.
+    text = iss.ticket(event=1, zones=[1])
+    ref = _ref_of(text)
+    async with venue.gates() as (a, _):
+        entry = await venue.thief_row(ref)
+        later = await venue.thief_row(_ref_of(iss.ticket(event=1, zones=[1])))
+        later = msgspec.structs.replace(later, mono_ns=entry.mono_ns + 2400 * 10**9)
+        assert (await venue.upload(entry, later))[0] == 200
+        await _learnt(a, ref, "gate-x")
+        forged = await venue.thief_row(ref, "annul", annuls=entry.entry_id)
+        forged = msgspec.structs.replace(forged, mono_ns=entry.mono_ns + 5 * 10**9)
+        status, body = await venue.upload(forged)
+        assert status == 422 and "entries[0].annuls" in body["message"], body
+        assert "after rows the gate recorded later" in body["message"]
+        assert all(e["kind"] != "annul" for e in await venue.feed())
+        assert len(_integrity(await venue.alerts(), "annuls")) == 1
+        assert (await _present(a, text)).decision.reason is Reason.ALREADY_USED
+
+
 def _peer(row: EntryWire, name: str) -> PeerEntry:
     return FeedEntry(
         cursor=1, entry_id=row.entry_id, gate_id=row.gate_id, gate_name=name,
