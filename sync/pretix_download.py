@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +38,9 @@ from agent.revocation import (
     ListState,
     RevocationStore,
     order_key,
+    secret_key,
 )
+from sync import pretix_orders
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_state import load_cursors, save_cursors
@@ -80,6 +83,14 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def reading(self) -> ClockReading: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersLearnt:
+    """What a round of orders taught beyond the lists (:meth:`PretixDownload.checkins`)."""
+
+    entered: set[str] = field(default_factory=set)  # tickets other devices newly entered with
+    turned: dict[str, pretix_orders.Turned] = field(default_factory=dict)  # by secret
 
 
 class PretixDownload:
@@ -126,12 +137,13 @@ class PretixDownload:
                     return row
         raise UpstreamUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
 
-    async def secrets(self) -> None:
+    async def secrets(self) -> dict[str, float | None]:
         """Revoked and blocked secrets since the stored cursors, applied to the revocation store
         with their cursors every :data:`APPLY_EVERY` secrets and at the end. The list is stamped
         fresh only once the orders' states are read too (:meth:`checkins`): a round that fails
         half-way keeps what it applied (the next one goes on from its cursor) and the list's
-        freshness as it was."""
+        freshness as it was. Returns the secrets newly revoked, with when pretix revoked each
+        (its ``created``; None if not a datetime)."""
         cursor = self._revocations.upstream_cursor
         if cursor.get(_SECRETS_SCOPE, self._secrets_scope) != self._secrets_scope:
             log.warning("pretix: another event than before: its revoked and blocked secrets"
@@ -140,6 +152,7 @@ class PretixDownload:
         scope = {_SECRETS_SCOPE: self._secrets_scope}
         before = self._revocations.meta.version
         revoked: list[str] = []
+        newly: dict[str, float | None] = {}
         applied = 0
         # Revoked secrets by "created", which no change moves; the cursor is the newest read
         # less the margin: pretix stamps "created" as its transaction starts, so one still open
@@ -150,7 +163,9 @@ class PretixDownload:
         if old_created:
             params["created_since"] = old_created
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
-            revoked += pretix_event.revoked_secrets(reply.body)
+            page = pretix_event.revoked_secrets(reply.body)
+            newly.update(self._newly_revoked(page, rows))
+            revoked += page
             not_after = self._times(reply)[1]
             newest_read = wire.latest(newest_read, rows, "created", not_after)
             newest_created = _held_back(old_created, newest_read, "created", not_after)
@@ -185,6 +200,16 @@ class PretixDownload:
                 "pretix: %d revoked or blocked-state secrets applied (list v%d)",
                 applied + len(revoked) + len(blocked), meta.version,
             )  # fmt: skip
+        return newly
+
+    def _newly_revoked(self, page: list[str], rows: list[Any]) -> dict[str, float | None]:
+        """The secrets of a revoked page (``rows`` its results, in order) not revoked yet."""
+        index = self._revocations.index
+        return {
+            secret: wire.time_field(row, "created")
+            for secret, row in zip(page, rows, strict=True)
+            if index.status(secret_key(secret)) is not ListState.REVOKED
+        }
 
     async def _next_blocked_cursor(self, path: str, old: str | None) -> str | None:
         """The newest blocked-secret change pretix holds now, less :data:`_OVERLAP_S`, if that
@@ -217,7 +242,7 @@ class PretixDownload:
             fresh=whole,
         )
 
-    async def checkins(self, own_device: int | None) -> set[str]:
+    async def checkins(self, own_device: int | None) -> OrdersLearnt:
         """Check-ins of other devices and the tickets' order states (cancelled, unpaid), from the
         orders modified since the last round.
 
@@ -227,16 +252,17 @@ class PretixDownload:
         out). Ordered by creation, which no change moves, so paging while orders change can
         repeat a row but never skip one. The cursor is the server's time at the first page,
         less a margin for transactions still open then. Without ``own_device`` no check-in is
-        learnt (ours could not be told from theirs), only the order states. Returns the tickets
-        for which other devices' entries were newly learnt (the caller checks them for
-        duplicates: once, not each time pretix lists the order again).
+        learnt (ours could not be told from theirs), only the order states. Returns what the
+        caller checks this gate's admissions against, once (not each time pretix lists the
+        order again): the tickets other devices' entries were newly learnt for, and those whose
+        order newly stopped admitting.
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
         await self._check_orders_scope(own_device)
         since = self._cursors.get(_ORDERS_CURSOR)
-        params = [("ordering", "datetime"), *(("include", f) for f in wire.ORDER_FIELDS)]
-        params += [("exclude", f) for f in wire.ORDER_SKIPPED]
+        params = [("ordering", "datetime"), *(("include", f) for f in pretix_orders.ORDER_FIELDS)]
+        params += [("exclude", f) for f in pretix_orders.ORDER_SKIPPED]
         params.append(("include_canceled_positions", "true"))
         if since:
             params.append(("modified_since", since))
@@ -246,14 +272,20 @@ class PretixDownload:
         learnt = skipped = annulled = ahead = 0
         entered: set[str] = set()  # tickets other devices' entries were learnt for
         changed: Counter[ListState] = Counter()
+        turned: dict[str, pretix_orders.Turned] = {}
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
             if started is None:
                 started = until
-            states, bad_states = wire.order_states(orders)
-            changed += await self._apply_order_states(states)
-            rows, bad = wire.order_positions(orders)
-            skipped += bad + bad_states
+            found = pretix_orders.order_states(orders)
+            moved = await self._apply_order_states(found.states)
+            changed += Counter(moved.values())
+            for secret, state in moved.items():
+                turned.pop(secret, None)  # an order listed again on a later page: its last word
+                if state is not ListState.NONE:
+                    turned[secret] = pretix_orders.Turned(state, found.cancelled_at.get(secret))
+            rows, bad = pretix_orders.order_positions(orders)
+            skipped += bad + found.skipped
             if own_device is not None:
                 checkins = wire.peer_entries(rows, own_device, self._list, listed)
                 skipped += checkins.skipped
@@ -284,7 +316,7 @@ class PretixDownload:
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
         save_cursors(self._state_dir, self._cursors)
-        return entered
+        return OrdersLearnt(entered, turned)
 
     async def _check_orders_scope(self, own_device: int | None) -> None:
         """Drop the orders' cursors when they were read under another scope than this round's
@@ -308,23 +340,23 @@ class PretixDownload:
         save_cursors(self._state_dir, self._cursors)
         await self._apply([], {}, {_ORDERS_SCOPE: scope}, whole=False)
 
-    async def _apply_order_states(self, states: Mapping[str, ListState]) -> Counter[ListState]:
+    async def _apply_order_states(self, states: Mapping[str, ListState]) -> dict[str, ListState]:
         """Keep the order state of each ticket in ``states`` whose state changed (pretix sends
-        every modified order, most of them paid as before); returns how many changed to each
-        state. The list's version goes up, its freshness stays."""
+        every modified order, most of them paid as before); returns those, by secret. The
+        list's version goes up, its freshness stays."""
         index = self._revocations.index
         moved = {
             s: state for s, state in states.items() if index.order_status(order_key(s)) != state
         }
         if not moved:
-            return Counter()
+            return {}
         ops: dict[str, list[str]] = {"revoke": [], "unrevoke": [], "block": [], "unblock": []}
         for secret, state in moved.items():
             bits = ORDER_STATE_BITS[state]
             ops["revoke" if bits & REVOKED else "unrevoke"].append(ORDER_STATE_PREFIX + secret)
             ops["block" if bits & BLOCKED else "unblock"].append(ORDER_STATE_PREFIX + secret)
         await self._revocations.apply_secrets(**ops, cursor={}, issued_at=None, fresh=False)
-        return Counter(moved.values())
+        return moved
 
     def _orders_resume(self) -> tuple[float | None, str | None]:
         """Where a failed round of orders stopped: its first page's time and the newest creation

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
@@ -24,9 +24,11 @@ from urllib.parse import quote
 from agent.errors import UpstreamUnavailable
 from agent.journal import EntryRecord, HistoryEntry, Journal
 from agent.redact import pretix_short_id
+from agent.revocation import ListState
 from agent.rules import GatePolicy
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
+from sync.pretix_orders import Turned
 from sync.pretix_state import event_path
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,18 @@ class Clock(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PretixAlert:
-    """A ticket admitted here that another device had admitted before (security relevant)."""
+    """A ticket admitted here that another device had admitted before, or whose order does not
+    admit (security relevant)."""
 
-    kind: str  # "duplicate_entry" (seen in check-ins) or "already_redeemed" (pretix said so)
+    # "duplicate_entry" (seen in check-ins), "already_redeemed" (pretix said so) or
+    # "order_not_valid" (its order, learnt since, stopped admitting before this admission, or
+    # at a time pretix does not date)
+    kind: str
     ticket: str  # short hash of the secret, never the secret
     entry_id: str
-    other: str  # the other device ("pretix-device-2")
+    other: str  # the other device ("pretix-device-2"); "pretix" for the order
     at: float  # our scan time
-    other_at: float | None
+    other_at: float | None  # its entry; when the order was cancelled
     detail: str
 
 
@@ -64,6 +70,14 @@ class _NotPretix(UpstreamUnavailable):
 # refusing one URL (its secret) must not hold back every later check-in, which pretix's other
 # scanners need to refuse those tickets.
 HOLD_AFTER = 3
+# A cancellation dated less than this after an admission may have come first (two clocks).
+CLOCKS_APART_S = 60.0
+_ORDER_WORDS = {
+    ListState.REVOKED: "its secret revoked by pretix (the order cancelled, or the ticket issued anew)",
+    ListState.CANCELED: "its order (or the ticket) cancelled or expired",
+    ListState.UNPAID: "its order not paid (pending, e.g. charged back)",
+    ListState.UNAPPROVED: "its order awaiting approval",
+}
 
 
 class PretixUpload:
@@ -253,11 +267,36 @@ class PretixUpload:
                                 "admitted here while an entry elsewhere was still standing"
                                 " (learnt later)")  # fmt: skip
 
+    async def orders_turned(self, turned: Mapping[str, Turned]) -> None:
+        """Tickets newly learnt to admit no more (the secret revoked; the order cancelled,
+        expired, unpaid or awaiting approval): an entry of this gate still standing for one is
+        an alert unless pretix dates the change clearly after it (found in an integrator's
+        trial: an offline gate admitted a ticket whose order had been cancelled meanwhile,
+        pretix took the forced check-in, and nothing said so). pretix dates a revocation (as it
+        cancels an order it revokes the printed secret) and an order's cancellation; an unpaid
+        (a chargeback), expired or unapproved order, or one cancelled position, is named with
+        its time unknown."""
+        for secret, why in turned.items():
+            history = await self._journal.history(wire.PRETIX_REF + secret)
+            annulled = {h.annuls for h in history if h.kind == "annul"}
+            for row in history:
+                if row.peer or row.kind != "entry" or row.entry_id in annulled:
+                    continue
+                when = why.since
+                if when is not None and when > row.wall_time + CLOCKS_APART_S:
+                    continue  # cancelled after the holder came in
+                detail = _ORDER_WORDS[why.state] + (
+                    " before this admission" if when is not None else " (since when: not dated)"
+                )
+                self._alert(row, secret, "order_not_valid", "pretix", when, detail)
+
     def _alert(
         self, rec: EntryRecord | HistoryEntry, secret: str, kind: str, other: str,
         other_at: float | None, detail: str,
     ) -> None:  # fmt: skip
-        if any(a.entry_id == rec.entry_id for a in self.alerts):
+        finding = kind == "order_not_valid"  # the others are one finding: another device's entry
+        if any(a.entry_id == rec.entry_id and (a.kind == "order_not_valid") == finding
+               for a in self.alerts):  # fmt: skip
             return
         alert = PretixAlert(kind, pretix_short_id(secret), rec.entry_id, other, rec.wall_time,
                             other_at, detail)  # fmt: skip

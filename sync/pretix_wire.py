@@ -23,7 +23,6 @@ from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.pretix_event import is_secret
 from agent.redact import printable, text_digest
-from agent.revocation import ListState
 from sync.pretix_http import Reply
 from sync.upstream_http import parse_http_date
 
@@ -37,14 +36,6 @@ MAX_KEY_TEXT = 40  # an answer's key as named in a log line
 MAX_KEYS_SHOWN = 8
 _PLAUSIBLE_FROM_S = 1_577_836_800.0  # 2020-01-01: no server's clock shows an earlier time
 _MAX_LOGICAL = (1 << 16) - 1  # the HLC's logical part (agent.clock)
-# pretix's order statuses: pending, paid, expired, cancelled.
-_ORDER_STATUS = {
-    "n": ListState.UNPAID,
-    "p": ListState.NONE,
-    "e": ListState.CANCELED,
-    "c": ListState.CANCELED,
-}
-
 # Our reason codes onto pretix's failed check-in reasons (Checkin.REASONS).
 FAILED_REASON: dict[Reason, str] = {
     Reason.INVALID_FORMAT: "invalid",
@@ -75,6 +66,15 @@ def secret_of(ticket_ref: str) -> str | None:
 def iso(t: float) -> str:
     """Unix seconds as pretix's ISO 8601 UTC form, millisecond precision."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def time_field(row: Any, field: str) -> float | None:
+    """``row[field]`` as Unix seconds; None when ``row`` is not a dict or the field is not an ISO
+    8601 datetime with a time zone."""
+    try:
+        return parse_iso(row.get(field) if isinstance(row, dict) else None)
+    except ValueError:
+        return None
 
 
 def parse_iso(value: Any) -> float:
@@ -155,72 +155,6 @@ def annul_body(rec: EntryRecord, list_id: int) -> dict[str, Any]:
         "datetime": iso(rec.wall_time),
         "error_explanation": rec.detail or "turnstile not passed",
     }
-
-
-# What the adapter asks of each order (pretix's ``include``): its state (status, whether it
-# admits while pending or waits for approval), a position's id, secret, whether it is cancelled
-# and its successful check-ins; nothing personal, and a few hundred bytes per order. Cancelled
-# positions are listed too (``include_canceled_positions``).
-ORDER_FIELDS = (
-    "datetime", "status", "require_approval", "valid_if_pending",
-    "positions.id", "positions.secret", "positions.canceled", "positions.checkins",
-)  # fmt: skip
-# What pretix then need not even read (each skips a join or prefetch on its side).
-ORDER_SKIPPED = ("fees", "payments", "refunds", "invoice_address", "customer")
-
-
-def order_positions(orders: Iterable[Any]) -> tuple[list[Any], int]:
-    """The positions of downloaded orders, as rows like a check-in list's positions; also the
-    count of orders that were not well-formed (skipped)."""
-    rows: list[Any] = []
-    skipped = 0
-    for order in orders:
-        positions = order.get("positions") if isinstance(order, dict) else None
-        if isinstance(positions, list):
-            rows += positions
-        else:
-            skipped += 1
-    return rows, skipped
-
-
-def order_states(orders: Iterable[Any]) -> tuple[dict[str, ListState], int]:
-    """Whether each position's ticket admits, as pretix's check-in judges it for a turnstile
-    (its redeem asks with ``ignore_unpaid`` false), by secret: CANCELED when the position is
-    cancelled or its order cancelled or expired; for a pending order UNAPPROVED when it waits
-    for approval, else UNPAID unless it is valid while pending; else NONE. Also the count of
-    orders and positions whose state is not well-formed (an unknown status; a flag missing or
-    not a boolean: they are asked for, and a missing one must not read as "admit"): their
-    tickets keep the state they had."""
-    states: dict[str, ListState] = {}
-    skipped = 0
-    for order in orders:
-        positions = order.get("positions") if isinstance(order, dict) else None
-        if not isinstance(order, dict) or not isinstance(positions, list):
-            continue  # counted by order_positions
-        status = order.get("status")
-        approval, valid_if_pending = order.get("require_approval"), order.get("valid_if_pending")
-        if status not in _ORDER_STATUS or not _booleans(approval, valid_if_pending):
-            skipped += 1
-            continue
-        state = _ORDER_STATUS[status]
-        if state is ListState.UNPAID and approval:
-            state = ListState.UNAPPROVED
-        elif state is ListState.UNPAID and valid_if_pending:
-            state = ListState.NONE
-        for position in positions:
-            secret = position.get("secret") if isinstance(position, dict) else None
-            if not is_secret(secret):
-                continue  # counted by peer_entries
-            canceled = position.get("canceled")
-            if not _booleans(canceled):
-                skipped += 1
-                continue
-            states[secret] = ListState.CANCELED if canceled else state
-    return states, skipped
-
-
-def _booleans(*values: Any) -> bool:
-    return all(isinstance(v, bool) for v in values)
 
 
 def page_generated(headers: Mapping[str, str]) -> float | None:

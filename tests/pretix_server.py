@@ -242,7 +242,7 @@ def make_app(state: FakePretix) -> web.Application:
         rows = [
             _included(request, {
                 "datetime": _iso(ORDERS_CREATED + i), "status": "p", "require_approval": False,
-                "valid_if_pending": False, "email": "holder@example.org",
+                "valid_if_pending": False, "cancellation_date": None, "email": "holder@example.org",
                 "positions": [{"canceled": False, **p}]
                 if canceled_too or p.get("canceled") is not True else [],
                 **state.orders.get(str(p.get("secret")), {}),

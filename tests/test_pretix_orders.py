@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from agent.issuer import Issuer
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
 from agent.ports import Scan
+from agent.redact import pretix_short_id
 from agent.revocation import KIND, ListState, RevocationStore, order_key
 from agent.revocation_issuer import make_snapshot
 from agent.rules import STAFF_TEXT
@@ -34,7 +36,7 @@ from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from tests.conftest import WriteConfig
 from tests.pretix_server import API_TOKEN, EVENT, INIT_TOKEN, ORG, FakePretix, PretixServer, load
-from tests.test_pretix_sync import T0, Wall, make_upstream
+from tests.test_pretix_sync import T0, Wall, checkin, make_upstream
 
 CASES = {c["name"]: c for c in load("tickets.json")}
 _mono = itertools.count(1)
@@ -48,6 +50,11 @@ def secret(name: str) -> str:
 
 def position(pid: int, name: str, **fields: Any) -> dict[str, Any]:
     return {"id": pid, "secret": secret(name), "checkins": [], **fields}
+
+
+def ms(t: float) -> float:
+    """``t`` as pretix's ISO form carries it (milliseconds)."""
+    return wire.parse_iso(wire.iso(t))
 
 
 async def reason(gate: Gate, name: str) -> Reason:
@@ -128,6 +135,71 @@ async def test_tickets_of_orders_not_paid_or_cancelled_are_refused_until_paid(
     }
     assert STAFF_TEXT[Reason.UNPAID] == "Order not paid - send to the box office"
     assert STAFF_TEXT[Reason.CANCELED] == "Order cancelled - send to the box office"
+
+
+async def test_an_admission_whose_order_no_longer_admits_is_an_alert_once_learnt(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in an integrator's trial: a gate admitted a ticket whose order had been cancelled
+    meanwhile (offline, or between two rounds), pretix took the forced check-in, and nothing
+    said so. Once the order's state is learnt, each entry of this gate still standing for it is
+    an alert, unless pretix dates the cancellation clearly after the entry (the holder came in,
+    then the order was refunded). pretix dates nothing but a cancellation."""
+    names = ("valid_standard_1", "valid_standard_2", "valid_standard_3", "valid_variation_1",
+             "valid_variation_2", "valid_vip_1", "valid_same_order_1", "valid_same_order_2")  # fmt: skip
+    fake = FakePretix()
+    fake.positions = [(0, position(pid, name)) for pid, name in enumerate(names, 1)]
+    elsewhere = checkin(71, 2, wire.iso(time.time() - 60))  # admitted by another device only
+    fake.positions.append((0, position(7, "valid_vip_2", checkins=[elsewhere])))
+    async with PretixServer(fake) as server:
+        conf = config.load(write_config(extra=pretix_section(server.url), passage_timeout_s=0.2))
+        sim = SimGate(passage_ms=1, plan=[True, True, True, False, True, True, True, True])
+        async with open_gate(conf, scanner=SimScanner(), gate_io=sim) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            seen = await gate.journal.history(wire.PRETIX_REF + secret("valid_vip_2"))
+            assert [(h.kind, h.peer) for h in seen] == [("entry", True)]
+            before = time.time()
+            assert [await reason(gate, name) for name in names] == [Reason.OK] * len(names)
+            after = time.time()
+            early, late = ms(before - 600), ms(after + 30)
+            cancelled = {
+                "valid_standard_1": early,  # before the entries: an alert
+                "valid_standard_2": ms(after + 3600),  # an hour after: the holder was inside
+                "valid_variation_1": early,  # admitted, nobody passed: annulled
+                "valid_vip_1": late,  # within the two clocks' margin: an alert
+            }
+            fake.orders = {
+                secret(name): {"status": "c", "cancellation_date": wire.iso(at)}
+                for name, at in cancelled.items()
+            }
+            # Revoked (pretix revokes the printed secret as it cancels an order or issues the
+            # ticket anew): dated by the revocation.
+            fake.revoked["results"] += [
+                {"id": 9001, "secret": secret("valid_same_order_1"), "created": wire.iso(early)},
+                {"id": 9002, "secret": secret("valid_same_order_2"),
+                 "created": wire.iso(after + 3600)},
+            ]  # fmt: skip
+            fake.orders[secret("valid_standard_3")] = {"status": "n"}  # charged back: undated
+            fake.orders[secret("valid_vip_2")] = {"status": "n"}  # not this gate's entry
+            fake.positions = [
+                (LATER, {**p, "canceled": p["secret"] == secret("valid_variation_2")})
+                for _, p in fake.positions
+            ]  # one position of a paid order cancelled: undated
+            assert await gate.upstream.sync_once()
+            alerts = {(a.ticket, a.kind, a.other, a.other_at) for a in gate.upstream.alerts}
+            assert alerts == {
+                (pretix_short_id(secret("valid_standard_1")), "order_not_valid", "pretix", early),
+                (pretix_short_id(secret("valid_standard_3")), "order_not_valid", "pretix", None),
+                (pretix_short_id(secret("valid_variation_2")), "order_not_valid", "pretix", None),
+                (pretix_short_id(secret("valid_vip_1")), "order_not_valid", "pretix", late),
+                (pretix_short_id(secret("valid_same_order_1")), "order_not_valid", "pretix",
+                 early),
+            }  # fmt: skip
+            # pretix lists the orders again each round (every check-in touches them): once only.
+            assert await gate.upstream.sync_once()
+            assert len(gate.upstream.alerts) == 5 and gate.upstream.status["alerts"] == 5
+    said = [r.getMessage() for r in caplog.records if "SECURITY ALERT order_not_valid" in r.message]
+    assert len(said) == 5 and any("not dated" in line for line in said)
 
 
 class Sole:

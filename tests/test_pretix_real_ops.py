@@ -14,6 +14,7 @@ import pytest
 from agent.app.daemon import Gate
 from agent.clock import Clock
 from agent.model import Flag, Reason
+from agent.redact import pretix_short_id
 from drivers.sim import SimGate, SimScanner
 from sync import pretix_wire as wire
 from tests.conftest import WriteConfig
@@ -255,7 +256,21 @@ async def test_tickets_of_orders_charged_back_expired_or_cancelled_are_refused(
                                            body={"valid_if_pending": True})  # fmt: skip
         assert patched == 200
         assert await reasons(repaid, expired, trusted) == [Reason.OK, Reason.CANCELED, Reason.OK]
+        assert await up.sync_once() and up.alerts == []
+        # The refusal reached pretix as a failed check-in with pretix's own reason, then the
+        # entry.
+        checkins = await pretix_real.checkins(repaid)
+        assert [(ci["successful"], ci["error_reason"]) for ci in checkins] == [
+            (False, "unpaid"), (True, None),
+        ]  # fmt: skip
+        # Admitted, then charged back again or cancelled: each admission still standing is an
+        # alert. pretix revokes a cancelled order's printed secret and dates that (here moments
+        # after the admission: within the clocks' margin, named too).
+        assert (await pretix_real.order_action(repaid, "mark_pending"))["status"] == "n"
+        assert (await pretix_real.order_action(trusted, "mark_canceled"))["status"] == "c"
         assert await up.sync_once()
-    # The refusal reached pretix as a failed check-in with pretix's own reason, then the entry.
-    rows = [(ci["successful"], ci["error_reason"]) for ci in await pretix_real.checkins(repaid)]
-    assert rows == [(False, "unpaid"), (True, None)]
+        named = {a.ticket: (a.kind, a.other_at is not None) for a in up.alerts}
+        assert named == {
+            pretix_short_id(repaid): ("order_not_valid", False),
+            pretix_short_id(trusted): ("order_not_valid", True),
+        }
