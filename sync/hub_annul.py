@@ -1,20 +1,30 @@
-"""Who may annul what at the hub: the checks :func:`sync.hub_rules.plan_ingest` makes of a
-batch's new annulments, and what the stores read for them.
+"""Who may annul what at the hub, and the runs a gate's rows come from: the checks
+:func:`sync.hub_rules.plan_ingest` makes of a batch's new rows, and what the stores read for
+them.
 
 A gate annuls an admission nobody used when its passage times out. So an annulment must name an
 entry of the uploading gate with the same ticket (stored, or earlier in the batch), recorded in
 the same run of the gate (its boot id) at most :data:`ANNUL_WITHIN_S` before it on the gate's
-monotonic clock, and with no row between the two (by gate_seq) of another run or dated later on
-that clock: a gate stamps each row's ``mono_ns`` as it writes it, so in one run its rows' times
-rise with their gate_seq, and it records an annulment in the run of its entry. The last check is
-what keeps a stolen unit, which knows its entries' boot ids and clock values, from annulling
-its admissions long after (every other gate would let those tickets in again): it can annul
-only admissions of the last ANNUL_WITHIN_S before it was taken.
+monotonic clock, and it must come after every row the gate recorded before it: its gate_seq
+after the gate's newest stored row, and that row (or the batch's row before it) of the same run
+and dated no later on that clock.
+
+That last check holds because of the rule on runs, which every new row after the gate's newest
+stored row passes: a gate stamps ``mono_ns`` as it writes each row (one writer thread, one
+journal per unit) and its boot id is the kernel's, new at each boot; so in one run a gate's rows
+are never dated back, and a run it has left never comes back. A row that breaks either is
+refused (nothing of its batch stored, an integrity alert). Together they keep a stolen unit,
+which knows its entries' boot ids and clock values, from annulling an admission it made long
+before (every other gate would let that ticket in again): dating the annulment just after the
+entry is dating it before the rows the gate recorded since, and a row put first to hide them
+breaks the rule itself. It can annul only admissions of the last ANNUL_WITHIN_S before the
+newest row it had sent. The checks read one row (the gate's newest) and, when a batch changes
+run, one lookup of the (gate_id, boot_id) index: no scan of the gate's rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sync.protocol import EntryWire
@@ -30,21 +40,15 @@ class Target(NamedTuple):
     ticket_ref: str
     boot_id: str
     mono_ns: int  # the gate's monotonic clock: in one run, immune to the wall clock's steps
-    gate_seq: int
 
 
-TARGET_COLUMNS = "entry_id, gate_id, ticket_ref, boot_id, mono_ns, gate_seq"  # entry_id, Target
+TARGET_COLUMNS = "entry_id, gate_id, ticket_ref, boot_id, mono_ns"  # entry_id, then a Target
 
 
-class Overtake(NamedTuple):
-    """Ask the store: is a stored row of the gate between the annulment ``entry_id`` and its
-    entry (``after_seq < gate_seq < before_seq``) of another run than ``boot_id``, or dated past
-    the annulment's ``mono_ns``? (:attr:`sync.hub_rules.KnownState.overtaken`)"""
+class RunMark(NamedTuple):
+    """The run (boot id) and monotonic time of a gate's newest row."""
 
-    entry_id: str
     boot_id: str
-    after_seq: int
-    before_seq: int
     mono_ns: int
 
 
@@ -53,38 +57,37 @@ def annul_targets(entries: Sequence[EntryWire], stored: Mapping[str, Any]) -> li
     return sorted({e.annuls for e in entries if e.annuls and e.entry_id not in stored})
 
 
-def overtake_checks(
-    entries: Sequence[EntryWire], stored: Mapping[str, Any], targets: Mapping[str, Target]
-) -> list[Overtake]:
-    """What the store must ask about the batch's new annulments of stored entries of the same
-    run, for :attr:`sync.hub_rules.KnownState.overtaken` (each one statement on the gate's
-    gate_seq index that stops at the first row it finds)."""
-    return [
-        Overtake(e.entry_id, e.boot_id, target.gate_seq, e.gate_seq, e.mono_ns)
-        for e in entries
-        if e.annuls is not None
-        and e.entry_id not in stored
-        and (target := targets.get(e.annuls)) is not None
-        and target.boot_id == e.boot_id
-    ]
+def batch_boots(entries: Iterable[EntryWire]) -> list[str]:
+    """The batch's runs, for :attr:`sync.hub_rules.KnownState.seen_boots`."""
+    return sorted({e.boot_id for e in entries})
 
 
-def overtaken_in_batch(e: EntryWire, target: Target, before: Sequence[EntryWire]) -> bool:
-    """True when a row of the batch before ``e`` and after its target is of another run or
-    dated past ``e`` on the gate's monotonic clock."""
-    return any(
-        target.gate_seq < r.gate_seq < e.gate_seq
-        and (r.boot_id != e.boot_id or r.mono_ns > e.mono_ns)
-        for r in before
-    )
+def run_refusal(
+    e: EntryWire, before: RunMark | None, seen_boots: Iterable[str]
+) -> tuple[str, str] | None:
+    """(field, why) when ``e``, the gate's next row after ``before`` (its newest; None: none),
+    breaks the rule on runs; ``seen_boots``: the runs the gate has rows of."""
+    if before is None:
+        return None
+    if e.boot_id == before.boot_id:
+        if e.mono_ns < before.mono_ns:
+            return "mono_ns", (
+                f"gate_seq {e.gate_seq} dated before the gate's row before it in the same run"
+                " (its monotonic clock never runs back)"
+            )
+        return None
+    if e.boot_id in seen_boots:
+        return "boot_id", f"gate_seq {e.gate_seq} of a run the gate had left (boot id)"
+    return None
 
 
 def why_refused(
-    e: EntryWire, target: Target | None, gate_id: str, overtaken: bool
+    e: EntryWire, target: Target | None, gate_id: str, max_seq: int, before: RunMark | None
 ) -> tuple[str, str] | None:
-    """(field, why) when the gate may not write ``e``: an annulment of an entry that is not its
-    own, or not of its passage timeout (``target``: the annulled entry; ``overtaken``: a row the
-    gate recorded between the two is of another run or dated after ``e``)."""
+    """(field, why) when the gate may not write the annulment ``e``: of an entry that is not its
+    own, not of its passage timeout, or not after every row the gate recorded before it
+    (``target``: the annulled entry; ``max_seq``: the gate's newest stored gate_seq;
+    ``before``: its newest row, stored or earlier in the batch)."""
     if e.annuls is None:
         return None
     if target is None:
@@ -100,10 +103,12 @@ def why_refused(
             f"annuls entry {e.annuls} {late:,.0f} s after it (a gate annuls an admission"
             f" nobody used within {ANNUL_WITHIN_S:,.0f} s)"
         )
-    if overtaken:
+    if e.gate_seq <= max_seq or (
+        before is not None and (before.boot_id != e.boot_id or before.mono_ns > e.mono_ns)
+    ):
         return "annuls", (
-            f"annuls entry {e.annuls} after rows the gate recorded later (another run, or a"
-            " later monotonic time than the annulment's: a gate records its annulment as the"
-            " passage times out, after every row before it)"
+            f"annuls entry {e.annuls} after rows the gate recorded later (another run, a later"
+            " monotonic time or gate_seq: a gate records its annulment as the passage times"
+            " out, after every row before it)"
         )
     return None

@@ -28,9 +28,10 @@ raising it again):
   window of its duration - 6 such attempts raise 2.
 
 * who owns the data: an annulment must name an entry of the uploading gate with the same ticket,
-  made in the same run within the passage timeout, and be recorded after every row between
-  (:mod:`sync.hub_annul`; a user trial: a copy of a gate's token annulled its admissions minutes
-  later, and every other gate let those tickets in again); with ``exit_gates``
+  made in the same run within the passage timeout, and come after every row the gate recorded
+  before it; no new row may be dated back in its run on the gate's monotonic clock or be of a
+  run the gate left (:mod:`sync.hub_annul`; a user trial: a copy of a gate's token annulled its
+  admissions minutes later, and every other gate let those tickets in again); with ``exit_gates``
   set, only those gates may record exits (under reentry an exit lets its ticket in again: a stolen
   entry gate could otherwise read the feed and let every ticket in twice). Such a batch is refused
   whole (nothing stored) with one integrity alert naming the gate per refused row. In a ticket's
@@ -116,8 +117,9 @@ class KnownState:
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
     quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
     last_hlc: int = 0  # the HLC the venue orders this gate's row at max_seq by (0: none)
-    # the new annulments a stored row answers yes to (:func:`sync.hub_annul.overtake_checks`)
-    overtaken: frozenset[str] = frozenset()
+    last_run: hub_annul.RunMark | None = None  # this gate's row at max_seq: its run, its mono
+    # the batch's runs (:func:`sync.hub_annul.batch_boots`) this gate has stored rows of
+    seen_boots: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,20 +268,21 @@ def _refusals(
     """(field, why, integrity alert) for each new row the gate has no right to write."""
     earlier: dict[str, hub_annul.Target] = {}  # rows before this one in the batch
     name = Names(known.gate_names)(gate_id)
+    before, boots = known.last_run, set(known.seen_boots)  # the gate's newest row, its runs
     out = []
     for i, e in enumerate(entries):
         target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
-        earlier[e.entry_id] = hub_annul.Target(
-            e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns, e.gate_seq
-        )
+        earlier[e.entry_id] = hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
         if e.entry_id in known.stored:
             continue
-        overtaken = e.entry_id in known.overtaken or (
-            target is not None and hub_annul.overtaken_in_batch(e, target, entries[:i])
-        )
-        refused = hub_annul.why_refused(e, target, gate_id, overtaken)
+        refused = hub_annul.why_refused(e, target, gate_id, known.max_seq, before)
+        if refused is None and e.gate_seq > known.max_seq:  # the next of the gate's newest rows
+            refused = hub_annul.run_refusal(e, before, boots)
         if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
             refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
+        if e.gate_seq > known.max_seq:
+            before = hub_annul.RunMark(e.boot_id, e.mono_ns)
+            boots.add(e.boot_id)
         if refused is not None:
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]

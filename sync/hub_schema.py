@@ -148,10 +148,11 @@ SHORT_ID_INDEX = "CREATE INDEX IF NOT EXISTS entries_short_id ON entries (short_
 # would lock the alerts table at every open. A column added to entries later must be added to
 # quarantined_entries too (tests/test_hub_store.py compares them). And the admissions of refused
 # batches, shared with gates meanwhile (sync.hub_claims), and the runs each gate's heartbeats came
-# from (sync.hub_twins).
+# from (sync.hub_twins). And the (gate_id, boot_id) index the runs check reads (sync.hub_annul).
 SQLITE_AT_OPEN = (
     "CREATE INDEX IF NOT EXISTS entries_ticket_gate"
     " ON entries (ticket_ref, kind = 'attempt', gate_id);"
+    "CREATE INDEX IF NOT EXISTS entries_gate_boot ON entries (gate_id, boot_id);"
     "DROP INDEX IF EXISTS entries_ticket_kind;"
     "DROP INDEX IF EXISTS entries_ticket_ref;"
     "CREATE TABLE IF NOT EXISTS quarantined_entries AS"
@@ -173,6 +174,7 @@ SQLITE_AT_OPEN = (
 POSTGRES_AT_OPEN = """
 CREATE INDEX IF NOT EXISTS entries_ticket_gate
     ON entries (ticket_ref, (kind = 'attempt'), gate_id, cursor);
+CREATE INDEX IF NOT EXISTS entries_gate_boot ON entries (gate_id, boot_id);
 DROP INDEX IF EXISTS entries_ticket_kind;
 DROP INDEX IF EXISTS entries_ticket_cursor;
 DROP INDEX IF EXISTS entries_ticket_ref;

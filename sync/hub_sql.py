@@ -10,6 +10,7 @@ from typing import Any
 
 from agent.model import Reason, Verdict
 from agent.redact import short_id
+from sync.hub_annul import RunMark
 from sync.hub_plan import as_of_arrival
 from sync.hub_rules import in_feed
 from sync.hub_store import HubPolicy
@@ -130,9 +131,17 @@ MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
 # A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated
 # before it (sync.hub_rules.KnownState.last_hlc).
 LAST_ROW_TIME = (
-    "SELECT hlc, wall_time, received_at FROM entries WHERE gate_id = ?"
+    "SELECT hlc, wall_time, received_at, boot_id, mono_ns FROM entries WHERE gate_id = ?"
     " ORDER BY gate_seq DESC LIMIT 1"
 )
+# Which of a batch's runs (boot ids) the gate has rows of already (sync.hub_annul: a run the gate
+# left never comes back), on the (gate_id, boot_id) index.
+SEEN_BOOTS = "SELECT DISTINCT boot_id FROM entries WHERE gate_id = ? AND boot_id IN ({})"
+
+
+def last_run(row: Sequence[Any] | None) -> RunMark | None:
+    """The run and monotonic time of a :data:`LAST_ROW_TIME` row (None: no row)."""
+    return None if row is None else RunMark(str(row[3]), int(row[4]))
 
 
 def last_hlc(row: Sequence[Any] | None, max_ahead_s: float) -> int:
@@ -148,12 +157,6 @@ def last_hlc(row: Sequence[Any] | None, max_ahead_s: float) -> int:
 # gate's rows once (the gate_id index, then the row), once per gate and hub process.
 LAST_RECEIVED = "SELECT max(received_at) FROM entries WHERE gate_id = ?"
 # Alerts this gate's uploads raised since the start of the budget bucket.
-# Did the gate record, between a new annulment and its entry, a row of another run or dated
-# later than the annulment? (sync.hub_annul.Overtake: gate, after_seq, before_seq, boot, mono_ns)
-OVERTAKEN = (
-    "SELECT 1 FROM entries WHERE gate_id = ? AND gate_seq > ? AND gate_seq < ?"
-    " AND (boot_id <> ? OR mono_ns > ?) LIMIT 1"
-)
 BUDGET_USED = (
     "SELECT count(*) FROM alerts WHERE source_gate = ? AND raised_at >= ? AND kind <> 'alert_storm'"
 )

@@ -102,19 +102,15 @@ def known_state(
     sql = f"SELECT {hub_annul.TARGET_COLUMNS} FROM entries WHERE entry_id IN ({{}})"
     wanted = hub_annul.annul_targets(entries, stored)
     targets = {r[0]: hub_annul.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
-    overtaken = frozenset(
-        c.entry_id
-        for c in hub_annul.overtake_checks(entries, stored, targets)
-        if db.execute(
-            hub_sql.OVERTAKEN, (gate_id, c.after_seq, c.before_seq, c.boot_id, c.mono_ns)
-        ).fetchone()
-    )
+    sql = hub_sql.SEEN_BOOTS
+    seen = frozenset(b for (b,) in _select_in(db, sql, hub_annul.batch_boots(entries), (gate_id,)))
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count), quota,
-        last_hlc=hub_sql.last_hlc(last, ahead), overtaken=overtaken,
+        last_hlc=hub_sql.last_hlc(last, ahead), last_run=hub_sql.last_run(last),
+        seen_boots=seen,
     )  # fmt: skip
 
 

@@ -499,9 +499,11 @@ async def test_a_stolen_unit_cannot_annul_an_admission_it_made_before_later_rows
 ) -> None:
     """A stolen unit knows each entry's boot id and monotonic time, so it could annul any of its
     admissions of the run by dating the annulment a few seconds after the entry (and every other
-    gate let that ticket in again). A gate stamps mono_ns as it writes each row and records an
-    annulment in its entry's run: a row between the two (by gate_seq) of another run or dated
-    later than the annulment shows it was made afterwards. Refused, stored or in the batch."""
+    gate let that ticket in again). A gate stamps mono_ns as it writes each row, in gate_seq
+    order, and its boot id is new at each boot: an annulment must come after the gate's newest
+    row, of its run and dated no earlier; and no new row may be dated back in its run or be of
+    a run the gate left, so no row put first can hide the later ones. Refused, stored or in the
+    batch, and in a hole of the gate's gate_seqs (a review: the annulment went in there)."""
     g = Gate("g1")
     s = 10**9
 
@@ -512,35 +514,43 @@ async def test_a_stolen_unit_cannot_annul_an_admission_it_made_before_later_rows
         return at(g.row(entry.ticket_ref, "annul", annuls=entry.entry_id), mono_s, boot)
 
     admitted = [at(g.row(f"t{n}"), 100 + n) for n in range(3)]  # t0, t1, t2 at 100-102 s
+    g.seq += 10  # a hole: gate_seqs 4-13 never reach the hub
     later = at(g.row("t9"), 100 + 1200)  # the gate went on deciding for 20 minutes
     next_run = at(g.row("t8"), 5, boot="boot-2")  # and was restarted after a power cut
     await store.ingest("g1", [*admitted, later, next_run], T0)
+    top = next_run.gate_seq
+    annuls = "after rows the gate recorded later"
     refused = [
-        ([annul(admitted[0], 110)], "entries[0].annuls"),
-        ([annul(admitted[1], 111, boot="boot-1")], "entries[0].annuls"),
+        ([annul(admitted[0], 110)], "entries[0].annuls", annuls),
+        ([annul(admitted[1], 111, boot="boot-1")], "entries[0].annuls", annuls),
         # the newest row of boot-1 is `later`: its own annulment would be in time, but the gate
         # ran another boot meanwhile
-        ([annul(later, 1301)], "entries[0].annuls"),
+        ([annul(later, 1301)], "entries[0].annuls", annuls),
+        # a row put first to hide the later ones breaks the rule on runs itself
+        ([at(g.row("t7"), 103), annul(admitted[2], 104)], "entries[0].boot_id", "left"),
+        ([at(g.row("t7"), 4, boot="boot-2")], "entries[0].mono_ns", "dated before"),
     ]
-    for rows, where in refused:
-        g.seq = next_run.gate_seq  # the refused rows are not stored: the next gate_seq again
+    for rows, where, words in refused:
+        g.seq = top  # the refused rows are not stored: the next gate_seq again
         with pytest.raises(RefusedError) as caught:
             await store.ingest("g1", rows, T0 + 1)
-        assert caught.value.field == where and "after rows the gate recorded later" in str(
-            caught.value
-        )
-    # In one batch: an entry, a later row, and the annulment dated back to the entry.
-    g.seq = next_run.gate_seq
-    entry = at(g.row("t5"), 20, boot="boot-2")
+        assert caught.value.field == where and words in str(caught.value), (where, caught.value)
+    # In the hole, below the gate's newest row: the rows after it are not "between".
+    g.seq = 4
     with pytest.raises(RefusedError) as caught:
-        await store.ingest(
-            "g1", [entry, at(g.row("t6"), 900, "boot-2"), annul(entry, 25, "boot-2")], T0 + 2
-        )
+        await store.ingest("g1", [annul(admitted[2], 110)], T0 + 1)
+    assert caught.value.field == "entries[0].annuls" and annuls in str(caught.value)
+    # In one batch: an entry, a later row, and the annulment dated back to the entry.
+    g.seq = top
+    entry = at(g.row("t5"), 20, boot="boot-2")
+    batch = [entry, at(g.row("t6"), 900, "boot-2"), annul(entry, 25, "boot-2")]
+    with pytest.raises(RefusedError) as caught:
+        await store.ingest("g1", batch, T0 + 2)
     assert caught.value.field == "entries[2].annuls"
-    integrity = [a for a in await all_alerts(store) if a.kind == "integrity"]
-    assert len(integrity) == 4 and all("g1 refused" in a.detail for a in integrity)
+    integrity = [a for a in await all_alerts(store) if "g1 refused" in a.detail]
+    assert len(integrity) == len(refused) + 2
     # An honest passage timeout: rows of other lanes in between, each written before it.
-    g.seq = next_run.gate_seq
+    g.seq = top
     entry = at(g.row("t5"), 20, boot="boot-2")
     between = [at(g.row(f"u{n}"), 21 + n, boot="boot-2") for n in range(3)]
     await store.ingest("g1", [entry, *between], T0 + 3)
@@ -548,6 +558,8 @@ async def test_a_stolen_unit_cannot_annul_an_admission_it_made_before_later_rows
     other = at(g.row("t7"), 40, boot="boot-2")
     batch = [other, at(g.row("u9"), 41, "boot-2"), annul(other, 50, "boot-2")]
     assert (await store.ingest("g1", batch, T0 + 5)).inserted == 3
+    # And the next boot's rows, after a reboot: a new run.
+    assert (await store.ingest("g1", [at(g.row("t4"), 1, "boot-3")], T0 + 6)).inserted == 1
 
 
 async def test_unlimited_policy_never_alerts(open_hub: OpenStore) -> None:
@@ -1111,7 +1123,7 @@ def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]])
             row = TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s)  # as received
             history.setdefault(e.ticket_ref, []).append(row)
         targets = {
-            e.entry_id: hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns, e.gate_seq)
+            e.entry_id: hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
             for e in stored
         }
         known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
