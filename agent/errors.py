@@ -151,14 +151,22 @@ class UpstreamUnavailable(UpstreamError, ConnectionError):
     the failure was quick and may be gone on the next ask (a connection lost, a gateway or server
     error, a body cut short), so a reader may ask again within seconds; not set for a timeout (a
     slow server only gets slower when asked again) nor for what asking again cannot change.
+    ``answered``: an HTTP status came back (the server, or something in front of it, answered
+    this request), not a link failure.
     """
 
     def __init__(
-        self, message: str, retry_after: float | None = None, *, brief: bool = False
+        self,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        brief: bool = False,
+        answered: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.brief = brief
+        self.answered = answered
 
 
 class UpstreamAuthError(UpstreamError, PermissionError):

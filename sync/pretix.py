@@ -29,13 +29,12 @@ from agent.clock import ClockReading
 from agent.errors import ConfigError, PretixInitError, UpstreamAuthError, UpstreamUnavailable
 from agent.journal import Journal
 from agent.redact import secret_label
-from agent.revocation import ListState, RevocationStore
+from agent.revocation import RevocationStore
 from agent.rules import GatePolicy
 from agent.trust import TrustBundle
 from sync import pretix_wire as wire
 from sync.pretix_download import PretixDownload
 from sync.pretix_http import PretixHTTP
-from sync.pretix_orders import Turned
 from sync.pretix_state import (
     DEVICE_FILE,
     SYNC_FILE,
@@ -320,11 +319,9 @@ class PretixUpstream:
                 self._saved = saved
             except OSError as exc:  # the gate goes on; a restart without pretix would lack them
                 log.warning("pretix: the event's keys and list not kept: %s", exc)
-        revoked = await self._down.secrets()
-        learnt = await self._down.checkins(self._device_id)
-        await self._up.peers_learnt(learnt.entered, policy)
-        dated = {secret: Turned(ListState.REVOKED, at) for secret, at in revoked.items()}
-        await self._up.orders_turned({**learnt.turned, **dated})
+        await self._down.secrets(self._up.orders_turned)
+        entered = await self._down.checkins(self._device_id, self._up.orders_turned)
+        await self._up.peers_learnt(entered, policy)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,12 +84,9 @@ class Clock(Protocol):
     def reading(self) -> ClockReading: ...
 
 
-@dataclass(frozen=True, slots=True)
-class OrdersLearnt:
-    """What a round of orders taught beyond the lists (:meth:`PretixDownload.checkins`)."""
-
-    entered: set[str] = field(default_factory=set)  # tickets other devices newly entered with
-    turned: dict[str, pretix_orders.Turned] = field(default_factory=dict)  # by secret
+# Told, before a round applies them, of the tickets newly learnt not to admit (by secret): what
+# is told before it is kept is never lost to a round cut short; a ticket told twice is said once.
+TurnedSink = Callable[[Mapping[str, pretix_orders.Turned]], Awaitable[None]]
 
 
 class PretixDownload:
@@ -137,13 +133,13 @@ class PretixDownload:
                     return row
         raise UpstreamUnavailable(f"GET {path}: check-in list {self._list} not found in the event")
 
-    async def secrets(self) -> dict[str, float | None]:
+    async def secrets(self, turned: TurnedSink) -> None:
         """Revoked and blocked secrets since the stored cursors, applied to the revocation store
         with their cursors every :data:`APPLY_EVERY` secrets and at the end. The list is stamped
         fresh only once the orders' states are read too (:meth:`checkins`): a round that fails
         half-way keeps what it applied (the next one goes on from its cursor) and the list's
-        freshness as it was. Returns the secrets newly revoked, with when pretix revoked each
-        (its ``created``; None if not a datetime)."""
+        freshness as it was. ``turned`` is told of the secrets newly revoked, with when pretix
+        revoked each (its ``created``), before they are kept."""
         cursor = self._revocations.upstream_cursor
         if cursor.get(_SECRETS_SCOPE, self._secrets_scope) != self._secrets_scope:
             log.warning("pretix: another event than before: its revoked and blocked secrets"
@@ -152,7 +148,7 @@ class PretixDownload:
         scope = {_SECRETS_SCOPE: self._secrets_scope}
         before = self._revocations.meta.version
         revoked: list[str] = []
-        newly: dict[str, float | None] = {}
+        newly: dict[str, pretix_orders.Turned] = {}
         applied = 0
         # Revoked secrets by "created", which no change moves; the cursor is the newest read
         # less the margin: pretix stamps "created" as its transaction starts, so one still open
@@ -164,16 +160,17 @@ class PretixDownload:
             params["created_since"] = old_created
         async for reply, rows in self._http.pages(f"{self._event_path}/revokedsecrets/", params):
             page = pretix_event.revoked_secrets(reply.body)
-            newly.update(self._newly_revoked(page, rows))
+            listed, not_after = self._times(reply)
+            newly.update(self._newly_revoked(page, rows, listed))
             revoked += page
-            not_after = self._times(reply)[1]
             newest_read = wire.latest(newest_read, rows, "created", not_after)
             newest_created = _held_back(old_created, newest_read, "created", not_after)
             if len(revoked) >= APPLY_EVERY:
+                await turned(newly)
                 await self._apply(
                     revoked, {}, {**scope, _REVOKED_CURSOR: newest_created}, whole=False
                 )
-                applied, revoked = applied + len(revoked), []
+                applied, revoked, newly = applied + len(revoked), [], {}
         # Blocked secrets by id, which no change moves: ordered by "updated", a row blocked or
         # unblocked mid-round moved to the end, the rows after it moved back one place, and the
         # one moved onto a page already read was skipped, its "updated" then behind the cursor
@@ -194,19 +191,26 @@ class PretixDownload:
                 await self._apply([], blocked, scope, whole=False)
                 applied, blocked = applied + len(blocked), {}
         new_cursor = {**scope, _REVOKED_CURSOR: newest_created, _BLOCKED_CURSOR: newest_updated}
+        if newly:
+            await turned(newly)
         meta = await self._apply(revoked, blocked, new_cursor, whole=False)
         if meta.version != before:  # the cursor rows come back every round: quiet then
             log.info(
                 "pretix: %d revoked or blocked-state secrets applied (list v%d)",
                 applied + len(revoked) + len(blocked), meta.version,
             )  # fmt: skip
-        return newly
 
-    def _newly_revoked(self, page: list[str], rows: list[Any]) -> dict[str, float | None]:
-        """The secrets of a revoked page (``rows`` its results, in order) not revoked yet."""
+    def _newly_revoked(
+        self, page: list[str], rows: list[Any], listed: float
+    ) -> dict[str, pretix_orders.Turned]:
+        """The secrets of a revoked page (``rows`` its results, in order) not revoked yet, with
+        their ``created`` (None past ``listed``, when pretix listed them: no such time)."""
         index = self._revocations.index
+        revoked = ListState.REVOKED
         return {
-            secret: wire.time_field(row, "created")
+            secret: pretix_orders.Turned(
+                revoked, _not_after(wire.time_field(row, "created"), listed)
+            )
             for secret, row in zip(page, rows, strict=True)
             if index.status(secret_key(secret)) is not ListState.REVOKED
         }
@@ -242,7 +246,7 @@ class PretixDownload:
             fresh=whole,
         )
 
-    async def checkins(self, own_device: int | None) -> OrdersLearnt:
+    async def checkins(self, own_device: int | None, turned: TurnedSink) -> set[str]:
         """Check-ins of other devices and the tickets' order states (cancelled, unpaid), from the
         orders modified since the last round.
 
@@ -252,10 +256,11 @@ class PretixDownload:
         out). Ordered by creation, which no change moves, so paging while orders change can
         repeat a row but never skip one. The cursor is the server's time at the first page,
         less a margin for transactions still open then. Without ``own_device`` no check-in is
-        learnt (ours could not be told from theirs), only the order states. Returns what the
-        caller checks this gate's admissions against, once (not each time pretix lists the
-        order again): the tickets other devices' entries were newly learnt for, and those whose
-        order newly stopped admitting.
+        learnt (ours could not be told from theirs), only the order states. ``turned`` is told
+        of the tickets whose order newly stopped admitting before their states are kept.
+        Returns the tickets other devices' entries were newly learnt for. Both are for the
+        caller to check this gate's admissions against, once (not each time pretix lists the
+        order again).
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
@@ -272,18 +277,20 @@ class PretixDownload:
         learnt = skipped = annulled = ahead = 0
         entered: set[str] = set()  # tickets other devices' entries were learnt for
         changed: Counter[ListState] = Counter()
-        turned: dict[str, pretix_orders.Turned] = {}
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
             if started is None:
                 started = until
             found = pretix_orders.order_states(orders)
-            moved = await self._apply_order_states(found.states)
+            moved = self._moved_order_states(found.states)
+            if stopped := {
+                s: pretix_orders.Turned(state, _not_after(found.cancelled_at.get(s), listed))
+                for s, state in moved.items()
+                if state is not ListState.NONE
+            }:
+                await turned(stopped)
+            await self._apply_order_states(moved)
             changed += Counter(moved.values())
-            for secret, state in moved.items():
-                turned.pop(secret, None)  # an order listed again on a later page: its last word
-                if state is not ListState.NONE:
-                    turned[secret] = pretix_orders.Turned(state, found.cancelled_at.get(secret))
             rows, bad = pretix_orders.order_positions(orders)
             skipped += bad + found.skipped
             if own_device is not None:
@@ -316,7 +323,7 @@ class PretixDownload:
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
         save_cursors(self._state_dir, self._cursors)
-        return OrdersLearnt(entered, turned)
+        return entered
 
     async def _check_orders_scope(self, own_device: int | None) -> None:
         """Drop the orders' cursors when they were read under another scope than this round's
@@ -340,23 +347,24 @@ class PretixDownload:
         save_cursors(self._state_dir, self._cursors)
         await self._apply([], {}, {_ORDERS_SCOPE: scope}, whole=False)
 
-    async def _apply_order_states(self, states: Mapping[str, ListState]) -> dict[str, ListState]:
-        """Keep the order state of each ticket in ``states`` whose state changed (pretix sends
-        every modified order, most of them paid as before); returns those, by secret. The
-        list's version goes up, its freshness stays."""
+    def _moved_order_states(self, states: Mapping[str, ListState]) -> dict[str, ListState]:
+        """The tickets of ``states`` whose order state is not the one kept (pretix sends every
+        modified order, most of them paid as before)."""
         index = self._revocations.index
-        moved = {
+        return {
             s: state for s, state in states.items() if index.order_status(order_key(s)) != state
         }
+
+    async def _apply_order_states(self, moved: Mapping[str, ListState]) -> None:
+        """Keep the order states ``moved``. The list's version goes up, its freshness stays."""
         if not moved:
-            return {}
+            return
         ops: dict[str, list[str]] = {"revoke": [], "unrevoke": [], "block": [], "unblock": []}
         for secret, state in moved.items():
             bits = ORDER_STATE_BITS[state]
             ops["revoke" if bits & REVOKED else "unrevoke"].append(ORDER_STATE_PREFIX + secret)
             ops["block" if bits & BLOCKED else "unblock"].append(ORDER_STATE_PREFIX + secret)
         await self._revocations.apply_secrets(**ops, cursor={}, issued_at=None, fresh=False)
-        return moved
 
     def _orders_resume(self) -> tuple[float | None, str | None]:
         """Where a failed round of orders stopped: its first page's time and the newest creation
@@ -403,6 +411,12 @@ class PretixDownload:
                 annuls += wire.peer_annulments(secret, gone, self._clock.now())
             self._position_peers[pid] = now
         return await self._journal.add_peer_entries(annuls) if annuls else 0
+
+
+def _not_after(when: float | None, listed: float) -> float | None:
+    """``when`` unless pretix dates it after it listed it (a server's clock or a hostile answer:
+    such a date would hide an alert as "changed after the entry"): then None, not dated."""
+    return when if when is not None and when <= listed else None
 
 
 def _held_back(old: str | None, newest: str | None, field: str, not_after: float) -> str | None:

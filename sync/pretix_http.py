@@ -224,7 +224,8 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
     if status == 403:
         raise UpstreamUnavailable(
             f"{what}: HTTP 403: the device may not use this endpoint; give it the security"
-            f" profile {NEEDED_PROFILE} and access to the event"
+            f" profile {NEEDED_PROFILE} and access to the event",
+            answered=True,
         )
     if status in _TRANSIENT_STATUS or status >= 500:
         now = datetime.now(UTC).timestamp()
@@ -232,9 +233,10 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
             f"{what}: HTTP {status}",
             parse_retry_after(headers.get("Retry-After"), now),
             brief=True,
+            answered=True,
         )
     if not 200 <= status < 500:
-        raise UpstreamUnavailable(f"{what}: unexpected HTTP {status}")
+        raise UpstreamUnavailable(f"{what}: unexpected HTTP {status}", answered=True)
     body: Any = None
     if raw.strip():
         try:

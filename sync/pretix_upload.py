@@ -136,9 +136,10 @@ class PretixUpload:
                         raise
                     if tries == HOLD_AFTER:
                         log.warning(
-                            "pretix: %s %s (gate_seq %d) answered %d rounds in a row not by"
-                            " pretix (%s); passed by while the rows after it go on, asked again"
-                            " every round", rec.kind, rec.entry_id, rec.gate_seq, tries, exc,
+                            "pretix: %s %s (gate_seq %d) answered %d rounds in a row not as"
+                            " pretix answers a row (%s); passed by while the rows after it go"
+                            " on, asked again every round", rec.kind, rec.entry_id, rec.gate_seq,
+                            tries, exc,
                         )  # fmt: skip
                     held_refs.add(rec.ticket_ref)
                     held += 1
@@ -164,6 +165,14 @@ class PretixUpload:
                 await self._upload_failed(rec, policy)
             else:
                 await self._upload_annul(rec)
+        except _NotPretix:
+            raise
+        except UpstreamUnavailable as exc:
+            if not exc.answered:  # a link failure: every row would fail the same way
+                raise
+            # A 403 or 5xx for this row: pretix's (every row then, which the next row tells) or
+            # a firewall's refusal of its URL, or pretix failing on this one position.
+            raise _NotPretix(str(exc), exc.retry_after, brief=exc.brief, answered=True) from None
         except _Done as done:
             why = str(done)
             if why:
@@ -248,18 +257,16 @@ class PretixUpload:
         """Other devices' entries were newly learnt for the tickets ``refs``: one standing right
         before an entry of this gate's is a duplicate its upload could not see (found in an
         integrator's trial: a gate offline admitted first and uploaded last, the online gate's
-        entry went up first, and neither said anything). Each own entry's check is a pass over
-        its ticket's history (short: a ticket's rows, not the event's)."""
+        entry went up first, and neither said anything). One pass over each ticket's history."""
         if policy.entry_policy == "unlimited":
             return
         for ref in refs:
             if (secret := wire.secret_of(ref)) is None:
                 continue
             history = await self._journal.history(ref)
+            conflicts = wire.entries_after_peer_entries(history)
             for row in history:
-                if row.peer or row.kind != "entry":
-                    continue
-                conflict = wire.prior_entry_in_history(history, row.entry_id)
+                conflict = conflicts.get(row.entry_id)
                 # The same instant to the millisecond is this gate's own check-in, uploaded as
                 # its former pretix device (initialised again since): not another's.
                 if conflict is not None and abs(conflict.at - row.wall_time) >= 0.001:

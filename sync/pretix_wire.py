@@ -9,6 +9,7 @@ another device. Secrets travel only inside bodies and URLs, never into logs: cal
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 import uuid
@@ -70,11 +71,13 @@ def iso(t: float) -> str:
 
 def time_field(row: Any, field: str) -> float | None:
     """``row[field]`` as Unix seconds; None when ``row`` is not a dict or the field is not an ISO
-    8601 datetime with a time zone."""
+    8601 datetime with a time zone that a server's clock could show (2020 to 2200: a hostile
+    year 1 or 9999 would break :func:`iso` where the time is named, or hide what it dates)."""
     try:
-        return parse_iso(row.get(field) if isinstance(row, dict) else None)
+        when = parse_iso(row.get(field) if isinstance(row, dict) else None)
     except ValueError:
         return None
+    return when if _PLAUSIBLE_FROM_S <= when <= PLAUSIBLE_HLC_MS / 1000 else None
 
 
 def parse_iso(value: Any) -> float:
@@ -364,21 +367,21 @@ def prior_entry_in_answer(body: Any, own_device: int | None, at: float) -> Confl
 
 def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Conflict | None:
     """In a ticket's merged history, is the event just before our entry a peer's entry?
+    (:func:`entries_after_peer_entries` for one entry.)"""
+    return entries_after_peer_entries(history).get(entry_id)
 
-    Annulled entries do not count; an exit in between ends the earlier visit.
-    """
+
+def entries_after_peer_entries(history: Sequence[HistoryEntry]) -> dict[str, Conflict]:
+    """This gate's entries in a ticket's merged history whose event just before is another
+    device's entry, with that entry; one pass. Annulled entries do not count; an exit in
+    between ends the earlier visit."""
     annulled = {h.annuls for h in history if h.kind == "annul"}
     standing = [h for h in history if h.kind != "annul" and h.entry_id not in annulled]
-    for i, h in enumerate(standing):
-        if h.entry_id != entry_id:
-            continue
-        if i == 0:
-            return None
-        before = standing[i - 1]
-        if before.peer and before.kind == "entry":
-            return Conflict(before.gate_id, before.wall_time)
-        return None
-    return None
+    return {
+        h.entry_id: Conflict(before.gate_id, before.wall_time)
+        for before, h in itertools.pairwise(standing)
+        if h.kind == "entry" and not h.peer and before.peer and before.kind == "entry"
+    }
 
 
 def latest(current: str | None, rows: list[Any], field: str, not_after: float) -> str | None:

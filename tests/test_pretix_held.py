@@ -78,10 +78,24 @@ def blocked(rig: Rig, name: str, answer: tuple[int, Any] = BLOCKED_URL) -> None:
     rig.fake.redeem_answers[CASES[name]["secret"]] = [answer]
 
 
-async def test_one_row_a_firewall_refuses_is_passed_by_and_the_rest_go_up(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        BLOCKED_URL,
+        (403, "<html><h1>403 Forbidden</h1>Request blocked</html>"),  # a WAF in front of pretix
+        (500, "<h1>Server Error (500)</h1>"),  # pretix failing on this one position
+        (502, "<html>502 Bad Gateway</html>"),
+    ],
+    ids=["firewall-406", "firewall-403", "pretix-500", "proxy-502"],
+)
+async def test_one_row_a_firewall_refuses_is_passed_by_and_the_rest_go_up(
+    rig: Rig, answer: tuple[int, Any]
+) -> None:
+    """A trial left this open: a firewall's 403 or a 5xx for one URL (or pretix failing on one
+    position) stopped the upload at that row for good, as if pretix were down."""
     stuck = await rig.entry("valid_standard_1")
     await rig.entry("valid_standard_2")
-    blocked(rig, "valid_standard_1")
+    blocked(rig, "valid_standard_1", answer)
     for _ in range(HOLD_AFTER - 1):  # as before: the upload stops at it, the rest wait
         assert not await rig.up.sync_once()
     assert rig.redeemed() == ["valid_standard_1"] * (HOLD_AFTER - 1)
@@ -102,15 +116,20 @@ async def test_one_row_a_firewall_refuses_is_passed_by_and_the_rest_go_up(rig: R
     assert await rig.outbox() == [] and rig.up.status["held"] == 0
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [(200, {"portal": "log in to use this network"}), (503, {"detail": "maintenance"})],
+    ids=["portal-200", "maintenance-503"],
+)
 async def test_a_link_that_is_not_pretix_for_every_row_still_stops_at_the_first(
-    rig: Rig,
+    rig: Rig, answer: tuple[int, Any]
 ) -> None:
-    """Every row answered not by pretix (a captive portal's 200 to every request): passing rows
-    by would only send every row in turn; the round stops at the first after one try of the
-    next."""
+    """Every row answered not as pretix answers one (a captive portal's 200 to every request,
+    pretix down for maintenance): passing rows by would only send every row in turn; the round
+    stops at the first after one try of the next."""
     for name in NAMES:
         await rig.entry(name)
-        blocked(rig, name, (200, {"portal": "log in to use this network"}))
+        blocked(rig, name, answer)
     for _ in range(HOLD_AFTER + 2):
         assert not await rig.up.sync_once()
     # One try a round, then from round HOLD_AFTER on the first and the next row (which fails as
