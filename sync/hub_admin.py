@@ -58,8 +58,8 @@ OPS: tuple[Op, ...] = ("revoke", "unrevoke", "block", "unblock")
 # of at most this many keys.
 MAX_KEYS_PER_DELTA = 30_000
 MAX_IMPORT_BYTES = 256 << 20
-# `hub revoke` gives up after this many lost races in a row (another writer stored a version first).
-ISSUE_ATTEMPTS = 8
+# `hub revoke` gives up when it lost every race (another writer stored a version first) this long.
+ISSUE_PATIENCE_S = 120.0
 
 
 def hash_token(token: str) -> str:
@@ -371,10 +371,11 @@ async def issue(
 
     Big imports are split into deltas of MAX_KEYS_PER_DELTA keys. When another writer stores a
     version first (the running hub's list refresher, another admin), the list is read again
-    after a short jittered wait and what is still to change is signed against it; it gives up
-    after ISSUE_ATTEMPTS such losses in a row with nothing stored between. Raises UsageError (no
-    keys), IssuerError (list key) and HubStoreError (the store failed, or VersionTakenError when
-    it gave up: then the keys of the delta that lost are not stored).
+    after a short jittered wait and what is still to change is signed against it: each loss is
+    another writer's progress (another admin's import of many deltas may take a while), so it
+    gives up only when ISSUE_PATIENCE_S pass with nothing of its own stored. Raises UsageError
+    (no keys), IssuerError (list key) and HubStoreError (the store failed, or VersionTakenError
+    when it gave up: then the keys of the delta that lost are not stored).
     """
     unique = sorted(set(items))
     if not unique:
@@ -383,6 +384,7 @@ async def issue(
     when = time.time() if now is None else now
     changed = 0
     losses = Backoff(0.02, 1.0, jitter=True)  # two admins' big imports interleave less and less
+    progress = time.monotonic()
     async with opened_store(config) as store:
         while True:
             state = await store.revocation_state()
@@ -398,8 +400,9 @@ async def issue(
                     await store.add_revocation_delta(following.version, document, following)
                     state, changed = following, changed + len(chunk)
                     losses.reset()
+                    progress = time.monotonic()
             except VersionTakenError as exc:
-                if losses.failures + 1 >= ISSUE_ATTEMPTS:
+                if time.monotonic() - progress > ISSUE_PATIENCE_S:
                     raise
                 log.info("revocation list changed meanwhile (%s): reading it again", exc)
                 await asyncio.sleep(losses.next_delay())

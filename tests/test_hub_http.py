@@ -910,16 +910,16 @@ async def test_admins_issuing_at_once_each_land_every_key(
     # one whose version was taken reads the list again and signs against it; none fails.
     monkeypatch.setattr(hub_admin, "MAX_KEYS_PER_DELTA", 1)  # many deltas: the two interleave
     config = hub_config.load(own_hub.setup.config)
-    first = [i.to_bytes(16, "big") for i in range(1, 41)]
-    second = [i.to_bytes(16, "big") for i in range(31, 71)]  # ten keys in both
+    first = [i.to_bytes(16, "big") for i in range(1, 161)]
+    second = [i.to_bytes(16, "big") for i in range(111, 271)]  # 50 keys in both
     a, b = await asyncio.gather(
         hub_admin.issue(config, "revoke", first), hub_admin.issue(config, "revoke", second)
     )
-    assert a.changed + b.changed == 70  # each key changed once, by whichever came first
-    assert max(a.version, b.version) == 71
+    assert a.changed + b.changed == 270  # each key changed once, by whichever came first
+    assert max(a.version, b.version) == 271
     page = await own_hub.api.get("/v1/revocations?after=1", own_hub.token)
     served = RevocationPage.from_json(page.json)
-    assert served.version == 71 and len(served.deltas) == 70
+    assert served.version == 271 and len(served.deltas) == 270
     async with hub_admin.opened_store(config) as store:
         assert (await store.revocation_state()).revoked == frozenset(first + second)
 
