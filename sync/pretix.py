@@ -114,7 +114,7 @@ class PretixUpstream:
         )  # fmt: skip
         self._up = PretixUpload(
             self._http, organizer=organizer, event=event, checkin_list=checkin_list,
-            journal=journal, clock=clock, batch=batch, on_alert=on_alert,
+            journal=journal, clock=clock, batch=batch, on_alert=on_alert, state_dir=state_dir,
         )  # fmt: skip
         self._policy: GatePolicy | None = None
         self._trust_raw: bytes | None = None

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEVICE_FILE = "pretix_device.json"
 SYNC_FILE = "pretix_sync.json"
 EVENT_FILE = "pretix_event.json"
+HELD_FILE = "pretix_held.json"  # rows answered not as pretix answers one: gate_seq -> rounds
+_MAX_HELD = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,32 @@ def save_cursors(state_dir: Path, cursors: dict[str, str]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = json.dumps(cursors, sort_keys=True).encode()
     write_atomic(state_dir / SYNC_FILE, data, mode=0o600)
+
+
+def load_held(state_dir: Path) -> dict[int, int]:
+    """The rows answered round after round not as pretix answers one (gate_seq -> rounds in a
+    row), as the last upload kept them; empty when none, or (with a warning) when the file is
+    not what :func:`save_held` writes: counting again from 0 only holds the rest a few rounds."""
+    path = state_dir / HELD_FILE
+    if not path.exists():
+        return {}
+    try:
+        record = read_state(path)
+        held = {int(seq): rounds for seq, rounds in record.items() if seq.isdigit()}
+    except (ConfigError, ValueError) as exc:
+        log.warning("%s not used, the rounds are counted again: %s", path, exc)
+        return {}
+    if len(held) > _MAX_HELD or not all(type(r) is int and r > 0 for r in held.values()):
+        log.warning("%s not used (not a count of rounds per row), counted again", path)
+        return {}
+    return held
+
+
+def save_held(state_dir: Path, held: dict[int, int]) -> None:
+    """Keep ``held`` (see :func:`load_held`) atomically; raises OSError when it cannot."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = json.dumps({str(seq): n for seq, n in held.items()}, sort_keys=True).encode()
+    write_atomic(state_dir / HELD_FILE, data, mode=0o600)
 
 
 def event_scope(base_url: str, event_path: str, checkin_list: int) -> str:

@@ -18,6 +18,7 @@ import collections
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from agent.rules import GatePolicy
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_orders import Turned
-from sync.pretix_state import event_path
+from sync.pretix_state import event_path, load_held, save_held
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class PretixUpload:
         clock: Clock,
         batch: int,
         on_alert: Callable[[PretixAlert], None] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._http, self._org, self._event, self._list = http, organizer, event, checkin_list
         self._event_path = event_path(organizer, event)
@@ -106,7 +108,10 @@ class PretixUpload:
         self.alerts: collections.deque[PretixAlert] = collections.deque(maxlen=_ALERTS_KEPT)
         self.alert_count = 0
         self.rejected = 0
-        self._foreign: dict[int, int] = {}  # gate_seq -> rounds in a row answered not by pretix
+        # gate_seq -> rounds in a row answered not as pretix answers a row; kept in state_dir
+        # (a restart would hold the rest behind a row passed by for HOLD_AFTER rounds again)
+        self._state_dir = state_dir
+        self._foreign = {} if state_dir is None else load_held(state_dir)
         self.held = 0  # rows the last round passed by (see HOLD_AFTER), the ticket's later ones too
 
     async def drain(self, policy: GatePolicy, own_device: int | None) -> None:
@@ -120,6 +125,17 @@ class PretixUpload:
         after it stay queued; also when no later row told a refused URL from a broken link) and
         journal faults.
         """
+        counted = dict(self._foreign)
+        try:
+            await self._drain(policy, own_device)
+        finally:
+            if self._foreign != counted and self._state_dir is not None:
+                try:
+                    save_held(self._state_dir, self._foreign)
+                except OSError as exc:
+                    log.warning("pretix: the rows held back not kept: %s", exc)
+
+    async def _drain(self, policy: GatePolicy, own_device: int | None) -> None:
         after, held_refs, held = 0, set[str](), 0
         probe: UpstreamUnavailable | None = None  # a row passed by, no later one through yet
         while rows := await self._journal.unsynced(self._batch, after):

@@ -11,7 +11,7 @@ answers nothing as pretix would (every row) still stops the upload at its first 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,12 @@ class Rig:
     fake: FakePretix
     up: PretixUpstream
     journal: Journal
+    start: Callable[[], PretixUpstream]  # another upstream over the same state, as at a restart
+    state: Path  # its state_dir
+
+    async def restart(self) -> None:
+        await self.up.close()
+        self.up = self.start()
 
     async def entry(self, name: str) -> EntryRecord:
         return await self.journal.record(
@@ -66,10 +72,14 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
                                  clock=Clock(wall=wall))  # fmt: skip
     store = await RevocationStore.open(tmp_path / "rev.db")
     async with PretixServer(fake) as server:
-        up = make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
-                           device_token=API_TOKEN, device_id=1)  # fmt: skip
-        yield Rig(fake, up, journal)
-        await up.close()
+
+        def start() -> PretixUpstream:
+            return make_upstream(tmp_path / "state", server.url, journal, store, wall, [], [],
+                                 device_token=API_TOKEN, device_id=1)  # fmt: skip
+
+        rig = Rig(fake, start(), journal, start, tmp_path / "state")
+        yield rig
+        await rig.up.close()
     await store.close()
     await journal.close()
 
@@ -114,6 +124,33 @@ async def test_one_row_a_firewall_refuses_is_passed_by_and_the_rest_go_up(
     rig.fake.redeem_answers[CASES["valid_standard_1"]["secret"]] = [ok_answer()]
     assert await rig.up.sync_once()
     assert await rig.outbox() == [] and rig.up.status["held"] == 0
+
+
+async def test_the_rounds_counted_survive_a_restart(rig: Rig) -> None:
+    """The count of rounds lived in memory: a gate restarted (a power cut) held every later row
+    behind the refused one for HOLD_AFTER rounds again."""
+    stuck = await rig.entry("valid_standard_1")
+    await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1")
+    for _ in range(HOLD_AFTER - 1):
+        assert not await rig.up.sync_once()
+    await rig.restart()
+    assert await rig.up.sync_once()  # the round after the restart is the HOLD_AFTER-th
+    assert await rig.outbox() == [stuck.gate_seq] and rig.up.status["held"] == 1
+
+
+@pytest.mark.parametrize("kept", ["{not json", '["a list"]', '{"3": -1}', '{"3": true}'])
+async def test_a_kept_count_not_as_written_is_counted_again(
+    rig: Rig, kept: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await rig.entry("valid_standard_1")
+    await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1")
+    rig.state.mkdir(exist_ok=True)
+    (rig.state / "pretix_held.json").write_text(kept)
+    await rig.restart()
+    assert not await rig.up.sync_once()  # from 0 again: the upload stops at it, as before
+    assert any("pretix_held.json not used" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
