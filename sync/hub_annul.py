@@ -103,9 +103,13 @@ def why_refused(
             f"annuls entry {e.annuls} {late:,.0f} s after it (a gate annuls an admission"
             f" nobody used within {ANNUL_WITHIN_S:,.0f} s)"
         )
-    if e.gate_seq <= max_seq or (
-        before is not None and (before.boot_id != e.boot_id or before.mono_ns > e.mono_ns)
-    ):
+    if e.gate_seq <= max_seq:
+        return "annuls", (
+            f"annuls entry {e.annuls} at gate_seq {e.gate_seq}, not after the gate's newest"
+            f" stored row ({max_seq}): a gate records its annulment after every row before it"
+            " (rows above it under a copy of its token? `hub quarantine --from-seq`)"
+        )
+    if before is not None and (before.boot_id != e.boot_id or before.mono_ns > e.mono_ns):
         return "annuls", (
             f"annuls entry {e.annuls} after rows the gate recorded later (another run, a later"
             " monotonic time or gate_seq: a gate records its annulment as the passage times"
