@@ -271,7 +271,10 @@ async def _serve(config: HubConfig, runner: web.AppRunner, tls: ssl.SSLContext |
     limits = hub_limits.fit_nofile(
         hub_limits.Limits(h.max_connections, h.max_connections_per_client, h.header_timeout_s)
     )
-    site = hub_limits.GuardedSite(runner, config.host, config.port, limits, ssl_context=tls)
+    known = runner.app[HUB].known_clients
+    site = hub_limits.GuardedSite(
+        runner, config.host, config.port, limits, ssl_context=tls, known=known
+    )
     try:
         await site.start()
     except OSError as exc:  # the address may appear later: not a config error, systemd retries

@@ -55,6 +55,7 @@ async def caller(request: web.Request, hub: Hub) -> TokenInfo:
             log.warning("unknown token %s refused (%s %s) from %s%s", secret_label(token),
                         request.method, printable(request.path, 200), peer, more)  # fmt: skip
         raise HttpError(401, "unknown token", headers={"WWW-Authenticate": UNKNOWN_TOKEN})
+    hub.known_clients.note(_peer_host(request))
     return info
 
 

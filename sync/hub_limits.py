@@ -15,6 +15,11 @@ in front of each of aiohttp's connection handlers:
   (unlike the log throttle's clients, :func:`sync.log_throttle.client_net`): a venue's gates on one
   IPv6 LAN share its /64, and one cap for all of them would refuse gates; ``max_connections``
   bounds a client rotating through its /64.
+- The last :data:`RESERVE_SHARE` of ``max_connections`` is kept for :class:`KnownClients`:
+  addresses that made a request with a valid token within :data:`KNOWN_FOR_S`. Clients without a
+  credential, from as many addresses as they like, fill the rest only: the venue's gates and
+  consoles still get in (a review: 9 addresses at the per-client cap of 128 filled a hub of
+  1,000 for everyone). A gate new at its address while such a crowd holds the hub waits for it.
 - A connection must send a complete request head within ``header_timeout_s`` of connecting or of
   its previous response being written, or it is closed. The deadline stops when a request
   reaches the application (so a long-polled feed request is never cut) and starts again when
@@ -39,8 +44,8 @@ import logging
 import resource
 import ssl
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from aiohttp import web
@@ -57,6 +62,9 @@ WARN_EVERY_S = 60.0
 LINGER_S = 2.0  # web.AppRunner(lingering_time=): an unread body is dropped this long, then closed
 RETRY_AFTER_S = 5
 MAX_LINGERING = 64  # refused connections closed gracefully at a time; beyond: closed at once
+RESERVE_SHARE = 0.25  # of max_connections, for known clients only (when the site has them)
+KNOWN_FOR_S = 3600.0  # an address stays known this long after its last request with a token
+MAX_KNOWN = 4096  # addresses remembered; the longest unheard is forgotten first
 REFUSAL_LINGER_S = 1.0
 # The kernel's queue of connections not yet accepted (it caps this at net.core.somaxconn, 4096 by
 # default). Past it the kernel drops a SYN and the client sends it again after 1 s: with the
@@ -162,6 +170,31 @@ class _Refusals:
             self.flush()
 
 
+class KnownClients:
+    """Addresses that made a request with a valid token within ``keep_s`` (at most ``max_size``,
+    the longest unheard forgotten first), for the connections kept for them."""
+
+    def __init__(
+        self,
+        keep_s: float = KNOWN_FOR_S,
+        max_size: int = MAX_KNOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keep_s, self._max_size, self._clock = keep_s, max_size, clock
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def note(self, host: str) -> None:
+        """``host`` made a request with a valid token now."""
+        self._seen[host] = self._clock()
+        self._seen.move_to_end(host)
+        while len(self._seen) > self._max_size:
+            self._seen.popitem(last=False)
+
+    def __contains__(self, host: object) -> bool:
+        seen = self._seen.get(host) if isinstance(host, str) else None
+        return seen is not None and self._clock() - seen <= self._keep_s
+
+
 class ConnectionGuard:
     """The open connections of one site, by client address, and the guards' factory
     (:meth:`protocol`: hand it to whatever accepts the connections). ``busy``: the 503 answers
@@ -176,9 +209,14 @@ class ConnectionGuard:
         *,
         busy: Mapping[str, bytes] | None = None,
         server_name: str = "",
+        known: KnownClients | None = None,
     ) -> None:
         self.busy = _BUSY if busy is None else busy
         self.limits = limits
+        self.known = known
+        # the open connections a client not known may take (all of them without known clients)
+        cap = limits.max_connections
+        self.open_cap = cap if known is None else max(1, cap - int(cap * RESERVE_SHARE))
         self.server = server
         self.tls = tls
         self.handshakes: set[asyncio.Task[None]] = set()
@@ -197,6 +235,8 @@ class ConnectionGuard:
     def admit(self, host: str) -> str | None:
         """None when a connection from ``host`` may open (and counts it), else why not."""
         if self.total >= self.limits.max_connections:
+            return "total"
+        if self.total >= self.open_cap and (self.known is None or host not in self.known):
             return "total"
         if self.per_client[host] >= self.limits.max_connections_per_client:
             return "client"
@@ -377,7 +417,7 @@ def _end_refusal(transport: asyncio.Transport) -> None:
 class GuardedSite(web.BaseSite):
     """``web.TCPSite`` with :class:`Limits` on the connections it accepts."""
 
-    __slots__ = ("_conns", "_host", "_limits", "_port")
+    __slots__ = ("_conns", "_host", "_known", "_limits", "_port")
 
     def __init__(
         self,
@@ -388,9 +428,11 @@ class GuardedSite(web.BaseSite):
         *,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = LISTEN_BACKLOG,
+        known: KnownClients | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host, self._port, self._limits = host, port, limits
+        self._known = known
         self._conns: ConnectionGuard | None = None
 
     @property
@@ -403,7 +445,9 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._conns = conns = ConnectionGuard(self._limits, server, self._ssl_context)
+        self._conns = conns = ConnectionGuard(
+            self._limits, server, self._ssl_context, known=self._known
+        )
         self._server = await asyncio.get_running_loop().create_server(
             conns.protocol, self._host, self._port, backlog=self._backlog
         )

@@ -17,6 +17,7 @@ from aiohttp import web
 from sync import protocol
 from sync.hub_admin import SnapshotCache
 from sync.hub_config import HubConfig
+from sync.hub_limits import KnownClients
 from sync.hub_store import HubStore
 from sync.hub_trust_file import TrustFile
 from sync.hub_twins import RunNotes
@@ -77,6 +78,8 @@ class Hub:
     run_notes: RunNotes = field(default_factory=lambda: RunNotes(30.0))  # sync.hub_twins
     uploading: dict[str, asyncio.Lock] = field(default_factory=dict)  # gate -> its upload turn
     refused_tokens: Throttle = field(default_factory=Throttle)  # log lines, by address
+    # addresses that made a request with a valid token: connections are kept for them
+    known_clients: KnownClients = field(default_factory=KnownClients)
     # log lines of a known gate's refused requests (a stolen gate's too), by (gate, what)
     refused_gates: Throttle = field(default_factory=Throttle)
     lost_connections: Throttle = field(default_factory=Throttle)  # log lines, by client

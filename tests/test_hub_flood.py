@@ -143,9 +143,9 @@ def _assert_quiet_log(proc: HubProcess) -> None:
 async def test_a_half_request_flood_leaves_health_answering_a_good_client(
     tmp_path: Path, _session_keys: Path
 ) -> None:
-    per_client = 400
+    per_client = 400  # under the 450 of 600 open to clients without a token (a quarter kept)
     setup = _hub(
-        tmp_path, _session_keys, max_connections=500, max_connections_per_client=per_client,
+        tmp_path, _session_keys, max_connections=600, max_connections_per_client=per_client,
         header_timeout_s=HEADER_TIMEOUT_S,
     )  # fmt: skip
     with HubProcess(setup) as proc:
@@ -212,6 +212,60 @@ async def test_the_total_cap_refuses_everyone_until_connections_close(
         await until(healthy, 10, "health answers 200 once 10 connections closed")
         assert answers[-1].took_s < 1.0
         for _, writer in conns.pop("127.0.0.2"):
+            writer.close()
+    _assert_quiet_log(proc)
+
+
+def _authed(port: int, token: str, source: str) -> Answer:
+    """GET /v1/trust with ``token`` on a new connection from ``source``."""
+    t = time.monotonic()
+    request = (
+        "GET /v1/trust HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), 5.0, (source, 0)) as sock:
+        sock.sendall(request)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return _split(got, time.monotonic() - t)
+
+
+async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_gates(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    """Found in a review: clients without any credential, from 9 addresses at the per-client
+    cap, filled the hub's connections for everyone, gates too. A quarter of max_connections is
+    kept for addresses that made a request with a valid token within the last hour."""
+    setup = _hub(
+        tmp_path, _session_keys, max_connections=20, max_connections_per_client=5,
+        header_timeout_s=60,
+    )  # fmt: skip
+    token = add_token(setup, gate_id="gate-1")
+    with HubProcess(setup) as proc:
+        assert (await asyncio.to_thread(_authed, setup.port, token, "127.0.0.9")).status == 200
+        crowd = [f"127.0.0.{n}" for n in range(20, 24)]  # 4 x 5: the whole cap, were it open
+        held = [
+            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
+            for source in crowd
+            for _ in range(5)
+        ]
+        answers: list[Answer] = []
+
+        async def full() -> bool:  # the hub counts a connection once it has accepted it
+            answers.append(await asyncio.to_thread(health, setup.port, 5.0, "127.0.0.30"))
+            return answers[-1].status == 503
+
+        await until(full, 10, "a client not known is refused with 15 connections open")
+        _assert_busy(answers[-1], "the hub has too many open connections")
+        # The gate's address is known: it gets in, as often as it asks (5 kept for it).
+        for _ in range(3):
+            answer = await asyncio.to_thread(_authed, setup.port, token, "127.0.0.9")
+            assert answer.status == 200, answer
+        # A wrong token makes no address known.
+        refused = await asyncio.to_thread(_authed, setup.port, "x" * 43, "127.0.0.31")
+        assert refused.status == 503
+        for _, writer in held:
             writer.close()
     _assert_quiet_log(proc)
 
