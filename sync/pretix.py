@@ -278,7 +278,7 @@ class PretixUpstream:
                         await self._drain()
                         drained = True
                 raise
-            await self._drain()
+            await self._drain(pretix_answered=True)
         except UpstreamAuthError as exc:
             self._fail(str(exc), revoked=self.initialized)
             log.error("pretix: %s; uploads stopped, (re-)initialise the device", exc)
@@ -301,8 +301,10 @@ class PretixUpstream:
         await self._count_outbox()
         return False
 
-    async def _drain(self) -> None:
-        await self._up.drain(self._policy or self._base_policy, self._device_id)
+    async def _drain(self, *, pretix_answered: bool = False) -> None:
+        """``pretix_answered``: this round's download got pretix's own answers."""
+        policy = self._policy or self._base_policy
+        await self._up.drain(policy, self._device_id, pretix_answered=pretix_answered)
 
     async def _download(self) -> None:
         if not self.initialized:

@@ -71,6 +71,9 @@ class _NotPretix(UpstreamUnavailable):
 # refusing one URL (its secret) must not hold back every later check-in, which pretix's other
 # scanners need to refuse those tickets.
 HOLD_AFTER = 3
+# Rows passed by in a row, pretix answering none between: past it the round stops (a link that is
+# not pretix for any row is asked one more row every HOLD_AFTER rounds, up to this many).
+MAX_PASSED_BY = 8
 # A cancellation dated less than this after an admission may have come first (two clocks).
 CLOCKS_APART_S = 60.0
 _ORDER_WORDS = {
@@ -114,20 +117,24 @@ class PretixUpload:
         self._foreign = {} if state_dir is None else load_held(state_dir)
         self.held = 0  # rows the last round passed by (see HOLD_AFTER), the ticket's later ones too
 
-    async def drain(self, policy: GatePolicy, own_device: int | None) -> None:
+    async def drain(
+        self, policy: GatePolicy, own_device: int | None, *, pretix_answered: bool = False
+    ) -> None:
         """Upload every unsynced row, oldest first, marking each synced when done upstream.
 
-        A row answered by something that is not pretix HOLD_AFTER rounds in a row is passed by,
-        with every later row of its ticket (an exit must not go up before its entry, nor an
-        annulment before its check-in), once a later row of another ticket gets pretix's own
-        answer (one URL refused by a firewall: the rest go on); they stay queued and are asked
-        again every round. Raises UpstreamUnavailable or UpstreamAuthError (the row and those
-        after it stay queued; also when no later row told a refused URL from a broken link) and
-        journal faults.
+        A row answered not as pretix answers one (a firewall's page, a 403 or a 5xx) HOLD_AFTER
+        rounds in a row is passed by, with every later row of its ticket (an exit must not go up
+        before its entry, nor an annulment before its check-in), once pretix answers: a later
+        row of another ticket gets pretix's own answer, or this round's download did
+        (``pretix_answered``): one URL refused by a firewall, the rest go on. They stay queued
+        and are asked again every round. Up to MAX_PASSED_BY such rows in a row are passed by
+        (two tickets refused held back every later one: an integrator's trial). Raises
+        UpstreamUnavailable or UpstreamAuthError (the row and those after it stay queued; also
+        when nothing told a refused URL from a broken link) and journal faults.
         """
         counted = dict(self._foreign)
         try:
-            await self._drain(policy, own_device)
+            await self._drain(policy, own_device, pretix_answered)
         finally:
             if self._foreign != counted and self._state_dir is not None:
                 try:
@@ -135,8 +142,11 @@ class PretixUpload:
                 except OSError as exc:
                     log.warning("pretix: the rows held back not kept: %s", exc)
 
-    async def _drain(self, policy: GatePolicy, own_device: int | None) -> None:
-        after, held_refs, held = 0, set[str](), 0
+    async def _drain(
+        self, policy: GatePolicy, own_device: int | None, pretix_answered: bool
+    ) -> None:
+        held_refs: set[str] = set()
+        after, passed, held = 0, 0, 0  # passed: rows passed by since pretix last answered one
         probe: UpstreamUnavailable | None = None  # a row passed by, no later one through yet
         while rows := await self._journal.unsynced(self._batch, after):
             for rec in rows:
@@ -148,7 +158,7 @@ class PretixUpload:
                     await self._upload_row(rec, policy, own_device)
                 except _NotPretix as exc:
                     tries = self._foreign[rec.gate_seq] = self._foreign.get(rec.gate_seq, 0) + 1
-                    if tries < HOLD_AFTER or probe is not None:  # not yet, or the probe failed
+                    if tries < HOLD_AFTER or passed >= MAX_PASSED_BY:  # not yet, or too many
                         raise
                     if tries == HOLD_AFTER:
                         log.warning(
@@ -159,18 +169,19 @@ class PretixUpload:
                         )  # fmt: skip
                     held_refs.add(rec.ticket_ref)
                     held += 1
-                    probe = exc  # the next row tells a refused URL from a broken link
+                    passed += 1
+                    probe = exc  # a later row tells a refused URL from a broken link
                     continue
-                probe = None
+                probe, passed = None, 0
                 if self._foreign.pop(rec.gate_seq, 0) >= HOLD_AFTER:
                     log.info("pretix: %s %s (gate_seq %d) passed by before went through",
                              rec.kind, rec.entry_id, rec.gate_seq)  # fmt: skip
                 await self._journal.mark_synced(rec.gate_seq, self._clock.now(), only=True)
             if len(rows) < self._batch:
                 break
-        if probe is not None:  # no later row to tell: the round is not through
+        if probe is not None and not pretix_answered:  # nothing told: the round is not through
             raise probe
-        self.held = held
+        self.held = held  # of a round that went through: rows waiting while the rest went up
 
     async def _upload_row(self, rec: EntryRecord, policy: GatePolicy, own: int | None) -> None:
         """Send one row; returns when it is done upstream, raises to keep it queued."""
@@ -305,13 +316,27 @@ class PretixUpload:
             for row in history:
                 if row.peer or row.kind != "entry" or row.entry_id in annulled:
                     continue
-                when = why.since
-                if when is not None and when > row.wall_time + CLOCKS_APART_S:
-                    continue  # cancelled after the holder came in
-                detail = _ORDER_WORDS[why.state] + (
-                    " before this admission" if when is not None else " (since when: not dated)"
-                )
-                self._alert(row, secret, "order_not_valid", "pretix", when, detail)
+                self._order_alert(row, secret, why)
+
+    def _order_alert(self, row: HistoryEntry, secret: str, why: Turned) -> None:
+        """Alert ``row`` unless pretix dates ``why`` clearly after it (by a clock this gate
+        trusted when it decided: one behind, after a power cut without a clock source, would
+        make every change look later; an integrator's trial)."""
+        when = why.since
+        if when is None:
+            timing = " (since when: not dated)"
+        elif not row.timed:
+            timing = " (this gate's clock was not trusted at the admission: which came first is not known)"
+        elif when > row.wall_time + CLOCKS_APART_S:
+            return  # changed after the holder came in
+        elif when <= row.wall_time:
+            timing = " before this admission"
+        else:
+            timing = (
+                f" {when - row.wall_time:.0f} s after this admission (within two clocks' margin)"
+            )
+        detail = _ORDER_WORDS[why.state] + timing
+        self._alert(row, secret, "order_not_valid", "pretix", when, detail)
 
     def _alert(
         self, rec: EntryRecord | HistoryEntry, secret: str, kind: str, other: str,

@@ -22,7 +22,7 @@ import pytest
 from agent import issuer
 from agent.app import config
 from agent.app.daemon import Gate, open_gate
-from agent.clock import Clock
+from agent.clock import Assume, Clock
 from agent.issuer import Issuer
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
@@ -208,6 +208,38 @@ async def test_an_admission_whose_order_no_longer_admits_is_an_alert_once_learnt
             assert len(gate.upstream.alerts) == 7 and gate.upstream.status["alerts"] == 7
     said = [r.getMessage() for r in caplog.records if "SECURITY ALERT order_not_valid" in r.message]
     assert len(said) == 7 and any("not dated" in line for line in said)
+
+
+async def test_an_admission_on_a_clock_not_trusted_is_named_whatever_pretix_dates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An integrator's trial: a gate whose clock ran 10 minutes behind (a Pi without a clock
+    source after a power cut: exactly when it decides offline) admitted a ticket a second after
+    pretix cancelled it, and no alert came: by its clock the cancellation was "after". An entry
+    decided on a clock the gate did not trust is named, with why."""
+    fake = FakePretix(tokens={API_TOKEN})
+    fake.positions = [(0, position(1, "valid_standard_1")), (0, position(2, "valid_standard_2"))]
+    runs: tuple[tuple[str, Assume], ...] = (
+        ("valid_standard_1", "unsynced"), ("valid_standard_2", "synced"),
+    )  # fmt: skip
+    for name, assume in runs:
+        journal = await Journal.open(tmp_path / "j.db", gate_id="g", gate_name="G",
+                                     clock=Clock(assume=assume, wall=Wall(T0)))  # fmt: skip
+        await journal.record(
+            ticket_ref=wire.PRETIX_REF + secret(name), kind="entry",
+            decision=Decision(Verdict.ADMIT, Reason.OK), lane="in", rev_version=0,
+        )  # fmt: skip
+        await journal.close()
+    cancelled = {"status": "c", "cancellation_date": wire.iso(T0 + 3600)}  # "an hour after"
+    fake.orders = {secret("valid_standard_1"): cancelled, secret("valid_standard_2"): cancelled}
+    fake.now = T0 + 7200
+    async with PretixServer(fake) as server:
+        ok, store, journal = await Sole(tmp_path, server.url, Wall(T0)).round(device_id=1)
+        await closed(store, journal)
+    said = [r.getMessage() for r in caplog.records if "SECURITY ALERT order_not_valid" in r.message]
+    assert ok and len(said) == 1, said
+    assert pretix_short_id(secret("valid_standard_1")) in said[0]
+    assert "clock was not trusted" in said[0]
 
 
 class Sole:

@@ -30,11 +30,11 @@ from agent.seen import Hashes, SeenRefs
 # later at another gate.
 HISTORY = """
 SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls,
-    IFNULL(order_hlc, hlc) AS hlc, 0 AS peer, code_time, gate_seq
+    IFNULL(order_hlc, hlc) AS hlc, 0 AS peer, code_time, gate_seq, clock_synced <> 0 AS timed
     FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
 SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer,
-    NULL AS code_time, gate_seq
+    NULL AS code_time, gate_seq, 1 AS timed
     FROM peer_entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
 ORDER BY hlc, gate_id, gate_seq
 """

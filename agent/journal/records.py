@@ -42,6 +42,7 @@ class HistoryEntry:
     peer: bool
     code_time: int | None = None  # a rotating ticket's code, on this gate's own rows
     gate_seq: int = 0  # breaks HLC ties within a gate (rows the hub cut to one time)
+    timed: bool = True  # False: this gate's row, decided while its clock was not trusted
 
     @property
     def order(self) -> tuple[int, str, int]:
@@ -126,10 +127,10 @@ def peer_params(e: PeerEntry, received_at: float) -> tuple[Any, ...]:
 def history_entry(row: Sequence[Any]) -> HistoryEntry:
     """A history row (as the history query selects it) as a HistoryEntry."""
     # Column affinities (TEXT, REAL, INTEGER) already give the field types; only peer is a flag.
-    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time, seq = row
+    kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, peer, code_time, seq, t = row
     return HistoryEntry(
         kind, gate_id, gate_name, lane, wall_time, entry_id, annuls, hlc, bool(peer), code_time,
-        seq,
+        seq, bool(t),
     )  # fmt: skip
 
 
