@@ -5,12 +5,11 @@ them.
 A gate annuls an admission nobody used when its passage times out. So an annulment must name an
 entry of the uploading gate with the same ticket (stored, or earlier in the batch), recorded in
 the same run of the gate (its boot id) at most :data:`ANNUL_WITHIN_S` before it on the gate's
-monotonic clock, and it must come after every row the gate recorded before it: its gate_seq
-after the gate's newest stored row, and that row (or the batch's row before it) of the same run
-and dated no later on that clock.
+monotonic clock, and the gate's row before it (by gate_seq) must be of its run and dated no
+later on that clock.
 
-That last check holds because of the rule on runs, which every new row after the gate's newest
-stored row passes: a gate stamps ``mono_ns`` as it writes each row (one writer thread, one
+That last check holds because of the rule on runs, which every new row passes against the
+gate's row before it: a gate stamps ``mono_ns`` as it writes each row (one writer thread, one
 journal per unit) and its boot id is the kernel's, new at each boot; so in one run a gate's rows
 are never dated back, and a run it has left never comes back. A row that breaks either is
 refused (nothing of its batch stored, an integrity alert). Together they keep a stolen unit,
@@ -18,8 +17,12 @@ which knows its entries' boot ids and clock values, from annulling an admission 
 before (every other gate would let that ticket in again): dating the annulment just after the
 entry is dating it before the rows the gate recorded since, and a row put first to hide them
 breaks the rule itself. It can annul only admissions of the last ANNUL_WITHIN_S before the
-newest row it had sent. The checks read one row (the gate's newest) and, when a batch changes
-run, one lookup of the (gate_id, boot_id) index: no scan of the gate's rows.
+newest row it had sent, and those of the last ANNUL_WITHIN_S before a hole in its gate_seqs
+(rows the hub lost: a restore from backup), where it can put the annulment. A row of a copy of
+the token far above the gate's numbers stops none of the gate's rows (an annulment after the
+newest row refused the gate's every annulment then: a review). The checks read the gate's row
+below the batch (one indexed row) and, only when a batch changes run, one probe of the
+(gate_id, boot_id) index: no scan.
 """
 
 from __future__ import annotations
@@ -57,9 +60,16 @@ def annul_targets(entries: Sequence[EntryWire], stored: Mapping[str, Any]) -> li
     return sorted({e.annuls for e in entries if e.annuls and e.entry_id not in stored})
 
 
-def batch_boots(entries: Iterable[EntryWire]) -> list[str]:
-    """The batch's runs, for :attr:`sync.hub_rules.KnownState.seen_boots`."""
-    return sorted({e.boot_id for e in entries})
+def first_new(entries: Sequence[EntryWire], stored: Mapping[str, Any]) -> int | None:
+    """The gate_seq of the batch's first row not stored (for the row just below it,
+    :attr:`sync.hub_rules.KnownState.run_before`); None when every row is stored."""
+    return next((e.gate_seq for e in entries if e.entry_id not in stored), None)
+
+
+def boots_to_ask(entries: Iterable[EntryWire], before: RunMark | None) -> list[str]:
+    """The batch's runs other than the one of the gate's row below it: whether the gate has
+    rows of them is :attr:`sync.hub_rules.KnownState.seen_boots` (usually none to ask)."""
+    return sorted({e.boot_id for e in entries} - ({before.boot_id} if before else set()))
 
 
 def run_refusal(
@@ -82,12 +92,12 @@ def run_refusal(
 
 
 def why_refused(
-    e: EntryWire, target: Target | None, gate_id: str, max_seq: int, before: RunMark | None
+    e: EntryWire, target: Target | None, gate_id: str, before: RunMark | None
 ) -> tuple[str, str] | None:
     """(field, why) when the gate may not write the annulment ``e``: of an entry that is not its
     own, not of its passage timeout, or not after every row the gate recorded before it
-    (``target``: the annulled entry; ``max_seq``: the gate's newest stored gate_seq;
-    ``before``: its newest row, stored or earlier in the batch)."""
+    (``target``: the annulled entry; ``before``: the gate's row before it by gate_seq, stored
+    or earlier in the batch)."""
     if e.annuls is None:
         return None
     if target is None:
@@ -102,12 +112,6 @@ def why_refused(
         return "annuls", (
             f"annuls entry {e.annuls} {late:,.0f} s after it (a gate annuls an admission"
             f" nobody used within {ANNUL_WITHIN_S:,.0f} s)"
-        )
-    if e.gate_seq <= max_seq:
-        return "annuls", (
-            f"annuls entry {e.annuls} at gate_seq {e.gate_seq}, not after the gate's newest"
-            f" stored row ({max_seq}): a gate records its annulment after every row before it"
-            " (rows above it under a copy of its token? `hub quarantine --from-seq`)"
         )
     if before is not None and (before.boot_id != e.boot_id or before.mono_ns > e.mono_ns):
         return "annuls", (

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
 _MAX_SEQ = hub_sql.numbered(hub_sql.MAX_SEQ)
 _LAST_ROW_TIME = hub_sql.numbered(hub_sql.LAST_ROW_TIME)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
-_SEEN_BOOTS = hub_sql.numbered(hub_sql.SEEN_BOOTS.format("SELECT unnest(?::text[])"))
+_RUN_BEFORE = hub_sql.numbered(hub_sql.RUN_BEFORE)
+_SEEN_BOOT = hub_sql.numbered(hub_sql.SEEN_BOOT)
 
 
 # Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
@@ -77,12 +78,19 @@ async def known(
     if wanted := hub_annul.annul_targets(entries, stored):
         sql = f"SELECT {hub_annul.TARGET_COLUMNS} FROM entries WHERE entry_id = ANY($1::text[])"
         targets = {r[0]: hub_annul.Target(*r[1:]) for r in await conn.fetch(sql, wanted)}
-    boots = hub_annul.batch_boots(entries)
-    seen = frozenset(r[0] for r in await conn.fetch(_SEEN_BOOTS, gate_id, boots))
+    first = hub_annul.first_new(entries, stored)
+    before = None
+    if first is not None:
+        below = await conn.fetchrow(_RUN_BEFORE, gate_id, first)
+        before = hub_sql.run_mark(None if below is None else tuple(below))
+    seen = frozenset(
+        [b for b in hub_annul.boots_to_ask(entries, before)
+         if await conn.fetchval(_SEEN_BOOT, gate_id, b)]
+    )  # fmt: skip
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count),
         last_hlc=hub_sql.last_hlc(None if last is None else tuple(last), policy.max_clock_ahead_s),
-        last_run=hub_sql.last_run(None if last is None else tuple(last)), seen_boots=seen,
+        run_before=before, seen_boots=seen,
     )  # fmt: skip

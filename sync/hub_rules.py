@@ -117,8 +117,10 @@ class KnownState:
     alert_count: int = 0  # alerts this gate's uploads raised in the current budget bucket
     quota: float = math.inf  # new rows this gate may store now (sync.hub_store.UploadQuota)
     last_hlc: int = 0  # the HLC the venue orders this gate's row at max_seq by (0: none)
-    last_run: hub_annul.RunMark | None = None  # this gate's row at max_seq: its run, its mono
-    # the batch's runs (:func:`sync.hub_annul.batch_boots`) this gate has stored rows of
+    # this gate's row just below the batch's first new one: its run, its mono (None: none)
+    run_before: hub_annul.RunMark | None = None
+    # the batch's runs other than run_before's (:func:`sync.hub_annul.boots_to_ask`) this gate
+    # has stored rows of
     seen_boots: frozenset[str] = frozenset()
 
 
@@ -268,21 +270,23 @@ def _refusals(
     """(field, why, integrity alert) for each new row the gate has no right to write."""
     earlier: dict[str, hub_annul.Target] = {}  # rows before this one in the batch
     name = Names(known.gate_names)(gate_id)
-    before, boots = known.last_run, set(known.seen_boots)  # the gate's newest row, its runs
+    # the gate's row before this one (by gate_seq), and the runs it is known to have left
+    before, boots = known.run_before, set(known.seen_boots)
     out = []
     for i, e in enumerate(entries):
         target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
         earlier[e.entry_id] = hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
-        if e.entry_id in known.stored:
-            continue
-        refused = hub_annul.why_refused(e, target, gate_id, known.max_seq, before)
-        if refused is None and e.gate_seq > known.max_seq:  # the next of the gate's newest rows
-            refused = hub_annul.run_refusal(e, before, boots)
-        if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
-            refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
-        if e.gate_seq > known.max_seq:
-            before = hub_annul.RunMark(e.boot_id, e.mono_ns)
-            boots.add(e.boot_id)
+        if e.entry_id not in known.stored:
+            refused = hub_annul.why_refused(e, target, gate_id, before)
+            if refused is None:
+                refused = hub_annul.run_refusal(e, before, boots)
+            if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
+                refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
+        else:
+            refused = None
+        if before is not None and before.boot_id != e.boot_id:
+            boots.add(before.boot_id)  # a run the gate left
+        before = hub_annul.RunMark(e.boot_id, e.mono_ns)
         if refused is not None:
             key, why = refused
             detail = f"gate {name} refused: {why}"[:MAX_DETAIL]

@@ -131,17 +131,22 @@ MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
 # A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated
 # before it (sync.hub_rules.KnownState.last_hlc).
 LAST_ROW_TIME = (
-    "SELECT hlc, wall_time, received_at, boot_id, mono_ns FROM entries WHERE gate_id = ?"
+    "SELECT hlc, wall_time, received_at FROM entries WHERE gate_id = ?"
     " ORDER BY gate_seq DESC LIMIT 1"
 )
-# Which of a batch's runs (boot ids) the gate has rows of already (sync.hub_annul: a run the gate
-# left never comes back), on the (gate_id, boot_id) index.
-SEEN_BOOTS = "SELECT DISTINCT boot_id FROM entries WHERE gate_id = ? AND boot_id IN ({})"
+# The gate's row just below a gate_seq: its run and monotonic time (sync.hub_annul.RunMark).
+RUN_BEFORE = (
+    "SELECT boot_id, mono_ns FROM entries WHERE gate_id = ? AND gate_seq < ?"
+    " ORDER BY gate_seq DESC LIMIT 1"
+)
+# Has the gate rows of a run (boot id)? (sync.hub_annul: a run the gate left never comes back),
+# one probe of the (gate_id, boot_id) index.
+SEEN_BOOT = "SELECT 1 FROM entries WHERE gate_id = ? AND boot_id = ? LIMIT 1"
 
 
-def last_run(row: Sequence[Any] | None) -> RunMark | None:
-    """The run and monotonic time of a :data:`LAST_ROW_TIME` row (None: no row)."""
-    return None if row is None else RunMark(str(row[3]), int(row[4]))
+def run_mark(row: Sequence[Any] | None) -> RunMark | None:
+    """A :data:`RUN_BEFORE` row as a RunMark (None: no row)."""
+    return None if row is None else RunMark(str(row[0]), int(row[1]))
 
 
 def last_hlc(row: Sequence[Any] | None, max_ahead_s: float) -> int:

@@ -102,15 +102,21 @@ def known_state(
     sql = f"SELECT {hub_annul.TARGET_COLUMNS} FROM entries WHERE entry_id IN ({{}})"
     wanted = hub_annul.annul_targets(entries, stored)
     targets = {r[0]: hub_annul.Target(*r[1:]) for r in _select_in(db, sql, wanted)}
-    sql = hub_sql.SEEN_BOOTS
-    seen = frozenset(b for (b,) in _select_in(db, sql, hub_annul.batch_boots(entries), (gate_id,)))
+    first = hub_annul.first_new(entries, stored)
+    before = None
+    if first is not None:
+        before = hub_sql.run_mark(db.execute(hub_sql.RUN_BEFORE, (gate_id, first)).fetchone())
+    seen = frozenset(
+        b
+        for b in hub_annul.boots_to_ask(entries, before)
+        if db.execute(hub_sql.SEEN_BOOT, (gate_id, b)).fetchone()
+    )
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count), quota,
-        last_hlc=hub_sql.last_hlc(last, ahead), last_run=hub_sql.last_run(last),
-        seen_boots=seen,
+        last_hlc=hub_sql.last_hlc(last, ahead), run_before=before, seen_boots=seen,
     )  # fmt: skip
 
 
