@@ -55,7 +55,6 @@ async def caller(request: web.Request, hub: Hub) -> TokenInfo:
             log.warning("unknown token %s refused (%s %s) from %s%s", secret_label(token),
                         request.method, printable(request.path, 200), peer, more)  # fmt: skip
         raise HttpError(401, "unknown token", headers={"WWW-Authenticate": UNKNOWN_TOKEN})
-    hub.known_clients.note(_peer_host(request))
     return info
 
 
@@ -80,6 +79,7 @@ async def gate_caller(request: web.Request, hub: Hub, gate: str | None) -> Token
                 error="client_certificate",
             )  # fmt: skip
     hub.presence.request(info.gate_id, _peer_host(request))
+    hub.known_clients.note(_peer_host(request), info.token_hash)  # authorised: certificate too
     return info
 
 
@@ -88,6 +88,7 @@ async def console_caller(request: web.Request, hub: Hub) -> TokenInfo:
     info = await caller(request, hub)
     if info.role != "console":
         raise HttpError(403, f"this needs a console token, not {_a(info.role)} token")
+    hub.known_clients.note(_peer_host(request), info.token_hash)
     return info
 
 

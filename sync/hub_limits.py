@@ -65,6 +65,7 @@ MAX_LINGERING = 64  # refused connections closed gracefully at a time; beyond: c
 RESERVE_SHARE = 0.25  # of max_connections, for known clients only (when the site has them)
 KNOWN_FOR_S = 3600.0  # an address stays known this long after its last request with a token
 MAX_KNOWN = 4096  # addresses remembered; the longest unheard is forgotten first
+KNOWN_PER_TOKEN = 8  # addresses one token makes known: its newest (a dual-stack gate has two)
 REFUSAL_LINGER_S = 1.0
 # The kernel's queue of connections not yet accepted (it caps this at net.core.somaxconn, 4096 by
 # default). Past it the kernel drops a SYN and the client sends it again after 1 s: with the
@@ -171,24 +172,40 @@ class _Refusals:
 
 
 class KnownClients:
-    """Addresses that made a request with a valid token within ``keep_s`` (at most ``max_size``,
-    the longest unheard forgotten first), for the connections kept for them."""
+    """Addresses that made an authorised request within ``keep_s`` (at most ``max_size``, the
+    longest unheard forgotten first; at most ``per_token`` for one token, its newest: one stolen
+    token must not make a crowd of addresses known and push the gates out), for the connections
+    kept for them."""
 
     def __init__(
         self,
         keep_s: float = KNOWN_FOR_S,
         max_size: int = MAX_KNOWN,
         clock: Callable[[], float] = time.monotonic,
+        per_token: int = KNOWN_PER_TOKEN,
     ) -> None:
         self._keep_s, self._max_size, self._clock = keep_s, max_size, clock
+        self._per_token = per_token
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._by_token: dict[str, OrderedDict[str, None]] = {}
 
-    def note(self, host: str) -> None:
-        """``host`` made a request with a valid token now."""
+    def note(self, host: str, token: str) -> None:
+        """``host`` made a request authorised by ``token`` (its hash) now."""
+        hosts = self._by_token.setdefault(token, OrderedDict())
+        hosts[host] = None
+        hosts.move_to_end(host)
+        while len(hosts) > self._per_token:
+            old, _ = hosts.popitem(last=False)
+            if not any(old in other for other in self._by_token.values()):
+                self._seen.pop(old, None)
         self._seen[host] = self._clock()
         self._seen.move_to_end(host)
         while len(self._seen) > self._max_size:
             self._seen.popitem(last=False)
+        if len(self._by_token) > self._max_size:  # tokens of forgotten addresses
+            self._by_token = {
+                t: h for t, h in self._by_token.items() if any(x in self._seen for x in h)
+            }
 
     def __contains__(self, host: object) -> bool:
         seen = self._seen.get(host) if isinstance(host, str) else None

@@ -236,14 +236,20 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
 ) -> None:
     """Found in a review: clients without any credential, from 9 addresses at the per-client
     cap, filled the hub's connections for everyone, gates too. A quarter of max_connections is
-    kept for addresses that made a request with a valid token within the last hour."""
+    kept for addresses that made an authorised request within the last hour, the newest 8 of
+    each token (a second review: one stolen token could make a crowd of addresses known)."""
     setup = _hub(
         tmp_path, _session_keys, max_connections=20, max_connections_per_client=5,
         header_timeout_s=60,
     )  # fmt: skip
     token = add_token(setup, gate_id="gate-1")
     with HubProcess(setup) as proc:
-        assert (await asyncio.to_thread(_authed, setup.port, token, "127.0.0.9")).status == 200
+        wrong = await asyncio.to_thread(_authed, setup.port, "x" * 43, "127.0.0.31")
+        assert wrong.status == 401  # while there is room: a wrong token makes no address known
+        for n in range(40, 49):  # nine addresses of one token: the first is forgotten
+            assert (
+                await asyncio.to_thread(_authed, setup.port, token, f"127.0.0.{n}")
+            ).status == 200
         crowd = [f"127.0.0.{n}" for n in range(20, 24)]  # 4 x 5: the whole cap, were it open
         held = [
             await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
@@ -260,11 +266,11 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
         _assert_busy(answers[-1], "the hub has too many open connections")
         # The gate's address is known: it gets in, as often as it asks (5 kept for it).
         for _ in range(3):
-            answer = await asyncio.to_thread(_authed, setup.port, token, "127.0.0.9")
+            answer = await asyncio.to_thread(_authed, setup.port, token, "127.0.0.48")
             assert answer.status == 200, answer
-        # A wrong token makes no address known.
-        refused = await asyncio.to_thread(_authed, setup.port, "x" * 43, "127.0.0.31")
-        assert refused.status == 503
+        for source in ("127.0.0.31", "127.0.0.40"):
+            refused = await asyncio.to_thread(_authed, setup.port, token, source)
+            assert refused.status == 503, (source, refused)
         for _, writer in held:
             writer.close()
     _assert_quiet_log(proc)
