@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import platform
 from collections.abc import Callable
@@ -322,8 +323,8 @@ class PretixUpstream:
             except OSError as exc:  # the gate goes on; a restart without pretix would lack them
                 log.warning("pretix: the event's keys and list not kept: %s", exc)
         await self._down.secrets(self._up.orders_turned)
-        entered = await self._down.checkins(self._device_id, self._up.orders_turned)
-        await self._up.peers_learnt(entered, policy)
+        entered = functools.partial(self._up.peers_learnt, policy=policy)
+        await self._down.checkins(self._device_id, self._up.orders_turned, entered)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ APPLY_EVERY = 10_000
 # change whose transaction was still open then: it may carry an earlier time yet commit after
 # our query. Seconds are plenty for pretix's transactions; a quiet event re-reads nothing.
 _OVERLAP_S = 10.0
+_LISTED_SLACK_S = 5.0  # a change dated this much after its page was listed is still dated
 
 
 class Clock(Protocol):
@@ -87,6 +88,8 @@ class Clock(Protocol):
 # Told, before a round applies them, of the tickets newly learnt not to admit (by secret): what
 # is told before it is kept is never lost to a round cut short; a ticket told twice is said once.
 TurnedSink = Callable[[Mapping[str, pretix_orders.Turned]], Awaitable[None]]
+# Told, as a round keeps them, of the tickets other devices' entries were newly learnt for.
+EnteredSink = Callable[[set[str]], Awaitable[None]]
 
 
 class PretixDownload:
@@ -170,6 +173,7 @@ class PretixDownload:
                 await self._apply(
                     revoked, {}, {**scope, _REVOKED_CURSOR: newest_created}, whole=False
                 )
+                await turned(newly)  # again: an admission between the two is named too
                 applied, revoked, newly = applied + len(revoked), [], {}
         # Blocked secrets by id, which no change moves: ordered by "updated", a row blocked or
         # unblocked mid-round moved to the end, the rows after it moved back one place, and the
@@ -194,6 +198,8 @@ class PretixDownload:
         if newly:
             await turned(newly)
         meta = await self._apply(revoked, blocked, new_cursor, whole=False)
+        if newly:
+            await turned(newly)
         if meta.version != before:  # the cursor rows come back every round: quiet then
             log.info(
                 "pretix: %d revoked or blocked-state secrets applied (list v%d)",
@@ -246,7 +252,9 @@ class PretixDownload:
             fresh=whole,
         )
 
-    async def checkins(self, own_device: int | None, turned: TurnedSink) -> set[str]:
+    async def checkins(
+        self, own_device: int | None, turned: TurnedSink, entered: EnteredSink
+    ) -> None:
         """Check-ins of other devices and the tickets' order states (cancelled, unpaid), from the
         orders modified since the last round.
 
@@ -257,10 +265,11 @@ class PretixDownload:
         repeat a row but never skip one. The cursor is the server's time at the first page,
         less a margin for transactions still open then. Without ``own_device`` no check-in is
         learnt (ours could not be told from theirs), only the order states. ``turned`` is told
-        of the tickets whose order newly stopped admitting before their states are kept.
-        Returns the tickets other devices' entries were newly learnt for. Both are for the
-        caller to check this gate's admissions against, once (not each time pretix lists the
-        order again).
+        of the tickets whose order newly stopped admitting before their states are kept (and
+        again after, for an admission in between); ``entered`` of the tickets other devices'
+        entries were newly learnt for, as they are kept. Both are for the caller to check this
+        gate's admissions against, once (not each time pretix lists the order again), page by
+        page: what a round cut short kept is never read as new again.
         """
         if own_device is None:
             log.warning("pretix: own device id unknown, other devices' check-ins not learnt")
@@ -275,7 +284,6 @@ class PretixDownload:
         if resume_from is not None:  # inclusive: the orders created in that instant come again
             params.append(("created_since", resume_from))
         learnt = skipped = annulled = ahead = 0
-        entered: set[str] = set()  # tickets other devices' entries were learnt for
         changed: Counter[ListState] = Counter()
         async for reply, orders in self._http.pages(f"{self._event_path}/orders/", params):
             listed, until = self._times(reply)
@@ -290,6 +298,8 @@ class PretixDownload:
             }:
                 await turned(stopped)
             await self._apply_order_states(moved)
+            if stopped:
+                await turned(stopped)  # again: an admission between the two is named too
             changed += Counter(moved.values())
             rows, bad = pretix_orders.order_positions(orders)
             skipped += bad + found.skipped
@@ -299,8 +309,9 @@ class PretixDownload:
                 ahead += checkins.ahead
                 known = await self._journal.known_peer_ids([e.entry_id for e in checkins.entries])
                 learnt += await self._journal.add_peer_entries(checkins.entries)
-                entered.update(e.ticket_ref for e in checkins.entries
-                               if e.kind == "entry" and e.entry_id not in known)  # fmt: skip
+                if new := {e.ticket_ref for e in checkins.entries
+                           if e.kind == "entry" and e.entry_id not in known}:  # fmt: skip
+                    await entered(new)
                 annulled += await self._learn_annulments(rows, own_device)
             if reply.body.get("next") is not None:  # a page pages() took: a dict
                 resume_from = wire.latest(resume_from, orders, "datetime", until)
@@ -323,7 +334,6 @@ class PretixDownload:
             for key in _RESUME_KEYS:
                 self._cursors.pop(key, None)
         save_cursors(self._state_dir, self._cursors)
-        return entered
 
     async def _check_orders_scope(self, own_device: int | None) -> None:
         """Drop the orders' cursors when they were read under another scope than this round's
@@ -415,8 +425,10 @@ class PretixDownload:
 
 def _not_after(when: float | None, listed: float) -> float | None:
     """``when`` unless pretix dates it after it listed it (a server's clock or a hostile answer:
-    such a date would hide an alert as "changed after the entry"): then None, not dated."""
-    return when if when is not None and when <= listed else None
+    such a date would hide an alert as "changed after the entry"): then None, not dated. Up to
+    :data:`_LISTED_SLACK_S` after is taken: another of pretix's servers may stamp the change
+    by a clock a little ahead of the one that lists it."""
+    return when if when is not None and when <= listed + _LISTED_SLACK_S else None
 
 
 def _held_back(old: str | None, newest: str | None, field: str, not_after: float) -> str | None:

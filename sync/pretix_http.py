@@ -233,7 +233,7 @@ def _classify(what: str, status: int, raw: bytes, headers: Mapping[str, str]) ->
             f"{what}: HTTP {status}",
             parse_retry_after(headers.get("Retry-After"), now),
             brief=True,
-            answered=True,
+            answered=status not in (408, 429),  # slow down, whichever row: not one URL's fault
         )
     if not 200 <= status < 500:
         raise UpstreamUnavailable(f"{what}: unexpected HTTP {status}", answered=True)

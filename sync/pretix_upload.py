@@ -157,7 +157,9 @@ class PretixUpload:
                 try:
                     await self._upload_row(rec, policy, own_device)
                 except _NotPretix as exc:
-                    tries = self._foreign[rec.gate_seq] = self._foreign.get(rec.gate_seq, 0) + 1
+                    # counted up to one past HOLD_AFTER: the kept file changes no more after
+                    tries = min(self._foreign.get(rec.gate_seq, 0) + 1, HOLD_AFTER + 1)
+                    self._foreign[rec.gate_seq] = tries
                     if tries < HOLD_AFTER or passed >= MAX_PASSED_BY:  # not yet, or too many
                         raise
                     if tries == HOLD_AFTER:

@@ -11,6 +11,7 @@ answers nothing as pretix would (every row) still stops the upload at its first 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,21 @@ async def test_the_rounds_counted_survive_a_restart(rig: Rig) -> None:
     await rig.restart()
     assert await rig.up.sync_once()  # the round after the restart is the HOLD_AFTER-th
     assert await rig.outbox() == [stuck.gate_seq] and rig.up.status["held"] == 1
+    for _ in range(3):  # counted up to one past HOLD_AFTER: the file is not written every round
+        assert await rig.up.sync_once()
+    kept = json.loads((rig.state / "pretix_held.json").read_text())
+    assert kept == {str(stuck.gate_seq): HOLD_AFTER + 1}
+
+
+async def test_a_rate_limit_for_one_row_is_waited_out_not_passed_by(rig: Rig) -> None:
+    """A review: 429 (and 408) counted as one URL's refusal, so after 3 rounds the next row went
+    straight after pretix asked the gate to slow down. They say nothing of one row."""
+    await rig.entry("valid_standard_1")
+    await rig.entry("valid_standard_2")
+    blocked(rig, "valid_standard_1", (429, {"detail": "Request was throttled."}))
+    for _ in range(HOLD_AFTER + 1):
+        assert not await rig.up.sync_once()
+    assert rig.redeemed() == ["valid_standard_1"] * (HOLD_AFTER + 1)
 
 
 @pytest.mark.parametrize("kept", ["{not json", '["a list"]', '{"3": -1}', '{"3": true}'])

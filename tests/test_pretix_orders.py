@@ -416,11 +416,14 @@ async def test_a_round_cut_short_keeps_the_states_of_the_pages_it_read(
 ) -> None:
     """The states of each page are kept as it is read: the next round goes on after the pages
     read (created_since), so a state kept only at a round's end would be lost for good; and so
-    is the alert for an entry of this gate whose order a page turned (a review: told only at
-    the round's end, it was never told, the next round finding the state already kept)."""
+    is the alert for an entry of this gate whose order a page turned, and for one another
+    device's entry learnt on a page stood before (a review: told only at the round's end, each
+    was never told, the next round finding it already kept)."""
     fake = FakePretix(tokens={API_TOKEN}, page_size=2, fault_on="/orders/")
     fake.positions = [(0, position(i, name)) for i, name in enumerate(
         ("valid_standard_1", "valid_standard_2", "valid_standard_3", "valid_vip_1"), start=1)]  # fmt: skip
+    elsewhere = checkin(21, 2, wire.iso(T0 - 60))  # another device, a minute before ours
+    fake.positions[1] = (0, position(2, "valid_standard_2", checkins=[elsewhere]))
     fake.orders = {secret("valid_standard_1"): {"status": "n"}}
 
     def fail_after_first(page: int) -> None:
@@ -429,10 +432,11 @@ async def test_a_round_cut_short_keeps_the_states_of_the_pages_it_read(
     fake.after_orders_page = fail_after_first
     journal = await Journal.open(tmp_path / "j.db", gate_id="g", gate_name="G",
                                  clock=Clock(wall=Wall(T0)))  # fmt: skip
-    await journal.record(
-        ticket_ref=wire.PRETIX_REF + secret("valid_standard_1"), kind="entry",
-        decision=Decision(Verdict.ADMIT, Reason.OK), lane="in", rev_version=0,
-    )  # fmt: skip
+    for name in ("valid_standard_1", "valid_standard_2"):
+        await journal.record(
+            ticket_ref=wire.PRETIX_REF + secret(name), kind="entry",
+            decision=Decision(Verdict.ADMIT, Reason.OK), lane="in", rev_version=0,
+        )  # fmt: skip
     await journal.close()
     async with PretixServer(fake) as server:
         gate = Sole(tmp_path, server.url, Wall(T0))
@@ -447,6 +451,9 @@ async def test_a_round_cut_short_keeps_the_states_of_the_pages_it_read(
     assert ok and resumed and state is ListState.UNPAID
     said = [r.getMessage() for r in caplog.records if "SECURITY ALERT order_not_valid" in r.message]
     assert len(said) == 1 and pretix_short_id(secret("valid_standard_1")) in said[0]
+    said = [r.getMessage() for r in caplog.records if "SECURITY ALERT duplicate_entry" in r.message]
+    assert len(said) == 1 and pretix_short_id(secret("valid_standard_2")) in said[0]
+    assert "(learnt later)" in said[0]
 
 
 async def test_hostile_secrets_in_answers_are_skipped_or_refused_never_a_crash(
