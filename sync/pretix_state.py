@@ -67,7 +67,11 @@ def load_device(state_dir: Path, base_url: str) -> DeviceIdentity | None:
         return None
     record = read_state(path)
     if record.get("base_url") not in (None, base_url):
-        raise ConfigError(f"{path}: device belongs to {record.get('base_url')!r}")
+        raise ConfigError(
+            f"{path}: the pretix device was initialised at {record.get('base_url')!r}, not at"
+            f" [pretix] url {base_url!r}: set the url back, or move this file aside and give"
+            " [pretix] init_token a new initialisation token for a new device"
+        )
     token, device = record.get("api_token"), record.get("device_id")
     if not isinstance(token, str) or not token or not isinstance(device, int):
         raise ConfigError(f"{path}: 'api_token' (string), 'device_id' (int) expected")

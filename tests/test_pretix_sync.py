@@ -15,7 +15,7 @@ import pytest
 
 from agent.backoff import Backoff
 from agent.clock import Clock
-from agent.errors import PretixInitError
+from agent.errors import ConfigError, PretixInitError
 from agent.journal import EntryRecord, Journal
 from agent.model import Decision, Reason, Verdict
 from agent.revocation import ListState, RevocationStore, secret_key
@@ -153,6 +153,19 @@ async def test_token_survives_restart_and_init_token_is_one_time(rig: Rig, tmp_p
             await again.initialize(INIT_TOKEN)
     finally:
         await again.close()
+
+
+async def test_a_device_of_another_url_says_what_to_do(rig: Rig) -> None:
+    """An integrator's trial: pointed at the same pretix through a proxy, the gate refused to
+    start with "device belongs to ..." and nothing on what to do."""
+    await initialized(rig)
+    with pytest.raises(ConfigError) as refused:
+        make_upstream(rig.state_dir, "http://127.0.0.1:9", rig.journal, rig.store, rig.wall,
+                      [], [])  # fmt: skip
+    said = str(refused.value)
+    assert f"initialised at {rig.server.url!r}" in said and "http://127.0.0.1:9" in said
+    assert "set the url back, or move this file aside" in said and "init_token" in said
+    assert API_TOKEN not in said
 
 
 async def test_token_never_logged(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
