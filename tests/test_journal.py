@@ -328,6 +328,18 @@ async def test_peer_entries_are_idempotent_and_skip_own_and_malformed(journal: J
     assert [h.entry_id for h in await journal.history("tk1:aa")] == [batch[0].entry_id]
 
 
+async def test_peer_entries_too_far_ahead_are_said_once_not_each_time_they_come_again(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An integrator's trial: pretix lists the same check-ins each round, and a gate behind
+    its peers logged "N peer entries carry an HLC too far ahead" for them every round."""
+    ahead = [peer("t1", (int(T0 * 1000) + 3_600_000) << 16)]  # an hour past the gate's time
+    for _ in range(3):
+        await journal.add_peer_entries(ahead)
+    said = [r for r in caplog.records if "too far ahead" in r.getMessage()]
+    assert len(said) == 1
+
+
 async def test_record_while_peers_are_stored_is_committed_on_return(
     journal: Journal, path: Path
 ) -> None:

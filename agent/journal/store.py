@@ -323,7 +323,7 @@ class Journal:
             await self._run(
                 writer, "cannot store peer entries", lambda _: self._observe(followed, wall_ms)
             )
-        if ahead:
+        if ahead and inserted:  # not again for entries that came before (pretix lists them again)
             log.warning("%d peer entries carry an HLC too far ahead of the best known time;"
                         " stored, not followed", len(ahead))  # fmt: skip
         return inserted
