@@ -271,7 +271,20 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
         for source in ("127.0.0.31", "127.0.0.40"):
             refused = await asyncio.to_thread(_authed, setup.port, token, source)
             assert refused.status == 503, (source, refused)
-        for _, writer in held:
+        # The kept connections are max_connections' last quarter, no more: once known clients
+        # hold them too, the hub is full for everyone.
+        kept = [
+            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(f"127.0.0.{n}", 0))
+            for n in (47, 48)
+            for _ in range(3)
+        ]
+
+        async def full_for_all() -> bool:
+            answers.append(await asyncio.to_thread(_authed, setup.port, token, "127.0.0.46"))
+            return answers[-1].status == 503
+
+        await until(full_for_all, 10, "a known client is refused with 20 connections open")
+        for _, writer in [*held, *kept]:
             writer.close()
     _assert_quiet_log(proc)
 
