@@ -26,7 +26,7 @@ from agent.errors import UpstreamUnavailable
 from agent.journal import EntryRecord, HistoryEntry, Journal
 from agent.redact import pretix_short_id
 from agent.revocation import ListState
-from agent.rules import GatePolicy
+from agent.rules import GatePolicy, effective
 from sync import pretix_wire as wire
 from sync.pretix_http import PretixHTTP, Reply
 from sync.pretix_orders import Turned
@@ -314,11 +314,9 @@ class PretixUpload:
         its time unknown."""
         for secret, why in turned.items():
             history = await self._journal.history(wire.PRETIX_REF + secret)
-            annulled = {h.annuls for h in history if h.kind == "annul"}
-            for row in history:
-                if row.peer or row.kind != "entry" or row.entry_id in annulled:
-                    continue
-                self._order_alert(row, secret, why)
+            for row in effective(history):  # the entries no annulment cancelled
+                if not row.peer and row.kind == "entry":
+                    self._order_alert(row, secret, why)
 
     def _order_alert(self, row: HistoryEntry, secret: str, why: Turned) -> None:
         """Alert ``row`` unless pretix dates ``why`` clearly after it (by a clock this gate

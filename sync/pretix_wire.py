@@ -24,6 +24,7 @@ from agent.journal import EntryRecord, HistoryEntry, PeerEntry
 from agent.model import Reason
 from agent.pretix_event import is_secret
 from agent.redact import printable, text_digest
+from agent.rules import effective
 from sync.pretix_http import Reply
 from sync.upstream_http import parse_http_date
 
@@ -373,13 +374,11 @@ def prior_entry_in_history(history: Sequence[HistoryEntry], entry_id: str) -> Co
 
 def entries_after_peer_entries(history: Sequence[HistoryEntry]) -> dict[str, Conflict]:
     """This gate's entries in a ticket's merged history whose event just before is another
-    device's entry, with that entry; one pass. Annulled entries do not count; an exit in
-    between ends the earlier visit."""
-    annulled = {h.annuls for h in history if h.kind == "annul"}
-    standing = [h for h in history if h.kind != "annul" and h.entry_id not in annulled]
+    device's entry, with that entry; one pass. Annulled entries do not count
+    (:func:`agent.rules.effective`); an exit in between ends the earlier visit."""
     return {
         h.entry_id: Conflict(before.gate_id, before.wall_time)
-        for before, h in itertools.pairwise(standing)
+        for before, h in itertools.pairwise(effective(history))
         if h.kind == "entry" and not h.peer and before.peer and before.kind == "entry"
     }
 
