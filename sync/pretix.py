@@ -123,6 +123,7 @@ class PretixUpstream:
         self._event_scope = event_scope(self._http.base_url, path, checkin_list)
         self._stop = asyncio.Event()
         self._round_lock = asyncio.Lock()
+        self._alerts_loaded = False
         self._task: asyncio.Task[None] | None = None
         self._status: dict[str, Any] = {
             "online": False, "last_error": None, "outbox": 0, "last_sync": None,
@@ -166,9 +167,9 @@ class PretixUpstream:
     def status(self) -> dict[str, Any]:
         """A snapshot: online, last_error, outbox (unsynced rows, capped at 10,000),
         last_sync (Unix time of the last complete round), token_revoked, rejected (rows pretix
-        refused for good), alerts, held (rows passed by: answered not by pretix round after
-        round), retry_in (seconds to the next attempt after a failure), initialized and
-        device_id."""
+        refused for good), alerts (how many the journal keeps), held (rows passed by: answered
+        not by pretix round after round), retry_in (seconds to the next attempt after a
+        failure), initialized and device_id."""
         counts = {
             "rejected": self._up.rejected, "alerts": self._up.alert_count, "held": self._up.held,
         }  # fmt: skip
@@ -264,6 +265,9 @@ class PretixUpstream:
             return await self._round()
 
     async def _round(self) -> bool:
+        if not self._alerts_loaded:  # before any round could raise one
+            await self._up.load_alerts()
+            self._alerts_loaded = True
         retry_after: float | None = None
         drained = False
         try:

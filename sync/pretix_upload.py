@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from agent.errors import UpstreamUnavailable
-from agent.journal import EntryRecord, HistoryEntry, Journal
-from agent.redact import pretix_short_id
+from agent.errors import JournalError, UpstreamUnavailable
+from agent.journal import AlertRecord, EntryRecord, HistoryEntry, Journal
+from agent.redact import pretix_short_id, short_id
 from agent.revocation import ListState
 from agent.rules import GatePolicy, effective
 from sync import pretix_wire as wire
@@ -229,7 +229,8 @@ class PretixUpload:
                 await self._check_duplicate(rec, secret, reply, policy, own)
             return
         if outcome == "already_redeemed":
-            self._alert(rec, secret, "already_redeemed", "pretix", None, "pretix: already redeemed")
+            await self._alert(rec, secret, "already_redeemed", "pretix", None,
+                              "pretix: already redeemed")  # fmt: skip
         self.rejected += 1
         raise _Done(f"refused by pretix for good: HTTP {reply.status} {outcome}")
 
@@ -279,7 +280,7 @@ class PretixUpload:
             history = await self._journal.history(rec.ticket_ref)
             conflict = wire.prior_entry_in_history(history, rec.entry_id)
         if conflict is not None:
-            self._alert(rec, secret, "duplicate_entry", conflict.device, conflict.at,
+            await self._alert(rec, secret, "duplicate_entry", conflict.device, conflict.at,
                         "admitted here while an entry elsewhere was still standing")  # fmt: skip
 
     async def peers_learnt(self, refs: Iterable[str], policy: GatePolicy) -> None:
@@ -299,9 +300,9 @@ class PretixUpload:
                 # The same instant to the millisecond is this gate's own check-in, uploaded as
                 # its former pretix device (initialised again since): not another's.
                 if conflict is not None and abs(conflict.at - row.wall_time) >= 0.001:
-                    self._alert(row, secret, "duplicate_entry", conflict.device, conflict.at,
-                                "admitted here while an entry elsewhere was still standing"
-                                " (learnt later)")  # fmt: skip
+                    await self._alert(row, secret, "duplicate_entry", conflict.device, conflict.at,
+                                      "admitted here while an entry elsewhere was still standing"
+                                      " (learnt later)")  # fmt: skip
 
     async def orders_turned(self, turned: Mapping[str, Turned]) -> None:
         """Tickets newly learnt to admit no more (the secret revoked; the order cancelled,
@@ -316,9 +317,9 @@ class PretixUpload:
             history = await self._journal.history(wire.PRETIX_REF + secret)
             for row in effective(history):  # the entries no annulment cancelled
                 if not row.peer and row.kind == "entry":
-                    self._order_alert(row, secret, why)
+                    await self._order_alert(row, secret, why)
 
-    def _order_alert(self, row: HistoryEntry, secret: str, why: Turned) -> None:
+    async def _order_alert(self, row: HistoryEntry, secret: str, why: Turned) -> None:
         """Alert ``row`` unless pretix dates ``why`` clearly after it (by a clock this gate
         trusted when it decided: one behind, after a power cut without a clock source, would
         make every change look later; an integrator's trial)."""
@@ -336,18 +337,28 @@ class PretixUpload:
                 f" {when - row.wall_time:.0f} s after this admission (within two clocks' margin)"
             )
         detail = _ORDER_WORDS[why.state] + timing
-        self._alert(row, secret, "order_not_valid", "pretix", when, detail)
+        await self._alert(row, secret, "order_not_valid", "pretix", when, detail)
 
-    def _alert(
+    async def _alert(
         self, rec: EntryRecord | HistoryEntry, secret: str, kind: str, other: str,
         other_at: float | None, detail: str,
     ) -> None:  # fmt: skip
-        finding = kind == "order_not_valid"  # the others are one finding: another device's entry
-        if any(a.entry_id == rec.entry_id and (a.kind == "order_not_valid") == finding
-               for a in self.alerts):  # fmt: skip
-            return
+        """Keep the alert in the journal, then say it: once per entry and finding, a restart or
+        a list learnt anew (the revocation store lost) included (found in an integrator's trial:
+        alerts de-duplicated in memory came back)."""
+        finding = _finding(kind)
         alert = PretixAlert(kind, pretix_short_id(secret), rec.entry_id, other, rec.wall_time,
                             other_at, detail)  # fmt: skip
+        record = AlertRecord(kind, finding, rec.entry_id, wire.PRETIX_REF + secret, other,
+                             rec.wall_time, other_at, detail)  # fmt: skip
+        try:
+            new = await self._journal.record_alert(record)
+        except JournalError as exc:  # said all the same: an alert twice beats none
+            log.error("pretix: the alert below is not kept in the journal: %s", exc)
+            new = not any(a.entry_id == rec.entry_id and _finding(a.kind) == finding
+                          for a in self.alerts)  # fmt: skip
+        if not new:
+            return
         self.alerts.append(alert)
         self.alert_count += 1
         log.warning(
@@ -360,3 +371,20 @@ class PretixUpload:
                 self._on_alert(alert)
             except Exception:  # an alert sink must not stop the sync
                 log.exception("pretix: alert callback failed")
+
+    async def load_alerts(self) -> None:
+        """Take the alerts kept in the journal: their count and the latest 100 (at start).
+        Raises JournalError."""
+        self.alert_count, kept = await self._journal.alerts(_ALERTS_KEPT)
+        self.alerts.clear()
+        self.alerts.extend(
+            PretixAlert(a.kind, short_id(a.ticket_ref), a.entry_id, a.other, a.at, a.other_at,
+                        a.detail)
+            for a in kept
+        )  # fmt: skip
+
+
+def _finding(kind: str) -> str:
+    """What an alert of ``kind`` says of its entry: its order, or another device's entry
+    standing before it (a duplicate, pretix's "already redeemed")."""
+    return "order" if kind == "order_not_valid" else "entry"

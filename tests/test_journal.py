@@ -19,6 +19,7 @@ import pytest
 from agent.clock import HLC, Clock, plausible_hlc, uuid7
 from agent.errors import JournalError
 from agent.journal import (
+    AlertRecord,
     DecisionNotRecorded,
     EntryRecord,
     HistoryEntry,
@@ -31,6 +32,7 @@ from agent.journal import (
 )
 from agent.journal.records import HUB_TIME
 from agent.model import Decision, Flag, Reason, Verdict
+from agent.redact import shared_ref, short_id
 from sync.protocol import EntryWire
 from tests.polling import until
 
@@ -449,6 +451,61 @@ async def test_a_tool_reads_the_history_of_a_journal_not_yet_upgraded(
     assert seen.kind == "entry" and not seen.peer
 
 
+def alert(entry: EntryRecord, finding: str = "order", kind: str = "order_not_valid") -> AlertRecord:
+    return AlertRecord(kind, finding, entry.entry_id, entry.ticket_ref, "pretix", entry.wall_time,
+                       None, "its order not paid")  # fmt: skip
+
+
+async def test_an_alert_is_kept_once_per_entry_and_finding_across_restarts(
+    journal: Journal, path: Path, clock: Clock
+) -> None:
+    """Found in an integrator's trial: pretix alerts were de-duplicated in memory, so a restart
+    (or a list learnt anew) raised them all again, and `events` showed none of them. The
+    journal keeps them, one per entry and finding, the ticket as its shared ref (a pretix
+    secret never goes into the alerts, which retention does not prune)."""
+    first = await admit(journal, "pretix:SECRETSECRET")
+    second = await admit(journal, "pretix:SECRETSECRET")
+    assert await journal.record_alert(alert(first))
+    assert not await journal.record_alert(alert(first))  # charged back, then expired: one
+    assert await journal.record_alert(alert(first, "entry", "duplicate_entry"))
+    assert await journal.record_alert(alert(second))
+    await journal.close()
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
+        assert not await again.record_alert(alert(first))
+        count, kept = await again.alerts(2)
+    assert count == 3 and [(a.entry_id, a.finding) for a in kept] == [
+        (first.entry_id, "entry"),
+        (second.entry_id, "order"),
+    ]
+    assert [a.alert_id for a in kept] == [2, 3] and kept[0].raised_at == clock.now()
+    with raw(path) as db:
+        refs = {r for (r,) in db.execute("SELECT ticket_ref FROM alerts")}
+    assert refs == {shared_ref("pretix:SECRETSECRET")}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert len(queries.alerts(db, short=short_id("pretix:SECRETSECRET"))) == 3
+        assert len(queries.alerts(db, ticket_ref="pretix:SECRETSECRET")) == 3
+        assert queries.alerts(db, short=short_id("pretix:OTHER")) == []
+
+
+async def test_a_schema_3_journal_gets_its_alerts_table(
+    journal: Journal, path: Path, clock: Clock
+) -> None:
+    """An updated gate's journal of schema 3 is upgraded at start; a tool reading it before
+    (`events --alerts` between the update and the daemon's restart) finds no alerts."""
+    entry = await admit(journal, "tk1:aa")
+    await journal.close()
+    with raw(path) as other:
+        other.execute("DROP TABLE alerts")
+        other.execute("PRAGMA user_version = 3")
+    with contextlib.closing(queries.open_readonly(path, "g1")) as tool:
+        assert queries.alerts(tool) == [] and queries.alert_count(tool) == 0
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
+        assert await again.record_alert(alert(entry))
+        assert (await again.alerts(10))[0] == 1
+    with raw(path) as other:
+        assert other.execute("PRAGMA user_version").fetchone() == (4,)
+
+
 async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(
     journal: Journal, wall: FakeWall
 ) -> None:
@@ -531,8 +588,8 @@ async def test_newer_schema_version_is_refused(path: Path, clock: Clock) -> None
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock):
         pass
     with raw(path) as other:
-        other.execute("PRAGMA user_version = 4")
-    with pytest.raises(JournalError, match="schema version 4"):
+        other.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    with pytest.raises(JournalError, match=f"schema version {schema.SCHEMA_VERSION + 1}"):
         await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock)
 
 
@@ -544,7 +601,7 @@ async def test_missing_directory_is_a_journal_error(tmp_path: Path, clock: Clock
 async def test_pragmas_wal_and_full_sync(journal: Journal, path: Path) -> None:
     with raw(path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert other.execute("PRAGMA user_version").fetchone() == (3,)
+        assert other.execute("PRAGMA user_version").fetchone() == (4,)
 
 
 async def test_expect_write_wakes_the_writer_and_jobs_run_in_order(journal: Journal) -> None:

@@ -218,7 +218,7 @@ async def test_status_says_pretix_s_security_alerts_and_refusals(write_config: W
                 text = gate_commands.summary(await _status(status.port))  # as `status` gets it
             finally:
                 await status.close()
-    assert "  1 security alert since the daemon started (log: SECURITY ALERT)\n" in text, text
+    assert "  1 security alert (gate-agent events --alerts)\n" in text, text
     assert "  1 row refused by pretix for good\n" in text, text
 
 

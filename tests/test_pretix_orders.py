@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,67 @@ async def test_an_admission_whose_order_no_longer_admits_is_an_alert_once_learnt
             assert len(gate.upstream.alerts) == 7 and gate.upstream.status["alerts"] == 7
     said = [r.getMessage() for r in caplog.records if "SECURITY ALERT order_not_valid" in r.message]
     assert len(said) == 7 and any("not dated" in line for line in said)
+
+
+async def test_an_alert_is_kept_once_and_listed_by_events_after_restarts(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in an integrator's trial: alerts were de-duplicated in memory only, so a ticket
+    whose order changed again after a restart (charged back, then expired) was named again,
+    every alert came back once the revocation store was lost, and `gate-agent events` showed
+    none of them. The journal keeps each, once per entry and finding: `status` counts them
+    across restarts and `events --alerts` (or `--ticket`) lists them."""
+    fake = FakePretix()
+    fake.positions = [(0, position(1, "valid_standard_1"))]
+    short = pretix_short_id(secret("valid_standard_1"))
+    async with PretixServer(fake) as server:
+        path = write_config(extra=pretix_section(server.url))
+        conf = config.load(path)
+        async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+            assert gate.upstream is not None and await gate.upstream.sync_once()
+            assert await reason(gate, "valid_standard_1") is Reason.OK
+            fake.orders = {secret("valid_standard_1"): {"status": "n"}}  # charged back
+            fake.positions = [(LATER, p) for _, p in fake.positions]
+            assert await gate.upstream.sync_once() and gate.upstream.status["alerts"] == 1
+        for status in ("e", "c"):  # expired, then cancelled; the store lost before the second
+            if status == "c":
+                (conf.gate.state_dir / "revocations.db").unlink()
+            fake.orders = {secret("valid_standard_1"): {"status": status}}
+            async with open_gate(conf, scanner=SimScanner(), gate_io=SimGate(passage_ms=1)) as gate:
+                assert gate.upstream is not None and await gate.upstream.sync_once()
+                assert await reason(gate, "valid_standard_1") is Reason.CANCELED  # learnt anew
+                assert gate.upstream.status["alerts"] == 1
+                assert [(a.ticket, a.kind) for a in gate.upstream.alerts] == [
+                    (short, "order_not_valid")
+                ]
+    said = [r for r in caplog.records if "SECURITY ALERT" in r.message]
+    assert len(said) == 1, said
+    listed = _events(path, "--alerts", "--json")
+    assert [(a["kind"], a["ticket"], a["other"], a["other_time"]) for a in listed] == [
+        ("order_not_valid", short, "pretix", None)
+    ]
+    assert "not paid" in listed[0]["detail"] and "not dated" in listed[0]["detail"]
+    text = _events(path, "--ticket", short)
+    assert f"ALERT order_not_valid  ticket {short}" in text[-1], text
+    assert [line.split()[2] for line in text[:-1]] == ["#1", "#2", "#3"]  # its decisions first
+    assert _events(path, "--alerts", "--ticket", "00000000") == []
+    refused = _run_events(path, "--alerts", "--denied")
+    assert refused.returncode == 2 and "--alerts lists alerts" in refused.stderr
+
+
+def _run_events(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "events", "--config", str(path), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def _events(path: Path, *args: str) -> list[Any]:
+    """`gate-agent events` as staff run it: JSON lines read, text lines as they are."""
+    done = _run_events(path, *args)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    return [json.loads(line) for line in lines] if "--json" in args else lines
 
 
 async def test_an_admission_on_a_clock_not_trusted_is_named_whatever_pretix_dates(

@@ -375,8 +375,10 @@ def _events(args: argparse.Namespace) -> int:
         raise UsageError("--last must be >= 1")
     from agent.app.signals import until_signalled
 
+    if args.alerts and (args.denied or args.duplicates):
+        raise UsageError("--alerts lists alerts, not decisions: without --denied, --duplicates")
     flt = gate_commands.EventFilter(
-        denied=args.denied, duplicates=args.duplicates, ticket=args.ticket
+        denied=args.denied, duplicates=args.duplicates, ticket=args.ticket, alerts=args.alerts
     )
     conf = config.load(args.config)
 

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--duplicates", action="store_true", help="'already used' denials only")
     events.add_argument("--ticket", metavar="ID", help="one ticket: its short id or its text")
     events.add_argument(
+        "--alerts", action="store_true", help="the security alerts kept (pretix) instead"
+    )
+    events.add_argument(
         "--last",
         "-n",
         type=_whole,

@@ -2,7 +2,8 @@
 
 `status` asks the gate's own status server (``[status] listen``) and prints its health in a few
 lines. `events` reads the journal file directly, read-only (the daemon keeps writing it), and
-prints decisions for security staff: on a terminal one line each, or JSON lines with ``--json``.
+prints decisions for security staff, or with ``--alerts`` the security alerts kept beside them:
+on a terminal one line each, or JSON lines with ``--json``.
 Ticket references never appear: a ticket is shown by its short id, and ``--ticket`` accepts that
 id or the ticket's text.
 """
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
 from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageError
-from agent.journal import queries
+from agent.journal import AlertRecord, queries
 from agent.redact import short_id
 from agent.settings import parse_listen
 from agent.words import plural
@@ -35,6 +36,7 @@ class EventFilter:
     denied: bool = False
     duplicates: bool = False
     ticket: str | None = None  # a short id or a ticket text
+    alerts: bool = False  # the security alerts instead of the decisions
 
     def refs_match(self) -> tuple[str | None, str | None]:
         """(exact ticket_ref, short id) to match, from ``ticket``."""
@@ -114,29 +116,75 @@ async def events(
     last: int | None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Print the journal's decisions (the ``last`` matching ones, then new ones with ``follow``
-    until ``stop`` is set: then 0)."""
+    """Print the journal's decisions, or its alerts with ``flt.alerts`` (the ``last`` matching
+    ones, then new ones with ``follow`` until ``stop`` is set: then 0)."""
     db = queries.open_readonly(config.gate.state_dir / "journal.db", config.gate.id)
     tz = _time_zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
+    listing = _alert_listing if flt.alerts else _decision_listing
     try:
         after, limit = 0, last
         while True:
-            for row in _rows(db, after, flt, limit):
-                event = _record(row)
-                out.write((json.dumps(event) if as_json else _line(event, tz)) + "\n")
-                after = max(after, row[0])
-            if flt.ticket is not None and not follow and not as_json:
-                _peer_lines(db, flt, out, tz)
+            after = listing(db, flt, out, tz, after, limit, as_json=as_json, follow=follow)
             out.flush()
             if not follow:
                 return 0
-            if limit is not None:  # from now on, everything new
-                after, limit = max(after, queries.latest_gate_seq(db)), None
+            limit = None  # from now on, everything new
             if await sleep_or_stop(FOLLOW_POLL_S, stopped):
                 return 0
     finally:
         db.close()
+
+
+def _decision_listing(
+    db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None, after: int,
+    limit: int | None, *, as_json: bool, follow: bool,
+) -> int:  # fmt: skip
+    """Print the decisions past gate_seq ``after`` (the last ``limit``), and on a terminal a
+    ticket's rows from other gates and its alerts; returns the gate_seq to follow from."""
+    for row in _rows(db, after, flt, limit):
+        event = _record(row)
+        out.write((json.dumps(event) if as_json else _line(event, tz)) + "\n")
+        after = max(after, row[0])
+    if flt.ticket is not None and not follow and not as_json:
+        _peer_lines(db, flt, out, tz)
+        _alert_listing(db, flt, out, tz, 0, None, as_json=False, follow=False)
+    if limit is not None and follow:  # from now on, everything new
+        after = max(after, queries.latest_gate_seq(db))
+    return after
+
+
+def _alert_listing(
+    db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None, after: int,
+    limit: int | None, *, as_json: bool, follow: bool,
+) -> int:  # fmt: skip
+    """Print the alerts past alert_id ``after`` (the last ``limit``); returns the alert_id to
+    follow from."""
+    exact, short = flt.refs_match()
+    for alert in queries.alerts(db, after, ticket_ref=exact, short=short, last=limit):
+        record = _alert_record(alert)
+        out.write((json.dumps(record) if as_json else _alert_line(record, tz)) + "\n")
+        after = max(after, alert.alert_id)
+    return after
+
+
+def _alert_record(a: AlertRecord) -> dict[str, Any]:
+    return {
+        "alert_id": a.alert_id, "raised_at": a.raised_at, "kind": a.kind,
+        "ticket": short_id(a.ticket_ref), "entry_id": a.entry_id, "time": a.at,
+        "other": a.other, "other_time": a.other_at, "detail": a.detail,
+    }  # fmt: skip
+
+
+def _alert_line(alert: dict[str, Any], tz: tzinfo | None) -> str:
+    other = alert["other"]
+    if alert["other_time"] is not None:
+        other += f" at {_when(alert['other_time'], tz)}"
+    return (
+        f"{_when(alert['raised_at'], tz)}  ALERT {alert['kind']}  ticket {alert['ticket']}"
+        f"  entry {alert['entry_id']} at {_when(alert['time'], tz)}; other: {other}"
+        f"  {alert['detail']}"
+    )
 
 
 def status(config: cfg.Config, out: TextIO, *, as_json: bool) -> int:
@@ -224,12 +272,12 @@ def summary(snap: dict[str, Any]) -> str:
             + (f", run {up['run']}" if up.get("run") else "")  # as the hub's alerts name it
             + (f" (last error: {up['last_error']})" if up.get("last_error") and not online else "")
         )
-        # pretix's: duplicates found in its answers (the log's SECURITY ALERT lines), and rows
-        # it refused for good (an integrator's trial found them only in /status).
+        # pretix's: duplicates and orders no longer valid found in its answers (kept in the
+        # journal), and rows it refused for good (an integrator's trial found them only in
+        # /status).
         if up.get("alerts"):
             lines.append(
-                f"  {plural(int(up['alerts']), 'security alert')} since the daemon started"
-                " (log: SECURITY ALERT)"
+                f"  {plural(int(up['alerts']), 'security alert')} (gate-agent events --alerts)"
             )
         if up.get("rejected"):
             lines.append(f"  {plural(int(up['rejected']), 'row')} refused by pretix for good")

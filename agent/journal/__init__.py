@@ -3,7 +3,7 @@
 The package's parts:
 
 - :mod:`~agent.journal.records`: the values (``EntryRecord``, ``PeerEntry``, ``HistoryEntry``,
-  ``Kind``);
+  ``AlertRecord``, ``Kind``);
 - :mod:`~agent.journal.schema`: the SQL schema, its creation and checks (the only journal DDL);
 - :mod:`~agent.journal.writer`: the thread that owns the connection;
 - :mod:`~agent.journal.checkpoint`: WAL checkpoints on a worker thread, off the decision path;
@@ -17,6 +17,7 @@ The names below are the public API; import them from ``agent.journal``.
 from agent.journal.queries import read_history
 from agent.journal.records import (
     KINDS,
+    AlertRecord,
     DecisionNotRecorded,
     EntryRecord,
     HistoryEntry,
@@ -30,6 +31,7 @@ __all__ = [
     "APPLICATION_ID",
     "KINDS",
     "SCHEMA_VERSION",
+    "AlertRecord",
     "DecisionNotRecorded",
     "EntryRecord",
     "HistoryEntry",

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import JournalError
-from agent.journal.records import COLUMNS, EntryRecord, HistoryEntry, entry_record, history_entry
+from agent.journal.records import (
+    ALERT_COLUMNS,
+    COLUMNS,
+    AlertRecord,
+    EntryRecord,
+    HistoryEntry,
+    alert_record,
+    entry_record,
+    history_entry,
+)
 from agent.journal.schema import is_empty, require_journal
 from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
@@ -185,6 +194,43 @@ def gate_events(db: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
     """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
     rows = db.execute("SELECT kind, value, lane, wall_time FROM gate_events ORDER BY event_id")
     return [(str(k), str(v), str(ln), float(t)) for k, v, ln, t in rows]
+
+
+def alerts(
+    db: sqlite3.Connection,
+    after: int = 0,
+    *,
+    ticket_ref: str | None = None,
+    short: str | None = None,
+    last: int | None = None,
+) -> list[AlertRecord]:
+    """The security alerts kept past ``alert_id`` ``after``, oldest first; ``ticket_ref``: that
+    ticket's only (its own or its shared ref); ``short``: those of that short id; ``last``: only
+    the last so many. A journal of schema 3 (read before the daemon upgraded it) has none."""
+    if schema_version(db) < 4:
+        return []
+    where: list[str] = ["alert_id > ?"]
+    params: list[object] = [after]
+    if ticket_ref is not None:
+        where.append("ticket_ref = ?")
+        params.append(shared_ref(ticket_ref))
+    if short is not None:
+        db.create_function("short_id", 1, short_id, deterministic=True)
+        where.append("short_id(ticket_ref) = ?")
+        params.append(short)
+    sql = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(where)} ORDER BY alert_id"
+    if last is not None:
+        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY alert_id"
+        params.append(last)
+    return [alert_record(row) for row in db.execute(sql, params)]
+
+
+def alert_count(db: sqlite3.Connection) -> int:
+    """How many security alerts the journal keeps."""
+    if schema_version(db) < 4:
+        return 0
+    (n,) = db.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    return int(n)
 
 
 def problems(db: sqlite3.Connection) -> list[str]:

@@ -103,6 +103,40 @@ class PeerEntry:
     hlc: int
 
 
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """A security alert about one of this gate's entries, found after its decision (by the
+    upstream): kept in the journal beside the entries, one per entry and finding."""
+
+    kind: str  # "duplicate_entry", "already_redeemed", "order_not_valid"
+    finding: str  # what it says of its entry ("entry", "order"): one alert per entry and finding
+    entry_id: str
+    ticket_ref: str  # kept as its shared ref (agent.redact.shared_ref): never a pretix secret
+    other: str  # who else: another device ("pretix-device-2"), "pretix" for an order
+    at: float  # the entry's wall time
+    other_at: float | None  # the other's entry; when the order stopped admitting; None: not dated
+    detail: str
+    raised_at: float = 0.0  # when it was kept (the journal sets it)
+    alert_id: int = 0  # its place in the journal (the journal sets it)
+
+
+ALERT_FIELDS = tuple(f.name for f in fields(AlertRecord))
+ALERT_COLUMNS = ", ".join(ALERT_FIELDS)
+_ALERT_TEXT_MAX = 500  # other, detail: pretix's words in part, capped
+
+
+def alert_params(alert: AlertRecord) -> tuple[Any, ...]:
+    """Column values for ``alerts`` as ``schema.INSERT_ALERT`` names them (no ``alert_id``)."""
+    a = alert
+    return (a.kind, a.finding, a.entry_id, a.ticket_ref, a.other[:_ALERT_TEXT_MAX], a.at,
+            a.other_at, a.detail[:_ALERT_TEXT_MAX], a.raised_at)  # fmt: skip
+
+
+def alert_record(row: Sequence[Any]) -> AlertRecord:
+    """A row of ``alerts`` (all of ``ALERT_COLUMNS``, in order) as an AlertRecord."""
+    return AlertRecord(*row)
+
+
 # ``clock_synced`` as stored: 0 not synchronised, 1 the system's synchronised clock, HUB_TIME the
 # hub's time (trusted for the decision but, like an unsynchronised reading, never the clock floor
 # at the next start: agent.clock). Read back, both 1 and HUB_TIME are True.

@@ -24,7 +24,8 @@ from agent.journal.records import COLUMNS, FIELDS
 
 log = logging.getLogger("agent.journal")
 
-SCHEMA_VERSION = 3  # 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc
+# 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc; 4: the alerts table
+SCHEMA_VERSION = 4
 # Bytes per database page, for new journals. A decision's commit writes a page of each b-tree it
 # touches (the rows, and the indexes on entry_id, ticket_ref and unsynced rows) to the WAL before
 # its fsync: 1 KiB pages write a quarter of SQLite's default 4 KiB for the same row, which took
@@ -41,6 +42,12 @@ INSERT_PEER = (
 )
 # The venue's order of one of this gate's rows, from the hub's echo of it: only ever earlier.
 SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND IFNULL(order_hlc, hlc) > ?"
+# One alert per entry and finding: the same finding learnt again (a restart, a list read anew)
+# is no second alert.
+INSERT_ALERT = (
+    "INSERT OR IGNORE INTO alerts (kind, finding, entry_id, ticket_ref, other, at, other_at,"
+    " detail, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 INSERT_EVENT = (
     "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -73,6 +80,22 @@ COMMIT;"""
 _UPGRADE_2_TO_3 = """BEGIN IMMEDIATE;
 ALTER TABLE entries ADD COLUMN order_hlc INTEGER;
 PRAGMA user_version = 3;
+COMMIT;"""
+
+# Security alerts about this gate's own entries found after the decision (by the upstream: another
+# device's entry standing before it, its order no longer valid). Beside the entries, not among
+# them: a finding is no decision. Tickets as their shared ref (agent.redact.shared_ref): never a
+# pretix secret, which retention would otherwise never remove from here.
+_ALERTS = """CREATE TABLE IF NOT EXISTS alerts (
+    alert_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, finding TEXT NOT NULL,
+    entry_id TEXT NOT NULL, ticket_ref TEXT NOT NULL, other TEXT NOT NULL, at REAL NOT NULL,
+    other_at REAL, detail TEXT NOT NULL, raised_at REAL NOT NULL, UNIQUE (entry_id, finding)
+)"""
+
+# Schema 3 -> 4: the alerts table.
+_UPGRADE_3_TO_4 = f"""BEGIN IMMEDIATE;
+{_ALERTS};
+PRAGMA user_version = 4;
 COMMIT;"""
 
 _SCHEMA = f"""
@@ -110,6 +133,7 @@ CREATE TABLE IF NOT EXISTS gate_events (
     wall_time REAL NOT NULL, clock_synced INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
     boot_id TEXT NOT NULL, hlc INTEGER NOT NULL
 );
+{_ALERTS};
 """
 
 
@@ -151,12 +175,15 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
-    elif found in (1, 2):
+    elif found in (1, 2, 3):
         if found == 1:
             _run_script(db, _UPGRADE_1_TO_2)
             log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
-        _run_script(db, _UPGRADE_2_TO_3)
-        log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
+        if found <= 2:
+            _run_script(db, _UPGRADE_2_TO_3)
+            log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
+        _run_script(db, _UPGRADE_3_TO_4)
+        log.info("journal %s upgraded to schema 4 (security alerts kept)", path)
     elif found != SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema version {found}; this agent supports {SCHEMA_VERSION}"

@@ -32,6 +32,7 @@ from agent.journal.checkpoint import Checkpointer
 from agent.journal.records import (
     HISTORY_KINDS,
     KINDS,
+    AlertRecord,
     DecisionNotRecorded,
     EntryRecord,
     HistoryEntry,
@@ -39,6 +40,7 @@ from agent.journal.records import (
     PeerEntry,
     RowDraft,
     acceptable_peer,
+    alert_params,
     entry_params,
     peer_params,
 )
@@ -240,27 +242,14 @@ class Journal:
         return decision, rec
 
     async def record_event(self, kind: str, value: str, lane: str) -> None:
-        """Append a gate mode change (e.g. ``emergency``/``on``), durable on return.
-
-        Raises JournalError.
-        """
+        """Append a gate mode change (``emergency``/``on``), durable on return; raises JournalError."""
         writer = self._require_open()
-        reading = self._clock.reading()
-        mono_ns = time.monotonic_ns()
+        reading, mono_ns = self._clock.reading(), time.monotonic_ns()
 
         def insert(db: sqlite3.Connection) -> None:
             hlc = self._hlc.tick(int(reading.now * 1000))
-            params = (
-                kind,
-                value,
-                lane,
-                reading.now,
-                int(reading.synced),
-                mono_ns,
-                self._boot_id,
-                hlc,
-            )
-            db.execute(schema.INSERT_EVENT, params)
+            params = (kind, value, lane, reading.now, int(reading.synced), mono_ns, self._boot_id)
+            db.execute(schema.INSERT_EVENT, (*params, hlc))
 
         await self._run(writer, "cannot record gate event", insert)
         self._checkpointer.wrote()
@@ -268,6 +257,25 @@ class Journal:
     async def events(self) -> list[tuple[str, str, str, float]]:
         """Recorded gate mode changes, oldest first: (kind, value, lane, wall_time)."""
         return await self._read(queries.gate_events)
+
+    async def record_alert(self, alert: AlertRecord) -> bool:
+        """Keep a security alert about one of this gate's entries, durable on return; False when
+        one of its finding about its entry was kept before (learnt again after a restart).
+        Raises JournalError."""
+        kept = dataclasses.replace(
+            alert, ticket_ref=shared_ref(alert.ticket_ref), raised_at=self._clock.reading().now
+        )
+
+        def insert(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(schema.INSERT_ALERT, alert_params(kept)).rowcount == 1)
+
+        new = await self._run(self._require_open(), "cannot record alert", insert)
+        self._checkpointer.wrote()
+        return new
+
+    async def alerts(self, last: int) -> tuple[int, list[AlertRecord]]:
+        """How many alerts are kept, and the last ``last``, oldest first. Raises JournalError."""
+        return await self._read(lambda db: (queries.alert_count(db), queries.alerts(db, last=last)))
 
     async def add_peer_entries(
         self, entries: Iterable[PeerEntry], *, hlc_ceiling_ms: int | None = None
@@ -330,25 +338,18 @@ class Journal:
 
     async def unsynced(self, limit: int = 500, after_seq: int = 0) -> list[EntryRecord]:
         """Up to ``limit`` entries not yet acknowledged upstream after ``after_seq``, oldest
-        first.
-
-        Raises JournalError.
-        """
+        first. Raises JournalError."""
         return await self._read(lambda db: queries.unsynced(db, limit, after_seq))
 
     async def outbox(self) -> tuple[int, float | None]:
         """How many entries await acknowledgement upstream, and the oldest one's wall time.
-
-        Raises JournalError.
-        """
+        Raises JournalError."""
         return await self._read(queries.outbox)
 
     async def mark_synced(self, through_seq: int, at: float, *, only: bool = False) -> None:
         """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``;
         with ``only``, that one entry (an upstream that may take rows out of order).
-
-        Raises JournalError.
-        """
+        Raises JournalError."""
         which = "=" if only else "<="
         sql = f"UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq {which} ?"
         writer = self._require_open()
@@ -402,10 +403,8 @@ class Journal:
         return await self._read(lambda db: queries.tail(db, n))
 
     async def check(self) -> list[str]:
-        """Problems found in the file: integrity check failures and ``gate_seq`` holes.
-
-        An empty list means healthy. Raises JournalError when the checks cannot run.
-        """
+        """Problems found in the file: integrity check failures and ``gate_seq`` holes (none:
+        healthy). Raises JournalError when the checks cannot run."""
         return await self._read(queries.problems)
 
     async def close(self) -> None:
