@@ -25,6 +25,12 @@ in front of each of aiohttp's connection handlers:
   reaches the application (so a long-polled feed request is never cut) and starts again when
   the request's task (handler and writing the response) is done. With TLS the handshake has the
   same bound (``ssl_handshake_timeout``); a connection counts once its handshake is done.
+- TLS handshakes in progress are capped apart: :data:`MAX_HANDSHAKES` at once (the last
+  :data:`RESERVE_SHARE` of them for known clients) and :data:`MAX_HANDSHAKES_PER_CLIENT` from one
+  address; a connection over a cap is closed at once, without an answer (there is no TLS yet to
+  answer in). Without the caps, connections that never send a ClientHello counted against
+  nothing: one address opening a few hundred held every descriptor the hub had until their
+  handshake timeout (a review).
 - With TLS the guard runs the handshake itself (``loop.start_tls``), so a refused one is logged
   with its reason and the client's address (:class:`sync.hub_watch.HandshakeLog`): asyncio's
   own TLS server drops those silently.
@@ -58,6 +64,8 @@ from sync.hub_watch import HandshakeLog
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 128  # descriptors kept for the database, logs, TLS handshakes, lingering refusals
+MAX_HANDSHAKES = 32  # TLS handshakes in progress at once (out of FD_RESERVE, as MAX_LINGERING)
+MAX_HANDSHAKES_PER_CLIENT = 8  # of them from one address
 WARN_EVERY_S = 60.0
 LINGER_S = 2.0  # web.AppRunner(lingering_time=): an unread body is dropped this long, then closed
 RETRY_AFTER_S = 5
@@ -156,10 +164,12 @@ class _Refusals:
         if not self._counts:
             return
         host, most = self._clients.most_common(1)[0]
+        counts = self._counts
         log.warning(
-            "%srefused %d connections with 503 (%d over the cap of open connections, %d over the"
-            " cap per client; %d from %s) since the last such line", self._prefix,
-            sum(self._counts.values()), self._counts["total"], self._counts["client"], most, host,
+            "%srefused %d connections (503: %d over the cap of open connections, %d over the cap"
+            " per client; closed: %d TLS handshakes over their cap; %d from %s) since the last"
+            " such line", self._prefix, sum(counts.values()), counts["total"], counts["client"],
+            counts["handshake"], most, host,
         )  # fmt: skip
         self._last = time.monotonic()
         self._counts.clear()
@@ -237,6 +247,12 @@ class ConnectionGuard:
         self.server = server
         self.tls = tls
         self.handshakes: set[asyncio.Task[None]] = set()
+        self.shaking: Counter[str] = Counter()  # handshakes in progress, by client address
+        self.shake_cap = (  # the handshakes a client not known may take part in
+            MAX_HANDSHAKES
+            if known is None
+            else MAX_HANDSHAKES - int(MAX_HANDSHAKES * RESERVE_SHARE)
+        )
         self.refused_tls = HandshakeLog()
         self.total = 0
         self.per_client: Counter[str] = Counter()
@@ -260,6 +276,22 @@ class ConnectionGuard:
         self.total += 1
         self.per_client[host] += 1
         return None
+
+    def start_handshake(self, host: str) -> bool:
+        """Whether a TLS handshake from ``host`` may start now (then it counts until
+        :meth:`end_handshake`)."""
+        shaking = self.shaking.total()
+        if shaking >= MAX_HANDSHAKES or self.shaking[host] >= MAX_HANDSHAKES_PER_CLIENT:
+            return False
+        if shaking >= self.shake_cap and (self.known is None or host not in self.known):
+            return False
+        self.shaking[host] += 1
+        return True
+
+    def end_handshake(self, host: str) -> None:
+        self.shaking[host] -= 1
+        if self.shaking[host] <= 0:
+            del self.shaking[host]
 
     def release(self, host: str) -> None:
         self.total -= 1
@@ -298,11 +330,17 @@ class _Guard(asyncio.Protocol):
         if self._conns.tls is None:
             self._open(transport)
             return
+        conns, host = self._conns, self._host
+        if not conns.start_handshake(host):
+            conns.refusals.add("handshake", host)
+            transport.close()
+            return
         transport.pause_reading()  # start_tls takes over the stream from its first byte
         self._early = []
         task = asyncio.get_running_loop().create_task(self._handshake(transport))
-        self._conns.handshakes.add(task)
-        task.add_done_callback(self._conns.handshakes.discard)
+        conns.handshakes.add(task)
+        task.add_done_callback(conns.handshakes.discard)
+        task.add_done_callback(lambda _: conns.end_handshake(host))
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         """TLS on ``raw``, then the connection as without TLS; a failure is logged and closed."""

@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import resource
 import signal
 import ssl
 import subprocess
@@ -283,10 +284,14 @@ def add_token(
 class HubProcess:
     """One hub process for ``setup``; a context manager that stops it on exit."""
 
-    def __init__(self, setup: HubSetup, env: Mapping[str, str] | None = None) -> None:
-        """``env``: variables added to the hub's environment (e.g. libfaketime's)."""
+    def __init__(
+        self, setup: HubSetup, env: Mapping[str, str] | None = None, nofile: int | None = None
+    ) -> None:
+        """``env``: variables added to the hub's environment (e.g. libfaketime's); ``nofile``:
+        the hub's open file limit (soft and hard), as a unit's LimitNOFILE= sets it."""
         self.setup = setup
         self.env = None if env is None else {**os.environ, **env}
+        self.nofile = nofile
         self.log_path = setup.dir / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -303,6 +308,7 @@ class HubProcess:
                 cwd=ROOT,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=None if self.nofile is None else self._limit_nofile,
             )
         proc = self.proc
         try:
@@ -314,6 +320,10 @@ class HubProcess:
             self._fail(f"hub exited with {proc.returncode} at start")
         return self
         raise AssertionError  # unreachable: _fail raises
+
+    def _limit_nofile(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def healthy(self) -> bool:
         """True when GET /v1/health answers ok for this hub's venue."""

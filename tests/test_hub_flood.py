@@ -10,10 +10,12 @@ header timeout (answered normally), and a low open-file limit (max_connections l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ import pytest
 
 from agent.errors import ConfigError
 from sync import hub_config
-from sync.hub_limits import FD_RESERVE
+from sync.hub_limits import FD_RESERVE, MAX_HANDSHAKES_PER_CLIENT
 from tests import needs
 from tests.hubproc import (
     EXE,
@@ -32,6 +34,7 @@ from tests.hubproc import (
     HubProcess,
     HubSetup,
     add_token,
+    make_tls,
     write_hub_config,
 )
 from tests.polling import until, until_sync
@@ -287,6 +290,81 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
         for _, writer in [*held, *kept]:
             writer.close()
     _assert_quiet_log(proc)
+
+
+def tls_get(setup: HubSetup, path: str, source: str, token: str | None = None) -> Answer:
+    """GET ``path`` over TLS on a new connection from ``source``; read until the hub closes."""
+    t = time.monotonic()
+    auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
+    request = f"GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n{auth}\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", setup.port), 5.0, (source, 0)) as raw,
+        setup.client_ssl().wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(request.encode())
+        got = b""
+        with contextlib.suppress(ssl.SSLError):  # a close without close_notify: the end
+            while chunk := sock.recv(65536):
+                got += chunk
+    return _split(got, time.monotonic() - t)
+
+
+async def test_silent_tls_connections_leave_the_hub_to_the_others(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    """Found in a review: a TLS hub counted a connection only once its handshake was done, so
+    connections that never send a ClientHello counted against nothing: one address opening a
+    few hundred held every descriptor the hub had (LimitNOFILE) until their handshake timed
+    out, and nobody else got in. Handshakes in progress are capped: per address, and for all
+    (the last quarter kept for known clients); one over a cap is closed at once."""
+    tls = make_tls(tmp_path / "tls", mtls=False)
+    setup = write_hub_config(
+        tmp_path / "hub", keys=_session_keys, tls=tls, extra="header_timeout_s = 30\n"
+    )
+    token = add_token(setup, gate_id="gate-1")
+    gate = "127.0.0.9"
+
+    async def silent(sources: list[str]) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        return [
+            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
+            for source in sources
+            for _ in range(150)
+        ]
+
+    async def closed(reader: asyncio.StreamReader) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                return await reader.read(1) == b""
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+    with HubProcess(setup, nofile=300) as proc:  # max_connections 172, 128 descriptors kept
+        assert (await asyncio.to_thread(tls_get, setup, "/v1/trust", gate, token)).status == 200
+        # Two addresses: 16 handshakes waiting, room left for anyone.
+        held = await silent(["127.0.0.2", "127.0.0.3"])
+        probe = await asyncio.to_thread(tls_get, setup, "/v1/health", "127.0.0.1")
+        assert probe.status == 200 and probe.took_s < 1.0, probe
+        # Four: 24 waiting, all a client not known may take part in; the gate still gets in.
+        held += await silent(["127.0.0.4", "127.0.0.5"])
+        for _ in range(3):
+            answer = await asyncio.to_thread(tls_get, setup, "/v1/trust", gate, token)
+            assert answer.status == 200 and answer.took_s < 1.0, answer
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await asyncio.to_thread(tls_get, setup, "/v1/health", "127.0.0.1")
+        ends = await asyncio.gather(*(closed(reader) for reader, _ in held))
+        for _, writer in held:
+            writer.close()
+
+        async def healthy() -> bool:  # once the hub has seen the held ones go
+            return await asyncio.to_thread(proc.healthy)
+
+        await until(healthy, 10, "health answers a client not known once the crowd left")
+    # At most MAX_HANDSHAKES_PER_CLIENT of each address waited; the rest were closed at once.
+    assert sum(ends) >= len(held) - 4 * MAX_HANDSHAKES_PER_CLIENT, sum(ends)
+    log = proc.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "out of system resource" not in log, log[-3000:]
+    said = [line for line in log.splitlines() if "TLS handshakes over their cap" in line]
+    assert 1 <= len(said) <= 2, said
 
 
 def _trickle_body(port: int, token: str, deadline_s: float) -> tuple[Answer, float]:
