@@ -266,12 +266,25 @@ async def run(config: HubConfig) -> int:
     return 0
 
 
+async def _known_clients(hub: Hub) -> hub_limits.KnownClients:
+    """The hub's known clients, first those its gates' heartbeats came from lately."""
+    now = hub.clock()
+    try:
+        heard = await hub.store.heard_from(now - hub_limits.KNOWN_FOR_S, hub_limits.MAX_KNOWN)
+    except HubStoreError as exc:
+        log.warning("the addresses the gates were heard from are not read (%s): the connections"
+                    " kept for known clients wait for each gate's next request", exc)  # fmt: skip
+        heard = []
+    hub.known_clients.seed(heard, now)
+    return hub.known_clients
+
+
 async def _serve(config: HubConfig, runner: web.AppRunner, tls: ssl.SSLContext | None) -> None:
     h = config.hub
     limits = hub_limits.fit_nofile(
         hub_limits.Limits(h.max_connections, h.max_connections_per_client, h.header_timeout_s)
     )
-    known = runner.app[HUB].known_clients
+    known = await _known_clients(runner.app[HUB])
     site = hub_limits.GuardedSite(
         runner, config.host, config.port, limits, ssl_context=tls, known=known
     )

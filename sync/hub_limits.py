@@ -16,7 +16,8 @@ in front of each of aiohttp's connection handlers:
   IPv6 LAN share its /64, and one cap for all of them would refuse gates; ``max_connections``
   bounds a client rotating through its /64.
 - The last :data:`RESERVE_SHARE` of ``max_connections`` is kept for :class:`KnownClients`:
-  addresses that made a request with a valid token within :data:`KNOWN_FOR_S`. Clients without a
+  addresses that made a request with a valid token within :data:`KNOWN_FOR_S` (and, from the
+  store at the hub's start, those gates' heartbeats came from within it). Clients without a
   credential, from as many addresses as they like, fill the rest only: the venue's gates and
   consoles still get in (a review: 9 addresses at the per-client cap of 128 filled a hub of
   1,000 for everyone). A gate new at its address while such a crowd holds the hub waits for it.
@@ -51,7 +52,7 @@ import resource
 import ssl
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from aiohttp import web
@@ -199,8 +200,9 @@ class KnownClients:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._by_token: dict[str, OrderedDict[str, None]] = {}
 
-    def note(self, host: str, token: str) -> None:
-        """``host`` made a request authorised by ``token`` (its hash) now."""
+    def note(self, host: str, token: str, at: float | None = None) -> None:
+        """``host`` made a request authorised by ``token`` (its hash) now (or ``at``, on this
+        object's clock)."""
         hosts = self._by_token.setdefault(token, OrderedDict())
         hosts[host] = None
         hosts.move_to_end(host)
@@ -208,7 +210,7 @@ class KnownClients:
             old, _ = hosts.popitem(last=False)
             if not any(old in other for other in self._by_token.values()):
                 self._seen.pop(old, None)
-        self._seen[host] = self._clock()
+        self._seen[host] = self._clock() if at is None else at
         self._seen.move_to_end(host)
         while len(self._seen) > self._max_size:
             self._seen.popitem(last=False)
@@ -216,6 +218,17 @@ class KnownClients:
             self._by_token = {
                 t: h for t, h in self._by_token.items() if any(x in self._seen for x in h)
             }
+
+    def seed(self, heard: Iterable[tuple[str, str, float]], now: float) -> None:
+        """Know the addresses gates were heard from lately: ``(gate id, address, last seen)``
+        oldest first, as the store keeps them (its clock, on which it is ``now``). At a hub's
+        start: one restarted while a crowd holds its connections kept no room for its gates
+        until each made a request, which the crowd left no room for. At most ``per_token``
+        addresses a gate, as for a token."""
+        mono = self._clock()
+        for gate_id, host, seen in heard:
+            if 0 <= now - seen <= self._keep_s:
+                self.note(host, "gate:" + gate_id, at=mono - (now - seen))
 
     def __contains__(self, host: object) -> bool:
         seen = self._seen.get(host) if isinstance(host, str) else None

@@ -85,6 +85,7 @@ _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
 _FORGET_RUNS = hub_sql.numbered(hub_twins.FORGET_GATE)
 _HEARD_TWICE = hub_sql.numbered(hub_twins.HEARD_TWICE)
+_HEARD_FROM = hub_sql.numbered(hub_twins.HEARD_FROM)
 _CLAIM = hub_sql.numbered(hub_claims.CLAIM)
 _CLAIMS_OF_GATE = hub_sql.numbered(hub_claims.CLAIMS_OF_GATE)
 _FEED = hub_sql.numbered(hub_sql.FEED)
@@ -234,9 +235,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         """Entries/exits/annulments with cursor > ``after``, oldest first, and the next cursor:
         the last one returned; without entries ``after``, or the store's highest cursor when
         ``after`` is beyond it (a new store: the reader sees ``next < after`` and starts over).
-
-        Raises HubStoreError.
-        """
+        Raises HubStoreError."""
         check_limit(limit)
         rows = await self._run(lambda conn: conn.fetch(_FEED, after, limit))
         entries = [hub_sql.feed_entry(row, self._policy.max_clock_ahead_s) for row in rows]
@@ -247,8 +246,7 @@ class PostgresHubStore(PostgresConsoleQueries):
 
     async def wait_feed(self, after: int, wait_s: float) -> None:
         """Return once the feed has an entry after ``after`` (from any hub process), or after
-        ``wait_s`` seconds. Raises HubStoreError.
-        """
+        ``wait_s`` seconds. Raises HubStoreError."""
 
         async def has_entry() -> bool:
             if not self._listener.listening:
@@ -260,10 +258,8 @@ class PostgresHubStore(PostgresConsoleQueries):
         )
 
     async def venue_rows(self, after: int, limit: int) -> list[VenueRow]:
-        """Rows with cursor > ``after`` for the venue's tallies (see :class:`HubStore`).
-
-        Raises HubStoreError, and ValueError for a limit below 1.
-        """
+        """Rows with cursor > ``after`` for the venue's tallies (see :class:`HubStore`). Raises
+        HubStoreError, and ValueError for a limit below 1."""
         check_limit(limit)
         rows = await self._run(lambda conn: conn.fetch(_VENUE_ROWS, after, limit))
         return [venue_row(row) for row in rows]
@@ -315,11 +311,14 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         return await self._run(job)
 
-    async def gates(self, now: float) -> list[GateHealth]:
-        """Every gate with a token or heard from, with its last known health.
+    async def heard_from(self, since: float, limit: int) -> list[tuple[str, str, float]]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        rows = await self._run(lambda conn: conn.fetch(_HEARD_FROM, since, limit))
+        return [(str(g), str(a), float(t)) for g, a, t in rows]
 
-        Raises HubStoreError.
-        """
+    async def gates(self, now: float) -> list[GateHealth]:
+        """Every gate with a token or heard from, with its last known health. Raises
+        HubStoreError."""
         since = now - hub_twins.LATELY * self._policy.gate_offline_after_s
 
         async def job(conn: _Conn) -> tuple[list[Any], set[str]]:

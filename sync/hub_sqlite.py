@@ -273,6 +273,13 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
         return await self._run(lambda db: transaction(db, job))
 
+    async def heard_from(self, since: float, limit: int) -> list[tuple[str, str, float]]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        rows = await self._run(
+            lambda db: db.execute(hub_twins.HEARD_FROM, (since, limit)).fetchall()
+        )
+        return [(str(g), str(a), float(t)) for g, a, t in rows]
+
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate with a token or heard from, with its last known health.
 

@@ -292,6 +292,11 @@ class HubStore(Protocol):
         the alerts it raised (stored with it), each once."""
         ...
 
+    async def heard_from(self, since: float, limit: int) -> list[tuple[str, str, float]]:
+        """(gate id, address, last seen) of the newest ``limit`` runs heard after ``since``,
+        oldest first: the addresses a hub knows at its start (:mod:`sync.hub_limits`)."""
+        ...
+
     async def gates(self, now: float) -> list[GateHealth]:
         """Every gate that has a token or has been heard from, with its last known health."""
         ...

@@ -72,6 +72,12 @@ LATER = (
 FORGET_KEYLESS = "DELETE FROM gate_runs WHERE gate_id = ? AND run_id = ?"
 NAME = "SELECT gate_name FROM gates WHERE gate_id = ?"
 FORGET_GATE = "DELETE FROM gate_runs WHERE gate_id = ?"  # with its tokens: the copy is cut off
+# The addresses gates' heartbeats came from since a time, the newest so many, oldest first: the
+# connection reserve's known clients at a hub's start (sync.hub_limits.KnownClients.seed).
+HEARD_FROM = (
+    "SELECT gate_id, address, last_seen FROM (SELECT gate_id, address, last_seen FROM gate_runs"
+    " WHERE last_seen > ? ORDER BY last_seen DESC LIMIT ?) AS heard ORDER BY last_seen"
+)
 # The gates with two runs heard lately, one of them after the other began: the console's gate
 # list shows TWO_UNITS among their faults (a copy's heartbeats would hide the gate's own).
 HEARD_TWICE = (

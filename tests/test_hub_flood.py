@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import resource
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from sync import hub_config
+from sync import hub_config, protocol
 from sync.hub_limits import FD_RESERVE, MAX_HANDSHAKES_PER_CLIENT
 from tests import needs
 from tests.hubproc import (
@@ -34,6 +35,7 @@ from tests.hubproc import (
     HubProcess,
     HubSetup,
     add_token,
+    heartbeat,
     make_tls,
     write_hub_config,
 )
@@ -365,6 +367,64 @@ async def test_silent_tls_connections_leave_the_hub_to_the_others(
     assert "Traceback" not in log and "out of system resource" not in log, log[-3000:]
     said = [line for line in log.splitlines() if "TLS handshakes over their cap" in line]
     assert 1 <= len(said) <= 2, said
+
+
+def _heartbeat(port: int, token: str, source: str) -> Answer:
+    """POST gate-1's heartbeat (with a run key) with ``token`` on a new connection from
+    ``source``."""
+    body = protocol.encode(dataclasses.replace(heartbeat("gate-1", "Gate 1"), run_key="r" * 32))
+    head = (
+        "POST /v1/gates/gate-1/heartbeat HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), 5.0, (source, 0)) as sock:
+        sock.sendall(head + body)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return _split(got, time.monotonic() - t)
+
+
+async def test_a_restarted_hub_keeps_room_for_the_gates_it_heard_from(
+    tmp_path: Path, _session_keys: Path
+) -> None:
+    """Found in a review: the known addresses were the hub process's own, none after a restart:
+    a crowd holding a hub as it restarted kept the venue's gates out until each made a request,
+    which the crowd left no room for. A hub knows at its start the addresses its gates'
+    heartbeats came from within the hour (the store keeps them, for every hub process)."""
+    setup = _hub(
+        tmp_path, _session_keys, max_connections=20, max_connections_per_client=5,
+        header_timeout_s=60,
+    )  # fmt: skip
+    token = add_token(setup, gate_id="gate-1")
+    with HubProcess(setup) as proc:
+        assert (await asyncio.to_thread(_heartbeat, setup.port, token, "127.0.0.48")).status == 200
+        assert (await asyncio.to_thread(_authed, setup.port, token, "127.0.0.49")).status == 200
+        proc.restart()
+        crowd = [
+            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
+            for source in ("127.0.0.20", "127.0.0.21", "127.0.0.22")
+            for _ in range(5)
+        ]
+        answers: list[Answer] = []
+
+        async def full() -> bool:  # the hub counts a connection once it has accepted it
+            answers.append(await asyncio.to_thread(health, setup.port, 5.0, "127.0.0.30"))
+            return answers[-1].status == 503
+
+        await until(full, 10, "a client not known is refused with 15 connections open")
+        # The heartbeat's address is known from the store; the address that made only a
+        # request (known to the process before, not written down) is not.
+        for _ in range(3):
+            answer = await asyncio.to_thread(_heartbeat, setup.port, token, "127.0.0.48")
+            assert answer.status == 200, answer
+        refused = await asyncio.to_thread(_authed, setup.port, token, "127.0.0.49")
+        assert refused.status == 503, refused
+        for _, writer in crowd:
+            writer.close()
+    _assert_quiet_log(proc)
 
 
 def _trickle_body(port: int, token: str, deadline_s: float) -> tuple[Answer, float]:

@@ -10,6 +10,7 @@ import pytest
 
 from agent.redact import NO_RUN, run_id, run_shown
 from sync import hub_twins
+from sync.hub_limits import KnownClients
 from sync.hub_store import HubStore
 from sync.hub_stores import open_store
 from sync.hub_twins import CHURN, MAX_NEW_PER_MIN, MAX_RUNS, MAX_WRITES_PER_MIN, RunNotes
@@ -72,6 +73,42 @@ async def test_a_run_still_heard_after_a_later_one_began_is_an_alert(store: HubS
     await store.revoke_tokens("gate-a")
     assert await store.note_run("gate-a", real, "10.0.0.7", T0 + 2 * 3600) == []
     assert await store.note_run("gate-a", real, "10.0.0.7", T0 + 3 * 3600) == []
+
+
+async def test_the_addresses_gates_were_heard_from_are_read_newest_first_kept(
+    store: HubStore,
+) -> None:
+    """What a hub knows at its start (sync.hub_limits.KnownClients.seed): the addresses of the
+    runs heard since a time, the newest so many, oldest first."""
+    assert await store.heard_from(T0 - 3600, 10) == []
+    heard = [("gate-a", "10.0.0.7", T0), ("gate-b", "fd00::9", T0 + 60),
+             ("gate-a", "10.0.0.8", T0 + 120), ("gate-c", "10.0.0.10", T0 + 180)]  # fmt: skip
+    for at, (gate, address, when) in enumerate(heard):
+        assert await store.note_run(gate, f"run-{at}", address, when) == []
+    assert await store.note_run("gate-a", "run-2", "10.0.0.8", T0 + 240) == []  # heard again
+    again = ("gate-a", "10.0.0.8", T0 + 240)
+    assert await store.heard_from(T0 + 30, 10) == [heard[1], heard[3], again]
+    assert await store.heard_from(T0 + 30, 2) == [heard[3], again]
+
+
+def test_known_clients_seeded_from_the_store_keep_each_gate_s_newest_within_the_hour() -> None:
+    now_mono = [5000.0]
+    known = KnownClients(keep_s=3600, clock=lambda: now_mono[0], per_token=2)
+    known.seed(
+        [
+            ("gate-a", "10.0.0.1", T0 - 7200),
+            ("gate-a", "10.0.0.2", T0 - 3000),
+            ("gate-a", "10.0.0.3", T0 - 60),
+            ("gate-a", "10.0.0.4", T0 - 30),
+            ("gate-b", "10.0.0.5", T0 - 10),
+            ("gate-c", "10.0.0.6", T0 + 10),
+        ],
+        T0,
+    )
+    assert [h for h in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6")
+            if h in known] == ["10.0.0.3", "10.0.0.4", "10.0.0.5"]  # fmt: skip
+    now_mono[0] += 3600 - 45  # as old as when it was last heard: gate-a's first goes first
+    assert "10.0.0.3" not in known and "10.0.0.4" in known and "10.0.0.5" in known
 
 
 async def test_keyless_runs_end_with_an_upgrade(store: HubStore) -> None:
