@@ -1117,10 +1117,18 @@ def test_planner_conflicts_store_nothing_and_name_each_entry() -> None:
 
 
 def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]]) -> list[NewAlert]:
-    """Plan each batch on the history of the ones before it, as the store would."""
+    """Plan each batch on the history of the ones before it, as the store would: the rule on
+    runs too, with the gate's stored row below the batch (a row arriving before those below it
+    finds the one stored, as after a hole)."""
     stored: list[EntryWire] = []
     alerts: list[NewAlert] = []
     for batch in arrivals:
+        gate, first = batch[0].gate_id, batch[0].gate_seq
+        own = [e for e in stored if e.gate_id == gate]
+        below = max((e for e in own if e.gate_seq < first), key=lambda e: e.gate_seq, default=None)
+        run_before = None if below is None else hub_annul.RunMark(below.boot_id, below.mono_ns)
+        asked = hub_annul.boots_to_ask(batch, run_before)
+        seen_boots = frozenset(b for b in asked if any(e.boot_id == b for e in own))
         history: dict[str, list[TicketRow]] = {}
         for e in stored:
             row = TicketRow.of(e, e.wall_time, POLICY.max_clock_ahead_s)  # as received
@@ -1129,8 +1137,11 @@ def _plan_one_by_one(policy: HubPolicy, arrivals: Sequence[Sequence[EntryWire]])
             e.entry_id: hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
             for e in stored
         }
-        known = KnownState(max_seq=batch[0].gate_seq - 1, history=history, targets=targets)
-        plan = hub_rules.plan_ingest(batch[0].gate_id, batch, known, policy, LATER)
+        known = KnownState(
+            max_seq=first - 1, history=history, targets=targets, run_before=run_before,
+            seen_boots=seen_boots,
+        )  # fmt: skip
+        plan = hub_rules.plan_ingest(gate, batch, known, policy, LATER)
         alerts += [a for a in plan.alerts if a.kind != "integrity"]
         stored += plan.rows
     return alerts
