@@ -25,13 +25,13 @@ in front of each of aiohttp's connection handlers:
   its previous response being written, or it is closed. The deadline stops when a request
   reaches the application (so a long-polled feed request is never cut) and starts again when
   the request's task (handler and writing the response) is done. With TLS the handshake has the
-  same bound (``ssl_handshake_timeout``); a connection counts once its handshake is done.
-- TLS handshakes in progress are capped apart: :data:`MAX_HANDSHAKES` at once (the last
-  :data:`RESERVE_SHARE` of them for known clients) and :data:`MAX_HANDSHAKES_PER_CLIENT` from one
-  address; a connection over a cap is closed at once, without an answer (there is no TLS yet to
-  answer in). Without the caps, connections that never send a ClientHello counted against
-  nothing: one address opening a few hundred held every descriptor the hub had until their
-  handshake timeout (a review).
+  same bound (``ssl_handshake_timeout``).
+- With TLS a connection counts against the caps from its accept, its handshake included; one
+  over a cap is closed at once, without an answer (there is no TLS yet to answer in). Counted
+  only once the handshake was done, connections that never send a ClientHello counted against
+  nothing: a few hundred held every descriptor the hub had until their handshake timeout, and a
+  separate cap on handshakes in progress let two dozen keep out every client not known (two
+  reviews). Silent connections are now held as half-requests are, within the same caps.
 - With TLS the guard runs the handshake itself (``loop.start_tls``), so a refused one is logged
   with its reason and the client's address (:class:`sync.hub_watch.HandshakeLog`): asyncio's
   own TLS server drops those silently.
@@ -65,8 +65,6 @@ from sync.hub_watch import HandshakeLog
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 128  # descriptors kept for the database, logs, TLS handshakes, lingering refusals
-MAX_HANDSHAKES = 32  # TLS handshakes in progress at once (out of FD_RESERVE, as MAX_LINGERING)
-MAX_HANDSHAKES_PER_CLIENT = 8  # of them from one address
 WARN_EVERY_S = 60.0
 LINGER_S = 2.0  # web.AppRunner(lingering_time=): an unread body is dropped this long, then closed
 RETRY_AFTER_S = 5
@@ -165,12 +163,11 @@ class _Refusals:
         if not self._counts:
             return
         host, most = self._clients.most_common(1)[0]
-        counts = self._counts
         log.warning(
-            "%srefused %d connections (503: %d over the cap of open connections, %d over the cap"
-            " per client; closed: %d TLS handshakes over their cap; %d from %s) since the last"
-            " such line", self._prefix, sum(counts.values()), counts["total"], counts["client"],
-            counts["handshake"], most, host,
+            "%srefused %d connections with 503 or, under TLS, closed (%d over the cap of open"
+            " connections, %d over the cap per client; %d from %s) since the last such line",
+            self._prefix, sum(self._counts.values()), self._counts["total"],
+            self._counts["client"], most, host,
         )  # fmt: skip
         self._last = time.monotonic()
         self._counts.clear()
@@ -260,12 +257,6 @@ class ConnectionGuard:
         self.server = server
         self.tls = tls
         self.handshakes: set[asyncio.Task[None]] = set()
-        self.shaking: Counter[str] = Counter()  # handshakes in progress, by client address
-        self.shake_cap = (  # the handshakes a client not known may take part in
-            MAX_HANDSHAKES
-            if known is None
-            else MAX_HANDSHAKES - int(MAX_HANDSHAKES * RESERVE_SHARE)
-        )
         self.refused_tls = HandshakeLog()
         self.total = 0
         self.per_client: Counter[str] = Counter()
@@ -289,22 +280,6 @@ class ConnectionGuard:
         self.total += 1
         self.per_client[host] += 1
         return None
-
-    def start_handshake(self, host: str) -> bool:
-        """Whether a TLS handshake from ``host`` may start now (then it counts until
-        :meth:`end_handshake`)."""
-        shaking = self.shaking.total()
-        if shaking >= MAX_HANDSHAKES or self.shaking[host] >= MAX_HANDSHAKES_PER_CLIENT:
-            return False
-        if shaking >= self.shake_cap and (self.known is None or host not in self.known):
-            return False
-        self.shaking[host] += 1
-        return True
-
-    def end_handshake(self, host: str) -> None:
-        self.shaking[host] -= 1
-        if self.shaking[host] <= 0:
-            del self.shaking[host]
 
     def release(self, host: str) -> None:
         self.total -= 1
@@ -334,31 +309,37 @@ class _Guard(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._busy = False
         self._lingering = False
+        self._counted = False  # against the caps: from the accept until the connection is gone
         self._early: list[bytes] | None = None  # TLS data that came with the handshake's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         self._host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if self._conns.tls is None:
-            self._open(transport)
+        conns = self._conns
+        refused = conns.admit(self._host)
+        if refused is not None:
+            if conns.tls is None:
+                self._refuse(transport, refused)
+            else:  # no TLS yet to answer in
+                conns.refusals.add(refused, self._host)
+                transport.close()
             return
-        conns, host = self._conns, self._host
-        if not conns.start_handshake(host):
-            conns.refusals.add("handshake", host)
-            transport.close()
+        self._counted = True
+        if conns.tls is None:
+            self._open(transport)
             return
         transport.pause_reading()  # start_tls takes over the stream from its first byte
         self._early = []
         task = asyncio.get_running_loop().create_task(self._handshake(transport))
         conns.handshakes.add(task)
         task.add_done_callback(conns.handshakes.discard)
-        task.add_done_callback(lambda _: conns.end_handshake(host))
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         """TLS on ``raw``, then the connection as without TLS; a failure is logged and closed."""
         assert self._conns.tls is not None
         if raw.is_closing():  # the client left before its turn came
+            self._uncount()
             return
         try:
             tls = await asyncio.get_running_loop().start_tls(
@@ -367,19 +348,25 @@ class _Guard(asyncio.Protocol):
             )  # fmt: skip
         except OSError as exc:  # ssl.SSLError, resets, the handshake timeout
             self._conns.refused_tls.refused(self._host, exc)
-            raw.close()
-            return
+            tls = None
+        except BaseException:  # the site stopping
+            self._uncount()
+            raise
         if tls is None:
             raw.close()
+            self._uncount()
             return
         self._open(tls)
 
+    def _uncount(self) -> None:
+        """The connection is gone: it counts no more (once)."""
+        if self._counted:
+            self._counted = False
+            self._conns.release(self._host)
+
     def _open(self, transport: asyncio.Transport) -> None:
+        """Hand the (counted) connection to a new aiohttp handler."""
         early, self._early = self._early or [], None
-        refused = self._conns.admit(self._host)
-        if refused is not None:
-            self._refuse(transport, refused)
-            return
         self._transport = transport
         self._inner = inner = self._conns.server()
         self._conns.by_handler[inner] = self
@@ -433,11 +420,11 @@ class _Guard(asyncio.Protocol):
         if self._lingering:
             self._lingering = False
             self._conns.lingering -= 1
+        self._uncount()
         inner, self._inner, self._transport = self._inner, None, None
         if inner is None:
             return
         self._conns.by_handler.pop(inner, None)
-        self._conns.release(self._host)
         inner.connection_lost(exc)
 
     def request_started(self) -> None:
