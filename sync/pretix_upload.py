@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from agent.errors import JournalError, UpstreamUnavailable
 from agent.journal import AlertRecord, EntryRecord, HistoryEntry, Journal
-from agent.redact import pretix_short_id, short_id
+from agent.redact import short_id
 from agent.revocation import ListState
 from agent.rules import GatePolicy, effective
 from sync import pretix_wire as wire
@@ -56,6 +56,11 @@ class PretixAlert:
     at: float  # our scan time
     other_at: float | None  # its entry; when the order was cancelled
     detail: str
+
+    @classmethod
+    def of(cls, r: AlertRecord) -> PretixAlert:
+        """The alert a journal record keeps (the ticket by its short id)."""
+        return cls(r.kind, short_id(r.ticket_ref), r.entry_id, r.other, r.at, r.other_at, r.detail)
 
 
 class _Done(Exception):
@@ -347,10 +352,9 @@ class PretixUpload:
         a list learnt anew (the revocation store lost) included (found in an integrator's trial:
         alerts de-duplicated in memory came back)."""
         finding = _finding(kind)
-        alert = PretixAlert(kind, pretix_short_id(secret), rec.entry_id, other, rec.wall_time,
-                            other_at, detail)  # fmt: skip
         record = AlertRecord(kind, finding, rec.entry_id, wire.PRETIX_REF + secret, other,
                              rec.wall_time, other_at, detail)  # fmt: skip
+        alert = PretixAlert.of(record)
         try:
             new = await self._journal.record_alert(record)
         except JournalError as exc:  # said all the same: an alert twice beats none
@@ -377,11 +381,7 @@ class PretixUpload:
         Raises JournalError."""
         self.alert_count, kept = await self._journal.alerts(_ALERTS_KEPT)
         self.alerts.clear()
-        self.alerts.extend(
-            PretixAlert(a.kind, short_id(a.ticket_ref), a.entry_id, a.other, a.at, a.other_at,
-                        a.detail)
-            for a in kept
-        )  # fmt: skip
+        self.alerts.extend(PretixAlert.of(a) for a in kept)
 
 
 def _finding(kind: str) -> str:

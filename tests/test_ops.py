@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from agent.app import config as cfg
 from agent.app.daemon import open_gate
 from agent.clock import Clock, uuid7
 from agent.issuer import Issuer
-from agent.journal import Journal, PeerEntry
+from agent.journal import AlertRecord, Journal, PeerEntry
 from agent.ports import Scan
 from agent.redact import short_id
 from drivers.sim import SimGate, SimScanner
@@ -181,6 +182,72 @@ async def test_events_follow_prints_new_decisions_as_they_are_made(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_events_follow_prints_a_ticket_s_new_alerts_too(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A review: `events --ticket X --follow` printed the ticket's decisions only, never its
+    alerts (they were read once, without --follow). Both follows print an alert as it is kept:
+    `--ticket` (text) after the ticket's decisions, `--alerts --json` as a JSON line."""
+    path = write_config()
+    conf = cfg.load(path)
+    ticket = iss.ticket(event=1, zones=[1])
+    await _decide(conf, [(ticket, "a")])
+    sid = short_id(tickets.parse(ticket).ticket_ref)
+    follows = [
+        await asyncio.create_subprocess_exec(
+            *EXE,
+            "events",
+            "--config",
+            str(path),
+            "--follow",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for args in (("--ticket", sid), ("--alerts", "--json"))
+    ]
+    text, lines = follows
+    try:
+        assert text.stdout is not None and lines.stdout is not None
+        first = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+        assert "ADMIT ok" in first, first
+        async with await Journal.open(
+            conf.gate.state_dir / "journal.db", gate_id="gate-3", gate_name="Gate 3", clock=Clock()
+        ) as journal:
+            (entry,) = await journal.tail(1)
+            alert = AlertRecord("order_not_valid", "order", entry.entry_id, entry.ticket_ref,
+                                "pretix", entry.wall_time, None, "its order not paid")  # fmt: skip
+            assert await journal.record_alert(alert)
+        said = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+        assert f"ALERT order_not_valid  ticket {sid}  entry {entry.entry_id}" in said, said
+        listed = json.loads(await asyncio.wait_for(lines.stdout.readline(), 20))
+        assert (listed["kind"], listed["ticket"], listed["entry_id"]) == (
+            "order_not_valid",
+            sid,
+            entry.entry_id,
+        )
+    finally:
+        for proc in follows:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+def test_events_alerts_of_a_journal_without_its_table_is_one_clear_error(
+    write_config: WriteConfig,
+) -> None:
+    """A review: a journal of schema 4 without its alerts table (a downgrade done halfway) made
+    `events --alerts` end in a traceback."""
+    path = write_config()
+    conf = cfg.load(path)
+    asyncio.run(_decide(conf, []))
+    with sqlite3.connect(conf.gate.state_dir / "journal.db") as db:
+        db.execute("DROP TABLE alerts")
+    done = ga("events", "--config", path, "--alerts")
+    assert done.returncode == 2 and "cannot read the journal: no such table: alerts" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_events_on_a_missing_journal_is_one_clear_error(write_config: WriteConfig) -> None:

@@ -218,14 +218,15 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
         db.executescript(
             "BEGIN; DROP TRIGGER entries_no_update; ALTER TABLE entries DROP COLUMN code_time;"
             "ALTER TABLE entries DROP COLUMN rev_key; ALTER TABLE entries DROP COLUMN order_hlc;"
-            "PRAGMA user_version = 1; COMMIT;"
+            "DROP TABLE alerts; PRAGMA user_version = 1; COMMIT;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
         [row] = await j.tail(5)
         assert row.ticket_ref == "tk1:00" and row.code_time is None
         assert (await j.check()) == []
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)  # through 2, to today's
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)  # through 2 and 3, to today's
+        assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             db.execute("UPDATE entries SET code_time = 5")
         assert [r[1] for r in db.execute("PRAGMA table_info(entries)")][-1] == "order_hlc"

@@ -122,10 +122,17 @@ async def events(
     tz = _time_zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     listing = _alert_listing if flt.alerts else _decision_listing
+    # On a terminal a ticket's decisions are followed by its rows at other gates and its alerts
+    # (JSON lines stay one kind of record: `--alerts --json` gives its alerts).
+    ticket_alerts = flt.ticket is not None and not flt.alerts and not as_json
     try:
-        after, limit = 0, last
+        after, alerts_after, limit = 0, 0, last
         while True:
-            after = listing(db, flt, out, tz, after, limit, as_json=as_json, follow=follow)
+            after = listing(db, flt, out, tz, after, limit, as_json=as_json)
+            if ticket_alerts:
+                if not follow:
+                    _peer_lines(db, flt, out, tz)
+                alerts_after = _alert_listing(db, flt, out, tz, alerts_after, None, as_json=False)
             out.flush()
             if not follow:
                 return 0
@@ -138,25 +145,20 @@ async def events(
 
 def _decision_listing(
     db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None, after: int,
-    limit: int | None, *, as_json: bool, follow: bool,
+    limit: int | None, *, as_json: bool,
 ) -> int:  # fmt: skip
-    """Print the decisions past gate_seq ``after`` (the last ``limit``), and on a terminal a
-    ticket's rows from other gates and its alerts; returns the gate_seq to follow from."""
+    """Print the decisions past gate_seq ``after`` (the last ``limit``); returns the gate_seq to
+    follow from (the last matching row printed: the rows after it are new ones)."""
     for row in _rows(db, after, flt, limit):
         event = _record(row)
         out.write((json.dumps(event) if as_json else _line(event, tz)) + "\n")
         after = max(after, row[0])
-    if flt.ticket is not None and not follow and not as_json:
-        _peer_lines(db, flt, out, tz)
-        _alert_listing(db, flt, out, tz, 0, None, as_json=False, follow=False)
-    if limit is not None and follow:  # from now on, everything new
-        after = max(after, queries.latest_gate_seq(db))
     return after
 
 
 def _alert_listing(
     db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None, after: int,
-    limit: int | None, *, as_json: bool, follow: bool,
+    limit: int | None, *, as_json: bool,
 ) -> int:  # fmt: skip
     """Print the alerts past alert_id ``after`` (the last ``limit``); returns the alert_id to
     follow from."""

@@ -206,30 +206,25 @@ def alerts(
 ) -> list[AlertRecord]:
     """The security alerts kept past ``alert_id`` ``after``, oldest first; ``ticket_ref``: that
     ticket's only (its own or its shared ref); ``short``: those of that short id; ``last``: only
-    the last so many. A journal of schema 3 (read before the daemon upgraded it) has none."""
+    the last so many. A journal of schema 3 (read before the daemon upgraded it) has none.
+    Raises JournalError."""
     if schema_version(db) < 4:
         return []
     where: list[str] = ["alert_id > ?"]
     params: list[object] = [after]
-    if ticket_ref is not None:
-        where.append("ticket_ref = ?")
-        params.append(shared_ref(ticket_ref))
-    if short is not None:
-        db.create_function("short_id", 1, short_id, deterministic=True)
-        where.append("short_id(ticket_ref) = ?")
-        params.append(short)
-    sql = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(where)} ORDER BY alert_id"
-    if last is not None:
-        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY alert_id"
-        params.append(last)
-    return [alert_record(row) for row in db.execute(sql, params)]
+    _of_ticket(db, where, params, None if ticket_ref is None else shared_ref(ticket_ref), short)
+    sql = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(where)}"
+    return [alert_record(row) for row in _ordered(db, sql, params, "alert_id", last)]
 
 
 def alert_count(db: sqlite3.Connection) -> int:
-    """How many security alerts the journal keeps."""
+    """How many security alerts the journal keeps. Raises JournalError."""
     if schema_version(db) < 4:
         return 0
-    (n,) = db.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    try:
+        (n,) = db.execute("SELECT COUNT(*) FROM alerts").fetchone()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal: {exc}") from exc
     return int(n)
 
 
@@ -281,17 +276,34 @@ def decisions(
         where.append("verdict = 'deny' AND kind = 'attempt'")
     if duplicates:
         where.append("reason = 'already_used'")
-    if ticket_ref is not None:
+    _of_ticket(db, where, params, ticket_ref, short)
+    sql = f"SELECT {EVENT_COLUMNS} FROM entries WHERE {' AND '.join(where)}"
+    return _ordered(db, sql, params, "gate_seq", last)
+
+
+def _of_ticket(
+    db: sqlite3.Connection, where: list[str], params: list[object], ref: str | None,
+    short: str | None,
+) -> None:  # fmt: skip
+    """Add the conditions "this ``ticket_ref``" and "this short id" (every row is read then: a
+    security command, not the scan path) to a query being built."""
+    if ref is not None:
         where.append("ticket_ref = ?")
-        params.append(ticket_ref)
+        params.append(ref)
     if short is not None:
         db.create_function("short_id", 1, short_id, deterministic=True)
         where.append("short_id(ticket_ref) = ?")
         params.append(short)
-    sql = f"SELECT {EVENT_COLUMNS} FROM entries WHERE {' AND '.join(where)} ORDER BY gate_seq"
+
+
+def _ordered(
+    db: sqlite3.Connection, sql: str, params: list[object], key: str, last: int | None
+) -> list[tuple[Any, ...]]:
+    """``sql``'s rows oldest first by ``key`` (only the last ``last``); raises JournalError."""
+    sql += f" ORDER BY {key}"
     if last is not None:
-        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY gate_seq"
-        params.append(int(last))
+        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY {key}"
+        params = [*params, int(last)]
     try:
         return db.execute(sql, params).fetchall()
     except sqlite3.Error as exc:
@@ -319,14 +331,6 @@ def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
     return db
-
-
-def latest_gate_seq(db: sqlite3.Connection) -> int:
-    """:func:`last_gate_seq` for commands: raises JournalError instead of sqlite3.Error."""
-    try:
-        return last_gate_seq(db)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read the journal: {exc}") from exc
 
 
 def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEntry]:

@@ -43,10 +43,11 @@ INSERT_PEER = (
 # The venue's order of one of this gate's rows, from the hub's echo of it: only ever earlier.
 SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND IFNULL(order_hlc, hlc) > ?"
 # One alert per entry and finding: the same finding learnt again (a restart, a list read anew)
-# is no second alert.
+# is no second alert. Only that conflict is ignored (OR IGNORE would pass over a NOT NULL
+# violation too, as if the alert had been kept before: a review).
 INSERT_ALERT = (
-    "INSERT OR IGNORE INTO alerts (kind, finding, entry_id, ticket_ref, other, at, other_at,"
-    " detail, raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO alerts (kind, finding, entry_id, ticket_ref, other, at, other_at, detail,"
+    " raised_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (entry_id, finding) DO NOTHING"
 )
 INSERT_EVENT = (
     "INSERT INTO gate_events (kind, value, lane, wall_time, clock_synced, mono_ns, boot_id, hlc)"
