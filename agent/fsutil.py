@@ -105,8 +105,13 @@ def sqlite_readonly(path: Path) -> str:
     (for a check as another user, e.g. root beside the gate's files): immutable while no -wal
     file is there (the gate stopped: even a read-only WAL open would create -wal/-shm files,
     possibly owned by the wrong user), else read-only."""
-    wal = path.with_name(path.name + "-wal").exists()
-    return f"file:{path}?{'mode=ro' if wal else 'immutable=1'}"
+    return f"{path.resolve().as_uri()}?{'mode=ro' if sqlite_live(path) else 'immutable=1'}"
+
+
+def sqlite_live(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` has a -wal file beside it (a writer may be at it:
+    a connection :func:`sqlite_readonly` opened immutable would not see its changes)."""
+    return path.with_name(path.name + "-wal").exists()
 
 
 @contextlib.contextmanager

@@ -280,9 +280,11 @@ class PretixUpload:
     ) -> None:
         if policy.entry_policy == "unlimited":
             return
+        history = await self._journal.history(rec.ticket_ref)
+        if all(h.entry_id != rec.entry_id for h in effective(history)):
+            return  # annulled since (nobody passed): no admission, as the other checks judge
         conflict = wire.prior_entry_in_answer(reply.body, own, rec.wall_time)
         if conflict is None:
-            history = await self._journal.history(rec.ticket_ref)
             conflict = wire.prior_entry_in_history(history, rec.entry_id)
         if conflict is not None:
             await self._alert(rec, secret, "duplicate_entry", conflict.device, conflict.at,

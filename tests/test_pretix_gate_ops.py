@@ -216,9 +216,13 @@ async def test_status_says_pretix_s_security_alerts_and_refusals(write_config: W
                 await gate.upstream.sync_once()
                 assert status.port is not None
                 text = gate_commands.summary(await _status(status.port))  # as `status` gets it
+                url = f"http://127.0.0.1:{status.port}/metrics"
+                async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                    metrics = await resp.text()
             finally:
                 await status.close()
     assert "  1 security alert (gate-agent events --alerts)\n" in text, text
+    assert "\ngate_security_alerts 1.0\n" in metrics, metrics  # a trial: no counter to watch
     assert "  1 row refused by pretix for good\n" in text, text
 
 

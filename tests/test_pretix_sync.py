@@ -556,6 +556,23 @@ async def test_forced_duplicate_raises_alert_from_answer(
     assert rig.up.status["alerts"] == 1
 
 
+async def test_an_annulled_entry_is_no_duplicate_whatever_pretix_answers(rig: Rig) -> None:
+    """Found in a security lead's trial: an admission nobody used (annulled, "nobody passed")
+    was a duplicate_entry alert, "admitted here while an entry elsewhere was still standing",
+    when pretix's answer to its check-in showed another device's entry; the checks of
+    downloaded check-ins and of orders pass annulled entries by. So does the answer's now."""
+    step = recorded("offline_upload_duplicate_other_device")
+    secret = step["response"]["body"]["position"]["secret"]
+    rig.fake.device_id = 2
+    rig.fake.redeem_answers[secret] = [(step["response"]["status"], step["response"]["body"])]
+    assert await rig.up.initialize(INIT_TOKEN) == 2
+    rig.wall.t = 1795402278.0 - 300  # 02:46:18Z, as recorded
+    rec = await rig.record(secret, "entry")
+    await rig.record(secret, "annul", annuls=rec.entry_id)
+    assert await rig.up.sync_once()
+    assert rig.alerts == [] and rig.up.status["alerts"] == 0
+
+
 async def test_forced_entry_alert_from_downloaded_checkins(rig: Rig) -> None:
     secret = CASES["valid_variation_1"]["secret"]
     rig.fake.positions = [(T0, position_with(secret, [checkin(50, 2, "2026-11-23T02:40:00Z")]))]

@@ -371,7 +371,7 @@ def _status(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     from agent.app import config, gate_commands
 
-    if args.last < 1:
+    if args.last is not None and args.last < 1:
         raise UsageError("--last must be >= 1")
     from agent.app.signals import until_signalled
 
@@ -383,8 +383,10 @@ def _events(args: argparse.Namespace) -> int:
     conf = config.load(args.config)
 
     async def listing(stop: asyncio.Event | None) -> int:
+        # Alerts are few, and `status` counts them all: its hint lists each (a trial).
+        last = args.last if args.last is not None else None if args.alerts else 20
         return await gate_commands.events(conf, flt, sys.stdout, follow=args.follow, as_json=args.json,
-                                last=args.last, stop=stop)  # fmt: skip
+                                          last=last, stop=stop)  # fmt: skip
 
     try:  # following ends with SIGINT/SIGTERM (exit 0); a listing stops as any command does
         return asyncio.run(until_signalled(listing) if args.follow else listing(None))

@@ -296,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--last",
         "-n",
         type=_whole,
-        default=20,
-        help="how many of the newest matching rows to show first (default 20)",
+        help="how many of the newest matching rows to show first (default 20; --alerts: all)",
     )
     events.add_argument("--json", action="store_true", help="JSON lines")
     return p

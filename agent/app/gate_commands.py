@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
 from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageError
-from agent.journal import AlertRecord, queries
+from agent.fsutil import sqlite_live
+from agent.journal import AlertRecord, queries, schema
 from agent.redact import short_id
 from agent.settings import parse_listen
 from agent.words import plural
@@ -67,11 +68,12 @@ def _rows(
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, wall, lane, kind, verdict, reason, detail, flags, ref, offline = row
+    seq, wall, lane, kind, verdict, reason, detail, flags, ref, offline, entry_id = row
     return {
         "gate_seq": seq, "time": wall, "lane": lane, "kind": kind, "verdict": verdict,
         "reason": reason, "detail": detail, "flags": [f for f in flags.split(",") if f],
         "ticket": short_id(ref), "offline": bool(offline),
+        "entry_id": entry_id,  # what alerts name (`--alerts`)
     }  # fmt: skip
 
 
@@ -118,14 +120,20 @@ async def events(
 ) -> int:
     """Print the journal's decisions, or its alerts with ``flt.alerts`` (the ``last`` matching
     ones, then new ones with ``follow`` until ``stop`` is set: then 0)."""
-    db = queries.open_readonly(config.gate.state_dir / "journal.db", config.gate.id)
+    path = config.gate.state_dir / "journal.db"
+    db = queries.open_readonly(path, config.gate.id)
+    frozen = not sqlite_live(path)  # opened immutable: the gate stopped
     tz = _time_zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     listing = _alert_listing if flt.alerts else _decision_listing
     # On a terminal a ticket's decisions are followed by its rows at other gates and its alerts
     # (JSON lines stay one kind of record: `--alerts --json` gives its alerts).
-    ticket_alerts = flt.ticket is not None and not flt.alerts and not as_json
+    # Not beside --denied/--duplicates, which ask for some decisions only.
+    ticket_alerts = flt.ticket is not None and not (flt.alerts or as_json or flt.denied
+                                                    or flt.duplicates)  # fmt: skip
     try:
+        if flt.alerts and not as_json and schema.version(db) < 4:
+            out.write("(a journal from before alerts were kept: kept from the gate's next start)\n")
         after, alerts_after, limit = 0, 0, last
         while True:
             after = listing(db, flt, out, tz, after, limit, as_json=as_json)
@@ -139,6 +147,10 @@ async def events(
             limit = None  # from now on, everything new
             if await sleep_or_stop(FOLLOW_POLL_S, stopped):
                 return 0
+            if frozen:  # an immutable connection sees no writes: open anew (the gate started?)
+                db.close()
+                db = queries.open_readonly(path, config.gate.id)
+                frozen = not sqlite_live(path)
     finally:
         db.close()
 

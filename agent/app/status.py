@@ -152,6 +152,9 @@ class _Metrics:
         )
         self.disk_free = Gauge("gate_state_disk_free_bytes", "Free space for the state", registry=r)
         self.ready = Gauge("gate_ready", "1 when /healthz says ready", registry=r)
+        self.alerts = Gauge(
+            "gate_security_alerts", "Security alerts the journal keeps (pretix)", registry=r
+        )
         build = Info(
             "gate_build", "The running gate-agent (after an upgrade: restarted?)", registry=r
         )
@@ -418,6 +421,7 @@ class StatusServer:
         up = snap["upstream"] or {}
         lag = up.get("feed_lag_s")
         m.feed_lag.set(lag if isinstance(lag, int | float) else float("nan"))
+        m.alerts.set(up["alerts"] if isinstance(up.get("alerts"), int) else 0)
         m.ready.set(1 if _reasons(snap, self._limits)[0] else 0)
 
     def _asset(self, name: str) -> Callable[[web.Request], Any]:

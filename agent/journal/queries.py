@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import JournalError
+from agent.fsutil import sqlite_readonly
 from agent.journal.records import (
     ALERT_COLUMNS,
     COLUMNS,
@@ -60,7 +61,7 @@ PRUNED_THROUGH = (
 _MAX_HOLES_REPORTED = 10
 # What `gate-agent events` shows of a row (the ticket only by its short id, computed by the caller).
 EVENT_COLUMNS = (
-    "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline"
+    "gate_seq, wall_time, lane, kind, verdict, reason, detail, flags, ticket_ref, offline, entry_id"
 )
 
 
@@ -311,7 +312,10 @@ def _ordered(
 
 
 def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
-    """A read-only connection to the journal at ``path``, for commands next to a running gate.
+    """A read-only connection to the journal at ``path``, for commands next to a running gate or
+    a stopped one (:func:`agent.fsutil.sqlite_readonly`: no -wal/-shm files made, which, owned
+    by whoever runs the command, often root, would lock the gate out of its own journal; a copy
+    on read-only media reads too).
 
     Raises JournalError when there is no journal, it cannot be read, or (with ``gate_id``) it
     is another gate's.
@@ -319,7 +323,7 @@ def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
     if not path.exists():
         raise JournalError(f"{path}: no journal here (is [gate] state_dir right?)")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(sqlite_readonly(path), uri=True, timeout=5)
         try:
             if is_empty(db):
                 raise JournalError(f"{path}: an empty file: the gate makes its journal at start")
@@ -340,13 +344,8 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
     """
     if not path.exists():
         return []
-    # With no -wal file there is no live writer and nothing uncheckpointed. Reading it as
-    # immutable then creates no -wal/-shm files, which, owned by whoever runs the tool (often
-    # root), would lock the daemon's user out of its own journal.
-    live = path.with_name(path.name + "-wal").exists()
-    uri = f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(sqlite_readonly(path), uri=True)  # as open_readonly
         try:
             gate_id = stored_gate_id(conn) or ""
             return history(conn, gate_id, gate_name, ticket_ref, schema=schema_version(conn))
