@@ -507,7 +507,67 @@ async def test_a_schema_3_journal_gets_its_alerts_table(
         assert await again.record_alert(alert(entry))
         assert (await again.alerts(10))[0] == 1
     with raw(path) as other:
-        assert other.execute("PRAGMA user_version").fetchone() == (4,)
+        assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+
+
+async def test_a_synced_pretix_row_keeps_its_secret_as_its_digest(
+    journal: Journal, path: Path
+) -> None:
+    """Found in a security lead's trial: a pretix ticket's ref is its secret (its check-in is
+    uploaded with it), and the journal kept it for good, so every copy of the file, or a stolen
+    unit's disk, handed out the secrets of the tickets the gate had let in (a re-entry venue's
+    holders outside). Once a row is synced its ref is the secret's digest: its history reads on,
+    the file holds no copy, and no other change of a ref is taken."""
+    ref = "pretix:" + "S3CR3TS3CR3T" * 3
+    first = await admit(journal, ref)
+    other = await admit(journal, "tk1:aa")
+    await admit(journal, ref)  # not yet uploaded: the uploader needs the secret
+    await journal.mark_synced(other.gate_seq, T0)
+    with raw(path) as db:
+        refs = [r for (r,) in db.execute("SELECT ticket_ref FROM entries ORDER BY gate_seq")]
+        assert refs == [shared_ref(ref), "tk1:aa", ref]
+        digest = shared_ref("pretix:another")
+        for seq, value in ((1, "pretix:other"), (1, digest), (3, shared_ref(ref)), (2, digest)):
+            with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+                db.execute("UPDATE entries SET ticket_ref = ? WHERE gate_seq = ?", (value, seq))
+    seen = await journal.history(ref)
+    assert len(seen) == 2 and seen[0].entry_id == first.entry_id
+    assert len(await journal.history("tk1:aa")) == 1
+    assert [r.ticket_ref for r in await journal.unsynced()] == [ref]
+    await journal.mark_synced(3, T0, only=True)
+    assert await journal.checkpoint()
+    secret = ref.removeprefix("pretix:").encode()
+    for file in path.parent.glob(path.name + "*"):
+        assert secret not in file.read_bytes(), file
+
+
+async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
+    journal: Journal, path: Path, clock: Clock
+) -> None:
+    """An updated gate's journal of schema 4 holds the secrets of its synced pretix rows: the
+    upgrade keeps them as their digests, and from then on a ref takes no other change."""
+    ref = "pretix:" + "0LDS3CR3T" * 4
+    await admit(journal, ref)
+    await admit(journal, ref)
+    await journal.mark_synced(1, T0, only=True)
+    await journal.close()
+    with raw(path) as other:  # back to schema 4: the secret kept, the ref under the old trigger
+        other.executescript(
+            "DROP TRIGGER entries_ref_digest_only; DROP TRIGGER entries_no_update;"
+            f"UPDATE entries SET ticket_ref = '{ref}';"
+            "CREATE TRIGGER entries_no_update BEFORE UPDATE OF ticket_ref ON entries"
+            " BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END;"
+            "PRAGMA user_version = 4;"
+        )
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
+        assert len(await again.history(ref)) == 2
+        assert [r.ticket_ref for r in await again.unsynced()] == [ref]
+    with raw(path) as other:
+        refs = [r for (r,) in other.execute("SELECT ticket_ref FROM entries ORDER BY gate_seq")]
+        assert refs == [shared_ref(ref), ref]
+        assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+        with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+            other.execute("UPDATE entries SET lane = 'x'")
 
 
 async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(
@@ -605,7 +665,7 @@ async def test_missing_directory_is_a_journal_error(tmp_path: Path, clock: Clock
 async def test_pragmas_wal_and_full_sync(journal: Journal, path: Path) -> None:
     with raw(path) as other:
         assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert other.execute("PRAGMA user_version").fetchone() == (4,)
+        assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
 
 
 async def test_expect_write_wakes_the_writer_and_jobs_run_in_order(journal: Journal) -> None:
@@ -711,7 +771,7 @@ async def test_history_lookup_uses_the_ticket_indexes_at_100k_rows(
         plan = " | ".join(
             row[3]
             for row in db.execute(
-                "EXPLAIN QUERY PLAN " + queries.HISTORY, ("g1", "Gate 1", "x", "x", "x")
+                "EXPLAIN QUERY PLAN " + queries.HISTORY, ("g1", "Gate 1", "x", "x", "x", "x")
             )
         )
         unsynced_plan = " | ".join(

@@ -573,6 +573,22 @@ async def test_an_annulled_entry_is_no_duplicate_whatever_pretix_answers(rig: Ri
     assert rig.alerts == [] and rig.up.status["alerts"] == 0
 
 
+async def test_an_uploaded_check_in_leaves_its_secret_nowhere_in_the_journal(rig: Rig) -> None:
+    """Found in a security lead's trial: the journal kept the secret of every pretix ticket it
+    decided on (a journal copy or a stolen unit's disk handed them out). Once uploaded, the
+    row's ref is the secret's digest; the ticket's history reads on."""
+    secret = CASES["valid_vip_1"]["secret"]
+    rig.fake.redeem_answers[secret] = [ok_answer()]
+    await initialized(rig)
+    rec = await rig.record(secret, "entry")
+    assert await rig.up.sync_once() and await rig.journal.unsynced() == []
+    assert [h.entry_id for h in await rig.journal.history("pretix:" + secret)] == [rec.entry_id]
+    assert await rig.journal.checkpoint()
+    path = rig.journal.path
+    for file in path.parent.glob(path.name + "*"):
+        assert secret.encode() not in file.read_bytes(), file
+
+
 async def test_forced_entry_alert_from_downloaded_checkins(rig: Rig) -> None:
     secret = CASES["valid_variation_1"]["secret"]
     rig.fake.positions = [(T0, position_with(secret, [checkin(50, 2, "2026-11-23T02:40:00Z")]))]

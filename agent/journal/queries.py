@@ -30,8 +30,9 @@ from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
 
-# Parameters: own gate_id, own gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref): peers'
-# rows carry a pretix secret as its digest (older journals may hold the secret). Attempts are not
+# Parameters: own gate_id, own gate_name, then ticket_ref and shared_ref(ticket_ref) twice: peers'
+# rows carry a pretix secret as its digest (older journals may hold the secret), and so do this
+# gate's once synced (schema 5). Attempts are not
 # admissions and never count against a ticket, so they stay out of history. Rows of one HLC (a
 # hub orders a row far ahead of its clock as of its arrival: several rows of one gate can share
 # that value) keep their gate's own order: ties go by gate, then gate_seq, as at the hub. This
@@ -41,7 +42,7 @@ from agent.seen import Hashes, SeenRefs
 HISTORY = """
 SELECT kind, ? AS gate_id, ? AS gate_name, lane, wall_time, entry_id, annuls,
     IFNULL(order_hlc, hlc) AS hlc, 0 AS peer, code_time, gate_seq, clock_synced <> 0 AS timed
-    FROM entries WHERE ticket_ref = ? AND kind IN ('entry', 'exit', 'annul')
+    FROM entries WHERE ticket_ref IN (?, ?) AND kind IN ('entry', 'exit', 'annul')
 UNION ALL
 SELECT kind, gate_id, gate_name, '' AS lane, wall_time, entry_id, annuls, hlc, 1 AS peer,
     NULL AS code_time, gate_seq, 1 AS timed
@@ -74,7 +75,8 @@ def history(
 ) -> list[HistoryEntry]:
     """Entries, exits and annulments of ``ticket_ref`` here and at peers, in history order
     (``schema``: the file's, for read-only tools that find it not yet upgraded)."""
-    params = (gate_id, gate_name, ticket_ref, ticket_ref, shared_ref(ticket_ref))
+    refs = (ticket_ref, shared_ref(ticket_ref))
+    params = (gate_id, gate_name, *refs, *refs)
     sql = HISTORY if schema >= 3 else _HISTORY_2
     return [history_entry(row) for row in db.execute(sql, params)]
 
@@ -288,9 +290,9 @@ def _of_ticket(
 ) -> None:  # fmt: skip
     """Add the conditions "this ``ticket_ref``" and "this short id" (every row is read then: a
     security command, not the scan path) to a query being built."""
-    if ref is not None:
-        where.append("ticket_ref = ?")
-        params.append(ref)
+    if ref is not None:  # a pretix ticket's: its secret until synced, then its digest
+        where.append("ticket_ref IN (?, ?)")
+        params += [ref, shared_ref(ref)]
     if short is not None:
         db.create_function("short_id", 1, short_id, deterministic=True)
         where.append("short_id(ticket_ref) = ?")

@@ -21,11 +21,13 @@ from pathlib import Path
 from agent.errors import JournalError
 from agent.journal.checkpoint import WAL_SIZE_LIMIT, WRITER_AUTOCHECKPOINT
 from agent.journal.records import COLUMNS, FIELDS
+from agent.redact import shared_ref
 
 log = logging.getLogger("agent.journal")
 
-# 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc; 4: the alerts table
-SCHEMA_VERSION = 4
+# 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc; 4: the alerts table;
+# 5: a synced row's pretix secret kept as its digest
+SCHEMA_VERSION = 5
 # Bytes per database page, for new journals. A decision's commit writes a page of each b-tree it
 # touches (the rows, and the indexes on entry_id, ticket_ref and unsynced rows) to the WAL before
 # its fsync: 1 KiB pages write a quarter of SQLite's default 4 KiB for the same row, which took
@@ -58,11 +60,26 @@ _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DE
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
 _NO_UPDATE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
-    gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
+    gate_seq, entry_id, gate_id, lane, kind, verdict, reason, detail, flags, annuls,
     zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time,
     rev_key
 ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+
+# A pretix ticket's ref is its secret ("pretix:" + secret), which its check-in is uploaded
+# with. Once the row is synced the secret is needed no more, and a copy of the journal (or a
+# stolen unit's disk) would hand out every ticket it decided on: the ref becomes its digest
+# (agent.redact.shared_ref, "pretix-sha256:" + 64 hex digits), the one change a ref may take.
+_REF_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_ref_digest_only BEFORE UPDATE OF ticket_ref
+ON entries WHEN NEW.ticket_ref IS NOT OLD.ticket_ref AND NOT (OLD.ticket_ref GLOB 'pretix:*'
+    AND NEW.ticket_ref GLOB 'pretix-sha256:*' AND length(NEW.ticket_ref) = 78
+    AND NEW.synced_at IS NOT NULL)
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+# The synced rows' refs as they are kept (SQL function shared_ref: :func:`configure`).
+DIGEST_SYNCED = (
+    "UPDATE entries SET ticket_ref = shared_ref(ticket_ref)"
+    " WHERE synced_at IS NOT NULL AND ticket_ref GLOB 'pretix:*'"
+)
 
 # Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), the
 # ticket's revocation key (hex; NULL where unknown: forged texts, rows from schema 1), and the
@@ -99,6 +116,15 @@ _UPGRADE_3_TO_4 = f"""BEGIN IMMEDIATE;
 PRAGMA user_version = 4;
 COMMIT;"""
 
+# Schema 4 -> 5: the ref's own trigger, and the synced rows' pretix secrets as their digests.
+_UPGRADE_4_TO_5 = f"""BEGIN IMMEDIATE;
+DROP TRIGGER IF EXISTS entries_no_update;
+{_NO_UPDATE_TRIGGER};
+{_REF_TRIGGER};
+{DIGEST_SYNCED};
+PRAGMA user_version = 5;
+COMMIT;"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     gate_seq INTEGER PRIMARY KEY, entry_id TEXT NOT NULL UNIQUE,
@@ -115,6 +141,7 @@ CREATE INDEX IF NOT EXISTS entries_ticket_ref ON entries (ticket_ref);
 CREATE INDEX IF NOT EXISTS entries_unsynced ON entries (gate_seq) WHERE synced_at IS NULL;
 {_NO_DELETE_TRIGGER};
 {_NO_UPDATE_TRIGGER};
+{_REF_TRIGGER};
 -- Gap-free by construction, and no INSERT OR REPLACE can overwrite a fact (REPLACE deletes
 -- without firing delete triggers).
 CREATE TRIGGER IF NOT EXISTS entries_append_only BEFORE INSERT ON entries
@@ -161,6 +188,9 @@ def configure(db: sqlite3.Connection) -> str:
     db.execute("PRAGMA synchronous = FULL")
     db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}")
     db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")  # an SD card keeps no huge WAL
+    # A ref changed to its digest leaves no copy of the secret in the page (_REF_TRIGGER).
+    db.execute("PRAGMA secure_delete = ON")
+    db.create_function("shared_ref", 1, shared_ref, deterministic=True)
     return str(mode)
 
 
@@ -176,15 +206,18 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
-    elif found in (1, 2, 3):
+    elif found in (1, 2, 3, 4):
         if found == 1:
             _run_script(db, _UPGRADE_1_TO_2)
             log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
         if found <= 2:
             _run_script(db, _UPGRADE_2_TO_3)
             log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
-        _run_script(db, _UPGRADE_3_TO_4)
-        log.info("journal %s upgraded to schema 4 (security alerts kept)", path)
+        if found <= 3:
+            _run_script(db, _UPGRADE_3_TO_4)
+            log.info("journal %s upgraded to schema 4 (security alerts kept)", path)
+        _run_script(db, _UPGRADE_4_TO_5)
+        log.info("journal %s upgraded to schema 5 (synced pretix secrets as digests)", path)
     elif found != SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema version {found}; this agent supports {SCHEMA_VERSION}"

@@ -351,7 +351,11 @@ class Journal:
         with ``only``, that one entry (an upstream that may take rows out of order).
         Raises JournalError."""
         which = "=" if only else "<="
-        sql = f"UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq {which} ?"
+        # A pretix secret is needed no more: kept as its digest (schema._REF_TRIGGER).
+        sql = (
+            "UPDATE entries SET synced_at = ?, ticket_ref = shared_ref(ticket_ref)"
+            f" WHERE synced_at IS NULL AND gate_seq {which} ?"
+        )
         writer = self._require_open()
         await self._run(
             writer, "cannot mark entries synced", lambda db: db.execute(sql, (at, through_seq))
