@@ -188,8 +188,9 @@ async def test_events_follow_prints_a_ticket_s_new_alerts_too(
     write_config: WriteConfig, iss: Issuer
 ) -> None:
     """A review: `events --ticket X --follow` printed the ticket's decisions only, never its
-    alerts (they were read once, without --follow). Both follows print an alert as it is kept:
-    `--ticket` (text) after the ticket's decisions, `--alerts --json` as a JSON line."""
+    alerts (they were read once, without --follow), nor the rows learnt from other gates (a
+    trial). Both follows print an alert as it is kept: `--ticket` (text) after the ticket's
+    decisions and its rows learnt since, `--alerts --json` as a JSON line."""
     path = write_config()
     conf = cfg.load(path)
     ticket = iss.ticket(event=1, zones=[1])
@@ -217,6 +218,12 @@ async def test_events_follow_prints_a_ticket_s_new_alerts_too(
             conf.gate.state_dir / "journal.db", gate_id="gate-3", gate_name="Gate 3", clock=Clock()
         ) as journal:
             (entry,) = await journal.tail(1)
+            now = time.time()
+            peer = PeerEntry(str(uuid7(int(now * 1000))), "gate-b", "Gate B", 7,
+                             entry.ticket_ref, "entry", None, now, int(now * 1000) << 16)  # fmt: skip
+            assert await journal.add_peer_entries([peer]) == 1
+            learnt = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+            assert learnt.endswith(f"entry   at Gate B (gate-b) (another gate)  ticket {sid}\n")
             alert = AlertRecord("order_not_valid", "order", entry.entry_id, entry.ticket_ref,
                                 "pretix", entry.wall_time, None, "its order not paid")  # fmt: skip
             assert await journal.record_alert(alert)

@@ -98,14 +98,19 @@ def _time_zone(config: cfg.Config) -> tzinfo | None:
     return None if config.policy.timezone is None else ZoneInfo(config.policy.timezone)
 
 
-def _peer_lines(db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None) -> None:
-    """The ticket's rows learnt from other gates, after this gate's own: a double entry made
-    while the gates could not see each other shows at each of them, not only at the hub."""
+def _peer_lines(
+    db: sqlite3.Connection, flt: EventFilter, out: TextIO, tz: tzinfo | None, after: int
+) -> int:
+    """The ticket's rows learnt from other gates since rowid ``after``, after this gate's own: a
+    double entry made while the gates could not see each other shows at each of them, not only
+    at the hub. Returns the rowid to follow from."""
     exact, short = flt.refs_match()
-    for wall, gate_id, gate_name, kind, ref in queries.peer_rows(db, exact, short):
+    for wall, gate_id, gate_name, kind, ref, rowid in queries.peer_rows(db, exact, short, after):
         when = _when(wall, tz)
         gate = gate_name if gate_name == gate_id else f"{gate_name} ({gate_id})"
         out.write(f"{when}  {kind:<7} at {gate} (another gate)  ticket {short_id(ref)}\n")
+        after = max(after, rowid)
+    return after
 
 
 async def events(
@@ -129,17 +134,16 @@ async def events(
     # On a terminal a ticket's decisions are followed by its rows at other gates and its alerts
     # (JSON lines stay one kind of record: `--alerts --json` gives its alerts).
     # Not beside --denied/--duplicates, which ask for some decisions only.
-    ticket_alerts = flt.ticket is not None and not (flt.alerts or as_json or flt.denied
+    ticket_extras = flt.ticket is not None and not (flt.alerts or as_json or flt.denied
                                                     or flt.duplicates)  # fmt: skip
     try:
         if flt.alerts and not as_json and schema.version(db) < 4:
             out.write("(a journal from before alerts were kept: kept from the gate's next start)\n")
-        after, alerts_after, limit = 0, 0, last
+        after, peers_after, alerts_after, limit = 0, 0, 0, last
         while True:
             after = listing(db, flt, out, tz, after, limit, as_json=as_json)
-            if ticket_alerts:
-                if not follow:
-                    _peer_lines(db, flt, out, tz)
+            if ticket_extras:
+                peers_after = _peer_lines(db, flt, out, tz, peers_after)
                 alerts_after = _alert_listing(db, flt, out, tz, alerts_after, None, as_json=False)
             out.flush()
             if not follow:

@@ -82,17 +82,21 @@ def history(
 
 
 def peer_rows(
-    db: sqlite3.Connection, ticket_ref: str | None = None, short: str | None = None
-) -> list[tuple[float, str, str, str, str]]:
-    """Other gates' entries, exits and annulments of one ticket, learnt from the hub, oldest
-    first: (wall_time, gate_id, gate_name, kind, ticket_ref). The ticket by its ref, or by its
-    short id (every peer row is read then: a security command, not the scan path)."""
-    sql = "SELECT wall_time, gate_id, gate_name, kind, ticket_ref FROM peer_entries"
+    db: sqlite3.Connection,
+    ticket_ref: str | None = None,
+    short: str | None = None,
+    after: int = 0,
+) -> list[tuple[float, str, str, str, str, int]]:
+    """Other gates' entries, exits and annulments of one ticket, learnt from the hub or pretix,
+    oldest first: (wall_time, gate_id, gate_name, kind, ticket_ref, rowid), those learnt after
+    rowid ``after`` only. The ticket by its ref, or by its short id (every peer row is read
+    then: a security command, not the scan path)."""
+    sql = "SELECT wall_time, gate_id, gate_name, kind, ticket_ref, rowid FROM peer_entries"
+    order = " ORDER BY hlc, gate_id, gate_seq"
     if ticket_ref is not None:
-        refs = (ticket_ref, shared_ref(ticket_ref))
-        where = " WHERE ticket_ref IN (?, ?) ORDER BY hlc, gate_id, gate_seq"
-        return list(db.execute(sql + where, refs))
-    rows = db.execute(sql + " ORDER BY hlc, gate_id, gate_seq")
+        refs = (ticket_ref, shared_ref(ticket_ref), after)
+        return list(db.execute(sql + " WHERE ticket_ref IN (?, ?) AND rowid > ?" + order, refs))
+    rows = db.execute(sql + " WHERE rowid > ?" + order, (after,))
     return [r for r in rows if short is not None and short_id(r[4]) == short]
 
 
