@@ -91,15 +91,33 @@ def _split(data: bytes, took_s: float, reset: bool = False) -> Answer:
     return Answer(head, body, took_s, reset)
 
 
+def _exchange(
+    port: int, request: bytes, source: str = "127.0.0.1", timeout_s: float = 5.0,
+    tls: HubSetup | None = None,
+) -> Answer:  # fmt: skip
+    """Send ``request`` on a new connection from ``source`` (over TLS trusting ``tls``'s CA);
+    read until the hub closes."""
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout_s, (source, 0)) as raw:
+        ctx = None if tls is None else tls.client_ssl()
+        sock = raw if ctx is None else ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        with sock:
+            sock.sendall(request)
+            got = b""
+            with contextlib.suppress(ssl.SSLError):  # a close without close_notify: the end
+                while chunk := sock.recv(65536):
+                    got += chunk
+    return _split(got, time.monotonic() - t)
+
+
+def _get(path: str, token: str | None = None) -> bytes:
+    auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
+    return f"GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n{auth}\r\n".encode()
+
+
 def health(port: int, timeout_s: float = 5.0, source: str = "127.0.0.1") -> Answer:
     """GET /v1/health on a new connection from ``source``; read until the hub closes."""
-    t = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout_s, (source, 0)) as sock:
-        sock.sendall(HEALTH)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return _split(got, time.monotonic() - t)
+    return _exchange(port, HEALTH, source, timeout_s)
 
 
 async def _half_request(port: int, source: str, deadline_s: float) -> Answer:
@@ -223,17 +241,30 @@ async def test_the_total_cap_refuses_everyone_until_connections_close(
 
 def _authed(port: int, token: str, source: str) -> Answer:
     """GET /v1/trust with ``token`` on a new connection from ``source``."""
-    t = time.monotonic()
-    request = (
-        "GET /v1/trust HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", port), 5.0, (source, 0)) as sock:
-        sock.sendall(request)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return _split(got, time.monotonic() - t)
+    return _exchange(port, _get("/v1/trust", token), source)
+
+
+async def _crowd(
+    port: int, sources: list[str], each: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``each`` connections from each of ``sources`` that send nothing."""
+    return [
+        await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        for source in sources
+        for _ in range(each)
+    ]
+
+
+async def _until_full(port: int) -> Answer:
+    """Wait until a client not known (127.0.0.30) is refused; its answer."""
+    answers: list[Answer] = []
+
+    async def full() -> bool:  # the hub counts a connection once it has accepted it
+        answers.append(await asyncio.to_thread(health, port, 5.0, "127.0.0.30"))
+        return answers[-1].status == 503
+
+    await until(full, 10, "a client not known to be refused")
+    return answers[-1]
 
 
 async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_gates(
@@ -255,20 +286,10 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
             assert (
                 await asyncio.to_thread(_authed, setup.port, token, f"127.0.0.{n}")
             ).status == 200
-        crowd = [f"127.0.0.{n}" for n in range(20, 24)]  # 4 x 5: the whole cap, were it open
-        held = [
-            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
-            for source in crowd
-            for _ in range(5)
-        ]
+        # 4 x 5: the whole cap, were it open
+        held = await _crowd(setup.port, [f"127.0.0.{n}" for n in range(20, 24)], 5)
+        _assert_busy(await _until_full(setup.port), "the hub has too many open connections")
         answers: list[Answer] = []
-
-        async def full() -> bool:  # the hub counts a connection once it has accepted it
-            answers.append(await asyncio.to_thread(health, setup.port, 5.0, "127.0.0.30"))
-            return answers[-1].status == 503
-
-        await until(full, 10, "a client not known is refused with 15 connections open")
-        _assert_busy(answers[-1], "the hub has too many open connections")
         # The gate's address is known: it gets in, as often as it asks (5 kept for it).
         for _ in range(3):
             answer = await asyncio.to_thread(_authed, setup.port, token, "127.0.0.48")
@@ -296,19 +317,7 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
 
 def tls_get(setup: HubSetup, path: str, source: str, token: str | None = None) -> Answer:
     """GET ``path`` over TLS on a new connection from ``source``; read until the hub closes."""
-    t = time.monotonic()
-    auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
-    request = f"GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n{auth}\r\n"
-    with (
-        socket.create_connection(("127.0.0.1", setup.port), 5.0, (source, 0)) as raw,
-        setup.client_ssl().wrap_socket(raw, server_hostname="127.0.0.1") as sock,
-    ):
-        sock.sendall(request.encode())
-        got = b""
-        with contextlib.suppress(ssl.SSLError):  # a close without close_notify: the end
-            while chunk := sock.recv(65536):
-                got += chunk
-    return _split(got, time.monotonic() - t)
+    return _exchange(setup.port, _get(path, token), source, tls=setup)
 
 
 async def test_silent_tls_connections_count_as_half_requests_do(
@@ -330,14 +339,6 @@ async def test_silent_tls_connections_count_as_half_requests_do(
     cap = 300 - FD_RESERVE  # max_connections, lowered to fit LimitNOFILE=300
     open_share = cap - int(cap * RESERVE_SHARE)  # what clients not known may hold
 
-    async def silent(
-        source: str, n: int
-    ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        return [
-            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
-            for _ in range(n)
-        ]
-
     async def closed(reader: asyncio.StreamReader) -> bool:
         try:
             async with asyncio.timeout(3):
@@ -347,10 +348,10 @@ async def test_silent_tls_connections_count_as_half_requests_do(
 
     with HubProcess(setup, nofile=300) as proc:
         assert (await asyncio.to_thread(tls_get, setup, "/v1/trust", gate, token)).status == 200
-        held = await silent("127.0.0.2", 60) + await silent("127.0.0.3", 60)
+        held = await _crowd(setup.port, ["127.0.0.2", "127.0.0.3"], 60)
         probe = await asyncio.to_thread(tls_get, setup, "/v1/health", "127.0.0.1")
         assert probe.status == 200 and probe.took_s < 1.0, probe  # 120 held: room left
-        held += await silent("127.0.0.4", 150) + await silent("127.0.0.5", 150)
+        held += await _crowd(setup.port, ["127.0.0.4", "127.0.0.5"], 150)
         for _ in range(3):  # the crowd holds its share: the known gate gets in
             answer = await asyncio.to_thread(tls_get, setup, "/v1/trust", gate, token)
             assert answer.status == 200 and answer.took_s < 1.0, answer
@@ -381,13 +382,7 @@ def _heartbeat(port: int, token: str, source: str) -> Answer:
         f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    t = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), 5.0, (source, 0)) as sock:
-        sock.sendall(head + body)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return _split(got, time.monotonic() - t)
+    return _exchange(port, head + body, source)
 
 
 async def test_a_restarted_hub_keeps_room_for_the_gates_it_heard_from(
@@ -406,18 +401,8 @@ async def test_a_restarted_hub_keeps_room_for_the_gates_it_heard_from(
         assert (await asyncio.to_thread(_heartbeat, setup.port, token, "127.0.0.48")).status == 200
         assert (await asyncio.to_thread(_authed, setup.port, token, "127.0.0.49")).status == 200
         proc.restart()
-        crowd = [
-            await asyncio.open_connection("127.0.0.1", setup.port, local_addr=(source, 0))
-            for source in ("127.0.0.20", "127.0.0.21", "127.0.0.22")
-            for _ in range(5)
-        ]
-        answers: list[Answer] = []
-
-        async def full() -> bool:  # the hub counts a connection once it has accepted it
-            answers.append(await asyncio.to_thread(health, setup.port, 5.0, "127.0.0.30"))
-            return answers[-1].status == 503
-
-        await until(full, 10, "a client not known is refused with 15 connections open")
+        crowd = await _crowd(setup.port, ["127.0.0.20", "127.0.0.21", "127.0.0.22"], 5)
+        _assert_busy(await _until_full(setup.port), "the hub has too many open connections")
         # The heartbeat's address is known from the store; the address that made only a
         # request (known to the process before, not written down) is not.
         for _ in range(3):

@@ -6,6 +6,7 @@ The commands run as real processes against a real journal and a real running gat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -162,26 +164,38 @@ async def test_events_follow_prints_new_decisions_as_they_are_made(
     path = write_config()
     conf = cfg.load(path)
     await _decide(conf, [("FIRST", "a")])
-    proc = await asyncio.create_subprocess_exec(
-        *EXE, "events", "--config", str(path), "--follow", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+    async with _following(path, "--json") as proc:
+        first = json.loads(await _line(proc))
         assert first["gate_seq"] == 1
         ticket = iss.ticket(event=1, zones=[1])
         await _decide(conf, [(ticket, "a")])
-        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        second = json.loads(await _line(proc))
         assert (second["gate_seq"], second["verdict"]) == (2, "admit")
         # Stopped by its supervisor (or Ctrl-C): exit 0, as `hub alerts --follow` (found trying
         # the product: 143 on SIGTERM, 130 on SIGINT, where operators' scripts expect 0)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+@contextlib.asynccontextmanager
+async def _following(path: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`gate-agent events --follow ARGS` running; killed at the end unless it ended."""
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "events", "--config", str(path), "--follow", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield proc
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _line(proc: asyncio.subprocess.Process) -> str:
+    """The next line ``proc`` prints (within 20 s)."""
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
 
 
 async def test_events_follow_prints_a_ticket_s_new_alerts_too(
@@ -196,23 +210,11 @@ async def test_events_follow_prints_a_ticket_s_new_alerts_too(
     ticket = iss.ticket(event=1, zones=[1])
     await _decide(conf, [(ticket, "a")])
     sid = short_id(tickets.parse(ticket).ticket_ref)
-    follows = [
-        await asyncio.create_subprocess_exec(
-            *EXE,
-            "events",
-            "--config",
-            str(path),
-            "--follow",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for args in (("--ticket", sid), ("--alerts", "--json"))
-    ]
-    text, lines = follows
-    try:
-        assert text.stdout is not None and lines.stdout is not None
-        first = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+    async with (
+        _following(path, "--ticket", sid) as text,
+        _following(path, "--alerts", "--json") as lines,
+    ):
+        first = await _line(text)
         assert "ADMIT ok" in first, first
         async with await Journal.open(
             conf.gate.state_dir / "journal.db", gate_id="gate-3", gate_name="Gate 3", clock=Clock()
@@ -222,70 +224,19 @@ async def test_events_follow_prints_a_ticket_s_new_alerts_too(
             peer = PeerEntry(str(uuid7(int(now * 1000))), "gate-b", "Gate B", 7,
                              entry.ticket_ref, "entry", None, now, int(now * 1000) << 16)  # fmt: skip
             assert await journal.add_peer_entries([peer]) == 1
-            learnt = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+            learnt = await _line(text)
             assert learnt.endswith(f"entry   at Gate B (gate-b) (another gate)  ticket {sid}\n")
             alert = AlertRecord("order_not_valid", "order", entry.entry_id, entry.ticket_ref,
                                 "pretix", entry.wall_time, None, "its order not paid")  # fmt: skip
             assert await journal.record_alert(alert)
-        said = (await asyncio.wait_for(text.stdout.readline(), 20)).decode()
+        said = await _line(text)
         assert f"ALERT order_not_valid  ticket {sid}  entry {entry.entry_id}" in said, said
-        listed = json.loads(await asyncio.wait_for(lines.stdout.readline(), 20))
+        listed = json.loads(await _line(lines))
         assert (listed["kind"], listed["ticket"], listed["entry_id"]) == (
             "order_not_valid",
             sid,
             entry.entry_id,
         )
-    finally:
-        for proc in follows:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
-async def test_events_alerts_lists_every_alert_kept_by_default(
-    write_config: WriteConfig, iss: Issuer
-) -> None:
-    """Found in a security lead's trial: `status` counted 29 alerts and the command it names,
-    `events --alerts`, printed the newest 20 without a word (the decisions' default). Alerts
-    list whole unless --last says otherwise; a decision's JSON names its entry_id, which
-    alerts name; a journal from before alerts were kept says so."""
-    path = write_config()
-    conf = cfg.load(path)
-    ticket = iss.ticket(event=1, zones=[1])
-    await _decide(conf, [(ticket, "a")])
-    journal_path = conf.gate.state_dir / "journal.db"
-    async with await Journal.open(
-        journal_path, gate_id="gate-3", gate_name="Gate 3", clock=Clock()
-    ) as journal:
-        (entry,) = await journal.tail(1)
-        for n in range(25):
-            assert await journal.record_alert(
-                AlertRecord(
-                    "duplicate_entry",
-                    f"finding-{n}",
-                    entry.entry_id,
-                    entry.ticket_ref,
-                    "pretix-device-2",
-                    entry.wall_time,
-                    None,
-                    "admitted here",
-                )
-            )
-    assert len(ga("events", "--config", path, "--alerts").stdout.splitlines()) == 25
-    assert len(ga("events", "--config", path, "--alerts", "--last", "3").stdout.splitlines()) == 3
-    (decision,) = [
-        json.loads(ln) for ln in ga("events", "--config", path, "--json").stdout.splitlines()
-    ]
-    assert decision["entry_id"] == entry.entry_id
-    sid = short_id(entry.ticket_ref)
-    assert len(ga("events", "--config", path, "--ticket", sid).stdout.splitlines()) == 26
-    assert ga("events", "--config", path, "--ticket", sid, "--denied").stdout == ""
-    with sqlite3.connect(journal_path) as db:
-        db.executescript("DROP TABLE alerts; PRAGMA user_version = 3;")
-    old = ga("events", "--config", path, "--alerts")
-    assert old.returncode == 0 and old.stdout == (
-        "(a journal from before alerts were kept: kept from the gate's next start)\n"
-    )
 
 
 def test_events_alerts_of_a_journal_without_its_table_is_one_clear_error(
@@ -319,20 +270,12 @@ async def test_events_beside_a_stopped_gate_leaves_no_files_and_follows_it_once_
     assert not any(f.exists() for f in beside)
     assert len(ga("events", "--config", path, "--json").stdout.splitlines()) == 1
     assert not any(f.exists() for f in beside)
-    proc = await asyncio.create_subprocess_exec(
-        *EXE, "events", "--config", str(path), "--follow", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+    async with _following(path, "--json") as proc:
+        first = json.loads(await _line(proc))
         assert first["gate_seq"] == 1
         await _decide(conf, [(iss.ticket(event=1, zones=[1]), "a")])  # started, then stopped
-        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        second = json.loads(await _line(proc))
         assert (second["gate_seq"], second["verdict"]) == (2, "admit")
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 def test_events_on_a_missing_journal_is_one_clear_error(write_config: WriteConfig) -> None:

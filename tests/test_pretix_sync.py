@@ -537,16 +537,22 @@ async def test_checkin_gone_from_its_position_is_learnt_as_annulled(rig: Rig) ->
     ]  # fmt: skip
 
 
-async def test_forced_duplicate_raises_alert_from_answer(
-    rig: Rig, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Recorded: device 2 uploads an entry; pretix says 201 ok, its position shows device 1's entry.
+async def _answered_with_another_device_s_entry(rig: Rig) -> str:
+    """Recorded: device 2 uploads an entry; pretix says 201 ok, its position shows device 1's
+    entry. Returns the ticket's secret, the rig initialised as device 2 at the recorded time."""
     step = recorded("offline_upload_duplicate_other_device")
-    secret = step["response"]["body"]["position"]["secret"]
+    secret: str = step["response"]["body"]["position"]["secret"]
     rig.fake.device_id = 2
     rig.fake.redeem_answers[secret] = [(step["response"]["status"], step["response"]["body"])]
     assert await rig.up.initialize(INIT_TOKEN) == 2
     rig.wall.t = 1795402278.0 - 300  # 02:46:18Z, as recorded
+    return secret
+
+
+async def test_forced_duplicate_raises_alert_from_answer(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = await _answered_with_another_device_s_entry(rig)
     rec = await rig.record(secret, "entry")
     assert await rig.up.sync_once()
     (alert,) = rig.alerts
@@ -561,12 +567,7 @@ async def test_an_annulled_entry_is_no_duplicate_whatever_pretix_answers(rig: Ri
     was a duplicate_entry alert, "admitted here while an entry elsewhere was still standing",
     when pretix's answer to its check-in showed another device's entry; the checks of
     downloaded check-ins and of orders pass annulled entries by. So does the answer's now."""
-    step = recorded("offline_upload_duplicate_other_device")
-    secret = step["response"]["body"]["position"]["secret"]
-    rig.fake.device_id = 2
-    rig.fake.redeem_answers[secret] = [(step["response"]["status"], step["response"]["body"])]
-    assert await rig.up.initialize(INIT_TOKEN) == 2
-    rig.wall.t = 1795402278.0 - 300  # 02:46:18Z, as recorded
+    secret = await _answered_with_another_device_s_entry(rig)
     rec = await rig.record(secret, "entry")
     await rig.record(secret, "annul", annuls=rec.entry_id)
     assert await rig.up.sync_once()
