@@ -111,7 +111,8 @@ def sqlite_readonly(path: Path) -> str:
 def sqlite_live(path: Path) -> bool:
     """Whether the SQLite file at ``path`` has a -wal file beside it (a writer may be at it:
     a connection :func:`sqlite_readonly` opened immutable would not see its changes)."""
-    return path.with_name(path.name + "-wal").exists()
+    real = path.resolve()  # SQLite keeps the -wal beside the file a link points to
+    return real.with_name(real.name + "-wal").exists()
 
 
 @contextlib.contextmanager

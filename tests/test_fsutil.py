@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from agent.fsutil import write_atomic, write_new
+from agent.fsutil import sqlite_live, sqlite_readonly, write_atomic, write_new
 
 DATA = b'{"type": "delta", "version": 7}\n' * 100
 
@@ -58,3 +60,22 @@ def test_write_new_never_replaces_a_file(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         write_new(path, DATA)
     assert path.read_bytes() == b"published"
+
+
+def test_a_database_behind_a_link_is_read_as_its_writer_leaves_it(tmp_path: Path) -> None:
+    """A review: the -wal file was looked for beside the link, but SQLite keeps it beside the
+    file the link points to: with its writer at work, a reader opened it immutable and saw an
+    empty database."""
+    real = tmp_path / "data" / "journal.db"
+    real.parent.mkdir()
+    link = tmp_path / "journal.db"
+    link.symlink_to(real)
+    with contextlib.closing(sqlite3.connect(real)) as writer:
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("CREATE TABLE t (x)")
+        writer.execute("INSERT INTO t VALUES (1)")
+        writer.commit()
+        assert sqlite_live(link) and sqlite_readonly(link).endswith("?mode=ro")
+        with contextlib.closing(sqlite3.connect(sqlite_readonly(link), uri=True)) as reader:
+            assert reader.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert not sqlite_live(link) and sqlite_readonly(link).endswith("?immutable=1")

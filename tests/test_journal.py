@@ -526,10 +526,19 @@ async def test_a_synced_pretix_row_keeps_its_secret_as_its_digest(
     with raw(path) as db:
         refs = [r for (r,) in db.execute("SELECT ticket_ref FROM entries ORDER BY gate_seq")]
         assert refs == [shared_ref(ref), "tk1:aa", ref]
+        with pytest.raises(sqlite3.OperationalError, match="no such function: shared_ref"):
+            db.execute("UPDATE entries SET ticket_ref = 'x' WHERE gate_seq = 2")  # fails closed
+        db.create_function("shared_ref", 1, shared_ref, deterministic=True)  # as the writer has it
         digest = shared_ref("pretix:another")
-        for seq, value in ((1, "pretix:other"), (1, digest), (3, shared_ref(ref)), (2, digest)):
+        # Another ticket's digest (a review: the shape alone was checked), a digest of a row not
+        # synced, of a synced row's digest, of a ref that is no secret: all refused.
+        for seq, value, synced in ((3, digest, T0), (3, shared_ref(ref), None),
+                                   (1, digest, T0), (1, "pretix:other", T0), (2, digest, T0)):  # fmt: skip
             with pytest.raises(sqlite3.IntegrityError, match="immutable"):
-                db.execute("UPDATE entries SET ticket_ref = ? WHERE gate_seq = ?", (value, seq))
+                db.execute(
+                    "UPDATE entries SET ticket_ref = ?, synced_at = ? WHERE gate_seq = ?",
+                    (value, synced, seq),
+                )
     seen = await journal.history(ref)
     assert len(seen) == 2 and seen[0].entry_id == first.entry_id
     assert len(await journal.history("tk1:aa")) == 1
@@ -550,21 +559,26 @@ async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
     await admit(journal, ref)
     await admit(journal, ref)
     await journal.mark_synced(1, T0, only=True)
+    # Learnt before 2026-12-02, another device's check-in was kept under its secret too.
+    peer_ref = "pretix:" + "P33RS3CR3T" * 4
+    await journal.add_peer_entries([peer(peer_ref, int(T0 * 1000) << 16)])
     await journal.close()
-    with raw(path) as other:  # back to schema 4: the secret kept, the ref under the old trigger
+    with raw(path) as other:  # back to schema 4: the secrets kept, the ref under the old trigger
         other.executescript(
             "DROP TRIGGER entries_ref_digest_only; DROP TRIGGER entries_no_update;"
             f"UPDATE entries SET ticket_ref = '{ref}';"
-            "CREATE TRIGGER entries_no_update BEFORE UPDATE OF ticket_ref ON entries"
-            " BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END;"
-            "PRAGMA user_version = 4;"
+            f"UPDATE peer_entries SET ticket_ref = '{peer_ref}';"
+            f"{schema._NO_UPDATE_TRIGGER_2}; PRAGMA user_version = 4;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
-        assert len(await again.history(ref)) == 2
+        assert len(await again.history(ref)) == 2 and len(await again.history(peer_ref)) == 1
         assert [r.ticket_ref for r in await again.unsynced()] == [ref]
     with raw(path) as other:
         refs = [r for (r,) in other.execute("SELECT ticket_ref FROM entries ORDER BY gate_seq")]
         assert refs == [shared_ref(ref), ref]
+        assert other.execute("SELECT ticket_ref FROM peer_entries").fetchall() == [
+            (shared_ref(peer_ref),)
+        ]
         assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             other.execute("UPDATE entries SET lane = 'x'")

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 
 from agent.app import config as cfg
 from agent.errors import ConfigError, GateUnreachable, TicketFormatError, UsageError
-from agent.fsutil import sqlite_live
 from agent.journal import AlertRecord, queries, schema
 from agent.redact import short_id
 from agent.settings import parse_listen
@@ -127,7 +126,6 @@ async def events(
     ones, then new ones with ``follow`` until ``stop`` is set: then 0)."""
     path = config.gate.state_dir / "journal.db"
     db = queries.open_readonly(path, config.gate.id)
-    frozen = not sqlite_live(path)  # opened immutable: the gate stopped
     tz = _time_zone(config)
     stopped = stop or asyncio.Event()  # none given: a follow runs until the process ends
     listing = _alert_listing if flt.alerts else _decision_listing
@@ -141,20 +139,32 @@ async def events(
             out.write("(a journal from before alerts were kept: kept from the gate's next start)\n")
         after, peers_after, alerts_after, limit = 0, 0, 0, last
         while True:
-            after = listing(db, flt, out, tz, after, limit, as_json=as_json)
-            if ticket_extras:
-                peers_after = _peer_lines(db, flt, out, tz, peers_after)
-                alerts_after = _alert_listing(db, flt, out, tz, alerts_after, None, as_json=False)
+            # One read: what is listed and the newest row of each kind as of one moment, so a
+            # follow reads on from there (no row skipped; a short id matches rows by a function
+            # of each, and its last match may be long past: a review measured 143 ms a poll).
+            db.execute("BEGIN")
+            try:
+                after = listing(db, flt, out, tz, after, limit, as_json=as_json)
+                if ticket_extras:
+                    peers_after = _peer_lines(db, flt, out, tz, peers_after)
+                    alerts_after = _alert_listing(
+                        db, flt, out, tz, alerts_after, None, as_json=False
+                    )
+                top_seq, top_peer, top_alert = queries.tops(db)
+            finally:
+                db.execute("COMMIT")
+            after = max(after, top_alert if flt.alerts else top_seq)
+            peers_after, alerts_after = max(peers_after, top_peer), max(alerts_after, top_alert)
             out.flush()
             if not follow:
                 return 0
             limit = None  # from now on, everything new
             if await sleep_or_stop(FOLLOW_POLL_S, stopped):
                 return 0
-            if frozen:  # an immutable connection sees no writes: open anew (the gate started?)
-                db.close()
-                db = queries.open_readonly(path, config.gate.id)
-                frozen = not sqlite_live(path)
+            # Open anew as the gate is now: one stopped is read immutable (agent.fsutil), which
+            # would not see the rows it writes once started.
+            db.close()
+            db = queries.open_readonly(path, config.gate.id)
     finally:
         db.close()
 

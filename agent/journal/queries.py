@@ -224,6 +224,21 @@ def alerts(
     return [alert_record(row) for row in _ordered(db, sql, params, "alert_id", last)]
 
 
+def tops(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """The highest gate_seq, peer row (rowid) and alert_id on file (0: none), for a follow to
+    read on from. Raises JournalError."""
+    alerts = "(SELECT IFNULL(MAX(alert_id), 0) FROM alerts)" if schema_version(db) >= 4 else "0"
+    sql = (
+        "SELECT (SELECT IFNULL(MAX(gate_seq), 0) FROM entries),"
+        f" (SELECT IFNULL(MAX(rowid), 0) FROM peer_entries), {alerts}"
+    )
+    try:
+        seq, peer, alert = db.execute(sql).fetchone()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal: {exc}") from exc
+    return int(seq), int(peer), int(alert)
+
+
 def alert_count(db: sqlite3.Connection) -> int:
     """How many security alerts the journal keeps. Raises JournalError."""
     if schema_version(db) < 4:

@@ -59,6 +59,15 @@ INSERT_EVENT = (
 _NO_DELETE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 
+# The trigger as schema 2 to 4 had it (ticket_ref among the rest), for the upgrade from 1: an
+# upgrade cut short at 2, 3 or 4 leaves no ref unguarded.
+_NO_UPDATE_TRIGGER_2 = """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
+    gate_seq, entry_id, gate_id, lane, ticket_ref, kind, verdict, reason, detail, flags, annuls,
+    zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time,
+    rev_key
+ON entries
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
+
 _NO_UPDATE_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE OF
     gate_seq, entry_id, gate_id, lane, kind, verdict, reason, detail, flags, annuls,
     zone, wall_time, clock_synced, mono_ns, boot_id, hlc, rev_version, offline, code_time,
@@ -69,16 +78,22 @@ BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
 # A pretix ticket's ref is its secret ("pretix:" + secret), which its check-in is uploaded
 # with. Once the row is synced the secret is needed no more, and a copy of the journal (or a
 # stolen unit's disk) would hand out every ticket it decided on: the ref becomes its digest
-# (agent.redact.shared_ref, "pretix-sha256:" + 64 hex digits), the one change a ref may take.
+# (agent.redact.shared_ref, "pretix-sha256:" + 64 hex digits), the one change a ref may take:
+# its own digest, as the row is marked synced (a review: a check of the digest's shape only let
+# an UPDATE hide a row under another ticket's digest). The SQL function shared_ref is the
+# writer's (:func:`configure`): elsewhere an UPDATE of a ref fails closed.
 _REF_TRIGGER = """CREATE TRIGGER IF NOT EXISTS entries_ref_digest_only BEFORE UPDATE OF ticket_ref
 ON entries WHEN NEW.ticket_ref IS NOT OLD.ticket_ref AND NOT (OLD.ticket_ref GLOB 'pretix:*'
-    AND NEW.ticket_ref GLOB 'pretix-sha256:*' AND length(NEW.ticket_ref) = 78
+    AND NEW.ticket_ref = shared_ref(OLD.ticket_ref) AND OLD.synced_at IS NULL
     AND NEW.synced_at IS NOT NULL)
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable'); END"""
-# The synced rows' refs as they are kept (SQL function shared_ref: :func:`configure`).
-DIGEST_SYNCED = (
-    "UPDATE entries SET ticket_ref = shared_ref(ticket_ref)"
-    " WHERE synced_at IS NOT NULL AND ticket_ref GLOB 'pretix:*'"
+# Marking rows synced: a pretix row's secret becomes its digest (its own statement: a ref in
+# the SET list of every row rewrote the ref index for all of them, a review measured 5x the
+# WAL bytes per batch on a gate without pretix tickets).
+_SYNCED = "UPDATE entries SET synced_at = ? WHERE synced_at IS NULL AND gate_seq {} ?"
+_SYNCED_PRETIX = (
+    "UPDATE entries SET synced_at = ?, ticket_ref = shared_ref(ticket_ref)"
+    " WHERE synced_at IS NULL AND gate_seq {} ? AND ticket_ref GLOB 'pretix:*'"
 )
 
 # Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), the
@@ -88,7 +103,7 @@ _UPGRADE_1_TO_2 = f"""BEGIN IMMEDIATE;
 ALTER TABLE entries ADD COLUMN code_time INTEGER;
 ALTER TABLE entries ADD COLUMN rev_key TEXT;
 DROP TRIGGER IF EXISTS entries_no_update;
-{_NO_UPDATE_TRIGGER};
+{_NO_UPDATE_TRIGGER_2};
 PRAGMA user_version = 2;
 COMMIT;"""
 
@@ -116,12 +131,15 @@ _UPGRADE_3_TO_4 = f"""BEGIN IMMEDIATE;
 PRAGMA user_version = 4;
 COMMIT;"""
 
-# Schema 4 -> 5: the ref's own trigger, and the synced rows' pretix secrets as their digests.
+# Schema 4 -> 5: the synced rows' pretix secrets as their digests, and the peers' (learnt before
+# 2026-12-02 under the secret), then the ref's own trigger.
 _UPGRADE_4_TO_5 = f"""BEGIN IMMEDIATE;
 DROP TRIGGER IF EXISTS entries_no_update;
+UPDATE entries SET ticket_ref = shared_ref(ticket_ref)
+    WHERE synced_at IS NOT NULL AND ticket_ref GLOB 'pretix:*';
+UPDATE peer_entries SET ticket_ref = shared_ref(ticket_ref) WHERE ticket_ref GLOB 'pretix:*';
 {_NO_UPDATE_TRIGGER};
 {_REF_TRIGGER};
-{DIGEST_SYNCED};
 PRAGMA user_version = 5;
 COMMIT;"""
 
@@ -176,6 +194,20 @@ def set_order(db: sqlite3.Connection, echoes: list[tuple[int, str, int]]) -> int
         db.execute("ROLLBACK")
         raise
     return int(placed)
+
+
+def mark_synced(db: sqlite3.Connection, at: float, through_seq: int, *, only: bool) -> None:
+    """Mark the unsynced rows up to ``through_seq`` (``only``: that one) synced at ``at``, a
+    pretix row's ref turned into its digest, in one transaction (the writer's connection)."""
+    which = "=" if only else "<="
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_SYNCED_PRETIX.format(which), (at, through_seq))
+        db.execute(_SYNCED.format(which), (at, through_seq))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def configure(db: sqlite3.Connection) -> str:

@@ -350,16 +350,12 @@ class Journal:
         """Mark every unsynced entry with ``gate_seq <= through_seq`` as acknowledged at ``at``;
         with ``only``, that one entry (an upstream that may take rows out of order).
         Raises JournalError."""
-        which = "=" if only else "<="
         # A pretix secret is needed no more: kept as its digest (schema._REF_TRIGGER).
-        sql = (
-            "UPDATE entries SET synced_at = ?, ticket_ref = shared_ref(ticket_ref)"
-            f" WHERE synced_at IS NULL AND gate_seq {which} ?"
-        )
         writer = self._require_open()
         await self._run(
-            writer, "cannot mark entries synced", lambda db: db.execute(sql, (at, through_seq))
-        )
+            writer, "cannot mark entries synced",
+            lambda db: schema.mark_synced(db, at, through_seq, only=only),
+        )  # fmt: skip
         self._checkpointer.wrote()
 
     async def forget_peer_releases(self, entry_ids: Sequence[str]) -> int:
