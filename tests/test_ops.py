@@ -239,6 +239,52 @@ async def test_events_follow_prints_a_ticket_s_new_alerts_too(
         )
 
 
+async def test_events_alerts_lists_every_alert_kept_by_default(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """Found in a security lead's trial: `status` counted 29 alerts and the command it names,
+    `events --alerts`, printed the newest 20 without a word (the decisions' default). Alerts
+    list whole unless --last says otherwise; a decision's JSON names its entry_id, which
+    alerts name; a journal from before alerts were kept says so."""
+    path = write_config()
+    conf = cfg.load(path)
+    ticket = iss.ticket(event=1, zones=[1])
+    await _decide(conf, [(ticket, "a")])
+    journal_path = conf.gate.state_dir / "journal.db"
+    async with await Journal.open(
+        journal_path, gate_id="gate-3", gate_name="Gate 3", clock=Clock()
+    ) as journal:
+        (entry,) = await journal.tail(1)
+        for n in range(25):
+            assert await journal.record_alert(
+                AlertRecord(
+                    "duplicate_entry",
+                    f"finding-{n}",
+                    entry.entry_id,
+                    entry.ticket_ref,
+                    "pretix-device-2",
+                    entry.wall_time,
+                    None,
+                    "admitted here",
+                )
+            )
+    assert len(ga("events", "--config", path, "--alerts").stdout.splitlines()) == 25
+    assert len(ga("events", "--config", path, "--alerts", "--last", "3").stdout.splitlines()) == 3
+    (decision,) = [
+        json.loads(ln) for ln in ga("events", "--config", path, "--json").stdout.splitlines()
+    ]
+    assert decision["entry_id"] == entry.entry_id
+    sid = short_id(entry.ticket_ref)
+    assert len(ga("events", "--config", path, "--ticket", sid).stdout.splitlines()) == 26
+    assert ga("events", "--config", path, "--ticket", sid, "--denied").stdout == ""
+    with sqlite3.connect(journal_path) as db:
+        db.executescript("DROP TABLE alerts; PRAGMA user_version = 3;")
+    old = ga("events", "--config", path, "--alerts")
+    assert old.returncode == 0 and old.stdout == (
+        "(a journal from before alerts were kept: kept from the gate's next start)\n"
+    )
+
+
 def test_events_alerts_of_a_journal_without_its_table_is_one_clear_error(
     write_config: WriteConfig,
 ) -> None:
