@@ -554,7 +554,9 @@ async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
     journal: Journal, path: Path, clock: Clock
 ) -> None:
     """An updated gate's journal of schema 4 holds the secrets of its synced pretix rows: the
-    upgrade keeps them as their digests, and from then on a ref takes no other change."""
+    upgrade keeps them as their digests (none left in the file as the gate runs on), and from
+    then on a ref takes no other change. Also a journal taken back to schema 4 as the README
+    says, which keeps schema 5's ref trigger (a trial: it refused the upgrade for good)."""
     ref = "pretix:" + "0LDS3CR3T" * 4
     await admit(journal, ref)
     await admit(journal, ref)
@@ -568,11 +570,13 @@ async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
             "DROP TRIGGER entries_ref_digest_only; DROP TRIGGER entries_no_update;"
             f"UPDATE entries SET ticket_ref = '{ref}';"
             f"UPDATE peer_entries SET ticket_ref = '{peer_ref}';"
-            f"{schema._NO_UPDATE_TRIGGER_2}; PRAGMA user_version = 4;"
+            f"{schema._NO_UPDATE_TRIGGER_2}; {schema._REF_TRIGGER}; PRAGMA user_version = 4;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
         assert len(await again.history(ref)) == 2 and len(await again.history(peer_ref)) == 1
         assert [r.ticket_ref for r in await again.unsynced()] == [ref]
+        for file in (path, path.with_name(path.name + "-wal")):  # checkpointed at once
+            assert b"P33RS3CR3T" not in file.read_bytes(), file
     with raw(path) as other:
         refs = [r for (r,) in other.execute("SELECT ticket_ref FROM entries ORDER BY gate_seq")]
         assert refs == [shared_ref(ref), ref]
@@ -582,6 +586,38 @@ async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
         assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             other.execute("UPDATE entries SET lane = 'x'")
+
+
+async def test_an_upgrade_is_all_or_nothing_and_never_of_another_gate_s_journal(
+    journal: Journal, path: Path, clock: Clock
+) -> None:
+    """Found in an integrator's trial: each step of an upgrade was its own transaction, and the
+    journal's owner was checked after them: another gate's journal, or a full disk half way,
+    was left at a schema the version before refuses (no going back in the middle of an
+    event). The owner is checked first and the steps are one transaction."""
+    await admit(journal, "pretix:" + "S3CR3T" * 5)
+    await journal.add_peer_entries([peer("pretix:" + "P33R" * 8, int(T0 * 1000) << 16)])
+    await journal.close()
+    with raw(path) as other:  # a schema 3 journal, whose step to 5 fails on the way
+        other.executescript(
+            "DROP TABLE alerts; DROP TRIGGER entries_ref_digest_only; PRAGMA user_version = 3;"
+            f"UPDATE peer_entries SET ticket_ref = 'pretix:{'P33R' * 8}';"  # as learnt then
+            "CREATE TRIGGER boom BEFORE UPDATE ON peer_entries"
+            " BEGIN SELECT RAISE(ABORT, 'disk full, say'); END;"
+        )
+    with pytest.raises(JournalError, match="belongs to gate 'g1', not 'g2'"):
+        await Journal.open(path, gate_id="g2", gate_name="Gate 2", clock=clock)
+    with pytest.raises(JournalError, match=r"cannot create or upgrade the journal.*disk full"):
+        await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock)
+    with raw(path) as other:
+        assert other.execute("PRAGMA user_version").fetchone() == (3,)
+        tables = {n for (n,) in other.execute("SELECT name FROM sqlite_schema")}
+        assert "alerts" not in tables and "entries_ref_digest_only" not in tables
+        other.execute("DROP TRIGGER boom")
+    async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock):
+        pass
+    with raw(path) as other:
+        assert other.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
 
 
 async def test_peer_hlcs_past_the_ceiling_are_stored_but_not_followed(

@@ -21,7 +21,7 @@ from agent.app import config
 from agent.app.daemon import open_gate
 from agent.errors import TicketFormatError
 from agent.issuer import Issuer
-from agent.journal import Journal
+from agent.journal import Journal, read_history
 from agent.model import Reason
 from agent.ports import Scan
 from agent.tickets import base45, tk2
@@ -220,6 +220,9 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
             "ALTER TABLE entries DROP COLUMN rev_key; ALTER TABLE entries DROP COLUMN order_hlc;"
             "DROP TABLE alerts; PRAGMA user_version = 1; COMMIT;"
         )
+    # `check --config` reads it as it is, before the daemon upgrades it (a trial: no code_time).
+    (seen,) = read_history(path, "tk1:00", "Gate 1")
+    assert seen.kind == "entry" and seen.code_time is None
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as j:
         [row] = await j.tail(5)
         assert row.ticket_ref == "tk1:00" and row.code_time is None

@@ -68,6 +68,8 @@ EVENT_COLUMNS = (
 
 # A journal of schema 2 (read by a tool before the daemon has upgraded it) has no order_hlc.
 _HISTORY_2 = HISTORY.replace("IFNULL(order_hlc, hlc) AS hlc", "hlc", 1)
+# ... and one of schema 1 (a gate of before 2026-12-03) has no code_time either (a trial).
+_HISTORY_1 = _HISTORY_2.replace("0 AS peer, code_time,", "0 AS peer, NULL AS code_time,", 1)
 
 
 def history(
@@ -77,7 +79,7 @@ def history(
     (``schema``: the file's, for read-only tools that find it not yet upgraded)."""
     refs = (ticket_ref, shared_ref(ticket_ref))
     params = (gate_id, gate_name, *refs, *refs)
-    sql = HISTORY if schema >= 3 else _HISTORY_2
+    sql = HISTORY if schema >= 3 else _HISTORY_2 if schema == 2 else _HISTORY_1
     return [history_entry(row) for row in db.execute(sql, params)]
 
 

@@ -98,22 +98,22 @@ _SYNCED_PRETIX = (
 
 # Schema 1 -> 2: the code time of a rotating ticket's admission (NULL for every other row), the
 # ticket's revocation key (hex; NULL where unknown: forged texts, rows from schema 1), and the
-# immutability trigger covering both. One transaction with the version bump.
-_UPGRADE_1_TO_2 = f"""BEGIN IMMEDIATE;
+# immutability trigger covering both. (Each step sets its version; :func:`ensure` runs every step
+# a journal needs in one transaction: an upgrade cut short, or failing on a full disk, leaves
+# the journal as it was, which the version before still opens.)
+_UPGRADE_1_TO_2 = f"""
 ALTER TABLE entries ADD COLUMN code_time INTEGER;
 ALTER TABLE entries ADD COLUMN rev_key TEXT;
 DROP TRIGGER IF EXISTS entries_no_update;
 {_NO_UPDATE_TRIGGER_2};
-PRAGMA user_version = 2;
-COMMIT;"""
+PRAGMA user_version = 2;"""
 
 # Schema 2 -> 3: the HLC the venue orders the row by, when the hub's feed gives it an earlier one
 # than the gate's own (a row of this gate whose clock ran ahead counts there as of its arrival:
 # sync.hub_plan.as_of_arrival); NULL: the row's own HLC.
-_UPGRADE_2_TO_3 = """BEGIN IMMEDIATE;
+_UPGRADE_2_TO_3 = """
 ALTER TABLE entries ADD COLUMN order_hlc INTEGER;
-PRAGMA user_version = 3;
-COMMIT;"""
+PRAGMA user_version = 3;"""
 
 # Security alerts about this gate's own entries found after the decision (by the upstream: another
 # device's entry standing before it, its order no longer valid). Beside the entries, not among
@@ -126,22 +126,27 @@ _ALERTS = """CREATE TABLE IF NOT EXISTS alerts (
 )"""
 
 # Schema 3 -> 4: the alerts table.
-_UPGRADE_3_TO_4 = f"""BEGIN IMMEDIATE;
+_UPGRADE_3_TO_4 = f"""
 {_ALERTS};
-PRAGMA user_version = 4;
-COMMIT;"""
+PRAGMA user_version = 4;"""
 
 # Schema 4 -> 5: the synced rows' pretix secrets as their digests, and the peers' (learnt before
-# 2026-12-02 under the secret), then the ref's own trigger.
-_UPGRADE_4_TO_5 = f"""BEGIN IMMEDIATE;
+# 2026-12-02 under the secret), then the ref's own trigger (dropped first: a journal taken back
+# to schema 4 keeps it, and it refuses the turning of rows an older version synced: a trial).
+_UPGRADE_4_TO_5 = f"""
 DROP TRIGGER IF EXISTS entries_no_update;
+DROP TRIGGER IF EXISTS entries_ref_digest_only;
 UPDATE entries SET ticket_ref = shared_ref(ticket_ref)
     WHERE synced_at IS NOT NULL AND ticket_ref GLOB 'pretix:*';
 UPDATE peer_entries SET ticket_ref = shared_ref(ticket_ref) WHERE ticket_ref GLOB 'pretix:*';
 {_NO_UPDATE_TRIGGER};
 {_REF_TRIGGER};
-PRAGMA user_version = 5;
-COMMIT;"""
+PRAGMA user_version = 5;"""
+_UPGRADES = {1: _UPGRADE_1_TO_2, 2: _UPGRADE_2_TO_3, 3: _UPGRADE_3_TO_4, 4: _UPGRADE_4_TO_5}
+_UPGRADED = {
+    2: "rotating tickets' code times", 3: "the venue's order of its rows",
+    4: "security alerts kept", 5: "synced pretix secrets as digests",
+}  # fmt: skip
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
@@ -226,11 +231,13 @@ def configure(db: sqlite3.Connection) -> str:
     return str(mode)
 
 
-def ensure(db: sqlite3.Connection, path: Path) -> None:
-    """Create the schema in an empty file, or check that the file holds a journal we can use.
+def ensure(db: sqlite3.Connection, path: Path, gate_id: str) -> None:
+    """Create the schema in an empty file, or check that the file holds a journal we can use
+    (``gate_id``'s, before anything is upgraded) and upgrade it, all steps in one transaction
+    and then its WAL checkpointed (the pages of before hold what the upgrade turned).
 
-    Raises JournalError for a file that is not a gate-agent journal or has an unsupported schema
-    version; sqlite3.Error when SQLite fails.
+    Raises JournalError for a file that is not a gate-agent journal, another gate's, or of an
+    unsupported schema version; sqlite3.Error when SQLite fails.
     """
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     found = version(db)
@@ -238,18 +245,14 @@ def ensure(db: sqlite3.Connection, path: Path) -> None:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
-    elif found in (1, 2, 3, 4):
-        if found == 1:
-            _run_script(db, _UPGRADE_1_TO_2)
-            log.info("journal %s upgraded to schema 2 (rotating tickets' code times)", path)
-        if found <= 2:
-            _run_script(db, _UPGRADE_2_TO_3)
-            log.info("journal %s upgraded to schema 3 (the venue's order of its rows)", path)
-        if found <= 3:
-            _run_script(db, _UPGRADE_3_TO_4)
-            log.info("journal %s upgraded to schema 4 (security alerts kept)", path)
-        _run_script(db, _UPGRADE_4_TO_5)
-        log.info("journal %s upgraded to schema 5 (synced pretix secrets as digests)", path)
+    elif found in _UPGRADES:
+        if (bound := owner(db)) not in (None, gate_id):  # another gate's: left as it is
+            raise JournalError(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
+        steps = "".join(_UPGRADES[v] for v in range(found, SCHEMA_VERSION))
+        _run_script(db, f"BEGIN IMMEDIATE;{steps}COMMIT;")
+        for v in range(found + 1, SCHEMA_VERSION + 1):
+            log.info("journal %s upgraded to schema %d (%s)", path, v, _UPGRADED[v])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     elif found != SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema version {found}; this agent supports {SCHEMA_VERSION}"

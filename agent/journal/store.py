@@ -509,7 +509,11 @@ class Journal:
         """Set pragmas, create or verify the schema, claim or check the gate, recover state."""
         writer = self._require_open()
         mode = await self._run(writer, "cannot open journal", schema.configure)
-        await self._run(writer, "cannot create journal", lambda db: schema.ensure(db, self._path))
+        await self._run(
+            writer,
+            "cannot create or upgrade the journal",
+            lambda db: schema.ensure(db, self._path, self._gate_id),
+        )
         await self._run(
             writer,
             "cannot write journal meta",
