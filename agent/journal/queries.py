@@ -370,6 +370,8 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
     try:
         conn = sqlite3.connect(sqlite_readonly(path), uri=True)  # as open_readonly
         try:
+            if not is_empty(conn):
+                require_journal(conn, path)  # a newer version's may keep rows elsewhere
             gate_id = stored_gate_id(conn) or ""
             return history(conn, gate_id, gate_name, ticket_ref, schema=schema_version(conn))
         finally:

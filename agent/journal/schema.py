@@ -275,11 +275,18 @@ def is_empty(db: sqlite3.Connection) -> bool:
 
 
 def require_journal(db: sqlite3.Connection, path: Path, gate_id: str | None = None) -> None:
-    """Raise JournalError unless ``db`` is a gate-agent journal (for tools opening the file), and
+    """Raise JournalError unless ``db`` is a gate-agent journal of a schema this version knows
+    (for tools opening the file: one of a newer version may keep rows where this one does not
+    look, e.g. schema 5's pretix refs as digests: a trial; an older one is read as it is), and
     with ``gate_id`` unless it is that gate's or no gate's yet."""
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     if app_id != APPLICATION_ID:
         raise JournalError(f"{path} is not a gate-agent journal")
+    if (found := version(db)) > SCHEMA_VERSION:
+        raise JournalError(
+            f"{path}: journal schema version {found}, of a newer gate-agent; this one reads up"
+            f" to {SCHEMA_VERSION} (run the version that wrote it)"
+        )
     if gate_id is not None and (bound := owner(db)) not in (None, gate_id):
         raise JournalError(f"{path}: the journal of gate {bound!r}, not {gate_id!r} ([gate] id)")
 
