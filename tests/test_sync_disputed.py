@@ -88,6 +88,25 @@ async def test_a_page_that_does_not_move_on_is_refused_and_a_long_list_is_read_o
     assert await forget_set_apart(hub.page, journal, None) == (None, 0)
 
 
+async def test_rows_forgotten_before_a_page_fails_are_said(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CI run: the hub answered the first page, then not the next (its store busy with the
+    operator's quarantine), and the rows forgotten from the first went unsaid."""
+    ids = sorted(str(uuid.uuid4()) for _ in range(MAX_SET_APART_PAGE + 1))
+    await journal.add_peer_entries([_peer(ids[0], "annul", 1)])
+    hub = Hub(ids)
+
+    async def busy_after_one(params: dict[str, str]) -> SetApartPage:
+        if params.get("after"):
+            raise UpstreamUnavailable("hub: HTTP 503")
+        return await hub.page(params)
+
+    with pytest.raises(UpstreamUnavailable):
+        await forget_set_apart(busy_after_one, journal, None)
+    assert "hub: forgot 1 row learnt from other gates" in caplog.text
+
+
 async def test_an_older_hub_without_the_list_is_asked_again_in_ten_minutes(
     journal: Journal,
 ) -> None:
