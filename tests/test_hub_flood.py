@@ -244,6 +244,15 @@ def _authed(port: int, token: str, source: str) -> Answer:
     return _exchange(port, _get("/v1/trust", token), source)
 
 
+def _small_hub(tmp_path: Path, keys: Path) -> tuple[HubSetup, str]:
+    """A hub of 20 connections, 5 a client (so 15 open to clients not known), and gate-1's
+    token."""
+    setup = _hub(
+        tmp_path, keys, max_connections=20, max_connections_per_client=5, header_timeout_s=60
+    )
+    return setup, add_token(setup, gate_id="gate-1")
+
+
 async def _crowd(
     port: int, sources: list[str], each: int
 ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
@@ -274,11 +283,7 @@ async def test_clients_without_a_token_from_many_addresses_leave_room_for_the_ga
     cap, filled the hub's connections for everyone, gates too. A quarter of max_connections is
     kept for addresses that made an authorised request within the last hour, the newest 8 of
     each token (a second review: one stolen token could make a crowd of addresses known)."""
-    setup = _hub(
-        tmp_path, _session_keys, max_connections=20, max_connections_per_client=5,
-        header_timeout_s=60,
-    )  # fmt: skip
-    token = add_token(setup, gate_id="gate-1")
+    setup, token = _small_hub(tmp_path, _session_keys)
     with HubProcess(setup) as proc:
         wrong = await asyncio.to_thread(_authed, setup.port, "x" * 43, "127.0.0.31")
         assert wrong.status == 401  # while there is room: a wrong token makes no address known
@@ -392,11 +397,7 @@ async def test_a_restarted_hub_keeps_room_for_the_gates_it_heard_from(
     a crowd holding a hub as it restarted kept the venue's gates out until each made a request,
     which the crowd left no room for. A hub knows at its start the addresses its gates'
     heartbeats came from within the hour (the store keeps them, for every hub process)."""
-    setup = _hub(
-        tmp_path, _session_keys, max_connections=20, max_connections_per_client=5,
-        header_timeout_s=60,
-    )  # fmt: skip
-    token = add_token(setup, gate_id="gate-1")
+    setup, token = _small_hub(tmp_path, _session_keys)
     with HubProcess(setup) as proc:
         assert (await asyncio.to_thread(_heartbeat, setup.port, token, "127.0.0.48")).status == 200
         assert (await asyncio.to_thread(_authed, setup.port, token, "127.0.0.49")).status == 200

@@ -191,13 +191,8 @@ CREATE TABLE IF NOT EXISTS gate_events (
 def set_order(db: sqlite3.Connection, echoes: list[tuple[int, str, int]]) -> int:
     """Set the venue's order of this gate's echoed rows (``SET_ORDER`` parameters), in one
     transaction; returns how many rows moved."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(db):
         placed = db.executemany(SET_ORDER, echoes).rowcount
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return int(placed)
 
 
@@ -205,10 +200,17 @@ def mark_synced(db: sqlite3.Connection, at: float, through_seq: int, *, only: bo
     """Mark the unsynced rows up to ``through_seq`` (``only``: that one) synced at ``at``, a
     pretix row's ref turned into its digest, in one transaction (the writer's connection)."""
     which = "=" if only else "<="
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(db):
         db.execute(_SYNCED_PRETIX.format(which), (at, through_seq))
         db.execute(_SYNCED.format(which), (at, through_seq))
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """The body as one write transaction: committed, or rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
