@@ -20,6 +20,9 @@ that holds a ticket secret); no message carries a token, a secret or a ticket's 
     │   ├── RevocationError                 revocation list refused (forged, gap, bad entry)
     │   └── RollbackError                   version not newer than the one installed
     ├── JournalError (RuntimeError)         journal cannot be opened or written
+    │   └── JournalRefused (ConfigError)    the file at the journal's path is not one this gate
+    │                                       may use: not a journal, another gate's, of a newer
+    │                                       schema (restarting cannot help: CLI exit 78)
     ├── StateInUse (RuntimeError)           another gate-agent process holds the gate's state
     │                                       folder (a second `run`, a device selftest)
     ├── GateUnreachable (ConnectionError)   the configured gate's status server did not answer,
@@ -66,9 +69,9 @@ subclass of AgentError in the project is drawn above or named here):
 - ``sync.pretix_upload._NotPretix`` (UpstreamUnavailable, internal): a redeem answered by
   something that is not pretix (a proxy, a firewall); the upload may pass that row by
 - ``sync.hub_store.HubStoreError`` (AgentError, RuntimeError): the hub's database failed or is
-  not a hub store; its ConflictError, RefusedError, OverQuotaError, TokenGoneError,
-  NameTakenError, VersionTakenError and OtherVenueError (also a ConfigError) are drawn in
-  :mod:`sync.hub_store`
+  not a hub store; its ForeignStoreError and OtherVenueError (also ConfigErrors), ConflictError,
+  RefusedError, OverQuotaError, TokenGoneError, NameTakenError and VersionTakenError are drawn
+  in :mod:`sync.hub_store`
 """
 
 from __future__ import annotations
@@ -110,6 +113,12 @@ class RollbackError(SignedDocumentError):
 
 class JournalError(AgentError, RuntimeError):
     """The journal could not be opened or written."""
+
+
+class JournalRefused(JournalError, ConfigError):
+    """The file at the journal's path is not one this gate may use: not a gate-agent journal,
+    another gate's, or of a schema this version does not know. Starting again cannot mend it,
+    so it is also a ConfigError (``run`` exits 78 and systemd does not restart it)."""
 
 
 class StateInUse(AgentError, RuntimeError):

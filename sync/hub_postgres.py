@@ -43,6 +43,7 @@ from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import (
     FeedSignal,
+    ForeignStoreError,
     HubPolicy,
     HubStoreError,
     NameTakenError,
@@ -478,7 +479,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                     " WHERE table_schema = current_schema()"
                 )
                 if tables:
-                    raise HubStoreError(f"database {self._where} is not a hub store")
+                    raise ForeignStoreError(f"database {self._where} is not a hub store")
                 await conn.execute(hub_schema.POSTGRES)
                 await conn.execute(
                     "INSERT INTO hub_meta (key, value) VALUES ('schema', $1), ('venue', $2),"
@@ -506,7 +507,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 if not await conn.fetchval(_HAS_ALERT_GATE_IDS):
                     await conn.execute(hub_schema.POSTGRES_ALERT_GATE_IDS)
         if meta.get("schema") != SCHEMA:
-            raise HubStoreError(
+            raise ForeignStoreError(
                 f"database {self._where} has hub schema {meta.get('schema')!r}; "
                 f"this hub supports {SCHEMA!r}"
             )

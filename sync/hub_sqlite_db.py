@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from agent.fsutil import sqlite_readonly
 from sync import hub_schema
 from sync.hub_sqlite_console import upgrade
-from sync.hub_store import HubStoreError, OtherVenueError
+from sync.hub_store import ForeignStoreError, HubStoreError, OtherVenueError
 
 log = logging.getLogger("sync.hub_sqlite")  # one log for the store, its opening included
 
@@ -36,7 +36,10 @@ def connect(path: Path, venue: str) -> sqlite3.Connection:
         _prepare(db, path, venue)
     except sqlite3.Error as exc:
         db.close()
-        raise HubStoreError(f"cannot open hub store {path}: {exc}") from exc
+        # A file that is not an SQLite database at all: starting again cannot mend it.
+        foreign = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+        error = ForeignStoreError if foreign else HubStoreError
+        raise error(f"cannot open hub store {path}: {exc}") from exc
     except BaseException:
         db.close()
         raise
@@ -53,7 +56,7 @@ def bound_venue(path: Path) -> str | None:
         try:
             (app_id,) = db.execute("PRAGMA application_id").fetchone()
             if app_id != APPLICATION_ID:
-                raise HubStoreError(f"{path} is not a hub store")
+                raise ForeignStoreError(f"{path} is not a hub store")
             row = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
         finally:
             db.close()
@@ -69,13 +72,13 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if app_id == 0 and version == 0:
         if db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is not None:
-            raise HubStoreError(f"{path} is an SQLite database but not a hub store")
+            raise ForeignStoreError(f"{path} is an SQLite database but not a hub store")
     elif app_id != APPLICATION_ID:
-        raise HubStoreError(f"{path} is not a hub store")
+        raise ForeignStoreError(f"{path} is not a hub store")
     elif version in (1, 2):
         upgrade(db, path, version)
     elif version != SCHEMA_VERSION:
-        raise HubStoreError(
+        raise ForeignStoreError(
             f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
         )
     (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()

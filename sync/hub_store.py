@@ -55,7 +55,13 @@ class HubStoreError(AgentError, RuntimeError):
     """The hub database failed, or the file/database is not a hub store."""
 
 
-class OtherVenueError(HubStoreError, ConfigError):
+class ForeignStoreError(HubStoreError, ConfigError):
+    """The file or database is not a hub store this hub may use: another program's, or of a
+    schema this version does not know. Starting again cannot mend it, so it is also a
+    ConfigError (the hub exits 78 and systemd does not restart it)."""
+
+
+class OtherVenueError(ForeignStoreError):
     """The store is bound to another venue than the config's ``[hub] venue``."""
 
 

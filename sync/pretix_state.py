@@ -66,7 +66,7 @@ def load_device(state_dir: Path, base_url: str) -> DeviceIdentity | None:
     if not path.exists():
         return None
     record = read_state(path)
-    if record.get("base_url") not in (None, base_url):
+    if record.get("base_url") not in (None, base_url.rstrip("/")):  # kept without the slash
         raise ConfigError(
             f"{path}: the pretix device was initialised at {record.get('base_url')!r}, not at"
             f" [pretix] url {base_url!r}: set the url back, or move this file aside and give"

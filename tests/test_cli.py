@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import Clock
+from agent.journal import Journal
+from agent.journal.schema import SCHEMA_VERSION
 from tests.gateconf import write_gate_config
 from tests.polling import until_sync
 
@@ -253,6 +259,80 @@ def test_run_with_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
     conf.write_text("[gate]\nid = 'g'\nevents = [1]\nstate_dir = 's'\nspeed = 3\n")
     r = ga("run", "--config", conf)
     assert r.returncode == 78 and f"{conf}: [gate] unknown key 'speed'" in r.stderr
+
+
+def _journal_of(path: Path, gate_id: str) -> None:
+    async def make() -> None:
+        journal = await Journal.open(path, gate_id=gate_id, gate_name=gate_id, clock=Clock())
+        await journal.close()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(make())
+
+
+def _schema(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+@pytest.mark.parametrize("problem", ["another gate's", "a newer version's", "not a database"])
+def test_run_exits_78_on_a_journal_it_may_not_use(
+    issued: Path, tmp_path: Path, problem: str
+) -> None:
+    """An integrator's upgrade trial: a gate started on a journal it may not use (a state
+    folder copied from another gate, a version rolled back, a broken file) exited 2, so systemd
+    restarted it every 5 s for good. Starting again cannot mend it: 78, as a config error, which
+    the unit does not restart; the file is left as it was."""
+    conf = write_gate_config(tmp_path / "gate.toml", keys=issued / "keys", gate={"id": "g1"})
+    journal = tmp_path / "state" / "journal.db"
+    if problem == "not a database":
+        journal.parent.mkdir()
+        journal.write_bytes(b"these bytes were a journal once " * 64)
+        said = f"{journal}): file is not a database"
+    else:
+        _journal_of(journal, "g9" if problem == "another gate's" else "g1")
+        if problem == "a newer version's":
+            with contextlib.closing(sqlite3.connect(journal)) as db:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        said = "belongs to gate 'g9', not 'g1'" if problem == "another gate's" else (
+            f"has schema version {SCHEMA_VERSION + 1}; this agent supports {SCHEMA_VERSION}"
+        )  # fmt: skip
+    before = journal.read_bytes()
+    r = ga("run", "--config", conf)
+    assert r.returncode == 78 and said in r.stderr, r.stderr
+    assert journal.read_bytes() == before and "Traceback" not in r.stderr
+    done = ga("selftest", "--config-only", "--config", conf)  # what the installer runs first
+    assert done.returncode == 78 and "the gate cannot start on it" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("url", ["https://pretix.example", "https://pretix.example/"])
+def test_run_refuses_a_pretix_device_of_another_server_before_upgrading_the_journal(
+    issued: Path, tmp_path: Path, url: str
+) -> None:
+    """The same trial: a gate whose pretix device was initialised at another URL upgraded its
+    journal, then refused to start, so going back to the version before was refused too. The
+    device is checked first; the URL as written with or without its trailing slash is the same
+    server (the check before start refused the slash, and `run` did not)."""
+    state = tmp_path / "state"
+    _journal_of(state / "journal.db", "g1")
+    with contextlib.closing(sqlite3.connect(state / "journal.db")) as db:  # as schema 4 left it
+        db.executescript("DROP TRIGGER entries_ref_digest_only; PRAGMA user_version = 4;")
+    device = {"base_url": "https://old-pretix.example", "api_token": "t" * 32, "device_id": 7}
+    (state / "pretix_device.json").write_text(json.dumps(device))
+    (state / "pretix_device.json").chmod(0o600)
+    pretix = {"url": url, "organizer": "o", "event": "e", "checkin_list": 1}
+    conf = write_gate_config(
+        tmp_path / "gate.toml", keys=issued / "keys", gate={"id": "g1"}, pretix=pretix
+    )
+    for args in (("selftest", "--config-only"), ("run",)):
+        r = ga(*args, "--config", conf)
+        assert r.returncode == 78, r.stderr
+        assert "initialised at 'https://old-pretix.example', not at [pretix] url" in r.stderr
+        assert _schema(state / "journal.db") == 4 and "t" * 32 not in r.stdout + r.stderr
+    device["base_url"] = "https://pretix.example"
+    (state / "pretix_device.json").write_text(json.dumps(device))
+    r = ga("selftest", "--config-only", "--config", conf)
+    assert r.returncode == 0 and "WARN" not in r.stdout, r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ two hub processes on one PostgreSQL database raise every alert exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -16,6 +17,7 @@ import re
 import secrets
 import shutil
 import socket
+import sqlite3
 import struct
 import subprocess
 import time
@@ -38,6 +40,7 @@ from agent.model import Decision, Reason, Verdict
 from agent.redact import run_id, run_shown, short_id
 from agent.revocation import ListState, RevocationStore
 from sync import hub_admin, hub_config
+from sync.hub_sqlite_db import SCHEMA_VERSION as HUB_SQLITE_SCHEMA
 from sync.log_throttle import LOG_BUDGET, WARN_EVERY_S, Throttle, client_net
 from sync.protocol import (
     MAX_BODY_BYTES,
@@ -1102,6 +1105,32 @@ def test_a_mistyped_state_dir_gets_no_store_and_check_reads_the_stores_venue(
         hub_cli(other, "alerts"),
     ):  # fmt: skip
         assert run.returncode == 78 and wrong in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("problem", ["a newer version's", "not a database"])
+def test_hub_exits_78_on_a_store_it_may_not_use(
+    tmp_path: Path, keys_dir: Path, problem: str
+) -> None:
+    """As for a gate's journal: a hub started on a store of a newer version (rolled back) or on
+    a file that is no database exited 2, and systemd restarted it every 5 s for good. 78 now,
+    the file left as it was."""
+    setup = write_hub_config(tmp_path, keys=keys_dir)
+    store = tmp_path / "state" / "hub.db"
+    assert hub_cli(setup, "token", "--gate", "g1").returncode == 0  # makes the store
+    if problem == "not a database":
+        store.write_bytes(b"these bytes were a hub store once " * 64)
+        said = f"cannot open hub store {store}: file is not a database"
+    else:
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            db.execute(f"PRAGMA user_version = {HUB_SQLITE_SCHEMA + 1}")
+        said = f"hub store {store} has schema version {HUB_SQLITE_SCHEMA + 1}"
+    before = store.read_bytes()
+    done = subprocess.run(
+        [*EXE, "hub", "--config", str(setup.config)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 78 and said in done.stderr, done.stderr
+    assert store.read_bytes() == before
 
 
 def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(

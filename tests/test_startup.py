@@ -158,7 +158,7 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     state = tmp_path / "state"
     (state / "journal.db").write_bytes(b"not a database, whatever its name says" * 4)
     r = _selftest_config_only(tmp_path / "gate.toml")
-    assert r.returncode == 2 and r.stdout == ""
+    assert r.returncode == 78 and r.stdout == ""  # as run exits on it: restarting cannot help
     assert f"[gate] state_dir: {state / 'journal.db'}: file is not a database" in r.stderr
     # An empty file is where run makes its journal (found in a user trial: the check refused it,
     # so the installer would not enable a gate that starts); another program's database is not.
@@ -174,7 +174,7 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     with contextlib.closing(sqlite3.connect(state / "journal.db")) as foreign:
         foreign.execute("CREATE TABLE customers (name TEXT)")
     r = _selftest_config_only(tmp_path / "gate.toml")
-    assert r.returncode == 2 and "journal.db is not a gate-agent journal" in r.stderr
+    assert r.returncode == 78 and "journal.db is not a gate-agent journal" in r.stderr
     # Another gate's journal (run refuses it), read without creating a file beside it
     (state / "journal.db").unlink()
     other = await Journal.open(state / "journal.db", gate_id="gate-9", gate_name="Gate 9",
@@ -183,7 +183,7 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
     before = sorted(p.name for p in state.iterdir())
     r = _selftest_config_only(tmp_path / "gate.toml")
     journal = state / "journal.db"
-    assert r.returncode == 2 and r.stderr.count(str(journal)) == 1, r.stderr
+    assert r.returncode == 78 and r.stderr.count(str(journal)) == 1, r.stderr
     assert f"{journal}: the journal of gate 'gate-9', not 'gate-1' ([gate] id)" in r.stderr
     assert sorted(p.name for p in state.iterdir()) == before  # no -wal/-shm made by the check
     # A journal of a newer version (a rollback: run refuses it, and this version's tools would
@@ -196,13 +196,13 @@ async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_ru
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     newer = f"{journal}: journal schema version {SCHEMA_VERSION + 1}, of a newer gate-agent"
     r = _selftest_config_only(tmp_path / "gate.toml")
-    assert r.returncode == 2 and newer in r.stderr, r.stderr
+    assert r.returncode == 78 and newer in r.stderr, r.stderr
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "agent", "events", "--config", str(tmp_path / "gate.toml")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 2 and newer in done.stderr, done.stderr
+    assert done.returncode == 78 and newer in done.stderr, done.stderr
     with pytest.raises(JournalError, match="of a newer gate-agent"):  # what `check` reads
         read_history(journal, "tk1:00", "Gate 1")
 

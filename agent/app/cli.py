@@ -2,7 +2,8 @@
 
 Exit status: 0 success (for `check`: would admit), 1 denied or a check failed, 2 usage error (a bad
 option or input file) or a fault, 78 (EX_CONFIG) a config error: the gate's or hub's config file, or
-a file it names, is missing or wrong.
+a file it names, is missing or wrong, or the journal or hub store at its place is not one it may
+use (another gate's or venue's, of a newer version, not one at all): starting again cannot mend it.
 """
 
 from __future__ import annotations

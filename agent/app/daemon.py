@@ -238,6 +238,10 @@ async def open_gate(
             raise AgentError(
                 f"{config.path}: [gate] state_dir: {state}: {exc.strerror or exc}"
             ) from exc
+        if config.pretix is not None:  # refused before the journal is upgraded for it
+            from sync.pretix_state import load_device
+
+            load_device(state, config.pretix.url)
         trust = open_trust(config, state / "trust.json")
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)

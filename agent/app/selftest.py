@@ -362,9 +362,10 @@ def _lists(conf: cfg.Config, signers: Sequence[keys.PublicKey]) -> tuple[list[st
     return refused, version
 
 
-def _unreadable_state(state: Path, gate_id: str) -> str | None:
+def _unreadable_state(state: Path, gate_id: str) -> AgentError | None:
     """Why the journal or revocation store in ``state`` cannot be opened by this gate (run
-    stops on it): not a database, not a journal, another gate's journal. Writes nothing."""
+    stops on it): not a database, not a journal, another gate's journal; a ConfigError where
+    run exits 78 on it (a journal refused). Writes nothing."""
     import sqlite3
 
     from agent.journal import schema
@@ -380,9 +381,12 @@ def _unreadable_state(state: Path, gate_id: str) -> str | None:
                     schema.require_journal(db, path, gate_id)
         except PermissionError:
             continue  # the gate user's folder: the state folder's own check says so
-        except (sqlite3.Error, AgentError) as exc:
-            said = str(exc)  # a journal's own errors name the file already
-            return said if said.startswith(str(path)) else f"{path}: {said}"
+        except AgentError as exc:
+            return exc  # a journal's own errors name the file
+        except sqlite3.Error as exc:
+            if name == "journal.db":
+                return schema.failed(str(path), exc)
+            return AgentError(f"{path}: {exc}")
     return None
 
 
@@ -419,7 +423,8 @@ def check_config(path: Path, out: TextIO) -> int:
             " gate's user (sudo -u gate-agent gate-agent selftest --config-only ...)"
         ) from None
     if (broken := _unreadable_state(state, conf.gate.id)) is not None:
-        raise AgentError(
+        error = ConfigError if isinstance(broken, ConfigError) else AgentError  # as run exits
+        raise error(
             f"{conf.path}: [gate] state_dir: {broken}: the gate cannot start on it (keep the"
             " file for the record, move it aside and start again: an empty one is made)"
         )
@@ -446,11 +451,11 @@ def check_config(path: Path, out: TextIO) -> int:
         hub_tls(conf)
         if (problem := _plain_http(conf.hub.url)) is not None:
             warnings.append(problem)
-    if conf.pretix is not None and not conf.pretix.init_token:
+    if conf.pretix is not None:
         from sync.pretix_state import load_device
 
         with contextlib.suppress(PermissionError):  # the gate user's folder
-            if load_device(state, conf.pretix.url) is None:
+            if load_device(state, conf.pretix.url) is None and not conf.pretix.init_token:
                 warnings.append(
                     "[pretix] init_token: none, and no pretix device initialised in"
                     f" {state}: the gate decides offline and syncs nothing (create a device in"

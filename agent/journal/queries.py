@@ -25,7 +25,7 @@ from agent.journal.records import (
     entry_record,
     history_entry,
 )
-from agent.journal.schema import is_empty, require_journal
+from agent.journal.schema import failed, is_empty, require_journal
 from agent.journal.schema import version as schema_version
 from agent.redact import shared_ref, short_id
 from agent.seen import Hashes, SeenRefs
@@ -356,7 +356,7 @@ def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
             db.close()
             raise
     except sqlite3.Error as exc:
-        raise JournalError(f"{path}: cannot read the journal: {exc}") from exc
+        raise failed(f"{path}: cannot read the journal", exc) from exc
     return db
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.errors import JournalError
+from agent.errors import JournalError, JournalRefused
 from agent.journal.checkpoint import WAL_SIZE_LIMIT, WRITER_AUTOCHECKPOINT
 from agent.journal.records import COLUMNS, FIELDS
 from agent.redact import shared_ref
@@ -238,7 +238,7 @@ def ensure(db: sqlite3.Connection, path: Path, gate_id: str) -> None:
     (``gate_id``'s, before anything is upgraded) and upgrade it, all steps in one transaction
     and then its WAL checkpointed (the pages of before hold what the upgrade turned).
 
-    Raises JournalError for a file that is not a gate-agent journal, another gate's, or of an
+    Raises JournalRefused for a file that is not a gate-agent journal, another gate's, or of an
     unsupported schema version; sqlite3.Error when SQLite fails.
     """
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
@@ -246,19 +246,27 @@ def ensure(db: sqlite3.Connection, path: Path, gate_id: str) -> None:
     if app_id == 0 and found == 0:
         _initialise(db, path)
     elif app_id != APPLICATION_ID:
-        raise JournalError(f"{path} is not a gate-agent journal")
+        raise JournalRefused(f"{path} is not a gate-agent journal")
     elif found in _UPGRADES:
         if (bound := owner(db)) not in (None, gate_id):  # another gate's: left as it is
-            raise JournalError(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
+            raise JournalRefused(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
         steps = "".join(_UPGRADES[v] for v in range(found, SCHEMA_VERSION))
         _run_script(db, f"BEGIN IMMEDIATE;{steps}COMMIT;")
         for v in range(found + 1, SCHEMA_VERSION + 1):
             log.info("journal %s upgraded to schema %d (%s)", path, v, _UPGRADED[v])
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     elif found != SCHEMA_VERSION:
-        raise JournalError(
+        raise JournalRefused(
             f"journal {path} has schema version {found}; this agent supports {SCHEMA_VERSION}"
         )
+
+
+def failed(text: str, exc: sqlite3.Error) -> JournalError:
+    """``exc`` as the JournalError to raise, ``text`` saying what failed: for a file that is
+    not an SQLite database at all (SQLITE_NOTADB) a JournalRefused, as starting again cannot
+    mend it."""
+    refused = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+    return (JournalRefused if refused else JournalError)(f"{text}: {exc}")
 
 
 def version(db: sqlite3.Connection) -> int:
@@ -277,20 +285,20 @@ def is_empty(db: sqlite3.Connection) -> bool:
 
 
 def require_journal(db: sqlite3.Connection, path: Path, gate_id: str | None = None) -> None:
-    """Raise JournalError unless ``db`` is a gate-agent journal of a schema this version knows
+    """Raise JournalRefused unless ``db`` is a gate-agent journal of a schema this version knows
     (for tools opening the file: one of a newer version may keep rows where this one does not
     look, e.g. schema 5's pretix refs as digests: a trial; an older one is read as it is), and
     with ``gate_id`` unless it is that gate's or no gate's yet."""
     (app_id,) = db.execute("PRAGMA application_id").fetchone()
     if app_id != APPLICATION_ID:
-        raise JournalError(f"{path} is not a gate-agent journal")
+        raise JournalRefused(f"{path} is not a gate-agent journal")
     if (found := version(db)) > SCHEMA_VERSION:
-        raise JournalError(
+        raise JournalRefused(
             f"{path}: journal schema version {found}, of a newer gate-agent; this one reads up"
             f" to {SCHEMA_VERSION} (run the version that wrote it)"
         )
     if gate_id is not None and (bound := owner(db)) not in (None, gate_id):
-        raise JournalError(f"{path}: the journal of gate {bound!r}, not {gate_id!r} ([gate] id)")
+        raise JournalRefused(f"{path}: the journal of gate {bound!r}, not {gate_id!r} ([gate] id)")
 
 
 def owner(db: sqlite3.Connection) -> str | None:
@@ -300,10 +308,10 @@ def owner(db: sqlite3.Connection) -> str | None:
 
 
 def claim_gate(db: sqlite3.Connection, path: Path, gate_id: str, gate_name: str) -> None:
-    """Bind a new journal to this gate; raise JournalError for a journal of another gate."""
+    """Bind a new journal to this gate; raise JournalRefused for a journal of another gate."""
     bound = owner(db)
     if bound is not None and bound != gate_id:
-        raise JournalError(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
+        raise JournalRefused(f"journal {path} belongs to gate {bound!r}, not {gate_id!r}")
     # Names may change (a gate relabelled); identity may not.
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('gate_id', ?), ('gate_name', ?) "
@@ -329,7 +337,7 @@ def without_delete_guard(db: sqlite3.Connection) -> Iterator[None]:
 def _initialise(db: sqlite3.Connection, path: Path) -> None:
     """Create the schema in an empty file, atomically (header pragmas are transactional)."""
     if not is_empty(db):  # another program's database: left exactly as it is
-        raise JournalError(f"{path} is a database but not a gate-agent journal")
+        raise JournalRefused(f"{path} is a database but not a gate-agent journal")
     # One script, one transaction: a crash leaves either no schema or all of it, header
     # pragmas included.
     _run_script(

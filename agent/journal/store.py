@@ -467,7 +467,7 @@ class Journal:
         return self._writer
 
     def _error(self, what: str, exc: sqlite3.Error) -> JournalError:
-        return JournalError(f"{what} ({self._path}): {exc}")
+        return schema.failed(f"{what} ({self._path})", exc)
 
     # --- on the writer thread -----------------------------------------------------------------
 
