@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from agent.clock import system_clock_synced
-from agent.version import installed
 from tests import needs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +94,16 @@ def test_install_stages_everything(stage: Path) -> None:
     assert "[trust] root_key: root key file" in out and "root.pub" in out
     assert "next steps:" in out
     # The second run was an upgrade (live, it names the running units to restart).
-    assert f"install: staged gate-agent {installed()} -> {installed()}\n" in out
+    # Every build said 0.1.0, so an upgrade could not be told apart (an integrator's trial): the
+    # version names the commit it was built from.
+    shown = subprocess.run([stage / "opt/gate-agent/venv/bin/gate-agent", "--version"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    staged = shown.removeprefix("gate-agent ").strip()
+    assert f"install: staged gate-agent {staged} -> {staged}\n" in out
+    built = re.fullmatch(r"0\.1\.dev[0-9]+\+g([0-9a-f]{7,})(\.d[0-9]{8})?", staged)
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert built is not None and head.startswith(built[1]), (staged, head)
     assert (
         "sudo -u gate-agent gate-agent selftest --config-only --config /etc/gate-agent/gate.toml"
         in out
@@ -114,6 +122,33 @@ def test_install_stages_everything(stage: Path) -> None:
         assert "gate-agent" in groups[group], group
     etc = stage / "etc/gate-agent"
     assert etc.stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.slow
+def test_install_from_a_copy_without_its_git_history_says_the_version_is_unknown(
+    tmp_path: Path,
+) -> None:
+    """The version is read from git: a copy of the tree without it (an archive) installs,
+    as 0+unknown, and says so, rather than failing to build."""
+    src = tmp_path / "src"
+    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    root = tmp_path / "root"
+    done = subprocess.run(
+        ["bash", src / "systemd/install", "--root", root, "--profile", "generic-serial-qr"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"install: warning: {src} is no git clone: installed as version 0+unknown" in (
+        done.stdout
+    )
+    shown = subprocess.run([root / "opt/gate-agent/venv/bin/gate-agent", "--version"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert shown == "gate-agent 0+unknown\n"
 
 
 def test_install_keeps_an_operators_config(stage: Path) -> None:
