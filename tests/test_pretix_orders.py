@@ -252,8 +252,11 @@ async def test_an_alert_is_kept_once_and_listed_by_events_after_restarts(
     assert "not paid" in listed[0]["detail"] and "not dated" in listed[0]["detail"]
     text = _events(path, "--ticket", short)
     assert f"ALERT order_not_valid  ticket {short}" in text[-1], text
-    assert [line.split()[2] for line in text[:-1]] == ["#1", "#2", "#3"]  # its decisions first
-    assert _events(path, "--alerts", "--ticket", "00000000") == []
+    assert [line.split()[3] for line in text[:-1]] == ["#1", "#2", "#3"]  # its decisions first
+    assert all(line.split()[2] == "UTC" for line in text)  # the zone its times are in
+    assert _events(path, "--alerts", "--ticket", "00000000") == [
+        f"(no alerts for ticket 00000000 in {config.load(path).gate.state_dir / 'journal.db'})"
+    ]
     refused = _run_events(path, "--alerts", "--denied")
     assert refused.returncode == 2 and "--alerts lists alerts" in refused.stderr
 

@@ -89,8 +89,9 @@ def _line(event: dict[str, Any], tz: tzinfo | None) -> str:
 
 def _when(t: float, tz: tzinfo | None) -> str:
     """A row's time as the staff texts give it: in ``[policy] timezone`` when set (a venue's
-    gates may run on UTC), else in the machine's."""
-    return datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
+    gates may run on UTC), else in the machine's; with its zone, as a copy read elsewhere (a
+    security lead's laptop, a report) cannot know it."""
+    return datetime.fromtimestamp(t, tz).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _time_zone(config: cfg.Config) -> tzinfo | None:
@@ -135,9 +136,11 @@ async def events(
     ticket_extras = flt.ticket is not None and not (flt.alerts or as_json or flt.denied
                                                     or flt.duplicates)  # fmt: skip
     try:
+        # first: the listing says so when it matches nothing (once, and not in JSON)
+        after, peers_after, alerts_after, limit, first = 0, 0, 0, last, not as_json
         if flt.alerts and not as_json and schema.version(db) < 4:
             out.write("(a journal from before alerts were kept: kept from the gate's next start)\n")
-        after, peers_after, alerts_after, limit = 0, 0, 0, last
+            first = False
         while True:
             # One read: what is listed and the newest row of each kind as of one moment, so a
             # follow reads on from there (no row skipped; a short id matches rows by a function
@@ -153,6 +156,9 @@ async def events(
                 top_seq, top_peer, top_alert = queries.tops(db)
             finally:
                 db.execute("COMMIT")
+            if first and not (after or peers_after or alerts_after):
+                out.write(_nothing(flt, ticket_extras, path) + "\n")  # not silence
+            first = False
             after = max(after, top_alert if flt.alerts else top_seq)
             peers_after, alerts_after = max(peers_after, top_peer), max(alerts_after, top_alert)
             out.flush()
@@ -167,6 +173,23 @@ async def events(
             db = queries.open_readonly(path, config.gate.id)
     finally:
         db.close()
+
+
+def _nothing(flt: EventFilter, ticket_extras: bool, path: object) -> str:
+    """What `events` says when its first read matched no row (a lookup of a ticket never seen
+    here printed nothing at all: a trial)."""
+    if flt.alerts:
+        kind = "alerts"
+    elif ticket_extras:
+        kind = "decisions, rows from other gates or alerts"
+    else:
+        kind = "'already used' denials" if flt.duplicates else (
+            "denials" if flt.denied else "decisions"
+        )  # fmt: skip
+    exact, short = flt.refs_match()  # a ticket's text is its secret: never echoed
+    shown = short or (short_id(exact) if exact else None)
+    ticket = f" for ticket {shown}" if shown else ""
+    return f"(no {kind}{ticket} in {path})"
 
 
 def _decision_listing(
