@@ -278,6 +278,13 @@ async def test_events_alerts_lists_every_alert_kept_by_default(
     assert len(ga("events", "--config", path, "--ticket", sid).stdout.splitlines()) == 26
     none = ga("events", "--config", path, "--ticket", sid, "--denied")
     assert none.stdout == f"(no denials for ticket {sid} in {journal_path})\n"
+    never = iss.ticket(event=1, zones=[1])  # never seen here: named by its short id only
+    unseen = ga("events", "--config", path, "--ticket", never)
+    assert unseen.returncode == 0 and unseen.stdout == (
+        f"(no decisions, rows from other gates or alerts for ticket"
+        f" {short_id(tickets.parse(never).ticket_ref)} in {journal_path})\n"
+    )
+    assert ga("events", "--config", path, "--ticket", never, "--json").stdout == ""
     with sqlite3.connect(journal_path) as db:
         db.executescript("DROP TABLE alerts; PRAGMA user_version = 3;")
     old = ga("events", "--config", path, "--alerts")
