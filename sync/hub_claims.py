@@ -11,6 +11,8 @@ ticket used, never let one in again (an exit or annulment waits for the quaranti
 that could write them could upload entries anyway. Once the gate is heard again its rows come
 through the feed with the same entry ids, which gates store once. At most
 :data:`MAX_CLAIMS_PER_GATE` claims a gate, for good (a stolen token filling them fills no disk).
+A double admission a claim makes is raised with the conflict (:func:`sync.hub_rules.plan_ingest`,
+within the gate's alert budget), not once the rows come through.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agent.model import Verdict
 from agent.redact import short_id
+from sync.hub_rules import claimable
 from sync.hub_sql import feed_entry
 from sync.protocol import EntryWire, FeedEntry
 
@@ -49,8 +51,7 @@ def claim_params(gate_id: str, rows: Sequence[EntryWire], now: float) -> list[tu
     return [
         (e.entry_id, gate_id, e.gate_seq, e.ticket_ref, e.wall_time, e.hlc, now,
          short_id(e.ticket_ref), e.entry_id)
-        for e in rows
-        if e.gate_id == gate_id and e.kind == "entry" and e.verdict is Verdict.ADMIT
+        for e in claimable(gate_id, rows)
     ]  # fmt: skip
 
 

@@ -94,13 +94,13 @@ async def _body(request: web.Request) -> bytes:
         raise HttpError(400, "body: compressed bodies (Content-Encoding) are not accepted")
     too_large = f"body is over the {MAX_BODY_BYTES} byte limit"
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise HttpError(400, too_large, error="too_large")
+        raise HttpError(413, too_large, error="too_large")  # HTTP's own word for it
     timeout_s = request.app[HUB].config.hub.body_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise HttpError(400, too_large, error="too_large") from None
+        raise HttpError(413, too_large, error="too_large") from None
     except TimeoutError:  # a trickling body holds a connection: cut it (aiohttp then closes it)
         raise HttpError(
             408,

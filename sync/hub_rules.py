@@ -8,7 +8,8 @@ raising it again):
 
 * idempotent by ``entry_id``: the same id with an identical body (:class:`EntryWire` equality) is a
   duplicate; with another body, or a gate's ``gate_seq`` held by another ``entry_id``, it is a
-  conflict: nothing of the batch is stored, one integrity alert per conflicting entry.
+  conflict: nothing of the batch is stored, one integrity alert per conflicting entry, and one
+  per double admission its admissions make (they are kept as claims: :mod:`sync.hub_claims`).
 * a hole in a gate's ``gate_seq`` (before the batch or inside it): stored anyway, one alert.
 * double admission, decided on the ticket's history (its last rows: see below) ordered by HLC
   (ties by gate, gate_seq) including the batch, so the order in which entries reach the hub does
@@ -72,11 +73,12 @@ and repeated-denial rules :mod:`sync.hub_ticket_alerts`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.clock import HLC, HLC_MAX_AHEAD_S
+from agent.model import Verdict
 from agent.redact import short_id
 from sync import hub_annul, protocol
 from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
@@ -140,6 +142,15 @@ class IngestPlan:
     def feed_rows(self) -> bool:
         """True when the plan inserts a row the peer feed carries (long-polls must wake)."""
         return any(in_feed(row) for row in self.rows)
+
+
+def claimable(gate_id: str, rows: Iterable[EntryWire]) -> list[EntryWire]:
+    """The rows of a refused batch kept as claims (:mod:`sync.hub_claims`): ``gate_id``'s
+    admissions."""
+    return [
+        e for e in rows
+        if e.gate_id == gate_id and e.kind == "entry" and e.verdict is Verdict.ADMIT
+    ]  # fmt: skip
 
 
 def history_refs(
@@ -221,7 +232,13 @@ def plan_ingest(
                 results.append(EntryResult(e.entry_id, status))
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
-        return IngestPlan((), (), ids, _budget(gate_id, conflicts, known, policy, now), acked)
+        # The batch's admissions become claims other gates count (sync.hub_claims): a double
+        # admission they make is said now, not once an operator has set the rows squatting its
+        # gate_seqs apart and they come through (a security lead's trial).
+        claimed = [e for e in claimable(gate_id, entries) if e.entry_id not in known.stored]
+        doubles = [_as_claim(a) for a in ticket_alerts(claimed, known.history, policy, names, now)]
+        said = _budget(gate_id, [*conflicts, *doubles], known, policy, now)
+        return IngestPlan((), (), ids, said, acked)
     rows = tuple(e for e in entries if e.entry_id not in known.stored)
     refused = _refusals(gate_id, entries, known, policy, now)
     if refused:
@@ -240,6 +257,12 @@ def plan_ingest(
     alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += _behind_alert(gate_id, rows, known, names, policy, now)
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
+
+
+def _as_claim(alert: NewAlert) -> NewAlert:
+    """A double admission of a refused batch's claim, saying so."""
+    detail = f"{alert.detail} (claimed: its batch was refused as a conflict)"
+    return replace(alert, detail=detail[:MAX_DETAIL])
 
 
 def _quota_alert(gate_id: str, names: Names, policy: HubPolicy, now: float) -> NewAlert:

@@ -457,7 +457,8 @@ async def test_bad_bodies_are_400_with_a_message(
     }
     for case, (data, error, words) in cases.items():
         reply = await api.post(path, data, gate.token)
-        assert reply.status == 400, (case, reply.status, reply.body[:200])
+        status = 413 if error == "too_large" else 400  # a proxy's or a client's own reading
+        assert reply.status == status, (case, reply.status, reply.body[:200])
         assert reply.error().error == error and words in reply.error().message, case
         health = await api.get("/v1/health")
         assert health.status == 200 and health.json["ok"] is True, case

@@ -1979,6 +1979,46 @@ async def test_a_refused_batchs_admissions_are_kept_as_claims_for_gates(store: H
     assert (shown.entry_id, shown.claimed) == (batch[0].entry_id, False)
 
 
+async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
+    open_hub: OpenStore,
+) -> None:
+    """A security lead's trial: the admissions of a batch refused as a conflict were kept as
+    claims, but a ticket they admitted a second time raised no double admission until an
+    operator had set the squatting rows apart and the gate's rows came through. The alert comes
+    with the conflict, says it is a claim, and is raised once; a copy of the token making up
+    claims by the thousand spends the gate's alert budget, no more."""
+    store = await open_hub(alert_budget=4)
+    real, copy, other = Gate("g1"), Gate("g1"), Gate("g2")
+    await store.ingest("g2", [other.row("season-1", at=T0)], T0)  # admitted at gate 2 first
+    await store.ingest("g1", [copy.row("squat", at=T0)], T0)  # the copy's gate_seq 1
+    batch = [real.row("season-1", at=T0 + 5), real.row("fresh", at=T0 + 6)]
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", batch, T0 + 10)
+    doubles = [a for a in await all_alerts(store) if a.kind == "double_admission"]
+    assert [(a.ticket, a.gates, a.entries) for a in doubles] == [
+        (short_id("season-1"), ("g2", "g1"), (doubles[0].entries[0], batch[0].entry_id))
+    ]
+    assert "(claimed: its batch was refused as a conflict)" in doubles[0].detail
+    with pytest.raises(ConflictError):  # the gate asks again: no second alert
+        await store.ingest("g1", batch, T0 + 20)
+    assert (await store.quarantine("g1", 1, T0 + 30)).moved
+    await store.ingest("g1", batch, T0 + 40)  # its rows come through: still the one alert
+    assert [a.kind for a in await all_alerts(store)].count("double_admission") == 1
+    # Made-up claims: within the budget one by one, the rest one storm alert for the gate.
+    thief = Gate("g3")
+    await store.ingest("g3", [thief.row("squat-3", at=T0)], T0)
+    for i in range(10):
+        await store.ingest("g2", [other.row(f"used-{i}", at=T0)], T0)
+    thief.seq = 0
+    made_up = [thief.row(f"used-{i}", at=T0 + 60) for i in range(10)]
+    with pytest.raises(ConflictError):
+        await store.ingest("g3", made_up, T0 + 60)
+    raised = [a for a in await all_alerts(store) if "g3" in a.gates]
+    assert [a.kind for a in raised].count("double_admission") == 4 - 1  # the conflict's first
+    (storm,) = [a for a in raised if a.kind == "alert_storm"]
+    assert "alerts held back" in storm.detail
+
+
 async def test_claims_stop_at_a_gates_cap(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_claims, "MAX_CLAIMS_PER_GATE", 2)
     g = Gate("g1")
