@@ -235,8 +235,13 @@ def plan_ingest(
         # The batch's admissions become claims other gates count (sync.hub_claims): a double
         # admission they make is said now, not once an operator has set the rows squatting its
         # gate_seqs apart and they come through (a security lead's trial).
+        # With the batch's own annulments of them: an admission nobody passed was no second one.
         claimed = [e for e in claimable(gate_id, entries) if e.entry_id not in known.stored]
-        doubles = [_as_claim(a) for a in ticket_alerts(claimed, known.history, policy, names, now)]
+        kept = {e.entry_id for e in claimed}
+        undone = [e for e in entries if e.kind == "annul" and e.annuls in kept]
+        seen_rows = [*claimed, *undone]
+        planned = ticket_alerts(seen_rows, known.history, policy, names, now)
+        doubles = [_as_claim(a) for a in planned]
         said = _budget(gate_id, [*conflicts, *doubles], known, policy, now)
         return IngestPlan((), (), ids, said, acked)
     rows = tuple(e for e in entries if e.entry_id not in known.stored)

@@ -2001,8 +2001,14 @@ async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
     assert "(claimed: its batch was refused as a conflict)" in doubles[0].detail
     with pytest.raises(ConflictError):  # the gate asks again: no second alert
         await store.ingest("g1", batch, T0 + 20)
+    # An admission nobody passed (annulled in the same batch) was no second one.
+    passed_by = real.row("season-2", at=T0 + 7)
+    await store.ingest("g2", [other.row("season-2", at=T0 + 1)], T0 + 1)
+    nobody = [*batch, passed_by, real.row("season-2", "annul", annuls=passed_by.entry_id)]
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", nobody, T0 + 21)
     assert (await store.quarantine("g1", 1, T0 + 30)).moved
-    await store.ingest("g1", batch, T0 + 40)  # its rows come through: still the one alert
+    await store.ingest("g1", nobody, T0 + 40)  # its rows come through: still the one alert
     assert [a.kind for a in await all_alerts(store)].count("double_admission") == 1
     # Made-up claims: within the budget one by one, the rest one storm alert for the gate.
     thief = Gate("g3")
