@@ -232,16 +232,7 @@ def plan_ingest(
                 results.append(EntryResult(e.entry_id, status))
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
-        # The batch's admissions become claims other gates count (sync.hub_claims): a double
-        # admission they make is said now, not once an operator has set the rows squatting its
-        # gate_seqs apart and they come through (a security lead's trial).
-        # With the batch's own annulments of them: an admission nobody passed was no second one.
-        claimed = [e for e in claimable(gate_id, entries) if e.entry_id not in known.stored]
-        kept = {e.entry_id for e in claimed}
-        undone = [e for e in entries if e.kind == "annul" and e.annuls in kept]
-        seen_rows = [*claimed, *undone]
-        planned = ticket_alerts(seen_rows, known.history, policy, names, now)
-        doubles = [_as_claim(a) for a in planned]
+        doubles = _claim_doubles(gate_id, entries, known, policy, names, now)
         said = _budget(gate_id, [*conflicts, *doubles], known, policy, now)
         return IngestPlan((), (), ids, said, acked)
     rows = tuple(e for e in entries if e.entry_id not in known.stored)
@@ -264,10 +255,30 @@ def plan_ingest(
     return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
 
 
-def _as_claim(alert: NewAlert) -> NewAlert:
-    """A double admission of a refused batch's claim, saying so."""
-    detail = f"{alert.detail} (claimed: its batch was refused as a conflict)"
-    return replace(alert, detail=detail[:MAX_DETAIL])
+def _claim_doubles(
+    gate_id: str,
+    entries: Sequence[EntryWire],
+    known: KnownState,
+    policy: HubPolicy,
+    names: Names,
+    now: float,
+) -> list[NewAlert]:
+    """The double admissions a refused batch's admissions make: they become claims other gates
+    count (:mod:`sync.hub_claims`), so they are said now, not once an operator has set apart the
+    rows squatting the gate's numbers and they come through (a security lead's trial). Planned
+    from the claimed tickets' new rows of the gate, exits and annulments too, as the rules would
+    plan the batch: an admission nobody passed, or one after an exit, is no second one (a
+    review)."""
+    claimed = {e.ticket_ref for e in claimable(gate_id, entries) if e.entry_id not in known.stored}
+    rows = [
+        e for e in entries
+        if e.ticket_ref in claimed and e.gate_id == gate_id and e.kind in FEED_KINDS
+        and e.entry_id not in known.stored
+    ]  # fmt: skip
+    return [
+        replace(a, detail=f"{a.detail} (claimed: its batch was refused as a conflict)"[:MAX_DETAIL])
+        for a in ticket_alerts(rows, known.history, policy, names, now)
+    ]
 
 
 def _quota_alert(gate_id: str, names: Names, policy: HubPolicy, now: float) -> NewAlert:

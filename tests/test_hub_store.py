@@ -2025,6 +2025,28 @@ async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
     assert "alerts held back" in storm.detail
 
 
+@pytest.mark.parametrize("policy", ["single", "reentry"])
+async def test_a_claim_after_the_gates_own_exit_or_annulment_is_no_double_admission(
+    open_hub: OpenStore, policy: str
+) -> None:
+    """A review: the claims' double admissions were planned from the admissions alone, so an
+    entry after the gate's own exit (reentry) or after its annulment of an admission the hub
+    holds raised an alert that the same rows accepted would not have raised."""
+    store = await open_hub(entry_policy=policy)
+    real, copy = Gate("g1"), Gate("g1")
+    first = real.row("t1", at=T0)
+    await store.ingest("g1", [first], T0)
+    copy.seq = 1
+    await store.ingest("g1", [copy.row("squat", at=T0 + 1)], T0 + 1)  # the copy's gate_seq 2
+    if policy == "reentry":
+        batch = [real.row("t1", "exit", at=T0 + 5), real.row("t1", at=T0 + 9)]
+    else:
+        batch = [real.row("t1", "annul", annuls=first.entry_id), real.row("t1", at=T0 + 9)]
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", batch, T0 + 10)
+    assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # the conflict alone
+
+
 async def test_claims_stop_at_a_gates_cap(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_claims, "MAX_CLAIMS_PER_GATE", 2)
     g = Gate("g1")
