@@ -55,10 +55,13 @@ from sync.hub_state import HUB, Hub
 from sync.hub_store import HubStoreError
 from sync.hub_venue import VENUE, Venue, VenueTally, list_age, venue_handler
 from sync.protocol import GateHealth
+from sync.protocol_fields import MAX_ID
 
 log = logging.getLogger(__name__)
 
-MAX_VERSION_LABEL = 32
+# As long as a heartbeat's version may be (protocol MAX_ID): a build's is 0.1.devN+gHASH.dDATE,
+# 31 characters and growing (32 reported honest gates "invalid": a review).
+MAX_VERSION_LABEL = MAX_ID
 # agent.version.installed(): a version, or "unknown" from a source tree never installed
 _VERSION_SHAPE = re.compile(rf"(?:[0-9][0-9A-Za-z.+-]{{0,{MAX_VERSION_LABEL - 1}}}|unknown)?")
 

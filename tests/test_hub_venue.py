@@ -33,6 +33,7 @@ from agent.issuer import Issuer
 from agent.lane import Outcome
 from agent.model import Reason, Verdict
 from agent.version import installed
+from sync.hub_metrics import version_label
 from sync.hub_store import HubPolicy, HubStore
 from sync.hub_stores import open_store
 from sync.hub_venue import MINUTES, Venue, VenueTally
@@ -407,6 +408,14 @@ async def test_metrics_can_be_open_to_a_scraper_without_a_token(
         assert status == 401  # the venue view stays a console's
         status, _ = await asyncio.to_thread(_get, f"{setup.url}/v1/venue", gate_token)
         assert status == 403
+
+
+def test_a_builds_version_is_its_own_label_however_long() -> None:
+    """A review: 32 characters were allowed, and a build's version (0.1.devN+gHASH.dDATE) is
+    31 and grows with the commits and the hash: honest gates were labelled "invalid"."""
+    built = "0.1.dev12345+g4fc84069bed7.d20261205"
+    assert version_label(built) == built and version_label("0+unknown") == "0+unknown"
+    assert version_label("9" * 65) == "invalid"  # past what a heartbeat may say
 
 
 def test_the_dashboard_is_an_importable_grafana_dashboard() -> None:
