@@ -288,19 +288,22 @@ def test_run_exits_78_on_a_journal_it_may_not_use(
     if problem == "not a database":
         journal.parent.mkdir()
         journal.write_bytes(b"these bytes were a journal once " * 64)
-        said = f"{journal}): file is not a database"
+        said = f"{journal}: file is not a database"
     else:
         _journal_of(journal, "g9" if problem == "another gate's" else "g1")
         if problem == "a newer version's":
             with contextlib.closing(sqlite3.connect(journal)) as db:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-        said = "belongs to gate 'g9', not 'g1'" if problem == "another gate's" else (
-            f"has schema version {SCHEMA_VERSION + 1}; this agent supports {SCHEMA_VERSION}"
+        said = "the journal of gate 'g9', not 'g1'" if problem == "another gate's" else (
+            f"journal schema version {SCHEMA_VERSION + 1}, of a newer gate-agent"
         )  # fmt: skip
     before = journal.read_bytes()
     r = ga("run", "--config", conf)
     assert r.returncode == 78 and said in r.stderr, r.stderr
     assert journal.read_bytes() == before and "Traceback" not in r.stderr
+    # What to do, and nothing made beside it first (a trial: trust.json and revocations.db).
+    assert f"{conf}: [gate] state_dir: " in r.stderr and "check [gate] id and state_dir" in r.stderr
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["gate.lock", "journal.db"]
     done = ga("selftest", "--config-only", "--config", conf)  # what the installer runs first
     assert done.returncode == 78 and "the gate cannot start on it" in done.stderr, done.stderr
 

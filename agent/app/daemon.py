@@ -28,13 +28,14 @@ from agent.clock import HLC_MAX_AHEAD_S, Clock
 from agent.errors import (
     AgentError,
     ConfigError,
+    JournalRefused,
     RevocationError,
     RollbackError,
     StateInUse,
     TrustError,
 )
 from agent.fsutil import state_lock
-from agent.journal import Journal
+from agent.journal import Journal, queries
 from agent.keys import PublicKey
 from agent.lane import Lane, LaneSettings, Outcome, OutcomeHook, Uplink
 from agent.revocation import RevocationStore
@@ -207,6 +208,13 @@ class Gate:
         return lane
 
 
+# What to do about a journal the gate may not use (run and selftest --config-only say it).
+REFUSED_HINT = (
+    "the gate cannot start on it (check [gate] id and state_dir; a file another gate or version"
+    " left: keep it for the record, move it aside and start again: an empty one is made)"
+)
+
+
 @contextlib.asynccontextmanager
 async def open_gate(
     config: cfg.Config,
@@ -242,6 +250,10 @@ async def open_gate(
             from sync.pretix_state import load_device
 
             load_device(state, config.pretix.url)
+        try:  # one this gate may not use stops it before anything is made beside it (a trial)
+            queries.refuse_unusable(state / "journal.db", config.gate.id)
+        except JournalRefused as exc:
+            raise JournalRefused(f"{config.path}: [gate] state_dir: {exc}: {REFUSED_HINT}") from exc
         trust = open_trust(config, state / "trust.json")
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)

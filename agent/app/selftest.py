@@ -399,7 +399,7 @@ def check_config(path: Path, out: TextIO) -> int:
     before enabling it), AgentError when its state cannot be opened. What `run` starts with but
     logs as an error (a refused bundle beside an installed one, a missing or refused revocation
     file, pretix without a device) is a WARN line."""
-    from agent.app.daemon import hub_tls, open_trust
+    from agent.app.daemon import REFUSED_HINT, hub_tls, open_trust
 
     conf = cfg.load(path)
     warnings: list[str] = []
@@ -424,10 +424,7 @@ def check_config(path: Path, out: TextIO) -> int:
         ) from None
     if (broken := _unreadable_state(state, conf.gate.id)) is not None:
         error = ConfigError if isinstance(broken, ConfigError) else AgentError  # as run exits
-        raise error(
-            f"{conf.path}: [gate] state_dir: {broken}: the gate cannot start on it (keep the"
-            " file for the record, move it aside and start again: an empty one is made)"
-        )
+        raise error(f"{conf.path}: [gate] state_dir: {broken}: {REFUSED_HINT}")
     for lst in conf.revocation.files:
         if not lst.is_file():
             stale = "refused" if conf.policy.stale_list == "deny" else "admitted, flagged"

@@ -8,12 +8,13 @@ unless they say otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.errors import JournalError
+from agent.errors import JournalError, JournalRefused
 from agent.fsutil import sqlite_readonly
 from agent.journal.records import (
     ALERT_COLUMNS,
@@ -358,6 +359,21 @@ def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise failed(f"{path}: cannot read the journal", exc) from exc
     return db
+
+
+def refuse_unusable(path: Path, gate_id: str) -> None:
+    """Raise JournalRefused for a journal at ``path`` this gate may not use (another gate's, a
+    newer version's, not a journal or no database at all), reading it only; whatever else is
+    wrong with it the journal's own open says."""
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
+            if not is_empty(db):  # empty: where run makes its journal
+                require_journal(db, path, gate_id)
+    except sqlite3.Error as exc:
+        if isinstance(refused := failed(str(path), exc), JournalRefused):
+            raise refused from exc
 
 
 def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEntry]:
