@@ -89,8 +89,13 @@ async def known(
     )  # fmt: skip
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
+    raised: frozenset[str] = frozenset()
+    if stored or owners:  # a batch sent again (sync.hub_rules.repeat_keys)
+        sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key = ANY($1::text[])"
+        keys = hub_rules.repeat_keys(entries, history)
+        raised = frozenset(r[0] for r in await conn.fetch(sql, keys))
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count),
         last_hlc=hub_sql.last_hlc(None if last is None else tuple(last), policy.max_clock_ahead_s),
-        run_before=before, seen_boots=seen,
+        run_before=before, seen_boots=seen, raised=raised,
     )  # fmt: skip

@@ -124,6 +124,8 @@ class KnownState:
     # the batch's runs other than run_before's (:func:`sync.hub_annul.boots_to_ask`) this gate
     # has stored rows of
     seen_boots: frozenset[str] = frozenset()
+    # of :func:`repeat_keys`, those stored: raised before, they take no budget again
+    raised: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,18 @@ def claimable(gate_id: str, rows: Iterable[EntryWire]) -> list[EntryWire]:
         e for e in rows
         if e.gate_id == gate_id and e.kind == "entry" and e.verdict is Verdict.ADMIT
     ]  # fmt: skip
+
+
+def repeat_keys(
+    entries: Sequence[EntryWire], history: Mapping[str, Sequence[TicketRow]]
+) -> list[str]:
+    """The dedupe keys of the alerts a batch that repeats stored rows or numbers may raise
+    again: a gate sends a batch refused as a conflict again and again, and its alerts, dropped
+    by the store as raised before, took the gate's alert budget each time (a false storm, a new
+    alert held back in it: a review). The stores read which are stored (:attr:`KnownState.raised`)
+    for such batches only."""
+    ids = {e.entry_id for e in entries} | {r.entry_id for rows in history.values() for r in rows}
+    return sorted(f"{kind}:{i}" for i in ids for kind in ("conflict", "double", "refused"))
 
 
 def history_refs(
@@ -401,7 +415,9 @@ def _behind_alert(
 def _budget(
     gate_id: str, alerts: Sequence[NewAlert], known: KnownState, policy: HubPolicy, now: float
 ) -> tuple[NewAlert, ...]:
-    """The alerts within the gate's budget, the rest as one storm alert that counts them."""
+    """The alerts within the gate's budget, the rest as one storm alert that counts them; those
+    raised before (``known.raised``) are left out."""
+    alerts = [a for a in alerts if a.dedupe_key not in known.raised]
     room = max(0, policy.alert_budget - known.alert_count)
     if len(alerts) <= room:
         return tuple(alerts)

@@ -114,9 +114,15 @@ def known_state(
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
+    raised: frozenset[str] = frozenset()
+    if stored or owners:  # a batch sent again (sync.hub_rules.repeat_keys)
+        sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key IN ({})"
+        keys = hub_rules.repeat_keys(entries, history)
+        raised = frozenset(k for (k,) in _select_in(db, sql, keys))
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count), quota,
         last_hlc=hub_sql.last_hlc(last, ahead), run_before=before, seen_boots=seen,
+        raised=raised,
     )  # fmt: skip
 
 

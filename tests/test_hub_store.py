@@ -2047,6 +2047,25 @@ async def test_a_claim_after_the_gates_own_exit_or_annulment_is_no_double_admiss
     assert [a.kind for a in await all_alerts(store)] == ["integrity"]  # the conflict alone
 
 
+async def test_a_refused_batch_sent_again_spends_no_alert_budget(open_hub: OpenStore) -> None:
+    """A review: a gate sends a batch refused as a conflict again with each new row; each time
+    its alerts were planned again, dropped by the store as raised before, but counted against
+    the gate's alert budget: a false alert storm, and a new double admission held in it."""
+    store = await open_hub(alert_budget=4)
+    real, copy, other = Gate("g1"), Gate("g1"), Gate("g2")
+    for ref in ("t-a", "t-b", "t-c"):
+        await store.ingest("g2", [other.row(ref, at=T0)], T0)
+    await store.ingest("g1", [copy.row("squat", at=T0)], T0)
+    batch = [real.row("t-a", at=T0 + 1), real.row("t-b", at=T0 + 2)]
+    for _ in range(3):  # the conflict, two double admissions; then sent again and again
+        with pytest.raises(ConflictError):
+            await store.ingest("g1", batch, T0 + 10)
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", [*batch, real.row("t-c", at=T0 + 3)], T0 + 10)
+    kinds = sorted(a.kind for a in await all_alerts(store))
+    assert kinds == ["double_admission"] * 3 + ["integrity"]  # t-c's its own, no storm
+
+
 async def test_claims_stop_at_a_gates_cap(store: HubStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_claims, "MAX_CLAIMS_PER_GATE", 2)
     g = Gate("g1")
