@@ -22,7 +22,7 @@ Rules every handler follows:
 - What the log says besides requests (TLS refusals with the reason, gates connecting and going
   quiet, revocation lists issued, alerts raised) is :mod:`sync.hub_watch`.
 - Every error answer is an :class:`sync.protocol.ErrorBody`; bad bodies and parameters are 400
-  naming the field (oversize too: ``too_large``); unexpected faults are 500 without internals,
+  naming the field, an oversize body 413 (``too_large``); unexpected faults are 500 without internals,
   logged; a failing database is 503 with Retry-After. Tokens are only ever logged as a short hash.
 
 This module sets the application up and runs it; the handlers are :mod:`sync.hub_handlers`, the

@@ -51,7 +51,7 @@ async def _object(request: web.Request) -> Mapping[str, Any]:
     """The request's JSON object (an empty body is ``{}``); raises HttpError 400 naming ``body``."""
     data = await read_body(request)
     if len(data) > _MAX_ACTION_BODY:
-        raise HttpError(400, f"body: over {_MAX_ACTION_BODY} bytes", error="too_large")
+        raise HttpError(413, f"body: over {_MAX_ACTION_BODY} bytes", error="too_large")
     if not data.strip():
         return {}
     try:

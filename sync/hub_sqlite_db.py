@@ -36,10 +36,7 @@ def connect(path: Path, venue: str) -> sqlite3.Connection:
         _prepare(db, path, venue)
     except sqlite3.Error as exc:
         db.close()
-        # A file that is not an SQLite database at all: starting again cannot mend it.
-        foreign = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
-        error = ForeignStoreError if foreign else HubStoreError
-        raise error(f"cannot open hub store {path}: {exc}") from exc
+        raise _failed(f"cannot open hub store {path}", exc) from exc
     except BaseException:
         db.close()
         raise
@@ -57,12 +54,26 @@ def bound_venue(path: Path) -> str | None:
             (app_id,) = db.execute("PRAGMA application_id").fetchone()
             if app_id != APPLICATION_ID:
                 raise ForeignStoreError(f"{path} is not a hub store")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:  # as the hub refuses it (a review: the check said OK)
+                raise ForeignStoreError(_newer(path, version))
             row = db.execute("SELECT value FROM meta WHERE key = 'venue'").fetchone()
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise HubStoreError(f"cannot read hub store {path}: {exc}") from exc
+        raise _failed(f"cannot read hub store {path}", exc) from exc
     return None if row is None else str(row[0])
+
+
+def _failed(text: str, exc: sqlite3.Error) -> HubStoreError:
+    """``exc`` as the error to raise; a file that is not an SQLite database at all is a
+    ForeignStoreError: starting again cannot mend it."""
+    foreign = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
+    return (ForeignStoreError if foreign else HubStoreError)(f"{text}: {exc}")
+
+
+def _newer(path: Path, version: int) -> str:
+    return f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
 
 
 def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
@@ -78,9 +89,7 @@ def _prepare(db: sqlite3.Connection, path: Path, venue: str) -> None:
     elif version in (1, 2):
         upgrade(db, path, version)
     elif version != SCHEMA_VERSION:
-        raise ForeignStoreError(
-            f"hub store {path} has schema version {version}; this hub supports {SCHEMA_VERSION}"
-        )
+        raise ForeignStoreError(_newer(path, version))
     (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
     db.execute("PRAGMA synchronous = FULL")
     if app_id == 0:

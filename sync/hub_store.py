@@ -25,7 +25,9 @@ Errors::
     VersionTakenError (HubStoreError)          a revocation delta's version was stored first by
                                                another writer (an admin, the hub's refresher);
                                                nothing of that delta is stored
-    OtherVenueError (HubStoreError, ConfigError) the store belongs to another venue than the
+    ForeignStoreError (HubStoreError, ConfigError) not a hub store this hub may use (another
+                                               program's, a newer version's): exit 78
+    OtherVenueError (ForeignStoreError)        the store belongs to another venue than the
                                                config's (a config error: exit 78)
 
 Besides the Protocol: the argument checks every backend makes and the long-poll wake-up

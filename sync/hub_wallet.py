@@ -150,10 +150,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise HttpError(400, "body: expected Content-Type application/json")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise HttpError(400, f"body: at most {MAX_BODY} bytes", error="too_large")
+        raise HttpError(413, f"body: at most {MAX_BODY} bytes", error="too_large")
     raw = await read_body(request)  # the whole body, however it arrives, within body_timeout_s
     if len(raw) > MAX_BODY:
-        raise HttpError(400, f"body: at most {MAX_BODY} bytes", error="too_large")
+        raise HttpError(413, f"body: at most {MAX_BODY} bytes", error="too_large")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # bad UTF-8 and JSON are ValueErrors

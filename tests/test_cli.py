@@ -306,6 +306,9 @@ def test_run_exits_78_on_a_journal_it_may_not_use(
     assert sorted(p.name for p in journal.parent.iterdir()) == ["gate.lock", "journal.db"]
     done = ga("selftest", "--config-only", "--config", conf)  # what the installer runs first
     assert done.returncode == 78 and "the gate cannot start on it" in done.stderr, done.stderr
+    if problem != "another gate's":  # check reads a copy of another gate's as that gate's
+        checked = ga("check", _text(issued), "--config", conf)  # reads the ticket's history
+        assert checked.returncode == 78 and str(journal) in checked.stderr, checked.stderr
 
 
 @pytest.mark.parametrize("url", ["https://pretix.example", "https://pretix.example/"])

@@ -144,6 +144,7 @@ async def test_bad_workflow_requests_are_refused_naming_the_field(v: Venue) -> N
         ("POST", f"{base}/assign", post_json({"assignee": 7}), 400, "assignee"),
         ("POST", f"{base}/assign", b'{"assignee": "Da', 400, "body"),
         ("POST", f"{base}/notes", b"[1, 2]", 400, "body"),
+        ("POST", f"{base}/notes", post_json({"text": " " * 9000}), 413, "body: over"),
         ("GET", "/v1/tickets/not-hex!", b"", 400, "ticket"),
     ]
     for method, path, body, status, field in cases:

@@ -463,6 +463,14 @@ async def test_bad_bodies_are_400_with_a_message(
         health = await api.get("/v1/health")
         assert health.status == 200 and health.json["ok"] is True, case
 
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: cut as it is read
+        for _ in range(3):
+            yield b" " * MAX_BODY_BYTES
+
+    headers = {"Authorization": f"Bearer {gate.token}"}
+    async with api.session.post(api.base + path, data=chunked(), headers=headers) as sent:
+        assert sent.status == 413 and (await sent.json())["error"] == "too_large"
+
     unknown_fields = json.loads(body(entry={"new_field": [1]}, extension={"x": 1}))
     accepted = await api.post(path, json.dumps(unknown_fields).encode(), gate.token)
     assert accepted.status == 200 and BatchAck.from_json(accepted.json).inserted == 1
@@ -1126,12 +1134,13 @@ def test_hub_exits_78_on_a_store_it_may_not_use(
             db.execute(f"PRAGMA user_version = {HUB_SQLITE_SCHEMA + 1}")
         said = f"hub store {store} has schema version {HUB_SQLITE_SCHEMA + 1}"
     before = store.read_bytes()
-    done = subprocess.run(
-        [*EXE, "hub", "--config", str(setup.config)],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 78 and said in done.stderr, done.stderr
-    assert store.read_bytes() == before
+    for check in ((), ("--check",)):  # the check the installer runs says as the hub does
+        done = subprocess.run(
+            [*EXE, "hub", "--config", str(setup.config), *check],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 78 and said.split(": ")[-1] in done.stderr, done.stderr
+        assert str(store) in done.stderr and store.read_bytes() == before
 
 
 def test_hub_refuses_to_start_with_a_bundle_that_does_not_trust_its_list_key(

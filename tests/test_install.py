@@ -100,10 +100,15 @@ def test_install_stages_everything(stage: Path) -> None:
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     staged = shown.removeprefix("gate-agent ").strip()
     assert f"install: staged gate-agent {staged} -> {staged}\n" in out
-    built = re.fullmatch(r"0\.1\.dev[0-9]+\+g([0-9a-f]{7,})(\.d[0-9]{8})?", staged)
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
-    assert built is not None and head.startswith(built[1]), (staged, head)
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+        # 0.1.devN+gHASH between tags (.dDATE with changes not committed), a tag's own on one
+        shape = r"[0-9][0-9.]*(?:\.dev[0-9]+\+g([0-9a-f]{7,})(?:\.d[0-9]{8})?)?"
+        built = re.fullmatch(shape, staged)
+        assert built is not None and head.startswith(built[1] or ""), (staged, head)
+    else:  # a copy without its history (.ci/setup allows it)
+        assert staged == "0+unknown"
     assert (
         "sudo -u gate-agent gate-agent selftest --config-only --config /etc/gate-agent/gate.toml"
         in out
@@ -131,11 +136,10 @@ def test_install_from_a_copy_without_its_git_history_says_the_version_is_unknown
     """The version is read from git: a copy of the tree without it (an archive) installs,
     as 0+unknown, and says so, rather than failing to build."""
     src = tmp_path / "src"
-    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
+    for name in ("agent", "drivers", "sync", "config", "systemd", "pyproject.toml", "README.md"):
+        if (ROOT / name).is_dir():  # what the installer reads; no .git, whatever ROOT has
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
             shutil.copy2(ROOT / name, src / name)
     root = tmp_path / "root"
     done = subprocess.run(

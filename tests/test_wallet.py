@@ -157,7 +157,8 @@ async def test_issuing_endpoint_checks_token_fields_and_rate(
                 reply = await post(body)
                 assert reply.status == 400, (body, reply.body)
                 assert reply.error().message.startswith(field), (body, reply.error().message)
-            assert (await post(None, raw=b"{" + b" " * 2000 + b"}")).status == 400
+            oversize = await post(None, raw=b"{" + b" " * 2000 + b"}")
+            assert oversize.status == 413 and oversize.error().error == "too_large"
             nested = await post(None, raw=b"[" * 1020)  # deeper than json's recursion limit
             assert nested.status == 400 and nested.error().message == "body: not a JSON object"
             compressed = await post({"device_key": _raw_key(device, True), "event": 2})

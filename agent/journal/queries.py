@@ -393,7 +393,7 @@ def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEnt
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise JournalError(f"cannot read journal {path}: {exc}") from exc
+        raise failed(f"cannot read journal {path}", exc) from exc
 
 
 def ref_hashes(db: sqlite3.Connection) -> list[Hashes]:
