@@ -76,10 +76,12 @@ class _Journal:
     def __init__(self, gate_id: str) -> None:
         self.gate_id = gate_id
         self.seq = 0
+        self.mono = 0  # a gate's monotonic clock never runs back in a run (the hub refuses it)
         self.rows: list[EntryWire] = []
 
     def add(self, ref: str, kind: str, at: float, annuls: str | None = None) -> EntryWire:
         self.seq += 1
+        self.mono = max(self.mono + 1, int(at * 1e9))
         admitted = kind in ("entry", "exit")
         row = EntryWire(
             gate_seq=self.seq, entry_id=str(uuid7(int(at * 1000))), gate_id=self.gate_id,
@@ -87,7 +89,7 @@ class _Journal:
             verdict=Verdict.ADMIT if admitted else Verdict.DENY,
             reason=Reason.OK if admitted or kind == "annul" else Reason.ALREADY_USED,
             detail="" if admitted else "Already used at Gate 1", flags=("offline",),
-            annuls=annuls, zone=1, wall_time=at, clock_synced=True, mono_ns=int(at * 1e9),
+            annuls=annuls, zone=1, wall_time=at, clock_synced=True, mono_ns=self.mono,
             boot_id="7f3c2a9e-boot", hlc=int(at * 1000) << 16, rev_version=12, offline=True,
         )  # fmt: skip
         self.rows.append(row)
