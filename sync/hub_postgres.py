@@ -536,8 +536,6 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
         await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
     if plan.alerts:
         await conn.executemany(_INSERT_ALERT, [_alert_args(a, gate_id, now) for a in plan.alerts])
-    if notes := hub_sql.annul_notes(plan.rows, gate_id, now):  # after the batch's own alerts
-        await conn.executemany(hub_sql.NOTE_ANNULLED_PG, notes)
     await conn.execute(_ADD_GATE, gate_id)
     if plan.feed_rows:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)

@@ -127,29 +127,6 @@ INSERT_ALERT = (
     " WHERE excluded.held > 0"
 )
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
-# A double admission one of whose entries its gate then annulled (nobody passed: a link back
-# within the passage timeout sent the entry first) is never withdrawn, but the hub notes it
-# on the alert (a trial). Parameters: :func:`annul_notes`; alerts keep entries as JSON here,
-# an array in PostgreSQL (NOTE_ANNULLED_PG).
-_NOTE_ANNULLED = (
-    "INSERT INTO alert_actions (alert_id, action, actor, value, at)"
-    " SELECT alert_id, 'note', 'hub', CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION) FROM alerts"
-    " WHERE kind = 'double_admission' AND ticket = ? AND {}"
-)
-NOTE_ANNULLED = _NOTE_ANNULLED.format("instr(entries, '\"' || ? || '\"') > 0")
-NOTE_ANNULLED_PG = numbered(_NOTE_ANNULLED.format("CAST(? AS TEXT) = ANY(entries)"))
-
-
-def annul_notes(rows: Iterable[EntryWire], gate_id: str, now: float) -> list[tuple[Any, ...]]:
-    """The :data:`NOTE_ANNULLED` parameters of the annulments among ``rows``."""
-    return [
-        (f"gate {gate_id} annulled entry {e.annuls} (nobody passed with it): no second"
-         " admission by it", now, short_id(e.ticket_ref), e.annuls)
-        for e in rows
-        if e.kind == "annul" and e.annuls
-    ]  # fmt: skip
-
-
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
 # A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated
 # before it (sync.hub_rules.KnownState.last_hlc).

@@ -428,7 +428,6 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in rows))
             alerts = (_alert_params(a, gate_id, now) for a in plan.alerts)
             db.executemany(hub_sql.INSERT_ALERT, alerts)
-            db.executemany(hub_sql.NOTE_ANNULLED, hub_sql.annul_notes(plan.rows, gate_id, now))
             db.execute(hub_sql.ADD_GATE, (gate_id,))
         except BaseException:
             self._quota.refund(gate_id, len(plan.rows), quota)

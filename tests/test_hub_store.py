@@ -2067,31 +2067,6 @@ async def test_a_refused_batch_sent_again_spends_no_alert_budget(open_hub: OpenS
     assert kinds == ["double_admission"] * 3 + ["integrity"]  # t-c's its own, no storm
 
 
-async def test_a_double_admission_whose_entry_was_annulled_since_is_noted_so(
-    store: HubStore,
-) -> None:
-    """A security lead's trial: a gate cut off admitted a ticket another gate had admitted; its
-    link came back within the passage timeout, so the entry reached the hub before its
-    annulment (nobody passed). The double admission stays (alerts are never withdrawn), and
-    nothing said it was none: the hub notes the annulment on it."""
-    a, b = Gate("g1"), Gate("g2")
-    await store.ingest("g2", [b.row("t1", at=T0), b.row("t2", at=T0)], T0)
-    second, other = a.row("t1", at=T0 + 5), a.row("t2", at=T0 + 5)
-    await store.ingest("g1", [second, other], T0 + 6)
-    alerts = [x for x in await all_alerts(store) if x.kind == "double_admission"]
-    assert len(alerts) == 2
-    annul = a.row("t1", "annul", annuls=second.entry_id, at=T0 + 8)
-    await store.ingest("g1", [annul], T0 + 9)
-    shown = {x.ticket: x.workflow for x in await store.alert_details(alerts)}
-    (note,) = shown[short_id("t1")].notes
-    assert (note.by, note.at) == ("hub", T0 + 9) and note.text == (
-        f"gate g1 annulled entry {second.entry_id} (nobody passed with it): no second"
-        " admission by it"
-    )
-    assert shown[short_id("t1")].acked_at is None  # still open: security decides
-    assert shown[short_id("t2")].notes == ()  # the other ticket's alert is left as it was
-
-
 async def test_the_ingest_benchmarks_rows_are_stored_whole(store: HubStore) -> None:
     """tests/bench/bench_hub.py's rows broke the rule on runs (a row presented again at another
     gate was dated ahead on that gate's monotonic clock), every run stopped at a 422, and the
