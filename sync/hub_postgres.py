@@ -220,6 +220,8 @@ class PostgresHubStore(PostgresConsoleQueries):
                     known = replace(known, quota=quota)
                     plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
                     self._quota.spend(gate_id, now, quota, spent := len(plan.rows))
+                    args = (gate_id, entries, known, self._policy, now)  # refused: no rows
+                    plan = await hub_postgres_known.again(conn, plan, *args)
                     await _write(conn, gate_id, plan, now)
             except BaseException:
                 if quota is not None:  # (before it, nothing was spent: the bucket stays)

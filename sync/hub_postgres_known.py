@@ -89,13 +89,26 @@ async def known(
     )  # fmt: skip
     count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
     last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
-    raised: frozenset[str] = frozenset()
-    if stored or owners:  # a batch sent again (sync.hub_rules.repeat_keys)
-        sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key = ANY($1::text[])"
-        keys = hub_rules.repeat_keys(entries, history)
-        raised = frozenset(r[0] for r in await conn.fetch(sql, keys))
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count),
         last_hlc=hub_sql.last_hlc(None if last is None else tuple(last), policy.max_clock_ahead_s),
-        run_before=before, seen_boots=seen, raised=raised,
+        run_before=before, seen_boots=seen,
     )  # fmt: skip
+
+
+async def again(
+    conn: _Conn,
+    plan: hub_rules.IngestPlan,
+    gate_id: str,
+    entries: Sequence[EntryWire],
+    known: KnownState,
+    policy: HubPolicy,
+    now: float,
+) -> hub_rules.IngestPlan:
+    """``plan`` again for a refused batch (it spends no rows) whose alerts (``plan.candidates``)
+    were raised before: they take no alert budget (:func:`sync.hub_rules.planned_again`)."""
+    if not plan.candidates:
+        return plan
+    sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key = ANY($1::text[])"
+    raised = frozenset(r[0] for r in await conn.fetch(sql, list(plan.candidates)))
+    return hub_rules.planned_again(plan, raised, gate_id, entries, known, policy, now)

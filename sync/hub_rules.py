@@ -124,7 +124,7 @@ class KnownState:
     # the batch's runs other than run_before's (:func:`sync.hub_annul.boots_to_ask`) this gate
     # has stored rows of
     seen_boots: frozenset[str] = frozenset()
-    # of :func:`repeat_keys`, those stored: raised before, they take no budget again
+    # of a refused batch's alerts (``IngestPlan.candidates``) those stored: no budget again
     raised: frozenset[str] = frozenset()
 
 
@@ -139,6 +139,11 @@ class IngestPlan:
     acked_through_seq: int
     refused: tuple[tuple[str, str], ...] = ()  # (field, why) of rows the gate may not write
     throttled: float = 0.0  # over the gate's upload quota: seconds until the batch fits
+    # A batch refused (conflict, refusal, quota) is sent again and again, and its alerts, dropped
+    # by the store as raised before, took the gate's alert budget each time (a false storm, a
+    # new alert held back in it: a review). The dedupe keys of its alerts before the budget: the
+    # store reads which are stored and plans again with them as ``KnownState.raised``.
+    candidates: tuple[str, ...] = ()
 
     @property
     def feed_rows(self) -> bool:
@@ -153,18 +158,6 @@ def claimable(gate_id: str, rows: Iterable[EntryWire]) -> list[EntryWire]:
         e for e in rows
         if e.gate_id == gate_id and e.kind == "entry" and e.verdict is Verdict.ADMIT
     ]  # fmt: skip
-
-
-def repeat_keys(
-    entries: Sequence[EntryWire], history: Mapping[str, Sequence[TicketRow]]
-) -> list[str]:
-    """The dedupe keys of the alerts a batch that repeats stored rows or numbers may raise
-    again: a gate sends a batch refused as a conflict again and again, and its alerts, dropped
-    by the store as raised before, took the gate's alert budget each time (a false storm, a new
-    alert held back in it: a review). The stores read which are stored (:attr:`KnownState.raised`)
-    for such batches only."""
-    ids = {e.entry_id for e in entries} | {r.entry_id for rows in history.values() for r in rows}
-    return sorted(f"{kind}:{i}" for i in ids for kind in ("conflict", "double", "refused"))
 
 
 def history_refs(
@@ -246,20 +239,21 @@ def plan_ingest(
                 results.append(EntryResult(e.entry_id, status))
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
-        doubles = _claim_doubles(gate_id, entries, known, policy, names, now)
-        said = _budget(gate_id, [*conflicts, *doubles], known, policy, now)
-        return IngestPlan((), (), ids, said, acked)
+        said = [*conflicts, *_claim_doubles(gate_id, entries, known, policy, names, now)]
+        budgeted = _budget(gate_id, said, known, policy, now)
+        return IngestPlan((), (), ids, budgeted, acked, candidates=_keys(said))
     rows = tuple(e for e in entries if e.entry_id not in known.stored)
     refused = _refusals(gate_id, entries, known, policy, now)
     if refused:
         alerts = [alert for _, _, alert in refused]
         why = tuple((where, text) for where, text, _ in refused)
-        return IngestPlan((), (), (), _budget(gate_id, alerts, known, policy, now), acked, why)
+        budgeted = _budget(gate_id, alerts, known, policy, now)
+        return IngestPlan((), (), (), budgeted, acked, why, candidates=_keys(alerts))
     if len(rows) > known.quota:
         alerts = [_quota_alert(gate_id, names, policy, now)]
         budgeted = _budget(gate_id, alerts, known, policy, now)
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
-        return IngestPlan((), (), (), budgeted, acked, throttled=wait)
+        return IngestPlan((), (), (), budgeted, acked, throttled=wait, candidates=_keys(alerts))
     alerts = _holes(gate_id, entries, known.max_seq, names)
     alerts += ticket_alerts(rows, known.history, policy, names, now)
     # Last: within its hour they are duplicates the store drops, and must not take the budget
@@ -410,6 +404,26 @@ def _behind_alert(
             " orders rows as dated; see the gate's other alerts, e.g. two units heartbeating)",
         )
     ]  # fmt: skip
+
+
+def _keys(alerts: Sequence[NewAlert]) -> tuple[str, ...]:
+    return tuple(a.dedupe_key for a in alerts)
+
+
+def planned_again(
+    plan: IngestPlan,
+    raised: frozenset[str],
+    gate_id: str,
+    entries: Sequence[EntryWire],
+    known: KnownState,
+    policy: HubPolicy,
+    now: float,
+) -> IngestPlan:
+    """``plan`` of a refused batch planned again with ``raised``, those of its candidates the
+    store holds (no rows change: only which alerts take the budget)."""
+    if not raised:
+        return plan
+    return plan_ingest(gate_id, entries, replace(known, raised=raised), policy, now)
 
 
 def _budget(

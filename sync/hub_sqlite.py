@@ -39,7 +39,7 @@ from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries
 from sync.hub_sqlite_db import connect, transaction
-from sync.hub_sqlite_known import known_state, last_received
+from sync.hub_sqlite_known import known_state, last_received, raised
 from sync.hub_store import (
     FeedSignal,
     HubPolicy,
@@ -419,6 +419,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         quota = self._quota.allowance(gate_id, now, last)  # the store's thread only
         known = known_state(db, gate_id, entries, self._policy, now, quota)
         plan = hub_rules.plan_ingest(gate_id, entries, known, self._policy, now)
+        if plan.candidates:  # refused: what it raised before takes no budget again
+            again = raised(db, plan)
+            plan = hub_rules.planned_again(plan, again, gate_id, entries, known, self._policy, now)
         self._quota.spend(gate_id, now, quota, len(plan.rows))
         try:
             rows = plan.rows

@@ -114,16 +114,16 @@ def known_state(
     since = hub_rules.budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
-    raised: frozenset[str] = frozenset()
-    if stored or owners:  # a batch sent again (sync.hub_rules.repeat_keys)
-        sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key IN ({})"
-        keys = hub_rules.repeat_keys(entries, history)
-        raised = frozenset(k for (k,) in _select_in(db, sql, keys))
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count), quota,
         last_hlc=hub_sql.last_hlc(last, ahead), run_before=before, seen_boots=seen,
-        raised=raised,
     )  # fmt: skip
+
+
+def raised(db: sqlite3.Connection, plan: hub_rules.IngestPlan) -> frozenset[str]:
+    """Of a refused batch's alerts (``plan.candidates``), those stored before."""
+    sql = "SELECT dedupe_key FROM alerts WHERE dedupe_key IN ({})"
+    return frozenset(k for (k,) in _select_in(db, sql, plan.candidates))
 
 
 def last_received(db: sqlite3.Connection, gate_id: str) -> float | None:

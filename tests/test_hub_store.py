@@ -2067,6 +2067,20 @@ async def test_a_refused_batch_sent_again_spends_no_alert_budget(open_hub: OpenS
     assert kinds == ["double_admission"] * 3 + ["integrity"]  # t-c's its own, no storm
 
 
+async def test_a_batch_refused_and_sent_again_spends_no_alert_budget(open_hub: OpenStore) -> None:
+    """The same review: a batch refused for rows its gate may not write (here annulments of
+    another gate's entries) is sent again each backoff, and its alerts took the budget again."""
+    store = await open_hub(alert_budget=2)
+    honest, thief = Gate("g2"), Gate("g1")
+    theirs = [honest.row("t1", at=T0), honest.row("t2", at=T0)]
+    await store.ingest("g2", theirs, T0)
+    batch = [thief.row(e.ticket_ref, "annul", annuls=e.entry_id, at=T0 + 1) for e in theirs]
+    for _ in range(3):
+        with pytest.raises(RefusedError):
+            await store.ingest("g1", batch, T0 + 10)
+    assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]  # no storm
+
+
 async def test_the_ingest_benchmarks_rows_are_stored_whole(store: HubStore) -> None:
     """tests/bench/bench_hub.py's rows broke the rule on runs (a row presented again at another
     gate was dated ahead on that gate's monotonic clock), every run stopped at a 422, and the
