@@ -52,6 +52,9 @@ def bound_venue(path: Path) -> str | None:
         db = sqlite3.connect(sqlite_readonly(path), uri=True)
         try:
             (app_id,) = db.execute("PRAGMA application_id").fetchone()
+            empty = db.execute("SELECT name FROM sqlite_schema LIMIT 1").fetchone() is None
+            if app_id == 0 and empty:  # an empty file: the hub makes its store in it
+                return None
             if app_id != APPLICATION_ID:
                 raise ForeignStoreError(f"{path} is not a hub store")
             (version,) = db.execute("PRAGMA user_version").fetchone()

@@ -1125,6 +1125,11 @@ def test_hub_exits_78_on_a_store_it_may_not_use(
     the file left as it was."""
     setup = write_hub_config(tmp_path, keys=keys_dir)
     store = tmp_path / "state" / "hub.db"
+    store.parent.mkdir()
+    store.write_bytes(b"")  # an empty file is where the hub makes its store: the check says so
+    checked = subprocess.run([*EXE, "hub", "--config", str(setup.config), "--check"],
+                             capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    assert checked.returncode == 0 and f"no store at {store} yet" in checked.stdout, checked
     assert hub_cli(setup, "token", "--gate", "g1").returncode == 0  # makes the store
     if problem == "not a database":
         store.write_bytes(b"these bytes were a hub store once " * 64)
