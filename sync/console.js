@@ -92,12 +92,13 @@
     gate.append(el("span", "gate-name", c.gate));
     if (c.gate_now) gate.append(el("span", "gate-now", "now " + c.gate_now));
     gate.append(timeEl(c.time, "gate-time"));
-    gate.append(el("span", "lane", "lane " + c.lane));
+    gate.append(el("span", "lane", "lane " + (c.lane || "?")));  // a claim's is not known
     const verdict = c.verdict === "admit" ? "admitted" : "denied";
     gate.append(el("span", "decision decision-" + c.verdict, c.kind + " " + verdict + (c.reason === "ok" ? "" : ": " + c.reason)));
     if (c.offline) gate.append(el("span", "offline-badge", "decided offline"));
     if (c.ticket && c.ticket !== alertTicket) gate.append(el("span", "entry-ticket", "ticket " + c.ticket));
     if (c.set_apart) gate.append(el("span", "set-apart-badge", "set apart by a quarantine"));
+    if (c.claimed) gate.append(el("span", "set-apart-badge", "claimed: its upload was refused"));
     return gate;
   }
 

@@ -121,7 +121,8 @@ def alert_line(a: Alert) -> str:
     if a.ticket:
         parts.append(f"ticket {a.ticket}")
     for c in a.context:
-        how = f"lane {c.lane}, {c.kind} {c.verdict} {c.reason}" + (", offline" if c.offline else "")
+        how = f"lane {c.lane or '?'}, {c.kind} {c.verdict} {c.reason}"
+        how += (", offline" if c.offline else "") + (", CLAIMED" if c.claimed else "")
         how += f", ticket {c.ticket}" if c.ticket and c.ticket != a.ticket else ""
         how += ", SET APART" if c.set_apart else ""
         gate = f"{c.gate} (now {c.gate_now})" if c.gate_now else c.gate

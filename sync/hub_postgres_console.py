@@ -33,6 +33,7 @@ _RELEASES_AFTER = numbered(hub_quarantine.RELEASES_AFTER)
 _CLAIMS_AFTER = numbered(hub_claims.CLAIMS_AFTER)
 _CONTEXT = q.any_of(q.CONTEXT, "text")
 _SET_APART_CONTEXT = q.any_of(q.SET_APART_CONTEXT, "text")
+_CLAIMED_CONTEXT = q.any_of(q.CLAIMED_CONTEXT, "text")
 _ACTIONS_OF = q.any_of(q.ACTIONS_OF, "bigint")
 _NAMES_NOW = q.any_of(q.NAMES_NOW, "text")
 _ALERT_EXISTS = numbered(q.ALERT_EXISTS) + " FOR UPDATE"  # one writer per alert at a time
@@ -60,7 +61,8 @@ class PostgresConsoleQueries:
         alert_ids = [a.alert_id for a in alerts]
 
         async def job(conn: _Conn) -> list[Alert]:
-            context = [*await conn.fetch(_CONTEXT, ids), *await conn.fetch(_SET_APART_CONTEXT, ids)]
+            context = [*await conn.fetch(_CLAIMED_CONTEXT, ids), *await conn.fetch(_CONTEXT, ids),
+                       *await conn.fetch(_SET_APART_CONTEXT, ids)]  # fmt: skip
             actions = await conn.fetch(_ACTIONS_OF, alert_ids)
             names = await conn.fetch(_NAMES_NOW, gates)
             return q.with_details(alerts, context, actions, names)

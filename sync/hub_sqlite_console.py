@@ -41,7 +41,8 @@ class SQLiteConsoleQueries:
         alert_ids = [a.alert_id for a in alerts]
 
         def job(db: sqlite3.Connection) -> list[Alert]:
-            context = _select_in(db, q.CONTEXT, ids) + _select_in(db, q.SET_APART_CONTEXT, ids)
+            context = [*_select_in(db, q.CLAIMED_CONTEXT, ids), *_select_in(db, q.CONTEXT, ids),
+                       *_select_in(db, q.SET_APART_CONTEXT, ids)]  # fmt: skip
             actions = _select_in(db, q.ACTIONS_OF, alert_ids)
             actions.sort(key=lambda r: r[-1])  # chunks: back to the order they were taken in
             names = _select_in(db, q.NAMES_NOW, gates)

@@ -42,13 +42,14 @@ class EntryContext:
     set_apart: bool = False  # moved to quarantined_entries by `hub quarantine`
     ticket: str = ""  # the row's ticket short id (an alert about several tickets names none)
     gate_now: str = ""  # the gate's name now, where it was renamed since the alert ("": not)
+    claimed: bool = False  # a claim (sync.hub_claims): a refused upload's admission, lane unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
             "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
             "time": self.time, "set_apart": self.set_apart, "ticket": self.ticket,
-            "gate_now": self.gate_now,
+            "gate_now": self.gate_now, "claimed": self.claimed,
         }  # fmt: skip
 
     @classmethod
@@ -65,6 +66,7 @@ class EntryContext:
             set_apart="set_apart" in obj and read.boolean(obj, "set_apart", where),
             ticket=read.text(obj, "ticket", where, MAX_ID) if "ticket" in obj else "",
             gate_now=read.text(obj, "gate_now", where, MAX_ID) if "gate_now" in obj else "",
+            claimed="claimed" in obj and read.boolean(obj, "claimed", where),
         )
 
 

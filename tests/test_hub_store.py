@@ -25,6 +25,7 @@ from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
 from sync import hub_annul, hub_claims, hub_postgres, hub_postgres_known, hub_rules
+from sync.hub_admin_console import alert_line
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
 from sync.hub_rules import KnownState
@@ -2000,6 +2001,13 @@ async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
         (short_id("season-1"), ("g2", "g1"), (first.entry_id, batch[0].entry_id))
     ]
     assert "(claimed: its batch was refused as a conflict)" in doubles[0].detail
+    # Both entries show with it (a trial: the claim's did only once its row came through).
+    assert await store.claim("g1", batch, T0 + 10) == 2  # as the hub's handler keeps them
+    (shown,) = await store.alert_details(doubles)
+    assert [(c.entry_id, c.gate, c.claimed) for c in shown.context] == [
+        (first.entry_id, "g2", False), (batch[0].entry_id, "g1", True)
+    ]  # fmt: skip
+    assert "(lane ?, entry admit ok, CLAIMED)" in alert_line(shown)  # as `hub alerts` says it
     with pytest.raises(ConflictError):  # the gate asks again: no second alert
         await store.ingest("g1", batch, T0 + 20)
     # An admission nobody passed (annulled in the same batch) was no second one.
@@ -2011,6 +2019,12 @@ async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
     assert (await store.quarantine("g1", 1, T0 + 30)).moved
     await store.ingest("g1", nobody, T0 + 40)  # its rows come through: still the one alert
     assert [a.kind for a in await all_alerts(store)].count("double_admission") == 1
+    (shown,) = await store.alert_details(doubles)
+    assert [(c.entry_id, c.lane, c.claimed) for c in shown.context][1] == (
+        batch[0].entry_id,
+        "in",
+        False,
+    )  # the row itself now
     # Made-up claims: within the budget one by one, the rest one storm alert for the gate.
     thief = Gate("g3")
     await store.ingest("g3", [thief.row("squat-3", at=T0)], T0)
