@@ -98,7 +98,7 @@
     if (c.offline) gate.append(el("span", "offline-badge", "decided offline"));
     if (c.ticket && c.ticket !== alertTicket) gate.append(el("span", "entry-ticket", "ticket " + c.ticket));
     if (c.set_apart) gate.append(el("span", "set-apart-badge", "set apart by a quarantine"));
-    if (c.claimed) gate.append(el("span", "set-apart-badge", "claimed: its upload was refused"));
+    if (c.claimed) gate.append(el("span", "claimed-badge", "claimed: an admission of a refused upload"));
     return gate;
   }
 
