@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,12 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether SQLite found no database at all in the file (SQLITE_NOTADB): a file no start
+    again can mend (the journal's and the hub store's refusals)."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
 
 
 def sqlite_readonly(path: Path) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.fsutil import sqlite_readonly
+from agent.fsutil import not_a_database, sqlite_readonly
 from sync import hub_schema
 from sync.hub_sqlite_console import upgrade
 from sync.hub_store import ForeignStoreError, HubStoreError, OtherVenueError
@@ -71,8 +71,7 @@ def bound_venue(path: Path) -> str | None:
 def _failed(text: str, exc: sqlite3.Error) -> HubStoreError:
     """``exc`` as the error to raise; a file that is not an SQLite database at all is a
     ForeignStoreError: starting again cannot mend it."""
-    foreign = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
-    return (ForeignStoreError if foreign else HubStoreError)(f"{text}: {exc}")
+    return (ForeignStoreError if not_a_database(exc) else HubStoreError)(f"{text}: {exc}")
 
 
 def _newer(path: Path, version: int) -> str:

@@ -250,10 +250,11 @@ async def open_gate(
             from sync.pretix_state import load_device
 
             load_device(state, config.pretix.url)
-        try:  # one this gate may not use stops it before anything is made beside it (a trial)
-            queries.refuse_unusable(state / "journal.db", config.gate.id)
-        except JournalRefused as exc:
-            raise JournalRefused(f"{config.path}: [gate] state_dir: {exc}: {REFUSED_HINT}") from exc
+        # One this gate may not use stops it before anything is made beside it (a trial); what
+        # else is wrong with it the journal's own open says.
+        refused = queries.unusable(state / "journal.db", config.gate.id)
+        if isinstance(refused, JournalRefused):
+            raise JournalRefused(f"{config.path}: [gate] state_dir: {refused}: {REFUSED_HINT}")
         trust = open_trust(config, state / "trust.json")
         revocations = await RevocationStore.open(state / "revocations.db")
         stack.push_async_callback(revocations.close)

@@ -368,25 +368,21 @@ def _unreadable_state(state: Path, gate_id: str) -> AgentError | None:
     run exits 78 on it (a journal refused). Writes nothing."""
     import sqlite3
 
-    from agent.journal import schema
+    from agent.journal import queries
 
-    for name in ("journal.db", "revocations.db"):
-        path = state / name
-        try:
-            if not path.exists():
-                continue
+    # A PermissionError: the gate user's folder (the state folder's own check says so).
+    with contextlib.suppress(PermissionError):
+        if (problem := queries.unusable(state / "journal.db", gate_id)) is not None:
+            return problem  # it names the file
+    path = state / "revocations.db"
+    try:
+        if path.exists():
             with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
                 db.execute("PRAGMA schema_version").fetchone()
-                if name == "journal.db" and not schema.is_empty(db):  # empty: made at start
-                    schema.require_journal(db, path, gate_id)
-        except PermissionError:
-            continue  # the gate user's folder: the state folder's own check says so
-        except AgentError as exc:
-            return exc  # a journal's own errors name the file
-        except sqlite3.Error as exc:
-            if name == "journal.db":
-                return schema.failed(str(path), exc)
-            return AgentError(f"{path}: {exc}")
+    except PermissionError:
+        return None
+    except sqlite3.Error as exc:
+        return AgentError(f"{path}: {exc}")
     return None
 
 

@@ -361,19 +361,23 @@ def open_readonly(path: Path, gate_id: str | None = None) -> sqlite3.Connection:
     return db
 
 
-def refuse_unusable(path: Path, gate_id: str) -> None:
-    """Raise JournalRefused for a journal at ``path`` this gate may not use (another gate's, a
-    newer version's, not a journal or no database at all), reading it only; whatever else is
-    wrong with it the journal's own open says."""
-    if not path.is_file():
-        return
+def unusable(path: Path, gate_id: str) -> JournalError | None:
+    """Why gate ``gate_id`` cannot open the journal at ``path``, read without writing anything
+    (None: it can, or there is none yet): a JournalRefused for one it may not use (another
+    gate's, a newer version's, not a journal or no database at all), a JournalError when SQLite
+    cannot read it. Raises PermissionError for a folder this user may not look into."""
+    if not path.exists():
+        return None
     try:
         with contextlib.closing(sqlite3.connect(sqlite_readonly(path), uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
             if not is_empty(db):  # empty: where run makes its journal
                 require_journal(db, path, gate_id)
+    except JournalRefused as exc:
+        return exc
     except sqlite3.Error as exc:
-        if isinstance(refused := failed(str(path), exc), JournalRefused):
-            raise refused from exc
+        return failed(str(path), exc)
+    return None
 
 
 def read_history(path: Path, ticket_ref: str, gate_name: str) -> list[HistoryEntry]:

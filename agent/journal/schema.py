@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import JournalError, JournalRefused
+from agent.fsutil import not_a_database
 from agent.journal.checkpoint import WAL_SIZE_LIMIT, WRITER_AUTOCHECKPOINT
 from agent.journal.records import COLUMNS, FIELDS
 from agent.redact import shared_ref
@@ -265,8 +266,7 @@ def failed(text: str, exc: sqlite3.Error) -> JournalError:
     """``exc`` as the JournalError to raise, ``text`` saying what failed: for a file that is
     not an SQLite database at all (SQLITE_NOTADB) a JournalRefused, as starting again cannot
     mend it."""
-    refused = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB
-    return (JournalRefused if refused else JournalError)(f"{text}: {exc}")
+    return (JournalRefused if not_a_database(exc) else JournalError)(f"{text}: {exc}")
 
 
 def version(db: sqlite3.Connection) -> int:
