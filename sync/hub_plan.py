@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from agent.clock import HLC
 from agent.model import Verdict
 from sync.protocol import AlertKind, EntryWire
@@ -27,8 +29,15 @@ def as_of_arrival(
     ``max_ahead_s`` ([hub] max_clock_ahead_s). A row from a gate whose clock ran ahead (or a
     forged one) counts as recorded then, so it cannot sort after what happens later (an exit
     at a reentry gate, tomorrow's per_day allowance); an honest row is left as it is."""
+    hlc_cap, wall_cap = arrival_caps(received_at, max_ahead_s)
+    return min(hlc, hlc_cap), min(wall_time, wall_cap)
+
+
+def arrival_caps(received_at: float, max_ahead_s: float) -> tuple[int, float]:
+    """The latest HLC and wall time :func:`as_of_arrival` leaves a row received at
+    ``received_at``."""
     limit = received_at + max_ahead_s
-    return min(hlc, HLC.at_ms(int(limit * 1000))), min(wall_time, limit)
+    return HLC.at_ms(int(limit * 1000)), limit
 
 
 def lead_s(e: EntryWire, now: float) -> float:
@@ -36,9 +45,11 @@ def lead_s(e: EntryWire, now: float) -> float:
     return max(0.0, e.wall_time - now, HLC.physical_ms(e.hlc) / 1000 - now)
 
 
-@dataclass(frozen=True, slots=True)
-class TicketRow:
-    """What the rules need of one stored (or earlier in the batch) row of a ticket."""
+class TicketRow(msgspec.Struct, frozen=True):
+    """What the rules need of one stored (or earlier in the batch) row of a ticket. A msgspec
+    Struct rather than a frozen dataclass: the planner makes one for every row of a batch and
+    of the tickets' histories, and a frozen dataclass's __init__ took a third of a ticket
+    alert's planning (tests/bench/bench_hub.py)."""
 
     entry_id: str
     gate_id: str

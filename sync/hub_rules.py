@@ -81,7 +81,15 @@ from agent.clock import HLC, HLC_MAX_AHEAD_S
 from agent.model import Verdict
 from agent.redact import short_id
 from sync import hub_annul, protocol
-from sync.hub_plan import Names, NewAlert, TicketRow, admission, as_of_arrival, lead_s
+from sync.hub_plan import (
+    Names,
+    NewAlert,
+    TicketRow,
+    admission,
+    arrival_caps,
+    as_of_arrival,
+    lead_s,
+)
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
 from sync.hub_ticket_alerts import ticket_alerts
 from sync.protocol import (
@@ -315,22 +323,22 @@ def _refusals(
     gate_id: str, entries: Sequence[EntryWire], known: KnownState, policy: HubPolicy, now: float
 ) -> list[tuple[str, str, NewAlert]]:
     """(field, why, integrity alert) for each new row the gate has no right to write."""
-    earlier: dict[str, hub_annul.Target] = {}  # rows before this one in the batch
+    earlier: dict[str, EntryWire] = {}  # rows before this one in the batch
     name = Names(known.gate_names)(gate_id)
     # the gate's row before this one (by gate_seq), and the runs it is known to have left
     before, boots = known.run_before, set(known.seen_boots)
     out = []
     for i, e in enumerate(entries):
-        target = None if e.annuls is None else known.targets.get(e.annuls) or earlier.get(e.annuls)
-        earlier[e.entry_id] = hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
+        refused = None
         if e.entry_id not in known.stored:
-            refused = hub_annul.why_refused(e, target, gate_id, before)
+            if e.annuls is not None:
+                target = known.targets.get(e.annuls) or _target(earlier.get(e.annuls))
+                refused = hub_annul.why_refused(e, target, gate_id, before)
             if refused is None:
                 refused = hub_annul.run_refusal(e, before, boots)
             if refused is None and e.kind == "exit" and not _may_exit(gate_id, policy):
                 refused = "kind", f"an exit from gate {name}, not one of [hub] exit_gates"
-        else:
-            refused = None
+        earlier[e.entry_id] = e
         if before is not None and before.boot_id != e.boot_id:
             boots.add(before.boot_id)  # a run the gate left
         before = hub_annul.RunMark(e.boot_id, e.mono_ns)
@@ -345,6 +353,10 @@ def _refusals(
     return out
 
 
+def _target(e: EntryWire | None) -> hub_annul.Target | None:
+    return None if e is None else hub_annul.Target(e.gate_id, e.ticket_ref, e.boot_id, e.mono_ns)
+
+
 def _may_exit(gate_id: str, policy: HubPolicy) -> bool:
     return policy.exit_gates is None or gate_id in policy.exit_gates
 
@@ -353,7 +365,11 @@ def _ahead_alert(
     gate_id: str, rows: Sequence[EntryWire], names: Names, policy: HubPolicy, now: float
 ) -> list[NewAlert]:
     """One integrity alert an hour while a gate's new rows run ahead of the hub's clock."""
-    lead = max((lead_s(e, now) for e in rows), default=0.0)
+    if not rows:
+        return []
+    # lead_s of the row furthest ahead: the latest wall time and HLC are read once each
+    top = max(rows, key=lambda e: e.wall_time), max(rows, key=lambda e: e.hlc)
+    lead = max(lead_s(e, now) for e in top)
     if lead <= policy.max_clock_ahead_s:
         return []
     name = names(gate_id)
@@ -386,13 +402,17 @@ def _behind_alert(
     found an honest restart raising it)."""
     slack_ms = int((policy.max_clock_ahead_s + HLC_MAX_AHEAD_S) * 1000)
     last, behind, seq = known.last_hlc, 0, 0
-    for e in sorted((r for r in rows if r.gate_seq > known.max_seq), key=lambda r: r.gate_seq):
-        behind_own = int(e.wall_time * 1000) - HLC.physical_ms(e.hlc)
-        behind_last = HLC.physical_ms(last) - HLC.physical_ms(e.hlc)
+    latest, _ = arrival_caps(now, policy.max_clock_ahead_s)  # a row's HLC as of arrival
+    for e in rows:  # by gate_seq: a batch ascends (protocol.check_batch)
+        if e.gate_seq <= known.max_seq:
+            continue
+        at_ms = HLC.physical_ms(e.hlc)
+        behind_own = int(e.wall_time * 1000) - at_ms
+        behind_last = HLC.physical_ms(last) - at_ms
         lag = max(behind_own, behind_last if behind_last > slack_ms else 0)
         if lag > behind:
             behind, seq = lag, e.gate_seq
-        last = max(last, as_of_arrival(e.hlc, e.wall_time, now, policy.max_clock_ahead_s)[0])
+        last = max(last, min(e.hlc, latest))
     if not behind:
         return []
     name = names(gate_id)

@@ -22,12 +22,18 @@ def ticket_alerts(
 ) -> list[NewAlert]:
     """Double admissions and repeated denials the batch's rows (received at hub time ``now``)
     create, ticket by ticket."""
-    new: dict[str, list[TicketRow]] = {}
+    new: dict[str, list[EntryWire]] = {}
     for e in rows:
-        new.setdefault(e.ticket_ref, []).append(TicketRow.of(e, now, policy.max_clock_ahead_s))
+        new.setdefault(e.ticket_ref, []).append(e)
+    # One row of a ticket with no history makes no double admission (two admissions) and no
+    # burst (``denied_alert_threshold`` attempts, at least 2 in [hub]): most of a batch.
+    alone = policy.denied_alert_threshold > 1
     alerts: list[NewAlert] = []
-    for ref, added in new.items():
+    for ref, batch in new.items():
         past = known.get(ref, ())
+        if alone and not past and len(batch) == 1:
+            continue
+        added = [TicketRow.of(e, now, policy.max_clock_ahead_s) for e in batch]
         alerts += _double_admissions(ref, past, added, policy, names)
         alerts += _repeated_denials(ref, past, added, policy, names)
     return alerts

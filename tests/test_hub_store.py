@@ -1313,6 +1313,14 @@ async def test_rows_dated_before_their_gates_earlier_rows_are_an_alert(store: Hu
     again = thief.row("t3", at=now - 3000)
     await store.ingest("a", [again], now + 3)
     assert len(await all_alerts(store)) == 3
+    # Within one batch too: the second row dated an hour before the first.
+    copy = Gate("e")
+    first = copy.row("e1", at=now - 10)
+    copy.hlc = 0
+    assert (await store.ingest("e", [first, copy.row("e2", at=now - 3600)], now + 3)).inserted == 2
+    alerts = await all_alerts(store)
+    assert [a.gate_ids for a in alerts if a.kind == "integrity"][-1] == ("e",)
+    assert "dated 3,590 s before what it recorded earlier (gate_seq 2)" in alerts[-1].detail
     # Rows as an honest gate makes them raise nothing, however late they arrive; nor does a
     # gate restarted after following peers ahead (its HLC back to its own clock: within
     # max_clock_ahead_s + 300 s of its earlier rows).
@@ -1324,7 +1332,7 @@ async def test_rows_dated_before_their_gates_earlier_rows_are_an_alert(store: Hu
     ahead = late.row("d5", at=now - 7200 + 6)  # following a peer 550 s ahead
     late.hlc = 0  # restarted: its own clock again
     await store.ingest("d", [ahead, late.row("d6", at=now - 7200 + 7)], now + 6)
-    assert len(await all_alerts(store)) == 3
+    assert len(await all_alerts(store)) == 4
 
 
 async def test_rows_ahead_of_the_hubs_clock_are_stored_ordered_as_of_their_arrival(
