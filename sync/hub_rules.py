@@ -80,7 +80,7 @@ from typing import Any
 from agent.clock import HLC, HLC_MAX_AHEAD_S
 from agent.model import Verdict
 from agent.redact import short_id
-from sync import hub_annul, protocol
+from sync import hub_annul
 from sync.hub_plan import (
     Names,
     NewAlert,
@@ -225,9 +225,9 @@ def plan_ingest(
     """Decide a batch received at hub time ``now``: per-entry inserted/duplicate, conflicts,
     refusals, rows to insert and new alerts (within the gate's alert budget).
 
-    Raises ValueError for a malformed batch (see :func:`sync.protocol.check_batch`).
+    ``entries``: a batch :func:`sync.protocol.check_batch` took (each store's ingest checks it
+    before its transaction; the rules count on its gate_seq order).
     """
-    protocol.check_batch(gate_id, entries)
     names = Names(known.gate_names)
     acked = max(e.gate_seq for e in entries)
     results: list[EntryResult] = []

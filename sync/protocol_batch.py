@@ -99,19 +99,20 @@ def _fast(body: bytes) -> BatchUpload | None:
         return None
     entries = []
     for item in raw.entries:
-        entry = _entry(item)
+        entry = _entry(item, raw.gate_id)
         if entry is None:
             return None
         entries.append(entry)
     return BatchUpload(raw.gate_id, tuple(entries))
 
 
-def _entry(e: _Entry) -> EntryWire | None:
-    """The row, or None when a check beyond msgspec's types fails."""
+def _entry(e: _Entry, gate_id: str) -> EntryWire | None:
+    """The row, or None when a check beyond msgspec's types fails (a row of another gate than
+    the batch's ``gate_id``, an id itself: the reader names it)."""
     annuls = e.annuls
     if (
         UUID.fullmatch(e.entry_id) is None
-        or not is_id(e.gate_id)
+        or e.gate_id != gate_id
         or (annuls is not None and UUID.fullmatch(annuls) is None)
         or (e.kind == "annul") != (annuls is not None)
         or not (e.lane.isprintable() and e.ticket_ref.isprintable())

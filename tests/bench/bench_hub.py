@@ -69,6 +69,7 @@ CREATE TABLE entries (
 );
 CREATE INDEX entries_ticket_gate ON entries (ticket_ref, (kind = 'attempt'), gate_id{ticket_cursor});
 CREATE INDEX entries_short_id ON entries (short_id);
+CREATE INDEX entries_gate_boot ON entries (gate_id, boot_id);
 """
 
 
