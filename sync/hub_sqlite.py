@@ -38,7 +38,7 @@ from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries
-from sync.hub_sqlite_db import connect, transaction
+from sync.hub_sqlite_db import Reader, connect, transaction
 from sync.hub_sqlite_known import known_state, last_received, raised
 from sync.hub_store import (
     FeedSignal,
@@ -93,10 +93,16 @@ class SQLiteHubStore(SQLiteConsoleQueries):
     """The hub store in one SQLite file. Open with :meth:`open`; one instance per file."""
 
     def __init__(
-        self, path: Path, policy: HubPolicy, executor: ThreadPoolExecutor, db: sqlite3.Connection
+        self,
+        path: Path,
+        policy: HubPolicy,
+        executor: ThreadPoolExecutor,
+        db: sqlite3.Connection,
+        reader: Reader,
     ) -> None:
-        """Use :meth:`open`; this only wires a prepared connection and its thread."""
+        """Use :meth:`open`; this only wires prepared connections and their threads."""
         self._path = path
+        self._reader = reader
         self._policy = policy
         self._executor = executor
         self._db: sqlite3.Connection | None = db
@@ -124,8 +130,14 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         except BaseException:
             executor.shutdown(wait=False)
             raise
+        try:
+            reader = await Reader.open(path)
+        except BaseException:
+            executor.submit(db.close)  # on its thread, as every use of it
+            executor.shutdown(wait=False)
+            raise
         log.info("hub store %s (venue %s) open", path, policy.venue)
-        return cls(path, policy, executor, db)
+        return cls(path, policy, executor, db, reader)
 
     @property
     def policy(self) -> HubPolicy:
@@ -310,7 +322,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def token(self, token_hash: str) -> TokenInfo | None:
         """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
-        row = await self._run(lambda db: db.execute(hub_sql.TOKEN, (token_hash,)).fetchone())
+        row = await self._reader.run(lambda db: db.execute(hub_sql.TOKEN, (token_hash,)).fetchone())
         return None if row is None else TokenInfo(*row)
 
     async def revoke_tokens(self, gate_id: str) -> int:
@@ -399,6 +411,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         if db is None:
             return
         await self._uploads.close()  # a group in flight ends first; the rest are refused
+        await self._reader.close()
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         finally:

@@ -7,9 +7,11 @@ The file is marked with an ``application_id`` and ``user_version`` and bound to 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,3 +135,56 @@ def transaction(
             db.execute("ROLLBACK")
         raise
     return result
+
+
+class Reader:
+    """A read-only connection to the store on a thread of its own, for the read every request
+    waits for (its token's owner): on the writer's one thread it waited behind the group commit
+    under way, so an upload joined the next group only after it, and most groups held one
+    upload (tests/bench/bench_hub.py). WAL lets it read the last commit meanwhile."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        """Use :meth:`open`."""
+        self._path = path
+        self._executor = executor
+        self._db: sqlite3.Connection | None = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Reader:
+        """Open the store at ``path`` (made by :func:`connect`) read-only. Raises HubStoreError."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-sqlite-read")
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(executor, _read_only, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, executor, db)
+
+    async def run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``job`` on the reader's thread; SQLite errors become HubStoreError."""
+        db = self._db
+        if db is None:
+            raise HubStoreError(f"hub store {self._path} is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, job, db)
+        except sqlite3.Error as exc:
+            raise HubStoreError(f"hub store {self._path}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection and stop its thread. Idempotent."""
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.Error as exc:
+        raise _failed(f"cannot open hub store {path}", exc) from exc
+    return db

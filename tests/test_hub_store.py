@@ -264,6 +264,30 @@ async def test_a_batch_the_database_refuses_fails_alone_in_its_group(tmp_path: P
         await store.close()
 
 
+async def test_a_token_is_read_while_an_upload_waits_for_the_database(tmp_path: Path) -> None:
+    """Every request's token is read first. On the store's one thread that read waited behind
+    the group commit under way, so an upload joined the next group only after it (most groups
+    held one upload: tests/bench/bench_hub.py). Here an upload waits for a lock another
+    connection holds, and a token is read meanwhile."""
+    path = tmp_path / "hub.db"
+    store = await open_store(f"sqlite://{path}", POLICY)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.add_token("a" * 64, "gate", "g1", "g1 main")
+        other.execute("BEGIN IMMEDIATE")
+        upload = asyncio.create_task(store.ingest("g1", [Gate("g1").row("t1")], T0))
+        for _ in range(10):  # yields, no time: the upload's job reaches the store's thread
+            await asyncio.sleep(0)
+        info = await store.token("a" * 64)
+        assert info is not None and info.gate_id == "g1"
+        assert not upload.done()  # it waits for the lock (up to the store's busy timeout, 5 s)
+        other.execute("COMMIT")
+        assert (await upload).inserted == 1
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_a_batch_the_database_refuses_costs_no_quota(tmp_path: Path) -> None:
     """Rows not stored are given back to the gate's quota (a review found them spent, so a store
     hiccup could turn an honest gate's retry into a 429 and a "stolen token?" alert)."""
