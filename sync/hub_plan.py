@@ -99,6 +99,14 @@ class NewAlert:
     gate_ids: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class AlertNote:
+    """A note the hub adds, as "hub", to an alert it raised before (``dedupe_key``)."""
+
+    dedupe_key: str
+    text: str
+
+
 class Names:
     """A gate's name as the operator gave it (its id when none)."""
 

@@ -538,13 +538,12 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
         await conn.execute(_INSERT_ENTRIES, *(list(column) for column in zip(*rows, strict=True)))
     if plan.alerts:
         await conn.executemany(_INSERT_ALERT, [_alert_args(a, gate_id, now) for a in plan.alerts])
+    if plan.notes:
+        await conn.executemany(hub_sql.INSERT_NOTE_PG, hub_sql.note_params(plan.notes, now))
     await conn.execute(_ADD_GATE, gate_id)
     if plan.feed_rows:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
 def _alert_args(a: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
-    return (
-        a.dedupe_key, a.kind, a.ticket, list(a.gates), list(a.times), list(a.entries), a.detail,
-        now, gate_id, a.held, list(a.gate_ids),
-    )  # fmt: skip
+    return hub_sql.alert_params(a, gate_id, now, list)

@@ -82,6 +82,7 @@ from agent.model import Verdict
 from agent.redact import short_id
 from sync import hub_annul
 from sync.hub_plan import (
+    AlertNote,
     Names,
     NewAlert,
     TicketRow,
@@ -91,7 +92,7 @@ from sync.hub_plan import (
     lead_s,
 )
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
-from sync.hub_ticket_alerts import ticket_alerts
+from sync.hub_ticket_alerts import ticket_alerts, undone_doubles
 from sync.protocol import (
     MAX_DETAIL,
     BatchAck,
@@ -152,6 +153,7 @@ class IngestPlan:
     # new alert held back in it: a review). The dedupe keys of its alerts before the budget: the
     # store reads which are stored and plans again with them as ``KnownState.raised``.
     candidates: tuple[str, ...] = ()
+    notes: tuple[AlertNote, ...] = ()  # on alerts raised before (hub_ticket_alerts.undone_doubles)
 
     @property
     def feed_rows(self) -> bool:
@@ -268,7 +270,9 @@ def plan_ingest(
     # slot of a ticket's alert.
     alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += _behind_alert(gate_id, rows, known, names, policy, now)
-    return IngestPlan(rows, tuple(results), (), _budget(gate_id, alerts, known, policy, now), acked)
+    notes = tuple(undone_doubles(rows, known.history, policy, names, now))
+    budgeted = _budget(gate_id, alerts, known, policy, now)
+    return IngestPlan(rows, tuple(results), (), budgeted, acked, notes=notes)
 
 
 def _claim_doubles(

@@ -11,10 +11,11 @@ from typing import Any
 from agent.model import Reason, Verdict
 from agent.redact import short_id
 from sync.hub_annul import RunMark
-from sync.hub_plan import as_of_arrival
+from sync.hub_plan import AlertNote, NewAlert, as_of_arrival
 from sync.hub_rules import in_feed
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_DETAIL, Alert, EntryWire, FeedEntry, GateHealth, Heartbeat
+from sync.protocol_console import MAX_NOTES
 
 # The ``entries`` table's columns: EntryWire's fields in order, then the hub's own three (the
 # ticket's short id is kept for ticket search, :mod:`sync.hub_console_sql`).
@@ -126,6 +127,35 @@ INSERT_ALERT = (
     " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
     " WHERE excluded.held > 0"
 )
+# A note of the hub's own on an alert raised before (sync.hub_plan.AlertNote): at most
+# HUB_NOTES on one alert and never past its MAX_NOTES, so security's notes keep their room.
+HUB_NOTES = 10
+_NOTES = "(SELECT count(*) FROM alert_actions AS x WHERE x.alert_id = alerts.alert_id AND"
+INSERT_NOTE = (
+    "INSERT INTO alert_actions (alert_id, action, actor, value, at)"
+    " SELECT alert_id, 'note', 'hub', CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION) FROM alerts"
+    f" WHERE dedupe_key = ? AND {_NOTES} x.action = 'note') < {MAX_NOTES}"
+    f" AND {_NOTES} x.action = 'note' AND x.actor = 'hub') < {HUB_NOTES}"
+)
+INSERT_NOTE_PG = numbered(INSERT_NOTE)
+
+
+def alert_params(
+    a: NewAlert, gate_id: str, now: float, items: Callable[[Sequence[Any]], Any]
+) -> tuple[Any, ...]:
+    """An alert's :data:`INSERT_ALERT` parameters; ``items`` stores its gates, times, entries
+    and gate ids (SQLite: json.dumps; PostgreSQL: list, an array)."""
+    return (
+        a.dedupe_key, a.kind, a.ticket, items(a.gates), items(a.times), items(a.entries),
+        a.detail, now, gate_id, a.held, items(a.gate_ids),
+    )  # fmt: skip
+
+
+def note_params(notes: Iterable[AlertNote], now: float) -> list[tuple[str, float, str]]:
+    """The :data:`INSERT_NOTE` parameters of a plan's notes."""
+    return [(n.text, now, n.dedupe_key) for n in notes]
+
+
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
 # A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated

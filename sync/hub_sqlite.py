@@ -444,6 +444,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             db.executemany(_INSERT_ENTRY, (hub_sql.entry_params(e, now) for e in rows))
             alerts = (_alert_params(a, gate_id, now) for a in plan.alerts)
             db.executemany(hub_sql.INSERT_ALERT, alerts)
+            db.executemany(hub_sql.INSERT_NOTE, hub_sql.note_params(plan.notes, now))
             db.execute(hub_sql.ADD_GATE, (gate_id,))
         except BaseException:
             self._quota.refund(gate_id, len(plan.rows), quota)
@@ -474,11 +475,7 @@ def _check_token(db: sqlite3.Connection, upload: _Upload) -> None:
 
 
 def _alert_params(alert: NewAlert, gate_id: str, now: float) -> tuple[Any, ...]:
-    return (
-        alert.dedupe_key, alert.kind, alert.ticket, json.dumps(alert.gates),
-        json.dumps(alert.times), json.dumps(alert.entries), alert.detail, now, gate_id,
-        alert.held, json.dumps(alert.gate_ids),
-    )  # fmt: skip
+    return hub_sql.alert_params(alert, gate_id, now, json.dumps)
 
 
 def _quarantine(

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from agent.model import annulled_ids
 from agent.redact import short_id
-from sync.hub_plan import MAX_ALERT_ITEMS, Names, NewAlert, TicketRow, admission
+from sync.hub_plan import MAX_ALERT_ITEMS, AlertNote, Names, NewAlert, TicketRow, admission
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_DETAIL, EntryWire
 
@@ -37,6 +37,43 @@ def ticket_alerts(
         alerts += _double_admissions(ref, past, added, policy, names)
         alerts += _repeated_denials(ref, past, added, policy, names)
     return alerts
+
+
+def undone_doubles(
+    rows: Iterable[EntryWire],
+    known: Mapping[str, Sequence[TicketRow]],
+    policy: HubPolicy,
+    names: Names,
+    now: float,
+) -> list[AlertNote]:
+    """A note for each double admission raised before that the batch's annulments undo.
+
+    A gate cut off admits a ticket another gate had admitted; its link comes back within the
+    passage timeout, so its entry reaches the hub before its annulment (nobody passed: a
+    trial). Alerts are never withdrawn; the note says so. Only a pair that is no double once
+    the batch is added, one of whose entries the batch annuls, is noted: a double that still
+    stands (its later entry a second admission after another one) is not, and a batch is
+    planned once (its rows sent again are stored already), so each undoing is noted once."""
+    if policy.entry_policy == "unlimited":
+        return []
+    new: dict[str, list[EntryWire]] = {}
+    for e in rows:
+        new.setdefault(e.ticket_ref, []).append(e)
+    notes = []
+    for ref, batch in new.items():
+        annuls = {e.annuls: e.gate_id for e in batch if e.annuls is not None}
+        past = known.get(ref, ())
+        if not annuls or not past:
+            continue
+        added = [TicketRow.of(e, now, policy.max_clock_ahead_s) for e in batch]
+        after = _doubles([*past, *added], policy)
+        for key, pair in _doubles(past, policy).items():
+            undone = [r.entry_id for r in pair if r.entry_id in annuls]
+            if key not in after and undone:
+                name = names(annuls[undone[0]])
+                text = f"gate {name} annulled entry {undone[0]} (nobody passed with it): no"
+                notes.append(AlertNote(key, f"{text} double admission by this pair"))
+    return notes
 
 
 def double_admissions(

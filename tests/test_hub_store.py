@@ -24,7 +24,7 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_annul, hub_claims, hub_postgres, hub_postgres_known, hub_rules
+from sync import hub_annul, hub_claims, hub_postgres, hub_postgres_known, hub_rules, hub_sql
 from sync.hub_admin_console import alert_line
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
@@ -45,6 +45,7 @@ from sync.hub_store import (
 )
 from sync.hub_stores import open_store
 from sync.protocol import Alert, BatchAck, EntryWire, Heartbeat
+from sync.protocol_console import MAX_NOTES
 from tests.pg import pg_server, pg_url  # noqa: F401
 from tests.polling import until
 from tests.ports import free_port
@@ -2125,6 +2126,88 @@ async def test_a_batch_refused_and_sent_again_spends_no_alert_budget(open_hub: O
         with pytest.raises(RefusedError):
             await store.ingest("g1", batch, T0 + 10)
     assert [a.kind for a in await all_alerts(store)] == ["integrity", "integrity"]  # no storm
+
+
+async def test_a_double_admission_undone_by_an_annulment_since_is_noted_so(
+    store: HubStore,
+) -> None:
+    """A security lead's trial: a gate cut off admitted a ticket another gate had admitted; its
+    link came back within the passage timeout, so the entry reached the hub before its
+    annulment (nobody passed). The double admission stays (alerts are never withdrawn), and
+    nothing said it was none: the hub notes it on the alert, once."""
+    a, b = Gate("g1"), Gate("g2")
+    await store.ingest("g2", [b.row("t1", at=T0), b.row("t2", at=T0)], T0)
+    second, other = a.row("t1", at=T0 + 5), a.row("t2", at=T0 + 5)
+    await store.ingest("g1", [second, other], T0 + 6)
+    alerts = [x for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert len(alerts) == 2
+    annul = [a.row("t1", "annul", annuls=second.entry_id, at=T0 + 8)]
+    await store.ingest("g1", annul, T0 + 9)
+    await store.ingest("g1", annul, T0 + 10)  # sent again (its ack lost): stored already
+    shown = {x.ticket: x.workflow for x in await store.alert_details(alerts)}
+    (note,) = shown[short_id("t1")].notes
+    assert (note.by, note.at) == ("hub", T0 + 9) and note.text == (
+        f"gate g1 annulled entry {second.entry_id} (nobody passed with it): no double"
+        " admission by this pair"
+    )
+    assert shown[short_id("t1")].acked_at is None  # still open: security decides
+    assert shown[short_id("t2")].notes == ()  # the other ticket's alert is left as it was
+
+
+async def test_only_the_double_admissions_an_annulment_undoes_are_noted(store: HubStore) -> None:
+    """A review of a first try, which noted every double admission of the ticket: a
+    single-entry ticket admitted at three gates is two doubles (the second and the third entry
+    each after the first); the first gate's annulment of the first entry undoes the second's,
+    but the third entry is still a second admission (after the second's)."""
+    first, second, third = Gate("g1"), Gate("g2"), Gate("g3")
+    entry = first.row("t1", at=T0)
+    await store.ingest("g1", [entry], T0)
+    await store.ingest("g2", [second.row("t1", at=T0 + 5)], T0 + 6)
+    await store.ingest("g3", [third.row("t1", at=T0 + 10)], T0 + 11)
+    alerts = await all_alerts(store)
+    assert [x.gates for x in alerts] == [("g1", "g2"), ("g1", "g3")]
+    await store.ingest("g1", [first.row("t1", "annul", annuls=entry.entry_id, at=T0 + 12)], T0 + 13)
+    noted, standing = [x.workflow for x in await store.alert_details(alerts)]
+    assert [n.text.split(" (")[0] for n in noted.notes] == [
+        f"gate g1 annulled entry {entry.entry_id}"
+    ]
+    assert standing.notes == ()
+
+
+async def test_the_hubs_notes_on_an_alert_are_capped(tmp_path: Path) -> None:
+    """Notes of the hub's own stop at HUB_NOTES an alert and never take it past MAX_NOTES:
+    security's own notes keep their room (a review of a first try found a gate could fill
+    them)."""
+    path = tmp_path / "hub.db"
+    store = await open_store(f"sqlite://{path}", POLICY)
+    a, b = Gate("g1"), Gate("g2")
+    refs = ("full-of-hub", "full", "free")
+    try:
+        await store.ingest("g2", [b.row(ref, at=T0) for ref in refs], T0)
+        seconds = [a.row(ref, at=T0 + 5) for ref in refs]
+        await store.ingest("g1", seconds, T0 + 6)
+        by_hub, full, free = await all_alerts(store)
+        with sqlite3.connect(path) as db:
+            db.executemany(
+                "INSERT INTO alert_actions (alert_id, action, actor, value, at)"
+                " VALUES (?, 'note', 'hub', 'earlier', 0)",
+                [(by_hub.alert_id,)] * hub_sql.HUB_NOTES,
+            )
+        for i in range(MAX_NOTES):
+            assert await store.act_on_alert(full.alert_id, "note", "desk", f"n{i}", T0) == "done"
+        annuls = [a.row(e.ticket_ref, "annul", annuls=e.entry_id, at=T0 + 8) for e in seconds]
+        await store.ingest("g1", annuls, T0 + 9)
+        with sqlite3.connect(path) as db:
+            counts = dict(
+                db.execute(
+                    "SELECT alert_id, count(*) FROM alert_actions WHERE action = 'note'"
+                    " GROUP BY alert_id"
+                ).fetchall()
+            )
+        assert counts == {by_hub.alert_id: hub_sql.HUB_NOTES, full.alert_id: MAX_NOTES,
+                          free.alert_id: 1}  # fmt: skip
+    finally:
+        await store.close()
 
 
 async def test_the_ingest_benchmarks_rows_are_stored_whole(store: HubStore) -> None:
