@@ -38,7 +38,7 @@ from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries
-from sync.hub_sqlite_db import Reader, connect, transaction
+from sync.hub_sqlite_db import Reader, connect, transaction, wal
 from sync.hub_sqlite_known import known_state, last_received, raised
 from sync.hub_store import (
     FeedSignal,
@@ -98,7 +98,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         policy: HubPolicy,
         executor: ThreadPoolExecutor,
         db: sqlite3.Connection,
-        reader: Reader,
+        reader: Reader | None,
     ) -> None:
         """Use :meth:`open`; this only wires prepared connections and their threads."""
         self._path = path
@@ -131,7 +131,8 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             executor.shutdown(wait=False)
             raise
         try:
-            reader = await Reader.open(path)
+            in_wal = await asyncio.get_running_loop().run_in_executor(executor, wal, db)
+            reader = await Reader.open(path) if in_wal else None
         except BaseException:
             executor.submit(db.close)  # on its thread, as every use of it
             executor.shutdown(wait=False)
@@ -322,7 +323,8 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def token(self, token_hash: str) -> TokenInfo | None:
         """The token with this SHA-256 hex digest, or None. Raises HubStoreError."""
-        row = await self._reader.run(lambda db: db.execute(hub_sql.TOKEN, (token_hash,)).fetchone())
+        run = self._run if self._reader is None else self._reader.run
+        row = await run(lambda db: db.execute(hub_sql.TOKEN, (token_hash,)).fetchone())
         return None if row is None else TokenInfo(*row)
 
     async def revoke_tokens(self, gate_id: str) -> int:
@@ -410,12 +412,15 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         db, self._db = self._db, None
         if db is None:
             return
-        await self._uploads.close()  # a group in flight ends first; the rest are refused
-        await self._reader.close()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+            await self._uploads.close()  # a group in flight ends first; the rest are refused
+            if self._reader is not None:
+                await self._reader.close()  # first: the writer's close checkpoints the WAL
         finally:
-            self._executor.shutdown(wait=False)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+            finally:
+                self._executor.shutdown(wait=False)
 
     def _ingest_job(
         self,

@@ -137,11 +137,18 @@ def transaction(
     return result
 
 
+def wal(db: sqlite3.Connection) -> bool:
+    """Whether the store is in WAL mode (:class:`Reader` needs it)."""
+    return str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+
+
 class Reader:
     """A read-only connection to the store on a thread of its own, for the read every request
     waits for (its token's owner): on the writer's one thread it waited behind the group commit
     under way, so an upload joined the next group only after it, and most groups held one
-    upload (tests/bench/bench_hub.py). WAL lets it read the last commit meanwhile."""
+    upload (tests/bench/bench_hub.py). WAL lets it read the last commit meanwhile; a store in
+    another journal mode (a warning at open) reads tokens on the writer's thread, as before (a
+    rollback journal's commit would keep this reader waiting, and then failing, busy)."""
 
     def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
         """Use :meth:`open`."""
@@ -184,7 +191,11 @@ class Reader:
 def _read_only(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _failed(f"cannot open hub store {path}", exc) from exc
+    try:
         db.execute("PRAGMA busy_timeout = 5000")
     except sqlite3.Error as exc:
+        db.close()
         raise _failed(f"cannot open hub store {path}", exc) from exc
     return db

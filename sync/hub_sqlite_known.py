@@ -24,7 +24,8 @@ _CHUNK = 500  # values per IN (...) list
 # one gate pushes out only its own rows. The (ticket_ref, kind = 'attempt', gate_id) index holds
 # each gate's part in cursor (rowid) order, so no more of it is walked, and the ticket's gates
 # are found by stepping through it (g0: gates with entries, exits or annulments; g1: attempts),
-# from the refs with any row (one probe each; most of a batch's tickets are new: 2 probes saved).
+# from the refs with any row (most of a batch's tickets are new: one probe for them, not two;
+# three for a ticket with rows).
 def _history_sql() -> str:
     def part(flag: int, refs: str = "") -> str:
         return f"ticket_ref = {refs or f'g{flag}'}.ref AND (kind = 'attempt') = {flag}"

@@ -289,6 +289,19 @@ async def test_a_token_is_read_while_an_upload_waits_for_the_database(tmp_path: 
         await store.close()
 
 
+async def test_a_closed_store_leaves_no_write_ahead_log(tmp_path: Path) -> None:
+    """Its connections all closed, the writer last: SQLite checkpoints the WAL into the file and
+    removes it (a backup of hub.db alone then holds everything; a reader left open kept it)."""
+    path = tmp_path / "hub.db"
+    store = await open_store(f"sqlite://{path}", POLICY)
+    await store.add_token("a" * 64, "gate", "g1", "g1 main")
+    assert await store.token("a" * 64) is not None
+    await store.ingest("g1", [Gate("g1").row("t1")], T0)
+    assert path.with_name("hub.db-wal").exists()
+    await store.close()
+    assert not path.with_name("hub.db-wal").exists()
+
+
 async def test_a_batch_the_database_refuses_costs_no_quota(tmp_path: Path) -> None:
     """Rows not stored are given back to the gate's quota (a review found them spent, so a store
     hiccup could turn an honest gate's retry into a 429 and a "stolen token?" alert)."""
