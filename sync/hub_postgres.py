@@ -14,7 +14,6 @@ asyncpg and connection errors become HubStoreError; credentials never appear in 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -32,22 +31,20 @@ from sync import (
     hub_postgres_runs,
     hub_quarantine,
     hub_rules,
-    hub_schema,
     hub_sql,
     hub_twins,
     protocol,
 )
 from sync.hub_pg_listen import CHANNEL, CONNECT_TIMEOUT_S, ERRORS, POLL_S, FeedListener
 from sync.hub_plan import NewAlert
-from sync.hub_postgres_console import PostgresConsoleQueries, upgrade_2_to_3
+from sync.hub_postgres_console import PostgresConsoleQueries
+from sync.hub_postgres_db import lock_key, prepare
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_store import (
     FeedSignal,
-    ForeignStoreError,
     HubPolicy,
     HubStoreError,
     NameTakenError,
-    OtherVenueError,
     Quarantine,
     QuarantinedRow,
     RevocationState,
@@ -64,10 +61,6 @@ from sync.protocol import Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Hea
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "gate-agent-hub/3"  # 2: alerts.source_gate, alerts.held; 3: short_id, alert_actions
-_OLD_SCHEMA = "gate-agent-hub/1"
-_SCHEMA_2 = "gate-agent-hub/2"
-
 
 _PG_TYPES = {
     "gate_seq": "bigint", "zone": "integer", "wall_time": "float8", "clock_synced": "boolean",
@@ -83,6 +76,9 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # which the planner would turn into sequential scans on a table that grew faster than autovacuum
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
 _BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
+# No JIT: the ingest's history query (estimated costly, run in ~2 ms) took 200+ ms to compile on
+# each of its first custom plans of a connection (tests/bench/bench_hub.py --pg auto).
+_SETTINGS = {"jit": "off"}
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
 _FORGET_RUNS = hub_sql.numbered(hub_twins.FORGET_GATE)
 _HEARD_TWICE = hub_sql.numbered(hub_twins.HEARD_TWICE)
@@ -104,10 +100,6 @@ _TOKEN = hub_sql.numbered(hub_sql.TOKEN)
 _REVOKE_TOKENS = hub_sql.numbered(hub_sql.REVOKE_TOKENS)
 _NAMED_TOKENS = hub_sql.numbered(hub_sql.NAMED_TOKENS)
 _REVOKE_NAMED_TOKENS = hub_sql.numbered(hub_sql.REVOKE_NAMED_TOKENS)
-_HAS_ALERT_GATE_IDS = (  # the alerts table the ALTER would name, as search_path finds it
-    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'alerts'::regclass"
-    " AND attname = 'gate_ids' AND NOT attisdropped"
-)
 _Q_TOKENS = hub_sql.numbered(hub_quarantine.TOKENS)
 _Q_ROWS = hub_sql.numbered(hub_quarantine.ROWS)
 _Q_COPY = hub_sql.numbered(hub_quarantine.COPY)
@@ -127,12 +119,6 @@ _GATES = (
 _T = TypeVar("_T")
 if TYPE_CHECKING:  # asyncpg's classes are generic only in the stubs
     _Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
-
-
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory lock key for ``name`` (the same in every process)."""
-    digest = hashlib.blake2b(f"gate-agent-hub:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def _where(url: str) -> str:
@@ -166,12 +152,14 @@ class PostgresHubStore(PostgresConsoleQueries):
         """
         where = _where(url)
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S)
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, server_settings=_SETTINGS
+            )
         except ERRORS as exc:
             raise HubStoreError(f"cannot connect to the hub database {where}: {exc}") from exc
         store = cls(url, policy, pool)
         try:
-            await store._run(store._prepare)
+            await store._run(lambda conn: prepare(conn, where, policy.venue))
             await store._listener.listen()
         except BaseException:
             await store.close()
@@ -470,54 +458,6 @@ class PostgresHubStore(PostgresConsoleQueries):
                 await pool.close()
         except ERRORS as exc:
             log.warning("hub store %s: unclean close: %s", self._where, exc)
-
-    async def _prepare(self, conn: _Conn) -> None:
-        """Create the schema (once, under a lock, however many processes start) or check it."""
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("schema"))
-            if await conn.fetchval("SELECT to_regclass('hub_meta') IS NULL"):
-                tables = await conn.fetchval(
-                    "SELECT count(*) FROM information_schema.tables"
-                    " WHERE table_schema = current_schema()"
-                )
-                if tables:
-                    raise ForeignStoreError(f"database {self._where} is not a hub store")
-                await conn.execute(hub_schema.POSTGRES)
-                await conn.execute(
-                    "INSERT INTO hub_meta (key, value) VALUES ('schema', $1), ('venue', $2),"
-                    " ('revocation_version', '0')",
-                    SCHEMA,
-                    self._policy.venue,
-                )
-                log.info("created hub store %s", self._where)
-            meta = {r[0]: r[1] for r in await conn.fetch("SELECT key, value FROM hub_meta")}
-            if meta.get("schema") == _OLD_SCHEMA:
-                await conn.execute(hub_schema.POSTGRES_1_TO_2)
-                meta["schema"] = _SCHEMA_2
-                log.warning(
-                    "hub store %s: schema upgraded to %s; gate names, which gates chose for"
-                    " themselves before, are reset: name each gate with `gate-agent hub token"
-                    " --gate ID --name NAME`",
-                    self._where,
-                    _SCHEMA_2,
-                )
-            if meta.get("schema") == _SCHEMA_2:
-                await upgrade_2_to_3(conn, self._where, SCHEMA)
-                meta["schema"] = SCHEMA
-            if meta.get("schema") == SCHEMA:
-                await conn.execute(hub_schema.POSTGRES_AT_OPEN)
-                if not await conn.fetchval(_HAS_ALERT_GATE_IDS):
-                    await conn.execute(hub_schema.POSTGRES_ALERT_GATE_IDS)
-        if meta.get("schema") != SCHEMA:
-            raise ForeignStoreError(
-                f"database {self._where} has hub schema {meta.get('schema')!r}; "
-                f"this hub supports {SCHEMA!r}"
-            )
-        if meta.get("venue") != self._policy.venue:
-            raise OtherVenueError(
-                f"hub store {self._where} belongs to venue {meta.get('venue')!r},"
-                f" not {self._policy.venue!r}"
-            )
 
     async def _run(self, job: Callable[[_Conn], Awaitable[_T]]) -> _T:
         """Run ``job`` on a pooled connection; database errors become HubStoreError."""

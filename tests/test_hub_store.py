@@ -24,7 +24,15 @@ from agent.clock import HLC, Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Flag, Reason, Verdict
 from agent.redact import short_id
-from sync import hub_annul, hub_claims, hub_postgres, hub_postgres_known, hub_rules, hub_sql
+from sync import (
+    hub_annul,
+    hub_claims,
+    hub_postgres,
+    hub_postgres_db,
+    hub_postgres_known,
+    hub_rules,
+    hub_sql,
+)
 from sync.hub_admin_console import alert_line
 from sync.hub_plan import NewAlert, TicketRow
 from sync.hub_rules import MAX_TICKET_HISTORY as MAX_HISTORY
@@ -813,7 +821,7 @@ async def test_a_batch_waiting_for_the_ingest_lock_when_its_token_is_revoked_sto
         held = other.transaction()
         await held.start()
         await other.execute(
-            "SELECT pg_advisory_xact_lock($1)", hub_postgres.lock_key(f"venue:{VENUE}")
+            "SELECT pg_advisory_xact_lock($1)", hub_postgres_db.lock_key(f"venue:{VENUE}")
         )
         upload = asyncio.ensure_future(store.ingest("g1", [g.row("t1")], T0, token_hash="a" * 64))
         waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
@@ -942,6 +950,17 @@ async def test_a_non_hub_sqlite_file_is_refused_and_left_alone(
         await open_store(f"sqlite://{path}", POLICY)
     assert path.read_bytes() == before
     assert not (tmp_path / "other.db-wal").exists()
+
+
+async def test_the_postgres_stores_connections_compile_no_query(pg_url: str) -> None:  # noqa: F811
+    """No JIT: the ingest's history query (run in ~2 ms) took 200+ ms to compile on each of a
+    connection's first custom plans (tests/bench/bench_hub.py --pg auto: 14k -> 25k rows/s)."""
+    store = await open_store(pg_url, POLICY)
+    try:
+        assert isinstance(store, hub_postgres.PostgresHubStore)
+        assert await store._run(lambda conn: conn.fetchval("SHOW jit")) == "off"
+    finally:
+        await store.close()
 
 
 async def test_a_non_hub_postgres_database_is_refused(pg_url: str) -> None:  # noqa: F811
@@ -1745,7 +1764,7 @@ async def _ingest_lock_held(url: str) -> AsyncIterator[None]:
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
-            lock = hub_postgres.lock_key(f"venue:{VENUE}")
+            lock = hub_postgres_db.lock_key(f"venue:{VENUE}")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
             yield
     finally:
