@@ -38,7 +38,7 @@ from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries
-from sync.hub_sqlite_db import Reader, connect, transaction, wal
+from sync.hub_sqlite_db import Reader, connect, run_on, transaction, wal
 from sync.hub_sqlite_known import known_state, last_received, raised
 from sync.hub_store import (
     FeedSignal,
@@ -459,13 +459,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``job`` on the store's thread; SQLite errors become HubStoreError."""
-        db = self._db
-        if db is None:
-            raise HubStoreError(f"hub store {self._path} is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, job, db)
-        except sqlite3.Error as exc:
-            raise HubStoreError(f"hub store {self._path}: {exc}") from exc
+        return await run_on(self._executor, self._db, self._path, job)
 
 
 # --- jobs: run on the store's thread -------------------------------------------------------------

@@ -137,6 +137,22 @@ def transaction(
     return result
 
 
+async def run_on(
+    executor: ThreadPoolExecutor,
+    db: sqlite3.Connection | None,
+    path: Path,
+    job: Callable[[sqlite3.Connection], _T],
+) -> _T:
+    """``job(db)`` on ``executor``'s one thread (the connection's); SQLite errors become
+    HubStoreError, and so does a closed connection (None)."""
+    if db is None:
+        raise HubStoreError(f"hub store {path} is closed")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, job, db)
+    except sqlite3.Error as exc:
+        raise HubStoreError(f"hub store {path}: {exc}") from exc
+
+
 def wal(db: sqlite3.Connection) -> bool:
     """Whether the store is in WAL mode (:class:`Reader` needs it)."""
     return str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
@@ -169,13 +185,7 @@ class Reader:
 
     async def run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         """``job`` on the reader's thread; SQLite errors become HubStoreError."""
-        db = self._db
-        if db is None:
-            raise HubStoreError(f"hub store {self._path} is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, job, db)
-        except sqlite3.Error as exc:
-            raise HubStoreError(f"hub store {self._path}: {exc}") from exc
+        return await run_on(self._executor, self._db, self._path, job)
 
     async def close(self) -> None:
         """Close the connection and stop its thread. Idempotent."""

@@ -22,14 +22,11 @@ def ticket_alerts(
 ) -> list[NewAlert]:
     """Double admissions and repeated denials the batch's rows (received at hub time ``now``)
     create, ticket by ticket."""
-    new: dict[str, list[EntryWire]] = {}
-    for e in rows:
-        new.setdefault(e.ticket_ref, []).append(e)
     # One row of a ticket with no history makes no double admission (two admissions) and no
     # burst (``denied_alert_threshold`` attempts, at least 2 in [hub]): most of a batch.
     alone = policy.denied_alert_threshold > 1
     alerts: list[NewAlert] = []
-    for ref, batch in new.items():
+    for ref, batch in _by_ticket(rows).items():
         past = known.get(ref, ())
         if alone and not past and len(batch) == 1:
             continue
@@ -56,11 +53,8 @@ def undone_doubles(
     planned once (its rows sent again are stored already), so each undoing is noted once."""
     if policy.entry_policy == "unlimited":
         return []
-    new: dict[str, list[EntryWire]] = {}
-    for e in rows:
-        new.setdefault(e.ticket_ref, []).append(e)
     notes = []
-    for ref, batch in new.items():
+    for ref, batch in _by_ticket(rows).items():
         annuls = {e.annuls: e.gate_id for e in batch if e.annuls is not None}
         past = known.get(ref, ())
         if not annuls or not past:
@@ -74,6 +68,13 @@ def undone_doubles(
                 text = f"gate {name} annulled entry {undone[0]} (nobody passed with it): no"
                 notes.append(AlertNote(key, f"{text} double admission by this pair"))
     return notes
+
+
+def _by_ticket(rows: Iterable[EntryWire]) -> dict[str, list[EntryWire]]:
+    tickets: dict[str, list[EntryWire]] = {}
+    for e in rows:
+        tickets.setdefault(e.ticket_ref, []).append(e)
+    return tickets
 
 
 def double_admissions(
