@@ -33,7 +33,7 @@ import msgspec
 import pytest
 
 from agent import tickets
-from agent.app import config
+from agent.app import config, gate_commands
 from agent.app.daemon import Gate, open_gate
 from agent.app.status import StatusServer
 from agent.clock import HLC, Clock, uuid7
@@ -419,6 +419,13 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             # hub's alert cannot tell (it names a refused row, the copy's when the copy lost).
             words = "hub refuses this gate's rows from gate_seq 2: their numbers hold other rows"
             assert any(words in r for r in reasons) and "hub offline" not in reasons, reasons
+            # So does `gate-agent status`'s line for the hub (a security trial: it said
+            # "hub OFFLINE" while the link, the feed and the heartbeats worked).
+            text = gate_commands.summary(await StatusServer(a).status())
+            (line,) = [ln for ln in text.splitlines() if ln.startswith("  hub ")]
+            assert line.startswith(
+                "  hub UPLOADS REFUSED (conflict from gate_seq 2: admissions not shared), run "
+            ), line
             assert a.hub is not None and a.hub.status()["conflict_from_seq"] == 2
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
             # The operator: sees what would move, but moves nothing while the gate has a token
@@ -521,6 +528,40 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
     kept = await _stored(venue, "quarantined_entries")
     assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
     assert "hub feed restarted" not in caplog.text  # no gate read the venue's feed again
+
+
+async def test_the_console_marks_the_claim_in_a_double_admissions_alert(
+    venue: Venue, tmp_path: Path
+) -> None:
+    """A batch refused as a conflict admitted a ticket another gate had admitted: the console's
+    alert shows that entry marked as a claim (its badge was drawn by no test; sharing the
+    set-apart badge's class once miscounted those, in CI)."""
+    clock = Clock(assume="synced")
+    other_token = await asyncio.to_thread(add_token, venue.setup, gate_id="gate-y")
+    ref = "tk1:" + "5e" * 8
+    async with (
+        await Journal.open(tmp_path / "y.db", gate_id="gate-y", gate_name="Y", clock=clock) as y,
+        await Journal.open(tmp_path / "x2.db", gate_id="gate-x", gate_name="X", clock=clock) as x,
+        _hub(venue.setup),
+    ):
+        assert await _upload_as(venue, "gate-y", other_token, await _copied_row(y, ref)) == 200
+        squat = await _copied_row(venue.thief, "tk1:" + "00" * 8)  # a copy's gate_seq 1
+        assert await _upload_as(venue, "gate-x", venue.thief_token, squat) == 200
+        claimed = await _copied_row(x, ref)  # the real gate's gate_seq 1: a conflict
+        assert await _upload_as(venue, "gate-x", venue.thief_token, claimed) == 409
+        async with Browser(tmp_path / "browser", width=1280, height=900) as page:
+            await page.goto(f"{venue.setup.url}/console#token={venue.console}")
+            await page.wait_for("document.querySelector('#alerts .alert .claimed-badge')")
+            badges = await page.evaluate(
+                "[...document.querySelectorAll('#alerts .alert')].map(a => [a.textContent"
+                ".includes('double admission') || a.textContent.includes('admitted at'),"
+                " [...a.querySelectorAll('.claimed-badge')].map(b => b.textContent),"
+                " a.querySelectorAll('.set-apart-badge').length])"
+            )
+            assert [b for b in badges if b[0]] == [
+                [True, ["claimed: an admission of a refused upload"], 0]
+            ], badges
+            assert page.console_errors == []
 
 
 async def test_gates_forget_an_annulment_a_copied_token_wrote_once_it_is_set_apart(

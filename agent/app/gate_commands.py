@@ -285,6 +285,22 @@ def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
         )
 
 
+# Uploads an operator must unblock (sync.client: the gate's decisions are flagged offline, its
+# admissions reach no other gate), though the link, the feed and heartbeats may all work: a
+# security trial read "hub OFFLINE" as a network fault.
+_REFUSED = {"conflict": "conflict", "unauthorized": "token refused", "refused": "rows refused"}
+
+
+def _offline(up: dict[str, Any]) -> str:
+    """How `status` names an upstream that is not online."""
+    why = _REFUSED.get(str(up.get("upload")))
+    if why is None:
+        return "OFFLINE"
+    if why == "conflict" and up.get("conflict_from_seq") is not None:
+        why += f" from gate_seq {up['conflict_from_seq']}"
+    return f"UPLOADS REFUSED ({why}: admissions not shared)"
+
+
 def summary(snap: dict[str, Any]) -> str:
     """The text `gate-agent status` prints for a /status answer (raises KeyError, TypeError on
     one of another form)."""
@@ -319,7 +335,7 @@ def summary(snap: dict[str, Any]) -> str:
     if up is not None:
         online = bool(up.get("online"))
         lines.append(  # an error from before the link came back is history, not news
-            f"  {up.get('kind', 'upstream')} {'online' if online else 'OFFLINE'}"
+            f"  {up.get('kind', 'upstream')} {'online' if online else _offline(up)}"
             + (f", run {up['run']}" if up.get("run") else "")  # as the hub's alerts name it
             + (f" (last error: {up['last_error']})" if up.get("last_error") and not online else "")
         )

@@ -392,10 +392,14 @@ class StatusServer:
         return web.Response(body=body, headers={"Content-Type": done[1].headers["Content-Type"]})
 
     async def _render_status(self) -> web.Response:
+        return web.json_response(await self.status())
+
+    async def status(self) -> dict[str, Any]:
+        """The ``/status`` document: :meth:`snapshot` and its health."""
         snap = await self.snapshot()
         ready, reasons = _reasons(snap, self._limits)
         snap["health"] = {"status": "ready" if ready else "degraded", "reasons": reasons}
-        return web.json_response(snap)
+        return snap
 
     async def _render_metrics(self) -> web.Response:
         snap = await self.snapshot()
