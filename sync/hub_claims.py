@@ -12,17 +12,15 @@ that could write them could upload entries anyway. Once the gate is heard again 
 through the feed with the same entry ids, which gates store once. At most
 :data:`MAX_CLAIMS_PER_GATE` claims a gate, for good (a stolen token filling them fills no disk).
 A double admission a claim makes is raised with the conflict (:func:`sync.hub_rules.plan_ingest`,
-within the gate's alert budget), not once the rows come through; so is one an admission at
-another gate makes after it (the tickets' histories count the claims: :data:`CLAIMED_HISTORY`).
+within the gate's alert budget), not once the rows come through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from agent.redact import short_id
-from sync.hub_plan import TicketRow
 from sync.hub_rules import claimable
 from sync.hub_sql import feed_entry
 from sync.protocol import EntryWire, FeedEntry
@@ -46,31 +44,6 @@ CLAIMS_AFTER = (
     " WHERE c.claim_id > ? ORDER BY c.claim_id LIMIT ?"
 )
 TOP_CLAIM = "SELECT coalesce(max(claim_id), 0) FROM claimed_entries"
-# A ticket's history (sync.hub_rules.KnownState.history) counts its claims until their rows come
-# through: an admission at another gate after a claim is a double admission then, not once the
-# claimed rows are stored (a trial's finding). TICKET_COLUMNS, by short id (indexed; the ref is
-# compared after: claimed_history). HAS_CLAIMS first: a venue without claims reads no more.
-HAS_CLAIMS = "SELECT count(*) FROM (SELECT 1 FROM claimed_entries LIMIT 1) AS c"
-CLAIMED_HISTORY = (
-    "SELECT c.ticket_ref, c.entry_id, c.gate_id, c.gate_seq, 'entry', 'admit', NULL,"
-    " c.wall_time, c.hlc, c.claimed_at FROM claimed_entries AS c WHERE c.short_id IN ({})"
-    " AND NOT EXISTS (SELECT 1 FROM entries AS e WHERE e.entry_id = c.entry_id)"
-)
-
-
-def claimed_history(
-    rows: Iterable[Iterable[Any]],
-    refs: Iterable[str],
-    batch: Iterable[EntryWire],
-    max_ahead_s: float,
-) -> Iterator[tuple[str, TicketRow]]:
-    """The :data:`CLAIMED_HISTORY` rows of ``refs`` as (ref, row), but the claims of the batch's
-    own rows (a refused batch sent again, or its rows coming through: no double with itself)."""
-    wanted, own = set(refs), {e.entry_id for e in batch}
-    for row in rows:
-        ref, ticket_row = TicketRow.from_row(row, max_ahead_s)
-        if ref in wanted and ticket_row.entry_id not in own:
-            yield ref, ticket_row
 
 
 def claim_params(gate_id: str, rows: Sequence[EntryWire], now: float) -> list[tuple[Any, ...]]:

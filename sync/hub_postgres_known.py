@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from agent.redact import short_id
-from sync import hub_annul, hub_claims, hub_rules, hub_sql
+from sync import hub_annul, hub_rules, hub_sql
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -26,7 +25,6 @@ _LAST_ROW_TIME = hub_sql.numbered(hub_sql.LAST_ROW_TIME)
 _BUDGET_USED = hub_sql.numbered(hub_sql.BUDGET_USED)
 _RUN_BEFORE = hub_sql.numbered(hub_sql.RUN_BEFORE)
 _SEEN_BOOT = hub_sql.numbered(hub_sql.SEEN_BOOT)
-_CLAIMED_HISTORY = hub_claims.CLAIMED_HISTORY.format("SELECT unnest($1::text[])")
 
 
 # Of each ticket, each gate's last MAX_TICKET_HISTORY entries, exits and annulments to arrive,
@@ -73,12 +71,6 @@ async def known(
         for row in await conn.fetch(_HISTORY, refs, lo, hi, lo - ahead, hi - ahead):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
-    if refs and await conn.fetchval(hub_claims.HAS_CLAIMS):
-        shorts = sorted({short_id(ref) for ref in refs})
-        found = await conn.fetch(_CLAIMED_HISTORY, shorts)
-        claimed = hub_claims.claimed_history(found, refs, entries, policy.max_clock_ahead_s)
-        for ref, claim in claimed:
-            history.setdefault(ref, []).append(claim)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id = ANY($1::text[])"
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     names = {r[0]: r[1] for r in await conn.fetch(sql, gate_ids) if r[1]}

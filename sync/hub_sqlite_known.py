@@ -9,8 +9,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-from agent.redact import short_id
-from sync import hub_annul, hub_claims, hub_rules, hub_sql
+from sync import hub_annul, hub_rules, hub_sql
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -101,11 +100,6 @@ def known_state(
         for row in db.execute(query, (*chunk, lo, hi, lo - ahead, hi - ahead)):
             ref, ticket_row = TicketRow.from_row(row, policy.max_clock_ahead_s)
             history.setdefault(ref, []).append(ticket_row)
-    if refs and db.execute(hub_claims.HAS_CLAIMS).fetchone()[0]:
-        shorts = sorted({short_id(ref) for ref in refs})
-        found = _select_in(db, hub_claims.CLAIMED_HISTORY, shorts)
-        for ref, claim in hub_claims.claimed_history(found, refs, entries, ahead):
-            history.setdefault(ref, []).append(claim)
     gate_ids = hub_rules.gates_to_name(gate_id, history, stored)
     sql = "SELECT gate_id, gate_name FROM gates WHERE gate_id IN ({})"
     names = {g: n for g, n in _select_in(db, sql, gate_ids) if n}

@@ -2105,38 +2105,6 @@ async def test_a_claim_that_admits_a_ticket_twice_is_an_alert_at_once(
     assert "alerts held back" in storm.detail
 
 
-async def test_an_admission_after_a_claim_is_a_double_admission_at_once(store: HubStore) -> None:
-    """From a security lead's trial: a refused batch's admission kept as a claim, then the
-    ticket admitted at another gate that had not learnt the claim yet (offline); the double
-    admission was raised only once the claimed rows came through (a ticket's history read
-    stored rows only). Now with that admission, once; the claiming gate's own batch sent again
-    makes none with its own claim."""
-    real, copy, other = Gate("g1"), Gate("g1"), Gate("g2")
-    await store.ingest("g1", [copy.row("squat", at=T0)], T0)  # the copy's gate_seq 1
-    batch = [real.row("t1", at=T0 + 5)]
-    with pytest.raises(ConflictError):
-        await store.ingest("g1", batch, T0 + 10)
-    assert await store.claim("g1", batch, T0 + 10) == 1
-    with pytest.raises(ConflictError):
-        await store.ingest("g1", batch, T0 + 11)
-
-    async def doubles() -> list[Alert]:
-        return [a for a in await all_alerts(store) if a.kind == "double_admission"]
-
-    assert await doubles() == []
-    later = other.row("t1", at=T0 + 20)
-    await store.ingest("g2", [later], T0 + 21)
-    (double,) = await doubles()
-    assert (double.gates, double.entries) == (("g1", "g2"), (batch[0].entry_id, later.entry_id))
-    (shown,) = await store.alert_details([double])
-    assert [(c.entry_id, c.claimed) for c in shown.context] == [
-        (batch[0].entry_id, True), (later.entry_id, False)
-    ]  # fmt: skip
-    assert (await store.quarantine("g1", 1, T0 + 30)).moved  # the copy's row set apart
-    await store.ingest("g1", batch, T0 + 40)  # the claimed row comes through: the same pair
-    assert await doubles() == [double]
-
-
 @pytest.mark.parametrize("policy", ["single", "reentry"])
 async def test_a_claim_after_the_gates_own_exit_or_annulment_is_no_double_admission(
     open_hub: OpenStore, policy: str
