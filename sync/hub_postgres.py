@@ -75,10 +75,15 @@ _INSERT_ENTRIES = "INSERT INTO entries ({}) SELECT * FROM unnest({})".format(
 # The venue's lock, and index lookups only: the ingest reads are point lookups by indexed keys,
 # which the planner would turn into sequential scans on a table that grew faster than autovacuum
 # re-analyses it (a new event's first minutes), costing more per batch as the table grows.
-_BEGIN_INGEST = "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)"
-# No JIT: the ingest's history query (estimated costly, run in ~2 ms) took 200+ ms to compile on
-# each of its first custom plans of a connection (tests/bench/bench_hub.py --pg auto).
-_SETTINGS = {"jit": "off"}
+# No JIT either: the history query (run in ~2 ms) took 200+ ms to compile on each of a
+# connection's first custom plans (tests/bench/bench_hub.py --pg auto). For the transaction, as
+# a query: a startup parameter PgBouncer refuses, and asyncpg's pool resets a session's (a
+# review); PostgreSQL before 11 has none.
+BEGIN_INGEST = (
+    "SELECT pg_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true),"
+    " (SELECT set_config(name, 'off', true) FROM pg_settings WHERE name = 'jit')"
+)
+
 _INSERT_ALERT = hub_sql.numbered(hub_sql.INSERT_ALERT)
 _FORGET_RUNS = hub_sql.numbered(hub_twins.FORGET_GATE)
 _HEARD_TWICE = hub_sql.numbered(hub_twins.HEARD_TWICE)
@@ -152,9 +157,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         """
         where = _where(url)
         try:
-            pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, server_settings=_SETTINGS
-            )
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S)
         except ERRORS as exc:
             raise HubStoreError(f"cannot connect to the hub database {where}: {exc}") from exc
         store = cls(url, policy, pool)
@@ -195,7 +198,7 @@ class PostgresHubStore(PostgresConsoleQueries):
                 last = await conn.fetchval(_LAST_RECEIVED, gate_id)
             try:
                 async with conn.transaction():
-                    await conn.execute(_BEGIN_INGEST, self._lock_key)
+                    await conn.execute(BEGIN_INGEST, self._lock_key)
                     if token_hash is not None and not await conn.fetchval(
                         _GATE_TOKEN, token_hash, gate_id
                     ):
@@ -354,7 +357,7 @@ class PostgresHubStore(PostgresConsoleQueries):
         async def job(conn: _Conn) -> Quarantine:
             async with conn.transaction():
                 if not dry_run:  # a dry run reads: uploads go on
-                    await conn.execute(_BEGIN_INGEST, self._lock_key)
+                    await conn.execute(BEGIN_INGEST, self._lock_key)
                 tokens = int(await conn.fetchval(_Q_TOKENS, gate_id))
                 found = await conn.fetch(_Q_ROWS, gate_id, from_seq)
                 rows = tuple(QuarantinedRow(*row) for row in found)

@@ -424,7 +424,8 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             text = gate_commands.summary(await StatusServer(a).status())
             (line,) = [ln for ln in text.splitlines() if ln.startswith("  hub ")]
             assert line.startswith(
-                "  hub UPLOADS REFUSED (conflict from gate_seq 2: admissions not shared), run "
+                "  hub UPLOADS REFUSED (conflict from gate_seq 2: admissions shared as claims,"
+                " exits and annulments held), run "
             ), line
             assert a.hub is not None and a.hub.status()["conflict_from_seq"] == 2
             assert _integrity(await venue.alerts(), "gate_seq 2 reused by another entry_id")
@@ -451,6 +452,8 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 return "hub refuses this gate's token (and its rows from gate_seq 2)" in reasons
 
             await until(told, what="gate A's health once its token is revoked")
+            text = gate_commands.summary(await StatusServer(a).status())
+            assert "  hub REFUSES THIS GATE'S TOKEN: admissions not shared, run " in text, text
             # ... then gate A's rows from gate_seq 2 on are set apart, and shown.
             done = await _hub_cli(venue, "quarantine", "--gate", "gate-a", "--from-seq", "2")
             assert done.returncode == 0, done.stderr

@@ -285,20 +285,25 @@ def _check_identity(config: cfg.Config, url: str, snap: Any) -> None:
         )
 
 
-# Uploads an operator must unblock (sync.client: the gate's decisions are flagged offline, its
-# admissions reach no other gate), though the link, the feed and heartbeats may all work: a
-# security trial read "hub OFFLINE" as a network fault.
-_REFUSED = {"conflict": "conflict", "unauthorized": "token refused", "refused": "rows refused"}
+# Uploads an operator must unblock (sync.client: the gate's decisions are flagged offline),
+# though the link, the feed and heartbeats may all work: a security trial read "hub OFFLINE" as
+# a network fault. A conflict's admissions still reach the gates, as claims (sync.hub_claims).
+_REFUSED = {
+    "conflict": "conflict{}: admissions shared as claims, exits and annulments held",
+    "unauthorized": "token refused: admissions not shared",
+    "refused": "rows refused: admissions not shared",
+}
 
 
 def _offline(up: dict[str, Any]) -> str:
     """How `status` names an upstream that is not online."""
+    if up.get("refused"):  # its token or certificate, whichever request met it (a trial)
+        return f"REFUSES THIS GATE'S {str(up['refused']).upper()}: admissions not shared"
     why = _REFUSED.get(str(up.get("upload")))
     if why is None:
         return "OFFLINE"
-    if why == "conflict" and up.get("conflict_from_seq") is not None:
-        why += f" from gate_seq {up['conflict_from_seq']}"
-    return f"UPLOADS REFUSED ({why}: admissions not shared)"
+    seq = up.get("conflict_from_seq")
+    return f"UPLOADS REFUSED ({why.format('' if seq is None else f' from gate_seq {seq}')})"
 
 
 def summary(snap: dict[str, Any]) -> str:
