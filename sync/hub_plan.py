@@ -105,6 +105,7 @@ class AlertNote:
 
     dedupe_key: str
     text: str
+    unless_entry: str = ""  # not on an alert naming this entry (its own pair): none for ""
 
 
 class Names:

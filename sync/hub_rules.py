@@ -92,7 +92,7 @@ from sync.hub_plan import (
     lead_s,
 )
 from sync.hub_store import ConflictError, HubPolicy, OverQuotaError, RefusedError
-from sync.hub_ticket_alerts import ticket_alerts, undone_doubles
+from sync.hub_ticket_alerts import again_notes, ticket_alerts, undone_doubles
 from sync.protocol import (
     MAX_DETAIL,
     BatchAck,
@@ -270,7 +270,7 @@ def plan_ingest(
     # slot of a ticket's alert.
     alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += _behind_alert(gate_id, rows, known, names, policy, now)
-    notes = tuple(undone_doubles(rows, known.history, policy, names, now))
+    notes = (*undone_doubles(rows, known.history, policy, names, now), *again_notes(alerts, names))
     budgeted = _budget(gate_id, alerts, known, policy, now)
     return IngestPlan(rows, tuple(results), (), budgeted, acked, notes=notes)
 

@@ -131,13 +131,16 @@ INSERT_ALERT = (
 # HUB_NOTES on one alert and never past its MAX_NOTES, so security's notes keep their room.
 HUB_NOTES = 10
 _NOTES = "(SELECT count(*) FROM alert_actions AS x WHERE x.alert_id = alerts.alert_id AND"
-INSERT_NOTE = (
+_INSERT_NOTE = (
     "INSERT INTO alert_actions (alert_id, action, actor, value, at)"
     " SELECT alert_id, 'note', 'hub', CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION) FROM alerts"
     f" WHERE dedupe_key = ? AND {_NOTES} x.action = 'note') < {MAX_NOTES}"
-    f" AND {_NOTES} x.action = 'note' AND x.actor = 'hub') < {HUB_NOTES}"
+    f" AND {_NOTES} x.action = 'note' AND x.actor = 'hub') < {HUB_NOTES} AND "
 )
-INSERT_NOTE_PG = numbered(INSERT_NOTE)
+# ... and the alert does not name AlertNote.unless_entry (alerts keep entries as JSON text in
+# SQLite, an array in PostgreSQL)
+INSERT_NOTE = _INSERT_NOTE + "instr(entries, '\"' || ? || '\"') = 0"
+INSERT_NOTE_PG = numbered(_INSERT_NOTE + "NOT (CAST(? AS TEXT) = ANY(entries))")
 
 
 def alert_params(
@@ -151,9 +154,9 @@ def alert_params(
     )  # fmt: skip
 
 
-def note_params(notes: Iterable[AlertNote], now: float) -> list[tuple[str, float, str]]:
+def note_params(notes: Iterable[AlertNote], now: float) -> list[tuple[str, float, str, str]]:
     """The :data:`INSERT_NOTE` parameters of a plan's notes."""
-    return [(n.text, now, n.dedupe_key) for n in notes]
+    return [(n.text, now, n.dedupe_key, n.unless_entry) for n in notes]
 
 
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"

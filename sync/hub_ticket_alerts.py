@@ -63,11 +63,31 @@ def undone_doubles(
         after = _doubles([*past, *added], policy)
         for key, pair in _doubles(past, policy).items():
             undone = [r.entry_id for r in pair if r.entry_id in annuls]
-            if key not in after and undone:
-                name = names(annuls[undone[0]])
-                text = f"gate {name} annulled entry {undone[0]} (nobody passed with it): no"
-                notes.append(AlertNote(key, f"{text} double admission by this pair"))
+            if not undone:
+                continue
+            text = f"gate {names(annuls[undone[0]])} annulled entry {undone[0]} (nobody passed"
+            if key not in after:
+                notes.append(AlertNote(key, f"{text} with it): no double admission by this pair"))
+            elif (now_first := after[key][0]).entry_id != pair[0].entry_id:  # a review, a trial
+                notes.append(AlertNote(key, f"{text} with it): {_stands(now_first, names)}"))
     return notes
+
+
+def again_notes(alerts: Iterable[NewAlert], names: Names) -> list[AlertNote]:
+    """For each double admission the batch makes whose alert was raised before with another
+    first entry (a pair an annulment undid, then a third gate's admission dated before the
+    later one: its key is the later entry's), a note naming the pair that stands now; a new
+    alert gets none (the store adds it only to an alert not naming that first entry)."""
+    return [
+        AlertNote(a.dedupe_key, f"a double admission again: {a.gates[0]} then {a.gates[1]}"
+                  f" (entry {a.entries[0]} first)", unless_entry=a.entries[0])
+        for a in alerts
+        if a.kind == "double_admission" and len(a.entries) == 2 and len(a.gates) == 2
+    ]  # fmt: skip
+
+
+def _stands(first: TicketRow, names: Names) -> str:
+    return f"the double admission stands, after {names(first.gate_id)}'s entry {first.entry_id}"
 
 
 def _by_ticket(rows: Iterable[EntryWire]) -> dict[str, list[EntryWire]]:

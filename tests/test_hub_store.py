@@ -2191,24 +2191,50 @@ async def test_a_double_admission_undone_by_an_annulment_since_is_noted_so(
     assert shown[short_id("t2")].notes == ()  # the other ticket's alert is left as it was
 
 
-async def test_only_the_double_admissions_an_annulment_undoes_are_noted(store: HubStore) -> None:
-    """A review of a first try, which noted every double admission of the ticket: a
-    single-entry ticket admitted at three gates is two doubles (the second and the third entry
-    each after the first); the first gate's annulment of the first entry undoes the second's,
-    but the third entry is still a second admission (after the second's)."""
-    first, second, third = Gate("g1"), Gate("g2"), Gate("g3")
-    entry = first.row("t1", at=T0)
-    await store.ingest("g1", [entry], T0)
-    await store.ingest("g2", [second.row("t1", at=T0 + 5)], T0 + 6)
-    await store.ingest("g3", [third.row("t1", at=T0 + 10)], T0 + 11)
+async def test_a_double_admission_standing_with_another_pair_is_noted_so(store: HubStore) -> None:
+    """A single-entry ticket admitted at three gates is two alerts, each naming the first entry.
+    Its gate annuls it: the second gate's is undone, but the third one's still stands, now after
+    the second's (a review of a first try noted both alike; a security lead's trial then found
+    the standing one naming a pair that was none, without a word)."""
+    x, y, z = Gate("gx"), Gate("gy"), Gate("gz")
+    first = x.row("t1", at=T0)
+    await store.ingest("gx", [first], T0)
+    second = y.row("t1", at=T0 + 5)
+    await store.ingest("gy", [second], T0 + 6)
+    await store.ingest("gz", [z.row("t1", at=T0 + 10)], T0 + 11)
     alerts = await all_alerts(store)
-    assert [x.gates for x in alerts] == [("g1", "g2"), ("g1", "g3")]
-    await store.ingest("g1", [first.row("t1", "annul", annuls=entry.entry_id, at=T0 + 12)], T0 + 13)
-    noted, standing = [x.workflow for x in await store.alert_details(alerts)]
-    assert [n.text.split(" (")[0] for n in noted.notes] == [
-        f"gate g1 annulled entry {entry.entry_id}"
+    await store.ingest("gx", [x.row("t1", "annul", annuls=first.entry_id, at=T0 + 12)], T0 + 13)
+    undone, stands = [[n.text for n in a.workflow.notes] for a in await store.alert_details(alerts)]
+    said = f"gate gx annulled entry {first.entry_id} (nobody passed with it):"
+    assert undone == [f"{said} no double admission by this pair"]
+    assert stands == [f"{said} the double admission stands, after gy's entry {second.entry_id}"]
+
+
+async def test_a_double_admission_made_again_after_its_pair_was_undone_is_noted(
+    store: HubStore,
+) -> None:
+    """A review: an alert is kept by its later entry, so once an annulment undid its pair (a
+    note says so), a third gate's admission dated before that later entry made it a double
+    again, and the alert, dropped as raised before, said nothing new: now a note names the
+    pair; a new alert gets none."""
+    x, y, z = Gate("gx"), Gate("gy"), Gate("gz")
+    first = x.row("t1", at=T0)
+    await store.ingest("gx", [first], T0)
+    await store.ingest("gy", [y.row("t1", at=T0 + 10)], T0 + 11)
+    (alert,) = await all_alerts(store)
+    await store.ingest("gx", [x.row("t1", "annul", annuls=first.entry_id, at=T0 + 12)], T0 + 13)
+    late = z.row("t1", at=T0 + 5)  # offline: dated before gy's entry, arriving after
+    await store.ingest("gz", [late], T0 + 20)
+    assert [a.alert_id for a in await all_alerts(store)] == [alert.alert_id]
+    (shown,) = await store.alert_details([alert])
+    assert [n.text for n in shown.workflow.notes][1:] == [
+        f"a double admission again: gz then gy (entry {late.entry_id} first)"
     ]
-    assert standing.notes == ()
+    fresh = Gate("gw").row("t2", at=T0)
+    await store.ingest("gw", [fresh], T0)
+    await store.ingest("gy", [y.row("t2", at=T0 + 30)], T0 + 31)
+    (new,) = [a for a in await all_alerts(store) if a.alert_id != alert.alert_id]
+    assert (await store.alert_details([new]))[0].workflow.notes == ()
 
 
 async def test_the_hubs_notes_on_an_alert_are_capped(tmp_path: Path) -> None:
