@@ -265,6 +265,7 @@ def test_a_plain_http_hub_off_this_machine_is_warned_of(tmp_path: Path, keys_dir
             devices={"scanner": "sim://stdin", "gate": "sim://gate"},
             hub={"url": url, "token": "not-a-real-token-but-long-enough"},
         )  # fmt: skip
+        conf.chmod(0o600)  # its token written in it: readable by others, that is warned of too
         r = _selftest("--config-only", "--config", conf)
         assert r.returncode == 0, r.stdout + r.stderr
         warn = [line for line in r.stdout.splitlines() if line.startswith("WARN")]

@@ -24,6 +24,7 @@ from agent.model import Reason
 from agent.ports import Scan
 from tests.conftest import WriteConfig
 from tests.gateconf import write_gate_config
+from tests.hubgate import write_gate
 
 
 def _check(*args: str | Path) -> tuple[int, dict[str, object]]:
@@ -108,6 +109,29 @@ async def test_selftest_config_only_passes_what_run_starts_with_and_warns(
         (conf.gate.state_dir / name).unlink()
     r = _selftest_config_only(conf_path)
     assert r.returncode == 78 and "[trust] bundle refused" in r.stderr and r.stdout == ""
+
+
+def test_a_hub_token_written_in_a_config_others_can_read_is_warned_of(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    """A security lead's trial: a gate.toml of mode 0644 holding its hub token passed
+    `selftest --config-only` (a token_file so readable is refused). It is warned of, by
+    selftest and at start, without the token."""
+    conf = write_gate(
+        tmp_path / "g", keys_dir, gate_id="g1", name="G1", url="https://127.0.0.1:9",
+        token="t" * 40,
+    )  # fmt: skip
+    conf.chmod(0o644)
+    r = _selftest_config_only(conf)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"WARN config    {conf}: [hub] token: written in this file, which group or others can"
+        f" read (mode 644): chmod 600 {conf}, or put the token in a token_file of mode 0600"
+    ) in r.stdout.splitlines(), r.stdout
+    assert "t" * 40 not in r.stdout + r.stderr
+    conf.chmod(0o600)
+    r = _selftest_config_only(conf)
+    assert r.returncode == 0 and "[hub] token" not in r.stdout, r.stdout
 
 
 async def test_selftest_config_only_tries_lists_tls_files_pretix_and_state_as_run_does(

@@ -383,6 +383,24 @@ def _read_token(path: Path | None, src: Path) -> str:
         raise ConfigError(f"{src}: [hub] token_file: {path}: not an ASCII token") from None
 
 
+def exposed_token(config: Config) -> str | None:
+    """Why the hub token written in the config file itself is exposed: the file is readable by
+    group or others (a token_file so would be refused; a security trial found the same token
+    inline in a file of mode 0644 passed); None when it is not."""
+    if config.hub is None or config.hub.token_file is not None:
+        return None
+    try:
+        mode = config.path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"[hub] token: written in this file, which group or others can read (mode {mode:o}):"
+        f" chmod 600 {config.path}, or put the token in a token_file of mode 0600"
+    )
+
+
 def load(path: Path) -> Config:
     """Read and validate the config file at ``path``; raises ConfigError."""
     try:

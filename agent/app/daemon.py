@@ -416,6 +416,8 @@ async def run(config: cfg.Config) -> int:
         running.append(task)
         if stopping.is_set():  # a signal came while the gate was opening
             task.cancel()
+        if (exposed := cfg.exposed_token(config)) is not None:
+            log.warning("%s: %s", config.path, exposed)
         log.info(
             "gate %s ready: %s %s, trust v%d, revocations v%d (%d entries), gate-agent %s, pid %d",
             config.gate.id,

@@ -440,6 +440,8 @@ def check_config(path: Path, out: TextIO) -> int:
             " list_stale ([policy] stale_list); give it a signed list in [revocation] files (a"
             " first one: gate-agent revoke --keys DIR --out FILE 00000000000000000000000000000000)"
         )
+    if (exposed := cfg.exposed_token(conf)) is not None:
+        warnings.append(exposed)
     if conf.hub is not None:
         hub_tls(conf)
         if (problem := _plain_http(conf.hub.url)) is not None:
