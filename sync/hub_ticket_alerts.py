@@ -61,7 +61,11 @@ def undone_doubles(
             continue
         added = [TicketRow.of(e, now, policy.max_clock_ahead_s) for e in batch]
         after = _doubles([*past, *added], policy)
-        for key, pair in _doubles(past, policy).items():
+        # The doubles there would be without the batch's annulments: the history's, and those
+        # of an entry annulled in its own batch (a claim's alert, raised with its conflict, when
+        # the claimed rows come through: a trial); the store notes only alerts raised before.
+        would = _doubles([*past, *(r for r in added if r.kind != "annul")], policy)
+        for key, pair in would.items():
             undone = [r.entry_id for r in pair if r.entry_id in annuls]
             if not undone:
                 continue
@@ -69,7 +73,8 @@ def undone_doubles(
             if key not in after:
                 notes.append(AlertNote(key, f"{text} with it): no double admission by this pair"))
             elif (now_first := after[key][0]).entry_id != pair[0].entry_id:  # a review, a trial
-                notes.append(AlertNote(key, f"{text} with it): {_stands(now_first, names)}"))
+                stands = f"{text} with it): {_stands(now_first, names)}"
+                notes.append(AlertNote(key, stands, unless_entry=now_first.entry_id))
     return notes
 
 

@@ -2237,6 +2237,32 @@ async def test_a_double_admission_made_again_after_its_pair_was_undone_is_noted(
     assert (await store.alert_details([new]))[0].workflow.notes == ()
 
 
+async def test_a_claims_double_admission_its_gate_annulled_is_noted_when_its_rows_arrive(
+    store: HubStore,
+) -> None:
+    """A security lead's trial: a refused batch's admission made a double admission (raised with
+    the conflict, the entry a claim); its gate then annulled it (nobody passed), and once the
+    operator's quarantine let its rows through, entry and annulment in one batch, the alert
+    said nothing."""
+    real, copy, other = Gate("g1"), Gate("g1"), Gate("g2")
+    await store.ingest("g2", [other.row("t1", at=T0)], T0)
+    await store.ingest("g1", [copy.row("squat", at=T0)], T0)  # the copy's gate_seq 1
+    entry = real.row("t1", at=T0 + 5)
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", [entry], T0 + 10)
+    (alert,) = [a for a in await all_alerts(store) if a.kind == "double_admission"]
+    batch = [entry, real.row("t1", "annul", annuls=entry.entry_id, at=T0 + 8)]
+    with pytest.raises(ConflictError):
+        await store.ingest("g1", batch, T0 + 20)
+    assert (await store.quarantine("g1", 1, T0 + 30)).moved
+    await store.ingest("g1", batch, T0 + 40)
+    (shown,) = await store.alert_details([alert])
+    assert [n.text for n in shown.workflow.notes] == [
+        f"gate g1 annulled entry {entry.entry_id} (nobody passed with it): no double admission"
+        " by this pair"
+    ]
+
+
 async def test_the_hubs_notes_on_an_alert_are_capped(tmp_path: Path) -> None:
     """Notes of the hub's own stop at HUB_NOTES an alert and never take it past MAX_NOTES:
     security's own notes keep their room (a review of a first try found a gate could fill
