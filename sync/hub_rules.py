@@ -153,7 +153,7 @@ class IngestPlan:
     # new alert held back in it: a review). The dedupe keys of its alerts before the budget: the
     # store reads which are stored and plans again with them as ``KnownState.raised``.
     candidates: tuple[str, ...] = ()
-    notes: tuple[AlertNote, ...] = ()  # on alerts raised before (hub_ticket_alerts.undone_doubles)
+    notes: tuple[AlertNote, ...] = ()  # on alerts raised before (hub_ticket_alerts)
 
     @property
     def feed_rows(self) -> bool:
@@ -270,7 +270,7 @@ def plan_ingest(
     # slot of a ticket's alert.
     alerts += _ahead_alert(gate_id, rows, names, policy, now)
     alerts += _behind_alert(gate_id, rows, known, names, policy, now)
-    notes = (*undone_doubles(rows, known.history, policy, names, now), *again_notes(alerts, names))
+    notes = (*undone_doubles(rows, known.history, policy, names, now), *again_notes(alerts))
     budgeted = _budget(gate_id, alerts, known, policy, now)
     return IngestPlan(rows, tuple(results), (), budgeted, acked, notes=notes)
 

@@ -1,7 +1,8 @@
 """The hub store on one SQLite file: the default, no other service to run.
 
-One dedicated thread owns the connection (the aiosqlite pattern): every public method is one job
-on it, so a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
+One dedicated thread owns the connection (the aiosqlite pattern, sync.hub_sqlite_db; a second,
+read-only one reads the token every request carries): every public method is one job on it, so
+a batch's transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, WAL, ``synchronous=FULL``: an
 acknowledgement means durable) never interleaves with another job, and no reader ever sees rows of
 an uncommitted batch. Batches that wait for the thread together share one transaction (group
 commit, each under its own savepoint). The ingest rules are :mod:`sync.hub_rules`'s. Long-polls
@@ -13,13 +14,11 @@ refused (:mod:`sync.hub_sqlite_db`). SQLite errors become HubStoreError.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +37,7 @@ from sync.group_commit import GroupCommit
 from sync.hub_plan import NewAlert
 from sync.hub_sql import ENTRY_COLUMNS
 from sync.hub_sqlite_console import SQLiteConsoleQueries
-from sync.hub_sqlite_db import Reader, connect, run_on, transaction, wal
+from sync.hub_sqlite_db import ConnectionThread, connect, read_only, transaction, wal
 from sync.hub_sqlite_known import known_state, last_received, raised
 from sync.hub_store import (
     FeedSignal,
@@ -96,16 +95,14 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         self,
         path: Path,
         policy: HubPolicy,
-        executor: ThreadPoolExecutor,
-        db: sqlite3.Connection,
-        reader: Reader | None,
+        writer: ConnectionThread,
+        reader: ConnectionThread | None,
     ) -> None:
         """Use :meth:`open`; this only wires prepared connections and their threads."""
         self._path = path
-        self._reader = reader
+        self._writer = writer
+        self._reader = reader  # tokens (None: a store not in WAL reads them on the writer)
         self._policy = policy
-        self._executor = executor
-        self._db: sqlite3.Connection | None = db
         self.feed_signal = FeedSignal()
         self._quota = UploadQuota(policy.upload_rows_per_s, policy.upload_burst)
         self._revocations: RevocationState | None = None  # cache of the last state read/written
@@ -122,23 +119,17 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         version of it), or belongs to another venue.
         """
         path = Path(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-sqlite")
+        writer = await ConnectionThread.open(path, lambda p: connect(p, policy.venue), "hub-sqlite")
         try:
-            db = await asyncio.get_running_loop().run_in_executor(
-                executor, connect, path, policy.venue
+            in_wal = await writer.run(wal)
+            reader = (
+                await ConnectionThread.open(path, read_only, "hub-sqlite-read") if in_wal else None
             )
         except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        try:
-            in_wal = await asyncio.get_running_loop().run_in_executor(executor, wal, db)
-            reader = await Reader.open(path) if in_wal else None
-        except BaseException:
-            executor.submit(db.close)  # on its thread, as every use of it
-            executor.shutdown(wait=False)
+            await writer.close()
             raise
         log.info("hub store %s (venue %s) open", path, policy.venue)
-        return cls(path, policy, executor, db, reader)
+        return cls(path, policy, writer, reader)
 
     @property
     def policy(self) -> HubPolicy:
@@ -408,19 +399,13 @@ class SQLiteHubStore(SQLiteConsoleQueries):
         )
 
     async def close(self) -> None:
-        """Close the database and stop its thread. Idempotent."""
-        db, self._db = self._db, None
-        if db is None:
-            return
+        """Close the database and stop its threads. Idempotent."""
         try:
             await self._uploads.close()  # a group in flight ends first; the rest are refused
             if self._reader is not None:
                 await self._reader.close()  # first: the writer's close checkpoints the WAL
         finally:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-            finally:
-                self._executor.shutdown(wait=False)
+            await self._writer.close()
 
     def _ingest_job(
         self,
@@ -459,7 +444,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
 
     async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``job`` on the store's thread; SQLite errors become HubStoreError."""
-        return await run_on(self._executor, self._db, self._path, job)
+        return await self._writer.run(job)
 
 
 # --- jobs: run on the store's thread -------------------------------------------------------------

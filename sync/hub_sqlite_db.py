@@ -137,34 +137,19 @@ def transaction(
     return result
 
 
-async def run_on(
-    executor: ThreadPoolExecutor,
-    db: sqlite3.Connection | None,
-    path: Path,
-    job: Callable[[sqlite3.Connection], _T],
-) -> _T:
-    """``job(db)`` on ``executor``'s one thread (the connection's); SQLite errors become
-    HubStoreError, and so does a closed connection (None)."""
-    if db is None:
-        raise HubStoreError(f"hub store {path} is closed")
-    try:
-        return await asyncio.get_running_loop().run_in_executor(executor, job, db)
-    except sqlite3.Error as exc:
-        raise HubStoreError(f"hub store {path}: {exc}") from exc
-
-
 def wal(db: sqlite3.Connection) -> bool:
-    """Whether the store is in WAL mode (:class:`Reader` needs it)."""
+    """Whether the store is in WAL mode (a second, read-only :class:`ConnectionThread` needs it)."""
     return str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
 
 
-class Reader:
-    """A read-only connection to the store on a thread of its own, for the read every request
-    waits for (its token's owner): on the writer's one thread it waited behind the group commit
-    under way, so an upload joined the next group only after it, and most groups held one
-    upload (tests/bench/bench_hub.py). WAL lets it read the last commit meanwhile; a store in
-    another journal mode (a warning at open) reads tokens on the writer's thread, as before (a
-    rollback journal's commit would keep this reader waiting, and then failing, busy)."""
+class ConnectionThread:
+    """A connection to the store and the one thread that uses it (the aiosqlite pattern): the
+    store's writer, and the read-only connection every request's token is read on. On the
+    writer's thread that read waited behind the group commit under way, so an upload joined the
+    next group only after it, and most groups held one upload (tests/bench/bench_hub.py). WAL
+    lets the reader read the last commit meanwhile; a store in another journal mode (a warning
+    at open) reads tokens on the writer's thread, as before (a rollback journal's commit would
+    keep the reader waiting, and then failing, busy)."""
 
     def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
         """Use :meth:`open`."""
@@ -173,19 +158,28 @@ class Reader:
         self._db: sqlite3.Connection | None = db
 
     @classmethod
-    async def open(cls, path: Path) -> Reader:
-        """Open the store at ``path`` (made by :func:`connect`) read-only. Raises HubStoreError."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-sqlite-read")
+    async def open(
+        cls, path: Path, opener: Callable[[Path], sqlite3.Connection], name: str
+    ) -> ConnectionThread:
+        """``opener(path)`` on a new thread named ``name``. Raises what ``opener`` raises."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         try:
-            db = await asyncio.get_running_loop().run_in_executor(executor, _read_only, path)
+            db = await asyncio.get_running_loop().run_in_executor(executor, opener, path)
         except BaseException:
             executor.shutdown(wait=False)
             raise
         return cls(path, executor, db)
 
     async def run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``job`` on the reader's thread; SQLite errors become HubStoreError."""
-        return await run_on(self._executor, self._db, self._path, job)
+        """``job(db)`` on the connection's thread; SQLite errors become HubStoreError, and so
+        does a closed connection."""
+        db = self._db
+        if db is None:
+            raise HubStoreError(f"hub store {self._path} is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, job, db)
+        except sqlite3.Error as exc:
+            raise HubStoreError(f"hub store {self._path}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the connection and stop its thread. Idempotent."""
@@ -198,7 +192,8 @@ class Reader:
             self._executor.shutdown(wait=False)
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
+def read_only(path: Path) -> sqlite3.Connection:
+    """The store at ``path`` (made by :func:`connect`) opened read-only. Raises HubStoreError."""
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:

@@ -43,14 +43,16 @@ def undone_doubles(
     names: Names,
     now: float,
 ) -> list[AlertNote]:
-    """A note for each double admission raised before that the batch's annulments undo.
+    """Notes on the double admissions the batch's annulments change.
 
     A gate cut off admits a ticket another gate had admitted; its link comes back within the
     passage timeout, so its entry reaches the hub before its annulment (nobody passed: a
-    trial). Alerts are never withdrawn; the note says so. Only a pair that is no double once
-    the batch is added, one of whose entries the batch annuls, is noted: a double that still
-    stands (its later entry a second admission after another one) is not, and a batch is
-    planned once (its rows sent again are stored already), so each undoing is noted once."""
+    trial). Alerts are never withdrawn; a note says the pair is no double, or, when the double
+    stands with another first entry, names it. The pairs are those there would be without the
+    batch's annulments (the history's, and an entry's annulled in its own batch: a claim's
+    alert, raised with its conflict, when the claimed rows come through); the store notes only
+    alerts raised before. A batch is planned once (its rows sent again are stored already), so
+    each change is noted once."""
     if policy.entry_policy == "unlimited":
         return []
     notes = []
@@ -61,24 +63,24 @@ def undone_doubles(
             continue
         added = [TicketRow.of(e, now, policy.max_clock_ahead_s) for e in batch]
         after = _doubles([*past, *added], policy)
-        # The doubles there would be without the batch's annulments: the history's, and those
-        # of an entry annulled in its own batch (a claim's alert, raised with its conflict, when
-        # the claimed rows come through: a trial); the store notes only alerts raised before.
         would = _doubles([*past, *(r for r in added if r.kind != "annul")], policy)
         for key, pair in would.items():
             undone = [r.entry_id for r in pair if r.entry_id in annuls]
             if not undone:
                 continue
-            text = f"gate {names(annuls[undone[0]])} annulled entry {undone[0]} (nobody passed"
+            by = names(annuls[undone[0]])
+            said = f"gate {by} annulled entry {undone[0]} (nobody passed with it):"
             if key not in after:
-                notes.append(AlertNote(key, f"{text} with it): no double admission by this pair"))
-            elif (now_first := after[key][0]).entry_id != pair[0].entry_id:  # a review, a trial
-                stands = f"{text} with it): {_stands(now_first, names)}"
-                notes.append(AlertNote(key, stands, unless_entry=now_first.entry_id))
+                notes.append(AlertNote(key, f"{said} no double admission by this pair"))
+            elif (first := after[key][0]).entry_id != pair[0].entry_id:  # a review, a trial
+                stands = f"the double admission stands, after {names(first.gate_id)}'s entry"
+                notes.append(
+                    AlertNote(key, f"{said} {stands} {first.entry_id}", unless_entry=first.entry_id)
+                )
     return notes
 
 
-def again_notes(alerts: Iterable[NewAlert], names: Names) -> list[AlertNote]:
+def again_notes(alerts: Iterable[NewAlert]) -> list[AlertNote]:
     """For each double admission the batch makes whose alert was raised before with another
     first entry (a pair an annulment undid, then a third gate's admission dated before the
     later one: its key is the later entry's), a note naming the pair that stands now; a new
@@ -87,12 +89,8 @@ def again_notes(alerts: Iterable[NewAlert], names: Names) -> list[AlertNote]:
         AlertNote(a.dedupe_key, f"a double admission again: {a.gates[0]} then {a.gates[1]}"
                   f" (entry {a.entries[0]} first)", unless_entry=a.entries[0])
         for a in alerts
-        if a.kind == "double_admission" and len(a.entries) == 2 and len(a.gates) == 2
+        if a.kind == "double_admission"
     ]  # fmt: skip
-
-
-def _stands(first: TicketRow, names: Names) -> str:
-    return f"the double admission stands, after {names(first.gate_id)}'s entry {first.entry_id}"
 
 
 def _by_ticket(rows: Iterable[EntryWire]) -> dict[str, list[EntryWire]]:
