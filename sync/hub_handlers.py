@@ -184,6 +184,7 @@ async def feed(request: web.Request) -> web.Response:
     # next < after: the store is newer than the reader's cursor; it learns that at once.
     if not entries and wait > 0 and next_cursor >= after:
         await hub.wait_feed(after, wait)
+        await gate_caller(request, hub, None)  # still valid: revoked while waiting is a 401
         entries, next_cursor = await hub.store.feed(after, limit)
     return _feed_response(FeedPage(tuple(entries), next_cursor, hub.clock()))
 

@@ -669,6 +669,26 @@ async def test_feed_long_poll_wakes_on_an_upload_and_times_out_empty(
     assert capped.entries == () and 2.5 <= time.monotonic() - t0 < 5
 
 
+async def test_a_feed_long_poll_open_when_its_token_is_revoked_answers_401(
+    hub: RunningHub, api: Api, make_gate: MakeGate
+) -> None:
+    """A stolen unit's token revoked while its long-poll waits learns nothing more: the poll
+    woken by another gate's upload answers 401, not that gate's rows."""
+    reader, writer = await make_gate(), await make_gate()
+    start = await feed_end(api, reader.token)
+    poll = asyncio.ensure_future(
+        api.get(f"/v1/venues/venue-1/entries?after={start}&wait=30", reader.token)
+    )
+    await until_feed_waiting(api, hub.console)
+    done = hub_cli(hub.setup, "token", "--revoke-gate", reader.gate_id)
+    assert done.returncode == 0 and f"gate {reader.gate_id} deleted" in done.stdout
+    row = await writer.row("T-poll-revoked")
+    assert (await writer.upload(api, row)).status == 200
+    reply = await poll
+    assert reply.status == 401, reply.body
+    assert row.entry_id not in str(reply.body)
+
+
 async def test_feed_after_a_cursor_beyond_the_store_answers_its_highest_cursor_at_once(
     api: Api, make_gate: MakeGate
 ) -> None:
