@@ -224,8 +224,8 @@ class HubClient:
         feed_cursor, feed_lag_s (seconds since the feed was last caught up), revocation_version,
         trust_version, hub_clock_offset_s, last_error, conflicts (entry ids), conflict_from_seq
         (the lowest gate_seq of them: where the rows of a copy of this gate's token begin at the
-        hub, the --from-seq of its quarantine) and refused (the credential the hub refuses,
-        "token" or "cert", until a request is answered again)."""
+        hub, the --from-seq of its quarantine), refused (the credential the hub refuses,
+        "token" or "cert", until a request is answered again) and reachable (the link alone)."""
         now, ok = time.monotonic(), self._http.last_ok
         return {
             "online": self.online,
@@ -237,6 +237,7 @@ class HubClient:
             "trust_version": self._trust.version, "hub_clock_offset_s": self._hub_time.offset,
             "last_error": self._last_error, "conflicts": list(self._conflicts),
             "conflict_from_seq": self._conflict_seq, "refused": self._refused,
+            "reachable": self._http.reachable(self._s.offline_after_s),
             "run": run_shown(run_id(self._run_key)),
         }  # fmt: skip
 
@@ -417,7 +418,7 @@ class HubClient:
         """Log a task's fault (a repeated transient one at DEBUG) and return the delay."""
         self._last_error = f"{name}: {exc}"
         if isinstance(exc, UpstreamUnavailable):
-            if name == "upload":
+            if name == "upload" and self._upload_state != "conflict":  # held till one goes up
                 self._upload_state = "unavailable"
             log.log(logging.DEBUG if quiet else logging.WARNING, "hub %s: %s", name, exc)
             return backoff.next_delay(at_least=exc.retry_after or 0.0)

@@ -233,6 +233,14 @@ class HubHTTP:
         self.last_answer: float | None = None  # monotonic: any HTTP answer, whatever its status
         self._answered = asyncio.Event()  # replaced on each answer: see next_answer()
 
+    def reachable(self, within_s: float) -> bool:
+        """The hub answered a request (whatever its status but a 5xx) within ``within_s``
+        seconds and none has failed to reach it (or met a 5xx) since."""
+        answer, down = self.last_answer, self.last_down
+        if answer is None or (down is not None and down > answer):
+            return False
+        return time.monotonic() - answer <= within_s
+
     async def request(
         self,
         method: str,

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from agent import issuer
-from agent.app import config
+from agent.app import config, gate_commands
 from agent.app.daemon import Gate, open_gate
 from agent.app.status import StatusServer
 from agent.errors import ConfigError
@@ -237,6 +237,49 @@ async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
     assert row["gate_name"] == "Gate A" and row["online"] is True
     assert row["outbox_depth"] == 3 and row["clock_synced"] is True
     assert row["revocation_version"] >= 1
+
+
+async def test_a_conflict_stays_on_the_gates_health_while_the_link_is_down(
+    keys_dir: Path, iss: Issuer, tmp_path: Path
+) -> None:
+    """A security trial: a gate in conflict whose link was then cut showed only "hub offline"
+    (its upload went to "unavailable"), hiding the "tell security" line until the link healed.
+    The conflict holds until an upload goes through: both lines show while the link is down."""
+    setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
+    conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub="retry_max_s = 0.5\n")
+    async with open_gate(conf) as gate:  # the hub is down: the rows stay in the outbox
+        for _ in range(2):
+            await _present(gate, iss.ticket(event=1, zones=[1]))
+        first = (await gate.journal.unsynced())[0]
+    forged = msgspec.structs.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+    security = "hub refuses this gate's rows from gate_seq 1: their numbers hold other rows"
+    async with open_gate(conf) as gate:
+        link = _client(gate)
+        with HubProcess(setup):
+            token = conf.hub.token if conf.hub is not None else ""
+            status, _ = await asyncio.to_thread(
+                post_json, f"{setup.url}/v1/gates/gate-a/entries:batch", str(token),
+                protocol.encode(protocol.BatchUpload("gate-a", (forged,))),
+            )  # fmt: skip
+            assert status == 200
+            await until(lambda: link.status()["upload"] == "conflict", what="409")
+            reasons = (await StatusServer(gate).health())[1]
+            assert any(security in r for r in reasons) and "hub offline" not in reasons, reasons
+            assert link.status()["reachable"] is True
+
+        async def cut() -> bool:
+            return "hub offline" in (await StatusServer(gate).health())[1]
+
+        await until(cut, what="the link's loss on the gate's health")
+        reasons = (await StatusServer(gate).health())[1]
+        assert any(security in r for r in reasons), reasons
+        assert link.status()["upload"] == "conflict" and link.status()["conflict_from_seq"] == 1
+        text = gate_commands.summary(await StatusServer(gate).status())
+        (line,) = [ln for ln in text.splitlines() if ln.startswith("  hub ")]
+        assert line.startswith(
+            "  hub UPLOADS REFUSED (conflict from gate_seq 1: admissions shared as claims, exits"
+            " and annulments held), and OFFLINE"
+        ), line
 
 
 async def test_a_long_or_odd_detail_does_not_block_the_outbox(

@@ -299,11 +299,12 @@ def _offline(up: dict[str, Any]) -> str:
     """How `status` names an upstream that is not online."""
     if up.get("refused"):  # its token or certificate, whichever request met it (a trial)
         return f"REFUSES THIS GATE'S {str(up['refused']).upper()}: admissions not shared"
+    down = ", and OFFLINE" if up.get("reachable") is False else ""  # the link, apart
     why = _REFUSED.get(str(up.get("upload")))
     if why is None:
         return "OFFLINE"
     seq = up.get("conflict_from_seq")
-    return f"UPLOADS REFUSED ({why.format('' if seq is None else f' from gate_seq {seq}')})"
+    return f"UPLOADS REFUSED ({why.format('' if seq is None else f' from gate_seq {seq}')}){down}"
 
 
 def summary(snap: dict[str, Any]) -> str:

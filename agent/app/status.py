@@ -508,17 +508,22 @@ def _reasons(snap: dict[str, Any], limits: StatusLimits) -> tuple[bool, list[str
     # still shown once the token is revoked (the quarantine needs that first: a review).
     seq = None if up is None else up.get("conflict_from_seq")
     squatted = "" if seq is None else f" from gate_seq {seq}"
-    if up is not None and up.get("refused"):  # the hub's link: a token or certificate
+    if up is None:
+        return not reasons, reasons
+    conflict = up.get("kind") == "hub" and up.get("upload") == "conflict"
+    if up.get("refused"):  # the hub's link: a token or certificate
         refused = f"{up.get('kind', 'upstream')} refuses this gate's {up['refused']}"
         reasons.append(refused + (f" (and its rows{squatted})" if squatted else ""))
-    elif up is not None and up.get("kind") == "hub" and up.get("upload") == "conflict":
+    elif conflict:
         # Found in a user trial: staff read "hub offline" as a network fault, not a copy of
         # this gate's token writing rows under its numbers.
         reasons.append(
             f"hub refuses this gate's rows{squatted}: their numbers hold other rows there (a"
             " copy of its token?): tell security"
         )
-    elif up is not None and up.get("online") is False:
+    # A conflict holds until an upload goes up: shown while the link is down too, beside it.
+    said = conflict and up.get("reachable") is not False  # the link works: the line says all
+    if up.get("online") is False and not up.get("refused") and not said:
         reasons.append(f"{up.get('kind', 'upstream')} offline")
     return not reasons, reasons
 
