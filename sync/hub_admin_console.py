@@ -149,9 +149,12 @@ def _named(a: Alert) -> list[str]:
     ]
 
 
-def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool) -> None:
+def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool, *, update: bool = False) -> None:
     for a in alerts:
-        out.write((json.dumps(a.to_json()) if as_json else alert_line(a)) + "\n")
+        if as_json:
+            out.write(json.dumps(a.to_json() | ({"update": True} if update else {})) + "\n")
+        else:
+            out.write(("updated: " if update else "") + alert_line(a) + "\n")
     out.flush()
 
 
@@ -163,14 +166,24 @@ async def print_alerts(
     config: HubConfig, out: TextIO, *, follow: bool, as_json: bool, stop: asyncio.Event
 ) -> int:
     """Print every alert, oldest first; with ``follow``, then each new one until ``stop`` is
-    set. Returns 0. Raises HubStoreError and ConfigError."""
+    set, and again each one printed before that is acted on since (a note, by security or the
+    hub, an acknowledgement, an assignment), marked updated. Returns 0. Raises HubStoreError
+    and ConfigError."""
     async with opened_store(config) as store:
         after, quiet = 0, True  # quiet: nothing printed yet
+        acted = await store.last_alert_action() if follow else 0
         while not stop.is_set():
+            printed_through = after
+            changed: list[Alert] = []
+            if follow:  # read before the new alerts: an action landing between the two reads
+                # shows in its new alert's line or in the next round's update, never in neither
+                changed, acted = await store.acted_alerts(acted, MAX_PAGE)
             found = await _page(store, after)
             _write(out, found, as_json)
             if found:
                 after, quiet = found[-1].alert_id, False
+            updated = [a for a in changed if a.alert_id <= printed_through]
+            _write(out, await store.alert_details(updated), as_json, update=True)
             if len(found) == MAX_PAGE:
                 continue
             if quiet and not found and not as_json:  # say so rather than print nothing

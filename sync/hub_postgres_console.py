@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import asyncpg
 
 from agent.redact import short_id
-from sync import hub_claims, hub_quarantine, hub_schema
+from sync import hub_claims, hub_quarantine, hub_schema, hub_sql
 from sync import hub_console_sql as q
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_sql import numbered
@@ -41,6 +41,8 @@ _ACKED = numbered(q.ACKED)
 _NOTE_COUNT = numbered(q.NOTE_COUNT)
 _INSERT_ACTION = numbered(q.INSERT_ACTION)
 _SET_SHORT_ID = numbered(q.SET_SHORT_ID)
+_ACTIONS_TOP = numbered(hub_sql.ACTIONS_TOP)
+_ACTED_ALERTS = numbered(hub_sql.ACTED_ALERTS)
 
 
 class PostgresConsoleQueries:
@@ -89,6 +91,22 @@ class PostgresConsoleQueries:
     async def open_alerts(self) -> int:
         """How many alerts nobody acknowledged. Raises HubStoreError."""
         return int(await self._run(lambda conn: conn.fetchval(q.OPEN_ALERTS)))
+
+    async def last_alert_action(self) -> int:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        return int(await self._run(lambda conn: conn.fetchval(hub_sql.TOP_ACTION)))
+
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        check_limit(limit)
+
+        async def job(conn: _Conn) -> tuple[list[Any], int]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                top = int(await conn.fetchval(_ACTIONS_TOP, after, after, limit))
+                return await conn.fetch(_ACTED_ALERTS, after, top), top
+
+        rows, top = await self._run(job)
+        return [hub_sql.alert_of(row, self.policy.venue) for row in rows], top
 
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:
         """The history of the ticket(s) with this short id. Raises HubStoreError."""

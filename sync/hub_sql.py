@@ -222,6 +222,18 @@ ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_
 RECENT_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id < ? ORDER BY alert_id DESC LIMIT ?"
 )
+# Alerts acted on (noted, acknowledged, assigned) since a cursor: `hub alerts --follow` prints
+# them again. The cursor moves at most ``limit`` actions a read (action_id, as committed: one
+# writer at a time in SQLite; in PostgreSQL, hubs on one database may commit ids out of order).
+TOP_ACTION = "SELECT coalesce(max(action_id), 0) FROM alert_actions"
+ACTIONS_TOP = (
+    "SELECT coalesce(max(action_id), ?) FROM (SELECT action_id FROM alert_actions"
+    " WHERE action_id > ? ORDER BY action_id LIMIT ?) AS x"
+)
+ACTED_ALERTS = (
+    f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id IN (SELECT alert_id FROM alert_actions"
+    " WHERE action_id > ? AND action_id <= ?) ORDER BY alert_id"
+)
 NAME_TAKEN = "SELECT gate_id FROM gates WHERE lower(gate_name) = lower(?) AND gate_id <> ?"
 SET_GATE_NAME = (
     "INSERT INTO gates (gate_id, gate_name) VALUES (?, ?)"

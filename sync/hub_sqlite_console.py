@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.redact import short_id
-from sync import hub_claims, hub_quarantine, hub_schema
+from sync import hub_claims, hub_quarantine, hub_schema, hub_sql
 from sync import hub_console_sql as q
 from sync.hub_console_sql import Action, ActResult
 from sync.hub_store import HubPolicy, check_limit
@@ -59,6 +60,21 @@ class SQLiteConsoleQueries:
     async def open_alerts(self) -> int:
         """How many alerts nobody acknowledged. Raises HubStoreError."""
         return int(await self._run(lambda db: db.execute(q.OPEN_ALERTS).fetchone()[0]))
+
+    async def last_alert_action(self) -> int:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        return int(await self._run(lambda db: db.execute(hub_sql.TOP_ACTION).fetchone()[0]))
+
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
+        """See :class:`HubStore`. Raises HubStoreError."""
+        check_limit(limit)
+
+        def job(db: sqlite3.Connection) -> tuple[list[Any], int]:
+            (top,) = db.execute(hub_sql.ACTIONS_TOP, (after, after, limit)).fetchone()
+            return db.execute(hub_sql.ACTED_ALERTS, (after, top)).fetchall(), int(top)
+
+        rows, top = await self._run(job)
+        return [hub_sql.alert_of(row, self.policy.venue, json.loads) for row in rows], top
 
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:
         """The history of the ticket(s) with this short id. Raises HubStoreError."""

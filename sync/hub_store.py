@@ -252,6 +252,15 @@ class HubStore(Protocol):
         """How many alerts nobody has acknowledged yet."""
         ...
 
+    async def last_alert_action(self) -> int:
+        """The cursor of :meth:`acted_alerts` now (0: no action yet)."""
+        ...
+
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
+        """The alerts acted on (noted, acknowledged, assigned) by the ``limit`` actions after
+        cursor ``after``, oldest alert first, and the cursor after them."""
+        ...
+
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:
         """Every entry, exit, annulment and denied attempt of the ticket(s) with this short id,
         oldest first (by HLC), at most ``limit`` of them."""

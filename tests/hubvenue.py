@@ -3,7 +3,9 @@ gates' real journals whose rows the tests upload (:class:`tests.hubproc.Gate`)."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,16 @@ from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
 DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
+
+
+async def json_line(proc: asyncio.subprocess.Process) -> dict[str, object]:
+    """The next line of ``hub alerts --follow --json`` (its process ``proc``), as an object."""
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert raw, "hub alerts --follow ended"
+    value = json.loads(raw)
+    assert isinstance(value, dict)
+    return value
 
 
 @dataclass

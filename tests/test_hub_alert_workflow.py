@@ -7,6 +7,7 @@ the field, an unknown alert a 404, a gate token a 403.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent.redact import short_id
-from tests.hubvenue import DENIED, Venue, open_venue, row
+from tests.hubproc import EXE, ROOT
+from tests.hubvenue import DENIED, Venue, json_line, open_venue, row
 from tests.pg import pg_server, pg_url  # noqa: F401
 
 
@@ -44,6 +46,55 @@ async def double_admission(v: Venue, ref: str) -> dict[str, object]:
 
 def post_json(obj: object) -> bytes:
     return json.dumps(obj).encode()
+
+
+async def test_hub_alerts_follow_prints_an_alert_again_when_it_is_noted_or_acknowledged(
+    v: Venue,
+) -> None:
+    """A security trial: `hub alerts --follow` printed each alert once, so a note added later
+    (security's, or the hub's "undone by an annulment") never reached the terminal."""
+    alert = await double_admission(v, "T-follow")
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "hub", "alerts", "--config", str(v.setup.config), "--follow", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert (await json_line(proc))["alert_id"] == alert["alert_id"]
+        base = f"/v1/alerts/{alert['alert_id']}"
+        noted = await v.api.post(f"{base}/notes", post_json({"text": "CCTV checked"}), v.console)
+        assert noted.status == 200
+        update = await json_line(proc)
+        assert (update["alert_id"], update["update"]) == (alert["alert_id"], True)
+        flow = update["workflow"]
+        assert isinstance(flow, dict) and [n["text"] for n in flow["notes"]] == ["CCTV checked"]
+        assert (await v.api.post(f"{base}/ack", b"", v.console)).status == 200
+        acked = await json_line(proc)
+        assert acked["update"] is True and acked["workflow"]["open"] is False  # type: ignore[index]
+        # A new alert after them is printed once, as new.
+        await double_admission(v, "T-follow-2")
+        new = await json_line(proc)
+        assert new["ticket"] == short_id("T-follow-2") and "update" not in new
+    finally:
+        proc.terminate()
+        await proc.wait()
+    # On a terminal, the alert's line again, marked.
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "hub", "alerts", "--config", str(v.setup.config), "--follow",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        listed = [(await asyncio.wait_for(proc.stdout.readline(), 20)).decode() for _ in "ab"]
+        assert f"  #{alert['alert_id']}  " in listed[0], listed  # the two alerts, oldest first
+        assert not any(line.startswith("updated") for line in listed), listed
+        noted = await v.api.post(f"{base}/notes", post_json({"text": "escorted"}), v.console)
+        assert noted.status == 200
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert line.startswith("updated: ") and f"  #{alert['alert_id']}  " in line, line
+        assert "acknowledged by security" in line and "2 notes" in line, line
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def test_an_alert_is_acknowledged_assigned_and_noted_with_who_and_when(v: Venue) -> None:

@@ -25,7 +25,7 @@ from drivers.sim import SimGate, SimScanner
 from sync.protocol import EntryWire
 from tests.conftest import WriteConfig
 from tests.hubproc import EXE, ROOT, Gate, hub_cli
-from tests.hubvenue import ADMIT, DENIED, Venue, open_venue, upload
+from tests.hubvenue import ADMIT, DENIED, Venue, json_line, open_venue, upload
 
 
 @pytest.fixture
@@ -162,15 +162,6 @@ async def test_hub_revoke_takes_a_short_id_with_one_key_and_lists_several(
     )  # fmt: skip
 
 
-async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), 20)
-    assert raw, "hub alerts --follow ended"
-    value = json.loads(raw)
-    assert isinstance(value, dict)
-    return value
-
-
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 async def test_hub_alerts_follow_prints_new_alerts_until_signalled(
     venue: Venue, stop: signal.Signals
@@ -183,11 +174,11 @@ async def test_hub_alerts_follow_prints_new_alerts_until_signalled(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     try:
-        first = await _line(proc)
+        first = await json_line(proc)
         assert first["ticket"] == short_id("T-first")
         for _ in range(3):
             await upload(v.a, v.api, "T-later", lane="north-2", offline=True, decision=DENIED)
-        later = await _line(proc)
+        later = await json_line(proc)
         assert (later["kind"], later["ticket"]) == ("repeated_denials", short_id("T-later"))
         proc.send_signal(stop)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
