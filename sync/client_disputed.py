@@ -120,7 +120,9 @@ async def claims_round(
         return cursor, OLD_HUB_RETRY_S
     if got.entries:
         peers = (e.to_peer() for e in got.entries)
-        if learnt := await journal.add_peer_entries(peers, hlc_ceiling_ms=ceiling_ms(got)):
+        if learnt := await journal.add_peer_entries(
+            peers, hlc_ceiling_ms=ceiling_ms(got), claimed=True
+        ):
             log.warning(
                 "hub: learnt %s of a gate whose uploads the hub refuses (a copy of its token"
                 " squats its numbers): their tickets are used here too", plural(learnt, "admission"),

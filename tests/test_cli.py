@@ -322,7 +322,10 @@ def test_run_refuses_a_pretix_device_of_another_server_before_upgrading_the_jour
     state = tmp_path / "state"
     _journal_of(state / "journal.db", "g1")
     with contextlib.closing(sqlite3.connect(state / "journal.db")) as db:  # as schema 4 left it
-        db.executescript("DROP TRIGGER entries_ref_digest_only; PRAGMA user_version = 4;")
+        db.executescript(
+            "DROP TRIGGER entries_ref_digest_only; ALTER TABLE peer_entries DROP COLUMN claimed;"
+            "PRAGMA user_version = 4;"
+        )
     device = {"base_url": "https://old-pretix.example", "api_token": "t" * 32, "device_id": 7}
     (state / "pretix_device.json").write_text(json.dumps(device))
     (state / "pretix_device.json").chmod(0o600)

@@ -446,6 +446,7 @@ async def test_a_tool_reads_the_history_of_a_journal_not_yet_upgraded(
     await journal.close()
     with raw(path) as other:
         other.execute("ALTER TABLE entries DROP COLUMN order_hlc")
+        other.execute("ALTER TABLE peer_entries DROP COLUMN claimed")
         other.execute("PRAGMA user_version = 2")
     (seen,) = read_history(path, "tk1:aa", "Gate 1")
     assert seen.kind == "entry" and not seen.peer
@@ -500,6 +501,7 @@ async def test_a_schema_3_journal_gets_its_alerts_table(
     await journal.close()
     with raw(path) as other:
         other.execute("DROP TABLE alerts")
+        other.execute("ALTER TABLE peer_entries DROP COLUMN claimed")
         other.execute("PRAGMA user_version = 3")
     with contextlib.closing(queries.open_readonly(path, "g1")) as tool:
         assert queries.alerts(tool) == [] and queries.alert_count(tool) == 0
@@ -570,7 +572,8 @@ async def test_a_schema_4_journal_keeps_its_synced_pretix_secrets_as_digests(
             "DROP TRIGGER entries_ref_digest_only; DROP TRIGGER entries_no_update;"
             f"UPDATE entries SET ticket_ref = '{ref}';"
             f"UPDATE peer_entries SET ticket_ref = '{peer_ref}';"
-            f"{schema._NO_UPDATE_TRIGGER_2}; {schema._REF_TRIGGER}; PRAGMA user_version = 4;"
+            f"{schema._NO_UPDATE_TRIGGER_2}; {schema._REF_TRIGGER};"
+            "ALTER TABLE peer_entries DROP COLUMN claimed; PRAGMA user_version = 4;"
         )
     async with await Journal.open(path, gate_id="g1", gate_name="Gate 1", clock=clock) as again:
         assert len(await again.history(ref)) == 2 and len(await again.history(peer_ref)) == 1
@@ -600,7 +603,8 @@ async def test_an_upgrade_is_all_or_nothing_and_never_of_another_gate_s_journal(
     await journal.close()
     with raw(path) as other:  # a schema 3 journal, whose step to 5 fails on the way
         other.executescript(
-            "DROP TABLE alerts; DROP TRIGGER entries_ref_digest_only; PRAGMA user_version = 3;"
+            "DROP TABLE alerts; DROP TRIGGER entries_ref_digest_only;"
+            "ALTER TABLE peer_entries DROP COLUMN claimed; PRAGMA user_version = 3;"
             f"UPDATE peer_entries SET ticket_ref = 'pretix:{'P33R' * 8}';"  # as learnt then
             "CREATE TRIGGER boom BEFORE UPDATE ON peer_entries"
             " BEGIN SELECT RAISE(ABORT, 'disk full, say'); END;"
@@ -807,7 +811,7 @@ def _bulk_fill(path: Path, rows: int) -> None:
             ((i, f"e{i}", f"tk1:{i:08x}", T0, i) for i in range(1, rows + 1)),
         )
         db.executemany(
-            "INSERT INTO peer_entries VALUES (?, 'g7', 'Gate 7', ?, ?, 'entry', NULL, ?, ?, ?)",
+            "INSERT INTO peer_entries VALUES (?, 'g7', 'Gate 7', ?, ?, 'entry', NULL, ?, ?, ?, 0)",
             ((f"p{i}", i, f"tk1:{i:08x}", T0, i, T0) for i in range(1, rows + 1)),
         )
         db.execute("COMMIT")

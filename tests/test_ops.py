@@ -198,6 +198,45 @@ async def _line(proc: asyncio.subprocess.Process) -> str:
     return (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
 
 
+async def test_events_for_a_ticket_marks_a_claim_until_the_feed_brings_its_row(
+    write_config: WriteConfig, iss: Issuer
+) -> None:
+    """A security trial: an admission learnt as a claim (the hub refuses its gate's uploads: a
+    copy of its token squats its numbers) read in `events --ticket` like any other gate's
+    entry. It is marked until the venue's feed brings that row; it keeps the ticket used."""
+    path = write_config()
+    conf = cfg.load(path)
+    ticket = iss.ticket(event=1, zones=[1])
+    ref = tickets.parse(ticket).ticket_ref
+    sid = short_id(ref)
+    now = time.time()
+    claim = PeerEntry(str(uuid7(int(now * 1000))), "gate-c", "Gate C", 4, ref, "entry", None,
+                      now, int(now * 1000) << 16)  # fmt: skip
+    conf.gate.state_dir.mkdir(parents=True)
+    async with await Journal.open(
+        conf.gate.state_dir / "journal.db", gate_id="gate-3", gate_name="Gate 3", clock=Clock()
+    ) as journal:
+        assert await journal.add_peer_entries([claim], claimed=True) == 1
+        assert await journal.add_peer_entries([claim], claimed=True) == 0
+        (seen,) = await journal.history(ref)  # a claim makes the ticket used here too
+        assert seen.peer and seen.gate_id == "gate-c"
+        marked = ga("events", "--config", path, "--ticket", sid).stdout.splitlines()
+        assert marked == [
+            f"{marked[0][:23]}  entry   at Gate C (gate-c) (another gate)  ticket {sid}  CLAIMED:"
+            " Gate C (gate-c)'s uploads are refused (a copy of its token?)"
+        ], marked
+        assert await journal.add_peer_entries([claim]) == 1  # the feed brings it
+        assert await journal.add_peer_entries([claim]) == 0
+        assert await journal.add_peer_entries([claim], claimed=True) == 0  # not marked again
+        (line,) = ga("events", "--config", path, "--ticket", sid).stdout.splitlines()
+        assert line.endswith(f"entry   at Gate C (gate-c) (another gate)  ticket {sid}"), line
+    # A journal of before the mark (schema 5), read after an update, before the daemon's restart.
+    with sqlite3.connect(conf.gate.state_dir / "journal.db") as db:
+        db.executescript("ALTER TABLE peer_entries DROP COLUMN claimed; PRAGMA user_version = 5;")
+    done = ga("events", "--config", path, "--ticket", sid)
+    assert done.returncode == 0 and done.stdout.splitlines() == [line], done.stderr
+
+
 async def test_events_follow_prints_a_ticket_s_new_alerts_too(
     write_config: WriteConfig, iss: Issuer
 ) -> None:
@@ -286,7 +325,9 @@ async def test_events_alerts_lists_every_alert_kept_by_default(
     )
     assert ga("events", "--config", path, "--ticket", never, "--json").stdout == ""
     with sqlite3.connect(journal_path) as db:
-        db.executescript("DROP TABLE alerts; PRAGMA user_version = 3;")
+        db.executescript(
+            "DROP TABLE alerts; ALTER TABLE peer_entries DROP COLUMN claimed; PRAGMA user_version = 3;"
+        )
     old = ga("events", "--config", path, "--alerts")
     assert old.returncode == 0 and old.stdout == (
         "(a journal from before alerts were kept: kept from the gate's next start)\n"

@@ -38,7 +38,7 @@ from agent.app.daemon import Gate, open_gate
 from agent.app.status import StatusServer
 from agent.clock import HLC, Clock, uuid7
 from agent.issuer import Issuer
-from agent.journal import Journal, PeerEntry
+from agent.journal import Journal, PeerEntry, queries
 from agent.lane import Outcome
 from agent.model import Decision, Reason, Verdict
 from agent.redact import run_id, run_shown, shared_ref, short_id
@@ -398,6 +398,7 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
             assert late.decision.admitted and late.record is not None
             await _learnt(b, late.record.ticket_ref, "gate-a")
             assert (await _present(b, late_text)).decision.reason is Reason.ALREADY_USED
+            assert _claimed(b, late.record.ticket_ref) == [True]  # `events --ticket` marks it
             # The security team sees the claim in the ticket's history, marked.
             claimed = await _hub_cli(venue, "ticket", short_id(late.record.ticket_ref))
             assert claimed.returncode == 0, claimed.stderr
@@ -528,6 +529,10 @@ async def test_rows_squatted_under_a_gates_next_seqs_are_set_apart_and_the_gate_
                 await _learnt(b, h.record.ticket_ref, "gate-a")
                 assert (await _present(b, text)).decision.reason is Reason.ALREADY_USED
             await until(lambda: _upload(a) == "ok", what="gate A's uploads taken again")
+            # The feed brings the claimed rows: gate B no longer marks them as claims.
+            assert late.record is not None
+            ref = late.record.ticket_ref
+            await until(lambda: _claimed(b, ref) == [False], what="the claim's row from the feed")
     kept = await _stored(venue, "quarantined_entries")
     assert kept == [(row.gate_seq, row.entry_id, row.ticket_ref) for row in squat]
     assert "hub feed restarted" not in caplog.text  # no gate read the venue's feed again
@@ -670,6 +675,16 @@ async def _upload_as(venue: Venue, gate: str, token: str, *rows: EntryWire) -> i
     url = venue.url(f"/v1/gates/{gate}/entries:batch")
     status, _ = await asyncio.to_thread(post_json, url, token, body)
     return status
+
+
+def _claimed(gate: Gate, ref: str) -> list[bool]:
+    """Whether each row of ``ref`` the gate learnt from others is marked a claim (as `events
+    --ticket` reads them)."""
+    db = queries.open_readonly(gate.journal.path, gate.journal.gate_id)
+    try:
+        return [bool(row[-1]) for row in queries.peer_rows(db, ref)]
+    finally:
+        db.close()
 
 
 async def _hub_cli(venue: Venue, *args: str) -> subprocess.CompletedProcess[str]:

@@ -218,7 +218,8 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
         db.executescript(
             "BEGIN; DROP TRIGGER entries_no_update; ALTER TABLE entries DROP COLUMN code_time;"
             "ALTER TABLE entries DROP COLUMN rev_key; ALTER TABLE entries DROP COLUMN order_hlc;"
-            "DROP TABLE alerts; PRAGMA user_version = 1; COMMIT;"
+            "DROP TABLE alerts; ALTER TABLE peer_entries DROP COLUMN claimed;"
+            "PRAGMA user_version = 1; COMMIT;"
         )
     # `check --config` reads it as it is, before the daemon upgrades it (a trial: no code_time).
     (seen,) = read_history(path, "tk1:00", "Gate 1")
@@ -228,8 +229,8 @@ async def test_a_schema_1_journal_is_upgraded_and_keeps_its_rows(tmp_path: Path)
         assert row.ticket_ref == "tk1:00" and row.code_time is None
         assert (await j.check()) == []
     with sqlite3.connect(path) as db:
-        # through 2, 3 and 4, to today's
-        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        # through 2, 3, 4 and 5, to today's
+        assert db.execute("PRAGMA user_version").fetchone() == (6,)
         assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             db.execute("UPDATE entries SET code_time = 5")

@@ -105,10 +105,13 @@ def _peer_lines(
     double entry made while the gates could not see each other shows at each of them, not only
     at the hub. Returns the rowid to follow from."""
     exact, short = flt.refs_match()
-    for wall, gate_id, gate_name, kind, ref, rowid in queries.peer_rows(db, exact, short, after):
+    rows = queries.peer_rows(db, exact, short, after)
+    for wall, gate_id, gate_name, kind, ref, rowid, claimed in rows:
         when = _when(wall, tz)
         gate = gate_name if gate_name == gate_id else f"{gate_name} ({gate_id})"
-        out.write(f"{when}  {kind:<7} at {gate} (another gate)  ticket {short_id(ref)}\n")
+        # A claim: the hub refuses that gate's uploads (sync.hub_claims), until its rows come.
+        mark = f"  CLAIMED: {gate}'s uploads are refused (a copy of its token?)" if claimed else ""
+        out.write(f"{when}  {kind:<7} at {gate} (another gate)  ticket {short_id(ref)}{mark}\n")
         after = max(after, rowid)
     return after
 

@@ -89,12 +89,13 @@ def peer_rows(
     ticket_ref: str | None = None,
     short: str | None = None,
     after: int = 0,
-) -> list[tuple[float, str, str, str, str, int]]:
+) -> list[tuple[float, str, str, str, str, int, int]]:
     """Other gates' entries, exits and annulments of one ticket, learnt from the hub or pretix,
-    oldest first: (wall_time, gate_id, gate_name, kind, ticket_ref, rowid), those learnt after
-    rowid ``after`` only. The ticket by its ref, or by its short id (every peer row is read
-    then: a security command, not the scan path)."""
-    sql = "SELECT wall_time, gate_id, gate_name, kind, ticket_ref, rowid FROM peer_entries"
+    oldest first: (wall_time, gate_id, gate_name, kind, ticket_ref, rowid, claimed), those
+    learnt after rowid ``after`` only. The ticket by its ref, or by its short id (every peer row
+    is read then: a security command, not the scan path)."""
+    claimed = "claimed" if schema_version(db) >= 6 else "0"  # a tool before the upgrade (a trial)
+    sql = f"SELECT wall_time, gate_id, gate_name, kind, ticket_ref, rowid, {claimed} FROM peer_entries"
     order = " ORDER BY hlc, gate_id, gate_seq"
     if ticket_ref is not None:
         refs = (ticket_ref, shared_ref(ticket_ref), after)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from agent.errors import JournalError, JournalRefused
 from agent.fsutil import not_a_database
@@ -27,8 +28,8 @@ from agent.redact import shared_ref
 log = logging.getLogger("agent.journal")
 
 # 2: entries.code_time (rotating tickets), rev_key; 3: entries.order_hlc; 4: the alerts table;
-# 5: a synced row's pretix secret kept as its digest
-SCHEMA_VERSION = 5
+# 5: a synced row's pretix secret kept as its digest; 6: peer_entries.claimed
+SCHEMA_VERSION = 6
 # Bytes per database page, for new journals. A decision's commit writes a page of each b-tree it
 # touches (the rows, and the indexes on entry_id, ticket_ref and unsynced rows) to the WAL before
 # its fsync: 1 KiB pages write a quarter of SQLite's default 4 KiB for the same row, which took
@@ -39,9 +40,9 @@ PAGE_SIZE = 1024
 APPLICATION_ID = 0x47414A31
 
 INSERT_ENTRY = f"INSERT INTO entries ({COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))})"
-INSERT_PEER = (
-    "INSERT OR IGNORE INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, "
-    "kind, annuls, wall_time, hlc, received_at) VALUES "
+_INSERT_PEER = (
+    "INSERT INTO peer_entries (entry_id, gate_id, gate_name, gate_seq, ticket_ref, kind, annuls,"
+    " wall_time, hlc, received_at, claimed) VALUES "
 )
 # The venue's order of one of this gate's rows, from the hub's echo of it: only ever earlier.
 SET_ORDER = "UPDATE entries SET order_hlc = ? WHERE entry_id = ? AND IFNULL(order_hlc, hlc) > ?"
@@ -143,10 +144,19 @@ UPDATE peer_entries SET ticket_ref = shared_ref(ticket_ref) WHERE ticket_ref GLO
 {_NO_UPDATE_TRIGGER};
 {_REF_TRIGGER};
 PRAGMA user_version = 5;"""
-_UPGRADES = {1: _UPGRADE_1_TO_2, 2: _UPGRADE_2_TO_3, 3: _UPGRADE_3_TO_4, 4: _UPGRADE_4_TO_5}
+# A claim (an admission of a gate whose uploads the hub refuses, sync.hub_claims) is marked
+# among the rows learnt from other gates until the venue's feed brings that row.
+_UPGRADE_5_TO_6 = """
+ALTER TABLE peer_entries ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 6;"""
+_UPGRADES = {
+    1: _UPGRADE_1_TO_2, 2: _UPGRADE_2_TO_3, 3: _UPGRADE_3_TO_4, 4: _UPGRADE_4_TO_5,
+    5: _UPGRADE_5_TO_6,
+}  # fmt: skip
 _UPGRADED = {
     2: "rotating tickets' code times", 3: "the venue's order of its rows",
     4: "security alerts kept", 5: "synced pretix secrets as digests",
+    6: "claims learnt from the hub marked",
 }  # fmt: skip
 
 _SCHEMA = f"""
@@ -175,7 +185,8 @@ BEGIN SELECT RAISE(ABORT, 'journal entries are append-only with gap-free gate_se
 CREATE TABLE IF NOT EXISTS peer_entries (
     entry_id TEXT PRIMARY KEY, gate_id TEXT NOT NULL, gate_name TEXT NOT NULL,
     gate_seq INTEGER NOT NULL, ticket_ref TEXT NOT NULL, kind TEXT NOT NULL, annuls TEXT,
-    wall_time REAL NOT NULL, hlc INTEGER NOT NULL, received_at REAL NOT NULL
+    wall_time REAL NOT NULL, hlc INTEGER NOT NULL, received_at REAL NOT NULL,
+    claimed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS peer_entries_ticket_ref ON peer_entries (ticket_ref);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -187,6 +198,23 @@ CREATE TABLE IF NOT EXISTS gate_events (
 );
 {_ALERTS};
 """
+
+
+def insert_peers(db: sqlite3.Connection, params: Sequence[Any], rows: int, claimed: bool) -> int:
+    """Insert ``rows`` peer rows (``params``: their :func:`records.peer_params`, in a row);
+    returns how many are new. A row held already is left as it is, but for a claim the venue's
+    feed brings: no longer marked claimed (counted as new)."""
+    one = f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {int(claimed)})"
+    sql = _INSERT_PEER + ", ".join([one] * rows) + " ON CONFLICT (entry_id) DO "
+    sql += "NOTHING" if claimed else "UPDATE SET claimed = 0 WHERE peer_entries.claimed <> 0"
+    return int(db.execute(sql, params).rowcount)
+
+
+def forget_peer_releases(db: sqlite3.Connection, entry_ids: Sequence[str]) -> int:
+    """Delete the exits and annulments learnt from other gates with these ids; how many."""
+    marks = ", ".join("?" * len(entry_ids))
+    sql = f"DELETE FROM peer_entries WHERE kind IN ('exit', 'annul') AND entry_id IN ({marks})"
+    return int(db.execute(sql, tuple(entry_ids)).rowcount)
 
 
 def set_order(db: sqlite3.Connection, echoes: list[tuple[int, str, int]]) -> int:

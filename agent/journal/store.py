@@ -278,9 +278,14 @@ class Journal:
         return await self._read(lambda db: (queries.alert_count(db), queries.alerts(db, last=last)))
 
     async def add_peer_entries(
-        self, entries: Iterable[PeerEntry], *, hlc_ceiling_ms: int | None = None
+        self,
+        entries: Iterable[PeerEntry],
+        *,
+        hlc_ceiling_ms: int | None = None,
+        claimed: bool = False,
     ) -> int:
-        """Store entries learnt from other gates; returns how many were new.
+        """Store entries learnt from other gates (``claimed``: the hub's claims, marked until the
+        venue's feed brings them, :func:`schema.insert_peers`); returns how many were new.
 
         Idempotent by ``entry_id``. Each chunk of up to 1,000 entries (a hub batch is at most
         500) is one multi-row INSERT, hence one transaction. This gate's own entries (echoed by
@@ -322,7 +327,7 @@ class Journal:
             inserted += await self._run(
                 writer,
                 "cannot store peer entries",
-                functools.partial(self._insert_peers, chunk=chunk, received_at=received_at),
+                functools.partial(self._insert_peers, chunk, received_at, claimed),
             )
             self._checkpointer.wrote()
         ahead = [e.hlc for e in batch if HLC.physical_ms(e.hlc) > ceiling]
@@ -363,15 +368,10 @@ class Journal:
         quarantine at the hub set apart: a copy of a gate's token wrote them); returns how many
         were held. Entries stay: a ticket they made used stays used. Raises JournalError."""
 
-        def forget(db: sqlite3.Connection, chunk: tuple[str, ...]) -> int:
-            marks = ", ".join("?" * len(chunk))
-            sql = f"DELETE FROM peer_entries WHERE kind IN ('exit', 'annul') AND entry_id IN ({marks})"
-            return db.execute(sql, chunk).rowcount
-
         writer, forgotten = self._require_open(), 0
         for start in range(0, len(entry_ids), _PEER_CHUNK):
-            chunk = tuple(entry_ids[start : start + _PEER_CHUNK])
-            job = functools.partial(forget, chunk=chunk)
+            chunk = entry_ids[start : start + _PEER_CHUNK]
+            job = functools.partial(schema.forget_peer_releases, entry_ids=chunk)
             forgotten += await self._run(writer, "cannot forget set-apart rows", job)
         self._checkpointer.wrote()
         return forgotten
@@ -495,11 +495,10 @@ class Journal:
         return rec
 
     def _insert_peers(
-        self, db: sqlite3.Connection, chunk: Sequence[PeerEntry], received_at: float
+        self, chunk: Sequence[PeerEntry], received_at: float, claimed: bool, db: sqlite3.Connection
     ) -> int:
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [value for e in chunk for value in peer_params(e, received_at)]
-        return int(db.execute(schema.INSERT_PEER + rows, params).rowcount)
+        return schema.insert_peers(db, params, len(chunk), claimed)
 
     def _observe(self, hlcs: Sequence[int], wall_ms: int) -> None:
         for hlc in hlcs:
