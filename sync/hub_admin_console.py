@@ -23,8 +23,8 @@ from agent.redact import short_id
 from agent.tickets import tk1
 from agent.words import plural
 from sync.hub_admin import opened_store
+from sync.hub_alert_follow import AlertFollower
 from sync.hub_config import HubConfig
-from sync.hub_store import HubStore
 from sync.protocol import MAX_PAGE, Alert
 from sync.protocol_console import MAX_HISTORY, TicketEvent, TicketHistory, is_short_id
 from sync.protocol_fields import REV_KEY
@@ -158,10 +158,6 @@ def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool, *, update: bool 
     out.flush()
 
 
-async def _page(store: HubStore, after: int) -> list[Alert]:
-    return await store.alert_details(await store.alerts(after, MAX_PAGE))
-
-
 async def print_alerts(
     config: HubConfig, out: TextIO, *, follow: bool, as_json: bool, stop: asyncio.Event
 ) -> int:
@@ -170,20 +166,13 @@ async def print_alerts(
     hub, an acknowledgement, an assignment), marked updated. Returns 0. Raises HubStoreError
     and ConfigError."""
     async with opened_store(config) as store:
-        after, quiet = 0, True  # quiet: nothing printed yet
-        acted = await store.last_alert_action() if follow else 0
+        alerts = AlertFollower(store, 0, await store.last_alert_action())
+        quiet = True  # nothing printed yet
         while not stop.is_set():
-            printed_through = after
-            changed: list[Alert] = []
-            if follow:  # read before the new alerts: an action landing between the two reads
-                # shows in its new alert's line or in the next round's update, never in neither
-                changed, acted = await store.acted_alerts(acted, MAX_PAGE)
-            found = await _page(store, after)
+            found, updated = await alerts.step(MAX_PAGE)
             _write(out, found, as_json)
-            if found:
-                after, quiet = found[-1].alert_id, False
-            updated = [a for a in changed if a.alert_id <= printed_through]
-            _write(out, await store.alert_details(updated), as_json, update=True)
+            _write(out, updated, as_json, update=True)
+            quiet = quiet and not found
             if len(found) == MAX_PAGE:
                 continue
             if quiet and not found and not as_json:  # say so rather than print nothing

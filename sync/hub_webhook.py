@@ -1,5 +1,8 @@
 """The alert webhook: each new alert POSTed as JSON (its :meth:`sync.protocol.Alert.to_json`, with
-the entries it names and its workflow) to the URL of the hub config's ``[webhook]``.
+the entries it names and its workflow) to the URL of the hub config's ``[webhook]``, and again,
+with ``"update": true``, each one sent before that is acted on since: a note (by security, or by
+the hub: "undone by an annulment"), an acknowledgement, an assignment
+(:class:`sync.hub_alert_follow.AlertFollower`).
 
 It follows the store's alerts on its own task (as the console does), so ingest never waits for
 it: a slow or dead receiver costs nothing but this task's time. Alerts wait in a bounded queue
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agent.backoff import Backoff
+from sync.hub_alert_follow import AlertFollower
 from sync.hub_config import WebhookSection
 from sync.hub_store import HubStore, HubStoreError
 from sync.upstream_http import BodyTooLarge, read_capped
@@ -74,15 +78,13 @@ class AlertWebhook:
                     await sender
 
     async def _follow(self) -> None:
-        cursor: int | None = None
+        alerts: AlertFollower | None = None
         failing = Backoff(POLL_S, _READ_RETRY_CAP_S)
         while True:
             try:
-                if cursor is None:
-                    newest = await self._store.recent_alerts(None, 1)
-                    cursor = newest[0].alert_id if newest else 0
-                found = await self._store.alerts(cursor, _PAGE)
-                detailed = await self._store.alert_details(found)
+                if alerts is None:
+                    alerts = await AlertFollower.from_now(self._store)
+                found, updated = await alerts.step(_PAGE)
             except HubStoreError as exc:
                 log.warning("webhook %s: cannot read alerts: %s", self._where, exc)
                 await asyncio.sleep(failing.next_delay())
@@ -92,9 +94,10 @@ class AlertWebhook:
                 await asyncio.sleep(failing.next_delay())
                 continue
             failing.reset()
-            for alert in detailed:
+            for alert in found:
                 self._put(alert.to_json())
-                cursor = alert.alert_id
+            for alert in updated:
+                self._put(alert.to_json() | {"update": True})
             if len(found) < _PAGE:
                 await asyncio.sleep(POLL_S)
 

@@ -38,6 +38,7 @@ from tests.hubproc import (
 from tests.polling import until
 
 ADMIT = Decision(Verdict.ADMIT, Reason.OK)
+NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")  # an annulment's
 SECRET = "hook-secret-7f3c1e9a2b4d6f8011223344"
 
 
@@ -171,6 +172,39 @@ async def test_each_new_alert_is_posted_and_retried_until_delivered(
     assert "not delivered (HTTP 503); attempt 2 of 5" in log
     assert f"webhook http://127.0.0.1:{receiver.port}: alert 1 delivered" in log
     assert SECRET not in log and "token=" not in log
+
+
+async def test_an_alert_noted_since_it_was_posted_is_posted_again_as_an_update(
+    tmp_path: Path, keys_dir: Path, gates: list[Journal]
+) -> None:
+    """A security lead's trial: the webhook paged on a double admission, and never said that
+    the hub noted it undone by an annulment a moment later (nobody passed), nor that security
+    took it. Each action on an alert posted before posts it again, marked as an update."""
+    async with Receiver(fail=0) as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        async with hooked_hub(tmp_path, keys_dir, gates, url) as v:
+            await double_admission(v.api, v.a, v.b, "T-undone")
+            await until(lambda: receiver.received, 20, "the alert delivered")
+            (alert,) = receiver.received
+            assert "update" not in alert and alert["workflow"]["notes"] == []
+            (second,) = [c["entry_id"] for c in alert["context"] if c["gate"] == "gate-b"]
+            annul = await v.b.journal.record(
+                ticket_ref="T-undone", kind="annul", decision=NOBODY, lane="in", rev_version=0,
+                annuls=second, offline=False,
+            )  # fmt: skip
+            assert (await v.b.upload(v.api, EntryWire.from_record(annul))).status == 200
+            await until(lambda: len(receiver.received) == 2, 20, "the update delivered")
+            update = receiver.received[1]
+            assert (update["alert_id"], update["update"]) == (alert["alert_id"], True)
+            (note,) = update["workflow"]["notes"]
+            assert note["by"] == "hub" and note["text"].startswith(
+                f"gate gate-b annulled entry {second} (nobody passed with it)"
+            ), note
+            console = add_token(v.setup, console="security")
+            acked = await v.api.post(f"/v1/alerts/{alert['alert_id']}/ack", b"", console)
+            assert acked.status == 200, acked.body
+            await until(lambda: len(receiver.received) == 3, 20, "the acknowledgement's update")
+            assert receiver.received[2]["workflow"]["acked_by"] == "security"
 
 
 @pytest.mark.parametrize("trickle_s", [0.0, 1.0], ids=["endless", "trickling"])

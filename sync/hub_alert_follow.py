@@ -1,0 +1,48 @@
+"""Following a hub store's alerts: each new alert once, and again each one already read that
+is acted on since (a note by security or by the hub, an acknowledgement, an assignment), so a
+follower learns that a double admission was undone by an annulment, or that somebody took it.
+`gate-agent hub alerts --follow` (:mod:`sync.hub_admin_console`) and the alert webhook
+(:mod:`sync.hub_webhook`) follow with it.
+
+Two cursors: the last alert read (``alert_id``) and the last action read (``action_id`` of
+``alert_actions``). The actions are read before the new alerts, so an action landing between
+the two reads shows in its new alert (read after it) or in the next step's updates, never in
+neither. Action ids are committed in order on SQLite (one writer); hubs sharing a PostgreSQL
+database may commit them out of order, and an action committed after a higher id was read is
+then not followed (the alert itself always is).
+"""
+
+from __future__ import annotations
+
+from sync.hub_store import HubStore
+from sync.protocol import Alert
+
+
+class AlertFollower:
+    """New and updated alerts of ``store`` after the cursors ``after`` and ``acted``."""
+
+    def __init__(self, store: HubStore, after: int, acted: int) -> None:
+        self._store = store
+        self.after = after
+        self._acted = acted
+
+    @classmethod
+    async def from_now(cls, store: HubStore) -> AlertFollower:
+        """A follower of what happens from now on. Raises HubStoreError."""
+        newest = await store.recent_alerts(None, 1)
+        acted = await store.last_alert_action()
+        return cls(store, newest[0].alert_id if newest else 0, acted)
+
+    async def step(self, limit: int) -> tuple[list[Alert], list[Alert]]:
+        """The next ``limit`` new alerts, and the alerts read before that were acted on since
+        (the actions of ``limit`` at most), both oldest first and with their details. The
+        cursors move only when every read succeeded. Raises HubStoreError."""
+        read_through = self.after
+        changed, acted = await self._store.acted_alerts(self._acted, limit)
+        new = await self._store.alert_details(await self._store.alerts(self.after, limit))
+        before = [a for a in changed if a.alert_id <= read_through]
+        updated = await self._store.alert_details(before)
+        self._acted = acted
+        if new:
+            self.after = new[-1].alert_id
+        return new, updated
