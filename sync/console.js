@@ -99,6 +99,7 @@
     if (c.ticket && c.ticket !== alertTicket) gate.append(el("span", "entry-ticket", "ticket " + c.ticket));
     if (c.set_apart) gate.append(el("span", "set-apart-badge", "set apart by a quarantine"));
     if (c.claimed) gate.append(el("span", "claimed-badge", "claimed: an admission of a refused upload"));
+    if (c.annulled) gate.append(el("span", "annulled-badge", "annulled since: nobody passed"));
     return gate;
   }
 

@@ -125,6 +125,7 @@ def alert_line(a: Alert) -> str:
         how += (", offline" if c.offline else "") + (", CLAIMED" if c.claimed else "")
         how += f", ticket {c.ticket}" if c.ticket and c.ticket != a.ticket else ""
         how += ", SET APART" if c.set_apart else ""
+        how += ", ANNULLED since (nobody passed)" if c.annulled else ""
         gate = f"{c.gate} (now {c.gate_now})" if c.gate_now else c.gate
         parts.append(f"{gate} {local_time(c.time)[11:]} ({how})")
     if not a.context and a.gates:

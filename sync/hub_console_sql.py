@@ -72,18 +72,24 @@ REV_KEYS = (
 )
 _CONTEXT_OF = (
     f"SELECT e.entry_id, {_GATE_NAME}, e.lane, e.kind, e.verdict, e.reason, e.offline,"
-    " e.wall_time, {set_apart}, e.short_id, e.gate_id, 0 FROM {table} AS e"
+    " e.wall_time, {set_apart}, e.short_id, e.gate_id, 0, {annulled} FROM {table} AS e"
     " LEFT JOIN gates AS g ON g.gate_id = e.gate_id"
     " WHERE e.entry_id IN ({{}})"
 )
-CONTEXT = _CONTEXT_OF.format(set_apart=0, table="entries")
+# An entry its gate annulled since (nobody passed), found among its ticket's rows (an indexed
+# walk: entries_ticket_gate); the hub takes an annulment only from the entry's own gate.
+_ANNULLED = (
+    "EXISTS (SELECT 1 FROM entries AS x WHERE x.ticket_ref = e.ticket_ref AND x.kind = 'annul'"
+    " AND x.annuls = e.entry_id AND x.gate_id = e.gate_id)"
+)
+CONTEXT = _CONTEXT_OF.format(set_apart=0, table="entries", annulled=_ANNULLED)
 # The same of the rows a quarantine set apart (an alert named them before, or the quarantine's).
-SET_APART_CONTEXT = _CONTEXT_OF.format(set_apart=1, table="quarantined_entries")
+SET_APART_CONTEXT = _CONTEXT_OF.format(set_apart=1, table="quarantined_entries", annulled=0)
 # The same of the claims an alert names (sync.hub_claims: a refused upload's admissions, lane
 # unknown), marked; read first, so a row the hub holds since stands in for its claim.
 CLAIMED_CONTEXT = (
     f"SELECT e.entry_id, {_GATE_NAME}, '', 'entry', 'admit', 'ok', 0, e.wall_time, 0,"
-    " e.short_id, e.gate_id, 1 FROM claimed_entries AS e"
+    " e.short_id, e.gate_id, 1, 0 FROM claimed_entries AS e"
     " LEFT JOIN gates AS g ON g.gate_id = e.gate_id WHERE e.entry_id IN ({})"
 )
 # The gates' names now, of the gates alerts name by id (an alert keeps the names it was raised
@@ -171,6 +177,7 @@ def _context(r: Any, alert: Alert) -> EntryContext:
     return EntryContext(
         r[0], raised, r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]), str(r[9]),
         gate_now=name_now if name_now != raised else "", claimed=bool(r[11]),
+        annulled=bool(r[12]),
     )  # fmt: skip
 
 

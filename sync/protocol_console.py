@@ -43,13 +43,14 @@ class EntryContext:
     ticket: str = ""  # the row's ticket short id (an alert about several tickets names none)
     gate_now: str = ""  # the gate's name now, where it was renamed since the alert ("": not)
     claimed: bool = False  # a claim (sync.hub_claims): a refused upload's admission, lane unknown
+    annulled: bool = False  # its gate annulled it since (nobody passed)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id, "gate": self.gate, "lane": self.lane, "kind": self.kind,
             "verdict": self.verdict, "reason": self.reason, "offline": self.offline,
             "time": self.time, "set_apart": self.set_apart, "ticket": self.ticket,
-            "gate_now": self.gate_now, "claimed": self.claimed,
+            "gate_now": self.gate_now, "claimed": self.claimed, "annulled": self.annulled,
         }  # fmt: skip
 
     @classmethod
@@ -67,6 +68,7 @@ class EntryContext:
             ticket=read.text(obj, "ticket", where, MAX_ID) if "ticket" in obj else "",
             gate_now=read.text(obj, "gate_now", where, MAX_ID) if "gate_now" in obj else "",
             claimed="claimed" in obj and read.boolean(obj, "claimed", where),
+            annulled="annulled" in obj and read.boolean(obj, "annulled", where),
         )
 
 

@@ -71,12 +71,13 @@ async def open_venue(
 
 async def row(
     gate: Gate, ref: str, *, lane: str, offline: bool, kind: Kind = "entry",
-    decision: Decision = ADMIT,
+    decision: Decision = ADMIT, annuls: str | None = None,
 ) -> EntryWire:  # fmt: skip
     """A row recorded in ``gate``'s journal, as uploaded."""
     rec = await gate.journal.record(
-        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0, offline=offline
-    )
+        ticket_ref=ref, kind=kind, decision=decision, lane=lane, rev_version=0, offline=offline,
+        annuls=annuls,
+    )  # fmt: skip
     return EntryWire.from_record(rec)
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
-from tests.hubproc import EXE, ROOT
+from tests.hubproc import EXE, ROOT, hub_cli
 from tests.hubvenue import DENIED, Venue, json_line, open_venue, row
 from tests.pg import pg_server, pg_url  # noqa: F401
 
@@ -95,6 +97,26 @@ async def test_hub_alerts_follow_prints_an_alert_again_when_it_is_noted_or_ackno
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_an_alert_marks_an_entry_its_gate_annulled_since(v: Venue) -> None:
+    """A security trial: an alert's entry list never said which of its entries was annulled
+    since (nobody passed with it); the console, `hub alerts` and the API now mark it."""
+    alert = await double_admission(v, "T-annulled")
+    context = alert["context"]
+    assert isinstance(context, list) and [c["annulled"] for c in context] == [False, False]
+    (second,) = [c["entry_id"] for c in context if c["gate"] == "South B"]
+    nobody = Decision(Verdict.DENY, Reason.OK, "nobody passed")
+    annul = await row(v.b, "T-annulled", lane="south-2", offline=True, kind="annul",
+                      decision=nobody, annuls=second)  # fmt: skip
+    assert (await v.b.upload(v.api, annul)).status == 200
+    shown = (await v.api.get(f"/v1/alerts/{alert['alert_id']}", v.console)).json["alert"]
+    marks = {c["gate"]: c["annulled"] for c in shown["context"]}
+    assert marks == {"North A": False, "South B": True}, shown["context"]
+    line = hub_cli(v.setup, "alerts").stdout
+    south = r"South B [0-9:]{8} \(lane south-2, entry admit ok, offline, ANNULLED since \(nobody"
+    assert re.search(south + r" passed\)\)  ", line), line
+    assert line.count("ANNULLED") == 1, line
 
 
 async def test_an_alert_is_acknowledged_assigned_and_noted_with_who_and_when(v: Venue) -> None:

@@ -20,10 +20,12 @@ from agent.clock import Clock, uuid7
 from agent.journal import Journal
 from agent.model import Decision, Reason, Verdict
 from agent.redact import short_id
+from sync.protocol import EntryWire
 from tests.browser import Browser
 from tests.hubproc import Api, Gate, HubProcess, HubSetup, add_token, write_hub_config
 
 DENIED = Decision(Verdict.DENY, Reason.ALREADY_USED, "already used")
+NOBODY = Decision(Verdict.DENY, Reason.OK, "nobody passed")  # an annulment's
 
 
 @dataclass
@@ -101,6 +103,15 @@ async def test_console_shows_a_double_admission_and_gate_health(
         )
         assert names == [name for *_, name in by_order]
         assert await page.evaluate(f'document.querySelectorAll("{alert} time").length') == 3
+        # Gate B annuls its entry (nobody passed): the alert's entry shows it, in place.
+        annul = await b.journal.record(
+            ticket_ref="T-console", kind="annul", decision=NOBODY, lane="in", rev_version=0,
+            annuls=second.entry_id, offline=False,
+        )  # fmt: skip
+        assert (await b.upload(console.api, EntryWire.from_record(annul))).status == 200
+        badge = f"{alert} .alert-gate:has(.annulled-badge) .gate-name"
+        marked = await page.wait_for(f'document.querySelector("{badge}")?.textContent', 25)
+        assert marked == "<b>South B</b>", marked  # the gate's name as text, not markup
 
         await page.wait_for("document.querySelectorAll('#gates tbody tr').length === 3")
         # The table may first show a poll from before the heartbeats (seen under load): wait for
