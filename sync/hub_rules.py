@@ -174,12 +174,14 @@ def history_refs(
     entries: Sequence[EntryWire], stored: Mapping[str, Any], policy: HubPolicy
 ) -> list[str]:
     """Ticket refs whose history the rules need: those of new attempts and, unless the policy
-    is unlimited, of new admitted entries and annulments (an annulled exit joins two entries)."""
+    is unlimited, of new admitted entries and annulments (an annulled exit joins two entries),
+    and with re-entry of exits (one received late splits a double: a note)."""
     refs: set[str] = set()
+    exits = policy.entry_policy == "reentry"
     for e in entries:
         if e.entry_id in stored:
             continue
-        admits = admission(e) or e.kind == "annul"
+        admits = admission(e) or e.kind == "annul" or (exits and e.kind == "exit")
         if e.kind == "attempt" or (admits and policy.entry_policy != "unlimited"):
             refs.add(e.ticket_ref)
     return sorted(refs)

@@ -43,33 +43,41 @@ def undone_doubles(
     names: Names,
     now: float,
 ) -> list[AlertNote]:
-    """Notes on the double admissions the batch's annulments change.
+    """Notes on the double admissions the batch's annulments (and, with ``reentry``, its exits)
+    change.
 
     A gate cut off admits a ticket another gate had admitted; its link comes back within the
     passage timeout, so its entry reaches the hub before its annulment (nobody passed: a
-    trial). Alerts are never withdrawn; a note says the pair is no double, or, when the double
-    stands with another first entry, names it. The pairs are those there would be without the
-    batch's annulments (the history's, and an entry's annulled in its own batch: a claim's
-    alert, raised with its conflict, when the claimed rows come through); the store notes only
-    alerts raised before. A batch is planned once (its rows sent again are stored already), so
-    each change is noted once."""
+    trial). With re-entry, the first gate's exit, recorded while it was cut off, reaches the hub
+    after the second gate's entry: a re-entry, not a double. Alerts are never withdrawn; a note
+    says the pair is no double, or, when the double stands with another first entry, names it.
+    The pairs are those there would be without the batch's annulments and exits (the history's,
+    and an entry's annulled in its own batch: a claim's alert, raised with its conflict, when
+    the claimed rows come through); the store notes only alerts raised before. A batch is
+    planned once (its rows sent again are stored already), so each change is noted once."""
     if policy.entry_policy == "unlimited":
         return []
+    reentry = policy.entry_policy == "reentry"
     notes = []
     for ref, batch in _by_ticket(rows).items():
         annuls = {e.annuls: e.gate_id for e in batch if e.annuls is not None}
+        exits = reentry and any(e.kind == "exit" for e in batch)
         past = known.get(ref, ())
-        if not annuls or not past:
+        if not (annuls or exits) or not past:
             continue
         added = [TicketRow.of(e, now, policy.max_clock_ahead_s) for e in batch]
         after = _doubles([*past, *added], policy)
-        would = _doubles([*past, *(r for r in added if r.kind != "annul")], policy)
+        would = _doubles([*past, *(r for r in added if r.kind not in ("annul", "exit"))], policy)
         for key, pair in would.items():
             undone = [r.entry_id for r in pair if r.entry_id in annuls]
-            if not undone:
+            if undone:
+                by = names(annuls[undone[0]])
+                said = f"gate {by} annulled entry {undone[0]} (nobody passed with it):"
+            elif out := [r for r in added if r.kind == "exit" and _between(r, pair)]:
+                by = names(out[0].gate_id)
+                said = f"gate {by}'s exit {out[0].entry_id}, before the later entry, came in since:"
+            else:
                 continue
-            by = names(annuls[undone[0]])
-            said = f"gate {by} annulled entry {undone[0]} (nobody passed with it):"
             if key not in after:
                 notes.append(AlertNote(key, f"{said} no double admission by this pair"))
             elif (first := after[key][0]).entry_id != pair[0].entry_id:  # a review, a trial
@@ -78,6 +86,10 @@ def undone_doubles(
                     AlertNote(key, f"{said} {stands} {first.entry_id}", unless_entry=first.entry_id)
                 )
     return notes
+
+
+def _between(row: TicketRow, pair: tuple[TicketRow, TicketRow]) -> bool:
+    return pair[0].order < row.order < pair[1].order
 
 
 def again_notes(alerts: Iterable[NewAlert]) -> list[AlertNote]:

@@ -2191,6 +2191,37 @@ async def test_a_double_admission_undone_by_an_annulment_since_is_noted_so(
     assert shown[short_id("t2")].notes == ()  # the other ticket's alert is left as it was
 
 
+async def test_a_reentry_double_split_by_an_exit_received_late_is_noted_so(
+    open_hub: OpenStore,
+) -> None:
+    """A security lead's trial: with re-entry, gate g1 cut off let a holder out; gate g2, cut
+    off too, let the holder in again. g2's entry reached the hub first: a double admission
+    (entered again without an exit). g1's exit, dated before it, came later: a re-entry, and
+    nothing said so. The hub notes it on the alert, once; the ticket's other alert is left."""
+    store = await open_hub(entry_policy="reentry")
+    a, b = Gate("g1"), Gate("g2")
+    first, other = a.row("t1", at=T0), a.row("t2", at=T0)
+    await store.ingest("g1", [first, other], T0 + 1)
+    second, other_2 = b.row("t1", at=T0 + 20), b.row("t2", at=T0 + 20)
+    await store.ingest("g2", [second, other_2], T0 + 21)
+    alerts = [x for x in await all_alerts(store) if x.kind == "double_admission"]
+    assert len(alerts) == 2
+    out = [a.row("t1", "exit", at=T0 + 10)]
+    await store.ingest("g1", out, T0 + 30)
+    await store.ingest("g1", out, T0 + 31)  # sent again (its ack lost): stored already
+    shown = {x.ticket: x.workflow for x in await store.alert_details(alerts)}
+    (note,) = shown[short_id("t1")].notes
+    assert (note.by, note.at) == ("hub", T0 + 30) and note.text == (
+        f"gate g1's exit {out[0].entry_id}, before the later entry, came in since: no double"
+        " admission by this pair"
+    )
+    assert shown[short_id("t2")].notes == ()
+    # An exit after both entries splits nothing: no note.
+    await store.ingest("g2", [b.row("t2", "exit", at=T0 + 40)], T0 + 41)
+    shown = {x.ticket: x.workflow for x in await store.alert_details(alerts)}
+    assert shown[short_id("t2")].notes == ()
+
+
 async def test_a_double_admission_standing_with_another_pair_is_noted_so(store: HubStore) -> None:
     """A single-entry ticket admitted at three gates is two alerts, each naming the first entry.
     Its gate annuls it: the second gate's is undone, but the third one's still stands, now after
