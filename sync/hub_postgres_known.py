@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import asyncpg
 
 from sync import hub_annul, hub_rules, hub_sql
+from sync.hub_budget import budget_since
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -87,7 +88,7 @@ async def known(
         [b for b in hub_annul.boots_to_ask(entries, before)
          if await conn.fetchval(_SEEN_BOOT, gate_id, b)]
     )  # fmt: skip
-    count = await conn.fetchval(_BUDGET_USED, gate_id, hub_rules.budget_since(now, policy))
+    count = await conn.fetchval(_BUDGET_USED, gate_id, budget_since(now, policy))
     last = await conn.fetchrow(_LAST_ROW_TIME, gate_id)
     return KnownState(
         stored, owners, int(max_seq), history, names, targets, int(count),

@@ -52,8 +52,8 @@ raising it again):
   with the seconds until it fits. Duplicates of stored rows do not count.
 * alert budget: the alerts one gate's uploads raise within a window (``alert_budget_window_s``,
   buckets of the hub's clock) beyond ``alert_budget`` are not stored one by one; they collapse into
-  one ``alert_storm`` alert for the gate and bucket whose ``held`` count grows with each batch, so
-  one stolen gate cannot bury the other gates' alerts.
+  an ``alert_storm`` alert for the gate, bucket and kind held back, whose ``held`` count grows with
+  each batch, so one stolen gate cannot bury the other gates' alerts (:mod:`sync.hub_budget`).
 * a ticket's history as the stores read it: of each gate, its last :data:`MAX_TICKET_HISTORY`
   entries, exits and annulments of the ticket to arrive, and of its last
   :data:`MAX_TICKET_HISTORY` attempts those in the window above. Reading all of them let one
@@ -81,6 +81,7 @@ from agent.clock import HLC, HLC_MAX_AHEAD_S
 from agent.model import Verdict
 from agent.redact import short_id
 from sync import hub_annul
+from sync.hub_budget import within_budget
 from sync.hub_plan import (
     AlertNote,
     Names,
@@ -203,12 +204,6 @@ def attempt_span(
         return math.inf, -math.inf
     window = policy.denied_alert_window_s
     return min(times) - window, max(times) + window
-
-
-def budget_since(now: float, policy: HubPolicy) -> float:
-    """The start of the alert-budget bucket ``now`` falls in."""
-    window = policy.alert_budget_window_s
-    return math.floor(now / window) * window
 
 
 def gates_to_name(
@@ -455,22 +450,8 @@ def planned_again(
 def _budget(
     gate_id: str, alerts: Sequence[NewAlert], known: KnownState, policy: HubPolicy, now: float
 ) -> tuple[NewAlert, ...]:
-    """The alerts within the gate's budget, the rest as one storm alert that counts them; those
-    raised before (``known.raised``) are left out."""
-    alerts = [a for a in alerts if a.dedupe_key not in known.raised]
-    room = max(0, policy.alert_budget - known.alert_count)
-    if len(alerts) <= room:
-        return tuple(alerts)
-    held = alerts[room:]
     name = Names(known.gate_names)(gate_id)
-    since = budget_since(now, policy)
-    storm = NewAlert(
-        "alert_storm", "", (name,), (now,), (),
-        f"alert storm from gate {name}: more than {policy.alert_budget} alerts within"
-        f" {policy.alert_budget_window_s:g} s"[:MAX_DETAIL],
-        f"storm:{gate_id}:{since:.0f}", held=len(held), gate_ids=(gate_id,),
-    )  # fmt: skip
-    return (*alerts[:room], storm)
+    return within_budget(gate_id, name, alerts, known.raised, known.alert_count, policy, now)
 
 
 def ack(plan: IngestPlan, now: float) -> BatchAck:

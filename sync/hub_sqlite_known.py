@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from sync import hub_annul, hub_rules, hub_sql
+from sync.hub_budget import budget_since
 from sync.hub_plan import TICKET_COLUMNS, TicketRow
 from sync.hub_rules import KnownState
 from sync.hub_sql import ENTRY_FIELDS
@@ -115,7 +116,7 @@ def known_state(
         for b in hub_annul.boots_to_ask(entries, before)
         if db.execute(hub_sql.SEEN_BOOT, (gate_id, b)).fetchone()
     )
-    since = hub_rules.budget_since(now, policy)
+    since = budget_since(now, policy)
     (count,) = db.execute(hub_sql.BUDGET_USED, (gate_id, since)).fetchone()
     last = db.execute(hub_sql.LAST_ROW_TIME, (gate_id,)).fetchone()
     return KnownState(

@@ -1525,6 +1525,36 @@ async def test_an_entry_far_ahead_sorts_before_the_exit_that_came_after_it(
     assert seen[0].time == T0 + 100 + 47 * 3600
 
 
+async def test_an_alert_flood_of_several_kinds_is_a_storm_alert_for_each_kind(
+    store: HubStore,
+) -> None:
+    """A security lead's trial: a storm alert counted what it held back without its kinds, so
+    held double admissions read like holes in a gate's numbers. One storm a kind, each its own
+    count, added up as later batches hold more."""
+    honest, thief = Gate("a"), Gate("x")
+    now = T0 + 100
+    used = [f"used-{i}" for i in range(2 * POLICY.alert_budget)]
+    await store.ingest("a", [honest.row(ref, at=now) for ref in used], now)
+    rows = []
+    for ref in used:  # each row a hole in x's numbers and a second admission of a used ticket
+        thief.seq += 1
+        rows.append(thief.row(ref, at=now))
+    await store.ingest("x", rows[: POLICY.alert_budget], now)
+    await store.ingest("x", rows[POLICY.alert_budget :], now)
+    alerts = [a for a in await all_alerts(store) if a.gates == ("x",) or "x" in a.gate_ids]
+    kept = [a for a in alerts if a.kind != "alert_storm"]
+    assert len(kept) == POLICY.alert_budget
+    storms = {a.detail.split(": ", 1)[1].split()[0]: a for a in alerts if a.kind == "alert_storm"}
+    assert sorted(storms) == ["double_admission", "integrity"]
+    held = {kind: int(a.detail.rsplit("; ", 1)[1].split()[0]) for kind, a in storms.items()}
+    assert sum(held.values()) == 2 * 2 * POLICY.alert_budget - POLICY.alert_budget
+    kinds = [a.kind for a in kept]
+    assert held == {k: 2 * POLICY.alert_budget - kinds.count(k) for k in held}
+    assert storms["integrity"].detail.startswith(
+        f"alert storm from gate x: integrity alerts beyond {POLICY.alert_budget} within"
+    )
+
+
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:
     thief, honest = Gate("x"), Gate("a")
     now = T0 + 100

@@ -1,0 +1,59 @@
+"""The alert budget (the rule is in :mod:`sync.hub_rules`): the alerts one gate's uploads raise
+within a bucket of ``alert_budget_window_s`` beyond ``alert_budget`` collapse into storm alerts,
+one per kind held back, each counting its own (``held``, added up as later batches hold more),
+so security reads what a flood was made of: double admissions held back are not integrity
+faults. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+from sync.hub_plan import NewAlert
+from sync.hub_store import HubPolicy
+from sync.protocol import MAX_DETAIL
+
+
+def budget_since(now: float, policy: HubPolicy) -> float:
+    """The start of the alert-budget bucket ``now`` falls in."""
+    window = policy.alert_budget_window_s
+    return math.floor(now / window) * window
+
+
+def within_budget(
+    gate_id: str,
+    name: str,
+    alerts: Sequence[NewAlert],
+    raised: Collection[str],
+    used: int,
+    policy: HubPolicy,
+    now: float,
+) -> tuple[NewAlert, ...]:
+    """The alerts within the budget of gate ``gate_id`` (named ``name``), which has ``used``
+    of it in this bucket, and a storm alert for each kind of the rest; those raised before
+    (dedupe keys in ``raised``) are left out."""
+    alerts = [a for a in alerts if a.dedupe_key not in raised]
+    room = max(0, policy.alert_budget - used)
+    if len(alerts) <= room:
+        return tuple(alerts)
+    held: dict[str, int] = {}
+    for a in alerts[room:]:
+        held[a.kind] = held.get(a.kind, 0) + 1
+    since = budget_since(now, policy)
+    storms = tuple(
+        _storm(gate_id, name, kind, count, since, policy, now) for kind, count in held.items()
+    )
+    return (*alerts[:room], *storms)
+
+
+def _storm(
+    gate_id: str, name: str, kind: str, held: int, since: float, policy: HubPolicy, now: float
+) -> NewAlert:
+    detail = (
+        f"alert storm from gate {name}: {kind} alerts beyond {policy.alert_budget} within"
+        f" {policy.alert_budget_window_s:g} s"
+    )
+    return NewAlert(
+        "alert_storm", "", (name,), (now,), (), detail[:MAX_DETAIL],
+        f"storm:{gate_id}:{since:.0f}:{kind}", held=held, gate_ids=(gate_id,),
+    )  # fmt: skip
