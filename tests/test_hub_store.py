@@ -1548,7 +1548,7 @@ async def test_an_alert_flood_of_several_kinds_is_a_storm_alert_for_each_kind(
     assert sorted(storms) == ["double_admission", "integrity"]
     held = {kind: int(a.detail.rsplit("; ", 1)[1].split()[0]) for kind, a in storms.items()}
     assert sum(held.values()) == 2 * 2 * POLICY.alert_budget - POLICY.alert_budget
-    kinds = [a.kind for a in kept]
+    kinds: list[str] = [a.kind for a in kept]
     assert held == {k: 2 * POLICY.alert_budget - kinds.count(k) for k in held}
     assert storms["integrity"].detail.startswith(
         f"alert storm from gate x: integrity alerts beyond {POLICY.alert_budget} within"
