@@ -100,6 +100,7 @@ def test_gate_and_hub_state_is_private_under_umask_000(
         gate_dir, keys_dir, gate_id="gate-a", name="Gate A", url=setup.url, token=token,
         scanner="sim://socket?path=scan.sock",
     )  # fmt: skip
+    config.chmod(0o644)  # as an editor may leave it: others can read its token
     hub_state, gate_state = setup.dir / "state", gate_dir / "state"
     with contextlib.ExitStack() as running_procs:
         hub_proc = running_procs.enter_context(
@@ -126,6 +127,11 @@ def test_gate_and_hub_state_is_private_under_umask_000(
     assert "gate/clock.floor" in stopped  # written at shutdown
     with contextlib.closing(sqlite3.connect(gate_state / "journal.db")) as db:
         assert db.execute("SELECT kind, reason FROM entries").fetchall() == [("entry", "ok")]
+    # Its hub token is written in its gate.toml (mode 0644 above): run says so at start (as
+    # selftest does), without the token.
+    said = (gate_dir / "gate.log").read_text()
+    assert f"{config}: [hub] token: written in this file, which group or others can read" in said
+    assert token not in said
 
 
 def test_write_atomic_never_keeps_a_wider_mode(tmp_path: Path) -> None:
