@@ -7,9 +7,9 @@ follower learns that a double admission was undone by an annulment, or that some
 Two cursors: the last alert read (``alert_id``) and the last action read (``action_id`` of
 ``alert_actions``). The actions are read before the new alerts, so an action landing between
 the two reads shows in its new alert (read after it) or in the next step's updates, never in
-neither. Action ids are committed in order on SQLite (one writer); hubs sharing a PostgreSQL
-database may commit them out of order, and an action committed after a higher id was read is
-then not followed (the alert itself always is).
+neither. Action ids commit in the order they are taken: on SQLite one writer at a time; on
+PostgreSQL every insert of an action (an ingest's hub notes, security's acts) holds the venue's
+advisory lock, in every hub process on the database.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ class PostgresConsoleQueries:
     """The console's half of :class:`sync.hub_store.HubStore` on a PostgreSQL pool."""
 
     if TYPE_CHECKING:
+        _lock_key: int  # the venue's advisory lock (sync.hub_postgres)
 
         async def _run(self, job: Callable[[_Conn], Awaitable[_T]]) -> _T: ...
 
@@ -78,6 +79,9 @@ class PostgresConsoleQueries:
 
         async def job(conn: _Conn) -> ActResult:
             async with conn.transaction():
+                # The venue's lock, as an ingest's hub notes take it: action ids commit in the
+                # order they are taken, so a follower's cursor passes none still uncommitted.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
                 exists = await conn.fetchval(_ALERT_EXISTS, alert_id) is not None
                 acked = await conn.fetchval(_ACKED, alert_id) is not None
                 notes = await conn.fetchval(_NOTE_COUNT, alert_id)

@@ -222,9 +222,8 @@ ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_
 RECENT_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id < ? ORDER BY alert_id DESC LIMIT ?"
 )
-# Alerts acted on (noted, acknowledged, assigned) since a cursor: `hub alerts --follow` prints
-# them again. The cursor moves at most ``limit`` actions a read (action_id, as committed: one
-# writer at a time in SQLite; in PostgreSQL, hubs on one database may commit ids out of order).
+# Alerts acted on (noted, acknowledged, assigned) since a cursor (sync.hub_alert_follow: action
+# ids commit in order); the cursor moves at most ``limit`` actions a read.
 TOP_ACTION = "SELECT coalesce(max(action_id), 0) FROM alert_actions"
 ACTIONS_TOP = (
     "SELECT coalesce(max(action_id), ?) FROM (SELECT action_id FROM alert_actions"

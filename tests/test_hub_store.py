@@ -836,6 +836,45 @@ async def test_a_batch_waiting_for_the_ingest_lock_when_its_token_is_revoked_sto
         await store.close()
 
 
+async def test_an_act_on_an_alert_waits_for_an_ingest_writing_a_note_so_follows_miss_none(
+    pg_url: str,  # noqa: F811
+) -> None:
+    """PostgreSQL (a review): an ingest's hub note took action id N and had not committed when
+    an acknowledgement took N+1 and committed; a follower read N+1 and moved past N, so the note
+    was never followed. An act now takes the venue's lock an ingest holds: ids commit in order."""
+    store = await open_store(pg_url, POLICY)
+    other = await asyncpg.connect(pg_url)
+    try:
+        a, b = Gate("g1"), Gate("g2")
+        await store.ingest("g1", [a.row("t1", at=T0)], T0)
+        await store.ingest("g2", [b.row("t1", at=T0 + 5)], T0 + 6)
+        (alert,) = await all_alerts(store)
+        acted = await store.last_alert_action()
+        held = other.transaction()  # an ingest writing a hub note, not committed yet
+        await held.start()
+        await other.execute(
+            "SELECT pg_advisory_xact_lock($1)", hub_postgres_db.lock_key(f"venue:{VENUE}")
+        )
+        await other.execute(
+            "INSERT INTO alert_actions (alert_id, action, actor, value, at)"
+            " VALUES ($1, 'note', 'hub', 'a hub note', $2)", alert.alert_id, T0 + 7,
+        )  # fmt: skip
+        ack = asyncio.ensure_future(store.act_on_alert(alert.alert_id, "ack", "desk-1", "", T0))
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        await until(lambda: ack.done() or _fetchval(other, waiting), what="the ack done or waiting")
+        seen, acted = await store.acted_alerts(acted, 100)  # a follower reads meanwhile
+        await held.commit()
+        assert await ack == "done"
+        later, _ = await store.acted_alerts(acted, 100)
+        (shown,) = await store.alert_details([*seen, *later][-1:])
+        assert [n.text for n in shown.workflow.notes] == ["a hub note"]
+        assert shown.workflow.acked_by == "desk-1"
+        assert [x.alert_id for x in later] == [alert.alert_id]  # the note followed after all
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def _fetchval(conn: asyncpg.Connection, sql: str) -> object:
     return await conn.fetchval(sql)
 
