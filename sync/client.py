@@ -433,12 +433,11 @@ class HubClient:
                           ", ".join(exc.entry_ids), where)  # fmt: skip
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamAuthError | UpstreamTLSError):
-            if isinstance(exc, UpstreamAuthError) or exc.check == "cert":
+            auth = isinstance(exc, UpstreamAuthError)
+            if auth or exc.check == "cert":
                 self._refused = exc.check or "token"
-            if name == "upload":
-                self._upload_state = (
-                    "unauthorized" if isinstance(exc, UpstreamAuthError) else "unavailable"
-                )
+            if name == "upload" and (auth or self._upload_state != "conflict"):
+                self._upload_state = "unauthorized" if auth else "unavailable"  # a TLS fault
             once = f"{type(exc).__name__}:{exc.check}"
             log.log(logging.DEBUG if once in self._reported else logging.ERROR, "hub: %s", exc)
             self._reported.add(once)

@@ -6,6 +6,7 @@ Each gate has its own state directory and config; the hub is `gate-agent hub` on
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -240,7 +241,7 @@ async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
 
 
 async def test_a_conflict_stays_on_the_gates_health_while_the_link_is_down(
-    keys_dir: Path, iss: Issuer, tmp_path: Path
+    keys_dir: Path, iss: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A security trial: a gate in conflict whose link was then cut showed only "hub offline"
     (its upload went to "unavailable"), hiding the "tell security" line until the link healed.
@@ -266,11 +267,18 @@ async def test_a_conflict_stays_on_the_gates_health_while_the_link_is_down(
             reasons = (await StatusServer(gate).health())[1]
             assert any(security in r for r in reasons) and "hub offline" not in reasons, reasons
             assert link.status()["reachable"] is True
+            caplog.set_level(logging.DEBUG, logger="sync.client")  # a retry's failure is quiet
+            seen = len(caplog.records)
 
         async def cut() -> bool:
             return "hub offline" in (await StatusServer(gate).health())[1]
 
         await until(cut, what="the link's loss on the gate's health")
+
+        def upload_failed() -> bool:  # its retry, which once turned "conflict" to "unavailable"
+            return any(r.getMessage().startswith("hub upload: ") for r in caplog.records[seen:])
+
+        await until(upload_failed, what="the uploader's retry failed too")
         reasons = (await StatusServer(gate).health())[1]
         assert any(security in r for r in reasons), reasons
         assert link.status()["upload"] == "conflict" and link.status()["conflict_from_seq"] == 1
