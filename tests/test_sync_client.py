@@ -195,6 +195,26 @@ async def test_the_feed_is_read_again_after_the_hub_lost_its_store(
     assert any("hub feed restarted" in r.getMessage() for r in caplog.records)
 
 
+async def _offline_rows(conf: config.Config, iss: Issuer, n: int) -> EntryWire:
+    """Admit ``n`` tickets with the hub down (the rows stay in the outbox); returns the first
+    row with another body, as a copy of the gate's token would upload it."""
+    async with open_gate(conf) as gate:
+        for _ in range(n):
+            await _present(gate, iss.ticket(event=1, zones=[1]))
+        first = (await gate.journal.unsynced())[0]
+    return msgspec.structs.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+
+
+async def _squat(setup: HubSetup, conf: config.Config, forged: EntryWire) -> None:
+    """Upload ``forged`` with the gate's token: its own upload of that row is then a 409."""
+    token = conf.hub.token if conf.hub is not None else ""
+    status, _ = await asyncio.to_thread(
+        post_json, f"{setup.url}/v1/gates/gate-a/entries:batch", str(token),
+        protocol.encode(protocol.BatchUpload("gate-a", (forged,))),
+    )  # fmt: skip
+    assert status == 200
+
+
 def _reconf(tmp: Path, setup: HubSetup) -> config.Config:
     """Gate B with a new token, its state (and feed cursor) kept."""
     path = write_gate(tmp / "gate-b", setup.keys, gate_id="gate-b", name="Gate B", url=setup.url,
@@ -208,20 +228,11 @@ async def test_heartbeat_tells_the_hub_the_gates_outbox_list_and_clock(
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
     console = add_token(setup, console="ops")
     conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub="retry_max_s = 0.5\n")
-    async with open_gate(conf) as gate:  # the hub is down: three rows stay in the outbox
-        for _ in range(3):
-            await _present(gate, iss.ticket(event=1, zones=[1]))
-        first = (await gate.journal.unsynced())[0]
-    # The hub already holds another body under the first row's id: it refuses the batch (409),
-    # so the outbox stays at 3 for as long as the test looks.
-    forged = msgspec.structs.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+    forged = await _offline_rows(conf, iss, 3)
     with HubProcess(setup):
-        token = conf.hub.token if conf.hub is not None else ""
-        status, _ = await asyncio.to_thread(
-            post_json, f"{setup.url}/v1/gates/gate-a/entries:batch", str(token),
-            protocol.encode(protocol.BatchUpload("gate-a", (forged,))),
-        )  # fmt: skip
-        assert status == 200
+        # The hub already holds another body under the first row's id: it refuses the batch
+        # (409), so the outbox stays at 3 for as long as the test looks.
+        await _squat(setup, conf, forged)
         async with open_gate(conf) as gate:
             link = _client(gate)
             await until(lambda: link.status()["upload"] == "conflict", what="409")
@@ -248,21 +259,12 @@ async def test_a_conflict_stays_on_the_gates_health_while_the_link_is_down(
     The conflict holds until an upload goes through: both lines show while the link is down."""
     setup = write_hub_config(tmp_path / "hub", keys=keys_dir)
     conf = _gate_conf(tmp_path, keys_dir, setup, "gate-a", "Gate A", hub="retry_max_s = 0.5\n")
-    async with open_gate(conf) as gate:  # the hub is down: the rows stay in the outbox
-        for _ in range(2):
-            await _present(gate, iss.ticket(event=1, zones=[1]))
-        first = (await gate.journal.unsynced())[0]
-    forged = msgspec.structs.replace(EntryWire.from_record(first), detail="not what the gate wrote")
+    forged = await _offline_rows(conf, iss, 2)
     security = "hub refuses this gate's rows from gate_seq 1: their numbers hold other rows"
     async with open_gate(conf) as gate:
         link = _client(gate)
         with HubProcess(setup):
-            token = conf.hub.token if conf.hub is not None else ""
-            status, _ = await asyncio.to_thread(
-                post_json, f"{setup.url}/v1/gates/gate-a/entries:batch", str(token),
-                protocol.encode(protocol.BatchUpload("gate-a", (forged,))),
-            )  # fmt: skip
-            assert status == 200
+            await _squat(setup, conf, forged)
             await until(lambda: link.status()["upload"] == "conflict", what="409")
             reasons = (await StatusServer(gate).health())[1]
             assert any(security in r for r in reasons) and "hub offline" not in reasons, reasons
