@@ -247,18 +247,18 @@ def plan_ingest(
     if conflicts:
         ids = tuple(a.entries[0] for a in conflicts)
         said = [*conflicts, *_claim_doubles(gate_id, entries, known, policy, names, now)]
-        budgeted = _budget(gate_id, said, known, policy, now)
+        budgeted = _budget(gate_id, said, known, policy, now, deferred=True)
         return IngestPlan((), (), ids, budgeted, acked, candidates=_keys(said))
     rows = tuple(e for e in entries if e.entry_id not in known.stored)
     refused = _refusals(gate_id, entries, known, policy, now)
     if refused:
         alerts = [alert for _, _, alert in refused]
         why = tuple((where, text) for where, text, _ in refused)
-        budgeted = _budget(gate_id, alerts, known, policy, now)
+        budgeted = _budget(gate_id, alerts, known, policy, now, deferred=True)
         return IngestPlan((), (), (), budgeted, acked, why, candidates=_keys(alerts))
     if len(rows) > known.quota:
         alerts = [_quota_alert(gate_id, names, policy, now)]
-        budgeted = _budget(gate_id, alerts, known, policy, now)
+        budgeted = _budget(gate_id, alerts, known, policy, now, deferred=True)
         wait = max(1.0, math.ceil((len(rows) - known.quota) / policy.upload_rows_per_s))
         return IngestPlan((), (), (), budgeted, acked, throttled=wait, candidates=_keys(alerts))
     alerts = _holes(gate_id, entries, known.max_seq, names)
@@ -448,10 +448,17 @@ def planned_again(
 
 
 def _budget(
-    gate_id: str, alerts: Sequence[NewAlert], known: KnownState, policy: HubPolicy, now: float
+    gate_id: str,
+    alerts: Sequence[NewAlert],
+    known: KnownState,
+    policy: HubPolicy,
+    now: float,
+    *,
+    deferred: bool = False,
 ) -> tuple[NewAlert, ...]:
     name = Names(known.gate_names)(gate_id)
-    return within_budget(gate_id, name, alerts, known.raised, known.alert_count, policy, now)
+    used = known.alert_count
+    return within_budget(gate_id, name, alerts, known.raised, used, policy, now, deferred)
 
 
 def ack(plan: IngestPlan, now: float) -> BatchAck:

@@ -97,7 +97,8 @@ def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tupl
     storm alert's detail gains its count."""
     alert_id, kind, ticket, gates, times, entries, detail, raised_at, held, gate_ids = tuple(row)
     if held:
-        detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
+        alerts = "alert" if held == 1 else "alerts"  # digits alone: integrators parse them
+        detail = f"{detail}; {held} {alerts} held back"[:MAX_DETAIL]
     return Alert(
         alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
         tuple(decode(entries)), detail, raised_at, gate_ids=tuple(decode(gate_ids)),
