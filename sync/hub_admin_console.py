@@ -23,8 +23,9 @@ from agent.redact import short_id
 from agent.tickets import tk1
 from agent.words import plural
 from sync.hub_admin import opened_store
-from sync.hub_alert_follow import AlertFollower
+from sync.hub_alert_follow import AlertFollower, update_json
 from sync.hub_config import HubConfig
+from sync.hub_console_sql import ActedAlert
 from sync.protocol import MAX_PAGE, Alert
 from sync.protocol_console import MAX_HISTORY, TicketEvent, TicketHistory, is_short_id
 from sync.protocol_fields import REV_KEY
@@ -150,12 +151,19 @@ def _named(a: Alert) -> list[str]:
     ]
 
 
-def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool, *, update: bool = False) -> None:
+def _write(out: TextIO, alerts: Iterable[Alert], as_json: bool) -> None:
     for a in alerts:
+        out.write((json.dumps(a.to_json()) if as_json else alert_line(a)) + "\n")
+    out.flush()
+
+
+def _write_updates(out: TextIO, updates: Iterable[ActedAlert], as_json: bool) -> None:
+    """Alerts printed before, again after an action: what was done, then the alert now."""
+    for u in updates:
         if as_json:
-            out.write(json.dumps(a.to_json() | ({"update": True} if update else {})) + "\n")
+            out.write(json.dumps(update_json(u)) + "\n")
         else:
-            out.write(("updated: " if update else "") + alert_line(a) + "\n")
+            out.write(f"updated ({u.change()}): {alert_line(u.alert)}\n")
     out.flush()
 
 
@@ -172,7 +180,7 @@ async def print_alerts(
         while not stop.is_set():
             found, updated = await alerts.step(MAX_PAGE)
             _write(out, found, as_json)
-            _write(out, updated, as_json, update=True)
+            _write_updates(out, updated, as_json)
             quiet = quiet and not found
             if len(found) == MAX_PAGE:
                 continue

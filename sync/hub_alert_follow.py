@@ -14,6 +14,9 @@ advisory lock, in every hub process on the database.
 
 from __future__ import annotations
 
+from typing import Any
+
+from sync.hub_console_sql import ActedAlert
 from sync.hub_store import HubStore
 from sync.protocol import Alert
 
@@ -33,16 +36,23 @@ class AlertFollower:
         acted = await store.last_alert_action()
         return cls(store, newest[0].alert_id if newest else 0, acted)
 
-    async def step(self, limit: int) -> tuple[list[Alert], list[Alert]]:
+    async def step(self, limit: int) -> tuple[list[Alert], list[ActedAlert]]:
         """The next ``limit`` new alerts, and the alerts read before that were acted on since
-        (the actions of ``limit`` at most), both oldest first and with their details. The
-        cursors move only when every read succeeded. Raises HubStoreError."""
+        (the actions of ``limit`` at most) with the latest action, both oldest first and with
+        their details. The cursors move only when every read succeeded. Raises HubStoreError."""
         read_through = self.after
         changed, acted = await self._store.acted_alerts(self._acted, limit)
         new = await self._store.alert_details(await self._store.alerts(self.after, limit))
-        before = [a for a in changed if a.alert_id <= read_through]
-        updated = await self._store.alert_details(before)
+        before = [a for a in changed if a.alert.alert_id <= read_through]
+        detailed = await self._store.alert_details([a.alert for a in before])
+        updated = [a._replace(alert=alert) for a, alert in zip(before, detailed, strict=True)]
         self._acted = acted
         if new:
             self.after = new[-1].alert_id
         return new, updated
+
+
+def update_json(u: ActedAlert) -> dict[str, Any]:
+    """An alert acted on as JSON: the alert now, ``update`` true and ``change`` (its latest
+    action and who did it: a console token's name, or "hub")."""
+    return u.alert.to_json() | {"update": True, "change": {"action": u.action, "by": u.actor}}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+from agent.redact import printable
 from sync.protocol import Alert
 from sync.protocol_console import (
     MAX_NOTES,
@@ -27,6 +28,27 @@ ACTIONS: tuple[Action, ...] = ("ack", "assign", "note")
 # What an action on an alert came to: stored (or an acknowledgement already there), no such
 # alert, or a note over the alert's MAX_NOTES.
 ActResult = Literal["done", "unknown", "full"]
+
+
+class ActedAlert(NamedTuple):
+    """An alert acted on, and its latest action read: ``action`` ack, assign (``value``: the
+    assignee, "" for nobody), note or held (a storm holding back more: ``value`` its count),
+    by ``actor`` (a console token's name, or "hub")."""
+
+    alert: Alert
+    action: str
+    actor: str
+    value: str
+
+    def change(self) -> str:
+        """What was done, as `hub alerts --follow` says it: never a note's text (a line)."""
+        if self.action == "assign":
+            whom = f"assigned to {printable(self.value, 80)}" if self.value else "unassigned"
+            return f"{whom} by {self.actor}"
+        if self.action == "held":
+            return f"{self.value} held back now"
+        return f"{'acknowledged' if self.action == 'ack' else self.action} by {self.actor}"
+
 
 _GATE_NAME = "COALESCE(NULLIF(g.gate_name, ''), e.gate_id)"
 # The rows as the gates sent them (a row from a clock ahead shows its claimed time, for the
@@ -104,6 +126,10 @@ ACTIONS_OF = (
 ALERT_EXISTS = "SELECT alert_id FROM alerts WHERE alert_id = ?"
 ACKED = "SELECT action_id FROM alert_actions WHERE alert_id = ? AND action = 'ack' LIMIT 1"
 NOTE_COUNT = "SELECT count(*) FROM alert_actions WHERE alert_id = ? AND action = 'note'"
+ASSIGNEE = (
+    "SELECT value FROM alert_actions WHERE alert_id = ? AND action = 'assign'"
+    " ORDER BY action_id DESC LIMIT 1"
+)
 INSERT_ACTION = (
     "INSERT INTO alert_actions (alert_id, action, actor, value, at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -196,13 +222,16 @@ def _workflow(rows: Iterable[Any]) -> AlertWorkflow:
     return dataclasses.replace(flow, notes=tuple(notes[:MAX_NOTES]))
 
 
-def act_result(exists: bool, action: Action, acked: bool, notes: int) -> ActResult | None:
-    """The answer without writing (unknown alert, full notes, a second acknowledgement), or None
-    when the action is to be stored."""
+def act_result(
+    exists: bool, action: Action, acked: bool, notes: int, assignee: str, value: str
+) -> ActResult | None:
+    """The answer without writing (unknown alert, full notes, a second acknowledgement, an
+    assignment to whom it is assigned already: ``assignee``, "" for nobody), or None when the
+    action is to be stored (a change: followers print the alert again)."""
     if not exists:
         return "unknown"
     if action == "note" and notes >= MAX_NOTES:
         return "full"
-    if action == "ack" and acked:
+    if (action == "ack" and acked) or (action == "assign" and value == assignee):
         return "done"
     return None

@@ -94,6 +94,8 @@ _FEED = hub_sql.numbered(hub_sql.FEED)
 _HAS_FEED_AFTER = hub_sql.numbered(hub_sql.HAS_FEED_AFTER)
 _ALERTS = hub_sql.numbered(hub_sql.ALERTS)
 _VENUE_ROWS = hub_sql.numbered(VENUE_ROWS)
+_HELD_ACTION = hub_sql.numbered(hub_sql.HELD_ACTION)
+_OLD_HELD = hub_sql.numbered(hub_sql.OLD_HELD)
 _RECENT_ALERTS = hub_sql.numbered(hub_sql.RECENT_ALERTS)
 _LAST_RECEIVED = hub_sql.numbered(hub_sql.LAST_RECEIVED)
 _ADD_GATE = hub_sql.numbered(hub_sql.ADD_GATE)
@@ -483,6 +485,9 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
         await conn.executemany(_INSERT_ALERT, [_alert_args(a, gate_id, now) for a in plan.alerts])
     if plan.notes:
         await conn.executemany(hub_sql.INSERT_NOTE_PG, hub_sql.note_params(plan.notes, now))
+    if held := hub_sql.held_params(plan.alerts, now):
+        await conn.executemany(_HELD_ACTION, held)
+        await conn.executemany(_OLD_HELD, [(key,) for _, key in held])
     await conn.execute(_ADD_GATE, gate_id)
     if plan.feed_rows:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)

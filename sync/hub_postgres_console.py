@@ -12,7 +12,7 @@ import asyncpg
 from agent.redact import short_id
 from sync import hub_claims, hub_quarantine, hub_schema, hub_sql
 from sync import hub_console_sql as q
-from sync.hub_console_sql import Action, ActResult
+from sync.hub_console_sql import ActedAlert, Action, ActResult
 from sync.hub_sql import numbered
 from sync.hub_store import HubPolicy, check_limit
 from sync.protocol import Alert, FeedEntry
@@ -39,6 +39,7 @@ _NAMES_NOW = q.any_of(q.NAMES_NOW, "text")
 _ALERT_EXISTS = numbered(q.ALERT_EXISTS) + " FOR UPDATE"  # one writer per alert at a time
 _ACKED = numbered(q.ACKED)
 _NOTE_COUNT = numbered(q.NOTE_COUNT)
+_ASSIGNEE = numbered(q.ASSIGNEE)
 _INSERT_ACTION = numbered(q.INSERT_ACTION)
 _SET_SHORT_ID = numbered(q.SET_SHORT_ID)
 _ACTIONS_TOP = numbered(hub_sql.ACTIONS_TOP)
@@ -85,7 +86,8 @@ class PostgresConsoleQueries:
                 exists = await conn.fetchval(_ALERT_EXISTS, alert_id) is not None
                 acked = await conn.fetchval(_ACKED, alert_id) is not None
                 notes = await conn.fetchval(_NOTE_COUNT, alert_id)
-                result = q.act_result(exists, action, acked, int(notes))
+                assignee = await conn.fetchval(_ASSIGNEE, alert_id) or ""
+                result = q.act_result(exists, action, acked, int(notes), assignee, value)
                 if result is None:
                     await conn.execute(_INSERT_ACTION, alert_id, action, actor, value, now)
                 return result or "done"
@@ -100,7 +102,7 @@ class PostgresConsoleQueries:
         """See :class:`HubStore`. Raises HubStoreError."""
         return int(await self._run(lambda conn: conn.fetchval(hub_sql.TOP_ACTION)))
 
-    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[ActedAlert], int]:
         """See :class:`HubStore`. Raises HubStoreError."""
         check_limit(limit)
 
@@ -110,7 +112,7 @@ class PostgresConsoleQueries:
                 return await conn.fetch(_ACTED_ALERTS, after, top), top
 
         rows, top = await self._run(job)
-        return [hub_sql.alert_of(row, self.policy.venue) for row in rows], top
+        return [hub_sql.acted_alert(row, self.policy.venue) for row in rows], top
 
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:
         """The history of the ticket(s) with this short id. Raises HubStoreError."""

@@ -11,6 +11,7 @@ from typing import Any
 from agent.model import Reason, Verdict
 from agent.redact import short_id
 from sync.hub_annul import RunMark
+from sync.hub_console_sql import ActedAlert
 from sync.hub_plan import AlertNote, NewAlert, as_of_arrival
 from sync.hub_rules import in_feed
 from sync.hub_store import HubPolicy
@@ -160,6 +161,25 @@ def note_params(notes: Iterable[AlertNote], now: float) -> list[tuple[str, float
     return [(n.text, now, n.dedupe_key, n.unless_entry) for n in notes]
 
 
+# A storm alert that held back more (sync.hub_budget): a "held" action of the hub's, its count,
+# so followers (sync.hub_alert_follow) print the storm again; the workflow shows none. Only the
+# newest is kept (the older ones deleted after it: no action id is ever taken twice).
+HELD_ACTION = (
+    "INSERT INTO alert_actions (alert_id, action, actor, value, at) SELECT alert_id, 'held', 'hub',"
+    " CAST(held AS TEXT), CAST(? AS DOUBLE PRECISION) FROM alerts WHERE dedupe_key = ?"
+)
+OLD_HELD = (
+    "DELETE FROM alert_actions WHERE action = 'held' AND alert_id ="
+    " (SELECT alert_id FROM alerts WHERE dedupe_key = ?) AND action_id < (SELECT max(x.action_id)"
+    " FROM alert_actions AS x WHERE x.alert_id = alert_actions.alert_id AND x.action = 'held')"
+)
+
+
+def held_params(alerts: Iterable[NewAlert], now: float) -> list[tuple[float, str]]:
+    """The :data:`HELD_ACTION` parameters of a plan's storm alerts that hold some back."""
+    return [(now, a.dedupe_key) for a in alerts if a.kind == "alert_storm" and a.held > 0]
+
+
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"
 MAX_SEQ = "SELECT coalesce(max(gate_seq), 0) FROM entries WHERE gate_id = ?"
 # A gate's row at its highest stored gate_seq (none: no row): its new rows may not be dated
@@ -223,17 +243,28 @@ ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id > ? ORDER BY alert_
 RECENT_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id < ? ORDER BY alert_id DESC LIMIT ?"
 )
-# Alerts acted on (noted, acknowledged, assigned) since a cursor (sync.hub_alert_follow: action
-# ids commit in order); the cursor moves at most ``limit`` actions a read.
+# Alerts acted on (noted, acknowledged, assigned; a storm holding back more) since a cursor
+# (sync.hub_alert_follow: action ids commit in order), each with its latest action (action,
+# actor, value) of those read; the cursor moves at most ``limit`` actions a read.
 TOP_ACTION = "SELECT coalesce(max(action_id), 0) FROM alert_actions"
 ACTIONS_TOP = (
     "SELECT coalesce(max(action_id), ?) FROM (SELECT action_id FROM alert_actions"
     " WHERE action_id > ? ORDER BY action_id LIMIT ?) AS x"
 )
 ACTED_ALERTS = (
-    f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id IN (SELECT alert_id FROM alert_actions"
-    " WHERE action_id > ? AND action_id <= ?) ORDER BY alert_id"
+    f"SELECT {', '.join('a.' + c for c in ALERT_COLUMNS.split(', '))}, x.action, x.actor, x.value"
+    " FROM alert_actions AS x JOIN alerts AS a ON a.alert_id = x.alert_id WHERE x.action_id IN"
+    " (SELECT max(action_id) FROM alert_actions WHERE action_id > ? AND action_id <= ?"
+    " GROUP BY alert_id) ORDER BY a.alert_id"
 )
+
+
+def acted_alert(row: Sequence[Any], venue: str, decode: Callable[[Any], Any] = tuple) -> ActedAlert:
+    """An :data:`ACTED_ALERTS` row as an ActedAlert."""
+    *alert, action, actor, value = tuple(row)
+    return ActedAlert(alert_of(alert, venue, decode), str(action), str(actor), str(value))
+
+
 NAME_TAKEN = "SELECT gate_id FROM gates WHERE lower(gate_name) = lower(?) AND gate_id <> ?"
 SET_GATE_NAME = (
     "INSERT INTO gates (gate_id, gate_name) VALUES (?, ?)"

@@ -435,6 +435,9 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             alerts = (_alert_params(a, gate_id, now) for a in plan.alerts)
             db.executemany(hub_sql.INSERT_ALERT, alerts)
             db.executemany(hub_sql.INSERT_NOTE, hub_sql.note_params(plan.notes, now))
+            if held := hub_sql.held_params(plan.alerts, now):
+                db.executemany(hub_sql.HELD_ACTION, held)
+                db.executemany(hub_sql.OLD_HELD, [(key,) for _, key in held])
             db.execute(hub_sql.ADD_GATE, (gate_id,))
         except BaseException:
             self._quota.refund(gate_id, len(plan.rows), quota)

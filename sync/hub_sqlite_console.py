@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agent.redact import short_id
 from sync import hub_claims, hub_quarantine, hub_schema, hub_sql
 from sync import hub_console_sql as q
-from sync.hub_console_sql import Action, ActResult
+from sync.hub_console_sql import ActedAlert, Action, ActResult
 from sync.hub_store import HubPolicy, check_limit
 from sync.protocol import Alert, FeedEntry
 from sync.protocol_console import TicketHistory
@@ -65,7 +65,7 @@ class SQLiteConsoleQueries:
         """See :class:`HubStore`. Raises HubStoreError."""
         return int(await self._run(lambda db: db.execute(hub_sql.TOP_ACTION).fetchone()[0]))
 
-    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[ActedAlert], int]:
         """See :class:`HubStore`. Raises HubStoreError."""
         check_limit(limit)
 
@@ -74,7 +74,7 @@ class SQLiteConsoleQueries:
             return db.execute(hub_sql.ACTED_ALERTS, (after, top)).fetchall(), int(top)
 
         rows, top = await self._run(job)
-        return [hub_sql.alert_of(row, self.policy.venue, json.loads) for row in rows], top
+        return [hub_sql.acted_alert(row, self.policy.venue, json.loads) for row in rows], top
 
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:
         """The history of the ticket(s) with this short id. Raises HubStoreError."""
@@ -145,7 +145,8 @@ def _act(
         exists = db.execute(q.ALERT_EXISTS, (alert_id,)).fetchone() is not None
         acked = db.execute(q.ACKED, (alert_id,)).fetchone() is not None
         (notes,) = db.execute(q.NOTE_COUNT, (alert_id,)).fetchone()
-        result = q.act_result(exists, action, acked, int(notes))
+        assignee = db.execute(q.ASSIGNEE, (alert_id,)).fetchone()
+        result = q.act_result(exists, action, acked, int(notes), (assignee or ("",))[0], value)
         if result is None:
             db.execute(q.INSERT_ACTION, (alert_id, action, actor, value, now))
         db.execute("COMMIT")

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.errors import AgentError, ConfigError
-from sync.hub_console_sql import Action, ActResult
+from sync.hub_console_sql import ActedAlert, Action, ActResult
 from sync.hub_plan import NewAlert
 from sync.hub_venue_sql import VenueRow
 from sync.protocol import MAX_ID, Alert, BatchAck, EntryWire, FeedEntry, GateHealth, Heartbeat
@@ -256,9 +256,10 @@ class HubStore(Protocol):
         """The cursor of :meth:`acted_alerts` now (0: no action yet)."""
         ...
 
-    async def acted_alerts(self, after: int, limit: int) -> tuple[list[Alert], int]:
-        """The alerts acted on (noted, acknowledged, assigned) by the ``limit`` actions after
-        cursor ``after``, oldest alert first, and the cursor after them."""
+    async def acted_alerts(self, after: int, limit: int) -> tuple[list[ActedAlert], int]:
+        """The alerts acted on (noted, acknowledged, assigned; a storm holding back more) by the
+        ``limit`` actions after cursor ``after``, oldest alert first, each with its latest
+        action of those, and the cursor after them."""
         ...
 
     async def ticket_history(self, short: str, limit: int) -> TicketHistory:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agent.backoff import Backoff
-from sync.hub_alert_follow import AlertFollower
+from sync.hub_alert_follow import AlertFollower, update_json
 from sync.hub_config import WebhookSection
 from sync.hub_store import HubStore, HubStoreError
 from sync.upstream_http import BodyTooLarge, read_capped
@@ -96,8 +96,8 @@ class AlertWebhook:
             failing.reset()
             for alert in found:
                 self._put(alert.to_json())
-            for alert in updated:
-                self._put(alert.to_json() | {"update": True})
+            for acted in updated:
+                self._put(update_json(acted))
             if len(found) < _PAGE:
                 await asyncio.sleep(POLL_S)
 
@@ -124,7 +124,7 @@ class AlertWebhook:
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
         backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, jitter=True)
-        alert_id = payload.get("alert_id")
+        alert_id = f"{payload.get('alert_id')}{' (update)' if payload.get('update') else ''}"
         tries = self._section.max_tries
         for attempt in range(1, tries + 1):
             why = await self._post(session, payload)

@@ -67,11 +67,19 @@ async def test_hub_alerts_follow_prints_an_alert_again_when_it_is_noted_or_ackno
         assert noted.status == 200
         update = await json_line(proc)
         assert (update["alert_id"], update["update"]) == (alert["alert_id"], True)
+        assert update["change"] == {"action": "note", "by": "security"}
         flow = update["workflow"]
         assert isinstance(flow, dict) and [n["text"] for n in flow["notes"]] == ["CCTV checked"]
         assert (await v.api.post(f"{base}/ack", b"", v.console)).status == 200
         acked = await json_line(proc)
         assert acked["update"] is True and acked["workflow"]["open"] is False  # type: ignore[index]
+        assert acked["change"] == {"action": "ack", "by": "security"}
+        for assignee in ("Dana", ""):
+            body = post_json({"assignee": assignee})
+            assert (await v.api.post(f"{base}/assign", body, v.console)).status == 200
+            assigned = await json_line(proc)
+            assert assigned["change"] == {"action": "assign", "by": "security"}
+            assert assigned["workflow"]["assignee"] == (assignee or None)  # type: ignore[index]
         # A new alert after them is printed once, as new.
         await double_admission(v, "T-follow-2")
         new = await json_line(proc)
@@ -92,7 +100,8 @@ async def test_hub_alerts_follow_prints_an_alert_again_when_it_is_noted_or_ackno
         noted = await v.api.post(f"{base}/notes", post_json({"text": "escorted"}), v.console)
         assert noted.status == 200
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        assert line.startswith("updated: ") and f"  #{alert['alert_id']}  " in line, line
+        assert line.startswith("updated (note by security): "), line
+        assert f"  #{alert['alert_id']}  " in line, line
         assert "acknowledged by security" in line and "2 notes" in line, line
     finally:
         proc.terminate()

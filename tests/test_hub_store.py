@@ -7,6 +7,7 @@ rising hybrid logical clocks. The pure planner is also checked directly, table-d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -867,13 +868,25 @@ async def test_an_act_on_an_alert_waits_for_an_ingest_writing_a_note_so_follows_
         await held.commit()
         assert await ack == "done"
         later, _ = await store.acted_alerts(acted, 100)
-        (shown,) = await store.alert_details([*seen, *later][-1:])
+        (shown,) = await store.alert_details([a.alert for a in [*seen, *later][-1:]])
         assert [n.text for n in shown.workflow.notes] == ["a hub note"]
         assert shown.workflow.acked_by == "desk-1"
-        assert [x.alert_id for x in later] == [alert.alert_id]  # the note followed after all
+        assert [x.alert.alert_id for x in later] == [alert.alert_id]  # the note followed after all
     finally:
         await other.close()
         await store.close()
+
+
+async def _scalar(url: str, sql: str) -> object:
+    """One value read straight from the store's database (SQLite or PostgreSQL)."""
+    if url.startswith("sqlite://"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"))) as db:
+            return db.execute(sql).fetchone()[0]
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 async def _fetchval(conn: asyncpg.Connection, sql: str) -> object:
@@ -1595,6 +1608,52 @@ async def test_an_alert_flood_of_several_kinds_is_a_storm_alert_for_each_kind(
         f"alert storm from gate x: integrity alerts beyond {POLICY.alert_budget} in the"
         f" {POLICY.alert_budget_window_s:g} s from {start} UTC; "
     )
+
+
+async def test_a_storm_holding_back_more_is_followed_and_an_unchanged_assignment_is_not(
+    open_hub: OpenStore, hub_store_url: str
+) -> None:
+    """A security lead's trial: `hub alerts --follow` and the webhook gave a storm's count as
+    it was raised ("1 alert held back") and never again, though it grew; and assigning an alert
+    to whom it was assigned printed it again. A storm holding back more is an action of the
+    hub's ("held", its count now; only the newest kept); an assignment that changes nothing
+    is none."""
+    store = await open_hub(alert_budget=3)
+    thief = Gate("x")
+    now = T0 + 100
+
+    async def holes(n: int) -> None:  # each row a hole in x's numbers: an integrity alert
+        rows = []
+        for i in range(n):
+            thief.seq += 1
+            rows.append(thief.row(f"h{thief.seq}-{i}", "attempt", at=now))
+        await store.ingest("x", rows, now)
+
+    await holes(4)
+    (storm,) = [a for a in await all_alerts(store) if a.kind == "alert_storm"]
+    assert storm.detail.endswith("; 1 alert held back")
+    cursor = await store.last_alert_action()
+    await holes(2)
+    await holes(3)
+    (acted,), cursor = await store.acted_alerts(cursor, 100)
+    assert (acted.alert.alert_id, acted.action, acted.actor, acted.value) == (
+        storm.alert_id, "held", "hub", "6",
+    )  # fmt: skip
+    assert acted.change() == "6 held back now" and acted.alert.detail.endswith(
+        "; 6 alerts held back"
+    )
+    (shown,) = await store.alert_details([storm])
+    assert shown.workflow.notes == () and shown.workflow.open  # no note, no acknowledgement
+    held = "SELECT count(*) FROM alert_actions WHERE action = 'held'"
+    assert await _scalar(hub_store_url, held) == 1  # the newest only
+    assert await store.acted_alerts(cursor, 100) == ([], cursor)
+    # Assignments: to Dana, to Dana again (nothing), to nobody.
+    for who in ("Dana", "Dana", ""):
+        assert await store.act_on_alert(storm.alert_id, "assign", "security", who, now) == "done"
+    changed, _ = await store.acted_alerts(cursor, 100)
+    assert [(c.action, c.value) for c in changed] == [("assign", "")]  # the latest of them
+    assert changed[0].change() == "unassigned by security"
+    assert await store.acted_alerts(cursor + 2, 100) == ([], cursor + 2)  # two, not three
 
 
 async def test_one_gates_alert_flood_collapses_into_one_storm_alert(store: HubStore) -> None:

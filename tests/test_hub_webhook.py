@@ -196,6 +196,7 @@ async def test_an_alert_noted_since_it_was_posted_is_posted_again_as_an_update(
             await until(lambda: len(receiver.received) == 2, 20, "the update delivered")
             update = receiver.received[1]
             assert (update["alert_id"], update["update"]) == (alert["alert_id"], True)
+            assert update["change"] == {"action": "note", "by": "hub"}
             (note,) = update["workflow"]["notes"]
             assert note["by"] == "hub" and note["text"].startswith(
                 f"gate gate-b annulled entry {second} (nobody passed with it)"
