@@ -5,10 +5,10 @@ its own (``held``, added up as later batches hold more), so security reads what 
 of: double admissions held back are not integrity faults.
 
 A refused batch (a conflict, a refusal, over its quota) stores nothing and is sent again with
-each new row: its alerts beyond the budget are deferred, not counted as held, so a batch sent
-again and again does not count them again and again (a security lead's trial: one alert behind
-"25 held back"); they are raised once a later bucket has room, if the gate sends it again. A
-storm alert of its own says so, without a count. Pure."""
+each new row: its alerts beyond the budget are deferred to a storm alert of their own, which
+keeps the most it held at once instead of adding up, so a batch sent again and again does not
+count them again and again (a security lead's trial: one alert behind "25 held back"); they are
+raised once a later bucket has room, if the gate sends it again. Pure."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from sync.hub_plan import NewAlert
 from sync.hub_store import HubPolicy
 from sync.protocol import MAX_DETAIL
+
+DEFERRED = ":deferred"  # the end of a deferred storm's dedupe key
 
 
 def budget_since(now: float, policy: HubPolicy) -> float:
@@ -39,8 +41,8 @@ def within_budget(
 ) -> tuple[NewAlert, ...]:
     """The alerts within the budget of gate ``gate_id`` (named ``name``), which has ``used``
     of it in this bucket, and a storm alert for each kind of the rest (``deferred``: the batch
-    was refused, they are not counted); those raised before (dedupe keys in ``raised``) are
-    left out."""
+    was refused: its own, whose count the store keeps at its most); those raised before (dedupe
+    keys in ``raised``) are left out."""
     alerts = [a for a in alerts if a.dedupe_key not in raised]
     room = max(0, policy.alert_budget - used)
     if len(alerts) <= room:
@@ -71,10 +73,10 @@ def _storm(
         f"alert storm from gate {name}: {kind} alerts beyond {policy.alert_budget} in the"
         f" {policy.alert_budget_window_s:g} s from {start}"
     )
-    if deferred:  # its own alert: a count of held ones would not say these are to come
+    if deferred:  # its own alert: its count is the most held at once, not a sum
         detail += ", of a refused batch: raised if it is sent again when there is room"
     return NewAlert(
         "alert_storm", "", (name,), (now,), (), detail[:MAX_DETAIL],
-        f"storm:{gate_id}:{since:.0f}:{kind}" + (":deferred" if deferred else ""),
-        held=0 if deferred else held, gate_ids=(gate_id,),
+        f"storm:{gate_id}:{since:.0f}:{kind}" + (DEFERRED if deferred else ""),
+        held=held, gate_ids=(gate_id,),
     )  # fmt: skip

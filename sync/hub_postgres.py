@@ -299,6 +299,9 @@ class PostgresHubStore(PostgresConsoleQueries):
 
         async def job(conn: _Conn) -> list[NewAlert]:
             async def insert(a: NewAlert) -> bool:
+                # The venue's lock, as an ingest's alerts take it: alert ids commit in order,
+                # so a follower's cursor (the console's, `hub alerts --follow`) passes none.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
                 status = await conn.execute(_INSERT_ALERT, *_alert_args(a, "", now))
                 return hub_sql.status_rows(status) > 0
 
@@ -487,7 +490,7 @@ async def _write(conn: _Conn, gate_id: str, plan: hub_rules.IngestPlan, now: flo
         await conn.executemany(hub_sql.INSERT_NOTE_PG, hub_sql.note_params(plan.notes, now))
     if held := hub_sql.held_params(plan.alerts, now):
         await conn.executemany(_HELD_ACTION, held)
-        await conn.executemany(_OLD_HELD, [(key,) for _, key in held])
+        await conn.executemany(_OLD_HELD, [(key,) for _, key, *_ in held])
     await conn.execute(_ADD_GATE, gate_id)
     if plan.feed_rows:
         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)

@@ -11,6 +11,7 @@ from typing import Any
 from agent.model import Reason, Verdict
 from agent.redact import short_id
 from sync.hub_annul import RunMark
+from sync.hub_budget import DEFERRED
 from sync.hub_console_sql import ActedAlert
 from sync.hub_plan import AlertNote, NewAlert, as_of_arrival
 from sync.hub_rules import in_feed
@@ -97,9 +98,8 @@ def alert_of(row: Iterable[Any], venue: str, decode: Callable[[Any], Any] = tupl
     """An Alert from its ``ALERT_COLUMNS`` (``decode`` turns a stored list into a sequence); a
     storm alert's detail gains its count."""
     alert_id, kind, ticket, gates, times, entries, detail, raised_at, held, gate_ids = tuple(row)
-    if held:
-        alerts = "alert" if held == 1 else "alerts"  # digits alone: integrators parse them
-        detail = f"{detail}; {held} {alerts} held back"[:MAX_DETAIL]
+    if held:  # "1 alerts" too: integrators match "N alerts held back" (a review)
+        detail = f"{detail}; {held} alerts held back"[:MAX_DETAIL]
     return Alert(
         alert_id, kind, venue, ticket, tuple(decode(gates)), tuple(decode(times)),
         tuple(decode(entries)), detail, raised_at, gate_ids=tuple(decode(gate_ids)),
@@ -122,12 +122,14 @@ def gate_health(
 
 # --- statements the same in both dialects ------------------------------------------------------
 
-# A storm alert met again adds to its count; any other alert is stored once.
+# A storm alert met again adds to its count (a deferred one, of a refused batch sent again and
+# again, keeps the most it held at once: sync.hub_budget); any other alert is stored once.
 INSERT_ALERT = (
     "INSERT INTO alerts (dedupe_key, kind, ticket, gates, times, entries, detail, raised_at,"
     " source_gate, held, gate_ids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (dedupe_key) DO UPDATE SET held = alerts.held + excluded.held"
-    " WHERE excluded.held > 0"
+    " ON CONFLICT (dedupe_key) DO UPDATE SET held = CASE WHEN alerts.dedupe_key NOT LIKE"
+    f" '%{DEFERRED}' THEN alerts.held + excluded.held WHEN excluded.held > alerts.held"
+    " THEN excluded.held ELSE alerts.held END WHERE excluded.held > 0"
 )
 # A note of the hub's own on an alert raised before (sync.hub_plan.AlertNote): at most
 # HUB_NOTES on one alert and never past its MAX_NOTES, so security's notes keep their room.
@@ -161,12 +163,18 @@ def note_params(notes: Iterable[AlertNote], now: float) -> list[tuple[str, float
     return [(n.text, now, n.dedupe_key, n.unless_entry) for n in notes]
 
 
-# A storm alert that held back more (sync.hub_budget): a "held" action of the hub's, its count,
-# so followers (sync.hub_alert_follow) print the storm again; the workflow shows none. Only the
-# newest is kept (the older ones deleted after it: no action id is ever taken twice).
+# A storm alert raised before that held back more (sync.hub_budget): a "held" action of the
+# hub's, its count, so followers (sync.hub_alert_follow) print the storm again; the workflow
+# shows none. At most one each HELD_EVERY_S (a review: a storm's every batch was an update, a
+# flood of them on a webhook); only the newest is kept (the older ones deleted after it: no
+# action id is ever taken twice).
+HELD_EVERY_S = 10.0
 HELD_ACTION = (
     "INSERT INTO alert_actions (alert_id, action, actor, value, at) SELECT alert_id, 'held', 'hub',"
     " CAST(held AS TEXT), CAST(? AS DOUBLE PRECISION) FROM alerts WHERE dedupe_key = ?"
+    " AND raised_at < CAST(? AS DOUBLE PRECISION) AND NOT EXISTS (SELECT 1 FROM alert_actions"
+    " AS x WHERE x.alert_id = alerts.alert_id AND x.action = 'held'"
+    " AND x.at > CAST(? AS DOUBLE PRECISION))"
 )
 OLD_HELD = (
     "DELETE FROM alert_actions WHERE action = 'held' AND alert_id ="
@@ -175,9 +183,14 @@ OLD_HELD = (
 )
 
 
-def held_params(alerts: Iterable[NewAlert], now: float) -> list[tuple[float, str]]:
-    """The :data:`HELD_ACTION` parameters of a plan's storm alerts that hold some back."""
-    return [(now, a.dedupe_key) for a in alerts if a.kind == "alert_storm" and a.held > 0]
+def held_params(alerts: Iterable[NewAlert], now: float) -> list[tuple[float, str, float, float]]:
+    """The :data:`HELD_ACTION` parameters of a plan's storm alerts that hold some back (not a
+    deferred one: sent again and again, it holds no more)."""
+    return [
+        (now, a.dedupe_key, now, now - HELD_EVERY_S)
+        for a in alerts
+        if a.kind == "alert_storm" and a.held > 0 and not a.dedupe_key.endswith(DEFERRED)
+    ]
 
 
 ADD_GATE = "INSERT INTO gates (gate_id) VALUES (?) ON CONFLICT (gate_id) DO NOTHING"

@@ -437,7 +437,7 @@ class SQLiteHubStore(SQLiteConsoleQueries):
             db.executemany(hub_sql.INSERT_NOTE, hub_sql.note_params(plan.notes, now))
             if held := hub_sql.held_params(plan.alerts, now):
                 db.executemany(hub_sql.HELD_ACTION, held)
-                db.executemany(hub_sql.OLD_HELD, [(key,) for _, key in held])
+                db.executemany(hub_sql.OLD_HELD, [(key,) for _, key, *_ in held])
             db.execute(hub_sql.ADD_GATE, (gate_id,))
         except BaseException:
             self._quota.refund(gate_id, len(plan.rows), quota)
