@@ -151,7 +151,7 @@ class HubClient:
         self._feed_live = False
         self._hub_time = HubTime(clock, trusted=self._base.startswith("https://"))
         self._outbox: int | None = None
-        self._upload_state = "idle"
+        self._upload_state = "idle"  # a conflict holds through link faults (_upload_failed)
         self._conflicts: tuple[str, ...] = ()
         self._conflict_seq: int | None = None  # the lowest gate_seq of them: quarantine from it
         self._last_error: str | None = None
@@ -414,12 +414,15 @@ class HubClient:
         answer = self._http.last_answer
         return answer is not None and answer >= started
 
+    def _upload_failed(self, name: str, state: str) -> None:  # the uploader's, after a fault
+        if name == "upload" and (state != "unavailable" or self._upload_state != "conflict"):
+            self._upload_state = state
+
     def _fault(self, name: str, exc: Exception, backoff: Backoff, *, quiet: bool) -> float:
         """Log a task's fault (a repeated transient one at DEBUG) and return the delay."""
         self._last_error = f"{name}: {exc}"
         if isinstance(exc, UpstreamUnavailable):
-            if name == "upload" and self._upload_state != "conflict":  # held till one goes up
-                self._upload_state = "unavailable"
+            self._upload_failed(name, "unavailable")
             log.log(logging.DEBUG if quiet else logging.WARNING, "hub %s: %s", name, exc)
             return backoff.next_delay(at_least=exc.retry_after or 0.0)
         if isinstance(exc, UpstreamConflict):
@@ -436,15 +439,13 @@ class HubClient:
             auth = isinstance(exc, UpstreamAuthError)
             if auth or exc.check == "cert":
                 self._refused = exc.check or "token"
-            if name == "upload" and (auth or self._upload_state != "conflict"):
-                self._upload_state = "unauthorized" if auth else "unavailable"  # a TLS fault
+            self._upload_failed(name, "unauthorized" if auth else "unavailable")  # or TLS
             once = f"{type(exc).__name__}:{exc.check}"
             log.log(logging.DEBUG if once in self._reported else logging.ERROR, "hub: %s", exc)
             self._reported.add(once)
             return self._s.backoff_cap_s
         if isinstance(exc, UpstreamRefused):
-            if name == "upload":
-                self._upload_state = "refused"
+            self._upload_failed(name, "refused")
             log.log(logging.DEBUG if quiet else logging.ERROR, "hub %s: %s", name, exc)
             return self._s.backoff_cap_s
         if isinstance(exc, SignedDocumentError):  # a refused revocation list or trust bundle

@@ -184,7 +184,7 @@ async def print_alerts(
             quiet = quiet and not found
             if len(found) == MAX_PAGE:
                 continue
-            if quiet and not found and not as_json:  # say so rather than print nothing
+            if quiet and not as_json:  # say so rather than print nothing
                 out.write(
                     "no alerts at this venue" + (" yet; new ones follow\n" if follow else "\n")
                 )

@@ -124,24 +124,24 @@ class AlertWebhook:
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dict[str, Any]) -> None:
         backoff = Backoff(_BACKOFF_BASE_S, _BACKOFF_CAP_S, jitter=True)
-        alert_id = f"{payload.get('alert_id')}{' (update)' if payload.get('update') else ''}"
+        alert = f"{payload.get('alert_id')}{' (update)' if payload.get('update') else ''}"
         tries = self._section.max_tries
         for attempt in range(1, tries + 1):
             why = await self._post(session, payload)
             if why is None:
                 self.delivered += 1
-                log.info("webhook %s: alert %s delivered", self._where, alert_id)
+                log.info("webhook %s: alert %s delivered", self._where, alert)
                 return
             if attempt == tries:
                 log.error(
                     "webhook %s: alert %s dropped after %d attempts (last: %s)",
-                    self._where, alert_id, tries, why,
+                    self._where, alert, tries, why,
                 )  # fmt: skip
                 return
             delay = backoff.next_delay()
             log.warning(
                 "webhook %s: alert %s not delivered (%s); attempt %d of %d in %.1f s",
-                self._where, alert_id, why, attempt + 1, tries, delay,
+                self._where, alert, why, attempt + 1, tries, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
 
