@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -225,6 +226,10 @@ async def test_events_for_a_ticket_marks_a_claim_until_the_feed_brings_its_row(
             f"{marked[0][:23]}  entry   at Gate C (gate-c) (another gate)  ticket {sid}  CLAIMED:"
             " Gate C (gate-c)'s uploads are refused (a copy of its token?)"
         ], marked
+        # Another gate's row under the claim's entry id (a stolen token's upload) clears nothing.
+        forged = dataclasses.replace(claim, gate_id="gate-x", gate_name="Gate X")
+        assert await journal.add_peer_entries([forged]) == 0
+        assert ga("events", "--config", path, "--ticket", sid).stdout.splitlines() == marked
         assert await journal.add_peer_entries([claim]) == 1  # the feed brings it
         assert await journal.add_peer_entries([claim]) == 0
         assert await journal.add_peer_entries([claim], claimed=True) == 0  # not marked again

@@ -203,10 +203,15 @@ CREATE TABLE IF NOT EXISTS gate_events (
 def insert_peers(db: sqlite3.Connection, params: Sequence[Any], rows: int, claimed: bool) -> int:
     """Insert ``rows`` peer rows (``params``: their :func:`records.peer_params`, in a row);
     returns how many are new. A row held already is left as it is, but for a claim the venue's
-    feed brings: no longer marked claimed (counted as new)."""
+    feed brings, from the claim's own gate (the hub takes a gate's rows only with its token):
+    no longer marked claimed (counted as new)."""
     one = f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {int(claimed)})"
     sql = _INSERT_PEER + ", ".join([one] * rows) + " ON CONFLICT (entry_id) DO "
-    sql += "NOTHING" if claimed else "UPDATE SET claimed = 0 WHERE peer_entries.claimed <> 0"
+    if claimed:
+        sql += "NOTHING"
+    else:
+        sql += "UPDATE SET claimed = 0 WHERE peer_entries.claimed <> 0"
+        sql += " AND peer_entries.gate_id = excluded.gate_id"
     return int(db.execute(sql, params).rowcount)
 
 
